@@ -1,0 +1,264 @@
+"""The appliance configuration: an INI file read into frozen attrs records.
+
+Every value is checked at load time; a bad one raises ConfigError naming the file, the
+section, the key and what is allowed, so start-up stops with one line a person can act on.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+DEFAULT_CONFIG_PATH = "etc/atollon-mail.ini"
+CONFIG_ENVIRONMENT_VARIABLE = "ATOLLON_MAIL_CONFIG"
+
+MIB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A configuration value that cannot be used; str() is the one line to show."""
+
+    def __init__(self, path: str, section: str | None, key: str | None, problem: str):
+        self.path, self.section, self.key, self.problem = path, section, key, problem
+        where = [f"[{section}]"] if section else []
+        if key:
+            where.append(key)
+        super().__init__(": ".join([path, " ".join(where), problem] if where else [path, problem]))
+
+
+@attrs.frozen
+class ApplianceConfig:
+    hostname: str
+    data_dir: str
+
+
+@attrs.frozen
+class DatabaseConfig:
+    url: str
+
+
+@attrs.frozen
+class SmtpConfig:
+    listen: str
+    max_message_size: int
+    max_recipients: int
+    tls_certificate: str | None
+    tls_key: str | None
+    greet_pause: float
+    trusted_networks: tuple[str, ...]
+    idle_timeout: float
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_certificate is not None
+
+
+@attrs.frozen
+class WebConfig:
+    listen: str
+
+
+@attrs.frozen
+class Config:
+    path: str
+    appliance: ApplianceConfig
+    database: DatabaseConfig
+    smtp: SmtpConfig
+    web: WebConfig
+
+    def replace_listen(self, smtp: str | None = None, web: str | None = None) -> Config:
+        """A copy with endpoint overrides from the command line applied."""
+        config = self
+        if smtp:
+            config = attrs.evolve(config, smtp=attrs.evolve(config.smtp, listen=smtp))
+        if web:
+            config = attrs.evolve(config, web=attrs.evolve(config.web, listen=web))
+        return config
+
+
+# --- value parsers: each returns the value or raises ValueError with what is allowed ---
+
+
+def _text(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _optional_path(value: str) -> str | None:
+    value = value.strip()
+    return value or None
+
+
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+
+
+def _hostname(value: str) -> str:
+    value = value.strip().lower().rstrip(".")
+    if not _HOSTNAME.match(value):
+        raise ValueError(f"must be a host name such as mail.example.com, got {value!r}")
+    return value
+
+
+_SIZE = re.compile(r"^(\d+)\s*(k|kb|kib|m|mb|mib|g|gb|gib)?$", re.IGNORECASE)
+_SIZE_UNITS = {"k": 1024, "m": MIB, "g": 1024 * MIB}
+
+
+def _size(value: str) -> int:
+    match = _SIZE.match(value.strip())
+    if not match:
+        raise ValueError(f"must be a size in bytes, or with K, M or G (e.g. 25M), got {value!r}")
+    number = int(match.group(1))
+    unit = (match.group(2) or "").lower()[:1]
+    size = number * _SIZE_UNITS.get(unit, 1)
+    if size < 1024:
+        raise ValueError(f"must be at least 1K, got {value!r}")
+    return size
+
+
+def _whole_number(minimum: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value.strip())
+        except ValueError:
+            raise ValueError(
+                f"must be a whole number of at least {minimum}, got {value!r}"
+            ) from None
+        if number < minimum:
+            raise ValueError(f"must be a whole number of at least {minimum}, got {value!r}")
+        return number
+
+    return parse
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        raise ValueError(f"must be a number of seconds, got {value!r}") from None
+    if seconds < 0:
+        raise ValueError(f"must not be negative, got {value!r}")
+    return seconds
+
+
+def _networks(value: str) -> tuple[str, ...]:
+    networks = []
+    for item in value.replace(",", " ").split():
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ValueError(
+                f"must be a list of networks such as 127.0.0.0/8 ::1/128, got {item!r}"
+            ) from None
+    return tuple(networks)
+
+
+def _endpoint(value: str) -> str:
+    value = value.strip()
+    if not re.match(r"^[a-z0-9]+:", value):
+        raise ValueError(f"must be a Twisted endpoint description such as tcp:2525, got {value!r}")
+    return value
+
+
+def _database_url(value: str) -> str:
+    value = value.strip()
+    if not (value.startswith("sqlite:///") or value.startswith("postgresql://")):
+        raise ValueError(
+            f"must be sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE, got {value!r}"
+        )
+    return value
+
+
+# section -> key -> (parser, default)
+_SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
+    "appliance": {
+        "hostname": (_hostname, ""),
+        "data_dir": (_text, "var"),
+    },
+    "database": {
+        "url": (_database_url, "sqlite:///var/atollon-mail.sqlite"),
+    },
+    "smtp": {
+        "listen": (_endpoint, "tcp:2525"),
+        "max_message_size": (_size, "25M"),
+        "max_recipients": (_whole_number(100), "1000"),
+        "tls_certificate": (_optional_path, ""),
+        "tls_key": (_optional_path, ""),
+        "greet_pause": (_seconds, "1"),
+        "trusted_networks": (_networks, "127.0.0.0/8 ::1/128"),
+        "idle_timeout": (_seconds, "300"),
+    },
+    "web": {
+        "listen": (_endpoint, "tcp:8080:interface=127.0.0.1"),
+    },
+}
+
+
+def _read_values(path: str, parser: configparser.ConfigParser) -> dict[str, dict[str, Any]]:
+    for section in parser.sections():
+        if section not in _SCHEMA:
+            allowed = ", ".join(f"[{name}]" for name in _SCHEMA)
+            raise ConfigError(path, section, None, f"unknown section; allowed: {allowed}")
+        for key in parser[section]:
+            if key not in _SCHEMA[section]:
+                allowed = ", ".join(_SCHEMA[section])
+                raise ConfigError(path, section, key, f"unknown key; allowed: {allowed}")
+    values: dict[str, dict[str, Any]] = {}
+    for section, keys in _SCHEMA.items():
+        values[section] = {}
+        for key, (parse, default) in keys.items():
+            raw = parser.get(section, key, fallback=default)
+            if section == "appliance" and key == "hostname" and not raw.strip():
+                raw = socket.getfqdn()
+            try:
+                values[section][key] = parse(raw)
+            except ValueError as problem:
+                raise ConfigError(path, section, key, str(problem)) from None
+    return values
+
+
+def parse_config(text: str, path: str = "<config>") -> Config:
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=None)
+    try:
+        parser.read_string(text, source=path)
+    except configparser.Error as problem:
+        first_line = str(problem).splitlines()[0]
+        raise ConfigError(path, None, None, f"not a valid INI file: {first_line}") from None
+    values = _read_values(path, parser)
+    smtp = values["smtp"]
+    if (smtp["tls_certificate"] is None) != (smtp["tls_key"] is None):
+        missing = "tls_key" if smtp["tls_key"] is None else "tls_certificate"
+        raise ConfigError(path, "smtp", missing, "tls_certificate and tls_key must be set together")
+    for key in ("tls_certificate", "tls_key"):
+        if smtp[key] is not None and not os.path.isfile(smtp[key]):
+            raise ConfigError(path, "smtp", key, f"no such file: {smtp[key]}")
+    return Config(
+        path=path,
+        appliance=ApplianceConfig(**values["appliance"]),
+        database=DatabaseConfig(**values["database"]),
+        smtp=SmtpConfig(**smtp),
+        web=WebConfig(**values["web"]),
+    )
+
+
+def load_config(path: str) -> Config:
+    try:
+        with open(path, encoding="utf-8") as config_file:
+            text = config_file.read()
+    except OSError as problem:
+        raise ConfigError(path, None, None, f"cannot read the file: {problem.strerror}") from None
+    return parse_config(text, path)
+
+
+def default_config_path() -> str:
+    return os.environ.get(CONFIG_ENVIRONMENT_VARIABLE) or DEFAULT_CONFIG_PATH

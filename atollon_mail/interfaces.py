@@ -1,0 +1,38 @@
+"""The seams between the parts of the appliance (checked with verifyObject in tests)."""
+
+from zope.interface import Attribute, Interface
+
+
+class IStore(Interface):
+    """The single source of truth: every query runs in the store's own thread pool."""
+
+    database = Attribute("The peewee database the models are bound to.")
+
+    def run(operation, *args, **kwargs):
+        """
+        Run operation(*args, **kwargs) in one transaction in the store's thread pool.
+
+        Returns a Deferred firing on the reactor thread with the operation's result (a
+        frozen record or plain values), or failing with its exception after a rollback.
+        """
+
+    def run_sync(operation, *args, **kwargs):
+        """Run operation in one transaction in the calling thread (admin command only)."""
+
+
+class IMailIntake(Interface):
+    """What the SMTP server asks: who receives an address, and keep this message."""
+
+    def resolve_recipient(local_part, domain):
+        """
+        Deferred firing with a Recipient (a mailbox receives it) or a Rejection saying why
+        not; fails only for a temporary problem (the store is unreachable).
+        """
+
+    def accept(envelope_sender, recipients, raw):
+        """
+        Store raw (bytes, with our Received: header) for the resolved recipients.
+
+        The Deferred fires with a StoredMessage only once the transaction holding the
+        message has committed; it fails if the message may not have been kept.
+        """

@@ -1,0 +1,64 @@
+"""Opening the database named by a `[database] url`."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import peewee
+from playhouse.pool import PooledPostgresqlDatabase
+
+# WAL lets readers (the admin command, the web pages) work while the server writes;
+# synchronous=FULL fsyncs the WAL at every commit, which is what "250 after commit" needs.
+SQLITE_PRAGMAS = (
+    ("journal_mode", "wal"),
+    ("synchronous", "full"),
+    ("foreign_keys", 1),
+    ("busy_timeout", 10000),
+)
+
+
+def sqlite_path(url: str) -> str:
+    """`sqlite:///var/x.sqlite` is relative to the working directory, `sqlite:////abs` absolute."""
+    return unquote(url[len("sqlite:///") :])
+
+
+def open_database(url: str, **postgres_options) -> peewee.Database:
+    """A peewee database for the URL, not yet connected.
+
+    SQLite: the parent directory is created. PostgreSQL: `postgresql://user:pw@host:port/db`
+    with optional query parameters passed to libpq (for example `options=-csearch_path=x`).
+    """
+    if url.startswith("sqlite:///"):
+        path = sqlite_path(url)
+        if not path:
+            raise ValueError("the sqlite URL names no file: use sqlite:///PATH")
+        directory = os.path.dirname(path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        # check_same_thread=False: the connection is opened in one pool thread and only
+        # ever used there, but peewee may close it from the thread that stops the pool.
+        return peewee.SqliteDatabase(
+            path, pragmas=SQLITE_PRAGMAS, check_same_thread=False, timeout=10
+        )
+    if url.startswith("postgresql://"):
+        parts = urlsplit(url)
+        options = dict(parse_qsl(parts.query))
+        options.update(postgres_options)
+        # Pooled: each operation checks a connection out and back in, so the few store
+        # threads share them and stopping the store can close every one.
+        return PooledPostgresqlDatabase(
+            unquote(parts.path.lstrip("/")),
+            max_connections=None,
+            stale_timeout=300,
+            user=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            host=parts.hostname or None,
+            port=parts.port or None,
+            **options,
+        )
+    raise ValueError(f"unsupported database URL {url!r}: use sqlite:/// or postgresql://")
+
+
+def is_sqlite(database: peewee.Database) -> bool:
+    return isinstance(database, peewee.SqliteDatabase)

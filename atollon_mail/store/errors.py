@@ -1,0 +1,17 @@
+"""Refusals from store operations. str() is one line for a person: what is wrong, what to do."""
+
+
+class StoreError(Exception):
+    """A request the store refused; nothing was changed."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    pass
+
+
+class Invalid(StoreError):
+    pass

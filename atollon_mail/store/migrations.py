@@ -1,0 +1,148 @@
+"""Numbered schema migrations, applied in order at start and by `atollon-mail db migrate`.
+
+Each migration is frozen DDL written once for both backends: the few words SQLite and
+PostgreSQL spell differently are placeholders filled per dialect. Models change; a
+migration that already ran never does, so it must not be derived from the models.
+"""
+
+from __future__ import annotations
+
+import attrs
+import peewee
+
+from atollon_mail.store.models import utc_now
+
+_DIALECT_WORDS = {
+    "sqlite": {"id": "INTEGER NOT NULL PRIMARY KEY", "bigint": "INTEGER", "blob": "BLOB"},
+    "postgresql": {"id": "BIGSERIAL NOT NULL PRIMARY KEY", "bigint": "BIGINT", "blob": "BYTEA"},
+}
+
+
+@attrs.frozen
+class Migration:
+    number: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "domains, users, contexts, mailboxes, aliases, messages, filings",
+        (
+            """CREATE TABLE domain (
+                id {id},
+                name VARCHAR(253) NOT NULL,
+                mode VARCHAR(16) NOT NULL CHECK (mode IN ('primary', 'secondary')),
+                active BOOLEAN NOT NULL,
+                created_at TIMESTAMP NOT NULL)""",
+            "CREATE UNIQUE INDEX domain_name ON domain (name)",
+            """CREATE TABLE "user" (
+                id {id},
+                login VARCHAR(64) NOT NULL,
+                name VARCHAR(200) NOT NULL,
+                password_hash VARCHAR(200) NOT NULL,
+                is_admin BOOLEAN NOT NULL,
+                created_at TIMESTAMP NOT NULL)""",
+            'CREATE UNIQUE INDEX user_login ON "user" (login)',
+            """CREATE TABLE context (
+                id {id},
+                kind VARCHAR(16) NOT NULL CHECK (kind IN ('todo', 'folder', 'project')),
+                name VARCHAR(200) NOT NULL,
+                owner_id {bigint} REFERENCES "user" (id) ON DELETE RESTRICT,
+                created_at TIMESTAMP NOT NULL)""",
+            "CREATE INDEX context_owner_id ON context (owner_id)",
+            """CREATE TABLE mailbox (
+                id {id},
+                local_part VARCHAR(64) NOT NULL,
+                domain_id {bigint} NOT NULL REFERENCES domain (id) ON DELETE RESTRICT,
+                owner_id {bigint} NOT NULL REFERENCES "user" (id) ON DELETE RESTRICT,
+                identity VARCHAR(320) NOT NULL,
+                store_to_id {bigint} REFERENCES context (id) ON DELETE RESTRICT,
+                active BOOLEAN NOT NULL,
+                is_default BOOLEAN NOT NULL,
+                signature TEXT NOT NULL,
+                next_uid {bigint} NOT NULL,
+                created_at TIMESTAMP NOT NULL)""",
+            "CREATE UNIQUE INDEX mailbox_domain_id_local_part ON mailbox (domain_id, local_part)",
+            "CREATE INDEX mailbox_owner_id ON mailbox (owner_id)",
+            """CREATE TABLE alias (
+                id {id},
+                name VARCHAR(64) NOT NULL,
+                domain_id {bigint} NOT NULL REFERENCES domain (id) ON DELETE RESTRICT,
+                mailbox_id {bigint} NOT NULL REFERENCES mailbox (id) ON DELETE CASCADE,
+                created_at TIMESTAMP NOT NULL)""",
+            "CREATE UNIQUE INDEX alias_domain_id_name ON alias (domain_id, name)",
+            "CREATE INDEX alias_mailbox_id ON alias (mailbox_id)",
+            """CREATE TABLE message (
+                id {id},
+                raw {blob} NOT NULL,
+                size {bigint} NOT NULL,
+                message_id VARCHAR(998),
+                subject TEXT,
+                from_header TEXT,
+                date_header VARCHAR(200),
+                envelope_sender VARCHAR(320) NOT NULL,
+                received_at TIMESTAMP NOT NULL)""",
+            """CREATE TABLE filing (
+                id {id},
+                message_id {bigint} NOT NULL REFERENCES message (id) ON DELETE CASCADE,
+                mailbox_id {bigint} NOT NULL REFERENCES mailbox (id) ON DELETE CASCADE,
+                context_id {bigint} NOT NULL REFERENCES context (id) ON DELETE RESTRICT,
+                uid {bigint} NOT NULL,
+                flags VARCHAR(200) NOT NULL,
+                filed_at TIMESTAMP NOT NULL)""",
+            "CREATE UNIQUE INDEX filing_mailbox_id_uid ON filing (mailbox_id, uid)",
+            "CREATE INDEX filing_message_id ON filing (message_id)",
+            "CREATE INDEX filing_context_id ON filing (context_id)",
+        ),
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].number
+
+
+def dialect_of(database: peewee.Database) -> str:
+    if isinstance(database, peewee.PostgresqlDatabase):
+        return "postgresql"
+    if isinstance(database, peewee.SqliteDatabase):
+        return "sqlite"
+    raise ValueError(f"unsupported database {type(database).__name__}")
+
+
+def _ensure_version_table(database: peewee.Database) -> None:
+    database.execute_sql(
+        "CREATE TABLE IF NOT EXISTS schema_migration ("
+        " version INTEGER NOT NULL PRIMARY KEY,"
+        " name VARCHAR(200) NOT NULL,"
+        " applied_at TIMESTAMP NOT NULL)"
+    )
+
+
+def applied_versions(database: peewee.Database) -> list[int]:
+    _ensure_version_table(database)
+    cursor = database.execute_sql("SELECT version FROM schema_migration ORDER BY version")
+    return [row[0] for row in cursor.fetchall()]
+
+
+def migrate(database: peewee.Database) -> list[Migration]:
+    """Apply every migration not yet applied, each in its own transaction; return them."""
+    words = _DIALECT_WORDS[dialect_of(database)]
+    with database.atomic():
+        done = set(applied_versions(database))
+    newer = [migration for migration in MIGRATIONS if migration.number not in done]
+    if done and max(done) > LATEST_VERSION:
+        raise RuntimeError(
+            f"the database is at schema version {max(done)}, newer than this program "
+            f"knows ({LATEST_VERSION}); run a newer atollon-mail"
+        )
+    for migration in newer:
+        with database.atomic():
+            for statement in migration.statements:
+                database.execute_sql(statement.format(**words))
+            placeholders = ", ".join([database.param] * 3)
+            database.execute_sql(
+                f"INSERT INTO schema_migration (version, name, applied_at) VALUES ({placeholders})",
+                (migration.number, migration.name, utc_now()),
+            )
+    return newer

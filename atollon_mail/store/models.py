@@ -1,0 +1,115 @@
+"""The peewee models. They are bound to a real database at start through `database_proxy`.
+
+The tables themselves are created by the numbered migrations in `migrations.py`; these
+classes describe the current shape for queries and must agree with the latest migration
+(a test compares them).
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import peewee
+
+database_proxy = peewee.DatabaseProxy()
+
+DOMAIN_MODES = ("primary", "secondary")
+CONTEXT_KINDS = ("todo", "folder", "project")
+
+
+def utc_now() -> datetime.datetime:
+    # Stored naive, always UTC: SQLite has no time zones and both backends then agree.
+    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database_proxy
+        legacy_table_names = False
+
+
+class Domain(BaseModel):
+    id = peewee.BigAutoField()
+    name = peewee.CharField(max_length=253, unique=True)
+    mode = peewee.CharField(max_length=16)
+    active = peewee.BooleanField()
+    created_at = peewee.DateTimeField()
+
+
+class User(BaseModel):
+    id = peewee.BigAutoField()
+    login = peewee.CharField(max_length=64, unique=True)
+    name = peewee.CharField(max_length=200)
+    password_hash = peewee.CharField(max_length=200)
+    is_admin = peewee.BooleanField()
+    created_at = peewee.DateTimeField()
+
+
+class Context(BaseModel):
+    """Where mail is filed: a user's To Do, a folder or a project (CRM contexts)."""
+
+    id = peewee.BigAutoField()
+    kind = peewee.CharField(max_length=16)
+    name = peewee.CharField(max_length=200)
+    owner = peewee.ForeignKeyField(User, null=True, backref="contexts", on_delete="RESTRICT")
+    created_at = peewee.DateTimeField()
+
+
+class Mailbox(BaseModel):
+    id = peewee.BigAutoField()
+    local_part = peewee.CharField(max_length=64)
+    domain = peewee.ForeignKeyField(Domain, backref="mailboxes", on_delete="RESTRICT")
+    owner = peewee.ForeignKeyField(User, backref="mailboxes", on_delete="RESTRICT")
+    identity = peewee.CharField(max_length=320)
+    store_to = peewee.ForeignKeyField(Context, null=True, on_delete="RESTRICT")
+    active = peewee.BooleanField()
+    is_default = peewee.BooleanField()
+    signature = peewee.TextField()
+    next_uid = peewee.BigIntegerField()
+    created_at = peewee.DateTimeField()
+
+    class Meta:
+        indexes = ((("domain", "local_part"), True),)
+
+
+class Alias(BaseModel):
+    id = peewee.BigAutoField()
+    name = peewee.CharField(max_length=64)
+    domain = peewee.ForeignKeyField(Domain, on_delete="RESTRICT")
+    mailbox = peewee.ForeignKeyField(Mailbox, backref="aliases", on_delete="CASCADE")
+    created_at = peewee.DateTimeField()
+
+    class Meta:
+        indexes = ((("domain", "name"), True),)
+
+
+class Message(BaseModel):
+    """One received message, its bytes stored once however many mailboxes it is filed in."""
+
+    id = peewee.BigAutoField()
+    raw = peewee.BlobField()
+    size = peewee.BigIntegerField()
+    message_id = peewee.CharField(max_length=998, null=True)
+    subject = peewee.TextField(null=True)
+    from_header = peewee.TextField(null=True)
+    date_header = peewee.CharField(max_length=200, null=True)
+    envelope_sender = peewee.CharField(max_length=320)
+    received_at = peewee.DateTimeField()
+
+
+class Filing(BaseModel):
+    """A message filed into a mailbox and a context; uid is per mailbox, ascending."""
+
+    id = peewee.BigAutoField()
+    message = peewee.ForeignKeyField(Message, backref="filings", on_delete="CASCADE")
+    mailbox = peewee.ForeignKeyField(Mailbox, backref="filings", on_delete="CASCADE")
+    context = peewee.ForeignKeyField(Context, on_delete="RESTRICT")
+    uid = peewee.BigIntegerField()
+    flags = peewee.CharField(max_length=200)
+    filed_at = peewee.DateTimeField()
+
+    class Meta:
+        indexes = ((("mailbox", "uid"), True),)
+
+
+MODELS = (Domain, User, Context, Mailbox, Alias, Message, Filing)

@@ -1,0 +1,87 @@
+"""The store's thread pool: the one way database work is done."""
+
+from __future__ import annotations
+
+import peewee
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from atollon_mail.interfaces import IStore
+from atollon_mail.store import migrations
+from atollon_mail.store.database import is_sqlite, open_database
+from atollon_mail.store.models import database_proxy
+
+POSTGRES_THREADS = 4
+
+
+@implementer(IStore)
+class Store:
+    """Runs operations in transactions on a private thread pool.
+
+    SQLite gets one thread (one writer is all SQLite allows; its connection stays open),
+    PostgreSQL a few, each borrowing a pooled connection per operation.
+    """
+
+    def __init__(self, database: peewee.Database, reactor, threads: int | None = None):
+        self.database = database
+        self._reactor = reactor
+        size = 1 if is_sqlite(database) else (threads or POSTGRES_THREADS)
+        self._pool = ThreadPool(minthreads=size, maxthreads=size, name="atollon-mail-store")
+        self._started = False
+        database_proxy.initialize(database)
+
+    @classmethod
+    def from_url(cls, url: str, reactor, threads: int | None = None) -> Store:
+        return cls(open_database(url), reactor, threads)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def migrate(self) -> list[migrations.Migration]:
+        """Apply pending migrations in the calling thread (start-up, admin command)."""
+        with self.database.connection_context():
+            return migrations.migrate(self.database)
+
+    def start(self) -> None:
+        if not self._started:
+            self._pool.start()
+            self._started = True
+
+    def stop(self) -> None:
+        """Finish queued operations, then close every connection."""
+        if self._started:
+            if is_sqlite(self.database):
+                self._pool.callInThread(self._close_connection)
+            self._pool.stop()
+            self._started = False
+        if hasattr(self.database, "close_all"):
+            self.database.close_all()
+        elif not self.database.is_closed():
+            self.database.close()
+
+    def _close_connection(self) -> None:
+        if not self.database.is_closed():
+            self.database.close()
+
+    # -- running operations -------------------------------------------------------------
+
+    def _transaction(self):
+        if is_sqlite(self.database):
+            # IMMEDIATE takes the write lock at BEGIN, so a writer in another process (the
+            # admin command) makes us wait on busy_timeout instead of failing mid-transaction.
+            return self.database.atomic("IMMEDIATE")
+        return self.database.atomic()
+
+    def run_sync(self, operation, *args, **kwargs):
+        if is_sqlite(self.database):
+            if self.database.is_closed():
+                self.database.connect()
+            with self._transaction():
+                return operation(*args, **kwargs)
+        with self.database.connection_context(), self._transaction():
+            return operation(*args, **kwargs)
+
+    def run(self, operation, *args, **kwargs):
+        return deferToThreadPool(
+            self._reactor, self._pool, self.run_sync, operation, *args, **kwargs
+        )

@@ -1,0 +1,97 @@
+"""Shared test fixtures: stores on SQLite and PostgreSQL.
+
+A store test is written once as a mixin and run on both backends by subclassing it with
+`SqliteStoreMixin` and `PostgresStoreMixin`. The PostgreSQL run uses the server named by
+ATOLLON_MAIL_TEST_DATABASE_URL, each test in a schema of its own, and is skipped with
+the reason shown when the variable is unset or the server does not answer.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from urllib.parse import quote
+
+from twisted.internet import reactor
+
+from atollon_mail.store.pool import Store
+
+POSTGRES_URL_VARIABLE = "ATOLLON_MAIL_TEST_DATABASE_URL"
+POSTGRES_URL = os.environ.get(POSTGRES_URL_VARIABLE, "")
+
+
+def _postgres_unavailable_reason() -> str | None:
+    if not POSTGRES_URL:
+        return f"{POSTGRES_URL_VARIABLE} is not set: the PostgreSQL run is skipped"
+    try:
+        import psycopg2
+
+        psycopg2.connect(POSTGRES_URL, connect_timeout=3).close()
+    except Exception as problem:  # any failure to reach the server means: skip, visibly
+        first_line = str(problem).strip().splitlines()[0] if str(problem).strip() else problem
+        return f"PostgreSQL at {POSTGRES_URL} is not reachable: {first_line}"
+    return None
+
+
+POSTGRES_SKIP_REASON = _postgres_unavailable_reason()
+
+
+def create_postgres_schema() -> tuple[str, str]:
+    """A fresh schema for one test: (database URL whose search_path is it, schema name)."""
+    import psycopg2
+
+    schema = f"atollon_test_{uuid.uuid4().hex[:12]}"
+    connection = psycopg2.connect(POSTGRES_URL)
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f'CREATE SCHEMA "{schema}"')
+    connection.close()
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    url = f"{POSTGRES_URL}{separator}options={quote(f'-csearch_path={schema}')}"
+    return url, schema
+
+
+def drop_postgres_schema(schema: str) -> None:
+    import psycopg2
+
+    connection = psycopg2.connect(POSTGRES_URL)
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    connection.close()
+
+
+class SqliteStoreMixin:
+    """Mixed into a trial TestCase: `self.database_url` names a fresh SQLite file."""
+
+    backend = "sqlite"
+
+    def make_database_url(self) -> str:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        return f"sqlite:///{os.path.abspath(directory)}/store.sqlite"
+
+
+class PostgresStoreMixin:
+    """Mixed into a trial TestCase: `self.database_url` names a fresh PostgreSQL schema."""
+
+    backend = "postgresql"
+    if POSTGRES_SKIP_REASON:
+        skip = POSTGRES_SKIP_REASON
+
+    def make_database_url(self) -> str:
+        url, schema = create_postgres_schema()
+        self.addCleanup(drop_postgres_schema, schema)
+        return url
+
+
+class StoreFixtureMixin:
+    """Gives a migrated, started Store in `self.store` (use with one of the mixins above)."""
+
+    def make_store(self) -> Store:
+        self.database_url = self.make_database_url()
+        store = Store.from_url(self.database_url, reactor)
+        store.migrate()
+        store.start()
+        self.addCleanup(store.stop)
+        return store
