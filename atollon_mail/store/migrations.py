@@ -7,6 +7,8 @@ migration that already ran never does, so it must not be derived from the models
 
 from __future__ import annotations
 
+import contextlib
+
 import attrs
 import peewee
 
@@ -125,19 +127,50 @@ def applied_versions(database: peewee.Database) -> list[int]:
     return [row[0] for row in cursor.fetchall()]
 
 
-def migrate(database: peewee.Database) -> list[Migration]:
-    """Apply every migration not yet applied, each in its own transaction; return them."""
-    words = _DIALECT_WORDS[dialect_of(database)]
-    with database.atomic():
-        done = set(applied_versions(database))
-    newer = [migration for migration in MIGRATIONS if migration.number not in done]
+# Any fixed number: every migrator on the same PostgreSQL database takes this lock.
+_POSTGRES_LOCK_KEY = 0x61746F6C  # "atol"
+
+
+@contextlib.contextmanager
+def _migration_transaction(database: peewee.Database):
+    """A transaction that only one migrator holds at a time.
+
+    PostgreSQL: an advisory lock released at commit. SQLite: BEGIN IMMEDIATE (the write
+    lock). Whatever is read after it is current, so two processes starting together apply
+    each migration once.
+    """
+    if dialect_of(database) == "sqlite":
+        transaction = database.atomic("IMMEDIATE")
+    else:
+        transaction = database.atomic()
+    with transaction:
+        if dialect_of(database) == "postgresql":
+            database.execute_sql(f"SELECT pg_advisory_xact_lock({_POSTGRES_LOCK_KEY})")
+        yield
+
+
+def _refuse_newer(done: set[int]) -> None:
     if done and max(done) > LATEST_VERSION:
         raise RuntimeError(
             f"the database is at schema version {max(done)}, newer than this program "
             f"knows ({LATEST_VERSION}); run a newer atollon-mail"
         )
-    for migration in newer:
-        with database.atomic():
+
+
+def migrate(database: peewee.Database) -> list[Migration]:
+    """Apply every migration not yet applied, each in its own transaction; return them."""
+    words = _DIALECT_WORDS[dialect_of(database)]
+    with _migration_transaction(database):
+        done = set(applied_versions(database))
+    _refuse_newer(done)
+    applied = []
+    for migration in MIGRATIONS:
+        if migration.number in done:
+            continue
+        with _migration_transaction(database):
+            # Another migrator may have applied it while we waited for the lock.
+            if migration.number in applied_versions(database):
+                continue
             for statement in migration.statements:
                 database.execute_sql(statement.format(**words))
             placeholders = ", ".join([database.param] * 3)
@@ -145,4 +178,5 @@ def migrate(database: peewee.Database) -> list[Migration]:
                 f"INSERT INTO schema_migration (version, name, applied_at) VALUES ({placeholders})",
                 (migration.number, migration.name, utc_now()),
             )
-    return newer
+        applied.append(migration)
+    return applied

@@ -7,11 +7,46 @@ classes describe the current shape for queries and must agree with the latest mi
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import threading
 
 import peewee
 
-database_proxy = peewee.DatabaseProxy()
+
+class StoreDatabaseProxy(peewee.DatabaseProxy):
+    """The models' database: the one bound to the current thread, else the last initialized.
+
+    A Store binds its database around each operation, so two Stores in one process (a test
+    running the admin command beside the server) never run queries on each other's
+    connections, outside each other's transactions.
+    """
+
+    def __init__(self):
+        object.__setattr__(self, "_bound", threading.local())
+        object.__setattr__(self, "_default", None)
+        super().__init__()
+
+    @property
+    def obj(self):
+        bound = getattr(self._bound, "database", None)
+        return self._default if bound is None else bound
+
+    @obj.setter
+    def obj(self, database):
+        object.__setattr__(self, "_default", database)
+
+    @contextlib.contextmanager
+    def bound_to(self, database: peewee.Database):
+        previous = getattr(self._bound, "database", None)
+        self._bound.database = database
+        try:
+            yield
+        finally:
+            self._bound.database = previous
+
+
+database_proxy = StoreDatabaseProxy()
 
 DOMAIN_MODES = ("primary", "secondary")
 CONTEXT_KINDS = ("todo", "folder", "project")
@@ -20,6 +55,17 @@ CONTEXT_KINDS = ("todo", "folder", "project")
 def utc_now() -> datetime.datetime:
     # Stored naive, always UTC: SQLite has no time zones and both backends then agree.
     return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+
+
+class RawField(peewee.BlobField):
+    """Bytes in, bytes out on both backends (the driver's own binary wrapper is chosen per
+    database at bind time, which a second Store in the process could change)."""
+
+    def db_value(self, value):
+        return None if value is None else bytes(value)
+
+    def python_value(self, value):
+        return None if value is None else bytes(value)
 
 
 class BaseModel(peewee.Model):
@@ -58,10 +104,12 @@ class Context(BaseModel):
 class Mailbox(BaseModel):
     id = peewee.BigAutoField()
     local_part = peewee.CharField(max_length=64)
-    domain = peewee.ForeignKeyField(Domain, backref="mailboxes", on_delete="RESTRICT")
+    # Indexed by the unique (domain, local_part) index.
+    domain = peewee.ForeignKeyField(Domain, backref="mailboxes", on_delete="RESTRICT", index=False)
     owner = peewee.ForeignKeyField(User, backref="mailboxes", on_delete="RESTRICT")
     identity = peewee.CharField(max_length=320)
-    store_to = peewee.ForeignKeyField(Context, null=True, on_delete="RESTRICT")
+    # Few mailboxes per context: migration 1 gives it no index.
+    store_to = peewee.ForeignKeyField(Context, null=True, on_delete="RESTRICT", index=False)
     active = peewee.BooleanField()
     is_default = peewee.BooleanField()
     signature = peewee.TextField()
@@ -75,7 +123,8 @@ class Mailbox(BaseModel):
 class Alias(BaseModel):
     id = peewee.BigAutoField()
     name = peewee.CharField(max_length=64)
-    domain = peewee.ForeignKeyField(Domain, on_delete="RESTRICT")
+    # Indexed by the unique (domain, name) index.
+    domain = peewee.ForeignKeyField(Domain, on_delete="RESTRICT", index=False)
     mailbox = peewee.ForeignKeyField(Mailbox, backref="aliases", on_delete="CASCADE")
     created_at = peewee.DateTimeField()
 
@@ -87,7 +136,7 @@ class Message(BaseModel):
     """One received message, its bytes stored once however many mailboxes it is filed in."""
 
     id = peewee.BigAutoField()
-    raw = peewee.BlobField()
+    raw = RawField()
     size = peewee.BigIntegerField()
     message_id = peewee.CharField(max_length=998, null=True)
     subject = peewee.TextField(null=True)
@@ -102,7 +151,8 @@ class Filing(BaseModel):
 
     id = peewee.BigAutoField()
     message = peewee.ForeignKeyField(Message, backref="filings", on_delete="CASCADE")
-    mailbox = peewee.ForeignKeyField(Mailbox, backref="filings", on_delete="CASCADE")
+    # Indexed by the unique (mailbox, uid) index.
+    mailbox = peewee.ForeignKeyField(Mailbox, backref="filings", on_delete="CASCADE", index=False)
     context = peewee.ForeignKeyField(Context, on_delete="RESTRICT")
     uid = peewee.BigIntegerField()
     flags = peewee.CharField(max_length=200)

@@ -73,13 +73,14 @@ class Store:
         return self.database.atomic()
 
     def run_sync(self, operation, *args, **kwargs):
-        if is_sqlite(self.database):
-            if self.database.is_closed():
-                self.database.connect()
-            with self._transaction():
+        with database_proxy.bound_to(self.database):
+            if is_sqlite(self.database):
+                if self.database.is_closed():
+                    self.database.connect()
+                with self._transaction():
+                    return operation(*args, **kwargs)
+            with self.database.connection_context(), self._transaction():
                 return operation(*args, **kwargs)
-        with self.database.connection_context(), self._transaction():
-            return operation(*args, **kwargs)
 
     def run(self, operation, *args, **kwargs):
         return deferToThreadPool(

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 
 import peewee
 
-from atollon_mail.store.errors import Conflict, Invalid, NotFound
+from atollon_mail.store.errors import Conflict, Invalid, NotFound, StoreError
 from atollon_mail.store.models import (
     CONTEXT_KINDS,
     DOMAIN_MODES,
@@ -52,8 +52,13 @@ _LOGIN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 # --- validation helpers ---------------------------------------------------------------
 
 
+def _strip_root_dot(domain: str) -> str:
+    # One trailing dot is the DNS root ("example.com."); more is not a name.
+    return domain[:-1] if domain.endswith(".") else domain
+
+
 def normalize_domain_name(name: str) -> str:
-    domain = name.strip().lower().rstrip(".")
+    domain = _strip_root_dot(name.strip().lower())
     if not _DOMAIN_NAME.match(domain):
         raise Invalid(f"{name!r} is not a domain name; give one such as example.com")
     return domain
@@ -91,6 +96,24 @@ def _validate_login(login: str) -> str:
             "starting with a letter or digit"
         )
     return login
+
+
+def _create(model, conflict: str, **fields):
+    """model.create(**fields); a unique index refusing it (a concurrent writer got there
+    first) is the same Conflict the check before it would have raised."""
+    try:
+        with database_proxy.atomic():  # a savepoint keeps the transaction usable
+            return model.create(**fields)
+    except peewee.IntegrityError:
+        raise Conflict(conflict) from None
+
+
+def _locked(query):
+    """The query's rows locked until commit (PostgreSQL); SQLite has one writer anyway.
+
+    NO KEY UPDATE: writers of the same rows wait, inserts merely referencing them do not.
+    """
+    return query.for_update("FOR NO KEY UPDATE") if database_proxy.for_update else query
 
 
 # --- records --------------------------------------------------------------------------
@@ -172,7 +195,14 @@ def add_domain(name: str, mode: str = "primary") -> DomainRecord:
         raise Invalid(f"mode must be one of {', '.join(DOMAIN_MODES)}, got {mode!r}")
     if Domain.select().where(Domain.name == domain_name).exists():
         raise Conflict(f"domain {domain_name} exists already")
-    domain = Domain.create(name=domain_name, mode=mode, active=True, created_at=utc_now())
+    domain = _create(
+        Domain,
+        f"domain {domain_name} exists already",
+        name=domain_name,
+        mode=mode,
+        active=True,
+        created_at=utc_now(),
+    )
     return _domain_record(domain)
 
 
@@ -195,7 +225,9 @@ def add_user(login: str, password_hash: str, name: str = "", is_admin: bool = Fa
     login = _validate_login(login)
     if User.select().where(User.login == login).exists():
         raise Conflict(f"user {login} exists already")
-    user = User.create(
+    user = _create(
+        User,
+        f"user {login} exists already",
         login=login,
         name=name.strip() or login,
         password_hash=password_hash,
@@ -278,6 +310,10 @@ def add_mailbox(
     local, domain_name = normalize_address(address)
     domain = _get_domain(domain_name)
     owner = _get_user(owner_login)
+    # Locked: a concurrent mailbox or alias of this name, or another first mailbox of this
+    # owner, waits for this one and then sees it.
+    _locked(Domain.select(Domain.id).where(Domain.id == domain.id)).execute()
+    _locked(User.select(User.id).where(User.id == owner.id)).execute()
     taken = _name_taken(domain, local)
     if taken:
         raise Conflict(f"{local}@{domain_name} is {taken} already")
@@ -291,7 +327,9 @@ def add_mailbox(
     has_default = (
         Mailbox.select().where((Mailbox.owner == owner) & (Mailbox.is_default == True)).exists()  # noqa: E712
     )
-    mailbox = Mailbox.create(
+    mailbox = _create(
+        Mailbox,
+        f"{local}@{domain_name} is a mailbox already",
         local_part=local,
         domain=domain,
         owner=owner,
@@ -342,10 +380,18 @@ def add_alias(address: str, mailbox_address: str) -> AliasRecord:
         raise Invalid(
             f"an alias is always in its mailbox's domain: use {local}@{mailbox.domain.name}"
         )
+    _locked(Domain.select(Domain.id).where(Domain.id == mailbox.domain_id)).execute()
     taken = _name_taken(mailbox.domain, local)
     if taken:
         raise Conflict(f"{local}@{domain_name} is {taken} already")
-    alias = Alias.create(name=local, domain=mailbox.domain, mailbox=mailbox, created_at=utc_now())
+    alias = _create(
+        Alias,
+        f"{local}@{domain_name} is an alias already",
+        name=local,
+        domain=mailbox.domain,
+        mailbox=mailbox,
+        created_at=utc_now(),
+    )
     return AliasRecord(
         id=alias.id,
         address=f"{local}@{domain_name}",
@@ -379,7 +425,7 @@ def resolve_recipient(local_part: str, domain_name: str) -> Recipient | Rejectio
 
     Local parts match case-insensitively and `user+tag` reaches `user`.
     """
-    domain_name = domain_name.lower().rstrip(".")
+    domain_name = _strip_root_dot(domain_name.lower())
     domain = Domain.get_or_none(Domain.name == domain_name)
     if domain is None:
         return Rejection("unknown-domain", f"{domain_name} is not a domain of this server")
@@ -439,8 +485,19 @@ def store_messages(messages: Sequence[IncomingMessage]) -> list[StoredMessage | 
     rolled back alone, the others are kept.
     """
     results: list[StoredMessage | Exception] = []
+    # Every mailbox of the batch locked up front in id order: concurrent batches filing into
+    # the same mailboxes in other orders would otherwise deadlock (PostgreSQL).
+    mailbox_ids = sorted(
+        {recipient.mailbox_id for incoming in messages for recipient in incoming.recipients}
+    )
+    if mailbox_ids:
+        _locked(
+            Mailbox.select(Mailbox.id).where(Mailbox.id.in_(mailbox_ids)).order_by(Mailbox.id)
+        ).execute()
     for incoming in messages:
         try:
+            if not incoming.recipients:
+                raise Invalid("a message needs at least one recipient; nothing was stored")
             with database_proxy.atomic():
                 now = utc_now()
                 message = Message.create(
@@ -457,7 +514,7 @@ def store_messages(messages: Sequence[IncomingMessage]) -> list[StoredMessage | 
                     message.id, (recipient.mailbox_id for recipient in incoming.recipients), now
                 )
             results.append(StoredMessage(id=message.id, filings=filed))
-        except (peewee.DatabaseError, NotFound) as problem:
+        except (peewee.DatabaseError, StoreError) as problem:
             results.append(problem)
     return results
 
