@@ -1,0 +1,678 @@
+"""The `atollon-mail` admin command, run in-process through `main(argv)`.
+
+The commands that touch the database are written once in `CliContractMixin` and run on
+SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import attrs
+from twisted.trial import unittest
+
+from atollon_mail import cli, passwords
+from atollon_mail.config import CONFIG_ENVIRONMENT_VARIABLE
+from atollon_mail.store import migrations, queries
+from atollon_mail.store.models import database_proxy
+from atollon_mail.store.pool import Store
+from atollon_mail.store.records import IncomingMessage, Recipient
+from tests.support import PostgresStoreMixin, SqliteStoreMixin
+
+NOT_MIGRATED = (
+    "atollon-mail: the database at {url} is not migrated (version 0 of {latest}); "
+    "run: atollon-mail db migrate\n"
+)
+
+
+@attrs.frozen
+class Outcome:
+    code: int
+    out: bytes
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out.decode("utf-8")
+
+    @property
+    def lines(self) -> list[str]:
+        return self.text.splitlines()
+
+
+class CliHarness:
+    """Runs `main` with captured streams and checks each run closes what it opened."""
+
+    database_url: str
+
+    def mktemp(self) -> str:
+        # trial's mktemp writes under the working directory, which is the checkout under
+        # pytest; these files go to the system's temporary directory and are removed.
+        base = getattr(self, "_temporary_base", None)
+        if base is None:
+            base = self._temporary_base = tempfile.mkdtemp(prefix="atollon-mail-cli-")
+            self.addCleanup(shutil.rmtree, base, True)
+        self._temporary_count = getattr(self, "_temporary_count", 0) + 1
+        return os.path.join(base, str(self._temporary_count))
+
+    def write_config(self, database_url: str, name: str = "atollon-mail.ini") -> str:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, name)
+        with open(path, "w", encoding="utf-8") as config_file:
+            config_file.write(
+                f"[appliance]\nhostname = mx.test.example\n\n[database]\nurl = {database_url}\n"
+            )
+        return path
+
+    def set_environment(self, name: str, value: str | None) -> None:
+        old = os.environ.get(name)
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+        self.addCleanup(
+            lambda: os.environ.pop(name, None) if old is None else os.environ.update({name: old})
+        )
+
+    def main(self, *argv: str, stdin: bytes = b"") -> Outcome:
+        out, err = io.BytesIO(), io.BytesIO()
+        streams = {
+            "stdin": io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"),
+            "stdout": io.TextIOWrapper(out, encoding="utf-8", write_through=True),
+            "stderr": io.TextIOWrapper(err, encoding="utf-8", write_through=True),
+        }
+        saved = {name: getattr(sys, name) for name in streams}
+        opened: list[Store] = []
+
+        class RecordingStore(Store):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                opened.append(self)
+
+        original_store = cli.Store
+        cli.Store = RecordingStore
+        for name, stream in streams.items():
+            setattr(sys, name, stream)
+        try:
+            code = cli.main(list(argv))
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            cli.Store = original_store
+            for name, stream in saved.items():
+                setattr(sys, name, stream)
+        for store in opened:
+            database = store.database
+            self.assertTrue(database.is_closed(), f"{argv} left the database open")
+            self.assertEqual(getattr(database, "_connections", []), [], f"{argv}: idle conns")
+            self.assertEqual(getattr(database, "_in_use", {}), {}, f"{argv}: conns in use")
+        return Outcome(code, out.getvalue(), err.getvalue().decode("utf-8"))
+
+    def assertRefused(self, outcome: Outcome, message: str) -> None:
+        """Exit 1, nothing on stdout, and exactly one line on stderr containing message."""
+        self.assertEqual((outcome.code, outcome.out), (1, b""), outcome)
+        self.assertTrue(outcome.err.startswith("atollon-mail: "), outcome.err)
+        self.assertEqual(outcome.err.count("\n"), 1, outcome.err)
+        self.assertIn(message, outcome.err)
+
+    def assertUsageError(self, outcome: Outcome) -> None:
+        self.assertEqual((outcome.code, outcome.out), (2, b""), outcome)
+        self.assertIn("usage: atollon-mail", outcome.err)
+
+
+class CliContractMixin(CliHarness):
+    def setUp(self):
+        self.set_environment(CONFIG_ENVIRONMENT_VARIABLE, None)
+        self.database_url = self.make_database_url()
+        self.config_path = self.write_config(self.database_url)
+
+    def cli(self, *argv: str, stdin: bytes = b"") -> Outcome:
+        return self.main("--config", self.config_path, *argv, stdin=stdin)
+
+    def ok(self, *argv: str, stdin: bytes = b"") -> Outcome:
+        outcome = self.cli(*argv, stdin=stdin)
+        self.assertEqual((outcome.code, outcome.err), (0, ""), outcome)
+        return outcome
+
+    def store_op(self, operation, *args, **kwargs):
+        """Run one store operation on the test database in a store of its own."""
+        store = Store.from_url(self.database_url, reactor=None)
+        try:
+            return store.run_sync(operation, *args, **kwargs)
+        finally:
+            store.stop()
+
+    def migrate(self) -> None:
+        self.ok("db", "migrate")
+
+    def setup_mailbox(self) -> None:
+        """acme.com with user joe and his mailbox joe@acme.com (and the context ids 1, 2)."""
+        self.migrate()
+        self.ok("domain", "add", "acme.com")
+        self.ok("user", "add", "joe", "--password-stdin", stdin=b"joe-password\n")
+        self.ok("user", "add", "ann", "--password-stdin", stdin=b"ann-password\n")
+        self.ok("mailbox", "add", "joe@acme.com", "--owner", "joe")
+
+    def deliver(self, address: str, raw: bytes, subject: str, sender: str) -> int:
+        def operation():
+            local, domain = address.split("@")
+            recipient = queries.resolve_recipient(local, domain)
+            assert isinstance(recipient, Recipient), recipient
+            message = IncomingMessage(
+                envelope_sender=sender,
+                recipients=(recipient,),
+                raw=raw,
+                subject=subject,
+                from_header=sender,
+            )
+            [stored] = queries.store_messages([message])
+            assert not isinstance(stored, Exception), stored
+            return stored.id
+
+        return self.store_op(operation)
+
+    # -- db migrate and the schema check ------------------------------------------------
+
+    def test_db_migrate(self):
+        first = self.ok("db", "migrate")
+        self.assertEqual(
+            first.lines,
+            [f"applied migration {m.number}: {m.name}" for m in migrations.MIGRATIONS]
+            + [f"the schema is now at version {migrations.LATEST_VERSION}"],
+        )
+        self.assertEqual(
+            self.store_op(migrations.applied_versions, database_proxy),
+            [m.number for m in migrations.MIGRATIONS],
+        )
+        again = self.ok("db", "migrate")
+        self.assertEqual(
+            again.lines, [f"the schema is current at version {migrations.LATEST_VERSION}"]
+        )
+
+    def test_unmigrated_database_refused(self):
+        expected = NOT_MIGRATED.format(url=self.database_url, latest=migrations.LATEST_VERSION)
+        for argv in (
+            ("domain", "list"),
+            ("domain", "add", "acme.com"),
+            ("user", "add", "joe"),
+            ("context", "list"),
+            ("mailbox", "add", "joe@acme.com", "--owner", "joe"),
+            ("mailbox", "show", "joe@acme.com"),
+            ("alias", "list"),
+            ("messages", "list", "joe@acme.com"),
+            ("messages", "show", "1"),
+        ):
+            outcome = self.cli(*argv, stdin=b"password\n")
+            self.assertEqual((outcome.code, outcome.out, outcome.err), (1, b"", expected), argv)
+        # The check only reads: not even the version table was created.
+        tables = self.store_op(lambda: database_proxy.get_tables())
+        self.assertEqual(tables, [])
+
+    # -- domains ------------------------------------------------------------------------
+
+    def test_domain_add_and_list(self):
+        self.migrate()
+        self.assertEqual(
+            self.ok("domain", "add", "Acme.COM.").lines, ["added domain acme.com (primary)"]
+        )
+        self.assertEqual(
+            self.ok("domain", "add", "backup.example", "--mode", "secondary").lines,
+            ["added domain backup.example (secondary)"],
+        )
+        self.assertEqual(
+            self.ok("domain", "list").lines,
+            [
+                "DOMAIN          MODE       ACTIVE",
+                "acme.com        primary    yes",
+                "backup.example  secondary  yes",
+            ],
+        )
+
+    def test_domain_list_empty_has_header(self):
+        self.migrate()
+        self.assertEqual(self.ok("domain", "list").lines, ["DOMAIN  MODE  ACTIVE"])
+
+    def test_domain_refusals(self):
+        self.migrate()
+        self.ok("domain", "add", "acme.com")
+        self.assertRefused(self.cli("domain", "add", "ACME.com"), "domain acme.com exists already")
+        self.assertRefused(self.cli("domain", "add", "not a domain"), "is not a domain name")
+        self.assertUsageError(self.cli("domain", "add", "other.com", "--mode", "tertiary"))
+        self.assertUsageError(self.cli("domain", "add"))
+        self.assertEqual([d.name for d in self.store_op(queries.list_domains)], ["acme.com"])
+
+    # -- users --------------------------------------------------------------------------
+
+    def test_user_add_generates_a_password_shown_once(self):
+        self.migrate()
+        outcome = self.ok("user", "add", "Joe", "--name", "Joe Smith", "--admin")
+        added, shown = outcome.lines
+        self.assertEqual(added, "added user joe (name Joe Smith, admin)")
+        prefix = "password for joe (shown only this once): "
+        self.assertTrue(shown.startswith(prefix), shown)
+        password = shown[len(prefix) :]
+        self.assertGreaterEqual(len(password), 20)
+        password_hash = self.store_op(queries.user_password_hash, "joe")
+        self.assertNotIn(password, password_hash)
+        self.assertTrue(passwords.verify_password(password_hash, password))
+        self.assertEqual(
+            self.ok("user", "list").lines, ["LOGIN  NAME       ADMIN", "joe    Joe Smith  yes"]
+        )
+
+    def test_user_add_password_stdin(self):
+        self.migrate()
+        outcome = self.ok(
+            "user", "add", "ann", "--password-stdin", stdin=b"  s\xc3\xa9cret words \r\nmore\n"
+        )
+        # Confirmation only: a password the operator chose is never echoed.
+        self.assertEqual(outcome.lines, ["added user ann (name ann)"])
+        password_hash = self.store_op(queries.user_password_hash, "ann")
+        self.assertTrue(passwords.verify_password(password_hash, "  s\u00e9cret words "))
+        self.assertFalse(passwords.verify_password(password_hash, "s\u00e9cret words"))
+
+    def test_user_add_password_stdin_refusals(self):
+        self.migrate()
+        for stdin, message in (
+            (b"", "no password on standard input"),
+            (b"\n", "no password on standard input"),
+            (b"\xff\xfe bad\n", "cannot read the password from standard input"),
+        ):
+            self.assertRefused(
+                self.cli("user", "add", "ann", "--password-stdin", stdin=stdin), message
+            )
+        self.assertEqual(self.store_op(queries.list_users), [])
+
+    def test_user_refusals(self):
+        self.migrate()
+        self.ok("user", "add", "joe")
+        self.assertRefused(self.cli("user", "add", "JOE"), "user joe exists already")
+        self.assertRefused(self.cli("user", "add", "_x"), "is not a valid login")
+        self.assertRefused(self.cli("user", "add", "jo e"), "is not a valid login")
+        self.assertUsageError(self.cli("user", "add"))
+        self.assertEqual([u.login for u in self.store_op(queries.list_users)], ["joe"])
+
+    # -- contexts -----------------------------------------------------------------------
+
+    def test_context_add_and_list(self):
+        self.migrate()
+        self.ok("user", "add", "joe")
+        self.assertEqual(
+            self.ok("context", "add", "folder", "Sales", "--owner", "joe").lines,
+            ["added folder Sales (id 2, owner joe)"],
+        )
+        self.assertEqual(
+            self.ok("context", "add", "project", "Launch 2025").lines,
+            ["added project Launch 2025 (id 3, no owner)"],
+        )
+        self.assertEqual(
+            self.ok("context", "list").lines,
+            [
+                "ID  KIND     NAME         OWNER",
+                " 1  todo     To Do (joe)  joe",
+                " 2  folder   Sales        joe",
+                " 3  project  Launch 2025  -",
+            ],
+        )
+
+    def test_context_refusals(self):
+        self.migrate()
+        self.assertRefused(
+            self.cli("context", "add", "folder", "Sales", "--owner", "nobody"), "no user nobody"
+        )
+        self.assertRefused(self.cli("context", "add", "folder", "  "), "needs a name")
+        self.assertUsageError(self.cli("context", "add", "todo", "Mine"))
+        self.assertUsageError(self.cli("context", "add", "folder"))
+        self.assertEqual(self.store_op(queries.list_contexts), [])
+
+    # -- mailboxes ----------------------------------------------------------------------
+
+    def test_mailbox_add(self):
+        self.setup_mailbox()
+        self.assertEqual(self.store_op(queries.get_mailbox, "joe@acme.com").owner_login, "joe")
+        self.ok("context", "add", "folder", "Sales")
+        outcome = self.ok(
+            "mailbox",
+            "add",
+            "Sales@Acme.com",
+            "--owner",
+            "ann",
+            "--identity",
+            "team@acme.com",
+            "--inactive",
+            "--store-to",
+            "3",
+        )
+        self.assertEqual(
+            outcome.lines,
+            [
+                "added mailbox sales@acme.com (owner ann, identity team@acme.com, "
+                "stores to folder #3 Sales, inactive)"
+            ],
+        )
+        record = self.store_op(queries.get_mailbox, "sales@acme.com")
+        self.assertEqual(
+            (record.identity, record.active, record.store_to.id, record.is_default),
+            ("team@acme.com", False, 3, True),
+        )
+
+    def test_mailbox_add_confirmation(self):
+        self.migrate()
+        self.ok("domain", "add", "acme.com")
+        self.ok("user", "add", "joe")
+        self.assertEqual(
+            self.ok("mailbox", "add", "joe@acme.com", "--owner", "joe").lines,
+            ["added mailbox joe@acme.com (owner joe, identity joe@acme.com)"],
+        )
+
+    def test_mailbox_list_and_show(self):
+        self.setup_mailbox()
+        self.ok("mailbox", "add", "info@acme.com", "--owner", "joe", "--inactive")
+        self.ok("alias", "add", "sales@acme.com", "--mailbox", "joe@acme.com")
+        self.ok("alias", "add", "boss@acme.com", "--mailbox", "joe@acme.com")
+        self.assertEqual(
+            self.ok("mailbox", "list").lines,
+            [
+                "ADDRESS        OWNER  IDENTITY       STORE TO             ACTIVE  DEFAULT"
+                "  ALIASES",
+                "info@acme.com  joe    info@acme.com  todo #1 To Do (joe)  no      no       -",
+                "joe@acme.com   joe    joe@acme.com   todo #1 To Do (joe)  yes     yes"
+                "      boss@acme.com, sales@acme.com",
+            ],
+        )
+        self.assertEqual(
+            self.ok("mailbox", "show", "JOE@acme.com").lines,
+            [
+                "address:     joe@acme.com",
+                "owner:       joe",
+                "identity:    joe@acme.com",
+                "store to:    todo #1 To Do (joe)",
+                "active:      yes",
+                "default box: yes",
+                "aliases:     boss@acme.com, sales@acme.com",
+                "signature:   (none)",
+            ],
+        )
+        self.assertIn("aliases:     (none)", self.ok("mailbox", "show", "info@acme.com").lines)
+
+    def test_mailbox_refusals(self):
+        self.setup_mailbox()
+        before = self.store_op(queries.list_mailboxes)
+        for argv, message in (
+            (("bob@acme.com", "--owner", "nobody"), "no user nobody"),
+            (("not-an-address", "--owner", "joe"), "is not an address"),
+            (("bob@acme.com@", "--owner", "joe"), "is not an address"),
+            (("bo b@acme.com", "--owner", "joe"), "is not a valid mailbox name"),
+            (("bob@other.com", "--owner", "joe"), "no domain other.com"),
+            (("JOE@acme.com", "--owner", "ann"), "joe@acme.com is a mailbox already"),
+            (("bob@acme.com", "--owner", "joe", "--store-to", "99"), "no folder or project"),
+            (("bob@acme.com", "--owner", "joe", "--identity", "nobody"), "is not an address"),
+        ):
+            self.assertRefused(self.cli("mailbox", "add", *argv), message)
+        self.assertRefused(self.cli("mailbox", "show", "bob@acme.com"), "no mailbox bob@acme.com")
+        self.assertRefused(self.cli("mailbox", "show", "bob"), "is not an address")
+        self.assertUsageError(self.cli("mailbox", "add", "bob@acme.com"))
+        self.assertUsageError(
+            self.cli("mailbox", "add", "bob@acme.com", "--owner", "joe", "--store-to", "x")
+        )
+        self.assertUsageError(self.cli("mailbox", "show"))
+        self.assertEqual(self.store_op(queries.list_mailboxes), before)
+
+    # -- aliases ------------------------------------------------------------------------
+
+    def test_alias_add_and_list(self):
+        self.setup_mailbox()
+        self.assertEqual(
+            self.ok("alias", "add", "Sales@acme.com", "--mailbox", "joe@acme.com").lines,
+            ["added alias sales@acme.com -> joe@acme.com"],
+        )
+        self.assertEqual(
+            self.ok("alias", "list").lines,
+            ["ALIAS           MAILBOX", "sales@acme.com  joe@acme.com"],
+        )
+        recipient = self.store_op(queries.resolve_recipient, "sales", "acme.com")
+        self.assertEqual(recipient.mailbox_address, "joe@acme.com")
+
+    def test_alias_refusals(self):
+        self.setup_mailbox()
+        self.ok("domain", "add", "other.com")
+        self.ok("alias", "add", "sales@acme.com", "--mailbox", "joe@acme.com")
+        for argv, message in (
+            (("info@other.com", "--mailbox", "joe@acme.com"), "use info@acme.com"),
+            (("sales@acme.com", "--mailbox", "joe@acme.com"), "is an alias already"),
+            (("joe@acme.com", "--mailbox", "joe@acme.com"), "is a mailbox already"),
+            (("info@acme.com", "--mailbox", "nobody@acme.com"), "no mailbox nobody@acme.com"),
+            (("info", "--mailbox", "joe@acme.com"), "is not an address"),
+        ):
+            self.assertRefused(self.cli("alias", "add", *argv), message)
+        self.assertUsageError(self.cli("alias", "add", "info@acme.com"))
+        self.assertEqual(
+            [a.address for a in self.store_op(queries.list_aliases)], ["sales@acme.com"]
+        )
+
+    # -- messages -----------------------------------------------------------------------
+
+    def test_messages_list(self):
+        self.setup_mailbox()
+        ids = [
+            self.deliver("joe@acme.com", b"x" * size, f"Subject {n}", f"s{n}@example.org")
+            for n, size in enumerate((10, 2000, 30))
+        ]
+        lines = self.ok("messages", "list", "joe@acme.com").lines
+        self.assertEqual(
+            lines[0].split(), ["UID", "ID", "RECEIVED", "(UTC)", "SIZE", "FROM", "SUBJECT"]
+        )
+        rows = [line.split() for line in lines[1:]]
+        self.assertEqual(
+            [(row[0], row[1], row[4], row[5], " ".join(row[6:])) for row in rows],
+            [
+                ("3", str(ids[2]), "30", "s2@example.org", "Subject 2"),
+                ("2", str(ids[1]), "2000", "s1@example.org", "Subject 1"),
+                ("1", str(ids[0]), "10", "s0@example.org", "Subject 0"),
+            ],
+        )
+        self.assertRegex(rows[0][2] + " " + rows[0][3], r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
+        limited = self.ok("messages", "list", "joe@acme.com", "--limit", "1", "--offset", "1")
+        self.assertEqual([line.split()[0] for line in limited.lines], ["UID", "2"])
+        empty = self.ok("messages", "list", "joe@acme.com", "--offset", "5")
+        self.assertEqual(len(empty.lines), 1)
+
+    def test_messages_list_shows_header_text_harmlessly(self):
+        self.setup_mailbox()
+        self.deliver("joe@acme.com", b"x", "hi\x1b[2J\nthere\u202egnp.exe", "a@example.org")
+        row = self.ok("messages", "list", "joe@acme.com").lines[1]
+        self.assertNotIn("\x1b", row)
+        self.assertNotIn("\u202e", row)
+        self.assertIn("hi\ufffd[2J there\ufffdgnp.exe", row)
+
+    def test_control_characters_never_reach_the_terminal(self):
+        self.setup_mailbox()
+        outcome = self.cli("mailbox", "add", "bob@acme.com", "--owner", "jo\x1b[2Je")
+        self.assertRefused(outcome, "no user jo\ufffd[2Je")
+        self.assertNotIn("\x1b", outcome.err)
+
+    def test_messages_refusals(self):
+        self.setup_mailbox()
+        self.assertRefused(
+            self.cli("messages", "list", "nobody@acme.com"), "no mailbox nobody@acme.com"
+        )
+        self.assertRefused(self.cli("messages", "show", "42"), "no message with id 42")
+        self.assertUsageError(self.cli("messages", "list", "joe@acme.com", "--limit", "0"))
+        self.assertUsageError(self.cli("messages", "list", "joe@acme.com", "--offset", "-1"))
+        self.assertUsageError(self.cli("messages", "show", "abc"))
+        self.assertUsageError(self.cli("messages", "list"))
+
+    def test_messages_show_writes_the_exact_bytes(self):
+        self.setup_mailbox()
+        raw = (
+            b"Received: from x\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\n\r\n"
+            b"body \xff\xfe not UTF-8\r\n.\r\nlast line without CRLF"
+        )
+        message_id = self.deliver("joe@acme.com", raw, "cafe", "a@example.org")
+        outcome = self.ok("messages", "show", str(message_id))
+        self.assertEqual(outcome.out, raw)
+
+
+class CliOnSqliteTests(SqliteStoreMixin, CliContractMixin, unittest.TestCase):
+    pass
+
+
+class CliOnPostgresTests(PostgresStoreMixin, CliContractMixin, unittest.TestCase):
+    def test_password_hidden_in_messages(self):
+        # Trust authentication ignores the password, so the URL still reaches the schema.
+        with_password = self.database_url.replace(
+            "postgresql://postgres@", "postgresql://postgres:hunter2@"
+        )
+        self.assertNotEqual(with_password, self.database_url)
+        config_path = self.write_config(with_password)
+        outcome = self.main("--config", config_path, "domain", "list")
+        self.assertRefused(outcome, "postgresql://postgres:***@")
+        self.assertNotIn("hunter2", outcome.err)
+
+
+class CliWithoutDatabaseTests(CliHarness, unittest.TestCase):
+    """Configuration, usage and entry points; SQLite where a database is needed."""
+
+    def setUp(self):
+        self.set_environment(CONFIG_ENVIRONMENT_VARIABLE, None)
+
+    def sqlite_url(self) -> str:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        return f"sqlite:///{os.path.abspath(directory)}/store.sqlite"
+
+    def test_config_from_environment(self):
+        config_path = self.write_config(self.sqlite_url())
+        self.set_environment(CONFIG_ENVIRONMENT_VARIABLE, config_path)
+        self.assertEqual(self.main("db", "migrate").code, 0)
+        self.assertEqual(self.main("domain", "add", "acme.com").code, 0)
+        self.assertEqual(self.main("domain", "list").lines[1].split()[0], "acme.com")
+
+    def test_config_option_wins_over_environment(self):
+        self.set_environment(CONFIG_ENVIRONMENT_VARIABLE, os.path.abspath("does-not-exist.ini"))
+        config_path = self.write_config(self.sqlite_url())
+        self.assertEqual(self.main("--config", config_path, "db", "migrate").code, 0)
+
+    def test_default_config_path(self):
+        # Neither --config nor the variable: the relative default, named in the refusal.
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        old = os.getcwd()
+        os.chdir(directory)
+        self.addCleanup(os.chdir, old)
+        self.assertRefused(
+            self.main("domain", "list"),
+            "etc/atollon-mail.ini: cannot read the file: No such file or directory",
+        )
+
+    def test_missing_config_file(self):
+        missing = os.path.abspath(self.mktemp())
+        self.assertRefused(self.main("--config", missing, "domain", "list"), missing)
+        self.set_environment(CONFIG_ENVIRONMENT_VARIABLE, missing)
+        self.assertRefused(self.main("db", "migrate"), missing)
+
+    def test_bad_config_value(self):
+        config_path = self.write_config("mysql://nowhere")
+        self.assertRefused(
+            self.main("--config", config_path, "domain", "list"), "[database] url: must be"
+        )
+
+    def test_database_that_cannot_be_opened(self):
+        # A directory where the SQLite file should be.
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        config_path = self.write_config(f"sqlite:///{directory}")
+        self.assertRefused(
+            self.main("--config", config_path, "domain", "list"),
+            f"cannot open the database at sqlite:///{directory}: ",
+        )
+        self.assertRefused(
+            self.main("--config", config_path, "db", "migrate"),
+            f"cannot migrate the database at sqlite:///{directory}: ",
+        )
+        # Nobody listens on port 1.
+        config_path = self.write_config("postgresql://postgres@127.0.0.1:1/test")
+        self.assertRefused(
+            self.main("--config", config_path, "domain", "list"),
+            "cannot open the database at postgresql://postgres@127.0.0.1:1/test: ",
+        )
+
+    def test_database_newer_than_the_program(self):
+        url = self.sqlite_url()
+        config_path = self.write_config(url)
+        self.assertEqual(self.main("--config", config_path, "db", "migrate").code, 0)
+        store = Store.from_url(url, reactor=None)
+        try:
+            store.run_sync(
+                store.database.execute_sql,
+                "INSERT INTO schema_migration (version, name, applied_at) "
+                "VALUES (999, 'future', '2030-01-01 00:00:00')",
+            )
+        finally:
+            store.stop()
+        self.assertRefused(
+            self.main("--config", config_path, "domain", "list"), "newer than this program"
+        )
+        self.assertRefused(
+            self.main("--config", config_path, "db", "migrate"), "run a newer atollon-mail"
+        )
+
+    def test_usage_errors(self):
+        self.assertUsageError(self.main())
+        self.assertUsageError(self.main("bogus"))
+        self.assertUsageError(self.main("domain"))
+        self.assertUsageError(self.main("domain", "remove", "acme.com"))
+        self.assertUsageError(self.main("db", "migrate", "--now"))
+
+    def test_help(self):
+        outcome = self.main("--help")
+        self.assertEqual((outcome.code, outcome.err), (0, ""))
+        for group in ("db", "domain", "user", "context", "mailbox", "alias", "messages"):
+            self.assertIn(group, outcome.text)
+        self.assertIn("--password-stdin", self.main("user", "add", "--help").text)
+
+    def test_display_url_hides_password(self):
+        self.assertEqual(
+            cli._display_url("postgresql://mail:s3cret@db.example:5432/mail?sslmode=require"),
+            "postgresql://mail:***@db.example:5432/mail?sslmode=require",
+        )
+        self.assertEqual(cli._display_url("sqlite:///var/x.sqlite"), "sqlite:///var/x.sqlite")
+
+    def test_works_while_the_server_holds_the_database(self):
+        # Another process (here: this one) keeps its SQLite connection open, as the
+        # server does; the command, a separate process, writes and the server sees it.
+        url = self.sqlite_url()
+        config_path = self.write_config(url)
+        server = Store.from_url(url, reactor=None)
+        self.addCleanup(server.stop)
+        server.migrate()
+        self.assertEqual(server.run_sync(queries.list_domains), [])
+        result = subprocess.run(
+            [sys.executable, "-m", "atollon_mail.cli", "--config", config_path]
+            + ["domain", "add", "acme.com"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual((result.returncode, result.stderr), (0, b""))
+        self.assertEqual(result.stdout, b"added domain acme.com (primary)\n")
+        self.assertEqual([d.name for d in server.run_sync(queries.list_domains)], ["acme.com"])
+
+    def test_module_entry_point(self):
+        environment = dict(os.environ)
+        environment.pop(CONFIG_ENVIRONMENT_VARIABLE, None)
+        result = subprocess.run(
+            [sys.executable, "-m", "atollon_mail.cli", "--help"],
+            capture_output=True,
+            env=environment,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(b"usage: atollon-mail", result.stdout)
+        self.assertIn(b"messages", result.stdout)
