@@ -1,0 +1,145 @@
+"""Intake: group commit, the promise that a message is acknowledged only once committed."""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.trial import unittest
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from atollon_mail.delivery.intake import Intake, summarize_headers
+from atollon_mail.interfaces import IMailIntake, IStore
+from atollon_mail.passwords import hash_password
+from atollon_mail.store import queries
+from atollon_mail.store.records import Recipient, StoredMessage
+from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
+
+RAW = b"From: a@example.org\r\nSubject: hello\r\nMessage-ID: <1@example.org>\r\n\r\nbody\r\n"
+RECIPIENT = Recipient(address="joe@acme.test", mailbox_id=1, mailbox_address="joe@acme.test")
+
+
+@implementer(IStore)
+class ControlledStore:
+    """A store whose operations complete only when the test says so."""
+
+    database = None
+
+    def __init__(self):
+        self.calls: list[tuple[object, tuple, defer.Deferred]] = []
+
+    def run(self, operation, *args, **kwargs):
+        finished = defer.Deferred()
+        self.calls.append((operation, args, finished))
+        return finished
+
+    def run_sync(self, operation, *args, **kwargs):
+        raise AssertionError("the intake must not block on the store")
+
+
+class GroupCommitTests(unittest.TestCase):
+    def setUp(self):
+        self.store = ControlledStore()
+        self.intake = Intake(self.store)
+
+    def test_provides_interface(self):
+        verifyObject(IMailIntake, self.intake)
+
+    def test_acknowledged_only_after_commit(self):
+        stored = self.intake.accept("a@example.org", [RECIPIENT], RAW)
+        results = []
+        stored.addCallback(results.append)
+        self.assertEqual(results, [])
+        operation, (batch,), commit = self.store.calls[0]
+        self.assertIs(operation, queries.store_messages)
+        self.assertEqual(len(batch), 1)
+        commit.callback([StoredMessage(id=7, filings=1)])
+        self.assertEqual(results, [StoredMessage(id=7, filings=1)])
+
+    def test_messages_arriving_during_a_commit_share_the_next_one(self):
+        first = self.intake.accept("a@example.org", [RECIPIENT], RAW)
+        later = [self.intake.accept("b@example.org", [RECIPIENT], RAW) for _ in range(3)]
+        self.assertEqual(len(self.store.calls), 1, "one transaction at a time on SQLite")
+        self.store.calls[0][2].callback([StoredMessage(id=1, filings=1)])
+        self.assertEqual(len(self.store.calls), 2)
+        (_, (batch,), commit) = self.store.calls[1]
+        self.assertEqual([incoming.envelope_sender for incoming in batch], ["b@example.org"] * 3)
+        commit.callback([StoredMessage(id=i, filings=1) for i in (2, 3, 4)])
+        self.assertEqual(self.successResultOf(first).id, 1)
+        self.assertEqual([self.successResultOf(d).id for d in later], [2, 3, 4])
+
+    def test_failed_transaction_fails_every_message_in_it(self):
+        waiting = [self.intake.accept("a@example.org", [RECIPIENT], RAW) for _ in range(2)]
+        self.store.calls[0][2].errback(RuntimeError("disk full"))
+        self.failureResultOf(waiting[0], RuntimeError)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        # The second message went in its own (next) batch; it must still be written.
+        self.assertEqual(len(self.store.calls), 2)
+        self.store.calls[1][2].callback([StoredMessage(id=9, filings=1)])
+        self.assertEqual(self.successResultOf(waiting[1]).id, 9)
+
+    def test_one_bad_message_fails_alone(self):
+        self.intake.accept("a@example.org", [RECIPIENT], RAW)
+        pair = [self.intake.accept("b@example.org", [RECIPIENT], RAW) for _ in range(2)]
+        self.store.calls[0][2].callback([StoredMessage(id=1, filings=1)])
+        self.store.calls[1][2].callback([ValueError("mailbox removed"), StoredMessage(2, 1)])
+        self.failureResultOf(pair[0], ValueError)
+        self.assertEqual(self.successResultOf(pair[1]).id, 2)
+        self.flushLoggedErrors(ValueError)
+
+    def test_batches_are_bounded(self):
+        for _ in range(600):
+            self.intake.accept("a@example.org", [RECIPIENT], RAW)
+        self.store.calls[0][2].callback([StoredMessage(id=0, filings=1)])
+        (_, (batch,), _) = self.store.calls[1]
+        self.assertEqual(len(batch), 256)
+
+
+class HeaderSummaryTests(unittest.TestCase):
+    def test_fields_are_decoded(self):
+        raw = (
+            b"From: =?utf-8?q?J=C3=B3zef?= <jozef@example.org>\r\n"
+            b"Subject: =?utf-8?b?xb5sdcWlb3XEjWvDvQ==?=\r\n"
+            b"Date: Sat, 21 Nov 2026 10:00:00 +0000\r\n"
+            b"Message-ID: <abc@example.org>\r\n\r\nbody\r\n"
+        )
+        summary = summarize_headers(raw)
+        self.assertEqual(summary["subject"], "žluťoučký")
+        self.assertEqual(summary["from_header"], "Józef <jozef@example.org>")
+        self.assertEqual(summary["message_id"], "<abc@example.org>")
+        self.assertEqual(summary["date_header"], "Sat, 21 Nov 2026 10:00:00 +0000")
+
+    def test_missing_and_broken_headers_do_not_stop_storage(self):
+        summary = summarize_headers(b"X-Garbage: \xff\xfe\r\nSubject\r\n\r\nbody")
+        self.assertIsNone(summary["message_id"])
+        self.assertIsNone(summary["from_header"])
+
+
+class IntakeOnStoreTests(StoreFixtureMixin):
+    """The intake against a real store: resolution and durable, filed messages."""
+
+    def setUp(self):
+        self.store = self.make_store()
+        self.store.run_sync(queries.add_domain, "acme.test")
+        self.store.run_sync(queries.add_user, "joe", hash_password("secret"))
+        self.store.run_sync(queries.add_mailbox, "joe@acme.test", "joe")
+        self.intake = Intake(self.store)
+
+    @defer.inlineCallbacks
+    def test_many_concurrent_messages_are_all_stored_and_filed(self):
+        recipient = yield self.intake.resolve_recipient("Joe+News", "ACME.test")
+        self.assertEqual(recipient.mailbox_address, "joe@acme.test")
+        stored = yield defer.gatherResults(
+            [self.intake.accept("a@example.org", [recipient], RAW) for _ in range(50)]
+        )
+        self.assertEqual(len({message.id for message in stored}), 50)
+        filings = yield self.store.run(queries.list_filings, "joe@acme.test", 100)
+        self.assertEqual(sorted(filing.uid for filing in filings), list(range(1, 51)))
+        self.assertEqual(filings[0].message.subject, "hello")
+
+
+class SqliteIntakeTests(SqliteStoreMixin, IntakeOnStoreTests, unittest.TestCase):
+    pass
+
+
+class PostgresIntakeTests(PostgresStoreMixin, IntakeOnStoreTests, unittest.TestCase):
+    pass
