@@ -65,8 +65,8 @@ class Store:
 
     # -- running operations -------------------------------------------------------------
 
-    def _transaction(self):
-        if is_sqlite(self.database):
+    def _transaction(self, operation):
+        if is_sqlite(self.database) and not getattr(operation, "read_only", False):
             # IMMEDIATE takes the write lock at BEGIN, so a writer in another process (the
             # admin command) makes us wait on busy_timeout instead of failing mid-transaction.
             return self.database.atomic("IMMEDIATE")
@@ -77,9 +77,9 @@ class Store:
             if is_sqlite(self.database):
                 if self.database.is_closed():
                     self.database.connect()
-                with self._transaction():
+                with self._transaction(operation):
                     return operation(*args, **kwargs)
-            with self.database.connection_context(), self._transaction():
+            with self.database.connection_context(), self._transaction(operation):
                 return operation(*args, **kwargs)
 
     def run(self, operation, *args, **kwargs):

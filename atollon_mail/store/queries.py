@@ -49,6 +49,12 @@ _MAILBOX_NAME = re.compile(r"^\w(?:[\w.-]{0,62}\w)?$")
 _LOGIN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 
+def read_only(operation):
+    """Mark an operation that only reads: the store runs it without taking the write lock."""
+    operation.read_only = True
+    return operation
+
+
 # --- validation helpers ---------------------------------------------------------------
 
 
@@ -81,6 +87,24 @@ def split_address(address: str) -> tuple[str, str]:
     if not at or not local or not domain:
         raise Invalid(f"{address!r} is not an address; give one such as name@example.com")
     return local, domain
+
+
+_IDENTITY_LOCAL_PART = re.compile(r"^[\w!#$%&'*+/=?^`{|}~-]+(?:\.[\w!#$%&'*+/=?^`{|}~-]+)*$")
+
+
+def normalize_identity(identity: str) -> str:
+    """A sending identity: a plain address (dot-atom local part, a real domain)."""
+    local, domain = split_address(identity)
+    if len(local) > 64 or not _IDENTITY_LOCAL_PART.match(local):
+        raise Invalid(f"{identity!r} is not a valid sending address; use name@domain")
+    return f"{local}@{normalize_domain_name(domain)}"
+
+
+def _limited(value: str, limit: int, what: str) -> str:
+    value = value.strip()
+    if len(value) > limit:
+        raise Invalid(f"the {what} is longer than {limit} characters")
+    return value
 
 
 def normalize_address(address: str) -> tuple[str, str]:
@@ -206,6 +230,7 @@ def add_domain(name: str, mode: str = "primary") -> DomainRecord:
     return _domain_record(domain)
 
 
+@read_only
 def list_domains() -> list[DomainRecord]:
     return [_domain_record(domain) for domain in Domain.select().order_by(Domain.name)]
 
@@ -229,7 +254,7 @@ def add_user(login: str, password_hash: str, name: str = "", is_admin: bool = Fa
         User,
         f"user {login} exists already",
         login=login,
-        name=name.strip() or login,
+        name=_limited(name, 200, "name") or login,
         password_hash=password_hash,
         is_admin=is_admin,
         created_at=utc_now(),
@@ -238,14 +263,17 @@ def add_user(login: str, password_hash: str, name: str = "", is_admin: bool = Fa
     return _user_record(user)
 
 
+@read_only
 def list_users() -> list[UserRecord]:
     return [_user_record(user) for user in User.select().order_by(User.login)]
 
 
+@read_only
 def user_password_hash(login: str) -> str:
     return _get_user(login).password_hash
 
 
+@read_only
 def has_admin() -> bool:
     return User.select().where(User.is_admin == True).exists()  # noqa: E712 (peewee expression)
 
@@ -256,13 +284,15 @@ def has_admin() -> bool:
 def add_context(kind: str, name: str, owner_login: str | None = None) -> ContextRecord:
     if kind not in CONTEXT_KINDS or kind == "todo":
         raise Invalid(f"kind must be folder or project, got {kind!r} (each user has one To Do)")
-    if not name.strip():
+    name = _limited(name, 200, "name")
+    if not name:
         raise Invalid("a folder or project needs a name")
     owner = _get_user(owner_login) if owner_login else None
-    context = Context.create(kind=kind, name=name.strip(), owner=owner, created_at=utc_now())
+    context = Context.create(kind=kind, name=name, owner=owner, created_at=utc_now())
     return _context_record(context)
 
 
+@read_only
 def list_contexts() -> list[ContextRecord]:
     query = Context.select(Context, User).join(User, peewee.JOIN.LEFT_OUTER).order_by(Context.id)
     return [_context_record(context) for context in query]
@@ -320,8 +350,7 @@ def add_mailbox(
     if identity is None:
         identity = f"{local}@{domain_name}"
     else:
-        identity_local, identity_domain = split_address(identity)
-        identity = f"{identity_local}@{normalize_domain_name(identity_domain)}"
+        identity = normalize_identity(identity)
     store_to = _get_context(store_to_context_id) if store_to_context_id is not None else None
     # The owner's first mailbox is their default box (the one used first when sending).
     has_default = (
@@ -344,10 +373,12 @@ def add_mailbox(
     return _mailbox_record(mailbox)
 
 
+@read_only
 def get_mailbox(address: str) -> MailboxRecord:
     return _mailbox_record(_get_mailbox(address))
 
 
+@read_only
 def list_mailboxes() -> list[MailboxRecord]:
     query = (
         Mailbox.select(Mailbox, Domain, User)
@@ -399,6 +430,7 @@ def add_alias(address: str, mailbox_address: str) -> AliasRecord:
     )
 
 
+@read_only
 def list_aliases() -> list[AliasRecord]:
     query = (
         Alias.select(Alias, Domain, Mailbox)
@@ -420,6 +452,7 @@ def list_aliases() -> list[AliasRecord]:
 # --- receiving ------------------------------------------------------------------------
 
 
+@read_only
 def resolve_recipient(local_part: str, domain_name: str) -> Recipient | Rejection:
     """Which mailbox receives local_part@domain_name, or why nothing does.
 
@@ -519,6 +552,7 @@ def store_messages(messages: Sequence[IncomingMessage]) -> list[StoredMessage | 
     return results
 
 
+@read_only
 def list_filings(mailbox_address: str, limit: int = 100, offset: int = 0) -> list[FilingRecord]:
     mailbox = _get_mailbox(mailbox_address)
     query = (
@@ -544,6 +578,7 @@ def list_filings(mailbox_address: str, limit: int = 100, offset: int = 0) -> lis
     ]
 
 
+@read_only
 def message_raw(message_id: int) -> bytes:
     message = Message.get_or_none(Message.id == message_id)
     if message is None:
@@ -551,5 +586,6 @@ def message_raw(message_id: int) -> bytes:
     return bytes(message.raw)
 
 
+@read_only
 def count_messages() -> int:
     return Message.select().count()

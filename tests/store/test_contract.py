@@ -397,11 +397,11 @@ class StoreContractTests(StoreFixtureMixin):
             q.add_mailbox,
             "help@example.com",
             "bob",
-            identity="Help Desk@Example.COM",
+            identity="Help.Desk@Example.COM",
             active=False,
             store_to_context_id=folder.id,
         )
-        self.assertEqual(mailbox.identity, "Help Desk@example.com")
+        self.assertEqual(mailbox.identity, "Help.Desk@example.com")
         self.assertFalse(mailbox.active)
         self.assertEqual(mailbox.store_to, folder)
         self.assertRaises(
@@ -412,6 +412,25 @@ class StoreContractTests(StoreFixtureMixin):
             "bob",
             store_to_context_id=folder.id + 1000,
         )
+
+    def test_invalid_identities_and_overlong_names_are_refused_on_every_backend(self):
+        self.sync(q.add_domain, "example.com")
+        self.sync(q.add_user, "bob", "hash")
+        for identity in (
+            "a b@example.com",
+            "bell\x07@example.com",
+            ".bob@example.com",
+            "bob@",
+            "x" * 65 + "@example.com",
+            "bob@exa mple.com",
+        ):
+            with self.subTest(identity=identity):
+                self.assertRaises(
+                    Invalid, self.sync, q.add_mailbox, "bob@example.com", "bob", identity=identity
+                )
+        self.assertRaises(Invalid, self.sync, q.add_user, "long", "hash", name="n" * 201)
+        self.assertRaises(Invalid, self.sync, q.add_context, "folder", "f" * 201)
+        self.assertEqual(self.sync(q.list_mailboxes), [])
 
     def test_mailbox_name_taken_conflicts(self):
         self.populate()
@@ -872,6 +891,24 @@ class SqliteStoreTests(SqliteStoreMixin, StoreContractTests, unittest.TestCase):
             ]
         )
         self.assertEqual(found, ["wal", 2, 1])
+
+    def test_reads_do_not_wait_for_another_writer(self):
+        import sqlite3
+        import time
+
+        from atollon_mail.store.database import sqlite_path
+
+        other = sqlite3.connect(sqlite_path(self.database_url), timeout=0, isolation_level=None)
+        self.addCleanup(other.close)
+        other.execute("BEGIN IMMEDIATE")  # another process (the server) is writing
+        self.addCleanup(other.execute, "ROLLBACK")
+        started = time.monotonic()
+        self.assertEqual(self.sync(q.list_domains), [])
+        self.assertLess(time.monotonic() - started, 1.0, "a read must not queue for the lock")
+        reader = Store.from_url(self.database_url, None)
+        self.addCleanup(reader.stop)
+        reader.database.execute_sql("PRAGMA busy_timeout = 100")
+        self.assertRaises(peewee.OperationalError, reader.run_sync, q.add_domain, "x.example")
 
 
 class PostgresStoreTests(PostgresStoreMixin, StoreContractTests, unittest.TestCase):
