@@ -1,0 +1,773 @@
+"""The inbound ESMTP server (port 25).
+
+Written on a plain Protocol rather than twisted.mail.smtp.ESMTP, whose holes are listed in
+the design guide: we keep our own input buffer and split it only at CRLF, run pipelined
+commands strictly one at a time (a pending lookup holds back everything after it), never
+let message data fall back into command mode, and bound the memory a client can make us
+hold. The reactor is injected as `clock`; nothing here imports the global one.
+
+A submission server (port 587, AUTH after TLS) is meant to subclass SMTPServerProtocol and
+override the hooks marked "Hook" below.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import re
+import secrets
+from email.utils import format_datetime
+from typing import Any, NamedTuple
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from atollon_mail.config import SmtpConfig
+from atollon_mail.smtp.address import (
+    AddressError,
+    Path,
+    is_relay_attempt,
+    parse_forward_path,
+    parse_reverse_path,
+)
+from atollon_mail.store.records import Rejection
+
+__all__ = ["Reply", "SMTPServerFactory", "SMTPServerProtocol"]
+
+log = Logger()
+
+MAX_COMMAND_LINE = 512  # octets including CRLF (RFC 5321 section 4.5.3.1.4)
+MAX_PARTIAL_LINE = 64 * 1024  # command bytes without CRLF we hold before giving up
+MAX_DATA_LINE = 2000  # octets excluding CRLF; RFC 5321 says 1000, we are tolerant
+PAUSE_BUFFER = 64 * 1024  # pipelined input held while a reply is pending: pause beyond
+HARD_BUFFER = 256 * 1024  # ... and stop reading altogether beyond (transport ignored pause)
+MAX_ERRORS = 20
+MAX_RECEIVED_HEADERS = 50
+SOFTWARE = "atollon-mail"
+
+HTTP_VERBS = frozenset(
+    {b"GET", b"POST", b"HEAD", b"PUT", b"CONNECT", b"OPTIONS", b"DELETE", b"PATCH"}
+)
+
+
+class Reply(NamedTuple):
+    """One SMTP reply; status is the RFC 3463 enhanced code (None for 220/354 lines)."""
+
+    code: int
+    status: str | None
+    text: str
+
+    def encode(self) -> bytes:
+        text = self.text
+        if "\r" in text or "\n" in text:
+            text = text.replace("\r", " ").replace("\n", " ")
+        line = f"{self.code} {self.status} {text}\r\n" if self.status else f"{self.code} {text}\r\n"
+        return line.encode("utf-8")
+
+
+OK = Reply(250, "2.0.0", "Ok")
+LINE_TOO_LONG = Reply(500, "5.5.2", "Error: line too long")
+BARE_LINE_END_IN_COMMAND = Reply(500, "5.5.2", "Error: bare LF/CR not allowed in a command")
+UNKNOWN_COMMAND = Reply(500, "5.5.2", "Error: command not recognized")
+LOCAL_ERROR = Reply(451, "4.3.0", "Requested action aborted: local error in processing")
+
+# Reasons to refuse a message at end of data, checked in this order per block of lines.
+BARE_LINE_END_IN_DATA = Reply(550, "5.6.11", "Error: bare CR or LF not allowed in message data")
+NUL_IN_DATA = Reply(550, "5.6.0", "Error: NUL bytes not allowed in message data")
+DATA_LINE_TOO_LONG = Reply(
+    550, "5.5.2", f"Error: message has a line longer than {MAX_DATA_LINE} octets"
+)
+MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Error: message exceeds fixed maximum message size")
+TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops (mail loop)")
+
+_HELO_UNSAFE = re.compile(r"[^A-Za-z0-9.:\[\]_-]")
+
+
+def _client_ip(host: Any) -> str | None:
+    if not isinstance(host, str):
+        return None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+class SMTPServerProtocol(Protocol):
+    """One inbound SMTP session.
+
+    Handlers are methods named `smtp_<VERB>(argument: bytes)` returning a Reply, a
+    Deferred firing with a Reply, or None when they wrote their own reply. While a
+    Deferred is pending, further input is only buffered, so replies stay in order.
+    """
+
+    def __init__(self, factory: SMTPServerFactory):
+        self.factory = factory
+        self.intake = factory.intake
+        self.hostname: str = factory.hostname
+        self.settings: SmtpConfig = factory.settings
+        self.clock = factory.clock
+        self.client_ip: str | None = None
+        self.tls_active = False
+        self.authenticated_user: Any = None  # set by a submission subclass after AUTH
+        self.helo: str | None = None
+        self.esmtp = False
+        self.reset_transaction()
+
+        # Unprocessed input: a bytearray so that a client trickling bytes costs no
+        # quadratic copying; bytes before _pos are handled, none before _scan hold a CRLF.
+        self._buffer = bytearray()
+        self._pos = 0
+        self._scan = 0
+        self._processing = False
+        self._waiting = False  # a reply is pending on a Deferred
+        self._paused = False
+        self._overflow = False
+        self._greeted = False
+        self._closing = False
+        self._errors = 0
+        self._greet_call: Any = None
+        self._idle_call: Any = None
+        self._last_activity = 0.0
+        self._in_data = False
+        self._reset_data()
+
+    # --- connection life cycle ---
+
+    def connectionMade(self) -> None:
+        self.client_ip = _client_ip(getattr(self.transport.getPeer(), "host", None))
+        self.tls_active = ISSLTransport.providedBy(self.transport)
+        self._last_activity = self.clock.seconds()
+        if self.settings.idle_timeout > 0:
+            self._idle_call = self.clock.callLater(self.settings.idle_timeout, self._idle_check)
+        pause = self.settings.greet_pause
+        if pause <= 0 or self.factory.is_trusted(self.client_ip):
+            self._greet()
+        else:
+            self._greet_call = self.clock.callLater(pause, self._greet)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._closing = True
+        self._cancel_timers()
+        self._drop_input()
+        self._reset_data()
+
+    def _greet(self) -> None:
+        self._greet_call = None
+        if self._closing:
+            return
+        self._greeted = True
+        self.send_reply(Reply(220, None, f"{self.hostname} ESMTP {SOFTWARE}"))
+
+    def _cancel_timers(self) -> None:
+        for call in (self._greet_call, self._idle_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._greet_call = self._idle_call = None
+
+    def _idle_check(self) -> None:
+        self._idle_call = None
+        if self._closing:
+            return
+        # Activity only stamps a time; the one timer re-arms itself for the remainder.
+        remaining = self.settings.idle_timeout - (self.clock.seconds() - self._last_activity)
+        if remaining > 0:
+            self._idle_call = self.clock.callLater(remaining, self._idle_check)
+            return
+        self.send_reply(Reply(421, "4.4.2", f"{self.hostname} Error: timeout exceeded"))
+        self.close()
+
+    def close(self) -> None:
+        """Stop reading, drop what is buffered, and close once our replies are written."""
+        if self._closing:
+            return
+        self._closing = True
+        self._cancel_timers()
+        self._drop_input()
+        self._reset_data()
+        self.transport.loseConnection()
+
+    def _drop_input(self) -> None:
+        self._buffer = bytearray()
+        self._pos = self._scan = 0
+
+    @property
+    def held_bytes(self) -> int:
+        """Input held in memory (unprocessed bytes and the message being received)."""
+        held = len(self._buffer) - self._pos
+        if self._in_data:
+            held += len(self._data_pending) + len(self._data_tail)
+            held += self._data_size if self._data_problem is None else 0
+        return held
+
+    # --- replies ---
+
+    def send_reply(self, reply: Reply) -> None:
+        if self._closing:
+            return
+        self.transport.write(reply.encode())
+        self._last_activity = self.clock.seconds()
+        # 452 4.5.3 is flow control a client must expect, not a misbehaviour
+        if reply.code >= 400 and reply.code != 421 and reply.status != "4.5.3":
+            self._errors += 1
+            if self._errors > MAX_ERRORS:
+                self.send_reply(Reply(421, "4.7.0", f"{self.hostname} Error: too many errors"))
+                self.close()
+
+    def send_multiline(self, code: int, lines: list[str]) -> None:
+        if self._closing:
+            return
+        last = len(lines) - 1
+        text = "".join(
+            f"{code}{' ' if index == last else '-'}{line}\r\n" for index, line in enumerate(lines)
+        )
+        self.transport.write(text.encode("utf-8"))
+        self._last_activity = self.clock.seconds()
+
+    # --- input ---
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._last_activity = self.clock.seconds()
+        if not self._greeted:
+            # The client did not wait for our greeting: a spam engine, not an MTA.
+            self.send_reply(
+                Reply(554, "5.5.0", f"{self.hostname} Error: data sent before the greeting")
+            )
+            self.close()
+            return
+        if self._overflow:
+            return
+        if self._waiting or self._processing:
+            self._buffer += data
+            self._check_buffer()
+            return
+        if self._in_data and not self._buffer:
+            # Message data goes straight to the data reader, without a copy.
+            self._processing = True
+            try:
+                rest = self._data_chunk(data)
+            finally:
+                self._processing = False
+            if rest is None or self._closing:
+                return
+            data = rest
+        self._buffer += data
+        self._process()
+
+    def _process(self) -> None:
+        self._processing = True
+        try:
+            while not self._waiting and not self._closing:
+                if self._in_data:
+                    if self._pos >= len(self._buffer):
+                        break
+                    chunk = bytes(self._buffer[self._pos :])
+                    del self._buffer[:]
+                    self._pos = self._scan = 0
+                    rest = self._data_chunk(chunk)
+                    if rest and not self._closing:
+                        self._buffer[0:0] = rest
+                    continue
+                end = self._buffer.find(b"\r\n", max(self._pos, self._scan))
+                if end < 0:
+                    self._scan = max(len(self._buffer) - 1, 0)  # a CR may await its LF
+                    break
+                line = bytes(self._buffer[self._pos : end])
+                self._pos = end + 2
+                self._line_received(line)
+        finally:
+            self._processing = False
+        if self._closing:
+            return
+        if self._pos:
+            del self._buffer[: self._pos]  # cheap: bytearray drops a prefix in place
+            self._scan = max(self._scan - self._pos, 0)
+            self._pos = 0
+        self._check_buffer()
+
+    def _check_buffer(self) -> None:
+        held = len(self._buffer) - self._pos
+        if self._waiting or self._processing:
+            if held > HARD_BUFFER:
+                # Flow control was ignored: drop input, answer the pending command, then 421.
+                self._overflow = True
+                self._drop_input()
+            elif held > PAUSE_BUFFER and not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()
+            return
+        if not self._in_data and held > MAX_PARTIAL_LINE:
+            self.send_reply(Reply(500, "5.5.2", "Error: line too long, no CRLF seen"))
+            self.close()
+            return
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+
+    def _line_received(self, line: bytes) -> None:
+        if len(line) > MAX_COMMAND_LINE - 2:
+            self.send_reply(LINE_TOO_LONG)
+            return
+        if b"\r" in line or b"\n" in line:
+            self.send_reply(BARE_LINE_END_IN_COMMAND)
+            return
+        verb, _, argument = line.partition(b" ")
+        verb = verb.upper()
+        if verb in HTTP_VERBS:
+            self.send_reply(Reply(221, "2.7.0", "Error: this is an SMTP server, not HTTP"))
+            self.close()
+            return
+        handler = None
+        if verb.isalpha() and len(verb) <= 16:
+            handler = getattr(self, "smtp_" + verb.decode("ascii"), None)
+        if handler is None:
+            self.send_reply(UNKNOWN_COMMAND)
+            return
+        try:
+            result = handler(argument)
+        except Exception:
+            log.failure("SMTP handler for {verb} failed", verb=verb)
+            result = LOCAL_ERROR
+        if isinstance(result, Deferred):
+            self._wait_for(result)
+        elif result is not None:
+            self.send_reply(result)
+
+    def _wait_for(self, deferred: Deferred) -> None:
+        self._waiting = True
+        deferred.addErrback(self._pending_failed)
+        deferred.addCallback(self._pending_done)
+        deferred.addErrback(self._internal_error)
+
+    def _pending_failed(self, failure: Failure) -> Reply:
+        log.failure("SMTP reply failed", failure)
+        return LOCAL_ERROR
+
+    def _pending_done(self, reply: Reply | None) -> None:
+        if self._closing:
+            return  # late answer for a session that is gone: nothing to write to
+        self._waiting = False
+        if reply is not None:
+            self.send_reply(reply)
+        if self._overflow and not self._closing:
+            self.send_reply(Reply(421, "4.7.0", f"{self.hostname} Error: too much pipelined input"))
+            self.close()
+            return
+        if not self._processing:
+            self._process()
+
+    def _internal_error(self, failure: Failure) -> None:
+        log.failure("SMTP session error", failure)
+        if not self._closing:
+            self.send_reply(Reply(421, "4.3.0", f"{self.hostname} Error: internal error"))
+            self.close()
+
+    # --- message data ---
+
+    def _reset_data(self) -> None:
+        self._data_pending = b""  # an incomplete line; always starts at a line start
+        self._data_parts: list[bytes] = []
+        self._data_size = 0
+        self._data_problem: Reply | None = None
+        self._data_tail = b"\r\n"  # last bytes seen, while discarding a refused message
+        self._data_in_headers = True
+        self._data_received_headers = 0
+
+    def _data_chunk(self, data: bytes) -> bytes | None:
+        """Consume message data; return what follows the end of data, or None."""
+        if self._data_problem is not None:
+            return self._discard_data(data)
+        buffer = self._data_pending + data if self._data_pending else data
+        # Only CRLF "." CRLF ends the data; the buffer starts at a line start.
+        if buffer.startswith(b".\r\n"):
+            end, after = 0, 3
+        else:
+            found = buffer.find(b"\r\n.\r\n")
+            end, after = (found + 2, found + 5) if found >= 0 else (-1, -1)
+        if end >= 0:
+            self._data_pending = b""
+            if end:
+                self._data_block(buffer[:end])
+            self._end_of_data()
+            return buffer[after:]
+        last = buffer.rfind(b"\r\n")
+        if last < 0:
+            self._data_pending = buffer
+        else:
+            self._data_pending = buffer[last + 2 :]
+            self._data_block(buffer[: last + 2])
+            if self._data_problem is not None:
+                pending, self._data_pending = self._data_pending, b""
+                self._data_tail = b"\r\n"
+                return self._discard_data(pending)
+        if len(self._data_pending) > MAX_DATA_LINE + 1:  # +1: a CR may await its LF
+            self._refuse_data(DATA_LINE_TOO_LONG)
+            self._data_tail = self._data_pending[-4:]
+            self._data_pending = b""
+        return None
+
+    def _discard_data(self, data: bytes) -> bytes | None:
+        # Keep only the last four bytes: enough to see a CRLF.CRLF split across reads.
+        buffer = self._data_tail + data
+        found = buffer.find(b"\r\n.\r\n")
+        if found < 0:
+            self._data_tail = buffer[-4:]
+            return None
+        self._end_of_data()
+        return buffer[found + 5 :]
+
+    def _refuse_data(self, problem: Reply) -> None:
+        self._data_problem = problem
+        self._data_parts = []
+
+    def _data_block(self, block: bytes) -> None:
+        """Check and keep complete lines (block starts at a line start, ends with CRLF)."""
+        lines = block.count(b"\r\n")
+        if block.count(b"\n") != lines or block.count(b"\r") != lines:
+            self._refuse_data(BARE_LINE_END_IN_DATA)
+            return
+        if b"\x00" in block:
+            self._refuse_data(NUL_IN_DATA)
+            return
+        if len(block) > MAX_DATA_LINE + 2 and max(map(len, block.split(b"\r\n"))) > MAX_DATA_LINE:
+            self._refuse_data(DATA_LINE_TOO_LONG)
+            return
+        if block[:1] == b".":
+            block = block[1:]
+        if b"\r\n." in block:
+            block = block.replace(b"\r\n.", b"\r\n")
+        if self._data_in_headers:
+            if block[:2] == b"\r\n":
+                header = b""
+                self._data_in_headers = False
+            else:
+                found = block.find(b"\r\n\r\n")
+                if found >= 0:
+                    header = block[: found + 2]
+                    self._data_in_headers = False
+                else:
+                    header = block
+            if header:
+                self._data_received_headers += (b"\n" + header).lower().count(b"\nreceived:")
+                if self._data_received_headers > MAX_RECEIVED_HEADERS:
+                    self._refuse_data(TOO_MANY_HOPS)
+                    return
+        self._data_size += len(block)
+        if self._data_size > self.settings.max_message_size:
+            self._refuse_data(MESSAGE_TOO_BIG)
+            return
+        self._data_parts.append(block)
+
+    def _end_of_data(self) -> None:
+        self._in_data = False
+        problem, parts = self._data_problem, self._data_parts
+        self._reset_data()
+        sender, recipients = self.envelope_sender, tuple(self.recipients)
+        paths = tuple(self.recipient_paths)
+        protocol = self.received_protocol(self.smtputf8)
+        self.reset_transaction()
+        if problem is not None:
+            self.send_reply(problem)
+            return
+        assert sender is not None
+        queue_id = secrets.token_hex(6).upper()
+        parts.insert(0, self.received_header(queue_id, protocol, paths))
+        deferred = maybeDeferred(self.deliver, sender.address, recipients, b"".join(parts))
+        deferred.addCallbacks(self._queued, self._queue_failed)
+        self._wait_for(deferred)
+
+    def _queued(self, stored: Any) -> Reply:
+        self._errors = 0  # a client that delivers mail is not the one the limit is for
+        return Reply(250, "2.0.0", f"Ok: queued as {stored.id}")
+
+    def _queue_failed(self, failure: Failure) -> Reply:
+        # Never 5xx here: the sender must keep the message and try again.
+        log.failure("Storing a message failed", failure)
+        return LOCAL_ERROR
+
+    # --- hooks for subclasses ---
+
+    def reset_transaction(self) -> None:
+        """Forget MAIL/RCPT (RSET, HELO/EHLO, end of data); the HELO name stays."""
+        self.envelope_sender: Path | None = None
+        self.smtputf8 = False
+        self.recipients: list[Any] = []
+        self.recipient_paths: list[Path] = []
+        self._recipient_set: set[Any] = set()
+
+    def reset_session(self) -> None:
+        """Forget everything the client told us (after STARTTLS)."""
+        self.helo = None
+        self.esmtp = False
+        self.authenticated_user = None
+        self.reset_transaction()
+
+    def ehlo_keywords(self) -> list[str]:
+        """Hook: the EHLO extension lines (a submission server adds AUTH after TLS)."""
+        keywords = [
+            "PIPELINING",
+            f"SIZE {self.settings.max_message_size}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "ENHANCEDSTATUSCODES",
+        ]
+        if self.starttls_offered():
+            keywords.append("STARTTLS")
+        return keywords
+
+    def starttls_offered(self) -> bool:
+        return self.factory.tls_options is not None and not self.tls_active
+
+    def relay_allowed(self) -> bool:
+        """Hook: whether this session may send to domains we do not host (port 25: never)."""
+        return False
+
+    def accept_remote_recipient(self, path: Path) -> Reply | Deferred:
+        """Hook: a recipient outside our domains when relay_allowed() is true."""
+        return self.relay_denied(path)
+
+    def relay_denied(self, path: Path) -> Reply:
+        return Reply(554, "5.7.1", f"<{path.address}>: Relay access denied")
+
+    def check_recipient(self, path: Path) -> Reply | Deferred:
+        """Hook: the recipient policy once syntax and the recipient limit are checked."""
+        if not self.relay_allowed() and (is_relay_attempt(path) or path.is_address_literal):
+            return self.relay_denied(path)
+        if path.is_address_literal:
+            return self.accept_remote_recipient(path)
+        domain = (path.domain or self.hostname).lower()  # bare <Postmaster> is ours
+        deferred = maybeDeferred(self.intake.resolve_recipient, path.local_part, domain)
+        deferred.addCallbacks(
+            self._recipient_resolved,
+            self._recipient_lookup_failed,
+            callbackArgs=(path,),
+            errbackArgs=(path,),
+        )
+        return deferred
+
+    def _recipient_resolved(self, result: Any, path: Path) -> Reply | Deferred:
+        if isinstance(result, Rejection):
+            if result.reason == "unknown-domain":
+                if self.relay_allowed():
+                    return self.accept_remote_recipient(path)
+                return self.relay_denied(path)
+            detail = result.detail or "Recipient address rejected"
+            return Reply(550, "5.1.1", f"<{path.address}>: {detail}")
+        self.add_recipient(result, path)
+        return Reply(250, "2.1.5", "Ok")
+
+    def _recipient_lookup_failed(self, failure: Failure, path: Path) -> Reply:
+        log.failure("Recipient lookup for {address} failed", failure, address=path.address)
+        return Reply(451, "4.3.0", f"<{path.address}>: temporary lookup failure")
+
+    def add_recipient(self, recipient: Any, path: Path) -> None:
+        """Record an accepted recipient (a repeated one is accepted but kept once)."""
+        if recipient in self._recipient_set:
+            return
+        self._recipient_set.add(recipient)
+        self.recipients.append(recipient)
+        self.recipient_paths.append(path)
+
+    def deliver(self, envelope_sender: str, recipients: tuple, raw: bytes) -> Deferred:
+        """Hook: hand the message over; fires with a StoredMessage once it is kept."""
+        return self.intake.accept(envelope_sender, recipients, raw)
+
+    def received_protocol(self, smtputf8: bool) -> str:
+        """The `with` keyword of our Received: header (RFC 3848, RFC 6531)."""
+        base = "UTF8SMTP" if smtputf8 else ("ESMTP" if self.esmtp else "SMTP")
+        tls = "S" if self.tls_active else ""
+        return base + tls + ("A" if self.authenticated_user is not None else "")
+
+    def received_header(self, queue_id: str, protocol: str, paths: tuple[Path, ...]) -> bytes:
+        if self.client_ip is None:
+            peer = "unknown"
+        elif ":" in self.client_ip:
+            peer = f"[IPv6:{self.client_ip}]"
+        else:
+            peer = f"[{self.client_ip}]"
+        when = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.UTC)
+        header = (
+            f"Received: from {self.helo} ({peer})\r\n"
+            f"\tby {self.hostname} ({SOFTWARE}) with {protocol} id {queue_id}"
+        )
+        if len(paths) == 1:
+            header += f"\r\n\tfor <{paths[0].address}>"
+        return f"{header}; {format_datetime(when)}\r\n".encode()
+
+    # --- commands ---
+
+    def _helo_name(self, argument: bytes) -> str | None:
+        words = argument.split()
+        if not words:
+            return None
+        # The name ends up in our Received: header: keep it to harmless characters.
+        return _HELO_UNSAFE.sub("?", words[0].decode("ascii", "replace"))[:255]
+
+    def smtp_EHLO(self, argument: bytes) -> Reply | None:
+        name = self._helo_name(argument)
+        if name is None:
+            return Reply(501, "5.5.4", "Syntax: EHLO hostname")
+        self.helo, self.esmtp = name, True
+        self.reset_transaction()
+        self.send_multiline(250, [self.hostname, *self.ehlo_keywords()])
+        return None
+
+    def smtp_HELO(self, argument: bytes) -> Reply:
+        name = self._helo_name(argument)
+        if name is None:
+            return Reply(501, "5.5.4", "Syntax: HELO hostname")
+        self.helo, self.esmtp = name, False
+        self.reset_transaction()
+        return Reply(250, None, self.hostname)
+
+    def smtp_MAIL(self, argument: bytes) -> Reply:
+        if self.helo is None:
+            return Reply(503, "5.5.1", "Error: send HELO/EHLO first")
+        if self.envelope_sender is not None:
+            return Reply(503, "5.5.1", "Error: nested MAIL command")
+        if argument[:5].upper() != b"FROM:":
+            return Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>")
+        try:
+            parsed = parse_reverse_path(argument[5:].lstrip(b" "))
+        except AddressError as error:
+            return Reply(error.code, error.status, error.text)
+        problem = self.check_mail_parameters(parsed.params)
+        if problem is not None:
+            return problem
+        self.envelope_sender = parsed.path
+        self.smtputf8 = "SMTPUTF8" in parsed.params
+        return Reply(250, "2.1.0", "Ok")
+
+    def check_mail_parameters(self, params: Any) -> Reply | None:
+        if params and not self.esmtp:
+            return Reply(555, "5.5.4", "Error: MAIL parameters need EHLO")
+        for key, value in params.items():
+            if key == "SIZE":
+                if value is None or not value.isdigit() or len(value) > 20:
+                    return Reply(555, "5.5.4", "Error: bad SIZE parameter")
+                if int(value) > self.settings.max_message_size:
+                    return MESSAGE_TOO_BIG
+            elif key == "BODY":
+                if value is None or value.upper() not in ("7BIT", "8BITMIME"):
+                    return Reply(555, "5.5.4", "Error: BODY must be 7BIT or 8BITMIME")
+            elif key == "SMTPUTF8":
+                if value is not None:
+                    return Reply(555, "5.5.4", "Error: SMTPUTF8 takes no value")
+            else:
+                return Reply(555, "5.5.4", f"Error: unsupported parameter {key}")
+        return None
+
+    def smtp_RCPT(self, argument: bytes) -> Reply | Deferred:
+        if self.envelope_sender is None:
+            return Reply(503, "5.5.1", "Error: need MAIL command")
+        if argument[:3].upper() != b"TO:":
+            return Reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
+        try:
+            parsed = parse_forward_path(argument[3:].lstrip(b" "), smtputf8=self.smtputf8)
+        except AddressError as error:
+            return Reply(error.code, error.status, error.text)
+        if parsed.params:
+            return Reply(555, "5.5.4", "Error: RCPT parameters are not supported")
+        if len(self.recipients) >= self.settings.max_recipients:
+            return Reply(452, "4.5.3", "Error: too many recipients")
+        return self.check_recipient(parsed.path)
+
+    def smtp_DATA(self, argument: bytes) -> Reply:
+        if self.envelope_sender is None:
+            return Reply(503, "5.5.1", "Error: need MAIL command")
+        if argument.strip():
+            return Reply(501, "5.5.4", "Syntax: DATA")
+        if not self.recipients:
+            return Reply(554, "5.5.1", "Error: no valid recipients")
+        self._reset_data()
+        self._in_data = True
+        return Reply(354, None, "End data with <CR><LF>.<CR><LF>")
+
+    def smtp_RSET(self, argument: bytes) -> Reply:
+        if argument.strip():
+            return Reply(501, "5.5.4", "Syntax: RSET")
+        self.reset_transaction()
+        return OK
+
+    def smtp_NOOP(self, argument: bytes) -> Reply:
+        return OK
+
+    def smtp_QUIT(self, argument: bytes) -> None:
+        self.send_reply(Reply(221, "2.0.0", "Bye"))
+        self.close()
+
+    def smtp_VRFY(self, argument: bytes) -> Reply:
+        if not argument.strip():
+            return Reply(501, "5.5.4", "Syntax: VRFY address")
+        return Reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
+
+    def smtp_EXPN(self, argument: bytes) -> Reply:
+        return Reply(502, "5.5.1", "Error: EXPN not available")
+
+    def smtp_HELP(self, argument: bytes) -> Reply:
+        return Reply(
+            214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS"
+        )
+
+    def smtp_STARTTLS(self, argument: bytes) -> Reply | None:
+        if argument.strip():
+            return Reply(501, "5.5.4", "Syntax: STARTTLS")
+        if self.tls_active:
+            return Reply(503, "5.5.1", "Error: TLS already active")
+        if self.factory.tls_options is None:
+            return Reply(502, "5.5.1", "Error: command not implemented")
+        start_tls = getattr(self.transport, "startTLS", None)
+        if start_tls is None:
+            return Reply(454, "4.7.0", "TLS not available")
+        self.send_reply(Reply(220, "2.0.0", "Ready to start TLS"))
+        # Whatever came after the STARTTLS line was sent in clear: never execute it.
+        self._drop_input()
+        try:
+            start_tls(self.factory.tls_options)
+        except Exception:
+            log.failure("Starting TLS failed")
+            self.close()
+            return None
+        self.tls_active = True
+        self.reset_session()
+        return None
+
+
+class SMTPServerFactory(Factory):
+    """Builds SMTPServerProtocol (or `protocol`, for a subclass) for each connection."""
+
+    protocol = SMTPServerProtocol
+    noisy = False
+
+    def __init__(
+        self,
+        intake: Any,
+        hostname: str,
+        settings: SmtpConfig,
+        clock: Any,
+        tls_options: Any = None,
+    ):
+        self.intake = intake
+        self.hostname = hostname
+        self.settings = settings
+        self.clock = clock
+        self.tls_options = tls_options
+        self.trusted_networks = tuple(
+            ipaddress.ip_network(network, strict=False) for network in settings.trusted_networks
+        )
+
+    def is_trusted(self, client_ip: str | None) -> bool:
+        if client_ip is None:
+            return False
+        ip = ipaddress.ip_address(client_ip)
+        return any(ip in network for network in self.trusted_networks)
+
+    def buildProtocol(self, addr: Any) -> SMTPServerProtocol:
+        return self.protocol(self)
