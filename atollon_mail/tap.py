@@ -1,0 +1,149 @@
+"""`twistd atollon-mail`: command-line options and the service tree of the appliance."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application import service, strports
+from twisted.internet import ssl
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.web.server import Site
+
+from atollon_mail.config import Config, ConfigError, default_config_path, load_config
+from atollon_mail.delivery.intake import Intake
+from atollon_mail.passwords import generate_password, hash_password
+from atollon_mail.smtp.server import SMTPServerFactory
+from atollon_mail.store import queries
+from atollon_mail.store.database import is_sqlite
+from atollon_mail.store.pool import Store
+from atollon_mail.web import build_web_root
+
+INITIAL_ADMIN_LOGIN = "admin"
+INITIAL_ADMIN_PASSWORD_FILE = "initial-admin-password"
+
+log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "[--config FILE] [--smtp ENDPOINT] [--web ENDPOINT]"
+    longdesc = (
+        "Runs the atollon-mail appliance: inbound SMTP and the web service in one process. "
+        "Settings come from the INI file; the endpoint options override its listen keys "
+        "(Twisted endpoint descriptions such as tcp:25 or tcp:8080:interface=127.0.0.1)."
+    )
+    optParameters = [
+        [
+            "config",
+            "c",
+            None,
+            f"INI configuration file [default: ${{ATOLLON_MAIL_CONFIG}} "
+            f"or {default_config_path()}]",
+        ],
+        ["smtp", None, None, "endpoint for inbound SMTP, overriding [smtp] listen"],
+        ["web", None, None, "endpoint for the web service, overriding [web] listen"],
+    ]
+
+    def postOptions(self) -> None:
+        path = self["config"] or default_config_path()
+        try:
+            self.config = load_config(path).replace_listen(smtp=self["smtp"], web=self["web"])
+        except ConfigError as problem:
+            raise usage.UsageError(str(problem)) from None
+
+
+class StoreService(service.Service):
+    """Opens the store before anything listens and closes it after everything stopped."""
+
+    name = "store"
+
+    def __init__(self, store: Store, config: Config):
+        self.store = store
+        self.config = config
+
+    def startService(self) -> None:
+        # Done synchronously at start-up, before the reactor runs: nothing may listen
+        # until the schema is current and the first admin exists.
+        os.makedirs(self.config.appliance.data_dir, mode=0o750, exist_ok=True)
+        for migration in self.store.migrate():
+            log.info(
+                "applied migration {number}: {name}", number=migration.number, name=migration.name
+            )
+        self._create_first_admin()
+        self.store.start()
+        super().startService()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.store.stop()
+
+    def _create_first_admin(self) -> None:
+        if self.store.run_sync(queries.has_admin):
+            return
+        password = generate_password()
+        self.store.run_sync(
+            queries.add_user,
+            INITIAL_ADMIN_LOGIN,
+            hash_password(password),
+            name="Administrator",
+            is_admin=True,
+        )
+        path = os.path.join(self.config.appliance.data_dir, INITIAL_ADMIN_PASSWORD_FILE)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as password_file:
+            password_file.write(password + "\n")
+        log.warn(
+            "first start: created user {login!r} with password {password!r} "
+            "(also in {path}, mode 0600; change it after logging in)",
+            login=INITIAL_ADMIN_LOGIN,
+            password=password,
+            path=path,
+        )
+
+
+def load_tls_options(config: Config):
+    smtp = config.smtp
+    if not smtp.tls_enabled:
+        return None
+    try:
+        with open(smtp.tls_certificate, "rb") as certificate, open(smtp.tls_key, "rb") as key:
+            pem = certificate.read() + b"\n" + key.read()
+        return ssl.PrivateCertificate.loadPEM(pem).options()
+    except Exception as problem:  # OpenSSL errors have no common base worth naming
+        raise ConfigError(
+            config.path,
+            "smtp",
+            "tls_certificate",
+            f"cannot load the certificate and key as PEM: {problem}",
+        ) from None
+
+
+def build_appliance(config: Config, reactor) -> service.MultiService:
+    """The whole service tree; nothing is started or bound until it is started."""
+    appliance = service.MultiService()
+    store = Store.from_url(config.database.url, reactor)
+    StoreService(store, config).setServiceParent(appliance)
+
+    writers = 1 if is_sqlite(store.database) else 2
+    intake = Intake(store, concurrent_batches=writers)
+    smtp_factory = SMTPServerFactory(
+        intake,
+        config.appliance.hostname,
+        config.smtp,
+        reactor,
+        tls_options=load_tls_options(config),
+    )
+    smtp = strports.service(config.smtp.listen, smtp_factory, reactor=reactor)
+    smtp.setName("smtp")
+    smtp.setServiceParent(appliance)
+
+    web = strports.service(config.web.listen, Site(build_web_root(store)), reactor=reactor)
+    web.setName("web")
+    web.setServiceParent(appliance)
+    return appliance
+
+
+def makeService(options: Options, reactor=None) -> service.MultiService:
+    if reactor is None:
+        from twisted.internet import reactor
+    return build_appliance(options.config, reactor)
