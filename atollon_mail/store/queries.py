@@ -5,7 +5,7 @@ and returns frozen records; none knows about SMTP or HTTP.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import peewee
 
@@ -452,6 +452,54 @@ def list_aliases() -> list[AliasRecord]:
 # --- receiving ------------------------------------------------------------------------
 
 
+# --- receiving: the hot path ------------------------------------------------------------
+# Every RCPT and every stored message passes here, on the store's single SQLite thread.
+# Building these statements with peewee's query builder cost more than running them, so
+# they are written out once per dialect and executed with parameters.
+
+_HOT_SQL = {
+    "domain": "SELECT id, active FROM domain WHERE name = {p}",
+    # The mailbox (or alias) for up to two candidate names, with the context its mail is
+    # filed into: its "store messages to", else its owner's To Do.
+    "names": """
+        SELECT m.local_part, m.id, m.local_part, m.active, COALESCE(m.store_to_id, c.id)
+        FROM mailbox m LEFT JOIN context c ON c.owner_id = m.owner_id AND c.kind = 'todo'
+        WHERE m.domain_id = {p} AND m.local_part IN ({p}, {p})
+        UNION ALL
+        SELECT a.name, m.id, m.local_part, m.active, COALESCE(m.store_to_id, c.id)
+        FROM alias a JOIN mailbox m ON m.id = a.mailbox_id
+        LEFT JOIN context c ON c.owner_id = m.owner_id AND c.kind = 'todo'
+        WHERE a.domain_id = {p} AND a.name IN ({p}, {p})""",
+    "store_to": """
+        SELECT COALESCE(m.store_to_id, c.id) FROM mailbox m
+        LEFT JOIN context c ON c.owner_id = m.owner_id AND c.kind = 'todo'
+        WHERE m.id = {p}""",
+    "insert_message": """
+        INSERT INTO message (raw, size, message_id, subject, from_header, date_header,
+                             envelope_sender, received_at)
+        VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) RETURNING id""",
+    # The counter is bumped in the statement that reads it: no two writers share a uid.
+    "next_uid": "UPDATE mailbox SET next_uid = next_uid + 1 WHERE id = {p} RETURNING next_uid",
+    "insert_filing": """
+        INSERT INTO filing (message_id, mailbox_id, context_id, uid, flags, filed_at)
+        VALUES ({p}, {p}, {p}, {p}, '', {p})""",
+}
+_hot_sql_by_param: dict[str, dict[str, str]] = {}
+
+
+def _hot(name: str) -> str:
+    param = database_proxy.param
+    statements = _hot_sql_by_param.get(param)
+    if statements is None:
+        statements = {key: sql.format(p=param) for key, sql in _HOT_SQL.items()}
+        _hot_sql_by_param[param] = statements
+    return statements[name]
+
+
+def _execute(name: str, params: tuple):
+    return database_proxy.execute_sql(_hot(name), params)
+
+
 @read_only
 def resolve_recipient(local_part: str, domain_name: str) -> Recipient | Rejection:
     """Which mailbox receives local_part@domain_name, or why nothing does.
@@ -459,94 +507,91 @@ def resolve_recipient(local_part: str, domain_name: str) -> Recipient | Rejectio
     Local parts match case-insensitively and `user+tag` reaches `user`.
     """
     domain_name = _strip_root_dot(domain_name.lower())
-    domain = Domain.get_or_none(Domain.name == domain_name)
+    domain = _execute("domain", (domain_name,)).fetchone()
     if domain is None:
         return Rejection("unknown-domain", f"{domain_name} is not a domain of this server")
-    if not domain.active:
+    domain_id, domain_active = domain
+    if not domain_active:
         return Rejection("inactive-domain", f"{domain_name} does not accept mail at present")
     local = local_part.lower()
     base, _, _tag = local.partition(RECIPIENT_DELIMITER)
     names = [local] if base == local or not base else [local, base]
-    for name in names:
-        mailbox = Mailbox.get_or_none((Mailbox.domain == domain) & (Mailbox.local_part == name))
-        if mailbox is None:
-            alias = Alias.get_or_none((Alias.domain == domain) & (Alias.name == name))
-            mailbox = alias.mailbox if alias is not None else None
-        if mailbox is None:
+    found = {
+        row[0]: row[1:]
+        for row in _execute("names", (domain_id, names[0], names[-1]) * 2).fetchall()
+    }
+    for name in names:  # the whole name first, then the name without its +tag
+        if name not in found:
             continue
-        if not mailbox.active:
+        mailbox_id, mailbox_local_part, active, context_id = found[name]
+        if not active:
             return Rejection("inactive-mailbox", f"{local}@{domain_name} does not receive mail")
         return Recipient(
             address=f"{local}@{domain_name}",
-            mailbox_id=mailbox.id,
-            mailbox_address=f"{mailbox.local_part}@{domain_name}",
+            mailbox_id=mailbox_id,
+            mailbox_address=f"{mailbox_local_part}@{domain_name}",
+            context_id=context_id,
         )
     return Rejection("unknown-address", f"{local}@{domain_name} is not an address here")
 
 
-def _file_message(message_id: int, mailbox_ids: Iterable[int], now) -> int:
-    filed = 0
-    for mailbox_id in dict.fromkeys(mailbox_ids):  # a mailbox reached twice gets one copy
-        mailbox = Mailbox.get_or_none(Mailbox.id == mailbox_id)
-        if mailbox is None:
+def _store_one(incoming: IncomingMessage, now) -> StoredMessage:
+    if not incoming.recipients:
+        raise Invalid("a message needs at least one recipient; nothing was stored")
+    stamp = Message.received_at.db_value(now)
+    (message_id,) = _execute(
+        "insert_message",
+        (
+            Message.raw.db_value(incoming.raw),
+            len(incoming.raw),
+            incoming.message_id,
+            incoming.subject,
+            incoming.from_header,
+            incoming.date_header,
+            incoming.envelope_sender,
+            stamp,
+        ),
+    ).fetchone()
+    contexts: dict[int, int | None] = {}
+    for recipient in incoming.recipients:  # a mailbox reached twice gets one copy
+        contexts.setdefault(recipient.mailbox_id, recipient.context_id)
+    for mailbox_id, context_id in contexts.items():
+        row = _execute("next_uid", (mailbox_id,)).fetchone()
+        if row is None:
             raise NotFound(f"mailbox {mailbox_id} was removed")
-        # The per-mailbox counter is bumped in the same statement that reads it, so two
-        # writers can never hand out the same uid.
-        (next_uid,) = (
-            Mailbox.update(next_uid=Mailbox.next_uid + 1)
-            .where(Mailbox.id == mailbox_id)
-            .returning(Mailbox.next_uid)
-            .tuples()
-            .execute()
-        )[0]
-        Filing.create(
-            message=message_id,
-            mailbox=mailbox_id,
-            context=_mailbox_store_to(mailbox),
-            uid=next_uid - 1,
-            flags="",
-            filed_at=now,
-        )
-        filed += 1
-    return filed
+        if context_id is None:
+            (context_id,) = _execute("store_to", (mailbox_id,)).fetchone()
+        _execute("insert_filing", (message_id, mailbox_id, context_id, row[0] - 1, stamp))
+    return StoredMessage(id=message_id, filings=len(contexts))
 
 
 def store_messages(messages: Sequence[IncomingMessage]) -> list[StoredMessage | Exception]:
     """Store and file several messages in the caller's one transaction (group commit).
 
-    Each message has its own savepoint: one that fails is reported as its exception and
-    rolled back alone, the others are kept.
+    A message that fails is reported as its exception and leaves nothing behind; the
+    others are kept. The batch is first tried under one savepoint; only if something in
+    it fails is it redone with a savepoint per message (savepoints cost statements).
     """
-    results: list[StoredMessage | Exception] = []
     # Every mailbox of the batch locked up front in id order: concurrent batches filing into
     # the same mailboxes in other orders would otherwise deadlock (PostgreSQL).
     mailbox_ids = sorted(
         {recipient.mailbox_id for incoming in messages for recipient in incoming.recipients}
     )
-    if mailbox_ids:
+    if mailbox_ids and database_proxy.for_update:
         _locked(
             Mailbox.select(Mailbox.id).where(Mailbox.id.in_(mailbox_ids)).order_by(Mailbox.id)
         ).execute()
+    now = utc_now()
+    try:
+        with database_proxy.atomic():
+            return [_store_one(incoming, now) for incoming in messages]
+    except (peewee.DatabaseError, StoreError):
+        pass
+    results: list[StoredMessage | Exception] = []
     for incoming in messages:
         try:
-            if not incoming.recipients:
-                raise Invalid("a message needs at least one recipient; nothing was stored")
             with database_proxy.atomic():
-                now = utc_now()
-                message = Message.create(
-                    raw=incoming.raw,
-                    size=len(incoming.raw),
-                    message_id=incoming.message_id,
-                    subject=incoming.subject,
-                    from_header=incoming.from_header,
-                    date_header=incoming.date_header,
-                    envelope_sender=incoming.envelope_sender,
-                    received_at=now,
-                )
-                filed = _file_message(
-                    message.id, (recipient.mailbox_id for recipient in incoming.recipients), now
-                )
-            results.append(StoredMessage(id=message.id, filings=filed))
+                results.append(_store_one(incoming, now))
         except (peewee.DatabaseError, StoreError) as problem:
             results.append(problem)
     return results

@@ -84,6 +84,9 @@ class Recipient:
     address: str
     mailbox_id: int
     mailbox_address: str
+    # Where its mail is filed, as resolved at RCPT time (None: looked up when storing);
+    # a detail of delivery, not of who the recipient is, so it takes no part in equality.
+    context_id: int | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen

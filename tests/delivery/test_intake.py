@@ -108,6 +108,17 @@ class HeaderSummaryTests(unittest.TestCase):
         self.assertEqual(summary["message_id"], "<abc@example.org>")
         self.assertEqual(summary["date_header"], "Sat, 21 Nov 2026 10:00:00 +0000")
 
+    def test_folded_fields_are_unfolded_and_the_first_occurrence_wins(self):
+        raw = (
+            b"Subject: a long\r\n\tsubject line\r\nsubject: second\r\n"
+            b"X-Subject: not this\r\n\r\nSubject: in the body\r\n"
+        )
+        self.assertEqual(summarize_headers(raw)["subject"], "a long subject line")
+
+    def test_body_only_message_has_no_fields(self):
+        summary = summarize_headers(b"\r\nSubject: body text, not a header\r\n")
+        self.assertEqual(set(summary.values()), {None})
+
     def test_missing_and_broken_headers_do_not_stop_storage(self):
         summary = summarize_headers(b"X-Garbage: \xff\xfe\r\nSubject\r\n\r\nbody")
         self.assertIsNone(summary["message_id"])

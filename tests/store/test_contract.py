@@ -629,6 +629,25 @@ class StoreContractTests(StoreFixtureMixin):
         self.assertEqual(to_carol.context, folder)
         self.assertEqual(to_bob.flags, ())
 
+    def test_resolution_carries_the_filing_context_and_storing_uses_it(self):
+        self.populate()
+        folder = self.sync(q.add_context, "folder", "Shared")
+        self.sync(q.set_mailbox_store_to, "carol@example.com", folder.id)
+        carol = self.sync(q.resolve_recipient, "carol", "example.com")
+        bob = self.sync(q.resolve_recipient, "bob", "example.com")
+        self.assertEqual(carol.context_id, folder.id)
+        bob_todo = [c for c in self.sync(q.list_contexts) if c.owner_login == "bob"][0]
+        self.assertEqual(bob.context_id, bob_todo.id)
+        self.sync(q.store_messages, [_message(bob, carol)])
+        self.assertEqual(self.sync(q.list_filings, "carol@example.com")[0].context, folder)
+        self.assertEqual(self.sync(q.list_filings, "bob@example.com")[0].context, bob_todo)
+        unresolved = Recipient(carol.address, carol.mailbox_id, carol.mailbox_address)
+        self.assertIsNone(unresolved.context_id)
+        self.sync(q.store_messages, [_message(unresolved)])
+        self.assertEqual(
+            [f.context for f in self.sync(q.list_filings, "carol@example.com")], [folder, folder]
+        )
+
     def test_uids_per_mailbox_ascend_without_gaps(self):
         self.populate()
         bob, carol = self.recipient("bob"), self.recipient("carol")
