@@ -54,6 +54,7 @@ class SmtpConfig:
     greet_pause: float
     trusted_networks: tuple[str, ...]
     idle_timeout: float
+    relay_networks: tuple[str, ...] = ()
 
     @property
     def tls_enabled(self) -> bool:
@@ -66,20 +67,57 @@ class WebConfig:
 
 
 @attrs.frozen
+class SubmissionConfig:
+    listen: str
+    tls_listen: str | None
+
+
+@attrs.frozen
+class HostPort:
+    host: str
+    port: int
+
+
+@attrs.frozen
+class DeliveryConfig:
+    nameservers: tuple[HostPort, ...]  # empty: the system's resolvers
+    mx_port: int
+    smarthost: HostPort | None
+    smarthost_username: str | None
+    smarthost_password: str | None
+    per_destination_concurrency: int
+    max_concurrency: int
+    retry_first: float
+    retry_max: float
+    max_queue_lifetime: float
+    delay_warning: float | None
+    require_tls_domains: tuple[str, ...]
+    connect_timeout: float
+
+
+@attrs.frozen
 class Config:
     path: str
     appliance: ApplianceConfig
     database: DatabaseConfig
     smtp: SmtpConfig
     web: WebConfig
+    submission: SubmissionConfig
+    delivery: DeliveryConfig
 
-    def replace_listen(self, smtp: str | None = None, web: str | None = None) -> Config:
+    def replace_listen(
+        self, smtp: str | None = None, web: str | None = None, submission: str | None = None
+    ) -> Config:
         """A copy with endpoint overrides from the command line applied."""
         config = self
         if smtp:
             config = attrs.evolve(config, smtp=attrs.evolve(config.smtp, listen=smtp))
         if web:
             config = attrs.evolve(config, web=attrs.evolve(config.web, listen=web))
+        if submission:
+            config = attrs.evolve(
+                config, submission=attrs.evolve(config.submission, listen=submission)
+            )
         return config
 
 
@@ -170,6 +208,84 @@ def _endpoint(value: str) -> str:
     return value
 
 
+def _optional_endpoint(value: str) -> str | None:
+    return _endpoint(value) if value.strip() else None
+
+
+def _optional_text(value: str) -> str | None:
+    return value.strip() or None
+
+
+def _host_port(value: str, default_port: int) -> HostPort:
+    value = value.strip()
+    if value.startswith("["):  # [IPv6]:port
+        host, _, rest = value[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+    else:
+        host, port_text = value, ""
+    try:
+        port = int(port_text) if port_text else default_port
+    except ValueError:
+        port = -1
+    if not host or not 0 < port < 65536:
+        raise ValueError(f"must be host or host:port, got {value!r}")
+    return HostPort(host, port)
+
+
+def _nameservers(value: str) -> tuple[HostPort, ...]:
+    servers = tuple(_host_port(item, 53) for item in value.replace(",", " ").split())
+    for server in servers:
+        try:
+            ipaddress.ip_address(server.host)
+        except ValueError:
+            raise ValueError(
+                f"nameservers must be IP addresses (host[:port]), got {server.host!r}"
+            ) from None
+    return servers
+
+
+def _optional_host_port(value: str) -> HostPort | None:
+    return _host_port(value, 25) if value.strip() else None
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value.strip())
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise ValueError(f"must be a port number from 1 to 65535, got {value!r}")
+    return port
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)?$", re.IGNORECASE)
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: str) -> float:
+    match = _DURATION.match(value.strip())
+    if not match:
+        raise ValueError(f"must be a duration such as 300, 5m, 4h or 5d, got {value!r}")
+    return float(match.group(1)) * _DURATION_UNITS[(match.group(2) or "s").lower()]
+
+
+def _positive_duration(value: str) -> float:
+    seconds = _duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be more than zero, got {value!r}")
+    return seconds
+
+
+def _optional_duration(value: str) -> float | None:
+    return _positive_duration(value) if value.strip() else None
+
+
+def _domains(value: str) -> tuple[str, ...]:
+    return tuple(item.lower().rstrip(".") for item in value.replace(",", " ").split())
+
+
 def _database_url(value: str) -> str:
     value = value.strip()
     if not (value.startswith("sqlite:///") or value.startswith("postgresql://")):
@@ -197,9 +313,29 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "greet_pause": (_seconds, "1"),
         "trusted_networks": (_networks, "127.0.0.0/8 ::1/128"),
         "idle_timeout": (_seconds, "300"),
+        "relay_networks": (_networks, ""),
     },
     "web": {
         "listen": (_endpoint, "tcp:8080:interface=127.0.0.1"),
+    },
+    "submission": {
+        "listen": (_endpoint, "tcp:2587"),
+        "tls_listen": (_optional_endpoint, ""),
+    },
+    "delivery": {
+        "nameservers": (_nameservers, ""),
+        "mx_port": (_port, "25"),
+        "smarthost": (_optional_host_port, ""),
+        "smarthost_username": (_optional_text, ""),
+        "smarthost_password": (_optional_text, ""),
+        "per_destination_concurrency": (_whole_number(1), "10"),
+        "max_concurrency": (_whole_number(1), "100"),
+        "retry_first": (_positive_duration, "5m"),
+        "retry_max": (_positive_duration, "4000"),
+        "max_queue_lifetime": (_positive_duration, "5d"),
+        "delay_warning": (_optional_duration, ""),
+        "require_tls_domains": (_domains, ""),
+        "connect_timeout": (_positive_duration, "30"),
     },
 }
 
@@ -242,12 +378,31 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     for key in ("tls_certificate", "tls_key"):
         if smtp[key] is not None and not os.path.isfile(smtp[key]):
             raise ConfigError(path, "smtp", key, f"no such file: {smtp[key]}")
+    delivery = values["delivery"]
+    if (delivery["smarthost_username"] is None) != (delivery["smarthost_password"] is None):
+        raise ConfigError(
+            path,
+            "delivery",
+            "smarthost_password",
+            "smarthost_username and smarthost_password must be set together",
+        )
+    if delivery["smarthost_username"] and delivery["smarthost"] is None:
+        raise ConfigError(path, "delivery", "smarthost", "credentials are set but no smarthost")
+    if values["submission"]["tls_listen"] and not smtp["tls_certificate"]:
+        raise ConfigError(
+            path,
+            "submission",
+            "tls_listen",
+            "implicit TLS needs [smtp] tls_certificate and tls_key",
+        )
     return Config(
         path=path,
         appliance=ApplianceConfig(**values["appliance"]),
         database=DatabaseConfig(**values["database"]),
         smtp=SmtpConfig(**smtp),
         web=WebConfig(**values["web"]),
+        submission=SubmissionConfig(**values["submission"]),
+        delivery=DeliveryConfig(**delivery),
     )
 
 

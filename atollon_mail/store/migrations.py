@@ -99,6 +99,59 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX filing_context_id ON filing (context_id)",
         ),
     ),
+    Migration(
+        2,
+        "outbound queue, delivery timeline, DKIM keys, Sent contexts",
+        (
+            """CREATE TABLE queue_message (
+                id {id},
+                message_id {bigint} NOT NULL REFERENCES message (id) ON DELETE RESTRICT,
+                envelope_sender VARCHAR(320) NOT NULL,
+                is_bounce BOOLEAN NOT NULL,
+                origin_mailbox_id {bigint} REFERENCES mailbox (id) ON DELETE SET NULL,
+                created_at TIMESTAMP NOT NULL)""",
+            "CREATE INDEX queue_message_message_id ON queue_message (message_id)",
+            """CREATE TABLE queue_recipient (
+                id {id},
+                queue_message_id {bigint} NOT NULL
+                    REFERENCES queue_message (id) ON DELETE CASCADE,
+                address VARCHAR(320) NOT NULL,
+                domain VARCHAR(253) NOT NULL,
+                state VARCHAR(16) NOT NULL CHECK (state IN
+                    ('queued', 'in-flight', 'deferred', 'delivered', 'bounced')),
+                attempts INTEGER NOT NULL,
+                next_attempt_at TIMESTAMP NOT NULL,
+                last_attempt_at TIMESTAMP,
+                last_reply TEXT,
+                delay_warned BOOLEAN NOT NULL,
+                created_at TIMESTAMP NOT NULL,
+                updated_at TIMESTAMP NOT NULL)""",
+            "CREATE INDEX queue_recipient_state_next ON queue_recipient (state, next_attempt_at)",
+            "CREATE INDEX queue_recipient_queue_message_id ON queue_recipient (queue_message_id)",
+            """CREATE TABLE queue_event (
+                id {id},
+                queue_recipient_id {bigint} NOT NULL
+                    REFERENCES queue_recipient (id) ON DELETE CASCADE,
+                at TIMESTAMP NOT NULL,
+                server VARCHAR(300),
+                reply TEXT,
+                outcome VARCHAR(16) NOT NULL,
+                next_attempt_at TIMESTAMP)""",
+            "CREATE INDEX queue_event_queue_recipient_id ON queue_event (queue_recipient_id)",
+            """CREATE TABLE dkim_key (
+                id {id},
+                domain_id {bigint} NOT NULL REFERENCES domain (id) ON DELETE CASCADE,
+                selector VARCHAR(63) NOT NULL,
+                algorithm VARCHAR(16) NOT NULL CHECK (algorithm IN ('rsa', 'ed25519')),
+                private_key TEXT NOT NULL,
+                public_key TEXT NOT NULL,
+                active BOOLEAN NOT NULL,
+                created_at TIMESTAMP NOT NULL)""",
+            "CREATE UNIQUE INDEX dkim_key_domain_id_selector ON dkim_key (domain_id, selector)",
+            "ALTER TABLE mailbox ADD COLUMN sent_context_id {bigint}"
+            " REFERENCES context (id) ON DELETE SET NULL",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].number

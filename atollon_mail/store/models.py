@@ -115,6 +115,10 @@ class Mailbox(BaseModel):
     signature = peewee.TextField()
     next_uid = peewee.BigIntegerField()
     created_at = peewee.DateTimeField()
+    # The folder its sent mail is copied into; made on first send (migration 2).
+    sent_context = peewee.ForeignKeyField(
+        Context, null=True, on_delete="SET NULL", index=False, column_name="sent_context_id"
+    )
 
     class Meta:
         indexes = ((("domain", "local_part"), True),)
@@ -162,4 +166,75 @@ class Filing(BaseModel):
         indexes = ((("mailbox", "uid"), True),)
 
 
-MODELS = (Domain, User, Context, Mailbox, Alias, Message, Filing)
+QUEUE_STATES = ("queued", "in-flight", "deferred", "delivered", "bounced")
+DKIM_ALGORITHMS = ("rsa", "ed25519")
+
+
+class QueueMessage(BaseModel):
+    """An outbound message: its bytes live in Message; one QueueRecipient per address."""
+
+    id = peewee.BigAutoField()
+    message = peewee.ForeignKeyField(Message, on_delete="RESTRICT")
+    envelope_sender = peewee.CharField(max_length=320)  # "" for a bounce (<>)
+    is_bounce = peewee.BooleanField()
+    origin_mailbox = peewee.ForeignKeyField(Mailbox, null=True, on_delete="SET NULL", index=False)
+    created_at = peewee.DateTimeField()
+
+
+class QueueRecipient(BaseModel):
+    id = peewee.BigAutoField()
+    queue_message = peewee.ForeignKeyField(QueueMessage, backref="recipients", on_delete="CASCADE")
+    address = peewee.CharField(max_length=320)
+    domain = peewee.CharField(max_length=253)
+    state = peewee.CharField(max_length=16)
+    attempts = peewee.IntegerField()
+    next_attempt_at = peewee.DateTimeField()
+    last_attempt_at = peewee.DateTimeField(null=True)
+    last_reply = peewee.TextField(null=True)
+    delay_warned = peewee.BooleanField()
+    created_at = peewee.DateTimeField()
+    updated_at = peewee.DateTimeField()
+
+    class Meta:
+        indexes = ((("state", "next_attempt_at"), False),)
+
+
+class QueueEvent(BaseModel):
+    """One line of a recipient's timeline: an attempt, its server and reply, what followed."""
+
+    id = peewee.BigAutoField()
+    queue_recipient = peewee.ForeignKeyField(QueueRecipient, backref="events", on_delete="CASCADE")
+    at = peewee.DateTimeField()
+    server = peewee.CharField(max_length=300, null=True)
+    reply = peewee.TextField(null=True)
+    outcome = peewee.CharField(max_length=16)
+    next_attempt_at = peewee.DateTimeField(null=True)
+
+
+class DkimKey(BaseModel):
+    id = peewee.BigAutoField()
+    domain = peewee.ForeignKeyField(Domain, on_delete="CASCADE", index=False)
+    selector = peewee.CharField(max_length=63)
+    algorithm = peewee.CharField(max_length=16)
+    private_key = peewee.TextField()
+    public_key = peewee.TextField()
+    active = peewee.BooleanField()
+    created_at = peewee.DateTimeField()
+
+    class Meta:
+        indexes = ((("domain", "selector"), True),)
+
+
+MODELS = (
+    Domain,
+    User,
+    Context,
+    Mailbox,
+    Alias,
+    Message,
+    Filing,
+    QueueMessage,
+    QueueRecipient,
+    QueueEvent,
+    DkimKey,
+)
