@@ -36,3 +36,31 @@ class IMailIntake(Interface):
         The Deferred fires with a StoredMessage only once the transaction holding the
         message has committed; it fails if the message may not have been kept.
         """
+
+
+class ISubmissionPolicy(IMailIntake):
+    """What the submission server asks on top of the intake's questions."""
+
+    def authenticate(login, password):
+        """Deferred firing with the UserRecord, or None when the credentials are wrong."""
+
+    def sending_identities(login):
+        """Deferred firing with a tuple of SendingIdentity the user may send as."""
+
+    def submit(login, identity, envelope_sender, local_recipients, remote_recipients, raw):
+        """
+        Store an authenticated user's message: local recipients (Recipient records) are
+        filed at once, remote recipients (address strings) queued, a copy filed in the
+        Sent folder of the identity's mailbox. Fires with a SubmittedMessage only after the
+        transaction committed.
+        """
+
+
+class IMXResolver(Interface):
+    def resolve(domain):
+        """
+        Deferred firing with the destinations for domain, in the order to try them: a
+        list of Destination (MX preference order, equal preferences shuffled; the domain's
+        own A/AAAA when it has no MX). Fails with NullMX, NoSuchDomain (permanent) or
+        TemporaryDNSError.
+        """

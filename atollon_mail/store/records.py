@@ -114,3 +114,120 @@ class IncomingMessage:
 class StoredMessage:
     id: int
     filings: int
+
+
+# --- sending ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class OutgoingMessage:
+    """A message sent by a user (or a bounce), ready to be stored, filed and queued.
+
+    Local recipients are filed at once; remote ones get a queue row each; the sending
+    mailbox (if any) gets a copy in its Sent folder. All in one transaction.
+    """
+
+    envelope_sender: str  # "" for a bounce (<>)
+    raw: bytes
+    local_recipients: tuple[Recipient, ...] = ()
+    remote_recipients: tuple[str, ...] = ()
+    sent_mailbox_id: int | None = None
+    is_bounce: bool = False
+    message_id: str | None = None
+    subject: str | None = None
+    from_header: str | None = None
+    date_header: str | None = None
+
+
+@attrs.frozen
+class SubmittedMessage:
+    id: int  # the Message row
+    queue_message_id: int | None  # None when nothing went to the queue
+    filings: int  # local recipients plus the Sent copy
+    queued_recipients: int
+
+
+@attrs.frozen
+class Delivery:
+    """One queued recipient claimed for an attempt (its state is now in-flight)."""
+
+    recipient_id: int
+    queue_message_id: int
+    message_id: int
+    envelope_sender: str
+    address: str
+    domain: str
+    attempts: int  # attempts made before this one
+    created_at: datetime.datetime
+    is_bounce: bool
+    delay_warned: bool
+
+
+@attrs.frozen
+class DeliveryResult:
+    recipient_id: int
+    outcome: str  # "delivered" | "deferred" | "bounced"
+    reply: str  # the remote reply, or what went wrong, in one line
+    server: str | None  # "mx.example.org [192.0.2.1]:25", when a server was reached
+    at: datetime.datetime
+    next_attempt_at: datetime.datetime | None = None  # set for "deferred"
+
+
+@attrs.frozen
+class QueueEntry:
+    queue_message_id: int
+    recipient_id: int
+    address: str
+    state: str
+    attempts: int
+    next_attempt_at: datetime.datetime
+    last_reply: str | None
+    envelope_sender: str
+    created_at: datetime.datetime
+    subject: str | None
+
+
+@attrs.frozen
+class QueueEventRecord:
+    at: datetime.datetime
+    server: str | None
+    reply: str | None
+    outcome: str
+    next_attempt_at: datetime.datetime | None
+
+
+@attrs.frozen
+class QueueRecipientDetail:
+    entry: QueueEntry
+    events: tuple[QueueEventRecord, ...]
+
+
+@attrs.frozen
+class QueueMessageDetail:
+    id: int
+    message_id: int
+    envelope_sender: str
+    is_bounce: bool
+    created_at: datetime.datetime
+    subject: str | None
+    message_id_header: str | None
+    recipients: tuple[QueueRecipientDetail, ...]
+
+
+@attrs.frozen
+class DkimKeyRecord:
+    domain: str
+    selector: str
+    algorithm: str  # "rsa" | "ed25519"
+    private_key: str  # PEM (rsa) or base64 of the raw 32-byte seed (ed25519)
+    public_key: str  # base64, as published in the p= tag
+    active: bool
+
+
+@attrs.frozen
+class SendingIdentity:
+    """An address a user may send as: the identity of a mailbox they may send from."""
+
+    mailbox_id: int
+    mailbox_address: str
+    identity: str
