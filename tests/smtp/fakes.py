@@ -11,9 +11,16 @@ from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
 from atollon_mail.config import SmtpConfig
-from atollon_mail.interfaces import IMailIntake
+from atollon_mail.interfaces import IMailIntake, ISubmissionPolicy
 from atollon_mail.smtp.server import SMTPServerFactory
-from atollon_mail.store.records import Recipient, Rejection, StoredMessage
+from atollon_mail.store.records import (
+    Recipient,
+    Rejection,
+    SendingIdentity,
+    StoredMessage,
+    SubmittedMessage,
+    UserRecord,
+)
 
 HOSTNAME = "mx.example.net"
 UNTRUSTED_PEER = "198.51.100.7"
@@ -209,3 +216,102 @@ class Session:
     @property
     def closed(self) -> bool:
         return bool(self.transport.disconnecting)
+
+
+# --- submission (port 587/465) --------------------------------------------------------
+
+
+@attrs.frozen
+class SubmitCall:
+    login: str
+    identity: object
+    envelope_sender: str
+    local_recipients: tuple
+    remote_recipients: tuple
+    raw: bytes
+
+
+@implementer(ISubmissionPolicy)
+class FakeSubmissionPolicy(FakeIntake):
+    """An ISubmissionPolicy: FakeIntake's directory plus users, passwords and identities.
+
+    By default user "alice" (password "secret") may send as alice@example.com and
+    Alice.Sales@Example.COM. hold_auth keeps authenticate's Deferreds in `pending_auths`;
+    fail_auth / fail_identities / fail_submit make them fail.
+    """
+
+    def __init__(self, addresses=("alice@example.com", "bob@example.com")):
+        super().__init__(addresses)
+        self.users: dict[str, tuple[str, UserRecord]] = {}
+        self.identities: dict[str, tuple[SendingIdentity, ...]] = {}
+        self.add_user("alice", "secret", ("alice@example.com", "Alice.Sales@Example.COM"))
+        self.hold_auth = False
+        self.fail_auth = False
+        self.fail_identities = False
+        self.fail_submit = False
+        self.auth_calls: list[tuple[str, str]] = []
+        self.pending_auths: list[Pending] = []
+        self.submit_calls: list[SubmitCall] = []
+
+    def add_user(self, login: str, password: str, identities=()) -> UserRecord:
+        user = UserRecord(id=len(self.users) + 1, login=login, name=login.title(), is_admin=False)
+        self.users[login] = (password, user)
+        self.identities[login] = tuple(
+            SendingIdentity(mailbox_id=number, mailbox_address=address.lower(), identity=address)
+            for number, address in enumerate(identities, start=1)
+        )
+        return user
+
+    def authenticate(self, login, password):
+        self.auth_calls.append((login, password))
+        if self.fail_auth:
+            return defer.fail(LookupUnavailable("store unreachable"))
+        known = self.users.get(login)
+        result = known[1] if known is not None and known[0] == password else None
+        if self.hold_auth:
+            pending = Pending(defer.Deferred(), result)
+            self.pending_auths.append(pending)
+            return pending.deferred
+        return defer.succeed(result)
+
+    def sending_identities(self, login):
+        if self.fail_identities:
+            return defer.fail(LookupUnavailable("store unreachable"))
+        return defer.succeed(self.identities.get(login, ()))
+
+    def submit(self, login, identity, envelope_sender, local_recipients, remote_recipients, raw):
+        call = SubmitCall(
+            login, identity, envelope_sender, tuple(local_recipients), tuple(remote_recipients), raw
+        )
+        self.submit_calls.append(call)
+        if self.fail_submit:
+            return defer.fail(StorageFailed("could not commit"))
+        submitted = SubmittedMessage(
+            id=self._next_id,
+            queue_message_id=self._next_id if remote_recipients else None,
+            filings=len(local_recipients) + 1,
+            queued_recipients=len(remote_recipients),
+        )
+        self._next_id += 1
+        return defer.succeed(submitted)
+
+
+class SubmissionSession(Session):
+    """A Session on an existing factory, so several connections share its state."""
+
+    def __init__(
+        self,
+        factory: SMTPServerFactory,
+        peer: str = UNTRUSTED_PEER,
+        transport_class: type = TLSRecordingTransport,
+    ):
+        self.factory = factory
+        self.clock = factory.clock
+        self.intake = factory.intake
+        self.settings = factory.settings
+        address_class = IPv6Address if ":" in peer else IPv4Address
+        address = address_class("TCP", peer, 40000)
+        self.protocol = factory.buildProtocol(address)
+        self.transport = transport_class(peerAddress=address)
+        self.protocol.makeConnection(self.transport)
+        self._read = 0

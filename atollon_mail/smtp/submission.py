@@ -1,0 +1,521 @@
+"""The submission server (port 587 with STARTTLS, port 465 with implicit TLS).
+
+The inbound server's strict protocol with these differences: no greet pause (the clients
+are people's mail programs); AUTH PLAIN and LOGIN only once TLS is active, checked by the
+ISubmissionPolicy and throttled per client address; MAIL only after AUTH, and both the
+envelope sender and the From: header must be one of the user's sending identities;
+authenticated users may send anywhere; at end of data a missing Message-ID or Date is
+added (RFC 6409 section 8) and the message goes to policy.submit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import datetime
+import functools
+import ipaddress
+import secrets
+from collections.abc import Callable
+from email.utils import format_datetime, getaddresses
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from atollon_mail.config import SmtpConfig
+from atollon_mail.smtp.address import Path, is_relay_attempt
+from atollon_mail.smtp.server import (
+    LOCAL_ERROR,
+    Reply,
+    SMTPServerFactory,
+    SMTPServerProtocol,
+    _client_ip,
+)
+from atollon_mail.store.records import Recipient, SendingIdentity, UserRecord
+
+__all__ = ["AuthThrottle", "SubmissionFactory", "SubmissionProtocol", "SubmissionRefused"]
+
+log = Logger()
+
+AUTH_FAILURE_LIMIT = 5
+AUTH_FAILURE_WINDOW = 600.0  # seconds
+MAX_TRACKED_CLIENTS = 10_000
+# A SASL response after a 334 may exceed a command line's 512 octets; bound it all the same.
+MAX_AUTH_RESPONSE = 12288
+
+USERNAME_PROMPT = base64.b64encode(b"Username:").decode("ascii")
+PASSWORD_PROMPT = base64.b64encode(b"Password:").decode("ascii")
+
+STARTTLS_FIRST = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_CANCELLED = Reply(501, "5.7.0", "Authentication cancelled")
+AUTH_MALFORMED = Reply(501, "5.5.2", "Error: cannot decode the authentication response")
+AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure, try again later")
+AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication exchange line is too long")
+TOO_MANY_FAILURES = Reply(421, "4.7.0", "Too many failed authentications, try again later")
+
+
+class SubmissionRefused(Exception):
+    """A message refused at end of data; `reply` is what the client is told."""
+
+    def __init__(self, reply: Reply):
+        super().__init__(reply.text)
+        self.reply = reply
+
+
+def client_key(client_ip: str | None) -> str:
+    """What failed logins are counted by: the address, or its /64 for IPv6.
+
+    One IPv6 host usually holds a whole /64, so counting single addresses would give it
+    2**64 fresh starts (and let it flush the bounded table).
+    """
+    if client_ip is None:
+        return "unknown"
+    ip = ipaddress.ip_address(client_ip)
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+class AuthThrottle:
+    """Failed logins per client: `limit` failures within `window` seconds block the
+    client until `window` seconds after its last failure.
+
+    Entries are kept in the order of their last failure, which is also the order they
+    expire in, so dropping expired ones and, beyond `max_clients`, the oldest costs O(1).
+    Logins still being checked count against the limit, so a burst of parallel attempts
+    cannot get more guesses than the limit allows.
+    """
+
+    def __init__(
+        self,
+        clock: Any,
+        limit: int = AUTH_FAILURE_LIMIT,
+        window: float = AUTH_FAILURE_WINDOW,
+        max_clients: int = MAX_TRACKED_CLIENTS,
+    ):
+        self.clock = clock
+        self.limit = limit
+        self.window = window
+        self.max_clients = max_clients
+        self._failures: collections.OrderedDict[str, collections.deque[float]] = (
+            collections.OrderedDict()
+        )
+        self._in_flight: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        """How many clients have failures on record."""
+        return len(self._failures)
+
+    def _recent(self, key: str) -> collections.deque[float] | None:
+        failures = self._failures.get(key)
+        if failures is not None and self.clock.seconds() >= failures[-1] + self.window:
+            del self._failures[key]
+            return None
+        return failures
+
+    def blocked(self, key: str) -> bool:
+        failures = self._recent(key)
+        return (
+            failures is not None
+            and len(failures) >= self.limit
+            and failures[-1] - failures[0] < self.window
+        )
+
+    def may_attempt(self, key: str) -> bool:
+        if self.blocked(key):
+            return False
+        failures = self._recent(key)
+        since = self.clock.seconds() - self.window
+        recent = sum(1 for when in failures if when > since) if failures else 0
+        return recent + self._in_flight.get(key, 0) < self.limit
+
+    def started(self, key: str) -> None:
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+
+    def finished(self, key: str, failed: bool) -> None:
+        left = self._in_flight.get(key, 0) - 1
+        if left > 0:
+            self._in_flight[key] = left
+        else:
+            self._in_flight.pop(key, None)
+        if failed:
+            self._record_failure(key)
+
+    def _record_failure(self, key: str) -> None:
+        now = self.clock.seconds()
+        failures = self._failures.pop(key, None)
+        if failures is None:
+            failures = collections.deque(maxlen=self.limit)
+        failures.append(now)
+        self._failures[key] = failures
+        while self._failures:
+            oldest = next(iter(self._failures.values()))
+            if now < oldest[-1] + self.window:
+                break
+            self._failures.popitem(last=False)
+        while len(self._failures) > self.max_clients:
+            self._failures.popitem(last=False)
+
+
+def _decode_response(text: bytes) -> bytes | None:
+    """A base64 SASL response; "=" is the empty one (RFC 4954 section 4)."""
+    if text == b"=":
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        return None
+
+
+def _mailbox_key(local_part: str, domain: str) -> tuple[str, str]:
+    domain = domain.lower()
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass
+    return local_part.lower(), domain
+
+
+def _address_key(address: str) -> tuple[str, str] | None:
+    local_part, at, domain = address.rpartition("@")
+    if not at or not local_part or not domain:
+        return None
+    return _mailbox_key(local_part, domain)
+
+
+def _header_end(raw: bytes) -> int:
+    """Where the header section ends (after its last CRLF, before the empty line)."""
+    found = raw.find(b"\r\n\r\n")
+    return len(raw) if found < 0 else found + 2
+
+
+def _header_fields(section: bytes) -> list[tuple[str, str]]:
+    """(lower-case name, unfolded value) of every header line, in order.
+
+    A line that is not a header keeps its place under an empty name, so a later field is
+    still seen and a continuation never joins the wrong field.
+    """
+    fields: list[tuple[str, str]] = []
+    for line in section.decode("utf-8", "replace").split("\r\n"):
+        if not line:
+            continue
+        if line[0] in " \t" and fields:
+            name, value = fields[-1]
+            fields[-1] = (name, value + line)
+            continue
+        name, colon, value = line.partition(":")
+        fields.append((name.rstrip(" \t").lower(), value) if colon else ("", line))
+    return fields
+
+
+class SubmissionProtocol(SMTPServerProtocol):
+    """One session of an authenticated user's mail program."""
+
+    factory: SubmissionFactory
+
+    def __init__(self, factory: SubmissionFactory):
+        super().__init__(factory)
+        self.policy = factory.policy
+        self.identities: tuple[SendingIdentity, ...] = ()
+        self.throttle_key = "unknown"
+        # The next line answers a 334 challenge instead of being a command.
+        self._auth_step: Callable[[bytes], Reply | Deferred | None] | None = None
+        self._message_identity: SendingIdentity | None = None
+
+    # --- connection ---
+
+    def connectionMade(self) -> None:
+        client_ip = _client_ip(getattr(self.transport.getPeer(), "host", None))
+        self.throttle_key = client_key(client_ip)
+        if self.factory.auth_throttle.blocked(self.throttle_key):
+            self.client_ip = client_ip
+            self._refuse_throttled()
+            return
+        super().connectionMade()
+        if self.factory.implicit_tls:
+            self.tls_active = True
+
+    def _refuse_throttled(self) -> None:
+        self.send_reply(TOO_MANY_FAILURES)
+        self.close()
+
+    # --- state ---
+
+    def reset_transaction(self) -> None:
+        super().reset_transaction()
+        self.sending_identity: SendingIdentity | None = None
+
+    def reset_session(self) -> None:
+        super().reset_session()
+        self.identities = ()
+        self._auth_step = None
+
+    @property
+    def login(self) -> str | None:
+        user = self.authenticated_user
+        return user.login if user is not None else None
+
+    def ehlo_keywords(self) -> list[str]:
+        keywords = super().ehlo_keywords()
+        if self.tls_active:
+            keywords.append("AUTH PLAIN LOGIN")
+        return keywords
+
+    # --- AUTH ---
+
+    def _line_received(self, line: bytes) -> None:
+        # While a 334 awaits its answer the line is that answer, never a command.
+        step, self._auth_step = self._auth_step, None
+        if step is None:
+            super()._line_received(line)
+            return
+        if len(line) > MAX_AUTH_RESPONSE:
+            result: Reply | Deferred | None = AUTH_LINE_TOO_LONG
+        elif line == b"*":
+            result = AUTH_CANCELLED
+        else:
+            try:
+                result = step(line)
+            except Exception:
+                log.failure("AUTH step failed")
+                result = LOCAL_ERROR
+        if isinstance(result, Deferred):
+            self._wait_for(result)
+        elif result is not None:
+            self.send_reply(result)
+
+    def _challenge(self, text: str, step: Callable[[bytes], Reply | Deferred | None]) -> Reply:
+        self._auth_step = step
+        return Reply(334, None, text)
+
+    def smtp_AUTH(self, argument: bytes) -> Reply | Deferred | None:
+        if not self.tls_active:
+            return STARTTLS_FIRST
+        if not self.esmtp:
+            return Reply(503, "5.5.1", "Error: send EHLO first")
+        if self.authenticated_user is not None:
+            return Reply(503, "5.5.1", "Error: already authenticated")
+        if self.envelope_sender is not None:
+            return Reply(503, "5.5.1", "Error: AUTH not allowed during a mail transaction")
+        if not self.factory.auth_throttle.may_attempt(self.throttle_key):
+            self._refuse_throttled()
+            return None
+        words = argument.split()
+        if not words or len(words) > 2:
+            return Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+        mechanism = words[0].upper()
+        initial = words[1] if len(words) == 2 else None
+        if mechanism == b"PLAIN":
+            if initial is None:
+                return self._challenge("", self._plain_response)
+            return self._plain_response(initial)
+        if mechanism == b"LOGIN":
+            if initial is None:
+                return self._challenge(USERNAME_PROMPT, self._login_username)
+            return self._login_username(initial)
+        return Reply(504, "5.5.4", "Error: unsupported authentication mechanism")
+
+    def _plain_response(self, response: bytes) -> Reply | Deferred:
+        decoded = _decode_response(response)
+        parts = decoded.split(b"\0") if decoded is not None else []
+        if len(parts) != 3:
+            return AUTH_MALFORMED
+        try:
+            authzid, login, password = (part.decode("utf-8") for part in parts)
+        except UnicodeDecodeError:
+            return AUTH_MALFORMED
+        if authzid and authzid != login:
+            return AUTH_FAILED  # acting for another user is not offered
+        return self._check_credentials(login, password)
+
+    def _login_username(self, response: bytes) -> Reply:
+        decoded = _decode_response(response)
+        try:
+            login = decoded.decode("utf-8") if decoded is not None else None
+        except UnicodeDecodeError:
+            login = None
+        if login is None:
+            return AUTH_MALFORMED
+        return self._challenge(PASSWORD_PROMPT, functools.partial(self._login_password, login))
+
+    def _login_password(self, login: str, response: bytes) -> Reply | Deferred:
+        decoded = _decode_response(response)
+        try:
+            password = decoded.decode("utf-8") if decoded is not None else None
+        except UnicodeDecodeError:
+            password = None
+        if password is None:
+            return AUTH_MALFORMED
+        return self._check_credentials(login, password)
+
+    def _check_credentials(self, login: str, password: str) -> Deferred:
+        key = self.throttle_key
+        self.factory.auth_throttle.started(key)
+        deferred = maybeDeferred(self.policy.authenticate, login, password)
+        deferred.addCallbacks(
+            self._credentials_checked,
+            self._credentials_unchecked,
+            callbackArgs=(key,),
+            errbackArgs=(key,),
+        )
+        return deferred
+
+    def _credentials_checked(self, user: UserRecord | None, key: str) -> Reply | Deferred | None:
+        throttle = self.factory.auth_throttle
+        throttle.finished(key, failed=user is None)
+        if user is None:
+            if throttle.blocked(key):
+                self.send_reply(AUTH_FAILED)
+                self._refuse_throttled()
+                return None
+            return AUTH_FAILED
+        deferred = maybeDeferred(self.policy.sending_identities, user.login)
+        deferred.addCallbacks(
+            self._identities_loaded, self._identities_unavailable, callbackArgs=(user,)
+        )
+        return deferred
+
+    def _credentials_unchecked(self, failure: Failure, key: str) -> Reply:
+        self.factory.auth_throttle.finished(key, failed=False)
+        log.failure("Checking credentials failed", failure)
+        return AUTH_TEMPORARY
+
+    def _identities_loaded(self, identities: Any, user: UserRecord) -> Reply:
+        self.authenticated_user = user
+        self.identities = tuple(identities)
+        return AUTH_OK
+
+    def _identities_unavailable(self, failure: Failure) -> Reply:
+        log.failure("Loading sending identities failed", failure)
+        return AUTH_TEMPORARY
+
+    # --- identities ---
+
+    def owned_identity(self, key: tuple[str, str] | None) -> SendingIdentity | None:
+        """The user's identity for a (local part, domain) key, or None."""
+        if key is None:
+            return None
+        for identity in self.identities:
+            if _address_key(identity.identity) == key:
+                return identity
+        return None
+
+    def not_owned(self, what: str) -> Reply:
+        return Reply(553, "5.7.1", f"{what} not owned by user {self.login}")
+
+    # --- commands ---
+
+    def smtp_MAIL(self, argument: bytes) -> Reply:
+        if self.authenticated_user is None:
+            return AUTH_REQUIRED
+        reply = super().smtp_MAIL(argument)
+        sender = self.envelope_sender
+        if reply.code != 250 or sender is None:
+            return reply
+        # <> is no identity's address: a user's program never sends bounces.
+        identity = self.owned_identity(_mailbox_key(sender.local_part, sender.domain))
+        if identity is None:
+            self.reset_transaction()
+            return self.not_owned(f"<{sender.address}>: Sender address rejected:")
+        self.sending_identity = identity
+        return reply
+
+    def relay_allowed(self) -> bool:
+        return self.authenticated_user is not None
+
+    def check_recipient(self, path: Path) -> Reply | Deferred:
+        # Routing tricks and address literals stay refused even for a logged-in user:
+        # they would let the account reach hosts the MX records do not name.
+        if is_relay_attempt(path) or path.is_address_literal:
+            return self.relay_denied(path)
+        return super().check_recipient(path)
+
+    def accept_remote_recipient(self, path: Path) -> Reply:
+        if not path.domain:  # a bare <Postmaster> when our hostname is no mail domain
+            return Reply(550, "5.1.1", f"<{path.address}>: Recipient address rejected")
+        self.add_recipient(attrs.evolve(path, domain=path.domain.lower()).address, path)
+        return Reply(250, "2.1.5", "Ok")
+
+    def smtp_DATA(self, argument: bytes) -> Reply:
+        reply = super().smtp_DATA(argument)
+        if reply.code == 354:
+            # reset_transaction() runs before deliver(): keep who this message is from.
+            self._message_identity = self.sending_identity
+        return reply
+
+    def smtp_HELP(self, argument: bytes) -> Reply:
+        return Reply(
+            214,
+            "2.0.0",
+            "Commands: EHLO HELO AUTH MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS",
+        )
+
+    # --- end of data ---
+
+    def deliver(self, envelope_sender: str, recipients: tuple, raw: bytes) -> Deferred:
+        identity, self._message_identity = self._message_identity, None
+        user = self.authenticated_user
+        end = _header_end(raw)
+        fields = _header_fields(raw[:end])
+        from_values = [value for name, value in fields if name == "from"]
+        if from_values:  # a message without From: is accepted as written
+            addresses = [address for _, address in getaddresses(from_values)] or [""]
+            for address in addresses:
+                if self.owned_identity(_address_key(address)) is None:
+                    shown = address[:256]
+                    raise SubmissionRefused(self.not_owned(f"From: header address <{shown}>"))
+        names = {name for name, _ in fields}
+        added = b""
+        if "message-id" not in names:
+            added += f"Message-ID: <{secrets.token_hex(16)}@{self.hostname}>\r\n".encode()
+        if "date" not in names:
+            now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.UTC)
+            added += f"Date: {format_datetime(now)}\r\n".encode()
+        if added:
+            raw = raw[:end] + added + raw[end:]
+        local = tuple(r for r in recipients if isinstance(r, Recipient))
+        remote = tuple(r for r in recipients if isinstance(r, str))
+        return self.policy.submit(user.login, identity, envelope_sender, local, remote, raw)
+
+    def _queue_failed(self, failure: Failure) -> Reply:
+        # A refusal decided at end of data is the client's fault: 5xx, not the base's 451.
+        if failure.check(SubmissionRefused):
+            return failure.value.reply
+        return super()._queue_failed(failure)
+
+
+class SubmissionFactory(SMTPServerFactory):
+    """Builds SubmissionProtocol; keeps the failed-login table shared by its sessions.
+
+    With implicit_tls the caller wraps this factory in TLS (port 465): sessions start
+    with TLS active and STARTTLS is not offered. Give the 587 and 465 factories the same
+    auth_throttle so that a client cannot double its guesses by switching ports.
+    """
+
+    protocol = SubmissionProtocol
+
+    def __init__(
+        self,
+        policy: Any,
+        hostname: str,
+        settings: SmtpConfig,
+        clock: Any,
+        tls_options: Any,
+        implicit_tls: bool = False,
+        auth_throttle: AuthThrottle | None = None,
+    ):
+        # Clients are people's mail programs, not spam engines: greet at once.
+        super().__init__(
+            policy, hostname, attrs.evolve(settings, greet_pause=0.0), clock, tls_options
+        )
+        self.policy = policy
+        self.implicit_tls = implicit_tls
+        self.auth_throttle = auth_throttle if auth_throttle is not None else AuthThrottle(clock)
