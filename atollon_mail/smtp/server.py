@@ -526,12 +526,17 @@ class SMTPServerProtocol(Protocol):
         return self.factory.tls_options is not None and not self.tls_active
 
     def relay_allowed(self) -> bool:
-        """Hook: whether this session may send to domains we do not host (port 25: never)."""
-        return False
+        """Hook: whether this session may send to domains we do not host (port 25: only
+        hosts of [smtp] relay_networks)."""
+        return self.factory.may_relay(self.client_ip)
 
     def accept_remote_recipient(self, path: Path) -> Reply | Deferred:
-        """Hook: a recipient outside our domains when relay_allowed() is true."""
-        return self.relay_denied(path)
+        """Hook: a recipient outside our domains when relay_allowed() is true: queued for
+        delivery (the intake takes a plain address string as a remote recipient)."""
+        if path.is_address_literal or is_relay_attempt(path):
+            return self.relay_denied(path)
+        self.add_recipient(f"{path.local_part}@{path.domain.lower()}", path)
+        return Reply(250, "2.1.5", "Ok")
 
     def relay_denied(self, path: Path) -> Reply:
         return Reply(554, "5.7.1", f"<{path.address}>: Relay access denied")
@@ -762,12 +767,23 @@ class SMTPServerFactory(Factory):
         self.trusted_networks = tuple(
             ipaddress.ip_network(network, strict=False) for network in settings.trusted_networks
         )
+        self.relay_networks = tuple(
+            ipaddress.ip_network(network, strict=False) for network in settings.relay_networks
+        )
 
-    def is_trusted(self, client_ip: str | None) -> bool:
-        if client_ip is None:
+    @staticmethod
+    def _within(client_ip: str | None, networks) -> bool:
+        if client_ip is None or not networks:
             return False
         ip = ipaddress.ip_address(client_ip)
-        return any(ip in network for network in self.trusted_networks)
+        return any(ip in network for network in networks)
+
+    def is_trusted(self, client_ip: str | None) -> bool:
+        return self._within(client_ip, self.trusted_networks)
+
+    def may_relay(self, client_ip: str | None) -> bool:
+        """Hosts of [smtp] relay_networks may send to any domain without logging in."""
+        return self._within(client_ip, self.relay_networks)
 
     def buildProtocol(self, addr: Any) -> SMTPServerProtocol:
         return self.protocol(self)

@@ -22,6 +22,7 @@ from atollon_mail.store.records import Recipient
 
 from .fakes import (
     HOSTNAME,
+    UNTRUSTED_PEER,
     FakeIntake,
     LookupUnavailable,
     Session,
@@ -413,6 +414,36 @@ class RcptTests(unittest.TestCase):
         self.session.command("DATA")
         self.session.send(BODY + b".\r\n")
         self.assertEqual(len(self.session.intake.accept_calls[0].recipients), 1)
+
+
+class RelayNetworkTests(unittest.TestCase):
+    """Hosts of [smtp] relay_networks may send anywhere without logging in (an office
+    scanner, the CRM itself); every other host is refused at RCPT as before."""
+
+    def session(self, peer: str) -> Session:
+        session = Session(settings=make_settings(relay_networks=("192.0.2.0/24",)), peer=peer)
+        session.ehlo()
+        session.command("MAIL FROM:<app@example.com>")
+        return session
+
+    def test_relay_network_host_reaches_remote_domains(self):
+        session = self.session("192.0.2.10")
+        self.assertEqual(session.command("RCPT TO:<Bob@Remote.EXAMPLE>"), ["250 2.1.5 Ok"])
+        self.assertEqual(session.command("RCPT TO:<alice@example.com>"), ["250 2.1.5 Ok"])
+        session.command("DATA")
+        self.assertTrue(session.send(b"Subject: x\r\n\r\nbody\r\n.\r\n")[0].startswith("250"))
+        [call] = session.intake.accept_calls
+        self.assertEqual(call.recipients[0], "Bob@remote.example")
+        self.assertEqual(call.recipients[1].mailbox_address, "alice@example.com")
+
+    def test_disguised_forms_stay_refused_for_relay_hosts(self):
+        session = self.session("192.0.2.10")
+        for argument in ("<alice@[127.0.0.1]>", "<@a.example:bob@remote.example>"):
+            self.assertTrue(session.command(f"RCPT TO:{argument}")[0].startswith("554 5.7.1"))
+
+    def test_other_hosts_are_still_refused(self):
+        session = self.session(UNTRUSTED_PEER)
+        self.assertTrue(session.command("RCPT TO:<bob@remote.example>")[0].startswith("554 5.7.1"))
 
 
 class RecipientLimitTests(unittest.TestCase):
