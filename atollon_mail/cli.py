@@ -1,4 +1,5 @@
-"""The `atollon-mail` admin command: domains, users, contexts, mailboxes, aliases, messages.
+"""The `atollon-mail` admin command: domains, users, contexts, mailboxes, aliases, messages,
+the outbound queue and DKIM keys.
 
 It opens its own connection to the same store the server uses (SQLite in WAL mode with a
 busy timeout, or PostgreSQL), runs each request in one transaction with `Store.run_sync`,
@@ -23,8 +24,9 @@ from atollon_mail import passwords
 from atollon_mail.config import ConfigError, default_config_path, load_config
 from atollon_mail.store import migrations, queries
 from atollon_mail.store.errors import StoreError
+from atollon_mail.store.models import QUEUE_STATES, utc_now
 from atollon_mail.store.pool import Store
-from atollon_mail.store.records import ContextRecord
+from atollon_mail.store.records import ContextRecord, QueueEntry
 
 PROGRAM = "atollon-mail"
 
@@ -82,6 +84,22 @@ def _yes_no(flag: bool) -> str:
 
 def _context_label(context: ContextRecord) -> str:
     return f"{context.kind} #{context.id} {context.name}"
+
+
+def _when(moment) -> str:
+    """A stored time (naive UTC) as shown in listings."""
+    if moment is None:
+        return "-"
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if hasattr(moment, "strftime") else str(moment)
+
+
+def _shortened(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _display_url(url: str) -> str:
@@ -296,6 +314,126 @@ def _messages_show(store: Store, args) -> None:
     buffer.flush()
 
 
+_WAITING = ("queued", "deferred")
+_REPLY_WIDTH = 40
+
+
+def _next_attempt(entry: QueueEntry) -> str:
+    # Only a waiting recipient has a next attempt; the others' stored time is history.
+    return _when(entry.next_attempt_at) if entry.state in _WAITING else "-"
+
+
+def _queue_list(store: Store, args) -> None:
+    entries = store.run_sync(queries.queue_list, args.state, limit=args.limit, offset=args.offset)
+    rows = [
+        (
+            entry.queue_message_id,
+            entry.address,
+            entry.state,
+            entry.attempts,
+            _next_attempt(entry),
+            _shortened(entry.last_reply, _REPLY_WIDTH) if entry.last_reply else "-",
+            entry.subject or "",
+        )
+        for entry in entries
+    ]
+    headers = (
+        "ID",
+        "RECIPIENT",
+        "STATE",
+        "ATTEMPTS",
+        "NEXT ATTEMPT (UTC)",
+        "LAST REPLY",
+        "SUBJECT",
+    )
+    _out(_table(headers, rows, right=(0, 3)))
+
+
+def _queue_show(store: Store, args) -> None:
+    detail = store.run_sync(queries.queue_show, args.id)
+    sender = detail.envelope_sender or "<>"
+    fields = [
+        ("sender", f"{sender} (a bounce)" if detail.is_bounce else sender),
+        ("subject", detail.subject or "(none)"),
+        ("message-id", detail.message_id_header or "(none)"),
+        ("queued", f"{_when(detail.created_at)} UTC"),
+    ]
+    _out(f"queued message {detail.id} (message {detail.message_id})")
+    width = max(len(label) for label, _ in fields) + 2
+    for label, value in fields:
+        _out(f"{label + ':':<{width}}{_clean(value)}")
+    for recipient in detail.recipients:
+        entry = recipient.entry
+        status = [entry.state, _counted(entry.attempts, "attempt")]
+        if entry.state in _WAITING:
+            status.append(f"next attempt {_when(entry.next_attempt_at)} UTC")
+        _out()
+        _out(f"{entry.address}: {', '.join(status)}")
+        for event in recipient.events:
+            parts = [_when(event.at), event.outcome, event.server or "-", event.reply or "-"]
+            if event.next_attempt_at is not None:
+                parts.append(f"next attempt {_when(event.next_attempt_at)}")
+            _out("  " + "  ".join(_clean(part) for part in parts))
+        if not recipient.events:
+            _out("  (no attempt yet)")
+
+
+def _queue_retry(store: Store, args) -> None:
+    count = store.run_sync(queries.queue_retry, args.id, utc_now())
+    if count:
+        _out(
+            f"queued message {args.id}: {_counted(count, 'recipient')} due now "
+            "(tried at the server's next queue run)"
+        )
+    else:
+        _out(f"queued message {args.id}: nothing to retry (no recipient is waiting)")
+
+
+def _queue_delete(store: Store, args) -> None:
+    count = store.run_sync(queries.queue_delete, args.id)
+    _out(f"deleted queued message {args.id} ({_counted(count, 'recipient')})")
+
+
+def _dkim_generate(store: Store, args) -> None:
+    # Imported here: the DKIM libraries are not needed by the other commands.
+    from atollon_mail.delivery import dkim
+
+    selector = args.selector or dkim.DEFAULT_SELECTOR
+    # Generated before the transaction: an RSA key takes a while to make.
+    private_key, public_key = dkim.generate_key(args.algorithm)
+    key = store.run_sync(
+        queries.add_dkim_key, args.domain, selector, args.algorithm, private_key, public_key
+    )
+    _out(f"added DKIM key {key.selector} for {key.domain} ({key.algorithm})")
+    _out(f"publish this TXT record in the DNS of {key.domain}:")
+    _out(dkim.zone_record(key.selector, key.domain, key.algorithm, key.public_key))
+    _out(
+        f"mail from {key.domain} is signed with it from now on; "
+        f"show the record again with: {PROGRAM} dkim show {key.domain}"
+    )
+
+
+def _dkim_list(store: Store, args) -> None:
+    keys = store.run_sync(queries.dkim_keys)
+    # By domain; within one, newest first (the key that signs comes first).
+    ordered = sorted(keys, key=lambda key: key.domain)
+    rows = [(key.domain, key.selector, key.algorithm) for key in ordered]
+    _out(_table(("DOMAIN", "SELECTOR", "ALGORITHM"), rows))
+
+
+def _dkim_show(store: Store, args) -> None:
+    from atollon_mail.delivery import dkim
+
+    name = queries.normalize_domain_name(args.domain)
+    if name not in {domain.name for domain in store.run_sync(queries.list_domains)}:
+        raise Refused(f"no domain {name}; add it with: {PROGRAM} domain add {name}")
+    keys = store.run_sync(queries.dkim_keys, name)
+    if not keys:
+        raise Refused(f"{name} has no DKIM key; make one with: {PROGRAM} dkim generate {name}")
+    for key in keys:
+        _out(dkim.zone_record(key.selector, key.domain, key.algorithm, key.public_key))
+
+
 # --- parser ---------------------------------------------------------------------------
 
 
@@ -380,6 +518,32 @@ def build_parser() -> argparse.ArgumentParser:
     show = messages.add_parser("show", help="write a message's raw bytes to standard output")
     show.add_argument("id", metavar="ID", type=_whole_number(1))
     show.set_defaults(handler=_messages_show)
+
+    queue = commands("queue", "the outbound queue: messages waiting to be delivered elsewhere")
+    listing = queue.add_parser("list", help="list the queue's recipients, newest message first")
+    listing.add_argument("--state", choices=QUEUE_STATES)
+    listing.add_argument("--limit", type=_whole_number(1), default=100)
+    listing.add_argument("--offset", type=_whole_number(0), default=0)
+    listing.set_defaults(handler=_queue_list)
+    for name, help_text, handler in (
+        ("show", "show a queued message's recipients and delivery attempts", _queue_show),
+        ("retry", "try a queued message's waiting recipients now", _queue_retry),
+        ("delete", "remove a message from the queue (its filed copies stay)", _queue_delete),
+    ):
+        action = queue.add_parser(name, help=help_text)
+        action.add_argument("id", metavar="ID", type=_whole_number(1), help="see: queue list")
+        action.set_defaults(handler=handler)
+
+    dkim = commands("dkim", "the DKIM keys outgoing mail is signed with")
+    generate = dkim.add_parser("generate", help="make a signing key for a domain")
+    generate.add_argument("domain", metavar="DOMAIN")
+    generate.add_argument("--selector", help="the DNS label of the key (default: atollon)")
+    generate.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa")
+    generate.set_defaults(handler=_dkim_generate)
+    dkim.add_parser("list", help="list the active keys").set_defaults(handler=_dkim_list)
+    show = dkim.add_parser("show", help="print the DNS records of a domain's keys")
+    show.add_argument("domain", metavar="DOMAIN")
+    show.set_defaults(handler=_dkim_show)
     return parser
 
 

@@ -6,6 +6,8 @@ SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
+import base64
+import datetime
 import io
 import os
 import shutil
@@ -21,8 +23,17 @@ from atollon_mail.config import CONFIG_ENVIRONMENT_VARIABLE
 from atollon_mail.store import migrations, queries
 from atollon_mail.store.models import database_proxy
 from atollon_mail.store.pool import Store
-from atollon_mail.store.records import IncomingMessage, Recipient
+from atollon_mail.store.records import (
+    DeliveryResult,
+    IncomingMessage,
+    OutgoingMessage,
+    Recipient,
+)
 from tests.support import PostgresStoreMixin, SqliteStoreMixin
+
+T0 = datetime.datetime(2030, 1, 1, 12, 0, 0)
+MX = "mx.remote.example [192.0.2.1]:25"
+GREYLISTED = "451 4.7.1 Greylisted, please try again in five minutes"
 
 NOT_MIGRATED = (
     "atollon-mail: the database at {url} is not migrated (version 0 of {latest}); "
@@ -517,6 +528,266 @@ class CliContractMixin(CliHarness):
         outcome = self.ok("messages", "show", str(message_id))
         self.assertEqual(outcome.out, raw)
 
+    # -- the outbound queue ---------------------------------------------------------------
+
+    def send(self, *remote: str, subject: str, now=T0, sent: bool = False, **headers) -> int:
+        """Queue a message from joe for remote addresses; its queue message id."""
+        joe = self.store_op(queries.get_mailbox, "joe@acme.com")
+        message = OutgoingMessage(
+            envelope_sender="joe@acme.com",
+            raw=f"Subject: {subject}\r\n\r\nbody\r\n".encode(),
+            remote_recipients=remote,
+            sent_mailbox_id=joe.id if sent else None,
+            subject=subject,
+            **headers,
+        )
+        [submitted] = self.store_op(queries.submit_messages, [message], now)
+        return submitted.queue_message_id
+
+    def attempt(self, outcomes: dict[str, tuple], at) -> None:
+        """Claim what is due at `at` and record {address: (outcome, reply, next)} for it."""
+
+        def operation():
+            claimed = queries.claim_due_deliveries(at, 100)
+            results = [
+                DeliveryResult(d.recipient_id, outcome, reply, MX, at, next_attempt)
+                for d in claimed
+                if d.address in outcomes
+                for outcome, reply, next_attempt in [outcomes[d.address]]
+            ]
+            queries.record_delivery_results(results)
+
+        self.store_op(operation)
+
+    def setup_queue(self) -> None:
+        """Message 1 (joe's Sent copy kept): ann deferred, bob delivered; message 2 queued."""
+        self.setup_mailbox()
+        self.send(
+            "ann@remote.example",
+            "bob@remote.example",
+            subject="Quarterly report",
+            sent=True,
+            message_id="<q1@acme.com>",
+        )
+        self.send("carol@far.example", subject="Hello", now=T0 + datetime.timedelta(minutes=1))
+        self.attempt(
+            {
+                "ann@remote.example": ("deferred", GREYLISTED, T0 + datetime.timedelta(minutes=10)),
+                "bob@remote.example": ("delivered", "250 2.0.0 Ok: queued as ABC", None),
+            },
+            at=T0,
+        )
+
+    def test_queue_list(self):
+        self.setup_queue()
+        self.assertEqual(
+            self.ok("queue", "list").lines,
+            [
+                "ID  RECIPIENT           STATE      ATTEMPTS  NEXT ATTEMPT (UTC)   LAST REPLY"
+                "                                SUBJECT",
+                " 2  carol@far.example   queued            0  2030-01-01 12:01:00  -"
+                "                                         Hello",
+                " 1  ann@remote.example  deferred          1  2030-01-01 12:10:00  451 4.7.1"
+                " Greylisted, please try agai...  Quarterly report",
+                " 1  bob@remote.example  delivered         1  -                    250 2.0.0"
+                " Ok: queued as ABC               Quarterly report",
+            ],
+        )
+        deferred = self.ok("queue", "list", "--state", "deferred").lines
+        self.assertEqual(
+            [line.split()[:3] for line in deferred[1:]], [["1", "ann@remote.example", "deferred"]]
+        )
+        paged = self.ok("queue", "list", "--limit", "1", "--offset", "1").lines
+        self.assertEqual([line.split()[1] for line in paged[1:]], ["ann@remote.example"])
+        self.assertEqual(len(self.ok("queue", "list", "--state", "bounced").lines), 1)
+
+    def test_queue_show(self):
+        self.setup_queue()
+        self.assertEqual(
+            self.ok("queue", "show", "1").lines,
+            [
+                "queued message 1 (message 1)",
+                "sender:     joe@acme.com",
+                "subject:    Quarterly report",
+                "message-id: <q1@acme.com>",
+                "queued:     2030-01-01 12:00:00 UTC",
+                "",
+                "ann@remote.example: deferred, 1 attempt, next attempt 2030-01-01 12:10:00 UTC",
+                f"  2030-01-01 12:00:00  deferred  {MX}  {GREYLISTED}"
+                "  next attempt 2030-01-01 12:10:00",
+                "",
+                "bob@remote.example: delivered, 1 attempt",
+                f"  2030-01-01 12:00:00  delivered  {MX}  250 2.0.0 Ok: queued as ABC",
+            ],
+        )
+        self.assertEqual(
+            self.ok("queue", "show", "2").lines[-3:],
+            [
+                "",
+                "carol@far.example: queued, 0 attempts, next attempt 2030-01-01 12:01:00 UTC",
+                "  (no attempt yet)",
+            ],
+        )
+
+    def test_queue_show_a_bounce_and_hostile_replies(self):
+        self.setup_mailbox()
+
+        def bounce():
+            message = OutgoingMessage(
+                envelope_sender="",
+                raw=b"x",
+                remote_recipients=("joe@remote.example",),
+                is_bounce=True,
+            )
+            return queries.submit_messages([message], T0)[0].queue_message_id
+
+        queue_id = self.store_op(bounce)
+        self.attempt({"joe@remote.example": ("bounced", "550 \x1b[2Jno\u202eway", None)}, at=T0)
+        outcome = self.ok("queue", "show", str(queue_id))
+        self.assertIn("sender:     <> (a bounce)", outcome.lines)
+        self.assertIn("subject:    (none)", outcome.lines)
+        self.assertNotIn("\x1b", outcome.text)
+        self.assertNotIn("\u202e", outcome.text)
+        self.assertIn("550 \ufffd[2Jno\ufffdway", outcome.lines[-1])
+
+    def test_queue_retry(self):
+        self.setup_queue()
+        self.assertEqual(
+            self.ok("queue", "retry", "1").lines,
+            ["queued message 1: 1 recipient due now (tried at the server's next queue run)"],
+        )
+        listed = self.ok("queue", "list", "--state", "queued").lines
+        self.assertEqual(
+            [line.split()[1] for line in listed[1:]], ["carol@far.example", "ann@remote.example"]
+        )
+        self.attempt({"ann@remote.example": ("delivered", "250 ok", None)}, at=queries.utc_now())
+        self.assertEqual(
+            self.ok("queue", "retry", "1").lines,
+            ["queued message 1: nothing to retry (no recipient is waiting)"],
+        )
+
+    def test_queue_delete(self):
+        self.setup_queue()
+        self.store_op(queries.claim_due_deliveries, T0 + datetime.timedelta(minutes=1), 10)
+        self.assertRefused(self.cli("queue", "delete", "2"), "is being delivered right now")
+        self.store_op(
+            queries.record_delivery_results,
+            [
+                DeliveryResult(
+                    entry.recipient_id, "bounced", "550 no", MX, T0 + datetime.timedelta(minutes=2)
+                )
+                for entry in self.store_op(queries.queue_list, "in-flight")
+            ],
+        )
+        self.assertEqual(
+            self.ok("queue", "delete", "2").lines, ["deleted queued message 2 (1 recipient)"]
+        )
+        self.assertRefused(self.cli("messages", "show", "2"), "no message with id 2")
+        self.assertEqual(
+            self.ok("queue", "delete", "1").lines, ["deleted queued message 1 (2 recipients)"]
+        )
+        self.assertEqual(len(self.ok("queue", "list").lines), 1)
+        # Joe's Sent copy stays.
+        self.assertEqual(
+            self.ok("messages", "show", "1").out, b"Subject: Quarterly report\r\n\r\nbody\r\n"
+        )
+
+    def test_queue_refusals(self):
+        self.setup_queue()
+        for action in ("show", "retry", "delete"):
+            self.assertRefused(self.cli("queue", action, "42"), "no queued message with id 42")
+            self.assertUsageError(self.cli("queue", action, "abc"))
+            self.assertUsageError(self.cli("queue", action, "0"))
+            self.assertUsageError(self.cli("queue", action))
+        self.assertUsageError(self.cli("queue", "list", "--state", "stuck"))
+        self.assertUsageError(self.cli("queue", "list", "--limit", "0"))
+
+    # -- DKIM keys ----------------------------------------------------------------------
+
+    def test_dkim_generate_list_and_show(self):
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        from atollon_mail.delivery import dkim
+
+        self.setup_mailbox()
+        first = self.ok("dkim", "generate", "acme.com", "--algorithm", "ed25519").lines
+        [key] = self.store_op(queries.dkim_keys, "acme.com")
+        self.assertEqual((key.selector, key.algorithm), (dkim.DEFAULT_SELECTOR, "ed25519"))
+        record = dkim.zone_record("atollon", "acme.com", "ed25519", key.public_key)
+        self.assertEqual(
+            first,
+            [
+                "added DKIM key atollon for acme.com (ed25519)",
+                "publish this TXT record in the DNS of acme.com:",
+                record,
+                "mail from acme.com is signed with it from now on; "
+                "show the record again with: atollon-mail dkim show acme.com",
+            ],
+        )
+        self.assertTrue(record.startswith('atollon._domainkey.acme.com. 3600 IN TXT ( "v=DKIM1;'))
+        # The stored private key is the one the published record verifies.
+        seed = base64.b64decode(key.private_key)
+        public = ed25519.Ed25519PrivateKey.from_private_bytes(seed).public_key()
+        raw_public = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        self.assertEqual(base64.b64encode(raw_public).decode(), key.public_key)
+
+        second = self.ok("dkim", "generate", "ACME.com", "--selector", "Mail2030").lines
+        self.assertEqual(second[0], "added DKIM key mail2030 for acme.com (rsa)")
+        rsa_key = self.store_op(queries.dkim_keys, "acme.com")[0]
+        private = serialization.load_pem_private_key(rsa_key.private_key.encode(), None)
+        spki = private.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.assertEqual(base64.b64encode(spki).decode(), rsa_key.public_key)
+        self.assertIn(f'"p={rsa_key.public_key[:100]}', second[2])
+
+        self.ok("domain", "add", "beta.example")
+        self.ok("dkim", "generate", "beta.example", "--algorithm", "ed25519")
+        self.assertEqual(
+            self.ok("dkim", "list").lines,
+            [
+                "DOMAIN        SELECTOR  ALGORITHM",
+                "acme.com      mail2030  rsa",
+                "acme.com      atollon   ed25519",
+                "beta.example  atollon   ed25519",
+            ],
+        )
+        self.assertEqual(
+            self.ok("dkim", "show", "acme.com").lines,
+            [
+                dkim.zone_record("mail2030", "acme.com", "rsa", rsa_key.public_key),
+                record,
+            ],
+        )
+
+    def test_dkim_refusals(self):
+        self.setup_mailbox()
+        self.ok("dkim", "generate", "acme.com", "--algorithm", "ed25519")
+        for argv, message in (
+            (
+                ("generate", "nowhere.example", "--algorithm", "ed25519"),
+                "no domain nowhere.example",
+            ),
+            (("generate", "acme.com", "--algorithm", "ed25519"), "with selector atollon already"),
+            (
+                ("generate", "acme.com", "--selector", "a.b", "--algorithm", "ed25519"),
+                "is not a DKIM selector",
+            ),
+            (("generate", "not a domain"), "is not a domain name"),
+            (("show", "nowhere.example"), "no domain nowhere.example"),
+        ):
+            self.assertRefused(self.cli("dkim", *argv), message)
+        self.ok("domain", "add", "beta.example")
+        self.assertRefused(
+            self.cli("dkim", "show", "beta.example"),
+            "beta.example has no DKIM key; make one with: atollon-mail dkim generate beta.example",
+        )
+        self.assertUsageError(self.cli("dkim", "generate", "acme.com", "--algorithm", "dsa"))
+        self.assertUsageError(self.cli("dkim", "generate"))
+        self.assertUsageError(self.cli("dkim", "show"))
+        self.assertEqual(len(self.store_op(queries.dkim_keys)), 1)
+
 
 class CliOnSqliteTests(SqliteStoreMixin, CliContractMixin, unittest.TestCase):
     pass
@@ -632,7 +903,17 @@ class CliWithoutDatabaseTests(CliHarness, unittest.TestCase):
     def test_help(self):
         outcome = self.main("--help")
         self.assertEqual((outcome.code, outcome.err), (0, ""))
-        for group in ("db", "domain", "user", "context", "mailbox", "alias", "messages"):
+        for group in (
+            "db",
+            "domain",
+            "user",
+            "context",
+            "mailbox",
+            "alias",
+            "messages",
+            "queue",
+            "dkim",
+        ):
             self.assertIn(group, outcome.text)
         self.assertIn("--password-stdin", self.main("user", "add", "--help").text)
 

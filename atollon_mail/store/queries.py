@@ -4,21 +4,28 @@ and returns frozen records; none knows about SMTP or HTTP.
 
 from __future__ import annotations
 
+import datetime
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import peewee
 
 from atollon_mail.store.errors import Conflict, Invalid, NotFound, StoreError
 from atollon_mail.store.models import (
     CONTEXT_KINDS,
+    DKIM_ALGORITHMS,
     DOMAIN_MODES,
+    QUEUE_STATES,
     Alias,
     Context,
+    DkimKey,
     Domain,
     Filing,
     Mailbox,
     Message,
+    QueueEvent,
+    QueueMessage,
+    QueueRecipient,
     User,
     database_proxy,
     utc_now,
@@ -26,14 +33,24 @@ from atollon_mail.store.models import (
 from atollon_mail.store.records import (
     AliasRecord,
     ContextRecord,
+    Delivery,
+    DeliveryResult,
+    DkimKeyRecord,
     DomainRecord,
     FilingRecord,
     IncomingMessage,
     MailboxRecord,
     MessageSummary,
+    OutgoingMessage,
+    QueueEntry,
+    QueueEventRecord,
+    QueueMessageDetail,
+    QueueRecipientDetail,
     Recipient,
     Rejection,
+    SendingIdentity,
     StoredMessage,
+    SubmittedMessage,
     UserRecord,
 )
 
@@ -483,6 +500,45 @@ _HOT_SQL = {
     "insert_filing": """
         INSERT INTO filing (message_id, mailbox_id, context_id, uid, flags, filed_at)
         VALUES ({p}, {p}, {p}, {p}, '', {p})""",
+    # Sending: the Sent copy, the queue rows (every submitted message passes here too).
+    "next_uid_sent": """
+        UPDATE mailbox SET next_uid = next_uid + 1 WHERE id = {p}
+        RETURNING next_uid, sent_context_id""",
+    "mailbox_owner_address": """
+        SELECT m.owner_id, m.local_part, d.name
+        FROM mailbox m JOIN domain d ON d.id = m.domain_id WHERE m.id = {p}""",
+    "insert_folder": """
+        INSERT INTO context (kind, name, owner_id, created_at)
+        VALUES ('folder', {p}, {p}, {p}) RETURNING id""",
+    "set_sent_context": "UPDATE mailbox SET sent_context_id = {p} WHERE id = {p}",
+    "insert_flagged_filing": """
+        INSERT INTO filing (message_id, mailbox_id, context_id, uid, flags, filed_at)
+        VALUES ({p}, {p}, {p}, {p}, {p}, {p})""",
+    "insert_queue_message": """
+        INSERT INTO queue_message (message_id, envelope_sender, is_bounce, origin_mailbox_id,
+                                   created_at)
+        VALUES ({p}, {p}, {p}, {p}, {p}) RETURNING id""",
+    "insert_queue_recipient": """
+        INSERT INTO queue_recipient (queue_message_id, address, domain, state, attempts,
+                                     next_attempt_at, delay_warned, created_at, updated_at)
+        VALUES ({p}, {p}, {p}, 'queued', 0, {p}, {p}, {p}, {p})""",
+    # The queue runner: one query per waiting state, each walking the (state,
+    # next_attempt_at) index in order, so a claim reads about `limit` rows however long
+    # the queue (a single "state IN (...)" would have to sort every due row).
+    "due": """
+        SELECT r.id, r.queue_message_id, q.message_id, q.envelope_sender, r.address, r.domain,
+               r.attempts, q.created_at, q.is_bounce, r.delay_warned, r.next_attempt_at
+        FROM queue_recipient r JOIN queue_message q ON q.id = r.queue_message_id
+        WHERE r.state = {p} AND r.next_attempt_at <= {p}
+        ORDER BY r.next_attempt_at, r.id LIMIT {p}""",
+    "record_result": """
+        UPDATE queue_recipient
+        SET attempts = attempts + 1, last_attempt_at = {p}, last_reply = {p}, state = {p},
+            next_attempt_at = COALESCE({p}, next_attempt_at), updated_at = {p}
+        WHERE id = {p}""",
+    "insert_event": """
+        INSERT INTO queue_event (queue_recipient_id, at, server, reply, outcome, next_attempt_at)
+        VALUES ({p}, {p}, {p}, {p}, {p}, {p})""",
 }
 _hot_sql_by_param: dict[str, dict[str, str]] = {}
 
@@ -535,25 +591,28 @@ def resolve_recipient(local_part: str, domain_name: str) -> Recipient | Rejectio
     return Rejection("unknown-address", f"{local}@{domain_name} is not an address here")
 
 
-def _store_one(incoming: IncomingMessage, now) -> StoredMessage:
-    if not incoming.recipients:
-        raise Invalid("a message needs at least one recipient; nothing was stored")
-    stamp = Message.received_at.db_value(now)
+def _insert_message(message: IncomingMessage | OutgoingMessage, stamp) -> int:
+    """The Message row: the raw bytes once, with the summary headers of the record."""
     (message_id,) = _execute(
         "insert_message",
         (
-            Message.raw.db_value(incoming.raw),
-            len(incoming.raw),
-            incoming.message_id,
-            incoming.subject,
-            incoming.from_header,
-            incoming.date_header,
-            incoming.envelope_sender,
+            Message.raw.db_value(message.raw),
+            len(message.raw),
+            message.message_id,
+            message.subject,
+            message.from_header,
+            message.date_header,
+            message.envelope_sender,
             stamp,
         ),
     ).fetchone()
+    return message_id
+
+
+def _file_for_recipients(message_id: int, recipients: Sequence[Recipient], stamp) -> int:
+    """File the message once per mailbox reached; how many filings that made."""
     contexts: dict[int, int | None] = {}
-    for recipient in incoming.recipients:  # a mailbox reached twice gets one copy
+    for recipient in recipients:  # a mailbox reached twice gets one copy
         contexts.setdefault(recipient.mailbox_id, recipient.context_id)
     for mailbox_id, context_id in contexts.items():
         row = _execute("next_uid", (mailbox_id,)).fetchone()
@@ -562,39 +621,60 @@ def _store_one(incoming: IncomingMessage, now) -> StoredMessage:
         if context_id is None:
             (context_id,) = _execute("store_to", (mailbox_id,)).fetchone()
         _execute("insert_filing", (message_id, mailbox_id, context_id, row[0] - 1, stamp))
-    return StoredMessage(id=message_id, filings=len(contexts))
+    return len(contexts)
+
+
+def _store_one(incoming: IncomingMessage, now) -> StoredMessage:
+    if not incoming.recipients:
+        raise Invalid("a message needs at least one recipient; nothing was stored")
+    stamp = Message.received_at.db_value(now)
+    message_id = _insert_message(incoming, stamp)
+    filings = _file_for_recipients(message_id, incoming.recipients, stamp)
+    return StoredMessage(id=message_id, filings=filings)
+
+
+def _lock_mailboxes(mailbox_ids: Iterable[int]) -> None:
+    """Every mailbox a batch files into, locked up front in id order: concurrent batches
+    filing into the same mailboxes in other orders would otherwise deadlock (PostgreSQL)."""
+    ordered = sorted(set(mailbox_ids))
+    if ordered and database_proxy.for_update:
+        _locked(
+            Mailbox.select(Mailbox.id).where(Mailbox.id.in_(ordered)).order_by(Mailbox.id)
+        ).execute()
+
+
+def _group_commit(store_one: Callable, items: Sequence, now) -> list:
+    """store_one(item, now) for each item in the caller's one transaction.
+
+    An item that fails is reported as its exception and leaves nothing behind; the others
+    are kept. The batch is first tried under one savepoint; only if something in it fails
+    is it redone with a savepoint per item (savepoints cost statements).
+    """
+    try:
+        with database_proxy.atomic():
+            return [store_one(item, now) for item in items]
+    except (peewee.DatabaseError, StoreError):
+        pass
+    results: list = []
+    for item in items:
+        try:
+            with database_proxy.atomic():
+                results.append(store_one(item, now))
+        except (peewee.DatabaseError, StoreError) as problem:
+            results.append(problem)
+    return results
 
 
 def store_messages(messages: Sequence[IncomingMessage]) -> list[StoredMessage | Exception]:
     """Store and file several messages in the caller's one transaction (group commit).
 
     A message that fails is reported as its exception and leaves nothing behind; the
-    others are kept. The batch is first tried under one savepoint; only if something in
-    it fails is it redone with a savepoint per message (savepoints cost statements).
+    others are kept.
     """
-    # Every mailbox of the batch locked up front in id order: concurrent batches filing into
-    # the same mailboxes in other orders would otherwise deadlock (PostgreSQL).
-    mailbox_ids = sorted(
-        {recipient.mailbox_id for incoming in messages for recipient in incoming.recipients}
+    _lock_mailboxes(
+        recipient.mailbox_id for incoming in messages for recipient in incoming.recipients
     )
-    if mailbox_ids and database_proxy.for_update:
-        _locked(
-            Mailbox.select(Mailbox.id).where(Mailbox.id.in_(mailbox_ids)).order_by(Mailbox.id)
-        ).execute()
-    now = utc_now()
-    try:
-        with database_proxy.atomic():
-            return [_store_one(incoming, now) for incoming in messages]
-    except (peewee.DatabaseError, StoreError):
-        pass
-    results: list[StoredMessage | Exception] = []
-    for incoming in messages:
-        try:
-            with database_proxy.atomic():
-                results.append(_store_one(incoming, now))
-        except (peewee.DatabaseError, StoreError) as problem:
-            results.append(problem)
-    return results
+    return _group_commit(_store_one, messages, utc_now())
 
 
 @read_only
@@ -634,3 +714,499 @@ def message_raw(message_id: int) -> bytes:
 @read_only
 def count_messages() -> int:
     return Message.select().count()
+
+
+# --- sending --------------------------------------------------------------------------
+
+SEEN_FLAG = "\\Seen"
+_CONTEXT_NAME_LIMIT = 200
+_CHUNK = 500  # ids per IN (...): well under every SQLite's parameter limit
+
+
+def _chunks(values: Sequence, size: int = _CHUNK):
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join([database_proxy.param] * count)
+
+
+def _timestamp(value) -> datetime.datetime | None:
+    # Raw SQL hands SQLite's timestamps back as text; peewee's field parses them.
+    return QueueRecipient.next_attempt_at.python_value(value)
+
+
+def _remote_recipients(addresses: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """Distinct remote addresses: {key: (address, domain)}; the domain part is compared
+    without case, the local part as given (it is the remote server's to interpret)."""
+    found: dict[str, tuple[str, str]] = {}
+    for address in addresses:
+        local, at, domain = address.strip().rpartition("@")
+        domain = _strip_root_dot(domain.lower())
+        if not at or not local or not domain:
+            raise Invalid(f"{address!r} is not an address; give one such as name@example.org")
+        found.setdefault(f"{local}@{domain}", (f"{local}@{domain}", domain))
+    return found
+
+
+def _file_sent_copy(message_id: int, mailbox_id: int, stamp) -> None:
+    """A copy in the mailbox's Sent folder (made on first use), already seen."""
+    row = _execute("next_uid_sent", (mailbox_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"mailbox {mailbox_id} was removed; nothing was sent")
+    uid, context_id = row[0] - 1, row[1]
+    if context_id is None:
+        # The mailbox row is locked (next_uid above): no second Sent folder can appear.
+        owner_id, local_part, domain = _execute("mailbox_owner_address", (mailbox_id,)).fetchone()
+        name = f"Sent ({local_part}@{domain})"[:_CONTEXT_NAME_LIMIT]
+        (context_id,) = _execute("insert_folder", (name, owner_id, stamp)).fetchone()
+        _execute("set_sent_context", (context_id, mailbox_id))
+    _execute("insert_flagged_filing", (message_id, mailbox_id, context_id, uid, SEEN_FLAG, stamp))
+
+
+def _submit_one(outgoing: OutgoingMessage, now) -> SubmittedMessage:
+    if not outgoing.local_recipients and not outgoing.remote_recipients:
+        raise Invalid("a message needs at least one recipient; nothing was sent")
+    remote = _remote_recipients(outgoing.remote_recipients)
+    stamp = Message.received_at.db_value(now)
+    message_id = _insert_message(outgoing, stamp)
+    filings = _file_for_recipients(message_id, outgoing.local_recipients, stamp)
+    if outgoing.sent_mailbox_id is not None:
+        _file_sent_copy(message_id, outgoing.sent_mailbox_id, stamp)
+        filings += 1
+    queue_message_id = None
+    if remote:
+        (queue_message_id,) = _execute(
+            "insert_queue_message",
+            (
+                message_id,
+                outgoing.envelope_sender,
+                outgoing.is_bounce,
+                outgoing.sent_mailbox_id,
+                stamp,
+            ),
+        ).fetchone()
+        for address, domain in remote.values():
+            _execute(
+                "insert_queue_recipient",
+                (queue_message_id, address, domain, stamp, False, stamp, stamp),
+            )
+    return SubmittedMessage(
+        id=message_id,
+        queue_message_id=queue_message_id,
+        filings=filings,
+        queued_recipients=len(remote),
+    )
+
+
+def submit_messages(
+    messages: Sequence[OutgoingMessage], now: datetime.datetime | None = None
+) -> list[SubmittedMessage | Exception]:
+    """Store, file and queue several sent messages in the caller's one transaction.
+
+    Each message is stored once, filed for its local recipients and into the Sent folder
+    of its sending mailbox, and queued once for its distinct remote addresses (due at
+    once). A message that fails is reported as its exception and leaves nothing behind.
+    """
+    _lock_mailboxes(
+        [recipient.mailbox_id for outgoing in messages for recipient in outgoing.local_recipients]
+        + [m.sent_mailbox_id for m in messages if m.sent_mailbox_id is not None]
+    )
+    return _group_commit(_submit_one, messages, utc_now() if now is None else now)
+
+
+# --- the outbound queue -----------------------------------------------------------------
+
+WAITING_STATES = ("queued", "deferred")
+RESULT_OUTCOMES = ("delivered", "deferred", "bounced")
+REQUEUED_REPLY = "the appliance restarted during this attempt; it is made again"
+_REPLY_LIMIT = 4000
+_SERVER_LIMIT = 300
+
+
+def _skip_locked() -> str:
+    # PostgreSQL: claimers on other store threads skip each other's rows instead of
+    # waiting for them or claiming them twice. SQLite has one writer anyway.
+    return " FOR NO KEY UPDATE OF r SKIP LOCKED" if database_proxy.for_update else ""
+
+
+def _set_state(ids: Sequence[int], state: str, now, next_attempt_at=None) -> None:
+    stamp = QueueRecipient.updated_at.db_value(now)
+    for chunk in _chunks(ids):
+        if next_attempt_at is None:
+            sql = "UPDATE queue_recipient SET state = {p}, updated_at = {p} WHERE id IN ({ids})"
+            params = (state, stamp, *chunk)
+        else:
+            sql = (
+                "UPDATE queue_recipient SET state = {p}, updated_at = {p}, next_attempt_at = {p}"
+                " WHERE id IN ({ids})"
+            )
+            params = (state, stamp, QueueRecipient.next_attempt_at.db_value(next_attempt_at))
+            params += tuple(chunk)
+        sql = sql.format(p=database_proxy.param, ids=_placeholders(len(chunk)))
+        database_proxy.execute_sql(sql, params)
+
+
+def claim_due_deliveries(now: datetime.datetime, limit: int) -> list[Delivery]:
+    """Up to `limit` recipients due by `now`, oldest due first, now in-flight."""
+    if limit <= 0:
+        return []
+    sql = _hot("due") + _skip_locked()
+    due_by = QueueRecipient.next_attempt_at.db_value(now)
+    rows = []
+    for state in WAITING_STATES:
+        rows.extend(database_proxy.execute_sql(sql, (state, due_by, limit)).fetchall())
+    # On PostgreSQL the rows past the limit stay locked (unclaimed) until commit.
+    due = sorted(rows, key=lambda row: (_timestamp(row[10]), row[0]))[:limit]
+    deliveries = [
+        Delivery(
+            recipient_id=row[0],
+            queue_message_id=row[1],
+            message_id=row[2],
+            envelope_sender=row[3],
+            address=row[4],
+            domain=row[5],
+            attempts=row[6],
+            created_at=_timestamp(row[7]),
+            is_bounce=bool(row[8]),
+            delay_warned=bool(row[9]),
+        )
+        for row in due
+    ]
+    _set_state([d.recipient_id for d in deliveries], "in-flight", now)
+    return deliveries
+
+
+def _one_line_limited(text: str | None, limit: int) -> str | None:
+    if text is None:
+        return None
+    return " ".join(text.split())[:limit]
+
+
+def record_delivery_results(results: Sequence[DeliveryResult]) -> None:
+    """Each attempt's outcome on its recipient, and a line in its timeline."""
+    for result in results:
+        if result.outcome not in RESULT_OUTCOMES:
+            raise Invalid(
+                f"an outcome is one of {', '.join(RESULT_OUTCOMES)}, got {result.outcome!r}"
+            )
+        if result.outcome == "deferred" and result.next_attempt_at is None:
+            raise Invalid("a deferred delivery needs the time of its next attempt")
+    date = QueueRecipient.updated_at.db_value
+    for result in results:
+        at = date(result.at)
+        next_attempt_at = date(result.next_attempt_at) if result.outcome == "deferred" else None
+        reply = _one_line_limited(result.reply, _REPLY_LIMIT)
+        server = _one_line_limited(result.server, _SERVER_LIMIT)
+        updated = _execute(
+            "record_result",
+            (at, reply, result.outcome, next_attempt_at, at, result.recipient_id),
+        ).rowcount
+        if updated:  # a recipient deleted meanwhile has no timeline left to extend
+            _execute(
+                "insert_event",
+                (result.recipient_id, at, server, reply, result.outcome, next_attempt_at),
+            )
+
+
+def mark_delay_warned(recipient_ids: Sequence[int]) -> int:
+    """Note that the sender was told these recipients are delayed; how many were marked."""
+    marked = 0
+    for chunk in _chunks(sorted(set(recipient_ids))):
+        marked += (
+            QueueRecipient.update(delay_warned=True).where(QueueRecipient.id.in_(chunk)).execute()
+        )
+    return marked
+
+
+def requeue_in_flight(now: datetime.datetime) -> int:
+    """Every in-flight recipient queued again, due now (run at start: an attempt the
+    appliance was making when it stopped is made again, nothing accepted is lost)."""
+    query = QueueRecipient.select(QueueRecipient.id).where(QueueRecipient.state == "in-flight")
+    ids = [row[0] for row in _locked(query.order_by(QueueRecipient.id)).tuples()]
+    if not ids:
+        return 0
+    at = QueueEvent.at.db_value(now)
+    for recipient_id in ids:
+        _execute("insert_event", (recipient_id, at, None, REQUEUED_REPLY, "requeued", at))
+    _set_state(ids, "queued", now, next_attempt_at=now)
+    return len(ids)
+
+
+@read_only
+def next_due_at() -> datetime.datetime | None:
+    """When the earliest waiting recipient is due (None: nothing waits)."""
+    earliest = [
+        QueueRecipient.select(peewee.fn.MIN(QueueRecipient.next_attempt_at))
+        .where(QueueRecipient.state == state)
+        .scalar()
+        for state in WAITING_STATES
+    ]
+    found = [_timestamp(value) for value in earliest if value is not None]
+    return min(found, default=None)
+
+
+@read_only
+def queue_counts() -> dict[str, int]:
+    counts = dict.fromkeys(QUEUE_STATES, 0)
+    query = QueueRecipient.select(QueueRecipient.state, peewee.fn.COUNT(QueueRecipient.id))
+    for state, count in query.group_by(QueueRecipient.state).tuples():
+        counts[state] = count
+    return counts
+
+
+def _queue_entry(recipient: QueueRecipient) -> QueueEntry:
+    queued = recipient.queue_message
+    return QueueEntry(
+        queue_message_id=queued.id,
+        recipient_id=recipient.id,
+        address=recipient.address,
+        state=recipient.state,
+        attempts=recipient.attempts,
+        next_attempt_at=recipient.next_attempt_at,
+        last_reply=recipient.last_reply,
+        envelope_sender=queued.envelope_sender,
+        created_at=queued.created_at,
+        subject=queued.message.subject,
+    )
+
+
+def _queue_rows():
+    # Only the summary of the message: never its raw bytes.
+    return (
+        QueueRecipient.select(QueueRecipient, QueueMessage, Message.id, Message.subject)
+        .join(QueueMessage)
+        .join(Message)
+    )
+
+
+@read_only
+def queue_list(state: str | None = None, limit: int = 100, offset: int = 0) -> list[QueueEntry]:
+    """The queue's recipients, newest message first."""
+    query = _queue_rows()
+    if state is not None:
+        if state not in QUEUE_STATES:
+            raise Invalid(f"a queue state is one of {', '.join(QUEUE_STATES)}, got {state!r}")
+        query = query.where(QueueRecipient.state == state)
+    query = query.order_by(
+        QueueMessage.created_at.desc(), QueueMessage.id.desc(), QueueRecipient.id
+    )
+    return [_queue_entry(recipient) for recipient in query.limit(limit).offset(offset)]
+
+
+def _get_queue_message(queue_message_id: int, lock: bool = False) -> QueueMessage:
+    query = QueueMessage.select().where(QueueMessage.id == queue_message_id)
+    found = (_locked(query) if lock else query).first()
+    if found is None:
+        raise NotFound(f"no queued message with id {queue_message_id}; see: queue list")
+    return found
+
+
+@read_only
+def queue_show(queue_message_id: int) -> QueueMessageDetail:
+    """A queued message with every recipient and its timeline, in time order."""
+    _get_queue_message(queue_message_id)
+    recipients = list(
+        _queue_rows()
+        .where(QueueRecipient.queue_message == queue_message_id)
+        .order_by(QueueRecipient.id)
+    )
+    events: dict[int, list[QueueEventRecord]] = {r.id: [] for r in recipients}
+    query = (
+        QueueEvent.select()
+        .join(QueueRecipient)
+        .where(QueueRecipient.queue_message == queue_message_id)
+        .order_by(QueueEvent.at, QueueEvent.id)
+    )
+    for event in query:
+        events[event.queue_recipient_id].append(
+            QueueEventRecord(
+                at=event.at,
+                server=event.server,
+                reply=event.reply,
+                outcome=event.outcome,
+                next_attempt_at=event.next_attempt_at,
+            )
+        )
+    queued = (
+        QueueMessage.select(QueueMessage, Message.id, Message.subject, Message.message_id)
+        .join(Message)
+        .where(QueueMessage.id == queue_message_id)
+        .get()
+    )
+    return QueueMessageDetail(
+        id=queued.id,
+        message_id=queued.message.id,
+        envelope_sender=queued.envelope_sender,
+        is_bounce=queued.is_bounce,
+        created_at=queued.created_at,
+        subject=queued.message.subject,
+        message_id_header=queued.message.message_id,
+        recipients=tuple(
+            QueueRecipientDetail(entry=_queue_entry(r), events=tuple(events[r.id]))
+            for r in recipients
+        ),
+    )
+
+
+def queue_retry(queue_message_id: int, now: datetime.datetime) -> int:
+    """The message's waiting recipients due now; how many. Delivered, bounced and
+    in-flight ones are left as they are."""
+    _get_queue_message(queue_message_id)
+    return (
+        QueueRecipient.update(state="queued", next_attempt_at=now, updated_at=now)
+        .where(
+            (QueueRecipient.queue_message == queue_message_id)
+            & QueueRecipient.state.in_(WAITING_STATES)
+        )
+        .execute()
+    )
+
+
+def queue_delete(queue_message_id: int) -> int:
+    """The message's queue rows removed (how many recipients); the message itself too
+    unless it is filed somewhere. Refused while one of its deliveries is under way."""
+    queued = _get_queue_message(queue_message_id, lock=True)
+    query = QueueRecipient.select(QueueRecipient.id, QueueRecipient.state).where(
+        QueueRecipient.queue_message == queue_message_id
+    )
+    if database_proxy.for_update:
+        query = query.for_update()  # a claim in progress is waited for, then seen
+    rows = list(query.order_by(QueueRecipient.id).tuples())
+    if any(state == "in-flight" for _, state in rows):
+        raise Conflict(
+            f"queued message {queue_message_id} is being delivered right now; "
+            "try again when the attempt is over"
+        )
+    ids = [recipient_id for recipient_id, _ in rows]
+    for chunk in _chunks(ids):
+        QueueEvent.delete().where(QueueEvent.queue_recipient.in_(chunk)).execute()
+        QueueRecipient.delete().where(QueueRecipient.id.in_(chunk)).execute()
+    QueueMessage.delete().where(QueueMessage.id == queue_message_id).execute()
+    message_id = queued.message_id
+    still_used = (
+        Filing.select().where(Filing.message == message_id).exists()
+        or QueueMessage.select().where(QueueMessage.message == message_id).exists()
+    )
+    if not still_used:
+        Message.delete().where(Message.id == message_id).execute()
+    return len(ids)
+
+
+@read_only
+def messages_raw(message_ids: Iterable[int]) -> dict[int, bytes]:
+    """The raw bytes of several messages at once; ids not found are left out."""
+    found: dict[int, bytes] = {}
+    for chunk in _chunks(sorted(set(message_ids))):
+        query = Message.select(Message.id, Message.raw).where(Message.id.in_(chunk)).tuples()
+        found.update((message_id, bytes(raw)) for message_id, raw in query)
+    return found
+
+
+# --- DKIM keys --------------------------------------------------------------------------
+
+_SELECTOR = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _dkim_key_record(key: DkimKey, domain: str) -> DkimKeyRecord:
+    return DkimKeyRecord(
+        domain=domain,
+        selector=key.selector,
+        algorithm=key.algorithm,
+        private_key=key.private_key,
+        public_key=key.public_key,
+        active=key.active,
+    )
+
+
+def add_dkim_key(
+    domain: str, selector: str, algorithm: str, private_key: str, public_key: str
+) -> DkimKeyRecord:
+    found = _get_domain(domain)
+    selector = selector.strip().lower()
+    if not _SELECTOR.match(selector):
+        raise Invalid(
+            f"{selector!r} is not a DKIM selector; use one DNS label of letters, digits and -"
+        )
+    if algorithm not in DKIM_ALGORITHMS:
+        raise Invalid(f"algorithm must be one of {', '.join(DKIM_ALGORITHMS)}, got {algorithm!r}")
+    if not private_key or not public_key:
+        raise Invalid("a DKIM key needs both its private and its public part")
+    conflict = (
+        f"{found.name} has a DKIM key with selector {selector} already; choose another selector"
+    )
+    exists = DkimKey.select().where((DkimKey.domain == found.id) & (DkimKey.selector == selector))
+    if exists.exists():
+        raise Conflict(conflict)
+    key = _create(
+        DkimKey,
+        conflict,
+        domain=found.id,
+        selector=selector,
+        algorithm=algorithm,
+        private_key=private_key,
+        public_key=public_key,
+        active=True,
+        created_at=utc_now(),
+    )
+    return _dkim_key_record(key, found.name)
+
+
+@read_only
+def dkim_keys(domain: str | None = None) -> list[DkimKeyRecord]:
+    """The active DKIM keys, newest first: of one domain (none if it is not ours), or all."""
+    query = (
+        DkimKey.select(DkimKey, Domain.name)
+        .join(Domain)
+        .where(DkimKey.active == True)  # noqa: E712 (peewee expression)
+        .order_by(DkimKey.created_at.desc(), DkimKey.id.desc())
+    )
+    if domain is not None:
+        query = query.where(Domain.name == _strip_root_dot(domain.strip().lower()))
+    return [_dkim_key_record(key, key.domain.name) for key in query]
+
+
+# --- submission: who may send as whom ----------------------------------------------------
+
+
+def _sendable_mailboxes(user_id: int):
+    """The mailboxes a user may send from: their own active ones.
+
+    Access rights will add the mailboxes the user holds an edit right on: a left join on
+    the rights table here, its condition or-ed into `may_send`.
+    """
+    may_send = Mailbox.owner == user_id
+    return (
+        Mailbox.select(Mailbox.id, Mailbox.local_part, Mailbox.identity, Domain.name)
+        .join(Domain)
+        .where(may_send & (Mailbox.active == True))  # noqa: E712 (peewee expression)
+    )
+
+
+@read_only
+def sending_identities(login: str) -> tuple[SendingIdentity, ...]:
+    """The addresses the user may send as, their default mailbox first."""
+    user = User.get_or_none(User.login == login.strip().lower())
+    if user is None:
+        return ()
+    query = _sendable_mailboxes(user.id).order_by(
+        Mailbox.is_default.desc(), Domain.name, Mailbox.local_part
+    )
+    return tuple(
+        SendingIdentity(
+            mailbox_id=mailbox_id,
+            mailbox_address=f"{local_part}@{domain}",
+            identity=identity,
+        )
+        for mailbox_id, local_part, identity, domain in query.tuples()
+    )
+
+
+@read_only
+def authenticate_lookup(login: str) -> tuple[UserRecord, str] | None:
+    """The user and their password hash, to be checked off the store's thread."""
+    user = User.get_or_none(User.login == login.strip().lower())
+    if user is None:
+        return None
+    return _user_record(user), user.password_hash
