@@ -17,7 +17,7 @@ from zope.interface import implementer
 
 from atollon_mail.interfaces import IMailIntake, IStore
 from atollon_mail.store import queries
-from atollon_mail.store.records import IncomingMessage, Recipient, StoredMessage
+from atollon_mail.store.records import IncomingMessage, OutgoingMessage, Recipient, Rejection
 
 # A batch is bounded so one commit never holds an unbounded amount of memory.
 MAX_BATCH_MESSAGES = 256
@@ -73,39 +73,32 @@ def summarize_headers(raw: bytes) -> dict[str, str | None]:
     return summary
 
 
-@implementer(IMailIntake)
-class Intake:
-    def __init__(self, store: IStore, concurrent_batches: int = 1):
+class GroupCommitter:
+    """Writes items through one store operation that takes a batch and returns one result
+    (or exception) per item; items arriving while a batch is written wait for the next."""
+
+    def __init__(self, store: IStore, operation, concurrent_batches: int = 1):
         self._store = store
+        self._operation = operation
         self._concurrent_batches = concurrent_batches
         self._writing = 0
-        self._waiting: list[tuple[IncomingMessage, Deferred]] = []
+        self._waiting: list[tuple[object, Deferred]] = []
         self._log = Logger()
 
-    def resolve_recipient(self, local_part: str, domain: str) -> Deferred:
-        return self._store.run(queries.resolve_recipient, local_part, domain)
-
-    def accept(self, envelope_sender: str, recipients: Sequence[Recipient], raw: bytes) -> Deferred:
-        incoming = IncomingMessage(
-            envelope_sender=envelope_sender,
-            recipients=tuple(recipients),
-            raw=raw,
-            **summarize_headers(raw),
-        )
-        stored: Deferred = Deferred()
-        self._waiting.append((incoming, stored))
+    def add(self, item) -> Deferred:
+        """Deferred firing with the item's result once its transaction has committed."""
+        done: Deferred = Deferred()
+        self._waiting.append((item, done))
         self._write_next_batch()
-        return stored
+        return done
 
-    def _take_batch(self) -> list[tuple[IncomingMessage, Deferred]]:
+    def _take_batch(self) -> list[tuple[object, Deferred]]:
         size = 0
         count = 0
-        for incoming, _ in self._waiting:
-            if count and (
-                count >= MAX_BATCH_MESSAGES or size + len(incoming.raw) > MAX_BATCH_BYTES
-            ):
+        for item, _ in self._waiting:
+            if count and (count >= MAX_BATCH_MESSAGES or size + len(item.raw) > MAX_BATCH_BYTES):
                 break
-            size += len(incoming.raw)
+            size += len(item.raw)
             count += 1
         batch, self._waiting = self._waiting[:count], self._waiting[count:]
         return batch
@@ -115,24 +108,90 @@ class Intake:
             return
         batch = self._take_batch()
         self._writing += 1
-        written = self._store.run(queries.store_messages, [incoming for incoming, _ in batch])
+        written = self._store.run(self._operation, [item for item, _ in batch])
         written.addCallbacks(self._batch_written, self._batch_failed, (batch,), None, (batch,))
         written.addBoth(self._batch_done)
 
     def _batch_written(self, results, batch) -> None:
-        for (_, stored), result in zip(batch, results, strict=True):
-            if isinstance(result, StoredMessage):
-                stored.callback(result)
-            else:
+        for (_, done), result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):
                 self._log.error("storing a message failed: {problem!r}", problem=result)
-                stored.errback(result)
+                done.errback(result)
+            else:
+                done.callback(result)
 
     def _batch_failed(self, failure, batch) -> None:
         # The transaction did not commit, so none of these messages may be acknowledged.
         self._log.failure("storing a batch of {count} messages failed", failure, count=len(batch))
-        for _, stored in batch:
-            stored.errback(failure)
+        for _, done in batch:
+            done.errback(failure)
 
     def _batch_done(self, _) -> None:
         self._writing -= 1
         self._write_next_batch()
+
+
+@implementer(IMailIntake)
+class Intake:
+    """Stores what the SMTP servers accept: local mail filed at once, the rest queued.
+
+    `on_queued` is called after a commit that queued mail for remote delivery (the
+    delivery runner's wake-up).
+    """
+
+    def __init__(self, store: IStore, concurrent_batches: int = 1, on_queued=None):
+        self._store = store
+        self._local = GroupCommitter(store, queries.store_messages, concurrent_batches)
+        self._outgoing = GroupCommitter(store, queries.submit_messages, concurrent_batches)
+        self.on_queued = on_queued
+
+    def resolve_recipient(self, local_part: str, domain: str) -> Deferred:
+        return self._store.run(queries.resolve_recipient, local_part, domain)
+
+    def route(self, address: str) -> Deferred:
+        """Recipient for a local address, the address itself for a remote one (a domain
+        that is not ours), or the Rejection for a local address that receives nothing."""
+        local_part, _, domain = address.rpartition("@")
+
+        def routed(found):
+            if isinstance(found, Rejection) and found.reason == "unknown-domain":
+                return address
+            return found
+
+        return self.resolve_recipient(local_part, domain).addCallback(routed)
+
+    def accept(
+        self, envelope_sender: str, recipients: Sequence[Recipient | str], raw: bytes
+    ) -> Deferred:
+        local = tuple(r for r in recipients if isinstance(r, Recipient))
+        remote = tuple(r for r in recipients if not isinstance(r, Recipient))
+        if not remote:
+            incoming = IncomingMessage(
+                envelope_sender=envelope_sender,
+                recipients=local,
+                raw=raw,
+                **summarize_headers(raw),
+            )
+            return self._local.add(incoming)
+        return self.submit(
+            OutgoingMessage(
+                envelope_sender=envelope_sender,
+                raw=raw,
+                local_recipients=local,
+                remote_recipients=remote,
+                is_bounce=envelope_sender == "",
+                **summarize_headers(raw),
+            )
+        )
+
+    def submit(self, outgoing: OutgoingMessage) -> Deferred:
+        """Store, file and queue an outgoing message; fires with a SubmittedMessage."""
+        committed = self._outgoing.add(outgoing)
+        if outgoing.remote_recipients:
+            committed.addCallback(self._queued)
+        return committed
+
+    def _queued(self, submitted):
+        if self.on_queued is not None:
+            self.on_queued()
+        return submitted

@@ -1,0 +1,382 @@
+"""The delivery runner against a real store: outcomes, retries, bounces, limits, restarts.
+
+Time comes from a task.Clock; remote servers are scripted by a fake `deliver` that
+answers per recipient, so each rule is shown without sockets. The real client and DNS
+are exercised end to end in tests/e2e/test_sending.py.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import time
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from atollon_mail.config import parse_config
+from atollon_mail.delivery.intake import Intake
+from atollon_mail.delivery.mx import Destination, NullMX, TemporaryDNSError
+from atollon_mail.delivery.runner import DeliveryRunner
+from atollon_mail.passwords import hash_password
+from atollon_mail.smtp import client
+from atollon_mail.store import queries
+from atollon_mail.store.records import OutgoingMessage
+from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
+
+
+def raw_message(subject: str = "hello", sender: str = "jane@acme.test") -> bytes:
+    return (
+        f"From: {sender}\r\nTo: someone\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{subject}@acme.test>\r\n\r\nbody\r\n"
+    ).encode()
+
+
+class ScriptedRemote:
+    """Stands in for client.deliver: answers each recipient with a scripted reply."""
+
+    def __init__(self):
+        self.replies: dict[str, str] = {}  # address -> "250 ok" / "451 later" / "550 no"
+        self.default = "250 2.0.0 Ok"
+        self.session_failures: dict[str, client.SessionFailure] = {}  # by address
+        self.calls: list[tuple[str, tuple[client.Envelope, ...]]] = []
+        self.hold: list[defer.Deferred] | None = None  # when set, calls wait until released
+        self.active = 0
+        self.most_active = 0
+
+    def __call__(self, _reactor, address, port, envelopes, **options):
+        self.calls.append((address, tuple(envelopes)))
+        if address in self.session_failures:
+            return defer.fail(self.session_failures[address])
+        outcomes = [
+            client.EnvelopeOutcome(
+                envelope,
+                tuple(
+                    client.RecipientOutcome(
+                        recipient,
+                        int(self.replies.get(recipient, self.default)[:3]),
+                        self.replies.get(recipient, self.default),
+                    )
+                    for recipient in envelope.recipients
+                ),
+            )
+            for envelope in envelopes
+        ]
+        if self.hold is None:
+            return defer.succeed(outcomes)
+        self.active += 1
+        self.most_active = max(self.most_active, self.active)
+        waiting: defer.Deferred = defer.Deferred()
+
+        def release(_):
+            self.active -= 1
+            return outcomes
+
+        waiting.addCallback(release)
+        self.hold.append(waiting)
+        return waiting
+
+
+class FakeResolver:
+    def __init__(self):
+        self.answers: dict[str, object] = {}
+
+    def resolve(self, domain):
+        answer = self.answers.get(domain, [Destination(f"mx.{domain}", "192.0.2.1", 10)])
+        if isinstance(answer, Exception):
+            return defer.fail(answer)
+        return defer.succeed(answer)
+
+
+class RunnerTests(StoreFixtureMixin):
+    config_text = ""
+
+    def setUp(self):
+        self.store = self.make_store()
+        self.store.run_sync(queries.add_domain, "acme.test")
+        self.store.run_sync(queries.add_user, "jane", hash_password("pw"))
+        self.jane = self.store.run_sync(queries.add_mailbox, "jane@acme.test", "jane")
+        # The clock starts a little after the wall clock: the store stamps new queue rows
+        # with the wall clock, and they must be due at the runner's "now".
+        self.start_time = float(int(time.time()) + 2)
+        self.clock = task.Clock()
+        self.clock.advance(self.start_time)
+        self.remote = ScriptedRemote()
+        self.resolver = FakeResolver()
+        self.intake = Intake(self.store)
+        self.runner = self.make_runner()
+
+    def make_runner(self, text: str | None = None) -> DeliveryRunner:
+        settings = parse_config(text if text is not None else self.config_text).delivery
+        runner = DeliveryRunner(
+            self.store,
+            self.intake,
+            self.resolver,
+            settings,
+            "mx.acme.test",
+            self.clock,
+            deliver=self.remote,
+        )
+        self.intake.on_queued = runner.wake
+        return runner
+
+    @defer.inlineCallbacks
+    def start(self, runner: DeliveryRunner | None = None):
+        runner = runner or self.runner
+        runner.startService()
+        self.addCleanup(runner.stopService)
+        yield runner.when_idle()
+
+    def send(self, *recipients: str, subject: str = "hello", sender: str = "jane@acme.test"):
+        return self.intake.submit(
+            OutgoingMessage(
+                envelope_sender=sender,
+                raw=raw_message(subject, sender),
+                remote_recipients=tuple(recipients),
+                sent_mailbox_id=self.jane.id,
+                subject=subject,
+            )
+        )
+
+    @defer.inlineCallbacks
+    def settle(self):
+        """Let the runner claim and finish everything due now."""
+        for _ in range(3):
+            self.runner.wake()
+            yield self.runner.when_idle()
+
+    @defer.inlineCallbacks
+    def states(self):
+        entries = yield self.store.run(queries.queue_list, None, 1000)
+        return {entry.address: entry.state for entry in entries}
+
+    @defer.inlineCallbacks
+    def jane_mail(self):
+        filings = yield self.store.run(queries.list_filings, "jane@acme.test", 100)
+        raws = []
+        for filing in filings:
+            raw = yield self.store.run(queries.message_raw, filing.message.id)
+            raws.append(raw)
+        return raws
+
+    # -- outcomes ---------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_delivered_with_timeline(self):
+        yield self.start()
+        submitted = yield self.send("bob@remote.test")
+        yield self.settle()
+        self.assertEqual((yield self.states()), {"bob@remote.test": "delivered"})
+        [(address, envelopes)] = self.remote.calls
+        self.assertEqual(address, "192.0.2.1")
+        self.assertEqual(envelopes[0].sender, "jane@acme.test")
+        self.assertEqual(envelopes[0].raw, raw_message())
+        detail = yield self.store.run(queries.queue_show, submitted.queue_message_id)
+        [event] = detail.recipients[0].events
+        self.assertEqual(event.outcome, "delivered")
+        self.assertEqual(event.server, "mx.remote.test [192.0.2.1]:25")
+
+    @defer.inlineCallbacks
+    def test_temporary_failure_defers_with_doubling_backoff(self):
+        self.remote.default = "451 4.3.0 try later"
+        yield self.start()
+        yield self.send("bob@remote.test")
+        yield self.settle()
+        self.assertEqual((yield self.states()), {"bob@remote.test": "deferred"})
+        due = yield self.store.run(queries.next_due_at)
+        self.assertEqual((due.timestamp() - self.start_time), 300)  # first retry after 5 minutes
+        self.clock.advance(299)
+        yield self.settle()
+        self.assertEqual(len(self.remote.calls), 1, "not retried before it is due")
+        self.clock.advance(1)
+        yield self.settle()
+        self.assertEqual(len(self.remote.calls), 2)
+        due = yield self.store.run(queries.next_due_at)
+        self.assertEqual(due.timestamp() - (self.start_time + 300), 600)  # then doubling
+        self.remote.default = "250 2.0.0 Ok"
+        self.clock.advance(600)
+        yield self.settle()
+        self.assertEqual((yield self.states()), {"bob@remote.test": "delivered"})
+
+    @defer.inlineCallbacks
+    def test_backoff_is_capped(self):
+        self.remote.default = "421 4.7.0 busy"
+        yield self.start()
+        yield self.send("bob@remote.test")
+        delays = []
+        previous = self.start_time
+        for _ in range(7):
+            yield self.settle()
+            due = yield self.store.run(queries.next_due_at)
+            delays.append(round(due.timestamp() - previous))
+            previous = due.timestamp()
+            self.clock.advance(due.timestamp() - self.clock.seconds())
+        self.assertEqual(delays, [300, 600, 1200, 2400, 4000, 4000, 4000])
+
+    @defer.inlineCallbacks
+    def test_permanent_failure_bounces_with_a_dsn_to_the_local_sender(self):
+        self.remote.replies["bob@remote.test"] = "550 5.1.1 <bob@remote.test>: no such user"
+        yield self.start()
+        yield self.send("bob@remote.test", "carol@remote.test")
+        yield self.settle()
+        self.assertEqual(
+            (yield self.states()),
+            {"bob@remote.test": "bounced", "carol@remote.test": "delivered"},
+        )
+        dsns = [raw for raw in (yield self.jane_mail()) if b"multipart/report" in raw]
+        self.assertEqual(len(dsns), 1)
+        report = email.message_from_bytes(dsns[0], policy=email.policy.default)
+        self.assertEqual(report.get_content_type(), "multipart/report")
+        self.assertEqual(report["To"], "jane@acme.test")
+        status = list(report.iter_parts())[1].get_payload()
+        self.assertEqual(status[1]["Final-Recipient"], "rfc822; bob@remote.test")
+        self.assertEqual(status[1]["Action"], "failed")
+        self.assertEqual(status[1]["Status"], "5.1.1")
+        self.assertIn("no such user", status[1]["Diagnostic-Code"])
+
+    @defer.inlineCallbacks
+    def test_dsn_to_a_remote_sender_is_queued_from_the_null_sender(self):
+        self.remote.replies["bob@remote.test"] = "554 5.7.1 rejected"
+        yield self.start()
+        yield self.send("bob@remote.test", sender="someone@elsewhere.test")
+        yield self.settle()
+        bounce_calls = [
+            envelopes for _, envelopes in self.remote.calls if envelopes[0].sender == ""
+        ]
+        self.assertEqual(len(bounce_calls), 1)
+        self.assertEqual(bounce_calls[0][0].recipients, ("someone@elsewhere.test",))
+
+    @defer.inlineCallbacks
+    def test_a_bounce_is_never_bounced(self):
+        self.remote.default = "550 5.1.1 nobody here"
+        yield self.start()
+        yield self.send("bob@remote.test", sender="someone@elsewhere.test")
+        yield self.settle()
+        states = yield self.states()
+        self.assertEqual(
+            states, {"bob@remote.test": "bounced", "someone@elsewhere.test": "bounced"}
+        )
+        senders = [envelopes[0].sender for _, envelopes in self.remote.calls]
+        self.assertEqual(senders, ["someone@elsewhere.test", ""], "no third message")
+
+    @defer.inlineCallbacks
+    def test_expired_recipient_bounces(self):
+        self.remote.default = "451 4.3.0 later"
+        yield self.start()
+        yield self.send("bob@remote.test")
+        yield self.settle()
+        self.clock.advance(5 * 86400 + 1)
+        yield self.settle()
+        self.assertEqual((yield self.states()), {"bob@remote.test": "bounced"})
+        [dsn] = [raw for raw in (yield self.jane_mail()) if b"multipart/report" in raw]
+        self.assertIn(b"gave up after 5 days", dsn)
+
+    @defer.inlineCallbacks
+    def test_null_mx_bounces_at_once(self):
+        self.resolver.answers["nomail.test"] = NullMX(
+            "nomail.test", "nomail.test publishes a null MX"
+        )
+        yield self.start()
+        yield self.send("bob@nomail.test")
+        yield self.settle()
+        self.assertEqual((yield self.states()), {"bob@nomail.test": "bounced"})
+        self.assertEqual(self.remote.calls, [])
+
+    @defer.inlineCallbacks
+    def test_dns_trouble_defers(self):
+        self.resolver.answers["flaky.test"] = TemporaryDNSError("flaky.test", "SERVFAIL")
+        yield self.start()
+        yield self.send("bob@flaky.test")
+        yield self.settle()
+        self.assertEqual((yield self.states()), {"bob@flaky.test": "deferred"})
+
+    @defer.inlineCallbacks
+    def test_next_mx_is_tried_when_the_first_fails(self):
+        self.resolver.answers["remote.test"] = [
+            Destination("mx1.remote.test", "192.0.2.1", 10),
+            Destination("mx2.remote.test", "192.0.2.2", 20),
+        ]
+        self.remote.session_failures["192.0.2.1"] = client.SessionFailure(0, "refused", False)
+        yield self.start()
+        yield self.send("bob@remote.test")
+        yield self.settle()
+        self.assertEqual([address for address, _ in self.remote.calls], ["192.0.2.1", "192.0.2.2"])
+        self.assertEqual((yield self.states()), {"bob@remote.test": "delivered"})
+
+    # -- grouping and limits ----------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_messages_for_one_domain_share_a_connection(self):
+        yield self.start()
+        self.runner.stopService()  # queue three first, then let the runner see them together
+        for number in range(3):
+            yield self.send(f"user{number}@remote.test", "x@remote.test", subject=f"m{number}")
+        self.runner.startService()
+        yield self.settle()
+        [(_, envelopes)] = self.remote.calls
+        self.assertEqual(len(envelopes), 3)
+        self.assertEqual(envelopes[0].recipients, ("user0@remote.test", "x@remote.test"))
+
+    @defer.inlineCallbacks
+    def test_per_destination_concurrency_is_bounded(self):
+        runner = self.make_runner("[delivery]\nper_destination_concurrency = 2\n")
+        self.runner = runner
+        self.remote.hold = []
+        yield self.send(*(f"u{n}@remote.test" for n in range(3)), subject="first")
+        for number in range(300):  # 301 messages: more than one connection's worth
+            yield self.send(f"v{number}@remote.test", subject=f"m{number}")
+        runner.startService()
+        self.addCleanup(runner.stopService)
+        for _ in range(50):
+            yield task.deferLater(reactor, 0.02, lambda: None)
+            if len(self.remote.hold) >= 2:
+                break
+        self.assertEqual(self.remote.active, 2)
+        # Release connections one at a time until every recipient is delivered; new
+        # connections start as earlier ones finish, and are held in their turn.
+        for _ in range(500):
+            if self.remote.hold:
+                self.remote.hold.pop(0).callback(None)
+            yield task.deferLater(reactor, 0.02, lambda: None)
+            if not self.remote.hold and not self.remote.active:
+                counts = yield self.store.run(queries.queue_counts)
+                if counts["delivered"] == 303:
+                    break
+        yield runner.when_idle()
+        self.assertEqual(self.remote.most_active, 2)
+        states = yield self.states()
+        self.assertEqual(set(states.values()), {"delivered"})
+        self.assertEqual(len(states), 303)
+
+    # -- restarts ---------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_in_flight_recipients_are_retried_after_a_restart(self):
+        yield self.send("bob@remote.test")
+        claimed = yield self.store.run(queries.claim_due_deliveries, self.runner._now(), 10)
+        self.assertEqual(len(claimed), 1)  # in flight, as when the process was killed
+        self.assertEqual((yield self.states()), {"bob@remote.test": "in-flight"})
+        yield self.start()  # a new start requeues it
+        yield self.settle()
+        self.assertEqual((yield self.states()), {"bob@remote.test": "delivered"})
+
+    @defer.inlineCallbacks
+    def test_delay_warning_is_sent_once(self):
+        self.runner = self.make_runner("[delivery]\ndelay_warning = 4h\n")
+        self.remote.default = "451 4.3.0 later"
+        yield self.start()
+        yield self.send("bob@remote.test")
+        for _ in range(8):
+            yield self.settle()
+            due = yield self.store.run(queries.next_due_at)
+            self.clock.advance(due.timestamp() - self.clock.seconds())
+        warnings = [raw for raw in (yield self.jane_mail()) if b"Action: delayed" in raw]
+        self.assertEqual(len(warnings), 1)
+
+
+class SqliteRunnerTests(SqliteStoreMixin, RunnerTests, unittest.TestCase):
+    pass
+
+
+class PostgresRunnerTests(PostgresStoreMixin, RunnerTests, unittest.TestCase):
+    pass
