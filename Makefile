@@ -42,7 +42,7 @@ test: $(STAMP) system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python bench/inbound.py
+	cd bench && ../$(BIN)/python inbound.py && ../$(BIN)/python relay.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

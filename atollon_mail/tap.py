@@ -7,13 +7,20 @@ import os
 from twisted.application import service, strports
 from twisted.internet import ssl
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
 from atollon_mail.config import Config, ConfigError, default_config_path, load_config
 from atollon_mail.delivery.intake import Intake
+from atollon_mail.delivery.mx import MXResolver
+from atollon_mail.delivery.outbound import SubmissionPolicy
+from atollon_mail.delivery.runner import DeliveryRunner
+from atollon_mail.delivery.signing import DkimSigner
 from atollon_mail.passwords import generate_password, hash_password
 from atollon_mail.smtp.server import SMTPServerFactory
+from atollon_mail.smtp.submission import AuthThrottle, SubmissionFactory
 from atollon_mail.store import queries
 from atollon_mail.store.database import is_sqlite
 from atollon_mail.store.pool import Store
@@ -26,7 +33,7 @@ log = Logger()
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE] [--smtp ENDPOINT] [--web ENDPOINT]"
+    synopsis = "[--config FILE] [--smtp ENDPOINT] [--submission ENDPOINT] [--web ENDPOINT]"
     longdesc = (
         "Runs the atollon-mail appliance: inbound SMTP and the web service in one process. "
         "Settings come from the INI file; the endpoint options override its listen keys "
@@ -42,12 +49,15 @@ class Options(usage.Options):
         ],
         ["smtp", None, None, "endpoint for inbound SMTP, overriding [smtp] listen"],
         ["web", None, None, "endpoint for the web service, overriding [web] listen"],
+        ["submission", None, None, "endpoint for submission, overriding [submission] listen"],
     ]
 
     def postOptions(self) -> None:
         path = self["config"] or default_config_path()
         try:
-            self.config = load_config(path).replace_listen(smtp=self["smtp"], web=self["web"])
+            self.config = load_config(path).replace_listen(
+                smtp=self["smtp"], web=self["web"], submission=self["submission"]
+            )
         except ConfigError as problem:
             raise usage.UsageError(str(problem)) from None
 
@@ -118,24 +128,84 @@ def load_tls_options(config: Config):
         ) from None
 
 
+class StartStopService(service.Service):
+    """Starts and stops a helper that has start() and stop() (thread pools, resolvers)."""
+
+    def __init__(self, name: str, target):
+        self.name = name
+        self.target = target
+
+    def startService(self) -> None:
+        self.target.start()
+        super().startService()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.target.stop()
+
+
 def build_appliance(config: Config, reactor) -> service.MultiService:
     """The whole service tree; nothing is started or bound until it is started."""
     appliance = service.MultiService()
     store = Store.from_url(config.database.url, reactor)
     StoreService(store, config).setServiceParent(appliance)
+    # CPU work kept off the reactor thread: password hashing checks and DKIM signing.
+    workers = ThreadPool(minthreads=1, maxthreads=2, name="atollon-mail-workers")
+    StartStopService("workers", workers).setServiceParent(appliance)
+    resolver = MXResolver(reactor, nameservers=config.delivery.nameservers)
+    StartStopService("resolver", resolver).setServiceParent(appliance)
 
     writers = 1 if is_sqlite(store.database) else 2
     intake = Intake(store, concurrent_batches=writers)
-    smtp_factory = SMTPServerFactory(
+    runner = DeliveryRunner(
+        store,
         intake,
+        resolver,
+        config.delivery,
         config.appliance.hostname,
-        config.smtp,
         reactor,
-        tls_options=load_tls_options(config),
+        signer=DkimSigner(store, reactor, workers),
+    )
+    intake.on_queued = runner.wake
+    runner.setServiceParent(appliance)
+
+    tls_options = load_tls_options(config)
+    smtp_factory = SMTPServerFactory(
+        intake, config.appliance.hostname, config.smtp, reactor, tls_options=tls_options
     )
     smtp = strports.service(config.smtp.listen, smtp_factory, reactor=reactor)
     smtp.setName("smtp")
     smtp.setServiceParent(appliance)
+
+    policy = SubmissionPolicy(store, intake, reactor, workers)
+    # One failure table for 587 and 465, so a client gets the same few guesses on both.
+    throttle = AuthThrottle(reactor)
+    submission_factory = SubmissionFactory(
+        policy,
+        config.appliance.hostname,
+        config.smtp,
+        reactor,
+        tls_options=tls_options,
+        auth_throttle=throttle,
+    )
+    submission = strports.service(config.submission.listen, submission_factory, reactor=reactor)
+    submission.setName("submission")
+    submission.setServiceParent(appliance)
+    if config.submission.tls_listen:
+        implicit_factory = SubmissionFactory(
+            policy,
+            config.appliance.hostname,
+            config.smtp,
+            reactor,
+            tls_options=tls_options,
+            implicit_tls=True,
+            auth_throttle=throttle,
+        )
+        # Port 465: TLS from the first byte, then the same submission protocol.
+        wrapped = TLSMemoryBIOFactory(tls_options, False, implicit_factory)
+        implicit = strports.service(config.submission.tls_listen, wrapped, reactor=reactor)
+        implicit.setName("submission-tls")
+        implicit.setServiceParent(appliance)
 
     web = strports.service(config.web.listen, Site(build_web_root(store)), reactor=reactor)
     web.setName("web")

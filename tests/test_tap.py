@@ -64,10 +64,19 @@ class OptionsTests(unittest.TestCase):
         self.assertIn("no/such/file.ini", str(raised.exception))
 
 
+class SpyReactor(MemoryReactorClock):
+    """Records listening ports; work handed back from threads runs on the real reactor."""
+
+    def callFromThread(self, function, *args, **kwargs):
+        from twisted.internet import reactor
+
+        reactor.callFromThread(function, *args, **kwargs)
+
+
 class ServiceTreeTests(unittest.TestCase):
     def start(self, config_text: str = MINIMAL):
         self.config = load_config(write_config(self, config_text))
-        self.reactor = MemoryReactorClock()
+        self.reactor = SpyReactor()
         appliance = tap.build_appliance(self.config, self.reactor)
         appliance.startService()
         self.addCleanup(appliance.stopService)
@@ -75,10 +84,12 @@ class ServiceTreeTests(unittest.TestCase):
 
     def test_listens_on_the_configured_endpoints(self):
         self.start(
-            MINIMAL + "[smtp]\nlisten = tcp:2626\n[web]\nlisten = tcp:8181:interface=127.0.0.1\n"
+            MINIMAL
+            + "[smtp]\nlisten = tcp:2626\n[web]\nlisten = tcp:8181:interface=127.0.0.1\n"
+            + "[submission]\nlisten = tcp:2627\n"
         )
         listening = sorted((port, interface) for port, _, _, interface in self.reactor.tcpServers)
-        self.assertEqual(listening, [(2626, ""), (8181, "127.0.0.1")])
+        self.assertEqual(listening, [(2626, ""), (2627, ""), (8181, "127.0.0.1")])
 
     def test_first_start_creates_the_admin_once_with_a_private_password_file(self):
         appliance = self.start()
@@ -96,7 +107,7 @@ class ServiceTreeTests(unittest.TestCase):
     def test_second_start_keeps_the_admin(self):
         path = write_config(self, MINIMAL)
         for _ in range(2):
-            appliance = tap.build_appliance(load_config(path), MemoryReactorClock())
+            appliance = tap.build_appliance(load_config(path), SpyReactor())
             appliance.startService()
             store = appliance.getServiceNamed("store").store
             users = store.run_sync(queries.list_users)

@@ -39,10 +39,14 @@ def free_port() -> int:
 class RunningAppliance:
     """`twistd atollon-mail` in a subprocess with its own configuration and store."""
 
-    def __init__(self, directory: str, tls: bool = False, extra: str = ""):
+    def __init__(
+        self, directory: str, tls: bool = False, extra: str = "", delivery_config: str = ""
+    ):
+        self.delivery_config = delivery_config
         self.directory = directory
         self.smtp_port = free_port()
         self.web_port = free_port()
+        self.submission_port = free_port()
         tls_lines = ""
         if tls:
             certificate, key = write_self_signed(directory, "mx.acme.test")
@@ -54,6 +58,8 @@ class RunningAppliance:
                 f"[database]\nurl = sqlite:///{directory}/data/store.sqlite\n"
                 f"[smtp]\nlisten = tcp:{self.smtp_port}:interface=127.0.0.1\n{tls_lines}{extra}"
                 f"[web]\nlisten = tcp:{self.web_port}:interface=127.0.0.1\n"
+                f"[submission]\nlisten = tcp:{self.submission_port}:interface=127.0.0.1\n"
+                f"{self.delivery_config}"
             )
         self.process = None
 

@@ -1,0 +1,139 @@
+"""Shared pieces of the benchmarks: the appliance under twistd, and the Postfix peer."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PEER = os.environ.get("PEER_POSTFIX", os.path.join(ROOT, "..", "shared", "bench", "peer-postfix"))
+BIN = os.path.dirname(sys.executable)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def peer(*args: str) -> str:
+    if args[:1] == ("start",):
+        ensure_bc()
+    result = subprocess.run(["bash", PEER, *args], capture_output=True, text=True, check=True)
+    return result.stdout
+
+
+def rate_from(output: str) -> float:
+    match = re.search(r"([\d.]+) msg/s", output)
+    if not match:
+        raise RuntimeError(f"no rate in peer-postfix output: {output!r}")
+    return float(match.group(1))
+
+
+class Appliance:
+    """Our appliance under twistd, on a fresh SQLite store in a temporary directory."""
+
+    def __init__(self, workdir: str, extra_config: str = "", smtp_extra: str = ""):
+        self.workdir = workdir
+        self.smtp_port = free_port()
+        self.config = os.path.join(workdir, "bench.ini")
+        with open(self.config, "w") as config_file:
+            config_file.write(
+                f"[appliance]\nhostname = mx.bench.test\ndata_dir = {workdir}/data\n"
+                f"[database]\nurl = sqlite:///{workdir}/data/store.sqlite\n"
+                f"[smtp]\nlisten = tcp:{self.smtp_port}:interface=127.0.0.1\n{smtp_extra}"
+                f"[web]\nlisten = tcp:{free_port()}:interface=127.0.0.1\n"
+                f"[submission]\nlisten = tcp:{free_port()}:interface=127.0.0.1\n" + extra_config
+            )
+        self.process: subprocess.Popen | None = None
+
+    def cli(self, *args: str, stdin: str | None = None) -> str:
+        return subprocess.run(
+            [os.path.join(BIN, "atollon-mail"), "--config", self.config, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                os.path.join(BIN, "twistd"),
+                "--nodaemon",
+                "--pidfile=",
+                "--logfile",
+                os.path.join(self.workdir, "twistd.log"),
+                "atollon-mail",
+                "--config",
+                self.config,
+            ],
+            cwd=self.workdir,
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.smtp_port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("the appliance did not start listening; see twistd.log")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=30)
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.process.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+
+class RssSampler:
+    """Samples a process's resident memory every 50 ms while in a with-block."""
+
+    def __init__(self, appliance: Appliance):
+        self.appliance = appliance
+        self.peak_kib = appliance.rss_kib()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.05):
+            self.peak_kib = max(self.peak_kib, self.appliance.rss_kib())
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._done.set()
+        self._thread.join()
+
+    @property
+    def peak_mib(self) -> float:
+        return round(self.peak_kib / 1024, 1)
+
+
+def machine() -> str:
+    import platform
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
+
+
+def ensure_bc() -> None:
+    """peer-postfix computes its rates with bc."""
+    import shutil
+
+    if not shutil.which("bc"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "bc"], check=False, capture_output=True)

@@ -1,0 +1,103 @@
+"""Relay benchmark: N messages of 2 KiB over S sessions for user@sink.test, queued and
+delivered to the smtp-sink of peer-postfix (127.0.0.1:2700); the rate counts until the
+queue is empty. Postfix relays the same load to the same sink in the same run.
+
+    python bench/relay.py [--messages 5000] [--sessions 20] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from common import Appliance, RssSampler, machine, peer, rate_from
+
+SINK = "127.0.0.1:2700"
+
+
+def undelivered(database: str) -> tuple[int, int]:
+    """(recipients not yet delivered, recipients delivered), read straight from SQLite."""
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10) as connection:
+        rows = dict(
+            connection.execute(
+                "SELECT state = 'delivered', count(*) FROM queue_recipient GROUP BY 1"
+            ).fetchall()
+        )
+    return rows.get(0, 0), rows.get(1, 0)
+
+
+def run_ours(appliance: Appliance, messages: int, sessions: int) -> tuple[float, float]:
+    database = os.path.join(appliance.workdir, "data", "store.sqlite")
+    _, delivered_before = undelivered(database)
+    with RssSampler(appliance) as sampler:
+        started = time.monotonic()
+        subprocess.run(
+            ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", "2048",
+             "-f", "sender@peer.test", "-t", "user@sink.test",
+             f"127.0.0.1:{appliance.smtp_port}"],
+            check=True, capture_output=True,
+        )
+        while True:
+            waiting, delivered = undelivered(database)
+            if not waiting and delivered - delivered_before >= messages:
+                break
+            if time.monotonic() - started > 600:
+                raise RuntimeError(f"the queue did not drain: {waiting} waiting")
+            time.sleep(0.05)
+        elapsed = time.monotonic() - started
+    return round(messages / elapsed, 1), sampler.peak_mib
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2)
+    arguments = parser.parse_args()
+    peer("start")
+    workdir = tempfile.mkdtemp(prefix="atollon-bench-")
+    appliance = Appliance(
+        workdir,
+        "[delivery]\nsmarthost = " + SINK + "\n",
+        smtp_extra="relay_networks = 127.0.0.0/8\n",
+    )
+    ours, postfix, peaks = [], [], []
+    try:
+        appliance.start()
+        for _ in range(arguments.rounds):
+            postfix.append(
+                rate_from(peer("relay", str(arguments.messages), str(arguments.sessions)))
+            )
+            rate, peak = run_ours(appliance, arguments.messages, arguments.sessions)
+            ours.append(rate)
+            peaks.append(peak)
+    finally:
+        appliance.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    result = {
+        "benchmark": "relay",
+        "messages": arguments.messages,
+        "sessions": arguments.sessions,
+        "rounds": arguments.rounds,
+        "ours_msg_per_s": ours,
+        "postfix_msg_per_s": postfix,
+        "ours_median": statistics.median(ours),
+        "postfix_median": statistics.median(postfix),
+        "ratio": round(statistics.median(ours) / statistics.median(postfix), 2),
+        "peak_rss_mib": max(peaks),
+        "machine": machine(),
+    }
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
