@@ -1,0 +1,160 @@
+"""End to end: submission with STARTTLS and AUTH, MX delivery with DKIM, and bounces.
+
+The appliance runs under twistd; DNS comes from a twisted.names server on loopback and
+the remote MTA is a scripted SMTP server on loopback, both in this test process.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import smtplib
+import ssl
+import time
+
+from twisted.internet import defer, reactor, task, threads
+from twisted.trial import unittest
+
+from atollon_mail.delivery import dkim
+from atollon_mail.delivery.mx import dns_resolver
+from atollon_mail.store import queries
+from tests.dnsserver import start_dns_server
+from tests.e2e.test_appliance import RunningAppliance
+from tests.remote_mta import RemoteMTA, self_signed_tls_options
+
+MESSAGE = (
+    "From: Jane Doe <jane@acme.test>\r\n"
+    "To: Bob <bob@remote.test>\r\n"
+    "Subject: sent through the appliance\r\n"
+    "Message-ID: <sending-1@acme.test>\r\n"
+    "\r\n"
+    "Hello Bob.\r\n"
+)
+
+
+class SendingTests(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        certificates = os.path.abspath(self.mktemp())
+        os.makedirs(certificates)
+        self.remote = RemoteMTA(
+            tls_options=self_signed_tls_options(certificates, "mx.remote.test"),
+            rcpt={"nobody@remote.test": "550 5.1.1 <nobody@remote.test>: no such user here"},
+        )
+        self.remote_port = reactor.listenTCP(0, self.remote, interface="127.0.0.1")
+        self.addCleanup(self.remote_port.stopListening)
+        self.dns = start_dns_server(
+            reactor,
+            {
+                "remote.test": {
+                    "@": [("MX", 10, "mx.remote.test")],
+                    "mx": [("A", "127.0.0.1")],
+                },
+                "acme.test": {"@": [("MX", 10, "mx.acme.test")], "mx": [("A", "127.0.0.1")]},
+            },
+        )
+        self.addCleanup(self.dns.stop)
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.appliance = RunningAppliance(
+            directory,
+            tls=True,
+            delivery_config=(
+                f"[delivery]\nnameservers = 127.0.0.1:{self.dns.port}\n"
+                f"mx_port = {self.remote_port.getHost().port}\n"
+            ),
+        )
+        yield threads.deferToThread(self.appliance.start)
+        self.addCleanup(self.appliance.stop)
+        for command in (
+            ("domain", "add", "acme.test"),
+            ("user", "add", "jane", "--password-stdin"),
+            ("mailbox", "add", "jane@acme.test", "--owner", "jane"),
+            ("dkim", "generate", "acme.test"),
+        ):
+            result = yield threads.deferToThread(
+                self.appliance.cli, *command, stdin="jane-password\n"
+            )
+            self.assertEqual(result.returncode, 0, result.stderr)
+        store = self.appliance.store()
+        try:
+            [key] = store.run_sync(queries.dkim_keys, "acme.test")
+        finally:
+            store.stop()
+        self.dns.set_records(
+            f"{key.selector}._domainkey.acme.test",
+            [("TXT", dkim.txt_value(key.algorithm, key.public_key))],
+        )
+
+    def submit(self, recipients):
+        """smtplib on the submission port: STARTTLS, AUTH, send (blocking: run in a thread)."""
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        with smtplib.SMTP("127.0.0.1", self.appliance.submission_port, timeout=30) as client:
+            client.ehlo("laptop.example.org")
+            self.assertFalse(client.has_extn("auth"), "no AUTH before TLS")
+            client.starttls(context=context)
+            client.ehlo("laptop.example.org")
+            client.login("jane", "jane-password")
+            return client.sendmail("jane@acme.test", recipients, MESSAGE.encode())
+
+    @defer.inlineCallbacks
+    def wait_for(self, predicate, what: str, seconds: float = 30):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            result = yield predicate()
+            if result:
+                return result
+            yield task.deferLater(reactor, 0.1, lambda: None)
+        self.fail(f"timed out waiting for {what}")
+
+    def jane_filings(self):
+        def read():
+            store = self.appliance.store()
+            try:
+                filings = store.run_sync(queries.list_filings, "jane@acme.test", 100)
+                return [(f, store.run_sync(queries.message_raw, f.message.id)) for f in filings]
+            finally:
+                store.stop()
+
+        return threads.deferToThread(read)
+
+    @defer.inlineCallbacks
+    def test_submitted_mail_arrives_dkim_signed_and_a_copy_is_in_sent(self):
+        refused = yield threads.deferToThread(self.submit, ["bob@remote.test"])
+        self.assertEqual(refused, {})
+        yield self.wait_for(lambda: defer.succeed(self.remote.delivered), "the remote delivery")
+        [envelope] = self.remote.delivered
+        self.assertEqual(envelope.sender, "jane@acme.test")
+        self.assertEqual(envelope.recipients, ("bob@remote.test",))
+        self.assertTrue(envelope.tls, "opportunistic STARTTLS was used")
+        self.assertTrue(envelope.data.startswith(b"DKIM-Signature:"))
+        resolver = dns_resolver((self.dns.nameserver,), 5)
+        verified = yield threads.deferToThread(dkim.verify, envelope.data, resolver)
+        self.assertTrue(verified, "the DKIM signature verifies against the published key")
+        filings = yield self.jane_filings()
+        self.assertEqual([f.context.name for f, _ in filings], ["Sent (jane@acme.test)"])
+
+    @defer.inlineCallbacks
+    def test_remote_5xx_produces_a_dsn_in_the_senders_mailbox(self):
+        yield threads.deferToThread(self.submit, ["nobody@remote.test"])
+
+        @defer.inlineCallbacks
+        def dsn_arrived():
+            filings = yield self.jane_filings()
+            return [raw for _, raw in filings if b"multipart/report" in raw]
+
+        [dsn] = yield self.wait_for(dsn_arrived, "the bounce")
+        report = email.message_from_bytes(dsn, policy=email.policy.default)
+        self.assertEqual(report.get_content_type(), "multipart/report")
+        self.assertEqual(report.get_param("report-type"), "delivery-status")
+        status = list(report.iter_parts())[1].get_payload()
+        self.assertEqual(status[1]["Final-Recipient"], "rfc822; nobody@remote.test")
+        self.assertEqual(status[1]["Status"], "5.1.1")
+        self.assertIn("no such user here", status[1]["Diagnostic-Code"])
+        result = yield threads.deferToThread(self.appliance.cli, "queue", "list")
+        self.assertIn("bounced", result.stdout)
