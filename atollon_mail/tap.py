@@ -156,7 +156,7 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
     StartStopService("resolver", resolver).setServiceParent(appliance)
 
     writers = 1 if is_sqlite(store.database) else 2
-    intake = Intake(store, concurrent_batches=writers)
+    intake = Intake(store, concurrent_batches=writers, clock=reactor)
     runner = DeliveryRunner(
         store,
         intake,
@@ -166,7 +166,7 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
         reactor,
         signer=DkimSigner(store, reactor, workers),
     )
-    intake.on_queued = runner.wake
+    intake.on_queued = runner.queued
     runner.setServiceParent(appliance)
 
     tls_options = load_tls_options(config)
@@ -214,6 +214,9 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
 
 
 def makeService(options: Options, reactor=None) -> service.MultiService:
+    import sys
+
+    sys.setswitchinterval(float(__import__("os").environ.get("SWITCH", "0.005")))
     if reactor is None:
         from twisted.internet import reactor
     return build_appliance(options.config, reactor)

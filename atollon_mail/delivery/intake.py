@@ -11,13 +11,17 @@ from __future__ import annotations
 import email.header
 from collections.abc import Sequence
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from atollon_mail.interfaces import IMailIntake, IStore
 from atollon_mail.store import queries
 from atollon_mail.store.records import IncomingMessage, OutgoingMessage, Recipient, Rejection
+
+# How stale the cached list of our domains may be: a domain added with the admin command
+# is recognised by a running server within this many seconds.
+DOMAIN_CACHE_SECONDS = 2.0
 
 # A batch is bounded so one commit never holds an unbounded amount of memory.
 MAX_BATCH_MESSAGES = 256
@@ -77,9 +81,10 @@ class GroupCommitter:
     """Writes items through one store operation that takes a batch and returns one result
     (or exception) per item; items arriving while a batch is written wait for the next."""
 
-    def __init__(self, store: IStore, operation, concurrent_batches: int = 1):
+    def __init__(self, store: IStore, operation, concurrent_batches: int = 1, size_of=None):
         self._store = store
         self._operation = operation
+        self._size_of = size_of or (lambda item: len(item.raw))
         self._concurrent_batches = concurrent_batches
         self._writing = 0
         self._waiting: list[tuple[object, Deferred]] = []
@@ -96,9 +101,10 @@ class GroupCommitter:
         size = 0
         count = 0
         for item, _ in self._waiting:
-            if count and (count >= MAX_BATCH_MESSAGES or size + len(item.raw) > MAX_BATCH_BYTES):
+            item_size = self._size_of(item)
+            if count and (count >= MAX_BATCH_MESSAGES or size + item_size > MAX_BATCH_BYTES):
                 break
-            size += len(item.raw)
+            size += item_size
             count += 1
         batch, self._waiting = self._waiting[:count], self._waiting[count:]
         return batch
@@ -139,14 +145,47 @@ class Intake:
     delivery runner's wake-up).
     """
 
-    def __init__(self, store: IStore, concurrent_batches: int = 1, on_queued=None):
+    def __init__(self, store: IStore, concurrent_batches: int = 1, on_queued=None, clock=None):
         self._store = store
+        # With a clock, the set of our domains is cached for DOMAIN_CACHE_SECONDS, so a
+        # recipient in someone else's domain (relayed or refused mail) costs no query.
+        self._clock = clock
+        self._domains: frozenset[str] | None = None
+        self._domains_loaded_at: float | None = None
+        self._domains_loading = False
         self._local = GroupCommitter(store, queries.store_messages, concurrent_batches)
         self._outgoing = GroupCommitter(store, queries.submit_messages, concurrent_batches)
         self.on_queued = on_queued
 
     def resolve_recipient(self, local_part: str, domain: str) -> Deferred:
+        if self._clock is not None:
+            domains = self._known_domains()
+            name = domain.lower().rstrip(".")
+            if domains is not None and name not in domains:
+                return succeed(
+                    Rejection("unknown-domain", f"{name} is not a domain of this server")
+                )
         return self._store.run(queries.resolve_recipient, local_part, domain)
+
+    def _known_domains(self) -> frozenset[str] | None:
+        """The cached domain set, or None while it is missing or stale (then it reloads)."""
+        now = self._clock.seconds()
+        loaded_at = self._domains_loaded_at
+        fresh = loaded_at is not None and now - loaded_at < DOMAIN_CACHE_SECONDS
+        if not fresh and not self._domains_loading:
+            self._domains_loading = True
+            loading = self._store.run(queries.domain_names)
+            loading.addCallback(self._domains_loaded, now)
+            loading.addErrback(self._domains_failed)
+        return self._domains if fresh else None
+
+    def _domains_loaded(self, domains: frozenset[str], loaded_at: float) -> None:
+        self._domains, self._domains_loaded_at = domains, loaded_at
+        self._domains_loading = False
+
+    def _domains_failed(self, failure) -> None:
+        self._domains_loading = False
+        Logger().failure("loading the domain list failed", failure)
 
     def route(self, address: str) -> Deferred:
         """Recipient for a local address, the address itself for a remote one (a domain

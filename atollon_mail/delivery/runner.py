@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from atollon_mail.config import DeliveryConfig
 from atollon_mail.delivery.bounce import FailedRecipient, build_dsn
+from atollon_mail.delivery.intake import GroupCommitter
 from atollon_mail.delivery.mx import DNSLookupError, TemporaryDNSError
 from atollon_mail.smtp import client
 from atollon_mail.store import queries
@@ -31,6 +32,15 @@ MESSAGES_PER_CONNECTION = 100
 # How many claimed recipients may wait in memory for a connection.
 MAX_BACKLOG = 5000
 SMARTHOST = "[smarthost]"
+# After mail is queued (or a connection finished), wait this long before claiming, so one
+# claim (one commit) and one connection take what many sessions queued meanwhile.
+CLAIM_COALESCE_SECONDS = 0.1
+
+
+def _record_result_groups(groups: Sequence[Sequence[DeliveryResult]]) -> list[None]:
+    """Results of several connections in one transaction (one commit, one fsync)."""
+    queries.record_delivery_results([result for group in groups for result in group])
+    return [None] * len(groups)
 
 
 def utc_from_seconds(seconds: float) -> datetime.datetime:
@@ -84,6 +94,8 @@ class DeliveryRunner(service.Service):
         self._claiming = False
         self._wake_again = False
         self._timer = None
+        self._coalesce = None
+        self._results = GroupCommitter(store, _record_result_groups, size_of=lambda group: 0)
         self._starting: defer.Deferred | None = None
         # Fires when the queue is idle (nothing pending or in flight); tests wait on it.
         self._idle_waiters: list[defer.Deferred] = []
@@ -113,17 +125,24 @@ class DeliveryRunner(service.Service):
 
     def stopService(self) -> None:
         super().stopService()
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        for call in (self._timer, self._coalesce):
+            if call is not None and call.active():
+                call.cancel()
+        self._timer = self._coalesce = None
 
     # -- claiming -------------------------------------------------------------------------
 
     def _now(self) -> datetime.datetime:
         return utc_from_seconds(self._reactor.seconds())
 
+    def queued(self) -> None:
+        """Mail was queued, or a connection is free: claim shortly, together with what
+        else arrives meanwhile."""
+        if self._coalesce is None or not self._coalesce.active():
+            self._coalesce = self._reactor.callLater(CLAIM_COALESCE_SECONDS, self.wake)
+
     def wake(self) -> None:
-        """Look for due recipients now (after an enqueue, a finished connection, a timer)."""
+        """Look for due recipients now (after a finished connection, a timer)."""
         if not self.running or self._starting is not None:
             return
         if self._claiming:
@@ -228,7 +247,7 @@ class DeliveryRunner(service.Service):
         for pending_key in list(self._pending):
             self._start_connections(pending_key)
         if self._backlog < MAX_BACKLOG // 2:
-            self.wake()
+            self.queued()
         self._check_idle()
 
     @defer.inlineCallbacks
@@ -368,7 +387,7 @@ class DeliveryRunner(service.Service):
                 warn.append(
                     (delivery, FailedRecipient(delivery.address, "delayed", reply, server, now))
                 )
-        yield self._store.run(queries.record_delivery_results, results)
+        yield self._results.add(results)
         yield self._notify(bounced, now)
         if warn:
             yield self._notify(warn, now)

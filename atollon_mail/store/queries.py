@@ -248,6 +248,12 @@ def add_domain(name: str, mode: str = "primary") -> DomainRecord:
 
 
 @read_only
+def domain_names() -> frozenset[str]:
+    """Every domain this server hosts (active or not)."""
+    return frozenset(name for (name,) in Domain.select(Domain.name).tuples())
+
+
+@read_only
 def list_domains() -> list[DomainRecord]:
     return [_domain_record(domain) for domain in Domain.select().order_by(Domain.name)]
 

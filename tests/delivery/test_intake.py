@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from atollon_mail.delivery.intake import Intake, summarize_headers
+from atollon_mail.delivery.intake import DOMAIN_CACHE_SECONDS, Intake, summarize_headers
 from atollon_mail.interfaces import IMailIntake, IStore
 from atollon_mail.passwords import hash_password
 from atollon_mail.store import queries
@@ -92,6 +93,40 @@ class GroupCommitTests(unittest.TestCase):
         self.store.calls[0][2].callback([StoredMessage(id=0, filings=1)])
         (_, (batch,), _) = self.store.calls[1]
         self.assertEqual(len(batch), 256)
+
+
+class DomainCacheTests(unittest.TestCase):
+    """With a clock, someone else's domain is answered from a short-lived cache."""
+
+    def setUp(self):
+        self.store = ControlledStore()
+        self.clock = Clock()
+        self.intake = Intake(self.store, clock=self.clock)
+
+    def load_domains(self, *names):
+        [loading] = [d for op, _, d in self.store.calls if op is queries.domain_names]
+        loading.callback(frozenset(names))
+
+    def test_other_domains_cost_no_query_once_the_list_is_loaded(self):
+        self.intake.resolve_recipient("bob", "remote.example")  # loads the list meanwhile
+        self.load_domains("acme.test")
+        calls = len(self.store.calls)
+        rejection = self.successResultOf(self.intake.resolve_recipient("bob", "Remote.Example."))
+        self.assertEqual(rejection.reason, "unknown-domain")
+        self.assertEqual(len(self.store.calls), calls, "answered from the cache")
+        self.intake.resolve_recipient("joe", "ACME.test")
+        self.assertIs(self.store.calls[-1][0], queries.resolve_recipient, "ours: asked the store")
+
+    def test_a_new_domain_is_seen_once_the_cache_is_stale(self):
+        self.intake.resolve_recipient("bob", "new.example")
+        self.load_domains("acme.test")
+        self.clock.advance(DOMAIN_CACHE_SECONDS)
+        self.intake.resolve_recipient("bob", "new.example")  # stale: store lookup and reload
+        self.assertIs(self.store.calls[-2][0], queries.domain_names)
+        self.assertIs(self.store.calls[-1][0], queries.resolve_recipient)
+        self.store.calls[-2][2].callback(frozenset({"acme.test", "new.example"}))
+        self.intake.resolve_recipient("bob", "new.example")
+        self.assertIs(self.store.calls[-1][0], queries.resolve_recipient)
 
 
 class HeaderSummaryTests(unittest.TestCase):

@@ -117,7 +117,7 @@ class RunnerTests(StoreFixtureMixin):
             self.clock,
             deliver=self.remote,
         )
-        self.intake.on_queued = runner.wake
+        self.intake.on_queued = runner.queued
         return runner
 
     @defer.inlineCallbacks
