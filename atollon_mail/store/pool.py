@@ -17,13 +17,11 @@ POSTGRES_THREADS = 4
 
 @implementer(IStore)
 class Store:
-    """Runs operations in transactions on private thread pools.
+    """Runs operations in transactions on a private thread pool.
 
-    SQLite gets one writer thread (one writer is all SQLite allows) and one reader thread
-    for operations marked read_only: in WAL mode a reader never waits for the writer, so a
-    recipient lookup is not queued behind a commit's fsync. Each thread keeps its own
-    connection open. PostgreSQL gets a few threads, each borrowing a pooled connection
-    per operation.
+    SQLite gets one thread (one writer is all SQLite allows; its connection stays open),
+    PostgreSQL a few, each borrowing a pooled connection per operation. (A second SQLite
+    thread for reads was measured and gained nothing: the reactor thread is the limit.)
     """
 
     def __init__(self, database: peewee.Database, reactor, threads: int | None = None):
@@ -31,11 +29,6 @@ class Store:
         self._reactor = reactor
         size = 1 if is_sqlite(database) else (threads or POSTGRES_THREADS)
         self._pool = ThreadPool(minthreads=size, maxthreads=size, name="atollon-mail-store")
-        self._read_pool = (
-            ThreadPool(minthreads=1, maxthreads=1, name="atollon-mail-store-reader")
-            if is_sqlite(database)
-            else self._pool
-        )
         self._started = False
         database_proxy.initialize(database)
 
@@ -50,22 +43,17 @@ class Store:
         with self.database.connection_context():
             return migrations.migrate(self.database)
 
-    def _pools(self) -> tuple[ThreadPool, ...]:
-        return (self._pool,) if self._read_pool is self._pool else (self._pool, self._read_pool)
-
     def start(self) -> None:
         if not self._started:
-            for pool in self._pools():
-                pool.start()
+            self._pool.start()
             self._started = True
 
     def stop(self) -> None:
         """Finish queued operations, then close every connection."""
         if self._started:
-            for pool in self._pools():
-                if is_sqlite(self.database):
-                    pool.callInThread(self._close_connection)
-                pool.stop()
+            if is_sqlite(self.database):
+                self._pool.callInThread(self._close_connection)
+            self._pool.stop()
             self._started = False
         if hasattr(self.database, "close_all"):
             self.database.close_all()
@@ -96,5 +84,6 @@ class Store:
                 return operation(*args, **kwargs)
 
     def run(self, operation, *args, **kwargs):
-        pool = self._read_pool if getattr(operation, "read_only", False) else self._pool
-        return deferToThreadPool(self._reactor, pool, self.run_sync, operation, *args, **kwargs)
+        return deferToThreadPool(
+            self._reactor, self._pool, self.run_sync, operation, *args, **kwargs
+        )

@@ -40,12 +40,14 @@ class ScriptedRemote:
         self.default = "250 2.0.0 Ok"
         self.session_failures: dict[str, client.SessionFailure] = {}  # by address
         self.calls: list[tuple[str, tuple[client.Envelope, ...]]] = []
+        self.options: list[dict] = []
         self.hold: list[defer.Deferred] | None = None  # when set, calls wait until released
         self.active = 0
         self.most_active = 0
 
     def __call__(self, _reactor, address, port, envelopes, **options):
         self.calls.append((address, tuple(envelopes)))
+        self.options.append(options)
         if address in self.session_failures:
             return defer.fail(self.session_failures[address])
         outcomes = [
@@ -302,6 +304,44 @@ class RunnerTests(StoreFixtureMixin):
         yield self.settle()
         self.assertEqual([address for address, _ in self.remote.calls], ["192.0.2.1", "192.0.2.2"])
         self.assertEqual((yield self.states()), {"bob@remote.test": "delivered"})
+
+    @defer.inlineCallbacks
+    def test_tls_is_required_only_for_listed_domains(self):
+        self.runner = self.make_runner("[delivery]\nrequire_tls_domains = Bank.test\n")
+        yield self.start()
+        yield self.send("a@bank.test")
+        yield self.send("b@remote.test")
+        yield self.settle()
+        modes = {
+            envelopes[0].recipients[0]: options["tls"]
+            for (_, envelopes), options in zip(self.remote.calls, self.remote.options)
+        }
+        self.assertEqual(modes, {"a@bank.test": "required", "b@remote.test": "opportunistic"})
+
+    @defer.inlineCallbacks
+    def test_smarthost_takes_everything_with_its_credentials(self):
+        self.runner = self.make_runner(
+            "[delivery]\nsmarthost = 192.0.2.99:587\nsmarthost_username = relay\n"
+            "smarthost_password = secret\n"
+        )
+        yield self.start()
+        yield self.send("a@one.test", "b@two.test")
+        yield self.settle()
+        [(address, envelopes)] = self.remote.calls
+        self.assertEqual(address, "192.0.2.99")
+        self.assertEqual(envelopes[0].recipients, ("a@one.test", "b@two.test"))
+        self.assertEqual(self.remote.options[0]["auth"], ("relay", "secret"))
+
+    @defer.inlineCallbacks
+    def test_a_smarthost_refusing_us_defers_rather_than_bounces(self):
+        self.runner = self.make_runner("[delivery]\nsmarthost = 192.0.2.99:587\n")
+        self.remote.session_failures["192.0.2.99"] = client.SessionFailure(
+            535, "535 5.7.8 authentication failed", True
+        )
+        yield self.start()
+        yield self.send("a@one.test")
+        yield self.settle()
+        self.assertEqual((yield self.states()), {"a@one.test": "deferred"})
 
     # -- grouping and limits ----------------------------------------------------------
 

@@ -40,9 +40,15 @@ class RunningAppliance:
     """`twistd atollon-mail` in a subprocess with its own configuration and store."""
 
     def __init__(
-        self, directory: str, tls: bool = False, extra: str = "", delivery_config: str = ""
+        self,
+        directory: str,
+        tls: bool = False,
+        extra: str = "",
+        delivery_config: str = "",
+        implicit_tls: bool = False,
     ):
         self.delivery_config = delivery_config
+        self.implicit_tls_port = free_port() if implicit_tls else None
         self.directory = directory
         self.smtp_port = free_port()
         self.web_port = free_port()
@@ -59,7 +65,12 @@ class RunningAppliance:
                 f"[smtp]\nlisten = tcp:{self.smtp_port}:interface=127.0.0.1\n{tls_lines}{extra}"
                 f"[web]\nlisten = tcp:{self.web_port}:interface=127.0.0.1\n"
                 f"[submission]\nlisten = tcp:{self.submission_port}:interface=127.0.0.1\n"
-                f"{self.delivery_config}"
+                + (
+                    f"tls_listen = tcp:{self.implicit_tls_port}:interface=127.0.0.1\n"
+                    if implicit_tls
+                    else ""
+                )
+                + self.delivery_config
             )
         self.process = None
 

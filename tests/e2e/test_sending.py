@@ -33,6 +33,13 @@ MESSAGE = (
 )
 
 
+def _unverified_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class SendingTests(unittest.TestCase):
     timeout = 120
 
@@ -62,6 +69,7 @@ class SendingTests(unittest.TestCase):
         self.appliance = RunningAppliance(
             directory,
             tls=True,
+            implicit_tls=True,
             delivery_config=(
                 f"[delivery]\nnameservers = 127.0.0.1:{self.dns.port}\n"
                 f"mx_port = {self.remote_port.getHost().port}\n"
@@ -74,6 +82,18 @@ class SendingTests(unittest.TestCase):
             ("user", "add", "jane", "--password-stdin"),
             ("mailbox", "add", "jane@acme.test", "--owner", "jane"),
             ("dkim", "generate", "acme.test"),
+            # Secondary mode: the main server forwards sales@acme.test to crm.acme.test;
+            # the mailbox sends as the real address.
+            ("domain", "add", "crm.acme.test", "--mode", "secondary"),
+            (
+                "mailbox",
+                "add",
+                "sales@crm.acme.test",
+                "--owner",
+                "jane",
+                "--identity",
+                "sales@acme.test",
+            ),
         ):
             result = yield threads.deferToThread(
                 self.appliance.cli, *command, stdin="jane-password\n"
@@ -89,18 +109,15 @@ class SendingTests(unittest.TestCase):
             [("TXT", dkim.txt_value(key.algorithm, key.public_key))],
         )
 
-    def submit(self, recipients):
+    def submit(self, recipients, sender="jane@acme.test", message=MESSAGE):
         """smtplib on the submission port: STARTTLS, AUTH, send (blocking: run in a thread)."""
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
         with smtplib.SMTP("127.0.0.1", self.appliance.submission_port, timeout=30) as client:
             client.ehlo("laptop.example.org")
             self.assertFalse(client.has_extn("auth"), "no AUTH before TLS")
-            client.starttls(context=context)
+            client.starttls(context=_unverified_context())
             client.ehlo("laptop.example.org")
             client.login("jane", "jane-password")
-            return client.sendmail("jane@acme.test", recipients, MESSAGE.encode())
+            return client.sendmail(sender, recipients, message.encode())
 
     @defer.inlineCallbacks
     def wait_for(self, predicate, what: str, seconds: float = 30):
@@ -158,3 +175,47 @@ class SendingTests(unittest.TestCase):
         self.assertIn("no such user here", status[1]["Diagnostic-Code"])
         result = yield threads.deferToThread(self.appliance.cli, "queue", "list")
         self.assertIn("bounced", result.stdout)
+
+    @defer.inlineCallbacks
+    def test_secondary_mode_mailbox_sends_as_the_primary_domain_address(self):
+        message = MESSAGE.replace("Jane Doe <jane@acme.test>", "Sales <sales@acme.test>")
+        yield threads.deferToThread(self.submit, ["bob@remote.test"], "sales@acme.test", message)
+        yield self.wait_for(lambda: defer.succeed(self.remote.delivered), "the remote delivery")
+        [envelope] = self.remote.delivered
+        self.assertEqual(envelope.sender, "sales@acme.test")
+        self.assertIn(b"From: Sales <sales@acme.test>", envelope.data)
+
+        def as_the_crm_address():
+            with self.assertRaises(smtplib.SMTPSenderRefused) as refused:
+                self.submit(["bob@remote.test"], "sales@crm.acme.test", message)
+            return refused.exception.smtp_code
+
+        code = yield threads.deferToThread(as_the_crm_address)
+        self.assertEqual(code, 553)
+
+    @defer.inlineCallbacks
+    def test_implicit_tls_port_offers_auth_at_once(self):
+        def send():
+            with smtplib.SMTP_SSL(
+                "127.0.0.1",
+                self.appliance.implicit_tls_port,
+                timeout=30,
+                context=_unverified_context(),
+            ) as client:
+                client.ehlo("laptop.example.org")
+                self.assertFalse(client.has_extn("starttls"))
+                client.login("jane", "jane-password")
+                return client.sendmail("jane@acme.test", ["bob@remote.test"], MESSAGE.encode())
+
+        self.assertEqual((yield threads.deferToThread(send)), {})
+        yield self.wait_for(lambda: defer.succeed(self.remote.delivered), "the remote delivery")
+
+    def test_wrong_password_is_refused(self):
+        def login():
+            with smtplib.SMTP("127.0.0.1", self.appliance.submission_port, timeout=30) as client:
+                client.starttls(context=_unverified_context())
+                with self.assertRaises(smtplib.SMTPAuthenticationError) as refused:
+                    client.login("jane", "not-her-password")
+                return refused.exception.smtp_code
+
+        return threads.deferToThread(login).addCallback(self.assertEqual, 535)
