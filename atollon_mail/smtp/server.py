@@ -13,6 +13,7 @@ override the hooks marked "Hook" below.
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import re
 import secrets
@@ -96,6 +97,12 @@ def _client_ip(host: Any) -> str | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return str(ip)
+
+
+@functools.lru_cache(maxsize=4)
+def _rfc5322_date(second: int) -> str:
+    """The Date of a Received: header; one formatting per second, not per message."""
+    return format_datetime(datetime.datetime.fromtimestamp(second, datetime.UTC))
 
 
 class SMTPServerProtocol(Protocol):
@@ -597,14 +604,13 @@ class SMTPServerProtocol(Protocol):
             peer = f"[IPv6:{self.client_ip}]"
         else:
             peer = f"[{self.client_ip}]"
-        when = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.UTC)
         header = (
             f"Received: from {self.helo} ({peer})\r\n"
             f"\tby {self.hostname} ({SOFTWARE}) with {protocol} id {queue_id}"
         )
         if len(paths) == 1:
             header += f"\r\n\tfor <{paths[0].address}>"
-        return f"{header}; {format_datetime(when)}\r\n".encode()
+        return f"{header}; {_rfc5322_date(int(self.clock.seconds()))}\r\n".encode()
 
     # --- commands ---
 
@@ -772,7 +778,10 @@ class SMTPServerFactory(Factory):
         )
 
     @staticmethod
+    @functools.lru_cache(maxsize=4096)
     def _within(client_ip: str | None, networks) -> bool:
+        # Cached: the same few clients connect again and again, and parsing the address
+        # showed up per connection in profiles.
         if client_ip is None or not networks:
             return False
         ip = ipaddress.ip_address(client_ip)
