@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import importlib
 import io
 import os
 import sys
@@ -448,10 +449,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the configuration file (default: $ATOLLON_MAIL_CONFIG or etc/atollon-mail.ini)",
     )
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
+    known: dict[str, argparse._SubParsersAction] = {}
 
     def commands(name: str, help_text: str):
-        group = groups.add_parser(name, help=help_text, description=help_text)
-        return group.add_subparsers(dest="command", metavar="ACTION", required=True)
+        """The actions of command group `name` (made on first use)."""
+        if name not in known:
+            group = groups.add_parser(name, help=help_text, description=help_text)
+            known[name] = group.add_subparsers(dest="command", metavar="ACTION", required=True)
+        return known[name]
 
     db = commands("db", "the database schema")
     db.add_parser("migrate", help="apply the pending schema migrations").set_defaults(handler=None)
@@ -544,10 +549,18 @@ def build_parser() -> argparse.ArgumentParser:
     show = dkim.add_parser("show", help="print the DNS records of a domain's keys")
     show.add_argument("domain", metavar="DOMAIN")
     show.set_defaults(handler=_dkim_show)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(commands)
     return parser
 
 
 # --- running --------------------------------------------------------------------------
+
+
+# Modules that add commands: each has register(commands), where commands(name, help) gives
+# the subparsers of a command group (existing or new) to add actions to. Handlers take
+# (store, args) and raise Refused or a StoreError to refuse.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _schema_versions(database: peewee.Database) -> list[int]:

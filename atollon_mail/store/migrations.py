@@ -152,6 +152,85 @@ MIGRATIONS: tuple[Migration, ...] = (
             " REFERENCES context (id) ON DELETE SET NULL",
         ),
     ),
+    Migration(
+        3,
+        "message types, access rights, auto-respond, forwarding, primary domains, DNS checks",
+        (
+            """CREATE TABLE message_type (
+                id {id},
+                name VARCHAR(100) NOT NULL,
+                code VARCHAR(32) NOT NULL,
+                description TEXT NOT NULL,
+                active BOOLEAN NOT NULL,
+                default_incoming BOOLEAN NOT NULL,
+                default_outgoing BOOLEAN NOT NULL,
+                created_at TIMESTAMP NOT NULL)""",
+            "CREATE UNIQUE INDEX message_type_code ON message_type (code)",
+            """INSERT INTO message_type
+                (name, code, description, active, default_incoming, default_outgoing, created_at)
+                VALUES ('Incoming e-mail', 'email-in', 'Mail received from outside', TRUE,
+                        TRUE, FALSE, CURRENT_TIMESTAMP)""",
+            """INSERT INTO message_type
+                (name, code, description, active, default_incoming, default_outgoing, created_at)
+                VALUES ('Outgoing e-mail', 'email-out', 'Mail sent by our users', TRUE,
+                        FALSE, TRUE, CURRENT_TIMESTAMP)""",
+            "ALTER TABLE message ADD COLUMN type_id {bigint}"
+            " REFERENCES message_type (id) ON DELETE RESTRICT",
+            # Existing mail: what was queued or filed in a Sent folder went out, the rest came in.
+            """UPDATE message SET type_id = (SELECT id FROM message_type WHERE code = 'email-out')
+                WHERE id IN (SELECT message_id FROM queue_message)
+                   OR id IN (SELECT f.message_id FROM filing f
+                             JOIN mailbox m ON m.sent_context_id = f.context_id)""",
+            """UPDATE message SET type_id = (SELECT id FROM message_type WHERE code = 'email-in')
+                WHERE type_id IS NULL""",
+            "CREATE INDEX message_type_id ON message (type_id)",
+            """CREATE TABLE mailbox_access (
+                id {id},
+                mailbox_id {bigint} NOT NULL REFERENCES mailbox (id) ON DELETE CASCADE,
+                user_id {bigint} NOT NULL REFERENCES "user" (id) ON DELETE CASCADE,
+                can_view BOOLEAN NOT NULL,
+                can_edit BOOLEAN NOT NULL,
+                created_at TIMESTAMP NOT NULL)""",
+            "CREATE UNIQUE INDEX mailbox_access_mailbox_user"
+            " ON mailbox_access (mailbox_id, user_id)",
+            "CREATE INDEX mailbox_access_user_id ON mailbox_access (user_id)",
+            """CREATE TABLE autoresponder (
+                id {id},
+                mailbox_id {bigint} NOT NULL REFERENCES mailbox (id) ON DELETE CASCADE,
+                enabled BOOLEAN NOT NULL,
+                subject VARCHAR(998) NOT NULL,
+                body TEXT NOT NULL,
+                starts_at TIMESTAMP,
+                ends_at TIMESTAMP,
+                interval_days INTEGER NOT NULL,
+                updated_at TIMESTAMP NOT NULL)""",
+            "CREATE UNIQUE INDEX autoresponder_mailbox_id ON autoresponder (mailbox_id)",
+            """CREATE TABLE autoresponse_log (
+                id {id},
+                mailbox_id {bigint} NOT NULL REFERENCES mailbox (id) ON DELETE CASCADE,
+                correspondent VARCHAR(320) NOT NULL,
+                sent_at TIMESTAMP NOT NULL)""",
+            "CREATE UNIQUE INDEX autoresponse_log_mailbox_correspondent"
+            " ON autoresponse_log (mailbox_id, correspondent)",
+            "ALTER TABLE mailbox ADD COLUMN forward_enabled BOOLEAN NOT NULL DEFAULT FALSE",
+            "ALTER TABLE mailbox ADD COLUMN forward_keep_copy BOOLEAN NOT NULL DEFAULT TRUE",
+            """CREATE TABLE forward_target (
+                id {id},
+                mailbox_id {bigint} NOT NULL REFERENCES mailbox (id) ON DELETE CASCADE,
+                address VARCHAR(320) NOT NULL,
+                created_at TIMESTAMP NOT NULL)""",
+            "CREATE UNIQUE INDEX forward_target_mailbox_address"
+            " ON forward_target (mailbox_id, address)",
+            "ALTER TABLE domain ADD COLUMN primary_domain_id {bigint}"
+            " REFERENCES domain (id) ON DELETE RESTRICT",
+            """CREATE TABLE dns_check (
+                id {id},
+                domain_id {bigint} NOT NULL REFERENCES domain (id) ON DELETE CASCADE,
+                checked_at TIMESTAMP NOT NULL,
+                results TEXT NOT NULL)""",
+            "CREATE UNIQUE INDEX dns_check_domain_id ON dns_check (domain_id)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].number

@@ -80,6 +80,10 @@ class Domain(BaseModel):
     mode = peewee.CharField(max_length=16)
     active = peewee.BooleanField()
     created_at = peewee.DateTimeField()
+    # Secondary mode: the company's own (2nd-level) domain this one sits below (migration 3).
+    primary_domain = peewee.ForeignKeyField(
+        "self", null=True, on_delete="RESTRICT", index=False, column_name="primary_domain_id"
+    )
 
 
 class User(BaseModel):
@@ -119,6 +123,9 @@ class Mailbox(BaseModel):
     sent_context = peewee.ForeignKeyField(
         Context, null=True, on_delete="SET NULL", index=False, column_name="sent_context_id"
     )
+    # Forwarding (migration 3): on, and whether a copy stays in the mailbox.
+    forward_enabled = peewee.BooleanField(default=False)
+    forward_keep_copy = peewee.BooleanField(default=True)
 
     class Meta:
         indexes = ((("domain", "local_part"), True),)
@@ -136,6 +143,19 @@ class Alias(BaseModel):
         indexes = ((("domain", "name"), True),)
 
 
+class MessageType(BaseModel):
+    """Message configuration: every stored message has a type (migration 3)."""
+
+    id = peewee.BigAutoField()
+    name = peewee.CharField(max_length=100)
+    code = peewee.CharField(max_length=32, unique=True)
+    description = peewee.TextField()
+    active = peewee.BooleanField()
+    default_incoming = peewee.BooleanField()
+    default_outgoing = peewee.BooleanField()
+    created_at = peewee.DateTimeField()
+
+
 class Message(BaseModel):
     """One received message, its bytes stored once however many mailboxes it is filed in."""
 
@@ -148,6 +168,9 @@ class Message(BaseModel):
     date_header = peewee.CharField(max_length=200, null=True)
     envelope_sender = peewee.CharField(max_length=320)
     received_at = peewee.DateTimeField()
+    type = peewee.ForeignKeyField(
+        MessageType, null=True, on_delete="RESTRICT", column_name="type_id"
+    )
 
 
 class Filing(BaseModel):
@@ -225,6 +248,63 @@ class DkimKey(BaseModel):
         indexes = ((("domain", "selector"), True),)
 
 
+class MailboxAccess(BaseModel):
+    """A user's rights on a mailbox besides its owner (who always has both)."""
+
+    id = peewee.BigAutoField()
+    mailbox = peewee.ForeignKeyField(Mailbox, on_delete="CASCADE", index=False)
+    user = peewee.ForeignKeyField(User, on_delete="CASCADE")
+    can_view = peewee.BooleanField()
+    can_edit = peewee.BooleanField()
+    created_at = peewee.DateTimeField()
+
+    class Meta:
+        indexes = ((("mailbox", "user"), True),)
+
+
+class Autoresponder(BaseModel):
+    id = peewee.BigAutoField()
+    mailbox = peewee.ForeignKeyField(Mailbox, on_delete="CASCADE", unique=True)
+    enabled = peewee.BooleanField()
+    subject = peewee.CharField(max_length=998)
+    body = peewee.TextField()
+    starts_at = peewee.DateTimeField(null=True)
+    ends_at = peewee.DateTimeField(null=True)
+    interval_days = peewee.IntegerField()
+    updated_at = peewee.DateTimeField()
+
+
+class AutoresponseLog(BaseModel):
+    """When a mailbox last answered a correspondent (one reply per interval)."""
+
+    id = peewee.BigAutoField()
+    mailbox = peewee.ForeignKeyField(Mailbox, on_delete="CASCADE", index=False)
+    correspondent = peewee.CharField(max_length=320)
+    sent_at = peewee.DateTimeField()
+
+    class Meta:
+        indexes = ((("mailbox", "correspondent"), True),)
+
+
+class ForwardTarget(BaseModel):
+    id = peewee.BigAutoField()
+    mailbox = peewee.ForeignKeyField(Mailbox, on_delete="CASCADE", index=False)
+    address = peewee.CharField(max_length=320)
+    created_at = peewee.DateTimeField()
+
+    class Meta:
+        indexes = ((("mailbox", "address"), True),)
+
+
+class DnsCheck(BaseModel):
+    """The last DNS check of a domain: a JSON list of check results."""
+
+    id = peewee.BigAutoField()
+    domain = peewee.ForeignKeyField(Domain, on_delete="CASCADE", unique=True)
+    checked_at = peewee.DateTimeField()
+    results = peewee.TextField()
+
+
 MODELS = (
     Domain,
     User,
@@ -237,4 +317,10 @@ MODELS = (
     QueueRecipient,
     QueueEvent,
     DkimKey,
+    MessageType,
+    MailboxAccess,
+    Autoresponder,
+    AutoresponseLog,
+    ForwardTarget,
+    DnsCheck,
 )

@@ -5,6 +5,7 @@ and returns frozen records; none knows about SMTP or HTTP.
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
 
@@ -484,23 +485,30 @@ _HOT_SQL = {
     "domain": "SELECT id, active FROM domain WHERE name = {p}",
     # The mailbox (or alias) for up to two candidate names, with the context its mail is
     # filed into: its "store messages to", else its owner's To Do.
+    # The last columns say whether the row came through an alias, and the mailbox's
+    # forwarding (on, keep a copy).
     "names": """
-        SELECT m.local_part, m.id, m.local_part, m.active, COALESCE(m.store_to_id, c.id)
+        SELECT m.local_part, m.id, m.local_part, m.active, COALESCE(m.store_to_id, c.id),
+               0, m.forward_enabled, m.forward_keep_copy
         FROM mailbox m LEFT JOIN context c ON c.owner_id = m.owner_id AND c.kind = 'todo'
         WHERE m.domain_id = {p} AND m.local_part IN ({p}, {p})
         UNION ALL
-        SELECT a.name, m.id, m.local_part, m.active, COALESCE(m.store_to_id, c.id)
+        SELECT a.name, m.id, m.local_part, m.active, COALESCE(m.store_to_id, c.id),
+               1, m.forward_enabled, m.forward_keep_copy
         FROM alias a JOIN mailbox m ON m.id = a.mailbox_id
         LEFT JOIN context c ON c.owner_id = m.owner_id AND c.kind = 'todo'
         WHERE a.domain_id = {p} AND a.name IN ({p}, {p})""",
+    "default_types": """
+        SELECT id, default_incoming, default_outgoing FROM message_type
+        WHERE default_incoming OR default_outgoing""",
     "store_to": """
         SELECT COALESCE(m.store_to_id, c.id) FROM mailbox m
         LEFT JOIN context c ON c.owner_id = m.owner_id AND c.kind = 'todo'
         WHERE m.id = {p}""",
     "insert_message": """
         INSERT INTO message (raw, size, message_id, subject, from_header, date_header,
-                             envelope_sender, received_at)
-        VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) RETURNING id""",
+                             envelope_sender, received_at, type_id)
+        VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) RETURNING id""",
     # The counter is bumped in the statement that reads it: no two writers share a uid.
     "next_uid": "UPDATE mailbox SET next_uid = next_uid + 1 WHERE id = {p} RETURNING next_uid",
     "insert_filing": """
@@ -578,14 +586,17 @@ def resolve_recipient(local_part: str, domain_name: str) -> Recipient | Rejectio
     local = local_part.lower()
     base, _, _tag = local.partition(RECIPIENT_DELIMITER)
     names = [local] if base == local or not base else [local, base]
-    found = {
-        row[0]: row[1:]
-        for row in _execute("names", (domain_id, names[0], names[-1]) * 2).fetchall()
-    }
+    found: dict[str, tuple] = {}
+    for row in _execute("names", (domain_id, names[0], names[-1]) * 2).fetchall():
+        # One name can be an inactive (redirected) mailbox and an alias of the mailbox it
+        # was redirected to: an active mailbox wins, then an active alias, then the rest.
+        rank = (not row[3], bool(row[5]))
+        if row[0] not in found or rank < found[row[0]][0]:
+            found[row[0]] = (rank, row[1:])
     for name in names:  # the whole name first, then the name without its +tag
         if name not in found:
             continue
-        mailbox_id, mailbox_local_part, active, context_id = found[name]
+        mailbox_id, mailbox_local_part, active, context_id, _, forwards, keep_copy = found[name][1]
         if not active:
             return Rejection("inactive-mailbox", f"{local}@{domain_name} does not receive mail")
         return Recipient(
@@ -593,11 +604,24 @@ def resolve_recipient(local_part: str, domain_name: str) -> Recipient | Rejectio
             mailbox_id=mailbox_id,
             mailbox_address=f"{mailbox_local_part}@{domain_name}",
             context_id=context_id,
+            forwards=bool(forwards),
+            keep_copy=bool(keep_copy),
         )
     return Rejection("unknown-address", f"{local}@{domain_name} is not an address here")
 
 
-def _insert_message(message: IncomingMessage | OutgoingMessage, stamp) -> int:
+def default_type_ids() -> tuple[int | None, int | None]:
+    """(incoming, outgoing): the message types new mail gets unless it names one."""
+    incoming = outgoing = None
+    for type_id, is_incoming, is_outgoing in _execute("default_types", ()).fetchall():
+        if is_incoming and incoming is None:
+            incoming = type_id
+        if is_outgoing and outgoing is None:
+            outgoing = type_id
+    return incoming, outgoing
+
+
+def _insert_message(message: IncomingMessage | OutgoingMessage, stamp, type_id) -> int:
     """The Message row: the raw bytes once, with the summary headers of the record."""
     (message_id,) = _execute(
         "insert_message",
@@ -610,6 +634,7 @@ def _insert_message(message: IncomingMessage | OutgoingMessage, stamp) -> int:
             message.date_header,
             message.envelope_sender,
             stamp,
+            message.type_id if message.type_id is not None else type_id,
         ),
     ).fetchone()
     return message_id
@@ -630,11 +655,11 @@ def _file_for_recipients(message_id: int, recipients: Sequence[Recipient], stamp
     return len(contexts)
 
 
-def _store_one(incoming: IncomingMessage, now) -> StoredMessage:
+def _store_one(incoming: IncomingMessage, now, type_id: int | None = None) -> StoredMessage:
     if not incoming.recipients:
         raise Invalid("a message needs at least one recipient; nothing was stored")
     stamp = Message.received_at.db_value(now)
-    message_id = _insert_message(incoming, stamp)
+    message_id = _insert_message(incoming, stamp, type_id)
     filings = _file_for_recipients(message_id, incoming.recipients, stamp)
     return StoredMessage(id=message_id, filings=filings)
 
@@ -680,7 +705,8 @@ def store_messages(messages: Sequence[IncomingMessage]) -> list[StoredMessage | 
     _lock_mailboxes(
         recipient.mailbox_id for incoming in messages for recipient in incoming.recipients
     )
-    return _group_commit(_store_one, messages, utc_now())
+    incoming_type, _ = default_type_ids()
+    return _group_commit(functools.partial(_store_one, type_id=incoming_type), messages, utc_now())
 
 
 @read_only
@@ -771,12 +797,12 @@ def _file_sent_copy(message_id: int, mailbox_id: int, stamp) -> None:
     _execute("insert_flagged_filing", (message_id, mailbox_id, context_id, uid, SEEN_FLAG, stamp))
 
 
-def _submit_one(outgoing: OutgoingMessage, now) -> SubmittedMessage:
+def _submit_one(outgoing: OutgoingMessage, now, type_id: int | None = None) -> SubmittedMessage:
     if not outgoing.local_recipients and not outgoing.remote_recipients:
         raise Invalid("a message needs at least one recipient; nothing was sent")
     remote = _remote_recipients(outgoing.remote_recipients)
     stamp = Message.received_at.db_value(now)
-    message_id = _insert_message(outgoing, stamp)
+    message_id = _insert_message(outgoing, stamp, type_id)
     filings = _file_for_recipients(message_id, outgoing.local_recipients, stamp)
     if outgoing.sent_mailbox_id is not None:
         _file_sent_copy(message_id, outgoing.sent_mailbox_id, stamp)
@@ -819,7 +845,12 @@ def submit_messages(
         [recipient.mailbox_id for outgoing in messages for recipient in outgoing.local_recipients]
         + [m.sent_mailbox_id for m in messages if m.sent_mailbox_id is not None]
     )
-    return _group_commit(_submit_one, messages, utc_now() if now is None else now)
+    _, outgoing_type = default_type_ids()
+    return _group_commit(
+        functools.partial(_submit_one, type_id=outgoing_type),
+        messages,
+        utc_now() if now is None else now,
+    )
 
 
 # --- the outbound queue -----------------------------------------------------------------

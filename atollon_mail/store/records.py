@@ -84,9 +84,12 @@ class Recipient:
     address: str
     mailbox_id: int
     mailbox_address: str
-    # Where its mail is filed, as resolved at RCPT time (None: looked up when storing);
-    # a detail of delivery, not of who the recipient is, so it takes no part in equality.
+    # Where its mail is filed, as resolved at RCPT time (None: looked up when storing),
+    # and the mailbox's forwarding (on; keep a copy too): details of delivery, not of who
+    # the recipient is, so they take no part in equality.
     context_id: int | None = attrs.field(default=None, eq=False)
+    forwards: bool = attrs.field(default=False, eq=False)
+    keep_copy: bool = attrs.field(default=True, eq=False)
 
 
 @attrs.frozen
@@ -108,6 +111,7 @@ class IncomingMessage:
     subject: str | None = None
     from_header: str | None = None
     date_header: str | None = None
+    type_id: int | None = None  # the message type; None: the default for incoming mail
 
 
 @attrs.frozen
@@ -137,6 +141,7 @@ class OutgoingMessage:
     subject: str | None = None
     from_header: str | None = None
     date_header: str | None = None
+    type_id: int | None = None  # the message type; None: the default for outgoing mail
 
 
 @attrs.frozen
