@@ -156,6 +156,9 @@ class Intake:
         self._local = GroupCommitter(store, queries.store_messages, concurrent_batches)
         self._outgoing = GroupCommitter(store, queries.submit_messages, concurrent_batches)
         self.on_queued = on_queued
+        # Called as listener(envelope_sender, local_recipients, raw) once mail filed into
+        # local mailboxes has committed (the auto-responder listens here).
+        self.filed_listeners: list = []
 
     def resolve_recipient(self, local_part: str, domain: str) -> Deferred:
         if self._clock is not None:
@@ -211,7 +214,10 @@ class Intake:
                 raw=raw,
                 **summarize_headers(raw),
             )
-            return self._local.add(incoming)
+            stored = self._local.add(incoming)
+            if self.filed_listeners:
+                stored.addCallback(self._filed, envelope_sender, local, raw)
+            return stored
         return self.submit(
             OutgoingMessage(
                 envelope_sender=envelope_sender,
@@ -228,7 +234,19 @@ class Intake:
         committed = self._outgoing.add(outgoing)
         if outgoing.remote_recipients:
             committed.addCallback(self._queued)
+        if outgoing.local_recipients and self.filed_listeners:
+            committed.addCallback(
+                self._filed, outgoing.envelope_sender, outgoing.local_recipients, outgoing.raw
+            )
         return committed
+
+    def _filed(self, result, envelope_sender: str, local: tuple, raw: bytes):
+        for listener in self.filed_listeners:
+            try:
+                listener(envelope_sender, local, raw)
+            except Exception:  # a listener's trouble must not undo an acknowledged delivery
+                Logger().failure("a filing listener failed")
+        return result
 
     def _queued(self, submitted):
         if self.on_queued is not None:
