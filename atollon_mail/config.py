@@ -93,6 +93,7 @@ class DeliveryConfig:
     delay_warning: float | None
     require_tls_domains: tuple[str, ...]
     connect_timeout: float
+    srs_secret: str | None = None  # None: generated at first start, kept in data_dir
 
 
 @attrs.frozen
@@ -336,6 +337,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "delay_warning": (_optional_duration, ""),
         "require_tls_domains": (_domains, ""),
         "connect_timeout": (_positive_duration, "30"),
+        "srs_secret": (_optional_text, ""),
     },
 }
 
