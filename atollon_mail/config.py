@@ -37,6 +37,16 @@ class ConfigError(Exception):
 class ApplianceConfig:
     hostname: str
     data_dir: str
+    public_ipv4: str | None = None  # the address the world reaches us at (DNS advice)
+    public_ipv6: str | None = None
+
+
+@attrs.frozen
+class DnsConfig:
+    spf_include: str | None  # a domain to include: instead of our addresses
+    check_interval: float  # seconds between re-checks of every domain
+    dmarc_report_address: str | None  # rua= of the proposed DMARC record
+    mta_sts: bool  # also propose MTA-STS and TLS-RPT records
 
 
 @attrs.frozen
@@ -105,6 +115,7 @@ class Config:
     web: WebConfig
     submission: SubmissionConfig
     delivery: DeliveryConfig
+    dns: DnsConfig = DnsConfig(None, 86400.0, None, False)
 
     def replace_listen(
         self, smtp: str | None = None, web: str | None = None, submission: str | None = None
@@ -287,6 +298,38 @@ def _domains(value: str) -> tuple[str, ...]:
     return tuple(item.lower().rstrip(".") for item in value.replace(",", " ").split())
 
 
+def _optional_ip(version: int) -> Callable[[str], str | None]:
+    def parse(value: str) -> str | None:
+        value = value.strip()
+        if not value:
+            return None
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            address = None
+        if address is None or address.version != version:
+            raise ValueError(f"must be an IPv{version} address, got {value!r}")
+        return str(address)
+
+    return parse
+
+
+def _optional_domain(value: str) -> str | None:
+    value = value.strip().lower().rstrip(".")
+    if not value:
+        return None
+    return _hostname(value)
+
+
+def _yes_no(value: str) -> bool:
+    value = value.strip().lower()
+    if value in ("yes", "true", "on", "1"):
+        return True
+    if value in ("no", "false", "off", "0", ""):
+        return False
+    raise ValueError(f"must be yes or no, got {value!r}")
+
+
 def _database_url(value: str) -> str:
     value = value.strip()
     if not (value.startswith("sqlite:///") or value.startswith("postgresql://")):
@@ -301,6 +344,8 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
     "appliance": {
         "hostname": (_hostname, ""),
         "data_dir": (_text, "var"),
+        "public_ipv4": (_optional_ip(4), ""),
+        "public_ipv6": (_optional_ip(6), ""),
     },
     "database": {
         "url": (_database_url, "sqlite:///var/atollon-mail.sqlite"),
@@ -338,6 +383,12 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "require_tls_domains": (_domains, ""),
         "connect_timeout": (_positive_duration, "30"),
         "srs_secret": (_optional_text, ""),
+    },
+    "dns": {
+        "spf_include": (_optional_domain, ""),
+        "check_interval": (_positive_duration, "1d"),
+        "dmarc_report_address": (_optional_text, ""),
+        "mta_sts": (_yes_no, "no"),
     },
 }
 
@@ -405,6 +456,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         web=WebConfig(**values["web"]),
         submission=SubmissionConfig(**values["submission"]),
         delivery=DeliveryConfig(**delivery),
+        dns=DnsConfig(**values["dns"]),
     )
 
 
