@@ -137,3 +137,32 @@ def ensure_bc() -> None:
 
     if not shutil.which("bc"):
         subprocess.run(["apt-get", "install", "-y", "-qq", "bc"], check=False, capture_output=True)
+
+
+def parse_arguments(doc: str):
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--sessions", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2)
+    return parser.parse_args()
+
+
+def summary(name: str, arguments, ours: list[float], postfix: list[float], peaks: list[float]):
+    """The run's figures: per-round rates, medians, their ratio, peak memory."""
+    import statistics
+
+    return {
+        "benchmark": name,
+        "messages": arguments.messages,
+        "sessions": arguments.sessions,
+        "rounds": arguments.rounds,
+        "ours_msg_per_s": ours,
+        "postfix_msg_per_s": postfix,
+        "ours_median": statistics.median(ours),
+        "postfix_median": statistics.median(postfix),
+        "ratio": round(statistics.median(ours) / statistics.median(postfix), 2),
+        "peak_rss_mib": max(peaks),
+        "machine": machine(),
+    }

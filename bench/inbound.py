@@ -10,15 +10,13 @@ sampled every 50 ms during its runs. Every message must be in the store at the e
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
-import statistics
 import sys
 import tempfile
 
-from common import Appliance, RssSampler, machine, peer, rate_from
+from common import Appliance, RssSampler, parse_arguments, peer, rate_from, summary
 
 
 def stored_count(appliance: Appliance) -> int:
@@ -29,11 +27,7 @@ def stored_count(appliance: Appliance) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=5000)
-    parser.add_argument("--sessions", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=2)
-    arguments = parser.parse_args()
+    arguments = parse_arguments(__doc__)
     peer("start")
     workdir = tempfile.mkdtemp(prefix="atollon-bench-")
     appliance = Appliance(workdir)
@@ -62,21 +56,8 @@ def main() -> int:
         appliance.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     expected = arguments.messages * arguments.rounds
-    result = {
-        "benchmark": "inbound",
-        "messages": arguments.messages,
-        "sessions": arguments.sessions,
-        "rounds": arguments.rounds,
-        "ours_msg_per_s": ours,
-        "postfix_msg_per_s": postfix,
-        "ours_median": statistics.median(ours),
-        "postfix_median": statistics.median(postfix),
-        "ratio": round(statistics.median(ours) / statistics.median(postfix), 2),
-        "peak_rss_mib": max(peaks),
-        "stored_messages": stored,
-        "expected_messages": expected,
-        "machine": machine(),
-    }
+    result = summary("inbound", arguments, ours, postfix, peaks)
+    result.update(stored_messages=stored, expected_messages=expected)
     print(json.dumps(result, indent=2))
     if stored != expected:
         print(f"FAILED: {stored} messages stored, expected {expected}", file=sys.stderr)

@@ -7,18 +7,16 @@ queue is empty. Postfix relays the same load to the same sink in the same run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from common import Appliance, RssSampler, machine, peer, rate_from
+from common import Appliance, RssSampler, parse_arguments, peer, rate_from, summary
 
 SINK = "127.0.0.1:2700"
 
@@ -40,10 +38,22 @@ def run_ours(appliance: Appliance, messages: int, sessions: int) -> tuple[float,
     with RssSampler(appliance) as sampler:
         started = time.monotonic()
         subprocess.run(
-            ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", "2048",
-             "-f", "sender@peer.test", "-t", "user@sink.test",
-             f"127.0.0.1:{appliance.smtp_port}"],
-            check=True, capture_output=True,
+            [
+                "smtp-source",
+                "-s",
+                str(sessions),
+                "-m",
+                str(messages),
+                "-l",
+                "2048",
+                "-f",
+                "sender@peer.test",
+                "-t",
+                "user@sink.test",
+                f"127.0.0.1:{appliance.smtp_port}",
+            ],
+            check=True,
+            capture_output=True,
         )
         while True:
             waiting, delivered = undelivered(database)
@@ -57,11 +67,7 @@ def run_ours(appliance: Appliance, messages: int, sessions: int) -> tuple[float,
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=5000)
-    parser.add_argument("--sessions", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=2)
-    arguments = parser.parse_args()
+    arguments = parse_arguments(__doc__)
     peer("start")
     workdir = tempfile.mkdtemp(prefix="atollon-bench-")
     appliance = Appliance(
@@ -82,19 +88,7 @@ def main() -> int:
     finally:
         appliance.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    result = {
-        "benchmark": "relay",
-        "messages": arguments.messages,
-        "sessions": arguments.sessions,
-        "rounds": arguments.rounds,
-        "ours_msg_per_s": ours,
-        "postfix_msg_per_s": postfix,
-        "ours_median": statistics.median(ours),
-        "postfix_median": statistics.median(postfix),
-        "ratio": round(statistics.median(ours) / statistics.median(postfix), 2),
-        "peak_rss_mib": max(peaks),
-        "machine": machine(),
-    }
+    result = summary("relay", arguments, ours, postfix, peaks)
     print(json.dumps(result, indent=2))
     return 0
 
