@@ -152,8 +152,15 @@ def _db_migrate(store: Store, url: str) -> None:
 
 
 def _domain_add(store: Store, args) -> None:
-    domain = store.run_sync(queries.add_domain, args.name, args.mode)
-    _out(f"added domain {domain.name} ({domain.mode})")
+    domain = store.run_sync(
+        queries.add_domain, args.name, args.mode, primary_domain=args.primary_domain
+    )
+    if domain.primary_domain:
+        primary = domain.primary_domain
+        _out(f"added domain {domain.name} ({domain.mode}, mailboxes send as name@{primary})")
+        _out(f"the DNS records to publish: {PROGRAM} dns records {domain.name}")
+    else:
+        _out(f"added domain {domain.name} ({domain.mode})")
 
 
 def _domain_list(store: Store, args) -> None:
@@ -251,18 +258,29 @@ def _mailbox_list(store: Store, args) -> None:
 
 
 def _mailbox_show(store: Store, args) -> None:
-    box = store.run_sync(queries.get_mailbox, args.address)
+    from atollon_mail.store.mailboxes import mailbox_detail
+
+    detail = store.run_sync(mailbox_detail, args.address)
+    box = detail.mailbox
     signature = box.signature.splitlines() or ["(none)"]
+    active = _yes_no(box.active)
+    if detail.redirected_to is not None:
+        active += f" (redirected to {detail.redirected_to})"
     fields = [
         ("address", box.address),
         ("owner", box.owner_login),
         ("identity", box.identity),
         ("store to", _context_label(box.store_to)),
-        ("active", _yes_no(box.active)),
+        ("active", active),
         ("default box", _yes_no(box.is_default)),
         ("aliases", ", ".join(box.aliases) or "(none)"),
-        ("signature", signature[0]),
     ]
+    if detail.access:  # the owner always has both; only grants to others are listed
+        rights = [
+            f"{access.login} {'view+edit' if access.edit else 'view'}" for access in detail.access
+        ]
+        fields.append(("rights", ", ".join(rights)))
+    fields.append(("signature", signature[0]))
     width = max(len(label) for label, _ in fields) + 2
     for label, value in fields:
         _out(f"{label + ':':<{width}}{_clean(value)}".rstrip())
@@ -465,6 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
     add = domain.add_parser("add", help="add a domain")
     add.add_argument("name", metavar="NAME")
     add.add_argument("--mode", choices=("primary", "secondary"), default="primary")
+    add.add_argument(
+        "--primary-domain",
+        metavar="DOMAIN",
+        help="secondary mode: the company's own domain this one is below (its mail provider "
+        "forwards to this one)",
+    )
     add.set_defaults(handler=_domain_add)
     domain.add_parser("list", help="list the domains").set_defaults(handler=_domain_list)
 
@@ -560,7 +584,13 @@ def build_parser() -> argparse.ArgumentParser:
 # Modules that add commands: each has register(commands), where commands(name, help) gives
 # the subparsers of a command group (existing or new) to add actions to. Handlers take
 # (store, args) and raise Refused or a StoreError to refuse.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "atollon_mail.commands.mailboxes",
+    "atollon_mail.commands.autorespond",
+    "atollon_mail.commands.forwarding",
+    "atollon_mail.commands.domains",
+    "atollon_mail.commands.dns",
+)
 
 
 def _schema_versions(database: peewee.Database) -> list[int]:

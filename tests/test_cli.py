@@ -232,16 +232,24 @@ class CliContractMixin(CliHarness):
         self.assertEqual(
             self.ok("domain", "add", "Acme.COM.").lines, ["added domain acme.com (primary)"]
         )
+        added = self.ok(
+            "domain",
+            "add",
+            "backup.acme.com",
+            "--mode",
+            "secondary",
+            "--primary-domain",
+            "acme.com",
+        ).lines
         self.assertEqual(
-            self.ok("domain", "add", "backup.example", "--mode", "secondary").lines,
-            ["added domain backup.example (secondary)"],
+            added[0], "added domain backup.acme.com (secondary, mailboxes send as name@acme.com)"
         )
         self.assertEqual(
             self.ok("domain", "list").lines,
             [
-                "DOMAIN          MODE       ACTIVE",
-                "acme.com        primary    yes",
-                "backup.example  secondary  yes",
+                "DOMAIN           MODE       ACTIVE",
+                "acme.com         primary    yes",
+                "backup.acme.com  secondary  yes",
             ],
         )
 
@@ -458,7 +466,7 @@ class CliContractMixin(CliHarness):
             (("sales@acme.com", "--mailbox", "joe@acme.com"), "is an alias already"),
             (("joe@acme.com", "--mailbox", "joe@acme.com"), "is a mailbox already"),
             (("info@acme.com", "--mailbox", "nobody@acme.com"), "no mailbox nobody@acme.com"),
-            (("info", "--mailbox", "joe@acme.com"), "is not an address"),
+            (("info@", "--mailbox", "joe@acme.com"), "is not an address"),
         ):
             self.assertRefused(self.cli("alias", "add", *argv), message)
         self.assertUsageError(self.cli("alias", "add", "info@acme.com"))

@@ -23,6 +23,7 @@ from atollon_mail.store.models import (
     Domain,
     Filing,
     Mailbox,
+    MailboxAccess,
     Message,
     QueueEvent,
     QueueMessage,
@@ -162,7 +163,14 @@ def _locked(query):
 
 
 def _domain_record(domain: Domain) -> DomainRecord:
-    return DomainRecord(id=domain.id, name=domain.name, mode=domain.mode, active=domain.active)
+    primary = domain.primary_domain.name if domain.primary_domain_id is not None else None
+    return DomainRecord(
+        id=domain.id,
+        name=domain.name,
+        mode=domain.mode,
+        active=domain.active,
+        primary_domain=primary,
+    )
 
 
 def _user_record(user: User) -> UserRecord:
@@ -231,12 +239,53 @@ def _get_domain(name: str) -> Domain:
         raise NotFound(f"no domain {domain_name}; add it with: domain add {domain_name}") from None
 
 
-def add_domain(name: str, mode: str = "primary") -> DomainRecord:
+def add_domain(name: str, mode: str = "primary", primary_domain: str | None = None) -> DomainRecord:
+    """A domain this server receives for.
+
+    A secondary domain (crm.acme.com) sits below the company's own domain (acme.com),
+    whose MX stays with its other provider; its mailboxes send as name@acme.com. That
+    primary domain is recorded as a row of its own, inactive (mail for it is not
+    received here) unless it is hosted here already, so its DKIM keys have a home.
+    """
     domain_name = normalize_domain_name(name)
     if mode not in DOMAIN_MODES:
         raise Invalid(f"mode must be one of {', '.join(DOMAIN_MODES)}, got {mode!r}")
     if Domain.select().where(Domain.name == domain_name).exists():
         raise Conflict(f"domain {domain_name} exists already")
+    primary = None
+    if mode == "secondary":
+        if primary_domain is None:
+            parent = domain_name.partition(".")[2]
+            raise Invalid(
+                "a secondary domain needs the primary domain it sits below, whose mail "
+                f"provider forwards to it: give --primary-domain (such as {parent})"
+            )
+        primary_name = normalize_domain_name(primary_domain)
+        if not domain_name.endswith("." + primary_name):
+            raise Invalid(
+                f"{domain_name} is not below {primary_name}: a secondary domain is a "
+                f"subdomain of its primary domain, such as crm.{primary_name}"
+            )
+        primary = Domain.get_or_none(Domain.name == primary_name)
+        if primary is not None and primary.mode == "secondary":
+            raise Invalid(
+                f"{primary_name} is a secondary domain itself; name the company's own "
+                "domain as the primary domain"
+            )
+        if primary is None:
+            primary = _create(
+                Domain,
+                f"domain {primary_name} exists already",
+                name=primary_name,
+                mode="primary",
+                active=False,
+                created_at=utc_now(),
+            )
+    elif primary_domain is not None:
+        raise Invalid(
+            f"only a secondary domain has a primary domain: add {domain_name} with "
+            "--mode secondary, or without --primary-domain"
+        )
     domain = _create(
         Domain,
         f"domain {domain_name} exists already",
@@ -244,14 +293,16 @@ def add_domain(name: str, mode: str = "primary") -> DomainRecord:
         mode=mode,
         active=True,
         created_at=utc_now(),
+        primary_domain=primary,
     )
     return _domain_record(domain)
 
 
 @read_only
 def domain_names() -> frozenset[str]:
-    """Every domain this server hosts (active or not)."""
-    return frozenset(name for (name,) in Domain.select(Domain.name).tuples())
+    """Every domain this server receives for or refuses as its own (active or not); not
+    a primary domain kept only as the anchor of secondary ones."""
+    return frozenset(name for (name,) in _execute("domain_names", ()).fetchall())
 
 
 @read_only
@@ -372,7 +423,9 @@ def add_mailbox(
     if taken:
         raise Conflict(f"{local}@{domain_name} is {taken} already")
     if identity is None:
-        identity = f"{local}@{domain_name}"
+        # Secondary mode: mail is forwarded here from name@acme.com, and sent as it.
+        primary = domain.primary_domain if domain.mode == "secondary" else None
+        identity = f"{local}@{primary.name if primary is not None else domain_name}"
     else:
         identity = normalize_identity(identity)
     store_to = _get_context(store_to_context_id) if store_to_context_id is not None else None
@@ -417,24 +470,37 @@ def list_mailboxes() -> list[MailboxRecord]:
 def set_mailbox_store_to(address: str, context_id: int | None) -> MailboxRecord:
     mailbox = _get_mailbox(address)
     mailbox.store_to = _get_context(context_id) if context_id is not None else None
-    mailbox.save()
+    # Only this column: save() would write back every column, next_uid included, over
+    # a concurrent delivery's increment.
+    Mailbox.update(store_to=mailbox.store_to).where(Mailbox.id == mailbox.id).execute()
     return _mailbox_record(mailbox)
 
 
 def set_mailbox_active(address: str, active: bool) -> MailboxRecord:
     mailbox = _get_mailbox(address)
     mailbox.active = active
-    mailbox.save()
+    Mailbox.update(active=active).where(Mailbox.id == mailbox.id).execute()  # see above
     return _mailbox_record(mailbox)
 
 
-def add_alias(address: str, mailbox_address: str) -> AliasRecord:
-    local, domain_name = normalize_address(address)
-    mailbox = _get_mailbox(mailbox_address)
-    if mailbox.domain.name != domain_name:
+def _alias_name(name: str, mailbox: Mailbox) -> str:
+    """The alias's name in the mailbox's domain: a bare name, or name@ that domain."""
+    if "@" not in name:
+        return normalize_mailbox_name(name)
+    local, domain_name = normalize_address(name)
+    if domain_name != mailbox.domain.name:
         raise Invalid(
-            f"an alias is always in its mailbox's domain: use {local}@{mailbox.domain.name}"
+            f"{local}@{domain_name}: aliases are always in the mailbox's domain; "
+            f"give just the name: {local} (to use {local}@{mailbox.domain.name})"
         )
+    return local
+
+
+def add_alias(name: str, mailbox_address: str) -> AliasRecord:
+    """Another name mailbox_address receives mail at (aliases only receive, never send)."""
+    mailbox = _get_mailbox(mailbox_address)
+    local = _alias_name(name, mailbox)
+    domain_name = mailbox.domain.name
     _locked(Domain.select(Domain.id).where(Domain.id == mailbox.domain_id)).execute()
     taken = _name_taken(mailbox.domain, local)
     if taken:
@@ -482,7 +548,14 @@ def list_aliases() -> list[AliasRecord]:
 # they are written out once per dialect and executed with parameters.
 
 _HOT_SQL = {
-    "domain": "SELECT id, active FROM domain WHERE name = {p}",
+    # An inactive domain that only anchors secondary domains (the company's own domain,
+    # whose mail is hosted elsewhere) is not ours to receive for: its users are remote.
+    "domain": """
+        SELECT id, active FROM domain d WHERE name = {p}
+        AND (active OR NOT EXISTS (SELECT 1 FROM domain s WHERE s.primary_domain_id = d.id))""",
+    "domain_names": """
+        SELECT name FROM domain d
+        WHERE active OR NOT EXISTS (SELECT 1 FROM domain s WHERE s.primary_domain_id = d.id)""",
     # The mailbox (or alias) for up to two candidate names, with the context its mail is
     # filed into: its "store messages to", else its owner's To Do.
     # The last columns say whether the row came through an alias, and the mailbox's
@@ -1208,27 +1281,31 @@ def dkim_keys(domain: str | None = None) -> list[DkimKeyRecord]:
 
 
 def _sendable_mailboxes(user_id: int):
-    """The mailboxes a user may send from: their own active ones.
+    """The mailboxes a user may send from: the active ones they own or hold an edit right on.
 
-    Access rights will add the mailboxes the user holds an edit right on: a left join on
-    the rights table here, its condition or-ed into `may_send`.
+    Only mailboxes: an alias receives, it is never an identity to send as.
     """
-    may_send = Mailbox.owner == user_id
+    may_send = (Mailbox.owner == user_id) | (MailboxAccess.can_edit == True)  # noqa: E712
+    granted = (MailboxAccess.mailbox == Mailbox.id) & (MailboxAccess.user == user_id)
     return (
         Mailbox.select(Mailbox.id, Mailbox.local_part, Mailbox.identity, Domain.name)
         .join(Domain)
+        .switch(Mailbox)
+        .join(MailboxAccess, peewee.JOIN.LEFT_OUTER, on=granted)
         .where(may_send & (Mailbox.active == True))  # noqa: E712 (peewee expression)
     )
 
 
 @read_only
 def sending_identities(login: str) -> tuple[SendingIdentity, ...]:
-    """The addresses the user may send as, their default mailbox first."""
+    """The addresses the user may send as, their own default mailbox first."""
     user = User.get_or_none(User.login == login.strip().lower())
     if user is None:
         return ()
+    # Another owner's default box is not this user's default.
+    own_default = (Mailbox.owner == user.id) & (Mailbox.is_default == True)  # noqa: E712
     query = _sendable_mailboxes(user.id).order_by(
-        Mailbox.is_default.desc(), Domain.name, Mailbox.local_part
+        peewee.Case(None, [(own_default, 0)], 1), Domain.name, Mailbox.local_part
     )
     return tuple(
         SendingIdentity(

@@ -16,6 +16,8 @@ class DomainRecord:
     name: str
     mode: str
     active: bool
+    # Secondary mode: the company's own domain, whose mail stays with its other provider.
+    primary_domain: str | None = None
 
 
 @attrs.frozen
@@ -236,3 +238,164 @@ class SendingIdentity:
     mailbox_id: int
     mailbox_address: str
     identity: str
+
+
+# --- auto-respond -----------------------------------------------------------------------
+
+
+@attrs.frozen
+class AutoresponderRecord:
+    """A mailbox's auto-responder; times are naive UTC, None meaning no bound."""
+
+    mailbox_address: str
+    enabled: bool
+    subject: str
+    body: str
+    starts_at: datetime.datetime | None
+    ends_at: datetime.datetime | None
+    interval_days: int
+    updated_at: datetime.datetime
+
+
+@attrs.frozen
+class AutoreplyPlan:
+    """A reply the store has recorded as sent: what to send, as whom, to whom."""
+
+    mailbox_id: int
+    mailbox_address: str
+    identity: str  # the From address
+    correspondent: str  # lowercased envelope sender
+    subject: str
+    body: str
+
+
+# --- forwarding -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ForwardingRecord:
+    """A mailbox's forwarding: on or off, whether a copy stays, the addresses it goes to."""
+
+    mailbox_address: str
+    enabled: bool
+    keep_copy: bool
+    targets: tuple[str, ...]
+
+
+@attrs.frozen
+class ForwardingPlan:
+    """Where a message for some local recipients ends up once forwarding is followed."""
+
+    filed: tuple[Recipient, ...]  # the mailboxes it is filed into
+    remote: tuple[str, ...]  # the addresses elsewhere it is queued for
+    # The mailboxes whose forwarding sent it on, in the order reached (Delivered-To).
+    forwarders: tuple[str, ...]
+    # The domain of the first mailbox that forwarded it elsewhere (the SRS domain).
+    srs_domain: str | None
+    # Targets that receive nothing here (removed or inactive meanwhile): skipped.
+    skipped: tuple[str, ...] = ()
+
+
+# --- mailbox behaviours: access rights, redirects, message types -----------------------
+
+
+@attrs.frozen
+class MailboxAccessRecord:
+    """A user's rights on a mailbox they do not own (edit implies view)."""
+
+    mailbox_address: str
+    login: str
+    view: bool
+    edit: bool
+
+
+@attrs.frozen
+class MailboxRights:
+    """What a user may do with a mailbox: view its mail; edit its settings and send from it."""
+
+    view: bool
+    edit: bool
+
+
+@attrs.frozen
+class MailboxDetail:
+    """A mailbox with the rights granted on it and, once redirected, where its address goes."""
+
+    mailbox: MailboxRecord
+    access: tuple[MailboxAccessRecord, ...]
+    redirected_to: str | None  # the mailbox holding an alias of this one's name
+
+
+@attrs.frozen
+class RedirectResult:
+    """What a redirect of OLD to NEW moves (or would move, for a preview)."""
+
+    old_address: str
+    new_address: str
+    aliases_added: tuple[str, ...]  # addresses NEW now answers to: OLD's name, then its aliases
+    old_was_active: bool  # False: OLD had been made inactive before
+
+
+@attrs.frozen
+class MessageTypeRecord:
+    id: int
+    code: str
+    name: str
+    description: str
+    active: bool
+    default_incoming: bool
+    default_outgoing: bool
+
+
+@attrs.frozen
+class MessageTypeDeletion:
+    code: str
+    reassigned: int  # messages moved to another type first
+    reassigned_to: str | None
+
+
+# --- DNS advice and checks ------------------------------------------------------------
+
+
+@attrs.frozen
+class PublishedKey:
+    """The public half of a DKIM key: what its DNS record must say."""
+
+    domain: str
+    selector: str
+    algorithm: str
+    public_key: str
+
+
+@attrs.frozen
+class DnsSubject:
+    """What a domain's DNS must publish, as the store knows it."""
+
+    domain: DomainRecord
+    # Its MX belongs to this appliance; False for a primary domain recorded only because a
+    # secondary domain sits below it (its mail stays with the other provider).
+    hosted: bool
+    sending_domains: tuple[str, ...]  # the domains its mailboxes send as (SPF, DMARC)
+    dkim_keys: tuple[PublishedKey, ...]  # of the sending domains and the domain itself
+    forwards: tuple[tuple[str, str], ...]  # secondary mode: (identity, mailbox address)
+    secondaries: tuple[str, ...]  # the secondary domains below it
+
+
+@attrs.frozen
+class DnsCheckResult:
+    """One live DNS check: status "pass", "warn" or "fail", and what to do about it."""
+
+    check: str
+    status: str
+    reason: str
+    # The lookup itself failed (timeout, SERVFAIL): the outcome is not known.
+    temporary: bool = False
+
+
+@attrs.frozen
+class DnsCheckRecord:
+    """The last check of a domain (checked_at naive UTC)."""
+
+    domain: str
+    checked_at: datetime.datetime
+    results: tuple[DnsCheckResult, ...]

@@ -286,7 +286,9 @@ class StoreContractTests(StoreFixtureMixin):
         self.assertEqual(
             (domain.name, domain.mode, domain.active), ("example.com", "primary", True)
         )
-        secondary = self.sync(q.add_domain, "backup.example.org", "secondary")
+        secondary = self.sync(
+            q.add_domain, "backup.example.org", "secondary", primary_domain="example.org"
+        )
         self.assertEqual(secondary.mode, "secondary")
 
     def test_duplicate_domain_conflicts(self):

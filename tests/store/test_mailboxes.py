@@ -1,0 +1,760 @@
+"""Mailbox behaviours (options, aliases, redirects, access rights, message types), written
+once and run on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from atollon_mail.store import mailboxes as m
+from atollon_mail.store import queries as q
+from atollon_mail.store.errors import Conflict, Invalid, NotFound
+from atollon_mail.store.models import Message, MessageType
+from atollon_mail.store.records import (
+    IncomingMessage,
+    MailboxAccessRecord,
+    MailboxRights,
+    OutgoingMessage,
+    Recipient,
+    Rejection,
+    StoredMessage,
+)
+from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
+
+
+def _incoming(*recipients: Recipient, raw: bytes = b"Subject: hi\r\n\r\nbody\r\n"):
+    return IncomingMessage(
+        envelope_sender="sender@elsewhere.example", recipients=recipients, raw=raw
+    )
+
+
+def _type_codes_of(message_ids) -> list[str]:
+    query = (
+        Message.select(MessageType.code)
+        .join(MessageType)
+        .where(Message.id.in_(list(message_ids)))
+        .order_by(Message.id)
+    )
+    return [code for (code,) in query.tuples()]
+
+
+def _next_uid(address: str) -> int:
+    return q._get_mailbox(address).next_uid
+
+
+class MailboxBehaviourContract(StoreFixtureMixin):
+    def setUp(self):
+        self.store = self.make_store()
+
+    def sync(self, operation, *args, **kwargs):
+        return self.store.run_sync(operation, *args, **kwargs)
+
+    def populate(self) -> None:
+        """example.com: bob (bob@, robert@; alias sales -> bob@), carol (carol@), dave,
+        and the admin root; other.example with bob@other.example."""
+        self.sync(q.add_domain, "example.com")
+        self.sync(q.add_domain, "other.example")
+        for login in ("bob", "carol", "dave"):
+            self.sync(q.add_user, login, f"hash-{login}")
+        self.sync(q.add_user, "root", "hash-root", is_admin=True)
+        self.sync(q.add_mailbox, "bob@example.com", "bob")
+        self.sync(q.add_mailbox, "robert@example.com", "bob")
+        self.sync(q.add_mailbox, "carol@example.com", "carol")
+        self.sync(q.add_mailbox, "bob@other.example", "bob")
+        self.sync(q.add_alias, "sales", "bob@example.com")
+
+    def state(self):
+        """Everything these operations could change, to show a refusal changed nothing."""
+        return (
+            self.sync(q.list_mailboxes),
+            self.sync(q.list_aliases),
+            [self.sync(m.mailbox_access, box.address) for box in self.sync(q.list_mailboxes)],
+            self.sync(m.list_message_types),
+        )
+
+    def resolve(self, address: str):
+        local, domain = address.split("@")
+        return self.sync(q.resolve_recipient, local, domain)
+
+    def receiving_mailbox(self, address: str) -> str:
+        found = self.resolve(address)
+        self.assertIsInstance(found, Recipient, address)
+        return found.mailbox_address
+
+    def deliver(self, address: str, count: int = 1) -> list[int]:
+        recipient = self.resolve(address)
+        self.assertIsInstance(recipient, Recipient)
+        stored = self.sync(
+            q.store_messages, [_incoming(recipient, raw=b"m%d" % n) for n in range(count)]
+        )
+        self.assertTrue(all(isinstance(s, StoredMessage) for s in stored), stored)
+        return [s.id for s in stored]
+
+    def defaults(self, owner: str) -> list[str]:
+        return [
+            box.address
+            for box in self.sync(q.list_mailboxes)
+            if box.owner_login == owner and box.is_default
+        ]
+
+    def identities(self, login: str) -> list[str]:
+        return [i.mailbox_address for i in self.sync(q.sending_identities, login)]
+
+    # -- the default box -------------------------------------------------------------------
+
+    def test_switching_the_default_box(self):
+        self.populate()
+        self.assertEqual(self.defaults("bob"), ["bob@example.com"])
+        switched = self.sync(m.set_default_mailbox, "Robert@Example.com")
+        self.assertTrue(switched.is_default)
+        self.assertEqual(self.defaults("bob"), ["robert@example.com"])
+        self.assertFalse(self.sync(q.get_mailbox, "bob@example.com").is_default)
+        # Another owner's default is not touched; doing it twice changes nothing.
+        self.assertEqual(self.defaults("carol"), ["carol@example.com"])
+        self.sync(m.set_default_mailbox, "robert@example.com")
+        self.assertEqual(self.defaults("bob"), ["robert@example.com"])
+        # The default box is the identity offered first.
+        self.assertEqual(self.identities("bob")[0], "robert@example.com")
+        self.sync(m.set_default_mailbox, "bob@other.example")
+        self.assertEqual(self.defaults("bob"), ["bob@other.example"])
+        self.assertEqual(self.identities("bob")[0], "bob@other.example")
+
+    def test_default_box_refusals(self):
+        self.populate()
+        self.sync(m.update_mailbox, "robert@example.com", active=False)
+        before = self.state()
+        with self.assertRaises(Conflict) as raised:
+            self.sync(m.set_default_mailbox, "robert@example.com")
+        self.assertIn("--active yes", str(raised.exception))
+        self.assertRaises(NotFound, self.sync, m.set_default_mailbox, "nobody@example.com")
+        self.assertRaises(Invalid, self.sync, m.set_default_mailbox, "no-address")
+        self.assertEqual(self.state(), before)
+
+    @defer.inlineCallbacks
+    def test_concurrent_default_switches_leave_exactly_one_default(self):
+        self.populate()
+        boxes = ["bob@example.com", "robert@example.com", "bob@other.example"]
+        for n in range(3):
+            self.sync(q.add_mailbox, f"extra{n}@example.com", "bob")
+            boxes.append(f"extra{n}@example.com")
+        runs = [self.store.run(m.set_default_mailbox, boxes[n % len(boxes)]) for n in range(60)]
+        # Deliveries lock the same rows meanwhile: nothing may deadlock.
+        bob = self.resolve("bob@example.com")
+        runs += [self.store.run(q.store_messages, [_incoming(bob)]) for _ in range(20)]
+        yield defer.gatherResults(runs, consumeErrors=True)
+        self.assertEqual(len(self.defaults("bob")), 1)
+        self.assertEqual(self.defaults("carol"), ["carol@example.com"])
+
+    # -- options ---------------------------------------------------------------------------
+
+    def test_identity_is_validated_as_an_address(self):
+        self.populate()
+        changed = self.sync(m.update_mailbox, "bob@example.com", identity="Bob.B@Example.COM")
+        self.assertEqual(changed.identity, "Bob.B@example.com")
+        self.assertEqual(self.sync(q.get_mailbox, "bob@example.com").identity, "Bob.B@example.com")
+        # Any domain: a secondary-mode mailbox sends as the company's own address.
+        self.sync(m.update_mailbox, "robert@example.com", identity="robert@company.example")
+        before = self.state()
+        for identity in (
+            "bob",
+            "bob@",
+            "a b@example.com",
+            ".bob@example.com",
+            "bob@exa mple.com",
+            "x" * 65 + "@example.com",
+            "bell\x07@example.com",
+        ):
+            with self.subTest(identity=identity):
+                self.assertRaises(
+                    Invalid, self.sync, m.update_mailbox, "bob@example.com", identity=identity
+                )
+        self.assertEqual(self.state(), before)
+
+    def test_signature(self):
+        self.populate()
+        changed = self.sync(
+            m.update_mailbox, "bob@example.com", signature="\r\n-- \r\nBob\r\nSales\r\n"
+        )
+        self.assertEqual(changed.signature, "-- \nBob\nSales")
+        longest = "s" * m.SIGNATURE_LIMIT
+        self.assertEqual(
+            self.sync(m.update_mailbox, "bob@example.com", signature=longest).signature, longest
+        )
+        before = self.state()
+        for signature in (longest + "s", "nul\x00byte", "escape\x1b[31m"):
+            with self.subTest(signature=signature[:12]):
+                self.assertRaises(
+                    Invalid, self.sync, m.update_mailbox, "bob@example.com", signature=signature
+                )
+        self.assertEqual(self.state(), before)
+        self.assertEqual(self.sync(m.update_mailbox, "bob@example.com", signature="").signature, "")
+
+    def test_store_to_todo_or_a_folder_or_project(self):
+        self.populate()
+        folder = self.sync(q.add_context, "folder", "Support")
+        project = self.sync(q.add_context, "project", "Launch")
+        changed = self.sync(m.update_mailbox, "bob@example.com", store_to=folder.id)
+        self.assertEqual(changed.store_to, folder)
+        [first] = self.deliver("bob@example.com")
+        [filing] = self.sync(q.list_filings, "bob@example.com")
+        self.assertEqual((filing.message.id, filing.context), (first, folder))
+        self.assertEqual(
+            self.sync(m.update_mailbox, "bob@example.com", store_to=str(project.id)).store_to,
+            project,
+        )
+        back = self.sync(m.update_mailbox, "bob@example.com", store_to="TODO")
+        self.assertEqual((back.store_to.kind, back.store_to.owner_login), ("todo", "bob"))
+        self.deliver("bob@example.com")
+        self.assertEqual(self.sync(q.list_filings, "bob@example.com")[0].context.kind, "todo")
+        # The owner's own To Do by id is the same as "todo"; another user's is refused.
+        todos = {c.owner_login: c for c in self.sync(q.list_contexts) if c.kind == "todo"}
+        self.sync(m.update_mailbox, "bob@example.com", store_to=folder.id)
+        self.assertEqual(
+            self.sync(m.update_mailbox, "bob@example.com", store_to=todos["bob"].id).store_to,
+            todos["bob"],
+        )
+        before = self.state()
+        for store_to, error in (
+            (todos["carol"].id, Invalid),
+            (10**9, NotFound),
+            ("inbox", Invalid),
+            (True, Invalid),
+            (1.5, Invalid),
+        ):
+            with self.subTest(store_to=store_to):
+                self.assertRaises(
+                    error, self.sync, m.update_mailbox, "bob@example.com", store_to=store_to
+                )
+        self.assertEqual(self.state(), before)
+
+    def test_inactive_mailbox_keeps_its_mail_and_refuses_new_mail(self):
+        self.populate()
+        ids = self.deliver("bob@example.com", 2)
+        self.assertFalse(self.sync(m.update_mailbox, "bob@example.com", active=False).active)
+        for address in ("bob@example.com", "bob+tag@example.com", "sales@example.com"):
+            with self.subTest(address=address):
+                found = self.resolve(address)
+                self.assertIsInstance(found, Rejection)
+                self.assertEqual(found.reason, "inactive-mailbox")
+        self.assertEqual(
+            [f.message.id for f in self.sync(q.list_filings, "bob@example.com")], ids[::-1]
+        )
+        self.assertEqual(self.sync(q.message_raw, ids[0]), b"m0")
+        self.assertNotIn("bob@example.com", self.identities("bob"))
+        self.assertTrue(self.sync(m.update_mailbox, "bob@example.com", active=True).active)
+        self.assertEqual(self.receiving_mailbox("sales@example.com"), "bob@example.com")
+
+    def test_update_without_changes_and_unknown_mailbox(self):
+        self.populate()
+        before = self.sync(q.get_mailbox, "bob@example.com")
+        self.assertEqual(self.sync(m.update_mailbox, "bob@example.com"), before)
+        self.assertRaises(NotFound, self.sync, m.update_mailbox, "no@example.com", active=True)
+
+    @defer.inlineCallbacks
+    def test_updates_racing_deliveries_keep_every_message_and_uid(self):
+        # An update writes only what it changes: the mail counter moved by concurrent
+        # deliveries is never written back stale.
+        self.populate()
+        bob = self.resolve("bob@example.com")
+        runs = []
+        for n in range(30):
+            runs.append(self.store.run(q.store_messages, [_incoming(bob, raw=b"%d" % n)]))
+            runs.append(self.store.run(m.update_mailbox, "bob@example.com", signature=f"v{n}"))
+        results = yield defer.gatherResults(runs, consumeErrors=True)
+        stored = [r for r in results if isinstance(r, list)]
+        self.assertTrue(all(isinstance(s, StoredMessage) for [s] in stored), stored)
+        uids = sorted(f.uid for f in self.sync(q.list_filings, "bob@example.com", 1000))
+        self.assertEqual(uids, list(range(1, 31)))
+        self.assertEqual(self.sync(_next_uid, "bob@example.com"), 31)
+
+    # -- aliases ---------------------------------------------------------------------------
+
+    def test_alias_by_bare_name_or_in_the_mailbox_domain(self):
+        self.populate()
+        bare = self.sync(q.add_alias, " Info ", "bob@example.com")
+        self.assertEqual(
+            (bare.address, bare.mailbox_address), ("info@example.com", "bob@example.com")
+        )
+        full = self.sync(q.add_alias, "Help@Example.COM.", "carol@example.com")
+        self.assertEqual(full.address, "help@example.com")
+        other = self.sync(q.add_alias, "info", "bob@other.example")
+        self.assertEqual(other.address, "info@other.example")
+        self.assertEqual(self.receiving_mailbox("info@example.com"), "bob@example.com")
+        self.assertEqual(self.receiving_mailbox("info@other.example"), "bob@other.example")
+
+    def test_alias_in_another_domain_is_refused(self):
+        self.populate()
+        before = self.state()
+        with self.assertRaises(Invalid) as raised:
+            self.sync(q.add_alias, "info@other.example", "bob@example.com")
+        message = str(raised.exception)
+        self.assertIn("aliases are always in the mailbox's domain; give just the name", message)
+        self.assertIn("info@example.com", message)
+        self.assertRaises(
+            Invalid, self.sync, q.add_alias, "info@nowhere.example", "bob@example.com"
+        )
+        self.assertEqual(self.state(), before)
+
+    def test_alias_never_shares_a_name_in_its_domain(self):
+        self.populate()
+        self.sync(m.update_mailbox, "robert@example.com", active=False)
+        before = self.state()
+        for name in ("carol", "CAROL@example.com", "Robert", "SALES", "bob", "sales@example.com"):
+            with self.subTest(name=name):
+                self.assertRaises(Conflict, self.sync, q.add_alias, name, "carol@example.com")
+        for name, error in (("x+y", Invalid), ("a b", Invalid), ("", Invalid), ("@x", Invalid)):
+            with self.subTest(name=name):
+                self.assertRaises(error, self.sync, q.add_alias, name, "carol@example.com")
+        self.assertRaises(NotFound, self.sync, q.add_alias, "x", "nobody@example.com")
+        self.assertEqual(self.state(), before)
+        # The same name in another domain is another address.
+        self.sync(q.add_alias, "carol", "bob@other.example")
+
+    def test_remove_alias(self):
+        self.populate()
+        removed = self.sync(m.remove_alias, "SALES@example.com")
+        self.assertEqual(
+            (removed.address, removed.mailbox_address), ("sales@example.com", "bob@example.com")
+        )
+        self.assertEqual(self.sync(q.list_aliases), [])
+        self.assertEqual(self.resolve("sales@example.com").reason, "unknown-address")
+        for address in ("sales@example.com", "bob@example.com", "sales@other.example"):
+            with self.subTest(address=address):
+                self.assertRaises(NotFound, self.sync, m.remove_alias, address)
+        self.assertRaises(Invalid, self.sync, m.remove_alias, "sales")
+
+    def test_an_alias_is_never_an_identity_to_send_as(self):
+        self.populate()
+        self.sync(q.add_alias, "info", "bob@example.com")
+        addresses = {i.identity for i in self.sync(q.sending_identities, "bob")}
+        addresses |= {i.mailbox_address for i in self.sync(q.sending_identities, "bob")}
+        self.assertEqual(addresses, {"bob@example.com", "robert@example.com", "bob@other.example"})
+        # Nor after a redirect made the old address an alias of the new mailbox.
+        self.sync(m.redirect_mailbox, "carol@example.com", "robert@example.com")
+        self.assertNotIn("carol@example.com", self.identities("bob"))
+        self.assertEqual(self.identities("carol"), [])
+
+    # -- redirecting an address --------------------------------------------------------------
+
+    def redirect_setup(self):
+        self.populate()
+        self.sync(q.add_alias, "info", "carol@example.com")
+        self.sync(q.add_alias, "help", "carol@example.com")
+        return self.deliver("carol@example.com", 3)
+
+    def test_redirect_moves_the_address_and_its_aliases(self):
+        ids = self.redirect_setup()
+        preview = self.sync(m.preview_redirect, "Carol@example.com", "robert@example.com")
+        result = self.sync(m.redirect_mailbox, "carol@example.com", "ROBERT@example.com")
+        self.assertEqual(result, preview)
+        self.assertEqual(result.old_address, "carol@example.com")
+        self.assertEqual(result.new_address, "robert@example.com")
+        self.assertEqual(
+            result.aliases_added, ("carol@example.com", "help@example.com", "info@example.com")
+        )
+        self.assertTrue(result.old_was_active)
+        old = self.sync(q.get_mailbox, "carol@example.com")
+        self.assertEqual((old.active, old.aliases), (False, ()))
+        self.assertEqual(
+            self.sync(q.get_mailbox, "robert@example.com").aliases, result.aliases_added
+        )
+        for address in (
+            "carol@example.com",
+            "CAROL+news@example.com",
+            "info@example.com",
+            "help+x@example.com",
+        ):
+            with self.subTest(address=address):
+                self.assertEqual(self.receiving_mailbox(address), "robert@example.com")
+        # New mail to the old address lands in the new mailbox; the old mail stays readable.
+        [new_id] = self.deliver("carol@example.com")
+        self.assertEqual(
+            [f.message.id for f in self.sync(q.list_filings, "robert@example.com")], [new_id]
+        )
+        self.assertEqual(
+            [f.message.id for f in self.sync(q.list_filings, "carol@example.com")], ids[::-1]
+        )
+        self.assertEqual(self.sync(q.message_raw, ids[1]), b"m1")
+        detail = self.sync(m.mailbox_detail, "carol@example.com")
+        self.assertEqual(detail.redirected_to, "robert@example.com")
+        # The old name cannot be taken again, nor the old mailbox reactivated over it.
+        self.assertRaises(Conflict, self.sync, q.add_alias, "carol", "bob@example.com")
+        self.assertRaises(Conflict, self.sync, q.add_mailbox, "carol@example.com", "dave")
+        before = self.state()
+        with self.assertRaises(Conflict) as raised:
+            self.sync(m.update_mailbox, "carol@example.com", active=True)
+        self.assertIn("alias remove carol@example.com", str(raised.exception))
+        self.assertEqual(self.state(), before)
+        # Undoing it by hand: the alias removed, the mailbox active again.
+        self.sync(m.remove_alias, "carol@example.com")
+        self.sync(m.update_mailbox, "carol@example.com", active=True)
+        self.assertEqual(self.receiving_mailbox("carol@example.com"), "carol@example.com")
+
+    def test_preview_changes_nothing(self):
+        self.redirect_setup()
+        before = self.state()
+        preview = self.sync(m.preview_redirect, "carol@example.com", "robert@example.com")
+        self.assertEqual(preview.aliases_added[0], "carol@example.com")
+        self.assertEqual(self.state(), before)
+        self.assertEqual(self.receiving_mailbox("carol@example.com"), "carol@example.com")
+
+    def test_redirect_of_a_mailbox_already_made_inactive(self):
+        # The seed's first manual step done by hand: the rest still follows.
+        self.redirect_setup()
+        self.sync(m.update_mailbox, "carol@example.com", active=False)
+        result = self.sync(m.redirect_mailbox, "carol@example.com", "robert@example.com")
+        self.assertFalse(result.old_was_active)
+        self.assertEqual(self.receiving_mailbox("info@example.com"), "robert@example.com")
+
+    def test_redirect_refusals_change_nothing(self):
+        self.redirect_setup()
+        self.sync(q.add_mailbox, "ann@example.com", "dave", active=False)
+        self.sync(q.add_mailbox, "old@example.com", "dave")
+        self.sync(q.add_mailbox, "older@example.com", "dave")
+        self.sync(m.redirect_mailbox, "older@example.com", "old@example.com")
+        # Someone took the old name by hand before: it is an alias of another mailbox.
+        self.sync(m.update_mailbox, "bob@example.com", active=False)
+        self.sync(m.remove_alias, "sales@example.com")
+        before = self.state()
+        for old, new, error, words in (
+            ("carol@example.com", "carol@example.com", Invalid, "to itself"),
+            ("carol@example.com", "bob@other.example", Invalid, "only be redirected"),
+            ("bob@other.example", "carol@example.com", Invalid, "only be redirected"),
+            ("carol@example.com", "ann@example.com", Conflict, "ann@example.com is inactive"),
+            ("carol@example.com", "bob@example.com", Conflict, "bob@example.com is inactive"),
+            ("older@example.com", "robert@example.com", Conflict, "is an alias of"),
+            ("nobody@example.com", "robert@example.com", NotFound, "no mailbox"),
+            ("carol@example.com", "nobody@example.com", NotFound, "no mailbox"),
+            ("carol", "robert@example.com", Invalid, "not an address"),
+        ):
+            for operation in (m.redirect_mailbox, m.preview_redirect):
+                with self.subTest(old=old, new=new, operation=operation.__name__):
+                    with self.assertRaises(error) as raised:
+                        self.sync(operation, old, new)
+                    self.assertIn(words, str(raised.exception))
+        self.assertEqual(self.state(), before)
+        self.assertEqual(self.receiving_mailbox("info@example.com"), "carol@example.com")
+
+    def test_redirects_chain(self):
+        self.redirect_setup()
+        self.sync(m.redirect_mailbox, "carol@example.com", "robert@example.com")
+        result = self.sync(m.redirect_mailbox, "robert@example.com", "bob@example.com")
+        self.assertEqual(
+            result.aliases_added,
+            (
+                "robert@example.com",
+                "carol@example.com",
+                "help@example.com",
+                "info@example.com",
+            ),
+        )
+        for address in ("carol@example.com", "robert@example.com", "info@example.com"):
+            with self.subTest(address=address):
+                self.assertEqual(self.receiving_mailbox(address), "bob@example.com")
+
+    @defer.inlineCallbacks
+    def test_crossed_concurrent_redirects_one_wins(self):
+        # OLD to NEW and NEW to OLD at once: both would leave both mailboxes inactive.
+        self.populate()
+        pairs = 6
+        for n in range(pairs):
+            self.sync(q.add_mailbox, f"a{n}@example.com", "dave")
+            self.sync(q.add_mailbox, f"b{n}@example.com", "dave")
+        runs = []
+        for n in range(pairs):
+            runs.append(
+                self.store.run(m.redirect_mailbox, f"a{n}@example.com", f"b{n}@example.com")
+            )
+            runs.append(
+                self.store.run(m.redirect_mailbox, f"b{n}@example.com", f"a{n}@example.com")
+            )
+        outcomes = yield defer.DeferredList(runs, consumeErrors=True)
+        failures = [result.value for ok, result in outcomes if not ok]
+        self.assertEqual(len(failures), pairs)
+        self.assertTrue(all(isinstance(f, Conflict) for f in failures), failures)
+        for n in range(pairs):
+            a, b = f"a{n}@example.com", f"b{n}@example.com"
+            active = [box.active for box in (self.sync(q.get_mailbox, x) for x in (a, b))]
+            self.assertEqual(sorted(active), [False, True])
+            self.assertEqual(self.receiving_mailbox(a), self.receiving_mailbox(b))
+
+    # -- access rights -----------------------------------------------------------------------
+
+    def test_grant_and_revoke(self):
+        self.populate()
+        viewed = self.sync(m.grant_mailbox_access, "bob@example.com", "Carol", view=True)
+        self.assertEqual(viewed, MailboxAccessRecord("bob@example.com", "carol", True, False))
+        # Edit implies view.
+        edited = self.sync(m.grant_mailbox_access, "bob@example.com", "dave", False, True)
+        self.assertEqual((edited.view, edited.edit), (True, True))
+        self.assertEqual(
+            self.sync(m.mailbox_access, "BOB@example.com"),
+            [
+                MailboxAccessRecord("bob@example.com", "carol", True, False),
+                MailboxAccessRecord("bob@example.com", "dave", True, True),
+            ],
+        )
+        rights = {
+            login: self.sync(m.user_rights, login, "bob@example.com")
+            for login in ("bob", "carol", "dave", "root")
+        }
+        self.assertEqual(
+            rights,
+            {
+                "bob": MailboxRights(True, True),
+                "carol": MailboxRights(True, False),
+                "dave": MailboxRights(True, True),
+                "root": MailboxRights(True, True),
+            },
+        )
+        self.assertEqual(
+            self.sync(m.user_rights, "carol", "robert@example.com"), MailboxRights(False, False)
+        )
+        # A second grant changes the first instead of adding another.
+        self.sync(m.grant_mailbox_access, "bob@example.com", "carol", True, True)
+        self.assertEqual(len(self.sync(m.mailbox_access, "bob@example.com")), 2)
+        self.assertEqual(
+            self.sync(m.user_rights, "carol", "bob@example.com"), MailboxRights(True, True)
+        )
+        self.sync(m.grant_mailbox_access, "bob@example.com", "carol", True, False)
+        self.assertEqual(
+            self.sync(m.user_rights, "carol", "bob@example.com"), MailboxRights(True, False)
+        )
+        revoked = self.sync(m.revoke_mailbox_access, "bob@example.com", "dave")
+        self.assertEqual(revoked, MailboxAccessRecord("bob@example.com", "dave", True, True))
+        self.assertEqual(
+            self.sync(m.user_rights, "dave", "bob@example.com"), MailboxRights(False, False)
+        )
+        self.assertEqual(
+            [a.login for a in self.sync(m.mailbox_detail, "bob@example.com").access], ["carol"]
+        )
+
+    def test_access_refusals(self):
+        self.populate()
+        self.sync(m.grant_mailbox_access, "bob@example.com", "carol")
+        before = self.state()
+        for operation, args, error, words in (
+            (m.grant_mailbox_access, ("bob@example.com", "bob", True, True), Invalid, "owns"),
+            (m.grant_mailbox_access, ("bob@example.com", "dave", False, False), Invalid, "revoke"),
+            (m.grant_mailbox_access, ("bob@example.com", "nobody"), NotFound, "no user"),
+            (m.grant_mailbox_access, ("no@example.com", "dave"), NotFound, "no mailbox"),
+            (m.revoke_mailbox_access, ("bob@example.com", "bob"), Invalid, "owns"),
+            (m.revoke_mailbox_access, ("bob@example.com", "dave"), NotFound, "no rights"),
+            (m.revoke_mailbox_access, ("robert@example.com", "carol"), NotFound, "no rights"),
+            (m.user_rights, ("nobody", "bob@example.com"), NotFound, "no user"),
+            (m.user_rights, ("bob", "no@example.com"), NotFound, "no mailbox"),
+            (m.mailbox_access, ("no@example.com",), NotFound, "no mailbox"),
+        ):
+            with self.subTest(operation=operation.__name__, args=args):
+                with self.assertRaises(error) as raised:
+                    self.sync(operation, *args)
+                self.assertIn(words, str(raised.exception))
+        self.assertEqual(self.state(), before)
+
+    def test_edit_rights_let_a_user_send_view_rights_do_not(self):
+        self.populate()
+        self.assertEqual(self.identities("dave"), [])
+        self.sync(m.grant_mailbox_access, "bob@example.com", "carol", view=True)
+        self.sync(m.grant_mailbox_access, "robert@example.com", "dave", edit=True)
+        self.sync(m.grant_mailbox_access, "bob@example.com", "dave", edit=True)
+        self.assertEqual(self.identities("carol"), ["carol@example.com"])
+        # Carol's own default first; bob's default is not dave's.
+        self.assertEqual(self.identities("dave"), ["bob@example.com", "robert@example.com"])
+        self.sync(m.grant_mailbox_access, "carol@example.com", "dave", edit=True)
+        self.sync(q.add_mailbox, "dave@example.com", "dave")
+        self.assertEqual(
+            self.identities("dave"),
+            ["dave@example.com", "bob@example.com", "carol@example.com", "robert@example.com"],
+        )
+        # Only active mailboxes; the grant of another user adds nothing to anyone else.
+        self.sync(m.update_mailbox, "robert@example.com", active=False)
+        self.assertNotIn("robert@example.com", self.identities("dave"))
+        self.assertEqual(len(self.identities("carol")), 1)
+        self.sync(m.revoke_mailbox_access, "bob@example.com", "dave")
+        self.assertEqual(self.identities("dave"), ["dave@example.com", "carol@example.com"])
+        # An admin may see and change every mailbox, but sends only as what is granted.
+        self.assertEqual(self.identities("root"), [])
+        # The identity offered is the mailbox's identity.
+        self.sync(m.update_mailbox, "carol@example.com", identity="office@company.example")
+        carol = [
+            i
+            for i in self.sync(q.sending_identities, "dave")
+            if i.mailbox_address == "carol@example.com"
+        ]
+        self.assertEqual([i.identity for i in carol], ["office@company.example"])
+
+    # -- message types -----------------------------------------------------------------------
+
+    def types(self) -> dict:
+        return {t.code: t for t in self.sync(m.list_message_types)}
+
+    def test_default_message_types(self):
+        found = self.types()
+        self.assertEqual(sorted(found), ["email-in", "email-out"])
+        self.assertEqual(
+            [(t.default_incoming, t.default_outgoing, t.active) for t in found.values()],
+            [(True, False, True), (False, True, True)],
+        )
+
+    def test_add_and_update_message_types(self):
+        fax = self.sync(m.add_message_type, " Fax ", "FAX-1", "Scanned faxes")
+        self.assertEqual(
+            (fax.code, fax.name, fax.description, fax.active),
+            ("fax-1", "Fax", "Scanned faxes", True),
+        )
+        self.assertFalse(fax.default_incoming or fax.default_outgoing)
+        memo = self.sync(m.add_message_type, "Memo", "memo", active=False)
+        self.assertFalse(memo.active)
+        self.assertEqual(list(self.types()), ["email-in", "email-out", "fax-1", "memo"])
+        changed = self.sync(
+            m.update_message_type, "memo", name="Memo 2", description="Inside", active=True
+        )
+        self.assertEqual(
+            (changed.name, changed.description, changed.active), ("Memo 2", "Inside", True)
+        )
+        self.assertEqual(self.types()["memo"], changed)
+        before = self.state()
+        for args, kwargs, error in (
+            (("Fax", "fax-1"), {}, Conflict),
+            (("Fax", "FAX-1"), {}, Conflict),
+            (("", "x"), {}, Invalid),
+            (("n" * 101, "x"), {}, Invalid),
+            (("X", "x y"), {}, Invalid),
+            (("X", "-x"), {}, Invalid),
+            (("X", "x_y"), {}, Invalid),
+            (("X", "x" * 33), {}, Invalid),
+            (("X", ""), {}, Invalid),
+            (("X", "x"), {"description": "d" * 2001}, Invalid),
+        ):
+            with self.subTest(args=args):
+                self.assertRaises(error, self.sync, m.add_message_type, *args, **kwargs)
+        self.assertRaises(NotFound, self.sync, m.update_message_type, "nope", name="X")
+        self.assertRaises(Invalid, self.sync, m.update_message_type, "memo", name=" ")
+        self.assertEqual(self.state(), before)
+
+    def test_switching_the_default_types(self):
+        self.sync(m.add_message_type, "Fax", "fax")
+        switched = self.sync(m.update_message_type, "fax", default_incoming=True)
+        self.assertTrue(switched.default_incoming)
+        found = self.types()
+        self.assertEqual([c for c, t in found.items() if t.default_incoming], ["fax"])
+        self.assertEqual([c for c, t in found.items() if t.default_outgoing], ["email-out"])
+        self.sync(m.update_message_type, "fax", default_outgoing=True)
+        self.assertEqual([c for c, t in self.types().items() if t.default_outgoing], ["fax"])
+        # New mail gets the new defaults.
+        self.sync(q.add_domain, "example.com")
+        self.sync(q.add_user, "bob", "hash")
+        self.sync(q.add_mailbox, "bob@example.com", "bob")
+        ids = self.deliver("bob@example.com", 2)
+        self.sync(m.update_message_type, "email-in", default_incoming=True)
+        ids += self.deliver("bob@example.com")
+        self.assertEqual(self.sync(_type_codes_of, ids), ["fax", "fax", "email-in"])
+        bob = self.sync(q.get_mailbox, "bob@example.com")
+        [sent] = self.sync(
+            q.submit_messages,
+            [
+                OutgoingMessage(
+                    envelope_sender="bob@example.com",
+                    raw=b"x",
+                    remote_recipients=("a@b.example",),
+                    sent_mailbox_id=bob.id,
+                )
+            ],
+        )
+        self.assertEqual(self.sync(_type_codes_of, [sent.id]), ["fax"])
+
+    def test_default_type_refusals(self):
+        self.sync(m.add_message_type, "Memo", "memo", active=False)
+        before = self.state()
+        for code, kwargs, words in (
+            ("memo", {"default_incoming": True}, "memo is inactive"),
+            ("memo", {"default_outgoing": True}, "memo is inactive"),
+            ("email-in", {"default_incoming": False}, "make another type the default"),
+            ("email-in", {"active": False}, "must stay active"),
+            ("email-out", {"active": False}, "--default-outgoing"),
+        ):
+            with self.subTest(code=code, kwargs=kwargs):
+                with self.assertRaises(Conflict) as raised:
+                    self.sync(m.update_message_type, code, **kwargs)
+                self.assertIn(words, str(raised.exception))
+        self.assertEqual(self.state(), before)
+        # Activated in the same change, it may become the default; False on a type that
+        # is not the default changes nothing.
+        memo = self.sync(m.update_message_type, "memo", active=True, default_incoming=True)
+        self.assertTrue(memo.default_incoming)
+        self.assertFalse(
+            self.sync(m.update_message_type, "email-in", default_incoming=False).default_incoming
+        )
+
+    def test_delete_message_type(self):
+        self.sync(m.add_message_type, "Fax", "fax")
+        self.sync(m.add_message_type, "Memo", "memo")
+        deleted = self.sync(m.delete_message_type, "MEMO")
+        self.assertEqual(
+            (deleted.code, deleted.reassigned, deleted.reassigned_to), ("memo", 0, None)
+        )
+        self.assertEqual(list(self.types()), ["email-in", "email-out", "fax"])
+        self.assertRaises(NotFound, self.sync, m.delete_message_type, "memo")
+
+    def test_delete_a_type_in_use_needs_a_type_to_move_its_messages_to(self):
+        self.sync(q.add_domain, "example.com")
+        self.sync(q.add_user, "bob", "hash")
+        self.sync(q.add_mailbox, "bob@example.com", "bob")
+        self.sync(m.add_message_type, "Fax", "fax")
+        self.sync(m.add_message_type, "Letter", "letter")
+        self.sync(m.update_message_type, "fax", default_incoming=True)
+        faxes = self.deliver("bob@example.com", 3)
+        self.sync(m.update_message_type, "email-in", default_incoming=True)
+        others = self.deliver("bob@example.com")
+        before = self.state()
+        with self.assertRaises(Conflict) as raised:
+            self.sync(m.delete_message_type, "fax")
+        self.assertEqual(str(raised.exception), "3 messages have type fax; pass --reassign-to CODE")
+        self.assertRaises(Invalid, self.sync, m.delete_message_type, "fax", reassign_to="fax")
+        self.assertRaises(NotFound, self.sync, m.delete_message_type, "fax", reassign_to="nope")
+        self.assertEqual(self.state(), before)
+        self.assertEqual(self.sync(_type_codes_of, faxes), ["fax"] * 3)
+        deleted = self.sync(m.delete_message_type, "fax", reassign_to="Letter")
+        self.assertEqual((deleted.reassigned, deleted.reassigned_to), (3, "letter"))
+        self.assertNotIn("fax", self.types())
+        self.assertEqual(self.sync(_type_codes_of, faxes + others), ["letter"] * 3 + ["email-in"])
+        self.assertEqual(self.sync(q.message_raw, faxes[0]), b"m0")
+
+    def test_a_default_type_is_never_deleted(self):
+        self.sync(m.add_message_type, "Fax", "fax")
+        before = self.state()
+        for code, words in (
+            ("email-in", "default type for incoming mail"),
+            ("email-out", "default type for outgoing mail"),
+        ):
+            for reassign_to in (None, "fax"):
+                with self.subTest(code=code, reassign_to=reassign_to):
+                    with self.assertRaises(Conflict) as raised:
+                        self.sync(m.delete_message_type, code, reassign_to)
+                    self.assertIn(words, str(raised.exception))
+                    self.assertIn("make another type the default first", str(raised.exception))
+        self.assertEqual(self.state(), before)
+
+    @defer.inlineCallbacks
+    def test_concurrent_default_type_switches_leave_one_default_each(self):
+        codes = [f"t{n}" for n in range(5)]
+        for code in codes:
+            self.sync(m.add_message_type, code.upper(), code)
+        runs = []
+        for n in range(40):
+            field = "default_incoming" if n % 2 else "default_outgoing"
+            runs.append(self.store.run(m.update_message_type, codes[n % 5], **{field: True}))
+        yield defer.gatherResults(runs, consumeErrors=True)
+        found = self.types().values()
+        self.assertEqual(len([t for t in found if t.default_incoming]), 1)
+        self.assertEqual(len([t for t in found if t.default_outgoing]), 1)
+
+
+class SqliteMailboxBehaviourTests(SqliteStoreMixin, MailboxBehaviourContract, unittest.TestCase):
+    pass
+
+
+class PostgresMailboxBehaviourTests(
+    PostgresStoreMixin, MailboxBehaviourContract, unittest.TestCase
+):
+    pass
