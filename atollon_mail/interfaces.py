@@ -25,8 +25,10 @@ class IMailIntake(Interface):
 
     def resolve_recipient(local_part, domain):
         """
-        Deferred firing with a Recipient (a mailbox receives it) or a Rejection saying why
-        not; fails only for a temporary problem (the store is unreachable).
+        Deferred firing with a Recipient (a mailbox receives it), a plain address string
+        (a valid SRS address of ours: the mail goes on to that original sender), or a
+        Rejection saying why not; fails only for a temporary problem (the store is
+        unreachable).
         """
 
     def accept(envelope_sender, recipients, raw):

@@ -11,13 +11,21 @@ from __future__ import annotations
 import email.header
 from collections.abc import Sequence
 
+import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from atollon_mail.delivery.srs import ExpiredAddress, ForgedAddress, SRSError, is_srs
 from atollon_mail.interfaces import IMailIntake, IStore
-from atollon_mail.store import queries
-from atollon_mail.store.records import IncomingMessage, OutgoingMessage, Recipient, Rejection
+from atollon_mail.store import forwarding, queries
+from atollon_mail.store.records import (
+    ForwardingPlan,
+    IncomingMessage,
+    OutgoingMessage,
+    Recipient,
+    Rejection,
+)
 
 # How stale the cached list of our domains may be: a domain added with the admin command
 # is recognised by a running server within this many seconds.
@@ -34,6 +42,36 @@ _SUMMARY_FIELDS = {
     b"from": ("from_header", 4000),
     b"date": ("date_header", 200),
 }
+
+
+# The longest envelope sender worth writing: a path of at most 256 octets (RFC 5321).
+MAX_SENDER_LENGTH = 254
+
+
+class ForwardingLoop(Exception):
+    """A message for a forwarding mailbox that has been through that mailbox already.
+
+    Permanent: smtp_code and enhanced_status say how the SMTP server answers (the hop
+    that sent it bounces it, once).
+    """
+
+    smtp_code = 554
+    enhanced_status = "5.4.6"
+
+
+def delivered_to(raw: bytes) -> frozenset[str]:
+    """The addresses of the Delivered-To: fields of the header section, lower-cased."""
+    end = raw.find(b"\r\n\r\n")
+    block = raw if end < 0 else raw[: end + 2]
+    if b"delivered-to:" not in block.lower():
+        return frozenset()
+    found = set()
+    for line in block.split(b"\r\n"):
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() == b"delivered-to":
+            address = value.decode("utf-8", "replace").strip().strip("<>").strip()
+            found.add(address.lower())
+    return frozenset(found)
 
 
 def _decoded(value: bytes, limit: int) -> str | None:
@@ -143,9 +181,21 @@ class Intake:
 
     `on_queued` is called after a commit that queued mail for remote delivery (the
     delivery runner's wake-up).
+
+    Mail for a mailbox with forwarding on goes on to its forward addresses too; copies
+    sent elsewhere get an SRS envelope sender from `srs` (a delivery.srs.SRS; without
+    one they keep the original sender). Bounces to our SRS addresses resolve to the
+    original sender's address, which the SMTP server queues like any remote recipient.
     """
 
-    def __init__(self, store: IStore, concurrent_batches: int = 1, on_queued=None, clock=None):
+    def __init__(
+        self,
+        store: IStore,
+        concurrent_batches: int = 1,
+        on_queued=None,
+        clock=None,
+        srs=None,
+    ):
         self._store = store
         # With a clock, the set of our domains is cached for DOMAIN_CACHE_SECONDS, so a
         # recipient in someone else's domain (relayed or refused mail) costs no query.
@@ -156,6 +206,7 @@ class Intake:
         self._local = GroupCommitter(store, queries.store_messages, concurrent_batches)
         self._outgoing = GroupCommitter(store, queries.submit_messages, concurrent_batches)
         self.on_queued = on_queued
+        self.srs = srs
         # Called as listener(envelope_sender, local_recipients, raw) once mail filed into
         # local mailboxes has committed (the auto-responder listens here).
         self.filed_listeners: list = []
@@ -168,7 +219,29 @@ class Intake:
                 return succeed(
                     Rejection("unknown-domain", f"{name} is not a domain of this server")
                 )
-        return self._store.run(queries.resolve_recipient, local_part, domain)
+        resolved = self._store.run(queries.resolve_recipient, local_part, domain)
+        if self.srs is not None and is_srs(local_part):
+            resolved.addCallback(self._srs_resolved, local_part, domain)
+        return resolved
+
+    def _srs_resolved(self, found, local_part: str, domain: str):
+        """A bounce to one of our SRS addresses: where it goes, or why it goes nowhere."""
+        if not (isinstance(found, Rejection) and found.reason == "unknown-address"):
+            return found
+        try:
+            original = self.srs.reverse(f"{local_part}@{domain.lower().rstrip('.')}")
+        except (ForgedAddress, ExpiredAddress) as problem:
+            return Rejection("unknown-address", str(problem))
+        except SRSError:
+            return found
+        original_local, _, original_domain = original.rpartition("@")
+
+        def routed(result):
+            if isinstance(result, Rejection) and result.reason == "unknown-domain":
+                return original  # elsewhere: a remote recipient
+            return result
+
+        return self.resolve_recipient(original_local, original_domain).addCallback(routed)
 
     def _known_domains(self) -> frozenset[str] | None:
         """The cached domain set, or None while it is missing or stale (then it reloads)."""
@@ -207,6 +280,76 @@ class Intake:
     ) -> Deferred:
         local = tuple(r for r in recipients if isinstance(r, Recipient))
         remote = tuple(r for r in recipients if not isinstance(r, Recipient))
+        if any(recipient.forwards for recipient in local):
+            planned = self._store.run(forwarding.expand_forwarding, local)
+            planned.addCallback(self._forward, envelope_sender, remote, raw)
+            return planned
+        return self._accept(envelope_sender, local, remote, raw)
+
+    def _forward(self, plan: ForwardingPlan, envelope_sender: str, remote: tuple, raw: bytes):
+        self._check_loop(plan, raw)
+        if not plan.remote:
+            return self._accept(envelope_sender, plan.filed, remote, raw)
+        raw = self._marked(plan, raw)
+        outgoing = OutgoingMessage(
+            envelope_sender=self._forward_sender(envelope_sender, plan.srs_domain),
+            raw=raw,
+            local_recipients=plan.filed,
+            remote_recipients=remote + plan.remote,
+            is_bounce=envelope_sender == "",
+            **summarize_headers(raw),
+        )
+        committed = self._outgoing.add(outgoing)
+        committed.addCallback(self._queued)
+        if plan.filed and self.filed_listeners:
+            # The listeners answer the real sender, not our rewritten one.
+            committed.addCallback(self._filed, envelope_sender, plan.filed, raw)
+        return committed
+
+    @staticmethod
+    def _check_loop(plan: ForwardingPlan, raw: bytes) -> None:
+        seen = delivered_to(raw)
+        for address in plan.forwarders:
+            if address.lower() in seen:
+                raise ForwardingLoop(
+                    f"forwarding loop detected: the message was at {address} before"
+                )
+        for address in plan.skipped:
+            Logger().warn("a forward address receives nothing here: {address}", address=address)
+
+    @staticmethod
+    def _marked(plan: ForwardingPlan, raw: bytes) -> bytes:
+        """Delivered-To for each mailbox it went through, the latest on top: a copy that
+        comes back to one of them is then recognised as a loop."""
+        marks = b"".join(
+            f"Delivered-To: {address}\r\n".encode() for address in reversed(plan.forwarders)
+        )
+        return marks + raw
+
+    def _forward_sender(self, envelope_sender: str, domain: str | None) -> str:
+        """The envelope sender of copies forwarded elsewhere: SRS in the domain of the
+        mailbox that forwarded them, so the receiver's SPF check passes."""
+        if not envelope_sender or domain is None:
+            return envelope_sender
+        if self.srs is None:
+            Logger().warn("no SRS configured: mail is forwarded with its original sender")
+            return envelope_sender
+        try:
+            rewritten = self.srs.forward(envelope_sender, domain)
+        except SRSError as problem:
+            Logger().warn("forwarded with the original sender: {problem}", problem=problem)
+            return envelope_sender
+        if len(rewritten) > MAX_SENDER_LENGTH:
+            Logger().warn(
+                "forwarded with the original sender {sender}: its SRS form is too long",
+                sender=envelope_sender,
+            )
+            return envelope_sender
+        return rewritten
+
+    def _accept(
+        self, envelope_sender: str, local: tuple[Recipient, ...], remote: tuple, raw: bytes
+    ) -> Deferred:
         if not remote:
             incoming = IncomingMessage(
                 envelope_sender=envelope_sender,
@@ -230,7 +373,27 @@ class Intake:
         )
 
     def submit(self, outgoing: OutgoingMessage) -> Deferred:
-        """Store, file and queue an outgoing message; fires with a SubmittedMessage."""
+        """Store, file and queue an outgoing message; fires with a SubmittedMessage.
+
+        Local recipients that forward are expanded first, as for received mail."""
+        if any(recipient.forwards for recipient in outgoing.local_recipients):
+            planned = self._store.run(forwarding.expand_forwarding, outgoing.local_recipients)
+            planned.addCallback(self._submit_forwarded, outgoing)
+            return planned
+        return self._submit(outgoing)
+
+    def _submit_forwarded(self, plan: ForwardingPlan, outgoing: OutgoingMessage) -> Deferred:
+        self._check_loop(plan, outgoing.raw)
+        if plan.remote:
+            outgoing = attrs.evolve(
+                outgoing,
+                raw=self._marked(plan, outgoing.raw),
+                envelope_sender=self._forward_sender(outgoing.envelope_sender, plan.srs_domain),
+                remote_recipients=outgoing.remote_recipients + plan.remote,
+            )
+        return self._submit(attrs.evolve(outgoing, local_recipients=plan.filed))
+
+    def _submit(self, outgoing: OutgoingMessage) -> Deferred:
         committed = self._outgoing.add(outgoing)
         if outgoing.remote_recipients:
             committed.addCallback(self._queued)

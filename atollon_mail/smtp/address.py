@@ -29,6 +29,9 @@ __all__ = [
 
 # RFC 5321 section 4.5.3.1, counted in octets.
 MAX_LOCAL_PART = 64
+# SRS addresses carry a whole original address in their local part, so real-world
+# forwarders produce longer ones (RFC 5321 4.5.3.1: be liberal where it does no harm).
+MAX_SRS_LOCAL_PART = 200
 MAX_DOMAIN = 255
 MAX_LABEL = 63
 MAX_PATH = 256  # including the angle brackets and any source route
@@ -211,8 +214,9 @@ def _parse_path(text: str, *, allow_postmaster: bool) -> tuple[Path, str]:
     local, domain, route = match.group("local", "domain", "route")
     if _octets(match.group(0)) > MAX_PATH:
         raise PathSyntaxError("Bad address syntax: path longer than 256 octets")
-    if _octets(local) > MAX_LOCAL_PART:
-        raise PathSyntaxError("Bad address syntax: local part longer than 64 octets")
+    limit = MAX_SRS_LOCAL_PART if local[:5].upper() in ("SRS0=", "SRS1=") else MAX_LOCAL_PART
+    if _octets(local) > limit:
+        raise PathSyntaxError(f"Bad address syntax: local part longer than {limit} octets")
     if _octets(domain) > MAX_DOMAIN:
         raise PathSyntaxError("Bad address syntax: domain longer than 255 octets")
     quoted = local.startswith('"')

@@ -495,7 +495,13 @@ class SMTPServerProtocol(Protocol):
         return Reply(250, "2.0.0", f"Ok: queued as {stored.id}")
 
     def _queue_failed(self, failure: Failure) -> Reply:
-        # Never 5xx here: the sender must keep the message and try again.
+        # A refusal the intake decided (a forwarding loop) carries its permanent reply.
+        code = getattr(failure.value, "smtp_code", None)
+        status = getattr(failure.value, "enhanced_status", None)
+        if isinstance(code, int) and 500 <= code < 600 and isinstance(status, str):
+            log.info("Message refused: {reason}", reason=str(failure.value))
+            return Reply(code, status, str(failure.value))
+        # Otherwise never 5xx: the sender must keep the message and try again.
         log.failure("Storing a message failed", failure)
         return LOCAL_ERROR
 
@@ -572,6 +578,8 @@ class SMTPServerProtocol(Protocol):
                 return self.relay_denied(path)
             detail = result.detail or "Recipient address rejected"
             return Reply(550, "5.1.1", f"<{path.address}>: {detail}")
+        # A Recipient, or an address string: a bounce to one of our SRS addresses, which
+        # the intake decoded (its hash vouches for it) and which needs no relay rights.
         self.add_recipient(result, path)
         return Reply(250, "2.1.5", "Ok")
 

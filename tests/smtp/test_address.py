@@ -135,6 +135,12 @@ class LengthLimitTests(unittest.TestCase):
         with self.assertRaises(PathSyntaxError):
             rcpt(f"<{'a' * 65}@example.com>")
 
+    def test_srs_local_parts_may_be_longer(self):
+        srs = "SRS0=HHHH=TT=" + "d" * 60 + ".example=" + "u" * 40
+        self.assertEqual(rcpt(f"<{srs}@example.com>").path.local_part, srs)
+        with self.assertRaises(PathSyntaxError):
+            rcpt(f"<SRS0={'x' * 200}@example.com>")
+
     def test_local_part_is_counted_in_octets(self):
         with self.assertRaises(PathSyntaxError):
             rcpt("<" + "\u00e9" * 33 + "@example.com>", smtputf8=True)
