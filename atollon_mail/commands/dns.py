@@ -1,0 +1,95 @@
+"""Admin commands: `dns records` (what a domain must publish) and `dns check` (whether it
+does, asked live of the configured resolvers)."""
+
+from __future__ import annotations
+
+import json
+
+import attrs
+
+from atollon_mail.cli import Refused, _out, _table
+from atollon_mail.config import default_config_path, load_config
+from atollon_mail.store import domains
+
+
+def _config(args):
+    return load_config(args.config or default_config_path())
+
+
+def _records(store, args) -> None:
+    # Imported here: the other commands need neither dnspython's resolver nor pyspf.
+    from atollon_mail.dns import advisor
+    from atollon_mail.dns.lookup import Lookups
+
+    config = _config(args)
+    subject = store.run_sync(domains.dns_subject, args.domain)
+    advice = advisor.advise(subject, config, Lookups.using(config.delivery.nameservers))
+    if args.format == "json":
+        _out(json.dumps(advisor.advice_json(advice), indent=2))
+    elif args.format == "table":
+        _out(_records_table(advice))
+    else:
+        _out(advisor.zone_text(advice))
+
+
+def _records_table(advice) -> str:
+    rows = [(r.name, r.type, r.value, r.purpose) for r in advice.records]
+    lines = [_table(("NAME", "TYPE", "VALUE", "PURPOSE"), rows)]
+    sections = [
+        ("warnings", [f"! {warning}" for warning in advice.warnings]),
+        ("notes", list(advice.notes)),
+        (
+            f"forwarding to set up at {advice.primary_domain}'s mail provider",
+            [f"{left} -> {right}" for left, right in advice.forwarding],
+        ),
+    ]
+    for title, items in sections:
+        if items:
+            lines += ["", f"{title}:", *(f"  {item}" for item in items)]
+    return "\n".join(lines)
+
+
+def _check(store, args) -> None:
+    from atollon_mail.dns.checks import failed, run_checks
+    from atollon_mail.dns.lookup import Lookups
+
+    config = _config(args)
+    subject = store.run_sync(domains.dns_subject, args.domain)
+    results = run_checks(subject, config, Lookups.using(config.delivery.nameservers))
+    failures = failed(results)
+    if args.json:
+        report = {
+            "domain": subject.domain.name,
+            "ok": not failures,
+            "results": [attrs.asdict(result) for result in results],
+        }
+        _out(json.dumps(report, indent=2))
+    else:
+        for result in results:
+            _out(f"{result.status:<4}  {result.check}: {result.reason}")
+    if failures:
+        raise Refused(
+            f"{len(failures)} of {len(results)} DNS checks of {subject.domain.name} failed"
+        )
+
+
+def register(commands) -> None:
+    dns = commands("dns", "the DNS records of the domains: what to publish, and whether it is")
+    records = dns.add_parser(
+        "records",
+        help="print the records a domain needs, merged with what it publishes now",
+    )
+    records.add_argument("domain", metavar="DOMAIN")
+    records.add_argument(
+        "--format",
+        choices=("zone", "table", "json"),
+        default="zone",
+        help="zone-file lines (default), an aligned table, or JSON",
+    )
+    records.set_defaults(handler=_records)
+    check = dns.add_parser(
+        "check", help="check a domain's published records now (exit status 1 if one fails)"
+    )
+    check.add_argument("domain", metavar="DOMAIN")
+    check.add_argument("--json", action="store_true", help="the results as JSON")
+    check.set_defaults(handler=_check)
