@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 from twisted.application import service, strports
@@ -13,11 +14,14 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
 from atollon_mail.config import Config, ConfigError, default_config_path, load_config
+from atollon_mail.delivery.autoresponder import Autoresponder
 from atollon_mail.delivery.intake import Intake
 from atollon_mail.delivery.mx import MXResolver
 from atollon_mail.delivery.outbound import SubmissionPolicy
-from atollon_mail.delivery.runner import DeliveryRunner
+from atollon_mail.delivery.runner import DeliveryRunner, send_notification
 from atollon_mail.delivery.signing import DkimSigner
+from atollon_mail.delivery.srs import SRS, load_or_create_srs_secret
+from atollon_mail.dns.watcher import DnsWatcher
 from atollon_mail.passwords import generate_password, hash_password
 from atollon_mail.smtp.server import SMTPServerFactory
 from atollon_mail.smtp.submission import AuthThrottle, SubmissionFactory
@@ -156,7 +160,8 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
     StartStopService("resolver", resolver).setServiceParent(appliance)
 
     writers = 1 if is_sqlite(store.database) else 2
-    intake = Intake(store, concurrent_batches=writers, clock=reactor)
+    srs = SRS(load_or_create_srs_secret(config.delivery.srs_secret, config.appliance.data_dir))
+    intake = Intake(store, concurrent_batches=writers, clock=reactor, srs=srs)
     runner = DeliveryRunner(
         store,
         intake,
@@ -168,6 +173,10 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
     )
     intake.on_queued = runner.queued
     runner.setServiceParent(appliance)
+    intake.filed_listeners.append(Autoresponder(store, intake, config.appliance.hostname, reactor))
+    DnsWatcher(
+        store, config, reactor, functools.partial(send_notification, intake)
+    ).setServiceParent(appliance)
 
     tls_options = load_tls_options(config)
     smtp_factory = SMTPServerFactory(

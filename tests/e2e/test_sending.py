@@ -84,7 +84,15 @@ class SendingTests(unittest.TestCase):
             ("dkim", "generate", "acme.test"),
             # Secondary mode: the main server forwards sales@acme.test to crm.acme.test;
             # the mailbox sends as the real address.
-            ("domain", "add", "crm.acme.test", "--mode", "secondary"),
+            (
+                "domain",
+                "add",
+                "crm.acme.test",
+                "--mode",
+                "secondary",
+                "--primary-domain",
+                "acme.test",
+            ),
             (
                 "mailbox",
                 "add",
