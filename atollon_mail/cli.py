@@ -280,12 +280,35 @@ def _mailbox_show(store: Store, args) -> None:
             f"{access.login} {'view+edit' if access.edit else 'view'}" for access in detail.access
         ]
         fields.append(("rights", ", ".join(rights)))
+    fields.append(("forwarding", _forwarding_summary(store, box.address)))
+    fields.append(("auto-respond", _autorespond_summary(store, box.address)))
     fields.append(("signature", signature[0]))
     width = max(len(label) for label, _ in fields) + 2
     for label, value in fields:
         _out(f"{label + ':':<{width}}{_clean(value)}".rstrip())
     for line in signature[1:]:
         _out(f"{'':<{width}}{_clean(line)}".rstrip())
+
+
+def _forwarding_summary(store: Store, address: str) -> str:
+    from atollon_mail.store.forwarding import get_forwarding
+
+    forwarding = store.run_sync(get_forwarding, address)
+    if not forwarding.enabled:
+        return "off" + (
+            f" (targets kept: {', '.join(forwarding.targets)})" if forwarding.targets else ""
+        )
+    copy = "keeping a copy" if forwarding.keep_copy else "forward only"
+    return f"on, {copy}, to {', '.join(forwarding.targets) or '(no targets yet)'}"
+
+
+def _autorespond_summary(store: Store, address: str) -> str:
+    from atollon_mail.commands.autorespond import autoresponder_fields
+    from atollon_mail.store.autorespond import get_autoresponder
+
+    responder = store.run_sync(get_autoresponder, address)
+    state = autoresponder_fields(responder)[0][1]
+    return state if responder is None else f"{state}: {responder.subject!r}"
 
 
 def _alias_add(store: Store, args) -> None:

@@ -407,17 +407,19 @@ class CliContractMixin(CliHarness):
         self.assertEqual(
             self.ok("mailbox", "show", "JOE@acme.com").lines,
             [
-                "address:     joe@acme.com",
-                "owner:       joe",
-                "identity:    joe@acme.com",
-                "store to:    todo #1 To Do (joe)",
-                "active:      yes",
-                "default box: yes",
-                "aliases:     boss@acme.com, sales@acme.com",
-                "signature:   (none)",
+                "address:      joe@acme.com",
+                "owner:        joe",
+                "identity:     joe@acme.com",
+                "store to:     todo #1 To Do (joe)",
+                "active:       yes",
+                "default box:  yes",
+                "aliases:      boss@acme.com, sales@acme.com",
+                "forwarding:   off",
+                "auto-respond: off (never set up)",
+                "signature:    (none)",
             ],
         )
-        self.assertIn("aliases:     (none)", self.ok("mailbox", "show", "info@acme.com").lines)
+        self.assertIn("aliases:      (none)", self.ok("mailbox", "show", "info@acme.com").lines)
 
     def test_mailbox_refusals(self):
         self.setup_mailbox()

@@ -216,23 +216,39 @@ class MailboxCommandsContract(CliHarness):
         self.assertEqual(
             self.ok("mailbox", "show", "joe@acme.com").lines,
             [
-                "address:     joe@acme.com",
-                "owner:       joe",
-                "identity:    joe@acme.com",
-                "store to:    todo #1 To Do (joe)",
-                "active:      yes",
-                "default box: yes",
-                "aliases:     sales@acme.com",
-                "rights:      ann view, dave view+edit",
-                "signature:   Joe",
-                "             Acme",
+                "address:      joe@acme.com",
+                "owner:        joe",
+                "identity:     joe@acme.com",
+                "store to:     todo #1 To Do (joe)",
+                "active:       yes",
+                "default box:  yes",
+                "aliases:      sales@acme.com",
+                "rights:       ann view, dave view+edit",
+                "forwarding:   off",
+                "auto-respond: off (never set up)",
+                "signature:    Joe",
+                "              Acme",
             ],
         )
+        self.ok("mailbox", "forward", "joe@acme.com", "--add", "x@remote.example", "--on")
+        self.ok(
+            "mailbox",
+            "autorespond",
+            "joe@acme.com",
+            "--on",
+            "--subject",
+            "Away",
+            "--body-file",
+            signature,
+        )
+        shown = self.ok("mailbox", "show", "joe@acme.com").lines
+        self.assertIn("forwarding:   on, keeping a copy, to x@remote.example", shown)
+        self.assertIn("auto-respond: on: 'Away'", shown)
         self.ok("mailbox", "redirect", "joe@acme.com", "--to", "ann@acme.com")
         shown = self.ok("mailbox", "show", "joe@acme.com").lines
-        self.assertIn("active:      no (redirected to ann@acme.com)", shown)
-        self.assertIn("aliases:     (none)", shown)
-        self.assertIn("default box: no", self.ok("mailbox", "show", "jo@acme.com").lines)
+        self.assertIn("active:       no (redirected to ann@acme.com)", shown)
+        self.assertIn("aliases:      (none)", shown)
+        self.assertIn("default box:  no", self.ok("mailbox", "show", "jo@acme.com").lines)
 
     # -- mailbox redirect -----------------------------------------------------------------
 

@@ -252,6 +252,26 @@ class ReceivingTests(ApplianceTestCase):
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         self.assertEqual(self.filings("joe@acme.test")[0].message.subject, "from swaks")
 
+    def test_redirected_address_and_its_aliases_land_in_the_new_mailbox(self):
+        # joe@acme.test (alias sales@) leaves; his mail should reach jane from now on.
+        with smtplib.SMTP("127.0.0.1", self.appliance.smtp_port, timeout=10) as client:
+            client.sendmail("someone@example.org", ["joe@acme.test"], MESSAGE)
+        result = self.appliance.cli(
+            "mailbox", "redirect", "joe@acme.test", "--to", "jane@acme.test"
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("sales@acme.test", result.stdout)
+        with smtplib.SMTP("127.0.0.1", self.appliance.smtp_port, timeout=10) as client:
+            refused = client.sendmail(
+                "someone@example.org", ["joe@acme.test", "Sales+x@acme.test"], MESSAGE
+            )
+        self.assertEqual(refused, {})
+        [to_jane] = self.filings("jane@acme.test")  # stored once for both addresses
+        self.assertEqual(to_jane.message.subject, "end to end")
+        self.assertEqual(len(self.filings("joe@acme.test")), 1, "joe's old mail stays readable")
+        shown = self.appliance.cli("mailbox", "show", "joe@acme.test").stdout
+        self.assertIn("redirected to jane@acme.test", shown)
+
     def test_health(self):
         from urllib.request import urlopen
 
