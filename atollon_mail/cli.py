@@ -120,6 +120,22 @@ def _one_line(problem: BaseException) -> str:
 # --- argument types -------------------------------------------------------------------
 
 
+def read_text_file(path: str, what: str) -> str:
+    """The UTF-8 text of path ("-": standard input), or Refused naming what it was for."""
+    try:
+        if path == "-":
+            if sys.stdin is None:
+                raise OSError("standard input is closed")
+            return sys.stdin.read()
+        with open(path, encoding="utf-8") as text_file:
+            return text_file.read()
+    except (OSError, UnicodeDecodeError) as problem:
+        where = "standard input" if path == "-" else path
+        raise Refused(
+            f"cannot read {what} from {where}: {_one_line(problem)}; give a UTF-8 text file"
+        ) from None
+
+
 def _whole_number(minimum: int) -> Callable[[str], int]:
     def parse(value: str) -> int:
         try:

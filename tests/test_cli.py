@@ -137,7 +137,10 @@ class CliHarness:
         self.assertIn("usage: atollon-mail", outcome.err)
 
 
-class CliContractMixin(CliHarness):
+class ConfiguredCli(CliHarness):
+    """A config file naming a fresh database (SQLite or PostgreSQL by the mixin), and
+    commands run against it. Command tests of other modules build on this."""
+
     def setUp(self):
         self.set_environment(CONFIG_ENVIRONMENT_VARIABLE, None)
         self.database_url = self.make_database_url()
@@ -159,6 +162,8 @@ class CliContractMixin(CliHarness):
         finally:
             store.stop()
 
+
+class CliContractMixin(ConfiguredCli):
     def migrate(self) -> None:
         self.ok("db", "migrate")
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import sys
 
-from atollon_mail.cli import Refused, _clean, _out, _whole_number
+from atollon_mail.cli import _clean, _out, _whole_number, read_text_file
 from atollon_mail.store import autorespond
 from atollon_mail.store.models import utc_now
 from atollon_mail.store.records import AutoresponderRecord
@@ -31,20 +30,6 @@ def _moment(value: str):
     if moment.tzinfo is not None:
         moment = moment.astimezone(datetime.UTC).replace(tzinfo=None)
     return moment
-
-
-def _read_body(path: str) -> str:
-    try:
-        if path == "-":
-            if sys.stdin is None:
-                raise OSError("standard input is closed")
-            return sys.stdin.read()
-        with open(path, encoding="utf-8") as body_file:
-            return body_file.read()
-    except (OSError, UnicodeDecodeError) as problem:
-        where = "standard input" if path == "-" else path
-        detail = " ".join(str(problem).split())
-        raise Refused(f"cannot read the reply's text from {where}: {detail}") from None
 
 
 def _bound(moment: datetime.datetime | None, none: str) -> str:
@@ -85,7 +70,9 @@ def _print_fields(fields: list[tuple[str, str]]) -> None:
 
 
 def _autorespond(store, args) -> None:
-    body = _read_body(args.body_file) if args.body_file is not None else None
+    body = (
+        read_text_file(args.body_file, "the reply's text") if args.body_file is not None else None
+    )
     record = store.run_sync(
         autorespond.set_autoresponder,
         args.address,

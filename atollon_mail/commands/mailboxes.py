@@ -4,9 +4,16 @@ message types (the message configuration)."""
 from __future__ import annotations
 
 import argparse
-import sys
 
-from atollon_mail.cli import Refused, _context_label, _counted, _one_line, _out, _table, _yes_no
+from atollon_mail.cli import (
+    Refused,
+    _context_label,
+    _counted,
+    _out,
+    _table,
+    _yes_no,
+    read_text_file,
+)
 from atollon_mail.store import mailboxes, queries
 from atollon_mail.store.records import MessageTypeRecord
 
@@ -47,21 +54,6 @@ def _rights_label(view: bool, edit: bool) -> str:
     return "view+edit" if edit else "view" if view else "none"
 
 
-def _read_signature(path: str) -> str:
-    try:
-        if path == "-":
-            if sys.stdin is None:
-                raise OSError("standard input is closed")
-            return sys.stdin.read()
-        with open(path, encoding="utf-8") as signature_file:
-            return signature_file.read()
-    except (OSError, UnicodeDecodeError) as problem:
-        where = "standard input" if path == "-" else path
-        raise Refused(
-            f"cannot read the signature from {where}: {_one_line(problem)}; give a UTF-8 text file"
-        ) from None
-
-
 # --- mailbox --------------------------------------------------------------------------
 
 
@@ -83,7 +75,9 @@ def _mailbox_set(store, args) -> None:
             "nothing to change; give --identity, --signature-file, --store-to, --active "
             "or --default"
         )
-    signature = _read_signature(args.signature_file) if args.signature_file else None
+    signature = (
+        read_text_file(args.signature_file, "the signature") if args.signature_file else None
+    )
     box = store.run_sync(
         _configure, args.address, args.identity, signature, args.store_to, args.active, args.default
     )

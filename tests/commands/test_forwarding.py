@@ -4,32 +4,21 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from atollon_mail.config import CONFIG_ENVIRONMENT_VARIABLE
 from atollon_mail.store import forwarding
 from atollon_mail.store.pool import Store
 from atollon_mail.store.records import ForwardingRecord
 from tests.support import PostgresStoreMixin, SqliteStoreMixin
-from tests.test_cli import CliHarness, Outcome
+from tests.test_cli import ConfiguredCli
 
 
-class ForwardCommandTests(CliHarness):
+class ForwardCommandTests(ConfiguredCli):
     def setUp(self):
-        self.set_environment(CONFIG_ENVIRONMENT_VARIABLE, None)
-        self.database_url = self.make_database_url()
-        self.config_path = self.write_config(self.database_url)
+        super().setUp()
         self.ok("db", "migrate")
         self.ok("domain", "add", "acme.com")
         self.ok("user", "add", "joe", "--password-stdin", stdin=b"joe-password\n")
         self.ok("mailbox", "add", "joe@acme.com", "--owner", "joe")
         self.ok("mailbox", "add", "ann@acme.com", "--owner", "joe")
-
-    def cli(self, *argv: str, stdin: bytes = b"") -> Outcome:
-        return self.main("--config", self.config_path, *argv, stdin=stdin)
-
-    def ok(self, *argv: str, stdin: bytes = b"") -> Outcome:
-        outcome = self.cli(*argv, stdin=stdin)
-        self.assertEqual((outcome.code, outcome.err), (0, ""), outcome)
-        return outcome
 
     def stored(self, address: str = "joe@acme.com") -> ForwardingRecord:
         store = Store.from_url(self.database_url, reactor=None)

@@ -7,13 +7,11 @@ import os
 
 from twisted.trial import unittest
 
-from atollon_mail.config import CONFIG_ENVIRONMENT_VARIABLE
 from atollon_mail.store import mailboxes, queries
 from atollon_mail.store.models import Message, MessageType
-from atollon_mail.store.pool import Store
 from atollon_mail.store.records import IncomingMessage, MailboxAccessRecord, Recipient, Rejection
 from tests.support import PostgresStoreMixin, SqliteStoreMixin
-from tests.test_cli import CliHarness
+from tests.test_cli import ConfiguredCli
 
 
 def _type_codes_of(message_ids) -> list[str]:
@@ -26,26 +24,9 @@ def _type_codes_of(message_ids) -> list[str]:
     return [code for (code,) in query.tuples()]
 
 
-class MailboxCommandsContract(CliHarness):
+class MailboxCommandsContract(ConfiguredCli):
     def setUp(self):
-        self.set_environment(CONFIG_ENVIRONMENT_VARIABLE, None)
-        self.database_url = self.make_database_url()
-        self.config_path = self.write_config(self.database_url)
-
-    def cli(self, *argv: str, stdin: bytes = b""):
-        return self.main("--config", self.config_path, *argv, stdin=stdin)
-
-    def ok(self, *argv: str, stdin: bytes = b""):
-        outcome = self.cli(*argv, stdin=stdin)
-        self.assertEqual((outcome.code, outcome.err), (0, ""), outcome)
-        return outcome
-
-    def store_op(self, operation, *args, **kwargs):
-        store = Store.from_url(self.database_url, reactor=None)
-        try:
-            return store.run_sync(operation, *args, **kwargs)
-        finally:
-            store.stop()
+        super().setUp()
 
     def setup_mailboxes(self) -> None:
         """acme.com and other.com; joe (joe@, jo@acme.com), ann (ann@acme.com), dave; the
