@@ -35,7 +35,7 @@ def open_database(url: str, **postgres_options) -> peewee.Database:
             raise ValueError("the sqlite URL names no file: use sqlite:///PATH")
         directory = os.path.dirname(path)
         if directory:
-            os.makedirs(directory, exist_ok=True)
+            os.makedirs(directory, mode=0o750, exist_ok=True)
         # check_same_thread=False: the connection is opened in one pool thread and only
         # ever used there, but peewee may close it from the thread that stops the pool.
         return peewee.SqliteDatabase(
