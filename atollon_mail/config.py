@@ -74,6 +74,7 @@ class SmtpConfig:
 @attrs.frozen
 class WebConfig:
     listen: str
+    session_idle_timeout: float = 1800.0  # seconds of inactivity before a new login
 
 
 @attrs.frozen
@@ -363,6 +364,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
     },
     "web": {
         "listen": (_endpoint, "tcp:8080:interface=127.0.0.1"),
+        "session_idle_timeout": (_positive_duration, "30m"),
     },
     "submission": {
         "listen": (_endpoint, "tcp:2587"),

@@ -216,7 +216,9 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
         implicit.setName("submission-tls")
         implicit.setServiceParent(appliance)
 
-    web = strports.service(config.web.listen, Site(build_web_root(store)), reactor=reactor)
+    web = strports.service(
+        config.web.listen, Site(build_web_root(store, config, reactor)), reactor=reactor
+    )
     web.setName("web")
     web.setServiceParent(appliance)
     return appliance

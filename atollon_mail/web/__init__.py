@@ -1,11 +1,53 @@
 """The web service: resources served by twisted.web from the appliance process."""
 
+import importlib
+
 from twisted.web.resource import Resource
 
+from atollon_mail.web.app import PageResource, StaticResource, WebApp
 from atollon_mail.web.health import HealthResource
 
 
-def build_web_root(store) -> Resource:
-    root = Resource()
+class WebRoot(Resource):
+    """/health and /static/ are resources of their own; every other path is a page."""
+
+    def __init__(self, app: WebApp):
+        super().__init__()
+        self.app = app
+        self._pages = PageResource(app)
+
+    def getChild(self, path, request):
+        return self._pages
+
+
+# Modules with more pages; each has register(app).
+PAGE_MODULES: tuple[str, ...] = (
+    "atollon_mail.web.pages_domains",
+    "atollon_mail.web.pages_queue",
+    "atollon_mail.web.pages_users",
+)
+
+
+def build_web_app(store, config, reactor, clock=None) -> WebApp:
+    from atollon_mail.web import pages
+
+    app = WebApp(
+        store,
+        reactor,
+        clock=clock,
+        appliance_name=config.appliance.hostname,
+        session_idle_timeout=config.web.session_idle_timeout,
+    )
+    app.config = config  # pages that need settings (DNS lookups) read them here
+    pages.register(app)
+    for module_name in PAGE_MODULES:
+        importlib.import_module(module_name).register(app)
+    return app
+
+
+def build_web_root(store, config, reactor, clock=None) -> Resource:
+    app = build_web_app(store, config, reactor, clock)
+    root = WebRoot(app)
     root.putChild(b"health", HealthResource(store))
+    root.putChild(b"static", StaticResource(app))
     return root

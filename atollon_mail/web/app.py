@@ -1,0 +1,391 @@
+"""A small page framework on twisted.web.
+
+A page handler is `async def handler(page: PageRequest) -> Page | Redirect`, registered
+with `WebApp.route(path, methods=..., login=..., admin=...)`. The framework looks up the
+session, refuses what the route does not allow, checks the CSRF token of every POST, runs
+the handler, and turns `HttpError` (or any failure) into an error page: never a traceback.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from urllib.parse import quote
+
+import attrs
+import jinja2
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from atollon_mail.store import web as web_ops
+from atollon_mail.web.sessions import (
+    LOGIN_CSRF_COOKIE,
+    SESSION_COOKIE,
+    LoginThrottle,
+    Session,
+    SessionStore,
+)
+
+log = Logger()
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+TEMPLATES_DIR = os.path.join(PACKAGE_DIR, "templates")
+STATIC_DIR = os.path.join(PACKAGE_DIR, "static")
+
+# Form bodies of the admin pages are small; more is refused before parsing.
+MAX_FORM_BYTES = 64 * 1024
+
+ERROR_TITLES = {
+    400: "Bad request",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    429: "Too many attempts",
+    500: "Something went wrong",
+}
+
+
+class HttpError(Exception):
+    """Raised by a handler: answered with an error page of this status and message."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def not_found() -> HttpError:
+    # Used also for objects the user may not see: whether they exist is not told.
+    return HttpError(404, "There is no such page here; check the address or use the menu.")
+
+
+@attrs.frozen
+class Page:
+    template: str
+    context: dict = attrs.field(factory=dict)
+    status: int = 200
+
+
+@attrs.frozen
+class Redirect:
+    location: str  # a path on this site
+    status: int = 303  # after a POST: the browser follows with a GET
+
+
+Handler = Callable[["PageRequest"], Awaitable["Page | Redirect"]]
+
+
+@attrs.frozen
+class Route:
+    handler: Handler
+    methods: tuple[str, ...]
+    login: bool
+    admin: bool
+
+
+def cookie_header(request, name: str, value: str, max_age: int | None = None) -> bytes:
+    """A Set-Cookie value: HttpOnly and SameSite=Lax always, Secure when served over TLS."""
+    parts = [f"{name}={value}", "Path=/", "HttpOnly", "SameSite=Lax"]
+    if max_age is not None:
+        parts.append(f"Max-Age={max_age}")
+    if request.isSecure():
+        parts.append("Secure")
+    return "; ".join(parts).encode("ascii")
+
+
+def safe_next(target: str | None) -> str:
+    """A path on this site to go to after login; anything else (another site) is "/"."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+class PageRequest:
+    """What a handler sees: the request, its form, the session, the store and rendering."""
+
+    def __init__(self, app: WebApp, request, session: Session | None, form: dict[str, str]):
+        self.app = app
+        self.request = request
+        self.session = session
+        self.form = form
+        self.store = app.store
+        # A cookie to set with the answer (login, logout), as (name, value, max_age).
+        self.cookies: list[tuple[str, str, int | None]] = []
+
+    @property
+    def user(self):
+        return None if self.session is None else self.session.user
+
+    @property
+    def client_address(self) -> str:
+        address = self.request.getClientAddress()
+        return getattr(address, "host", None) or "unknown"
+
+    def arg(self, name: str, default: str = "") -> str:
+        values = self.request.args.get(name.encode())
+        if not values:
+            return default
+        return values[0].decode("utf-8", errors="replace")
+
+    def cookie(self, name: str) -> str | None:
+        value = self.request.getCookie(name.encode())
+        return None if value is None else value.decode("ascii", errors="replace")
+
+    def set_cookie(self, name: str, value: str, max_age: int | None = None) -> None:
+        self.cookies.append((name, value, max_age))
+
+    async def rights(self, mailbox_address: str):
+        """The user's rights on a mailbox (view, edit); a mailbox not found is no rights."""
+        from atollon_mail.store import mailboxes
+        from atollon_mail.store.errors import NotFound
+        from atollon_mail.store.records import MailboxRights
+
+        try:
+            return await self.store.run(mailboxes.user_rights, self.user.login, mailbox_address)
+        except NotFound:
+            return MailboxRights(view=False, edit=False)
+
+    async def require_view(self, mailbox_address: str):
+        """The rights on a mailbox the user may view; otherwise 404 (as if it did not exist)."""
+        rights = await self.rights(mailbox_address)
+        if not rights.view:
+            raise not_found()
+        return rights
+
+
+class WebApp:
+    """Routes, sessions, throttling and the one Jinja2 environment of the web admin."""
+
+    def __init__(
+        self,
+        store,
+        reactor,
+        clock=None,
+        appliance_name: str = "atollon-mail",
+        session_idle_timeout: float = 30 * 60,
+        throttle_failures: int = 5,
+        throttle_window: float = 10 * 60,
+    ):
+        self.store = store
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        self.appliance_name = appliance_name
+        self.sessions = SessionStore(self.clock, idle_timeout=session_idle_timeout)
+        self.throttle = LoginThrottle(
+            self.clock, max_failures=throttle_failures, window=throttle_window
+        )
+        self.routes: dict[str, Route] = {}
+        self.environment = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.environment.globals["appliance_name"] = appliance_name
+
+    def route(self, path: str, methods=("GET",), login: bool = True, admin: bool = False):
+        def register(handler: Handler) -> Handler:
+            self.routes[path] = Route(handler, tuple(methods), login, admin)
+            return handler
+
+        return register
+
+    # --- answering one request -------------------------------------------------------
+
+    def render(self, request) -> object:
+        finished = request.notifyFinish()
+        finished.addErrback(lambda _: None)  # the client went away; nothing to answer
+        answer = Deferred.fromCoroutine(self._answer(request))
+        answer.addErrback(self._failed, request)
+        return NOT_DONE_YET
+
+    def _failed(self, failure, request) -> None:
+        log.failure("web: a page failed", failure)
+        if request.finished or request._disconnected:
+            return
+        try:
+            self._write(request, *self._error_page(request, None, HttpError(500, _FAILED)))
+        except Exception:  # the error page itself failed: answer plainly
+            request.setResponseCode(500)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            request.write(_FAILED.encode() + b"\n")
+            request.finish()
+
+    async def _answer(self, request) -> None:
+        session = None
+        page = None
+        try:
+            path = request.path.decode("utf-8", errors="replace")
+            route = self.routes.get(path)
+            if route is None:
+                raise not_found()
+            method = request.method.decode("ascii", errors="replace")
+            if method == "HEAD" and "GET" in route.methods:
+                method = "GET"
+            if method not in route.methods:
+                raise HttpError(
+                    405,
+                    f"This page does not accept {method}; use the page's own form.",
+                    {"Allow": ", ".join(route.methods)},
+                )
+            session = await self._session(request)
+            if route.login and session is None:
+                target = request.uri.decode("utf-8", "replace") if method == "GET" else "/"
+                result = Redirect(f"/login?next={quote(safe_next(target), safe='/')}")
+            elif route.admin and not session.user.is_admin:
+                raise not_found()
+            else:
+                form = self._form(request) if method == "POST" else {}
+                page = PageRequest(self, request, session, form)
+                if method == "POST":
+                    self._check_csrf(page)
+                result = await route.handler(page)
+            status, body, headers = self._result(request, page, result)
+        except HttpError as problem:
+            status, body, headers = self._error_page(request, session, problem)
+        if request.finished or request._disconnected:
+            return
+        for name, value, max_age in page.cookies if page is not None else ():
+            request.responseHeaders.addRawHeader(
+                b"set-cookie", cookie_header(request, name, value, max_age)
+            )
+        self._write(request, status, body, headers)
+
+    async def _session(self, request) -> Session | None:
+        cookie = request.getCookie(SESSION_COOKIE.encode())
+        session = self.sessions.get(cookie.decode("ascii", "replace") if cookie else None)
+        if session is None:
+            return None
+        # The user as the store knows them now: removed or demoted takes effect at once.
+        user = await self.store.run(web_ops.session_user, session.user.login)
+        if user is None:
+            self.sessions.drop(session.id)
+            return None
+        session.user = user
+        return session
+
+    def _form(self, request) -> dict[str, str]:
+        content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip()
+        if content_type != b"application/x-www-form-urlencoded":
+            raise HttpError(400, "This form must be sent by the browser as a normal form.")
+        request.content.seek(0, os.SEEK_END)
+        if request.content.tell() > MAX_FORM_BYTES:
+            raise HttpError(400, "The form sent is too large.")
+        return {
+            key.decode("utf-8", "replace"): values[0].decode("utf-8", "replace")
+            for key, values in request.args.items()
+            if values
+        }
+
+    def _check_csrf(self, page: PageRequest) -> None:
+        if page.session is not None:
+            expected = page.session.csrf_token
+        else:
+            expected = page.cookie(LOGIN_CSRF_COOKIE) or ""
+        sent = page.form.get("csrf_token", "")
+        if not expected or not sent or not hmac.compare_digest(expected, sent):
+            raise HttpError(
+                403, "This form has expired or did not come from this site; reload it and retry."
+            )
+
+    def _result(self, request, page: PageRequest, result) -> tuple[int, bytes, dict]:
+        if isinstance(result, Redirect):
+            return result.status, b"", {"Location": safe_next(result.location)}
+        if not isinstance(result, Page):
+            raise TypeError(f"a page handler returned {result!r}")
+        nonce = secrets.token_urlsafe(16)
+        body = self.render_template(
+            result.template, page.session, nonce, path=page.request.path.decode(), **result.context
+        )
+        return result.status, body, {"Content-Security-Policy": _csp(nonce)}
+
+    def render_template(self, name: str, session: Session | None, nonce: str, **context) -> bytes:
+        context.setdefault("user", None if session is None else session.user)
+        context.setdefault("csrf_token", "" if session is None else session.csrf_token)
+        context.setdefault("path", "")
+        template = self.environment.get_template(name)
+        return template.render(csp_nonce=nonce, **context).encode("utf-8")
+
+    def _error_page(self, request, session, problem: HttpError) -> tuple[int, bytes, dict]:
+        nonce = secrets.token_urlsafe(16)
+        body = self.render_template(
+            "error.html",
+            session,
+            nonce,
+            status=problem.status,
+            title=ERROR_TITLES.get(problem.status, "Error"),
+            message=problem.message,
+        )
+        return problem.status, body, {**problem.headers, "Content-Security-Policy": _csp(nonce)}
+
+    def _write(self, request, status: int, body: bytes, headers: dict) -> None:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"x-frame-options", b"DENY")
+        request.setHeader(b"referrer-policy", b"same-origin")
+        for name, value in headers.items():
+            request.setHeader(name.encode(), value.encode())
+        if request.method != b"HEAD":
+            request.write(body)
+        request.finish()
+
+
+_FAILED = "Something went wrong on the appliance; try again, and see its log if it persists."
+
+
+def _csp(nonce: str) -> str:
+    return (
+        f"default-src 'self'; script-src 'nonce-{nonce}'; style-src 'self'; "
+        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+    )
+
+
+class PageResource(Resource):
+    """Every path that is not another child of the root goes to the app's routes."""
+
+    isLeaf = True
+
+    def __init__(self, app: WebApp):
+        super().__init__()
+        self._app = app
+
+    def render(self, request):
+        return self._app.render(request)
+
+
+_STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
+
+
+class StaticResource(Resource):
+    """The files of static/ (no listing, no subdirectories), read once at start."""
+
+    isLeaf = True
+
+    def __init__(self, app: WebApp, directory: str = STATIC_DIR):
+        super().__init__()
+        self._app = app
+        self._files: dict[str, tuple[bytes, str]] = {}
+        for name in os.listdir(directory):
+            kind = _STATIC_TYPES.get(os.path.splitext(name)[1])
+            if kind:
+                with open(os.path.join(directory, name), "rb") as source:
+                    self._files[name] = (source.read(), kind)
+
+    def render(self, request):
+        name = "/".join(segment.decode("utf-8", "replace") for segment in request.postpath)
+        found = self._files.get(name)
+        if found is None or request.method not in (b"GET", b"HEAD"):
+            return self._app.render(request)  # its routes answer 404 (/static/ is not one)
+        body, kind = found
+        request.setHeader(b"content-type", kind.encode())
+        request.setHeader(b"cache-control", b"max-age=3600")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        return b"" if request.method == b"HEAD" else body

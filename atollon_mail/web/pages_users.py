@@ -1,0 +1,180 @@
+"""Web pages: users (admin only): the list, adding one, editing one, resetting a password."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from urllib.parse import quote
+
+import attrs
+
+from atollon_mail.passwords import generate_password, hash_password
+from atollon_mail.store import queries
+from atollon_mail.store import users as user_ops
+from atollon_mail.store.errors import Conflict, Invalid, NotFound
+from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
+from atollon_mail.web.pages import _in_thread
+
+MIN_PASSWORD = 8
+MAX_PASSWORD = 1024  # argon2 takes any length; a bound keeps a form from costing much
+
+# Pending confirmations, at most one per session; bounded like the sessions themselves.
+MAX_FLASHES = 1000
+
+
+@attrs.frozen
+class Flash:
+    """A confirmation for the next view of one user's page. A generated password lives
+    only here, in memory, and is gone once shown: never in a URL, never in the store."""
+
+    login: str
+    message: str
+    password: str | None = None
+
+
+class Flashes:
+    def __init__(self, limit: int = MAX_FLASHES):
+        self._limit = limit
+        self._pending: OrderedDict[str, Flash] = OrderedDict()
+
+    def put(self, session_id: str, flash: Flash) -> None:
+        self._pending.pop(session_id, None)
+        while len(self._pending) >= self._limit:
+            self._pending.popitem(last=False)
+        self._pending[session_id] = flash
+
+    def take(self, session_id: str, login: str) -> Flash | None:
+        flash = self._pending.get(session_id)
+        if flash is None or flash.login != login:
+            return None
+        del self._pending[session_id]
+        return flash
+
+
+def _edit_url(login: str) -> str:
+    return f"/users/edit?login={quote(login, safe='')}"
+
+
+def _checked(page: PageRequest, name: str) -> bool:
+    return page.form.get(name, "") in ("on", "1", "yes", "true")
+
+
+def register(app: WebApp) -> None:
+    flashes = Flashes()
+
+    async def _user_or_404(page: PageRequest, login: str):
+        if not login:
+            raise not_found()
+        try:
+            return await page.store.run(user_ops.get_user, login)
+        except NotFound:
+            raise not_found() from None
+
+    async def _list_page(page: PageRequest, values=None, errors=None, status=200) -> Page:
+        users = await page.store.run(user_ops.list_user_summaries)
+        values = values or {"login": "", "name": "", "generate": True, "is_admin": False}
+        context = {"users": users, "values": values, "errors": errors or {}}
+        return Page("users.html", context, status=status)
+
+    @app.route("/users", methods=("GET", "POST"), admin=True)
+    async def users(page: PageRequest):
+        if page.request.method != b"POST":
+            return await _list_page(page)
+        values = {
+            "login": page.form.get("login", "").strip(),
+            "name": page.form.get("name", ""),
+            "generate": _checked(page, "generate"),
+            "is_admin": _checked(page, "is_admin"),
+        }
+        password = page.form.get("password", "")
+        errors = {}
+        try:
+            login = queries._validate_login(values["login"])
+        except Invalid as problem:
+            errors["login"] = str(problem) if values["login"] else "Enter a login."
+        try:
+            name = user_ops.normalize_user_name(values["name"])
+        except Invalid as problem:
+            errors["name"] = str(problem)
+        if values["generate"]:
+            password = generate_password()
+        else:
+            problem = _password_problem(password)
+            if problem:
+                errors["password"] = problem
+        if errors:
+            return await _list_page(page, values, errors, status=400)
+        password_hash = await _in_thread(app, hash_password, password)
+        try:
+            user = await page.store.run(
+                queries.add_user, login, password_hash, name=name, is_admin=values["is_admin"]
+            )
+        except Conflict:
+            errors["login"] = f"There is already a user {login}; choose another login."
+            return await _list_page(page, values, errors, status=400)
+        flashes.put(
+            page.session.id,
+            Flash(
+                user.login,
+                f"User {user.login} added.",
+                password if values["generate"] else None,
+            ),
+        )
+        return Redirect(_edit_url(user.login))
+
+    def _edit_page(page, user, values=None, errors=None, status=200) -> Page:
+        flash = flashes.take(page.session.id, user.login) if status == 200 else None
+        values = values or {"name": user.name, "is_admin": user.is_admin}
+        context = {"target": user, "values": values, "errors": errors or {}, "flash": flash}
+        return Page("users_edit.html", context, status=status)
+
+    @app.route("/users/edit", methods=("GET", "POST"), admin=True)
+    async def edit(page: PageRequest):
+        user = await _user_or_404(page, page.form.get("login") or page.arg("login"))
+        if page.request.method != b"POST":
+            return _edit_page(page, user)
+        values = {"name": page.form.get("name", ""), "is_admin": _checked(page, "is_admin")}
+        errors = {}
+        try:
+            name = user_ops.normalize_user_name(values["name"])
+        except Invalid as problem:
+            errors["name"] = str(problem)
+        if user.is_admin and not values["is_admin"] and user.login == page.user.login:
+            errors["is_admin"] = (
+                "You cannot remove your own administrator flag; another administrator can."
+            )
+        if errors:
+            return _edit_page(page, user, values, errors, status=400)
+        try:
+            user = await page.store.run(
+                user_ops.update_user, user.login, name=name, is_admin=values["is_admin"]
+            )
+        except Conflict as problem:
+            return _edit_page(page, user, values, {"is_admin": str(problem)}, status=400)
+        except NotFound:  # removed meanwhile
+            raise not_found() from None
+        flashes.put(page.session.id, Flash(user.login, "Changes saved."))
+        return Redirect(_edit_url(user.login))
+
+    @app.route("/users/reset-password", methods=("POST",), admin=True)
+    async def reset_password(page: PageRequest):
+        user = await _user_or_404(page, page.form.get("login", ""))
+        password = generate_password()
+        password_hash = await _in_thread(app, hash_password, password)
+        try:
+            await page.store.run(user_ops.set_password, user.login, password_hash)
+        except NotFound:
+            raise not_found() from None
+        flashes.put(
+            page.session.id, Flash(user.login, f"New password set for {user.login}.", password)
+        )
+        return Redirect(_edit_url(user.login))
+
+
+def _password_problem(password: str) -> str | None:
+    if not password:
+        return "Enter a password, or tick “Generate one”."
+    if len(password) < MIN_PASSWORD:
+        return f"Use at least {MIN_PASSWORD} characters."
+    if len(password) > MAX_PASSWORD:
+        return f"Use at most {MAX_PASSWORD} characters."
+    return None

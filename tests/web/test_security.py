@@ -1,0 +1,421 @@
+"""The web admin's security rules, each checked over a real listening port, on SQLite and
+on PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import re
+from http.cookies import SimpleCookie
+from io import BytesIO
+from types import SimpleNamespace
+from urllib.parse import urlencode
+
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+from twisted.web.server import Site
+
+from atollon_mail.config import parse_config
+from atollon_mail.passwords import hash_password
+from atollon_mail.store import queries as q
+from atollon_mail.store.domains import record_dns_check
+from atollon_mail.store.mailboxes import grant_mailbox_access
+from atollon_mail.store.records import DeliveryResult, DnsCheckResult, OutgoingMessage
+from atollon_mail.web import build_web_root
+from atollon_mail.web.app import cookie_header
+from atollon_mail.web.sessions import SESSION_COOKIE
+from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
+
+T0 = datetime.datetime(2030, 1, 1, 12, 0, 0)
+EVIL = "<script>alert(1)</script>"
+
+
+@functools.cache
+def _hash(password: str) -> str:
+    return hash_password(password)
+
+
+class Response:
+    def __init__(self, status: int, headers: Headers, body: bytes):
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.text = body.decode("utf-8")
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.getRawHeaders(name)
+        return values[0] if values else None
+
+    @property
+    def set_cookies(self) -> list[str]:
+        return self.headers.getRawHeaders("set-cookie") or []
+
+    def csrf(self) -> str:
+        return re.search(r'name="csrf_token" value="([^"]*)"', self.text).group(1)
+
+
+class _Collect(Protocol):
+    def __init__(self, done: defer.Deferred):
+        self.done = done
+        self.parts: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def connectionLost(self, reason) -> None:
+        self.done.callback(b"".join(self.parts))
+
+
+def _read_body(response) -> defer.Deferred:
+    # readBody would warn about Twisted's own transport proxy; this reads the same bytes.
+    done = defer.Deferred()
+    response.deliverBody(_Collect(done))
+    return done
+
+
+class Browser:
+    """An HTTP client with its own cookie jar, following no redirects."""
+
+    def __init__(self, port: int):
+        self.base = f"http://127.0.0.1:{port}"
+        # One connection per request: nothing stays open when a test ends.
+        self.agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        self.cookies: dict[str, str] = {}
+
+    @defer.inlineCallbacks
+    def request(self, method: str, path: str, form: dict | None = None):
+        headers = Headers()
+        if self.cookies:
+            cookie = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+            headers.addRawHeader("cookie", cookie)
+        body = None
+        if form is not None:
+            headers.addRawHeader("content-type", "application/x-www-form-urlencoded")
+            body = FileBodyProducer(BytesIO(urlencode(form).encode()))
+        response = yield self.agent.request(
+            method.encode(), (self.base + path).encode(), headers, body
+        )
+        content = yield _read_body(response)
+        for raw in response.headers.getRawHeaders("set-cookie") or []:
+            parsed = SimpleCookie()
+            parsed.load(raw)
+            for name, morsel in parsed.items():
+                if morsel["max-age"] == "0":
+                    self.cookies.pop(name, None)
+                else:
+                    self.cookies[name] = morsel.value
+        return Response(response.code, response.headers, content)
+
+    def get(self, path: str):
+        return self.request("GET", path)
+
+    def post(self, path: str, form: dict):
+        return self.request("POST", path, form)
+
+    @defer.inlineCallbacks
+    def login(self, login: str, password: str):
+        form = yield self.get("/login")
+        return (
+            yield self.post(
+                "/login", {"login": login, "password": password, "csrf_token": form.csrf()}
+            )
+        )
+
+
+class WebSecurityTests(StoreFixtureMixin):
+    def setUp(self):
+        self.store = self.make_store()
+        sync = self.store.run_sync
+        sync(q.add_user, "admin", _hash("admin-secret"), name="Ada Admin", is_admin=True)
+        sync(q.add_user, "bob", _hash("bob-secret"), name=f"Bob {EVIL}")
+        sync(q.add_user, "carol", _hash("carol-secret"), name="Carol")
+        sync(q.add_domain, "example.com")
+        sync(q.add_domain, "unchecked.example")
+        sync(q.add_mailbox, "bob@example.com", "bob")
+        sync(q.add_mailbox, "carol@example.com", "carol")
+        sync(q.add_mailbox, "shared@example.com", "carol")
+        sync(grant_mailbox_access, "shared@example.com", "bob", view=True, edit=False)
+        checks = [
+            DnsCheckResult("mx", "pass", "ok"),
+            DnsCheckResult("spf", "pass", "ok"),
+            DnsCheckResult("dmarc", "warn", "p=none"),
+            DnsCheckResult("dkim", "fail", "missing"),
+        ]
+        sync(record_dns_check, "example.com", checks, T0)
+        [submitted] = sync(
+            q.submit_messages,
+            [
+                OutgoingMessage(
+                    envelope_sender="bob@example.com",
+                    raw=b"Subject: hi\r\n\r\nbody\r\n",
+                    remote_recipients=("far@remote.example", "gone@remote.example"),
+                    subject=f"Subject {EVIL}",
+                )
+            ],
+            T0,
+        )
+        claimed = sync(q.claim_due_deliveries, T0, 10)
+        sync(
+            q.record_delivery_results,
+            [
+                DeliveryResult(claimed[0].recipient_id, "delivered", "250 ok", None, T0, None),
+                DeliveryResult(
+                    claimed[1].recipient_id, "bounced", f"550 no {EVIL}", None, T0, None
+                ),
+            ],
+        )
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        config = parse_config("[appliance]\nhostname = mail.example.com\n")
+        root = build_web_root(self.store, config, reactor, clock=self.clock)
+        self.app = root.app
+        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.port = port.getHost().port
+        # Agent keeps connections alive: close them before the reactor is checked for leaks.
+        self.browsers: list[Browser] = []
+        self.addCleanup(self._close_browsers)
+
+    def _close_browsers(self):
+        pools = [browser.agent._pool for browser in self.browsers]
+        return defer.gatherResults([pool.closeCachedConnections() for pool in pools])
+
+    def browser(self) -> Browser:
+        browser = Browser(self.port)
+        self.browsers.append(browser)
+        return browser
+
+    # --- login and sessions ---------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_dashboard_requires_login(self):
+        response = yield self.browser().get("/")
+        self.assertEqual(response.status, 303)
+        self.assertEqual(response.header("location"), "/login?next=/")
+
+    @defer.inlineCallbacks
+    def test_login_success_shows_the_dashboard_with_the_user(self):
+        browser = self.browser()
+        response = yield browser.login("admin", "admin-secret")
+        self.assertEqual(response.status, 303)
+        self.assertEqual(response.header("location"), "/")
+        page = yield browser.get("/")
+        self.assertEqual(page.status, 200)
+        self.assertIn("Ada Admin", page.text)
+        self.assertIn("mail.example.com", page.text)
+
+    @defer.inlineCallbacks
+    def test_login_failure_keeps_the_login_and_says_why(self):
+        browser = self.browser()
+        response = yield browser.login("admin", "wrong-password")
+        self.assertEqual(response.status, 200)
+        self.assertNotIn(SESSION_COOKIE, browser.cookies)
+        self.assertIn('value="admin"', response.text)
+        self.assertNotIn("wrong-password", response.text)
+        self.assertIn('id="password-error"', response.text)
+        unknown = yield browser.login("nobody", "whatever")
+        self.assertIn('id="password-error"', unknown.text)
+        empty = yield browser.login("", "x")
+        self.assertIn('id="login-error"', empty.text)
+
+    @defer.inlineCallbacks
+    def test_login_redirects_only_within_the_site(self):
+        browser = self.browser()
+        form = yield browser.get("/login")
+        fields = {"login": "admin", "password": "admin-secret", "csrf_token": form.csrf()}
+        response = yield browser.post("/login", {**fields, "next": "//evil.example/x"})
+        self.assertEqual(response.header("location"), "/")
+
+    @defer.inlineCallbacks
+    def test_session_cookie_flags(self):
+        response = yield self.browser().login("admin", "admin-secret")
+        [session] = [c for c in response.set_cookies if c.startswith(SESSION_COOKIE + "=")]
+        self.assertIn("HttpOnly", session)
+        self.assertIn("SameSite=Lax", session)
+        self.assertNotIn("Secure", session)  # plain HTTP here
+
+    def test_secure_flag_only_over_tls(self):
+        tls = SimpleNamespace(isSecure=lambda: True)
+        plain = SimpleNamespace(isSecure=lambda: False)
+        self.assertIn(b"; Secure", cookie_header(tls, SESSION_COOKIE, "x"))
+        self.assertNotIn(b"Secure", cookie_header(plain, SESSION_COOKIE, "x"))
+
+    @defer.inlineCallbacks
+    def test_a_new_session_id_at_login(self):
+        browser = self.browser()
+        yield browser.login("admin", "admin-secret")
+        first = browser.cookies[SESSION_COOKIE]
+        # A session id planted before login is not kept: login issues a new one.
+        attacker = self.browser()
+        attacker.cookies[SESSION_COOKIE] = "planted-id"
+        yield attacker.login("admin", "admin-secret")
+        self.assertNotEqual(attacker.cookies[SESSION_COOKIE], "planted-id")
+        self.assertNotEqual(attacker.cookies[SESSION_COOKIE], first)
+
+    @defer.inlineCallbacks
+    def test_logout_invalidates_the_old_cookie(self):
+        browser = self.browser()
+        yield browser.login("admin", "admin-secret")
+        old = browser.cookies[SESSION_COOKIE]
+        page = yield browser.get("/")
+        response = yield browser.post("/logout", {"csrf_token": page.csrf()})
+        self.assertEqual(response.status, 303)
+        self.assertNotIn(SESSION_COOKIE, browser.cookies)
+        replay = self.browser()
+        replay.cookies[SESSION_COOKIE] = old
+        again = yield replay.get("/")
+        self.assertEqual(again.status, 303)
+        self.assertTrue(again.header("location").startswith("/login"))
+
+    @defer.inlineCallbacks
+    def test_logout_by_get_is_refused(self):
+        browser = self.browser()
+        yield browser.login("admin", "admin-secret")
+        response = yield browser.get("/logout")
+        self.assertEqual(response.status, 405)
+        self.assertEqual(response.header("allow"), "POST")
+        still = yield browser.get("/")
+        self.assertEqual(still.status, 200)
+
+    @defer.inlineCallbacks
+    def test_idle_timeout(self):
+        browser = self.browser()
+        yield browser.login("admin", "admin-secret")
+        self.clock.advance(29 * 60)
+        page = yield browser.get("/")
+        self.assertEqual(page.status, 200)  # used within the timeout: it restarts
+        self.clock.advance(29 * 60)
+        page = yield browser.get("/")
+        self.assertEqual(page.status, 200)
+        self.clock.advance(30 * 60 + 1)
+        page = yield browser.get("/")
+        self.assertEqual(page.status, 303)
+
+    @defer.inlineCallbacks
+    def test_login_throttled_after_repeated_failures(self):
+        browser = self.browser()
+        for _ in range(5):
+            failed = yield browser.login("admin", "wrong")
+            self.assertEqual(failed.status, 200)
+        blocked = yield browser.login("admin", "admin-secret")  # even the right password
+        self.assertEqual(blocked.status, 429)
+        self.assertIn("Too many failed attempts", blocked.text)
+        self.assertNotIn(SESSION_COOKIE, browser.cookies)
+        self.clock.advance(10 * 60 + 1)
+        allowed = yield browser.login("admin", "admin-secret")
+        self.assertEqual(allowed.status, 303)
+
+    # --- CSRF ---------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_csrf_missing_or_wrong_is_refused(self):
+        browser = self.browser()
+        yield browser.login("admin", "admin-secret")
+        missing = yield browser.post("/logout", {})
+        self.assertEqual(missing.status, 403)
+        wrong = yield browser.post("/logout", {"csrf_token": "not-the-token"})
+        self.assertEqual(wrong.status, 403)
+        still = yield browser.get("/")
+        self.assertEqual(still.status, 200)
+
+    @defer.inlineCallbacks
+    def test_login_form_needs_its_csrf_token(self):
+        browser = self.browser()
+        yield browser.get("/login")
+        response = yield browser.post(
+            "/login", {"login": "admin", "password": "admin-secret", "csrf_token": "forged"}
+        )
+        self.assertEqual(response.status, 403)
+        self.assertNotIn(SESSION_COOKIE, browser.cookies)
+
+    # --- pages --------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_unknown_path_is_404_without_traceback(self):
+        browser = self.browser()
+        response = yield browser.get("/no/such/page")
+        self.assertEqual(response.status, 404)
+        self.assertIn("Not found", response.text)
+        yield browser.login("admin", "admin-secret")
+        response = yield browser.get("/static/../pages.py")
+        self.assertEqual(response.status, 404)
+        self.assertNotIn("Traceback", response.text)
+
+    @defer.inlineCallbacks
+    def test_templates_escape_what_users_wrote(self):
+        browser = self.browser()
+        yield browser.login("bob", "bob-secret")
+        page = yield browser.get("/")
+        self.assertIn("Bob &lt;script&gt;alert(1)&lt;/script&gt;", page.text)
+        self.assertNotIn(EVIL, page.text)
+        admin = self.browser()
+        yield admin.login("admin", "admin-secret")
+        page = yield admin.get("/")
+        self.assertIn("&lt;script&gt;", page.text)  # subject and reply of the queue
+        self.assertNotIn(EVIL, page.text)
+
+    @defer.inlineCallbacks
+    def test_admin_dashboard_shows_domains_checks_and_queue(self):
+        browser = self.browser()
+        yield browser.login("admin", "admin-secret")
+        page = yield browser.get("/")
+        self.assertIn('id="queue"', page.text)
+        self.assertIn("not checked yet", page.text)  # unchecked.example
+        self.assertRegex(page.text, r'class="pass">2<')
+        self.assertIn("far@remote.example", page.text)
+        self.assertIn("gone@remote.example", page.text)
+        for address in ("bob@example.com", "carol@example.com", "shared@example.com"):
+            self.assertIn(address, page.text)
+
+    @defer.inlineCallbacks
+    def test_a_non_admin_sees_only_their_mailboxes_and_no_queue(self):
+        browser = self.browser()
+        yield browser.login("bob", "bob-secret")
+        page = yield browser.get("/")
+        self.assertEqual(page.status, 200)
+        self.assertNotIn('id="queue"', page.text)
+        self.assertNotIn('id="domains"', page.text)
+        self.assertIn("bob@example.com", page.text)
+        self.assertIn("shared@example.com", page.text)  # granted view
+        self.assertNotIn("carol@example.com", page.text)
+
+    @defer.inlineCallbacks
+    def test_options_filter_server_side(self):
+        browser = self.browser()
+        yield browser.login("admin", "admin-secret")
+        page = yield browser.get("/options?q=message")
+        shown = re.findall(r'<li data-text="[^"]*">\s*<a href="[^"]*">([^<]*)</a>', page.text)
+        self.assertIn("Message configuration", shown)
+        self.assertNotIn("Domains", shown)
+        self.assertNotIn("Users", shown)
+        everything = yield browser.get("/options")
+        self.assertNotRegex(everything.text, r"<li [^>]*hidden>")
+        for title in ("Domains", "Users", "Message configuration", "Queue", "DNS records"):
+            self.assertIn(f">{title}</a>", everything.text)
+        # Pages not built yet are not offered: no link leads nowhere.
+        self.assertNotIn('href="/mail"', everything.text)
+        self.assertNotIn('href="/mailboxes"', everything.text)
+
+    @defer.inlineCallbacks
+    def test_health_needs_no_login(self):
+        response = yield self.browser().get("/health")
+        self.assertEqual(response.status, 200)
+        self.assertIn(b'"status": "ok"', response.body)
+
+    @defer.inlineCallbacks
+    def test_stylesheet_is_served(self):
+        response = yield self.browser().get("/static/admin.css")
+        self.assertEqual(response.status, 200)
+        self.assertTrue(response.header("content-type").startswith("text/css"))
+
+
+class SqliteWebSecurityTests(SqliteStoreMixin, WebSecurityTests, unittest.TestCase):
+    pass
+
+
+class PostgresWebSecurityTests(PostgresStoreMixin, WebSecurityTests, unittest.TestCase):
+    pass
