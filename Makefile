@@ -7,9 +7,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test bench install system-packages clean
 
-# Debian packages the end-to-end tests use: swaks, a second real SMTP client. Installed
-# when this runs as root with apt-get; elsewhere those tests are skipped with the reason.
-SYSTEM_PACKAGES := swaks
+# Debian packages the end-to-end tests use: swaks, a second real SMTP client, and
+# chromium for the web admin driven by Playwright. Installed when this runs as root with
+# apt-get; elsewhere those tests are skipped with the reason.
+SYSTEM_PACKAGES := swaks chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -74,10 +74,23 @@ class StoreService(service.Service):
     def __init__(self, store: Store, config: Config):
         self.store = store
         self.config = config
+        self._prepared = False
+
+    def privilegedStartService(self) -> None:
+        # twistd binds every endpoint in the privileged phase, before any startService;
+        # we are the first child, so preparing here means nothing listens until the
+        # schema is current and the first admin exists.
+        self._prepare()
+        super().privilegedStartService()
 
     def startService(self) -> None:
-        # Done synchronously at start-up, before the reactor runs: nothing may listen
-        # until the schema is current and the first admin exists.
+        self._prepare()  # when started without the privileged phase (tests, embedding)
+        super().startService()
+
+    def _prepare(self) -> None:
+        """Done synchronously at start-up, before the reactor runs; once."""
+        if self._prepared:
+            return
         os.makedirs(self.config.appliance.data_dir, mode=0o750, exist_ok=True)
         for migration in self.store.migrate():
             log.info(
@@ -85,11 +98,12 @@ class StoreService(service.Service):
             )
         self._create_first_admin()
         self.store.start()
-        super().startService()
+        self._prepared = True
 
     def stopService(self) -> None:
         super().stopService()
         self.store.stop()
+        self._prepared = False
 
     def _create_first_admin(self) -> None:
         if self.store.run_sync(queries.has_admin):

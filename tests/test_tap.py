@@ -104,6 +104,25 @@ class ServiceTreeTests(unittest.TestCase):
         self.assertEqual([user.login for user in store.run_sync(queries.list_users)], ["admin"])
         self.assertTrue(self.flushLoggedErrors() == [])
 
+    def test_nothing_listens_before_the_store_is_ready(self):
+        # twistd binds ports in the privileged phase, before any startService.
+        self.config = load_config(write_config(self, MINIMAL))
+        password_file = os.path.join(
+            self.config.appliance.data_dir, tap.INITIAL_ADMIN_PASSWORD_FILE
+        )
+        ready_when_bound = []
+
+        class OrderSpy(SpyReactor):
+            def listenTCP(self, port, factory, backlog=50, interface=""):
+                ready_when_bound.append(os.path.exists(password_file))
+                return super().listenTCP(port, factory, backlog, interface)
+
+        appliance = tap.build_appliance(self.config, OrderSpy())
+        appliance.privilegedStartService()
+        appliance.startService()
+        self.addCleanup(appliance.stopService)
+        self.assertEqual(ready_when_bound, [True, True, True])
+
     def test_second_start_keeps_the_admin(self):
         path = write_config(self, MINIMAL)
         for _ in range(2):

@@ -1,0 +1,88 @@
+"""The web admin in headless Chromium (Debian's, driven by Playwright) against the real
+appliance under twistd: what a person does in a browser, with the page's own script."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from twisted.trial import unittest
+
+from tests.e2e.test_appliance import RunningAppliance
+
+CHROMIUM = "/usr/bin/chromium"
+# As root, without a sandbox; and no background traffic to the (closed) network.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # the test extra not installed
+    sync_playwright = None
+
+
+class BrowserTests(unittest.TestCase):
+    timeout = 120
+
+    def setUp(self):
+        if sync_playwright is None:
+            raise unittest.SkipTest("playwright is not installed (make test installs it)")
+        if not shutil.which(CHROMIUM):
+            raise unittest.SkipTest(f"{CHROMIUM} is missing (make test installs Debian's chromium)")
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.appliance = RunningAppliance(directory)
+        self.appliance.start()
+        self.addCleanup(self.appliance.stop)
+        with open(os.path.join(directory, "data", "initial-admin-password")) as password_file:
+            self.password = password_file.read().strip()
+        self.base = f"http://127.0.0.1:{self.appliance.web_port}"
+        self.playwright = sync_playwright().start()
+        self.addCleanup(self.playwright.stop)
+        self.browser = self.playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        self.addCleanup(self.browser.close)
+        self.page = self.browser.new_page(viewport={"width": 1366, "height": 768})
+
+    def log_in(self):
+        self.page.goto(f"{self.base}/")
+        self.assertIn("/login", self.page.url)
+        self.page.fill("input[name=login]", "admin")
+        self.page.fill("input[name=password]", self.password)
+        self.page.click("button[type=submit]")
+        self.page.wait_for_url(f"{self.base}/")
+
+    def test_options_and_tools_filter_narrows_the_list_as_you_type(self):
+        self.log_in()
+        self.page.goto(f"{self.base}/options")
+        entries = self.page.locator("li[data-text]")
+        everything = entries.count()
+        self.assertGreaterEqual(everything, 4)
+        self.page.locator("input[name=q]").press_sequentially("message")
+        visible = [text.strip() for text in entries.filter(visible=True).all_inner_texts()]
+        self.assertTrue(visible, "something is left")
+        self.assertTrue(all("Message" in text or "message" in text for text in visible), visible)
+        self.assertLess(len(visible), everything)
+        self.assertNotIn("/options?q=", self.page.url, "narrowed in the page, not by a reload")
+
+    def test_add_a_domain_then_see_its_records(self):
+        self.log_in()
+        self.page.goto(f"{self.base}/domains")
+        self.page.fill("input[name=name]", "acme.test")
+        self.page.locator("form:has(input[name=name]) button[type=submit]").click()
+        self.page.wait_for_load_state()
+        self.assertIn("Domain acme.test added", self.page.content())
+        self.assertIn("acme.test. 3600 IN MX 10 mx.acme.test.", self.page.content())
+
+    def test_log_out_ends_the_session(self):
+        self.log_in()
+        self.page.click("text=Log out")
+        self.page.wait_for_load_state()
+        self.page.goto(f"{self.base}/")
+        self.assertIn("/login", self.page.url)
