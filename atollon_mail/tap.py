@@ -230,9 +230,8 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
         implicit.setName("submission-tls")
         implicit.setServiceParent(appliance)
 
-    web = strports.service(
-        config.web.listen, Site(build_web_root(store, config, reactor)), reactor=reactor
-    )
+    web_root = build_web_root(store, config, reactor, intake=intake)
+    web = strports.service(config.web.listen, Site(web_root), reactor=reactor)
     web.setName("web")
     web.setServiceParent(appliance)
     return appliance

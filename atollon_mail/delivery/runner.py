@@ -179,6 +179,9 @@ class DeliveryRunner(service.Service):
     def _schedule_next(self):
         due = yield self._store.run(queries.next_due_at)
         if due is None:
+            # Nothing due: look again within a minute anyway, so mail queued by another
+            # process (a `queue retry` from the admin command) is not left waiting.
+            self._set_timer(60)
             self._check_idle()
             return
         delay = (due - self._now()).total_seconds()

@@ -4,6 +4,7 @@ import importlib
 
 from twisted.web.resource import Resource
 
+from atollon_mail.delivery.intake import Intake
 from atollon_mail.web.app import PageResource, StaticResource, WebApp
 from atollon_mail.web.health import HealthResource
 
@@ -25,10 +26,12 @@ PAGE_MODULES: tuple[str, ...] = (
     "atollon_mail.web.pages_domains",
     "atollon_mail.web.pages_queue",
     "atollon_mail.web.pages_users",
+    "atollon_mail.web.pages_mail",
+    "atollon_mail.web.pages_mailboxes",
 )
 
 
-def build_web_app(store, config, reactor, clock=None) -> WebApp:
+def build_web_app(store, config, reactor, clock=None, intake=None) -> WebApp:
     from atollon_mail.web import pages
 
     app = WebApp(
@@ -39,14 +42,17 @@ def build_web_app(store, config, reactor, clock=None) -> WebApp:
         session_idle_timeout=config.web.session_idle_timeout,
     )
     app.config = config  # pages that need settings (DNS lookups) read them here
+    # Mail composed in the browser goes through the same intake as SMTP submission:
+    # forwarding, group commit, the auto-responder and the delivery runner's wake-up.
+    app.intake = intake if intake is not None else Intake(store)
     pages.register(app)
     for module_name in PAGE_MODULES:
         importlib.import_module(module_name).register(app)
     return app
 
 
-def build_web_root(store, config, reactor, clock=None) -> Resource:
-    app = build_web_app(store, config, reactor, clock)
+def build_web_root(store, config, reactor, clock=None, intake=None) -> Resource:
+    app = build_web_app(store, config, reactor, clock, intake)
     root = WebRoot(app)
     root.putChild(b"health", HealthResource(store))
     root.putChild(b"static", StaticResource(app))

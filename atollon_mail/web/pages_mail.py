@@ -1,0 +1,275 @@
+"""Web pages: the mail client: a user's mailboxes, their messages, reading and composing."""
+
+from __future__ import annotations
+
+import datetime
+import email
+import email.policy
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid, parseaddr
+from urllib.parse import quote
+
+import nh3
+
+from atollon_mail.delivery.intake import summarize_headers
+from atollon_mail.store import queries, web_mail
+from atollon_mail.store.errors import Invalid, NotFound, StoreError
+from atollon_mail.store.records import OutgoingMessage, Recipient
+from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
+
+PER_PAGE = 50
+MAX_BODY = 60 * 1024  # the form itself is bounded at 64 KiB by the framework
+SHOWN_HEADERS = ("From", "To", "Cc", "Date", "Subject")
+
+# No images (remote ones would tell the sender the mail was read), nor image maps.
+_HTML_TAGS = nh3.ALLOWED_TAGS - {"img", "area", "map"}
+_HTML_SCHEMES = {"http", "https", "mailto"}
+
+
+def _box_url(address: str, **params) -> str:
+    extra = "".join(f"&{name}={quote(str(value), safe='')}" for name, value in params.items())
+    return f"/mail/box?address={quote(address, safe='')}{extra}"
+
+
+def _message_id_arg(page: PageRequest) -> int:
+    value = page.arg("id")
+    if not value.isdigit() or len(value) > 18:
+        raise not_found()
+    return int(value)
+
+
+def _header(message, name: str) -> str:
+    try:
+        value = message.get(name)
+    except Exception:  # a malformed header is shown as missing, not as a failure
+        return ""
+    return "" if value is None else str(value)
+
+
+def _parts(message) -> list:
+    """Every leaf part, in walk order: its index is the part number of the links."""
+    return [part for part in message.walk() if not part.is_multipart()]
+
+
+def _is_attachment(part) -> bool:
+    if part.is_attachment():
+        return True
+    return part.get_content_maintype() not in ("text", "message")
+
+
+def _text(part) -> str:
+    try:
+        return part.get_content()
+    except Exception:  # an unknown charset or broken encoding: show what decodes
+        payload = part.get_payload(decode=True) or b""
+        return payload.decode("utf-8", errors="replace")
+
+
+def sanitize_html(html: str) -> str:
+    return nh3.clean(
+        html, tags=_HTML_TAGS, url_schemes=_HTML_SCHEMES, link_rel="noopener noreferrer"
+    )
+
+
+def read_message(raw: bytes) -> dict:
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    text = html = None
+    attachments = []
+    for number, part in enumerate(_parts(message)):
+        kind = part.get_content_type()
+        if _is_attachment(part):
+            payload = part.get_payload(decode=True) or b""
+            attachments.append(
+                {
+                    "part": number,
+                    "filename": part.get_filename() or f"part-{number}",
+                    "content_type": kind,
+                    "size": len(payload),
+                }
+            )
+        elif kind == "text/plain" and text is None:
+            text = _text(part)
+        elif kind == "text/html" and html is None:
+            html = sanitize_html(_text(part))
+    return {
+        "headers": [(name, _header(message, name)) for name in SHOWN_HEADERS],
+        "text": text,
+        "html": html,
+        "attachments": attachments,
+    }
+
+
+def _write_download(page: PageRequest, body: bytes, content_type: str, filename: str):
+    """Answer with the file itself; the framework adds nothing to a finished request."""
+    request = page.request
+    safe_name = quote(filename, safe="")
+    request.setResponseCode(200)
+    request.setHeader(b"content-type", content_type.encode("ascii", "replace"))
+    request.setHeader(
+        b"content-disposition",
+        f"attachment; filename*=UTF-8''{safe_name}".encode("ascii"),
+    )
+    request.setHeader(b"x-content-type-options", b"nosniff")
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"content-security-policy", b"default-src 'none'; sandbox")
+    request.setHeader(b"content-length", str(len(body)).encode())
+    if request.method != b"HEAD":
+        request.write(body)
+    request.finish()
+    return Redirect("/mail")  # never sent: the request is already finished
+
+
+def _one_line(value: str) -> str:
+    return " ".join(value.split())
+
+
+def register(app: WebApp) -> None:
+    async def _mailbox(page: PageRequest, address: str):
+        await page.require_view(address)
+        try:
+            return await page.store.run(queries.get_mailbox, address)
+        except (NotFound, Invalid):
+            raise not_found() from None
+
+    async def _raw(page: PageRequest):
+        address = page.arg("address")
+        mailbox = await _mailbox(page, address)
+        try:
+            raw = await page.store.run(
+                web_mail.mailbox_message_raw, mailbox.address, _message_id_arg(page)
+            )
+        except NotFound:
+            raise not_found() from None
+        return mailbox, raw
+
+    @app.route("/mail")
+    async def mail(page: PageRequest):
+        boxes = await page.store.run(web_mail.viewable_mailboxes, page.user.login)
+        return Page("mail.html", {"mailboxes": boxes})
+
+    @app.route("/mail/box")
+    async def box(page: PageRequest):
+        mailbox = await _mailbox(page, page.arg("address"))
+        rights = await page.rights(mailbox.address)
+        number = page.arg("page", "1")
+        number = int(number) if number.isdigit() and 0 < len(number) < 7 else 1
+        number = max(number, 1)
+        filings = await page.store.run(
+            queries.list_filings, mailbox.address, PER_PAGE + 1, (number - 1) * PER_PAGE
+        )
+        context = {
+            "mailbox": mailbox,
+            "may_send": rights.edit,
+            "filings": filings[:PER_PAGE],
+            "number": number,
+            "previous_url": _box_url(mailbox.address, page=number - 1) if number > 1 else None,
+            "next_url": (
+                _box_url(mailbox.address, page=number + 1) if len(filings) > PER_PAGE else None
+            ),
+            "sent": page.arg("sent") == "1",
+        }
+        return Page("mail_box.html", context)
+
+    @app.route("/mail/message")
+    async def message(page: PageRequest):
+        mailbox, raw = await _raw(page)
+        context = {"mailbox": mailbox, "message_id": _message_id_arg(page), **read_message(raw)}
+        return Page("mail_message.html", context)
+
+    @app.route("/mail/attachment")
+    async def attachment(page: PageRequest):
+        _, raw = await _raw(page)
+        number = page.arg("part")
+        parts = _parts(email.message_from_bytes(raw, policy=email.policy.default))
+        if not number.isdigit() or int(number) >= len(parts):
+            raise not_found()
+        part = parts[int(number)]
+        if not _is_attachment(part):
+            raise not_found()
+        body = part.get_payload(decode=True) or b""
+        filename = part.get_filename() or f"part-{number}"
+        return _write_download(page, body, part.get_content_type(), filename)
+
+    def _compose_page(page, mailbox, values, errors=None, status=200) -> Page:
+        context = {"mailbox": mailbox, "values": values, "errors": errors or {}}
+        return Page("mail_compose.html", context, status=status)
+
+    async def _recipients(page: PageRequest, value: str):
+        """(local, remote, error) for one address field: comma-separated addresses."""
+        local: list[Recipient] = []
+        remote: list[str] = []
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            _, address = parseaddr(item.strip())
+            try:
+                address = queries.normalize_identity(address)
+            except Invalid:
+                return [], [], f"{item.strip()!r} is not an address; use one like name@example.org"
+            local_part, _, domain = address.rpartition("@")
+            found = await page.store.run(queries.resolve_recipient, local_part, domain)
+            if isinstance(found, Recipient):
+                local.append(found)
+            elif found.reason == "unknown-domain":
+                remote.append(address)
+            else:
+                return [], [], f"{address}: {found.detail}"
+        return local, remote, None
+
+    @app.route("/mail/compose", methods=("GET", "POST"))
+    async def compose(page: PageRequest):
+        address = page.form.get("address") or page.arg("address")
+        mailbox = await _mailbox(page, address)
+        if not (await page.rights(mailbox.address)).edit:
+            raise not_found()
+        if page.request.method != b"POST":
+            body = f"\n\n-- \n{mailbox.signature}" if mailbox.signature else ""
+            values = {"to": "", "cc": "", "subject": "", "body": body}
+            return _compose_page(page, mailbox, values)
+        values = {name: page.form.get(name, "") for name in ("to", "cc", "subject", "body")}
+        errors = {}
+        local: list[Recipient] = []
+        remote: list[str] = []
+        for field in ("to", "cc"):
+            found_local, found_remote, problem = await _recipients(page, values[field])
+            if problem:
+                errors[field] = problem
+            local += found_local
+            remote += found_remote
+        if not errors.get("to") and not values["to"].strip():
+            errors["to"] = "Enter at least one recipient."
+        if len(values["body"]) > MAX_BODY:
+            errors["body"] = f"The message is longer than {MAX_BODY // 1024} KiB."
+        if not mailbox.active:
+            errors["to"] = "This mailbox is not active; it cannot send."
+        if errors:
+            return _compose_page(page, mailbox, values, errors, status=400)
+        outgoing = _outgoing(mailbox, values, local, remote)
+        try:
+            await page.app.intake.submit(outgoing)
+        except StoreError as problem:
+            errors["to"] = str(problem)
+            return _compose_page(page, mailbox, values, errors, status=400)
+        return Redirect(_box_url(mailbox.address, sent=1))
+
+
+def _outgoing(mailbox, values: dict, local: list[Recipient], remote: list[str]):
+    message = EmailMessage()
+    message["From"] = mailbox.identity
+    message["To"] = _one_line(values["to"])
+    if values["cc"].strip():
+        message["Cc"] = _one_line(values["cc"])
+    message["Subject"] = _one_line(values["subject"])
+    message["Date"] = format_datetime(datetime.datetime.now(datetime.UTC))
+    message["Message-ID"] = make_msgid(domain=mailbox.identity.rpartition("@")[2])
+    message.set_content(values["body"].replace("\r\n", "\n"))
+    raw = message.as_bytes(policy=email.policy.SMTP)
+    unique_local = {recipient.mailbox_id: recipient for recipient in local}
+    return OutgoingMessage(
+        envelope_sender=mailbox.identity,
+        raw=raw,
+        local_recipients=tuple(unique_local.values()),
+        remote_recipients=tuple(dict.fromkeys(remote)),
+        sent_mailbox_id=mailbox.id,
+        **summarize_headers(raw),
+    )

@@ -1,0 +1,278 @@
+"""The mail client of the web admin, over a real listening port, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import html
+import re
+
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+from twisted.web.server import Site
+
+import atollon_mail.web as web
+from atollon_mail.config import parse_config
+from atollon_mail.delivery.intake import summarize_headers
+from atollon_mail.store import queries as q
+from atollon_mail.store.mailboxes import grant_mailbox_access, update_mailbox
+from atollon_mail.store.records import IncomingMessage
+from atollon_mail.web import build_web_root
+from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
+from tests.web.test_security import Browser, _hash
+
+TEXT_MAIL = (
+    b"From: Alice <alice@remote.example>\r\nTo: bob@example.com\r\n"
+    b"Subject: Lunch plans\r\nDate: Mon, 02 Nov 2026 10:00:00 +0000\r\n"
+    b"Message-ID: <lunch@remote.example>\r\n\r\nShall we meet at noon?\r\n"
+)
+
+HTML_MAIL = (
+    b"From: mallory@remote.example\r\nTo: bob@example.com\r\nSubject: Offer\r\n"
+    b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XX\r\n\r\n"
+    b"--XX\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+    b"<p>Hello <b>friend</b><script>alert(1)</script>"
+    b'<img src="https://tracker.example/p.gif" onerror="alert(2)"></p>\r\n'
+    b"--XX\r\nContent-Type: application/pdf\r\n"
+    b'Content-Disposition: attachment; filename="offer.pdf"\r\n'
+    b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--XX--\r\n"
+)
+
+
+class WebMailTests(StoreFixtureMixin):
+    def setUp(self):
+        if "atollon_mail.web.pages_mail" not in web.PAGE_MODULES:
+            self.patch(web, "PAGE_MODULES", web.PAGE_MODULES + ("atollon_mail.web.pages_mail",))
+        self.store = self.make_store()
+        sync = self.store.run_sync
+        sync(q.add_user, "admin", _hash("admin-secret"), name="Ada Admin", is_admin=True)
+        sync(q.add_user, "bob", _hash("bob-secret"), name="Bob")
+        sync(q.add_user, "carol", _hash("carol-secret"), name="Carol")
+        sync(q.add_domain, "example.com")
+        self.bob_box = sync(q.add_mailbox, "bob@example.com", "bob")
+        sync(q.add_mailbox, "carol@example.com", "carol")
+        sync(q.add_mailbox, "shared@example.com", "carol")
+        sync(grant_mailbox_access, "shared@example.com", "bob", view=True, edit=False)
+        sync(update_mailbox, "bob@example.com", signature="Bob\nExample Ltd")
+        self.text_id = self.deliver(TEXT_MAIL, "bob")
+        self.html_id = self.deliver(HTML_MAIL, "bob")
+        self.carol_id = self.deliver(TEXT_MAIL, "carol")
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        config = parse_config("[appliance]\nhostname = mail.example.com\n")
+        root = build_web_root(self.store, config, reactor, clock=self.clock)
+        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.port = port.getHost().port
+        self.browsers: list[Browser] = []
+        self.addCleanup(self._close_browsers)
+
+    def deliver(self, raw: bytes, local_part: str) -> int:
+        recipient = self.store.run_sync(q.resolve_recipient, local_part, "example.com")
+        incoming = IncomingMessage(
+            envelope_sender="someone@remote.example",
+            recipients=(recipient,),
+            raw=raw,
+            **summarize_headers(raw),
+        )
+        [stored] = self.store.run_sync(q.store_messages, [incoming])
+        return stored.id
+
+    def _close_browsers(self):
+        pools = [browser.agent._pool for browser in self.browsers]
+        return defer.gatherResults([pool.closeCachedConnections() for pool in pools])
+
+    @defer.inlineCallbacks
+    def logged_in(self, login="bob", password="bob-secret"):
+        browser = Browser(self.port)
+        self.browsers.append(browser)
+        response = yield browser.login(login, password)
+        self.assertEqual(response.status, 303)
+        return browser
+
+    # --- seeing mailboxes and messages ---------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_lists_only_viewable_mailboxes(self):
+        bob = yield self.logged_in()
+        page = yield bob.get("/mail")
+        self.assertEqual(page.status, 200)
+        listed = re.findall(r'href="/mail/box\?address=([^"]+)"', page.text)
+        self.assertEqual(listed, ["bob%40example.com", "shared%40example.com"])
+        carol = yield self.logged_in("carol", "carol-secret")
+        page = yield carol.get("/mail")
+        listed = re.findall(r'href="/mail/box\?address=([^"]+)"', page.text)
+        self.assertEqual(listed, ["carol%40example.com", "shared%40example.com"])
+
+    @defer.inlineCallbacks
+    def test_mailbox_lists_messages_newest_first(self):
+        bob = yield self.logged_in()
+        page = yield bob.get("/mail/box?address=bob@example.com")
+        self.assertEqual(page.status, 200)
+        subjects = re.findall(r"&amp;id=\d+\">([^<]*)</a>", page.text)
+        self.assertEqual(subjects, ["Offer", "Lunch plans"])
+        self.assertIn("Alice &lt;alice@remote.example&gt;", page.text)
+        self.assertIn("Mon, 02 Nov 2026 10:00:00 +0000", page.text)
+        self.assertIn("<td>To Do (bob)</td>", page.text)
+        # Bob may view the shared box but not write from it.
+        shared = yield bob.get("/mail/box?address=shared@example.com")
+        self.assertEqual(shared.status, 200)
+        self.assertNotIn("/mail/compose", shared.text)
+
+    @defer.inlineCallbacks
+    def test_another_users_mailbox_is_not_found(self):
+        bob = yield self.logged_in()
+        for path in (
+            "/mail/box?address=carol@example.com",
+            f"/mail/message?address=carol@example.com&id={self.carol_id}",
+            "/mail/box?address=nobody@example.com",
+        ):
+            response = yield bob.get(path)
+            self.assertEqual(response.status, 404, path)
+
+    @defer.inlineCallbacks
+    def test_a_message_of_another_mailbox_by_id_is_not_found(self):
+        bob = yield self.logged_in()
+        for path in (
+            f"/mail/message?address=bob@example.com&id={self.carol_id}",
+            f"/mail/attachment?address=bob@example.com&id={self.carol_id}&part=0",
+            "/mail/message?address=bob@example.com&id=999999",
+            "/mail/message?address=bob@example.com&id=x",
+        ):
+            response = yield bob.get(path)
+            self.assertEqual(response.status, 404, path)
+        self.assertNotIn("noon", response.text)
+
+    @defer.inlineCallbacks
+    def test_reading_a_text_message(self):
+        bob = yield self.logged_in()
+        page = yield bob.get(f"/mail/message?address=bob@example.com&id={self.text_id}")
+        self.assertEqual(page.status, 200)
+        self.assertIn("<pre>Shall we meet at noon?", page.text)
+        self.assertIn("<dt>Subject</dt><dd>Lunch plans</dd>", page.text)
+        self.assertIn("<dd>Alice &lt;alice@remote.example&gt;</dd>", page.text)
+        self.assertNotIn("<iframe", page.text)
+
+    @defer.inlineCallbacks
+    def test_html_is_sanitized_in_a_sandboxed_frame(self):
+        bob = yield self.logged_in()
+        page = yield bob.get(f"/mail/message?address=bob@example.com&id={self.html_id}")
+        self.assertEqual(page.status, 200)
+        [frame] = re.findall(r"<iframe [^>]*>", page.text)
+        self.assertRegex(frame, r"^<iframe sandbox srcdoc=")
+        self.assertNotIn("allow-scripts", frame)
+        shown = html.unescape(re.search(r'srcdoc="([^"]*)"', frame).group(1))
+        self.assertIn("<b>friend</b>", shown)
+        for banned in ("<script", "alert", "onerror", "tracker.example", "<img"):
+            self.assertNotIn(banned, shown)
+        self.assertNotIn("<script>alert", page.text)
+
+    @defer.inlineCallbacks
+    def test_attachment_download(self):
+        bob = yield self.logged_in()
+        page = yield bob.get(f"/mail/message?address=bob@example.com&id={self.html_id}")
+        [link] = re.findall(r'href="(/mail/attachment\?[^"]+)"', page.text)
+        self.assertIn("offer.pdf", page.text)
+        response = yield bob.get(html.unescape(link))
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.header("content-type"), "application/pdf")
+        self.assertEqual(
+            response.header("content-disposition"), "attachment; filename*=UTF-8''offer.pdf"
+        )
+        self.assertEqual(response.header("x-content-type-options"), "nosniff")
+        self.assertEqual(response.body, b"%PDF-1.4\n")
+        # The HTML part is not an attachment, and a part that does not exist is not found.
+        for part in ("0", "7", "x"):
+            other = yield bob.get(
+                f"/mail/attachment?address=bob@example.com&id={self.html_id}&part={part}"
+            )
+            self.assertEqual(other.status, 404, part)
+
+    # --- writing --------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_compose_needs_the_edit_right(self):
+        bob = yield self.logged_in()
+        page = yield bob.get("/mail/compose?address=shared@example.com")
+        self.assertEqual(page.status, 404)
+        own = yield bob.get("/mail/compose?address=bob@example.com")
+        response = yield bob.post(
+            "/mail/compose?address=shared@example.com",
+            {"csrf_token": own.csrf(), "to": "carol@example.com", "body": "hi"},
+        )
+        self.assertEqual(response.status, 404)
+        self.assertEqual(self.store.run_sync(q.queue_list), [])
+
+    @defer.inlineCallbacks
+    def test_compose_sends(self):
+        bob = yield self.logged_in()
+        page = yield bob.get("/mail/compose?address=bob@example.com")
+        self.assertEqual(page.status, 200)
+        self.assertIn('value="bob@example.com" readonly', page.text)
+        body = html.unescape(re.search(r"<textarea[^>]*>\n(.*?)</textarea>", page.text, re.S)[1])
+        self.assertEqual(body, "\n\n-- \nBob\nExample Ltd")
+        response = yield bob.post(
+            "/mail/compose?address=bob@example.com",
+            {
+                "csrf_token": page.csrf(),
+                "to": "Far Away <far@remote.example>, carol@example.com",
+                "cc": "",
+                "subject": "Hello there",
+                "body": "Hi both," + body,
+            },
+        )
+        self.assertEqual(response.status, 303)
+        self.assertEqual(response.header("location"), "/mail/box?address=bob%40example.com&sent=1")
+        confirmation = yield bob.get(response.header("location"))
+        self.assertIn("Message sent.", confirmation.text)
+        [queued] = self.store.run_sync(q.queue_list)
+        self.assertEqual(
+            (queued.address, queued.envelope_sender), ("far@remote.example", "bob@example.com")
+        )
+        self.assertEqual(queued.subject, "Hello there")
+        [filed] = self.store.run_sync(q.list_filings, "carol@example.com", 1)
+        self.assertEqual(filed.message.subject, "Hello there")
+        [sent, *_] = self.store.run_sync(q.list_filings, "bob@example.com", 10)
+        self.assertTrue(sent.context.name.startswith("Sent"))
+        self.assertEqual(sent.message.id, filed.message.id)
+        message = email.message_from_bytes(
+            self.store.run_sync(q.message_raw, sent.message.id), policy=email.policy.default
+        )
+        self.assertEqual(message["From"], "bob@example.com")
+        self.assertTrue(message["Message-ID"] and message["Date"])
+        content = message.get_content().replace("\r\n", "\n")
+        self.assertEqual(content, "Hi both,\n\n-- \nBob\nExample Ltd\n")
+
+    @defer.inlineCallbacks
+    def test_compose_bad_address_beside_the_field_keeps_values(self):
+        bob = yield self.logged_in()
+        page = yield bob.get("/mail/compose?address=bob@example.com")
+        form = {"csrf_token": page.csrf(), "subject": "Kept", "body": "Typed text"}
+        for to in ("not an address", "nobody@example.com"):
+            response = yield bob.post("/mail/compose?address=bob@example.com", {**form, "to": to})
+            self.assertEqual(response.status, 400, to)
+            self.assertIn('id="to-error"', response.text)
+            self.assertIn(f'value="{to}"', response.text)
+            self.assertIn('value="Kept"', response.text)
+            self.assertIn("Typed text</textarea>", response.text)
+        self.assertEqual(self.store.run_sync(q.queue_list), [])
+
+    @defer.inlineCallbacks
+    def test_compose_without_csrf_is_refused(self):
+        bob = yield self.logged_in()
+        response = yield bob.post(
+            "/mail/compose?address=bob@example.com",
+            {"to": "far@remote.example", "subject": "x", "body": "x"},
+        )
+        self.assertEqual(response.status, 403)
+        self.assertEqual(self.store.run_sync(q.queue_list), [])
+        self.assertEqual(len(self.store.run_sync(q.list_filings, "bob@example.com")), 2)
+
+
+class SqliteWebMailTests(SqliteStoreMixin, WebMailTests, unittest.TestCase):
+    pass
+
+
+class PostgresWebMailTests(PostgresStoreMixin, WebMailTests, unittest.TestCase):
+    pass

@@ -1,0 +1,368 @@
+"""The Mailboxes pages of the web admin, over a real listening port, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+from twisted.web.server import Site
+
+from atollon_mail.config import parse_config
+from atollon_mail.store import autorespond, forwarding
+from atollon_mail.store import mailboxes as mailbox_ops
+from atollon_mail.store import queries as q
+from atollon_mail.web import build_web_root, pages_mailboxes
+from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
+from tests.web.test_security import EVIL, Browser, _hash
+
+BOB = "/mailbox?address=bob@example.com"
+
+
+class WebMailboxesTests(StoreFixtureMixin):
+    def setUp(self):
+        self.store = self.make_store()
+        sync = self.store.run_sync
+        sync(q.add_user, "admin", _hash("admin-secret"), is_admin=True)
+        sync(q.add_user, "bob", _hash("bob-secret"))
+        sync(q.add_user, "carol", _hash("carol-secret"))
+        sync(q.add_domain, "example.com")
+        sync(q.add_domain, "example.org")
+        sync(q.add_mailbox, "bob@example.com", "bob")
+        sync(q.add_mailbox, "bobby@example.com", "bob")
+        sync(q.add_mailbox, "carol@example.org", "carol")
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        config = parse_config("[appliance]\nhostname = mail.example.com\n")
+        root = build_web_root(self.store, config, reactor, clock=self.clock)
+        if "/mailboxes" not in root.app.routes:
+            pages_mailboxes.register(root.app)
+        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.port = port.getHost().port
+        self.browsers: list[Browser] = []
+        self.addCleanup(self._close_browsers)
+
+    def _close_browsers(self):
+        pools = [browser.agent._pool for browser in self.browsers]
+        return defer.gatherResults([pool.closeCachedConnections() for pool in pools])
+
+    @defer.inlineCallbacks
+    def logged_in(self, login="admin", password="admin-secret"):
+        browser = Browser(self.port)
+        self.browsers.append(browser)
+        response = yield browser.login(login, password)
+        self.assertEqual(response.status, 303)
+        return browser
+
+    @defer.inlineCallbacks
+    def act(self, browser, action, path=BOB, **fields):
+        page = yield browser.get(path)
+        form = {"action": action, "csrf_token": page.csrf(), **fields}
+        return (yield browser.post(path, form))
+
+    def settings(self, **fields):
+        form = {
+            "identity": "bob@example.com",
+            "store_to": "todo",
+            "active": "on",
+            "signature": "",
+        }
+        return {**form, **fields}
+
+    def box(self, address="bob@example.com"):
+        return self.store.run_sync(q.get_mailbox, address)
+
+    @staticmethod
+    def listed(page) -> list[str]:
+        return re.findall(r'<td><a href="/mailbox\?address=[^"]*">([^<]*)</a></td>', page.text)
+
+    # --- the list -----------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_list_filters(self):
+        browser = yield self.logged_in()
+        page = yield browser.get("/mailboxes")
+        self.assertEqual(page.status, 200)
+        self.assertEqual(
+            self.listed(page), ["bob@example.com", "bobby@example.com", "carol@example.org"]
+        )
+        page = yield browser.get("/mailboxes?domain=example.org")
+        self.assertEqual(self.listed(page), ["carol@example.org"])
+        page = yield browser.get("/mailboxes?owner=bob&domain=example.com")
+        self.assertEqual(self.listed(page), ["bob@example.com", "bobby@example.com"])
+
+    @defer.inlineCallbacks
+    def test_list_pagination(self):
+        for n in range(60):
+            self.store.run_sync(q.add_mailbox, f"box{n:02d}@example.org", "carol")
+        browser = yield self.logged_in()
+        first = yield browser.get("/mailboxes?domain=example.org")
+        self.assertEqual(len(self.listed(first)), 50)
+        self.assertIn("Page 1 of 2", first.text)
+        self.assertIn('href="/mailboxes?domain=example.org&amp;page=2"', first.text)
+        second = yield browser.get("/mailboxes?domain=example.org&page=2")
+        self.assertEqual(len(self.listed(second)), 11)
+        self.assertIn("Page 2 of 2", second.text)
+
+    @defer.inlineCallbacks
+    def test_list_shows_only_what_a_user_may_view(self):
+        self.store.run_sync(mailbox_ops.grant_mailbox_access, "carol@example.org", "bob", True)
+        browser = yield self.logged_in("bob", "bob-secret")
+        page = yield browser.get("/mailboxes")
+        self.assertEqual(
+            self.listed(page), ["bob@example.com", "bobby@example.com", "carol@example.org"]
+        )
+        carol = yield self.logged_in("carol", "carol-secret")
+        self.assertEqual(self.listed((yield carol.get("/mailboxes"))), ["carol@example.org"])
+
+    # --- viewing ------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_view_allowed_and_denied(self):
+        bob = yield self.logged_in("bob", "bob-secret")
+        page = yield bob.get(BOB)
+        self.assertEqual(page.status, 200)
+        self.assertIn('name="identity"', page.text)
+        carol = yield self.logged_in("carol", "carol-secret")
+        self.assertEqual((yield carol.get(BOB)).status, 404)
+        self.assertEqual((yield carol.get("/mailbox?address=nobody@example.com")).status, 404)
+        self.assertEqual((yield carol.get("/mailbox?address=not-an-address")).status, 404)
+        response = yield self.act(
+            carol, "settings", path="/mailbox?address=carol@example.org", active="on"
+        )
+        self.assertEqual(response.status, 400)  # her own: her identity is refused, no more
+        page = yield carol.get("/mailboxes")
+        form = {"action": "settings", "csrf_token": page.csrf(), **self.settings()}
+        self.assertEqual((yield carol.post(BOB, form)).status, 404)
+
+    @defer.inlineCallbacks
+    def test_view_only_rights_show_no_forms_and_refuse_posts(self):
+        self.store.run_sync(mailbox_ops.grant_mailbox_access, "bob@example.com", "carol", True)
+        carol = yield self.logged_in("carol", "carol-secret")
+        page = yield carol.get(BOB)
+        self.assertEqual(page.status, 200)
+        self.assertNotIn('name="identity"', page.text)
+        form = {"action": "settings", "csrf_token": page.csrf(), **self.settings(identity="x@y.z")}
+        self.assertEqual((yield carol.post(BOB, form)).status, 404)
+        self.assertEqual(self.box().identity, "bob@example.com")
+
+    # --- settings -----------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_settings_saved(self):
+        browser = yield self.logged_in()
+        response = yield self.act(
+            browser,
+            "settings",
+            path="/mailbox?address=bobby@example.com",
+            **self.settings(identity="robert@example.com", signature="Bob\nExample"),
+            is_default="on",
+        )
+        self.assertEqual(response.status, 303)
+        page = yield browser.get(response.header("location"))
+        self.assertIn("Changes saved.", page.text)
+        bobby = self.box("bobby@example.com")
+        self.assertEqual(
+            (bobby.identity, bobby.signature, bobby.is_default),
+            ("robert@example.com", "Bob\nExample", True),
+        )
+        self.assertFalse(self.box().is_default)
+
+    @defer.inlineCallbacks
+    def test_settings_errors_beside_the_fields(self):
+        browser = yield self.logged_in()
+        response = yield self.act(
+            browser, "settings", **self.settings(identity="not an address", store_to="99999")
+        )
+        self.assertEqual(response.status, 400)
+        self.assertIn('id="identity-error"', response.text)
+        self.assertIn('value="not an address"', response.text)
+        response = yield self.act(browser, "settings", **self.settings(store_to="99999"))
+        self.assertEqual(response.status, 400)
+        self.assertIn('id="store_to-error"', response.text)
+        self.assertIn('value="99999"', response.text)
+        self.assertEqual(self.box().store_to.kind, "todo")
+
+    @defer.inlineCallbacks
+    def test_a_script_signature_is_escaped(self):
+        browser = yield self.logged_in()
+        response = yield self.act(browser, "settings", **self.settings(signature=EVIL))
+        self.assertEqual(response.status, 303)
+        page = yield browser.get(BOB)
+        self.assertIn("&lt;script&gt;alert(1)&lt;/script&gt;", page.text)
+        self.assertNotIn(EVIL, page.text)
+
+    # --- aliases ------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_alias_add_and_remove(self):
+        browser = yield self.logged_in("bob", "bob-secret")
+        response = yield self.act(browser, "alias-add", alias="robert")
+        self.assertEqual(response.status, 303)
+        page = yield browser.get(BOB)
+        self.assertIn("Alias robert@example.com added.", page.text)
+        self.assertEqual(self.box().aliases, ("robert@example.com",))
+        response = yield self.act(browser, "alias-remove", alias="robert@example.com")
+        self.assertEqual(response.status, 303)
+        self.assertEqual(self.box().aliases, ())
+
+    @defer.inlineCallbacks
+    def test_alias_of_another_domain_is_refused(self):
+        browser = yield self.logged_in()
+        response = yield self.act(browser, "alias-add", alias="robert@example.org")
+        self.assertEqual(response.status, 400)
+        self.assertIn('id="alias-error"', response.text)
+        self.assertIn('value="robert@example.org"', response.text)
+        self.assertEqual(self.box().aliases, ())
+
+    @defer.inlineCallbacks
+    def test_alias_of_another_mailbox_cannot_be_removed_here(self):
+        self.store.run_sync(q.add_alias, "carla", "carol@example.org")
+        browser = yield self.logged_in("bob", "bob-secret")
+        response = yield self.act(browser, "alias-remove", alias="carla@example.org")
+        self.assertEqual(response.status, 404)
+        self.assertEqual(self.box("carol@example.org").aliases, ("carla@example.org",))
+
+    # --- auto-respond and forwarding ----------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_autorespond_saved(self):
+        browser = yield self.logged_in()
+        response = yield self.act(
+            browser,
+            "autorespond",
+            ar_enabled="on",
+            ar_subject="Away",
+            ar_body="Back on Monday.",
+            ar_starts="2030-01-01T08:00",
+            ar_ends="",
+        )
+        self.assertEqual(response.status, 303)
+        self.assertIn("Auto-respond saved.", (yield browser.get(BOB)).text)
+        responder = self.store.run_sync(autorespond.get_autoresponder, "bob@example.com")
+        self.assertEqual((responder.enabled, responder.subject), (True, "Away"))
+        self.assertEqual(str(responder.starts_at), "2030-01-01 08:00:00")
+        self.assertIsNone(responder.ends_at)
+
+    @defer.inlineCallbacks
+    def test_autorespond_on_without_a_body_is_refused(self):
+        browser = yield self.logged_in()
+        response = yield self.act(
+            browser, "autorespond", ar_enabled="on", ar_subject="Away typed", ar_body=""
+        )
+        self.assertEqual(response.status, 400)
+        self.assertIn('id="ar_body-error"', response.text)
+        self.assertIn('value="Away typed"', response.text)
+        self.assertIsNone(self.store.run_sync(autorespond.get_autoresponder, "bob@example.com"))
+
+    @defer.inlineCallbacks
+    def test_forwarding_targets_added_and_removed(self):
+        browser = yield self.logged_in()
+        response = yield self.act(
+            browser, "forwarding", fw_enabled="on", fw_keep="on", fw_target="x@elsewhere.net"
+        )
+        self.assertEqual(response.status, 303)
+        record = self.store.run_sync(forwarding.get_forwarding, "bob@example.com")
+        self.assertEqual((record.enabled, record.keep_copy), (True, True))
+        self.assertEqual(record.targets, ("x@elsewhere.net",))
+        response = yield self.act(browser, "forward-remove", target="x@elsewhere.net")
+        self.assertEqual(response.status, 303)
+        record = self.store.run_sync(forwarding.get_forwarding, "bob@example.com")
+        self.assertEqual(record.targets, ())
+
+    @defer.inlineCallbacks
+    def test_forwarding_to_itself_is_refused(self):
+        browser = yield self.logged_in()
+        response = yield self.act(browser, "forwarding", fw_target="bob@example.com")
+        self.assertEqual(response.status, 400)
+        self.assertIn('id="fw_target-error"', response.text)
+        self.assertIn('value="bob@example.com"', response.text)
+
+    # --- access rights ------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_rights_added_and_revoked(self):
+        browser = yield self.logged_in("bob", "bob-secret")
+        response = yield self.act(browser, "access-add", access_login="carol", access_right="edit")
+        self.assertEqual(response.status, 303)
+        rights = self.store.run_sync(mailbox_ops.user_rights, "carol", "bob@example.com")
+        self.assertEqual((rights.view, rights.edit), (True, True))
+        carol = yield self.logged_in("carol", "carol-secret")
+        self.assertEqual((yield carol.get(BOB)).status, 200)
+        response = yield self.act(browser, "access-revoke", login="carol")
+        self.assertEqual(response.status, 303)
+        self.assertEqual((yield carol.get(BOB)).status, 404)
+
+    @defer.inlineCallbacks
+    def test_rights_for_an_unknown_user_are_refused(self):
+        browser = yield self.logged_in()
+        response = yield self.act(browser, "access-add", access_login="nobody")
+        self.assertEqual(response.status, 400)
+        self.assertIn('id="access_login-error"', response.text)
+        self.assertIn('value="nobody"', response.text)
+
+    # --- redirecting --------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_redirect_preview_then_confirm(self):
+        self.store.run_sync(q.add_alias, "robert", "bob@example.com")
+        browser = yield self.logged_in()
+        path = "/mailbox/redirect?address=bob@example.com"
+        page = yield browser.get(path)
+        self.assertEqual(page.status, 200)
+        preview = yield browser.post(
+            path, {"csrf_token": page.csrf(), "step": "preview", "new": "bobby@example.com"}
+        )
+        self.assertEqual(preview.status, 200)
+        self.assertIn("<li>bob@example.com</li>", preview.text)
+        self.assertIn("<li>robert@example.com</li>", preview.text)
+        self.assertTrue(self.box().active)  # nothing changed yet
+        done = yield browser.post(
+            path, {"csrf_token": page.csrf(), "step": "confirm", "new": "bobby@example.com"}
+        )
+        self.assertEqual(done.status, 303)
+        page = yield browser.get(done.header("location"))
+        self.assertIn("bob@example.com now goes to bobby@example.com.", page.text)
+        self.assertFalse(self.box().active)
+        self.assertEqual(
+            self.box("bobby@example.com").aliases, ("bob@example.com", "robert@example.com")
+        )
+
+    @defer.inlineCallbacks
+    def test_redirect_refusals_and_admin_only(self):
+        browser = yield self.logged_in()
+        path = "/mailbox/redirect?address=bob@example.com"
+        page = yield browser.get(path)
+        response = yield browser.post(
+            path, {"csrf_token": page.csrf(), "step": "preview", "new": "carol@example.org"}
+        )
+        self.assertEqual(response.status, 400)
+        self.assertIn('id="new-error"', response.text)
+        self.assertIn('value="carol@example.org"', response.text)
+        bob = yield self.logged_in("bob", "bob-secret")
+        self.assertEqual((yield bob.get(path)).status, 404)
+
+    # --- CSRF ---------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_csrf_missing_is_refused(self):
+        browser = yield self.logged_in()
+        response = yield browser.post(BOB, {"action": "alias-add", "alias": "mallory"})
+        self.assertEqual(response.status, 403)
+        response = yield browser.post(
+            "/mailbox/redirect?address=bob@example.com",
+            {"step": "confirm", "new": "bobby@example.com"},
+        )
+        self.assertEqual(response.status, 403)
+        self.assertEqual(self.box().aliases, ())
+        self.assertTrue(self.box().active)
+
+
+class SqliteWebMailboxesTests(SqliteStoreMixin, WebMailboxesTests, unittest.TestCase):
+    pass
+
+
+class PostgresWebMailboxesTests(PostgresStoreMixin, WebMailboxesTests, unittest.TestCase):
+    pass
