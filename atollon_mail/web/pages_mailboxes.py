@@ -80,8 +80,31 @@ def register(app: WebApp) -> None:
 
     # --- the list ---------------------------------------------------------------------
 
-    @app.route("/mailboxes")
+    @app.route("/mailboxes", methods=("GET", "POST"))
     async def mailboxes(page: PageRequest):
+        new = {"new_address": "", "new_owner": page.user.login, "new_identity": ""}
+        new_errors: dict[str, str] = {}
+        status = 200
+        if page.request.method == b"POST":
+            if not page.user.is_admin:
+                raise not_found()  # only administrators create mailboxes
+            new = {key: page.form.get(key, "").strip() for key in new}
+            try:
+                created = await page.store.run(
+                    queries.add_mailbox,
+                    new["new_address"],
+                    new["new_owner"],
+                    identity=new["new_identity"] or None,
+                )
+            except NotFound as problem:
+                field = "new_owner" if "user" in str(problem) else "new_address"
+                new_errors[field] = _problem(problem)
+            except (Invalid, Conflict) as problem:
+                new_errors["new_address"] = _problem(problem)
+            else:
+                flashes.put(page.session.id, created.address, f"Mailbox {created.address} added.")
+                return Redirect(mailbox_url(created.address))
+            status = 400
         visible = await page.store.run(web_ops.visible_mailboxes, page.user.login)
         domains = sorted({item.mailbox.domain for item in visible})
         owners = sorted({item.mailbox.owner_login for item in visible})
@@ -113,8 +136,10 @@ def register(app: WebApp) -> None:
             "pages": pages,
             "previous_url": page_url(number - 1) if number > 1 else None,
             "next_url": page_url(number + 1) if number < pages else None,
+            "new": new,
+            "new_errors": new_errors,
         }
-        return Page("mailboxes.html", context)
+        return Page("mailboxes.html", context, status=status)
 
     # --- one mailbox ------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import smtplib
 
 from twisted.trial import unittest
 
@@ -79,6 +80,71 @@ class BrowserTests(unittest.TestCase):
         self.page.wait_for_load_state()
         self.assertIn("Domain acme.test added", self.page.content())
         self.assertIn("acme.test. 3600 IN MX 10 mx.acme.test.", self.page.content())
+
+    def cli(self, *args: str) -> None:
+        result = self.appliance.cli(*args, stdin="jane-password\n")
+        self.assertEqual(result.returncode, 0, result.stderr)
+
+    def submit_form(self, action_value: str, button: str) -> None:
+        self.page.locator(f"form:has(input[value={action_value}])").get_by_role(
+            "button", name=button
+        ).click()
+        self.page.wait_for_load_state()
+
+    def test_create_a_mailbox_with_an_alias_and_an_auto_reply(self):
+        self.cli("domain", "add", "acme.test")
+        self.cli("user", "add", "jane", "--password-stdin")
+        self.log_in()
+        self.page.goto(f"{self.base}/mailboxes")
+        self.page.fill("input[name=new_address]", "jane@acme.test")
+        self.page.fill("input[name=new_owner]", "jane")
+        self.page.get_by_role("button", name="Add mailbox").click()
+        self.page.wait_for_load_state()
+        self.assertIn("Mailbox jane@acme.test added", self.page.content())
+        self.page.fill("form:has(input[value=alias-add]) input[name=alias]", "sales@other.test")
+        self.submit_form("alias-add", "Add alias")
+        self.assertIn('id="alias-error"', self.page.content(), "another domain: said beside it")
+        self.page.fill("form:has(input[value=alias-add]) input[name=alias]", "sales")
+        self.submit_form("alias-add", "Add alias")
+        self.page.check("input[name=ar_enabled]")
+        self.page.fill("input[name=ar_subject]", "Away until Monday")
+        self.page.fill("textarea[name=ar_body]", "I am out of the office.")
+        self.submit_form("autorespond", "Save auto-respond")
+        shown = self.appliance.cli("mailbox", "show", "jane@acme.test").stdout
+        self.assertIn("sales@acme.test", shown)
+        self.assertIn("auto-respond: on: 'Away until Monday'", shown)
+
+    def test_read_a_received_message_then_compose_and_send_one(self):
+        self.cli("domain", "add", "acme.test")
+        self.cli("user", "add", "jane", "--password-stdin")
+        self.cli("mailbox", "add", "jane@acme.test", "--owner", "jane")
+        self.cli("mailbox", "add", "joe@acme.test", "--owner", "jane")
+        with smtplib.SMTP("127.0.0.1", self.appliance.smtp_port, timeout=10) as client:
+            client.sendmail(
+                "someone@example.org",
+                ["jane@acme.test"],
+                b"From: someone@example.org\r\nSubject: Quarterly figures\r\n\r\n"
+                b"Please find the figures below.\r\n",
+            )
+        self.page.goto(f"{self.base}/login")
+        self.page.fill("input[name=login]", "jane")
+        self.page.fill("input[name=password]", "jane-password")
+        self.page.click("button[type=submit]")
+        self.page.wait_for_url(f"{self.base}/")
+        self.page.goto(f"{self.base}/mail")
+        self.page.get_by_role("link", name="jane@acme.test").click()
+        self.page.get_by_role("link", name="Quarterly figures").click()
+        self.page.wait_for_load_state()
+        self.assertIn("Please find the figures below.", self.page.content())
+        self.page.goto(f"{self.base}/mail/box?address=jane@acme.test")
+        self.page.get_by_role("link", name="Write a message").click()
+        self.page.fill("input[name=to]", "joe@acme.test")
+        self.page.fill("input[name=subject]", "Figures received")
+        self.page.get_by_role("button", name="Send").click()
+        self.page.wait_for_load_state()
+        self.assertIn("Message sent.", self.page.content())
+        received = self.appliance.cli("messages", "list", "joe@acme.test").stdout
+        self.assertIn("Figures received", received)
 
     def test_log_out_ends_the_session(self):
         self.log_in()

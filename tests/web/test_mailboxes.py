@@ -13,6 +13,7 @@ from atollon_mail.config import parse_config
 from atollon_mail.store import autorespond, forwarding
 from atollon_mail.store import mailboxes as mailbox_ops
 from atollon_mail.store import queries as q
+from atollon_mail.store.errors import NotFound
 from atollon_mail.web import build_web_root, pages_mailboxes
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.web.test_security import EVIL, Browser, _hash
@@ -116,6 +117,31 @@ class WebMailboxesTests(StoreFixtureMixin):
         )
         carol = yield self.logged_in("carol", "carol-secret")
         self.assertEqual(self.listed((yield carol.get("/mailboxes"))), ["carol@example.org"])
+
+    @defer.inlineCallbacks
+    def test_admin_adds_a_mailbox_and_errors_keep_the_typed_values(self):
+        browser = yield self.logged_in()
+        page = yield browser.get("/mailboxes")
+        form = {"csrf_token": page.csrf(), "new_address": "New@Example.com", "new_owner": "bob"}
+        added = yield browser.post("/mailboxes", {**form, "new_identity": ""})
+        self.assertEqual(added.status, 303)
+        self.assertEqual(self.box("new@example.com").owner_login, "bob")
+        refused = yield browser.post("/mailboxes", {**form, "new_owner": "nobody"})
+        self.assertEqual(refused.status, 400)
+        self.assertIn('value="New@Example.com"', refused.text)
+        self.assertIn('id="new_owner-error"', refused.text)
+        taken = yield browser.post("/mailboxes", form)
+        self.assertEqual(taken.status, 400)
+        self.assertIn('id="new_address-error"', taken.text)
+
+    @defer.inlineCallbacks
+    def test_only_admins_add_mailboxes(self):
+        browser = yield self.logged_in("bob", "bob-secret")
+        page = yield browser.get("/mailboxes")
+        self.assertNotIn('name="new_address"', page.text)
+        form = {"csrf_token": page.csrf(), "new_address": "x@example.com", "new_owner": "bob"}
+        self.assertEqual((yield browser.post("/mailboxes", form)).status, 404)
+        self.assertRaises(NotFound, self.box, "x@example.com")
 
     # --- viewing ------------------------------------------------------------------------
 
