@@ -31,6 +31,7 @@ from atollon_mail.store.pool import Store
 from atollon_mail.web import build_web_root
 
 INITIAL_ADMIN_LOGIN = "admin"
+DNS_FIRST_CHECK_DELAY = 60.0  # seconds after start before the first DNS round
 INITIAL_ADMIN_PASSWORD_FILE = "initial-admin-password"
 
 log = Logger()

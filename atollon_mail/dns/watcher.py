@@ -129,6 +129,7 @@ class DnsWatcher(service.Service):
         send: Callable[[str, bytes], defer.Deferred],
         clock=None,
         threadpool: ThreadPool | None = None,  # default: a pool of its own, one thread
+        first_check_delay: float = 0,
     ):
         self._store = store
         self._config = config
@@ -139,6 +140,10 @@ class DnsWatcher(service.Service):
         self._pool = threadpool
         self._loop: task.LoopingCall | None = None
         self.round: defer.Deferred | None = None
+        # The appliance waits a little before its first round: start-up stays quick, and a
+        # process that only runs briefly never waits on DNS when it stops.
+        self._first_check_delay = first_check_delay
+        self._first_call = None
 
     def startService(self) -> None:
         super().startService()
@@ -148,12 +153,23 @@ class DnsWatcher(service.Service):
             self._pool.start()
         self._loop = task.LoopingCall(self.check_all)
         self._loop.clock = self._clock
-        self._loop.start(self._config.dns.check_interval, now=True)
+        if self._first_check_delay > 0:
+            self._first_call = self._clock.callLater(self._first_check_delay, self._start_loop)
+        else:
+            self._start_loop()
+
+    def _start_loop(self) -> None:
+        self._first_call = None
+        if self.running:
+            self._loop.start(self._config.dns.check_interval, now=True)
 
     def stopService(self):
         if not self.running:
             return defer.succeed(None)
         super().stopService()
+        if self._first_call is not None and self._first_call.active():
+            self._first_call.cancel()
+        self._first_call = None
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         # The pool stops once the round under way has finished with it.

@@ -785,11 +785,13 @@ def store_messages(messages: Sequence[IncomingMessage]) -> list[StoredMessage | 
 @read_only
 def list_filings(mailbox_address: str, limit: int = 100, offset: int = 0) -> list[FilingRecord]:
     mailbox = _get_mailbox(mailbox_address)
+    # The context's owner is joined too: a lazy load per filing doubled the queries.
     query = (
-        Filing.select(Filing, Message, Context)
+        Filing.select(Filing, Message, Context, User)
         .join(Message)
         .switch(Filing)
         .join(Context)
+        .join(User, peewee.JOIN.LEFT_OUTER, on=(Context.owner == User.id))
         .where(Filing.mailbox == mailbox.id)
         .order_by(Filing.uid.desc())
         .limit(limit)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import attrs
+import peewee
 
 from atollon_mail.store import queries
 from atollon_mail.store.domains import last_dns_check
-from atollon_mail.store.models import Domain, Mailbox, MailboxAccess, User
+from atollon_mail.store.models import Alias, Context, Domain, Mailbox, MailboxAccess, User
 from atollon_mail.store.queries import read_only
-from atollon_mail.store.records import MailboxRecord, QueueEntry, UserRecord
+from atollon_mail.store.records import ContextRecord, MailboxRecord, QueueEntry, UserRecord
 
 # The states shown as "recent deliveries and failures" on the dashboard.
 RECENT_STATES = ("delivered", "bounced", "deferred")
@@ -33,11 +34,15 @@ class VisibleMailbox:
     can_edit: bool
 
 
+DASHBOARD_MAILBOXES = 20
+
+
 @attrs.frozen
 class Dashboard:
     """What the dashboard shows to one user; the admin-only parts are None for others."""
 
-    mailboxes: tuple[VisibleMailbox, ...]
+    mailboxes: tuple[VisibleMailbox, ...]  # the first DASHBOARD_MAILBOXES of them
+    mailbox_total: int
     domains: tuple[DomainStatus, ...] | None
     queue_counts: dict | None
     recent: tuple[QueueEntry, ...] | None
@@ -64,41 +69,133 @@ def _domain_status(domain) -> DomainStatus:
     )
 
 
-@read_only
-def visible_mailboxes(login: str) -> list[VisibleMailbox]:
-    """The mailboxes a user may see: all for an admin, else owned or granted view/edit."""
-    user = User.get_or_none(User.login == login)
-    if user is None:
-        return []
-    query = Mailbox.select().order_by(Mailbox.local_part, Mailbox.id)
-    if user.is_admin:
-        return [VisibleMailbox(queries._mailbox_record(box), True) for box in query]
-    granted = {
-        access.mailbox_id: access.can_edit
-        for access in MailboxAccess.select().where(
-            (MailboxAccess.user == user.id) & (MailboxAccess.can_view | MailboxAccess.can_edit)
+@attrs.frozen
+class MailboxPage:
+    """One page of the mailboxes a user may see, and what the filters can offer."""
+
+    rows: tuple[VisibleMailbox, ...]
+    total: int
+    domains: tuple[str, ...]
+    owners: tuple[str, ...]
+
+
+def _page_records(boxes: list[Mailbox]) -> list[MailboxRecord]:
+    """Records for one page of mailboxes selected with their domain and owner, in a fixed
+    number of queries (aliases, To Do contexts and store-to contexts each in one), not a
+    few per mailbox: the list must stay fast with tens of thousands of mailboxes."""
+    ids = [box.id for box in boxes]
+    aliases: dict[int, list[str]] = {box_id: [] for box_id in ids}
+    for alias in (
+        Alias.select(Alias.mailbox, Alias.name).where(Alias.mailbox.in_(ids)).order_by(Alias.name)
+    ):
+        aliases[alias.mailbox_id].append(alias.name)
+    todo = {
+        context.owner_id: context
+        for context in Context.select().where(
+            (Context.kind == "todo") & Context.owner.in_({box.owner_id for box in boxes})
         )
     }
-    query = query.where((Mailbox.owner == user.id) | Mailbox.id.in_(list(granted) or [0]))
-    return [
-        VisibleMailbox(
-            queries._mailbox_record(box), box.owner_id == user.id or granted.get(box.id, False)
+    chosen_ids = {box.store_to_id for box in boxes if box.store_to_id is not None}
+    chosen = {
+        context.id: context
+        for context in Context.select(Context, User)
+        .join(User, peewee.JOIN.LEFT_OUTER, on=(Context.owner == User.id))
+        .where(Context.id.in_(chosen_ids))
+    }
+    owners = {box.owner_id: box.owner.login for box in boxes}
+    records = []
+    for box in boxes:
+        domain = box.domain.name
+        context = chosen.get(box.store_to_id) or todo[box.owner_id]
+        records.append(
+            MailboxRecord(
+                id=box.id,
+                address=f"{box.local_part}@{domain}",
+                local_part=box.local_part,
+                domain=domain,
+                owner_login=box.owner.login,
+                identity=box.identity,
+                store_to=ContextRecord(
+                    id=context.id,
+                    kind=context.kind,
+                    name=context.name,
+                    owner_login=(
+                        owners[context.owner_id]
+                        if context.owner_id in owners
+                        else (context.owner.login if context.owner_id else None)
+                    ),
+                ),
+                active=box.active,
+                is_default=box.is_default,
+                signature=box.signature,
+                aliases=tuple(f"{name}@{domain}" for name in aliases[box.id]),
+            )
         )
-        for box in query
-    ]
+    return records
+
+
+@read_only
+def mailbox_page(
+    login: str, domain: str = "", owner: str = "", limit: int = 50, offset: int = 0
+) -> MailboxPage:
+    """The mailboxes a user may see (all for an admin, else owned or granted view/edit),
+    filtered, ordered by domain and name, one page of them: paged in SQL."""
+    user = User.get_or_none(User.login == login)
+    if user is None:
+        return MailboxPage((), 0, (), ())
+    Owner = User.alias()
+    base = Mailbox.select().join(Domain).switch(Mailbox).join(Owner, on=(Mailbox.owner == Owner.id))
+    granted: dict[int, bool] = {}
+    if not user.is_admin:
+        granted = {
+            access.mailbox_id: access.can_edit
+            for access in MailboxAccess.select().where(
+                (MailboxAccess.user == user.id) & (MailboxAccess.can_view | MailboxAccess.can_edit)
+            )
+        }
+        base = base.where((Mailbox.owner == user.id) | Mailbox.id.in_(list(granted) or [0]))
+    domains = tuple(
+        name for (name,) in base.select(Domain.name).distinct().order_by(Domain.name).tuples()
+    )
+    owners = tuple(
+        name for (name,) in base.select(Owner.login).distinct().order_by(Owner.login).tuples()
+    )
+    filtered = base
+    if domain:
+        filtered = filtered.where(Domain.name == domain)
+    if owner:
+        filtered = filtered.where(Owner.login == owner)
+    total = filtered.count()
+    boxes = list(
+        filtered.select(Mailbox, Domain, Owner)
+        .order_by(Domain.name, Mailbox.local_part)
+        .limit(limit)
+        .offset(offset)
+    )
+    rows = tuple(
+        VisibleMailbox(
+            record, user.is_admin or box.owner_id == user.id or granted.get(box.id, False)
+        )
+        for box, record in zip(boxes, _page_records(boxes), strict=True)
+    )
+    return MailboxPage(rows, total, domains, owners)
 
 
 @read_only
 def dashboard(login: str, recent_limit: int = 10) -> Dashboard:
     user = User.get_or_none(User.login == login)
-    mailboxes = tuple(visible_mailboxes(login))
+    page = mailbox_page(login, limit=DASHBOARD_MAILBOXES)
+    mailboxes, total = page.rows, page.total
     if user is None or not user.is_admin:
-        return Dashboard(mailboxes=mailboxes, domains=None, queue_counts=None, recent=None)
+        return Dashboard(
+            mailboxes=mailboxes, mailbox_total=total, domains=None, queue_counts=None, recent=None
+        )
     domains = tuple(_domain_status(domain) for domain in Domain.select().order_by(Domain.name))
     recent = [entry for state in RECENT_STATES for entry in queries.queue_list(state, recent_limit)]
     recent.sort(key=lambda entry: (entry.created_at, entry.recipient_id), reverse=True)
     return Dashboard(
         mailboxes=mailboxes,
+        mailbox_total=total,
         domains=domains,
         queue_counts=queries.queue_counts(),
         recent=tuple(recent[:recent_limit]),

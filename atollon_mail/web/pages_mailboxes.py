@@ -105,31 +105,36 @@ def register(app: WebApp) -> None:
                 flashes.put(page.session.id, created.address, f"Mailbox {created.address} added.")
                 return Redirect(mailbox_url(created.address))
             status = 400
-        visible = await page.store.run(web_ops.visible_mailboxes, page.user.login)
-        domains = sorted({item.mailbox.domain for item in visible})
-        owners = sorted({item.mailbox.owner_login for item in visible})
         domain = page.arg("domain").strip().lower()
         owner = page.arg("owner").strip().lower()
-        rows = sorted(visible, key=lambda item: (item.mailbox.domain, item.mailbox.local_part))
-        if domain:
-            rows = [item for item in rows if item.mailbox.domain == domain]
-        if owner:
-            rows = [item for item in rows if item.mailbox.owner_login == owner]
-        pages = max(1, -(-len(rows) // PER_PAGE))
         try:
-            number = min(max(1, int(page.arg("page", "1"))), pages)
+            number = max(1, int(page.arg("page", "1")))
         except ValueError:
             number = 1
+        listing = await page.store.run(
+            web_ops.mailbox_page, page.user.login, domain, owner, PER_PAGE, (number - 1) * PER_PAGE
+        )
+        pages = max(1, -(-listing.total // PER_PAGE))
+        if number > pages:  # past the end: show the last page
+            number = pages
+            listing = await page.store.run(
+                web_ops.mailbox_page,
+                page.user.login,
+                domain,
+                owner,
+                PER_PAGE,
+                (number - 1) * PER_PAGE,
+            )
         filters = {key: value for key, value in (("domain", domain), ("owner", owner)) if value}
 
         def page_url(n: int) -> str:
             return "/mailboxes?" + urlencode({**filters, "page": n})
 
         context = {
-            "rows": rows[(number - 1) * PER_PAGE : number * PER_PAGE],
-            "total": len(rows),
-            "domains": domains,
-            "owners": owners,
+            "rows": listing.rows,
+            "total": listing.total,
+            "domains": listing.domains,
+            "owners": listing.owners,
             "domain": domain,
             "owner": owner,
             "number": number,

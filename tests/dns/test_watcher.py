@@ -93,6 +93,19 @@ class WatcherContractTests(StoreFixtureMixin):
     def body(self, message) -> str:
         return message.get_content().replace("\r\n", "\n")
 
+    def test_first_round_can_wait_after_start_and_stopping_before_it_checks_nothing(self):
+        delayed = DnsWatcher(
+            self.store, self.config, reactor, self.send, clock=self.clock, first_check_delay=60
+        )
+        delayed.startService()
+        self.assertIsNone(delayed.round, "no round at start")
+        self.clock.advance(59)
+        self.assertIsNone(delayed.round)
+        stopped = delayed.stopService()
+        self.clock.advance(3600)
+        self.assertIsNone(delayed.round, "a stopped watcher never starts its first round")
+        return stopped
+
     @defer.inlineCallbacks
     def test_first_round_stores_results_and_mails_nothing_when_all_pass(self):
         yield self.start()
