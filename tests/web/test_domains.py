@@ -9,7 +9,6 @@ from html import unescape
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
-from twisted.web.server import Site
 
 from atollon_mail.delivery import dkim
 from atollon_mail.store import queries as q
@@ -19,10 +18,11 @@ from atollon_mail.web import build_web_root
 from tests.dns.fixtures import HOSTNAME, appliance_zones, make_config, primary_zone
 from tests.dnsserver import start_dns_server
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
+from tests.web.support import ServedWebMixin
 from tests.web.test_security import T0, Browser, _hash
 
 
-class DomainPagesTests(StoreFixtureMixin):
+class DomainPagesTests(ServedWebMixin, StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
         sync = self.store.run_sync
@@ -46,20 +46,11 @@ class DomainPagesTests(StoreFixtureMixin):
         root = build_web_root(self.store, config, reactor, clock=self.clock)
         # The records and checks need the whole configuration (nameservers, addresses).
         root.app.config = config
-        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.port = port.getHost().port
-        self.browsers: list[Browser] = []
-        self.addCleanup(self._close_browsers)
-
-    def _close_browsers(self):
-        pools = [browser.agent._pool for browser in self.browsers]
-        return defer.gatherResults([pool.closeCachedConnections() for pool in pools])
+        self.serve(root)
 
     @defer.inlineCallbacks
     def admin(self) -> Browser:
-        browser = Browser(self.port)
-        self.browsers.append(browser)
+        browser = self.browser()
         yield browser.login("admin", "admin-secret")
         return browser
 
@@ -137,8 +128,7 @@ class DomainPagesTests(StoreFixtureMixin):
 
     @defer.inlineCallbacks
     def test_a_non_admin_gets_404(self):
-        browser = Browser(self.port)
-        self.browsers.append(browser)
+        browser = self.browser()
         yield browser.login("bob", "bob-secret")
         for path in ("/domains", "/domain?name=good.test", "/dns"):
             response = yield browser.get(path)

@@ -10,7 +10,6 @@ import re
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
-from twisted.web.server import Site
 
 import atollon_mail.web as web
 from atollon_mail.config import parse_config
@@ -20,7 +19,8 @@ from atollon_mail.store.mailboxes import grant_mailbox_access, update_mailbox
 from atollon_mail.store.records import IncomingMessage
 from atollon_mail.web import build_web_root
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
-from tests.web.test_security import Browser, _hash
+from tests.web.support import ServedWebMixin
+from tests.web.test_security import _hash
 
 TEXT_MAIL = (
     b"From: Alice <alice@remote.example>\r\nTo: bob@example.com\r\n"
@@ -40,7 +40,9 @@ HTML_MAIL = (
 )
 
 
-class WebMailTests(StoreFixtureMixin):
+class WebMailTests(ServedWebMixin, StoreFixtureMixin):
+    default_login = ("bob", "bob-secret")
+
     def setUp(self):
         if "atollon_mail.web.pages_mail" not in web.PAGE_MODULES:
             self.patch(web, "PAGE_MODULES", web.PAGE_MODULES + ("atollon_mail.web.pages_mail",))
@@ -62,11 +64,7 @@ class WebMailTests(StoreFixtureMixin):
         self.clock.advance(1_000_000)
         config = parse_config("[appliance]\nhostname = mail.example.com\n")
         root = build_web_root(self.store, config, reactor, clock=self.clock)
-        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.port = port.getHost().port
-        self.browsers: list[Browser] = []
-        self.addCleanup(self._close_browsers)
+        self.serve(root)
 
     def deliver(self, raw: bytes, local_part: str) -> int:
         recipient = self.store.run_sync(q.resolve_recipient, local_part, "example.com")
@@ -78,18 +76,6 @@ class WebMailTests(StoreFixtureMixin):
         )
         [stored] = self.store.run_sync(q.store_messages, [incoming])
         return stored.id
-
-    def _close_browsers(self):
-        pools = [browser.agent._pool for browser in self.browsers]
-        return defer.gatherResults([pool.closeCachedConnections() for pool in pools])
-
-    @defer.inlineCallbacks
-    def logged_in(self, login="bob", password="bob-secret"):
-        browser = Browser(self.port)
-        self.browsers.append(browser)
-        response = yield browser.login(login, password)
-        self.assertEqual(response.status, 303)
-        return browser
 
     # --- seeing mailboxes and messages ---------------------------------------------------
 

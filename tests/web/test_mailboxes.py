@@ -7,7 +7,6 @@ import re
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
-from twisted.web.server import Site
 
 from atollon_mail.config import parse_config
 from atollon_mail.store import autorespond, forwarding
@@ -16,12 +15,13 @@ from atollon_mail.store import queries as q
 from atollon_mail.store.errors import NotFound
 from atollon_mail.web import build_web_root, pages_mailboxes
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
-from tests.web.test_security import EVIL, Browser, _hash
+from tests.web.support import ServedWebMixin
+from tests.web.test_security import EVIL, _hash
 
 BOB = "/mailbox?address=bob@example.com"
 
 
-class WebMailboxesTests(StoreFixtureMixin):
+class WebMailboxesTests(ServedWebMixin, StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
         sync = self.store.run_sync
@@ -39,23 +39,7 @@ class WebMailboxesTests(StoreFixtureMixin):
         root = build_web_root(self.store, config, reactor, clock=self.clock)
         if "/mailboxes" not in root.app.routes:
             pages_mailboxes.register(root.app)
-        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.port = port.getHost().port
-        self.browsers: list[Browser] = []
-        self.addCleanup(self._close_browsers)
-
-    def _close_browsers(self):
-        pools = [browser.agent._pool for browser in self.browsers]
-        return defer.gatherResults([pool.closeCachedConnections() for pool in pools])
-
-    @defer.inlineCallbacks
-    def logged_in(self, login="admin", password="admin-secret"):
-        browser = Browser(self.port)
-        self.browsers.append(browser)
-        response = yield browser.login(login, password)
-        self.assertEqual(response.status, 303)
-        return browser
+        self.serve(root)
 
     @defer.inlineCallbacks
     def act(self, browser, action, path=BOB, **fields):

@@ -10,14 +10,14 @@ from types import SimpleNamespace
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
-from twisted.web.server import Site
 
 from atollon_mail.store import mailboxes
 from atollon_mail.store import queries as q
 from atollon_mail.store.records import DeliveryResult, OutgoingMessage
 from atollon_mail.web import build_web_root
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
-from tests.web.test_security import EVIL, Browser, _hash
+from tests.web.support import ServedWebMixin
+from tests.web.test_security import EVIL, _hash
 
 T0 = datetime.datetime(2030, 1, 1, 12, 0, 0)
 
@@ -32,7 +32,7 @@ def _outgoing(*recipients: str, subject: str = "hello", type_id=None) -> Outgoin
     )
 
 
-class QueuePagesTests(StoreFixtureMixin):
+class QueuePagesTests(ServedWebMixin, StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
         sync = self.store.run_sync
@@ -73,24 +73,15 @@ class QueuePagesTests(StoreFixtureMixin):
             web=SimpleNamespace(session_idle_timeout=30 * 60),
         )
         root = build_web_root(self.store, config, reactor, clock=clock)
-        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.port = port.getHost().port
-        self.browsers: list[Browser] = []
-        self.addCleanup(self._close_browsers)
+        self.serve(root)
 
     def _queue_id(self, address: str) -> int:
         entries = self.store.run_sync(q.queue_list, None, 1000, 0)
         return next(e.queue_message_id for e in entries if e.address == address)
 
-    def _close_browsers(self):
-        pools = [browser.agent._pool for browser in self.browsers]
-        return defer.gatherResults([pool.closeCachedConnections() for pool in pools])
-
     @defer.inlineCallbacks
     def admin(self):
-        browser = Browser(self.port)
-        self.browsers.append(browser)
+        browser = self.browser()
         yield browser.login("admin", "admin-secret")
         return browser
 
@@ -198,8 +189,7 @@ class QueuePagesTests(StoreFixtureMixin):
 
     @defer.inlineCallbacks
     def test_non_admin_gets_404(self):
-        browser = Browser(self.port)
-        self.browsers.append(browser)
+        browser = self.browser()
         yield browser.login("bob", "bob-secret")
         home = yield browser.get("/")
         for path in ("/queue", f"/queue/message?id={self.queue_id}", "/message-types"):

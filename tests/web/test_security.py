@@ -4,23 +4,14 @@ on PostgreSQL."""
 from __future__ import annotations
 
 import datetime
-import functools
 import re
-from http.cookies import SimpleCookie
-from io import BytesIO
 from types import SimpleNamespace
-from urllib.parse import urlencode
 
 from twisted.internet import defer, reactor
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.trial import unittest
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
-from twisted.web.http_headers import Headers
-from twisted.web.server import Site
 
 from atollon_mail.config import parse_config
-from atollon_mail.passwords import hash_password
 from atollon_mail.store import queries as q
 from atollon_mail.store.domains import record_dns_check
 from atollon_mail.store.mailboxes import grant_mailbox_access
@@ -29,104 +20,13 @@ from atollon_mail.web import build_web_root
 from atollon_mail.web.app import cookie_header
 from atollon_mail.web.sessions import SESSION_COOKIE
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
+from tests.web.support import Browser, ServedWebMixin, _hash  # noqa: F401 (others import them here)
 
 T0 = datetime.datetime(2030, 1, 1, 12, 0, 0)
 EVIL = "<script>alert(1)</script>"
 
 
-@functools.cache
-def _hash(password: str) -> str:
-    return hash_password(password)
-
-
-class Response:
-    def __init__(self, status: int, headers: Headers, body: bytes):
-        self.status = status
-        self.headers = headers
-        self.body = body
-        self.text = body.decode("utf-8")
-
-    def header(self, name: str) -> str | None:
-        values = self.headers.getRawHeaders(name)
-        return values[0] if values else None
-
-    @property
-    def set_cookies(self) -> list[str]:
-        return self.headers.getRawHeaders("set-cookie") or []
-
-    def csrf(self) -> str:
-        return re.search(r'name="csrf_token" value="([^"]*)"', self.text).group(1)
-
-
-class _Collect(Protocol):
-    def __init__(self, done: defer.Deferred):
-        self.done = done
-        self.parts: list[bytes] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        self.parts.append(data)
-
-    def connectionLost(self, reason) -> None:
-        self.done.callback(b"".join(self.parts))
-
-
-def _read_body(response) -> defer.Deferred:
-    # readBody would warn about Twisted's own transport proxy; this reads the same bytes.
-    done = defer.Deferred()
-    response.deliverBody(_Collect(done))
-    return done
-
-
-class Browser:
-    """An HTTP client with its own cookie jar, following no redirects."""
-
-    def __init__(self, port: int):
-        self.base = f"http://127.0.0.1:{port}"
-        # One connection per request: nothing stays open when a test ends.
-        self.agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
-        self.cookies: dict[str, str] = {}
-
-    @defer.inlineCallbacks
-    def request(self, method: str, path: str, form: dict | None = None):
-        headers = Headers()
-        if self.cookies:
-            cookie = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-            headers.addRawHeader("cookie", cookie)
-        body = None
-        if form is not None:
-            headers.addRawHeader("content-type", "application/x-www-form-urlencoded")
-            body = FileBodyProducer(BytesIO(urlencode(form).encode()))
-        response = yield self.agent.request(
-            method.encode(), (self.base + path).encode(), headers, body
-        )
-        content = yield _read_body(response)
-        for raw in response.headers.getRawHeaders("set-cookie") or []:
-            parsed = SimpleCookie()
-            parsed.load(raw)
-            for name, morsel in parsed.items():
-                if morsel["max-age"] == "0":
-                    self.cookies.pop(name, None)
-                else:
-                    self.cookies[name] = morsel.value
-        return Response(response.code, response.headers, content)
-
-    def get(self, path: str):
-        return self.request("GET", path)
-
-    def post(self, path: str, form: dict):
-        return self.request("POST", path, form)
-
-    @defer.inlineCallbacks
-    def login(self, login: str, password: str):
-        form = yield self.get("/login")
-        return (
-            yield self.post(
-                "/login", {"login": login, "password": password, "csrf_token": form.csrf()}
-            )
-        )
-
-
-class WebSecurityTests(StoreFixtureMixin):
+class WebSecurityTests(ServedWebMixin, StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
         sync = self.store.run_sync
@@ -173,21 +73,7 @@ class WebSecurityTests(StoreFixtureMixin):
         config = parse_config("[appliance]\nhostname = mail.example.com\n")
         root = build_web_root(self.store, config, reactor, clock=self.clock)
         self.app = root.app
-        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.port = port.getHost().port
-        # Agent keeps connections alive: close them before the reactor is checked for leaks.
-        self.browsers: list[Browser] = []
-        self.addCleanup(self._close_browsers)
-
-    def _close_browsers(self):
-        pools = [browser.agent._pool for browser in self.browsers]
-        return defer.gatherResults([pool.closeCachedConnections() for pool in pools])
-
-    def browser(self) -> Browser:
-        browser = Browser(self.port)
-        self.browsers.append(browser)
-        return browser
+        self.serve(root)
 
     # --- login and sessions ---------------------------------------------------------------
 

@@ -7,7 +7,6 @@ import re
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
-from twisted.web.server import Site
 
 from atollon_mail.config import parse_config
 from atollon_mail.store import queries as q
@@ -15,7 +14,8 @@ from atollon_mail.store import users as user_ops
 from atollon_mail.store.errors import Conflict, NotFound
 from atollon_mail.web import build_web_root
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
-from tests.web.test_security import EVIL, Browser, _hash
+from tests.web.support import ServedWebMixin
+from tests.web.test_security import EVIL, _hash
 
 
 def _new_password(page) -> str | None:
@@ -23,7 +23,7 @@ def _new_password(page) -> str | None:
     return found.group(1) if found else None
 
 
-class WebUsersTests(StoreFixtureMixin):
+class WebUsersTests(ServedWebMixin, StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
         sync = self.store.run_sync
@@ -36,28 +36,11 @@ class WebUsersTests(StoreFixtureMixin):
         self.clock.advance(1_000_000)
         config = parse_config("[appliance]\nhostname = mail.example.com\n")
         root = build_web_root(self.store, config, reactor, clock=self.clock)
-        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        self.port = port.getHost().port
-        self.browsers: list[Browser] = []
-        self.addCleanup(self._close_browsers)
-
-    def _close_browsers(self):
-        pools = [browser.agent._pool for browser in self.browsers]
-        return defer.gatherResults([pool.closeCachedConnections() for pool in pools])
-
-    @defer.inlineCallbacks
-    def logged_in(self, login="admin", password="admin-secret"):
-        browser = Browser(self.port)
-        self.browsers.append(browser)
-        response = yield browser.login(login, password)
-        self.assertEqual(response.status, 303)
-        return browser
+        self.serve(root)
 
     @defer.inlineCallbacks
     def can_log_in(self, login: str, password: str):
-        browser = Browser(self.port)
-        self.browsers.append(browser)
+        browser = self.browser()
         response = yield browser.login(login, password)
         return response.status == 303
 
