@@ -190,7 +190,11 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
     runner.setServiceParent(appliance)
     intake.filed_listeners.append(Autoresponder(store, intake, config.appliance.hostname, reactor))
     DnsWatcher(
-        store, config, reactor, functools.partial(send_notification, intake)
+        store,
+        config,
+        reactor,
+        functools.partial(send_notification, intake),
+        first_check_delay=DNS_FIRST_CHECK_DELAY,
     ).setServiceParent(appliance)
 
     tls_options = load_tls_options(config)

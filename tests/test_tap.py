@@ -123,6 +123,13 @@ class ServiceTreeTests(unittest.TestCase):
         self.addCleanup(appliance.stopService)
         self.assertEqual(ready_when_bound, [True, True, True])
 
+    def test_the_first_dns_round_waits_after_start(self):
+        appliance = self.start()
+        watcher = appliance.getServiceNamed("dns-watcher")
+        self.assertIsNone(watcher.round, "no DNS round at start")
+        self.reactor.advance(tap.DNS_FIRST_CHECK_DELAY - 1)
+        self.assertIsNone(watcher.round)
+
     def test_second_start_keeps_the_admin(self):
         path = write_config(self, MINIMAL)
         for _ in range(2):
