@@ -50,6 +50,14 @@ class DnsConfig:
 
 
 @attrs.frozen
+class MassmailConfig:
+    rate: float  # messages per second per campaign; 0: as fast as delivery goes
+    window: int  # messages of one campaign handed to the delivery queue and not yet done
+    unsubscribe_url: str | None  # the public base of the unsubscribe links; None: https://hostname
+    secret: str | None = None  # None: generated at first start, kept in data_dir
+
+
+@attrs.frozen
 class DatabaseConfig:
     url: str
 
@@ -117,6 +125,7 @@ class Config:
     submission: SubmissionConfig
     delivery: DeliveryConfig
     dns: DnsConfig = DnsConfig(None, 86400.0, None, False)
+    massmail: MassmailConfig = MassmailConfig(50.0, 1000, None)
 
     def replace_listen(
         self, smtp: str | None = None, web: str | None = None, submission: str | None = None
@@ -315,6 +324,25 @@ def _optional_ip(version: int) -> Callable[[str], str | None]:
     return parse
 
 
+def _rate(value: str) -> float:
+    try:
+        rate = float(value.strip())
+    except ValueError:
+        raise ValueError(f"must be messages per second (0: unlimited), got {value!r}") from None
+    if rate < 0 or rate != rate:
+        raise ValueError(f"must be messages per second (0: unlimited), got {value!r}")
+    return rate
+
+
+def _optional_url(value: str) -> str | None:
+    value = value.strip()
+    if not value:
+        return None
+    if not (value.startswith("https://") or value.startswith("http://")) or " " in value:
+        raise ValueError(f"must be an http:// or https:// address, got {value!r}")
+    return value.rstrip("/")
+
+
 def _optional_domain(value: str) -> str | None:
     value = value.strip().lower().rstrip(".")
     if not value:
@@ -392,6 +420,12 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "dmarc_report_address": (_optional_text, ""),
         "mta_sts": (_yes_no, "no"),
     },
+    "massmail": {
+        "rate": (_rate, "50"),
+        "window": (_whole_number(1), "1000"),
+        "unsubscribe_url": (_optional_url, ""),
+        "secret": (_optional_text, ""),
+    },
 }
 
 
@@ -459,6 +493,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         submission=SubmissionConfig(**values["submission"]),
         delivery=DeliveryConfig(**delivery),
         dns=DnsConfig(**values["dns"]),
+        massmail=MassmailConfig(**values["massmail"]),
     )
 
 

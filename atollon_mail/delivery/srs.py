@@ -24,11 +24,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import re
-import secrets
 import time
 from collections.abc import Callable, Sequence
+
+from atollon_mail.secretfile import load_or_create_secret
 
 __all__ = [
     "DEFAULT_MAX_AGE_DAYS",
@@ -194,24 +194,7 @@ class SRS:
 
 
 def load_or_create_srs_secret(configured: str | None, data_dir: str) -> bytes:
-    """The SRS secret: the configured one, else the one kept in <data_dir>/srs-secret,
-    made (random, mode 0600) the first time. It must outlive restarts: bounces to mail
-    forwarded before a restart must still be recognised."""
-    if configured:
-        return configured.encode("utf-8")
-    os.makedirs(data_dir, mode=0o750, exist_ok=True)
-    path = os.path.join(data_dir, SECRET_FILE)
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(descriptor, "w") as secret_file:
-            secret_file.write(secrets.token_hex(32) + "\n")
-            secret_file.flush()
-            os.fsync(secret_file.fileno())
-    with open(path, "rb") as secret_file:
-        secret = secret_file.read().strip()
-    if not secret:
-        raise ValueError(f"{path} is empty; remove it to have a new SRS secret made")
-    return secret
+    """The SRS secret: the configured one, else the one kept in <data_dir>/srs-secret.
+    It must outlive restarts: bounces to mail forwarded before a restart must still be
+    recognised."""
+    return load_or_create_secret(configured, data_dir, SECRET_FILE)

@@ -231,6 +231,140 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE UNIQUE INDEX dns_check_domain_id ON dns_check (domain_id)",
         ),
     ),
+    Migration(
+        4,
+        "CRM contacts, folders, default folders, distribution groups, campaigns",
+        (
+            """CREATE TABLE organization (
+                id {id},
+                name VARCHAR(200) NOT NULL,
+                created_at TIMESTAMP NOT NULL)""",
+            "CREATE UNIQUE INDEX organization_name ON organization (name)",
+            """CREATE TABLE contact (
+                id {id},
+                organization_id {bigint} NOT NULL REFERENCES organization (id) ON DELETE RESTRICT,
+                kind VARCHAR(16) NOT NULL CHECK (kind IN ('person', 'company')),
+                external_id VARCHAR(100),
+                name VARCHAR(200) NOT NULL,
+                first_name VARCHAR(100) NOT NULL,
+                last_name VARCHAR(100) NOT NULL,
+                email VARCHAR(320) NOT NULL,
+                language VARCHAR(8) NOT NULL,
+                created_at TIMESTAMP NOT NULL,
+                updated_at TIMESTAMP NOT NULL)""",
+            "CREATE UNIQUE INDEX contact_organization_external_id"
+            " ON contact (organization_id, external_id)",
+            "CREATE INDEX contact_organization_language ON contact (organization_id, language)",
+            "CREATE INDEX contact_email ON contact (email)",
+            """CREATE TABLE employment (
+                id {id},
+                person_id {bigint} NOT NULL REFERENCES contact (id) ON DELETE CASCADE,
+                company_id {bigint} NOT NULL REFERENCES contact (id) ON DELETE CASCADE,
+                is_primary BOOLEAN NOT NULL,
+                valid_from DATE,
+                valid_to DATE,
+                created_at TIMESTAMP NOT NULL)""",
+            "CREATE INDEX employment_person_id ON employment (person_id)",
+            "CREATE INDEX employment_company_id ON employment (company_id)",
+            "ALTER TABLE context ADD COLUMN organization_id {bigint}"
+            " REFERENCES organization (id) ON DELETE RESTRICT",
+            "ALTER TABLE context ADD COLUMN company_id {bigint}"
+            " REFERENCES contact (id) ON DELETE RESTRICT",
+            "CREATE INDEX context_organization_id ON context (organization_id)",
+            "CREATE INDEX context_company_id ON context (company_id)",
+            """CREATE TABLE contact_context (
+                id {id},
+                organization_id {bigint} NOT NULL REFERENCES organization (id) ON DELETE CASCADE,
+                contact_id {bigint} NOT NULL REFERENCES contact (id) ON DELETE CASCADE,
+                folder_id {bigint} REFERENCES context (id) ON DELETE SET NULL,
+                project_id {bigint} REFERENCES context (id) ON DELETE SET NULL,
+                activity VARCHAR(200),
+                source VARCHAR(16) NOT NULL CHECK (source IN ('manual', 'employer')),
+                updated_at TIMESTAMP NOT NULL)""",
+            "CREATE UNIQUE INDEX contact_context_organization_contact"
+            " ON contact_context (organization_id, contact_id)",
+            "CREATE INDEX contact_context_contact_id ON contact_context (contact_id)",
+            """CREATE TABLE distribution_group (
+                id {id},
+                name VARCHAR(200) NOT NULL,
+                organization_id {bigint} REFERENCES organization (id) ON DELETE RESTRICT,
+                kind VARCHAR(16) NOT NULL CHECK (kind IN ('static', 'dynamic')),
+                filter TEXT,
+                created_at TIMESTAMP NOT NULL)""",
+            "CREATE UNIQUE INDEX distribution_group_name ON distribution_group (name)",
+            "CREATE INDEX distribution_group_organization_id"
+            " ON distribution_group (organization_id)",
+            """CREATE TABLE group_member (
+                id {id},
+                group_id {bigint} NOT NULL REFERENCES distribution_group (id) ON DELETE CASCADE,
+                contact_id {bigint} NOT NULL REFERENCES contact (id) ON DELETE CASCADE,
+                added_at TIMESTAMP NOT NULL)""",
+            "CREATE UNIQUE INDEX group_member_group_contact ON group_member (group_id, contact_id)",
+            "CREATE INDEX group_member_contact_id ON group_member (contact_id)",
+            """CREATE TABLE campaign (
+                id {id},
+                name VARCHAR(200) NOT NULL,
+                group_id {bigint} NOT NULL REFERENCES distribution_group (id) ON DELETE RESTRICT,
+                mailbox_id {bigint} NOT NULL REFERENCES mailbox (id) ON DELETE RESTRICT,
+                type_id {bigint} REFERENCES message_type (id) ON DELETE RESTRICT,
+                organization_id {bigint} REFERENCES organization (id) ON DELETE RESTRICT,
+                fallback_language VARCHAR(8) NOT NULL,
+                status VARCHAR(16) NOT NULL CHECK (status IN
+                    ('draft', 'running', 'paused', 'cancelled', 'finished')),
+                created_at TIMESTAMP NOT NULL,
+                started_at TIMESTAMP,
+                finished_at TIMESTAMP,
+                updated_at TIMESTAMP NOT NULL)""",
+            "CREATE INDEX campaign_status ON campaign (status)",
+            "CREATE INDEX campaign_group_id ON campaign (group_id)",
+            "CREATE INDEX campaign_mailbox_id ON campaign (mailbox_id)",
+            "CREATE INDEX campaign_type_id ON campaign (type_id)",
+            "CREATE INDEX campaign_organization_id ON campaign (organization_id)",
+            """CREATE TABLE campaign_variant (
+                id {id},
+                campaign_id {bigint} NOT NULL REFERENCES campaign (id) ON DELETE CASCADE,
+                language VARCHAR(8) NOT NULL,
+                subject TEXT NOT NULL,
+                body TEXT NOT NULL,
+                updated_at TIMESTAMP NOT NULL)""",
+            "CREATE UNIQUE INDEX campaign_variant_campaign_language"
+            " ON campaign_variant (campaign_id, language)",
+            # queue_recipient_id and message_id are plain numbers, not references: the
+            # queue's rows come and go (pause takes them back, `queue delete` removes them)
+            # while the send list keeps its history.
+            """CREATE TABLE campaign_recipient (
+                id {id},
+                campaign_id {bigint} NOT NULL REFERENCES campaign (id) ON DELETE CASCADE,
+                contact_id {bigint} REFERENCES contact (id) ON DELETE SET NULL,
+                address VARCHAR(320) NOT NULL,
+                language VARCHAR(8) NOT NULL,
+                state VARCHAR(16) NOT NULL CHECK (state IN ('queued', 'sending', 'sent',
+                    'deferred', 'bounced', 'failed', 'suppressed')),
+                uncertain BOOLEAN NOT NULL,
+                attempts INTEGER NOT NULL,
+                last_reply TEXT,
+                queue_recipient_id {bigint},
+                message_id {bigint},
+                sent_at TIMESTAMP,
+                updated_at TIMESTAMP NOT NULL)""",
+            "CREATE UNIQUE INDEX campaign_recipient_campaign_address"
+            " ON campaign_recipient (campaign_id, address)",
+            "CREATE INDEX campaign_recipient_campaign_state_id"
+            " ON campaign_recipient (campaign_id, state, id)",
+            "CREATE INDEX campaign_recipient_contact_id ON campaign_recipient (contact_id)",
+            """CREATE TABLE suppression (
+                id {id},
+                address VARCHAR(320) NOT NULL,
+                reason VARCHAR(16) NOT NULL CHECK (reason IN
+                    ('unsubscribed', 'hard-bounce', 'manual')),
+                detail TEXT,
+                campaign_id {bigint} REFERENCES campaign (id) ON DELETE SET NULL,
+                created_at TIMESTAMP NOT NULL)""",
+            "CREATE UNIQUE INDEX suppression_address ON suppression (address)",
+            "CREATE INDEX suppression_campaign_id ON suppression (campaign_id)",
+            "ALTER TABLE queue_recipient ADD COLUMN campaign_recipient_id {bigint}",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].number

@@ -95,14 +95,128 @@ class User(BaseModel):
     created_at = peewee.DateTimeField()
 
 
+class Organization(BaseModel):
+    """A tenant of the CRM: contacts, folders and default folders belong to one."""
+
+    id = peewee.BigAutoField()
+    name = peewee.CharField(max_length=200, unique=True)
+    created_at = peewee.DateTimeField()
+
+
+CONTACT_KINDS = ("person", "company")
+
+
+class Contact(BaseModel):
+    """A person or a company of an organization's CRM (migration 4).
+
+    `email` is kept lower-cased (the import and every write normalise it), so the send
+    list deduplicates addresses with plain equality; "" when the contact has none.
+    `language` is a lower-case ISO 639-1 code, "" when unknown.
+    """
+
+    id = peewee.BigAutoField()
+    # Indexed by the (organization, external_id) and (organization, language) indexes.
+    organization = peewee.ForeignKeyField(Organization, on_delete="RESTRICT", index=False)
+    kind = peewee.CharField(max_length=16)
+    external_id = peewee.CharField(max_length=100, null=True)
+    name = peewee.CharField(max_length=200)
+    first_name = peewee.CharField(max_length=100)
+    last_name = peewee.CharField(max_length=100)
+    email = peewee.CharField(max_length=320, index=True)
+    language = peewee.CharField(max_length=8)
+    created_at = peewee.DateTimeField()
+    updated_at = peewee.DateTimeField()
+
+    class Meta:
+        indexes = (
+            (("organization", "external_id"), True),
+            (("organization", "language"), False),
+        )
+
+
+class Employment(BaseModel):
+    """A person's employment at a company; valid_to in the past means it has ended."""
+
+    id = peewee.BigAutoField()
+    person = peewee.ForeignKeyField(Contact, backref="employments", on_delete="CASCADE")
+    company = peewee.ForeignKeyField(Contact, backref="employees", on_delete="CASCADE")
+    is_primary = peewee.BooleanField()
+    valid_from = peewee.DateField(null=True)
+    valid_to = peewee.DateField(null=True)
+    created_at = peewee.DateTimeField()
+
+
 class Context(BaseModel):
-    """Where mail is filed: a user's To Do, a folder or a project (CRM contexts)."""
+    """Where mail is filed: a user's To Do, a folder or a project (CRM contexts).
+
+    A folder (the CRM's "subject") belongs to a company within an organization; a project
+    to an organization (migration 4)."""
 
     id = peewee.BigAutoField()
     kind = peewee.CharField(max_length=16)
     name = peewee.CharField(max_length=200)
     owner = peewee.ForeignKeyField(User, null=True, backref="contexts", on_delete="RESTRICT")
     created_at = peewee.DateTimeField()
+    organization = peewee.ForeignKeyField(
+        Organization, null=True, on_delete="RESTRICT", column_name="organization_id"
+    )
+    company = peewee.ForeignKeyField(
+        Contact, null=True, backref="folders", on_delete="RESTRICT", column_name="company_id"
+    )
+
+
+DEFAULT_FOLDER_SOURCES = ("manual", "employer")
+
+
+class ContactContext(BaseModel):
+    """A contact's default folder in one organization (the CRM's organization_contact_context):
+    where mail to and from the contact is filed. `source` says who chose it: a person
+    ("manual", never overwritten by the maintenance) or the employer rule ("employer")."""
+
+    id = peewee.BigAutoField()
+    # Indexed by the unique (organization, contact) index.
+    organization = peewee.ForeignKeyField(Organization, on_delete="CASCADE", index=False)
+    contact = peewee.ForeignKeyField(Contact, backref="default_folders", on_delete="CASCADE")
+    folder = peewee.ForeignKeyField(
+        Context, null=True, backref="+", on_delete="SET NULL", index=False
+    )
+    project = peewee.ForeignKeyField(
+        Context, null=True, backref="+", on_delete="SET NULL", index=False
+    )
+    activity = peewee.CharField(max_length=200, null=True)
+    source = peewee.CharField(max_length=16)
+    updated_at = peewee.DateTimeField()
+
+    class Meta:
+        indexes = ((("organization", "contact"), True),)
+
+
+GROUP_KINDS = ("static", "dynamic")
+
+
+class DistributionGroup(BaseModel):
+    """Contacts to send to: listed one by one (static) or matched by a filter (dynamic;
+    `filter` holds the JSON of a crm.groups.GroupFilter, never SQL)."""
+
+    id = peewee.BigAutoField()
+    name = peewee.CharField(max_length=200, unique=True)
+    organization = peewee.ForeignKeyField(Organization, null=True, on_delete="RESTRICT")
+    kind = peewee.CharField(max_length=16)
+    filter = peewee.TextField(null=True)
+    created_at = peewee.DateTimeField()
+
+
+class GroupMember(BaseModel):
+    id = peewee.BigAutoField()
+    # Indexed by the unique (group, contact) index.
+    group = peewee.ForeignKeyField(
+        DistributionGroup, backref="members", on_delete="CASCADE", index=False
+    )
+    contact = peewee.ForeignKeyField(Contact, on_delete="CASCADE")
+    added_at = peewee.DateTimeField()
+
+    class Meta:
+        indexes = ((("group", "contact"), True),)
 
 
 class Mailbox(BaseModel):
@@ -217,6 +331,8 @@ class QueueRecipient(BaseModel):
     delay_warned = peewee.BooleanField()
     created_at = peewee.DateTimeField()
     updated_at = peewee.DateTimeField()
+    # The send-list row this delivery is for, when it is campaign mail (migration 4).
+    campaign_recipient_id = peewee.BigIntegerField(null=True)
 
     class Meta:
         indexes = ((("state", "next_attempt_at"), False),)
@@ -305,6 +421,88 @@ class DnsCheck(BaseModel):
     results = peewee.TextField()
 
 
+CAMPAIGN_STATUSES = ("draft", "running", "paused", "cancelled", "finished")
+RECIPIENT_STATES = ("queued", "sending", "sent", "deferred", "bounced", "failed", "suppressed")
+# A recipient in one of these will not be sent to again by this campaign.
+FINAL_RECIPIENT_STATES = ("sent", "bounced", "failed", "suppressed")
+SUPPRESSION_REASONS = ("unsubscribed", "hard-bounce", "manual")
+
+
+class Campaign(BaseModel):
+    """A mass mail: a group, a sending mailbox, a message type and a variant per language."""
+
+    id = peewee.BigAutoField()
+    name = peewee.CharField(max_length=200)
+    group = peewee.ForeignKeyField(DistributionGroup, on_delete="RESTRICT")
+    mailbox = peewee.ForeignKeyField(Mailbox, on_delete="RESTRICT")
+    type = peewee.ForeignKeyField(
+        MessageType, null=True, on_delete="RESTRICT", column_name="type_id"
+    )
+    # Whose default folders sent messages are filed in (the group's, unless set).
+    organization = peewee.ForeignKeyField(Organization, null=True, on_delete="RESTRICT")
+    fallback_language = peewee.CharField(max_length=8)
+    status = peewee.CharField(max_length=16, index=True)
+    created_at = peewee.DateTimeField()
+    started_at = peewee.DateTimeField(null=True)
+    finished_at = peewee.DateTimeField(null=True)
+    updated_at = peewee.DateTimeField()
+
+
+class CampaignVariant(BaseModel):
+    id = peewee.BigAutoField()
+    # Indexed by the unique (campaign, language) index.
+    campaign = peewee.ForeignKeyField(
+        Campaign, backref="variants", on_delete="CASCADE", index=False
+    )
+    language = peewee.CharField(max_length=8)
+    subject = peewee.TextField()
+    body = peewee.TextField()
+    updated_at = peewee.DateTimeField()
+
+    class Meta:
+        indexes = ((("campaign", "language"), True),)
+
+
+class CampaignRecipient(BaseModel):
+    """One row of a campaign's send list. queue_recipient_id and message_id are plain
+    numbers: the queue's rows come and go while the send list keeps its history."""
+
+    id = peewee.BigAutoField()
+    # Indexed by the (campaign, address) and (campaign, state, id) indexes.
+    campaign = peewee.ForeignKeyField(
+        Campaign, backref="recipients", on_delete="CASCADE", index=False
+    )
+    contact = peewee.ForeignKeyField(Contact, null=True, on_delete="SET NULL")
+    address = peewee.CharField(max_length=320)
+    language = peewee.CharField(max_length=8)
+    state = peewee.CharField(max_length=16)
+    # Was being delivered when the appliance was killed: it may have got two copies.
+    uncertain = peewee.BooleanField(default=False)
+    attempts = peewee.IntegerField(default=0)
+    last_reply = peewee.TextField(null=True)
+    queue_recipient_id = peewee.BigIntegerField(null=True)
+    message_id = peewee.BigIntegerField(null=True)
+    sent_at = peewee.DateTimeField(null=True)
+    updated_at = peewee.DateTimeField()
+
+    class Meta:
+        indexes = (
+            (("campaign", "address"), True),
+            (("campaign", "state", "id"), False),
+        )
+
+
+class Suppression(BaseModel):
+    """An address no campaign sends to: unsubscribed, hard-bounced or blocked by hand."""
+
+    id = peewee.BigAutoField()
+    address = peewee.CharField(max_length=320, unique=True)
+    reason = peewee.CharField(max_length=16)
+    detail = peewee.TextField(null=True)
+    campaign = peewee.ForeignKeyField(Campaign, null=True, on_delete="SET NULL")
+    created_at = peewee.DateTimeField()
+
+
 MODELS = (
     Domain,
     User,
@@ -323,4 +521,14 @@ MODELS = (
     AutoresponseLog,
     ForwardTarget,
     DnsCheck,
+    Organization,
+    Contact,
+    Employment,
+    ContactContext,
+    DistributionGroup,
+    GroupMember,
+    Campaign,
+    CampaignVariant,
+    CampaignRecipient,
+    Suppression,
 )

@@ -43,6 +43,7 @@ _FIELD_FAMILIES = {
     "TEXT": "text",
     "BOOL": "boolean",
     "DATETIME": "timestamp",
+    "DATE": "date",
     "BLOB": "binary",
 }
 
@@ -61,7 +62,13 @@ def _column_family(data_type: str) -> str:
         return "string"
     if kind.startswith("timestamp"):
         return "timestamp"
-    return {"text": "text", "boolean": "boolean", "blob": "binary", "bytea": "binary"}[kind]
+    return {
+        "text": "text",
+        "boolean": "boolean",
+        "blob": "binary",
+        "bytea": "binary",
+        "date": "date",
+    }[kind]
 
 
 def _column_length(column) -> int | None:

@@ -1,0 +1,1 @@
+"""The CRM side: organizations, contacts, folders, default folders, distribution groups."""

@@ -1,0 +1,1 @@
+"""Mass mail: campaigns, language variants, send lists, unsubscribe and bounce handling."""
