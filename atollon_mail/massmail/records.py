@@ -78,13 +78,3 @@ class SuppressionRecord:
     detail: str | None
     campaign_id: int | None
     created_at: datetime.datetime
-
-
-@attrs.frozen
-class HandoffCandidate:
-    """A send-list row about to be handed to the delivery queue, with its merge fields."""
-
-    recipient_id: int
-    address: str
-    language: str  # the variant's language (the contact's, or the fallback)
-    fields: dict[str, str]  # merge fields of the contact (templates.contact_fields)

@@ -36,6 +36,29 @@ SAMPLE_FIELDS = {
 }
 
 
+def contact_fields(
+    *,
+    first_name: str,
+    last_name: str,
+    name: str,
+    email: str,
+    language: str,
+    company: str | None,
+    unsubscribe_url: str,
+) -> dict[str, str]:
+    """The merge fields of one recipient (every key of MERGE_FIELDS, never None)."""
+    full_name = name or " ".join(part for part in (first_name, last_name) if part)
+    return {
+        "first_name": first_name,
+        "last_name": last_name,
+        "name": full_name,
+        "email": email,
+        "language": language,
+        "company": company or "",
+        "unsubscribe_url": unsubscribe_url,
+    }
+
+
 class TemplateProblem(ValueError):
     """A variant that cannot be rendered; str() says where and why, in one line."""
 
