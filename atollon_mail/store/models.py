@@ -489,6 +489,7 @@ class CampaignRecipient(BaseModel):
         indexes = (
             (("campaign", "address"), True),
             (("campaign", "state", "id"), False),
+            (("campaign", "state", "updated_at"), False),
         )
 
 

@@ -1,0 +1,471 @@
+"""Admin commands: campaigns (`massmail`) and the suppression list (`suppression`).
+
+massmail create NAME --group G --mailbox ADDR --fallback-language LANG [--type CODE]
+                [--organization ORG]
+massmail variant ID LANG --subject TEXT (--body-file FILE | --body-stdin)
+massmail variant ID LANG --remove
+massmail show ID | list | preview ID | send ID
+massmail status ID [--watch] [--interval SECONDS]
+massmail pause | resume | cancel | retry-failed ID
+massmail recipients ID [--state STATE] [--uncertain] [--limit N] [--offset N]
+suppression add ADDR [--reason REASON] [--detail TEXT] | remove ADDR | list
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+from atollon_mail.cli import (
+    PROGRAM,
+    Refused,
+    _counted,
+    _out,
+    _table,
+    _when,
+    _whole_number,
+    read_text_file,
+)
+from atollon_mail.massmail import campaigns
+from atollon_mail.massmail.records import CampaignRecord, CampaignStatus
+from atollon_mail.massmail.templates import MERGE_FIELDS
+from atollon_mail.store.models import RECIPIENT_STATES, SUPPRESSION_REASONS, utc_now
+
+BAR_WIDTH = 20
+# Clears a terminal and puts the cursor home, so --watch redraws in place.
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+# Watching ends by itself once the campaign is in one of these.
+ENDED = ("finished", "cancelled")
+
+
+# --- formatting -----------------------------------------------------------------------
+
+
+def progress_bar(done: int, total: int, width: int = BAR_WIDTH) -> str:
+    """`[##########----------]  50.0%  10000/20000`"""
+    share = done / total if total else 0.0
+    filled = min(width, math.floor(share * width))
+    return f"[{'#' * filled}{'-' * (width - filled)}]  {share * 100:.1f}%  {done}/{total}"
+
+
+def duration(seconds: float) -> str:
+    """A time left, as a person reads it: 11 s, 4 min, 2 h 5 min."""
+    seconds = max(0, round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    minutes = round(seconds / 60)
+    if minutes < 90:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+def rate_line(status: CampaignStatus) -> str:
+    if status.rate is None:
+        return "rate unknown"
+    line = f"rate {status.rate:.1f}/s"
+    if status.eta_seconds is not None:
+        line += f", about {duration(status.eta_seconds)} left"
+    return line
+
+
+def status_lines(status: CampaignStatus) -> list[str]:
+    """One screen of a campaign's progress."""
+    campaign = status.campaign
+    lines = [f"campaign {campaign.id} {campaign.name}: {campaign.status}"]
+    if campaign.started_at is not None:
+        lines[0] += f", started {_when(campaign.started_at)} UTC"
+    if campaign.finished_at is not None:
+        lines[0] += f", ended {_when(campaign.finished_at)} UTC"
+    width = max(len(str(count)) for count in status.counts.values())
+    for state in RECIPIENT_STATES:
+        lines.append(f"  {state:<11}{status.counts[state]:>{width}}")
+    lines.append(progress_bar(status.done, status.total))
+    lines.append(rate_line(status))
+    if status.uncertain:
+        lines.append(
+            f"{_counted(status.uncertain, 'recipient')} may have got two copies (being "
+            f"delivered when the appliance stopped): {PROGRAM} massmail recipients "
+            f"{campaign.id} --uncertain"
+        )
+    if campaign.status == "draft":
+        lines.append(f"not sent yet: {PROGRAM} massmail send {campaign.id}")
+    elif campaign.status == "paused":
+        lines.append(f"paused: {PROGRAM} massmail resume {campaign.id}")
+    return lines
+
+
+def _show_campaign(record: CampaignRecord) -> None:
+    _out(f"campaign {record.id}: {record.name}")
+    _out(f"status:            {record.status}")
+    _out(f"group:             {record.group_name} (#{record.group_id})")
+    _out(f"sent from:         {record.mailbox_address}")
+    _out(f"message type:      {record.type_code or '(none)'}")
+    organization = "-" if record.organization_id is None else f"#{record.organization_id}"
+    _out(f"organization:      {organization}")
+    _out(f"fallback language: {record.fallback_language}")
+    _out(f"created:           {_when(record.created_at)} UTC")
+    if record.started_at is not None:
+        _out(f"started:           {_when(record.started_at)} UTC")
+    if record.finished_at is not None:
+        _out(f"ended:             {_when(record.finished_at)} UTC")
+    if not record.variants:
+        _out(
+            "variants:          (none) add one: "
+            f"{PROGRAM} massmail variant {record.id} {record.fallback_language} "
+            "--subject TEXT --body-file FILE"
+        )
+        return
+    _out("variants:")
+    for variant in record.variants:
+        mark = " (fallback)" if variant.language == record.fallback_language else ""
+        _out(f"  {variant.language}{mark}: {variant.subject}")
+
+
+# --- massmail -------------------------------------------------------------------------
+
+
+def _create(store, args) -> None:
+    record = store.run_sync(
+        campaigns.create_campaign,
+        args.name,
+        args.group,
+        args.mailbox,
+        args.fallback_language,
+        type_code=args.type,
+        organization=args.organization,
+        now=utc_now(),
+    )
+    _out(f"created campaign {record.id}: {record.name} (draft)")
+    _out(
+        f"add its texts: {PROGRAM} massmail variant {record.id} {record.fallback_language} "
+        "--subject TEXT --body-file FILE"
+    )
+
+
+def _variant(store, args) -> None:
+    if args.remove:
+        if args.subject is not None:
+            raise Refused("--remove takes no --subject; remove the variant, or set it")
+        record = store.run_sync(campaigns.remove_variant, args.id, args.language)
+        _out(f"campaign {record.id}: removed the {args.language.strip().lower()} variant")
+        return
+    if args.subject is None or (args.body_file is None and not args.body_stdin):
+        raise Refused(
+            "give --subject TEXT and the body with --body-file FILE or --body-stdin "
+            "(or --remove to remove the variant)"
+        )
+    body = read_text_file("-" if args.body_stdin else args.body_file, "the body")
+    record = store.run_sync(
+        campaigns.set_variant, args.id, args.language, args.subject, body, now=utc_now()
+    )
+    languages = ", ".join(variant.language for variant in record.variants)
+    _out(
+        f"campaign {record.id}: {args.language.strip().lower()} variant set (variants: {languages})"
+    )
+    _out(f"see how it renders: {PROGRAM} massmail preview {record.id}")
+
+
+def _show(store, args) -> None:
+    _show_campaign(store.run_sync(campaigns.get_campaign, args.id))
+
+
+def _list(store, args) -> None:
+    records = store.run_sync(campaigns.list_campaigns)
+    rows = [
+        (
+            record.id,
+            record.name,
+            record.status,
+            record.group_name,
+            record.mailbox_address,
+            ",".join(variant.language for variant in record.variants) or "-",
+            _when(record.created_at),
+        )
+        for record in records
+    ]
+    _out(
+        _table(
+            ("ID", "NAME", "STATUS", "GROUP", "FROM", "LANGUAGES", "CREATED (UTC)"),
+            rows,
+            right=(0,),
+        )
+    )
+
+
+def _preview(store, args) -> None:
+    previews = store.run_sync(campaigns.preview_campaign, args.id)
+    failed = []
+    for number, preview in enumerate(previews):
+        if number:
+            _out()
+        if preview.contact_id is not None:
+            whom = f"as sent to {preview.address} (contact #{preview.contact_id})"
+        else:
+            whom = "nobody in the group gets it; shown with sample fields"
+        _out(f"== {preview.language}: {_counted(preview.recipients, 'recipient')}, {whom}")
+        if preview.error is not None:
+            failed.append(preview.language)
+            _out(f"error: {preview.error}")
+            continue
+        _out(f"Subject: {preview.subject}")
+        _out()
+        _out(preview.body.rstrip("\n"))
+    if not previews:
+        _out("no variant yet, and the group has no member with an address")
+    if failed:
+        fields = ", ".join(sorted(MERGE_FIELDS))
+        raise Refused(
+            f"{', '.join(failed)}: cannot be sent as it is; fix it with: {PROGRAM} massmail "
+            f"variant {args.id} LANG ... (the merge fields are {fields})"
+        )
+
+
+def _send(store, args) -> None:
+    status = store.run_sync(campaigns.start_campaign, args.id, utc_now())
+    campaign = status.campaign
+    suppressed = status.counts["suppressed"]
+    _out(
+        f"campaign {campaign.id} is {campaign.status}: "
+        f"{_counted(status.total, 'recipient')} on its send list"
+        + (f", {suppressed} of them suppressed (not sent)" if suppressed else "")
+    )
+    _out(f"watch it: {PROGRAM} massmail status {campaign.id} --watch")
+
+
+def _draw(status: CampaignStatus, first: bool) -> None:
+    if sys.stdout.isatty():
+        sys.stdout.write(CLEAR_SCREEN)
+    elif not first:
+        _out()
+    _out("\n".join(status_lines(status)))
+    sys.stdout.flush()
+
+
+def _status(store, args) -> None:
+    status = store.run_sync(campaigns.campaign_status, args.id, utc_now())
+    if not args.watch:
+        _out("\n".join(status_lines(status)))
+        return
+    try:
+        _draw(status, first=True)
+        while status.campaign.status not in ENDED:
+            time.sleep(args.interval)
+            status = store.run_sync(campaigns.campaign_status, args.id, utc_now())
+            _draw(status, first=False)
+    except KeyboardInterrupt:
+        # Ctrl-C ends watching; the campaign goes on.
+        _out()
+
+
+def _pause(store, args) -> None:
+    status = store.run_sync(campaigns.pause_campaign, args.id, utc_now())
+    waiting = status.counts["queued"]
+    _out(f"campaign {args.id} is paused; {_counted(waiting, 'recipient')} waiting")
+    _out(f"resume it: {PROGRAM} massmail resume {args.id}")
+
+
+def _resume(store, args) -> None:
+    status = store.run_sync(campaigns.resume_campaign, args.id, utc_now())
+    _out(f"campaign {args.id} is {status.campaign.status}")
+
+
+def _cancel(store, args) -> None:
+    status = store.run_sync(campaigns.cancel_campaign, args.id, utc_now())
+    unsent = status.counts["queued"]
+    _out(
+        f"campaign {args.id} is cancelled; {_counted(unsent, 'recipient')} left unsent"
+        if unsent
+        else f"campaign {args.id} is cancelled"
+    )
+
+
+def _retry_failed(store, args) -> None:
+    requeued = store.run_sync(campaigns.retry_failed, args.id, utc_now())
+    campaign = store.run_sync(campaigns.get_campaign, args.id)
+    if not requeued:
+        _out(f"campaign {args.id} has no failed recipient; nothing to retry")
+        return
+    _out(
+        f"{_counted(requeued, 'failed recipient')} queued again; "
+        f"campaign {args.id} is {campaign.status}"
+    )
+
+
+def _recipients(store, args) -> None:
+    entries = store.run_sync(
+        campaigns.send_list,
+        args.id,
+        state=args.state,
+        uncertain=True if args.uncertain else None,
+        limit=args.limit,
+        offset=args.offset,
+    )
+    rows = [
+        (
+            entry.id,
+            entry.address,
+            entry.language,
+            entry.state + (" (uncertain)" if entry.uncertain else ""),
+            entry.attempts,
+            _when(entry.updated_at),
+            entry.last_reply or "-",
+        )
+        for entry in entries
+    ]
+    _out(
+        _table(
+            ("ID", "ADDRESS", "LANG", "STATE", "ATTEMPTS", "UPDATED (UTC)", "LAST REPLY"),
+            rows,
+            right=(0, 4),
+        )
+    )
+
+
+# --- suppression ----------------------------------------------------------------------
+
+
+def _suppression_add(store, args) -> None:
+    record = store.run_sync(
+        campaigns.suppress_address,
+        args.address,
+        reason=args.reason,
+        detail=args.detail,
+        now=utc_now(),
+    )
+    _out(f"{record.address} is suppressed ({record.reason} since {_when(record.created_at)} UTC)")
+
+
+def _suppression_remove(store, args) -> None:
+    if not store.run_sync(campaigns.unsuppress_address, args.address):
+        raise Refused(f"{args.address.strip()} is not suppressed; see: {PROGRAM} suppression list")
+    _out(f"{args.address.strip().lower()} is no longer suppressed")
+
+
+def _suppression_list(store, args) -> None:
+    records = store.run_sync(campaigns.list_suppressions, limit=args.limit, offset=args.offset)
+    rows = [
+        (
+            record.address,
+            record.reason,
+            _when(record.created_at),
+            "-" if record.campaign_id is None else record.campaign_id,
+            record.detail or "-",
+        )
+        for record in records
+    ]
+    _out(_table(("ADDRESS", "REASON", "SINCE (UTC)", "CAMPAIGN", "DETAIL"), rows))
+
+
+# --- registration ---------------------------------------------------------------------
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not 0.1 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"give 0.1 to 3600 seconds, not {value}")
+    return seconds
+
+
+def _campaign_id(parser) -> None:
+    parser.add_argument("id", metavar="ID", type=_whole_number(1), help="see: massmail list")
+
+
+def register(commands) -> None:
+    massmail = commands("massmail", "campaigns: mass mail to a distribution group")
+
+    create = massmail.add_parser("create", help="make a draft campaign")
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--group", metavar="GROUP", required=True, help="its name or id")
+    create.add_argument(
+        "--mailbox", metavar="ADDR", required=True, help="the mailbox it is sent from"
+    )
+    create.add_argument(
+        "--fallback-language",
+        metavar="LANG",
+        required=True,
+        help="the variant for contacts whose language has none (e.g. en)",
+    )
+    create.add_argument("--type", metavar="CODE", help="message type (default: outgoing's)")
+    create.add_argument(
+        "--organization",
+        metavar="ORG",
+        help="whose default folders the sent mail is filed in (default: the group's)",
+    )
+    create.set_defaults(handler=_create)
+
+    fields = ", ".join(sorted(MERGE_FIELDS))
+    variant = massmail.add_parser(
+        "variant",
+        help="set or remove the subject and body for one language",
+        description=(
+            "The subject and body sent to contacts in one language, as Jinja2 templates "
+            f"with the merge fields {fields} (e.g. {{{{ first_name }}}})."
+        ),
+    )
+    _campaign_id(variant)
+    variant.add_argument("language", metavar="LANG", help="two letters (ISO 639-1)")
+    variant.add_argument("--subject", metavar="TEXT", help="the subject (a template too)")
+    source = variant.add_mutually_exclusive_group()
+    source.add_argument("--body-file", metavar="FILE", help="the body, a UTF-8 text file")
+    source.add_argument("--body-stdin", action="store_true", help="read the body from stdin")
+    source.add_argument("--remove", action="store_true", help="remove this language's variant")
+    variant.set_defaults(handler=_variant)
+
+    for name, help_text, handler in (
+        ("show", "show a campaign and its variants", _show),
+        ("preview", "render each variant as the group's members will get it", _preview),
+        ("send", "start sending: make the send list of the group's members", _send),
+        ("pause", "stop handing messages to the delivery queue for now", _pause),
+        ("resume", "go on sending a paused campaign", _resume),
+        ("cancel", "stop for good; recipients not yet sent to are never sent to", _cancel),
+        ("retry-failed", "queue the recipients whose delivery failed again", _retry_failed),
+    ):
+        action = massmail.add_parser(name, help=help_text)
+        _campaign_id(action)
+        action.set_defaults(handler=handler)
+
+    massmail.add_parser("list", help="list the campaigns, newest first").set_defaults(handler=_list)
+
+    status = massmail.add_parser(
+        "status", help="counts per recipient state, progress, rate and time left"
+    )
+    _campaign_id(status)
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="redraw until the campaign is finished or cancelled (Ctrl-C stops watching)",
+    )
+    status.add_argument(
+        "--interval", metavar="SECONDS", type=_seconds, default=2.0, help="default: 2"
+    )
+    status.set_defaults(handler=_status)
+
+    recipients = massmail.add_parser("recipients", help="list a campaign's send list")
+    _campaign_id(recipients)
+    recipients.add_argument("--state", choices=RECIPIENT_STATES)
+    recipients.add_argument(
+        "--uncertain", action="store_true", help="only those that may have got two copies"
+    )
+    recipients.add_argument("--limit", type=_whole_number(1), default=100)
+    recipients.add_argument("--offset", type=_whole_number(0), default=0)
+    recipients.set_defaults(handler=_recipients)
+
+    suppression = commands("suppression", "addresses no campaign sends to")
+    add = suppression.add_parser("add", help="never send campaigns to an address")
+    add.add_argument("address", metavar="ADDR")
+    add.add_argument("--reason", choices=SUPPRESSION_REASONS, default="manual")
+    add.add_argument("--detail", metavar="TEXT", help="a note on why")
+    add.set_defaults(handler=_suppression_add)
+    remove = suppression.add_parser("remove", help="let campaigns send to an address again")
+    remove.add_argument("address", metavar="ADDR")
+    remove.set_defaults(handler=_suppression_remove)
+    listing = suppression.add_parser("list", help="list the suppressed addresses, latest first")
+    listing.add_argument("--limit", type=_whole_number(1), default=100)
+    listing.add_argument("--offset", type=_whole_number(0), default=0)
+    listing.set_defaults(handler=_suppression_list)
