@@ -22,7 +22,11 @@ from atollon_mail.delivery.runner import DeliveryRunner, send_notification
 from atollon_mail.delivery.signing import DkimSigner
 from atollon_mail.delivery.srs import SRS, load_or_create_srs_secret
 from atollon_mail.dns.watcher import DnsWatcher
+from atollon_mail.massmail.returns import CampaignReturns
+from atollon_mail.massmail.sender import MassMailSender
+from atollon_mail.massmail.tokens import RecipientTokens
 from atollon_mail.passwords import generate_password, hash_password
+from atollon_mail.secretfile import load_or_create_secret
 from atollon_mail.smtp.server import SMTPServerFactory
 from atollon_mail.smtp.submission import AuthThrottle, SubmissionFactory
 from atollon_mail.store import queries
@@ -163,6 +167,14 @@ class StartStopService(service.Service):
         self.target.stop()
 
 
+MASSMAIL_SECRET = "massmail-secret"
+
+
+def unsubscribe_base(config: Config) -> str:
+    """Where unsubscribe links point: [massmail] unsubscribe_url, else https://hostname."""
+    return config.massmail.unsubscribe_url or f"https://{config.appliance.hostname}"
+
+
 def build_appliance(config: Config, reactor) -> service.MultiService:
     """The whole service tree; nothing is started or bound until it is started."""
     appliance = service.MultiService()
@@ -189,6 +201,22 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
     intake.on_queued = runner.queued
     runner.setServiceParent(appliance)
     intake.filed_listeners.append(Autoresponder(store, intake, config.appliance.hostname, reactor))
+    recipient_tokens = RecipientTokens(
+        load_or_create_secret(config.massmail.secret, config.appliance.data_dir, MASSMAIL_SECRET)
+    )
+    returns = CampaignReturns(store, recipient_tokens, reactor)
+    intake.campaign_returns = returns
+    intake.filed_listeners.append(returns.filed)
+    MassMailSender(
+        store,
+        recipient_tokens,
+        config.massmail,
+        config.appliance.hostname,
+        unsubscribe_base(config),
+        reactor,
+        on_queued=runner.queued,
+        workers=workers,
+    ).setServiceParent(appliance)
     DnsWatcher(
         store,
         config,
@@ -235,7 +263,9 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
         implicit.setName("submission-tls")
         implicit.setServiceParent(appliance)
 
-    web_root = build_web_root(store, config, reactor, intake=intake)
+    web_root = build_web_root(
+        store, config, reactor, intake=intake, recipient_tokens=recipient_tokens
+    )
     web = strports.service(config.web.listen, Site(web_root), reactor=reactor)
     web.setName("web")
     web.setServiceParent(appliance)

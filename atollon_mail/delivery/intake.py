@@ -207,6 +207,9 @@ class Intake:
         self._outgoing = GroupCommitter(store, queries.submit_messages, concurrent_batches)
         self.on_queued = on_queued
         self.srs = srs
+        # Bounces and unsubscribe mail to a campaign's own addresses (a
+        # massmail.returns.CampaignReturns); None: no campaigns here.
+        self.campaign_returns = None
         # Called as listener(envelope_sender, local_recipients, raw) once mail filed into
         # local mailboxes has committed (the auto-responder listens here).
         self.filed_listeners: list = []
@@ -219,6 +222,10 @@ class Intake:
                 return succeed(
                     Rejection("unknown-domain", f"{name} is not a domain of this server")
                 )
+        if self.campaign_returns is not None:
+            returned = self.campaign_returns.resolve(local_part, domain)
+            if returned is not None:
+                return returned
         resolved = self._store.run(queries.resolve_recipient, local_part, domain)
         if self.srs is not None and is_srs(local_part):
             resolved.addCallback(self._srs_resolved, local_part, domain)

@@ -364,7 +364,14 @@ class DeliveryRunner(service.Service):
                 delivered, permanent = False, not temporary
             if delivered:
                 results.append(
-                    DeliveryResult(delivery.recipient_id, "delivered", reply, server, now)
+                    DeliveryResult(
+                        delivery.recipient_id,
+                        "delivered",
+                        reply,
+                        server,
+                        now,
+                        campaign_recipient_id=delivery.campaign_recipient_id,
+                    )
                 )
                 continue
             if not permanent and now - delivery.created_at >= lifetime:
@@ -372,18 +379,38 @@ class DeliveryRunner(service.Service):
                 reply = f"{reply} (gave up after {days:g} days in the queue)"
                 permanent = True
             if permanent:
-                results.append(DeliveryResult(delivery.recipient_id, "bounced", reply, server, now))
+                results.append(
+                    DeliveryResult(
+                        delivery.recipient_id,
+                        "bounced",
+                        reply,
+                        server,
+                        now,
+                        campaign_recipient_id=delivery.campaign_recipient_id,
+                    )
+                )
+                if delivery.campaign_recipient_id is not None:
+                    continue  # the send list records it; no DSN to our own VERP address
                 bounced.append(
                     (delivery, FailedRecipient(delivery.address, "failed", reply, server, now))
                 )
                 continue
             next_attempt = self._backoff(delivery, now)
             results.append(
-                DeliveryResult(delivery.recipient_id, "deferred", reply, server, now, next_attempt)
+                DeliveryResult(
+                    delivery.recipient_id,
+                    "deferred",
+                    reply,
+                    server,
+                    now,
+                    next_attempt,
+                    campaign_recipient_id=delivery.campaign_recipient_id,
+                )
             )
             warn_after = self._settings.delay_warning
             if (
                 warn_after
+                and delivery.campaign_recipient_id is None
                 and not delivery.delay_warned
                 and (now - delivery.created_at).total_seconds() >= warn_after
             ):

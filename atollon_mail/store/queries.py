@@ -18,6 +18,7 @@ from atollon_mail.store.models import (
     DOMAIN_MODES,
     QUEUE_STATES,
     Alias,
+    CampaignRecipient,
     Context,
     DkimKey,
     Domain,
@@ -614,7 +615,8 @@ _HOT_SQL = {
     # the queue (a single "state IN (...)" would have to sort every due row).
     "due": """
         SELECT r.id, r.queue_message_id, q.message_id, q.envelope_sender, r.address, r.domain,
-               r.attempts, q.created_at, q.is_bounce, r.delay_warned, r.next_attempt_at
+               r.attempts, q.created_at, q.is_bounce, r.delay_warned, r.next_attempt_at,
+               r.campaign_recipient_id
         FROM queue_recipient r JOIN queue_message q ON q.id = r.queue_message_id
         WHERE r.state = {p} AND r.next_attempt_at <= {p}
         ORDER BY r.next_attempt_at, r.id LIMIT {p}""",
@@ -932,6 +934,7 @@ def submit_messages(
 
 WAITING_STATES = ("queued", "deferred")
 RESULT_OUTCOMES = ("delivered", "deferred", "bounced")
+QUEUE_DELETED_REPLY = "removed from the delivery queue by an administrator"
 REQUEUED_REPLY = "the appliance restarted during this attempt; it is made again"
 _REPLY_LIMIT = 4000
 _SERVER_LIMIT = 300
@@ -983,6 +986,7 @@ def claim_due_deliveries(now: datetime.datetime, limit: int) -> list[Delivery]:
             created_at=_timestamp(row[7]),
             is_bounce=bool(row[8]),
             delay_warned=bool(row[9]),
+            campaign_recipient_id=row[11],
         )
         for row in due
     ]
@@ -1020,6 +1024,10 @@ def record_delivery_results(results: Sequence[DeliveryResult]) -> None:
                 "insert_event",
                 (result.recipient_id, at, server, reply, result.outcome, next_attempt_at),
             )
+    if any(result.campaign_recipient_id for result in results):
+        from atollon_mail.massmail import sending  # the send list builds on this module
+
+        sending.record_campaign_results(results)
 
 
 def mark_delay_warned(recipient_ids: Sequence[int]) -> int:
@@ -1043,6 +1051,9 @@ def requeue_in_flight(now: datetime.datetime) -> int:
     for recipient_id in ids:
         _execute("insert_event", (recipient_id, at, None, REQUEUED_REPLY, "requeued", at))
     _set_state(ids, "queued", now, next_attempt_at=now)
+    from atollon_mail.massmail import sending  # the send list builds on this module
+
+    sending.mark_uncertain(ids)
     return len(ids)
 
 
@@ -1192,6 +1203,14 @@ def queue_delete(queue_message_id: int) -> int:
             "try again when the attempt is over"
         )
     ids = [recipient_id for recipient_id, _ in rows]
+    # Campaign mail taken out of the queue by hand: its send-list row says so, and
+    # "retry failed" can send it again.
+    CampaignRecipient.update(
+        state="failed", last_reply=QUEUE_DELETED_REPLY, updated_at=utc_now()
+    ).where(
+        CampaignRecipient.queue_recipient_id.in_(ids),
+        CampaignRecipient.state.in_(("sending", "deferred")),
+    ).execute()
     for chunk in _chunks(ids):
         QueueEvent.delete().where(QueueEvent.queue_recipient.in_(chunk)).execute()
         QueueRecipient.delete().where(QueueRecipient.id.in_(chunk)).execute()

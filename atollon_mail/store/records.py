@@ -168,6 +168,7 @@ class Delivery:
     created_at: datetime.datetime
     is_bounce: bool
     delay_warned: bool
+    campaign_recipient_id: int | None = None  # campaign mail: its send-list row
 
 
 @attrs.frozen
@@ -178,6 +179,7 @@ class DeliveryResult:
     server: str | None  # "mx.example.org [192.0.2.1]:25", when a server was reached
     at: datetime.datetime
     next_attempt_at: datetime.datetime | None = None  # set for "deferred"
+    campaign_recipient_id: int | None = None  # campaign mail: its send-list row
 
 
 @attrs.frozen
