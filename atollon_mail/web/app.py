@@ -312,6 +312,12 @@ class WebApp:
         template = self.environment.get_template(name)
         return template.render(csp_nonce=nonce, **context).encode("utf-8")
 
+    def write_page(self, request, response_code: int, template: str, **context) -> None:
+        """Answer a request outside the routes (no session) with a rendered page."""
+        nonce = secrets.token_urlsafe(16)
+        body = self.render_template(template, None, nonce, **context)
+        self._write(request, response_code, body, {"Content-Security-Policy": _csp(nonce)})
+
     def _error_page(self, request, session, problem: HttpError) -> tuple[int, bytes, dict]:
         nonce = secrets.token_urlsafe(16)
         body = self.render_template(
