@@ -7,6 +7,7 @@ from twisted.web.resource import Resource
 from atollon_mail.delivery.intake import Intake
 from atollon_mail.web.app import PageResource, StaticResource, WebApp
 from atollon_mail.web.health import HealthResource
+from atollon_mail.web.unsubscribe import UnsubscribeResource
 
 
 class WebRoot(Resource):
@@ -28,6 +29,7 @@ PAGE_MODULES: tuple[str, ...] = (
     "atollon_mail.web.pages_users",
     "atollon_mail.web.pages_mail",
     "atollon_mail.web.pages_mailboxes",
+    "atollon_mail.web.pages_campaigns",
 )
 
 
@@ -51,9 +53,17 @@ def build_web_app(store, config, reactor, clock=None, intake=None) -> WebApp:
     return app
 
 
-def build_web_root(store, config, reactor, clock=None, intake=None) -> Resource:
+def build_web_root(
+    store, config, reactor, clock=None, intake=None, recipient_tokens=None
+) -> Resource:
     app = build_web_app(store, config, reactor, clock, intake)
     root = WebRoot(app)
     root.putChild(b"health", HealthResource(store))
     root.putChild(b"static", StaticResource(app))
+    if recipient_tokens is not None:
+        # Campaign recipients' own links: no login, the signed token is the credential.
+        root.putChild(
+            b"unsubscribe",
+            UnsubscribeResource(app, store, recipient_tokens, clock or reactor),
+        )
     return root
