@@ -15,6 +15,7 @@ import peewee
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.models import (
     Alias,
+    Campaign,
     Domain,
     Mailbox,
     MailboxAccess,
@@ -525,6 +526,10 @@ def delete_message_type(code: str, reassign_to: str | None = None) -> MessageTyp
         target = _get_type(reassign_to)
         if target.id == kind.id:
             raise Invalid(f"{kind.code}'s messages cannot move to {kind.code} itself")
+    campaigns_using = Campaign.select().where(Campaign.type == kind.id).count()
+    if campaigns_using and target is None:
+        noun = "campaign uses" if campaigns_using == 1 else "campaigns use"
+        raise Conflict(f"{campaigns_using} {noun} type {kind.code}; pass --reassign-to CODE")
     in_use = Message.select().where(Message.type == kind.id).count()
     if in_use and target is None:
         noun = "message has" if in_use == 1 else "messages have"
@@ -532,6 +537,7 @@ def delete_message_type(code: str, reassign_to: str | None = None) -> MessageTyp
     moved = 0
     if target is not None:
         moved = Message.update(type=target.id).where(Message.type == kind.id).execute()
+        Campaign.update(type=target.id).where(Campaign.type == kind.id).execute()
     try:
         with database_proxy.atomic():  # a savepoint keeps the transaction usable
             MessageType.delete().where(MessageType.id == kind.id).execute()

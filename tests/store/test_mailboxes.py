@@ -6,10 +6,17 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from atollon_mail.massmail import campaigns
 from atollon_mail.store import mailboxes as m
 from atollon_mail.store import queries as q
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
-from atollon_mail.store.models import Message, MessageType
+from atollon_mail.store.models import (
+    Campaign,
+    DistributionGroup,
+    Message,
+    MessageType,
+    utc_now,
+)
 from atollon_mail.store.records import (
     IncomingMessage,
     MailboxAccessRecord,
@@ -20,6 +27,11 @@ from atollon_mail.store.records import (
     StoredMessage,
 )
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
+
+
+def _campaign_of_type(code: str) -> None:
+    DistributionGroup.create(name="All", kind="dynamic", filter="{}", created_at=utc_now())
+    campaigns.create_campaign("News", "All", "bob@example.com", "en", type_code=code)
 
 
 def _incoming(*recipients: Recipient, raw: bytes = b"Subject: hi\r\n\r\nbody\r\n"):
@@ -719,6 +731,21 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         self.assertNotIn("fax", self.types())
         self.assertEqual(self.sync(_type_codes_of, faxes + others), ["letter"] * 3 + ["email-in"])
         self.assertEqual(self.sync(q.message_raw, faxes[0]), b"m0")
+
+    def test_a_type_a_campaign_uses_moves_with_it_or_stays(self):
+        self.sync(q.add_domain, "example.com")
+        self.sync(q.add_user, "bob", "hash")
+        self.sync(q.add_mailbox, "bob@example.com", "bob")
+        self.sync(m.add_message_type, "Newsletter", "newsletter")
+        self.sync(m.add_message_type, "Letter", "letter")
+        self.sync(_campaign_of_type, "newsletter")
+        with self.assertRaises(Conflict) as raised:
+            self.sync(m.delete_message_type, "newsletter")
+        self.assertEqual(
+            str(raised.exception), "1 campaign uses type newsletter; pass --reassign-to CODE"
+        )
+        self.sync(m.delete_message_type, "newsletter", reassign_to="letter")
+        self.assertEqual(self.sync(lambda: Campaign.get().type.code), "letter")
 
     def test_a_default_type_is_never_deleted(self):
         self.sync(m.add_message_type, "Fax", "fax")
