@@ -629,6 +629,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "atollon_mail.commands.forwarding",
     "atollon_mail.commands.domains",
     "atollon_mail.commands.dns",
+    "atollon_mail.commands.crm",
+    "atollon_mail.commands.massmail",
 )
 
 

@@ -51,9 +51,18 @@ class GroupFilter:
                 raise Invalid(f"unknown contact kind {kind!r}; use person or company")
 
     def to_json(self) -> str:
-        values = attrs.asdict(self, retain_collection_types=False)
+        # Fields left at their default are left out; has_email=False and
+        # employment_current=False are choices, so they are kept.
+        values = {
+            field.name: getattr(self, field.name)
+            for field in attrs.fields(type(self))
+            if getattr(self, field.name) != field.default
+        }
         return json.dumps(
-            {key: value for key, value in values.items() if value not in (None, [], (), False)},
+            {
+                key: list(value) if isinstance(value, tuple) else value
+                for key, value in values.items()
+            },
             sort_keys=True,
         )
 
@@ -75,7 +84,8 @@ class GroupFilter:
         return cls(**values)
 
 
-def _current(today: datetime.date):
+def current_employment(today: datetime.date):
+    """The condition on Employment: valid on `today` (from and to are inclusive)."""
     return ((Employment.valid_from.is_null()) | (Employment.valid_from <= today)) & (
         (Employment.valid_to.is_null()) | (Employment.valid_to >= today)
     )
@@ -98,7 +108,7 @@ def filter_condition(spec: GroupFilter, today: datetime.date):
         employed = Employment.select(Employment.person).where(
             *(
                 ([Employment.company.in_(list(spec.company_ids))] if spec.company_ids else [])
-                + ([_current(today)] if spec.employment_current is not None else [])
+                + ([current_employment(today)] if spec.employment_current is not None else [])
                 + ([Employment.is_primary == True] if spec.primary_only else [])  # noqa: E712
             )
         )

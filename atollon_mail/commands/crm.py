@@ -1,0 +1,583 @@
+"""Admin commands of the CRM: organizations, contacts (and their CSV import), folders,
+projects, default folders and distribution groups."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import inspect
+import sys
+
+from atollon_mail.cli import PROGRAM, Refused, _clean, _counted, _out, _table, _whole_number
+from atollon_mail.crm import contacts, csvimport, folders, groups
+from atollon_mail.crm.filters import GroupFilter
+from atollon_mail.crm.records import (
+    DefaultFolderRecord,
+    DefaultFolderReport,
+    GroupPreview,
+    GroupRecord,
+)
+
+_YES_NO = {"yes": True, "no": False}
+
+
+def _yes_or_no(value: str) -> bool:
+    found = _YES_NO.get(value.strip().lower())
+    if found is None:
+        raise argparse.ArgumentTypeError(f"give yes or no, got {value!r}")
+    return found
+
+
+def _day(value: str) -> datetime.date:
+    try:
+        return datetime.date.fromisoformat(value.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a date as YYYY-MM-DD, got {value!r}") from None
+
+
+def _language(value: str) -> str:
+    """A language code for a filter; "none" stands for contacts without a language."""
+    text = value.strip().lower()
+    return "" if text == "none" else text
+
+
+def _language_label(language: str) -> str:
+    return language or "(none)"
+
+
+def _or_dash(value: object) -> str:
+    return "-" if value in (None, "") else str(value)
+
+
+def _fields(fields: list[tuple[str, object]]) -> None:
+    width = max(len(label) for label, _ in fields) + 2
+    for label, value in fields:
+        _out(f"{label + ':':<{width}}{value}".rstrip())
+
+
+# --- organizations --------------------------------------------------------------------
+
+
+def _organization_add(store, args) -> None:
+    organization = store.run_sync(contacts.add_organization, args.name)
+    _out(f"added organization {organization.name} (id {organization.id})")
+
+
+def _organization_list(store, args) -> None:
+    found = store.run_sync(contacts.list_organizations)
+    _out(_table(("ID", "NAME"), [(o.id, o.name) for o in found], right=(0,)))
+
+
+# --- contacts -------------------------------------------------------------------------
+
+
+def _contact_add(store, args) -> None:
+    contact = store.run_sync(
+        contacts.add_contact,
+        args.organization,
+        args.kind,
+        name=args.name or "",
+        first_name=args.first_name or "",
+        last_name=args.last_name or "",
+        email=args.email or "",
+        language=args.language or "",
+        external_id=args.external_id,
+    )
+    _out(f"added {contact.kind} {contact.name} (id {contact.id}, {contact.organization_name})")
+
+
+def _contacts_list(store, args) -> None:
+    found = store.run_sync(
+        contacts.list_contacts,
+        organization=args.organization,
+        language=args.language,
+        limit=args.limit,
+        offset=args.offset,
+    )
+    rows = [
+        (
+            c.id,
+            c.organization_name,
+            c.kind,
+            c.name,
+            _or_dash(c.email),
+            _language_label(c.language),
+            _or_dash(c.external_id),
+        )
+        for c in found
+    ]
+    headers = ("ID", "ORGANIZATION", "KIND", "NAME", "EMAIL", "LANGUAGE", "EXTERNAL ID")
+    _out(_table(headers, rows, right=(0,)))
+
+
+def _default_folder_label(default: DefaultFolderRecord) -> str:
+    parts = []
+    if default.folder_id is not None:
+        parts.append(f"folder {default.folder_name} ({default.folder_id})")
+    if default.project_id is not None:
+        parts.append(f"project {default.project_name} ({default.project_id})")
+    if default.activity:
+        parts.append(f"activity {default.activity}")
+    return ", ".join(parts or ["(none)"]) + f" [{default.source}]"
+
+
+def _contacts_show(store, args) -> None:
+    detail = store.run_sync(contacts.contact_detail, args.id)
+    contact = detail.contact
+    fields: list[tuple[str, object]] = [
+        ("id", contact.id),
+        ("organization", f"{contact.organization_name} ({contact.organization_id})"),
+        ("kind", contact.kind),
+        ("name", contact.name),
+    ]
+    if contact.kind == "person":
+        fields += [("first name", _or_dash(contact.first_name))]
+        fields += [("last name", _or_dash(contact.last_name))]
+    fields += [
+        ("email", contact.email or "(none)"),
+        ("language", _language_label(contact.language)),
+        ("external id", _or_dash(contact.external_id)),
+    ]
+    _fields(fields)
+    _out("employments:" if detail.employments else "employments: (none)")
+    for job in detail.employments:
+        other = (
+            f"at {job.company_name} ({job.company_id})"
+            if job.person_id == contact.id
+            else f"employs {job.person_name} ({job.person_id})"
+        )
+        primary = ", primary" if job.is_primary else ""
+        since = _or_dash(job.valid_from)
+        until = _or_dash(job.valid_to)
+        _out(f"  {other}{primary}, from {since} to {until}")
+    _out("default folders:" if detail.default_folders else "default folders: (none)")
+    for default in detail.default_folders:
+        _out(f"  {default.organization_name}: {_default_folder_label(default)}")
+
+
+def _contacts_import(store, args) -> None:
+    try:
+        if args.file == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(args.file, "rb") as csv_file:
+                data = csv_file.read()
+    except (OSError, AttributeError) as problem:
+        raise Refused(f"cannot read {args.file}: {problem}") from None
+    report = store.run_sync(csvimport.import_contacts, data)
+    if report.problems:
+        for problem in report.problems:
+            column = f", column {problem.column}" if problem.column else ""
+            print(_clean(f"line {problem.line}{column}: {problem.why}"), file=sys.stderr)
+        raise Refused(
+            f"nothing was imported: {_counted(len(report.problems), 'problem')} in "
+            f"{args.file}; correct them and import the file again"
+        )
+    _out(
+        f"{_counted(report.created, 'contact')} created, {report.updated} updated, "
+        f"{report.unchanged} unchanged, {_counted(report.employments, 'employment')} "
+        "added or changed"
+    )
+
+
+def _contacts_default_folder(store, args) -> None:
+    if args.clear:
+        cleared = store.run_sync(folders.clear_default_folder, args.contact, args.organization)
+        _out(
+            f"contact {args.contact}: default folder in {args.organization} cleared"
+            if cleared
+            else f"contact {args.contact} had no default folder in {args.organization}"
+        )
+        return
+    if args.folder is None and args.project is None:
+        raise Refused("give --folder ID, --project ID (or both), or --clear")
+    default = store.run_sync(
+        folders.set_default_folder,
+        args.contact,
+        args.organization,
+        folder_id=args.folder,
+        project_id=args.project,
+        activity=args.activity,
+    )
+    _out(
+        f"contact {default.contact_id}: default in {default.organization_name} is "
+        f"{_default_folder_label(default)}"
+    )
+
+
+def _print_default_folder_report(report: DefaultFolderReport) -> None:
+    would = "would be " if report.dry_run else ""
+    _out(
+        f"{report.organization_name} (employments as of {report.today}): "
+        f"{report.set} {would}set, {report.changed} {would}changed, "
+        f"{report.unchanged} unchanged, {report.kept_manual} kept manual, "
+        f"{_counted(len(report.cases), 'case')} to decide"
+    )
+    if report.dry_run:
+        for change in report.changes:
+            was = (
+                "no default folder"
+                if change.previous_folder_id is None
+                else f"folder {change.previous_folder_id}"
+            )
+            _out(
+                f"  would set {change.contact_id} {change.contact_name}: "
+                f"folder {change.folder_name} ({change.folder_id}), was {was}"
+            )
+    for case in report.cases:
+        _out(f"  {case.contact_id} {case.contact_name}: {case.why}")
+
+
+def _contacts_setup_default_folders(store, args) -> None:
+    if args.organization is not None:
+        reports = [
+            store.run_sync(
+                folders.setup_default_folders,
+                args.organization,
+                today=args.today,
+                dry_run=args.dry_run,
+            )
+        ]
+    else:
+        reports = store.run_sync(
+            folders.setup_default_folders_everywhere, today=args.today, dry_run=args.dry_run
+        )
+        if not reports:
+            raise Refused(f"no organizations yet; add one: {PROGRAM} organization add NAME")
+    for report in reports:
+        _print_default_folder_report(report)
+    if args.dry_run:
+        _out("dry run: nothing was changed")
+
+
+# --- folders and projects -------------------------------------------------------------
+
+
+def _folder_add(store, args) -> None:
+    folder = store.run_sync(folders.add_folder, args.name, args.organization, args.company)
+    _out(
+        f"added folder {folder.name} (id {folder.id}) of {folder.company_name} "
+        f"({folder.company_id}) in {folder.organization_name}"
+    )
+
+
+def _project_add(store, args) -> None:
+    project = store.run_sync(folders.add_project, args.name, args.organization)
+    _out(f"added project {project.name} (id {project.id}) in {project.organization_name}")
+
+
+def _folder_list(store, args) -> None:
+    found = store.run_sync(
+        folders.list_folders, organization=args.organization, company_id=args.company
+    )
+    rows = [
+        (
+            f.id,
+            f.kind,
+            f.name,
+            f.organization_name,
+            f"{f.company_name} ({f.company_id})" if f.company_id is not None else "-",
+        )
+        for f in found
+    ]
+    _out(_table(("ID", "KIND", "NAME", "ORGANIZATION", "COMPANY"), rows, right=(0,)))
+
+
+# --- groups ---------------------------------------------------------------------------
+
+
+def _filter_given(args) -> bool:
+    return bool(
+        args.language
+        or args.kind
+        or args.company
+        or args.has_email is not None
+        or args.employment_current is not None
+        or args.primary_only
+    )
+
+
+def _group_add(store, args) -> None:
+    if args.static:
+        if _filter_given(args):
+            raise Refused("a static group has no filter; leave out --static or the filter options")
+        group = store.run_sync(groups.add_group, args.name, args.organization, kind="static")
+    else:
+        if not _filter_given(args) and args.organization is None:
+            raise Refused(
+                "give --static for a group of listed contacts, or filter options "
+                "(--organization alone: every contact of it)"
+            )
+        spec = GroupFilter(
+            kinds=tuple(args.kind or ()),
+            languages=tuple(args.language or ()),
+            has_email=args.has_email,
+            company_ids=tuple(args.company or ()),
+            employment_current=args.employment_current,
+            primary_only=args.primary_only,
+        )
+        group = store.run_sync(
+            groups.add_group, args.name, args.organization, kind="dynamic", filter=spec
+        )
+    _out(f"added {group.kind} group {group.name} (id {group.id}): {group.description}")
+
+
+def _group_members(store, args) -> None:
+    if not (args.add or args.remove):
+        raise Refused("give --add ID... or --remove ID... (see: contacts list)")
+    change = store.run_sync(
+        groups.change_members, args.group, add=args.add or (), remove=args.remove or ()
+    )
+    notes = []
+    if change.already:
+        notes.append(f"{change.already} already members")
+    if change.absent:
+        notes.append(f"{change.absent} not members")
+    extra = f" ({', '.join(notes)})" if notes else ""
+    _out(f"group {change.group.name}: {change.added} added, {change.removed} removed{extra}")
+
+
+def _group_list(store, args) -> None:
+    found = store.run_sync(groups.list_groups)
+    counts = store.run_sync(groups.member_counts)
+    rows = [
+        (g.id, g.name, g.kind, _or_dash(g.organization_name), counts.get(g.id, 0), g.description)
+        for g in found
+    ]
+    headers = ("ID", "NAME", "KIND", "ORGANIZATION", "MEMBERS", "WHO")
+    _out(_table(headers, rows, right=(0, 4)))
+
+
+def _group_fields(group: GroupRecord) -> list[tuple[str, object]]:
+    return [
+        ("group", f"{group.name} (id {group.id})"),
+        ("kind", group.kind),
+        ("organization", _or_dash(group.organization_name)),
+        ("who", group.description),
+    ]
+
+
+def _group_show(store, args) -> None:
+    group = store.run_sync(groups.get_group, args.group)
+    preview = store.run_sync(groups.group_preview, group.id)
+    sample = store.run_sync(groups.group_sample, group.id)
+    _fields([*_group_fields(group), ("members", preview.total)])
+    if sample:
+        shown = f"the first {len(sample)} members" if preview.total > len(sample) else "the members"
+        _out(f"{shown}:")
+        rows = [
+            (m.id, m.kind, m.name, _or_dash(m.email), _language_label(m.language)) for m in sample
+        ]
+        _out(_table(("ID", "KIND", "NAME", "EMAIL", "LANGUAGE"), rows, right=(0,)))
+
+
+def _preview_lines(group: GroupRecord, preview: GroupPreview) -> None:
+    _fields(
+        [
+            *_group_fields(group),
+            ("members", preview.total),
+            ("with an address", preview.with_address),
+            ("without an address", preview.without_address),
+        ]
+    )
+    if preview.by_language:
+        rows = [
+            (_language_label(language), count)
+            for language, count in sorted(
+                preview.by_language.items(), key=lambda item: (item[0] == "", item[0])
+            )
+        ]
+        _out(_table(("LANGUAGE", "MEMBERS"), rows, right=(1,)))
+
+
+def _group_preview(store, args) -> None:
+    group = store.run_sync(groups.get_group, args.group)
+    preview = store.run_sync(groups.group_preview, group.id)
+    _preview_lines(group, preview)
+
+
+def _group_delete(store, args) -> None:
+    group = store.run_sync(groups.delete_group, args.group)
+    _out(f"deleted group {group.name} (id {group.id})")
+
+
+# --- registration ---------------------------------------------------------------------
+
+_CONTACT_ID = _whole_number(1)
+
+
+def _register_contacts(commands) -> None:
+    organization = commands("organization", "the organizations (tenants) of the CRM")
+    add = organization.add_parser("add", help="add an organization")
+    add.add_argument("name", metavar="NAME")
+    add.set_defaults(handler=_organization_add)
+    organization.add_parser("list", help="list the organizations").set_defaults(
+        handler=_organization_list
+    )
+
+    contact = commands("contacts", "the CRM's persons and companies")
+    add = contact.add_parser("add", help="add a person or a company")
+    add.add_argument("--organization", metavar="ORG", required=True, help="name or id")
+    add.add_argument("--kind", choices=("person", "company"), required=True)
+    add.add_argument("--name", help="companies: required; persons: default first and last name")
+    add.add_argument("--first-name")
+    add.add_argument("--last-name")
+    add.add_argument("--email", metavar="ADDR")
+    add.add_argument("--language", metavar="CODE", help="ISO 639-1, like cs")
+    add.add_argument("--external-id", metavar="ID", help="unique in the organization")
+    add.set_defaults(handler=_contact_add)
+
+    listing = contact.add_parser("list", help="list contacts by id")
+    listing.add_argument("--organization", metavar="ORG", help="name or id")
+    listing.add_argument(
+        "--language", metavar="CODE", type=_language, help="ISO 639-1; none: without one"
+    )
+    listing.add_argument("--limit", type=_whole_number(1), default=100)
+    listing.add_argument("--offset", type=_whole_number(0), default=0)
+    listing.set_defaults(handler=_contacts_list)
+
+    show = contact.add_parser("show", help="show a contact, its employments and default folders")
+    show.add_argument("id", metavar="ID", type=_CONTACT_ID)
+    show.set_defaults(handler=_contacts_show)
+
+    importing = contact.add_parser(
+        "import",
+        help="add and update contacts from a CSV file: all rows or none",
+        description=csvimport.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    importing.add_argument("file", metavar="FILE.csv", help='the file ("-": standard input)')
+    importing.set_defaults(handler=_contacts_import)
+
+    default = contact.add_parser(
+        "default-folder",
+        help="choose a contact's default folder and/or project in an organization",
+        description=(
+            "Set a contact's default folder and/or project in an organization by hand "
+            "(the default-folder maintenance never overwrites it), or clear it."
+        ),
+    )
+    default.add_argument("contact", metavar="CONTACT_ID", type=_CONTACT_ID)
+    default.add_argument("--organization", metavar="ORG", required=True, help="name or id")
+    default.add_argument("--folder", metavar="ID", type=_whole_number(1), help="see: folder list")
+    default.add_argument("--project", metavar="ID", type=_whole_number(1), help="see: folder list")
+    default.add_argument("--activity", metavar="TEXT")
+    default.add_argument("--clear", action="store_true", help="forget the default folder")
+    default.set_defaults(handler=_contacts_default_folder)
+
+    setup = contact.add_parser(
+        "setup-default-folders",
+        help="give persons their current primary employer's folder as default folder",
+        description=inspect.cleandoc(folders.setup_default_folders.__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    setup.add_argument(
+        "--organization", metavar="ORG", help="name or id (default: every organization)"
+    )
+    setup.add_argument(
+        "--dry-run", action="store_true", help="say what would change, change nothing"
+    )
+    setup.add_argument(
+        "--today",
+        metavar="YYYY-MM-DD",
+        type=_day,
+        help="the day employments are judged at (default: today, UTC)",
+    )
+    setup.set_defaults(handler=_contacts_setup_default_folders)
+
+
+def _register_folders(commands) -> None:
+    folder = commands("folder", "the folders of companies and the projects of organizations")
+    add = folder.add_parser("add", help="add a folder of a company")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--organization", metavar="ORG", required=True, help="name or id")
+    add.add_argument("--company", metavar="CONTACT_ID", type=_CONTACT_ID, required=True)
+    add.set_defaults(handler=_folder_add)
+    listing = folder.add_parser("list", help="list folders and projects")
+    listing.add_argument("--organization", metavar="ORG", help="name or id")
+    listing.add_argument(
+        "--company", metavar="CONTACT_ID", type=_CONTACT_ID, help="that company's folders only"
+    )
+    listing.set_defaults(handler=_folder_list)
+
+    project = commands("project", "the projects of organizations")
+    add = project.add_parser("add", help="add a project of an organization")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--organization", metavar="ORG", required=True, help="name or id")
+    add.set_defaults(handler=_project_add)
+
+
+def _register_groups(commands) -> None:
+    group = commands("group", "distribution groups: who a campaign goes to")
+    add = group.add_parser(
+        "add",
+        help="add a static group, or a dynamic one by filter options",
+        description=(
+            "Add a distribution group. --static: contacts are added by hand (group members). "
+            "Otherwise the group is dynamic: it holds the contacts matching every filter "
+            "option given, on the day it is used (--organization alone: every contact of "
+            "the organization). Repeated options (--language, --kind, --company) match any "
+            "of their values."
+        ),
+    )
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--organization", metavar="ORG", help="name or id")
+    add.add_argument("--static", action="store_true", help="members are added by hand")
+    add.add_argument(
+        "--language",
+        metavar="CODE",
+        action="append",
+        type=_language,
+        help="preferred language, ISO 639-1 (none: contacts without one; repeatable)",
+    )
+    add.add_argument("--kind", choices=("person", "company"), action="append")
+    add.add_argument(
+        "--has-email", metavar="yes|no", type=_yes_or_no, help="with (yes) or without an address"
+    )
+    add.add_argument(
+        "--company",
+        metavar="CONTACT_ID",
+        type=_CONTACT_ID,
+        action="append",
+        help="the company and persons employed there (repeatable)",
+    )
+    add.add_argument(
+        "--employment-current",
+        metavar="yes|no",
+        type=_yes_or_no,
+        help="persons with (yes) or without (no) an employment valid today",
+    )
+    add.add_argument(
+        "--primary-only",
+        action="store_true",
+        help="with --company or --employment-current: primary employments only",
+    )
+    add.set_defaults(handler=_group_add)
+
+    members = group.add_parser("members", help="add or remove contacts of a static group")
+    members.add_argument("group", metavar="GROUP", help="name or id")
+    members.add_argument("--add", metavar="ID", type=_CONTACT_ID, nargs="+", action="extend")
+    members.add_argument("--remove", metavar="ID", type=_CONTACT_ID, nargs="+", action="extend")
+    members.set_defaults(handler=_group_members)
+
+    group.add_parser("list", help="list the groups with their member counts").set_defaults(
+        handler=_group_list
+    )
+    for name, help_text, handler in (
+        ("show", "show a group and its first members", _group_show),
+        (
+            "preview",
+            "count a group's members: per language, with and without address",
+            _group_preview,
+        ),
+        ("delete", "delete a group (refused while a campaign uses it)", _group_delete),
+    ):
+        action = group.add_parser(name, help=help_text)
+        action.add_argument("group", metavar="GROUP", help="name or id")
+        action.set_defaults(handler=handler)
+
+
+def register(commands) -> None:
+    _register_contacts(commands)
+    _register_folders(commands)
+    _register_groups(commands)

@@ -1,0 +1,178 @@
+"""Frozen records of the CRM: what crosses from the store's threads back to the caller."""
+
+from __future__ import annotations
+
+import datetime
+
+import attrs
+
+from atollon_mail.crm.filters import GroupFilter
+
+
+@attrs.frozen
+class OrganizationRecord:
+    id: int
+    name: str
+
+
+@attrs.frozen
+class ContactRecord:
+    id: int
+    organization_id: int
+    organization_name: str
+    kind: str  # person | company
+    external_id: str | None
+    name: str
+    first_name: str
+    last_name: str
+    email: str  # lower-cased; "" when the contact has none
+    language: str  # ISO 639-1, lower-case; "" when unknown
+
+
+@attrs.frozen
+class EmploymentRecord:
+    id: int
+    person_id: int
+    person_name: str
+    company_id: int
+    company_name: str
+    is_primary: bool
+    valid_from: datetime.date | None
+    valid_to: datetime.date | None
+
+
+@attrs.frozen
+class FolderRecord:
+    """A folder (of a company, within an organization) or a project (of an organization)."""
+
+    id: int
+    kind: str  # folder | project
+    name: str
+    organization_id: int | None
+    organization_name: str | None
+    company_id: int | None
+    company_name: str | None
+
+
+@attrs.frozen
+class DefaultFolderRecord:
+    """A contact's default folder (and project, activity) in one organization."""
+
+    organization_id: int
+    organization_name: str
+    contact_id: int
+    folder_id: int | None
+    folder_name: str | None
+    project_id: int | None
+    project_name: str | None
+    activity: str | None
+    source: str  # manual | employer
+
+
+@attrs.frozen
+class ContactDetail:
+    contact: ContactRecord
+    employments: tuple[EmploymentRecord, ...]
+    default_folders: tuple[DefaultFolderRecord, ...]
+
+
+@attrs.frozen
+class DefaultFolderChange:
+    """One default folder the maintenance sets (previous None) or changes."""
+
+    contact_id: int
+    contact_name: str
+    previous_folder_id: int | None
+    folder_id: int
+    folder_name: str
+
+
+@attrs.frozen
+class DefaultFolderCase:
+    """A contact the maintenance leaves alone for a person to decide, and why."""
+
+    contact_id: int
+    contact_name: str
+    why: str
+
+
+@attrs.frozen
+class DefaultFolderReport:
+    organization_id: int
+    organization_name: str
+    today: datetime.date
+    dry_run: bool
+    set: int  # persons that had no default folder and got one
+    changed: int  # "employer" rows now pointing at another folder
+    unchanged: int  # "employer" rows already right
+    kept_manual: int  # "manual" rows left as they are
+    changes: tuple[DefaultFolderChange, ...]
+    cases: tuple[DefaultFolderCase, ...]
+
+
+@attrs.frozen
+class GroupRecord:
+    id: int
+    name: str
+    kind: str  # static | dynamic
+    organization_id: int | None
+    organization_name: str | None
+    filter: GroupFilter | None  # dynamic groups only
+    description: str  # the filter (or "listed contacts") in words, for people
+
+
+@attrs.frozen
+class GroupPreview:
+    total: int
+    by_language: dict[str, int]  # "" is the key of contacts without a language
+    without_address: int
+    with_address: int
+
+
+@attrs.frozen
+class MemberRecord:
+    id: int
+    kind: str
+    name: str
+    email: str
+    language: str
+
+
+@attrs.frozen
+class MembersChange:
+    group: GroupRecord
+    added: int
+    removed: int
+    already: int  # asked to add, but members already
+    absent: int  # asked to remove, but not members
+
+
+@attrs.frozen
+class ImportProblem:
+    line: int  # the file's line number (the header is line 1)
+    column: str  # the column's name; "" when the problem is the whole line
+    why: str
+
+
+@attrs.frozen
+class ImportReport:
+    created: int
+    updated: int
+    unchanged: int
+    employments: int  # employments added or changed
+    problems: tuple[ImportProblem, ...]  # not empty: nothing was written
+
+
+@attrs.frozen
+class GroupSummary:
+    group: GroupRecord
+    members: int
+
+
+@attrs.frozen
+class GroupOverview:
+    """A group's page: the group, its counts and its first members."""
+
+    group: GroupRecord
+    preview: GroupPreview
+    sample: tuple[MemberRecord, ...]
