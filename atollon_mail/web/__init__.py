@@ -30,6 +30,7 @@ PAGE_MODULES: tuple[str, ...] = (
     "atollon_mail.web.pages_mail",
     "atollon_mail.web.pages_mailboxes",
     "atollon_mail.web.pages_campaigns",
+    "atollon_mail.web.pages_groups",
 )
 
 
