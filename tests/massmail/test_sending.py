@@ -283,6 +283,56 @@ class SendingTests(StoreFixtureMixin):
         return found
 
     @defer.inlineCallbacks
+    def test_filing_follows_the_campaign_organization_and_a_project_only_default(self):
+        def defaults():
+            organization = Organization.get(name="Acme")
+            other = Organization.create(name="Other", created_at=utc_now())
+            project = Context.create(
+                kind="project",
+                name="Launch",
+                owner=None,
+                created_at=utc_now(),
+                organization=organization,
+            )
+            elsewhere = Context.create(
+                kind="folder",
+                name="Elsewhere",
+                owner=None,
+                created_at=utc_now(),
+                organization=other,
+            )
+            # Bob: a project and no folder here; Hans: a folder only in another
+            # organization, which this campaign's filing must not use.
+            ContactContext.create(
+                organization=organization,
+                contact=self.ids["bob"],
+                folder=None,
+                project=project,
+                activity=None,
+                source="manual",
+                updated_at=utc_now(),
+            )
+            ContactContext.create(
+                organization=other,
+                contact=self.ids["hans"],
+                folder=elsewhere,
+                project=None,
+                activity=None,
+                source="manual",
+                updated_at=utc_now(),
+            )
+            return project.id
+
+        project_id = self.store.run_sync(defaults)
+        campaign_id = self.make_campaign()
+        self.start_all(campaign_id)
+        yield self.run_until(lambda: self.campaign_status_now(campaign_id) == "finished")
+        filings = self.store.run_sync(self.filings_by_recipient)
+        self.assertEqual(filings["bob@example.net"][0], project_id)
+        self.assertEqual(filings["hans@example.de"][1], "Sent (news@acme.test)")
+        self.assertEqual(filings["jana@example.org"][0], self.ids["folder"])
+
+    @defer.inlineCallbacks
     def test_refusals_bounce_defer_and_suppress_without_a_dsn(self):
         self.remote.replies["bob@example.net"] = "550 5.1.1 no such user here"
         self.remote.replies["hans@example.de"] = "451 4.2.0 mailbox busy"
