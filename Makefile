@@ -43,7 +43,8 @@ test: $(STAMP) system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	cd bench && ../$(BIN)/python inbound.py && ../$(BIN)/python relay.py && ../$(BIN)/python web.py
+	cd bench && ../$(BIN)/python inbound.py && ../$(BIN)/python relay.py && ../$(BIN)/python web.py \
+	  && ../$(BIN)/python massmail.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

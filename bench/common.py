@@ -166,3 +166,27 @@ def summary(name: str, arguments, ours: list[float], postfix: list[float], peaks
         "peak_rss_mib": max(peaks),
         "machine": machine(),
     }
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it ("unknown" elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def proc_status_kib(pid: int | str, field: str) -> int:
+    """A memory figure of /proc/PID/status in KiB (VmRSS, VmHWM); 0 when unreadable."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
