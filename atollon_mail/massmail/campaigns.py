@@ -19,7 +19,9 @@ import re
 
 from peewee import JOIN, Case, Value, fn
 
+from atollon_mail.crm.contacts import get_organization_row
 from atollon_mail.crm.filters import members_query
+from atollon_mail.crm.groups import get_group_row
 from atollon_mail.massmail.records import (
     CampaignRecord,
     CampaignStatus,
@@ -49,7 +51,6 @@ from atollon_mail.store.models import (
     Employment,
     Mailbox,
     MessageType,
-    Organization,
     Suppression,
     utc_now,
 )
@@ -99,31 +100,6 @@ def _today(now: datetime.datetime) -> datetime.date:
 
 
 # --- looking things up ----------------------------------------------------------------
-
-
-def _by_id_or_name(model, key: int | str, what: str, listing: str):
-    """An int is an id; a string is a name, or an id when it is all digits and nothing
-    has that name."""
-    found = None
-    if isinstance(key, int):
-        found = model.get_or_none(model.id == key)
-    else:
-        name = key.strip()
-        found = model.get_or_none(model.name == name)
-        if found is None and name.isdigit():
-            found = model.get_or_none(model.id == int(name))
-    if found is None:
-        shown = key if isinstance(key, int) else key.strip()
-        raise NotFound(f"no {what} {shown}; see: {listing}")
-    return found
-
-
-def _get_group(group: int | str) -> DistributionGroup:
-    return _by_id_or_name(DistributionGroup, group, "distribution group", "group list")
-
-
-def _get_organization(organization: int | str) -> Organization:
-    return _by_id_or_name(Organization, organization, "organization", "organization list")
 
 
 def _get_type(code: str | None) -> MessageType | None:
@@ -265,12 +241,12 @@ def create_campaign(
     name = _limited(name, _NAME_LIMIT, "campaign name")
     if not name:
         raise Invalid("a campaign needs a name")
-    group_row = _get_group(group)
+    group_row = get_group_row(group)
     mailbox = _active_mailbox(mailbox_address)
     fallback = normalize_language(fallback_language)
     kind = _get_type(type_code)
     if organization is not None:
-        organization_id = _get_organization(organization).id
+        organization_id = get_organization_row(organization).id
     else:
         organization_id = group_row.organization_id
     campaign = Campaign.create(

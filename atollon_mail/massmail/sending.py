@@ -156,14 +156,6 @@ def handoff_batch(
 
 
 _HANDOFF_SQL = {
-    "insert_message": """
-        INSERT INTO message (raw, size, message_id, subject, from_header, date_header,
-                             envelope_sender, received_at, type_id)
-        VALUES ({p}, {p}, {p}, {p}, {p}, NULL, {p}, {p}, {p}) RETURNING id""",
-    "insert_queue_message": """
-        INSERT INTO queue_message (message_id, envelope_sender, is_bounce, origin_mailbox_id,
-                                   created_at)
-        VALUES ({p}, {p}, {p}, {p}, {p}) RETURNING id""",
     "insert_queue_recipient": """
         INSERT INTO queue_recipient (queue_message_id, address, domain, state, attempts,
                                      next_attempt_at, delay_warned, created_at, updated_at,
@@ -218,21 +210,24 @@ def commit_handoff(
     for message in messages:
         if message.recipient_id not in still_queued:
             continue
-        (message_row,) = database_proxy.execute_sql(
-            _sql("insert_message"),
+        # The message and its queue entry as any sent message has them (queries' own
+        # statements); only the queue recipient differs: it names its send-list row.
+        (message_row,) = _execute(
+            "insert_message",
             (
                 Message.raw.db_value(message.raw),
                 len(message.raw),
                 message.message_id,
                 message.subject,
                 message.from_header,
+                None,
                 message.envelope_sender,
                 stamp,
                 type_id,
             ),
         ).fetchone()
-        (queue_message,) = database_proxy.execute_sql(
-            _sql("insert_queue_message"),
+        (queue_message,) = _execute(
+            "insert_queue_message",
             (message_row, message.envelope_sender, False, campaign.mailbox_id, stamp),
         ).fetchone()
         (queue_recipient,) = database_proxy.execute_sql(
