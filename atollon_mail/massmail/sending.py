@@ -21,6 +21,7 @@ from atollon_mail.store.queries import (
     _chunks,
     _execute,
     _file_sent_copy,
+    _insert_message,
     _locked,
     _placeholders,
     read_only,
@@ -73,6 +74,9 @@ class CampaignMessage:
     message_id: str
     subject: str
     from_header: str
+    # As the queue's other messages have them: no Date: summary kept, the campaign's type.
+    date_header: str | None = None
+    type_id: int | None = None
 
 
 @read_only
@@ -212,20 +216,7 @@ def commit_handoff(
             continue
         # The message and its queue entry as any sent message has them (queries' own
         # statements); only the queue recipient differs: it names its send-list row.
-        (message_row,) = _execute(
-            "insert_message",
-            (
-                Message.raw.db_value(message.raw),
-                len(message.raw),
-                message.message_id,
-                message.subject,
-                message.from_header,
-                None,
-                message.envelope_sender,
-                stamp,
-                type_id,
-            ),
-        ).fetchone()
+        message_row = _insert_message(message, stamp, type_id)
         (queue_message,) = _execute(
             "insert_queue_message",
             (message_row, message.envelope_sender, False, campaign.mailbox_id, stamp),

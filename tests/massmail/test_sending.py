@@ -522,14 +522,14 @@ class SendingTests(StoreFixtureMixin):
         return campaign_id, {envelope.recipients[0]: envelope for envelope in envelopes}
 
     @defer.inlineCallbacks
-    def test_bounce_to_the_verp_address_marks_the_row_and_suppresses(self):
-        campaign_id, sent = yield self.sent_campaign()
-        envelope = sent["bob@example.net"]
+    def bounce_back(self, envelope, action: str, reply: str):
+        """A DSN about envelope's recipient, received at its VERP return path; the
+        Recipient that address resolved to."""
         now = self.now()
         dsn = build_dsn(
             "mx.example.net",
             envelope.sender,
-            [FailedRecipient("bob@example.net", "failed", "550 5.1.1 user unknown", None, now)],
+            [FailedRecipient(envelope.recipients[0], action, reply, None, now)],
             envelope.raw,
             now,
             now,
@@ -537,8 +537,16 @@ class SendingTests(StoreFixtureMixin):
         local, _, domain = envelope.sender.partition("@")
         recipient = yield self.intake.resolve_recipient(local, domain)
         self.assertIsInstance(recipient, Recipient)
-        self.assertEqual(recipient.mailbox_address, "news@acme.test")
         yield self.intake.accept("", [recipient], dsn)
+        return recipient
+
+    @defer.inlineCallbacks
+    def test_bounce_to_the_verp_address_marks_the_row_and_suppresses(self):
+        campaign_id, sent = yield self.sent_campaign()
+        recipient = yield self.bounce_back(
+            sent["bob@example.net"], "failed", "550 5.1.1 user unknown"
+        )
+        self.assertEqual(recipient.mailbox_address, "news@acme.test")
         yield self.run_until(
             lambda: CampaignRecipient.get(address="bob@example.net").state == "bounced"
         )
@@ -555,19 +563,7 @@ class SendingTests(StoreFixtureMixin):
     @defer.inlineCallbacks
     def test_delay_notice_to_the_verp_address_changes_no_state(self):
         campaign_id, sent = yield self.sent_campaign()
-        envelope = sent["bob@example.net"]
-        now = self.now()
-        dsn = build_dsn(
-            "mx.example.net",
-            envelope.sender,
-            [FailedRecipient("bob@example.net", "delayed", "451 4.4.1 later", None, now)],
-            envelope.raw,
-            now,
-            now,
-        )
-        local, _, domain = envelope.sender.partition("@")
-        recipient = yield self.intake.resolve_recipient(local, domain)
-        yield self.intake.accept("", [recipient], dsn)
+        yield self.bounce_back(sent["bob@example.net"], "delayed", "451 4.4.1 later")
         yield self.run_until(
             lambda: CampaignRecipient.get(address="bob@example.net").last_reply == "451 4.4.1 later"
         )
