@@ -194,7 +194,16 @@ class _OpportunisticTLS:
 class _Transaction:
     """One envelope's progress: outcomes[i] stays None until recipient i is decided."""
 
-    __slots__ = ("envelope", "outcomes", "to_send", "accepted", "mail_ok", "pipelined", "cursor")
+    __slots__ = (
+        "envelope",
+        "outcomes",
+        "to_send",
+        "accepted",
+        "mail_ok",
+        "pipelined",
+        "cursor",
+        "followed",
+    )
 
     def __init__(self, envelope: Envelope):
         self.envelope = envelope
@@ -204,6 +213,8 @@ class _Transaction:
         self.mail_ok = False
         self.pipelined = False
         self.cursor = 0
+        # The next transaction's commands went out behind this one's message data.
+        self.followed = False
 
     def decide(self, index: int, code: int, reply: str) -> None:
         if self.outcomes[index] is None:
@@ -536,17 +547,21 @@ class SMTPClientProtocol(Protocol):
         self._started = True
         self._next_transaction()
 
-    def _next_transaction(self) -> None:
+    def _next_transaction(self, after_data: bool = False) -> bool:
+        """Begin the next envelope that has something to send, or QUIT when none is left;
+        whether one was begun. after_data: the reply to a message's end of data is still
+        to come, so there is no QUIT yet (its reply calls this again)."""
         while not self._closing:
+            if self._index + 1 >= len(self._transactions):
+                if not after_data:
+                    self._send("QUIT", self._on_quit)
+                    # Everything is decided: the 221 is a courtesy we wait for only briefly.
+                    self._abort_call = self.clock.callLater(QUIT_GRACE, self._abort)
+                return False
             self._index += 1
-            if self._index >= len(self._transactions):
-                self._send("QUIT", self._on_quit)
-                # Everything is decided: the 221 is a courtesy we wait for only briefly.
-                self._abort_call = self.clock.callLater(QUIT_GRACE, self._abort)
-                return
-            transaction = self._transactions[self._index]
-            if self._begin(transaction):
-                return
+            if self._begin(self._transactions[self._index]):
+                return True
+        return False
 
     def _address_problem(self, address: str) -> tuple[int, str] | None:
         if _UNSAFE_ADDRESS.search(address):
@@ -663,6 +678,12 @@ class SMTPClientProtocol(Protocol):
             if transaction.accepted and transaction.mail_ok:
                 self.transport.write(dot_stuff(message))
                 self._expect.append((self._on_end_of_data, transaction, "the end of data"))
+                if transaction.pipelined:
+                    # Message data may begin a group (RFC 2920 3.1): the next envelope's
+                    # commands follow the final dot without waiting for its reply, so a
+                    # message costs one round trip, not two. Each transaction ends with
+                    # the reply to its dot, whatever it says, so the next one is unharmed.
+                    transaction.followed = self._next_transaction(after_data=True)
             else:
                 # 354 with no recipient (a pipelining server that should have said 554):
                 # send an empty message so the dialogue stays in step, and drop it.
@@ -678,7 +699,8 @@ class SMTPClientProtocol(Protocol):
     def _on_end_of_data(self, code: int, reply: str, transaction: _Transaction) -> None:
         for index in transaction.accepted:
             transaction.decide(index, code, reply)
-        self._next_transaction()
+        if not transaction.followed:
+            self._next_transaction()
 
     def _on_discarded_data(self, code: int, reply: str, _: Any) -> None:
         self._rset_needed = True

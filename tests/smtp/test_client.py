@@ -361,6 +361,55 @@ class PipeliningTests(unittest.TestCase):
         session.lose()
         self.assertEqual(codes(session.results[0][0]), [250, 550])
 
+    def test_next_envelope_follows_the_final_dot_without_waiting(self):
+        session = Scripted([envelope("b@remote.test", key=1), envelope("c@remote.test", key=2)])
+        session.reply("220 hi\r\n")
+        session.reply("250-mx\r\n250 PIPELINING\r\n")
+        written = session.reply("250 ok\r\n250 ok\r\n354 go\r\n")
+        self.assertEqual(
+            written,
+            MESSAGE.decode() + ".\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<c@remote.test>\r\n"
+            "DATA\r\n",
+        )
+        # The first message is refused at its dot; the second transaction is its own.
+        self.assertEqual(session.reply("554 5.7.1 spam\r\n250 ok\r\n250 ok\r\n"), "")
+        self.assertEqual(session.reply("354 go\r\n"), MESSAGE.decode() + ".\r\n")
+        # No QUIT before the last message's reply: it would cut the reply off.
+        self.assertEqual(session.reply("250 2.0.0 queued\r\n"), "QUIT\r\n")
+        session.reply("221 bye\r\n")
+        session.lose()
+        first, second = session.results[0]
+        self.assertEqual([r.reply for r in first.recipients], ["554 5.7.1 spam"])
+        self.assertEqual([r.reply for r in second.recipients], ["250 2.0.0 queued"])
+
+    def test_connection_lost_with_the_next_envelope_pipelined_behind_a_dot(self):
+        session = Scripted([envelope("b@remote.test"), envelope("c@remote.test")])
+        session.reply("220 hi\r\n")
+        session.reply("250-mx\r\n250 PIPELINING\r\n")
+        self.assertIn("MAIL FROM", session.reply("250 ok\r\n250 ok\r\n354 go\r\n"))
+        session.lose()
+        first, second = session.results[0]
+        for outcome in (first, second):
+            self.assertEqual(codes(outcome), [0])
+            self.assertFalse(outcome.recipients[0].permanent)
+
+    def test_many_envelopes_over_a_pipelining_server(self):
+        mta = RemoteMTA(rcpt={"gone@remote.test": 550}, dot=[250, "452 4.3.1 full", 250])
+        envelopes = [
+            envelope("b@remote.test", key=1),
+            envelope("c@remote.test", key=2),
+            envelope("gone@remote.test", key=3),
+            envelope("d@remote.test", key=4),
+        ]
+        link = Link(envelopes, mta)
+        self.assertEqual(
+            [codes(outcome) for outcome in link.outcomes()], [[250], [452], [550], [250]]
+        )
+        self.assertEqual(
+            [(e.recipients, e.reply_code) for e in mta.envelopes],
+            [(("b@remote.test",), 250), (("c@remote.test",), 452), (("d@remote.test",), 250)],
+        )
+
     def test_354_with_no_accepted_recipient_sends_an_empty_message(self):
         session = Scripted([envelope("b@remote.test"), envelope("c@remote.test")])
         session.reply("220 hi\r\n")
