@@ -7,10 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test bench install system-packages clean
 
-# Debian packages the end-to-end tests use: swaks, a second real SMTP client, and
-# chromium for the web admin driven by Playwright. Installed when this runs as root with
-# apt-get; elsewhere those tests are skipped with the reason.
-SYSTEM_PACKAGES := swaks chromium
+# Debian packages the tests use: swaks, a second real SMTP client, chromium for the
+# web admin driven by Playwright, and systemd (systemd-analyze and systemd-sysusers
+# check etc/atollon-mail.service and its sysusers file). Installed when this runs as
+# root with apt-get; elsewhere those tests are skipped with the reason.
+SYSTEM_PACKAGES := swaks chromium systemd
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +27,9 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+# ARGS: more options for the appliance, e.g. make run ARGS="--smtp tcp:2526 --web tcp:8081"
 run: $(STAMP)
-	$(BIN)/twistd --nodaemon --pidfile= atollon-mail --config $(CONFIG)
+	$(BIN)/twistd --nodaemon --pidfile= atollon-mail --config $(CONFIG) $(ARGS)
 
 system-packages:
 	@missing=""; for tool in $(SYSTEM_PACKAGES); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \

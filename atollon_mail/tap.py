@@ -24,7 +24,7 @@ from atollon_mail.delivery.srs import SRS, load_or_create_srs_secret
 from atollon_mail.dns.watcher import DnsWatcher
 from atollon_mail.massmail.returns import CampaignReturns
 from atollon_mail.massmail.sender import MassMailSender
-from atollon_mail.massmail.tokens import RecipientTokens
+from atollon_mail.massmail.tokens import RecipientTokens, unsubscribe_base
 from atollon_mail.passwords import generate_password, hash_password
 from atollon_mail.secretfile import load_or_create_secret
 from atollon_mail.smtp.server import SMTPServerFactory
@@ -168,11 +168,6 @@ class StartStopService(service.Service):
 
 
 MASSMAIL_SECRET = "massmail-secret"
-
-
-def unsubscribe_base(config: Config) -> str:
-    """Where unsubscribe links point: [massmail] unsubscribe_url, else https://hostname."""
-    return config.massmail.unsubscribe_url or f"https://{config.appliance.hostname}"
 
 
 def build_appliance(config: Config, reactor) -> service.MultiService:

@@ -28,9 +28,11 @@ from atollon_mail.cli import (
     _whole_number,
     read_text_file,
 )
+from atollon_mail.config import default_config_path, load_config
 from atollon_mail.massmail import campaigns
 from atollon_mail.massmail.records import CampaignRecord, CampaignStatus
 from atollon_mail.massmail.templates import MERGE_FIELDS
+from atollon_mail.massmail.tokens import preview_unsubscribe_url, unsubscribe_base
 from atollon_mail.store.models import RECIPIENT_STATES, SUPPRESSION_REASONS, utc_now
 
 BAR_WIDTH = 20
@@ -196,7 +198,18 @@ def _list(store, args) -> None:
 
 
 def _preview(store, args) -> None:
-    previews = store.run_sync(campaigns.preview_campaign, args.id)
+    config = load_config(args.config or default_config_path())
+    base = unsubscribe_base(config)
+    previews = store.run_sync(
+        campaigns.preview_campaign, args.id, unsubscribe_url=preview_unsubscribe_url(base)
+    )
+    source = (
+        "[massmail] unsubscribe_url"
+        if config.massmail.unsubscribe_url
+        else "https:// and [appliance] hostname; set [massmail] unsubscribe_url to change it"
+    )
+    _out(f"unsubscribe links: {base}/unsubscribe/... ({source} in {config.path})")
+    _out()
     failed = []
     for number, preview in enumerate(previews):
         if number:

@@ -107,14 +107,29 @@ class _Problems:
         self.found.append(ImportProblem(line=line, column=column, why=why))
 
 
-def _read_rows(data: bytes, problems: _Problems) -> tuple[list[str], list[_Row]]:
-    """The header's columns and the data rows, checked for shape only."""
+def _decode(data: bytes, problems: _Problems) -> str:
+    """The file as text; every line that is not UTF-8 is listed (and read with U+FFFD)."""
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        problems.add(line, "", "is not UTF-8; save the file as UTF-8 and import it again")
-        return [], []
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    lines = data.removeprefix(b"\xef\xbb\xbf").split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            problems.add(number, "", "is not UTF-8; save the file as UTF-8 and import it again")
+    return b"\n".join(lines).decode("utf-8", errors="replace")
+
+
+def _read_rows(data: bytes, problems: _Problems) -> tuple[list[str], list[_Row]]:
+    """The header's columns and the data rows, checked for shape only.
+
+    The rows are read even when the header has problems, so that one pass lists every
+    problem of every row; only a column named twice (which value counts?) stops here.
+    """
+    text = _decode(data, problems)
+    not_utf8 = {problem.line for problem in problems.found}
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     header: list[str] | None = None
     rows: list[_Row] = []
@@ -124,13 +139,19 @@ def _read_rows(data: bytes, problems: _Problems) -> tuple[list[str], list[_Row]]
             if not _header_ok(header, problems):
                 return [], []
             continue
+        if line in not_utf8:
+            continue
         if len(fields) != len(header):
             problems.add(
                 line, "", f"has {len(fields)} fields but the header names {len(header)} columns"
             )
             continue
         values: dict[str, str | None] = dict.fromkeys(COLUMNS)
-        values.update(zip(header, (field.strip() for field in fields), strict=True))
+        values.update(
+            (name, field.strip())
+            for name, field in zip(header, fields, strict=True)
+            if name in COLUMNS
+        )
         rows.append(_Row(line=line, values=values))
     if header is None and not problems.found:
         problems.add(1, "", "the file is empty; the first line names the columns")
@@ -138,7 +159,8 @@ def _read_rows(data: bytes, problems: _Problems) -> tuple[list[str], list[_Row]]
 
 
 def _records(reader, problems: _Problems) -> Iterator[tuple[int, list[str]]]:
-    """(first line of the record, fields) for each non-blank record."""
+    """(first line of the record, fields) for each non-blank record; a record that is not
+    valid CSV is listed and skipped, and reading goes on with the next line."""
     line = 1
     while True:
         try:
@@ -148,14 +170,15 @@ def _records(reader, problems: _Problems) -> Iterator[tuple[int, list[str]]]:
         except csv.Error as error:
             # Reported at the line the broken record starts (an open quote, say).
             problems.add(line, "", f"is not valid CSV: {error}")
-            return
+            line = reader.line_num + 1
+            continue
         if any(field.strip() for field in fields):
             yield line, fields
         line = reader.line_num + 1
 
 
 def _header_ok(header: list[str], problems: _Problems) -> bool:
-    ok = True
+    """Lists the header's problems; False when the rows cannot be read by column name."""
     unnamed = [str(index) for index, name in enumerate(header, start=1) if not name]
     if unnamed:
         problems.add(
@@ -163,7 +186,6 @@ def _header_ok(header: list[str], problems: _Problems) -> bool:
             "",
             f"column {', '.join(unnamed)} has no name; name it or remove it (a comma too many?)",
         )
-        ok = False
     unknown = [name for name in header if name and name not in COLUMNS]
     if unknown:
         problems.add(
@@ -172,16 +194,13 @@ def _header_ok(header: list[str], problems: _Problems) -> bool:
             f"unknown column{'s' if len(unknown) > 1 else ''}; the columns are "
             + ", ".join(COLUMNS),
         )
-        ok = False
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:
         problems.add(1, ", ".join(repeated), "named twice in the header")
-        ok = False
     missing = [name for name in REQUIRED_COLUMNS if name not in header]
     if missing:
         problems.add(1, ", ".join(missing), "required column missing from the header")
-        ok = False
-    return ok
+    return not repeated
 
 
 def _date(row: _Row, column: str, problems: _Problems) -> datetime.date | None:
@@ -217,7 +236,7 @@ def _check_row(
     before = len(problems.found)
     organization_name = values["organization"] or ""
     organization_id = organizations.get(organization_name)
-    if not organization_name:
+    if not organization_name and values["organization"] is not None:
         problems.add(line, "organization", "required; give the name of an organization")
     elif organization_id is None:
         problems.add(
@@ -226,7 +245,7 @@ def _check_row(
             f"no organization {organization_name!r}; add it first: organization add",
         )
     kind = (values["kind"] or "").lower()
-    if kind not in ("person", "company"):
+    if kind not in ("person", "company") and values["kind"] is not None:
         problems.add(line, "kind", f"{values['kind']!r} is not a kind; write person or company")
     external_id = _checked_text(row, "external_id", problems) or None
     existing = None
@@ -414,45 +433,48 @@ def import_contacts(data: bytes, now: datetime.datetime | None = None) -> Import
 
     # Which line first gives each (organization, external_id), and that row's kind: a
     # later line with the same id is a duplicate, and employers are found here even when
-    # their own row has a problem (that problem is listed on its own line).
+    # their own row has a problem (that problem is listed on its own line). Every row is
+    # checked in full, whatever problems it or the rows before it have.
     first_rows: dict[tuple[str, str], _Row] = {}
     checked: list[_Contact] = []
     in_file: dict[tuple[int, str], _Contact] = {}
     for row in rows:
         key = (row.values["organization"] or "", row.values["external_id"] or "")
-        if key[1] and key in first_rows:
+        duplicate = bool(key[1]) and key in first_rows
+        if duplicate:
             problems.add(
                 row.line, "external_id", f"{key[1]} is on line {first_rows[key].line} already"
             )
-            continue
-        if key[1]:
+        elif key[1]:
             first_rows[key] = row
         contact = _check_row(row, organizations, stored, problems)
-        if contact is None:
+        if contact is None or duplicate:
             continue
         checked.append(contact)
         if contact.external_id is not None:
             in_file[(contact.organization_id, contact.external_id)] = contact
-    organization_names = {known_id: name for name, known_id in organizations.items()}
-    for contact in checked:
-        if contact.employer is None:
+    for row in rows:
+        employer = row.values["employer"]
+        organization_id = organizations.get(row.values["organization"] or "")
+        if not employer or organization_id is None:
             continue
-        organization_name = organization_names[contact.organization_id]
-        employer_row = first_rows.get((organization_name, contact.employer))
-        stored_employer = stored.get((contact.organization_id, contact.employer))
+        if (row.values["kind"] or "").lower() != "person":
+            continue  # a company's employer is listed as such by _check_row
+        employer_row = first_rows.get((row.values["organization"], employer))
+        stored_employer = stored.get((organization_id, employer))
         if employer_row is not None:
             employer_kind = (employer_row.values["kind"] or "").lower()
         elif stored_employer is not None:
             employer_kind = stored_employer.kind
         else:
             problems.add(
-                contact.line,
+                row.line,
                 "employer",
-                f"no company with external_id {contact.employer} in this file or stored",
+                f"no company with external_id {employer} in this file or stored",
             )
             continue
         if employer_kind == "person":
-            problems.add(contact.line, "employer", f"{contact.employer} is a person, not a company")
+            problems.add(row.line, "employer", f"{employer} is a person, not a company")
     if problems.found:
         problems.found.sort(key=lambda problem: problem.line)
         return ImportReport(0, 0, 0, 0, tuple(problems.found))

@@ -370,7 +370,9 @@ def _primary_employer_name(person_id: int, today: datetime.date) -> str | None:
     return found[0] if found else None
 
 
-def _member_fields(contact: Contact, language: str, today: datetime.date) -> dict[str, str]:
+def _member_fields(
+    contact: Contact, language: str, today: datetime.date, unsubscribe_url: str
+) -> dict[str, str]:
     employer = _primary_employer_name(contact.id, today) if contact.kind == "person" else None
     return contact_fields(
         first_name=contact.first_name,
@@ -379,7 +381,7 @@ def _member_fields(contact: Contact, language: str, today: datetime.date) -> dic
         email=contact.email,
         language=language,
         company=employer,
-        unsubscribe_url=PREVIEW_UNSUBSCRIBE_URL,
+        unsubscribe_url=unsubscribe_url,
     )
 
 
@@ -414,7 +416,9 @@ def _rendered(
     )
 
 
-def _preview(campaign: Campaign, today: datetime.date) -> list[RenderedPreview]:
+def _preview(
+    campaign: Campaign, today: datetime.date, unsubscribe_url: str
+) -> list[RenderedPreview]:
     variants = _variants(campaign.id)
     fallback = campaign.fallback_language
     members = members_query(campaign.group, today).where(Contact.email != "")
@@ -438,24 +442,29 @@ def _preview(campaign: Campaign, today: datetime.date) -> list[RenderedPreview]:
         variant = variants.get(language)
         if language in counts:
             contact = Contact.get_by_id(first_member[language])
-            fields = _member_fields(contact, language, today)
+            fields = _member_fields(contact, language, today, unsubscribe_url)
             previews.append(
                 _rendered(
                     language, variant, fields, counts[language], contact, fallback, campaign.id
                 )
             )
         else:
-            fields = dict(SAMPLE_FIELDS, language=language)
+            fields = dict(SAMPLE_FIELDS, language=language, unsubscribe_url=unsubscribe_url)
             previews.append(_rendered(language, variant, fields, 0, None, fallback, campaign.id))
     return previews
 
 
 @read_only
-def preview_campaign(campaign_id: int, today: datetime.date | None = None) -> list[RenderedPreview]:
+def preview_campaign(
+    campaign_id: int,
+    today: datetime.date | None = None,
+    unsubscribe_url: str = PREVIEW_UNSUBSCRIBE_URL,
+) -> list[RenderedPreview]:
     """Each variant as it will be sent, rendered for the first group member who gets it
-    (with that member's own fields), or for a sample contact when nobody does."""
+    (with that member's own fields), or for a sample contact when nobody does; the
+    unsubscribe link is `unsubscribe_url` (see tokens.preview_unsubscribe_url)."""
     campaign = _get_campaign(campaign_id)
-    return _preview(campaign, today or _today(utc_now()))
+    return _preview(campaign, today or _today(utc_now()), unsubscribe_url)
 
 
 # --- starting: the send list ----------------------------------------------------------
@@ -539,7 +548,7 @@ def start_campaign(campaign_id: int, now: datetime.datetime | None = None) -> Ca
     campaign = _get_campaign(campaign_id, lock=True)
     variants = _variants(campaign.id)
     _check_startable(campaign, variants)
-    for preview in _preview(campaign, today):
+    for preview in _preview(campaign, today, PREVIEW_UNSUBSCRIBE_URL):
         if preview.error is not None:
             whom = f" for {preview.address}" if preview.address else ""
             raise Invalid(

@@ -19,6 +19,19 @@ _MAC_BYTES = 10
 _TOKEN = re.compile(r"^([0-9a-z]{1,13})-([a-z2-7]{16})$")
 
 
+def unsubscribe_base(config) -> str:
+    """Where unsubscribe links point: [massmail] unsubscribe_url, else https://hostname.
+
+    The one place this is decided: the sender, the CLI's preview and the web's preview
+    all call it."""
+    return config.massmail.unsubscribe_url or f"https://{config.appliance.hostname}"
+
+
+def preview_unsubscribe_url(base: str) -> str:
+    """What a preview shows where each recipient's own link will be."""
+    return f"{base}/unsubscribe/SAMPLE"
+
+
 class BadToken(ValueError):
     """A token we did not make (or for another purpose)."""
 

@@ -15,6 +15,7 @@ from atollon_mail.crm import groups as group_ops
 from atollon_mail.massmail import campaigns as campaign_ops
 from atollon_mail.massmail.records import CampaignStatus
 from atollon_mail.massmail.templates import MERGE_FIELDS
+from atollon_mail.massmail.tokens import preview_unsubscribe_url, unsubscribe_base
 from atollon_mail.store import mailboxes as mailbox_ops
 from atollon_mail.store import queries
 from atollon_mail.store.errors import Conflict, NotFound, StoreError
@@ -250,7 +251,11 @@ def register(app: WebApp) -> None:
         campaign = progress.campaign
         previews, preview_problem = [], None
         try:
-            rendered = await page.store.run(campaign_ops.preview_campaign, campaign.id)
+            rendered = await page.store.run(
+                campaign_ops.preview_campaign,
+                campaign.id,
+                unsubscribe_url=preview_unsubscribe_url(unsubscribe_base(page.app.config)),
+            )
         except NotFound:
             raise not_found() from None
         except StoreError as refusal:

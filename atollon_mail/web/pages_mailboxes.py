@@ -75,6 +75,18 @@ def _problem(error: Exception) -> str:
     return text[:1].upper() + text[1:] if text else "Refused."
 
 
+def _store_targets(contexts) -> list[tuple[str, list]]:
+    """The folders and projects a mailbox's mail can be filed into, for the "Store
+    messages to" list: (group label, contexts sorted by name)."""
+    groups = []
+    for kind, label in (("folder", "Folders"), ("project", "Projects")):
+        found = [context for context in contexts if context.kind == kind]
+        found.sort(key=lambda context: (context.name.casefold(), context.id))
+        if found:
+            groups.append((label, found))
+    return groups
+
+
 def register(app: WebApp) -> None:
     flashes = Flashes()
 
@@ -156,6 +168,7 @@ def register(app: WebApp) -> None:
         except NotFound:  # removed meanwhile
             raise not_found() from None
         box = detail.mailbox
+        store_targets = await page.store.run(queries.list_contexts) if rights.edit else []
         defaults = {
             "identity": box.identity,
             "store_to": "todo" if box.store_to.kind == "todo" else str(box.store_to.id),
@@ -180,6 +193,7 @@ def register(app: WebApp) -> None:
             "box": box,
             "forward": forward,
             "can_edit": rights.edit,
+            "store_targets": _store_targets(store_targets),
             "values": {**defaults, **(values or {})},
             "errors": errors or {},
             "flash": flash,
@@ -226,7 +240,7 @@ def register(app: WebApp) -> None:
             errors["signature"] = _problem(problem)
         store_to = values["store_to"].lower()
         if store_to != mailbox_ops.TODO and not store_to.isdigit():
-            errors["store_to"] = "Give todo (the owner's To Do) or the id of a folder or project."
+            errors["store_to"] = "Choose the owner's To Do or a folder or project from the list."
         if errors:
             return values, errors
         try:

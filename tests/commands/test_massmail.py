@@ -10,9 +10,11 @@ import time
 
 from twisted.trial import unittest
 
+from atollon_mail import tap
 from atollon_mail.commands import massmail as commands
 from atollon_mail.massmail import campaigns
 from atollon_mail.massmail.records import CampaignRecord, CampaignStatus
+from atollon_mail.massmail.tokens import unsubscribe_base
 from atollon_mail.store.models import CampaignVariant, Contact, utc_now
 from tests.massmail.test_campaigns import (
     add_contact,
@@ -260,6 +262,10 @@ class MassmailCommandTests(ConfiguredCli):
         self.assertEqual(
             outcome.lines,
             [
+                "unsubscribe links: https://mx.test.example/unsubscribe/... (https:// and "
+                "[appliance] hostname; set [massmail] unsubscribe_url to change it in "
+                f"{self.config_path})",
+                "",
                 "== cs: 5 recipients, as sent to p00@x.test (contact #1)",
                 "Subject: Zprávy",
                 "",
@@ -270,9 +276,24 @@ class MassmailCommandTests(ConfiguredCli):
                 "",
                 "Dear First05,",
                 "news.",
-                "Unsubscribe: https://mail.example.com/unsubscribe/SAMPLE",
+                "Unsubscribe: https://mx.test.example/unsubscribe/SAMPLE",
             ],
         )
+
+    def test_preview_shows_the_configured_unsubscribe_url(self):
+        # The same base the appliance's sender puts into every message (tap's tree).
+        with open(self.config_path, "a", encoding="utf-8") as config_file:
+            config_file.write("\n[massmail]\nunsubscribe_url = https://news.acme.com/\n")
+        campaign_id = self.with_variants()
+        outcome = self.ok("massmail", "preview", str(campaign_id))
+        self.assertEqual(
+            outcome.lines[0],
+            "unsubscribe links: https://news.acme.com/unsubscribe/... "
+            f"([massmail] unsubscribe_url in {self.config_path})",
+        )
+        self.assertIn("Unsubscribe: https://news.acme.com/unsubscribe/SAMPLE", outcome.lines)
+        # One function decides it for the preview and for the appliance's sender.
+        self.assertIs(tap.unsubscribe_base, unsubscribe_base)
 
     def test_preview_with_an_error_exits_1(self):
         campaign_id = self.with_variants()
@@ -286,7 +307,7 @@ class MassmailCommandTests(ConfiguredCli):
         outcome = self.cli("massmail", "preview", str(campaign_id))
         self.assertEqual(outcome.code, 1)
         self.assertEqual(
-            outcome.lines[:2],
+            outcome.lines[2:4],
             [
                 "== cs: 5 recipients, as sent to p00@x.test (contact #1)",
                 "error: body: 'nickname' is undefined; the merge fields are company, email, "

@@ -234,6 +234,48 @@ class ImportContract(StoreFixtureMixin):
             ],
         )
 
+    def test_every_problem_of_every_row_in_one_pass(self):
+        # A row with a problem is still checked for its employer; a repeated external_id
+        # is still checked for the rest of its row; rows are checked below a header with
+        # an unknown column, a line that is not CSV, and a line that is not UTF-8.
+        data = "\n".join(
+            [
+                "organization,kind,external_id,last_name,email,employer,colour,employed_from",
+                "Acme,company,F1,,,,red,",
+                "Acme,person,P1,Novák,jana@,F404,red,2024-13-01",
+                "Acme,person,P1,,bad@,F1,red,",
+                'Acme,person,P2,"Dvořák"x,,,red,',
+                "Acme,person,P3,Svoboda,petr@,P1,red,",
+            ]
+        ).encode("utf-8")
+        data += b"\nAcme,person,P4,Caf\xe9,,,red,\nAcme,robot,P5,Kos,,,red,\n"
+        report = self.op(import_contacts, data)
+        self.assertEqual(self.op(_stored), [])
+        self.assertEqual(
+            [(p.line, p.column, p.why) for p in report.problems],
+            [
+                (
+                    1,
+                    "colour",
+                    "unknown column; the columns are organization, kind, external_id, name, "
+                    "first_name, last_name, email, language, employer, employer_primary, "
+                    "employed_from, employed_to",
+                ),
+                (2, "name", "a company needs a name"),
+                (3, "email", "'jana@' is not an e-mail address; give one such as name@example.com"),
+                (3, "employed_from", "'2024-13-01' is not a date; write YYYY-MM-DD"),
+                (3, "employer", "no company with external_id F404 in this file or stored"),
+                (4, "external_id", "P1 is on line 3 already"),
+                (4, "last_name", "a person needs last_name or name"),
+                (4, "email", "'bad@' is not an e-mail address; give one such as name@example.com"),
+                (5, "", "is not valid CSV: ',' expected after '\"'"),
+                (6, "email", "'petr@' is not an e-mail address; give one such as name@example.com"),
+                (6, "employer", "P1 is a person, not a company"),
+                (7, "", "is not UTF-8; save the file as UTF-8 and import it again"),
+                (8, "kind", "'robot' is not a kind; write person or company"),
+            ],
+        )
+
     def test_header_problems(self):
         self.assertEqual(
             self.problems("organization,kind,colour,Shoe size\nAcme,person,red,44\n"),
@@ -244,7 +286,9 @@ class ImportContract(StoreFixtureMixin):
                     "unknown columns; the columns are organization, kind, external_id, name, "
                     "first_name, last_name, email, language, employer, employer_primary, "
                     "employed_from, employed_to",
-                )
+                ),
+                # The rows are still checked on the columns that are known.
+                (2, "last_name", "a person needs last_name or name"),
             ],
         )
         self.assertEqual(

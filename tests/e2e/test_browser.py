@@ -114,6 +114,38 @@ class BrowserTests(unittest.TestCase):
         self.assertIn("sales@acme.test", shown)
         self.assertIn("auto-respond: on: 'Away until Monday'", shown)
 
+    def test_store_messages_to_is_found_by_name_or_owner_and_saved(self):
+        self.cli("domain", "add", "acme.test")
+        self.cli("user", "add", "jane", "--password-stdin")
+        self.cli("user", "add", "petr", "--password-stdin")
+        self.cli("mailbox", "add", "jane@acme.test", "--owner", "jane")
+        self.cli("context", "add", "project", "Spring launch", "--owner", "petr")
+        self.cli("context", "add", "folder", "Invoices", "--owner", "jane")
+        self.cli("context", "add", "folder", "Archive")
+        self.log_in()
+        self.page.goto(f"{self.base}/mailbox?address=jane@acme.test")
+        options = self.page.locator("#store_to option")
+        self.assertEqual(options.count(), 4)
+        self.page.locator("#store_to_filter").press_sequentially("petr")
+        self.assertEqual(
+            options.filter(visible=True).all_inner_texts(), ["Spring launch (owner petr)"]
+        )
+        # The only match is chosen at once.
+        chosen = self.page.locator("#store_to option:checked")
+        self.assertEqual(chosen.inner_text(), "Spring launch (owner petr)")
+        self.page.locator("#store_to_filter").fill("nothing like it")
+        self.assertTrue(self.page.locator("#store_to_none").is_visible())
+        self.page.locator("#store_to_filter").fill("jane")  # her To Do and her folder
+        self.assertEqual(
+            options.filter(visible=True).all_inner_texts(),
+            ["To Do of jane", "Invoices (owner jane)"],
+        )
+        self.page.select_option("#store_to", label="Invoices (owner jane)")
+        self.submit_form("settings", "Save")
+        self.assertIn("Changes saved.", self.page.content())
+        shown = self.appliance.cli("mailbox", "show", "jane@acme.test").stdout
+        self.assertIn("Invoices", shown)
+
     def test_read_a_received_message_then_compose_and_send_one(self):
         self.cli("domain", "add", "acme.test")
         self.cli("user", "add", "jane", "--password-stdin")

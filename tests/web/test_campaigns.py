@@ -68,7 +68,10 @@ class WebCampaignsTests(ServedWebMixin, StoreFixtureMixin):
         sync(q.add_domain, "example.com")
         sync(q.add_mailbox, "news@example.com", "admin")
         self.group_id = sync(make_group)
-        config = parse_config("[appliance]\nhostname = mail.example.com\n")
+        config = parse_config(
+            "[appliance]\nhostname = mail.example.com\n\n"
+            "[massmail]\nunsubscribe_url = https://news.example.com\n"
+        )
         clock = Clock()
         clock.advance(1_000_000)
         root = build_web_root(self.store, config, reactor, clock=clock)
@@ -231,7 +234,11 @@ class WebCampaignsTests(ServedWebMixin, StoreFixtureMixin):
         campaign_id = self.draft(
             variants=(
                 ("en", "Hello {{ first_name }}", "Dear {{ name }},\nour news.\n"),
-                ("cs", "Dobrý den, {{ first_name }}", "Milý {{ last_name }},\nnovinky.\n"),
+                (
+                    "cs",
+                    "Dobrý den, {{ first_name }}",
+                    "Milý {{ last_name }},\n{{ unsubscribe_url }}",
+                ),
             )
         )
         browser = yield self.logged_in()
@@ -253,6 +260,8 @@ class WebCampaignsTests(ServedWebMixin, StoreFixtureMixin):
         self.assertIn("2 recipients; shown for jan@example.cz", previews["cs"])
         self.assertIn("Dobrý den, Jan", previews["cs"])
         self.assertIn("Milý Novák,", previews["cs"])
+        # The link's base is the one the sender will use: [massmail] unsubscribe_url.
+        self.assertIn("https://news.example.com/unsubscribe/SAMPLE", previews["cs"])
         for field in ("first_name", "company", "unsubscribe_url"):
             self.assertIn(f"<code>{{{{ {field} }}}}</code>", page.text)
 

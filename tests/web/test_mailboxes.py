@@ -192,8 +192,50 @@ class WebMailboxesTests(ServedWebMixin, StoreFixtureMixin):
         response = yield self.act(browser, "settings", **self.settings(store_to="99999"))
         self.assertEqual(response.status, 400)
         self.assertIn('id="store_to-error"', response.text)
-        self.assertIn('value="99999"', response.text)
         self.assertEqual(self.box().store_to.kind, "todo")
+
+    @staticmethod
+    def store_to_options(page) -> list[tuple[str, str, bool]]:
+        """(value, text, selected) of each option of the "Store messages to" list."""
+        [select] = re.findall(r'<select id="store_to" name="store_to".*?</select>', page.text, re.S)
+        return [
+            (value, text, bool(selected))
+            for value, selected, text in re.findall(
+                r'<option value="([^"]*)"[^>]*?( selected)?>([^<]*)</option>', select
+            )
+        ]
+
+    @defer.inlineCallbacks
+    def test_store_to_is_chosen_from_the_folders_and_projects_by_name_and_owner(self):
+        sync = self.store.run_sync
+        launch = sync(q.add_context, "project", "Launch", "carol")
+        archive = sync(q.add_context, "folder", "archive", "bob")
+        offers = sync(q.add_context, "folder", "Offers")
+        browser = yield self.logged_in()
+        page = yield browser.get(BOB)
+        self.assertEqual(
+            self.store_to_options(page),
+            [
+                ("todo", "To Do of bob", True),
+                (str(archive.id), "archive (owner bob)", False),
+                (str(offers.id), "Offers (no owner)", False),
+                (str(launch.id), "Launch (owner carol)", False),
+            ],
+        )
+        # The filter box (shown by the script) and the words it matches: name and owner.
+        self.assertIn('id="store_to_filter"', page.text)
+        self.assertIn(f'<option value="{launch.id}" data-text="launch carol"', page.text)
+        self.assertIn('<script src="/static/mailbox.js"', page.text)
+        self.assertNotIn('<input id="store_to"', page.text)
+        response = yield self.act(browser, "settings", **self.settings(store_to=str(launch.id)))
+        self.assertEqual(response.status, 303)
+        self.assertEqual((self.box().store_to.id, self.box().store_to.name), (launch.id, "Launch"))
+        page = yield browser.get(BOB)
+        self.assertIn((str(launch.id), "Launch (owner carol)", True), self.store_to_options(page))
+        self.assertIn(("todo", "To Do of bob", False), self.store_to_options(page))
+        script = yield browser.get("/static/mailbox.js")
+        self.assertEqual(script.status, 200)
+        self.assertIn("store_to_filter", script.text)
 
     @defer.inlineCallbacks
     def test_a_script_signature_is_escaped(self):
