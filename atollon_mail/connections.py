@@ -23,7 +23,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
-__all__ = ["CLIENT", "TOTAL", "LimitedFactory", "client_key"]
+__all__ = ["CLIENT", "TOTAL", "LimitedFactory", "client_key", "descriptor_shortfall"]
 
 log = Logger()
 
@@ -33,6 +33,9 @@ TRUSTED_RESERVE = 10  # connections past a full listener for trusted hosts
 REFUSAL_GRACE = 5.0  # seconds a refused connection may take to go away before it is cut
 HEAD_WAIT = 2.0  # seconds an HTTP refusal waits for the request head (so it is read)
 LOG_INTERVAL = 60.0  # refusals are logged at most once a minute per listener
+# Descriptors besides the listeners' connections: listening sockets, the database, DNS
+# queries, log files, the spam filter, refused connections on their way out.
+OTHER_DESCRIPTORS = 128
 
 
 def client_key(host: Any) -> str:
@@ -46,6 +49,22 @@ def client_key(host: Any) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
     return str(ip)
+
+
+def descriptor_shortfall(caps: Iterable[int], outbound: int, soft_limit: int) -> str | None:
+    """A one-line warning when the open-file limit is below what the caps allow, or None.
+
+    `caps` are the listeners' max_connections, `outbound` the delivery concurrency.
+    """
+    caps = tuple(caps)
+    needed = sum(caps) + TRUSTED_RESERVE * len(caps) + outbound + OTHER_DESCRIPTORS
+    if soft_limit < 0 or soft_limit >= needed:  # negative: unlimited
+        return None
+    return (
+        f"the open-file limit is {soft_limit} but the connection caps and delivery "
+        f"concurrency may need {needed} descriptors; raise LimitNOFILE (ulimit -n) or "
+        f"lower the max_connections settings"
+    )
 
 
 class _Counted(ProtocolWrapper):

@@ -18,6 +18,7 @@ from atollon_mail.connections import (
     TRUSTED_RESERVE,
     LimitedFactory,
     client_key,
+    descriptor_shortfall,
 )
 from atollon_mail.smtp.server import SMTPServerFactory, connection_refusal
 from tests.smtp.fakes import HOSTNAME, FakeIntake, make_settings
@@ -173,3 +174,17 @@ class SMTPListenerTests(unittest.TestCase):
             "try again later\r\n".encode(),
         )
         self.assertTrue(refused.disconnecting)
+
+
+class DescriptorBudgetTests(unittest.TestCase):
+    def test_defaults_fit_systemds_default_limit(self):
+        # 25, 587, 465 and the web at 100 each, delivery at 100: room left under 1024.
+        self.assertIsNone(descriptor_shortfall([100, 100, 100, 100], 100, 1024))
+
+    def test_caps_beyond_the_limit_are_named(self):
+        problem = descriptor_shortfall([1000, 100, 100], 100, 1024)
+        self.assertIn("open-file limit is 1024", problem)
+        self.assertIn("LimitNOFILE", problem)
+
+    def test_unlimited(self):
+        self.assertIsNone(descriptor_shortfall([10**6], 100, -1))
