@@ -32,6 +32,10 @@ TOTAL = "total"  # refused: the listener is full
 TRUSTED_RESERVE = 10  # connections past a full listener for trusted hosts
 REFUSAL_GRACE = 5.0  # seconds a refused connection may take to go away before it is cut
 HEAD_WAIT = 2.0  # seconds an HTTP refusal waits for the request head (so it is read)
+# Refused connections still being answered (an HTTP one waits for the request head, a TLS
+# one for the handshake) hold a descriptor for a moment; past this many at once, a further
+# refused connection is closed at once without an answer.
+MAX_PENDING_REFUSALS = 50
 LOG_INTERVAL = 60.0  # refusals are logged at most once a minute per listener
 # Descriptors besides the listeners' connections: listening sockets, the database, DNS
 # queries, log files, the spam filter, refused connections on their way out.
@@ -80,7 +84,8 @@ class _Counted(ProtocolWrapper):
 class _Refusal(Protocol):
     """Writes the refusal, closes, and cuts the connection if it lingers."""
 
-    def __init__(self, answer: bytes, clock: Any, wait_for_head: bool):
+    def __init__(self, factory: LimitedFactory, answer: bytes, clock: Any, wait_for_head: bool):
+        self.factory = factory
         self.answer = answer
         self.clock = clock
         self.wait_for_head = wait_for_head
@@ -89,6 +94,7 @@ class _Refusal(Protocol):
         self._answered = False
 
     def connectionMade(self) -> None:
+        self.factory.pending_refusals += 1
         self._calls.append(self.clock.callLater(REFUSAL_GRACE, self._abort))
         if self.wait_for_head:
             # An HTTP client that is still sending its request when we close would get a
@@ -115,6 +121,7 @@ class _Refusal(Protocol):
         self.transport.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
+        self.factory.pending_refusals -= 1
         for call in self._calls:
             if call.active():
                 call.cancel()
@@ -154,6 +161,7 @@ class LimitedFactory(WrappingFactory):
         self.total = 0
         self.per_client: collections.Counter[str] = collections.Counter()
         self.refused = {CLIENT: 0, TOTAL: 0}
+        self.pending_refusals = 0
         self._last_logged: float | None = None
         self._unlogged = 0
 
@@ -186,7 +194,9 @@ class LimitedFactory(WrappingFactory):
         reason = self.verdict(host)
         if reason is not None:
             self._note_refusal(reason, host)
-            return _Refusal(self.refusal(reason), self.clock, self.wait_for_head)
+            if self.pending_refusals >= MAX_PENDING_REFUSALS:
+                return None  # closed by the port at once
+            return _Refusal(self, self.refusal(reason), self.clock, self.wait_for_head)
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
             return None

@@ -13,6 +13,7 @@ from twisted.trial import unittest
 from atollon_mail.connections import (
     CLIENT,
     HEAD_WAIT,
+    MAX_PENDING_REFUSALS,
     REFUSAL_GRACE,
     TOTAL,
     TRUSTED_RESERVE,
@@ -147,6 +148,18 @@ class RefusalTimingTests(unittest.TestCase):
         refused.dataReceived(b"\r\n")
         self.assertEqual(transport.value(), b"no: total\r\n")
         self.assertTrue(transport.disconnecting)
+
+    def test_refusals_waiting_to_be_answered_are_bounded(self):
+        # Each one holds a descriptor for a moment: past a few dozen, close at once.
+        listener = Listener(total=1, per_client=1, wait_for_head=True)
+        listener.connect("198.51.100.1")
+        waiting = [listener.connect("198.51.100.2")[0] for _ in range(MAX_PENDING_REFUSALS)]
+        address = IPv4Address("TCP", "198.51.100.2", 40000)
+        self.assertIsNone(listener.factory.buildProtocol(address))
+        waiting[0].connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(listener.factory.buildProtocol(address))
+        listener.clock.advance(REFUSAL_GRACE)
+        self.assertEqual(listener.factory.pending_refusals, MAX_PENDING_REFUSALS - 1)
 
     def test_http_refusal_answers_a_silent_client_after_a_moment(self):
         listener = Listener(total=1, per_client=1, wait_for_head=True)
