@@ -75,6 +75,7 @@ class SmtpConfig:
     relay_networks: tuple[str, ...] = ()
     max_connections: int = 100  # sessions at once on this listener (Postfix: 100 smtpd)
     max_connections_per_client: int = 50  # Postfix: smtpd_client_connection_count_limit
+    stress_idle_timeout: float = 10.0  # idle_timeout once the listener was full (Postfix)
 
     @property
     def tls_enabled(self) -> bool:
@@ -399,6 +400,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "relay_networks": (_networks, ""),
         "max_connections": (_whole_number(1), "100"),
         "max_connections_per_client": (_whole_number(1), "50"),
+        "stress_idle_timeout": (_positive_duration, "10"),
     },
     "web": {
         "listen": (_endpoint, "tcp:8080:interface=127.0.0.1"),

@@ -10,6 +10,9 @@ Clients are counted by address (IPv6 by /64: one host usually holds a whole /64)
 in `exempt` networks (the trusted networks: the local relay, a reverse proxy, monitoring)
 are not held to the per-client cap, and may go `reserve` connections past a full listener,
 so that their mail and health checks get through a flood that fills it.
+
+A full listener is under stress for a while (STRESS_HOLD): its sessions are told, so that
+slow clients are cut soon and the listener frees up for others.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ HEAD_WAIT = 2.0  # seconds an HTTP refusal waits for the request head (so it is 
 # one for the handshake) hold a descriptor for a moment; past this many at once, a further
 # refused connection is closed at once without an answer.
 MAX_PENDING_REFUSALS = 50
+# A listener that refused a connection for being full is "under stress" for this long:
+# its sessions, and those it admits meanwhile, are told so (under_stress(), if they have
+# it; SMTP sessions then get a short idle timeout, as Postfix's do under stress).
+STRESS_HOLD = 60.0
 LOG_INTERVAL = 60.0  # refusals are logged at most once a minute per listener
 # Descriptors besides the listeners' connections: listening sockets, the database, DNS
 # queries, log files, the spam filter, refused connections on their way out.
@@ -69,6 +76,12 @@ def descriptor_shortfall(caps: Iterable[int], outbound: int, soft_limit: int) ->
         f"concurrency may need {needed} descriptors; raise LimitNOFILE (ulimit -n) or "
         f"lower the max_connections settings"
     )
+
+
+def _tell_stress(protocol: Any) -> None:
+    under_stress = getattr(protocol, "under_stress", None)
+    if under_stress is not None:
+        under_stress()
 
 
 class _Counted(ProtocolWrapper):
@@ -162,6 +175,8 @@ class LimitedFactory(WrappingFactory):
         self.per_client: collections.Counter[str] = collections.Counter()
         self.refused = {CLIENT: 0, TOTAL: 0}
         self.pending_refusals = 0
+        self.stressed_at: float | None = None  # when a connection was last refused as full
+        self._told_at: float | None = None
         self._last_logged: float | None = None
         self._unlogged = 0
 
@@ -194,6 +209,8 @@ class LimitedFactory(WrappingFactory):
         reason = self.verdict(host)
         if reason is not None:
             self._note_refusal(reason, host)
+            if reason == TOTAL:
+                self._full()
             if self.pending_refusals >= MAX_PENDING_REFUSALS:
                 return None  # closed by the port at once
             return _Refusal(self, self.refusal(reason), self.clock, self.wait_for_head)
@@ -202,9 +219,27 @@ class LimitedFactory(WrappingFactory):
             return None
         connection = self.protocol(self, wrapped)
         connection.client = client_key(host)
+        if self.under_stress:
+            _tell_stress(wrapped)
         self.total += 1
         self.per_client[connection.client] += 1
         return connection
+
+    @property
+    def under_stress(self) -> bool:
+        return (
+            self.stressed_at is not None and self.clock.seconds() - self.stressed_at < STRESS_HOLD
+        )
+
+    def _full(self) -> None:
+        now = self.clock.seconds()
+        self.stressed_at = now
+        if self._told_at is not None and now - self._told_at < 1.0:
+            return  # the open sessions were told a moment ago
+        self._told_at = now
+        for connection in list(self.protocols):
+            if connection.wrappedProtocol is not None:
+                _tell_stress(connection.wrappedProtocol)
 
     def release(self, client: str) -> None:
         self.total -= 1

@@ -15,6 +15,7 @@ from atollon_mail.connections import (
     HEAD_WAIT,
     MAX_PENDING_REFUSALS,
     REFUSAL_GRACE,
+    STRESS_HOLD,
     TOTAL,
     TRUSTED_RESERVE,
     LimitedFactory,
@@ -121,6 +122,42 @@ class CapTests(unittest.TestCase):
         for _ in range(TRUSTED_RESERVE):
             self.assertEqual(listener.connect("127.0.0.1")[1].value(), b"hello\r\n")
         self.assertEqual(listener.connect("127.0.0.1")[1].value(), b"no: total\r\n")
+
+
+class Stressable(Protocol):
+    stressed = 0
+
+    def under_stress(self):
+        self.stressed += 1
+
+
+class StressTests(unittest.TestCase):
+    def test_a_full_listener_tells_its_sessions_and_newcomers_for_a_while(self):
+        listener = Listener(total=2, per_client=2, wrapped=Factory.forProtocol(Stressable))
+        first, _ = listener.connect("198.51.100.1")
+        second, _ = listener.connect("198.51.100.2")
+        self.assertFalse(listener.factory.under_stress)
+        self.assertEqual(first.wrappedProtocol.stressed, 0)
+        listener.connect("198.51.100.3")  # refused: full
+        self.assertTrue(listener.factory.under_stress)
+        self.assertEqual((first.wrappedProtocol.stressed, second.wrappedProtocol.stressed), (1, 1))
+        listener.connect("198.51.100.3")  # told again only after a second
+        self.assertEqual(first.wrappedProtocol.stressed, 1)
+        listener.lose(second)
+        newcomer, _ = listener.connect("198.51.100.4")
+        self.assertEqual(newcomer.wrappedProtocol.stressed, 1)
+        listener.lose(newcomer)
+        listener.clock.advance(STRESS_HOLD)
+        self.assertFalse(listener.factory.under_stress)
+        later, _ = listener.connect("198.51.100.5")
+        self.assertEqual(later.wrappedProtocol.stressed, 0)
+
+    def test_refusals_from_one_client_are_no_stress(self):
+        listener = Listener(total=5, per_client=1, wrapped=Factory.forProtocol(Stressable))
+        first, _ = listener.connect("198.51.100.1")
+        listener.connect("198.51.100.1")
+        self.assertFalse(listener.factory.under_stress)
+        self.assertEqual(first.wrappedProtocol.stressed, 0)
 
 
 class RefusalTimingTests(unittest.TestCase):

@@ -145,6 +145,7 @@ class SMTPServerProtocol(Protocol):
         self._greet_call: Any = None
         self._idle_call: Any = None
         self._deadline = 0.0  # when the client's current command (or data) is overdue
+        self.idle_timeout = self.settings.idle_timeout  # stress_idle_timeout under stress
         self._in_data = False
         self._reset_data()
 
@@ -153,9 +154,9 @@ class SMTPServerProtocol(Protocol):
     def connectionMade(self) -> None:
         self.client_ip = _client_ip(getattr(self.transport.getPeer(), "host", None))
         self.tls_active = ISSLTransport.providedBy(self.transport)
-        self._deadline = self.clock.seconds() + self.settings.idle_timeout
-        if self.settings.idle_timeout > 0:
-            self._idle_call = self.clock.callLater(self.settings.idle_timeout, self._idle_check)
+        self._deadline = self.clock.seconds() + self.idle_timeout
+        if self.idle_timeout > 0:
+            self._idle_call = self.clock.callLater(self.idle_timeout, self._idle_check)
         pause = self.settings.greet_pause
         if pause <= 0 or self.factory.is_trusted(self.client_ip):
             self._greet()
@@ -195,6 +196,20 @@ class SMTPServerProtocol(Protocol):
         self.send_reply(Reply(421, "4.4.2", f"{self.hostname} Error: timeout exceeded"))
         self.close()
 
+    def under_stress(self) -> None:
+        """The listener is full: from now on this session has stress_idle_timeout for
+        each command (Postfix's stress-adaptive smtpd_timeout), so slow clients make room
+        for others quickly."""
+        stress = self.settings.stress_idle_timeout
+        if self._closing or self.idle_timeout <= 0 or self.idle_timeout <= stress:
+            return
+        self.idle_timeout = stress
+        self._deadline = min(self._deadline, self.clock.seconds() + stress)
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+            remaining = max(self._deadline - self.clock.seconds(), 0)
+            self._idle_call = self.clock.callLater(remaining, self._idle_check)
+
     def close(self) -> None:
         """Stop reading, drop what is buffered, and close once our replies are written."""
         if self._closing:
@@ -224,7 +239,7 @@ class SMTPServerProtocol(Protocol):
         if self._closing:
             return
         self.transport.write(reply.encode())
-        self._deadline = self.clock.seconds() + self.settings.idle_timeout
+        self._deadline = self.clock.seconds() + self.idle_timeout
         # 452 4.5.3 is flow control a client must expect, not a misbehaviour
         if reply.code >= 400 and reply.code != 421 and reply.status != "4.5.3":
             self._errors += 1
@@ -240,7 +255,7 @@ class SMTPServerProtocol(Protocol):
             f"{code}{' ' if index == last else '-'}{line}\r\n" for index, line in enumerate(lines)
         )
         self.transport.write(text.encode("utf-8"))
-        self._deadline = self.clock.seconds() + self.settings.idle_timeout
+        self._deadline = self.clock.seconds() + self.idle_timeout
 
     # --- input ---
 
@@ -293,7 +308,7 @@ class SMTPServerProtocol(Protocol):
                     break
                 line = bytes(self._buffer[self._pos : end])
                 self._pos = end + 2
-                self._deadline = self.clock.seconds() + self.settings.idle_timeout
+                self._deadline = self.clock.seconds() + self.idle_timeout
                 self._line_received(line)
         finally:
             self._processing = False
@@ -395,7 +410,7 @@ class SMTPServerProtocol(Protocol):
 
     def _data_chunk(self, data: bytes) -> bytes | None:
         """Consume message data; return what follows the end of data, or None."""
-        timeout = self.settings.idle_timeout
+        timeout = self.idle_timeout
         now = self.clock.seconds()
         self._deadline = min(now + timeout, self._deadline + len(data) / MIN_DATA_RATE)
         if self._data_problem is not None:
@@ -483,7 +498,7 @@ class SMTPServerProtocol(Protocol):
 
     def _end_of_data(self) -> None:
         self._in_data = False
-        self._deadline = self.clock.seconds() + self.settings.idle_timeout
+        self._deadline = self.clock.seconds() + self.idle_timeout
         problem, parts = self._data_problem, self._data_parts
         self._reset_data()
         sender, recipients = self.envelope_sender, tuple(self.recipients)

@@ -145,8 +145,9 @@ class DeadlineSite(Site):
         reactor: Any,
         header_timeout: float = DeadlineChannel.header_timeout,
         body_timeout: float = DeadlineChannel.body_timeout,
+        requestFactory: Any = None,
     ):
-        super().__init__(resource, timeout=None, reactor=reactor)
+        super().__init__(resource, requestFactory, timeout=None, reactor=reactor)
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
 

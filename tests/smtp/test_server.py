@@ -1074,6 +1074,42 @@ class TimeoutTests(unittest.TestCase):
         self.assertFalse(session.closed)
         self.assertEqual(session.send(b".\r\n")[0][:3], "250")
 
+    def test_under_stress_the_timeout_shrinks_at_once(self):
+        session = Session()
+        session.ehlo()
+        session.clock.advance(100)
+        session.protocol.under_stress()  # the listener is full
+        session.clock.advance(9.9)
+        self.assertFalse(session.closed)
+        session.clock.advance(0.1)
+        self.assertEqual(session.replies(), [f"421 4.4.2 {HOSTNAME} Error: timeout exceeded"])
+
+    def test_under_stress_each_command_has_the_short_timeout(self):
+        session = Session(settings=make_settings(stress_idle_timeout=5))
+        session.ehlo()
+        session.protocol.under_stress()
+        for _ in range(3):
+            session.clock.advance(4)
+            self.assertEqual(session.command("NOOP"), ["250 2.0.0 Ok"])
+        session.clock.advance(5)
+        self.assertTrue(session.closed)
+
+    def test_stress_before_the_connection_is_made(self):
+        # A session admitted while its listener is under stress is told before it starts.
+        session = Session(wait_for_greeting=False, settings=make_settings(greet_pause=0))
+        fresh = session.factory.buildProtocol(session.transport.getPeer())
+        fresh.under_stress()
+        transport = session.transport.__class__(peerAddress=session.transport.getPeer())
+        fresh.makeConnection(transport)
+        session.clock.advance(10)
+        self.assertTrue(transport.disconnecting)
+
+    def test_stress_never_lengthens_a_short_timeout(self):
+        session = Session(settings=make_settings(idle_timeout=3))
+        session.protocol.under_stress()
+        session.clock.advance(3)
+        self.assertTrue(session.closed)
+
     def test_zero_means_no_idle_limit(self):
         session = Session(settings=make_settings(idle_timeout=0))
         session.clock.advance(86400)
