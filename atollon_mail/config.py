@@ -73,6 +73,9 @@ class SmtpConfig:
     trusted_networks: tuple[str, ...]
     idle_timeout: float
     relay_networks: tuple[str, ...] = ()
+    max_connections: int = 100  # sessions at once on this listener (Postfix: 100 smtpd)
+    max_connections_per_client: int = 50  # Postfix: smtpd_client_connection_count_limit
+    stress_idle_timeout: float = 10.0  # idle_timeout once the listener was full (Postfix)
 
     @property
     def tls_enabled(self) -> bool:
@@ -83,12 +86,18 @@ class SmtpConfig:
 class WebConfig:
     listen: str
     session_idle_timeout: float = 1800.0  # seconds of inactivity before a new login
+    max_connections: int = 100
+    max_connections_per_client: int = 50
+    header_timeout: float = 30.0  # seconds for a request's line and headers
+    body_timeout: float = 60.0  # seconds of a request body arriving slower than 500 B/s
 
 
 @attrs.frozen
 class SubmissionConfig:
     listen: str
     tls_listen: str | None
+    max_connections: int = 100  # each of listen and tls_listen
+    max_connections_per_client: int = 50
 
 
 @attrs.frozen
@@ -389,14 +398,23 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "trusted_networks": (_networks, "127.0.0.0/8 ::1/128"),
         "idle_timeout": (_seconds, "300"),
         "relay_networks": (_networks, ""),
+        "max_connections": (_whole_number(1), "100"),
+        "max_connections_per_client": (_whole_number(1), "50"),
+        "stress_idle_timeout": (_positive_duration, "10"),
     },
     "web": {
         "listen": (_endpoint, "tcp:8080:interface=127.0.0.1"),
         "session_idle_timeout": (_positive_duration, "30m"),
+        "max_connections": (_whole_number(1), "100"),
+        "max_connections_per_client": (_whole_number(1), "50"),
+        "header_timeout": (_positive_duration, "30"),
+        "body_timeout": (_positive_duration, "60"),
     },
     "submission": {
         "listen": (_endpoint, "tcp:2587"),
         "tls_listen": (_optional_endpoint, ""),
+        "max_connections": (_whole_number(1), "100"),
+        "max_connections_per_client": (_whole_number(1), "50"),
     },
     "delivery": {
         "nameservers": (_nameservers, ""),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import resource
 
 from twisted.application import service, strports
 from twisted.internet import ssl
@@ -11,9 +12,9 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
-from twisted.web.server import Site
 
 from atollon_mail.config import Config, ConfigError, default_config_path, load_config
+from atollon_mail.connections import LimitedFactory, descriptor_shortfall
 from atollon_mail.delivery.autoresponder import Autoresponder
 from atollon_mail.delivery.intake import Intake
 from atollon_mail.delivery.mx import MXResolver
@@ -27,12 +28,14 @@ from atollon_mail.massmail.sender import MassMailSender
 from atollon_mail.massmail.tokens import RecipientTokens, unsubscribe_base
 from atollon_mail.passwords import generate_password, hash_password
 from atollon_mail.secretfile import load_or_create_secret
-from atollon_mail.smtp.server import SMTPServerFactory
+from atollon_mail.smtp.server import SMTPServerFactory, connection_refusal
 from atollon_mail.smtp.submission import AuthThrottle, SubmissionFactory
 from atollon_mail.store import queries
 from atollon_mail.store.database import is_sqlite
 from atollon_mail.store.pool import Store
 from atollon_mail.web import build_web_root
+from atollon_mail.web.limits import DeadlineSite
+from atollon_mail.web.limits import connection_refusal as web_refusal
 
 INITIAL_ADMIN_LOGIN = "admin"
 DNS_FIRST_CHECK_DELAY = 60.0  # seconds after start before the first DNS round
@@ -170,6 +173,38 @@ class StartStopService(service.Service):
 MASSMAIL_SECRET = "massmail-secret"
 
 
+def limited(
+    factory, name: str, limits, config: Config, reactor, web: bool = False
+) -> LimitedFactory:
+    """A listener's factory with its [section] max_connections caps; trusted and relay
+    networks are exempt from the per-client cap."""
+    if web:
+        refusal = web_refusal
+    else:
+        refusal = functools.partial(connection_refusal, config.appliance.hostname)
+    return LimitedFactory(
+        factory,
+        limits.max_connections,
+        limits.max_connections_per_client,
+        refusal,
+        reactor,
+        exempt=config.smtp.trusted_networks + config.smtp.relay_networks,
+        name=name,
+        wait_for_head=web,
+    )
+
+
+def check_descriptor_limit(config: Config) -> None:
+    caps = [config.smtp.max_connections, config.submission.max_connections]
+    caps.append(config.web.max_connections)
+    if config.submission.tls_listen:
+        caps.append(config.submission.max_connections)
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    problem = descriptor_shortfall(caps, config.delivery.max_concurrency, soft)
+    if problem is not None:
+        log.warn("{problem}", problem=problem)
+
+
 def build_appliance(config: Config, reactor) -> service.MultiService:
     """The whole service tree; nothing is started or bound until it is started."""
     appliance = service.MultiService()
@@ -224,6 +259,8 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
     smtp_factory = SMTPServerFactory(
         intake, config.appliance.hostname, config.smtp, reactor, tls_options=tls_options
     )
+    check_descriptor_limit(config)
+    smtp_factory = limited(smtp_factory, "smtp", config.smtp, config, reactor)
     smtp = strports.service(config.smtp.listen, smtp_factory, reactor=reactor)
     smtp.setName("smtp")
     smtp.setServiceParent(appliance)
@@ -239,6 +276,9 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
         tls_options=tls_options,
         auth_throttle=throttle,
     )
+    submission_factory = limited(
+        submission_factory, "submission", config.submission, config, reactor
+    )
     submission = strports.service(config.submission.listen, submission_factory, reactor=reactor)
     submission.setName("submission")
     submission.setServiceParent(appliance)
@@ -252,7 +292,11 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
             implicit_tls=True,
             auth_throttle=throttle,
         )
-        # Port 465: TLS from the first byte, then the same submission protocol.
+        # Port 465: TLS from the first byte, then the same submission protocol. Counted
+        # inside TLS, so a refused client reads its 421 once the handshake is done.
+        implicit_factory = limited(
+            implicit_factory, "submission-tls", config.submission, config, reactor
+        )
         wrapped = TLSMemoryBIOFactory(tls_options, False, implicit_factory)
         implicit = strports.service(config.submission.tls_listen, wrapped, reactor=reactor)
         implicit.setName("submission-tls")
@@ -261,7 +305,14 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
     web_root = build_web_root(
         store, config, reactor, intake=intake, recipient_tokens=recipient_tokens
     )
-    web = strports.service(config.web.listen, Site(web_root), reactor=reactor)
+    site = DeadlineSite(
+        web_root,
+        reactor,
+        header_timeout=config.web.header_timeout,
+        body_timeout=config.web.body_timeout,
+    )
+    site = limited(site, "web", config.web, config, reactor, web=True)
+    web = strports.service(config.web.listen, site, reactor=reactor)
     web.setName("web")
     web.setServiceParent(appliance)
     return appliance

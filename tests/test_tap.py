@@ -12,9 +12,10 @@ from twisted.python import usage
 from twisted.trial import unittest
 
 from atollon_mail import tap
-from atollon_mail.config import load_config
+from atollon_mail.config import ConfigError, load_config
 from atollon_mail.passwords import verify_password
 from atollon_mail.store import queries
+from atollon_mail.web.limits import DeadlineSite
 
 
 def write_config(testcase, text: str) -> str:
@@ -90,6 +91,43 @@ class ServiceTreeTests(unittest.TestCase):
         )
         listening = sorted((port, interface) for port, _, _, interface in self.reactor.tcpServers)
         self.assertEqual(listening, [(2626, ""), (2627, ""), (8181, "127.0.0.1")])
+
+    def test_every_listener_has_its_connection_caps(self):
+        self.start(
+            MINIMAL
+            + "[smtp]\nlisten = tcp:2626\nmax_connections = 70\nmax_connections_per_client = 7\n"
+            + "[web]\nlisten = tcp:8181\nmax_connections = 30\nmax_connections_per_client = 3\n"
+            + "header_timeout = 11\nbody_timeout = 22\n"
+            + "[submission]\nlisten = tcp:2627\nmax_connections = 20\n"
+            + "max_connections_per_client = 2\n"
+        )
+        factories = {port: factory for port, factory, _, _ in self.reactor.tcpServers}
+        caps = {
+            port: (factory.max_connections, factory.max_per_client)
+            for port, factory in factories.items()
+        }
+        self.assertEqual(caps, {2626: (70, 7), 8181: (30, 3), 2627: (20, 2)})
+        site = factories[8181].wrappedFactory
+        self.assertIsInstance(site, DeadlineSite)
+        self.assertEqual((site.header_timeout, site.body_timeout), (11, 22))
+        self.assertIsNone(site.timeOut, "twisted.web's byte-resettable timeout is off")
+        self.assertTrue(factories[2626].is_exempt("127.0.0.1"))
+        self.assertFalse(factories[2626].is_exempt("198.51.100.7"))
+
+    def test_connection_defaults_are_postfix_like(self):
+        config = load_config(write_config(self, MINIMAL))
+        for section in (config.smtp, config.submission, config.web):
+            self.assertEqual(
+                (section.max_connections, section.max_connections_per_client), (100, 50)
+            )
+        self.assertEqual((config.web.header_timeout, config.web.body_timeout), (30, 60))
+
+    def test_a_zero_cap_is_refused_with_its_key(self):
+        with self.assertRaises(ConfigError) as raised:
+            load_config(write_config(self, MINIMAL + "[web]\nmax_connections = 0\n"))
+        self.assertIn(
+            "[web] max_connections: must be a whole number of at least 1", str(raised.exception)
+        )
 
     def test_first_start_creates_the_admin_once_with_a_private_password_file(self):
         appliance = self.start()

@@ -36,7 +36,7 @@ from atollon_mail.smtp.address import (
 )
 from atollon_mail.store.records import Rejection
 
-__all__ = ["Reply", "SMTPServerFactory", "SMTPServerProtocol"]
+__all__ = ["Reply", "SMTPServerFactory", "SMTPServerProtocol", "connection_refusal"]
 
 log = Logger()
 
@@ -47,6 +47,10 @@ PAUSE_BUFFER = 64 * 1024  # pipelined input held while a reply is pending: pause
 HARD_BUFFER = 256 * 1024  # ... and stop reading altogether beyond (transport ignored pause)
 MAX_ERRORS = 20
 MAX_RECEIVED_HEADERS = 50
+# In DATA, every byte received moves the deadline on by 1/MIN_DATA_RATE seconds (never
+# further than idle_timeout from now): a client must keep up this many bytes a second on
+# average, and one trickling a byte at a time gains nothing. Postfix's smtpd_min_data_rate.
+MIN_DATA_RATE = 500
 SOFTWARE = "atollon-mail"
 
 HTTP_VERBS = frozenset(
@@ -140,7 +144,8 @@ class SMTPServerProtocol(Protocol):
         self._errors = 0
         self._greet_call: Any = None
         self._idle_call: Any = None
-        self._last_activity = 0.0
+        self._deadline = 0.0  # when the client's current command (or data) is overdue
+        self.idle_timeout = self.settings.idle_timeout  # stress_idle_timeout under stress
         self._in_data = False
         self._reset_data()
 
@@ -149,9 +154,9 @@ class SMTPServerProtocol(Protocol):
     def connectionMade(self) -> None:
         self.client_ip = _client_ip(getattr(self.transport.getPeer(), "host", None))
         self.tls_active = ISSLTransport.providedBy(self.transport)
-        self._last_activity = self.clock.seconds()
-        if self.settings.idle_timeout > 0:
-            self._idle_call = self.clock.callLater(self.settings.idle_timeout, self._idle_check)
+        self._deadline = self.clock.seconds() + self.idle_timeout
+        if self.idle_timeout > 0:
+            self._idle_call = self.clock.callLater(self.idle_timeout, self._idle_check)
         pause = self.settings.greet_pause
         if pause <= 0 or self.factory.is_trusted(self.client_ip):
             self._greet()
@@ -181,13 +186,29 @@ class SMTPServerProtocol(Protocol):
         self._idle_call = None
         if self._closing:
             return
-        # Activity only stamps a time; the one timer re-arms itself for the remainder.
-        remaining = self.settings.idle_timeout - (self.clock.seconds() - self._last_activity)
+        # The deadline moves only with a whole command line (and our reply), or as message
+        # data arrives at MIN_DATA_RATE: bytes trickled one at a time do not move it. The
+        # one timer re-arms itself for the remainder.
+        remaining = self._deadline - self.clock.seconds()
         if remaining > 0:
             self._idle_call = self.clock.callLater(remaining, self._idle_check)
             return
         self.send_reply(Reply(421, "4.4.2", f"{self.hostname} Error: timeout exceeded"))
         self.close()
+
+    def under_stress(self) -> None:
+        """The listener is full: from now on this session has stress_idle_timeout for
+        each command (Postfix's stress-adaptive smtpd_timeout), so slow clients make room
+        for others quickly."""
+        stress = self.settings.stress_idle_timeout
+        if self._closing or self.idle_timeout <= 0 or self.idle_timeout <= stress:
+            return
+        self.idle_timeout = stress
+        self._deadline = min(self._deadline, self.clock.seconds() + stress)
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+            remaining = max(self._deadline - self.clock.seconds(), 0)
+            self._idle_call = self.clock.callLater(remaining, self._idle_check)
 
     def close(self) -> None:
         """Stop reading, drop what is buffered, and close once our replies are written."""
@@ -218,7 +239,7 @@ class SMTPServerProtocol(Protocol):
         if self._closing:
             return
         self.transport.write(reply.encode())
-        self._last_activity = self.clock.seconds()
+        self._deadline = self.clock.seconds() + self.idle_timeout
         # 452 4.5.3 is flow control a client must expect, not a misbehaviour
         if reply.code >= 400 and reply.code != 421 and reply.status != "4.5.3":
             self._errors += 1
@@ -234,14 +255,13 @@ class SMTPServerProtocol(Protocol):
             f"{code}{' ' if index == last else '-'}{line}\r\n" for index, line in enumerate(lines)
         )
         self.transport.write(text.encode("utf-8"))
-        self._last_activity = self.clock.seconds()
+        self._deadline = self.clock.seconds() + self.idle_timeout
 
     # --- input ---
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
-        self._last_activity = self.clock.seconds()
         if not self._greeted:
             # The client did not wait for our greeting: a spam engine, not an MTA.
             self.send_reply(
@@ -288,6 +308,7 @@ class SMTPServerProtocol(Protocol):
                     break
                 line = bytes(self._buffer[self._pos : end])
                 self._pos = end + 2
+                self._deadline = self.clock.seconds() + self.idle_timeout
                 self._line_received(line)
         finally:
             self._processing = False
@@ -389,6 +410,9 @@ class SMTPServerProtocol(Protocol):
 
     def _data_chunk(self, data: bytes) -> bytes | None:
         """Consume message data; return what follows the end of data, or None."""
+        timeout = self.idle_timeout
+        now = self.clock.seconds()
+        self._deadline = min(now + timeout, self._deadline + len(data) / MIN_DATA_RATE)
         if self._data_problem is not None:
             return self._discard_data(data)
         buffer = self._data_pending + data if self._data_pending else data
@@ -474,6 +498,7 @@ class SMTPServerProtocol(Protocol):
 
     def _end_of_data(self) -> None:
         self._in_data = False
+        self._deadline = self.clock.seconds() + self.idle_timeout
         problem, parts = self._data_problem, self._data_parts
         self._reset_data()
         sender, recipients = self.envelope_sender, tuple(self.recipients)
@@ -757,6 +782,15 @@ class SMTPServerProtocol(Protocol):
         self.tls_active = True
         self.reset_session()
         return None
+
+
+def connection_refusal(hostname: str, reason: str) -> bytes:
+    """What a connection over a listener's cap is told before it is closed."""
+    if reason == "client":
+        text = "Error: too many connections from your address, try again later"
+    else:
+        text = "Error: too many connections, try again later"
+    return Reply(421, "4.7.0", f"{hostname} {text}").encode()
 
 
 class SMTPServerFactory(Factory):

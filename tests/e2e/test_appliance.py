@@ -46,7 +46,9 @@ class RunningAppliance:
         extra: str = "",
         delivery_config: str = "",
         implicit_tls: bool = False,
+        preexec_fn=None,
     ):
+        self.preexec_fn = preexec_fn  # run in the child before twistd (resource limits)
         self.delivery_config = delivery_config
         self.implicit_tls_port = free_port() if implicit_tls else None
         self.directory = directory
@@ -88,6 +90,7 @@ class RunningAppliance:
                 self.config,
             ],
             cwd=self.directory,
+            preexec_fn=self.preexec_fn,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -1006,6 +1006,110 @@ class TimeoutTests(unittest.TestCase):
         self.assertTrue(session.replies()[0].startswith("421 4.4.2"))
         self.assertEqual(session.intake.accept_calls, [])
 
+    def test_trickled_bytes_do_not_reset_the_timeout(self):
+        # One byte of a command every 10 s: the whole line never arrives in time.
+        session = Session()
+        session.replies()
+        for byte in b"NOOP":
+            session.clock.advance(10)
+            session.send(bytes([byte]))
+        session.clock.advance(259)
+        self.assertFalse(session.closed)
+        session.clock.advance(1)
+        self.assertEqual(session.replies(), [f"421 4.4.2 {HOSTNAME} Error: timeout exceeded"])
+        self.assertTrue(session.closed)
+
+    def test_trickled_command_line_ends_the_session_at_the_deadline(self):
+        session = Session()
+        session.ehlo()
+        for _ in range(400):  # a byte a second, for longer than the timeout
+            session.clock.advance(1)
+            if session.closed:
+                break
+            session.send(b"X")
+        self.assertTrue(session.closed)
+        self.assertEqual(session.replies(), [f"421 4.4.2 {HOSTNAME} Error: timeout exceeded"])
+        self.assertEqual(session.clock.seconds(), 301)
+
+    def test_whole_line_within_the_timeout_resets_it(self):
+        session = Session()
+        session.ehlo()
+        session.clock.advance(290)
+        session.send(b"NO")
+        session.clock.advance(9)
+        self.assertEqual(session.send(b"OP\r\n"), ["250 2.0.0 Ok"])
+        session.clock.advance(299)
+        self.assertFalse(session.closed)
+        session.clock.advance(1)
+        self.assertTrue(session.closed)
+
+    def test_trickled_message_data_is_cut_off(self):
+        # In DATA every byte buys 1/MIN_DATA_RATE s: a byte a second loses ground fast.
+        session = Session()
+        session.start()
+        session.command("DATA")
+        session.replies()
+        started = session.clock.seconds()
+        for _ in range(400):
+            session.clock.advance(1)
+            if session.closed:
+                break
+            session.send(b"x\r\n" if session.clock.seconds() % 2 else b"y")
+        self.assertTrue(session.closed)
+        self.assertTrue(session.replies()[-1].startswith("421 4.4.2"))
+        # 300 s plus the second or so that 450 trickled bytes bought, no more
+        self.assertLessEqual(session.clock.seconds(), started + 302)
+        self.assertEqual(session.intake.accept_calls, [])
+
+    def test_message_data_at_the_minimum_rate_keeps_going(self):
+        # 500 bytes a second (MIN_DATA_RATE) for longer than the timeout: accepted.
+        session = Session(settings=make_settings(max_message_size=1024 * 1024))
+        session.start()
+        session.command("DATA")
+        session.send(b"Subject: slow but steady\r\n\r\n")
+        line = b"z" * (server.MIN_DATA_RATE - 2) + b"\r\n"
+        for _ in range(600):
+            session.clock.advance(1)
+            session.send(line)
+        self.assertFalse(session.closed)
+        self.assertEqual(session.send(b".\r\n")[0][:3], "250")
+
+    def test_under_stress_the_timeout_shrinks_at_once(self):
+        session = Session()
+        session.ehlo()
+        session.clock.advance(100)
+        session.protocol.under_stress()  # the listener is full
+        session.clock.advance(9.9)
+        self.assertFalse(session.closed)
+        session.clock.advance(0.1)
+        self.assertEqual(session.replies(), [f"421 4.4.2 {HOSTNAME} Error: timeout exceeded"])
+
+    def test_under_stress_each_command_has_the_short_timeout(self):
+        session = Session(settings=make_settings(stress_idle_timeout=5))
+        session.ehlo()
+        session.protocol.under_stress()
+        for _ in range(3):
+            session.clock.advance(4)
+            self.assertEqual(session.command("NOOP"), ["250 2.0.0 Ok"])
+        session.clock.advance(5)
+        self.assertTrue(session.closed)
+
+    def test_stress_before_the_connection_is_made(self):
+        # A session admitted while its listener is under stress is told before it starts.
+        session = Session(wait_for_greeting=False, settings=make_settings(greet_pause=0))
+        fresh = session.factory.buildProtocol(session.transport.getPeer())
+        fresh.under_stress()
+        transport = session.transport.__class__(peerAddress=session.transport.getPeer())
+        fresh.makeConnection(transport)
+        session.clock.advance(10)
+        self.assertTrue(transport.disconnecting)
+
+    def test_stress_never_lengthens_a_short_timeout(self):
+        session = Session(settings=make_settings(idle_timeout=3))
+        session.protocol.under_stress()
+        session.clock.advance(3)
+        self.assertTrue(session.closed)
+
     def test_zero_means_no_idle_limit(self):
         session = Session(settings=make_settings(idle_timeout=0))
         session.clock.advance(86400)
