@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 
 from twisted.application import service, strports
 from twisted.internet import endpoints, ssl
@@ -131,6 +132,8 @@ class Appliance(service.MultiService):
     def __init__(self, listeners: dict[str, tuple[str, str, str]]):
         super().__init__()
         self.listeners = listeners
+        # Told the line before start-up ends (twistd's waiting parent, when daemonized).
+        self.on_start_failure: Callable[[str], None] | None = None
 
     def privilegedStartService(self) -> None:
         # twistd binds the listeners here, before the reactor runs. A port in use would
@@ -143,7 +146,10 @@ class Appliance(service.MultiService):
             except CannotListenError as problem:
                 for done in reversed(started):
                     done.stopService()
-                raise SystemExit(self._cannot_listen(child.name, problem)) from None
+                message = self._cannot_listen(child.name, problem)
+                if self.on_start_failure is not None:
+                    self.on_start_failure(message)
+                raise SystemExit(message) from None
             started.append(child)
 
     def _cannot_listen(self, name: str, problem: CannotListenError) -> str:
@@ -378,4 +384,19 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     sys.setswitchinterval(float(__import__("os").environ.get("SWITCH", "0.005")))
     if reactor is None:
         from twisted.internet import reactor
-    return build_appliance(options.config, reactor)
+    appliance = build_appliance(options.config, reactor)
+    appliance.on_start_failure = functools.partial(tell_daemon_parent, options)
+    return appliance
+
+
+def tell_daemon_parent(options: Options, message: str) -> None:
+    """When twistd daemonized, its first process waits for a status on a pipe and never
+    sees it close: write the failure there as twistd's own format has it ("1 " and at
+    most 100 bytes), so that it prints the line and exits 1 instead of waiting forever."""
+    server_options = getattr(options, "parent", None)
+    pipe = server_options.get("statusPipe") if server_options is not None else None
+    if pipe is None:
+        return
+    os.write(pipe, b"1 " + message.removeprefix("atollon-mail: ").encode()[:98])
+    os.close(pipe)
+    server_options["statusPipe"] = None

@@ -277,6 +277,25 @@ class TwistdTests(unittest.TestCase):
         self.assertEqual(result.returncode, 1)
         self.assertLess(time.monotonic() - began, START_TIMEOUT)
 
+    def test_daemonized_second_start_on_busy_ports_tells_the_waiting_parent(self):
+        # Without --nodaemon, twistd's first process waits on a pipe for the daemon's word.
+        self.start_server()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        result = subprocess.run(
+            [*TWISTD[:3], f"--pidfile={directory}/twistd.pid", f"--logfile={directory}/log"]
+            + ["atollon-mail", "--config", self.config_path],
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT,
+        )
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn(f"cannot listen for smtp on {self.smtp_endpoint}", result.stderr)
+        with open(os.path.join(directory, "log")) as log:
+            text = log.read()
+        self.assertNotIn("Traceback", text)
+        self.assertIn(f"atollon-mail: cannot listen for smtp on {self.smtp_endpoint}", text)
+
     def test_bad_endpoint_is_one_line(self):
         result = self.twistd("--config", self.config_path, "--smtp", "tcp:notaport")
         self.assertOneLineError(result, "--smtp: 'tcp:notaport' is not a usable")
