@@ -18,17 +18,25 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # Editable install in "compat" mode puts the project root on sys.path, which is how
-# Twisted finds twisted/plugins/atollon_mail_plugin.py; the last step rebuilds the
-# plugin cache (dropin.cache) so `twistd atollon-mail` works at once.
+# Twisted finds twisted/plugins/atollon_mail_plugin.py; the last step builds the plugin
+# caches (dropin.cache) so `twistd atollon-mail` works at once and never has to write
+# them when it starts (a user who may not write there would see "Unable to write to
+# plugin cache" at every start). They are rebuilt whenever the plugin module changes.
+PLUGIN_CACHE := twisted/plugins/dropin.cache
+
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
-	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	$(BIN)/python -m atollon_mail.plugincache
 	touch $(STAMP)
 
-install: $(STAMP)
+$(PLUGIN_CACHE): twisted/plugins/atollon_mail_plugin.py $(STAMP)
+	$(BIN)/python -m atollon_mail.plugincache
+	touch $(PLUGIN_CACHE)
+
+install: $(STAMP) $(PLUGIN_CACHE)
 
 # ARGS: more options for the appliance, e.g. make run ARGS="--smtp tcp:2526 --web tcp:8081"
-run: $(STAMP)
+run: install
 	$(BIN)/twistd --nodaemon --pidfile= atollon-mail --config $(CONFIG) $(ARGS)
 
 system-packages:
@@ -40,11 +48,11 @@ system-packages:
 	    || echo "could not install$$missing: the tests that use it are skipped"; \
 	else echo "not installing$$missing (needs root and apt-get): the tests that use it are skipped"; fi
 
-test: $(STAMP) system-packages
+test: install system-packages
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: install
 	cd bench && ../$(BIN)/python inbound.py && ../$(BIN)/python relay.py && ../$(BIN)/python web.py \
 	  && ../$(BIN)/python massmail.py
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import importlib
+import importlib.metadata
 import io
 import os
 import sys
@@ -495,11 +496,19 @@ def _dkim_show(store: Store, args) -> None:
 # --- parser ---------------------------------------------------------------------------
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("atollon-mail")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROGRAM,
         description="Administer the atollon-mail appliance's store (works while it runs).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument(
         "--config",
         metavar="FILE",

@@ -39,6 +39,7 @@ class ApplianceConfig:
     data_dir: str
     public_ipv4: str | None = None  # the address the world reaches us at (DNS advice)
     public_ipv6: str | None = None
+    hostname_from_machine: bool = False  # hostname unset: this machine's name was taken
 
 
 @attrs.frozen
@@ -150,6 +151,23 @@ class Config:
                 config, submission=attrs.evolve(config.submission, listen=submission)
             )
         return config
+
+
+def hostname_problem(appliance: ApplianceConfig) -> str | None:
+    """Why the host name cannot be this server's public name (localhost, or one label
+    that no other server can look up), as one line saying what to do; None when fine."""
+    name = appliance.hostname
+    if "." in name and name != "localhost" and not name.startswith("localhost."):
+        return None
+    if appliance.hostname_from_machine:
+        origin = f"[appliance] hostname is unset and this machine's name is {name!r}"
+    else:
+        origin = f"[appliance] hostname is {name!r}"
+    return (
+        f"{origin}, which other mail servers cannot reach: set [appliance] hostname to "
+        "this server's public name (e.g. mail.example.com), the name your MX records "
+        "point at"
+    )
 
 
 # --- value parsers: each returns the value or raises ValueError with what is allowed ---
@@ -463,6 +481,7 @@ def _read_values(path: str, parser: configparser.ConfigParser) -> dict[str, dict
             raw = parser.get(section, key, fallback=default)
             if section == "appliance" and key == "hostname" and not raw.strip():
                 raw = socket.getfqdn()
+                values[section]["hostname_from_machine"] = True
             try:
                 values[section][key] = parse(raw)
             except ValueError as problem:
@@ -495,13 +514,6 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         )
     if delivery["smarthost_username"] and delivery["smarthost"] is None:
         raise ConfigError(path, "delivery", "smarthost", "credentials are set but no smarthost")
-    if values["submission"]["tls_listen"] and not smtp["tls_certificate"]:
-        raise ConfigError(
-            path,
-            "submission",
-            "tls_listen",
-            "implicit TLS needs [smtp] tls_certificate and tls_key",
-        )
     return Config(
         path=path,
         appliance=ApplianceConfig(**values["appliance"]),
@@ -520,7 +532,11 @@ def load_config(path: str) -> Config:
         with open(path, encoding="utf-8") as config_file:
             text = config_file.read()
     except OSError as problem:
-        raise ConfigError(path, None, None, f"cannot read the file: {problem.strerror}") from None
+        text = f"cannot read the file: {problem.strerror}"
+        if path == DEFAULT_CONFIG_PATH and isinstance(problem, FileNotFoundError):
+            # The default is relative to the directory started from: say how to name one.
+            text += f"; use --config or {CONFIG_ENVIRONMENT_VARIABLE}"
+        raise ConfigError(path, None, None, text) from None
     return parse_config(text, path)
 
 

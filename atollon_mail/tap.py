@@ -5,15 +5,23 @@ from __future__ import annotations
 import functools
 import os
 import resource
+from collections.abc import Callable
 
 from twisted.application import service, strports
-from twisted.internet import ssl
+from twisted.internet import endpoints, ssl
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
-from atollon_mail.config import Config, ConfigError, default_config_path, load_config
+from atollon_mail.config import (
+    Config,
+    ConfigError,
+    default_config_path,
+    hostname_problem,
+    load_config,
+)
 from atollon_mail.connections import LimitedFactory, descriptor_shortfall
 from atollon_mail.delivery.autoresponder import Autoresponder
 from atollon_mail.delivery.intake import Intake
@@ -28,6 +36,7 @@ from atollon_mail.massmail.sender import MassMailSender
 from atollon_mail.massmail.tokens import RecipientTokens, unsubscribe_base
 from atollon_mail.passwords import generate_password, hash_password
 from atollon_mail.secretfile import load_or_create_secret
+from atollon_mail.selfsigned import load_or_create_self_signed
 from atollon_mail.smtp.server import SMTPServerFactory, connection_refusal
 from atollon_mail.smtp.submission import AuthThrottle, SubmissionFactory
 from atollon_mail.store import queries
@@ -65,13 +74,95 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        # A configuration error is one line and exit status 1: raising UsageError here
+        # would have twistd print its whole usage text above it.
         path = self["config"] or default_config_path()
         try:
             self.config = load_config(path).replace_listen(
                 smtp=self["smtp"], web=self["web"], submission=self["submission"]
             )
+            check_endpoints(self.config, self._reactor(), self)
         except ConfigError as problem:
-            raise usage.UsageError(str(problem)) from None
+            raise SystemExit(f"atollon-mail: {problem}") from None
+
+    def _reactor(self):
+        # Only to parse the endpoint descriptions: nothing is bound or run here.
+        from twisted.internet import reactor
+
+        return reactor
+
+
+# (service name, section, key) of each listener; the service names are build_appliance's.
+LISTENERS = (
+    ("smtp", "smtp", "listen"),
+    ("submission", "submission", "listen"),
+    ("submission-tls", "submission", "tls_listen"),
+    ("web", "web", "listen"),
+)
+
+
+def listener_settings(config: Config) -> dict[str, tuple[str, str, str]]:
+    """Service name -> (section, key, endpoint description) of each configured listener."""
+    settings = {}
+    for name, section, key in LISTENERS:
+        description = getattr(getattr(config, section), key)
+        if description:
+            settings[name] = (section, key, description)
+    return settings
+
+
+def check_endpoints(config: Config, reactor, options=None) -> None:
+    """Raise ConfigError naming the setting (or the command-line option) whose endpoint
+    description Twisted cannot parse."""
+    for name, (section, key, description) in listener_settings(config).items():
+        try:
+            endpoints.serverFromString(reactor, description)
+        except Exception as problem:  # each endpoint parser fails its own way
+            reason = str(problem) or type(problem).__name__
+            text = (
+                f"{description!r} is not a usable Twisted endpoint ({reason}); "
+                "e.g. tcp:2525 or tcp:2525:interface=127.0.0.1"
+            )
+            option = name if options is not None and key == "listen" else None
+            if option and options.get(option):
+                raise ConfigError(f"--{option}", None, None, text) from None
+            raise ConfigError(config.path, section, key, text) from None
+
+
+class Appliance(service.MultiService):
+    """The service tree; a port that cannot be bound stops start-up with one line."""
+
+    def __init__(self, listeners: dict[str, tuple[str, str, str]]):
+        super().__init__()
+        self.listeners = listeners
+        # Told the line before start-up ends (twistd's waiting parent, when daemonized).
+        self.on_start_failure: Callable[[str], None] | None = None
+
+    def privilegedStartService(self) -> None:
+        # twistd binds the listeners here, before the reactor runs. A port in use would
+        # otherwise end in a traceback with the store's threads keeping the process alive.
+        service.Service.privilegedStartService(self)
+        started = []
+        for child in self:
+            try:
+                child.privilegedStartService()
+            except CannotListenError as problem:
+                for done in reversed(started):
+                    done.stopService()
+                message = self._cannot_listen(child.name, problem)
+                if self.on_start_failure is not None:
+                    self.on_start_failure(message)
+                raise SystemExit(message) from None
+            started.append(child)
+
+    def _cannot_listen(self, name: str, problem: CannotListenError) -> str:
+        section, key, description = self.listeners.get(name, (None, None, "?"))
+        reason = problem.socketError
+        reason = getattr(reason, "strerror", None) or str(reason)
+        return (
+            f"atollon-mail: cannot listen for {name} on {description}: {reason}; "
+            f"stop whatever uses it or change [{section}] {key}"
+        )
 
 
 class StoreService(service.Service):
@@ -138,11 +229,19 @@ class StoreService(service.Service):
 
 
 def load_tls_options(config: Config):
+    """The TLS context for STARTTLS and implicit TLS: the configured certificate, else the
+    self-signed one kept in the data directory (made on the first start)."""
     smtp = config.smtp
-    if not smtp.tls_enabled:
-        return None
+    if smtp.tls_enabled:
+        certificate_path, key_path = smtp.tls_certificate, smtp.tls_key
+        advice = ""
+    else:
+        certificate_path, key_path = load_or_create_self_signed(
+            config.appliance.data_dir, config.appliance.hostname
+        )
+        advice = f"; remove {certificate_path} and {key_path} to have new ones made"
     try:
-        with open(smtp.tls_certificate, "rb") as certificate, open(smtp.tls_key, "rb") as key:
+        with open(certificate_path, "rb") as certificate, open(key_path, "rb") as key:
             pem = certificate.read() + b"\n" + key.read()
         return ssl.PrivateCertificate.loadPEM(pem).options()
     except Exception as problem:  # OpenSSL errors have no common base worth naming
@@ -150,7 +249,7 @@ def load_tls_options(config: Config):
             config.path,
             "smtp",
             "tls_certificate",
-            f"cannot load the certificate and key as PEM: {problem}",
+            f"cannot load {certificate_path} and {key_path} as PEM: {problem}{advice}",
         ) from None
 
 
@@ -205,9 +304,16 @@ def check_descriptor_limit(config: Config) -> None:
         log.warn("{problem}", problem=problem)
 
 
+def warn_about_hostname(config: Config) -> None:
+    problem = hostname_problem(config.appliance)
+    if problem:
+        log.warn("{problem}", problem=problem)
+
+
 def build_appliance(config: Config, reactor) -> service.MultiService:
     """The whole service tree; nothing is started or bound until it is started."""
-    appliance = service.MultiService()
+    warn_about_hostname(config)
+    appliance = Appliance(listener_settings(config))
     store = Store.from_url(config.database.url, reactor)
     StoreService(store, config).setServiceParent(appliance)
     # CPU work kept off the reactor thread: password hashing checks and DKIM signing.
@@ -324,4 +430,19 @@ def makeService(options: Options, reactor=None) -> service.MultiService:
     sys.setswitchinterval(float(__import__("os").environ.get("SWITCH", "0.005")))
     if reactor is None:
         from twisted.internet import reactor
-    return build_appliance(options.config, reactor)
+    appliance = build_appliance(options.config, reactor)
+    appliance.on_start_failure = functools.partial(tell_daemon_parent, options)
+    return appliance
+
+
+def tell_daemon_parent(options: Options, message: str) -> None:
+    """When twistd daemonized, its first process waits for a status on a pipe and never
+    sees it close: write the failure there as twistd's own format has it ("1 " and at
+    most 100 bytes), so that it prints the line and exits 1 instead of waiting forever."""
+    server_options = getattr(options, "parent", None)
+    pipe = server_options.get("statusPipe") if server_options is not None else None
+    if pipe is None:
+        return
+    os.write(pipe, b"1 " + message.removeprefix("atollon-mail: ").encode()[:98])
+    os.close(pipe)
+    server_options["statusPipe"] = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import importlib.metadata
 import io
 import os
 import shutil
@@ -853,7 +854,8 @@ class CliWithoutDatabaseTests(CliHarness, unittest.TestCase):
         self.addCleanup(os.chdir, old)
         self.assertRefused(
             self.main("domain", "list"),
-            "etc/atollon-mail.ini: cannot read the file: No such file or directory",
+            "etc/atollon-mail.ini: cannot read the file: No such file or directory; "
+            "use --config or ATOLLON_MAIL_CONFIG",
         )
 
     def test_missing_config_file(self):
@@ -931,6 +933,13 @@ class CliWithoutDatabaseTests(CliHarness, unittest.TestCase):
         ):
             self.assertIn(group, outcome.text)
         self.assertIn("--password-stdin", self.main("user", "add", "--help").text)
+
+    def test_version_from_the_package_metadata(self):
+        outcome = self.main("--version")
+        self.assertEqual((outcome.code, outcome.err), (0, ""))
+        self.assertEqual(
+            outcome.text, f"atollon-mail {importlib.metadata.version('atollon-mail')}\n"
+        )
 
     def test_display_url_hides_password(self):
         self.assertEqual(

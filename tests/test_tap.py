@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import os
+import smtplib
+import socket
+import ssl as ssl_module
 import stat
 import subprocess
 import sys
+import time
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from twisted.internet.testing import MemoryReactorClock
-from twisted.python import usage
 from twisted.trial import unittest
 
-from atollon_mail import tap
+from atollon_mail import selfsigned, tap
+from atollon_mail.config import CONFIG_ENVIRONMENT_VARIABLE as CONFIG_VARIABLE
 from atollon_mail.config import ConfigError, load_config
 from atollon_mail.passwords import verify_password
 from atollon_mail.store import queries
@@ -50,19 +56,46 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(options.config.smtp.listen, "tcp:2600")
         self.assertEqual(options.config.web.listen, "tcp:2601")
 
+    def config_error(self, *argv: str) -> str:
+        """The one line a configuration error exits with (status 1, no usage text)."""
+        with self.assertRaises(SystemExit) as raised:
+            tap.Options().parseOptions(list(argv))
+        message = raised.exception.code
+        self.assertIsInstance(message, str)  # printed to stderr by Python; exit status 1
+        self.assertEqual(len(message.splitlines()), 1, message)
+        self.assertTrue(message.startswith("atollon-mail: "), message)
+        return message
+
     def test_bad_value_is_one_line_naming_file_section_and_key(self):
         path = write_config(self, MINIMAL + "[smtp]\nmax_recipients = 10\n")
-        with self.assertRaises(usage.UsageError) as raised:
-            tap.Options().parseOptions(["--config", path])
-        message = str(raised.exception)
-        self.assertEqual(len(message.splitlines()), 1)
+        message = self.config_error("--config", path)
         for part in (path, "[smtp]", "max_recipients", "at least 100"):
             self.assertIn(part, message)
 
     def test_missing_config_file_is_named(self):
-        with self.assertRaises(usage.UsageError) as raised:
-            tap.Options().parseOptions(["--config", "no/such/file.ini"])
-        self.assertIn("no/such/file.ini", str(raised.exception))
+        self.assertIn("no/such/file.ini", self.config_error("--config", "no/such/file.ini"))
+
+    def test_missing_default_config_file_says_how_to_name_one(self):
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(directory)
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != CONFIG_VARIABLE})
+        message = self.config_error()
+        self.assertIn("etc/atollon-mail.ini: cannot read the file", message)
+        self.assertIn("use --config or ATOLLON_MAIL_CONFIG", message)
+
+    def test_bad_endpoint_option_is_one_line_naming_the_option(self):
+        path = write_config(self, MINIMAL)
+        message = self.config_error("--config", path, "--smtp", "tcp:notaport")
+        self.assertIn("--smtp: 'tcp:notaport' is not a usable Twisted endpoint", message)
+        message = self.config_error("--config", path, "--web", "nonsense:1")
+        self.assertIn("--web: 'nonsense:1'", message)
+
+    def test_bad_endpoint_in_the_file_names_section_and_key(self):
+        path = write_config(self, MINIMAL + "[submission]\ntls_listen = tcp:notaport\n")
+        message = self.config_error("--config", path)
+        self.assertIn(f"{path}: [submission] tls_listen: 'tcp:notaport'", message)
 
 
 class SpyReactor(MemoryReactorClock):
@@ -188,3 +221,149 @@ class PluginTests(unittest.TestCase):
             check=True,
         ).stdout
         self.assertIn("atollon-mail", output)
+
+
+# twistd in a child process, as `make run` starts it. The child refuses to write Twisted's
+# plugin caches, as a service user who may not write the plugins directory would (the
+# tests run as root, which permissions do not stop).
+TWISTD_PRELUDE = """
+from twisted.python import filepath
+_write = filepath.FilePath.setContent
+def _refuse_plugin_cache(self, content, ext=b".new"):
+    if self.basename() == "dropin.cache":
+        raise PermissionError(13, "Permission denied", self.path)
+    return _write(self, content, ext)
+filepath.FilePath.setContent = _refuse_plugin_cache
+from twisted.scripts.twistd import run
+run()
+"""
+TWISTD = [sys.executable, "-c", TWISTD_PRELUDE, "--nodaemon", "--pidfile=", "atollon-mail"]
+STARTED = "Site starting on"  # logged when the last listener is bound
+START_TIMEOUT = 60.0  # seconds; the machine running the tests may be busy
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class TwistdTests(unittest.TestCase):
+    """The real `twistd atollon-mail`: start-up, busy ports, errors a person sees."""
+
+    def setUp(self):
+        self.smtp_port, self.submission_port, self.web_port = (free_port() for _ in range(3))
+        self.smtp_endpoint = f"tcp:{self.smtp_port}:interface=127.0.0.1"
+        self.config_path = write_config(
+            self,
+            MINIMAL
+            + f"[smtp]\nlisten = {self.smtp_endpoint}\n"
+            + f"[submission]\nlisten = tcp:{self.submission_port}:interface=127.0.0.1\n"
+            + f"[web]\nlisten = tcp:{self.web_port}:interface=127.0.0.1\n",
+        )
+        self.data_dir = load_config(self.config_path).appliance.data_dir
+
+    def start_server(self) -> str:
+        """Start the appliance in a child process; its log once every port is bound."""
+        log_path = os.path.abspath(self.mktemp())
+        log_file = open(log_path, "w")
+        self.addCleanup(log_file.close)
+        server = subprocess.Popen(
+            [*TWISTD, "--config", self.config_path], stdout=log_file, stderr=subprocess.STDOUT
+        )
+
+        def stop():
+            server.terminate()
+            server.wait(START_TIMEOUT)
+
+        self.addCleanup(stop)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            with open(log_path) as log:
+                text = log.read()
+            if STARTED in text:
+                return text
+            if server.poll() is not None:
+                self.fail(f"the server exited with {server.returncode}:\n{text}")
+            time.sleep(0.1)
+        self.fail(f"the server did not start in {START_TIMEOUT} s:\n{text}")
+
+    def twistd(self, *argv: str) -> subprocess.CompletedProcess:
+        """Run twistd to its end; a start that hangs fails the test at the timeout."""
+        return subprocess.run(
+            [*TWISTD, *argv], capture_output=True, text=True, timeout=START_TIMEOUT
+        )
+
+    def assertOneLineError(self, result: subprocess.CompletedProcess, *parts: str) -> str:
+        output = result.stdout + result.stderr
+        self.assertNotEqual(result.returncode, 0, output)
+        self.assertNotIn("Traceback", output)
+        self.assertNotIn("Usage:", output)
+        lines = [line for line in output.splitlines() if "atollon-mail: " in line]
+        self.assertEqual(len(lines), 1, output)
+        for part in parts:
+            self.assertIn(part, lines[0])
+        return lines[0]
+
+    def test_second_start_on_busy_ports_exits_at_once_with_one_line(self):
+        self.start_server()
+        began = time.monotonic()
+        result = self.twistd("--config", self.config_path)
+        self.assertOneLineError(
+            result, f"cannot listen for smtp on {self.smtp_endpoint}", "[smtp] listen"
+        )
+        self.assertEqual(result.returncode, 1)
+        self.assertLess(time.monotonic() - began, START_TIMEOUT)
+
+    def test_daemonized_second_start_on_busy_ports_tells_the_waiting_parent(self):
+        # Without --nodaemon, twistd's first process waits on a pipe for the daemon's word.
+        self.start_server()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        result = subprocess.run(
+            [*TWISTD[:3], f"--pidfile={directory}/twistd.pid", f"--logfile={directory}/log"]
+            + ["atollon-mail", "--config", self.config_path],
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT,
+        )
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertIn(f"cannot listen for smtp on {self.smtp_endpoint}", result.stderr)
+        with open(os.path.join(directory, "log")) as log:
+            text = log.read()
+        self.assertNotIn("Traceback", text)
+        self.assertIn(f"atollon-mail: cannot listen for smtp on {self.smtp_endpoint}", text)
+
+    def test_bad_endpoint_is_one_line(self):
+        result = self.twistd("--config", self.config_path, "--smtp", "tcp:notaport")
+        self.assertOneLineError(result, "--smtp: 'tcp:notaport' is not a usable")
+        self.assertEqual(result.returncode, 1)
+
+    def test_config_error_is_one_line_without_usage_text(self):
+        path = write_config(self, MINIMAL + "[smtp]\nmax_recipients = 10\n")
+        result = self.twistd("--config", path)
+        self.assertOneLineError(result, f"{path}: [smtp] max_recipients: must be")
+        self.assertEqual((result.returncode, result.stdout), (1, ""))
+
+    def test_first_start_offers_starttls_then_auth_on_submission(self):
+        log = self.start_server()
+        self.assertNotIn("Unable to write to plugin cache", log)
+        self.assertNotIn("Traceback", log)
+        created = [line for line in log.splitlines() if "created a self-signed certificate" in line]
+        self.assertEqual(len(created), 1, log)
+        with smtplib.SMTP("127.0.0.1", self.submission_port, timeout=START_TIMEOUT) as client:
+            client.ehlo("client.test")
+            self.assertTrue(client.has_extn("starttls"))
+            self.assertFalse(client.has_extn("auth"))  # never before TLS
+            context = ssl_module.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl_module.CERT_NONE
+            client.starttls(context=context)
+            client.ehlo("client.test")
+            self.assertIn("PLAIN", client.esmtp_features.get("auth", "").upper())
+            der = client.sock.getpeercert(binary_form=True)
+        certificate = x509.load_der_x509_certificate(der)
+        with open(os.path.join(self.data_dir, selfsigned.CERTIFICATE_FILE), "rb") as kept:
+            self.assertEqual(x509.load_pem_x509_certificate(kept.read()), certificate)
+        subject = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        self.assertEqual(subject[0].value, "mx.acme.test")

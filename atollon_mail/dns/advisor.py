@@ -15,7 +15,7 @@ import hashlib
 
 import attrs
 
-from atollon_mail.config import Config
+from atollon_mail.config import Config, hostname_problem
 from atollon_mail.delivery import dkim
 from atollon_mail.dns import spfrecord
 from atollon_mail.dns.lookup import LookupFailed, Lookups, reverse_name
@@ -303,15 +303,21 @@ class _Builder:
         subject = self.subject
         domain = subject.domain.name
         forwarding: tuple[tuple[str, str], ...] = ()
+        # A name like localhost cannot be anyone's MX, A or PTR target: say so instead.
+        problem = hostname_problem(self.config.appliance)
+        if problem:
+            self.warnings.append(f"{problem}; until then no MX, A, AAAA or PTR is proposed")
         if subject.hosted:
-            self.receiving(domain)
+            if not problem:
+                self.receiving(domain)
         else:
             below = ", ".join(subject.secondaries)
             self.notes.append(
                 f"{domain} receives its mail at its own provider; this appliance receives "
                 f"for {below} (see: atollon-mail dns records {subject.secondaries[0]})"
             )
-        self.appliance_host()
+        if not problem:
+            self.appliance_host()
         if subject.domain.mode == "secondary":
             forwarding = self.secondary()
         for sending in subject.sending_domains:
@@ -319,7 +325,7 @@ class _Builder:
         self.dkim()
         for sending in subject.sending_domains:
             self.dmarc(sending)
-        if self.config.dns.mta_sts and subject.hosted:
+        if self.config.dns.mta_sts and subject.hosted and not problem:
             self.mta_sts(domain)
         return Advice(
             domain=domain,

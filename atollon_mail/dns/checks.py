@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 
-from atollon_mail.config import Config
+from atollon_mail.config import Config, hostname_problem
 from atollon_mail.dns import spfrecord
 from atollon_mail.dns.advisor import dmarc_tags
 from atollon_mail.dns.lookup import LookupFailed, Lookups, spf_evaluate
@@ -95,6 +95,9 @@ class _Checker:
 
     def mx(self, domain: str):
         hostname = self.hostname
+        problem = hostname_problem(self.config.appliance)
+        if problem:
+            return FAIL, problem
         fix = f"publish: {domain}. MX 10 {hostname}."
         records = self.lookups.mx(domain)
         if not records:
