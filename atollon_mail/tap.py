@@ -13,6 +13,7 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
+from atollon_mail.auth import build_authenticator
 from atollon_mail.config import Config, ConfigError, default_config_path, load_config
 from atollon_mail.delivery.autoresponder import Autoresponder
 from atollon_mail.delivery.intake import Intake
@@ -28,7 +29,7 @@ from atollon_mail.massmail.tokens import RecipientTokens
 from atollon_mail.passwords import generate_password, hash_password
 from atollon_mail.secretfile import load_or_create_secret
 from atollon_mail.smtp.server import SMTPServerFactory
-from atollon_mail.smtp.submission import AuthThrottle, SubmissionFactory
+from atollon_mail.smtp.submission import SubmissionFactory
 from atollon_mail.store import queries
 from atollon_mail.store.database import is_sqlite
 from atollon_mail.store.pool import Store
@@ -233,16 +234,17 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
     smtp.setName("smtp")
     smtp.setServiceParent(appliance)
 
-    policy = SubmissionPolicy(store, intake, reactor, workers)
-    # One failure table for 587 and 465, so a client gets the same few guesses on both.
-    throttle = AuthThrottle(reactor)
+    policy = SubmissionPolicy(store, intake)
+    # One password check and one throttle for 587, 465 and the web login, so a client gets
+    # the same few guesses on all of them; argon2 runs in the CPU workers.
+    authenticator = build_authenticator(store, reactor, workers)
     submission_factory = SubmissionFactory(
         policy,
         config.appliance.hostname,
         config.smtp,
         reactor,
         tls_options=tls_options,
-        auth_throttle=throttle,
+        authenticator=authenticator,
     )
     submission = strports.service(config.submission.listen, submission_factory, reactor=reactor)
     submission.setName("submission")
@@ -255,7 +257,7 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
             reactor,
             tls_options=tls_options,
             implicit_tls=True,
-            auth_throttle=throttle,
+            authenticator=authenticator,
         )
         # Port 465: TLS from the first byte, then the same submission protocol.
         wrapped = TLSMemoryBIOFactory(tls_options, False, implicit_factory)
@@ -264,7 +266,12 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
         implicit.setServiceParent(appliance)
 
     web_root = build_web_root(
-        store, config, reactor, intake=intake, recipient_tokens=recipient_tokens
+        store,
+        config,
+        reactor,
+        intake=intake,
+        recipient_tokens=recipient_tokens,
+        authenticator=authenticator,
     )
     web = strports.service(config.web.listen, Site(web_root), reactor=reactor)
     web.setName("web")

@@ -25,7 +25,6 @@ from atollon_mail.store import web as web_ops
 from atollon_mail.web.sessions import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
-    LoginThrottle,
     Session,
     SessionStore,
 )
@@ -159,7 +158,7 @@ class PageRequest:
 
 
 class WebApp:
-    """Routes, sessions, throttling and the one Jinja2 environment of the web admin."""
+    """Routes, sessions, the authenticator and the one Jinja2 environment of the web admin."""
 
     def __init__(
         self,
@@ -168,17 +167,15 @@ class WebApp:
         clock=None,
         appliance_name: str = "atollon-mail",
         session_idle_timeout: float = 30 * 60,
-        throttle_failures: int = 5,
-        throttle_window: float = 10 * 60,
+        authenticator=None,
     ):
         self.store = store
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
         self.appliance_name = appliance_name
         self.sessions = SessionStore(self.clock, idle_timeout=session_idle_timeout)
-        self.throttle = LoginThrottle(
-            self.clock, max_failures=throttle_failures, window=throttle_window
-        )
+        # The appliance's one IAuthenticator (argon2 + throttle), shared with SMTP AUTH.
+        self.authenticator = authenticator
         self.routes: dict[str, Route] = {}
         self.environment = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
