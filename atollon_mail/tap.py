@@ -34,6 +34,7 @@ from atollon_mail.store import queries
 from atollon_mail.store.database import is_sqlite
 from atollon_mail.store.pool import Store
 from atollon_mail.web import build_web_root
+from atollon_mail.web.bodylimit import BodyLimitedRequest
 
 INITIAL_ADMIN_LOGIN = "admin"
 DNS_FIRST_CHECK_DELAY = 60.0  # seconds after start before the first DNS round
@@ -273,7 +274,9 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
         recipient_tokens=recipient_tokens,
         authenticator=authenticator,
     )
-    web = strports.service(config.web.listen, Site(web_root), reactor=reactor)
+    # BodyLimitedRequest refuses a body over its route's limit before reading it.
+    web_site = Site(web_root, requestFactory=BodyLimitedRequest)
+    web = strports.service(config.web.listen, web_site, reactor=reactor)
     web.setName("web")
     web.setServiceParent(appliance)
     return appliance

@@ -10,11 +10,14 @@ import sys
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial import unittest
+from zope.interface.verify import verifyObject
 
 from atollon_mail import tap
 from atollon_mail.config import load_config
+from atollon_mail.interfaces import IAuthenticator
 from atollon_mail.passwords import verify_password
 from atollon_mail.store import queries
+from atollon_mail.web.bodylimit import BodyLimitedRequest
 
 
 def write_config(testcase, text: str) -> str:
@@ -90,6 +93,14 @@ class ServiceTreeTests(unittest.TestCase):
         )
         listening = sorted((port, interface) for port, _, _, interface in self.reactor.tcpServers)
         self.assertEqual(listening, [(2626, ""), (2627, ""), (8181, "127.0.0.1")])
+
+    def test_submission_and_web_share_one_authenticator(self):
+        self.start(MINIMAL + "[web]\nlisten = tcp:8181\n[submission]\nlisten = tcp:2627\n")
+        factories = {port: factory for port, factory, _, _ in self.reactor.tcpServers}
+        submission, site = factories[2627], factories[8181]
+        self.assertTrue(verifyObject(IAuthenticator, submission.authenticator))
+        self.assertIs(site.resource.app.authenticator, submission.authenticator)
+        self.assertIs(site.requestFactory, BodyLimitedRequest)
 
     def test_first_start_creates_the_admin_once_with_a_private_password_file(self):
         appliance = self.start()

@@ -22,6 +22,10 @@ class WebRoot(Resource):
     def getChild(self, path, request):
         return self._pages
 
+    def body_limit(self, path: bytes) -> int:
+        """Bytes of request body a path accepts: its route's max_body (bodylimit.py)."""
+        return self.app.body_limit(path)
+
 
 # Modules with more pages; each has register(app).
 PAGE_MODULES: tuple[str, ...] = (

@@ -64,8 +64,12 @@ def _in_thread(app: WebApp, function, *args):
     return deferToThreadPool(app.reactor, app.reactor.getThreadPool(), function, *args)
 
 
+# A login, a password, the CSRF token and the page to go back to: a few hundred bytes.
+LOGIN_FORM_BYTES = 8 * 1024
+
+
 def register(app: WebApp) -> None:
-    @app.route("/login", methods=("GET", "POST"), login=False)
+    @app.route("/login", methods=("GET", "POST"), login=False, max_body=LOGIN_FORM_BYTES)
     async def login(page: PageRequest):
         if page.session is not None:
             return Redirect(safe_next(page.arg("next")))
