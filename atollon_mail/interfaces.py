@@ -43,9 +43,6 @@ class IMailIntake(Interface):
 class ISubmissionPolicy(IMailIntake):
     """What the submission server asks on top of the intake's questions."""
 
-    def authenticate(login, password):
-        """Deferred firing with the UserRecord, or None when the credentials are wrong."""
-
     def sending_identities(login):
         """Deferred firing with a tuple of SendingIdentity the user may send as."""
 
@@ -55,6 +52,28 @@ class ISubmissionPolicy(IMailIntake):
         filed at once, remote recipients (address strings) queued, a copy filed in the
         Sent folder of the identity's mailbox. Fires with a SubmittedMessage only after the
         transaction committed.
+        """
+
+
+class IAuthenticator(Interface):
+    """The one password check of the appliance (SMTP AUTH and the web login), throttled
+    per client address and per login from that address."""
+
+    window = Attribute("Seconds a failure counts against its client and login.")
+
+    def blocked(client):
+        """Whether the client (an IP address as text, or None) may try no login now."""
+
+    def login_blocked(client, login):
+        """Whether the client may not try this login now (others it may still try)."""
+
+    def authenticate(client, login, password):
+        """
+        Deferred firing with the UserRecord when the password is right, None when the
+        login or password is wrong. Fails with auth.Throttled, without checking the
+        password, when too many attempts from the client (or at this login from it) are
+        recent or still being checked; fails with another error when the check could not
+        be made (a temporary failure, not counted).
         """
 
 

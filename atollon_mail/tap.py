@@ -15,6 +15,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
+from atollon_mail.auth import build_authenticator
 from atollon_mail.config import (
     Config,
     ConfigError,
@@ -38,11 +39,12 @@ from atollon_mail.passwords import generate_password, hash_password
 from atollon_mail.secretfile import load_or_create_secret
 from atollon_mail.selfsigned import load_or_create_self_signed
 from atollon_mail.smtp.server import SMTPServerFactory, connection_refusal
-from atollon_mail.smtp.submission import AuthThrottle, SubmissionFactory
+from atollon_mail.smtp.submission import SubmissionFactory
 from atollon_mail.store import queries
 from atollon_mail.store.database import is_sqlite
 from atollon_mail.store.pool import Store
 from atollon_mail.web import build_web_root
+from atollon_mail.web.bodylimit import BodyLimitedRequest
 from atollon_mail.web.limits import DeadlineSite
 from atollon_mail.web.limits import connection_refusal as web_refusal
 
@@ -371,16 +373,17 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
     smtp.setName("smtp")
     smtp.setServiceParent(appliance)
 
-    policy = SubmissionPolicy(store, intake, reactor, workers)
-    # One failure table for 587 and 465, so a client gets the same few guesses on both.
-    throttle = AuthThrottle(reactor)
+    policy = SubmissionPolicy(store, intake)
+    # One password check and one throttle for 587, 465 and the web login, so a client gets
+    # the same few guesses on all of them; argon2 runs in the CPU workers.
+    authenticator = build_authenticator(store, reactor, workers)
     submission_factory = SubmissionFactory(
         policy,
         config.appliance.hostname,
         config.smtp,
         reactor,
         tls_options=tls_options,
-        auth_throttle=throttle,
+        authenticator=authenticator,
     )
     submission_factory = limited(
         submission_factory, "submission", config.submission, config, reactor
@@ -396,7 +399,7 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
             reactor,
             tls_options=tls_options,
             implicit_tls=True,
-            auth_throttle=throttle,
+            authenticator=authenticator,
         )
         # Port 465: TLS from the first byte, then the same submission protocol. Counted
         # inside TLS, so a refused client reads its 421 once the handshake is done.
@@ -409,13 +412,20 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
         implicit.setServiceParent(appliance)
 
     web_root = build_web_root(
-        store, config, reactor, intake=intake, recipient_tokens=recipient_tokens
+        store,
+        config,
+        reactor,
+        intake=intake,
+        recipient_tokens=recipient_tokens,
+        authenticator=authenticator,
     )
+    # BodyLimitedRequest refuses a body over its route's limit before reading it.
     site = DeadlineSite(
         web_root,
         reactor,
         header_timeout=config.web.header_timeout,
         body_timeout=config.web.body_timeout,
+        requestFactory=BodyLimitedRequest,
     )
     site = limited(site, "web", config.web, config, reactor, web=True)
     web = strports.service(config.web.listen, site, reactor=reactor)

@@ -15,12 +15,15 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
+from zope.interface.verify import verifyObject
 
 from atollon_mail import selfsigned, tap
 from atollon_mail.config import CONFIG_ENVIRONMENT_VARIABLE as CONFIG_VARIABLE
 from atollon_mail.config import ConfigError, load_config
+from atollon_mail.interfaces import IAuthenticator
 from atollon_mail.passwords import verify_password
 from atollon_mail.store import queries
+from atollon_mail.web.bodylimit import BodyLimitedRequest
 from atollon_mail.web.limits import DeadlineSite
 
 
@@ -161,6 +164,14 @@ class ServiceTreeTests(unittest.TestCase):
         self.assertIn(
             "[web] max_connections: must be a whole number of at least 1", str(raised.exception)
         )
+
+    def test_submission_and_web_share_one_authenticator(self):
+        self.start(MINIMAL + "[web]\nlisten = tcp:8181\n[submission]\nlisten = tcp:2627\n")
+        factories = {port: factory for port, factory, _, _ in self.reactor.tcpServers}
+        submission, site = factories[2627].wrappedFactory, factories[8181].wrappedFactory
+        self.assertTrue(verifyObject(IAuthenticator, submission.authenticator))
+        self.assertIs(site.resource.app.authenticator, submission.authenticator)
+        self.assertIs(site.requestFactory, BodyLimitedRequest)
 
     def test_first_start_creates_the_admin_once_with_a_private_password_file(self):
         appliance = self.start()

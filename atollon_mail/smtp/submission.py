@@ -2,20 +2,18 @@
 
 The inbound server's strict protocol with these differences: no greet pause (the clients
 are people's mail programs); AUTH PLAIN and LOGIN only once TLS is active, checked by the
-ISubmissionPolicy and throttled per client address; MAIL only after AUTH, and both the
-envelope sender and the From: header must be one of the user's sending identities;
-authenticated users may send anywhere; at end of data a missing Message-ID or Date is
-added (RFC 6409 section 8) and the message goes to policy.submit.
+appliance's one IAuthenticator (throttled per client address and per login); MAIL only
+after AUTH, and both the envelope sender and the From: header must be one of the user's
+sending identities; authenticated users may send anywhere; at end of data a missing
+Message-ID or Date is added (RFC 6409 section 8) and the message goes to policy.submit.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import collections
 import datetime
 import functools
-import ipaddress
 import secrets
 from collections.abc import Callable
 from email.utils import format_datetime, getaddresses
@@ -26,6 +24,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from atollon_mail.auth import Throttled
 from atollon_mail.config import SmtpConfig
 from atollon_mail.smtp.address import Path, is_relay_attempt
 from atollon_mail.smtp.server import (
@@ -37,13 +36,10 @@ from atollon_mail.smtp.server import (
 )
 from atollon_mail.store.records import Recipient, SendingIdentity, UserRecord
 
-__all__ = ["AuthThrottle", "SubmissionFactory", "SubmissionProtocol", "SubmissionRefused"]
+__all__ = ["SubmissionFactory", "SubmissionProtocol", "SubmissionRefused"]
 
 log = Logger()
 
-AUTH_FAILURE_LIMIT = 5
-AUTH_FAILURE_WINDOW = 600.0  # seconds
-MAX_TRACKED_CLIENTS = 10_000
 # A SASL response after a 334 may exceed a command line's 512 octets; bound it all the same.
 MAX_AUTH_RESPONSE = 12288
 
@@ -67,101 +63,6 @@ class SubmissionRefused(Exception):
     def __init__(self, reply: Reply):
         super().__init__(reply.text)
         self.reply = reply
-
-
-def client_key(client_ip: str | None) -> str:
-    """What failed logins are counted by: the address, or its /64 for IPv6.
-
-    One IPv6 host usually holds a whole /64, so counting single addresses would give it
-    2**64 fresh starts (and let it flush the bounded table).
-    """
-    if client_ip is None:
-        return "unknown"
-    ip = ipaddress.ip_address(client_ip)
-    if ip.version == 6:
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
-
-
-class AuthThrottle:
-    """Failed logins per client: `limit` failures within `window` seconds block the
-    client until `window` seconds after its last failure.
-
-    Entries are kept in the order of their last failure, which is also the order they
-    expire in, so dropping expired ones and, beyond `max_clients`, the oldest costs O(1).
-    Logins still being checked count against the limit, so a burst of parallel attempts
-    cannot get more guesses than the limit allows.
-    """
-
-    def __init__(
-        self,
-        clock: Any,
-        limit: int = AUTH_FAILURE_LIMIT,
-        window: float = AUTH_FAILURE_WINDOW,
-        max_clients: int = MAX_TRACKED_CLIENTS,
-    ):
-        self.clock = clock
-        self.limit = limit
-        self.window = window
-        self.max_clients = max_clients
-        self._failures: collections.OrderedDict[str, collections.deque[float]] = (
-            collections.OrderedDict()
-        )
-        self._in_flight: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        """How many clients have failures on record."""
-        return len(self._failures)
-
-    def _recent(self, key: str) -> collections.deque[float] | None:
-        failures = self._failures.get(key)
-        if failures is not None and self.clock.seconds() >= failures[-1] + self.window:
-            del self._failures[key]
-            return None
-        return failures
-
-    def blocked(self, key: str) -> bool:
-        failures = self._recent(key)
-        return (
-            failures is not None
-            and len(failures) >= self.limit
-            and failures[-1] - failures[0] < self.window
-        )
-
-    def may_attempt(self, key: str) -> bool:
-        if self.blocked(key):
-            return False
-        failures = self._recent(key)
-        since = self.clock.seconds() - self.window
-        recent = sum(1 for when in failures if when > since) if failures else 0
-        return recent + self._in_flight.get(key, 0) < self.limit
-
-    def started(self, key: str) -> None:
-        self._in_flight[key] = self._in_flight.get(key, 0) + 1
-
-    def finished(self, key: str, failed: bool) -> None:
-        left = self._in_flight.get(key, 0) - 1
-        if left > 0:
-            self._in_flight[key] = left
-        else:
-            self._in_flight.pop(key, None)
-        if failed:
-            self._record_failure(key)
-
-    def _record_failure(self, key: str) -> None:
-        now = self.clock.seconds()
-        failures = self._failures.pop(key, None)
-        if failures is None:
-            failures = collections.deque(maxlen=self.limit)
-        failures.append(now)
-        self._failures[key] = failures
-        while self._failures:
-            oldest = next(iter(self._failures.values()))
-            if now < oldest[-1] + self.window:
-                break
-            self._failures.popitem(last=False)
-        while len(self._failures) > self.max_clients:
-            self._failures.popitem(last=False)
 
 
 def _decode_response(text: bytes) -> bytes | None:
@@ -225,7 +126,7 @@ class SubmissionProtocol(SMTPServerProtocol):
         super().__init__(factory)
         self.policy = factory.policy
         self.identities: tuple[SendingIdentity, ...] = ()
-        self.throttle_key = "unknown"
+        self.authenticator = factory.authenticator
         # The next line answers a 334 challenge instead of being a command.
         self._auth_step: Callable[[bytes], Reply | Deferred | None] | None = None
         self._message_identity: SendingIdentity | None = None
@@ -234,8 +135,7 @@ class SubmissionProtocol(SMTPServerProtocol):
 
     def connectionMade(self) -> None:
         client_ip = _client_ip(getattr(self.transport.getPeer(), "host", None))
-        self.throttle_key = client_key(client_ip)
-        if self.factory.auth_throttle.blocked(self.throttle_key):
+        if self.authenticator.blocked(client_ip):
             self.client_ip = client_ip
             self._refuse_throttled()
             return
@@ -305,7 +205,7 @@ class SubmissionProtocol(SMTPServerProtocol):
             return Reply(503, "5.5.1", "Error: already authenticated")
         if self.envelope_sender is not None:
             return Reply(503, "5.5.1", "Error: AUTH not allowed during a mail transaction")
-        if not self.factory.auth_throttle.may_attempt(self.throttle_key):
+        if self.authenticator.blocked(self.client_ip):
             self._refuse_throttled()
             return None
         words = argument.split()
@@ -357,22 +257,22 @@ class SubmissionProtocol(SMTPServerProtocol):
         return self._check_credentials(login, password)
 
     def _check_credentials(self, login: str, password: str) -> Deferred:
-        key = self.throttle_key
-        self.factory.auth_throttle.started(key)
-        deferred = maybeDeferred(self.policy.authenticate, login, password)
+        deferred = self.authenticator.authenticate(self.client_ip, login, password)
         deferred.addCallbacks(
             self._credentials_checked,
             self._credentials_unchecked,
-            callbackArgs=(key,),
-            errbackArgs=(key,),
+            callbackArgs=(login,),
         )
         return deferred
 
-    def _credentials_checked(self, user: UserRecord | None, key: str) -> Reply | Deferred | None:
-        throttle = self.factory.auth_throttle
-        throttle.finished(key, failed=user is None)
+    def _credentials_checked(self, user: UserRecord | None, login: str) -> Reply | Deferred | None:
         if user is None:
-            if throttle.blocked(key):
+            # The guess that used up a limit ends the session: the client must reconnect
+            # (and may try another login, unless its address is blocked as a whole).
+            authenticator = self.authenticator
+            if authenticator.login_blocked(self.client_ip, login) or authenticator.blocked(
+                self.client_ip
+            ):
                 self.send_reply(AUTH_FAILED)
                 self._refuse_throttled()
                 return None
@@ -383,8 +283,10 @@ class SubmissionProtocol(SMTPServerProtocol):
         )
         return deferred
 
-    def _credentials_unchecked(self, failure: Failure, key: str) -> Reply:
-        self.factory.auth_throttle.finished(key, failed=False)
+    def _credentials_unchecked(self, failure: Failure) -> Reply | None:
+        if failure.check(Throttled):
+            self._refuse_throttled()
+            return None
         log.failure("Checking credentials failed", failure)
         return AUTH_TEMPORARY
 
@@ -493,11 +395,12 @@ class SubmissionProtocol(SMTPServerProtocol):
 
 
 class SubmissionFactory(SMTPServerFactory):
-    """Builds SubmissionProtocol; keeps the failed-login table shared by its sessions.
+    """Builds SubmissionProtocol; its sessions check passwords with `authenticator`.
 
     With implicit_tls the caller wraps this factory in TLS (port 465): sessions start
-    with TLS active and STARTTLS is not offered. Give the 587 and 465 factories the same
-    auth_throttle so that a client cannot double its guesses by switching ports.
+    with TLS active and STARTTLS is not offered. Give the 587 and 465 factories (and the
+    web) the same authenticator so that a client cannot multiply its guesses by
+    switching ports.
     """
 
     protocol = SubmissionProtocol
@@ -510,7 +413,8 @@ class SubmissionFactory(SMTPServerFactory):
         clock: Any,
         tls_options: Any,
         implicit_tls: bool = False,
-        auth_throttle: AuthThrottle | None = None,
+        *,
+        authenticator: Any,
     ):
         # Clients are people's mail programs, not spam engines: greet at once.
         super().__init__(
@@ -518,4 +422,4 @@ class SubmissionFactory(SMTPServerFactory):
         )
         self.policy = policy
         self.implicit_tls = implicit_tls
-        self.auth_throttle = auth_throttle if auth_throttle is not None else AuthThrottle(clock)
+        self.authenticator = authenticator

@@ -4,6 +4,7 @@ import importlib
 
 from twisted.web.resource import Resource
 
+from atollon_mail.auth import build_authenticator
 from atollon_mail.delivery.intake import Intake
 from atollon_mail.web.app import PageResource, StaticResource, WebApp
 from atollon_mail.web.health import HealthResource
@@ -21,6 +22,10 @@ class WebRoot(Resource):
     def getChild(self, path, request):
         return self._pages
 
+    def body_limit(self, path: bytes) -> int:
+        """Bytes of request body a path accepts: its route's max_body (bodylimit.py)."""
+        return self.app.body_limit(path)
+
 
 # Modules with more pages; each has register(app).
 PAGE_MODULES: tuple[str, ...] = (
@@ -34,15 +39,18 @@ PAGE_MODULES: tuple[str, ...] = (
 )
 
 
-def build_web_app(store, config, reactor, clock=None, intake=None) -> WebApp:
+def build_web_app(store, config, reactor, clock=None, intake=None, authenticator=None) -> WebApp:
     from atollon_mail.web import pages
 
+    if authenticator is None:  # the appliance passes the one SMTP AUTH uses
+        authenticator = build_authenticator(store, reactor, reactor.getThreadPool(), clock)
     app = WebApp(
         store,
         reactor,
         clock=clock,
         appliance_name=config.appliance.hostname,
         session_idle_timeout=config.web.session_idle_timeout,
+        authenticator=authenticator,
     )
     app.config = config  # pages that need settings (DNS lookups) read them here
     # Mail composed in the browser goes through the same intake as SMTP submission:
@@ -55,9 +63,9 @@ def build_web_app(store, config, reactor, clock=None, intake=None) -> WebApp:
 
 
 def build_web_root(
-    store, config, reactor, clock=None, intake=None, recipient_tokens=None
+    store, config, reactor, clock=None, intake=None, recipient_tokens=None, authenticator=None
 ) -> Resource:
-    app = build_web_app(store, config, reactor, clock, intake)
+    app = build_web_app(store, config, reactor, clock, intake, authenticator)
     root = WebRoot(app)
     root.putChild(b"health", HealthResource(store))
     root.putChild(b"static", StaticResource(app))

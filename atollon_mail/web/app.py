@@ -1,9 +1,10 @@
 """A small page framework on twisted.web.
 
 A page handler is `async def handler(page: PageRequest) -> Page | Redirect`, registered
-with `WebApp.route(path, methods=..., login=..., admin=...)`. The framework looks up the
-session, refuses what the route does not allow, checks the CSRF token of every POST, runs
-the handler, and turns `HttpError` (or any failure) into an error page: never a traceback.
+with `WebApp.route(path, methods=..., login=..., admin=..., max_body=...)`. The framework
+looks up the session, refuses what the route does not allow, checks the CSRF token of every
+POST, runs the handler, and turns `HttpError` (or any failure) into an error page: never a
+traceback. A request body over the route's max_body is refused before it is read.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+import unicodedata
 from collections.abc import Awaitable, Callable
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import attrs
 import jinja2
@@ -22,10 +24,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from atollon_mail.store import web as web_ops
+from atollon_mail.web.bodylimit import DEFAULT_BODY_LIMIT
 from atollon_mail.web.sessions import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
-    LoginThrottle,
     Session,
     SessionStore,
 )
@@ -36,14 +38,16 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 TEMPLATES_DIR = os.path.join(PACKAGE_DIR, "templates")
 STATIC_DIR = os.path.join(PACKAGE_DIR, "static")
 
-# Form bodies of the admin pages are small; more is refused before parsing.
-MAX_FORM_BYTES = 64 * 1024
+# Form bodies of the admin pages are small; a route may allow more (max_body). A larger
+# body is refused before it is read (bodylimit.py) and, behind that, before parsing.
+MAX_FORM_BYTES = DEFAULT_BODY_LIMIT
 
 ERROR_TITLES = {
     400: "Bad request",
     403: "Forbidden",
     404: "Not found",
     405: "Method not allowed",
+    413: "Too large",
     429: "Too many attempts",
     500: "Something went wrong",
 }
@@ -86,6 +90,7 @@ class Route:
     methods: tuple[str, ...]
     login: bool
     admin: bool
+    max_body: int = MAX_FORM_BYTES  # bytes of request body the route accepts
 
 
 def cookie_header(request, name: str, value: str, max_age: int | None = None) -> bytes:
@@ -99,10 +104,28 @@ def cookie_header(request, name: str, value: str, max_age: int | None = None) ->
 
 
 def safe_next(target: str | None) -> str:
-    """A path on this site to go to after login; anything else (another site) is "/"."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """A path on this site to go to after login; anything else (another site) is "/".
+
+    Browsers read a backslash as a slash and drop tabs and newlines, so "/\\host" and
+    "/\t/host" would lead to another site like "//host": a path must start with exactly
+    one "/", hold no control character or backslash, and parse to no scheme or host.
+    """
+    if not _local_path(target):
         return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not _local_path(unquote(parts.path)):
+        return "/"  # the path once more percent-decoded, for whatever decodes it again
     return target
+
+
+def _local_path(text: str | None) -> bool:
+    return bool(
+        text
+        and text.startswith("/")
+        and not text.startswith("//")
+        and "\\" not in text
+        and not any(unicodedata.category(character) in ("Cc", "Cf") for character in text)
+    )
 
 
 class PageRequest:
@@ -159,7 +182,7 @@ class PageRequest:
 
 
 class WebApp:
-    """Routes, sessions, throttling and the one Jinja2 environment of the web admin."""
+    """Routes, sessions, the authenticator and the one Jinja2 environment of the web admin."""
 
     def __init__(
         self,
@@ -168,17 +191,15 @@ class WebApp:
         clock=None,
         appliance_name: str = "atollon-mail",
         session_idle_timeout: float = 30 * 60,
-        throttle_failures: int = 5,
-        throttle_window: float = 10 * 60,
+        authenticator=None,
     ):
         self.store = store
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
         self.appliance_name = appliance_name
         self.sessions = SessionStore(self.clock, idle_timeout=session_idle_timeout)
-        self.throttle = LoginThrottle(
-            self.clock, max_failures=throttle_failures, window=throttle_window
-        )
+        # The appliance's one IAuthenticator (argon2 + throttle), shared with SMTP AUTH.
+        self.authenticator = authenticator
         self.routes: dict[str, Route] = {}
         self.environment = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
@@ -189,12 +210,24 @@ class WebApp:
         )
         self.environment.globals["appliance_name"] = appliance_name
 
-    def route(self, path: str, methods=("GET",), login: bool = True, admin: bool = False):
+    def route(
+        self,
+        path: str,
+        methods=("GET",),
+        login: bool = True,
+        admin: bool = False,
+        max_body: int = MAX_FORM_BYTES,
+    ):
         def register(handler: Handler) -> Handler:
-            self.routes[path] = Route(handler, tuple(methods), login, admin)
+            self.routes[path] = Route(handler, tuple(methods), login, admin, max_body)
             return handler
 
         return register
+
+    def body_limit(self, path: bytes) -> int:
+        """How many bytes of request body a path accepts (read by BodyLimitedRequest)."""
+        route = self.routes.get(path.decode("utf-8", errors="replace"))
+        return MAX_FORM_BYTES if route is None else route.max_body
 
     # --- answering one request -------------------------------------------------------
 
@@ -241,7 +274,7 @@ class WebApp:
             elif route.admin and not session.user.is_admin:
                 raise not_found()
             else:
-                form = self._form(request) if method == "POST" else {}
+                form = self._form(request, route.max_body) if method == "POST" else {}
                 page = PageRequest(self, request, session, form)
                 if method == "POST":
                     self._check_csrf(page)
@@ -270,13 +303,13 @@ class WebApp:
         session.user = user
         return session
 
-    def _form(self, request) -> dict[str, str]:
+    def _form(self, request, max_body: int) -> dict[str, str]:
         content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip()
         if content_type != b"application/x-www-form-urlencoded":
             raise HttpError(400, "This form must be sent by the browser as a normal form.")
         request.content.seek(0, os.SEEK_END)
-        if request.content.tell() > MAX_FORM_BYTES:
-            raise HttpError(400, "The form sent is too large.")
+        if request.content.tell() > max_body:
+            raise HttpError(413, "The form sent is too large; send less.")
         return {
             key.decode("utf-8", "replace"): values[0].decode("utf-8", "replace")
             for key, values in request.args.items()

@@ -21,9 +21,14 @@ class HealthResource(Resource):
         super().__init__()
         self._store = store
 
+    def render(self, request):
+        # Like every page, whatever the method (a refused one too).
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"cache-control", b"no-store")
+        return super().render(request)
+
     def render_GET(self, request):
         request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
         finished = request.notifyFinish()
         finished.addErrback(lambda _: None)  # the client went away; nothing to answer
 

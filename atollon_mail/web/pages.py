@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import attrs
 from twisted.internet.threads import deferToThreadPool
 
-from atollon_mail.passwords import hash_password, verify_password
-from atollon_mail.store import queries
+from atollon_mail.auth import Throttled
 from atollon_mail.store import web as web_ops
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, safe_next
 from atollon_mail.web.sessions import LOGIN_CSRF_COOKIE, SESSION_COOKIE, new_token
@@ -58,25 +59,17 @@ SETTINGS = (
 )
 
 
-class _DummyHash:
-    """A hash to check unknown logins against, so they take as long as known ones."""
-
-    value: str | None = None
-
-    @classmethod
-    async def get(cls, app: WebApp) -> str:
-        if cls.value is None:
-            cls.value = await _in_thread(app, hash_password, new_token())
-        return cls.value
-
-
 def _in_thread(app: WebApp, function, *args):
-    # argon2 is CPU heavy: never on the reactor thread.
+    # argon2 hashing is CPU heavy: never on the reactor thread.
     return deferToThreadPool(app.reactor, app.reactor.getThreadPool(), function, *args)
 
 
+# A login, a password, the CSRF token and the page to go back to: a few hundred bytes.
+LOGIN_FORM_BYTES = 8 * 1024
+
+
 def register(app: WebApp) -> None:
-    @app.route("/login", methods=("GET", "POST"), login=False)
+    @app.route("/login", methods=("GET", "POST"), login=False, max_body=LOGIN_FORM_BYTES)
     async def login(page: PageRequest):
         if page.session is not None:
             return Redirect(safe_next(page.arg("next")))
@@ -85,11 +78,6 @@ def register(app: WebApp) -> None:
         login_name = page.form.get("login", "").strip()
         password = page.form.get("password", "")
         target = page.form.get("next", "")
-        address = page.client_address
-        if app.throttle.blocked(address):
-            minutes = max(1, round(app.throttle.window / 60))
-            message = f"Too many failed attempts; wait {minutes} minutes and try again."
-            return _login_form(page, login_name, target, {"password": message}, status=429)
         errors = {}
         if not login_name:
             errors["login"] = "Enter your login."
@@ -97,16 +85,18 @@ def register(app: WebApp) -> None:
             errors["password"] = "Enter your password."
         if errors:
             return _login_form(page, login_name, target, errors)
-        found = await page.store.run(queries.authenticate_lookup, login_name)
-        password_hash = found[1] if found else await _DummyHash.get(app)
-        valid = await _in_thread(app, verify_password, password_hash, password)
-        if not (found and valid):
-            app.throttle.failed(address)
+        try:
+            user = await app.authenticator.authenticate(page.client_address, login_name, password)
+        except Throttled as refusal:
+            minutes = max(1, math.ceil(refusal.retry_after / 60))
+            wait = "1 minute" if minutes == 1 else f"{minutes} minutes"
+            message = f"Too many failed attempts; wait {wait} and try again."
+            return _login_form(page, login_name, target, {"password": message}, status=429)
+        if user is None:
             message = "The login and password do not match; check both and try again."
             return _login_form(page, login_name, target, {"password": message})
-        app.throttle.succeeded(address)
         # A new session id at every login: an id planted before it is worth nothing.
-        session = app.sessions.create(found[0])
+        session = app.sessions.create(user)
         page.set_cookie(SESSION_COOKIE, session.id)
         page.set_cookie(LOGIN_CSRF_COOKIE, "", max_age=0)
         return Redirect(safe_next(target))

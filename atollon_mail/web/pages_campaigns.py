@@ -21,6 +21,7 @@ from atollon_mail.store import queries
 from atollon_mail.store.errors import Conflict, NotFound, StoreError
 from atollon_mail.store.models import RECIPIENT_STATES, utc_now
 from atollon_mail.web.app import HttpError, Page, PageRequest, Redirect, WebApp, not_found
+from atollon_mail.web.numbers import page_number, parse_id
 
 PAGE_SIZE = 50  # send-list rows per page; a module constant so tests may lower it
 DEFAULT_LANGUAGE = "en"
@@ -56,14 +57,6 @@ class NewCampaignChoices:
     groups: tuple
     mailboxes: tuple
     types: tuple
-
-
-def _positive_int(text: str) -> int | None:
-    text = text.strip()
-    if not text.isdigit() or len(text) > 18:
-        return None
-    value = int(text)
-    return value if value > 0 else None
 
 
 # Store messages end with advice for the command line ("see: massmail list", "add one:
@@ -203,7 +196,7 @@ def register(app: WebApp) -> None:
         errors = {}
         if not new["name"]:
             errors["name"] = "Enter a name."
-        group_id = _positive_int(new["group"])
+        group_id = parse_id(new["group"])
         if group_id is None:
             errors["group"] = "Choose a group."
         if not new["mailbox"]:
@@ -266,7 +259,7 @@ def register(app: WebApp) -> None:
                 for item in rendered
             ]
         done = DONE.get(page.arg("done")) if status == 200 else None
-        retried = _positive_int(page.arg("retried")) if status == 200 else None
+        retried = parse_id(page.arg("retried")) if status == 200 else None
         if retried:
             noun = "recipient is" if retried == 1 else "recipients are"
             done = f"{retried} failed {noun} queued again."
@@ -295,7 +288,7 @@ def register(app: WebApp) -> None:
 
     @app.route("/campaign", methods=("GET", "POST"), admin=True)
     async def campaign(page: PageRequest):
-        campaign_id = _positive_int(page.arg("id"))
+        campaign_id = parse_id(page.arg("id"))
         if page.request.method != b"POST":
             return await _detail_page(page, campaign_id)
         if campaign_id is None:
@@ -387,7 +380,7 @@ def register(app: WebApp) -> None:
 
     @app.route("/campaign/status.json", admin=True)
     async def campaign_status_json(page: PageRequest):
-        progress = await _status_or_404(page, _positive_int(page.arg("id")))
+        progress = await _status_or_404(page, parse_id(page.arg("id")))
         body = json.dumps(status_json(progress)).encode("utf-8")
         request = page.request
         request.setResponseCode(200)
@@ -405,13 +398,13 @@ def register(app: WebApp) -> None:
 
     @app.route("/campaign/recipients", admin=True)
     async def campaign_recipients(page: PageRequest):
-        progress = await _status_or_404(page, _positive_int(page.arg("id")))
+        progress = await _status_or_404(page, parse_id(page.arg("id")))
         campaign = progress.campaign
         state = page.arg("state").strip()
         if state and state not in RECIPIENT_STATES:
             raise HttpError(400, f"A recipient state is one of {', '.join(RECIPIENT_STATES)}.")
         uncertain = page.arg("uncertain") in ("1", "yes", "true", "on")
-        number = _positive_int(page.arg("page", "1")) or 1
+        number = page_number(page.arg("page"))
         try:
             # One more than a page: whether there is a next page, without counting.
             entries = await page.store.run(

@@ -13,6 +13,7 @@ from atollon_mail.crm import groups as group_ops
 from atollon_mail.crm.filters import GroupFilter
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
+from atollon_mail.web.numbers import parse_count, parse_id
 
 _SEPARATORS = re.compile(r"[\s,;]+")
 _TRI_STATE = {"": None, "yes": True, "no": False}
@@ -43,9 +44,10 @@ def parse_contact_ids(text: str) -> list[int]:
     """Contact ids separated by commas or spaces."""
     ids = []
     for word in _words(text):
-        if not word.isdigit() or int(word) < 1:
+        number = parse_id(word)
+        if number is None:
             raise Invalid(f"{word!r} is not a contact id; give numbers such as 12, 15")
-        ids.append(int(word))
+        ids.append(number)
     return ids
 
 
@@ -94,7 +96,7 @@ def _new_group(form: dict[str, str]) -> tuple[dict, dict[str, str]]:
         )
     arguments = {
         "name": name,
-        "organization": int(form["organization"]) if form["organization"].isdigit() else None,
+        "organization": parse_id(form["organization"]),
         "kind": kind,
         "filter": GroupFilter(
             kinds=kinds,
@@ -144,11 +146,11 @@ def register(app: WebApp) -> None:
 
     @app.route("/group", methods=("GET", "POST"), admin=True)
     async def group_page(page: PageRequest):
-        text = page.arg("id").strip()
-        if not text.isdigit():
+        group_id = parse_id(page.arg("id"))
+        if group_id is None:
             raise not_found()
         try:
-            group = await page.store.run(group_ops.get_group, int(text))
+            group = await page.store.run(group_ops.get_group, group_id)
         except NotFound:
             raise not_found() from None
         values = {"add": "", "remove": ""}
@@ -181,9 +183,9 @@ def register(app: WebApp) -> None:
         languages = sorted(
             overview.preview.by_language.items(), key=lambda item: (item[0] == "", item[0])
         )
-        changed = None
-        if page.arg("added").isdigit() and page.arg("removed").isdigit():
-            changed = (int(page.arg("added")), int(page.arg("removed")))
+        changed = (parse_count(page.arg("added")), parse_count(page.arg("removed")))
+        if None in changed:
+            changed = None
         context = {
             "overview": overview,
             "group": overview.group,

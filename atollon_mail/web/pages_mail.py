@@ -16,6 +16,7 @@ from atollon_mail.store import queries, web_mail
 from atollon_mail.store.errors import Invalid, NotFound, StoreError
 from atollon_mail.store.records import OutgoingMessage, Recipient
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
+from atollon_mail.web.numbers import page_number, parse_count, parse_id
 
 PER_PAGE = 50
 MAX_BODY = 60 * 1024  # the form itself is bounded at 64 KiB by the framework
@@ -32,10 +33,10 @@ def _box_url(address: str, **params) -> str:
 
 
 def _message_id_arg(page: PageRequest) -> int:
-    value = page.arg("id")
-    if not value.isdigit() or len(value) > 18:
+    value = parse_id(page.arg("id"))
+    if value is None:
         raise not_found()
-    return int(value)
+    return value
 
 
 def _header(message, name: str) -> str:
@@ -151,9 +152,7 @@ def register(app: WebApp) -> None:
     async def box(page: PageRequest):
         mailbox = await _mailbox(page, page.arg("address"))
         rights = await page.rights(mailbox.address)
-        number = page.arg("page", "1")
-        number = int(number) if number.isdigit() and 0 < len(number) < 7 else 1
-        number = max(number, 1)
+        number = page_number(page.arg("page"))
         filings = await page.store.run(
             queries.list_filings, mailbox.address, PER_PAGE + 1, (number - 1) * PER_PAGE
         )
@@ -179,11 +178,11 @@ def register(app: WebApp) -> None:
     @app.route("/mail/attachment")
     async def attachment(page: PageRequest):
         _, raw = await _raw(page)
-        number = page.arg("part")
+        number = parse_count(page.arg("part"))
         parts = _parts(email.message_from_bytes(raw, policy=email.policy.default))
-        if not number.isdigit() or int(number) >= len(parts):
+        if number is None or number >= len(parts):
             raise not_found()
-        part = parts[int(number)]
+        part = parts[number]
         if not _is_attachment(part):
             raise not_found()
         body = part.get_payload(decode=True) or b""
@@ -216,7 +215,8 @@ def register(app: WebApp) -> None:
                 return [], [], f"{address}: {found.detail}"
         return local, remote, None
 
-    @app.route("/mail/compose", methods=("GET", "POST"))
+    # A message written in the browser may be as large as one sent by SMTP.
+    @app.route("/mail/compose", methods=("GET", "POST"), max_body=app.config.smtp.max_message_size)
     async def compose(page: PageRequest):
         address = page.form.get("address") or page.arg("address")
         mailbox = await _mailbox(page, address)

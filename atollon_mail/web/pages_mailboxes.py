@@ -11,6 +11,7 @@ from atollon_mail.store import mailboxes as mailbox_ops
 from atollon_mail.store import web as web_ops
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
+from atollon_mail.web.numbers import page_number, parse_id
 
 PER_PAGE = 50
 # Pending confirmations, at most one per session; bounded like the sessions themselves.
@@ -119,10 +120,7 @@ def register(app: WebApp) -> None:
             status = 400
         domain = page.arg("domain").strip().lower()
         owner = page.arg("owner").strip().lower()
-        try:
-            number = max(1, int(page.arg("page", "1")))
-        except ValueError:
-            number = 1
+        number = page_number(page.arg("page"))
         listing = await page.store.run(
             web_ops.mailbox_page, page.user.login, domain, owner, PER_PAGE, (number - 1) * PER_PAGE
         )
@@ -239,7 +237,7 @@ def register(app: WebApp) -> None:
         except Invalid as problem:
             errors["signature"] = _problem(problem)
         store_to = values["store_to"].lower()
-        if store_to != mailbox_ops.TODO and not store_to.isdigit():
+        if store_to != mailbox_ops.TODO and parse_id(store_to) is None:
             errors["store_to"] = "Choose the owner's To Do or a folder or project from the list."
         if errors:
             return values, errors

@@ -9,6 +9,7 @@ from atollon_mail.store import mailboxes, queries
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.models import QUEUE_STATES, utc_now
 from atollon_mail.web.app import HttpError, Page, PageRequest, Redirect, WebApp, not_found
+from atollon_mail.web.numbers import page_number, parse_id
 
 PAGE_SIZE = 50  # queue recipients per page; a module constant so tests may lower it
 
@@ -33,14 +34,6 @@ def _first_clause(error: Exception) -> str:
     return str(error).split(";")[0]
 
 
-def _positive_int(text: str) -> int | None:
-    text = text.strip()
-    if not text.isdigit() or len(text) > 18:
-        return None
-    value = int(text)
-    return value if value > 0 else None
-
-
 def register(app: WebApp) -> None:
     # --- the queue ----------------------------------------------------------------------
 
@@ -49,7 +42,7 @@ def register(app: WebApp) -> None:
         state = page.arg("state").strip()
         if state and state not in QUEUE_STATES:
             raise HttpError(400, f"A queue state is one of {', '.join(QUEUE_STATES)}.")
-        number = _positive_int(page.arg("page", "1")) or 1
+        number = page_number(page.arg("page"))
         # One more than a page: whether there is a next page, without counting.
         entries = await page.store.run(
             queries.queue_list, state or None, PAGE_SIZE + 1, (number - 1) * PAGE_SIZE
@@ -92,11 +85,11 @@ def register(app: WebApp) -> None:
 
     @app.route("/queue/message", admin=True)
     async def queue_message(page: PageRequest):
-        return await _detail(page, _positive_int(page.arg("id")))
+        return await _detail(page, parse_id(page.arg("id")))
 
     @app.route("/queue/retry", methods=("POST",), admin=True)
     async def queue_retry(page: PageRequest):
-        queue_id = _positive_int(page.form.get("id", ""))
+        queue_id = parse_id(page.form.get("id", ""))
         if queue_id is None:
             raise not_found()
         try:
@@ -108,7 +101,7 @@ def register(app: WebApp) -> None:
 
     @app.route("/queue/delete", methods=("POST",), admin=True)
     async def queue_delete(page: PageRequest):
-        queue_id = _positive_int(page.form.get("id", ""))
+        queue_id = parse_id(page.form.get("id", ""))
         if queue_id is None:
             raise not_found()
         try:
@@ -128,7 +121,7 @@ def register(app: WebApp) -> None:
         types = await page.store.run(mailboxes.list_message_types)
         done = TYPE_DONE.get(page.arg("done"))
         if done and page.arg("done") == "deleted":
-            moved = _positive_int(page.arg("moved"))
+            moved = parse_id(page.arg("moved"))
             target = page.arg("to")
             if moved and target in {t.code for t in types}:
                 noun = "message was" if moved == 1 else "messages were"

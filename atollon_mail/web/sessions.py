@@ -1,13 +1,13 @@
-"""Login sessions and login throttling, kept in this process's memory.
+"""Login sessions, kept in this process's memory (logins are throttled by auth.py).
 
-One appliance runs one process, so a dict is enough; a restart logs everyone out. Both
-tables are bounded so that a flood of logins or addresses cannot grow memory without end.
+One appliance runs one process, so a dict is enough; a restart logs everyone out. The
+table is bounded so that a flood of logins cannot grow memory without end.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections import OrderedDict, deque
+from collections import OrderedDict
 
 import attrs
 
@@ -74,45 +74,3 @@ class SessionStore:
             if now - oldest.last_seen <= self.idle_timeout:
                 break
             del self._sessions[oldest.id]
-
-
-class LoginThrottle:
-    """After `max_failures` failed logins from one address within `window` seconds, that
-    address may not try again until the oldest of those failures is `window` old."""
-
-    def __init__(
-        self, clock, max_failures: int = 5, window: float = 10 * 60, max_addresses: int = 10_000
-    ):
-        self._clock = clock
-        self.max_failures = max_failures
-        self.window = window
-        self._max = max_addresses
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-
-    def _recent(self, address: str) -> deque[float] | None:
-        failures = self._failures.get(address)
-        if failures is None:
-            return None
-        horizon = self._clock.seconds() - self.window
-        while failures and failures[0] <= horizon:
-            failures.popleft()
-        if not failures:
-            del self._failures[address]
-            return None
-        return failures
-
-    def blocked(self, address: str) -> bool:
-        failures = self._recent(address)
-        return failures is not None and len(failures) >= self.max_failures
-
-    def failed(self, address: str) -> None:
-        failures = self._recent(address)
-        if failures is None:
-            while len(self._failures) >= self._max:
-                self._failures.popitem(last=False)
-            failures = self._failures[address] = deque(maxlen=self.max_failures)
-        failures.append(self._clock.seconds())
-        self._failures.move_to_end(address)
-
-    def succeeded(self, address: str) -> None:
-        self._failures.pop(address, None)

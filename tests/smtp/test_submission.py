@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
+from atollon_mail.auth import ADDRESS_LIMIT, LOGIN_LIMIT, Authenticator
 from atollon_mail.interfaces import ISubmissionPolicy
 from atollon_mail.smtp import submission
 from atollon_mail.smtp.server import SMTPServerFactory
@@ -30,6 +31,7 @@ TLS_OPTIONS = object()  # the protocol only hands it to transport.startTLS
 OTHER_PEER = "203.0.113.9"
 GREETING = f"220 {HOSTNAME} ESMTP atollon-mail"
 THROTTLED = "421 4.7.0 Too many failed authentications, try again later"
+AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
 BODY = b"From: Alice <alice@example.com>\r\nSubject: test\r\n\r\nHello.\r\n"
 
 
@@ -46,13 +48,17 @@ def plain(login: str, password: str, authzid: str = "") -> str:
 
 
 def make_factory(policy=None, implicit_tls=False, settings=None, tls_options=TLS_OPTIONS):
+    policy = policy if policy is not None else FakeSubmissionPolicy()
+    clock = Clock()
     return SubmissionFactory(
-        policy if policy is not None else FakeSubmissionPolicy(),
+        policy,
         HOSTNAME,
         settings or make_settings(),
-        Clock(),
+        clock,
         tls_options,
         implicit_tls=implicit_tls,
+        # The fake's authenticate stands for the argon2 check; the throttle is the real one.
+        authenticator=Authenticator(policy.authenticate, clock),
     )
 
 
@@ -78,7 +84,7 @@ def logged_in(factory=None, peer=UNTRUSTED_PEER) -> SubmissionSession:
     return session
 
 
-def fail_login(factory, peer=UNTRUSTED_PEER) -> list[str]:
+def fail_login(factory, peer=UNTRUSTED_PEER, login="alice") -> list[str]:
     """One connection with one wrong password; the replies to the AUTH."""
     session = connect(factory, peer)
     if session.closed:
@@ -86,7 +92,7 @@ def fail_login(factory, peer=UNTRUSTED_PEER) -> list[str]:
     session.ehlo()
     session.command("STARTTLS")
     session.ehlo()
-    return session.command(f"AUTH PLAIN {plain('alice', 'wrong')}")
+    return session.command(f"AUTH PLAIN {plain(login, 'wrong')}")
 
 
 class FactoryTests(unittest.TestCase):
@@ -355,7 +361,8 @@ class AuthTests(unittest.TestCase):
             self.session.command(f"AUTH PLAIN {plain('alice', 'secret')}"),
             ["454 4.7.0 Temporary authentication failure, try again later"],
         )
-        self.assertEqual(len(self.session.factory.auth_throttle), 0)
+        self.assertEqual(len(self.session.factory.authenticator.by_address), 0)
+        self.assertEqual(len(self.session.factory.authenticator.by_login), 0)
         self.assert_not_logged_in()
         self.flushLoggedErrors(LookupUnavailable)
 
@@ -412,33 +419,57 @@ class AuthTests(unittest.TestCase):
 
 
 class ThrottleTests(unittest.TestCase):
+    """LOGIN_LIMIT (5) attempts at one login from one address block that login from that
+    address; ADDRESS_LIMIT (20) attempts from one address block the address."""
+
     def setUp(self):
         self.factory = make_factory()
         self.clock = self.factory.clock
         self.policy = self.factory.policy
+        self.policy.add_user("bob", "hunter2", ("bob@example.com",))
 
-    def block(self, peer=UNTRUSTED_PEER):
-        for _ in range(4):
-            self.assertEqual(
-                fail_login(self.factory, peer), ["535 5.7.8 Authentication credentials invalid"]
-            )
-        return fail_login(self.factory, peer)
+    def block_login(self, peer=UNTRUSTED_PEER, login="alice"):
+        for _ in range(LOGIN_LIMIT - 1):
+            self.assertEqual(fail_login(self.factory, peer, login), [AUTH_FAILED])
+        return fail_login(self.factory, peer, login)
+
+    def block_address(self, peer=UNTRUSTED_PEER):
+        """ADDRESS_LIMIT failures, each at another login (no login is blocked by itself)."""
+        for number in range(ADDRESS_LIMIT - 1):
+            self.assertEqual(fail_login(self.factory, peer, f"user{number}"), [AUTH_FAILED])
+        return fail_login(self.factory, peer, "last")
+
+    def auth(self, peer=UNTRUSTED_PEER, login="alice", password="secret", factory=None):
+        session = secured(factory or self.factory, peer)
+        return session.command(f"AUTH PLAIN {plain(login, password)}")
 
     def test_fifth_failure_disconnects(self):
         session = secured(self.factory)
         for _ in range(4):
             self.assertEqual(codes(session.command(f"AUTH PLAIN {plain('alice', 'x')}")), ["535"])
         self.assertEqual(
-            session.command(f"AUTH PLAIN {plain('alice', 'x')}"),
-            ["535 5.7.8 Authentication credentials invalid", THROTTLED],
+            session.command(f"AUTH PLAIN {plain('alice', 'x')}"), [AUTH_FAILED, THROTTLED]
         )
         self.assertTrue(session.closed)
 
     def test_failures_count_across_connections(self):
-        self.assertEqual(self.block(), ["535 5.7.8 Authentication credentials invalid", THROTTLED])
+        self.assertEqual(self.block_login(), [AUTH_FAILED, THROTTLED])
+        calls = len(self.policy.auth_calls)
+        self.assertEqual(self.auth(), [THROTTLED])  # not even the right password
+        self.assertEqual(len(self.policy.auth_calls), calls)
+
+    def test_a_blocked_login_leaves_other_logins_from_the_same_address(self):
+        # Behind one NAT or proxy, an attacker guessing alice does not lock out bob.
+        self.block_login()
+        self.assertEqual(connect(self.factory).replies(), [GREETING])
+        self.assertEqual(codes(self.auth(login="bob", password="hunter2")), ["235"])
+        self.assertEqual(codes(self.auth(OTHER_PEER)), ["235"])  # nor alice elsewhere
+
+    def test_twentieth_failure_blocks_the_address(self):
+        self.assertEqual(self.block_address(), [AUTH_FAILED, THROTTLED])
 
     def test_new_connection_from_a_blocked_address_is_refused(self):
-        self.block()
+        self.block_address()
         timers = len(self.clock.getDelayedCalls())
         session = connect(self.factory)
         self.assertEqual(session.replies(), [THROTTLED])  # no greeting
@@ -447,16 +478,16 @@ class ThrottleTests(unittest.TestCase):
         self.assertEqual(session.send(b"EHLO x\r\n"), [])
 
     def test_other_address_is_not_affected(self):
-        self.block()
+        self.block_address()
         session = connect(self.factory, OTHER_PEER)
         self.assertEqual(session.replies(), [GREETING])
         logged_in(self.factory, OTHER_PEER)
 
     def test_open_connection_is_refused_at_auth(self):
         early = secured(self.factory)
-        self.block()
+        self.block_address()
         calls = len(self.policy.auth_calls)
-        self.assertEqual(early.command(f"AUTH PLAIN {plain('alice', 'secret')}"), [THROTTLED])
+        self.assertEqual(early.command(f"AUTH PLAIN {plain('bob', 'hunter2')}"), [THROTTLED])
         self.assertTrue(early.closed)
         self.assertEqual(len(self.policy.auth_calls), calls)  # not even the right password
 
@@ -465,6 +496,13 @@ class ThrottleTests(unittest.TestCase):
             fail_login(self.factory)
             self.clock.advance(100)
         fail_login(self.factory)  # at t=400
+        self.clock.advance(599)
+        self.assertEqual(self.auth(), [THROTTLED])
+        self.clock.advance(1)
+        logged_in(self.factory)
+
+    def test_blocked_address_released_ten_minutes_after_its_last_failure(self):
+        self.block_address()
         self.clock.advance(599)
         self.assertEqual(connect(self.factory).replies(), [THROTTLED])
         self.clock.advance(1)
@@ -477,28 +515,40 @@ class ThrottleTests(unittest.TestCase):
             self.clock.advance(150)
         logged_in(self.factory)
 
-    def test_a_successful_login_does_not_reset_the_count(self):
+    def test_a_successful_login_resets_that_login_but_not_the_address(self):
         for _ in range(4):
             fail_login(self.factory)
-        logged_in(self.factory, OTHER_PEER)
-        logged_in(self.factory)  # the right password is still accepted below the limit
-        self.assertEqual(fail_login(self.factory)[-1], THROTTLED)
+        logged_in(self.factory)  # the right password: alice starts afresh from here
+        for _ in range(4):
+            self.assertEqual(fail_login(self.factory), [AUTH_FAILED])
+        # The address keeps all 8 failures: an attacker logging in to an account of its
+        # own between guesses does not get a fresh allowance.
+        for number in range(ADDRESS_LIMIT - 9):
+            self.assertEqual(fail_login(self.factory, login=f"user{number}"), [AUTH_FAILED])
+        self.assertEqual(fail_login(self.factory, login="last"), [AUTH_FAILED, THROTTLED])
+        self.assertEqual(connect(self.factory).replies(), [THROTTLED])
 
     def test_parallel_attempts_count_against_the_limit(self):
         self.policy.hold_auth = True
         sessions = [secured(self.factory) for _ in range(5)]
         for session in sessions:
             self.assertEqual(session.command(f"AUTH PLAIN {plain('alice', 'x')}"), [])
-        late = secured(self.factory)
-        self.assertEqual(late.command(f"AUTH PLAIN {plain('alice', 'x')}"), [THROTTLED])
+        self.assertEqual(self.auth(), [THROTTLED])  # the right password, in the same burst
         self.assertEqual(len(self.policy.auth_calls), 5)
-        # another address still gets its turn
-        other = secured(self.factory, OTHER_PEER)
-        self.assertEqual(other.command(f"AUTH PLAIN {plain('alice', 'secret')}"), [])
+        # another address still gets its turn, and so does another login from this one
+        self.assertEqual(self.auth(OTHER_PEER), [])
+        self.assertEqual(self.auth(login="bob", password="hunter2"), [])
         for pending in self.policy.pending_auths[:5]:
             pending.fire()
         self.assertEqual(sessions[-1].replies()[-1], THROTTLED)
-        self.assertEqual(connect(self.factory).replies(), [THROTTLED])
+        self.assertEqual(self.auth(), [THROTTLED])
+
+    def test_parallel_attempts_at_many_logins_count_against_the_address(self):
+        self.policy.hold_auth = True
+        for number in range(ADDRESS_LIMIT):
+            self.assertEqual(self.auth(login=f"user{number}", password="x"), [])
+        self.assertEqual(self.auth(login="bob", password="hunter2"), [THROTTLED])
+        self.assertEqual(len(self.policy.auth_calls), ADDRESS_LIMIT)
 
     def test_a_disconnected_attempt_still_counts(self):
         self.policy.hold_auth = True
@@ -506,9 +556,10 @@ class ThrottleTests(unittest.TestCase):
         session.command(f"AUTH PLAIN {plain('alice', 'x')}")
         session.protocol.connectionLost(None)
         self.policy.pending_auths[0].fire()
-        self.assertEqual(len(self.factory.auth_throttle), 1)
+        self.assertEqual(len(self.factory.authenticator.by_address), 1)
+        self.assertEqual(len(self.factory.authenticator.by_login), 1)
 
-    def test_factories_can_share_the_table(self):
+    def test_factories_can_share_the_authenticator(self):
         starttls = make_factory()
         implicit = SubmissionFactory(
             starttls.policy,
@@ -517,37 +568,40 @@ class ThrottleTests(unittest.TestCase):
             starttls.clock,
             TLS_OPTIONS,
             implicit_tls=True,
-            auth_throttle=starttls.auth_throttle,
+            authenticator=starttls.authenticator,
         )
         for _ in range(5):
             fail_login(starttls)
-        self.assertEqual(connect(implicit).replies(), [THROTTLED])
+        session = connect(implicit)
+        session.ehlo()
+        self.assertEqual(session.command(f"AUTH PLAIN {plain('alice', 'secret')}"), [THROTTLED])
 
     def test_ipv6_is_counted_per_64(self):
-        self.block("2001:db8::1")
+        self.block_address("2001:db8::1")
         self.assertEqual(connect(self.factory, "2001:db8::ffff").replies(), [THROTTLED])
         self.assertEqual(connect(self.factory, "2001:db8:0:1::1").replies(), [GREETING])
 
-    def test_table_is_bounded(self):
-        throttle = self.factory.auth_throttle
-        throttle.max_clients = 3
+    def test_tables_are_bounded(self):
+        authenticator = self.factory.authenticator
+        authenticator.by_address.max_keys = authenticator.by_login.max_keys = 3
         peers = [f"192.0.2.{number}" for number in range(1, 6)]
         for peer in peers:
             for _ in range(4):
                 fail_login(self.factory, peer)
-        self.assertEqual(len(throttle), 3)
+        self.assertEqual(len(authenticator.by_address), 3)
+        self.assertEqual(len(authenticator.by_login), 3)
         # the oldest entries went first: 192.0.2.1 starts afresh, 192.0.2.5 does not
         self.assertEqual(codes(fail_login(self.factory, peers[0])), ["535"])
         self.assertEqual(fail_login(self.factory, peers[4])[-1], THROTTLED)
-        self.assertEqual(len(throttle), 3)
+        self.assertEqual(len(authenticator.by_address), 3)
 
     def test_expired_entries_are_dropped(self):
         for number in range(1, 50):
             fail_login(self.factory, f"192.0.2.{number}")
-        self.assertEqual(len(self.factory.auth_throttle), 49)
+        self.assertEqual(len(self.factory.authenticator.by_address), 49)
         self.clock.advance(600)
         fail_login(self.factory, OTHER_PEER)
-        self.assertEqual(len(self.factory.auth_throttle), 1)
+        self.assertEqual(len(self.factory.authenticator.by_address), 1)
 
 
 class SenderTests(unittest.TestCase):

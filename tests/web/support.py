@@ -16,6 +16,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
 from atollon_mail.passwords import hash_password
+from atollon_mail.web.bodylimit import BodyLimitedRequest
 
 
 @functools.cache
@@ -116,7 +117,8 @@ class ServedWebMixin:
     default_login = ("admin", "admin-secret")
 
     def serve(self, root) -> None:
-        port = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+        site = Site(root, requestFactory=BodyLimitedRequest)  # as the appliance serves it
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port
         # Agent keeps connections alive: close them before the reactor is checked for leaks.

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import datetime
 import re
-from types import SimpleNamespace
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from atollon_mail.config import parse_config
 from atollon_mail.store import mailboxes
 from atollon_mail.store import queries as q
 from atollon_mail.store.records import DeliveryResult, OutgoingMessage
@@ -68,10 +68,7 @@ class QueuePagesTests(ServedWebMixin, StoreFixtureMixin):
         self.waiting_id = self._queue_id("new@remote.example")
         clock = Clock()
         clock.advance(1_000_000)
-        config = SimpleNamespace(
-            appliance=SimpleNamespace(hostname="mail.example.com"),
-            web=SimpleNamespace(session_idle_timeout=30 * 60),
-        )
+        config = parse_config("[appliance]\nhostname = mail.example.com\n")
         root = build_web_root(self.store, config, reactor, clock=clock)
         self.serve(root)
 

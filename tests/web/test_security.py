@@ -9,8 +9,10 @@ from types import SimpleNamespace
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
+from atollon_mail.auth import LOGIN_LIMIT, build_authenticator
 from atollon_mail.config import parse_config
 from atollon_mail.store import queries as q
 from atollon_mail.store.domains import record_dns_check
@@ -20,6 +22,7 @@ from atollon_mail.web import build_web_root
 from atollon_mail.web.app import cookie_header
 from atollon_mail.web.sessions import SESSION_COOKIE
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
+from tests.test_auth import CountingPool
 from tests.web.support import Browser, ServedWebMixin, _hash  # noqa: F401 (others import them here)
 
 T0 = datetime.datetime(2030, 1, 1, 12, 0, 0)
@@ -71,7 +74,14 @@ class WebSecurityTests(ServedWebMixin, StoreFixtureMixin):
         self.clock = Clock()
         self.clock.advance(1_000_000)
         config = parse_config("[appliance]\nhostname = mail.example.com\n")
-        root = build_web_root(self.store, config, reactor, clock=self.clock)
+        # As the appliance builds it: argon2 in a pool of CPU workers (this one counts).
+        self.workers = CountingPool()
+        self.workers.start()
+        self.addCleanup(self.workers.stop)
+        authenticator = build_authenticator(self.store, reactor, self.workers, self.clock)
+        root = build_web_root(
+            self.store, config, reactor, clock=self.clock, authenticator=authenticator
+        )
         self.app = root.app
         self.serve(root)
 
@@ -194,6 +204,139 @@ class WebSecurityTests(ServedWebMixin, StoreFixtureMixin):
         self.clock.advance(10 * 60 + 1)
         allowed = yield browser.login("admin", "admin-secret")
         self.assertEqual(allowed.status, 303)
+
+    @defer.inlineCallbacks
+    def test_parallel_wrong_logins_then_the_right_one_are_refused(self):
+        browser = self.browser()
+        form = yield browser.get("/login")
+        fields = {"login": "admin", "csrf_token": form.csrf()}
+        burst = [
+            browser.post("/login", {**fields, "password": f"guess-{number}"})
+            for number in range(100)
+        ]
+        burst.append(browser.post("/login", {**fields, "password": "admin-secret"}))
+        answers = yield defer.gatherResults(burst)
+        right = answers[-1]
+        self.assertEqual(right.status, 429)
+        self.assertIn("Too many failed attempts", right.text)
+        self.assertNotIn(SESSION_COOKIE, browser.cookies)
+        statuses = [answer.status for answer in answers[:-1]]
+        self.assertEqual(statuses.count(200), LOGIN_LIMIT)  # the guesses checked
+        self.assertEqual(statuses.count(429), 100 - LOGIN_LIMIT)
+        self.assertEqual(self.workers.jobs, LOGIN_LIMIT)  # argon2 checks that ran
+
+    @defer.inlineCallbacks
+    def test_a_locked_login_leaves_other_logins_from_the_same_address(self):
+        # Everyone behind one reverse proxy has the same address: one attacker guessing
+        # admin's password must not lock bob out.
+        attacker = self.browser()
+        for _ in range(LOGIN_LIMIT):
+            failed = yield attacker.login("admin", "wrong")
+            self.assertEqual(failed.status, 200)
+        locked = yield attacker.login("admin", "admin-secret")
+        self.assertEqual(locked.status, 429)
+        bob = self.browser()
+        allowed = yield bob.login("bob", "bob-secret")
+        self.assertEqual(allowed.status, 303)
+        self.assertIn(SESSION_COOKIE, bob.cookies)
+
+    @defer.inlineCallbacks
+    def test_guesses_on_the_web_count_for_smtp_auth_too(self):
+        from atollon_mail.smtp.submission import SubmissionFactory
+        from tests.smtp.fakes import FakeSubmissionPolicy, make_settings
+        from tests.smtp.test_submission import THROTTLED, plain, secured
+
+        # The appliance gives both the same authenticator (see tap.py).
+        factory = SubmissionFactory(
+            FakeSubmissionPolicy(),
+            "mail.example.com",
+            make_settings(),
+            self.clock,
+            object(),
+            authenticator=self.app.authenticator,
+        )
+        for _ in range(LOGIN_LIMIT):
+            yield self.browser().login("admin", "wrong")
+        session = secured(factory, "127.0.0.1")
+        reply = session.command(f"AUTH PLAIN {plain('admin', 'admin-secret')}")
+        self.assertEqual(reply, [THROTTLED])
+        self.assertEqual(self.workers.jobs, LOGIN_LIMIT)
+
+    @defer.inlineCallbacks
+    def test_login_redirects_never_leave_the_site(self):
+        browser = self.browser()
+        queries = ("/%09/host", "//host", "/%5Chost", "/%5C%5Chost", "%5C%5Chost", "/%0A/host")
+        for query in queries:
+            form = yield browser.get(f"/login?next={query}")
+            self.assertIn('name="next" value="/"', form.text, query)
+        yield browser.login("admin", "admin-secret")
+        for query in (*queries, "https://evil.example/", "/%E2%80%8B/host", "/%255Chost"):
+            response = yield browser.get(f"/login?next={query}")
+            self.assertEqual(response.header("location"), "/", query)
+        kept = yield browser.get("/login?next=/mail/box%3Faddress%3Dbob%2540example.com")
+        self.assertEqual(kept.header("location"), "/mail/box?address=bob%40example.com")
+
+    @defer.inlineCallbacks
+    def test_login_form_next_never_leaves_the_site(self):
+        for target in ("/\t/host", "/\\host", "\\\\host", "/\r\n/host", " //host", "/%5Chost"):
+            browser = self.browser()
+            form = yield browser.get("/login")
+            fields = {"login": "admin", "password": "admin-secret", "csrf_token": form.csrf()}
+            response = yield browser.post("/login", {**fields, "next": target})
+            self.assertEqual(response.status, 303, repr(target))
+            self.assertEqual(response.header("location"), "/", repr(target))
+
+    # --- numbers in addresses -----------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_huge_or_odd_numbers_answer_400_or_404_and_log_nothing_critical(self):
+        critical = []
+
+        def observe(event):
+            if event.get("log_level") == LogLevel.critical:
+                critical.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        huge = "99999999999999999999"
+        admin = self.browser()
+        yield admin.login("admin", "admin-secret")
+        bob = self.browser()
+        yield bob.login("bob", "bob-secret")
+        expected = {
+            f"/queue?page={huge}": 400,
+            "/queue?page=999999999999999999": 400,
+            "/queue?page=%C2%B2": 400,  # "²" is a digit to str.isdigit, not to int()
+            f"/queue/message?id={huge}": 404,
+            f"/mailboxes?page={huge}": 400,
+            "/mailboxes?page=%C2%B2": 400,
+            f"/group?id={huge}": 404,
+            "/group?id=%C2%B2": 404,
+            "/group?id=9223372036854775808": 404,  # 2**63: one past the database's largest
+            f"/campaign?id={huge}": 404,
+            f"/campaign/recipients?id={huge}": 404,
+            f"/campaign/status.json?id={huge}": 404,
+        }
+        for path, status in expected.items():
+            response = yield admin.get(path)
+            self.assertEqual(response.status, status, path)
+        for path, status in {
+            f"/mail/box?address=bob@example.com&page={huge}": 400,
+            "/mail/box?address=bob@example.com&page=%C2%B2": 400,
+            f"/mail/message?address=bob@example.com&id={huge}": 404,
+            "/mail/message?address=bob@example.com&id=%C2%B2": 404,
+        }.items():
+            response = yield bob.get(path)
+            self.assertEqual(response.status, status, path)
+        self.assertEqual(critical, [])
+
+    @defer.inlineCallbacks
+    def test_health_sends_nosniff(self):
+        response = yield self.browser().get("/health")
+        self.assertEqual(response.header("x-content-type-options"), "nosniff")
+        refused = yield self.browser().request("POST", "/health")
+        self.assertEqual(refused.status, 405)
+        self.assertEqual(refused.header("x-content-type-options"), "nosniff")
 
     # --- CSRF ---------------------------------------------------------------------------
 

@@ -1,0 +1,242 @@
+"""The one authenticator: every password the appliance is given (SMTP AUTH on 587 and 465,
+the web login) is checked here, against one throttle.
+
+The throttle counts failed logins and logins still being checked, under two keys:
+
+- per client address and login: `login_limit` (5) attempts at one login from one address
+  within `window` (10 minutes) block that login from that address;
+- per client address: `address_limit` (20) attempts from one address, all logins
+  together, block the address.
+
+So one attacker behind a reverse proxy or a NAT, where every user has the same address,
+locks out the login it guesses and not the others, until it has spent the address's larger
+allowance. Attempts in progress count like failures: a burst of parallel guesses gets no
+more argon2 checks than the limit, and a right password sent in the same burst is refused
+like the rest. A successful login forgets the failures of that login from that address,
+never those of the address (an attacker with an account of its own could reset its
+count). A check that could not be made (the store did not answer) is not counted.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import math
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from zope.interface import implementer
+
+from atollon_mail.interfaces import IAuthenticator
+from atollon_mail.passwords import hash_password, verify_password
+from atollon_mail.store import queries
+
+LOGIN_LIMIT = 5
+ADDRESS_LIMIT = 20
+WINDOW = 600.0  # seconds
+MAX_TRACKED = 10_000  # entries per table; the oldest go first
+MAX_LOGIN_KEY = 256  # characters of a login kept as a throttle key
+
+# Verified against when the login does not exist, so a wrong login costs as long as a
+# wrong password and the timing does not tell which logins exist.
+_UNKNOWN_USER_HASH = hash_password("no such user: this hash never verifies a real password")
+
+
+class Throttled(Exception):
+    """Too many recent or running attempts: refused without checking the password."""
+
+    def __init__(self, retry_after: float):
+        super().__init__(f"too many login attempts; try again in {math.ceil(retry_after)} s")
+        self.retry_after = retry_after
+
+
+def client_key(client: str | None) -> str:
+    """What a client's attempts are counted by: its address, or its /64 for IPv6.
+
+    One IPv6 host usually holds a whole /64, so counting single addresses would give it
+    2**64 fresh starts (and let it flush the bounded table). An IPv4 address mapped into
+    IPv6 counts as the IPv4 address.
+    """
+    if not client:
+        return "unknown"
+    try:
+        ip = ipaddress.ip_address(client)
+    except ValueError:
+        return client[:MAX_LOGIN_KEY]
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+def login_key(login: str) -> str:
+    """A login as the store finds it (case and surrounding spaces do not matter)."""
+    return login.strip().lower()[:MAX_LOGIN_KEY]
+
+
+class FailureTable:
+    """Failures and attempts in progress per key: `limit` of them within `window` seconds
+    block the key until `window` seconds after its last failure.
+
+    Entries are kept in the order of their last failure, which is also the order they
+    expire in, so dropping expired ones and, beyond `max_keys`, the oldest costs O(1).
+    """
+
+    def __init__(self, clock: Any, limit: int, window: float, max_keys: int = MAX_TRACKED):
+        self.clock = clock
+        self.limit = limit
+        self.window = window
+        self.max_keys = max_keys
+        self._failures: collections.OrderedDict[Hashable, collections.deque[float]] = (
+            collections.OrderedDict()
+        )
+        self._in_flight: dict[Hashable, int] = {}
+
+    def __len__(self) -> int:
+        """How many keys have failures on record."""
+        return len(self._failures)
+
+    def _recent(self, key: Hashable) -> collections.deque[float] | None:
+        failures = self._failures.get(key)
+        if failures is not None and self.clock.seconds() >= failures[-1] + self.window:
+            del self._failures[key]
+            return None
+        return failures
+
+    def blocked(self, key: Hashable) -> bool:
+        failures = self._recent(key)
+        return (
+            failures is not None
+            and len(failures) >= self.limit
+            and failures[-1] - failures[0] < self.window
+        )
+
+    def retry_after(self, key: Hashable) -> float:
+        """Seconds until the key may try again (the whole window while attempts run)."""
+        failures = self._recent(key)
+        if failures is not None and self.blocked(key):
+            return failures[-1] + self.window - self.clock.seconds()
+        return self.window
+
+    def may_attempt(self, key: Hashable) -> bool:
+        if self.blocked(key):
+            return False
+        failures = self._recent(key)
+        since = self.clock.seconds() - self.window
+        recent = sum(1 for when in failures if when > since) if failures else 0
+        return recent + self._in_flight.get(key, 0) < self.limit
+
+    def in_flight(self, key: Hashable) -> int:
+        return self._in_flight.get(key, 0)
+
+    def started(self, key: Hashable) -> None:
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+
+    def finished(self, key: Hashable, failed: bool) -> None:
+        left = self._in_flight.get(key, 0) - 1
+        if left > 0:
+            self._in_flight[key] = left
+        else:
+            self._in_flight.pop(key, None)
+        if failed:
+            self._record_failure(key)
+
+    def forget(self, key: Hashable) -> None:
+        self._failures.pop(key, None)
+
+    def _record_failure(self, key: Hashable) -> None:
+        now = self.clock.seconds()
+        failures = self._failures.pop(key, None)
+        if failures is None:
+            failures = collections.deque(maxlen=self.limit)
+        failures.append(now)
+        self._failures[key] = failures
+        while self._failures:
+            oldest = next(iter(self._failures.values()))
+            if now < oldest[-1] + self.window:
+                break
+            self._failures.popitem(last=False)
+        while len(self._failures) > self.max_keys:
+            self._failures.popitem(last=False)
+
+
+CheckPassword = Callable[[str, str], "defer.Deferred[Any]"]
+
+
+class PasswordChecker:
+    """The password check itself: the user's argon2id hash from the store, verified in the
+    CPU worker pool (never on the reactor thread)."""
+
+    def __init__(self, store: Any, reactor: Any, threadpool: Any):
+        self._store = store
+        self._reactor = reactor
+        self._threadpool = threadpool
+
+    @defer.inlineCallbacks
+    def check(self, login: str, password: str):
+        """Deferred firing with the UserRecord, or None when the credentials are wrong."""
+        found = yield self._store.run(queries.authenticate_lookup, login)
+        user, password_hash = found if found is not None else (None, _UNKNOWN_USER_HASH)
+        valid = yield deferToThreadPool(
+            self._reactor, self._threadpool, verify_password, password_hash, password
+        )
+        return user if (valid and user is not None) else None
+
+
+@implementer(IAuthenticator)
+class Authenticator:
+    """A password check (`check(login, password)`, normally PasswordChecker.check) behind
+    the throttle described at the top of this module."""
+
+    def __init__(
+        self,
+        check: CheckPassword,
+        clock: Any,
+        login_limit: int = LOGIN_LIMIT,
+        address_limit: int = ADDRESS_LIMIT,
+        window: float = WINDOW,
+        max_tracked: int = MAX_TRACKED,
+    ):
+        self._check = check
+        self.clock = clock
+        self.window = window
+        self.by_address = FailureTable(clock, address_limit, window, max_tracked)
+        self.by_login = FailureTable(clock, login_limit, window, max_tracked)
+
+    def blocked(self, client: str | None) -> bool:
+        return self.by_address.blocked(client_key(client))
+
+    def login_blocked(self, client: str | None, login: str) -> bool:
+        return self.by_login.blocked((client_key(client), login_key(login)))
+
+    def authenticate(self, client: str | None, login: str, password: str) -> defer.Deferred:
+        address = client_key(client)
+        pair = (address, login_key(login))
+        for table, key in ((self.by_address, address), (self.by_login, pair)):
+            if not table.may_attempt(key):
+                return defer.fail(Throttled(table.retry_after(key)))
+        self.by_address.started(address)
+        self.by_login.started(pair)
+
+        def checked(user):
+            self.by_address.finished(address, failed=user is None)
+            self.by_login.finished(pair, failed=user is None)
+            if user is not None:
+                self.by_login.forget(pair)
+            return user
+
+        def unchecked(failure):
+            self.by_address.finished(address, failed=False)
+            self.by_login.finished(pair, failed=False)
+            return failure
+
+        return defer.maybeDeferred(self._check, login, password).addCallbacks(checked, unchecked)
+
+
+def build_authenticator(store: Any, reactor: Any, threadpool: Any, clock: Any = None):
+    """The appliance's authenticator: argon2 in `threadpool`, the default limits."""
+    checker = PasswordChecker(store, reactor, threadpool)
+    return Authenticator(checker.check, clock if clock is not None else reactor)
