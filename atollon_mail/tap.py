@@ -188,7 +188,7 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
 
     writers = 1 if is_sqlite(store.database) else 2
     srs = SRS(load_or_create_srs_secret(config.delivery.srs_secret, config.appliance.data_dir))
-    intake = Intake(store, concurrent_batches=writers, clock=reactor, srs=srs)
+    intake = Intake(store, concurrent_batches=writers, clock=reactor, srs=srs, workers=workers)
     runner = DeliveryRunner(
         store,
         intake,
