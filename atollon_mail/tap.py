@@ -196,7 +196,7 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
         config.delivery,
         config.appliance.hostname,
         reactor,
-        signer=DkimSigner(store, reactor, workers),
+        signer=DkimSigner(store, reactor, workers, config.delivery.dkim_key_retention),
     )
     intake.on_queued = runner.queued
     runner.setServiceParent(appliance)
