@@ -12,7 +12,6 @@ import attrs
 from atollon_mail.cli import PROGRAM, Refused, _out, _table
 from atollon_mail.config import default_config_path, load_config
 from atollon_mail.store import domains
-from atollon_mail.store.models import utc_now
 from atollon_mail.store.records import PublishedKey
 
 
@@ -93,7 +92,7 @@ def _dkim_activate(store, args) -> None:
     result = check_dkim_key(published, Lookups.using(config.delivery.nameservers))
     if result.status != PASS:
         raise Refused(f"{key.selector} is not activated: {result.reason}")
-    activation = store.run_sync(domains.activate_dkim_key, key.domain, key.selector, utc_now())
+    activation = store.run_sync(domains.activate_dkim_key, key.domain, key.selector)
     _out(
         f"mail from {key.domain} is signed with {key.selector} ({key.algorithm}) from now on "
         "(a running server picks it up within a minute)"

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import attrs
 
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
-from atollon_mail.store.models import DkimKey, DnsCheck, Domain, Mailbox, User
+from atollon_mail.store.models import DkimKey, DnsCheck, Domain, Mailbox, User, utc_now
 from atollon_mail.store.queries import (
     _create,
     _dkim_key_record,
@@ -142,10 +142,13 @@ def dkim_key(name: str, selector: str) -> DkimKeyRecord:
     return _dkim_key_record(_get_key(domain, selector), domain.name)
 
 
-def activate_dkim_key(name: str, selector: str, now: datetime.datetime) -> DkimActivation:
+def activate_dkim_key(
+    name: str, selector: str, now: datetime.datetime | None = None
+) -> DkimActivation:
     """Make a pending (or retired) key the one its domain signs with for its algorithm;
-    the key that signed until now is retired at now (published on for the retention,
-    then removed by remove_retired_dkim_keys)."""
+    the key that signed until now is retired at now (default: the current time; it is
+    published on for the retention, then removed by remove_retired_dkim_keys)."""
+    now = utc_now() if now is None else now
     domain = _get_domain(name)
     key = _get_key(domain, selector)
     if key.active:
