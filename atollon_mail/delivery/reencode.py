@@ -31,6 +31,8 @@ from email.generator import BytesGenerator
 from email.message import Message
 from io import BytesIO
 
+from atollon_mail.smtp.client import normalize_line_endings
+
 MAX_LINE = 998  # octets, without the CRLF (RFC 5322 2.1.1, RFC 5321 4.5.3.1.6)
 
 # Each led by the LF that starts the line, so the engine jumps from LF to LF (25 MB in
@@ -156,10 +158,12 @@ def fit_line_length(raw: bytes) -> bytes:
     raw with every line at most 998 octets: raw itself when it has no longer line, else
     with the parts holding one re-encoded (quoted-printable for text, base64 for the
     rest). Raises UnencodableMessage when that cannot be done without breaking a
-    signature or MIME (see the module's note). raw has CRLF lines, as received.
+    signature or MIME (see the module's note). A re-encoded message has CRLF lines.
     """
     if not has_long_line(raw):
         return raw
+    # As the SMTP client will send it: CRLF lines (what comes from SMTP has them already).
+    raw = normalize_line_endings(raw)
     end = _header_end(raw)
     head, body = raw[:end], raw[end:]
     names = _header_names(head)
