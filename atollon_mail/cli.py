@@ -10,6 +10,7 @@ exit status 1; bad usage is argparse's exit status 2.
 from __future__ import annotations
 
 import argparse
+import datetime
 import getpass
 import importlib
 import importlib.metadata
@@ -25,6 +26,7 @@ import peewee
 from atollon_mail import passwords
 from atollon_mail.config import ConfigError, default_config_path, load_config
 from atollon_mail.store import migrations, queries
+from atollon_mail.store.domains import all_dkim_keys
 from atollon_mail.store.errors import StoreError
 from atollon_mail.store.models import QUEUE_STATES, utc_now
 from atollon_mail.store.pool import Store
@@ -466,6 +468,13 @@ def _dkim_generate(store: Store, args) -> None:
     _out(f"added DKIM key {key.selector} for {key.domain} ({key.algorithm})")
     _out(f"publish this TXT record in the DNS of {key.domain}:")
     _out(dkim.zone_record(key.selector, key.domain, key.algorithm, key.public_key))
+    if key.state == "pending":  # a key rotation: the domain signs with another key now
+        _out(
+            f"mail from {key.domain} is still signed with its current {key.algorithm} key; "
+            f"once the record is published, switch with: "
+            f"{PROGRAM} dkim activate {key.domain} {key.selector}"
+        )
+        return
     _out(
         f"mail from {key.domain} is signed with it from now on; "
         f"show the record again with: {PROGRAM} dkim show {key.domain}"
@@ -473,11 +482,19 @@ def _dkim_generate(store: Store, args) -> None:
 
 
 def _dkim_list(store: Store, args) -> None:
-    keys = store.run_sync(queries.dkim_keys)
-    # By domain; within one, newest first (the key that signs comes first).
-    ordered = sorted(keys, key=lambda key: key.domain)
-    rows = [(key.domain, key.selector, key.algorithm) for key in ordered]
-    _out(_table(("DOMAIN", "SELECTOR", "ALGORITHM"), rows))
+    keys = store.run_sync(all_dkim_keys)
+    retention = None
+    if any(key.state == "retired" for key in keys):
+        retention = load_config(args.config or default_config_path()).delivery.dkim_key_retention
+    rows = []
+    # By domain; within one, the signing keys first, newest first.
+    for key in keys:
+        state = key.state
+        if key.retired_at is not None and retention is not None:
+            until = key.retired_at + datetime.timedelta(seconds=retention)
+            state = f"retired, removed after {until:%Y-%m-%d %H:%M} UTC"
+        rows.append((key.domain, key.selector, key.algorithm, state))
+    _out(_table(("DOMAIN", "SELECTOR", "ALGORITHM", "STATE"), rows))
 
 
 def _dkim_show(store: Store, args) -> None:
@@ -486,7 +503,8 @@ def _dkim_show(store: Store, args) -> None:
     name = queries.normalize_domain_name(args.domain)
     if name not in {domain.name for domain in store.run_sync(queries.list_domains)}:
         raise Refused(f"no domain {name}; add it with: {PROGRAM} domain add {name}")
-    keys = store.run_sync(queries.dkim_keys, name)
+    # Every key: pending ones are to be published, retired ones kept a while.
+    keys = store.run_sync(all_dkim_keys, name)
     if not keys:
         raise Refused(f"{name} has no DKIM key; make one with: {PROGRAM} dkim generate {name}")
     for key in keys:
@@ -617,7 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--selector", help="the DNS label of the key (default: atollon)")
     generate.add_argument("--algorithm", choices=("rsa", "ed25519"), default="rsa")
     generate.set_defaults(handler=_dkim_generate)
-    dkim.add_parser("list", help="list the active keys").set_defaults(handler=_dkim_list)
+    dkim.add_parser(
+        "list", help="list the keys: signing (active), pending activation, retired"
+    ).set_defaults(handler=_dkim_list)
     show = dkim.add_parser("show", help="print the DNS records of a domain's keys")
     show.add_argument("domain", metavar="DOMAIN")
     show.set_defaults(handler=_dkim_show)

@@ -123,6 +123,7 @@ class DeliveryConfig:
     require_tls_domains: tuple[str, ...]
     connect_timeout: float
     srs_secret: str | None = None  # None: generated at first start, kept in data_dir
+    dkim_key_retention: float = 7 * 86400.0  # a replaced DKIM key is kept this long
 
 
 @attrs.frozen
@@ -449,6 +450,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "require_tls_domains": (_domains, ""),
         "connect_timeout": (_positive_duration, "30"),
         "srs_secret": (_optional_text, ""),
+        "dkim_key_retention": (_positive_duration, "7d"),
     },
     "dns": {
         "spf_include": (_optional_domain, ""),

@@ -36,7 +36,9 @@ class IMailIntake(Interface):
         Store raw (bytes, with our Received: header) for the resolved recipients.
 
         The Deferred fires with a StoredMessage only once the transaction holding the
-        message has committed; it fails if the message may not have been kept.
+        message has committed; it fails if the message may not have been kept. A failure
+        with smtp_code and enhanced_status (5xx) is a permanent refusal the server passes
+        on, e.g. a relayed message with a line over 998 octets that cannot be re-encoded.
         """
 
 
@@ -51,7 +53,8 @@ class ISubmissionPolicy(IMailIntake):
         Store an authenticated user's message: local recipients (Recipient records) are
         filed at once, remote recipients (address strings) queued, a copy filed in the
         Sent folder of the identity's mailbox. Fires with a SubmittedMessage only after the
-        transaction committed.
+        transaction committed. Lines over 998 octets are re-encoded first; a message where
+        that cannot be done fails with smtp_code 554 and enhanced_status 5.6.3.
         """
 
 

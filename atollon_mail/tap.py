@@ -326,7 +326,7 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
 
     writers = 1 if is_sqlite(store.database) else 2
     srs = SRS(load_or_create_srs_secret(config.delivery.srs_secret, config.appliance.data_dir))
-    intake = Intake(store, concurrent_batches=writers, clock=reactor, srs=srs)
+    intake = Intake(store, concurrent_batches=writers, clock=reactor, srs=srs, workers=workers)
     runner = DeliveryRunner(
         store,
         intake,
@@ -334,7 +334,7 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
         config.delivery,
         config.appliance.hostname,
         reactor,
-        signer=DkimSigner(store, reactor, workers),
+        signer=DkimSigner(store, reactor, workers, config.delivery.dkim_key_retention),
     )
     intake.on_queued = runner.queued
     runner.setServiceParent(appliance)

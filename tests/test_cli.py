@@ -763,10 +763,10 @@ class CliContractMixin(ConfiguredCli):
         self.assertEqual(
             self.ok("dkim", "list").lines,
             [
-                "DOMAIN        SELECTOR  ALGORITHM",
-                "acme.com      mail2030  rsa",
-                "acme.com      atollon   ed25519",
-                "beta.example  atollon   ed25519",
+                "DOMAIN        SELECTOR  ALGORITHM  STATE",
+                "acme.com      mail2030  rsa        active",
+                "acme.com      atollon   ed25519    active",
+                "beta.example  atollon   ed25519    active",
             ],
         )
         self.assertEqual(

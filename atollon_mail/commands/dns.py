@@ -1,15 +1,18 @@
-"""Admin commands: `dns records` (what a domain must publish) and `dns check` (whether it
-does, asked live of the configured resolvers)."""
+"""Admin commands: `dns records` (what a domain must publish), `dns check` (whether it
+does, asked live of the configured resolvers), and `dkim activate` (switch a domain to a
+new DKIM key once its record is published)."""
 
 from __future__ import annotations
 
+import datetime
 import json
 
 import attrs
 
-from atollon_mail.cli import Refused, _out, _table
+from atollon_mail.cli import PROGRAM, Refused, _out, _table
 from atollon_mail.config import default_config_path, load_config
 from atollon_mail.store import domains
+from atollon_mail.store.records import PublishedKey
 
 
 def _config(args):
@@ -73,6 +76,36 @@ def _check(store, args) -> None:
         )
 
 
+def _dkim_activate(store, args) -> None:
+    """Key rotation's last step. Refused unless the live DNS check of the new key passes:
+    a key receivers cannot find makes every signature fail. There is no override: the
+    check asks the resolvers this appliance uses, and a lookup that fails for a while is
+    a reason to try again later, not to sign with a key nobody can verify."""
+    from atollon_mail.dns.checks import PASS, check_dkim_key
+    from atollon_mail.dns.lookup import Lookups
+
+    config = _config(args)
+    key = store.run_sync(domains.dkim_key, args.domain, args.selector)
+    if key.state == "active":
+        raise Refused(f"the DKIM key {key.selector} of {key.domain} signs already")
+    published = PublishedKey(key.domain, key.selector, key.algorithm, key.public_key, key.state)
+    result = check_dkim_key(published, Lookups.using(config.delivery.nameservers))
+    if result.status != PASS:
+        raise Refused(f"{key.selector} is not activated: {result.reason}")
+    activation = store.run_sync(domains.activate_dkim_key, key.domain, key.selector)
+    _out(
+        f"mail from {key.domain} is signed with {key.selector} ({key.algorithm}) from now on "
+        "(a running server picks it up within a minute)"
+    )
+    retention = datetime.timedelta(seconds=config.delivery.dkim_key_retention)
+    for old in activation.retired:
+        _out(
+            f"{old.selector} is retired: keep its DNS record published until it is removed "
+            f"after {old.retired_at + retention:%Y-%m-%d %H:%M} UTC "
+            f"(see: {PROGRAM} dkim list)"
+        )
+
+
 def register(commands) -> None:
     dns = commands("dns", "the DNS records of the domains: what to publish, and whether it is")
     records = dns.add_parser(
@@ -93,3 +126,12 @@ def register(commands) -> None:
     check.add_argument("domain", metavar="DOMAIN")
     check.add_argument("--json", action="store_true", help="the results as JSON")
     check.set_defaults(handler=_check)
+    dkim = commands("dkim", "the DKIM keys outgoing mail is signed with")
+    activate = dkim.add_parser(
+        "activate",
+        help="sign with a new key (made by dkim generate) once DNS publishes it; the key "
+        "it replaces is kept for [delivery] dkim_key_retention",
+    )
+    activate.add_argument("domain", metavar="DOMAIN")
+    activate.add_argument("selector", metavar="SELECTOR")
+    activate.set_defaults(handler=_dkim_activate)

@@ -12,10 +12,12 @@ import email.header
 from collections.abc import Sequence
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from atollon_mail.delivery.reencode import fit_line_length
 from atollon_mail.delivery.srs import ExpiredAddress, ForgedAddress, SRSError, is_srs
 from atollon_mail.interfaces import IMailIntake, IStore
 from atollon_mail.store import forwarding, queries
@@ -115,6 +117,12 @@ def summarize_headers(raw: bytes) -> dict[str, str | None]:
     return summary
 
 
+def _fitted(outgoing: OutgoingMessage) -> OutgoingMessage:
+    """outgoing with no line over 998 octets (its headers, so its summary, unchanged)."""
+    raw = fit_line_length(outgoing.raw)
+    return outgoing if raw is outgoing.raw else attrs.evolve(outgoing, raw=raw)
+
+
 class GroupCommitter:
     """Writes items through one store operation that takes a batch and returns one result
     (or exception) per item; items arriving while a batch is written wait for the next."""
@@ -186,6 +194,12 @@ class Intake:
     sent elsewhere get an SRS envelope sender from `srs` (a delivery.srs.SRS; without
     one they keep the original sender). Bounces to our SRS addresses resolve to the
     original sender's address, which the SMTP server queues like any remote recipient.
+
+    Mail submitted here (by users, relay hosts, the web client) has its lines fitted to
+    998 octets before it is stored (delivery.reencode), so the stored copy, the Sent copy
+    and what is signed and sent are the same bytes; with `workers` (a thread pool, and
+    `clock` the reactor) that work runs there. Forwarded mail is someone else's message
+    and goes on as it came: re-encoding it would break its author's DKIM signature.
     """
 
     def __init__(
@@ -195,8 +209,10 @@ class Intake:
         on_queued=None,
         clock=None,
         srs=None,
+        workers=None,
     ):
         self._store = store
+        self._workers = workers
         # With a clock, the set of our domains is cached for DOMAIN_CACHE_SECONDS, so a
         # recipient in someone else's domain (relayed or refused mail) costs no query.
         self._clock = clock
@@ -382,7 +398,17 @@ class Intake:
     def submit(self, outgoing: OutgoingMessage) -> Deferred:
         """Store, file and queue an outgoing message; fires with a SubmittedMessage.
 
-        Local recipients that forward are expanded first, as for received mail."""
+        Its lines are fitted to 998 octets first (fails with reencode.UnencodableMessage,
+        a permanent refusal, when they cannot be). Local recipients that forward are
+        expanded first, as for received mail."""
+        if self._workers is not None and self._clock is not None:
+            fitted = deferToThreadPool(self._clock, self._workers, _fitted, outgoing)
+        else:
+            fitted = maybeDeferred(_fitted, outgoing)
+        fitted.addCallback(self._submit_fitted)
+        return fitted
+
+    def _submit_fitted(self, outgoing: OutgoingMessage) -> Deferred:
         if any(recipient.forwards for recipient in outgoing.local_recipients):
             planned = self._store.run(forwarding.expand_forwarding, outgoing.local_recipients)
             planned.addCallback(self._submit_forwarded, outgoing)

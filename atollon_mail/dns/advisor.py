@@ -195,12 +195,18 @@ class _Builder:
 
     def dkim(self) -> None:
         keys = self.subject.dkim_keys
+        purposes = {
+            "active": "the public key that signs mail from {domain}",
+            "pending": "the next key of {domain}; activate it once this is published",
+            "retired": "a replaced key of {domain}, kept until it is removed",
+        }
         for key in keys:
+            purpose = purposes.get(key.state, purposes["active"]).format(domain=key.domain)
             self.add(
                 f"{key.selector}._domainkey.{key.domain}",
                 "TXT",
                 dkim.txt_value(key.algorithm, key.public_key),
-                f"DKIM: the public key that signs mail from {key.domain}",
+                f"DKIM: {purpose}",
             )
         signed = {key.domain for key in keys}
         for domain in self.subject.sending_domains:

@@ -263,24 +263,14 @@ class _Checker:
         return PASS, f"the SPF record of {domain} needs {counted.count} of at most {limit} lookups"
 
     def dkim(self, key: PublishedKey):
-        name = f"{key.selector}._domainkey.{key.domain}"
-        show = f"atollon-mail dkim show {key.domain}"
-        published = [_dkim_tags(text) for text in self.lookups.txt(name)]
-        published = [tags for tags in published if "p" in tags]
-        if not published:
-            return FAIL, (
-                f"{name} publishes no DKIM key, so receivers cannot verify mail from "
-                f"{key.domain}: publish the record shown by: {show}"
+        status, reason = _dkim_outcome(self.lookups, key)
+        if status == FAIL and key.state == "retired":
+            # Replaced already: only mail signed before the change still needs it.
+            return WARN, (
+                f"{reason} (the key {key.selector} is retired: mail signed with it before "
+                "the change still needs it until atollon-mail removes it)"
             )
-        for tags in published:
-            if tags["p"] == key.public_key and tags.get("k", "rsa").lower() == key.algorithm:
-                return PASS, f"{name} publishes the key mail from {key.domain} is signed with"
-        if any(tags["p"] == "" for tags in published):
-            return FAIL, f"{name} publishes a revoked key (empty p=): publish the record of: {show}"
-        return FAIL, (
-            f"{name} publishes another key than the one mail from {key.domain} is signed with: "
-            f"replace it with the record shown by: {show}"
-        )
+        return status, reason
 
     def dmarc(self, domain: str):
         name = f"_dmarc.{domain}"
@@ -311,6 +301,42 @@ class _Checker:
                 "once the reports show only your own servers"
             )
         return PASS, f"{domain} publishes DMARC with p={policy}"
+
+
+def _dkim_outcome(lookups: Lookups, key: PublishedKey) -> tuple[str, str]:
+    """Whether the key's TXT record publishes it (blocking; may raise LookupFailed)."""
+    name = f"{key.selector}._domainkey.{key.domain}"
+    show = f"atollon-mail dkim show {key.domain}"
+    published = [_dkim_tags(text) for text in lookups.txt(name)]
+    published = [tags for tags in published if "p" in tags]
+    if not published:
+        return FAIL, (
+            f"{name} publishes no DKIM key, so receivers cannot verify mail from "
+            f"{key.domain}: publish the record shown by: {show}"
+        )
+    for tags in published:
+        if tags["p"] == key.public_key and tags.get("k", "rsa").lower() == key.algorithm:
+            if key.state == "pending":
+                return PASS, f"{name} publishes the key {key.selector}, ready to be activated"
+            return PASS, f"{name} publishes the key mail from {key.domain} is signed with"
+    if any(tags["p"] == "" for tags in published):
+        return FAIL, f"{name} publishes a revoked key (empty p=): publish the record of: {show}"
+    return FAIL, (
+        f"{name} publishes another key than the one mail from {key.domain} is signed with: "
+        f"replace it with the record shown by: {show}"
+    )
+
+
+def check_dkim_key(key: PublishedKey, lookups: Lookups) -> DnsCheckResult:
+    """The live check of one key's record, as `dns check` makes it (blocking)."""
+    name = f"dkim {key.selector}._domainkey.{key.domain}"
+    try:
+        status, reason = _dkim_outcome(lookups, key)
+    except LookupFailed as problem:
+        return DnsCheckResult(
+            name, FAIL, f"could not be checked: {problem}; check again later", temporary=True
+        )
+    return DnsCheckResult(name, status, reason)
 
 
 def run_checks(subject: DnsSubject, config: Config, lookups: Lookups) -> list[DnsCheckResult]:

@@ -13,10 +13,20 @@ from collections.abc import Sequence
 
 import attrs
 
-from atollon_mail.store.errors import Invalid
-from atollon_mail.store.models import DkimKey, DnsCheck, Domain, Mailbox, User
-from atollon_mail.store.queries import _create, _domain_record, _get_domain, _locked, read_only
+from atollon_mail.store.errors import Conflict, Invalid, NotFound
+from atollon_mail.store.models import DkimKey, DnsCheck, Domain, Mailbox, User, utc_now
+from atollon_mail.store.queries import (
+    _create,
+    _dkim_key_record,
+    _domain_record,
+    _get_domain,
+    _locked,
+    dkim_key_state,
+    read_only,
+)
 from atollon_mail.store.records import (
+    DkimActivation,
+    DkimKeyRecord,
     DnsCheckRecord,
     DnsCheckResult,
     DnsSubject,
@@ -41,10 +51,12 @@ def _subject(domain: Domain) -> DnsSubject:
     secondaries = _secondaries(domain)
     sending = (record.primary_domain or record.name,)
     names = sorted({record.name, *sending})
+    # Every key: a pending one must be published before it is activated, a retired one
+    # stays published while mail signed with it may still be verified.
     keys = (
         DkimKey.select(DkimKey, Domain.name)
         .join(Domain)
-        .where((DkimKey.active == True) & Domain.name.in_(names))  # noqa: E712
+        .where(Domain.name.in_(names))
         .order_by(Domain.name, DkimKey.created_at.desc(), DkimKey.id.desc())
     )
     forwards: tuple[tuple[str, str], ...] = ()
@@ -67,7 +79,9 @@ def _subject(domain: Domain) -> DnsSubject:
         hosted=record.active or not secondaries,
         sending_domains=sending,
         dkim_keys=tuple(
-            PublishedKey(key.domain.name, key.selector, key.algorithm, key.public_key)
+            PublishedKey(
+                key.domain.name, key.selector, key.algorithm, key.public_key, dkim_key_state(key)
+            )
             for key in keys
         ),
         forwards=forwards,
@@ -86,6 +100,96 @@ def dns_subjects() -> list[DnsSubject]:
     """Every active domain, the ones the watcher checks."""
     query = Domain.select().where(Domain.active == True).order_by(Domain.name)  # noqa: E712
     return [_subject(domain) for domain in query]
+
+
+# --- DKIM key rotation -------------------------------------------------------------------
+
+_STATE_ORDER = {"active": 0, "pending": 1, "retired": 2}
+
+
+def _keys_query():
+    return (
+        DkimKey.select(DkimKey, Domain.name)
+        .join(Domain)
+        .order_by(Domain.name, DkimKey.created_at.desc(), DkimKey.id.desc())
+    )
+
+
+@read_only
+def all_dkim_keys(name: str | None = None) -> list[DkimKeyRecord]:
+    """Every DKIM key (active, pending, retired), of one domain or all: by domain, then
+    signing keys first, then pending, then retired, each newest first."""
+    query = _keys_query()
+    if name is not None:
+        query = query.where(DkimKey.domain == _get_domain(name).id)
+    records = [_dkim_key_record(key, key.domain.name) for key in query]
+    return sorted(records, key=lambda record: (record.domain, _STATE_ORDER[record.state]))
+
+
+def _get_key(domain: Domain, selector: str) -> DkimKey:
+    selector = selector.strip().lower()
+    key = _locked(
+        DkimKey.select().where((DkimKey.domain == domain.id) & (DkimKey.selector == selector))
+    ).first()
+    if key is None:
+        raise NotFound(f"{domain.name} has no DKIM key with selector {selector}")
+    return key
+
+
+@read_only
+def dkim_key(name: str, selector: str) -> DkimKeyRecord:
+    domain = _get_domain(name)
+    return _dkim_key_record(_get_key(domain, selector), domain.name)
+
+
+def activate_dkim_key(
+    name: str, selector: str, now: datetime.datetime | None = None
+) -> DkimActivation:
+    """Make a pending (or retired) key the one its domain signs with for its algorithm;
+    the key that signed until now is retired at now (default: the current time; it is
+    published on for the retention, then removed by remove_retired_dkim_keys)."""
+    now = utc_now() if now is None else now
+    domain = _get_domain(name)
+    key = _get_key(domain, selector)
+    if key.active:
+        raise Conflict(f"the DKIM key {key.selector} of {domain.name} signs already")
+    replaced = list(
+        _locked(
+            DkimKey.select().where(
+                (DkimKey.domain == domain.id)
+                & (DkimKey.algorithm == key.algorithm)
+                & (DkimKey.active == True)  # noqa: E712 (peewee expression)
+            )
+        )
+    )
+    for old in replaced:
+        old.active = False
+        old.retired_at = now
+        old.save()
+    key.active = True
+    key.retired_at = None
+    key.save()
+    return DkimActivation(
+        activated=_dkim_key_record(key, domain.name),
+        retired=tuple(_dkim_key_record(old, domain.name) for old in replaced),
+    )
+
+
+def remove_retired_dkim_keys(retired_before: datetime.datetime) -> list[DkimKeyRecord]:
+    """Delete the keys retired before the given time; returns them."""
+    query = (
+        DkimKey.select(DkimKey, Domain.name)
+        .join(Domain)
+        .where(
+            (DkimKey.active == False)  # noqa: E712 (peewee expression)
+            & DkimKey.retired_at.is_null(False)
+            & (DkimKey.retired_at < retired_before)
+        )
+    )
+    rows = list(query)
+    if rows:
+        DkimKey.delete().where(DkimKey.id.in_([key.id for key in rows])).execute()
+    return [_dkim_key_record(key, key.domain.name) for key in rows]
 
 
 # --- the last check of each domain ------------------------------------------------------

@@ -368,6 +368,14 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE queue_recipient ADD COLUMN campaign_recipient_id {bigint}",
         ),
     ),
+    Migration(
+        5,
+        "DKIM key rotation: when a key stopped signing",
+        # A key is active (signs), pending (generated beside an active key of its
+        # algorithm, waiting for `dkim activate`) or retired (replaced at retired_at, kept
+        # published for a while, then removed).
+        ("ALTER TABLE dkim_key ADD COLUMN retired_at TIMESTAMP",),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].number

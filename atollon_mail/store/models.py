@@ -357,8 +357,11 @@ class DkimKey(BaseModel):
     algorithm = peewee.CharField(max_length=16)
     private_key = peewee.TextField()
     public_key = peewee.TextField()
-    active = peewee.BooleanField()
+    active = peewee.BooleanField()  # signs outgoing mail
     created_at = peewee.DateTimeField()
+    # When `dkim activate` replaced it (migration 5); None for a key that never signed
+    # yet (pending) or still signs.
+    retired_at = peewee.DateTimeField(null=True)
 
     class Meta:
         indexes = ((("domain", "selector"), True),)

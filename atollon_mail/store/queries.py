@@ -1240,6 +1240,12 @@ def messages_raw(message_ids: Iterable[int]) -> dict[int, bytes]:
 _SELECTOR = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
+def dkim_key_state(key: DkimKey) -> str:
+    if key.active:
+        return "active"
+    return "pending" if key.retired_at is None else "retired"
+
+
 def _dkim_key_record(key: DkimKey, domain: str) -> DkimKeyRecord:
     return DkimKeyRecord(
         domain=domain,
@@ -1248,12 +1254,16 @@ def _dkim_key_record(key: DkimKey, domain: str) -> DkimKeyRecord:
         private_key=key.private_key,
         public_key=key.public_key,
         active=key.active,
+        state=dkim_key_state(key),
+        retired_at=key.retired_at,
     )
 
 
 def add_dkim_key(
     domain: str, selector: str, algorithm: str, private_key: str, public_key: str
 ) -> DkimKeyRecord:
+    """A new key: it signs at once when the domain has no signing key of its algorithm,
+    else it is pending until `domains.activate_dkim_key` (key rotation)."""
     found = _get_domain(domain)
     selector = selector.strip().lower()
     if not _SELECTOR.match(selector):
@@ -1270,6 +1280,10 @@ def add_dkim_key(
     exists = DkimKey.select().where((DkimKey.domain == found.id) & (DkimKey.selector == selector))
     if exists.exists():
         raise Conflict(conflict)
+    signing = DkimKey.select().where(
+        (DkimKey.domain == found.id) & (DkimKey.algorithm == algorithm),
+        DkimKey.active == True,  # noqa: E712 (peewee expression)
+    )
     key = _create(
         DkimKey,
         conflict,
@@ -1278,7 +1292,7 @@ def add_dkim_key(
         algorithm=algorithm,
         private_key=private_key,
         public_key=public_key,
-        active=True,
+        active=not signing.exists(),
         created_at=utc_now(),
     )
     return _dkim_key_record(key, found.name)
@@ -1286,7 +1300,8 @@ def add_dkim_key(
 
 @read_only
 def dkim_keys(domain: str | None = None) -> list[DkimKeyRecord]:
-    """The active DKIM keys, newest first: of one domain (none if it is not ours), or all."""
+    """The signing (active) DKIM keys, newest first: of one domain (none if it is not
+    ours), or all. domains.all_dkim_keys lists the pending and retired ones too."""
     query = (
         DkimKey.select(DkimKey, Domain.name)
         .join(Domain)

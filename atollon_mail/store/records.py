@@ -231,6 +231,18 @@ class DkimKeyRecord:
     private_key: str  # PEM (rsa) or base64 of the raw 32-byte seed (ed25519)
     public_key: str  # base64, as published in the p= tag
     active: bool
+    # "active": signs; "pending": waits for `dkim activate`; "retired": replaced, still
+    # published until retired_at + [delivery] dkim_key_retention, then removed.
+    state: str = "active"
+    retired_at: datetime.datetime | None = None
+
+
+@attrs.frozen
+class DkimActivation:
+    """A key made the signing key of its algorithm, and the keys it replaced."""
+
+    activated: DkimKeyRecord
+    retired: tuple[DkimKeyRecord, ...]
 
 
 @attrs.frozen
@@ -367,6 +379,7 @@ class PublishedKey:
     selector: str
     algorithm: str
     public_key: str
+    state: str = "active"  # as DkimKeyRecord.state
 
 
 @attrs.frozen

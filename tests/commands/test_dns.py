@@ -7,6 +7,7 @@ them.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 
@@ -18,6 +19,8 @@ from atollon_mail.config import CONFIG_ENVIRONMENT_VARIABLE
 from atollon_mail.delivery import dkim
 from atollon_mail.dns.advisor import MICROSOFT_365_NOTE
 from atollon_mail.store import queries
+from atollon_mail.store.domains import all_dkim_keys
+from atollon_mail.store.models import utc_now
 from atollon_mail.store.pool import Store
 from tests.dns.fixtures import HOSTNAME, IPV4, IPV6, appliance_zones, primary_zone, secondary_zone
 from tests.dnsserver import start_dns_server
@@ -262,6 +265,73 @@ class DnsCommandsContract(CliHarness):
         self.assertEqual(statuses["dmarc acme.test"], "fail")
         self.assertEqual(statuses["mx crm.acme.test"], "pass")
         self.assertEqual(set(data["results"][0]), {"check", "status", "reason", "temporary"})
+
+    # -- dkim rotation --------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_dkim_rotation(self):
+        yield self.setup_domains()  # good.test signs with atollon (ed25519), published
+        added = yield self.ok(
+            "dkim", "generate", "good.test", "--selector", "next", "--algorithm", "ed25519"
+        )
+        self.assertEqual(added.lines[0], "added DKIM key next for good.test (ed25519)")
+        self.assertEqual(
+            added.lines[-1],
+            "mail from good.test is still signed with its current ed25519 key; once the "
+            "record is published, switch with: atollon-mail dkim activate good.test next",
+        )
+        self.assertEqual(
+            [key.selector for key in self.store_op(queries.dkim_keys, "good.test")], ["atollon"]
+        )
+        shown = yield self.ok("dkim", "show", "good.test")
+        self.assertEqual(len(shown.lines), 2, "the pending key's record is shown to publish")
+        self.assertIn("next._domainkey.good.test.", shown.lines[1])
+
+        refused = yield self.cli("dkim", "activate", "good.test", "next")
+        self.assertRefused(
+            refused,
+            "next is not activated: next._domainkey.good.test publishes no DKIM key",
+        )
+        [key] = [k for k in self.store_op(all_dkim_keys, "good.test") if k.selector == "next"]
+        self.assertEqual(key.state, "pending")
+        self.dns.set_records("next._domainkey.good.test", [("TXT", "v=DKIM1; k=ed25519; p=AAAA")])
+        refused = yield self.cli("dkim", "activate", "good.test", "next")
+        self.assertRefused(refused, "publishes another key")
+
+        self.dns.set_records(
+            "next._domainkey.good.test", [("TXT", dkim.txt_value("ed25519", key.public_key))]
+        )
+        before = utc_now()
+        activated = yield self.ok("dkim", "activate", "good.test", "next")
+        self.assertEqual(
+            activated.lines[0],
+            "mail from good.test is signed with next (ed25519) from now on "
+            "(a running server picks it up within a minute)",
+        )
+        removal = before + datetime.timedelta(days=7)
+        self.assertRegex(
+            activated.lines[1],
+            r"^atollon is retired: keep its DNS record published until it is removed after "
+            rf"{removal:%Y-%m-%d} \d\d:\d\d UTC \(see: atollon-mail dkim list\)$",
+        )
+        self.assertEqual(
+            [key.selector for key in self.store_op(queries.dkim_keys, "good.test")], ["next"]
+        )
+        listed = yield self.ok("dkim", "list")
+        self.assertEqual(listed.lines[0].split(), ["DOMAIN", "SELECTOR", "ALGORITHM", "STATE"])
+        rows = [line.split(None, 3) for line in listed.lines[1:] if "good.test" in line]
+        self.assertEqual([row[:4] for row in rows][0], ["good.test", "next", "ed25519", "active"])
+        self.assertEqual(rows[1][:3], ["good.test", "atollon", "ed25519"])
+        self.assertTrue(rows[1][3].startswith("retired, removed after "), rows[1])
+        again = yield self.cli("dkim", "activate", "good.test", "next")
+        self.assertRefused(again, "the DKIM key next of good.test signs already")
+        missing = yield self.cli("dkim", "activate", "good.test", "nope")
+        self.assertRefused(missing, "good.test has no DKIM key with selector nope")
+        # The retired key stays published: a missing record is a warning, not a failure.
+        self.dns.set_records("atollon._domainkey.good.test", [])
+        outcome = yield self.cli("dns", "check", "good.test")
+        self.assertIn("warn  dkim atollon._domainkey.good.test:", outcome.text)
+        self.assertIn("pass  dkim next._domainkey.good.test:", outcome.text)
 
 
 class DnsCommandsOnSqliteTests(SqliteStoreMixin, DnsCommandsContract, unittest.TestCase):

@@ -96,6 +96,27 @@ class PrimaryModeTests(AdvisorTestBase):
         self.assertEqual(advice.warnings, ())
 
     @defer.inlineCallbacks
+    def test_rotation_keys_are_published_with_their_purpose(self):
+        keys = (
+            PublishedKey("good.test", "next", "ed25519", "NEXTKEY", "pending"),
+            GOOD_KEY,
+            PublishedKey("good.test", "old", "rsa", "OLDKEY", "retired"),
+        )
+        advice = yield self.advise(primary_subject(keys))
+        purposes = {
+            name: self.record(advice, f"{name}._domainkey.good.test", "TXT").purpose
+            for name in ("next", "atollon", "old")
+        }
+        self.assertEqual(
+            purposes,
+            {
+                "next": "DKIM: the next key of good.test; activate it once this is published",
+                "atollon": "DKIM: the public key that signs mail from good.test",
+                "old": "DKIM: a replaced key of good.test, kept until it is removed",
+            },
+        )
+
+    @defer.inlineCallbacks
     def test_json(self):
         advice = yield self.advise(primary_subject((GOOD_KEY,)))
         data = json.loads(json.dumps(advisor.advice_json(advice)))

@@ -13,6 +13,7 @@ import smtplib
 import ssl
 import time
 
+import dkim as dkimpy
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
@@ -227,3 +228,80 @@ class SendingTests(unittest.TestCase):
                 return refused.exception.smtp_code
 
         return threads.deferToThread(login).addCallback(self.assertEqual, 535)
+
+    @defer.inlineCallbacks
+    def test_a_long_line_leaves_quoted_printable_signed_with_rsa_and_ed25519(self):
+        result = yield threads.deferToThread(
+            self.appliance.cli,
+            "dkim",
+            "generate",
+            "acme.test",
+            "--selector",
+            "ed",
+            "--algorithm",
+            "ed25519",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        store = self.appliance.store()
+        try:
+            keys = {key.algorithm: key for key in store.run_sync(queries.dkim_keys, "acme.test")}
+        finally:
+            store.stop()
+        self.dns.set_records(
+            "ed._domainkey.acme.test",
+            [("TXT", dkim.txt_value("ed25519", keys["ed25519"].public_key))],
+        )
+        long_line = "word " * 300  # 1 500 octets on one line
+        message = MESSAGE.replace(
+            "\r\n\r\n",
+            "\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n"
+            "Content-Transfer-Encoding: 7bit\r\n\r\n",
+            1,
+        ).replace("Hello Bob.\r\n", f"Hello Bob.\r\n{long_line}\r\nBye.\r\n")
+        refused = yield threads.deferToThread(self.submit, ["bob@remote.test"], message=message)
+        self.assertEqual(refused, {})
+        yield self.wait_for(lambda: defer.succeed(self.remote.delivered), "the remote delivery")
+        [envelope] = self.remote.delivered
+        self.assertLessEqual(max(len(line) for line in envelope.data.split(b"\r\n")), 998)
+        received = email.message_from_bytes(envelope.data, policy=email.policy.default)
+        self.assertEqual(received["Content-Transfer-Encoding"], "quoted-printable")
+        self.assertEqual(
+            received.get_content().replace("\r\n", "\n"), f"Hello Bob.\n{long_line}\nBye.\n"
+        )
+        signatures = received.get_all("DKIM-Signature")
+        self.assertEqual(len(signatures), 2)
+        self.assertIn("a=rsa-sha256", "".join(signatures[0].split()))
+        self.assertIn("a=ed25519-sha256", "".join(signatures[1].split()))
+        resolver = dns_resolver((self.dns.nameserver,), 5)
+        lookup = dkim._txt_lookup(resolver)
+
+        def verify_each():
+            checker = dkimpy.DKIM(envelope.data)
+            return [bool(checker.verify(idx=index, dnsfunc=lookup)) for index in (0, 1)]
+
+        self.assertEqual((yield threads.deferToThread(verify_each)), [True, True])
+        # The Sent copy is what was sent, but for the signatures added on the way out.
+        filings = yield self.jane_filings()
+        [(sent, raw)] = filings
+        self.assertTrue(envelope.data.endswith(raw))
+
+    @defer.inlineCallbacks
+    def test_a_long_line_that_cannot_be_re_encoded_is_refused_with_5_6_3(self):
+        message = (
+            "From: Jane Doe <jane@acme.test>\r\nTo: Bob <bob@remote.test>\r\n"
+            "Subject: signed\r\nMIME-Version: 1.0\r\nContent-Type: multipart/signed; "
+            'protocol="application/pgp-signature"; boundary="b"\r\n\r\n'
+            "--b\r\nContent-Type: text/plain\r\n\r\n" + "word " * 300 + "\r\n"
+            "--b\r\nContent-Type: application/pgp-signature\r\n\r\nsignature\r\n--b--\r\n"
+        )
+
+        def send():
+            with self.assertRaises(smtplib.SMTPDataError) as refused:
+                self.submit(["bob@remote.test"], message=message)
+            return refused.exception
+
+        problem = yield threads.deferToThread(send)
+        self.assertEqual(problem.smtp_code, 554)
+        self.assertTrue(problem.smtp_error.startswith(b"5.6.3 "), problem.smtp_error)
+        self.assertIn(b"multipart/signed", problem.smtp_error)
+        self.assertEqual((yield self.jane_filings()), [])

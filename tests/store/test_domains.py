@@ -8,7 +8,7 @@ from twisted.trial import unittest
 
 from atollon_mail.store import domains
 from atollon_mail.store import queries as q
-from atollon_mail.store.errors import Conflict, Invalid
+from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.models import DnsCheck, Domain, utc_now
 from atollon_mail.store.records import DnsCheckResult, DomainRecord, PublishedKey
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
@@ -191,6 +191,61 @@ class DomainContractTests(StoreFixtureMixin):
         self.assertEqual(subject.sending_domains, ("acme.com",))
         self.assertEqual(subject.secondaries, ("crm.acme.com",))
         self.assertEqual([key.domain for key in subject.dkim_keys], ["acme.com"])
+
+    # -- DKIM key rotation ------------------------------------------------------------------
+
+    def states(self, name="acme.com"):
+        return [(key.selector, key.state) for key in self.sync(domains.all_dkim_keys, name)]
+
+    def test_dkim_rotation(self):
+        self.sync(q.add_domain, "acme.com")
+        first = self.sync(q.add_dkim_key, "acme.com", "one", "rsa", "PRIVATE1", "PUB1")
+        self.assertEqual(first.state, "active")
+        ed = self.sync(q.add_dkim_key, "acme.com", "ed", "ed25519", "PRIVATE2", "PUB2")
+        self.assertEqual(ed.state, "active", "the first key of its algorithm signs at once")
+        second = self.sync(q.add_dkim_key, "acme.com", "two", "rsa", "PRIVATE3", "PUB3")
+        self.assertEqual((second.state, second.active), ("pending", False))
+        self.assertEqual([k.selector for k in self.sync(q.dkim_keys, "acme.com")], ["ed", "one"])
+        self.assertEqual(self.states(), [("ed", "active"), ("one", "active"), ("two", "pending")])
+        published = self.sync(domains.dns_subject, "acme.com").dkim_keys
+        self.assertEqual(
+            [(key.selector, key.state) for key in published],
+            [("two", "pending"), ("ed", "active"), ("one", "active")],
+            "a pending key is published before it is activated",
+        )
+
+        activation = self.sync(domains.activate_dkim_key, "ACME.com", "Two", T0)
+        self.assertEqual(
+            (activation.activated.selector, activation.activated.state), ("two", "active")
+        )
+        self.assertEqual([(k.selector, k.retired_at) for k in activation.retired], [("one", T0)])
+        self.assertEqual(self.states(), [("two", "active"), ("ed", "active"), ("one", "retired")])
+        self.assertEqual([k.selector for k in self.sync(q.dkim_keys, "acme.com")], ["two", "ed"])
+        self.assertEqual(self.sync(domains.dkim_key, "acme.com", "one").retired_at, T0)
+        self.assertIn(
+            ("one", "retired"),
+            [(k.selector, k.state) for k in self.sync(domains.dns_subject, "acme.com").dkim_keys],
+        )
+
+        self.assertRaises(Conflict, self.sync, domains.activate_dkim_key, "acme.com", "two", T0)
+        self.assertRaises(NotFound, self.sync, domains.activate_dkim_key, "acme.com", "no", T0)
+        self.assertRaises(NotFound, self.sync, domains.dkim_key, "acme.com", "no")
+
+        self.assertEqual(self.sync(domains.remove_retired_dkim_keys, T0), [])
+        later = T0 + datetime.timedelta(seconds=1)
+        removed = self.sync(domains.remove_retired_dkim_keys, later)
+        self.assertEqual([(k.domain, k.selector) for k in removed], [("acme.com", "one")])
+        self.assertEqual(self.states(), [("two", "active"), ("ed", "active")])
+
+    def test_a_retired_key_can_be_activated_again(self):
+        self.sync(q.add_domain, "acme.com")
+        self.sync(q.add_dkim_key, "acme.com", "one", "rsa", "PRIVATE1", "PUB1")
+        self.sync(q.add_dkim_key, "acme.com", "two", "rsa", "PRIVATE2", "PUB2")
+        self.sync(domains.activate_dkim_key, "acme.com", "two", T0)
+        activation = self.sync(domains.activate_dkim_key, "acme.com", "one", T0)
+        self.assertEqual([k.selector for k in activation.retired], ["two"])
+        self.assertEqual(self.states(), [("one", "active"), ("two", "retired")])
+        self.assertIsNone(self.sync(domains.dkim_key, "acme.com", "one").retired_at)
 
     def test_subjects_are_the_active_domains(self):
         self.setup_secondary()

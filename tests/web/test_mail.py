@@ -17,7 +17,7 @@ from atollon_mail.delivery.intake import summarize_headers
 from atollon_mail.store import queries as q
 from atollon_mail.store.mailboxes import grant_mailbox_access, update_mailbox
 from atollon_mail.store.records import IncomingMessage
-from atollon_mail.web import build_web_root
+from atollon_mail.web import build_web_root, pages_mail
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import ServedWebMixin
 from tests.web.test_security import _hash
@@ -245,6 +245,37 @@ class WebMailTests(ServedWebMixin, StoreFixtureMixin):
             self.store.run_sync(q.message_raw, filed.message.id), policy=email.policy.default
         )
         self.assertEqual(message.get_content().replace("\r\n", "\n"), text)
+
+    @defer.inlineCallbacks
+    def test_compose_of_a_long_paragraph_has_no_line_over_998_octets(self):
+        paragraph = ("Příliš žluťoučký kůň úpěl ďábelské ódy, " * 125)[:5000]
+        subject = "Long " * 200
+        bob = yield self.logged_in()
+        page = yield bob.get("/mail/compose?address=bob@example.com")
+        response = yield bob.post(
+            "/mail/compose?address=bob@example.com",
+            {
+                "csrf_token": page.csrf(),
+                "to": "far@remote.example",
+                "cc": "",
+                "subject": subject,
+                "body": paragraph,
+            },
+        )
+        self.assertEqual(response.status, 303)
+        [queued] = self.store.run_sync(q.queue_list)
+        detail = self.store.run_sync(q.queue_show, queued.queue_message_id)
+        raw = self.store.run_sync(q.message_raw, detail.message_id)
+        self.assertLessEqual(max(len(line) for line in raw.split(b"\r\n")), 998)
+        message = email.message_from_bytes(raw, policy=email.policy.default)
+        self.assertIn(message["Content-Transfer-Encoding"], ("quoted-printable", "base64"))
+        self.assertEqual(message.get_content().replace("\r\n", "\n"), paragraph + "\n")
+        self.assertEqual(message["Subject"], subject.strip())
+        # What the page itself writes, before the intake sees it.
+        mailbox = self.store.run_sync(q.get_mailbox, "bob@example.com")
+        values = {"to": "far@remote.example", "cc": "", "subject": subject, "body": paragraph}
+        written = pages_mail._outgoing(mailbox, values, [], ["far@remote.example"]).raw
+        self.assertLessEqual(max(len(line) for line in written.split(b"\r\n")), 998)
 
     @defer.inlineCallbacks
     def test_compose_bad_address_beside_the_field_keeps_values(self):
