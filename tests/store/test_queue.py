@@ -144,7 +144,13 @@ class QueueContractTests(StoreFixtureMixin):
         self.assertEqual(submitted.queued_recipients, 2)
         self.assertIsNotNone(submitted.queue_message_id)
         self.assertEqual(self.sync(q.count_messages), 1)
-        self.assertEqual(self.sync(q.message_raw, submitted.id), message.raw)
+        # Filed for carol: a final delivery, so stored with its Return-Path; it is sent on
+        # without it.
+        self.assertEqual(
+            self.sync(q.message_raw, submitted.id),
+            b"Return-Path: <bob@example.com>\r\n" + message.raw,
+        )
+        self.assertEqual(self.sync(q.outgoing_raw, [submitted.id]), {submitted.id: message.raw})
 
         [to_carol] = self.sync(q.list_filings, "carol@example.com")
         self.assertEqual((to_carol.message.id, to_carol.uid, to_carol.flags), (submitted.id, 1, ()))
