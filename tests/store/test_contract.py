@@ -689,6 +689,19 @@ class StoreContractTests(StoreFixtureMixin):
         sizes = {f.message.id: f.message.size for f in self.sync(q.list_filings, "bob@example.com")}
         self.assertEqual([sizes[s.id] for s in results], [len(_filed(raw)) for raw in bodies])
 
+    def test_received_mail_is_filed_under_one_return_path(self):
+        """RFC 5321 4.4: the final delivery adds Return-Path with the envelope sender; one
+        the message arrived with is replaced, so there is exactly one."""
+        self.populate()
+        raw = b"Return-Path: <forged@elsewhere.example>\r\nSubject: hi\r\n\r\nbody\r\n"
+        [stored] = self.sync(q.store_messages, [_message(self.recipient("bob"), raw=raw)])
+        got = self.sync(q.message_raw, stored.id)
+        self.assertEqual(
+            got, b"Return-Path: <sender@elsewhere.example>\r\nSubject: hi\r\n\r\nbody\r\n"
+        )
+        [filing] = self.sync(q.list_filings, "bob@example.com")
+        self.assertEqual(filing.message.size, len(got))
+
     def test_message_summary_fields(self):
         self.populate()
         message = _message(
