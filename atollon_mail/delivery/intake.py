@@ -382,7 +382,9 @@ class Intake:
     def submit(self, outgoing: OutgoingMessage) -> Deferred:
         """Store, file and queue an outgoing message; fires with a SubmittedMessage.
 
-        Local recipients that forward are expanded first, as for received mail."""
+        Local recipients that forward are expanded first, as for received mail. The store
+        files any "remote" address that is in fact here (queries.route_addresses), so
+        only mail for other domains is queued."""
         if any(recipient.forwards for recipient in outgoing.local_recipients):
             planned = self._store.run(forwarding.expand_forwarding, outgoing.local_recipients)
             planned.addCallback(self._submit_forwarded, outgoing)

@@ -4,7 +4,9 @@ taking them back, and writing back what delivery and bounces found.
 The send list and the delivery queue meet here. A row goes queued -> sending when its
 message is put in the delivery queue (in the same transaction), and its queue recipient
 carries the row's id, so every delivery outcome lands on the row in the transaction that
-records it. Nothing here knows about SMTP.
+records it. A row whose address is a mailbox here goes straight to sent: the queue's
+enqueue files its message at once, in that same transaction. Nothing here knows about
+SMTP.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from atollon_mail.store.queries import (
     _lock_mailboxes,
     _locked,
     _placeholders,
+    domain_names,
     enqueue,
     read_only,
     route_addresses,
@@ -183,9 +186,12 @@ def commit_handoff(
     campaign_id: int, messages: Sequence[CampaignMessage], now: datetime.datetime
 ) -> int:
     """Put built messages in the delivery queue and their rows in `sending`, in one
-    transaction; how many went. Rows that are no longer queued (taken by a pause, a
-    cancel, another sender) and a campaign no longer running are skipped: the status is
-    read under the campaign's row lock, so a pause that committed first wins."""
+    transaction; how many went. A message for an address here is filed at once instead
+    (its row `sent`); one for an address here that receives nothing fails its row.
+
+    Rows that are no longer queued (taken by a pause, a cancel, another sender) and a
+    campaign no longer running are skipped: the status is read under the campaign's row
+    lock, so a pause that committed first wins."""
     campaign = _locked(
         Campaign.select(Campaign.status, Campaign.mailbox).where(Campaign.id == campaign_id)
     ).first()
@@ -212,9 +218,10 @@ def commit_handoff(
     # that is a mailbox (or alias) here is filed at once and never reaches the queue.
     refused: list[tuple[int, str]] = []
     routes: list[tuple[CampaignMessage, Routed]] = []
+    ours = domain_names()
     for message in messages:
         try:
-            routed = route_addresses([message.address])
+            routed = route_addresses([message.address], ours)
         except Invalid as problem:
             refused.append((message.recipient_id, f"not sent: {problem}"))
             continue

@@ -902,27 +902,29 @@ class Routed:
     refused: tuple[tuple[str, Rejection], ...]
 
 
-def route_addresses(addresses: Sequence[str]) -> Routed:
+def route_addresses(addresses: Sequence[str], ours: frozenset[str] | None = None) -> Routed:
     """Split addresses into local recipients and remote ones, in the caller's transaction.
 
     Every producer of outgoing mail passes here (through enqueue), so an address in one of
     our domains is filed at once and never reaches the queue, however the producer came
-    by it; one query per distinct domain decides which addresses are ours.
+    by it. `ours`: the names of our domains (`domain_names()`), read once per batch by a
+    caller routing many messages; only addresses in them cost a lookup.
     """
     candidates = _remote_recipients(addresses)
-    ours: dict[str, bool] = {}
+    if ours is None and candidates:
+        ours = domain_names()
     local: list[Recipient] = []
     remote: dict[str, tuple[str, str]] = {}
     refused: list[tuple[str, Rejection]] = []
     for key, (address, domain) in candidates.items():
         if domain not in ours:
-            ours[domain] = _execute("domain", (domain,)).fetchone() is not None
-        if not ours[domain]:
             remote[key] = (address, domain)
             continue
         found = resolve_recipient(address.rpartition("@")[0], domain)
         if isinstance(found, Recipient):
             local.append(found)
+        elif found.reason == "unknown-domain":  # removed since `ours` was read
+            remote[key] = (address, domain)
         else:
             refused.append((address, found))
     return Routed(local=tuple(local), remote=remote, refused=tuple(refused))
@@ -1009,10 +1011,11 @@ def submit_messages(
     that receives nothing here refuses the message. A message that fails is reported as
     its exception and leaves nothing behind.
     """
+    ours = domain_names() if any(m.remote_recipients for m in messages) else frozenset()
     routed: list[Routed | Exception] = []
     for outgoing in messages:
         try:
-            routed.append(route_addresses(outgoing.remote_recipients))
+            routed.append(route_addresses(outgoing.remote_recipients, ours))
         except StoreError as problem:
             routed.append(problem)
     _lock_mailboxes(
