@@ -498,9 +498,10 @@ class CliContractMixin(ConfiguredCli):
         self.assertEqual(
             [(row[0], row[1], row[4], row[5], " ".join(row[6:])) for row in rows],
             [
-                ("3", str(ids[2]), "30", "s2@example.org", "Subject 2"),
-                ("2", str(ids[1]), "2000", "s1@example.org", "Subject 1"),
-                ("1", str(ids[0]), "10", "s0@example.org", "Subject 0"),
+                # The size of the bytes filed: Return-Path: <sN@example.org> and CRLF more.
+                ("3", str(ids[2]), "61", "s2@example.org", "Subject 2"),
+                ("2", str(ids[1]), "2031", "s1@example.org", "Subject 1"),
+                ("1", str(ids[0]), "41", "s0@example.org", "Subject 0"),
             ],
         )
         self.assertRegex(rows[0][2] + " " + rows[0][3], r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
@@ -542,7 +543,7 @@ class CliContractMixin(ConfiguredCli):
         )
         message_id = self.deliver("joe@acme.com", raw, "cafe", "a@example.org")
         outcome = self.ok("messages", "show", str(message_id))
-        self.assertEqual(outcome.out, raw)
+        self.assertEqual(outcome.out, b"Return-Path: <a@example.org>\r\n" + raw)
 
     # -- the outbound queue ---------------------------------------------------------------
 

@@ -316,6 +316,7 @@ class Intake:
         raw = self._marked(plan, raw)
         outgoing = OutgoingMessage(
             envelope_sender=self._forward_sender(envelope_sender, plan.srs_domain),
+            return_path=envelope_sender,
             raw=raw,
             local_recipients=plan.filed,
             remote_recipients=remote + plan.remote,
@@ -324,9 +325,8 @@ class Intake:
         )
         committed = self._outgoing.add(outgoing)
         committed.addCallback(self._queued)
-        if plan.filed and self.filed_listeners:
-            # The listeners answer the real sender, not our rewritten one.
-            committed.addCallback(self._filed, envelope_sender, plan.filed, raw)
+        # The listeners answer the real sender, not our rewritten one.
+        committed.addCallback(self._filed_submitted, envelope_sender, raw)
         return committed
 
     @staticmethod
@@ -400,7 +400,9 @@ class Intake:
 
         Its lines are fitted to 998 octets first (fails with reencode.UnencodableMessage,
         a permanent refusal, when they cannot be). Local recipients that forward are
-        expanded first, as for received mail."""
+        expanded first, as for received mail. The store files any "remote" address that
+        is in fact here (queries.route_addresses), so only mail for other domains is
+        queued."""
         if self._workers is not None and self._clock is not None:
             fitted = deferToThreadPool(self._clock, self._workers, _fitted, outgoing)
         else:
@@ -422,19 +424,23 @@ class Intake:
                 outgoing,
                 raw=self._marked(plan, outgoing.raw),
                 envelope_sender=self._forward_sender(outgoing.envelope_sender, plan.srs_domain),
+                return_path=outgoing.envelope_sender,
                 remote_recipients=outgoing.remote_recipients + plan.remote,
             )
         return self._submit(attrs.evolve(outgoing, local_recipients=plan.filed))
 
     def _submit(self, outgoing: OutgoingMessage) -> Deferred:
         committed = self._outgoing.add(outgoing)
-        if outgoing.remote_recipients:
-            committed.addCallback(self._queued)
-        if outgoing.local_recipients and self.filed_listeners:
-            committed.addCallback(
-                self._filed, outgoing.envelope_sender, outgoing.local_recipients, outgoing.raw
-            )
+        committed.addCallback(self._queued)
+        committed.addCallback(self._filed_submitted, outgoing.envelope_sender, outgoing.raw)
         return committed
+
+    def _filed_submitted(self, submitted, envelope_sender: str, raw: bytes):
+        """The listeners hear of every local recipient the store filed the message for,
+        those the producer named and those it found among the addresses."""
+        if submitted.filed_recipients and self.filed_listeners:
+            self._filed(None, envelope_sender, submitted.filed_recipients, raw)
+        return submitted
 
     def _filed(self, result, envelope_sender: str, local: tuple, raw: bytes):
         for listener in self.filed_listeners:
@@ -445,6 +451,6 @@ class Intake:
         return result
 
     def _queued(self, submitted):
-        if self.on_queued is not None:
+        if self.on_queued is not None and submitted.queued_recipients:
             self.on_queued()
         return submitted

@@ -306,7 +306,7 @@ class DeliveryRunner(service.Service):
     @defer.inlineCallbacks
     def _envelopes(self, deliveries: list[Delivery]):
         message_ids = sorted({delivery.message_id for delivery in deliveries})
-        raws = yield self._store.run(queries.messages_raw, message_ids)
+        raws = yield self._store.run(queries.outgoing_raw, message_ids)
         if self._signer is not None:
             raws = yield self._signer.sign_all(raws)
         grouped: dict[int, list[Delivery]] = defaultdict(list)

@@ -4,7 +4,9 @@ taking them back, and writing back what delivery and bounces found.
 The send list and the delivery queue meet here. A row goes queued -> sending when its
 message is put in the delivery queue (in the same transaction), and its queue recipient
 carries the row's id, so every delivery outcome lands on the row in the transaction that
-records it. Nothing here knows about SMTP.
+records it. A row whose address is a mailbox here goes straight to sent: the queue's
+enqueue files its message at once, in that same transaction. Nothing here knows about
+SMTP.
 """
 
 from __future__ import annotations
@@ -14,23 +16,28 @@ from collections.abc import Sequence
 
 import attrs
 
-from atollon_mail.store.errors import NotFound
+from atollon_mail.store.errors import Invalid, NotFound
 from atollon_mail.store.models import Campaign, CampaignRecipient, Message, database_proxy
 from atollon_mail.store.queries import (
     SEEN_FLAG,
+    Routed,
     _chunks,
     _execute,
     _file_sent_copy,
-    _insert_message,
+    _lock_mailboxes,
     _locked,
     _placeholders,
+    domain_names,
+    enqueue,
     read_only,
+    route_addresses,
 )
-from atollon_mail.store.records import DeliveryResult, Recipient
+from atollon_mail.store.records import DeliveryResult, OutgoingMessage, Recipient, Rejection
 
 # How many rows one handoff takes at most (one transaction).
 HANDOFF_BATCH = 500
 TAKEN_BACK_REPLY = "taken back from the delivery queue when the campaign was paused"
+LOCAL_REPLY = "250 delivered locally: filed into a mailbox of this server"
 
 
 @attrs.frozen
@@ -160,11 +167,6 @@ def handoff_batch(
 
 
 _HANDOFF_SQL = {
-    "insert_queue_recipient": """
-        INSERT INTO queue_recipient (queue_message_id, address, domain, state, attempts,
-                                     next_attempt_at, delay_warned, created_at, updated_at,
-                                     campaign_recipient_id)
-        VALUES ({p}, {p}, {p}, 'queued', 0, {p}, {p}, {p}, {p}, {p}) RETURNING id""",
     "mark_sending": """
         UPDATE campaign_recipient SET queue_recipient_id = {p}, message_id = {p}
         WHERE id = {p}""",
@@ -184,9 +186,12 @@ def commit_handoff(
     campaign_id: int, messages: Sequence[CampaignMessage], now: datetime.datetime
 ) -> int:
     """Put built messages in the delivery queue and their rows in `sending`, in one
-    transaction; how many went. Rows that are no longer queued (taken by a pause, a
-    cancel, another sender) and a campaign no longer running are skipped: the status is
-    read under the campaign's row lock, so a pause that committed first wins."""
+    transaction; how many went. A message for an address here is filed at once instead
+    (its row `sent`); one for an address here that receives nothing fails its row.
+
+    Rows that are no longer queued (taken by a pause, a cancel, another sender) and a
+    campaign no longer running are skipped: the status is read under the campaign's row
+    lock, so a pause that committed first wins."""
     campaign = _locked(
         Campaign.select(Campaign.status, Campaign.mailbox).where(Campaign.id == campaign_id)
     ).first()
@@ -208,37 +213,90 @@ def commit_handoff(
                 (claimed_at, campaign_id, *chunk),
             ).fetchall()
         )
+    messages = [message for message in messages if message.recipient_id in still_queued]
+    # Where each goes, decided in this transaction by the queue's own routing: an address
+    # that is a mailbox (or alias) here is filed at once and never reaches the queue.
+    refused: list[tuple[int, str]] = []
+    routes: list[tuple[CampaignMessage, Routed]] = []
+    ours = domain_names()
+    for message in messages:
+        try:
+            routed = route_addresses([message.address], ours)
+        except Invalid as problem:
+            refused.append((message.recipient_id, f"not sent: {problem}"))
+            continue
+        if routed.refused:
+            _, rejection = routed.refused[0]
+            refused.append((message.recipient_id, _refused_reply(rejection)))
+            continue
+        routes.append((message, routed))
+    _lock_mailboxes(
+        [recipient.mailbox_id for _, routed in routes for recipient in routed.local]
+        + [campaign.mailbox_id]
+    )
     stamp = Message.received_at.db_value(now)
     type_id = Campaign.get_by_id(campaign_id).type_id
     handed = 0
-    for message in messages:
-        if message.recipient_id not in still_queued:
-            continue
-        # The message and its queue entry as any sent message has them (queries' own
-        # statements); only the queue recipient differs: it names its send-list row.
-        message_row = _insert_message(message, stamp, type_id)
-        (queue_message,) = _execute(
-            "insert_queue_message",
-            (message_row, message.envelope_sender, False, campaign.mailbox_id, stamp),
-        ).fetchone()
-        (queue_recipient,) = database_proxy.execute_sql(
-            _sql("insert_queue_recipient"),
-            (
-                queue_message,
-                message.address,
-                message.domain,
-                stamp,
-                False,
-                stamp,
-                stamp,
-                message.recipient_id,
-            ),
-        ).fetchone()
-        database_proxy.execute_sql(
-            _sql("mark_sending"), (queue_recipient, message_row, message.recipient_id)
+    delivered: list[int] = []
+    for message, routed in routes:
+        # The message stored, filed or queued as any sent message is (the queue's own
+        # enqueue); only the queue recipient differs: it names its send-list row.
+        enqueued = enqueue(
+            _outgoing(message),
+            routed,
+            stamp,
+            type_id,
+            origin_mailbox_id=campaign.mailbox_id,
+            campaign_recipient_id=message.recipient_id,
         )
+        queue_recipient = enqueued.queue_recipient_ids[0] if routed.remote else None
+        database_proxy.execute_sql(
+            _sql("mark_sending"), (queue_recipient, enqueued.id, message.recipient_id)
+        )
+        if not routed.remote:
+            delivered.append(message.recipient_id)
         handed += 1
+    if delivered:
+        _delivered_locally(delivered, now)
+    if refused:
+        _refuse_rows(refused, now)
     return handed
+
+
+def _outgoing(message: CampaignMessage) -> OutgoingMessage:
+    return OutgoingMessage(
+        envelope_sender=message.envelope_sender,
+        raw=message.raw,
+        remote_recipients=(message.address,),
+        message_id=message.message_id,
+        subject=message.subject,
+        from_header=message.from_header,
+        date_header=message.date_header,
+        type_id=message.type_id,
+    )
+
+
+def _refused_reply(rejection: Rejection) -> str:
+    return f"not sent: {rejection.detail} (a domain of this server)"
+
+
+def _delivered_locally(recipient_ids: Sequence[int], now: datetime.datetime) -> None:
+    """Rows whose message was filed into a mailbox here: sent (the filing was the
+    delivery), never suppressed, and filed for the CRM like every delivered row."""
+    at = CampaignRecipient.updated_at.db_value(now)
+    update = _sql("record_result")
+    for recipient_id in recipient_ids:
+        database_proxy.execute_sql(update, ("sent", LOCAL_REPLY, at, at, recipient_id))
+    _file_sent(recipient_ids, now)
+
+
+def _refuse_rows(refused: Sequence[tuple[int, str]], now: datetime.datetime) -> None:
+    """Rows for an address of our own domains that receives nothing: failed with why
+    (not suppressed: it is ours to fix, and "retry failed" sends them once it is)."""
+    at = CampaignRecipient.updated_at.db_value(now)
+    update = _sql("record_result")
+    for recipient_id, reply in refused:
+        database_proxy.execute_sql(update, ("failed", reply[:4000], None, at, recipient_id))
 
 
 def fail_rows(campaign_id: int, failures: Sequence[tuple[int, str]], now) -> int:

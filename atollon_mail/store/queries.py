@@ -9,8 +9,10 @@ import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
 
+import attrs
 import peewee
 
+from atollon_mail.store import returnpath
 from atollon_mail.store.errors import Conflict, Invalid, NotFound, StoreError
 from atollon_mail.store.models import (
     CONTEXT_KINDS,
@@ -606,10 +608,12 @@ _HOT_SQL = {
         INSERT INTO queue_message (message_id, envelope_sender, is_bounce, origin_mailbox_id,
                                    created_at)
         VALUES ({p}, {p}, {p}, {p}, {p}) RETURNING id""",
+    # Campaign mail names its send-list row, so the row learns the outcome.
     "insert_queue_recipient": """
         INSERT INTO queue_recipient (queue_message_id, address, domain, state, attempts,
-                                     next_attempt_at, delay_warned, created_at, updated_at)
-        VALUES ({p}, {p}, {p}, 'queued', 0, {p}, {p}, {p}, {p})""",
+                                     next_attempt_at, delay_warned, created_at, updated_at,
+                                     campaign_recipient_id)
+        VALUES ({p}, {p}, {p}, 'queued', 0, {p}, {p}, {p}, {p}, {p}) RETURNING id""",
     # The queue runner: one query per waiting state, each walking the (state,
     # next_attempt_at) index in order, so a claim reads about `limit` rows however long
     # the queue (a single "state IN (...)" would have to sort every due row).
@@ -696,13 +700,26 @@ def default_type_ids() -> tuple[int | None, int | None]:
     return incoming, outgoing
 
 
-def _insert_message(message: IncomingMessage | OutgoingMessage, stamp, type_id) -> int:
-    """The Message row: the raw bytes once, with the summary headers of the record."""
+def _insert_message(
+    message: IncomingMessage | OutgoingMessage, stamp, type_id, delivered: bool = True
+) -> int:
+    """The Message row: the raw bytes once, with the summary headers of the record.
+
+    `delivered`: it is filed for a local recipient (a final delivery), so it is stored
+    with its Return-Path on top (the envelope sender); a Return-Path it arrived with is
+    dropped either way. Its size is that of the bytes stored."""
+    if delivered:
+        sender = getattr(message, "return_path", None)
+        raw = returnpath.delivered(
+            message.raw, message.envelope_sender if sender is None else sender
+        )
+    else:
+        raw = returnpath.without_return_path(message.raw)
     (message_id,) = _execute(
         "insert_message",
         (
-            Message.raw.db_value(message.raw),
-            len(message.raw),
+            Message.raw.db_value(raw),
+            len(raw),
             message.message_id,
             message.subject,
             message.from_header,
@@ -874,39 +891,113 @@ def _file_sent_copy(message_id: int, mailbox_id: int, stamp) -> None:
     _execute("insert_flagged_filing", (message_id, mailbox_id, context_id, uid, SEEN_FLAG, stamp))
 
 
-def _submit_one(outgoing: OutgoingMessage, now, type_id: int | None = None) -> SubmittedMessage:
-    if not outgoing.local_recipients and not outgoing.remote_recipients:
+@attrs.frozen
+class Routed:
+    """Where the addresses of a message go: the local ones (in a domain of this server)
+    resolved to their mailboxes, the rest to the queue, and the local ones that receive
+    nothing with why."""
+
+    local: tuple[Recipient, ...]
+    remote: dict[str, tuple[str, str]]  # {key: (address, domain)}, as _remote_recipients
+    refused: tuple[tuple[str, Rejection], ...]
+
+
+def route_addresses(addresses: Sequence[str], ours: frozenset[str] | None = None) -> Routed:
+    """Split addresses into local recipients and remote ones, in the caller's transaction.
+
+    Every producer of outgoing mail passes here (through enqueue), so an address in one of
+    our domains is filed at once and never reaches the queue, however the producer came
+    by it. `ours`: the names of our domains (`domain_names()`), read once per batch by a
+    caller routing many messages; only addresses in them cost a lookup.
+    """
+    candidates = _remote_recipients(addresses)
+    if ours is None and candidates:
+        ours = domain_names()
+    local: list[Recipient] = []
+    remote: dict[str, tuple[str, str]] = {}
+    refused: list[tuple[str, Rejection]] = []
+    for key, (address, domain) in candidates.items():
+        if domain not in ours:
+            remote[key] = (address, domain)
+            continue
+        found = resolve_recipient(address.rpartition("@")[0], domain)
+        if isinstance(found, Recipient):
+            local.append(found)
+        elif found.reason == "unknown-domain":  # removed since `ours` was read
+            remote[key] = (address, domain)
+        else:
+            refused.append((address, found))
+    return Routed(local=tuple(local), remote=remote, refused=tuple(refused))
+
+
+def enqueue(
+    outgoing: OutgoingMessage,
+    routed: Routed,
+    stamp,
+    type_id: int | None = None,
+    origin_mailbox_id: int | None = None,
+    campaign_recipient_id: int | None = None,
+) -> SubmittedMessage:
+    """The one entrance of outgoing mail, in the caller's transaction: the message stored
+    once, filed at once for its local recipients (those given and those `routed` found,
+    with its Return-Path), into the Sent folder of its sending mailbox, and queued once
+    for the remote addresses only.
+
+    `origin_mailbox_id` is the mailbox the queue entry is charged to (the sending one by
+    default); `campaign_recipient_id` names the send-list row its queue recipient reports
+    to. Refused addresses in `routed` are the caller's to handle: nothing goes to them.
+    """
+    local = outgoing.local_recipients + routed.local
+    remote = routed.remote
+    if not local and not remote:
         raise Invalid("a message needs at least one recipient; nothing was sent")
-    remote = _remote_recipients(outgoing.remote_recipients)
-    stamp = Message.received_at.db_value(now)
-    message_id = _insert_message(outgoing, stamp, type_id)
-    filings = _file_for_recipients(message_id, outgoing.local_recipients, stamp)
+    message_id = _insert_message(outgoing, stamp, type_id, delivered=bool(local))
+    filings = _file_for_recipients(message_id, local, stamp)
     if outgoing.sent_mailbox_id is not None:
         _file_sent_copy(message_id, outgoing.sent_mailbox_id, stamp)
         filings += 1
     queue_message_id = None
+    queue_recipients: list[int] = []
     if remote:
+        if origin_mailbox_id is None:
+            origin_mailbox_id = outgoing.sent_mailbox_id
         (queue_message_id,) = _execute(
             "insert_queue_message",
-            (
-                message_id,
-                outgoing.envelope_sender,
-                outgoing.is_bounce,
-                outgoing.sent_mailbox_id,
-                stamp,
-            ),
+            (message_id, outgoing.envelope_sender, outgoing.is_bounce, origin_mailbox_id, stamp),
         ).fetchone()
         for address, domain in remote.values():
-            _execute(
+            (queue_recipient,) = _execute(
                 "insert_queue_recipient",
-                (queue_message_id, address, domain, stamp, False, stamp, stamp),
-            )
+                (
+                    queue_message_id,
+                    address,
+                    domain,
+                    stamp,
+                    False,
+                    stamp,
+                    stamp,
+                    campaign_recipient_id,
+                ),
+            ).fetchone()
+            queue_recipients.append(queue_recipient)
     return SubmittedMessage(
         id=message_id,
         queue_message_id=queue_message_id,
         filings=filings,
         queued_recipients=len(remote),
+        filed_recipients=local,
+        queue_recipient_ids=tuple(queue_recipients),
     )
+
+
+def _submit_one(
+    item: tuple[OutgoingMessage, Routed], now, type_id: int | None = None
+) -> SubmittedMessage:
+    outgoing, routed = item
+    if routed.refused:
+        _, rejection = routed.refused[0]
+        raise Invalid(f"{rejection.detail}; nothing was sent")
+    return enqueue(outgoing, routed, Message.received_at.db_value(now), type_id)
 
 
 def submit_messages(
@@ -916,18 +1007,36 @@ def submit_messages(
 
     Each message is stored once, filed for its local recipients and into the Sent folder
     of its sending mailbox, and queued once for its distinct remote addresses (due at
-    once). A message that fails is reported as its exception and leaves nothing behind.
+    once). A "remote" address in one of our domains is filed as a local recipient; one
+    that receives nothing here refuses the message. A message that fails is reported as
+    its exception and leaves nothing behind.
     """
+    ours = domain_names() if any(m.remote_recipients for m in messages) else frozenset()
+    routed: list[Routed | Exception] = []
+    for outgoing in messages:
+        try:
+            routed.append(route_addresses(outgoing.remote_recipients, ours))
+        except StoreError as problem:
+            routed.append(problem)
     _lock_mailboxes(
         [recipient.mailbox_id for outgoing in messages for recipient in outgoing.local_recipients]
+        + [r.mailbox_id for found in routed if isinstance(found, Routed) for r in found.local]
         + [m.sent_mailbox_id for m in messages if m.sent_mailbox_id is not None]
     )
     _, outgoing_type = default_type_ids()
-    return _group_commit(
-        functools.partial(_submit_one, type_id=outgoing_type),
-        messages,
-        utc_now() if now is None else now,
+    items = [
+        (outgoing, found)
+        for outgoing, found in zip(messages, routed, strict=True)
+        if isinstance(found, Routed)
+    ]
+    stored = iter(
+        _group_commit(
+            functools.partial(_submit_one, type_id=outgoing_type),
+            items,
+            utc_now() if now is None else now,
+        )
     )
+    return [next(stored) if isinstance(found, Routed) else found for found in routed]
 
 
 # --- the outbound queue -----------------------------------------------------------------
@@ -1233,6 +1342,16 @@ def messages_raw(message_ids: Iterable[int]) -> dict[int, bytes]:
         query = Message.select(Message.id, Message.raw).where(Message.id.in_(chunk)).tuples()
         found.update((message_id, bytes(raw)) for message_id, raw in query)
     return found
+
+
+@read_only
+def outgoing_raw(message_ids: Iterable[int]) -> dict[int, bytes]:
+    """The bytes of several messages as they are sent on: without the Return-Path their
+    filing for a local recipient added (only the final delivery writes one)."""
+    return {
+        message_id: returnpath.without_return_path(raw)
+        for message_id, raw in messages_raw(message_ids).items()
+    }
 
 
 # --- DKIM keys --------------------------------------------------------------------------

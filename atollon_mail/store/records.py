@@ -144,6 +144,9 @@ class OutgoingMessage:
     from_header: str | None = None
     date_header: str | None = None
     type_id: int | None = None  # the message type; None: the default for outgoing mail
+    # The envelope sender the local recipients' Return-Path names when it is not the one
+    # the queued copies go with (forwarded mail: they get an SRS sender); None: the same.
+    return_path: str | None = None
 
 
 @attrs.frozen
@@ -152,6 +155,10 @@ class SubmittedMessage:
     queue_message_id: int | None  # None when nothing went to the queue
     filings: int  # local recipients plus the Sent copy
     queued_recipients: int
+    # The local recipients it was filed for (given, or found among the addresses), and
+    # the queue recipients made for the remote ones, in order.
+    filed_recipients: tuple[Recipient, ...] = attrs.field(default=(), eq=False)
+    queue_recipient_ids: tuple[int, ...] = attrs.field(default=(), eq=False)
 
 
 @attrs.frozen

@@ -205,12 +205,12 @@ def register(app: WebApp) -> None:
                 address = queries.normalize_identity(address)
             except Invalid:
                 return [], [], f"{item.strip()!r} is not an address; use one like name@example.org"
-            local_part, _, domain = address.rpartition("@")
-            found = await page.store.run(queries.resolve_recipient, local_part, domain)
+            # The intake's routing, as for mail submitted over SMTP.
+            found = await page.app.intake.route(address)
             if isinstance(found, Recipient):
                 local.append(found)
-            elif found.reason == "unknown-domain":
-                remote.append(address)
+            elif isinstance(found, str):
+                remote.append(found)
             else:
                 return [], [], f"{address}: {found.detail}"
         return local, remote, None

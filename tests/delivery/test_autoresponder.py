@@ -149,6 +149,8 @@ class AutoresponderTests(StoreFixtureMixin):
         yield self.deliver("joe@acme.test", raw)
         [(envelope_sender, reply_raw)] = self.filed("joe@acme.test")
         self.assertEqual(envelope_sender, "")
+        self.assertTrue(reply_raw.startswith(b"Return-Path: <>\r\n"), reply_raw[:80])
+        self.assertEqual(reply_raw.count(b"Return-Path:"), 1)
         reply = parsed(reply_raw)
         self.assertEqual((reply["From"], reply["To"]), ("jane.doe@acme.test", "joe@acme.test"))
         self.assertEqual(reply["Auto-Submitted"], "auto-replied")

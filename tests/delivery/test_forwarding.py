@@ -101,6 +101,9 @@ class ForwardingIntakeTests(StoreFixtureMixin):
     def raw(self, message_id: int) -> bytes:
         return self.store.run_sync(queries.message_raw, message_id)
 
+    def outgoing_raw(self, message_id: int) -> bytes:
+        return self.store.run_sync(queries.outgoing_raw, [message_id])[message_id]
+
     def queue(self) -> list:
         return sorted(self.store.run_sync(queries.queue_list), key=lambda e: e.address)
 
@@ -128,7 +131,11 @@ class ForwardingIntakeTests(StoreFixtureMixin):
         [joe], [ann] = self.filings("joe@acme.test"), self.filings("ann@acme.test")
         self.assertEqual(joe.message.id, ann.message.id, "stored once, filed twice")
         self.assertEqual(stored.id, joe.message.id)
-        self.assertEqual(self.raw(stored.id), RAW, "no remote copy: the bytes as received")
+        self.assertEqual(
+            self.raw(stored.id),
+            b"Return-Path: <someone@elsewhere.test>\r\n" + RAW,
+            "no remote copy: the bytes as received, under the final delivery's Return-Path",
+        )
         self.assertEqual(joe.message.envelope_sender, "someone@elsewhere.test")
         self.assertEqual(self.queue(), [])
         self.assertEqual(
@@ -163,7 +170,12 @@ class ForwardingIntakeTests(StoreFixtureMixin):
             r"^SRS0=[A-Z2-7]{4}=[A-Z2-7]{2}=elsewhere\.test=someone@acme\.test$",
         )
         self.assertEqual(self.srs.reverse(entry.envelope_sender), "someone@elsewhere.test")
-        self.assertEqual(self.raw(stored.id), b"Delivered-To: joe@acme.test\r\n" + RAW)
+        self.assertEqual(self.outgoing_raw(stored.id), b"Delivered-To: joe@acme.test\r\n" + RAW)
+        self.assertEqual(
+            self.raw(stored.id),
+            b"Return-Path: <someone@elsewhere.test>\r\nDelivered-To: joe@acme.test\r\n" + RAW,
+            "the copy kept names the real sender, not the SRS one of the copy sent on",
+        )
         [joe] = self.filings("joe@acme.test")
         self.assertEqual(joe.message.id, stored.id, "the copy kept shares the stored bytes")
         self.assertEqual(self.queued, [True], "the runner was woken")
@@ -193,7 +205,9 @@ class ForwardingIntakeTests(StoreFixtureMixin):
         )
         self.assertEqual(len(self.filings("bob@acme.test")), 1, "the copy kept")
         self.assertEqual(self.filings("joe@acme.test")[0].context.name, "Sent (joe@acme.test)")
-        self.assertTrue(self.raw(submitted.id).startswith(b"Delivered-To: bob@acme.test\r\n"))
+        self.assertTrue(
+            self.outgoing_raw(submitted.id).startswith(b"Delivered-To: bob@acme.test\r\n")
+        )
 
     @defer.inlineCallbacks
     def test_forward_only_to_a_remote_target_files_nothing(self):
@@ -237,7 +251,7 @@ class ForwardingIntakeTests(StoreFixtureMixin):
         self.assertEqual(entry.address, "carl@remote.test")
         self.assertTrue(entry.envelope_sender.startswith("SRS0="))
         self.assertEqual(
-            self.raw(stored.id),
+            self.outgoing_raw(stored.id),
             b"Delivered-To: ann@acme.test\r\nDelivered-To: joe@acme.test\r\n" + RAW,
         )
 

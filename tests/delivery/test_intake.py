@@ -12,7 +12,7 @@ from atollon_mail.delivery.intake import DOMAIN_CACHE_SECONDS, Intake, summarize
 from atollon_mail.interfaces import IMailIntake, IStore
 from atollon_mail.passwords import hash_password
 from atollon_mail.store import queries
-from atollon_mail.store.records import Recipient, StoredMessage
+from atollon_mail.store.records import OutgoingMessage, Recipient, StoredMessage
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
 RAW = b"From: a@example.org\r\nSubject: hello\r\nMessage-ID: <1@example.org>\r\n\r\nbody\r\n"
@@ -181,6 +181,37 @@ class IntakeOnStoreTests(StoreFixtureMixin):
         filings = yield self.store.run(queries.list_filings, "joe@acme.test", 100)
         self.assertEqual(sorted(filing.uid for filing in filings), list(range(1, 51)))
         self.assertEqual(filings[0].message.subject, "hello")
+
+    @defer.inlineCallbacks
+    def test_received_mail_is_filed_under_one_return_path(self):
+        recipient = yield self.intake.resolve_recipient("joe", "acme.test")
+        stored = yield self.intake.accept(
+            "a@example.org", [recipient], b"Return-Path: <b@example.org>\r\n" + RAW
+        )
+        raw = yield self.store.run(queries.message_raw, stored.id)
+        self.assertEqual(raw, b"Return-Path: <a@example.org>\r\n" + RAW)
+
+    @defer.inlineCallbacks
+    def test_submitted_mail_for_addresses_here_is_filed_and_heard_of(self):
+        """A producer that names local addresses as remote ones (as the campaign sender
+        and old callers do) still gets them filed; the filing listeners hear of them."""
+        heard = []
+        self.intake.filed_listeners.append(
+            lambda sender, recipients, raw: heard.append(
+                (sender, [r.mailbox_address for r in recipients])
+            )
+        )
+        queued = []
+        self.intake.on_queued = lambda: queued.append(True)
+        submitted = yield self.intake.submit(
+            OutgoingMessage(envelope_sender="", raw=RAW, remote_recipients=("JOE@acme.test",))
+        )
+        self.assertEqual((submitted.queue_message_id, submitted.filings), (None, 1))
+        self.assertEqual(heard, [("", ["joe@acme.test"])])
+        self.assertEqual(queued, [], "nothing queued: the runner is not woken")
+        [filing] = yield self.store.run(queries.list_filings, "joe@acme.test")
+        raw = yield self.store.run(queries.message_raw, filing.message.id)
+        self.assertEqual(raw, b"Return-Path: <>\r\n" + RAW)
 
 
 class SqliteIntakeTests(SqliteStoreMixin, IntakeOnStoreTests, unittest.TestCase):

@@ -225,6 +225,19 @@ class RunnerTests(StoreFixtureMixin):
         self.assertEqual(delays, [300, 600, 1200, 2400, 4000, 4000, 4000])
 
     @defer.inlineCallbacks
+    def test_an_address_here_is_filed_and_the_remote_copy_goes_without_return_path(self):
+        yield self.start()
+        submitted = yield self.send("bob@remote.test", "Jane@acme.test")
+        yield self.settle()
+        self.assertEqual((yield self.states()), {"bob@remote.test": "delivered"})
+        [(_, [envelope])] = self.remote.calls
+        self.assertEqual(envelope.recipients, ("bob@remote.test",))
+        self.assertEqual(envelope.raw, raw_message(), "sent on as submitted")
+        filed = yield self.jane_mail()
+        self.assertIn(b"Return-Path: <jane@acme.test>\r\n" + raw_message(), filed)
+        self.assertEqual(submitted.queued_recipients, 1)
+
+    @defer.inlineCallbacks
     def test_permanent_failure_bounces_with_a_dsn_to_the_local_sender(self):
         self.remote.replies["bob@remote.test"] = "550 5.1.1 <bob@remote.test>: no such user"
         yield self.start()
@@ -236,6 +249,9 @@ class RunnerTests(StoreFixtureMixin):
         )
         dsns = [raw for raw in (yield self.jane_mail()) if b"multipart/report" in raw]
         self.assertEqual(len(dsns), 1)
+        # Filed at once, never queued, under the null Return-Path of a bounce.
+        self.assertTrue(dsns[0].startswith(b"Return-Path: <>\r\n"), dsns[0][:80])
+        self.assertEqual(dsns[0].count(b"Return-Path:"), 1)
         report = email.message_from_bytes(dsns[0], policy=email.policy.default)
         self.assertEqual(report.get_content_type(), "multipart/report")
         self.assertEqual(report["To"], "jane@acme.test")

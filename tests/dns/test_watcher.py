@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import email
 import email.policy
+import functools
 import threading
 
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from atollon_mail.delivery import dkim
+from atollon_mail.delivery.intake import Intake
+from atollon_mail.delivery.runner import send_notification
 from atollon_mail.dns import watcher as watcher_module
 from atollon_mail.dns.watcher import Change, DnsWatcher, changes_between, notification
 from atollon_mail.store import domains
@@ -140,6 +143,24 @@ class WatcherContractTests(StoreFixtureMixin):
         self.assertIn("crm.acme.test: dmarc acme.test", body)
         self.assertIn("fail: acme.test publishes no DMARC record", body)
         self.assertNotIn("pass", body)
+
+    @defer.inlineCallbacks
+    def test_notices_to_admin_mailboxes_here_are_filed_at_once(self):
+        """Through the intake, as the appliance sends them: the admins' mailboxes are
+        here, so the notices are filed (from <>) and nothing is queued."""
+        intake = Intake(self.store)
+        self.watcher._send = functools.partial(send_notification, intake)
+        self.dns.set_records("_dmarc.acme.test", [])
+        yield self.start()
+        self.assertEqual(self.sync(q.queue_list), [])
+        for address in ("admin@good.test", "root@good.test"):
+            [filing] = self.sync(q.list_filings, address)
+            self.assertEqual(filing.message.envelope_sender, "")
+            raw = self.sync(q.message_raw, filing.message.id)
+            self.assertTrue(raw.startswith(b"Return-Path: <>\r\n"), raw[:80])
+            self.assertEqual(raw.count(b"Return-Path:"), 1)
+            self.assertEqual(filing.message.subject, "DNS check: 1 problem (crm.acme.test)")
+        self.assertEqual(self.sync(q.list_filings, "jane@good.test"), [])
 
     @defer.inlineCallbacks
     def test_unchanged_round_mails_nothing(self):

@@ -28,8 +28,10 @@ from atollon_mail.store.models import (
     ContactContext,
     Context,
     DistributionGroup,
+    Domain,
     Employment,
     Filing,
+    Mailbox,
     Message,
     MessageType,
     Organization,
@@ -281,6 +283,62 @@ class SendingTests(StoreFixtureMixin):
             address = to.rpartition("<")[2].rstrip(">")
             found[address] = (filing.context.id, filing.context.name, filing.message.type.code)
         return found
+
+    @defer.inlineCallbacks
+    def test_addresses_of_this_server_are_filed_at_once_never_queued(self):
+        """A contact whose address is a mailbox (or an alias) here gets the message filed
+        in the handoff's transaction: no queue row, the row sent, nothing suppressed, the
+        CRM copy filed as for every delivered row. An address here that receives
+        nothing fails its row (not suppressed: ours to fix)."""
+        self.store.run_sync(queries.add_user, "joe", hash_password("pw"), "Joe")
+        self.store.run_sync(queries.add_mailbox, "joe@acme.test", "joe")
+        self.store.run_sync(queries.add_alias, "sales", "joe@acme.test")
+        self.store.run_sync(_add_people, "joe@acme.test", "Sales@Acme.test", "ghost@acme.test")
+        campaign_id = self.make_campaign()
+        self.start_all(campaign_id)
+        yield self.run_until(lambda: self.campaign_status_now(campaign_id) == "finished")
+        rows = self.rows(campaign_id)
+        for address in ("joe@acme.test", "Sales@Acme.test"):
+            state, _, reply, attempts = rows[address]
+            self.assertEqual((state, reply, attempts), ("sent", sending.LOCAL_REPLY, 1), address)
+        state, _, reply, _ = rows["ghost@acme.test"]
+        self.assertEqual(state, "failed")
+        self.assertIn("ghost@acme.test is not an address here", reply)
+        for address in ("jana@example.org", "bob@example.net", "hans@example.de"):
+            self.assertEqual(rows[address][0], "sent")
+        # Only the remote addresses went out, and only they have queue rows.
+        sent_to = sorted(env.recipients[0] for _, sent in self.remote.calls for env in sent)
+        self.assertEqual(sent_to, ["bob@example.net", "hans@example.de", "jana@example.org"])
+        queued = self.store.run_sync(lambda: sorted(row.address for row in QueueRecipient.select()))
+        self.assertEqual(queued, sent_to)
+        self.assertEqual(self.store.run_sync(lambda: Suppression.select().count()), 0)
+        # Joe has both messages (his own and the alias's), each under one Return-Path: the
+        # VERP address of its own row.
+        filed = self.store.run_sync(queries.list_filings, "joe@acme.test", 10)
+        self.assertEqual(len(filed), 2)
+        for filing in filed:
+            raw = self.store.run_sync(queries.message_raw, filing.message.id)
+            self.assertEqual(raw.count(b"Return-Path:"), 1)
+            first, _, _ = raw.partition(b"\r\n")
+            verp = first.removeprefix(b"Return-Path: <").removesuffix(b">").decode()
+            self.assertEqual(verp, filing.message.envelope_sender)
+            _, row_id = self.tokens.read_local_part(verp.partition("@")[0])
+            self.assertIn(
+                self.store.run_sync(sending.row_address, row_id),
+                ("joe@acme.test", "Sales@Acme.test"),
+            )
+            self.assertEqual(filing.message.size, len(raw))
+            # The same stored message is the CRM copy in the sending mailbox: filed once
+            # there, once in joe's mailbox, nowhere else.
+            self.assertEqual(
+                self.store.run_sync(_filing_mailboxes, filing.message.id),
+                ["joe@acme.test", "news@acme.test"],
+            )
+        news = self.store.run_sync(queries.list_filings, "news@acme.test", 100)
+        self.assertEqual(len(news), 5, "one CRM copy per sent row")
+        self.assertEqual(
+            {f.context.name for f in news} - {"Example Ltd: general"}, {"Sent (news@acme.test)"}
+        )
 
     @defer.inlineCallbacks
     def test_filing_follows_the_campaign_organization_and_a_project_only_default(self):
@@ -604,6 +662,33 @@ class SendingTests(StoreFixtureMixin):
         second = self.make_campaign()
         self.store.run_sync(campaigns.start_campaign, second, self.now())
         self.assertEqual(self.rows(second)["jana@example.org"][0], "suppressed")
+
+
+def _add_people(*addresses: str) -> None:
+    organization = Organization.get(name="Acme")
+    for address in addresses:
+        Contact.create(
+            organization=organization,
+            kind="person",
+            external_id=None,
+            name="",
+            first_name=address.partition("@")[0].title(),
+            last_name="",
+            email=address,
+            language="en",
+            created_at=utc_now(),
+            updated_at=utc_now(),
+        )
+
+
+def _filing_mailboxes(message_id: int) -> list[str]:
+    query = (
+        Filing.select(Mailbox.local_part, Domain.name)
+        .join(Mailbox)
+        .join(Domain)
+        .where(Filing.message == message_id)
+    )
+    return sorted(f"{local}@{domain}" for local, domain in query.tuples())
 
 
 def _reactor():

@@ -159,6 +159,11 @@ def _message(*recipients: Recipient, raw: bytes = b"Subject: hi\r\n\r\nbody\r\n"
     )
 
 
+def _filed(raw: bytes) -> bytes:
+    """raw as the store files it: the final delivery's Return-Path on top."""
+    return b"Return-Path: <sender@elsewhere.example>\r\n" + raw
+
+
 class _Boom(Exception):
     pass
 
@@ -680,9 +685,22 @@ class StoreContractTests(StoreFixtureMixin):
         for raw, stored in zip(bodies, results):
             got = self.sync(q.message_raw, stored.id)
             self.assertIs(type(got), bytes)
-            self.assertEqual(got, raw)
+            self.assertEqual(got, _filed(raw))
         sizes = {f.message.id: f.message.size for f in self.sync(q.list_filings, "bob@example.com")}
-        self.assertEqual([sizes[s.id] for s in results], [len(raw) for raw in bodies])
+        self.assertEqual([sizes[s.id] for s in results], [len(_filed(raw)) for raw in bodies])
+
+    def test_received_mail_is_filed_under_one_return_path(self):
+        """RFC 5321 4.4: the final delivery adds Return-Path with the envelope sender; one
+        the message arrived with is replaced, so there is exactly one."""
+        self.populate()
+        raw = b"Return-Path: <forged@elsewhere.example>\r\nSubject: hi\r\n\r\nbody\r\n"
+        [stored] = self.sync(q.store_messages, [_message(self.recipient("bob"), raw=raw)])
+        got = self.sync(q.message_raw, stored.id)
+        self.assertEqual(
+            got, b"Return-Path: <sender@elsewhere.example>\r\nSubject: hi\r\n\r\nbody\r\n"
+        )
+        [filing] = self.sync(q.list_filings, "bob@example.com")
+        self.assertEqual(filing.message.size, len(got))
 
     def test_message_summary_fields(self):
         self.populate()
@@ -702,7 +720,7 @@ class StoreContractTests(StoreFixtureMixin):
         self.assertEqual(summary.from_header, "Sender <sender@elsewhere.example>")
         self.assertEqual(summary.date_header, "Mon, 1 Jan 2024 00:00:00 +0000")
         self.assertEqual(summary.envelope_sender, "sender@elsewhere.example")
-        self.assertEqual(summary.size, len(message.raw))
+        self.assertEqual(summary.size, len(_filed(message.raw)))
         self.assertIsNotNone(summary.received_at)
 
     def test_failing_message_reported_others_kept(self):
@@ -726,7 +744,7 @@ class StoreContractTests(StoreFixtureMixin):
         # The failed message's uid was given back: bob's uids stay gap-free.
         filings = self.sync(q.list_filings, "bob@example.com")
         self.assertEqual([(f.uid, f.message.id) for f in filings], [(2, third.id), (1, first.id)])
-        self.assertEqual(self.sync(q.message_raw, third.id), b"third")
+        self.assertEqual(self.sync(q.message_raw, third.id), _filed(b"third"))
         [fourth] = self.sync(q.store_messages, [_message(bob)])
         self.assertEqual(self.uids("bob@example.com"), [1, 2, 3])
         self.assertIsInstance(fourth, StoredMessage)
@@ -878,7 +896,7 @@ class StoreContractTests(StoreFixtureMixin):
             [d.name for d in (yield reopened.run(q.list_domains))],
             ["example.com", "queued0.example", "queued1.example", "queued2.example"],
         )
-        self.assertEqual((yield reopened.run(q.message_raw, stored.id)), raw)
+        self.assertEqual((yield reopened.run(q.message_raw, stored.id)), _filed(raw))
         self.assertEqual(
             (yield reopened.run(q.get_mailbox, "bob@example.com")).aliases, ("sales@example.com",)
         )

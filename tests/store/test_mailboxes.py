@@ -40,6 +40,11 @@ def _incoming(*recipients: Recipient, raw: bytes = b"Subject: hi\r\n\r\nbody\r\n
     )
 
 
+def _filed(raw: bytes) -> bytes:
+    """raw as filed: the final delivery's Return-Path on top."""
+    return b"Return-Path: <sender@elsewhere.example>\r\n" + raw
+
+
 def _type_codes_of(message_ids) -> list[str]:
     query = (
         Message.select(MessageType.code)
@@ -251,7 +256,7 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         self.assertEqual(
             [f.message.id for f in self.sync(q.list_filings, "bob@example.com")], ids[::-1]
         )
-        self.assertEqual(self.sync(q.message_raw, ids[0]), b"m0")
+        self.assertEqual(self.sync(q.message_raw, ids[0]), _filed(b"m0"))
         self.assertNotIn("bob@example.com", self.identities("bob"))
         self.assertTrue(self.sync(m.update_mailbox, "bob@example.com", active=True).active)
         self.assertEqual(self.receiving_mailbox("sales@example.com"), "bob@example.com")
@@ -386,7 +391,7 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         self.assertEqual(
             [f.message.id for f in self.sync(q.list_filings, "carol@example.com")], ids[::-1]
         )
-        self.assertEqual(self.sync(q.message_raw, ids[1]), b"m1")
+        self.assertEqual(self.sync(q.message_raw, ids[1]), _filed(b"m1"))
         detail = self.sync(m.mailbox_detail, "carol@example.com")
         self.assertEqual(detail.redirected_to, "robert@example.com")
         # The old name cannot be taken again, nor the old mailbox reactivated over it.
@@ -730,7 +735,7 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         self.assertEqual((deleted.reassigned, deleted.reassigned_to), (3, "letter"))
         self.assertNotIn("fax", self.types())
         self.assertEqual(self.sync(_type_codes_of, faxes + others), ["letter"] * 3 + ["email-in"])
-        self.assertEqual(self.sync(q.message_raw, faxes[0]), b"m0")
+        self.assertEqual(self.sync(q.message_raw, faxes[0]), _filed(b"m0"))
 
     def test_a_type_a_campaign_uses_moves_with_it_or_stays(self):
         self.sync(q.add_domain, "example.com")

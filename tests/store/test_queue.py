@@ -144,7 +144,13 @@ class QueueContractTests(StoreFixtureMixin):
         self.assertEqual(submitted.queued_recipients, 2)
         self.assertIsNotNone(submitted.queue_message_id)
         self.assertEqual(self.sync(q.count_messages), 1)
-        self.assertEqual(self.sync(q.message_raw, submitted.id), message.raw)
+        # Filed for carol: a final delivery, so stored with its Return-Path; it is sent on
+        # without it.
+        self.assertEqual(
+            self.sync(q.message_raw, submitted.id),
+            b"Return-Path: <bob@example.com>\r\n" + message.raw,
+        )
+        self.assertEqual(self.sync(q.outgoing_raw, [submitted.id]), {submitted.id: message.raw})
 
         [to_carol] = self.sync(q.list_filings, "carol@example.com")
         self.assertEqual((to_carol.message.id, to_carol.uid, to_carol.flags), (submitted.id, 1, ()))
@@ -216,6 +222,60 @@ class QueueContractTests(StoreFixtureMixin):
         self.assertEqual(self.sync(_queue_messages), [])
         self.assertEqual(self.sync(q.queue_counts), dict.fromkeys(QUEUE_STATES, 0))
         self.assertIsNone(self.sync(q.next_due_at))
+
+    def test_an_address_here_given_as_remote_is_filed_not_queued(self):
+        """Whatever a producer passes as remote, an address of our own domains (any case,
+        with a +tag) is filed at once; only the others reach the queue."""
+        self.populate()
+        message = self.outgoing("CAROL+news@Example.COM", "far@remote.example", sent=self.bob.id)
+        [submitted] = self.submit(message)
+        self.assertEqual((submitted.filings, submitted.queued_recipients), (2, 1))
+        self.assertEqual(
+            [r.mailbox_address for r in submitted.filed_recipients], ["carol@example.com"]
+        )
+        self.assertEqual(self.states(submitted.queue_message_id), {"far@remote.example": "queued"})
+        [to_carol] = self.sync(q.list_filings, "carol@example.com")
+        self.assertEqual((to_carol.message.id, to_carol.uid), (submitted.id, 1))
+        self.assertEqual(
+            self.sync(q.message_raw, submitted.id),
+            b"Return-Path: <bob@example.com>\r\n" + message.raw,
+        )
+        self.assertEqual(to_carol.message.size, len(self.sync(q.message_raw, submitted.id)))
+
+    def test_only_addresses_here_are_filed_and_nothing_queued(self):
+        self.populate()
+        submitted = self.submit_one("carol@example.com", "info@example.com")
+        self.assertEqual((submitted.queue_message_id, submitted.filings), (None, 2))
+        self.assertEqual(self.sync(_queue_messages), [])
+
+    def test_an_address_here_that_receives_nothing_refuses_the_message(self):
+        self.populate()
+        for address, why in (
+            ("nobody@example.com", "nobody@example.com is not an address here"),
+            ("old@example.com", "old@example.com does not receive mail"),
+        ):
+            [refused] = self.submit(self.outgoing(address, "far@remote.example", sent=self.bob.id))
+            self.assertIsInstance(refused, Invalid)
+            self.assertEqual(str(refused), f"{why}; nothing was sent")
+        self.assertEqual(self.sync(q.count_messages), 0)
+        self.assertEqual(self.sync(_queue_messages), [])
+
+    def test_a_bounce_to_an_address_here_is_filed_under_a_null_return_path(self):
+        self.populate()
+        raw = (
+            b"Return-Path: <forged@elsewhere.example>\r\nSubject: Undelivered\r\n"
+            b"return-path:\r\n <folded@elsewhere.example>\r\n\r\nReturn-Path: body text\r\n"
+        )
+        submitted = self.submit_one("bob@example.com", envelope_sender="", is_bounce=True, raw=raw)
+        self.assertIsNone(submitted.queue_message_id)
+        stored = self.sync(q.message_raw, submitted.id)
+        self.assertEqual(
+            stored,
+            b"Return-Path: <>\r\nSubject: Undelivered\r\n\r\nReturn-Path: body text\r\n",
+            "one Return-Path, the final delivery's; the body is left alone",
+        )
+        [filing] = self.sync(q.list_filings, "bob@example.com")
+        self.assertEqual(filing.message.size, len(stored))
 
     def test_bounce_is_queued_with_the_null_sender(self):
         self.populate()

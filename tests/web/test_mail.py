@@ -219,6 +219,12 @@ class WebMailTests(ServedWebMixin, StoreFixtureMixin):
         self.assertEqual(queued.subject, "Hello there")
         [filed] = self.store.run_sync(q.list_filings, "carol@example.com", 1)
         self.assertEqual(filed.message.subject, "Hello there")
+        stored = self.store.run_sync(q.message_raw, filed.message.id)
+        self.assertTrue(stored.startswith(b"Return-Path: <bob@example.com>\r\n"))
+        self.assertEqual(stored.count(b"Return-Path:"), 1)
+        self.assertEqual(filed.message.size, len(stored))
+        outgoing = self.store.run_sync(q.outgoing_raw, [filed.message.id])[filed.message.id]
+        self.assertNotIn(b"Return-Path:", outgoing, "the copy sent on has none")
         [sent, *_] = self.store.run_sync(q.list_filings, "bob@example.com", 10)
         self.assertTrue(sent.context.name.startswith("Sent"))
         self.assertEqual(sent.message.id, filed.message.id)
