@@ -368,6 +368,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE queue_recipient ADD COLUMN campaign_recipient_id {bigint}",
         ),
     ),
+    Migration(
+        5,
+        "sending identities approved by an administrator",
+        (
+            # Every identity stored before starts unapproved: one that is not the mailbox's
+            # own address is refused at submission until an administrator sets it again.
+            "ALTER TABLE mailbox ADD COLUMN identity_approved BOOLEAN NOT NULL DEFAULT FALSE",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].number
