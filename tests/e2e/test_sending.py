@@ -82,26 +82,19 @@ class SendingTests(unittest.TestCase):
             ("user", "add", "jane", "--password-stdin"),
             ("mailbox", "add", "jane@acme.test", "--owner", "jane"),
             ("dkim", "generate", "acme.test"),
-            # Secondary mode: the main server forwards sales@acme.test to crm.acme.test;
-            # the mailbox sends as the real address.
+            # Secondary mode, as on the vendor's pages: the company's own server forwards
+            # sales@company.test to company.atollon.test; the mailbox sends as the real
+            # address (its default identity).
             (
                 "domain",
                 "add",
-                "crm.acme.test",
+                "company.atollon.test",
                 "--mode",
                 "secondary",
                 "--primary-domain",
-                "acme.test",
+                "company.test",
             ),
-            (
-                "mailbox",
-                "add",
-                "sales@crm.acme.test",
-                "--owner",
-                "jane",
-                "--identity",
-                "sales@acme.test",
-            ),
+            ("mailbox", "add", "sales@company.atollon.test", "--owner", "jane"),
         ):
             result = yield threads.deferToThread(
                 self.appliance.cli, *command, stdin="jane-password\n"
@@ -186,16 +179,16 @@ class SendingTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_secondary_mode_mailbox_sends_as_the_primary_domain_address(self):
-        message = MESSAGE.replace("Jane Doe <jane@acme.test>", "Sales <sales@acme.test>")
-        yield threads.deferToThread(self.submit, ["bob@remote.test"], "sales@acme.test", message)
+        message = MESSAGE.replace("Jane Doe <jane@acme.test>", "Sales <sales@company.test>")
+        yield threads.deferToThread(self.submit, ["bob@remote.test"], "sales@company.test", message)
         yield self.wait_for(lambda: defer.succeed(self.remote.delivered), "the remote delivery")
         [envelope] = self.remote.delivered
-        self.assertEqual(envelope.sender, "sales@acme.test")
-        self.assertIn(b"From: Sales <sales@acme.test>", envelope.data)
+        self.assertEqual(envelope.sender, "sales@company.test")
+        self.assertIn(b"From: Sales <sales@company.test>", envelope.data)
 
         def as_the_crm_address():
             with self.assertRaises(smtplib.SMTPSenderRefused) as refused:
-                self.submit(["bob@remote.test"], "sales@crm.acme.test", message)
+                self.submit(["bob@remote.test"], "sales@company.atollon.test", message)
             return refused.exception.smtp_code
 
         code = yield threads.deferToThread(as_the_crm_address)
