@@ -63,7 +63,7 @@ def holder(mailbox: Mailbox, identity: str) -> str | None:
             .first()
         )
         if other is not None:
-            return f"{identity} is the address of mailbox {other.local_part}@{domain_name}"
+            return f"another mailbox, {other.local_part}@{domain_name}, receives at {identity}"
         alias = (
             Alias.select(Alias.name, Mailbox.local_part)
             .join(Mailbox)
@@ -73,7 +73,8 @@ def holder(mailbox: Mailbox, identity: str) -> str | None:
             .first()
         )
         if alias is not None:
-            return f"{identity} is an alias of mailbox {alias.mailbox.local_part}@{domain_name}"
+            owner = f"{alias.mailbox.local_part}@{domain_name}"
+            return f"another mailbox, {owner}, receives at {identity} (an alias)"
     other = (
         Mailbox.select(Mailbox.local_part, Domain.name)
         .join(Domain)
@@ -81,7 +82,7 @@ def holder(mailbox: Mailbox, identity: str) -> str | None:
         .first()
     )
     if other is not None:
-        return f"{identity} is the identity of mailbox {_address(other)} already"
+        return f"another mailbox, {_address(other)}, sends as {identity} already"
     return None
 
 
@@ -95,7 +96,7 @@ def refusal(mailbox: Mailbox, identity: str, approved: bool) -> str | None:
         return None  # its own address is always its own
     if identity.lower() not in own and not approved:
         return (
-            f"{_address(mailbox)} may send as {' or '.join(own_identities(mailbox))}; "
+            f"mailbox {_address(mailbox)} may send as {' or '.join(own_identities(mailbox))}; "
             f"only an administrator can set another identity such as {identity}"
         )
     return holder(mailbox, identity)

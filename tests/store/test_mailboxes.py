@@ -200,8 +200,8 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         for identity in ("ceo@bank.example", "carol@example.com", "robert@example.com"):
             with self.subTest(identity=identity):
                 self.assertIdentityRefused(
-                    "bob@example.com may send as bob@example.com; only an administrator can "
-                    f"set another identity such as {identity}",
+                    "mailbox bob@example.com may send as bob@example.com; only an administrator "
+                    f"can set another identity such as {identity}",
                     m.update_mailbox,
                     "bob@example.com",
                     identity=identity,
@@ -279,12 +279,12 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         self.populate()
         self.sync(m.update_mailbox, "robert@example.com", identity="info@company.example")
         for identity, message in (
-            ("Bob@example.com", "Bob@example.com is the address of mailbox bob@example.com"),
-            ("bob+news@example.com", "is the address of mailbox bob@example.com"),
-            ("sales@example.com", "sales@example.com is an alias of mailbox bob@example.com"),
+            ("Bob@example.com", "another mailbox, bob@example.com, receives at Bob@example.com"),
+            ("bob+news@example.com", "bob@example.com, receives at bob+news@example.com"),
+            ("sales@example.com", "bob@example.com, receives at sales@example.com (an alias)"),
             (
                 "INFO@company.example",
-                "INFO@company.example is the identity of mailbox robert@example.com already",
+                "another mailbox, robert@example.com, sends as INFO@company.example already",
             ),
         ):
             # The command line, an admin user, and the owner (who may not anyway).
@@ -329,7 +329,7 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         self.assertEqual(self.sends_as("carol"), [])
         self.assertNotIn("info@other.example", self.sends_as("bob"))
         self.assertIn(
-            "desk@example.com is the address of mailbox desk@example.com",
+            "another mailbox, desk@example.com, receives at desk@example.com",
             self.sync(q.identity_refusal, "carol@example.com"),
         )
         # Its own address always passes, whoever else claims it.
@@ -361,7 +361,7 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         # A second hosted domain of the same company: thomas@company.test is taken.
         self.sync(q.add_domain, "company2.atollon.test", "secondary", primary_domain="company.test")
         self.assertIdentityRefused(
-            "thomas@company.test is the identity of mailbox thomas@company.atollon.test "
+            "another mailbox, thomas@company.atollon.test, sends as thomas@company.test "
             "already; choose another identity",
             q.add_mailbox,
             "thomas@company2.atollon.test",
