@@ -561,7 +561,12 @@ def build_parser() -> argparse.ArgumentParser:
     add = mailbox.add_parser("add", help="add a mailbox")
     add.add_argument("address", metavar="ADDR")
     add.add_argument("--owner", metavar="LOGIN", required=True)
-    add.add_argument("--identity", metavar="ADDR", help="the From address (default: ADDR)")
+    add.add_argument(
+        "--identity",
+        metavar="ADDR",
+        help="the From address (default: ADDR, in secondary mode name@ the primary domain); "
+        "never another mailbox's address, alias or identity",
+    )
     add.add_argument("--inactive", action="store_true", help="refuse mail for it for now")
     add.add_argument(
         "--store-to",
