@@ -285,10 +285,15 @@ def _mailbox_show(store: Store, args) -> None:
     active = _yes_no(box.active)
     if detail.redirected_to is not None:
         active += f" (redirected to {detail.redirected_to})"
+    identity = box.identity
+    if detail.identity_refusal is not None:
+        identity += f" (refused when sending: {detail.identity_refusal})"
+    elif detail.identity_approved:
+        identity += " (set by an administrator)"
     fields = [
         ("address", box.address),
         ("owner", box.owner_login),
-        ("identity", box.identity),
+        ("identity", identity),
         ("store to", _context_label(box.store_to)),
         ("active", active),
         ("default box", _yes_no(box.is_default)),
@@ -552,8 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument(
         "--primary-domain",
         metavar="DOMAIN",
-        help="secondary mode: the company's own domain this one is below (its mail provider "
-        "forwards to this one)",
+        help="secondary mode: the company's own domain (its mail provider forwards chosen "
+        "mailboxes to this one, which send as name@DOMAIN)",
     )
     add.set_defaults(handler=_domain_add)
     domain.add_parser("list", help="list the domains").set_defaults(handler=_domain_list)
@@ -583,7 +588,12 @@ def build_parser() -> argparse.ArgumentParser:
     add = mailbox.add_parser("add", help="add a mailbox")
     add.add_argument("address", metavar="ADDR")
     add.add_argument("--owner", metavar="LOGIN", required=True)
-    add.add_argument("--identity", metavar="ADDR", help="the From address (default: ADDR)")
+    add.add_argument(
+        "--identity",
+        metavar="ADDR",
+        help="the From address (default: ADDR, in secondary mode name@ the primary domain); "
+        "never another mailbox's address, alias or identity",
+    )
     add.add_argument("--inactive", action="store_true", help="refuse mail for it for now")
     add.add_argument(
         "--store-to",

@@ -46,7 +46,8 @@ class ISubmissionPolicy(IMailIntake):
     """What the submission server asks on top of the intake's questions."""
 
     def sending_identities(login):
-        """Deferred firing with a tuple of SendingIdentity the user may send as."""
+        """Deferred firing with a tuple of SendingIdentity the user may send as now (only
+        identities that pass the store's identity rule); asked at AUTH and at every MAIL."""
 
     def submit(login, identity, envelope_sender, local_recipients, remote_recipients, raw):
         """

@@ -238,24 +238,27 @@ class CliContractMixin(ConfiguredCli):
         self.assertEqual(
             self.ok("domain", "add", "Acme.COM.").lines, ["added domain acme.com (primary)"]
         )
+        # The vendor's own example: a hosted domain not below the company's domain.
         added = self.ok(
             "domain",
             "add",
-            "backup.acme.com",
+            "company.atollon.com",
             "--mode",
             "secondary",
             "--primary-domain",
-            "acme.com",
+            "company.com",
         ).lines
         self.assertEqual(
-            added[0], "added domain backup.acme.com (secondary, mailboxes send as name@acme.com)"
+            added[0],
+            "added domain company.atollon.com (secondary, mailboxes send as name@company.com)",
         )
         self.assertEqual(
             self.ok("domain", "list").lines,
             [
-                "DOMAIN           MODE       ACTIVE",
-                "acme.com         primary    yes",
-                "backup.acme.com  secondary  yes",
+                "DOMAIN               MODE       ACTIVE",
+                "acme.com             primary    yes",
+                "company.atollon.com  secondary  yes",
+                "company.com          primary    no",
             ],
         )
 
@@ -269,6 +272,19 @@ class CliContractMixin(ConfiguredCli):
         self.assertRefused(self.cli("domain", "add", "ACME.com"), "domain acme.com exists already")
         self.assertRefused(self.cli("domain", "add", "not a domain"), "is not a domain name")
         self.assertUsageError(self.cli("domain", "add", "other.com", "--mode", "tertiary"))
+        self.assertRefused(
+            self.cli(
+                "domain",
+                "add",
+                "crm.acme.com",
+                "--mode",
+                "secondary",
+                "--primary-domain",
+                "acme.com",
+            ),
+            "acme.com is hosted here as a primary domain already, so it needs no secondary "
+            "domain: add its mailboxes to acme.com itself",
+        )
         self.assertUsageError(self.cli("domain", "add"))
         self.assertEqual([d.name for d in self.store_op(queries.list_domains)], ["acme.com"])
 

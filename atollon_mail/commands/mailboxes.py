@@ -214,7 +214,11 @@ def register(commands) -> None:
     mailbox = commands("mailbox", "the mailboxes mail is delivered to")
     change = mailbox.add_parser("set", help="change a mailbox's options")
     change.add_argument("address", metavar="ADDR")
-    change.add_argument("--identity", metavar="ADDR", help="the From address it sends as")
+    change.add_argument(
+        "--identity",
+        metavar="ADDR",
+        help="the From address it sends as; never another mailbox's address, alias or identity",
+    )
     change.add_argument(
         "--signature-file",
         metavar="FILE",

@@ -37,6 +37,7 @@ from atollon_mail.massmail.templates import (
     contact_fields,
     render_variant,
 )
+from atollon_mail.store import identities
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.models import (
     FINAL_RECIPIENT_STATES,
@@ -489,6 +490,12 @@ def _check_startable(campaign: Campaign, variants: dict[str, CampaignVariant]) -
     mailbox = Mailbox.get_by_id(campaign.mailbox_id)
     if not mailbox.active:
         raise Invalid(f"campaign {campaign.id} is sent from an inactive mailbox; activate it first")
+    refused = identities.refusal(mailbox, mailbox.identity, mailbox.identity_approved)
+    if refused is not None:
+        raise Invalid(
+            f"campaign {campaign.id} would be sent as {mailbox.identity}, which is refused: "
+            f"{refused}"
+        )
 
 
 def _expand_send_list(

@@ -3,8 +3,9 @@
 The inbound server's strict protocol with these differences: no greet pause (the clients
 are people's mail programs); AUTH PLAIN and LOGIN only once TLS is active, checked by the
 appliance's one IAuthenticator (throttled per client address and per login); MAIL only
-after AUTH, and both the envelope sender and the From: header must be one of the user's
-sending identities; authenticated users may send anywhere; at end of data a missing
+after AUTH, and the envelope sender and the From: and Sender: headers must each be one of
+the user's sending identities (read again at every MAIL); authenticated users may send
+anywhere; at end of data a missing
 Message-ID or Date is added (RFC 6409 section 8) and the message goes to policy.submit.
 """
 
@@ -55,6 +56,7 @@ AUTH_MALFORMED = Reply(501, "5.5.2", "Error: cannot decode the authentication re
 AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure, try again later")
 AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication exchange line is too long")
 TOO_MANY_FAILURES = Reply(421, "4.7.0", "Too many failed authentications, try again later")
+SENDER_UNCHECKED = Reply(451, "4.3.0", "Error: cannot check the sender now, try again later")
 
 
 class SubmissionRefused(Exception):
@@ -315,13 +317,23 @@ class SubmissionProtocol(SMTPServerProtocol):
 
     # --- commands ---
 
-    def smtp_MAIL(self, argument: bytes) -> Reply:
+    def smtp_MAIL(self, argument: bytes) -> Reply | Deferred:
         if self.authenticated_user is None:
             return AUTH_REQUIRED
         reply = super().smtp_MAIL(argument)
         sender = self.envelope_sender
         if reply.code != 250 or sender is None:
             return reply
+        # The identities as the store has them now, not as at login: one changed since, or
+        # become another mailbox's address, alias or identity, is refused from now on.
+        deferred = maybeDeferred(self.policy.sending_identities, self.login)
+        deferred.addCallbacks(
+            self._sender_checked, self._sender_unchecked, callbackArgs=(sender, reply)
+        )
+        return deferred
+
+    def _sender_checked(self, identities: Any, sender: Path, reply: Reply) -> Reply:
+        self.identities = tuple(identities)
         # <> is no identity's address: a user's program never sends bounces.
         identity = self.owned_identity(_mailbox_key(sender.local_part, sender.domain))
         if identity is None:
@@ -329,6 +341,11 @@ class SubmissionProtocol(SMTPServerProtocol):
             return self.not_owned(f"<{sender.address}>: Sender address rejected:")
         self.sending_identity = identity
         return reply
+
+    def _sender_unchecked(self, failure: Failure) -> Reply:
+        log.failure("Loading sending identities failed", failure)
+        self.reset_transaction()
+        return SENDER_UNCHECKED
 
     def relay_allowed(self) -> bool:
         return self.authenticated_user is not None
@@ -367,13 +384,15 @@ class SubmissionProtocol(SMTPServerProtocol):
         user = self.authenticated_user
         end = _header_end(raw)
         fields = _header_fields(raw[:end])
-        from_values = [value for name, value in fields if name == "from"]
-        if from_values:  # a message without From: is accepted as written
-            addresses = [address for _, address in getaddresses(from_values)] or [""]
-            for address in addresses:
+        # Who the message says wrote it, and who sent it for them: both must be the user's.
+        for header in ("From", "Sender"):
+            values = [value for name, value in fields if name == header.lower()]
+            if not values:  # a message without From: is accepted as written
+                continue
+            for address in [address for _, address in getaddresses(values)] or [""]:
                 if self.owned_identity(_address_key(address)) is None:
                     shown = address[:256]
-                    raise SubmissionRefused(self.not_owned(f"From: header address <{shown}>"))
+                    raise SubmissionRefused(self.not_owned(f"{header}: header address <{shown}>"))
         names = {name for name, _ in fields}
         added = b""
         if "message-id" not in names:

@@ -15,3 +15,7 @@ class Conflict(StoreError):
 
 class Invalid(StoreError):
     pass
+
+
+class IdentityRefused(Invalid):
+    """An address a mailbox may not send as (see `store.identities`)."""

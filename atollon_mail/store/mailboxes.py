@@ -12,7 +12,8 @@ import re
 
 import peewee
 
-from atollon_mail.store.errors import Conflict, Invalid, NotFound
+from atollon_mail.store import identities
+from atollon_mail.store.errors import Conflict, IdentityRefused, Invalid, NotFound
 from atollon_mail.store.models import (
     Alias,
     Campaign,
@@ -136,27 +137,50 @@ def _alias_of_name(mailbox: Mailbox) -> Alias | None:
     )
 
 
+def _identity_changes(mailbox: Mailbox, identity: str, actor: str | None) -> dict:
+    """The columns that setting `identity` changes, checked by `identities.approve`."""
+    identity = normalize_identity(identity)
+    if identity.lower() == mailbox.identity.lower():
+        # The same address (a form sends it back with every other change): whoever set
+        # it, and whether an administrator approved it, stays as it is.
+        return {"identity": identity}
+    admin = identities.is_admin(actor)
+    if mailbox.identity_approved and not admin:
+        raise IdentityRefused(
+            f"an administrator set {mailbox.identity} as the identity of {_address(mailbox)}; "
+            "ask an administrator to change it"
+        )
+    approved = identities.approve(mailbox, identity, admin)
+    return {"identity": identity, "identity_approved": approved}
+
+
 def update_mailbox(
     address: str,
     identity: str | None = None,
     signature: str | None = None,
     store_to: int | str | None = None,
     active: bool | None = None,
+    actor: str | None = None,
 ) -> MailboxRecord:
     """Change a mailbox's options; None leaves an option as it is.
 
     store_to: "todo" (the owner's To Do) or a folder/project context id. active=False
-    keeps the stored mail; the address is then refused (550 5.1.1).
+    keeps the stored mail; the address is then refused (550 5.1.1). actor: the login of
+    the user asking (their rights on the mailbox checked before), None the appliance's
+    administrator at the command line; an identity other than the mailbox's own ones
+    only an administrator sets (see `identities`).
     """
     mailbox = _get_mailbox(address)
     changes: dict = {}
     if identity is not None:
-        changes["identity"] = normalize_identity(identity)
+        normalize_identity(identity)  # a malformed address is refused before any lock
     if signature is not None:
         changes["signature"] = normalize_signature(signature)
     if active is not None:
         changes["active"] = bool(active)
     mailbox = _lock_mailbox(mailbox)
+    if identity is not None:
+        changes.update(_identity_changes(mailbox, identity, actor))
     if store_to is not None:
         changes["store_to"] = _store_to_id(mailbox, store_to)
     if active and not mailbox.active:
@@ -181,6 +205,9 @@ def mailbox_detail(address: str) -> MailboxDetail:
         mailbox=_mailbox_record(mailbox),
         access=tuple(_access_records(mailbox)),
         redirected_to=_address(redirect.mailbox) if redirect is not None else None,
+        own_identities=identities.own_identities(mailbox),
+        identity_approved=mailbox.identity_approved,
+        identity_refusal=identities.refusal(mailbox, mailbox.identity, mailbox.identity_approved),
     )
 
 

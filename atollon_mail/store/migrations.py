@@ -376,6 +376,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         # published for a while, then removed).
         ("ALTER TABLE dkim_key ADD COLUMN retired_at TIMESTAMP",),
     ),
+    Migration(
+        6,
+        "sending identities approved by an administrator",
+        (
+            # Every identity stored before starts unapproved: one that is not the mailbox's
+            # own address is refused at submission until an administrator sets it again.
+            "ALTER TABLE mailbox ADD COLUMN identity_approved BOOLEAN NOT NULL DEFAULT FALSE",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].number

@@ -240,6 +240,9 @@ class Mailbox(BaseModel):
     # Forwarding (migration 3): on, and whether a copy stays in the mailbox.
     forward_enabled = peewee.BooleanField(default=False)
     forward_keep_copy = peewee.BooleanField(default=True)
+    # The identity is outside the mailbox's own addresses and an administrator set it
+    # (migration 5); see `store.identities`.
+    identity_approved = peewee.BooleanField(default=False)
 
     class Meta:
         indexes = ((("domain", "local_part"), True),)

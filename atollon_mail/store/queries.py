@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Sequence
 import attrs
 import peewee
 
-from atollon_mail.store import returnpath
+from atollon_mail.store import identities, returnpath
 from atollon_mail.store.errors import Conflict, Invalid, NotFound, StoreError
 from atollon_mail.store.models import (
     CONTEXT_KINDS,
@@ -242,13 +242,25 @@ def _get_domain(name: str) -> Domain:
         raise NotFound(f"no domain {domain_name}; add it with: domain add {domain_name}") from None
 
 
+def _hosted_primary(domain: Domain) -> bool:
+    """A primary domain whose mail this server receives (active, or paused), not one kept
+    only as the anchor of secondary domains (inactive, with secondaries below it)."""
+    if domain.mode != "primary":
+        return False
+    if domain.active:
+        return True
+    return not Domain.select().where(Domain.primary_domain == domain.id).exists()
+
+
 def add_domain(name: str, mode: str = "primary", primary_domain: str | None = None) -> DomainRecord:
     """A domain this server receives for.
 
-    A secondary domain (crm.acme.com) sits below the company's own domain (acme.com),
-    whose MX stays with its other provider; its mailboxes send as name@acme.com. That
-    primary domain is recorded as a row of its own, inactive (mail for it is not
-    received here) unless it is hosted here already, so its DKIM keys have a home.
+    A secondary domain (company.atollon.com, crm.acme.com: below the primary or not) gets
+    the mail the company's own server forwards for chosen mailboxes of its own domain
+    (company.com), whose MX stays with that other provider; its mailboxes send as
+    name@company.com. That primary domain is recorded as a row of its own, inactive (mail
+    for it is not received here), so its DKIM keys have a home. A domain hosted here
+    already needs no secondary: its mailboxes are made in it.
     """
     domain_name = normalize_domain_name(name)
     if mode not in DOMAIN_MODES:
@@ -258,22 +270,26 @@ def add_domain(name: str, mode: str = "primary", primary_domain: str | None = No
     primary = None
     if mode == "secondary":
         if primary_domain is None:
-            parent = domain_name.partition(".")[2]
             raise Invalid(
-                "a secondary domain needs the primary domain it sits below, whose mail "
-                f"provider forwards to it: give --primary-domain (such as {parent})"
+                "a secondary domain needs the company's own domain, whose mail provider "
+                "forwards to it: give --primary-domain (such as company.com)"
             )
         primary_name = normalize_domain_name(primary_domain)
-        if not domain_name.endswith("." + primary_name):
+        if primary_name == domain_name:
             raise Invalid(
-                f"{domain_name} is not below {primary_name}: a secondary domain is a "
-                f"subdomain of its primary domain, such as crm.{primary_name}"
+                f"{domain_name} cannot be its own primary domain: give the company's own "
+                "domain, whose mail stays with its other provider"
             )
         primary = Domain.get_or_none(Domain.name == primary_name)
         if primary is not None and primary.mode == "secondary":
             raise Invalid(
                 f"{primary_name} is a secondary domain itself; name the company's own "
                 "domain as the primary domain"
+            )
+        if primary is not None and _hosted_primary(primary):
+            raise Invalid(
+                f"{primary_name} is hosted here as a primary domain already, so it needs no "
+                f"secondary domain: add its mailboxes to {primary_name} itself"
             )
         if primary is None:
             primary = _create(
@@ -414,7 +430,11 @@ def add_mailbox(
     identity: str | None = None,
     active: bool = True,
     store_to_context_id: int | None = None,
+    actor: str | None = None,
 ) -> MailboxRecord:
+    """A new mailbox. Its identity is by default its own address, in secondary mode the
+    same name at the primary domain; another one is checked by `identities.approve` as set
+    by `actor` (a login; None is the appliance's administrator at the command line)."""
     local, domain_name = normalize_address(address)
     domain = _get_domain(domain_name)
     owner = _get_user(owner_login)
@@ -450,6 +470,10 @@ def add_mailbox(
         next_uid=1,
         created_at=utc_now(),
     )
+    # Checked on the new row (its own addresses are known then); a refusal rolls it back.
+    approved = identities.approve(mailbox, identity, identities.is_admin(actor))
+    if approved:
+        Mailbox.update(identity_approved=True).where(Mailbox.id == mailbox.id).execute()
     return _mailbox_record(mailbox)
 
 
@@ -1443,7 +1467,7 @@ def _sendable_mailboxes(user_id: int):
     may_send = (Mailbox.owner == user_id) | (MailboxAccess.can_edit == True)  # noqa: E712
     granted = (MailboxAccess.mailbox == Mailbox.id) & (MailboxAccess.user == user_id)
     return (
-        Mailbox.select(Mailbox.id, Mailbox.local_part, Mailbox.identity, Domain.name)
+        Mailbox.select(Mailbox, Domain)
         .join(Domain)
         .switch(Mailbox)
         .join(MailboxAccess, peewee.JOIN.LEFT_OUTER, on=granted)
@@ -1453,7 +1477,12 @@ def _sendable_mailboxes(user_id: int):
 
 @read_only
 def sending_identities(login: str) -> tuple[SendingIdentity, ...]:
-    """The addresses the user may send as, their own default mailbox first."""
+    """The addresses the user may send as, their own default mailbox first.
+
+    A mailbox whose stored identity the rule of `identities` refuses now (another
+    mailbox's address, alias or identity; not its own and not set by an administrator)
+    offers none: old or since-overtaken data is no way to send as someone else.
+    """
     user = User.get_or_none(User.login == login.strip().lower())
     if user is None:
         return ()
@@ -1464,12 +1493,20 @@ def sending_identities(login: str) -> tuple[SendingIdentity, ...]:
     )
     return tuple(
         SendingIdentity(
-            mailbox_id=mailbox_id,
-            mailbox_address=f"{local_part}@{domain}",
-            identity=identity,
+            mailbox_id=mailbox.id,
+            mailbox_address=f"{mailbox.local_part}@{mailbox.domain.name}",
+            identity=mailbox.identity,
         )
-        for mailbox_id, local_part, identity, domain in query.tuples()
+        for mailbox in query
+        if identities.refusal(mailbox, mailbox.identity, mailbox.identity_approved) is None
     )
+
+
+@read_only
+def identity_refusal(mailbox_address: str) -> str | None:
+    """Why the mailbox may not send as its stored identity now (one line), or None."""
+    mailbox = _get_mailbox(mailbox_address)
+    return identities.refusal(mailbox, mailbox.identity, mailbox.identity_approved)
 
 
 @read_only

@@ -345,6 +345,11 @@ class MailboxDetail:
     mailbox: MailboxRecord
     access: tuple[MailboxAccessRecord, ...]
     redirected_to: str | None  # the mailbox holding an alias of this one's name
+    # What it may send as without an administrator (its own address, in secondary mode
+    # also name@ the primary domain), and whether an administrator set its identity.
+    own_identities: tuple[str, ...] = ()
+    identity_approved: bool = False
+    identity_refusal: str | None = None  # why sending as its identity is refused now
 
 
 @attrs.frozen

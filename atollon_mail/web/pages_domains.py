@@ -79,10 +79,9 @@ def _add_errors(name: str, mode: str, primary: str) -> dict[str, str]:
     if mode not in DOMAIN_MODES:
         errors["mode"] = "Choose primary or secondary."
     elif mode == "secondary" and not primary:
-        parent = name.partition(".")[2] or "example.com"
         errors["primary_domain"] = (
-            "A secondary domain needs the primary domain it sits below, such as "
-            f"{parent}: its mail provider forwards to this appliance."
+            "A secondary domain needs the primary domain it serves: the company's own "
+            "domain, such as example.com, whose mail provider forwards to this appliance."
         )
     elif mode == "primary" and primary:
         errors["primary_domain"] = (

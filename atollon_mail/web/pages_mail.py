@@ -242,6 +242,10 @@ def register(app: WebApp) -> None:
             errors["body"] = f"The message is longer than {MAX_BODY // 1024} KiB."
         if not mailbox.active:
             errors["to"] = "This mailbox is not active; it cannot send."
+        else:  # the rule submission applies: a stored identity that no longer passes
+            refused = await page.store.run(queries.identity_refusal, mailbox.address)
+            if refused is not None:
+                errors["to"] = f"Sending as {mailbox.identity} is refused: {refused}."
         if errors:
             return _compose_page(page, mailbox, values, errors, status=400)
         outgoing = _outgoing(mailbox, values, local, remote)

@@ -9,7 +9,7 @@ from urllib.parse import quote, urlencode
 from atollon_mail.store import autorespond, forwarding, queries
 from atollon_mail.store import mailboxes as mailbox_ops
 from atollon_mail.store import web as web_ops
-from atollon_mail.store.errors import Conflict, Invalid, NotFound
+from atollon_mail.store.errors import Conflict, IdentityRefused, Invalid, NotFound
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
 from atollon_mail.web.numbers import page_number, parse_id
 
@@ -108,7 +108,10 @@ def register(app: WebApp) -> None:
                     new["new_address"],
                     new["new_owner"],
                     identity=new["new_identity"] or None,
+                    actor=page.user.login,
                 )
+            except IdentityRefused as problem:
+                new_errors["new_identity"] = _problem(problem)
             except NotFound as problem:
                 field = "new_owner" if "user" in str(problem) else "new_address"
                 new_errors[field] = _problem(problem)
@@ -249,7 +252,10 @@ def register(app: WebApp) -> None:
                 signature=values["signature"],
                 store_to=store_to,
                 active=values["active"],
+                actor=page.user.login,
             )
+        except IdentityRefused as problem:
+            return values, {"identity": _problem(problem)}
         except Conflict as problem:
             return values, {"active": _problem(problem)}
         except (Invalid, NotFound) as problem:

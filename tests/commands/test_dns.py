@@ -128,8 +128,8 @@ class DnsCommandsContract(CliHarness):
         for argv, message in (
             (("crm.acme.test", "--mode", "secondary"), "give --primary-domain"),
             (
-                ("crm.other.test", "--mode", "secondary", "--primary-domain", "acme.test"),
-                "crm.other.test is not below acme.test",
+                ("acme.test", "--mode", "secondary", "--primary-domain", "acme.test"),
+                "acme.test cannot be its own primary domain",
             ),
             (
                 ("crm.acme.test", "--primary-domain", "acme.test"),

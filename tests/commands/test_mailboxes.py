@@ -185,6 +185,48 @@ class MailboxCommandsContract(ConfiguredCli):
                 self.assertUsageError(self.cli("mailbox", "set", *argv))
         self.assertEqual(self.state(), before)
 
+    def test_mailbox_identity_never_another_mailboxs(self):
+        self.setup_mailboxes()
+        self.ok("alias", "add", "sales", "--mailbox", "ann@acme.com")
+        self.ok("mailbox", "set", "joe@acme.com", "--identity", "office@acme.com")
+        before = self.state()
+        for identity, message in (
+            ("ann@acme.com", "another mailbox, ann@acme.com, receives at ann@acme.com"),
+            ("Ann+news@acme.com", "another mailbox, ann@acme.com, receives at Ann+news@acme.com"),
+            (
+                "sales@acme.com",
+                "another mailbox, ann@acme.com, receives at sales@acme.com (an alias)",
+            ),
+            ("office@acme.com", "another mailbox, joe@acme.com, sends as office@acme.com already"),
+        ):
+            with self.subTest(identity=identity):
+                self.assertRefused(
+                    self.cli("mailbox", "set", "jo@acme.com", "--identity", identity),
+                    message + "; choose another identity",
+                )
+                self.assertRefused(
+                    self.cli(
+                        "mailbox", "add", "new@acme.com", "--owner", "dave", "--identity", identity
+                    ),
+                    message,
+                )
+        self.assertEqual(self.state(), before)
+        # The command line is the administrator: another free address is approved, and shown.
+        self.assertIn(
+            "identity:     office@acme.com (set by an administrator)",
+            self.ok("mailbox", "show", "joe@acme.com").lines,
+        )
+        # Become another mailbox's address since: shown as refused when sending.
+        self.ok("mailbox", "add", "office@acme.com", "--owner", "ann")
+        self.assertIn(
+            "identity:     office@acme.com (refused when sending: another mailbox, "
+            "office@acme.com, receives at office@acme.com)",
+            self.ok("mailbox", "show", "joe@acme.com").lines,
+        )
+        self.assertEqual(
+            [i.identity for i in self.store_op(queries.sending_identities, "joe")], ["jo@acme.com"]
+        )
+
     # -- mailbox show ---------------------------------------------------------------------
 
     def test_mailbox_show_lists_rights_signature_and_default(self):

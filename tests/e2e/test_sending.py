@@ -83,26 +83,19 @@ class SendingTests(unittest.TestCase):
             ("user", "add", "jane", "--password-stdin"),
             ("mailbox", "add", "jane@acme.test", "--owner", "jane"),
             ("dkim", "generate", "acme.test"),
-            # Secondary mode: the main server forwards sales@acme.test to crm.acme.test;
-            # the mailbox sends as the real address.
+            # Secondary mode, as on the vendor's pages: the company's own server forwards
+            # sales@company.test to company.atollon.test; the mailbox sends as the real
+            # address (its default identity).
             (
                 "domain",
                 "add",
-                "crm.acme.test",
+                "company.atollon.test",
                 "--mode",
                 "secondary",
                 "--primary-domain",
-                "acme.test",
+                "company.test",
             ),
-            (
-                "mailbox",
-                "add",
-                "sales@crm.acme.test",
-                "--owner",
-                "jane",
-                "--identity",
-                "sales@acme.test",
-            ),
+            ("mailbox", "add", "sales@company.atollon.test", "--owner", "jane"),
         ):
             result = yield threads.deferToThread(
                 self.appliance.cli, *command, stdin="jane-password\n"
@@ -187,20 +180,56 @@ class SendingTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_secondary_mode_mailbox_sends_as_the_primary_domain_address(self):
-        message = MESSAGE.replace("Jane Doe <jane@acme.test>", "Sales <sales@acme.test>")
-        yield threads.deferToThread(self.submit, ["bob@remote.test"], "sales@acme.test", message)
+        message = MESSAGE.replace("Jane Doe <jane@acme.test>", "Sales <sales@company.test>")
+        yield threads.deferToThread(self.submit, ["bob@remote.test"], "sales@company.test", message)
         yield self.wait_for(lambda: defer.succeed(self.remote.delivered), "the remote delivery")
         [envelope] = self.remote.delivered
-        self.assertEqual(envelope.sender, "sales@acme.test")
-        self.assertIn(b"From: Sales <sales@acme.test>", envelope.data)
+        self.assertEqual(envelope.sender, "sales@company.test")
+        self.assertIn(b"From: Sales <sales@company.test>", envelope.data)
 
         def as_the_crm_address():
             with self.assertRaises(smtplib.SMTPSenderRefused) as refused:
-                self.submit(["bob@remote.test"], "sales@crm.acme.test", message)
+                self.submit(["bob@remote.test"], "sales@company.atollon.test", message)
             return refused.exception.smtp_code
 
         code = yield threads.deferToThread(as_the_crm_address)
         self.assertEqual(code, 553)
+
+    @defer.inlineCallbacks
+    def test_identities_are_checked_again_for_every_message(self):
+        def cli(*command, stdin=None):
+            result = self.appliance.cli(*command, stdin=stdin)
+            self.assertEqual(result.returncode, 0, result.stderr)
+
+        def session():
+            with smtplib.SMTP("127.0.0.1", self.appliance.submission_port, timeout=30) as client:
+                client.starttls(context=_unverified_context())
+                client.login("jane", "jane-password")
+                forged = MESSAGE.replace("Subject:", "Sender: ceo@bank.example\r\nSubject:")
+                with self.assertRaises(smtplib.SMTPDataError) as data:
+                    client.sendmail("jane@acme.test", ["bob@remote.test"], forged.encode())
+                # An administrator gives her mailbox a shared address: usable at once.
+                cli("mailbox", "set", "jane@acme.test", "--identity", "desk@acme.test")
+                desk = MESSAGE.replace("Jane Doe <jane@acme.test>", "Desk <desk@acme.test>")
+                client.sendmail("desk@acme.test", ["bob@remote.test"], desk.encode())
+                # Another mailbox's address since: refused in the same session.
+                cli("user", "add", "ann", "--password-stdin", stdin="ann-password\n")
+                cli("mailbox", "add", "desk@acme.test", "--owner", "ann")
+                with self.assertRaises(smtplib.SMTPSenderRefused) as sender:
+                    client.sendmail("desk@acme.test", ["bob@remote.test"], desk.encode())
+                return data.exception, sender.exception
+
+        data, sender = yield threads.deferToThread(session)
+        self.assertEqual(
+            (data.smtp_code, data.smtp_error),
+            (553, b"5.7.1 Sender: header address <ceo@bank.example> not owned by user jane"),
+        )
+        self.assertEqual(
+            (sender.smtp_code, sender.smtp_error),
+            (553, b"5.7.1 <desk@acme.test>: Sender address rejected: not owned by user jane"),
+        )
+        yield self.wait_for(lambda: defer.succeed(self.remote.delivered), "the remote delivery")
+        self.assertEqual([e.sender for e in self.remote.delivered], ["desk@acme.test"])
 
     @defer.inlineCallbacks
     def test_implicit_tls_port_offers_auth_at_once(self):

@@ -496,6 +496,17 @@ class CampaignContract(StoreFixtureMixin):
             self.op(c.start_campaign, campaign_id, T0)
         self.assertIn("inactive mailbox", str(raised.exception))
         self.op(q.set_mailbox_active, "news@acme.test", True)
+        # Its identity has become another mailbox's address since it was set.
+        self.op(m.update_mailbox, "news@acme.test", identity="desk@acme.test")
+        self.op(q.add_mailbox, "desk@acme.test", "joe")
+        with self.assertRaises(Invalid) as raised:
+            self.op(c.start_campaign, campaign_id, T0)
+        self.assertIn(
+            f"campaign {campaign_id} would be sent as desk@acme.test, which is refused: "
+            "another mailbox, desk@acme.test, receives at desk@acme.test",
+            str(raised.exception),
+        )
+        self.op(m.update_mailbox, "news@acme.test", identity="news@acme.test")
         self.op(c.start_campaign, campaign_id, T0)
         with self.assertRaises(Conflict) as raised:
             self.op(c.start_campaign, campaign_id, T0)

@@ -638,6 +638,31 @@ class SenderTests(unittest.TestCase):
     def test_syntax_errors_come_first(self):
         self.assertTrue(self.session.command("MAIL FROM:bob")[0].startswith("501"))
 
+    def test_identities_are_read_again_at_every_mail(self):
+        policy = self.session.intake
+        self.assertEqual(self.session.command("MAIL FROM:<alice@example.com>"), ["250 2.1.0 Ok"])
+        self.session.command("RSET")
+        # Changed in the store since the login (say, become another mailbox's address).
+        policy.identities["alice"] = policy.identities["alice"][1:]
+        self.assertEqual(
+            self.session.command("MAIL FROM:<alice@example.com>"),
+            ["553 5.7.1 <alice@example.com>: Sender address rejected: not owned by user alice"],
+        )
+        self.assertEqual(
+            self.session.command("MAIL FROM:<alice.sales@example.com>"), ["250 2.1.0 Ok"]
+        )
+
+    def test_identities_unavailable_at_mail_is_temporary(self):
+        self.session.intake.fail_identities = True
+        self.assertEqual(
+            self.session.command("MAIL FROM:<alice@example.com>"),
+            ["451 4.3.0 Error: cannot check the sender now, try again later"],
+        )
+        self.flushLoggedErrors(LookupUnavailable)
+        self.assertTrue(self.session.command("RCPT TO:<bob@example.com>")[0].startswith("503"))
+        self.session.intake.fail_identities = False
+        self.assertEqual(self.session.command("MAIL FROM:<alice@example.com>"), ["250 2.1.0 Ok"])
+
     def test_international_domain_matches_its_ascii_form(self):
         policy = FakeSubmissionPolicy()
         policy.add_user("alice", "secret", ("alice@bücher.example",))
@@ -804,6 +829,29 @@ class DataTests(unittest.TestCase):
         )
         # the session goes on
         self.assertEqual(codes(self.send(BODY)), ["250"])
+
+    def test_sender_header_checked_like_from(self):
+        self.assertEqual(
+            codes(
+                self.send(
+                    b"From: alice@example.com\r\nSender: Alice.Sales@example.com\r\n\r\nx\r\n"
+                )
+            ),
+            ["250"],
+        )
+        for message in (
+            b"From: alice@example.com\r\nSender: Bob <bob@example.com>\r\n\r\nx\r\n",
+            b"Sender: ceo@bank.example\r\n\r\nx\r\n",
+            b"From: alice@example.com\r\nSENDER:\r\n bob@example.com\r\n\r\nx\r\n",
+        ):
+            reply = self.send(message)
+            self.assertEqual(len(reply), 1, message)
+            self.assertTrue(reply[0].startswith("553 5.7.1 Sender: header address <"), reply)
+        self.assertEqual(len(self.policy.submit_calls), 1)
+        self.assertEqual(
+            self.send(b"From: alice@example.com\r\nSender: ceo@bank.example\r\n\r\nx\r\n"),
+            ["553 5.7.1 Sender: header address <ceo@bank.example> not owned by user alice"],
+        )
 
     def test_from_in_the_body_is_not_a_header(self):
         message = b"From: alice@example.com\r\n\r\nFrom: bob@example.com\r\n"

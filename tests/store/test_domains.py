@@ -53,10 +53,22 @@ class DomainContractTests(StoreFixtureMixin):
         self.assertEqual(rejection.reason, "unknown-domain")
         self.assertEqual(self.sync(q.domain_names), frozenset({"crm.acme.com"}))
 
-    def test_secondary_below_a_hosted_primary_links_to_it(self):
-        self.sync(q.add_domain, "acme.com")
-        self.sync(q.add_domain, "crm.acme.com", "secondary", primary_domain="acme.com")
-        self.assertEqual(self.domain_rows()["acme.com"], ("primary", True, None))
+    def test_secondary_not_below_its_primary_as_on_the_vendors_pages(self):
+        # The seeds' own example: company.atollon.com for company.com.
+        domain = self.sync(
+            q.add_domain, "company.atollon.com", "secondary", primary_domain="company.com"
+        )
+        self.assertEqual(
+            (domain.name, domain.mode, domain.active, domain.primary_domain),
+            ("company.atollon.com", "secondary", True, "company.com"),
+        )
+        self.assertEqual(self.domain_rows()["company.com"], ("primary", False, None))
+        self.sync(q.add_user, "jane", "hash")
+        box = self.sync(q.add_mailbox, "thomas@company.atollon.com", "jane")
+        self.assertEqual(box.identity, "thomas@company.com")
+        self.assertEqual(
+            [i.identity for i in self.sync(q.sending_identities, "jane")], ["thomas@company.com"]
+        )
 
     def test_two_secondaries_share_one_primary(self):
         self.sync(q.add_domain, "crm.acme.com", "secondary", primary_domain="acme.com")
@@ -80,18 +92,36 @@ class DomainContractTests(StoreFixtureMixin):
 
     def test_secondary_without_primary_refused(self):
         self.assertRefused(
-            Invalid, "--primary-domain (such as acme.com)", "crm.acme.com", "secondary"
+            Invalid, "--primary-domain (such as company.com)", "crm.acme.com", "secondary"
         )
 
-    def test_secondary_not_below_its_primary_refused(self):
-        for name in ("crm.other.com", "crmacme.com", "acme.com"):
-            self.assertRefused(
-                Invalid,
-                f"{name} is not below acme.com",
-                name,
-                "secondary",
-                primary_domain="acme.com",
-            )
+    def test_secondary_as_its_own_primary_refused(self):
+        self.assertRefused(
+            Invalid,
+            "acme.com cannot be its own primary domain",
+            "acme.com",
+            "secondary",
+            primary_domain="acme.com",
+        )
+
+    def test_secondary_of_a_primary_domain_hosted_here_refused(self):
+        self.sync(q.add_domain, "acme.com")
+        self.assertRefused(
+            Invalid,
+            "acme.com is hosted here as a primary domain already",
+            "crm.acme.com",
+            "secondary",
+            primary_domain="acme.com",
+        )
+        # Paused, it is still one of ours.
+        self.sync(lambda: Domain.update(active=False).where(Domain.name == "acme.com").execute())
+        self.assertRefused(
+            Invalid,
+            "acme.com is hosted here as a primary domain already",
+            "acme.atollon.com",
+            "secondary",
+            primary_domain="acme.com",
+        )
 
     def test_primary_with_primary_domain_refused(self):
         self.assertRefused(

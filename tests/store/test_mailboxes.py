@@ -9,10 +9,11 @@ from twisted.trial import unittest
 from atollon_mail.massmail import campaigns
 from atollon_mail.store import mailboxes as m
 from atollon_mail.store import queries as q
-from atollon_mail.store.errors import Conflict, Invalid, NotFound
+from atollon_mail.store.errors import Conflict, IdentityRefused, Invalid, NotFound
 from atollon_mail.store.models import (
     Campaign,
     DistributionGroup,
+    Mailbox,
     Message,
     MessageType,
     utc_now,
@@ -186,6 +187,199 @@ class MailboxBehaviourContract(StoreFixtureMixin):
                     Invalid, self.sync, m.update_mailbox, "bob@example.com", identity=identity
                 )
         self.assertEqual(self.state(), before)
+
+    # -- who may send as what ---------------------------------------------------------------
+
+    def assertIdentityRefused(self, message, operation, *args, **kwargs):
+        before = self.state()
+        with self.assertRaises(IdentityRefused) as raised:
+            self.sync(operation, *args, **kwargs)
+        self.assertIn(message, str(raised.exception))
+        self.assertEqual(self.state(), before, "a refused identity changes nothing")
+
+    def sends_as(self, login: str) -> list[str]:
+        return [i.identity for i in self.sync(q.sending_identities, login)]
+
+    def test_an_owner_sets_only_the_mailboxs_own_address(self):
+        self.populate()
+        for identity in ("ceo@bank.example", "carol@example.com", "robert@example.com"):
+            with self.subTest(identity=identity):
+                self.assertIdentityRefused(
+                    "mailbox bob@example.com may send as bob@example.com; only an administrator "
+                    f"can set another identity such as {identity}",
+                    m.update_mailbox,
+                    "bob@example.com",
+                    identity=identity,
+                    actor="bob",
+                )
+        # The same for someone with edit rights on it, and on its creation.
+        self.sync(m.grant_mailbox_access, "bob@example.com", "dave", edit=True)
+        self.assertIdentityRefused(
+            "only an administrator",
+            m.update_mailbox,
+            "bob@example.com",
+            identity="d@x.example",
+            actor="dave",
+        )
+        self.assertIdentityRefused(
+            "only an administrator",
+            q.add_mailbox,
+            "new@example.com",
+            "bob",
+            identity="ceo@bank.example",
+            actor="bob",
+        )
+        changed = self.sync(
+            m.update_mailbox, "bob@example.com", identity="Bob@Example.com", actor="bob"
+        )
+        self.assertEqual(changed.identity, "Bob@example.com")
+        detail = self.sync(m.mailbox_detail, "bob@example.com")
+        self.assertEqual(
+            (detail.own_identities, detail.identity_approved, detail.identity_refusal),
+            (("bob@example.com",), False, None),
+        )
+
+    def test_an_admin_sets_another_identity_which_the_owner_keeps_but_cannot_change(self):
+        self.populate()
+        self.sync(
+            m.update_mailbox, "robert@example.com", identity="info@company.example", actor="root"
+        )
+        detail = self.sync(m.mailbox_detail, "robert@example.com")
+        self.assertEqual((detail.identity_approved, detail.identity_refusal), (True, None))
+        self.assertIn("info@company.example", self.sends_as("bob"))
+        # The owner's page sends the identity back with every change: kept, still approved.
+        self.sync(
+            m.update_mailbox,
+            "robert@example.com",
+            identity="Info@company.example",
+            signature="Robert",
+            actor="bob",
+        )
+        detail = self.sync(m.mailbox_detail, "robert@example.com")
+        self.assertEqual(
+            (detail.mailbox.identity, detail.identity_approved), ("Info@company.example", True)
+        )
+        self.assertIn("Info@company.example", self.sends_as("bob"))
+        for identity in ("robert@example.com", "other@company.example"):
+            with self.subTest(identity=identity):
+                self.assertIdentityRefused(
+                    "an administrator set Info@company.example as the identity of "
+                    "robert@example.com; ask an administrator to change it",
+                    m.update_mailbox,
+                    "robert@example.com",
+                    identity=identity,
+                    actor="bob",
+                )
+        # The command line is the appliance's administrator; back to its own address, the
+        # approval is gone.
+        self.sync(m.update_mailbox, "robert@example.com", identity="robert@example.com")
+        self.assertFalse(self.sync(m.mailbox_detail, "robert@example.com").identity_approved)
+        self.sync(m.update_mailbox, "robert@example.com", identity="ceo@company.example")
+        self.assertTrue(self.sync(m.mailbox_detail, "robert@example.com").identity_approved)
+        # An admin's own alias of the mailbox is fine: it is no other mailbox's.
+        self.sync(m.update_mailbox, "bob@example.com", identity="sales@example.com", actor="root")
+        self.assertIn("sales@example.com", self.sends_as("bob"))
+
+    def test_another_mailboxs_address_alias_or_identity_is_refused_to_everyone(self):
+        self.populate()
+        self.sync(m.update_mailbox, "robert@example.com", identity="info@company.example")
+        for identity, message in (
+            ("Bob@example.com", "another mailbox, bob@example.com, receives at Bob@example.com"),
+            ("bob+news@example.com", "bob@example.com, receives at bob+news@example.com"),
+            ("sales@example.com", "bob@example.com, receives at sales@example.com (an alias)"),
+            (
+                "INFO@company.example",
+                "another mailbox, robert@example.com, sends as INFO@company.example already",
+            ),
+        ):
+            # The command line, an admin user, and the owner (who may not anyway).
+            for actor in (None, "root", "carol"):
+                with self.subTest(identity=identity, actor=actor):
+                    self.assertIdentityRefused(
+                        "only an administrator" if actor == "carol" else message,
+                        m.update_mailbox,
+                        "carol@example.com",
+                        identity=identity,
+                        actor=actor,
+                    )
+            self.assertIdentityRefused(
+                message, q.add_mailbox, "new@example.com", "carol", identity=identity
+            )
+
+    def test_a_stored_identity_that_no_longer_passes_is_not_offered(self):
+        self.populate()
+        # Stored before the rule (no approval): refused, and said so.
+        self.sync(
+            lambda: (
+                Mailbox.update(identity="ceo@bank.example")
+                .where(Mailbox.local_part == "carol")
+                .execute()
+            )
+        )
+        self.assertEqual(self.sends_as("carol"), [])
+        refusal = self.sync(q.identity_refusal, "carol@example.com")
+        self.assertIn(
+            "only an administrator can set another identity such as ceo@bank.example", refusal
+        )
+        self.assertEqual(self.sync(m.mailbox_detail, "carol@example.com").identity_refusal, refusal)
+        # Approved by an admin, then another mailbox's address or alias since.
+        self.sync(m.update_mailbox, "carol@example.com", identity="desk@example.com", actor="root")
+        self.sync(
+            m.update_mailbox, "robert@example.com", identity="info@other.example", actor="root"
+        )
+        self.assertEqual(self.sends_as("carol"), ["desk@example.com"])
+        self.assertIn("info@other.example", self.sends_as("bob"))
+        self.sync(q.add_mailbox, "desk@example.com", "dave")
+        self.sync(q.add_alias, "info", "bob@other.example")
+        self.assertEqual(self.sends_as("carol"), [])
+        self.assertNotIn("info@other.example", self.sends_as("bob"))
+        self.assertIn(
+            "another mailbox, desk@example.com, receives at desk@example.com",
+            self.sync(q.identity_refusal, "carol@example.com"),
+        )
+        # Its own address always passes, whoever else claims it.
+        self.assertEqual(self.sends_as("dave"), ["desk@example.com"])
+
+    def test_secondary_mailboxes_send_as_the_company_address(self):
+        self.populate()
+        self.sync(q.add_domain, "company.atollon.test", "secondary", primary_domain="company.test")
+        box = self.sync(q.add_mailbox, "thomas@company.atollon.test", "carol")
+        self.assertEqual(box.identity, "thomas@company.test")
+        detail = self.sync(m.mailbox_detail, box.address)
+        self.assertEqual(
+            (detail.own_identities, detail.identity_approved),
+            (("thomas@company.atollon.test", "thomas@company.test"), False),
+        )
+        # Its owner may switch between the two, and no further.
+        self.sync(
+            m.update_mailbox, box.address, identity="thomas@company.atollon.test", actor="carol"
+        )
+        self.sync(m.update_mailbox, box.address, identity="Thomas@company.test", actor="carol")
+        self.assertIn("Thomas@company.test", self.sends_as("carol"))
+        self.assertIdentityRefused(
+            "only an administrator",
+            m.update_mailbox,
+            box.address,
+            identity="ceo@company.test",
+            actor="carol",
+        )
+        # A second hosted domain of the same company: thomas@company.test is taken.
+        self.sync(q.add_domain, "company2.atollon.test", "secondary", primary_domain="company.test")
+        self.assertIdentityRefused(
+            "another mailbox, thomas@company.atollon.test, sends as thomas@company.test "
+            "already; choose another identity",
+            q.add_mailbox,
+            "thomas@company2.atollon.test",
+            "dave",
+        )
+        other = self.sync(
+            q.add_mailbox,
+            "thomas@company2.atollon.test",
+            "dave",
+            identity="thomas@company2.atollon.test",
+            actor="dave",
+        )
+        self.assertEqual(other.identity, "thomas@company2.atollon.test")
 
     def test_signature(self):
         self.populate()

@@ -98,6 +98,13 @@ class DomainPagesTests(ServedWebMixin, StoreFixtureMixin):
         self.assertFalse(domains["acme.test"].active)
         listing = yield browser.get("/domains")
         self.assertIn("crm.acme.test", listing.text)
+        # Not below its primary, as on the vendor's pages (INSTANCENAME.atollon.com).
+        response = yield self.add(
+            browser, name="company.atollon.test", mode="secondary", primary_domain="company.test"
+        )
+        self.assertEqual(response.status, 303)
+        domains = {d.name: d for d in self.store.run_sync(q.list_domains)}
+        self.assertEqual(domains["company.atollon.test"].primary_domain, "company.test")
 
     @defer.inlineCallbacks
     def test_validation_errors_keep_the_typed_values_and_say_why(self):
@@ -116,11 +123,12 @@ class DomainPagesTests(ServedWebMixin, StoreFixtureMixin):
         self.assertEqual(bad.status, 400)
         self.assertIn('value="not a domain"', bad.text)
         self.assertIn('id="name-error"', bad.text)
-        outside = yield self.add(
-            browser, name="crm.other.test", mode="secondary", primary_domain="acme.test"
+        hosted = yield self.add(
+            browser, name="crm.good.test", mode="secondary", primary_domain="good.test"
         )
-        self.assertEqual(outside.status, 400)
-        self.assertIn("is not below acme.test", outside.text)
+        self.assertEqual(hosted.status, 400)
+        self.assertIn('id="primary_domain-error"', hosted.text)
+        self.assertIn("good.test is hosted here as a primary domain already", hosted.text)
         names = {d.name for d in self.store.run_sync(q.list_domains)}
         self.assertEqual(names, {"good.test", "unchecked.test"})
 

@@ -284,6 +284,23 @@ class WebMailTests(ServedWebMixin, StoreFixtureMixin):
         self.assertLessEqual(max(len(line) for line in written.split(b"\r\n")), 998)
 
     @defer.inlineCallbacks
+    def test_compose_refuses_an_identity_that_no_longer_passes(self):
+        # Set by an administrator, then become another mailbox's address.
+        self.store.run_sync(update_mailbox, "bob@example.com", identity="desk@example.com")
+        self.store.run_sync(q.add_mailbox, "desk@example.com", "carol")
+        bob = yield self.logged_in()
+        page = yield bob.get("/mail/compose?address=bob@example.com")
+        form = {"csrf_token": page.csrf(), "to": "far@remote.example", "subject": "s", "body": "b"}
+        response = yield bob.post("/mail/compose?address=bob@example.com", form)
+        self.assertEqual(response.status, 400)
+        self.assertIn(
+            "Sending as desk@example.com is refused: another mailbox, desk@example.com, "
+            "receives at desk@example.com.",
+            html.unescape(response.text),
+        )
+        self.assertEqual(self.store.run_sync(q.queue_list), [])
+
+    @defer.inlineCallbacks
     def test_compose_bad_address_beside_the_field_keeps_values(self):
         bob = yield self.logged_in()
         page = yield bob.get("/mail/compose?address=bob@example.com")

@@ -13,6 +13,7 @@ from atollon_mail.store import autorespond, forwarding
 from atollon_mail.store import mailboxes as mailbox_ops
 from atollon_mail.store import queries as q
 from atollon_mail.store.errors import NotFound
+from atollon_mail.store.models import Mailbox
 from atollon_mail.web import build_web_root, pages_mailboxes
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import ServedWebMixin
@@ -179,6 +180,118 @@ class WebMailboxesTests(ServedWebMixin, StoreFixtureMixin):
             ("robert@example.com", "Bob\nExample", True),
         )
         self.assertFalse(self.box().is_default)
+
+    @staticmethod
+    def identity_error(page) -> str:
+        found = re.search(r'<p class="error" id="identity-error">([^<]*)</p>', page.text)
+        return found[1] if found else ""
+
+    @defer.inlineCallbacks
+    def test_an_owner_cannot_send_as_someone_else(self):
+        bob = yield self.logged_in("bob", "bob-secret")
+        page = yield bob.get(BOB)
+        self.assertIn("It may send as bob@example.com.", page.text)
+        self.assertIn("Another address only an administrator can set.", page.text)
+        for identity in ("ceo@bank.example", "bobby@example.com", "carol@example.org"):
+            response = yield self.act(bob, "settings", **self.settings(identity=identity))
+            self.assertEqual(response.status, 400, identity)
+            self.assertEqual(
+                self.identity_error(response),
+                "Mailbox bob@example.com may send as bob@example.com; only an administrator can "
+                f"set another identity such as {identity}",
+            )
+            self.assertIn(f'value="{identity}"', response.text)
+        self.assertEqual(self.box().identity, "bob@example.com")
+
+    @defer.inlineCallbacks
+    def test_an_admin_sets_another_identity_the_owner_keeps(self):
+        admin = yield self.logged_in()
+        response = yield self.act(admin, "settings", **self.settings(identity="info@acme.test"))
+        self.assertEqual(response.status, 303)
+        self.assertEqual(self.box().identity, "info@acme.test")
+        bob = yield self.logged_in("bob", "bob-secret")
+        page = yield bob.get(BOB)
+        self.assertIn("An administrator set its identity; ask one to change it.", page.text)
+        self.assertRegex(
+            page.text, r'<input id="identity" name="identity" value="info@acme.test" readonly'
+        )
+        # His other changes keep it (the form sends it back as it is) ...
+        response = yield self.act(
+            bob, "settings", **self.settings(identity="info@acme.test", signature="Bob")
+        )
+        self.assertEqual(response.status, 303)
+        self.assertEqual((self.box().identity, self.box().signature), ("info@acme.test", "Bob"))
+        detail = self.store.run_sync(mailbox_ops.mailbox_detail, "bob@example.com")
+        self.assertTrue(detail.identity_approved)
+        # ... but he cannot change it.
+        response = yield self.act(bob, "settings", **self.settings(identity="news@acme.test"))
+        self.assertEqual(response.status, 400)
+        self.assertEqual(
+            self.identity_error(response),
+            "An administrator set info@acme.test as the identity of bob@example.com; ask an "
+            "administrator to change it",
+        )
+        self.assertEqual(self.box().identity, "info@acme.test")
+
+    @defer.inlineCallbacks
+    def test_another_mailboxs_address_alias_or_identity_refused_even_to_an_admin(self):
+        self.store.run_sync(q.add_alias, "help", "carol@example.org")
+        self.store.run_sync(
+            mailbox_ops.update_mailbox, "bobby@example.com", identity="news@acme.test"
+        )
+        admin = yield self.logged_in()
+        for identity, message in (
+            (
+                "carol@example.org",
+                "Another mailbox, carol@example.org, receives at carol@example.org",
+            ),
+            (
+                "help@example.org",
+                "Another mailbox, carol@example.org, receives at help@example.org (an alias)",
+            ),
+            (
+                "news@acme.test",
+                "Another mailbox, bobby@example.com, sends as news@acme.test already",
+            ),
+        ):
+            response = yield self.act(admin, "settings", **self.settings(identity=identity))
+            self.assertEqual(response.status, 400, identity)
+            self.assertEqual(self.identity_error(response), message + "; choose another identity")
+        self.assertEqual(self.box().identity, "bob@example.com")
+        page = yield admin.get("/mailboxes")
+        form = {
+            "csrf_token": page.csrf(),
+            "new_address": "new@example.com",
+            "new_owner": "bob",
+            "new_identity": "help@example.org",
+        }
+        refused = yield admin.post("/mailboxes", form)
+        self.assertEqual(refused.status, 400)
+        self.assertIn('id="new_identity-error"', refused.text)
+        self.assertIn(
+            "Another mailbox, carol@example.org, receives at help@example.org (an alias)",
+            refused.text,
+        )
+        self.assertRaises(NotFound, self.box, "new@example.com")
+
+    @defer.inlineCallbacks
+    def test_a_refused_stored_identity_is_shown(self):
+        self.store.run_sync(q.add_mailbox, "info@example.com", "carol")
+        self.store.run_sync(
+            lambda: (
+                Mailbox.update(identity="info@example.com")
+                .where(Mailbox.local_part == "bob")
+                .execute()
+            )
+        )
+        bob = yield self.logged_in("bob", "bob-secret")
+        page = yield bob.get(BOB)
+        self.assertIn(
+            "Sending as info@example.com is refused: mailbox bob@example.com may send as "
+            "bob@example.com; only an administrator can set another identity such as "
+            "info@example.com.",
+            page.text,
+        )
 
     @defer.inlineCallbacks
     def test_settings_errors_beside_the_fields(self):
