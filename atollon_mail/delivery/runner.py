@@ -118,7 +118,13 @@ class DeliveryRunner(service.Service):
         self._timer = None
         self._coalesce = None
         # Marks and outcomes of every connection, group-committed.
-        self._journal = GroupCommitter(store, _record_progress, size_of=lambda item: 0)
+        # Two batches may be under way: one waits in the store's queue while the other
+        # runs, so a dot waits for about one commit, not two. (A recipient's mark and its
+        # outcome are never in batches under way together: the outcome comes after the
+        # dot, which waits for the mark's commit.)
+        self._journal = GroupCommitter(
+            store, _record_progress, concurrent_batches=2, size_of=lambda item: 0
+        )
         self._starting: defer.Deferred | None = None
         # Fires when the queue is idle (nothing pending or in flight); tests wait on it.
         self._idle_waiters: list[defer.Deferred] = []
