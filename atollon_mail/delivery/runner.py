@@ -56,8 +56,11 @@ class _Progress:
     at: datetime.datetime
 
 
+@queries.flushed_lazily
 def _record_progress(items: Sequence[_Progress]) -> list[None]:
-    """Progress of several connections in one transaction (one commit, one fsync)."""
+    """Progress of several connections in one transaction (one commit). A dot waits for
+    this commit, so it does not wait for the disk: what it must survive is this process
+    dying (see queries.flushed_lazily)."""
     marks = [recipient_id for item in items for recipient_id in item.marks]
     if marks:
         queries.mark_dots_sent(marks, max(item.at for item in items if item.marks))

@@ -447,6 +447,9 @@ class SMTPClientProtocol(Protocol):
         try:
             answer = self.progress(finished, dot)  # type: ignore[misc]
         except Exception:
+            if dot is None:
+                log.failure("reporting delivery outcomes failed")
+                return
             answer = fail()
         if dot is None:
             return

@@ -76,6 +76,19 @@ def read_only(operation):
     return operation
 
 
+def flushed_lazily(operation):
+    """Mark an operation whose commit must survive a crash or `kill -9` of this process
+    but need not wait for the disk: SQLite runs it with synchronous=NORMAL (in WAL mode
+    the commit is in the operating system's hands when it returns, and the next commit
+    with synchronous=FULL, such as any stored message's, flushes it too), PostgreSQL
+    with synchronous_commit off (the server flushes it within a moment). Only a power
+    loss or an operating system crash may undo its last moments. For delivery progress
+    that means a message sent once more, as before it was written down at all; accepted
+    mail is never written this way."""
+    operation.flushed_lazily = True
+    return operation
+
+
 # --- validation helpers ---------------------------------------------------------------
 
 
