@@ -3,8 +3,10 @@
 The appliance runs under twistd and relays for the loopback network through its
 smarthost setting to a scripted SMTP server in this test process, which counts each
 message it accepted by Message-ID. Senders in threads hand it a few thousand small
-messages; once the remote server has some of them, the appliance is killed with
-SIGKILL, started again and left to drain its queue. Then: every message the appliance
+messages while the remote server holds its first greetings back, so the queue fills
+and each later connection carries many messages, as under a real load; once the remote
+server has received a part of them, the appliance is killed with SIGKILL, started
+again and left to drain its queue. Then: every message the appliance
 acknowledged arrived at least once; every message that arrived twice is listed by
 `queue list --uncertain`; that list holds exactly the recipients whose final dot had
 been written down as sent without a recorded reply, no recipient whose reply was
@@ -23,16 +25,17 @@ import threading
 import time
 
 from twisted.internet import defer, reactor, task, threads
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from atollon_mail.store import queries
 from atollon_mail.store.models import QueueRecipient
 from tests.e2e.test_appliance import RunningAppliance
-from tests.remote_mta import RemoteMTA
+from tests.remote_mta import Delayed, RemoteMTA
 
-MESSAGES = 2000
+MESSAGES = 3000
 SESSIONS = 8
-KILL_AFTER = 600  # messages accepted by the remote server before the kill
+KILL_AFTER = 1200  # messages accepted by the remote server before the kill
 CONCURRENCY = 10  # [delivery] per_destination_concurrency: connections to the smarthost
 # The replies that may have arrived without being committed yet: everything the remote
 # server answered this long before the kill (the appliance commits far more often).
@@ -67,7 +70,12 @@ class KillDuringRelayTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        self.remote = RemoteMTA(pipelining=True)
+        # The first connections' greetings wait for this clock: the test lets them go
+        # once every message is queued.
+        self.greetings = Clock()
+        self.remote = RemoteMTA(
+            clock=self.greetings, greeting=[Delayed(1, 220)] * CONCURRENCY + [220]
+        )
         self.remote.envelopes = TimedEnvelopes()
         self.remote_port = reactor.listenTCP(0, self.remote, interface="127.0.0.1")
         self.addCleanup(self.remote_port.stopListening)
@@ -125,6 +133,9 @@ class KillDuringRelayTests(unittest.TestCase):
                 for index in range(SESSIONS)
             ]
         )
+        yield senders
+        self.assertGreater(len(self.acknowledged), MESSAGES * 0.9)
+        self.greetings.advance(1)
         yield self.wait_for(
             lambda: defer.succeed(len(self.remote.envelopes) >= KILL_AFTER),
             "the remote server to receive the first messages",
@@ -132,7 +143,6 @@ class KillDuringRelayTests(unittest.TestCase):
         )
         self.appliance.stop(signal.SIGKILL)
         killed_at = time.monotonic()
-        yield senders
 
         # What the store knew at the moment of the kill.
         at_kill = self.read_store(
