@@ -36,7 +36,7 @@ from tests.remote_mta import Delayed, RemoteMTA
 MESSAGES = 3000
 SESSIONS = 8
 KILL_AFTER = 1200  # messages accepted by the remote server before the kill
-CONCURRENCY = 10  # [delivery] per_destination_concurrency: connections to the smarthost
+CONCURRENCY = 20  # [delivery] per_destination_concurrency (the default): connections
 # The replies that may have arrived without being committed yet: everything the remote
 # server answered this long before the kill (the appliance commits far more often).
 LAST_MOMENTS = 0.5
