@@ -66,7 +66,7 @@ class TimedEnvelopes(list):
 
 
 class KillDuringRelayTests(unittest.TestCase):
-    timeout = 180
+    timeout = 120  # typically done in 15 s
 
     @defer.inlineCallbacks
     def setUp(self):
@@ -139,7 +139,7 @@ class KillDuringRelayTests(unittest.TestCase):
         yield self.wait_for(
             lambda: defer.succeed(len(self.remote.envelopes) >= KILL_AFTER),
             "the remote server to receive the first messages",
-            60,
+            30,
         )
         self.appliance.stop(signal.SIGKILL)
         killed_at = time.monotonic()
@@ -162,7 +162,7 @@ class KillDuringRelayTests(unittest.TestCase):
             waiting = counts["queued"] + counts["in-flight"] + counts["deferred"]
             return defer.succeed(waiting == 0 and counts["delivered"] >= len(self.acknowledged))
 
-        yield self.wait_for(drained, "the queue to drain after the restart", 90)
+        yield self.wait_for(drained, "the queue to drain after the restart", 40)
 
         uncertain = {e.address for e in self.read_store(queries.queue_list, None, 10_000, 0, True)}
         listed = yield threads.deferToThread(
