@@ -389,13 +389,23 @@ def _next_attempt(entry: QueueEntry) -> str:
     return _when(entry.next_attempt_at) if entry.state in _WAITING else "-"
 
 
+def _state(entry: QueueEntry) -> str:
+    return f"{entry.state}, uncertain" if entry.uncertain else entry.state
+
+
 def _queue_list(store: Store, args) -> None:
-    entries = store.run_sync(queries.queue_list, args.state, limit=args.limit, offset=args.offset)
+    entries = store.run_sync(
+        queries.queue_list,
+        args.state,
+        limit=args.limit,
+        offset=args.offset,
+        uncertain=args.uncertain,
+    )
     rows = [
         (
             entry.queue_message_id,
             entry.address,
-            entry.state,
+            _state(entry),
             entry.attempts,
             _next_attempt(entry),
             _shortened(entry.last_reply, _REPLY_WIDTH) if entry.last_reply else "-",
@@ -433,6 +443,8 @@ def _queue_show(store: Store, args) -> None:
         status = [entry.state, _counted(entry.attempts, "attempt")]
         if entry.state in _WAITING:
             status.append(f"next attempt {_when(entry.next_attempt_at)} UTC")
+        if entry.uncertain:
+            status.append("uncertain: may have got two copies")
         _out()
         _out(f"{entry.address}: {', '.join(status)}")
         for event in recipient.events:
@@ -629,6 +641,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--state", choices=QUEUE_STATES)
     listing.add_argument("--limit", type=_whole_number(1), default=100)
     listing.add_argument("--offset", type=_whole_number(0), default=0)
+    listing.add_argument(
+        "--uncertain",
+        action="store_true",
+        help="only recipients that may have got two copies: their message was sent and "
+        "the reply was lost (the appliance stopped, or the connection broke, in between)",
+    )
     listing.set_defaults(handler=_queue_list)
     for name, help_text, handler in (
         ("show", "show a queued message's recipients and delivery attempts", _queue_show),

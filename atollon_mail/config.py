@@ -441,7 +441,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "smarthost": (_optional_host_port, ""),
         "smarthost_username": (_optional_text, ""),
         "smarthost_password": (_optional_text, ""),
-        "per_destination_concurrency": (_whole_number(1), "10"),
+        "per_destination_concurrency": (_whole_number(1), "20"),
         "max_concurrency": (_whole_number(1), "100"),
         "retry_first": (_positive_duration, "5m"),
         "retry_max": (_positive_duration, "4000"),

@@ -662,6 +662,46 @@ class CliContractMixin(ConfiguredCli):
             ],
         )
 
+    def test_queue_list_uncertain_after_a_kill(self):
+        self.setup_mailbox()
+        self.send("ann@remote.example", "bob@remote.example", "cid@remote.example", subject="Kill")
+
+        def killed_mid_attempt():
+            # ann's reply was recorded; bob's dot went out, no reply; cid's never did.
+            ann, bob, _cid = queries.claim_due_deliveries(T0, 100)
+            queries.mark_dots_sent([ann.recipient_id, bob.recipient_id], T0)
+            queries.record_delivery_results(
+                [DeliveryResult(ann.recipient_id, "delivered", "250 ok", MX, T0)]
+            )
+
+        self.store_op(killed_mid_attempt)
+        later = T0 + datetime.timedelta(minutes=1)
+        self.store_op(queries.requeue_in_flight, later)
+        listed = self.ok("queue", "list", "--uncertain").lines
+        self.assertEqual(
+            [line.split()[:4] for line in listed[1:]],
+            [["1", "bob@remote.example", "queued,", "uncertain"]],
+        )
+        everything = self.ok("queue", "list").lines
+        self.assertEqual(
+            [line.split()[2] for line in everything[1:]], ["delivered", "queued,", "queued"]
+        )
+        shown = self.ok("queue", "show", "1").lines
+        bob = shown.index(
+            "bob@remote.example: queued, 1 attempt, next attempt 2030-01-01 12:01:00 UTC, "
+            "uncertain: may have got two copies"
+        )
+        self.assertIn(
+            "12:01:00  uncertain  -  the appliance stopped after the final dot", shown[bob + 1]
+        )
+        self.assertEqual(
+            shown[bob + 3 :],
+            [
+                "cid@remote.example: queued, 0 attempts, next attempt 2030-01-01 12:01:00 UTC",
+                "  (no attempt yet)",
+            ],
+        )
+
     def test_queue_show_a_bounce_and_hostile_replies(self):
         self.setup_mailbox()
 

@@ -5,6 +5,14 @@ destination (the recipient's domain, or the smarthost), and sent over a bounded 
 of connections per destination and in all, several messages per connection. Every
 outcome is written back with its reply; a 5xx or an expired recipient bounces with a
 DSN to the sender, a 4xx or a failed connection defers it with backoff.
+
+Outcomes are written as the replies arrive, not when the connection is done, and each
+message's final dot is sent only after the store has committed that it is being sent
+(the replies that came in meanwhile ride in the same commit; all connections share one
+group commit). So after a kill the store knows, per in-flight recipient, whether its
+message may have left: those whose dot was sent and whose reply was not recorded are
+queued again and marked uncertain (at most the replies of the last commit plus one
+message per open connection); the others go back quietly.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import datetime
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 
+import attrs
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -37,10 +46,26 @@ SMARTHOST = "[smarthost]"
 CLAIM_COALESCE_SECONDS = 0.1
 
 
-def _record_result_groups(groups: Sequence[Sequence[DeliveryResult]]) -> list[None]:
-    """Results of several connections in one transaction (one commit, one fsync)."""
-    queries.record_delivery_results([result for group in groups for result in group])
-    return [None] * len(groups)
+@attrs.frozen
+class _Progress:
+    """What one connection has to write down at once: recipients whose final dot is
+    about to be sent, and outcomes that came in."""
+
+    marks: tuple[int, ...]
+    results: tuple[DeliveryResult, ...]
+    at: datetime.datetime
+
+
+@queries.flushed_lazily
+def _record_progress(items: Sequence[_Progress]) -> list[None]:
+    """Progress of several connections in one transaction (one commit). A dot waits for
+    this commit, so it does not wait for the disk: what it must survive is this process
+    dying (see queries.flushed_lazily)."""
+    marks = [recipient_id for item in items for recipient_id in item.marks]
+    if marks:
+        queries.mark_dots_sent(marks, max(item.at for item in items if item.marks))
+    queries.record_delivery_results([result for item in items for result in item.results])
+    return [None] * len(items)
 
 
 def utc_from_seconds(seconds: float) -> datetime.datetime:
@@ -95,7 +120,14 @@ class DeliveryRunner(service.Service):
         self._wake_again = False
         self._timer = None
         self._coalesce = None
-        self._results = GroupCommitter(store, _record_result_groups, size_of=lambda group: 0)
+        # Marks and outcomes of every connection, group-committed.
+        # Two batches may be under way: one waits in the store's queue while the other
+        # runs, so a dot waits for about one commit, not two. (A recipient's mark and its
+        # outcome are never in batches under way together: the outcome comes after the
+        # dot, which waits for the mark's commit.)
+        self._journal = GroupCommitter(
+            store, _record_progress, concurrent_batches=2, size_of=lambda item: 0
+        )
         self._starting: defer.Deferred | None = None
         # Fires when the queue is idle (nothing pending or in flight); tests wait on it.
         self._idle_waiters: list[defer.Deferred] = []
@@ -109,10 +141,18 @@ class DeliveryRunner(service.Service):
         self._starting.addCallback(self._requeued)
         self._starting.addErrback(self._requeue_failed)
 
-    def _requeued(self, count: int) -> None:
-        if count:
+    def _requeued(self, requeued) -> None:
+        if requeued.quiet:
             log.info(
-                "{count} recipients were in flight at the last stop; queued again", count=count
+                "{count} recipients were claimed but not sent at the last stop; queued again",
+                count=requeued.quiet,
+            )
+        if requeued.uncertain:
+            log.warn(
+                "{count} recipients may have got their message already: it was sent before "
+                "the last stop and the reply was not recorded; queued again and marked "
+                "uncertain (see: queue list --uncertain)",
+                count=len(requeued.uncertain),
             )
         self._starting = None
         self.wake()
@@ -274,6 +314,7 @@ class DeliveryRunner(service.Service):
         last_failure: client.SessionFailure | None = None
         for host, address, port in targets:
             server = f"{host} [{address}]:{port}"
+            progress = _ConnectionProgress(self, deliveries, server)
             try:
                 outcomes = yield self._deliver(
                     self._reactor,
@@ -285,17 +326,23 @@ class DeliveryRunner(service.Service):
                     tls=tls,
                     auth=auth,
                     connect_timeout=self._settings.connect_timeout,
+                    progress=progress,
                 )
             except client.SessionFailure as failure:
                 last_failure = failure
                 log.info("delivery to {server} failed: {reply}", server=server, reply=failure.reply)
                 continue
+            # What was written during the session is done with; the rest (outcomes decided
+            # as the connection ended, writes that failed) is written now.
+            recorded = yield progress.settled()
             by_recipient = {
-                outcome_recipient.recipient_key: outcome_recipient
+                recipient_id: recipient_outcome
                 for outcome in outcomes
-                for outcome_recipient in _keyed(outcome)
+                for recipient_id, recipient_outcome in _keyed(outcome)
             }
-            yield self._finish(deliveries, by_recipient, None, server)
+            remaining = [d for d in deliveries if d.recipient_id not in recorded]
+            if remaining:
+                yield self._finish(remaining, by_recipient, None, server)
             return
         reply = last_failure.reply if last_failure else "451 4.4.1 no server could be reached"
         # A smarthost refusing us (a wrong password, say) is our problem, not the
@@ -349,16 +396,34 @@ class DeliveryRunner(service.Service):
         temporary: bool = False,
     ):
         now = self._now()
+        results, bounced, warn = self._results(
+            deliveries, outcomes, default_reply, server, now, temporary
+        )
+        yield self._journal.add(_Progress((), tuple(results), now))
+        yield self._notify_after_commit(bounced, warn, now)
+
+    def _results(
+        self,
+        deliveries,
+        outcomes: dict,
+        default_reply: str | None,
+        server: str | None,
+        now: datetime.datetime,
+        temporary: bool = False,
+    ):
+        """The DeliveryResult of each delivery, and who is told of a bounce or a delay."""
         lifetime = datetime.timedelta(seconds=self._settings.max_queue_lifetime)
         results: list[DeliveryResult] = []
         bounced: list[tuple[Delivery, FailedRecipient]] = []
         warn: list[tuple[Delivery, FailedRecipient]] = []
         for delivery in deliveries:
             outcome = outcomes.get(delivery.recipient_id)
+            uncertain = False
             if outcome is not None:
                 reply, code = outcome.reply, outcome.code
                 permanent = 500 <= code < 600
                 delivered = 200 <= code < 300
+                uncertain = outcome.uncertain
             else:
                 reply = default_reply or "451 4.4.1 no answer about this recipient"
                 delivered, permanent = False, not temporary
@@ -405,6 +470,7 @@ class DeliveryRunner(service.Service):
                     now,
                     next_attempt,
                     campaign_recipient_id=delivery.campaign_recipient_id,
+                    uncertain=uncertain,
                 )
             )
             warn_after = self._settings.delay_warning
@@ -417,7 +483,11 @@ class DeliveryRunner(service.Service):
                 warn.append(
                     (delivery, FailedRecipient(delivery.address, "delayed", reply, server, now))
                 )
-        yield self._results.add(results)
+        return results, bounced, warn
+
+    @defer.inlineCallbacks
+    def _notify_after_commit(self, bounced, warn, now):
+        """DSNs for bounces and delay warnings, once the outcomes are committed."""
         yield self._notify(bounced, now)
         if warn:
             yield self._notify(warn, now)
@@ -460,16 +530,61 @@ class DeliveryRunner(service.Service):
                 log.failure("sending a delivery status notification failed")
 
 
-def _keyed(outcome):
-    """The recipient outcomes of an envelope, each tagged with its queue recipient id."""
-    for recipient_id, recipient_outcome in zip(
-        outcome.envelope.key, outcome.recipients, strict=True
-    ):
-        yield _KeyedOutcome(recipient_id, recipient_outcome.code, recipient_outcome.reply)
+def _keyed(outcome: client.EnvelopeOutcome):
+    """(queue recipient id, RecipientOutcome) for each recipient of an envelope."""
+    return zip(outcome.envelope.key, outcome.recipients, strict=True)
 
 
-class _KeyedOutcome:
-    __slots__ = ("recipient_key", "code", "reply")
+class _ConnectionProgress:
+    """The client's `progress` for one connection: outcomes written as they arrive, and
+    each final dot let go once the commit noting it is done."""
 
-    def __init__(self, recipient_key: int, code: int, reply: str):
-        self.recipient_key, self.code, self.reply = recipient_key, code, reply
+    def __init__(self, runner: DeliveryRunner, deliveries: Sequence[Delivery], server: str):
+        self._runner = runner
+        self._deliveries = {delivery.recipient_id: delivery for delivery in deliveries}
+        self._server = server
+        self._writes: list[defer.Deferred] = []
+        self._recorded: set[int] = set()  # recipient ids whose outcome is committed
+
+    def __call__(
+        self, finished: Sequence[client.EnvelopeOutcome], dot: client.DotPending | None
+    ) -> defer.Deferred | None:
+        runner = self._runner
+        now = runner._now()
+        outcomes = {
+            recipient_id: recipient_outcome
+            for outcome in finished
+            for recipient_id, recipient_outcome in _keyed(outcome)
+        }
+        decided = [self._deliveries[recipient_id] for recipient_id in outcomes]
+        results, bounced, warn = runner._results(decided, outcomes, None, self._server, now)
+        marks = tuple(dot.envelope.key[index] for index in dot.recipients) if dot else ()
+        gate: defer.Deferred | None = defer.Deferred() if dot is not None else None
+        written = runner._journal.add(_Progress(marks, tuple(results), now))
+
+        def committed(_):
+            self._recorded.update(outcomes)
+            if gate is not None:
+                gate.callback(None)
+            return runner._notify_after_commit(bounced, warn, now)
+
+        def failed(failure):
+            # Not recorded: these outcomes are written again when the connection is done,
+            # and the dot is not sent (the client drops the connection).
+            if gate is not None:
+                gate.errback(failure)
+            else:
+                log.failure("recording delivery outcomes failed", failure)
+
+        written.addCallbacks(committed, failed)
+        written.addErrback(lambda failure: log.failure("after delivery outcomes", failure))
+        self._writes.append(written)
+        return gate
+
+    @defer.inlineCallbacks
+    def settled(self):
+        """Fires, once every write made so far is over, with the recipients recorded."""
+        while self._writes:
+            writes, self._writes = self._writes, []
+            yield defer.DeferredList(writes)
+        return self._recorded

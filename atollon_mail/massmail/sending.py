@@ -464,9 +464,10 @@ def _suppress_for_row(recipient_id: int, reason: str, detail: str, at) -> None:
 
 
 def mark_uncertain(queue_recipient_ids: Sequence[int]) -> int:
-    """Rows whose message was being delivered when the appliance stopped: the remote
-    server may have taken it before we could write that down, so a second attempt may be
-    a second copy. They are marked uncertain (and sent again)."""
+    """Rows whose message's final dot was sent without its reply being recorded (the
+    appliance stopped, or the connection broke, in between): the remote server may have
+    taken it, so the next attempt may be a second copy. They are marked uncertain (and
+    sent again). Rows whose message never left are not: see queries.requeue_in_flight."""
     marked = 0
     for chunk in _chunks(sorted(queue_recipient_ids)):
         marked += database_proxy.execute_sql(

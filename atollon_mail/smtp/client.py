@@ -9,6 +9,11 @@ envelope, in order, and fires with an EnvelopeOutcome for each. It fails with
 SessionFailure only when the session broke down before the first transaction started
 (connect, greeting, EHLO/HELO, STARTTLS, AUTH); after that every problem is reported per
 recipient, code 0 meaning "no reply" (connection lost or timed out: always temporary).
+
+With `progress`, the caller hears of each envelope as soon as its reply is in, and is
+asked before each message's final dot goes out; the dot waits for the Deferred it
+returns (the caller writes down that the dot is being sent, so that after a crash it
+knows which messages may have been delivered without their reply being recorded).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 import attrs
 from OpenSSL import SSL
 from twisted.internet import error as net_error
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import Factory, Protocol
@@ -33,6 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 __all__ = [
+    "DotPending",
     "Envelope",
     "EnvelopeOutcome",
     "Extensions",
@@ -69,6 +75,9 @@ class RecipientOutcome:
     recipient: str
     code: int  # the reply code that decided this recipient; 0 when there was no reply
     reply: str  # one line, e.g. "550 5.1.1 <x@y>: no such user"
+    # No reply came after the message's final dot was sent (code 0): the server may have
+    # taken the message, so a retry may deliver it twice (RFC 1047).
+    uncertain: bool = False
 
     @property
     def permanent(self) -> bool:
@@ -83,6 +92,21 @@ class RecipientOutcome:
 class EnvelopeOutcome:
     envelope: Envelope
     recipients: tuple[RecipientOutcome, ...]
+
+
+@attrs.frozen
+class DotPending:
+    """An envelope whose message data is about to be sent: the final dot goes out (and
+    the server may deliver it) once the `progress` callback's Deferred fires."""
+
+    envelope: Envelope
+    recipients: tuple[int, ...]  # indexes into envelope.recipients: those accepted at RCPT
+
+
+# progress(finished, dot) -> Deferred | None: `finished` are the envelopes decided since
+# the last call, in order; `dot`, when not None, waits for the returned Deferred (None:
+# go on at once; a failure: the dot is not sent and the connection is dropped).
+Progress = Callable[[list[EnvelopeOutcome], DotPending | None], Any]
 
 
 class SessionFailure(Exception):
@@ -203,6 +227,7 @@ class _Transaction:
         "pipelined",
         "cursor",
         "followed",
+        "dot_sent",
     )
 
     def __init__(self, envelope: Envelope):
@@ -215,14 +240,22 @@ class _Transaction:
         self.cursor = 0
         # The next transaction's commands went out behind this one's message data.
         self.followed = False
+        self.dot_sent = False  # the final "." was written
 
-    def decide(self, index: int, code: int, reply: str) -> None:
+    def decide(self, index: int, code: int, reply: str, uncertain: bool = False) -> None:
         if self.outcomes[index] is None:
-            self.outcomes[index] = RecipientOutcome(self.envelope.recipients[index], code, reply)
+            self.outcomes[index] = RecipientOutcome(
+                self.envelope.recipients[index], code, reply, uncertain
+            )
 
     def decide_all(self, code: int, reply: str) -> None:
+        # No reply after the dot: the accepted recipients may have the message.
+        uncertain = code == 0 and self.dot_sent
         for index in range(len(self.outcomes)):
-            self.decide(index, code, reply)
+            self.decide(index, code, reply, uncertain and index in self.accepted)
+
+    def decided(self) -> bool:
+        return all(outcome is not None for outcome in self.outcomes)
 
     def result(self) -> EnvelopeOutcome:
         return EnvelopeOutcome(self.envelope, tuple(self.outcomes))  # type: ignore[arg-type]
@@ -250,8 +283,10 @@ class SMTPClientProtocol(Protocol):
         tls: str,
         auth: tuple[str, str] | None,
         timeout: float,
+        progress: Progress | None = None,
     ):
         self.clock = clock
+        self.progress = progress
         self.done = done
         self.helo_name = helo_name
         self.peer_name = peer_name
@@ -279,6 +314,9 @@ class SMTPClientProtocol(Protocol):
         self._last_activity = 0.0
         self._timer: Any = None
         self._abort_call: Any = None
+        self._next_report = 0  # transactions before this index were given to `progress`
+        self._dot_waiting: tuple[_Transaction, bytes] | None = None  # 354 in, dot not sent
+        self._gate: Deferred | None = None  # progress's answer the waiting dot waits for
 
     # --- connection life cycle ---
 
@@ -387,6 +425,57 @@ class SMTPClientProtocol(Protocol):
                 return
         if len(self._buffer) > MAX_REPLY_LINE:
             self._protocol_error("a reply line that never ends")
+            return
+        if self.progress is not None:
+            # Once per chunk of replies: what one read decided goes out in one report.
+            self._report()
+
+    # --- progress: envelopes decided, dots waiting ---
+
+    def _report(self) -> None:
+        finished = []
+        transactions = self._transactions
+        while self._next_report < len(transactions) and transactions[self._next_report].decided():
+            finished.append(transactions[self._next_report].result())
+            self._next_report += 1
+        dot = None
+        if self._dot_waiting is not None and self._gate is None:
+            transaction = self._dot_waiting[0]
+            dot = DotPending(transaction.envelope, tuple(transaction.accepted))
+        if not finished and dot is None:
+            return
+        try:
+            answer = self.progress(finished, dot)  # type: ignore[misc]
+        except Exception:
+            if dot is None:
+                log.failure("reporting delivery outcomes failed")
+                return
+            answer = fail()
+        if dot is None:
+            return
+        if not isinstance(answer, Deferred):
+            self._send_dot()
+            return
+        self._gate = answer
+        answer.addCallbacks(self._gate_opened, self._gate_failed)
+
+    def _gate_opened(self, _: Any) -> None:
+        self._gate = None
+        if not self._closing and self._dot_waiting is not None:
+            self._send_dot()
+
+    def _gate_failed(self, failure: Failure) -> None:
+        self._gate = None
+        if self._closing:
+            return
+        # Never send a dot that was not written down: drop the connection instead (the
+        # server discards the unfinished message), and the envelope is tried again.
+        log.failure("recording a final dot before sending it failed", failure)
+        self._lost_reason = (
+            f"the message for {self.peer_name} was not finished: "
+            f"recording it failed ({failure.getErrorMessage()})"
+        )
+        self._close(abort=True)
 
     def _protocol_error(self, what: str) -> None:
         self._lost_reason = f"{self.peer_name} sent {what}"
@@ -675,26 +764,36 @@ class SMTPClientProtocol(Protocol):
     def _on_data(self, code: int, reply: str, argument: tuple[_Transaction, bytes]) -> None:
         transaction, message = argument
         if code == 354:
-            if transaction.accepted and transaction.mail_ok:
-                self.transport.write(dot_stuff(message))
-                self._expect.append((self._on_end_of_data, transaction, "the end of data"))
-                if transaction.pipelined:
-                    # Message data may begin a group (RFC 2920 3.1): the next envelope's
-                    # commands follow the final dot without waiting for its reply, so a
-                    # message costs one round trip, not two. Each transaction ends with
-                    # the reply to its dot, whatever it says, so the next one is unharmed.
-                    transaction.followed = self._next_transaction(after_data=True)
-            else:
+            if not (transaction.accepted and transaction.mail_ok):
                 # 354 with no recipient (a pipelining server that should have said 554):
                 # send an empty message so the dialogue stays in step, and drop it.
                 self.transport.write(b".\r\n")
                 self._expect.append((self._on_discarded_data, None, "the end of data"))
-            self._touch()
+                self._touch()
+                return
+            self._dot_waiting = (transaction, message)
+            if self.progress is None:
+                self._send_dot()
+            # else: sent once `progress` has answered (see _report)
             return
         for index in transaction.accepted:
             transaction.decide(index, code, reply)
         self._rset_needed = True
         self._next_transaction()
+
+    def _send_dot(self) -> None:
+        transaction, message = self._dot_waiting  # type: ignore[misc]
+        self._dot_waiting = None
+        transaction.dot_sent = True
+        self.transport.write(dot_stuff(message))
+        self._expect.append((self._on_end_of_data, transaction, "the end of data"))
+        if transaction.pipelined:
+            # Message data may begin a group (RFC 2920 3.1): the next envelope's commands
+            # follow the final dot without waiting for its reply, so a message costs one
+            # round trip, not two. Each transaction ends with the reply to its dot,
+            # whatever it says, so the next one is unharmed.
+            transaction.followed = self._next_transaction(after_data=True)
+        self._touch()
 
     def _on_end_of_data(self, code: int, reply: str, transaction: _Transaction) -> None:
         for index in transaction.accepted:
@@ -816,6 +915,7 @@ def deliver(
     auth: tuple[str, str] | None = None,
     timeout: float = 300,
     connect_timeout: float = 30,
+    progress: Progress | None = None,
 ) -> Deferred:
     """Deliver `envelopes` in order over one SMTP connection to host:port.
 
@@ -825,7 +925,8 @@ def deliver(
     tls: "opportunistic" uses STARTTLS when offered, without checking the certificate, and
     retries once in plain text if the handshake fails; "required" fails the session
     (temporarily) without TLS; "none" never starts TLS. auth: (user, password) for AUTH
-    PLAIN, only ever sent over TLS. timeout bounds each wait for a reply.
+    PLAIN, only ever sent over TLS. timeout bounds each wait for a reply. progress: see
+    the module's docstring and `Progress`.
     """
     if tls not in TLS_MODES:
         raise ValueError(f"tls must be one of {', '.join(TLS_MODES)}, not {tls!r}")
@@ -837,6 +938,7 @@ def deliver(
         "server_name": server_name,
         "auth": auth,
         "timeout": timeout,
+        "progress": progress,
     }
     delivery = _Delivery(reactor, host, port, envelopes, options, connect_timeout)
     delivery.start(tls)

@@ -385,6 +385,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE mailbox ADD COLUMN identity_approved BOOLEAN NOT NULL DEFAULT FALSE",
         ),
     ),
+    Migration(
+        7,
+        "when a delivery's final dot was sent; recipients that may have got two copies",
+        (
+            # Set (and committed) just before the final "." of an attempt is written,
+            # cleared when the reply is recorded: at a restart, an in-flight recipient
+            # with it set may have been delivered already.
+            "ALTER TABLE queue_recipient ADD COLUMN dot_sent_at TIMESTAMP",
+            "ALTER TABLE queue_recipient ADD COLUMN uncertain BOOLEAN NOT NULL DEFAULT FALSE",
+            # Few rows are ever uncertain: `queue list --uncertain` reads only those.
+            "CREATE INDEX queue_recipient_uncertain ON queue_recipient (id) WHERE uncertain",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].number

@@ -336,6 +336,11 @@ class QueueRecipient(BaseModel):
     updated_at = peewee.DateTimeField()
     # The send-list row this delivery is for, when it is campaign mail (migration 4).
     campaign_recipient_id = peewee.BigIntegerField(null=True)
+    # Migration 5: when the final dot of the attempt in flight was sent (None: not yet),
+    # and whether the recipient may have got two copies (the dot of an attempt was sent
+    # and its reply never recorded: a kill, a connection lost after the dot).
+    dot_sent_at = peewee.DateTimeField(null=True)
+    uncertain = peewee.BooleanField(default=False)
 
     class Meta:
         indexes = ((("state", "next_attempt_at"), False),)

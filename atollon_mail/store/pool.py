@@ -9,10 +9,11 @@ from zope.interface import implementer
 
 from atollon_mail.interfaces import IStore
 from atollon_mail.store import migrations
-from atollon_mail.store.database import is_sqlite, open_database
+from atollon_mail.store.database import SQLITE_PRAGMAS, is_sqlite, open_database
 from atollon_mail.store.models import database_proxy
 
 POSTGRES_THREADS = 4
+SQLITE_SYNCHRONOUS = dict(SQLITE_PRAGMAS)["synchronous"]
 
 
 @implementer(IStore)
@@ -74,13 +75,23 @@ class Store:
         return self.database.atomic()
 
     def run_sync(self, operation, *args, **kwargs):
+        lazily = getattr(operation, "flushed_lazily", False)  # see queries.flushed_lazily
         with database_proxy.bound_to(self.database):
             if is_sqlite(self.database):
                 if self.database.is_closed():
                     self.database.connect()
-                with self._transaction(operation):
-                    return operation(*args, **kwargs)
+                if not lazily:
+                    with self._transaction(operation):
+                        return operation(*args, **kwargs)
+                self.database.execute_sql("PRAGMA synchronous = NORMAL")
+                try:
+                    with self._transaction(operation):
+                        return operation(*args, **kwargs)
+                finally:
+                    self.database.execute_sql(f"PRAGMA synchronous = {SQLITE_SYNCHRONOUS}")
             with self.database.connection_context(), self._transaction(operation):
+                if lazily:
+                    self.database.execute_sql("SET LOCAL synchronous_commit = off")
                 return operation(*args, **kwargs)
 
     def run(self, operation, *args, **kwargs):

@@ -53,6 +53,7 @@ from atollon_mail.store.records import (
     QueueRecipientDetail,
     Recipient,
     Rejection,
+    RequeuedDeliveries,
     SendingIdentity,
     StoredMessage,
     SubmittedMessage,
@@ -74,6 +75,19 @@ _LOGIN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 def read_only(operation):
     """Mark an operation that only reads: the store runs it without taking the write lock."""
     operation.read_only = True
+    return operation
+
+
+def flushed_lazily(operation):
+    """Mark an operation whose commit must survive a crash or `kill -9` of this process
+    but need not wait for the disk: SQLite runs it with synchronous=NORMAL (in WAL mode
+    the commit is in the operating system's hands when it returns, and the next commit
+    with synchronous=FULL, such as any stored message's, flushes it too), PostgreSQL
+    with synchronous_commit off (the server flushes it within a moment). Only a power
+    loss or an operating system crash may undo its last moments. For delivery progress
+    that means a message sent once more, as before it was written down at all; accepted
+    mail is never written this way."""
+    operation.flushed_lazily = True
     return operation
 
 
@@ -651,7 +665,8 @@ _HOT_SQL = {
     "record_result": """
         UPDATE queue_recipient
         SET attempts = attempts + 1, last_attempt_at = {p}, last_reply = {p}, state = {p},
-            next_attempt_at = COALESCE({p}, next_attempt_at), updated_at = {p}
+            next_attempt_at = COALESCE({p}, next_attempt_at), updated_at = {p},
+            dot_sent_at = NULL, uncertain = (uncertain OR {p})
         WHERE id = {p}""",
     "insert_event": """
         INSERT INTO queue_event (queue_recipient_id, at, server, reply, outcome, next_attempt_at)
@@ -1068,7 +1083,10 @@ def submit_messages(
 WAITING_STATES = ("queued", "deferred")
 RESULT_OUTCOMES = ("delivered", "deferred", "bounced")
 QUEUE_DELETED_REPLY = "removed from the delivery queue by an administrator"
-REQUEUED_REPLY = "the appliance restarted during this attempt; it is made again"
+UNCERTAIN_REPLY = (
+    "the appliance stopped after the final dot of this attempt was sent and before the "
+    "reply was recorded: the server may have the message, so the retry may be a second copy"
+)
 _REPLY_LIMIT = 4000
 _SERVER_LIMIT = 300
 
@@ -1133,8 +1151,26 @@ def _one_line_limited(text: str | None, limit: int) -> str | None:
     return " ".join(text.split())[:limit]
 
 
+def mark_dots_sent(recipient_ids: Sequence[int], at: datetime.datetime) -> int:
+    """Note that the final dot of these in-flight recipients' message is about to be sent
+    (committed before it is: after a kill, `requeue_in_flight` tells them apart from
+    recipients whose message never left); how many were marked."""
+    stamp = QueueRecipient.dot_sent_at.db_value(at)
+    marked = 0
+    for chunk in _chunks(recipient_ids):
+        sql = (
+            f"UPDATE queue_recipient SET dot_sent_at = {database_proxy.param}"
+            f" WHERE id IN ({_placeholders(len(chunk))}) AND state = 'in-flight'"
+        )
+        marked += database_proxy.execute_sql(sql, (stamp, *chunk)).rowcount
+    return marked
+
+
 def record_delivery_results(results: Sequence[DeliveryResult]) -> None:
-    """Each attempt's outcome on its recipient, and a line in its timeline."""
+    """Each attempt's outcome on its recipient, and a line in its timeline.
+
+    A deferred result that is `uncertain` (the final dot went out, no reply came back)
+    shows as "uncertain" in the timeline and keeps the recipient listed as uncertain."""
     for result in results:
         if result.outcome not in RESULT_OUTCOMES:
             raise Invalid(
@@ -1150,17 +1186,29 @@ def record_delivery_results(results: Sequence[DeliveryResult]) -> None:
         server = _one_line_limited(result.server, _SERVER_LIMIT)
         updated = _execute(
             "record_result",
-            (at, reply, result.outcome, next_attempt_at, at, result.recipient_id),
+            (
+                at,
+                reply,
+                result.outcome,
+                next_attempt_at,
+                at,
+                bool(result.uncertain),
+                result.recipient_id,
+            ),
         ).rowcount
         if updated:  # a recipient deleted meanwhile has no timeline left to extend
+            shown = "uncertain" if result.uncertain and result.outcome == "deferred" else None
             _execute(
                 "insert_event",
-                (result.recipient_id, at, server, reply, result.outcome, next_attempt_at),
+                (result.recipient_id, at, server, reply, shown or result.outcome, next_attempt_at),
             )
     if any(result.campaign_recipient_id for result in results):
         from atollon_mail.massmail import sending  # the send list builds on this module
 
         sending.record_campaign_results(results)
+        uncertain = [result.recipient_id for result in results if result.uncertain]
+        if uncertain:
+            sending.mark_uncertain(uncertain)
 
 
 def mark_delay_warned(recipient_ids: Sequence[int]) -> int:
@@ -1173,21 +1221,40 @@ def mark_delay_warned(recipient_ids: Sequence[int]) -> int:
     return marked
 
 
-def requeue_in_flight(now: datetime.datetime) -> int:
+def requeue_in_flight(now: datetime.datetime) -> RequeuedDeliveries:
     """Every in-flight recipient queued again, due now (run at start: an attempt the
-    appliance was making when it stopped is made again, nothing accepted is lost)."""
-    query = QueueRecipient.select(QueueRecipient.id).where(QueueRecipient.state == "in-flight")
-    ids = [row[0] for row in _locked(query.order_by(QueueRecipient.id)).tuples()]
-    if not ids:
-        return 0
-    at = QueueEvent.at.db_value(now)
-    for recipient_id in ids:
-        _execute("insert_event", (recipient_id, at, None, REQUEUED_REPLY, "requeued", at))
-    _set_state(ids, "queued", now, next_attempt_at=now)
-    from atollon_mail.massmail import sending  # the send list builds on this module
+    appliance was making when it stopped is made again, nothing accepted is lost).
 
-    sending.mark_uncertain(ids)
-    return len(ids)
+    A recipient whose final dot was not sent yet cannot have got the message: it goes
+    back quietly, as if never claimed. One whose dot was sent (its reply was never
+    recorded) may have: it is marked uncertain, with a line in its timeline saying so,
+    and counts as an attempt."""
+    query = QueueRecipient.select(QueueRecipient.id, QueueRecipient.dot_sent_at).where(
+        QueueRecipient.state == "in-flight"
+    )
+    rows = list(_locked(query.order_by(QueueRecipient.id)).tuples())
+    if not rows:
+        return RequeuedDeliveries(0, ())
+    quiet = [recipient_id for recipient_id, dot_sent_at in rows if dot_sent_at is None]
+    uncertain = [recipient_id for recipient_id, dot_sent_at in rows if dot_sent_at is not None]
+    at = QueueEvent.at.db_value(now)
+    for recipient_id in uncertain:
+        _execute("insert_event", (recipient_id, at, None, UNCERTAIN_REPLY, "uncertain", at))
+    _set_state(quiet, "queued", now, next_attempt_at=now)
+    param = database_proxy.param
+    for chunk in _chunks(uncertain):
+        database_proxy.execute_sql(
+            f"UPDATE queue_recipient SET state = 'queued', next_attempt_at = {param},"
+            f" updated_at = {param}, attempts = attempts + 1, last_attempt_at = dot_sent_at,"
+            f" last_reply = {param}, dot_sent_at = NULL, uncertain = {param}"
+            f" WHERE id IN ({_placeholders(len(chunk))})",
+            (at, at, UNCERTAIN_REPLY, True, *chunk),
+        )
+    if uncertain:
+        from atollon_mail.massmail import sending  # the send list builds on this module
+
+        sending.mark_uncertain(uncertain)
+    return RequeuedDeliveries(len(quiet), tuple(uncertain))
 
 
 @read_only
@@ -1225,6 +1292,7 @@ def _queue_entry(recipient: QueueRecipient) -> QueueEntry:
         envelope_sender=queued.envelope_sender,
         created_at=queued.created_at,
         subject=queued.message.subject,
+        uncertain=bool(recipient.uncertain),
     )
 
 
@@ -1238,13 +1306,18 @@ def _queue_rows():
 
 
 @read_only
-def queue_list(state: str | None = None, limit: int = 100, offset: int = 0) -> list[QueueEntry]:
-    """The queue's recipients, newest message first."""
+def queue_list(
+    state: str | None = None, limit: int = 100, offset: int = 0, uncertain: bool = False
+) -> list[QueueEntry]:
+    """The queue's recipients, newest message first; with `uncertain`, only those that
+    may have got two copies (see `requeue_in_flight`)."""
     query = _queue_rows()
     if state is not None:
         if state not in QUEUE_STATES:
             raise Invalid(f"a queue state is one of {', '.join(QUEUE_STATES)}, got {state!r}")
         query = query.where(QueueRecipient.state == state)
+    if uncertain:
+        query = query.where(QueueRecipient.uncertain)
     query = query.order_by(
         QueueMessage.created_at.desc(), QueueMessage.id.desc(), QueueRecipient.id
     )

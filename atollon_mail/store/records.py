@@ -187,6 +187,9 @@ class DeliveryResult:
     at: datetime.datetime
     next_attempt_at: datetime.datetime | None = None  # set for "deferred"
     campaign_recipient_id: int | None = None  # campaign mail: its send-list row
+    # The final dot was sent and no reply came (the connection broke): the server may
+    # have the message, so the retry may be a second copy.
+    uncertain: bool = False
 
 
 @attrs.frozen
@@ -201,6 +204,16 @@ class QueueEntry:
     envelope_sender: str
     created_at: datetime.datetime
     subject: str | None
+    uncertain: bool = False  # may have got two copies (see queries.requeue_in_flight)
+
+
+@attrs.frozen
+class RequeuedDeliveries:
+    """What a start found in flight: how many went back quietly (their message never
+    left), and the recipients marked uncertain (their final dot had been sent)."""
+
+    quiet: int
+    uncertain: tuple[int, ...]
 
 
 @attrs.frozen

@@ -42,15 +42,23 @@ def register(app: WebApp) -> None:
         state = page.arg("state").strip()
         if state and state not in QUEUE_STATES:
             raise HttpError(400, f"A queue state is one of {', '.join(QUEUE_STATES)}.")
+        # Recipients that may have got two copies (sent, reply lost at a kill).
+        uncertain = page.arg("uncertain") == "1"
         number = page_number(page.arg("page"))
         # One more than a page: whether there is a next page, without counting.
         entries = await page.store.run(
-            queries.queue_list, state or None, PAGE_SIZE + 1, (number - 1) * PAGE_SIZE
+            queries.queue_list,
+            state or None,
+            PAGE_SIZE + 1,
+            (number - 1) * PAGE_SIZE,
+            uncertain,
         )
         counts = await page.store.run(queries.queue_counts)
 
         def page_url(n: int) -> str:
             params = {"state": state} if state else {}
+            if uncertain:
+                params["uncertain"] = "1"
             if n > 1:
                 params["page"] = str(n)
             return "/queue" + ("?" + urlencode(params) if params else "")
@@ -60,6 +68,7 @@ def register(app: WebApp) -> None:
             "counts": counts,
             "states": QUEUE_STATES,
             "state": state,
+            "uncertain": uncertain,
             "number": number,
             "prev_url": page_url(number - 1) if number > 1 else None,
             "next_url": page_url(number + 1) if len(entries) > PAGE_SIZE else None,

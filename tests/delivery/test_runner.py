@@ -1,8 +1,10 @@
 """The delivery runner against a real store: outcomes, retries, bounces, limits, restarts.
 
 Time comes from a task.Clock; remote servers are scripted by a fake `deliver` that
-answers per recipient, so each rule is shown without sockets. The real client and DNS
-are exercised end to end in tests/e2e/test_sending.py.
+answers per recipient, so each rule is shown without sockets. Every rule is shown twice:
+with outcomes handed back when the connection is done, and with the client's `progress`
+dialogue (each dot asked for, each reply reported as it comes). The real client and DNS
+are exercised end to end in tests/e2e/test_sending.py and tests/e2e/test_kill.py.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from atollon_mail.delivery.runner import DeliveryRunner
 from atollon_mail.passwords import hash_password
 from atollon_mail.smtp import client
 from atollon_mail.store import queries
+from atollon_mail.store.models import QueueRecipient
 from atollon_mail.store.records import OutgoingMessage
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
@@ -38,6 +41,8 @@ class ScriptedRemote:
     def __init__(self):
         self.replies: dict[str, str] = {}  # address -> "250 ok" / "451 later" / "550 no"
         self.default = "250 2.0.0 Ok"
+        # Addresses whose message went out but whose reply never came (connection lost).
+        self.unanswered: set[str] = set()
         self.session_failures: dict[str, client.SessionFailure] = {}  # by address
         self.calls: list[tuple[str, tuple[client.Envelope, ...]]] = []
         self.options: list[dict] = []
@@ -54,7 +59,9 @@ class ScriptedRemote:
             client.EnvelopeOutcome(
                 envelope,
                 tuple(
-                    client.RecipientOutcome(
+                    client.RecipientOutcome(recipient, 0, "connection lost after the dot", True)
+                    if recipient in self.unanswered
+                    else client.RecipientOutcome(
                         recipient,
                         int(self.replies.get(recipient, self.default)[:3]),
                         self.replies.get(recipient, self.default),
@@ -79,6 +86,38 @@ class ScriptedRemote:
         return waiting
 
 
+class StepwiseRemote(ScriptedRemote):
+    """ScriptedRemote speaking the client's `progress` dialogue: each message's dot waits
+    for the runner's answer, each reply is reported with the next dot's request.
+    stall_after=n: the connection hangs after the n-th dot (the appliance is killed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dots: list[object] = []  # keys of the envelopes whose dot went out
+        self.stall_after: int | None = None
+
+    def __call__(self, _reactor, address, port, envelopes, progress=None, **options):
+        answer = super().__call__(_reactor, address, port, envelopes, **options)
+        if progress is None:
+            return answer
+        return answer.addCallback(self._converse, progress)
+
+    @defer.inlineCallbacks
+    def _converse(self, outcomes, progress):
+        finished: list[client.EnvelopeOutcome] = []
+        for outcome in outcomes:
+            every = tuple(range(len(outcome.recipients)))
+            gate = progress(finished, client.DotPending(outcome.envelope, every))
+            if gate is not None:
+                yield gate
+            self.dots.append(outcome.envelope.key)
+            if self.stall_after is not None and len(self.dots) >= self.stall_after:
+                yield defer.Deferred()  # never answers
+            finished = [outcome]
+        progress(finished, None)
+        return outcomes
+
+
 class FakeResolver:
     def __init__(self):
         self.answers: dict[str, object] = {}
@@ -92,6 +131,7 @@ class FakeResolver:
 
 class RunnerTests(StoreFixtureMixin):
     config_text = ""
+    remote_class = ScriptedRemote
 
     def setUp(self):
         self.store = self.make_store()
@@ -103,7 +143,7 @@ class RunnerTests(StoreFixtureMixin):
         self.start_time = float(int(time.time()) + 2)
         self.clock = task.Clock()
         self.clock.advance(self.start_time)
-        self.remote = ScriptedRemote()
+        self.remote = self.remote_class()
         self.resolver = FakeResolver()
         self.intake = Intake(self.store)
         self.runner = self.make_runner()
@@ -429,6 +469,21 @@ class RunnerTests(StoreFixtureMixin):
         self.assertEqual((yield self.states()), {"bob@remote.test": "delivered"})
 
     @defer.inlineCallbacks
+    def test_no_reply_after_the_dot_defers_and_marks_uncertain(self):
+        self.remote.unanswered.add("bob@remote.test")
+        yield self.start()
+        submitted = yield self.send("bob@remote.test", "carol@remote.test")
+        yield self.settle()
+        self.assertEqual(
+            (yield self.states()), {"bob@remote.test": "deferred", "carol@remote.test": "delivered"}
+        )
+        detail = yield self.store.run(queries.queue_show, submitted.queue_message_id)
+        bob = detail.recipients[0]
+        self.assertEqual([e.outcome for e in bob.events], ["uncertain"])
+        listed = yield self.store.run(queries.queue_list, None, 100, 0, True)
+        self.assertEqual([e.address for e in listed], ["bob@remote.test"])
+
+    @defer.inlineCallbacks
     def test_delay_warning_is_sent_once(self):
         self.runner = self.make_runner("[delivery]\ndelay_warning = 4h\n")
         self.remote.default = "451 4.3.0 later"
@@ -442,9 +497,103 @@ class RunnerTests(StoreFixtureMixin):
         self.assertEqual(len(warnings), 1)
 
 
+class StepwiseRunnerTests(RunnerTests):
+    """The same rules through the progress dialogue, and what a kill leaves behind."""
+
+    remote_class = StepwiseRemote
+
+    def dot_sent(self):
+        return self.store.run(
+            lambda: {
+                r.address: r.dot_sent_at is not None
+                for r in QueueRecipient.select().where(QueueRecipient.state == "in-flight")
+            }
+        )
+
+    @defer.inlineCallbacks
+    def wait_for_dots(self, count: int):
+        deadline = time.monotonic() + 30
+        while len(self.remote.dots) < count and time.monotonic() < deadline:
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(len(self.remote.dots), count)
+
+    @defer.inlineCallbacks
+    def test_replies_are_recorded_before_the_connection_is_done(self):
+        self.remote.replies["c@remote.test"] = "550 5.1.1 no such user"
+        self.remote.stall_after = 4
+        yield self.start()
+        self.runner.stopService()  # queue four first: one connection takes them together
+        for name in "abcd":
+            yield self.send(f"{name}@remote.test", subject=f"to {name}")
+        self.catch_up()
+        self.runner.startService()
+        yield self.wait_for_dots(4)
+        # The connection is still open: the first three replies are in the store, the
+        # bounce's DSN is on its way, and the fourth message's dot is noted as sent.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            states = yield self.states()
+            dsns = [raw for raw in (yield self.jane_mail()) if b"multipart/report" in raw]
+            if states["c@remote.test"] == "bounced" and dsns:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(
+            states,
+            {
+                "a@remote.test": "delivered",
+                "b@remote.test": "delivered",
+                "c@remote.test": "bounced",
+                "d@remote.test": "in-flight",
+            },
+        )
+        self.assertEqual(len(dsns), 1)
+        self.assertEqual((yield self.dot_sent()), {"d@remote.test": True})
+
+    @defer.inlineCallbacks
+    def test_after_a_kill_only_the_message_whose_dot_went_out_is_uncertain(self):
+        self.remote.stall_after = 2  # the appliance dies after the second dot
+        yield self.start()
+        self.runner.stopService()
+        for name in "abc":
+            yield self.send(f"{name}@remote.test", subject=f"to {name}")
+        self.catch_up()
+        self.runner.startService()
+        yield self.wait_for_dots(2)
+        deadline = time.monotonic() + 30
+        while (yield self.states())["a@remote.test"] != "delivered":
+            self.assertLess(time.monotonic(), deadline)
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual((yield self.dot_sent()), {"b@remote.test": True, "c@remote.test": False})
+        self.runner.stopService()
+        # A new start: b may have its message (dot sent, no reply recorded); c never got
+        # it; a's reply was recorded.
+        self.remote.stall_after = None
+        restarted = self.make_runner()
+        yield self.start(restarted)
+        for _ in range(3):
+            restarted.wake()
+            yield restarted.when_idle()
+        self.assertEqual(set((yield self.states()).values()), {"delivered"})
+        listed = yield self.store.run(queries.queue_list, None, 100, 0, True)
+        self.assertEqual([e.address for e in listed], ["b@remote.test"])
+        # b and c were sent again, a was not.
+        first_a, first_b = self.remote.dots[:2]
+        self.assertEqual(len(self.remote.dots), 4)
+        self.assertIn(first_b, self.remote.dots[2:])
+        self.assertNotIn(first_a, self.remote.dots[2:])
+
+
 class SqliteRunnerTests(SqliteStoreMixin, RunnerTests, unittest.TestCase):
     pass
 
 
 class PostgresRunnerTests(PostgresStoreMixin, RunnerTests, unittest.TestCase):
+    pass
+
+
+class SqliteStepwiseRunnerTests(SqliteStoreMixin, StepwiseRunnerTests, unittest.TestCase):
+    pass
+
+
+class PostgresStepwiseRunnerTests(PostgresStoreMixin, StepwiseRunnerTests, unittest.TestCase):
     pass

@@ -22,6 +22,7 @@ from zope.interface import implementer
 from atollon_mail.smtp import client
 from atollon_mail.smtp.client import (
     QUIT_GRACE,
+    DotPending,
     Envelope,
     Extensions,
     RecipientOutcome,
@@ -157,6 +158,10 @@ class Scripted:
 
 def codes(outcome):
     return [recipient.code for recipient in outcome.recipients]
+
+
+def codes_uncertain(outcome):
+    return [int(recipient.uncertain) for recipient in outcome.recipients]
 
 
 class RecordTests(unittest.TestCase):
@@ -586,6 +591,142 @@ class TransactionTests(unittest.TestCase):
         self.assertIn("SMTPUTF8", mta.envelopes[0].mail_parameters)
 
 
+class Journal:
+    """A `progress` callback: notes each call; the dot waits for the test to answer."""
+
+    def __init__(self, mta: RemoteMTA | None = None):
+        self.mta = mta
+        self.calls: list[tuple[list, DotPending | None]] = []
+        self.gates: list[defer.Deferred] = []
+        self.received_at_dot: list[int] = []  # what the server had when a dot was asked for
+        self.hold = True
+
+    def __call__(self, finished, dot):
+        self.calls.append((list(finished), dot))
+        if dot is None:
+            return None
+        if self.mta is not None:
+            self.received_at_dot.append(len(self.mta.envelopes))
+        if not self.hold:
+            return None
+        gate: defer.Deferred = defer.Deferred()
+        self.gates.append(gate)
+        return gate
+
+    def reported(self):
+        """Per call: (keys and codes of the envelopes finished, the dot's key and indexes)."""
+        return [
+            (
+                [(outcome.envelope.key, codes(outcome)) for outcome in finished],
+                (dot.envelope.key, dot.recipients) if dot is not None else None,
+            )
+            for finished, dot in self.calls
+        ]
+
+
+class ProgressTests(unittest.TestCase):
+    """The caller hears of each envelope as its reply arrives, and each final dot waits
+    until the caller has written down that it is being sent."""
+
+    def test_the_dot_waits_for_progress_and_replies_are_reported_as_they_come(self):
+        journal = Journal()
+        session = Scripted(
+            [envelope("b@remote.test", "c@remote.test", key=1), envelope("d@remote.test", key=2)],
+            progress=journal,
+        )
+        session.reply("220 hi\r\n")
+        session.reply("250-mx\r\n250 PIPELINING\r\n")
+        # c is refused at RCPT: the message goes to b only; nothing is sent yet.
+        self.assertEqual(session.reply("250 ok\r\n250 ok\r\n550 5.1.1 no\r\n354 go\r\n"), "")
+        self.assertEqual(journal.reported(), [([], (1, (0,)))])
+        session.transport.clear()
+        journal.gates[0].callback(None)
+        self.assertEqual(
+            session.transport.value().decode(),
+            MESSAGE.decode() + ".\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<d@remote.test>\r\n"
+            "DATA\r\n",
+        )
+        # One read brings the first reply and the second 354: one report for both.
+        self.assertEqual(session.reply("250 2.0.0 queued\r\n250 ok\r\n250 ok\r\n354 go\r\n"), "")
+        self.assertEqual(journal.reported()[1:], [([(1, [250, 550])], (2, (0,)))])
+        session.transport.clear()
+        journal.gates[1].callback(None)
+        self.assertEqual(session.transport.value().decode(), MESSAGE.decode() + ".\r\n")
+        self.assertEqual(session.reply("250 2.0.0 queued\r\n"), "QUIT\r\n")
+        self.assertEqual(journal.reported()[2:], [([(2, [250])], None)])
+        session.reply("221 bye\r\n")
+        session.lose()
+        self.assertEqual([codes(outcome) for outcome in session.results[0]], [[250, 550], [250]])
+        self.assertEqual(len(journal.calls), 3)
+
+    def test_the_dot_waits_without_pipelining_too(self):
+        journal = Journal()
+        session = Scripted([envelope(key=1)], progress=journal)
+        session.reply("220 hi\r\n")
+        self.assertEqual(session.reply("250 mx\r\n"), "MAIL FROM:<a@example.net>\r\n")
+        session.reply("250 ok\r\n")
+        self.assertEqual(session.reply("250 ok\r\n"), "DATA\r\n")
+        self.assertEqual(session.reply("354 go\r\n"), "")
+        journal.gates[0].callback(None)
+        self.assertTrue(session.transport.value().endswith(b"\r\n.\r\n"))
+
+    def test_envelopes_decided_without_a_dot_are_reported_too(self):
+        journal = Journal()
+        session = Scripted([envelope("gone@remote.test", key=1)], progress=journal)
+        session.reply("220 hi\r\n")
+        session.reply("250-mx\r\n250 PIPELINING\r\n")
+        session.reply("250 ok\r\n550 5.1.1 no such user\r\n554 no valid recipients\r\n")
+        self.assertEqual(journal.reported(), [([(1, [550])], None)])
+
+    def test_a_dot_that_could_not_be_recorded_is_never_sent(self):
+        journal = Journal()
+        mta = RemoteMTA()
+        link = Link([envelope(key=1), envelope(key=2)], mta, progress=journal)
+        self.assertEqual(len(journal.gates), 1)
+        journal.gates[0].errback(RuntimeError("disk full"))
+        link.pump()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        first, second = link.outcomes()
+        self.assertEqual((codes(first), codes(second)), ([0], [0]))
+        self.assertIn("recording it failed (disk full)", first.recipients[0].reply)
+        # The server never saw the end of the data: it took nothing.
+        self.assertEqual(mta.envelopes, [])
+        self.assertFalse(first.recipients[0].uncertain)
+
+    def test_connection_lost_while_the_dot_waits(self):
+        journal = Journal()
+        session = Scripted([envelope(key=1)], progress=journal)
+        session.reply("220 hi\r\n")
+        session.reply("250-mx\r\n250 PIPELINING\r\n")
+        session.reply("250 ok\r\n250 ok\r\n354 go\r\n")
+        session.lose()
+        [outcome] = session.results[0]
+        self.assertEqual(codes(outcome), [0])
+        self.assertFalse(outcome.recipients[0].uncertain)  # the dot never left
+        session.transport.clear()
+        journal.gates[0].callback(None)
+        self.assertEqual(session.transport.value(), b"")
+
+    def test_each_dot_is_asked_for_after_the_previous_reply_over_a_real_dialogue(self):
+        mta = RemoteMTA(dot=[250, "452 4.3.1 full", 250])
+        journal = Journal(mta)
+        journal.hold = False
+        link = Link([envelope(key=key) for key in (1, 2, 3)], mta, progress=journal)
+        self.assertEqual([codes(outcome) for outcome in link.outcomes()], [[250], [452], [250]])
+        # When the dot of message n was asked for, the server had the n - 1 before it,
+        # and their replies came in the same report: one commit per message at most.
+        self.assertEqual(journal.received_at_dot, [0, 1, 2])
+        self.assertEqual(
+            journal.reported(),
+            [
+                ([], (1, (0,))),
+                ([(1, [250])], (2, (0,))),
+                ([(2, [452])], (3, (0,))),
+                ([(3, [250])], None),
+            ],
+        )
+
+
 class TLSNegotiationTests(unittest.TestCase):
     def test_required_tls_not_offered(self):
         link = Link([envelope()], tls="required")
@@ -654,6 +795,17 @@ class BrokenSessionTests(unittest.TestCase):
         self.assertEqual(codes(third), [0])
         # the server had the whole message: a retry may deliver it twice
         self.assertEqual([e.reply_code for e in mta.envelopes], [250, 0])
+        self.assertEqual(
+            [[r.uncertain for r in o.recipients] for o in (first, second, third)],
+            [[False], [True, True], [False]],
+        )
+
+    def test_only_recipients_the_message_went_to_are_uncertain(self):
+        mta = RemoteMTA(rcpt={"c@remote.test": 550}, dot=DROP)
+        link = Link([envelope("b@remote.test", "c@remote.test")], mta)
+        [outcome] = link.outcomes()
+        self.assertEqual(codes(outcome), [0, 550])
+        self.assertEqual([r.uncertain for r in outcome.recipients], [True, False])
 
     def test_connection_dropped_after_mail_keeps_outcomes_not_session_failure(self):
         link = Link([envelope()], RemoteMTA(mail=DROP))
@@ -694,6 +846,7 @@ class BrokenSessionTests(unittest.TestCase):
         self.assertEqual(codes(second), [0])
         self.assertEqual(codes(third), [0])
         self.assertIn("timed out after 300s", second.recipients[0].reply)
+        self.assertEqual([codes_uncertain(o) for o in (first, second, third)], [[0], [1], [0]])
         self.assertTrue(link.client_transport.disconnected)
         self.assertEqual(link.reactor.getDelayedCalls(), [])
 

@@ -214,6 +214,31 @@ class StoreContractTests(StoreFixtureMixin):
         expected = 1 if self.backend == "sqlite" else 4
         self.assertEqual((self.store._pool.min, self.store._pool.max), (expected, expected))
 
+    def test_an_operation_flushed_lazily_skips_only_its_own_disk_flush(self):
+        database = self.store.database
+        if self.backend == "sqlite":
+            setting = "PRAGMA synchronous"
+            lazy, full = 1, 2  # NORMAL, FULL
+        else:
+            setting = "SHOW synchronous_commit"
+            lazy, full = "off", "on"
+
+        def read_setting():
+            return database.execute_sql(setting).fetchone()[0]
+
+        lazily = q.flushed_lazily(lambda: (read_setting(), Domain.select().count()))
+        self.assertEqual(self.sync(lazily), (lazy, 0))
+        # Every other operation, and the next one on the same connection, flushes.
+        self.assertEqual(self.sync(read_setting), full)
+        self.sync(q.add_domain, "example.com")
+
+        def fails():
+            raise Invalid("no")
+
+        self.assertRaises(Invalid, self.sync, q.flushed_lazily(fails))
+        self.assertEqual(self.sync(read_setting), full)
+        self.assertEqual(self.sync(lazily), (lazy, 1))
+
     # -- migrations -----------------------------------------------------------------------
 
     def test_fresh_database_migrates_to_latest(self):

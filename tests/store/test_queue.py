@@ -540,23 +540,111 @@ class QueueContractTests(StoreFixtureMixin):
         self.populate()
         submitted = self.submit_one("a@remote.example", "b@remote.example", "c@remote.example")
         claimed = self.claim(T0, limit=2)
-        self.assertEqual(self.sync(q.requeue_in_flight, minutes(5)), 2)
+        requeued = self.sync(q.requeue_in_flight, minutes(5))
+        # Neither dot was sent: both go back quietly, as if never claimed.
+        self.assertEqual((requeued.quiet, requeued.uncertain), (2, ()))
         detail = self.sync(q.queue_show, submitted.queue_message_id)
         self.assertEqual(
             [(r.entry.state, r.entry.attempts, r.entry.next_attempt_at) for r in detail.recipients],
             [("queued", 0, minutes(5)), ("queued", 0, minutes(5)), ("queued", 0, T0)],
         )
-        for recipient in detail.recipients[:2]:
-            [event] = recipient.events
-            self.assertEqual((event.at, event.outcome), (minutes(5), "requeued"))
-            self.assertIn("restarted", event.reply)
-        self.assertEqual(detail.recipients[2].events, ())
-        self.assertEqual(self.sync(q.requeue_in_flight, minutes(6)), 0)
+        self.assertEqual([r.events for r in detail.recipients], [(), (), ()])
+        self.assertEqual([r.entry.uncertain for r in detail.recipients], [False] * 3)
+        self.assertEqual(self.sync(q.requeue_in_flight, minutes(6)).quiet, 0)
         self.assertEqual(
             [(d.address, d.attempts) for d in self.claim(minutes(5))],
             [("c@remote.example", 0), ("a@remote.example", 0), ("b@remote.example", 0)],
         )
         self.assertEqual([d.address for d in claimed], ["a@remote.example", "b@remote.example"])
+        self.assertEqual(self.sync(q.queue_list, uncertain=True), [])
+
+    def test_only_recipients_whose_dot_was_sent_without_a_recorded_reply_are_uncertain(self):
+        self.populate()
+        submitted = self.submit_one(*(f"{name}@remote.example" for name in "abcd"))
+        a, b, c, d = self.claim(T0)
+        # a: dot sent, reply recorded. b: dot sent, no reply recorded (the kill).
+        # c: claimed, its dot never sent. d: RCPT refused, recorded, no dot.
+        self.assertEqual(self.sync(q.mark_dots_sent, [a.recipient_id, b.recipient_id], T0), 2)
+        self.sync(
+            q.record_delivery_results,
+            [
+                self.result(a, "delivered", minutes(1), reply="250 ok"),
+                self.result(d, "bounced", minutes(1), reply="550 no such user"),
+            ],
+        )
+        # A mark for a recipient no longer in flight changes nothing.
+        self.assertEqual(self.sync(q.mark_dots_sent, [a.recipient_id], minutes(1)), 0)
+        requeued = self.sync(q.requeue_in_flight, minutes(5))
+        self.assertEqual((requeued.quiet, requeued.uncertain), (1, (b.recipient_id,)))
+        detail = self.sync(q.queue_show, submitted.queue_message_id)
+        by_address = {r.entry.address: r for r in detail.recipients}
+        self.assertEqual(
+            {address: (r.entry.state, r.entry.uncertain) for address, r in by_address.items()},
+            {
+                "a@remote.example": ("delivered", False),
+                "b@remote.example": ("queued", True),
+                "c@remote.example": ("queued", False),
+                "d@remote.example": ("bounced", False),
+            },
+        )
+        uncertain = by_address["b@remote.example"]
+        [event] = uncertain.events
+        self.assertEqual(
+            (event.at, event.outcome, event.next_attempt_at), (minutes(5), "uncertain", minutes(5))
+        )
+        self.assertIn("second copy", event.reply)
+        # The attempt counts, and happened when its dot was sent.
+        self.assertEqual(uncertain.entry.attempts, 1)
+        self.assertEqual(uncertain.entry.last_reply, event.reply)
+        self.assertEqual(by_address["c@remote.example"].events, ())
+        self.assertEqual(
+            [e.address for e in self.sync(q.queue_list, uncertain=True)], ["b@remote.example"]
+        )
+        # Delivered on the retry: still listed, the first copy may have arrived too.
+        [again_b, again_c] = self.claim(minutes(5))
+        self.sync(q.mark_dots_sent, [again_b.recipient_id, again_c.recipient_id], minutes(5))
+        self.sync(
+            q.record_delivery_results,
+            [self.result(x, "delivered", minutes(6)) for x in (again_b, again_c)],
+        )
+        self.assertEqual(self.sync(q.requeue_in_flight, minutes(7)).uncertain, ())
+        listed = self.sync(q.queue_list, uncertain=True)
+        self.assertEqual(
+            [(e.address, e.state) for e in listed], [("b@remote.example", "delivered")]
+        )
+        self.assertEqual(self.sync(q.queue_list, "delivered", uncertain=True), listed)
+        self.assertEqual(self.sync(q.queue_list, "queued", uncertain=True), [])
+
+    def test_a_result_without_a_reply_after_the_dot_is_uncertain(self):
+        self.populate()
+        submitted = self.submit_one("a@remote.example", "b@remote.example")
+        a, b = self.claim(T0)
+        self.sync(q.mark_dots_sent, [a.recipient_id, b.recipient_id], T0)
+        lost = DeliveryResult(
+            recipient_id=a.recipient_id,
+            outcome="deferred",
+            reply="connection lost before the reply to the end of data",
+            server="mx [192.0.2.1]:25",
+            at=minutes(1),
+            next_attempt_at=minutes(6),
+            uncertain=True,
+        )
+        self.sync(
+            q.record_delivery_results,
+            [lost, self.result(b, "deferred", minutes(1), next_attempt_at=minutes(6))],
+        )
+        detail = self.sync(q.queue_show, submitted.queue_message_id)
+        self.assertEqual(
+            [(r.entry.state, r.entry.uncertain, r.events[0].outcome) for r in detail.recipients],
+            [("deferred", True, "uncertain"), ("deferred", False, "deferred")],
+        )
+        # Recorded outcomes clear the mark: a later restart finds nothing to doubt.
+        self.assertEqual(
+            self.sync(lambda: [r.dot_sent_at for r in QueueRecipient.select()]), [None, None]
+        )
+        self.assertEqual(
+            [e.address for e in self.sync(q.queue_list, uncertain=True)], ["a@remote.example"]
+        )
 
     # -- reading the queue ------------------------------------------------------------------
 

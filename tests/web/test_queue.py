@@ -114,6 +114,31 @@ class QueuePagesTests(ServedWebMixin, StoreFixtureMixin):
         self.assertEqual(bad.status, 400)
 
     @defer.inlineCallbacks
+    def test_queue_lists_uncertain_recipients(self):
+        sync = self.store.run_sync
+        [sent] = sync(q.submit_messages, [_outgoing("maybe@remote.example")], T0)
+        claimed = sync(q.claim_due_deliveries, T0, 10)
+        sync(
+            q.mark_dots_sent, [d.recipient_id for d in claimed if d.address.startswith("maybe")], T0
+        )
+        sync(q.requeue_in_flight, T0)  # the restart after a kill
+        browser = yield self.admin()
+        page = yield browser.get("/queue?uncertain=1")
+        self.assertEqual(page.status, 200)
+        rows = page.text.split("<tbody>")[1]
+        self.assertIn("maybe@remote.example", rows)
+        self.assertIn('class="queue-uncertain"', rows)
+        for other in ("far@remote.example", "later@remote.example", "new@remote.example"):
+            self.assertNotIn(other, rows)
+        none = yield browser.get("/queue?uncertain=1&state=delivered")
+        self.assertIn("No recipient is uncertain and delivered.", none.text)
+        everything = yield browser.get("/queue")
+        self.assertEqual(everything.text.count('class="queue-uncertain"'), 1)
+        shown = yield browser.get(f"/queue/message?id={sent.queue_message_id}")
+        self.assertIn('class="queue-uncertain"', shown.text)
+        self.assertIn("the appliance stopped after the final dot", shown.text)
+
+    @defer.inlineCallbacks
     def test_queue_pagination(self):
         many = tuple(f"r{n:02d}@remote.example" for n in range(51))
         self.store.run_sync(q.submit_messages, [_outgoing(*many)], T0)
