@@ -20,6 +20,7 @@ import attrs
 from twisted.trial import unittest
 
 from atollon_mail import cli, passwords
+from atollon_mail.commands import common, output
 from atollon_mail.config import CONFIG_ENVIRONMENT_VARIABLE
 from atollon_mail.store import migrations, queries
 from atollon_mail.store.models import database_proxy
@@ -107,8 +108,8 @@ class CliHarness:
                 super().__init__(*args, **kwargs)
                 opened.append(self)
 
-        original_store = cli.Store
-        cli.Store = RecordingStore
+        original_store = common.Store
+        common.Store = RecordingStore
         for name, stream in streams.items():
             setattr(sys, name, stream)
         try:
@@ -116,7 +117,7 @@ class CliHarness:
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
-            cli.Store = original_store
+            common.Store = original_store
             for name, stream in saved.items():
                 setattr(sys, name, stream)
         for store in opened:
@@ -1000,10 +1001,10 @@ class CliWithoutDatabaseTests(CliHarness, unittest.TestCase):
 
     def test_display_url_hides_password(self):
         self.assertEqual(
-            cli._display_url("postgresql://mail:s3cret@db.example:5432/mail?sslmode=require"),
+            output.display_url("postgresql://mail:s3cret@db.example:5432/mail?sslmode=require"),
             "postgresql://mail:***@db.example:5432/mail?sslmode=require",
         )
-        self.assertEqual(cli._display_url("sqlite:///var/x.sqlite"), "sqlite:///var/x.sqlite")
+        self.assertEqual(output.display_url("sqlite:///var/x.sqlite"), "sqlite:///var/x.sqlite")
 
     def test_works_while_the_server_holds_the_database(self):
         # Another process (here: this one) keeps its SQLite connection open, as the

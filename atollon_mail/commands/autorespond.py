@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import datetime
 
-from atollon_mail.cli import _clean, _out, _whole_number, read_text_file
+from atollon_mail.commands.common import read_text_file, whole_number
+from atollon_mail.commands.output import clean, out
 from atollon_mail.store import autorespond
 from atollon_mail.store.models import utc_now
 from atollon_mail.store.records import AutoresponderRecord
@@ -64,9 +65,9 @@ def _print_fields(fields: list[tuple[str, str]]) -> None:
     width = max(len(label) for label, _ in fields) + 2
     for label, value in fields:
         lines = value.split("\n")
-        _out(f"{label + ':':<{width}}{_clean(lines[0])}".rstrip())
+        out(f"{label + ':':<{width}}{clean(lines[0])}".rstrip())
         for line in lines[1:]:
-            _out(f"{'':<{width}}{_clean(line)}".rstrip())
+            out(f"{'':<{width}}{clean(line)}".rstrip())
 
 
 def _autorespond(store, args) -> None:
@@ -84,7 +85,7 @@ def _autorespond(store, args) -> None:
         interval_days=args.interval_days,
     )
     state, *details = autoresponder_fields(record)
-    _out(f"auto-respond for {record.mailbox_address}: {state[1]}")
+    out(f"auto-respond for {record.mailbox_address}: {state[1]}")
     _print_fields(details)
 
 
@@ -133,7 +134,7 @@ def register(commands) -> None:
     action.add_argument(
         "--interval-days",
         metavar="N",
-        type=_whole_number(1),
+        type=whole_number(1),
         help=(
             "days before one sender is answered again "
             f"(at first {autorespond.DEFAULT_INTERVAL_DAYS})"

@@ -8,7 +8,8 @@ import datetime
 import inspect
 import sys
 
-from atollon_mail.cli import PROGRAM, Refused, _clean, _counted, _out, _table, _whole_number
+from atollon_mail.commands.common import whole_number
+from atollon_mail.commands.output import PROGRAM, Refused, clean, counted, out, table
 from atollon_mail.crm import contacts, csvimport, folders, groups
 from atollon_mail.crm.filters import GroupFilter
 from atollon_mail.crm.records import (
@@ -52,7 +53,7 @@ def _or_dash(value: object) -> str:
 def _fields(fields: list[tuple[str, object]]) -> None:
     width = max(len(label) for label, _ in fields) + 2
     for label, value in fields:
-        _out(f"{label + ':':<{width}}{value}".rstrip())
+        out(f"{label + ':':<{width}}{value}".rstrip())
 
 
 # --- organizations --------------------------------------------------------------------
@@ -60,12 +61,12 @@ def _fields(fields: list[tuple[str, object]]) -> None:
 
 def _organization_add(store, args) -> None:
     organization = store.run_sync(contacts.add_organization, args.name)
-    _out(f"added organization {organization.name} (id {organization.id})")
+    out(f"added organization {organization.name} (id {organization.id})")
 
 
 def _organization_list(store, args) -> None:
     found = store.run_sync(contacts.list_organizations)
-    _out(_table(("ID", "NAME"), [(o.id, o.name) for o in found], right=(0,)))
+    out(table(("ID", "NAME"), [(o.id, o.name) for o in found], right=(0,)))
 
 
 # --- contacts -------------------------------------------------------------------------
@@ -83,7 +84,7 @@ def _contact_add(store, args) -> None:
         language=args.language or "",
         external_id=args.external_id,
     )
-    _out(f"added {contact.kind} {contact.name} (id {contact.id}, {contact.organization_name})")
+    out(f"added {contact.kind} {contact.name} (id {contact.id}, {contact.organization_name})")
 
 
 def _contacts_list(store, args) -> None:
@@ -107,7 +108,7 @@ def _contacts_list(store, args) -> None:
         for c in found
     ]
     headers = ("ID", "ORGANIZATION", "KIND", "NAME", "EMAIL", "LANGUAGE", "EXTERNAL ID")
-    _out(_table(headers, rows, right=(0,)))
+    out(table(headers, rows, right=(0,)))
 
 
 def _default_folder_label(default: DefaultFolderRecord) -> str:
@@ -139,7 +140,7 @@ def _contacts_show(store, args) -> None:
         ("external id", _or_dash(contact.external_id)),
     ]
     _fields(fields)
-    _out("employments:" if detail.employments else "employments: (none)")
+    out("employments:" if detail.employments else "employments: (none)")
     for job in detail.employments:
         other = (
             f"at {job.company_name} ({job.company_id})"
@@ -149,10 +150,10 @@ def _contacts_show(store, args) -> None:
         primary = ", primary" if job.is_primary else ""
         since = _or_dash(job.valid_from)
         until = _or_dash(job.valid_to)
-        _out(f"  {other}{primary}, from {since} to {until}")
-    _out("default folders:" if detail.default_folders else "default folders: (none)")
+        out(f"  {other}{primary}, from {since} to {until}")
+    out("default folders:" if detail.default_folders else "default folders: (none)")
     for default in detail.default_folders:
-        _out(f"  {default.organization_name}: {_default_folder_label(default)}")
+        out(f"  {default.organization_name}: {_default_folder_label(default)}")
 
 
 def _contacts_import(store, args) -> None:
@@ -168,14 +169,14 @@ def _contacts_import(store, args) -> None:
     if report.problems:
         for problem in report.problems:
             column = f", column {problem.column}" if problem.column else ""
-            print(_clean(f"line {problem.line}{column}: {problem.why}"), file=sys.stderr)
+            print(clean(f"line {problem.line}{column}: {problem.why}"), file=sys.stderr)
         raise Refused(
-            f"nothing was imported: {_counted(len(report.problems), 'problem')} in "
+            f"nothing was imported: {counted(len(report.problems), 'problem')} in "
             f"{args.file}; correct them and import the file again"
         )
-    _out(
-        f"{_counted(report.created, 'contact')} created, {report.updated} updated, "
-        f"{report.unchanged} unchanged, {_counted(report.employments, 'employment')} "
+    out(
+        f"{counted(report.created, 'contact')} created, {report.updated} updated, "
+        f"{report.unchanged} unchanged, {counted(report.employments, 'employment')} "
         "added or changed"
     )
 
@@ -183,7 +184,7 @@ def _contacts_import(store, args) -> None:
 def _contacts_default_folder(store, args) -> None:
     if args.clear:
         cleared = store.run_sync(folders.clear_default_folder, args.contact, args.organization)
-        _out(
+        out(
             f"contact {args.contact}: default folder in {args.organization} cleared"
             if cleared
             else f"contact {args.contact} had no default folder in {args.organization}"
@@ -199,7 +200,7 @@ def _contacts_default_folder(store, args) -> None:
         project_id=args.project,
         activity=args.activity,
     )
-    _out(
+    out(
         f"contact {default.contact_id}: default in {default.organization_name} is "
         f"{_default_folder_label(default)}"
     )
@@ -207,11 +208,11 @@ def _contacts_default_folder(store, args) -> None:
 
 def _print_default_folder_report(report: DefaultFolderReport) -> None:
     would = "would be " if report.dry_run else ""
-    _out(
+    out(
         f"{report.organization_name} (employments as of {report.today}): "
         f"{report.set} {would}set, {report.changed} {would}changed, "
         f"{report.unchanged} unchanged, {report.kept_manual} kept manual, "
-        f"{_counted(len(report.cases), 'case')} to decide"
+        f"{counted(len(report.cases), 'case')} to decide"
     )
     if report.dry_run:
         for change in report.changes:
@@ -220,12 +221,12 @@ def _print_default_folder_report(report: DefaultFolderReport) -> None:
                 if change.previous_folder_id is None
                 else f"folder {change.previous_folder_id}"
             )
-            _out(
+            out(
                 f"  would set {change.contact_id} {change.contact_name}: "
                 f"folder {change.folder_name} ({change.folder_id}), was {was}"
             )
     for case in report.cases:
-        _out(f"  {case.contact_id} {case.contact_name}: {case.why}")
+        out(f"  {case.contact_id} {case.contact_name}: {case.why}")
 
 
 def _contacts_setup_default_folders(store, args) -> None:
@@ -247,7 +248,7 @@ def _contacts_setup_default_folders(store, args) -> None:
     for report in reports:
         _print_default_folder_report(report)
     if args.dry_run:
-        _out("dry run: nothing was changed")
+        out("dry run: nothing was changed")
 
 
 # --- folders and projects -------------------------------------------------------------
@@ -255,7 +256,7 @@ def _contacts_setup_default_folders(store, args) -> None:
 
 def _folder_add(store, args) -> None:
     folder = store.run_sync(folders.add_folder, args.name, args.organization, args.company)
-    _out(
+    out(
         f"added folder {folder.name} (id {folder.id}) of {folder.company_name} "
         f"({folder.company_id}) in {folder.organization_name}"
     )
@@ -263,7 +264,7 @@ def _folder_add(store, args) -> None:
 
 def _project_add(store, args) -> None:
     project = store.run_sync(folders.add_project, args.name, args.organization)
-    _out(f"added project {project.name} (id {project.id}) in {project.organization_name}")
+    out(f"added project {project.name} (id {project.id}) in {project.organization_name}")
 
 
 def _folder_list(store, args) -> None:
@@ -280,7 +281,7 @@ def _folder_list(store, args) -> None:
         )
         for f in found
     ]
-    _out(_table(("ID", "KIND", "NAME", "ORGANIZATION", "COMPANY"), rows, right=(0,)))
+    out(table(("ID", "KIND", "NAME", "ORGANIZATION", "COMPANY"), rows, right=(0,)))
 
 
 # --- groups ---------------------------------------------------------------------------
@@ -319,7 +320,7 @@ def _group_add(store, args) -> None:
         group = store.run_sync(
             groups.add_group, args.name, args.organization, kind="dynamic", filter=spec
         )
-    _out(f"added {group.kind} group {group.name} (id {group.id}): {group.description}")
+    out(f"added {group.kind} group {group.name} (id {group.id}): {group.description}")
 
 
 def _group_members(store, args) -> None:
@@ -334,7 +335,7 @@ def _group_members(store, args) -> None:
     if change.absent:
         notes.append(f"{change.absent} not members")
     extra = f" ({', '.join(notes)})" if notes else ""
-    _out(f"group {change.group.name}: {change.added} added, {change.removed} removed{extra}")
+    out(f"group {change.group.name}: {change.added} added, {change.removed} removed{extra}")
 
 
 def _group_list(store, args) -> None:
@@ -345,7 +346,7 @@ def _group_list(store, args) -> None:
         for g in found
     ]
     headers = ("ID", "NAME", "KIND", "ORGANIZATION", "MEMBERS", "WHO")
-    _out(_table(headers, rows, right=(0, 4)))
+    out(table(headers, rows, right=(0, 4)))
 
 
 def _group_fields(group: GroupRecord) -> list[tuple[str, object]]:
@@ -364,11 +365,11 @@ def _group_show(store, args) -> None:
     _fields([*_group_fields(group), ("members", preview.total)])
     if sample:
         shown = f"the first {len(sample)} members" if preview.total > len(sample) else "the members"
-        _out(f"{shown}:")
+        out(f"{shown}:")
         rows = [
             (m.id, m.kind, m.name, _or_dash(m.email), _language_label(m.language)) for m in sample
         ]
-        _out(_table(("ID", "KIND", "NAME", "EMAIL", "LANGUAGE"), rows, right=(0,)))
+        out(table(("ID", "KIND", "NAME", "EMAIL", "LANGUAGE"), rows, right=(0,)))
 
 
 def _preview_lines(group: GroupRecord, preview: GroupPreview) -> None:
@@ -387,7 +388,7 @@ def _preview_lines(group: GroupRecord, preview: GroupPreview) -> None:
                 preview.by_language.items(), key=lambda item: (item[0] == "", item[0])
             )
         ]
-        _out(_table(("LANGUAGE", "MEMBERS"), rows, right=(1,)))
+        out(table(("LANGUAGE", "MEMBERS"), rows, right=(1,)))
 
 
 def _group_preview(store, args) -> None:
@@ -398,12 +399,12 @@ def _group_preview(store, args) -> None:
 
 def _group_delete(store, args) -> None:
     group = store.run_sync(groups.delete_group, args.group)
-    _out(f"deleted group {group.name} (id {group.id})")
+    out(f"deleted group {group.name} (id {group.id})")
 
 
 # --- registration ---------------------------------------------------------------------
 
-_CONTACT_ID = _whole_number(1)
+_CONTACT_ID = whole_number(1)
 
 
 def _register_contacts(commands) -> None:
@@ -432,8 +433,8 @@ def _register_contacts(commands) -> None:
     listing.add_argument(
         "--language", metavar="CODE", type=_language, help="ISO 639-1; none: without one"
     )
-    listing.add_argument("--limit", type=_whole_number(1), default=100)
-    listing.add_argument("--offset", type=_whole_number(0), default=0)
+    listing.add_argument("--limit", type=whole_number(1), default=100)
+    listing.add_argument("--offset", type=whole_number(0), default=0)
     listing.set_defaults(handler=_contacts_list)
 
     show = contact.add_parser("show", help="show a contact, its employments and default folders")
@@ -459,8 +460,8 @@ def _register_contacts(commands) -> None:
     )
     default.add_argument("contact", metavar="CONTACT_ID", type=_CONTACT_ID)
     default.add_argument("--organization", metavar="ORG", required=True, help="name or id")
-    default.add_argument("--folder", metavar="ID", type=_whole_number(1), help="see: folder list")
-    default.add_argument("--project", metavar="ID", type=_whole_number(1), help="see: folder list")
+    default.add_argument("--folder", metavar="ID", type=whole_number(1), help="see: folder list")
+    default.add_argument("--project", metavar="ID", type=whole_number(1), help="see: folder list")
     default.add_argument("--activity", metavar="TEXT")
     default.add_argument("--clear", action="store_true", help="forget the default folder")
     default.set_defaults(handler=_contacts_default_folder)

@@ -9,7 +9,7 @@ import json
 
 import attrs
 
-from atollon_mail.cli import PROGRAM, Refused, _out, _table
+from atollon_mail.commands.output import PROGRAM, Refused, out, table
 from atollon_mail.config import default_config_path, load_config
 from atollon_mail.store import domains
 from atollon_mail.store.records import PublishedKey
@@ -28,16 +28,16 @@ def _records(store, args) -> None:
     subject = store.run_sync(domains.dns_subject, args.domain)
     advice = advisor.advise(subject, config, Lookups.using(config.delivery.nameservers))
     if args.format == "json":
-        _out(json.dumps(advisor.advice_json(advice), indent=2))
+        out(json.dumps(advisor.advice_json(advice), indent=2))
     elif args.format == "table":
-        _out(_records_table(advice))
+        out(_records_table(advice))
     else:
-        _out(advisor.zone_text(advice))
+        out(advisor.zone_text(advice))
 
 
 def _records_table(advice) -> str:
     rows = [(r.name, r.type, r.value, r.purpose) for r in advice.records]
-    lines = [_table(("NAME", "TYPE", "VALUE", "PURPOSE"), rows)]
+    lines = [table(("NAME", "TYPE", "VALUE", "PURPOSE"), rows)]
     sections = [
         ("warnings", [f"! {warning}" for warning in advice.warnings]),
         ("notes", list(advice.notes)),
@@ -66,10 +66,10 @@ def _check(store, args) -> None:
             "ok": not failures,
             "results": [attrs.asdict(result) for result in results],
         }
-        _out(json.dumps(report, indent=2))
+        out(json.dumps(report, indent=2))
     else:
         for result in results:
-            _out(f"{result.status:<4}  {result.check}: {result.reason}")
+            out(f"{result.status:<4}  {result.check}: {result.reason}")
     if failures:
         raise Refused(
             f"{len(failures)} of {len(results)} DNS checks of {subject.domain.name} failed"
@@ -93,13 +93,13 @@ def _dkim_activate(store, args) -> None:
     if result.status != PASS:
         raise Refused(f"{key.selector} is not activated: {result.reason}")
     activation = store.run_sync(domains.activate_dkim_key, key.domain, key.selector)
-    _out(
+    out(
         f"mail from {key.domain} is signed with {key.selector} ({key.algorithm}) from now on "
         "(a running server picks it up within a minute)"
     )
     retention = datetime.timedelta(seconds=config.delivery.dkim_key_retention)
     for old in activation.retired:
-        _out(
+        out(
             f"{old.selector} is retired: keep its DNS record published until it is removed "
             f"after {old.retired_at + retention:%Y-%m-%d %H:%M} UTC "
             f"(see: {PROGRAM} dkim list)"

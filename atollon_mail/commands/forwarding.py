@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from atollon_mail.cli import PROGRAM, _out
+from atollon_mail.commands.output import PROGRAM, out
 from atollon_mail.store import forwarding
 from atollon_mail.store.records import ForwardingRecord
 
@@ -20,20 +20,20 @@ def _show(record: ForwardingRecord) -> None:
     address = record.mailbox_address
     state = "on" if record.enabled else "off"
     kept = "a copy stays in the mailbox" if record.keep_copy else "no copy stays in the mailbox"
-    _out(f"{address}: forwarding {state}, {kept}")
+    out(f"{address}: forwarding {state}, {kept}")
     if record.targets:
-        _out("forwards to:")
+        out("forwards to:")
         for target in record.targets:
-            _out(f"  {target}")
+            out(f"  {target}")
     else:
-        _out("forwards to: (no address)")
+        out("forwards to: (no address)")
     if record.enabled and not record.targets:
-        _out(
+        out(
             "mail stays in the mailbox until there is an address: "
             f"{PROGRAM} mailbox forward {address} --add ADDRESS"
         )
     elif not record.enabled and record.targets:
-        _out(f"nothing is forwarded until it is on: {PROGRAM} mailbox forward {address} --on")
+        out(f"nothing is forwarded until it is on: {PROGRAM} mailbox forward {address} --on")
 
 
 def _mailbox_forward(store, args) -> None:

@@ -1,31 +1,18 @@
-"""Admin commands: a mailbox's options, redirects and access rights; removing aliases;
-message types (the message configuration)."""
+"""Admin commands: the mailboxes (`mailbox add`, `list`, `show`), their options, redirects
+and access rights. Auto-respond and forwarding are in their own modules."""
 
 from __future__ import annotations
 
 import argparse
 
-from atollon_mail.cli import (
-    Refused,
-    _context_label,
-    _counted,
-    _out,
-    _table,
-    _yes_no,
-    read_text_file,
-)
+from atollon_mail.commands.autorespond import autoresponder_fields
+from atollon_mail.commands.common import read_text_file, whole_number, yes_or_no
+from atollon_mail.commands.output import Refused, clean, context_label, counted, out, table, yes_no
 from atollon_mail.store import mailboxes, queries
-from atollon_mail.store.records import MessageTypeRecord
+from atollon_mail.store.autorespond import get_autoresponder
+from atollon_mail.store.forwarding import get_forwarding
 
-_YES_NO = {"yes": True, "no": False}
 _RIGHTS = ("view", "edit")
-
-
-def _yes_or_no(value: str) -> bool:
-    found = _YES_NO.get(value.strip().lower())
-    if found is None:
-        raise argparse.ArgumentTypeError(f"give yes or no, got {value!r}")
-    return found
 
 
 def _store_to(value: str) -> int | str:
@@ -86,16 +73,16 @@ def _mailbox_set(store, args) -> None:
         changed.append(f"identity {box.identity}")
     if signature is not None:
         lines = len(box.signature.splitlines())
-        changed.append(f"signature {_counted(lines, 'line')}" if lines else "signature removed")
+        changed.append(f"signature {counted(lines, 'line')}" if lines else "signature removed")
     if args.store_to is not None:
-        changed.append(f"stores to {_context_label(box.store_to)}")
+        changed.append(f"stores to {context_label(box.store_to)}")
     if args.active is not None:
         changed.append(
             "active" if box.active else "inactive (mail to it is refused; its mail is kept)"
         )
     if args.default:
         changed.append("default box")
-    _out(f"updated mailbox {box.address}: {', '.join(changed)}")
+    out(f"updated mailbox {box.address}: {', '.join(changed)}")
 
 
 def _mailbox_redirect(store, args) -> None:
@@ -103,115 +90,148 @@ def _mailbox_redirect(store, args) -> None:
     result = store.run_sync(operation, args.old, args.to)
     old, new = result.old_address, result.new_address
     if args.dry_run:
-        _out(f"dry run, nothing changed: redirecting {old} to {new} would")
-        _out(f"  add aliases to {new}: {', '.join(result.aliases_added)}")
+        out(f"dry run, nothing changed: redirecting {old} to {new} would")
+        out(f"  add aliases to {new}: {', '.join(result.aliases_added)}")
         if result.old_was_active:
-            _out(f"  make {old} inactive (its stored mail is kept)")
+            out(f"  make {old} inactive (its stored mail is kept)")
         else:
-            _out(f"  leave {old} inactive, as it is (its stored mail is kept)")
+            out(f"  leave {old} inactive, as it is (its stored mail is kept)")
         return
-    _out(f"redirected {old} to {new}")
-    _out(f"aliases added to {new}: {', '.join(result.aliases_added)}")
+    out(f"redirected {old} to {new}")
+    out(f"aliases added to {new}: {', '.join(result.aliases_added)}")
     if result.old_was_active:
-        _out(f"{old} is now inactive (its stored mail is kept)")
+        out(f"{old} is now inactive (its stored mail is kept)")
     else:
-        _out(f"{old} stays inactive (its stored mail is kept)")
+        out(f"{old} stays inactive (its stored mail is kept)")
 
 
 def _mailbox_grant(store, args) -> None:
     view, edit = args.rights
     access = store.run_sync(mailboxes.grant_mailbox_access, args.address, args.user, view, edit)
     rights = _rights_label(access.view, access.edit)
-    _out(f"{access.login} has {rights} rights on {access.mailbox_address}")
+    out(f"{access.login} has {rights} rights on {access.mailbox_address}")
 
 
 def _mailbox_revoke(store, args) -> None:
     access = store.run_sync(mailboxes.revoke_mailbox_access, args.address, args.user)
     rights = _rights_label(access.view, access.edit)
-    _out(f"revoked {access.login}'s {rights} rights on {access.mailbox_address}")
+    out(f"revoked {access.login}'s {rights} rights on {access.mailbox_address}")
 
 
-# --- alias ----------------------------------------------------------------------------
-
-
-def _alias_remove(store, args) -> None:
-    alias = store.run_sync(mailboxes.remove_alias, args.address)
-    _out(f"removed alias {alias.address} (of {alias.mailbox_address})")
-
-
-# --- message-type ---------------------------------------------------------------------
-
-
-def _defaults_label(kind: MessageTypeRecord) -> str:
-    flags = (("incoming", kind.default_incoming), ("outgoing", kind.default_outgoing))
-    return ", ".join(label for label, flag in flags if flag) or "-"
-
-
-def _type_add(store, args) -> None:
-    kind = store.run_sync(
-        mailboxes.add_message_type,
-        args.name,
-        args.code,
-        description=args.description or "",
+def _mailbox_add(store, args) -> None:
+    mailbox = store.run_sync(
+        queries.add_mailbox,
+        args.address,
+        args.owner,
+        identity=args.identity,
         active=not args.inactive,
+        store_to_context_id=args.store_to,
     )
-    _out(f"added message type {kind.code} ({kind.name}{'' if kind.active else ', inactive'})")
+    details = [f"owner {mailbox.owner_login}", f"identity {mailbox.identity}"]
+    if args.store_to is not None:
+        details.append(f"stores to {context_label(mailbox.store_to)}")
+    if not mailbox.active:
+        details.append("inactive")
+    out(f"added mailbox {mailbox.address} ({', '.join(details)})")
 
 
-def _type_list(store, args) -> None:
-    kinds = store.run_sync(mailboxes.list_message_types)
+def _mailbox_list(store, args) -> None:
+    boxes = store.run_sync(queries.list_mailboxes)
     rows = [
-        (kind.code, kind.name, _yes_no(kind.active), _defaults_label(kind), kind.description)
-        for kind in kinds
-    ]
-    _out(_table(("CODE", "NAME", "ACTIVE", "DEFAULT FOR", "DESCRIPTION"), rows))
-
-
-def _type_set(store, args) -> None:
-    given = (args.name, args.description, args.active)
-    if given == (None, None, None) and not (args.default_incoming or args.default_outgoing):
-        raise Refused(
-            "nothing to change; give --name, --description, --active, --default-incoming "
-            "or --default-outgoing"
+        (
+            box.address,
+            box.owner_login,
+            box.identity,
+            context_label(box.store_to),
+            yes_no(box.active),
+            yes_no(box.is_default),
+            ", ".join(box.aliases) or "-",
         )
-    kind = store.run_sync(
-        mailboxes.update_message_type,
-        args.code,
-        name=args.name,
-        description=args.description,
-        active=args.active,
-        default_incoming=True if args.default_incoming else None,
-        default_outgoing=True if args.default_outgoing else None,
-    )
-    details = [kind.name, "active" if kind.active else "inactive"]
-    if kind.default_incoming or kind.default_outgoing:
-        details.append(f"default for {_defaults_label(kind)} mail")
-    _out(f"updated message type {kind.code} ({', '.join(details)})")
+        for box in boxes
+    ]
+    headers = ("ADDRESS", "OWNER", "IDENTITY", "STORE TO", "ACTIVE", "DEFAULT", "ALIASES")
+    out(table(headers, rows))
 
 
-def _type_delete(store, args) -> None:
-    deleted = store.run_sync(mailboxes.delete_message_type, args.code, args.reassign_to)
-    moved = ""
-    if deleted.reassigned_to is not None:
-        moved = f" ({_counted(deleted.reassigned, 'message')} moved to {deleted.reassigned_to})"
-    _out(f"deleted message type {deleted.code}{moved}")
+def _mailbox_show(store, args) -> None:
+    detail = store.run_sync(mailboxes.mailbox_detail, args.address)
+    box = detail.mailbox
+    signature = box.signature.splitlines() or ["(none)"]
+    active = yes_no(box.active)
+    if detail.redirected_to is not None:
+        active += f" (redirected to {detail.redirected_to})"
+    identity = box.identity
+    if detail.identity_refusal is not None:
+        identity += f" (refused when sending: {detail.identity_refusal})"
+    elif detail.identity_approved:
+        identity += " (set by an administrator)"
+    fields = [
+        ("address", box.address),
+        ("owner", box.owner_login),
+        ("identity", identity),
+        ("store to", context_label(box.store_to)),
+        ("active", active),
+        ("default box", yes_no(box.is_default)),
+        ("aliases", ", ".join(box.aliases) or "(none)"),
+    ]
+    if detail.access:  # the owner always has both; only grants to others are listed
+        rights = [
+            f"{access.login} {'view+edit' if access.edit else 'view'}" for access in detail.access
+        ]
+        fields.append(("rights", ", ".join(rights)))
+    fields.append(("forwarding", _forwarding_summary(store, box.address)))
+    fields.append(("auto-respond", _autorespond_summary(store, box.address)))
+    fields.append(("signature", signature[0]))
+    width = max(len(label) for label, _ in fields) + 2
+    for label, value in fields:
+        out(f"{label + ':':<{width}}{clean(value)}".rstrip())
+    for line in signature[1:]:
+        out(f"{'':<{width}}{clean(line)}".rstrip())
+
+
+def _forwarding_summary(store, address: str) -> str:
+    forwarding = store.run_sync(get_forwarding, address)
+    if not forwarding.enabled:
+        return "off" + (
+            f" (targets kept: {', '.join(forwarding.targets)})" if forwarding.targets else ""
+        )
+    copy = "keeping a copy" if forwarding.keep_copy else "forward only"
+    return f"on, {copy}, to {', '.join(forwarding.targets) or '(no targets yet)'}"
+
+
+def _autorespond_summary(store, address: str) -> str:
+    responder = store.run_sync(get_autoresponder, address)
+    state = autoresponder_fields(responder)[0][1]
+    return state if responder is None else f"{state}: {responder.subject!r}"
 
 
 # --- parser ---------------------------------------------------------------------------
 
 
-def _bare_alias_names(alias) -> None:
-    """`alias add` takes a bare name too (the mailbox's domain is used)."""
-    add = alias.choices["add"]
-    for action in add._actions:
-        if action.dest == "address":
-            action.metavar = "NAME[@DOMAIN]"
-            action.help = "the alias; @DOMAIN, if given, must be the mailbox's domain"
-    add.description = "add an alias: another name the mailbox receives mail at"
-
-
 def register(commands) -> None:
     mailbox = commands("mailbox", "the mailboxes mail is delivered to")
+    add = mailbox.add_parser("add", help="add a mailbox")
+    add.add_argument("address", metavar="ADDR")
+    add.add_argument("--owner", metavar="LOGIN", required=True)
+    add.add_argument(
+        "--identity",
+        metavar="ADDR",
+        help="the From address (default: ADDR, in secondary mode name@ the primary domain); "
+        "never another mailbox's address, alias or identity",
+    )
+    add.add_argument("--inactive", action="store_true", help="refuse mail for it for now")
+    add.add_argument(
+        "--store-to",
+        metavar="CONTEXT_ID",
+        type=whole_number(1),
+        help="file its mail into this folder or project (see: context list)",
+    )
+    add.set_defaults(handler=_mailbox_add)
+    mailbox.add_parser("list", help="list the mailboxes").set_defaults(handler=_mailbox_list)
+    show = mailbox.add_parser("show", help="show one mailbox")
+    show.add_argument("address", metavar="ADDR")
+    show.set_defaults(handler=_mailbox_show)
+
     change = mailbox.add_parser("set", help="change a mailbox's options")
     change.add_argument("address", metavar="ADDR")
     change.add_argument(
@@ -234,7 +254,7 @@ def register(commands) -> None:
     change.add_argument(
         "--active",
         metavar="yes|no",
-        type=_yes_or_no,
+        type=yes_or_no,
         help="no: refuse new mail for it (its stored mail is kept)",
     )
     change.add_argument(
@@ -270,34 +290,3 @@ def register(commands) -> None:
     revoke.add_argument("address", metavar="ADDR")
     revoke.add_argument("user", metavar="USER")
     revoke.set_defaults(handler=_mailbox_revoke)
-
-    alias = commands("alias", "other names of a mailbox, in its domain")
-    _bare_alias_names(alias)
-    remove = alias.add_parser("remove", help="remove an alias")
-    remove.add_argument("address", metavar="NAME@DOMAIN")
-    remove.set_defaults(handler=_alias_remove)
-
-    types = commands("message-type", "the message types of the message configuration")
-    add = types.add_parser("add", help="add a message type")
-    add.add_argument("code", metavar="CODE", help="lowercase letters, digits and -")
-    add.add_argument("--name", required=True)
-    add.add_argument("--description")
-    add.add_argument("--inactive", action="store_true", help="not offered for now")
-    add.set_defaults(handler=_type_add)
-    types.add_parser("list", help="list the message types").set_defaults(handler=_type_list)
-    change = types.add_parser("set", help="change a message type")
-    change.add_argument("code", metavar="CODE")
-    change.add_argument("--name")
-    change.add_argument("--description")
-    change.add_argument("--active", metavar="yes|no", type=_yes_or_no)
-    change.add_argument(
-        "--default-incoming", action="store_true", help="the type received mail gets"
-    )
-    change.add_argument("--default-outgoing", action="store_true", help="the type sent mail gets")
-    change.set_defaults(handler=_type_set)
-    delete = types.add_parser("delete", help="delete a message type")
-    delete.add_argument("code", metavar="CODE")
-    delete.add_argument(
-        "--reassign-to", metavar="CODE", help="move the messages of that type to this one first"
-    )
-    delete.set_defaults(handler=_type_delete)

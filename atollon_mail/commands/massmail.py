@@ -18,16 +18,8 @@ import math
 import sys
 import time
 
-from atollon_mail.cli import (
-    PROGRAM,
-    Refused,
-    _counted,
-    _out,
-    _table,
-    _when,
-    _whole_number,
-    read_text_file,
-)
+from atollon_mail.commands.common import read_text_file, whole_number
+from atollon_mail.commands.output import PROGRAM, Refused, counted, out, table, when
 from atollon_mail.config import default_config_path, load_config
 from atollon_mail.massmail import campaigns
 from atollon_mail.massmail.records import CampaignRecord, CampaignStatus
@@ -78,9 +70,9 @@ def status_lines(status: CampaignStatus) -> list[str]:
     campaign = status.campaign
     lines = [f"campaign {campaign.id} {campaign.name}: {campaign.status}"]
     if campaign.started_at is not None:
-        lines[0] += f", started {_when(campaign.started_at)} UTC"
+        lines[0] += f", started {when(campaign.started_at)} UTC"
     if campaign.finished_at is not None:
-        lines[0] += f", ended {_when(campaign.finished_at)} UTC"
+        lines[0] += f", ended {when(campaign.finished_at)} UTC"
     width = max(len(str(count)) for count in status.counts.values())
     for state in RECIPIENT_STATES:
         lines.append(f"  {state:<11}{status.counts[state]:>{width}}")
@@ -88,7 +80,7 @@ def status_lines(status: CampaignStatus) -> list[str]:
     lines.append(rate_line(status))
     if status.uncertain:
         lines.append(
-            f"{_counted(status.uncertain, 'recipient')} may have got two copies (being "
+            f"{counted(status.uncertain, 'recipient')} may have got two copies (being "
             f"delivered when the appliance stopped): {PROGRAM} massmail recipients "
             f"{campaign.id} --uncertain"
         )
@@ -100,30 +92,30 @@ def status_lines(status: CampaignStatus) -> list[str]:
 
 
 def _show_campaign(record: CampaignRecord) -> None:
-    _out(f"campaign {record.id}: {record.name}")
-    _out(f"status:            {record.status}")
-    _out(f"group:             {record.group_name} (#{record.group_id})")
-    _out(f"sent from:         {record.mailbox_address}")
-    _out(f"message type:      {record.type_code or '(none)'}")
+    out(f"campaign {record.id}: {record.name}")
+    out(f"status:            {record.status}")
+    out(f"group:             {record.group_name} (#{record.group_id})")
+    out(f"sent from:         {record.mailbox_address}")
+    out(f"message type:      {record.type_code or '(none)'}")
     organization = "-" if record.organization_id is None else f"#{record.organization_id}"
-    _out(f"organization:      {organization}")
-    _out(f"fallback language: {record.fallback_language}")
-    _out(f"created:           {_when(record.created_at)} UTC")
+    out(f"organization:      {organization}")
+    out(f"fallback language: {record.fallback_language}")
+    out(f"created:           {when(record.created_at)} UTC")
     if record.started_at is not None:
-        _out(f"started:           {_when(record.started_at)} UTC")
+        out(f"started:           {when(record.started_at)} UTC")
     if record.finished_at is not None:
-        _out(f"ended:             {_when(record.finished_at)} UTC")
+        out(f"ended:             {when(record.finished_at)} UTC")
     if not record.variants:
-        _out(
+        out(
             "variants:          (none) add one: "
             f"{PROGRAM} massmail variant {record.id} {record.fallback_language} "
             "--subject TEXT --body-file FILE"
         )
         return
-    _out("variants:")
+    out("variants:")
     for variant in record.variants:
         mark = " (fallback)" if variant.language == record.fallback_language else ""
-        _out(f"  {variant.language}{mark}: {variant.subject}")
+        out(f"  {variant.language}{mark}: {variant.subject}")
 
 
 # --- massmail -------------------------------------------------------------------------
@@ -140,8 +132,8 @@ def _create(store, args) -> None:
         organization=args.organization,
         now=utc_now(),
     )
-    _out(f"created campaign {record.id}: {record.name} (draft)")
-    _out(
+    out(f"created campaign {record.id}: {record.name} (draft)")
+    out(
         f"add its texts: {PROGRAM} massmail variant {record.id} {record.fallback_language} "
         "--subject TEXT --body-file FILE"
     )
@@ -152,7 +144,7 @@ def _variant(store, args) -> None:
         if args.subject is not None:
             raise Refused("--remove takes no --subject; remove the variant, or set it")
         record = store.run_sync(campaigns.remove_variant, args.id, args.language)
-        _out(f"campaign {record.id}: removed the {args.language.strip().lower()} variant")
+        out(f"campaign {record.id}: removed the {args.language.strip().lower()} variant")
         return
     if args.subject is None or (args.body_file is None and not args.body_stdin):
         raise Refused(
@@ -164,10 +156,10 @@ def _variant(store, args) -> None:
         campaigns.set_variant, args.id, args.language, args.subject, body, now=utc_now()
     )
     languages = ", ".join(variant.language for variant in record.variants)
-    _out(
+    out(
         f"campaign {record.id}: {args.language.strip().lower()} variant set (variants: {languages})"
     )
-    _out(f"see how it renders: {PROGRAM} massmail preview {record.id}")
+    out(f"see how it renders: {PROGRAM} massmail preview {record.id}")
 
 
 def _show(store, args) -> None:
@@ -184,12 +176,12 @@ def _list(store, args) -> None:
             record.group_name,
             record.mailbox_address,
             ",".join(variant.language for variant in record.variants) or "-",
-            _when(record.created_at),
+            when(record.created_at),
         )
         for record in records
     ]
-    _out(
-        _table(
+    out(
+        table(
             ("ID", "NAME", "STATUS", "GROUP", "FROM", "LANGUAGES", "CREATED (UTC)"),
             rows,
             right=(0,),
@@ -208,26 +200,26 @@ def _preview(store, args) -> None:
         if config.massmail.unsubscribe_url
         else "https:// and [appliance] hostname; set [massmail] unsubscribe_url to change it"
     )
-    _out(f"unsubscribe links: {base}/unsubscribe/... ({source} in {config.path})")
-    _out()
+    out(f"unsubscribe links: {base}/unsubscribe/... ({source} in {config.path})")
+    out()
     failed = []
     for number, preview in enumerate(previews):
         if number:
-            _out()
+            out()
         if preview.contact_id is not None:
             whom = f"as sent to {preview.address} (contact #{preview.contact_id})"
         else:
             whom = "nobody in the group gets it; shown with sample fields"
-        _out(f"== {preview.language}: {_counted(preview.recipients, 'recipient')}, {whom}")
+        out(f"== {preview.language}: {counted(preview.recipients, 'recipient')}, {whom}")
         if preview.error is not None:
             failed.append(preview.language)
-            _out(f"error: {preview.error}")
+            out(f"error: {preview.error}")
             continue
-        _out(f"Subject: {preview.subject}")
-        _out()
-        _out(preview.body.rstrip("\n"))
+        out(f"Subject: {preview.subject}")
+        out()
+        out(preview.body.rstrip("\n"))
     if not previews:
-        _out("no variant yet, and the group has no member with an address")
+        out("no variant yet, and the group has no member with an address")
     if failed:
         fields = ", ".join(sorted(MERGE_FIELDS))
         raise Refused(
@@ -240,27 +232,27 @@ def _send(store, args) -> None:
     status = store.run_sync(campaigns.start_campaign, args.id, utc_now())
     campaign = status.campaign
     suppressed = status.counts["suppressed"]
-    _out(
+    out(
         f"campaign {campaign.id} is {campaign.status}: "
-        f"{_counted(status.total, 'recipient')} on its send list"
+        f"{counted(status.total, 'recipient')} on its send list"
         + (f", {suppressed} of them suppressed (not sent)" if suppressed else "")
     )
-    _out(f"watch it: {PROGRAM} massmail status {campaign.id} --watch")
+    out(f"watch it: {PROGRAM} massmail status {campaign.id} --watch")
 
 
 def _draw(status: CampaignStatus, first: bool) -> None:
     if sys.stdout.isatty():
         sys.stdout.write(CLEAR_SCREEN)
     elif not first:
-        _out()
-    _out("\n".join(status_lines(status)))
+        out()
+    out("\n".join(status_lines(status)))
     sys.stdout.flush()
 
 
 def _status(store, args) -> None:
     status = store.run_sync(campaigns.campaign_status, args.id, utc_now())
     if not args.watch:
-        _out("\n".join(status_lines(status)))
+        out("\n".join(status_lines(status)))
         return
     try:
         _draw(status, first=True)
@@ -270,26 +262,26 @@ def _status(store, args) -> None:
             _draw(status, first=False)
     except KeyboardInterrupt:
         # Ctrl-C ends watching; the campaign goes on.
-        _out()
+        out()
 
 
 def _pause(store, args) -> None:
     status = store.run_sync(campaigns.pause_campaign, args.id, utc_now())
     waiting = status.counts["queued"]
-    _out(f"campaign {args.id} is paused; {_counted(waiting, 'recipient')} waiting")
-    _out(f"resume it: {PROGRAM} massmail resume {args.id}")
+    out(f"campaign {args.id} is paused; {counted(waiting, 'recipient')} waiting")
+    out(f"resume it: {PROGRAM} massmail resume {args.id}")
 
 
 def _resume(store, args) -> None:
     status = store.run_sync(campaigns.resume_campaign, args.id, utc_now())
-    _out(f"campaign {args.id} is {status.campaign.status}")
+    out(f"campaign {args.id} is {status.campaign.status}")
 
 
 def _cancel(store, args) -> None:
     status = store.run_sync(campaigns.cancel_campaign, args.id, utc_now())
     unsent = status.counts["queued"]
-    _out(
-        f"campaign {args.id} is cancelled; {_counted(unsent, 'recipient')} left unsent"
+    out(
+        f"campaign {args.id} is cancelled; {counted(unsent, 'recipient')} left unsent"
         if unsent
         else f"campaign {args.id} is cancelled"
     )
@@ -299,10 +291,10 @@ def _retry_failed(store, args) -> None:
     requeued = store.run_sync(campaigns.retry_failed, args.id, utc_now())
     campaign = store.run_sync(campaigns.get_campaign, args.id)
     if not requeued:
-        _out(f"campaign {args.id} has no failed recipient; nothing to retry")
+        out(f"campaign {args.id} has no failed recipient; nothing to retry")
         return
-    _out(
-        f"{_counted(requeued, 'failed recipient')} queued again; "
+    out(
+        f"{counted(requeued, 'failed recipient')} queued again; "
         f"campaign {args.id} is {campaign.status}"
     )
 
@@ -323,13 +315,13 @@ def _recipients(store, args) -> None:
             entry.language,
             entry.state + (" (uncertain)" if entry.uncertain else ""),
             entry.attempts,
-            _when(entry.updated_at),
+            when(entry.updated_at),
             entry.last_reply or "-",
         )
         for entry in entries
     ]
-    _out(
-        _table(
+    out(
+        table(
             ("ID", "ADDRESS", "LANG", "STATE", "ATTEMPTS", "UPDATED (UTC)", "LAST REPLY"),
             rows,
             right=(0, 4),
@@ -348,13 +340,13 @@ def _suppression_add(store, args) -> None:
         detail=args.detail,
         now=utc_now(),
     )
-    _out(f"{record.address} is suppressed ({record.reason} since {_when(record.created_at)} UTC)")
+    out(f"{record.address} is suppressed ({record.reason} since {when(record.created_at)} UTC)")
 
 
 def _suppression_remove(store, args) -> None:
     if not store.run_sync(campaigns.unsuppress_address, args.address):
         raise Refused(f"{args.address.strip()} is not suppressed; see: {PROGRAM} suppression list")
-    _out(f"{args.address.strip().lower()} is no longer suppressed")
+    out(f"{args.address.strip().lower()} is no longer suppressed")
 
 
 def _suppression_list(store, args) -> None:
@@ -363,13 +355,13 @@ def _suppression_list(store, args) -> None:
         (
             record.address,
             record.reason,
-            _when(record.created_at),
+            when(record.created_at),
             "-" if record.campaign_id is None else record.campaign_id,
             record.detail or "-",
         )
         for record in records
     ]
-    _out(_table(("ADDRESS", "REASON", "SINCE (UTC)", "CAMPAIGN", "DETAIL"), rows))
+    out(table(("ADDRESS", "REASON", "SINCE (UTC)", "CAMPAIGN", "DETAIL"), rows))
 
 
 # --- registration ---------------------------------------------------------------------
@@ -386,7 +378,7 @@ def _seconds(value: str) -> float:
 
 
 def _campaign_id(parser) -> None:
-    parser.add_argument("id", metavar="ID", type=_whole_number(1), help="see: massmail list")
+    parser.add_argument("id", metavar="ID", type=whole_number(1), help="see: massmail list")
 
 
 def register(commands) -> None:
@@ -465,8 +457,8 @@ def register(commands) -> None:
     recipients.add_argument(
         "--uncertain", action="store_true", help="only those that may have got two copies"
     )
-    recipients.add_argument("--limit", type=_whole_number(1), default=100)
-    recipients.add_argument("--offset", type=_whole_number(0), default=0)
+    recipients.add_argument("--limit", type=whole_number(1), default=100)
+    recipients.add_argument("--offset", type=whole_number(0), default=0)
     recipients.set_defaults(handler=_recipients)
 
     suppression = commands("suppression", "addresses no campaign sends to")
@@ -479,6 +471,6 @@ def register(commands) -> None:
     remove.add_argument("address", metavar="ADDR")
     remove.set_defaults(handler=_suppression_remove)
     listing = suppression.add_parser("list", help="list the suppressed addresses, latest first")
-    listing.add_argument("--limit", type=_whole_number(1), default=100)
-    listing.add_argument("--offset", type=_whole_number(0), default=0)
+    listing.add_argument("--limit", type=whole_number(1), default=100)
+    listing.add_argument("--offset", type=whole_number(0), default=0)
     listing.set_defaults(handler=_suppression_list)
