@@ -27,6 +27,7 @@ from atollon_mail.store.records import (
     OutgoingMessage,
     Recipient,
     Rejection,
+    Resolution,
 )
 
 # How stale the cached list of our domains may be: a domain added with the admin command
@@ -246,6 +247,11 @@ class Intake:
         if self.srs is not None and is_srs(local_part):
             resolved.addCallback(self._srs_resolved, local_part, domain)
         return resolved
+
+    def lookup_recipient(self, local_part: str, domain: str) -> Deferred:
+        """resolve_recipient's answer as one tagged Resolution (what the SMTP policies
+        decide on)."""
+        return maybeDeferred(self.resolve_recipient, local_part, domain).addCallback(Resolution.of)
 
     def _srs_resolved(self, found, local_part: str, domain: str):
         """A bounce to one of our SRS addresses: where it goes, or why it goes nowhere."""
