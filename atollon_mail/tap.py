@@ -25,7 +25,7 @@ from atollon_mail.config import (
 )
 from atollon_mail.connections import LimitedFactory, descriptor_shortfall
 from atollon_mail.delivery.autoresponder import Autoresponder
-from atollon_mail.delivery.intake import Intake
+from atollon_mail.delivery.intake import Intake, SubmissionIntake
 from atollon_mail.delivery.mx import MXResolver
 from atollon_mail.delivery.runner import DeliveryRunner, send_notification
 from atollon_mail.delivery.signing import DkimSigner
@@ -37,7 +37,7 @@ from atollon_mail.massmail.tokens import RecipientTokens, unsubscribe_base
 from atollon_mail.passwords import generate_password, hash_password
 from atollon_mail.secretfile import load_or_create_secret
 from atollon_mail.selfsigned import load_or_create_self_signed
-from atollon_mail.smtp.policies import MXPolicy, SubmissionIntake, SubmissionPolicy
+from atollon_mail.smtp.policies import MXPolicy, SubmissionPolicy
 from atollon_mail.smtp.server import SMTPServerFactory, connection_refusal
 from atollon_mail.smtp.session import IMPLICIT_TLS_LISTENER, SUBMISSION_LISTENER
 from atollon_mail.store import queries

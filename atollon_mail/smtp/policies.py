@@ -26,20 +26,17 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from atollon_mail.auth import Throttled
-from atollon_mail.delivery.intake import Intake, summarize_headers
 from atollon_mail.interfaces import IMailIntake, ISMTPAuthPolicy, ISMTPPolicy, ISubmissionIntake
 from atollon_mail.smtp.address import Path, is_relay_attempt
 from atollon_mail.smtp.session import Accept, Envelope, Reply, Session, networks, within
-from atollon_mail.store import queries
 from atollon_mail.store.records import (
-    OutgoingMessage,
     Recipient,
     Resolution,
     SendingIdentity,
     UserRecord,
 )
 
-__all__ = ["MXPolicy", "SubmissionIntake", "SubmissionPolicy"]
+__all__ = ["MXPolicy", "SubmissionPolicy"]
 
 log = Logger()
 
@@ -133,48 +130,6 @@ class MXPolicy:
             self.intake.accept, envelope.sender.address, tuple(envelope.recipients), data
         )
         return deferred.addCallbacks(stored, not_stored)
-
-
-@implementer(ISubmissionIntake)
-class SubmissionIntake:
-    """What the submission policy asks of the appliance: the intake's questions, the
-    user's sending identities, and submitting a message (filed in the Sent folder)."""
-
-    def __init__(self, store: Any, intake: Intake):
-        self._store = store
-        self._intake = intake
-
-    def resolve_recipient(self, local_part: str, domain: str) -> Deferred:
-        return self._intake.resolve_recipient(local_part, domain)
-
-    def lookup_recipient(self, local_part: str, domain: str) -> Deferred:
-        return self._intake.lookup_recipient(local_part, domain)
-
-    def accept(self, envelope_sender: str, recipients: Any, raw: bytes) -> Deferred:
-        return self._intake.accept(envelope_sender, recipients, raw)
-
-    def sending_identities(self, login: str) -> Deferred:
-        return self._store.run(queries.sending_identities, login)
-
-    def submit(
-        self,
-        login: str,
-        identity: SendingIdentity,
-        envelope_sender: str,
-        local_recipients: Any,
-        remote_recipients: Any,
-        raw: bytes,
-    ) -> Deferred:
-        return self._intake.submit(
-            OutgoingMessage(
-                envelope_sender=envelope_sender,
-                raw=raw,
-                local_recipients=tuple(local_recipients),
-                remote_recipients=tuple(remote_recipients),
-                sent_mailbox_id=identity.mailbox_id,
-                **summarize_headers(raw),
-            )
-        )
 
 
 @attrs.frozen
