@@ -21,7 +21,7 @@ class IStore(Interface):
 
 
 class IMailIntake(Interface):
-    """What the SMTP server asks: who receives an address, and keep this message."""
+    """What the SMTP policies ask: who receives an address, and keep this message."""
 
     def resolve_recipient(local_part, domain):
         """
@@ -30,6 +30,10 @@ class IMailIntake(Interface):
         Rejection saying why not; fails only for a temporary problem (the store is
         unreachable).
         """
+
+    def lookup_recipient(local_part, domain):
+        """resolve_recipient's answer classified once: a Deferred firing with a
+        records.Resolution (kind local / remote / foreign / refused)."""
 
     def accept(envelope_sender, recipients, raw):
         """
@@ -42,8 +46,8 @@ class IMailIntake(Interface):
         """
 
 
-class ISubmissionPolicy(IMailIntake):
-    """What the submission server asks on top of the intake's questions."""
+class ISubmissionIntake(IMailIntake):
+    """What the submission policy asks on top of the intake's questions."""
 
     def sending_identities(login):
         """Deferred firing with a tuple of SendingIdentity the user may send as now (only
@@ -57,6 +61,47 @@ class ISubmissionPolicy(IMailIntake):
         transaction committed. Lines over 998 octets are re-encoded first; a message where
         that cannot be done fails with smtp_code 554 and enhanced_status 5.6.3.
         """
+
+
+class ISMTPPolicy(Interface):
+    """What one SMTP listener accepts (aiosmtpd's handler model): the one protocol
+    (smtp.server) parses and enforces the protocol, then asks its policy at each step.
+
+    `session` and `envelope` are smtp.session records. Each method returns a decision,
+    directly or as a Deferred firing with it: an smtp.session.Accept (the protocol keeps
+    its value and sends its usual 2xx reply, or the Accept's own), or a Reply (or a tuple
+    of Replies) to send instead; a 421 ends the session. A failure becomes a 451 4.3.0:
+    a policy never turns a problem of ours into a permanent refusal by raising.
+    """
+
+    def check_connect(session):
+        """A client connected (session.peer is known): Accept to greet it."""
+
+    def check_helo(session):
+        """HELO/EHLO with session.helo and session.esmtp set: Accept, or refuse the name."""
+
+    def check_mail(session, envelope):
+        """MAIL FROM, its syntax and parameters checked: Accept(value) keeps value as
+        envelope.note for the transaction."""
+
+    def check_rcpt(session, envelope, path):
+        """RCPT TO path (an smtp.address.Path), syntax and the recipient limit checked:
+        Accept(recipient) adds what the message is delivered to (a repeated one once)."""
+
+    def deliver(session, envelope, data):
+        """End of data: data is the message with our Received: header. Accept(stored)
+        once it is kept (stored.id is the queue id in the 250 reply), or the refusal."""
+
+
+class ISMTPAuthPolicy(ISMTPPolicy):
+    """A policy for a listener that offers AUTH (Listener.auth); the protocol runs the
+    SASL exchange (PLAIN, LOGIN) and asks here."""
+
+    def check_auth(session):
+        """AUTH is starting: Accept to go on, or a Reply (a throttled client: a 421)."""
+
+    def authenticate(session, login, password):
+        """Accept(user) sets session.authenticated_user; otherwise the refusal."""
 
 
 class IAuthenticator(Interface):

@@ -25,9 +25,8 @@ from atollon_mail.config import (
 )
 from atollon_mail.connections import LimitedFactory, descriptor_shortfall
 from atollon_mail.delivery.autoresponder import Autoresponder
-from atollon_mail.delivery.intake import Intake
+from atollon_mail.delivery.intake import Intake, SubmissionIntake
 from atollon_mail.delivery.mx import MXResolver
-from atollon_mail.delivery.outbound import SubmissionPolicy
 from atollon_mail.delivery.runner import DeliveryRunner, send_notification
 from atollon_mail.delivery.signing import DkimSigner
 from atollon_mail.delivery.srs import SRS, load_or_create_srs_secret
@@ -38,8 +37,9 @@ from atollon_mail.massmail.tokens import RecipientTokens, unsubscribe_base
 from atollon_mail.passwords import generate_password, hash_password
 from atollon_mail.secretfile import load_or_create_secret
 from atollon_mail.selfsigned import load_or_create_self_signed
+from atollon_mail.smtp.policies import MXPolicy, SubmissionPolicy
 from atollon_mail.smtp.server import SMTPServerFactory, connection_refusal
-from atollon_mail.smtp.submission import SubmissionFactory
+from atollon_mail.smtp.session import IMPLICIT_TLS_LISTENER, SUBMISSION_LISTENER
 from atollon_mail.store import queries
 from atollon_mail.store.database import is_sqlite
 from atollon_mail.store.pool import Store
@@ -364,8 +364,9 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
     ).setServiceParent(appliance)
 
     tls_options = load_tls_options(config)
+    mx_policy = MXPolicy(intake, config.appliance.hostname, config.smtp.relay_networks)
     smtp_factory = SMTPServerFactory(
-        intake, config.appliance.hostname, config.smtp, reactor, tls_options=tls_options
+        mx_policy, config.appliance.hostname, config.smtp, reactor, tls_options=tls_options
     )
     check_descriptor_limit(config)
     smtp_factory = limited(smtp_factory, "smtp", config.smtp, config, reactor)
@@ -373,17 +374,19 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
     smtp.setName("smtp")
     smtp.setServiceParent(appliance)
 
-    policy = SubmissionPolicy(store, intake)
     # One password check and one throttle for 587, 465 and the web login, so a client gets
     # the same few guesses on all of them; argon2 runs in the CPU workers.
     authenticator = build_authenticator(store, reactor, workers)
-    submission_factory = SubmissionFactory(
+    policy = SubmissionPolicy(
+        SubmissionIntake(store, intake), authenticator, config.appliance.hostname, reactor
+    )
+    submission_factory = SMTPServerFactory(
         policy,
         config.appliance.hostname,
         config.smtp,
         reactor,
         tls_options=tls_options,
-        authenticator=authenticator,
+        listener=SUBMISSION_LISTENER,
     )
     submission_factory = limited(
         submission_factory, "submission", config.submission, config, reactor
@@ -392,14 +395,13 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
     submission.setName("submission")
     submission.setServiceParent(appliance)
     if config.submission.tls_listen:
-        implicit_factory = SubmissionFactory(
+        implicit_factory = SMTPServerFactory(
             policy,
             config.appliance.hostname,
             config.smtp,
             reactor,
             tls_options=tls_options,
-            implicit_tls=True,
-            authenticator=authenticator,
+            listener=IMPLICIT_TLS_LISTENER,
         )
         # Port 465: TLS from the first byte, then the same submission protocol. Counted
         # inside TLS, so a refused client reads its 421 once the handshake is done.

@@ -22,6 +22,7 @@ from atollon_mail.connections import (
     client_key,
     descriptor_shortfall,
 )
+from atollon_mail.smtp.policies import MXPolicy
 from atollon_mail.smtp.server import SMTPServerFactory, connection_refusal
 from tests.smtp.fakes import HOSTNAME, FakeIntake, make_settings
 
@@ -210,7 +211,7 @@ class SMTPListenerTests(unittest.TestCase):
     def test_smtp_sessions_run_through_the_wrapper_and_the_excess_gets_421(self):
         clock = Clock()
         settings = make_settings(greet_pause=0)
-        smtp = SMTPServerFactory(FakeIntake(), HOSTNAME, settings, clock)
+        smtp = SMTPServerFactory(MXPolicy(FakeIntake(), HOSTNAME), HOSTNAME, settings, clock)
         listener = Listener(total=5, per_client=1, wrapped=smtp)
         listener.factory.refusal = lambda reason: connection_refusal(HOSTNAME, reason)
         session, transport = listener.connect("198.51.100.1")

@@ -169,8 +169,8 @@ class ServiceTreeTests(unittest.TestCase):
         self.start(MINIMAL + "[web]\nlisten = tcp:8181\n[submission]\nlisten = tcp:2627\n")
         factories = {port: factory for port, factory, _, _ in self.reactor.tcpServers}
         submission, site = factories[2627].wrappedFactory, factories[8181].wrappedFactory
-        self.assertTrue(verifyObject(IAuthenticator, submission.authenticator))
-        self.assertIs(site.resource.app.authenticator, submission.authenticator)
+        self.assertTrue(verifyObject(IAuthenticator, submission.policy.authenticator))
+        self.assertIs(site.resource.app.authenticator, submission.policy.authenticator)
         self.assertIs(site.requestFactory, BodyLimitedRequest)
 
     def test_first_start_creates_the_admin_once_with_a_private_password_file(self):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.header
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -19,7 +20,7 @@ from zope.interface import implementer
 
 from atollon_mail.delivery.reencode import fit_line_length
 from atollon_mail.delivery.srs import ExpiredAddress, ForgedAddress, SRSError, is_srs
-from atollon_mail.interfaces import IMailIntake, IStore
+from atollon_mail.interfaces import IMailIntake, IStore, ISubmissionIntake
 from atollon_mail.store import forwarding, queries
 from atollon_mail.store.records import (
     ForwardingPlan,
@@ -27,6 +28,8 @@ from atollon_mail.store.records import (
     OutgoingMessage,
     Recipient,
     Rejection,
+    Resolution,
+    SendingIdentity,
 )
 
 # How stale the cached list of our domains may be: a domain added with the admin command
@@ -247,6 +250,11 @@ class Intake:
             resolved.addCallback(self._srs_resolved, local_part, domain)
         return resolved
 
+    def lookup_recipient(self, local_part: str, domain: str) -> Deferred:
+        """resolve_recipient's answer as one tagged Resolution (what the SMTP policies
+        decide on)."""
+        return maybeDeferred(self.resolve_recipient, local_part, domain).addCallback(Resolution.of)
+
     def _srs_resolved(self, found, local_part: str, domain: str):
         """A bounce to one of our SRS addresses: where it goes, or why it goes nowhere."""
         if not (isinstance(found, Rejection) and found.reason == "unknown-address"):
@@ -454,3 +462,45 @@ class Intake:
         if self.on_queued is not None and submitted.queued_recipients:
             self.on_queued()
         return submitted
+
+
+@implementer(ISubmissionIntake)
+class SubmissionIntake:
+    """What the submission policy asks of the appliance: the intake's questions, the
+    user's sending identities, and submitting a message (filed in the Sent folder)."""
+
+    def __init__(self, store: Any, intake: Intake):
+        self._store = store
+        self._intake = intake
+
+    def resolve_recipient(self, local_part: str, domain: str) -> Deferred:
+        return self._intake.resolve_recipient(local_part, domain)
+
+    def lookup_recipient(self, local_part: str, domain: str) -> Deferred:
+        return self._intake.lookup_recipient(local_part, domain)
+
+    def accept(self, envelope_sender: str, recipients: Any, raw: bytes) -> Deferred:
+        return self._intake.accept(envelope_sender, recipients, raw)
+
+    def sending_identities(self, login: str) -> Deferred:
+        return self._store.run(queries.sending_identities, login)
+
+    def submit(
+        self,
+        login: str,
+        identity: SendingIdentity,
+        envelope_sender: str,
+        local_recipients: Any,
+        remote_recipients: Any,
+        raw: bytes,
+    ) -> Deferred:
+        return self._intake.submit(
+            OutgoingMessage(
+                envelope_sender=envelope_sender,
+                raw=raw,
+                local_recipients=tuple(local_recipients),
+                remote_recipients=tuple(remote_recipients),
+                sent_mailbox_id=identity.mailbox_id,
+                **summarize_headers(raw),
+            )
+        )

@@ -1,4 +1,4 @@
-"""The inbound ESMTP server (port 25).
+"""The one ESMTP protocol of the appliance (port 25, and submission on 587 and 465).
 
 Written on a plain Protocol rather than twisted.mail.smtp.ESMTP, whose holes are listed in
 the design guide: we keep our own input buffer and split it only at CRLF, run pipelined
@@ -6,19 +6,25 @@ commands strictly one at a time (a pending lookup holds back everything after it
 let message data fall back into command mode, and bound the memory a client can make us
 hold. The reactor is injected as `clock`; nothing here imports the global one.
 
-A submission server (port 587, AUTH after TLS) is meant to subclass SMTPServerProtocol and
-override the hooks marked "Hook" below.
+The protocol parses and enforces SMTP; what a listener accepts is its policy's decision
+(an ISMTPPolicy: the inbound MX policy or the submission policy, smtp.policies), asked at
+connect, HELO, MAIL, RCPT and end of data, each answer possibly a Deferred. What differs
+between the listeners at the protocol level (greet pause, AUTH after TLS, implicit TLS) is
+a Listener record given to the factory.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import functools
 import ipaddress
 import re
 import secrets
+from collections.abc import Callable
 from email.utils import format_datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import ISSLTransport
@@ -30,11 +36,19 @@ from atollon_mail.config import SmtpConfig
 from atollon_mail.smtp.address import (
     AddressError,
     Path,
-    is_relay_attempt,
     parse_forward_path,
     parse_reverse_path,
 )
-from atollon_mail.store.records import Rejection
+from atollon_mail.smtp.session import (
+    MX_LISTENER,
+    Accept,
+    Envelope,
+    Listener,
+    Reply,
+    Session,
+    networks,
+    within,
+)
 
 __all__ = ["Reply", "SMTPServerFactory", "SMTPServerProtocol", "connection_refusal"]
 
@@ -51,27 +65,13 @@ MAX_RECEIVED_HEADERS = 50
 # further than idle_timeout from now): a client must keep up this many bytes a second on
 # average, and one trickling a byte at a time gains nothing. Postfix's smtpd_min_data_rate.
 MIN_DATA_RATE = 500
+# A SASL response after a 334 may exceed a command line's 512 octets; bound it all the same.
+MAX_AUTH_RESPONSE = 12288
 SOFTWARE = "atollon-mail"
 
 HTTP_VERBS = frozenset(
     {b"GET", b"POST", b"HEAD", b"PUT", b"CONNECT", b"OPTIONS", b"DELETE", b"PATCH"}
 )
-
-
-class Reply(NamedTuple):
-    """One SMTP reply; status is the RFC 3463 enhanced code (None for 220/354 lines)."""
-
-    code: int
-    status: str | None
-    text: str
-
-    def encode(self) -> bytes:
-        text = self.text
-        if "\r" in text or "\n" in text:
-            text = text.replace("\r", " ").replace("\n", " ")
-        line = f"{self.code} {self.status} {text}\r\n" if self.status else f"{self.code} {text}\r\n"
-        return line.encode("utf-8")
-
 
 OK = Reply(250, "2.0.0", "Ok")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Error: line too long")
@@ -87,6 +87,16 @@ DATA_LINE_TOO_LONG = Reply(
 )
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Error: message exceeds fixed maximum message size")
 TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops (mail loop)")
+
+USERNAME_PROMPT = base64.b64encode(b"Username:").decode("ascii")
+PASSWORD_PROMPT = base64.b64encode(b"Password:").decode("ascii")
+STARTTLS_FIRST = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_CANCELLED = Reply(501, "5.7.0", "Authentication cancelled")
+AUTH_MALFORMED = Reply(501, "5.5.2", "Error: cannot decode the authentication response")
+AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication exchange line is too long")
 
 _HELO_UNSAFE = re.compile(r"[^A-Za-z0-9.:\[\]_-]")
 
@@ -109,8 +119,18 @@ def _rfc5322_date(second: int) -> str:
     return format_datetime(datetime.datetime.fromtimestamp(second, datetime.UTC))
 
 
+def _decode_response(text: bytes) -> bytes | None:
+    """A base64 SASL response; "=" is the empty one (RFC 4954 section 4)."""
+    if text == b"=":
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        return None
+
+
 class SMTPServerProtocol(Protocol):
-    """One inbound SMTP session.
+    """One SMTP session.
 
     Handlers are methods named `smtp_<VERB>(argument: bytes)` returning a Reply, a
     Deferred firing with a Reply, or None when they wrote their own reply. While a
@@ -119,16 +139,15 @@ class SMTPServerProtocol(Protocol):
 
     def __init__(self, factory: SMTPServerFactory):
         self.factory = factory
-        self.intake = factory.intake
+        self.policy = factory.policy
+        self.listener: Listener = factory.listener
         self.hostname: str = factory.hostname
         self.settings: SmtpConfig = factory.settings
         self.clock = factory.clock
-        self.client_ip: str | None = None
-        self.tls_active = False
-        self.authenticated_user: Any = None  # set by a submission subclass after AUTH
-        self.helo: str | None = None
-        self.esmtp = False
-        self.reset_transaction()
+        self.session = Session(listener=self.listener.name)
+        self.envelope: Envelope | None = None
+        # The next line answers a 334 challenge instead of being a command.
+        self._auth_step: Callable[[bytes], Reply | Deferred | None] | None = None
 
         # Unprocessed input: a bytearray so that a client trickling bytes costs no
         # quadratic copying; bytes before _pos are handled, none before _scan hold a CRLF.
@@ -149,19 +168,50 @@ class SMTPServerProtocol(Protocol):
         self._in_data = False
         self._reset_data()
 
+    # --- the session as the policy sees it ---
+
+    @property
+    def client_ip(self) -> str | None:
+        return self.session.peer
+
+    @property
+    def tls_active(self) -> bool:
+        return self.session.tls
+
+    @property
+    def authenticated_user(self) -> Any:
+        return self.session.authenticated_user
+
     # --- connection life cycle ---
 
     def connectionMade(self) -> None:
-        self.client_ip = _client_ip(getattr(self.transport.getPeer(), "host", None))
-        self.tls_active = ISSLTransport.providedBy(self.transport)
+        self.session.peer = _client_ip(getattr(self.transport.getPeer(), "host", None))
+        self.session.tls = self.listener.implicit_tls or ISSLTransport.providedBy(self.transport)
         self._deadline = self.clock.seconds() + self.idle_timeout
         if self.idle_timeout > 0:
             self._idle_call = self.clock.callLater(self.idle_timeout, self._idle_check)
-        pause = self.settings.greet_pause
+        decided = maybeDeferred(self.policy.check_connect, self.session)
+        decided.addCallbacks(self._connect_decided, self._connect_failed)
+
+    def _connect_decided(self, decision: Any) -> None:
+        if self._closing:
+            return
+        if not isinstance(decision, Accept):
+            self._greeted = True  # the refusal is our greeting: no 554 for a talker
+            self._send_decision(decision)
+            self.close()
+            return
+        pause = self.settings.greet_pause if self.listener.greet_pause else 0.0
         if pause <= 0 or self.factory.is_trusted(self.client_ip):
             self._greet()
         else:
             self._greet_call = self.clock.callLater(pause, self._greet)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        log.failure("SMTP connect check failed", failure)
+        self._greeted = True
+        self.send_reply(Reply(421, "4.3.0", f"{self.hostname} Error: internal error"))
+        self.close()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
@@ -340,6 +390,11 @@ class SMTPServerProtocol(Protocol):
             self.transport.resumeProducing()
 
     def _line_received(self, line: bytes) -> None:
+        # While a 334 awaits its answer the line is that answer, never a command.
+        step, self._auth_step = self._auth_step, None
+        if step is not None:
+            self._auth_line_received(step, line)
+            return
         if len(line) > MAX_COMMAND_LINE - 2:
             self.send_reply(LINE_TOO_LONG)
             return
@@ -367,6 +422,53 @@ class SMTPServerProtocol(Protocol):
             self._wait_for(result)
         elif result is not None:
             self.send_reply(result)
+
+    def _auth_line_received(self, step: Callable[[bytes], Any], line: bytes) -> None:
+        if len(line) > MAX_AUTH_RESPONSE:
+            result: Reply | Deferred | None = AUTH_LINE_TOO_LONG
+        elif line == b"*":
+            result = AUTH_CANCELLED
+        else:
+            try:
+                result = step(line)
+            except Exception:
+                log.failure("AUTH step failed")
+                result = LOCAL_ERROR
+        if isinstance(result, Deferred):
+            self._wait_for(result)
+        elif result is not None:
+            self.send_reply(result)
+
+    # --- the policy's decisions ---
+
+    def _send_decision(self, decision: Reply | tuple[Reply, ...]) -> None:
+        """Send a refusal (a Reply or several); a 421 among them ends the session."""
+        replies = (decision,) if isinstance(decision, Reply) else tuple(decision)
+        for reply in replies:
+            self.send_reply(reply)
+            if reply.code == 421:
+                self.close()
+                return
+
+    def _ask(
+        self, check: Callable[..., Any], args: tuple, accepted: Callable[[Accept], Any]
+    ) -> Deferred:
+        """Ask the policy; fires with the reply to send (None: already sent).
+
+        An Accept goes to `accepted` (which may itself return a Deferred: the session
+        waits for it too); a refusal is sent as the policy gave it; a policy
+        that fails gets a 451 (from _wait_for), never a 5xx.
+        """
+
+        def decided(decision: Any) -> Reply | None:
+            if isinstance(decision, Accept):
+                return accepted(decision)
+            if isinstance(decision, Reply) and decision.code != 421:
+                return decision
+            self._send_decision(decision)
+            return None
+
+        return maybeDeferred(check, *args).addCallback(decided)
 
     def _wait_for(self, deferred: Deferred) -> None:
         self._waiting = True
@@ -501,54 +603,42 @@ class SMTPServerProtocol(Protocol):
         self._deadline = self.clock.seconds() + self.idle_timeout
         problem, parts = self._data_problem, self._data_parts
         self._reset_data()
-        sender, recipients = self.envelope_sender, tuple(self.recipients)
-        paths = tuple(self.recipient_paths)
-        protocol = self.received_protocol(self.smtputf8)
+        envelope = self.envelope
+        protocol = self.received_protocol(envelope is not None and envelope.smtputf8)
         self.reset_transaction()
         if problem is not None:
             self.send_reply(problem)
             return
-        assert sender is not None
+        assert envelope is not None
         queue_id = secrets.token_hex(6).upper()
-        parts.insert(0, self.received_header(queue_id, protocol, paths))
-        deferred = maybeDeferred(self.deliver, sender.address, recipients, b"".join(parts))
-        deferred.addCallbacks(self._queued, self._queue_failed)
+        parts.insert(0, self.received_header(queue_id, protocol, tuple(envelope.paths)))
+        deferred = self._ask(
+            self.policy.deliver, (self.session, envelope, b"".join(parts)), self._queued
+        )
         self._wait_for(deferred)
 
-    def _queued(self, stored: Any) -> Reply:
+    def _queued(self, decision: Accept) -> Reply:
         self._errors = 0  # a client that delivers mail is not the one the limit is for
-        return Reply(250, "2.0.0", f"Ok: queued as {stored.id}")
+        if decision.reply is not None:
+            return decision.reply
+        return Reply(250, "2.0.0", f"Ok: queued as {decision.value.id}")
 
-    def _queue_failed(self, failure: Failure) -> Reply:
-        # A refusal the intake decided (a forwarding loop) carries its permanent reply.
-        code = getattr(failure.value, "smtp_code", None)
-        status = getattr(failure.value, "enhanced_status", None)
-        if isinstance(code, int) and 500 <= code < 600 and isinstance(status, str):
-            log.info("Message refused: {reason}", reason=str(failure.value))
-            return Reply(code, status, str(failure.value))
-        # Otherwise never 5xx: the sender must keep the message and try again.
-        log.failure("Storing a message failed", failure)
-        return LOCAL_ERROR
-
-    # --- hooks for subclasses ---
+    # --- state ---
 
     def reset_transaction(self) -> None:
         """Forget MAIL/RCPT (RSET, HELO/EHLO, end of data); the HELO name stays."""
-        self.envelope_sender: Path | None = None
-        self.smtputf8 = False
-        self.recipients: list[Any] = []
-        self.recipient_paths: list[Path] = []
-        self._recipient_set: set[Any] = set()
+        self.envelope = None
 
     def reset_session(self) -> None:
         """Forget everything the client told us (after STARTTLS)."""
-        self.helo = None
-        self.esmtp = False
-        self.authenticated_user = None
+        self.session.helo = None
+        self.session.esmtp = False
+        self.session.authenticated_user = None
+        self._auth_step = None
         self.reset_transaction()
 
     def ehlo_keywords(self) -> list[str]:
-        """Hook: the EHLO extension lines (a submission server adds AUTH after TLS)."""
+        """The EHLO extension lines (AUTH only where the listener offers it, after TLS)."""
         keywords = [
             "PIPELINING",
             f"SIZE {self.settings.max_message_size}",
@@ -558,75 +648,16 @@ class SMTPServerProtocol(Protocol):
         ]
         if self.starttls_offered():
             keywords.append("STARTTLS")
+        if self.listener.auth and self.tls_active:
+            keywords.append("AUTH PLAIN LOGIN")
         return keywords
 
     def starttls_offered(self) -> bool:
         return self.factory.tls_options is not None and not self.tls_active
 
-    def relay_allowed(self) -> bool:
-        """Hook: whether this session may send to domains we do not host (port 25: only
-        hosts of [smtp] relay_networks)."""
-        return self.factory.may_relay(self.client_ip)
-
-    def accept_remote_recipient(self, path: Path) -> Reply | Deferred:
-        """Hook: a recipient outside our domains when relay_allowed() is true: queued for
-        delivery (the intake takes a plain address string as a remote recipient)."""
-        if path.is_address_literal or is_relay_attempt(path):
-            return self.relay_denied(path)
-        self.add_recipient(f"{path.local_part}@{path.domain.lower()}", path)
-        return Reply(250, "2.1.5", "Ok")
-
-    def relay_denied(self, path: Path) -> Reply:
-        return Reply(554, "5.7.1", f"<{path.address}>: Relay access denied")
-
-    def check_recipient(self, path: Path) -> Reply | Deferred:
-        """Hook: the recipient policy once syntax and the recipient limit are checked."""
-        if not self.relay_allowed() and (is_relay_attempt(path) or path.is_address_literal):
-            return self.relay_denied(path)
-        if path.is_address_literal:
-            return self.accept_remote_recipient(path)
-        domain = (path.domain or self.hostname).lower()  # bare <Postmaster> is ours
-        deferred = maybeDeferred(self.intake.resolve_recipient, path.local_part, domain)
-        deferred.addCallbacks(
-            self._recipient_resolved,
-            self._recipient_lookup_failed,
-            callbackArgs=(path,),
-            errbackArgs=(path,),
-        )
-        return deferred
-
-    def _recipient_resolved(self, result: Any, path: Path) -> Reply | Deferred:
-        if isinstance(result, Rejection):
-            if result.reason == "unknown-domain":
-                if self.relay_allowed():
-                    return self.accept_remote_recipient(path)
-                return self.relay_denied(path)
-            detail = result.detail or "Recipient address rejected"
-            return Reply(550, "5.1.1", f"<{path.address}>: {detail}")
-        # A Recipient, or an address string: a bounce to one of our SRS addresses, which
-        # the intake decoded (its hash vouches for it) and which needs no relay rights.
-        self.add_recipient(result, path)
-        return Reply(250, "2.1.5", "Ok")
-
-    def _recipient_lookup_failed(self, failure: Failure, path: Path) -> Reply:
-        log.failure("Recipient lookup for {address} failed", failure, address=path.address)
-        return Reply(451, "4.3.0", f"<{path.address}>: temporary lookup failure")
-
-    def add_recipient(self, recipient: Any, path: Path) -> None:
-        """Record an accepted recipient (a repeated one is accepted but kept once)."""
-        if recipient in self._recipient_set:
-            return
-        self._recipient_set.add(recipient)
-        self.recipients.append(recipient)
-        self.recipient_paths.append(path)
-
-    def deliver(self, envelope_sender: str, recipients: tuple, raw: bytes) -> Deferred:
-        """Hook: hand the message over; fires with a StoredMessage once it is kept."""
-        return self.intake.accept(envelope_sender, recipients, raw)
-
     def received_protocol(self, smtputf8: bool) -> str:
         """The `with` keyword of our Received: header (RFC 3848, RFC 6531)."""
-        base = "UTF8SMTP" if smtputf8 else ("ESMTP" if self.esmtp else "SMTP")
+        base = "UTF8SMTP" if smtputf8 else ("ESMTP" if self.session.esmtp else "SMTP")
         tls = "S" if self.tls_active else ""
         return base + tls + ("A" if self.authenticated_user is not None else "")
 
@@ -638,7 +669,7 @@ class SMTPServerProtocol(Protocol):
         else:
             peer = f"[{self.client_ip}]"
         header = (
-            f"Received: from {self.helo} ({peer})\r\n"
+            f"Received: from {self.session.helo} ({peer})\r\n"
             f"\tby {self.hostname} ({SOFTWARE}) with {protocol} id {queue_id}"
         )
         if len(paths) == 1:
@@ -654,27 +685,46 @@ class SMTPServerProtocol(Protocol):
         # The name ends up in our Received: header: keep it to harmless characters.
         return _HELO_UNSAFE.sub("?", words[0].decode("ascii", "replace"))[:255]
 
-    def smtp_EHLO(self, argument: bytes) -> Reply | None:
+    def _check_helo(self, name: str, esmtp: bool, greeted: Callable[[], Reply | None]) -> Deferred:
+        session = self.session
+        before = session.helo, session.esmtp
+        session.helo, session.esmtp = name, esmtp
+        self.reset_transaction()
+
+        def accepted(decision: Accept) -> Reply | None:
+            return decision.reply or greeted()
+
+        deferred = self._ask(self.policy.check_helo, (session,), accepted)
+
+        def refused(reply: Reply | None) -> Reply | None:
+            if reply is not None and reply.code >= 400:
+                session.helo, session.esmtp = before
+            return reply
+
+        return deferred.addCallback(refused)
+
+    def smtp_EHLO(self, argument: bytes) -> Reply | Deferred:
         name = self._helo_name(argument)
         if name is None:
             return Reply(501, "5.5.4", "Syntax: EHLO hostname")
-        self.helo, self.esmtp = name, True
-        self.reset_transaction()
-        self.send_multiline(250, [self.hostname, *self.ehlo_keywords()])
-        return None
 
-    def smtp_HELO(self, argument: bytes) -> Reply:
+        def greeted() -> None:
+            self.send_multiline(250, [self.hostname, *self.ehlo_keywords()])
+
+        return self._check_helo(name, True, greeted)
+
+    def smtp_HELO(self, argument: bytes) -> Reply | Deferred:
         name = self._helo_name(argument)
         if name is None:
             return Reply(501, "5.5.4", "Syntax: HELO hostname")
-        self.helo, self.esmtp = name, False
-        self.reset_transaction()
-        return Reply(250, None, self.hostname)
+        return self._check_helo(name, False, lambda: Reply(250, None, self.hostname))
 
-    def smtp_MAIL(self, argument: bytes) -> Reply:
-        if self.helo is None:
+    def smtp_MAIL(self, argument: bytes) -> Reply | Deferred:
+        if self.listener.auth and self.authenticated_user is None:
+            return AUTH_REQUIRED
+        if self.session.helo is None:
             return Reply(503, "5.5.1", "Error: send HELO/EHLO first")
-        if self.envelope_sender is not None:
+        if self.envelope is not None:
             return Reply(503, "5.5.1", "Error: nested MAIL command")
         if argument[:5].upper() != b"FROM:":
             return Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>")
@@ -685,12 +735,17 @@ class SMTPServerProtocol(Protocol):
         problem = self.check_mail_parameters(parsed.params)
         if problem is not None:
             return problem
-        self.envelope_sender = parsed.path
-        self.smtputf8 = "SMTPUTF8" in parsed.params
-        return Reply(250, "2.1.0", "Ok")
+        envelope = Envelope(sender=parsed.path, params=dict(parsed.params))
+
+        def accepted(decision: Accept) -> Reply:
+            envelope.note = decision.value
+            self.envelope = envelope
+            return decision.reply or Reply(250, "2.1.0", "Ok")
+
+        return self._ask(self.policy.check_mail, (self.session, envelope), accepted)
 
     def check_mail_parameters(self, params: Any) -> Reply | None:
-        if params and not self.esmtp:
+        if params and not self.session.esmtp:
             return Reply(555, "5.5.4", "Error: MAIL parameters need EHLO")
         for key, value in params.items():
             if key == "SIZE":
@@ -709,26 +764,36 @@ class SMTPServerProtocol(Protocol):
         return None
 
     def smtp_RCPT(self, argument: bytes) -> Reply | Deferred:
-        if self.envelope_sender is None:
+        envelope = self.envelope
+        if envelope is None:
             return Reply(503, "5.5.1", "Error: need MAIL command")
         if argument[:3].upper() != b"TO:":
             return Reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
         try:
-            parsed = parse_forward_path(argument[3:].lstrip(b" "), smtputf8=self.smtputf8)
+            parsed = parse_forward_path(argument[3:].lstrip(b" "), smtputf8=envelope.smtputf8)
         except AddressError as error:
             return Reply(error.code, error.status, error.text)
         if parsed.params:
             return Reply(555, "5.5.4", "Error: RCPT parameters are not supported")
-        if len(self.recipients) >= self.settings.max_recipients:
+        if len(envelope.recipients) >= self.settings.max_recipients:
             return Reply(452, "4.5.3", "Error: too many recipients")
-        return self.check_recipient(parsed.path)
+        path = parsed.path
+
+        def accepted(decision: Accept) -> Reply:
+            # A repeated recipient is accepted but kept once.
+            if decision.value not in envelope.recipients:
+                envelope.recipients.append(decision.value)
+                envelope.paths.append(path)
+            return decision.reply or Reply(250, "2.1.5", "Ok")
+
+        return self._ask(self.policy.check_rcpt, (self.session, envelope, path), accepted)
 
     def smtp_DATA(self, argument: bytes) -> Reply:
-        if self.envelope_sender is None:
+        if self.envelope is None:
             return Reply(503, "5.5.1", "Error: need MAIL command")
         if argument.strip():
             return Reply(501, "5.5.4", "Syntax: DATA")
-        if not self.recipients:
+        if not self.envelope.recipients:
             return Reply(554, "5.5.1", "Error: no valid recipients")
         self._reset_data()
         self._in_data = True
@@ -756,8 +821,11 @@ class SMTPServerProtocol(Protocol):
         return Reply(502, "5.5.1", "Error: EXPN not available")
 
     def smtp_HELP(self, argument: bytes) -> Reply:
+        auth = " AUTH" if self.listener.auth else ""
         return Reply(
-            214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS"
+            214,
+            "2.0.0",
+            f"Commands: EHLO HELO{auth} MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS",
         )
 
     def smtp_STARTTLS(self, argument: bytes) -> Reply | None:
@@ -779,9 +847,88 @@ class SMTPServerProtocol(Protocol):
             log.failure("Starting TLS failed")
             self.close()
             return None
-        self.tls_active = True
+        self.session.tls = True
         self.reset_session()
         return None
+
+    # --- AUTH (listeners with Listener.auth; the policy checks the credentials) ---
+
+    def smtp_AUTH(self, argument: bytes) -> Reply | Deferred | None:
+        if not self.listener.auth:
+            return UNKNOWN_COMMAND
+        if not self.tls_active:
+            return STARTTLS_FIRST
+        if not self.session.esmtp:
+            return Reply(503, "5.5.1", "Error: send EHLO first")
+        if self.authenticated_user is not None:
+            return Reply(503, "5.5.1", "Error: already authenticated")
+        if self.envelope is not None:
+            return Reply(503, "5.5.1", "Error: AUTH not allowed during a mail transaction")
+        return self._ask(
+            self.policy.check_auth,
+            (self.session,),
+            lambda decision: self._auth_start(argument),
+        )
+
+    def _auth_start(self, argument: bytes) -> Reply | Deferred:
+        words = argument.split()
+        if not words or len(words) > 2:
+            return Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+        mechanism = words[0].upper()
+        initial = words[1] if len(words) == 2 else None
+        if mechanism == b"PLAIN":
+            if initial is None:
+                return self._challenge("", self._plain_response)
+            return self._plain_response(initial)
+        if mechanism == b"LOGIN":
+            if initial is None:
+                return self._challenge(USERNAME_PROMPT, self._login_username)
+            return self._login_username(initial)
+        return Reply(504, "5.5.4", "Error: unsupported authentication mechanism")
+
+    def _challenge(self, text: str, step: Callable[[bytes], Reply | Deferred | None]) -> Reply:
+        self._auth_step = step
+        return Reply(334, None, text)
+
+    def _plain_response(self, response: bytes) -> Reply | Deferred:
+        decoded = _decode_response(response)
+        parts = decoded.split(b"\0") if decoded is not None else []
+        if len(parts) != 3:
+            return AUTH_MALFORMED
+        try:
+            authzid, login, password = (part.decode("utf-8") for part in parts)
+        except UnicodeDecodeError:
+            return AUTH_MALFORMED
+        if authzid and authzid != login:
+            return AUTH_FAILED  # acting for another user is not offered
+        return self._check_credentials(login, password)
+
+    def _login_username(self, response: bytes) -> Reply:
+        decoded = _decode_response(response)
+        try:
+            login = decoded.decode("utf-8") if decoded is not None else None
+        except UnicodeDecodeError:
+            login = None
+        if login is None:
+            return AUTH_MALFORMED
+        return self._challenge(PASSWORD_PROMPT, functools.partial(self._login_password, login))
+
+    def _login_password(self, login: str, response: bytes) -> Reply | Deferred:
+        decoded = _decode_response(response)
+        try:
+            password = decoded.decode("utf-8") if decoded is not None else None
+        except UnicodeDecodeError:
+            password = None
+        if password is None:
+            return AUTH_MALFORMED
+        return self._check_credentials(login, password)
+
+    def _check_credentials(self, login: str, password: str) -> Deferred:
+        def accepted(decision: Accept) -> Reply:
+            self.session.authenticated_user = decision.value
+            return decision.reply or AUTH_OK
+
+        return self._ask(self.policy.authenticate, (self.session, login, password), accepted)
 
 
 def connection_refusal(hostname: str, reason: str) -> bytes:
@@ -794,47 +941,37 @@ def connection_refusal(hostname: str, reason: str) -> bytes:
 
 
 class SMTPServerFactory(Factory):
-    """Builds SMTPServerProtocol (or `protocol`, for a subclass) for each connection."""
+    """Builds one SMTPServerProtocol per connection, asking `policy` (an ISMTPPolicy; an
+    ISMTPAuthPolicy where `listener` offers AUTH).
+
+    With listener.implicit_tls the caller wraps this factory in TLS (port 465). Give the
+    587 and 465 policies (and the web) the same authenticator so that a client cannot
+    multiply its password guesses by switching ports.
+    """
 
     protocol = SMTPServerProtocol
     noisy = False
 
     def __init__(
         self,
-        intake: Any,
+        policy: Any,
         hostname: str,
         settings: SmtpConfig,
         clock: Any,
         tls_options: Any = None,
+        listener: Listener = MX_LISTENER,
     ):
-        self.intake = intake
+        self.policy = policy
         self.hostname = hostname
         self.settings = settings
         self.clock = clock
         self.tls_options = tls_options
-        self.trusted_networks = tuple(
-            ipaddress.ip_network(network, strict=False) for network in settings.trusted_networks
-        )
-        self.relay_networks = tuple(
-            ipaddress.ip_network(network, strict=False) for network in settings.relay_networks
-        )
-
-    @staticmethod
-    @functools.lru_cache(maxsize=4096)
-    def _within(client_ip: str | None, networks) -> bool:
-        # Cached: the same few clients connect again and again, and parsing the address
-        # showed up per connection in profiles.
-        if client_ip is None or not networks:
-            return False
-        ip = ipaddress.ip_address(client_ip)
-        return any(ip in network for network in networks)
+        self.listener = listener
+        self.trusted_networks = networks(settings.trusted_networks)
 
     def is_trusted(self, client_ip: str | None) -> bool:
-        return self._within(client_ip, self.trusted_networks)
-
-    def may_relay(self, client_ip: str | None) -> bool:
-        """Hosts of [smtp] relay_networks may send to any domain without logging in."""
-        return self._within(client_ip, self.relay_networks)
+        """Hosts of [smtp] trusted_networks are greeted without the greet pause."""
+        return within(client_ip, self.trusted_networks)
 
     def buildProtocol(self, addr: Any) -> SMTPServerProtocol:
         return self.protocol(self)

@@ -103,6 +103,34 @@ class Rejection:
 
 
 @attrs.frozen
+class Resolution:
+    """Where mail to one address goes, classified once for the SMTP policies.
+
+    kind "local": `recipient` (a mailbox here) receives it. "remote": `address` is
+    outside this server and needs nobody's relay rights (a bounce to one of our SRS
+    addresses, decoded to the original sender). "foreign": the domain is not ours: only a
+    session allowed to relay may send to it. "refused": an address of ours that receives
+    nothing, `detail` says why.
+    """
+
+    kind: str
+    recipient: Recipient | None = None
+    address: str | None = None
+    detail: str | None = None
+
+    @classmethod
+    def of(cls, found: Recipient | str | Rejection) -> Resolution:
+        """Classify what the intake's resolve_recipient answered."""
+        if isinstance(found, Recipient):
+            return cls("local", recipient=found)
+        if isinstance(found, str):
+            return cls("remote", address=found)
+        if found.reason == "unknown-domain":
+            return cls("foreign", detail=found.detail)
+        return cls("refused", detail=found.detail)
+
+
+@attrs.frozen
 class IncomingMessage:
     """A message accepted at end of DATA, ready to be stored and filed."""
 

@@ -15,7 +15,7 @@ from atollon_mail.delivery.srs import SRS
 from atollon_mail.interfaces import IStore
 from atollon_mail.passwords import hash_password
 from atollon_mail.store import forwarding, queries
-from atollon_mail.store.records import OutgoingMessage, Recipient, Rejection
+from atollon_mail.store.records import OutgoingMessage, Recipient, Rejection, Resolution
 from tests.smtp.fakes import Session
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
@@ -370,6 +370,20 @@ class ForwardingIntakeTests(StoreFixtureMixin):
         self.assertEqual((yield self.intake.route(address)), "someone@elsewhere.test")
 
     @defer.inlineCallbacks
+    def test_lookup_tells_the_smtp_policies_one_tagged_resolution(self):
+        local, _, domain = self.srs_address().rpartition("@")
+        returned = yield self.intake.lookup_recipient(local, domain)
+        self.assertEqual(returned, Resolution("remote", address="someone@elsewhere.test"))
+        joe = yield self.intake.lookup_recipient("Joe", "acme.test")
+        self.assertEqual((joe.kind, joe.recipient.mailbox_address), ("local", "joe@acme.test"))
+        foreign = yield self.intake.lookup_recipient("x", "elsewhere.test")
+        self.assertEqual(foreign.kind, "foreign")
+        nobody = yield self.intake.lookup_recipient("nobody", "acme.test")
+        self.assertEqual(
+            nobody, Resolution("refused", detail="nobody@acme.test is not an address here")
+        )
+
+    @defer.inlineCallbacks
     def test_an_srs_address_of_a_local_sender_resolves_to_the_mailbox(self):
         # Mail from ann@acme.test forwarded by a mailbox of other.test.
         local, _, domain = self.srs_address("ann@acme.test", "other.test").rpartition("@")
@@ -381,7 +395,7 @@ class ForwardingIntakeTests(StoreFixtureMixin):
     def test_bounce_to_srs_address_is_accepted_without_relay_rights_and_queued(self):
         address = self.srs_address()
         session = self.session()
-        self.assertFalse(session.protocol.relay_allowed())
+        self.assertFalse(session.factory.policy.may_relay(session.protocol.client_ip))
         self.assertEqual(session.command("MAIL FROM:<>")[0][:3], "250")
         self.assertEqual((yield self.answer(session, f"RCPT TO:<{address}>\r\n")), ["250 2.1.5 Ok"])
         self.assertEqual(session.command("DATA")[0][:3], "354")

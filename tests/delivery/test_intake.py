@@ -8,8 +8,13 @@ from twisted.trial import unittest
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from atollon_mail.delivery.intake import DOMAIN_CACHE_SECONDS, Intake, summarize_headers
-from atollon_mail.interfaces import IMailIntake, IStore
+from atollon_mail.delivery.intake import (
+    DOMAIN_CACHE_SECONDS,
+    Intake,
+    SubmissionIntake,
+    summarize_headers,
+)
+from atollon_mail.interfaces import IMailIntake, IStore, ISubmissionIntake
 from atollon_mail.passwords import hash_password
 from atollon_mail.store import queries
 from atollon_mail.store.records import OutgoingMessage, Recipient, StoredMessage
@@ -44,6 +49,9 @@ class GroupCommitTests(unittest.TestCase):
 
     def test_provides_interface(self):
         verifyObject(IMailIntake, self.intake)
+
+    def test_submission_intake_provides_its_interface(self):
+        self.assertTrue(verifyObject(ISubmissionIntake, SubmissionIntake(self.store, self.intake)))
 
     def test_acknowledged_only_after_commit(self):
         stored = self.intake.accept("a@example.org", [RECIPIENT], RAW)

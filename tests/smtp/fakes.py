@@ -11,11 +11,13 @@ from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
 from atollon_mail.config import SmtpConfig
-from atollon_mail.interfaces import IMailIntake, ISubmissionPolicy
+from atollon_mail.interfaces import IMailIntake, ISubmissionIntake
+from atollon_mail.smtp.policies import MXPolicy
 from atollon_mail.smtp.server import SMTPServerFactory
 from atollon_mail.store.records import (
     Recipient,
     Rejection,
+    Resolution,
     SendingIdentity,
     StoredMessage,
     SubmittedMessage,
@@ -118,6 +120,9 @@ class FakeIntake:
             return pending.deferred
         return defer.succeed(result)
 
+    def lookup_recipient(self, local_part, domain):
+        return self.resolve_recipient(local_part, domain).addCallback(Resolution.of)
+
     def accept(self, envelope_sender, recipients, raw):
         self.accept_calls.append(AcceptCall(envelope_sender, tuple(recipients), raw))
         if self.fail_accepts:
@@ -169,12 +174,15 @@ class Session:
         peer: str = UNTRUSTED_PEER,
         transport_class: type = StringTransport,
         wait_for_greeting: bool = True,
-        factory_class: type = SMTPServerFactory,
+        policy: object = None,
     ):
+        """policy: the ISMTPPolicy (by default the MX policy over `intake`)."""
         self.clock = Clock()
         self.intake = intake if intake is not None else FakeIntake()
         self.settings = settings or make_settings()
-        self.factory = factory_class(self.intake, HOSTNAME, self.settings, self.clock, tls_options)
+        if policy is None:
+            policy = MXPolicy(self.intake, HOSTNAME, self.settings.relay_networks)
+        self.factory = SMTPServerFactory(policy, HOSTNAME, self.settings, self.clock, tls_options)
         address_class = IPv6Address if ":" in peer else IPv4Address
         address = address_class("TCP", peer, 40000)
         self.protocol = self.factory.buildProtocol(address)
@@ -231,9 +239,9 @@ class SubmitCall:
     raw: bytes
 
 
-@implementer(ISubmissionPolicy)
-class FakeSubmissionPolicy(FakeIntake):
-    """An ISubmissionPolicy: FakeIntake's directory plus users, passwords and identities.
+@implementer(ISubmissionIntake)
+class FakeSubmissionIntake(FakeIntake):
+    """An ISubmissionIntake: FakeIntake's directory plus users, passwords and identities.
 
     By default user "alice" (password "secret") may send as alice@example.com and
     Alice.Sales@Example.COM. hold_auth keeps authenticate's Deferreds in `pending_auths`;
@@ -307,7 +315,7 @@ class SubmissionSession(Session):
     ):
         self.factory = factory
         self.clock = factory.clock
-        self.intake = factory.intake
+        self.intake = factory.policy.intake
         self.settings = factory.settings
         address_class = IPv6Address if ":" in peer else IPv4Address
         address = address_class("TCP", peer, 40000)

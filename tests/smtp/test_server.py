@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import base64
 import inspect
 import re
 
+from twisted.internet import defer, task
 from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from atollon_mail.interfaces import IMailIntake
+from atollon_mail.interfaces import IMailIntake, ISMTPAuthPolicy, ISMTPPolicy
 from atollon_mail.smtp import server
+from atollon_mail.smtp.policies import MXPolicy
 from atollon_mail.smtp.server import (
     HARD_BUFFER,
     MAX_PARTIAL_LINE,
     SMTPServerFactory,
     SMTPServerProtocol,
 )
-from atollon_mail.store.records import Recipient
+from atollon_mail.smtp.session import IMPLICIT_TLS_LISTENER, Accept, Reply
+from atollon_mail.store.records import Recipient, StoredMessage
 
 from .fakes import (
     HOSTNAME,
@@ -44,8 +51,13 @@ class FakesTests(unittest.TestCase):
     def test_fake_intake_provides_the_interface(self):
         self.assertTrue(verifyObject(IMailIntake, FakeIntake()))
 
+    def test_mx_policy_provides_the_interface(self):
+        self.assertTrue(verifyObject(ISMTPPolicy, MXPolicy(FakeIntake(), HOSTNAME)))
+
     def test_factory_builds_the_protocol(self):
-        factory = SMTPServerFactory(FakeIntake(), HOSTNAME, make_settings(), None)
+        factory = SMTPServerFactory(
+            MXPolicy(FakeIntake(), HOSTNAME), HOSTNAME, make_settings(), None
+        )
         protocol = factory.buildProtocol(None)
         self.assertIsInstance(protocol, SMTPServerProtocol)
         self.assertIsNone(protocol.authenticated_user)
@@ -58,11 +70,15 @@ class FakesTests(unittest.TestCase):
         class SubmissionFactory(SMTPServerFactory):
             protocol = Submission
 
-        factory = SubmissionFactory(FakeIntake(), HOSTNAME, make_settings(), None)
+        factory = SubmissionFactory(
+            MXPolicy(FakeIntake(), HOSTNAME), HOSTNAME, make_settings(), None
+        )
         self.assertIsInstance(factory.buildProtocol(None), Submission)
 
     def test_trusted_networks(self):
-        factory = SMTPServerFactory(FakeIntake(), HOSTNAME, make_settings(), None)
+        factory = SMTPServerFactory(
+            MXPolicy(FakeIntake(), HOSTNAME), HOSTNAME, make_settings(), None
+        )
         self.assertTrue(factory.is_trusted("127.0.0.5"))
         self.assertTrue(factory.is_trusted("::1"))
         self.assertFalse(factory.is_trusted("198.51.100.7"))
@@ -1207,33 +1223,126 @@ class ErrorLimitTests(unittest.TestCase):
         self.assertTrue(session.closed)
 
 
-class SubclassHookTests(unittest.TestCase):
-    def test_relay_hooks(self):
-        accepted = []
+@implementer(ISMTPAuthPolicy)
+class ToyPolicy:
+    """A policy of a few lines: what the next checks (SPF, DKIM, spam) plug in as."""
 
-        class Submission(SMTPServerProtocol):
-            def relay_allowed(self):
-                return self.authenticated_user is not None
+    def __init__(self, clock):
+        self.clock = clock
+        self.delivered = []
 
-            def accept_remote_recipient(self, path):
-                accepted.append(path.address)
-                self.add_recipient(path.address, path)
-                return server.Reply(250, "2.1.5", "Ok")
+    def check_connect(self, session):
+        return Accept()
 
-            def ehlo_keywords(self):
-                return [*super().ehlo_keywords(), "AUTH PLAIN"]
+    def check_helo(self, session):
+        if session.helo == "spam.example":
+            return Reply(550, "5.7.1", "Go away")
+        return Accept()
 
-        class SubmissionFactory(SMTPServerFactory):
-            protocol = Submission
+    def check_mail(self, session, envelope):
+        if envelope.sender.domain == "slow.example":  # a decision that takes a while
+            return task.deferLater(self.clock, 5, lambda: Reply(450, "4.7.1", "Try later"))
+        return Accept(f"noted {envelope.sender.address}")
 
-        session = Session(factory_class=SubmissionFactory)
-        self.assertEqual(session.ehlo()[-1], "250 AUTH PLAIN")
+    def check_rcpt(self, session, envelope, path):
+        if session.authenticated_user is None and path.domain != "example.com":
+            return defer.succeed(Reply(554, "5.7.1", f"<{path.address}>: Relay access denied"))
+        return Accept(path.address.upper(), Reply(250, "2.1.5", "Fine"))
+
+    def check_auth(self, session):
+        return Accept()
+
+    def authenticate(self, session, login, password):
+        return Accept(login) if password == "pw" else Reply(535, "5.7.8", "No")
+
+    def deliver(self, session, envelope, data):
+        self.delivered.append((session.helo, envelope.note, tuple(envelope.recipients), data))
+        if b"reject me" in data:
+            return Reply(554, "5.7.1", "Spam")
+        return defer.succeed(Accept(StoredMessage(id=77, filings=1)))
+
+
+class PolicySeamTests(unittest.TestCase):
+    """The protocol asks its policy at every step and sends what the policy decides."""
+
+    def test_policies_provide_the_interface(self):
+        self.assertTrue(verifyObject(ISMTPPolicy, MXPolicy(FakeIntake(), HOSTNAME)))
+        self.assertTrue(verifyObject(ISMTPAuthPolicy, ToyPolicy(None)))
+
+    def test_relay_decided_by_the_policy(self):
+        session = Session(policy=ToyPolicy(None))
+        session.ehlo()
         session.command("MAIL FROM:<s@example.org>")
         self.assertTrue(session.command("RCPT TO:<x@other.example>")[0].startswith("554 5.7.1"))
-        session.protocol.authenticated_user = "alice"
-        self.assertEqual(session.command("RCPT TO:<x@other.example>"), ["250 2.1.5 Ok"])
-        self.assertEqual(accepted, ["x@other.example"])
+        session.protocol.session.authenticated_user = "alice"
+        self.assertEqual(session.command("RCPT TO:<x@other.example>"), ["250 2.1.5 Fine"])
+        self.assertEqual(session.protocol.envelope.recipients, ["X@OTHER.EXAMPLE"])
         self.assertEqual(session.protocol.received_protocol(False), "ESMTPA")
+
+    def test_the_policy_decides_every_reply(self):
+        session = Session(policy=ToyPolicy(None))
+        policy = session.factory.policy
+        policy.clock = session.clock
+        session.replies()
+        self.assertEqual(session.command("HELO spam.example"), ["550 5.7.1 Go away"])
+        self.assertEqual(codes(session.command("MAIL FROM:<s@example.org>")), ["503"])
+        self.assertEqual(session.command("HELO client.example.org"), [f"250 {HOSTNAME}"])
+        # A pending decision holds back what was pipelined after it, in order.
+        replies = session.send(
+            b"MAIL FROM:<s@slow.example>\r\nMAIL FROM:<s@example.org>\r\n"
+            b"RCPT TO:<alice@example.com>\r\nRCPT TO:<Alice@example.com>\r\nDATA\r\n"
+        )
+        self.assertEqual(replies, [])
+        session.clock.advance(5)
+        self.assertEqual(
+            session.replies(),
+            ["450 4.7.1 Try later", "250 2.1.0 Ok", "250 2.1.5 Fine", "250 2.1.5 Fine"]
+            + ["354 End data with <CR><LF>.<CR><LF>"],
+        )
+        self.assertEqual(
+            session.send(b"Subject: hi\r\n\r\nhello\r\n.\r\n"), ["250 2.0.0 Ok: queued as 77"]
+        )
+        helo, note, recipients, data = policy.delivered[0]
+        self.assertEqual((helo, note), ("client.example.org", "noted s@example.org"))
+        self.assertEqual(recipients, ("ALICE@EXAMPLE.COM",))  # a repeated one is kept once
+        self.assertTrue(data.startswith(b"Received: from client.example.org "))
+        self.assertTrue(data.endswith(b"Subject: hi\r\n\r\nhello\r\n"))
+        session.command("MAIL FROM:<s@example.org>")
+        session.command("RCPT TO:<alice@example.com>")
+        session.command("DATA")
+        self.assertEqual(session.send(b"reject me\r\n.\r\n"), ["554 5.7.1 Spam"])
+
+    def test_auth_on_a_listener_that_offers_it(self):
+        clock = Clock()
+        factory = SMTPServerFactory(
+            ToyPolicy(clock), HOSTNAME, make_settings(), clock, listener=IMPLICIT_TLS_LISTENER
+        )
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"EHLO client.example.org\r\nMAIL FROM:<s@example.org>\r\n")
+        lines = transport.value().decode().splitlines()
+        self.assertEqual(lines[0], f"220 {HOSTNAME} ESMTP atollon-mail")  # no greet pause
+        self.assertEqual(lines[-2:], ["250 AUTH PLAIN LOGIN", "530 5.7.0 Authentication required"])
+        transport.clear()
+        protocol.dataReceived(b"AUTH PLAIN " + base64.b64encode(b"\0alice\0no") + b"\r\n")
+        protocol.dataReceived(b"AUTH PLAIN " + base64.b64encode(b"\0alice\0pw") + b"\r\n")
+        self.assertEqual(
+            transport.value().decode().splitlines(),
+            ["535 5.7.8 No", "235 2.7.0 Authentication successful"],
+        )
+        self.assertEqual(protocol.session.authenticated_user, "alice")
+
+    def test_a_policy_failure_is_temporary(self):
+        policy = ToyPolicy(None)
+        policy.check_mail = lambda session, envelope: defer.fail(LookupUnavailable("down"))
+        session = Session(policy=policy)
+        session.ehlo()
+        self.assertEqual(
+            session.command("MAIL FROM:<s@example.org>"),
+            ["451 4.3.0 Requested action aborted: local error in processing"],
+        )
+        self.flushLoggedErrors(LookupUnavailable)
 
 
 class ThroughputTests(unittest.TestCase):

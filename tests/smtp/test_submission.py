@@ -11,16 +11,17 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from atollon_mail.auth import ADDRESS_LIMIT, LOGIN_LIMIT, Authenticator
-from atollon_mail.interfaces import ISubmissionPolicy
-from atollon_mail.smtp import submission
-from atollon_mail.smtp.server import SMTPServerFactory
-from atollon_mail.smtp.submission import SubmissionFactory, SubmissionProtocol
+from atollon_mail.interfaces import ISMTPAuthPolicy, ISMTPPolicy, ISubmissionIntake
+from atollon_mail.smtp import policies, server
+from atollon_mail.smtp.policies import SubmissionPolicy
+from atollon_mail.smtp.server import SMTPServerFactory, SMTPServerProtocol
+from atollon_mail.smtp.session import IMPLICIT_TLS_LISTENER, SUBMISSION_LISTENER
 from atollon_mail.store.records import SendingIdentity
 
 from .fakes import (
     HOSTNAME,
     UNTRUSTED_PEER,
-    FakeSubmissionPolicy,
+    FakeSubmissionIntake,
     LookupUnavailable,
     StorageFailed,
     SubmissionSession,
@@ -47,18 +48,22 @@ def plain(login: str, password: str, authzid: str = "") -> str:
     return b64(f"{authzid}\0{login}\0{password}")
 
 
-def make_factory(policy=None, implicit_tls=False, settings=None, tls_options=TLS_OPTIONS):
-    policy = policy if policy is not None else FakeSubmissionPolicy()
+def make_factory(
+    intake=None, implicit_tls=False, settings=None, tls_options=TLS_OPTIONS, authenticator=None
+):
+    """A submission listener's factory; factory.policy.intake is the FakeSubmissionIntake."""
+    intake = intake if intake is not None else FakeSubmissionIntake()
     clock = Clock()
-    return SubmissionFactory(
-        policy,
+    if authenticator is None:
+        # The fake's authenticate stands for the argon2 check; the throttle is the real one.
+        authenticator = Authenticator(intake.authenticate, clock)
+    return SMTPServerFactory(
+        SubmissionPolicy(intake, authenticator, HOSTNAME, clock),
         HOSTNAME,
         settings or make_settings(),
         clock,
         tls_options,
-        implicit_tls=implicit_tls,
-        # The fake's authenticate stands for the argon2 check; the throttle is the real one.
-        authenticator=Authenticator(policy.authenticate, clock),
+        listener=IMPLICIT_TLS_LISTENER if implicit_tls else SUBMISSION_LISTENER,
     )
 
 
@@ -96,21 +101,27 @@ def fail_login(factory, peer=UNTRUSTED_PEER, login="alice") -> list[str]:
 
 
 class FactoryTests(unittest.TestCase):
-    def test_fake_policy_provides_the_interface(self):
-        self.assertTrue(verifyObject(ISubmissionPolicy, FakeSubmissionPolicy()))
+    def test_fake_intake_provides_the_interface(self):
+        self.assertTrue(verifyObject(ISubmissionIntake, FakeSubmissionIntake()))
 
-    def test_factory_builds_the_submission_protocol(self):
+    def test_submission_policy_provides_the_interfaces(self):
+        policy = make_factory().policy
+        self.assertTrue(verifyObject(ISMTPPolicy, policy))
+        self.assertTrue(verifyObject(ISMTPAuthPolicy, policy))
+
+    def test_factory_builds_the_one_protocol(self):
         factory = make_factory()
         self.assertIsInstance(factory, SMTPServerFactory)
         protocol = factory.buildProtocol(None)
-        self.assertIsInstance(protocol, SubmissionProtocol)
+        self.assertIs(type(protocol), SMTPServerProtocol)
         self.assertIs(protocol.policy, factory.policy)
-        self.assertFalse(factory.implicit_tls)
+        self.assertFalse(factory.listener.implicit_tls)
 
     def test_module_never_imports_the_global_reactor(self):
-        source = inspect.getsource(submission)
-        self.assertNotIn("import reactor", source)
-        self.assertNotIn("internet.reactor", source)
+        for module in (policies, server):
+            source = inspect.getsource(module)
+            self.assertNotIn("import reactor", source)
+            self.assertNotIn("internet.reactor", source)
 
     def test_greeting_at_once_despite_a_greet_pause(self):
         settings = make_settings(greet_pause=5.0)
@@ -351,7 +362,7 @@ class AuthTests(unittest.TestCase):
 
     def test_overlong_response_line(self):
         self.session.command("AUTH PLAIN")
-        reply = self.session.command("A" * (submission.MAX_AUTH_RESPONSE + 4))
+        reply = self.session.command("A" * (server.MAX_AUTH_RESPONSE + 4))
         self.assertEqual(reply, ["500 5.5.6 Authentication exchange line is too long"])
         self.assertEqual(self.session.command("NOOP"), ["250 2.0.0 Ok"])
 
@@ -361,8 +372,8 @@ class AuthTests(unittest.TestCase):
             self.session.command(f"AUTH PLAIN {plain('alice', 'secret')}"),
             ["454 4.7.0 Temporary authentication failure, try again later"],
         )
-        self.assertEqual(len(self.session.factory.authenticator.by_address), 0)
-        self.assertEqual(len(self.session.factory.authenticator.by_login), 0)
+        self.assertEqual(len(self.session.factory.policy.authenticator.by_address), 0)
+        self.assertEqual(len(self.session.factory.policy.authenticator.by_login), 0)
         self.assert_not_logged_in()
         self.flushLoggedErrors(LookupUnavailable)
 
@@ -425,7 +436,7 @@ class ThrottleTests(unittest.TestCase):
     def setUp(self):
         self.factory = make_factory()
         self.clock = self.factory.clock
-        self.policy = self.factory.policy
+        self.policy = self.factory.policy.intake
         self.policy.add_user("bob", "hunter2", ("bob@example.com",))
 
     def block_login(self, peer=UNTRUSTED_PEER, login="alice"):
@@ -556,19 +567,15 @@ class ThrottleTests(unittest.TestCase):
         session.command(f"AUTH PLAIN {plain('alice', 'x')}")
         session.protocol.connectionLost(None)
         self.policy.pending_auths[0].fire()
-        self.assertEqual(len(self.factory.authenticator.by_address), 1)
-        self.assertEqual(len(self.factory.authenticator.by_login), 1)
+        self.assertEqual(len(self.factory.policy.authenticator.by_address), 1)
+        self.assertEqual(len(self.factory.policy.authenticator.by_login), 1)
 
     def test_factories_can_share_the_authenticator(self):
         starttls = make_factory()
-        implicit = SubmissionFactory(
-            starttls.policy,
-            HOSTNAME,
-            make_settings(),
-            starttls.clock,
-            TLS_OPTIONS,
+        implicit = make_factory(
+            starttls.policy.intake,
             implicit_tls=True,
-            authenticator=starttls.authenticator,
+            authenticator=starttls.policy.authenticator,
         )
         for _ in range(5):
             fail_login(starttls)
@@ -582,7 +589,7 @@ class ThrottleTests(unittest.TestCase):
         self.assertEqual(connect(self.factory, "2001:db8:0:1::1").replies(), [GREETING])
 
     def test_tables_are_bounded(self):
-        authenticator = self.factory.authenticator
+        authenticator = self.factory.policy.authenticator
         authenticator.by_address.max_keys = authenticator.by_login.max_keys = 3
         peers = [f"192.0.2.{number}" for number in range(1, 6)]
         for peer in peers:
@@ -598,10 +605,10 @@ class ThrottleTests(unittest.TestCase):
     def test_expired_entries_are_dropped(self):
         for number in range(1, 50):
             fail_login(self.factory, f"192.0.2.{number}")
-        self.assertEqual(len(self.factory.authenticator.by_address), 49)
+        self.assertEqual(len(self.factory.policy.authenticator.by_address), 49)
         self.clock.advance(600)
         fail_login(self.factory, OTHER_PEER)
-        self.assertEqual(len(self.factory.authenticator.by_address), 1)
+        self.assertEqual(len(self.factory.policy.authenticator.by_address), 1)
 
 
 class SenderTests(unittest.TestCase):
@@ -664,7 +671,7 @@ class SenderTests(unittest.TestCase):
         self.assertEqual(self.session.command("MAIL FROM:<alice@example.com>"), ["250 2.1.0 Ok"])
 
     def test_international_domain_matches_its_ascii_form(self):
-        policy = FakeSubmissionPolicy()
+        policy = FakeSubmissionIntake()
         policy.add_user("alice", "secret", ("alice@bücher.example",))
         session = logged_in(make_factory(policy))
         self.assertEqual(
@@ -767,7 +774,7 @@ class DataTests(unittest.TestCase):
         factory = make_factory()
         factory.clock.advance(86400)
         self.session = logged_in(factory)
-        self.policy = factory.policy
+        self.policy = factory.policy.intake
         self.send(BODY)
         header = self.header_section(self.policy.submit_calls[0].raw)
         self.assertRegex(
@@ -870,7 +877,7 @@ class DataTests(unittest.TestCase):
         self.flushLoggedErrors(StorageFailed)
 
     def test_smtputf8_message(self):
-        policy = FakeSubmissionPolicy()
+        policy = FakeSubmissionIntake()
         policy.add_user("alice", "secret", ("jöran@example.com",))
         session = logged_in(make_factory(policy))
         session.command("MAIL FROM:<jöran@example.com> SMTPUTF8")

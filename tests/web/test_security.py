@@ -242,19 +242,10 @@ class WebSecurityTests(ServedWebMixin, StoreFixtureMixin):
 
     @defer.inlineCallbacks
     def test_guesses_on_the_web_count_for_smtp_auth_too(self):
-        from atollon_mail.smtp.submission import SubmissionFactory
-        from tests.smtp.fakes import FakeSubmissionPolicy, make_settings
-        from tests.smtp.test_submission import THROTTLED, plain, secured
+        from tests.smtp.test_submission import THROTTLED, make_factory, plain, secured
 
         # The appliance gives both the same authenticator (see tap.py).
-        factory = SubmissionFactory(
-            FakeSubmissionPolicy(),
-            "mail.example.com",
-            make_settings(),
-            self.clock,
-            object(),
-            authenticator=self.app.authenticator,
-        )
+        factory = make_factory(authenticator=self.app.authenticator)
         for _ in range(LOGIN_LIMIT):
             yield self.browser().login("admin", "wrong")
         session = secured(factory, "127.0.0.1")
