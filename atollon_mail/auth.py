@@ -20,7 +20,6 @@ count). A check that could not be made (the store did not answer) is not counted
 from __future__ import annotations
 
 import collections
-import ipaddress
 import math
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -29,6 +28,7 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from zope.interface import implementer
 
+from atollon_mail.addresses import client_key
 from atollon_mail.interfaces import IAuthenticator
 from atollon_mail.passwords import hash_password, verify_password
 from atollon_mail.store import queries
@@ -50,26 +50,6 @@ class Throttled(Exception):
     def __init__(self, retry_after: float):
         super().__init__(f"too many login attempts; try again in {math.ceil(retry_after)} s")
         self.retry_after = retry_after
-
-
-def client_key(client: str | None) -> str:
-    """What a client's attempts are counted by: its address, or its /64 for IPv6.
-
-    One IPv6 host usually holds a whole /64, so counting single addresses would give it
-    2**64 fresh starts (and let it flush the bounded table). An IPv4 address mapped into
-    IPv6 counts as the IPv4 address.
-    """
-    if not client:
-        return "unknown"
-    try:
-        ip = ipaddress.ip_address(client)
-    except ValueError:
-        return client[:MAX_LOGIN_KEY]
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    if ip.version == 6:
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
 
 
 def login_key(login: str) -> str:

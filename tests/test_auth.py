@@ -8,6 +8,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
+from atollon_mail.addresses import client_key
 from atollon_mail.auth import (
     ADDRESS_LIMIT,
     LOGIN_LIMIT,
@@ -16,7 +17,6 @@ from atollon_mail.auth import (
     PasswordChecker,
     Throttled,
     build_authenticator,
-    client_key,
 )
 from atollon_mail.interfaces import IAuthenticator
 from atollon_mail.store import queries as q
