@@ -19,6 +19,7 @@ from urllib.parse import quote, unquote, urlsplit
 import attrs
 import jinja2
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -223,6 +224,11 @@ class WebApp:
             return handler
 
         return register
+
+    def in_thread(self, function, *args):
+        """Deferred result of a blocking call (argon2, DNS lookups), never run on the reactor
+        thread: it runs in the reactor's thread pool."""
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args)
 
     def body_limit(self, path: bytes) -> int:
         """How many bytes of request body a path accepts (read by BodyLimitedRequest)."""
