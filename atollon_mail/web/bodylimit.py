@@ -19,6 +19,8 @@ from __future__ import annotations
 from twisted.logger import Logger
 from twisted.web.server import Request
 
+from atollon_mail.web.limits import plain_response
+
 log = Logger()
 
 DEFAULT_BODY_LIMIT = 64 * 1024
@@ -73,13 +75,6 @@ class BodyLimitedRequest(Request):
             f"The request body is larger than this page accepts ({self.body_limit} bytes); "
             "send less.\n"
         ).encode()
-        head = (
-            b"HTTP/1.1 413 Content Too Large\r\n"
-            b"Content-Type: text/plain; charset=utf-8\r\n"
-            b"X-Content-Type-Options: nosniff\r\n"
-            b"Connection: close\r\n"
-            b"Content-Length: " + str(len(text)).encode() + b"\r\n\r\n"
-        )
         log.info(
             "web: refused a request body over {limit} bytes ({length}) for {path} from {client}",
             limit=self.body_limit,
@@ -87,5 +82,5 @@ class BodyLimitedRequest(Request):
             path=(getattr(self.channel, "_path", None) or b"?").decode("ascii", "replace")[:200],
             client=getattr(self.client, "host", "?"),
         )
-        self.channel.transport.write(head + text)
+        self.channel.transport.write(plain_response(b"413 Content Too Large", text))
         self.channel.loseConnection()

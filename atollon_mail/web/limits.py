@@ -21,23 +21,26 @@ from twisted.web.server import Site
 
 from atollon_mail.connections import CLIENT
 
-__all__ = ["DeadlineChannel", "DeadlineSite", "connection_refusal"]
+__all__ = ["DeadlineChannel", "DeadlineSite", "connection_refusal", "plain_response"]
 
 log = Logger()
 
 MIN_BODY_RATE = 500  # bytes a second, on average, while a request body arrives
 
 
-def _plain_response(status: bytes, text: bytes, extra: bytes = b"") -> bytes:
+def plain_response(status: bytes, text: bytes, extra: bytes = b"") -> bytes:
+    """A whole HTTP/1.1 answer with a plain-text body, after which the connection closes:
+    for what is answered below the web app (408, 413, 503)."""
     return (
         b"HTTP/1.1 " + status + b"\r\n"
         b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"X-Content-Type-Options: nosniff\r\n"
         b"Content-Length: " + str(len(text)).encode() + b"\r\n" + extra + b"Connection: close\r\n"
         b"\r\n" + text
     )
 
 
-REQUEST_TIMEOUT = _plain_response(
+REQUEST_TIMEOUT = plain_response(
     b"408 Request Timeout", b"The request took too long to arrive; send it again.\n"
 )
 
@@ -48,7 +51,7 @@ def connection_refusal(reason: str) -> bytes:
         text = b"Too many connections from your address; try again in a few seconds.\n"
     else:
         text = b"The server has too many connections; try again in a few seconds.\n"
-    return _plain_response(b"503 Service Unavailable", text, b"Retry-After: 5\r\n")
+    return plain_response(b"503 Service Unavailable", text, b"Retry-After: 5\r\n")
 
 
 class DeadlineChannel(HTTPChannel):
