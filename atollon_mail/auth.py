@@ -26,6 +26,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from atollon_mail.addresses import client_key
@@ -39,9 +40,10 @@ WINDOW = 600.0  # seconds
 MAX_TRACKED = 10_000  # entries per table; the oldest go first
 MAX_LOGIN_KEY = 256  # characters of a login kept as a throttle key
 
-# Verified against when the login does not exist, so a wrong login costs as long as a
-# wrong password and the timing does not tell which logins exist.
-_UNKNOWN_USER_HASH = hash_password("no such user: this hash never verifies a real password")
+# Its hash is verified against when the login does not exist, so a wrong login costs as
+# long as a wrong password and the timing does not tell which logins exist. Hashed once,
+# in the CPU pool, when first needed (not at import: argon2 takes a while).
+_UNKNOWN_USER_PASSWORD = "no such user: this hash never verifies a real password"
 
 
 class Throttled(Exception):
@@ -154,15 +156,41 @@ class PasswordChecker:
         self._store = store
         self._reactor = reactor
         self._threadpool = threadpool
+        self._unknown_user_hash: str | None = None
+        self._hashing: list[defer.Deferred] = []  # waiting for the unknown user's hash
+
+    def _in_pool(self, function, *args) -> defer.Deferred:
+        return deferToThreadPool(self._reactor, self._threadpool, function, *args)
+
+    def unknown_user_hash(self) -> defer.Deferred:
+        """Deferred firing with the hash verified when a login does not exist."""
+        if self._unknown_user_hash is not None:
+            return defer.succeed(self._unknown_user_hash)
+        waiter: defer.Deferred = defer.Deferred()
+        self._hashing.append(waiter)
+        if len(self._hashing) == 1:
+            self._in_pool(hash_password, _UNKNOWN_USER_PASSWORD).addBoth(self._hashed)
+        return waiter
+
+    def _hashed(self, result) -> None:
+        waiters, self._hashing = self._hashing, []
+        if isinstance(result, Failure):
+            for waiter in waiters:
+                waiter.errback(result)
+            return
+        self._unknown_user_hash = result
+        for waiter in waiters:
+            waiter.callback(result)
 
     @defer.inlineCallbacks
     def check(self, login: str, password: str):
         """Deferred firing with the UserRecord, or None when the credentials are wrong."""
         found = yield self._store.run(queries.authenticate_lookup, login)
-        user, password_hash = found if found is not None else (None, _UNKNOWN_USER_HASH)
-        valid = yield deferToThreadPool(
-            self._reactor, self._threadpool, verify_password, password_hash, password
-        )
+        if found is not None:
+            user, password_hash = found
+        else:
+            user, password_hash = None, (yield self.unknown_user_hash())
+        valid = yield self._in_pool(verify_password, password_hash, password)
         return user if (valid and user is not None) else None
 
 
