@@ -8,13 +8,14 @@ The throttle counts failed logins and logins still being checked, under two keys
 - per client address: `address_limit` (20) attempts from one address, all logins
   together, block the address.
 
-So one attacker behind a reverse proxy or a NAT, where every user has the same address,
-locks out the login it guesses and not the others, until it has spent the address's larger
-allowance. Attempts in progress count like failures: a burst of parallel guesses gets no
-more argon2 checks than the limit, and a right password sent in the same burst is refused
-like the rest. A successful login forgets the failures of that login from that address,
-never those of the address (an attacker with an account of its own could reset its
-count). A check that could not be made (the store did not answer) is not counted.
+So one attacker behind a NAT, where every user has the same address, locks out the login
+it guesses and not the others, until it has spent the address's larger allowance. Behind
+a trusted reverse proxy the web passes the client the proxy names (WebApp.client_address),
+not the proxy's address. Attempts in progress count like failures: a burst of parallel
+guesses gets no more argon2 checks than the limit, and a right password sent in the same
+burst is refused like the rest. A successful login forgets the failures of that login from
+that address, never those of the address (an attacker with an account of its own could
+reset its count). A check that could not be made (the store did not answer) is not counted.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.logger import Logger
-from twisted.web.http import HTTPChannel
+from twisted.web.http import HTTPChannel, combinedLogFormatter
 from twisted.web.server import Site
 
 from atollon_mail.connections import CLIENT
@@ -137,6 +138,30 @@ class DeadlineChannel(HTTPChannel):
         self.timeoutConnection()
 
 
+class _AsSeenBehindProxy:
+    """A request whose client address is the one the site's root resource names (behind
+    a trusted reverse proxy, the client's, not the proxy's)."""
+
+    def __init__(self, request: Any, host: str):
+        self._request = request
+        self._address = IPv4Address("TCP", host, 0)
+
+    def getClientAddress(self) -> Any:
+        return self._address
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
+def _access_line(timestamp: str, request: Any) -> str:
+    """The access log's combined-format line, with the client as client_address names it."""
+    resolve = getattr(getattr(request.channel, "site", None), "resource", None)
+    resolve = getattr(resolve, "client_address", None)
+    if resolve is not None:
+        request = _AsSeenBehindProxy(request, resolve(request))
+    return combinedLogFormatter(timestamp, request)
+
+
 class DeadlineSite(Site):
     """A Site of DeadlineChannels; twisted.web's byte-resettable idle timeout is off."""
 
@@ -150,7 +175,9 @@ class DeadlineSite(Site):
         body_timeout: float = DeadlineChannel.body_timeout,
         requestFactory: Any = None,
     ):
-        super().__init__(resource, requestFactory, timeout=None, reactor=reactor)
+        super().__init__(
+            resource, requestFactory, timeout=None, reactor=reactor, logFormatter=_access_line
+        )
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
 
