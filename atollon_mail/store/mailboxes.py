@@ -17,6 +17,7 @@ from atollon_mail.store.errors import Conflict, IdentityRefused, Invalid, NotFou
 from atollon_mail.store.models import (
     Alias,
     Campaign,
+    Context,
     Domain,
     Mailbox,
     MailboxAccess,
@@ -27,6 +28,7 @@ from atollon_mail.store.models import (
     utc_now,
 )
 from atollon_mail.store.queries import (
+    _context_record,
     _create,
     _get_context,
     _get_mailbox,
@@ -40,6 +42,7 @@ from atollon_mail.store.queries import (
 )
 from atollon_mail.store.records import (
     AliasRecord,
+    ContextRecord,
     MailboxAccessRecord,
     MailboxDetail,
     MailboxRecord,
@@ -124,7 +127,34 @@ def _store_to_id(mailbox: Mailbox, store_to: int | str) -> int | None:
             f"context {context.id} is another user's To Do; give {TODO} (the owner's "
             "To Do) or a folder or project id"
         )
+    if not _store_targets(mailbox).where(Context.id == context.id).exists():
+        raise Invalid(
+            f"{context.kind} {context.id} belongs to another user; give {TODO}, a folder or "
+            f"project of {mailbox.owner.login} or one that belongs to no user"
+        )
     return context.id
+
+
+def _store_targets(mailbox: Mailbox) -> peewee.ModelSelect:
+    """The folders and projects the mailbox's mail may be filed into: its owner's own and
+    those no user owns (the organizations'); never another user's (a private folder, the
+    Sent folder of a mailbox of theirs)."""
+    return (
+        Context.select(Context, User)
+        .join(User, peewee.JOIN.LEFT_OUTER)
+        .where(
+            Context.kind.in_(("folder", "project"))
+            & (Context.owner.is_null() | (Context.owner == mailbox.owner_id))
+        )
+    )
+
+
+@read_only
+def store_targets(address: str) -> list[ContextRecord]:
+    """What a mailbox's store-to may be besides its owner's To Do (`_store_targets`); the
+    same for whoever asks, an administrator too."""
+    query = _store_targets(_get_mailbox(address)).order_by(Context.id)
+    return [_context_record(context) for context in query]
 
 
 def _alias_of_name(mailbox: Mailbox) -> Alias | None:
