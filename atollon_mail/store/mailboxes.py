@@ -36,6 +36,8 @@ from atollon_mail.store.queries import (
     _limited,
     _locked,
     _mailbox_record,
+    _store_target,
+    _store_targets,
     normalize_address,
     normalize_identity,
     read_only,
@@ -127,33 +129,14 @@ def _store_to_id(mailbox: Mailbox, store_to: int | str) -> int | None:
             f"context {context.id} is another user's To Do; give {TODO} (the owner's "
             "To Do) or a folder or project id"
         )
-    if not _store_targets(mailbox).where(Context.id == context.id).exists():
-        raise Invalid(
-            f"{context.kind} {context.id} belongs to another user; give {TODO}, a folder or "
-            f"project of {mailbox.owner.login} or one that belongs to no user"
-        )
-    return context.id
-
-
-def _store_targets(mailbox: Mailbox) -> peewee.ModelSelect:
-    """The folders and projects the mailbox's mail may be filed into: its owner's own and
-    those no user owns (the organizations'); never another user's (a private folder, the
-    Sent folder of a mailbox of theirs)."""
-    return (
-        Context.select(Context, User)
-        .join(User, peewee.JOIN.LEFT_OUTER)
-        .where(
-            Context.kind.in_(("folder", "project"))
-            & (Context.owner.is_null() | (Context.owner == mailbox.owner_id))
-        )
-    )
+    return _store_target(mailbox.owner_id, context.id).id  # a folder or project here
 
 
 @read_only
 def store_targets(address: str) -> list[ContextRecord]:
     """What a mailbox's store-to may be besides its owner's To Do (`_store_targets`); the
     same for whoever asks, an administrator too."""
-    query = _store_targets(_get_mailbox(address)).order_by(Context.id)
+    query = _store_targets(_get_mailbox(address).owner_id).order_by(Context.id)
     return [_context_record(context) for context in query]
 
 

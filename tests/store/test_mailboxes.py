@@ -448,8 +448,14 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         offers = self.sync(q.add_context, "folder", "Offers")
         launch = self.sync(q.add_context, "project", "Launch")
         archive = self.sync(q.add_context, "folder", "Archive", "bob")
-        self.sync(q.add_context, "folder", "Carol's own", "carol")
+        carols = self.sync(q.add_context, "folder", "Carol's own", "carol")
         self.sync(q.add_context, "project", "Carol's plan", "carol")
+        # A new mailbox too: not into another user's folder.
+        self.assertRaises(
+            Invalid, self.sync, q.add_mailbox, "new@example.com", "bob", None, True, carols.id
+        )
+        new = self.sync(q.add_mailbox, "new@example.com", "bob", None, True, archive.id)
+        self.assertEqual(new.store_to, archive)
         self.assertEqual(self.sync(m.store_targets, "bob@example.com"), [offers, launch, archive])
         for target in (offers, launch, archive):
             changed = self.sync(m.update_mailbox, "bob@example.com", store_to=target.id)
