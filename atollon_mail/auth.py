@@ -8,27 +8,29 @@ The throttle counts failed logins and logins still being checked, under two keys
 - per client address: `address_limit` (20) attempts from one address, all logins
   together, block the address.
 
-So one attacker behind a reverse proxy or a NAT, where every user has the same address,
-locks out the login it guesses and not the others, until it has spent the address's larger
-allowance. Attempts in progress count like failures: a burst of parallel guesses gets no
-more argon2 checks than the limit, and a right password sent in the same burst is refused
-like the rest. A successful login forgets the failures of that login from that address,
-never those of the address (an attacker with an account of its own could reset its
-count). A check that could not be made (the store did not answer) is not counted.
+So one attacker behind a NAT, where every user has the same address, locks out the login
+it guesses and not the others, until it has spent the address's larger allowance. Behind
+a trusted reverse proxy the web passes the client the proxy names (WebApp.client_address),
+not the proxy's address. Attempts in progress count like failures: a burst of parallel
+guesses gets no more argon2 checks than the limit, and a right password sent in the same
+burst is refused like the rest. A successful login forgets the failures of that login from
+that address, never those of the address (an attacker with an account of its own could
+reset its count). A check that could not be made (the store did not answer) is not counted.
 """
 
 from __future__ import annotations
 
 import collections
-import ipaddress
 import math
 from collections.abc import Callable, Hashable
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from atollon_mail.addresses import client_key
 from atollon_mail.interfaces import IAuthenticator
 from atollon_mail.passwords import hash_password, verify_password
 from atollon_mail.store import queries
@@ -39,9 +41,10 @@ WINDOW = 600.0  # seconds
 MAX_TRACKED = 10_000  # entries per table; the oldest go first
 MAX_LOGIN_KEY = 256  # characters of a login kept as a throttle key
 
-# Verified against when the login does not exist, so a wrong login costs as long as a
-# wrong password and the timing does not tell which logins exist.
-_UNKNOWN_USER_HASH = hash_password("no such user: this hash never verifies a real password")
+# Its hash is verified against when the login does not exist, so a wrong login costs as
+# long as a wrong password and the timing does not tell which logins exist. Hashed once,
+# in the CPU pool, when first needed (not at import: argon2 takes a while).
+_UNKNOWN_USER_PASSWORD = "no such user: this hash never verifies a real password"
 
 
 class Throttled(Exception):
@@ -50,26 +53,6 @@ class Throttled(Exception):
     def __init__(self, retry_after: float):
         super().__init__(f"too many login attempts; try again in {math.ceil(retry_after)} s")
         self.retry_after = retry_after
-
-
-def client_key(client: str | None) -> str:
-    """What a client's attempts are counted by: its address, or its /64 for IPv6.
-
-    One IPv6 host usually holds a whole /64, so counting single addresses would give it
-    2**64 fresh starts (and let it flush the bounded table). An IPv4 address mapped into
-    IPv6 counts as the IPv4 address.
-    """
-    if not client:
-        return "unknown"
-    try:
-        ip = ipaddress.ip_address(client)
-    except ValueError:
-        return client[:MAX_LOGIN_KEY]
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    if ip.version == 6:
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
 
 
 def login_key(login: str) -> str:
@@ -174,15 +157,41 @@ class PasswordChecker:
         self._store = store
         self._reactor = reactor
         self._threadpool = threadpool
+        self._unknown_user_hash: str | None = None
+        self._hashing: list[defer.Deferred] = []  # waiting for the unknown user's hash
+
+    def _in_pool(self, function, *args) -> defer.Deferred:
+        return deferToThreadPool(self._reactor, self._threadpool, function, *args)
+
+    def unknown_user_hash(self) -> defer.Deferred:
+        """Deferred firing with the hash verified when a login does not exist."""
+        if self._unknown_user_hash is not None:
+            return defer.succeed(self._unknown_user_hash)
+        waiter: defer.Deferred = defer.Deferred()
+        self._hashing.append(waiter)
+        if len(self._hashing) == 1:
+            self._in_pool(hash_password, _UNKNOWN_USER_PASSWORD).addBoth(self._hashed)
+        return waiter
+
+    def _hashed(self, result) -> None:
+        waiters, self._hashing = self._hashing, []
+        if isinstance(result, Failure):
+            for waiter in waiters:
+                waiter.errback(result)
+            return
+        self._unknown_user_hash = result
+        for waiter in waiters:
+            waiter.callback(result)
 
     @defer.inlineCallbacks
     def check(self, login: str, password: str):
         """Deferred firing with the UserRecord, or None when the credentials are wrong."""
         found = yield self._store.run(queries.authenticate_lookup, login)
-        user, password_hash = found if found is not None else (None, _UNKNOWN_USER_HASH)
-        valid = yield deferToThreadPool(
-            self._reactor, self._threadpool, verify_password, password_hash, password
-        )
+        if found is not None:
+            user, password_hash = found
+        else:
+            user, password_hash = None, (yield self.unknown_user_hash())
+        valid = yield self._in_pool(verify_password, password_hash, password)
         return user if (valid and user is not None) else None
 
 

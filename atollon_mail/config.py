@@ -91,6 +91,8 @@ class WebConfig:
     max_connections_per_client: int = 50
     header_timeout: float = 30.0  # seconds for a request's line and headers
     body_timeout: float = 60.0  # seconds of a request body arriving slower than 500 B/s
+    # Reverse proxies whose X-Forwarded-For names the client (web/app.py client_address).
+    trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
 
 @attrs.frozen
@@ -428,6 +430,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "max_connections_per_client": (_whole_number(1), "50"),
         "header_timeout": (_positive_duration, "30"),
         "body_timeout": (_positive_duration, "60"),
+        "trusted_proxies": (_networks, "127.0.0.0/8 ::1/128"),
     },
     "submission": {
         "listen": (_endpoint, "tcp:2587"),

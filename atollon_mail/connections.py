@@ -6,7 +6,8 @@ take at most the listener's own share of file descriptors and never starve the o
 the database, delivery or DNS. A connection over a cap never reaches the wrapped
 protocol: it gets the listener's refusal (SMTP `421 4.7.0`, HTTP 503) and is closed.
 
-Clients are counted by address (IPv6 by /64: one host usually holds a whole /64). Hosts
+Clients are counted by address (IPv6 by /64: one host usually holds a whole /64; see
+atollon_mail.addresses). Hosts
 in `exempt` networks (the trusted networks: the local relay, a reverse proxy, monitoring)
 are not held to the per-client cap, and may go `reserve` connections past a full listener,
 so that their mail and health checks get through a flood that fills it.
@@ -26,7 +27,9 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
-__all__ = ["CLIENT", "TOTAL", "LimitedFactory", "client_key", "descriptor_shortfall"]
+from atollon_mail.addresses import client_key, in_networks
+
+__all__ = ["CLIENT", "TOTAL", "LimitedFactory", "descriptor_shortfall"]
 
 log = Logger()
 
@@ -47,19 +50,6 @@ LOG_INTERVAL = 60.0  # refusals are logged at most once a minute per listener
 # Descriptors besides the listeners' connections: listening sockets, the database, DNS
 # queries, log files, the spam filter, refused connections on their way out.
 OTHER_DESCRIPTORS = 128
-
-
-def client_key(host: Any) -> str:
-    """What connections are counted by: the address, or its /64 for IPv6."""
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return str(host)
-    if ip.version == 6:
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
 
 
 def descriptor_shortfall(caps: Iterable[int], outbound: int, soft_limit: int) -> str | None:
@@ -184,15 +174,7 @@ class LimitedFactory(WrappingFactory):
         return self.wrappedFactory.logPrefix()
 
     def is_exempt(self, host: Any) -> bool:
-        if not self.exempt:
-            return False
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        if ip.version == 6 and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in network for network in self.exempt)
+        return in_networks(host, self.exempt)
 
     def verdict(self, host: Any) -> str | None:
         """Why a new connection from `host` would be refused now, or None."""

@@ -10,6 +10,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from atollon_mail.addresses import client_key
 from atollon_mail.connections import (
     CLIENT,
     HEAD_WAIT,
@@ -19,7 +20,6 @@ from atollon_mail.connections import (
     TOTAL,
     TRUSTED_RESERVE,
     LimitedFactory,
-    client_key,
     descriptor_shortfall,
 )
 from atollon_mail.smtp.policies import MXPolicy

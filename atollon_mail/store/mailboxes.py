@@ -17,6 +17,7 @@ from atollon_mail.store.errors import Conflict, IdentityRefused, Invalid, NotFou
 from atollon_mail.store.models import (
     Alias,
     Campaign,
+    Context,
     Domain,
     Mailbox,
     MailboxAccess,
@@ -27,6 +28,7 @@ from atollon_mail.store.models import (
     utc_now,
 )
 from atollon_mail.store.queries import (
+    _context_record,
     _create,
     _get_context,
     _get_mailbox,
@@ -34,12 +36,15 @@ from atollon_mail.store.queries import (
     _limited,
     _locked,
     _mailbox_record,
+    _store_target,
+    _store_targets,
     normalize_address,
     normalize_identity,
     read_only,
 )
 from atollon_mail.store.records import (
     AliasRecord,
+    ContextRecord,
     MailboxAccessRecord,
     MailboxDetail,
     MailboxRecord,
@@ -124,7 +129,15 @@ def _store_to_id(mailbox: Mailbox, store_to: int | str) -> int | None:
             f"context {context.id} is another user's To Do; give {TODO} (the owner's "
             "To Do) or a folder or project id"
         )
-    return context.id
+    return _store_target(mailbox.owner_id, context.id).id  # a folder or project here
+
+
+@read_only
+def store_targets(address: str) -> list[ContextRecord]:
+    """What a mailbox's store-to may be besides its owner's To Do (`_store_targets`); the
+    same for whoever asks, an administrator too."""
+    query = _store_targets(_get_mailbox(address).owner_id).order_by(Context.id)
+    return [_context_record(context) for context in query]
 
 
 def _alias_of_name(mailbox: Mailbox) -> Alias | None:

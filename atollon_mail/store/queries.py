@@ -413,6 +413,35 @@ def _get_context(context_id: int) -> Context:
         raise NotFound(f"no folder or project with id {context_id}; see: context list") from None
 
 
+def _store_targets(owner_id: int) -> peewee.ModelSelect:
+    """The folders and projects the mail of `owner_id`'s mailboxes may be filed into: the
+    owner's own and those no user owns (the organizations'); never another user's (a
+    private folder, the Sent folder of a mailbox of theirs)."""
+    return (
+        Context.select(Context, User)
+        .join(User, peewee.JOIN.LEFT_OUTER)
+        .where(
+            Context.kind.in_(("folder", "project"))
+            & (Context.owner.is_null() | (Context.owner == owner_id))
+        )
+    )
+
+
+def _store_target(owner_id: int, context_id: int) -> Context | None:
+    """The folder or project `context_id` if `_store_targets` holds it (None: the owner's
+    To Do); another user's context is Invalid."""
+    context = _get_context(context_id)
+    if context.kind == "todo" and context.owner_id == owner_id:
+        return None
+    found = _store_targets(owner_id).where(Context.id == context.id).first()
+    if found is None:
+        raise Invalid(
+            f"{context.kind} {context.id} ({context.name}) belongs to another user; give a "
+            "folder or project of the mailbox's owner or of no user; see: context list"
+        )
+    return found
+
+
 # --- mailboxes and aliases ------------------------------------------------------------
 
 
@@ -465,7 +494,9 @@ def add_mailbox(
         identity = f"{local}@{primary.name if primary is not None else domain_name}"
     else:
         identity = normalize_identity(identity)
-    store_to = _get_context(store_to_context_id) if store_to_context_id is not None else None
+    store_to = None
+    if store_to_context_id is not None:
+        store_to = _store_target(owner.id, store_to_context_id)
     # The owner's first mailbox is their default box (the one used first when sending).
     has_default = (
         Mailbox.select().where((Mailbox.owner == owner) & (Mailbox.is_default == True)).exists()  # noqa: E712

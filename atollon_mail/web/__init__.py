@@ -22,6 +22,10 @@ class WebRoot(Resource):
     def getChild(self, path, request):
         return self._pages
 
+    def client_address(self, request) -> str:
+        """The client of a request, behind a trusted proxy too (WebApp.client_address)."""
+        return self.app.client_address(request)
+
     def body_limit(self, path: bytes) -> int:
         """Bytes of request body a path accepts: its route's max_body (bodylimit.py)."""
         return self.app.body_limit(path)
@@ -51,6 +55,7 @@ def build_web_app(store, config, reactor, clock=None, intake=None, authenticator
         appliance_name=config.appliance.hostname,
         session_idle_timeout=config.web.session_idle_timeout,
         authenticator=authenticator,
+        trusted_proxies=config.web.trusted_proxies,
     )
     app.config = config  # pages that need settings (DNS lookups) read them here
     # Mail composed in the browser goes through the same intake as SMTP submission:

@@ -10,6 +10,7 @@ traceback. A request body over the route's max_body is refused before it is read
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import os
 import secrets
 import unicodedata
@@ -19,10 +20,12 @@ from urllib.parse import quote, unquote, urlsplit
 import attrs
 import jinja2
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from atollon_mail.addresses import forwarded_client
 from atollon_mail.store import web as web_ops
 from atollon_mail.web.bodylimit import DEFAULT_BODY_LIMIT
 from atollon_mail.web.sessions import (
@@ -146,8 +149,7 @@ class PageRequest:
 
     @property
     def client_address(self) -> str:
-        address = self.request.getClientAddress()
-        return getattr(address, "host", None) or "unknown"
+        return self.app.client_address(self.request)
 
     def arg(self, name: str, default: str = "") -> str:
         values = self.request.args.get(name.encode())
@@ -192,8 +194,13 @@ class WebApp:
         appliance_name: str = "atollon-mail",
         session_idle_timeout: float = 30 * 60,
         authenticator=None,
+        trusted_proxies: tuple[str, ...] = (),
     ):
         self.store = store
+        # Reverse proxies whose X-Forwarded-For names the client (see client_address).
+        self.trusted_proxies = tuple(
+            ipaddress.ip_network(network, strict=False) for network in trusted_proxies
+        )
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
         self.appliance_name = appliance_name
@@ -223,6 +230,22 @@ class WebApp:
             return handler
 
         return register
+
+    def client_address(self, request) -> str:
+        """The client a request comes from: the TCP peer, or for a peer that is a trusted
+        proxy, the client its X-Forwarded-For names (atollon_mail.addresses). The throttle
+        counts logins by it, so one attacker behind the proxy does not block everyone."""
+        peer = getattr(request.getClientAddress(), "host", None)
+        if not peer:
+            return "unknown"
+        forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
+        values = [value.decode("latin-1") for value in forwarded]
+        return forwarded_client(peer, values, self.trusted_proxies)
+
+    def in_thread(self, function, *args):
+        """Deferred result of a blocking call (argon2, DNS lookups), never run on the reactor
+        thread: it runs in the reactor's thread pool."""
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args)
 
     def body_limit(self, path: bytes) -> int:
         """How many bytes of request body a path accepts (read by BodyLimitedRequest)."""

@@ -19,6 +19,8 @@ from __future__ import annotations
 from twisted.logger import Logger
 from twisted.web.server import Request
 
+from atollon_mail.web.limits import plain_response
+
 log = Logger()
 
 DEFAULT_BODY_LIMIT = 64 * 1024
@@ -61,9 +63,16 @@ class BodyLimitedRequest(Request):
         # body is in (requestReceived), which is what this class must not wait for.
         target = getattr(self.channel, "_path", None) or b"/"
         path = target.split(b"?", 1)[0]
-        limit_of = getattr(getattr(self.channel, "site", None), "resource", None)
-        limit_of = getattr(limit_of, "body_limit", None)
+        limit_of = getattr(self._root(), "body_limit", None)
         return DEFAULT_BODY_LIMIT if limit_of is None else limit_of(path)
+
+    def _root(self):
+        return getattr(getattr(self.channel, "site", None), "resource", None)
+
+    def _client(self) -> str:
+        # Behind a trusted reverse proxy, the client it names (WebApp.client_address).
+        resolve = getattr(self._root(), "client_address", None)
+        return resolve(self) if resolve is not None else getattr(self.client, "host", "?")
 
     def _refuse_body(self, length: int | None) -> None:
         self.body_refused = True
@@ -73,19 +82,12 @@ class BodyLimitedRequest(Request):
             f"The request body is larger than this page accepts ({self.body_limit} bytes); "
             "send less.\n"
         ).encode()
-        head = (
-            b"HTTP/1.1 413 Content Too Large\r\n"
-            b"Content-Type: text/plain; charset=utf-8\r\n"
-            b"X-Content-Type-Options: nosniff\r\n"
-            b"Connection: close\r\n"
-            b"Content-Length: " + str(len(text)).encode() + b"\r\n\r\n"
-        )
         log.info(
             "web: refused a request body over {limit} bytes ({length}) for {path} from {client}",
             limit=self.body_limit,
             length="chunked" if length is None else f"Content-Length {length}",
             path=(getattr(self.channel, "_path", None) or b"?").decode("ascii", "replace")[:200],
-            client=getattr(self.client, "host", "?"),
+            client=self._client(),
         )
-        self.channel.transport.write(head + text)
+        self.channel.transport.write(plain_response(b"413 Content Too Large", text))
         self.channel.loseConnection()

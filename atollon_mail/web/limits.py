@@ -15,29 +15,33 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.logger import Logger
-from twisted.web.http import HTTPChannel
+from twisted.web.http import HTTPChannel, combinedLogFormatter
 from twisted.web.server import Site
 
 from atollon_mail.connections import CLIENT
 
-__all__ = ["DeadlineChannel", "DeadlineSite", "connection_refusal"]
+__all__ = ["DeadlineChannel", "DeadlineSite", "connection_refusal", "plain_response"]
 
 log = Logger()
 
 MIN_BODY_RATE = 500  # bytes a second, on average, while a request body arrives
 
 
-def _plain_response(status: bytes, text: bytes, extra: bytes = b"") -> bytes:
+def plain_response(status: bytes, text: bytes, extra: bytes = b"") -> bytes:
+    """A whole HTTP/1.1 answer with a plain-text body, after which the connection closes:
+    for what is answered below the web app (408, 413, 503)."""
     return (
         b"HTTP/1.1 " + status + b"\r\n"
         b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"X-Content-Type-Options: nosniff\r\n"
         b"Content-Length: " + str(len(text)).encode() + b"\r\n" + extra + b"Connection: close\r\n"
         b"\r\n" + text
     )
 
 
-REQUEST_TIMEOUT = _plain_response(
+REQUEST_TIMEOUT = plain_response(
     b"408 Request Timeout", b"The request took too long to arrive; send it again.\n"
 )
 
@@ -48,7 +52,7 @@ def connection_refusal(reason: str) -> bytes:
         text = b"Too many connections from your address; try again in a few seconds.\n"
     else:
         text = b"The server has too many connections; try again in a few seconds.\n"
-    return _plain_response(b"503 Service Unavailable", text, b"Retry-After: 5\r\n")
+    return plain_response(b"503 Service Unavailable", text, b"Retry-After: 5\r\n")
 
 
 class DeadlineChannel(HTTPChannel):
@@ -134,6 +138,30 @@ class DeadlineChannel(HTTPChannel):
         self.timeoutConnection()
 
 
+class _AsSeenBehindProxy:
+    """A request whose client address is the one the site's root resource names (behind
+    a trusted reverse proxy, the client's, not the proxy's)."""
+
+    def __init__(self, request: Any, host: str):
+        self._request = request
+        self._address = IPv4Address("TCP", host, 0)
+
+    def getClientAddress(self) -> Any:
+        return self._address
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+
+def _access_line(timestamp: str, request: Any) -> str:
+    """The access log's combined-format line, with the client as client_address names it."""
+    resolve = getattr(getattr(request.channel, "site", None), "resource", None)
+    resolve = getattr(resolve, "client_address", None)
+    if resolve is not None:
+        request = _AsSeenBehindProxy(request, resolve(request))
+    return combinedLogFormatter(timestamp, request)
+
+
 class DeadlineSite(Site):
     """A Site of DeadlineChannels; twisted.web's byte-resettable idle timeout is off."""
 
@@ -147,7 +175,9 @@ class DeadlineSite(Site):
         body_timeout: float = DeadlineChannel.body_timeout,
         requestFactory: Any = None,
     ):
-        super().__init__(resource, requestFactory, timeout=None, reactor=reactor)
+        super().__init__(
+            resource, requestFactory, timeout=None, reactor=reactor, logFormatter=_access_line
+        )
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from twisted.internet.threads import deferToThreadPool
-
 from atollon_mail.store import domains as dns_ops
 from atollon_mail.store import queries
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
@@ -59,11 +57,6 @@ def _check(app: WebApp, subject):
 
     config = _config(app)
     return run_checks(subject, config, Lookups.using(config.delivery.nameservers))
-
-
-def _in_thread(app: WebApp, function, *args):
-    # DNS lookups block: never on the reactor thread.
-    return deferToThreadPool(app.reactor, app.reactor.getThreadPool(), function, *args)
 
 
 def _add_errors(name: str, mode: str, primary: str) -> dict[str, str]:
@@ -127,10 +120,10 @@ def register(app: WebApp) -> None:
             raise not_found() from None
         domain = subject.domain.name
         if page.request.method == b"POST":
-            results = await _in_thread(app, _check, app, subject)
+            results = await app.in_thread(_check, app, subject)
             await page.store.run(dns_ops.record_dns_check, domain, results, utc_now())
             return Redirect(domain_url(domain, "checked"))
-        advice, zone = await _in_thread(app, _records, app, subject)
+        advice, zone = await app.in_thread(_records, app, subject)
         check = await page.store.run(dns_ops.last_dns_check, domain)
         context = {
             "domain": subject.domain,

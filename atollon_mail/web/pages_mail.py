@@ -19,7 +19,11 @@ from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
 from atollon_mail.web.numbers import page_number, parse_count, parse_id
 
 PER_PAGE = 50
-MAX_BODY = 60 * 1024  # the form itself is bounded at 64 KiB by the framework
+MAX_BODY = 60 * 1024  # characters of text in a message written in the browser
+# The compose form's request body: MAX_BODY characters form-encoded (a 4-byte UTF-8
+# character is 12 bytes as %XX%XX%XX%XX: 720 KiB) plus the recipients and subject. Refused
+# before it is read, even before the login is checked; larger when attachments come.
+MAX_COMPOSE_FORM_BYTES = 1024 * 1024
 SHOWN_HEADERS = ("From", "To", "Cc", "Date", "Subject")
 
 # No images (remote ones would tell the sender the mail was read), nor image maps.
@@ -215,8 +219,7 @@ def register(app: WebApp) -> None:
                 return [], [], f"{address}: {found.detail}"
         return local, remote, None
 
-    # A message written in the browser may be as large as one sent by SMTP.
-    @app.route("/mail/compose", methods=("GET", "POST"), max_body=app.config.smtp.max_message_size)
+    @app.route("/mail/compose", methods=("GET", "POST"), max_body=MAX_COMPOSE_FORM_BYTES)
     async def compose(page: PageRequest):
         address = page.form.get("address") or page.arg("address")
         mailbox = await _mailbox(page, address)

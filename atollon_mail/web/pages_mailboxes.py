@@ -169,7 +169,9 @@ def register(app: WebApp) -> None:
         except NotFound:  # removed meanwhile
             raise not_found() from None
         box = detail.mailbox
-        store_targets = await page.store.run(queries.list_contexts) if rights.edit else []
+        store_targets = []
+        if rights.edit:  # the owner's folders and projects and those of no user
+            store_targets = await page.store.run(mailbox_ops.store_targets, address)
         defaults = {
             "identity": box.identity,
             "store_to": "todo" if box.store_to.kind == "todo" else str(box.store_to.id),

@@ -424,9 +424,14 @@ class MailboxBehaviourContract(StoreFixtureMixin):
             self.sync(m.update_mailbox, "bob@example.com", store_to=todos["bob"].id).store_to,
             todos["bob"],
         )
+        # Another user's folder or project (private, a Sent folder) is refused.
+        carols = self.sync(q.add_context, "folder", "Sent (carol@example.com)", "carol")
+        plan = self.sync(q.add_context, "project", "Carol's plan", "carol")
         before = self.state()
         for store_to, error in (
             (todos["carol"].id, Invalid),
+            (carols.id, Invalid),
+            (str(plan.id), Invalid),
             (10**9, NotFound),
             ("inbox", Invalid),
             (True, Invalid),
@@ -437,6 +442,24 @@ class MailboxBehaviourContract(StoreFixtureMixin):
                     error, self.sync, m.update_mailbox, "bob@example.com", store_to=store_to
                 )
         self.assertEqual(self.state(), before)
+
+    def test_store_targets_are_the_owners_contexts_and_those_of_no_user(self):
+        self.populate()
+        offers = self.sync(q.add_context, "folder", "Offers")
+        launch = self.sync(q.add_context, "project", "Launch")
+        archive = self.sync(q.add_context, "folder", "Archive", "bob")
+        carols = self.sync(q.add_context, "folder", "Carol's own", "carol")
+        self.sync(q.add_context, "project", "Carol's plan", "carol")
+        # A new mailbox too: not into another user's folder.
+        self.assertRaises(
+            Invalid, self.sync, q.add_mailbox, "new@example.com", "bob", None, True, carols.id
+        )
+        new = self.sync(q.add_mailbox, "new@example.com", "bob", None, True, archive.id)
+        self.assertEqual(new.store_to, archive)
+        self.assertEqual(self.sync(m.store_targets, "bob@example.com"), [offers, launch, archive])
+        for target in (offers, launch, archive):
+            changed = self.sync(m.update_mailbox, "bob@example.com", store_to=target.id)
+            self.assertEqual(changed.store_to, target)
 
     def test_inactive_mailbox_keeps_its_mail_and_refuses_new_mail(self):
         self.populate()

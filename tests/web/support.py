@@ -65,8 +65,9 @@ def _read_body(response) -> defer.Deferred:
 class Browser:
     """An HTTP client with its own cookie jar, following no redirects."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, headers: dict[str, str] | None = None):
         self.base = f"http://127.0.0.1:{port}"
+        self.headers = dict(headers or {})  # sent with every request
         # One connection per request: nothing stays open when a test ends.
         self.agent = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
         self.cookies: dict[str, str] = {}
@@ -74,6 +75,8 @@ class Browser:
     @defer.inlineCallbacks
     def request(self, method: str, path: str, form: dict | None = None):
         headers = Headers()
+        for name, value in self.headers.items():
+            headers.addRawHeader(name, value)
         if self.cookies:
             cookie = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
             headers.addRawHeader("cookie", cookie)
@@ -129,8 +132,8 @@ class ServedWebMixin:
         pools = [browser.agent._pool for browser in self.browsers]
         return defer.gatherResults([pool.closeCachedConnections() for pool in pools])
 
-    def browser(self) -> Browser:
-        browser = Browser(self.port)
+    def browser(self, headers: dict[str, str] | None = None) -> Browser:
+        browser = Browser(self.port, headers)
         self.browsers.append(browser)
         return browser
 

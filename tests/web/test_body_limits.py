@@ -14,6 +14,7 @@ from atollon_mail.store import queries as q
 from atollon_mail.web import build_web_root
 from atollon_mail.web.app import MAX_FORM_BYTES
 from atollon_mail.web.pages import LOGIN_FORM_BYTES
+from atollon_mail.web.pages_mail import MAX_COMPOSE_FORM_BYTES
 from tests.support import SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import ServedWebMixin, _hash
 
@@ -92,13 +93,23 @@ class BodyLimitTests(ServedWebMixin, SqliteStoreMixin, StoreFixtureMixin, unitte
             over = f"Content-Length: {MAX_FORM_BYTES + 1}\r\n\r\n".encode()
             refused = yield self.answer(b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n" + over)
             self.assert_refused(refused, MAX_FORM_BYTES)
-        # ...and composing a message may send as much as SMTP accepts: the body is read
-        # (and the request answered: not logged in) instead of refused.
+        # ...and the compose form may send more: the body is read (and the request
+        # answered: not logged in) instead of refused.
         client = yield self.connect()
         client.transport.write(b"POST /mail/compose HTTP/1.1\r\nConnection: close\r\n" + head)
         client.transport.write(b"x" * length)
         received = yield client.closed.addTimeout(10, reactor)
         self.assertTrue(received.startswith(b"HTTP/1.1 303 "), received[:100])
+
+    @defer.inlineCallbacks
+    def test_compose_refuses_a_body_larger_than_its_form_before_reading_it(self):
+        # Not as large as SMTP accepts (25 MB): anyone, logged in or not, could send it.
+        received = yield self.answer(
+            b"POST /mail/compose HTTP/1.1\r\nHost: x\r\n"
+            + FORM
+            + f"Content-Length: {2 * 1024 * 1024}\r\n\r\n".encode()
+        )
+        self.assert_refused(received, MAX_COMPOSE_FORM_BYTES)
 
     @defer.inlineCallbacks
     def test_a_chunked_body_is_cut_off_at_the_limit(self):

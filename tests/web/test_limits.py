@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import ipaddress
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -9,10 +12,12 @@ from twisted.trial import unittest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from atollon_mail.addresses import forwarded_client
 from atollon_mail.connections import CLIENT, TOTAL
 from atollon_mail.web.limits import MIN_BODY_RATE, DeadlineSite, connection_refusal
 
 PEER = IPv4Address("TCP", "198.51.100.7", 40000)
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 
 
 class Echo(Resource):
@@ -156,3 +161,31 @@ class RefusalTests(unittest.TestCase):
             self.assertIn(b"Connection: close", head)
             self.assertIn(f"Content-Length: {len(body)}".encode(), head)
             self.assertIn(words, body)
+
+
+class BehindProxy(Echo):
+    """A root that names the client as the web app does behind a trusted local proxy."""
+
+    def client_address(self, request) -> str:
+        forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
+        peer = request.getClientAddress().host
+        return forwarded_client(peer, [value.decode() for value in forwarded], LOOPBACK)
+
+
+class AccessLogTests(unittest.TestCase):
+    def test_the_access_log_names_the_client_behind_a_trusted_proxy(self):
+        site = DeadlineSite(BehindProxy(), Clock())
+        site._logFile = lines = io.StringIO()
+        for peer, forwarded in (
+            ("127.0.0.1", b"10.0.0.1, 203.0.113.9"),
+            ("198.51.100.7", b"1.2.3.4"),
+        ):
+            channel = site.buildProtocol(IPv4Address("TCP", peer, 40000))
+            channel.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", peer, 40000)))
+            channel.dataReceived(
+                b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: " + forwarded + b"\r\n\r\n"
+            )
+        first, second = lines.getvalue().splitlines()
+        # The proxy's client; another peer's header is ignored.
+        self.assertEqual(first.split(" ")[:2], ['"203.0.113.9"', "-"], first)
+        self.assertEqual(second.split(" ")[:2], ['"198.51.100.7"', "-"], second)

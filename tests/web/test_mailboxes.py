@@ -321,7 +321,7 @@ class WebMailboxesTests(ServedWebMixin, StoreFixtureMixin):
     @defer.inlineCallbacks
     def test_store_to_is_chosen_from_the_folders_and_projects_by_name_and_owner(self):
         sync = self.store.run_sync
-        launch = sync(q.add_context, "project", "Launch", "carol")
+        launch = sync(q.add_context, "project", "Launch", "bob")
         archive = sync(q.add_context, "folder", "archive", "bob")
         offers = sync(q.add_context, "folder", "Offers")
         browser = yield self.logged_in()
@@ -332,23 +332,51 @@ class WebMailboxesTests(ServedWebMixin, StoreFixtureMixin):
                 ("todo", "To Do of bob", True),
                 (str(archive.id), "archive (owner bob)", False),
                 (str(offers.id), "Offers (no owner)", False),
-                (str(launch.id), "Launch (owner carol)", False),
+                (str(launch.id), "Launch (owner bob)", False),
             ],
         )
         # The filter box (shown by the script) and the words it matches: name and owner.
         self.assertIn('id="store_to_filter"', page.text)
-        self.assertIn(f'<option value="{launch.id}" data-text="launch carol"', page.text)
+        self.assertIn(f'<option value="{launch.id}" data-text="launch bob"', page.text)
         self.assertIn('<script src="/static/mailbox.js"', page.text)
         self.assertNotIn('<input id="store_to"', page.text)
         response = yield self.act(browser, "settings", **self.settings(store_to=str(launch.id)))
         self.assertEqual(response.status, 303)
         self.assertEqual((self.box().store_to.id, self.box().store_to.name), (launch.id, "Launch"))
         page = yield browser.get(BOB)
-        self.assertIn((str(launch.id), "Launch (owner carol)", True), self.store_to_options(page))
+        self.assertIn((str(launch.id), "Launch (owner bob)", True), self.store_to_options(page))
         self.assertIn(("todo", "To Do of bob", False), self.store_to_options(page))
         script = yield browser.get("/static/mailbox.js")
         self.assertEqual(script.status, 200)
         self.assertIn("store_to_filter", script.text)
+
+    @defer.inlineCallbacks
+    def test_store_to_offers_the_owners_contexts_and_those_of_no_user_only(self):
+        sync = self.store.run_sync
+        offers = sync(q.add_context, "folder", "Offers")
+        archive = sync(q.add_context, "folder", "archive", "bob")
+        private = sync(q.add_context, "folder", "Carol's own", "carol")
+        sync(q.add_context, "folder", "Sent (carol@example.org)", "carol")
+        sync(q.add_context, "project", "Carol's plan", "carol")
+        expected = [
+            ("todo", "To Do of bob", True),
+            (str(archive.id), "archive (owner bob)", False),
+            (str(offers.id), "Offers (no owner)", False),
+        ]
+        admin = yield self.logged_in()
+        bob = yield self.logged_in("bob", "bob-secret")
+        for browser in (admin, bob):  # the mailbox owner's list, whoever looks
+            page = yield browser.get(BOB)
+            self.assertEqual(self.store_to_options(page), expected)
+        # Another user's folder by id is refused, to an administrator too.
+        for browser in (admin, bob):
+            response = yield self.act(
+                browser, "settings", **self.settings(store_to=str(private.id))
+            )
+            self.assertEqual(response.status, 400)
+            self.assertIn('id="store_to-error"', response.text)
+            self.assertIn("belongs to another user", response.text)
+            self.assertEqual(self.box().store_to.kind, "todo")
 
     @defer.inlineCallbacks
     def test_a_script_signature_is_escaped(self):

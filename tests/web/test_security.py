@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
-from atollon_mail.auth import LOGIN_LIMIT, build_authenticator
+from atollon_mail.auth import ADDRESS_LIMIT, LOGIN_LIMIT, build_authenticator
 from atollon_mail.config import parse_config
 from atollon_mail.store import queries as q
 from atollon_mail.store.domains import record_dns_check
@@ -204,6 +204,39 @@ class WebSecurityTests(ServedWebMixin, StoreFixtureMixin):
         self.clock.advance(10 * 60 + 1)
         allowed = yield browser.login("admin", "admin-secret")
         self.assertEqual(allowed.status, 303)
+
+    @defer.inlineCallbacks
+    def test_behind_the_local_proxy_one_attacker_does_not_block_everyone(self):
+        # The test's requests come from 127.0.0.1, as from a reverse proxy on the host
+        # (trusted by default): each client is the address the proxy appends. The
+        # attacker's own X-Forwarded-For (left of it) changes nothing.
+        for number in range(ADDRESS_LIMIT + 5):
+            attacker = self.browser({"X-Forwarded-For": f"10.0.0.{number}, 203.0.113.66"})
+            answer = yield attacker.login(f"guess-{number}", "wrong")
+            self.assertEqual(answer.status, 200 if number < ADDRESS_LIMIT else 429)
+        user = self.browser({"X-Forwarded-For": "198.51.100.7"})
+        allowed = yield user.login("bob", "bob-secret")
+        self.assertEqual(allowed.status, 303)
+
+    @defer.inlineCallbacks
+    def test_x_forwarded_for_from_a_peer_that_is_no_trusted_proxy_is_ignored(self):
+        config = parse_config(
+            "[appliance]\nhostname = mail.example.com\n[web]\ntrusted_proxies = 192.0.2.1\n"
+        )
+        authenticator = build_authenticator(self.store, reactor, self.workers, self.clock)
+        self.serve(
+            build_web_root(
+                self.store, config, reactor, clock=self.clock, authenticator=authenticator
+            )
+        )
+        for number in range(ADDRESS_LIMIT):
+            forged = self.browser({"X-Forwarded-For": f"203.0.113.{number}"})
+            answer = yield forged.login(f"guess-{number}", "wrong")
+            self.assertEqual(answer.status, 200)
+        # Counted by the peer (127.0.0.1), whatever the header says: blocked.
+        forged = self.browser({"X-Forwarded-For": "198.51.100.7"})
+        blocked = yield forged.login("bob", "bob-secret")
+        self.assertEqual(blocked.status, 429)
 
     @defer.inlineCallbacks
     def test_parallel_wrong_logins_then_the_right_one_are_refused(self):
