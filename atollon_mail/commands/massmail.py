@@ -96,6 +96,8 @@ def status_lines(status: CampaignStatus) -> list[str]:
         lines.append(f"not sent yet: {PROGRAM} massmail send {campaign.id}")
     elif campaign.status == "paused":
         lines.append(f"paused: {PROGRAM} massmail resume {campaign.id}")
+    if status.identity_refusal is not None:
+        lines.append(f"not sendable: {status.identity_refusal}; set another identity first")
     return lines
 
 

@@ -490,12 +490,21 @@ def _check_startable(campaign: Campaign, variants: dict[str, CampaignVariant]) -
     mailbox = Mailbox.get_by_id(campaign.mailbox_id)
     if not mailbox.active:
         raise Invalid(f"campaign {campaign.id} is sent from an inactive mailbox; activate it first")
+    _check_identity(campaign, mailbox)
+
+
+def identity_refusal(mailbox: Mailbox) -> str | None:
+    """Why the campaign's mailbox may not send as its identity now, or None."""
     refused = identities.refusal(mailbox, mailbox.identity, mailbox.identity_approved)
+    if refused is None:
+        return None
+    return f"it would be sent as {mailbox.identity}, which is refused: {refused}"
+
+
+def _check_identity(campaign: Campaign, mailbox: Mailbox) -> None:
+    refused = identity_refusal(mailbox)
     if refused is not None:
-        raise Invalid(
-            f"campaign {campaign.id} would be sent as {mailbox.identity}, which is refused: "
-            f"{refused}"
-        )
+        raise Invalid(f"campaign {campaign.id} cannot be sent: {refused}")
 
 
 def _expand_send_list(
@@ -619,6 +628,7 @@ def resume_campaign(campaign_id: int, now: datetime.datetime | None = None) -> C
     campaign = _get_campaign(campaign_id, lock=True)
     if campaign.status != "paused":
         raise Conflict(f"campaign {campaign.id} is {campaign.status}; only a paused one resumes")
+    _check_identity(campaign, Mailbox.get_by_id(campaign.mailbox_id))
     _set_status(campaign, "running", now)
     # Everything may have been delivered while it was paused.
     finish_if_done(campaign.id, now)
@@ -708,6 +718,9 @@ def _status(campaign_id: int, now: datetime.datetime) -> CampaignStatus:
     rate = _rate(campaign, now)
     remaining = sum(counts[state] for state in PENDING_STATES)
     eta = remaining / rate if rate and remaining else None
+    refused = None
+    if campaign.status in ("draft", "running", "paused"):
+        refused = identity_refusal(Mailbox.get_by_id(campaign.mailbox_id))
     return CampaignStatus(
         campaign=_campaign_record(campaign),
         counts=counts,
@@ -716,6 +729,7 @@ def _status(campaign_id: int, now: datetime.datetime) -> CampaignStatus:
         uncertain=uncertain,
         rate=rate,
         eta_seconds=eta,
+        identity_refusal=refused,
     )
 
 

@@ -502,8 +502,8 @@ class CampaignContract(StoreFixtureMixin):
         with self.assertRaises(Invalid) as raised:
             self.op(c.start_campaign, campaign_id, T0)
         self.assertIn(
-            f"campaign {campaign_id} would be sent as desk@acme.test, which is refused: "
-            "another mailbox, desk@acme.test, receives at desk@acme.test",
+            f"campaign {campaign_id} cannot be sent: it would be sent as desk@acme.test, "
+            "which is refused: another mailbox, desk@acme.test, receives at desk@acme.test",
             str(raised.exception),
         )
         self.op(m.update_mailbox, "news@acme.test", identity="news@acme.test")
