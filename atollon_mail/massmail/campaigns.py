@@ -73,7 +73,6 @@ PENDING_STATES = ("queued", "sending", "deferred")
 # The rate is measured over this many seconds before `now`.
 RATE_WINDOW_SECONDS = 60
 # What a preview puts where a recipient's own unsubscribe link will be.
-PREVIEW_UNSUBSCRIBE_URL = SAMPLE_FIELDS["unsubscribe_url"]
 
 
 # --- normalisation --------------------------------------------------------------------
@@ -459,11 +458,13 @@ def _preview(
 def preview_campaign(
     campaign_id: int,
     today: datetime.date | None = None,
-    unsubscribe_url: str = PREVIEW_UNSUBSCRIBE_URL,
+    *,
+    unsubscribe_url: str,
 ) -> list[RenderedPreview]:
     """Each variant as it will be sent, rendered for the first group member who gets it
     (with that member's own fields), or for a sample contact when nobody does; the
-    unsubscribe link is `unsubscribe_url` (see tokens.preview_unsubscribe_url)."""
+    unsubscribe link is `unsubscribe_url`, the configured one:
+    tokens.preview_unsubscribe_url(tokens.unsubscribe_base(config))."""
     campaign = _get_campaign(campaign_id)
     return _preview(campaign, today or _today(utc_now()), unsubscribe_url)
 
@@ -564,7 +565,8 @@ def start_campaign(campaign_id: int, now: datetime.datetime | None = None) -> Ca
     campaign = _get_campaign(campaign_id, lock=True)
     variants = _variants(campaign.id)
     _check_startable(campaign, variants)
-    for preview in _preview(campaign, today, PREVIEW_UNSUBSCRIBE_URL):
+    # Rendered only to check it (never shown): any link does.
+    for preview in _preview(campaign, today, SAMPLE_FIELDS["unsubscribe_url"]):
         if preview.error is not None:
             whom = f" for {preview.address}" if preview.address else ""
             raise Invalid(
