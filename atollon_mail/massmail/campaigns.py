@@ -72,7 +72,6 @@ _DETAIL_LIMIT = 4000
 PENDING_STATES = ("queued", "sending", "deferred")
 # The rate is measured over this many seconds before `now`.
 RATE_WINDOW_SECONDS = 60
-# What a preview puts where a recipient's own unsubscribe link will be.
 
 
 # --- normalisation --------------------------------------------------------------------
