@@ -199,8 +199,8 @@ class Intake:
     998 octets before it is stored (delivery.reencode; SMTP mail whenever it has a
     recipient elsewhere, even if a mailbox here also forwards it), so the stored copy, the
     Sent copy and what is signed and sent are the same bytes; with `workers` (a thread
-    pool, and `clock` the reactor) that work runs there. Forwarded mail is someone else's message
-    and goes on as it came: re-encoding it would break its author's DKIM signature.
+    pool, and `clock` the reactor) that work runs there. Forwarded mail is someone else's
+    message and goes on as it came: re-encoding it would break its author's DKIM signature.
     """
 
     def __init__(
