@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -191,13 +191,26 @@ class RefusalTimingTests(unittest.TestCase):
         # Each one holds a descriptor for a moment: past a few dozen, close at once.
         listener = Listener(total=1, per_client=1, wait_for_head=True)
         listener.connect("198.51.100.1")
-        waiting = [listener.connect("198.51.100.2")[0] for _ in range(MAX_PENDING_REFUSALS)]
+        waiting = [listener.connect("198.51.100.2") for _ in range(MAX_PENDING_REFUSALS)]
         address = IPv4Address("TCP", "198.51.100.2", 40000)
         self.assertIsNone(listener.factory.buildProtocol(address))
-        waiting[0].connectionLost(Failure(ConnectionDone()))
-        self.assertIsNotNone(listener.factory.buildProtocol(address))
-        listener.clock.advance(REFUSAL_GRACE)
-        self.assertEqual(listener.factory.pending_refusals, MAX_PENDING_REFUSALS - 1)
+        # One that goes frees its slot for the next refusal, which takes it.
+        listener.lose(waiting.pop(0)[0])
+        waiting.append(listener.connect("198.51.100.2"))
+        self.assertEqual(listener.factory.pending_refusals, MAX_PENDING_REFUSALS)
+        self.assertIsNone(listener.factory.buildProtocol(address))
+        # None goes by itself: each is cut after REFUSAL_GRACE, and as the reactor then
+        # tells it that its connection is lost, the slots free up.
+        listener.clock.advance(REFUSAL_GRACE - 0.1)
+        self.assertFalse(any(transport.aborted for _, transport in waiting))
+        listener.clock.advance(0.1)
+        for protocol, transport in waiting:
+            self.assertTrue(transport.aborted)
+            protocol.connectionLost(Failure(ConnectionAborted()))
+        self.assertEqual(listener.factory.pending_refusals, 0)
+        _, transport = listener.connect("198.51.100.2")
+        listener.clock.advance(HEAD_WAIT)
+        self.assertEqual(transport.value(), b"no: total\r\n")
 
     def test_http_refusal_answers_a_silent_client_after_a_moment(self):
         listener = Listener(total=1, per_client=1, wait_for_head=True)

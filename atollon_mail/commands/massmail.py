@@ -24,7 +24,11 @@ from atollon_mail.config import default_config_path, load_config
 from atollon_mail.massmail import campaigns
 from atollon_mail.massmail.records import CampaignRecord, CampaignStatus
 from atollon_mail.massmail.templates import MERGE_FIELDS
-from atollon_mail.massmail.tokens import preview_unsubscribe_url, unsubscribe_base
+from atollon_mail.massmail.tokens import (
+    preview_unsubscribe_url,
+    unsubscribe_base,
+    unsubscribe_url,
+)
 from atollon_mail.store.models import RECIPIENT_STATES, SUPPRESSION_REASONS, utc_now
 
 BAR_WIDTH = 20
@@ -88,6 +92,8 @@ def status_lines(status: CampaignStatus) -> list[str]:
         lines.append(f"not sent yet: {PROGRAM} massmail send {campaign.id}")
     elif campaign.status == "paused":
         lines.append(f"paused: {PROGRAM} massmail resume {campaign.id}")
+    if status.identity_refusal is not None:
+        lines.append(f"not sendable: {status.identity_refusal}; set another identity first")
     return lines
 
 
@@ -200,7 +206,7 @@ def _preview(store, args) -> None:
         if config.massmail.unsubscribe_url
         else "https:// and [appliance] hostname; set [massmail] unsubscribe_url to change it"
     )
-    out(f"unsubscribe links: {base}/unsubscribe/... ({source} in {config.path})")
+    out(f"unsubscribe links: {unsubscribe_url(base, '...')} ({source} in {config.path})")
     out()
     failed = []
     for number, preview in enumerate(previews):

@@ -199,10 +199,11 @@ class Intake:
     original sender's address, which the SMTP server queues like any remote recipient.
 
     Mail submitted here (by users, relay hosts, the web client) has its lines fitted to
-    998 octets before it is stored (delivery.reencode), so the stored copy, the Sent copy
-    and what is signed and sent are the same bytes; with `workers` (a thread pool, and
-    `clock` the reactor) that work runs there. Forwarded mail is someone else's message
-    and goes on as it came: re-encoding it would break its author's DKIM signature.
+    998 octets before it is stored (delivery.reencode; SMTP mail whenever it has a
+    recipient elsewhere, even if a mailbox here also forwards it), so the stored copy, the
+    Sent copy and what is signed and sent are the same bytes; with `workers` (a thread
+    pool, and `clock` the reactor) that work runs there. Forwarded mail is someone else's
+    message and goes on as it came: re-encoding it would break its author's DKIM signature.
     """
 
     def __init__(
@@ -311,6 +312,23 @@ class Intake:
     ) -> Deferred:
         local = tuple(r for r in recipients if isinstance(r, Recipient))
         remote = tuple(r for r in recipients if not isinstance(r, Recipient))
+        if remote:
+            # Recipients elsewhere come from a relay host (or are the sender of a bounce
+            # to our SRS address): the message leaves from here, so its lines are fitted
+            # first, as submitted mail's are; what cannot be fitted is refused (5.6.3).
+            fitted = self._in_workers(fit_line_length, raw)
+            fitted.addCallback(lambda raw: self._route(envelope_sender, local, remote, raw))
+            return fitted
+        return self._route(envelope_sender, local, remote, raw)
+
+    def _in_workers(self, function, *args) -> Deferred:
+        if self._workers is not None and self._clock is not None:
+            return deferToThreadPool(self._clock, self._workers, function, *args)
+        return maybeDeferred(function, *args)
+
+    def _route(
+        self, envelope_sender: str, local: tuple[Recipient, ...], remote: tuple, raw: bytes
+    ) -> Deferred:
         if any(recipient.forwards for recipient in local):
             planned = self._store.run(forwarding.expand_forwarding, local)
             planned.addCallback(self._forward, envelope_sender, remote, raw)
@@ -392,7 +410,8 @@ class Intake:
             if self.filed_listeners:
                 stored.addCallback(self._filed, envelope_sender, local, raw)
             return stored
-        return self.submit(
+        # Fitted already by accept().
+        return self._submit_fitted(
             OutgoingMessage(
                 envelope_sender=envelope_sender,
                 raw=raw,
@@ -411,10 +430,7 @@ class Intake:
         expanded first, as for received mail. The store files any "remote" address that
         is in fact here (queries.route_addresses), so only mail for other domains is
         queued."""
-        if self._workers is not None and self._clock is not None:
-            fitted = deferToThreadPool(self._clock, self._workers, _fitted, outgoing)
-        else:
-            fitted = maybeDeferred(_fitted, outgoing)
+        fitted = self._in_workers(_fitted, outgoing)
         fitted.addCallback(self._submit_fitted)
         return fitted
 

@@ -72,8 +72,6 @@ _DETAIL_LIMIT = 4000
 PENDING_STATES = ("queued", "sending", "deferred")
 # The rate is measured over this many seconds before `now`.
 RATE_WINDOW_SECONDS = 60
-# What a preview puts where a recipient's own unsubscribe link will be.
-PREVIEW_UNSUBSCRIBE_URL = SAMPLE_FIELDS["unsubscribe_url"]
 
 
 # --- normalisation --------------------------------------------------------------------
@@ -459,11 +457,13 @@ def _preview(
 def preview_campaign(
     campaign_id: int,
     today: datetime.date | None = None,
-    unsubscribe_url: str = PREVIEW_UNSUBSCRIBE_URL,
+    *,
+    unsubscribe_url: str,
 ) -> list[RenderedPreview]:
     """Each variant as it will be sent, rendered for the first group member who gets it
     (with that member's own fields), or for a sample contact when nobody does; the
-    unsubscribe link is `unsubscribe_url` (see tokens.preview_unsubscribe_url)."""
+    unsubscribe link is `unsubscribe_url`, the configured one:
+    tokens.preview_unsubscribe_url(tokens.unsubscribe_base(config))."""
     campaign = _get_campaign(campaign_id)
     return _preview(campaign, today or _today(utc_now()), unsubscribe_url)
 
@@ -490,12 +490,21 @@ def _check_startable(campaign: Campaign, variants: dict[str, CampaignVariant]) -
     mailbox = Mailbox.get_by_id(campaign.mailbox_id)
     if not mailbox.active:
         raise Invalid(f"campaign {campaign.id} is sent from an inactive mailbox; activate it first")
+    _check_identity(campaign, mailbox)
+
+
+def identity_refusal(mailbox: Mailbox) -> str | None:
+    """Why the campaign's mailbox may not send as its identity now, or None."""
     refused = identities.refusal(mailbox, mailbox.identity, mailbox.identity_approved)
+    if refused is None:
+        return None
+    return f"it would be sent as {mailbox.identity}, which is refused: {refused}"
+
+
+def _check_identity(campaign: Campaign, mailbox: Mailbox) -> None:
+    refused = identity_refusal(mailbox)
     if refused is not None:
-        raise Invalid(
-            f"campaign {campaign.id} would be sent as {mailbox.identity}, which is refused: "
-            f"{refused}"
-        )
+        raise Invalid(f"campaign {campaign.id} cannot be sent: {refused}")
 
 
 def _expand_send_list(
@@ -555,7 +564,8 @@ def start_campaign(campaign_id: int, now: datetime.datetime | None = None) -> Ca
     campaign = _get_campaign(campaign_id, lock=True)
     variants = _variants(campaign.id)
     _check_startable(campaign, variants)
-    for preview in _preview(campaign, today, PREVIEW_UNSUBSCRIBE_URL):
+    # Rendered only to check it (never shown): any link does.
+    for preview in _preview(campaign, today, SAMPLE_FIELDS["unsubscribe_url"]):
         if preview.error is not None:
             whom = f" for {preview.address}" if preview.address else ""
             raise Invalid(
@@ -619,6 +629,7 @@ def resume_campaign(campaign_id: int, now: datetime.datetime | None = None) -> C
     campaign = _get_campaign(campaign_id, lock=True)
     if campaign.status != "paused":
         raise Conflict(f"campaign {campaign.id} is {campaign.status}; only a paused one resumes")
+    _check_identity(campaign, Mailbox.get_by_id(campaign.mailbox_id))
     _set_status(campaign, "running", now)
     # Everything may have been delivered while it was paused.
     finish_if_done(campaign.id, now)
@@ -708,6 +719,9 @@ def _status(campaign_id: int, now: datetime.datetime) -> CampaignStatus:
     rate = _rate(campaign, now)
     remaining = sum(counts[state] for state in PENDING_STATES)
     eta = remaining / rate if rate and remaining else None
+    refused = None
+    if campaign.status in ("draft", "running", "paused"):
+        refused = identity_refusal(Mailbox.get_by_id(campaign.mailbox_id))
     return CampaignStatus(
         campaign=_campaign_record(campaign),
         counts=counts,
@@ -716,6 +730,7 @@ def _status(campaign_id: int, now: datetime.datetime) -> CampaignStatus:
         uncertain=uncertain,
         rate=rate,
         eta_seconds=eta,
+        identity_refusal=refused,
     )
 
 

@@ -42,6 +42,9 @@ class CampaignStatus:
     uncertain: int  # recipients that may have got two copies (in flight at a kill)
     rate: float | None  # messages finished per second over the last minute; None: unknown
     eta_seconds: float | None  # None while the rate is unknown or nothing is left
+    # Why its mailbox may not send as the identity now (one line); a running campaign is
+    # paused at its next handoff for it. None: it may.
+    identity_refusal: str | None = None
 
 
 @attrs.frozen

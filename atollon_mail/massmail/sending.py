@@ -12,12 +12,20 @@ SMTP.
 from __future__ import annotations
 
 import datetime
+import email.utils
 from collections.abc import Sequence
 
 import attrs
 
+from atollon_mail.store import identities
 from atollon_mail.store.errors import Invalid, NotFound
-from atollon_mail.store.models import Campaign, CampaignRecipient, Message, database_proxy
+from atollon_mail.store.models import (
+    Campaign,
+    CampaignRecipient,
+    Mailbox,
+    Message,
+    database_proxy,
+)
 from atollon_mail.store.queries import (
     SEEN_FLAG,
     Routed,
@@ -197,6 +205,8 @@ def commit_handoff(
     ).first()
     if campaign is None or campaign.status != "running" or not messages:
         return 0
+    if not _may_send_as(campaign_id, campaign.mailbox_id, messages, now):
+        return 0
     param = database_proxy.param
     # The rows are claimed first, by one statement that only takes rows still queued: a
     # row suppressed, taken back or handed over meanwhile is left alone.
@@ -261,6 +271,24 @@ def commit_handoff(
     if refused:
         _refuse_rows(refused, now)
     return handed
+
+
+def _may_send_as(
+    campaign_id: int, mailbox_id: int, messages: Sequence[CampaignMessage], now
+) -> bool:
+    """Whether the batch may go as it was built: sent as the mailbox's identity now, and
+    the sending rule allows that identity now (once per batch, under the campaign's lock).
+
+    An identity refused now (since the start it became another mailbox's address, alias
+    or identity) pauses the campaign here; its status says why. A batch built just before
+    the identity changed is not handed over; its rows stay queued for the next one."""
+    mailbox = Mailbox.get_by_id(mailbox_id)
+    if identities.refusal(mailbox, mailbox.identity, mailbox.identity_approved) is not None:
+        take_back(campaign_id, now)
+        Campaign.update(status="paused", updated_at=now).where(Campaign.id == campaign_id).execute()
+        return False
+    built_as = {email.utils.parseaddr(message.from_header)[1].lower() for message in messages}
+    return built_as == {mailbox.identity.lower()}
 
 
 def _outgoing(message: CampaignMessage) -> OutgoingMessage:

@@ -13,6 +13,8 @@ import functools
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 
+from atollon_mail.massmail.tokens import preview_unsubscribe_url
+
 # The merge fields a variant may use, with what each holds (shown in help and the web).
 MERGE_FIELDS = {
     "first_name": "the contact's first name",
@@ -24,7 +26,8 @@ MERGE_FIELDS = {
     "unsubscribe_url": "the recipient's own one-click unsubscribe page",
 }
 
-# What a preview renders with when the group has nobody in a language.
+# What a preview renders with when the group has nobody in a language (its unsubscribe
+# link then is the caller's, from the configuration; this one only checks variants).
 SAMPLE_FIELDS = {
     "first_name": "Jana",
     "last_name": "Nováková",
@@ -32,7 +35,7 @@ SAMPLE_FIELDS = {
     "email": "jana.novakova@example.com",
     "language": "cs",
     "company": "Example Ltd",
-    "unsubscribe_url": "https://mail.example.com/unsubscribe/SAMPLE",
+    "unsubscribe_url": preview_unsubscribe_url("https://mail.example.com"),
 }
 
 

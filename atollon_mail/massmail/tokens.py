@@ -27,9 +27,15 @@ def unsubscribe_base(config) -> str:
     return config.massmail.unsubscribe_url or f"https://{config.appliance.hostname}"
 
 
+def unsubscribe_url(base: str, token: str) -> str:
+    """The one-click unsubscribe link of `token` under `base` (see unsubscribe_base): the
+    one place its path is written."""
+    return f"{base}/unsubscribe/{token}"
+
+
 def preview_unsubscribe_url(base: str) -> str:
     """What a preview shows where each recipient's own link will be."""
-    return f"{base}/unsubscribe/SAMPLE"
+    return unsubscribe_url(base, "SAMPLE")
 
 
 class BadToken(ValueError):
@@ -65,7 +71,7 @@ class RecipientTokens:
     def unsubscribe_targets(self, recipient_id: int, domain: str, base_url: str) -> tuple[str, str]:
         """(the https link, the mailto address) that unsubscribe the row."""
         token = self.make("unsubscribe", recipient_id)
-        return f"{base_url}/unsubscribe/{token}", f"{UNSUBSCRIBE_PREFIX}{token}@{domain}"
+        return unsubscribe_url(base_url, token), f"{UNSUBSCRIBE_PREFIX}{token}@{domain}"
 
     def read_local_part(self, local_part: str) -> tuple[str, int] | None:
         """("bounce" | "unsubscribe", row id) for one of our addresses' local parts, None

@@ -164,6 +164,7 @@ class SMTPServerProtocol(Protocol):
         self._greet_call: Any = None
         self._idle_call: Any = None
         self._deadline = 0.0  # when the client's current command (or data) is overdue
+        self._wait_deadline = 0.0  # when our own pending reply (store, policy) is overdue
         self.idle_timeout = self.settings.idle_timeout  # stress_idle_timeout under stress
         self._in_data = False
         self._reset_data()
@@ -238,13 +239,22 @@ class SMTPServerProtocol(Protocol):
             return
         # The deadline moves only with a whole command line (and our reply), or as message
         # data arrives at MIN_DATA_RATE: bytes trickled one at a time do not move it. The
-        # one timer re-arms itself for the remainder.
-        remaining = self._deadline - self.clock.seconds()
+        # one timer re-arms itself for the remainder. While a reply is pending on our side
+        # the client is not silent: only the bound on our own wait applies.
+        deadline = self._wait_deadline if self._waiting else self._deadline
+        remaining = deadline - self.clock.seconds()
         if remaining > 0:
             self._idle_call = self.clock.callLater(remaining, self._idle_check)
             return
         self.send_reply(Reply(421, "4.4.2", f"{self.hostname} Error: timeout exceeded"))
         self.close()
+
+    def _restart_idle_timer(self) -> None:
+        """The client's silence starts now: its deadline is idle_timeout from now."""
+        self._deadline = self.clock.seconds() + self.idle_timeout
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+            self._idle_call = self.clock.callLater(self.idle_timeout, self._idle_check)
 
     def under_stress(self) -> None:
         """The listener is full: from now on this session has stress_idle_timeout for
@@ -472,6 +482,9 @@ class SMTPServerProtocol(Protocol):
 
     def _wait_for(self, deferred: Deferred) -> None:
         self._waiting = True
+        # A stuck store still frees the session, after the configured idle_timeout: never
+        # the short one under stress, which is for silent clients.
+        self._wait_deadline = self.clock.seconds() + self.settings.idle_timeout
         deferred.addErrback(self._pending_failed)
         deferred.addCallback(self._pending_done)
         deferred.addErrback(self._internal_error)
@@ -484,6 +497,7 @@ class SMTPServerProtocol(Protocol):
         if self._closing:
             return  # late answer for a session that is gone: nothing to write to
         self._waiting = False
+        self._restart_idle_timer()
         if reply is not None:
             self.send_reply(reply)
         if self._overflow and not self._closing:

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import peewee
 
+from atollon_mail.store import identities
 from atollon_mail.store.errors import Invalid
 from atollon_mail.store.models import (
     Alias,
@@ -205,12 +206,12 @@ def responding_mailbox_ids() -> frozenset[int]:
 # --- replying ---------------------------------------------------------------------------
 
 
-def _own_addresses(mailbox: Mailbox) -> frozenset[str]:
-    """Every address the mailbox answers to or sends as, lowercased."""
+def _own_addresses(mailbox: Mailbox, identity: str) -> frozenset[str]:
+    """Every address the mailbox answers to or sends as (`identity`), lowercased."""
     domain = mailbox.domain.name
     aliases = Alias.select(Alias.name).where(Alias.mailbox == mailbox.id).tuples()
     return frozenset(
-        [f"{mailbox.local_part}@{domain}", mailbox.identity.lower()]
+        [f"{mailbox.local_part}@{domain}", identity.lower()]
         + [f"{name}@{domain}" for (name,) in aliases]
     )
 
@@ -253,7 +254,10 @@ def claim_autoreply(
     mailbox = Mailbox.select(Mailbox, Domain).join(Domain).where(Mailbox.id == mailbox_id).first()
     if mailbox is None or not mailbox.active:
         return None
-    own = _own_addresses(mailbox)
+    # An identity the rule refuses now (stored before it, or since become another
+    # mailbox's) is not used: the reply comes from the mailbox's own address.
+    identity = identities.sendable(mailbox)
+    own = _own_addresses(mailbox, identity)
     if _is_own(correspondent, own):
         return None
     if addressed_to is not None and not any(_is_own(a, own) for a in addressed_to):
@@ -275,7 +279,7 @@ def claim_autoreply(
     return AutoreplyPlan(
         mailbox_id=mailbox_id,
         mailbox_address=_address(mailbox),
-        identity=mailbox.identity,
+        identity=identity,
         correspondent=correspondent,
         subject=responder.subject,
         body=responder.body,

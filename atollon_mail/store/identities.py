@@ -102,6 +102,14 @@ def refusal(mailbox: Mailbox, identity: str, approved: bool) -> str | None:
     return holder(mailbox, identity)
 
 
+def sendable(mailbox: Mailbox) -> str:
+    """What the mailbox sends as on its own (auto-replies): its stored identity when the
+    rule allows it now, else its own address, which it always may."""
+    if refusal(mailbox, mailbox.identity, mailbox.identity_approved) is None:
+        return mailbox.identity
+    return _address(mailbox)
+
+
 def approve(mailbox: Mailbox, identity: str, admin: bool) -> bool:
     """Check `identity` as the mailbox's new identity, set by an administrator or not.
 

@@ -158,7 +158,9 @@ def _identity_changes(mailbox: Mailbox, identity: str, actor: str | None) -> dic
         # it, and whether an administrator approved it, stays as it is.
         return {"identity": identity}
     admin = identities.is_admin(actor)
-    if mailbox.identity_approved and not admin:
+    own = [address.lower() for address in identities.own_identities(mailbox)]
+    if mailbox.identity_approved and not admin and identity.lower() not in own:
+        # Back to one of its own identities the owner may always go (the approval goes).
         raise IdentityRefused(
             f"an administrator set {mailbox.identity} as the identity of {_address(mailbox)}; "
             "ask an administrator to change it"

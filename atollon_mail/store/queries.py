@@ -979,6 +979,11 @@ def route_addresses(addresses: Sequence[str], ours: frozenset[str] | None = None
     our domains is filed at once and never reaches the queue, however the producer came
     by it. `ours`: the names of our domains (`domain_names()`), read once per batch by a
     caller routing many messages; only addresses in them cost a lookup.
+
+    A limit for now: the local recipients found here are filed as they are. Their
+    forwarding is not expanded (the intake expands only those the producer named), and
+    filing listeners (the auto-responder) hear of them only through the intake, so never
+    for campaign rows.
     """
     candidates = _remote_recipients(addresses)
     if ours is None and candidates:

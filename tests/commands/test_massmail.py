@@ -391,6 +391,18 @@ class MassmailCommandTests(ConfiguredCli):
             ],
         )
 
+    def test_status_says_why_the_identity_is_refused(self):
+        self.ok("mailbox", "set", "news@acme.com", "--identity", "desk@acme.com")
+        campaign_id = self.started(T0)
+        # The identity has since become another mailbox's address.
+        self.ok("mailbox", "add", "desk@acme.com", "--owner", "joe")
+        lines = self.ok("massmail", "status", str(campaign_id)).lines
+        self.assertEqual(
+            lines[-1],
+            "not sendable: it would be sent as desk@acme.com, which is refused: another "
+            "mailbox, desk@acme.com, receives at desk@acme.com; set another identity first",
+        )
+
     def finish(self, campaign_id: int) -> None:
         self.store_op(set_rows, campaign_id, addresses(0, 20), state="sent", sent_at=utc_now())
         self.assertTrue(self.store_op(campaigns.finish_if_done, campaign_id))

@@ -13,7 +13,7 @@ from atollon_mail.delivery import reencode
 from atollon_mail.delivery.intake import Intake, summarize_headers
 from atollon_mail.delivery.reencode import MAX_LINE, UnencodableMessage, fit_line_length
 from atollon_mail.passwords import hash_password
-from atollon_mail.store import queries
+from atollon_mail.store import forwarding, queries
 from atollon_mail.store.records import OutgoingMessage
 from tests.smtp.fakes import Session, make_settings
 from tests.support import SqliteStoreMixin, StoreFixtureMixin
@@ -246,10 +246,13 @@ class IntakeTests(SqliteStoreMixin, StoreFixtureMixin, unittest.TestCase):
 class SmtpReplyTests(SqliteStoreMixin, StoreFixtureMixin, unittest.TestCase):
     """What a relay host is told at the end of DATA, through the real intake and store."""
 
+    recipients = (b"bob@remote.test",)
+
     @defer.inlineCallbacks
     def setUp(self):
         self.store = self.make_store()
         self.store.run_sync(queries.add_domain, "acme.test")
+        self.prepare()
         self.session = Session(
             intake=Intake(self.store),
             settings=make_settings(relay_networks=("192.0.2.0/24",)),
@@ -257,10 +260,14 @@ class SmtpReplyTests(SqliteStoreMixin, StoreFixtureMixin, unittest.TestCase):
         )
         self.session.ehlo()
         self.session.command("MAIL FROM:<app@acme.test>")
-        # The real intake looks the domain up in the store: the reply comes later.
-        reply = yield self.reply_to(b"RCPT TO:<bob@remote.test>\r\n")
-        self.assertEqual(reply, "250 2.1.5 Ok\r\n")
+        for recipient in self.recipients:
+            # The real intake looks the domain up in the store: the reply comes later.
+            reply = yield self.reply_to(b"RCPT TO:<" + recipient + b">\r\n")
+            self.assertEqual(reply, "250 2.1.5 Ok\r\n")
         self.assertEqual(self.session.command("DATA")[0][:3], "354")
+
+    def prepare(self):
+        """Hook: more to set up in the store before the session starts."""
 
     @defer.inlineCallbacks
     def reply_to(self, data: bytes) -> defer.Deferred:
@@ -278,10 +285,12 @@ class SmtpReplyTests(SqliteStoreMixin, StoreFixtureMixin, unittest.TestCase):
     def test_re_encoded_and_accepted(self):
         reply = yield self.reply_to(SEVEN_BIT + b".\r\n")
         self.assertTrue(reply.startswith("250 2.0.0"), reply)
-        [entry] = yield self.store.run(queries.queue_list, None, 10)
-        detail = yield self.store.run(queries.queue_show, entry.queue_message_id)
-        stored = yield self.store.run(queries.message_raw, detail.message_id)
-        self.assertLessEqual(longest_line(stored), 998)
+        entries = yield self.store.run(queries.queue_list, None, 10)
+        self.assertEqual(len(entries), len(self.recipients))
+        for entry in entries:  # one per address elsewhere (a forward address for jane@)
+            detail = yield self.store.run(queries.queue_show, entry.queue_message_id)
+            stored = yield self.store.run(queries.message_raw, detail.message_id)
+            self.assertLessEqual(longest_line(stored), 998)
 
     @defer.inlineCallbacks
     def test_unencodable_is_refused_with_5_6_3(self):
@@ -290,3 +299,23 @@ class SmtpReplyTests(SqliteStoreMixin, StoreFixtureMixin, unittest.TestCase):
         self.assertIn("multipart/signed", reply)
         self.assertEqual(reply.count("\r\n"), 1, "one line")
         self.assertEqual((yield self.store.run(queries.queue_list, None, 10)), [])
+
+
+class RelayWithForwardingTests(SmtpReplyTests):
+    """A relay host's message for an address elsewhere and for a mailbox here that
+    forwards: it leaves from here as well, so it is fitted (or refused) the same."""
+
+    recipients = (b"bob@remote.test", b"jane@acme.test")
+
+    def prepare(self):
+        self.store.run_sync(queries.add_user, "jane", hash_password("pw"))
+        self.store.run_sync(queries.add_mailbox, "jane@acme.test", "jane")
+        self.store.run_sync(forwarding.add_forward_target, "jane@acme.test", "jane@elsewhere.test")
+        self.store.run_sync(forwarding.set_forwarding, "jane@acme.test", True, True)
+
+    @defer.inlineCallbacks
+    def test_re_encoded_and_accepted(self):
+        yield super().test_re_encoded_and_accepted()
+        [filing] = yield self.store.run(queries.list_filings, "jane@acme.test", 10)
+        kept = yield self.store.run(queries.message_raw, filing.message.id)
+        self.assertEqual(parsed(kept)["Content-Transfer-Encoding"], "quoted-printable")

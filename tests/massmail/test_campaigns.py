@@ -14,6 +14,7 @@ from twisted.trial import unittest
 from atollon_mail.massmail import campaigns as c
 from atollon_mail.massmail.records import RenderedPreview, VariantRecord
 from atollon_mail.massmail.templates import SAMPLE_FIELDS
+from atollon_mail.massmail.tokens import preview_unsubscribe_url
 from atollon_mail.passwords import hash_password
 from atollon_mail.store import mailboxes as m
 from atollon_mail.store import queries as q
@@ -34,6 +35,7 @@ from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixi
 
 T0 = datetime.datetime(2030, 1, 1, 12, 0, 0)
 TODAY = T0.date()
+PREVIEW_URL = preview_unsubscribe_url("https://news.acme.test")
 
 EN_SUBJECT = "News for {{ first_name }}"
 EN_BODY = "Dear {{ name }} of {{ company }},\nbye: {{ unsubscribe_url }}\n"
@@ -152,6 +154,9 @@ class CampaignContract(StoreFixtureMixin):
 
     def op(self, operation, *args, **kwargs):
         return self.store.run_sync(operation, *args, **kwargs)
+
+    def preview(self, campaign_id: int):
+        return self.op(c.preview_campaign, campaign_id, unsubscribe_url=PREVIEW_URL)
 
     def person(self, email, language="", first_name="", last_name="", **more) -> int:
         return self.op(add_contact, self.org, email, language, first_name, last_name, **more)
@@ -333,7 +338,7 @@ class CampaignContract(StoreFixtureMixin):
             cs=("Zprávy pro {{ first_name }}", "{{ company }} / {{ language }}"),
             fr=("Nouvelles", "{{ first_name }} {{ email }}"),
         )
-        previews = self.op(c.preview_campaign, campaign_id, TODAY)
+        previews = self.op(c.preview_campaign, campaign_id, TODAY, unsubscribe_url=PREVIEW_URL)
         self.assertEqual([preview.language for preview in previews], ["cs", "en", "fr"])
         cs, en, fr = previews
         self.assertEqual(
@@ -353,17 +358,25 @@ class CampaignContract(StoreFixtureMixin):
         # primary.
         self.assertEqual((en.contact_id, en.address, en.recipients), (self.bob, "bob@x.test", 3))
         self.assertEqual(en.subject, "News for Bob")
-        unsubscribe = SAMPLE_FIELDS["unsubscribe_url"]
-        self.assertEqual(en.body, f"Dear Bob Brown of ,\nbye: {unsubscribe}\n")
+        self.assertEqual(en.body, f"Dear Bob Brown of ,\nbye: {PREVIEW_URL}\n")
         # Nobody gets fr: rendered with the sample contact.
         self.assertEqual(
             (fr.contact_id, fr.address, fr.recipients, fr.error), (None, None, 0, None)
         )
         self.assertEqual(fr.body, f"{SAMPLE_FIELDS['first_name']} {SAMPLE_FIELDS['email']}")
 
+    def test_preview_links_are_the_configured_ones(self):
+        campaign_id = self.campaign(en=(EN_SUBJECT, EN_BODY), fr=("Nouvelles", EN_BODY))
+        en, fr = self.preview(campaign_id)
+        # The sample contact's (fr) and a member's (en) link alike, from the caller's base.
+        for preview in (en, fr):
+            self.assertTrue(preview.body.endswith(f"bye: {PREVIEW_URL}\n"), preview.body)
+        # No link of its own: a caller that forgets the configured one is told at once.
+        self.assertRaises(TypeError, self.op, c.preview_campaign, campaign_id)
+
     def test_preview_without_a_fallback_variant(self):
         campaign_id = self.campaign(cs=("Ahoj", "Tělo"))
-        cs, en = self.op(c.preview_campaign, campaign_id)
+        cs, en = self.preview(campaign_id)
         self.assertIsNone(cs.error)
         self.assertEqual((en.language, en.recipients, en.subject, en.body), ("en", 3, None, None))
         self.assertIn("no variant in the fallback language en", en.error)
@@ -381,7 +394,7 @@ class CampaignContract(StoreFixtureMixin):
             )
 
         self.op(old_variant)
-        cs, en = self.op(c.preview_campaign, campaign_id)
+        cs, en = self.preview(campaign_id)
         self.assertEqual((cs.subject, cs.body), (None, None))
         self.assertIn("'nickname' is undefined", cs.error)
         self.assertIsNone(en.error)
@@ -398,9 +411,7 @@ class CampaignContract(StoreFixtureMixin):
         campaign_id = self.campaign(
             group=group, en=("Hi {{ first_name[0] }}.", "Body"), cs=("Ahoj", "Tělo")
         )
-        previews = {
-            preview.language: preview for preview in self.op(c.preview_campaign, campaign_id)
-        }
+        previews = {preview.language: preview for preview in self.preview(campaign_id)}
         self.assertIsNone(previews["cs"].error)
         self.assertIsNone(previews["en"].error, "bob comes first and has a first name")
         # Once the first member in English is the company, the preview shows the problem.
@@ -411,9 +422,7 @@ class CampaignContract(StoreFixtureMixin):
                 .execute()
             )
         )
-        previews = {
-            preview.language: preview for preview in self.op(c.preview_campaign, campaign_id)
-        }
+        previews = {preview.language: preview for preview in self.preview(campaign_id)}
         self.assertIn("subject", previews["en"].error)
         self.assertEqual(previews["en"].address, "hq@globex.test")
         with self.assertRaises(Invalid) as raised:
@@ -502,8 +511,8 @@ class CampaignContract(StoreFixtureMixin):
         with self.assertRaises(Invalid) as raised:
             self.op(c.start_campaign, campaign_id, T0)
         self.assertIn(
-            f"campaign {campaign_id} would be sent as desk@acme.test, which is refused: "
-            "another mailbox, desk@acme.test, receives at desk@acme.test",
+            f"campaign {campaign_id} cannot be sent: it would be sent as desk@acme.test, "
+            "which is refused: another mailbox, desk@acme.test, receives at desk@acme.test",
             str(raised.exception),
         )
         self.op(m.update_mailbox, "news@acme.test", identity="news@acme.test")

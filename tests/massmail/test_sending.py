@@ -22,6 +22,7 @@ from atollon_mail.massmail.sender import MassMailSender
 from atollon_mail.massmail.tokens import RecipientTokens
 from atollon_mail.passwords import hash_password
 from atollon_mail.store import queries
+from atollon_mail.store.errors import Invalid
 from atollon_mail.store.models import (
     CampaignRecipient,
     Contact,
@@ -527,6 +528,57 @@ class SendingTests(StoreFixtureMixin):
         self.assertEqual(handed[-1], 3)
         self.assertTrue(all(b - a <= 1 for a, b in zip(handed, handed[1:], strict=False)))
         self.assertLessEqual(handed[0], 2)
+
+    @defer.inlineCallbacks
+    def test_a_running_campaign_pauses_when_its_identity_becomes_another_mailboxs(self):
+        from atollon_mail.store import mailboxes
+
+        self.store.run_sync(mailboxes.update_mailbox, "news@acme.test", identity="info@acme.test")
+        campaign_id = self.make_campaign()
+        self.sender = self.make_sender(rate=1.0)
+        self.start_all(campaign_id, self.sender)
+        yield self.run_until(
+            lambda: (
+                CampaignRecipient.select().where(CampaignRecipient.state == "queued").count() < 3
+            )
+        )
+        # Paced, it is still sending when info@ becomes another mailbox's address.
+        self.store.run_sync(queries.add_mailbox, "info@acme.test", "jane")
+        yield self.run_until(lambda: self.campaign_status_now(campaign_id) == "paused", step=0.5)
+        for _ in range(10):
+            self.clock.advance(1.0)
+            yield task.deferLater(_reactor(), 0.01, lambda: None)
+        # What was still waiting in the delivery queue was taken back; nothing more went.
+        self.assertEqual({state for state, *_ in self.rows(campaign_id).values()}, {"queued"})
+        self.assertEqual(self.store.run_sync(lambda: QueueRecipient.select().count()), 0)
+        status = self.store.run_sync(campaigns.campaign_status, campaign_id, self.now())
+        self.assertEqual(status.campaign.status, "paused")
+        self.assertEqual(
+            status.identity_refusal,
+            "it would be sent as info@acme.test, which is refused: another mailbox, "
+            "info@acme.test, receives at info@acme.test",
+        )
+        self.assertRaises(
+            Invalid, self.store.run_sync, campaigns.resume_campaign, campaign_id, self.now()
+        )
+
+    def test_a_batch_built_as_a_former_identity_is_not_handed_over(self):
+        from atollon_mail.massmail.compose import build_message
+        from atollon_mail.store import mailboxes
+
+        campaign_id = self.make_campaign()
+        self.store.run_sync(campaigns.start_campaign, campaign_id, self.now())
+        found = self.store.run_sync(sending.handoff_batch, campaign_id, 10, 10, self.now().date())
+        sending_record, candidates = found
+        built = [
+            build_message(sending_record, c, self.tokens, UNSUBSCRIBE_BASE, "h", self.now())
+            for c in candidates
+        ]
+        self.store.run_sync(mailboxes.update_mailbox, "news@acme.test", identity="info@acme.test")
+        handed = self.store.run_sync(sending.commit_handoff, campaign_id, built, self.now())
+        self.assertEqual(handed, 0)
+        self.assertEqual(self.campaign_status(campaign_id), "running")
+        self.assertEqual({state for state, *_ in self.rows(campaign_id).values()}, {"queued"})
 
     @defer.inlineCallbacks
     def test_window_bounds_what_sits_in_the_queue(self):

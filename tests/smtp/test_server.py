@@ -1110,6 +1110,38 @@ class TimeoutTests(unittest.TestCase):
         session.clock.advance(5)
         self.assertTrue(session.closed)
 
+    def test_under_stress_a_slow_store_does_not_time_the_client_out(self):
+        # The deadline is about the client's silence: waiting for our own commit is not.
+        session = Session()
+        session.start()
+        session.intake.hold_accepts = True
+        session.command("DATA")
+        self.assertEqual(session.send(BODY + b".\r\n"), [])
+        session.protocol.under_stress()
+        session.clock.advance(60)
+        self.assertEqual(session.replies(), [])
+        self.assertFalse(session.closed)
+        session.intake.pending_accepts[0].fire()
+        self.assertEqual(codes(session.replies()), ["250"])
+        # From our reply on, the client has the short timeout again.
+        session.clock.advance(9.9)
+        self.assertFalse(session.closed)
+        session.clock.advance(0.1)
+        self.assertEqual(session.replies(), [f"421 4.4.2 {HOSTNAME} Error: timeout exceeded"])
+
+    def test_under_stress_a_stuck_store_frees_the_session_after_the_idle_timeout(self):
+        session = Session()
+        session.start()
+        session.intake.hold_accepts = True
+        session.command("DATA")
+        session.send(BODY + b".\r\n")
+        session.protocol.under_stress()
+        session.clock.advance(299)
+        self.assertFalse(session.closed)
+        session.clock.advance(1)
+        self.assertEqual(session.replies(), [f"421 4.4.2 {HOSTNAME} Error: timeout exceeded"])
+        self.assertTrue(session.closed)
+
     def test_stress_before_the_connection_is_made(self):
         # A session admitted while its listener is under stress is told before it starts.
         session = Session(wait_for_greeting=False, settings=make_settings(greet_pause=0))

@@ -9,9 +9,10 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
 from atollon_mail.store import autorespond as ar
+from atollon_mail.store import mailboxes as m
 from atollon_mail.store import queries as q
 from atollon_mail.store.errors import Invalid, NotFound
-from atollon_mail.store.models import AutoresponseLog
+from atollon_mail.store.models import AutoresponseLog, Mailbox
 from atollon_mail.store.records import AutoreplyPlan, AutoresponderRecord
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
@@ -198,6 +199,28 @@ class AutorespondContractTests(StoreFixtureMixin):
         desk = self.sync(q.get_mailbox, "desk@crm.example.net")
         plan = self.claim(mailbox=desk, addressed_to=["desk@example.com"])
         self.assertEqual(plan.identity, "desk@example.com")
+
+    def test_an_identity_the_rule_refuses_now_is_not_used(self):
+        self.turn_on("carol@example.com")
+        # Stored before the rule (not approved, not its own): the reply is from its address.
+        self.sync(
+            lambda: (
+                Mailbox.update(identity="ceo@bank.example", identity_approved=False)
+                .where(Mailbox.id == self.carol.id)
+                .execute()
+            )
+        )
+        plan = self.claim("ann@remote.test", mailbox=self.carol)
+        self.assertEqual(plan.identity, "carol@example.com")
+        # Approved by an administrator, then another mailbox's address: the same.
+        self.sync(m.update_mailbox, "carol@example.com", identity="desk@example.org")
+        self.assertEqual(
+            self.claim("dan@remote.test", mailbox=self.carol).identity, "desk@example.org"
+        )
+        self.sync(q.add_domain, "example.org")
+        self.sync(q.add_mailbox, "desk@example.org", "bob")
+        plan = self.claim("eve@remote.test", mailbox=self.carol)
+        self.assertEqual(plan.identity, "carol@example.com")
 
     def test_no_claim_for_an_inactive_mailbox(self):
         self.turn_on()

@@ -13,6 +13,7 @@ from twisted.trial import unittest
 from atollon_mail.config import parse_config
 from atollon_mail.crm import contacts, groups
 from atollon_mail.massmail import campaigns as campaign_ops
+from atollon_mail.store import mailboxes
 from atollon_mail.store import queries as q
 from atollon_mail.store.models import CampaignRecipient, utc_now
 from atollon_mail.web import build_web_root, pages_campaigns
@@ -323,6 +324,25 @@ class WebCampaignsTests(ServedWebMixin, StoreFixtureMixin):
         refused = yield self.act(browser, campaign_id, "resume")
         self.assertEqual(refused.status, 409)
         self.assertIn('id="problem"', refused.text)
+
+    @defer.inlineCallbacks
+    def test_a_refused_identity_is_shown_and_keeps_it_paused(self):
+        campaign_id = self.running()
+        self.store.run_sync(mailboxes.update_mailbox, "news@example.com", identity="desk@x.test")
+        self.store.run_sync(campaign_ops.pause_campaign, campaign_id, utc_now())
+        self.store.run_sync(q.add_domain, "x.test")
+        self.store.run_sync(q.add_mailbox, "desk@x.test", "bob")
+        browser = yield self.logged_in()
+        page = yield browser.get(f"/campaign?id={campaign_id}")
+        self.assertIn(
+            "Not sendable: it would be sent as desk@x.test, which is refused: another mailbox, "
+            "desk@x.test, receives at desk@x.test; set another identity for the mailbox first.",
+            html.unescape(page.text),
+        )
+        refused = yield self.act(browser, campaign_id, "resume")
+        self.assertEqual(refused.status, 400)
+        self.assertIn('id="problem"', refused.text)
+        self.assertEqual(self.status(campaign_id).status, "paused")
 
     @defer.inlineCallbacks
     def test_retry_failed_queues_the_failed_recipients_again(self):
