@@ -184,20 +184,21 @@ class PageRequest:
 class WebApp:
     """Routes, sessions, the authenticator and the one Jinja2 environment of the web admin."""
 
-    def __init__(
-        self,
-        store,
-        reactor,
-        clock=None,
-        appliance_name: str = "atollon-mail",
-        session_idle_timeout: float = 30 * 60,
-        authenticator=None,
-    ):
+    def __init__(self, store, reactor, config, intake, workers, authenticator, clock=None):
         self.store = store
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
+        # Pages that need settings (DNS lookups, size limits, links) read them here.
+        self.config = config
+        # Mail composed in the browser goes through the same intake as SMTP submission:
+        # forwarding, group commit, the auto-responder and the delivery runner's wake-up.
+        self.intake = intake
+        # The appliance's worker pools (atollon_mail.workers): password hashing in `cpu`,
+        # the DNS pages' lookups in `dns`.
+        self.workers = workers
+        appliance_name = config.appliance.hostname
         self.appliance_name = appliance_name
-        self.sessions = SessionStore(self.clock, idle_timeout=session_idle_timeout)
+        self.sessions = SessionStore(self.clock, idle_timeout=config.web.session_idle_timeout)
         # The appliance's one IAuthenticator (argon2 + throttle), shared with SMTP AUTH.
         self.authenticator = authenticator
         self.routes: dict[str, Route] = {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import attrs
-from twisted.internet.threads import deferToThreadPool
 
 from atollon_mail.auth import Throttled
 from atollon_mail.store import web as web_ops
@@ -57,11 +56,6 @@ SETTINGS = (
         admin=False,
     ),
 )
-
-
-def _in_thread(app: WebApp, function, *args):
-    # argon2 hashing is CPU heavy: never on the reactor thread.
-    return deferToThreadPool(app.reactor, app.reactor.getThreadPool(), function, *args)
 
 
 # A login, a password, the CSRF token and the page to go back to: a few hundred bytes.

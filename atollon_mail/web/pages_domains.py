@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from twisted.internet.threads import deferToThreadPool
-
 from atollon_mail.store import domains as dns_ops
 from atollon_mail.store import queries
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
@@ -38,7 +36,7 @@ def domain_url(name: str, flag: str = "") -> str:
 
 
 def _config(app: WebApp):
-    """The appliance configuration (set on the app by build_web_app)."""
+    """The appliance configuration (the web app's)."""
     return app.config
 
 
@@ -63,7 +61,7 @@ def _check(app: WebApp, subject):
 
 def _in_thread(app: WebApp, function, *args):
     # DNS lookups block: never on the reactor thread.
-    return deferToThreadPool(app.reactor, app.reactor.getThreadPool(), function, *args)
+    return app.workers.in_dns(function, *args)
 
 
 def _add_errors(name: str, mode: str, primary: str) -> dict[str, str]:
