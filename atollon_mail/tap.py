@@ -119,11 +119,15 @@ def check_endpoints(config: Config, reactor, options=None) -> None:
 class Appliance(service.MultiService):
     """The service tree; a port that cannot be bound stops start-up with one line."""
 
-    def __init__(self, listeners: dict[str, tuple[str, str, str]]):
+    def __init__(
+        self,
+        listeners: dict[str, tuple[str, str, str]],
+        on_start_failure: Callable[[str], None] | None = None,
+    ):
         super().__init__()
         self.listeners = listeners
         # Told the line before start-up ends (twistd's waiting parent, when daemonized).
-        self.on_start_failure: Callable[[str], None] | None = None
+        self.on_start_failure = on_start_failure
 
     def privilegedStartService(self) -> None:
         # twistd binds the listeners here, before the reactor runs. A port in use would
@@ -257,14 +261,16 @@ def warn_about_hostname(config: Config) -> None:
         log.warn("{problem}", problem=problem)
 
 
-def build_appliance(config: Config, reactor) -> service.MultiService:
+def build_appliance(
+    config: Config, reactor, on_start_failure: Callable[[str], None] | None = None
+) -> service.MultiService:
     """The whole service tree; nothing is started or bound until it is started.
 
     Each subsystem's builder takes what it needs and returns its services; the events
     object and the worker pools are made first and passed in, so nothing is wired by
     patching an object after it was built."""
     warn_about_hostname(config)
-    appliance = Appliance(listener_settings(config))
+    appliance = Appliance(listener_settings(config), on_start_failure)
     store = Store.from_url(config.database.url, reactor)
     events = Events()
     workers = Workers(reactor)
@@ -296,9 +302,7 @@ def build_appliance(config: Config, reactor) -> service.MultiService:
 def makeService(options: Options, reactor=None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
-    appliance = build_appliance(options.config, reactor)
-    appliance.on_start_failure = functools.partial(tell_daemon_parent, options)
-    return appliance
+    return build_appliance(options.config, reactor, functools.partial(tell_daemon_parent, options))
 
 
 def tell_daemon_parent(options: Options, message: str) -> None:

@@ -231,6 +231,19 @@ class RunnerTests(StoreFixtureMixin):
         self.assertEqual(event.server, "mx.remote.test [192.0.2.1]:25")
 
     @defer.inlineCallbacks
+    def test_committed_outcomes_reach_the_outcome_subscribers(self):
+        self.remote.replies["carol@remote.test"] = "550 5.1.1 no such user"
+        heard = []
+        self.events.outcome.subscribe(heard.append)
+        yield self.start()
+        yield self.send("bob@remote.test", "carol@remote.test")
+        yield self.settle()
+        states = yield self.states()
+        self.assertEqual(states, {"bob@remote.test": "delivered", "carol@remote.test": "bounced"})
+        outcomes = sorted(result.outcome for results in heard for result in results)
+        self.assertEqual(outcomes, ["bounced", "delivered"])
+
+    @defer.inlineCallbacks
     def test_temporary_failure_defers_with_doubling_backoff(self):
         self.remote.default = "451 4.3.0 try later"
         yield self.start()
