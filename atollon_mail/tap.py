@@ -7,13 +7,11 @@ import os
 import resource
 from collections.abc import Callable
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.internet import endpoints, ssl
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
-from twisted.python.threadpool import ThreadPool
 
 from atollon_mail.auth import build_authenticator
 from atollon_mail.config import (
@@ -23,33 +21,20 @@ from atollon_mail.config import (
     hostname_problem,
     load_config,
 )
-from atollon_mail.connections import LimitedFactory, descriptor_shortfall
-from atollon_mail.delivery.autoresponder import Autoresponder
-from atollon_mail.delivery.intake import Intake, SubmissionIntake
-from atollon_mail.delivery.mx import MXResolver
-from atollon_mail.delivery.runner import DeliveryRunner, send_notification
-from atollon_mail.delivery.signing import DkimSigner
-from atollon_mail.delivery.srs import SRS, load_or_create_srs_secret
-from atollon_mail.dns.watcher import DnsWatcher
-from atollon_mail.massmail.returns import CampaignReturns
-from atollon_mail.massmail.sender import MassMailSender
-from atollon_mail.massmail.tokens import RecipientTokens, unsubscribe_base
+from atollon_mail.connections import descriptor_shortfall
+from atollon_mail.delivery import build as delivery_build
+from atollon_mail.dns import build as dns_build
+from atollon_mail.events import Events
+from atollon_mail.massmail import build as massmail_build
 from atollon_mail.passwords import generate_password, hash_password
-from atollon_mail.secretfile import load_or_create_secret
 from atollon_mail.selfsigned import load_or_create_self_signed
-from atollon_mail.smtp.policies import MXPolicy, SubmissionPolicy
-from atollon_mail.smtp.server import SMTPServerFactory, connection_refusal
-from atollon_mail.smtp.session import IMPLICIT_TLS_LISTENER, SUBMISSION_LISTENER
+from atollon_mail.smtp import build as smtp_build
 from atollon_mail.store import queries
-from atollon_mail.store.database import is_sqlite
 from atollon_mail.store.pool import Store
-from atollon_mail.web import build_web_root
-from atollon_mail.web.bodylimit import BodyLimitedRequest
-from atollon_mail.web.limits import DeadlineSite
-from atollon_mail.web.limits import connection_refusal as web_refusal
+from atollon_mail.web import build as web_build
+from atollon_mail.workers import Workers
 
 INITIAL_ADMIN_LOGIN = "admin"
-DNS_FIRST_CHECK_DELAY = 60.0  # seconds after start before the first DNS round
 INITIAL_ADMIN_PASSWORD_FILE = "initial-admin-password"
 
 log = Logger()
@@ -134,11 +119,15 @@ def check_endpoints(config: Config, reactor, options=None) -> None:
 class Appliance(service.MultiService):
     """The service tree; a port that cannot be bound stops start-up with one line."""
 
-    def __init__(self, listeners: dict[str, tuple[str, str, str]]):
+    def __init__(
+        self,
+        listeners: dict[str, tuple[str, str, str]],
+        on_start_failure: Callable[[str], None] | None = None,
+    ):
         super().__init__()
         self.listeners = listeners
         # Told the line before start-up ends (twistd's waiting parent, when daemonized).
-        self.on_start_failure: Callable[[str], None] | None = None
+        self.on_start_failure = on_start_failure
 
     def privilegedStartService(self) -> None:
         # twistd binds the listeners here, before the reactor runs. A port in use would
@@ -255,46 +244,6 @@ def load_tls_options(config: Config):
         ) from None
 
 
-class StartStopService(service.Service):
-    """Starts and stops a helper that has start() and stop() (thread pools, resolvers)."""
-
-    def __init__(self, name: str, target):
-        self.name = name
-        self.target = target
-
-    def startService(self) -> None:
-        self.target.start()
-        super().startService()
-
-    def stopService(self) -> None:
-        super().stopService()
-        self.target.stop()
-
-
-MASSMAIL_SECRET = "massmail-secret"
-
-
-def limited(
-    factory, name: str, limits, config: Config, reactor, web: bool = False
-) -> LimitedFactory:
-    """A listener's factory with its [section] max_connections caps; trusted and relay
-    networks are exempt from the per-client cap."""
-    if web:
-        refusal = web_refusal
-    else:
-        refusal = functools.partial(connection_refusal, config.appliance.hostname)
-    return LimitedFactory(
-        factory,
-        limits.max_connections,
-        limits.max_connections_per_client,
-        refusal,
-        reactor,
-        exempt=config.smtp.trusted_networks + config.smtp.relay_networks,
-        name=name,
-        wait_for_head=web,
-    )
-
-
 def check_descriptor_limit(config: Config) -> None:
     caps = [config.smtp.max_connections, config.submission.max_connections]
     caps.append(config.web.max_connections)
@@ -312,139 +261,56 @@ def warn_about_hostname(config: Config) -> None:
         log.warn("{problem}", problem=problem)
 
 
-def build_appliance(config: Config, reactor) -> service.MultiService:
-    """The whole service tree; nothing is started or bound until it is started."""
+def build_appliance(
+    config: Config, reactor, on_start_failure: Callable[[str], None] | None = None
+) -> service.MultiService:
+    """The whole service tree; nothing is started or bound until it is started.
+
+    Each subsystem's builder takes what it needs and returns its services; the events
+    object and the worker pools are made first and passed in, so nothing is wired by
+    patching an object after it was built."""
     warn_about_hostname(config)
-    appliance = Appliance(listener_settings(config))
+    appliance = Appliance(listener_settings(config), on_start_failure)
     store = Store.from_url(config.database.url, reactor)
-    StoreService(store, config).setServiceParent(appliance)
-    # CPU work kept off the reactor thread: password hashing checks and DKIM signing.
-    workers = ThreadPool(minthreads=1, maxthreads=2, name="atollon-mail-workers")
-    StartStopService("workers", workers).setServiceParent(appliance)
-    resolver = MXResolver(reactor, nameservers=config.delivery.nameservers)
-    StartStopService("resolver", resolver).setServiceParent(appliance)
-
-    writers = 1 if is_sqlite(store.database) else 2
-    srs = SRS(load_or_create_srs_secret(config.delivery.srs_secret, config.appliance.data_dir))
-    intake = Intake(store, concurrent_batches=writers, clock=reactor, srs=srs, workers=workers)
-    runner = DeliveryRunner(
-        store,
-        intake,
-        resolver,
-        config.delivery,
-        config.appliance.hostname,
-        reactor,
-        signer=DkimSigner(store, reactor, workers, config.delivery.dkim_key_retention),
+    events = Events()
+    workers = Workers(reactor)
+    # The store first: it is ready before anything listens (StoreService).
+    services = [StoreService(store, config), workers]
+    massmail = massmail_build.build(config, store, events, workers, reactor)
+    delivery = delivery_build.build(
+        config, store, events, workers, reactor, campaign_returns=massmail.returns
     )
-    intake.on_queued = runner.queued
-    runner.setServiceParent(appliance)
-    intake.filed_listeners.append(Autoresponder(store, intake, config.appliance.hostname, reactor))
-    recipient_tokens = RecipientTokens(
-        load_or_create_secret(config.massmail.secret, config.appliance.data_dir, MASSMAIL_SECRET)
-    )
-    returns = CampaignReturns(store, recipient_tokens, reactor)
-    intake.campaign_returns = returns
-    intake.filed_listeners.append(returns.filed)
-    MassMailSender(
-        store,
-        recipient_tokens,
-        config.massmail,
-        config.appliance.hostname,
-        unsubscribe_base(config),
-        reactor,
-        on_queued=runner.queued,
-        workers=workers,
-    ).setServiceParent(appliance)
-    DnsWatcher(
-        store,
-        config,
-        reactor,
-        functools.partial(send_notification, intake),
-        first_check_delay=DNS_FIRST_CHECK_DELAY,
-    ).setServiceParent(appliance)
-
+    intake = delivery.intake
+    services += [*delivery.services, *massmail.services]
+    services += dns_build.build(config, store, events, workers, reactor, intake)
     tls_options = load_tls_options(config)
-    mx_policy = MXPolicy(intake, config.appliance.hostname, config.smtp.relay_networks)
-    smtp_factory = SMTPServerFactory(
-        mx_policy, config.appliance.hostname, config.smtp, reactor, tls_options=tls_options
-    )
     check_descriptor_limit(config)
-    smtp_factory = limited(smtp_factory, "smtp", config.smtp, config, reactor)
-    smtp = strports.service(config.smtp.listen, smtp_factory, reactor=reactor)
-    smtp.setName("smtp")
-    smtp.setServiceParent(appliance)
-
     # One password check and one throttle for 587, 465 and the web login, so a client gets
     # the same few guesses on all of them; argon2 runs in the CPU workers.
-    authenticator = build_authenticator(store, reactor, workers)
-    policy = SubmissionPolicy(
-        SubmissionIntake(store, intake), authenticator, config.appliance.hostname, reactor
-    )
-    submission_factory = SMTPServerFactory(
-        policy,
-        config.appliance.hostname,
-        config.smtp,
-        reactor,
-        tls_options=tls_options,
-        listener=SUBMISSION_LISTENER,
-    )
-    submission_factory = limited(
-        submission_factory, "submission", config.submission, config, reactor
-    )
-    submission = strports.service(config.submission.listen, submission_factory, reactor=reactor)
-    submission.setName("submission")
-    submission.setServiceParent(appliance)
-    if config.submission.tls_listen:
-        implicit_factory = SMTPServerFactory(
-            policy,
-            config.appliance.hostname,
-            config.smtp,
-            reactor,
-            tls_options=tls_options,
-            listener=IMPLICIT_TLS_LISTENER,
-        )
-        # Port 465: TLS from the first byte, then the same submission protocol. Counted
-        # inside TLS, so a refused client reads its 421 once the handshake is done.
-        implicit_factory = limited(
-            implicit_factory, "submission-tls", config.submission, config, reactor
-        )
-        wrapped = TLSMemoryBIOFactory(tls_options, False, implicit_factory)
-        implicit = strports.service(config.submission.tls_listen, wrapped, reactor=reactor)
-        implicit.setName("submission-tls")
-        implicit.setServiceParent(appliance)
-
-    web_root = build_web_root(
-        store,
+    authenticator = build_authenticator(store, reactor, workers.cpu)
+    services += smtp_build.build(
         config,
+        store,
+        events,
+        workers,
         reactor,
-        intake=intake,
-        recipient_tokens=recipient_tokens,
-        authenticator=authenticator,
+        intake,
+        delivery.submission_intake,
+        authenticator,
+        tls_options,
     )
-    # BodyLimitedRequest refuses a body over its route's limit before reading it.
-    site = DeadlineSite(
-        web_root,
-        reactor,
-        header_timeout=config.web.header_timeout,
-        body_timeout=config.web.body_timeout,
-        requestFactory=BodyLimitedRequest,
+    services += web_build.build(
+        config, store, events, workers, reactor, intake, authenticator, massmail.tokens
     )
-    site = limited(site, "web", config.web, config, reactor, web=True)
-    web = strports.service(config.web.listen, site, reactor=reactor)
-    web.setName("web")
-    web.setServiceParent(appliance)
+    for child in services:
+        child.setServiceParent(appliance)
     return appliance
 
 
 def makeService(options: Options, reactor=None) -> service.MultiService:
-    import sys
-
-    sys.setswitchinterval(float(__import__("os").environ.get("SWITCH", "0.005")))
     if reactor is None:
         from twisted.internet import reactor
-    appliance = build_appliance(options.config, reactor)
-    appliance.on_start_failure = functools.partial(tell_daemon_parent, options)
-    return appliance
+    return build_appliance(options.config, reactor, functools.partial(tell_daemon_parent, options))
 
 
 def tell_daemon_parent(options: Options, message: str) -> None:

@@ -20,6 +20,7 @@ from zope.interface.verify import verifyObject
 from atollon_mail import selfsigned, tap
 from atollon_mail.config import CONFIG_ENVIRONMENT_VARIABLE as CONFIG_VARIABLE
 from atollon_mail.config import ConfigError, load_config
+from atollon_mail.dns import build as dns_build
 from atollon_mail.interfaces import IAuthenticator
 from atollon_mail.passwords import verify_password
 from atollon_mail.store import queries
@@ -209,7 +210,7 @@ class ServiceTreeTests(unittest.TestCase):
         appliance = self.start()
         watcher = appliance.getServiceNamed("dns-watcher")
         self.assertIsNone(watcher.round, "no DNS round at start")
-        self.reactor.advance(tap.DNS_FIRST_CHECK_DELAY - 1)
+        self.reactor.advance(dns_build.FIRST_CHECK_DELAY - 1)
         self.assertIsNone(watcher.round)
 
     def test_second_start_keeps_the_admin(self):

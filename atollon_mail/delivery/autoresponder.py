@@ -1,7 +1,7 @@
 """Auto-respond (out of office): replies to mail filed into a mailbox whose responder is on.
 
-It listens on the intake (`intake.filed_listeners`) and follows RFC 3834: no reply to
-bounces, daemons, lists or bulk mail, nor to other automatic messages; only to mail that
+It subscribes to the `filed` event (atollon_mail.events) and follows RFC 3834: no reply
+to bounces, daemons, lists or bulk mail, nor to other automatic messages; only to mail that
 names the mailbox in To or Cc; at most one reply per sender per interval (decided in the
 store, atomically); the reply goes to the envelope sender, from the null sender <>, marked
 `Auto-Submitted: auto-replied`, so no other responder answers it.
@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from atollon_mail.delivery.runner import send_notification, utc_from_seconds
+from atollon_mail.events import Events
 from atollon_mail.store import autorespond
 from atollon_mail.store.records import AutoreplyPlan, Recipient
 
@@ -143,13 +144,13 @@ def build_reply(
 
 
 class Autoresponder:
-    """The intake listener: `listener(envelope_sender, local_recipients, raw)`.
+    """Subscribed to `events.filed(envelope_sender, local_recipients, raw)` when built.
 
     Replies are sent after the mail has been acknowledged; anything that goes wrong is
     logged and never reaches the intake.
     """
 
-    def __init__(self, store, intake, hostname: str, clock):
+    def __init__(self, store, intake, hostname: str, clock, events: Events):
         self._store = store
         self._intake = intake
         self._hostname = hostname
@@ -159,6 +160,7 @@ class Autoresponder:
         self._loading: list[defer.Deferred] | None = None
         self._in_flight: set[defer.Deferred] = set()
         self._idle_waiters: list[defer.Deferred] = []
+        events.filed.subscribe(self)
 
     def __call__(
         self, envelope_sender: str, local_recipients: Sequence[Recipient], raw: bytes

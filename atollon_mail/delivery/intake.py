@@ -20,6 +20,7 @@ from zope.interface import implementer
 
 from atollon_mail.delivery.reencode import fit_line_length
 from atollon_mail.delivery.srs import ExpiredAddress, ForgedAddress, SRSError, is_srs
+from atollon_mail.events import Events
 from atollon_mail.interfaces import IMailIntake, IStore, ISubmissionIntake
 from atollon_mail.store import forwarding, queries
 from atollon_mail.store.records import (
@@ -190,8 +191,12 @@ class GroupCommitter:
 class Intake:
     """Stores what the SMTP servers accept: local mail filed at once, the rest queued.
 
-    `on_queued` is called after a commit that queued mail for remote delivery (the
-    delivery runner's wake-up).
+    After a commit that queued mail for remote delivery it fires `events.queued` (the
+    delivery runner's wake-up); once mail filed into local mailboxes has committed it
+    fires `events.filed(envelope_sender, recipients, raw)` (the auto-responder and the
+    campaign returns listen). Bounces and unsubscribe mail to a campaign's own addresses
+    resolve through `campaign_returns` (a massmail.returns.CampaignReturns; None: no
+    campaigns here).
 
     Mail for a mailbox with forwarding on goes on to its forward addresses too; copies
     sent elsewhere get an SRS envelope sender from `srs` (a delivery.srs.SRS; without
@@ -209,13 +214,15 @@ class Intake:
     def __init__(
         self,
         store: IStore,
+        events: Events | None = None,
         concurrent_batches: int = 1,
-        on_queued=None,
         clock=None,
         srs=None,
         workers=None,
+        campaign_returns=None,
     ):
         self._store = store
+        self._events = events if events is not None else Events()
         self._workers = workers
         # With a clock, the set of our domains is cached for DOMAIN_CACHE_SECONDS, so a
         # recipient in someone else's domain (relayed or refused mail) costs no query.
@@ -225,14 +232,8 @@ class Intake:
         self._domains_loading = False
         self._local = GroupCommitter(store, queries.store_messages, concurrent_batches)
         self._outgoing = GroupCommitter(store, queries.submit_messages, concurrent_batches)
-        self.on_queued = on_queued
         self.srs = srs
-        # Bounces and unsubscribe mail to a campaign's own addresses (a
-        # massmail.returns.CampaignReturns); None: no campaigns here.
-        self.campaign_returns = None
-        # Called as listener(envelope_sender, local_recipients, raw) once mail filed into
-        # local mailboxes has committed (the auto-responder listens here).
-        self.filed_listeners: list = []
+        self._campaign_returns = campaign_returns
 
     def resolve_recipient(self, local_part: str, domain: str) -> Deferred:
         if self._clock is not None:
@@ -242,8 +243,8 @@ class Intake:
                 return succeed(
                     Rejection("unknown-domain", f"{name} is not a domain of this server")
                 )
-        if self.campaign_returns is not None:
-            returned = self.campaign_returns.resolve(local_part, domain)
+        if self._campaign_returns is not None:
+            returned = self._campaign_returns.resolve(local_part, domain)
             if returned is not None:
                 return returned
         resolved = self._store.run(queries.resolve_recipient, local_part, domain)
@@ -407,7 +408,7 @@ class Intake:
                 **summarize_headers(raw),
             )
             stored = self._local.add(incoming)
-            if self.filed_listeners:
+            if self._events.filed.subscribed:
                 stored.addCallback(self._filed, envelope_sender, local, raw)
             return stored
         # Fitted already by accept().
@@ -462,21 +463,19 @@ class Intake:
     def _filed_submitted(self, submitted, envelope_sender: str, raw: bytes):
         """The listeners hear of every local recipient the store filed the message for,
         those the producer named and those it found among the addresses."""
-        if submitted.filed_recipients and self.filed_listeners:
+        if submitted.filed_recipients and self._events.filed.subscribed:
             self._filed(None, envelope_sender, submitted.filed_recipients, raw)
         return submitted
 
     def _filed(self, result, envelope_sender: str, local: tuple, raw: bytes):
-        for listener in self.filed_listeners:
-            try:
-                listener(envelope_sender, local, raw)
-            except Exception:  # a listener's trouble must not undo an acknowledged delivery
-                Logger().failure("a filing listener failed")
+        # A subscriber's trouble is logged by the channel: it must not undo an
+        # acknowledged delivery.
+        self._events.filed.fire(envelope_sender, local, raw)
         return result
 
     def _queued(self, submitted):
-        if self.on_queued is not None and submitted.queued_recipients:
-            self.on_queued()
+        if submitted.queued_recipients:
+            self._events.queued.fire()
         return submitted
 
 

@@ -139,14 +139,15 @@ def _is_ip_literal(host: str) -> bool:
 
 @implementer(IMXResolver)
 class MXResolver:
-    """Resolves domains to ordered Destinations, in its own thread pool, with a TTL cache."""
+    """Resolves domains to ordered Destinations with a TTL cache; the blocking queries run
+    in `threadpool` (the workers' DNS pool, started and stopped by its owner)."""
 
     def __init__(
         self,
         reactor,
+        threadpool: ThreadPool,
         nameservers: tuple[HostPort, ...] = (),
         timeout: float = 10,
-        threads: int = 4,
         random: _random.Random | None = None,
         clock=None,
         resolver: dns.resolver.Resolver | None = None,
@@ -155,20 +156,13 @@ class MXResolver:
         self._clock = clock if clock is not None else reactor
         self._random = random if random is not None else _random.Random()
         self._resolver = resolver if resolver is not None else dns_resolver(nameservers, timeout)
-        self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="atollon-mx-resolver")
+        self._pool = threadpool
         self._cache: dict[tuple[str, str], tuple[float, tuple]] = {}
         self._in_flight: dict[tuple[str, str], list[defer.Deferred]] = {}
 
     @property
     def resolver(self) -> dns.resolver.Resolver:
         return self._resolver
-
-    def start(self) -> None:
-        self._pool.start()
-
-    def stop(self) -> None:
-        # Joins the pool's threads: a query in flight can hold this up to `timeout`.
-        self._pool.stop()
 
     # --- one query, cached, with identical concurrent queries sharing one answer ---
 
@@ -186,7 +180,9 @@ class MXResolver:
             self._in_flight[key].append(waiting)
             return waiting
         if not self._pool.started:
-            return defer.fail(RuntimeError("MXResolver.start() must be called before resolve()"))
+            return defer.fail(
+                RuntimeError("the DNS thread pool must start() before MXResolver.resolve()")
+            )
         self._in_flight[key] = [waiting]
         asked = deferToThreadPool(self._reactor, self._pool, _query, self._resolver, name, rdtype)
         asked.addBoth(self._answered, key)

@@ -30,6 +30,7 @@ from atollon_mail.config import DeliveryConfig
 from atollon_mail.delivery.bounce import FailedRecipient, build_dsn
 from atollon_mail.delivery.intake import GroupCommitter
 from atollon_mail.delivery.mx import DNSLookupError, TemporaryDNSError
+from atollon_mail.events import Events
 from atollon_mail.smtp import client
 from atollon_mail.store import queries
 from atollon_mail.store.records import Delivery, DeliveryResult, OutgoingMessage, Recipient
@@ -103,8 +104,12 @@ class DeliveryRunner(service.Service):
         reactor,
         deliver: Callable = client.deliver,
         signer=None,
+        events: Events | None = None,
     ):
         self._store = store
+        # Wakes up when a producer queued mail; tells of the outcomes it committed.
+        self._events = events if events is not None else Events()
+        self._events.queued.subscribe(self.queued)
         self._intake = intake
         self._resolver = resolver
         self._settings = settings
@@ -400,7 +405,13 @@ class DeliveryRunner(service.Service):
             deliveries, outcomes, default_reply, server, now, temporary
         )
         yield self._journal.add(_Progress((), tuple(results), now))
+        self.outcomes_committed(results)
         yield self._notify_after_commit(bounced, warn, now)
+
+    def outcomes_committed(self, results) -> None:
+        """Outcomes committed: the subscribers of `events.outcome` hear of them."""
+        if results:
+            self._events.outcome.fire(tuple(results))
 
     def _results(
         self,
@@ -564,6 +575,7 @@ class _ConnectionProgress:
 
         def committed(_):
             self._recorded.update(outcomes)
+            runner.outcomes_committed(results)
             if gate is not None:
                 gate.callback(None)
             return runner._notify_after_commit(bounced, warn, now)

@@ -1,7 +1,7 @@
 """Re-checks the DNS of every domain on a timer and mails the admins what changed.
 
-Each round checks the active domains one after another in a thread pool of its own (the
-checks block on DNS), keeps each domain's results in the store, and compares them with the
+Each round checks the active domains one after another in the workers' DNS thread pool
+(the checks block on DNS), keeps each domain's results in the store, and compares them with the
 results kept from the round before: a check that started failing is mailed as broken, one
 that stopped failing as fixed. A domain's first round mails only its failures. A lookup
 that got no answer changes nothing (the store keeps the outcome known before it).
@@ -127,8 +127,8 @@ class DnsWatcher(service.Service):
         config: Config,
         reactor,
         send: Callable[[str, bytes], defer.Deferred],
+        threadpool: ThreadPool,  # the workers' DNS pool, started and stopped by its owner
         clock=None,
-        threadpool: ThreadPool | None = None,  # default: a pool of its own, one thread
         first_check_delay: float = 0,
     ):
         self._store = store
@@ -136,7 +136,6 @@ class DnsWatcher(service.Service):
         self._reactor = reactor
         self._clock = reactor if clock is None else clock
         self._send = send
-        self._own_pool = threadpool is None
         self._pool = threadpool
         self._loop: task.LoopingCall | None = None
         self.round: defer.Deferred | None = None
@@ -147,10 +146,6 @@ class DnsWatcher(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        if self._own_pool:
-            # One thread: the domains are checked one after another, gently on the DNS.
-            self._pool = ThreadPool(minthreads=0, maxthreads=1, name="atollon-mail-dns")
-            self._pool.start()
         self._loop = task.LoopingCall(self.check_all)
         self._loop.clock = self._clock
         if self._first_check_delay > 0:
@@ -172,7 +167,8 @@ class DnsWatcher(service.Service):
         self._first_call = None
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        # The pool stops once the round under way has finished with it.
+        # Stopped once the round under way has finished (the domains are checked one
+        # after another, gently on the DNS).
         finished = defer.Deferred()
 
         def finish(result):
@@ -183,12 +179,7 @@ class DnsWatcher(service.Service):
             finished.callback(None)
         else:
             self.round.addBoth(finish)
-
-        def stop_pool(_):
-            if self._own_pool:
-                self._pool.stop()
-
-        return finished.addCallback(stop_pool)
+        return finished
 
     def _now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self._clock.seconds(), datetime.UTC).replace(

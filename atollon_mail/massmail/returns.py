@@ -13,6 +13,7 @@ import datetime
 
 from twisted.logger import Logger
 
+from atollon_mail.events import Events
 from atollon_mail.massmail import sending
 from atollon_mail.massmail.bounces import read_bounce
 from atollon_mail.massmail.tokens import RecipientTokens
@@ -22,10 +23,14 @@ log = Logger()
 
 
 class CampaignReturns:
-    def __init__(self, store, tokens: RecipientTokens, clock):
+    """Resolves the campaign addresses for the intake (`resolve`) and hears of mail filed
+    to them (`filed`, subscribed to `events.filed`)."""
+
+    def __init__(self, store, tokens: RecipientTokens, clock, events: Events):
         self._store = store
         self._tokens = tokens
         self._clock = clock
+        events.filed.subscribe(self.filed)
 
     def _now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self._clock.seconds(), datetime.UTC).replace(
@@ -53,7 +58,7 @@ class CampaignReturns:
         )
 
     def filed(self, envelope_sender: str, recipients, raw: bytes) -> None:
-        """Listener of the intake: mail to our addresses has been stored."""
+        """Subscriber of events.filed: mail to our addresses has been stored."""
         for recipient in recipients:
             found = self._tokens.read_local_part(recipient.address.rpartition("@")[0])
             if found is None:

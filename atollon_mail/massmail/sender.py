@@ -20,6 +20,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from atollon_mail.config import MassmailConfig
+from atollon_mail.events import Events
 from atollon_mail.massmail import campaigns, sending
 from atollon_mail.massmail.compose import build_message
 from atollon_mail.massmail.templates import TemplateProblem
@@ -88,7 +89,7 @@ class MassMailSender(service.Service):
         hostname: str,
         unsubscribe_base: str,
         reactor,
-        on_queued=None,
+        events: Events | None = None,
         workers=None,
     ):
         self._store = store
@@ -98,7 +99,8 @@ class MassMailSender(service.Service):
         self._unsubscribe_base = unsubscribe_base
         self._reactor = reactor
         self._workers = workers
-        self.on_queued = on_queued
+        # events.queued wakes the delivery runner after a hand-over queued messages.
+        self._events = events if events is not None else Events()
         self._poll_call = None
         self._polling: defer.Deferred | None = None
         self._pumps: dict[int, defer.Deferred] = {}
@@ -232,6 +234,6 @@ class MassMailSender(service.Service):
         handed = yield self._store.run(
             sending.commit_handoff, sending_record.campaign_id, built, now
         )
-        if handed and self.on_queued is not None:
-            self.on_queued()
+        if handed:
+            self._events.queued.fire()
         return handed

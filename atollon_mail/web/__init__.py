@@ -4,8 +4,6 @@ import importlib
 
 from twisted.web.resource import Resource
 
-from atollon_mail.auth import build_authenticator
-from atollon_mail.delivery.intake import Intake
 from atollon_mail.web.app import PageResource, StaticResource, WebApp
 from atollon_mail.web.health import HealthResource
 from atollon_mail.web.unsubscribe import UnsubscribeResource
@@ -43,24 +41,10 @@ PAGE_MODULES: tuple[str, ...] = (
 )
 
 
-def build_web_app(store, config, reactor, clock=None, intake=None, authenticator=None) -> WebApp:
+def build_web_app(store, config, reactor, intake, workers, authenticator, clock=None) -> WebApp:
     from atollon_mail.web import pages
 
-    if authenticator is None:  # the appliance passes the one SMTP AUTH uses
-        authenticator = build_authenticator(store, reactor, reactor.getThreadPool(), clock)
-    app = WebApp(
-        store,
-        reactor,
-        clock=clock,
-        appliance_name=config.appliance.hostname,
-        session_idle_timeout=config.web.session_idle_timeout,
-        authenticator=authenticator,
-        trusted_proxies=config.web.trusted_proxies,
-    )
-    app.config = config  # pages that need settings (DNS lookups) read them here
-    # Mail composed in the browser goes through the same intake as SMTP submission:
-    # forwarding, group commit, the auto-responder and the delivery runner's wake-up.
-    app.intake = intake if intake is not None else Intake(store)
+    app = WebApp(store, reactor, config, intake, workers, authenticator, clock=clock)
     pages.register(app)
     for module_name in PAGE_MODULES:
         importlib.import_module(module_name).register(app)
@@ -68,9 +52,20 @@ def build_web_app(store, config, reactor, clock=None, intake=None, authenticator
 
 
 def build_web_root(
-    store, config, reactor, clock=None, intake=None, recipient_tokens=None, authenticator=None
+    store,
+    config,
+    reactor,
+    intake,
+    workers,
+    authenticator,
+    recipient_tokens=None,
+    clock=None,
 ) -> Resource:
-    app = build_web_app(store, config, reactor, clock, intake, authenticator)
+    """The site's root resource. `intake` takes mail composed in the browser, `workers`
+    (atollon_mail.workers.Workers) runs password hashing and DNS lookups, `authenticator`
+    is the one SMTP AUTH uses; with `recipient_tokens`, campaign recipients' unsubscribe
+    links are served."""
+    app = build_web_app(store, config, reactor, intake, workers, authenticator, clock)
     root = WebRoot(app)
     root.putChild(b"health", HealthResource(store))
     root.putChild(b"static", StaticResource(app))

@@ -20,7 +20,6 @@ from urllib.parse import quote, unquote, urlsplit
 import attrs
 import jinja2
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -186,25 +185,25 @@ class PageRequest:
 class WebApp:
     """Routes, sessions, the authenticator and the one Jinja2 environment of the web admin."""
 
-    def __init__(
-        self,
-        store,
-        reactor,
-        clock=None,
-        appliance_name: str = "atollon-mail",
-        session_idle_timeout: float = 30 * 60,
-        authenticator=None,
-        trusted_proxies: tuple[str, ...] = (),
-    ):
+    def __init__(self, store, reactor, config, intake, workers, authenticator, clock=None):
         self.store = store
         # Reverse proxies whose X-Forwarded-For names the client (see client_address).
         self.trusted_proxies = tuple(
-            ipaddress.ip_network(network, strict=False) for network in trusted_proxies
+            ipaddress.ip_network(network, strict=False) for network in config.web.trusted_proxies
         )
         self.reactor = reactor
         self.clock = clock if clock is not None else reactor
+        # Pages that need settings (DNS lookups, size limits, links) read them here.
+        self.config = config
+        # Mail composed in the browser goes through the same intake as SMTP submission:
+        # forwarding, group commit, the auto-responder and the delivery runner's wake-up.
+        self.intake = intake
+        # The appliance's worker pools (atollon_mail.workers): password hashing in `cpu`,
+        # the DNS pages' lookups in `dns`.
+        self.workers = workers
+        appliance_name = config.appliance.hostname
         self.appliance_name = appliance_name
-        self.sessions = SessionStore(self.clock, idle_timeout=session_idle_timeout)
+        self.sessions = SessionStore(self.clock, idle_timeout=config.web.session_idle_timeout)
         # The appliance's one IAuthenticator (argon2 + throttle), shared with SMTP AUTH.
         self.authenticator = authenticator
         self.routes: dict[str, Route] = {}
@@ -241,11 +240,6 @@ class WebApp:
         forwarded = request.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
         values = [value.decode("latin-1") for value in forwarded]
         return forwarded_client(peer, values, self.trusted_proxies)
-
-    def in_thread(self, function, *args):
-        """Deferred result of a blocking call (argon2, DNS lookups), never run on the reactor
-        thread: it runs in the reactor's thread pool."""
-        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args)
 
     def body_limit(self, path: bytes) -> int:
         """How many bytes of request body a path accepts (read by BodyLimitedRequest)."""

@@ -36,7 +36,7 @@ def domain_url(name: str, flag: str = "") -> str:
 
 
 def _config(app: WebApp):
-    """The appliance configuration (set on the app by build_web_app)."""
+    """The appliance configuration (the web app's)."""
     return app.config
 
 
@@ -120,10 +120,10 @@ def register(app: WebApp) -> None:
             raise not_found() from None
         domain = subject.domain.name
         if page.request.method == b"POST":
-            results = await app.in_thread(_check, app, subject)
+            results = await app.workers.in_dns(_check, app, subject)
             await page.store.run(dns_ops.record_dns_check, domain, results, utc_now())
             return Redirect(domain_url(domain, "checked"))
-        advice, zone = await app.in_thread(_records, app, subject)
+        advice, zone = await app.workers.in_dns(_records, app, subject)
         check = await page.store.run(dns_ops.last_dns_check, domain)
         context = {
             "domain": subject.domain,

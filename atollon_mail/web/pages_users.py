@@ -102,7 +102,7 @@ def register(app: WebApp) -> None:
                 errors["password"] = problem
         if errors:
             return await _list_page(page, values, errors, status=400)
-        password_hash = await app.in_thread(hash_password, password)
+        password_hash = await app.workers.in_cpu(hash_password, password)  # argon2: CPU heavy
         try:
             user = await page.store.run(
                 queries.add_user, login, password_hash, name=name, is_admin=values["is_admin"]
@@ -158,7 +158,7 @@ def register(app: WebApp) -> None:
     async def reset_password(page: PageRequest):
         user = await _user_or_404(page, page.form.get("login", ""))
         password = generate_password()
-        password_hash = await app.in_thread(hash_password, password)
+        password_hash = await app.workers.in_cpu(hash_password, password)  # argon2: CPU heavy
         try:
             await page.store.run(user_ops.set_password, user.login, password_hash)
         except NotFound:

@@ -10,8 +10,8 @@ import time
 
 from twisted.trial import unittest
 
-from atollon_mail import tap
 from atollon_mail.commands import massmail as commands
+from atollon_mail.massmail import build as massmail_build
 from atollon_mail.massmail import campaigns
 from atollon_mail.massmail.records import CampaignRecord, CampaignStatus
 from atollon_mail.massmail.tokens import unsubscribe_base
@@ -293,7 +293,7 @@ class MassmailCommandTests(ConfiguredCli):
         )
         self.assertIn("Unsubscribe: https://news.acme.com/unsubscribe/SAMPLE", outcome.lines)
         # One function decides it for the preview and for the appliance's sender.
-        self.assertIs(tap.unsubscribe_base, unsubscribe_base)
+        self.assertIs(massmail_build.unsubscribe_base, unsubscribe_base)
 
     def test_preview_with_an_error_exits_1(self):
         campaign_id = self.with_variants()

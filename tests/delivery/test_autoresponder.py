@@ -22,6 +22,7 @@ from atollon_mail.delivery.autoresponder import (
     sender_is_automatic,
 )
 from atollon_mail.delivery.intake import Intake
+from atollon_mail.events import Events
 from atollon_mail.store import autorespond, queries
 from atollon_mail.store.records import Recipient
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
@@ -76,9 +77,9 @@ class AutoresponderTests(StoreFixtureMixin):
         self.turn_on("joe@acme.test", body="Joe is away.")
         self.clock = task.Clock()
         self.clock.advance(T0_SECONDS)
-        self.intake = Intake(self.store)
-        self.responder = Autoresponder(self.store, self.intake, "mx.acme.test", self.clock)
-        self.intake.filed_listeners.append(self.responder)
+        events = Events()
+        self.intake = Intake(self.store, events)
+        self.responder = Autoresponder(self.store, self.intake, "mx.acme.test", self.clock, events)
 
     def turn_on(self, address: str, **settings):
         settings.setdefault("body", "Away.")
@@ -336,7 +337,7 @@ class AutoresponderTests(StoreFixtureMixin):
                 operations.append(operation.__name__)
                 return self.store.run(operation, *args, **kwargs)
 
-        counted = Autoresponder(CountingStore(), self.intake, "mx.acme.test", self.clock)
+        counted = Autoresponder(CountingStore(), self.intake, "mx.acme.test", self.clock, Events())
         carol = yield self.intake.route("carol@acme.test")
         for n in range(5):
             yield counted(f"s{n}@remote.test", (carol,), message(to="carol@acme.test"))
@@ -349,7 +350,7 @@ class AutoresponderTests(StoreFixtureMixin):
 
     @defer.inlineCallbacks
     def test_errors_are_logged_never_raised(self):
-        broken = Autoresponder(self.store, FailingIntake(), "mx.acme.test", self.clock)
+        broken = Autoresponder(self.store, FailingIntake(), "mx.acme.test", self.clock, Events())
         jane = yield self.intake.route("jane@acme.test")
         result = broken("ann@remote.test", (jane,), message())
         yield broken.when_idle()

@@ -12,6 +12,7 @@ from zope.interface import implementer
 from atollon_mail.delivery.intake import ForwardingLoop, Intake
 from atollon_mail.delivery.runner import send_notification
 from atollon_mail.delivery.srs import SRS
+from atollon_mail.events import Events
 from atollon_mail.interfaces import IStore
 from atollon_mail.passwords import hash_password
 from atollon_mail.store import forwarding, queries
@@ -67,15 +68,16 @@ class ForwardingIntakeTests(StoreFixtureMixin):
         self.counting = CountingStore(self.store)
         self.time = FakeTime()
         self.srs = SRS(SECRET, clock=self.time)
-        self.intake = Intake(self.counting, srs=self.srs)
+        events = Events()
         self.queued = []
-        self.intake.on_queued = lambda: self.queued.append(True)
+        events.queued.subscribe(lambda: self.queued.append(True))
         self.filed = []
-        self.intake.filed_listeners.append(
+        events.filed.subscribe(
             lambda sender, recipients, raw: self.filed.append(
                 (sender, tuple(r.mailbox_address for r in recipients))
             )
         )
+        self.intake = Intake(self.counting, events, srs=self.srs)
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from atollon_mail.delivery.intake import (
     SubmissionIntake,
     summarize_headers,
 )
+from atollon_mail.events import Events
 from atollon_mail.interfaces import IMailIntake, IStore, ISubmissionIntake
 from atollon_mail.passwords import hash_password
 from atollon_mail.store import queries
@@ -176,7 +177,8 @@ class IntakeOnStoreTests(StoreFixtureMixin):
         self.store.run_sync(queries.add_domain, "acme.test")
         self.store.run_sync(queries.add_user, "joe", hash_password("secret"))
         self.store.run_sync(queries.add_mailbox, "joe@acme.test", "joe")
-        self.intake = Intake(self.store)
+        self.events = Events()
+        self.intake = Intake(self.store, self.events)
 
     @defer.inlineCallbacks
     def test_many_concurrent_messages_are_all_stored_and_filed(self):
@@ -204,13 +206,13 @@ class IntakeOnStoreTests(StoreFixtureMixin):
         """A producer that names local addresses as remote ones (as the campaign sender
         and old callers do) still gets them filed; the filing listeners hear of them."""
         heard = []
-        self.intake.filed_listeners.append(
+        self.events.filed.subscribe(
             lambda sender, recipients, raw: heard.append(
                 (sender, [r.mailbox_address for r in recipients])
             )
         )
         queued = []
-        self.intake.on_queued = lambda: queued.append(True)
+        self.events.queued.subscribe(lambda: queued.append(True))
         submitted = yield self.intake.submit(
             OutgoingMessage(envelope_sender="", raw=RAW, remote_recipients=("JOE@acme.test",))
         )

@@ -20,6 +20,7 @@ from atollon_mail.delivery.mx import (
     dns_resolver,
 )
 from atollon_mail.interfaces import IMXResolver
+from atollon_mail.workers import Workers
 from tests.dnsserver import start_dns_server
 
 ZONES = {
@@ -76,15 +77,16 @@ class MXResolverTests(unittest.TestCase):
 
     def make_resolver(self, nameservers=None, timeout=2.0, **kwargs) -> MXResolver:
         kwargs.setdefault("clock", self.clock)
-        resolver = MXResolver(
+        workers = Workers(reactor)
+        workers.startService()
+        self.addCleanup(workers.stopService)
+        return MXResolver(
             reactor,
+            workers.dns,
             nameservers=(self.dns.nameserver,) if nameservers is None else nameservers,
             timeout=timeout,
             **kwargs,
         )
-        resolver.start()
-        self.addCleanup(resolver.stop)
-        return resolver
 
     def test_provides_interface(self):
         verifyObject(IMXResolver, self.resolver)
@@ -266,7 +268,7 @@ class MXResolverTests(unittest.TestCase):
         self.assertEqual(self.dns.query_count("mx1.example.test", "A"), 1)
 
     def test_resolve_before_start_fails_clearly(self):
-        resolver = MXResolver(reactor, nameservers=(self.dns.nameserver,))
+        resolver = MXResolver(reactor, Workers(reactor).dns, nameservers=(self.dns.nameserver,))
         failure = self.failureResultOf(resolver.resolve("example.test"), RuntimeError)
         self.assertIn("start()", str(failure.value))
 

@@ -6,7 +6,6 @@ import email
 import email.policy
 
 from twisted.internet import defer, reactor, task
-from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
 
 from atollon_mail.delivery import reencode
@@ -15,6 +14,7 @@ from atollon_mail.delivery.reencode import MAX_LINE, UnencodableMessage, fit_lin
 from atollon_mail.passwords import hash_password
 from atollon_mail.store import forwarding, queries
 from atollon_mail.store.records import OutgoingMessage
+from atollon_mail.workers import Workers
 from tests.smtp.fakes import Session, make_settings
 from tests.support import SqliteStoreMixin, StoreFixtureMixin
 
@@ -193,10 +193,10 @@ class IntakeTests(SqliteStoreMixin, StoreFixtureMixin, unittest.TestCase):
         self.store.run_sync(queries.add_domain, "acme.test")
         self.store.run_sync(queries.add_user, "jane", hash_password("pw"))
         self.jane = self.store.run_sync(queries.add_mailbox, "jane@acme.test", "jane")
-        self.workers = ThreadPool(minthreads=1, maxthreads=1, name="test-workers")
-        self.workers.start()
-        self.addCleanup(self.workers.stop)
-        self.intake = Intake(self.store, clock=reactor, workers=self.workers)
+        self.workers = Workers(reactor)
+        self.workers.startService()
+        self.addCleanup(self.workers.stopService)
+        self.intake = Intake(self.store, clock=reactor, workers=self.workers.cpu)
 
     def outgoing(self, raw: bytes) -> OutgoingMessage:
         return OutgoingMessage(

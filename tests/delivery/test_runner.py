@@ -20,6 +20,7 @@ from atollon_mail.config import parse_config
 from atollon_mail.delivery.intake import Intake
 from atollon_mail.delivery.mx import Destination, NullMX, TemporaryDNSError
 from atollon_mail.delivery.runner import DeliveryRunner
+from atollon_mail.events import Events
 from atollon_mail.passwords import hash_password
 from atollon_mail.smtp import client
 from atollon_mail.store import queries
@@ -145,11 +146,13 @@ class RunnerTests(StoreFixtureMixin):
         self.clock.advance(self.start_time)
         self.remote = self.remote_class()
         self.resolver = FakeResolver()
-        self.intake = Intake(self.store)
         self.runner = self.make_runner()
 
     def make_runner(self, text: str | None = None) -> DeliveryRunner:
         settings = parse_config(text if text is not None else self.config_text).delivery
+        # A new runner has an intake of its own: its queued mail wakes this runner only.
+        self.events = Events()
+        self.intake = Intake(self.store, self.events)
         runner = DeliveryRunner(
             self.store,
             self.intake,
@@ -158,8 +161,8 @@ class RunnerTests(StoreFixtureMixin):
             "mx.acme.test",
             self.clock,
             deliver=self.remote,
+            events=self.events,
         )
-        self.intake.on_queued = runner.queued
         return runner
 
     def catch_up(self) -> None:
@@ -226,6 +229,19 @@ class RunnerTests(StoreFixtureMixin):
         [event] = detail.recipients[0].events
         self.assertEqual(event.outcome, "delivered")
         self.assertEqual(event.server, "mx.remote.test [192.0.2.1]:25")
+
+    @defer.inlineCallbacks
+    def test_committed_outcomes_reach_the_outcome_subscribers(self):
+        self.remote.replies["carol@remote.test"] = "550 5.1.1 no such user"
+        heard = []
+        self.events.outcome.subscribe(heard.append)
+        yield self.start()
+        yield self.send("bob@remote.test", "carol@remote.test")
+        yield self.settle()
+        states = yield self.states()
+        self.assertEqual(states, {"bob@remote.test": "delivered", "carol@remote.test": "bounced"})
+        outcomes = sorted(result.outcome for results in heard for result in results)
+        self.assertEqual(outcomes, ["bounced", "delivered"])
 
     @defer.inlineCallbacks
     def test_temporary_failure_defers_with_doubling_backoff(self):

@@ -18,6 +18,7 @@ from atollon_mail.dns.watcher import Change, DnsWatcher, changes_between, notifi
 from atollon_mail.store import domains
 from atollon_mail.store import queries as q
 from atollon_mail.store.records import DnsCheckRecord, DnsCheckResult
+from atollon_mail.workers import Workers
 from tests.dns.fixtures import (
     HOSTNAME,
     appliance_zones,
@@ -55,7 +56,12 @@ class WatcherContractTests(StoreFixtureMixin):
         self.clock.advance(1_900_000_000)
         self.sent: list[tuple[str, bytes]] = []
         self.check_threads: list[threading.Thread] = []
-        self.watcher = DnsWatcher(self.store, self.config, reactor, self.send, clock=self.clock)
+        self.workers = Workers(reactor)
+        self.workers.startService()
+        self.addCleanup(self.workers.stopService)
+        self.watcher = DnsWatcher(
+            self.store, self.config, reactor, self.send, self.workers.dns, clock=self.clock
+        )
         original = self.watcher._check
 
         def recording(subject):
@@ -98,7 +104,13 @@ class WatcherContractTests(StoreFixtureMixin):
 
     def test_first_round_can_wait_after_start_and_stopping_before_it_checks_nothing(self):
         delayed = DnsWatcher(
-            self.store, self.config, reactor, self.send, clock=self.clock, first_check_delay=60
+            self.store,
+            self.config,
+            reactor,
+            self.send,
+            self.workers.dns,
+            clock=self.clock,
+            first_check_delay=60,
         )
         delayed.startService()
         self.assertIsNone(delayed.round, "no round at start")

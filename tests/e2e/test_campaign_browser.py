@@ -17,11 +17,11 @@ from atollon_mail.config import parse_config
 from atollon_mail.massmail import campaigns as campaign_ops
 from atollon_mail.store import queries as q
 from atollon_mail.store.models import utc_now
-from atollon_mail.web import build_web_root
 from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, sync_playwright
 
 if sync_playwright is not None:
     from playwright.sync_api import expect
+from tests.builders import web_root
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import ServedWebMixin
 from tests.web.test_campaigns import MEMBERS, make_group, set_states
@@ -60,7 +60,7 @@ class CampaignBrowserTests(ServedWebMixin, StoreFixtureMixin):
         clock = Clock()
         clock.advance(1_000_000)
         config = parse_config("[appliance]\nhostname = mail.example.com\n")
-        self.serve(build_web_root(self.store, config, reactor, clock=clock))
+        self.serve(web_root(self, self.store, config, reactor, clock=clock))
 
     def change(self, operation, *args):
         """From the browser's thread: a store operation run by the reactor's store."""

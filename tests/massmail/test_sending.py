@@ -16,6 +16,7 @@ from atollon_mail.config import MassmailConfig, parse_config
 from atollon_mail.delivery.bounce import FailedRecipient, build_dsn
 from atollon_mail.delivery.intake import Intake
 from atollon_mail.delivery.runner import DeliveryRunner
+from atollon_mail.events import Events
 from atollon_mail.massmail import campaigns, sending
 from atollon_mail.massmail.returns import CampaignReturns
 from atollon_mail.massmail.sender import MassMailSender
@@ -122,7 +123,10 @@ class SendingTests(StoreFixtureMixin):
         self.clock = task.Clock()
         self.clock.advance(float(int(time.time()) + 2))
         self.remote = ScriptedRemote()
-        self.intake = Intake(self.store)
+        self.events = Events()
+        self.tokens = RecipientTokens(SECRET)
+        self.returns = CampaignReturns(self.store, self.tokens, self.clock, self.events)
+        self.intake = Intake(self.store, self.events, campaign_returns=self.returns)
         self.runner = DeliveryRunner(
             self.store,
             self.intake,
@@ -131,12 +135,8 @@ class SendingTests(StoreFixtureMixin):
             "mx.acme.test",
             self.clock,
             deliver=self.remote,
+            events=self.events,
         )
-        self.intake.on_queued = self.runner.queued
-        self.tokens = RecipientTokens(SECRET)
-        self.returns = CampaignReturns(self.store, self.tokens, self.clock)
-        self.intake.campaign_returns = self.returns
-        self.intake.filed_listeners.append(self.returns.filed)
         self.sender = self.make_sender()
 
     def make_sender(self, rate=None, window=None) -> MassMailSender:
@@ -151,7 +151,7 @@ class SendingTests(StoreFixtureMixin):
             "mail.acme.test",
             UNSUBSCRIBE_BASE,
             self.clock,
-            on_queued=self.runner.queued,
+            events=self.events,
         )
 
     def now(self) -> datetime.datetime:

@@ -11,10 +11,10 @@ from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
 from atollon_mail.store import queries as q
-from atollon_mail.web import build_web_root
 from atollon_mail.web.app import MAX_FORM_BYTES
 from atollon_mail.web.pages import LOGIN_FORM_BYTES
 from atollon_mail.web.pages_mail import MAX_COMPOSE_FORM_BYTES
+from tests.builders import web_root
 from tests.support import SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import ServedWebMixin, _hash
 
@@ -41,7 +41,7 @@ class BodyLimitTests(ServedWebMixin, SqliteStoreMixin, StoreFixtureMixin, unitte
         self.store.run_sync(q.add_user, "admin", _hash("admin-secret"), is_admin=True)
         self.clock = Clock()
         config = parse_config("[appliance]\nhostname = mail.example.com\n")
-        self.serve(build_web_root(self.store, config, reactor, clock=self.clock))
+        self.serve(web_root(self, self.store, config, reactor, clock=self.clock))
 
     @defer.inlineCallbacks
     def connect(self):

@@ -16,7 +16,8 @@ from atollon_mail.massmail import campaigns as campaign_ops
 from atollon_mail.store import mailboxes
 from atollon_mail.store import queries as q
 from atollon_mail.store.models import CampaignRecipient, utc_now
-from atollon_mail.web import build_web_root, pages_campaigns
+from atollon_mail.web import pages_campaigns
+from tests.builders import web_root
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import ServedWebMixin
 from tests.web.test_security import EVIL, _hash
@@ -75,7 +76,7 @@ class WebCampaignsTests(ServedWebMixin, StoreFixtureMixin):
         )
         clock = Clock()
         clock.advance(1_000_000)
-        root = build_web_root(self.store, config, reactor, clock=clock)
+        root = web_root(self, self.store, config, reactor, clock=clock)
         if "/campaigns" not in root.app.routes:
             pages_campaigns.register(root.app)
         self.serve(root)

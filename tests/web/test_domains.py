@@ -14,7 +14,7 @@ from atollon_mail.delivery import dkim
 from atollon_mail.store import queries as q
 from atollon_mail.store.domains import last_dns_check, record_dns_check
 from atollon_mail.store.records import DnsCheckResult
-from atollon_mail.web import build_web_root
+from tests.builders import web_root
 from tests.dns.fixtures import HOSTNAME, appliance_zones, make_config, primary_zone
 from tests.dnsserver import start_dns_server
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
@@ -43,9 +43,8 @@ class DomainPagesTests(ServedWebMixin, StoreFixtureMixin):
         self.addCleanup(self.dns.stop)
         config = make_config(self.dns.nameserver)
         self.clock = Clock()
-        root = build_web_root(self.store, config, reactor, clock=self.clock)
         # The records and checks need the whole configuration (nameservers, addresses).
-        root.app.config = config
+        root = web_root(self, self.store, config, reactor, clock=self.clock)
         self.serve(root)
 
     @defer.inlineCallbacks

@@ -15,7 +15,7 @@ from atollon_mail.crm import contacts, groups
 from atollon_mail.crm.records import GroupPreview
 from atollon_mail.store import queries as q
 from atollon_mail.store.models import Campaign, Mailbox, utc_now
-from atollon_mail.web import build_web_root
+from tests.builders import web_root
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import ServedWebMixin
 from tests.web.test_security import _hash
@@ -69,7 +69,7 @@ class WebGroupsTests(ServedWebMixin, StoreFixtureMixin):
         self.ids = sync(make_contacts)
         self.acme = sync(contacts.get_organization, "Acme")
         config = parse_config("[appliance]\nhostname = mail.example.com\n")
-        root = build_web_root(self.store, config, reactor, clock=Clock())
+        root = web_root(self, self.store, config, reactor, clock=Clock())
         self.serve(root)
 
     @defer.inlineCallbacks

@@ -17,7 +17,8 @@ from atollon_mail.delivery.intake import summarize_headers
 from atollon_mail.store import queries as q
 from atollon_mail.store.mailboxes import grant_mailbox_access, update_mailbox
 from atollon_mail.store.records import IncomingMessage
-from atollon_mail.web import build_web_root, pages_mail
+from atollon_mail.web import pages_mail
+from tests.builders import web_root
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import ServedWebMixin
 from tests.web.test_security import _hash
@@ -63,7 +64,7 @@ class WebMailTests(ServedWebMixin, StoreFixtureMixin):
         self.clock = Clock()
         self.clock.advance(1_000_000)
         config = parse_config("[appliance]\nhostname = mail.example.com\n")
-        root = build_web_root(self.store, config, reactor, clock=self.clock)
+        root = web_root(self, self.store, config, reactor, clock=self.clock)
         self.serve(root)
 
     def deliver(self, raw: bytes, local_part: str) -> int:

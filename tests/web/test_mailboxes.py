@@ -14,7 +14,8 @@ from atollon_mail.store import mailboxes as mailbox_ops
 from atollon_mail.store import queries as q
 from atollon_mail.store.errors import NotFound
 from atollon_mail.store.models import Mailbox
-from atollon_mail.web import build_web_root, pages_mailboxes
+from atollon_mail.web import pages_mailboxes
+from tests.builders import web_root
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import ServedWebMixin
 from tests.web.test_security import EVIL, _hash
@@ -37,7 +38,7 @@ class WebMailboxesTests(ServedWebMixin, StoreFixtureMixin):
         self.clock = Clock()
         self.clock.advance(1_000_000)
         config = parse_config("[appliance]\nhostname = mail.example.com\n")
-        root = build_web_root(self.store, config, reactor, clock=self.clock)
+        root = web_root(self, self.store, config, reactor, clock=self.clock)
         if "/mailboxes" not in root.app.routes:
             pages_mailboxes.register(root.app)
         self.serve(root)

@@ -14,7 +14,7 @@ from atollon_mail.config import parse_config
 from atollon_mail.store import mailboxes
 from atollon_mail.store import queries as q
 from atollon_mail.store.records import DeliveryResult, OutgoingMessage
-from atollon_mail.web import build_web_root
+from tests.builders import web_root
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import ServedWebMixin
 from tests.web.test_security import EVIL, _hash
@@ -69,7 +69,7 @@ class QueuePagesTests(ServedWebMixin, StoreFixtureMixin):
         clock = Clock()
         clock.advance(1_000_000)
         config = parse_config("[appliance]\nhostname = mail.example.com\n")
-        root = build_web_root(self.store, config, reactor, clock=clock)
+        root = web_root(self, self.store, config, reactor, clock=clock)
         self.serve(root)
 
     def _queue_id(self, address: str) -> int:

@@ -18,9 +18,9 @@ from atollon_mail.store import queries as q
 from atollon_mail.store.domains import record_dns_check
 from atollon_mail.store.mailboxes import grant_mailbox_access
 from atollon_mail.store.records import DeliveryResult, DnsCheckResult, OutgoingMessage
-from atollon_mail.web import build_web_root
 from atollon_mail.web.app import cookie_header
 from atollon_mail.web.sessions import SESSION_COOKIE
+from tests.builders import web_root
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.test_auth import CountingPool
 from tests.web.support import Browser, ServedWebMixin, _hash  # noqa: F401 (others import them here)
@@ -79,8 +79,8 @@ class WebSecurityTests(ServedWebMixin, StoreFixtureMixin):
         self.workers.start()
         self.addCleanup(self.workers.stop)
         authenticator = build_authenticator(self.store, reactor, self.workers, self.clock)
-        root = build_web_root(
-            self.store, config, reactor, clock=self.clock, authenticator=authenticator
+        root = web_root(
+            self, self.store, config, reactor, clock=self.clock, authenticator=authenticator
         )
         self.app = root.app
         self.serve(root)
@@ -223,12 +223,7 @@ class WebSecurityTests(ServedWebMixin, StoreFixtureMixin):
         config = parse_config(
             "[appliance]\nhostname = mail.example.com\n[web]\ntrusted_proxies = 192.0.2.1\n"
         )
-        authenticator = build_authenticator(self.store, reactor, self.workers, self.clock)
-        self.serve(
-            build_web_root(
-                self.store, config, reactor, clock=self.clock, authenticator=authenticator
-            )
-        )
+        self.serve(web_root(self, self.store, config, reactor, clock=self.clock))
         for number in range(ADDRESS_LIMIT):
             forged = self.browser({"X-Forwarded-For": f"203.0.113.{number}"})
             answer = yield forged.login(f"guess-{number}", "wrong")

@@ -12,7 +12,7 @@ from atollon_mail.massmail.tokens import RecipientTokens
 from atollon_mail.passwords import hash_password
 from atollon_mail.store import queries
 from atollon_mail.store.models import CampaignRecipient, Suppression, utc_now
-from atollon_mail.web import build_web_root
+from tests.builders import web_root
 from tests.massmail.test_sending import SECRET, _crm_fixture
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import ServedWebMixin
@@ -31,7 +31,7 @@ class UnsubscribeTests(StoreFixtureMixin, ServedWebMixin):
         sync(campaigns.start_campaign, campaign.id, utc_now())
         self.row_id = sync(lambda: CampaignRecipient.get(address="bob@example.net").id)
         self.tokens = RecipientTokens(SECRET)
-        root = build_web_root(self.store, parse_config(""), reactor, recipient_tokens=self.tokens)
+        root = web_root(self, self.store, parse_config(""), reactor, recipient_tokens=self.tokens)
         self.serve(root)
 
     def link(self, row_id: int | None = None) -> str:

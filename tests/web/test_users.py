@@ -12,7 +12,7 @@ from atollon_mail.config import parse_config
 from atollon_mail.store import queries as q
 from atollon_mail.store import users as user_ops
 from atollon_mail.store.errors import Conflict, NotFound
-from atollon_mail.web import build_web_root
+from tests.builders import web_root
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import ServedWebMixin
 from tests.web.test_security import EVIL, _hash
@@ -35,7 +35,7 @@ class WebUsersTests(ServedWebMixin, StoreFixtureMixin):
         self.clock = Clock()
         self.clock.advance(1_000_000)
         config = parse_config("[appliance]\nhostname = mail.example.com\n")
-        root = build_web_root(self.store, config, reactor, clock=self.clock)
+        root = web_root(self, self.store, config, reactor, clock=self.clock)
         self.serve(root)
 
     @defer.inlineCallbacks

@@ -1,0 +1,65 @@
+"""The delivery subsystem: the intake, the runner, the auto-responder and DKIM signing."""
+
+from __future__ import annotations
+
+import attrs
+from twisted.application.service import IService
+
+from atollon_mail.config import Config
+from atollon_mail.delivery.autoresponder import Autoresponder
+from atollon_mail.delivery.intake import Intake, SubmissionIntake
+from atollon_mail.delivery.mx import MXResolver
+from atollon_mail.delivery.runner import DeliveryRunner
+from atollon_mail.delivery.signing import DkimSigner
+from atollon_mail.delivery.srs import SRS, load_or_create_srs_secret
+from atollon_mail.events import Events
+from atollon_mail.store.database import is_sqlite
+from atollon_mail.workers import Workers
+
+
+@attrs.frozen
+class Delivery:
+    intake: Intake
+    submission_intake: SubmissionIntake  # what the submission policy asks of the store
+    runner: DeliveryRunner
+    autoresponder: Autoresponder
+    signer: DkimSigner
+    services: tuple[IService, ...]
+
+
+def build(
+    config: Config,
+    store,
+    events: Events,
+    workers: Workers,
+    reactor,
+    campaign_returns=None,
+) -> Delivery:
+    """The intake fires `queued` and `filed`; the runner wakes on `queued`, the
+    auto-responder hears `filed`. `campaign_returns` resolves campaign addresses."""
+    writers = 1 if is_sqlite(store.database) else 2
+    srs = SRS(load_or_create_srs_secret(config.delivery.srs_secret, config.appliance.data_dir))
+    intake = Intake(
+        store,
+        events,
+        concurrent_batches=writers,
+        clock=reactor,
+        srs=srs,
+        workers=workers.cpu,
+        campaign_returns=campaign_returns,
+    )
+    resolver = MXResolver(reactor, workers.dns, nameservers=config.delivery.nameservers)
+    signer = DkimSigner(store, reactor, workers.cpu, config.delivery.dkim_key_retention)
+    hostname = config.appliance.hostname
+    runner = DeliveryRunner(
+        store, intake, resolver, config.delivery, hostname, reactor, signer=signer, events=events
+    )
+    autoresponder = Autoresponder(store, intake, hostname, reactor, events)
+    return Delivery(
+        intake,
+        SubmissionIntake(store, intake),
+        runner,
+        autoresponder,
+        signer,
+        services=(runner,),
+    )

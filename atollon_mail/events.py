@@ -1,0 +1,55 @@
+"""The appliance's events: one object, made first and passed into constructors.
+
+Producers fire, consumers subscribe when they are built, so nothing is wired by patching
+an object after it was made:
+
+- `queued()`: a commit queued mail for remote delivery (the intake, the mass-mail
+  sender); the delivery runner wakes up.
+- `filed(envelope_sender, recipients, raw)`: a message was filed into local mailboxes
+  for every recipient the store filed it for; the auto-responder and the campaign
+  returns listen.
+- `outcome(results)`: the delivery runner committed the outcomes of one connection (a
+  tuple of store.records.DeliveryResult).
+
+A subscriber's trouble is logged and never reaches the producer: by the time an event
+fires, the work it tells of is committed and acknowledged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.logger import Logger
+
+log = Logger()
+
+
+class Channel:
+    """One kind of event: subscribe(callback) at construction time, fire(*args) after."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._subscribers: list[Callable] = []
+
+    def subscribe(self, callback: Callable) -> None:
+        self._subscribers.append(callback)
+
+    @property
+    def subscribed(self) -> bool:
+        return bool(self._subscribers)
+
+    def fire(self, *args) -> None:
+        for callback in tuple(self._subscribers):
+            try:
+                callback(*args)
+            except Exception:
+                log.failure("a subscriber of the {name} event failed", name=self.name)
+
+
+class Events:
+    """The channels every subsystem shares."""
+
+    def __init__(self):
+        self.queued = Channel("queued")
+        self.filed = Channel("filed")
+        self.outcome = Channel("outcome")

@@ -1,0 +1,31 @@
+"""What every listener of the appliance shares: its connection caps."""
+
+from __future__ import annotations
+
+import functools
+
+from atollon_mail.config import Config
+from atollon_mail.connections import LimitedFactory
+from atollon_mail.smtp.server import connection_refusal
+from atollon_mail.web.limits import connection_refusal as web_refusal
+
+
+def limited(
+    factory, name: str, limits, config: Config, reactor, web: bool = False
+) -> LimitedFactory:
+    """A listener's factory with its [section] max_connections caps; trusted and relay
+    networks are exempt from the per-client cap."""
+    if web:
+        refusal = web_refusal
+    else:
+        refusal = functools.partial(connection_refusal, config.appliance.hostname)
+    return LimitedFactory(
+        factory,
+        limits.max_connections,
+        limits.max_connections_per_client,
+        refusal,
+        reactor,
+        exempt=config.smtp.trusted_networks + config.smtp.relay_networks,
+        name=name,
+        wait_for_head=web,
+    )

@@ -1,0 +1,49 @@
+"""The web subsystem: the site on its listener."""
+
+from __future__ import annotations
+
+from twisted.application import strports
+from twisted.application.service import IService
+
+from atollon_mail.config import Config
+from atollon_mail.events import Events
+from atollon_mail.listening import limited
+from atollon_mail.web import build_web_root
+from atollon_mail.web.bodylimit import BodyLimitedRequest
+from atollon_mail.web.limits import DeadlineSite
+from atollon_mail.workers import Workers
+
+
+def build(
+    config: Config,
+    store,
+    events: Events,
+    workers: Workers,
+    reactor,
+    intake,
+    authenticator,
+    recipient_tokens,
+) -> tuple[IService, ...]:
+    """The "web" listener: mail composed in the browser goes to `intake`, logins are
+    checked by `authenticator` (the one SMTP AUTH uses)."""
+    web_root = build_web_root(
+        store,
+        config,
+        reactor,
+        intake,
+        workers,
+        authenticator,
+        recipient_tokens=recipient_tokens,
+    )
+    # BodyLimitedRequest refuses a body over its route's limit before reading it.
+    site = DeadlineSite(
+        web_root,
+        reactor,
+        header_timeout=config.web.header_timeout,
+        body_timeout=config.web.body_timeout,
+        requestFactory=BodyLimitedRequest,
+    )
+    site = limited(site, "web", config.web, config, reactor, web=True)
+    web = strports.service(config.web.listen, site, reactor=reactor)
+    web.setName("web")
+    return (web,)
