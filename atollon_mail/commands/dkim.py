@@ -7,7 +7,7 @@ import datetime
 
 from atollon_mail.commands.output import PROGRAM, Refused, out, table
 from atollon_mail.config import default_config_path, load_config
-from atollon_mail.store import queries
+from atollon_mail.store import common, queries
 from atollon_mail.store.domains import all_dkim_keys
 
 
@@ -56,7 +56,7 @@ def _dkim_list(store, args) -> None:
 def _dkim_show(store, args) -> None:
     from atollon_mail.delivery import dkim
 
-    name = queries.normalize_domain_name(args.domain)
+    name = common.normalize_domain_name(args.domain)
     if name not in {domain.name for domain in store.run_sync(queries.list_domains)}:
         raise Refused(f"no domain {name}; add it with: {PROGRAM} domain add {name}")
     # Every key: pending ones are to be published, retired ones kept a while.

@@ -18,6 +18,7 @@ from atollon_mail.crm.records import (
     EmploymentRecord,
     OrganizationRecord,
 )
+from atollon_mail.store.common import create, limited, normalize_identity, read_only
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.models import (
     CONTACT_KINDS,
@@ -28,7 +29,6 @@ from atollon_mail.store.models import (
     Organization,
     utc_now,
 )
-from atollon_mail.store.queries import _create, _limited, normalize_identity, read_only
 
 _LANGUAGE = re.compile(r"^[a-z]{2}$")
 
@@ -71,9 +71,9 @@ def display_name(name: str, first_name: str, last_name: str) -> str:
 def contact_names(kind: str, name: str, first_name: str, last_name: str) -> tuple[str, str, str]:
     """(name, first_name, last_name) checked: a company needs a name, a person a last name
     or a name; a person's name defaults to "first last"."""
-    name = _limited(name, 200, "name")
-    first_name = _limited(first_name, 100, "first name")
-    last_name = _limited(last_name, 100, "last name")
+    name = limited(name, 200, "name")
+    first_name = limited(first_name, 100, "first name")
+    last_name = limited(last_name, 100, "last name")
     if kind == "company":
         if not name:
             raise Invalid("a company needs a name")
@@ -82,7 +82,7 @@ def contact_names(kind: str, name: str, first_name: str, last_name: str) -> tupl
         return name, "", ""
     if not (name or last_name):
         raise Invalid("a person needs a last name or a name")
-    return _limited(display_name(name, first_name, last_name), 200, "name"), first_name, last_name
+    return limited(display_name(name, first_name, last_name), 200, "name"), first_name, last_name
 
 
 # --- lookups --------------------------------------------------------------------------
@@ -138,14 +138,14 @@ def contact_record(contact: Contact) -> ContactRecord:
 
 
 def add_organization(name: str, now: datetime.datetime | None = None) -> OrganizationRecord:
-    name = _limited(name, 200, "organization's name")
+    name = limited(name, 200, "organization's name")
     if not name:
         raise Invalid("an organization needs a name")
     if name.isdigit():
         raise Invalid(f"{name!r} would read as an id; give the organization a name with letters")
     if Organization.select().where(Organization.name == name).exists():
         raise Conflict(f"organization {name} exists already")
-    organization = _create(
+    organization = create(
         Organization,
         f"organization {name} exists already",
         name=name,
@@ -184,7 +184,7 @@ def add_contact(
     kind = normalize_kind(kind)
     name, first_name, last_name = contact_names(kind, name, first_name, last_name)
     if external_id is not None:
-        external_id = _limited(external_id, 100, "external id") or None
+        external_id = limited(external_id, 100, "external id") or None
     conflict = f"organization {owner.name} has a contact with external id {external_id} already"
     if (
         external_id is not None
@@ -194,7 +194,7 @@ def add_contact(
     ):
         raise Conflict(conflict)
     now = now or utc_now()
-    contact = _create(
+    contact = create(
         Contact,
         conflict,
         organization=owner.id,

@@ -41,10 +41,10 @@ import peewee
 
 from atollon_mail.crm.contacts import display_name, normalize_email, normalize_language
 from atollon_mail.crm.records import ImportProblem, ImportReport
+from atollon_mail.store.common import chunks
 from atollon_mail.store.database import is_sqlite
 from atollon_mail.store.errors import Invalid
 from atollon_mail.store.models import Contact, Employment, Organization, database_proxy, utc_now
-from atollon_mail.store.queries import _chunks
 
 COLUMNS = (
     "organization",
@@ -383,7 +383,7 @@ def _stored_contacts(keys: set[tuple[int, str]]) -> dict[tuple[int, str], _Store
         else:
             queries = [
                 of_organization.where(Contact.external_id.in_(chunk))
-                for chunk in _chunks(sorted(external_ids))
+                for chunk in chunks(sorted(external_ids))
             ]
         for query in queries:
             for row in query.tuples():
@@ -497,7 +497,7 @@ def _insert_rows(model, fields: list, rows: list[tuple]) -> None:
     columns = ", ".join(_quoted(field.column_name) for field in fields)
     one_row = "(" + ", ".join([database.param] * len(fields)) + ")"
     statements: dict[int, str] = {}
-    for chunk in _chunks(rows, _ROWS_PER_INSERT):
+    for chunk in chunks(rows, _ROWS_PER_INSERT):
         sql = statements.get(len(chunk))
         if sql is None:
             sql = statements[len(chunk)] = (
@@ -516,7 +516,7 @@ def _update_rows(model, fields: list, rows: list[tuple]) -> None:
         f"WHERE {_quoted(model.id.column_name)} = {database.param}"
     )
     cursor = database.cursor()
-    for chunk in _chunks(rows, _ROWS_PER_INSERT):
+    for chunk in chunks(rows, _ROWS_PER_INSERT):
         cursor.executemany(
             sql,
             [
@@ -625,7 +625,7 @@ def _write_employments(
     else:
         queries = [
             Employment.select(*columns).where(Employment.person.in_(chunk))
-            for chunk in _chunks(persons)
+            for chunk in chunks(persons)
         ]
     for query in queries:
         for row in query.order_by(Employment.id).tuples():

@@ -24,6 +24,7 @@ from atollon_mail.crm.records import (
     DefaultFolderReport,
     FolderRecord,
 )
+from atollon_mail.store.common import chunks, create, limited, read_only
 from atollon_mail.store.errors import Invalid, NotFound
 from atollon_mail.store.models import (
     Contact,
@@ -33,7 +34,6 @@ from atollon_mail.store.models import (
     Organization,
     utc_now,
 )
-from atollon_mail.store.queries import _chunks, _create, _limited, read_only
 
 # Longest activity text of a default folder (the column's size).
 ACTIVITY_LIMIT = 200
@@ -63,7 +63,7 @@ def folder_record(context: Context) -> FolderRecord:
 
 
 def _name(name: str, kind: str) -> str:
-    name = _limited(name, 200, f"{kind}'s name")
+    name = limited(name, 200, f"{kind}'s name")
     if not name:
         raise Invalid(f"a {kind} needs a name")
     return name
@@ -173,7 +173,7 @@ def set_default_folder(
         raise Invalid("give a folder or a project (or clear the default folder)")
     folder = _context_of(folder_id, "folder", owner) if folder_id is not None else None
     project = _context_of(project_id, "project", owner) if project_id is not None else None
-    activity = _limited(activity or "", ACTIVITY_LIMIT, "activity") or None
+    activity = limited(activity or "", ACTIVITY_LIMIT, "activity") or None
     values = {
         ContactContext.folder: folder.id if folder else None,
         ContactContext.project: project.id if project else None,
@@ -187,7 +187,7 @@ def set_default_folder(
         .execute()
     )
     if not updated:
-        _create(
+        create(
             ContactContext,
             f"the default folder of contact {contact.id} in {owner.name} was set at the same "
             "time by someone else; look at it and set it again",
@@ -281,7 +281,7 @@ def setup_default_folders(
     own_default: dict[int, tuple[int, str]] = {}
     company_folders: dict[int, list[tuple[int, str]]] = {}
     folder = Context.alias("folder")
-    for chunk in _chunks(sorted(company_ids)):
+    for chunk in chunks(sorted(company_ids)):
         for company_id, folder_id, folder_name in (
             ContactContext.select(ContactContext.contact, folder.id, folder.name)
             .join(folder, on=(ContactContext.folder == folder.id))
@@ -375,7 +375,7 @@ def _apply_default_folders(
         for change in changes
         if change.contact_id not in rows
     ]
-    for chunk in _chunks(new_rows):
+    for chunk in chunks(new_rows):
         ContactContext.insert_many(
             chunk,
             fields=[
@@ -392,7 +392,7 @@ def _apply_default_folders(
         if change.contact_id in rows:
             moved.setdefault(change.folder_id, []).append(rows[change.contact_id][0])
     for folder_id, row_ids in moved.items():
-        for chunk in _chunks(row_ids):
+        for chunk in chunks(row_ids):
             ContactContext.update(
                 {ContactContext.folder: folder_id, ContactContext.updated_at: now}
             ).where(ContactContext.id.in_(chunk)).execute()

@@ -27,6 +27,7 @@ from atollon_mail.crm.records import (
     MemberRecord,
     MembersChange,
 )
+from atollon_mail.store.common import chunks, create, limited, locked, read_only
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.models import (
     GROUP_KINDS,
@@ -37,7 +38,6 @@ from atollon_mail.store.models import (
     Organization,
     utc_now,
 )
-from atollon_mail.store.queries import _chunks, _create, _limited, _locked, read_only
 
 # How many members a group page or command shows as a sample.
 SAMPLE_SIZE = 50
@@ -65,7 +65,7 @@ def get_group_row(group: int | str) -> DistributionGroup:
 
 def _names(model, ids: Iterable[int]) -> dict[int, str]:
     found: dict[int, str] = {}
-    for chunk in _chunks(sorted(set(ids))):
+    for chunk in chunks(sorted(set(ids))):
         query = model.select(model.id, model.name).where(model.id.in_(chunk)).tuples()
         found.update(query)
     return found
@@ -185,7 +185,7 @@ def add_group(
 ) -> GroupRecord:
     """A static group (members added by hand) or a dynamic one (members by its filter; no
     filter: every contact, of the organization when one is given)."""
-    name = _limited(name, 200, "group's name")
+    name = limited(name, 200, "group's name")
     if not name:
         raise Invalid("a group needs a name")
     if name.isdigit():
@@ -203,7 +203,7 @@ def add_group(
         spec_json = spec.to_json()
     if DistributionGroup.select().where(DistributionGroup.name == name).exists():
         raise Conflict(f"group {name} exists already")
-    group = _create(
+    group = create(
         DistributionGroup,
         f"group {name} exists already",
         name=name,
@@ -265,7 +265,7 @@ def change_members(
     if both:
         raise Invalid(f"contacts {_id_list(both)} are both added and removed; choose one")
     organizations: dict[int, int] = {}
-    for chunk in _chunks(add_ids):
+    for chunk in chunks(add_ids):
         query = Contact.select(Contact.id, Contact.organization).where(Contact.id.in_(chunk))
         organizations.update(query.tuples())
     missing = [contact_id for contact_id in add_ids if contact_id not in organizations]
@@ -279,19 +279,19 @@ def change_members(
                 f"{row.organization.name}, the group's"
             )
     present: set[int] = set()
-    for chunk in _chunks(add_ids + remove_ids):
+    for chunk in chunks(add_ids + remove_ids):
         query = GroupMember.select(GroupMember.contact).where(
             (GroupMember.group == row.id) & GroupMember.contact.in_(chunk)
         )
         present.update(contact_id for (contact_id,) in query.tuples())
     removing = [contact_id for contact_id in remove_ids if contact_id in present]
-    for chunk in _chunks(removing):
+    for chunk in chunks(removing):
         GroupMember.delete().where(
             (GroupMember.group == row.id) & GroupMember.contact.in_(chunk)
         ).execute()
     adding = [contact_id for contact_id in add_ids if contact_id not in present]
     now = utc_now()
-    for chunk in _chunks(adding):
+    for chunk in chunks(adding):
         GroupMember.insert_many(
             [(row.id, contact_id, now) for contact_id in chunk],
             fields=[GroupMember.group, GroupMember.contact, GroupMember.added_at],
@@ -307,7 +307,7 @@ def change_members(
 
 def _lock_group(row: DistributionGroup) -> None:
     # Two admins changing one group at once see each other's change.
-    _locked(
+    locked(
         DistributionGroup.select(DistributionGroup.id).where(DistributionGroup.id == row.id)
     ).execute()
 

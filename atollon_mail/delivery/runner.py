@@ -32,7 +32,7 @@ from atollon_mail.delivery.intake import GroupCommitter
 from atollon_mail.delivery.mx import DNSLookupError, TemporaryDNSError
 from atollon_mail.events import Events
 from atollon_mail.smtp import client
-from atollon_mail.store import queries
+from atollon_mail.store import common, queries
 from atollon_mail.store.records import Delivery, DeliveryResult, OutgoingMessage, Recipient
 
 log = Logger()
@@ -57,11 +57,11 @@ class _Progress:
     at: datetime.datetime
 
 
-@queries.flushed_lazily
+@common.flushed_lazily
 def _record_progress(items: Sequence[_Progress]) -> list[None]:
     """Progress of several connections in one transaction (one commit). A dot waits for
     this commit, so it does not wait for the disk: what it must survive is this process
-    dying (see queries.flushed_lazily)."""
+    dying (see common.flushed_lazily)."""
     marks = [recipient_id for item in items for recipient_id in item.marks]
     if marks:
         queries.mark_dots_sent(marks, max(item.at for item in items if item.marks))

@@ -38,6 +38,7 @@ from atollon_mail.massmail.templates import (
     render_variant,
 )
 from atollon_mail.store import identities
+from atollon_mail.store.common import limited, locked, normalize_identity, read_only
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.models import (
     FINAL_RECIPIENT_STATES,
@@ -55,13 +56,7 @@ from atollon_mail.store.models import (
     Suppression,
     utc_now,
 )
-from atollon_mail.store.queries import (
-    _get_mailbox,
-    _limited,
-    _locked,
-    normalize_identity,
-    read_only,
-)
+from atollon_mail.store.queries import _get_mailbox
 
 _LANGUAGE = re.compile(r"^[a-z]{2}$")
 _NAME_LIMIT = 200
@@ -127,7 +122,7 @@ def _get_campaign(campaign_id: int, lock: bool = False) -> Campaign:
     query = Campaign.select().where(Campaign.id == campaign_id)
     # Locked: state changes of one campaign (start, pause, the sender's finish) run one
     # at a time, each seeing the state the previous one left.
-    campaign = (_locked(query) if lock else query).first()
+    campaign = (locked(query) if lock else query).first()
     if campaign is None:
         raise NotFound(f"no campaign {campaign_id}; see: massmail list")
     return campaign
@@ -237,7 +232,7 @@ def create_campaign(
     """A draft campaign: the group it goes to, the mailbox it is sent from (its identity
     and signature), its message type and the language of contacts without a variant."""
     now = now or utc_now()
-    name = _limited(name, _NAME_LIMIT, "campaign name")
+    name = limited(name, _NAME_LIMIT, "campaign name")
     if not name:
         raise Invalid("a campaign needs a name")
     group_row = get_group_row(group)
@@ -834,7 +829,7 @@ def suppress_address(
     if reason not in SUPPRESSION_REASONS:
         raise Invalid(f"unknown reason {reason!r}; use one of {', '.join(SUPPRESSION_REASONS)}")
     if detail is not None:
-        detail = _limited(detail, _DETAIL_LIMIT, "detail") or None
+        detail = limited(detail, _DETAIL_LIMIT, "detail") or None
     if campaign_id is not None:
         _get_campaign(campaign_id)
     # Ignored when it exists: a concurrent suppression of the same address is no error.

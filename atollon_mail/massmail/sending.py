@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import attrs
 
 from atollon_mail.store import identities
+from atollon_mail.store.common import chunks, locked, placeholders, read_only
 from atollon_mail.store.errors import Invalid, NotFound
 from atollon_mail.store.models import (
     Campaign,
@@ -29,15 +30,11 @@ from atollon_mail.store.models import (
 from atollon_mail.store.queries import (
     SEEN_FLAG,
     Routed,
-    _chunks,
     _execute,
     _file_sent_copy,
     _lock_mailboxes,
-    _locked,
-    _placeholders,
     domain_names,
     enqueue,
-    read_only,
     route_addresses,
 )
 from atollon_mail.store.records import DeliveryResult, OutgoingMessage, Recipient, Rejection
@@ -200,7 +197,7 @@ def commit_handoff(
     Rows that are no longer queued (taken by a pause, a cancel, another sender) and a
     campaign no longer running are skipped: the status is read under the campaign's row
     lock, so a pause that committed first wins."""
-    campaign = _locked(
+    campaign = locked(
         Campaign.select(Campaign.status, Campaign.mailbox).where(Campaign.id == campaign_id)
     ).first()
     if campaign is None or campaign.status != "running" or not messages:
@@ -213,13 +210,13 @@ def commit_handoff(
     still_queued: set[int] = set()
     ids = [message.recipient_id for message in messages]
     claimed_at = CampaignRecipient.updated_at.db_value(now)
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         still_queued.update(
             row[0]
             for row in database_proxy.execute_sql(
                 f"UPDATE campaign_recipient SET state = 'sending', updated_at = {param}"
                 f" WHERE campaign_id = {param} AND state = 'queued'"
-                f" AND id IN ({_placeholders(len(chunk))}) RETURNING id",
+                f" AND id IN ({placeholders(len(chunk))}) RETURNING id",
                 (claimed_at, campaign_id, *chunk),
             ).fetchall()
         )
@@ -362,30 +359,30 @@ def take_back(campaign_id: int, now: datetime.datetime) -> int:
     stamp = CampaignRecipient.updated_at.db_value(now)
     queue_message_ids = sorted({row[2] for row in rows})
     message_ids: list[int] = []
-    for chunk in _chunks(queue_message_ids):
+    for chunk in chunks(queue_message_ids):
         message_ids.extend(
             row[0]
             for row in database_proxy.execute_sql(
-                f"SELECT message_id FROM queue_message WHERE id IN ({_placeholders(len(chunk))})",
+                f"SELECT message_id FROM queue_message WHERE id IN ({placeholders(len(chunk))})",
                 tuple(chunk),
             ).fetchall()
         )
-    for chunk in _chunks([row[0] for row in rows]):
+    for chunk in chunks([row[0] for row in rows]):
         database_proxy.execute_sql(
             "UPDATE campaign_recipient SET state = 'queued', queue_recipient_id = NULL,"
             f" message_id = NULL, last_reply = {param}, updated_at = {param}"
-            f" WHERE id IN ({_placeholders(len(chunk))})",
+            f" WHERE id IN ({placeholders(len(chunk))})",
             (TAKEN_BACK_REPLY, stamp, *chunk),
         )
     # A campaign message has one recipient: its queue rows and its bytes go with it (it
     # was never sent, so it is not filed anywhere).
-    for chunk in _chunks(queue_message_ids):
+    for chunk in chunks(queue_message_ids):
         database_proxy.execute_sql(
-            f"DELETE FROM queue_message WHERE id IN ({_placeholders(len(chunk))})", tuple(chunk)
+            f"DELETE FROM queue_message WHERE id IN ({placeholders(len(chunk))})", tuple(chunk)
         )
-    for chunk in _chunks(sorted(set(message_ids))):
+    for chunk in chunks(sorted(set(message_ids))):
         database_proxy.execute_sql(
-            f"DELETE FROM message WHERE id IN ({_placeholders(len(chunk))})"
+            f"DELETE FROM message WHERE id IN ({placeholders(len(chunk))})"
             " AND NOT EXISTS (SELECT 1 FROM filing f WHERE f.message_id = message.id)",
             tuple(chunk),
         )
@@ -451,10 +448,10 @@ def record_campaign_results(results: Sequence[DeliveryResult]) -> None:
 def _file_sent(recipient_ids: Sequence[int], at: datetime.datetime) -> None:
     stamp = Message.received_at.db_value(at)
     rows = []
-    for chunk in _chunks(sorted(recipient_ids)):
+    for chunk in chunks(sorted(recipient_ids)):
         rows.extend(
             database_proxy.execute_sql(
-                _FILING_SQL.format(ids=_placeholders(len(chunk))), tuple(chunk)
+                _FILING_SQL.format(ids=placeholders(len(chunk))), tuple(chunk)
             ).fetchall()
         )
     for _, message_id, mailbox_id, context_id in sorted(rows):
@@ -497,11 +494,11 @@ def mark_uncertain(queue_recipient_ids: Sequence[int]) -> int:
     taken it, so the next attempt may be a second copy. They are marked uncertain (and
     sent again). Rows whose message never left are not: see queries.requeue_in_flight."""
     marked = 0
-    for chunk in _chunks(sorted(queue_recipient_ids)):
+    for chunk in chunks(sorted(queue_recipient_ids)):
         marked += database_proxy.execute_sql(
             "UPDATE campaign_recipient SET uncertain = TRUE WHERE id IN"
             " (SELECT campaign_recipient_id FROM queue_recipient"
-            f" WHERE id IN ({_placeholders(len(chunk))}) AND campaign_recipient_id IS NOT NULL)",
+            f" WHERE id IN ({placeholders(len(chunk))}) AND campaign_recipient_id IS NOT NULL)",
             tuple(chunk),
         ).rowcount
     return marked

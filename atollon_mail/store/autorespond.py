@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import peewee
 
 from atollon_mail.store import identities
+from atollon_mail.store.common import RECIPIENT_DELIMITER, create, locked, read_only
 from atollon_mail.store.errors import Invalid
 from atollon_mail.store.models import (
     Alias,
@@ -23,13 +24,7 @@ from atollon_mail.store.models import (
     database_proxy,
     utc_now,
 )
-from atollon_mail.store.queries import (
-    RECIPIENT_DELIMITER,
-    _create,
-    _get_mailbox,
-    _locked,
-    read_only,
-)
+from atollon_mail.store.queries import _get_mailbox
 from atollon_mail.store.records import AutoreplyPlan, AutoresponderRecord
 
 DEFAULT_SUBJECT = "Out of office"
@@ -144,7 +139,7 @@ def set_autoresponder(
         raise Invalid(f"enabled must be true or false, got {enabled!r}")
     mailbox = _get_mailbox(mailbox_address)
     address = _address(mailbox)
-    responder = _locked(Autoresponder.select().where(Autoresponder.mailbox == mailbox.id)).first()
+    responder = locked(Autoresponder.select().where(Autoresponder.mailbox == mailbox.id)).first()
     if responder is None:
         settings = {
             "subject": DEFAULT_SUBJECT,
@@ -175,7 +170,7 @@ def set_autoresponder(
         raise Invalid(f"auto-respond for {address} needs the text of its reply before it is on")
     settings.update(enabled=enabled, updated_at=utc_now())
     if responder is None:
-        responder = _create(
+        responder = create(
             Autoresponder,
             f"auto-respond for {address} was changed at the same time; try again",
             mailbox=mailbox.id,
@@ -244,7 +239,7 @@ def claim_autoreply(
     correspondent = normalize_correspondent(correspondent)
     if not correspondent or len(correspondent) > CORRESPONDENT_LIMIT:
         return None
-    responder = _locked(Autoresponder.select().where(Autoresponder.mailbox == mailbox_id)).first()
+    responder = locked(Autoresponder.select().where(Autoresponder.mailbox == mailbox_id)).first()
     if responder is None or not responder.enabled:
         return None
     if responder.starts_at is not None and now < responder.starts_at:

@@ -13,17 +13,10 @@ from collections.abc import Sequence
 
 import attrs
 
+from atollon_mail.store.common import create, locked, read_only
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.models import DkimKey, DnsCheck, Domain, Mailbox, User, utc_now
-from atollon_mail.store.queries import (
-    _create,
-    _dkim_key_record,
-    _domain_record,
-    _get_domain,
-    _locked,
-    dkim_key_state,
-    read_only,
-)
+from atollon_mail.store.queries import _dkim_key_record, _domain_record, _get_domain, dkim_key_state
 from atollon_mail.store.records import (
     DkimActivation,
     DkimKeyRecord,
@@ -128,7 +121,7 @@ def all_dkim_keys(name: str | None = None) -> list[DkimKeyRecord]:
 
 def _get_key(domain: Domain, selector: str) -> DkimKey:
     selector = selector.strip().lower()
-    key = _locked(
+    key = locked(
         DkimKey.select().where((DkimKey.domain == domain.id) & (DkimKey.selector == selector))
     ).first()
     if key is None:
@@ -154,7 +147,7 @@ def activate_dkim_key(
     if key.active:
         raise Conflict(f"the DKIM key {key.selector} of {domain.name} signs already")
     replaced = list(
-        _locked(
+        locked(
             DkimKey.select().where(
                 (DkimKey.domain == domain.id)
                 & (DkimKey.algorithm == key.algorithm)
@@ -226,12 +219,12 @@ def record_dns_check(
         if result.status not in CHECK_STATUSES:
             raise Invalid(f"a check's status is pass, warn or fail, got {result.status!r}")
     domain = _get_domain(name)
-    row = _locked(DnsCheck.select().where(DnsCheck.domain == domain.id)).first()
+    row = locked(DnsCheck.select().where(DnsCheck.domain == domain.id)).first()
     previous = None if row is None else _check_record(row, domain.name)
     known = {} if previous is None else {result.check: result for result in previous.results}
     kept = [known.get(result.check, result) if result.temporary else result for result in results]
     if row is None:
-        _create(
+        create(
             DnsCheck,
             f"{domain.name} was checked at the same time by another watcher",
             domain=domain.id,

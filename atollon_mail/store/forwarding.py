@@ -10,17 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from atollon_mail.store.common import chunks, create, locked, normalize_identity, read_only
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.models import ForwardTarget, Mailbox, database_proxy, utc_now
-from atollon_mail.store.queries import (
-    _chunks,
-    _create,
-    _get_mailbox,
-    _locked,
-    normalize_identity,
-    read_only,
-    resolve_recipient,
-)
+from atollon_mail.store.queries import _get_mailbox, resolve_recipient
 from atollon_mail.store.records import ForwardingPlan, ForwardingRecord, Recipient, Rejection
 
 # How many mailboxes one message may reach through forwarding: a bound on the work one
@@ -46,7 +39,7 @@ def _record(mailbox: Mailbox) -> ForwardingRecord:
 def _locked_mailbox(address: str) -> Mailbox:
     # Locked: two admins changing one mailbox's forwarding at once see each other's change.
     mailbox = _get_mailbox(address)
-    _locked(Mailbox.select(Mailbox.id).where(Mailbox.id == mailbox.id)).execute()
+    locked(Mailbox.select(Mailbox.id).where(Mailbox.id == mailbox.id)).execute()
     return mailbox
 
 
@@ -98,7 +91,7 @@ def add_forward_target(mailbox_address: str, target_address: str) -> ForwardingR
     existing = _existing_targets(mailbox).get(_target_key(target))
     if existing is not None:
         raise Conflict(f"{own} forwards to {existing.address} already")
-    _create(
+    create(
         ForwardTarget,
         f"{own} forwards to {target} already",
         mailbox=mailbox.id,
@@ -146,7 +139,7 @@ def forward_targets(mailbox_ids: Iterable[int]) -> dict[int, tuple[str, ...]]:
     """The forward addresses of each mailbox that has any, in the order they were added."""
     found: dict[int, list[str]] = {}
     param = database_proxy.param
-    for chunk in _chunks(sorted(set(mailbox_ids))):
+    for chunk in chunks(sorted(set(mailbox_ids))):
         sql = (
             "SELECT mailbox_id, address FROM forward_target"
             f" WHERE mailbox_id IN ({', '.join([param] * len(chunk))}) ORDER BY id"

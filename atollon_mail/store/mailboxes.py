@@ -13,6 +13,14 @@ import re
 import peewee
 
 from atollon_mail.store import identities
+from atollon_mail.store.common import (
+    create,
+    limited,
+    locked,
+    normalize_address,
+    normalize_identity,
+    read_only,
+)
 from atollon_mail.store.errors import Conflict, IdentityRefused, Invalid, NotFound
 from atollon_mail.store.models import (
     Alias,
@@ -29,18 +37,12 @@ from atollon_mail.store.models import (
 )
 from atollon_mail.store.queries import (
     _context_record,
-    _create,
     _get_context,
     _get_mailbox,
     _get_user,
-    _limited,
-    _locked,
     _mailbox_record,
     _store_target,
     _store_targets,
-    normalize_address,
-    normalize_identity,
-    read_only,
 )
 from atollon_mail.store.records import (
     AliasRecord,
@@ -69,7 +71,7 @@ def _address(mailbox: Mailbox) -> str:
 def _lock_mailbox(mailbox: Mailbox) -> Mailbox:
     """The mailbox row locked (PostgreSQL) and read again: what a concurrent writer
     committed meanwhile is what the checks that follow see."""
-    _locked(Mailbox.select(Mailbox.id).where(Mailbox.id == mailbox.id)).execute()
+    locked(Mailbox.select(Mailbox.id).where(Mailbox.id == mailbox.id)).execute()
     return Mailbox.select(Mailbox, Domain).join(Domain).where(Mailbox.id == mailbox.id).get()
 
 
@@ -82,7 +84,7 @@ def set_default_mailbox(address: str) -> MailboxRecord:
     mailbox = _get_mailbox(address)
     # Every mailbox of the owner locked, in id order (as storing mail locks them): two
     # concurrent switches run one after the other and leave exactly one default.
-    _locked(
+    locked(
         Mailbox.select(Mailbox.id).where(Mailbox.owner == mailbox.owner_id).order_by(Mailbox.id)
     ).execute()
     mailbox = _lock_mailbox(mailbox)
@@ -264,9 +266,9 @@ def _plan_redirect(old_address: str, new_address: str, lock: bool):
     if lock:
         # The domain as adding a mailbox or an alias locks it, then both mailboxes in id
         # order: concurrent redirects (even of OLD to NEW and NEW to OLD) run one by one.
-        _locked(Domain.select(Domain.id).where(Domain.id == old.domain_id)).execute()
-        locked = {m.id: _lock_mailbox(m) for m in sorted((old, new), key=lambda m: m.id)}
-        old, new = locked[old.id], locked[new.id]
+        locked(Domain.select(Domain.id).where(Domain.id == old.domain_id)).execute()
+        rows = {m.id: _lock_mailbox(m) for m in sorted((old, new), key=lambda m: m.id)}
+        old, new = rows[old.id], rows[new.id]
     if not new.active:
         raise Conflict(
             f"{_address(new)} is inactive and receives nothing; redirect to an active mailbox"
@@ -306,7 +308,7 @@ def redirect_mailbox(old_address: str, new_address: str) -> RedirectResult:
     """
     old, new, result = _plan_redirect(old_address, new_address, lock=True)
     Alias.update(mailbox=new.id).where(Alias.mailbox == old.id).execute()
-    _create(
+    create(
         Alias,
         f"{result.old_address} is an alias already",
         name=old.local_part,
@@ -364,7 +366,7 @@ def grant_mailbox_access(
         .execute()
     )
     if not updated:
-        _create(
+        create(
             MailboxAccess,
             f"{user.login}'s rights on {_address(mailbox)} changed meanwhile; try again",
             mailbox=mailbox.id,
@@ -438,7 +440,7 @@ def normalize_type_code(code: str) -> str:
 
 
 def _type_name(name: str) -> str:
-    found = _limited(name, _TYPE_NAME_LIMIT, "name")
+    found = limited(name, _TYPE_NAME_LIMIT, "name")
     if not found:
         raise Invalid("a message type needs a name")
     return found
@@ -459,7 +461,7 @@ def _type_record(kind: MessageType) -> MessageTypeRecord:
 def _lock_types() -> None:
     """Every message type locked (a short table): changes to the defaults run one at a
     time, so two concurrent switches cannot leave two defaults of one kind."""
-    _locked(MessageType.select(MessageType.id).order_by(MessageType.id)).execute()
+    locked(MessageType.select(MessageType.id).order_by(MessageType.id)).execute()
 
 
 def _get_type(code: str) -> MessageType:
@@ -478,11 +480,11 @@ def add_message_type(
 ) -> MessageTypeRecord:
     code = normalize_type_code(code)
     name = _type_name(name)
-    description = _limited(description, _TYPE_DESCRIPTION_LIMIT, "description")
+    description = limited(description, _TYPE_DESCRIPTION_LIMIT, "description")
     conflict = f"a message type with code {code} exists already"
     if MessageType.select().where(MessageType.code == code).exists():
         raise Conflict(conflict)
-    kind = _create(
+    kind = create(
         MessageType,
         conflict,
         name=name,
@@ -512,7 +514,7 @@ def update_message_type(
     if name is not None:
         changes["name"] = _type_name(name)
     if description is not None:
-        changes["description"] = _limited(description, _TYPE_DESCRIPTION_LIMIT, "description")
+        changes["description"] = limited(description, _TYPE_DESCRIPTION_LIMIT, "description")
     if active is not None:
         changes["active"] = bool(active)
     will_be_active = changes.get("active", kind.active)

@@ -75,7 +75,7 @@ class Store:
         return self.database.atomic()
 
     def run_sync(self, operation, *args, **kwargs):
-        lazily = getattr(operation, "flushed_lazily", False)  # see queries.flushed_lazily
+        lazily = getattr(operation, "flushed_lazily", False)  # see common.flushed_lazily
         with database_proxy.bound_to(self.database):
             if is_sqlite(self.database):
                 if self.database.is_closed():

@@ -13,6 +13,22 @@ import attrs
 import peewee
 
 from atollon_mail.store import identities, returnpath
+from atollon_mail.store.common import (
+    RECIPIENT_DELIMITER,
+    chunks,
+    create,
+    limited,
+    locked,
+    normalize_address,
+    normalize_domain_name,
+    normalize_identity,
+    normalize_mailbox_name,
+    placeholders,
+    read_only,
+    strip_root_dot,
+    timestamp,
+    validate_login,
+)
 from atollon_mail.store.errors import Conflict, Invalid, NotFound, StoreError
 from atollon_mail.store.models import (
     CONTEXT_KINDS,
@@ -59,122 +75,6 @@ from atollon_mail.store.records import (
     SubmittedMessage,
     UserRecord,
 )
-
-# Everything after the first "+" of a local part is the user's tag (user+tag@domain).
-RECIPIENT_DELIMITER = "+"
-
-_DOMAIN_NAME = re.compile(
-    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$"
-)
-# Mailbox and alias names: letters (any script), digits, and . _ - inside; no "+" (the tag
-# delimiter) and none of the characters that once meant routing (% ! @).
-_MAILBOX_NAME = re.compile(r"^\w(?:[\w.-]{0,62}\w)?$")
-_LOGIN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-
-
-def read_only(operation):
-    """Mark an operation that only reads: the store runs it without taking the write lock."""
-    operation.read_only = True
-    return operation
-
-
-def flushed_lazily(operation):
-    """Mark an operation whose commit must survive a crash or `kill -9` of this process
-    but need not wait for the disk: SQLite runs it with synchronous=NORMAL (in WAL mode
-    the commit is in the operating system's hands when it returns, and the next commit
-    with synchronous=FULL, such as any stored message's, flushes it too), PostgreSQL
-    with synchronous_commit off (the server flushes it within a moment). Only a power
-    loss or an operating system crash may undo its last moments. For delivery progress
-    that means a message sent once more, as before it was written down at all; accepted
-    mail is never written this way."""
-    operation.flushed_lazily = True
-    return operation
-
-
-# --- validation helpers ---------------------------------------------------------------
-
-
-def _strip_root_dot(domain: str) -> str:
-    # One trailing dot is the DNS root ("example.com."); more is not a name.
-    return domain[:-1] if domain.endswith(".") else domain
-
-
-def normalize_domain_name(name: str) -> str:
-    domain = _strip_root_dot(name.strip().lower())
-    if not _DOMAIN_NAME.match(domain):
-        raise Invalid(f"{name!r} is not a domain name; give one such as example.com")
-    return domain
-
-
-def normalize_mailbox_name(name: str) -> str:
-    local = name.strip().lower()
-    if "@" in local:
-        raise Invalid(f"{name!r}: give the name without @domain")
-    if not _MAILBOX_NAME.match(local) or ".." in local:
-        raise Invalid(
-            f"{name!r} is not a valid mailbox name; use letters, digits and . _ - "
-            "(not at the start or end), at most 64 characters"
-        )
-    return local
-
-
-def split_address(address: str) -> tuple[str, str]:
-    local, at, domain = address.strip().rpartition("@")
-    if not at or not local or not domain:
-        raise Invalid(f"{address!r} is not an address; give one such as name@example.com")
-    return local, domain
-
-
-_IDENTITY_LOCAL_PART = re.compile(r"^[\w!#$%&'*+/=?^`{|}~-]+(?:\.[\w!#$%&'*+/=?^`{|}~-]+)*$")
-
-
-def normalize_identity(identity: str) -> str:
-    """A sending identity: a plain address (dot-atom local part, a real domain)."""
-    local, domain = split_address(identity)
-    if len(local) > 64 or not _IDENTITY_LOCAL_PART.match(local):
-        raise Invalid(f"{identity!r} is not a valid sending address; use name@domain")
-    return f"{local}@{normalize_domain_name(domain)}"
-
-
-def _limited(value: str, limit: int, what: str) -> str:
-    value = value.strip()
-    if len(value) > limit:
-        raise Invalid(f"the {what} is longer than {limit} characters")
-    return value
-
-
-def normalize_address(address: str) -> tuple[str, str]:
-    local, domain = split_address(address)
-    return normalize_mailbox_name(local), normalize_domain_name(domain)
-
-
-def _validate_login(login: str) -> str:
-    login = login.strip().lower()
-    if not _LOGIN.match(login):
-        raise Invalid(
-            f"{login!r} is not a valid login; use lowercase letters, digits and . _ -, "
-            "starting with a letter or digit"
-        )
-    return login
-
-
-def _create(model, conflict: str, **fields):
-    """model.create(**fields); a unique index refusing it (a concurrent writer got there
-    first) is the same Conflict the check before it would have raised."""
-    try:
-        with database_proxy.atomic():  # a savepoint keeps the transaction usable
-            return model.create(**fields)
-    except peewee.IntegrityError:
-        raise Conflict(conflict) from None
-
-
-def _locked(query):
-    """The query's rows locked until commit (PostgreSQL); SQLite has one writer anyway.
-
-    NO KEY UPDATE: writers of the same rows wait, inserts merely referencing them do not.
-    """
-    return query.for_update("FOR NO KEY UPDATE") if database_proxy.for_update else query
-
 
 # --- records --------------------------------------------------------------------------
 
@@ -306,7 +206,7 @@ def add_domain(name: str, mode: str = "primary", primary_domain: str | None = No
                 f"secondary domain: add its mailboxes to {primary_name} itself"
             )
         if primary is None:
-            primary = _create(
+            primary = create(
                 Domain,
                 f"domain {primary_name} exists already",
                 name=primary_name,
@@ -319,7 +219,7 @@ def add_domain(name: str, mode: str = "primary", primary_domain: str | None = No
             f"only a secondary domain has a primary domain: add {domain_name} with "
             "--mode secondary, or without --primary-domain"
         )
-    domain = _create(
+    domain = create(
         Domain,
         f"domain {domain_name} exists already",
         name=domain_name,
@@ -355,14 +255,14 @@ def _get_user(login: str) -> User:
 
 def add_user(login: str, password_hash: str, name: str = "", is_admin: bool = False) -> UserRecord:
     """A new user, with the To Do context their mail is filed into by default."""
-    login = _validate_login(login)
+    login = validate_login(login)
     if User.select().where(User.login == login).exists():
         raise Conflict(f"user {login} exists already")
-    user = _create(
+    user = create(
         User,
         f"user {login} exists already",
         login=login,
-        name=_limited(name, 200, "name") or login,
+        name=limited(name, 200, "name") or login,
         password_hash=password_hash,
         is_admin=is_admin,
         created_at=utc_now(),
@@ -392,7 +292,7 @@ def has_admin() -> bool:
 def add_context(kind: str, name: str, owner_login: str | None = None) -> ContextRecord:
     if kind not in CONTEXT_KINDS or kind == "todo":
         raise Invalid(f"kind must be folder or project, got {kind!r} (each user has one To Do)")
-    name = _limited(name, 200, "name")
+    name = limited(name, 200, "name")
     if not name:
         raise Invalid("a folder or project needs a name")
     owner = _get_user(owner_login) if owner_login else None
@@ -483,8 +383,8 @@ def add_mailbox(
     owner = _get_user(owner_login)
     # Locked: a concurrent mailbox or alias of this name, or another first mailbox of this
     # owner, waits for this one and then sees it.
-    _locked(Domain.select(Domain.id).where(Domain.id == domain.id)).execute()
-    _locked(User.select(User.id).where(User.id == owner.id)).execute()
+    locked(Domain.select(Domain.id).where(Domain.id == domain.id)).execute()
+    locked(User.select(User.id).where(User.id == owner.id)).execute()
     taken = _name_taken(domain, local)
     if taken:
         raise Conflict(f"{local}@{domain_name} is {taken} already")
@@ -501,7 +401,7 @@ def add_mailbox(
     has_default = (
         Mailbox.select().where((Mailbox.owner == owner) & (Mailbox.is_default == True)).exists()  # noqa: E712
     )
-    mailbox = _create(
+    mailbox = create(
         Mailbox,
         f"{local}@{domain_name} is a mailbox already",
         local_part=local,
@@ -573,11 +473,11 @@ def add_alias(name: str, mailbox_address: str) -> AliasRecord:
     mailbox = _get_mailbox(mailbox_address)
     local = _alias_name(name, mailbox)
     domain_name = mailbox.domain.name
-    _locked(Domain.select(Domain.id).where(Domain.id == mailbox.domain_id)).execute()
+    locked(Domain.select(Domain.id).where(Domain.id == mailbox.domain_id)).execute()
     taken = _name_taken(mailbox.domain, local)
     if taken:
         raise Conflict(f"{local}@{domain_name} is {taken} already")
-    alias = _create(
+    alias = create(
         Alias,
         f"{local}@{domain_name} is an alias already",
         name=local,
@@ -725,7 +625,7 @@ def resolve_recipient(local_part: str, domain_name: str) -> Recipient | Rejectio
 
     Local parts match case-insensitively and `user+tag` reaches `user`.
     """
-    domain_name = _strip_root_dot(domain_name.lower())
+    domain_name = strip_root_dot(domain_name.lower())
     domain = _execute("domain", (domain_name,)).fetchone()
     if domain is None:
         return Rejection("unknown-domain", f"{domain_name} is not a domain of this server")
@@ -831,7 +731,7 @@ def _lock_mailboxes(mailbox_ids: Iterable[int]) -> None:
     filing into the same mailboxes in other orders would otherwise deadlock (PostgreSQL)."""
     ordered = sorted(set(mailbox_ids))
     if ordered and database_proxy.for_update:
-        _locked(
+        locked(
             Mailbox.select(Mailbox.id).where(Mailbox.id.in_(ordered)).order_by(Mailbox.id)
         ).execute()
 
@@ -916,21 +816,6 @@ def count_messages() -> int:
 
 SEEN_FLAG = "\\Seen"
 _CONTEXT_NAME_LIMIT = 200
-_CHUNK = 500  # ids per IN (...): well under every SQLite's parameter limit
-
-
-def _chunks(values: Sequence, size: int = _CHUNK):
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
-
-
-def _placeholders(count: int) -> str:
-    return ", ".join([database_proxy.param] * count)
-
-
-def _timestamp(value) -> datetime.datetime | None:
-    # Raw SQL hands SQLite's timestamps back as text; peewee's field parses them.
-    return QueueRecipient.next_attempt_at.python_value(value)
 
 
 def _remote_recipients(addresses: Sequence[str]) -> dict[str, tuple[str, str]]:
@@ -939,7 +824,7 @@ def _remote_recipients(addresses: Sequence[str]) -> dict[str, tuple[str, str]]:
     found: dict[str, tuple[str, str]] = {}
     for address in addresses:
         local, at, domain = address.strip().rpartition("@")
-        domain = _strip_root_dot(domain.lower())
+        domain = strip_root_dot(domain.lower())
         if not at or not local or not domain:
             raise Invalid(f"{address!r} is not an address; give one such as name@example.org")
         found.setdefault(f"{local}@{domain}", (f"{local}@{domain}", domain))
@@ -1135,7 +1020,7 @@ def _skip_locked() -> str:
 
 def _set_state(ids: Sequence[int], state: str, now, next_attempt_at=None) -> None:
     stamp = QueueRecipient.updated_at.db_value(now)
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         if next_attempt_at is None:
             sql = "UPDATE queue_recipient SET state = {p}, updated_at = {p} WHERE id IN ({ids})"
             params = (state, stamp, *chunk)
@@ -1146,7 +1031,7 @@ def _set_state(ids: Sequence[int], state: str, now, next_attempt_at=None) -> Non
             )
             params = (state, stamp, QueueRecipient.next_attempt_at.db_value(next_attempt_at))
             params += tuple(chunk)
-        sql = sql.format(p=database_proxy.param, ids=_placeholders(len(chunk)))
+        sql = sql.format(p=database_proxy.param, ids=placeholders(len(chunk)))
         database_proxy.execute_sql(sql, params)
 
 
@@ -1160,7 +1045,7 @@ def claim_due_deliveries(now: datetime.datetime, limit: int) -> list[Delivery]:
     for state in WAITING_STATES:
         rows.extend(database_proxy.execute_sql(sql, (state, due_by, limit)).fetchall())
     # On PostgreSQL the rows past the limit stay locked (unclaimed) until commit.
-    due = sorted(rows, key=lambda row: (_timestamp(row[10]), row[0]))[:limit]
+    due = sorted(rows, key=lambda row: (timestamp(row[10]), row[0]))[:limit]
     deliveries = [
         Delivery(
             recipient_id=row[0],
@@ -1170,7 +1055,7 @@ def claim_due_deliveries(now: datetime.datetime, limit: int) -> list[Delivery]:
             address=row[4],
             domain=row[5],
             attempts=row[6],
-            created_at=_timestamp(row[7]),
+            created_at=timestamp(row[7]),
             is_bounce=bool(row[8]),
             delay_warned=bool(row[9]),
             campaign_recipient_id=row[11],
@@ -1193,10 +1078,10 @@ def mark_dots_sent(recipient_ids: Sequence[int], at: datetime.datetime) -> int:
     recipients whose message never left); how many were marked."""
     stamp = QueueRecipient.dot_sent_at.db_value(at)
     marked = 0
-    for chunk in _chunks(recipient_ids):
+    for chunk in chunks(recipient_ids):
         sql = (
             f"UPDATE queue_recipient SET dot_sent_at = {database_proxy.param}"
-            f" WHERE id IN ({_placeholders(len(chunk))}) AND state = 'in-flight'"
+            f" WHERE id IN ({placeholders(len(chunk))}) AND state = 'in-flight'"
         )
         marked += database_proxy.execute_sql(sql, (stamp, *chunk)).rowcount
     return marked
@@ -1250,7 +1135,7 @@ def record_delivery_results(results: Sequence[DeliveryResult]) -> None:
 def mark_delay_warned(recipient_ids: Sequence[int]) -> int:
     """Note that the sender was told these recipients are delayed; how many were marked."""
     marked = 0
-    for chunk in _chunks(sorted(set(recipient_ids))):
+    for chunk in chunks(sorted(set(recipient_ids))):
         marked += (
             QueueRecipient.update(delay_warned=True).where(QueueRecipient.id.in_(chunk)).execute()
         )
@@ -1268,7 +1153,7 @@ def requeue_in_flight(now: datetime.datetime) -> RequeuedDeliveries:
     query = QueueRecipient.select(QueueRecipient.id, QueueRecipient.dot_sent_at).where(
         QueueRecipient.state == "in-flight"
     )
-    rows = list(_locked(query.order_by(QueueRecipient.id)).tuples())
+    rows = list(locked(query.order_by(QueueRecipient.id)).tuples())
     if not rows:
         return RequeuedDeliveries(0, ())
     quiet = [recipient_id for recipient_id, dot_sent_at in rows if dot_sent_at is None]
@@ -1278,12 +1163,12 @@ def requeue_in_flight(now: datetime.datetime) -> RequeuedDeliveries:
         _execute("insert_event", (recipient_id, at, None, UNCERTAIN_REPLY, "uncertain", at))
     _set_state(quiet, "queued", now, next_attempt_at=now)
     param = database_proxy.param
-    for chunk in _chunks(uncertain):
+    for chunk in chunks(uncertain):
         database_proxy.execute_sql(
             f"UPDATE queue_recipient SET state = 'queued', next_attempt_at = {param},"
             f" updated_at = {param}, attempts = attempts + 1, last_attempt_at = dot_sent_at,"
             f" last_reply = {param}, dot_sent_at = NULL, uncertain = {param}"
-            f" WHERE id IN ({_placeholders(len(chunk))})",
+            f" WHERE id IN ({placeholders(len(chunk))})",
             (at, at, UNCERTAIN_REPLY, True, *chunk),
         )
     if uncertain:
@@ -1302,7 +1187,7 @@ def next_due_at() -> datetime.datetime | None:
         .scalar()
         for state in WAITING_STATES
     ]
-    found = [_timestamp(value) for value in earliest if value is not None]
+    found = [timestamp(value) for value in earliest if value is not None]
     return min(found, default=None)
 
 
@@ -1362,7 +1247,7 @@ def queue_list(
 
 def _get_queue_message(queue_message_id: int, lock: bool = False) -> QueueMessage:
     query = QueueMessage.select().where(QueueMessage.id == queue_message_id)
-    found = (_locked(query) if lock else query).first()
+    found = (locked(query) if lock else query).first()
     if found is None:
         raise NotFound(f"no queued message with id {queue_message_id}; see: queue list")
     return found
@@ -1453,7 +1338,7 @@ def queue_delete(queue_message_id: int) -> int:
         CampaignRecipient.queue_recipient_id.in_(ids),
         CampaignRecipient.state.in_(("sending", "deferred")),
     ).execute()
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         QueueEvent.delete().where(QueueEvent.queue_recipient.in_(chunk)).execute()
         QueueRecipient.delete().where(QueueRecipient.id.in_(chunk)).execute()
     QueueMessage.delete().where(QueueMessage.id == queue_message_id).execute()
@@ -1471,7 +1356,7 @@ def queue_delete(queue_message_id: int) -> int:
 def messages_raw(message_ids: Iterable[int]) -> dict[int, bytes]:
     """The raw bytes of several messages at once; ids not found are left out."""
     found: dict[int, bytes] = {}
-    for chunk in _chunks(sorted(set(message_ids))):
+    for chunk in chunks(sorted(set(message_ids))):
         query = Message.select(Message.id, Message.raw).where(Message.id.in_(chunk)).tuples()
         found.update((message_id, bytes(raw)) for message_id, raw in query)
     return found
@@ -1536,7 +1421,7 @@ def add_dkim_key(
         (DkimKey.domain == found.id) & (DkimKey.algorithm == algorithm),
         DkimKey.active == True,  # noqa: E712 (peewee expression)
     )
-    key = _create(
+    key = create(
         DkimKey,
         conflict,
         domain=found.id,
@@ -1561,7 +1446,7 @@ def dkim_keys(domain: str | None = None) -> list[DkimKeyRecord]:
         .order_by(DkimKey.created_at.desc(), DkimKey.id.desc())
     )
     if domain is not None:
-        query = query.where(Domain.name == _strip_root_dot(domain.strip().lower()))
+        query = query.where(Domain.name == strip_root_dot(domain.strip().lower()))
     return [_dkim_key_record(key, key.domain.name) for key in query]
 
 

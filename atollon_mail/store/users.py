@@ -12,9 +12,10 @@ import re
 import attrs
 import peewee
 
+from atollon_mail.store.common import limited, locked, read_only
 from atollon_mail.store.errors import Conflict, Invalid
 from atollon_mail.store.models import Mailbox, User
-from atollon_mail.store.queries import _get_user, _limited, _locked, _user_record, read_only
+from atollon_mail.store.queries import _get_user, _user_record
 from atollon_mail.store.records import UserRecord
 
 NAME_LIMIT = 200
@@ -37,7 +38,7 @@ def normalize_user_name(name: str) -> str:
     """A user's display name, stripped; refused if too long or with control characters."""
     if _CONTROL.search(name):
         raise Invalid("the name must be one line of text, without control characters")
-    return _limited(name, NAME_LIMIT, "name")
+    return limited(name, NAME_LIMIT, "name")
 
 
 @read_only
@@ -72,7 +73,7 @@ def update_user(login: str, name: str | None = None, is_admin: bool | None = Non
         if not is_admin:
             # Every admin row locked: two admins demoting each other at once cannot both
             # see the other still an admin.
-            admins = list(_locked(User.select(User.id).where(User.is_admin == True)))  # noqa: E712
+            admins = list(locked(User.select(User.id).where(User.is_admin == True)))  # noqa: E712
             if not any(admin.id != user.id for admin in admins):
                 raise Conflict(
                     f"{user.login} is the last administrator; make another user an "

@@ -6,9 +6,9 @@ import attrs
 import peewee
 
 from atollon_mail.store import queries
+from atollon_mail.store.common import read_only
 from atollon_mail.store.domains import last_dns_check
 from atollon_mail.store.models import Alias, Context, Domain, Mailbox, MailboxAccess, User
-from atollon_mail.store.queries import read_only
 from atollon_mail.store.records import ContextRecord, MailboxRecord, QueueEntry, UserRecord
 
 # The states shown as "recent deliveries and failures" on the dashboard.

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from atollon_mail.store import mailboxes
+from atollon_mail.store.common import read_only
 from atollon_mail.store.errors import NotFound
 from atollon_mail.store.models import Filing, Message
-from atollon_mail.store.queries import _get_mailbox, list_mailboxes, read_only
+from atollon_mail.store.queries import _get_mailbox, list_mailboxes
 from atollon_mail.store.records import MailboxRecord
 
 

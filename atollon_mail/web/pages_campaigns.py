@@ -16,8 +16,8 @@ from atollon_mail.massmail import campaigns as campaign_ops
 from atollon_mail.massmail.records import CampaignStatus
 from atollon_mail.massmail.templates import MERGE_FIELDS
 from atollon_mail.massmail.tokens import preview_unsubscribe_url, unsubscribe_base
+from atollon_mail.store import common, queries
 from atollon_mail.store import mailboxes as mailbox_ops
-from atollon_mail.store import queries
 from atollon_mail.store.errors import Conflict, NotFound, StoreError
 from atollon_mail.store.models import RECIPIENT_STATES, utc_now
 from atollon_mail.web.app import HttpError, Page, PageRequest, Redirect, WebApp, not_found
@@ -152,7 +152,7 @@ def status_json(status: CampaignStatus) -> dict:
     }
 
 
-@queries.read_only
+@common.read_only
 def campaign_statuses(now) -> list[CampaignStatus]:
     """Store operation: every campaign with its progress, in one transaction."""
     return [
@@ -160,7 +160,7 @@ def campaign_statuses(now) -> list[CampaignStatus]:
     ]
 
 
-@queries.read_only
+@common.read_only
 def new_campaign_choices() -> NewCampaignChoices:
     """Store operation: the groups, active mailboxes and active message types to choose."""
     return NewCampaignChoices(

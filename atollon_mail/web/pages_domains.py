@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from atollon_mail.store import common, queries
 from atollon_mail.store import domains as dns_ops
-from atollon_mail.store import queries
+from atollon_mail.store.common import read_only
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.models import DOMAIN_MODES, utc_now
-from atollon_mail.store.queries import read_only
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
 
 
@@ -66,7 +66,7 @@ def _add_errors(name: str, mode: str, primary: str) -> dict[str, str]:
         errors["name"] = "Enter the domain name, such as example.com."
     else:
         try:
-            queries.normalize_domain_name(name)
+            common.normalize_domain_name(name)
         except Invalid as problem:
             errors["name"] = str(problem)
     if mode not in DOMAIN_MODES:

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import nh3
 
 from atollon_mail.delivery.intake import summarize_headers
-from atollon_mail.store import queries, web_mail
+from atollon_mail.store import common, queries, web_mail
 from atollon_mail.store.errors import Invalid, NotFound, StoreError
 from atollon_mail.store.records import OutgoingMessage, Recipient
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
@@ -206,7 +206,7 @@ def register(app: WebApp) -> None:
                 continue
             _, address = parseaddr(item.strip())
             try:
-                address = queries.normalize_identity(address)
+                address = common.normalize_identity(address)
             except Invalid:
                 return [], [], f"{item.strip()!r} is not an address; use one like name@example.org"
             # The intake's routing, as for mail submitted over SMTP.

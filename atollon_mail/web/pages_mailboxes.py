@@ -6,7 +6,7 @@ import datetime
 from collections import OrderedDict
 from urllib.parse import quote, urlencode
 
-from atollon_mail.store import autorespond, forwarding, queries
+from atollon_mail.store import autorespond, common, forwarding, queries
 from atollon_mail.store import mailboxes as mailbox_ops
 from atollon_mail.store import web as web_ops
 from atollon_mail.store.errors import Conflict, IdentityRefused, Invalid, NotFound
@@ -50,7 +50,7 @@ def _checked(page: PageRequest, name: str) -> bool:
 def _address_or_404(page: PageRequest) -> str:
     address = page.arg("address").strip()
     try:
-        local, domain = queries.normalize_address(address)
+        local, domain = common.normalize_address(address)
     except Invalid:
         raise not_found() from None
     return f"{local}@{domain}"
@@ -234,7 +234,7 @@ def register(app: WebApp) -> None:
         }
         errors = {}
         try:
-            queries.normalize_identity(values["identity"])
+            common.normalize_identity(values["identity"])
         except Invalid as problem:
             errors["identity"] = _problem(problem)
         try:

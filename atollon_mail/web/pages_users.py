@@ -8,7 +8,7 @@ from urllib.parse import quote
 import attrs
 
 from atollon_mail.passwords import generate_password, hash_password
-from atollon_mail.store import queries
+from atollon_mail.store import common, queries
 from atollon_mail.store import users as user_ops
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
@@ -87,7 +87,7 @@ def register(app: WebApp) -> None:
         password = page.form.get("password", "")
         errors = {}
         try:
-            login = queries._validate_login(values["login"])
+            login = common.validate_login(values["login"])
         except Invalid as problem:
             errors["login"] = str(problem) if values["login"] else "Enter a login."
         try:

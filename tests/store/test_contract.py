@@ -11,7 +11,7 @@ from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
 from atollon_mail.interfaces import IStore
-from atollon_mail.store import migrations
+from atollon_mail.store import common, migrations
 from atollon_mail.store import queries as q
 from atollon_mail.store.database import open_database
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
@@ -226,7 +226,7 @@ class StoreContractTests(StoreFixtureMixin):
         def read_setting():
             return database.execute_sql(setting).fetchone()[0]
 
-        lazily = q.flushed_lazily(lambda: (read_setting(), Domain.select().count()))
+        lazily = common.flushed_lazily(lambda: (read_setting(), Domain.select().count()))
         self.assertEqual(self.sync(lazily), (lazy, 0))
         # Every other operation, and the next one on the same connection, flushes.
         self.assertEqual(self.sync(read_setting), full)
@@ -235,7 +235,7 @@ class StoreContractTests(StoreFixtureMixin):
         def fails():
             raise Invalid("no")
 
-        self.assertRaises(Invalid, self.sync, q.flushed_lazily(fails))
+        self.assertRaises(Invalid, self.sync, common.flushed_lazily(fails))
         self.assertEqual(self.sync(read_setting), full)
         self.assertEqual(self.sync(lazily), (lazy, 1))
 
