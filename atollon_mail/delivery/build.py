@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import attrs
 from twisted.application.service import IService
 
 from atollon_mail.config import Config
 from atollon_mail.delivery.autoresponder import Autoresponder
+from atollon_mail.delivery.dotjournal import DotJournal
 from atollon_mail.delivery.intake import Intake, SubmissionIntake
 from atollon_mail.delivery.mx import MXResolver
 from atollon_mail.delivery.runner import DeliveryRunner
@@ -15,6 +18,9 @@ from atollon_mail.delivery.srs import SRS, load_or_create_srs_secret
 from atollon_mail.events import Events
 from atollon_mail.store.database import is_sqlite
 from atollon_mail.workers import Workers
+
+# Where the runner writes down final dots before sending them, below data_dir.
+JOURNAL_DIRECTORY = "dot-journal"
 
 
 @attrs.frozen
@@ -52,7 +58,15 @@ def build(
     signer = DkimSigner(store, reactor, workers.cpu, config.delivery.dkim_key_retention)
     hostname = config.appliance.hostname
     runner = DeliveryRunner(
-        store, intake, resolver, config.delivery, hostname, reactor, signer=signer, events=events
+        store,
+        intake,
+        resolver,
+        config.delivery,
+        hostname,
+        reactor,
+        signer=signer,
+        events=events,
+        journal=DotJournal(os.path.join(config.appliance.data_dir, JOURNAL_DIRECTORY)),
     )
     autoresponder = Autoresponder(store, intake, hostname, reactor, events)
     return Delivery(

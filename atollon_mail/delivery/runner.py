@@ -28,6 +28,7 @@ from twisted.logger import Logger
 
 from atollon_mail.config import DeliveryConfig
 from atollon_mail.delivery.bounce import FailedRecipient, build_dsn
+from atollon_mail.delivery.dotjournal import DotJournal
 from atollon_mail.delivery.intake import GroupCommitter
 from atollon_mail.delivery.mx import DNSLookupError, TemporaryDNSError
 from atollon_mail.events import Events
@@ -45,28 +46,54 @@ SMARTHOST = "[smarthost]"
 # After mail is queued (or a connection finished), wait this long before claiming, so one
 # claim (one commit) and one connection take what many sessions queued meanwhile.
 CLAIM_COALESCE_SECONDS = 0.1
+# A connection sends its next final dot without waiting for a commit while fewer than
+# this many of its progress writes are uncommitted; past it, the dot waits for the
+# oldest. This bounds what a kill can leave uncertain per connection when the store is
+# slow.
+MAX_AHEAD = 2
+# Replies and marks are committed this long after the first of a batch came in, so one
+# commit takes many: relaying 5000 messages (bench/relay.py) made about 2100 progress
+# commits without the wait.
+PROGRESS_DELAY = 0.02
 
 
 @attrs.frozen
 class _Progress:
     """What one connection has to write down at once: recipients whose final dot is
-    about to be sent, and outcomes that came in."""
+    about to be sent (already in the dot journal, segment `segment`), and outcomes that
+    came in."""
 
     marks: tuple[int, ...]
     results: tuple[DeliveryResult, ...]
     at: datetime.datetime
+    segment: int | None = None
 
 
 @common.flushed_lazily
 def _record_progress(items: Sequence[_Progress]) -> list[None]:
-    """Progress of several connections in one transaction (one commit). A dot waits for
-    this commit, so it does not wait for the disk: what it must survive is this process
-    dying (see common.flushed_lazily)."""
-    marks = [recipient_id for item in items for recipient_id in item.marks]
+    """Progress of several connections in one transaction (one commit). Nothing waits
+    for the disk here: the dots were written down in the dot journal before they went
+    out, and what this must survive is this process dying (see common.flushed_lazily).
+    A mark whose outcome is in the same batch needs no writing."""
+    decided = {result.recipient_id for item in items for result in item.results}
+    marks = [
+        recipient_id for item in items for recipient_id in item.marks if recipient_id not in decided
+    ]
     if marks:
         queries.mark_dots_sent(marks, max(item.at for item in items if item.marks))
     queries.record_delivery_results([result for item in items for result in item.results])
     return [None] * len(items)
+
+
+def _requeue(marks: dict[int, datetime.datetime], now: datetime.datetime):
+    """At start: the dot journal's marks into the store, then every in-flight recipient
+    queued again (those marked as uncertain), in one transaction."""
+    by_time: dict[datetime.datetime, list[int]] = defaultdict(list)
+    for recipient_id, at in marks.items():
+        by_time[at].append(recipient_id)
+    for at, recipient_ids in by_time.items():
+        queries.mark_dots_sent(recipient_ids, at)
+    return queries.requeue_in_flight(now)
 
 
 def utc_from_seconds(seconds: float) -> datetime.datetime:
@@ -105,8 +132,12 @@ class DeliveryRunner(service.Service):
         deliver: Callable = client.deliver,
         signer=None,
         events: Events | None = None,
+        *,
+        journal: DotJournal,
+        progress_delay: float = PROGRESS_DELAY,
     ):
         self._store = store
+        self._dots = journal
         # Wakes up when a producer queued mail; tells of the outcomes it committed.
         self._events = events if events is not None else Events()
         self._events.queued.subscribe(self.queued)
@@ -125,13 +156,15 @@ class DeliveryRunner(service.Service):
         self._wake_again = False
         self._timer = None
         self._coalesce = None
-        # Marks and outcomes of every connection, group-committed.
-        # Two batches may be under way: one waits in the store's queue while the other
-        # runs, so a dot waits for about one commit, not two. (A recipient's mark and its
-        # outcome are never in batches under way together: the outcome comes after the
-        # dot, which waits for the mark's commit.)
+        # Marks and outcomes of every connection, group-committed: one batch at a time,
+        # taken progress_delay after its first item. Nothing but the dot of a connection
+        # too far ahead of its commits waits for these (see MAX_AHEAD).
         self._journal = GroupCommitter(
-            store, _record_progress, concurrent_batches=2, size_of=lambda item: 0
+            store,
+            _record_progress,
+            size_of=lambda item: 0,
+            clock=reactor,
+            delay=progress_delay,
         )
         self._starting: defer.Deferred | None = None
         # Fires when the queue is idle (nothing pending or in flight); tests wait on it.
@@ -142,11 +175,13 @@ class DeliveryRunner(service.Service):
     def startService(self) -> None:
         super().startService()
         # Anything in flight when the appliance stopped (or was killed) is tried again.
-        self._starting = self._store.run(queries.requeue_in_flight, self._now())
+        marks = self._dots.recover()
+        self._starting = self._store.run(_requeue, marks, self._now())
         self._starting.addCallback(self._requeued)
         self._starting.addErrback(self._requeue_failed)
 
     def _requeued(self, requeued) -> None:
+        self._dots.discard()
         if requeued.quiet:
             log.info(
                 "{count} recipients were claimed but not sent at the last stop; queued again",
@@ -168,12 +203,15 @@ class DeliveryRunner(service.Service):
         self._starting = None
         self._set_timer(60)
 
-    def stopService(self) -> None:
+    def stopService(self) -> defer.Deferred:
         super().stopService()
         for call in (self._timer, self._coalesce):
             if call is not None and call.active():
                 call.cancel()
         self._timer = self._coalesce = None
+        self._dots.close()
+        # Replies that came in are written now, not lost to the delay.
+        return self._journal.flush()
 
     # -- claiming -------------------------------------------------------------------------
 
@@ -548,7 +586,7 @@ def _keyed(outcome: client.EnvelopeOutcome):
 
 class _ConnectionProgress:
     """The client's `progress` for one connection: outcomes written as they arrive, and
-    each final dot let go once the commit noting it is done."""
+    each final dot written down in the dot journal before it goes out."""
 
     def __init__(self, runner: DeliveryRunner, deliveries: Sequence[Delivery], server: str):
         self._runner = runner
@@ -569,29 +607,62 @@ class _ConnectionProgress:
         }
         decided = [self._deliveries[recipient_id] for recipient_id in outcomes]
         results, bounced, warn = runner._results(decided, outcomes, None, self._server, now)
-        marks = tuple(dot.envelope.key[index] for index in dot.recipients) if dot else ()
-        gate: defer.Deferred | None = defer.Deferred() if dot is not None else None
-        written = runner._journal.add(_Progress(marks, tuple(results), now))
+        progress = _Progress((), tuple(results), now)
+        if dot is None:
+            self._write(progress, outcomes, bounced, warn)
+            return None
+        marks = tuple(dot.envelope.key[index] for index in dot.recipients)
+        ahead = [write for write in self._writes if not write.called]
+        if len(ahead) < MAX_AHEAD:
+            # Written down before the dot goes out. If it cannot be, the dot is not sent
+            # (raising makes the client drop the connection); the replies are kept.
+            try:
+                segment = runner._dots.note(marks, now)
+            except OSError:
+                self._write(progress, outcomes, bounced, warn)
+                raise
+            self._write(
+                attrs.evolve(progress, marks=marks, segment=segment), outcomes, bounced, warn
+            )
+            return None
+        # Too far ahead of the store: the dot waits for the oldest write (whatever its
+        # outcome), and is written down as it goes.
+        self._write(progress, outcomes, bounced, warn)
+        gate: defer.Deferred = defer.Deferred()
+
+        def release(passed):
+            at = runner._now()
+            try:
+                segment = runner._dots.note(marks, at)
+            except OSError:
+                gate.errback()
+                return passed
+            self._write(_Progress(marks, (), at, segment), {}, [], [])
+            gate.callback(None)
+            return passed
+
+        ahead[0].addBoth(release)
+        return gate
+
+    def _write(self, progress: _Progress, outcomes: dict, bounced, warn) -> None:
+        runner = self._runner
+        written = runner._journal.add(progress)
 
         def committed(_):
             self._recorded.update(outcomes)
-            runner.outcomes_committed(results)
-            if gate is not None:
-                gate.callback(None)
-            return runner._notify_after_commit(bounced, warn, now)
+            if progress.segment is not None:
+                runner._dots.settled(progress.segment, len(progress.marks))
+            runner.outcomes_committed(progress.results)
+            return runner._notify_after_commit(bounced, warn, progress.at)
 
         def failed(failure):
-            # Not recorded: these outcomes are written again when the connection is done,
-            # and the dot is not sent (the client drops the connection).
-            if gate is not None:
-                gate.errback(failure)
-            else:
-                log.failure("recording delivery outcomes failed", failure)
+            # Not recorded: these outcomes are written again when the connection is done
+            # (the marks stay in the dot journal until the next start).
+            log.failure("recording delivery outcomes failed", failure)
 
         written.addCallbacks(committed, failed)
         written.addErrback(lambda failure: log.failure("after delivery outcomes", failure))
         self._writes.append(written)
-        return gate
 
     @defer.inlineCallbacks
     def settled(self):

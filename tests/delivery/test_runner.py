@@ -17,9 +17,10 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
+from atollon_mail.delivery.dotjournal import DotJournal, read_marks
 from atollon_mail.delivery.intake import Intake
 from atollon_mail.delivery.mx import Destination, NullMX, TemporaryDNSError
-from atollon_mail.delivery.runner import DeliveryRunner
+from atollon_mail.delivery.runner import MAX_AHEAD, DeliveryRunner
 from atollon_mail.events import Events
 from atollon_mail.passwords import hash_password
 from atollon_mail.smtp import client
@@ -138,6 +139,7 @@ class RunnerTests(StoreFixtureMixin):
         self.store = self.make_store()
         self.store.run_sync(queries.add_domain, "acme.test")
         self.store.run_sync(queries.add_user, "jane", hash_password("pw"))
+        self.journal_directory = self.mktemp()
         self.jane = self.store.run_sync(queries.add_mailbox, "jane@acme.test", "jane")
         # The clock starts a little after the wall clock: the store stamps new queue rows
         # with the wall clock, and they must be due at the runner's "now".
@@ -148,7 +150,7 @@ class RunnerTests(StoreFixtureMixin):
         self.resolver = FakeResolver()
         self.runner = self.make_runner()
 
-    def make_runner(self, text: str | None = None) -> DeliveryRunner:
+    def make_runner(self, text: str | None = None, progress_delay: float = 0) -> DeliveryRunner:
         settings = parse_config(text if text is not None else self.config_text).delivery
         # A new runner has an intake of its own: its queued mail wakes this runner only.
         self.events = Events()
@@ -162,6 +164,8 @@ class RunnerTests(StoreFixtureMixin):
             self.clock,
             deliver=self.remote,
             events=self.events,
+            journal=DotJournal(self.journal_directory),
+            progress_delay=progress_delay,
         )
         return runner
 
@@ -519,9 +523,12 @@ class StepwiseRunnerTests(RunnerTests):
     remote_class = StepwiseRemote
 
     def dot_sent(self):
+        """In-flight recipients: whether their dot is written down (in the store or, until
+        the progress commit brings it there, in the dot journal)."""
+        journal = read_marks(self.journal_directory)
         return self.store.run(
             lambda: {
-                r.address: r.dot_sent_at is not None
+                r.address: r.dot_sent_at is not None or r.id in journal
                 for r in QueueRecipient.select().where(QueueRecipient.state == "in-flight")
             }
         )
@@ -564,6 +571,31 @@ class StepwiseRunnerTests(RunnerTests):
         )
         self.assertEqual(len(dsns), 1)
         self.assertEqual((yield self.dot_sent()), {"d@remote.test": True})
+
+    @defer.inlineCallbacks
+    def test_dots_go_out_before_their_commit_until_a_connection_is_too_far_ahead(self):
+        # Commits wait for the clock, which stands still: only the dot journal is written.
+        self.runner = self.make_runner(progress_delay=1)
+        yield self.start()
+        self.runner.stopService()
+        for name in "abcd":
+            yield self.send(f"{name}@remote.test", subject=f"to {name}")
+        self.catch_up()
+        self.runner.startService()
+        yield self.wait_for_dots(MAX_AHEAD)
+        for _ in range(20):  # the next dot waits for a commit
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(len(self.remote.dots), MAX_AHEAD)
+        states = yield self.states()
+        self.assertEqual(set(states.values()), {"in-flight"})
+        marked = yield self.dot_sent()
+        self.assertEqual(sum(marked.values()), MAX_AHEAD)  # those sent, and only those
+        self.clock.advance(1)  # the commits run: the rest goes
+        yield self.wait_for_dots(4)
+        while set((yield self.states()).values()) != {"delivered"}:
+            self.clock.advance(1)
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(read_marks(self.journal_directory), {})
 
     @defer.inlineCallbacks
     def test_after_a_kill_only_the_message_whose_dot_went_out_is_uncertain(self):

@@ -3,13 +3,13 @@
 The appliance runs under twistd and relays for the loopback network through its
 smarthost setting to a scripted SMTP server in this test process, which counts each
 message it accepted by Message-ID. Senders in threads hand it a few thousand small
-messages while the remote server holds its first greetings back, so the queue fills
-and each later connection carries many messages, as under a real load; once the remote
-server has received a part of them, the appliance is killed with SIGKILL, started
-again and left to drain its queue. Then: every message the appliance
-acknowledged arrived at least once; every message that arrived twice is listed by
-`queue list --uncertain`; that list holds exactly the recipients whose final dot had
-been written down as sent without a recorded reply, no recipient whose reply was
+messages while the remote server holds its first greetings back, so the queue fills and
+each later connection carries many messages, as under a real load; once the remote
+server has received a part of them, the appliance is killed with SIGKILL, started again
+and left to drain its queue. Then: every message the appliance acknowledged arrived at
+least once; every message that arrived twice is listed by `queue list --uncertain`; that
+list holds exactly the recipients whose final dot had been written down as sent (in the
+store or the dot journal) without a recorded reply, no recipient whose reply was
 recorded, and no more than the replies of the last moments before the kill plus one
 message per open connection.
 """
@@ -28,6 +28,8 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from atollon_mail.delivery.build import JOURNAL_DIRECTORY
+from atollon_mail.delivery.dotjournal import read_marks
 from atollon_mail.store import queries
 from atollon_mail.store.models import QueueRecipient
 from tests.e2e.test_appliance import RunningAppliance
@@ -79,7 +81,7 @@ class KillDuringRelayTests(unittest.TestCase):
         self.remote.envelopes = TimedEnvelopes()
         self.remote_port = reactor.listenTCP(0, self.remote, interface="127.0.0.1")
         self.addCleanup(self.remote_port.stopListening)
-        directory = os.path.abspath(self.mktemp())
+        directory = self.directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         self.appliance = RunningAppliance(
             directory,
@@ -144,10 +146,12 @@ class KillDuringRelayTests(unittest.TestCase):
         self.appliance.stop(signal.SIGKILL)
         killed_at = time.monotonic()
 
-        # What the store knew at the moment of the kill.
+        # What was written down at the moment of the kill: the store, and the dots noted
+        # in the dot journal that no progress commit brought to the store yet.
+        journal = read_marks(os.path.join(self.directory, "data", JOURNAL_DIRECTORY))
         at_kill = self.read_store(
             lambda: {
-                row.address: (row.state, row.dot_sent_at is not None)
+                row.address: (row.state, row.dot_sent_at is not None or row.id in journal)
                 for row in QueueRecipient.select()
             }
         )

@@ -14,6 +14,7 @@ from twisted.trial import unittest
 
 from atollon_mail.config import MassmailConfig, parse_config
 from atollon_mail.delivery.bounce import FailedRecipient, build_dsn
+from atollon_mail.delivery.dotjournal import DotJournal
 from atollon_mail.delivery.intake import Intake
 from atollon_mail.delivery.runner import DeliveryRunner
 from atollon_mail.events import Events
@@ -116,6 +117,7 @@ class SendingTests(StoreFixtureMixin):
 
     def setUp(self):
         self.store = self.make_store()
+        self.journal_directory = self.mktemp()
         self.store.run_sync(queries.add_domain, "acme.test")
         self.store.run_sync(queries.add_user, "jane", hash_password("pw"), "Jane Doe")
         self.store.run_sync(queries.add_mailbox, "news@acme.test", "jane")
@@ -136,6 +138,8 @@ class SendingTests(StoreFixtureMixin):
             self.clock,
             deliver=self.remote,
             events=self.events,
+            journal=DotJournal(self.journal_directory),
+            progress_delay=0,
         )
         self.sender = self.make_sender()
 
