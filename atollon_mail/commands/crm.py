@@ -10,7 +10,7 @@ import sys
 
 from atollon_mail.commands.common import whole_number
 from atollon_mail.commands.output import PROGRAM, Refused, clean, counted, out, table
-from atollon_mail.crm import contacts, csvimport, folders, groups
+from atollon_mail.crm import csvimport
 from atollon_mail.crm.filters import GroupFilter
 from atollon_mail.crm.records import (
     DefaultFolderRecord,
@@ -18,6 +18,7 @@ from atollon_mail.crm.records import (
     GroupPreview,
     GroupRecord,
 )
+from atollon_mail.store import contacts, folders, groups
 
 _YES_NO = {"yes": True, "no": False}
 

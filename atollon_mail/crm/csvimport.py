@@ -39,7 +39,7 @@ from typing import NamedTuple
 import attrs
 import peewee
 
-from atollon_mail.crm.contacts import display_name, normalize_email, normalize_language
+from atollon_mail.crm.normalize import display_name, normalize_email, normalize_language
 from atollon_mail.crm.records import ImportProblem, ImportReport
 from atollon_mail.store.common import chunks
 from atollon_mail.store.database import is_sqlite
