@@ -10,7 +10,7 @@ import sys
 
 from atollon_mail.commands.common import whole_number
 from atollon_mail.commands.output import PROGRAM, Refused, clean, counted, out, table
-from atollon_mail.crm import contacts, csvimport, folders, groups
+from atollon_mail.crm import csvimport as csv_format
 from atollon_mail.crm.filters import GroupFilter
 from atollon_mail.crm.records import (
     DefaultFolderRecord,
@@ -18,6 +18,7 @@ from atollon_mail.crm.records import (
     GroupPreview,
     GroupRecord,
 )
+from atollon_mail.store import contacts, csvimport, folders, groups
 
 _YES_NO = {"yes": True, "no": False}
 
@@ -444,7 +445,7 @@ def _register_contacts(commands) -> None:
     importing = contact.add_parser(
         "import",
         help="add and update contacts from a CSV file: all rows or none",
-        description=csvimport.__doc__,
+        description=csv_format.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     importing.add_argument("file", metavar="FILE.csv", help='the file ("-": standard input)')

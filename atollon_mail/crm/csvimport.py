@@ -37,14 +37,10 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 import attrs
-import peewee
 
-from atollon_mail.crm.contacts import display_name, normalize_email, normalize_language
-from atollon_mail.crm.records import ImportProblem, ImportReport
-from atollon_mail.store.common import chunks
-from atollon_mail.store.database import is_sqlite
+from atollon_mail.crm.normalize import display_name, normalize_email, normalize_language
+from atollon_mail.crm.records import ImportProblem
 from atollon_mail.store.errors import Invalid
-from atollon_mail.store.models import Contact, Employment, Organization, database_proxy, utc_now
 
 COLUMNS = (
     "organization",
@@ -66,12 +62,10 @@ _LIMITS = {"external_id": 100, "name": 200, "first_name": 100, "last_name": 100}
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _YES = {"yes": True, "y": True, "true": True, "1": True}
 _NO = {"no": False, "n": False, "false": False, "0": False}
-# Rows per INSERT (11 columns at most: far below both backends' parameter limits).
-_ROWS_PER_INSERT = 500
 
 
 @attrs.frozen
-class _Row:
+class Row:
     """One data row as read: None for a column the header does not have."""
 
     line: int
@@ -79,7 +73,7 @@ class _Row:
 
 
 @attrs.define
-class _Contact:
+class CheckedContact:
     """A checked row: what the contact will be after the import."""
 
     line: int
@@ -99,7 +93,7 @@ class _Contact:
     employed_to: datetime.date | None = None
 
 
-class _Problems:
+class Problems:
     def __init__(self):
         self.found: list[ImportProblem] = []
 
@@ -107,7 +101,7 @@ class _Problems:
         self.found.append(ImportProblem(line=line, column=column, why=why))
 
 
-def _decode(data: bytes, problems: _Problems) -> str:
+def _decode(data: bytes, problems: Problems) -> str:
     """The file as text; every line that is not UTF-8 is listed (and read with U+FFFD)."""
     try:
         return data.decode("utf-8-sig")
@@ -122,7 +116,7 @@ def _decode(data: bytes, problems: _Problems) -> str:
     return b"\n".join(lines).decode("utf-8", errors="replace")
 
 
-def _read_rows(data: bytes, problems: _Problems) -> tuple[list[str], list[_Row]]:
+def read_rows(data: bytes, problems: Problems) -> tuple[list[str], list[Row]]:
     """The header's columns and the data rows, checked for shape only.
 
     The rows are read even when the header has problems, so that one pass lists every
@@ -132,7 +126,7 @@ def _read_rows(data: bytes, problems: _Problems) -> tuple[list[str], list[_Row]]
     not_utf8 = {problem.line for problem in problems.found}
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     header: list[str] | None = None
-    rows: list[_Row] = []
+    rows: list[Row] = []
     for line, fields in _records(reader, problems):
         if header is None:
             header = [field.strip().lower() for field in fields]
@@ -152,13 +146,13 @@ def _read_rows(data: bytes, problems: _Problems) -> tuple[list[str], list[_Row]]
             for name, field in zip(header, fields, strict=True)
             if name in COLUMNS
         )
-        rows.append(_Row(line=line, values=values))
+        rows.append(Row(line=line, values=values))
     if header is None and not problems.found:
         problems.add(1, "", "the file is empty; the first line names the columns")
     return header or [], rows
 
 
-def _records(reader, problems: _Problems) -> Iterator[tuple[int, list[str]]]:
+def _records(reader, problems: Problems) -> Iterator[tuple[int, list[str]]]:
     """(first line of the record, fields) for each non-blank record; a record that is not
     valid CSV is listed and skipped, and reading goes on with the next line."""
     line = 1
@@ -177,7 +171,7 @@ def _records(reader, problems: _Problems) -> Iterator[tuple[int, list[str]]]:
         line = reader.line_num + 1
 
 
-def _header_ok(header: list[str], problems: _Problems) -> bool:
+def _header_ok(header: list[str], problems: Problems) -> bool:
     """Lists the header's problems; False when the rows cannot be read by column name."""
     unnamed = [str(index) for index, name in enumerate(header, start=1) if not name]
     if unnamed:
@@ -203,7 +197,7 @@ def _header_ok(header: list[str], problems: _Problems) -> bool:
     return not repeated
 
 
-def _date(row: _Row, column: str, problems: _Problems) -> datetime.date | None:
+def _date(row: Row, column: str, problems: Problems) -> datetime.date | None:
     text = row.values[column]
     if not text:
         return None
@@ -216,7 +210,7 @@ def _date(row: _Row, column: str, problems: _Problems) -> datetime.date | None:
         return None
 
 
-def _checked_text(row: _Row, column: str, problems: _Problems) -> str | None:
+def _checked_text(row: Row, column: str, problems: Problems) -> str | None:
     text = row.values[column]
     limit = _LIMITS.get(column)
     if text is not None and limit is not None and len(text) > limit:
@@ -226,11 +220,11 @@ def _checked_text(row: _Row, column: str, problems: _Problems) -> str | None:
 
 
 def _check_row(
-    row: _Row,
+    row: Row,
     organizations: dict[str, int],
-    stored: dict[tuple[int, str], _Stored],
-    problems: _Problems,
-) -> _Contact | None:
+    stored: dict[tuple[int, str], StoredContact],
+    problems: Problems,
+) -> CheckedContact | None:
     values = row.values
     line = row.line
     before = len(problems.found)
@@ -322,7 +316,7 @@ def _check_row(
     if len(problems.found) > before:
         return None
     final = (name, first_name, last_name, email, language)
-    return _Contact(
+    return CheckedContact(
         line=line,
         organization_id=organization_id,
         kind=kind,
@@ -349,7 +343,7 @@ def _check_row(
     )
 
 
-class _Stored(NamedTuple):
+class StoredContact(NamedTuple):
     """A stored contact as the import compares it."""
 
     id: int
@@ -362,65 +356,15 @@ class _Stored(NamedTuple):
     language: str
 
 
-# Above this many external ids in one organization, its contacts are read in one query
-# rather than looked up in chunks.
-_READ_ALL_ABOVE = 5000
-
-
-def _stored_contacts(keys: set[tuple[int, str]]) -> dict[tuple[int, str], _Stored]:
-    """The stored contacts the file's external ids (and employers) name."""
-    found: dict[tuple[int, str], _Stored] = {}
-    by_organization: dict[int, list[str]] = {}
-    for organization_id, external_id in keys:
-        by_organization.setdefault(organization_id, []).append(external_id)
-    columns = [getattr(Contact, name) for name in _Stored._fields]
-    for organization_id, external_ids in by_organization.items():
-        of_organization = Contact.select(*columns).where(
-            (Contact.organization == organization_id) & Contact.external_id.is_null(False)
-        )
-        if len(external_ids) > _READ_ALL_ABOVE:
-            queries = [of_organization]
-        else:
-            queries = [
-                of_organization.where(Contact.external_id.in_(chunk))
-                for chunk in chunks(sorted(external_ids))
-            ]
-        for query in queries:
-            for row in query.tuples():
-                contact = _Stored(*row)
-                found[(organization_id, contact.external_id)] = contact
-    return found
-
-
-def _new_ids(count: int) -> list[int]:
-    """Ids for new contacts, known before the insert so employments can refer to them."""
-    if not count:
-        return []
-    if is_sqlite(database_proxy.obj):
-        # The import's transaction holds SQLite's write lock (BEGIN IMMEDIATE): no other
-        # writer can take these ids before the insert.
-        highest = Contact.select(Contact.id).order_by(Contact.id.desc()).limit(1).scalar() or 0
-        return list(range(highest + 1, highest + 1 + count))
-    cursor = database_proxy.execute_sql(
-        "SELECT nextval(pg_get_serial_sequence('contact', 'id')) FROM generate_series(1, %s)",
-        (count,),
-    )
-    return [value for (value,) in cursor.fetchall()]
-
-
-def import_contacts(data: bytes, now: datetime.datetime | None = None) -> ImportReport:
-    """Import the CSV file's contacts and employments (see the module's docstring): all
-    rows or, when any row is bad, none (the report lists every problem)."""
-    problems = _Problems()
-    header, rows = _read_rows(data, problems)
-    if not header:
-        return ImportReport(0, 0, 0, 0, tuple(problems.found))
+def organization_names(rows: list[Row]) -> list[str]:
+    """The organizations the rows name, to look up by name."""
     names = {row.values["organization"] for row in rows if row.values["organization"]}
-    organizations = dict(
-        Organization.select(Organization.name, Organization.id)
-        .where(Organization.name.in_(sorted(names)))
-        .tuples()
-    )
+    return sorted(names)
+
+
+def contact_keys(rows: list[Row], organizations: dict[str, int]) -> set[tuple[int, str]]:
+    """(organization id, external id) of every contact the rows name, as themselves or
+    as employer: those stored are read before the rows are checked."""
     keys: set[tuple[int, str]] = set()
     for row in rows:
         organization_id = organizations.get(row.values["organization"] or "")
@@ -429,15 +373,27 @@ def import_contacts(data: bytes, now: datetime.datetime | None = None) -> Import
         for column in ("external_id", "employer"):
             if row.values[column]:
                 keys.add((organization_id, row.values[column]))
-    stored = _stored_contacts(keys)
+    return keys
 
+
+def check_rows(
+    rows: list[Row],
+    organizations: dict[str, int],
+    stored: dict[tuple[int, str], StoredContact],
+    problems: Problems,
+) -> tuple[list[CheckedContact], dict[tuple[int, str], CheckedContact]]:
+    """Every row checked against the others and against what is stored (organizations by
+    name, the stored contacts by (organization id, external id)): the checked contacts
+    and those of them with an external id. Only when `problems` is still empty may they
+    be written.
+    """
     # Which line first gives each (organization, external_id), and that row's kind: a
     # later line with the same id is a duplicate, and employers are found here even when
     # their own row has a problem (that problem is listed on its own line). Every row is
     # checked in full, whatever problems it or the rows before it have.
-    first_rows: dict[tuple[str, str], _Row] = {}
-    checked: list[_Contact] = []
-    in_file: dict[tuple[int, str], _Contact] = {}
+    first_rows: dict[tuple[str, str], Row] = {}
+    checked: list[CheckedContact] = []
+    in_file: dict[tuple[int, str], CheckedContact] = {}
     for row in rows:
         key = (row.values["organization"] or "", row.values["external_id"] or "")
         duplicate = bool(key[1]) and key in first_rows
@@ -475,191 +431,4 @@ def import_contacts(data: bytes, now: datetime.datetime | None = None) -> Import
             continue
         if employer_kind == "person":
             problems.add(row.line, "employer", f"{employer} is a person, not a company")
-    if problems.found:
-        problems.found.sort(key=lambda problem: problem.line)
-        return ImportReport(0, 0, 0, 0, tuple(problems.found))
-    return _write(checked, in_file, stored, now or utc_now())
-
-
-def _quoted(name: str) -> str:
-    return peewee.quote((name,), database_proxy.quote)
-
-
-def _insert_rows(model, fields: list, rows: list[tuple]) -> None:
-    """INSERT rows in chunks of multi-row VALUES.
-
-    The statement is built from the model's own table and column names with bound
-    parameters, once per chunk size: peewee's per-value query building costs more than
-    the database's work at 100 000 rows.
-    """
-    database = database_proxy
-    table = _quoted(model._meta.table_name)
-    columns = ", ".join(_quoted(field.column_name) for field in fields)
-    one_row = "(" + ", ".join([database.param] * len(fields)) + ")"
-    statements: dict[int, str] = {}
-    for chunk in chunks(rows, _ROWS_PER_INSERT):
-        sql = statements.get(len(chunk))
-        if sql is None:
-            sql = statements[len(chunk)] = (
-                f"INSERT INTO {table} ({columns}) VALUES {', '.join([one_row] * len(chunk))}"
-            )
-        params = [field.db_value(value) for row in chunk for field, value in zip(fields, row)]
-        database.execute_sql(sql, params)
-
-
-def _update_rows(model, fields: list, rows: list[tuple]) -> None:
-    """UPDATE rows by id, one prepared statement run for every row: (values..., id)."""
-    database = database_proxy
-    assignments = ", ".join(f"{_quoted(field.column_name)} = {database.param}" for field in fields)
-    sql = (
-        f"UPDATE {_quoted(model._meta.table_name)} SET {assignments} "
-        f"WHERE {_quoted(model.id.column_name)} = {database.param}"
-    )
-    cursor = database.cursor()
-    for chunk in chunks(rows, _ROWS_PER_INSERT):
-        cursor.executemany(
-            sql,
-            [
-                [field.db_value(value) for field, value in zip(fields, row[:-1])] + [row[-1]]
-                for row in chunk
-            ],
-        )
-
-
-def _write(
-    checked: list[_Contact],
-    in_file: dict[tuple[int, str], _Contact],
-    stored: dict[tuple[int, str], _Stored],
-    now: datetime.datetime,
-) -> ImportReport:
-    new = [contact for contact in checked if contact.id is None]
-    updated = [contact for contact in checked if contact.id is not None and contact.changed]
-    for contact, contact_id in zip(new, _new_ids(len(new)), strict=True):
-        contact.id = contact_id
-    _insert_rows(
-        Contact,
-        [
-            Contact.id,
-            Contact.organization,
-            Contact.kind,
-            Contact.external_id,
-            Contact.name,
-            Contact.first_name,
-            Contact.last_name,
-            Contact.email,
-            Contact.language,
-            Contact.created_at,
-            Contact.updated_at,
-        ],
-        [
-            (
-                c.id,
-                c.organization_id,
-                c.kind,
-                c.external_id,
-                c.name,
-                c.first_name,
-                c.last_name,
-                c.email,
-                c.language,
-                now,
-                now,
-            )
-            for c in new
-        ],
-    )
-    _update_rows(
-        Contact,
-        [
-            Contact.name,
-            Contact.first_name,
-            Contact.last_name,
-            Contact.email,
-            Contact.language,
-            Contact.updated_at,
-        ],
-        [(c.name, c.first_name, c.last_name, c.email, c.language, now, c.id) for c in updated],
-    )
-    employments = _write_employments(checked, in_file, stored, now)
-    return ImportReport(
-        created=len(new),
-        updated=len(updated),
-        unchanged=len(checked) - len(new) - len(updated),
-        employments=employments,
-        problems=(),
-    )
-
-
-def _write_employments(
-    checked: list[_Contact],
-    in_file: dict[tuple[int, str], _Contact],
-    stored: dict[tuple[int, str], _Stored],
-    now: datetime.datetime,
-) -> int:
-    wanted: list[tuple[_Contact, int]] = []
-    for contact in checked:
-        if contact.employer is not None:
-            key = (contact.organization_id, contact.employer)
-            employer = in_file.get(key) or stored[key]
-            wanted.append((contact, employer.id))
-    existing: dict[tuple[int, int, datetime.date | None], tuple[int, bool, datetime.date | None]]
-    existing = {}
-    # Contacts new in this import have no employments yet.
-    stored_ids = {contact.id for contact in stored.values()}
-    persons = sorted({contact.id for contact, _ in wanted if contact.id in stored_ids})
-    columns = (
-        Employment.id,
-        Employment.person,
-        Employment.company,
-        Employment.valid_from,
-        Employment.is_primary,
-        Employment.valid_to,
-    )
-    if len(persons) > _READ_ALL_ABOVE:
-        organizations = sorted({contact.organization_id for contact, _ in wanted})
-        queries = [
-            Employment.select(*columns)
-            .join(Contact, on=(Employment.person == Contact.id))
-            .where(Contact.organization.in_(organizations))
-        ]
-    else:
-        queries = [
-            Employment.select(*columns).where(Employment.person.in_(chunk))
-            for chunk in chunks(persons)
-        ]
-    for query in queries:
-        for row in query.order_by(Employment.id).tuples():
-            employment_id, person_id, company_id, valid_from, is_primary, valid_to = row
-            key = (person_id, company_id, valid_from)
-            existing.setdefault(key, (employment_id, is_primary, valid_to))
-    new_rows = []
-    changed = []
-    for contact, company_id in wanted:
-        found = existing.get((contact.id, company_id, contact.employed_from))
-        if found is None:
-            new_rows.append(
-                (
-                    contact.id,
-                    company_id,
-                    contact.employer_primary,
-                    contact.employed_from,
-                    contact.employed_to,
-                    now,
-                )
-            )
-        elif found[1:] != (contact.employer_primary, contact.employed_to):
-            changed.append((contact.employer_primary, contact.employed_to, found[0]))
-    _insert_rows(
-        Employment,
-        [
-            Employment.person,
-            Employment.company,
-            Employment.is_primary,
-            Employment.valid_from,
-            Employment.valid_to,
-            Employment.created_at,
-        ],
-        new_rows,
-    )
-    _update_rows(Employment, [Employment.is_primary, Employment.valid_to], changed)
-    return len(new_rows) + len(changed)
+    return checked, in_file

@@ -1,25 +1,18 @@
-"""Dynamic distribution groups: a filter kept as JSON and turned into a peewee query.
+"""Dynamic distribution groups: a filter kept as JSON, and said in words.
 
-Users choose among these fields only; the query is built by peewee with bound
-parameters, so no text a user typed ever becomes SQL.
+Users choose among these fields only; the store turns a filter into a query
+(store.groups.filter_condition), built by peewee with bound parameters, so no text a
+user typed ever becomes SQL.
 """
 
 from __future__ import annotations
 
-import datetime
 import json
 
 import attrs
-import peewee
 
+from atollon_mail.crm.normalize import CONTACT_KINDS
 from atollon_mail.store.errors import Invalid
-from atollon_mail.store.models import (
-    CONTACT_KINDS,
-    Contact,
-    DistributionGroup,
-    Employment,
-    GroupMember,
-)
 
 
 @attrs.frozen
@@ -84,59 +77,34 @@ class GroupFilter:
         return cls(**values)
 
 
-def current_employment(today: datetime.date):
-    """The condition on Employment: valid on `today` (from and to are inclusive)."""
-    return ((Employment.valid_from.is_null()) | (Employment.valid_from <= today)) & (
-        (Employment.valid_to.is_null()) | (Employment.valid_to >= today)
+def describe_filter(
+    spec: GroupFilter, organization_name: str | None, company_names: dict[int, str]
+) -> str:
+    """The filter in words, one line: "persons of Acme; language cs or (none); ..."."""
+    kinds = {("person",): "persons", ("company",): "companies"}.get(
+        tuple(sorted(set(spec.kinds))), "persons and companies"
     )
-
-
-def filter_condition(spec: GroupFilter, today: datetime.date):
-    """The WHERE condition on Contact for a filter (None: every contact)."""
-    conditions = []
-    if spec.organization_id is not None:
-        conditions.append(Contact.organization == spec.organization_id)
-    if spec.kinds:
-        conditions.append(Contact.kind.in_(list(spec.kinds)))
+    parts = [kinds if organization_name is None else f"{kinds} of {organization_name}"]
     if spec.languages:
-        conditions.append(Contact.language.in_(list(spec.languages)))
+        languages = " or ".join(language or "(none)" for language in spec.languages)
+        parts.append(f"language {languages}")
     if spec.has_email is True:
-        conditions.append(Contact.email != "")
+        parts.append("with an e-mail address")
     elif spec.has_email is False:
-        conditions.append(Contact.email == "")
-    if spec.company_ids or spec.employment_current is not None:
-        employed = Employment.select(Employment.person).where(
-            *(
-                ([Employment.company.in_(list(spec.company_ids))] if spec.company_ids else [])
-                + ([current_employment(today)] if spec.employment_current is not None else [])
-                + ([Employment.is_primary == True] if spec.primary_only else [])  # noqa: E712
-            )
+        parts.append("without an e-mail address")
+    primary = "primary " if spec.primary_only else ""
+    if spec.company_ids:
+        companies = ", ".join(
+            f"{company_names.get(company_id, '?')} ({company_id})"
+            for company_id in spec.company_ids
         )
         if spec.employment_current is False:
-            conditions.append((Contact.kind == "person") & Contact.id.not_in(employed))
+            parts.append(f"persons with no current {primary}employment at {companies}")
         else:
-            person_match = Contact.id.in_(employed)
-            if spec.company_ids:
-                person_match |= Contact.id.in_(list(spec.company_ids))
-            conditions.append(person_match)
-    if not conditions:
-        return None
-    condition = conditions[0]
-    for more in conditions[1:]:
-        condition &= more
-    return condition
-
-
-def members_query(group: DistributionGroup, today: datetime.date | None = None) -> peewee.Select:
-    """The group's contacts as a query on Contact (not yet run, so callers may add columns,
-    order it, count it or feed it to INSERT ... SELECT without loading it)."""
-    today = today or datetime.datetime.now(datetime.UTC).date()
-    if group.kind == "static":
-        return (
-            Contact.select()
-            .join(GroupMember, on=(GroupMember.contact == Contact.id))
-            .where(GroupMember.group == group.id)
-        )
-    condition = filter_condition(GroupFilter.from_json(group.filter or "{}"), today)
-    query = Contact.select()
-    return query if condition is None else query.where(condition)
+            when = "current " if spec.employment_current else ""
+            parts.append(f"{companies} and persons with a {when}{primary}employment there")
+    elif spec.employment_current is True:
+        parts.append(f"with a current {primary}employment")
+    elif spec.employment_current is False:
+        parts.append(f"persons with no current {primary}employment")
+    return "; ".join(parts)

@@ -19,9 +19,6 @@ import re
 
 from peewee import JOIN, Case, Value, fn
 
-from atollon_mail.crm.contacts import get_organization_row
-from atollon_mail.crm.filters import members_query
-from atollon_mail.crm.groups import get_group_row
 from atollon_mail.massmail.records import (
     CampaignRecord,
     CampaignStatus,
@@ -39,7 +36,9 @@ from atollon_mail.massmail.templates import (
 )
 from atollon_mail.store import identities
 from atollon_mail.store.common import limited, locked, normalize_identity, read_only
+from atollon_mail.store.contacts import get_organization_row
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
+from atollon_mail.store.groups import get_group_row, members_query
 from atollon_mail.store.models import (
     FINAL_RECIPIENT_STATES,
     RECIPIENT_STATES,

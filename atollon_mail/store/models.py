@@ -103,9 +103,6 @@ class Organization(BaseModel):
     created_at = peewee.DateTimeField()
 
 
-CONTACT_KINDS = ("person", "company")
-
-
 class Contact(BaseModel):
     """A person or a company of an organization's CRM (migration 4).
 
@@ -196,7 +193,7 @@ GROUP_KINDS = ("static", "dynamic")
 
 class DistributionGroup(BaseModel):
     """Contacts to send to: listed one by one (static) or matched by a filter (dynamic;
-    `filter` holds the JSON of a crm.groups.GroupFilter, never SQL)."""
+    `filter` holds the JSON of a crm.filters.GroupFilter, never SQL)."""
 
     id = peewee.BigAutoField()
     name = peewee.CharField(max_length=200, unique=True)

@@ -11,12 +11,12 @@ from urllib.parse import urlencode
 
 import attrs
 
-from atollon_mail.crm import groups as group_ops
 from atollon_mail.massmail import campaigns as campaign_ops
 from atollon_mail.massmail.records import CampaignStatus
 from atollon_mail.massmail.templates import MERGE_FIELDS
 from atollon_mail.massmail.tokens import preview_unsubscribe_url, unsubscribe_base
 from atollon_mail.store import common, queries
+from atollon_mail.store import groups as group_ops
 from atollon_mail.store import mailboxes as mailbox_ops
 from atollon_mail.store.errors import Conflict, NotFound, StoreError
 from atollon_mail.store.models import RECIPIENT_STATES, utc_now

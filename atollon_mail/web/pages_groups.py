@@ -8,9 +8,9 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
-from atollon_mail.crm import contacts as contact_ops
-from atollon_mail.crm import groups as group_ops
 from atollon_mail.crm.filters import GroupFilter
+from atollon_mail.store import contacts as contact_ops
+from atollon_mail.store import groups as group_ops
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
 from atollon_mail.web.numbers import parse_count, parse_id

@@ -7,10 +7,9 @@ import os
 
 from twisted.trial import unittest
 
-from atollon_mail.crm import contacts, groups
 from atollon_mail.crm.records import GroupPreview
 from atollon_mail.passwords import hash_password
-from atollon_mail.store import queries
+from atollon_mail.store import contacts, groups, queries
 from atollon_mail.store.models import Campaign, Mailbox, utc_now
 from tests.support import PostgresStoreMixin, SqliteStoreMixin
 from tests.test_cli import ConfiguredCli

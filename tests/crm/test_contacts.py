@@ -7,9 +7,9 @@ import datetime
 
 from twisted.trial import unittest
 
-from atollon_mail.crm import contacts as c
-from atollon_mail.crm import folders as f
 from atollon_mail.crm.records import ContactRecord, DefaultFolderRecord, OrganizationRecord
+from atollon_mail.store import contacts as c
+from atollon_mail.store import folders as f
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 

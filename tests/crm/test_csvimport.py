@@ -7,9 +7,9 @@ import datetime
 
 from twisted.trial import unittest
 
-from atollon_mail.crm import contacts as c
-from atollon_mail.crm.csvimport import import_contacts
 from atollon_mail.crm.records import ImportProblem
+from atollon_mail.store import contacts as c
+from atollon_mail.store.csvimport import import_contacts
 from atollon_mail.store.models import Contact, Employment
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 

@@ -7,9 +7,9 @@ import datetime
 
 from twisted.trial import unittest
 
-from atollon_mail.crm import contacts as c
-from atollon_mail.crm import folders as f
 from atollon_mail.crm.records import DefaultFolderChange
+from atollon_mail.store import contacts as c
+from atollon_mail.store import folders as f
 from atollon_mail.store.errors import NotFound
 from atollon_mail.store.models import ContactContext, Context, Organization, utc_now
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin

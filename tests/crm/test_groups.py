@@ -7,11 +7,11 @@ import datetime
 
 from twisted.trial import unittest
 
-from atollon_mail.crm import contacts as c
-from atollon_mail.crm import groups as g
 from atollon_mail.crm.filters import GroupFilter
 from atollon_mail.crm.records import GroupPreview, MemberRecord
 from atollon_mail.passwords import hash_password
+from atollon_mail.store import contacts as c
+from atollon_mail.store import groups as g
 from atollon_mail.store import queries as q
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.models import Campaign, Mailbox, utc_now

@@ -11,9 +11,8 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
-from atollon_mail.crm import contacts, groups
 from atollon_mail.massmail import campaigns as campaign_ops
-from atollon_mail.store import mailboxes
+from atollon_mail.store import contacts, groups, mailboxes
 from atollon_mail.store import queries as q
 from atollon_mail.store.models import CampaignRecipient, utc_now
 from atollon_mail.web import pages_campaigns

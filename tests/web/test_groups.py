@@ -11,8 +11,8 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
-from atollon_mail.crm import contacts, groups
 from atollon_mail.crm.records import GroupPreview
+from atollon_mail.store import contacts, groups
 from atollon_mail.store import queries as q
 from atollon_mail.store.models import Campaign, Mailbox, utc_now
 from tests.builders import web_root

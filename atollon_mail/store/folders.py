@@ -2,7 +2,8 @@
 
 A folder (the CRM's "subject") belongs to a company within an organization; a project
 belongs to an organization. A contact's default folder in an organization says where
-mail to and from the contact is filed.
+mail to and from the contact is filed; the maintenance gives persons their employer's
+folder by the rule of crm.defaultfolders.
 """
 
 from __future__ import annotations
@@ -11,20 +12,20 @@ import datetime
 
 import peewee
 
-from atollon_mail.crm.contacts import (
-    default_folder_records,
-    get_contact_row,
-    get_organization_row,
-)
-from atollon_mail.crm.filters import current_employment
+from atollon_mail.crm.defaultfolders import plan_default_folders
 from atollon_mail.crm.records import (
-    DefaultFolderCase,
     DefaultFolderChange,
     DefaultFolderRecord,
     DefaultFolderReport,
     FolderRecord,
 )
 from atollon_mail.store.common import chunks, create, limited, read_only
+from atollon_mail.store.contacts import (
+    current_employment,
+    default_folder_records,
+    get_contact_row,
+    get_organization_row,
+)
 from atollon_mail.store.errors import Invalid, NotFound
 from atollon_mail.store.models import (
     Contact,
@@ -213,10 +214,6 @@ def clear_default_folder(contact_id: int, organization: int | str) -> bool:
 # --- the default-folder maintenance ---------------------------------------------------
 
 
-def _folder_list(folders: list[tuple[int, str]]) -> str:
-    return ", ".join(f"{name} ({folder_id})" for folder_id, name in folders)
-
-
 def setup_default_folders(
     organization: int | str, today: datetime.date | None = None, dry_run: bool = False
 ) -> DefaultFolderReport:
@@ -301,52 +298,8 @@ def setup_default_folders(
         ):
             company_folders.setdefault(company_id, []).append((folder_id, folder_name))
 
-    changes: list[DefaultFolderChange] = []
-    cases: list[DefaultFolderCase] = []
-    kept_manual = unchanged = 0
-    for person_id in sorted(persons):
-        row = rows.get(person_id)
-        if row is not None and row[2] == "manual":
-            kept_manual += 1
-            continue
-        name = persons[person_id]
-        companies = employers.get(person_id, {})
-        target: tuple[int, str] | None = None
-        if not companies:
-            why = "no current primary employer"
-        elif len(companies) > 1:
-            names = ", ".join(f"{companies[cid]} ({cid})" for cid in sorted(companies))
-            why = f"{len(companies)} current primary employers: {names}; keep one primary"
-        else:
-            ((company_id, company_name),) = companies.items()
-            folders = company_folders.get(company_id, [])
-            target = own_default.get(company_id)
-            if target is None and len(folders) == 1:
-                target = folders[0]
-            if target is None and not folders:
-                why = f"employer {company_name} ({company_id}) has no folder in {owner.name}"
-            elif target is None:
-                why = (
-                    f"employer {company_name} ({company_id}) has {len(folders)} folders in "
-                    f"{owner.name} and no default folder to choose: {_folder_list(folders)}"
-                )
-        if target is None:
-            if row is not None:
-                kept = f"folder {row[1]}" if row[1] is not None else "row (no folder)"
-                why += f"; its default {kept} from an earlier run is left as it is"
-            cases.append(DefaultFolderCase(contact_id=person_id, contact_name=name, why=why))
-        elif row is not None and row[1] == target[0]:
-            unchanged += 1
-        else:
-            changes.append(
-                DefaultFolderChange(
-                    contact_id=person_id,
-                    contact_name=name,
-                    previous_folder_id=None if row is None else row[1],
-                    folder_id=target[0],
-                    folder_name=target[1],
-                )
-            )
+    plan = plan_default_folders(owner.name, persons, rows, employers, own_default, company_folders)
+    changes = plan.changes
     created = [change for change in changes if change.contact_id not in rows]
     if not dry_run:
         _apply_default_folders(owner, changes, rows)
@@ -357,16 +310,16 @@ def setup_default_folders(
         dry_run=dry_run,
         set=len(created),
         changed=len(changes) - len(created),
-        unchanged=unchanged,
-        kept_manual=kept_manual,
-        changes=tuple(changes),
-        cases=tuple(cases),
+        unchanged=plan.unchanged,
+        kept_manual=plan.kept_manual,
+        changes=changes,
+        cases=plan.cases,
     )
 
 
 def _apply_default_folders(
     owner: Organization,
-    changes: list[DefaultFolderChange],
+    changes: tuple[DefaultFolderChange, ...],
     rows: dict[int, tuple[int, int | None, str]],
 ) -> None:
     now = utc_now()

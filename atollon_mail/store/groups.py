@@ -17,8 +17,8 @@ from collections.abc import Iterable
 import attrs
 import peewee
 
-from atollon_mail.crm.contacts import get_organization_row, normalize_language
-from atollon_mail.crm.filters import GroupFilter, members_query
+from atollon_mail.crm.filters import GroupFilter, describe_filter
+from atollon_mail.crm.normalize import normalize_language
 from atollon_mail.crm.records import (
     GroupOverview,
     GroupPreview,
@@ -28,12 +28,14 @@ from atollon_mail.crm.records import (
     MembersChange,
 )
 from atollon_mail.store.common import chunks, create, limited, locked, read_only
+from atollon_mail.store.contacts import current_employment, get_organization_row
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.models import (
     GROUP_KINDS,
     Campaign,
     Contact,
     DistributionGroup,
+    Employment,
     GroupMember,
     Organization,
     utc_now,
@@ -45,6 +47,61 @@ SAMPLE_SIZE = 50
 
 def _today(today: datetime.date | None) -> datetime.date:
     return today or datetime.datetime.now(datetime.UTC).date()
+
+
+# --- a filter as a query: the user's choices among GroupFilter's fields, built by peewee
+# with bound parameters, so no text a user typed ever becomes SQL.
+
+
+def filter_condition(spec: GroupFilter, today: datetime.date):
+    """The WHERE condition on Contact for a filter (None: every contact)."""
+    conditions = []
+    if spec.organization_id is not None:
+        conditions.append(Contact.organization == spec.organization_id)
+    if spec.kinds:
+        conditions.append(Contact.kind.in_(list(spec.kinds)))
+    if spec.languages:
+        conditions.append(Contact.language.in_(list(spec.languages)))
+    if spec.has_email is True:
+        conditions.append(Contact.email != "")
+    elif spec.has_email is False:
+        conditions.append(Contact.email == "")
+    if spec.company_ids or spec.employment_current is not None:
+        employed = Employment.select(Employment.person).where(
+            *(
+                ([Employment.company.in_(list(spec.company_ids))] if spec.company_ids else [])
+                + ([current_employment(today)] if spec.employment_current is not None else [])
+                + ([Employment.is_primary == True] if spec.primary_only else [])  # noqa: E712
+            )
+        )
+        if spec.employment_current is False:
+            conditions.append((Contact.kind == "person") & Contact.id.not_in(employed))
+        else:
+            person_match = Contact.id.in_(employed)
+            if spec.company_ids:
+                person_match |= Contact.id.in_(list(spec.company_ids))
+            conditions.append(person_match)
+    if not conditions:
+        return None
+    condition = conditions[0]
+    for more in conditions[1:]:
+        condition &= more
+    return condition
+
+
+def members_query(group: DistributionGroup, today: datetime.date | None = None) -> peewee.Select:
+    """The group's contacts as a query on Contact (not yet run, so callers may add columns,
+    order it, count it or feed it to INSERT ... SELECT without loading it)."""
+    today = today or datetime.datetime.now(datetime.UTC).date()
+    if group.kind == "static":
+        return (
+            Contact.select()
+            .join(GroupMember, on=(GroupMember.contact == Contact.id))
+            .where(GroupMember.group == group.id)
+        )
+    condition = filter_condition(GroupFilter.from_json(group.filter or "{}"), today)
+    query = Contact.select()
+    return query if condition is None else query.where(condition)
 
 
 def get_group_row(group: int | str) -> DistributionGroup:
@@ -69,39 +126,6 @@ def _names(model, ids: Iterable[int]) -> dict[int, str]:
         query = model.select(model.id, model.name).where(model.id.in_(chunk)).tuples()
         found.update(query)
     return found
-
-
-def describe_filter(
-    spec: GroupFilter, organization_name: str | None, company_names: dict[int, str]
-) -> str:
-    """The filter in words, one line: "persons of Acme; language cs or (none); ..."."""
-    kinds = {("person",): "persons", ("company",): "companies"}.get(
-        tuple(sorted(set(spec.kinds))), "persons and companies"
-    )
-    parts = [kinds if organization_name is None else f"{kinds} of {organization_name}"]
-    if spec.languages:
-        languages = " or ".join(language or "(none)" for language in spec.languages)
-        parts.append(f"language {languages}")
-    if spec.has_email is True:
-        parts.append("with an e-mail address")
-    elif spec.has_email is False:
-        parts.append("without an e-mail address")
-    primary = "primary " if spec.primary_only else ""
-    if spec.company_ids:
-        companies = ", ".join(
-            f"{company_names.get(company_id, '?')} ({company_id})"
-            for company_id in spec.company_ids
-        )
-        if spec.employment_current is False:
-            parts.append(f"persons with no current {primary}employment at {companies}")
-        else:
-            when = "current " if spec.employment_current else ""
-            parts.append(f"{companies} and persons with a {when}{primary}employment there")
-    elif spec.employment_current is True:
-        parts.append(f"with a current {primary}employment")
-    elif spec.employment_current is False:
-        parts.append(f"persons with no current {primary}employment")
-    return "; ".join(parts)
 
 
 def _group_record(group: DistributionGroup) -> GroupRecord:

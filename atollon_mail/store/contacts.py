@@ -1,4 +1,5 @@
-"""Store operations for organizations, contacts and employments.
+"""Store operations for organizations, contacts and employments (the values are checked
+by crm.normalize).
 
 An organization is named by its name or its id: an int is an id; a string is a name, or
 an id when it is all digits and no organization has that name.
@@ -7,10 +8,16 @@ an id when it is all digits and no organization has that name.
 from __future__ import annotations
 
 import datetime
-import re
 
 import peewee
 
+from atollon_mail.crm.normalize import (
+    check_employment_dates,
+    contact_names,
+    normalize_email,
+    normalize_kind,
+    normalize_language,
+)
 from atollon_mail.crm.records import (
     ContactDetail,
     ContactRecord,
@@ -18,10 +25,9 @@ from atollon_mail.crm.records import (
     EmploymentRecord,
     OrganizationRecord,
 )
-from atollon_mail.store.common import create, limited, normalize_identity, read_only
+from atollon_mail.store.common import create, limited, read_only
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.models import (
-    CONTACT_KINDS,
     Contact,
     ContactContext,
     Context,
@@ -29,61 +35,6 @@ from atollon_mail.store.models import (
     Organization,
     utc_now,
 )
-
-_LANGUAGE = re.compile(r"^[a-z]{2}$")
-
-
-# --- normalisation --------------------------------------------------------------------
-
-
-def normalize_email(email: str) -> str:
-    """A contact's address, lower-cased ("" stays "": the contact has none)."""
-    email = email.strip()
-    if not email:
-        return ""
-    try:
-        return normalize_identity(email).lower()
-    except Invalid:
-        raise Invalid(
-            f"{email!r} is not an e-mail address; give one such as name@example.com"
-        ) from None
-
-
-def normalize_language(language: str) -> str:
-    """An ISO 639-1 code, lower-cased ("" stays "": unknown)."""
-    code = language.strip().lower()
-    if code and not _LANGUAGE.match(code):
-        raise Invalid(f"{language!r} is not a language code; give two letters (ISO 639-1), like cs")
-    return code
-
-
-def normalize_kind(kind: str) -> str:
-    value = kind.strip().lower()
-    if value not in CONTACT_KINDS:
-        raise Invalid(f"{kind!r} is not a contact kind; use person or company")
-    return value
-
-
-def display_name(name: str, first_name: str, last_name: str) -> str:
-    return name or " ".join(part for part in (first_name, last_name) if part)
-
-
-def contact_names(kind: str, name: str, first_name: str, last_name: str) -> tuple[str, str, str]:
-    """(name, first_name, last_name) checked: a company needs a name, a person a last name
-    or a name; a person's name defaults to "first last"."""
-    name = limited(name, 200, "name")
-    first_name = limited(first_name, 100, "first name")
-    last_name = limited(last_name, 100, "last name")
-    if kind == "company":
-        if not name:
-            raise Invalid("a company needs a name")
-        if first_name or last_name:
-            raise Invalid("a company has a name only; leave first and last name empty")
-        return name, "", ""
-    if not (name or last_name):
-        raise Invalid("a person needs a last name or a name")
-    return limited(display_name(name, first_name, last_name), 200, "name"), first_name, last_name
-
 
 # --- lookups --------------------------------------------------------------------------
 
@@ -310,11 +261,11 @@ def contact_detail(contact_id: int) -> ContactDetail:
 # --- employments ----------------------------------------------------------------------
 
 
-def check_employment_dates(
-    valid_from: datetime.date | None, valid_to: datetime.date | None
-) -> None:
-    if valid_from is not None and valid_to is not None and valid_to < valid_from:
-        raise Invalid(f"the employment ends ({valid_to}) before it starts ({valid_from})")
+def current_employment(today: datetime.date):
+    """The condition on Employment: valid on `today` (from and to are inclusive)."""
+    return ((Employment.valid_from.is_null()) | (Employment.valid_from <= today)) & (
+        (Employment.valid_to.is_null()) | (Employment.valid_to >= today)
+    )
 
 
 def add_employment(
