@@ -2,11 +2,11 @@
 file before it is.
 
 After a kill, a recipient still in flight whose dot was written down here (or in the
-store) may have got its message; one without such a line cannot have. Before this file,
-each dot waited for a store commit noting it, and relaying (bench/relay.py) spent about
-half as much CPU again per message on those commits (0.9 ms per message before them,
-1.5 ms with them, on the same machine in the same run): a line appended to a file is
-one write(2) on the reactor thread.
+store) may have got its message; one without such a line cannot have. When each dot
+waited for a store commit noting it instead, relaying (bench/relay.py) spent about two
+thirds more CPU per message (0.86-0.93 ms before those commits, 1.50-1.65 ms with them,
+measured side by side on one machine); a line appended to a file is one write(2) on the
+reactor thread.
 
 What is written survives the process being killed (it is in the operating system's
 hands once write returns), not an operating system crash or a power cut: the same
