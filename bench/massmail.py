@@ -2,7 +2,7 @@
 
 1. Expansion: a dynamic group of N contacts (a mix of cs/en/de/sk, about 2% duplicate
    addresses, 2% without an address, a few hundred suppressed addresses) becomes a
-   campaign's send list through campaigns.start_campaign. The data is built in chunks
+   campaign's send list through sendlists.start_campaign. The data is built in chunks
    (INSERTs, COPY on PostgreSQL); only start_campaign is timed, in a fresh process whose
    peak RSS (VmHWM) is read, so building the data does not count. SQLite, and
    PostgreSQL (in a schema of its own, dropped afterwards) for information when it can
@@ -215,7 +215,7 @@ def make_campaign(store, organization_id: int, name: str) -> int:
     """A dynamic group of the organization's contacts with an address, and a draft
     campaign to it with cs and en variants (en the fallback)."""
     from atollon_mail.crm.filters import GroupFilter
-    from atollon_mail.massmail import campaigns
+    from atollon_mail.store import campaigns
     from atollon_mail.store.models import DistributionGroup
 
     group_filter = GroupFilter(organization_id=organization_id, has_email=True).to_json()
@@ -298,7 +298,7 @@ def add_employers(store, organization_id: int, companies: int = 200) -> None:
 def expand_child(url: str, campaign_id: int) -> int:
     """In a fresh process: start the campaign (its send list is made) and report the
     time and this process's memory as JSON on stdout."""
-    from atollon_mail.massmail import campaigns
+    from atollon_mail.store import campaigns, sendlists
     from atollon_mail.store.models import utc_now
     from atollon_mail.store.pool import Store
 
@@ -306,7 +306,7 @@ def expand_child(url: str, campaign_id: int) -> int:
     store.run_sync(campaigns.get_campaign, campaign_id)  # connected, imports done
     before_kib = proc_status_kib("self", "VmRSS")
     started = time.perf_counter()
-    status = store.run_sync(campaigns.start_campaign, campaign_id, utc_now())
+    status = store.run_sync(sendlists.start_campaign, campaign_id, utc_now())
     seconds = time.perf_counter() - started
     store.stop()
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the parent's memory.
@@ -415,7 +415,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_delivery(recipients: int, window: int) -> dict:
-    from atollon_mail.massmail import campaigns
+    from atollon_mail.store import campaign_recipients, sendlists
     from atollon_mail.store.models import utc_now
     from atollon_mail.store.pool import Store
 
@@ -450,9 +450,9 @@ def run_delivery(recipients: int, window: int) -> dict:
         cpu_before = cpu_seconds(appliance.process.pid)
         with RssSampler(appliance) as sampler:
             started = time.monotonic()
-            store.run_sync(campaigns.start_campaign, campaign_id, utc_now())
+            store.run_sync(sendlists.start_campaign, campaign_id, utc_now())
             while True:
-                status = store.run_sync(campaigns.campaign_status, campaign_id)
+                status = store.run_sync(campaign_recipients.campaign_status, campaign_id)
                 sent = status.counts["sent"]
                 if sent and first_sent_at is None:
                     first_sent_at = time.monotonic() - started

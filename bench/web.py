@@ -27,10 +27,9 @@ from urllib.parse import quote, urlencode
 
 from common import Appliance, RssSampler, machine
 
-from atollon_mail.massmail import campaigns
 from atollon_mail.massmail.tokens import RecipientTokens
 from atollon_mail.passwords import hash_password
-from atollon_mail.store import queries
+from atollon_mail.store import campaigns, queries, sendlists
 from atollon_mail.store.models import (
     CampaignRecipient,
     Contact,
@@ -104,8 +103,8 @@ def _paused_campaign(recipients: int) -> list[int]:
     )
     campaign = campaigns.create_campaign("Bench news", "Readers", BIG, "en")
     campaigns.set_variant(campaign.id, "en", "News", "Hello {{ first_name }}\n")
-    campaigns.start_campaign(campaign.id, now)
-    campaigns.pause_campaign(campaign.id, now)
+    sendlists.start_campaign(campaign.id, now)
+    sendlists.pause_campaign(campaign.id, now)
     query = CampaignRecipient.select(CampaignRecipient.id).where(
         CampaignRecipient.campaign == campaign.id
     )

@@ -21,14 +21,14 @@ import time
 from atollon_mail.commands.common import read_text_file, whole_number
 from atollon_mail.commands.output import PROGRAM, Refused, counted, out, table, when
 from atollon_mail.config import default_config_path, load_config
-from atollon_mail.massmail import campaigns
-from atollon_mail.massmail.records import CampaignRecord, CampaignStatus
 from atollon_mail.massmail.templates import MERGE_FIELDS
 from atollon_mail.massmail.tokens import (
     preview_unsubscribe_url,
     unsubscribe_base,
     unsubscribe_url,
 )
+from atollon_mail.store import campaign_recipients, campaigns, sendlists
+from atollon_mail.store.campaign_records import CampaignRecord, CampaignStatus
 from atollon_mail.store.models import RECIPIENT_STATES, SUPPRESSION_REASONS, utc_now
 
 BAR_WIDTH = 20
@@ -235,7 +235,7 @@ def _preview(store, args) -> None:
 
 
 def _send(store, args) -> None:
-    status = store.run_sync(campaigns.start_campaign, args.id, utc_now())
+    status = store.run_sync(sendlists.start_campaign, args.id, utc_now())
     campaign = status.campaign
     suppressed = status.counts["suppressed"]
     out(
@@ -256,7 +256,7 @@ def _draw(status: CampaignStatus, first: bool) -> None:
 
 
 def _status(store, args) -> None:
-    status = store.run_sync(campaigns.campaign_status, args.id, utc_now())
+    status = store.run_sync(campaign_recipients.campaign_status, args.id, utc_now())
     if not args.watch:
         out("\n".join(status_lines(status)))
         return
@@ -264,7 +264,7 @@ def _status(store, args) -> None:
         _draw(status, first=True)
         while status.campaign.status not in ENDED:
             time.sleep(args.interval)
-            status = store.run_sync(campaigns.campaign_status, args.id, utc_now())
+            status = store.run_sync(campaign_recipients.campaign_status, args.id, utc_now())
             _draw(status, first=False)
     except KeyboardInterrupt:
         # Ctrl-C ends watching; the campaign goes on.
@@ -272,19 +272,19 @@ def _status(store, args) -> None:
 
 
 def _pause(store, args) -> None:
-    status = store.run_sync(campaigns.pause_campaign, args.id, utc_now())
+    status = store.run_sync(sendlists.pause_campaign, args.id, utc_now())
     waiting = status.counts["queued"]
     out(f"campaign {args.id} is paused; {counted(waiting, 'recipient')} waiting")
     out(f"resume it: {PROGRAM} massmail resume {args.id}")
 
 
 def _resume(store, args) -> None:
-    status = store.run_sync(campaigns.resume_campaign, args.id, utc_now())
+    status = store.run_sync(sendlists.resume_campaign, args.id, utc_now())
     out(f"campaign {args.id} is {status.campaign.status}")
 
 
 def _cancel(store, args) -> None:
-    status = store.run_sync(campaigns.cancel_campaign, args.id, utc_now())
+    status = store.run_sync(sendlists.cancel_campaign, args.id, utc_now())
     unsent = status.counts["queued"]
     out(
         f"campaign {args.id} is cancelled; {counted(unsent, 'recipient')} left unsent"
@@ -294,7 +294,7 @@ def _cancel(store, args) -> None:
 
 
 def _retry_failed(store, args) -> None:
-    requeued = store.run_sync(campaigns.retry_failed, args.id, utc_now())
+    requeued = store.run_sync(sendlists.retry_failed, args.id, utc_now())
     campaign = store.run_sync(campaigns.get_campaign, args.id)
     if not requeued:
         out(f"campaign {args.id} has no failed recipient; nothing to retry")
@@ -307,7 +307,7 @@ def _retry_failed(store, args) -> None:
 
 def _recipients(store, args) -> None:
     entries = store.run_sync(
-        campaigns.send_list,
+        campaign_recipients.send_list,
         args.id,
         state=args.state,
         uncertain=True if args.uncertain else None,
@@ -340,7 +340,7 @@ def _recipients(store, args) -> None:
 
 def _suppression_add(store, args) -> None:
     record = store.run_sync(
-        campaigns.suppress_address,
+        campaign_recipients.suppress_address,
         args.address,
         reason=args.reason,
         detail=args.detail,
@@ -350,13 +350,15 @@ def _suppression_add(store, args) -> None:
 
 
 def _suppression_remove(store, args) -> None:
-    if not store.run_sync(campaigns.unsuppress_address, args.address):
+    if not store.run_sync(campaign_recipients.unsuppress_address, args.address):
         raise Refused(f"{args.address.strip()} is not suppressed; see: {PROGRAM} suppression list")
     out(f"{args.address.strip().lower()} is no longer suppressed")
 
 
 def _suppression_list(store, args) -> None:
-    records = store.run_sync(campaigns.list_suppressions, limit=args.limit, offset=args.offset)
+    records = store.run_sync(
+        campaign_recipients.list_suppressions, limit=args.limit, offset=args.offset
+    )
     rows = [
         (
             record.address,

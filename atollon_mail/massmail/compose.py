@@ -8,9 +8,13 @@ import email.header
 import email.utils
 import secrets
 
-from atollon_mail.massmail.sending import CampaignMessage, CampaignSending, HandoffCandidate
 from atollon_mail.massmail.templates import contact_fields, render_variant
 from atollon_mail.massmail.tokens import RecipientTokens
+from atollon_mail.store.campaign_records import (
+    CampaignMessage,
+    CampaignSending,
+    HandoffCandidate,
+)
 
 # The message is written by hand, not with the email package's EmailMessage: that cost
 # about 2 ms per message here, more than everything else a campaign does per recipient.

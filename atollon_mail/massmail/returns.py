@@ -14,9 +14,9 @@ import datetime
 from twisted.logger import Logger
 
 from atollon_mail.events import Events
-from atollon_mail.massmail import sending
 from atollon_mail.massmail.bounces import read_bounce
 from atollon_mail.massmail.tokens import RecipientTokens
+from atollon_mail.store import campaign_recipients
 from atollon_mail.store.records import Rejection
 
 log = Logger()
@@ -47,7 +47,7 @@ class CampaignReturns:
         purpose, recipient_id = found
         address = f"{local_part.lower()}@{domain.lower().rstrip('.')}"
         resolved = self._store.run(
-            sending.campaign_address_recipient, purpose, recipient_id, address
+            campaign_recipients.campaign_address_recipient, purpose, recipient_id, address
         )
         return resolved.addCallback(
             lambda recipient: (
@@ -69,14 +69,16 @@ class CampaignReturns:
                 if reading.kind == "none":
                     continue
                 done = self._store.run(
-                    sending.record_bounce,
+                    campaign_recipients.record_bounce,
                     recipient_id,
                     reading.kind == "permanent",
                     reading.reply,
                     self._now(),
                 )
             else:
-                done = self._store.run(sending.unsubscribe_row, recipient_id, "mail", self._now())
+                done = self._store.run(
+                    campaign_recipients.unsubscribe_row, recipient_id, "mail", self._now()
+                )
             done.addErrback(
                 lambda failure, row=recipient_id: log.failure(
                     "recording what came back for send-list row {row} failed", failure, row=row

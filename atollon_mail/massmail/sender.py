@@ -21,13 +21,15 @@ from twisted.logger import Logger
 
 from atollon_mail.config import MassmailConfig
 from atollon_mail.events import Events
-from atollon_mail.massmail import campaigns, sending
 from atollon_mail.massmail.compose import build_message
 from atollon_mail.massmail.templates import TemplateProblem
 from atollon_mail.massmail.tokens import RecipientTokens
+from atollon_mail.store import sendlists
 
 log = Logger()
 
+# How many rows one handoff takes at most (one transaction).
+HANDOFF_BATCH = 500
 POLL_SECONDS = 1.0
 # How long to wait when the window is full or the rate allows nothing yet.
 TICK_SECONDS = 0.1
@@ -49,7 +51,7 @@ class _TokenBucket:
 
     def available(self, now: float) -> int:
         if not self.rate:
-            return sending.HANDOFF_BATCH
+            return HANDOFF_BATCH
         self._tokens = min(self._tokens + (now - self._updated) * self.rate, max(self.rate, 1))
         self._updated = now
         return int(self._tokens)
@@ -134,7 +136,7 @@ class MassMailSender(service.Service):
 
     def _poll(self) -> None:
         self._poll_call = None
-        self._polling = self._store.run(sending.running_campaigns)
+        self._polling = self._store.run(sendlists.running_campaigns)
         self._polling.addCallbacks(self._found, self._poll_failed)
         self._polling.addBoth(self._polled)
 
@@ -184,11 +186,11 @@ class MassMailSender(service.Service):
             if allowed <= 0:
                 yield self._sleep(bucket.wait_for_one())
                 continue
-            limit = min(allowed, sending.HANDOFF_BATCH)
+            limit = min(allowed, HANDOFF_BATCH)
             now = self._now()
             try:
                 found = yield self._store.run(
-                    sending.handoff_batch, campaign_id, limit, self._settings.window, now.date()
+                    sendlists.handoff_batch, campaign_id, limit, self._settings.window, now.date()
                 )
             except Exception:
                 log.failure("reading campaign {campaign} failed", campaign=campaign_id)
@@ -202,7 +204,7 @@ class MassMailSender(service.Service):
                     yield self._sleep(TICK_SECONDS)  # the window is full
                     continue
                 if sending_record.outstanding == 0:
-                    yield self._store.run(campaigns.finish_if_done, campaign_id, now)
+                    yield self._store.run(sendlists.finish_if_done, campaign_id, now)
                 return  # nothing queued: the poll looks again
             yield self._hand_over(sending_record, candidates, now)
             bucket.spend(len(candidates))
@@ -230,9 +232,9 @@ class MassMailSender(service.Service):
                 count=len(failed),
                 first=failed[0][1],
             )
-            yield self._store.run(sending.fail_rows, sending_record.campaign_id, failed, now)
+            yield self._store.run(sendlists.fail_rows, sending_record.campaign_id, failed, now)
         handed = yield self._store.run(
-            sending.commit_handoff, sending_record.campaign_id, built, now
+            sendlists.commit_handoff, sending_record.campaign_id, built, now
         )
         if handed:
             self._events.queued.fire()

@@ -11,13 +11,12 @@ from urllib.parse import urlencode
 
 import attrs
 
-from atollon_mail.massmail import campaigns as campaign_ops
-from atollon_mail.massmail.records import CampaignStatus
 from atollon_mail.massmail.templates import MERGE_FIELDS
 from atollon_mail.massmail.tokens import preview_unsubscribe_url, unsubscribe_base
-from atollon_mail.store import common, queries
-from atollon_mail.store import groups as group_ops
-from atollon_mail.store import mailboxes as mailbox_ops
+from atollon_mail.store import campaign_recipients as recipient_ops
+from atollon_mail.store import campaigns as campaign_ops
+from atollon_mail.store import sendlists as sendlist_ops
+from atollon_mail.store.campaign_records import CampaignStatus
 from atollon_mail.store.errors import Conflict, NotFound, StoreError
 from atollon_mail.store.models import RECIPIENT_STATES, utc_now
 from atollon_mail.web.app import HttpError, Page, PageRequest, Redirect, WebApp, not_found
@@ -48,15 +47,6 @@ DONE = {
     "cancelled": "The campaign was cancelled; nothing more will be sent.",
     "nothing-failed": "No recipient has failed: there is nothing to retry.",
 }
-
-
-@attrs.frozen
-class NewCampaignChoices:
-    """What the new-campaign form offers."""
-
-    groups: tuple
-    mailboxes: tuple
-    types: tuple
 
 
 # Store messages end with advice for the command line ("see: massmail list", "add one:
@@ -152,30 +142,12 @@ def status_json(status: CampaignStatus) -> dict:
     }
 
 
-@common.read_only
-def campaign_statuses(now) -> list[CampaignStatus]:
-    """Store operation: every campaign with its progress, in one transaction."""
-    return [
-        campaign_ops.campaign_status(campaign.id, now) for campaign in campaign_ops.list_campaigns()
-    ]
-
-
-@common.read_only
-def new_campaign_choices() -> NewCampaignChoices:
-    """Store operation: the groups, active mailboxes and active message types to choose."""
-    return NewCampaignChoices(
-        groups=tuple(group_ops.list_groups()),
-        mailboxes=tuple(box for box in queries.list_mailboxes() if box.active),
-        types=tuple(kind for kind in mailbox_ops.list_message_types() if kind.active),
-    )
-
-
 def register(app: WebApp) -> None:
     # --- the list and a new campaign ----------------------------------------------------
 
     async def _list_page(page: PageRequest, new=None, errors=None, status=200):
-        statuses = await page.store.run(campaign_statuses, utc_now())
-        choices = await page.store.run(new_campaign_choices)
+        statuses = await page.store.run(recipient_ops.campaign_statuses, utc_now())
+        choices = await page.store.run(campaign_ops.new_campaign_choices)
         context = {
             "statuses": statuses,
             "choices": choices,
@@ -226,7 +198,7 @@ def register(app: WebApp) -> None:
         if campaign_id is None:
             raise not_found()
         try:
-            return await page.store.run(campaign_ops.campaign_status, campaign_id, utc_now())
+            return await page.store.run(recipient_ops.campaign_status, campaign_id, utc_now())
         except NotFound:
             raise not_found() from None
 
@@ -359,7 +331,7 @@ def register(app: WebApp) -> None:
 
     async def _retry(page: PageRequest, campaign_id: int):
         try:
-            count = await page.store.run(campaign_ops.retry_failed, campaign_id, utc_now())
+            count = await page.store.run(sendlist_ops.retry_failed, campaign_id, utc_now())
         except StoreError as refusal:
             return await _refused(page, campaign_id, refusal)
         if not count:
@@ -369,10 +341,10 @@ def register(app: WebApp) -> None:
     ACTIONS = {
         "variant-save": _variant_save,
         "variant-remove": _variant_remove,
-        "send": _control(campaign_ops.start_campaign, "started"),
-        "pause": _control(campaign_ops.pause_campaign, "paused"),
-        "resume": _control(campaign_ops.resume_campaign, "resumed"),
-        "cancel": _control(campaign_ops.cancel_campaign, "cancelled"),
+        "send": _control(sendlist_ops.start_campaign, "started"),
+        "pause": _control(sendlist_ops.pause_campaign, "paused"),
+        "resume": _control(sendlist_ops.resume_campaign, "resumed"),
+        "cancel": _control(sendlist_ops.cancel_campaign, "cancelled"),
         "retry": _retry,
     }
 
@@ -408,7 +380,7 @@ def register(app: WebApp) -> None:
         try:
             # One more than a page: whether there is a next page, without counting.
             entries = await page.store.run(
-                campaign_ops.send_list,
+                recipient_ops.send_list,
                 campaign.id,
                 state=state or None,
                 uncertain=True if uncertain else None,

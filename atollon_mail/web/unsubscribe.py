@@ -15,8 +15,8 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from atollon_mail.massmail import sending
 from atollon_mail.massmail.tokens import BadToken, RecipientTokens
+from atollon_mail.store import campaign_recipients
 from atollon_mail.store.errors import NotFound
 
 log = Logger()
@@ -100,7 +100,7 @@ class _UnsubscribeLink(Resource):
         row = self._row(request)
         if row is None:
             return NOT_DONE_YET
-        looked_up = self._parent._store.run(sending.row_address, row)
+        looked_up = self._parent._store.run(campaign_recipients.row_address, row)
 
         def show(address):
             if address is None:
@@ -118,7 +118,9 @@ class _UnsubscribeLink(Resource):
         row = self._row(request)
         if row is None:
             return NOT_DONE_YET
-        done = self._parent._store.run(sending.unsubscribe_row, row, "web", self._parent.now())
+        done = self._parent._store.run(
+            campaign_recipients.unsubscribe_row, row, "web", self._parent.now()
+        )
 
         def unsubscribed(result):
             self._answer(request, 200, "unsubscribe.html", address=result.address, done=True)

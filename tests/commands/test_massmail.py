@@ -12,9 +12,9 @@ from twisted.trial import unittest
 
 from atollon_mail.commands import massmail as commands
 from atollon_mail.massmail import build as massmail_build
-from atollon_mail.massmail import campaigns
-from atollon_mail.massmail.records import CampaignRecord, CampaignStatus
 from atollon_mail.massmail.tokens import unsubscribe_base
+from atollon_mail.store import campaign_recipients, campaigns, sendlists
+from atollon_mail.store.campaign_records import CampaignRecord, CampaignStatus
 from atollon_mail.store.models import CampaignVariant, Contact, utc_now
 from tests.massmail.test_campaigns import (
     add_contact,
@@ -74,7 +74,7 @@ class MassmailCommandTests(ConfiguredCli):
 
     def started(self, when: datetime.datetime) -> int:
         campaign_id = self.with_variants()
-        self.store_op(campaigns.start_campaign, campaign_id, when)
+        self.store_op(sendlists.start_campaign, campaign_id, when)
         return campaign_id
 
     def write_file(self, text: str) -> str:
@@ -324,7 +324,7 @@ class MassmailCommandTests(ConfiguredCli):
 
     def test_send(self):
         campaign_id = self.with_variants()
-        self.store_op(campaigns.suppress_address, "p07@x.test", "unsubscribed")
+        self.store_op(campaign_recipients.suppress_address, "p07@x.test", "unsubscribed")
         self.assertEqual(
             self.ok("massmail", "send", str(campaign_id)).lines,
             [
@@ -405,7 +405,7 @@ class MassmailCommandTests(ConfiguredCli):
 
     def finish(self, campaign_id: int) -> None:
         self.store_op(set_rows, campaign_id, addresses(0, 20), state="sent", sent_at=utc_now())
-        self.assertTrue(self.store_op(campaigns.finish_if_done, campaign_id))
+        self.assertTrue(self.store_op(sendlists.finish_if_done, campaign_id))
 
     def test_watch_of_a_finished_campaign_ends_by_itself(self):
         campaign_id, _ = self.running_with_progress()
@@ -485,7 +485,7 @@ class MassmailCommandTests(ConfiguredCli):
         self.store_op(
             set_rows, campaign_id, addresses(17, 20), state="failed", last_reply="421 busy"
         )
-        self.assertTrue(self.store_op(campaigns.finish_if_done, campaign_id))
+        self.assertTrue(self.store_op(sendlists.finish_if_done, campaign_id))
         self.assertEqual(
             self.ok("massmail", "retry-failed", str(campaign_id)).lines,
             [f"3 failed recipients queued again; campaign {campaign_id} is running"],

@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
-from atollon_mail.massmail import campaigns as campaign_ops
+from atollon_mail.store import campaigns, sendlists
 from atollon_mail.store import queries as q
 from atollon_mail.store.models import utc_now
 from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, sync_playwright
@@ -33,7 +33,7 @@ PROGRESS = "#campaign-progress"
 def finish(campaign_id: int, addresses) -> bool:
     """Store operation: these rows sent, then the campaign finished as the sender would."""
     set_states(campaign_id, dict.fromkeys(addresses, "sent"))
-    return campaign_ops.finish_if_done(campaign_id, utc_now())
+    return sendlists.finish_if_done(campaign_id, utc_now())
 
 
 class CampaignBrowserTests(ServedWebMixin, StoreFixtureMixin):
@@ -51,10 +51,10 @@ class CampaignBrowserTests(ServedWebMixin, StoreFixtureMixin):
         sync(q.add_mailbox, "news@example.com", "admin")
         group_id = sync(make_group)
         campaign = sync(
-            campaign_ops.create_campaign, "Spring news", group_id, "news@example.com", "en"
+            campaigns.create_campaign, "Spring news", group_id, "news@example.com", "en"
         )
-        sync(campaign_ops.set_variant, campaign.id, "en", "Hello {{ first_name }}", "News.")
-        sync(campaign_ops.start_campaign, campaign.id, utc_now())
+        sync(campaigns.set_variant, campaign.id, "en", "Hello {{ first_name }}", "News.")
+        sync(sendlists.start_campaign, campaign.id, utc_now())
         self.campaign_id = campaign.id
         self.addresses = [email for _, _, email, _ in MEMBERS if email]
         clock = Clock()

@@ -16,7 +16,7 @@ import time
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
-from atollon_mail.massmail import campaigns
+from atollon_mail.store import campaign_recipients, campaigns, sendlists
 from atollon_mail.store.models import (
     CampaignRecipient,
     Contact,
@@ -103,7 +103,7 @@ class CampaignKillTests(unittest.TestCase):
         campaign = campaigns.create_campaign("Kill test", "Readers", "news@acme.test", "en")
         campaigns.set_variant(campaign.id, "en", "Hello {{ first_name }}", "News.\n")
         campaigns.set_variant(campaign.id, "cs", "Ahoj {{ first_name }}", "Novinky.\n")
-        campaigns.start_campaign(campaign.id, utc_now())
+        sendlists.start_campaign(campaign.id, utc_now())
         return campaign.id
 
     def in_store(self, operation, *args):
@@ -156,5 +156,5 @@ class CampaignKillTests(unittest.TestCase):
         uncertain = {address for address, (_, flag) in rows.items() if flag}
         self.assertLessEqual(twice, uncertain, "a second copy went to a row not marked uncertain")
         self.assertGreater(sum(received.values()), received_at_kill)
-        status = self.in_store(campaigns.campaign_status, self.campaign_id, utc_now())
+        status = self.in_store(campaign_recipients.campaign_status, self.campaign_id, utc_now())
         self.assertEqual(status.uncertain, len(uncertain))

@@ -11,13 +11,13 @@ import json
 
 from twisted.trial import unittest
 
-from atollon_mail.massmail import campaigns as c
-from atollon_mail.massmail.records import RenderedPreview, VariantRecord
 from atollon_mail.massmail.templates import SAMPLE_FIELDS
 from atollon_mail.massmail.tokens import preview_unsubscribe_url
 from atollon_mail.passwords import hash_password
+from atollon_mail.store import campaign_recipients, campaigns, sendlists
 from atollon_mail.store import mailboxes as m
 from atollon_mail.store import queries as q
+from atollon_mail.store.campaign_records import RenderedPreview, VariantRecord
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.models import (
     Campaign,
@@ -156,7 +156,7 @@ class CampaignContract(StoreFixtureMixin):
         return self.store.run_sync(operation, *args, **kwargs)
 
     def preview(self, campaign_id: int):
-        return self.op(c.preview_campaign, campaign_id, unsubscribe_url=PREVIEW_URL)
+        return self.op(campaigns.preview_campaign, campaign_id, unsubscribe_url=PREVIEW_URL)
 
     def person(self, email, language="", first_name="", last_name="", **more) -> int:
         return self.op(add_contact, self.org, email, language, first_name, last_name, **more)
@@ -164,20 +164,25 @@ class CampaignContract(StoreFixtureMixin):
     def campaign(self, group=None, **variants) -> int:
         """A draft of the customers group with variants given as language=(subject, body)."""
         record = self.op(
-            c.create_campaign, "Spring news", group or "customers", "news@acme.test", "en", now=T0
+            campaigns.create_campaign,
+            "Spring news",
+            group or "customers",
+            "news@acme.test",
+            "en",
+            now=T0,
         )
         for language, (subject, body) in variants.items():
-            self.op(c.set_variant, record.id, language, subject, body, now=T0)
+            self.op(campaigns.set_variant, record.id, language, subject, body, now=T0)
         return record.id
 
     def started(self, **variants) -> int:
         campaign_id = self.campaign(**(variants or {"en": (EN_SUBJECT, EN_BODY)}))
-        self.op(c.start_campaign, campaign_id, T0)
+        self.op(sendlists.start_campaign, campaign_id, T0)
         return campaign_id
 
     def require_take_back(self):
         try:
-            from atollon_mail.massmail import sending
+            from atollon_mail.store import sendlists as sending
         except ImportError:
             sending = None
         if not hasattr(sending, "take_back"):
@@ -199,7 +204,7 @@ class CampaignContract(StoreFixtureMixin):
 
     def test_create_a_draft_with_the_defaults(self):
         record = self.op(
-            c.create_campaign, " Spring news ", "customers", "News@ACME.test", "EN", now=T0
+            campaigns.create_campaign, " Spring news ", "customers", "News@ACME.test", "EN", now=T0
         )
         self.assertEqual(
             (record.name, record.status, record.group_id, record.group_name),
@@ -213,13 +218,13 @@ class CampaignContract(StoreFixtureMixin):
         self.assertEqual(
             (record.created_at, record.started_at, record.finished_at), (T0, None, None)
         )
-        self.assertEqual(self.op(c.get_campaign, record.id), record)
+        self.assertEqual(self.op(campaigns.get_campaign, record.id), record)
 
     def test_create_names_the_group_by_id_and_the_organization_and_type(self):
         other = self.op(add_organization, "Other")
         self.op(m.add_message_type, "Newsletter", "newsletter")
         by_id = self.op(
-            c.create_campaign,
+            campaigns.create_campaign,
             "x",
             self.group,
             "news@acme.test",
@@ -231,7 +236,12 @@ class CampaignContract(StoreFixtureMixin):
         self.assertEqual((by_id.group_id, by_id.organization_id), (self.group, other))
         self.assertEqual(by_id.type_code, "newsletter")
         by_digits = self.op(
-            c.create_campaign, "y", str(self.group), "news@acme.test", "cs", organization=other
+            campaigns.create_campaign,
+            "y",
+            str(self.group),
+            "news@acme.test",
+            "cs",
+            organization=other,
         )
         self.assertEqual((by_digits.group_id, by_digits.organization_id), (self.group, other))
 
@@ -259,29 +269,33 @@ class CampaignContract(StoreFixtureMixin):
             ),
         ):
             with self.assertRaises(error) as raised:
-                self.op(c.create_campaign, *args, **kwargs)
+                self.op(campaigns.create_campaign, *args, **kwargs)
             self.assertIn(message, str(raised.exception), args)
-        self.assertEqual(self.op(c.list_campaigns), [])
+        self.assertEqual(self.op(campaigns.list_campaigns), [])
 
     def test_list_newest_first_and_unknown_id(self):
-        first = self.op(c.create_campaign, "a", "customers", "news@acme.test", "en", now=T0)
+        first = self.op(campaigns.create_campaign, "a", "customers", "news@acme.test", "en", now=T0)
         later = T0 + datetime.timedelta(hours=1)
-        second = self.op(c.create_campaign, "b", "customers", "news@acme.test", "en", now=later)
-        self.op(c.set_variant, first.id, "en", "Hi", "Body", now=T0)
-        listed = self.op(c.list_campaigns)
+        second = self.op(
+            campaigns.create_campaign, "b", "customers", "news@acme.test", "en", now=later
+        )
+        self.op(campaigns.set_variant, first.id, "en", "Hi", "Body", now=T0)
+        listed = self.op(campaigns.list_campaigns)
         self.assertEqual([record.id for record in listed], [second.id, first.id])
         self.assertEqual(listed[1].variants, (VariantRecord("en", "Hi", "Body"),))
         with self.assertRaises(NotFound) as raised:
-            self.op(c.get_campaign, 999)
+            self.op(campaigns.get_campaign, 999)
         self.assertIn("no campaign 999", str(raised.exception))
 
     # -- variants ----------------------------------------------------------------------
 
     def test_set_replace_and_remove_variants(self):
         campaign_id = self.campaign()
-        self.op(c.set_variant, campaign_id, "EN", " Hello ", "Body one", now=T0)
-        self.op(c.set_variant, campaign_id, "cs", "Ahoj", "Tělo", now=T0)
-        record = self.op(c.set_variant, campaign_id, "en", "Hi {{ first_name }}", "Two", now=T0)
+        self.op(campaigns.set_variant, campaign_id, "EN", " Hello ", "Body one", now=T0)
+        self.op(campaigns.set_variant, campaign_id, "cs", "Ahoj", "Tělo", now=T0)
+        record = self.op(
+            campaigns.set_variant, campaign_id, "en", "Hi {{ first_name }}", "Two", now=T0
+        )
         self.assertEqual(
             record.variants,
             (
@@ -289,10 +303,10 @@ class CampaignContract(StoreFixtureMixin):
                 VariantRecord("en", "Hi {{ first_name }}", "Two"),
             ),
         )
-        record = self.op(c.remove_variant, campaign_id, "cs")
+        record = self.op(campaigns.remove_variant, campaign_id, "cs")
         self.assertEqual([variant.language for variant in record.variants], ["en"])
         with self.assertRaises(NotFound):
-            self.op(c.remove_variant, campaign_id, "cs")
+            self.op(campaigns.remove_variant, campaign_id, "cs")
 
     def test_variants_that_cannot_render_are_refused(self):
         campaign_id = self.campaign()
@@ -303,26 +317,26 @@ class CampaignContract(StoreFixtureMixin):
             ("Hi", "{{ ''.__class__ }}", "body"),
         ):
             with self.assertRaises(Invalid) as raised:
-                self.op(c.set_variant, campaign_id, "en", subject, body)
+                self.op(campaigns.set_variant, campaign_id, "en", subject, body)
             self.assertIn("the en variant cannot be sent", str(raised.exception))
             self.assertIn(message, str(raised.exception))
         with self.assertRaises(Invalid):
-            self.op(c.set_variant, campaign_id, "english", "Hi", "Body")
-        self.assertEqual(self.op(c.get_campaign, campaign_id).variants, ())
+            self.op(campaigns.set_variant, campaign_id, "english", "Hi", "Body")
+        self.assertEqual(self.op(campaigns.get_campaign, campaign_id).variants, ())
 
     def test_variants_change_only_in_draft_or_paused(self):
         campaign_id = self.started()
         with self.assertRaises(Conflict) as raised:
-            self.op(c.set_variant, campaign_id, "en", "New", "New")
+            self.op(campaigns.set_variant, campaign_id, "en", "New", "New")
         self.assertIn("is running", str(raised.exception))
         with self.assertRaises(Conflict):
-            self.op(c.remove_variant, campaign_id, "en")
+            self.op(campaigns.remove_variant, campaign_id, "en")
         self.op(set_status, campaign_id, "paused")
-        self.op(c.set_variant, campaign_id, "en", "Fixed", "Fixed body", now=T0)
-        self.op(c.set_variant, campaign_id, "fr", "Salut", "Corps", now=T0)
-        self.op(c.remove_variant, campaign_id, "fr")  # nobody on the send list uses it
+        self.op(campaigns.set_variant, campaign_id, "en", "Fixed", "Fixed body", now=T0)
+        self.op(campaigns.set_variant, campaign_id, "fr", "Salut", "Corps", now=T0)
+        self.op(campaigns.remove_variant, campaign_id, "fr")  # nobody on the send list uses it
         with self.assertRaises(Conflict) as raised:
-            self.op(c.remove_variant, campaign_id, "en")
+            self.op(campaigns.remove_variant, campaign_id, "en")
         self.assertIn("recipients of campaign", str(raised.exception))
 
     # -- preview -----------------------------------------------------------------------
@@ -338,7 +352,9 @@ class CampaignContract(StoreFixtureMixin):
             cs=("Zprávy pro {{ first_name }}", "{{ company }} / {{ language }}"),
             fr=("Nouvelles", "{{ first_name }} {{ email }}"),
         )
-        previews = self.op(c.preview_campaign, campaign_id, TODAY, unsubscribe_url=PREVIEW_URL)
+        previews = self.op(
+            campaigns.preview_campaign, campaign_id, TODAY, unsubscribe_url=PREVIEW_URL
+        )
         self.assertEqual([preview.language for preview in previews], ["cs", "en", "fr"])
         cs, en, fr = previews
         self.assertEqual(
@@ -372,7 +388,7 @@ class CampaignContract(StoreFixtureMixin):
         for preview in (en, fr):
             self.assertTrue(preview.body.endswith(f"bye: {PREVIEW_URL}\n"), preview.body)
         # No link of its own: a caller that forgets the configured one is told at once.
-        self.assertRaises(TypeError, self.op, c.preview_campaign, campaign_id)
+        self.assertRaises(TypeError, self.op, campaigns.preview_campaign, campaign_id)
 
     def test_preview_without_a_fallback_variant(self):
         campaign_id = self.campaign(cs=("Ahoj", "Tělo"))
@@ -399,10 +415,10 @@ class CampaignContract(StoreFixtureMixin):
         self.assertIn("'nickname' is undefined", cs.error)
         self.assertIsNone(en.error)
         with self.assertRaises(Invalid) as raised:
-            self.op(c.start_campaign, campaign_id, T0)
+            self.op(sendlists.start_campaign, campaign_id, T0)
         self.assertIn("the cs variant cannot be sent", str(raised.exception))
         self.assertEqual(self.op(rows_of, campaign_id), [])
-        self.assertEqual(self.op(c.get_campaign, campaign_id).status, "draft")
+        self.assertEqual(self.op(campaigns.get_campaign, campaign_id).status, "draft")
 
     def test_start_renders_for_real_members(self):
         # Fine for the sample contact, but a company has no first name to take a letter of.
@@ -426,16 +442,16 @@ class CampaignContract(StoreFixtureMixin):
         self.assertIn("subject", previews["en"].error)
         self.assertEqual(previews["en"].address, "hq@globex.test")
         with self.assertRaises(Invalid) as raised:
-            self.op(c.start_campaign, campaign_id, T0)
+            self.op(sendlists.start_campaign, campaign_id, T0)
         self.assertIn("the en variant cannot be rendered for hq@globex.test", str(raised.exception))
         self.assertEqual(self.op(rows_of, campaign_id), [])
 
     # -- starting: the send list --------------------------------------------------------
 
     def test_send_list_dedup_suppression_and_language_fallback(self):
-        self.op(c.suppress_address, "cyd@x.test", "unsubscribed", now=T0)
+        self.op(campaign_recipients.suppress_address, "cyd@x.test", "unsubscribed", now=T0)
         campaign_id = self.campaign(en=(EN_SUBJECT, EN_BODY), cs=("Ahoj", "Tělo"))
-        status = self.op(c.start_campaign, campaign_id, T0)
+        status = self.op(sendlists.start_campaign, campaign_id, T0)
         self.assertEqual(
             self.op(rows_of, campaign_id),
             [
@@ -450,7 +466,7 @@ class CampaignContract(StoreFixtureMixin):
         self.assertEqual(status.campaign.started_at, T0)
         self.assertEqual(status.total, 4)
         self.assertEqual((status.counts["queued"], status.counts["suppressed"]), (3, 1))
-        entries = self.op(c.send_list, campaign_id)
+        entries = self.op(campaign_recipients.send_list, campaign_id)
         self.assertEqual(
             {(e.uncertain, e.attempts, e.last_reply, e.updated_at) for e in entries},
             {(False, 0, None, T0)},
@@ -461,7 +477,7 @@ class CampaignContract(StoreFixtureMixin):
         self.op(add_contact, other, "zed@other.test", "en")
         group = self.op(add_dynamic_group, "czech", self.org, languages=["cs", "de"])
         campaign_id = self.campaign(group=group, en=("Hi", "Body"), de=("Hallo", "Text"))
-        self.op(c.start_campaign, campaign_id, T0)
+        self.op(sendlists.start_campaign, campaign_id, T0)
         self.assertEqual(
             self.op(rows_of, campaign_id),
             [("ann@x.test", self.ann, "en", "queued"), ("bob@x.test", self.bob, "de", "queued")],
@@ -470,7 +486,7 @@ class CampaignContract(StoreFixtureMixin):
     def test_the_send_list_is_all_or_nothing(self):
         campaign_id = self.campaign(en=(EN_SUBJECT, EN_BODY))
         made = []
-        expand, set_status_before = c._expand_send_list, c._set_status
+        expand, set_status_before = sendlists._expand_send_list, sendlists._set_status
 
         def expand_and_count(*args):
             count = expand(*args)
@@ -482,59 +498,59 @@ class CampaignContract(StoreFixtureMixin):
         def status_fails(*args, **kwargs):
             raise RuntimeError("the disk is full")
 
-        self.patch(c, "_expand_send_list", expand_and_count)
-        self.patch(c, "_set_status", status_fails)
+        self.patch(sendlists, "_expand_send_list", expand_and_count)
+        self.patch(sendlists, "_set_status", status_fails)
         with self.assertRaises(RuntimeError):
-            self.op(c.start_campaign, campaign_id, T0)
+            self.op(sendlists.start_campaign, campaign_id, T0)
         self.assertEqual(made, [4], "the rows were inserted before the failure")
         self.assertEqual(self.op(rows_of, campaign_id), [])
-        record = self.op(c.get_campaign, campaign_id)
+        record = self.op(campaigns.get_campaign, campaign_id)
         self.assertEqual((record.status, record.started_at), ("draft", None))
         # Once the failure is gone, the same start works.
-        self.patch(c, "_set_status", set_status_before)
-        self.assertEqual(self.op(c.start_campaign, campaign_id, T0).total, 4)
+        self.patch(sendlists, "_set_status", set_status_before)
+        self.assertEqual(self.op(sendlists.start_campaign, campaign_id, T0).total, 4)
 
     def test_start_refusals(self):
         campaign_id = self.campaign(cs=("Ahoj", "Tělo"))
         with self.assertRaises(Invalid) as raised:
-            self.op(c.start_campaign, campaign_id, T0)
+            self.op(sendlists.start_campaign, campaign_id, T0)
         self.assertIn("no variant in its fallback language en", str(raised.exception))
-        self.op(c.set_variant, campaign_id, "en", "Hi", "Body")
+        self.op(campaigns.set_variant, campaign_id, "en", "Hi", "Body")
         self.op(q.set_mailbox_active, "news@acme.test", False)
         with self.assertRaises(Invalid) as raised:
-            self.op(c.start_campaign, campaign_id, T0)
+            self.op(sendlists.start_campaign, campaign_id, T0)
         self.assertIn("inactive mailbox", str(raised.exception))
         self.op(q.set_mailbox_active, "news@acme.test", True)
         # Its identity has become another mailbox's address since it was set.
         self.op(m.update_mailbox, "news@acme.test", identity="desk@acme.test")
         self.op(q.add_mailbox, "desk@acme.test", "joe")
         with self.assertRaises(Invalid) as raised:
-            self.op(c.start_campaign, campaign_id, T0)
+            self.op(sendlists.start_campaign, campaign_id, T0)
         self.assertIn(
             f"campaign {campaign_id} cannot be sent: it would be sent as desk@acme.test, "
             "which is refused: another mailbox, desk@acme.test, receives at desk@acme.test",
             str(raised.exception),
         )
         self.op(m.update_mailbox, "news@acme.test", identity="news@acme.test")
-        self.op(c.start_campaign, campaign_id, T0)
+        self.op(sendlists.start_campaign, campaign_id, T0)
         with self.assertRaises(Conflict) as raised:
-            self.op(c.start_campaign, campaign_id, T0)
+            self.op(sendlists.start_campaign, campaign_id, T0)
         self.assertIn("only a draft can be sent", str(raised.exception))
         with self.assertRaises(NotFound):
-            self.op(c.start_campaign, 999, T0)
+            self.op(sendlists.start_campaign, 999, T0)
 
     def test_a_group_without_addresses_is_refused(self):
         empty = self.op(add_static_group, "no mail", self.org, [self.nomail])
         campaign_id = self.campaign(group=empty, en=("Hi", "Body"))
         with self.assertRaises(Invalid) as raised:
-            self.op(c.start_campaign, campaign_id, T0)
+            self.op(sendlists.start_campaign, campaign_id, T0)
         self.assertIn("the group has no member with an address", str(raised.exception))
-        self.assertEqual(self.op(c.get_campaign, campaign_id).status, "draft")
+        self.assertEqual(self.op(campaigns.get_campaign, campaign_id).status, "draft")
 
     def test_everyone_suppressed_finishes_at_once(self):
         for address in ("ann@x.test", "bob@x.test", "cyd@x.test", "eve@x.test"):
-            self.op(c.suppress_address, address, now=T0)
-        status = self.op(c.start_campaign, self.campaign(en=("Hi", "Body")), T0)
+            self.op(campaign_recipients.suppress_address, address, now=T0)
+        status = self.op(sendlists.start_campaign, self.campaign(en=("Hi", "Body")), T0)
         self.assertEqual((status.campaign.status, status.campaign.finished_at), ("finished", T0))
         self.assertEqual((status.counts["suppressed"], status.done, status.total), (4, 4, 4))
 
@@ -544,16 +560,16 @@ class CampaignContract(StoreFixtureMixin):
         calls = self.spy_on_take_back()
         campaign_id = self.started()
         later = T0 + datetime.timedelta(minutes=5)
-        status = self.op(c.pause_campaign, campaign_id, later)
+        status = self.op(sendlists.pause_campaign, campaign_id, later)
         self.assertEqual(status.campaign.status, "paused")
         self.assertEqual(calls, [(campaign_id, later, True)], "in the pausing transaction")
         with self.assertRaises(Conflict) as raised:
-            self.op(c.pause_campaign, campaign_id, later)
+            self.op(sendlists.pause_campaign, campaign_id, later)
         self.assertIn("only a running one pauses", str(raised.exception))
-        status = self.op(c.resume_campaign, campaign_id, later)
+        status = self.op(sendlists.resume_campaign, campaign_id, later)
         self.assertEqual(status.campaign.status, "running")
         with self.assertRaises(Conflict) as raised:
-            self.op(c.resume_campaign, campaign_id, later)
+            self.op(sendlists.resume_campaign, campaign_id, later)
         self.assertIn("only a paused one resumes", str(raised.exception))
         self.assertEqual(len(calls), 1, "resuming takes nothing back")
 
@@ -561,11 +577,11 @@ class CampaignContract(StoreFixtureMixin):
         campaign_id = self.started()
         self.op(set_rows, campaign_id, ["ann@x.test", "bob@x.test"], state="sent", sent_at=T0)
         self.op(set_status, campaign_id, "paused")
-        status = self.op(c.resume_campaign, campaign_id, T0)
+        status = self.op(sendlists.resume_campaign, campaign_id, T0)
         self.assertEqual((status.counts["sent"], status.counts["queued"]), (2, 2))
         self.op(set_rows, campaign_id, ["cyd@x.test", "eve@x.test"], state="sent", sent_at=T0)
         self.op(set_status, campaign_id, "paused")
-        status = self.op(c.resume_campaign, campaign_id, T0)
+        status = self.op(sendlists.resume_campaign, campaign_id, T0)
         self.assertEqual(status.campaign.status, "finished")
         self.assertEqual(status.counts["sent"], 4)
 
@@ -607,7 +623,7 @@ class CampaignContract(StoreFixtureMixin):
 
         self.op(hand_over, "ann@x.test", "queued")
         self.op(hand_over, "bob@x.test", "in-flight")
-        status = self.op(c.pause_campaign, campaign_id, T0)
+        status = self.op(sendlists.pause_campaign, campaign_id, T0)
         self.assertEqual((status.counts["queued"], status.counts["sending"]), (3, 1))
         states = dict((row[0], row[3]) for row in self.op(rows_of, campaign_id))
         self.assertEqual((states["ann@x.test"], states["bob@x.test"]), ("queued", "sending"))
@@ -618,27 +634,33 @@ class CampaignContract(StoreFixtureMixin):
     def test_cancel(self):
         calls = self.spy_on_take_back()
         draft = self.campaign(en=("Hi", "Body"))
-        status = self.op(c.cancel_campaign, draft, T0)
+        status = self.op(sendlists.cancel_campaign, draft, T0)
         self.assertEqual((status.campaign.status, status.campaign.finished_at), ("cancelled", T0))
         self.assertEqual(calls, [], "a draft has nothing in the queue")
         running = self.started()
         self.op(set_rows, running, ["ann@x.test"], state="sent", sent_at=T0)
         later = T0 + datetime.timedelta(minutes=1)
-        status = self.op(c.cancel_campaign, running, later)
+        status = self.op(sendlists.cancel_campaign, running, later)
         self.assertEqual(calls, [(running, later, True)])
         self.assertEqual(status.campaign.finished_at, later)
         self.assertEqual((status.counts["queued"], status.counts["sent"]), (3, 1), "left as is")
         paused = self.started()
         self.op(set_status, paused, "paused")
-        self.assertEqual(self.op(c.cancel_campaign, paused, T0).campaign.status, "cancelled")
+        self.assertEqual(
+            self.op(sendlists.cancel_campaign, paused, T0).campaign.status, "cancelled"
+        )
         for campaign_id in (running,):
             with self.assertRaises(Conflict) as raised:
-                self.op(c.cancel_campaign, campaign_id, T0)
+                self.op(sendlists.cancel_campaign, campaign_id, T0)
             self.assertIn("is cancelled already", str(raised.exception))
         self.op(set_status, running, "finished")
         with self.assertRaises(Conflict):
-            self.op(c.cancel_campaign, running, T0)
-        for operation in (c.resume_campaign, c.pause_campaign, c.start_campaign):
+            self.op(sendlists.cancel_campaign, running, T0)
+        for operation in (
+            sendlists.resume_campaign,
+            sendlists.pause_campaign,
+            sendlists.start_campaign,
+        ):
             with self.assertRaises(Conflict):
                 self.op(operation, paused, T0)
 
@@ -650,12 +672,14 @@ class CampaignContract(StoreFixtureMixin):
         )
         self.op(set_rows, campaign_id, ["cyd@x.test"], state="bounced", attempts=1)
         self.op(set_rows, campaign_id, ["eve@x.test"], state="suppressed")
-        self.assertTrue(self.op(c.finish_if_done, campaign_id, T0))
+        self.assertTrue(self.op(sendlists.finish_if_done, campaign_id, T0))
         later = T0 + datetime.timedelta(hours=1)
-        self.assertEqual(self.op(c.retry_failed, campaign_id, later), 1)
-        record = self.op(c.get_campaign, campaign_id)
+        self.assertEqual(self.op(sendlists.retry_failed, campaign_id, later), 1)
+        record = self.op(campaigns.get_campaign, campaign_id)
         self.assertEqual((record.status, record.finished_at), ("running", None))
-        entries = {entry.address: entry for entry in self.op(c.send_list, campaign_id)}
+        entries = {
+            entry.address: entry for entry in self.op(campaign_recipients.send_list, campaign_id)
+        }
         self.assertEqual(
             {address: entry.state for address, entry in entries.items()},
             {
@@ -667,35 +691,37 @@ class CampaignContract(StoreFixtureMixin):
         )
         bob = entries["bob@x.test"]
         self.assertEqual((bob.attempts, bob.last_reply, bob.updated_at), (3, "554 no", later))
-        self.assertEqual(self.op(c.retry_failed, campaign_id, later), 0, "nothing failed now")
+        self.assertEqual(
+            self.op(sendlists.retry_failed, campaign_id, later), 0, "nothing failed now"
+        )
         # A finished campaign without failures stays finished.
         self.op(set_rows, campaign_id, ["bob@x.test"], state="sent", sent_at=later)
-        self.assertTrue(self.op(c.finish_if_done, campaign_id, later))
-        self.assertEqual(self.op(c.retry_failed, campaign_id, later), 0)
-        self.assertEqual(self.op(c.get_campaign, campaign_id).status, "finished")
+        self.assertTrue(self.op(sendlists.finish_if_done, campaign_id, later))
+        self.assertEqual(self.op(sendlists.retry_failed, campaign_id, later), 0)
+        self.assertEqual(self.op(campaigns.get_campaign, campaign_id).status, "finished")
         self.op(set_rows, campaign_id, ["bob@x.test"], state="failed")
         self.op(set_status, campaign_id, "cancelled")
         with self.assertRaises(Conflict) as raised:
-            self.op(c.retry_failed, campaign_id, later)
+            self.op(sendlists.retry_failed, campaign_id, later)
         self.assertIn("is cancelled", str(raised.exception))
         self.assertEqual(self.op(rows_of, campaign_id)[1][3], "failed")
 
     def test_finish_if_done(self):
         campaign_id = self.started()
-        self.assertFalse(self.op(c.finish_if_done, campaign_id, T0))
+        self.assertFalse(self.op(sendlists.finish_if_done, campaign_id, T0))
         self.op(set_rows, campaign_id, ["ann@x.test", "bob@x.test"], state="sent", sent_at=T0)
         self.op(set_rows, campaign_id, ["cyd@x.test"], state="deferred")
         self.op(set_rows, campaign_id, ["eve@x.test"], state="failed")
-        self.assertFalse(self.op(c.finish_if_done, campaign_id, T0), "cyd is deferred")
+        self.assertFalse(self.op(sendlists.finish_if_done, campaign_id, T0), "cyd is deferred")
         self.op(set_rows, campaign_id, ["cyd@x.test"], state="bounced")
         self.op(set_status, campaign_id, "paused")
-        self.assertFalse(self.op(c.finish_if_done, campaign_id, T0), "only a running one")
+        self.assertFalse(self.op(sendlists.finish_if_done, campaign_id, T0), "only a running one")
         self.op(set_status, campaign_id, "running")
         later = T0 + datetime.timedelta(minutes=3)
-        self.assertTrue(self.op(c.finish_if_done, campaign_id, later))
-        record = self.op(c.get_campaign, campaign_id)
+        self.assertTrue(self.op(sendlists.finish_if_done, campaign_id, later))
+        record = self.op(campaigns.get_campaign, campaign_id)
         self.assertEqual((record.status, record.finished_at), ("finished", later))
-        self.assertFalse(self.op(c.finish_if_done, campaign_id, later))
+        self.assertFalse(self.op(sendlists.finish_if_done, campaign_id, later))
 
     # -- status -------------------------------------------------------------------------
 
@@ -707,7 +733,7 @@ class CampaignContract(StoreFixtureMixin):
         self.op(people)
         group = self.op(add_dynamic_group, "big", self.org, has_email=True)
         campaign_id = self.campaign(group=group, en=("Hi", "Body"))
-        self.op(c.start_campaign, campaign_id, T0)
+        self.op(sendlists.start_campaign, campaign_id, T0)
         return campaign_id
 
     def addresses(self, first: int, last: int) -> list[str]:
@@ -743,7 +769,7 @@ class CampaignContract(StoreFixtureMixin):
             set_rows, campaign_id, self.addresses(60, 62), state="suppressed", updated_at=recent
         )
         self.op(set_rows, campaign_id, self.addresses(50, 53), uncertain=True)
-        status = self.op(c.campaign_status, campaign_id, now)
+        status = self.op(campaign_recipients.campaign_status, campaign_id, now)
         self.assertEqual(
             status.counts,
             {
@@ -765,18 +791,18 @@ class CampaignContract(StoreFixtureMixin):
         campaign_id = self.big_campaign(10)
         now = T0 + datetime.timedelta(seconds=20)
         self.op(set_rows, campaign_id, self.addresses(0, 10), state="sent", sent_at=now)
-        status = self.op(c.campaign_status, campaign_id, now)
+        status = self.op(campaign_recipients.campaign_status, campaign_id, now)
         self.assertAlmostEqual(status.rate, 10 / 20)
         self.assertAlmostEqual(status.eta_seconds, 4 / (10 / 20))
 
     def test_rate_unknown_when_nothing_finished_in_the_last_minute(self):
         campaign_id = self.big_campaign(10)
         now = T0 + datetime.timedelta(minutes=5)
-        status = self.op(c.campaign_status, campaign_id, now)
+        status = self.op(campaign_recipients.campaign_status, campaign_id, now)
         self.assertEqual((status.rate, status.eta_seconds), (None, None))
         self.op(set_rows, campaign_id, self.addresses(0, 10), state="sent", sent_at=T0)
-        self.assertIsNone(self.op(c.campaign_status, campaign_id, now).rate)
-        draft = self.op(c.campaign_status, self.campaign(), now)
+        self.assertIsNone(self.op(campaign_recipients.campaign_status, campaign_id, now).rate)
+        draft = self.op(campaign_recipients.campaign_status, self.campaign(), now)
         self.assertEqual(
             (draft.total, draft.done, draft.rate, draft.eta_seconds), (0, 0, None, None)
         )
@@ -791,7 +817,9 @@ class CampaignContract(StoreFixtureMixin):
             state="sent",
             sent_at=T0,
         )
-        status = self.op(c.campaign_status, campaign_id, T0 + datetime.timedelta(seconds=10))
+        status = self.op(
+            campaign_recipients.campaign_status, campaign_id, T0 + datetime.timedelta(seconds=10)
+        )
         self.assertAlmostEqual(status.rate, 4 / 10)
         self.assertIsNone(status.eta_seconds)
 
@@ -805,7 +833,7 @@ class CampaignContract(StoreFixtureMixin):
         self.op(
             set_rows, campaign_id, ["cyd@x.test", "eve@x.test"], uncertain=True, state="sending"
         )
-        everyone = self.op(c.send_list, campaign_id)
+        everyone = self.op(campaign_recipients.send_list, campaign_id)
         self.assertEqual(
             [entry.address for entry in everyone],
             ["ann@x.test", "bob@x.test", "cyd@x.test", "eve@x.test"],
@@ -813,21 +841,21 @@ class CampaignContract(StoreFixtureMixin):
         self.assertEqual(
             (everyone[0].contact_id, everyone[0].contact_name), (self.ann, "Anna Nová")
         )
-        [bob] = self.op(c.send_list, campaign_id, state="failed")
+        [bob] = self.op(campaign_recipients.send_list, campaign_id, state="failed")
         self.assertEqual((bob.address, bob.last_reply, bob.attempts), ("bob@x.test", "550 gone", 1))
-        uncertain = self.op(c.send_list, campaign_id, uncertain=True)
+        uncertain = self.op(campaign_recipients.send_list, campaign_id, uncertain=True)
         self.assertEqual([entry.address for entry in uncertain], ["cyd@x.test", "eve@x.test"])
-        certain = self.op(c.send_list, campaign_id, uncertain=False)
+        certain = self.op(campaign_recipients.send_list, campaign_id, uncertain=False)
         self.assertEqual([entry.address for entry in certain], ["ann@x.test", "bob@x.test"])
-        page = self.op(c.send_list, campaign_id, limit=2, offset=1)
+        page = self.op(campaign_recipients.send_list, campaign_id, limit=2, offset=1)
         self.assertEqual([entry.address for entry in page], ["bob@x.test", "cyd@x.test"])
         with self.assertRaises(Invalid):
-            self.op(c.send_list, campaign_id, state="lost")
+            self.op(campaign_recipients.send_list, campaign_id, state="lost")
         with self.assertRaises(NotFound):
-            self.op(c.send_list, 999)
+            self.op(campaign_recipients.send_list, 999)
         # A removed contact leaves its row (without the contact).
         self.op(lambda: Contact.delete().where(Contact.id == self.ann).execute())
-        first = self.op(c.send_list, campaign_id, limit=1)[0]
+        first = self.op(campaign_recipients.send_list, campaign_id, limit=1)[0]
         self.assertEqual(
             (first.address, first.contact_id, first.contact_name), ("ann@x.test", None, None)
         )
@@ -835,21 +863,26 @@ class CampaignContract(StoreFixtureMixin):
     # -- suppressions --------------------------------------------------------------------
 
     def test_suppress_is_idempotent_and_keeps_the_first_reason(self):
-        record = self.op(c.suppress_address, " Ann@X.Test ", "unsubscribed", "by link", now=T0)
+        record = self.op(
+            campaign_recipients.suppress_address, " Ann@X.Test ", "unsubscribed", "by link", now=T0
+        )
         self.assertEqual(
             (record.address, record.reason, record.detail, record.campaign_id, record.created_at),
             ("ann@x.test", "unsubscribed", "by link", None, T0),
         )
         again = self.op(
-            c.suppress_address, "ann@x.test", "manual", now=T0 + datetime.timedelta(days=1)
+            campaign_recipients.suppress_address,
+            "ann@x.test",
+            "manual",
+            now=T0 + datetime.timedelta(days=1),
         )
         self.assertEqual(again, record)
         with self.assertRaises(Invalid):
-            self.op(c.suppress_address, "ann@x.test", "annoyed")
+            self.op(campaign_recipients.suppress_address, "ann@x.test", "annoyed")
         with self.assertRaises(Invalid):
-            self.op(c.suppress_address, "not an address")
+            self.op(campaign_recipients.suppress_address, "not an address")
         with self.assertRaises(NotFound):
-            self.op(c.suppress_address, "bob@x.test", campaign_id=999)
+            self.op(campaign_recipients.suppress_address, "bob@x.test", campaign_id=999)
         self.assertEqual(self.op(lambda: Suppression.select().count()), 1)
 
     def test_suppressing_stops_waiting_recipients_of_running_campaigns(self):
@@ -859,7 +892,11 @@ class CampaignContract(StoreFixtureMixin):
         self.op(set_rows, running, ["bob@x.test"], state="sent", sent_at=T0)
         for address in ("ann@x.test", "bob@x.test"):
             record = self.op(
-                c.suppress_address, address, "hard-bounce", campaign_id=running, now=T0
+                campaign_recipients.suppress_address,
+                address,
+                "hard-bounce",
+                campaign_id=running,
+                now=T0,
             )
             self.assertEqual(record.campaign_id, running)
         states = {row[0]: row[3] for row in self.op(rows_of, running)}
@@ -868,21 +905,25 @@ class CampaignContract(StoreFixtureMixin):
 
     def test_unsuppress_and_list(self):
         for number, address in enumerate(("a@x.test", "b@x.test", "c@x.test")):
-            self.op(c.suppress_address, address, now=T0 + datetime.timedelta(minutes=number))
-        listed = self.op(c.list_suppressions)
+            self.op(
+                campaign_recipients.suppress_address,
+                address,
+                now=T0 + datetime.timedelta(minutes=number),
+            )
+        listed = self.op(campaign_recipients.list_suppressions)
         self.assertEqual(
             [record.address for record in listed], ["c@x.test", "b@x.test", "a@x.test"]
         )
-        page = self.op(c.list_suppressions, limit=1, offset=1)
+        page = self.op(campaign_recipients.list_suppressions, limit=1, offset=1)
         self.assertEqual([record.address for record in page], ["b@x.test"])
-        self.assertTrue(self.op(c.unsuppress_address, "B@x.test"))
-        self.assertFalse(self.op(c.unsuppress_address, "b@x.test"))
-        self.assertEqual(len(self.op(c.list_suppressions)), 2)
+        self.assertTrue(self.op(campaign_recipients.unsuppress_address, "B@x.test"))
+        self.assertFalse(self.op(campaign_recipients.unsuppress_address, "b@x.test"))
+        self.assertEqual(len(self.op(campaign_recipients.list_suppressions)), 2)
 
     def test_an_unsuppressed_address_is_sent_to_by_the_next_campaign(self):
-        self.op(c.suppress_address, "cyd@x.test", "unsubscribed", now=T0)
+        self.op(campaign_recipients.suppress_address, "cyd@x.test", "unsubscribed", now=T0)
         first = self.started()
-        self.assertTrue(self.op(c.unsuppress_address, "cyd@x.test"))
+        self.assertTrue(self.op(campaign_recipients.unsuppress_address, "cyd@x.test"))
         second = self.started()
         self.assertEqual(self.op(rows_of, first)[2][::3], ("cyd@x.test", "suppressed"))
         self.assertEqual(self.op(rows_of, second)[2][::3], ("cyd@x.test", "queued"))

@@ -18,12 +18,11 @@ from atollon_mail.delivery.dotjournal import DotJournal
 from atollon_mail.delivery.intake import Intake
 from atollon_mail.delivery.runner import DeliveryRunner
 from atollon_mail.events import Events
-from atollon_mail.massmail import campaigns, sending
 from atollon_mail.massmail.returns import CampaignReturns
 from atollon_mail.massmail.sender import MassMailSender
 from atollon_mail.massmail.tokens import RecipientTokens
 from atollon_mail.passwords import hash_password
-from atollon_mail.store import queries
+from atollon_mail.store import campaign_recipients, campaigns, queries, sendlists
 from atollon_mail.store.errors import Invalid
 from atollon_mail.store.models import (
     CampaignRecipient,
@@ -189,7 +188,7 @@ class SendingTests(StoreFixtureMixin):
         return campaign.id
 
     def start_all(self, campaign_id: int, *services):
-        self.store.run_sync(campaigns.start_campaign, campaign_id, self.now())
+        self.store.run_sync(sendlists.start_campaign, campaign_id, self.now())
         for service in services or (self.runner, self.sender):
             service.startService()
             self.addCleanup(service.stopService)
@@ -260,7 +259,7 @@ class SendingTests(StoreFixtureMixin):
             self.assertEqual(domain, "acme.test")
             purpose, row_id = self.tokens.read_local_part(local)
             self.assertEqual(purpose, "bounce")
-            address = self.store.run_sync(sending.row_address, row_id)
+            address = self.store.run_sync(campaign_recipients.row_address, row_id)
             self.assertEqual(address, envelope.recipients[0])
         # Filed: Jana's copy in her default folder, the others in the mailbox's Sent folder
         # (they have none), each with the campaign's message type.
@@ -305,7 +304,9 @@ class SendingTests(StoreFixtureMixin):
         rows = self.rows(campaign_id)
         for address in ("joe@acme.test", "Sales@Acme.test"):
             state, _, reply, attempts = rows[address]
-            self.assertEqual((state, reply, attempts), ("sent", sending.LOCAL_REPLY, 1), address)
+            self.assertEqual(
+                (state, reply, attempts), ("sent", campaign_recipients.LOCAL_REPLY, 1), address
+            )
         state, _, reply, _ = rows["ghost@acme.test"]
         self.assertEqual(state, "failed")
         self.assertIn("ghost@acme.test is not an address here", reply)
@@ -329,7 +330,7 @@ class SendingTests(StoreFixtureMixin):
             self.assertEqual(verp, filing.message.envelope_sender)
             _, row_id = self.tokens.read_local_part(verp.partition("@")[0])
             self.assertIn(
-                self.store.run_sync(sending.row_address, row_id),
+                self.store.run_sync(campaign_recipients.row_address, row_id),
                 ("joe@acme.test", "Sales@Acme.test"),
             )
             self.assertEqual(filing.message.size, len(raw))
@@ -447,7 +448,7 @@ class SendingTests(StoreFixtureMixin):
         yield self.run_until(lambda: self.campaign_status_now(campaign_id) == "finished")
         del self.remote.replies["hans@example.de"]
         calls_before = len(self.remote.calls)
-        retried = self.store.run_sync(campaigns.retry_failed, campaign_id, self.now())
+        retried = self.store.run_sync(sendlists.retry_failed, campaign_id, self.now())
         self.assertEqual(retried, 1)
         yield self.run_until(lambda: self.campaign_status_now(campaign_id) == "finished")
         again = [env.recipients[0] for _, sent in self.remote.calls[calls_before:] for env in sent]
@@ -466,7 +467,7 @@ class SendingTests(StoreFixtureMixin):
             )
         )
         self.assertEqual(self.store.run_sync(lambda: QueueRecipient.select().count()), 3)
-        self.store.run_sync(campaigns.pause_campaign, campaign_id, self.now())
+        self.store.run_sync(sendlists.pause_campaign, campaign_id, self.now())
         rows = self.rows(campaign_id)
         self.assertEqual({state for state, *_ in rows.values()}, {"queued"})
         self.assertEqual(self.store.run_sync(lambda: QueueRecipient.select().count()), 0)
@@ -477,7 +478,7 @@ class SendingTests(StoreFixtureMixin):
             self.clock.advance(0.5)
             yield task.deferLater(_reactor(), 0.01, lambda: None)
         self.assertEqual(self.store.run_sync(lambda: QueueRecipient.select().count()), 0)
-        self.store.run_sync(campaigns.resume_campaign, campaign_id, self.now())
+        self.store.run_sync(sendlists.resume_campaign, campaign_id, self.now())
         self.runner.startService()
         self.addCleanup(self.runner.stopService)
         yield self.run_until(lambda: self.campaign_status_now(campaign_id) == "finished")
@@ -489,8 +490,8 @@ class SendingTests(StoreFixtureMixin):
     @defer.inlineCallbacks
     def test_handoff_after_a_pause_committed_hands_over_nothing(self):
         campaign_id = self.make_campaign()
-        self.store.run_sync(campaigns.start_campaign, campaign_id, self.now())
-        found = self.store.run_sync(sending.handoff_batch, campaign_id, 10, 10, self.now().date())
+        self.store.run_sync(sendlists.start_campaign, campaign_id, self.now())
+        found = self.store.run_sync(sendlists.handoff_batch, campaign_id, 10, 10, self.now().date())
         sending_record, candidates = found
         self.assertEqual(len(candidates), 3)
         from atollon_mail.massmail.compose import build_message
@@ -499,12 +500,12 @@ class SendingTests(StoreFixtureMixin):
             build_message(sending_record, c, self.tokens, UNSUBSCRIBE_BASE, "h", self.now())
             for c in candidates
         ]
-        self.store.run_sync(campaigns.pause_campaign, campaign_id, self.now())
-        handed = self.store.run_sync(sending.commit_handoff, campaign_id, built, self.now())
+        self.store.run_sync(sendlists.pause_campaign, campaign_id, self.now())
+        handed = self.store.run_sync(sendlists.commit_handoff, campaign_id, built, self.now())
         self.assertEqual(handed, 0)
         self.assertEqual(self.store.run_sync(lambda: QueueRecipient.select().count()), 0)
         self.assertIsNone(
-            self.store.run_sync(sending.handoff_batch, campaign_id, 10, 10, self.now().date())
+            self.store.run_sync(sendlists.handoff_batch, campaign_id, 10, 10, self.now().date())
         )
         yield defer.succeed(None)
 
@@ -555,7 +556,7 @@ class SendingTests(StoreFixtureMixin):
         # What was still waiting in the delivery queue was taken back; nothing more went.
         self.assertEqual({state for state, *_ in self.rows(campaign_id).values()}, {"queued"})
         self.assertEqual(self.store.run_sync(lambda: QueueRecipient.select().count()), 0)
-        status = self.store.run_sync(campaigns.campaign_status, campaign_id, self.now())
+        status = self.store.run_sync(campaign_recipients.campaign_status, campaign_id, self.now())
         self.assertEqual(status.campaign.status, "paused")
         self.assertEqual(
             status.identity_refusal,
@@ -563,7 +564,7 @@ class SendingTests(StoreFixtureMixin):
             "info@acme.test, receives at info@acme.test",
         )
         self.assertRaises(
-            Invalid, self.store.run_sync, campaigns.resume_campaign, campaign_id, self.now()
+            Invalid, self.store.run_sync, sendlists.resume_campaign, campaign_id, self.now()
         )
 
     def test_a_batch_built_as_a_former_identity_is_not_handed_over(self):
@@ -571,15 +572,15 @@ class SendingTests(StoreFixtureMixin):
         from atollon_mail.store import mailboxes
 
         campaign_id = self.make_campaign()
-        self.store.run_sync(campaigns.start_campaign, campaign_id, self.now())
-        found = self.store.run_sync(sending.handoff_batch, campaign_id, 10, 10, self.now().date())
+        self.store.run_sync(sendlists.start_campaign, campaign_id, self.now())
+        found = self.store.run_sync(sendlists.handoff_batch, campaign_id, 10, 10, self.now().date())
         sending_record, candidates = found
         built = [
             build_message(sending_record, c, self.tokens, UNSUBSCRIBE_BASE, "h", self.now())
             for c in candidates
         ]
         self.store.run_sync(mailboxes.update_mailbox, "news@acme.test", identity="info@acme.test")
-        handed = self.store.run_sync(sending.commit_handoff, campaign_id, built, self.now())
+        handed = self.store.run_sync(sendlists.commit_handoff, campaign_id, built, self.now())
         self.assertEqual(handed, 0)
         self.assertEqual(self.campaign_status(campaign_id), "running")
         self.assertEqual({state for state, *_ in self.rows(campaign_id).values()}, {"queued"})
@@ -619,7 +620,7 @@ class SendingTests(StoreFixtureMixin):
             {"bob@example.net": True, "jana@example.org": True, "hans@example.de": False},
         )
         self.assertEqual({state for state, *_ in rows.values()}, {"sending"})
-        status = self.store.run_sync(campaigns.campaign_status, campaign_id, self.now())
+        status = self.store.run_sync(campaign_recipients.campaign_status, campaign_id, self.now())
         self.assertEqual(status.uncertain, 2)
 
     @defer.inlineCallbacks
@@ -725,7 +726,7 @@ class SendingTests(StoreFixtureMixin):
         )
         # A later campaign to the same group records her as suppressed, not sent.
         second = self.make_campaign()
-        self.store.run_sync(campaigns.start_campaign, second, self.now())
+        self.store.run_sync(sendlists.start_campaign, second, self.now())
         self.assertEqual(self.rows(second)["jana@example.org"][0], "suppressed")
 
 

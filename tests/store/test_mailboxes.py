@@ -6,7 +6,7 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from atollon_mail.massmail import campaigns
+from atollon_mail.store import campaigns
 from atollon_mail.store import mailboxes as m
 from atollon_mail.store import queries as q
 from atollon_mail.store.errors import Conflict, IdentityRefused, Invalid, NotFound

@@ -11,8 +11,14 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
-from atollon_mail.massmail import campaigns as campaign_ops
-from atollon_mail.store import contacts, groups, mailboxes
+from atollon_mail.store import (
+    campaign_recipients,
+    campaigns,
+    contacts,
+    groups,
+    mailboxes,
+    sendlists,
+)
 from atollon_mail.store import queries as q
 from atollon_mail.store.models import CampaignRecipient, utc_now
 from atollon_mail.web import pages_campaigns
@@ -84,9 +90,9 @@ class WebCampaignsTests(ServedWebMixin, StoreFixtureMixin):
 
     def draft(self, name="Spring news", variants=(("en", "Hello {{ first_name }}", "Hi"),)):
         sync = self.store.run_sync
-        campaign = sync(campaign_ops.create_campaign, name, self.group_id, "news@example.com", "en")
+        campaign = sync(campaigns.create_campaign, name, self.group_id, "news@example.com", "en")
         for language, subject, body in variants:
-            sync(campaign_ops.set_variant, campaign.id, language, subject, body)
+            sync(campaigns.set_variant, campaign.id, language, subject, body)
         return campaign.id
 
     def running(self):
@@ -96,11 +102,13 @@ class WebCampaignsTests(ServedWebMixin, StoreFixtureMixin):
                 ("cs", "Dobrý den, {{ first_name }}", "Novinky.\n"),
             )
         )
-        self.store.run_sync(campaign_ops.start_campaign, campaign_id, utc_now())
+        self.store.run_sync(sendlists.start_campaign, campaign_id, utc_now())
         return campaign_id
 
     def status(self, campaign_id):
-        return self.store.run_sync(campaign_ops.campaign_status, campaign_id, utc_now()).campaign
+        return self.store.run_sync(
+            campaign_recipients.campaign_status, campaign_id, utc_now()
+        ).campaign
 
     @defer.inlineCallbacks
     def act(self, browser, campaign_id, action, **fields):
@@ -175,10 +183,10 @@ class WebCampaignsTests(ServedWebMixin, StoreFixtureMixin):
         bad_language = yield browser.post("/campaigns", {**form, "language": "english"})
         self.assertEqual(bad_language.status, 400)
         self.assertIn("is not a language code", html.unescape(bad_language.text))
-        self.assertEqual(self.store.run_sync(campaign_ops.list_campaigns), [])
+        self.assertEqual(self.store.run_sync(campaigns.list_campaigns), [])
         created = yield browser.post("/campaigns", form)
         self.assertEqual(created.status, 303)
-        [campaign] = self.store.run_sync(campaign_ops.list_campaigns)
+        [campaign] = self.store.run_sync(campaigns.list_campaigns)
         self.assertEqual(created.header("location"), f"/campaign?id={campaign.id}&done=created")
         self.assertEqual(
             (campaign.name, campaign.group_id, campaign.mailbox_address, campaign.status),
@@ -204,7 +212,7 @@ class WebCampaignsTests(ServedWebMixin, StoreFixtureMixin):
             body="Novinky pro {{ name }}.",
         )
         self.assertEqual(saved.status, 303)
-        [variant] = self.store.run_sync(campaign_ops.get_campaign, campaign_id).variants
+        [variant] = self.store.run_sync(campaigns.get_campaign, campaign_id).variants
         self.assertEqual((variant.language, variant.subject), ("cs", "Ahoj {{ first_name }}"))
         refused = yield self.act(
             browser,
@@ -218,7 +226,7 @@ class WebCampaignsTests(ServedWebMixin, StoreFixtureMixin):
         error = re.search(r'id="variant-cs-error">([^<]*)<', refused.text).group(1)
         self.assertIn("'nickname' is undefined", html.unescape(error))
         self.assertIn(">Dear {{ nickname }}</textarea>", refused.text, "the typed body is kept")
-        [variant] = self.store.run_sync(campaign_ops.get_campaign, campaign_id).variants
+        [variant] = self.store.run_sync(campaigns.get_campaign, campaign_id).variants
         self.assertEqual(variant.body, "Novinky pro {{ name }}.")
         # Only cs is written: the English members have no variant, which the preview says.
         page = yield browser.get(f"/campaign?id={campaign_id}")
@@ -228,7 +236,7 @@ class WebCampaignsTests(ServedWebMixin, StoreFixtureMixin):
         self.assertNotIn("massmail variant", en, "command-line advice is left out")
         removed = yield self.act(browser, campaign_id, "variant-remove", language="cs")
         self.assertEqual(removed.status, 303)
-        self.assertEqual(self.store.run_sync(campaign_ops.get_campaign, campaign_id).variants, ())
+        self.assertEqual(self.store.run_sync(campaigns.get_campaign, campaign_id).variants, ())
 
     @defer.inlineCallbacks
     def test_preview_shows_each_language_for_its_first_member(self):
@@ -280,7 +288,7 @@ class WebCampaignsTests(ServedWebMixin, StoreFixtureMixin):
         self.assertEqual(sent.status, 303)
         self.assertEqual(sent.header("location"), f"/campaign?id={campaign_id}&done=started")
         self.assertEqual(self.status(campaign_id).status, "running")
-        rows = self.store.run_sync(campaign_ops.send_list, campaign_id)
+        rows = self.store.run_sync(campaign_recipients.send_list, campaign_id)
         self.assertEqual(
             sorted(row.address for row in rows),
             [
@@ -329,7 +337,7 @@ class WebCampaignsTests(ServedWebMixin, StoreFixtureMixin):
     def test_a_refused_identity_is_shown_and_keeps_it_paused(self):
         campaign_id = self.running()
         self.store.run_sync(mailboxes.update_mailbox, "news@example.com", identity="desk@x.test")
-        self.store.run_sync(campaign_ops.pause_campaign, campaign_id, utc_now())
+        self.store.run_sync(sendlists.pause_campaign, campaign_id, utc_now())
         self.store.run_sync(q.add_domain, "x.test")
         self.store.run_sync(q.add_mailbox, "desk@x.test", "bob")
         browser = yield self.logged_in()
@@ -356,7 +364,7 @@ class WebCampaignsTests(ServedWebMixin, StoreFixtureMixin):
         page = yield browser.get(retried.header("location"))
         self.assertIn("1 failed recipient is queued again.", page.text)
         [row] = self.store.run_sync(
-            campaign_ops.send_list, campaign_id, state=None, limit=1, offset=2
+            campaign_recipients.send_list, campaign_id, state=None, limit=1, offset=2
         )
         self.assertEqual((row.address, row.state), ("anna@example.net", "queued"))
 
@@ -463,7 +471,7 @@ class WebCampaignsTests(ServedWebMixin, StoreFixtureMixin):
             },
         )
         self.assertEqual(refused.status, 403)
-        self.assertEqual(len(self.store.run_sync(campaign_ops.list_campaigns)), 1)
+        self.assertEqual(len(self.store.run_sync(campaigns.list_campaigns)), 1)
 
     @defer.inlineCallbacks
     def test_a_user_who_is_not_an_administrator_is_refused(self):

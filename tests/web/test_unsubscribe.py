@@ -7,10 +7,9 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
-from atollon_mail.massmail import campaigns
 from atollon_mail.massmail.tokens import RecipientTokens
 from atollon_mail.passwords import hash_password
-from atollon_mail.store import queries
+from atollon_mail.store import campaigns, queries, sendlists
 from atollon_mail.store.models import CampaignRecipient, Suppression, utc_now
 from tests.builders import web_root
 from tests.massmail.test_sending import SECRET, _crm_fixture
@@ -28,7 +27,7 @@ class UnsubscribeTests(StoreFixtureMixin, ServedWebMixin):
         sync(_crm_fixture, utc_now())
         campaign = sync(campaigns.create_campaign, "News", "Everyone", "news@acme.test", "en")
         sync(campaigns.set_variant, campaign.id, "en", "News", "Hello {{ name }}\n")
-        sync(campaigns.start_campaign, campaign.id, utc_now())
+        sync(sendlists.start_campaign, campaign.id, utc_now())
         self.row_id = sync(lambda: CampaignRecipient.get(address="bob@example.net").id)
         self.tokens = RecipientTokens(SECRET)
         root = web_root(self, self.store, parse_config(""), reactor, recipient_tokens=self.tokens)

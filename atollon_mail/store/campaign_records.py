@@ -1,4 +1,5 @@
-"""Frozen records of mass mail: what crosses from the store's threads to the reactor."""
+"""Frozen records of mass mail: what crosses from the store's threads to the reactor, and
+the built messages the sender hands back to the store."""
 
 from __future__ import annotations
 
@@ -81,3 +82,64 @@ class SuppressionRecord:
     detail: str | None
     campaign_id: int | None
     created_at: datetime.datetime
+
+
+@attrs.frozen
+class NewCampaignChoices:
+    """What the new-campaign form offers."""
+
+    groups: tuple
+    mailboxes: tuple
+    types: tuple
+
+
+@attrs.frozen
+class CampaignSending:
+    """What the sender needs to build a campaign's messages."""
+
+    campaign_id: int
+    name: str
+    mailbox_id: int
+    mailbox_domain: str  # where its bounces and unsubscribe mails come back to
+    identity: str  # the From: address
+    sender_name: str  # the From: display name (the mailbox owner's name)
+    signature: str
+    type_id: int | None
+    variants: dict[str, tuple[str, str]]  # language -> (subject, body)
+    outstanding: int  # rows handed to the queue and not finished (state sending)
+
+
+@attrs.frozen
+class HandoffCandidate:
+    """A send-list row about to be handed to the delivery queue, with its merge fields."""
+
+    recipient_id: int
+    address: str
+    language: str
+    first_name: str
+    last_name: str
+    name: str
+    company: str | None
+
+
+@attrs.frozen
+class CampaignMessage:
+    """A built message for one row, ready for the queue."""
+
+    recipient_id: int
+    address: str
+    domain: str
+    envelope_sender: str  # the row's VERP address
+    raw: bytes
+    message_id: str
+    subject: str
+    from_header: str
+    # As the queue's other messages have them: no Date: summary kept, the campaign's type.
+    date_header: str | None = None
+    type_id: int | None = None
+
+
+@attrs.frozen
+class Unsubscribed:
+    address: str
+    already: bool  # the address was suppressed before
