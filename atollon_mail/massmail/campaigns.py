@@ -40,6 +40,7 @@ from atollon_mail.massmail.templates import (
 from atollon_mail.store import identities
 from atollon_mail.store.common import limited, locked, normalize_identity, read_only
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
+from atollon_mail.store.mailboxes import get_mailbox_row as _get_mailbox
 from atollon_mail.store.models import (
     FINAL_RECIPIENT_STATES,
     RECIPIENT_STATES,
@@ -56,7 +57,6 @@ from atollon_mail.store.models import (
     Suppression,
     utc_now,
 )
-from atollon_mail.store.queries import _get_mailbox
 
 _LANGUAGE = re.compile(r"^[a-z]{2}$")
 _NAME_LIMIT = 200

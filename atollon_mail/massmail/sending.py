@@ -19,7 +19,12 @@ import attrs
 
 from atollon_mail.store import identities
 from atollon_mail.store.common import chunks, locked, placeholders, read_only
+from atollon_mail.store.domains import domain_names
 from atollon_mail.store.errors import Invalid, NotFound
+from atollon_mail.store.filing import SEEN_FLAG
+from atollon_mail.store.filing import execute_prepared as _execute
+from atollon_mail.store.filing import file_sent_copy as _file_sent_copy
+from atollon_mail.store.filing import lock_mailboxes as _lock_mailboxes
 from atollon_mail.store.models import (
     Campaign,
     CampaignRecipient,
@@ -27,16 +32,7 @@ from atollon_mail.store.models import (
     Message,
     database_proxy,
 )
-from atollon_mail.store.queries import (
-    SEEN_FLAG,
-    Routed,
-    _execute,
-    _file_sent_copy,
-    _lock_mailboxes,
-    domain_names,
-    enqueue,
-    route_addresses,
-)
+from atollon_mail.store.queue import Routed, enqueue, route_addresses
 from atollon_mail.store.records import DeliveryResult, OutgoingMessage, Recipient, Rejection
 
 # How many rows one handoff takes at most (one transaction).
@@ -492,7 +488,7 @@ def mark_uncertain(queue_recipient_ids: Sequence[int]) -> int:
     """Rows whose message's final dot was sent without its reply being recorded (the
     appliance stopped, or the connection broke, in between): the remote server may have
     taken it, so the next attempt may be a second copy. They are marked uncertain (and
-    sent again). Rows whose message never left are not: see queries.requeue_in_flight."""
+    sent again). Rows whose message never left are not: see queue.requeue_in_flight."""
     marked = 0
     for chunk in chunks(sorted(queue_recipient_ids)):
         marked += database_proxy.execute_sql(

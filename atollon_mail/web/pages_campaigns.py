@@ -16,7 +16,7 @@ from atollon_mail.massmail import campaigns as campaign_ops
 from atollon_mail.massmail.records import CampaignStatus
 from atollon_mail.massmail.templates import MERGE_FIELDS
 from atollon_mail.massmail.tokens import preview_unsubscribe_url, unsubscribe_base
-from atollon_mail.store import common, queries
+from atollon_mail.store import common, message_types
 from atollon_mail.store import mailboxes as mailbox_ops
 from atollon_mail.store.errors import Conflict, NotFound, StoreError
 from atollon_mail.store.models import RECIPIENT_STATES, utc_now
@@ -165,8 +165,8 @@ def new_campaign_choices() -> NewCampaignChoices:
     """Store operation: the groups, active mailboxes and active message types to choose."""
     return NewCampaignChoices(
         groups=tuple(group_ops.list_groups()),
-        mailboxes=tuple(box for box in queries.list_mailboxes() if box.active),
-        types=tuple(kind for kind in mailbox_ops.list_message_types() if kind.active),
+        mailboxes=tuple(box for box in mailbox_ops.list_mailboxes() if box.active),
+        types=tuple(kind for kind in message_types.list_message_types() if kind.active),
     )
 
 
