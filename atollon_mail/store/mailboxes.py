@@ -1,7 +1,6 @@
 """Store operations for mailboxes: adding and listing them, their options (default box,
 identity, signature, where mail is filed, active), redirecting an address to another
-mailbox, access rights, the addresses a user may send as, and the message types of the
-message configuration.
+mailbox, access rights, and the addresses a user may send as.
 
 Each runs inside the one transaction `Store.run` opens and returns frozen records.
 """
