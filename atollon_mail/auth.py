@@ -33,7 +33,7 @@ from zope.interface import implementer
 from atollon_mail.addresses import client_key
 from atollon_mail.interfaces import IAuthenticator
 from atollon_mail.passwords import hash_password, verify_password
-from atollon_mail.store import queries
+from atollon_mail.store import accounts
 
 LOGIN_LIMIT = 5
 ADDRESS_LIMIT = 20
@@ -186,7 +186,7 @@ class PasswordChecker:
     @defer.inlineCallbacks
     def check(self, login: str, password: str):
         """Deferred firing with the UserRecord, or None when the credentials are wrong."""
-        found = yield self._store.run(queries.authenticate_lookup, login)
+        found = yield self._store.run(accounts.authenticate_lookup, login)
         if found is not None:
             user, password_hash = found
         else:

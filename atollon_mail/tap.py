@@ -29,7 +29,7 @@ from atollon_mail.massmail import build as massmail_build
 from atollon_mail.passwords import generate_password, hash_password
 from atollon_mail.selfsigned import load_or_create_self_signed
 from atollon_mail.smtp import build as smtp_build
-from atollon_mail.store import queries
+from atollon_mail.store import accounts
 from atollon_mail.store.pool import Store
 from atollon_mail.web import build as web_build
 from atollon_mail.workers import Workers
@@ -196,11 +196,11 @@ class StoreService(service.Service):
         self._prepared = False
 
     def _create_first_admin(self) -> None:
-        if self.store.run_sync(queries.has_admin):
+        if self.store.run_sync(accounts.has_admin):
             return
         password = generate_password()
         self.store.run_sync(
-            queries.add_user,
+            accounts.add_user,
             INITIAL_ADMIN_LOGIN,
             hash_password(password),
             name="Administrator",

@@ -198,11 +198,11 @@ CONTACT_COLUMNS = (
 
 def make_sender(store) -> None:
     from atollon_mail.passwords import hash_password
-    from atollon_mail.store import queries
+    from atollon_mail.store import accounts, domains, mailboxes
 
-    store.run_sync(queries.add_domain, "bench.test")
-    store.run_sync(queries.add_user, "bench", hash_password("bench-password"), "Bench Sender")
-    store.run_sync(queries.add_mailbox, SENDER, "bench")
+    store.run_sync(domains.add_domain, "bench.test")
+    store.run_sync(accounts.add_user, "bench", hash_password("bench-password"), "Bench Sender")
+    store.run_sync(mailboxes.add_mailbox, SENDER, "bench")
 
 
 def make_organization(store, name: str) -> int:

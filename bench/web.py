@@ -29,7 +29,8 @@ from common import Appliance, RssSampler, machine
 
 from atollon_mail.massmail.tokens import RecipientTokens
 from atollon_mail.passwords import hash_password
-from atollon_mail.store import campaigns, queries, sendlists
+from atollon_mail.store import accounts, campaigns, domains, filing, sendlists
+from atollon_mail.store import mailboxes as mailbox_ops
 from atollon_mail.store.models import (
     CampaignRecipient,
     Contact,
@@ -63,7 +64,7 @@ def progress(text: str) -> None:
 
 
 def _add_mailboxes(names: list[tuple[str, str]]) -> list[tuple[int, str]]:
-    return [(box.id, box.address) for box in (queries.add_mailbox(a, o) for a, o in names)]
+    return [(box.id, box.address) for box in (mailbox_ops.add_mailbox(a, o) for a, o in names)]
 
 
 def _raw(number: int, address: str) -> bytes:
@@ -117,10 +118,10 @@ def populate(url: str, mailboxes: int, messages: int, recipients: int = 0) -> li
     store.migrate()
     started = time.monotonic()
     for domain in DOMAINS:
-        store.run_sync(queries.add_domain, domain)
+        store.run_sync(domains.add_domain, domain)
     password_hash = hash_password("bench-password")  # one hash: hashing is slow on purpose
     for owner in range(OWNERS):
-        store.run_sync(queries.add_user, f"owner{owner}", password_hash)
+        store.run_sync(accounts.add_user, f"owner{owner}", password_hash)
     names = [(BIG, "owner0")] + [
         (f"box{number:05d}@{DOMAINS[number % len(DOMAINS)]}", f"owner{number % OWNERS}")
         for number in range(1, mailboxes)
@@ -147,7 +148,7 @@ def populate(url: str, mailboxes: int, messages: int, recipients: int = 0) -> li
                 )
             )
         failed = [
-            r for r in store.run_sync(queries.store_messages, batch) if isinstance(r, Exception)
+            r for r in store.run_sync(filing.store_messages, batch) if isinstance(r, Exception)
         ]
         if failed:
             raise RuntimeError(f"storing failed: {failed[0]!r}")

@@ -21,7 +21,7 @@ from atollon_mail.auth import (
     build_authenticator,
 )
 from atollon_mail.interfaces import IAuthenticator
-from atollon_mail.store import queries as q
+from atollon_mail.store import accounts
 from atollon_mail.store.records import UserRecord
 from tests.support import SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import _hash
@@ -62,7 +62,7 @@ class CountingPool(ThreadPool):
 class PasswordCheckerTests(SqliteStoreMixin, StoreFixtureMixin, unittest.TestCase):
     def setUp(self):
         self.store = self.make_store()
-        self.store.run_sync(q.add_user, "alice", _hash("secret"), name="Alice")
+        self.store.run_sync(accounts.add_user, "alice", _hash("secret"), name="Alice")
         self.pool = CountingPool()
         self.checker = PasswordChecker(self.store, reactor, self.pool)
 
@@ -114,7 +114,7 @@ class PasswordCheckerTests(SqliteStoreMixin, StoreFixtureMixin, unittest.TestCas
     @defer.inlineCallbacks
     def test_argon2_runs_in_the_worker_pool(self):
         checked = self.checker.check("alice", "secret")
-        yield self.store.run(q.has_admin)  # the lookup is done; argon2 waits for a worker
+        yield self.store.run(accounts.has_admin)  # the lookup is done; argon2 waits for a worker
         self.assertFalse(checked.called)
         self.assertEqual(self.pool.jobs, 1)
         self.start_pool()

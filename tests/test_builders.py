@@ -13,7 +13,7 @@ from atollon_mail.config import parse_config
 from atollon_mail.delivery import build as delivery_build
 from atollon_mail.events import Events
 from atollon_mail.massmail import build as massmail_build
-from atollon_mail.store import autorespond, queries
+from atollon_mail.store import accounts, autorespond, domains, mailboxes, queue
 from atollon_mail.store.records import OutgoingMessage
 from tests.builders import started_workers
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
@@ -59,9 +59,9 @@ class WorkersTests(unittest.TestCase):
 class BuilderWiringTests(StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
-        self.store.run_sync(queries.add_domain, "acme.test")
-        self.store.run_sync(queries.add_user, "jane", "hash", name="Jane")
-        self.store.run_sync(queries.add_mailbox, "jane@acme.test", "jane")
+        self.store.run_sync(domains.add_domain, "acme.test")
+        self.store.run_sync(accounts.add_user, "jane", "hash", name="Jane")
+        self.store.run_sync(mailboxes.add_mailbox, "jane@acme.test", "jane")
         directory = os.path.abspath(self.mktemp())
         config = parse_config(f"[appliance]\nhostname = mx.acme.test\ndata_dir = {directory}\n")
         self.reactor = SpyReactor()
@@ -96,7 +96,7 @@ class BuilderWiringTests(StoreFixtureMixin):
         jane = yield self.delivery.intake.route("jane@acme.test")
         yield self.delivery.intake.accept("ann@remote.test", [jane], RAW)
         yield self.delivery.autoresponder.when_idle()
-        [entry] = self.store.run_sync(queries.queue_list)
+        [entry] = self.store.run_sync(queue.queue_list)
         self.assertEqual((entry.envelope_sender, entry.address), ("", "ann@remote.test"))
         self.assertEqual(len(self.runner_wake_ups()), 1, "the reply wakes the runner")
 

@@ -22,8 +22,17 @@ from twisted.trial import unittest
 from atollon_mail import cli, passwords
 from atollon_mail.commands import common, output
 from atollon_mail.config import CONFIG_ENVIRONMENT_VARIABLE
-from atollon_mail.store import migrations, queries
-from atollon_mail.store.models import database_proxy
+from atollon_mail.store import (
+    accounts,
+    aliases,
+    contexts,
+    domains,
+    filing,
+    mailboxes,
+    migrations,
+    queue,
+)
+from atollon_mail.store.models import database_proxy, utc_now
 from atollon_mail.store.pool import Store
 from atollon_mail.store.records import (
     DeliveryResult,
@@ -180,7 +189,7 @@ class CliContractMixin(ConfiguredCli):
     def deliver(self, address: str, raw: bytes, subject: str, sender: str) -> int:
         def operation():
             local, domain = address.split("@")
-            recipient = queries.resolve_recipient(local, domain)
+            recipient = filing.resolve_recipient(local, domain)
             assert isinstance(recipient, Recipient), recipient
             message = IncomingMessage(
                 envelope_sender=sender,
@@ -189,7 +198,7 @@ class CliContractMixin(ConfiguredCli):
                 subject=subject,
                 from_header=sender,
             )
-            [stored] = queries.store_messages([message])
+            [stored] = filing.store_messages([message])
             assert not isinstance(stored, Exception), stored
             return stored.id
 
@@ -287,7 +296,7 @@ class CliContractMixin(ConfiguredCli):
             "domain: add its mailboxes to acme.com itself",
         )
         self.assertUsageError(self.cli("domain", "add"))
-        self.assertEqual([d.name for d in self.store_op(queries.list_domains)], ["acme.com"])
+        self.assertEqual([d.name for d in self.store_op(domains.list_domains)], ["acme.com"])
 
     # -- users --------------------------------------------------------------------------
 
@@ -300,7 +309,7 @@ class CliContractMixin(ConfiguredCli):
         self.assertTrue(shown.startswith(prefix), shown)
         password = shown[len(prefix) :]
         self.assertGreaterEqual(len(password), 20)
-        password_hash = self.store_op(queries.user_password_hash, "joe")
+        password_hash = self.store_op(accounts.user_password_hash, "joe")
         self.assertNotIn(password, password_hash)
         self.assertTrue(passwords.verify_password(password_hash, password))
         self.assertEqual(
@@ -314,7 +323,7 @@ class CliContractMixin(ConfiguredCli):
         )
         # Confirmation only: a password the operator chose is never echoed.
         self.assertEqual(outcome.lines, ["added user ann (name ann)"])
-        password_hash = self.store_op(queries.user_password_hash, "ann")
+        password_hash = self.store_op(accounts.user_password_hash, "ann")
         self.assertTrue(passwords.verify_password(password_hash, "  s\u00e9cret words "))
         self.assertFalse(passwords.verify_password(password_hash, "s\u00e9cret words"))
 
@@ -328,7 +337,7 @@ class CliContractMixin(ConfiguredCli):
             self.assertRefused(
                 self.cli("user", "add", "ann", "--password-stdin", stdin=stdin), message
             )
-        self.assertEqual(self.store_op(queries.list_users), [])
+        self.assertEqual(self.store_op(accounts.list_users), [])
 
     def test_user_refusals(self):
         self.migrate()
@@ -337,7 +346,7 @@ class CliContractMixin(ConfiguredCli):
         self.assertRefused(self.cli("user", "add", "_x"), "is not a valid login")
         self.assertRefused(self.cli("user", "add", "jo e"), "is not a valid login")
         self.assertUsageError(self.cli("user", "add"))
-        self.assertEqual([u.login for u in self.store_op(queries.list_users)], ["joe"])
+        self.assertEqual([u.login for u in self.store_op(accounts.list_users)], ["joe"])
 
     # -- contexts -----------------------------------------------------------------------
 
@@ -370,13 +379,13 @@ class CliContractMixin(ConfiguredCli):
         self.assertRefused(self.cli("context", "add", "folder", "  "), "needs a name")
         self.assertUsageError(self.cli("context", "add", "todo", "Mine"))
         self.assertUsageError(self.cli("context", "add", "folder"))
-        self.assertEqual(self.store_op(queries.list_contexts), [])
+        self.assertEqual(self.store_op(contexts.list_contexts), [])
 
     # -- mailboxes ----------------------------------------------------------------------
 
     def test_mailbox_add(self):
         self.setup_mailbox()
-        self.assertEqual(self.store_op(queries.get_mailbox, "joe@acme.com").owner_login, "joe")
+        self.assertEqual(self.store_op(mailboxes.get_mailbox, "joe@acme.com").owner_login, "joe")
         self.ok("context", "add", "folder", "Sales")
         outcome = self.ok(
             "mailbox",
@@ -397,7 +406,7 @@ class CliContractMixin(ConfiguredCli):
                 "stores to folder #3 Sales, inactive)"
             ],
         )
-        record = self.store_op(queries.get_mailbox, "sales@acme.com")
+        record = self.store_op(mailboxes.get_mailbox, "sales@acme.com")
         self.assertEqual(
             (record.identity, record.active, record.store_to.id, record.is_default),
             ("team@acme.com", False, 3, True),
@@ -446,7 +455,7 @@ class CliContractMixin(ConfiguredCli):
 
     def test_mailbox_refusals(self):
         self.setup_mailbox()
-        before = self.store_op(queries.list_mailboxes)
+        before = self.store_op(mailboxes.list_mailboxes)
         for argv, message in (
             (("bob@acme.com", "--owner", "nobody"), "no user nobody"),
             (("not-an-address", "--owner", "joe"), "is not an address"),
@@ -465,7 +474,7 @@ class CliContractMixin(ConfiguredCli):
             self.cli("mailbox", "add", "bob@acme.com", "--owner", "joe", "--store-to", "x")
         )
         self.assertUsageError(self.cli("mailbox", "show"))
-        self.assertEqual(self.store_op(queries.list_mailboxes), before)
+        self.assertEqual(self.store_op(mailboxes.list_mailboxes), before)
 
     # -- aliases ------------------------------------------------------------------------
 
@@ -479,7 +488,7 @@ class CliContractMixin(ConfiguredCli):
             self.ok("alias", "list").lines,
             ["ALIAS           MAILBOX", "sales@acme.com  joe@acme.com"],
         )
-        recipient = self.store_op(queries.resolve_recipient, "sales", "acme.com")
+        recipient = self.store_op(filing.resolve_recipient, "sales", "acme.com")
         self.assertEqual(recipient.mailbox_address, "joe@acme.com")
 
     def test_alias_refusals(self):
@@ -496,7 +505,7 @@ class CliContractMixin(ConfiguredCli):
             self.assertRefused(self.cli("alias", "add", *argv), message)
         self.assertUsageError(self.cli("alias", "add", "info@acme.com"))
         self.assertEqual(
-            [a.address for a in self.store_op(queries.list_aliases)], ["sales@acme.com"]
+            [a.address for a in self.store_op(aliases.list_aliases)], ["sales@acme.com"]
         )
 
     # -- messages -----------------------------------------------------------------------
@@ -566,7 +575,7 @@ class CliContractMixin(ConfiguredCli):
 
     def send(self, *remote: str, subject: str, now=T0, sent: bool = False, **headers) -> int:
         """Queue a message from joe for remote addresses; its queue message id."""
-        joe = self.store_op(queries.get_mailbox, "joe@acme.com")
+        joe = self.store_op(mailboxes.get_mailbox, "joe@acme.com")
         message = OutgoingMessage(
             envelope_sender="joe@acme.com",
             raw=f"Subject: {subject}\r\n\r\nbody\r\n".encode(),
@@ -575,21 +584,21 @@ class CliContractMixin(ConfiguredCli):
             subject=subject,
             **headers,
         )
-        [submitted] = self.store_op(queries.submit_messages, [message], now)
+        [submitted] = self.store_op(queue.submit_messages, [message], now)
         return submitted.queue_message_id
 
     def attempt(self, outcomes: dict[str, tuple], at) -> None:
         """Claim what is due at `at` and record {address: (outcome, reply, next)} for it."""
 
         def operation():
-            claimed = queries.claim_due_deliveries(at, 100)
+            claimed = queue.claim_due_deliveries(at, 100)
             results = [
                 DeliveryResult(d.recipient_id, outcome, reply, MX, at, next_attempt)
                 for d in claimed
                 if d.address in outcomes
                 for outcome, reply, next_attempt in [outcomes[d.address]]
             ]
-            queries.record_delivery_results(results)
+            queue.record_delivery_results(results)
 
         self.store_op(operation)
 
@@ -669,15 +678,15 @@ class CliContractMixin(ConfiguredCli):
 
         def killed_mid_attempt():
             # ann's reply was recorded; bob's dot went out, no reply; cid's never did.
-            ann, bob, _cid = queries.claim_due_deliveries(T0, 100)
-            queries.mark_dots_sent([ann.recipient_id, bob.recipient_id], T0)
-            queries.record_delivery_results(
+            ann, bob, _cid = queue.claim_due_deliveries(T0, 100)
+            queue.mark_dots_sent([ann.recipient_id, bob.recipient_id], T0)
+            queue.record_delivery_results(
                 [DeliveryResult(ann.recipient_id, "delivered", "250 ok", MX, T0)]
             )
 
         self.store_op(killed_mid_attempt)
         later = T0 + datetime.timedelta(minutes=1)
-        self.store_op(queries.requeue_in_flight, later)
+        self.store_op(queue.requeue_in_flight, later)
         listed = self.ok("queue", "list", "--uncertain").lines
         self.assertEqual(
             [line.split()[:4] for line in listed[1:]],
@@ -713,7 +722,7 @@ class CliContractMixin(ConfiguredCli):
                 remote_recipients=("joe@remote.example",),
                 is_bounce=True,
             )
-            return queries.submit_messages([message], T0)[0].queue_message_id
+            return queue.submit_messages([message], T0)[0].queue_message_id
 
         queue_id = self.store_op(bounce)
         self.attempt({"joe@remote.example": ("bounced", "550 \x1b[2Jno\u202eway", None)}, at=T0)
@@ -734,7 +743,7 @@ class CliContractMixin(ConfiguredCli):
         self.assertEqual(
             [line.split()[1] for line in listed[1:]], ["carol@far.example", "ann@remote.example"]
         )
-        self.attempt({"ann@remote.example": ("delivered", "250 ok", None)}, at=queries.utc_now())
+        self.attempt({"ann@remote.example": ("delivered", "250 ok", None)}, at=utc_now())
         self.assertEqual(
             self.ok("queue", "retry", "1").lines,
             ["queued message 1: nothing to retry (no recipient is waiting)"],
@@ -742,15 +751,15 @@ class CliContractMixin(ConfiguredCli):
 
     def test_queue_delete(self):
         self.setup_queue()
-        self.store_op(queries.claim_due_deliveries, T0 + datetime.timedelta(minutes=1), 10)
+        self.store_op(queue.claim_due_deliveries, T0 + datetime.timedelta(minutes=1), 10)
         self.assertRefused(self.cli("queue", "delete", "2"), "is being delivered right now")
         self.store_op(
-            queries.record_delivery_results,
+            queue.record_delivery_results,
             [
                 DeliveryResult(
                     entry.recipient_id, "bounced", "550 no", MX, T0 + datetime.timedelta(minutes=2)
                 )
-                for entry in self.store_op(queries.queue_list, "in-flight")
+                for entry in self.store_op(queue.queue_list, "in-flight")
             ],
         )
         self.assertEqual(
@@ -786,7 +795,7 @@ class CliContractMixin(ConfiguredCli):
 
         self.setup_mailbox()
         first = self.ok("dkim", "generate", "acme.com", "--algorithm", "ed25519").lines
-        [key] = self.store_op(queries.dkim_keys, "acme.com")
+        [key] = self.store_op(domains.dkim_keys, "acme.com")
         self.assertEqual((key.selector, key.algorithm), (dkim.DEFAULT_SELECTOR, "ed25519"))
         record = dkim.zone_record("atollon", "acme.com", "ed25519", key.public_key)
         self.assertEqual(
@@ -808,7 +817,7 @@ class CliContractMixin(ConfiguredCli):
 
         second = self.ok("dkim", "generate", "ACME.com", "--selector", "Mail2030").lines
         self.assertEqual(second[0], "added DKIM key mail2030 for acme.com (rsa)")
-        rsa_key = self.store_op(queries.dkim_keys, "acme.com")[0]
+        rsa_key = self.store_op(domains.dkim_keys, "acme.com")[0]
         private = serialization.load_pem_private_key(rsa_key.private_key.encode(), None)
         spki = private.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -860,7 +869,7 @@ class CliContractMixin(ConfiguredCli):
         self.assertUsageError(self.cli("dkim", "generate", "acme.com", "--algorithm", "dsa"))
         self.assertUsageError(self.cli("dkim", "generate"))
         self.assertUsageError(self.cli("dkim", "show"))
-        self.assertEqual(len(self.store_op(queries.dkim_keys)), 1)
+        self.assertEqual(len(self.store_op(domains.dkim_keys)), 1)
 
 
 class CliOnSqliteTests(SqliteStoreMixin, CliContractMixin, unittest.TestCase):
@@ -1014,7 +1023,7 @@ class CliWithoutDatabaseTests(CliHarness, unittest.TestCase):
         server = Store.from_url(url, reactor=None)
         self.addCleanup(server.stop)
         server.migrate()
-        self.assertEqual(server.run_sync(queries.list_domains), [])
+        self.assertEqual(server.run_sync(domains.list_domains), [])
         result = subprocess.run(
             [sys.executable, "-m", "atollon_mail.cli", "--config", config_path]
             + ["domain", "add", "acme.com"],
@@ -1024,7 +1033,7 @@ class CliWithoutDatabaseTests(CliHarness, unittest.TestCase):
         )
         self.assertEqual((result.returncode, result.stderr), (0, b""))
         self.assertEqual(result.stdout, b"added domain acme.com (primary)\n")
-        self.assertEqual([d.name for d in server.run_sync(queries.list_domains)], ["acme.com"])
+        self.assertEqual([d.name for d in server.run_sync(domains.list_domains)], ["acme.com"])
 
     def test_module_entry_point(self):
         environment = dict(os.environ)

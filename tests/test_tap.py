@@ -23,7 +23,7 @@ from atollon_mail.config import ConfigError, load_config
 from atollon_mail.dns import build as dns_build
 from atollon_mail.interfaces import IAuthenticator
 from atollon_mail.passwords import verify_password
-from atollon_mail.store import queries
+from atollon_mail.store import accounts
 from atollon_mail.web.bodylimit import BodyLimitedRequest
 from atollon_mail.web.limits import DeadlineSite
 
@@ -182,9 +182,9 @@ class ServiceTreeTests(unittest.TestCase):
         with open(path) as password_file:
             password = password_file.read().strip()
         self.assertTrue(
-            verify_password(store.run_sync(queries.user_password_hash, "admin"), password)
+            verify_password(store.run_sync(accounts.user_password_hash, "admin"), password)
         )
-        self.assertEqual([user.login for user in store.run_sync(queries.list_users)], ["admin"])
+        self.assertEqual([user.login for user in store.run_sync(accounts.list_users)], ["admin"])
         self.assertTrue(self.flushLoggedErrors() == [])
 
     def test_nothing_listens_before_the_store_is_ready(self):
@@ -219,7 +219,7 @@ class ServiceTreeTests(unittest.TestCase):
             appliance = tap.build_appliance(load_config(path), SpyReactor())
             appliance.startService()
             store = appliance.getServiceNamed("store").store
-            users = store.run_sync(queries.list_users)
+            users = store.run_sync(accounts.list_users)
             appliance.stopService()
         self.assertEqual([user.login for user in users], ["admin"])
 

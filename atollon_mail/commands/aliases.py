@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 from atollon_mail.commands.output import out, table
-from atollon_mail.store import mailboxes, queries
+from atollon_mail.store import aliases as alias_ops
 
 
 def _alias_add(store, args) -> None:
-    alias = store.run_sync(queries.add_alias, args.address, args.mailbox)
+    alias = store.run_sync(alias_ops.add_alias, args.address, args.mailbox)
     out(f"added alias {alias.address} -> {alias.mailbox_address}")
 
 
 def _alias_list(store, args) -> None:
-    aliases = store.run_sync(queries.list_aliases)
+    aliases = store.run_sync(alias_ops.list_aliases)
     rows = [(alias.address, alias.mailbox_address) for alias in aliases]
     out(table(("ALIAS", "MAILBOX"), rows))
 
 
 def _alias_remove(store, args) -> None:
-    alias = store.run_sync(mailboxes.remove_alias, args.address)
+    alias = store.run_sync(alias_ops.remove_alias, args.address)
     out(f"removed alias {alias.address} (of {alias.mailbox_address})")
 
 

@@ -7,7 +7,7 @@ import datetime
 
 from atollon_mail.commands.output import PROGRAM, Refused, out, table
 from atollon_mail.config import default_config_path, load_config
-from atollon_mail.store import common, queries
+from atollon_mail.store import common, domains
 from atollon_mail.store.domains import all_dkim_keys
 
 
@@ -19,7 +19,7 @@ def _dkim_generate(store, args) -> None:
     # Generated before the transaction: an RSA key takes a while to make.
     private_key, public_key = dkim.generate_key(args.algorithm)
     key = store.run_sync(
-        queries.add_dkim_key, args.domain, selector, args.algorithm, private_key, public_key
+        domains.add_dkim_key, args.domain, selector, args.algorithm, private_key, public_key
     )
     out(f"added DKIM key {key.selector} for {key.domain} ({key.algorithm})")
     out(f"publish this TXT record in the DNS of {key.domain}:")
@@ -57,7 +57,7 @@ def _dkim_show(store, args) -> None:
     from atollon_mail.delivery import dkim
 
     name = common.normalize_domain_name(args.domain)
-    if name not in {domain.name for domain in store.run_sync(queries.list_domains)}:
+    if name not in {domain.name for domain in store.run_sync(domains.list_domains)}:
         raise Refused(f"no domain {name}; add it with: {PROGRAM} domain add {name}")
     # Every key: pending ones are to be published, retired ones kept a while.
     keys = store.run_sync(all_dkim_keys, name)

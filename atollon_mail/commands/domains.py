@@ -4,12 +4,12 @@ domain's mode, its primary or secondary domains, and its last DNS check by the w
 from __future__ import annotations
 
 from atollon_mail.commands.output import PROGRAM, clean, out, table, when, yes_no
-from atollon_mail.store import domains, queries
+from atollon_mail.store import domains
 
 
 def _add(store, args) -> None:
     domain = store.run_sync(
-        queries.add_domain, args.name, args.mode, primary_domain=args.primary_domain
+        domains.add_domain, args.name, args.mode, primary_domain=args.primary_domain
     )
     if domain.primary_domain:
         primary = domain.primary_domain
@@ -22,7 +22,7 @@ def _add(store, args) -> None:
 def _list(store, args) -> None:
     rows = [
         (domain.name, domain.mode, yes_no(domain.active))
-        for domain in store.run_sync(queries.list_domains)
+        for domain in store.run_sync(domains.list_domains)
     ]
     out(table(("DOMAIN", "MODE", "ACTIVE"), rows))
 

@@ -8,7 +8,7 @@ import argparse
 from atollon_mail.commands.autorespond import autoresponder_fields
 from atollon_mail.commands.common import read_text_file, whole_number, yes_or_no
 from atollon_mail.commands.output import Refused, clean, context_label, counted, out, table, yes_no
-from atollon_mail.store import mailboxes, queries
+from atollon_mail.store import mailboxes
 from atollon_mail.store.autorespond import get_autoresponder
 from atollon_mail.store.forwarding import get_forwarding
 
@@ -51,7 +51,7 @@ def _configure(address, identity, signature, store_to, active, default):
     )
     if default:
         mailboxes.set_default_mailbox(address)
-    return queries.get_mailbox(address)
+    return mailboxes.get_mailbox(address)
 
 
 def _mailbox_set(store, args) -> None:
@@ -120,7 +120,7 @@ def _mailbox_revoke(store, args) -> None:
 
 def _mailbox_add(store, args) -> None:
     mailbox = store.run_sync(
-        queries.add_mailbox,
+        mailboxes.add_mailbox,
         args.address,
         args.owner,
         identity=args.identity,
@@ -136,7 +136,7 @@ def _mailbox_add(store, args) -> None:
 
 
 def _mailbox_list(store, args) -> None:
-    boxes = store.run_sync(queries.list_mailboxes)
+    boxes = store.run_sync(mailboxes.list_mailboxes)
     rows = [
         (
             box.address,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from atollon_mail.commands.common import yes_or_no
 from atollon_mail.commands.output import Refused, counted, out, table, yes_no
-from atollon_mail.store import mailboxes
+from atollon_mail.store import message_types
 from atollon_mail.store.records import MessageTypeRecord
 
 
@@ -15,7 +15,7 @@ def _defaults_label(kind: MessageTypeRecord) -> str:
 
 def _type_add(store, args) -> None:
     kind = store.run_sync(
-        mailboxes.add_message_type,
+        message_types.add_message_type,
         args.name,
         args.code,
         description=args.description or "",
@@ -25,7 +25,7 @@ def _type_add(store, args) -> None:
 
 
 def _type_list(store, args) -> None:
-    kinds = store.run_sync(mailboxes.list_message_types)
+    kinds = store.run_sync(message_types.list_message_types)
     rows = [
         (kind.code, kind.name, yes_no(kind.active), _defaults_label(kind), kind.description)
         for kind in kinds
@@ -41,7 +41,7 @@ def _type_set(store, args) -> None:
             "or --default-outgoing"
         )
     kind = store.run_sync(
-        mailboxes.update_message_type,
+        message_types.update_message_type,
         args.code,
         name=args.name,
         description=args.description,
@@ -56,7 +56,7 @@ def _type_set(store, args) -> None:
 
 
 def _type_delete(store, args) -> None:
-    deleted = store.run_sync(mailboxes.delete_message_type, args.code, args.reassign_to)
+    deleted = store.run_sync(message_types.delete_message_type, args.code, args.reassign_to)
     moved = ""
     if deleted.reassigned_to is not None:
         moved = f" ({counted(deleted.reassigned, 'message')} moved to {deleted.reassigned_to})"

@@ -6,12 +6,12 @@ import sys
 
 from atollon_mail.commands.common import whole_number
 from atollon_mail.commands.output import Refused, out, table
-from atollon_mail.store import queries
+from atollon_mail.store import filing as filing_ops
 
 
 def _messages_list(store, args) -> None:
     filings = store.run_sync(
-        queries.list_filings, args.address, limit=args.limit, offset=args.offset
+        filing_ops.list_filings, args.address, limit=args.limit, offset=args.offset
     )
     rows = []
     for filing in filings:
@@ -34,7 +34,7 @@ def _messages_list(store, args) -> None:
 
 
 def _messages_show(store, args) -> None:
-    raw = store.run_sync(queries.message_raw, args.id)
+    raw = store.run_sync(filing_ops.message_raw, args.id)
     buffer = getattr(sys.stdout, "buffer", None)
     if buffer is None:
         raise Refused("standard output takes no bytes; cannot write the message")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from atollon_mail.commands.common import whole_number
 from atollon_mail.commands.output import clean, counted, out, shortened, table, when
-from atollon_mail.store import queries
+from atollon_mail.store import queue as queue_ops
 from atollon_mail.store.models import QUEUE_STATES, utc_now
 from atollon_mail.store.records import QueueEntry
 
@@ -24,7 +24,7 @@ def _state(entry: QueueEntry) -> str:
 
 def _queue_list(store, args) -> None:
     entries = store.run_sync(
-        queries.queue_list,
+        queue_ops.queue_list,
         args.state,
         limit=args.limit,
         offset=args.offset,
@@ -55,7 +55,7 @@ def _queue_list(store, args) -> None:
 
 
 def _queue_show(store, args) -> None:
-    detail = store.run_sync(queries.queue_show, args.id)
+    detail = store.run_sync(queue_ops.queue_show, args.id)
     sender = detail.envelope_sender or "<>"
     fields = [
         ("sender", f"{sender} (a bounce)" if detail.is_bounce else sender),
@@ -86,7 +86,7 @@ def _queue_show(store, args) -> None:
 
 
 def _queue_retry(store, args) -> None:
-    count = store.run_sync(queries.queue_retry, args.id, utc_now())
+    count = store.run_sync(queue_ops.queue_retry, args.id, utc_now())
     if count:
         out(
             f"queued message {args.id}: {counted(count, 'recipient')} due now "
@@ -97,7 +97,7 @@ def _queue_retry(store, args) -> None:
 
 
 def _queue_delete(store, args) -> None:
-    count = store.run_sync(queries.queue_delete, args.id)
+    count = store.run_sync(queue_ops.queue_delete, args.id)
     out(f"deleted queued message {args.id} ({counted(count, 'recipient')})")
 
 

@@ -7,7 +7,7 @@ import sys
 
 from atollon_mail import passwords
 from atollon_mail.commands.output import Refused, one_line, out, table, yes_no
-from atollon_mail.store import queries
+from atollon_mail.store import accounts
 
 
 def _read_password() -> str:
@@ -37,7 +37,7 @@ def _add(store, args) -> None:
     # Hashed before the transaction: argon2 takes a while and must not hold the write lock.
     password_hash = passwords.hash_password(password)
     user = store.run_sync(
-        queries.add_user, args.login, password_hash, name=args.name or "", is_admin=args.admin
+        accounts.add_user, args.login, password_hash, name=args.name or "", is_admin=args.admin
     )
     details = [f"name {user.name}"] + (["admin"] if user.is_admin else [])
     out(f"added user {user.login} ({', '.join(details)})")
@@ -46,7 +46,7 @@ def _add(store, args) -> None:
 
 
 def _list(store, args) -> None:
-    users = store.run_sync(queries.list_users)
+    users = store.run_sync(accounts.list_users)
     rows = [(user.login, user.name, yes_no(user.is_admin)) for user in users]
     out(table(("LOGIN", "NAME", "ADMIN"), rows))
 

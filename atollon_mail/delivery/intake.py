@@ -22,7 +22,8 @@ from atollon_mail.delivery.reencode import fit_line_length, has_long_line
 from atollon_mail.delivery.srs import ExpiredAddress, ForgedAddress, SRSError, is_srs
 from atollon_mail.events import Events
 from atollon_mail.interfaces import IMailIntake, IStore, ISubmissionIntake
-from atollon_mail.store import forwarding, queries
+from atollon_mail.store import domains as domain_ops
+from atollon_mail.store import filing, forwarding, mailboxes, queue
 from atollon_mail.store.records import (
     ForwardingPlan,
     IncomingMessage,
@@ -268,8 +269,8 @@ class Intake:
         self._domains: frozenset[str] | None = None
         self._domains_loaded_at: float | None = None
         self._domains_loading = False
-        self._local = GroupCommitter(store, queries.store_messages, concurrent_batches)
-        self._outgoing = GroupCommitter(store, queries.submit_messages, concurrent_batches)
+        self._local = GroupCommitter(store, filing.store_messages, concurrent_batches)
+        self._outgoing = GroupCommitter(store, queue.submit_messages, concurrent_batches)
         self.srs = srs
         self._campaign_returns = campaign_returns
 
@@ -285,7 +286,7 @@ class Intake:
             returned = self._campaign_returns.resolve(local_part, domain)
             if returned is not None:
                 return returned
-        resolved = self._store.run(queries.resolve_recipient, local_part, domain)
+        resolved = self._store.run(filing.resolve_recipient, local_part, domain)
         if self.srs is not None and is_srs(local_part):
             resolved.addCallback(self._srs_resolved, local_part, domain)
         return resolved
@@ -321,7 +322,7 @@ class Intake:
         fresh = loaded_at is not None and now - loaded_at < DOMAIN_CACHE_SECONDS
         if not fresh and not self._domains_loading:
             self._domains_loading = True
-            loading = self._store.run(queries.domain_names)
+            loading = self._store.run(domain_ops.domain_names)
             loading.addCallback(self._domains_loaded, now)
             loading.addErrback(self._domains_failed)
         return self._domains if fresh else None
@@ -478,7 +479,7 @@ class Intake:
         Its lines are fitted to 998 octets first (fails with reencode.UnencodableMessage,
         a permanent refusal, when they cannot be). Local recipients that forward are
         expanded first, as for received mail. The store files any "remote" address that
-        is in fact here (queries.route_addresses), so only mail for other domains is
+        is in fact here (queue.route_addresses), so only mail for other domains is
         queued."""
         fitted = self._in_workers(_fitted, outgoing.raw, outgoing)
         fitted.addCallback(self._submit_fitted)
@@ -547,7 +548,7 @@ class SubmissionIntake:
         return self._intake.accept(envelope_sender, recipients, raw)
 
     def sending_identities(self, login: str) -> Deferred:
-        return self._store.run(queries.sending_identities, login)
+        return self._store.run(mailboxes.sending_identities, login)
 
     def submit(
         self,

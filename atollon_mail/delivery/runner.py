@@ -33,7 +33,7 @@ from atollon_mail.delivery.intake import GroupCommitter
 from atollon_mail.delivery.mx import DNSLookupError, TemporaryDNSError
 from atollon_mail.events import Events
 from atollon_mail.smtp import client
-from atollon_mail.store import common, queries
+from atollon_mail.store import common, filing, queue
 from atollon_mail.store.records import Delivery, DeliveryResult, OutgoingMessage, Recipient
 
 log = Logger()
@@ -80,8 +80,8 @@ def _record_progress(items: Sequence[_Progress]) -> list[None]:
         recipient_id for item in items for recipient_id in item.marks if recipient_id not in decided
     ]
     if marks:
-        queries.mark_dots_sent(marks, max(item.at for item in items if item.marks))
-    queries.record_delivery_results([result for item in items for result in item.results])
+        queue.mark_dots_sent(marks, max(item.at for item in items if item.marks))
+    queue.record_delivery_results([result for item in items for result in item.results])
     return [None] * len(items)
 
 
@@ -92,8 +92,8 @@ def _requeue(marks: dict[int, datetime.datetime], now: datetime.datetime):
     for recipient_id, at in marks.items():
         by_time[at].append(recipient_id)
     for at, recipient_ids in by_time.items():
-        queries.mark_dots_sent(recipient_ids, at)
-    return queries.requeue_in_flight(now)
+        queue.mark_dots_sent(recipient_ids, at)
+    return queue.requeue_in_flight(now)
 
 
 def utc_from_seconds(seconds: float) -> datetime.datetime:
@@ -236,7 +236,7 @@ class DeliveryRunner(service.Service):
             return  # a finishing connection wakes us again
         self._claiming = True
         self._wake_again = False
-        claimed = self._store.run(queries.claim_due_deliveries, self._now(), limit)
+        claimed = self._store.run(queue.claim_due_deliveries, self._now(), limit)
         claimed.addCallback(self._claimed, limit)
         claimed.addErrback(self._claim_failed)
 
@@ -260,7 +260,7 @@ class DeliveryRunner(service.Service):
 
     @defer.inlineCallbacks
     def _schedule_next(self):
-        due = yield self._store.run(queries.next_due_at)
+        due = yield self._store.run(queue.next_due_at)
         if due is None:
             # Nothing due: look again within a minute anyway, so mail queued by another
             # process (a `queue retry` from the admin command) is not left waiting.
@@ -396,7 +396,7 @@ class DeliveryRunner(service.Service):
     @defer.inlineCallbacks
     def _envelopes(self, deliveries: list[Delivery]):
         message_ids = sorted({delivery.message_id for delivery in deliveries})
-        raws = yield self._store.run(queries.outgoing_raw, message_ids)
+        raws = yield self._store.run(queue.outgoing_raw, message_ids)
         if self._signer is not None:
             raws = yield self._signer.sign_all(raws)
         grouped: dict[int, list[Delivery]] = defaultdict(list)
@@ -541,7 +541,7 @@ class DeliveryRunner(service.Service):
         if warn:
             yield self._notify(warn, now)
             yield self._store.run(
-                queries.mark_delay_warned, [delivery.recipient_id for delivery, _ in warn]
+                queue.mark_delay_warned, [delivery.recipient_id for delivery, _ in warn]
             )
 
     @defer.inlineCallbacks
@@ -561,7 +561,7 @@ class DeliveryRunner(service.Service):
         if not by_message:
             return
         raws = yield self._store.run(
-            queries.messages_raw, sorted({group[0][0].message_id for group in by_message.values()})
+            filing.messages_raw, sorted({group[0][0].message_id for group in by_message.values()})
         )
         for group in by_message.values():
             first = group[0][0]

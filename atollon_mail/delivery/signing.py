@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from atollon_mail.delivery import dkim
 from atollon_mail.delivery.intake import summarize_headers
 from atollon_mail.delivery.reencode import UnencodableMessage, fit_line_length
-from atollon_mail.store import domains, queries
+from atollon_mail.store import domains
 
 log = Logger()
 
@@ -88,7 +88,7 @@ class DkimSigner:
                     domain=key.domain,
                     retired_at=key.retired_at,
                 )
-            keys = yield self._store.run(queries.dkim_keys)
+            keys = yield self._store.run(domains.dkim_keys)
             newest: dict[str, dict[str, object]] = {}
             for key in keys:  # newest first: the newest key of each algorithm signs
                 newest.setdefault(key.domain, {}).setdefault(key.algorithm, key)

@@ -15,6 +15,7 @@ import peewee
 from atollon_mail.store import identities
 from atollon_mail.store.common import RECIPIENT_DELIMITER, create, locked, read_only
 from atollon_mail.store.errors import Invalid
+from atollon_mail.store.mailboxes import get_mailbox_row
 from atollon_mail.store.models import (
     Alias,
     Autoresponder,
@@ -24,7 +25,6 @@ from atollon_mail.store.models import (
     database_proxy,
     utc_now,
 )
-from atollon_mail.store.queries import _get_mailbox
 from atollon_mail.store.records import AutoreplyPlan, AutoresponderRecord
 
 DEFAULT_SUBJECT = "Out of office"
@@ -137,7 +137,7 @@ def set_autoresponder(
     """
     if not isinstance(enabled, bool):
         raise Invalid(f"enabled must be true or false, got {enabled!r}")
-    mailbox = _get_mailbox(mailbox_address)
+    mailbox = get_mailbox_row(mailbox_address)
     address = _address(mailbox)
     responder = locked(Autoresponder.select().where(Autoresponder.mailbox == mailbox.id)).first()
     if responder is None:
@@ -186,7 +186,7 @@ def set_autoresponder(
 @read_only
 def get_autoresponder(mailbox_address: str) -> AutoresponderRecord | None:
     """The mailbox's auto-responder, or None if it never had one."""
-    mailbox = _get_mailbox(mailbox_address)
+    mailbox = get_mailbox_row(mailbox_address)
     responder = Autoresponder.get_or_none(Autoresponder.mailbox == mailbox.id)
     return None if responder is None else _record(responder, _address(mailbox))
 

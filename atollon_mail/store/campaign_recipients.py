@@ -35,6 +35,7 @@ from atollon_mail.store.common import (
     read_only,
 )
 from atollon_mail.store.errors import Invalid, NotFound
+from atollon_mail.store.filing import SEEN_FLAG, execute_prepared, file_sent_copy
 from atollon_mail.store.models import (
     FINAL_RECIPIENT_STATES,
     RECIPIENT_STATES,
@@ -48,7 +49,6 @@ from atollon_mail.store.models import (
     database_proxy,
     utc_now,
 )
-from atollon_mail.store.queries import SEEN_FLAG, _execute, _file_sent_copy
 from atollon_mail.store.records import DeliveryResult, Recipient
 
 _DETAIL_LIMIT = 4000
@@ -311,12 +311,12 @@ def file_sent(recipient_ids: Sequence[int], at: datetime.datetime) -> None:
         )
     for _, message_id, mailbox_id, context_id in sorted(rows):
         if context_id is None:
-            _file_sent_copy(message_id, mailbox_id, stamp)
+            file_sent_copy(message_id, mailbox_id, stamp)
             continue
-        row = _execute("next_uid", (mailbox_id,)).fetchone()
+        row = execute_prepared("next_uid", (mailbox_id,)).fetchone()
         if row is None:
             raise NotFound(f"mailbox {mailbox_id} was removed")
-        _execute(
+        execute_prepared(
             "insert_flagged_filing",
             (message_id, mailbox_id, context_id, row[0] - 1, SEEN_FLAG, stamp),
         )
@@ -366,7 +366,7 @@ def mark_uncertain(queue_recipient_ids: Sequence[int]) -> int:
     """Rows whose message's final dot was sent without its reply being recorded (the
     appliance stopped, or the connection broke, in between): the remote server may have
     taken it, so the next attempt may be a second copy. They are marked uncertain (and
-    sent again). Rows whose message never left are not: see queries.requeue_in_flight."""
+    sent again). Rows whose message never left are not: see queue.requeue_in_flight."""
     marked = 0
     for chunk in chunks(sorted(queue_recipient_ids)):
         marked += database_proxy.execute_sql(

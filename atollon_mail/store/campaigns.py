@@ -24,7 +24,7 @@ from atollon_mail.massmail.templates import (
     render_variant,
 )
 from atollon_mail.store import groups as group_ops
-from atollon_mail.store import identities, queries
+from atollon_mail.store import identities, message_types
 from atollon_mail.store import mailboxes as mailbox_ops
 from atollon_mail.store.campaign_records import (
     CampaignRecord,
@@ -36,6 +36,7 @@ from atollon_mail.store.common import limited, locked, read_only
 from atollon_mail.store.contacts import get_organization_row
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.groups import get_group_row, members_query
+from atollon_mail.store.mailboxes import get_mailbox_row
 from atollon_mail.store.models import (
     Campaign,
     CampaignRecipient,
@@ -48,7 +49,6 @@ from atollon_mail.store.models import (
     MessageType,
     utc_now,
 )
-from atollon_mail.store.queries import _get_mailbox
 
 _LANGUAGE = re.compile(r"^[a-z]{2}$")
 _NAME_LIMIT = 200
@@ -88,7 +88,7 @@ def _get_type(code: str | None) -> MessageType | None:
 
 
 def _active_mailbox(address: str) -> Mailbox:
-    mailbox = _get_mailbox(address)
+    mailbox = get_mailbox_row(address)
     if not mailbox.active:
         raise Invalid(
             f"the mailbox {mailbox.local_part}@{mailbox.domain.name} is inactive; "
@@ -479,6 +479,6 @@ def new_campaign_choices() -> NewCampaignChoices:
     """Store operation: the groups, active mailboxes and active message types to choose."""
     return NewCampaignChoices(
         groups=tuple(group_ops.list_groups()),
-        mailboxes=tuple(box for box in queries.list_mailboxes() if box.active),
-        types=tuple(kind for kind in mailbox_ops.list_message_types() if kind.active),
+        mailboxes=tuple(box for box in mailbox_ops.list_mailboxes() if box.active),
+        types=tuple(kind for kind in message_types.list_message_types() if kind.active),
     )

@@ -1,30 +1,245 @@
-"""Store operations for DNS advice and watching: what a domain's DNS must publish, the last
-check of each domain, and whom to tell when something changes.
+"""Store operations for domains: adding and listing the domains this server receives
+for, their DKIM keys and key rotation, what a domain's DNS must publish, the last check of
+each domain, and whom to tell when something changes.
 
-Like the operations in `queries`, each runs inside one transaction opened by `Store.run`
-(or `run_sync`) and returns frozen records.
+Each runs inside one transaction opened by `Store.run` (or `run_sync`) and returns frozen
+records.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import re
 from collections.abc import Sequence
 
 import attrs
 
-from atollon_mail.store.common import create, locked, read_only
+from atollon_mail.store.common import (
+    create,
+    locked,
+    normalize_domain_name,
+    read_only,
+    strip_root_dot,
+)
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
-from atollon_mail.store.models import DkimKey, DnsCheck, Domain, Mailbox, User, utc_now
-from atollon_mail.store.queries import _dkim_key_record, _domain_record, _get_domain, dkim_key_state
+from atollon_mail.store.models import (
+    DKIM_ALGORITHMS,
+    DOMAIN_MODES,
+    DkimKey,
+    DnsCheck,
+    Domain,
+    Mailbox,
+    User,
+    database_proxy,
+    utc_now,
+)
 from atollon_mail.store.records import (
     DkimActivation,
     DkimKeyRecord,
     DnsCheckRecord,
     DnsCheckResult,
     DnsSubject,
+    DomainRecord,
     PublishedKey,
 )
+
+# --- domains --------------------------------------------------------------------------
+
+# An inactive domain that only anchors secondary domains (the company's own domain, whose
+# mail is hosted elsewhere) is not ours to receive for: its users are remote.
+_DOMAIN_NAMES_SQL = """
+    SELECT name FROM domain d
+    WHERE active OR NOT EXISTS (SELECT 1 FROM domain s WHERE s.primary_domain_id = d.id)"""
+
+
+def domain_record(domain: Domain) -> DomainRecord:
+    primary = domain.primary_domain.name if domain.primary_domain_id is not None else None
+    return DomainRecord(
+        id=domain.id,
+        name=domain.name,
+        mode=domain.mode,
+        active=domain.active,
+        primary_domain=primary,
+    )
+
+
+def get_domain_row(name: str) -> Domain:
+    domain_name = normalize_domain_name(name)
+    try:
+        return Domain.get(Domain.name == domain_name)
+    except Domain.DoesNotExist:
+        raise NotFound(f"no domain {domain_name}; add it with: domain add {domain_name}") from None
+
+
+def _hosted_primary(domain: Domain) -> bool:
+    """A primary domain whose mail this server receives (active, or paused), not one kept
+    only as the anchor of secondary domains (inactive, with secondaries below it)."""
+    if domain.mode != "primary":
+        return False
+    if domain.active:
+        return True
+    return not Domain.select().where(Domain.primary_domain == domain.id).exists()
+
+
+def add_domain(name: str, mode: str = "primary", primary_domain: str | None = None) -> DomainRecord:
+    """A domain this server receives for.
+
+    A secondary domain (company.atollon.com, crm.acme.com: below the primary or not) gets
+    the mail the company's own server forwards for chosen mailboxes of its own domain
+    (company.com), whose MX stays with that other provider; its mailboxes send as
+    name@company.com. That primary domain is recorded as a row of its own, inactive (mail
+    for it is not received here), so its DKIM keys have a home. A domain hosted here
+    already needs no secondary: its mailboxes are made in it.
+    """
+    domain_name = normalize_domain_name(name)
+    if mode not in DOMAIN_MODES:
+        raise Invalid(f"mode must be one of {', '.join(DOMAIN_MODES)}, got {mode!r}")
+    if Domain.select().where(Domain.name == domain_name).exists():
+        raise Conflict(f"domain {domain_name} exists already")
+    primary = None
+    if mode == "secondary":
+        if primary_domain is None:
+            raise Invalid(
+                "a secondary domain needs the company's own domain, whose mail provider "
+                "forwards to it: give --primary-domain (such as company.com)"
+            )
+        primary_name = normalize_domain_name(primary_domain)
+        if primary_name == domain_name:
+            raise Invalid(
+                f"{domain_name} cannot be its own primary domain: give the company's own "
+                "domain, whose mail stays with its other provider"
+            )
+        primary = Domain.get_or_none(Domain.name == primary_name)
+        if primary is not None and primary.mode == "secondary":
+            raise Invalid(
+                f"{primary_name} is a secondary domain itself; name the company's own "
+                "domain as the primary domain"
+            )
+        if primary is not None and _hosted_primary(primary):
+            raise Invalid(
+                f"{primary_name} is hosted here as a primary domain already, so it needs no "
+                f"secondary domain: add its mailboxes to {primary_name} itself"
+            )
+        if primary is None:
+            primary = create(
+                Domain,
+                f"domain {primary_name} exists already",
+                name=primary_name,
+                mode="primary",
+                active=False,
+                created_at=utc_now(),
+            )
+    elif primary_domain is not None:
+        raise Invalid(
+            f"only a secondary domain has a primary domain: add {domain_name} with "
+            "--mode secondary, or without --primary-domain"
+        )
+    domain = create(
+        Domain,
+        f"domain {domain_name} exists already",
+        name=domain_name,
+        mode=mode,
+        active=True,
+        created_at=utc_now(),
+        primary_domain=primary,
+    )
+    return domain_record(domain)
+
+
+@read_only
+def domain_names() -> frozenset[str]:
+    """Every domain this server receives for or refuses as its own (active or not); not
+    a primary domain kept only as the anchor of secondary ones."""
+    return frozenset(
+        name for (name,) in database_proxy.execute_sql(_DOMAIN_NAMES_SQL, ()).fetchall()
+    )
+
+
+@read_only
+def list_domains() -> list[DomainRecord]:
+    return [domain_record(domain) for domain in Domain.select().order_by(Domain.name)]
+
+
+# --- DKIM keys --------------------------------------------------------------------------
+
+_SELECTOR = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def dkim_key_state(key: DkimKey) -> str:
+    if key.active:
+        return "active"
+    return "pending" if key.retired_at is None else "retired"
+
+
+def dkim_key_record(key: DkimKey, domain: str) -> DkimKeyRecord:
+    return DkimKeyRecord(
+        domain=domain,
+        selector=key.selector,
+        algorithm=key.algorithm,
+        private_key=key.private_key,
+        public_key=key.public_key,
+        active=key.active,
+        state=dkim_key_state(key),
+        retired_at=key.retired_at,
+    )
+
+
+def add_dkim_key(
+    domain: str, selector: str, algorithm: str, private_key: str, public_key: str
+) -> DkimKeyRecord:
+    """A new key: it signs at once when the domain has no signing key of its algorithm,
+    else it is pending until `activate_dkim_key` (key rotation)."""
+    found = get_domain_row(domain)
+    selector = selector.strip().lower()
+    if not _SELECTOR.match(selector):
+        raise Invalid(
+            f"{selector!r} is not a DKIM selector; use one DNS label of letters, digits and -"
+        )
+    if algorithm not in DKIM_ALGORITHMS:
+        raise Invalid(f"algorithm must be one of {', '.join(DKIM_ALGORITHMS)}, got {algorithm!r}")
+    if not private_key or not public_key:
+        raise Invalid("a DKIM key needs both its private and its public part")
+    conflict = (
+        f"{found.name} has a DKIM key with selector {selector} already; choose another selector"
+    )
+    exists = DkimKey.select().where((DkimKey.domain == found.id) & (DkimKey.selector == selector))
+    if exists.exists():
+        raise Conflict(conflict)
+    signing = DkimKey.select().where(
+        (DkimKey.domain == found.id) & (DkimKey.algorithm == algorithm),
+        DkimKey.active == True,  # noqa: E712 (peewee expression)
+    )
+    key = create(
+        DkimKey,
+        conflict,
+        domain=found.id,
+        selector=selector,
+        algorithm=algorithm,
+        private_key=private_key,
+        public_key=public_key,
+        active=not signing.exists(),
+        created_at=utc_now(),
+    )
+    return dkim_key_record(key, found.name)
+
+
+@read_only
+def dkim_keys(domain: str | None = None) -> list[DkimKeyRecord]:
+    """The signing (active) DKIM keys, newest first: of one domain (none if it is not
+    ours), or all. all_dkim_keys lists the pending and retired ones too."""
+    query = (
+        DkimKey.select(DkimKey, Domain.name)
+        .join(Domain)
+        .where(DkimKey.active == True)  # noqa: E712 (peewee expression)
+        .order_by(DkimKey.created_at.desc(), DkimKey.id.desc())
+    )
+    if domain is not None:
+        query = query.where(Domain.name == strip_root_dot(domain.strip().lower()))
+    return [dkim_key_record(key, key.domain.name) for key in query]
+
+
+# --- what a domain's DNS must publish ---------------------------------------------------
 
 CHECK_STATUSES = ("pass", "warn", "fail")
 
@@ -40,7 +255,7 @@ def _secondaries(domain: Domain) -> tuple[str, ...]:
 
 
 def _subject(domain: Domain) -> DnsSubject:
-    record = _domain_record(domain)
+    record = domain_record(domain)
     secondaries = _secondaries(domain)
     sending = (record.primary_domain or record.name,)
     names = sorted({record.name, *sending})
@@ -85,7 +300,7 @@ def _subject(domain: Domain) -> DnsSubject:
 @read_only
 def dns_subject(name: str) -> DnsSubject:
     """What the DNS of one domain (ours, or the primary domain of one of ours) must say."""
-    return _subject(_get_domain(name))
+    return _subject(get_domain_row(name))
 
 
 @read_only
@@ -114,8 +329,8 @@ def all_dkim_keys(name: str | None = None) -> list[DkimKeyRecord]:
     signing keys first, then pending, then retired, each newest first."""
     query = _keys_query()
     if name is not None:
-        query = query.where(DkimKey.domain == _get_domain(name).id)
-    records = [_dkim_key_record(key, key.domain.name) for key in query]
+        query = query.where(DkimKey.domain == get_domain_row(name).id)
+    records = [dkim_key_record(key, key.domain.name) for key in query]
     return sorted(records, key=lambda record: (record.domain, _STATE_ORDER[record.state]))
 
 
@@ -131,8 +346,8 @@ def _get_key(domain: Domain, selector: str) -> DkimKey:
 
 @read_only
 def dkim_key(name: str, selector: str) -> DkimKeyRecord:
-    domain = _get_domain(name)
-    return _dkim_key_record(_get_key(domain, selector), domain.name)
+    domain = get_domain_row(name)
+    return dkim_key_record(_get_key(domain, selector), domain.name)
 
 
 def activate_dkim_key(
@@ -142,7 +357,7 @@ def activate_dkim_key(
     the key that signed until now is retired at now (default: the current time; it is
     published on for the retention, then removed by remove_retired_dkim_keys)."""
     now = utc_now() if now is None else now
-    domain = _get_domain(name)
+    domain = get_domain_row(name)
     key = _get_key(domain, selector)
     if key.active:
         raise Conflict(f"the DKIM key {key.selector} of {domain.name} signs already")
@@ -163,8 +378,8 @@ def activate_dkim_key(
     key.retired_at = None
     key.save()
     return DkimActivation(
-        activated=_dkim_key_record(key, domain.name),
-        retired=tuple(_dkim_key_record(old, domain.name) for old in replaced),
+        activated=dkim_key_record(key, domain.name),
+        retired=tuple(dkim_key_record(old, domain.name) for old in replaced),
     )
 
 
@@ -182,7 +397,7 @@ def remove_retired_dkim_keys(retired_before: datetime.datetime) -> list[DkimKeyR
     rows = list(query)
     if rows:
         DkimKey.delete().where(DkimKey.id.in_([key.id for key in rows])).execute()
-    return [_dkim_key_record(key, key.domain.name) for key in rows]
+    return [dkim_key_record(key, key.domain.name) for key in rows]
 
 
 # --- the last check of each domain ------------------------------------------------------
@@ -202,7 +417,7 @@ def _check_record(row: DnsCheck, domain: str) -> DnsCheckRecord:
 
 @read_only
 def last_dns_check(name: str) -> DnsCheckRecord | None:
-    domain = _get_domain(name)
+    domain = get_domain_row(name)
     row = DnsCheck.get_or_none(DnsCheck.domain == domain.id)
     return None if row is None else _check_record(row, domain.name)
 
@@ -218,7 +433,7 @@ def record_dns_check(
     for result in results:
         if result.status not in CHECK_STATUSES:
             raise Invalid(f"a check's status is pass, warn or fail, got {result.status!r}")
-    domain = _get_domain(name)
+    domain = get_domain_row(name)
     row = locked(DnsCheck.select().where(DnsCheck.domain == domain.id)).first()
     previous = None if row is None else _check_record(row, domain.name)
     known = {} if previous is None else {result.check: result for result in previous.results}

@@ -12,8 +12,9 @@ from collections.abc import Iterable, Sequence
 
 from atollon_mail.store.common import chunks, create, locked, normalize_identity, read_only
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
+from atollon_mail.store.filing import resolve_recipient
+from atollon_mail.store.mailboxes import get_mailbox_row
 from atollon_mail.store.models import ForwardTarget, Mailbox, database_proxy, utc_now
-from atollon_mail.store.queries import _get_mailbox, resolve_recipient
 from atollon_mail.store.records import ForwardingPlan, ForwardingRecord, Recipient, Rejection
 
 # How many mailboxes one message may reach through forwarding: a bound on the work one
@@ -38,14 +39,14 @@ def _record(mailbox: Mailbox) -> ForwardingRecord:
 
 def _locked_mailbox(address: str) -> Mailbox:
     # Locked: two admins changing one mailbox's forwarding at once see each other's change.
-    mailbox = _get_mailbox(address)
+    mailbox = get_mailbox_row(address)
     locked(Mailbox.select(Mailbox.id).where(Mailbox.id == mailbox.id)).execute()
     return mailbox
 
 
 @read_only
 def get_forwarding(mailbox_address: str) -> ForwardingRecord:
-    return _record(_get_mailbox(mailbox_address))
+    return _record(get_mailbox_row(mailbox_address))
 
 
 def set_forwarding(

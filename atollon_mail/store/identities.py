@@ -10,7 +10,7 @@ alias or identity; that is checked again at every send, so an identity that beca
 since, or was stored before this rule, is refused then.
 
 These helpers run inside the store's transactions; callers outside `store/` reach them
-through the operations of `queries` and `mailboxes`.
+through the operations of `mailboxes`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""Store operations for a mailbox's behaviours: its options (default box, identity,
-signature, where mail is filed, active), aliases removed, redirecting an address to
-another mailbox, access rights, and the message types of the message configuration.
+"""Store operations for mailboxes: adding and listing them, their options (default box,
+identity, signature, where mail is filed, active), redirecting an address to another
+mailbox, access rights, and the addresses a user may send as.
 
-Like those in `queries`, each runs inside the one transaction `Store.run` opens and
-returns frozen records.
+Each runs inside the one transaction `Store.run` opens and returns frozen records.
 """
 
 from __future__ import annotations
@@ -13,47 +12,40 @@ import re
 import peewee
 
 from atollon_mail.store import identities
+from atollon_mail.store.accounts import get_user_row
 from atollon_mail.store.common import (
     create,
-    limited,
     locked,
     normalize_address,
     normalize_identity,
     read_only,
 )
+from atollon_mail.store.contexts import (
+    context_record,
+    get_context_row,
+    mailbox_store_to,
+    store_target,
+    store_targets_for,
+)
+from atollon_mail.store.domains import get_domain_row
 from atollon_mail.store.errors import Conflict, IdentityRefused, Invalid, NotFound
 from atollon_mail.store.models import (
     Alias,
-    Campaign,
     Context,
     Domain,
     Mailbox,
     MailboxAccess,
-    Message,
-    MessageType,
     User,
-    database_proxy,
     utc_now,
 )
-from atollon_mail.store.queries import (
-    _context_record,
-    _get_context,
-    _get_mailbox,
-    _get_user,
-    _mailbox_record,
-    _store_target,
-    _store_targets,
-)
 from atollon_mail.store.records import (
-    AliasRecord,
     ContextRecord,
     MailboxAccessRecord,
     MailboxDetail,
     MailboxRecord,
     MailboxRights,
-    MessageTypeDeletion,
-    MessageTypeRecord,
     RedirectResult,
+    SendingIdentity,
 )
 
 SIGNATURE_LIMIT = 10_000
@@ -75,13 +67,149 @@ def _lock_mailbox(mailbox: Mailbox) -> Mailbox:
     return Mailbox.select(Mailbox, Domain).join(Domain).where(Mailbox.id == mailbox.id).get()
 
 
+# --- mailboxes ------------------------------------------------------------------------
+
+
+def _mailbox_record(mailbox: Mailbox) -> MailboxRecord:
+    domain = mailbox.domain.name
+    aliases = tuple(
+        f"{alias.name}@{domain}"
+        for alias in Alias.select(Alias.name)
+        .where(Alias.mailbox == mailbox.id)
+        .order_by(Alias.name)
+    )
+    return MailboxRecord(
+        id=mailbox.id,
+        address=f"{mailbox.local_part}@{domain}",
+        local_part=mailbox.local_part,
+        domain=domain,
+        owner_login=mailbox.owner.login,
+        identity=mailbox.identity,
+        store_to=context_record(mailbox_store_to(mailbox)),
+        active=mailbox.active,
+        is_default=mailbox.is_default,
+        signature=mailbox.signature,
+        aliases=aliases,
+    )
+
+
+def name_taken(domain: Domain, name: str) -> str | None:
+    """What already answers to name@domain (a mailbox or an alias), if anything."""
+    if Mailbox.select().where((Mailbox.domain == domain) & (Mailbox.local_part == name)).exists():
+        return "a mailbox"
+    if Alias.select().where((Alias.domain == domain) & (Alias.name == name)).exists():
+        return "an alias"
+    return None
+
+
+def get_mailbox_row(address: str) -> Mailbox:
+    local, domain_name = normalize_address(address)
+    query = (
+        Mailbox.select(Mailbox, Domain)
+        .join(Domain)
+        .where((Domain.name == domain_name) & (Mailbox.local_part == local))
+    )
+    mailbox = query.first()
+    if mailbox is None:
+        raise NotFound(f"no mailbox {local}@{domain_name}; see: mailbox list")
+    return mailbox
+
+
+def add_mailbox(
+    address: str,
+    owner_login: str,
+    identity: str | None = None,
+    active: bool = True,
+    store_to_context_id: int | None = None,
+    actor: str | None = None,
+) -> MailboxRecord:
+    """A new mailbox. Its identity is by default its own address, in secondary mode the
+    same name at the primary domain; another one is checked by `identities.approve` as set
+    by `actor` (a login; None is the appliance's administrator at the command line)."""
+    local, domain_name = normalize_address(address)
+    domain = get_domain_row(domain_name)
+    owner = get_user_row(owner_login)
+    # Locked: a concurrent mailbox or alias of this name, or another first mailbox of this
+    # owner, waits for this one and then sees it.
+    locked(Domain.select(Domain.id).where(Domain.id == domain.id)).execute()
+    locked(User.select(User.id).where(User.id == owner.id)).execute()
+    taken = name_taken(domain, local)
+    if taken:
+        raise Conflict(f"{local}@{domain_name} is {taken} already")
+    if identity is None:
+        # Secondary mode: mail is forwarded here from name@acme.com, and sent as it.
+        primary = domain.primary_domain if domain.mode == "secondary" else None
+        identity = f"{local}@{primary.name if primary is not None else domain_name}"
+    else:
+        identity = normalize_identity(identity)
+    store_to = None
+    if store_to_context_id is not None:
+        store_to = store_target(owner.id, store_to_context_id)
+    # The owner's first mailbox is their default box (the one used first when sending).
+    has_default = (
+        Mailbox.select().where((Mailbox.owner == owner) & (Mailbox.is_default == True)).exists()  # noqa: E712
+    )
+    mailbox = create(
+        Mailbox,
+        f"{local}@{domain_name} is a mailbox already",
+        local_part=local,
+        domain=domain,
+        owner=owner,
+        identity=identity,
+        store_to=store_to,
+        active=active,
+        is_default=not has_default,
+        signature="",
+        next_uid=1,
+        created_at=utc_now(),
+    )
+    # Checked on the new row (its own addresses are known then); a refusal rolls it back.
+    approved = identities.approve(mailbox, identity, identities.is_admin(actor))
+    if approved:
+        Mailbox.update(identity_approved=True).where(Mailbox.id == mailbox.id).execute()
+    return _mailbox_record(mailbox)
+
+
+@read_only
+def get_mailbox(address: str) -> MailboxRecord:
+    return _mailbox_record(get_mailbox_row(address))
+
+
+@read_only
+def list_mailboxes() -> list[MailboxRecord]:
+    query = (
+        Mailbox.select(Mailbox, Domain, User)
+        .join(Domain)
+        .switch(Mailbox)
+        .join(User)
+        .order_by(Domain.name, Mailbox.local_part)
+    )
+    return [_mailbox_record(mailbox) for mailbox in query]
+
+
+def set_mailbox_store_to(address: str, context_id: int | None) -> MailboxRecord:
+    mailbox = get_mailbox_row(address)
+    mailbox.store_to = get_context_row(context_id) if context_id is not None else None
+    # Only this column: save() would write back every column, next_uid included, over
+    # a concurrent delivery's increment.
+    Mailbox.update(store_to=mailbox.store_to).where(Mailbox.id == mailbox.id).execute()
+    return _mailbox_record(mailbox)
+
+
+def set_mailbox_active(address: str, active: bool) -> MailboxRecord:
+    mailbox = get_mailbox_row(address)
+    mailbox.active = active
+    Mailbox.update(active=active).where(Mailbox.id == mailbox.id).execute()  # see above
+    return _mailbox_record(mailbox)
+
+
 # --- mailbox options ------------------------------------------------------------------
 
 
 def set_default_mailbox(address: str) -> MailboxRecord:
     """Make the mailbox its owner's default box (the one used first when sending); the
     owner's previous default stops being it in the same transaction."""
-    mailbox = _get_mailbox(address)
+    mailbox = get_mailbox_row(address)
     # Every mailbox of the owner locked, in id order (as storing mail locks them): two
     # concurrent switches run one after the other and leave exactly one default.
     locked(
@@ -123,7 +251,7 @@ def _store_to_id(mailbox: Mailbox, store_to: int | str) -> int | None:
             f"store-to is {TODO} (the owner's To Do) or the id of a folder or project, "
             f"got {store_to!r}; see: context list"
         )
-    context = _get_context(store_to)
+    context = get_context_row(store_to)
     if context.kind == TODO:
         if context.owner_id == mailbox.owner_id:
             return None
@@ -131,15 +259,15 @@ def _store_to_id(mailbox: Mailbox, store_to: int | str) -> int | None:
             f"context {context.id} is another user's To Do; give {TODO} (the owner's "
             "To Do) or a folder or project id"
         )
-    return _store_target(mailbox.owner_id, context.id).id  # a folder or project here
+    return store_target(mailbox.owner_id, context.id).id  # a folder or project here
 
 
 @read_only
 def store_targets(address: str) -> list[ContextRecord]:
-    """What a mailbox's store-to may be besides its owner's To Do (`_store_targets`); the
+    """What a mailbox's store-to may be besides its owner's To Do (`store_targets_for`); the
     same for whoever asks, an administrator too."""
-    query = _store_targets(_get_mailbox(address).owner_id).order_by(Context.id)
-    return [_context_record(context) for context in query]
+    query = store_targets_for(get_mailbox_row(address).owner_id).order_by(Context.id)
+    return [context_record(context) for context in query]
 
 
 def _alias_of_name(mailbox: Mailbox) -> Alias | None:
@@ -187,7 +315,7 @@ def update_mailbox(
     administrator at the command line; an identity other than the mailbox's own ones
     only an administrator sets (see `identities`).
     """
-    mailbox = _get_mailbox(address)
+    mailbox = get_mailbox_row(address)
     changes: dict = {}
     if identity is not None:
         normalize_identity(identity)  # a malformed address is refused before any lock
@@ -216,7 +344,7 @@ def update_mailbox(
 
 @read_only
 def mailbox_detail(address: str) -> MailboxDetail:
-    mailbox = _get_mailbox(address)
+    mailbox = get_mailbox_row(address)
     redirect = _alias_of_name(mailbox)
     return MailboxDetail(
         mailbox=_mailbox_record(mailbox),
@@ -228,34 +356,11 @@ def mailbox_detail(address: str) -> MailboxDetail:
     )
 
 
-# --- aliases --------------------------------------------------------------------------
-
-
-def remove_alias(address: str) -> AliasRecord:
-    local, domain_name = normalize_address(address)
-    alias = (
-        Alias.select(Alias, Domain, Mailbox)
-        .join(Domain)
-        .switch(Alias)
-        .join(Mailbox)
-        .where((Domain.name == domain_name) & (Alias.name == local))
-        .first()
-    )
-    if alias is None:
-        raise NotFound(f"no alias {local}@{domain_name}; see: alias list")
-    Alias.delete().where(Alias.id == alias.id).execute()
-    return AliasRecord(
-        id=alias.id,
-        address=f"{local}@{domain_name}",
-        mailbox_address=f"{alias.mailbox.local_part}@{domain_name}",
-    )
-
-
 # --- redirecting an address -------------------------------------------------------------
 
 
 def _plan_redirect(old_address: str, new_address: str, lock: bool):
-    old, new = _get_mailbox(old_address), _get_mailbox(new_address)
+    old, new = get_mailbox_row(old_address), get_mailbox_row(new_address)
     if old.id == new.id:
         raise Invalid(f"{_address(old)} cannot be redirected to itself; give another mailbox")
     if old.domain_id != new.domain_id:
@@ -352,8 +457,8 @@ def grant_mailbox_access(
     address: str, login: str, view: bool = True, edit: bool = False
 ) -> MailboxAccessRecord:
     """Give (or change) a user's rights on a mailbox; edit implies view."""
-    mailbox = _get_mailbox(address)
-    user = _get_user(login)
+    mailbox = get_mailbox_row(address)
+    user = get_user_row(login)
     _not_the_owner(mailbox, user, "nothing to grant")
     view = bool(view or edit)
     if not view:
@@ -382,8 +487,8 @@ def grant_mailbox_access(
 
 def revoke_mailbox_access(address: str, login: str) -> MailboxAccessRecord:
     """Take a user's rights on a mailbox away; what they were is returned."""
-    mailbox = _get_mailbox(address)
-    user = _get_user(login)
+    mailbox = get_mailbox_row(address)
+    user = get_user_row(login)
     _not_the_owner(mailbox, user, "an owner's rights cannot be revoked")
     access = MailboxAccess.get_or_none(
         (MailboxAccess.mailbox == mailbox.id) & (MailboxAccess.user == user.id)
@@ -402,15 +507,15 @@ def revoke_mailbox_access(address: str, login: str) -> MailboxAccessRecord:
 @read_only
 def mailbox_access(address: str) -> list[MailboxAccessRecord]:
     """The rights granted on a mailbox besides its owner's, by login."""
-    return _access_records(_get_mailbox(address))
+    return _access_records(get_mailbox_row(address))
 
 
 @read_only
 def user_rights(login: str, mailbox_address: str) -> MailboxRights:
     """What a user may do with a mailbox: its owner and admins everything, others what
-    they were granted. (Sending needs edit: see `queries.sending_identities`.)"""
-    user = _get_user(login)
-    mailbox = _get_mailbox(mailbox_address)
+    they were granted. (Sending needs edit: see `sending_identities`.)"""
+    user = get_user_row(login)
+    mailbox = get_mailbox_row(mailbox_address)
     if user.is_admin or mailbox.owner_id == user.id:
         return MailboxRights(view=True, edit=True)
     access = MailboxAccess.get_or_none(
@@ -421,175 +526,54 @@ def user_rights(login: str, mailbox_address: str) -> MailboxRights:
     return MailboxRights(view=access.can_view or access.can_edit, edit=access.can_edit)
 
 
-# --- message types (message configuration) ----------------------------------------------
-
-_TYPE_CODE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
-_TYPE_NAME_LIMIT = 100
-_TYPE_DESCRIPTION_LIMIT = 2000
-_KINDS = {"default_incoming": "incoming", "default_outgoing": "outgoing"}
+# --- submission: who may send as whom ----------------------------------------------------
 
 
-def normalize_type_code(code: str) -> str:
-    found = code.strip().lower()
-    if not _TYPE_CODE.match(found):
-        raise Invalid(
-            f"{code!r} is not a message type code; use lowercase letters, digits and - "
-            "(not at the start or end), at most 32 characters"
-        )
-    return found
+def _sendable_mailboxes(user_id: int):
+    """The mailboxes a user may send from: the active ones they own or hold an edit right on.
 
-
-def _type_name(name: str) -> str:
-    found = limited(name, _TYPE_NAME_LIMIT, "name")
-    if not found:
-        raise Invalid("a message type needs a name")
-    return found
-
-
-def _type_record(kind: MessageType) -> MessageTypeRecord:
-    return MessageTypeRecord(
-        id=kind.id,
-        code=kind.code,
-        name=kind.name,
-        description=kind.description,
-        active=kind.active,
-        default_incoming=kind.default_incoming,
-        default_outgoing=kind.default_outgoing,
+    Only mailboxes: an alias receives, it is never an identity to send as.
+    """
+    may_send = (Mailbox.owner == user_id) | (MailboxAccess.can_edit == True)  # noqa: E712
+    granted = (MailboxAccess.mailbox == Mailbox.id) & (MailboxAccess.user == user_id)
+    return (
+        Mailbox.select(Mailbox, Domain)
+        .join(Domain)
+        .switch(Mailbox)
+        .join(MailboxAccess, peewee.JOIN.LEFT_OUTER, on=granted)
+        .where(may_send & (Mailbox.active == True))  # noqa: E712 (peewee expression)
     )
-
-
-def _lock_types() -> None:
-    """Every message type locked (a short table): changes to the defaults run one at a
-    time, so two concurrent switches cannot leave two defaults of one kind."""
-    locked(MessageType.select(MessageType.id).order_by(MessageType.id)).execute()
-
-
-def _get_type(code: str) -> MessageType:
-    found = MessageType.get_or_none(MessageType.code == normalize_type_code(code))
-    if found is None:
-        raise NotFound(f"no message type {code.strip().lower()}; see: message-type list")
-    return found
-
-
-def _default_of(kind: str) -> MessageType | None:
-    return MessageType.get_or_none(getattr(MessageType, kind) == True)  # noqa: E712
-
-
-def add_message_type(
-    name: str, code: str, description: str = "", active: bool = True
-) -> MessageTypeRecord:
-    code = normalize_type_code(code)
-    name = _type_name(name)
-    description = limited(description, _TYPE_DESCRIPTION_LIMIT, "description")
-    conflict = f"a message type with code {code} exists already"
-    if MessageType.select().where(MessageType.code == code).exists():
-        raise Conflict(conflict)
-    kind = create(
-        MessageType,
-        conflict,
-        name=name,
-        code=code,
-        description=description,
-        active=bool(active),
-        default_incoming=False,
-        default_outgoing=False,
-        created_at=utc_now(),
-    )
-    return _type_record(kind)
-
-
-def update_message_type(
-    code: str,
-    name: str | None = None,
-    description: str | None = None,
-    active: bool | None = None,
-    default_incoming: bool | None = None,
-    default_outgoing: bool | None = None,
-) -> MessageTypeRecord:
-    """Change a message type; None leaves a field as it is. Making it the default for
-    incoming (outgoing) mail takes that from the previous default in one transaction."""
-    _lock_types()
-    kind = _get_type(code)
-    changes: dict = {}
-    if name is not None:
-        changes["name"] = _type_name(name)
-    if description is not None:
-        changes["description"] = limited(description, _TYPE_DESCRIPTION_LIMIT, "description")
-    if active is not None:
-        changes["active"] = bool(active)
-    will_be_active = changes.get("active", kind.active)
-    for field, wanted in (
-        ("default_incoming", default_incoming),
-        ("default_outgoing", default_outgoing),
-    ):
-        is_default = getattr(kind, field)
-        if wanted and not will_be_active:
-            raise Conflict(
-                f"{kind.code} is inactive; an inactive type cannot be the default for "
-                f"{_KINDS[field]} mail (activate it too: --active yes)"
-            )
-        if wanted is False and is_default:
-            raise Conflict(
-                f"{kind.code} is the default for {_KINDS[field]} mail; make another type "
-                f"the default instead: message-type set CODE --default-{_KINDS[field]}"
-            )
-        if not will_be_active and is_default:
-            raise Conflict(
-                f"{kind.code} is the default for {_KINDS[field]} mail and must stay active; "
-                f"make another type the default first: message-type set CODE "
-                f"--default-{_KINDS[field]}"
-            )
-        if wanted and not is_default:
-            MessageType.update({field: False}).where(
-                (getattr(MessageType, field) == True) & (MessageType.id != kind.id)  # noqa: E712
-            ).execute()
-            changes[field] = True
-    if changes:
-        MessageType.update(**changes).where(MessageType.id == kind.id).execute()
-    return _type_record(MessageType.get_by_id(kind.id))
 
 
 @read_only
-def list_message_types() -> list[MessageTypeRecord]:
-    return [_type_record(kind) for kind in MessageType.select().order_by(MessageType.code)]
+def sending_identities(login: str) -> tuple[SendingIdentity, ...]:
+    """The addresses the user may send as, their own default mailbox first.
 
-
-def delete_message_type(code: str, reassign_to: str | None = None) -> MessageTypeDeletion:
-    """Delete a message type. Messages of that type are moved to `reassign_to` first;
-    without it, a type still in use is refused. A default type is never deleted."""
-    _lock_types()
-    kind = _get_type(code)
-    for field, what in _KINDS.items():
-        if getattr(kind, field):
-            raise Conflict(
-                f"{kind.code} is the default type for {what} mail; make another type the "
-                f"default first: message-type set CODE --default-{what}"
-            )
-    target = None
-    if reassign_to is not None:
-        target = _get_type(reassign_to)
-        if target.id == kind.id:
-            raise Invalid(f"{kind.code}'s messages cannot move to {kind.code} itself")
-    campaigns_using = Campaign.select().where(Campaign.type == kind.id).count()
-    if campaigns_using and target is None:
-        noun = "campaign uses" if campaigns_using == 1 else "campaigns use"
-        raise Conflict(f"{campaigns_using} {noun} type {kind.code}; pass --reassign-to CODE")
-    in_use = Message.select().where(Message.type == kind.id).count()
-    if in_use and target is None:
-        noun = "message has" if in_use == 1 else "messages have"
-        raise Conflict(f"{in_use} {noun} type {kind.code}; pass --reassign-to CODE")
-    moved = 0
-    if target is not None:
-        moved = Message.update(type=target.id).where(Message.type == kind.id).execute()
-        Campaign.update(type=target.id).where(Campaign.type == kind.id).execute()
-    try:
-        with database_proxy.atomic():  # a savepoint keeps the transaction usable
-            MessageType.delete().where(MessageType.id == kind.id).execute()
-    except peewee.IntegrityError:
-        raise Conflict(
-            f"messages of type {kind.code} arrived meanwhile; try again"
-            + ("" if target is not None else " with --reassign-to CODE")
-        ) from None
-    return MessageTypeDeletion(
-        code=kind.code, reassigned=moved, reassigned_to=target.code if target else None
+    A mailbox whose stored identity the rule of `identities` refuses now (another
+    mailbox's address, alias or identity; not its own and not set by an administrator)
+    offers none: old or since-overtaken data is no way to send as someone else.
+    """
+    user = User.get_or_none(User.login == login.strip().lower())
+    if user is None:
+        return ()
+    # Another owner's default box is not this user's default.
+    own_default = (Mailbox.owner == user.id) & (Mailbox.is_default == True)  # noqa: E712
+    query = _sendable_mailboxes(user.id).order_by(
+        peewee.Case(None, [(own_default, 0)], 1), Domain.name, Mailbox.local_part
     )
+    return tuple(
+        SendingIdentity(
+            mailbox_id=mailbox.id,
+            mailbox_address=f"{mailbox.local_part}@{mailbox.domain.name}",
+            identity=mailbox.identity,
+        )
+        for mailbox in query
+        if identities.refusal(mailbox, mailbox.identity, mailbox.identity_approved) is None
+    )
+
+
+@read_only
+def identity_refusal(mailbox_address: str) -> str | None:
+    """Why the mailbox may not send as its stored identity now (one line), or None."""
+    mailbox = get_mailbox_row(mailbox_address)
+    return identities.refusal(mailbox, mailbox.identity, mailbox.identity_approved)

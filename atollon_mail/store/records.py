@@ -232,7 +232,7 @@ class QueueEntry:
     envelope_sender: str
     created_at: datetime.datetime
     subject: str | None
-    uncertain: bool = False  # may have got two copies (see queries.requeue_in_flight)
+    uncertain: bool = False  # may have got two copies (see queue.requeue_in_flight)
 
 
 @attrs.frozen

@@ -45,7 +45,9 @@ from atollon_mail.store.campaigns import (
     render_previews,
 )
 from atollon_mail.store.common import chunks, locked, placeholders, read_only
+from atollon_mail.store.domains import domain_names
 from atollon_mail.store.errors import Conflict, Invalid
+from atollon_mail.store.filing import lock_mailboxes
 from atollon_mail.store.groups import members_query
 from atollon_mail.store.models import (
     Campaign,
@@ -57,13 +59,7 @@ from atollon_mail.store.models import (
     database_proxy,
     utc_now,
 )
-from atollon_mail.store.queries import (
-    Routed,
-    _lock_mailboxes,
-    domain_names,
-    enqueue,
-    route_addresses,
-)
+from atollon_mail.store.queue import Routed, enqueue, route_addresses
 from atollon_mail.store.records import OutgoingMessage, Rejection
 
 TAKEN_BACK_REPLY = "taken back from the delivery queue when the campaign was paused"
@@ -371,7 +367,7 @@ def commit_handoff(
             refused.append((message.recipient_id, _refused_reply(rejection)))
             continue
         routes.append((message, routed))
-    _lock_mailboxes(
+    lock_mailboxes(
         [recipient.mailbox_id for _, routed in routes for recipient in routed.local]
         + [campaign.mailbox_id]
     )

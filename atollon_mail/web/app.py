@@ -25,7 +25,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from atollon_mail.addresses import forwarded_client
-from atollon_mail.store import web as web_ops
+from atollon_mail.store import accounts
 from atollon_mail.web.bodylimit import DEFAULT_BODY_LIMIT
 from atollon_mail.web.sessions import (
     LOGIN_CSRF_COOKIE,
@@ -313,7 +313,7 @@ class WebApp:
         if session is None:
             return None
         # The user as the store knows them now: removed or demoted takes effect at once.
-        user = await self.store.run(web_ops.session_user, session.user.login)
+        user = await self.store.run(accounts.session_user, session.user.login)
         if user is None:
             self.sessions.drop(session.id)
             return None

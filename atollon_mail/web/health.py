@@ -9,7 +9,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from atollon_mail import __version__
-from atollon_mail.store import queries
+from atollon_mail.store import filing
 
 log = Logger()
 
@@ -46,5 +46,5 @@ class HealthResource(Resource):
             log.failure("health check: the store did not answer", failure)
             answer(503, {"status": "unavailable", "problem": "the store did not answer"})
 
-        self._store.run(queries.count_messages).addCallbacks(healthy, unhealthy)
+        self._store.run(filing.count_messages).addCallbacks(healthy, unhealthy)
         return NOT_DONE_YET

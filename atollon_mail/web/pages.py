@@ -7,7 +7,7 @@ import math
 import attrs
 
 from atollon_mail.auth import Throttled
-from atollon_mail.store import web as web_ops
+from atollon_mail.store import dashboard as dashboard_ops
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, safe_next
 from atollon_mail.web.sessions import LOGIN_CSRF_COOKIE, SESSION_COOKIE, new_token
 
@@ -103,7 +103,7 @@ def register(app: WebApp) -> None:
 
     @app.route("/")
     async def dashboard(page: PageRequest):
-        data = await page.store.run(web_ops.dashboard, page.user.login)
+        data = await page.store.run(dashboard_ops.dashboard, page.user.login)
         return Page("dashboard.html", {"data": data})
 
     @app.route("/options")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from atollon_mail.store import common, queries
+from atollon_mail.store import common
 from atollon_mail.store import domains as dns_ops
 from atollon_mail.store.common import read_only
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
@@ -16,7 +16,7 @@ from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
 @read_only
 def domains_overview() -> list[tuple]:
     """Every domain with its last DNS check (None: not checked yet)."""
-    return [(domain, dns_ops.last_dns_check(domain.name)) for domain in queries.list_domains()]
+    return [(domain, dns_ops.last_dns_check(domain.name)) for domain in dns_ops.list_domains()]
 
 
 def check_summary(check) -> dict | None:
@@ -94,7 +94,7 @@ def register(app: WebApp) -> None:
             if not errors:
                 try:
                     added = await page.store.run(
-                        queries.add_domain,
+                        dns_ops.add_domain,
                         form["name"],
                         form["mode"],
                         form["primary_domain"] or None,

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import nh3
 
 from atollon_mail.delivery.intake import summarize_headers
-from atollon_mail.store import common, queries, web_mail
+from atollon_mail.store import common, filing, mailboxes
 from atollon_mail.store.errors import Invalid, NotFound, StoreError
 from atollon_mail.store.records import OutgoingMessage, Recipient
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
@@ -132,7 +132,7 @@ def register(app: WebApp) -> None:
     async def _mailbox(page: PageRequest, address: str):
         await page.require_view(address)
         try:
-            return await page.store.run(queries.get_mailbox, address)
+            return await page.store.run(mailboxes.get_mailbox, address)
         except (NotFound, Invalid):
             raise not_found() from None
 
@@ -141,7 +141,7 @@ def register(app: WebApp) -> None:
         mailbox = await _mailbox(page, address)
         try:
             raw = await page.store.run(
-                web_mail.mailbox_message_raw, mailbox.address, _message_id_arg(page)
+                filing.mailbox_message_raw, mailbox.address, _message_id_arg(page)
             )
         except NotFound:
             raise not_found() from None
@@ -149,7 +149,7 @@ def register(app: WebApp) -> None:
 
     @app.route("/mail")
     async def mail(page: PageRequest):
-        boxes = await page.store.run(web_mail.viewable_mailboxes, page.user.login)
+        boxes = await page.store.run(filing.viewable_mailboxes, page.user.login)
         return Page("mail.html", {"mailboxes": boxes})
 
     @app.route("/mail/box")
@@ -158,7 +158,7 @@ def register(app: WebApp) -> None:
         rights = await page.rights(mailbox.address)
         number = page_number(page.arg("page"))
         filings = await page.store.run(
-            queries.list_filings, mailbox.address, PER_PAGE + 1, (number - 1) * PER_PAGE
+            filing.list_filings, mailbox.address, PER_PAGE + 1, (number - 1) * PER_PAGE
         )
         context = {
             "mailbox": mailbox,
@@ -246,7 +246,7 @@ def register(app: WebApp) -> None:
         if not mailbox.active:
             errors["to"] = "This mailbox is not active; it cannot send."
         else:  # the rule submission applies: a stored identity that no longer passes
-            refused = await page.store.run(queries.identity_refusal, mailbox.address)
+            refused = await page.store.run(mailboxes.identity_refusal, mailbox.address)
             if refused is not None:
                 errors["to"] = f"Sending as {mailbox.identity} is refused: {refused}."
         if errors:

@@ -6,9 +6,8 @@ import datetime
 from collections import OrderedDict
 from urllib.parse import quote, urlencode
 
-from atollon_mail.store import autorespond, common, forwarding, queries
+from atollon_mail.store import aliases, autorespond, common, dashboard, forwarding
 from atollon_mail.store import mailboxes as mailbox_ops
-from atollon_mail.store import web as web_ops
 from atollon_mail.store.errors import Conflict, IdentityRefused, Invalid, NotFound
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
 from atollon_mail.web.numbers import page_number, parse_id
@@ -104,7 +103,7 @@ def register(app: WebApp) -> None:
             new = {key: page.form.get(key, "").strip() for key in new}
             try:
                 created = await page.store.run(
-                    queries.add_mailbox,
+                    mailbox_ops.add_mailbox,
                     new["new_address"],
                     new["new_owner"],
                     identity=new["new_identity"] or None,
@@ -125,13 +124,18 @@ def register(app: WebApp) -> None:
         owner = page.arg("owner").strip().lower()
         number = page_number(page.arg("page"))
         listing = await page.store.run(
-            web_ops.mailbox_page, page.user.login, domain, owner, PER_PAGE, (number - 1) * PER_PAGE
+            dashboard.mailbox_page,
+            page.user.login,
+            domain,
+            owner,
+            PER_PAGE,
+            (number - 1) * PER_PAGE,
         )
         pages = max(1, -(-listing.total // PER_PAGE))
         if number > pages:  # past the end: show the last page
             number = pages
             listing = await page.store.run(
-                web_ops.mailbox_page,
+                dashboard.mailbox_page,
                 page.user.login,
                 domain,
                 owner,
@@ -262,11 +266,11 @@ def register(app: WebApp) -> None:
             return values, {"active": _problem(problem)}
         except (Invalid, NotFound) as problem:
             try:  # a context that does not exist or is not usable here
-                await page.store.run(queries.get_mailbox, address)
+                await page.store.run(mailbox_ops.get_mailbox, address)
             except NotFound:
                 raise not_found() from None
             return values, {"store_to": _problem(problem)}
-        box = await page.store.run(queries.get_mailbox, address)
+        box = await page.store.run(mailbox_ops.get_mailbox, address)
         if values["is_default"] and not box.is_default:
             try:
                 await page.store.run(mailbox_ops.set_default_mailbox, address)
@@ -279,17 +283,17 @@ def register(app: WebApp) -> None:
         if not values["alias"].strip():
             return values, {"alias": "Enter a name."}
         try:
-            alias = await page.store.run(queries.add_alias, values["alias"], address)
+            alias = await page.store.run(aliases.add_alias, values["alias"], address)
         except (Invalid, Conflict) as problem:
             return values, {"alias": _problem(problem)}
         return f"Alias {alias.address} added."
 
     async def _alias_remove(page: PageRequest, address: str):
-        box = await page.store.run(queries.get_mailbox, address)
+        box = await page.store.run(mailbox_ops.get_mailbox, address)
         alias = page.form.get("alias", "").strip().lower()
         if alias not in box.aliases:  # only this mailbox's own aliases
             raise not_found()
-        await page.store.run(mailbox_ops.remove_alias, alias)
+        await page.store.run(aliases.remove_alias, alias)
         return f"Alias {alias} removed."
 
     async def _autorespond(page: PageRequest, address: str):
@@ -399,7 +403,7 @@ def register(app: WebApp) -> None:
     # --- redirecting an address ---------------------------------------------------------
 
     async def _redirect_page(page, box, new="", preview=None, errors=None, status=200):
-        everything = await page.store.run(queries.list_mailboxes)
+        everything = await page.store.run(mailbox_ops.list_mailboxes)
         choices = [
             other.address
             for other in everything
@@ -418,7 +422,7 @@ def register(app: WebApp) -> None:
     async def redirect(page: PageRequest):
         address = _address_or_404(page)
         try:
-            box = await page.store.run(queries.get_mailbox, address)
+            box = await page.store.run(mailbox_ops.get_mailbox, address)
         except NotFound:
             raise not_found() from None
         if page.request.method != b"POST":

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
-from atollon_mail.store import mailboxes, queries
+from atollon_mail.store import message_types as type_ops
+from atollon_mail.store import queue as queue_ops
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.models import QUEUE_STATES, utc_now
 from atollon_mail.web.app import HttpError, Page, PageRequest, Redirect, WebApp, not_found
@@ -47,13 +48,13 @@ def register(app: WebApp) -> None:
         number = page_number(page.arg("page"))
         # One more than a page: whether there is a next page, without counting.
         entries = await page.store.run(
-            queries.queue_list,
+            queue_ops.queue_list,
             state or None,
             PAGE_SIZE + 1,
             (number - 1) * PAGE_SIZE,
             uncertain,
         )
-        counts = await page.store.run(queries.queue_counts)
+        counts = await page.store.run(queue_ops.queue_counts)
 
         def page_url(n: int) -> str:
             params = {"state": state} if state else {}
@@ -81,7 +82,7 @@ def register(app: WebApp) -> None:
         if queue_id is None:
             raise not_found()
         try:
-            detail = await page.store.run(queries.queue_show, queue_id)
+            detail = await page.store.run(queue_ops.queue_show, queue_id)
         except NotFound:
             raise not_found() from None
         context = {
@@ -102,7 +103,7 @@ def register(app: WebApp) -> None:
         if queue_id is None:
             raise not_found()
         try:
-            count = await page.store.run(queries.queue_retry, queue_id, utc_now())
+            count = await page.store.run(queue_ops.queue_retry, queue_id, utc_now())
         except NotFound:
             raise not_found() from None
         done = "retried" if count else "nothing"
@@ -114,7 +115,7 @@ def register(app: WebApp) -> None:
         if queue_id is None:
             raise not_found()
         try:
-            await page.store.run(queries.queue_delete, queue_id)
+            await page.store.run(queue_ops.queue_delete, queue_id)
         except NotFound:
             raise not_found() from None
         except Conflict:
@@ -127,7 +128,7 @@ def register(app: WebApp) -> None:
     # --- message types ------------------------------------------------------------------
 
     async def _types_page(page: PageRequest, status=200, **extra):
-        types = await page.store.run(mailboxes.list_message_types)
+        types = await page.store.run(type_ops.list_message_types)
         done = TYPE_DONE.get(page.arg("done"))
         if done and page.arg("done") == "deleted":
             moved = parse_id(page.arg("moved"))
@@ -171,7 +172,7 @@ def register(app: WebApp) -> None:
         }
         errors = _text_errors(new["name"], new["description"])
         try:
-            code = mailboxes.normalize_type_code(new["code"])
+            code = type_ops.normalize_type_code(new["code"])
         except Invalid:
             errors["code"] = (
                 "Use lowercase letters, digits and - (not at the start or end), "
@@ -180,7 +181,7 @@ def register(app: WebApp) -> None:
         if not errors:
             try:
                 await page.store.run(
-                    mailboxes.add_message_type,
+                    type_ops.add_message_type,
                     new["name"],
                     code,
                     new["description"],
@@ -196,7 +197,7 @@ def register(app: WebApp) -> None:
 
     async def _current_type(page: PageRequest):
         code = page.form.get("code", "")
-        for kind in await page.store.run(mailboxes.list_message_types):
+        for kind in await page.store.run(type_ops.list_message_types):
             if kind.code == code:
                 return kind
         raise not_found()
@@ -223,7 +224,7 @@ def register(app: WebApp) -> None:
         if not errors:
             try:
                 await page.store.run(
-                    mailboxes.update_message_type,
+                    type_ops.update_message_type,
                     kind.code,
                     name=edit["name"],
                     description=edit["description"],
@@ -253,7 +254,7 @@ def register(app: WebApp) -> None:
             )
         else:
             try:
-                deletion = await page.store.run(mailboxes.delete_message_type, kind.code, target)
+                deletion = await page.store.run(type_ops.delete_message_type, kind.code, target)
             except NotFound:
                 problem = "The type to reassign the messages to no longer exists; choose another."
             except (Conflict, Invalid) as error:

@@ -8,8 +8,7 @@ from urllib.parse import quote
 import attrs
 
 from atollon_mail.passwords import generate_password, hash_password
-from atollon_mail.store import common, queries
-from atollon_mail.store import users as user_ops
+from atollon_mail.store import accounts, common
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
 
@@ -64,12 +63,12 @@ def register(app: WebApp) -> None:
         if not login:
             raise not_found()
         try:
-            return await page.store.run(user_ops.get_user, login)
+            return await page.store.run(accounts.get_user, login)
         except NotFound:
             raise not_found() from None
 
     async def _list_page(page: PageRequest, values=None, errors=None, status=200) -> Page:
-        users = await page.store.run(user_ops.list_user_summaries)
+        users = await page.store.run(accounts.list_user_summaries)
         values = values or {"login": "", "name": "", "generate": True, "is_admin": False}
         context = {"users": users, "values": values, "errors": errors or {}}
         return Page("users.html", context, status=status)
@@ -91,7 +90,7 @@ def register(app: WebApp) -> None:
         except Invalid as problem:
             errors["login"] = str(problem) if values["login"] else "Enter a login."
         try:
-            name = user_ops.normalize_user_name(values["name"])
+            name = accounts.normalize_user_name(values["name"])
         except Invalid as problem:
             errors["name"] = str(problem)
         if values["generate"]:
@@ -105,7 +104,7 @@ def register(app: WebApp) -> None:
         password_hash = await app.workers.in_cpu(hash_password, password)  # argon2: CPU heavy
         try:
             user = await page.store.run(
-                queries.add_user, login, password_hash, name=name, is_admin=values["is_admin"]
+                accounts.add_user, login, password_hash, name=name, is_admin=values["is_admin"]
             )
         except Conflict:
             errors["login"] = f"There is already a user {login}; choose another login."
@@ -134,7 +133,7 @@ def register(app: WebApp) -> None:
         values = {"name": page.form.get("name", ""), "is_admin": _checked(page, "is_admin")}
         errors = {}
         try:
-            name = user_ops.normalize_user_name(values["name"])
+            name = accounts.normalize_user_name(values["name"])
         except Invalid as problem:
             errors["name"] = str(problem)
         if user.is_admin and not values["is_admin"] and user.login == page.user.login:
@@ -145,7 +144,7 @@ def register(app: WebApp) -> None:
             return _edit_page(page, user, values, errors, status=400)
         try:
             user = await page.store.run(
-                user_ops.update_user, user.login, name=name, is_admin=values["is_admin"]
+                accounts.update_user, user.login, name=name, is_admin=values["is_admin"]
             )
         except Conflict as problem:
             return _edit_page(page, user, values, {"is_admin": str(problem)}, status=400)
@@ -160,7 +159,7 @@ def register(app: WebApp) -> None:
         password = generate_password()
         password_hash = await app.workers.in_cpu(hash_password, password)  # argon2: CPU heavy
         try:
-            await page.store.run(user_ops.set_password, user.login, password_hash)
+            await page.store.run(accounts.set_password, user.login, password_hash)
         except NotFound:
             raise not_found() from None
         flashes.put(

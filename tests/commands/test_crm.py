@@ -9,7 +9,7 @@ from twisted.trial import unittest
 
 from atollon_mail.crm.records import GroupPreview
 from atollon_mail.passwords import hash_password
-from atollon_mail.store import contacts, groups, queries
+from atollon_mail.store import accounts, contacts, domains, groups, mailboxes
 from atollon_mail.store.models import Campaign, Mailbox, utc_now
 from tests.support import PostgresStoreMixin, SqliteStoreMixin
 from tests.test_cli import ConfiguredCli
@@ -437,9 +437,9 @@ class CrmCommandTests(ConfiguredCli):
     def test_group_delete_refused_while_a_campaign_uses_it(self):
         self.ok("group", "add", "Listed", "--static")
         self.ok("group", "add", "Spare", "--static")
-        self.store_op(queries.add_domain, "acme.test")
-        self.store_op(queries.add_user, "joe", hash_password("x"))
-        self.store_op(queries.add_mailbox, "news@acme.test", "joe")
+        self.store_op(domains.add_domain, "acme.test")
+        self.store_op(accounts.add_user, "joe", hash_password("x"))
+        self.store_op(mailboxes.add_mailbox, "news@acme.test", "joe")
         self.store_op(_add_campaign, 1)
         self.assertRefused(
             self.cli("group", "delete", "Listed"),

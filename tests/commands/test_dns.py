@@ -18,7 +18,7 @@ from atollon_mail import cli
 from atollon_mail.config import CONFIG_ENVIRONMENT_VARIABLE
 from atollon_mail.delivery import dkim
 from atollon_mail.dns.advisor import MICROSOFT_365_NOTE
-from atollon_mail.store import queries
+from atollon_mail.store import domains
 from atollon_mail.store.domains import all_dkim_keys
 from atollon_mail.store.models import utc_now
 from atollon_mail.store.pool import Store
@@ -90,7 +90,7 @@ class DnsCommandsContract(CliHarness):
         yield self.ok("mailbox", "add", "old@crm.acme.test", "--owner", "joe", "--inactive")
         for domain in ("good.test", "acme.test"):
             yield self.ok("dkim", "generate", domain, "--algorithm", "ed25519")
-            [key] = self.store_op(queries.dkim_keys, domain)
+            [key] = self.store_op(domains.dkim_keys, domain)
             self.dns.set_records(
                 f"atollon._domainkey.{domain}",
                 [("TXT", dkim.txt_value(key.algorithm, key.public_key))],
@@ -177,7 +177,7 @@ class DnsCommandsContract(CliHarness):
         self.assertIn(";   sales@acme.test -> sales@crm.acme.test", lines)
         self.assertNotIn("old@", outcome.text)  # inactive: receives nothing
         self.assertIn(f";   {MICROSOFT_365_NOTE}", lines)
-        [key] = self.store_op(queries.dkim_keys, "acme.test")
+        [key] = self.store_op(domains.dkim_keys, "acme.test")
         self.assertIn(f"p={key.public_key}", outcome.text)
 
     @defer.inlineCallbacks
@@ -281,7 +281,7 @@ class DnsCommandsContract(CliHarness):
             "record is published, switch with: atollon-mail dkim activate good.test next",
         )
         self.assertEqual(
-            [key.selector for key in self.store_op(queries.dkim_keys, "good.test")], ["atollon"]
+            [key.selector for key in self.store_op(domains.dkim_keys, "good.test")], ["atollon"]
         )
         shown = yield self.ok("dkim", "show", "good.test")
         self.assertEqual(len(shown.lines), 2, "the pending key's record is shown to publish")
@@ -315,7 +315,7 @@ class DnsCommandsContract(CliHarness):
             rf"{removal:%Y-%m-%d} \d\d:\d\d UTC \(see: atollon-mail dkim list\)$",
         )
         self.assertEqual(
-            [key.selector for key in self.store_op(queries.dkim_keys, "good.test")], ["next"]
+            [key.selector for key in self.store_op(domains.dkim_keys, "good.test")], ["next"]
         )
         listed = yield self.ok("dkim", "list")
         self.assertEqual(listed.lines[0].split(), ["DOMAIN", "SELECTOR", "ALGORITHM", "STATE"])

@@ -7,7 +7,7 @@ import os
 
 from twisted.trial import unittest
 
-from atollon_mail.store import mailboxes, queries
+from atollon_mail.store import aliases, filing, mailboxes, message_types
 from atollon_mail.store.models import Message, MessageType
 from atollon_mail.store.records import IncomingMessage, MailboxAccessRecord, Recipient, Rejection
 from tests.support import PostgresStoreMixin, SqliteStoreMixin
@@ -50,15 +50,15 @@ class MailboxCommandsContract(ConfiguredCli):
         return path
 
     def mailbox(self, address: str):
-        return self.store_op(queries.get_mailbox, address)
+        return self.store_op(mailboxes.get_mailbox, address)
 
     def resolve(self, address: str):
         local, domain = address.split("@")
-        return self.store_op(queries.resolve_recipient, local, domain)
+        return self.store_op(filing.resolve_recipient, local, domain)
 
     def deliver(self, address: str, count: int = 1) -> list[int]:
         def operation():
-            recipient = queries.resolve_recipient(*address.split("@"))
+            recipient = filing.resolve_recipient(*address.split("@"))
             assert isinstance(recipient, Recipient), recipient
             messages = [
                 IncomingMessage(
@@ -66,15 +66,15 @@ class MailboxCommandsContract(ConfiguredCli):
                 )
                 for n in range(count)
             ]
-            return [stored.id for stored in queries.store_messages(messages)]
+            return [stored.id for stored in filing.store_messages(messages)]
 
         return self.store_op(operation)
 
     def state(self):
         return (
-            self.store_op(queries.list_mailboxes),
-            self.store_op(queries.list_aliases),
-            self.store_op(mailboxes.list_message_types),
+            self.store_op(mailboxes.list_mailboxes),
+            self.store_op(aliases.list_aliases),
+            self.store_op(message_types.list_message_types),
         )
 
     # -- mailbox set ----------------------------------------------------------------------
@@ -134,7 +134,7 @@ class MailboxCommandsContract(ConfiguredCli):
         self.assertIsInstance(refused, Rejection)
         self.assertEqual(refused.reason, "inactive-mailbox")
         self.assertEqual(
-            [f.message.id for f in self.store_op(queries.list_filings, "jo@acme.com")], [kept]
+            [f.message.id for f in self.store_op(filing.list_filings, "jo@acme.com")], [kept]
         )
         self.assertEqual(
             self.ok("mailbox", "set", "jo@acme.com", "--active", "YES").lines,
@@ -224,7 +224,8 @@ class MailboxCommandsContract(ConfiguredCli):
             self.ok("mailbox", "show", "joe@acme.com").lines,
         )
         self.assertEqual(
-            [i.identity for i in self.store_op(queries.sending_identities, "joe")], ["jo@acme.com"]
+            [i.identity for i in self.store_op(mailboxes.sending_identities, "joe")],
+            ["jo@acme.com"],
         )
 
     # -- mailbox show ---------------------------------------------------------------------
@@ -360,17 +361,17 @@ class MailboxCommandsContract(ConfiguredCli):
                 )
         self.ok("mailbox", "grant", "jo@acme.com", "ann", "--rights", "view")
         self.assertEqual(
-            [i.mailbox_address for i in self.store_op(queries.sending_identities, "dave")],
+            [i.mailbox_address for i in self.store_op(mailboxes.sending_identities, "dave")],
             ["joe@acme.com"],
         )
         self.assertEqual(
-            self.store_op(queries.sending_identities, "ann")[-1].mailbox_address, "ann@acme.com"
+            self.store_op(mailboxes.sending_identities, "ann")[-1].mailbox_address, "ann@acme.com"
         )
         self.assertEqual(
             self.ok("mailbox", "revoke", "joe@acme.com", "dave").lines,
             ["revoked dave's view+edit rights on joe@acme.com"],
         )
-        self.assertEqual(self.store_op(queries.sending_identities, "dave"), ())
+        self.assertEqual(self.store_op(mailboxes.sending_identities, "dave"), ())
         self.assertEqual(
             self.store_op(mailboxes.mailbox_access, "jo@acme.com"),
             [MailboxAccessRecord("jo@acme.com", "ann", True, False)],
@@ -430,7 +431,7 @@ class MailboxCommandsContract(ConfiguredCli):
         self.assertRefused(self.cli("alias", "remove", "sales"), "is not an address")
         self.assertUsageError(self.cli("alias", "remove"))
         self.assertEqual(
-            [a.address for a in self.store_op(queries.list_aliases)], ["info@acme.com"]
+            [a.address for a in self.store_op(aliases.list_aliases)], ["info@acme.com"]
         )
 
     # -- message types --------------------------------------------------------------------

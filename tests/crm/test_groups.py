@@ -10,9 +10,9 @@ from twisted.trial import unittest
 from atollon_mail.crm.filters import GroupFilter
 from atollon_mail.crm.records import GroupPreview, MemberRecord
 from atollon_mail.passwords import hash_password
+from atollon_mail.store import accounts, domains, mailboxes
 from atollon_mail.store import contacts as c
 from atollon_mail.store import groups as g
-from atollon_mail.store import queries as q
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.models import Campaign, Mailbox, utc_now
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
@@ -359,9 +359,9 @@ class GroupsContract(StoreFixtureMixin):
         self.assertEqual(self.op(c.get_contact, self.jana.id), self.jana)
 
     def test_a_group_a_campaign_uses_is_not_deleted(self):
-        self.op(q.add_domain, "acme.test")
-        self.op(q.add_user, "joe", hash_password("x"))
-        self.op(q.add_mailbox, "news@acme.test", "joe")
+        self.op(domains.add_domain, "acme.test")
+        self.op(accounts.add_user, "joe", hash_password("x"))
+        self.op(mailboxes.add_mailbox, "news@acme.test", "joe")
         group = self.op(g.add_group, "Listed", "Acme")
         self.op(_add_campaign, "Spring news", group.id)
         with self.assertRaisesRegex(

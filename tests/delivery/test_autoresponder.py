@@ -23,7 +23,8 @@ from atollon_mail.delivery.autoresponder import (
 )
 from atollon_mail.delivery.intake import Intake
 from atollon_mail.events import Events
-from atollon_mail.store import autorespond, queries
+from atollon_mail.store import accounts, aliases, autorespond, domains, mailboxes, queue
+from atollon_mail.store import filing as filing_ops
 from atollon_mail.store.records import Recipient
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
@@ -64,15 +65,15 @@ class FailingIntake:
 class AutoresponderTests(StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
-        self.store.run_sync(queries.add_domain, "acme.test")
+        self.store.run_sync(domains.add_domain, "acme.test")
         for login in ("jane", "joe", "carol"):
-            self.store.run_sync(queries.add_user, login, "hash", name=login.title())
+            self.store.run_sync(accounts.add_user, login, "hash", name=login.title())
         self.jane = self.store.run_sync(
-            queries.add_mailbox, "jane@acme.test", "jane", identity="jane.doe@acme.test"
+            mailboxes.add_mailbox, "jane@acme.test", "jane", identity="jane.doe@acme.test"
         )
-        self.store.run_sync(queries.add_alias, "j@acme.test", "jane@acme.test")
-        self.joe = self.store.run_sync(queries.add_mailbox, "joe@acme.test", "joe")
-        self.carol = self.store.run_sync(queries.add_mailbox, "carol@acme.test", "carol")
+        self.store.run_sync(aliases.add_alias, "j@acme.test", "jane@acme.test")
+        self.joe = self.store.run_sync(mailboxes.add_mailbox, "joe@acme.test", "joe")
+        self.carol = self.store.run_sync(mailboxes.add_mailbox, "carol@acme.test", "carol")
         self.turn_on("jane@acme.test", subject="Away", body="Back on Monday.\nJane")
         self.turn_on("joe@acme.test", body="Joe is away.")
         self.clock = task.Clock()
@@ -99,9 +100,9 @@ class AutoresponderTests(StoreFixtureMixin):
     def queued(self):
         """(envelope sender, recipient address, raw) of every queued message."""
         found = []
-        for entry in self.store.run_sync(queries.queue_list):
-            detail = self.store.run_sync(queries.queue_show, entry.queue_message_id)
-            raw = self.store.run_sync(queries.message_raw, detail.message_id)
+        for entry in self.store.run_sync(queue.queue_list):
+            detail = self.store.run_sync(queue.queue_show, entry.queue_message_id)
+            raw = self.store.run_sync(filing_ops.message_raw, detail.message_id)
             found.append((entry.envelope_sender, entry.address, raw))
         return found
 
@@ -109,9 +110,9 @@ class AutoresponderTests(StoreFixtureMixin):
         return [
             (
                 filing.message.envelope_sender,
-                self.store.run_sync(queries.message_raw, filing.message.id),
+                self.store.run_sync(filing_ops.message_raw, filing.message.id),
             )
-            for filing in self.store.run_sync(queries.list_filings, address)
+            for filing in self.store.run_sync(filing_ops.list_filings, address)
         ]
 
     def assertNoReply(self):

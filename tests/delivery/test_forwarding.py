@@ -15,7 +15,8 @@ from atollon_mail.delivery.srs import SRS
 from atollon_mail.events import Events
 from atollon_mail.interfaces import IStore
 from atollon_mail.passwords import hash_password
-from atollon_mail.store import forwarding, queries
+from atollon_mail.store import accounts, domains, filing, forwarding, mailboxes
+from atollon_mail.store import queue as queue_ops
 from atollon_mail.store.records import OutgoingMessage, Recipient, Rejection, Resolution
 from tests.smtp.fakes import Session
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
@@ -60,11 +61,11 @@ class ForwardingIntakeTests(StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
         op = self.store.run_sync
-        op(queries.add_domain, "acme.test")
-        op(queries.add_domain, "other.test")
-        op(queries.add_user, "joe", hash_password("x"))
+        op(domains.add_domain, "acme.test")
+        op(domains.add_domain, "other.test")
+        op(accounts.add_user, "joe", hash_password("x"))
         for address in ("joe@acme.test", "ann@acme.test", "bob@acme.test", "eve@other.test"):
-            op(queries.add_mailbox, address, "joe")
+            op(mailboxes.add_mailbox, address, "joe")
         self.counting = CountingStore(self.store)
         self.time = FakeTime()
         self.srs = SRS(SECRET, clock=self.time)
@@ -98,16 +99,16 @@ class ForwardingIntakeTests(StoreFixtureMixin):
         return stored
 
     def filings(self, address: str) -> list:
-        return self.store.run_sync(queries.list_filings, address)
+        return self.store.run_sync(filing.list_filings, address)
 
     def raw(self, message_id: int) -> bytes:
-        return self.store.run_sync(queries.message_raw, message_id)
+        return self.store.run_sync(filing.message_raw, message_id)
 
     def outgoing_raw(self, message_id: int) -> bytes:
-        return self.store.run_sync(queries.outgoing_raw, [message_id])[message_id]
+        return self.store.run_sync(queue_ops.outgoing_raw, [message_id])[message_id]
 
     def queue(self) -> list:
-        return sorted(self.store.run_sync(queries.queue_list), key=lambda e: e.address)
+        return sorted(self.store.run_sync(queue_ops.queue_list), key=lambda e: e.address)
 
     def session(self) -> Session:
         session = Session(intake=self.intake)
@@ -182,14 +183,14 @@ class ForwardingIntakeTests(StoreFixtureMixin):
         self.assertEqual(joe.message.id, stored.id, "the copy kept shares the stored bytes")
         self.assertEqual(self.queued, [True], "the runner was woken")
         self.assertEqual(self.filed, [("someone@elsewhere.test", ("joe@acme.test",))])
-        detail = self.store.run_sync(queries.queue_show, entry.queue_message_id)
+        detail = self.store.run_sync(queue_ops.queue_show, entry.queue_message_id)
         self.assertFalse(detail.is_bounce)
 
     @defer.inlineCallbacks
     def test_submitted_mail_to_a_forwarding_mailbox_is_forwarded_too(self):
         self.forward("bob@acme.test", "bob@remote.test", keep_copy=True)
         bob = yield self.intake.resolve_recipient("bob", "acme.test")
-        joe = self.store.run_sync(queries.get_mailbox, "joe@acme.test")
+        joe = self.store.run_sync(mailboxes.get_mailbox, "joe@acme.test")
         submitted = yield self.intake.submit(
             OutgoingMessage(
                 envelope_sender="joe@acme.test",
@@ -225,7 +226,7 @@ class ForwardingIntakeTests(StoreFixtureMixin):
         yield self.deliver("", "joe@acme.test")
         [entry] = self.queue()
         self.assertEqual(entry.envelope_sender, "")
-        detail = self.store.run_sync(queries.queue_show, entry.queue_message_id)
+        detail = self.store.run_sync(queue_ops.queue_show, entry.queue_message_id)
         self.assertTrue(detail.is_bounce, "a failing forwarded bounce is never bounced")
 
     @defer.inlineCallbacks
@@ -285,7 +286,7 @@ class ForwardingIntakeTests(StoreFixtureMixin):
         )
         self.assertEqual(
             self.counting.operations[before:],
-            [forwarding.expand_forwarding, queries.submit_messages],
+            [forwarding.expand_forwarding, queue_ops.submit_messages],
             "one read, one write transaction",
         )
         self.assertEqual(self.filings("eve@other.test")[0].message.id, stored.id)
@@ -300,18 +301,18 @@ class ForwardingIntakeTests(StoreFixtureMixin):
     def test_mailboxes_without_forwarding_cost_no_extra_query(self):
         self.forward("ann@acme.test", "bob@remote.test")  # someone else forwards
         recipient = yield self.intake.resolve_recipient("joe", "acme.test")
-        self.assertEqual(self.counting.operations, [queries.resolve_recipient])
+        self.assertEqual(self.counting.operations, [filing.resolve_recipient])
         self.assertIsInstance(recipient, Recipient)
         self.assertFalse(recipient.forwards)
         yield self.intake.accept("someone@elsewhere.test", [recipient], RAW)
         self.assertEqual(
-            self.counting.operations, [queries.resolve_recipient, queries.store_messages]
+            self.counting.operations, [filing.resolve_recipient, filing.store_messages]
         )
         # An unknown address that looks like nothing SRS costs one lookup too.
         self.counting.operations.clear()
         found = yield self.intake.resolve_recipient("nobody", "acme.test")
         self.assertEqual(found.reason, "unknown-address")
-        self.assertEqual(self.counting.operations, [queries.resolve_recipient])
+        self.assertEqual(self.counting.operations, [filing.resolve_recipient])
 
     # -- loops across servers: Delivered-To -------------------------------------------------
 
@@ -324,7 +325,7 @@ class ForwardingIntakeTests(StoreFixtureMixin):
             self.intake.accept("someone@elsewhere.test", [recipient], looped), ForwardingLoop
         )
         self.assertEqual((failure.smtp_code, failure.enhanced_status), (554, "5.4.6"))
-        self.assertEqual(self.store.run_sync(queries.count_messages), 0)
+        self.assertEqual(self.store.run_sync(filing.count_messages), 0)
 
     @defer.inlineCallbacks
     def test_delivered_to_another_mailbox_is_no_loop(self):
@@ -349,7 +350,7 @@ class ForwardingIntakeTests(StoreFixtureMixin):
         )
         self.assertEqual(len(reply), 1)
         self.assertTrue(reply[0].startswith("554 5.4.6 forwarding loop detected"), reply)
-        self.assertEqual(self.store.run_sync(queries.count_messages), 0)
+        self.assertEqual(self.store.run_sync(filing.count_messages), 0)
         self.assertFalse(session.closed)
 
     # -- bounces to our SRS addresses ----------------------------------------------------------
@@ -405,7 +406,7 @@ class ForwardingIntakeTests(StoreFixtureMixin):
         self.assertTrue(reply[0].startswith("250 2.0.0 Ok: queued as"), reply)
         [entry] = self.queue()
         self.assertEqual((entry.address, entry.envelope_sender), ("someone@elsewhere.test", ""))
-        detail = self.store.run_sync(queries.queue_show, entry.queue_message_id)
+        detail = self.store.run_sync(queue_ops.queue_show, entry.queue_message_id)
         self.assertTrue(detail.is_bounce)
 
     @defer.inlineCallbacks

@@ -17,7 +17,8 @@ from atollon_mail.delivery.intake import (
 from atollon_mail.events import Events
 from atollon_mail.interfaces import IMailIntake, IStore, ISubmissionIntake
 from atollon_mail.passwords import hash_password
-from atollon_mail.store import queries
+from atollon_mail.store import accounts, domains, mailboxes
+from atollon_mail.store import filing as filing_ops
 from atollon_mail.store.records import OutgoingMessage, Recipient, StoredMessage
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
@@ -60,7 +61,7 @@ class GroupCommitTests(unittest.TestCase):
         stored.addCallback(results.append)
         self.assertEqual(results, [])
         operation, (batch,), commit = self.store.calls[0]
-        self.assertIs(operation, queries.store_messages)
+        self.assertIs(operation, filing_ops.store_messages)
         self.assertEqual(len(batch), 1)
         commit.callback([StoredMessage(id=7, filings=1)])
         self.assertEqual(results, [StoredMessage(id=7, filings=1)])
@@ -113,7 +114,7 @@ class DomainCacheTests(unittest.TestCase):
         self.intake = Intake(self.store, clock=self.clock)
 
     def load_domains(self, *names):
-        [loading] = [d for op, _, d in self.store.calls if op is queries.domain_names]
+        [loading] = [d for op, _, d in self.store.calls if op is domains.domain_names]
         loading.callback(frozenset(names))
 
     def test_other_domains_cost_no_query_once_the_list_is_loaded(self):
@@ -124,18 +125,20 @@ class DomainCacheTests(unittest.TestCase):
         self.assertEqual(rejection.reason, "unknown-domain")
         self.assertEqual(len(self.store.calls), calls, "answered from the cache")
         self.intake.resolve_recipient("joe", "ACME.test")
-        self.assertIs(self.store.calls[-1][0], queries.resolve_recipient, "ours: asked the store")
+        self.assertIs(
+            self.store.calls[-1][0], filing_ops.resolve_recipient, "ours: asked the store"
+        )
 
     def test_a_new_domain_is_seen_once_the_cache_is_stale(self):
         self.intake.resolve_recipient("bob", "new.example")
         self.load_domains("acme.test")
         self.clock.advance(DOMAIN_CACHE_SECONDS)
         self.intake.resolve_recipient("bob", "new.example")  # stale: store lookup and reload
-        self.assertIs(self.store.calls[-2][0], queries.domain_names)
-        self.assertIs(self.store.calls[-1][0], queries.resolve_recipient)
+        self.assertIs(self.store.calls[-2][0], domains.domain_names)
+        self.assertIs(self.store.calls[-1][0], filing_ops.resolve_recipient)
         self.store.calls[-2][2].callback(frozenset({"acme.test", "new.example"}))
         self.intake.resolve_recipient("bob", "new.example")
-        self.assertIs(self.store.calls[-1][0], queries.resolve_recipient)
+        self.assertIs(self.store.calls[-1][0], filing_ops.resolve_recipient)
 
 
 class HeaderSummaryTests(unittest.TestCase):
@@ -174,9 +177,9 @@ class IntakeOnStoreTests(StoreFixtureMixin):
 
     def setUp(self):
         self.store = self.make_store()
-        self.store.run_sync(queries.add_domain, "acme.test")
-        self.store.run_sync(queries.add_user, "joe", hash_password("secret"))
-        self.store.run_sync(queries.add_mailbox, "joe@acme.test", "joe")
+        self.store.run_sync(domains.add_domain, "acme.test")
+        self.store.run_sync(accounts.add_user, "joe", hash_password("secret"))
+        self.store.run_sync(mailboxes.add_mailbox, "joe@acme.test", "joe")
         self.events = Events()
         self.intake = Intake(self.store, self.events)
 
@@ -188,7 +191,7 @@ class IntakeOnStoreTests(StoreFixtureMixin):
             [self.intake.accept("a@example.org", [recipient], RAW) for _ in range(50)]
         )
         self.assertEqual(len({message.id for message in stored}), 50)
-        filings = yield self.store.run(queries.list_filings, "joe@acme.test", 100)
+        filings = yield self.store.run(filing_ops.list_filings, "joe@acme.test", 100)
         self.assertEqual(sorted(filing.uid for filing in filings), list(range(1, 51)))
         self.assertEqual(filings[0].message.subject, "hello")
 
@@ -198,7 +201,7 @@ class IntakeOnStoreTests(StoreFixtureMixin):
         stored = yield self.intake.accept(
             "a@example.org", [recipient], b"Return-Path: <b@example.org>\r\n" + RAW
         )
-        raw = yield self.store.run(queries.message_raw, stored.id)
+        raw = yield self.store.run(filing_ops.message_raw, stored.id)
         self.assertEqual(raw, b"Return-Path: <a@example.org>\r\n" + RAW)
 
     @defer.inlineCallbacks
@@ -219,8 +222,8 @@ class IntakeOnStoreTests(StoreFixtureMixin):
         self.assertEqual((submitted.queue_message_id, submitted.filings), (None, 1))
         self.assertEqual(heard, [("", ["joe@acme.test"])])
         self.assertEqual(queued, [], "nothing queued: the runner is not woken")
-        [filing] = yield self.store.run(queries.list_filings, "joe@acme.test")
-        raw = yield self.store.run(queries.message_raw, filing.message.id)
+        [filing] = yield self.store.run(filing_ops.list_filings, "joe@acme.test")
+        raw = yield self.store.run(filing_ops.message_raw, filing.message.id)
         self.assertEqual(raw, b"Return-Path: <>\r\n" + RAW)
 
 

@@ -12,7 +12,8 @@ from atollon_mail.delivery import reencode
 from atollon_mail.delivery.intake import Intake, summarize_headers
 from atollon_mail.delivery.reencode import MAX_LINE, UnencodableMessage, fit_line_length
 from atollon_mail.passwords import hash_password
-from atollon_mail.store import forwarding, queries
+from atollon_mail.store import accounts, domains, forwarding, mailboxes, queue
+from atollon_mail.store import filing as filing_ops
 from atollon_mail.store.records import OutgoingMessage
 from atollon_mail.workers import Workers
 from tests.smtp.fakes import Session, make_settings
@@ -190,9 +191,9 @@ class IntakeTests(SqliteStoreMixin, StoreFixtureMixin, unittest.TestCase):
 
     def setUp(self):
         self.store = self.make_store()
-        self.store.run_sync(queries.add_domain, "acme.test")
-        self.store.run_sync(queries.add_user, "jane", hash_password("pw"))
-        self.jane = self.store.run_sync(queries.add_mailbox, "jane@acme.test", "jane")
+        self.store.run_sync(domains.add_domain, "acme.test")
+        self.store.run_sync(accounts.add_user, "jane", hash_password("pw"))
+        self.jane = self.store.run_sync(mailboxes.add_mailbox, "jane@acme.test", "jane")
         self.workers = Workers(reactor)
         self.workers.startService()
         self.addCleanup(self.workers.stopService)
@@ -210,10 +211,10 @@ class IntakeTests(SqliteStoreMixin, StoreFixtureMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def test_submitted_mail_is_stored_re_encoded(self):
         submitted = yield self.intake.submit(self.outgoing(SEVEN_BIT))
-        stored = yield self.store.run(queries.message_raw, submitted.id)
+        stored = yield self.store.run(filing_ops.message_raw, submitted.id)
         self.assertLessEqual(longest_line(stored), 998)
         self.assertEqual(parsed(stored)["Content-Transfer-Encoding"], "quoted-printable")
-        [sent] = yield self.store.run(queries.list_filings, "jane@acme.test", 10)
+        [sent] = yield self.store.run(filing_ops.list_filings, "jane@acme.test", 10)
         self.assertEqual(sent.message.id, submitted.id, "the Sent copy is the queued bytes")
         self.assertEqual(sent.message.subject, "long")
 
@@ -223,17 +224,17 @@ class IntakeTests(SqliteStoreMixin, StoreFixtureMixin, unittest.TestCase):
             self.intake.submit(self.outgoing(SIGNED)), UnencodableMessage
         )
         self.assertEqual(failure.enhanced_status, "5.6.3")
-        self.assertEqual((yield self.store.run(queries.queue_list, None, 10)), [])
+        self.assertEqual((yield self.store.run(queue.queue_list, None, 10)), [])
 
     @defer.inlineCallbacks
     def test_relayed_mail_is_re_encoded_local_mail_is_not(self):
-        jane = yield self.store.run(queries.resolve_recipient, "jane", "acme.test")
+        jane = yield self.store.run(filing_ops.resolve_recipient, "jane", "acme.test")
         yield self.intake.accept("app@acme.test", [jane, "bob@remote.test"], SEVEN_BIT)
         yield self.intake.accept("someone@example.org", [jane], SEVEN_BIT)
-        filings = yield self.store.run(queries.list_filings, "jane@acme.test", 10)
+        filings = yield self.store.run(filing_ops.list_filings, "jane@acme.test", 10)
         raws = []
         for filing in filings:
-            raws.append((yield self.store.run(queries.message_raw, filing.message.id)))
+            raws.append((yield self.store.run(filing_ops.message_raw, filing.message.id)))
         self.assertEqual(
             sorted(longest_line(raw) > 998 for raw in raws),
             [False, True],
@@ -251,7 +252,7 @@ class SmtpReplyTests(SqliteStoreMixin, StoreFixtureMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def setUp(self):
         self.store = self.make_store()
-        self.store.run_sync(queries.add_domain, "acme.test")
+        self.store.run_sync(domains.add_domain, "acme.test")
         self.prepare()
         self.session = Session(
             intake=Intake(self.store),
@@ -285,11 +286,11 @@ class SmtpReplyTests(SqliteStoreMixin, StoreFixtureMixin, unittest.TestCase):
     def test_re_encoded_and_accepted(self):
         reply = yield self.reply_to(SEVEN_BIT + b".\r\n")
         self.assertTrue(reply.startswith("250 2.0.0"), reply)
-        entries = yield self.store.run(queries.queue_list, None, 10)
+        entries = yield self.store.run(queue.queue_list, None, 10)
         self.assertEqual(len(entries), len(self.recipients))
         for entry in entries:  # one per address elsewhere (a forward address for jane@)
-            detail = yield self.store.run(queries.queue_show, entry.queue_message_id)
-            stored = yield self.store.run(queries.message_raw, detail.message_id)
+            detail = yield self.store.run(queue.queue_show, entry.queue_message_id)
+            stored = yield self.store.run(filing_ops.message_raw, detail.message_id)
             self.assertLessEqual(longest_line(stored), 998)
 
     @defer.inlineCallbacks
@@ -298,7 +299,7 @@ class SmtpReplyTests(SqliteStoreMixin, StoreFixtureMixin, unittest.TestCase):
         self.assertTrue(reply.startswith("554 5.6.3 "), reply)
         self.assertIn("multipart/signed", reply)
         self.assertEqual(reply.count("\r\n"), 1, "one line")
-        self.assertEqual((yield self.store.run(queries.queue_list, None, 10)), [])
+        self.assertEqual((yield self.store.run(queue.queue_list, None, 10)), [])
 
 
 class RelayWithForwardingTests(SmtpReplyTests):
@@ -308,14 +309,14 @@ class RelayWithForwardingTests(SmtpReplyTests):
     recipients = (b"bob@remote.test", b"jane@acme.test")
 
     def prepare(self):
-        self.store.run_sync(queries.add_user, "jane", hash_password("pw"))
-        self.store.run_sync(queries.add_mailbox, "jane@acme.test", "jane")
+        self.store.run_sync(accounts.add_user, "jane", hash_password("pw"))
+        self.store.run_sync(mailboxes.add_mailbox, "jane@acme.test", "jane")
         self.store.run_sync(forwarding.add_forward_target, "jane@acme.test", "jane@elsewhere.test")
         self.store.run_sync(forwarding.set_forwarding, "jane@acme.test", True, True)
 
     @defer.inlineCallbacks
     def test_re_encoded_and_accepted(self):
         yield super().test_re_encoded_and_accepted()
-        [filing] = yield self.store.run(queries.list_filings, "jane@acme.test", 10)
-        kept = yield self.store.run(queries.message_raw, filing.message.id)
+        [filing] = yield self.store.run(filing_ops.list_filings, "jane@acme.test", 10)
+        kept = yield self.store.run(filing_ops.message_raw, filing.message.id)
         self.assertEqual(parsed(kept)["Content-Transfer-Encoding"], "quoted-printable")

@@ -24,7 +24,8 @@ from atollon_mail.delivery.runner import MAX_AHEAD, DeliveryRunner
 from atollon_mail.events import Events
 from atollon_mail.passwords import hash_password
 from atollon_mail.smtp import client
-from atollon_mail.store import queries
+from atollon_mail.store import accounts, domains, mailboxes, queue
+from atollon_mail.store import filing as filing_ops
 from atollon_mail.store.models import QueueRecipient
 from atollon_mail.store.records import OutgoingMessage
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
@@ -137,10 +138,10 @@ class RunnerTests(StoreFixtureMixin):
 
     def setUp(self):
         self.store = self.make_store()
-        self.store.run_sync(queries.add_domain, "acme.test")
-        self.store.run_sync(queries.add_user, "jane", hash_password("pw"))
+        self.store.run_sync(domains.add_domain, "acme.test")
+        self.store.run_sync(accounts.add_user, "jane", hash_password("pw"))
         self.journal_directory = self.mktemp()
-        self.jane = self.store.run_sync(queries.add_mailbox, "jane@acme.test", "jane")
+        self.jane = self.store.run_sync(mailboxes.add_mailbox, "jane@acme.test", "jane")
         # The clock starts a little after the wall clock: the store stamps new queue rows
         # with the wall clock, and they must be due at the runner's "now".
         self.start_time = float(int(time.time()) + 2)
@@ -205,15 +206,15 @@ class RunnerTests(StoreFixtureMixin):
 
     @defer.inlineCallbacks
     def states(self):
-        entries = yield self.store.run(queries.queue_list, None, 1000)
+        entries = yield self.store.run(queue.queue_list, None, 1000)
         return {entry.address: entry.state for entry in entries}
 
     @defer.inlineCallbacks
     def jane_mail(self):
-        filings = yield self.store.run(queries.list_filings, "jane@acme.test", 100)
+        filings = yield self.store.run(filing_ops.list_filings, "jane@acme.test", 100)
         raws = []
         for filing in filings:
-            raw = yield self.store.run(queries.message_raw, filing.message.id)
+            raw = yield self.store.run(filing_ops.message_raw, filing.message.id)
             raws.append(raw)
         return raws
 
@@ -229,7 +230,7 @@ class RunnerTests(StoreFixtureMixin):
         self.assertEqual(address, "192.0.2.1")
         self.assertEqual(envelopes[0].sender, "jane@acme.test")
         self.assertEqual(envelopes[0].raw, raw_message())
-        detail = yield self.store.run(queries.queue_show, submitted.queue_message_id)
+        detail = yield self.store.run(queue.queue_show, submitted.queue_message_id)
         [event] = detail.recipients[0].events
         self.assertEqual(event.outcome, "delivered")
         self.assertEqual(event.server, "mx.remote.test [192.0.2.1]:25")
@@ -254,7 +255,7 @@ class RunnerTests(StoreFixtureMixin):
         yield self.send("bob@remote.test")
         yield self.settle()
         self.assertEqual((yield self.states()), {"bob@remote.test": "deferred"})
-        due = yield self.store.run(queries.next_due_at)
+        due = yield self.store.run(queue.next_due_at)
         self.assertEqual((due.timestamp() - self.start_time), 300)  # first retry after 5 minutes
         self.clock.advance(299)
         yield self.settle()
@@ -262,7 +263,7 @@ class RunnerTests(StoreFixtureMixin):
         self.clock.advance(1)
         yield self.settle()
         self.assertEqual(len(self.remote.calls), 2)
-        due = yield self.store.run(queries.next_due_at)
+        due = yield self.store.run(queue.next_due_at)
         self.assertEqual(due.timestamp() - (self.start_time + 300), 600)  # then doubling
         self.remote.default = "250 2.0.0 Ok"
         self.clock.advance(600)
@@ -278,7 +279,7 @@ class RunnerTests(StoreFixtureMixin):
         previous = self.start_time
         for _ in range(7):
             yield self.settle()
-            due = yield self.store.run(queries.next_due_at)
+            due = yield self.store.run(queue.next_due_at)
             delays.append(round(due.timestamp() - previous))
             previous = due.timestamp()
             self.clock.advance(due.timestamp() - self.clock.seconds())
@@ -467,7 +468,7 @@ class RunnerTests(StoreFixtureMixin):
                 self.remote.hold.pop(0).callback(None)
             yield task.deferLater(reactor, 0.02, lambda: None)
             if not self.remote.hold and not self.remote.active:
-                counts = yield self.store.run(queries.queue_counts)
+                counts = yield self.store.run(queue.queue_counts)
                 if counts["delivered"] == 303:
                     break
         yield runner.when_idle()
@@ -481,7 +482,7 @@ class RunnerTests(StoreFixtureMixin):
     @defer.inlineCallbacks
     def test_in_flight_recipients_are_retried_after_a_restart(self):
         yield self.send("bob@remote.test")
-        claimed = yield self.store.run(queries.claim_due_deliveries, self.runner._now(), 10)
+        claimed = yield self.store.run(queue.claim_due_deliveries, self.runner._now(), 10)
         self.assertEqual(len(claimed), 1)  # in flight, as when the process was killed
         self.assertEqual((yield self.states()), {"bob@remote.test": "in-flight"})
         yield self.start()  # a new start requeues it
@@ -497,10 +498,10 @@ class RunnerTests(StoreFixtureMixin):
         self.assertEqual(
             (yield self.states()), {"bob@remote.test": "deferred", "carol@remote.test": "delivered"}
         )
-        detail = yield self.store.run(queries.queue_show, submitted.queue_message_id)
+        detail = yield self.store.run(queue.queue_show, submitted.queue_message_id)
         bob = detail.recipients[0]
         self.assertEqual([e.outcome for e in bob.events], ["uncertain"])
-        listed = yield self.store.run(queries.queue_list, None, 100, 0, True)
+        listed = yield self.store.run(queue.queue_list, None, 100, 0, True)
         self.assertEqual([e.address for e in listed], ["bob@remote.test"])
 
     @defer.inlineCallbacks
@@ -511,7 +512,7 @@ class RunnerTests(StoreFixtureMixin):
         yield self.send("bob@remote.test")
         for _ in range(8):
             yield self.settle()
-            due = yield self.store.run(queries.next_due_at)
+            due = yield self.store.run(queue.next_due_at)
             self.clock.advance(due.timestamp() - self.clock.seconds())
         warnings = [raw for raw in (yield self.jane_mail()) if b"Action: delayed" in raw]
         self.assertEqual(len(warnings), 1)
@@ -622,7 +623,7 @@ class StepwiseRunnerTests(RunnerTests):
             restarted.wake()
             yield restarted.when_idle()
         self.assertEqual(set((yield self.states()).values()), {"delivered"})
-        listed = yield self.store.run(queries.queue_list, None, 100, 0, True)
+        listed = yield self.store.run(queue.queue_list, None, 100, 0, True)
         self.assertEqual([e.address for e in listed], ["b@remote.test"])
         # b and c were sent again, a was not.
         first_a, first_b = self.remote.dots[:2]

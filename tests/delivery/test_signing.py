@@ -17,7 +17,7 @@ from atollon_mail.config import ConfigError, parse_config
 from atollon_mail.delivery import dkim
 from atollon_mail.delivery.mx import dns_resolver
 from atollon_mail.delivery.signing import KEY_REFRESH_SECONDS, DkimSigner
-from atollon_mail.store import domains, queries
+from atollon_mail.store import domains
 from atollon_mail.store.models import utc_now
 from tests.delivery.test_dkim import HAVE_NACL, NO_NACL
 from tests.dnsserver import start_dns_server
@@ -46,7 +46,7 @@ def signature_tags(signed: bytes) -> list[dict[str, str]]:
 class SignerTests(StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
-        self.store.run_sync(queries.add_domain, "acme.test")
+        self.store.run_sync(domains.add_domain, "acme.test")
         self.dns = start_dns_server(reactor, {"acme.test": {"@": [("TXT", "v=spf1 -all")]}})
         self.addCleanup(self.dns.stop)
         self.resolver = dns_resolver((self.dns.nameserver,), timeout=2)
@@ -60,7 +60,7 @@ class SignerTests(StoreFixtureMixin):
     def add_key(self, selector: str, algorithm: str, publish: bool = True):
         private, public = dkim.generate_key(algorithm)
         key = self.store.run_sync(
-            queries.add_dkim_key, "acme.test", selector, algorithm, private, public
+            domains.add_dkim_key, "acme.test", selector, algorithm, private, public
         )
         if publish:
             self.dns.set_records(

@@ -15,8 +15,8 @@ from atollon_mail.delivery.intake import Intake
 from atollon_mail.delivery.runner import send_notification
 from atollon_mail.dns import watcher as watcher_module
 from atollon_mail.dns.watcher import Change, DnsWatcher, changes_between, notification
-from atollon_mail.store import domains
-from atollon_mail.store import queries as q
+from atollon_mail.store import accounts, domains, mailboxes, queue
+from atollon_mail.store import filing as filing_ops
 from atollon_mail.store.records import DnsCheckRecord, DnsCheckResult
 from atollon_mail.workers import Workers
 from tests.dns.fixtures import (
@@ -39,13 +39,13 @@ class WatcherContractTests(StoreFixtureMixin):
         keys = {}
         for domain in ("good.test", "acme.test"):
             keys[domain] = dkim.generate_key("ed25519")
-        self.sync(q.add_domain, "good.test")
-        self.sync(q.add_domain, "crm.acme.test", "secondary", primary_domain="acme.test")
+        self.sync(domains.add_domain, "good.test")
+        self.sync(domains.add_domain, "crm.acme.test", "secondary", primary_domain="acme.test")
         for domain, (private, public) in keys.items():
-            self.sync(q.add_dkim_key, domain, "atollon", "ed25519", private, public)
+            self.sync(domains.add_dkim_key, domain, "atollon", "ed25519", private, public)
         for login, admin in (("admin", True), ("root", True), ("jane", False)):
-            self.sync(q.add_user, login, "hash", is_admin=admin)
-            self.sync(q.add_mailbox, f"{login}@good.test", login)
+            self.sync(accounts.add_user, login, "hash", is_admin=admin)
+            self.sync(mailboxes.add_mailbox, f"{login}@good.test", login)
         zones = appliance_zones()
         zones["good.test"] = primary_zone(dkim.txt_value("ed25519", keys["good.test"][1]))
         zones["acme.test"] = secondary_zone(dkim.txt_value("ed25519", keys["acme.test"][1]))
@@ -164,15 +164,15 @@ class WatcherContractTests(StoreFixtureMixin):
         self.watcher._send = functools.partial(send_notification, intake)
         self.dns.set_records("_dmarc.acme.test", [])
         yield self.start()
-        self.assertEqual(self.sync(q.queue_list), [])
+        self.assertEqual(self.sync(queue.queue_list), [])
         for address in ("admin@good.test", "root@good.test"):
-            [filing] = self.sync(q.list_filings, address)
+            [filing] = self.sync(filing_ops.list_filings, address)
             self.assertEqual(filing.message.envelope_sender, "")
-            raw = self.sync(q.message_raw, filing.message.id)
+            raw = self.sync(filing_ops.message_raw, filing.message.id)
             self.assertTrue(raw.startswith(b"Return-Path: <>\r\n"), raw[:80])
             self.assertEqual(raw.count(b"Return-Path:"), 1)
             self.assertEqual(filing.message.subject, "DNS check: 1 problem (crm.acme.test)")
-        self.assertEqual(self.sync(q.list_filings, "jane@good.test"), [])
+        self.assertEqual(self.sync(filing_ops.list_filings, "jane@good.test"), [])
 
     @defer.inlineCallbacks
     def test_unchanged_round_mails_nothing(self):
@@ -223,8 +223,8 @@ class WatcherContractTests(StoreFixtureMixin):
 
     @defer.inlineCallbacks
     def test_no_admin_mailbox_sends_nothing(self):
-        self.sync(q.set_mailbox_active, "admin@good.test", False)
-        self.sync(q.set_mailbox_active, "root@good.test", False)
+        self.sync(mailboxes.set_mailbox_active, "admin@good.test", False)
+        self.sync(mailboxes.set_mailbox_active, "root@good.test", False)
         self.dns.set_records("_dmarc.good.test", [])
         yield self.start()
         self.assertEqual(self.sent, [])

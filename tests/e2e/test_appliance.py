@@ -14,7 +14,7 @@ import time
 
 from twisted.trial import unittest
 
-from atollon_mail.store import queries
+from atollon_mail.store import filing
 from atollon_mail.store.pool import Store
 from tests.e2e.certs import write_self_signed
 
@@ -151,14 +151,14 @@ class ApplianceTestCase(unittest.TestCase):
     def filings(self, address: str):
         store = self.appliance.store()
         try:
-            return store.run_sync(queries.list_filings, address)
+            return store.run_sync(filing.list_filings, address)
         finally:
             store.stop()
 
     def raw(self, message_id: int) -> bytes:
         store = self.appliance.store()
         try:
-            return store.run_sync(queries.message_raw, message_id)
+            return store.run_sync(filing.message_raw, message_id)
         finally:
             store.stop()
 

@@ -22,7 +22,8 @@ import time
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
-from atollon_mail.store import queries
+from atollon_mail.store import filing as filing_ops
+from atollon_mail.store import queue as queue_ops
 from atollon_mail.store.pool import Store
 from tests.dnsserver import start_dns_server
 from tests.e2e.certs import write_self_signed
@@ -145,14 +146,14 @@ class LoopbackAppliance:
 
     def mail(self, address: str) -> list[tuple[str, bytes]]:
         """(envelope sender, raw) of every message in the mailbox, oldest first."""
-        filings = self.read(queries.list_filings, address, 1000)
+        filings = self.read(filing_ops.list_filings, address, 1000)
         return [
-            (filing.message.envelope_sender, self.read(queries.message_raw, filing.message.id))
+            (filing.message.envelope_sender, self.read(filing_ops.message_raw, filing.message.id))
             for filing in reversed(filings)
         ]
 
     def queue(self):
-        return self.read(queries.queue_list)
+        return self.read(queue_ops.queue_list)
 
 
 def _auto_replies(mail: list[tuple[str, bytes]]) -> list[email.message.EmailMessage]:

@@ -14,8 +14,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
-from atollon_mail.store import campaigns, sendlists
-from atollon_mail.store import queries as q
+from atollon_mail.store import accounts, campaigns, domains, mailboxes, sendlists
 from atollon_mail.store.models import utc_now
 from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, sync_playwright
 
@@ -46,9 +45,9 @@ class CampaignBrowserTests(ServedWebMixin, StoreFixtureMixin):
             raise unittest.SkipTest(f"{CHROMIUM} is missing (make test installs Debian's chromium)")
         self.store = self.make_store()
         sync = self.store.run_sync
-        sync(q.add_user, "admin", _hash("admin-secret"), is_admin=True)
-        sync(q.add_domain, "example.com")
-        sync(q.add_mailbox, "news@example.com", "admin")
+        sync(accounts.add_user, "admin", _hash("admin-secret"), is_admin=True)
+        sync(domains.add_domain, "example.com")
+        sync(mailboxes.add_mailbox, "news@example.com", "admin")
         group_id = sync(make_group)
         campaign = sync(
             campaigns.create_campaign, "Spring news", group_id, "news@example.com", "en"

@@ -30,7 +30,7 @@ from twisted.trial import unittest
 
 from atollon_mail.delivery.build import JOURNAL_DIRECTORY
 from atollon_mail.delivery.dotjournal import read_marks
-from atollon_mail.store import queries
+from atollon_mail.store import queue
 from atollon_mail.store.models import QueueRecipient
 from tests.e2e.test_appliance import RunningAppliance
 from tests.remote_mta import Delayed, RemoteMTA
@@ -162,13 +162,13 @@ class KillDuringRelayTests(unittest.TestCase):
         yield threads.deferToThread(self.appliance.start)
 
         def drained():
-            counts = self.read_store(queries.queue_counts)
+            counts = self.read_store(queue.queue_counts)
             waiting = counts["queued"] + counts["in-flight"] + counts["deferred"]
             return defer.succeed(waiting == 0 and counts["delivered"] >= len(self.acknowledged))
 
         yield self.wait_for(drained, "the queue to drain after the restart", 40)
 
-        uncertain = {e.address for e in self.read_store(queries.queue_list, None, 10_000, 0, True)}
+        uncertain = {e.address for e in self.read_store(queue.queue_list, None, 10_000, 0, True)}
         listed = yield threads.deferToThread(
             self.appliance.cli, "queue", "list", "--uncertain", "--limit", "10000"
         )

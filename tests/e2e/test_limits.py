@@ -22,7 +22,7 @@ import time
 
 from twisted.trial import unittest
 
-from atollon_mail.store import queries
+from atollon_mail.store import filing
 from tests.e2e.test_appliance import MESSAGE, RunningAppliance
 
 DESCRIPTOR_LIMIT = 1024
@@ -189,7 +189,7 @@ class SlowConnectionFloodTests(unittest.TestCase):
             )
         store = appliance.store()
         try:
-            filings = store.run_sync(queries.list_filings, "jane@acme.test")
+            filings = store.run_sync(filing.list_filings, "jane@acme.test")
         finally:
             store.stop()
         self.assertEqual(len(filings), 1)

@@ -19,7 +19,7 @@ from twisted.trial import unittest
 
 from atollon_mail.delivery import dkim
 from atollon_mail.delivery.mx import dns_resolver
-from atollon_mail.store import queries
+from atollon_mail.store import domains, filing
 from tests.dnsserver import start_dns_server
 from tests.e2e.test_appliance import RunningAppliance
 from tests.remote_mta import RemoteMTA, self_signed_tls_options
@@ -103,7 +103,7 @@ class SendingTests(unittest.TestCase):
             self.assertEqual(result.returncode, 0, result.stderr)
         store = self.appliance.store()
         try:
-            [key] = store.run_sync(queries.dkim_keys, "acme.test")
+            [key] = store.run_sync(domains.dkim_keys, "acme.test")
         finally:
             store.stop()
         self.dns.set_records(
@@ -135,8 +135,8 @@ class SendingTests(unittest.TestCase):
         def read():
             store = self.appliance.store()
             try:
-                filings = store.run_sync(queries.list_filings, "jane@acme.test", 100)
-                return [(f, store.run_sync(queries.message_raw, f.message.id)) for f in filings]
+                filings = store.run_sync(filing.list_filings, "jane@acme.test", 100)
+                return [(f, store.run_sync(filing.message_raw, f.message.id)) for f in filings]
             finally:
                 store.stop()
 
@@ -273,7 +273,7 @@ class SendingTests(unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         store = self.appliance.store()
         try:
-            keys = {key.algorithm: key for key in store.run_sync(queries.dkim_keys, "acme.test")}
+            keys = {key.algorithm: key for key in store.run_sync(domains.dkim_keys, "acme.test")}
         finally:
             store.stop()
         self.dns.set_records(

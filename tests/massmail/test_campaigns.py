@@ -14,9 +14,15 @@ from twisted.trial import unittest
 from atollon_mail.massmail.templates import SAMPLE_FIELDS
 from atollon_mail.massmail.tokens import preview_unsubscribe_url
 from atollon_mail.passwords import hash_password
-from atollon_mail.store import campaign_recipients, campaigns, sendlists
+from atollon_mail.store import (
+    accounts,
+    campaign_recipients,
+    campaigns,
+    domains,
+    message_types,
+    sendlists,
+)
 from atollon_mail.store import mailboxes as m
-from atollon_mail.store import queries as q
 from atollon_mail.store.campaign_records import RenderedPreview, VariantRecord
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.models import (
@@ -133,10 +139,10 @@ def set_status(campaign_id: int, status: str) -> None:
 class CampaignContract(StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
-        self.op(q.add_domain, "acme.test")
-        self.op(q.add_user, "joe", hash_password("x"))
-        self.op(q.add_mailbox, "news@acme.test", "joe")
-        self.op(q.add_mailbox, "off@acme.test", "joe", active=False)
+        self.op(domains.add_domain, "acme.test")
+        self.op(accounts.add_user, "joe", hash_password("x"))
+        self.op(m.add_mailbox, "news@acme.test", "joe")
+        self.op(m.add_mailbox, "off@acme.test", "joe", active=False)
         self.org = self.op(add_organization, "Acme CRM")
         person = self.person
         self.ann = person("ann@x.test", "cs", "Anna", "Nová")
@@ -222,7 +228,7 @@ class CampaignContract(StoreFixtureMixin):
 
     def test_create_names_the_group_by_id_and_the_organization_and_type(self):
         other = self.op(add_organization, "Other")
-        self.op(m.add_message_type, "Newsletter", "newsletter")
+        self.op(message_types.add_message_type, "Newsletter", "newsletter")
         by_id = self.op(
             campaigns.create_campaign,
             "x",
@@ -246,7 +252,7 @@ class CampaignContract(StoreFixtureMixin):
         self.assertEqual((by_digits.group_id, by_digits.organization_id), (self.group, other))
 
     def test_create_refusals(self):
-        self.op(m.add_message_type, "Old", "old", active=False)
+        self.op(message_types.add_message_type, "Old", "old", active=False)
         for args, kwargs, error, message in (
             (("", "customers", "news@acme.test", "en"), {}, Invalid, "needs a name"),
             (("x", "nobody", "news@acme.test", "en"), {}, NotFound, "no distribution group"),
@@ -516,14 +522,14 @@ class CampaignContract(StoreFixtureMixin):
             self.op(sendlists.start_campaign, campaign_id, T0)
         self.assertIn("no variant in its fallback language en", str(raised.exception))
         self.op(campaigns.set_variant, campaign_id, "en", "Hi", "Body")
-        self.op(q.set_mailbox_active, "news@acme.test", False)
+        self.op(m.set_mailbox_active, "news@acme.test", False)
         with self.assertRaises(Invalid) as raised:
             self.op(sendlists.start_campaign, campaign_id, T0)
         self.assertIn("inactive mailbox", str(raised.exception))
-        self.op(q.set_mailbox_active, "news@acme.test", True)
+        self.op(m.set_mailbox_active, "news@acme.test", True)
         # Its identity has become another mailbox's address since it was set.
         self.op(m.update_mailbox, "news@acme.test", identity="desk@acme.test")
-        self.op(q.add_mailbox, "desk@acme.test", "joe")
+        self.op(m.add_mailbox, "desk@acme.test", "joe")
         with self.assertRaises(Invalid) as raised:
             self.op(sendlists.start_campaign, campaign_id, T0)
         self.assertIn(

@@ -22,7 +22,17 @@ from atollon_mail.massmail.returns import CampaignReturns
 from atollon_mail.massmail.sender import MassMailSender
 from atollon_mail.massmail.tokens import RecipientTokens
 from atollon_mail.passwords import hash_password
-from atollon_mail.store import campaign_recipients, campaigns, queries, sendlists
+from atollon_mail.store import (
+    accounts,
+    aliases,
+    campaign_recipients,
+    campaigns,
+    domains,
+    queue,
+    sendlists,
+)
+from atollon_mail.store import filing as filing_ops
+from atollon_mail.store import mailboxes as mailbox_ops
 from atollon_mail.store.errors import Invalid
 from atollon_mail.store.models import (
     CampaignRecipient,
@@ -117,9 +127,9 @@ class SendingTests(StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
         self.journal_directory = self.mktemp()
-        self.store.run_sync(queries.add_domain, "acme.test")
-        self.store.run_sync(queries.add_user, "jane", hash_password("pw"), "Jane Doe")
-        self.store.run_sync(queries.add_mailbox, "news@acme.test", "jane")
+        self.store.run_sync(domains.add_domain, "acme.test")
+        self.store.run_sync(accounts.add_user, "jane", hash_password("pw"), "Jane Doe")
+        self.store.run_sync(mailbox_ops.add_mailbox, "news@acme.test", "jane")
         self.ids = self.store.run_sync(_crm_fixture, utc_now())
         self.clock = task.Clock()
         self.clock.advance(float(int(time.time()) + 2))
@@ -294,9 +304,9 @@ class SendingTests(StoreFixtureMixin):
         in the handoff's transaction: no queue row, the row sent, nothing suppressed, the
         CRM copy filed as for every delivered row. An address here that receives
         nothing fails its row (not suppressed: ours to fix)."""
-        self.store.run_sync(queries.add_user, "joe", hash_password("pw"), "Joe")
-        self.store.run_sync(queries.add_mailbox, "joe@acme.test", "joe")
-        self.store.run_sync(queries.add_alias, "sales", "joe@acme.test")
+        self.store.run_sync(accounts.add_user, "joe", hash_password("pw"), "Joe")
+        self.store.run_sync(mailbox_ops.add_mailbox, "joe@acme.test", "joe")
+        self.store.run_sync(aliases.add_alias, "sales", "joe@acme.test")
         self.store.run_sync(_add_people, "joe@acme.test", "Sales@Acme.test", "ghost@acme.test")
         campaign_id = self.make_campaign()
         self.start_all(campaign_id)
@@ -320,10 +330,10 @@ class SendingTests(StoreFixtureMixin):
         self.assertEqual(self.store.run_sync(lambda: Suppression.select().count()), 0)
         # Joe has both messages (his own and the alias's), each under one Return-Path: the
         # VERP address of its own row.
-        filed = self.store.run_sync(queries.list_filings, "joe@acme.test", 10)
+        filed = self.store.run_sync(filing_ops.list_filings, "joe@acme.test", 10)
         self.assertEqual(len(filed), 2)
         for filing in filed:
-            raw = self.store.run_sync(queries.message_raw, filing.message.id)
+            raw = self.store.run_sync(filing_ops.message_raw, filing.message.id)
             self.assertEqual(raw.count(b"Return-Path:"), 1)
             first, _, _ = raw.partition(b"\r\n")
             verp = first.removeprefix(b"Return-Path: <").removesuffix(b">").decode()
@@ -340,7 +350,7 @@ class SendingTests(StoreFixtureMixin):
                 self.store.run_sync(_filing_mailboxes, filing.message.id),
                 ["joe@acme.test", "news@acme.test"],
             )
-        news = self.store.run_sync(queries.list_filings, "news@acme.test", 100)
+        news = self.store.run_sync(filing_ops.list_filings, "news@acme.test", 100)
         self.assertEqual(len(news), 5, "one CRM copy per sent row")
         self.assertEqual(
             {f.context.name for f in news} - {"Example Ltd: general"}, {"Sent (news@acme.test)"}
@@ -548,7 +558,7 @@ class SendingTests(StoreFixtureMixin):
             )
         )
         # Paced, it is still sending when info@ becomes another mailbox's address.
-        self.store.run_sync(queries.add_mailbox, "info@acme.test", "jane")
+        self.store.run_sync(mailbox_ops.add_mailbox, "info@acme.test", "jane")
         yield self.run_until(lambda: self.campaign_status_now(campaign_id) == "paused", step=0.5)
         for _ in range(10):
             self.clock.advance(1.0)
@@ -611,8 +621,8 @@ class SendingTests(StoreFixtureMixin):
             lambda: {r.address: r.id for r in QueueRecipient.select().order_by(QueueRecipient.id)}
         )
         sent = [in_flight["bob@example.net"], in_flight["jana@example.org"]]
-        self.store.run_sync(queries.mark_dots_sent, sent, self.now())
-        requeued = self.store.run_sync(queries.requeue_in_flight, self.now())
+        self.store.run_sync(queue.mark_dots_sent, sent, self.now())
+        requeued = self.store.run_sync(queue.requeue_in_flight, self.now())
         self.assertEqual((requeued.quiet, sorted(requeued.uncertain)), (1, sorted(sent)))
         rows = self.rows(campaign_id)
         self.assertEqual(
@@ -631,9 +641,9 @@ class SendingTests(StoreFixtureMixin):
         queue_message_id = self.store.run_sync(
             lambda: QueueRecipient.get(address="bob@example.net").queue_message_id
         )
-        self.store.run_sync(queries.queue_delete, queue_message_id)
+        self.store.run_sync(queue.queue_delete, queue_message_id)
         state, _, reply, _ = self.rows(campaign_id)["bob@example.net"]
-        self.assertEqual((state, reply), ("failed", queries.QUEUE_DELETED_REPLY))
+        self.assertEqual((state, reply), ("failed", queue.QUEUE_DELETED_REPLY))
 
     # -- what comes back ----------------------------------------------------------------
 
@@ -681,7 +691,7 @@ class SendingTests(StoreFixtureMixin):
             "hard-bounce",
         )
         # The bounce itself is kept in the sending mailbox for a person to read.
-        filings = self.store.run_sync(queries.list_filings, "news@acme.test", 100)
+        filings = self.store.run_sync(filing_ops.list_filings, "news@acme.test", 100)
         self.assertTrue(any(f.message.envelope_sender == "" for f in filings))
 
     @defer.inlineCallbacks

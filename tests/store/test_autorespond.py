@@ -8,9 +8,9 @@ import threading
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
+from atollon_mail.store import accounts, aliases, domains
 from atollon_mail.store import autorespond as ar
 from atollon_mail.store import mailboxes as m
-from atollon_mail.store import queries as q
 from atollon_mail.store.errors import Invalid, NotFound
 from atollon_mail.store.models import AutoresponseLog, Mailbox
 from atollon_mail.store.records import AutoreplyPlan, AutoresponderRecord
@@ -23,12 +23,12 @@ DAY = datetime.timedelta(days=1)
 class AutorespondContractTests(StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
-        self.sync(q.add_domain, "example.com")
-        self.sync(q.add_user, "bob", "hash")
-        self.bob = self.sync(q.add_mailbox, "bob@example.com", "bob", identity="Bob@Example.com")
-        self.sync(q.add_alias, "sales@example.com", "bob@example.com")
-        self.sync(q.add_user, "carol", "hash")
-        self.carol = self.sync(q.add_mailbox, "carol@example.com", "carol")
+        self.sync(domains.add_domain, "example.com")
+        self.sync(accounts.add_user, "bob", "hash")
+        self.bob = self.sync(m.add_mailbox, "bob@example.com", "bob", identity="Bob@Example.com")
+        self.sync(aliases.add_alias, "sales@example.com", "bob@example.com")
+        self.sync(accounts.add_user, "carol", "hash")
+        self.carol = self.sync(m.add_mailbox, "carol@example.com", "carol")
 
     def sync(self, operation, *args, **kwargs):
         return self.store.run_sync(operation, *args, **kwargs)
@@ -193,10 +193,10 @@ class AutorespondContractTests(StoreFixtureMixin):
         self.assertIsNotNone(self.claim("a@remote.test"))
 
     def test_addressed_to_the_identity_in_another_domain(self):
-        self.sync(q.add_domain, "crm.example.net")
-        self.sync(q.add_mailbox, "desk@crm.example.net", "carol", identity="desk@example.com")
+        self.sync(domains.add_domain, "crm.example.net")
+        self.sync(m.add_mailbox, "desk@crm.example.net", "carol", identity="desk@example.com")
         self.turn_on("desk@crm.example.net")
-        desk = self.sync(q.get_mailbox, "desk@crm.example.net")
+        desk = self.sync(m.get_mailbox, "desk@crm.example.net")
         plan = self.claim(mailbox=desk, addressed_to=["desk@example.com"])
         self.assertEqual(plan.identity, "desk@example.com")
 
@@ -217,14 +217,14 @@ class AutorespondContractTests(StoreFixtureMixin):
         self.assertEqual(
             self.claim("dan@remote.test", mailbox=self.carol).identity, "desk@example.org"
         )
-        self.sync(q.add_domain, "example.org")
-        self.sync(q.add_mailbox, "desk@example.org", "bob")
+        self.sync(domains.add_domain, "example.org")
+        self.sync(m.add_mailbox, "desk@example.org", "bob")
         plan = self.claim("eve@remote.test", mailbox=self.carol)
         self.assertEqual(plan.identity, "carol@example.com")
 
     def test_no_claim_for_an_inactive_mailbox(self):
         self.turn_on()
-        self.sync(q.set_mailbox_active, "bob@example.com", False)
+        self.sync(m.set_mailbox_active, "bob@example.com", False)
         self.assertIsNone(self.claim())
 
     @defer.inlineCallbacks

@@ -6,8 +6,7 @@ import datetime
 
 from twisted.trial import unittest
 
-from atollon_mail.store import domains
-from atollon_mail.store import queries as q
+from atollon_mail.store import accounts, domains, filing, mailboxes
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.models import DnsCheck, Domain, utc_now
 from atollon_mail.store.records import DnsCheckResult, DomainRecord, PublishedKey
@@ -24,17 +23,21 @@ class DomainContractTests(StoreFixtureMixin):
         return self.store.run_sync(operation, *args, **kwargs)
 
     def domain_rows(self):
-        return {d.name: (d.mode, d.active, d.primary_domain) for d in self.sync(q.list_domains)}
+        return {
+            d.name: (d.mode, d.active, d.primary_domain) for d in self.sync(domains.list_domains)
+        }
 
     # -- modes ----------------------------------------------------------------------------
 
     def test_primary_domain_has_no_primary(self):
-        domain = self.sync(q.add_domain, "acme.com")
+        domain = self.sync(domains.add_domain, "acme.com")
         self.assertEqual(domain.primary_domain, None)
         self.assertEqual(domain.mode, "primary")
 
     def test_secondary_records_its_primary_as_a_domain_not_receiving_mail(self):
-        domain = self.sync(q.add_domain, "CRM.acme.com", "secondary", primary_domain="Acme.COM.")
+        domain = self.sync(
+            domains.add_domain, "CRM.acme.com", "secondary", primary_domain="Acme.COM."
+        )
         self.assertIsInstance(domain, DomainRecord)
         self.assertEqual(
             (domain.name, domain.mode, domain.active, domain.primary_domain),
@@ -49,44 +52,45 @@ class DomainContractTests(StoreFixtureMixin):
         )
         # Its mail is hosted by the other provider: its users are remote recipients (our
         # users may write to them), not addresses of ours that receive nothing.
-        rejection = self.sync(q.resolve_recipient, "sales", "acme.com")
+        rejection = self.sync(filing.resolve_recipient, "sales", "acme.com")
         self.assertEqual(rejection.reason, "unknown-domain")
-        self.assertEqual(self.sync(q.domain_names), frozenset({"crm.acme.com"}))
+        self.assertEqual(self.sync(domains.domain_names), frozenset({"crm.acme.com"}))
 
     def test_secondary_not_below_its_primary_as_on_the_vendors_pages(self):
         # The seeds' own example: company.atollon.com for company.com.
         domain = self.sync(
-            q.add_domain, "company.atollon.com", "secondary", primary_domain="company.com"
+            domains.add_domain, "company.atollon.com", "secondary", primary_domain="company.com"
         )
         self.assertEqual(
             (domain.name, domain.mode, domain.active, domain.primary_domain),
             ("company.atollon.com", "secondary", True, "company.com"),
         )
         self.assertEqual(self.domain_rows()["company.com"], ("primary", False, None))
-        self.sync(q.add_user, "jane", "hash")
-        box = self.sync(q.add_mailbox, "thomas@company.atollon.com", "jane")
+        self.sync(accounts.add_user, "jane", "hash")
+        box = self.sync(mailboxes.add_mailbox, "thomas@company.atollon.com", "jane")
         self.assertEqual(box.identity, "thomas@company.com")
         self.assertEqual(
-            [i.identity for i in self.sync(q.sending_identities, "jane")], ["thomas@company.com"]
+            [i.identity for i in self.sync(mailboxes.sending_identities, "jane")],
+            ["thomas@company.com"],
         )
 
     def test_two_secondaries_share_one_primary(self):
-        self.sync(q.add_domain, "crm.acme.com", "secondary", primary_domain="acme.com")
-        self.sync(q.add_domain, "archive.acme.com", "secondary", primary_domain="acme.com")
+        self.sync(domains.add_domain, "crm.acme.com", "secondary", primary_domain="acme.com")
+        self.sync(domains.add_domain, "archive.acme.com", "secondary", primary_domain="acme.com")
         self.assertEqual(len(self.domain_rows()), 3)
         subject = self.sync(domains.dns_subject, "acme.com")
         self.assertEqual(subject.secondaries, ("archive.acme.com", "crm.acme.com"))
 
     def test_deeper_secondary_below_its_primary(self):
         domain = self.sync(
-            q.add_domain, "mail.crm.acme.com", "secondary", primary_domain="acme.com"
+            domains.add_domain, "mail.crm.acme.com", "secondary", primary_domain="acme.com"
         )
         self.assertEqual(domain.primary_domain, "acme.com")
 
     def assertRefused(self, error, message, *args, **kwargs):
         before = self.domain_rows()
         with self.assertRaises(error) as raised:
-            self.sync(q.add_domain, *args, **kwargs)
+            self.sync(domains.add_domain, *args, **kwargs)
         self.assertIn(message, str(raised.exception))
         self.assertEqual(self.domain_rows(), before, "a refused request changes nothing")
 
@@ -105,7 +109,7 @@ class DomainContractTests(StoreFixtureMixin):
         )
 
     def test_secondary_of_a_primary_domain_hosted_here_refused(self):
-        self.sync(q.add_domain, "acme.com")
+        self.sync(domains.add_domain, "acme.com")
         self.assertRefused(
             Invalid,
             "acme.com is hosted here as a primary domain already",
@@ -132,7 +136,7 @@ class DomainContractTests(StoreFixtureMixin):
         )
 
     def test_secondary_as_a_primary_domain_refused(self):
-        self.sync(q.add_domain, "crm.acme.com", "secondary", primary_domain="acme.com")
+        self.sync(domains.add_domain, "crm.acme.com", "secondary", primary_domain="acme.com")
         self.assertRefused(
             Invalid,
             "crm.acme.com is a secondary domain itself",
@@ -142,7 +146,7 @@ class DomainContractTests(StoreFixtureMixin):
         )
 
     def test_existing_name_conflicts_before_anything_is_made(self):
-        self.sync(q.add_domain, "crm.acme.com")
+        self.sync(domains.add_domain, "crm.acme.com")
         self.assertRefused(
             Conflict, "exists already", "crm.acme.com", "secondary", primary_domain="acme.com"
         )
@@ -155,17 +159,19 @@ class DomainContractTests(StoreFixtureMixin):
     # -- identities -----------------------------------------------------------------------
 
     def test_secondary_mailbox_sends_as_the_primary_domain(self):
-        self.sync(q.add_domain, "crm.acme.com", "secondary", primary_domain="acme.com")
-        self.sync(q.add_user, "jane", "hash")
-        box = self.sync(q.add_mailbox, "Sales@crm.acme.com", "jane")
+        self.sync(domains.add_domain, "crm.acme.com", "secondary", primary_domain="acme.com")
+        self.sync(accounts.add_user, "jane", "hash")
+        box = self.sync(mailboxes.add_mailbox, "Sales@crm.acme.com", "jane")
         self.assertEqual((box.address, box.identity), ("sales@crm.acme.com", "sales@acme.com"))
-        given = self.sync(q.add_mailbox, "x@crm.acme.com", "jane", identity="X@crm.acme.com")
+        given = self.sync(
+            mailboxes.add_mailbox, "x@crm.acme.com", "jane", identity="X@crm.acme.com"
+        )
         self.assertEqual(given.identity, "X@crm.acme.com")
 
     def test_primary_mailbox_sends_as_itself(self):
-        self.sync(q.add_domain, "acme.com")
-        self.sync(q.add_user, "jane", "hash")
-        box = self.sync(q.add_mailbox, "jane@acme.com", "jane")
+        self.sync(domains.add_domain, "acme.com")
+        self.sync(accounts.add_user, "jane", "hash")
+        box = self.sync(mailboxes.add_mailbox, "jane@acme.com", "jane")
         self.assertEqual(box.identity, "jane@acme.com")
 
     def test_secondary_without_a_recorded_primary_sends_as_itself(self):
@@ -175,8 +181,8 @@ class DomainContractTests(StoreFixtureMixin):
                 name="old.example.org", mode="secondary", active=True, created_at=utc_now()
             )
         )
-        self.sync(q.add_user, "jane", "hash")
-        box = self.sync(q.add_mailbox, "jane@old.example.org", "jane")
+        self.sync(accounts.add_user, "jane", "hash")
+        box = self.sync(mailboxes.add_mailbox, "jane@old.example.org", "jane")
         self.assertEqual(box.identity, "jane@old.example.org")
         subject = self.sync(domains.dns_subject, "old.example.org")
         self.assertEqual(subject.sending_domains, ("old.example.org",))
@@ -184,14 +190,14 @@ class DomainContractTests(StoreFixtureMixin):
     # -- what the DNS must say ------------------------------------------------------------
 
     def setup_secondary(self):
-        self.sync(q.add_domain, "crm.acme.com", "secondary", primary_domain="acme.com")
-        self.sync(q.add_user, "jane", "hash")
-        self.sync(q.add_mailbox, "sales@crm.acme.com", "jane")
-        self.sync(q.add_mailbox, "office@crm.acme.com", "jane")
-        self.sync(q.add_mailbox, "old@crm.acme.com", "jane", active=False)
-        self.sync(q.add_mailbox, "own@crm.acme.com", "jane", identity="own@crm.acme.com")
-        self.sync(q.add_dkim_key, "acme.com", "atollon", "ed25519", "private", "PUBLIC-A")
-        self.sync(q.add_dkim_key, "crm.acme.com", "atollon", "ed25519", "private", "PUBLIC-C")
+        self.sync(domains.add_domain, "crm.acme.com", "secondary", primary_domain="acme.com")
+        self.sync(accounts.add_user, "jane", "hash")
+        self.sync(mailboxes.add_mailbox, "sales@crm.acme.com", "jane")
+        self.sync(mailboxes.add_mailbox, "office@crm.acme.com", "jane")
+        self.sync(mailboxes.add_mailbox, "old@crm.acme.com", "jane", active=False)
+        self.sync(mailboxes.add_mailbox, "own@crm.acme.com", "jane", identity="own@crm.acme.com")
+        self.sync(domains.add_dkim_key, "acme.com", "atollon", "ed25519", "private", "PUBLIC-A")
+        self.sync(domains.add_dkim_key, "crm.acme.com", "atollon", "ed25519", "private", "PUBLIC-C")
 
     def test_subject_of_a_secondary_domain(self):
         self.setup_secondary()
@@ -228,14 +234,16 @@ class DomainContractTests(StoreFixtureMixin):
         return [(key.selector, key.state) for key in self.sync(domains.all_dkim_keys, name)]
 
     def test_dkim_rotation(self):
-        self.sync(q.add_domain, "acme.com")
-        first = self.sync(q.add_dkim_key, "acme.com", "one", "rsa", "PRIVATE1", "PUB1")
+        self.sync(domains.add_domain, "acme.com")
+        first = self.sync(domains.add_dkim_key, "acme.com", "one", "rsa", "PRIVATE1", "PUB1")
         self.assertEqual(first.state, "active")
-        ed = self.sync(q.add_dkim_key, "acme.com", "ed", "ed25519", "PRIVATE2", "PUB2")
+        ed = self.sync(domains.add_dkim_key, "acme.com", "ed", "ed25519", "PRIVATE2", "PUB2")
         self.assertEqual(ed.state, "active", "the first key of its algorithm signs at once")
-        second = self.sync(q.add_dkim_key, "acme.com", "two", "rsa", "PRIVATE3", "PUB3")
+        second = self.sync(domains.add_dkim_key, "acme.com", "two", "rsa", "PRIVATE3", "PUB3")
         self.assertEqual((second.state, second.active), ("pending", False))
-        self.assertEqual([k.selector for k in self.sync(q.dkim_keys, "acme.com")], ["ed", "one"])
+        self.assertEqual(
+            [k.selector for k in self.sync(domains.dkim_keys, "acme.com")], ["ed", "one"]
+        )
         self.assertEqual(self.states(), [("ed", "active"), ("one", "active"), ("two", "pending")])
         published = self.sync(domains.dns_subject, "acme.com").dkim_keys
         self.assertEqual(
@@ -250,7 +258,9 @@ class DomainContractTests(StoreFixtureMixin):
         )
         self.assertEqual([(k.selector, k.retired_at) for k in activation.retired], [("one", T0)])
         self.assertEqual(self.states(), [("two", "active"), ("ed", "active"), ("one", "retired")])
-        self.assertEqual([k.selector for k in self.sync(q.dkim_keys, "acme.com")], ["two", "ed"])
+        self.assertEqual(
+            [k.selector for k in self.sync(domains.dkim_keys, "acme.com")], ["two", "ed"]
+        )
         self.assertEqual(self.sync(domains.dkim_key, "acme.com", "one").retired_at, T0)
         self.assertIn(
             ("one", "retired"),
@@ -268,9 +278,9 @@ class DomainContractTests(StoreFixtureMixin):
         self.assertEqual(self.states(), [("two", "active"), ("ed", "active")])
 
     def test_a_retired_key_can_be_activated_again(self):
-        self.sync(q.add_domain, "acme.com")
-        self.sync(q.add_dkim_key, "acme.com", "one", "rsa", "PRIVATE1", "PUB1")
-        self.sync(q.add_dkim_key, "acme.com", "two", "rsa", "PRIVATE2", "PUB2")
+        self.sync(domains.add_domain, "acme.com")
+        self.sync(domains.add_dkim_key, "acme.com", "one", "rsa", "PRIVATE1", "PUB1")
+        self.sync(domains.add_dkim_key, "acme.com", "two", "rsa", "PRIVATE2", "PUB2")
         self.sync(domains.activate_dkim_key, "acme.com", "two", T0)
         activation = self.sync(domains.activate_dkim_key, "acme.com", "one", T0)
         self.assertEqual([k.selector for k in activation.retired], ["two"])
@@ -279,14 +289,14 @@ class DomainContractTests(StoreFixtureMixin):
 
     def test_subjects_are_the_active_domains(self):
         self.setup_secondary()
-        self.sync(q.add_domain, "beta.org")
+        self.sync(domains.add_domain, "beta.org")
         names = [subject.domain.name for subject in self.sync(domains.dns_subjects)]
         self.assertEqual(names, ["beta.org", "crm.acme.com"])
 
     # -- the last check -------------------------------------------------------------------
 
     def test_record_and_replace_a_check(self):
-        self.sync(q.add_domain, "acme.com")
+        self.sync(domains.add_domain, "acme.com")
         self.assertIsNone(self.sync(domains.last_dns_check, "acme.com"))
         first = (
             DnsCheckResult("mx acme.com", "pass", "the MX of acme.com is mx.test"),
@@ -305,7 +315,7 @@ class DomainContractTests(StoreFixtureMixin):
         self.assertEqual(self.sync(domains.last_dns_check, "acme.com").checked_at, later)
 
     def test_a_temporary_result_keeps_the_known_outcome(self):
-        self.sync(q.add_domain, "acme.com")
+        self.sync(domains.add_domain, "acme.com")
         known = DnsCheckResult("mx acme.com", "pass", "fine")
         self.sync(domains.record_dns_check, "acme.com", (known,), T0)
         unknown = DnsCheckResult("mx acme.com", "fail", "timed out", temporary=True)
@@ -314,13 +324,13 @@ class DomainContractTests(StoreFixtureMixin):
         self.assertEqual(self.sync(domains.last_dns_check, "acme.com").results, (known, new))
 
     def test_bad_status_refused(self):
-        self.sync(q.add_domain, "acme.com")
+        self.sync(domains.add_domain, "acme.com")
         bad = (DnsCheckResult("mx acme.com", "ok", "?"),)
         self.assertRaises(Invalid, self.sync, domains.record_dns_check, "acme.com", bad, T0)
         self.assertIsNone(self.sync(domains.last_dns_check, "acme.com"))
 
     def test_removing_a_domain_removes_its_check(self):
-        self.sync(q.add_domain, "acme.com")
+        self.sync(domains.add_domain, "acme.com")
         result = DnsCheckResult("mx acme.com", "pass", "fine")
         self.sync(domains.record_dns_check, "acme.com", (result,), T0)
         self.sync(lambda: Domain.delete().where(Domain.name == "acme.com").execute())
@@ -329,15 +339,15 @@ class DomainContractTests(StoreFixtureMixin):
     # -- whom to tell ---------------------------------------------------------------------
 
     def test_admin_addresses_are_their_default_mailboxes(self):
-        self.sync(q.add_domain, "acme.com")
+        self.sync(domains.add_domain, "acme.com")
         for login, admin in (("zed", True), ("ann", True), ("bob", False), ("cat", True)):
-            self.sync(q.add_user, login, "hash", is_admin=admin)
-        self.sync(q.add_user, "dan", "hash", is_admin=True)  # no mailbox: skipped
-        self.sync(q.add_mailbox, "ann@acme.com", "ann")
-        self.sync(q.add_mailbox, "ann.other@acme.com", "ann")  # not her default box
-        self.sync(q.add_mailbox, "bob@acme.com", "bob")  # not an admin
-        self.sync(q.add_mailbox, "zed@acme.com", "zed")
-        self.sync(q.add_mailbox, "cat@acme.com", "cat", active=False)  # receives nothing
+            self.sync(accounts.add_user, login, "hash", is_admin=admin)
+        self.sync(accounts.add_user, "dan", "hash", is_admin=True)  # no mailbox: skipped
+        self.sync(mailboxes.add_mailbox, "ann@acme.com", "ann")
+        self.sync(mailboxes.add_mailbox, "ann.other@acme.com", "ann")  # not her default box
+        self.sync(mailboxes.add_mailbox, "bob@acme.com", "bob")  # not an admin
+        self.sync(mailboxes.add_mailbox, "zed@acme.com", "zed")
+        self.sync(mailboxes.add_mailbox, "cat@acme.com", "cat", active=False)  # receives nothing
         self.assertEqual(self.sync(domains.admin_addresses), ["ann@acme.com", "zed@acme.com"])
 
     def test_no_admin_addresses(self):

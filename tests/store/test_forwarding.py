@@ -5,8 +5,8 @@ from __future__ import annotations
 from twisted.trial import unittest
 
 from atollon_mail.passwords import hash_password
+from atollon_mail.store import accounts, aliases, domains, filing, mailboxes
 from atollon_mail.store import forwarding as f
-from atollon_mail.store import queries as q
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.records import ForwardingRecord, Recipient
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
@@ -16,18 +16,18 @@ class ForwardingContract(StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
         run = self.store.run_sync
-        run(q.add_domain, "acme.test")
-        run(q.add_domain, "other.test")
-        run(q.add_user, "joe", hash_password("x"))
+        run(domains.add_domain, "acme.test")
+        run(domains.add_domain, "other.test")
+        run(accounts.add_user, "joe", hash_password("x"))
         for address in ("joe@acme.test", "ann@acme.test", "bob@acme.test", "eve@other.test"):
-            run(q.add_mailbox, address, "joe")
-        run(q.add_alias, "sales@acme.test", "joe@acme.test")
+            run(mailboxes.add_mailbox, address, "joe")
+        run(aliases.add_alias, "sales@acme.test", "joe@acme.test")
 
     def op(self, operation, *args, **kwargs):
         return self.store.run_sync(operation, *args, **kwargs)
 
     def resolve(self, address: str) -> Recipient:
-        found = self.op(q.resolve_recipient, *address.split("@"))
+        found = self.op(filing.resolve_recipient, *address.split("@"))
         self.assertIsInstance(found, Recipient)
         return found
 
@@ -169,7 +169,7 @@ class ForwardingContract(StoreFixtureMixin):
 
     def test_targets_that_receive_nothing_are_skipped(self):
         self.forwarding("joe@acme.test", "ann@acme.test", "bob@acme.test", keep_copy=False)
-        self.op(q.set_mailbox_active, "ann@acme.test", False)
+        self.op(mailboxes.set_mailbox_active, "ann@acme.test", False)
         plan = self.expand("joe@acme.test")
         self.assertEqual([r.mailbox_address for r in plan.filed], ["bob@acme.test"])
         self.assertEqual(plan.skipped, ("ann@acme.test",))

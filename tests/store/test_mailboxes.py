@@ -6,9 +6,9 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from atollon_mail.store import campaigns
+from atollon_mail.store import accounts, aliases, campaigns, contexts, domains, message_types, queue
+from atollon_mail.store import filing as filing_ops
 from atollon_mail.store import mailboxes as m
-from atollon_mail.store import queries as q
 from atollon_mail.store.errors import Conflict, IdentityRefused, Invalid, NotFound
 from atollon_mail.store.models import (
     Campaign,
@@ -57,7 +57,7 @@ def _type_codes_of(message_ids) -> list[str]:
 
 
 def _next_uid(address: str) -> int:
-    return q._get_mailbox(address).next_uid
+    return m.get_mailbox_row(address).next_uid
 
 
 class MailboxBehaviourContract(StoreFixtureMixin):
@@ -70,29 +70,29 @@ class MailboxBehaviourContract(StoreFixtureMixin):
     def populate(self) -> None:
         """example.com: bob (bob@, robert@; alias sales -> bob@), carol (carol@), dave,
         and the admin root; other.example with bob@other.example."""
-        self.sync(q.add_domain, "example.com")
-        self.sync(q.add_domain, "other.example")
+        self.sync(domains.add_domain, "example.com")
+        self.sync(domains.add_domain, "other.example")
         for login in ("bob", "carol", "dave"):
-            self.sync(q.add_user, login, f"hash-{login}")
-        self.sync(q.add_user, "root", "hash-root", is_admin=True)
-        self.sync(q.add_mailbox, "bob@example.com", "bob")
-        self.sync(q.add_mailbox, "robert@example.com", "bob")
-        self.sync(q.add_mailbox, "carol@example.com", "carol")
-        self.sync(q.add_mailbox, "bob@other.example", "bob")
-        self.sync(q.add_alias, "sales", "bob@example.com")
+            self.sync(accounts.add_user, login, f"hash-{login}")
+        self.sync(accounts.add_user, "root", "hash-root", is_admin=True)
+        self.sync(m.add_mailbox, "bob@example.com", "bob")
+        self.sync(m.add_mailbox, "robert@example.com", "bob")
+        self.sync(m.add_mailbox, "carol@example.com", "carol")
+        self.sync(m.add_mailbox, "bob@other.example", "bob")
+        self.sync(aliases.add_alias, "sales", "bob@example.com")
 
     def state(self):
         """Everything these operations could change, to show a refusal changed nothing."""
         return (
-            self.sync(q.list_mailboxes),
-            self.sync(q.list_aliases),
-            [self.sync(m.mailbox_access, box.address) for box in self.sync(q.list_mailboxes)],
-            self.sync(m.list_message_types),
+            self.sync(m.list_mailboxes),
+            self.sync(aliases.list_aliases),
+            [self.sync(m.mailbox_access, box.address) for box in self.sync(m.list_mailboxes)],
+            self.sync(message_types.list_message_types),
         )
 
     def resolve(self, address: str):
         local, domain = address.split("@")
-        return self.sync(q.resolve_recipient, local, domain)
+        return self.sync(filing_ops.resolve_recipient, local, domain)
 
     def receiving_mailbox(self, address: str) -> str:
         found = self.resolve(address)
@@ -103,7 +103,7 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         recipient = self.resolve(address)
         self.assertIsInstance(recipient, Recipient)
         stored = self.sync(
-            q.store_messages, [_incoming(recipient, raw=b"m%d" % n) for n in range(count)]
+            filing_ops.store_messages, [_incoming(recipient, raw=b"m%d" % n) for n in range(count)]
         )
         self.assertTrue(all(isinstance(s, StoredMessage) for s in stored), stored)
         return [s.id for s in stored]
@@ -111,12 +111,12 @@ class MailboxBehaviourContract(StoreFixtureMixin):
     def defaults(self, owner: str) -> list[str]:
         return [
             box.address
-            for box in self.sync(q.list_mailboxes)
+            for box in self.sync(m.list_mailboxes)
             if box.owner_login == owner and box.is_default
         ]
 
     def identities(self, login: str) -> list[str]:
-        return [i.mailbox_address for i in self.sync(q.sending_identities, login)]
+        return [i.mailbox_address for i in self.sync(m.sending_identities, login)]
 
     # -- the default box -------------------------------------------------------------------
 
@@ -126,7 +126,7 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         switched = self.sync(m.set_default_mailbox, "Robert@Example.com")
         self.assertTrue(switched.is_default)
         self.assertEqual(self.defaults("bob"), ["robert@example.com"])
-        self.assertFalse(self.sync(q.get_mailbox, "bob@example.com").is_default)
+        self.assertFalse(self.sync(m.get_mailbox, "bob@example.com").is_default)
         # Another owner's default is not touched; doing it twice changes nothing.
         self.assertEqual(self.defaults("carol"), ["carol@example.com"])
         self.sync(m.set_default_mailbox, "robert@example.com")
@@ -153,12 +153,12 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         self.populate()
         boxes = ["bob@example.com", "robert@example.com", "bob@other.example"]
         for n in range(3):
-            self.sync(q.add_mailbox, f"extra{n}@example.com", "bob")
+            self.sync(m.add_mailbox, f"extra{n}@example.com", "bob")
             boxes.append(f"extra{n}@example.com")
         runs = [self.store.run(m.set_default_mailbox, boxes[n % len(boxes)]) for n in range(60)]
         # Deliveries lock the same rows meanwhile: nothing may deadlock.
         bob = self.resolve("bob@example.com")
-        runs += [self.store.run(q.store_messages, [_incoming(bob)]) for _ in range(20)]
+        runs += [self.store.run(filing_ops.store_messages, [_incoming(bob)]) for _ in range(20)]
         yield defer.gatherResults(runs, consumeErrors=True)
         self.assertEqual(len(self.defaults("bob")), 1)
         self.assertEqual(self.defaults("carol"), ["carol@example.com"])
@@ -169,7 +169,7 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         self.populate()
         changed = self.sync(m.update_mailbox, "bob@example.com", identity="Bob.B@Example.COM")
         self.assertEqual(changed.identity, "Bob.B@example.com")
-        self.assertEqual(self.sync(q.get_mailbox, "bob@example.com").identity, "Bob.B@example.com")
+        self.assertEqual(self.sync(m.get_mailbox, "bob@example.com").identity, "Bob.B@example.com")
         # Any domain: a secondary-mode mailbox sends as the company's own address.
         self.sync(m.update_mailbox, "robert@example.com", identity="robert@company.example")
         before = self.state()
@@ -198,7 +198,7 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         self.assertEqual(self.state(), before, "a refused identity changes nothing")
 
     def sends_as(self, login: str) -> list[str]:
-        return [i.identity for i in self.sync(q.sending_identities, login)]
+        return [i.identity for i in self.sync(m.sending_identities, login)]
 
     def test_an_owner_sets_only_the_mailboxs_own_address(self):
         self.populate()
@@ -223,7 +223,7 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         )
         self.assertIdentityRefused(
             "only an administrator",
-            q.add_mailbox,
+            m.add_mailbox,
             "new@example.com",
             "bob",
             identity="ceo@bank.example",
@@ -314,7 +314,7 @@ class MailboxBehaviourContract(StoreFixtureMixin):
                         actor=actor,
                     )
             self.assertIdentityRefused(
-                message, q.add_mailbox, "new@example.com", "carol", identity=identity
+                message, m.add_mailbox, "new@example.com", "carol", identity=identity
             )
 
     def test_a_stored_identity_that_no_longer_passes_is_not_offered(self):
@@ -328,7 +328,7 @@ class MailboxBehaviourContract(StoreFixtureMixin):
             )
         )
         self.assertEqual(self.sends_as("carol"), [])
-        refusal = self.sync(q.identity_refusal, "carol@example.com")
+        refusal = self.sync(m.identity_refusal, "carol@example.com")
         self.assertIn(
             "only an administrator can set another identity such as ceo@bank.example", refusal
         )
@@ -340,21 +340,23 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         )
         self.assertEqual(self.sends_as("carol"), ["desk@example.com"])
         self.assertIn("info@other.example", self.sends_as("bob"))
-        self.sync(q.add_mailbox, "desk@example.com", "dave")
-        self.sync(q.add_alias, "info", "bob@other.example")
+        self.sync(m.add_mailbox, "desk@example.com", "dave")
+        self.sync(aliases.add_alias, "info", "bob@other.example")
         self.assertEqual(self.sends_as("carol"), [])
         self.assertNotIn("info@other.example", self.sends_as("bob"))
         self.assertIn(
             "another mailbox, desk@example.com, receives at desk@example.com",
-            self.sync(q.identity_refusal, "carol@example.com"),
+            self.sync(m.identity_refusal, "carol@example.com"),
         )
         # Its own address always passes, whoever else claims it.
         self.assertEqual(self.sends_as("dave"), ["desk@example.com"])
 
     def test_secondary_mailboxes_send_as_the_company_address(self):
         self.populate()
-        self.sync(q.add_domain, "company.atollon.test", "secondary", primary_domain="company.test")
-        box = self.sync(q.add_mailbox, "thomas@company.atollon.test", "carol")
+        self.sync(
+            domains.add_domain, "company.atollon.test", "secondary", primary_domain="company.test"
+        )
+        box = self.sync(m.add_mailbox, "thomas@company.atollon.test", "carol")
         self.assertEqual(box.identity, "thomas@company.test")
         detail = self.sync(m.mailbox_detail, box.address)
         self.assertEqual(
@@ -375,16 +377,18 @@ class MailboxBehaviourContract(StoreFixtureMixin):
             actor="carol",
         )
         # A second hosted domain of the same company: thomas@company.test is taken.
-        self.sync(q.add_domain, "company2.atollon.test", "secondary", primary_domain="company.test")
+        self.sync(
+            domains.add_domain, "company2.atollon.test", "secondary", primary_domain="company.test"
+        )
         self.assertIdentityRefused(
             "another mailbox, thomas@company.atollon.test, sends as thomas@company.test "
             "already; choose another identity",
-            q.add_mailbox,
+            m.add_mailbox,
             "thomas@company2.atollon.test",
             "dave",
         )
         other = self.sync(
-            q.add_mailbox,
+            m.add_mailbox,
             "thomas@company2.atollon.test",
             "dave",
             identity="thomas@company2.atollon.test",
@@ -413,12 +417,12 @@ class MailboxBehaviourContract(StoreFixtureMixin):
 
     def test_store_to_todo_or_a_folder_or_project(self):
         self.populate()
-        folder = self.sync(q.add_context, "folder", "Support")
-        project = self.sync(q.add_context, "project", "Launch")
+        folder = self.sync(contexts.add_context, "folder", "Support")
+        project = self.sync(contexts.add_context, "project", "Launch")
         changed = self.sync(m.update_mailbox, "bob@example.com", store_to=folder.id)
         self.assertEqual(changed.store_to, folder)
         [first] = self.deliver("bob@example.com")
-        [filing] = self.sync(q.list_filings, "bob@example.com")
+        [filing] = self.sync(filing_ops.list_filings, "bob@example.com")
         self.assertEqual((filing.message.id, filing.context), (first, folder))
         self.assertEqual(
             self.sync(m.update_mailbox, "bob@example.com", store_to=str(project.id)).store_to,
@@ -427,17 +431,19 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         back = self.sync(m.update_mailbox, "bob@example.com", store_to="TODO")
         self.assertEqual((back.store_to.kind, back.store_to.owner_login), ("todo", "bob"))
         self.deliver("bob@example.com")
-        self.assertEqual(self.sync(q.list_filings, "bob@example.com")[0].context.kind, "todo")
+        self.assertEqual(
+            self.sync(filing_ops.list_filings, "bob@example.com")[0].context.kind, "todo"
+        )
         # The owner's own To Do by id is the same as "todo"; another user's is refused.
-        todos = {c.owner_login: c for c in self.sync(q.list_contexts) if c.kind == "todo"}
+        todos = {c.owner_login: c for c in self.sync(contexts.list_contexts) if c.kind == "todo"}
         self.sync(m.update_mailbox, "bob@example.com", store_to=folder.id)
         self.assertEqual(
             self.sync(m.update_mailbox, "bob@example.com", store_to=todos["bob"].id).store_to,
             todos["bob"],
         )
         # Another user's folder or project (private, a Sent folder) is refused.
-        carols = self.sync(q.add_context, "folder", "Sent (carol@example.com)", "carol")
-        plan = self.sync(q.add_context, "project", "Carol's plan", "carol")
+        carols = self.sync(contexts.add_context, "folder", "Sent (carol@example.com)", "carol")
+        plan = self.sync(contexts.add_context, "project", "Carol's plan", "carol")
         before = self.state()
         for store_to, error in (
             (todos["carol"].id, Invalid),
@@ -456,16 +462,16 @@ class MailboxBehaviourContract(StoreFixtureMixin):
 
     def test_store_targets_are_the_owners_contexts_and_those_of_no_user(self):
         self.populate()
-        offers = self.sync(q.add_context, "folder", "Offers")
-        launch = self.sync(q.add_context, "project", "Launch")
-        archive = self.sync(q.add_context, "folder", "Archive", "bob")
-        carols = self.sync(q.add_context, "folder", "Carol's own", "carol")
-        self.sync(q.add_context, "project", "Carol's plan", "carol")
+        offers = self.sync(contexts.add_context, "folder", "Offers")
+        launch = self.sync(contexts.add_context, "project", "Launch")
+        archive = self.sync(contexts.add_context, "folder", "Archive", "bob")
+        carols = self.sync(contexts.add_context, "folder", "Carol's own", "carol")
+        self.sync(contexts.add_context, "project", "Carol's plan", "carol")
         # A new mailbox too: not into another user's folder.
         self.assertRaises(
-            Invalid, self.sync, q.add_mailbox, "new@example.com", "bob", None, True, carols.id
+            Invalid, self.sync, m.add_mailbox, "new@example.com", "bob", None, True, carols.id
         )
-        new = self.sync(q.add_mailbox, "new@example.com", "bob", None, True, archive.id)
+        new = self.sync(m.add_mailbox, "new@example.com", "bob", None, True, archive.id)
         self.assertEqual(new.store_to, archive)
         self.assertEqual(self.sync(m.store_targets, "bob@example.com"), [offers, launch, archive])
         for target in (offers, launch, archive):
@@ -482,16 +488,16 @@ class MailboxBehaviourContract(StoreFixtureMixin):
                 self.assertIsInstance(found, Rejection)
                 self.assertEqual(found.reason, "inactive-mailbox")
         self.assertEqual(
-            [f.message.id for f in self.sync(q.list_filings, "bob@example.com")], ids[::-1]
+            [f.message.id for f in self.sync(filing_ops.list_filings, "bob@example.com")], ids[::-1]
         )
-        self.assertEqual(self.sync(q.message_raw, ids[0]), _filed(b"m0"))
+        self.assertEqual(self.sync(filing_ops.message_raw, ids[0]), _filed(b"m0"))
         self.assertNotIn("bob@example.com", self.identities("bob"))
         self.assertTrue(self.sync(m.update_mailbox, "bob@example.com", active=True).active)
         self.assertEqual(self.receiving_mailbox("sales@example.com"), "bob@example.com")
 
     def test_update_without_changes_and_unknown_mailbox(self):
         self.populate()
-        before = self.sync(q.get_mailbox, "bob@example.com")
+        before = self.sync(m.get_mailbox, "bob@example.com")
         self.assertEqual(self.sync(m.update_mailbox, "bob@example.com"), before)
         self.assertRaises(NotFound, self.sync, m.update_mailbox, "no@example.com", active=True)
 
@@ -503,12 +509,12 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         bob = self.resolve("bob@example.com")
         runs = []
         for n in range(30):
-            runs.append(self.store.run(q.store_messages, [_incoming(bob, raw=b"%d" % n)]))
+            runs.append(self.store.run(filing_ops.store_messages, [_incoming(bob, raw=b"%d" % n)]))
             runs.append(self.store.run(m.update_mailbox, "bob@example.com", signature=f"v{n}"))
         results = yield defer.gatherResults(runs, consumeErrors=True)
         stored = [r for r in results if isinstance(r, list)]
         self.assertTrue(all(isinstance(s, StoredMessage) for [s] in stored), stored)
-        uids = sorted(f.uid for f in self.sync(q.list_filings, "bob@example.com", 1000))
+        uids = sorted(f.uid for f in self.sync(filing_ops.list_filings, "bob@example.com", 1000))
         self.assertEqual(uids, list(range(1, 31)))
         self.assertEqual(self.sync(_next_uid, "bob@example.com"), 31)
 
@@ -516,13 +522,13 @@ class MailboxBehaviourContract(StoreFixtureMixin):
 
     def test_alias_by_bare_name_or_in_the_mailbox_domain(self):
         self.populate()
-        bare = self.sync(q.add_alias, " Info ", "bob@example.com")
+        bare = self.sync(aliases.add_alias, " Info ", "bob@example.com")
         self.assertEqual(
             (bare.address, bare.mailbox_address), ("info@example.com", "bob@example.com")
         )
-        full = self.sync(q.add_alias, "Help@Example.COM.", "carol@example.com")
+        full = self.sync(aliases.add_alias, "Help@Example.COM.", "carol@example.com")
         self.assertEqual(full.address, "help@example.com")
-        other = self.sync(q.add_alias, "info", "bob@other.example")
+        other = self.sync(aliases.add_alias, "info", "bob@other.example")
         self.assertEqual(other.address, "info@other.example")
         self.assertEqual(self.receiving_mailbox("info@example.com"), "bob@example.com")
         self.assertEqual(self.receiving_mailbox("info@other.example"), "bob@other.example")
@@ -531,12 +537,12 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         self.populate()
         before = self.state()
         with self.assertRaises(Invalid) as raised:
-            self.sync(q.add_alias, "info@other.example", "bob@example.com")
+            self.sync(aliases.add_alias, "info@other.example", "bob@example.com")
         message = str(raised.exception)
         self.assertIn("aliases are always in the mailbox's domain; give just the name", message)
         self.assertIn("info@example.com", message)
         self.assertRaises(
-            Invalid, self.sync, q.add_alias, "info@nowhere.example", "bob@example.com"
+            Invalid, self.sync, aliases.add_alias, "info@nowhere.example", "bob@example.com"
         )
         self.assertEqual(self.state(), before)
 
@@ -546,33 +552,33 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         before = self.state()
         for name in ("carol", "CAROL@example.com", "Robert", "SALES", "bob", "sales@example.com"):
             with self.subTest(name=name):
-                self.assertRaises(Conflict, self.sync, q.add_alias, name, "carol@example.com")
+                self.assertRaises(Conflict, self.sync, aliases.add_alias, name, "carol@example.com")
         for name, error in (("x+y", Invalid), ("a b", Invalid), ("", Invalid), ("@x", Invalid)):
             with self.subTest(name=name):
-                self.assertRaises(error, self.sync, q.add_alias, name, "carol@example.com")
-        self.assertRaises(NotFound, self.sync, q.add_alias, "x", "nobody@example.com")
+                self.assertRaises(error, self.sync, aliases.add_alias, name, "carol@example.com")
+        self.assertRaises(NotFound, self.sync, aliases.add_alias, "x", "nobody@example.com")
         self.assertEqual(self.state(), before)
         # The same name in another domain is another address.
-        self.sync(q.add_alias, "carol", "bob@other.example")
+        self.sync(aliases.add_alias, "carol", "bob@other.example")
 
     def test_remove_alias(self):
         self.populate()
-        removed = self.sync(m.remove_alias, "SALES@example.com")
+        removed = self.sync(aliases.remove_alias, "SALES@example.com")
         self.assertEqual(
             (removed.address, removed.mailbox_address), ("sales@example.com", "bob@example.com")
         )
-        self.assertEqual(self.sync(q.list_aliases), [])
+        self.assertEqual(self.sync(aliases.list_aliases), [])
         self.assertEqual(self.resolve("sales@example.com").reason, "unknown-address")
         for address in ("sales@example.com", "bob@example.com", "sales@other.example"):
             with self.subTest(address=address):
-                self.assertRaises(NotFound, self.sync, m.remove_alias, address)
-        self.assertRaises(Invalid, self.sync, m.remove_alias, "sales")
+                self.assertRaises(NotFound, self.sync, aliases.remove_alias, address)
+        self.assertRaises(Invalid, self.sync, aliases.remove_alias, "sales")
 
     def test_an_alias_is_never_an_identity_to_send_as(self):
         self.populate()
-        self.sync(q.add_alias, "info", "bob@example.com")
-        addresses = {i.identity for i in self.sync(q.sending_identities, "bob")}
-        addresses |= {i.mailbox_address for i in self.sync(q.sending_identities, "bob")}
+        self.sync(aliases.add_alias, "info", "bob@example.com")
+        addresses = {i.identity for i in self.sync(m.sending_identities, "bob")}
+        addresses |= {i.mailbox_address for i in self.sync(m.sending_identities, "bob")}
         self.assertEqual(addresses, {"bob@example.com", "robert@example.com", "bob@other.example"})
         # Nor after a redirect made the old address an alias of the new mailbox.
         self.sync(m.redirect_mailbox, "carol@example.com", "robert@example.com")
@@ -583,8 +589,8 @@ class MailboxBehaviourContract(StoreFixtureMixin):
 
     def redirect_setup(self):
         self.populate()
-        self.sync(q.add_alias, "info", "carol@example.com")
-        self.sync(q.add_alias, "help", "carol@example.com")
+        self.sync(aliases.add_alias, "info", "carol@example.com")
+        self.sync(aliases.add_alias, "help", "carol@example.com")
         return self.deliver("carol@example.com", 3)
 
     def test_redirect_moves_the_address_and_its_aliases(self):
@@ -598,10 +604,10 @@ class MailboxBehaviourContract(StoreFixtureMixin):
             result.aliases_added, ("carol@example.com", "help@example.com", "info@example.com")
         )
         self.assertTrue(result.old_was_active)
-        old = self.sync(q.get_mailbox, "carol@example.com")
+        old = self.sync(m.get_mailbox, "carol@example.com")
         self.assertEqual((old.active, old.aliases), (False, ()))
         self.assertEqual(
-            self.sync(q.get_mailbox, "robert@example.com").aliases, result.aliases_added
+            self.sync(m.get_mailbox, "robert@example.com").aliases, result.aliases_added
         )
         for address in (
             "carol@example.com",
@@ -614,24 +620,26 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         # New mail to the old address lands in the new mailbox; the old mail stays readable.
         [new_id] = self.deliver("carol@example.com")
         self.assertEqual(
-            [f.message.id for f in self.sync(q.list_filings, "robert@example.com")], [new_id]
+            [f.message.id for f in self.sync(filing_ops.list_filings, "robert@example.com")],
+            [new_id],
         )
         self.assertEqual(
-            [f.message.id for f in self.sync(q.list_filings, "carol@example.com")], ids[::-1]
+            [f.message.id for f in self.sync(filing_ops.list_filings, "carol@example.com")],
+            ids[::-1],
         )
-        self.assertEqual(self.sync(q.message_raw, ids[1]), _filed(b"m1"))
+        self.assertEqual(self.sync(filing_ops.message_raw, ids[1]), _filed(b"m1"))
         detail = self.sync(m.mailbox_detail, "carol@example.com")
         self.assertEqual(detail.redirected_to, "robert@example.com")
         # The old name cannot be taken again, nor the old mailbox reactivated over it.
-        self.assertRaises(Conflict, self.sync, q.add_alias, "carol", "bob@example.com")
-        self.assertRaises(Conflict, self.sync, q.add_mailbox, "carol@example.com", "dave")
+        self.assertRaises(Conflict, self.sync, aliases.add_alias, "carol", "bob@example.com")
+        self.assertRaises(Conflict, self.sync, m.add_mailbox, "carol@example.com", "dave")
         before = self.state()
         with self.assertRaises(Conflict) as raised:
             self.sync(m.update_mailbox, "carol@example.com", active=True)
         self.assertIn("alias remove carol@example.com", str(raised.exception))
         self.assertEqual(self.state(), before)
         # Undoing it by hand: the alias removed, the mailbox active again.
-        self.sync(m.remove_alias, "carol@example.com")
+        self.sync(aliases.remove_alias, "carol@example.com")
         self.sync(m.update_mailbox, "carol@example.com", active=True)
         self.assertEqual(self.receiving_mailbox("carol@example.com"), "carol@example.com")
 
@@ -653,13 +661,13 @@ class MailboxBehaviourContract(StoreFixtureMixin):
 
     def test_redirect_refusals_change_nothing(self):
         self.redirect_setup()
-        self.sync(q.add_mailbox, "ann@example.com", "dave", active=False)
-        self.sync(q.add_mailbox, "old@example.com", "dave")
-        self.sync(q.add_mailbox, "older@example.com", "dave")
+        self.sync(m.add_mailbox, "ann@example.com", "dave", active=False)
+        self.sync(m.add_mailbox, "old@example.com", "dave")
+        self.sync(m.add_mailbox, "older@example.com", "dave")
         self.sync(m.redirect_mailbox, "older@example.com", "old@example.com")
         # Someone took the old name by hand before: it is an alias of another mailbox.
         self.sync(m.update_mailbox, "bob@example.com", active=False)
-        self.sync(m.remove_alias, "sales@example.com")
+        self.sync(aliases.remove_alias, "sales@example.com")
         before = self.state()
         for old, new, error, words in (
             ("carol@example.com", "carol@example.com", Invalid, "to itself"),
@@ -703,8 +711,8 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         self.populate()
         pairs = 6
         for n in range(pairs):
-            self.sync(q.add_mailbox, f"a{n}@example.com", "dave")
-            self.sync(q.add_mailbox, f"b{n}@example.com", "dave")
+            self.sync(m.add_mailbox, f"a{n}@example.com", "dave")
+            self.sync(m.add_mailbox, f"b{n}@example.com", "dave")
         runs = []
         for n in range(pairs):
             runs.append(
@@ -719,7 +727,7 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         self.assertTrue(all(isinstance(f, Conflict) for f in failures), failures)
         for n in range(pairs):
             a, b = f"a{n}@example.com", f"b{n}@example.com"
-            active = [box.active for box in (self.sync(q.get_mailbox, x) for x in (a, b))]
+            active = [box.active for box in (self.sync(m.get_mailbox, x) for x in (a, b))]
             self.assertEqual(sorted(active), [False, True])
             self.assertEqual(self.receiving_mailbox(a), self.receiving_mailbox(b))
 
@@ -806,7 +814,7 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         # Carol's own default first; bob's default is not dave's.
         self.assertEqual(self.identities("dave"), ["bob@example.com", "robert@example.com"])
         self.sync(m.grant_mailbox_access, "carol@example.com", "dave", edit=True)
-        self.sync(q.add_mailbox, "dave@example.com", "dave")
+        self.sync(m.add_mailbox, "dave@example.com", "dave")
         self.assertEqual(
             self.identities("dave"),
             ["dave@example.com", "bob@example.com", "carol@example.com", "robert@example.com"],
@@ -823,7 +831,7 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         self.sync(m.update_mailbox, "carol@example.com", identity="office@company.example")
         carol = [
             i
-            for i in self.sync(q.sending_identities, "dave")
+            for i in self.sync(m.sending_identities, "dave")
             if i.mailbox_address == "carol@example.com"
         ]
         self.assertEqual([i.identity for i in carol], ["office@company.example"])
@@ -831,7 +839,7 @@ class MailboxBehaviourContract(StoreFixtureMixin):
     # -- message types -----------------------------------------------------------------------
 
     def types(self) -> dict:
-        return {t.code: t for t in self.sync(m.list_message_types)}
+        return {t.code: t for t in self.sync(message_types.list_message_types)}
 
     def test_default_message_types(self):
         found = self.types()
@@ -842,17 +850,21 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         )
 
     def test_add_and_update_message_types(self):
-        fax = self.sync(m.add_message_type, " Fax ", "FAX-1", "Scanned faxes")
+        fax = self.sync(message_types.add_message_type, " Fax ", "FAX-1", "Scanned faxes")
         self.assertEqual(
             (fax.code, fax.name, fax.description, fax.active),
             ("fax-1", "Fax", "Scanned faxes", True),
         )
         self.assertFalse(fax.default_incoming or fax.default_outgoing)
-        memo = self.sync(m.add_message_type, "Memo", "memo", active=False)
+        memo = self.sync(message_types.add_message_type, "Memo", "memo", active=False)
         self.assertFalse(memo.active)
         self.assertEqual(list(self.types()), ["email-in", "email-out", "fax-1", "memo"])
         changed = self.sync(
-            m.update_message_type, "memo", name="Memo 2", description="Inside", active=True
+            message_types.update_message_type,
+            "memo",
+            name="Memo 2",
+            description="Inside",
+            active=True,
         )
         self.assertEqual(
             (changed.name, changed.description, changed.active), ("Memo 2", "Inside", True)
@@ -872,31 +884,31 @@ class MailboxBehaviourContract(StoreFixtureMixin):
             (("X", "x"), {"description": "d" * 2001}, Invalid),
         ):
             with self.subTest(args=args):
-                self.assertRaises(error, self.sync, m.add_message_type, *args, **kwargs)
-        self.assertRaises(NotFound, self.sync, m.update_message_type, "nope", name="X")
-        self.assertRaises(Invalid, self.sync, m.update_message_type, "memo", name=" ")
+                self.assertRaises(error, self.sync, message_types.add_message_type, *args, **kwargs)
+        self.assertRaises(NotFound, self.sync, message_types.update_message_type, "nope", name="X")
+        self.assertRaises(Invalid, self.sync, message_types.update_message_type, "memo", name=" ")
         self.assertEqual(self.state(), before)
 
     def test_switching_the_default_types(self):
-        self.sync(m.add_message_type, "Fax", "fax")
-        switched = self.sync(m.update_message_type, "fax", default_incoming=True)
+        self.sync(message_types.add_message_type, "Fax", "fax")
+        switched = self.sync(message_types.update_message_type, "fax", default_incoming=True)
         self.assertTrue(switched.default_incoming)
         found = self.types()
         self.assertEqual([c for c, t in found.items() if t.default_incoming], ["fax"])
         self.assertEqual([c for c, t in found.items() if t.default_outgoing], ["email-out"])
-        self.sync(m.update_message_type, "fax", default_outgoing=True)
+        self.sync(message_types.update_message_type, "fax", default_outgoing=True)
         self.assertEqual([c for c, t in self.types().items() if t.default_outgoing], ["fax"])
         # New mail gets the new defaults.
-        self.sync(q.add_domain, "example.com")
-        self.sync(q.add_user, "bob", "hash")
-        self.sync(q.add_mailbox, "bob@example.com", "bob")
+        self.sync(domains.add_domain, "example.com")
+        self.sync(accounts.add_user, "bob", "hash")
+        self.sync(m.add_mailbox, "bob@example.com", "bob")
         ids = self.deliver("bob@example.com", 2)
-        self.sync(m.update_message_type, "email-in", default_incoming=True)
+        self.sync(message_types.update_message_type, "email-in", default_incoming=True)
         ids += self.deliver("bob@example.com")
         self.assertEqual(self.sync(_type_codes_of, ids), ["fax", "fax", "email-in"])
-        bob = self.sync(q.get_mailbox, "bob@example.com")
+        bob = self.sync(m.get_mailbox, "bob@example.com")
         [sent] = self.sync(
-            q.submit_messages,
+            queue.submit_messages,
             [
                 OutgoingMessage(
                     envelope_sender="bob@example.com",
@@ -909,7 +921,7 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         self.assertEqual(self.sync(_type_codes_of, [sent.id]), ["fax"])
 
     def test_default_type_refusals(self):
-        self.sync(m.add_message_type, "Memo", "memo", active=False)
+        self.sync(message_types.add_message_type, "Memo", "memo", active=False)
         before = self.state()
         for code, kwargs, words in (
             ("memo", {"default_incoming": True}, "memo is inactive"),
@@ -920,68 +932,76 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         ):
             with self.subTest(code=code, kwargs=kwargs):
                 with self.assertRaises(Conflict) as raised:
-                    self.sync(m.update_message_type, code, **kwargs)
+                    self.sync(message_types.update_message_type, code, **kwargs)
                 self.assertIn(words, str(raised.exception))
         self.assertEqual(self.state(), before)
         # Activated in the same change, it may become the default; False on a type that
         # is not the default changes nothing.
-        memo = self.sync(m.update_message_type, "memo", active=True, default_incoming=True)
+        memo = self.sync(
+            message_types.update_message_type, "memo", active=True, default_incoming=True
+        )
         self.assertTrue(memo.default_incoming)
         self.assertFalse(
-            self.sync(m.update_message_type, "email-in", default_incoming=False).default_incoming
+            self.sync(
+                message_types.update_message_type, "email-in", default_incoming=False
+            ).default_incoming
         )
 
     def test_delete_message_type(self):
-        self.sync(m.add_message_type, "Fax", "fax")
-        self.sync(m.add_message_type, "Memo", "memo")
-        deleted = self.sync(m.delete_message_type, "MEMO")
+        self.sync(message_types.add_message_type, "Fax", "fax")
+        self.sync(message_types.add_message_type, "Memo", "memo")
+        deleted = self.sync(message_types.delete_message_type, "MEMO")
         self.assertEqual(
             (deleted.code, deleted.reassigned, deleted.reassigned_to), ("memo", 0, None)
         )
         self.assertEqual(list(self.types()), ["email-in", "email-out", "fax"])
-        self.assertRaises(NotFound, self.sync, m.delete_message_type, "memo")
+        self.assertRaises(NotFound, self.sync, message_types.delete_message_type, "memo")
 
     def test_delete_a_type_in_use_needs_a_type_to_move_its_messages_to(self):
-        self.sync(q.add_domain, "example.com")
-        self.sync(q.add_user, "bob", "hash")
-        self.sync(q.add_mailbox, "bob@example.com", "bob")
-        self.sync(m.add_message_type, "Fax", "fax")
-        self.sync(m.add_message_type, "Letter", "letter")
-        self.sync(m.update_message_type, "fax", default_incoming=True)
+        self.sync(domains.add_domain, "example.com")
+        self.sync(accounts.add_user, "bob", "hash")
+        self.sync(m.add_mailbox, "bob@example.com", "bob")
+        self.sync(message_types.add_message_type, "Fax", "fax")
+        self.sync(message_types.add_message_type, "Letter", "letter")
+        self.sync(message_types.update_message_type, "fax", default_incoming=True)
         faxes = self.deliver("bob@example.com", 3)
-        self.sync(m.update_message_type, "email-in", default_incoming=True)
+        self.sync(message_types.update_message_type, "email-in", default_incoming=True)
         others = self.deliver("bob@example.com")
         before = self.state()
         with self.assertRaises(Conflict) as raised:
-            self.sync(m.delete_message_type, "fax")
+            self.sync(message_types.delete_message_type, "fax")
         self.assertEqual(str(raised.exception), "3 messages have type fax; pass --reassign-to CODE")
-        self.assertRaises(Invalid, self.sync, m.delete_message_type, "fax", reassign_to="fax")
-        self.assertRaises(NotFound, self.sync, m.delete_message_type, "fax", reassign_to="nope")
+        self.assertRaises(
+            Invalid, self.sync, message_types.delete_message_type, "fax", reassign_to="fax"
+        )
+        self.assertRaises(
+            NotFound, self.sync, message_types.delete_message_type, "fax", reassign_to="nope"
+        )
         self.assertEqual(self.state(), before)
         self.assertEqual(self.sync(_type_codes_of, faxes), ["fax"] * 3)
-        deleted = self.sync(m.delete_message_type, "fax", reassign_to="Letter")
+        deleted = self.sync(message_types.delete_message_type, "fax", reassign_to="Letter")
         self.assertEqual((deleted.reassigned, deleted.reassigned_to), (3, "letter"))
         self.assertNotIn("fax", self.types())
         self.assertEqual(self.sync(_type_codes_of, faxes + others), ["letter"] * 3 + ["email-in"])
-        self.assertEqual(self.sync(q.message_raw, faxes[0]), _filed(b"m0"))
+        self.assertEqual(self.sync(filing_ops.message_raw, faxes[0]), _filed(b"m0"))
 
     def test_a_type_a_campaign_uses_moves_with_it_or_stays(self):
-        self.sync(q.add_domain, "example.com")
-        self.sync(q.add_user, "bob", "hash")
-        self.sync(q.add_mailbox, "bob@example.com", "bob")
-        self.sync(m.add_message_type, "Newsletter", "newsletter")
-        self.sync(m.add_message_type, "Letter", "letter")
+        self.sync(domains.add_domain, "example.com")
+        self.sync(accounts.add_user, "bob", "hash")
+        self.sync(m.add_mailbox, "bob@example.com", "bob")
+        self.sync(message_types.add_message_type, "Newsletter", "newsletter")
+        self.sync(message_types.add_message_type, "Letter", "letter")
         self.sync(_campaign_of_type, "newsletter")
         with self.assertRaises(Conflict) as raised:
-            self.sync(m.delete_message_type, "newsletter")
+            self.sync(message_types.delete_message_type, "newsletter")
         self.assertEqual(
             str(raised.exception), "1 campaign uses type newsletter; pass --reassign-to CODE"
         )
-        self.sync(m.delete_message_type, "newsletter", reassign_to="letter")
+        self.sync(message_types.delete_message_type, "newsletter", reassign_to="letter")
         self.assertEqual(self.sync(lambda: Campaign.get().type.code), "letter")
 
     def test_a_default_type_is_never_deleted(self):
-        self.sync(m.add_message_type, "Fax", "fax")
+        self.sync(message_types.add_message_type, "Fax", "fax")
         before = self.state()
         for code, words in (
             ("email-in", "default type for incoming mail"),
@@ -990,7 +1010,7 @@ class MailboxBehaviourContract(StoreFixtureMixin):
             for reassign_to in (None, "fax"):
                 with self.subTest(code=code, reassign_to=reassign_to):
                     with self.assertRaises(Conflict) as raised:
-                        self.sync(m.delete_message_type, code, reassign_to)
+                        self.sync(message_types.delete_message_type, code, reassign_to)
                     self.assertIn(words, str(raised.exception))
                     self.assertIn("make another type the default first", str(raised.exception))
         self.assertEqual(self.state(), before)
@@ -999,11 +1019,13 @@ class MailboxBehaviourContract(StoreFixtureMixin):
     def test_concurrent_default_type_switches_leave_one_default_each(self):
         codes = [f"t{n}" for n in range(5)]
         for code in codes:
-            self.sync(m.add_message_type, code.upper(), code)
+            self.sync(message_types.add_message_type, code.upper(), code)
         runs = []
         for n in range(40):
             field = "default_incoming" if n % 2 else "default_outgoing"
-            runs.append(self.store.run(m.update_message_type, codes[n % 5], **{field: True}))
+            runs.append(
+                self.store.run(message_types.update_message_type, codes[n % 5], **{field: True})
+            )
         yield defer.gatherResults(runs, consumeErrors=True)
         found = self.types().values()
         self.assertEqual(len([t for t in found if t.default_incoming]), 1)

@@ -9,7 +9,8 @@ import threading
 from twisted.internet import defer, threads
 from twisted.trial import unittest
 
-from atollon_mail.store import queries as q
+from atollon_mail.store import accounts, domains, mailboxes, queue
+from atollon_mail.store import filing as filing_ops
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.models import (
     QUEUE_STATES,
@@ -18,6 +19,7 @@ from atollon_mail.store.models import (
     Mailbox,
     QueueMessage,
     QueueRecipient,
+    utc_now,
 )
 from atollon_mail.store.records import (
     Delivery,
@@ -78,18 +80,18 @@ class QueueContractTests(StoreFixtureMixin):
 
     def populate(self) -> None:
         """example.com: bob (bob@, default; info@; old@, inactive) and carol (carol@)."""
-        self.sync(q.add_domain, "example.com")
-        self.sync(q.add_user, "bob", "hash-bob")
-        self.sync(q.add_user, "carol", "hash-carol")
-        self.bob = self.sync(q.add_mailbox, "bob@example.com", "bob")
+        self.sync(domains.add_domain, "example.com")
+        self.sync(accounts.add_user, "bob", "hash-bob")
+        self.sync(accounts.add_user, "carol", "hash-carol")
+        self.bob = self.sync(mailboxes.add_mailbox, "bob@example.com", "bob")
         self.info = self.sync(
-            q.add_mailbox, "info@example.com", "bob", identity="help.desk@example.com"
+            mailboxes.add_mailbox, "info@example.com", "bob", identity="help.desk@example.com"
         )
-        self.old = self.sync(q.add_mailbox, "old@example.com", "bob", active=False)
-        self.carol = self.sync(q.add_mailbox, "carol@example.com", "carol")
+        self.old = self.sync(mailboxes.add_mailbox, "old@example.com", "bob", active=False)
+        self.carol = self.sync(mailboxes.add_mailbox, "carol@example.com", "carol")
 
     def recipient(self, local: str):
-        return self.sync(q.resolve_recipient, local, "example.com")
+        return self.sync(filing_ops.resolve_recipient, local, "example.com")
 
     def outgoing(self, *remote: str, local=(), sent=None, raw=b"Subject: hi\r\n\r\nbody\r\n", **kw):
         return OutgoingMessage(
@@ -102,7 +104,7 @@ class QueueContractTests(StoreFixtureMixin):
         )
 
     def submit(self, *messages: OutgoingMessage, now=T0) -> list:
-        return self.sync(q.submit_messages, list(messages), now)
+        return self.sync(queue.submit_messages, list(messages), now)
 
     def submit_one(self, *remote: str, now=T0, **kw) -> SubmittedMessage:
         [submitted] = self.submit(self.outgoing(*remote, **kw), now=now)
@@ -110,7 +112,7 @@ class QueueContractTests(StoreFixtureMixin):
         return submitted
 
     def claim(self, now, limit=100) -> list[Delivery]:
-        return self.sync(q.claim_due_deliveries, now, limit)
+        return self.sync(queue.claim_due_deliveries, now, limit)
 
     def result(self, delivery, outcome, at, next_attempt_at=None, reply=None, server=None):
         return DeliveryResult(
@@ -123,7 +125,7 @@ class QueueContractTests(StoreFixtureMixin):
         )
 
     def states(self, queue_message_id: int) -> dict[str, str]:
-        detail = self.sync(q.queue_show, queue_message_id)
+        detail = self.sync(queue.queue_show, queue_message_id)
         return {r.entry.address: r.entry.state for r in detail.recipients}
 
     # -- submitting -------------------------------------------------------------------------
@@ -143,19 +145,19 @@ class QueueContractTests(StoreFixtureMixin):
         self.assertEqual(submitted.filings, 2)  # carol once, and bob's Sent copy
         self.assertEqual(submitted.queued_recipients, 2)
         self.assertIsNotNone(submitted.queue_message_id)
-        self.assertEqual(self.sync(q.count_messages), 1)
+        self.assertEqual(self.sync(filing_ops.count_messages), 1)
         # Filed for carol: a final delivery, so stored with its Return-Path; it is sent on
         # without it.
         self.assertEqual(
-            self.sync(q.message_raw, submitted.id),
+            self.sync(filing_ops.message_raw, submitted.id),
             b"Return-Path: <bob@example.com>\r\n" + message.raw,
         )
-        self.assertEqual(self.sync(q.outgoing_raw, [submitted.id]), {submitted.id: message.raw})
+        self.assertEqual(self.sync(queue.outgoing_raw, [submitted.id]), {submitted.id: message.raw})
 
-        [to_carol] = self.sync(q.list_filings, "carol@example.com")
+        [to_carol] = self.sync(filing_ops.list_filings, "carol@example.com")
         self.assertEqual((to_carol.message.id, to_carol.uid, to_carol.flags), (submitted.id, 1, ()))
         self.assertEqual((to_carol.context.kind, to_carol.context.owner_login), ("todo", "carol"))
-        [sent] = self.sync(q.list_filings, "bob@example.com")
+        [sent] = self.sync(filing_ops.list_filings, "bob@example.com")
         self.assertEqual((sent.message.id, sent.uid, sent.flags), (submitted.id, 1, ("\\Seen",)))
         self.assertEqual(
             (sent.context.kind, sent.context.name, sent.context.owner_login),
@@ -182,7 +184,7 @@ class QueueContractTests(StoreFixtureMixin):
         self.submit(*(self.outgoing("b@remote.example", sent=self.bob.id) for _ in range(2)))
         # Mail received in between takes the next uid of the same counter.
         self.sync(
-            q.store_messages,
+            filing_ops.store_messages,
             [IncomingMessage("x@remote.example", (self.recipient("bob"),), b"Subject: in\r\n\r\n")],
         )
         self.submit_one("c@remote.example", sent=self.bob.id)
@@ -190,13 +192,13 @@ class QueueContractTests(StoreFixtureMixin):
         names = self.sync(_context_names)
         self.assertEqual(names.count("Sent (bob@example.com)"), 1)
         self.assertEqual(names.count("Sent (info@example.com)"), 1)
-        filings = self.sync(q.list_filings, "bob@example.com")
+        filings = self.sync(filing_ops.list_filings, "bob@example.com")
         self.assertEqual([f.uid for f in filings], [5, 4, 3, 2, 1])
         self.assertEqual(
             [f.context.name for f in filings if f.flags],
             ["Sent (bob@example.com)"] * 4,
         )
-        [info] = self.sync(q.list_filings, "info@example.com")
+        [info] = self.sync(filing_ops.list_filings, "info@example.com")
         self.assertEqual((info.uid, info.context.name), (1, "Sent (info@example.com)"))
 
     def test_a_removed_sent_folder_is_made_again(self):
@@ -209,7 +211,7 @@ class QueueContractTests(StoreFixtureMixin):
         self.sync(forget_sent_folder)
         self.submit_one("b@remote.example", sent=self.bob.id)
         self.assertEqual(self.sync(_context_names).count("Sent (bob@example.com)"), 2)
-        contexts = {f.context.id for f in self.sync(q.list_filings, "bob@example.com")}
+        contexts = {f.context.id for f in self.sync(filing_ops.list_filings, "bob@example.com")}
         self.assertEqual(len(contexts), 2)
 
     def test_nothing_is_queued_without_remote_recipients(self):
@@ -220,8 +222,8 @@ class QueueContractTests(StoreFixtureMixin):
             (None, 0, 2),
         )
         self.assertEqual(self.sync(_queue_messages), [])
-        self.assertEqual(self.sync(q.queue_counts), dict.fromkeys(QUEUE_STATES, 0))
-        self.assertIsNone(self.sync(q.next_due_at))
+        self.assertEqual(self.sync(queue.queue_counts), dict.fromkeys(QUEUE_STATES, 0))
+        self.assertIsNone(self.sync(queue.next_due_at))
 
     def test_an_address_here_given_as_remote_is_filed_not_queued(self):
         """Whatever a producer passes as remote, an address of our own domains (any case,
@@ -234,13 +236,15 @@ class QueueContractTests(StoreFixtureMixin):
             [r.mailbox_address for r in submitted.filed_recipients], ["carol@example.com"]
         )
         self.assertEqual(self.states(submitted.queue_message_id), {"far@remote.example": "queued"})
-        [to_carol] = self.sync(q.list_filings, "carol@example.com")
+        [to_carol] = self.sync(filing_ops.list_filings, "carol@example.com")
         self.assertEqual((to_carol.message.id, to_carol.uid), (submitted.id, 1))
         self.assertEqual(
-            self.sync(q.message_raw, submitted.id),
+            self.sync(filing_ops.message_raw, submitted.id),
             b"Return-Path: <bob@example.com>\r\n" + message.raw,
         )
-        self.assertEqual(to_carol.message.size, len(self.sync(q.message_raw, submitted.id)))
+        self.assertEqual(
+            to_carol.message.size, len(self.sync(filing_ops.message_raw, submitted.id))
+        )
 
     def test_only_addresses_here_are_filed_and_nothing_queued(self):
         self.populate()
@@ -257,7 +261,7 @@ class QueueContractTests(StoreFixtureMixin):
             [refused] = self.submit(self.outgoing(address, "far@remote.example", sent=self.bob.id))
             self.assertIsInstance(refused, Invalid)
             self.assertEqual(str(refused), f"{why}; nothing was sent")
-        self.assertEqual(self.sync(q.count_messages), 0)
+        self.assertEqual(self.sync(filing_ops.count_messages), 0)
         self.assertEqual(self.sync(_queue_messages), [])
 
     def test_a_bounce_to_an_address_here_is_filed_under_a_null_return_path(self):
@@ -268,13 +272,13 @@ class QueueContractTests(StoreFixtureMixin):
         )
         submitted = self.submit_one("bob@example.com", envelope_sender="", is_bounce=True, raw=raw)
         self.assertIsNone(submitted.queue_message_id)
-        stored = self.sync(q.message_raw, submitted.id)
+        stored = self.sync(filing_ops.message_raw, submitted.id)
         self.assertEqual(
             stored,
             b"Return-Path: <>\r\nSubject: Undelivered\r\n\r\nReturn-Path: body text\r\n",
             "one Return-Path, the final delivery's; the body is left alone",
         )
-        [filing] = self.sync(q.list_filings, "bob@example.com")
+        [filing] = self.sync(filing_ops.list_filings, "bob@example.com")
         self.assertEqual(filing.message.size, len(stored))
 
     def test_bounce_is_queued_with_the_null_sender(self):
@@ -283,7 +287,7 @@ class QueueContractTests(StoreFixtureMixin):
             "sender@remote.example", envelope_sender="", is_bounce=True, subject="Undelivered"
         )
         self.assertEqual(submitted.filings, 0)
-        detail = self.sync(q.queue_show, submitted.queue_message_id)
+        detail = self.sync(queue.queue_show, submitted.queue_message_id)
         self.assertEqual((detail.envelope_sender, detail.is_bounce), ("", True))
         [delivery] = self.claim(T0)
         self.assertEqual((delivery.envelope_sender, delivery.is_bounce), ("", True))
@@ -306,20 +310,20 @@ class QueueContractTests(StoreFixtureMixin):
         self.assertIsInstance(empty, Invalid)
         self.assertIsInstance(good1, SubmittedMessage)
         self.assertIsInstance(good2, SubmittedMessage)
-        self.assertEqual(self.sync(q.count_messages), 2)
+        self.assertEqual(self.sync(filing_ops.count_messages), 2)
         # The failed messages' uids were given back: the Sent uids stay gap-free.
-        filings = self.sync(q.list_filings, "bob@example.com")
+        filings = self.sync(filing_ops.list_filings, "bob@example.com")
         self.assertEqual([(f.uid, f.message.id) for f in filings], [(2, good2.id), (1, good1.id)])
         self.assertEqual(
             [row[0] for row in self.sync(_queue_rows)], ["a@remote.example", "c@remote.example"]
         )
-        self.assertEqual(self.sync(q.message_raw, good2.id), b"five")
+        self.assertEqual(self.sync(filing_ops.message_raw, good2.id), b"five")
 
     def test_a_removed_sending_mailbox_fails_the_message(self):
         self.populate()
         [failed] = self.submit(self.outgoing("a@remote.example", sent=10**9))
         self.assertIsInstance(failed, NotFound)
-        self.assertEqual((self.sync(q.count_messages), self.sync(_queue_rows)), (0, []))
+        self.assertEqual((self.sync(filing_ops.count_messages), self.sync(_queue_rows)), (0, []))
 
     @defer.inlineCallbacks
     def test_concurrent_submissions_share_one_sent_folder(self):
@@ -328,7 +332,7 @@ class QueueContractTests(StoreFixtureMixin):
         results = yield defer.gatherResults(
             [
                 self.store.run(
-                    q.submit_messages,
+                    queue.submit_messages,
                     [self.outgoing("a@remote.example", sent=self.info.id, raw=b"m%d" % n)],
                     T0,
                 )
@@ -337,7 +341,7 @@ class QueueContractTests(StoreFixtureMixin):
         )
         self.assertTrue(all(isinstance(r, SubmittedMessage) for [r] in results), results)
         self.assertEqual(self.sync(_context_names).count("Sent (info@example.com)"), 1)
-        filings = self.sync(q.list_filings, "info@example.com", 1000)
+        filings = self.sync(filing_ops.list_filings, "info@example.com", 1000)
         self.assertEqual(sorted(f.uid for f in filings), list(range(1, count + 1)))
         self.assertEqual(len({f.context.id for f in filings}), 1)
 
@@ -371,7 +375,7 @@ class QueueContractTests(StoreFixtureMixin):
         self.assertEqual(self.claim(minutes(1.5)), [])
         self.assertEqual([d.address for d in self.claim(minutes(2))], ["later@remote.example"])
         self.assertEqual(
-            self.sync(q.queue_counts),
+            self.sync(queue.queue_counts),
             {"queued": 0, "in-flight": 3, "deferred": 0, "delivered": 0, "bounced": 0},
         )
         self.assertEqual(
@@ -384,7 +388,7 @@ class QueueContractTests(StoreFixtureMixin):
         self.submit_one(*(f"d{n}@remote.example" for n in range(3)), now=T0)
         deferred = self.claim(T0)
         self.sync(
-            q.record_delivery_results,
+            queue.record_delivery_results,
             [
                 self.result(d, "deferred", minutes(0), next_attempt_at=minutes(n * 2 + 1))
                 for n, d in enumerate(deferred)
@@ -415,7 +419,7 @@ class QueueContractTests(StoreFixtureMixin):
         self.submit(
             *(self.outgoing(*(f"r{m}-{n}@remote.example" for n in range(6))) for m in range(10))
         )
-        runs = [self.store.run(q.claim_due_deliveries, T0, 10) for _ in range(8)]
+        runs = [self.store.run(queue.claim_due_deliveries, T0, 10) for _ in range(8)]
         claims = yield defer.gatherResults(runs)
         ids = [d.recipient_id for claim in claims for d in claim]
         self.assertEqual(len(ids), len(set(ids)))
@@ -423,7 +427,7 @@ class QueueContractTests(StoreFixtureMixin):
         # Each claim respects its limit; under contention one may come back a little short
         # (SKIP LOCKED skips rows another claimer holds), never over.
         self.assertTrue(all(len(claim) <= 10 for claim in claims), [len(c) for c in claims])
-        self.assertEqual(self.sync(q.queue_counts)["in-flight"], 60)
+        self.assertEqual(self.sync(queue.queue_counts)["in-flight"], 60)
 
     # -- results and the timeline -----------------------------------------------------------
 
@@ -434,7 +438,7 @@ class QueueContractTests(StoreFixtureMixin):
         )
         ok, later, gone = self.claim(T0)
         self.sync(
-            q.record_delivery_results,
+            queue.record_delivery_results,
             [
                 self.result(
                     ok,
@@ -454,7 +458,7 @@ class QueueContractTests(StoreFixtureMixin):
                 self.result(gone, "bounced", minutes(1), reply="550 5.1.1 no such user"),
             ],
         )
-        detail = self.sync(q.queue_show, submitted.queue_message_id)
+        detail = self.sync(queue.queue_show, submitted.queue_message_id)
         self.assertEqual((detail.subject, detail.message_id), ("Report", submitted.id))
         entries = {r.entry.address: r.entry for r in detail.recipients}
         self.assertEqual(
@@ -477,8 +481,8 @@ class QueueContractTests(StoreFixtureMixin):
         self.assertEqual(self.claim(minutes(10)), [])
         [again] = self.claim(minutes(11))
         self.assertEqual((again.address, again.attempts), ("later@remote.example", 1))
-        self.sync(q.record_delivery_results, [self.result(again, "delivered", minutes(12))])
-        detail = self.sync(q.queue_show, submitted.queue_message_id)
+        self.sync(queue.record_delivery_results, [self.result(again, "delivered", minutes(12))])
+        detail = self.sync(queue.queue_show, submitted.queue_message_id)
         later_detail = [r for r in detail.recipients if r.entry.address == "later@remote.example"]
         self.assertEqual(
             [(e.at, e.outcome) for e in later_detail[0].events],
@@ -486,7 +490,7 @@ class QueueContractTests(StoreFixtureMixin):
         )
         self.assertEqual(later_detail[0].entry.attempts, 2)
         self.assertEqual(
-            self.sync(q.queue_counts),
+            self.sync(queue.queue_counts),
             {"queued": 0, "in-flight": 0, "deferred": 0, "delivered": 2, "bounced": 1},
         )
 
@@ -502,21 +506,21 @@ class QueueContractTests(StoreFixtureMixin):
                 self.assertRaises(
                     Invalid,
                     self.sync,
-                    q.record_delivery_results,
+                    queue.record_delivery_results,
                     [self.result(first, "delivered", minutes(1)), bad],
                 )
-        self.assertEqual(self.sync(q.queue_counts)["in-flight"], 2)
-        self.sync(q.record_delivery_results, [])
+        self.assertEqual(self.sync(queue.queue_counts)["in-flight"], 2)
+        self.sync(queue.record_delivery_results, [])
 
     def test_long_server_names_and_replies_are_kept_short(self):
         self.populate()
         submitted = self.submit_one("a@remote.example")
         [delivery] = self.claim(T0)
         self.sync(
-            q.record_delivery_results,
+            queue.record_delivery_results,
             [self.result(delivery, "bounced", minutes(1), reply="5" * 10_000, server="m" * 400)],
         )
-        [recipient] = self.sync(q.queue_show, submitted.queue_message_id).recipients
+        [recipient] = self.sync(queue.queue_show, submitted.queue_message_id).recipients
         self.assertEqual(len(recipient.events[0].server), 300)
         self.assertLessEqual(len(recipient.entry.last_reply), 4000)
 
@@ -524,9 +528,9 @@ class QueueContractTests(StoreFixtureMixin):
         self.populate()
         self.submit_one("a@remote.example", "b@remote.example")
         first, second = self.claim(T0)
-        self.assertEqual(self.sync(q.mark_delay_warned, [first.recipient_id]), 1)
+        self.assertEqual(self.sync(queue.mark_delay_warned, [first.recipient_id]), 1)
         self.sync(
-            q.record_delivery_results,
+            queue.record_delivery_results,
             [
                 self.result(d, "deferred", minutes(1), next_attempt_at=minutes(2))
                 for d in (first, second)
@@ -534,29 +538,29 @@ class QueueContractTests(StoreFixtureMixin):
         )
         again = {d.address: d.delay_warned for d in self.claim(minutes(2))}
         self.assertEqual(again, {"a@remote.example": True, "b@remote.example": False})
-        self.assertEqual(self.sync(q.mark_delay_warned, []), 0)
+        self.assertEqual(self.sync(queue.mark_delay_warned, []), 0)
 
     def test_requeue_in_flight_after_a_restart(self):
         self.populate()
         submitted = self.submit_one("a@remote.example", "b@remote.example", "c@remote.example")
         claimed = self.claim(T0, limit=2)
-        requeued = self.sync(q.requeue_in_flight, minutes(5))
+        requeued = self.sync(queue.requeue_in_flight, minutes(5))
         # Neither dot was sent: both go back quietly, as if never claimed.
         self.assertEqual((requeued.quiet, requeued.uncertain), (2, ()))
-        detail = self.sync(q.queue_show, submitted.queue_message_id)
+        detail = self.sync(queue.queue_show, submitted.queue_message_id)
         self.assertEqual(
             [(r.entry.state, r.entry.attempts, r.entry.next_attempt_at) for r in detail.recipients],
             [("queued", 0, minutes(5)), ("queued", 0, minutes(5)), ("queued", 0, T0)],
         )
         self.assertEqual([r.events for r in detail.recipients], [(), (), ()])
         self.assertEqual([r.entry.uncertain for r in detail.recipients], [False] * 3)
-        self.assertEqual(self.sync(q.requeue_in_flight, minutes(6)).quiet, 0)
+        self.assertEqual(self.sync(queue.requeue_in_flight, minutes(6)).quiet, 0)
         self.assertEqual(
             [(d.address, d.attempts) for d in self.claim(minutes(5))],
             [("c@remote.example", 0), ("a@remote.example", 0), ("b@remote.example", 0)],
         )
         self.assertEqual([d.address for d in claimed], ["a@remote.example", "b@remote.example"])
-        self.assertEqual(self.sync(q.queue_list, uncertain=True), [])
+        self.assertEqual(self.sync(queue.queue_list, uncertain=True), [])
 
     def test_only_recipients_whose_dot_was_sent_without_a_recorded_reply_are_uncertain(self):
         self.populate()
@@ -564,19 +568,19 @@ class QueueContractTests(StoreFixtureMixin):
         a, b, c, d = self.claim(T0)
         # a: dot sent, reply recorded. b: dot sent, no reply recorded (the kill).
         # c: claimed, its dot never sent. d: RCPT refused, recorded, no dot.
-        self.assertEqual(self.sync(q.mark_dots_sent, [a.recipient_id, b.recipient_id], T0), 2)
+        self.assertEqual(self.sync(queue.mark_dots_sent, [a.recipient_id, b.recipient_id], T0), 2)
         self.sync(
-            q.record_delivery_results,
+            queue.record_delivery_results,
             [
                 self.result(a, "delivered", minutes(1), reply="250 ok"),
                 self.result(d, "bounced", minutes(1), reply="550 no such user"),
             ],
         )
         # A mark for a recipient no longer in flight changes nothing.
-        self.assertEqual(self.sync(q.mark_dots_sent, [a.recipient_id], minutes(1)), 0)
-        requeued = self.sync(q.requeue_in_flight, minutes(5))
+        self.assertEqual(self.sync(queue.mark_dots_sent, [a.recipient_id], minutes(1)), 0)
+        requeued = self.sync(queue.requeue_in_flight, minutes(5))
         self.assertEqual((requeued.quiet, requeued.uncertain), (1, (b.recipient_id,)))
-        detail = self.sync(q.queue_show, submitted.queue_message_id)
+        detail = self.sync(queue.queue_show, submitted.queue_message_id)
         by_address = {r.entry.address: r for r in detail.recipients}
         self.assertEqual(
             {address: (r.entry.state, r.entry.uncertain) for address, r in by_address.items()},
@@ -598,28 +602,28 @@ class QueueContractTests(StoreFixtureMixin):
         self.assertEqual(uncertain.entry.last_reply, event.reply)
         self.assertEqual(by_address["c@remote.example"].events, ())
         self.assertEqual(
-            [e.address for e in self.sync(q.queue_list, uncertain=True)], ["b@remote.example"]
+            [e.address for e in self.sync(queue.queue_list, uncertain=True)], ["b@remote.example"]
         )
         # Delivered on the retry: still listed, the first copy may have arrived too.
         [again_b, again_c] = self.claim(minutes(5))
-        self.sync(q.mark_dots_sent, [again_b.recipient_id, again_c.recipient_id], minutes(5))
+        self.sync(queue.mark_dots_sent, [again_b.recipient_id, again_c.recipient_id], minutes(5))
         self.sync(
-            q.record_delivery_results,
+            queue.record_delivery_results,
             [self.result(x, "delivered", minutes(6)) for x in (again_b, again_c)],
         )
-        self.assertEqual(self.sync(q.requeue_in_flight, minutes(7)).uncertain, ())
-        listed = self.sync(q.queue_list, uncertain=True)
+        self.assertEqual(self.sync(queue.requeue_in_flight, minutes(7)).uncertain, ())
+        listed = self.sync(queue.queue_list, uncertain=True)
         self.assertEqual(
             [(e.address, e.state) for e in listed], [("b@remote.example", "delivered")]
         )
-        self.assertEqual(self.sync(q.queue_list, "delivered", uncertain=True), listed)
-        self.assertEqual(self.sync(q.queue_list, "queued", uncertain=True), [])
+        self.assertEqual(self.sync(queue.queue_list, "delivered", uncertain=True), listed)
+        self.assertEqual(self.sync(queue.queue_list, "queued", uncertain=True), [])
 
     def test_a_result_without_a_reply_after_the_dot_is_uncertain(self):
         self.populate()
         submitted = self.submit_one("a@remote.example", "b@remote.example")
         a, b = self.claim(T0)
-        self.sync(q.mark_dots_sent, [a.recipient_id, b.recipient_id], T0)
+        self.sync(queue.mark_dots_sent, [a.recipient_id, b.recipient_id], T0)
         lost = DeliveryResult(
             recipient_id=a.recipient_id,
             outcome="deferred",
@@ -630,10 +634,10 @@ class QueueContractTests(StoreFixtureMixin):
             uncertain=True,
         )
         self.sync(
-            q.record_delivery_results,
+            queue.record_delivery_results,
             [lost, self.result(b, "deferred", minutes(1), next_attempt_at=minutes(6))],
         )
-        detail = self.sync(q.queue_show, submitted.queue_message_id)
+        detail = self.sync(queue.queue_show, submitted.queue_message_id)
         self.assertEqual(
             [(r.entry.state, r.entry.uncertain, r.events[0].outcome) for r in detail.recipients],
             [("deferred", True, "uncertain"), ("deferred", False, "deferred")],
@@ -643,34 +647,34 @@ class QueueContractTests(StoreFixtureMixin):
             self.sync(lambda: [r.dot_sent_at for r in QueueRecipient.select()]), [None, None]
         )
         self.assertEqual(
-            [e.address for e in self.sync(q.queue_list, uncertain=True)], ["a@remote.example"]
+            [e.address for e in self.sync(queue.queue_list, uncertain=True)], ["a@remote.example"]
         )
 
     # -- reading the queue ------------------------------------------------------------------
 
     def test_next_due_at(self):
-        self.assertIsNone(self.sync(q.next_due_at))
+        self.assertIsNone(self.sync(queue.next_due_at))
         self.populate()
         self.submit_one("a@remote.example", now=minutes(3))
         self.submit_one("b@remote.example", now=minutes(7))
-        self.assertEqual(self.sync(q.next_due_at), minutes(3))
+        self.assertEqual(self.sync(queue.next_due_at), minutes(3))
         [a] = self.claim(minutes(3))
-        self.assertEqual(self.sync(q.next_due_at), minutes(7))  # in flight is not waiting
+        self.assertEqual(self.sync(queue.next_due_at), minutes(7))  # in flight is not waiting
         self.sync(
-            q.record_delivery_results,
+            queue.record_delivery_results,
             [self.result(a, "deferred", minutes(4), next_attempt_at=minutes(5))],
         )
-        self.assertEqual(self.sync(q.next_due_at), minutes(5))
+        self.assertEqual(self.sync(queue.next_due_at), minutes(5))
         [a] = self.claim(minutes(5))
-        self.sync(q.record_delivery_results, [self.result(a, "delivered", minutes(5))])
+        self.sync(queue.record_delivery_results, [self.result(a, "delivered", minutes(5))])
         [b] = self.claim(minutes(7))
-        self.assertIsNone(self.sync(q.next_due_at))
+        self.assertIsNone(self.sync(queue.next_due_at))
 
     def test_queue_list_newest_first_with_filter_and_pages(self):
         self.populate()
         old = self.submit_one("a@remote.example", "b@remote.example", subject="Old", now=T0)
         new = self.submit_one("c@remote.example", subject="New", now=minutes(1))
-        listed = self.sync(q.queue_list)
+        listed = self.sync(queue.queue_list)
         self.assertEqual(
             [(e.queue_message_id, e.address, e.subject) for e in listed],
             [
@@ -687,26 +691,26 @@ class QueueContractTests(StoreFixtureMixin):
         self.assertEqual((entry.envelope_sender, entry.created_at), ("bob@example.com", minutes(1)))
         [a, _b] = self.claim(T0)
         self.sync(
-            q.record_delivery_results,
+            queue.record_delivery_results,
             [self.result(a, "deferred", minutes(2), next_attempt_at=minutes(9), reply="451 wait")],
         )
-        [deferred] = self.sync(q.queue_list, "deferred")
+        [deferred] = self.sync(queue.queue_list, "deferred")
         self.assertEqual(
             (deferred.address, deferred.last_reply, deferred.next_attempt_at),
             ("a@remote.example", "451 wait", minutes(9)),
         )
         self.assertEqual(
-            [e.address for e in self.sync(q.queue_list, "in-flight")], ["b@remote.example"]
+            [e.address for e in self.sync(queue.queue_list, "in-flight")], ["b@remote.example"]
         )
-        self.assertEqual(self.sync(q.queue_list, "bounced"), [])
+        self.assertEqual(self.sync(queue.queue_list, "bounced"), [])
         self.assertEqual(
-            [e.address for e in self.sync(q.queue_list, None, 1, 1)], ["a@remote.example"]
+            [e.address for e in self.sync(queue.queue_list, None, 1, 1)], ["a@remote.example"]
         )
-        self.assertRaises(Invalid, self.sync, q.queue_list, "stuck")
+        self.assertRaises(Invalid, self.sync, queue.queue_list, "stuck")
 
     def test_queue_show_unknown(self):
         with self.assertRaises(NotFound) as raised:
-            self.sync(q.queue_show, 404)
+            self.sync(queue.queue_show, 404)
         self.assertIn("see: queue list", str(raised.exception))
 
     def test_queue_show_details(self):
@@ -714,7 +718,7 @@ class QueueContractTests(StoreFixtureMixin):
         submitted = self.submit_one(
             "a@remote.example", subject="Hi", message_id="<x@example.com>", now=minutes(2)
         )
-        detail = self.sync(q.queue_show, submitted.queue_message_id)
+        detail = self.sync(queue.queue_show, submitted.queue_message_id)
         self.assertEqual(
             (detail.id, detail.message_id, detail.envelope_sender, detail.is_bounce),
             (submitted.queue_message_id, submitted.id, "bob@example.com", False),
@@ -724,7 +728,7 @@ class QueueContractTests(StoreFixtureMixin):
             (minutes(2), "Hi", "<x@example.com>"),
         )
         [recipient] = detail.recipients
-        self.assertEqual(recipient.entry, self.sync(q.queue_list)[0])
+        self.assertEqual(recipient.entry, self.sync(queue.queue_list)[0])
         self.assertEqual(recipient.events, ())
 
     def test_queue_retry(self):
@@ -733,7 +737,7 @@ class QueueContractTests(StoreFixtureMixin):
         other = self.submit_one("z@remote.example")
         a, b, c, d, _e, z = self.claim(T0)
         self.sync(
-            q.record_delivery_results,
+            queue.record_delivery_results,
             [
                 self.result(a, "delivered", minutes(1)),
                 self.result(b, "bounced", minutes(1)),
@@ -749,7 +753,7 @@ class QueueContractTests(StoreFixtureMixin):
                 .execute()
             )
         )
-        self.assertEqual(self.sync(q.queue_retry, submitted.queue_message_id, minutes(2)), 2)
+        self.assertEqual(self.sync(queue.queue_retry, submitted.queue_message_id, minutes(2)), 2)
         self.assertEqual(
             self.states(submitted.queue_message_id),
             {
@@ -764,8 +768,8 @@ class QueueContractTests(StoreFixtureMixin):
             [x.address for x in self.claim(minutes(2))], ["c@remote.example", "e@remote.example"]
         )
         self.assertEqual(self.states(other.queue_message_id), {"z@remote.example": "deferred"})
-        self.assertEqual(self.sync(q.queue_retry, submitted.queue_message_id, minutes(3)), 0)
-        self.assertRaises(NotFound, self.sync, q.queue_retry, 404, minutes(3))
+        self.assertEqual(self.sync(queue.queue_retry, submitted.queue_message_id, minutes(3)), 0)
+        self.assertRaises(NotFound, self.sync, queue.queue_retry, 404, minutes(3))
 
     def test_queue_delete(self):
         self.populate()
@@ -773,42 +777,44 @@ class QueueContractTests(StoreFixtureMixin):
         without = self.submit_one("c@remote.example", raw=b"only queued")
         [a, _b] = self.claim(T0, limit=2)
         with self.assertRaises(Conflict) as raised:
-            self.sync(q.queue_delete, with_sent.queue_message_id)
+            self.sync(queue.queue_delete, with_sent.queue_message_id)
         self.assertIn("being delivered", str(raised.exception))
-        self.assertEqual(len(self.sync(q.queue_show, with_sent.queue_message_id).recipients), 2)
+        self.assertEqual(len(self.sync(queue.queue_show, with_sent.queue_message_id).recipients), 2)
         self.sync(
-            q.record_delivery_results,
+            queue.record_delivery_results,
             [
                 self.result(a, "delivered", minutes(1)),
                 self.result(_b, "deferred", minutes(1), next_attempt_at=minutes(5)),
             ],
         )
-        self.assertEqual(self.sync(q.queue_delete, with_sent.queue_message_id), 2)
-        self.assertRaises(NotFound, self.sync, q.queue_show, with_sent.queue_message_id)
+        self.assertEqual(self.sync(queue.queue_delete, with_sent.queue_message_id), 2)
+        self.assertRaises(NotFound, self.sync, queue.queue_show, with_sent.queue_message_id)
         # Filed in bob's Sent folder: the message itself stays.
-        self.assertEqual(self.sync(q.message_raw, with_sent.id), b"Subject: hi\r\n\r\nbody\r\n")
-        self.assertEqual(self.sync(q.queue_delete, without.queue_message_id), 1)
-        self.assertRaises(NotFound, self.sync, q.message_raw, without.id)
-        self.assertEqual(self.sync(q.count_messages), 1)
-        self.assertEqual(self.sync(q.queue_counts), dict.fromkeys(QUEUE_STATES, 0))
-        self.assertEqual(self.sync(q.claim_due_deliveries, minutes(10), 10), [])
-        self.assertRaises(NotFound, self.sync, q.queue_delete, without.queue_message_id)
+        self.assertEqual(
+            self.sync(filing_ops.message_raw, with_sent.id), b"Subject: hi\r\n\r\nbody\r\n"
+        )
+        self.assertEqual(self.sync(queue.queue_delete, without.queue_message_id), 1)
+        self.assertRaises(NotFound, self.sync, filing_ops.message_raw, without.id)
+        self.assertEqual(self.sync(filing_ops.count_messages), 1)
+        self.assertEqual(self.sync(queue.queue_counts), dict.fromkeys(QUEUE_STATES, 0))
+        self.assertEqual(self.sync(queue.claim_due_deliveries, minutes(10), 10), [])
+        self.assertRaises(NotFound, self.sync, queue.queue_delete, without.queue_message_id)
 
     def test_messages_raw(self):
         self.populate()
         first = self.submit_one("a@remote.example", raw=b"\xff first\r\n")
         second = self.submit_one("a@remote.example", raw=b"second")
-        found = self.sync(q.messages_raw, [second.id, first.id, 10**9, first.id])
+        found = self.sync(filing_ops.messages_raw, [second.id, first.id, 10**9, first.id])
         self.assertEqual(found, {first.id: b"\xff first\r\n", second.id: b"second"})
         self.assertIs(type(found[first.id]), bytes)
-        self.assertEqual(self.sync(q.messages_raw, []), {})
+        self.assertEqual(self.sync(filing_ops.messages_raw, []), {})
 
     # -- DKIM keys --------------------------------------------------------------------------
 
     def test_dkim_keys(self):
-        self.sync(q.add_domain, "example.com")
-        self.sync(q.add_domain, "other.example")
-        first = self.sync(q.add_dkim_key, "Example.com", "Atollon", "rsa", "PRIVATE1", "PUB1")
+        self.sync(domains.add_domain, "example.com")
+        self.sync(domains.add_domain, "other.example")
+        first = self.sync(domains.add_dkim_key, "Example.com", "Atollon", "rsa", "PRIVATE1", "PUB1")
         self.assertEqual(
             first,
             DkimKeyRecord(
@@ -820,22 +826,24 @@ class QueueContractTests(StoreFixtureMixin):
                 active=True,
             ),
         )
-        self.sync(q.add_dkim_key, "example.com", "s2", "ed25519", "PRIVATE2", "PUB2")
-        self.sync(q.add_dkim_key, "other.example", "atollon", "ed25519", "PRIVATE3", "PUB3")
+        self.sync(domains.add_dkim_key, "example.com", "s2", "ed25519", "PRIVATE2", "PUB2")
+        self.sync(domains.add_dkim_key, "other.example", "atollon", "ed25519", "PRIVATE3", "PUB3")
         self.assertEqual(
-            [(k.domain, k.selector) for k in self.sync(q.dkim_keys)],
+            [(k.domain, k.selector) for k in self.sync(domains.dkim_keys)],
             [("other.example", "atollon"), ("example.com", "s2"), ("example.com", "atollon")],
         )
         self.assertEqual(
-            [k.selector for k in self.sync(q.dkim_keys, "EXAMPLE.com")], ["s2", "atollon"]
+            [k.selector for k in self.sync(domains.dkim_keys, "EXAMPLE.com")], ["s2", "atollon"]
         )
-        self.assertEqual(self.sync(q.dkim_keys, "not-ours.example"), [])
+        self.assertEqual(self.sync(domains.dkim_keys, "not-ours.example"), [])
         self.sync(lambda: DkimKey.update(active=False).where(DkimKey.selector == "s2").execute())
-        self.assertEqual([k.selector for k in self.sync(q.dkim_keys, "example.com")], ["atollon"])
+        self.assertEqual(
+            [k.selector for k in self.sync(domains.dkim_keys, "example.com")], ["atollon"]
+        )
 
     def test_dkim_key_refusals(self):
-        self.sync(q.add_domain, "example.com")
-        self.sync(q.add_dkim_key, "example.com", "atollon", "rsa", "PRIVATE", "PUB")
+        self.sync(domains.add_domain, "example.com")
+        self.sync(domains.add_dkim_key, "example.com", "atollon", "rsa", "PRIVATE", "PUB")
         for args, error in (
             (("nowhere.example", "atollon", "rsa"), NotFound),
             (("example.com", "ATOLLON", "ed25519"), Conflict),
@@ -846,53 +854,56 @@ class QueueContractTests(StoreFixtureMixin):
             (("example.com", "s2", "dsa"), Invalid),
         ):
             with self.subTest(args=args):
-                self.assertRaises(error, self.sync, q.add_dkim_key, *args, "PRIVATE", "PUB")
-        self.assertRaises(Invalid, self.sync, q.add_dkim_key, "example.com", "s3", "rsa", "", "P")
-        self.assertEqual(len(self.sync(q.dkim_keys)), 1)
+                self.assertRaises(error, self.sync, domains.add_dkim_key, *args, "PRIVATE", "PUB")
+        self.assertRaises(
+            Invalid, self.sync, domains.add_dkim_key, "example.com", "s3", "rsa", "", "P"
+        )
+        self.assertEqual(len(self.sync(domains.dkim_keys)), 1)
 
     # -- submission look-ups ----------------------------------------------------------------
 
     def test_sending_identities(self):
         self.populate()
         self.assertEqual(
-            self.sync(q.sending_identities, "Bob"),
+            self.sync(mailboxes.sending_identities, "Bob"),
             (
                 SendingIdentity(self.bob.id, "bob@example.com", "bob@example.com"),
                 SendingIdentity(self.info.id, "info@example.com", "help.desk@example.com"),
             ),
         )
         self.assertEqual(
-            self.sync(q.sending_identities, "carol"),
+            self.sync(mailboxes.sending_identities, "carol"),
             (SendingIdentity(self.carol.id, "carol@example.com", "carol@example.com"),),
         )
-        self.sync(q.set_mailbox_active, "info@example.com", False)
+        self.sync(mailboxes.set_mailbox_active, "info@example.com", False)
         self.assertEqual(
-            [i.mailbox_address for i in self.sync(q.sending_identities, "bob")], ["bob@example.com"]
+            [i.mailbox_address for i in self.sync(mailboxes.sending_identities, "bob")],
+            ["bob@example.com"],
         )
-        self.assertEqual(self.sync(q.sending_identities, "nobody"), ())
+        self.assertEqual(self.sync(mailboxes.sending_identities, "nobody"), ())
 
     def test_authenticate_lookup(self):
         self.populate()
-        user, password_hash = self.sync(q.authenticate_lookup, " BOB ")
+        user, password_hash = self.sync(accounts.authenticate_lookup, " BOB ")
         self.assertEqual(user, UserRecord(id=user.id, login="bob", name="bob", is_admin=False))
         self.assertEqual(password_hash, "hash-bob")
-        self.assertIsNone(self.sync(q.authenticate_lookup, "nobody"))
-        self.assertIsNone(self.sync(q.authenticate_lookup, ""))
+        self.assertIsNone(self.sync(accounts.authenticate_lookup, "nobody"))
+        self.assertIsNone(self.sync(accounts.authenticate_lookup, ""))
 
     @defer.inlineCallbacks
     def test_operations_through_run(self):
         self.populate()
         [submitted] = yield self.store.run(
-            q.submit_messages, [self.outgoing("a@remote.example", sent=self.bob.id)]
+            queue.submit_messages, [self.outgoing("a@remote.example", sent=self.bob.id)]
         )
-        identities = yield self.store.run(q.sending_identities, "bob")
+        identities = yield self.store.run(mailboxes.sending_identities, "bob")
         self.assertEqual(len(identities), 2)
-        counts = yield self.store.run(q.queue_counts)
+        counts = yield self.store.run(queue.queue_counts)
         self.assertEqual(counts["queued"], 1)
         # Without `now`, a submission is due at once.
-        due = yield self.store.run(q.next_due_at)
-        self.assertLessEqual(due, q.utc_now())
-        claimed = yield self.store.run(q.claim_due_deliveries, q.utc_now(), 10)
+        due = yield self.store.run(queue.next_due_at)
+        self.assertLessEqual(due, utc_now())
+        claimed = yield self.store.run(queue.claim_due_deliveries, utc_now(), 10)
         self.assertEqual([d.queue_message_id for d in claimed], [submitted.queue_message_id])
 
 
@@ -910,7 +921,7 @@ class PostgresQueueTests(PostgresStoreMixin, QueueContractTests, unittest.TestCa
         holding, release = threading.Event(), threading.Event()
 
         def claim_and_hold():
-            claimed = q.claim_due_deliveries(T0, 3)
+            claimed = queue.claim_due_deliveries(T0, 3)
             holding.set()
             if not release.wait(30):
                 raise RuntimeError("never released")
@@ -919,7 +930,9 @@ class PostgresQueueTests(PostgresStoreMixin, QueueContractTests, unittest.TestCa
         held = self.store.run(claim_and_hold)
         self.assertTrue((yield threads.deferToThread(holding.wait, 30)))
         try:
-            other = yield threads.deferToThread(self.store.run_sync, q.claim_due_deliveries, T0, 10)
+            other = yield threads.deferToThread(
+                self.store.run_sync, queue.claim_due_deliveries, T0, 10
+            )
         finally:
             release.set()
         first = yield held

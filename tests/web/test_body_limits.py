@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
-from atollon_mail.store import queries as q
+from atollon_mail.store import accounts
 from atollon_mail.web.app import MAX_FORM_BYTES
 from atollon_mail.web.pages import LOGIN_FORM_BYTES
 from atollon_mail.web.pages_mail import MAX_COMPOSE_FORM_BYTES
@@ -38,7 +38,7 @@ class RawClient(Protocol):
 class BodyLimitTests(ServedWebMixin, SqliteStoreMixin, StoreFixtureMixin, unittest.TestCase):
     def setUp(self):
         self.store = self.make_store()
-        self.store.run_sync(q.add_user, "admin", _hash("admin-secret"), is_admin=True)
+        self.store.run_sync(accounts.add_user, "admin", _hash("admin-secret"), is_admin=True)
         self.clock = Clock()
         config = parse_config("[appliance]\nhostname = mail.example.com\n")
         self.serve(web_root(self, self.store, config, reactor, clock=self.clock))

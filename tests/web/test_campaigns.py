@@ -12,14 +12,15 @@ from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
 from atollon_mail.store import (
+    accounts,
     campaign_recipients,
     campaigns,
     contacts,
+    domains,
     groups,
     mailboxes,
     sendlists,
 )
-from atollon_mail.store import queries as q
 from atollon_mail.store.models import CampaignRecipient, utc_now
 from atollon_mail.web import pages_campaigns
 from tests.builders import web_root
@@ -70,10 +71,10 @@ class WebCampaignsTests(ServedWebMixin, StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
         sync = self.store.run_sync
-        sync(q.add_user, "admin", _hash("admin-secret"), is_admin=True)
-        sync(q.add_user, "bob", _hash("bob-secret"))
-        sync(q.add_domain, "example.com")
-        sync(q.add_mailbox, "news@example.com", "admin")
+        sync(accounts.add_user, "admin", _hash("admin-secret"), is_admin=True)
+        sync(accounts.add_user, "bob", _hash("bob-secret"))
+        sync(domains.add_domain, "example.com")
+        sync(mailboxes.add_mailbox, "news@example.com", "admin")
         self.group_id = sync(make_group)
         config = parse_config(
             "[appliance]\nhostname = mail.example.com\n\n"
@@ -338,8 +339,8 @@ class WebCampaignsTests(ServedWebMixin, StoreFixtureMixin):
         campaign_id = self.running()
         self.store.run_sync(mailboxes.update_mailbox, "news@example.com", identity="desk@x.test")
         self.store.run_sync(sendlists.pause_campaign, campaign_id, utc_now())
-        self.store.run_sync(q.add_domain, "x.test")
-        self.store.run_sync(q.add_mailbox, "desk@x.test", "bob")
+        self.store.run_sync(domains.add_domain, "x.test")
+        self.store.run_sync(mailboxes.add_mailbox, "desk@x.test", "bob")
         browser = yield self.logged_in()
         page = yield browser.get(f"/campaign?id={campaign_id}")
         self.assertIn(

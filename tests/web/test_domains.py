@@ -11,7 +11,8 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from atollon_mail.delivery import dkim
-from atollon_mail.store import queries as q
+from atollon_mail.store import accounts
+from atollon_mail.store import domains as domain_ops
 from atollon_mail.store.domains import last_dns_check, record_dns_check
 from atollon_mail.store.records import DnsCheckResult
 from tests.builders import web_root
@@ -26,10 +27,10 @@ class DomainPagesTests(ServedWebMixin, StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
         sync = self.store.run_sync
-        sync(q.add_user, "admin", _hash("admin-secret"), name="Ada Admin", is_admin=True)
-        sync(q.add_user, "bob", _hash("bob-secret"), name="Bob")
-        sync(q.add_domain, "good.test")
-        sync(q.add_domain, "unchecked.test")
+        sync(accounts.add_user, "admin", _hash("admin-secret"), name="Ada Admin", is_admin=True)
+        sync(accounts.add_user, "bob", _hash("bob-secret"), name="Bob")
+        sync(domain_ops.add_domain, "good.test")
+        sync(domain_ops.add_domain, "unchecked.test")
         sync(
             record_dns_check,
             "good.test",
@@ -78,7 +79,7 @@ class DomainPagesTests(ServedWebMixin, StoreFixtureMixin):
         response = yield self.add(browser, name="New.Test")
         self.assertEqual(response.status, 303)
         self.assertEqual(response.header("location"), "/domain?name=new.test&added=1")
-        [added] = [d for d in self.store.run_sync(q.list_domains) if d.name == "new.test"]
+        [added] = [d for d in self.store.run_sync(domain_ops.list_domains) if d.name == "new.test"]
         self.assertEqual((added.mode, added.primary_domain, added.active), ("primary", None, True))
         page = yield browser.get(response.header("location"))
         self.assertEqual(page.status, 200)
@@ -91,7 +92,7 @@ class DomainPagesTests(ServedWebMixin, StoreFixtureMixin):
             browser, name="crm.acme.test", mode="secondary", primary_domain="acme.test"
         )
         self.assertEqual(response.status, 303)
-        domains = {d.name: d for d in self.store.run_sync(q.list_domains)}
+        domains = {d.name: d for d in self.store.run_sync(domain_ops.list_domains)}
         self.assertEqual(domains["crm.acme.test"].mode, "secondary")
         self.assertEqual(domains["crm.acme.test"].primary_domain, "acme.test")
         self.assertFalse(domains["acme.test"].active)
@@ -102,7 +103,7 @@ class DomainPagesTests(ServedWebMixin, StoreFixtureMixin):
             browser, name="company.atollon.test", mode="secondary", primary_domain="company.test"
         )
         self.assertEqual(response.status, 303)
-        domains = {d.name: d for d in self.store.run_sync(q.list_domains)}
+        domains = {d.name: d for d in self.store.run_sync(domain_ops.list_domains)}
         self.assertEqual(domains["company.atollon.test"].primary_domain, "company.test")
 
     @defer.inlineCallbacks
@@ -128,7 +129,7 @@ class DomainPagesTests(ServedWebMixin, StoreFixtureMixin):
         self.assertEqual(hosted.status, 400)
         self.assertIn('id="primary_domain-error"', hosted.text)
         self.assertIn("good.test is hosted here as a primary domain already", hosted.text)
-        names = {d.name for d in self.store.run_sync(q.list_domains)}
+        names = {d.name for d in self.store.run_sync(domain_ops.list_domains)}
         self.assertEqual(names, {"good.test", "unchecked.test"})
 
     # --- who may ------------------------------------------------------------------------
@@ -145,7 +146,7 @@ class DomainPagesTests(ServedWebMixin, StoreFixtureMixin):
             "/domains", {"name": "x.test", "mode": "primary", "csrf_token": home.csrf()}
         )
         self.assertEqual(response.status, 404)
-        self.assertNotIn("x.test", {d.name for d in self.store.run_sync(q.list_domains)})
+        self.assertNotIn("x.test", {d.name for d in self.store.run_sync(domain_ops.list_domains)})
 
     @defer.inlineCallbacks
     def test_csrf_missing_is_refused(self):
@@ -154,7 +155,7 @@ class DomainPagesTests(ServedWebMixin, StoreFixtureMixin):
         self.assertEqual(response.status, 403)
         check = yield browser.post("/domain?name=good.test", {})
         self.assertEqual(check.status, 403)
-        self.assertNotIn("x.test", {d.name for d in self.store.run_sync(q.list_domains)})
+        self.assertNotIn("x.test", {d.name for d in self.store.run_sync(domain_ops.list_domains)})
         self.assertEqual(self.store.run_sync(last_dns_check, "good.test").checked_at, T0)
 
     # --- records, check, overview -------------------------------------------------------

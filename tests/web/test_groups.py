@@ -12,8 +12,7 @@ from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
 from atollon_mail.crm.records import GroupPreview
-from atollon_mail.store import contacts, groups
-from atollon_mail.store import queries as q
+from atollon_mail.store import accounts, contacts, domains, groups, mailboxes
 from atollon_mail.store.models import Campaign, Mailbox, utc_now
 from tests.builders import web_root
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
@@ -64,8 +63,8 @@ class WebGroupsTests(ServedWebMixin, StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
         sync = self.store.run_sync
-        sync(q.add_user, "admin", _hash("admin-secret"), is_admin=True)
-        sync(q.add_user, "bob", _hash("bob-secret"))
+        sync(accounts.add_user, "admin", _hash("admin-secret"), is_admin=True)
+        sync(accounts.add_user, "bob", _hash("bob-secret"))
         self.ids = sync(make_contacts)
         self.acme = sync(contacts.get_organization, "Acme")
         config = parse_config("[appliance]\nhostname = mail.example.com\n")
@@ -237,8 +236,8 @@ class WebGroupsTests(ServedWebMixin, StoreFixtureMixin):
     @defer.inlineCallbacks
     def test_delete_and_its_refusal_while_a_campaign_uses_the_group(self):
         sync = self.store.run_sync
-        sync(q.add_domain, "example.com")
-        sync(q.add_mailbox, "news@example.com", "admin")
+        sync(domains.add_domain, "example.com")
+        sync(mailboxes.add_mailbox, "news@example.com", "admin")
         used = sync(groups.add_group, "Used")
         spare = sync(groups.add_group, "Spare")
         sync(add_campaign, used.id)

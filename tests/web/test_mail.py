@@ -14,7 +14,7 @@ from twisted.trial import unittest
 import atollon_mail.web as web
 from atollon_mail.config import parse_config
 from atollon_mail.delivery.intake import summarize_headers
-from atollon_mail.store import queries as q
+from atollon_mail.store import accounts, domains, filing, mailboxes, queue
 from atollon_mail.store.mailboxes import grant_mailbox_access, update_mailbox
 from atollon_mail.store.records import IncomingMessage
 from atollon_mail.web import pages_mail
@@ -49,13 +49,13 @@ class WebMailTests(ServedWebMixin, StoreFixtureMixin):
             self.patch(web, "PAGE_MODULES", web.PAGE_MODULES + ("atollon_mail.web.pages_mail",))
         self.store = self.make_store()
         sync = self.store.run_sync
-        sync(q.add_user, "admin", _hash("admin-secret"), name="Ada Admin", is_admin=True)
-        sync(q.add_user, "bob", _hash("bob-secret"), name="Bob")
-        sync(q.add_user, "carol", _hash("carol-secret"), name="Carol")
-        sync(q.add_domain, "example.com")
-        self.bob_box = sync(q.add_mailbox, "bob@example.com", "bob")
-        sync(q.add_mailbox, "carol@example.com", "carol")
-        sync(q.add_mailbox, "shared@example.com", "carol")
+        sync(accounts.add_user, "admin", _hash("admin-secret"), name="Ada Admin", is_admin=True)
+        sync(accounts.add_user, "bob", _hash("bob-secret"), name="Bob")
+        sync(accounts.add_user, "carol", _hash("carol-secret"), name="Carol")
+        sync(domains.add_domain, "example.com")
+        self.bob_box = sync(mailboxes.add_mailbox, "bob@example.com", "bob")
+        sync(mailboxes.add_mailbox, "carol@example.com", "carol")
+        sync(mailboxes.add_mailbox, "shared@example.com", "carol")
         sync(grant_mailbox_access, "shared@example.com", "bob", view=True, edit=False)
         sync(update_mailbox, "bob@example.com", signature="Bob\nExample Ltd")
         self.text_id = self.deliver(TEXT_MAIL, "bob")
@@ -68,14 +68,14 @@ class WebMailTests(ServedWebMixin, StoreFixtureMixin):
         self.serve(root)
 
     def deliver(self, raw: bytes, local_part: str) -> int:
-        recipient = self.store.run_sync(q.resolve_recipient, local_part, "example.com")
+        recipient = self.store.run_sync(filing.resolve_recipient, local_part, "example.com")
         incoming = IncomingMessage(
             envelope_sender="someone@remote.example",
             recipients=(recipient,),
             raw=raw,
             **summarize_headers(raw),
         )
-        [stored] = self.store.run_sync(q.store_messages, [incoming])
+        [stored] = self.store.run_sync(filing.store_messages, [incoming])
         return stored.id
 
     # --- seeing mailboxes and messages ---------------------------------------------------
@@ -189,7 +189,7 @@ class WebMailTests(ServedWebMixin, StoreFixtureMixin):
             {"csrf_token": own.csrf(), "to": "carol@example.com", "body": "hi"},
         )
         self.assertEqual(response.status, 404)
-        self.assertEqual(self.store.run_sync(q.queue_list), [])
+        self.assertEqual(self.store.run_sync(queue.queue_list), [])
 
     @defer.inlineCallbacks
     def test_compose_sends(self):
@@ -213,24 +213,24 @@ class WebMailTests(ServedWebMixin, StoreFixtureMixin):
         self.assertEqual(response.header("location"), "/mail/box?address=bob%40example.com&sent=1")
         confirmation = yield bob.get(response.header("location"))
         self.assertIn("Message sent.", confirmation.text)
-        [queued] = self.store.run_sync(q.queue_list)
+        [queued] = self.store.run_sync(queue.queue_list)
         self.assertEqual(
             (queued.address, queued.envelope_sender), ("far@remote.example", "bob@example.com")
         )
         self.assertEqual(queued.subject, "Hello there")
-        [filed] = self.store.run_sync(q.list_filings, "carol@example.com", 1)
+        [filed] = self.store.run_sync(filing.list_filings, "carol@example.com", 1)
         self.assertEqual(filed.message.subject, "Hello there")
-        stored = self.store.run_sync(q.message_raw, filed.message.id)
+        stored = self.store.run_sync(filing.message_raw, filed.message.id)
         self.assertTrue(stored.startswith(b"Return-Path: <bob@example.com>\r\n"))
         self.assertEqual(stored.count(b"Return-Path:"), 1)
         self.assertEqual(filed.message.size, len(stored))
-        outgoing = self.store.run_sync(q.outgoing_raw, [filed.message.id])[filed.message.id]
+        outgoing = self.store.run_sync(queue.outgoing_raw, [filed.message.id])[filed.message.id]
         self.assertNotIn(b"Return-Path:", outgoing, "the copy sent on has none")
-        [sent, *_] = self.store.run_sync(q.list_filings, "bob@example.com", 10)
+        [sent, *_] = self.store.run_sync(filing.list_filings, "bob@example.com", 10)
         self.assertTrue(sent.context.name.startswith("Sent"))
         self.assertEqual(sent.message.id, filed.message.id)
         message = email.message_from_bytes(
-            self.store.run_sync(q.message_raw, sent.message.id), policy=email.policy.default
+            self.store.run_sync(filing.message_raw, sent.message.id), policy=email.policy.default
         )
         self.assertEqual(message["From"], "bob@example.com")
         self.assertTrue(message["Message-ID"] and message["Date"])
@@ -247,9 +247,9 @@ class WebMailTests(ServedWebMixin, StoreFixtureMixin):
         form = {"csrf_token": page.csrf(), "to": "carol@example.com", "subject": "Привет"}
         response = yield bob.post("/mail/compose?address=bob@example.com", {**form, "body": text})
         self.assertEqual(response.status, 303)
-        [filed] = self.store.run_sync(q.list_filings, "carol@example.com", 1)
+        [filed] = self.store.run_sync(filing.list_filings, "carol@example.com", 1)
         message = email.message_from_bytes(
-            self.store.run_sync(q.message_raw, filed.message.id), policy=email.policy.default
+            self.store.run_sync(filing.message_raw, filed.message.id), policy=email.policy.default
         )
         self.assertEqual(message.get_content().replace("\r\n", "\n"), text)
 
@@ -270,16 +270,16 @@ class WebMailTests(ServedWebMixin, StoreFixtureMixin):
             },
         )
         self.assertEqual(response.status, 303)
-        [queued] = self.store.run_sync(q.queue_list)
-        detail = self.store.run_sync(q.queue_show, queued.queue_message_id)
-        raw = self.store.run_sync(q.message_raw, detail.message_id)
+        [queued] = self.store.run_sync(queue.queue_list)
+        detail = self.store.run_sync(queue.queue_show, queued.queue_message_id)
+        raw = self.store.run_sync(filing.message_raw, detail.message_id)
         self.assertLessEqual(max(len(line) for line in raw.split(b"\r\n")), 998)
         message = email.message_from_bytes(raw, policy=email.policy.default)
         self.assertIn(message["Content-Transfer-Encoding"], ("quoted-printable", "base64"))
         self.assertEqual(message.get_content().replace("\r\n", "\n"), paragraph + "\n")
         self.assertEqual(message["Subject"], subject.strip())
         # What the page itself writes, before the intake sees it.
-        mailbox = self.store.run_sync(q.get_mailbox, "bob@example.com")
+        mailbox = self.store.run_sync(mailboxes.get_mailbox, "bob@example.com")
         values = {"to": "far@remote.example", "cc": "", "subject": subject, "body": paragraph}
         written = pages_mail._outgoing(mailbox, values, [], ["far@remote.example"]).raw
         self.assertLessEqual(max(len(line) for line in written.split(b"\r\n")), 998)
@@ -288,7 +288,7 @@ class WebMailTests(ServedWebMixin, StoreFixtureMixin):
     def test_compose_refuses_an_identity_that_no_longer_passes(self):
         # Set by an administrator, then become another mailbox's address.
         self.store.run_sync(update_mailbox, "bob@example.com", identity="desk@example.com")
-        self.store.run_sync(q.add_mailbox, "desk@example.com", "carol")
+        self.store.run_sync(mailboxes.add_mailbox, "desk@example.com", "carol")
         bob = yield self.logged_in()
         page = yield bob.get("/mail/compose?address=bob@example.com")
         form = {"csrf_token": page.csrf(), "to": "far@remote.example", "subject": "s", "body": "b"}
@@ -299,7 +299,7 @@ class WebMailTests(ServedWebMixin, StoreFixtureMixin):
             "receives at desk@example.com.",
             html.unescape(response.text),
         )
-        self.assertEqual(self.store.run_sync(q.queue_list), [])
+        self.assertEqual(self.store.run_sync(queue.queue_list), [])
 
     @defer.inlineCallbacks
     def test_compose_bad_address_beside_the_field_keeps_values(self):
@@ -313,7 +313,7 @@ class WebMailTests(ServedWebMixin, StoreFixtureMixin):
             self.assertIn(f'value="{to}"', response.text)
             self.assertIn('value="Kept"', response.text)
             self.assertIn("Typed text</textarea>", response.text)
-        self.assertEqual(self.store.run_sync(q.queue_list), [])
+        self.assertEqual(self.store.run_sync(queue.queue_list), [])
 
     @defer.inlineCallbacks
     def test_compose_without_csrf_is_refused(self):
@@ -323,8 +323,8 @@ class WebMailTests(ServedWebMixin, StoreFixtureMixin):
             {"to": "far@remote.example", "subject": "x", "body": "x"},
         )
         self.assertEqual(response.status, 403)
-        self.assertEqual(self.store.run_sync(q.queue_list), [])
-        self.assertEqual(len(self.store.run_sync(q.list_filings, "bob@example.com")), 2)
+        self.assertEqual(self.store.run_sync(queue.queue_list), [])
+        self.assertEqual(len(self.store.run_sync(filing.list_filings, "bob@example.com")), 2)
 
 
 class SqliteWebMailTests(SqliteStoreMixin, WebMailTests, unittest.TestCase):

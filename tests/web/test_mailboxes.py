@@ -9,9 +9,8 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
-from atollon_mail.store import autorespond, forwarding
+from atollon_mail.store import accounts, aliases, autorespond, contexts, domains, forwarding
 from atollon_mail.store import mailboxes as mailbox_ops
-from atollon_mail.store import queries as q
 from atollon_mail.store.errors import NotFound
 from atollon_mail.store.models import Mailbox
 from atollon_mail.web import pages_mailboxes
@@ -27,14 +26,14 @@ class WebMailboxesTests(ServedWebMixin, StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
         sync = self.store.run_sync
-        sync(q.add_user, "admin", _hash("admin-secret"), is_admin=True)
-        sync(q.add_user, "bob", _hash("bob-secret"))
-        sync(q.add_user, "carol", _hash("carol-secret"))
-        sync(q.add_domain, "example.com")
-        sync(q.add_domain, "example.org")
-        sync(q.add_mailbox, "bob@example.com", "bob")
-        sync(q.add_mailbox, "bobby@example.com", "bob")
-        sync(q.add_mailbox, "carol@example.org", "carol")
+        sync(accounts.add_user, "admin", _hash("admin-secret"), is_admin=True)
+        sync(accounts.add_user, "bob", _hash("bob-secret"))
+        sync(accounts.add_user, "carol", _hash("carol-secret"))
+        sync(domains.add_domain, "example.com")
+        sync(domains.add_domain, "example.org")
+        sync(mailbox_ops.add_mailbox, "bob@example.com", "bob")
+        sync(mailbox_ops.add_mailbox, "bobby@example.com", "bob")
+        sync(mailbox_ops.add_mailbox, "carol@example.org", "carol")
         self.clock = Clock()
         self.clock.advance(1_000_000)
         config = parse_config("[appliance]\nhostname = mail.example.com\n")
@@ -59,7 +58,7 @@ class WebMailboxesTests(ServedWebMixin, StoreFixtureMixin):
         return {**form, **fields}
 
     def box(self, address="bob@example.com"):
-        return self.store.run_sync(q.get_mailbox, address)
+        return self.store.run_sync(mailbox_ops.get_mailbox, address)
 
     @staticmethod
     def listed(page) -> list[str]:
@@ -83,7 +82,7 @@ class WebMailboxesTests(ServedWebMixin, StoreFixtureMixin):
     @defer.inlineCallbacks
     def test_list_pagination(self):
         for n in range(60):
-            self.store.run_sync(q.add_mailbox, f"box{n:02d}@example.org", "carol")
+            self.store.run_sync(mailbox_ops.add_mailbox, f"box{n:02d}@example.org", "carol")
         browser = yield self.logged_in()
         first = yield browser.get("/mailboxes?domain=example.org")
         self.assertEqual(len(self.listed(first)), 50)
@@ -236,7 +235,7 @@ class WebMailboxesTests(ServedWebMixin, StoreFixtureMixin):
 
     @defer.inlineCallbacks
     def test_another_mailboxs_address_alias_or_identity_refused_even_to_an_admin(self):
-        self.store.run_sync(q.add_alias, "help", "carol@example.org")
+        self.store.run_sync(aliases.add_alias, "help", "carol@example.org")
         self.store.run_sync(
             mailbox_ops.update_mailbox, "bobby@example.com", identity="news@acme.test"
         )
@@ -277,7 +276,7 @@ class WebMailboxesTests(ServedWebMixin, StoreFixtureMixin):
 
     @defer.inlineCallbacks
     def test_a_refused_stored_identity_is_shown(self):
-        self.store.run_sync(q.add_mailbox, "info@example.com", "carol")
+        self.store.run_sync(mailbox_ops.add_mailbox, "info@example.com", "carol")
         self.store.run_sync(
             lambda: (
                 Mailbox.update(identity="info@example.com")
@@ -322,9 +321,9 @@ class WebMailboxesTests(ServedWebMixin, StoreFixtureMixin):
     @defer.inlineCallbacks
     def test_store_to_is_chosen_from_the_folders_and_projects_by_name_and_owner(self):
         sync = self.store.run_sync
-        launch = sync(q.add_context, "project", "Launch", "bob")
-        archive = sync(q.add_context, "folder", "archive", "bob")
-        offers = sync(q.add_context, "folder", "Offers")
+        launch = sync(contexts.add_context, "project", "Launch", "bob")
+        archive = sync(contexts.add_context, "folder", "archive", "bob")
+        offers = sync(contexts.add_context, "folder", "Offers")
         browser = yield self.logged_in()
         page = yield browser.get(BOB)
         self.assertEqual(
@@ -354,11 +353,11 @@ class WebMailboxesTests(ServedWebMixin, StoreFixtureMixin):
     @defer.inlineCallbacks
     def test_store_to_offers_the_owners_contexts_and_those_of_no_user_only(self):
         sync = self.store.run_sync
-        offers = sync(q.add_context, "folder", "Offers")
-        archive = sync(q.add_context, "folder", "archive", "bob")
-        private = sync(q.add_context, "folder", "Carol's own", "carol")
-        sync(q.add_context, "folder", "Sent (carol@example.org)", "carol")
-        sync(q.add_context, "project", "Carol's plan", "carol")
+        offers = sync(contexts.add_context, "folder", "Offers")
+        archive = sync(contexts.add_context, "folder", "archive", "bob")
+        private = sync(contexts.add_context, "folder", "Carol's own", "carol")
+        sync(contexts.add_context, "folder", "Sent (carol@example.org)", "carol")
+        sync(contexts.add_context, "project", "Carol's plan", "carol")
         expected = [
             ("todo", "To Do of bob", True),
             (str(archive.id), "archive (owner bob)", False),
@@ -413,7 +412,7 @@ class WebMailboxesTests(ServedWebMixin, StoreFixtureMixin):
 
     @defer.inlineCallbacks
     def test_alias_of_another_mailbox_cannot_be_removed_here(self):
-        self.store.run_sync(q.add_alias, "carla", "carol@example.org")
+        self.store.run_sync(aliases.add_alias, "carla", "carol@example.org")
         browser = yield self.logged_in("bob", "bob-secret")
         response = yield self.act(browser, "alias-remove", alias="carla@example.org")
         self.assertEqual(response.status, 404)
@@ -501,7 +500,7 @@ class WebMailboxesTests(ServedWebMixin, StoreFixtureMixin):
 
     @defer.inlineCallbacks
     def test_redirect_preview_then_confirm(self):
-        self.store.run_sync(q.add_alias, "robert", "bob@example.com")
+        self.store.run_sync(aliases.add_alias, "robert", "bob@example.com")
         browser = yield self.logged_in()
         path = "/mailbox/redirect?address=bob@example.com"
         page = yield browser.get(path)

@@ -11,8 +11,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
-from atollon_mail.store import mailboxes
-from atollon_mail.store import queries as q
+from atollon_mail.store import accounts, domains, message_types, queue
 from atollon_mail.store.records import DeliveryResult, OutgoingMessage
 from tests.builders import web_root
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
@@ -36,19 +35,19 @@ class QueuePagesTests(ServedWebMixin, StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
         sync = self.store.run_sync
-        sync(q.add_user, "admin", _hash("admin-secret"), name="Ada Admin", is_admin=True)
-        sync(q.add_user, "bob", _hash("bob-secret"), name="Bob")
-        sync(q.add_domain, "example.com")
+        sync(accounts.add_user, "admin", _hash("admin-secret"), name="Ada Admin", is_admin=True)
+        sync(accounts.add_user, "bob", _hash("bob-secret"), name="Bob")
+        sync(domains.add_domain, "example.com")
         # One message delivered to one recipient and deferred for the other.
         [self.sent] = sync(
-            q.submit_messages,
+            queue.submit_messages,
             [_outgoing("far@remote.example", "later@remote.example", subject=f"S {EVIL}")],
             T0,
         )
-        claimed = sync(q.claim_due_deliveries, T0, 10)
+        claimed = sync(queue.claim_due_deliveries, T0, 10)
         retry_at = T0 + datetime.timedelta(hours=1)
         sync(
-            q.record_delivery_results,
+            queue.record_delivery_results,
             [
                 DeliveryResult(
                     claimed[0].recipient_id, "delivered", "250 ok", "mx.remote.example", T0, None
@@ -63,7 +62,7 @@ class QueuePagesTests(ServedWebMixin, StoreFixtureMixin):
                 ),
             ],
         )
-        [self.waiting] = sync(q.submit_messages, [_outgoing("new@remote.example")], T0)
+        [self.waiting] = sync(queue.submit_messages, [_outgoing("new@remote.example")], T0)
         self.queue_id = self._queue_id("far@remote.example")
         self.waiting_id = self._queue_id("new@remote.example")
         clock = Clock()
@@ -73,7 +72,7 @@ class QueuePagesTests(ServedWebMixin, StoreFixtureMixin):
         self.serve(root)
 
     def _queue_id(self, address: str) -> int:
-        entries = self.store.run_sync(q.queue_list, None, 1000, 0)
+        entries = self.store.run_sync(queue.queue_list, None, 1000, 0)
         return next(e.queue_message_id for e in entries if e.address == address)
 
     @defer.inlineCallbacks
@@ -116,12 +115,14 @@ class QueuePagesTests(ServedWebMixin, StoreFixtureMixin):
     @defer.inlineCallbacks
     def test_queue_lists_uncertain_recipients(self):
         sync = self.store.run_sync
-        [sent] = sync(q.submit_messages, [_outgoing("maybe@remote.example")], T0)
-        claimed = sync(q.claim_due_deliveries, T0, 10)
+        [sent] = sync(queue.submit_messages, [_outgoing("maybe@remote.example")], T0)
+        claimed = sync(queue.claim_due_deliveries, T0, 10)
         sync(
-            q.mark_dots_sent, [d.recipient_id for d in claimed if d.address.startswith("maybe")], T0
+            queue.mark_dots_sent,
+            [d.recipient_id for d in claimed if d.address.startswith("maybe")],
+            T0,
         )
-        sync(q.requeue_in_flight, T0)  # the restart after a kill
+        sync(queue.requeue_in_flight, T0)  # the restart after a kill
         browser = yield self.admin()
         page = yield browser.get("/queue?uncertain=1")
         self.assertEqual(page.status, 200)
@@ -141,7 +142,7 @@ class QueuePagesTests(ServedWebMixin, StoreFixtureMixin):
     @defer.inlineCallbacks
     def test_queue_pagination(self):
         many = tuple(f"r{n:02d}@remote.example" for n in range(51))
-        self.store.run_sync(q.submit_messages, [_outgoing(*many)], T0)
+        self.store.run_sync(queue.submit_messages, [_outgoing(*many)], T0)
         browser = yield self.admin()
         first = yield browser.get("/queue?state=queued")
         self.assertEqual(len(re.findall(r"<td>r\d\d@remote\.example</td>", first.text)), 50)
@@ -182,7 +183,7 @@ class QueuePagesTests(ServedWebMixin, StoreFixtureMixin):
         self.assertEqual(done.header("location"), f"/queue/message?id={self.queue_id}&done=retried")
         shown = yield browser.get(done.header("location"))
         self.assertIn("Retry requested", shown.text)
-        states = {e.address: e.state for e in self.store.run_sync(q.queue_list)}
+        states = {e.address: e.state for e in self.store.run_sync(queue.queue_list)}
         self.assertEqual(states["later@remote.example"], "queued")
         self.assertEqual(states["far@remote.example"], "delivered")
         missing = yield browser.post("/queue/retry", {"id": "999999", "csrf_token": page.csrf()})
@@ -194,12 +195,12 @@ class QueuePagesTests(ServedWebMixin, StoreFixtureMixin):
         page = yield browser.get(f"/queue/message?id={self.waiting_id}")
         forged = yield browser.post("/queue/delete", {"id": str(self.waiting_id)})
         self.assertEqual(forged.status, 403)
-        self.store.run_sync(q.claim_due_deliveries, T0, 10)  # now in flight
+        self.store.run_sync(queue.claim_due_deliveries, T0, 10)  # now in flight
         form = {"id": str(self.waiting_id), "csrf_token": page.csrf()}
         refused = yield browser.post("/queue/delete", form)
         self.assertEqual(refused.status, 409)
         self.assertIn("being delivered right now", refused.text)
-        self.store.run_sync(q.requeue_in_flight, T0)
+        self.store.run_sync(queue.requeue_in_flight, T0)
         done = yield browser.post("/queue/delete", form)
         self.assertEqual(done.status, 303)
         self.assertEqual(done.header("location"), "/queue?done=deleted")
@@ -220,12 +221,12 @@ class QueuePagesTests(ServedWebMixin, StoreFixtureMixin):
         form = {"id": str(self.waiting_id), "csrf_token": home.csrf()}
         refused = yield browser.post("/queue/delete", form)
         self.assertEqual(refused.status, 404)
-        self.assertEqual(len(self.store.run_sync(q.queue_list)), 3)
+        self.assertEqual(len(self.store.run_sync(queue.queue_list)), 3)
 
     # --- message types --------------------------------------------------------------------
 
     def _types(self) -> dict:
-        return {t.code: t for t in self.store.run_sync(mailboxes.list_message_types)}
+        return {t.code: t for t in self.store.run_sync(message_types.list_message_types)}
 
     @defer.inlineCallbacks
     def test_types_list_and_create(self):
@@ -255,7 +256,7 @@ class QueuePagesTests(ServedWebMixin, StoreFixtureMixin):
 
     @defer.inlineCallbacks
     def test_type_edit_and_defaults(self):
-        self.store.run_sync(mailboxes.add_message_type, "Newsletter", "news")
+        self.store.run_sync(message_types.add_message_type, "Newsletter", "news")
         browser = yield self.admin()
         page = yield browser.get("/message-types")
         form = {"code": "news", "name": "", "description": "typed", "csrf_token": page.csrf()}
@@ -281,9 +282,9 @@ class QueuePagesTests(ServedWebMixin, StoreFixtureMixin):
 
     @defer.inlineCallbacks
     def test_type_delete_refusals_and_reassign(self):
-        news = self.store.run_sync(mailboxes.add_message_type, "Newsletter", "news")
-        self.store.run_sync(mailboxes.add_message_type, "Spare", "spare")
-        self.store.run_sync(q.submit_messages, [_outgoing("n@remote.example", type_id=news.id)])
+        news = self.store.run_sync(message_types.add_message_type, "Newsletter", "news")
+        self.store.run_sync(message_types.add_message_type, "Spare", "spare")
+        self.store.run_sync(queue.submit_messages, [_outgoing("n@remote.example", type_id=news.id)])
         browser = yield self.admin()
         page = yield browser.get("/message-types")
         token = page.csrf()

@@ -14,7 +14,7 @@ from twisted.trial import unittest
 
 from atollon_mail.auth import ADDRESS_LIMIT, LOGIN_LIMIT, build_authenticator
 from atollon_mail.config import parse_config
-from atollon_mail.store import queries as q
+from atollon_mail.store import accounts, domains, mailboxes, queue
 from atollon_mail.store.domains import record_dns_check
 from atollon_mail.store.mailboxes import grant_mailbox_access
 from atollon_mail.store.records import DeliveryResult, DnsCheckResult, OutgoingMessage
@@ -33,14 +33,14 @@ class WebSecurityTests(ServedWebMixin, StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
         sync = self.store.run_sync
-        sync(q.add_user, "admin", _hash("admin-secret"), name="Ada Admin", is_admin=True)
-        sync(q.add_user, "bob", _hash("bob-secret"), name=f"Bob {EVIL}")
-        sync(q.add_user, "carol", _hash("carol-secret"), name="Carol")
-        sync(q.add_domain, "example.com")
-        sync(q.add_domain, "unchecked.example")
-        sync(q.add_mailbox, "bob@example.com", "bob")
-        sync(q.add_mailbox, "carol@example.com", "carol")
-        sync(q.add_mailbox, "shared@example.com", "carol")
+        sync(accounts.add_user, "admin", _hash("admin-secret"), name="Ada Admin", is_admin=True)
+        sync(accounts.add_user, "bob", _hash("bob-secret"), name=f"Bob {EVIL}")
+        sync(accounts.add_user, "carol", _hash("carol-secret"), name="Carol")
+        sync(domains.add_domain, "example.com")
+        sync(domains.add_domain, "unchecked.example")
+        sync(mailboxes.add_mailbox, "bob@example.com", "bob")
+        sync(mailboxes.add_mailbox, "carol@example.com", "carol")
+        sync(mailboxes.add_mailbox, "shared@example.com", "carol")
         sync(grant_mailbox_access, "shared@example.com", "bob", view=True, edit=False)
         checks = [
             DnsCheckResult("mx", "pass", "ok"),
@@ -50,7 +50,7 @@ class WebSecurityTests(ServedWebMixin, StoreFixtureMixin):
         ]
         sync(record_dns_check, "example.com", checks, T0)
         [submitted] = sync(
-            q.submit_messages,
+            queue.submit_messages,
             [
                 OutgoingMessage(
                     envelope_sender="bob@example.com",
@@ -61,9 +61,9 @@ class WebSecurityTests(ServedWebMixin, StoreFixtureMixin):
             ],
             T0,
         )
-        claimed = sync(q.claim_due_deliveries, T0, 10)
+        claimed = sync(queue.claim_due_deliveries, T0, 10)
         sync(
-            q.record_delivery_results,
+            queue.record_delivery_results,
             [
                 DeliveryResult(claimed[0].recipient_id, "delivered", "250 ok", None, T0, None),
                 DeliveryResult(

@@ -9,7 +9,7 @@ from twisted.trial import unittest
 from atollon_mail.config import parse_config
 from atollon_mail.massmail.tokens import RecipientTokens
 from atollon_mail.passwords import hash_password
-from atollon_mail.store import campaigns, queries, sendlists
+from atollon_mail.store import accounts, campaigns, domains, mailboxes, sendlists
 from atollon_mail.store.models import CampaignRecipient, Suppression, utc_now
 from tests.builders import web_root
 from tests.massmail.test_sending import SECRET, _crm_fixture
@@ -21,9 +21,9 @@ class UnsubscribeTests(StoreFixtureMixin, ServedWebMixin):
     def setUp(self):
         self.store = self.make_store()
         sync = self.store.run_sync
-        sync(queries.add_domain, "acme.test")
-        sync(queries.add_user, "jane", hash_password("pw"), "Jane Doe")
-        sync(queries.add_mailbox, "news@acme.test", "jane")
+        sync(domains.add_domain, "acme.test")
+        sync(accounts.add_user, "jane", hash_password("pw"), "Jane Doe")
+        sync(mailboxes.add_mailbox, "news@acme.test", "jane")
         sync(_crm_fixture, utc_now())
         campaign = sync(campaigns.create_campaign, "News", "Everyone", "news@acme.test", "en")
         sync(campaigns.set_variant, campaign.id, "en", "News", "Hello {{ name }}\n")

@@ -9,8 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
-from atollon_mail.store import queries as q
-from atollon_mail.store import users as user_ops
+from atollon_mail.store import accounts, domains, mailboxes
 from atollon_mail.store.errors import Conflict, NotFound
 from tests.builders import web_root
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
@@ -27,11 +26,11 @@ class WebUsersTests(ServedWebMixin, StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
         sync = self.store.run_sync
-        sync(q.add_user, "admin", _hash("admin-secret"), name="Ada Admin", is_admin=True)
-        sync(q.add_user, "bob", _hash("bob-secret"), name="Bob")
-        sync(q.add_domain, "example.com")
-        sync(q.add_mailbox, "bob@example.com", "bob")
-        sync(q.add_mailbox, "bobby@example.com", "bob")
+        sync(accounts.add_user, "admin", _hash("admin-secret"), name="Ada Admin", is_admin=True)
+        sync(accounts.add_user, "bob", _hash("bob-secret"), name="Bob")
+        sync(domains.add_domain, "example.com")
+        sync(mailboxes.add_mailbox, "bob@example.com", "bob")
+        sync(mailboxes.add_mailbox, "bobby@example.com", "bob")
         self.clock = Clock()
         self.clock.advance(1_000_000)
         config = parse_config("[appliance]\nhostname = mail.example.com\n")
@@ -82,7 +81,7 @@ class WebUsersTests(ServedWebMixin, StoreFixtureMixin):
         self.assertIn("User dave added.", page.text)
         self.assertIsNone(_new_password(page))
         self.assertNotIn("dave-secret-1", page.text)
-        [dave] = [u for u in self.store.run_sync(q.list_users) if u.login == "dave"]
+        [dave] = [u for u in self.store.run_sync(accounts.list_users) if u.login == "dave"]
         self.assertEqual((dave.name, dave.is_admin), ("Dave", True))
         self.assertTrue((yield self.can_log_in("dave", "dave-secret-1")))
 
@@ -116,7 +115,7 @@ class WebUsersTests(ServedWebMixin, StoreFixtureMixin):
         self.assertIn('id="login-error"', bad.text)
         self.assertIn('id="password-error"', bad.text)
         self.assertIn('value="Not Valid!"', bad.text)
-        self.assertEqual(len(self.store.run_sync(q.list_users)), 2)
+        self.assertEqual(len(self.store.run_sync(accounts.list_users)), 2)
 
     # --- editing ------------------------------------------------------------------------
 
@@ -128,7 +127,7 @@ class WebUsersTests(ServedWebMixin, StoreFixtureMixin):
         page = yield browser.get(response.header("location"))
         self.assertIn("Changes saved.", page.text)
         self.assertIn('value="Robert"', page.text)
-        self.assertEqual(self.store.run_sync(user_ops.get_user, "bob").name, "Robert")
+        self.assertEqual(self.store.run_sync(accounts.get_user, "bob").name, "Robert")
 
     @defer.inlineCallbacks
     def test_edit_name_too_long_keeps_the_typed_value(self):
@@ -138,7 +137,7 @@ class WebUsersTests(ServedWebMixin, StoreFixtureMixin):
         self.assertIn('id="name-error"', response.text)
         self.assertIn('value="' + "x" * 201 + '"', response.text)
         self.assertRegex(response.text, r'name="is_admin" value="on" checked')
-        bob = self.store.run_sync(user_ops.get_user, "bob")
+        bob = self.store.run_sync(accounts.get_user, "bob")
         self.assertEqual((bob.name, bob.is_admin), ("Bob", False))
 
     @defer.inlineCallbacks
@@ -146,36 +145,36 @@ class WebUsersTests(ServedWebMixin, StoreFixtureMixin):
         browser = yield self.logged_in()
         response = yield self.edit(browser, "bob", name="Bob", is_admin="on")
         self.assertEqual(response.status, 303)
-        self.assertTrue(self.store.run_sync(user_ops.get_user, "bob").is_admin)
+        self.assertTrue(self.store.run_sync(accounts.get_user, "bob").is_admin)
         bob = yield self.logged_in("bob", "bob-secret")
         self.assertEqual((yield bob.get("/users")).status, 200)
         # Another admin may remove it again (there are two admins now).
         response = yield self.edit(browser, "bob", name="Bob")
         self.assertEqual(response.status, 303)
-        self.assertFalse(self.store.run_sync(user_ops.get_user, "bob").is_admin)
+        self.assertFalse(self.store.run_sync(accounts.get_user, "bob").is_admin)
         self.assertEqual((yield bob.get("/users")).status, 404)  # at once
 
     @defer.inlineCallbacks
     def test_an_admin_cannot_remove_their_own_admin_flag(self):
-        self.store.run_sync(user_ops.update_user, "bob", is_admin=True)
+        self.store.run_sync(accounts.update_user, "bob", is_admin=True)
         browser = yield self.logged_in()
         response = yield self.edit(browser, "admin", name="Ada")
         self.assertEqual(response.status, 400)
         self.assertIn('id="is_admin-error"', response.text)
         self.assertIn('value="Ada"', response.text)
-        admin = self.store.run_sync(user_ops.get_user, "admin")
+        admin = self.store.run_sync(accounts.get_user, "admin")
         self.assertEqual((admin.name, admin.is_admin), ("Ada Admin", True))
 
     def test_the_last_admin_keeps_the_flag_in_the_store(self):
         with self.assertRaises(Conflict):
-            self.store.run_sync(user_ops.update_user, "admin", is_admin=False)
-        self.assertTrue(self.store.run_sync(user_ops.get_user, "admin").is_admin)
-        self.store.run_sync(user_ops.update_user, "bob", is_admin=True)
-        self.store.run_sync(user_ops.update_user, "admin", is_admin=False)
+            self.store.run_sync(accounts.update_user, "admin", is_admin=False)
+        self.assertTrue(self.store.run_sync(accounts.get_user, "admin").is_admin)
+        self.store.run_sync(accounts.update_user, "bob", is_admin=True)
+        self.store.run_sync(accounts.update_user, "admin", is_admin=False)
         with self.assertRaises(Conflict):
-            self.store.run_sync(user_ops.update_user, "bob", is_admin=False)
+            self.store.run_sync(accounts.update_user, "bob", is_admin=False)
         with self.assertRaises(NotFound):
-            self.store.run_sync(user_ops.update_user, "nobody", name="x")
+            self.store.run_sync(accounts.update_user, "nobody", name="x")
 
     # --- passwords ----------------------------------------------------------------------
 
@@ -229,8 +228,10 @@ class WebUsersTests(ServedWebMixin, StoreFixtureMixin):
         self.assertEqual(edit.status, 403)
         reset = yield browser.post("/users/reset-password", {"login": "bob"})
         self.assertEqual(reset.status, 403)
-        self.assertEqual([u.login for u in self.store.run_sync(q.list_users)], ["admin", "bob"])
-        self.assertFalse(self.store.run_sync(user_ops.get_user, "bob").is_admin)
+        self.assertEqual(
+            [u.login for u in self.store.run_sync(accounts.list_users)], ["admin", "bob"]
+        )
+        self.assertFalse(self.store.run_sync(accounts.get_user, "bob").is_admin)
         self.assertTrue((yield self.can_log_in("bob", "bob-secret")))
 
     @defer.inlineCallbacks

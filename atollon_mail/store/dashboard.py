@@ -1,15 +1,16 @@
-"""Store operations behind the web admin's pages: read-only summaries for one user."""
+"""Store operations behind the web admin's dashboard and mailbox list: read-only summaries
+for one user."""
 
 from __future__ import annotations
 
 import attrs
 import peewee
 
-from atollon_mail.store import queries
+from atollon_mail.store import queue
 from atollon_mail.store.common import read_only
 from atollon_mail.store.domains import last_dns_check
 from atollon_mail.store.models import Alias, Context, Domain, Mailbox, MailboxAccess, User
-from atollon_mail.store.records import ContextRecord, MailboxRecord, QueueEntry, UserRecord
+from atollon_mail.store.records import ContextRecord, MailboxRecord, QueueEntry
 
 # The states shown as "recent deliveries and failures" on the dashboard.
 RECENT_STATES = ("delivered", "bounced", "deferred")
@@ -46,13 +47,6 @@ class Dashboard:
     domains: tuple[DomainStatus, ...] | None
     queue_counts: dict | None
     recent: tuple[QueueEntry, ...] | None
-
-
-@read_only
-def session_user(login: str) -> UserRecord | None:
-    """The user a session belongs to, as they are now (None once removed)."""
-    user = User.get_or_none(User.login == login)
-    return None if user is None else queries._user_record(user)
 
 
 def _domain_status(domain) -> DomainStatus:
@@ -191,12 +185,12 @@ def dashboard(login: str, recent_limit: int = 10) -> Dashboard:
             mailboxes=mailboxes, mailbox_total=total, domains=None, queue_counts=None, recent=None
         )
     domains = tuple(_domain_status(domain) for domain in Domain.select().order_by(Domain.name))
-    recent = [entry for state in RECENT_STATES for entry in queries.queue_list(state, recent_limit)]
+    recent = [entry for state in RECENT_STATES for entry in queue.queue_list(state, recent_limit)]
     recent.sort(key=lambda entry: (entry.created_at, entry.recipient_id), reverse=True)
     return Dashboard(
         mailboxes=mailboxes,
         mailbox_total=total,
         domains=domains,
-        queue_counts=queries.queue_counts(),
+        queue_counts=queue.queue_counts(),
         recent=tuple(recent[:recent_limit]),
     )

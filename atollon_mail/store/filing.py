@@ -1,0 +1,418 @@
+"""Store operations for receiving and filing mail: which mailbox an address reaches, storing
+and filing incoming messages (the hot path, with its prepared statements), the copy a sent
+message leaves in its Sent folder, and reading filed messages back (the command line, the
+mail client of the web admin).
+
+Each runs inside one transaction opened by `Store.run` (or `run_sync`) and returns frozen
+records; none knows about SMTP or HTTP.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Sequence
+
+import peewee
+
+from atollon_mail.store import mailboxes, returnpath
+from atollon_mail.store.common import (
+    RECIPIENT_DELIMITER,
+    chunks,
+    locked,
+    read_only,
+    strip_root_dot,
+)
+from atollon_mail.store.contexts import context_record
+from atollon_mail.store.errors import Invalid, NotFound, StoreError
+from atollon_mail.store.mailboxes import get_mailbox_row, list_mailboxes
+from atollon_mail.store.models import (
+    Context,
+    Filing,
+    Mailbox,
+    Message,
+    User,
+    database_proxy,
+    utc_now,
+)
+from atollon_mail.store.records import (
+    FilingRecord,
+    IncomingMessage,
+    MailboxRecord,
+    MessageSummary,
+    OutgoingMessage,
+    Recipient,
+    Rejection,
+    StoredMessage,
+)
+
+SEEN_FLAG = "\\Seen"
+_CONTEXT_NAME_LIMIT = 200
+
+
+def _message_summary(message: Message) -> MessageSummary:
+    return MessageSummary(
+        id=message.id,
+        size=message.size,
+        message_id=message.message_id,
+        subject=message.subject,
+        from_header=message.from_header,
+        date_header=message.date_header,
+        envelope_sender=message.envelope_sender,
+        received_at=message.received_at,
+    )
+
+
+# --- receiving: the hot path ------------------------------------------------------------
+# Every RCPT and every stored message passes here, on the store's single SQLite thread.
+# Building these statements with peewee's query builder cost more than running them, so
+# they are written out once per dialect and executed with parameters.
+
+_HOT_SQL = {
+    # An inactive domain that only anchors secondary domains (the company's own domain,
+    # whose mail is hosted elsewhere) is not ours to receive for: its users are remote.
+    "domain": """
+        SELECT id, active FROM domain d WHERE name = {p}
+        AND (active OR NOT EXISTS (SELECT 1 FROM domain s WHERE s.primary_domain_id = d.id))""",
+    # The mailbox (or alias) for up to two candidate names, with the context its mail is
+    # filed into: its "store messages to", else its owner's To Do.
+    # The last columns say whether the row came through an alias, and the mailbox's
+    # forwarding (on, keep a copy).
+    "names": """
+        SELECT m.local_part, m.id, m.local_part, m.active, COALESCE(m.store_to_id, c.id),
+               0, m.forward_enabled, m.forward_keep_copy
+        FROM mailbox m LEFT JOIN context c ON c.owner_id = m.owner_id AND c.kind = 'todo'
+        WHERE m.domain_id = {p} AND m.local_part IN ({p}, {p})
+        UNION ALL
+        SELECT a.name, m.id, m.local_part, m.active, COALESCE(m.store_to_id, c.id),
+               1, m.forward_enabled, m.forward_keep_copy
+        FROM alias a JOIN mailbox m ON m.id = a.mailbox_id
+        LEFT JOIN context c ON c.owner_id = m.owner_id AND c.kind = 'todo'
+        WHERE a.domain_id = {p} AND a.name IN ({p}, {p})""",
+    "default_types": """
+        SELECT id, default_incoming, default_outgoing FROM message_type
+        WHERE default_incoming OR default_outgoing""",
+    "store_to": """
+        SELECT COALESCE(m.store_to_id, c.id) FROM mailbox m
+        LEFT JOIN context c ON c.owner_id = m.owner_id AND c.kind = 'todo'
+        WHERE m.id = {p}""",
+    "insert_message": """
+        INSERT INTO message (raw, size, message_id, subject, from_header, date_header,
+                             envelope_sender, received_at, type_id)
+        VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) RETURNING id""",
+    # The counter is bumped in the statement that reads it: no two writers share a uid.
+    "next_uid": "UPDATE mailbox SET next_uid = next_uid + 1 WHERE id = {p} RETURNING next_uid",
+    "insert_filing": """
+        INSERT INTO filing (message_id, mailbox_id, context_id, uid, flags, filed_at)
+        VALUES ({p}, {p}, {p}, {p}, '', {p})""",
+    # Sending: the Sent copy, the queue rows (every submitted message passes here too).
+    "next_uid_sent": """
+        UPDATE mailbox SET next_uid = next_uid + 1 WHERE id = {p}
+        RETURNING next_uid, sent_context_id""",
+    "mailbox_owner_address": """
+        SELECT m.owner_id, m.local_part, d.name
+        FROM mailbox m JOIN domain d ON d.id = m.domain_id WHERE m.id = {p}""",
+    "insert_folder": """
+        INSERT INTO context (kind, name, owner_id, created_at)
+        VALUES ('folder', {p}, {p}, {p}) RETURNING id""",
+    "set_sent_context": "UPDATE mailbox SET sent_context_id = {p} WHERE id = {p}",
+    "insert_flagged_filing": """
+        INSERT INTO filing (message_id, mailbox_id, context_id, uid, flags, filed_at)
+        VALUES ({p}, {p}, {p}, {p}, {p}, {p})""",
+    "insert_queue_message": """
+        INSERT INTO queue_message (message_id, envelope_sender, is_bounce, origin_mailbox_id,
+                                   created_at)
+        VALUES ({p}, {p}, {p}, {p}, {p}) RETURNING id""",
+    # Campaign mail names its send-list row, so the row learns the outcome.
+    "insert_queue_recipient": """
+        INSERT INTO queue_recipient (queue_message_id, address, domain, state, attempts,
+                                     next_attempt_at, delay_warned, created_at, updated_at,
+                                     campaign_recipient_id)
+        VALUES ({p}, {p}, {p}, 'queued', 0, {p}, {p}, {p}, {p}, {p}) RETURNING id""",
+    # The queue runner: one query per waiting state, each walking the (state,
+    # next_attempt_at) index in order, so a claim reads about `limit` rows however long
+    # the queue (a single "state IN (...)" would have to sort every due row).
+    "due": """
+        SELECT r.id, r.queue_message_id, q.message_id, q.envelope_sender, r.address, r.domain,
+               r.attempts, q.created_at, q.is_bounce, r.delay_warned, r.next_attempt_at,
+               r.campaign_recipient_id
+        FROM queue_recipient r JOIN queue_message q ON q.id = r.queue_message_id
+        WHERE r.state = {p} AND r.next_attempt_at <= {p}
+        ORDER BY r.next_attempt_at, r.id LIMIT {p}""",
+    "record_result": """
+        UPDATE queue_recipient
+        SET attempts = attempts + 1, last_attempt_at = {p}, last_reply = {p}, state = {p},
+            next_attempt_at = COALESCE({p}, next_attempt_at), updated_at = {p},
+            dot_sent_at = NULL, uncertain = (uncertain OR {p})
+        WHERE id = {p}""",
+    "insert_event": """
+        INSERT INTO queue_event (queue_recipient_id, at, server, reply, outcome, next_attempt_at)
+        VALUES ({p}, {p}, {p}, {p}, {p}, {p})""",
+}
+_hot_sql_by_param: dict[str, dict[str, str]] = {}
+
+
+def prepared_sql(name: str) -> str:
+    param = database_proxy.param
+    statements = _hot_sql_by_param.get(param)
+    if statements is None:
+        statements = {key: sql.format(p=param) for key, sql in _HOT_SQL.items()}
+        _hot_sql_by_param[param] = statements
+    return statements[name]
+
+
+def execute_prepared(name: str, params: tuple):
+    return database_proxy.execute_sql(prepared_sql(name), params)
+
+
+@read_only
+def resolve_recipient(local_part: str, domain_name: str) -> Recipient | Rejection:
+    """Which mailbox receives local_part@domain_name, or why nothing does.
+
+    Local parts match case-insensitively and `user+tag` reaches `user`.
+    """
+    domain_name = strip_root_dot(domain_name.lower())
+    domain = execute_prepared("domain", (domain_name,)).fetchone()
+    if domain is None:
+        return Rejection("unknown-domain", f"{domain_name} is not a domain of this server")
+    domain_id, domain_active = domain
+    if not domain_active:
+        return Rejection("inactive-domain", f"{domain_name} does not accept mail at present")
+    local = local_part.lower()
+    base, _, _tag = local.partition(RECIPIENT_DELIMITER)
+    names = [local] if base == local or not base else [local, base]
+    found: dict[str, tuple] = {}
+    for row in execute_prepared("names", (domain_id, names[0], names[-1]) * 2).fetchall():
+        # One name can be an inactive (redirected) mailbox and an alias of the mailbox it
+        # was redirected to: an active mailbox wins, then an active alias, then the rest.
+        rank = (not row[3], bool(row[5]))
+        if row[0] not in found or rank < found[row[0]][0]:
+            found[row[0]] = (rank, row[1:])
+    for name in names:  # the whole name first, then the name without its +tag
+        if name not in found:
+            continue
+        mailbox_id, mailbox_local_part, active, context_id, _, forwards, keep_copy = found[name][1]
+        if not active:
+            return Rejection("inactive-mailbox", f"{local}@{domain_name} does not receive mail")
+        return Recipient(
+            address=f"{local}@{domain_name}",
+            mailbox_id=mailbox_id,
+            mailbox_address=f"{mailbox_local_part}@{domain_name}",
+            context_id=context_id,
+            forwards=bool(forwards),
+            keep_copy=bool(keep_copy),
+        )
+    return Rejection("unknown-address", f"{local}@{domain_name} is not an address here")
+
+
+def default_type_ids() -> tuple[int | None, int | None]:
+    """(incoming, outgoing): the message types new mail gets unless it names one."""
+    incoming = outgoing = None
+    for type_id, is_incoming, is_outgoing in execute_prepared("default_types", ()).fetchall():
+        if is_incoming and incoming is None:
+            incoming = type_id
+        if is_outgoing and outgoing is None:
+            outgoing = type_id
+    return incoming, outgoing
+
+
+def insert_message(
+    message: IncomingMessage | OutgoingMessage, stamp, type_id, delivered: bool = True
+) -> int:
+    """The Message row: the raw bytes once, with the summary headers of the record.
+
+    `delivered`: it is filed for a local recipient (a final delivery), so it is stored
+    with its Return-Path on top (the envelope sender); a Return-Path it arrived with is
+    dropped either way. Its size is that of the bytes stored."""
+    if delivered:
+        sender = getattr(message, "return_path", None)
+        raw = returnpath.delivered(
+            message.raw, message.envelope_sender if sender is None else sender
+        )
+    else:
+        raw = returnpath.without_return_path(message.raw)
+    (message_id,) = execute_prepared(
+        "insert_message",
+        (
+            Message.raw.db_value(raw),
+            len(raw),
+            message.message_id,
+            message.subject,
+            message.from_header,
+            message.date_header,
+            message.envelope_sender,
+            stamp,
+            message.type_id if message.type_id is not None else type_id,
+        ),
+    ).fetchone()
+    return message_id
+
+
+def file_for_recipients(message_id: int, recipients: Sequence[Recipient], stamp) -> int:
+    """File the message once per mailbox reached; how many filings that made."""
+    contexts: dict[int, int | None] = {}
+    for recipient in recipients:  # a mailbox reached twice gets one copy
+        contexts.setdefault(recipient.mailbox_id, recipient.context_id)
+    for mailbox_id, context_id in contexts.items():
+        row = execute_prepared("next_uid", (mailbox_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"mailbox {mailbox_id} was removed")
+        if context_id is None:
+            (context_id,) = execute_prepared("store_to", (mailbox_id,)).fetchone()
+        execute_prepared("insert_filing", (message_id, mailbox_id, context_id, row[0] - 1, stamp))
+    return len(contexts)
+
+
+def _store_one(incoming: IncomingMessage, now, type_id: int | None = None) -> StoredMessage:
+    if not incoming.recipients:
+        raise Invalid("a message needs at least one recipient; nothing was stored")
+    stamp = Message.received_at.db_value(now)
+    message_id = insert_message(incoming, stamp, type_id)
+    filings = file_for_recipients(message_id, incoming.recipients, stamp)
+    return StoredMessage(id=message_id, filings=filings)
+
+
+def lock_mailboxes(mailbox_ids: Iterable[int]) -> None:
+    """Every mailbox a batch files into, locked up front in id order: concurrent batches
+    filing into the same mailboxes in other orders would otherwise deadlock (PostgreSQL)."""
+    ordered = sorted(set(mailbox_ids))
+    if ordered and database_proxy.for_update:
+        locked(
+            Mailbox.select(Mailbox.id).where(Mailbox.id.in_(ordered)).order_by(Mailbox.id)
+        ).execute()
+
+
+def group_commit(store_one: Callable, items: Sequence, now) -> list:
+    """store_one(item, now) for each item in the caller's one transaction.
+
+    An item that fails is reported as its exception and leaves nothing behind; the others
+    are kept. The batch is first tried under one savepoint; only if something in it fails
+    is it redone with a savepoint per item (savepoints cost statements).
+    """
+    try:
+        with database_proxy.atomic():
+            return [store_one(item, now) for item in items]
+    except (peewee.DatabaseError, StoreError):
+        pass
+    results: list = []
+    for item in items:
+        try:
+            with database_proxy.atomic():
+                results.append(store_one(item, now))
+        except (peewee.DatabaseError, StoreError) as problem:
+            results.append(problem)
+    return results
+
+
+def store_messages(messages: Sequence[IncomingMessage]) -> list[StoredMessage | Exception]:
+    """Store and file several messages in the caller's one transaction (group commit).
+
+    A message that fails is reported as its exception and leaves nothing behind; the
+    others are kept.
+    """
+    lock_mailboxes(
+        recipient.mailbox_id for incoming in messages for recipient in incoming.recipients
+    )
+    incoming_type, _ = default_type_ids()
+    return group_commit(functools.partial(_store_one, type_id=incoming_type), messages, utc_now())
+
+
+@read_only
+def list_filings(mailbox_address: str, limit: int = 100, offset: int = 0) -> list[FilingRecord]:
+    mailbox = get_mailbox_row(mailbox_address)
+    # The context's owner is joined too: a lazy load per filing doubled the queries.
+    query = (
+        Filing.select(Filing, Message, Context, User)
+        .join(Message)
+        .switch(Filing)
+        .join(Context)
+        .join(User, peewee.JOIN.LEFT_OUTER, on=(Context.owner == User.id))
+        .where(Filing.mailbox == mailbox.id)
+        .order_by(Filing.uid.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    address = f"{mailbox.local_part}@{mailbox.domain.name}"
+    return [
+        FilingRecord(
+            uid=filing.uid,
+            mailbox_address=address,
+            context=context_record(filing.context),
+            flags=tuple(filing.flags.split()),
+            message=_message_summary(filing.message),
+        )
+        for filing in query
+    ]
+
+
+@read_only
+def message_raw(message_id: int) -> bytes:
+    message = Message.get_or_none(Message.id == message_id)
+    if message is None:
+        raise NotFound(f"no message with id {message_id}; see: messages list ADDRESS")
+    return bytes(message.raw)
+
+
+@read_only
+def count_messages() -> int:
+    return Message.select().count()
+
+
+@read_only
+def messages_raw(message_ids: Iterable[int]) -> dict[int, bytes]:
+    """The raw bytes of several messages at once; ids not found are left out."""
+    found: dict[int, bytes] = {}
+    for chunk in chunks(sorted(set(message_ids))):
+        query = Message.select(Message.id, Message.raw).where(Message.id.in_(chunk)).tuples()
+        found.update((message_id, bytes(raw)) for message_id, raw in query)
+    return found
+
+
+# --- the Sent copy ----------------------------------------------------------------------
+
+
+def file_sent_copy(message_id: int, mailbox_id: int, stamp) -> None:
+    """A copy in the mailbox's Sent folder (made on first use), already seen."""
+    row = execute_prepared("next_uid_sent", (mailbox_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"mailbox {mailbox_id} was removed; nothing was sent")
+    uid, context_id = row[0] - 1, row[1]
+    if context_id is None:
+        # The mailbox row is locked (next_uid above): no second Sent folder can appear.
+        owner_id, local_part, domain = execute_prepared(
+            "mailbox_owner_address", (mailbox_id,)
+        ).fetchone()
+        name = f"Sent ({local_part}@{domain})"[:_CONTEXT_NAME_LIMIT]
+        (context_id,) = execute_prepared("insert_folder", (name, owner_id, stamp)).fetchone()
+        execute_prepared("set_sent_context", (context_id, mailbox_id))
+    execute_prepared(
+        "insert_flagged_filing", (message_id, mailbox_id, context_id, uid, SEEN_FLAG, stamp)
+    )
+
+
+# --- the mail client of the web admin ---------------------------------------------------
+
+
+@read_only
+def viewable_mailboxes(login: str) -> list[MailboxRecord]:
+    """The mailboxes the user may view, by the same rule as every other page."""
+    return [
+        mailbox
+        for mailbox in list_mailboxes()
+        if mailboxes.user_rights(login, mailbox.address).view
+    ]
+
+
+@read_only
+def mailbox_message_raw(mailbox_address: str, message_id: int) -> bytes:
+    """A message's raw bytes, only if it is filed in this mailbox: an id alone shows
+    nothing of another mailbox's mail."""
+    mailbox = get_mailbox_row(mailbox_address)
+    filed = Filing.select(Filing.id).where(
+        (Filing.mailbox == mailbox.id) & (Filing.message == message_id)
+    )
+    if not filed.exists():
+        raise NotFound(f"no message {message_id} in {mailbox_address}")
+    message = Message.get_or_none(Message.id == message_id)
+    if message is None:
+        raise NotFound(f"no message with id {message_id}")
+    return bytes(message.raw)
