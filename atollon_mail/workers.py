@@ -1,7 +1,7 @@
 """The service that owns the appliance's worker thread pools.
 
 - `cpu`: CPU-heavy work kept off the reactor thread: argon2 password checks (auth),
-  DKIM signing (delivery.signing), re-encoding submitted mail (delivery.intake) and
+  DKIM signing (delivery.dkim_signer), re-encoding submitted mail (delivery.intake) and
   building campaign messages (massmail.sender). Two threads: the GIL lets little more
   run at once, and the reactor thread needs its share.
 - `dns`: blocking DNS queries (delivery.mx's MX lookups, the DNS watcher's checks, the

@@ -9,11 +9,11 @@ from twisted.application.service import IService
 
 from atollon_mail.config import Config
 from atollon_mail.delivery.autoresponder import Autoresponder
+from atollon_mail.delivery.dkim_signer import DkimSigner
 from atollon_mail.delivery.dotjournal import DotJournal
 from atollon_mail.delivery.intake import Intake, SubmissionIntake
 from atollon_mail.delivery.mx import MXResolver
 from atollon_mail.delivery.runner import DeliveryRunner
-from atollon_mail.delivery.signing import DkimSigner
 from atollon_mail.delivery.srs import SRS, load_or_create_srs_secret
 from atollon_mail.events import Events
 from atollon_mail.store.database import is_sqlite

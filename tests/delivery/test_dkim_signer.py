@@ -15,8 +15,8 @@ from twisted.trial import unittest
 
 from atollon_mail.config import ConfigError, parse_config
 from atollon_mail.delivery import dkim
+from atollon_mail.delivery.dkim_signer import KEY_REFRESH_SECONDS, DkimSigner
 from atollon_mail.delivery.mx import dns_resolver
-from atollon_mail.delivery.signing import KEY_REFRESH_SECONDS, DkimSigner
 from atollon_mail.store import domains
 from atollon_mail.store.models import utc_now
 from tests.delivery.test_dkim import HAVE_NACL, NO_NACL
