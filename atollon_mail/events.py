@@ -20,10 +20,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.logger import Logger
+from zope.interface import implementer
+
+from atollon_mail.interfaces import IEventChannel, IEvents
 
 log = Logger()
 
 
+@implementer(IEventChannel)
 class Channel:
     """One kind of event: subscribe(callback) at construction time, fire(*args) after."""
 
@@ -46,6 +50,7 @@ class Channel:
                 log.failure("a subscriber of the {name} event failed", name=self.name)
 
 
+@implementer(IEvents)
 class Events:
     """The channels every subsystem shares."""
 

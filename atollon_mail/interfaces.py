@@ -134,3 +134,24 @@ class IMXResolver(Interface):
         own A/AAAA when it has no MX). Fails with NullMX, NoSuchDomain (permanent) or
         TemporaryDNSError.
         """
+
+
+class IEventChannel(Interface):
+    """One kind of event: consumers subscribe when they are built, producers fire after
+    the work the event tells of is committed."""
+
+    name = Attribute("What the event is called, for the log.")
+
+    def subscribe(callback):
+        """Call callback(*args) on every later fire."""
+
+    def fire(*args):
+        """Tell every subscriber; a subscriber's exception is logged, never raised."""
+
+
+class IEvents(Interface):
+    """The channels every subsystem shares (see atollon_mail.events)."""
+
+    queued = Attribute("IEventChannel: a commit queued mail for remote delivery.")
+    filed = Attribute("IEventChannel: a message was filed into local mailboxes.")
+    outcome = Attribute("IEventChannel: delivery outcomes were committed.")
