@@ -1,6 +1,8 @@
 """The package's layout rules, read from the source: no module of atollon_mail uses a
 private name (`_x`) of another atollon_mail module, imported by name or through the module;
-the store's modules import each other without a cycle."""
+the package's modules import each other without a cycle, and an import moved into a
+function does not hide one. (Which modules may import what is checked by lint-imports,
+with the contracts in setup.cfg.)"""
 
 import ast
 import unittest
@@ -88,22 +90,69 @@ def private_uses(module: str, source: str, is_package: bool = False) -> set[tupl
     return found
 
 
-def store_imports(path: Path) -> set[str]:
-    """The store modules the file at path imports when it is loaded (not inside a
-    function: a lazy import is how a cycle is broken on purpose)."""
-    module = module_name(path)
+def package_imports(
+    module: str, source: str, is_package: bool = False, inside_functions: bool = False
+) -> set[str]:
+    """The atollon_mail modules that `module` (its source text given) imports when it is
+    loaded, and with inside_functions also those it imports later, inside a function."""
+    tree = ast.parse(source, module)
     found = set()
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+    for node in ast.walk(tree) if inside_functions else tree.body:
         if isinstance(node, ast.ImportFrom):
-            source = absolute(node, module, path.name == "__init__.py")
+            imported = absolute(node, module, is_package)
             for alias in node.names:
-                if is_module(f"{source}.{alias.name}"):
-                    found.add(f"{source}.{alias.name}")
-                elif is_module(source):
-                    found.add(source)
+                if is_module(f"{imported}.{alias.name}"):
+                    found.add(f"{imported}.{alias.name}")
+                elif is_module(imported):
+                    found.add(imported)
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-    return {name for name in found if name.startswith("atollon_mail.store.")}
+    return {name for name in found if name.split(".")[0] == "atollon_mail" and name != module}
+
+
+def import_graph(inside_functions: bool = False) -> dict[str, set[str]]:
+    return {
+        module_name(path): package_imports(
+            module_name(path),
+            path.read_text(encoding="utf-8"),
+            path.name == "__init__.py",
+            inside_functions,
+        )
+        for path in sorted(PACKAGE.rglob("*.py"))
+    }
+
+
+def first_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of the graph (its modules in order, the first again at the end), or None."""
+    done: set[str] = set()
+
+    def visit(name: str, trail: list[str]) -> list[str] | None:
+        if name in trail:
+            return trail[trail.index(name) :] + [name]
+        if name in done:
+            return None
+        for imported in sorted(graph.get(name, ())):
+            cycle = visit(imported, [*trail, name])
+            if cycle:
+                return cycle
+        done.add(name)
+        return None
+
+    for name in sorted(graph):
+        cycle = visit(name, [])
+        if cycle:
+            return cycle
+    return None
+
+
+# Imports inside a function that may close a cycle, as (importing module, module imported).
+# An import moved into a function to break a cycle still is one: this should stay empty.
+# store.queue imports store.campaign_recipients (which builds on the queue) inside two
+# functions; the queue's one entrance, with a hook for each origin, takes that import away,
+# and this entry goes with it.
+LAZY_ALLOWED: set[tuple[str, str]] = {
+    ("atollon_mail.store.queue", "atollon_mail.store.campaign_recipients"),
+}
 
 
 class PrivateNamesTest(unittest.TestCase):
@@ -151,25 +200,41 @@ class PrivateNamesTest(unittest.TestCase):
         )
 
 
-class StoreImportsTest(unittest.TestCase):
-    def test_store_modules_import_each_other_without_a_cycle(self):
-        graph = {
-            module_name(path): store_imports(path)
-            for path in sorted((PACKAGE / "store").glob("*.py"))
-        }
-        done: set[str] = set()
+class ImportCycleTest(unittest.TestCase):
+    def test_modules_import_each_other_without_a_cycle(self):
+        cycle = first_cycle(import_graph())
+        self.assertIsNone(cycle, "import cycle: " + " -> ".join(cycle or ()))
 
-        def visit(name: str, trail: list[str]) -> None:
-            if name in trail:
-                self.fail("import cycle: " + " -> ".join(trail[trail.index(name) :] + [name]))
-            if name in done:
-                return
-            for imported in sorted(graph.get(name, ())):
-                visit(imported, [*trail, name])
-            done.add(name)
+    def test_no_import_inside_a_function_hides_a_cycle(self):
+        graph = import_graph(inside_functions=True)
+        for importer, imported in LAZY_ALLOWED:
+            graph.get(importer, set()).discard(imported)
+        cycle = first_cycle(graph)
+        self.assertIsNone(
+            cycle,
+            "import cycle through an import inside a function: " + " -> ".join(cycle or ()),
+        )
 
-        for name in graph:
-            visit(name, [])
+    def test_a_cycle_is_found(self):
+        graph = {"a": {"b"}, "b": {"c"}, "c": {"b", "d"}, "d": set()}
+        self.assertEqual(first_cycle(graph), ["b", "c", "b"])
+        self.assertIsNone(first_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}))
+
+    def test_imports_inside_functions_are_found(self):
+        source = (
+            "from atollon_mail.store import common\n"
+            "import atollon_mail.store.models as models\n"
+            "def later():\n"
+            "    from atollon_mail.store import queue\n"
+            "    from atollon_mail.store.domains import list_domains\n"
+        )
+        module = "atollon_mail.store.example_for_the_test"
+        loaded = {"atollon_mail.store.common", "atollon_mail.store.models"}
+        self.assertEqual(package_imports(module, source), loaded)
+        self.assertEqual(
+            package_imports(module, source, inside_functions=True),
+            loaded | {"atollon_mail.store.queue", "atollon_mail.store.domains"},
+        )
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ import datetime
 from atollon_mail.commands.common import read_text_file, whole_number
 from atollon_mail.commands.output import clean, out
 from atollon_mail.store import autorespond
-from atollon_mail.store.models import utc_now
 from atollon_mail.store.records import AutoresponderRecord
+from atollon_mail.store.values import utc_now
 
 _NO_BOUND = "none"
 

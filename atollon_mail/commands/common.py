@@ -13,12 +13,10 @@ import argparse
 import sys
 from collections.abc import Callable
 
-import peewee
-
 from atollon_mail.commands.output import Refused, display_url, one_line
 from atollon_mail.config import default_config_path, load_config
 from atollon_mail.store import migrations
-from atollon_mail.store.pool import Store
+from atollon_mail.store.pool import DATABASE_ERRORS, Store
 
 # --- argument types -------------------------------------------------------------------
 
@@ -57,18 +55,11 @@ def whole_number(minimum: int) -> Callable[[str], int]:
 # --- running a handler ----------------------------------------------------------------
 
 
-def _schema_versions(database: peewee.Database) -> list[int]:
-    # Only read: a database that is not migrated is left exactly as it was found.
-    if not database.table_exists("schema_migration"):
-        return []
-    return migrations.applied_versions(database)
-
-
 def check_schema(store: Store, url: str) -> None:
     """Refused unless the schema is exactly the one this program knows."""
     try:
-        applied = store.run_sync(_schema_versions, store.database)
-    except (peewee.DatabaseError, peewee.InterfaceError) as problem:
+        applied = store.schema_versions()
+    except DATABASE_ERRORS as problem:
         raise Refused(f"cannot open the database at {url}: {one_line(problem)}") from None
     version = max(applied, default=0)
     latest = migrations.LATEST_VERSION
@@ -102,7 +93,7 @@ def run(args: argparse.Namespace) -> None:
         args.database_url = url
         try:
             args.handler(store, args)
-        except (peewee.DatabaseError, peewee.InterfaceError) as problem:
+        except DATABASE_ERRORS as problem:
             raise Refused(f"the database at {url} failed: {one_line(problem)}") from None
     finally:
         store.stop()

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import peewee
-
 from atollon_mail.commands.output import Refused, one_line, out
 from atollon_mail.store import migrations
+from atollon_mail.store.pool import DATABASE_ERRORS
 
 
 def _migrate(store, args) -> None:
@@ -14,7 +13,7 @@ def _migrate(store, args) -> None:
         applied = store.migrate()
     except RuntimeError as problem:  # the schema is newer than this program
         raise Refused(str(problem)) from None
-    except (peewee.DatabaseError, peewee.InterfaceError) as problem:
+    except DATABASE_ERRORS as problem:
         raise Refused(f"cannot migrate the database at {url}: {one_line(problem)}") from None
     for migration in applied:
         out(f"applied migration {migration.number}: {migration.name}")

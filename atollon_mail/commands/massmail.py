@@ -29,7 +29,7 @@ from atollon_mail.massmail.tokens import (
 )
 from atollon_mail.store import campaign_recipients, campaigns, sendlists
 from atollon_mail.store.campaign_records import CampaignRecord, CampaignStatus
-from atollon_mail.store.models import RECIPIENT_STATES, SUPPRESSION_REASONS, utc_now
+from atollon_mail.store.values import RECIPIENT_STATES, SUPPRESSION_REASONS, utc_now
 
 BAR_WIDTH = 20
 # Clears a terminal and puts the cursor home, so --watch redraws in place.

@@ -6,8 +6,8 @@ from __future__ import annotations
 from atollon_mail.commands.common import whole_number
 from atollon_mail.commands.output import clean, counted, out, shortened, table, when
 from atollon_mail.store import queue as queue_ops
-from atollon_mail.store.models import QUEUE_STATES, utc_now
 from atollon_mail.store.records import QueueEntry
+from atollon_mail.store.values import QUEUE_STATES, utc_now
 
 _WAITING = ("queued", "deferred")
 _REPLY_WIDTH = 40

@@ -16,7 +16,6 @@ from atollon_mail.delivery.mx import MXResolver
 from atollon_mail.delivery.runner import DeliveryRunner
 from atollon_mail.delivery.srs import SRS, load_or_create_srs_secret
 from atollon_mail.events import Events
-from atollon_mail.store.database import is_sqlite
 from atollon_mail.workers import Workers
 
 # Where the runner writes down final dots before sending them, below data_dir.
@@ -43,7 +42,7 @@ def build(
 ) -> Delivery:
     """The intake fires `queued` and `filed`; the runner wakes on `queued`, the
     auto-responder hears `filed`. `campaign_returns` resolves campaign addresses."""
-    writers = 1 if is_sqlite(store.database) else 2
+    writers = 1 if store.is_sqlite else 2
     srs = SRS(load_or_create_srs_secret(config.delivery.srs_secret, config.appliance.data_dir))
     intake = Intake(
         store,

@@ -422,6 +422,12 @@ def last_dns_check(name: str) -> DnsCheckRecord | None:
     return None if row is None else _check_record(row, domain.name)
 
 
+@read_only
+def domains_overview() -> list[tuple[DomainRecord, DnsCheckRecord | None]]:
+    """Every domain with its last DNS check (None: not checked yet)."""
+    return [(domain, last_dns_check(domain.name)) for domain in list_domains()]
+
+
 def record_dns_check(
     name: str, results: Sequence[DnsCheckResult], checked_at: datetime.datetime
 ) -> DnsCheckRecord | None:

@@ -426,6 +426,13 @@ def applied_versions(database: peewee.Database) -> list[int]:
     return [row[0] for row in cursor.fetchall()]
 
 
+def schema_versions(database: peewee.Database) -> list[int]:
+    # Only read: a database that is not migrated is left exactly as it was found.
+    if not database.table_exists("schema_migration"):
+        return []
+    return applied_versions(database)
+
+
 # Any fixed number: every migrator on the same PostgreSQL database takes this lock.
 _POSTGRES_LOCK_KEY = 0x61746F6C  # "atol"
 

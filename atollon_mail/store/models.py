@@ -8,10 +8,19 @@ classes describe the current shape for queries and must agree with the latest mi
 from __future__ import annotations
 
 import contextlib
-import datetime
 import threading
 
 import peewee
+
+# The values a person names outside the store live in values.py, which needs no peewee;
+# they are this module's names too, as the store's modules import them from here.
+from atollon_mail.store.values import (  # noqa: F401
+    DOMAIN_MODES,
+    QUEUE_STATES,
+    RECIPIENT_STATES,
+    SUPPRESSION_REASONS,
+    utc_now,
+)
 
 
 class StoreDatabaseProxy(peewee.DatabaseProxy):
@@ -48,13 +57,7 @@ class StoreDatabaseProxy(peewee.DatabaseProxy):
 
 database_proxy = StoreDatabaseProxy()
 
-DOMAIN_MODES = ("primary", "secondary")
 CONTEXT_KINDS = ("todo", "folder", "project")
-
-
-def utc_now() -> datetime.datetime:
-    # Stored naive, always UTC: SQLite has no time zones and both backends then agree.
-    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
 
 
 class RawField(peewee.BlobField):
@@ -303,7 +306,6 @@ class Filing(BaseModel):
         indexes = ((("mailbox", "uid"), True),)
 
 
-QUEUE_STATES = ("queued", "in-flight", "deferred", "delivered", "bounced")
 DKIM_ALGORITHMS = ("rsa", "ed25519")
 
 
@@ -430,10 +432,8 @@ class DnsCheck(BaseModel):
 
 
 CAMPAIGN_STATUSES = ("draft", "running", "paused", "cancelled", "finished")
-RECIPIENT_STATES = ("queued", "sending", "sent", "deferred", "bounced", "failed", "suppressed")
 # A recipient in one of these will not be sent to again by this campaign.
 FINAL_RECIPIENT_STATES = ("sent", "bounced", "failed", "suppressed")
-SUPPRESSION_REASONS = ("unsubscribed", "hard-bounce", "manual")
 
 
 class Campaign(BaseModel):

@@ -15,6 +15,10 @@ from atollon_mail.store.models import database_proxy
 POSTGRES_THREADS = 4
 SQLITE_SYNCHRONOUS = dict(SQLITE_PRAGMAS)["synchronous"]
 
+# The database's own failures (it cannot be opened or reached, a statement failed), as
+# against the store's refusals (store.errors): the admin commands report these as such.
+DATABASE_ERRORS = (peewee.DatabaseError, peewee.InterfaceError)
+
 
 @implementer(IStore)
 class Store:
@@ -37,12 +41,21 @@ class Store:
     def from_url(cls, url: str, reactor, threads: int | None = None) -> Store:
         return cls(open_database(url), reactor, threads)
 
+    @property
+    def is_sqlite(self) -> bool:
+        """SQLite: one writer at a time (PostgreSQL lets several write at once)."""
+        return is_sqlite(self.database)
+
     # -- lifecycle ----------------------------------------------------------------------
 
     def migrate(self) -> list[migrations.Migration]:
         """Apply pending migrations in the calling thread (start-up, admin command)."""
         with self.database.connection_context():
             return migrations.migrate(self.database)
+
+    def schema_versions(self) -> list[int]:
+        """The numbers of the migrations applied (none: an empty database), read only."""
+        return self.run_sync(migrations.schema_versions, self.database)
 
     def start(self) -> None:
         if not self._started:

@@ -18,7 +18,7 @@ from atollon_mail.store import campaigns as campaign_ops
 from atollon_mail.store import sendlists as sendlist_ops
 from atollon_mail.store.campaign_records import CampaignStatus
 from atollon_mail.store.errors import Conflict, NotFound, StoreError
-from atollon_mail.store.models import RECIPIENT_STATES, utc_now
+from atollon_mail.store.values import RECIPIENT_STATES, utc_now
 from atollon_mail.web.app import HttpError, Page, PageRequest, Redirect, WebApp, not_found
 from atollon_mail.web.numbers import page_number, parse_id
 

@@ -7,16 +7,9 @@ from urllib.parse import quote
 
 from atollon_mail.store import common
 from atollon_mail.store import domains as dns_ops
-from atollon_mail.store.common import read_only
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
-from atollon_mail.store.models import DOMAIN_MODES, utc_now
+from atollon_mail.store.values import DOMAIN_MODES, utc_now
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
-
-
-@read_only
-def domains_overview() -> list[tuple]:
-    """Every domain with its last DNS check (None: not checked yet)."""
-    return [(domain, dns_ops.last_dns_check(domain.name)) for domain in dns_ops.list_domains()]
 
 
 def check_summary(check) -> dict | None:
@@ -106,7 +99,7 @@ def register(app: WebApp) -> None:
                     errors["primary_domain"] = str(problem)
                 else:
                     return Redirect(domain_url(added.name, "added"))
-        overview = await page.store.run(domains_overview)
+        overview = await page.store.run(dns_ops.domains_overview)
         rows = [(d, check_summary(c), domain_url(d.name)) for d, c in overview]
         context = {"rows": rows, "form": form, "errors": errors, "modes": DOMAIN_MODES}
         return Page("domains.html", context, status=400 if errors else 200)
@@ -139,6 +132,6 @@ def register(app: WebApp) -> None:
 
     @app.route("/dns", admin=True)
     async def dns_overview(page: PageRequest):
-        overview = await page.store.run(domains_overview)
+        overview = await page.store.run(dns_ops.domains_overview)
         rows = [(d, check_summary(c), domain_url(d.name)) for d, c in overview]
         return Page("dns.html", {"rows": rows})

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 from atollon_mail.store import message_types as type_ops
 from atollon_mail.store import queue as queue_ops
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
-from atollon_mail.store.models import QUEUE_STATES, utc_now
+from atollon_mail.store.values import QUEUE_STATES, utc_now
 from atollon_mail.web.app import HttpError, Page, PageRequest, Redirect, WebApp, not_found
 from atollon_mail.web.numbers import page_number, parse_id
 

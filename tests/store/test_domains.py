@@ -329,6 +329,18 @@ class DomainContractTests(StoreFixtureMixin):
         self.assertRaises(Invalid, self.sync, domains.record_dns_check, "acme.com", bad, T0)
         self.assertIsNone(self.sync(domains.last_dns_check, "acme.com"))
 
+    def test_overview_pairs_each_domain_with_its_last_check(self):
+        self.sync(domains.add_domain, "beta.org")
+        self.sync(domains.add_domain, "acme.com")
+        result = DnsCheckResult("mx acme.com", "pass", "fine")
+        self.sync(domains.record_dns_check, "acme.com", (result,), T0)
+        overview = self.sync(domains.domains_overview)
+        self.assertEqual(
+            [(domain.name, check) for domain, check in overview][1], ("beta.org", None)
+        )
+        acme, check = overview[0]
+        self.assertEqual((acme.name, check.checked_at, check.results), ("acme.com", T0, (result,)))
+
     def test_removing_a_domain_removes_its_check(self):
         self.sync(domains.add_domain, "acme.com")
         result = DnsCheckResult("mx acme.com", "pass", "fine")

@@ -1,0 +1,21 @@
+"""The stored values a person names outside the store, without the models: a domain's
+modes, the states of a queue entry and of a campaign recipient, why an address is
+suppressed, and utc_now, the clock every stored timestamp is taken from. The models
+(`store.models`) use these same names; the web pages and admin commands import them here.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+DOMAIN_MODES = ("primary", "secondary")
+
+QUEUE_STATES = ("queued", "in-flight", "deferred", "delivered", "bounced")
+
+RECIPIENT_STATES = ("queued", "sending", "sent", "deferred", "bounced", "failed", "suppressed")
+SUPPRESSION_REASONS = ("unsubscribed", "hard-bounce", "manual")
+
+
+def utc_now() -> datetime.datetime:
+    # Stored naive, always UTC: SQLite has no time zones and both backends then agree.
+    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
