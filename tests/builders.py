@@ -120,13 +120,14 @@ def hosted_mailbox(
     owner: str = "jane",
     password_hash: str = "hash",
     name: str = "",
+    is_admin: bool = False,
     **overrides,
 ) -> Hosted:
     """The usual start: the address's domain, its owner (a new user) and the mailbox; by
     default acme.test, jane and jane@acme.test. `overrides` go to the mailbox."""
     return Hosted(
         domain=domain(store, address.rpartition("@")[2]),
-        user=user(store, owner, password_hash, name=name),
+        user=user(store, owner, password_hash, name=name, is_admin=is_admin),
         mailbox=mailbox(store, address, owner, **overrides),
     )
 

@@ -13,8 +13,9 @@ from atollon_mail.config import parse_config
 from atollon_mail.delivery import build as delivery_build
 from atollon_mail.events import Events
 from atollon_mail.massmail import build as massmail_build
-from atollon_mail.store import accounts, autorespond, domains, mailboxes, queue
+from atollon_mail.store import autorespond, queue
 from atollon_mail.store.records import OutgoingMessage
+from tests import builders
 from tests.builders import started_workers
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.test_tap import SpyReactor
@@ -59,9 +60,7 @@ class WorkersTests(unittest.TestCase):
 class BuilderWiringTests(StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
-        self.store.run_sync(domains.add_domain, "acme.test")
-        self.store.run_sync(accounts.add_user, "jane", "hash", name="Jane")
-        self.store.run_sync(mailboxes.add_mailbox, "jane@acme.test", "jane")
+        builders.hosted_mailbox(self.store, name="Jane")
         directory = os.path.abspath(self.mktemp())
         config = parse_config(f"[appliance]\nhostname = mx.acme.test\ndata_dir = {directory}\n")
         self.reactor = SpyReactor()

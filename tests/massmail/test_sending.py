@@ -27,7 +27,6 @@ from atollon_mail.store import (
     aliases,
     campaign_recipients,
     campaigns,
-    domains,
     queue,
     sendlists,
 )
@@ -53,6 +52,7 @@ from atollon_mail.store.models import (
     utc_now,
 )
 from atollon_mail.store.records import Recipient, Rejection
+from tests import builders
 from tests.delivery.test_runner import FakeResolver, ScriptedRemote
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
@@ -127,9 +127,9 @@ class SendingTests(StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
         self.journal_directory = self.mktemp()
-        self.store.run_sync(domains.add_domain, "acme.test")
-        self.store.run_sync(accounts.add_user, "jane", hash_password("pw"), "Jane Doe")
-        self.store.run_sync(mailbox_ops.add_mailbox, "news@acme.test", "jane")
+        builders.hosted_mailbox(
+            self.store, "news@acme.test", "jane", hash_password("pw"), "Jane Doe"
+        )
         self.ids = self.store.run_sync(_crm_fixture, utc_now())
         self.clock = task.Clock()
         self.clock.advance(float(int(time.time()) + 2))
@@ -173,29 +173,26 @@ class SendingTests(StoreFixtureMixin):
         )
 
     def make_campaign(self, fallback="en") -> int:
-        campaign = self.store.run_sync(
-            campaigns.create_campaign,
-            "November news",
+        variants = {
+            "cs": (
+                "Novinky pro {{ first_name }}",
+                "Dobrý den {{ name }},\nnovinky z {{ company }}.\n"
+                "Odhlásit: {{ unsubscribe_url }}\n",
+            ),
+            "en": (
+                "News for {{ first_name }}",
+                "Hello {{ name }},\nour news.\nUnsubscribe: {{ unsubscribe_url }}\n",
+            ),
+        }
+        return builders.campaign(
+            self.store,
             "Everyone",
             "news@acme.test",
-            fallback,
+            name="November news",
+            fallback_language=fallback,
+            variants=variants,
             type_code="newsletter",
-        )
-        self.store.run_sync(
-            campaigns.set_variant,
-            campaign.id,
-            "cs",
-            "Novinky pro {{ first_name }}",
-            "Dobrý den {{ name }},\nnovinky z {{ company }}.\nOdhlásit: {{ unsubscribe_url }}\n",
-        )
-        self.store.run_sync(
-            campaigns.set_variant,
-            campaign.id,
-            "en",
-            "News for {{ first_name }}",
-            "Hello {{ name }},\nour news.\nUnsubscribe: {{ unsubscribe_url }}\n",
-        )
-        return campaign.id
+        ).id
 
     def start_all(self, campaign_id: int, *services):
         self.store.run_sync(sendlists.start_campaign, campaign_id, self.now())
