@@ -132,6 +132,16 @@ def hosted_mailbox(
     )
 
 
+def hosted_mailboxes(store, addresses: Iterable[str], owner: str, password_hash: str = "hash"):
+    """Several mailboxes of one owner: their domains (each once, in order), the owner (a
+    new user), then the mailboxes; their records."""
+    addresses = list(addresses)
+    for name in dict.fromkeys(address.rpartition("@")[2] for address in addresses):
+        domain(store, name)
+    user(store, owner, password_hash)
+    return [mailbox(store, address, owner) for address in addresses]
+
+
 # --- CRM --------------------------------------------------------------------------------
 
 

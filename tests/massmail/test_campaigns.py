@@ -106,18 +106,13 @@ def employ(person_id: int, company_id: int, primary: bool, valid_to=None) -> Non
 
 
 def rows_of(campaign_id: int) -> list[tuple]:
-    query = (
-        CampaignRecipient.select(
-            CampaignRecipient.address,
-            CampaignRecipient.contact,
-            CampaignRecipient.language,
-            CampaignRecipient.state,
-        )
-        .where(CampaignRecipient.campaign == campaign_id)
-        .order_by(CampaignRecipient.id)
-        .tuples()
+    return builders.table_rows(
+        CampaignRecipient.address,
+        CampaignRecipient.contact,
+        CampaignRecipient.language,
+        CampaignRecipient.state,
+        where=CampaignRecipient.campaign == campaign_id,
     )
-    return list(query)
 
 
 def set_rows(campaign_id: int, addresses, **changes) -> int:
@@ -883,7 +878,7 @@ class CampaignContract(StoreFixtureMixin):
             self.op(campaign_recipients.suppress_address, "not an address")
         with self.assertRaises(NotFound):
             self.op(campaign_recipients.suppress_address, "bob@x.test", campaign_id=999)
-        self.assertEqual(self.op(lambda: Suppression.select().count()), 1)
+        self.assertEqual(self.op(builders.row_count, Suppression), 1)
 
     def test_suppressing_stops_waiting_recipients_of_running_campaigns(self):
         running = self.started()
