@@ -13,8 +13,10 @@ from atollon_mail.config import parse_config
 from atollon_mail.delivery import build as delivery_build
 from atollon_mail.events import Events
 from atollon_mail.massmail import build as massmail_build
-from atollon_mail.store import accounts, autorespond, domains, mailboxes, queue
+from atollon_mail.store import aliases, autorespond, queue
+from atollon_mail.store.models import CampaignRecipient
 from atollon_mail.store.records import OutgoingMessage
+from tests import builders
 from tests.builders import started_workers
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.test_tap import SpyReactor
@@ -59,9 +61,7 @@ class WorkersTests(unittest.TestCase):
 class BuilderWiringTests(StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
-        self.store.run_sync(domains.add_domain, "acme.test")
-        self.store.run_sync(accounts.add_user, "jane", "hash", name="Jane")
-        self.store.run_sync(mailboxes.add_mailbox, "jane@acme.test", "jane")
+        builders.hosted_mailbox(self.store, name="Jane")
         directory = os.path.abspath(self.mktemp())
         config = parse_config(f"[appliance]\nhostname = mx.acme.test\ndata_dir = {directory}\n")
         self.reactor = SpyReactor()
@@ -106,4 +106,57 @@ class SqliteBuilderWiringTests(SqliteStoreMixin, BuilderWiringTests, unittest.Te
 
 
 class PostgresBuilderWiringTests(PostgresStoreMixin, BuilderWiringTests, unittest.TestCase):
+    pass
+
+
+class RecordBuildersTests(StoreFixtureMixin):
+    """The record builders make what the tests start from through the store's operations,
+    and give back its records."""
+
+    def setUp(self):
+        self.store = self.make_store()
+
+    def test_hosted_mailbox_and_an_alias(self):
+        hosted = builders.hosted_mailbox(self.store, name="Jane")
+        self.assertEqual(
+            (hosted.domain.name, hosted.user.login, hosted.user.name, hosted.mailbox.address),
+            ("acme.test", "jane", "Jane", "jane@acme.test"),
+        )
+        builders.alias(self.store, "sales@acme.test", "jane@acme.test")
+        self.assertEqual(
+            [alias.address for alias in self.store.run_sync(aliases.list_aliases)],
+            ["sales@acme.test"],
+        )
+
+    def test_a_campaign_to_a_group_of_contacts_started_or_not(self):
+        builders.hosted_mailbox(self.store, "news@acme.test")
+        builders.organization(self.store)
+        firm = builders.company(self.store, "Firm")
+        ann = builders.person(self.store, name="Ann", email="ann@x.test", language="cs")
+        builders.employment(self.store, ann, firm)
+        bob = builders.person(self.store, name="Bob", email="bob@x.test")
+        group = builders.group(self.store, "Readers", "Acme", members=[ann.id, bob.id])
+        variants = {"en": ("Hi {{ first_name }}", "News."), "cs": ("Ahoj", "Novinky.")}
+        draft = builders.campaign(self.store, group.id, variants=variants)
+        self.assertEqual((draft.name, draft.status), ("Spring news", "draft"))
+        started = builders.campaign(
+            self.store, "Readers", name="Autumn news", variants=variants, started=True
+        )
+        self.assertEqual(started.status, "running")
+        rows = self.store.run_sync(
+            builders.table_rows,
+            CampaignRecipient.address,
+            CampaignRecipient.language,
+            where=CampaignRecipient.campaign == started.id,
+            order_by=CampaignRecipient.address,
+        )
+        self.assertEqual(rows, [("ann@x.test", "cs"), ("bob@x.test", "en")])
+        self.assertEqual(self.store.run_sync(builders.row_count, CampaignRecipient), 2)
+
+
+class SqliteRecordBuildersTests(SqliteStoreMixin, RecordBuildersTests, unittest.TestCase):
+    pass
+
+
+class PostgresRecordBuildersTests(PostgresStoreMixin, RecordBuildersTests, unittest.TestCase):
     pass

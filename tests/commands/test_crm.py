@@ -9,8 +9,8 @@ from twisted.trial import unittest
 
 from atollon_mail.crm.records import GroupPreview
 from atollon_mail.passwords import hash_password
-from atollon_mail.store import accounts, contacts, domains, groups, mailboxes
-from atollon_mail.store.models import Campaign, Mailbox, utc_now
+from atollon_mail.store import contacts, groups
+from tests import builders
 from tests.support import PostgresStoreMixin, SqliteStoreMixin
 from tests.test_cli import ConfiguredCli
 
@@ -20,19 +20,6 @@ CONTACTS_CSV = (
     "Acme,person,P1,,Jana,Nováková,jana@firm.test,cs,F1\n"
     "Acme,person,P2,,Petr,Svoboda,,de,F1\n"
 )
-
-
-def _add_campaign(group_id: int) -> None:
-    now = utc_now()
-    Campaign.create(
-        name="Spring news",
-        group=group_id,
-        mailbox=Mailbox.select(Mailbox.id).limit(1).scalar(),
-        fallback_language="en",
-        status="draft",
-        created_at=now,
-        updated_at=now,
-    )
 
 
 class CrmCommandTests(ConfiguredCli):
@@ -437,10 +424,8 @@ class CrmCommandTests(ConfiguredCli):
     def test_group_delete_refused_while_a_campaign_uses_it(self):
         self.ok("group", "add", "Listed", "--static")
         self.ok("group", "add", "Spare", "--static")
-        self.store_op(domains.add_domain, "acme.test")
-        self.store_op(accounts.add_user, "joe", hash_password("x"))
-        self.store_op(mailboxes.add_mailbox, "news@acme.test", "joe")
-        self.store_op(_add_campaign, 1)
+        builders.hosted_mailbox(self.store_op, "news@acme.test", "joe", hash_password("x"))
+        builders.campaign(self.store_op, 1, "news@acme.test")
         self.assertRefused(
             self.cli("group", "delete", "Listed"),
             "group Listed is used by campaign Spring news (1); delete those campaigns",

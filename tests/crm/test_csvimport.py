@@ -11,6 +11,7 @@ from atollon_mail.crm.records import ImportProblem
 from atollon_mail.store import contacts as c
 from atollon_mail.store.csvimport import import_contacts
 from atollon_mail.store.models import Contact, Employment
+from tests import builders
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
 HEADER = "organization,kind,external_id,name,first_name,last_name,email,language,employer"
@@ -26,7 +27,7 @@ GOOD = "\n".join(
 
 
 def _stored() -> list[tuple]:
-    query = Contact.select(
+    return builders.table_rows(
         Contact.organization,
         Contact.kind,
         Contact.external_id,
@@ -36,19 +37,17 @@ def _stored() -> list[tuple]:
         Contact.email,
         Contact.language,
         Contact.updated_at,
-    ).order_by(Contact.id)
-    return list(query.tuples())
+    )
 
 
 def _employments() -> list[tuple]:
-    query = Employment.select(
+    return builders.table_rows(
         Employment.person,
         Employment.company,
         Employment.is_primary,
         Employment.valid_from,
         Employment.valid_to,
-    ).order_by(Employment.id)
-    return list(query.tuples())
+    )
 
 
 class ImportContract(StoreFixtureMixin):

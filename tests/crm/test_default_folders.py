@@ -12,6 +12,7 @@ from atollon_mail.store import contacts as c
 from atollon_mail.store import folders as f
 from atollon_mail.store.errors import NotFound
 from atollon_mail.store.models import ContactContext, Context, Organization, utc_now
+from tests import builders
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
 TODAY = datetime.date(2024, 6, 15)
@@ -19,10 +20,13 @@ DAY = datetime.timedelta(days=1)
 
 
 def _default_rows(organization_id: int) -> dict[int, tuple[int | None, str]]:
-    query = ContactContext.select(
-        ContactContext.contact, ContactContext.folder, ContactContext.source
-    ).where(ContactContext.organization == organization_id)
-    return {contact_id: (folder_id, source) for contact_id, folder_id, source in query.tuples()}
+    rows = builders.table_rows(
+        ContactContext.contact,
+        ContactContext.folder,
+        ContactContext.source,
+        where=ContactContext.organization == organization_id,
+    )
+    return {contact_id: (folder_id, source) for contact_id, folder_id, source in rows}
 
 
 class DefaultFoldersContract(StoreFixtureMixin):

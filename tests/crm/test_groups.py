@@ -10,28 +10,14 @@ from twisted.trial import unittest
 from atollon_mail.crm.filters import GroupFilter
 from atollon_mail.crm.records import GroupPreview, MemberRecord
 from atollon_mail.passwords import hash_password
-from atollon_mail.store import accounts, domains, mailboxes
 from atollon_mail.store import contacts as c
 from atollon_mail.store import groups as g
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
-from atollon_mail.store.models import Campaign, Mailbox, utc_now
+from tests import builders
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
 TODAY = datetime.date(2024, 6, 15)
 DAY = datetime.timedelta(days=1)
-
-
-def _add_campaign(name: str, group_id: int) -> None:
-    now = utc_now()
-    Campaign.create(
-        name=name,
-        group=group_id,
-        mailbox=Mailbox.select(Mailbox.id).limit(1).scalar(),
-        fallback_language="en",
-        status="draft",
-        created_at=now,
-        updated_at=now,
-    )
 
 
 class GroupsContract(StoreFixtureMixin):
@@ -359,11 +345,9 @@ class GroupsContract(StoreFixtureMixin):
         self.assertEqual(self.op(c.get_contact, self.jana.id), self.jana)
 
     def test_a_group_a_campaign_uses_is_not_deleted(self):
-        self.op(domains.add_domain, "acme.test")
-        self.op(accounts.add_user, "joe", hash_password("x"))
-        self.op(mailboxes.add_mailbox, "news@acme.test", "joe")
+        builders.hosted_mailbox(self.store, "news@acme.test", "joe", hash_password("x"))
         group = self.op(g.add_group, "Listed", "Acme")
-        self.op(_add_campaign, "Spring news", group.id)
+        builders.campaign(self.store, group.id, "news@acme.test", name="Spring news")
         with self.assertRaisesRegex(
             Conflict, r"group Listed is used by campaign Spring news \(\d+\); delete those"
         ):

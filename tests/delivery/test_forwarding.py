@@ -15,10 +15,12 @@ from atollon_mail.delivery.srs import SRS
 from atollon_mail.events import Events
 from atollon_mail.interfaces import IStore
 from atollon_mail.passwords import hash_password
-from atollon_mail.store import accounts, domains, filing, forwarding, mailboxes
+from atollon_mail.store import filing, forwarding, mailboxes
 from atollon_mail.store import queue as queue_ops
 from atollon_mail.store.records import OutgoingMessage, Recipient, Rejection, Resolution
+from tests import builders
 from tests.smtp.fakes import Session
+from tests.store.test_forwarding import JOES_MAILBOXES
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
 SECRET = b"forwarding test secret"
@@ -60,12 +62,7 @@ class FakeTime:
 class ForwardingIntakeTests(StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
-        op = self.store.run_sync
-        op(domains.add_domain, "acme.test")
-        op(domains.add_domain, "other.test")
-        op(accounts.add_user, "joe", hash_password("x"))
-        for address in ("joe@acme.test", "ann@acme.test", "bob@acme.test", "eve@other.test"):
-            op(mailboxes.add_mailbox, address, "joe")
+        builders.hosted_mailboxes(self.store, JOES_MAILBOXES, "joe", hash_password("x"))
         self.counting = CountingStore(self.store)
         self.time = FakeTime()
         self.srs = SRS(SECRET, clock=self.time)

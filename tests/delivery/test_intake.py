@@ -17,9 +17,10 @@ from atollon_mail.delivery.intake import (
 from atollon_mail.events import Events
 from atollon_mail.interfaces import IMailIntake, IStore, ISubmissionIntake
 from atollon_mail.passwords import hash_password
-from atollon_mail.store import accounts, domains, mailboxes
+from atollon_mail.store import domains
 from atollon_mail.store import filing as filing_ops
 from atollon_mail.store.records import OutgoingMessage, Recipient, StoredMessage
+from tests import builders
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
 RAW = b"From: a@example.org\r\nSubject: hello\r\nMessage-ID: <1@example.org>\r\n\r\nbody\r\n"
@@ -177,9 +178,7 @@ class IntakeOnStoreTests(StoreFixtureMixin):
 
     def setUp(self):
         self.store = self.make_store()
-        self.store.run_sync(domains.add_domain, "acme.test")
-        self.store.run_sync(accounts.add_user, "joe", hash_password("secret"))
-        self.store.run_sync(mailboxes.add_mailbox, "joe@acme.test", "joe")
+        builders.hosted_mailbox(self.store, "joe@acme.test", "joe", hash_password("secret"))
         self.events = Events()
         self.intake = Intake(self.store, self.events)
 

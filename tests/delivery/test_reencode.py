@@ -16,6 +16,7 @@ from atollon_mail.store import accounts, domains, forwarding, mailboxes, queue
 from atollon_mail.store import filing as filing_ops
 from atollon_mail.store.records import OutgoingMessage
 from atollon_mail.workers import Workers
+from tests import builders
 from tests.smtp.fakes import Session, make_settings
 from tests.support import SqliteStoreMixin, StoreFixtureMixin
 
@@ -191,9 +192,7 @@ class IntakeTests(SqliteStoreMixin, StoreFixtureMixin, unittest.TestCase):
 
     def setUp(self):
         self.store = self.make_store()
-        self.store.run_sync(domains.add_domain, "acme.test")
-        self.store.run_sync(accounts.add_user, "jane", hash_password("pw"))
-        self.jane = self.store.run_sync(mailboxes.add_mailbox, "jane@acme.test", "jane")
+        self.jane = builders.hosted_mailbox(self.store, password_hash=hash_password("pw")).mailbox
         self.workers = Workers(reactor)
         self.workers.startService()
         self.addCleanup(self.workers.stopService)

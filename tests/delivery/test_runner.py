@@ -24,10 +24,11 @@ from atollon_mail.delivery.runner import MAX_AHEAD, DeliveryRunner
 from atollon_mail.events import Events
 from atollon_mail.passwords import hash_password
 from atollon_mail.smtp import client
-from atollon_mail.store import accounts, domains, mailboxes, queue
 from atollon_mail.store import filing as filing_ops
+from atollon_mail.store import queue
 from atollon_mail.store.models import QueueRecipient
 from atollon_mail.store.records import OutgoingMessage
+from tests import builders
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
 
@@ -138,10 +139,8 @@ class RunnerTests(StoreFixtureMixin):
 
     def setUp(self):
         self.store = self.make_store()
-        self.store.run_sync(domains.add_domain, "acme.test")
-        self.store.run_sync(accounts.add_user, "jane", hash_password("pw"))
+        self.jane = builders.hosted_mailbox(self.store, password_hash=hash_password("pw")).mailbox
         self.journal_directory = self.mktemp()
-        self.jane = self.store.run_sync(mailboxes.add_mailbox, "jane@acme.test", "jane")
         # The clock starts a little after the wall clock: the store stamps new queue rows
         # with the wall clock, and they must be due at the runner's "now".
         self.start_time = float(int(time.time()) + 2)

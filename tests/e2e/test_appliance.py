@@ -9,16 +9,13 @@ import smtplib
 import socket
 import ssl
 import subprocess
-import sys
-import time
 
+from twisted.internet import defer, threads
 from twisted.trial import unittest
 
 from atollon_mail.store import filing
-from atollon_mail.store.pool import Store
-from tests.e2e.certs import write_self_signed
+from tests.builders import commands_succeed, mailbox_commands, started_appliance
 
-BIN = os.path.dirname(sys.executable)
 MESSAGE = (
     b"From: Someone <someone@example.org>\r\n"
     b"To: jane@acme.test, sales@acme.test\r\n"
@@ -30,137 +27,29 @@ MESSAGE = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class RunningAppliance:
-    """`twistd atollon-mail` in a subprocess with its own configuration and store."""
-
-    def __init__(
-        self,
-        directory: str,
-        tls: bool = False,
-        extra: str = "",
-        delivery_config: str = "",
-        implicit_tls: bool = False,
-        preexec_fn=None,
-    ):
-        self.preexec_fn = preexec_fn  # run in the child before twistd (resource limits)
-        self.delivery_config = delivery_config
-        self.implicit_tls_port = free_port() if implicit_tls else None
-        self.directory = directory
-        self.smtp_port = free_port()
-        self.web_port = free_port()
-        self.submission_port = free_port()
-        tls_lines = ""
-        if tls:
-            certificate, key = write_self_signed(directory, "mx.acme.test")
-            tls_lines = f"tls_certificate = {certificate}\ntls_key = {key}\n"
-        self.config = os.path.join(directory, "atollon-mail.ini")
-        with open(self.config, "w") as config_file:
-            config_file.write(
-                f"[appliance]\nhostname = mx.acme.test\ndata_dir = {directory}/data\n"
-                f"[database]\nurl = sqlite:///{directory}/data/store.sqlite\n"
-                f"[smtp]\nlisten = tcp:{self.smtp_port}:interface=127.0.0.1\n{tls_lines}{extra}"
-                f"[web]\nlisten = tcp:{self.web_port}:interface=127.0.0.1\n"
-                f"[submission]\nlisten = tcp:{self.submission_port}:interface=127.0.0.1\n"
-                + (
-                    f"tls_listen = tcp:{self.implicit_tls_port}:interface=127.0.0.1\n"
-                    if implicit_tls
-                    else ""
-                )
-                + self.delivery_config
-            )
-        self.process = None
-
-    def start(self) -> None:
-        self.log_path = os.path.join(self.directory, "twistd.log")
-        self.process = subprocess.Popen(
-            [
-                os.path.join(BIN, "twistd"),
-                "--nodaemon",
-                "--pidfile=",
-                "--logfile",
-                self.log_path,
-                "atollon-mail",
-                "--config",
-                self.config,
-            ],
-            cwd=self.directory,
-            preexec_fn=self.preexec_fn,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"twistd exited: {self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.smtp_port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"the appliance did not listen: {self.log()}")
-
-    def log(self) -> str:
-        with open(self.log_path) as log_file:
-            return log_file.read()
-
-    def stop(self, sig=signal.SIGTERM) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            self.process.wait(timeout=30)
-
-    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [os.path.join(BIN, "atollon-mail"), "--config", self.config, *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            cwd=self.directory,
-        )
-
-    def store(self) -> Store:
-        store = Store.from_url(f"sqlite:///{self.directory}/data/store.sqlite", None)
-        return store
-
-
 class ApplianceTestCase(unittest.TestCase):
     tls = False
     extra = ""
 
+    @defer.inlineCallbacks
     def setUp(self):
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        self.appliance = RunningAppliance(directory, tls=self.tls, extra=self.extra)
-        self.appliance.start()
-        self.addCleanup(self.appliance.stop)
-        for command in (
-            ("domain", "add", "acme.test"),
-            ("user", "add", "jane", "--password-stdin"),
+        self.appliance = yield started_appliance(self, tls=self.tls, extra=self.extra)
+        commands = (
+            *mailbox_commands("jane@acme.test", "jane"),
             ("user", "add", "joe", "--password-stdin"),
-            ("mailbox", "add", "jane@acme.test", "--owner", "jane"),
             ("mailbox", "add", "joe@acme.test", "--owner", "joe"),
             ("alias", "add", "sales@acme.test", "--mailbox", "joe@acme.test"),
             ("mailbox", "add", "gone@acme.test", "--owner", "joe", "--inactive"),
-        ):
-            result = self.appliance.cli(*command, stdin="a-password\n")
-            self.assertEqual(result.returncode, 0, result.stderr)
+        )
+        yield threads.deferToThread(
+            commands_succeed, self, self.appliance, commands, stdin="a-password\n"
+        )
 
     def filings(self, address: str):
-        store = self.appliance.store()
-        try:
-            return store.run_sync(filing.list_filings, address)
-        finally:
-            store.stop()
+        return self.appliance.run_sync(filing.list_filings, address)
 
     def raw(self, message_id: int) -> bytes:
-        store = self.appliance.store()
-        try:
-            return store.run_sync(filing.message_raw, message_id)
-        finally:
-            store.stop()
+        return self.appliance.run_sync(filing.message_raw, message_id)
 
 
 class ReceivingTests(ApplianceTestCase):

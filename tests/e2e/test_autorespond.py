@@ -11,47 +11,16 @@ from __future__ import annotations
 
 import email
 import email.policy
-import os
 import smtplib
-import socket
 import ssl
-import subprocess
-import sys
 import time
 
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
-from atollon_mail.store import filing as filing_ops
-from atollon_mail.store import queue as queue_ops
-from atollon_mail.store.pool import Store
+from tests.builders import commands_succeed, mailbox_commands, started_appliance
 from tests.dnsserver import start_dns_server
-from tests.e2e.certs import write_self_signed
-
-BIN = os.path.dirname(sys.executable)
-
-# The appliance's own service tree, with the auto-responder listening on its intake if the
-# tree does not attach one itself.
-
-
-def free_port_on(*hosts: str) -> int:
-    """A port number free on every one of the loopback addresses."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind((hosts[0], 0))
-            port = probe.getsockname()[1]
-        try:
-            for host in hosts[1:]:
-                with socket.socket() as other:
-                    other.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise AssertionError(f"no port free on all of {hosts}")
-
-
-def free_port() -> int:
-    return free_port_on("127.0.0.1")
+from tests.e2e.appliance import LoopbackAppliance, free_port_on
 
 
 def _unverified_context() -> ssl.SSLContext:
@@ -59,101 +28,6 @@ def _unverified_context() -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
-
-
-class LoopbackAppliance:
-    """`twistd` running one appliance whose MX side listens on its own loopback address."""
-
-    def __init__(self, directory: str, domain: str, interface: str, mx_port: int, dns_port: int):
-        self.directory = directory
-        self.domain = domain
-        self.interface = interface
-        self.mx_port = mx_port
-        self.submission_port = free_port()
-        certificate, key = write_self_signed(directory, f"mx.{domain}")
-        self.config = os.path.join(directory, "atollon-mail.ini")
-        self.database_url = f"sqlite:///{directory}/data/store.sqlite"
-        with open(self.config, "w") as config_file:
-            config_file.write(
-                f"[appliance]\nhostname = mx.{domain}\ndata_dir = {directory}/data\n"
-                f"[database]\nurl = {self.database_url}\n"
-                f"[smtp]\nlisten = tcp:{mx_port}:interface={interface}\n"
-                f"tls_certificate = {certificate}\ntls_key = {key}\ngreet_pause = 0\n"
-                f"[web]\nlisten = tcp:{free_port()}:interface=127.0.0.1\n"
-                f"[submission]\nlisten = tcp:{self.submission_port}:interface=127.0.0.1\n"
-                f"[delivery]\nnameservers = 127.0.0.1:{dns_port}\nmx_port = {mx_port}\n"
-                # Should the other appliance be slow to answer, the retry comes soon.
-                "retry_first = 1\nretry_max = 2\n"
-            )
-        self.log_path = os.path.join(directory, "twistd.log")
-        self.process = None
-
-    def environment(self) -> dict[str, str]:
-        return {**os.environ, "ATOLLON_MAIL_CONFIG": self.config}
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                os.path.join(BIN, "twistd"),
-                "--nodaemon",
-                "--no_save",
-                "--pidfile=",
-                "--logfile",
-                self.log_path,
-                "atollon-mail",
-                "--config",
-                self.config,
-            ],
-            cwd=self.directory,
-            env=self.environment(),
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"twistd exited: {self.log()}")
-            try:
-                socket.create_connection((self.interface, self.mx_port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"the appliance did not listen: {self.log()}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=30)
-
-    def log(self) -> str:
-        with open(self.log_path) as log_file:
-            return log_file.read()
-
-    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [os.path.join(BIN, "atollon-mail"), "--config", self.config, *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            cwd=self.directory,
-            env=self.environment(),
-        )
-
-    def read(self, operation, *args):
-        store = Store.from_url(self.database_url, None)
-        try:
-            return store.run_sync(operation, *args)
-        finally:
-            store.stop()
-
-    def mail(self, address: str) -> list[tuple[str, bytes]]:
-        """(envelope sender, raw) of every message in the mailbox, oldest first."""
-        filings = self.read(filing_ops.list_filings, address, 1000)
-        return [
-            (filing.message.envelope_sender, self.read(filing_ops.message_raw, filing.message.id))
-            for filing in reversed(filings)
-        ]
-
-    def queue(self):
-        return self.read(queue_ops.queue_list)
 
 
 def _auto_replies(mail: list[tuple[str, bytes]]) -> list[email.message.EmailMessage]:
@@ -190,28 +64,34 @@ class TwoAppliancesTests(unittest.TestCase):
         )
         self.addCleanup(self.dns.stop)
         mx_port = free_port_on("127.0.0.2", "127.0.0.3")
-        self.one = self.make_appliance("one.test", "127.0.0.2", mx_port)
-        self.two = self.make_appliance("two.test", "127.0.0.3", mx_port)
+        self.one = yield self.started("one.test", "127.0.0.2", mx_port)
+        self.two = yield self.started("two.test", "127.0.0.3", mx_port)
         for appliance, user in ((self.one, "alice"), (self.two, "bob")):
-            yield threads.deferToThread(appliance.start)
-            self.addCleanup(appliance.stop)
             address = f"{user}@{appliance.domain}"
-            for command, stdin in (
-                (("domain", "add", appliance.domain), None),
-                (("user", "add", user, "--password-stdin"), f"{user}-password\n"),
-                (("mailbox", "add", address, "--owner", user), None),
-                (
-                    ("mailbox", "autorespond", address, "--on", "--body-file", "-"),
-                    f"{user.title()} is away this week.\n",
-                ),
-            ):
-                result = yield threads.deferToThread(appliance.cli, *command, stdin=stdin)
-                self.assertEqual(result.returncode, 0, result.stderr)
+            yield threads.deferToThread(
+                commands_succeed,
+                self,
+                appliance,
+                mailbox_commands(address, user),
+                stdin=f"{user}-password\n",
+            )
+            yield threads.deferToThread(
+                commands_succeed,
+                self,
+                appliance,
+                [("mailbox", "autorespond", address, "--on", "--body-file", "-")],
+                stdin=f"{user.title()} is away this week.\n",
+            )
 
-    def make_appliance(self, domain: str, interface: str, mx_port: int) -> LoopbackAppliance:
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        return LoopbackAppliance(directory, domain, interface, mx_port, self.dns.port)
+    def started(self, domain: str, interface: str, mx_port: int):
+        return started_appliance(
+            self,
+            LoopbackAppliance,
+            domain=domain,
+            interface=interface,
+            mx_port=mx_port,
+            dns_port=self.dns.port,
+        )
 
     def submit(self, message: bytes):
         """alice sends to bob through one.test's submission port (blocking)."""

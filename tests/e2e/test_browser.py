@@ -9,7 +9,7 @@ import smtplib
 
 from twisted.trial import unittest
 
-from tests.e2e.test_appliance import RunningAppliance
+from tests.builders import commands_succeed, mailbox_commands, new_appliance
 
 CHROMIUM = "/usr/bin/chromium"
 # As root, without a sandbox; and no background traffic to the (closed) network.
@@ -37,12 +37,12 @@ class BrowserTests(unittest.TestCase):
             raise unittest.SkipTest("playwright is not installed (make test installs it)")
         if not shutil.which(CHROMIUM):
             raise unittest.SkipTest(f"{CHROMIUM} is missing (make test installs Debian's chromium)")
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        self.appliance = RunningAppliance(directory)
+        self.appliance = new_appliance(self)
         self.appliance.start()
         self.addCleanup(self.appliance.stop)
-        with open(os.path.join(directory, "data", "initial-admin-password")) as password_file:
+        with open(
+            os.path.join(self.appliance.directory, "data", "initial-admin-password")
+        ) as password_file:
             self.password = password_file.read().strip()
         self.base = f"http://127.0.0.1:{self.appliance.web_port}"
         self.playwright = sync_playwright().start()
@@ -148,9 +148,7 @@ class BrowserTests(unittest.TestCase):
         self.assertIn("Invoices", shown)
 
     def test_read_a_received_message_then_compose_and_send_one(self):
-        self.cli("domain", "add", "acme.test")
-        self.cli("user", "add", "jane", "--password-stdin")
-        self.cli("mailbox", "add", "jane@acme.test", "--owner", "jane")
+        commands_succeed(self, self.appliance, mailbox_commands(), stdin="jane-password\n")
         self.cli("mailbox", "add", "joe@acme.test", "--owner", "jane")
         with smtplib.SMTP("127.0.0.1", self.appliance.smtp_port, timeout=10) as client:
             client.sendmail(

@@ -14,12 +14,13 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
-from atollon_mail.store import accounts, campaigns, domains, mailboxes, sendlists
+from atollon_mail.store import sendlists
 from atollon_mail.store.models import utc_now
 from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, sync_playwright
 
 if sync_playwright is not None:
     from playwright.sync_api import expect
+from tests import builders
 from tests.builders import web_root
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import ServedWebMixin
@@ -44,17 +45,17 @@ class CampaignBrowserTests(ServedWebMixin, StoreFixtureMixin):
         if not shutil.which(CHROMIUM):
             raise unittest.SkipTest(f"{CHROMIUM} is missing (make test installs Debian's chromium)")
         self.store = self.make_store()
-        sync = self.store.run_sync
-        sync(accounts.add_user, "admin", _hash("admin-secret"), is_admin=True)
-        sync(domains.add_domain, "example.com")
-        sync(mailboxes.add_mailbox, "news@example.com", "admin")
-        group_id = sync(make_group)
-        campaign = sync(
-            campaigns.create_campaign, "Spring news", group_id, "news@example.com", "en"
+        builders.hosted_mailbox(
+            self.store, "news@example.com", "admin", _hash("admin-secret"), is_admin=True
         )
-        sync(campaigns.set_variant, campaign.id, "en", "Hello {{ first_name }}", "News.")
-        sync(sendlists.start_campaign, campaign.id, utc_now())
-        self.campaign_id = campaign.id
+        group_id = make_group(self.store)
+        self.campaign_id = builders.campaign(
+            self.store,
+            group_id,
+            "news@example.com",
+            variants={"en": ("Hello {{ first_name }}", "News.")},
+            started=True,
+        ).id
         self.addresses = [email for _, _, email, _ in MEMBERS if email]
         clock = Clock()
         clock.advance(1_000_000)

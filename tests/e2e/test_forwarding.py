@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import email
 import email.policy
-import os
 import smtplib
 import time
 
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
+from tests.builders import commands_succeed, mailbox_commands, started_appliance
 from tests.dnsserver import start_dns_server
-from tests.e2e.test_appliance import RunningAppliance
 from tests.remote_mta import RemoteMTA
 
 MESSAGE = (
@@ -55,25 +54,18 @@ class ForwardingTests(unittest.TestCase):
             },
         )
         self.addCleanup(self.dns.stop)
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        self.appliance = RunningAppliance(
-            directory,
+        self.appliance = yield started_appliance(
+            self,
             delivery_config=(
                 f"[delivery]\nnameservers = 127.0.0.1:{self.dns.port}\n"
                 f"mx_port = {self.remote_port.getHost().port}\n"
             ),
         )
-        yield threads.deferToThread(self.appliance.start)
-        self.addCleanup(self.appliance.stop)
-        for command in (
-            ("domain", "add", "acme.test"),
-            ("user", "add", "joe", "--password-stdin"),
-            ("mailbox", "add", "joe@acme.test", "--owner", "joe"),
+        commands = (
+            *mailbox_commands("joe@acme.test", "joe"),
             ("mailbox", "forward", "joe@acme.test", "--add", "bob@remote.test", "--on"),
-        ):
-            result = yield threads.deferToThread(self.appliance.cli, *command, stdin="pw\n")
-            self.assertEqual(result.returncode, 0, result.stderr)
+        )
+        yield threads.deferToThread(commands_succeed, self, self.appliance, commands, stdin="pw\n")
 
     @defer.inlineCallbacks
     def wait_for(self, predicate, what: str, seconds: float = 30):

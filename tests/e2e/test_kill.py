@@ -32,7 +32,7 @@ from atollon_mail.delivery.build import JOURNAL_DIRECTORY
 from atollon_mail.delivery.dotjournal import read_marks
 from atollon_mail.store import queue
 from atollon_mail.store.models import QueueRecipient
-from tests.e2e.test_appliance import RunningAppliance
+from tests.builders import started_appliance
 from tests.remote_mta import Delayed, RemoteMTA
 
 MESSAGES = 3000
@@ -81,18 +81,14 @@ class KillDuringRelayTests(unittest.TestCase):
         self.remote.envelopes = TimedEnvelopes()
         self.remote_port = reactor.listenTCP(0, self.remote, interface="127.0.0.1")
         self.addCleanup(self.remote_port.stopListening)
-        directory = self.directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        self.appliance = RunningAppliance(
-            directory,
+        self.appliance = yield started_appliance(
+            self,
             extra="relay_networks = 127.0.0.0/8\n",
             delivery_config=(
                 f"[delivery]\nsmarthost = 127.0.0.1:{self.remote_port.getHost().port}\n"
                 f"per_destination_concurrency = {CONCURRENCY}\n"
             ),
         )
-        yield threads.deferToThread(self.appliance.start)
-        self.addCleanup(self.appliance.stop)
         self.acknowledged: set[str] = set()
         self.lock = threading.Lock()
 
@@ -106,13 +102,6 @@ class KillDuringRelayTests(unittest.TestCase):
                         self.acknowledged.add(f"kill-{number}")
         except (OSError, smtplib.SMTPException):
             pass  # killed mid-session: what was not acknowledged is not promised
-
-    def read_store(self, operation, *args):
-        store = self.appliance.store()
-        try:
-            return store.run_sync(operation, *args)
-        finally:
-            store.stop()
 
     @defer.inlineCallbacks
     def wait_for(self, predicate, what: str, seconds: float):
@@ -148,8 +137,8 @@ class KillDuringRelayTests(unittest.TestCase):
 
         # What was written down at the moment of the kill: the store, and the dots noted
         # in the dot journal that no progress commit brought to the store yet.
-        journal = read_marks(os.path.join(self.directory, "data", JOURNAL_DIRECTORY))
-        at_kill = self.read_store(
+        journal = read_marks(os.path.join(self.appliance.directory, "data", JOURNAL_DIRECTORY))
+        at_kill = self.appliance.run_sync(
             lambda: {
                 row.address: (row.state, row.dot_sent_at is not None or row.id in journal)
                 for row in QueueRecipient.select()
@@ -162,13 +151,15 @@ class KillDuringRelayTests(unittest.TestCase):
         yield threads.deferToThread(self.appliance.start)
 
         def drained():
-            counts = self.read_store(queue.queue_counts)
+            counts = self.appliance.run_sync(queue.queue_counts)
             waiting = counts["queued"] + counts["in-flight"] + counts["deferred"]
             return defer.succeed(waiting == 0 and counts["delivered"] >= len(self.acknowledged))
 
         yield self.wait_for(drained, "the queue to drain after the restart", 40)
 
-        uncertain = {e.address for e in self.read_store(queue.queue_list, None, 10_000, 0, True)}
+        uncertain = {
+            e.address for e in self.appliance.run_sync(queue.queue_list, None, 10_000, 0, True)
+        }
         listed = yield threads.deferToThread(
             self.appliance.cli, "queue", "list", "--uncertain", "--limit", "10000"
         )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import resource
 import selectors
 import smtplib
@@ -20,10 +19,12 @@ import socket
 import ssl
 import time
 
+from twisted.internet import defer, threads
 from twisted.trial import unittest
 
 from atollon_mail.store import filing
-from tests.e2e.test_appliance import MESSAGE, RunningAppliance
+from tests.builders import commands_succeed, mailbox_commands, new_appliance, started_appliance
+from tests.e2e.test_appliance import MESSAGE
 
 DESCRIPTOR_LIMIT = 1024
 STRESS_IDLE_TIMEOUT = 10  # [smtp] stress_idle_timeout, the default
@@ -124,6 +125,7 @@ class Flood:
 
 
 class SlowConnectionFloodTests(unittest.TestCase):
+    @defer.inlineCallbacks
     def setUp(self):
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if hard != resource.RLIM_INFINITY and hard < 2048:
@@ -131,23 +133,15 @@ class SlowConnectionFloodTests(unittest.TestCase):
         if soft != resource.RLIM_INFINITY and soft < 2048:
             resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
             self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
         # Only 127.0.0.1 is trusted: the flood comes from 127.0.0.2 and up.
-        self.appliance = RunningAppliance(
-            directory,
+        self.appliance = yield started_appliance(
+            self,
             extra="greet_pause = 0\ntrusted_networks = 127.0.0.1/32\n",
             preexec_fn=limit_descriptors,
         )
-        self.appliance.start()
-        self.addCleanup(self.appliance.stop)
-        for command in (
-            ("domain", "add", "acme.test"),
-            ("user", "add", "jane", "--password-stdin"),
-            ("mailbox", "add", "jane@acme.test", "--owner", "jane"),
-        ):
-            result = self.appliance.cli(*command, stdin="a-password\n")
-            self.assertEqual(result.returncode, 0, result.stderr)
+        yield threads.deferToThread(
+            commands_succeed, self, self.appliance, mailbox_commands(), stdin="a-password\n"
+        )
         self.flood = Flood()
         self.addCleanup(self.flood.close)
 
@@ -187,11 +181,7 @@ class SlowConnectionFloodTests(unittest.TestCase):
             self.assertEqual(
                 client.sendmail("someone@example.org", ["jane@acme.test"], MESSAGE), {}
             )
-        store = appliance.store()
-        try:
-            filings = store.run_sync(filing.list_filings, "jane@acme.test")
-        finally:
-            store.stop()
+        filings = appliance.run_sync(filing.list_filings, "jane@acme.test")
         self.assertEqual(len(filings), 1)
         # and /health answers, while port 25 is full: an untrusted newcomer is refused.
         status, body = self.health()
@@ -261,10 +251,8 @@ class SlowConnectionFloodTests(unittest.TestCase):
 
 class ImplicitTlsCapTests(unittest.TestCase):
     def test_a_refused_client_on_port_465_reads_its_421_inside_tls(self):
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        appliance = RunningAppliance(
-            directory,
+        appliance = new_appliance(
+            self,
             tls=True,
             implicit_tls=True,
             extra="trusted_networks = 127.0.0.1/32\n",

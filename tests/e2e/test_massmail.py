@@ -9,14 +9,13 @@ being delivered at the kill).
 from __future__ import annotations
 
 import collections
-import os
 import signal
 import time
 
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
-from atollon_mail.store import campaign_recipients, campaigns, sendlists
+from atollon_mail.store import campaign_recipients, campaigns
 from atollon_mail.store.models import (
     CampaignRecipient,
     Contact,
@@ -24,8 +23,8 @@ from atollon_mail.store.models import (
     Organization,
     utc_now,
 )
+from tests.builders import campaign, commands_succeed, mailbox_commands, started_appliance
 from tests.dnsserver import start_dns_server
-from tests.e2e.test_appliance import RunningAppliance
 from tests.remote_mta import Delayed, RemoteMTA
 
 RECIPIENTS = 300
@@ -74,44 +73,32 @@ class CampaignKillTests(unittest.TestCase):
             {"remote.test": {"@": [("MX", 10, "mx.remote.test")], "mx": [("A", "127.0.0.1")]}},
         )
         self.addCleanup(self.dns.stop)
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        self.appliance = RunningAppliance(
-            directory,
+        self.appliance = yield started_appliance(
+            self,
             delivery_config=(
                 f"[delivery]\nnameservers = 127.0.0.1:{self.dns.port}\n"
                 f"mx_port = {self.remote_port.getHost().port}\n"
                 "[massmail]\nrate = 60\nwindow = 40\n"
             ),
         )
-        yield threads.deferToThread(self.appliance.start)
-        self.addCleanup(self.appliance.stop)
-        for command in (
-            ("domain", "add", "acme.test"),
-            ("user", "add", "jane", "--password-stdin"),
-            ("mailbox", "add", "news@acme.test", "--owner", "jane"),
-        ):
-            result = yield threads.deferToThread(
-                self.appliance.cli, *command, stdin="jane-password\n"
-            )
-            self.assertEqual(result.returncode, 0, result.stderr)
-        self.campaign_id = self.in_store(self._campaign)
-
-    @staticmethod
-    def _campaign() -> int:
-        _contacts(RECIPIENTS, utc_now())
-        campaign = campaigns.create_campaign("Kill test", "Readers", "news@acme.test", "en")
-        campaigns.set_variant(campaign.id, "en", "Hello {{ first_name }}", "News.\n")
-        campaigns.set_variant(campaign.id, "cs", "Ahoj {{ first_name }}", "Novinky.\n")
-        sendlists.start_campaign(campaign.id, utc_now())
-        return campaign.id
-
-    def in_store(self, operation, *args):
-        store = self.appliance.store()
-        try:
-            return store.run_sync(operation, *args)
-        finally:
-            store.stop()
+        yield threads.deferToThread(
+            commands_succeed,
+            self,
+            self.appliance,
+            mailbox_commands("news@acme.test", "jane"),
+            stdin="jane-password\n",
+        )
+        self.appliance.run_sync(_contacts, RECIPIENTS, utc_now())
+        self.campaign_id = campaign(
+            self.appliance,
+            "Readers",
+            name="Kill test",
+            variants={
+                "en": ("Hello {{ first_name }}", "News.\n"),
+                "cs": ("Ahoj {{ first_name }}", "Novinky.\n"),
+            },
+            started=True,
+        ).id
 
     @defer.inlineCallbacks
     def wait_for(self, predicate, what: str, seconds: float = 90):
@@ -137,10 +124,13 @@ class CampaignKillTests(unittest.TestCase):
         yield threads.deferToThread(self.appliance.start)
 
         def finished() -> bool:
-            return self.in_store(campaigns.get_campaign, self.campaign_id).status == "finished"
+            return (
+                self.appliance.run_sync(campaigns.get_campaign, self.campaign_id).status
+                == "finished"
+            )
 
         yield self.wait_for(finished, "the campaign to finish after the restart")
-        rows = self.in_store(
+        rows = self.appliance.run_sync(
             lambda: {
                 row.address: (row.state, row.uncertain)
                 for row in CampaignRecipient.select().where(
@@ -156,5 +146,7 @@ class CampaignKillTests(unittest.TestCase):
         uncertain = {address for address, (_, flag) in rows.items() if flag}
         self.assertLessEqual(twice, uncertain, "a second copy went to a row not marked uncertain")
         self.assertGreater(sum(received.values()), received_at_kill)
-        status = self.in_store(campaign_recipients.campaign_status, self.campaign_id, utc_now())
+        status = self.appliance.run_sync(
+            campaign_recipients.campaign_status, self.campaign_id, utc_now()
+        )
         self.assertEqual(status.uncertain, len(uncertain))

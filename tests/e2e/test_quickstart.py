@@ -16,7 +16,7 @@ import time
 from twisted.trial import unittest
 
 from tests.conftest import ROOT
-from tests.e2e.test_appliance import free_port
+from tests.e2e.appliance import free_port
 
 BIN = os.path.dirname(sys.executable)
 

@@ -20,8 +20,8 @@ from twisted.trial import unittest
 from atollon_mail.delivery import dkim
 from atollon_mail.delivery.mx import dns_resolver
 from atollon_mail.store import domains, filing
+from tests.builders import commands_succeed, mailbox_commands, started_appliance
 from tests.dnsserver import start_dns_server
-from tests.e2e.test_appliance import RunningAppliance
 from tests.remote_mta import RemoteMTA, self_signed_tls_options
 
 MESSAGE = (
@@ -65,10 +65,8 @@ class SendingTests(unittest.TestCase):
             },
         )
         self.addCleanup(self.dns.stop)
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        self.appliance = RunningAppliance(
-            directory,
+        self.appliance = yield started_appliance(
+            self,
             tls=True,
             implicit_tls=True,
             delivery_config=(
@@ -76,12 +74,8 @@ class SendingTests(unittest.TestCase):
                 f"mx_port = {self.remote_port.getHost().port}\n"
             ),
         )
-        yield threads.deferToThread(self.appliance.start)
-        self.addCleanup(self.appliance.stop)
-        for command in (
-            ("domain", "add", "acme.test"),
-            ("user", "add", "jane", "--password-stdin"),
-            ("mailbox", "add", "jane@acme.test", "--owner", "jane"),
+        commands = (
+            *mailbox_commands("jane@acme.test", "jane"),
             ("dkim", "generate", "acme.test"),
             # Secondary mode, as on the vendor's pages: the company's own server forwards
             # sales@company.test to company.atollon.test; the mailbox sends as the real
@@ -96,16 +90,11 @@ class SendingTests(unittest.TestCase):
                 "company.test",
             ),
             ("mailbox", "add", "sales@company.atollon.test", "--owner", "jane"),
-        ):
-            result = yield threads.deferToThread(
-                self.appliance.cli, *command, stdin="jane-password\n"
-            )
-            self.assertEqual(result.returncode, 0, result.stderr)
-        store = self.appliance.store()
-        try:
-            [key] = store.run_sync(domains.dkim_keys, "acme.test")
-        finally:
-            store.stop()
+        )
+        yield threads.deferToThread(
+            commands_succeed, self, self.appliance, commands, stdin="jane-password\n"
+        )
+        [key] = self.appliance.run_sync(domains.dkim_keys, "acme.test")
         self.dns.set_records(
             f"{key.selector}._domainkey.acme.test",
             [("TXT", dkim.txt_value(key.algorithm, key.public_key))],
@@ -271,11 +260,9 @@ class SendingTests(unittest.TestCase):
             "ed25519",
         )
         self.assertEqual(result.returncode, 0, result.stderr)
-        store = self.appliance.store()
-        try:
-            keys = {key.algorithm: key for key in store.run_sync(domains.dkim_keys, "acme.test")}
-        finally:
-            store.stop()
+        keys = {
+            key.algorithm: key for key in self.appliance.run_sync(domains.dkim_keys, "acme.test")
+        }
         self.dns.set_records(
             "ed._domainkey.acme.test",
             [("TXT", dkim.txt_value("ed25519", keys["ed25519"].public_key))],

@@ -15,10 +15,8 @@ from atollon_mail.massmail.templates import SAMPLE_FIELDS
 from atollon_mail.massmail.tokens import preview_unsubscribe_url
 from atollon_mail.passwords import hash_password
 from atollon_mail.store import (
-    accounts,
     campaign_recipients,
     campaigns,
-    domains,
     message_types,
     sendlists,
 )
@@ -37,6 +35,7 @@ from atollon_mail.store.models import (
     Suppression,
     database_proxy,
 )
+from tests import builders
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
 T0 = datetime.datetime(2030, 1, 1, 12, 0, 0)
@@ -107,18 +106,13 @@ def employ(person_id: int, company_id: int, primary: bool, valid_to=None) -> Non
 
 
 def rows_of(campaign_id: int) -> list[tuple]:
-    query = (
-        CampaignRecipient.select(
-            CampaignRecipient.address,
-            CampaignRecipient.contact,
-            CampaignRecipient.language,
-            CampaignRecipient.state,
-        )
-        .where(CampaignRecipient.campaign == campaign_id)
-        .order_by(CampaignRecipient.id)
-        .tuples()
+    return builders.table_rows(
+        CampaignRecipient.address,
+        CampaignRecipient.contact,
+        CampaignRecipient.language,
+        CampaignRecipient.state,
+        where=CampaignRecipient.campaign == campaign_id,
     )
-    return list(query)
 
 
 def set_rows(campaign_id: int, addresses, **changes) -> int:
@@ -139,10 +133,8 @@ def set_status(campaign_id: int, status: str) -> None:
 class CampaignContract(StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
-        self.op(domains.add_domain, "acme.test")
-        self.op(accounts.add_user, "joe", hash_password("x"))
-        self.op(m.add_mailbox, "news@acme.test", "joe")
-        self.op(m.add_mailbox, "off@acme.test", "joe", active=False)
+        builders.hosted_mailbox(self.store, "news@acme.test", "joe", hash_password("x"))
+        builders.mailbox(self.store, "off@acme.test", "joe", active=False)
         self.org = self.op(add_organization, "Acme CRM")
         person = self.person
         self.ann = person("ann@x.test", "cs", "Anna", "Nová")
@@ -169,22 +161,19 @@ class CampaignContract(StoreFixtureMixin):
 
     def campaign(self, group=None, **variants) -> int:
         """A draft of the customers group with variants given as language=(subject, body)."""
-        record = self.op(
-            campaigns.create_campaign,
-            "Spring news",
-            group or "customers",
-            "news@acme.test",
-            "en",
-            now=T0,
-        )
-        for language, (subject, body) in variants.items():
-            self.op(campaigns.set_variant, record.id, language, subject, body, now=T0)
-        return record.id
+        return builders.campaign(
+            self.store, group or "customers", "news@acme.test", variants=variants, now=T0
+        ).id
 
     def started(self, **variants) -> int:
-        campaign_id = self.campaign(**(variants or {"en": (EN_SUBJECT, EN_BODY)}))
-        self.op(sendlists.start_campaign, campaign_id, T0)
-        return campaign_id
+        return builders.campaign(
+            self.store,
+            "customers",
+            "news@acme.test",
+            variants=variants or {"en": (EN_SUBJECT, EN_BODY)},
+            started=True,
+            now=T0,
+        ).id
 
     def require_take_back(self):
         try:
@@ -889,7 +878,7 @@ class CampaignContract(StoreFixtureMixin):
             self.op(campaign_recipients.suppress_address, "not an address")
         with self.assertRaises(NotFound):
             self.op(campaign_recipients.suppress_address, "bob@x.test", campaign_id=999)
-        self.assertEqual(self.op(lambda: Suppression.select().count()), 1)
+        self.assertEqual(self.op(builders.row_count, Suppression), 1)
 
     def test_suppressing_stops_waiting_recipients_of_running_campaigns(self):
         running = self.started()

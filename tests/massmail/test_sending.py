@@ -27,7 +27,6 @@ from atollon_mail.store import (
     aliases,
     campaign_recipients,
     campaigns,
-    domains,
     queue,
     sendlists,
 )
@@ -53,6 +52,7 @@ from atollon_mail.store.models import (
     utc_now,
 )
 from atollon_mail.store.records import Recipient, Rejection
+from tests import builders
 from tests.delivery.test_runner import FakeResolver, ScriptedRemote
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
@@ -127,9 +127,9 @@ class SendingTests(StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
         self.journal_directory = self.mktemp()
-        self.store.run_sync(domains.add_domain, "acme.test")
-        self.store.run_sync(accounts.add_user, "jane", hash_password("pw"), "Jane Doe")
-        self.store.run_sync(mailbox_ops.add_mailbox, "news@acme.test", "jane")
+        builders.hosted_mailbox(
+            self.store, "news@acme.test", "jane", hash_password("pw"), "Jane Doe"
+        )
         self.ids = self.store.run_sync(_crm_fixture, utc_now())
         self.clock = task.Clock()
         self.clock.advance(float(int(time.time()) + 2))
@@ -173,29 +173,26 @@ class SendingTests(StoreFixtureMixin):
         )
 
     def make_campaign(self, fallback="en") -> int:
-        campaign = self.store.run_sync(
-            campaigns.create_campaign,
-            "November news",
+        variants = {
+            "cs": (
+                "Novinky pro {{ first_name }}",
+                "Dobrý den {{ name }},\nnovinky z {{ company }}.\n"
+                "Odhlásit: {{ unsubscribe_url }}\n",
+            ),
+            "en": (
+                "News for {{ first_name }}",
+                "Hello {{ name }},\nour news.\nUnsubscribe: {{ unsubscribe_url }}\n",
+            ),
+        }
+        return builders.campaign(
+            self.store,
             "Everyone",
             "news@acme.test",
-            fallback,
+            name="November news",
+            fallback_language=fallback,
+            variants=variants,
             type_code="newsletter",
-        )
-        self.store.run_sync(
-            campaigns.set_variant,
-            campaign.id,
-            "cs",
-            "Novinky pro {{ first_name }}",
-            "Dobrý den {{ name }},\nnovinky z {{ company }}.\nOdhlásit: {{ unsubscribe_url }}\n",
-        )
-        self.store.run_sync(
-            campaigns.set_variant,
-            campaign.id,
-            "en",
-            "News for {{ first_name }}",
-            "Hello {{ name }},\nour news.\nUnsubscribe: {{ unsubscribe_url }}\n",
-        )
-        return campaign.id
+        ).id
 
     def start_all(self, campaign_id: int, *services):
         self.store.run_sync(sendlists.start_campaign, campaign_id, self.now())
@@ -216,15 +213,16 @@ class SendingTests(StoreFixtureMixin):
         self.fail("the campaign did not get there in time")
 
     def rows(self, campaign_id: int) -> dict[str, CampaignRecipient]:
-        def read():
-            return {
-                row.address: (row.state, row.uncertain, row.last_reply, row.attempts)
-                for row in CampaignRecipient.select().where(
-                    CampaignRecipient.campaign == campaign_id
-                )
-            }
-
-        return self.store.run_sync(read)
+        rows = self.store.run_sync(
+            builders.table_rows,
+            CampaignRecipient.address,
+            CampaignRecipient.state,
+            CampaignRecipient.uncertain,
+            CampaignRecipient.last_reply,
+            CampaignRecipient.attempts,
+            where=CampaignRecipient.campaign == campaign_id,
+        )
+        return {address: tuple(values) for address, *values in rows}
 
     def campaign_status(self, campaign_id: int) -> str:
         return self.store.run_sync(campaigns.get_campaign, campaign_id).status
@@ -327,7 +325,7 @@ class SendingTests(StoreFixtureMixin):
         self.assertEqual(sent_to, ["bob@example.net", "hans@example.de", "jana@example.org"])
         queued = self.store.run_sync(lambda: sorted(row.address for row in QueueRecipient.select()))
         self.assertEqual(queued, sent_to)
-        self.assertEqual(self.store.run_sync(lambda: Suppression.select().count()), 0)
+        self.assertEqual(self.store.run_sync(builders.row_count, Suppression), 0)
         # Joe has both messages (his own and the alias's), each under one Return-Path: the
         # VERP address of its own row.
         filed = self.store.run_sync(filing_ops.list_filings, "joe@acme.test", 10)
@@ -454,7 +452,7 @@ class SendingTests(StoreFixtureMixin):
         yield self.run_until(
             lambda: CampaignRecipient.get(address="hans@example.de").state == "failed"
         )
-        self.assertEqual(self.store.run_sync(lambda: Suppression.select().count()), 0)
+        self.assertEqual(self.store.run_sync(builders.row_count, Suppression), 0)
         yield self.run_until(lambda: self.campaign_status_now(campaign_id) == "finished")
         del self.remote.replies["hans@example.de"]
         calls_before = len(self.remote.calls)
@@ -476,18 +474,18 @@ class SendingTests(StoreFixtureMixin):
                 CampaignRecipient.select().where(CampaignRecipient.state == "sending").count() == 3
             )
         )
-        self.assertEqual(self.store.run_sync(lambda: QueueRecipient.select().count()), 3)
+        self.assertEqual(self.store.run_sync(builders.row_count, QueueRecipient), 3)
         self.store.run_sync(sendlists.pause_campaign, campaign_id, self.now())
         rows = self.rows(campaign_id)
         self.assertEqual({state for state, *_ in rows.values()}, {"queued"})
-        self.assertEqual(self.store.run_sync(lambda: QueueRecipient.select().count()), 0)
-        self.assertEqual(self.store.run_sync(lambda: QueueMessage.select().count()), 0)
-        self.assertEqual(self.store.run_sync(lambda: Message.select().count()), 0)
+        self.assertEqual(self.store.run_sync(builders.row_count, QueueRecipient), 0)
+        self.assertEqual(self.store.run_sync(builders.row_count, QueueMessage), 0)
+        self.assertEqual(self.store.run_sync(builders.row_count, Message), 0)
         # While paused nothing is handed over however long we wait.
         for _ in range(20):
             self.clock.advance(0.5)
             yield task.deferLater(_reactor(), 0.01, lambda: None)
-        self.assertEqual(self.store.run_sync(lambda: QueueRecipient.select().count()), 0)
+        self.assertEqual(self.store.run_sync(builders.row_count, QueueRecipient), 0)
         self.store.run_sync(sendlists.resume_campaign, campaign_id, self.now())
         self.runner.startService()
         self.addCleanup(self.runner.stopService)
@@ -513,7 +511,7 @@ class SendingTests(StoreFixtureMixin):
         self.store.run_sync(sendlists.pause_campaign, campaign_id, self.now())
         handed = self.store.run_sync(sendlists.commit_handoff, campaign_id, built, self.now())
         self.assertEqual(handed, 0)
-        self.assertEqual(self.store.run_sync(lambda: QueueRecipient.select().count()), 0)
+        self.assertEqual(self.store.run_sync(builders.row_count, QueueRecipient), 0)
         self.assertIsNone(
             self.store.run_sync(sendlists.handoff_batch, campaign_id, 10, 10, self.now().date())
         )
@@ -565,7 +563,7 @@ class SendingTests(StoreFixtureMixin):
             yield task.deferLater(_reactor(), 0.01, lambda: None)
         # What was still waiting in the delivery queue was taken back; nothing more went.
         self.assertEqual({state for state, *_ in self.rows(campaign_id).values()}, {"queued"})
-        self.assertEqual(self.store.run_sync(lambda: QueueRecipient.select().count()), 0)
+        self.assertEqual(self.store.run_sync(builders.row_count, QueueRecipient), 0)
         status = self.store.run_sync(campaign_recipients.campaign_status, campaign_id, self.now())
         self.assertEqual(status.campaign.status, "paused")
         self.assertEqual(
@@ -603,7 +601,7 @@ class SendingTests(StoreFixtureMixin):
         for _ in range(20):
             self.clock.advance(0.2)
             yield task.deferLater(_reactor(), 0.01, lambda: None)
-        self.assertEqual(self.store.run_sync(lambda: QueueRecipient.select().count()), 2)
+        self.assertEqual(self.store.run_sync(builders.row_count, QueueRecipient), 2)
 
     # -- a stop in the middle ----------------------------------------------------------------
 
@@ -702,7 +700,7 @@ class SendingTests(StoreFixtureMixin):
             lambda: CampaignRecipient.get(address="bob@example.net").last_reply == "451 4.4.1 later"
         )
         self.assertEqual(self.rows(campaign_id)["bob@example.net"][0], "sent")
-        self.assertEqual(self.store.run_sync(lambda: Suppression.select().count()), 0)
+        self.assertEqual(self.store.run_sync(builders.row_count, Suppression), 0)
 
     @defer.inlineCallbacks
     def test_forged_or_foreign_tokens_are_ordinary_unknown_addresses(self):

@@ -10,6 +10,7 @@ from atollon_mail.store import accounts, domains, filing, mailboxes
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.models import DnsCheck, Domain, utc_now
 from atollon_mail.store.records import DnsCheckResult, DomainRecord, PublishedKey
+from tests import builders
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
 T0 = datetime.datetime(2030, 1, 1, 12, 0, 0)
@@ -346,7 +347,7 @@ class DomainContractTests(StoreFixtureMixin):
         result = DnsCheckResult("mx acme.com", "pass", "fine")
         self.sync(domains.record_dns_check, "acme.com", (result,), T0)
         self.sync(lambda: Domain.delete().where(Domain.name == "acme.com").execute())
-        self.assertEqual(self.sync(lambda: DnsCheck.select().count()), 0)
+        self.assertEqual(self.sync(builders.row_count, DnsCheck), 0)
 
     # -- whom to tell ---------------------------------------------------------------------
 

@@ -5,23 +5,22 @@ from __future__ import annotations
 from twisted.trial import unittest
 
 from atollon_mail.passwords import hash_password
-from atollon_mail.store import accounts, aliases, domains, filing, mailboxes
+from atollon_mail.store import filing, mailboxes
 from atollon_mail.store import forwarding as f
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.records import ForwardingRecord, Recipient
+from tests import builders
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
+
+# joe's mailboxes, at two domains.
+JOES_MAILBOXES = ("joe@acme.test", "ann@acme.test", "bob@acme.test", "eve@other.test")
 
 
 class ForwardingContract(StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
-        run = self.store.run_sync
-        run(domains.add_domain, "acme.test")
-        run(domains.add_domain, "other.test")
-        run(accounts.add_user, "joe", hash_password("x"))
-        for address in ("joe@acme.test", "ann@acme.test", "bob@acme.test", "eve@other.test"):
-            run(mailboxes.add_mailbox, address, "joe")
-        run(aliases.add_alias, "sales@acme.test", "joe@acme.test")
+        builders.hosted_mailboxes(self.store, JOES_MAILBOXES, "joe", hash_password("x"))
+        builders.alias(self.store, "sales@acme.test", "joe@acme.test")
 
     def op(self, operation, *args, **kwargs):
         return self.store.run_sync(operation, *args, **kwargs)
@@ -117,7 +116,7 @@ class ForwardingContract(StoreFixtureMixin):
         self.op(f.add_forward_target, "joe@acme.test", "bob@remote.example")
         joe = self.resolve("joe@acme.test").mailbox_id
         self.op(lambda: Mailbox.delete().where(Mailbox.id == joe).execute())
-        self.assertEqual(self.op(lambda: ForwardTarget.select().count()), 0)
+        self.assertEqual(self.op(builders.row_count, ForwardTarget), 0)
 
     # -- what the intake reads -------------------------------------------------------------
 

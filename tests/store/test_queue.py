@@ -31,6 +31,7 @@ from atollon_mail.store.records import (
     SubmittedMessage,
     UserRecord,
 )
+from tests import builders
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
 T0 = datetime.datetime(2030, 1, 1, 12, 0, 0)
@@ -41,26 +42,24 @@ def minutes(count: float) -> datetime.datetime:
 
 
 def _queue_rows() -> list[tuple]:
-    query = QueueRecipient.select(
+    return builders.table_rows(
         QueueRecipient.address,
         QueueRecipient.domain,
         QueueRecipient.state,
         QueueRecipient.attempts,
         QueueRecipient.next_attempt_at,
         QueueRecipient.delay_warned,
-    ).order_by(QueueRecipient.id)
-    return list(query.tuples())
+    )
 
 
 def _queue_messages() -> list[tuple]:
-    query = QueueMessage.select(
+    return builders.table_rows(
         QueueMessage.message,
         QueueMessage.envelope_sender,
         QueueMessage.is_bounce,
         QueueMessage.origin_mailbox,
         QueueMessage.created_at,
-    ).order_by(QueueMessage.id)
-    return list(query.tuples())
+    )
 
 
 def _sent_context_id(mailbox_id: int) -> int | None:

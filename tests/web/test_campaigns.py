@@ -12,17 +12,15 @@ from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
 from atollon_mail.store import (
-    accounts,
     campaign_recipients,
     campaigns,
-    contacts,
     domains,
-    groups,
     mailboxes,
     sendlists,
 )
 from atollon_mail.store.models import CampaignRecipient, utc_now
 from atollon_mail.web import pages_campaigns
+from tests import builders
 from tests.builders import web_root
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import ServedWebMixin
@@ -39,18 +37,16 @@ MEMBERS = (
 )
 
 
-def make_group() -> int:
-    """Store operation: an organization, its contacts and a static group of them all."""
-    organization = contacts.add_organization("Acme")
+def make_group(store) -> int:
+    """An organization, its contacts and a static group of them all."""
+    organization = builders.organization(store, "Acme")
     ids = [
-        contacts.add_contact(
-            organization.id, "person", first_name=first, last_name=last, email=email, language=lang
+        builders.person(
+            store, organization.id, first_name=first, last_name=last, email=email, language=lang
         ).id
         for first, last, email, lang in MEMBERS
     ]
-    group = groups.add_group("Customers", organization=organization.id)
-    groups.change_members(group.id, add=ids)
-    return group.id
+    return builders.group(store, "Customers", organization.id, members=ids).id
 
 
 def set_states(campaign_id: int, changes: dict[str, str], uncertain=()) -> None:
@@ -70,12 +66,11 @@ def set_states(campaign_id: int, changes: dict[str, str], uncertain=()) -> None:
 class WebCampaignsTests(ServedWebMixin, StoreFixtureMixin):
     def setUp(self):
         self.store = self.make_store()
-        sync = self.store.run_sync
-        sync(accounts.add_user, "admin", _hash("admin-secret"), is_admin=True)
-        sync(accounts.add_user, "bob", _hash("bob-secret"))
-        sync(domains.add_domain, "example.com")
-        sync(mailboxes.add_mailbox, "news@example.com", "admin")
-        self.group_id = sync(make_group)
+        builders.hosted_mailbox(
+            self.store, "news@example.com", "admin", _hash("admin-secret"), is_admin=True
+        )
+        builders.user(self.store, "bob", _hash("bob-secret"))
+        self.group_id = make_group(self.store)
         config = parse_config(
             "[appliance]\nhostname = mail.example.com\n\n"
             "[massmail]\nunsubscribe_url = https://news.example.com\n"
@@ -90,21 +85,19 @@ class WebCampaignsTests(ServedWebMixin, StoreFixtureMixin):
     # --- shortcuts ----------------------------------------------------------------------
 
     def draft(self, name="Spring news", variants=(("en", "Hello {{ first_name }}", "Hi"),)):
-        sync = self.store.run_sync
-        campaign = sync(campaigns.create_campaign, name, self.group_id, "news@example.com", "en")
-        for language, subject, body in variants:
-            sync(campaigns.set_variant, campaign.id, language, subject, body)
-        return campaign.id
+        by_language = {language: (subject, body) for language, subject, body in variants}
+        return builders.campaign(
+            self.store, self.group_id, "news@example.com", name=name, variants=by_language
+        ).id
 
     def running(self):
-        campaign_id = self.draft(
-            variants=(
-                ("en", "Hello {{ first_name }}", "Dear {{ name }},\nnews.\n"),
-                ("cs", "Dobrý den, {{ first_name }}", "Novinky.\n"),
-            )
-        )
-        self.store.run_sync(sendlists.start_campaign, campaign_id, utc_now())
-        return campaign_id
+        variants = {
+            "en": ("Hello {{ first_name }}", "Dear {{ name }},\nnews.\n"),
+            "cs": ("Dobrý den, {{ first_name }}", "Novinky.\n"),
+        }
+        return builders.campaign(
+            self.store, self.group_id, "news@example.com", variants=variants, started=True
+        ).id
 
     def status(self, campaign_id):
         return self.store.run_sync(

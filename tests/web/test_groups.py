@@ -13,7 +13,7 @@ from twisted.trial import unittest
 from atollon_mail.config import parse_config
 from atollon_mail.crm.records import GroupPreview
 from atollon_mail.store import accounts, contacts, domains, groups, mailboxes
-from atollon_mail.store.models import Campaign, Mailbox, utc_now
+from tests import builders
 from tests.builders import web_root
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import ServedWebMixin
@@ -37,19 +37,6 @@ def make_contacts() -> list[int]:
         contacts.add_contact("Acme", kind, name=name, email=email, language=language).id
         for kind, name, email, language in CONTACTS
     ]
-
-
-def add_campaign(group_id: int) -> None:
-    now = utc_now()
-    Campaign.create(
-        name="Spring news",
-        group=group_id,
-        mailbox=Mailbox.select(Mailbox.id).limit(1).scalar(),
-        fallback_language="en",
-        status="draft",
-        created_at=now,
-        updated_at=now,
-    )
 
 
 def _texts(pattern: str, text: str) -> list:
@@ -240,7 +227,7 @@ class WebGroupsTests(ServedWebMixin, StoreFixtureMixin):
         sync(mailboxes.add_mailbox, "news@example.com", "admin")
         used = sync(groups.add_group, "Used")
         spare = sync(groups.add_group, "Spare")
-        sync(add_campaign, used.id)
+        builders.campaign(self.store, used.id, "news@example.com")
         browser = yield self.logged_in()
         response = yield self.change(browser, used.id, action="delete")
         self.assertEqual(response.status, 400)

@@ -9,8 +9,8 @@ from twisted.trial import unittest
 from atollon_mail.config import parse_config
 from atollon_mail.massmail.tokens import RecipientTokens
 from atollon_mail.passwords import hash_password
-from atollon_mail.store import accounts, campaigns, domains, mailboxes, sendlists
 from atollon_mail.store.models import CampaignRecipient, Suppression, utc_now
+from tests import builders
 from tests.builders import web_root
 from tests.massmail.test_sending import SECRET, _crm_fixture
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
@@ -21,13 +21,17 @@ class UnsubscribeTests(StoreFixtureMixin, ServedWebMixin):
     def setUp(self):
         self.store = self.make_store()
         sync = self.store.run_sync
-        sync(domains.add_domain, "acme.test")
-        sync(accounts.add_user, "jane", hash_password("pw"), "Jane Doe")
-        sync(mailboxes.add_mailbox, "news@acme.test", "jane")
+        builders.hosted_mailbox(
+            self.store, "news@acme.test", "jane", hash_password("pw"), name="Jane Doe"
+        )
         sync(_crm_fixture, utc_now())
-        campaign = sync(campaigns.create_campaign, "News", "Everyone", "news@acme.test", "en")
-        sync(campaigns.set_variant, campaign.id, "en", "News", "Hello {{ name }}\n")
-        sync(sendlists.start_campaign, campaign.id, utc_now())
+        builders.campaign(
+            self.store,
+            "Everyone",
+            name="News",
+            variants={"en": ("News", "Hello {{ name }}\n")},
+            started=True,
+        )
         self.row_id = sync(lambda: CampaignRecipient.get(address="bob@example.net").id)
         self.tokens = RecipientTokens(SECRET)
         root = web_root(self, self.store, parse_config(""), reactor, recipient_tokens=self.tokens)
