@@ -27,6 +27,7 @@ from atollon_mail.store import filing, forwarding, mailboxes, queue
 from atollon_mail.store.records import (
     ForwardingPlan,
     IncomingMessage,
+    Origin,
     OutgoingMessage,
     Recipient,
     Rejection,
@@ -270,7 +271,13 @@ class Intake:
         self._domains_loaded_at: float | None = None
         self._domains_loading = False
         self._local = GroupCommitter(store, filing.store_messages, concurrent_batches)
-        self._outgoing = GroupCommitter(store, queue.submit_messages, concurrent_batches)
+        # Items are (OutgoingMessage, Origin): what queue.submit_messages takes.
+        self._outgoing = GroupCommitter(
+            store,
+            queue.submit_messages,
+            concurrent_batches,
+            size_of=lambda item: len(item[0].raw),
+        )
         self.srs = srs
         self._campaign_returns = campaign_returns
 
@@ -400,7 +407,7 @@ class Intake:
             is_bounce=envelope_sender == "",
             **summarize_headers(raw),
         )
-        committed = self._outgoing.add(outgoing)
+        committed = self._outgoing.add((outgoing, Origin("forward")))
         committed.addCallback(self._queued)
         # The listeners answer the real sender, not our rewritten one.
         committed.addCallback(self._filed_submitted, envelope_sender, raw)
@@ -470,11 +477,13 @@ class Intake:
                 remote_recipients=remote,
                 is_bounce=envelope_sender == "",
                 **summarize_headers(raw),
-            )
+            ),
+            Origin("relay"),
         )
 
-    def submit(self, outgoing: OutgoingMessage) -> Deferred:
-        """Store, file and queue an outgoing message; fires with a SubmittedMessage.
+    def submit(self, outgoing: OutgoingMessage, origin: Origin) -> Deferred:
+        """Store, file and queue an outgoing message from `origin` (who produced it: the
+        queue's one entrance, queue.enqueue, records it); fires with a SubmittedMessage.
 
         Its lines are fitted to 998 octets first (fails with reencode.UnencodableMessage,
         a permanent refusal, when they cannot be). Local recipients that forward are
@@ -482,17 +491,19 @@ class Intake:
         is in fact here (queue.route_addresses), so only mail for other domains is
         queued."""
         fitted = self._in_workers(_fitted, outgoing.raw, outgoing)
-        fitted.addCallback(self._submit_fitted)
+        fitted.addCallback(self._submit_fitted, origin)
         return fitted
 
-    def _submit_fitted(self, outgoing: OutgoingMessage) -> Deferred:
+    def _submit_fitted(self, outgoing: OutgoingMessage, origin: Origin) -> Deferred:
         if any(recipient.forwards for recipient in outgoing.local_recipients):
             planned = self._store.run(forwarding.expand_forwarding, outgoing.local_recipients)
-            planned.addCallback(self._submit_forwarded, outgoing)
+            planned.addCallback(self._submit_forwarded, outgoing, origin)
             return planned
-        return self._submit(outgoing)
+        return self._submit(outgoing, origin)
 
-    def _submit_forwarded(self, plan: ForwardingPlan, outgoing: OutgoingMessage) -> Deferred:
+    def _submit_forwarded(
+        self, plan: ForwardingPlan, outgoing: OutgoingMessage, origin: Origin
+    ) -> Deferred:
         self._check_loop(plan, outgoing.raw)
         if plan.remote:
             outgoing = attrs.evolve(
@@ -502,10 +513,10 @@ class Intake:
                 return_path=outgoing.envelope_sender,
                 remote_recipients=outgoing.remote_recipients + plan.remote,
             )
-        return self._submit(attrs.evolve(outgoing, local_recipients=plan.filed))
+        return self._submit(attrs.evolve(outgoing, local_recipients=plan.filed), origin)
 
-    def _submit(self, outgoing: OutgoingMessage) -> Deferred:
-        committed = self._outgoing.add(outgoing)
+    def _submit(self, outgoing: OutgoingMessage, origin: Origin) -> Deferred:
+        committed = self._outgoing.add((outgoing, origin))
         committed.addCallback(self._queued)
         committed.addCallback(self._filed_submitted, outgoing.envelope_sender, outgoing.raw)
         return committed
@@ -567,5 +578,6 @@ class SubmissionIntake:
                 remote_recipients=tuple(remote_recipients),
                 sent_mailbox_id=identity.mailbox_id,
                 **summarize_headers(raw),
-            )
+            ),
+            Origin("submission", mailbox_id=identity.mailbox_id),
         )

@@ -34,7 +34,13 @@ from atollon_mail.delivery.mx import DNSLookupError, TemporaryDNSError
 from atollon_mail.events import Events
 from atollon_mail.smtp import client
 from atollon_mail.store import common, filing, queue
-from atollon_mail.store.records import Delivery, DeliveryResult, OutgoingMessage, Recipient
+from atollon_mail.store.records import (
+    Delivery,
+    DeliveryResult,
+    Origin,
+    OutgoingMessage,
+    Recipient,
+)
 
 log = Logger()
 
@@ -101,8 +107,9 @@ def utc_from_seconds(seconds: float) -> datetime.datetime:
 
 
 @defer.inlineCallbacks
-def send_notification(intake, address: str, raw: bytes):
-    """Deliver a message from <> (a DSN) to address: filed if local, else queued."""
+def send_notification(intake, address: str, raw: bytes, origin: Origin):
+    """Deliver a message from <> (a DSN, an auto-reply, a notice: `origin` says which) to
+    address: filed if local, else queued."""
     routed = yield intake.route(address)
     if isinstance(routed, Recipient):
         yield intake.accept("", [routed], raw)
@@ -110,7 +117,8 @@ def send_notification(intake, address: str, raw: bytes):
         yield intake.submit(
             OutgoingMessage(
                 envelope_sender="", raw=raw, remote_recipients=(routed,), is_bounce=True
-            )
+            ),
+            origin,
         )
     else:
         log.warn(
@@ -484,7 +492,7 @@ class DeliveryRunner(service.Service):
                         reply,
                         server,
                         now,
-                        campaign_recipient_id=delivery.campaign_recipient_id,
+                        origin=delivery.origin,
                     )
                 )
                 continue
@@ -500,11 +508,11 @@ class DeliveryRunner(service.Service):
                         reply,
                         server,
                         now,
-                        campaign_recipient_id=delivery.campaign_recipient_id,
+                        origin=delivery.origin,
                     )
                 )
-                if delivery.campaign_recipient_id is not None:
-                    continue  # the send list records it; no DSN to our own VERP address
+                if not delivery.notify_sender:
+                    continue  # its origin records it (a hook): no DSN to the sender
                 bounced.append(
                     (delivery, FailedRecipient(delivery.address, "failed", reply, server, now))
                 )
@@ -518,14 +526,14 @@ class DeliveryRunner(service.Service):
                     server,
                     now,
                     next_attempt,
-                    campaign_recipient_id=delivery.campaign_recipient_id,
+                    origin=delivery.origin,
                     uncertain=uncertain,
                 )
             )
             warn_after = self._settings.delay_warning
             if (
                 warn_after
-                and delivery.campaign_recipient_id is None
+                and delivery.notify_sender
                 and not delivery.delay_warned
                 and (now - delivery.created_at).total_seconds() >= warn_after
             ):
@@ -574,7 +582,7 @@ class DeliveryRunner(service.Service):
                 now,
             )
             try:
-                yield send_notification(self._intake, first.envelope_sender, dsn)
+                yield send_notification(self._intake, first.envelope_sender, dsn, Origin("bounce"))
             except Exception:
                 log.failure("sending a delivery status notification failed")
 

@@ -27,7 +27,7 @@ from atollon_mail.smtp import client
 from atollon_mail.store import accounts, domains, mailboxes, queue
 from atollon_mail.store import filing as filing_ops
 from atollon_mail.store.models import QueueRecipient
-from atollon_mail.store.records import OutgoingMessage
+from atollon_mail.store.records import Origin, OutgoingMessage
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
 
@@ -194,7 +194,8 @@ class RunnerTests(StoreFixtureMixin):
                 remote_recipients=tuple(recipients),
                 sent_mailbox_id=self.jane.id,
                 subject=subject,
-            )
+            ),
+            Origin("submission", mailbox_id=self.jane.id),
         )
 
     @defer.inlineCallbacks
