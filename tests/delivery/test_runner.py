@@ -20,7 +20,8 @@ from atollon_mail.config import parse_config
 from atollon_mail.delivery.dotjournal import DotJournal, read_marks
 from atollon_mail.delivery.intake import Intake
 from atollon_mail.delivery.mx import Destination, NullMX, TemporaryDNSError
-from atollon_mail.delivery.runner import MAX_AHEAD, DeliveryRunner
+from atollon_mail.delivery.progress import MAX_AHEAD
+from atollon_mail.delivery.runner import DeliveryRunner
 from atollon_mail.events import Events
 from atollon_mail.passwords import hash_password
 from atollon_mail.smtp import client
