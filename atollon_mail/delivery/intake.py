@@ -234,9 +234,11 @@ class Intake:
     After a commit that queued mail for remote delivery it fires `events.queued` (the
     delivery runner's wake-up); once mail filed into local mailboxes has committed it
     fires `events.filed(envelope_sender, recipients, raw)` (the auto-responder and the
-    campaign returns listen). Bounces and unsubscribe mail to a campaign's own addresses
-    resolve through `campaign_returns` (a massmail.returns.CampaignReturns; None: no
-    campaigns here).
+    producers' return addresses listen). Mail to an address a producer sends from and
+    hears back at (bounces and unsubscribe mail to a mass mailing's own addresses)
+    resolves through `return_addresses` (an object with `resolve(local_part, domain)`
+    answering a Deferred for such an address and None for any other; None: there are
+    none here).
 
     Mail for a mailbox with forwarding on goes on to its forward addresses too; copies
     sent elsewhere get an SRS envelope sender from `srs` (a delivery.srs.SRS; without
@@ -259,7 +261,7 @@ class Intake:
         clock=None,
         srs=None,
         workers=None,
-        campaign_returns=None,
+        return_addresses=None,
     ):
         self._store = store
         self._events = events if events is not None else Events()
@@ -279,7 +281,7 @@ class Intake:
             size_of=lambda item: len(item[0].raw),
         )
         self.srs = srs
-        self._campaign_returns = campaign_returns
+        self._return_addresses = return_addresses
 
     def resolve_recipient(self, local_part: str, domain: str) -> Deferred:
         if self._clock is not None:
@@ -289,8 +291,8 @@ class Intake:
                 return succeed(
                     Rejection("unknown-domain", f"{name} is not a domain of this server")
                 )
-        if self._campaign_returns is not None:
-            returned = self._campaign_returns.resolve(local_part, domain)
+        if self._return_addresses is not None:
+            returned = self._return_addresses.resolve(local_part, domain)
             if returned is not None:
                 return returned
         resolved = self._store.run(filing.resolve_recipient, local_part, domain)
