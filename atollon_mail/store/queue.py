@@ -154,20 +154,10 @@ def enqueue(
     queue_message_id = None
     queue_recipients: list[int] = []
     if remote:
-        charged_to = origin.mailbox_id
-        if charged_to is None:
-            charged_to = outgoing.sent_mailbox_id
+        charged = outgoing.sent_mailbox_id if origin.mailbox_id is None else origin.mailbox_id
+        row = (message_id, outgoing.envelope_sender, outgoing.is_bounce, charged, stamp)
         (queue_message_id,) = execute_prepared(
-            "insert_queue_message",
-            (
-                message_id,
-                outgoing.envelope_sender,
-                outgoing.is_bounce,
-                charged_to,
-                stamp,
-                origin.kind,
-                origin.id,
-            ),
+            "insert_queue_message", (*row, origin.kind, origin.id)
         ).fetchone()
         for address, domain in remote.values():
             (queue_recipient,) = execute_prepared(
@@ -407,23 +397,19 @@ def requeue_in_flight(now: datetime.datetime) -> RequeuedDeliveries:
             (at, at, UNCERTAIN_REPLY, True, *chunk),
         )
     if uncertain:
-        origins.report_uncertain((kind, origin_id) for _, kind, origin_id in _origins_of(uncertain))
+        origins.report_uncertain(_origins_of(uncertain))
     return RequeuedDeliveries(len(quiet), tuple(uncertain))
 
 
-def _origins_of(recipient_ids: Sequence[int]) -> list[tuple[int, str | None, int | None]]:
-    """(recipient id, origin kind, origin id) of queue recipients, by recipient id."""
-    rows = []
-    for chunk in chunks(recipient_ids):
-        rows.extend(
-            QueueRecipient.select(
-                QueueRecipient.id, QueueMessage.origin_kind, QueueMessage.origin_id
-            )
-            .join(QueueMessage)
-            .where(QueueRecipient.id.in_(chunk))
-            .tuples()
-        )
-    return sorted(rows)
+def _origins_of(recipient_ids: Sequence[int]) -> list[tuple[str | None, int | None]]:
+    """(origin kind, origin id) of each of these queue recipients."""
+    query = QueueRecipient.select(QueueMessage.origin_kind, QueueMessage.origin_id)
+    query = query.join(QueueMessage).order_by(QueueRecipient.id)
+    return [
+        row
+        for part in chunks(recipient_ids)
+        for row in query.where(QueueRecipient.id.in_(part)).tuples()
+    ]
 
 
 @read_only
