@@ -278,7 +278,7 @@ def build_appliance(
     services = [StoreService(store, config), workers]
     massmail = massmail_build.build(config, store, events, workers, reactor)
     delivery = delivery_build.build(
-        config, store, events, workers, reactor, campaign_returns=massmail.returns
+        config, store, events, workers, reactor, return_addresses=massmail.returns
     )
     intake = delivery.intake
     services += [*delivery.services, *massmail.services]

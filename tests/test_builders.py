@@ -15,7 +15,7 @@ from atollon_mail.events import Events
 from atollon_mail.massmail import build as massmail_build
 from atollon_mail.store import aliases, autorespond, queue
 from atollon_mail.store.models import CampaignRecipient
-from atollon_mail.store.records import OutgoingMessage
+from atollon_mail.store.records import Origin, OutgoingMessage
 from tests import builders
 from tests.builders import started_workers
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
@@ -85,7 +85,8 @@ class BuilderWiringTests(StoreFixtureMixin):
                 envelope_sender="jane@acme.test",
                 raw=RAW,
                 remote_recipients=("bob@remote.test",),
-            )
+            ),
+            Origin("submission"),
         )
         self.assertEqual(submitted.queued_recipients, 1)
         self.assertEqual(len(self.runner_wake_ups()), 1)

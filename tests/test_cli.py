@@ -37,12 +37,14 @@ from atollon_mail.store.pool import Store
 from atollon_mail.store.records import (
     DeliveryResult,
     IncomingMessage,
+    Origin,
     OutgoingMessage,
     Recipient,
 )
 from tests.support import PostgresStoreMixin, SqliteStoreMixin
 
 T0 = datetime.datetime(2030, 1, 1, 12, 0, 0)
+SUBMISSION = Origin("submission")
 MX = "mx.remote.example [192.0.2.1]:25"
 GREYLISTED = "451 4.7.1 Greylisted, please try again in five minutes"
 
@@ -584,7 +586,7 @@ class CliContractMixin(ConfiguredCli):
             subject=subject,
             **headers,
         )
-        [submitted] = self.store_op(queue.submit_messages, [message], now)
+        [submitted] = self.store_op(queue.submit_messages, [(message, SUBMISSION)], now)
         return submitted.queue_message_id
 
     def attempt(self, outcomes: dict[str, tuple], at) -> None:
@@ -722,7 +724,7 @@ class CliContractMixin(ConfiguredCli):
                 remote_recipients=("joe@remote.example",),
                 is_bounce=True,
             )
-            return queue.submit_messages([message], T0)[0].queue_message_id
+            return queue.submit_messages([(message, Origin("bounce"))], T0)[0].queue_message_id
 
         queue_id = self.store_op(bounce)
         self.attempt({"joe@remote.example": ("bounced", "550 \x1b[2Jno\u202eway", None)}, at=T0)

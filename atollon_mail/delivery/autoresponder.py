@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from atollon_mail.delivery.runner import send_notification, utc_from_seconds
 from atollon_mail.events import Events
 from atollon_mail.store import autorespond
-from atollon_mail.store.records import AutoreplyPlan, Recipient
+from atollon_mail.store.records import AutoreplyPlan, Origin, Recipient
 
 log = Logger()
 
@@ -244,7 +244,7 @@ class Autoresponder:
         if plan is None:
             return
         raw = build_reply(plan, envelope_sender, headers, self._hostname, now_seconds)
-        yield send_notification(self._intake, envelope_sender, raw)
+        yield send_notification(self._intake, envelope_sender, raw, origin=Origin("autoreply"))
         log.info(
             "auto-replied from {mailbox} to <{sender}>",
             mailbox=plan.mailbox_address,

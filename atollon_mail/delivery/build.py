@@ -38,10 +38,11 @@ def build(
     events: Events,
     workers: Workers,
     reactor,
-    campaign_returns=None,
+    return_addresses=None,
 ) -> Delivery:
     """The intake fires `queued` and `filed`; the runner wakes on `queued`, the
-    auto-responder hears `filed`. `campaign_returns` resolves campaign addresses."""
+    auto-responder hears `filed`. `return_addresses` resolves the addresses producers
+    hear back at (see Intake)."""
     writers = 1 if store.is_sqlite else 2
     srs = SRS(load_or_create_srs_secret(config.delivery.srs_secret, config.appliance.data_dir))
     intake = Intake(
@@ -51,7 +52,7 @@ def build(
         clock=reactor,
         srs=srs,
         workers=workers.cpu,
-        campaign_returns=campaign_returns,
+        return_addresses=return_addresses,
     )
     resolver = MXResolver(reactor, workers.dns, nameservers=config.delivery.nameservers)
     signer = DkimSigner(store, reactor, workers.cpu, config.delivery.dkim_key_retention)

@@ -27,6 +27,7 @@ from atollon_mail.store import filing, forwarding, mailboxes, queue
 from atollon_mail.store.records import (
     ForwardingPlan,
     IncomingMessage,
+    Origin,
     OutgoingMessage,
     Recipient,
     Rejection,
@@ -233,9 +234,11 @@ class Intake:
     After a commit that queued mail for remote delivery it fires `events.queued` (the
     delivery runner's wake-up); once mail filed into local mailboxes has committed it
     fires `events.filed(envelope_sender, recipients, raw)` (the auto-responder and the
-    campaign returns listen). Bounces and unsubscribe mail to a campaign's own addresses
-    resolve through `campaign_returns` (a massmail.returns.CampaignReturns; None: no
-    campaigns here).
+    producers' return addresses listen). Mail to an address a producer sends from and
+    hears back at (bounces and unsubscribe mail to a mass mailing's own addresses)
+    resolves through `return_addresses` (an object with `resolve(local_part, domain)`
+    answering a Deferred for such an address and None for any other; None: there are
+    none here).
 
     Mail for a mailbox with forwarding on goes on to its forward addresses too; copies
     sent elsewhere get an SRS envelope sender from `srs` (a delivery.srs.SRS; without
@@ -258,7 +261,7 @@ class Intake:
         clock=None,
         srs=None,
         workers=None,
-        campaign_returns=None,
+        return_addresses=None,
     ):
         self._store = store
         self._events = events if events is not None else Events()
@@ -270,9 +273,15 @@ class Intake:
         self._domains_loaded_at: float | None = None
         self._domains_loading = False
         self._local = GroupCommitter(store, filing.store_messages, concurrent_batches)
-        self._outgoing = GroupCommitter(store, queue.submit_messages, concurrent_batches)
+        # Items are (OutgoingMessage, Origin): what queue.submit_messages takes.
+        self._outgoing = GroupCommitter(
+            store,
+            queue.submit_messages,
+            concurrent_batches,
+            size_of=lambda item: len(item[0].raw),
+        )
         self.srs = srs
-        self._campaign_returns = campaign_returns
+        self._return_addresses = return_addresses
 
     def resolve_recipient(self, local_part: str, domain: str) -> Deferred:
         if self._clock is not None:
@@ -282,8 +291,8 @@ class Intake:
                 return succeed(
                     Rejection("unknown-domain", f"{name} is not a domain of this server")
                 )
-        if self._campaign_returns is not None:
-            returned = self._campaign_returns.resolve(local_part, domain)
+        if self._return_addresses is not None:
+            returned = self._return_addresses.resolve(local_part, domain)
             if returned is not None:
                 return returned
         resolved = self._store.run(filing.resolve_recipient, local_part, domain)
@@ -400,7 +409,7 @@ class Intake:
             is_bounce=envelope_sender == "",
             **summarize_headers(raw),
         )
-        committed = self._outgoing.add(outgoing)
+        committed = self._outgoing.add((outgoing, Origin("forward")))
         committed.addCallback(self._queued)
         # The listeners answer the real sender, not our rewritten one.
         committed.addCallback(self._filed_submitted, envelope_sender, raw)
@@ -470,11 +479,13 @@ class Intake:
                 remote_recipients=remote,
                 is_bounce=envelope_sender == "",
                 **summarize_headers(raw),
-            )
+            ),
+            Origin("relay"),
         )
 
-    def submit(self, outgoing: OutgoingMessage) -> Deferred:
-        """Store, file and queue an outgoing message; fires with a SubmittedMessage.
+    def submit(self, outgoing: OutgoingMessage, origin: Origin) -> Deferred:
+        """Store, file and queue an outgoing message from `origin` (who produced it: the
+        queue's one entrance, queue.enqueue, records it); fires with a SubmittedMessage.
 
         Its lines are fitted to 998 octets first (fails with reencode.UnencodableMessage,
         a permanent refusal, when they cannot be). Local recipients that forward are
@@ -482,17 +493,19 @@ class Intake:
         is in fact here (queue.route_addresses), so only mail for other domains is
         queued."""
         fitted = self._in_workers(_fitted, outgoing.raw, outgoing)
-        fitted.addCallback(self._submit_fitted)
+        fitted.addCallback(self._submit_fitted, origin)
         return fitted
 
-    def _submit_fitted(self, outgoing: OutgoingMessage) -> Deferred:
+    def _submit_fitted(self, outgoing: OutgoingMessage, origin: Origin) -> Deferred:
         if any(recipient.forwards for recipient in outgoing.local_recipients):
             planned = self._store.run(forwarding.expand_forwarding, outgoing.local_recipients)
-            planned.addCallback(self._submit_forwarded, outgoing)
+            planned.addCallback(self._submit_forwarded, outgoing, origin)
             return planned
-        return self._submit(outgoing)
+        return self._submit(outgoing, origin)
 
-    def _submit_forwarded(self, plan: ForwardingPlan, outgoing: OutgoingMessage) -> Deferred:
+    def _submit_forwarded(
+        self, plan: ForwardingPlan, outgoing: OutgoingMessage, origin: Origin
+    ) -> Deferred:
         self._check_loop(plan, outgoing.raw)
         if plan.remote:
             outgoing = attrs.evolve(
@@ -502,10 +515,10 @@ class Intake:
                 return_path=outgoing.envelope_sender,
                 remote_recipients=outgoing.remote_recipients + plan.remote,
             )
-        return self._submit(attrs.evolve(outgoing, local_recipients=plan.filed))
+        return self._submit(attrs.evolve(outgoing, local_recipients=plan.filed), origin)
 
-    def _submit(self, outgoing: OutgoingMessage) -> Deferred:
-        committed = self._outgoing.add(outgoing)
+    def _submit(self, outgoing: OutgoingMessage, origin: Origin) -> Deferred:
+        committed = self._outgoing.add((outgoing, origin))
         committed.addCallback(self._queued)
         committed.addCallback(self._filed_submitted, outgoing.envelope_sender, outgoing.raw)
         return committed
@@ -567,5 +580,6 @@ class SubmissionIntake:
                 remote_recipients=tuple(remote_recipients),
                 sent_mailbox_id=identity.mailbox_id,
                 **summarize_headers(raw),
-            )
+            ),
+            Origin("submission", mailbox_id=identity.mailbox_id),
         )

@@ -6,13 +6,15 @@ of connections per destination and in all, several messages per connection. Ever
 outcome is written back with its reply; a 5xx or an expired recipient bounces with a
 DSN to the sender, a 4xx or a failed connection defers it with backoff.
 
-Outcomes are written as the replies arrive, not when the connection is done, and each
-message's final dot is sent only after the store has committed that it is being sent
-(the replies that came in meanwhile ride in the same commit; all connections share one
-group commit). So after a kill the store knows, per in-flight recipient, whether its
-message may have left: those whose dot was sent and whose reply was not recorded are
-queued again and marked uncertain (at most the replies of the last commit plus one
-message per open connection); the others go back quietly.
+Outcomes are written as the replies arrive, and each final dot is written down before it
+goes out (delivery.progress). So after a kill the store knows, per in-flight recipient,
+whether its message may have left: those whose dot was sent and whose reply was not
+recorded are queued again and marked uncertain (at most the replies of the last commit
+plus one message per open connection); the others go back quietly.
+
+Who produced a message is the queue's business, not the runner's: a delivery says only
+whether its sender is told of a bounce or a delay, and its outcome carries its origin
+back to the store (store.origins).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import datetime
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 
-import attrs
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -29,12 +30,24 @@ from twisted.logger import Logger
 from atollon_mail.config import DeliveryConfig
 from atollon_mail.delivery.bounce import FailedRecipient, build_dsn
 from atollon_mail.delivery.dotjournal import DotJournal
-from atollon_mail.delivery.intake import GroupCommitter
 from atollon_mail.delivery.mx import DNSLookupError, TemporaryDNSError
+from atollon_mail.delivery.progress import (
+    PROGRESS_DELAY,
+    ConnectionProgress,
+    Progress,
+    ProgressWriter,
+    keyed,
+)
 from atollon_mail.events import Events
 from atollon_mail.smtp import client
-from atollon_mail.store import common, filing, queue
-from atollon_mail.store.records import Delivery, DeliveryResult, OutgoingMessage, Recipient
+from atollon_mail.store import filing, queue
+from atollon_mail.store.records import (
+    Delivery,
+    DeliveryResult,
+    Origin,
+    OutgoingMessage,
+    Recipient,
+)
 
 log = Logger()
 
@@ -46,54 +59,6 @@ SMARTHOST = "[smarthost]"
 # After mail is queued (or a connection finished), wait this long before claiming, so one
 # claim (one commit) and one connection take what many sessions queued meanwhile.
 CLAIM_COALESCE_SECONDS = 0.1
-# A connection sends its next final dot without waiting for a commit while fewer than
-# this many of its progress writes are uncommitted; past it, the dot waits for the
-# oldest. This bounds what a kill can leave uncertain per connection when the store is
-# slow.
-MAX_AHEAD = 2
-# Replies and marks are committed this long after the first of a batch came in, so one
-# commit takes many: relaying 5000 messages (bench/relay.py) made about 2100 progress
-# commits without the wait.
-PROGRESS_DELAY = 0.02
-
-
-@attrs.frozen
-class _Progress:
-    """What one connection has to write down at once: recipients whose final dot is
-    about to be sent (already in the dot journal, segment `segment`), and outcomes that
-    came in."""
-
-    marks: tuple[int, ...]
-    results: tuple[DeliveryResult, ...]
-    at: datetime.datetime
-    segment: int | None = None
-
-
-@common.flushed_lazily
-def _record_progress(items: Sequence[_Progress]) -> list[None]:
-    """Progress of several connections in one transaction (one commit). Nothing waits
-    for the disk here: the dots were written down in the dot journal before they went
-    out, and what this must survive is this process dying (see common.flushed_lazily).
-    A mark whose outcome is in the same batch needs no writing."""
-    decided = {result.recipient_id for item in items for result in item.results}
-    marks = [
-        recipient_id for item in items for recipient_id in item.marks if recipient_id not in decided
-    ]
-    if marks:
-        queue.mark_dots_sent(marks, max(item.at for item in items if item.marks))
-    queue.record_delivery_results([result for item in items for result in item.results])
-    return [None] * len(items)
-
-
-def _requeue(marks: dict[int, datetime.datetime], now: datetime.datetime):
-    """At start: the dot journal's marks into the store, then every in-flight recipient
-    queued again (those marked as uncertain), in one transaction."""
-    by_time: dict[datetime.datetime, list[int]] = defaultdict(list)
-    for recipient_id, at in marks.items():
-        by_time[at].append(recipient_id)
-    for at, recipient_ids in by_time.items():
-        queue.mark_dots_sent(recipient_ids, at)
-    return queue.requeue_in_flight(now)
 
 
 def utc_from_seconds(seconds: float) -> datetime.datetime:
@@ -101,8 +66,9 @@ def utc_from_seconds(seconds: float) -> datetime.datetime:
 
 
 @defer.inlineCallbacks
-def send_notification(intake, address: str, raw: bytes):
-    """Deliver a message from <> (a DSN) to address: filed if local, else queued."""
+def send_notification(intake, address: str, raw: bytes, origin: Origin):
+    """Deliver a message from <> (a DSN, an auto-reply, a notice: `origin` says which) to
+    address: filed if local, else queued."""
     routed = yield intake.route(address)
     if isinstance(routed, Recipient):
         yield intake.accept("", [routed], raw)
@@ -110,7 +76,8 @@ def send_notification(intake, address: str, raw: bytes):
         yield intake.submit(
             OutgoingMessage(
                 envelope_sender="", raw=raw, remote_recipients=(routed,), is_bounce=True
-            )
+            ),
+            origin,
         )
     else:
         log.warn(
@@ -137,7 +104,6 @@ class DeliveryRunner(service.Service):
         progress_delay: float = PROGRESS_DELAY,
     ):
         self._store = store
-        self._dots = journal
         # Wakes up when a producer queued mail; tells of the outcomes it committed.
         self._events = events if events is not None else Events()
         self._events.queued.subscribe(self.queued)
@@ -157,15 +123,8 @@ class DeliveryRunner(service.Service):
         self._timer = None
         self._coalesce = None
         # Marks and outcomes of every connection, group-committed: one batch at a time,
-        # taken progress_delay after its first item. Nothing but the dot of a connection
-        # too far ahead of its commits waits for these (see MAX_AHEAD).
-        self._journal = GroupCommitter(
-            store,
-            _record_progress,
-            size_of=lambda item: 0,
-            clock=reactor,
-            delay=progress_delay,
-        )
+        # taken progress_delay after its first item.
+        self._progress = ProgressWriter(store, journal, reactor, progress_delay)
         self._starting: defer.Deferred | None = None
         # Fires when the queue is idle (nothing pending or in flight); tests wait on it.
         self._idle_waiters: list[defer.Deferred] = []
@@ -175,13 +134,11 @@ class DeliveryRunner(service.Service):
     def startService(self) -> None:
         super().startService()
         # Anything in flight when the appliance stopped (or was killed) is tried again.
-        marks = self._dots.recover()
-        self._starting = self._store.run(_requeue, marks, self._now())
+        self._starting = self._progress.requeue(self._now())
         self._starting.addCallback(self._requeued)
         self._starting.addErrback(self._requeue_failed)
 
     def _requeued(self, requeued) -> None:
-        self._dots.discard()
         if requeued.quiet:
             log.info(
                 "{count} recipients were claimed but not sent at the last stop; queued again",
@@ -209,9 +166,8 @@ class DeliveryRunner(service.Service):
             if call is not None and call.active():
                 call.cancel()
         self._timer = self._coalesce = None
-        self._dots.close()
         # Replies that came in are written now, not lost to the delay.
-        return self._journal.flush()
+        return self._progress.close()
 
     # -- claiming -------------------------------------------------------------------------
 
@@ -357,7 +313,14 @@ class DeliveryRunner(service.Service):
         last_failure: client.SessionFailure | None = None
         for host, address, port in targets:
             server = f"{host} [{address}]:{port}"
-            progress = _ConnectionProgress(self, deliveries, server)
+            progress = ConnectionProgress(
+                deliveries,
+                server,
+                self._progress,
+                now=self._now,
+                decide=self._results,
+                committed=self._committed,
+            )
             try:
                 outcomes = yield self._deliver(
                     self._reactor,
@@ -381,7 +344,7 @@ class DeliveryRunner(service.Service):
             by_recipient = {
                 recipient_id: recipient_outcome
                 for outcome in outcomes
-                for recipient_id, recipient_outcome in _keyed(outcome)
+                for recipient_id, recipient_outcome in keyed(outcome)
             }
             remaining = [d for d in deliveries if d.recipient_id not in recorded]
             if remaining:
@@ -442,9 +405,14 @@ class DeliveryRunner(service.Service):
         results, bounced, warn = self._results(
             deliveries, outcomes, default_reply, server, now, temporary
         )
-        yield self._journal.add(_Progress((), tuple(results), now))
+        yield self._progress.write(Progress((), tuple(results), now))
+        yield self._committed(results, bounced, warn, now)
+
+    def _committed(self, results, bounced, warn, at) -> defer.Deferred:
+        """Outcomes committed: the subscribers of `events.outcome` hear of them, then the
+        senders are told of bounces and delays."""
         self.outcomes_committed(results)
-        yield self._notify_after_commit(bounced, warn, now)
+        return self._notify_after_commit(bounced, warn, at)
 
     def outcomes_committed(self, results) -> None:
         """Outcomes committed: the subscribers of `events.outcome` hear of them."""
@@ -484,7 +452,7 @@ class DeliveryRunner(service.Service):
                         reply,
                         server,
                         now,
-                        campaign_recipient_id=delivery.campaign_recipient_id,
+                        origin=delivery.origin,
                     )
                 )
                 continue
@@ -500,11 +468,11 @@ class DeliveryRunner(service.Service):
                         reply,
                         server,
                         now,
-                        campaign_recipient_id=delivery.campaign_recipient_id,
+                        origin=delivery.origin,
                     )
                 )
-                if delivery.campaign_recipient_id is not None:
-                    continue  # the send list records it; no DSN to our own VERP address
+                if not delivery.notify_sender:
+                    continue  # its origin records it (a hook): no DSN to the sender
                 bounced.append(
                     (delivery, FailedRecipient(delivery.address, "failed", reply, server, now))
                 )
@@ -518,14 +486,14 @@ class DeliveryRunner(service.Service):
                     server,
                     now,
                     next_attempt,
-                    campaign_recipient_id=delivery.campaign_recipient_id,
+                    origin=delivery.origin,
                     uncertain=uncertain,
                 )
             )
             warn_after = self._settings.delay_warning
             if (
                 warn_after
-                and delivery.campaign_recipient_id is None
+                and delivery.notify_sender
                 and not delivery.delay_warned
                 and (now - delivery.created_at).total_seconds() >= warn_after
             ):
@@ -574,100 +542,6 @@ class DeliveryRunner(service.Service):
                 now,
             )
             try:
-                yield send_notification(self._intake, first.envelope_sender, dsn)
+                yield send_notification(self._intake, first.envelope_sender, dsn, Origin("bounce"))
             except Exception:
                 log.failure("sending a delivery status notification failed")
-
-
-def _keyed(outcome: client.EnvelopeOutcome):
-    """(queue recipient id, RecipientOutcome) for each recipient of an envelope."""
-    return zip(outcome.envelope.key, outcome.recipients, strict=True)
-
-
-class _ConnectionProgress:
-    """The client's `progress` for one connection: outcomes written as they arrive, and
-    each final dot written down in the dot journal before it goes out."""
-
-    def __init__(self, runner: DeliveryRunner, deliveries: Sequence[Delivery], server: str):
-        self._runner = runner
-        self._deliveries = {delivery.recipient_id: delivery for delivery in deliveries}
-        self._server = server
-        self._writes: list[defer.Deferred] = []
-        self._recorded: set[int] = set()  # recipient ids whose outcome is committed
-
-    def __call__(
-        self, finished: Sequence[client.EnvelopeOutcome], dot: client.DotPending | None
-    ) -> defer.Deferred | None:
-        runner = self._runner
-        now = runner._now()
-        outcomes = {
-            recipient_id: recipient_outcome
-            for outcome in finished
-            for recipient_id, recipient_outcome in _keyed(outcome)
-        }
-        decided = [self._deliveries[recipient_id] for recipient_id in outcomes]
-        results, bounced, warn = runner._results(decided, outcomes, None, self._server, now)
-        progress = _Progress((), tuple(results), now)
-        if dot is None:
-            self._write(progress, outcomes, bounced, warn)
-            return None
-        marks = tuple(dot.envelope.key[index] for index in dot.recipients)
-        ahead = [write for write in self._writes if not write.called]
-        if len(ahead) < MAX_AHEAD:
-            # Written down before the dot goes out. If it cannot be, the dot is not sent
-            # (raising makes the client drop the connection); the replies are kept.
-            try:
-                segment = runner._dots.note(marks, now)
-            except OSError:
-                self._write(progress, outcomes, bounced, warn)
-                raise
-            self._write(
-                attrs.evolve(progress, marks=marks, segment=segment), outcomes, bounced, warn
-            )
-            return None
-        # Too far ahead of the store: the dot waits for the oldest write (whatever its
-        # outcome), and is written down as it goes.
-        self._write(progress, outcomes, bounced, warn)
-        gate: defer.Deferred = defer.Deferred()
-
-        def release(passed):
-            at = runner._now()
-            try:
-                segment = runner._dots.note(marks, at)
-            except OSError:
-                gate.errback()
-                return passed
-            self._write(_Progress(marks, (), at, segment), {}, [], [])
-            gate.callback(None)
-            return passed
-
-        ahead[0].addBoth(release)
-        return gate
-
-    def _write(self, progress: _Progress, outcomes: dict, bounced, warn) -> None:
-        runner = self._runner
-        written = runner._journal.add(progress)
-
-        def committed(_):
-            self._recorded.update(outcomes)
-            if progress.segment is not None:
-                runner._dots.settled(progress.segment, len(progress.marks))
-            runner.outcomes_committed(progress.results)
-            return runner._notify_after_commit(bounced, warn, progress.at)
-
-        def failed(failure):
-            # Not recorded: these outcomes are written again when the connection is done
-            # (the marks stay in the dot journal until the next start).
-            log.failure("recording delivery outcomes failed", failure)
-
-        written.addCallbacks(committed, failed)
-        written.addErrback(lambda failure: log.failure("after delivery outcomes", failure))
-        self._writes.append(written)
-
-    @defer.inlineCallbacks
-    def settled(self):
-        """Fires, once every write made so far is over, with the recipients recorded."""
-        while self._writes:
-            writes, self._writes = self._writes, []
-            yield defer.DeferredList(writes)
-        return self._recorded

@@ -10,6 +10,7 @@ from atollon_mail.config import Config
 from atollon_mail.delivery.runner import send_notification
 from atollon_mail.dns.watcher import DnsWatcher
 from atollon_mail.events import Events
+from atollon_mail.store.records import Origin
 from atollon_mail.workers import Workers
 
 FIRST_CHECK_DELAY = 60.0  # seconds after start before the first DNS round
@@ -24,7 +25,7 @@ def build(
         store,
         config,
         reactor,
-        functools.partial(send_notification, intake),
+        functools.partial(send_notification, intake, origin=Origin("notice")),
         workers.dns,
         first_check_delay=FIRST_CHECK_DELAY,
     )

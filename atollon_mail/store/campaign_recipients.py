@@ -3,8 +3,10 @@
 unsubscribes write back to the rows, and the suppression list.
 
 Every delivery outcome of a campaign message lands on its row in the transaction that
-records it (the queue recipient names the row). A hard bounce or an unsubscribe puts the
-row's address on the suppression list, which no later send list sends to.
+records it: a campaign message enters the queue with its row as its origin, and the
+"campaign" hooks registered here (store.origins) are what the queue calls. A hard bounce
+or an unsubscribe puts the row's address on the suppression list, which no later send
+list sends to.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 
 from peewee import JOIN, fn
 
+from atollon_mail.store import origins
 from atollon_mail.store.campaign_records import (
     CampaignStatus,
     SendListEntry,
@@ -49,6 +52,7 @@ from atollon_mail.store.models import (
     database_proxy,
     utc_now,
 )
+from atollon_mail.store.queue import QUEUE_DELETED_REPLY
 from atollon_mail.store.records import DeliveryResult, Recipient
 
 _DETAIL_LIMIT = 4000
@@ -268,7 +272,7 @@ def record_campaign_results(results: Sequence[DeliveryResult]) -> None:
     the address is suppressed as a hard bounce; bounced without one (the queue gave up
     after temporary failures) -> failed, which "retry failed" can send again.
     """
-    campaign_results = [result for result in results if result.campaign_recipient_id]
+    campaign_results = [result for result in results if result.origin and result.origin.id]
     if not campaign_results:
         return
     update = _record_result_sql()
@@ -285,15 +289,14 @@ def record_campaign_results(results: Sequence[DeliveryResult]) -> None:
         else:
             state, sent_at = "failed", None
         reply = " ".join((result.reply or "").split())[:4000] or None
-        changed = database_proxy.execute_sql(
-            update, (state, reply, sent_at, at, result.campaign_recipient_id)
-        ).rowcount
+        row_id = result.origin.id
+        changed = database_proxy.execute_sql(update, (state, reply, sent_at, at, row_id)).rowcount
         if not changed:
             continue
         if state == "sent":
-            delivered.append(result.campaign_recipient_id)
+            delivered.append(row_id)
         elif state == "bounced":
-            hard_bounced.append((result.campaign_recipient_id, reply or ""))
+            hard_bounced.append((row_id, reply or ""))
     if delivered:
         file_sent(delivered, campaign_results[0].at)
     for recipient_id, reply in hard_bounced:
@@ -362,20 +365,43 @@ def _suppress_for_row(recipient_id: int, reason: str, detail: str, at) -> None:
     )
 
 
-def mark_uncertain(queue_recipient_ids: Sequence[int]) -> int:
+def mark_uncertain(recipient_ids: Sequence[int]) -> int:
     """Rows whose message's final dot was sent without its reply being recorded (the
     appliance stopped, or the connection broke, in between): the remote server may have
     taken it, so the next attempt may be a second copy. They are marked uncertain (and
     sent again). Rows whose message never left are not: see queue.requeue_in_flight."""
     marked = 0
-    for chunk in chunks(sorted(queue_recipient_ids)):
+    for chunk in chunks(sorted(set(recipient_ids))):
         marked += database_proxy.execute_sql(
-            "UPDATE campaign_recipient SET uncertain = TRUE WHERE id IN"
-            " (SELECT campaign_recipient_id FROM queue_recipient"
-            f" WHERE id IN ({placeholders(len(chunk))}) AND campaign_recipient_id IS NOT NULL)",
+            "UPDATE campaign_recipient SET uncertain = TRUE"
+            f" WHERE id IN ({placeholders(len(chunk))})",
             tuple(chunk),
         ).rowcount
     return marked
+
+
+def fail_removed(queue_recipient_ids: Sequence[int]) -> None:
+    """Campaign mail taken out of the queue by hand: its send-list row says so, and
+    "retry failed" can send it again."""
+    now = utc_now()
+    for chunk in chunks(sorted(queue_recipient_ids)):
+        CampaignRecipient.update(
+            state="failed", last_reply=QUEUE_DELETED_REPLY, updated_at=now
+        ).where(
+            CampaignRecipient.queue_recipient_id.in_(chunk),
+            CampaignRecipient.state.in_(("sending", "deferred")),
+        ).execute()
+
+
+# A campaign's rows hear of their mail; its bounces come back to the row's own VERP
+# address (campaign_address_recipient), so its sender is never sent a DSN.
+origins.register(
+    "campaign",
+    on_outcomes=record_campaign_results,
+    on_uncertain=mark_uncertain,
+    on_removed=fail_removed,
+    notify_sender=False,
+)
 
 
 # --- what came back: bounces and unsubscribes -----------------------------------------

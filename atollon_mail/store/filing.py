@@ -118,23 +118,22 @@ _HOT_SQL = {
     "insert_flagged_filing": """
         INSERT INTO filing (message_id, mailbox_id, context_id, uid, flags, filed_at)
         VALUES ({p}, {p}, {p}, {p}, {p}, {p})""",
+    # The message names its origin, so the hooks of the origin's kind hear of outcomes.
     "insert_queue_message": """
         INSERT INTO queue_message (message_id, envelope_sender, is_bounce, origin_mailbox_id,
-                                   created_at)
-        VALUES ({p}, {p}, {p}, {p}, {p}) RETURNING id""",
-    # Campaign mail names its send-list row, so the row learns the outcome.
+                                   created_at, origin_kind, origin_id)
+        VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}) RETURNING id""",
     "insert_queue_recipient": """
         INSERT INTO queue_recipient (queue_message_id, address, domain, state, attempts,
-                                     next_attempt_at, delay_warned, created_at, updated_at,
-                                     campaign_recipient_id)
-        VALUES ({p}, {p}, {p}, 'queued', 0, {p}, {p}, {p}, {p}, {p}) RETURNING id""",
+                                     next_attempt_at, delay_warned, created_at, updated_at)
+        VALUES ({p}, {p}, {p}, 'queued', 0, {p}, {p}, {p}, {p}) RETURNING id""",
     # The queue runner: one query per waiting state, each walking the (state,
     # next_attempt_at) index in order, so a claim reads about `limit` rows however long
     # the queue (a single "state IN (...)" would have to sort every due row).
     "due": """
         SELECT r.id, r.queue_message_id, q.message_id, q.envelope_sender, r.address, r.domain,
                r.attempts, q.created_at, q.is_bounce, r.delay_warned, r.next_attempt_at,
-               r.campaign_recipient_id
+               q.origin_kind, q.origin_id, q.origin_mailbox_id
         FROM queue_recipient r JOIN queue_message q ON q.id = r.queue_message_id
         WHERE r.state = {p} AND r.next_attempt_at <= {p}
         ORDER BY r.next_attempt_at, r.id LIMIT {p}""",

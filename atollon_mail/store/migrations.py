@@ -398,6 +398,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX queue_recipient_uncertain ON queue_recipient (id) WHERE uncertain",
         ),
     ),
+    Migration(
+        8,
+        "the producer of each queued message, in place of the campaign link",
+        (
+            # The queue names no producer: a queued message records its origin's kind and
+            # row, and the hooks of that kind hear of its outcomes (store.origins).
+            "ALTER TABLE queue_message ADD COLUMN origin_kind VARCHAR(16)",
+            "ALTER TABLE queue_message ADD COLUMN origin_id {bigint}",
+            # Campaign mail carries its send-list row over (one recipient per message);
+            # the producer of the other mail queued before this was never recorded.
+            """UPDATE queue_message SET origin_kind = 'campaign', origin_id =
+                (SELECT MIN(r.campaign_recipient_id) FROM queue_recipient r
+                 WHERE r.queue_message_id = queue_message.id)
+                WHERE id IN (SELECT queue_message_id FROM queue_recipient
+                             WHERE campaign_recipient_id IS NOT NULL)""",
+            "ALTER TABLE queue_recipient DROP COLUMN campaign_recipient_id",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].number
@@ -463,8 +481,9 @@ def _refuse_newer(done: set[int]) -> None:
         )
 
 
-def migrate(database: peewee.Database) -> list[Migration]:
-    """Apply every migration not yet applied, each in its own transaction; return them."""
+def migrate(database: peewee.Database, up_to: int | None = None) -> list[Migration]:
+    """Apply every migration not yet applied (up to number `up_to`, if given), each in
+    its own transaction; return them."""
     words = _DIALECT_WORDS[dialect_of(database)]
     with _migration_transaction(database):
         done = set(applied_versions(database))
@@ -473,6 +492,8 @@ def migrate(database: peewee.Database) -> list[Migration]:
     for migration in MIGRATIONS:
         if migration.number in done:
             continue
+        if up_to is not None and migration.number > up_to:
+            break
         with _migration_transaction(database):
             # Another migrator may have applied it while we waited for the lock.
             if migration.number in applied_versions(database):

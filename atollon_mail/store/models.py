@@ -318,6 +318,10 @@ class QueueMessage(BaseModel):
     is_bounce = peewee.BooleanField()
     origin_mailbox = peewee.ForeignKeyField(Mailbox, null=True, on_delete="SET NULL", index=False)
     created_at = peewee.DateTimeField()
+    # Who produced it (records.ORIGIN_KINDS) and the producer's own row, if it has one
+    # (migration 8); None for mail queued before producers were recorded.
+    origin_kind = peewee.CharField(max_length=16, null=True)
+    origin_id = peewee.BigIntegerField(null=True)
 
 
 class QueueRecipient(BaseModel):
@@ -333,8 +337,6 @@ class QueueRecipient(BaseModel):
     delay_warned = peewee.BooleanField()
     created_at = peewee.DateTimeField()
     updated_at = peewee.DateTimeField()
-    # The send-list row this delivery is for, when it is campaign mail (migration 4).
-    campaign_recipient_id = peewee.BigIntegerField(null=True)
     # Migration 5: when the final dot of the attempt in flight was sent (None: not yet),
     # and whether the recipient may have got two copies (the dot of an attempt was sent
     # and its reply never recorded: a kill, a connection lost after the dot).

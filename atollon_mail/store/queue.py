@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 import attrs
 import peewee
 
-from atollon_mail.store import returnpath
+from atollon_mail.store import origins, returnpath
 from atollon_mail.store.common import (
     chunks,
     locked,
@@ -40,7 +40,6 @@ from atollon_mail.store.filing import (
 )
 from atollon_mail.store.models import (
     QUEUE_STATES,
-    CampaignRecipient,
     Filing,
     Message,
     QueueEvent,
@@ -52,6 +51,7 @@ from atollon_mail.store.models import (
 from atollon_mail.store.records import (
     Delivery,
     DeliveryResult,
+    Origin,
     OutgoingMessage,
     QueueEntry,
     QueueEventRecord,
@@ -101,7 +101,7 @@ def route_addresses(addresses: Sequence[str], ours: frozenset[str] | None = None
     A limit for now: the local recipients found here are filed as they are. Their
     forwarding is not expanded (the intake expands only those the producer named), and
     filing listeners (the auto-responder) hear of them only through the intake, so never
-    for campaign rows.
+    for mail that enters the queue by another way.
     """
     candidates = _remote_recipients(addresses)
     if ours is None and candidates:
@@ -125,23 +125,25 @@ def route_addresses(addresses: Sequence[str], ours: frozenset[str] | None = None
 
 def enqueue(
     outgoing: OutgoingMessage,
-    routed: Routed,
+    recipients: Routed,
+    origin: Origin,
+    *,
     stamp,
     type_id: int | None = None,
-    origin_mailbox_id: int | None = None,
-    campaign_recipient_id: int | None = None,
 ) -> SubmittedMessage:
     """The one entrance of outgoing mail, in the caller's transaction: the message stored
-    once, filed at once for its local recipients (those given and those `routed` found,
-    with its Return-Path), into the Sent folder of its sending mailbox, and queued once
-    for the remote addresses only.
+    once, filed at once for its local recipients (those given and those `recipients`
+    routed here, with its Return-Path), into the Sent folder of its sending mailbox, and
+    queued once for the remote addresses only, with its origin.
 
-    `origin_mailbox_id` is the mailbox the queue entry is charged to (the sending one by
-    default); `campaign_recipient_id` names the send-list row its queue recipient reports
-    to. Refused addresses in `routed` are the caller's to handle: nothing goes to them.
+    The queue entry is charged to `origin.mailbox_id` (the sending mailbox when None),
+    and the hooks of `origin.kind` hear of its outcomes (store.origins). `stamp`: the
+    time of the caller's transaction as stored (one for every message of a batch);
+    `type_id`: the message type when the message names none (read once per batch).
+    Refused addresses in `recipients` are the caller's to handle: nothing goes to them.
     """
-    local = outgoing.local_recipients + routed.local
-    remote = routed.remote
+    local = outgoing.local_recipients + recipients.local
+    remote = recipients.remote
     if not local and not remote:
         raise Invalid("a message needs at least one recipient; nothing was sent")
     message_id = insert_message(outgoing, stamp, type_id, delivered=bool(local))
@@ -152,25 +154,15 @@ def enqueue(
     queue_message_id = None
     queue_recipients: list[int] = []
     if remote:
-        if origin_mailbox_id is None:
-            origin_mailbox_id = outgoing.sent_mailbox_id
+        charged = outgoing.sent_mailbox_id if origin.mailbox_id is None else origin.mailbox_id
+        row = (message_id, outgoing.envelope_sender, outgoing.is_bounce, charged, stamp)
         (queue_message_id,) = execute_prepared(
-            "insert_queue_message",
-            (message_id, outgoing.envelope_sender, outgoing.is_bounce, origin_mailbox_id, stamp),
+            "insert_queue_message", (*row, origin.kind, origin.id)
         ).fetchone()
         for address, domain in remote.values():
             (queue_recipient,) = execute_prepared(
                 "insert_queue_recipient",
-                (
-                    queue_message_id,
-                    address,
-                    domain,
-                    stamp,
-                    False,
-                    stamp,
-                    stamp,
-                    campaign_recipient_id,
-                ),
+                (queue_message_id, address, domain, stamp, False, stamp, stamp),
             ).fetchone()
             queue_recipients.append(queue_recipient)
     return SubmittedMessage(
@@ -184,19 +176,22 @@ def enqueue(
 
 
 def _submit_one(
-    item: tuple[OutgoingMessage, Routed], now, type_id: int | None = None
+    item: tuple[OutgoingMessage, Origin, Routed], now, type_id: int | None = None
 ) -> SubmittedMessage:
-    outgoing, routed = item
+    outgoing, origin, routed = item
     if routed.refused:
         _, rejection = routed.refused[0]
         raise Invalid(f"{rejection.detail}; nothing was sent")
-    return enqueue(outgoing, routed, Message.received_at.db_value(now), type_id)
+    return enqueue(
+        outgoing, routed, origin, stamp=Message.received_at.db_value(now), type_id=type_id
+    )
 
 
 def submit_messages(
-    messages: Sequence[OutgoingMessage], now: datetime.datetime | None = None
+    submissions: Sequence[tuple[OutgoingMessage, Origin]], now: datetime.datetime | None = None
 ) -> list[SubmittedMessage | Exception]:
-    """Store, file and queue several sent messages in the caller's one transaction.
+    """Store, file and queue several sent messages, each with its origin, in the caller's
+    one transaction (the intake's group commit: each goes through `enqueue`).
 
     Each message is stored once, filed for its local recipients and into the Sent folder
     of its sending mailbox, and queued once for its distinct remote addresses (due at
@@ -204,6 +199,7 @@ def submit_messages(
     that receives nothing here refuses the message. A message that fails is reported as
     its exception and leaves nothing behind.
     """
+    messages = [outgoing for outgoing, _ in submissions]
     ours = domain_names() if any(m.remote_recipients for m in messages) else frozenset()
     routed: list[Routed | Exception] = []
     for outgoing in messages:
@@ -218,8 +214,8 @@ def submit_messages(
     )
     _, outgoing_type = default_type_ids()
     items = [
-        (outgoing, found)
-        for outgoing, found in zip(messages, routed, strict=True)
+        (outgoing, origin, found)
+        for (outgoing, origin), found in zip(submissions, routed, strict=True)
         if isinstance(found, Routed)
     ]
     stored = iter(
@@ -291,7 +287,8 @@ def claim_due_deliveries(now: datetime.datetime, limit: int) -> list[Delivery]:
             created_at=timestamp(row[7]),
             is_bounce=bool(row[8]),
             delay_warned=bool(row[9]),
-            campaign_recipient_id=row[11],
+            origin=None if row[11] is None else Origin(row[11], row[12], row[13]),
+            notify_sender=origins.notifies_sender(row[11]),
         )
         for row in due
     ]
@@ -324,7 +321,8 @@ def record_delivery_results(results: Sequence[DeliveryResult]) -> None:
     """Each attempt's outcome on its recipient, and a line in its timeline.
 
     A deferred result that is `uncertain` (the final dot went out, no reply came back)
-    shows as "uncertain" in the timeline and keeps the recipient listed as uncertain."""
+    shows as "uncertain" in the timeline and keeps the recipient listed as uncertain.
+    The hooks of each result's origin kind hear of it in this transaction."""
     for result in results:
         if result.outcome not in RESULT_OUTCOMES:
             raise Invalid(
@@ -356,13 +354,7 @@ def record_delivery_results(results: Sequence[DeliveryResult]) -> None:
                 "insert_event",
                 (result.recipient_id, at, server, reply, shown or result.outcome, next_attempt_at),
             )
-    if any(result.campaign_recipient_id for result in results):
-        from atollon_mail.store import campaign_recipients as sending  # builds on this module
-
-        sending.record_campaign_results(results)
-        uncertain = [result.recipient_id for result in results if result.uncertain]
-        if uncertain:
-            sending.mark_uncertain(uncertain)
+    origins.report_outcomes(results)
 
 
 def mark_delay_warned(recipient_ids: Sequence[int]) -> int:
@@ -382,7 +374,7 @@ def requeue_in_flight(now: datetime.datetime) -> RequeuedDeliveries:
     A recipient whose final dot was not sent yet cannot have got the message: it goes
     back quietly, as if never claimed. One whose dot was sent (its reply was never
     recorded) may have: it is marked uncertain, with a line in its timeline saying so,
-    and counts as an attempt."""
+    and counts as an attempt; the hooks of its origin's kind hear of it."""
     query = QueueRecipient.select(QueueRecipient.id, QueueRecipient.dot_sent_at).where(
         QueueRecipient.state == "in-flight"
     )
@@ -405,10 +397,19 @@ def requeue_in_flight(now: datetime.datetime) -> RequeuedDeliveries:
             (at, at, UNCERTAIN_REPLY, True, *chunk),
         )
     if uncertain:
-        from atollon_mail.store import campaign_recipients as sending  # builds on this module
-
-        sending.mark_uncertain(uncertain)
+        origins.report_uncertain(_origins_of(uncertain))
     return RequeuedDeliveries(len(quiet), tuple(uncertain))
+
+
+def _origins_of(recipient_ids: Sequence[int]) -> list[tuple[str | None, int | None]]:
+    """(origin kind, origin id) of each of these queue recipients."""
+    query = QueueRecipient.select(QueueMessage.origin_kind, QueueMessage.origin_id)
+    query = query.join(QueueMessage).order_by(QueueRecipient.id)
+    return [
+        row
+        for part in chunks(recipient_ids)
+        for row in query.where(QueueRecipient.id.in_(part)).tuples()
+    ]
 
 
 @read_only
@@ -563,14 +564,8 @@ def queue_delete(queue_message_id: int) -> int:
             "try again when the attempt is over"
         )
     ids = [recipient_id for recipient_id, _ in rows]
-    # Campaign mail taken out of the queue by hand: its send-list row says so, and
-    # "retry failed" can send it again.
-    CampaignRecipient.update(
-        state="failed", last_reply=QUEUE_DELETED_REPLY, updated_at=utc_now()
-    ).where(
-        CampaignRecipient.queue_recipient_id.in_(ids),
-        CampaignRecipient.state.in_(("sending", "deferred")),
-    ).execute()
+    # Mail taken out of the queue by hand: the hooks of its origin's kind hear of it.
+    origins.report_removed((queued.origin_kind, recipient_id) for recipient_id in ids)
     for chunk in chunks(ids):
         QueueEvent.delete().where(QueueEvent.queue_recipient.in_(chunk)).execute()
         QueueRecipient.delete().where(QueueRecipient.id.in_(chunk)).execute()

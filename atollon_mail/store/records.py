@@ -177,6 +177,31 @@ class OutgoingMessage:
     return_path: str | None = None
 
 
+# Who produces outgoing mail. A kind may register hooks (store.origins) through which
+# the outcomes of its mail reach it; the queue itself never tells one kind from another.
+ORIGIN_KINDS = (
+    "submission",  # a user's mail submitted over SMTP
+    "relay",  # mail from a relay host, or a bounce to one of our SRS addresses
+    "forward",  # received mail going on to a mailbox's forward addresses
+    "autoreply",  # an auto-responder's answer
+    "bounce",  # a delivery status notification (a bounce or a delay warning)
+    "notice",  # a notification of the DNS watcher
+    "compose",  # mail written in the web client
+    "campaign",  # one message of a campaign's send list
+)
+
+
+@attrs.frozen
+class Origin:
+    """Who produced an outgoing message: its kind, the producer's own row where it has
+    one (a campaign's send-list row), and the mailbox its queue entry is charged to (None:
+    the message's sending mailbox, if any)."""
+
+    kind: str = attrs.field(validator=attrs.validators.in_(ORIGIN_KINDS))
+    id: int | None = None
+    mailbox_id: int | None = None
+
+
 @attrs.frozen
 class SubmittedMessage:
     id: int  # the Message row
@@ -203,7 +228,11 @@ class Delivery:
     created_at: datetime.datetime
     is_bounce: bool
     delay_warned: bool
-    campaign_recipient_id: int | None = None  # campaign mail: its send-list row
+    # Who produced it (None: queued before producers were recorded), and whether its
+    # sender is told of a bounce or a delay (not when its origin hears of the outcome
+    # through a hook and keeps the record itself; see store.origins).
+    origin: Origin | None = None
+    notify_sender: bool = True
 
 
 @attrs.frozen
@@ -214,7 +243,7 @@ class DeliveryResult:
     server: str | None  # "mx.example.org [192.0.2.1]:25", when a server was reached
     at: datetime.datetime
     next_attempt_at: datetime.datetime | None = None  # set for "deferred"
-    campaign_recipient_id: int | None = None  # campaign mail: its send-list row
+    origin: Origin | None = None  # the delivery's origin: the hooks of its kind hear of it
     # The final dot was sent and no reply came (the connection broke): the server may
     # have the message, so the retry may be a second copy.
     uncertain: bool = False

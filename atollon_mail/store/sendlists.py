@@ -8,10 +8,11 @@ appears once (the contact with the lowest id wins); an address on the suppressio
 recorded as suppressed and never sent to.
 
 The send list and the delivery queue meet here. A row goes queued -> sending when its
-message is put in the delivery queue (in the same transaction), and its queue recipient
-carries the row's id, so every delivery outcome lands on the row in the transaction that
-records it (campaign_recipients.py). A row whose address is a mailbox here goes straight
-to sent: the queue's enqueue files its message at once, in that same transaction.
+message is put in the delivery queue (in the same transaction), with the row as its
+origin, so every delivery outcome lands on the row in the transaction that records it
+(the "campaign" hooks of campaign_recipients.py). A row whose address is a mailbox here
+goes straight to sent: the queue's enqueue files its message at once, in that same
+transaction.
 Nothing here knows about SMTP.
 """
 
@@ -60,7 +61,7 @@ from atollon_mail.store.models import (
     utc_now,
 )
 from atollon_mail.store.queue import Routed, enqueue, route_addresses
-from atollon_mail.store.records import OutgoingMessage, Rejection
+from atollon_mail.store.records import Origin, OutgoingMessage, Rejection
 
 TAKEN_BACK_REPLY = "taken back from the delivery queue when the campaign was paused"
 
@@ -376,15 +377,14 @@ def commit_handoff(
     handed = 0
     delivered: list[int] = []
     for message, routed in routes:
-        # The message stored, filed or queued as any sent message is (the queue's own
-        # enqueue); only the queue recipient differs: it names its send-list row.
+        # The message stored, filed or queued as any sent message is (the queue's one
+        # entrance), with its send-list row as its origin.
         enqueued = enqueue(
             _outgoing(message),
             routed,
-            stamp,
-            type_id,
-            origin_mailbox_id=campaign.mailbox_id,
-            campaign_recipient_id=message.recipient_id,
+            Origin("campaign", message.recipient_id, campaign.mailbox_id),
+            stamp=stamp,
+            type_id=type_id,
         )
         queue_recipient = enqueued.queue_recipient_ids[0] if routed.remote else None
         database_proxy.execute_sql(

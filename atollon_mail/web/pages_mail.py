@@ -14,7 +14,7 @@ import nh3
 from atollon_mail.delivery.intake import summarize_headers
 from atollon_mail.store import common, filing, mailboxes
 from atollon_mail.store.errors import Invalid, NotFound, StoreError
-from atollon_mail.store.records import OutgoingMessage, Recipient
+from atollon_mail.store.records import Origin, OutgoingMessage, Recipient
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
 from atollon_mail.web.numbers import page_number, parse_count, parse_id
 
@@ -253,7 +253,7 @@ def register(app: WebApp) -> None:
             return _compose_page(page, mailbox, values, errors, status=400)
         outgoing = _outgoing(mailbox, values, local, remote)
         try:
-            await page.app.intake.submit(outgoing)
+            await page.app.intake.submit(outgoing, Origin("compose", mailbox_id=mailbox.id))
         except StoreError as problem:
             errors["to"] = str(problem)
             return _compose_page(page, mailbox, values, errors, status=400)

@@ -17,7 +17,13 @@ from atollon_mail.interfaces import IStore
 from atollon_mail.passwords import hash_password
 from atollon_mail.store import filing, forwarding, mailboxes
 from atollon_mail.store import queue as queue_ops
-from atollon_mail.store.records import OutgoingMessage, Recipient, Rejection, Resolution
+from atollon_mail.store.records import (
+    Origin,
+    OutgoingMessage,
+    Recipient,
+    Rejection,
+    Resolution,
+)
 from tests import builders
 from tests.smtp.fakes import Session
 from tests.store.test_forwarding import JOES_MAILBOXES
@@ -195,7 +201,8 @@ class ForwardingIntakeTests(StoreFixtureMixin):
                 local_recipients=(bob,),
                 remote_recipients=("carol@remote.test",),
                 sent_mailbox_id=joe.id,
-            )
+            ),
+            Origin("submission", mailbox_id=joe.id),
         )
         self.assertEqual(
             [(entry.address, entry.envelope_sender) for entry in self.queue()],
@@ -428,7 +435,9 @@ class ForwardingIntakeTests(StoreFixtureMixin):
 
     @defer.inlineCallbacks
     def test_runner_notification_to_an_srs_address_goes_to_the_original_sender(self):
-        yield send_notification(self.intake, self.srs_address(), b"Subject: dsn\r\n\r\nx\r\n")
+        yield send_notification(
+            self.intake, self.srs_address(), b"Subject: dsn\r\n\r\nx\r\n", Origin("bounce")
+        )
         [entry] = self.queue()
         self.assertEqual((entry.address, entry.envelope_sender), ("someone@elsewhere.test", ""))
 

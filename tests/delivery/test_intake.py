@@ -19,7 +19,7 @@ from atollon_mail.interfaces import IMailIntake, IStore, ISubmissionIntake
 from atollon_mail.passwords import hash_password
 from atollon_mail.store import domains
 from atollon_mail.store import filing as filing_ops
-from atollon_mail.store.records import OutgoingMessage, Recipient, StoredMessage
+from atollon_mail.store.records import Origin, OutgoingMessage, Recipient, StoredMessage
 from tests import builders
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
@@ -216,7 +216,8 @@ class IntakeOnStoreTests(StoreFixtureMixin):
         queued = []
         self.events.queued.subscribe(lambda: queued.append(True))
         submitted = yield self.intake.submit(
-            OutgoingMessage(envelope_sender="", raw=RAW, remote_recipients=("JOE@acme.test",))
+            OutgoingMessage(envelope_sender="", raw=RAW, remote_recipients=("JOE@acme.test",)),
+            Origin("bounce"),
         )
         self.assertEqual((submitted.queue_message_id, submitted.filings), (None, 1))
         self.assertEqual(heard, [("", ["joe@acme.test"])])

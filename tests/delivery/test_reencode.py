@@ -14,7 +14,7 @@ from atollon_mail.delivery.reencode import MAX_LINE, UnencodableMessage, fit_lin
 from atollon_mail.passwords import hash_password
 from atollon_mail.store import accounts, domains, forwarding, mailboxes, queue
 from atollon_mail.store import filing as filing_ops
-from atollon_mail.store.records import OutgoingMessage
+from atollon_mail.store.records import Origin, OutgoingMessage
 from atollon_mail.workers import Workers
 from tests import builders
 from tests.smtp.fakes import Session, make_settings
@@ -209,7 +209,7 @@ class IntakeTests(SqliteStoreMixin, StoreFixtureMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_submitted_mail_is_stored_re_encoded(self):
-        submitted = yield self.intake.submit(self.outgoing(SEVEN_BIT))
+        submitted = yield self.intake.submit(self.outgoing(SEVEN_BIT), Origin("compose"))
         stored = yield self.store.run(filing_ops.message_raw, submitted.id)
         self.assertLessEqual(longest_line(stored), 998)
         self.assertEqual(parsed(stored)["Content-Transfer-Encoding"], "quoted-printable")
@@ -220,7 +220,7 @@ class IntakeTests(SqliteStoreMixin, StoreFixtureMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def test_unencodable_submission_fails_and_stores_nothing(self):
         failure = yield self.assertFailure(
-            self.intake.submit(self.outgoing(SIGNED)), UnencodableMessage
+            self.intake.submit(self.outgoing(SIGNED), Origin("compose")), UnencodableMessage
         )
         self.assertEqual(failure.enhanced_status, "5.6.3")
         self.assertEqual((yield self.store.run(queue.queue_list, None, 10)), [])

@@ -20,14 +20,15 @@ from atollon_mail.config import parse_config
 from atollon_mail.delivery.dotjournal import DotJournal, read_marks
 from atollon_mail.delivery.intake import Intake
 from atollon_mail.delivery.mx import Destination, NullMX, TemporaryDNSError
-from atollon_mail.delivery.runner import MAX_AHEAD, DeliveryRunner
+from atollon_mail.delivery.progress import MAX_AHEAD
+from atollon_mail.delivery.runner import DeliveryRunner
 from atollon_mail.events import Events
 from atollon_mail.passwords import hash_password
 from atollon_mail.smtp import client
 from atollon_mail.store import filing as filing_ops
 from atollon_mail.store import queue
 from atollon_mail.store.models import QueueRecipient
-from atollon_mail.store.records import OutgoingMessage
+from atollon_mail.store.records import Origin, OutgoingMessage
 from tests import builders
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
@@ -193,7 +194,8 @@ class RunnerTests(StoreFixtureMixin):
                 remote_recipients=tuple(recipients),
                 sent_mailbox_id=self.jane.id,
                 subject=subject,
-            )
+            ),
+            Origin("submission", mailbox_id=self.jane.id),
         )
 
     @defer.inlineCallbacks

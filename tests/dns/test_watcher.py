@@ -17,7 +17,7 @@ from atollon_mail.dns import watcher as watcher_module
 from atollon_mail.dns.watcher import Change, DnsWatcher, changes_between, notification
 from atollon_mail.store import accounts, domains, mailboxes, queue
 from atollon_mail.store import filing as filing_ops
-from atollon_mail.store.records import DnsCheckRecord, DnsCheckResult
+from atollon_mail.store.records import DnsCheckRecord, DnsCheckResult, Origin
 from atollon_mail.workers import Workers
 from tests.dns.fixtures import (
     HOSTNAME,
@@ -161,7 +161,7 @@ class WatcherContractTests(StoreFixtureMixin):
         """Through the intake, as the appliance sends them: the admins' mailboxes are
         here, so the notices are filed (from <>) and nothing is queued."""
         intake = Intake(self.store)
-        self.watcher._send = functools.partial(send_notification, intake)
+        self.watcher._send = functools.partial(send_notification, intake, origin=Origin("notice"))
         self.dns.set_records("_dmarc.acme.test", [])
         yield self.start()
         self.assertEqual(self.sync(queue.queue_list), [])

@@ -590,11 +590,16 @@ class CampaignContract(StoreFixtureMixin):
             message = Message.create(
                 raw=b"x", size=1, envelope_sender="news@acme.test", received_at=T0
             )
-            queued = QueueMessage.create(
-                message=message, envelope_sender="news@acme.test", is_bounce=False, created_at=T0
-            )
             row = CampaignRecipient.get(
                 (CampaignRecipient.campaign == campaign_id) & (CampaignRecipient.address == address)
+            )
+            queued = QueueMessage.create(
+                message=message,
+                envelope_sender="news@acme.test",
+                is_bounce=False,
+                created_at=T0,
+                origin_kind="campaign",
+                origin_id=row.id,
             )
             recipient = QueueRecipient.create(
                 queue_message=queued,
@@ -606,7 +611,6 @@ class CampaignContract(StoreFixtureMixin):
                 delay_warned=False,
                 created_at=T0,
                 updated_at=T0,
-                campaign_recipient_id=row.id,
             )
             set_rows(
                 campaign_id,

@@ -137,7 +137,7 @@ class SendingTests(StoreFixtureMixin):
         self.events = Events()
         self.tokens = RecipientTokens(SECRET)
         self.returns = CampaignReturns(self.store, self.tokens, self.clock, self.events)
-        self.intake = Intake(self.store, self.events, campaign_returns=self.returns)
+        self.intake = Intake(self.store, self.events, return_addresses=self.returns)
         self.runner = DeliveryRunner(
             self.store,
             self.intake,

@@ -22,6 +22,7 @@ from atollon_mail.store.records import (
     IncomingMessage,
     MailboxAccessRecord,
     MailboxRights,
+    Origin,
     OutgoingMessage,
     Recipient,
     Rejection,
@@ -910,11 +911,14 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         [sent] = self.sync(
             queue.submit_messages,
             [
-                OutgoingMessage(
-                    envelope_sender="bob@example.com",
-                    raw=b"x",
-                    remote_recipients=("a@b.example",),
-                    sent_mailbox_id=bob.id,
+                (
+                    OutgoingMessage(
+                        envelope_sender="bob@example.com",
+                        raw=b"x",
+                        remote_recipients=("a@b.example",),
+                        sent_mailbox_id=bob.id,
+                    ),
+                    Origin("submission", mailbox_id=bob.id),
                 )
             ],
         )

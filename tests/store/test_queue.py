@@ -26,6 +26,7 @@ from atollon_mail.store.records import (
     DeliveryResult,
     DkimKeyRecord,
     IncomingMessage,
+    Origin,
     OutgoingMessage,
     SendingIdentity,
     SubmittedMessage,
@@ -35,6 +36,7 @@ from tests import builders
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
 T0 = datetime.datetime(2030, 1, 1, 12, 0, 0)
+SUBMISSION = Origin("submission")
 
 
 def minutes(count: float) -> datetime.datetime:
@@ -103,7 +105,7 @@ class QueueContractTests(StoreFixtureMixin):
         )
 
     def submit(self, *messages: OutgoingMessage, now=T0) -> list:
-        return self.sync(queue.submit_messages, list(messages), now)
+        return self.sync(queue.submit_messages, [(m, SUBMISSION) for m in messages], now)
 
     def submit_one(self, *remote: str, now=T0, **kw) -> SubmittedMessage:
         [submitted] = self.submit(self.outgoing(*remote, **kw), now=now)
@@ -332,7 +334,12 @@ class QueueContractTests(StoreFixtureMixin):
             [
                 self.store.run(
                     queue.submit_messages,
-                    [self.outgoing("a@remote.example", sent=self.info.id, raw=b"m%d" % n)],
+                    [
+                        (
+                            self.outgoing("a@remote.example", sent=self.info.id, raw=b"m%d" % n),
+                            SUBMISSION,
+                        )
+                    ],
                     T0,
                 )
                 for n in range(count)
@@ -366,6 +373,7 @@ class QueueContractTests(StoreFixtureMixin):
                 created_at=T0,
                 is_bounce=False,
                 delay_warned=False,
+                origin=SUBMISSION,
             ),
         )
         self.assertEqual(self.states(first.queue_message_id), {"first@remote.example": "in-flight"})
@@ -893,7 +901,8 @@ class QueueContractTests(StoreFixtureMixin):
     def test_operations_through_run(self):
         self.populate()
         [submitted] = yield self.store.run(
-            queue.submit_messages, [self.outgoing("a@remote.example", sent=self.bob.id)]
+            queue.submit_messages,
+            [(self.outgoing("a@remote.example", sent=self.bob.id), SUBMISSION)],
         )
         identities = yield self.store.run(mailboxes.sending_identities, "bob")
         self.assertEqual(len(identities), 2)

@@ -12,13 +12,14 @@ from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
 from atollon_mail.store import accounts, domains, message_types, queue
-from atollon_mail.store.records import DeliveryResult, OutgoingMessage
+from atollon_mail.store.records import DeliveryResult, Origin, OutgoingMessage
 from tests.builders import web_root
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import ServedWebMixin
 from tests.web.test_security import EVIL, _hash
 
 T0 = datetime.datetime(2030, 1, 1, 12, 0, 0)
+SUBMISSION = Origin("submission")
 
 
 def _outgoing(*recipients: str, subject: str = "hello", type_id=None) -> OutgoingMessage:
@@ -41,7 +42,12 @@ class QueuePagesTests(ServedWebMixin, StoreFixtureMixin):
         # One message delivered to one recipient and deferred for the other.
         [self.sent] = sync(
             queue.submit_messages,
-            [_outgoing("far@remote.example", "later@remote.example", subject=f"S {EVIL}")],
+            [
+                (
+                    _outgoing("far@remote.example", "later@remote.example", subject=f"S {EVIL}"),
+                    SUBMISSION,
+                )
+            ],
             T0,
         )
         claimed = sync(queue.claim_due_deliveries, T0, 10)
@@ -62,7 +68,9 @@ class QueuePagesTests(ServedWebMixin, StoreFixtureMixin):
                 ),
             ],
         )
-        [self.waiting] = sync(queue.submit_messages, [_outgoing("new@remote.example")], T0)
+        [self.waiting] = sync(
+            queue.submit_messages, [(_outgoing("new@remote.example"), SUBMISSION)], T0
+        )
         self.queue_id = self._queue_id("far@remote.example")
         self.waiting_id = self._queue_id("new@remote.example")
         clock = Clock()
@@ -115,7 +123,7 @@ class QueuePagesTests(ServedWebMixin, StoreFixtureMixin):
     @defer.inlineCallbacks
     def test_queue_lists_uncertain_recipients(self):
         sync = self.store.run_sync
-        [sent] = sync(queue.submit_messages, [_outgoing("maybe@remote.example")], T0)
+        [sent] = sync(queue.submit_messages, [(_outgoing("maybe@remote.example"), SUBMISSION)], T0)
         claimed = sync(queue.claim_due_deliveries, T0, 10)
         sync(
             queue.mark_dots_sent,
@@ -142,7 +150,7 @@ class QueuePagesTests(ServedWebMixin, StoreFixtureMixin):
     @defer.inlineCallbacks
     def test_queue_pagination(self):
         many = tuple(f"r{n:02d}@remote.example" for n in range(51))
-        self.store.run_sync(queue.submit_messages, [_outgoing(*many)], T0)
+        self.store.run_sync(queue.submit_messages, [(_outgoing(*many), SUBMISSION)], T0)
         browser = yield self.admin()
         first = yield browser.get("/queue?state=queued")
         self.assertEqual(len(re.findall(r"<td>r\d\d@remote\.example</td>", first.text)), 50)
@@ -284,7 +292,9 @@ class QueuePagesTests(ServedWebMixin, StoreFixtureMixin):
     def test_type_delete_refusals_and_reassign(self):
         news = self.store.run_sync(message_types.add_message_type, "Newsletter", "news")
         self.store.run_sync(message_types.add_message_type, "Spare", "spare")
-        self.store.run_sync(queue.submit_messages, [_outgoing("n@remote.example", type_id=news.id)])
+        self.store.run_sync(
+            queue.submit_messages, [(_outgoing("n@remote.example", type_id=news.id), SUBMISSION)]
+        )
         browser = yield self.admin()
         page = yield browser.get("/message-types")
         token = page.csrf()

@@ -17,7 +17,7 @@ from atollon_mail.config import parse_config
 from atollon_mail.store import accounts, domains, mailboxes, queue
 from atollon_mail.store.domains import record_dns_check
 from atollon_mail.store.mailboxes import grant_mailbox_access
-from atollon_mail.store.records import DeliveryResult, DnsCheckResult, OutgoingMessage
+from atollon_mail.store.records import DeliveryResult, DnsCheckResult, Origin, OutgoingMessage
 from atollon_mail.web.app import cookie_header
 from atollon_mail.web.sessions import SESSION_COOKIE
 from tests.builders import web_root
@@ -52,11 +52,14 @@ class WebSecurityTests(ServedWebMixin, StoreFixtureMixin):
         [submitted] = sync(
             queue.submit_messages,
             [
-                OutgoingMessage(
-                    envelope_sender="bob@example.com",
-                    raw=b"Subject: hi\r\n\r\nbody\r\n",
-                    remote_recipients=("far@remote.example", "gone@remote.example"),
-                    subject=f"Subject {EVIL}",
+                (
+                    OutgoingMessage(
+                        envelope_sender="bob@example.com",
+                        raw=b"Subject: hi\r\n\r\nbody\r\n",
+                        remote_recipients=("far@remote.example", "gone@remote.example"),
+                        subject=f"Subject {EVIL}",
+                    ),
+                    Origin("submission"),
                 )
             ],
             T0,
