@@ -580,8 +580,9 @@ class StepwiseRunnerTests(RunnerTests):
         self.runner = self.make_runner(progress_delay=1)
         yield self.start()
         self.runner.stopService()
-        for name in "abcd":
-            yield self.send(f"{name}@remote.test", subject=f"to {name}")
+        count = MAX_AHEAD + 2
+        for number in range(count):
+            yield self.send(f"r{number}@remote.test", subject=f"to r{number}")
         self.catch_up()
         self.runner.startService()
         yield self.wait_for_dots(MAX_AHEAD)
@@ -593,7 +594,7 @@ class StepwiseRunnerTests(RunnerTests):
         marked = yield self.dot_sent()
         self.assertEqual(sum(marked.values()), MAX_AHEAD)  # those sent, and only those
         self.clock.advance(1)  # the commits run: the rest goes
-        yield self.wait_for_dots(4)
+        yield self.wait_for_dots(count)
         while set((yield self.states()).values()) != {"delivered"}:
             self.clock.advance(1)
             yield task.deferLater(reactor, 0.01, lambda: None)
