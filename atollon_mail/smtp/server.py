@@ -250,10 +250,16 @@ class SMTPServerProtocol(Protocol):
         self.close()
 
     def _restart_idle_timer(self) -> None:
-        """The client's silence starts now: its deadline is idle_timeout from now."""
+        """The client's silence starts now: its deadline is idle_timeout from now.
+
+        The timer is moved only when it would fire after the new deadline (it was armed
+        for our own longer wait, or before stress shortened idle_timeout); one that fires
+        earlier re-arms itself for the remainder (_idle_check). Cancelling and arming it
+        at every reply cost a timer heap operation per command."""
         self._deadline = self.clock.seconds() + self.idle_timeout
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
+        call = self._idle_call
+        if call is not None and call.active() and call.getTime() > self._deadline:
+            call.cancel()
             self._idle_call = self.clock.callLater(self.idle_timeout, self._idle_check)
 
     def under_stress(self) -> None:
@@ -481,13 +487,24 @@ class SMTPServerProtocol(Protocol):
         return maybeDeferred(check, *args).addCallback(decided)
 
     def _wait_for(self, deferred: Deferred) -> None:
+        settled: list[Any] = []
+        deferred.addBoth(settled.append)
+        if settled:
+            # Decided at once (nothing to wait for): answered now, as a plain reply is.
+            reply = self._reply_of(settled[0])
+            self._restart_idle_timer()
+            if reply is not None:
+                self.send_reply(reply)
+            return
         self._waiting = True
         # A stuck store still frees the session, after the configured idle_timeout: never
         # the short one under stress, which is for silent clients.
         self._wait_deadline = self.clock.seconds() + self.settings.idle_timeout
-        deferred.addErrback(self._pending_failed)
-        deferred.addCallback(self._pending_done)
+        deferred.addCallback(lambda _: self._pending_done(self._reply_of(settled[0])))
         deferred.addErrback(self._internal_error)
+
+    def _reply_of(self, result: Any) -> Reply | None:
+        return self._pending_failed(result) if isinstance(result, Failure) else result
 
     def _pending_failed(self, failure: Failure) -> Reply:
         log.failure("SMTP reply failed", failure)
