@@ -142,6 +142,31 @@ class IncomingMessage:
     from_header: str | None = None
     date_header: str | None = None
     type_id: int | None = None  # the message type; None: the default for incoming mail
+    verdict: InboundVerdict | None = None  # what the inbound checks said (port 25 only)
+
+
+@attrs.frozen
+class InboundVerdict:
+    """What the inbound checks decided about a message received on port 25, stored with
+    it and shown to its readers.
+
+    `junk`: the checks say it belongs in Junk (DMARC quarantine, the spam filter's "add
+    header"/"rewrite subject", the built-in score); each recipient mailbox's spam handling
+    (junk / tag only / off) decides whether it is filed there. `authentication` is the
+    value of the Authentication-Results header added to the message (RFC 8601);
+    `spam_score`/`spam_symbols` the filter's score and main reasons (None/() when nothing
+    scored it); `scanned` False when the spam filter was down or slow and the message was
+    accepted unscanned; `notes` are the verdicts in words, for the reader ("signed by
+    acme.com", "forwarded by mx.partner.com, trusted")."""
+
+    junk: bool = False
+    authentication: str = ""
+    spam_score: float | None = None
+    spam_threshold: float | None = None
+    spam_symbols: tuple[str, ...] = ()
+    spam_action: str = ""
+    scanned: bool = True
+    notes: tuple[str, ...] = ()
 
 
 @attrs.frozen
