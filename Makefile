@@ -8,10 +8,11 @@ STAMP := $(VENV)/.installed
 .PHONY: run test bench install system-packages clean
 
 # Debian packages the tests use: swaks, a second real SMTP client, chromium for the
-# web admin driven by Playwright, and systemd (systemd-analyze and systemd-sysusers
-# check etc/atollon-mail.service and its sysusers file). Installed when this runs as
-# root with apt-get; elsewhere those tests are skipped with the reason.
-SYSTEM_PACKAGES := swaks chromium systemd
+# web admin driven by Playwright, systemd (systemd-analyze and systemd-sysusers
+# check etc/atollon-mail.service and its sysusers file), and rspamd, the spam filter
+# (the tests start their own on loopback, never the system service). Installed when
+# this runs as root with apt-get; elsewhere those tests are skipped with the reason.
+SYSTEM_PACKAGES := swaks chromium systemd rspamd
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
