@@ -6,7 +6,7 @@ databases, log) and loads no plugin (nothing asks DNS or the network). Its Bayes
 statistics live in a redis-server of its own (another free loopback port, nothing saved
 to disk), never the system's, so `/learnham` and `/learnspam` work.
 
-    rspamd = start_rspamd()          # blocks until both workers answer (about 0.5 s)
+    rspamd = start_rspamd()          # blocks until both workers answer (about 0.3 s)
     self.addCleanup(rspamd.stop)      # or once per class in setUpClass/tearDownClass
     rspamd.scanner_url                # the normal worker: /checkv2
     rspamd.controller_url             # the controller: /learnham, /learnspam, /stat
@@ -128,6 +128,8 @@ options {{
   # nothing is looked up: the only nameserver is the discard port of loopback
   dns {{ nameserver = ["127.0.0.1:9"]; timeout = 0.1s; retransmits = 0; }}
 }}
+# no language models: loading rspamd's 46 takes a second or more at every start
+lang_detection {{ languages = "{dir}/languages"; }}
 logging {{
   type = "file";
   filename = "{dir}/rspamd.log";
@@ -413,6 +415,7 @@ def start_rspamd(startup_timeout: float = 30.0) -> RunningRspamd:
         directory = tempfile.mkdtemp(prefix="rspamd-test-")
         _write(os.path.join(directory, "rules.lua"), _RULES)
         _write(os.path.join(directory, "tld.dat"), _TLDS)
+        os.makedirs(os.path.join(directory, "languages"))
         running = _start_once(binary, directory, deadline)
         if running is not None:
             return running
