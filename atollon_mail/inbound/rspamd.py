@@ -22,12 +22,20 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer, protocol
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.error import ConnectionDone
+from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from atollon_mail.config import Config
@@ -226,6 +234,27 @@ def query_headers(query: SpamQuery, password: str | None = None) -> Headers:
     return headers
 
 
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """Where a request goes: an address given as such is connected to directly (no name
+    resolution in the reactor's thread pool for every message); https wraps TLS."""
+
+    def __init__(self, reactor, connect_timeout: float):
+        self.reactor, self.connect_timeout = reactor, connect_timeout
+
+    def endpointForURI(self, uri):  # noqa: N802 (IAgentEndpointFactory)
+        host = uri.host.decode("ascii")
+        if isIPAddress(host):
+            endpoint = TCP4ClientEndpoint(self.reactor, host, uri.port, self.connect_timeout)
+        elif isIPv6Address(host):
+            endpoint = TCP6ClientEndpoint(self.reactor, host, uri.port, self.connect_timeout)
+        else:
+            endpoint = HostnameEndpoint(self.reactor, uri.host, uri.port, self.connect_timeout)
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(optionsForClientTLS(host), endpoint)
+        return endpoint
+
+
 @implementer(IBodyProducer)
 class _BytesProducer:
     """The request body, written at once (no cooperator, so no global reactor)."""
@@ -329,9 +358,9 @@ class RspamdClient:
         self.agent = (
             agent
             if agent is not None
-            else Agent(
+            else Agent.usingEndpointFactory(
                 reactor,
-                connectTimeout=timeout,
+                _Endpoints(reactor, timeout),
                 pool=HTTPConnectionPool(reactor, persistent=False),
             )
         )
@@ -369,7 +398,9 @@ class RspamdClient:
         answer, with not_scanned(reason) (on_failure "accept") or failing with
         SpamFilterUnavailable ("tempfail")."""
         url = self.url + "/checkv2"
-        asked = self._request(b"POST", url, query_headers(query, self.password), query.raw)
+        # The password is the controller's: sent only when the controller scans too.
+        password = self.password if self.url == self.controller_url else None
+        asked = self._request(b"POST", url, query_headers(query, password), query.raw)
 
         def verdict(answer: tuple[int, bytes, bytes]) -> SpamResult:
             status, phrase, body = answer
