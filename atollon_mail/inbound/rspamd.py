@@ -29,7 +29,6 @@ from twisted.internet.endpoints import (
     TCP6ClientEndpoint,
     wrapClientTLS,
 )
-from twisted.internet.error import ConnectionDone
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -295,7 +294,7 @@ class _LimitedBody(protocol.Protocol):
             return
         self.parts.append(data)
 
-    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 (twisted's name)
         if self.deferred.called:
             return
         if reason.check(ResponseDone):

@@ -245,7 +245,7 @@ class _Answer(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, status: int = 200, body: bytes = b"", hang: bool = False):
+    def __init__(self, status: int = 200, body: bytes = b"", hang: bool | str = False):
         super().__init__()
         self.status, self.body, self.hang = status, body, hang
         self.requests: list[tuple[str, dict[bytes, list[bytes]], bytes]] = []
@@ -253,6 +253,12 @@ class _Answer(resource.Resource):
         self.closed: list[server.Request] = []
 
     def render(self, request):
+        if self.hang == "body":  # the headers and a first part of the body, then nothing
+            request.notifyFinish().addErrback(lambda _: self.closed.append(request))
+            request.setHeader(b"content-length", b"100")
+            request.write(b'{"action": ')
+            self.arrived.callback(request)
+            return server.NOT_DONE_YET
         headers = {
             name.lower(): values for name, values in request.requestHeaders.getAllRawHeaders()
         }
@@ -386,6 +392,23 @@ class FakeServerTests(unittest.TestCase):
             # The request was cancelled: its connection is closed, the server sees it go.
             while not answer.closed:
                 yield task.deferLater(reactor, 0.01, lambda: None)
+
+    @defer.inlineCallbacks
+    def test_an_answer_that_stops_halfway_is_given_up_on_the_clock(self):
+        answer = _Answer(hang="body")
+        clock = task.Clock()
+        client = RspamdClient(self.serve(answer), reactor, timeout=10, clock=clock)
+        outcome: list = []
+        client.check(query(message())).addBoth(outcome.append)
+        yield answer.arrived
+        yield task.deferLater(reactor, 0.05, lambda: None)  # the first bytes are read
+        self.assertEqual(outcome, [])
+        clock.advance(10)
+        [result] = outcome
+        self.assertFalse(result.scanned)
+        self.assertIn("no answer within 10 s", result.failure)
+        while not answer.closed:
+            yield task.deferLater(reactor, 0.01, lambda: None)
 
     @defer.inlineCallbacks
     def test_a_short_real_timeout(self):
