@@ -8,10 +8,12 @@ STAMP := $(VENV)/.installed
 .PHONY: run test bench install system-packages clean
 
 # Debian packages the tests use: swaks, a second real SMTP client, chromium for the
-# web admin driven by Playwright, and systemd (systemd-analyze and systemd-sysusers
-# check etc/atollon-mail.service and its sysusers file). Installed when this runs as
-# root with apt-get; elsewhere those tests are skipped with the reason.
-SYSTEM_PACKAGES := swaks chromium systemd
+# web admin driven by Playwright, systemd (systemd-analyze and systemd-sysusers
+# check etc/atollon-mail.service and its sysusers file), and rspamd, the spam filter,
+# with redis-server for its Bayes statistics (the tests start their own of both on
+# loopback, never the system services). Installed when this runs as root with apt-get;
+# elsewhere those tests are skipped with the reason.
+SYSTEM_PACKAGES := swaks chromium systemd rspamd redis-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

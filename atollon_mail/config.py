@@ -59,6 +59,15 @@ class MassmailConfig:
 
 
 @attrs.frozen
+class SpamConfig:
+    rspamd_url: str | None  # rspamd's normal worker (or controller); None: no spam filter
+    controller_url: str | None  # where /learnham and /learnspam go; None: rspamd_url
+    controller_password: str | None  # the controller's (enable_)password, if it asks one
+    timeout: float  # seconds for one answer
+    on_failure: str  # "accept" (kept, tagged not scanned) or "tempfail" (451)
+
+
+@attrs.frozen
 class DatabaseConfig:
     url: str
 
@@ -139,6 +148,7 @@ class Config:
     delivery: DeliveryConfig
     dns: DnsConfig = DnsConfig(None, 86400.0, None, False)
     massmail: MassmailConfig = MassmailConfig(50.0, 1000, None)
+    spam: SpamConfig = SpamConfig(None, None, None, 10.0, "accept")
 
     def replace_listen(
         self, smtp: str | None = None, web: str | None = None, submission: str | None = None
@@ -373,6 +383,16 @@ def _optional_url(value: str) -> str | None:
     return value.rstrip("/")
 
 
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        value = value.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"must be {' or '.join(allowed)}, got {value!r}")
+        return value
+
+    return parse
+
+
 def _optional_domain(value: str) -> str | None:
     value = value.strip().lower().rstrip(".")
     if not value:
@@ -467,6 +487,13 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "unsubscribe_url": (_optional_url, ""),
         "secret": (_optional_text, ""),
     },
+    "spam": {
+        "rspamd_url": (_optional_url, ""),
+        "controller_url": (_optional_url, ""),
+        "controller_password": (_optional_text, ""),
+        "timeout": (_positive_duration, "10"),
+        "on_failure": (_choice("accept", "tempfail"), "accept"),
+    },
 }
 
 
@@ -519,6 +546,11 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         )
     if delivery["smarthost_username"] and delivery["smarthost"] is None:
         raise ConfigError(path, "delivery", "smarthost", "credentials are set but no smarthost")
+    spam = values["spam"]
+    if spam["rspamd_url"] is None:
+        for key in ("controller_url", "controller_password"):
+            if spam[key] is not None:
+                raise ConfigError(path, "spam", key, "is set but rspamd_url is not")
     return Config(
         path=path,
         appliance=ApplianceConfig(**values["appliance"]),
@@ -529,6 +561,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         delivery=DeliveryConfig(**delivery),
         dns=DnsConfig(**values["dns"]),
         massmail=MassmailConfig(**values["massmail"]),
+        spam=SpamConfig(**spam),
     )
 
 

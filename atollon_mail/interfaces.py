@@ -155,3 +155,23 @@ class IEvents(Interface):
     queued = Attribute("IEventChannel: a commit queued mail for remote delivery.")
     filed = Attribute("IEventChannel: a message was filed into local mailboxes.")
     outcome = Attribute("IEventChannel: delivery outcomes were committed.")
+
+
+class ISpamFilter(Interface):
+    """The spam filter asked about a message received on port 25 before its 250 (rspamd,
+    atollon_mail.inbound.rspamd), and taught by the Junk and Not junk buttons."""
+
+    def check(query):
+        """
+        Deferred firing with a SpamResult for a SpamQuery (the message and its envelope):
+        rspamd's action ("no action", "greylist", "add header", "rewrite subject", "soft
+        reject", "reject"), score and symbols. When the filter cannot answer (down, slow,
+        nonsense): a SpamResult with scanned False and action "no action" (on_failure
+        accept), or a failure with SpamFilterUnavailable, which carries 451 4.7.1
+        (tempfail). Never waits on the reactor thread.
+        """
+
+    def learn(raw, spam):
+        """Teach the filter that raw (bytes) is spam (True) or not: a Deferred firing with
+        a LearnResult (learned, or why not: already learned so, too few words), failing
+        with SpamFilterUnavailable when the filter could not be told."""
