@@ -14,14 +14,24 @@ promise as the store's lazily flushed progress (store.common.flushed_lazily), an
 it costs is a message sent once more, as before marks were written at all.
 
 Lines go to numbered segment files ("<number>.dots") in one directory, each line
-"<queue recipient id> <seconds since the epoch>". A segment is removed once every mark
-in it reached the store (the runner's progress commits say so with `settled`); at start
-`recover` reads what is left, the store takes it, and `discard` removes it.
+"<queue recipient id> <seconds since the epoch>"; the rest of a segment is zero bytes. A
+segment is removed once every mark in it reached the store (the runner's progress
+commits say so with `settled`); at start `recover` reads what is left, the store takes
+it, and `discard` removes it.
+
+A segment is allocated on disk whole when it is opened and mapped into memory: a mark is
+a copy into the mapping, in the operating system's page cache at once (so it survives a
+kill as a write(2) does), and needs no system call. A write(2) per dot cost the reactor
+85-98 us per relayed message under cProfile (bench/relay.py, side by side with the
+code before), most of it waiting to take the interpreter lock back from the store's
+thread after the call; the copy costs about a microsecond.
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
+import mmap
 import os
 import re
 from collections.abc import Sequence
@@ -30,7 +40,7 @@ from twisted.logger import Logger
 
 log = Logger()
 
-SEGMENT_BYTES = 1024 * 1024  # a new segment after this much (about 50 000 marks)
+SEGMENT_BYTES = 1024 * 1024  # each segment's size (about 50 000 marks)
 _SEGMENT = re.compile(r"^(\d{1,12})\.dots$")
 
 
@@ -68,9 +78,9 @@ def read_marks(
 class DotJournal:
     def __init__(self, directory: str):
         self._directory = directory
-        self._fd: int | None = None
+        self._map: mmap.mmap | None = None
         self._segment = 0  # the one being written
-        self._size = 0
+        self._size = 0  # what is used of it
         self._outstanding: dict[int, int] = {}  # segment -> marks not yet in the store
         self._recovered: list[int] = []
 
@@ -95,14 +105,13 @@ class DotJournal:
         """Write down that these recipients' dot is about to be sent; the segment they
         went to (for `settled`). Raises OSError when it could not be written: then the
         dot must not be sent."""
-        if self._fd is None or self._size >= SEGMENT_BYTES:
-            self._open_next()
         seconds = at.replace(tzinfo=datetime.UTC).timestamp()
         line = b"".join(b"%d %.3f\n" % (recipient_id, seconds) for recipient_id in recipient_ids)
-        written = os.write(self._fd, line)
-        if written != len(line):  # a full disk part way: the rest is not written down
-            raise OSError(f"the dot journal took {written} of {len(line)} bytes")
-        self._size += written
+        if self._map is None or self._size + len(line) > len(self._map):
+            self._open_next(len(line))
+        end = self._size + len(line)
+        self._map[self._size : end] = line
+        self._size = end
         self._outstanding[self._segment] = self._outstanding.get(self._segment, 0) + len(
             recipient_ids
         )
@@ -117,22 +126,34 @@ class DotJournal:
             return
         if segment != self._segment:
             self._remove(segment)
-        elif self._fd is not None:
+        elif self._map is not None and self._size:
             # The one being written, with nothing outstanding: emptied, so no mark stays
             # behind once all is written (an id the store hands out again could meet it).
-            os.ftruncate(self._fd, 0)
+            self._map[: self._size] = bytes(self._size)
             self._size = 0
 
-    def _open_next(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
+    def _open_next(self, needed: int) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
             previous = self._segment
             self._segment += 1
             if self._outstanding.get(previous, 0) <= 0:
                 self._remove(previous)
         os.makedirs(self._directory, mode=0o700, exist_ok=True)
-        self._fd = os.open(self._path(self._segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._size = os.fstat(self._fd).st_size
+        size = max(SEGMENT_BYTES, needed)
+        fd = os.open(self._path(self._segment), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            held = os.fstat(fd).st_size
+            # Marks an earlier run left in a segment of this number (when nothing was
+            # recovered first): kept, and written after.
+            used = os.pread(fd, held, 0).rfind(b"\n") + 1 if held else 0
+            size = max(size, held + needed)
+            _allocate(fd, size)
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self._size = used
 
     def _remove(self, segment: int) -> None:
         self._outstanding.pop(segment, None)
@@ -144,6 +165,19 @@ class DotJournal:
             )
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Disk blocks for the whole file now: a mapped page with no block behind it would
+    kill the process (SIGBUS) on a full disk instead of failing here."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as problem:
+        if problem.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        held = os.fstat(fd).st_size
+        if held < size:
+            os.pwrite(fd, bytes(size - held), held)

@@ -38,9 +38,29 @@ class DotJournalTests(unittest.TestCase):
 
     def test_a_torn_last_line_is_skipped(self):
         DotJournal(self.directory).note([5], T0)
-        with open(os.path.join(self.directory, "000000000000.dots"), "ab") as torn:
+        path = os.path.join(self.directory, "000000000000.dots")
+        with open(path, "r+b") as torn:  # a kill in the middle of a copy into the map
+            end = torn.read().rfind(b"\n") + 1
+            torn.seek(end)
             torn.write(b"6 17")
         self.assertEqual(read_marks(self.directory), {5: T0})
+
+    def test_a_segment_is_allocated_whole_and_an_earlier_runs_marks_are_kept(self):
+        DotJournal(self.directory).note([7], T0)
+        path = os.path.join(self.directory, "000000000000.dots")
+        self.assertEqual(os.path.getsize(path), dotjournal.SEGMENT_BYTES)
+        self.assertGreaterEqual(os.stat(path).st_blocks * 512, dotjournal.SEGMENT_BYTES)
+        # A journal that did not recover first writes after what it found.
+        DotJournal(self.directory).note([8], T0)
+        self.assertEqual(read_marks(self.directory), {7: T0, 8: T0})
+
+    def test_marks_larger_than_a_segment_get_a_segment_of_their_own(self):
+        self.patch(dotjournal, "SEGMENT_BYTES", 64)
+        journal = DotJournal(self.directory)
+        many = list(range(1000, 1020))  # about 400 bytes in one line batch
+        self.assertEqual(journal.note(many, T0), 0)
+        self.assertEqual(journal.note([5], T0), 1)
+        self.assertEqual(read_marks(self.directory), {**dict.fromkeys(many, T0), 5: T0})
 
     def test_a_finished_segment_goes_once_the_store_has_all_its_marks(self):
         self.patch(dotjournal, "SEGMENT_BYTES", 30)
