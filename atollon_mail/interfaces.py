@@ -175,3 +175,11 @@ class ISpamFilter(Interface):
         """Teach the filter that raw (bytes) is spam (True) or not: a Deferred firing with
         a LearnResult (learned, or why not: already learned so, too few words), failing
         with SpamFilterUnavailable when the filter could not be told."""
+
+
+class ICountedConnection(Interface):
+    """A listener's protocol that tells when its connection is lost, so the listener's
+    connection caps count it without wrapping it (see connections.LimitedFactory)."""
+
+    def when_lost(callback):
+        """Call callback() once, when the connection is lost."""

@@ -9,6 +9,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from atollon_mail.addresses import client_key
 from atollon_mail.connections import (
@@ -22,6 +24,7 @@ from atollon_mail.connections import (
     LimitedFactory,
     descriptor_shortfall,
 )
+from atollon_mail.interfaces import ICountedConnection
 from atollon_mail.smtp.policies import MXPolicy
 from atollon_mail.smtp.server import SMTPServerFactory, connection_refusal
 from tests.smtp.fakes import HOSTNAME, FakeIntake, make_settings
@@ -220,8 +223,38 @@ class RefusalTimingTests(unittest.TestCase):
         self.assertEqual(transport.value(), b"no: total\r\n")
 
 
+@implementer(ICountedConnection)
+class Counted(Stressable):
+    def __init__(self):
+        self.lost_callbacks = []
+
+    def when_lost(self, callback):
+        self.lost_callbacks.append(callback)
+
+    def connectionLost(self, reason=None):
+        for callback in self.lost_callbacks:
+            callback()
+
+
+class UnwrappedTests(unittest.TestCase):
+    def test_a_protocol_that_tells_when_it_is_lost_is_counted_without_a_wrapper(self):
+        listener = Listener(total=2, per_client=1, wrapped=Factory.forProtocol(Counted))
+        first, _ = listener.connect("198.51.100.1")
+        self.assertIsInstance(first, Counted)
+        verifyObject(ICountedConnection, first)
+        self.assertEqual(listener.connect("198.51.100.1")[1].value(), b"no: client\r\n")
+        second, _ = listener.connect("198.51.100.2")
+        self.assertEqual(listener.factory.total, 2)
+        listener.connect("198.51.100.3")  # refused: full, and the sessions are told
+        self.assertEqual((first.stressed, second.stressed), (1, 1))
+        listener.lose(first)
+        self.assertEqual(listener.factory.total, 1)
+        self.assertEqual(listener.factory.counted, {second})
+        self.assertIsInstance(listener.connect("198.51.100.1")[0], Counted)
+
+
 class SMTPListenerTests(unittest.TestCase):
-    def test_smtp_sessions_run_through_the_wrapper_and_the_excess_gets_421(self):
+    def test_smtp_sessions_are_counted_and_the_excess_gets_421(self):
         clock = Clock()
         settings = make_settings(greet_pause=0)
         smtp = SMTPServerFactory(MXPolicy(FakeIntake(), HOSTNAME), HOSTNAME, settings, clock)
@@ -238,6 +271,12 @@ class SMTPListenerTests(unittest.TestCase):
             "try again later\r\n".encode(),
         )
         self.assertTrue(refused.disconnecting)
+        self.assertIs(session.factory, smtp)  # not wrapped: it tells when it is lost
+        verifyObject(ICountedConnection, session)
+        self.assertEqual(listener.factory.total, 1)
+        session.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(listener.factory.total, 0)
+        self.assertEqual(listener.factory.per_client, {})
 
 
 class DescriptorBudgetTests(unittest.TestCase):
