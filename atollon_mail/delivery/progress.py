@@ -171,27 +171,26 @@ class ConnectionProgress:
         }
         decided = [self._deliveries[recipient_id] for recipient_id in outcomes]
         results, bounced, warn = self._decide(decided, outcomes, None, self._server, now)
-        progress = Progress((), tuple(results), now)
+        results = tuple(results)
         if dot is None:
-            self._write(progress, outcomes, bounced, warn)
+            self._write(Progress((), results, now), outcomes, bounced, warn)
             return None
         marks = tuple(dot.envelope.key[index] for index in dot.recipients)
-        ahead = [write for write in self._writes if not write.called]
+        # Only writes not yet committed are kept (settled() waits for them).
+        self._writes = ahead = [write for write in self._writes if not write.called]
         if len(ahead) < MAX_AHEAD:
             # Written down before the dot goes out. If it cannot be, the dot is not sent
             # (raising makes the client drop the connection); the replies are kept.
             try:
                 segment = self._writer.note_dots(marks, now)
             except OSError:
-                self._write(progress, outcomes, bounced, warn)
+                self._write(Progress((), results, now), outcomes, bounced, warn)
                 raise
-            self._write(
-                attrs.evolve(progress, marks=marks, segment=segment), outcomes, bounced, warn
-            )
+            self._write(Progress(marks, results, now, segment), outcomes, bounced, warn)
             return None
         # Too far ahead of the store: the dot waits for the oldest write (whatever its
         # outcome), and is written down as it goes.
-        self._write(progress, outcomes, bounced, warn)
+        self._write(Progress((), results, now), outcomes, bounced, warn)
         gate: defer.Deferred = defer.Deferred()
 
         def release(passed):

@@ -408,10 +408,12 @@ class DeliveryRunner(service.Service):
         yield self._progress.write(Progress((), tuple(results), now))
         yield self._committed(results, bounced, warn, now)
 
-    def _committed(self, results, bounced, warn, at) -> defer.Deferred:
+    def _committed(self, results, bounced, warn, at) -> defer.Deferred | None:
         """Outcomes committed: the subscribers of `events.outcome` hear of them, then the
         senders are told of bounces and delays."""
         self.outcomes_committed(results)
+        if not bounced and not warn:
+            return None  # the usual case: nothing to wait for
         return self._notify_after_commit(bounced, warn, at)
 
     def outcomes_committed(self, results) -> None:
