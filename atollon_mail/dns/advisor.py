@@ -18,6 +18,7 @@ import attrs
 from atollon_mail.config import Config, hostname_problem
 from atollon_mail.delivery import dkim
 from atollon_mail.dns import spfrecord
+from atollon_mail.dns.dmarcrecord import dmarc_tags
 from atollon_mail.dns.lookup import LookupFailed, Lookups, reverse_name
 from atollon_mail.store.records import DnsSubject
 
@@ -69,23 +70,6 @@ def _quoted(value: str) -> str:
         text = chunk.decode("utf-8", "replace").replace("\\", "\\\\").replace('"', '\\"')
         parts.append(f'"{text}"')
     return " ".join(parts)
-
-
-def dmarc_tags(text: str) -> dict[str, str] | None:
-    """The tags of a DMARC record, or None when it is not one (RFC 7489 section 6.4)."""
-    tags: dict[str, str] = {}
-    for part in text.split(";"):
-        part = part.strip()
-        if not part:
-            continue
-        name, equals, value = part.partition("=")
-        if not equals:
-            return None
-        tags.setdefault(name.strip().lower(), value.strip())
-    first = text.split(";", 1)[0].replace(" ", "").lower()
-    if first != "v=dmarc1" or tags.get("p", "").lower() not in ("none", "quarantine", "reject"):
-        return None
-    return tags
 
 
 def _organizational(domain: str) -> str:
