@@ -29,6 +29,8 @@ import authres
 import authres.core
 import dkim
 import dns.resolver
+from authres.arc import ARCAuthenticationResult
+from authres.dmarc import DMARCAuthenticationResult
 from dkim.util import InvalidTagValueList, parse_tag_value
 from publicsuffixlist import PublicSuffixList
 
@@ -281,6 +283,10 @@ def check_dkim(raw: bytes, lookup: _TxtLookup) -> tuple[DkimCheck, ...]:
         domain, selector = _text(tags.get(b"d")), _text(tags.get(b"s"))
         try:
             good = verifier.verify(idx=index, dnsfunc=lookup)
+        except dkim.ValidationError as problem:  # a body hash that differs, an expiry
+            reason = "body hash did not verify" if "body hash" in str(problem) else problem
+            checks.append(DkimCheck("fail", domain, selector, str(reason)[:80]))
+            continue
         except dkim.DKIMException as problem:
             checks.append(DkimCheck("permerror", domain, selector, str(problem)[:80]))
             continue
@@ -498,14 +504,14 @@ def _value(text: str | None) -> str | None:
 
 
 def _spf_result(check: SpfCheck, mail_from: str, forwarder: Forwarder | None):
+    if check.identity == "helo":
+        return authres.SPFAuthenticationResult(result=check.result, smtp_helo=_value(check.domain))
     comment = None
     if not check.counted and forwarder is not None:
         comment = f"not counted: forwarded by {forwarder.name}, trusted"
-    if check.identity == "helo":
-        return authres.SPFAuthenticationResult(
-            result=check.result, result_comment=comment, smtp_helo=_value(check.domain)
-        )
     identity = mail_from or (f"postmaster@{check.domain}" if check.domain else None)
+    if identity is None:
+        comment = "null sender and no domain in HELO"
     return authres.SPFAuthenticationResult(
         result=check.result, result_comment=comment, smtp_mailfrom=_value(identity)
     )
@@ -522,7 +528,12 @@ def header_value(
     forwarder: Forwarder | None,
     vouch: tuple[str, str] | None,
 ) -> str:
-    results = [_spf_result(check, mail_from, forwarder) for check in spf]
+    # The HELO identity is told when there was one to check (RFC 8601 2.7.2).
+    results = [
+        _spf_result(check, mail_from, forwarder)
+        for check in spf
+        if check.identity == "mailfrom" or check.domain
+    ]
     if not dkim_checks:
         results.append(authres.DKIMAuthenticationResult(result="none"))
     for check in dkim_checks:
@@ -540,7 +551,7 @@ def header_value(
         if arc.reason:
             arc_comment += f": {arc.reason}"
     results.append(
-        authres.ARCAuthenticationResult(
+        ARCAuthenticationResult(
             result=arc.result,
             result_comment=_comment(arc_comment) if arc_comment else None,
             smtp_remote_ip=_value(client_ip),
@@ -551,10 +562,8 @@ def header_value(
         kind, said = vouch
         source = "ARC seal" if kind == "arc" else "Authentication-Results"
         dmarc_comment = f"forwarded by {forwarder.name}, trusted: its {source} says {said}"
-    elif dmarc.policy:
-        dmarc_comment = f"p={dmarc.policy}" + (f" {dmarc.reason}" if dmarc.reason else "")
     results.append(
-        authres.DMARCAuthenticationResult(
+        DMARCAuthenticationResult(
             result=dmarc.result,
             result_comment=_comment(dmarc_comment) or None,
             header_from=_value(dmarc.from_domain),
@@ -590,8 +599,8 @@ def notes_for(
     if dmarc.result == "pass":
         if dmarc.aligned_by == "spf":
             notes.append(f"sent from a server {dmarc.from_domain} names (SPF)")
-        elif dmarc.aligned_by == "forwarder":
-            notes.append(f"{dmarc.from_domain} verified by the forwarder")
+        elif dmarc.aligned_by == "forwarder" and forwarder is not None:
+            notes.append(f"{dmarc.from_domain} verified by {forwarder.name}")
     elif dmarc.result == "fail":
         policy = f", which asks to {dmarc.policy}" if dmarc.policy not in (None, "none") else ""
         notes.append(

@@ -149,7 +149,7 @@ def builtin_symbols(
     """The built-in score's symbols for one message, (name, points), highest first."""
     symbols: list[tuple[str, float]] = []
     for listing in listings:
-        symbols.append((f"DNSBL({listing.zone})", SCORES["DNSBL"]))
+        symbols.append((f"DNSBL:{listing.zone}", SCORES["DNSBL"]))
     if forwarder is None:
         if helo and helo.startswith("["):
             symbols.append(("HELO_ADDRESS_LITERAL", SCORES["HELO_ADDRESS_LITERAL"]))
