@@ -56,7 +56,7 @@ def fields(raw: bytes) -> Iterator[Field]:
             if current is not None:
                 yield _field(raw, current)
             name, colon, _ = line.partition(b":")
-            if colon and name and b" " not in name.rstrip(b" \t") and name[:1] not in b"\t ":
+            if colon and name and b" " not in name.rstrip(b" \t"):
                 current = [name.rstrip(b" \t"), position, line_end, position + len(name) + 1]
             else:
                 current = None
