@@ -137,6 +137,30 @@ class DeliveryConfig:
     dkim_key_retention: float = 7 * 86400.0  # a replaced DKIM key is kept this long
 
 
+DMARC_ACTIONS = ("reject", "junk", "tag")
+QUARANTINE_ACTIONS = ("junk", "tag")
+
+
+@attrs.frozen
+class InboundConfig:
+    """What the inbound checks of port 25 do (atollon_mail.inbound)."""
+
+    checks: bool = True  # off: no sender authentication, scoring or spam filter
+    dmarc_reject: str = "reject"  # failing p=reject (and forged own domains): DMARC_ACTIONS
+    dmarc_quarantine: str = "junk"  # failing p=quarantine: QUARANTINE_ACTIONS
+    # Networks (normalized) or host names whose forwarded mail is trusted, for every
+    # domain, and per domain as (domain, entries) pairs (trusted_forwarders.DOMAIN).
+    trusted_forwarders: tuple[str, ...] = ()
+    domain_forwarders: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    dnsbl_zones: tuple[str, ...] = ()  # DNS blocklists asked for the client's address
+    junk_score: float = 5.0  # the built-in score from which a message goes to Junk
+
+    def forwarders_for(self, domain: str) -> tuple[str, ...]:
+        """The entries trusted for mail to domain: the global ones and its own."""
+        own = dict(self.domain_forwarders).get(domain.lower().rstrip("."), ())
+        return self.trusted_forwarders + own
+
+
 @attrs.frozen
 class Config:
     path: str
@@ -149,6 +173,7 @@ class Config:
     dns: DnsConfig = DnsConfig(None, 86400.0, None, False)
     massmail: MassmailConfig = MassmailConfig(50.0, 1000, None)
     spam: SpamConfig = SpamConfig(None, None, None, 10.0, "accept")
+    inbound: InboundConfig = InboundConfig()
 
     def replace_listen(
         self, smtp: str | None = None, web: str | None = None, submission: str | None = None
@@ -409,6 +434,56 @@ def _yes_no(value: str) -> bool:
     raise ValueError(f"must be yes or no, got {value!r}")
 
 
+def _on_off(value: str) -> bool:
+    value = value.strip().lower()
+    if value in ("on", "yes", "true", "1"):
+        return True
+    if value in ("off", "no", "false", "0"):
+        return False
+    raise ValueError(f"must be on or off, got {value!r}")
+
+
+def _forwarders(value: str) -> tuple[str, ...]:
+    """Networks (1.2.3.0/24, 2001:db8::/32, one address) or host names, in order."""
+    entries: list[str] = []
+    for item in value.replace(",", " ").split():
+        try:
+            entry = str(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            try:
+                entry = _hostname(item)
+            except ValueError:
+                raise ValueError(
+                    "must be a list of networks (192.0.2.0/24, 2001:db8::1) or host names "
+                    f"(mx.partner.example), got {item!r}"
+                ) from None
+        if entry not in entries:
+            entries.append(entry)
+    return tuple(entries)
+
+
+def _zones(value: str) -> tuple[str, ...]:
+    zones = []
+    for item in value.replace(",", " ").split():
+        try:
+            zones.append(_hostname(item))
+        except ValueError:
+            raise ValueError(
+                f"must be a list of DNS blocklist zones such as zen.spamhaus.org, got {item!r}"
+            ) from None
+    return tuple(zones)
+
+
+def _score(value: str) -> float:
+    try:
+        score = float(value.strip())
+    except ValueError:
+        raise ValueError(f"must be a number of points such as 5 or 7.5, got {value!r}") from None
+    if not score > 0 or score == float("inf"):
+        raise ValueError(f"must be more than zero, got {value!r}")
+    return score
+
+
 def _database_url(value: str) -> str:
     value = value.strip()
     if not (value.startswith("sqlite:///") or value.startswith("postgresql://")):
@@ -494,7 +569,60 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "timeout": (_positive_duration, "10"),
         "on_failure": (_choice("accept", "tempfail"), "accept"),
     },
+    "inbound": {
+        "checks": (_on_off, "on"),
+        "dmarc_reject": (_choice(*DMARC_ACTIONS), "reject"),
+        "dmarc_quarantine": (_choice(*QUARANTINE_ACTIONS), "junk"),
+        "trusted_forwarders": (_forwarders, ""),
+        "dnsbl_zones": (_zones, ""),
+        "junk_score": (_score, "5"),
+    },
 }
+
+# Keys named by a prefix and a domain: section -> prefix -> (parser, the key's attribute).
+# [inbound] trusted_forwarders.company.com = ... trusts forwarders for company.com only.
+_DOMAIN_KEYS: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
+    "inbound": {"trusted_forwarders.": (_forwarders, "domain_forwarders")},
+}
+
+
+def _domain_key(section: str, key: str) -> tuple[str, str] | None:
+    """(prefix, domain) when key is a per-domain key of section, else None."""
+    for prefix in _DOMAIN_KEYS.get(section, {}):
+        if key.startswith(prefix):
+            return prefix, key[len(prefix) :]
+    return None
+
+
+def _read_domain_keys(
+    path: str, parser: configparser.ConfigParser, values: dict[str, dict[str, Any]]
+) -> None:
+    for section, prefixes in _DOMAIN_KEYS.items():
+        found: dict[str, list[tuple[str, Any]]] = {
+            attribute: [] for _, attribute in prefixes.values()
+        }
+        keys = parser[section] if parser.has_section(section) else ()
+        for key in keys:
+            named = _domain_key(section, key)
+            if named is None:
+                continue
+            prefix, domain = named
+            parse, attribute = prefixes[prefix]
+            try:
+                domain = _hostname(domain)
+            except ValueError:
+                raise ConfigError(
+                    path,
+                    section,
+                    key,
+                    f"must be {prefix}DOMAIN with a domain such as company.com, got {domain!r}",
+                ) from None
+            try:
+                found[attribute].append((domain, parse(parser[section][key])))
+            except ValueError as problem:
+                raise ConfigError(path, section, key, str(problem)) from None
+        for attribute, pairs in found.items():
+            values[section][attribute] = tuple(sorted(pairs))
 
 
 def _read_values(path: str, parser: configparser.ConfigParser) -> dict[str, dict[str, Any]]:
@@ -503,8 +631,10 @@ def _read_values(path: str, parser: configparser.ConfigParser) -> dict[str, dict
             allowed = ", ".join(f"[{name}]" for name in _SCHEMA)
             raise ConfigError(path, section, None, f"unknown section; allowed: {allowed}")
         for key in parser[section]:
-            if key not in _SCHEMA[section]:
-                allowed = ", ".join(_SCHEMA[section])
+            if key not in _SCHEMA[section] and _domain_key(section, key) is None:
+                allowed = ", ".join(
+                    [*_SCHEMA[section], *(f"{p}DOMAIN" for p in _DOMAIN_KEYS.get(section, {}))]
+                )
                 raise ConfigError(path, section, key, f"unknown key; allowed: {allowed}")
     values: dict[str, dict[str, Any]] = {}
     for section, keys in _SCHEMA.items():
@@ -518,6 +648,7 @@ def _read_values(path: str, parser: configparser.ConfigParser) -> dict[str, dict
                 values[section][key] = parse(raw)
             except ValueError as problem:
                 raise ConfigError(path, section, key, str(problem)) from None
+    _read_domain_keys(path, parser, values)
     return values
 
 
@@ -562,6 +693,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         dns=DnsConfig(**values["dns"]),
         massmail=MassmailConfig(**values["massmail"]),
         spam=SpamConfig(**spam),
+        inbound=InboundConfig(**values["inbound"]),
     )
 
 

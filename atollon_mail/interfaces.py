@@ -35,9 +35,11 @@ class IMailIntake(Interface):
         """resolve_recipient's answer classified once: a Deferred firing with a
         records.Resolution (kind local / remote / foreign / refused)."""
 
-    def accept(envelope_sender, recipients, raw):
+    def accept(envelope_sender, recipients, raw, verdict=None):
         """
         Store raw (bytes, with our Received: header) for the resolved recipients.
+        `verdict` is the records.InboundVerdict of the inbound checks (port 25 only),
+        kept with the message.
 
         The Deferred fires with a StoredMessage only once the transaction holding the
         message has committed; it fails if the message may not have been kept. A failure
@@ -91,6 +93,22 @@ class ISMTPPolicy(Interface):
     def deliver(session, envelope, data):
         """End of data: data is the message with our Received: header. Accept(stored)
         once it is kept (stored.id is the queue id in the 250 reply), or the refusal."""
+
+
+class IInboundChecks(Interface):
+    """What port 25 asks about a message at the end of DATA, before its 250: sender
+    authentication (SPF, DKIM, DMARC, ARC), trusted forwarders, the spam filter or the
+    built-in score (atollon_mail.inbound). Not asked for mail of relay hosts."""
+
+    def check(session, envelope, data):
+        """
+        Deferred firing with an inbound.checks.InboundDecision for data (the message with
+        our Received: header) from session (smtp.session.Session) in envelope: its
+        `refusal` (code, enhanced status, text) to answer instead of storing, or its
+        `verdict` (records.InboundVerdict) and `prepared(data)`, the message to store
+        (our Authentication-Results on top, any claiming our name removed). Fails only
+        for a problem of ours (the policy answers 451).
+        """
 
 
 class ISMTPAuthPolicy(ISMTPPolicy):

@@ -25,6 +25,7 @@ from atollon_mail.connections import descriptor_shortfall
 from atollon_mail.delivery import build as delivery_build
 from atollon_mail.dns import build as dns_build
 from atollon_mail.events import Events
+from atollon_mail.inbound.rspamd import build_spam_filter
 from atollon_mail.massmail import build as massmail_build
 from atollon_mail.passwords import generate_password, hash_password
 from atollon_mail.selfsigned import load_or_create_self_signed
@@ -288,6 +289,8 @@ def build_appliance(
     # One password check and one throttle for 587, 465 and the web login, so a client gets
     # the same few guesses on all of them; argon2 runs in the CPU workers.
     authenticator = build_authenticator(store, reactor, workers.cpu)
+    # The spam filter ([spam] rspamd_url, or None): asked on port 25 before the 250.
+    spam_filter = build_spam_filter(config, reactor)
     services += smtp_build.build(
         config,
         store,
@@ -298,6 +301,7 @@ def build_appliance(
         delivery.submission_intake,
         authenticator,
         tls_options,
+        spam_filter=spam_filter,
     )
     services += web_build.build(
         config, store, events, workers, reactor, intake, authenticator, massmail.tokens

@@ -8,6 +8,7 @@ import attrs
 from twisted.application.service import IService
 
 from atollon_mail.config import Config
+from atollon_mail.delivery.arc import ArcSealer
 from atollon_mail.delivery.autoresponder import Autoresponder
 from atollon_mail.delivery.dkim_signer import DkimSigner
 from atollon_mail.delivery.dotjournal import DotJournal
@@ -45,6 +46,7 @@ def build(
     hear back at (see Intake)."""
     writers = 1 if store.is_sqlite else 2
     srs = SRS(load_or_create_srs_secret(config.delivery.srs_secret, config.appliance.data_dir))
+    sealer = ArcSealer(store, config.appliance.hostname, reactor, workers.cpu)
     intake = Intake(
         store,
         events,
@@ -53,6 +55,7 @@ def build(
         srs=srs,
         workers=workers.cpu,
         return_addresses=return_addresses,
+        sealer=sealer,
     )
     resolver = MXResolver(reactor, workers.dns, nameservers=config.delivery.nameservers)
     signer = DkimSigner(store, reactor, workers.cpu, config.delivery.dkim_key_retention)

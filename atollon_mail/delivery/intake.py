@@ -26,6 +26,7 @@ from atollon_mail.store import domains as domain_ops
 from atollon_mail.store import filing, forwarding, mailboxes, queue
 from atollon_mail.store.records import (
     ForwardingPlan,
+    InboundVerdict,
     IncomingMessage,
     Origin,
     OutgoingMessage,
@@ -247,8 +248,10 @@ class Intake:
 
     Mail for a mailbox with forwarding on goes on to its forward addresses too; copies
     sent elsewhere get an SRS envelope sender from `srs` (a delivery.srs.SRS; without
-    one they keep the original sender). Bounces to our SRS addresses resolve to the
-    original sender's address, which the SMTP server queues like any remote recipient.
+    one they keep the original sender) and an ARC seal from `sealer` (a
+    delivery.arc.ArcSealer; without one they go unsealed). Bounces to our SRS addresses
+    resolve to the original sender's address, which the SMTP server queues like any
+    remote recipient.
 
     Mail submitted here (by users, relay hosts, the web client) has its lines fitted to
     998 octets before it is stored (delivery.reencode; SMTP mail whenever it has a
@@ -267,8 +270,11 @@ class Intake:
         srs=None,
         workers=None,
         return_addresses=None,
+        sealer=None,
     ):
         self._store = store
+        # Seals what a mailbox forwards elsewhere (delivery.arc.ArcSealer; None: unsealed).
+        self._sealer = sealer
         self._events = events if events is not None else Events()
         self._workers = workers
         # With a clock, the set of our domains is cached for DOMAIN_CACHE_SECONDS, so a
@@ -362,8 +368,14 @@ class Intake:
         return self.resolve_recipient(local_part, domain).addCallback(routed)
 
     def accept(
-        self, envelope_sender: str, recipients: Sequence[Recipient | str], raw: bytes
+        self,
+        envelope_sender: str,
+        recipients: Sequence[Recipient | str],
+        raw: bytes,
+        verdict: InboundVerdict | None = None,
     ) -> Deferred:
+        """`verdict`: what the inbound checks said, stored with the message where it is
+        filed as received (not with copies that are forwarded or relayed)."""
         local = tuple(r for r in recipients if isinstance(r, Recipient))
         remote = tuple(r for r in recipients if not isinstance(r, Recipient))
         if remote and not fits_inline(raw):
@@ -371,9 +383,11 @@ class Intake:
             # to our SRS address): the message leaves from here, so its lines are fitted
             # first, as submitted mail's are; what cannot be fitted is refused (5.6.3).
             fitted = self._in_workers(fit_line_length, raw)
-            fitted.addCallback(lambda raw: self._route(envelope_sender, local, remote, raw))
+            fitted.addCallback(
+                lambda raw: self._route(envelope_sender, local, remote, raw, verdict)
+            )
             return fitted
-        return self._route(envelope_sender, local, remote, raw)
+        return self._route(envelope_sender, local, remote, raw, verdict)
 
     def _in_workers(self, function, raw: bytes, argument=None) -> Deferred:
         """function(argument or raw) in the CPU pool when raw is large enough to hold the
@@ -392,19 +406,38 @@ class Intake:
         return maybeDeferred(function, argument)
 
     def _route(
-        self, envelope_sender: str, local: tuple[Recipient, ...], remote: tuple, raw: bytes
+        self,
+        envelope_sender: str,
+        local: tuple[Recipient, ...],
+        remote: tuple,
+        raw: bytes,
+        verdict: InboundVerdict | None = None,
     ) -> Deferred:
         if any(recipient.forwards for recipient in local):
             planned = self._store.run(forwarding.expand_forwarding, local)
-            planned.addCallback(self._forward, envelope_sender, remote, raw)
+            planned.addCallback(self._forward, envelope_sender, remote, raw, verdict)
             return planned
-        return self._accept(envelope_sender, local, remote, raw)
+        return self._accept(envelope_sender, local, remote, raw, verdict)
 
-    def _forward(self, plan: ForwardingPlan, envelope_sender: str, remote: tuple, raw: bytes):
+    def _forward(
+        self,
+        plan: ForwardingPlan,
+        envelope_sender: str,
+        remote: tuple,
+        raw: bytes,
+        verdict: InboundVerdict | None = None,
+    ):
         self._check_loop(plan, raw)
         if not plan.remote:
-            return self._accept(envelope_sender, plan.filed, remote, raw)
+            return self._accept(envelope_sender, plan.filed, remote, raw, verdict)
         raw = self._marked(plan, raw)
+        if self._sealer is not None and plan.srs_domain:
+            sealed = self._sealer.seal(raw, plan.srs_domain)
+            sealed.addCallback(self._queue_forwarded, plan, envelope_sender, remote)
+            return sealed
+        return self._queue_forwarded(raw, plan, envelope_sender, remote)
+
+    def _queue_forwarded(self, raw: bytes, plan: ForwardingPlan, envelope_sender: str, remote):
         outgoing = OutgoingMessage(
             envelope_sender=self._forward_sender(envelope_sender, plan.srs_domain),
             return_path=envelope_sender,
@@ -462,13 +495,19 @@ class Intake:
         return rewritten
 
     def _accept(
-        self, envelope_sender: str, local: tuple[Recipient, ...], remote: tuple, raw: bytes
+        self,
+        envelope_sender: str,
+        local: tuple[Recipient, ...],
+        remote: tuple,
+        raw: bytes,
+        verdict: InboundVerdict | None = None,
     ) -> Deferred:
         if not remote:
             incoming = IncomingMessage(
                 envelope_sender=envelope_sender,
                 recipients=local,
                 raw=raw,
+                verdict=verdict,
                 **summarize_headers(raw),
             )
             stored = self._local.add(incoming)
@@ -562,8 +601,10 @@ class SubmissionIntake:
     def lookup_recipient(self, local_part: str, domain: str) -> Deferred:
         return self._intake.lookup_recipient(local_part, domain)
 
-    def accept(self, envelope_sender: str, recipients: Any, raw: bytes) -> Deferred:
-        return self._intake.accept(envelope_sender, recipients, raw)
+    def accept(
+        self, envelope_sender: str, recipients: Any, raw: bytes, verdict: Any = None
+    ) -> Deferred:
+        return self._intake.accept(envelope_sender, recipients, raw, verdict)
 
     def sending_identities(self, login: str) -> Deferred:
         return self._store.run(mailboxes.sending_identities, login)

@@ -12,12 +12,14 @@ must name this appliance.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 
 import attrs
 
 from atollon_mail.config import Config, hostname_problem
 from atollon_mail.delivery import dkim
 from atollon_mail.dns import spfrecord
+from atollon_mail.dns.dmarcrecord import dmarc_tags
 from atollon_mail.dns.lookup import LookupFailed, Lookups, reverse_name
 from atollon_mail.store.records import DnsSubject
 
@@ -59,6 +61,10 @@ class Advice:
     warnings: tuple[str, ...]
     notes: tuple[str, ...]
     forwarding: tuple[tuple[str, str], ...]  # (address at the other provider, ours)
+    # Secondary mode: the servers that forward the primary domain's mail here, as
+    # (host name or network, what is known of it): configured in [inbound]
+    # trusted_forwarders, or seen as the primary domain's MX (trusted or not).
+    trusted_forwarders: tuple[tuple[str, str], ...] = ()
 
 
 def _quoted(value: str) -> str:
@@ -69,23 +75,6 @@ def _quoted(value: str) -> str:
         text = chunk.decode("utf-8", "replace").replace("\\", "\\\\").replace('"', '\\"')
         parts.append(f'"{text}"')
     return " ".join(parts)
-
-
-def dmarc_tags(text: str) -> dict[str, str] | None:
-    """The tags of a DMARC record, or None when it is not one (RFC 7489 section 6.4)."""
-    tags: dict[str, str] = {}
-    for part in text.split(";"):
-        part = part.strip()
-        if not part:
-            continue
-        name, equals, value = part.partition("=")
-        if not equals:
-            return None
-        tags.setdefault(name.strip().lower(), value.strip())
-    first = text.split(";", 1)[0].replace(" ", "").lower()
-    if first != "v=dmarc1" or tags.get("p", "").lower() not in ("none", "quarantine", "reject"):
-        return None
-    return tags
 
 
 def _organizational(domain: str) -> str:
@@ -305,10 +294,56 @@ class _Builder:
         self.notes.append(MICROSOFT_365_NOTE)
         return subject.forwards
 
+    def forwarders(self, domain: str, primary: str) -> tuple[tuple[str, str], ...]:
+        """The forwarders of a secondary domain: those configured for it (or for its
+        primary domain, or for all), and the primary domain's MX hosts, which forward
+        its mailboxes here and must be trusted for their forwarded mail to pass."""
+        inbound = self.config.inbound
+        configured = tuple(
+            dict.fromkeys(inbound.forwarders_for(domain) + inbound.forwarders_for(primary))
+        )
+        listed = [
+            (entry, "trusted forwarder ([inbound] trusted_forwarders)") for entry in configured
+        ]
+        networks = [ipaddress.ip_network(entry) for entry in configured if "/" in entry]
+        hosts: list[str] = []
+        if self.lookups is not None:
+            try:
+                hosts = [host for _, host in self.lookups.mx(primary)]
+            except LookupFailed as problem:
+                self.warnings.append(f"could not read the MX of {primary}: {problem}")
+        untrusted = []
+        for host in hosts:
+            if not host or host == self.config.appliance.hostname or host in configured:
+                continue
+            try:
+                addresses = self.lookups.addresses(host, "A") + self.lookups.addresses(host, "AAAA")
+            except LookupFailed:
+                addresses = []
+            if any(
+                ipaddress.ip_address(address) in network
+                for address in addresses
+                for network in networks
+                if ipaddress.ip_address(address).version == network.version
+            ):
+                listed.append((host, f"MX of {primary}, a trusted forwarder by its address"))
+                continue
+            listed.append((host, f"MX of {primary}, not a trusted forwarder"))
+            untrusted.append(host)
+        if untrusted:
+            self.warnings.append(
+                f"{', '.join(untrusted)} (the MX of {primary}) forwards mail for {primary} "
+                f"here but is not a trusted forwarder: add it to [inbound] "
+                f"trusted_forwarders.{domain}, or the mail it forwards fails SPF here and "
+                "DMARC may send it to Junk"
+            )
+        return tuple(listed)
+
     def build(self) -> Advice:
         subject = self.subject
         domain = subject.domain.name
         forwarding: tuple[tuple[str, str], ...] = ()
+        forwarders: tuple[tuple[str, str], ...] = ()
         # A name like localhost cannot be anyone's MX, A or PTR target: say so instead.
         problem = hostname_problem(self.config.appliance)
         if problem:
@@ -326,6 +361,8 @@ class _Builder:
             self.appliance_host()
         if subject.domain.mode == "secondary":
             forwarding = self.secondary()
+            if subject.domain.primary_domain:
+                forwarders = self.forwarders(domain, subject.domain.primary_domain)
         for sending in subject.sending_domains:
             self.spf(sending)
         self.dkim()
@@ -343,6 +380,7 @@ class _Builder:
             warnings=tuple(self.warnings),
             notes=tuple(self.notes),
             forwarding=forwarding,
+            trusted_forwarders=forwarders,
         )
 
 
@@ -363,6 +401,12 @@ def zone_text(advice: Advice) -> str:
         lines.append(record.zone_line())
     lines.extend(_comment_block("warnings", [f"! {w}" for w in advice.warnings]))
     lines.extend(_comment_block("notes", advice.notes))
+    lines.extend(
+        _comment_block(
+            f"servers forwarding mail for {advice.primary_domain} here",
+            [f"{forwarder}: {known}" for forwarder, known in advice.trusted_forwarders],
+        )
+    )
     if advice.forwarding:
         lines.extend(
             _comment_block(
@@ -408,4 +452,8 @@ def advice_json(advice: Advice) -> dict:
         "warnings": list(advice.warnings),
         "notes": list(advice.notes),
         "forwarding": [{"from": left, "to": right} for left, right in advice.forwarding],
+        "trusted_forwarders": [
+            {"forwarder": forwarder, "known": known}
+            for forwarder, known in advice.trusted_forwarders
+        ],
     }

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from atollon_mail.config import Config, hostname_problem
 from atollon_mail.dns import spfrecord
-from atollon_mail.dns.advisor import dmarc_tags
+from atollon_mail.dns.dmarcrecord import dmarc_tags
 from atollon_mail.dns.lookup import LookupFailed, Lookups, spf_evaluate
 from atollon_mail.store.records import DnsCheckResult, DnsSubject, PublishedKey
 

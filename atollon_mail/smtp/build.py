@@ -8,6 +8,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from atollon_mail.config import Config
 from atollon_mail.events import Events
+from atollon_mail.inbound import build as inbound_build
 from atollon_mail.listening import limited
 from atollon_mail.smtp.policies import MXPolicy, SubmissionPolicy
 from atollon_mail.smtp.server import SMTPServerFactory
@@ -25,14 +26,17 @@ def build(
     submission_intake,
     authenticator,
     tls_options,
+    spam_filter=None,
 ) -> tuple[IService, ...]:
     """The "smtp", "submission" and "submission-tls" listeners, each with its connection
-    caps: one protocol, the MX policy on port 25 (mail goes to `intake`) and the
+    caps: one protocol, the MX policy on port 25 (mail goes to `intake` once the inbound
+    checks of [inbound], asking `spam_filter` when one is given, accept it) and the
     submission policy on 587 and 465 (`submission_intake`; AUTH checked by
     `authenticator`, the one the web uses); STARTTLS and implicit TLS use `tls_options`."""
     hostname = config.appliance.hostname
     services = []
-    mx_policy = MXPolicy(intake, hostname, config.smtp.relay_networks)
+    checks = inbound_build.build(config, store, workers, reactor, spam_filter=spam_filter)
+    mx_policy = MXPolicy(intake, hostname, config.smtp.relay_networks, checks)
     smtp_factory = SMTPServerFactory(
         mx_policy, hostname, config.smtp, reactor, tls_options=tls_options
     )

@@ -2,7 +2,9 @@
 policy (587 and 465), each an ISMTPPolicy for the one protocol in smtp.server.
 
 MX: mail for our domains from anyone, mail to other domains only from hosts of [smtp]
-relay_networks; the message goes to the intake at end of data.
+relay_networks; at end of data the inbound checks (IInboundChecks: sender
+authentication, spam) decide, except for relay hosts, and the message goes to the intake
+with their verdict, or is refused with their reply.
 
 Submission: AUTH PLAIN and LOGIN (offered by the protocol only once TLS is active) are
 checked by the appliance's one IAuthenticator (throttled per client address and per
@@ -26,7 +28,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from atollon_mail.auth import Throttled
-from atollon_mail.interfaces import IMailIntake, ISMTPAuthPolicy, ISMTPPolicy, ISubmissionIntake
+from atollon_mail.interfaces import (
+    IInboundChecks,
+    IMailIntake,
+    ISMTPAuthPolicy,
+    ISMTPPolicy,
+    ISubmissionIntake,
+)
 from atollon_mail.smtp.address import Path, is_relay_attempt
 from atollon_mail.smtp.session import Accept, Envelope, Reply, Session, networks, within
 from atollon_mail.store.records import (
@@ -46,6 +54,7 @@ AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure, try agai
 TOO_MANY_FAILURES = Reply(421, "4.7.0", "Too many failed authentications, try again later")
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 SENDER_UNCHECKED = Reply(451, "4.3.0", "Error: cannot check the sender now, try again later")
+MESSAGE_UNCHECKED = Reply(451, "4.3.0", "Error: cannot check the message now, try again later")
 
 
 def relay_denied(path: Path) -> Reply:
@@ -80,12 +89,20 @@ def not_stored(failure: Failure) -> Reply:
 
 @implementer(ISMTPPolicy)
 class MXPolicy:
-    """Port 25: whom the Internet may send to here (IMailIntake answers who an address is)."""
+    """Port 25: whom the Internet may send to here (IMailIntake answers who an address is)
+    and, with `checks` (IInboundChecks; None: off), what is done with each message."""
 
-    def __init__(self, intake: IMailIntake, hostname: str, relay_networks: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        intake: IMailIntake,
+        hostname: str,
+        relay_networks: tuple[str, ...] = (),
+        checks: IInboundChecks | None = None,
+    ):
         self.intake = intake
         self.hostname = hostname
         self.relay_networks = networks(relay_networks)
+        self.checks = checks
 
     def may_relay(self, client_ip: str | None) -> bool:
         """Hosts of [smtp] relay_networks may send to any domain without logging in."""
@@ -126,9 +143,31 @@ class MXPolicy:
         return refused_recipient(path, resolution)
 
     def deliver(self, session: Session, envelope: Envelope, data: bytes) -> Deferred:
-        deferred = maybeDeferred(
-            self.intake.accept, envelope.sender.address, tuple(envelope.recipients), data
-        )
+        # Relay hosts are ours: their mail is not checked (nor is submitted mail).
+        if self.checks is None or self.may_relay(session.peer):
+            return self._store(envelope, data)
+        deferred = maybeDeferred(self.checks.check, session, envelope, data)
+        deferred.addCallbacks(self._checked, self._unchecked, callbackArgs=(envelope, data))
+        return deferred
+
+    def _checked(self, decision: Any, envelope: Envelope, data: bytes) -> Any:
+        refusal = decision.refusal
+        if refusal is not None:
+            return Reply(refusal.code, refusal.status, refusal.text)
+        return self._store(envelope, decision.prepared(data), decision.verdict)
+
+    def _unchecked(self, failure: Failure) -> Reply:
+        log.failure("Checking a received message failed", failure)
+        return MESSAGE_UNCHECKED
+
+    def _store(self, envelope: Envelope, data: bytes, verdict: Any = None) -> Deferred:
+        recipients = tuple(envelope.recipients)
+        if verdict is None:
+            deferred = maybeDeferred(self.intake.accept, envelope.sender.address, recipients, data)
+        else:
+            deferred = maybeDeferred(
+                self.intake.accept, envelope.sender.address, recipients, data, verdict=verdict
+            )
         return deferred.addCallbacks(stored, not_stored)
 
 

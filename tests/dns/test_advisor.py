@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import attrs
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
 from atollon_mail.commands.dns import _records_table
+from atollon_mail.config import InboundConfig
 from atollon_mail.dns import advisor
 from atollon_mail.dns.lookup import Lookups
 from atollon_mail.store.records import DnsSubject, DomainRecord, PublishedKey
@@ -252,6 +254,60 @@ class PrimaryModeTests(AdvisorTestBase):
 
 
 class SecondaryModeTests(AdvisorTestBase):
+    def with_forwarders(self, **inbound):
+        return attrs.evolve(self.config, inbound=InboundConfig(**inbound))
+
+    @defer.inlineCallbacks
+    def test_the_primary_domains_mx_must_be_a_trusted_forwarder(self):
+        advice = yield self.advise(secondary_subject((ACME_KEY,), FORWARDS))
+        self.assertEqual(
+            advice.trusted_forwarders,
+            (("mx.provider.test", "MX of acme.test, not a trusted forwarder"),),
+        )
+        (warning,) = [w for w in advice.warnings if "trusted forwarder" in w]
+        self.assertIn("add it to [inbound] trusted_forwarders.crm.acme.test", warning)
+        lines = advisor.zone_text(advice).splitlines()
+        self.assertIn("; servers forwarding mail for acme.test here:", lines)
+        self.assertIn(";   mx.provider.test: MX of acme.test, not a trusted forwarder", lines)
+        data = advisor.advice_json(advice)
+        self.assertEqual(
+            data["trusted_forwarders"],
+            [
+                {
+                    "forwarder": "mx.provider.test",
+                    "known": "MX of acme.test, not a trusted forwarder",
+                }
+            ],
+        )
+
+    @defer.inlineCallbacks
+    def test_configured_forwarders_are_listed(self):
+        config = self.with_forwarders(
+            trusted_forwarders=("192.0.2.99/32",),
+            domain_forwarders=(("crm.acme.test", ("mx.provider.test",)),),
+        )
+        advice = yield self.advise(secondary_subject((ACME_KEY,), FORWARDS), config)
+        self.assertEqual(
+            [forwarder for forwarder, _ in advice.trusted_forwarders],
+            ["192.0.2.99/32", "mx.provider.test"],
+        )
+        self.assertEqual([w for w in advice.warnings if "trusted forwarder" in w], [])
+
+    @defer.inlineCallbacks
+    def test_an_mx_trusted_by_its_network(self):
+        config = self.with_forwarders(domain_forwarders=(("acme.test", ("198.51.100.0/24",)),))
+        advice = yield self.advise(secondary_subject((ACME_KEY,), FORWARDS), config)
+        self.assertIn(
+            ("mx.provider.test", "MX of acme.test, a trusted forwarder by its address"),
+            advice.trusted_forwarders,
+        )
+        self.assertEqual([w for w in advice.warnings if "trusted forwarder" in w], [])
+
+    @defer.inlineCallbacks
+    def test_a_primary_domain_has_no_forwarders_listed(self):
+        advice = yield self.advise(primary_subject((GOOD_KEY,)))
+        self.assertEqual(advice.trusted_forwarders, ())
+
     @defer.inlineCallbacks
     def test_zone(self):
         advice = yield self.advise(secondary_subject((ACME_KEY,), FORWARDS))

@@ -79,14 +79,14 @@ class ReceivingTests(ApplianceTestCase):
         self.assertEqual(jane[0].message.id, joe[0].message.id, "stored once, filed twice")
         self.assertEqual(jane[0].context.kind, "todo")
         raw = self.raw(jane[0].message.id)
-        # The final delivery's Return-Path on top (RFC 5321 4.4), then our trace field.
+        # The final delivery's Return-Path on top (RFC 5321 4.4), then what the inbound
+        # checks found (Authentication-Results, X-Spam-Status), then our trace field.
         self.assertTrue(
-            raw.startswith(
-                b"Return-Path: <someone@example.org>\r\n"
-                b"Received: from client.example.org ([127.0.0.1])"
-            ),
+            raw.startswith(b"Return-Path: <someone@example.org>\r\nAuthentication-Results: "),
             raw[:120],
         )
+        trace = raw.index(b"\r\nReceived: from client.example.org ([127.0.0.1])")
+        self.assertLess(raw.index(b"\r\nX-Spam-Status: "), trace)
         self.assertTrue(raw.endswith(MESSAGE), "dot-stuffing by the client is undone exactly")
 
     def test_refusals_at_rcpt(self):

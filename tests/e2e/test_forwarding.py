@@ -12,9 +12,13 @@ import email.policy
 import smtplib
 import time
 
+import dkim as dkimpy
 from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
+from atollon_mail.delivery import dkim
+from atollon_mail.delivery.mx import dns_resolver
+from atollon_mail.store import domains
 from tests.builders import commands_succeed, mailbox_commands, started_appliance
 from tests.dnsserver import start_dns_server
 from tests.remote_mta import RemoteMTA
@@ -94,7 +98,14 @@ class ForwardingTests(unittest.TestCase):
         self.assertTrue(
             forwarded.sender.endswith("=elsewhere.test=someone@acme.test"), forwarded.sender
         )
-        self.assertTrue(forwarded.data.startswith(b"Delivered-To: joe@acme.test\r\nReceived: "))
+        # What the inbound checks found on arrival travels on above our Received: header.
+        self.assertTrue(
+            forwarded.data.startswith(
+                b"Delivered-To: joe@acme.test\r\nAuthentication-Results: mx.acme.test;"
+            ),
+            forwarded.data[:200],
+        )
+        self.assertIn(b"\r\nReceived: from mx.elsewhere.test", forwarded.data)
         self.assertTrue(forwarded.data.endswith(MESSAGE))
 
         # The second forwarded message is refused: our runner bounces it to the SRS
@@ -121,6 +132,27 @@ class ForwardingTests(unittest.TestCase):
         relayed = self.delivered_to("someone@elsewhere.test")[1]
         self.assertEqual(relayed.sender, "")
         self.assertTrue(relayed.data.endswith(bounce))
+
+    @defer.inlineCallbacks
+    def test_forwarded_mail_carries_an_arc_seal_the_next_hop_verifies(self):
+        yield threads.deferToThread(
+            commands_succeed, self, self.appliance, [("dkim", "generate", "acme.test")]
+        )
+        (key,) = self.appliance.run_sync(domains.dkim_keys, "acme.test")
+        self.dns.set_records(
+            f"{key.selector}._domainkey.acme.test",
+            [("TXT", dkim.txt_value(key.algorithm, key.public_key))],
+        )
+        yield threads.deferToThread(self.send, "someone@elsewhere.test", ["joe@acme.test"])
+        [forwarded] = yield self.wait_for(lambda: self.delivered_to("bob@remote.test"), "bob")
+        self.assertTrue(forwarded.data.startswith(b"ARC-Seal: i=1; cv=none;"), forwarded.data[:80])
+        resolver = dns_resolver((self.dns.nameserver,), timeout=5)
+        validation, sets, reason = yield threads.deferToThread(
+            dkimpy.arc_verify, forwarded.data, dnsfunc=dkim._txt_lookup(resolver)
+        )
+        self.assertEqual((validation, reason), (b"pass", "success"))
+        self.assertEqual(sets[0]["as-domain"], b"acme.test")
+        self.assertIn(b"mx.acme.test;", sets[0]["aar-value"])
 
     @defer.inlineCallbacks
     def test_forged_srs_address_is_refused_at_rcpt(self):

@@ -55,6 +55,7 @@ class AcceptCall:
     envelope_sender: str
     recipients: tuple
     raw: bytes
+    verdict: object = None
 
 
 @implementer(IMailIntake)
@@ -123,8 +124,8 @@ class FakeIntake:
     def lookup_recipient(self, local_part, domain):
         return self.resolve_recipient(local_part, domain).addCallback(Resolution.of)
 
-    def accept(self, envelope_sender, recipients, raw):
-        self.accept_calls.append(AcceptCall(envelope_sender, tuple(recipients), raw))
+    def accept(self, envelope_sender, recipients, raw, verdict=None):
+        self.accept_calls.append(AcceptCall(envelope_sender, tuple(recipients), raw, verdict))
         if self.fail_accepts:
             return defer.fail(StorageFailed("could not commit"))
         stored = StoredMessage(id=self._next_id, filings=len(recipients))
