@@ -124,11 +124,14 @@ def add_mailbox(
     active: bool = True,
     store_to_context_id: int | None = None,
     actor: str | None = None,
+    spam_handling: str = "junk",
 ) -> MailboxRecord:
     """A new mailbox. Its identity is by default its own address, in secondary mode the
     same name at the primary domain; another one is checked by `identities.approve` as set
-    by `actor` (a login; None is the appliance's administrator at the command line)."""
+    by `actor` (a login; None is the appliance's administrator at the command line).
+    `spam_handling`: see update_mailbox."""
     local, domain_name = normalize_address(address)
+    spam_handling = normalize_spam_handling(spam_handling)
     domain = get_domain_row(domain_name)
     owner = get_user_row(owner_login)
     # Locked: a concurrent mailbox or alias of this name, or another first mailbox of this
@@ -164,6 +167,7 @@ def add_mailbox(
         signature="",
         next_uid=1,
         created_at=utc_now(),
+        spam_handling=spam_handling,
     )
     # Checked on the new row (its own addresses are known then); a refusal rolls it back.
     approved = identities.approve(mailbox, identity, identities.is_admin(actor))
