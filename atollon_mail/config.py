@@ -129,6 +129,14 @@ class DeliveryConfig:
 
 
 @attrs.frozen
+class SpamConfig:
+    """[spam]: the spam filter and the Junk folder."""
+
+    # --- the Junk folder ---------------------------------------------------------------
+    junk_retention_days: int = 30  # Junk older than this many days is purged
+
+
+@attrs.frozen
 class Config:
     path: str
     appliance: ApplianceConfig
@@ -139,6 +147,7 @@ class Config:
     delivery: DeliveryConfig
     dns: DnsConfig = DnsConfig(None, 86400.0, None, False)
     massmail: MassmailConfig = MassmailConfig(50.0, 1000, None)
+    spam: SpamConfig = SpamConfig()
 
     def replace_listen(
         self, smtp: str | None = None, web: str | None = None, submission: str | None = None
@@ -467,6 +476,10 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "unsubscribe_url": (_optional_url, ""),
         "secret": (_optional_text, ""),
     },
+    "spam": {
+        # --- the Junk folder ---
+        "junk_retention_days": (_whole_number(1), "30"),
+    },
 }
 
 
@@ -529,6 +542,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         delivery=DeliveryConfig(**delivery),
         dns=DnsConfig(**values["dns"]),
         massmail=MassmailConfig(**values["massmail"]),
+        spam=SpamConfig(**values["spam"]),
     )
 
 
