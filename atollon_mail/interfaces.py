@@ -155,3 +155,16 @@ class IEvents(Interface):
     queued = Attribute("IEventChannel: a commit queued mail for remote delivery.")
     filed = Attribute("IEventChannel: a message was filed into local mailboxes.")
     outcome = Attribute("IEventChannel: delivery outcomes were committed.")
+
+
+class ISpamLearner(Interface):
+    """Teaches the spam filter what a user decided about a message (the web client's "Junk"
+    and "Not junk"; for rspamd its /learnspam and /learnham)."""
+
+    def learn(raw, spam):
+        """
+        Teach the filter that raw (the message's bytes) is spam (spam True) or not (False).
+
+        Returns a Deferred firing once the filter has learnt it, failing when it could
+        not (down, slow, refused); the message has been moved either way.
+        """

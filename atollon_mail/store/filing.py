@@ -101,6 +101,7 @@ def _message_summary(message: Message) -> MessageSummary:
         date_header=message.date_header,
         envelope_sender=message.envelope_sender,
         received_at=message.received_at,
+        verdict=verdict_from_json(message.verdict),
     )
 
 
@@ -586,19 +587,3 @@ def purge_junk(before: datetime.datetime, limit: int = PURGE_BATCH) -> int:
             tuple(chunk),
         )
     return len(rows)
-
-
-@read_only
-def mailbox_message_raw(mailbox_address: str, message_id: int) -> bytes:
-    """A message's raw bytes, only if it is filed in this mailbox: an id alone shows
-    nothing of another mailbox's mail."""
-    mailbox = get_mailbox_row(mailbox_address)
-    filed = Filing.select(Filing.id).where(
-        (Filing.mailbox == mailbox.id) & (Filing.message == message_id)
-    )
-    if not filed.exists():
-        raise NotFound(f"no message {message_id} in {mailbox_address}")
-    message = Message.get_or_none(Message.id == message_id)
-    if message is None:
-        raise NotFound(f"no message with id {message_id}")
-    return bytes(message.raw)

@@ -72,6 +72,8 @@ class MessageSummary:
     date_header: str | None
     envelope_sender: str
     received_at: datetime.datetime
+    # What the inbound checks said of it (None: nothing checked it).
+    verdict: InboundVerdict | None = None
 
 
 @attrs.frozen
