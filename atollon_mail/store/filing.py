@@ -523,6 +523,9 @@ def move_message(mailbox_address: str, message_id: int, folder: str) -> FolderMo
     folder = _folder(folder)
     mailbox = get_mailbox_row(mailbox_address)
     address = f"{mailbox.local_part}@{mailbox.domain.name}"
+    # Locked first (PostgreSQL): two moves of one message run one after the other, and
+    # the second finds it moved already.
+    lock_mailboxes([mailbox.id])
     filings = list(
         Filing.select(Filing.id, Filing.folder)
         .where((Filing.mailbox == mailbox.id) & (Filing.message == message_id))
@@ -534,7 +537,6 @@ def move_message(mailbox_address: str, message_id: int, folder: str) -> FolderMo
     stamp = Filing.filed_at.db_value(utc_now())
     moving = [filing_id for filing_id, found in filings if found != folder]
     for filing_id in moving:
-        # The uid counter's row update locks the mailbox, as filing new mail does.
         (next_uid,) = execute_prepared("next_uid", (mailbox.id,)).fetchone()
         Filing.update(folder=folder, uid=next_uid - 1, filed_at=stamp).where(
             Filing.id == filing_id

@@ -79,7 +79,6 @@ def verdict_lines(verdict: InboundVerdict | None) -> dict | None:
         "score": score,
         "reasons": list(verdict.spam_symbols[:SHOWN_SYMBOLS]),
         "more_reasons": max(0, len(verdict.spam_symbols) - SHOWN_SYMBOLS),
-        "action": verdict.spam_action,
         "scanned": verdict.scanned,
         "authentication": verdict.authentication,
     }

@@ -7,14 +7,15 @@ from __future__ import annotations
 import datetime
 
 import peewee
-from twisted.internet import reactor
+from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from atollon_mail.store import aliases, migrations, queue
 from atollon_mail.store import filing as filing_ops
 from atollon_mail.store import mailboxes as mailbox_ops
+from atollon_mail.store.database import open_database
 from atollon_mail.store.errors import Invalid, NotFound
-from atollon_mail.store.models import Filing, Message, utc_now
+from atollon_mail.store.models import Filing, Message, database_proxy, utc_now
 from atollon_mail.store.pool import Store
 from atollon_mail.store.records import (
     FolderMove,
@@ -339,7 +340,23 @@ class SqliteJunkTests(SqliteStoreMixin, JunkContract, unittest.TestCase):
 
 
 class PostgresJunkTests(PostgresStoreMixin, JunkContract, unittest.TestCase):
-    pass
+    @defer.inlineCallbacks
+    def test_a_move_waits_for_one_under_way_and_finds_it_done(self):
+        # (SQLite has one writer: there, moves never overlap.)
+        message_id = self.store_one("joe@acme.test")
+        joe = self.recipient("joe@acme.test")
+        other = open_database(self.database_url)
+        self.addCleanup(other.close)
+        with database_proxy.bound_to(other), other.atomic():
+            filing_ops.lock_mailboxes([joe.mailbox_id])  # a move under way holds it
+            racing = self.store.run(filing_ops.move_to_junk, "joe@acme.test", message_id)
+            yield task.deferLater(reactor, 0.5, lambda: None)
+            self.assertFalse(racing.called, "the second move waits for the first")
+            self.assertEqual(filing_ops.move_to_junk("joe@acme.test", message_id).moved, 1)
+        move = yield racing
+        self.assertEqual((move.folder, move.moved), ("junk", 0))
+        [junk] = self.sync(filing_ops.list_junk, "joe@acme.test")
+        self.assertEqual(junk.uid, 2)
 
 
 # --- migration 9 ----------------------------------------------------------------------
