@@ -60,11 +60,15 @@ class MassmailConfig:
 
 @attrs.frozen
 class SpamConfig:
-    rspamd_url: str | None  # rspamd's normal worker (or controller); None: no spam filter
-    controller_url: str | None  # where /learnham and /learnspam go; None: rspamd_url
-    controller_password: str | None  # the controller's (enable_)password, if it asks one
-    timeout: float  # seconds for one answer
-    on_failure: str  # "accept" (kept, tagged not scanned) or "tempfail" (451)
+    """[spam]: the spam filter and the Junk folder."""
+
+    rspamd_url: str | None = None  # rspamd's normal worker; None: no spam filter
+    controller_url: str | None = None  # where /learnham and /learnspam go; None: rspamd_url
+    controller_password: str | None = None  # the controller's (enable_)password, if any
+    timeout: float = 10.0  # seconds for one answer
+    on_failure: str = "accept"  # "accept" (kept, tagged not scanned) or "tempfail" (451)
+    # --- the Junk folder ---------------------------------------------------------------
+    junk_retention_days: int = 30  # Junk older than this many days is purged
 
 
 @attrs.frozen
@@ -172,7 +176,7 @@ class Config:
     delivery: DeliveryConfig
     dns: DnsConfig = DnsConfig(None, 86400.0, None, False)
     massmail: MassmailConfig = MassmailConfig(50.0, 1000, None)
-    spam: SpamConfig = SpamConfig(None, None, None, 10.0, "accept")
+    spam: SpamConfig = SpamConfig()
     inbound: InboundConfig = InboundConfig()
 
     def replace_listen(
@@ -568,6 +572,8 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "controller_password": (_optional_text, ""),
         "timeout": (_positive_duration, "10"),
         "on_failure": (_choice("accept", "tempfail"), "accept"),
+        # --- the Junk folder ---
+        "junk_retention_days": (_whole_number(1), "30"),
     },
     "inbound": {
         "checks": (_on_off, "on"),

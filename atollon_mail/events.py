@@ -5,9 +5,10 @@ an object after it was made:
 
 - `queued()`: a commit queued mail for remote delivery (the intake, the mass-mail
   sender); the delivery runner wakes up.
-- `filed(envelope_sender, recipients, raw)`: a message was filed into local mailboxes
-  for every recipient the store filed it for; the auto-responder and the campaign
-  returns listen.
+- `filed(envelope_sender, recipients, raw, junk)`: a message was filed into local
+  mailboxes for every recipient the store filed it for; `junk` holds the mailbox ids of
+  those it went to the Junk folder of (the inbound checks called it junk). The
+  auto-responder (which answers no junk) and the campaign returns listen.
 - `outcome(results)`: the delivery runner committed the outcomes of one connection (a
   tuple of store.records.DeliveryResult).
 

@@ -201,3 +201,16 @@ class ICountedConnection(Interface):
 
     def when_lost(callback):
         """Call callback() once, when the connection is lost."""
+
+
+class ISpamLearner(Interface):
+    """Teaches the spam filter what a user decided about a message (the web client's "Junk"
+    and "Not junk"; for rspamd its /learnspam and /learnham)."""
+
+    def learn(raw, spam):
+        """
+        Teach the filter that raw (the message's bytes) is spam (spam True) or not (False).
+
+        Returns a Deferred firing once the filter has learnt it, failing when it could
+        not (down, slow, refused); the message has been moved either way.
+        """

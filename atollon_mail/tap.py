@@ -304,7 +304,15 @@ def build_appliance(
         spam_filter=spam_filter,
     )
     services += web_build.build(
-        config, store, events, workers, reactor, intake, authenticator, massmail.tokens
+        config,
+        store,
+        events,
+        workers,
+        reactor,
+        intake,
+        authenticator,
+        massmail.tokens,
+        learner=spam_filter,  # "Junk" and "Not junk" teach it
     )
     for child in services:
         child.setServiceParent(appliance)

@@ -54,10 +54,11 @@ def web_root(
     recipient_tokens=None,
     authenticator=None,
     intake=None,
+    learner=None,
 ):
     """The web root as the web builder makes it: a real intake on `store` (with events
     nobody listens to), started workers, and argon2 in their CPU pool unless the test
-    brings its own `authenticator`."""
+    brings its own `authenticator`; `learner` is the spam filter's (None: none)."""
     workers = started_workers(test, reactor)
     if intake is None:
         intake = Intake(store, Events())
@@ -72,6 +73,7 @@ def web_root(
         authenticator,
         recipient_tokens=recipient_tokens,
         clock=clock,
+        learner=learner,
     )
 
 

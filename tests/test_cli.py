@@ -432,10 +432,11 @@ class CliContractMixin(ConfiguredCli):
             self.ok("mailbox", "list").lines,
             [
                 "ADDRESS        OWNER  IDENTITY       STORE TO             ACTIVE  DEFAULT"
-                "  ALIASES",
-                "info@acme.com  joe    info@acme.com  todo #1 To Do (joe)  no      no       -",
-                "joe@acme.com   joe    joe@acme.com   todo #1 To Do (joe)  yes     yes"
-                "      boss@acme.com, sales@acme.com",
+                "  SPAM  ALIASES",
+                "info@acme.com  joe    info@acme.com  todo #1 To Do (joe)  no      no       junk"
+                "  -",
+                "joe@acme.com   joe    joe@acme.com   todo #1 To Do (joe)  yes     yes      junk"
+                "  boss@acme.com, sales@acme.com",
             ],
         )
         self.assertEqual(
@@ -447,6 +448,7 @@ class CliContractMixin(ConfiguredCli):
                 "store to:     todo #1 To Do (joe)",
                 "active:       yes",
                 "default box:  yes",
+                "spam:         junk (junk mail goes to its Junk folder)",
                 "aliases:      boss@acme.com, sales@acme.com",
                 "forwarding:   off",
                 "auto-respond: off (never set up)",

@@ -20,6 +20,7 @@ from zope.interface.verify import verifyObject
 from atollon_mail import selfsigned, tap
 from atollon_mail.config import CONFIG_ENVIRONMENT_VARIABLE as CONFIG_VARIABLE
 from atollon_mail.config import ConfigError, load_config
+from atollon_mail.delivery import junkpurge
 from atollon_mail.dns import build as dns_build
 from atollon_mail.interfaces import IAuthenticator
 from atollon_mail.passwords import verify_password
@@ -212,6 +213,14 @@ class ServiceTreeTests(unittest.TestCase):
         self.assertIsNone(watcher.round, "no DNS round at start")
         self.reactor.advance(dns_build.FIRST_CHECK_DELAY - 1)
         self.assertIsNone(watcher.round)
+
+    def test_the_junk_purge_runs_in_the_tree_with_the_configured_retention(self):
+        appliance = self.start(MINIMAL + "[spam]\njunk_retention_days = 9\n")
+        purger = appliance.getServiceNamed("junk-purger")
+        self.assertEqual(purger.retention_days, 9)
+        self.assertIsNone(purger.round, "no purge at start")
+        self.reactor.advance(junkpurge.FIRST_PURGE_DELAY - 1)
+        self.assertIsNone(purger.round)
 
     def test_second_start_keeps_the_admin(self):
         path = write_config(self, MINIMAL)

@@ -11,8 +11,16 @@ from atollon_mail.commands.output import Refused, clean, context_label, counted,
 from atollon_mail.store import mailboxes
 from atollon_mail.store.autorespond import get_autoresponder
 from atollon_mail.store.forwarding import get_forwarding
+from atollon_mail.store.values import SPAM_HANDLINGS
 
 _RIGHTS = ("view", "edit")
+
+# What each spam handling does, for `mailbox show` and the option's help.
+SPAM_HANDLING_LABELS = {
+    "junk": "junk mail goes to its Junk folder",
+    "tag": "junk mail stays in the inbox, marked",
+    "off": "junk mail is filed like any other",
+}
 
 
 def _store_to(value: str) -> int | str:
@@ -44,10 +52,15 @@ def _rights_label(view: bool, edit: bool) -> str:
 # --- mailbox --------------------------------------------------------------------------
 
 
-def _configure(address, identity, signature, store_to, active, default):
+def _configure(address, identity, signature, store_to, active, default, spam=None):
     """All of `mailbox set` in one transaction: applied entirely or not at all."""
     mailboxes.update_mailbox(
-        address, identity=identity, signature=signature, store_to=store_to, active=active
+        address,
+        identity=identity,
+        signature=signature,
+        store_to=store_to,
+        active=active,
+        spam_handling=spam,
     )
     if default:
         mailboxes.set_default_mailbox(address)
@@ -55,18 +68,24 @@ def _configure(address, identity, signature, store_to, active, default):
 
 
 def _mailbox_set(store, args) -> None:
-    if (args.identity, args.signature_file, args.store_to, args.active) == (None,) * 4 and (
-        not args.default
-    ):
+    options = (args.identity, args.signature_file, args.store_to, args.active, args.spam)
+    if options == (None,) * 5 and not args.default:
         raise Refused(
-            "nothing to change; give --identity, --signature-file, --store-to, --active "
-            "or --default"
+            "nothing to change; give --identity, --signature-file, --store-to, --active, "
+            "--spam or --default"
         )
     signature = (
         read_text_file(args.signature_file, "the signature") if args.signature_file else None
     )
     box = store.run_sync(
-        _configure, args.address, args.identity, signature, args.store_to, args.active, args.default
+        _configure,
+        args.address,
+        args.identity,
+        signature,
+        args.store_to,
+        args.active,
+        args.default,
+        args.spam,
     )
     changed = []
     if args.identity is not None:
@@ -80,6 +99,8 @@ def _mailbox_set(store, args) -> None:
         changed.append(
             "active" if box.active else "inactive (mail to it is refused; its mail is kept)"
         )
+    if args.spam is not None:
+        changed.append(f"spam {box.spam_handling} ({SPAM_HANDLING_LABELS[box.spam_handling]})")
     if args.default:
         changed.append("default box")
     out(f"updated mailbox {box.address}: {', '.join(changed)}")
@@ -126,10 +147,13 @@ def _mailbox_add(store, args) -> None:
         identity=args.identity,
         active=not args.inactive,
         store_to_context_id=args.store_to,
+        spam_handling=args.spam or "junk",
     )
     details = [f"owner {mailbox.owner_login}", f"identity {mailbox.identity}"]
     if args.store_to is not None:
         details.append(f"stores to {context_label(mailbox.store_to)}")
+    if args.spam is not None:
+        details.append(f"spam {mailbox.spam_handling}")
     if not mailbox.active:
         details.append("inactive")
     out(f"added mailbox {mailbox.address} ({', '.join(details)})")
@@ -145,11 +169,12 @@ def _mailbox_list(store, args) -> None:
             context_label(box.store_to),
             yes_no(box.active),
             yes_no(box.is_default),
+            box.spam_handling,
             ", ".join(box.aliases) or "-",
         )
         for box in boxes
     ]
-    headers = ("ADDRESS", "OWNER", "IDENTITY", "STORE TO", "ACTIVE", "DEFAULT", "ALIASES")
+    headers = ("ADDRESS", "OWNER", "IDENTITY", "STORE TO", "ACTIVE", "DEFAULT", "SPAM", "ALIASES")
     out(table(headers, rows))
 
 
@@ -172,6 +197,7 @@ def _mailbox_show(store, args) -> None:
         ("store to", context_label(box.store_to)),
         ("active", active),
         ("default box", yes_no(box.is_default)),
+        ("spam", f"{box.spam_handling} ({SPAM_HANDLING_LABELS[box.spam_handling]})"),
         ("aliases", ", ".join(box.aliases) or "(none)"),
     ]
     if detail.access:  # the owner always has both; only grants to others are listed
@@ -208,6 +234,18 @@ def _autorespond_summary(store, address: str) -> str:
 # --- parser ---------------------------------------------------------------------------
 
 
+def _spam_option(parser) -> None:
+    parser.add_argument(
+        "--spam",
+        metavar="|".join(SPAM_HANDLINGS),
+        type=str.lower,
+        choices=SPAM_HANDLINGS,
+        help="what happens to received mail the inbound checks call junk: "
+        + "; ".join(f"{name}: {label}" for name, label in SPAM_HANDLING_LABELS.items())
+        + " (default junk)",
+    )
+
+
 def register(commands) -> None:
     mailbox = commands("mailbox", "the mailboxes mail is delivered to")
     add = mailbox.add_parser("add", help="add a mailbox")
@@ -226,6 +264,7 @@ def register(commands) -> None:
         type=whole_number(1),
         help="file its mail into this folder or project (see: context list)",
     )
+    _spam_option(add)
     add.set_defaults(handler=_mailbox_add)
     mailbox.add_parser("list", help="list the mailboxes").set_defaults(handler=_mailbox_list)
     show = mailbox.add_parser("show", help="show one mailbox")
@@ -257,6 +296,7 @@ def register(commands) -> None:
         type=yes_or_no,
         help="no: refuse new mail for it (its stored mail is kept)",
     )
+    _spam_option(change)
     change.add_argument(
         "--default", action="store_true", help="make it the owner's default box for sending"
     )

@@ -144,7 +144,8 @@ def build_reply(
 
 
 class Autoresponder:
-    """Subscribed to `events.filed(envelope_sender, local_recipients, raw)` when built.
+    """Subscribed to `events.filed(envelope_sender, local_recipients, raw, junk)` when
+    built.
 
     Replies are sent after the mail has been acknowledged; anything that goes wrong is
     logged and never reaches the intake.
@@ -163,8 +164,16 @@ class Autoresponder:
         events.filed.subscribe(self)
 
     def __call__(
-        self, envelope_sender: str, local_recipients: Sequence[Recipient], raw: bytes
+        self,
+        envelope_sender: str,
+        local_recipients: Sequence[Recipient],
+        raw: bytes,
+        junk: frozenset[int] = frozenset(),
     ) -> defer.Deferred:
+        # Mail filed into a Junk folder gets no answer: that would be replying to spam.
+        local_recipients = [r for r in local_recipients if r.mailbox_id not in junk]
+        if not local_recipients:
+            return defer.succeed(None)
         try:
             working = self._respond(envelope_sender, tuple(local_recipients), raw)
         except Exception:

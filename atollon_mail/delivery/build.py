@@ -1,4 +1,5 @@
-"""The delivery subsystem: the intake, the runner, the auto-responder and DKIM signing."""
+"""The delivery subsystem: the intake, the runner, the auto-responder, DKIM signing and
+the purge of old Junk."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from atollon_mail.delivery.autoresponder import Autoresponder
 from atollon_mail.delivery.dkim_signer import DkimSigner
 from atollon_mail.delivery.dotjournal import DotJournal
 from atollon_mail.delivery.intake import Intake, SubmissionIntake
+from atollon_mail.delivery.junkpurge import JunkPurger
 from atollon_mail.delivery.mx import MXResolver
 from atollon_mail.delivery.runner import DeliveryRunner
 from atollon_mail.delivery.srs import SRS, load_or_create_srs_secret
@@ -72,11 +74,12 @@ def build(
         journal=DotJournal(os.path.join(config.appliance.data_dir, JOURNAL_DIRECTORY)),
     )
     autoresponder = Autoresponder(store, intake, hostname, reactor, events)
+    purger = JunkPurger(store, config.spam.junk_retention_days, reactor)
     return Delivery(
         intake,
         SubmissionIntake(store, intake),
         runner,
         autoresponder,
         signer,
-        services=(runner,),
+        services=(runner, purger),
     )

@@ -374,8 +374,8 @@ class Intake:
         raw: bytes,
         verdict: InboundVerdict | None = None,
     ) -> Deferred:
-        """`verdict`: what the inbound checks said, stored with the message where it is
-        filed as received (not with copies that are forwarded or relayed)."""
+        """`verdict`: what the inbound checks said, stored with the message; its local
+        recipients are filed by it (Junk or the inbox), also when copies go on elsewhere."""
         local = tuple(r for r in recipients if isinstance(r, Recipient))
         remote = tuple(r for r in recipients if not isinstance(r, Recipient))
         if remote and not fits_inline(raw):
@@ -433,11 +433,18 @@ class Intake:
         raw = self._marked(plan, raw)
         if self._sealer is not None and plan.srs_domain:
             sealed = self._sealer.seal(raw, plan.srs_domain)
-            sealed.addCallback(self._queue_forwarded, plan, envelope_sender, remote)
+            sealed.addCallback(self._queue_forwarded, plan, envelope_sender, remote, verdict)
             return sealed
-        return self._queue_forwarded(raw, plan, envelope_sender, remote)
+        return self._queue_forwarded(raw, plan, envelope_sender, remote, verdict)
 
-    def _queue_forwarded(self, raw: bytes, plan: ForwardingPlan, envelope_sender: str, remote):
+    def _queue_forwarded(
+        self,
+        raw: bytes,
+        plan: ForwardingPlan,
+        envelope_sender: str,
+        remote,
+        verdict: InboundVerdict | None = None,
+    ):
         outgoing = OutgoingMessage(
             envelope_sender=self._forward_sender(envelope_sender, plan.srs_domain),
             return_path=envelope_sender,
@@ -445,12 +452,13 @@ class Intake:
             local_recipients=plan.filed,
             remote_recipients=remote + plan.remote,
             is_bounce=envelope_sender == "",
+            verdict=verdict,  # the copies kept here are filed by it, as received mail is
             **summarize_headers(raw),
         )
         committed = self._outgoing.add((outgoing, Origin("forward")))
         committed.addCallback(self._queued)
         # The listeners answer the real sender, not our rewritten one.
-        committed.addCallback(self._filed_submitted, envelope_sender, raw)
+        committed.addCallback(self._filed_submitted, envelope_sender, raw, verdict)
         return committed
 
     @staticmethod
@@ -512,7 +520,7 @@ class Intake:
             )
             stored = self._local.add(incoming)
             if self._events.filed.subscribed:
-                stored.addCallback(self._filed, envelope_sender, local, raw)
+                stored.addCallback(self._filed, envelope_sender, local, raw, verdict)
             return stored
         # Fitted already by accept().
         return self._submit_fitted(
@@ -522,6 +530,7 @@ class Intake:
                 local_recipients=local,
                 remote_recipients=remote,
                 is_bounce=envelope_sender == "",
+                verdict=verdict,
                 **summarize_headers(raw),
             ),
             Origin("relay"),
@@ -567,17 +576,27 @@ class Intake:
         committed.addCallback(self._filed_submitted, outgoing.envelope_sender, outgoing.raw)
         return committed
 
-    def _filed_submitted(self, submitted, envelope_sender: str, raw: bytes):
+    def _filed_submitted(
+        self, submitted, envelope_sender: str, raw: bytes, verdict: InboundVerdict | None = None
+    ):
         """The listeners hear of every local recipient the store filed the message for,
         those the producer named and those it found among the addresses."""
         if submitted.filed_recipients and self._events.filed.subscribed:
-            self._filed(None, envelope_sender, submitted.filed_recipients, raw)
+            self._filed(None, envelope_sender, submitted.filed_recipients, raw, verdict)
         return submitted
 
-    def _filed(self, result, envelope_sender: str, local: tuple, raw: bytes):
+    def _filed(
+        self,
+        result,
+        envelope_sender: str,
+        local: tuple,
+        raw: bytes,
+        verdict: InboundVerdict | None = None,
+    ):
+        junk = frozenset(r.mailbox_id for r in local if filing.files_to_junk(r, verdict))
         # A subscriber's trouble is logged by the channel: it must not undo an
         # acknowledged delivery.
-        self._events.filed.fire(envelope_sender, local, raw)
+        self._events.filed.fire(envelope_sender, local, raw, junk)
         return result
 
     def _queued(self, submitted):

@@ -38,7 +38,7 @@ from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from atollon_mail.config import Config
-from atollon_mail.interfaces import ISpamFilter
+from atollon_mail.interfaces import ISpamFilter, ISpamLearner
 
 log = Logger()
 
@@ -328,7 +328,7 @@ def _describe(failure: Failure, timeout: float) -> str:
     return f"the connection failed: {reason.getErrorMessage() or reason.type.__name__}"
 
 
-@implementer(ISpamFilter)
+@implementer(ISpamFilter, ISpamLearner)
 class RspamdClient:
     """Asks rspamd at `url` (its normal worker, or its controller, which scans too) and
     teaches it through `controller_url` (default: url), sending `password` if given."""

@@ -57,8 +57,9 @@ class CampaignReturns:
             )
         )
 
-    def filed(self, envelope_sender: str, recipients, raw: bytes) -> None:
-        """Subscriber of events.filed: mail to our addresses has been stored."""
+    def filed(self, envelope_sender: str, recipients, raw: bytes, junk=frozenset()) -> None:
+        """Subscriber of events.filed: mail to our addresses has been stored (bounces and
+        unsubscribe replies count wherever they were filed, Junk too)."""
         for recipient in recipients:
             found = self._tokens.read_local_part(recipient.address.rpartition("@")[0])
             if found is None:

@@ -414,7 +414,7 @@ def campaign_address_recipient(purpose: str, recipient_id: int, address: str):
     row is gone."""
     param = database_proxy.param
     found = database_proxy.execute_sql(
-        "SELECT m.id, m.local_part, d.name, COALESCE(m.store_to_id, t.id)"
+        "SELECT m.id, m.local_part, d.name, COALESCE(m.store_to_id, t.id), m.spam_handling"
         " FROM campaign_recipient r JOIN campaign c ON c.id = r.campaign_id"
         " JOIN mailbox m ON m.id = c.mailbox_id JOIN domain d ON d.id = m.domain_id"
         " LEFT JOIN context t ON t.owner_id = m.owner_id AND t.kind = 'todo'"
@@ -423,12 +423,13 @@ def campaign_address_recipient(purpose: str, recipient_id: int, address: str):
     ).fetchone()
     if found is None:
         return None
-    mailbox_id, local_part, domain, context_id = found
+    mailbox_id, local_part, domain, context_id, spam_handling = found
     return Recipient(
         address=address,
         mailbox_id=mailbox_id,
         mailbox_address=f"{local_part}@{domain}",
         context_id=context_id,
+        spam_handling=spam_handling,
     )
 
 

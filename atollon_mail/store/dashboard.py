@@ -123,6 +123,7 @@ def _page_records(boxes: list[Mailbox]) -> list[MailboxRecord]:
                 is_default=box.is_default,
                 signature=box.signature,
                 aliases=tuple(f"{name}@{domain}" for name in aliases[box.id]),
+                spam_handling=box.spam_handling,
             )
         )
     return records

@@ -9,9 +9,12 @@ records; none knows about SMTP or HTTP.
 
 from __future__ import annotations
 
+import datetime
 import functools
+import json
 from collections.abc import Callable, Iterable, Sequence
 
+import attrs
 import peewee
 
 from atollon_mail.store import mailboxes, returnpath
@@ -19,6 +22,7 @@ from atollon_mail.store.common import (
     RECIPIENT_DELIMITER,
     chunks,
     locked,
+    placeholders,
     read_only,
     strip_root_dot,
 )
@@ -26,6 +30,7 @@ from atollon_mail.store.contexts import context_record
 from atollon_mail.store.errors import Invalid, NotFound, StoreError
 from atollon_mail.store.mailboxes import get_mailbox_row, list_mailboxes
 from atollon_mail.store.models import (
+    FOLDERS,
     Context,
     Filing,
     Mailbox,
@@ -35,7 +40,10 @@ from atollon_mail.store.models import (
     utc_now,
 )
 from atollon_mail.store.records import (
+    FiledMessage,
     FilingRecord,
+    FolderMove,
+    InboundVerdict,
     IncomingMessage,
     MailboxRecord,
     MessageSummary,
@@ -44,9 +52,43 @@ from atollon_mail.store.records import (
     Rejection,
     StoredMessage,
 )
+from atollon_mail.store.values import INBOX, JUNK
 
 SEEN_FLAG = "\\Seen"
 _CONTEXT_NAME_LIMIT = 200
+
+
+# --- the verdict of the inbound checks, as stored ---------------------------------------
+
+_VERDICT_FIELDS = tuple(field.name for field in attrs.fields(InboundVerdict))
+
+
+def verdict_json(verdict: InboundVerdict | None) -> str | None:
+    """The verdict as the message row keeps it (JSON), None for none."""
+    if verdict is None:
+        return None
+    values = {name: getattr(verdict, name) for name in _VERDICT_FIELDS}
+    return json.dumps(values, separators=(",", ":"), ensure_ascii=False)
+
+
+def verdict_from_json(text: str | None) -> InboundVerdict | None:
+    """The stored verdict read back; None for none (or one that no longer reads: the
+    message is shown without it rather than not at all). Fields it lacks take their
+    defaults, fields this program does not know are left out."""
+    if not text:
+        return None
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(found, dict):
+        return None
+    values = {}
+    for name in _VERDICT_FIELDS:
+        if name in found:
+            value = found[name]
+            values[name] = tuple(value) if isinstance(value, list) else value
+    return InboundVerdict(**values)
 
 
 def _message_summary(message: Message) -> MessageSummary:
@@ -59,6 +101,7 @@ def _message_summary(message: Message) -> MessageSummary:
         date_header=message.date_header,
         envelope_sender=message.envelope_sender,
         received_at=message.received_at,
+        verdict=verdict_from_json(message.verdict),
     )
 
 
@@ -75,16 +118,16 @@ _HOT_SQL = {
         AND (active OR NOT EXISTS (SELECT 1 FROM domain s WHERE s.primary_domain_id = d.id))""",
     # The mailbox (or alias) for up to two candidate names, with the context its mail is
     # filed into: its "store messages to", else its owner's To Do.
-    # The last columns say whether the row came through an alias, and the mailbox's
-    # forwarding (on, keep a copy).
+    # The last columns say whether the row came through an alias, the mailbox's
+    # forwarding (on, keep a copy) and its spam handling.
     "names": """
         SELECT m.local_part, m.id, m.local_part, m.active, COALESCE(m.store_to_id, c.id),
-               0, m.forward_enabled, m.forward_keep_copy
+               0, m.forward_enabled, m.forward_keep_copy, m.spam_handling
         FROM mailbox m LEFT JOIN context c ON c.owner_id = m.owner_id AND c.kind = 'todo'
         WHERE m.domain_id = {p} AND m.local_part IN ({p}, {p})
         UNION ALL
         SELECT a.name, m.id, m.local_part, m.active, COALESCE(m.store_to_id, c.id),
-               1, m.forward_enabled, m.forward_keep_copy
+               1, m.forward_enabled, m.forward_keep_copy, m.spam_handling
         FROM alias a JOIN mailbox m ON m.id = a.mailbox_id
         LEFT JOIN context c ON c.owner_id = m.owner_id AND c.kind = 'todo'
         WHERE a.domain_id = {p} AND a.name IN ({p}, {p})""",
@@ -97,13 +140,13 @@ _HOT_SQL = {
         WHERE m.id = {p}""",
     "insert_message": """
         INSERT INTO message (raw, size, message_id, subject, from_header, date_header,
-                             envelope_sender, received_at, type_id)
-        VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) RETURNING id""",
+                             envelope_sender, received_at, type_id, verdict)
+        VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) RETURNING id""",
     # The counter is bumped in the statement that reads it: no two writers share a uid.
     "next_uid": "UPDATE mailbox SET next_uid = next_uid + 1 WHERE id = {p} RETURNING next_uid",
     "insert_filing": """
-        INSERT INTO filing (message_id, mailbox_id, context_id, uid, flags, filed_at)
-        VALUES ({p}, {p}, {p}, {p}, '', {p})""",
+        INSERT INTO filing (message_id, mailbox_id, context_id, uid, flags, filed_at, folder)
+        VALUES ({p}, {p}, {p}, {p}, '', {p}, {p})""",
     # Sending: the Sent copy, the queue rows (every submitted message passes here too).
     "next_uid_sent": """
         UPDATE mailbox SET next_uid = next_uid + 1 WHERE id = {p}
@@ -189,7 +232,9 @@ def resolve_recipient(local_part: str, domain_name: str) -> Recipient | Rejectio
     for name in names:  # the whole name first, then the name without its +tag
         if name not in found:
             continue
-        mailbox_id, mailbox_local_part, active, context_id, _, forwards, keep_copy = found[name][1]
+        mailbox_id, mailbox_local_part, active, context_id, _, forwards, keep_copy, spam = found[
+            name
+        ][1]
         if not active:
             return Rejection("inactive-mailbox", f"{local}@{domain_name} does not receive mail")
         return Recipient(
@@ -199,6 +244,7 @@ def resolve_recipient(local_part: str, domain_name: str) -> Recipient | Rejectio
             context_id=context_id,
             forwards=bool(forwards),
             keep_copy=bool(keep_copy),
+            spam_handling=spam,
         )
     return Rejection("unknown-address", f"{local}@{domain_name} is not an address here")
 
@@ -241,24 +287,42 @@ def insert_message(
             message.envelope_sender,
             stamp,
             message.type_id if message.type_id is not None else type_id,
+            verdict_json(message.verdict),
         ),
     ).fetchone()
     return message_id
 
 
-def file_for_recipients(message_id: int, recipients: Sequence[Recipient], stamp) -> int:
-    """File the message once per mailbox reached; how many filings that made."""
-    contexts: dict[int, int | None] = {}
+def files_to_junk(recipient: Recipient, verdict: InboundVerdict | None) -> bool:
+    """Whether mail with this verdict is filed into the recipient mailbox's Junk: the
+    checks call it junk and the mailbox's spam handling is "junk" (with "tag" or "off"
+    it goes to the inbox). Mail nothing checked goes to the inbox."""
+    return verdict is not None and verdict.junk and recipient.spam_handling == JUNK
+
+
+def file_for_recipients(
+    message_id: int,
+    recipients: Sequence[Recipient],
+    stamp,
+    verdict: InboundVerdict | None = None,
+) -> int:
+    """File the message once per mailbox reached, into its inbox or (by `verdict` and the
+    mailbox's spam handling, see files_to_junk) its Junk; how many filings that made."""
+    targets: dict[int, tuple[int | None, str]] = {}
     for recipient in recipients:  # a mailbox reached twice gets one copy
-        contexts.setdefault(recipient.mailbox_id, recipient.context_id)
-    for mailbox_id, context_id in contexts.items():
+        if recipient.mailbox_id not in targets:
+            folder = JUNK if files_to_junk(recipient, verdict) else INBOX
+            targets[recipient.mailbox_id] = (recipient.context_id, folder)
+    for mailbox_id, (context_id, folder) in targets.items():
         row = execute_prepared("next_uid", (mailbox_id,)).fetchone()
         if row is None:
             raise NotFound(f"mailbox {mailbox_id} was removed")
         if context_id is None:
             (context_id,) = execute_prepared("store_to", (mailbox_id,)).fetchone()
-        execute_prepared("insert_filing", (message_id, mailbox_id, context_id, row[0] - 1, stamp))
-    return len(contexts)
+        execute_prepared(
+            "insert_filing", (message_id, mailbox_id, context_id, row[0] - 1, stamp, folder)
+        )
+    return len(targets)
 
 
 def _store_one(incoming: IncomingMessage, now, type_id: int | None = None) -> StoredMessage:
@@ -266,7 +330,7 @@ def _store_one(incoming: IncomingMessage, now, type_id: int | None = None) -> St
         raise Invalid("a message needs at least one recipient; nothing was stored")
     stamp = Message.received_at.db_value(now)
     message_id = insert_message(incoming, stamp, type_id)
-    filings = file_for_recipients(message_id, incoming.recipients, stamp)
+    filings = file_for_recipients(message_id, incoming.recipients, stamp, incoming.verdict)
     return StoredMessage(id=message_id, filings=filings)
 
 
@@ -315,9 +379,22 @@ def store_messages(messages: Sequence[IncomingMessage]) -> list[StoredMessage | 
     return group_commit(functools.partial(_store_one, type_id=incoming_type), messages, utc_now())
 
 
+def _folder(folder: str) -> str:
+    if folder not in FOLDERS:
+        raise Invalid(f"there is no folder {folder!r}; give one of {', '.join(FOLDERS)}")
+    return folder
+
+
 @read_only
-def list_filings(mailbox_address: str, limit: int = 100, offset: int = 0) -> list[FilingRecord]:
+def list_filings(
+    mailbox_address: str, limit: int = 100, offset: int = 0, folder: str | None = None
+) -> list[FilingRecord]:
+    """A mailbox's filings, newest first: those in `folder` (values.FOLDERS), or in any
+    folder when None."""
     mailbox = get_mailbox_row(mailbox_address)
+    where = Filing.mailbox == mailbox.id
+    if folder is not None:
+        where &= Filing.folder == _folder(folder)
     # The context's owner is joined too: a lazy load per filing doubled the queries.
     query = (
         Filing.select(Filing, Message, Context, User)
@@ -325,7 +402,7 @@ def list_filings(mailbox_address: str, limit: int = 100, offset: int = 0) -> lis
         .switch(Filing)
         .join(Context)
         .join(User, peewee.JOIN.LEFT_OUTER, on=(Context.owner == User.id))
-        .where(Filing.mailbox == mailbox.id)
+        .where(where)
         .order_by(Filing.uid.desc())
         .limit(limit)
         .offset(offset)
@@ -338,9 +415,16 @@ def list_filings(mailbox_address: str, limit: int = 100, offset: int = 0) -> lis
             context=context_record(filing.context),
             flags=tuple(filing.flags.split()),
             message=_message_summary(filing.message),
+            folder=filing.folder,
         )
         for filing in query
     ]
+
+
+@read_only
+def list_junk(mailbox_address: str, limit: int = 100, offset: int = 0) -> list[FilingRecord]:
+    """What lies in a mailbox's Junk, newest first."""
+    return list_filings(mailbox_address, limit, offset, folder=JUNK)
 
 
 @read_only
@@ -402,16 +486,106 @@ def viewable_mailboxes(login: str) -> list[MailboxRecord]:
 
 
 @read_only
-def mailbox_message_raw(mailbox_address: str, message_id: int) -> bytes:
-    """A message's raw bytes, only if it is filed in this mailbox: an id alone shows
-    nothing of another mailbox's mail."""
+def filed_message(mailbox_address: str, message_id: int) -> FiledMessage:
+    """A message filed in this mailbox, with the folder it lies in there and its verdict;
+    NotFound when it is not filed here (an id alone shows nothing of another mailbox's
+    mail). A message filed twice in one mailbox (mail to oneself and its Sent copy) is
+    shown where its first filing lies."""
     mailbox = get_mailbox_row(mailbox_address)
-    filed = Filing.select(Filing.id).where(
-        (Filing.mailbox == mailbox.id) & (Filing.message == message_id)
+    address = f"{mailbox.local_part}@{mailbox.domain.name}"
+    found = (
+        Filing.select(Filing.folder, Message.raw, Message.verdict)
+        .join(Message)
+        .where((Filing.mailbox == mailbox.id) & (Filing.message == message_id))
+        .order_by(Filing.id)
+        .limit(1)
+        .tuples()
+        .first()
     )
-    if not filed.exists():
-        raise NotFound(f"no message {message_id} in {mailbox_address}")
-    message = Message.get_or_none(Message.id == message_id)
-    if message is None:
-        raise NotFound(f"no message with id {message_id}")
-    return bytes(message.raw)
+    if found is None:
+        raise NotFound(f"no message {message_id} in {address}")
+    folder, raw, verdict = found
+    return FiledMessage(
+        message_id=message_id,
+        mailbox_address=address,
+        folder=folder,
+        raw=bytes(raw),
+        verdict=verdict_from_json(verdict),
+    )
+
+
+def move_message(mailbox_address: str, message_id: int, folder: str) -> FolderMove:
+    """Move a message filed in this mailbox into `folder` (values.FOLDERS): its Junk, or
+    back to the inbox. Each filing moved gets the mailbox's next uid and comes into the
+    folder now (Junk's age counts from then). NotFound when it is not filed here; a
+    message that lies there already is left as it is (`moved` 0). Its bytes come back for
+    teaching the spam filter."""
+    folder = _folder(folder)
+    mailbox = get_mailbox_row(mailbox_address)
+    address = f"{mailbox.local_part}@{mailbox.domain.name}"
+    # Locked first (PostgreSQL): two moves of one message run one after the other, and
+    # the second finds it moved already.
+    lock_mailboxes([mailbox.id])
+    filings = list(
+        Filing.select(Filing.id, Filing.folder)
+        .where((Filing.mailbox == mailbox.id) & (Filing.message == message_id))
+        .order_by(Filing.id)
+        .tuples()
+    )
+    if not filings:
+        raise NotFound(f"no message {message_id} in {address}")
+    stamp = Filing.filed_at.db_value(utc_now())
+    moving = [filing_id for filing_id, found in filings if found != folder]
+    for filing_id in moving:
+        (next_uid,) = execute_prepared("next_uid", (mailbox.id,)).fetchone()
+        Filing.update(folder=folder, uid=next_uid - 1, filed_at=stamp).where(
+            Filing.id == filing_id
+        ).execute()
+    raw = Message.select(Message.raw).where(Message.id == message_id).scalar()
+    return FolderMove(
+        message_id=message_id,
+        mailbox_address=address,
+        folder=folder,
+        moved=len(moving),
+        raw=bytes(raw),
+    )
+
+
+def move_to_junk(mailbox_address: str, message_id: int) -> FolderMove:
+    """The user says it is junk: into the mailbox's Junk (see move_message)."""
+    return move_message(mailbox_address, message_id, JUNK)
+
+
+def move_to_inbox(mailbox_address: str, message_id: int) -> FolderMove:
+    """The user says it is not junk: back to the inbox (see move_message)."""
+    return move_message(mailbox_address, message_id, INBOX)
+
+
+# How many Junk filings one purge_junk call removes: one transaction stays short, so the
+# filing of new mail (on SQLite, the same single thread) waits little for it.
+PURGE_BATCH = 500
+
+
+def purge_junk(before: datetime.datetime, limit: int = PURGE_BATCH) -> int:
+    """Remove up to `limit` filings that came into a Junk before `before` (naive UTC),
+    oldest first, and the messages left filed nowhere and queued for nobody; how many
+    filings went. Called again until it removes fewer than `limit`."""
+    rows = list(
+        Filing.select(Filing.id, Filing.message)
+        .where((Filing.folder == JUNK) & (Filing.filed_at < before))
+        .order_by(Filing.filed_at, Filing.id)
+        .limit(limit)
+        .tuples()
+    )
+    if not rows:
+        return 0
+    for chunk in chunks([filing_id for filing_id, _ in rows]):
+        Filing.delete().where(Filing.id.in_(chunk)).execute()
+    for chunk in chunks(sorted({message_id for _, message_id in rows})):
+        database_proxy.execute_sql(
+            f"DELETE FROM message WHERE id IN ({placeholders(len(chunk))})"
+            " AND NOT EXISTS (SELECT 1 FROM filing f WHERE f.message_id = message.id)"
+            " AND NOT EXISTS (SELECT 1 FROM queue_message q WHERE q.message_id = message.id)",
+            tuple(chunk),
+        )
+    return len(rows)

@@ -30,6 +30,7 @@ from atollon_mail.store.contexts import (
 from atollon_mail.store.domains import get_domain_row
 from atollon_mail.store.errors import Conflict, IdentityRefused, Invalid, NotFound
 from atollon_mail.store.models import (
+    SPAM_HANDLINGS,
     Alias,
     Context,
     Domain,
@@ -90,6 +91,7 @@ def _mailbox_record(mailbox: Mailbox) -> MailboxRecord:
         is_default=mailbox.is_default,
         signature=mailbox.signature,
         aliases=aliases,
+        spam_handling=mailbox.spam_handling,
     )
 
 
@@ -122,11 +124,14 @@ def add_mailbox(
     active: bool = True,
     store_to_context_id: int | None = None,
     actor: str | None = None,
+    spam_handling: str = "junk",
 ) -> MailboxRecord:
     """A new mailbox. Its identity is by default its own address, in secondary mode the
     same name at the primary domain; another one is checked by `identities.approve` as set
-    by `actor` (a login; None is the appliance's administrator at the command line)."""
+    by `actor` (a login; None is the appliance's administrator at the command line).
+    `spam_handling`: see update_mailbox."""
     local, domain_name = normalize_address(address)
+    spam_handling = normalize_spam_handling(spam_handling)
     domain = get_domain_row(domain_name)
     owner = get_user_row(owner_login)
     # Locked: a concurrent mailbox or alias of this name, or another first mailbox of this
@@ -162,6 +167,7 @@ def add_mailbox(
         signature="",
         next_uid=1,
         created_at=utc_now(),
+        spam_handling=spam_handling,
     )
     # Checked on the new row (its own addresses are known then); a refusal rolls it back.
     approved = identities.approve(mailbox, identity, identities.is_admin(actor))
@@ -239,6 +245,17 @@ def normalize_signature(signature: str) -> str:
     return text
 
 
+def normalize_spam_handling(value: str) -> str:
+    """A spam handling (values.SPAM_HANDLINGS), any case; Invalid names the choices."""
+    handling = value.strip().lower() if isinstance(value, str) else value
+    if handling not in SPAM_HANDLINGS:
+        raise Invalid(
+            f"spam handling is junk (file junk into the Junk folder), tag (into the inbox, "
+            f"marked) or off; got {value!r}"
+        )
+    return handling
+
+
 def _store_to_id(mailbox: Mailbox, store_to: int | str) -> int | None:
     """The context mail is filed into: None is the owner's To Do."""
     if isinstance(store_to, str):
@@ -306,11 +323,14 @@ def update_mailbox(
     store_to: int | str | None = None,
     active: bool | None = None,
     actor: str | None = None,
+    spam_handling: str | None = None,
 ) -> MailboxRecord:
     """Change a mailbox's options; None leaves an option as it is.
 
     store_to: "todo" (the owner's To Do) or a folder/project context id. active=False
-    keeps the stored mail; the address is then refused (550 5.1.1). actor: the login of
+    keeps the stored mail; the address is then refused (550 5.1.1). spam_handling: what
+    received mail the inbound checks call junk does (values.SPAM_HANDLINGS; mail filed
+    before keeps its folder). actor: the login of
     the user asking (their rights on the mailbox checked before), None the appliance's
     administrator at the command line; an identity other than the mailbox's own ones
     only an administrator sets (see `identities`).
@@ -323,6 +343,8 @@ def update_mailbox(
         changes["signature"] = normalize_signature(signature)
     if active is not None:
         changes["active"] = bool(active)
+    if spam_handling is not None:
+        changes["spam_handling"] = normalize_spam_handling(spam_handling)
     mailbox = _lock_mailbox(mailbox)
     if identity is not None:
         changes.update(_identity_changes(mailbox, identity, actor))

@@ -416,6 +416,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE queue_recipient DROP COLUMN campaign_recipient_id",
         ),
     ),
+    Migration(
+        9,
+        "inbound verdicts kept with messages, spam handling per mailbox, the Junk folder",
+        (
+            # records.InboundVerdict as JSON: what the inbound checks said (None: nothing
+            # checked it).
+            "ALTER TABLE message ADD COLUMN verdict TEXT",
+            "ALTER TABLE mailbox ADD COLUMN spam_handling VARCHAR(8) NOT NULL DEFAULT 'junk'"
+            " CHECK (spam_handling IN ('junk', 'tag', 'off'))",
+            # Everything filed so far lies in the inbox.
+            "ALTER TABLE filing ADD COLUMN folder VARCHAR(8) NOT NULL DEFAULT 'inbox'"
+            " CHECK (folder IN ('inbox', 'junk'))",
+            # Junk by mailbox (its listing) and by age (the purge); the inbox, where nearly
+            # all mail is filed, pays nothing for these.
+            "CREATE INDEX filing_junk_mailbox_uid ON filing (mailbox_id, uid)"
+            " WHERE folder = 'junk'",
+            "CREATE INDEX filing_junk_filed_at ON filing (filed_at) WHERE folder = 'junk'",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].number

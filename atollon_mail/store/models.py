@@ -16,8 +16,10 @@ import peewee
 # they are this module's names too, as the store's modules import them from here.
 from atollon_mail.store.values import (  # noqa: F401
     DOMAIN_MODES,
+    FOLDERS,
     QUEUE_STATES,
     RECIPIENT_STATES,
+    SPAM_HANDLINGS,
     SUPPRESSION_REASONS,
     utc_now,
 )
@@ -243,6 +245,8 @@ class Mailbox(BaseModel):
     # The identity is outside the mailbox's own addresses and an administrator set it
     # (migration 5); see `store.identities`.
     identity_approved = peewee.BooleanField(default=False)
+    # What mail the inbound checks call junk does here (SPAM_HANDLINGS; migration 9).
+    spam_handling = peewee.CharField(max_length=8, default="junk")
 
     class Meta:
         indexes = ((("domain", "local_part"), True),)
@@ -288,10 +292,17 @@ class Message(BaseModel):
     type = peewee.ForeignKeyField(
         MessageType, null=True, on_delete="RESTRICT", column_name="type_id"
     )
+    # What the inbound checks said of it (records.InboundVerdict as JSON; migration 9);
+    # None for mail nothing checked (sent by our users, received before the checks).
+    verdict = peewee.TextField(null=True)
 
 
 class Filing(BaseModel):
-    """A message filed into a mailbox and a context; uid is per mailbox, ascending."""
+    """A message filed into a mailbox and a context; uid is per mailbox, ascending.
+
+    `folder` (FOLDERS; migration 9) says where within the mailbox it lies: the inbox or
+    the mailbox's Junk. A move between them gives it the mailbox's next uid, so the uids
+    of each folder ascend in the order mail came into it (IMAP's MOVE does the same)."""
 
     id = peewee.BigAutoField()
     message = peewee.ForeignKeyField(Message, backref="filings", on_delete="CASCADE")
@@ -300,10 +311,19 @@ class Filing(BaseModel):
     context = peewee.ForeignKeyField(Context, on_delete="RESTRICT")
     uid = peewee.BigIntegerField()
     flags = peewee.CharField(max_length=200)
+    # When it came into its folder (filed, or moved there).
     filed_at = peewee.DateTimeField()
+    folder = peewee.CharField(max_length=8, default="inbox")
 
     class Meta:
-        indexes = ((("mailbox", "uid"), True),)
+        indexes = [(("mailbox", "uid"), True)]
+
+
+# Junk is read by mailbox (its listing) and by age (the purge). Partial indexes: the
+# inbox, where nearly all mail is filed, pays nothing for them (migration 9).
+JUNK_ONLY = Filing.folder == "junk"
+Filing.add_index(Filing.mailbox, Filing.uid, where=JUNK_ONLY, name="filing_junk_mailbox_uid")
+Filing.add_index(Filing.filed_at, where=JUNK_ONLY, name="filing_junk_filed_at")
 
 
 DKIM_ALGORITHMS = ("rsa", "ed25519")

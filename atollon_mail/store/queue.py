@@ -147,7 +147,7 @@ def enqueue(
     if not local and not remote:
         raise Invalid("a message needs at least one recipient; nothing was sent")
     message_id = insert_message(outgoing, stamp, type_id, delivered=bool(local))
-    filings = file_for_recipients(message_id, local, stamp)
+    filings = file_for_recipients(message_id, local, stamp, outgoing.verdict)
     if outgoing.sent_mailbox_id is not None:
         file_sent_copy(message_id, outgoing.sent_mailbox_id, stamp)
         filings += 1

@@ -49,6 +49,10 @@ class MailboxRecord:
     is_default: bool
     signature: str
     aliases: tuple[str, ...]
+    # What received mail the inbound checks call junk does here (values.SPAM_HANDLINGS):
+    # "junk" files it into the mailbox's Junk, "tag" into the inbox with the verdict
+    # shown, "off" into the inbox as any other mail.
+    spam_handling: str = "junk"
 
 
 @attrs.frozen
@@ -68,6 +72,8 @@ class MessageSummary:
     date_header: str | None
     envelope_sender: str
     received_at: datetime.datetime
+    # What the inbound checks said of it (None: nothing checked it).
+    verdict: InboundVerdict | None = None
 
 
 @attrs.frozen
@@ -77,6 +83,8 @@ class FilingRecord:
     context: ContextRecord
     flags: tuple[str, ...]
     message: MessageSummary
+    # Where within the mailbox it lies (values.FOLDERS): the inbox or the mailbox's Junk.
+    folder: str = "inbox"
 
 
 @attrs.frozen
@@ -92,6 +100,9 @@ class Recipient:
     context_id: int | None = attrs.field(default=None, eq=False)
     forwards: bool = attrs.field(default=False, eq=False)
     keep_copy: bool = attrs.field(default=True, eq=False)
+    # The mailbox's spam handling (MailboxRecord.spam_handling), read with the rest so
+    # filing by verdict costs no query of its own.
+    spam_handling: str = attrs.field(default="junk", eq=False)
 
 
 @attrs.frozen
@@ -175,6 +186,33 @@ class StoredMessage:
     filings: int
 
 
+@attrs.frozen
+class FiledMessage:
+    """A message as filed in one mailbox: its bytes, the folder it lies in there
+    (values.FOLDERS) and what the inbound checks said of it (None: nothing checked it,
+    e.g. mail sent by our own users)."""
+
+    message_id: int
+    mailbox_address: str
+    folder: str
+    raw: bytes
+    verdict: InboundVerdict | None
+
+
+@attrs.frozen
+class FolderMove:
+    """A message moved within a mailbox (to its Junk or back to the inbox).
+
+    `moved`: how many of its filings there moved (0: it lay there already, nothing
+    changed); `raw`: its bytes, for teaching the spam filter what the user decided."""
+
+    message_id: int
+    mailbox_address: str
+    folder: str  # where it lies now
+    moved: int
+    raw: bytes
+
+
 # --- sending ------------------------------------------------------------------------
 
 
@@ -200,6 +238,9 @@ class OutgoingMessage:
     # The envelope sender the local recipients' Return-Path names when it is not the one
     # the queued copies go with (forwarded mail: they get an SRS sender); None: the same.
     return_path: str | None = None
+    # Received mail going on (relayed, forwarded): what the inbound checks said, kept with
+    # it and deciding the folder of its local recipients, as IncomingMessage.verdict.
+    verdict: InboundVerdict | None = None
 
 
 # Who produces outgoing mail. A kind may register hooks (store.origins) through which

@@ -1,7 +1,8 @@
 """The stored values a person names outside the store, without the models: a domain's
 modes, the states of a queue entry and of a campaign recipient, why an address is
-suppressed, and utc_now, the clock every stored timestamp is taken from. The models
-(`store.models`) use these same names; the web pages and admin commands import them here.
+suppressed, a mailbox's spam handling and folders, and utc_now, the clock every stored
+timestamp is taken from. The models (`store.models`) use these same names; the web pages
+and admin commands import them here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,15 @@ QUEUE_STATES = ("queued", "in-flight", "deferred", "delivered", "bounced")
 
 RECIPIENT_STATES = ("queued", "sending", "sent", "deferred", "bounced", "failed", "suppressed")
 SUPPRESSION_REASONS = ("unsubscribed", "hard-bounce", "manual")
+
+# A mailbox's spam handling: what happens to received mail the inbound checks call junk.
+# "junk": filed into the mailbox's Junk; "tag": into the inbox, its verdict shown; "off":
+# into the inbox like any other mail. The first is the default.
+SPAM_HANDLINGS = ("junk", "tag", "off")
+# Where a filing lies within its mailbox: the inbox (IMAP's INBOX, and every context the
+# mailbox files into) or the mailbox's Junk (IMAP's Junk, \Junk special use).
+FOLDERS = ("inbox", "junk")
+INBOX, JUNK = FOLDERS
 
 
 def utc_now() -> datetime.datetime:

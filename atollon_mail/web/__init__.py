@@ -41,10 +41,14 @@ PAGE_MODULES: tuple[str, ...] = (
 )
 
 
-def build_web_app(store, config, reactor, intake, workers, authenticator, clock=None) -> WebApp:
+def build_web_app(
+    store, config, reactor, intake, workers, authenticator, clock=None, learner=None
+) -> WebApp:
     from atollon_mail.web import pages
 
-    app = WebApp(store, reactor, config, intake, workers, authenticator, clock=clock)
+    app = WebApp(
+        store, reactor, config, intake, workers, authenticator, clock=clock, learner=learner
+    )
     pages.register(app)
     for module_name in PAGE_MODULES:
         importlib.import_module(module_name).register(app)
@@ -60,12 +64,16 @@ def build_web_root(
     authenticator,
     recipient_tokens=None,
     clock=None,
+    learner=None,
 ) -> Resource:
     """The site's root resource. `intake` takes mail composed in the browser, `workers`
     (atollon_mail.workers.Workers) runs password hashing and DNS lookups, `authenticator`
     is the one SMTP AUTH uses; with `recipient_tokens`, campaign recipients' unsubscribe
-    links are served."""
-    app = build_web_app(store, config, reactor, intake, workers, authenticator, clock)
+    links are served; `learner` (an ISpamLearner, None without a spam filter) is taught
+    what users move to Junk and back."""
+    app = build_web_app(
+        store, config, reactor, intake, workers, authenticator, clock, learner=learner
+    )
     root = WebRoot(app)
     root.putChild(b"health", HealthResource(store))
     root.putChild(b"static", StaticResource(app))

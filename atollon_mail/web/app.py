@@ -164,14 +164,15 @@ class PageRequest:
         self.cookies.append((name, value, max_age))
 
     async def rights(self, mailbox_address: str):
-        """The user's rights on a mailbox (view, edit); a mailbox not found is no rights."""
+        """The user's rights on a mailbox (view, edit); a mailbox not found, or an address
+        that is none, is no rights."""
         from atollon_mail.store import mailboxes
-        from atollon_mail.store.errors import NotFound
+        from atollon_mail.store.errors import Invalid, NotFound
         from atollon_mail.store.records import MailboxRights
 
         try:
             return await self.store.run(mailboxes.user_rights, self.user.login, mailbox_address)
-        except NotFound:
+        except (NotFound, Invalid):
             return MailboxRights(view=False, edit=False)
 
     async def require_view(self, mailbox_address: str):
@@ -185,7 +186,9 @@ class PageRequest:
 class WebApp:
     """Routes, sessions, the authenticator and the one Jinja2 environment of the web admin."""
 
-    def __init__(self, store, reactor, config, intake, workers, authenticator, clock=None):
+    def __init__(
+        self, store, reactor, config, intake, workers, authenticator, clock=None, learner=None
+    ):
         self.store = store
         # Reverse proxies whose X-Forwarded-For names the client (see client_address).
         self.trusted_proxies = tuple(
@@ -206,6 +209,9 @@ class WebApp:
         self.sessions = SessionStore(self.clock, idle_timeout=config.web.session_idle_timeout)
         # The appliance's one IAuthenticator (argon2 + throttle), shared with SMTP AUTH.
         self.authenticator = authenticator
+        # The spam filter's ISpamLearner: told when a user moves mail to Junk or back
+        # (None: no spam filter to teach).
+        self.learner = learner
         self.routes: dict[str, Route] = {}
         self.environment = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES_DIR),

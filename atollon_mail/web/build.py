@@ -23,9 +23,11 @@ def build(
     intake,
     authenticator,
     recipient_tokens,
+    learner=None,
 ) -> tuple[IService, ...]:
     """The "web" listener: mail composed in the browser goes to `intake`, logins are
-    checked by `authenticator` (the one SMTP AUTH uses)."""
+    checked by `authenticator` (the one SMTP AUTH uses); what users move to Junk and back
+    teaches `learner` (an ISpamLearner; None: no spam filter)."""
     web_root = build_web_root(
         store,
         config,
@@ -34,6 +36,7 @@ def build(
         workers,
         authenticator,
         recipient_tokens=recipient_tokens,
+        learner=learner,
     )
     # BodyLimitedRequest refuses a body over its route's limit before reading it.
     site = DeadlineSite(

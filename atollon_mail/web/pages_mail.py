@@ -10,15 +10,23 @@ from email.utils import format_datetime, make_msgid, parseaddr
 from urllib.parse import quote
 
 import nh3
+from twisted.internet.defer import maybeDeferred
+from twisted.logger import Logger
 
 from atollon_mail.delivery.intake import summarize_headers
 from atollon_mail.store import common, filing, mailboxes
 from atollon_mail.store.errors import Invalid, NotFound, StoreError
-from atollon_mail.store.records import Origin, OutgoingMessage, Recipient
+from atollon_mail.store.records import InboundVerdict, Origin, OutgoingMessage, Recipient
+from atollon_mail.store.values import FOLDERS, INBOX, JUNK
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
 from atollon_mail.web.numbers import page_number, parse_count, parse_id
 
+log = Logger()
+
 PER_PAGE = 50
+# The main reasons of a spam score shown with it.
+SHOWN_SYMBOLS = 10
+FOLDER_NAMES = {INBOX: "Inbox", JUNK: "Junk"}
 MAX_BODY = 60 * 1024  # characters of text in a message written in the browser
 # The compose form's request body: MAX_BODY characters form-encoded (a 4-byte UTF-8
 # character is 12 bytes as %XX%XX%XX%XX: 720 KiB) plus the recipients and subject. Refused
@@ -41,6 +49,39 @@ def _message_id_arg(page: PageRequest) -> int:
     if value is None:
         raise not_found()
     return value
+
+
+def _folder_arg(text: str) -> str:
+    """A folder named in a link or form (none: the inbox); any other value is a 404."""
+    folder = text or INBOX
+    if folder not in FOLDERS:
+        raise not_found()
+    return folder
+
+
+def _score(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+def verdict_lines(verdict: InboundVerdict | None) -> dict | None:
+    """What the message page says of the inbound checks: their verdicts in words, the
+    spam score with its main reasons, whether the spam filter saw it at all."""
+    if verdict is None:
+        return None
+    score = None
+    if verdict.spam_score is not None:
+        score = _score(verdict.spam_score)
+        if verdict.spam_threshold is not None:
+            score += f" (junk from {_score(verdict.spam_threshold)})"
+    return {
+        "junk": verdict.junk,
+        "notes": list(verdict.notes),
+        "score": score,
+        "reasons": list(verdict.spam_symbols[:SHOWN_SYMBOLS]),
+        "more_reasons": max(0, len(verdict.spam_symbols) - SHOWN_SYMBOLS),
+        "scanned": verdict.scanned,
+        "authentication": verdict.authentication,
+    }
 
 
 def _header(message, name: str) -> str:
@@ -136,16 +177,16 @@ def register(app: WebApp) -> None:
         except (NotFound, Invalid):
             raise not_found() from None
 
-    async def _raw(page: PageRequest):
+    async def _filed(page: PageRequest):
         address = page.arg("address")
         mailbox = await _mailbox(page, address)
         try:
-            raw = await page.store.run(
-                filing.mailbox_message_raw, mailbox.address, _message_id_arg(page)
+            filed = await page.store.run(
+                filing.filed_message, mailbox.address, _message_id_arg(page)
             )
         except NotFound:
             raise not_found() from None
-        return mailbox, raw
+        return mailbox, filed
 
     @app.route("/mail")
     async def mail(page: PageRequest):
@@ -155,33 +196,86 @@ def register(app: WebApp) -> None:
     @app.route("/mail/box")
     async def box(page: PageRequest):
         mailbox = await _mailbox(page, page.arg("address"))
+        folder = _folder_arg(page.arg("folder"))
         rights = await page.rights(mailbox.address)
         number = page_number(page.arg("page"))
         filings = await page.store.run(
-            filing.list_filings, mailbox.address, PER_PAGE + 1, (number - 1) * PER_PAGE
+            filing.list_filings,
+            mailbox.address,
+            PER_PAGE + 1,
+            (number - 1) * PER_PAGE,
+            folder=folder,
         )
+        moved = page.arg("moved")
         context = {
             "mailbox": mailbox,
+            "folder": folder,
+            "folders": FOLDER_NAMES,
             "may_send": rights.edit,
+            "may_move": rights.edit,
             "filings": filings[:PER_PAGE],
             "number": number,
-            "previous_url": _box_url(mailbox.address, page=number - 1) if number > 1 else None,
+            "previous_url": (
+                _box_url(mailbox.address, folder=folder, page=number - 1) if number > 1 else None
+            ),
             "next_url": (
-                _box_url(mailbox.address, page=number + 1) if len(filings) > PER_PAGE else None
+                _box_url(mailbox.address, folder=folder, page=number + 1)
+                if len(filings) > PER_PAGE
+                else None
             ),
             "sent": page.arg("sent") == "1",
+            "moved": FOLDER_NAMES.get(moved),
+            "not_learned": moved in FOLDER_NAMES and page.arg("learned") == "0",
         }
         return Page("mail_box.html", context)
 
     @app.route("/mail/message")
     async def message(page: PageRequest):
-        mailbox, raw = await _raw(page)
-        context = {"mailbox": mailbox, "message_id": _message_id_arg(page), **read_message(raw)}
+        mailbox, filed = await _filed(page)
+        rights = await page.rights(mailbox.address)
+        context = {
+            "mailbox": mailbox,
+            "message_id": filed.message_id,
+            "folder": filed.folder,
+            "may_move": rights.edit,
+            "verdict": verdict_lines(filed.verdict),
+            **read_message(filed.raw),
+        }
         return Page("mail_message.html", context)
+
+    @app.route("/mail/move", methods=("POST",))
+    async def move(page: PageRequest):
+        """The "Junk" and "Not junk" buttons: the message moves within the mailbox, and
+        the spam filter (if any) learns from it. Needs the edit right, as sending does."""
+        address = page.form.get("address", "")
+        mailbox = await _mailbox(page, address)
+        if not (await page.rights(mailbox.address)).edit:
+            raise not_found()
+        message_id = parse_id(page.form.get("id"))
+        target = page.form.get("to", "")
+        if message_id is None or target not in FOLDERS:
+            raise not_found()
+        origin = INBOX if target == JUNK else JUNK
+        try:
+            moved = await page.store.run(filing.move_message, mailbox.address, message_id, target)
+        except NotFound:
+            raise not_found() from None
+        learned = True
+        if moved.moved and page.app.learner is not None:
+            try:
+                await maybeDeferred(page.app.learner.learn, moved.raw, target == JUNK)
+            except Exception:  # the filter is down or refused: the move stands
+                log.failure("the spam filter could not learn from message {id}", id=message_id)
+                learned = False
+        params = {"folder": origin, "moved": target}
+        if not learned:
+            params["learned"] = 0
+        return Redirect(_box_url(mailbox.address, **params))
 
     @app.route("/mail/attachment")
     async def attachment(page: PageRequest):
-        _, raw = await _raw(page)
+        _, filed = await _filed(page)
+        raw = filed.raw
         number = parse_count(page.arg("part"))
         parts = _parts(email.message_from_bytes(raw, policy=email.policy.default))
         if number is None or number >= len(parts):

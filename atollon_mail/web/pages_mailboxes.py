@@ -13,6 +13,12 @@ from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
 from atollon_mail.web.numbers import page_number, parse_id
 
 PER_PAGE = 50
+# A mailbox's spam handling (store.values.SPAM_HANDLINGS), as the mailbox page offers it.
+SPAM_CHOICES = {
+    "junk": "Into the Junk folder",
+    "tag": "Into the inbox, marked as junk",
+    "off": "Into the inbox, like any other mail",
+}
 # Pending confirmations, at most one per session; bounded like the sessions themselves.
 MAX_FLASHES = 1000
 
@@ -193,6 +199,7 @@ def register(app: WebApp) -> None:
             "fw_target": "",
             "access_login": "",
             "access_right": "view",
+            "spam_handling": box.spam_handling,
         }
         flash = flashes.take(page.session.id, address) if status == 200 else None
         context = {
@@ -201,6 +208,7 @@ def register(app: WebApp) -> None:
             "forward": forward,
             "can_edit": rights.edit,
             "store_targets": _store_targets(store_targets),
+            "spam_choices": SPAM_CHOICES,
             "values": {**defaults, **(values or {})},
             "errors": errors or {},
             "flash": flash,
@@ -277,6 +285,17 @@ def register(app: WebApp) -> None:
             except Conflict as problem:
                 return values, {"is_default": _problem(problem)}
         return "Changes saved."
+
+    async def _spam(page: PageRequest, address: str):
+        values = {"spam_handling": page.form.get("spam_handling", "")}
+        try:
+            box = await page.store.run(
+                mailbox_ops.update_mailbox, address, spam_handling=values["spam_handling"]
+            )
+        except Invalid:
+            return values, {"spam_handling": "Choose one of the three ways."}
+        label = SPAM_CHOICES[box.spam_handling]
+        return f"Junk mail now goes {label[:1].lower()}{label[1:]}."
 
     async def _alias_add(page: PageRequest, address: str):
         values = {"alias": page.form.get("alias", "")}
@@ -391,6 +410,7 @@ def register(app: WebApp) -> None:
 
     ACTIONS = {
         "settings": _settings,
+        "spam": _spam,
         "alias-add": _alias_add,
         "alias-remove": _alias_remove,
         "autorespond": _autorespond,

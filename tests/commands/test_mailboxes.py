@@ -142,6 +142,47 @@ class MailboxCommandsContract(ConfiguredCli):
         )
         self.assertIsInstance(self.resolve("jo@acme.com"), Recipient)
 
+    def test_mailbox_spam_handling(self):
+        self.setup_mailboxes()
+        self.assertEqual(self.mailbox("jo@acme.com").spam_handling, "junk")
+        self.assertEqual(
+            self.ok("mailbox", "set", "jo@acme.com", "--spam", "TAG").lines,
+            ["updated mailbox jo@acme.com: spam tag (junk mail stays in the inbox, marked)"],
+        )
+        self.assertEqual(self.mailbox("jo@acme.com").spam_handling, "tag")
+        self.assertEqual(self.resolve("jo@acme.com").spam_handling, "tag")
+        self.assertIn(
+            "spam:         tag (junk mail stays in the inbox, marked)",
+            self.ok("mailbox", "show", "jo@acme.com").lines,
+        )
+        self.assertEqual(
+            self.ok("mailbox", "add", "box@acme.com", "--owner", "ann", "--spam", "off").lines,
+            ["added mailbox box@acme.com (owner ann, identity box@acme.com, spam off)"],
+        )
+        listed = {line.split()[0]: line.split()[-2:] for line in self.ok("mailbox", "list").lines}
+        self.assertEqual(listed["box@acme.com"], ["off", "-"])
+        self.assertEqual(listed["jo@acme.com"], ["tag", "-"])
+        self.assertEqual(listed["joe@acme.com"], ["junk", "-"])
+        self.assertEqual(
+            self.ok("mailbox", "set", "jo@acme.com", "--spam", "junk", "--active", "no").lines,
+            [
+                "updated mailbox jo@acme.com: inactive (mail to it is refused; its mail is "
+                "kept), spam junk (junk mail goes to its Junk folder)"
+            ],
+        )
+        before = self.state()
+        for argv in (
+            ("set", "jo@acme.com", "--spam", "spam"),
+            ("set", "jo@acme.com", "--spam", ""),
+            ("add", "new@acme.com", "--owner", "ann", "--spam", "yes"),
+        ):
+            with self.subTest(argv=argv):
+                refused = self.cli("mailbox", *argv)
+                self.assertUsageError(refused)
+                self.assertIn("choose from 'junk', 'tag', 'off'", refused.err)
+        self.assertEqual(self.state(), before)
+        self.assertIn("--spam junk|tag|off", self.main("mailbox", "set", "--help").text)
+
     def test_mailbox_set_refusals_change_nothing(self):
         self.setup_mailboxes()
         self.ok("mailbox", "set", "jo@acme.com", "--active", "no")
@@ -246,6 +287,7 @@ class MailboxCommandsContract(ConfiguredCli):
                 "store to:     todo #1 To Do (joe)",
                 "active:       yes",
                 "default box:  yes",
+                "spam:         junk (junk mail goes to its Junk folder)",
                 "aliases:      sales@acme.com",
                 "rights:       ann view, dave view+edit",
                 "forwarding:   off",

@@ -25,7 +25,7 @@ from atollon_mail.delivery.intake import Intake
 from atollon_mail.events import Events
 from atollon_mail.store import accounts, aliases, autorespond, domains, mailboxes, queue
 from atollon_mail.store import filing as filing_ops
-from atollon_mail.store.records import Recipient
+from atollon_mail.store.records import InboundVerdict, Recipient
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
 T0 = datetime.datetime(2030, 7, 1, 12, 0, 0)
@@ -87,15 +87,28 @@ class AutoresponderTests(StoreFixtureMixin):
         return self.store.run_sync(autorespond.set_autoresponder, address, True, **settings)
 
     @defer.inlineCallbacks
-    def deliver(self, sender: str, raw: bytes, to=("jane@acme.test",)):
+    def deliver(self, sender: str, raw: bytes, to=("jane@acme.test",), verdict=None):
         """Mail from sender accepted for `to` (filed), and any reply decided and sent."""
         recipients = []
         for address in to:
             routed = yield self.intake.route(address)
             self.assertIsInstance(routed, Recipient)
             recipients.append(routed)
-        yield self.intake.accept(sender, recipients, raw)
+        yield self.intake.accept(sender, recipients, raw, verdict)
         yield self.responder.when_idle()
+
+    @defer.inlineCallbacks
+    def test_mail_filed_into_junk_gets_no_reply(self):
+        # jane files junk into Junk (the default); joe only tags it, so he still answers.
+        self.store.run_sync(mailboxes.update_mailbox, "joe@acme.test", spam_handling="tag")
+        junk = InboundVerdict(junk=True, spam_score=12.0)
+        both = message(to="Jane <jane@acme.test>, Joe <joe@acme.test>")
+        yield self.deliver(
+            "Ann@Remote.test", both, to=("jane@acme.test", "joe@acme.test"), verdict=junk
+        )
+        self.assertEqual(self.replied_to(), ["Ann@remote.test"])
+        [(_, _, reply_raw)] = self.queued()
+        self.assertEqual(parsed(reply_raw)["From"], "joe@acme.test")
 
     def queued(self):
         """(envelope sender, recipient address, raw) of every queued message."""

@@ -77,7 +77,7 @@ class ForwardingIntakeTests(StoreFixtureMixin):
         events.queued.subscribe(lambda: self.queued.append(True))
         self.filed = []
         events.filed.subscribe(
-            lambda sender, recipients, raw: self.filed.append(
+            lambda sender, recipients, raw, junk: self.filed.append(
                 (sender, tuple(r.mailbox_address for r in recipients))
             )
         )

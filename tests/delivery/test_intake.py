@@ -209,7 +209,7 @@ class IntakeOnStoreTests(StoreFixtureMixin):
         and old callers do) still gets them filed; the filing listeners hear of them."""
         heard = []
         self.events.filed.subscribe(
-            lambda sender, recipients, raw: heard.append(
+            lambda sender, recipients, raw, junk: heard.append(
                 (sender, [r.mailbox_address for r in recipients])
             )
         )

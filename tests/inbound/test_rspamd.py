@@ -31,7 +31,7 @@ from atollon_mail.inbound.rspamd import (
     parse_statistics,
     query_headers,
 )
-from atollon_mail.interfaces import ISpamFilter
+from atollon_mail.interfaces import ISpamFilter, ISpamLearner
 from tests.rspamd import GTUBE, rspamd_version, start_rspamd
 
 
@@ -209,6 +209,7 @@ class ConfigTests(unittest.TestCase):
         client = build_spam_filter(config, reactor)
         self.assertIsInstance(client, RspamdClient)
         self.assertTrue(verifyObject(ISpamFilter, client))
+        self.assertTrue(verifyObject(ISpamLearner, client))  # the web client teaches it
         self.assertEqual(client.url, "http://127.0.0.1:11333")
         self.assertEqual(client.controller_url, "http://127.0.0.1:11334")
         self.assertEqual(

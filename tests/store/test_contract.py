@@ -134,7 +134,12 @@ def _model_description(model) -> dict:
                     (field.on_delete or "").upper(),
                 )
             )
-    for names, unique in meta.indexes:
+    for index in meta.indexes:
+        if isinstance(index, peewee.ModelIndex):  # added with add_index (a partial index)
+            names = tuple(field.column_name for field in index._expressions)
+            indexes.add((names, bool(index._unique)))
+            continue
+        names, unique = index
         indexes.add((tuple(meta.fields[name].column_name for name in names), unique))
     return {
         "columns": columns,

@@ -10,13 +10,16 @@ import re
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 import atollon_mail.web as web
 from atollon_mail.config import parse_config
 from atollon_mail.delivery.intake import summarize_headers
+from atollon_mail.interfaces import ISpamLearner
 from atollon_mail.store import accounts, domains, filing, mailboxes, queue
 from atollon_mail.store.mailboxes import grant_mailbox_access, update_mailbox
-from atollon_mail.store.records import IncomingMessage
+from atollon_mail.store.records import InboundVerdict, IncomingMessage
 from atollon_mail.web import pages_mail
 from tests.builders import web_root
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
@@ -39,6 +42,43 @@ HTML_MAIL = (
     b'Content-Disposition: attachment; filename="offer.pdf"\r\n'
     b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--XX--\r\n"
 )
+
+
+SPAM_MAIL = (
+    b"From: Winner <prize@spam.example>\r\nTo: bob@example.com\r\n"
+    b"Subject: You won\r\nMessage-ID: <won@spam.example>\r\n\r\nClaim it now.\r\n"
+)
+SPAM = InboundVerdict(
+    junk=True,
+    authentication="mail.example.com; spf=fail smtp.mailfrom=prize@spam.example; dkim=none",
+    spam_score=12.25,
+    spam_threshold=6.0,
+    spam_symbols=tuple(f"SYMBOL_{n}" for n in range(12)),
+    spam_action="add header",
+    notes=("could not verify the sender", "<b>not</b> signed"),
+)
+HAM = InboundVerdict(
+    authentication="mail.example.com; dkim=pass header.d=remote.example",
+    spam_score=0.5,
+    spam_threshold=6.0,
+    spam_symbols=("BAYES_HAM",),
+    notes=("signed by remote.example", "forwarded by mx.partner.com, trusted"),
+)
+
+
+@implementer(ISpamLearner)
+class RecordingLearner:
+    """Records what it is taught; fails with `failure` when one is set."""
+
+    def __init__(self):
+        self.taught: list[tuple[bytes, bool]] = []
+        self.failure: Exception | None = None
+
+    def learn(self, raw, spam):
+        if self.failure is not None:
+            return defer.fail(self.failure)
+        self.taught.append((raw, spam))
+        return defer.succeed(None)
 
 
 class WebMailTests(ServedWebMixin, StoreFixtureMixin):
@@ -64,15 +104,17 @@ class WebMailTests(ServedWebMixin, StoreFixtureMixin):
         self.clock = Clock()
         self.clock.advance(1_000_000)
         config = parse_config("[appliance]\nhostname = mail.example.com\n")
-        root = web_root(self, self.store, config, reactor, clock=self.clock)
+        self.learner = RecordingLearner()
+        root = web_root(self, self.store, config, reactor, clock=self.clock, learner=self.learner)
         self.serve(root)
 
-    def deliver(self, raw: bytes, local_part: str) -> int:
+    def deliver(self, raw: bytes, local_part: str, verdict=None) -> int:
         recipient = self.store.run_sync(filing.resolve_recipient, local_part, "example.com")
         incoming = IncomingMessage(
             envelope_sender="someone@remote.example",
             recipients=(recipient,),
             raw=raw,
+            verdict=verdict,
             **summarize_headers(raw),
         )
         [stored] = self.store.run_sync(filing.store_messages, [incoming])
@@ -114,6 +156,8 @@ class WebMailTests(ServedWebMixin, StoreFixtureMixin):
             "/mail/box?address=carol@example.com",
             f"/mail/message?address=carol@example.com&id={self.carol_id}",
             "/mail/box?address=nobody@example.com",
+            "/mail/box?address=not%20an%20address",
+            "/mail/box?address=" + "x" * 5000,
         ):
             response = yield bob.get(path)
             self.assertEqual(response.status, 404, path)
@@ -325,6 +369,231 @@ class WebMailTests(ServedWebMixin, StoreFixtureMixin):
         self.assertEqual(response.status, 403)
         self.assertEqual(self.store.run_sync(queue.queue_list), [])
         self.assertEqual(len(self.store.run_sync(filing.list_filings, "bob@example.com")), 2)
+
+    # --- Junk ---------------------------------------------------------------------------
+
+    def folders(self, address: str = "bob@example.com") -> dict[int, str]:
+        return {f.message.id: f.folder for f in self.store.run_sync(filing.list_filings, address)}
+
+    @staticmethod
+    def subjects(page) -> list[str]:
+        return re.findall(r"&amp;id=\d+\">([^<]*)</a>", page.text)
+
+    @staticmethod
+    def buttons(page) -> list[tuple[str, str]]:
+        """(message id, target folder) of each move button on the page."""
+        return re.findall(
+            r'name="id" value="(\d+)">\s*<input type="hidden" name="to" value="(\w+)">',
+            page.text,
+        )
+
+    @defer.inlineCallbacks
+    def move(self, browser, message_id, to, address="bob@example.com", csrf=None):
+        if csrf is None:
+            page = yield browser.get(f"/mail/box?address={address}")
+            csrf = page.csrf()
+        form = {"address": address, "id": str(message_id), "to": to}
+        if csrf:
+            form["csrf_token"] = csrf
+        return (yield browser.post("/mail/move", form))
+
+    def test_the_learner_fits_the_interface(self):
+        self.assertTrue(verifyObject(ISpamLearner, self.learner))
+
+    @defer.inlineCallbacks
+    def test_each_mailbox_shows_its_inbox_and_its_junk(self):
+        spam_id = self.deliver(SPAM_MAIL, "bob", verdict=SPAM)
+        bob = yield self.logged_in()
+        inbox = yield bob.get("/mail/box?address=bob@example.com")
+        self.assertEqual(self.subjects(inbox), ["Offer", "Lunch plans"])
+        self.assertIn('<strong aria-current="page">Inbox</strong>', inbox.text)
+        self.assertIn(
+            'href="/mail/box?address=bob%40example.com&amp;folder=junk">Junk</a>', inbox.text
+        )
+        self.assertEqual(
+            self.buttons(inbox), [(str(self.html_id), "junk"), (str(self.text_id), "junk")]
+        )
+        self.assertIn(">Junk</button>", inbox.text)
+        junk = yield bob.get("/mail/box?address=bob@example.com&folder=junk")
+        self.assertEqual(junk.status, 200)
+        self.assertEqual(self.subjects(junk), ["You won"])
+        self.assertEqual(self.buttons(junk), [(str(spam_id), "inbox")])
+        self.assertIn(">Not junk</button>", junk.text)
+        # A folder that does not exist, a page that is none.
+        for path, status in (
+            ("/mail/box?address=bob@example.com&folder=trash", 404),
+            ("/mail/box?address=bob@example.com&folder=" + "j" * 5000, 404),
+            ("/mail/box?address=bob@example.com&folder=junk&page=x", 400),
+        ):
+            response = yield bob.get(path)
+            self.assertEqual(response.status, status, path)
+
+    @defer.inlineCallbacks
+    def test_tagged_junk_stays_in_the_inbox_marked(self):
+        self.store.run_sync(update_mailbox, "bob@example.com", spam_handling="tag")
+        spam_id = self.deliver(SPAM_MAIL, "bob", verdict=SPAM)
+        self.assertEqual(self.folders()[spam_id], "inbox")
+        bob = yield self.logged_in()
+        inbox = yield bob.get("/mail/box?address=bob@example.com")
+        self.assertEqual(self.subjects(inbox), ["You won", "Offer", "Lunch plans"])
+        self.assertEqual(inbox.text.count("(probably junk)"), 1)
+        page = yield bob.get(f"/mail/message?address=bob@example.com&id={spam_id}")
+        self.assertIn("Probably junk: what the checks found", page.text)
+
+    @defer.inlineCallbacks
+    def test_not_junk_moves_it_back_and_teaches_the_filter(self):
+        spam_id = self.deliver(SPAM_MAIL, "bob", verdict=SPAM)
+        raw = self.store.run_sync(filing.message_raw, spam_id)
+        bob = yield self.logged_in()
+        page = yield bob.get(f"/mail/message?address=bob@example.com&id={spam_id}")
+        self.assertIn(">Not junk</button>", page.text)
+        self.assertIn('name="to" value="inbox"', page.text)
+        response = yield self.move(bob, spam_id, "inbox")
+        self.assertEqual(response.status, 303)
+        self.assertEqual(
+            response.header("location"),
+            "/mail/box?address=bob%40example.com&folder=junk&moved=inbox",
+        )
+        self.assertEqual(self.folders()[spam_id], "inbox")
+        self.assertEqual(self.learner.taught, [(raw, False)])
+        confirmation = yield bob.get(response.header("location"))
+        self.assertIn("Message moved to the inbox.", confirmation.text)
+        self.assertEqual(self.subjects(confirmation), [])
+        # Already there: nothing moves, nothing more is taught.
+        response = yield self.move(bob, spam_id, "inbox")
+        self.assertEqual(response.status, 303)
+        self.assertEqual(self.learner.taught, [(raw, False)])
+        page = yield bob.get(f"/mail/message?address=bob@example.com&id={spam_id}")
+        self.assertIn(">Junk</button>", page.text)
+
+    @defer.inlineCallbacks
+    def test_junk_moves_it_to_junk_and_teaches_the_filter(self):
+        raw = self.store.run_sync(filing.message_raw, self.text_id)
+        bob = yield self.logged_in()
+        response = yield self.move(bob, self.text_id, "junk")
+        self.assertEqual(response.status, 303)
+        self.assertEqual(
+            response.header("location"),
+            "/mail/box?address=bob%40example.com&folder=inbox&moved=junk",
+        )
+        self.assertEqual(self.folders()[self.text_id], "junk")
+        self.assertEqual(self.learner.taught, [(raw, True)])
+        confirmation = yield bob.get(response.header("location"))
+        self.assertIn("Message moved to Junk.", confirmation.text)
+        self.assertEqual(self.subjects(confirmation), ["Offer"])
+        page = yield bob.get(f"/mail/message?address=bob@example.com&id={self.text_id}")
+        self.assertIn("Back to Junk of bob@example.com", page.text)
+
+    @defer.inlineCallbacks
+    def test_a_filter_that_cannot_learn_leaves_the_move_and_says_so(self):
+        self.learner.failure = ConnectionRefusedError("the spam filter is down")
+        bob = yield self.logged_in()
+        response = yield self.move(bob, self.text_id, "junk")
+        self.assertEqual(response.status, 303)
+        self.assertIn("learned=0", response.header("location"))
+        self.assertEqual(self.folders()[self.text_id], "junk")
+        confirmation = yield bob.get(response.header("location"))
+        self.assertIn("The spam filter could not learn from it now", confirmation.text)
+        self.assertEqual(len(self.flushLoggedErrors(ConnectionRefusedError)), 1)
+
+    @defer.inlineCallbacks
+    def test_moving_without_a_spam_filter(self):
+        config = parse_config("[appliance]\nhostname = mail.example.com\n")
+        self.serve(web_root(self, self.store, config, reactor, clock=self.clock))  # no learner
+        bob = yield self.logged_in()
+        response = yield self.move(bob, self.text_id, "junk")
+        self.assertEqual(response.status, 303)
+        self.assertNotIn("learned=0", response.header("location"))
+        self.assertEqual(self.folders()[self.text_id], "junk")
+        self.assertEqual(self.learner.taught, [])
+
+    @defer.inlineCallbacks
+    def test_moving_needs_the_csrf_token(self):
+        bob = yield self.logged_in()
+        for csrf in ("", "forged"):
+            response = yield self.move(bob, self.text_id, "junk", csrf=csrf)
+            self.assertEqual(response.status, 403, csrf)
+        self.assertEqual(self.folders()[self.text_id], "inbox")
+        self.assertEqual(self.learner.taught, [])
+
+    @defer.inlineCallbacks
+    def test_moving_needs_the_edit_right(self):
+        shared_id = self.deliver(SPAM_MAIL, "shared", verdict=SPAM)
+        bob = yield self.logged_in()
+        # Bob may only view the shared box: no buttons, and a move is not found.
+        page = yield bob.get("/mail/box?address=shared@example.com&folder=junk")
+        self.assertEqual(page.status, 200)
+        self.assertEqual(self.subjects(page), ["You won"])
+        self.assertEqual(self.buttons(page), [])
+        page = yield bob.get(f"/mail/message?address=shared@example.com&id={shared_id}")
+        self.assertNotIn("/mail/move", page.text)
+        response = yield self.move(bob, shared_id, "inbox", address="shared@example.com")
+        self.assertEqual(response.status, 404)
+        # Carol's own box: bob has no rights at all; nor through his own box.
+        response = yield self.move(bob, self.carol_id, "junk", address="carol@example.com")
+        self.assertEqual(response.status, 404)
+        response = yield self.move(bob, self.carol_id, "junk")
+        self.assertEqual(response.status, 404)
+        self.assertEqual(self.folders("shared@example.com")[shared_id], "junk")
+        self.assertEqual(self.folders("carol@example.com")[self.carol_id], "inbox")
+        self.assertEqual(self.learner.taught, [])
+
+    @defer.inlineCallbacks
+    def test_garbage_in_a_move_is_not_found(self):
+        bob = yield self.logged_in()
+        page = yield bob.get("/mail/box?address=bob@example.com")
+        csrf = page.csrf()
+        good = {"csrf_token": csrf, "address": "bob@example.com", "id": str(self.text_id)}
+        for changed in (
+            {"id": "x"},
+            {"id": ""},
+            {"id": "0"},
+            {"id": "-1"},
+            {"id": "9" * 40},
+            {"id": str(2**63)},
+            {"id": str(2**63 - 1)},
+            {"id": "²"},
+            {"to": "trash"},
+            {"to": ""},
+            {"address": "not an address"},
+            {"address": "nobody@example.com"},
+            {"address": "x" * 5000},
+        ):
+            form = {**good, "to": "junk", **changed}
+            response = yield bob.post("/mail/move", form)
+            self.assertEqual(response.status, 404, changed)
+        response = yield bob.get(f"/mail/move?address=bob@example.com&id={self.text_id}&to=junk")
+        self.assertEqual(response.status, 405)
+        self.assertEqual(self.folders()[self.text_id], "inbox")
+        self.assertEqual(self.learner.taught, [])
+
+    @defer.inlineCallbacks
+    def test_the_message_page_tells_the_verdicts_in_words(self):
+        spam_id = self.deliver(SPAM_MAIL, "bob", verdict=SPAM)
+        ham_id = self.deliver(TEXT_MAIL, "bob", verdict=HAM)
+        unscanned_id = self.deliver(
+            TEXT_MAIL, "bob", verdict=InboundVerdict(scanned=False, notes=("signed by x.example",))
+        )
+        bob = yield self.logged_in()
+        page = yield bob.get(f"/mail/message?address=bob@example.com&id={spam_id}")
+        self.assertIn("In Junk: what the checks found", page.text)
+        self.assertIn("<li>could not verify the sender</li>", page.text)
+        self.assertIn("<li>&lt;b&gt;not&lt;/b&gt; signed</li>", page.text)
+        reasons = ", ".join(f"SYMBOL_{n}" for n in range(10))
+        self.assertIn(f"Spam score 12.25 (junk from 6), mainly: {reasons} and 2 more.", page.text)
+        self.assertIn("spf=fail smtp.mailfrom=prize@spam.example", page.text)
+        self.assertNotIn("Not scanned", page.text)
+        page = yield bob.get(f"/mail/message?address=bob@example.com&id={ham_id}")
+        self.assertIn("<h2>what the checks found</h2>", page.text)
+        self.assertIn("<li>signed by remote.example</li>", page.text)
+        self.assertIn("<li>forwarded by mx.partner.com, trusted</li>", page.text)
+        self.assertIn("Spam score 0.5 (junk from 6), mainly: BAYES_HAM.", page.text)
+        page = yield bob.get(f"/mail/message?address=bob@example.com&id={unscanned_id}")
+        self.assertIn("Not scanned: the spam filter did not answer", page.text)
+        self.assertNotIn("Spam score", page.text)
+        # Mail nothing checked says nothing of checks.
+        page = yield bob.get(f"/mail/message?address=bob@example.com&id={self.text_id}")
+        self.assertNotIn('id="checks"', page.text)
 
 
 class SqliteWebMailTests(SqliteStoreMixin, WebMailTests, unittest.TestCase):

@@ -181,6 +181,45 @@ class WebMailboxesTests(ServedWebMixin, StoreFixtureMixin):
         )
         self.assertFalse(self.box().is_default)
 
+    @defer.inlineCallbacks
+    def test_spam_handling_chosen_by_owner_or_admin(self):
+        bob = yield self.logged_in("bob", "bob-secret")
+        page = yield bob.get(BOB)
+        self.assertRegex(page.text, r'<option value="junk" selected>Into the Junk folder</option>')
+        response = yield self.act(bob, "spam", spam_handling="tag")
+        self.assertEqual(response.status, 303)
+        page = yield bob.get(response.header("location"))
+        self.assertIn("Junk mail now goes into the inbox, marked as junk.", page.text)
+        self.assertIn('<option value="tag" selected>', page.text)
+        self.assertEqual(self.box().spam_handling, "tag")
+        admin = yield self.logged_in()
+        response = yield self.act(admin, "spam", spam_handling="off")
+        self.assertEqual(response.status, 303)
+        self.assertEqual(self.box().spam_handling, "off")
+        # Anything else is refused beside the field, and changes nothing.
+        for value in ("maybe", "", "x" * 5000):
+            response = yield self.act(admin, "spam", spam_handling=value)
+            self.assertEqual(response.status, 400, value)
+            self.assertIn('id="spam_handling-error"', response.text)
+        self.assertEqual(self.box().spam_handling, "off")
+
+    @defer.inlineCallbacks
+    def test_spam_handling_only_with_the_edit_right_and_csrf(self):
+        self.store.run_sync(mailbox_ops.grant_mailbox_access, "bob@example.com", "carol", True)
+        carol = yield self.logged_in("carol", "carol-secret")
+        page = yield carol.get(BOB)
+        self.assertIn('<dd id="spam-handling">Into the Junk folder</dd>', page.text)
+        self.assertNotIn('name="spam_handling"', page.text)
+        form = {"action": "spam", "csrf_token": page.csrf(), "spam_handling": "off"}
+        self.assertEqual((yield carol.post(BOB, form)).status, 404)
+        own = "/mailbox?address=carol@example.org"
+        self.assertEqual((yield carol.post(own, {**form, "csrf_token": "forged"})).status, 403)
+        self.assertEqual(
+            (yield carol.post(own, {"action": "spam", "spam_handling": "off"})).status, 403
+        )
+        self.assertEqual(self.box().spam_handling, "junk")
+        self.assertEqual(self.box("carol@example.org").spam_handling, "junk")
+
     @staticmethod
     def identity_error(page) -> str:
         found = re.search(r'<p class="error" id="identity-error">([^<]*)</p>', page.text)
