@@ -319,6 +319,19 @@ def build_appliance(
     return appliance
 
 
+def tac_application(path: str, reactor) -> service.Application:
+    """The application of `twistd -ny tap/atollon-mail.tac`: a configuration error is
+    one line and exit status 1 there too, not twistd's traceback."""
+    try:
+        config = load_config(path)
+        check_endpoints(config, reactor)
+    except ConfigError as problem:
+        raise SystemExit(f"atollon-mail: {problem}") from None
+    application = service.Application("atollon-mail")
+    build_appliance(config, reactor).setServiceParent(application)
+    return application
+
+
 def makeService(options: Options, reactor=None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor

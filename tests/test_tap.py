@@ -366,6 +366,23 @@ class TwistdTests(unittest.TestCase):
         self.assertOneLineError(result, f"{path}: [smtp] max_recipients: must be")
         self.assertEqual((result.returncode, result.stdout), (1, ""))
 
+    def test_the_tac_file_tells_a_config_error_in_one_line(self):
+        tac = os.path.join(os.path.dirname(os.path.dirname(__file__)), "tap", "atollon-mail.tac")
+        for text, expected in (
+            ("[smtp]\nlisten = tcp:notaport\n", "[smtp] listen: 'tcp:notaport' is not a usable"),
+            ("[smtp]\nmax_recipients = 10\n", "[smtp] max_recipients: must be"),
+        ):
+            path = write_config(self, MINIMAL + text)
+            result = subprocess.run(
+                [sys.executable, "-c", TWISTD_PRELUDE, "--nodaemon", "--pidfile=", "-ny", tac],
+                capture_output=True,
+                text=True,
+                timeout=START_TIMEOUT,
+                env={**os.environ, "ATOLLON_MAIL_CONFIG": path},
+            )
+            self.assertOneLineError(result, expected)
+            self.assertEqual(result.returncode, 1)
+
     def test_first_start_offers_starttls_then_auth_on_submission(self):
         log = self.start_server()
         self.assertNotIn("Unable to write to plugin cache", log)
