@@ -245,7 +245,7 @@ class CampaignContract(StoreFixtureMixin):
         for args, kwargs, error, message in (
             (("", "customers", "news@acme.test", "en"), {}, Invalid, "needs a name"),
             (("x", "nobody", "news@acme.test", "en"), {}, NotFound, "no distribution group"),
-            (("x", 999, "news@acme.test", "en"), {}, NotFound, "no distribution group 999"),
+            (("x", 999, "news@acme.test", "en"), {}, NotFound, "no distribution group with id 999"),
             (("x", "customers", "no@acme.test", "en"), {}, NotFound, "no mailbox"),
             (("x", "customers", "off@acme.test", "en"), {}, Invalid, "inactive"),
             (("x", "customers", "news@acme.test", "eng"), {}, Invalid, "two letters"),
