@@ -228,15 +228,21 @@ class ImportContract(StoreFixtureMixin):
                 (7, "employed_to", "2024-04-01 is before employed_from 2024-05-01"),
                 (8, "employer", "P4 is a person, not a company"),
                 (9, "employer", "no company with external_id F404 in this file or stored"),
-                (10, "external_id", "P1 is on line 3 already"),
+                (
+                    10,
+                    "external_id",
+                    "P1 is on line 3 already; a person's further rows each add an employer: "
+                    "give the employer",
+                ),
                 (11, "", "has 6 fields but the header names 12 columns"),
             ],
         )
 
     def test_every_problem_of_every_row_in_one_pass(self):
-        # A row with a problem is still checked for its employer; a repeated external_id
-        # is still checked for the rest of its row; rows are checked below a header with
-        # an unknown column, a line that is not CSV, and a line that is not UTF-8.
+        # A row with a problem is still checked for its employer; a person's further row
+        # (the same external_id) is checked against the first; rows are checked below a
+        # header with an unknown column, a line that is not CSV, and a line that is not
+        # UTF-8.
         data = "\n".join(
             [
                 "organization,kind,external_id,last_name,email,employer,colour,employed_from",
@@ -264,9 +270,12 @@ class ImportContract(StoreFixtureMixin):
                 (3, "email", "'jana@' is not an e-mail address; give one such as name@example.com"),
                 (3, "employed_from", "'2024-13-01' is not a date; write YYYY-MM-DD"),
                 (3, "employer", "no company with external_id F404 in this file or stored"),
-                (4, "external_id", "P1 is on line 3 already"),
-                (4, "last_name", "a person needs last_name or name"),
-                (4, "email", "'bad@' is not an e-mail address; give one such as name@example.com"),
+                (
+                    4,
+                    "email",
+                    "differs from line 3 of P1; give a person's details on their first row "
+                    "(the further rows add employers)",
+                ),
                 (5, "", "is not valid CSV: ',' expected after '\"'"),
                 (6, "email", "'petr@' is not an e-mail address; give one such as name@example.com"),
                 (6, "employer", "P1 is a person, not a company"),
