@@ -520,16 +520,17 @@ class CliContractMixin(ConfiguredCli):
         ]
         lines = self.ok("messages", "list", "joe@acme.com").lines
         self.assertEqual(
-            lines[0].split(), ["UID", "ID", "RECEIVED", "(UTC)", "SIZE", "FROM", "SUBJECT"]
+            lines[0].split(),
+            ["UID", "ID", "RECEIVED", "(UTC)", "SIZE", "FROM", "TYPE", "SUBJECT"],
         )
         rows = [line.split() for line in lines[1:]]
         self.assertEqual(
-            [(row[0], row[1], row[4], row[5], " ".join(row[6:])) for row in rows],
+            [(row[0], row[1], row[4], row[5], row[6], " ".join(row[7:])) for row in rows],
             [
                 # The size of the bytes filed: Return-Path: <sN@example.org> and CRLF more.
-                ("3", str(ids[2]), "61", "s2@example.org", "Subject 2"),
-                ("2", str(ids[1]), "2031", "s1@example.org", "Subject 1"),
-                ("1", str(ids[0]), "41", "s0@example.org", "Subject 0"),
+                ("3", str(ids[2]), "61", "s2@example.org", "email-in", "Subject 2"),
+                ("2", str(ids[1]), "2031", "s1@example.org", "email-in", "Subject 1"),
+                ("1", str(ids[0]), "41", "s0@example.org", "email-in", "Subject 0"),
             ],
         )
         self.assertRegex(rows[0][2] + " " + rows[0][3], r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
