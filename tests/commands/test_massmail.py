@@ -191,7 +191,7 @@ class MassmailCommandTests(ConfiguredCli):
                 "--fallback-language",
                 "en",
             ),
-            "no distribution group nobody",
+            'no distribution group matches "nobody"',
         )
         self.assertRefused(
             self.cli(
@@ -385,8 +385,8 @@ class MassmailCommandTests(ConfiguredCli):
         self.assertEqual(
             lines[-3:],
             [
+                "  suppressed 0",
                 "[--------------------]  0.0%  0/0",
-                "rate unknown",
                 f"not sent yet: atollon-mail massmail send {campaign_id}",
             ],
         )
@@ -462,7 +462,7 @@ class MassmailCommandTests(ConfiguredCli):
             ],
         )
         self.assertIn(
-            f"paused: atollon-mail massmail resume {campaign_id}",
+            f"paused: nothing is being sent; resume it: atollon-mail massmail resume {campaign_id}",
             self.ok("massmail", "status", campaign_id).lines,
         )
         self.assertRefused(self.cli("massmail", "pause", campaign_id), "only a running one")
