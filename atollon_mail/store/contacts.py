@@ -7,7 +7,7 @@ an id when it is all digits and no organization has that name.
 A contact is named by what a person knows of it (`find_contacts`): an int is an id; a
 string all digits is the id of a stored contact; otherwise, or when no contact has that
 id, the contacts whose external id, e-mail or name is the text (any case), else those
-whose name, e-mail or external id contains it. One match is the contact; none or several
+whose name contains it. One match is the contact; none or several
 are refused with a line naming what was searched or listing the candidates.
 """
 
@@ -100,12 +100,8 @@ def _match_conditions(text: str) -> list:
         | (Contact.email == text.lower())
         | same_text(Contact.name, text)
     )
-    partial = (
-        contains_text(Contact.name, text)
-        | contains_text(Contact.email, text)
-        | contains_text(Contact.external_id, text)
-    )
-    conditions = [exact, partial]
+    # Part of a name only: a part of an address or an id would name a contact by chance.
+    conditions = [exact, contains_text(Contact.name, text)]
     if text.isdigit():
         conditions.insert(0, Contact.id == int(text))
     return conditions
@@ -292,8 +288,11 @@ def add_contact(
 
 
 @read_only
-def get_contact(contact: int | str) -> ContactRecord:
-    return contact_record(find_contact_row(contact))
+def get_contact(
+    contact: int | str, organization: int | str | None = None, kind: str | None = None
+) -> ContactRecord:
+    """The one contact a reference names (see `find_contact_row`)."""
+    return contact_record(find_contact_row(contact, organization, kind))
 
 
 def search_condition(text: str, today: datetime.date | None = None):
@@ -444,9 +443,9 @@ def _employment_record(employment: Employment, person: Contact, company: Contact
 
 
 def _person_and_company(
-    person: int | str, company: int | str | None
+    person: int | str, company: int | str | None, organization: int | str | None = None
 ) -> tuple[Contact, Contact | None]:
-    person_row = find_contact_row(person, kind="person")
+    person_row = find_contact_row(person, organization, kind="person")
     if person_row.kind != "person":
         raise Invalid(f"contact {person_row.id} ({person_row.name}) is a company; give a person")
     if company is None:
@@ -510,6 +509,7 @@ def add_employment(
     valid_to: datetime.date | None = None,
     sole_primary: bool = False,
     today: datetime.date | None = None,
+    organization: int | str | None = None,
 ) -> EmploymentRecord:
     """A person's employment at a company of the same organization.
 
@@ -517,7 +517,7 @@ def add_employment(
     ended. sole_primary: the person's other primary employments that have not ended stop
     being primary (`add_job` reports which)."""
     return add_job(
-        person, company, is_primary, valid_from, valid_to, sole_primary, today
+        person, company, is_primary, valid_from, valid_to, sole_primary, today, organization
     ).employment
 
 
@@ -529,10 +529,12 @@ def add_job(
     valid_to: datetime.date | None = None,
     sole_primary: bool = True,
     today: datetime.date | None = None,
+    organization: int | str | None = None,
 ) -> EmploymentChange:
-    """`add_employment`, with the employments that stopped being primary for it."""
+    """`add_employment`, with the employments that stopped being primary for it. Names
+    are looked for in the organization when given."""
     today = today or utc_now().date()
-    person_row, company_row = _person_and_company(person, company)
+    person_row, company_row = _person_and_company(person, company, organization)
     check_employment_dates(valid_from, valid_to)
     if is_primary is None:
         is_primary = not (
@@ -573,11 +575,12 @@ def _one_employment(
     company: int | str | None,
     started: datetime.date | None,
     today: datetime.date,
+    organization: int | str | None = None,
 ) -> tuple[Employment, Contact, Contact]:
     """The employment a person, a company and a start day name. Without a company or a
     start: of the person's employments (at that company) those that have not ended, or
     if none has, all of them; one is it, several are listed."""
-    person_row, company_row = _person_and_company(person, company)
+    person_row, company_row = _person_and_company(person, company, organization)
     condition = Employment.person == person_row.id
     if company_row is not None:
         condition &= Employment.company == company_row.id
@@ -622,11 +625,14 @@ def make_primary(
     company: int | str | None = None,
     started: datetime.date | None = None,
     today: datetime.date | None = None,
+    organization: int | str | None = None,
 ) -> EmploymentChange:
     """The named employment becomes the person's primary one; their other primary
     employments that have not ended stop being primary."""
     today = today or utc_now().date()
-    employment, person_row, company_row = _one_employment(person, company, started, today)
+    employment, person_row, company_row = _one_employment(
+        person, company, started, today, organization
+    )
     if employment.valid_to is not None and employment.valid_to < today:
         raise Invalid(
             f"{person_row.name}'s employment at {company_row.name} ended on "
@@ -648,12 +654,15 @@ def end_employment(
     on: datetime.date | None = None,
     started: datetime.date | None = None,
     today: datetime.date | None = None,
+    organization: int | str | None = None,
 ) -> EmploymentRecord:
     """The named employment ends on `on` (its last day, default today); the person and
     the company stay. Their default folder follows at the next default-folder run."""
     today = today or utc_now().date()
     on = on or today
-    employment, person_row, company_row = _one_employment(person, company, started, today)
+    employment, person_row, company_row = _one_employment(
+        person, company, started, today, organization
+    )
     if employment.valid_from is not None and on < employment.valid_from:
         raise Invalid(
             f"the employment of {person_row.name} at {company_row.name} starts on "
@@ -678,7 +687,7 @@ def list_employments(
     valid today only, False: ended or not yet started only."""
     condition = Employment.id.is_null(False)
     if person is not None:
-        person_row, _ = _person_and_company(person, None)
+        person_row, _ = _person_and_company(person, None, organization)
         condition &= Employment.person == person_row.id
     if company is not None:
         company_row = find_contact_row(company, organization, kind="company")

@@ -287,8 +287,11 @@ def _get_context_row(context_id: int) -> Context:
 
 
 @read_only
-def get_folder(folder: int | str) -> FolderRecord:
-    return _folder_records([find_folder_row(folder)])[0]
+def get_folder(
+    folder: int | str, organization: int | str | None = None, kind: str | None = None
+) -> FolderRecord:
+    """The one folder or project a reference names (see `find_folder_row`)."""
+    return _folder_records([find_folder_row(folder, organization, kind)])[0]
 
 
 @read_only

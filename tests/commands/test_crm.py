@@ -91,7 +91,10 @@ class CrmCommandTests(ConfiguredCli):
         self.assertEqual(len(self.ok("contacts", "list", "--language", "none").lines), 2)
         self.assertEqual(
             self.ok("contacts", "list", "--limit", "1").lines[1:],
-            [" 1  Acme          company  Firm  -      (none)    -", "1-1 of 2; the next: --offset 1"],
+            [
+                " 1  Acme          company  Firm  -      (none)    -",
+                "1-1 of 2; the next: --offset 1",
+            ],
         )
         self.store_op(contacts.add_employment, 2, 1, is_primary=True)
         self.assertEqual(

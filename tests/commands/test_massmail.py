@@ -378,6 +378,28 @@ class MassmailCommandTests(ConfiguredCli):
             ],
         )
 
+    def test_status_of_a_paused_campaign_has_no_rate_or_time_left(self):
+        campaign_id, started = self.running_with_progress()
+        self.ok("massmail", "pause", str(campaign_id))
+        lines = self.ok("massmail", "status", str(campaign_id)).lines
+        self.assertEqual(
+            lines[0],
+            f"campaign {campaign_id} Spring news: paused, started {started:%Y-%m-%d %H:%M:%S} UTC",
+        )
+        self.assertEqual(
+            lines[-2:],
+            [
+                "[##########----------]  50.0%  10/20",
+                "paused: nothing is being sent; resume it: atollon-mail massmail resume "
+                f"{campaign_id}",
+            ],
+        )
+        self.assertFalse([line for line in lines if "rate" in line or "left" in line], lines)
+        self.ok("massmail", "resume", str(campaign_id))
+        self.assertIn(
+            "rate 0.2/s, about 60 s left", self.ok("massmail", "status", str(campaign_id)).lines
+        )
+
     def test_status_of_a_draft_and_unknown_rate(self):
         campaign_id = self.with_variants()
         lines = self.ok("massmail", "status", str(campaign_id)).lines

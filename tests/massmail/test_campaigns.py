@@ -807,6 +807,20 @@ class CampaignContract(StoreFixtureMixin):
         )
         self.assertEqual(set(draft.counts.values()), {0})
 
+    def test_a_paused_or_cancelled_campaign_has_no_rate_and_no_eta(self):
+        campaign_id = self.big_campaign(10)
+        now = T0 + datetime.timedelta(seconds=20)
+        self.op(set_rows, campaign_id, self.addresses(0, 5), state="sent", sent_at=now)
+        self.assertAlmostEqual(
+            self.op(campaign_recipients.campaign_status, campaign_id, now).rate, 5 / 20
+        )
+        for state in ("paused", "cancelled"):
+            self.op(set_status, campaign_id, state)
+            status = self.op(campaign_recipients.campaign_status, campaign_id, now)
+            self.assertEqual(
+                (status.campaign.status, status.rate, status.eta_seconds), (state, None, None)
+            )
+
     def test_nothing_left_means_no_eta(self):
         campaign_id = self.started()
         self.op(
