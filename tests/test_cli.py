@@ -472,8 +472,9 @@ class CliContractMixin(ConfiguredCli):
         self.assertRefused(self.cli("mailbox", "show", "bob@acme.com"), "no mailbox bob@acme.com")
         self.assertRefused(self.cli("mailbox", "show", "bob"), "is not an address")
         self.assertUsageError(self.cli("mailbox", "add", "bob@acme.com"))
-        self.assertUsageError(
-            self.cli("mailbox", "add", "bob@acme.com", "--owner", "joe", "--store-to", "x")
+        self.assertRefused(
+            self.cli("mailbox", "add", "bob@acme.com", "--owner", "joe", "--store-to", "x"),
+            'no folder or project matches "x"',
         )
         self.assertUsageError(self.cli("mailbox", "show"))
         self.assertEqual(self.store_op(mailboxes.list_mailboxes), before)

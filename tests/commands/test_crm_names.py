@@ -315,7 +315,7 @@ class CrmByNameTests(ConfiguredCli):
         self.ok("folder", "add", "Sales", "--organization", "Acme", "--company", "Firm")
         self.ok("domain", "add", "acme.com")
         self.ok("user", "add", "joe", "--password-stdin", stdin=b"joe-password\n")
-        self.ok("mailbox", "add", "sales@acme.com", "--owner", "joe", "--store-to", "1")
+        self.ok("mailbox", "add", "sales@acme.com", "--owner", "joe", "--store-to", "Sales")
         return [
             self.store_op(_deliver, "sales@acme.com", f"Offer {number}", f"c{number}@example.org")
             for number in range(3)
@@ -352,6 +352,17 @@ class CrmByNameTests(ConfiguredCli):
         )
         self.assertRefused(
             self.cli("folder", "messages", "nope"), 'no folder or project matches "nope"'
+        )
+        # A mailbox's "store to" is named too.
+        self.assertEqual(
+            self.ok("mailbox", "add", "desk@acme.com", "--owner", "joe", "--store-to", "todo")
+            .lines[0]
+            .split("stores to ")[1],
+            "todo #2 To Do (joe))",
+        )
+        self.assertIn(
+            "stores to project #3 Launch",
+            self.ok("mailbox", "set", "desk@acme.com", "--store-to", "LAUNCH").lines[0],
         )
 
     def test_message_types_are_seen_and_set(self):

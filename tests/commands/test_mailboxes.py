@@ -152,6 +152,7 @@ class MailboxCommandsContract(ConfiguredCli):
             (("jo@acme.com", "--identity", "a b@acme.com"), "is not a valid sending address"),
             (("jo@acme.com", "--store-to", "99"), "no folder or project with id 99"),
             (("jo@acme.com", "--store-to", "3"), "another user's To Do"),
+            (("jo@acme.com", "--store-to", "inbox"), 'no folder or project matches "inbox"'),
             (("jo@acme.com", "--default"), "jo@acme.com is inactive"),
             # All or nothing: the identity is not changed when --default is refused.
             (("jo@acme.com", "--identity", "x@acme.com", "--default"), "is inactive"),
@@ -178,7 +179,7 @@ class MailboxCommandsContract(ConfiguredCli):
         for argv in (
             ("jo@acme.com", "--active", "maybe"),
             ("jo@acme.com", "--store-to", "0"),
-            ("jo@acme.com", "--store-to", "inbox"),
+            ("jo@acme.com", "--store-to", " "),
             ("--active", "yes"),
         ):
             with self.subTest(argv=argv):
