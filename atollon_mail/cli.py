@@ -45,6 +45,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "atollon_mail.commands.message_types",
     "atollon_mail.commands.dns",
     "atollon_mail.commands.crm",
+    "atollon_mail.commands.employments",
     "atollon_mail.commands.massmail",
 )
 

@@ -474,8 +474,9 @@ class CliContractMixin(ConfiguredCli):
         self.assertRefused(self.cli("mailbox", "show", "bob@acme.com"), "no mailbox bob@acme.com")
         self.assertRefused(self.cli("mailbox", "show", "bob"), "is not an address")
         self.assertUsageError(self.cli("mailbox", "add", "bob@acme.com"))
-        self.assertUsageError(
-            self.cli("mailbox", "add", "bob@acme.com", "--owner", "joe", "--store-to", "x")
+        self.assertRefused(
+            self.cli("mailbox", "add", "bob@acme.com", "--owner", "joe", "--store-to", "x"),
+            'no folder or project matches "x"',
         )
         self.assertUsageError(self.cli("mailbox", "show"))
         self.assertEqual(self.store_op(mailboxes.list_mailboxes), before)
@@ -522,16 +523,17 @@ class CliContractMixin(ConfiguredCli):
         ]
         lines = self.ok("messages", "list", "joe@acme.com").lines
         self.assertEqual(
-            lines[0].split(), ["UID", "ID", "RECEIVED", "(UTC)", "SIZE", "FROM", "SUBJECT"]
+            lines[0].split(),
+            ["UID", "ID", "RECEIVED", "(UTC)", "SIZE", "FROM", "TYPE", "SUBJECT"],
         )
         rows = [line.split() for line in lines[1:]]
         self.assertEqual(
-            [(row[0], row[1], row[4], row[5], " ".join(row[6:])) for row in rows],
+            [(row[0], row[1], row[4], row[5], row[6], " ".join(row[7:])) for row in rows],
             [
                 # The size of the bytes filed: Return-Path: <sN@example.org> and CRLF more.
-                ("3", str(ids[2]), "61", "s2@example.org", "Subject 2"),
-                ("2", str(ids[1]), "2031", "s1@example.org", "Subject 1"),
-                ("1", str(ids[0]), "41", "s0@example.org", "Subject 0"),
+                ("3", str(ids[2]), "61", "s2@example.org", "email-in", "Subject 2"),
+                ("2", str(ids[1]), "2031", "s1@example.org", "email-in", "Subject 1"),
+                ("1", str(ids[0]), "41", "s0@example.org", "email-in", "Subject 0"),
             ],
         )
         self.assertRegex(rows[0][2] + " " + rows[0][3], r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")

@@ -1,5 +1,9 @@
 """Admin commands of the CRM: organizations, contacts (and their CSV import), folders,
-projects, default folders and distribution groups."""
+projects (and the messages filed in them), default folders and distribution groups.
+
+Contacts, folders, projects and groups are named by what a person knows of them: an id,
+or a name, an e-mail, an external id (the store's find_* operations say how); a name
+that matches several is refused with the candidates listed."""
 
 from __future__ import annotations
 
@@ -9,12 +13,24 @@ import inspect
 import sys
 
 from atollon_mail.commands.common import whole_number
-from atollon_mail.commands.output import PROGRAM, Refused, clean, counted, out, table
+from atollon_mail.commands.output import (
+    PROGRAM,
+    Refused,
+    clean,
+    counted,
+    out,
+    shortened,
+    table,
+    when,
+)
 from atollon_mail.crm import csvimport as csv_format
 from atollon_mail.crm.filters import GroupFilter
 from atollon_mail.crm.records import (
+    CASE_REASONS,
+    DefaultFolderCase,
     DefaultFolderRecord,
     DefaultFolderReport,
+    FiledMessage,
     GroupPreview,
     GroupRecord,
 )
@@ -95,6 +111,7 @@ def _contacts_list(store, args) -> None:
         language=args.language,
         limit=args.limit,
         offset=args.offset,
+        search=args.search,
     )
     rows = [
         (
@@ -109,7 +126,23 @@ def _contacts_list(store, args) -> None:
         for c in found
     ]
     headers = ("ID", "ORGANIZATION", "KIND", "NAME", "EMAIL", "LANGUAGE", "EXTERNAL ID")
+    if not rows and args.offset == 0:
+        searched = f' matching "{args.search.strip()}"' if args.search else ""
+        out(f"no contacts{searched}")
+        return
     out(table(headers, rows, right=(0,)))
+    if len(rows) == args.limit:
+        total = store.run_sync(
+            contacts.count_contacts,
+            organization=args.organization,
+            language=args.language,
+            search=args.search,
+        )
+        if total > args.offset + len(rows):
+            out(
+                f"{args.offset + 1}-{args.offset + len(rows)} of {total}; "
+                f"the next: --offset {args.offset + len(rows)}"
+            )
 
 
 def _default_folder_label(default: DefaultFolderRecord) -> str:
@@ -124,7 +157,7 @@ def _default_folder_label(default: DefaultFolderRecord) -> str:
 
 
 def _contacts_show(store, args) -> None:
-    detail = store.run_sync(contacts.contact_detail, args.id)
+    detail = store.run_sync(contacts.contact_detail, args.contact)
     contact = detail.contact
     fields: list[tuple[str, object]] = [
         ("id", contact.id),
@@ -184,15 +217,17 @@ def _contacts_import(store, args) -> None:
 
 def _contacts_default_folder(store, args) -> None:
     if args.clear:
-        cleared = store.run_sync(folders.clear_default_folder, args.contact, args.organization)
+        contact = store.run_sync(contacts.get_contact, args.contact)
+        cleared = store.run_sync(folders.clear_default_folder, contact.id, args.organization)
+        who = f"{contact.name} ({contact.id})"
         out(
-            f"contact {args.contact}: default folder in {args.organization} cleared"
+            f"{who}: default folder in {args.organization} cleared"
             if cleared
-            else f"contact {args.contact} had no default folder in {args.organization}"
+            else f"{who} had no default folder in {args.organization}"
         )
         return
     if args.folder is None and args.project is None:
-        raise Refused("give --folder ID, --project ID (or both), or --clear")
+        raise Refused("give --folder FOLDER, --project PROJECT (or both), or --clear")
     default = store.run_sync(
         folders.set_default_folder,
         args.contact,
@@ -205,6 +240,54 @@ def _contacts_default_folder(store, args) -> None:
         f"contact {default.contact_id}: default in {default.organization_name} is "
         f"{_default_folder_label(default)}"
     )
+
+
+_CASE_HINTS = {
+    "no-employer": "give them one: employment add PERSON COMPANY",
+    "several-employers": "keep one primary: employment primary PERSON COMPANY",
+    "no-folder": "add one: folder add NAME --organization {organization} --company {company} "
+    "--default",
+    "several-folders": "choose one: folder default FOLDER",
+}
+
+
+def _print_cases(report: DefaultFolderReport) -> None:
+    """The cases to decide, grouped by reason (and by employer), with counts and what to do."""
+    by_reason: dict[str, list[DefaultFolderCase]] = {}
+    for case in report.cases:
+        by_reason.setdefault(case.reason, []).append(case)
+    for reason, said in CASE_REASONS.items():
+        cases = by_reason.get(reason, [])
+        if not cases:
+            continue
+        if reason in ("no-employer", "several-employers"):
+            out(f"  {said}: {counted(len(cases), 'person')}; {_CASE_HINTS[reason]}")
+            for case in cases:
+                detail = case.note if reason == "no-employer" else case.why
+                detail = f": {detail}" if detail else ""
+                out(f"    {case.contact_id} {case.contact_name}{detail}")
+            continue
+        out(f"  {said}: {counted(len(cases), 'person')}")
+        by_company: dict[int, list[DefaultFolderCase]] = {}
+        for case in cases:
+            by_company.setdefault(case.company_id, []).append(case)
+        for company_id, employees in sorted(by_company.items()):
+            first = employees[0]
+            folders_said = ""
+            if first.folders:
+                folders_said = ", folders " + ", ".join(
+                    f"{name} ({folder_id})" for folder_id, name in first.folders
+                )
+            hint = _CASE_HINTS[reason].format(
+                organization=report.organization_name, company=company_id
+            )
+            out(
+                f"    {first.company_name} ({company_id}){folders_said}: "
+                f"{counted(len(employees), 'person')}; {hint}"
+            )
+            for case in employees:
+                note = f": {case.note}" if case.note else ""
+                out(f"      {case.contact_id} {case.contact_name}{note}")
 
 
 def _print_default_folder_report(report: DefaultFolderReport) -> None:
@@ -226,8 +309,7 @@ def _print_default_folder_report(report: DefaultFolderReport) -> None:
                 f"  would set {change.contact_id} {change.contact_name}: "
                 f"folder {change.folder_name} ({change.folder_id}), was {was}"
             )
-    for case in report.cases:
-        out(f"  {case.contact_id} {case.contact_name}: {case.why}")
+    _print_cases(report)
 
 
 def _contacts_setup_default_folders(store, args) -> None:
@@ -256,11 +338,70 @@ def _contacts_setup_default_folders(store, args) -> None:
 
 
 def _folder_add(store, args) -> None:
-    folder = store.run_sync(folders.add_folder, args.name, args.organization, args.company)
+    folder = store.run_sync(
+        folders.add_folder, args.name, args.organization, args.company, default=args.default
+    )
+    default = f", {folder.company_name}'s default folder" if folder.is_company_default else ""
     out(
         f"added folder {folder.name} (id {folder.id}) of {folder.company_name} "
-        f"({folder.company_id}) in {folder.organization_name}"
+        f"({folder.company_id}) in {folder.organization_name}{default}"
     )
+
+
+def _folder_default(store, args) -> None:
+    default = store.run_sync(folders.make_company_default, args.folder, args.organization)
+    company = store.run_sync(contacts.get_contact, default.contact_id)
+    out(
+        f"{company.name} ({company.id}): default in {default.organization_name} is "
+        f"{_default_folder_label(default)}"
+    )
+    out(
+        f"its employees get it at the next: {PROGRAM} contacts setup-default-folders "
+        f"--organization {default.organization_id}"
+    )
+
+
+def _message_from(message: FiledMessage) -> str:
+    return message.from_header or message.envelope_sender or "<>"
+
+
+def _folder_messages(store, args) -> None:
+    page = store.run_sync(
+        folders.folder_messages,
+        args.folder,
+        args.organization,
+        limit=args.limit,
+        offset=args.offset,
+    )
+    folder = page.folder
+    owner = f" of {folder.company_name}" if folder.company_name else ""
+    where = f" in {folder.organization_name}" if folder.organization_name else ""
+    heading = f"{folder.kind} {folder.name} (id {folder.id}){owner}{where}"
+    if not page.messages:
+        out(
+            f"{heading}: no messages"
+            if page.total == 0
+            else f"{heading}: {counted(page.total, 'message')}, none from --offset {args.offset}"
+        )
+        return
+    first = args.offset + 1
+    last = args.offset + len(page.messages)
+    out(f"{heading}: {counted(page.total, 'message')}, newest first; {first}-{last}:")
+    rows = [
+        (
+            message.id,
+            when(message.received_at),
+            shortened(_message_from(message), 40),
+            shortened(message.subject or "", 60),
+            ", ".join(message.mailboxes) or "-",
+            message.type_code or "-",
+        )
+        for message in page.messages
+    ]
+    headers = ("ID", "RECEIVED (UTC)", "FROM", "SUBJECT", "MAILBOX", "TYPE")
+    out(table(headers, rows, right=(0,)))
+    if last < page.total:
+        out(f"the next: --offset {last}")
 
 
 def _project_add(store, args) -> None:
@@ -279,10 +420,12 @@ def _folder_list(store, args) -> None:
             f.name,
             f.organization_name,
             f"{f.company_name} ({f.company_id})" if f.company_id is not None else "-",
+            "yes" if f.is_company_default else "-",
         )
         for f in found
     ]
-    out(table(("ID", "KIND", "NAME", "ORGANIZATION", "COMPANY"), rows, right=(0,)))
+    headers = ("ID", "KIND", "NAME", "ORGANIZATION", "COMPANY", "COMPANY DEFAULT")
+    out(table(headers, rows, right=(0,)))
 
 
 # --- groups ---------------------------------------------------------------------------
@@ -314,19 +457,25 @@ def _group_add(store, args) -> None:
             kinds=tuple(args.kind or ()),
             languages=tuple(args.language or ()),
             has_email=args.has_email,
-            company_ids=tuple(args.company or ()),
             employment_current=args.employment_current,
             primary_only=args.primary_only,
         )
         group = store.run_sync(
-            groups.add_group, args.name, args.organization, kind="dynamic", filter=spec
+            groups.add_group,
+            args.name,
+            args.organization,
+            kind="dynamic",
+            filter=spec,
+            companies=tuple(args.company or ()),
         )
     out(f"added {group.kind} group {group.name} (id {group.id}): {group.description}")
 
 
 def _group_members(store, args) -> None:
     if not (args.add or args.remove):
-        raise Refused("give --add ID... or --remove ID... (see: contacts list)")
+        raise Refused(
+            "give --add CONTACT... or --remove CONTACT... (see: contacts list --search TEXT)"
+        )
     change = store.run_sync(
         groups.change_members, args.group, add=args.add or (), remove=args.remove or ()
     )
@@ -405,7 +554,9 @@ def _group_delete(store, args) -> None:
 
 # --- registration ---------------------------------------------------------------------
 
-_CONTACT_ID = whole_number(1)
+CONTACT_HELP = "id, external id, e-mail or name"
+COMPANY_HELP = "the company's id, external id, e-mail or name"
+FOLDER_HELP = "id, name, or the company's name"
 
 
 def _register_contacts(commands) -> None:
@@ -432,6 +583,11 @@ def _register_contacts(commands) -> None:
     listing = contact.add_parser("list", help="list contacts by id")
     listing.add_argument("--organization", metavar="ORG", help="name or id")
     listing.add_argument(
+        "--search",
+        metavar="TEXT",
+        help="in the name, e-mail, external id or current employer's name (any case)",
+    )
+    listing.add_argument(
         "--language", metavar="CODE", type=_language, help="ISO 639-1; none: without one"
     )
     listing.add_argument("--limit", type=whole_number(1), default=100)
@@ -439,7 +595,7 @@ def _register_contacts(commands) -> None:
     listing.set_defaults(handler=_contacts_list)
 
     show = contact.add_parser("show", help="show a contact, its employments and default folders")
-    show.add_argument("id", metavar="ID", type=_CONTACT_ID)
+    show.add_argument("contact", metavar="CONTACT", help=CONTACT_HELP)
     show.set_defaults(handler=_contacts_show)
 
     importing = contact.add_parser(
@@ -459,10 +615,10 @@ def _register_contacts(commands) -> None:
             "(the default-folder maintenance never overwrites it), or clear it."
         ),
     )
-    default.add_argument("contact", metavar="CONTACT_ID", type=_CONTACT_ID)
+    default.add_argument("contact", metavar="CONTACT", help=CONTACT_HELP)
     default.add_argument("--organization", metavar="ORG", required=True, help="name or id")
-    default.add_argument("--folder", metavar="ID", type=whole_number(1), help="see: folder list")
-    default.add_argument("--project", metavar="ID", type=whole_number(1), help="see: folder list")
+    default.add_argument("--folder", metavar="FOLDER", help=f"{FOLDER_HELP}; see: folder list")
+    default.add_argument("--project", metavar="PROJECT", help="id or name; see: folder list")
     default.add_argument("--activity", metavar="TEXT")
     default.add_argument("--clear", action="store_true", help="forget the default folder")
     default.set_defaults(handler=_contacts_default_folder)
@@ -493,14 +649,32 @@ def _register_folders(commands) -> None:
     add = folder.add_parser("add", help="add a folder of a company")
     add.add_argument("name", metavar="NAME")
     add.add_argument("--organization", metavar="ORG", required=True, help="name or id")
-    add.add_argument("--company", metavar="CONTACT_ID", type=_CONTACT_ID, required=True)
+    add.add_argument("--company", metavar="COMPANY", required=True, help=COMPANY_HELP)
+    add.add_argument(
+        "--default",
+        action="store_true",
+        help="the company's default folder: its employees get it as theirs "
+        "(contacts setup-default-folders)",
+    )
     add.set_defaults(handler=_folder_add)
+    default = folder.add_parser(
+        "default", help="make a folder its company's default folder in its organization"
+    )
+    default.add_argument("folder", metavar="FOLDER", help=FOLDER_HELP)
+    default.add_argument("--organization", metavar="ORG", help="name or id: search in it only")
+    default.set_defaults(handler=_folder_default)
     listing = folder.add_parser("list", help="list folders and projects")
     listing.add_argument("--organization", metavar="ORG", help="name or id")
-    listing.add_argument(
-        "--company", metavar="CONTACT_ID", type=_CONTACT_ID, help="that company's folders only"
-    )
+    listing.add_argument("--company", metavar="COMPANY", help=f"its folders only; {COMPANY_HELP}")
     listing.set_defaults(handler=_folder_list)
+    messages = folder.add_parser(
+        "messages", help="list the messages filed in a folder or project, newest first"
+    )
+    messages.add_argument("folder", metavar="FOLDER|PROJECT", help=FOLDER_HELP)
+    messages.add_argument("--organization", metavar="ORG", help="name or id: search in it only")
+    messages.add_argument("--limit", type=whole_number(1), default=50)
+    messages.add_argument("--offset", type=whole_number(0), default=0)
+    messages.set_defaults(handler=_folder_messages)
 
     project = commands("project", "the projects of organizations")
     add = project.add_parser("add", help="add a project of an organization")
@@ -538,10 +712,9 @@ def _register_groups(commands) -> None:
     )
     add.add_argument(
         "--company",
-        metavar="CONTACT_ID",
-        type=_CONTACT_ID,
+        metavar="COMPANY",
         action="append",
-        help="the company and persons employed there (repeatable)",
+        help=f"the company and persons employed there (repeatable); {COMPANY_HELP}",
     )
     add.add_argument(
         "--employment-current",
@@ -558,8 +731,10 @@ def _register_groups(commands) -> None:
 
     members = group.add_parser("members", help="add or remove contacts of a static group")
     members.add_argument("group", metavar="GROUP", help="name or id")
-    members.add_argument("--add", metavar="ID", type=_CONTACT_ID, nargs="+", action="extend")
-    members.add_argument("--remove", metavar="ID", type=_CONTACT_ID, nargs="+", action="extend")
+    members.add_argument("--add", metavar="CONTACT", nargs="+", action="extend", help=CONTACT_HELP)
+    members.add_argument(
+        "--remove", metavar="CONTACT", nargs="+", action="extend", help=CONTACT_HELP
+    )
     members.set_defaults(handler=_group_members)
 
     group.add_parser("list", help="list the groups with their member counts").set_defaults(

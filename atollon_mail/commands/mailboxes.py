@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 
 from atollon_mail.commands.autorespond import autoresponder_fields
-from atollon_mail.commands.common import read_text_file, whole_number, yes_or_no
+from atollon_mail.commands.common import read_text_file, yes_or_no
 from atollon_mail.commands.output import Refused, clean, context_label, counted, out, table, yes_no
-from atollon_mail.store import mailboxes
+from atollon_mail.store import folders, mailboxes
 from atollon_mail.store.autorespond import get_autoresponder
 from atollon_mail.store.forwarding import get_forwarding
 from atollon_mail.store.values import SPAM_HANDLINGS
@@ -24,15 +24,25 @@ SPAM_HANDLING_LABELS = {
 
 
 def _store_to(value: str) -> int | str:
-    text = value.strip().lower()
-    if text == mailboxes.TODO:
-        return text
+    """todo, a folder's or project's id, or its name (looked up when the command runs)."""
+    text = value.strip()
+    if text.lower() == mailboxes.TODO:
+        return mailboxes.TODO
     if text.isdigit() and int(text) > 0:
         return int(text)
+    if text and not text.isdigit():
+        return text
     raise argparse.ArgumentTypeError(
-        f"give todo (the owner's To Do) or a folder or project id (see: context list), "
-        f"got {value!r}"
+        f"give todo (the owner's To Do), or a folder's or project's id or name (see: context "
+        f"list), got {value!r}"
     )
+
+
+def _store_to_target(store, store_to: int | str | None) -> int | str | None:
+    """The id of the folder or project a name names (todo, ids and None as they are)."""
+    if store_to is None or isinstance(store_to, int) or store_to == mailboxes.TODO:
+        return store_to
+    return store.run_sync(folders.get_folder, store_to).id
 
 
 def _rights(value: str) -> tuple[bool, bool]:
@@ -77,12 +87,13 @@ def _mailbox_set(store, args) -> None:
     signature = (
         read_text_file(args.signature_file, "the signature") if args.signature_file else None
     )
+    store_to = _store_to_target(store, args.store_to)
     box = store.run_sync(
         _configure,
         args.address,
         args.identity,
         signature,
-        args.store_to,
+        store_to,
         args.active,
         args.default,
         args.spam,
@@ -146,7 +157,10 @@ def _mailbox_add(store, args) -> None:
         args.owner,
         identity=args.identity,
         active=not args.inactive,
-        store_to_context_id=args.store_to,
+        # todo: the owner's To Do, where a mailbox's mail goes unless it says.
+        store_to_context_id=None
+        if args.store_to == mailboxes.TODO
+        else _store_to_target(store, args.store_to),
         spam_handling=args.spam or "junk",
     )
     details = [f"owner {mailbox.owner_login}", f"identity {mailbox.identity}"]
@@ -260,9 +274,9 @@ def register(commands) -> None:
     add.add_argument("--inactive", action="store_true", help="refuse mail for it for now")
     add.add_argument(
         "--store-to",
-        metavar="CONTEXT_ID",
-        type=whole_number(1),
-        help="file its mail into this folder or project (see: context list)",
+        metavar="FOLDER",
+        type=_store_to,
+        help="file its mail into this folder or project: its id or name (see: context list)",
     )
     _spam_option(add)
     add.set_defaults(handler=_mailbox_add)
@@ -286,9 +300,10 @@ def register(commands) -> None:
     )
     change.add_argument(
         "--store-to",
-        metavar="todo|CONTEXT_ID",
+        metavar="todo|FOLDER",
         type=_store_to,
-        help="file its mail into the owner's To Do or a folder or project (see: context list)",
+        help="file its mail into the owner's To Do or a folder or project: its id or name "
+        "(see: context list)",
     )
     change.add_argument(
         "--active",

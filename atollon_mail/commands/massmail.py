@@ -61,6 +61,14 @@ def duration(seconds: float) -> str:
 
 
 def rate_line(status: CampaignStatus) -> str:
+    """The rate and time left of a running (or finished) campaign; what the others do."""
+    campaign = status.campaign
+    if campaign.status == "draft":
+        return f"not sent yet: {PROGRAM} massmail send {campaign.id}"
+    if campaign.status == "paused":
+        return f"paused: nothing is being sent; resume it: {PROGRAM} massmail resume {campaign.id}"
+    if campaign.status == "cancelled":
+        return "cancelled: nothing more is sent"
     if status.rate is None:
         return "rate unknown"
     line = f"rate {status.rate:.1f}/s"
@@ -88,10 +96,6 @@ def status_lines(status: CampaignStatus) -> list[str]:
             f"delivered when the appliance stopped): {PROGRAM} massmail recipients "
             f"{campaign.id} --uncertain"
         )
-    if campaign.status == "draft":
-        lines.append(f"not sent yet: {PROGRAM} massmail send {campaign.id}")
-    elif campaign.status == "paused":
-        lines.append(f"paused: {PROGRAM} massmail resume {campaign.id}")
     if status.identity_refusal is not None:
         lines.append(f"not sendable: {status.identity_refusal}; set another identity first")
     return lines

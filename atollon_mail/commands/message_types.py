@@ -25,12 +25,21 @@ def _type_add(store, args) -> None:
 
 
 def _type_list(store, args) -> None:
-    kinds = store.run_sync(message_types.list_message_types)
+    usages = store.run_sync(message_types.message_type_usage)
     rows = [
-        (kind.code, kind.name, yes_no(kind.active), _defaults_label(kind), kind.description)
-        for kind in kinds
+        (
+            usage.type.code,
+            usage.type.name,
+            yes_no(usage.type.active),
+            _defaults_label(usage.type),
+            usage.messages,
+            usage.campaigns,
+            usage.type.description,
+        )
+        for usage in usages
     ]
-    out(table(("CODE", "NAME", "ACTIVE", "DEFAULT FOR", "DESCRIPTION"), rows))
+    headers = ("CODE", "NAME", "ACTIVE", "DEFAULT FOR", "MESSAGES", "CAMPAIGNS", "DESCRIPTION")
+    out(table(headers, rows, right=(4, 5)))
 
 
 def _type_set(store, args) -> None:
@@ -71,7 +80,9 @@ def register(commands) -> None:
     add.add_argument("--description")
     add.add_argument("--inactive", action="store_true", help="not offered for now")
     add.set_defaults(handler=_type_add)
-    types.add_parser("list", help="list the message types").set_defaults(handler=_type_list)
+    types.add_parser(
+        "list", help="list the message types with how many messages and campaigns have each"
+    ).set_defaults(handler=_type_list)
     change = types.add_parser("set", help="change a message type")
     change.add_argument("code", metavar="CODE")
     change.add_argument("--name")
@@ -82,7 +93,15 @@ def register(commands) -> None:
     )
     change.add_argument("--default-outgoing", action="store_true", help="the type sent mail gets")
     change.set_defaults(handler=_type_set)
-    delete = types.add_parser("delete", help="delete a message type")
+    delete = types.add_parser(
+        "delete",
+        help="delete a message type",
+        description=(
+            "Delete a message type. While archived messages or campaigns have it, the "
+            "deletion is refused with their count unless --reassign-to names the type "
+            "they get instead."
+        ),
+    )
     delete.add_argument("code", metavar="CODE")
     delete.add_argument(
         "--reassign-to", metavar="CODE", help="move the messages of that type to this one first"

@@ -14,17 +14,22 @@ naming the columns (any order, names as below, case-insensitive):
   language          ISO 639-1, two letters; stored lower-cased
   employer          persons only: the external_id of a company of the same organization,
                     in this file or already stored
-  employer_primary  yes or no (default yes)
+  employer_primary  yes or no (default: yes on a person's first row, no on the others)
   employed_from     YYYY-MM-DD
-  employed_to       YYYY-MM-DD
+  employed_to       YYYY-MM-DD (the last day; in the past: the employment has ended)
+
+A person with several jobs has one row per job: the same external_id on each, each row
+with its own employer, employer_primary and dates. The person's details come from their
+first row; on the others a detail column is empty or the same. At most one of a person's
+jobs that overlap in time is primary.
 
 Every row is checked before anything is written; one bad row and nothing is written,
 every problem listed with its line and column. A column missing from the header leaves
 what is stored for updated contacts as it is (and is empty for new ones); a column
 present but empty on a row clears the value. Rows without external_id are added each
-time the file is imported. An employer row matches the person's stored employment at
-that company starting the same day (employed_from), which it updates; otherwise it adds
-an employment. Importing the same file twice changes nothing the second time.
+time the file is imported. An employer on a row matches the person's stored employment
+at that company starting the same day (employed_from), which it updates; otherwise it
+adds an employment. Importing the same file twice changes nothing the second time.
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ COLUMNS = (
 )
 REQUIRED_COLUMNS = ("organization", "kind")
 EMPLOYMENT_COLUMNS = ("employer_primary", "employed_from", "employed_to")
+# What a person's further rows (the same external_id) may repeat, but not change.
+DETAIL_COLUMNS = ("name", "first_name", "last_name", "email", "language")
 _LIMITS = {"external_id": 100, "name": 200, "first_name": 100, "last_name": 100}
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _YES = {"yes": True, "y": True, "true": True, "1": True}
@@ -73,8 +80,20 @@ class Row:
 
 
 @attrs.define
+class CheckedEmployment:
+    """A checked row's employer and dates (primary None: not said on the row)."""
+
+    line: int
+    employer: str
+    primary: bool | None
+    employed_from: datetime.date | None
+    employed_to: datetime.date | None
+
+
+@attrs.define
 class CheckedContact:
-    """A checked row: what the contact will be after the import."""
+    """A checked row: what the contact will be after the import, and the employments its
+    rows give (the person's first row, then their further rows in file order)."""
 
     line: int
     organization_id: int
@@ -87,10 +106,7 @@ class CheckedContact:
     language: str
     id: int | None = None  # stored contacts: their id; new ones get one before writing
     changed: bool = True
-    employer: str | None = None
-    employer_primary: bool = True
-    employed_from: datetime.date | None = None
-    employed_to: datetime.date | None = None
+    employments: list[CheckedEmployment] = attrs.Factory(list)
 
 
 class Problems:
@@ -295,24 +311,7 @@ def _check_row(
             language = normalize_language(language)
         except Invalid as refusal:
             problems.add(line, "language", str(refusal))
-    employer = values["employer"] or None
-    primary = True
-    if values["employer_primary"]:
-        answer = values["employer_primary"].lower()
-        if answer in _YES or answer in _NO:
-            primary = _YES.get(answer, False)
-        else:
-            problems.add(
-                line, "employer_primary", f"{values['employer_primary']!r}: write yes or no"
-            )
-    employed_from = _date(row, "employed_from", problems)
-    employed_to = _date(row, "employed_to", problems)
-    if employed_from and employed_to and employed_to < employed_from:
-        problems.add(line, "employed_to", f"{employed_to} is before employed_from {employed_from}")
-    if kind == "person" and employer is None:
-        for column in EMPLOYMENT_COLUMNS:
-            if values[column]:
-                problems.add(line, column, "give the employer as well")
+    employment = _check_employment(row, problems) if kind == "person" else None
     if len(problems.found) > before:
         return None
     final = (name, first_name, last_name, email, language)
@@ -336,11 +335,101 @@ def _check_row(
             existing.email,
             existing.language,
         ),
-        employer=employer,
-        employer_primary=primary,
-        employed_from=employed_from,
-        employed_to=employed_to,
+        employments=[employment] if employment is not None else [],
     )
+
+
+def _check_employment(row: Row, problems: Problems) -> CheckedEmployment | None:
+    """A person's row's employer and its details (None: the row gives no employer)."""
+    values = row.values
+    line = row.line
+    employer = values["employer"] or None
+    primary = None
+    if values["employer_primary"]:
+        answer = values["employer_primary"].lower()
+        if answer in _YES or answer in _NO:
+            primary = _YES.get(answer, False)
+        else:
+            problems.add(
+                line, "employer_primary", f"{values['employer_primary']!r}: write yes or no"
+            )
+    employed_from = _date(row, "employed_from", problems)
+    employed_to = _date(row, "employed_to", problems)
+    if employed_from and employed_to and employed_to < employed_from:
+        problems.add(line, "employed_to", f"{employed_to} is before employed_from {employed_from}")
+    if employer is None:
+        for column in EMPLOYMENT_COLUMNS:
+            if values[column]:
+                problems.add(line, column, "give the employer as well")
+        return None
+    return CheckedEmployment(line, employer, primary, employed_from, employed_to)
+
+
+def _same_detail(column: str, first: str, again: str) -> bool:
+    if column in ("email", "language"):
+        return first.lower() == again.lower()
+    return first == again
+
+
+def _check_further_row(row: Row, first: Row, problems: Problems) -> CheckedEmployment | None:
+    """A person's further row: it adds an employer; its details repeat the first row's."""
+    key = row.values["external_id"]
+    if (row.values["kind"] or "").lower() != "person" or (
+        (first.values["kind"] or "").lower() != "person"
+    ):
+        problems.add(row.line, "external_id", f"{key} is on line {first.line} already")
+        return None
+    if not row.values["employer"]:
+        problems.add(
+            row.line,
+            "external_id",
+            f"{key} is on line {first.line} already; a person's further rows each add an "
+            "employer: give the employer",
+        )
+        return None
+    for column in DETAIL_COLUMNS:
+        again = row.values[column]
+        if again and not _same_detail(column, first.values[column] or "", again):
+            problems.add(
+                row.line,
+                column,
+                f"differs from line {first.line} of {key}; give a person's details on their "
+                "first row (the further rows add employers)",
+            )
+    return _check_employment(row, problems)
+
+
+def _overlap(one: CheckedEmployment, other: CheckedEmployment) -> bool:
+    earliest, latest = datetime.date.min, datetime.date.max
+    return (one.employed_from or earliest) <= (other.employed_to or latest) and (
+        other.employed_from or earliest
+    ) <= (one.employed_to or latest)
+
+
+def _check_jobs(contact: CheckedContact, problems: Problems) -> None:
+    """A person's employments in the file: defaults filled in (primary on the first row
+    only), the same employment twice and two overlapping primary ones listed."""
+    for number, job in enumerate(contact.employments):
+        if job.primary is None:
+            job.primary = number == 0
+    for number, job in enumerate(contact.employments):
+        for earlier in contact.employments[:number]:
+            if (earlier.employer, earlier.employed_from) == (job.employer, job.employed_from):
+                problems.add(
+                    job.line,
+                    "employer",
+                    f"the same employment as line {earlier.line} (employer {job.employer}, "
+                    f"employed_from {job.employed_from or 'empty'})",
+                )
+                break
+            if earlier.primary and job.primary and _overlap(earlier, job):
+                problems.add(
+                    job.line,
+                    "employer_primary",
+                    f"line {earlier.line} makes {earlier.employer} primary at the same time; "
+                    "keep one primary (write no on the other)",
+                )
+                break
 
 
 class StoredContact(NamedTuple):
@@ -392,23 +481,27 @@ def check_rows(
     # their own row has a problem (that problem is listed on its own line). Every row is
     # checked in full, whatever problems it or the rows before it have.
     first_rows: dict[tuple[str, str], Row] = {}
+    by_key: dict[tuple[str, str], CheckedContact] = {}
     checked: list[CheckedContact] = []
     in_file: dict[tuple[int, str], CheckedContact] = {}
     for row in rows:
         key = (row.values["organization"] or "", row.values["external_id"] or "")
-        duplicate = bool(key[1]) and key in first_rows
-        if duplicate:
-            problems.add(
-                row.line, "external_id", f"{key[1]} is on line {first_rows[key].line} already"
-            )
-        elif key[1]:
+        if key[1] and key in first_rows:
+            job = _check_further_row(row, first_rows[key], problems)
+            if job is not None and key in by_key:
+                by_key[key].employments.append(job)
+            continue
+        if key[1]:
             first_rows[key] = row
         contact = _check_row(row, organizations, stored, problems)
-        if contact is None or duplicate:
+        if contact is None:
             continue
         checked.append(contact)
+        by_key[key] = contact
         if contact.external_id is not None:
             in_file[(contact.organization_id, contact.external_id)] = contact
+    for contact in checked:
+        _check_jobs(contact, problems)
     for row in rows:
         employer = row.values["employer"]
         organization_id = organizations.get(row.values["organization"] or "")

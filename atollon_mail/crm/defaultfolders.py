@@ -53,29 +53,49 @@ def plan_default_folders(
         name = persons[person_id]
         companies = employers.get(person_id, {})
         target: tuple[int, str] | None = None
+        employer: tuple[int, str] | None = None
+        folders: list[tuple[int, str]] = []
         if not companies:
+            reason = "no-employer"
             why = "no current primary employer"
         elif len(companies) > 1:
+            reason = "several-employers"
             names = ", ".join(f"{companies[cid]} ({cid})" for cid in sorted(companies))
             why = f"{len(companies)} current primary employers: {names}; keep one primary"
         else:
             ((company_id, company_name),) = companies.items()
+            employer = (company_id, company_name)
             folders = company_folders.get(company_id, [])
             target = own_default.get(company_id)
             if target is None and len(folders) == 1:
                 target = folders[0]
             if target is None and not folders:
+                reason = "no-folder"
                 why = f"employer {company_name} ({company_id}) has no folder in {organization_name}"
             elif target is None:
+                reason = "several-folders"
                 why = (
                     f"employer {company_name} ({company_id}) has {len(folders)} folders in "
                     f"{organization_name} and no default folder to choose: {_folder_list(folders)}"
                 )
         if target is None:
+            note = ""
             if row is not None:
                 kept = f"folder {row[1]}" if row[1] is not None else "row (no folder)"
-                why += f"; its default {kept} from an earlier run is left as it is"
-            cases.append(DefaultFolderCase(contact_id=person_id, contact_name=name, why=why))
+                note = f"its default {kept} from an earlier run is left as it is"
+                why += f"; {note}"
+            cases.append(
+                DefaultFolderCase(
+                    contact_id=person_id,
+                    contact_name=name,
+                    why=why,
+                    reason=reason,
+                    company_id=employer[0] if employer else None,
+                    company_name=employer[1] if employer else None,
+                    folders=tuple(folders),
+                    note=note,
+                )
+            )
         elif row is not None and row[1] == target[0]:
             unchanged += 1
         else:

@@ -102,7 +102,9 @@ def describe_filter(
             parts.append(f"persons with no current {primary}employment at {companies}")
         else:
             when = "current " if spec.employment_current else ""
-            parts.append(f"{companies} and persons with a {when}{primary}employment there")
+            words = f"{when}{primary}employment"
+            article = "an" if words[0] in "aeiou" else "a"
+            parts.append(f"{companies} and persons with {article} {words} there")
     elif spec.employment_current is True:
         parts.append(f"with a current {primary}employment")
     elif spec.employment_current is False:

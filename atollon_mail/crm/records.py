@@ -42,6 +42,26 @@ class EmploymentRecord:
 
 
 @attrs.frozen
+class EmploymentChange:
+    """An employment added or made primary, and the person's employments that stopped
+    being primary for it (a person has one primary employer)."""
+
+    employment: EmploymentRecord
+    no_longer_primary: tuple[EmploymentRecord, ...]
+
+
+@attrs.frozen
+class ContactMatches:
+    """The contacts a text names (see store.contacts.find_contacts): the first few by id,
+    how many there are, and the persons' current employers."""
+
+    text: str
+    contacts: tuple[ContactRecord, ...]
+    employers: dict[int, str]  # person id -> name of a current employer, primary first
+    total: int
+
+
+@attrs.frozen
 class FolderRecord:
     """A folder (of a company, within an organization) or a project (of an organization)."""
 
@@ -52,6 +72,49 @@ class FolderRecord:
     organization_name: str | None
     company_id: int | None
     company_name: str | None
+    # The folder is its company's default folder in its organization.
+    is_company_default: bool = False
+
+
+@attrs.frozen
+class FolderMatches:
+    """The folders and projects a text names (see store.folders.find_folders)."""
+
+    text: str
+    folders: tuple[FolderRecord, ...]  # the first few by id
+    total: int
+
+
+@attrs.frozen
+class FiledMessage:
+    """A message as a folder's listing shows it, with the mailboxes it is filed in."""
+
+    id: int
+    received_at: datetime.datetime
+    date_header: str | None
+    from_header: str | None
+    envelope_sender: str
+    subject: str | None
+    size: int
+    type_code: str | None
+    mailboxes: tuple[str, ...]
+
+
+@attrs.frozen
+class FolderMessages:
+    """A page of the messages filed in a folder or project, newest first."""
+
+    folder: FolderRecord
+    total: int
+    messages: tuple[FiledMessage, ...]
+
+
+@attrs.frozen
+class MessageFilings:
+    """One message and every mailbox and context (folder, project, To Do) it is filed in."""
+
+    message: FiledMessage
+    filings: tuple[tuple[str, str, int, str], ...]  # (mailbox, context kind, id, name)
 
 
 @attrs.frozen
@@ -87,13 +150,30 @@ class DefaultFolderChange:
     folder_name: str
 
 
+# Why the maintenance leaves a person to decide (DefaultFolderCase.reason), in the order
+# they are reported, with what each says.
+CASE_REASONS = {
+    "no-employer": "no current primary employer",
+    "several-employers": "several current primary employers",
+    "no-folder": "the employer has no folder",
+    "several-folders": "the employer has several folders and no default folder",
+}
+
+
 @attrs.frozen
 class DefaultFolderCase:
-    """A contact the maintenance leaves alone for a person to decide, and why."""
+    """A contact the maintenance leaves alone for a person to decide, and why: the
+    reason (a key of CASE_REASONS), the employer it concerns (the last two reasons) and
+    that employer's folders, what is left as it is, and the whole story in words."""
 
     contact_id: int
     contact_name: str
     why: str
+    reason: str = "no-employer"
+    company_id: int | None = None
+    company_name: str | None = None
+    folders: tuple[tuple[int, str], ...] = ()
+    note: str = ""  # what is left as it is ("" when the person had no default folder)
 
 
 @attrs.frozen

@@ -138,7 +138,9 @@ def status_record(campaign_id: int, now: datetime.datetime) -> CampaignStatus:
         )
         .count()
     )
-    rate = _rate(campaign, now)
+    # A campaign that is not sending has no rate and no time left (its last minute's
+    # rate says nothing of when it ends).
+    rate = _rate(campaign, now) if campaign.status in ("running", "finished") else None
     remaining = sum(counts[state] for state in PENDING_STATES)
     eta = remaining / rate if rate and remaining else None
     refused = None

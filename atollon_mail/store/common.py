@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 import peewee
 
-from atollon_mail.store.errors import Conflict, Invalid
+from atollon_mail.store.database import is_sqlite
+from atollon_mail.store.errors import Ambiguous, Conflict, Invalid, NotFound
 from atollon_mail.store.models import QueueRecipient, database_proxy
 
 # Everything after the first "+" of a local part is the user's tag (user+tag@domain).
@@ -144,3 +145,40 @@ def placeholders(count: int) -> str:
 def timestamp(value) -> datetime.datetime | None:
     # Raw SQL hands SQLite's timestamps back as text; peewee's field parses them.
     return QueueRecipient.next_attempt_at.python_value(value)
+
+
+# --- finding things by what a person knows of them ------------------------------------
+
+# How many candidates an ambiguous name lists.
+CANDIDATES_SHOWN = 10
+
+
+def folded(value):
+    """A text column or value in lower case, made by the database the same way on both
+    backends (PostgreSQL's lower(), SQLite's registered unicode_lower()), so a value and
+    the text searched for compare alike whatever their case or script."""
+    if is_sqlite(database_proxy.obj):
+        return peewee.fn.unicode_lower(value)
+    return peewee.fn.LOWER(value)
+
+
+def same_text(column, text: str):
+    """The column equals text, ignoring case."""
+    return folded(column) == folded(text)
+
+
+def contains_text(column, text: str):
+    """The column contains text, ignoring case; % and _ are plain characters."""
+    position = peewee.fn.INSTR if is_sqlite(database_proxy.obj) else peewee.fn.STRPOS
+    return position(folded(column), folded(text)) > 0
+
+
+def no_match(what: str, text: str, searched: str, hint: str) -> NotFound:
+    """The refusal for a text that names nothing: what was searched and what to do."""
+    return NotFound(f'no {what} matches "{text}" (by {searched}); {hint}')
+
+
+def several_match(what: str, text: str, labels: Sequence[str], total: int, hint: str):
+    """The refusal for a text that names several things: the first few and the count."""
+    more = f"; and {total - len(labels)} more" if total > len(labels) else ""
+    return Ambiguous(f'{total} {what} match "{text}": {"; ".join(labels)}{more}; {hint}')

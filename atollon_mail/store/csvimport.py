@@ -10,6 +10,7 @@ import peewee
 
 from atollon_mail.crm.csvimport import (
     CheckedContact,
+    CheckedEmployment,
     Problems,
     StoredContact,
     check_rows,
@@ -206,17 +207,17 @@ def _write_employments(
     stored: dict[tuple[int, str], StoredContact],
     now: datetime.datetime,
 ) -> int:
-    wanted: list[tuple[CheckedContact, int]] = []
+    wanted: list[tuple[CheckedContact, CheckedEmployment, int]] = []
     for contact in checked:
-        if contact.employer is not None:
-            key = (contact.organization_id, contact.employer)
+        for job in contact.employments:
+            key = (contact.organization_id, job.employer)
             employer = in_file.get(key) or stored[key]
-            wanted.append((contact, employer.id))
+            wanted.append((contact, job, employer.id))
     existing: dict[tuple[int, int, datetime.date | None], tuple[int, bool, datetime.date | None]]
     existing = {}
     # Contacts new in this import have no employments yet.
     stored_ids = {contact.id for contact in stored.values()}
-    persons = sorted({contact.id for contact, _ in wanted if contact.id in stored_ids})
+    persons = sorted({contact.id for contact, _, _ in wanted if contact.id in stored_ids})
     columns = (
         Employment.id,
         Employment.person,
@@ -226,7 +227,7 @@ def _write_employments(
         Employment.valid_to,
     )
     if len(persons) > _READ_ALL_ABOVE:
-        organizations = sorted({contact.organization_id for contact, _ in wanted})
+        organizations = sorted({contact.organization_id for contact, _, _ in wanted})
         queries = [
             Employment.select(*columns)
             .join(Contact, on=(Employment.person == Contact.id))
@@ -244,21 +245,14 @@ def _write_employments(
             existing.setdefault(key, (employment_id, is_primary, valid_to))
     new_rows = []
     changed = []
-    for contact, company_id in wanted:
-        found = existing.get((contact.id, company_id, contact.employed_from))
+    for contact, job, company_id in wanted:
+        found = existing.get((contact.id, company_id, job.employed_from))
         if found is None:
             new_rows.append(
-                (
-                    contact.id,
-                    company_id,
-                    contact.employer_primary,
-                    contact.employed_from,
-                    contact.employed_to,
-                    now,
-                )
+                (contact.id, company_id, job.primary, job.employed_from, job.employed_to, now)
             )
-        elif found[1:] != (contact.employer_primary, contact.employed_to):
-            changed.append((contact.employer_primary, contact.employed_to, found[0]))
+        elif found[1:] != (job.primary, job.employed_to):
+            changed.append((job.primary, job.employed_to, found[0]))
     _insert_rows(
         Employment,
         [

@@ -18,6 +18,12 @@ SQLITE_PRAGMAS = (
 )
 
 
+def unicode_lower(value):
+    """SQLite's `unicode_lower(text)`: lower case as PostgreSQL's lower() makes it under a
+    UTF-8 ctype (SQLite's own lower() knows ASCII letters only)."""
+    return value.lower() if isinstance(value, str) else value
+
+
 def sqlite_path(url: str) -> str:
     """`sqlite:///var/x.sqlite` is relative to the working directory, `sqlite:////abs` absolute."""
     return unquote(url[len("sqlite:///") :])
@@ -38,9 +44,11 @@ def open_database(url: str, **postgres_options) -> peewee.Database:
             os.makedirs(directory, mode=0o750, exist_ok=True)
         # check_same_thread=False: the connection is opened in one pool thread and only
         # ever used there, but peewee may close it from the thread that stops the pool.
-        return peewee.SqliteDatabase(
+        database = peewee.SqliteDatabase(
             path, pragmas=SQLITE_PRAGMAS, check_same_thread=False, timeout=10
         )
+        database.register_function(unicode_lower, "unicode_lower", 1, deterministic=True)
+        return database
     if url.startswith("postgresql://"):
         parts = urlsplit(url)
         options = dict(parse_qsl(parts.query))

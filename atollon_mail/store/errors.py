@@ -9,6 +9,10 @@ class NotFound(StoreError):
     pass
 
 
+class Ambiguous(StoreError):
+    """A name that matches several things; str() lists the first candidates."""
+
+
 class Conflict(StoreError):
     pass
 

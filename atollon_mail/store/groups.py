@@ -12,7 +12,7 @@ when it is all digits and no group has that name.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import attrs
 import peewee
@@ -27,8 +27,23 @@ from atollon_mail.crm.records import (
     MemberRecord,
     MembersChange,
 )
-from atollon_mail.store.common import chunks, create, limited, locked, read_only
-from atollon_mail.store.contacts import current_employment, get_organization_row
+from atollon_mail.store.common import (
+    CANDIDATES_SHOWN,
+    chunks,
+    contains_text,
+    create,
+    limited,
+    locked,
+    no_match,
+    read_only,
+    same_text,
+    several_match,
+)
+from atollon_mail.store.contacts import (
+    current_employment,
+    find_contact_row,
+    get_organization_row,
+)
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.models import (
     GROUP_KINDS,
@@ -104,20 +119,44 @@ def members_query(group: DistributionGroup, today: datetime.date | None = None) 
     return query if condition is None else query.where(condition)
 
 
-def get_group_row(group: int | str) -> DistributionGroup:
-    query = DistributionGroup.select(DistributionGroup, Organization).join(
+def _group_query():
+    return DistributionGroup.select(DistributionGroup, Organization).join(
         Organization, peewee.JOIN.LEFT_OUTER
     )
+
+
+def get_group_row(group: int | str) -> DistributionGroup:
+    """The one group a reference names (see the module's docstring)."""
+    query = _group_query()
     if isinstance(group, int):
         found = query.where(DistributionGroup.id == group).get_or_none()
-    else:
-        text = group.strip()
-        found = query.where(DistributionGroup.name == text).get_or_none()
-        if found is None and text.isdigit():
-            found = query.where(DistributionGroup.id == int(text)).get_or_none()
-    if found is None:
-        raise NotFound(f"no distribution group {group}; see: group list")
-    return found
+        if found is None:
+            raise NotFound(f"no distribution group with id {group}; see: group list")
+        return found
+    text = group.strip()
+    conditions = [DistributionGroup.name == text]
+    if text.isdigit():
+        conditions.append(DistributionGroup.id == int(text))
+    conditions += [
+        same_text(DistributionGroup.name, text),
+        contains_text(DistributionGroup.name, text),
+    ]
+    for condition in conditions:
+        matching = query.where(condition)
+        total = matching.count()
+        if total == 1:
+            return matching.get()
+        if total:
+            found = matching.order_by(DistributionGroup.name).limit(CANDIDATES_SHOWN)
+            labels = [f"{row.id} {row.name}" for row in found]
+            raise several_match(
+                "distribution groups",
+                text,
+                labels,
+                total,
+                "give the id or the whole name; see: group list",
+            )
+    raise no_match("distribution group", text, "id or name", "see: group list")
 
 
 def _names(model, ids: Iterable[int]) -> dict[int, str]:
@@ -206,9 +245,11 @@ def add_group(
     kind: str = "static",
     filter: GroupFilter | None = None,
     now: datetime.datetime | None = None,
+    companies: Sequence[int | str] = (),
 ) -> GroupRecord:
     """A static group (members added by hand) or a dynamic one (members by its filter; no
-    filter: every contact, of the organization when one is given)."""
+    filter: every contact, of the organization when one is given). `companies` adds to
+    the filter's companies, each named by id, name, e-mail or external id."""
     name = limited(name, 200, "group's name")
     if not name:
         raise Invalid("a group needs a name")
@@ -220,8 +261,17 @@ def add_group(
     if kind == "static" and filter is not None:
         raise Invalid("a static group lists its contacts; only a dynamic group has a filter")
     spec_json = None
+    if companies and kind != "dynamic":
+        raise Invalid("a static group lists its contacts; only a dynamic group has companies")
     if kind == "dynamic":
-        spec = _checked_filter(filter or GroupFilter(), owner)
+        spec = filter or GroupFilter()
+        if companies:
+            found = [
+                find_contact_row(company, owner.id if owner else None, kind="company").id
+                for company in companies
+            ]
+            spec = attrs.evolve(spec, company_ids=(*spec.company_ids, *found))
+        spec = _checked_filter(spec, owner)
         if owner is None and spec.organization_id is not None:
             owner = get_organization_row(spec.organization_id)
         spec_json = spec.to_json()
@@ -272,10 +322,11 @@ def groups_with_counts(today: datetime.date | None = None) -> list[GroupSummary]
 
 
 def change_members(
-    group: int | str, add: Iterable[int] = (), remove: Iterable[int] = ()
+    group: int | str, add: Iterable[int | str] = (), remove: Iterable[int | str] = ()
 ) -> MembersChange:
     """Add and remove contacts of a static group (removals first); unknown contacts and
-    contacts of another organization are refused, nothing is changed then."""
+    contacts of another organization are refused, nothing is changed then. A contact is
+    an id (int), or a text as store.contacts.find_contact_row finds it."""
     row = get_group_row(group)
     if row.kind != "static":
         raise Invalid(
@@ -283,8 +334,8 @@ def change_members(
             "add or remove contacts in a static group"
         )
     _lock_group(row)
-    add_ids = list(dict.fromkeys(add))
-    remove_ids = list(dict.fromkeys(remove))
+    add_ids = list(dict.fromkeys(_contact_ids(add, row.organization_id)))
+    remove_ids = list(dict.fromkeys(_contact_ids(remove, row.organization_id)))
     both = set(add_ids) & set(remove_ids)
     if both:
         raise Invalid(f"contacts {_id_list(both)} are both added and removed; choose one")
@@ -327,6 +378,13 @@ def change_members(
         already=len(add_ids) - len(adding),
         absent=len(remove_ids) - len(removing),
     )
+
+
+def _contact_ids(references: Iterable[int | str], organization_id: int | None) -> list[int]:
+    return [
+        reference if isinstance(reference, int) else find_contact_row(reference, organization_id).id
+        for reference in references
+    ]
 
 
 def _lock_group(row: DistributionGroup) -> None:

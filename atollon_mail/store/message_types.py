@@ -8,13 +8,19 @@ Each runs inside the one transaction `Store.run` opens and returns frozen record
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 import peewee
 
-from atollon_mail.store.common import create, limited, locked, read_only
+from atollon_mail.store.common import chunks, create, limited, locked, read_only
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.store.models import Campaign, Message, MessageType, database_proxy, utc_now
-from atollon_mail.store.records import MessageTypeDeletion, MessageTypeRecord
+from atollon_mail.store.records import (
+    MessageTypeChange,
+    MessageTypeDeletion,
+    MessageTypeRecord,
+    MessageTypeUsage,
+)
 
 _TYPE_CODE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 _TYPE_NAME_LIMIT = 100
@@ -147,6 +153,65 @@ def list_message_types() -> list[MessageTypeRecord]:
     return [_type_record(kind) for kind in MessageType.select().order_by(MessageType.code)]
 
 
+@read_only
+def message_type_usage() -> list[MessageTypeUsage]:
+    """Every message type by code with how many stored messages and campaigns have it
+    (one grouped count each)."""
+    messages = dict(
+        Message.select(Message.type, peewee.fn.COUNT(Message.id))
+        .where(Message.type.is_null(False))
+        .group_by(Message.type)
+        .tuples()
+    )
+    campaigns = dict(
+        Campaign.select(Campaign.type, peewee.fn.COUNT(Campaign.id))
+        .where(Campaign.type.is_null(False))
+        .group_by(Campaign.type)
+        .tuples()
+    )
+    return [
+        MessageTypeUsage(
+            type=_type_record(kind),
+            messages=messages.get(kind.id, 0),
+            campaigns=campaigns.get(kind.id, 0),
+        )
+        for kind in MessageType.select().order_by(MessageType.code)
+    ]
+
+
+@read_only
+def message_type_codes(message_ids: Iterable[int]) -> dict[int, str | None]:
+    """Each stored message's type code (None: it has none), for the ids given."""
+    found: dict[int, str | None] = {}
+    for chunk in chunks(sorted(set(message_ids))):
+        query = (
+            Message.select(Message.id, MessageType.code)
+            .join(MessageType, peewee.JOIN.LEFT_OUTER, on=(Message.type == MessageType.id))
+            .where(Message.id.in_(chunk))
+            .tuples()
+        )
+        found.update(query)
+    return found
+
+
+def set_message_type(message_id: int, code: str) -> MessageTypeChange:
+    """Give a stored message another type (an active one)."""
+    kind = _get_type(code)
+    if not kind.active:
+        raise Invalid(f"message type {kind.code} is inactive; activate it or choose another")
+    row = (
+        Message.select(Message.id, MessageType.code)
+        .join(MessageType, peewee.JOIN.LEFT_OUTER, on=(Message.type == MessageType.id))
+        .where(Message.id == message_id)
+        .tuples()
+        .first()
+    )
+    if row is None:
+        raise NotFound(f"no message with id {message_id}; see: messages list ADDRESS")
+    Message.update(type=kind.id).where(Message.id == message_id).execute()
+    return MessageTypeChange(message_id=message_id, previous=row[1], code=kind.code)
+
+
 def delete_message_type(code: str, reassign_to: str | None = None) -> MessageTypeDeletion:
     """Delete a message type. Messages of that type are moved to `reassign_to` first;
     without it, a type still in use is refused. A default type is never deleted."""
@@ -164,13 +229,23 @@ def delete_message_type(code: str, reassign_to: str | None = None) -> MessageTyp
         if target.id == kind.id:
             raise Invalid(f"{kind.code}'s messages cannot move to {kind.code} itself")
     campaigns_using = Campaign.select().where(Campaign.type == kind.id).count()
-    if campaigns_using and target is None:
-        noun = "campaign uses" if campaigns_using == 1 else "campaigns use"
-        raise Conflict(f"{campaigns_using} {noun} type {kind.code}; pass --reassign-to CODE")
     in_use = Message.select().where(Message.type == kind.id).count()
-    if in_use and target is None:
-        noun = "message has" if in_use == 1 else "messages have"
-        raise Conflict(f"{in_use} {noun} type {kind.code}; pass --reassign-to CODE")
+    if (in_use or campaigns_using) and target is None:
+        users = []
+        if in_use:
+            users.append(
+                f"{in_use} archived message{'s' if in_use != 1 else ''} "
+                f"ha{'ve' if in_use != 1 else 's'}"
+            )
+        if campaigns_using:
+            users.append(
+                f"{campaigns_using} campaign{'s' if campaigns_using != 1 else ''} "
+                f"ha{'ve' if campaigns_using != 1 else 's'}"
+            )
+        raise Conflict(
+            f"{' and '.join(users)} type {kind.code} and would change type; say which "
+            "type they get instead: --reassign-to CODE (see: message-type list)"
+        )
     moved = 0
     if target is not None:
         moved = Message.update(type=target.id).where(Message.type == kind.id).execute()

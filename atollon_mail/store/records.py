@@ -510,6 +510,24 @@ class MessageTypeRecord:
 
 
 @attrs.frozen
+class MessageTypeUsage:
+    """A message type with how many stored messages and campaigns have it."""
+
+    type: MessageTypeRecord
+    messages: int
+    campaigns: int
+
+
+@attrs.frozen
+class MessageTypeChange:
+    """A message's type set: what it was (None: none) and what it is."""
+
+    message_id: int
+    previous: str | None
+    code: str
+
+
+@attrs.frozen
 class MessageTypeDeletion:
     code: str
     reassigned: int  # messages moved to another type first

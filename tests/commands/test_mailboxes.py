@@ -193,6 +193,7 @@ class MailboxCommandsContract(ConfiguredCli):
             (("jo@acme.com", "--identity", "a b@acme.com"), "is not a valid sending address"),
             (("jo@acme.com", "--store-to", "99"), "no folder or project with id 99"),
             (("jo@acme.com", "--store-to", "3"), "another user's To Do"),
+            (("jo@acme.com", "--store-to", "inbox"), 'no folder or project matches "inbox"'),
             (("jo@acme.com", "--default"), "jo@acme.com is inactive"),
             # All or nothing: the identity is not changed when --default is refused.
             (("jo@acme.com", "--identity", "x@acme.com", "--default"), "is inactive"),
@@ -219,7 +220,7 @@ class MailboxCommandsContract(ConfiguredCli):
         for argv in (
             ("jo@acme.com", "--active", "maybe"),
             ("jo@acme.com", "--store-to", "0"),
-            ("jo@acme.com", "--store-to", "inbox"),
+            ("jo@acme.com", "--store-to", " "),
             ("--active", "yes"),
         ):
             with self.subTest(argv=argv):
@@ -491,11 +492,13 @@ class MailboxCommandsContract(ConfiguredCli):
         self.assertEqual(
             self.ok("message-type", "list").lines,
             [
-                "CODE       NAME             ACTIVE  DEFAULT FOR  DESCRIPTION",
-                "email-in   Incoming e-mail  yes     incoming     Mail received from outside",
-                "email-out  Outgoing e-mail  yes     outgoing     Mail sent by our users",
-                "fax        Fax              yes     -            Faxes",
-                "memo       Memo             no      -",
+                "CODE       NAME             ACTIVE  DEFAULT FOR  MESSAGES  CAMPAIGNS  DESCRIPTION",
+                "email-in   Incoming e-mail  yes     incoming            0          0  Mail "
+                "received from outside",
+                "email-out  Outgoing e-mail  yes     outgoing            0          0  Mail sent "
+                "by our users",
+                "fax        Fax              yes     -                   0          0  Faxes",
+                "memo       Memo             no      -                   0          0",
             ],
         )
         self.assertEqual(
@@ -525,7 +528,7 @@ class MailboxCommandsContract(ConfiguredCli):
                 ["memo", "Memo", "2", "yes"],
             ],
         )
-        self.assertTrue(self.ok("message-type", "list").lines[-1].endswith("incoming, outgoing"))
+        self.assertIn("incoming, outgoing", self.ok("message-type", "list").lines[-1])
 
     def test_message_type_refusals(self):
         self.ok("db", "migrate")
@@ -566,7 +569,8 @@ class MailboxCommandsContract(ConfiguredCli):
         others = self.deliver("joe@acme.com")
         self.assertRefused(
             self.cli("message-type", "delete", "fax"),
-            "2 messages have type fax; pass --reassign-to CODE",
+            "2 archived messages have type fax and would change type; say which type they "
+            "get instead: --reassign-to CODE",
         )
         self.assertEqual(self.store_op(_type_codes_of, faxes), ["fax", "fax"])
         self.assertEqual(

@@ -191,7 +191,7 @@ class MassmailCommandTests(ConfiguredCli):
                 "--fallback-language",
                 "en",
             ),
-            "no distribution group nobody",
+            'no distribution group matches "nobody"',
         )
         self.assertRefused(
             self.cli(
@@ -378,6 +378,28 @@ class MassmailCommandTests(ConfiguredCli):
             ],
         )
 
+    def test_status_of_a_paused_campaign_has_no_rate_or_time_left(self):
+        campaign_id, started = self.running_with_progress()
+        self.ok("massmail", "pause", str(campaign_id))
+        lines = self.ok("massmail", "status", str(campaign_id)).lines
+        self.assertEqual(
+            lines[0],
+            f"campaign {campaign_id} Spring news: paused, started {started:%Y-%m-%d %H:%M:%S} UTC",
+        )
+        self.assertEqual(
+            lines[-2:],
+            [
+                "[##########----------]  50.0%  10/20",
+                "paused: nothing is being sent; resume it: atollon-mail massmail resume "
+                f"{campaign_id}",
+            ],
+        )
+        self.assertFalse([line for line in lines if "rate" in line or "left" in line], lines)
+        self.ok("massmail", "resume", str(campaign_id))
+        self.assertIn(
+            "rate 0.2/s, about 60 s left", self.ok("massmail", "status", str(campaign_id)).lines
+        )
+
     def test_status_of_a_draft_and_unknown_rate(self):
         campaign_id = self.with_variants()
         lines = self.ok("massmail", "status", str(campaign_id)).lines
@@ -385,8 +407,8 @@ class MassmailCommandTests(ConfiguredCli):
         self.assertEqual(
             lines[-3:],
             [
+                "  suppressed 0",
                 "[--------------------]  0.0%  0/0",
-                "rate unknown",
                 f"not sent yet: atollon-mail massmail send {campaign_id}",
             ],
         )
@@ -462,7 +484,7 @@ class MassmailCommandTests(ConfiguredCli):
             ],
         )
         self.assertIn(
-            f"paused: atollon-mail massmail resume {campaign_id}",
+            f"paused: nothing is being sent; resume it: atollon-mail massmail resume {campaign_id}",
             self.ok("massmail", "status", campaign_id).lines,
         )
         self.assertRefused(self.cli("massmail", "pause", campaign_id), "only a running one")

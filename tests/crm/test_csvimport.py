@@ -175,6 +175,89 @@ class ImportContract(StoreFixtureMixin):
         self.assertEqual(self.contact("F9").name, "Firm\nwith two lines")
         self.assertEqual(self.contact("P1").name, "Novák, Jr.")
 
+    def test_a_persons_several_jobs_in_one_file(self):
+        jobs = (
+            "organization,kind,external_id,name,email,employer,employer_primary,"
+            "employed_from,employed_to\n"
+            "Acme,company,F1,Firm,,,,,\n"
+            "Acme,company,F2,Beta,,,,,\n"
+            "Acme,person,P1,Jana,jana@firm.test,F1,,2020-01-01,2022-12-31\n"
+            "Acme,person,P1,,,F2,yes,2023-01-01,\n"
+            "Acme,person,P1,Jana,JANA@firm.test,F1,no,2024-01-01,\n"
+            "Acme,person,P2,Petr,,F2,,,\n"
+        )
+        report = self.load(jobs)
+        self.assertEqual((report.created, report.employments, report.problems), (4, 4, ()))
+        firm, beta, jana = self.contact("F1"), self.contact("F2"), self.contact("P1")
+        self.assertEqual(
+            [row for row in self.op(_employments) if row[0] == jana.id],
+            [
+                # The person's first row is primary unless it says; the further ones not.
+                (jana.id, firm.id, True, datetime.date(2020, 1, 1), datetime.date(2022, 12, 31)),
+                (jana.id, beta.id, True, datetime.date(2023, 1, 1), None),
+                (jana.id, firm.id, False, datetime.date(2024, 1, 1), None),
+            ],
+        )
+        self.assertEqual(jana.email, "jana@firm.test")
+        again = self.load(jobs)
+        self.assertEqual((again.created, again.unchanged, again.employments), (0, 4, 0))
+        # A further row ending a job updates that employment.
+        fired = self.load(
+            "organization,kind,external_id,employer,employed_from,employed_to\n"
+            "Acme,person,P1,F2,2023-01-01,2024-06-30\n"
+        )
+        self.assertEqual((fired.updated, fired.employments), (0, 1))
+        self.assertIn(
+            (jana.id, beta.id, True, datetime.date(2023, 1, 1), datetime.date(2024, 6, 30)),
+            self.op(_employments),
+        )
+
+    def test_a_persons_further_rows_are_checked(self):
+        found = self.problems(
+            "organization,kind,external_id,name,email,employer,employer_primary,employed_from\n"
+            "Acme,company,F1,Firm,,,,\n"
+            "Acme,company,F1,Firm,,,,\n"
+            "Acme,person,P1,Jana,jana@firm.test,F1,,\n"
+            "Acme,person,P1,Janet,,F1,no,2024-01-01\n"
+            "Acme,person,P1,,jana@other.test,F1,,\n"
+            "Acme,person,P1,,,,,\n"
+            "Acme,company,P1,,,,,\n"
+            "Acme,person,P2,Petr,,F1,,2020-01-01\n"
+            "Acme,person,P2,,,F1,yes,2021-01-01\n"
+        )
+        self.assertEqual(
+            found,
+            [
+                (3, "external_id", "F1 is on line 2 already"),
+                (
+                    5,
+                    "name",
+                    "differs from line 4 of P1; give a person's details on their first row "
+                    "(the further rows add employers)",
+                ),
+                (
+                    6,
+                    "email",
+                    "differs from line 4 of P1; give a person's details on their first row "
+                    "(the further rows add employers)",
+                ),
+                (6, "employer", "the same employment as line 4 (employer F1, employed_from empty)"),
+                (
+                    7,
+                    "external_id",
+                    "P1 is on line 4 already; a person's further rows each add an employer: "
+                    "give the employer",
+                ),
+                (8, "external_id", "P1 is on line 4 already"),
+                (
+                    10,
+                    "employer_primary",
+                    "line 9 makes F1 primary at the same time; keep one primary (write no on "
+                    "the other)",
+                ),
+            ],
+        )
+
     def test_many_rows_in_chunks(self):
         lines = [HEADER, "Acme,company,F,Firm,,,,,"]
         lines += [f"Acme,person,P{n},,First,Last {n},p{n}@firm.test,de,F" for n in range(1200)]
@@ -228,15 +311,21 @@ class ImportContract(StoreFixtureMixin):
                 (7, "employed_to", "2024-04-01 is before employed_from 2024-05-01"),
                 (8, "employer", "P4 is a person, not a company"),
                 (9, "employer", "no company with external_id F404 in this file or stored"),
-                (10, "external_id", "P1 is on line 3 already"),
+                (
+                    10,
+                    "external_id",
+                    "P1 is on line 3 already; a person's further rows each add an employer: "
+                    "give the employer",
+                ),
                 (11, "", "has 6 fields but the header names 12 columns"),
             ],
         )
 
     def test_every_problem_of_every_row_in_one_pass(self):
-        # A row with a problem is still checked for its employer; a repeated external_id
-        # is still checked for the rest of its row; rows are checked below a header with
-        # an unknown column, a line that is not CSV, and a line that is not UTF-8.
+        # A row with a problem is still checked for its employer; a person's further row
+        # (the same external_id) is checked against the first; rows are checked below a
+        # header with an unknown column, a line that is not CSV, and a line that is not
+        # UTF-8.
         data = "\n".join(
             [
                 "organization,kind,external_id,last_name,email,employer,colour,employed_from",
@@ -264,9 +353,12 @@ class ImportContract(StoreFixtureMixin):
                 (3, "email", "'jana@' is not an e-mail address; give one such as name@example.com"),
                 (3, "employed_from", "'2024-13-01' is not a date; write YYYY-MM-DD"),
                 (3, "employer", "no company with external_id F404 in this file or stored"),
-                (4, "external_id", "P1 is on line 3 already"),
-                (4, "last_name", "a person needs last_name or name"),
-                (4, "email", "'bad@' is not an e-mail address; give one such as name@example.com"),
+                (
+                    4,
+                    "email",
+                    "differs from line 3 of P1; give a person's details on their first row "
+                    "(the further rows add employers)",
+                ),
                 (5, "", "is not valid CSV: ',' expected after '\"'"),
                 (6, "email", "'petr@' is not an e-mail address; give one such as name@example.com"),
                 (6, "employer", "P1 is a person, not a company"),

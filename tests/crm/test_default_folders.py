@@ -142,6 +142,63 @@ class DefaultFoldersContract(StoreFixtureMixin):
             self.case_of(report, jana), f"employer Bare ({bare.id}) has no folder in Acme"
         )
 
+    def test_each_case_has_its_reason_and_employer(self):
+        extra = self.op(f.add_folder, "Firm extra", "Acme", self.firm.id)
+        bare = self.company("Bare")
+        second = self.company("Second")
+        alone = self.person("Alone")
+        both = self.person("Both", bare, second)
+        at_bare = self.person("At Bare", bare)
+        at_firm = self.person("At Firm", self.firm)
+        report = self.run_setup()
+        self.assertEqual(
+            sorted(
+                (case.contact_id, case.reason, case.company_id, case.folders)
+                for case in report.cases
+            ),
+            [
+                (alone.id, "no-employer", None, ()),
+                (both.id, "several-employers", None, ()),
+                (at_bare.id, "no-folder", bare.id, ()),
+                (
+                    at_firm.id,
+                    "several-folders",
+                    self.firm.id,
+                    ((self.firm_folder.id, "Firm main"), (extra.id, "Firm extra")),
+                ),
+            ],
+        )
+        # A folder added as the company's default decides for its employees.
+        added = self.op(f.add_folder, "Bare main", "Acme", "Bare", default=True)
+        self.assertTrue(added.is_company_default)
+        chosen = self.op(f.make_company_default, "firm extra")
+        self.assertEqual((chosen.contact_id, chosen.folder_id), (self.firm.id, extra.id))
+        report = self.run_setup()
+        self.assertEqual(
+            [(case.contact_id, case.reason) for case in report.cases],
+            [(alone.id, "no-employer"), (both.id, "several-employers")],
+        )
+        self.assertEqual(self.rows()[at_bare.id], (added.id, "employer"))
+        self.assertEqual(self.rows()[at_firm.id], (extra.id, "employer"))
+        self.assertEqual(
+            [(folder.name, folder.is_company_default) for folder in self.op(f.list_folders)],
+            [("Firm main", False), ("Firm extra", True), ("Bare main", True)],
+        )
+
+    def test_a_fired_person_loses_the_employers_folder_at_the_next_run(self):
+        jana = self.person("Jana", self.firm)
+        self.run_setup()
+        self.assertEqual(self.rows()[jana.id], (self.firm_folder.id, "employer"))
+        self.op(c.end_employment, "Jana", "Firm", on=TODAY - DAY)
+        report = self.run_setup()
+        [case] = report.cases
+        self.assertEqual((case.contact_id, case.reason), (jana.id, "no-employer"))
+        self.assertEqual(
+            case.note,
+            f"its default folder {self.firm_folder.id} from an earlier run is left as it is",
+        )
+        self.assertEqual(self.op(c.get_contact, jana.id).name, "Jana")
+
     def test_a_folder_in_another_organization_does_not_count(self):
         self.op(c.add_organization, "Other")
         bare = self.company("Bare")

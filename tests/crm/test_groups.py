@@ -293,7 +293,9 @@ class GroupsContract(StoreFixtureMixin):
         self.assertEqual(self.op(g.get_group, "Listed"), group)
         self.assertEqual(self.op(g.get_group, str(group.id)), group)
         self.assertEqual(self.op(g.get_group, group.id), group)
-        with self.assertRaisesRegex(NotFound, "no distribution group Nope; see: group list"):
+        with self.assertRaisesRegex(
+            NotFound, 'no distribution group matches "Nope" \\(by id or name\\); see: group list'
+        ):
             self.op(g.get_group, "Nope")
         second = self.op(g.add_group, "Another")
         self.assertEqual(self.op(g.list_groups), [second, group])

@@ -245,7 +245,7 @@ class CampaignContract(StoreFixtureMixin):
         for args, kwargs, error, message in (
             (("", "customers", "news@acme.test", "en"), {}, Invalid, "needs a name"),
             (("x", "nobody", "news@acme.test", "en"), {}, NotFound, "no distribution group"),
-            (("x", 999, "news@acme.test", "en"), {}, NotFound, "no distribution group 999"),
+            (("x", 999, "news@acme.test", "en"), {}, NotFound, "no distribution group with id 999"),
             (("x", "customers", "no@acme.test", "en"), {}, NotFound, "no mailbox"),
             (("x", "customers", "off@acme.test", "en"), {}, Invalid, "inactive"),
             (("x", "customers", "news@acme.test", "eng"), {}, Invalid, "two letters"),
@@ -806,6 +806,20 @@ class CampaignContract(StoreFixtureMixin):
             (draft.total, draft.done, draft.rate, draft.eta_seconds), (0, 0, None, None)
         )
         self.assertEqual(set(draft.counts.values()), {0})
+
+    def test_a_paused_or_cancelled_campaign_has_no_rate_and_no_eta(self):
+        campaign_id = self.big_campaign(10)
+        now = T0 + datetime.timedelta(seconds=20)
+        self.op(set_rows, campaign_id, self.addresses(0, 5), state="sent", sent_at=now)
+        self.assertAlmostEqual(
+            self.op(campaign_recipients.campaign_status, campaign_id, now).rate, 5 / 20
+        )
+        for state in ("paused", "cancelled"):
+            self.op(set_status, campaign_id, state)
+            status = self.op(campaign_recipients.campaign_status, campaign_id, now)
+            self.assertEqual(
+                (status.campaign.status, status.rate, status.eta_seconds), (state, None, None)
+            )
 
     def test_nothing_left_means_no_eta(self):
         campaign_id = self.started()

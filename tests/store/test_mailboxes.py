@@ -974,7 +974,11 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         before = self.state()
         with self.assertRaises(Conflict) as raised:
             self.sync(message_types.delete_message_type, "fax")
-        self.assertEqual(str(raised.exception), "3 messages have type fax; pass --reassign-to CODE")
+        self.assertEqual(
+            str(raised.exception),
+            "3 archived messages have type fax and would change type; say which type they get "
+            "instead: --reassign-to CODE (see: message-type list)",
+        )
         self.assertRaises(
             Invalid, self.sync, message_types.delete_message_type, "fax", reassign_to="fax"
         )
@@ -999,7 +1003,9 @@ class MailboxBehaviourContract(StoreFixtureMixin):
         with self.assertRaises(Conflict) as raised:
             self.sync(message_types.delete_message_type, "newsletter")
         self.assertEqual(
-            str(raised.exception), "1 campaign uses type newsletter; pass --reassign-to CODE"
+            str(raised.exception),
+            "1 campaign has type newsletter and would change type; say which type they get "
+            "instead: --reassign-to CODE (see: message-type list)",
         )
         self.sync(message_types.delete_message_type, "newsletter", reassign_to="letter")
         self.assertEqual(self.sync(lambda: Campaign.get().type.code), "letter")

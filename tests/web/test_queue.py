@@ -306,7 +306,7 @@ class QueuePagesTests(ServedWebMixin, StoreFixtureMixin):
         self.assertIn("default type for outgoing mail", default.text)
         in_use = yield browser.post("/message-types/delete", {"code": "news", "csrf_token": token})
         self.assertEqual(in_use.status, 409)
-        self.assertIn("1 message has type news", in_use.text)
+        self.assertIn("1 archived message has type news and would change type", in_use.text)
         self.assertIn("news", self._types())
         unused = yield browser.post("/message-types/delete", {"code": "spare", "csrf_token": token})
         self.assertEqual(unused.status, 303)
