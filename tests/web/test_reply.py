@@ -510,6 +510,34 @@ class RepliesUnitTests(unittest.TestCase):
         message = replies.parse(b'From: "Smith, Alice" <alice@remote.example>\r\n\r\nx\r\n')
         self.assertEqual(replies.recipients(message, Mailbox, False), ("alice@remote.example", ""))
 
+    def test_an_html_only_original_is_quoted_as_text(self):
+        class Mailbox:
+            address = identity = "bob@example.com"
+            aliases = ()
+            signature = ""
+
+        raw = (
+            b"From: Alice <alice@remote.example>\r\nContent-Type: text/html; charset=utf-8"
+            b"\r\n\r\n<p>Hello &amp; <b>welcome</b></p><script>alert(1)</script>\r\n"
+        )
+        values = replies.prefill(replies.REPLY, raw, Mailbox, 60 * 1024)
+        self.assertEqual(values["body"], "Alice wrote:\n> Hello & welcome\n\n")
+
+    def test_a_text_too_long_to_quote_is_cut_and_says_so(self):
+        class Mailbox:
+            address = identity = "bob@example.com"
+            aliases = ()
+            signature = "Bob"
+
+        raw = b"From: alice@remote.example\r\n\r\n" + b"line of text\r\n" * 1000
+        room = replies.TEXT_ROOM + 1300  # 100 lines of 13 characters
+        body = replies.prefill(replies.FORWARD, raw, Mailbox, room)["body"]
+        self.assertEqual(body.count("line of text"), 100)
+        self.assertIn("line of text\n" + replies.LEFT_OUT + "\n\n-- \nBob", body)
+        body = replies.prefill(replies.REPLY, raw, Mailbox, room)["body"]
+        self.assertEqual(body.count("> line of text"), 100)
+        self.assertIn("> " + replies.LEFT_OUT, body)
+
 
 class SqliteReplyTests(SqliteStoreMixin, ReplyTests, unittest.TestCase):
     pass
