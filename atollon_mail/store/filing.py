@@ -551,6 +551,40 @@ def move_message(mailbox_address: str, message_id: int, folder: str) -> FolderMo
     )
 
 
+# IMAP's flags and keywords: a backslash and a name, or a plain atom such as $Forwarded.
+_FLAG_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789$_-")
+_FLAGS_LIMIT = 200  # the flags column
+
+
+def add_flag(mailbox_address: str, message_id: int, flag: str) -> int:
+    """Add `flag` (e.g. \\Answered) to every filing of the message in this mailbox that
+    lacks it; how many changed. NotFound when the message is not filed here."""
+    name = flag[1:] if flag.startswith("\\") else flag
+    if not name or not set(name) <= _FLAG_CHARACTERS:
+        raise Invalid(f"{flag!r} is not a flag; give one such as \\Answered or $Forwarded")
+    mailbox = get_mailbox_row(mailbox_address)
+    # Locked first (PostgreSQL): two flag changes of one message do not lose either.
+    lock_mailboxes([mailbox.id])
+    filings = list(
+        Filing.select(Filing.id, Filing.flags)
+        .where((Filing.mailbox == mailbox.id) & (Filing.message == message_id))
+        .tuples()
+    )
+    if not filings:
+        raise NotFound(f"no message {message_id} in {mailbox.local_part}@{mailbox.domain.name}")
+    changed = 0
+    for filing_id, flags in filings:
+        present = flags.split()
+        if flag in present:
+            continue
+        updated = " ".join([*present, flag])
+        if len(updated) > _FLAGS_LIMIT:
+            raise Invalid(f"message {message_id} has too many flags to add {flag}")
+        Filing.update(flags=updated).where(Filing.id == filing_id).execute()
+        changed += 1
+    return changed
+
+
 def move_to_junk(mailbox_address: str, message_id: int) -> FolderMove:
     """The user says it is junk: into the mailbox's Junk (see move_message)."""
     return move_message(mailbox_address, message_id, JUNK)

@@ -9,6 +9,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
 from urllib.parse import quote
 
+import attrs
 import nh3
 from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
@@ -18,6 +19,7 @@ from atollon_mail.store import common, filing, mailboxes
 from atollon_mail.store.errors import Invalid, NotFound, StoreError
 from atollon_mail.store.records import InboundVerdict, Origin, OutgoingMessage, Recipient
 from atollon_mail.store.values import FOLDERS, INBOX, JUNK
+from atollon_mail.web import replies
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
 from atollon_mail.web.numbers import page_number, parse_count, parse_id
 
@@ -238,6 +240,7 @@ def register(app: WebApp) -> None:
             "message_id": filed.message_id,
             "folder": filed.folder,
             "may_move": rights.edit,
+            "may_send": rights.edit,
             "verdict": verdict_lines(filed.verdict),
             **read_message(filed.raw),
         }
@@ -287,9 +290,30 @@ def register(app: WebApp) -> None:
         filename = part.get_filename() or f"part-{number}"
         return _write_download(page, body, part.get_content_type(), filename)
 
-    def _compose_page(page, mailbox, values, errors=None, status=200) -> Page:
-        context = {"mailbox": mailbox, "values": values, "errors": errors or {}}
+    def _compose_page(page, mailbox, values, errors=None, status=200, original=None) -> Page:
+        context = {
+            "mailbox": mailbox,
+            "values": values,
+            "errors": errors or {},
+            "action": original.action if original else "",
+            "original_id": original.message_id if original else "",
+            "carried": original.carried if original else [],
+        }
         return Page("mail_compose.html", context, status=status)
+
+    async def _original(page: PageRequest, mailbox, action: str, message_id: str):
+        """The message replied to or forwarded (None for a new message); an action or
+        message that is none, or not filed in this mailbox, is not found."""
+        if not action:
+            return None
+        number = parse_id(message_id)
+        if action not in replies.ACTIONS or number is None:
+            raise not_found()
+        try:
+            filed = await page.store.run(filing.filed_message, mailbox.address, number)
+        except NotFound:
+            raise not_found() from None
+        return Original(action, number, filed.raw)
 
     async def _recipients(page: PageRequest, value: str):
         """(local, remote, error) for one address field: comma-separated addresses."""
@@ -320,9 +344,16 @@ def register(app: WebApp) -> None:
         if not (await page.rights(mailbox.address)).edit:
             raise not_found()
         if page.request.method != b"POST":
+            original = await _original(page, mailbox, page.arg("action"), page.arg("id"))
+            if original is not None:
+                values = replies.prefill(original.action, original.raw, mailbox, MAX_BODY)
+                return _compose_page(page, mailbox, values, original=original)
             body = f"\n\n-- \n{mailbox.signature}" if mailbox.signature else ""
             values = {"to": "", "cc": "", "subject": "", "body": body}
             return _compose_page(page, mailbox, values)
+        original = await _original(
+            page, mailbox, page.form.get("action", ""), page.form.get("original", "")
+        )
         values = {name: page.form.get(name, "") for name in ("to", "cc", "subject", "body")}
         errors = {}
         local: list[Recipient] = []
@@ -344,17 +375,53 @@ def register(app: WebApp) -> None:
             if refused is not None:
                 errors["to"] = f"Sending as {mailbox.identity} is refused: {refused}."
         if errors:
-            return _compose_page(page, mailbox, values, errors, status=400)
-        outgoing = _outgoing(mailbox, values, local, remote)
+            return _compose_page(page, mailbox, values, errors, status=400, original=original)
+        outgoing = _outgoing(mailbox, values, local, remote, original)
         try:
             await page.app.intake.submit(outgoing, Origin("compose", mailbox_id=mailbox.id))
         except StoreError as problem:
             errors["to"] = str(problem)
-            return _compose_page(page, mailbox, values, errors, status=400)
+            return _compose_page(page, mailbox, values, errors, status=400, original=original)
+        if original is not None:
+            await _mark_original(page, mailbox, original)
         return Redirect(_box_url(mailbox.address, sent=1))
 
+    async def _mark_original(page: PageRequest, mailbox, original) -> None:
+        """The original gets \\Answered (or $Forwarded) once the intake accepted the
+        message; if it was removed meanwhile, what was sent stands."""
+        flag = replies.FLAGS[original.action]
+        try:
+            await page.store.run(filing.add_flag, mailbox.address, original.message_id, flag)
+        except StoreError:
+            log.failure("could not flag message {id} {flag}", id=original.message_id, flag=flag)
 
-def _outgoing(mailbox, values: dict, local: list[Recipient], remote: list[str]):
+
+@attrs.frozen
+class Original:
+    """The message a reply or forward written in the browser answers or carries."""
+
+    action: str  # replies.ACTIONS
+    message_id: int
+    raw: bytes
+
+    @property
+    def carried(self) -> list[str]:
+        """What goes along with the new message: the original's attachments on an inline
+        forward, the original itself on a forward as attachment."""
+        if self.action == replies.FORWARD:
+            return [item["filename"] for item in replies.attachments(self.raw)]
+        if self.action == replies.FORWARD_ATTACHED:
+            return ["the original message (.eml)"]
+        return []
+
+
+def _outgoing(
+    mailbox,
+    values: dict,
+    local: list[Recipient],
+    remote: list[str],
+    original: Original | None = None,
+):
     message = EmailMessage()
     message["From"] = mailbox.identity
     message["To"] = _one_line(values["to"])
@@ -363,8 +430,16 @@ def _outgoing(mailbox, values: dict, local: list[Recipient], remote: list[str]):
     message["Subject"] = _one_line(values["subject"])
     message["Date"] = format_datetime(datetime.datetime.now(datetime.UTC))
     message["Message-ID"] = make_msgid(domain=mailbox.identity.rpartition("@")[2])
+    if original is not None and original.action in (replies.REPLY, replies.REPLY_ALL):
+        for name, value in replies.threading_headers(original.raw).items():
+            message[name] = value
     message.set_content(values["body"].replace("\r\n", "\n"))
-    raw = message.as_bytes(policy=email.policy.SMTP)
+    if original is not None and original.action == replies.FORWARD:
+        replies.attach_files(message, replies.attachments(original.raw))
+    if original is not None and original.action == replies.FORWARD_ATTACHED:
+        raw = replies.with_original(message, original.raw)
+    else:
+        raw = message.as_bytes(policy=email.policy.SMTP)
     unique_local = {recipient.mailbox_id: recipient for recipient in local}
     return OutgoingMessage(
         envelope_sender=mailbox.identity,
