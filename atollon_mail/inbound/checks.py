@@ -53,7 +53,7 @@ from atollon_mail.inbound.authentication import (
     organizational_domain,
 )
 from atollon_mail.inbound.headers import Field, authserv_id, remove_fields
-from atollon_mail.inbound.rspamd import SpamQuery
+from atollon_mail.inbound.rspamd import SpamFilterUnavailable, SpamQuery
 from atollon_mail.interfaces import IInboundChecks
 from atollon_mail.store import domains as domain_ops
 from atollon_mail.store.records import InboundVerdict
@@ -381,7 +381,12 @@ class InboundChecks:
         return attrs.evolve(decision, message=message if removed else None)
 
     def _scan_failed(self, failure: Failure, client_ip: str) -> None:
-        log.failure("the spam filter failed on a message from {client}", failure, client=client_ip)
+        # Unavailable (down, slow, an answer outside its protocol) is expected and the
+        # client has said why, once per message: no traceback for it here.
+        if not failure.check(SpamFilterUnavailable):
+            log.failure(
+                "the spam filter failed on a message from {client}", failure, client=client_ip
+            )
         return None
 
     # --- the decision ---
@@ -476,14 +481,21 @@ class InboundChecks:
                 return InboundDecision(refusal=Refusal(451, "4.7.1", text))
             scanned = bool(spam.scanned)
             if scanned:
-                score, threshold = float(spam.score), float(spam.required_score)
+                # rspamd's required_score is where it rejects; where Junk begins (its "add
+                # header" threshold) is not in its answer, so the verdict names none.
+                score = float(spam.score)
                 ranked = sorted(spam.symbols, key=lambda symbol: -abs(symbol[1]))
                 symbols = tuple(_symbol_text(name, points) for name, points in ranked)
                 if spam.action in JUNK_SPAM_ACTIONS:
                     junk = True
-                    notes.append(f"filed as junk: spam score {score:g} of {threshold:g}")
+                    notes.append(
+                        f"filed as junk: the spam filter says {spam.action} at score {score:g}"
+                    )
                 headers += spam_status(
-                    spam.action in JUNK_SPAM_ACTIONS, score, threshold, [n for n, _ in ranked]
+                    spam.action in JUNK_SPAM_ACTIONS,
+                    score,
+                    float(spam.required_score),
+                    [n for n, _ in ranked],
                 )
             else:
                 notes.append("not scanned for spam")

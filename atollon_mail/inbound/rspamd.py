@@ -254,6 +254,15 @@ class _Endpoints:
         return endpoint
 
 
+class _QuietConnectionPool(HTTPConnectionPool):
+    """Twisted's pool, whose connection factories log nothing: each request to rspamd is
+    a connection of its own, and Twisted's factory would log two lines ("Starting
+    factory", "Stopping factory") for every message received (twisted#9330)."""
+
+    class _factory(HTTPConnectionPool._factory):  # noqa: N801 (the name Twisted reads)
+        noisy = False
+
+
 @implementer(IBodyProducer)
 class _BytesProducer:
     """The request body, written at once (no cooperator, so no global reactor)."""
@@ -360,7 +369,7 @@ class RspamdClient:
             else Agent.usingEndpointFactory(
                 reactor,
                 _Endpoints(reactor, timeout),
-                pool=HTTPConnectionPool(reactor, persistent=False),
+                pool=_QuietConnectionPool(reactor, persistent=False),
             )
         )
 

@@ -345,19 +345,27 @@ class ChecksTests(StoreFixtureMixin):
             self.assertEqual((decision.refusal.code, decision.refusal.status), expected, action)
         for action in ("add header", "rewrite subject"):
             result = SpamResult(
-                action, 7.5, 6.0, (("BAYES_SPAM", 5.1), ("R_DKIM_ALLOW", -0.2), ("MISSING_TO", 2.0))
+                action,
+                7.5,
+                15.0,
+                (("BAYES_SPAM", 5.1), ("R_DKIM_ALLOW", -0.2), ("MISSING_TO", 2.0)),
             )
             checks = self.checks(spam_filter=SpamFilter(result))
             decision = yield self.check(checks, raw)
             verdict = decision.verdict
             self.assertTrue(verdict.junk, action)
-            self.assertEqual((verdict.spam_score, verdict.spam_threshold), (7.5, 6.0))
+            # rspamd's required_score (15) is where it rejects, not where Junk begins:
+            # the verdict names no junk threshold rather than a wrong one.
+            self.assertEqual((verdict.spam_score, verdict.spam_threshold), (7.5, None))
+            self.assertIn(
+                f"filed as junk: the spam filter says {action} at score 7.5", verdict.notes
+            )
             self.assertEqual(
                 verdict.spam_symbols, ("BAYES_SPAM(5.1)", "MISSING_TO(2)", "R_DKIM_ALLOW(-0.2)")
             )
             self.assertEqual(verdict.spam_action, action)
             self.assertIn(
-                b"X-Spam-Status: Yes, score=7.5 required=6.0 "
+                b"X-Spam-Status: Yes, score=7.5 required=15.0 "
                 b"tests=BAYES_SPAM,MISSING_TO,R_DKIM_ALLOW\r\n",
                 decision.headers,
             )
@@ -382,6 +390,17 @@ class ChecksTests(StoreFixtureMixin):
         decision = yield self.check(checks, fixtures.message())
         self.assertEqual((decision.refusal.code, decision.refusal.status), (451, "4.7.1"))
         self.flushLoggedErrors(ConnectionRefusedError)
+
+    @defer.inlineCallbacks
+    def test_an_unavailable_filter_is_a_temporary_refusal_without_a_traceback(self):
+        # The client said why (a warning per message); an error logged here too would put
+        # a traceback in the log for every message while rspamd is down.
+        unavailable = rspamd.SpamFilterUnavailable("rspamd at http://127.0.0.1:1: refused")
+        spam = SpamFilter()
+        spam.check = lambda request: defer.fail(unavailable)
+        decision = yield self.check(self.checks(spam_filter=spam), fixtures.message())
+        self.assertEqual((decision.refusal.code, decision.refusal.status), (451, "4.7.1"))
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     @defer.inlineCallbacks
     def test_with_a_spam_filter_the_blocklists_are_its_business(self):

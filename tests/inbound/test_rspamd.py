@@ -7,6 +7,7 @@ import json
 import time
 
 from twisted.internet import defer, reactor, task
+from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 from twisted.web import resource, server
 from zope.interface.verify import verifyObject
@@ -304,6 +305,24 @@ class FakeServerTests(unittest.TestCase):
         self.assertEqual(headers[b"user"], [b"bob"])
         self.assertEqual(headers[b"content-length"], [str(len(raw)).encode()])
         self.assertNotIn(b"password", headers)  # the controller's, not the scanner's
+
+    @defer.inlineCallbacks
+    def test_a_request_logs_nothing_of_its_connection(self):
+        # A connection per message: Twisted's client factory would log two lines for each.
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        answer = _Answer(body=b'{"action": "no action", "score": 0, "required_score": 15}')
+        client = RspamdClient(self.serve(answer), reactor)
+        yield client.check(query(message()))
+        yield client.learn(message(), spam=True)
+        self.assertEqual(len(answer.requests), 2)
+        client_events = [
+            event
+            for event in events
+            if event.get("log_namespace", "").startswith("twisted.web.client")
+        ]
+        self.assertEqual(client_events, [])
 
     @defer.inlineCallbacks
     def test_a_host_name_or_an_ipv6_address_in_the_url(self):
