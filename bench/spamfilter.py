@@ -17,6 +17,7 @@ system's service), in one of two configurations:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -24,6 +25,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+
+from twisted.trial.unittest import SkipTest
 
 from tests.rspamd import rspamd_binary, start_redis, stop_process
 
@@ -80,16 +83,30 @@ def group_cpu_seconds(group: int) -> float:
 
 
 class PrivateRspamd:
-    """A started rspamd: its scanner's URL, its CPU time, how to stop it."""
+    """A started rspamd: its scanner's URL, its CPU time, how to stop it; `log` is its
+    log file when it logs each message (the "debian" one), else None."""
 
-    def __init__(self, rules: str, scanner_url: str, group: int, stop):
+    def __init__(self, rules: str, scanner_url: str, group: int, stop, log: str | None = None):
         self.rules = rules
         self.scanner_url = scanner_url
         self.group = group
+        self.log = log
         self._stop = stop
 
     def cpu_seconds(self) -> float:
         return group_cpu_seconds(self.group)
+
+    def scan_times_ms(self) -> list[float]:
+        """The time rspamd took over each message so far, by its own log, in order."""
+        if self.log is None:
+            return []
+        with open(self.log, errors="replace") as log:
+            return [
+                float(found.group(1))
+                for line in log
+                if "rspamd_task_write_log" in line
+                and (found := re.search(r", time: ([\d.]+)ms,", line))
+            ]
 
     def stop(self) -> None:
         self._stop()
@@ -144,7 +161,7 @@ def _wait_until_idle(group: int, deadline: float) -> bool:
 
 def _start_debian(nameserver: str) -> PrivateRspamd:
     if not os.path.exists(SHIPPED_CONFIG):
-        raise RuntimeError(
+        raise SkipTest(
             f"{SHIPPED_CONFIG} is missing (Debian's rspamd package ships it): "
             "use --rspamd-rules minimal"
         )
@@ -155,7 +172,7 @@ def _start_debian(nameserver: str) -> PrivateRspamd:
     redis = start_redis(directory, ports["redis"], deadline)
     if redis is None:
         shutil.rmtree(directory, ignore_errors=True)
-        raise RuntimeError("redis-server is not installed or did not start (make test installs it)")
+        raise SkipTest("redis-server is not installed or did not start (make bench installs it)")
     _local_configuration(directory, ports, nameserver)
     variables = [
         f"--var={name}={directory}" for name in ("LOCAL_CONFDIR", "DBDIR", "RUNDIR", "LOGDIR")
@@ -186,7 +203,8 @@ def _start_debian(nameserver: str) -> PrivateRspamd:
         time.sleep(0.2)
     if not _wait_until_idle(process.pid, deadline):
         print("rspamd was still busy when its start-up time ran out", flush=True)
-    return PrivateRspamd("debian", scanner_url, process.pid, stop)
+    log = os.path.join(directory, "rspamd.log")
+    return PrivateRspamd("debian", scanner_url, process.pid, stop, log)
 
 
 def _start_minimal() -> PrivateRspamd:
@@ -198,7 +216,8 @@ def _start_minimal() -> PrivateRspamd:
 
 def start_rspamd(rules: str, nameserver: str) -> PrivateRspamd:
     """A private rspamd with `rules` ("debian" or "minimal"); `nameserver` (host:port) is
-    the DNS server the "debian" one asks."""
+    the DNS server the "debian" one asks. SkipTest, saying why, where it cannot run
+    (no rspamd, no redis-server, no shipped configuration)."""
     if rules == "debian":
         return _start_debian(nameserver)
     if rules == "minimal":
