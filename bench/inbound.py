@@ -33,9 +33,13 @@ rspamd's own time over those messages by its log (rspamd_scan_ms, Debian's rules
 whether the reactor stays free while rspamd works: the rspamd way once more over one
 session (smtp-source -s 1, L messages). `rspamd_concurrency_gain` is the S-session
 rate over that one-session rate; a server waiting on rspamd for each message would
-serve its sessions one at a time, a gain near 1. (Where the S sessions already keep
-every core busy, the appliance, rspamd and the DNS server sharing them, the gain is
-bounded by the CPU, not by waiting.) smtp-source opens a connection per message.
+serve its sessions one at a time, a gain near 1. Where the S sessions already keep
+every core busy (the appliance, rspamd and the DNS server share them) the gain is
+bounded by the CPU instead, so the run also reports how many messages rspamd was
+scanning at once on average (Debian's rules: the sum of its own times by its log over
+the time of the run): rspamd_scans_in_flight per round with S sessions, and
+rspamd_one_session_scans_in_flight. A server that waited would never keep more than
+one scan going. smtp-source opens a connection per message.
 
     python bench/inbound.py [--messages 5000] [--sessions 20] [--rounds 2]
                             [--latency-messages 500] [--rspamd-rules debian|minimal]
@@ -208,13 +212,30 @@ def percentiles(timed: list[float]) -> dict:
     return {"p50": round(cuts[9], 2), "p95": round(cuts[18], 2), "messages": len(timed)}
 
 
+def sent_with_scans(send, rspamd, messages: int, sessions: int) -> tuple[float, float | None]:
+    """send(messages, sessions) -> msg/s, and how many messages rspamd was scanning at once
+    on average meanwhile: the sum of its own times over them (by its log) over the time
+    the sending took. None without a log to read it from."""
+    logged = rspamd is not None and rspamd.log is not None
+    before = len(rspamd.scan_times_ms()) if logged else 0
+    started = time.monotonic()
+    rate = send(messages, sessions)
+    elapsed = time.monotonic() - started
+    if not logged:
+        return rate, None
+    scanned = rspamd.scan_times_ms()[before:]
+    return rate, round(sum(scanned) / 1000 / elapsed, 2)
+
+
 class Way:
     """One way of running our appliance, and what was measured of it."""
 
-    def __init__(self, name: str, appliance: Appliance, send):
+    def __init__(self, name: str, appliance: Appliance, send, rspamd=None):
         self.name = name
         self.appliance = appliance
         self.send = send  # (messages, sessions) -> msg/s
+        self.rspamd = rspamd  # the spam filter this way's appliance asks, if any
+        self.scans_in_flight: list[float] = []
         self.rates: list[float] = []
         self.round_ratios: list[float] = []
         self.peaks: list[float] = []
@@ -235,7 +256,9 @@ class Way:
         queries, dns_cpu = dns.queries(), cpu_seconds(dns.process.pid)
         cpu = cpu_seconds(self.appliance.process.pid)
         with RssSampler(self.appliance) as sampler:
-            rate = self.send(messages, sessions)
+            rate, in_flight = sent_with_scans(self.send, self.rspamd, messages, sessions)
+        if in_flight is not None:
+            self.scans_in_flight.append(in_flight)
         self.cpu += cpu_seconds(self.appliance.process.pid) - cpu
         self.dns_queries += dns.queries() - queries
         self.dns_cpu += cpu_seconds(dns.process.pid) - dns_cpu
@@ -360,7 +383,7 @@ def main() -> int:
                 def send(messages, sessions, port=appliance.smtp_port):
                     return smtp_source(port, messages, sessions, message_file)
 
-            way = Way(name, appliance, send)
+            way = Way(name, appliance, send, rspamd if name == "rspamd" else None)
             appliance.start()
             cleanup.callback(appliance.stop)
             way.add_mailbox()
@@ -382,11 +405,14 @@ def main() -> int:
             scans = rspamd.scan_times_ms()[-arguments.latency_messages :]
             if len(scans) > 1:
                 result["rspamd_scan_ms"] = percentiles(scans)
-            one_session = smtp_source(
-                rspamd_way.appliance.smtp_port, arguments.latency_messages, 1, message_file
+            one_session, in_flight = sent_with_scans(
+                rspamd_way.send, rspamd, arguments.latency_messages, 1
             )
             rspamd_way.sent += arguments.latency_messages
             result["rspamd_one_session_msg_per_s"] = one_session
+            if in_flight is not None:
+                result["rspamd_scans_in_flight"] = rspamd_way.scans_in_flight
+                result["rspamd_one_session_scans_in_flight"] = in_flight
             result["rspamd_concurrency_gain"] = round(
                 statistics.median(rspamd_way.rates) / one_session, 2
             )
