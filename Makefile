@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONFIG ?= etc/atollon-mail.ini
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench install system-packages clean
+.PHONY: run test bench install system-packages bench-packages clean
 
 # Debian packages the tests use: swaks, a second real SMTP client, chromium for the
 # web admin driven by Playwright, systemd (systemd-analyze and systemd-sysusers
@@ -41,21 +41,34 @@ install: $(STAMP) $(PLUGIN_CACHE)
 run: install
 	$(BIN)/twistd --nodaemon --pidfile= atollon-mail --config $(CONFIG) $(ARGS)
 
-system-packages:
-	@missing=""; for tool in $(SYSTEM_PACKAGES); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+# $(call install-missing,PACKAGES,WHO): each package whose command is missing, with apt-get
+# as root; otherwise (or when that fails) says so, and that WHO that use it are skipped.
+define install-missing
+@missing=""; for tool in $(1); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  (apt-get update -qq && apt-get install -y -qq $$missing >/dev/null) \
-	    || echo "could not install$$missing: the tests that use it are skipped"; \
-	else echo "not installing$$missing (needs root and apt-get): the tests that use it are skipped"; fi
+	    || echo "could not install$$missing: $(2) that use it are skipped"; \
+	else echo "not installing$$missing (needs root and apt-get): $(2) that use it are skipped"; fi
+endef
+
+system-packages:
+	$(call install-missing,$(SYSTEM_PACKAGES),the tests)
+
+# The inbound benchmark's spam filter: rspamd with its redis-server (Postfix, the
+# reference peer, is installed by peer-postfix itself).
+BENCH_PACKAGES := rspamd redis-server
+
+bench-packages:
+	$(call install-missing,$(BENCH_PACKAGES),the benchmarks)
 
 test: install system-packages
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: install
+bench: install bench-packages
 	cd bench && ../$(BIN)/python inbound.py && ../$(BIN)/python relay.py && ../$(BIN)/python web.py \
 	  && ../$(BIN)/python massmail.py
 

@@ -139,13 +139,16 @@ def ensure_bc() -> None:
         subprocess.run(["apt-get", "install", "-y", "-qq", "bc"], check=False, capture_output=True)
 
 
-def parse_arguments(doc: str):
+def parse_arguments(doc: str, more=None):
+    """--messages, --sessions, --rounds; `more(parser)` adds a benchmark's own options."""
     import argparse
 
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
+    if more is not None:
+        more(parser)
     return parser.parse_args()
 
 
@@ -190,3 +193,10 @@ def proc_status_kib(pid: int | str, field: str) -> int:
     except OSError:
         pass
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -14,6 +14,8 @@ to disk), never the system's, so `/learnham` and `/learnspam` work.
 
 Without the rspamd binary, start_rspamd raises SkipTest with the reason; without
 redis-server it starts without a Bayes classifier (scanning works, learning is skipped).
+`start_redis` and `stop_process` serve other private servers too (the inbound benchmark's
+rspamd with Debian's rules).
 
 Scores are under the test's control: a Subject containing `[test-score 7.5]` gets the
 symbol TEST_SCORE with that score (and TEST_MARKER, 0.5, beside it), so every action can
@@ -233,7 +235,7 @@ def _spawn(command: list[str], directory: str, output_name: str) -> subprocess.P
         )
 
 
-def _stop_process(process: subprocess.Popen | None) -> None:
+def stop_process(process: subprocess.Popen | None) -> None:
     """SIGTERM, then SIGKILL to its process group after 10 s; also a child left behind."""
     if process is None:
         return
@@ -329,8 +331,8 @@ class RunningRspamd:
 
     def stop(self) -> None:
         """Stop rspamd and its redis-server, and remove their files."""
-        _stop_process(self.process)
-        _stop_process(self.redis)
+        stop_process(self.process)
+        stop_process(self.redis)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
@@ -339,7 +341,7 @@ def _write(path: str, text: str) -> None:
         written.write(text)
 
 
-def _start_redis(directory: str, port: int, deadline: float) -> subprocess.Popen | None:
+def start_redis(directory: str, port: int, deadline: float) -> subprocess.Popen | None:
     """A redis-server on 127.0.0.1:port that saves nothing; None if it would not start."""
     binary = shutil.which("redis-server")
     if binary is None:
@@ -363,14 +365,14 @@ def _start_redis(directory: str, port: int, deadline: float) -> subprocess.Popen
         if _redis_answers(port):
             return process
         time.sleep(0.01)
-    _stop_process(process)
+    stop_process(process)
     return None
 
 
 def _start_once(binary: str, directory: str, deadline: float) -> RunningRspamd | None:
     scanner_port, controller_port, redis_port = _free_ports(3)
     password = "test-controller-password"
-    redis = _start_redis(directory, redis_port, deadline)
+    redis = start_redis(directory, redis_port, deadline)
     if redis is None and shutil.which("redis-server") is not None:
         return None  # its port was taken meanwhile
     _write(
@@ -394,7 +396,7 @@ def _start_once(binary: str, directory: str, deadline: float) -> RunningRspamd |
     )
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            _stop_process(redis)
+            stop_process(redis)
             return None  # a port was taken meanwhile, or the configuration was refused
         if _answers(running.scanner_url) and _answers(running.controller_url):
             running.started_in = time.monotonic() - started

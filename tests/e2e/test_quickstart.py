@@ -42,7 +42,8 @@ class QuickStartTests(unittest.TestCase):
     def setUp(self):
         if shutil.which("make") is None:
             raise unittest.SkipTest("make is missing")
-        if not os.path.samefile(BIN, ROOT / ".venv" / "bin"):
+        venv = ROOT / ".venv" / "bin"
+        if not venv.is_dir() or not os.path.samefile(BIN, venv):
             raise unittest.SkipTest("the tests do not run from the venv `make run` uses")
         self.directory = os.path.abspath(self.mktemp())
         os.makedirs(self.directory)
