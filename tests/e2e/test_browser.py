@@ -3,62 +3,13 @@ appliance under twistd: what a person does in a browser, with the page's own scr
 
 from __future__ import annotations
 
-import os
-import shutil
 import smtplib
 
-from twisted.trial import unittest
-
-from tests.builders import commands_succeed, mailbox_commands, new_appliance
-
-CHROMIUM = "/usr/bin/chromium"
-# As root, without a sandbox; and no background traffic to the (closed) network.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:  # the test extra not installed
-    sync_playwright = None
+from tests.builders import commands_succeed, mailbox_commands
+from tests.e2e.browser import ApplianceBrowserCase
 
 
-class BrowserTests(unittest.TestCase):
-    timeout = 120
-
-    def setUp(self):
-        if sync_playwright is None:
-            raise unittest.SkipTest("playwright is not installed (make test installs it)")
-        if not shutil.which(CHROMIUM):
-            raise unittest.SkipTest(f"{CHROMIUM} is missing (make test installs Debian's chromium)")
-        self.appliance = new_appliance(self)
-        self.appliance.start()
-        self.addCleanup(self.appliance.stop)
-        with open(
-            os.path.join(self.appliance.directory, "data", "initial-admin-password")
-        ) as password_file:
-            self.password = password_file.read().strip()
-        self.base = f"http://127.0.0.1:{self.appliance.web_port}"
-        self.playwright = sync_playwright().start()
-        self.addCleanup(self.playwright.stop)
-        self.browser = self.playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        self.addCleanup(self.browser.close)
-        self.page = self.browser.new_page(viewport={"width": 1366, "height": 768})
-
-    def log_in(self):
-        self.page.goto(f"{self.base}/")
-        self.assertIn("/login", self.page.url)
-        self.page.fill("input[name=login]", "admin")
-        self.page.fill("input[name=password]", self.password)
-        self.page.click("button[type=submit]")
-        self.page.wait_for_url(f"{self.base}/")
-
+class BrowserTests(ApplianceBrowserCase):
     def test_options_and_tools_filter_narrows_the_list_as_you_type(self):
         self.log_in()
         self.page.goto(f"{self.base}/options")
@@ -80,10 +31,6 @@ class BrowserTests(unittest.TestCase):
         self.page.wait_for_load_state()
         self.assertIn("Domain acme.test added", self.page.content())
         self.assertIn("acme.test. 3600 IN MX 10 mx.acme.test.", self.page.content())
-
-    def cli(self, *args: str) -> None:
-        result = self.appliance.cli(*args, stdin="jane-password\n")
-        self.assertEqual(result.returncode, 0, result.stderr)
 
     def submit_form(self, action_value: str, button: str) -> None:
         self.page.locator(f"form:has(input[value={action_value}])").get_by_role(
@@ -157,11 +104,7 @@ class BrowserTests(unittest.TestCase):
                 b"From: someone@example.org\r\nSubject: Quarterly figures\r\n\r\n"
                 b"Please find the figures below.\r\n",
             )
-        self.page.goto(f"{self.base}/login")
-        self.page.fill("input[name=login]", "jane")
-        self.page.fill("input[name=password]", "jane-password")
-        self.page.click("button[type=submit]")
-        self.page.wait_for_url(f"{self.base}/")
+        self.log_in_as("jane", "jane-password")
         self.page.goto(f"{self.base}/mail")
         self.page.get_by_role("link", name="jane@acme.test").click()
         self.page.get_by_role("link", name="Quarterly figures").click()

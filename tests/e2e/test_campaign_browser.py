@@ -16,7 +16,7 @@ from twisted.trial import unittest
 from atollon_mail.config import parse_config
 from atollon_mail.store import sendlists
 from atollon_mail.store.models import utc_now
-from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, sync_playwright
+from tests.e2e.browser import CHROMIUM, CHROMIUM_ARGS, sync_playwright
 
 if sync_playwright is not None:
     from playwright.sync_api import expect
