@@ -25,6 +25,10 @@ class Migration:
     number: int
     name: str
     statements: tuple[str, ...]
+    # Run after `statements`, for one dialect only: where the two cannot share DDL at all
+    # (SQLite cannot change a constraint without rebuilding its table).
+    sqlite: tuple[str, ...] = ()
+    postgresql: tuple[str, ...] = ()
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -435,6 +439,42 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX filing_junk_filed_at ON filing (filed_at) WHERE folder = 'junk'",
         ),
     ),
+    Migration(
+        10,
+        "Drafts and Trash folders in every mailbox",
+        (),
+        sqlite=(
+            # SQLite keeps a column's CHECK in the table's definition: the table is made
+            # again with the wider one (nothing references filing, so nothing else moves).
+            """CREATE TABLE filing_new (
+                id INTEGER NOT NULL PRIMARY KEY,
+                message_id INTEGER NOT NULL REFERENCES message (id) ON DELETE CASCADE,
+                mailbox_id INTEGER NOT NULL REFERENCES mailbox (id) ON DELETE CASCADE,
+                context_id INTEGER NOT NULL REFERENCES context (id) ON DELETE RESTRICT,
+                uid INTEGER NOT NULL,
+                flags VARCHAR(200) NOT NULL,
+                filed_at TIMESTAMP NOT NULL,
+                folder VARCHAR(8) NOT NULL DEFAULT 'inbox'
+                    CHECK (folder IN ('inbox', 'junk', 'drafts', 'trash')))""",
+            """INSERT INTO filing_new (id, message_id, mailbox_id, context_id, uid, flags,
+                                       filed_at, folder)
+                SELECT id, message_id, mailbox_id, context_id, uid, flags, filed_at, folder
+                FROM filing""",
+            "DROP TABLE filing",
+            "ALTER TABLE filing_new RENAME TO filing",
+            "CREATE UNIQUE INDEX filing_mailbox_id_uid ON filing (mailbox_id, uid)",
+            "CREATE INDEX filing_message_id ON filing (message_id)",
+            "CREATE INDEX filing_context_id ON filing (context_id)",
+            "CREATE INDEX filing_junk_mailbox_uid ON filing (mailbox_id, uid)"
+            " WHERE folder = 'junk'",
+            "CREATE INDEX filing_junk_filed_at ON filing (filed_at) WHERE folder = 'junk'",
+        ),
+        postgresql=(
+            "ALTER TABLE filing DROP CONSTRAINT filing_folder_check",
+            "ALTER TABLE filing ADD CONSTRAINT filing_folder_check"
+            " CHECK (folder IN ('inbox', 'junk', 'drafts', 'trash'))",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].number
@@ -517,7 +557,8 @@ def migrate(database: peewee.Database, up_to: int | None = None) -> list[Migrati
             # Another migrator may have applied it while we waited for the lock.
             if migration.number in applied_versions(database):
                 continue
-            for statement in migration.statements:
+            dialect_only = getattr(migration, dialect_of(database))
+            for statement in migration.statements + dialect_only:
                 database.execute_sql(statement.format(**words))
             placeholders = ", ".join([database.param] * 3)
             database.execute_sql(

@@ -300,9 +300,10 @@ class Message(BaseModel):
 class Filing(BaseModel):
     """A message filed into a mailbox and a context; uid is per mailbox, ascending.
 
-    `folder` (FOLDERS; migration 9) says where within the mailbox it lies: the inbox or
-    the mailbox's Junk. A move between them gives it the mailbox's next uid, so the uids
-    of each folder ascend in the order mail came into it (IMAP's MOVE does the same)."""
+    `folder` (FOLDERS; migrations 9 and 10) says where within the mailbox it lies: the
+    inbox, the mailbox's Junk, Drafts or Trash. A move between them gives it the mailbox's
+    next uid, so the uids of each folder ascend in the order mail came into it (IMAP's
+    MOVE does the same)."""
 
     id = peewee.BigAutoField()
     message = peewee.ForeignKeyField(Message, backref="filings", on_delete="CASCADE")

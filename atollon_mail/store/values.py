@@ -21,9 +21,10 @@ SUPPRESSION_REASONS = ("unsubscribed", "hard-bounce", "manual")
 # into the inbox like any other mail. The first is the default.
 SPAM_HANDLINGS = ("junk", "tag", "off")
 # Where a filing lies within its mailbox: the inbox (IMAP's INBOX, and every context the
-# mailbox files into) or the mailbox's Junk (IMAP's Junk, \Junk special use).
-FOLDERS = ("inbox", "junk")
-INBOX, JUNK = FOLDERS
+# mailbox files into), the mailbox's Junk (IMAP's Junk, \Junk special use), its Drafts
+# (\Drafts) or its Trash (\Trash; migration 10).
+FOLDERS = ("inbox", "junk", "drafts", "trash")
+INBOX, JUNK, DRAFTS, TRASH = FOLDERS
 
 
 def utc_now() -> datetime.datetime:

@@ -18,7 +18,7 @@ from atollon_mail.delivery.intake import summarize_headers
 from atollon_mail.store import common, filing, mailboxes
 from atollon_mail.store.errors import Invalid, NotFound, StoreError
 from atollon_mail.store.records import InboundVerdict, Origin, OutgoingMessage, Recipient
-from atollon_mail.store.values import FOLDERS, INBOX, JUNK
+from atollon_mail.store.values import INBOX, JUNK
 from atollon_mail.web import replies
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
 from atollon_mail.web.numbers import page_number, parse_count, parse_id
@@ -56,7 +56,7 @@ def _message_id_arg(page: PageRequest) -> int:
 def _folder_arg(text: str) -> str:
     """A folder named in a link or form (none: the inbox); any other value is a 404."""
     folder = text or INBOX
-    if folder not in FOLDERS:
+    if folder not in FOLDER_NAMES:
         raise not_found()
     return folder
 
@@ -256,7 +256,7 @@ def register(app: WebApp) -> None:
             raise not_found()
         message_id = parse_id(page.form.get("id"))
         target = page.form.get("to", "")
-        if message_id is None or target not in FOLDERS:
+        if message_id is None or target not in (INBOX, JUNK):
             raise not_found()
         origin = INBOX if target == JUNK else JUNK
         try:
