@@ -55,10 +55,12 @@ def web_root(
     authenticator=None,
     intake=None,
     learner=None,
+    mail_events=None,
 ):
     """The web root as the web builder makes it: a real intake on `store` (with events
     nobody listens to), started workers, and argon2 in their CPU pool unless the test
-    brings its own `authenticator`; `learner` is the spam filter's (None: none)."""
+    brings its own `authenticator`; `learner` is the spam filter's (None: none);
+    `mail_events` serves the mailbox pages' event streams (None: none)."""
     workers = started_workers(test, reactor)
     if intake is None:
         intake = Intake(store, Events())
@@ -74,6 +76,7 @@ def web_root(
         recipient_tokens=recipient_tokens,
         clock=clock,
         learner=learner,
+        mail_events=mail_events,
     )
 
 

@@ -38,16 +38,33 @@ PAGE_MODULES: tuple[str, ...] = (
     "atollon_mail.web.pages_mailboxes",
     "atollon_mail.web.pages_campaigns",
     "atollon_mail.web.pages_groups",
+    "atollon_mail.web.pages_live",
 )
 
 
 def build_web_app(
-    store, config, reactor, intake, workers, authenticator, clock=None, learner=None
+    store,
+    config,
+    reactor,
+    intake,
+    workers,
+    authenticator,
+    clock=None,
+    learner=None,
+    mail_events=None,
 ) -> WebApp:
     from atollon_mail.web import pages
 
     app = WebApp(
-        store, reactor, config, intake, workers, authenticator, clock=clock, learner=learner
+        store,
+        reactor,
+        config,
+        intake,
+        workers,
+        authenticator,
+        clock=clock,
+        learner=learner,
+        mail_events=mail_events,
     )
     pages.register(app)
     for module_name in PAGE_MODULES:
@@ -65,14 +82,24 @@ def build_web_root(
     recipient_tokens=None,
     clock=None,
     learner=None,
+    mail_events=None,
 ) -> Resource:
     """The site's root resource. `intake` takes mail composed in the browser, `workers`
     (atollon_mail.workers.Workers) runs password hashing and DNS lookups, `authenticator`
     is the one SMTP AUTH uses; with `recipient_tokens`, campaign recipients' unsubscribe
     links are served; `learner` (an ISpamLearner, None without a spam filter) is taught
-    what users move to Junk and back."""
+    what users move to Junk and back; `mail_events` (mailevents.MailEventStreams) tells
+    the open mailbox pages of new mail."""
     app = build_web_app(
-        store, config, reactor, intake, workers, authenticator, clock, learner=learner
+        store,
+        config,
+        reactor,
+        intake,
+        workers,
+        authenticator,
+        clock,
+        learner=learner,
+        mail_events=mail_events,
     )
     root = WebRoot(app)
     root.putChild(b"health", HealthResource(store))

@@ -52,6 +52,7 @@ ERROR_TITLES = {
     413: "Too large",
     429: "Too many attempts",
     500: "Something went wrong",
+    503: "Busy",
 }
 
 
@@ -83,7 +84,13 @@ class Redirect:
     status: int = 303  # after a POST: the browser follows with a GET
 
 
-Handler = Callable[["PageRequest"], Awaitable["Page | Redirect"]]
+@attrs.frozen
+class Streaming:
+    """The handler answered the request itself and keeps it open (an event stream): the
+    framework writes nothing more to it."""
+
+
+Handler = Callable[["PageRequest"], Awaitable["Page | Redirect | Streaming"]]
 
 
 @attrs.frozen
@@ -187,7 +194,16 @@ class WebApp:
     """Routes, sessions, the authenticator and the one Jinja2 environment of the web admin."""
 
     def __init__(
-        self, store, reactor, config, intake, workers, authenticator, clock=None, learner=None
+        self,
+        store,
+        reactor,
+        config,
+        intake,
+        workers,
+        authenticator,
+        clock=None,
+        learner=None,
+        mail_events=None,
     ):
         self.store = store
         # Reverse proxies whose X-Forwarded-For names the client (see client_address).
@@ -212,6 +228,9 @@ class WebApp:
         # The spam filter's ISpamLearner: told when a user moves mail to Junk or back
         # (None: no spam filter to teach).
         self.learner = learner
+        # The open mailbox pages' event streams (mailevents.MailEventStreams; None: the
+        # pages are not told of new mail).
+        self.mail_events = mail_events
         self.routes: dict[str, Route] = {}
         self.environment = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
@@ -302,6 +321,8 @@ class WebApp:
                 if method == "POST":
                     self._check_csrf(page)
                 result = await route.handler(page)
+                if isinstance(result, Streaming):
+                    return
             status, body, headers = self._result(request, page, result)
         except HttpError as problem:
             status, body, headers = self._error_page(request, session, problem)

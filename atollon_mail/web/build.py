@@ -11,6 +11,12 @@ from atollon_mail.listening import limited
 from atollon_mail.web import build_web_root
 from atollon_mail.web.bodylimit import BodyLimitedRequest
 from atollon_mail.web.limits import DeadlineSite
+from atollon_mail.web.mailevents import (
+    MAX_STREAMS,
+    MAX_STREAMS_PER_USER,
+    MailEventsService,
+    MailEventStreams,
+)
 from atollon_mail.workers import Workers
 
 
@@ -27,7 +33,17 @@ def build(
 ) -> tuple[IService, ...]:
     """The "web" listener: mail composed in the browser goes to `intake`, logins are
     checked by `authenticator` (the one SMTP AUTH uses); what users move to Junk and back
-    teaches `learner` (an ISpamLearner; None: no spam filter)."""
+    teaches `learner` (an ISpamLearner; None: no spam filter); the open mailbox pages
+    hear of mail `events.filed` tells of."""
+    # Each open mailbox page holds a connection: at most half the listener's, so that
+    # pages still load when many are open.
+    mail_events = MailEventStreams(
+        store,
+        events,
+        reactor,
+        max_streams=min(MAX_STREAMS, max(1, config.web.max_connections // 2)),
+        max_per_user=MAX_STREAMS_PER_USER,
+    )
     web_root = build_web_root(
         store,
         config,
@@ -37,6 +53,7 @@ def build(
         authenticator,
         recipient_tokens=recipient_tokens,
         learner=learner,
+        mail_events=mail_events,
     )
     # BodyLimitedRequest refuses a body over its route's limit before reading it.
     site = DeadlineSite(
@@ -49,4 +66,5 @@ def build(
     site = limited(site, "web", config.web, config, reactor, web=True)
     web = strports.service(config.web.listen, site, reactor=reactor)
     web.setName("web")
-    return (web,)
+    # Stopped after the listener (a MultiService stops its children last to first).
+    return (MailEventsService(mail_events), web)
