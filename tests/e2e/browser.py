@@ -39,7 +39,7 @@ class ApplianceBrowserCase(unittest.TestCase):
             raise unittest.SkipTest("playwright is not installed (make test installs it)")
         if not shutil.which(CHROMIUM):
             raise unittest.SkipTest(f"{CHROMIUM} is missing (make test installs Debian's chromium)")
-        self.appliance = new_appliance(self)
+        self.appliance = new_appliance(self, **self.appliance_options())
         self.appliance.start()
         self.addCleanup(self.appliance.stop)
         with open(
@@ -52,6 +52,10 @@ class ApplianceBrowserCase(unittest.TestCase):
         self.browser = self.playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         self.addCleanup(self.browser.close)
         self.page = self.browser.new_page(viewport={"width": 1366, "height": 768})
+
+    def appliance_options(self) -> dict:
+        """Options of the appliance (RunningAppliance's), e.g. its delivery_config."""
+        return {}
 
     def log_in(self):
         self.log_in_as("admin", self.password)
