@@ -27,6 +27,7 @@ from atollon_mail.passwords import verify_password
 from atollon_mail.store import accounts
 from atollon_mail.web.bodylimit import BodyLimitedRequest
 from atollon_mail.web.limits import DeadlineSite
+from atollon_mail.web.mailevents import StreamsFull
 
 
 def write_config(testcase, text: str) -> str:
@@ -174,6 +175,17 @@ class ServiceTreeTests(unittest.TestCase):
         self.assertTrue(verifyObject(IAuthenticator, submission.policy.authenticator))
         self.assertIs(site.resource.app.authenticator, submission.policy.authenticator)
         self.assertIs(site.requestFactory, BodyLimitedRequest)
+
+    def test_the_mailbox_pages_event_streams_are_in_the_tree(self):
+        appliance = self.start(MINIMAL + "[web]\nlisten = tcp:8181\nmax_connections = 40\n")
+        factories = {port: factory for port, factory, _, _ in self.reactor.tcpServers}
+        streams = factories[8181].wrappedFactory.resource.app.mail_events
+        service = appliance.getServiceNamed("web-events")
+        self.assertIs(service.streams, streams)
+        self.assertEqual(streams.max_streams, 20, "half the listener's connections")
+        service.stopService()  # as the tree's stop does
+        with self.assertRaises(StreamsFull):
+            streams.open(None, "admin", 1)
 
     def test_first_start_creates_the_admin_once_with_a_private_password_file(self):
         appliance = self.start()

@@ -108,6 +108,13 @@ class LiveClientTests(ApplianceBrowserCase):
         self.assertIn("Second news", rows.first.inner_text(), "the newest on top")
         self.assertTrue(self.page.evaluate("window.notReloaded === true"), "no reload")
         self.assertEqual(self.page.url, f"{self.base}/mail/box?address=jane@acme.test")
+        # Stopped while the page listens: at once, cleanly.
+        started = time.monotonic()
+        self.appliance.stop()
+        self.assertLess(time.monotonic() - started, 10)
+        log = self.appliance.log()
+        self.assertIn("Main loop terminated.", log)
+        self.assertNotIn("Traceback", log)
 
     # --- read, reply with quoting and signature, the remote MTA receives it ---------------
 
