@@ -548,6 +548,30 @@ def user_rights(login: str, mailbox_address: str) -> MailboxRights:
     return MailboxRights(view=access.can_view or access.can_edit, edit=access.can_edit)
 
 
+def viewers(mailbox_id: int, logins: tuple[str, ...]) -> frozenset[str]:
+    """Which of `logins` may view the mailbox, by the rule of `user_rights` (its owner,
+    admins, and those granted view or edit); none when the mailbox is gone."""
+    logins = sorted(set(logins))
+    mailbox = Mailbox.get_or_none(Mailbox.id == mailbox_id)
+    if mailbox is None or not logins:
+        return frozenset()
+    granted = (
+        (MailboxAccess.mailbox == mailbox.id)
+        & (MailboxAccess.user == User.id)
+        & (MailboxAccess.can_view | MailboxAccess.can_edit)
+    )
+    found = (
+        User.select(User.login)
+        .join(MailboxAccess, peewee.JOIN.LEFT_OUTER, on=granted)
+        .where(
+            User.login.in_(logins)
+            & (User.is_admin | (User.id == mailbox.owner_id) | MailboxAccess.id.is_null(False))
+        )
+        .tuples()
+    )
+    return frozenset(login for (login,) in found)
+
+
 # --- submission: who may send as whom ----------------------------------------------------
 
 

@@ -1,11 +1,14 @@
 """Store operations that count a mailbox's unread mail (what the open mailbox pages show
-in their title when new mail is filed).
+in their title when new mail is filed) and say who may still hear of it.
 
 Each runs inside the one transaction `Store.run` opens and returns plain values.
 """
 
 from __future__ import annotations
 
+import attrs
+
+from atollon_mail.store import mailboxes
 from atollon_mail.store.common import read_only
 from atollon_mail.store.errors import Invalid
 from atollon_mail.store.models import Filing
@@ -29,4 +32,22 @@ def count_unread(mailbox_id: int, folder: str = INBOX) -> int:
             & ~Filing.flags.contains(SEEN_FLAG)
         )
         .count()
+    )
+
+
+@attrs.frozen
+class MailboxNews:
+    """What the open pages of a mailbox are told after mail was filed into it."""
+
+    unread: int  # in its inbox
+    viewers: frozenset[str]  # the logins asked about that may still view it
+
+
+@read_only
+def mailbox_news(mailbox_id: int, logins: tuple[str, ...]) -> MailboxNews:
+    """The inbox's unread count and which of `logins` (those whose pages listen) may
+    still view the mailbox: one query per piece of news, however many pages listen."""
+    return MailboxNews(
+        unread=count_unread(mailbox_id),
+        viewers=mailboxes.viewers(mailbox_id, tuple(logins)),
     )

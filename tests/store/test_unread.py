@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from atollon_mail.store import filing, unread
+from atollon_mail.store import filing, mailboxes, unread
 from atollon_mail.store.errors import Invalid
 from atollon_mail.store.records import IncomingMessage
 from atollon_mail.store.values import INBOX, JUNK
@@ -55,6 +55,25 @@ class UnreadContract(StoreFixtureMixin):
     def test_a_folder_that_is_none_is_refused(self):
         with self.assertRaises(Invalid):
             self.count(self.jane.id, "Sent")
+
+    def test_news_counts_and_names_who_may_still_view_the_mailbox(self):
+        for login, is_admin in (("ann", True), ("vic", False), ("eve", False), ("max", False)):
+            builders.user(self.store, login, is_admin=is_admin)
+        sync = self.store.run_sync
+        sync(mailboxes.grant_mailbox_access, "jane@acme.test", "vic", view=True)
+        sync(mailboxes.grant_mailbox_access, "jane@acme.test", "eve", view=False, edit=True)
+        sync(mailboxes.grant_mailbox_access, "john@acme.test", "max", view=True)
+        self.file("jane")
+        asked = ("jane", "ann", "vic", "eve", "max", "nobody")
+        news = sync(unread.mailbox_news, self.jane.id, asked)
+        self.assertEqual(news.unread, 1)
+        self.assertEqual(news.viewers, {"jane", "ann", "vic", "eve"})
+        sync(mailboxes.revoke_mailbox_access, "jane@acme.test", "vic")
+        news = sync(unread.mailbox_news, self.jane.id, asked)
+        self.assertEqual(news.viewers, {"jane", "ann", "eve"})
+        self.assertEqual(sync(unread.mailbox_news, self.jane.id, ()).viewers, frozenset())
+        gone = sync(unread.mailbox_news, 999_999, asked)
+        self.assertEqual((gone.unread, gone.viewers), (0, frozenset()))
 
 
 class SqliteUnreadTests(UnreadContract, SqliteStoreMixin, unittest.TestCase):
