@@ -6,9 +6,14 @@ open and `MailEventStreams` writes to it, with no thread and no query per client
 - `event: filed` (data `{"folder": "inbox"}` or `"junk"`) when the events object's
   `filed` channel says a message was filed into that mailbox (after the store committed);
 - `event: unread` (data `{"unread": n}`): the unread count of the mailbox's inbox, once
-  when the stream opens and after mail is filed into the inbox; counted once per
-  mailbox, however many pages watch it, and recounted once for a burst of mail;
+  when the stream opens and after mail is filed;
 - a comment line every `heartbeat` seconds, so that proxies keep the connection open.
+
+Before news is written, one store operation (unread.mailbox_news) counts the unread mail
+and says which of the listening users may still view the mailbox, however many pages
+listen; mail that comes meanwhile waits for the next one (a burst costs two). A stream
+whose user lost the right, or whose session ended (logout, idle timeout: looked at with
+each heartbeat, in memory), is finished: the browser's reconnection then gets 404.
 
 The open streams are capped in total and per user (`StreamsFull`, answered 503 with
 Retry-After); a stream is forgotten when its client goes away, and all are finished when
@@ -45,15 +50,28 @@ class StreamsFull(Exception):
     """No stream is opened now: the total or the user's streams are at their cap."""
 
 
+def _always() -> bool:
+    return True
+
+
 class _Stream:
-    def __init__(self, request, login: str, mailbox_id: int):
+    def __init__(self, request, login: str, mailbox_id: int, alive):
         self.request = request
         self.login = login
         self.mailbox_id = mailbox_id
+        self.alive = alive
+
+    @property
+    def open(self) -> bool:
+        return not self.request.finished and not self.request._disconnected
 
     def write(self, data: bytes) -> None:
-        if not self.request.finished and not self.request._disconnected:
+        if self.open:
             self.request.write(data)
+
+    def finish(self) -> None:
+        if self.open:
+            self.request.finish()
 
 
 def event_text(name: str, data: dict) -> bytes:
@@ -84,9 +102,10 @@ class MailEventStreams:
         self._by_mailbox: dict[int, set[_Stream]] = {}
         self._per_user: collections.Counter[str] = collections.Counter()
         self._count = 0
-        # Mailboxes whose unread count is being read: True when it must be read again
-        # once it is in (mail came meanwhile).
-        self._counting: dict[int, bool] = {}
+        # Mailboxes whose news is being read, and the folders of mail filed into each
+        # that waits for the next reading.
+        self._counting: set[int] = set()
+        self._waiting: dict[int, list[str]] = {}
         self._beating = LoopingCall(self._beat)
         self._beating.clock = clock
         self._stopped = False
@@ -100,16 +119,18 @@ class MailEventStreams:
 
     @property
     def counting(self) -> int:
-        """Unread counts being read now (for tests: none is left behind)."""
+        """Mailboxes whose news is being read now (for tests: none is left behind)."""
         return len(self._counting)
 
     @property
     def beating(self) -> bool:
         return self._beating.running
 
-    def open(self, request, login: str, mailbox_id: int) -> None:
+    def open(self, request, login: str, mailbox_id: int, alive=_always) -> None:
         """Answer `request` with an event stream of the mailbox's new mail; it stays open
-        until the client goes away or the service stops. StreamsFull when at a cap."""
+        until the client goes away, `alive()` (the session, asked with each heartbeat)
+        is false, the user may no longer view the mailbox, or the service stops.
+        StreamsFull when at a cap."""
         if self._stopped or self._count >= self.max_streams:
             raise StreamsFull("The server has too many open mailbox pages; try again soon.")
         if self._per_user[login] >= self.max_per_user:
@@ -117,7 +138,7 @@ class MailEventStreams:
                 "You have too many mailbox pages open; close some, and this one "
                 "updates itself again soon."
             )
-        stream = _Stream(request, login, mailbox_id)
+        stream = _Stream(request, login, mailbox_id, alive)
         self._by_mailbox.setdefault(mailbox_id, set()).add(stream)
         self._per_user[login] += 1
         self._count += 1
@@ -130,7 +151,7 @@ class MailEventStreams:
         stream.write(f"retry: {RECONNECT_MS}\n\n".encode())
         if not self._beating.running:
             self._beating.start(self.heartbeat, now=False)
-        self._count_unread(mailbox_id)
+        self._news(mailbox_id, None)
 
     def _gone(self, _result, stream: _Stream) -> None:
         """The request finished or its client went away: forget the stream."""
@@ -153,7 +174,7 @@ class MailEventStreams:
         for streams in list(self._by_mailbox.values()):
             for stream in list(streams):
                 request = stream.request
-                if not request.finished and not request._disconnected:
+                if stream.open:
                     # No idle keep-alive connection left behind at shutdown.
                     transport = getattr(getattr(request, "channel", None), "transport", None)
                     request.finish()
@@ -172,42 +193,57 @@ class MailEventStreams:
     def _beat(self) -> None:
         for streams in tuple(self._by_mailbox.values()):
             for stream in tuple(streams):
-                stream.write(HEARTBEAT_TEXT)
+                if stream.alive():
+                    stream.write(HEARTBEAT_TEXT)
+                else:
+                    stream.finish()  # logged out or expired: the reconnection gets 404
 
     def _filed(self, envelope_sender, recipients, raw, junk=frozenset()) -> None:
         for mailbox_id in dict.fromkeys(recipient.mailbox_id for recipient in recipients):
-            if mailbox_id not in self._by_mailbox:
-                continue
-            folder = JUNK if mailbox_id in junk else INBOX
-            self._send(mailbox_id, event_text("filed", {"folder": folder}))
-            if folder == INBOX:
-                self._count_unread(mailbox_id)
+            if mailbox_id in self._by_mailbox:
+                self._news(mailbox_id, JUNK if mailbox_id in junk else INBOX)
 
-    def _count_unread(self, mailbox_id: int) -> None:
+    def _news(self, mailbox_id: int, folder: str | None) -> None:
+        """Tell the mailbox's streams of mail filed into `folder` (None: of nothing but
+        the unread count), once the store said who may still hear it."""
+        waiting = self._waiting.setdefault(mailbox_id, [])
+        if folder is not None:
+            waiting.append(folder)
         if mailbox_id in self._counting:
-            self._counting[mailbox_id] = True  # once more when this count is in
-            return
-        self._counting[mailbox_id] = False
-        counted = self._store.run(unread.count_unread, mailbox_id)
-        counted.addCallbacks(
-            self._counted,
-            self._not_counted,
-            callbackArgs=(mailbox_id,),
+            return  # told with the next reading
+        folders = self._waiting.pop(mailbox_id)
+        logins = tuple(sorted({s.login for s in self._by_mailbox.get(mailbox_id, ())}))
+        self._counting.add(mailbox_id)
+        reading = self._store.run(unread.mailbox_news, mailbox_id, logins)
+        reading.addCallbacks(
+            self._read,
+            self._not_read,
+            callbackArgs=(mailbox_id, logins, folders),
             errbackArgs=(mailbox_id,),
         )
 
-    def _counted(self, count: int, mailbox_id: int) -> None:
-        again = self._counting.pop(mailbox_id, False)
-        if mailbox_id not in self._by_mailbox:
-            return
-        self._send(mailbox_id, event_text("unread", {"unread": count}))
-        if again:
-            self._count_unread(mailbox_id)
+    def _read(self, news, mailbox_id: int, asked: tuple[str, ...], folders: list[str]) -> None:
+        self._counting.discard(mailbox_id)
+        for stream in tuple(self._by_mailbox.get(mailbox_id, ())):
+            # (A stream opened meanwhile was not asked about: its rights were just read.)
+            if stream.login in asked and stream.login not in news.viewers:
+                stream.finish()  # the right was taken away, or the mailbox removed
+        for folder in folders:
+            self._send(mailbox_id, event_text("filed", {"folder": folder}))
+        self._send(mailbox_id, event_text("unread", {"unread": news.unread}))
+        self._again(mailbox_id)
 
-    def _not_counted(self, failure, mailbox_id: int) -> None:
-        # The pages keep their title; the next mail tries again.
-        self._counting.pop(mailbox_id, None)
-        log.failure("could not count the unread mail of mailbox {id}", failure, id=mailbox_id)
+    def _not_read(self, failure, mailbox_id: int) -> None:
+        # What was filed meanwhile is not told; the pages hear of the next mail.
+        self._counting.discard(mailbox_id)
+        log.failure("could not read the news of mailbox {id}", failure, id=mailbox_id)
+        self._again(mailbox_id)
+
+    def _again(self, mailbox_id: int) -> None:
+        if mailbox_id not in self._by_mailbox:
+            self._waiting.pop(mailbox_id, None)
+        elif mailbox_id in self._waiting:
+            self._news(mailbox_id, None)
 
 
 class MailEventsService(Service):

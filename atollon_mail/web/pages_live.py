@@ -35,7 +35,13 @@ def register(app: WebApp) -> None:
             request.finish()
             return Streaming()
         try:
-            app.mail_events.open(request, page.user.login, mailbox.id)
+            session_id = page.session.id
+            app.mail_events.open(
+                request,
+                page.user.login,
+                mailbox.id,
+                alive=lambda: app.sessions.alive(session_id),
+            )
         except StreamsFull as full:
             raise HttpError(503, str(full), {"Retry-After": str(RETRY_AFTER)}) from None
         return Streaming()

@@ -65,6 +65,14 @@ class SessionStore:
         self._sessions.move_to_end(session.id)
         return session
 
+    def alive(self, session_id: str) -> bool:
+        """Whether the session is live, its idle time left as it is (an open event
+        stream asks this and must not keep its session alive)."""
+        session = self._sessions.get(session_id)
+        return (
+            session is not None and self._clock.seconds() - session.last_seen <= self.idle_timeout
+        )
+
     def drop(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)
 

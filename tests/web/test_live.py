@@ -135,9 +135,9 @@ class LiveContract(ServedWebMixin, StoreFixtureMixin):
         self.assertEqual(stream.events("unread")[-1], {"unread": 2})
         # Into Junk: told, with the folder; the inbox's count is as it was.
         yield self.deliver("bob", SPAM)
-        yield eventually(lambda: len(stream.events("filed")) == 2, "the junk")
+        yield eventually(lambda: len(stream.events("unread")) == 3, "the junk")
         self.assertEqual(stream.events("filed")[-1], {"folder": "junk"})
-        self.assertEqual(len(stream.events("unread")), 2)
+        self.assertEqual(stream.events("unread")[-1], {"unread": 2})
         self.assertEqual(self.streams.counting, 0)
 
     @defer.inlineCallbacks
@@ -158,6 +158,37 @@ class LiveContract(ServedWebMixin, StoreFixtureMixin):
         response, stream = yield self.open_stream(bob, "shared@example.com")
         self.assertEqual(response.code, 200)
         yield eventually(lambda: stream.events("unread") == [{"unread": 0}], "the count")
+
+    @defer.inlineCallbacks
+    def test_a_right_taken_away_ends_the_stream_before_the_next_news(self):
+        bob = yield self.logged_in()
+        carol = yield self.logged_in("carol", "carol-secret")
+        _, bobs = yield self.open_stream(bob, "shared@example.com")
+        _, carols = yield self.open_stream(carol, "shared@example.com")
+        yield eventually(lambda: bobs.events("unread") and carols.events("unread"), "counts")
+        yield self.store.run(mailboxes.revoke_mailbox_access, "shared@example.com", "bob")
+        yield self.deliver("shared")
+        yield eventually(lambda: bobs.ended, "the end of bob's stream")
+        yield eventually(lambda: carols.events("filed"), "carol told")
+        self.assertEqual(bobs.events("filed"), [])
+        self.assertEqual(carols.events("unread")[-1], {"unread": 1})
+        self.assertEqual(self.streams.streams_of("bob"), 0)
+        response, _ = yield self.open_stream(bob, "shared@example.com")
+        self.assertEqual(response.code, 404, "the reconnection")
+
+    @defer.inlineCallbacks
+    def test_logging_out_ends_the_stream_at_the_next_heartbeat(self):
+        bob = yield self.logged_in()
+        _, stream = yield self.open_stream(bob)
+        yield eventually(lambda: stream.events("unread"), "the stream")
+        page = yield bob.get("/mail/box?address=bob@example.com")
+        response = yield bob.post("/logout", {"csrf_token": page.csrf()})
+        self.assertEqual(response.status, 303)
+        self.assertFalse(stream.ended)
+        self.clock.advance(HEARTBEAT)
+        yield eventually(lambda: stream.ended, "the end of the stream")
+        self.assertNotIn(HEARTBEAT_TEXT.decode(), stream.text)
+        self.assertEqual(len(self.streams), 0)
 
     @defer.inlineCallbacks
     def test_without_login_or_view_right_it_is_not_found(self):
@@ -301,6 +332,19 @@ class DeadlineTests(StoreFixtureMixin, SqliteStoreMixin, unittest.TestCase):
         self.assertTrue(slow_transport.value().startswith(b"HTTP/1.1 408 Request Timeout"))
         self.assertFalse(transport.disconnecting)
         slow.connectionLost(GONE)
+        channel.connectionLost(GONE)
+
+    @defer.inlineCallbacks
+    def test_an_open_stream_does_not_keep_its_session_alive(self):
+        channel, transport = yield self.open()
+        idle_timeout = self.site.resource.app.sessions.idle_timeout
+        self.assertEqual(idle_timeout, 1800)
+        for _ in range(80):  # 2000 s
+            self.clock.advance(HEARTBEAT)
+        # Heartbeats until the session's idle time ran out, then the end of the stream.
+        self.assertEqual(transport.value().count(HEARTBEAT_TEXT), idle_timeout // HEARTBEAT)
+        self.assertTrue(transport.value().endswith(b"0\r\n\r\n"))
+        self.assertEqual(len(self.streams), 0)
         channel.connectionLost(GONE)
 
     @defer.inlineCallbacks
