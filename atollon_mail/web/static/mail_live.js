@@ -48,8 +48,12 @@
     }
   };
 
+  let wait = 30000;
   const listen = () => {
     const source = new EventSource(`/mail/events?address=${encodeURIComponent(address)}`);
+    source.addEventListener("open", () => {
+      wait = 30000;
+    });
     source.addEventListener("filed", (event) => {
       if (newest && JSON.parse(event.data).folder === folder) {
         replaceList();
@@ -61,9 +65,11 @@
     });
     source.addEventListener("error", () => {
       // The browser reconnects by itself after a network error; after a refusal (too
-      // many open pages, 503) it gives up: ask again a little later.
+      // many open pages: 503; logged out: 404) it gives up: ask again later, less often
+      // each time.
       if (source.readyState === EventSource.CLOSED) {
-        setTimeout(listen, 30000);
+        setTimeout(listen, wait);
+        wait = Math.min(wait * 2, 600000);
       }
     });
   };
