@@ -191,6 +191,14 @@ class LiveContract(ServedWebMixin, StoreFixtureMixin):
         self.assertEqual(len(self.streams), 0)
 
     @defer.inlineCallbacks
+    def test_head_opens_no_stream(self):
+        bob = yield self.logged_in()
+        response = yield bob.request("HEAD", "/mail/events?address=bob@example.com")
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.header("content-type"), "text/event-stream; charset=utf-8")
+        self.assertEqual(len(self.streams), 0)
+
+    @defer.inlineCallbacks
     def test_without_login_or_view_right_it_is_not_found(self):
         bob = yield self.logged_in()
         for browser, address in (
