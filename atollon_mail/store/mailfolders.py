@@ -235,8 +235,8 @@ def move_filings(mailbox_address: str, uids: Iterable[int], folder: str) -> Bulk
     return BulkMove(
         folder=folder,
         moved=len(moving),
-        spam=tuple(raws[message_id] for message_id in spam),
-        ham=tuple(raws[message_id] for message_id in ham),
+        spam=tuple((message_id, raws[message_id]) for message_id in spam),
+        ham=tuple((message_id, raws[message_id]) for message_id in ham),
     )
 
 
@@ -309,3 +309,19 @@ def mark_read(mailbox_address: str, message_id: int) -> int:
     if not unseen:
         return 0
     return change_flags(mailbox_address, unseen, add=[SEEN_FLAG])
+
+
+@read_only
+def message_flags(mailbox_address: str, message_id: int) -> tuple[str, ...]:
+    """The flags of the message in this mailbox (of all its filings here, each once, in
+    the order first met); NotFound when it is not filed here."""
+    mailbox = get_mailbox_row(mailbox_address)
+    rows = list(
+        Filing.select(Filing.flags)
+        .where((Filing.mailbox == mailbox.id) & (Filing.message == message_id))
+        .order_by(Filing.id)
+        .tuples()
+    )
+    if not rows:
+        raise NotFound(f"no message {message_id} in {_address(mailbox)}")
+    return tuple(dict.fromkeys(flag for (flags,) in rows for flag in flags.split()))

@@ -229,13 +229,13 @@ class FolderCount:
 @attrs.frozen
 class BulkMove:
     """Several filings of a mailbox moved into `folder`: how many moved, and the bytes of
-    the messages the spam filter learns from (moved into Junk: `spam`; out of Junk into
-    the inbox: `ham`)."""
+    the messages the spam filter learns from, as (message id, bytes): moved into Junk
+    (`spam`), out of Junk into the inbox (`ham`)."""
 
     folder: str
     moved: int
-    spam: tuple[bytes, ...] = ()
-    ham: tuple[bytes, ...] = ()
+    spam: tuple[tuple[int, bytes], ...] = ()
+    ham: tuple[tuple[int, bytes], ...] = ()
 
 
 # --- sending ------------------------------------------------------------------------

@@ -217,9 +217,11 @@ class MailFoldersContract(StoreFixtureMixin):
         self.assertEqual(self.sync(mailfolders.mark_read, "joe@acme.test", message), 0)
         self.assertEqual(self.sync(filing.remove_flag, "joe@acme.test", message, SEEN), 1)
         self.assertEqual(self.sync(filing.remove_flag, "joe@acme.test", message, SEEN), 0)
+        self.sync(filing.add_flag, "joe@acme.test", message, FLAGGED)
+        self.assertEqual(self.sync(mailfolders.message_flags, "joe@acme.test", message), (FLAGGED,))
         self.assertEqual(self.counts()["inbox"], (1, 1))
         other = self.receive(self.recipient("ann@other.test"))
-        for operation in (mailfolders.mark_read, filing.remove_flag):
+        for operation in (mailfolders.mark_read, mailfolders.message_flags, filing.remove_flag):
             args = (SEEN,) if operation is filing.remove_flag else ()
             with self.assertRaises(NotFound):
                 self.sync(operation, "joe@acme.test", other, *args)
@@ -260,7 +262,7 @@ class MailFoldersContract(StoreFixtureMixin):
         into = self.sync(mailfolders.move_filings, "joe@acme.test", self.uids(first, second), JUNK)
         self.assertEqual(into.moved, 2)
         self.assertEqual(
-            into.spam, tuple(self.sync(filing.message_raw, m) for m in (first, second))
+            into.spam, tuple((m, self.sync(filing.message_raw, m)) for m in (first, second))
         )
         self.assertEqual(into.ham, ())
         # Out of Junk into Trash teaches nothing; into the inbox, ham.
@@ -268,7 +270,7 @@ class MailFoldersContract(StoreFixtureMixin):
         self.assertEqual((trashed.spam, trashed.ham), ((), ()))
         back = self.sync(mailfolders.move_filings, "joe@acme.test", self.uids(first, second), INBOX)
         self.assertEqual(back.moved, 2)
-        self.assertEqual(back.ham, (self.sync(filing.message_raw, second),))
+        self.assertEqual(back.ham, ((second, self.sync(filing.message_raw, second)),))
 
     # -- Trash -----------------------------------------------------------------------------
 
