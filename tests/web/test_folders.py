@@ -282,6 +282,12 @@ class FolderWebTests(ServedWebMixin, StoreFixtureMixin):
             self.assertEqual(response.status, 404, path)
         response = yield bob.get(f"{BOX}&page=x")
         self.assertEqual(response.status, 400)
+        # Without the form's token, nothing is done.
+        for path in ("/mail/selection", "/mail/empty-trash", "/mail/message/flags"):
+            form = {"address": "bob@example.com", "action": "trash", "uid": uid, "id": "1"}
+            response = yield bob.post(path, form)
+            self.assertEqual(response.status, 403, path)
+        self.assertEqual(self.listed(), [self.html_id, self.text_id])
 
     # --- one message --------------------------------------------------------------------
 
