@@ -117,8 +117,8 @@ def thread_ids(head: bytes) -> tuple[str, ...]:
     found: list[str] = []
     for name in ("Message-ID", "In-Reply-To", "References"):
         for value in parsed.get_all(name) or []:
-            raw = value.encode("utf-8", "replace") if isinstance(value, str) else bytes(value)
-            found += [item.decode("ascii", "replace").lower() for item in _MESSAGE_ID.findall(raw)]
+            raw = str(value).encode("utf-8", "replace")  # undecodable bytes: "?"
+            found += [item.decode("utf-8").lower() for item in _MESSAGE_ID.findall(raw)]
     return tuple(dict.fromkeys(found))
 
 

@@ -13,7 +13,7 @@ from twisted.trial import unittest
 from atollon_mail.delivery.intake import summarize_headers
 from atollon_mail.store import contexts, filing, mailfolders
 from atollon_mail.store.records import IncomingMessage, Recipient
-from atollon_mail.web.pages_folders import MAX_SELECTED
+from atollon_mail.web.pages_folders import MAX_SELECTED, thread_ids
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import ServedWebMixin
 from tests.web.test_mail import HTML_MAIL, TEXT_MAIL, WebMailTests
@@ -397,6 +397,29 @@ class FolderWebTests(ServedWebMixin, StoreFixtureMixin):
             self.assertEqual(response.status, 404, path)
             self.assertNotIn("noon", response.text)
         self.assertEqual(self.flags(self.carol_id, "carol@example.com"), ())
+
+
+class ThreadIdTests(unittest.TestCase):
+    def test_the_ids_a_message_names(self):
+        head = (
+            b"Subject: x\r\nMessage-ID: <A@x.example>\r\n"
+            b"References: <r1@x.example>\r\n <r2@x.example> junk <a@x.example>\r\n"
+            b"In-Reply-To: Bob's message <r2@x.example>\r\n\r\nbody <b@x.example>\r\n"
+        )
+        self.assertEqual(thread_ids(head), ("<a@x.example>", "<r2@x.example>", "<r1@x.example>"))
+
+    def test_broken_headers_name_what_they_can(self):
+        for head, expected in (
+            (b"", ()),
+            (b"Message-ID: no brackets\r\n\r\n", ()),
+            (
+                b"Message-ID: <\xff\xfe@x.example>\r\nSubject: \x80\r\n",
+                ("<\ufffd\ufffd@x.example>",),
+            ),
+            (b"Message-ID: <cut-in-the-midd", ()),
+            (b"\x00\x01 not a header at all", ()),
+        ):
+            self.assertEqual(thread_ids(head), expected, head)
 
 
 class SqliteFolderWebTests(SqliteStoreMixin, FolderWebTests, unittest.TestCase):
