@@ -37,13 +37,11 @@ FOLDER_NAMES = {INBOX: "Inbox", SENT: "Sent", DRAFTS: "Drafts", JUNK: "Junk", TR
 # How much of a message's start is read for its threading headers.
 HEADER_BYTES = 16 * 1024
 
-# Counted per (folder, context) in one pass over the mailbox's filings; unread is a filing
-# without \Seen among its space-separated flags. '!' escapes nothing here: it only stops
-# PostgreSQL's LIKE from reading the backslash of \Seen as an escape.
+# Counted per folder, context and set of flags, from one index (migration 14); which of
+# them lack \Seen is decided here, over the few distinct sets of flags.
 _COUNTS_SQL = """
-    SELECT folder, context_id, COUNT(*),
-           SUM(CASE WHEN (' ' || flags || ' ') LIKE {p} ESCAPE '!' THEN 0 ELSE 1 END)
-    FROM filing WHERE mailbox_id = {p} GROUP BY folder, context_id"""
+    SELECT folder, context_id, flags, COUNT(*) FROM filing
+    WHERE mailbox_id = {p} GROUP BY folder, context_id, flags"""
 
 
 def _address(mailbox: Mailbox) -> str:
@@ -60,20 +58,21 @@ def folder_counts(mailbox_address: str) -> list[FolderCount]:
     totals = {folder: [0, 0] for folder in FIXED_FOLDERS}
     crm: dict[int, list[int]] = {}
     rows = database_proxy.execute_sql(
-        _COUNTS_SQL.format(p=database_proxy.param), (f"% {SEEN_FLAG} %", mailbox.id)
+        _COUNTS_SQL.format(p=database_proxy.param), (mailbox.id,)
     ).fetchall()
-    for folder, context_id, total, unread in rows:
+    for folder, context_id, flags, total in rows:
+        unread = 0 if SEEN_FLAG in flags.split() else total
         if folder == INBOX and context_id == sent:
             key = SENT
         else:
             key = folder
         if key in totals:
             totals[key][0] += total
-            totals[key][1] += int(unread or 0)
+            totals[key][1] += unread
         if folder == INBOX and context_id not in (sent, store_to):
             counts = crm.setdefault(context_id, [0, 0])
             counts[0] += total
-            counts[1] += int(unread or 0)
+            counts[1] += unread
     found = [
         FolderCount(folder=key, context=None, name=FOLDER_NAMES[key], total=total, unread=unread)
         for key, (total, unread) in totals.items()

@@ -1,14 +1,17 @@
 """The folders of a mailbox as its mail client shows them: the folder list with unread
-counts, each folder's filings, flags and moves on several filings at once, Trash emptied.
+counts, each folder's filings, flags and moves on several filings at once, Trash emptied;
+migration 14 (their indexes) over a database made before it.
 Written once, run on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+from twisted.internet import reactor
 from twisted.trial import unittest
 
-from atollon_mail.store import contexts, filing, mailfolders, queue
+from atollon_mail.store import contexts, filing, mailfolders, migrations, queue
 from atollon_mail.store.errors import Invalid, NotFound
 from atollon_mail.store.models import CampaignRecipient, Filing, Message, utc_now
+from atollon_mail.store.pool import Store
 from atollon_mail.store.records import (
     BulkMove,
     IncomingMessage,
@@ -326,6 +329,53 @@ def _grow(message_id: int, size: int) -> None:
     """Store operation: the message's bytes made `size` long (a large body)."""
     raw = bytes(Message.get_by_id(message_id).raw)
     Message.update(raw=raw + b"y" * (size - len(raw))).where(Message.id == message_id).execute()
+
+
+class MailFoldersMigrationContract:
+    def test_migration_14_indexes_an_existing_database(self):
+        store = Store.from_url(self.make_database_url(), reactor)
+        self.addCleanup(store.stop)
+        database = store.database
+        with database.connection_context():
+            migrations.migrate(database, up_to=10)
+            before = {index.name for index in database.get_indexes("filing")}
+        store.start()
+        builders.hosted_mailbox(store, "joe@acme.test", "joe")
+        joe = store.run_sync(filing.resolve_recipient, "joe", "acme.test")
+        incoming = [
+            IncomingMessage(envelope_sender="a@remote.example", recipients=(joe,), raw=raw)
+            for raw in (b"Subject: one\r\n\r\nx\r\n", b"Subject: two\r\n\r\nx\r\n")
+        ]
+        first, _ = store.run_sync(filing.store_messages, incoming)
+        store.run_sync(filing.move_message, "joe@acme.test", first.id, TRASH)
+        counts = store.run_sync(mailfolders.folder_counts, "joe@acme.test")
+        with database.connection_context():
+            applied = migrations.migrate(database)
+            after = {index.name for index in database.get_indexes("filing")}
+        self.assertIn(14, [migration.number for migration in applied])
+        self.assertEqual(
+            after - before,
+            {"filing_mailbox_folder_context_flags", "filing_trash_mailbox_uid"},
+        )
+        self.assertEqual(store.run_sync(mailfolders.folder_counts, "joe@acme.test"), counts)
+        self.assertEqual(
+            [(c.folder, c.total, c.unread) for c in counts if c.total],
+            [("inbox", 1, 1), ("trash", 1, 1)],
+        )
+        [trashed] = store.run_sync(mailfolders.list_folder, "joe@acme.test", TRASH)
+        self.assertEqual(trashed.message.id, first.id)
+
+
+class SqliteMailFoldersMigrationTests(
+    SqliteStoreMixin, MailFoldersMigrationContract, unittest.TestCase
+):
+    pass
+
+
+class PostgresMailFoldersMigrationTests(
+    PostgresStoreMixin, MailFoldersMigrationContract, unittest.TestCase
+):
+    pass
 
 
 class SqliteMailFoldersTests(SqliteStoreMixin, MailFoldersContract, unittest.TestCase):
