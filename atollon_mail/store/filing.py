@@ -598,7 +598,7 @@ def remove_flag(mailbox_address: str, message_id: int, flag: str) -> int:
     has it; how many changed. NotFound when the message is not filed here."""
     valid_flag(flag)
     mailbox = get_mailbox_row(mailbox_address)
-    lock_mailboxes([mailbox.id])
+    lock_mailboxes([mailbox.id])  # as add_flag
     filings = list(
         Filing.select(Filing.id, Filing.flags)
         .where((Filing.mailbox == mailbox.id) & (Filing.message == message_id))

@@ -18,7 +18,7 @@ from atollon_mail.store import filing, mailboxes, mailfolders
 from atollon_mail.store.errors import Invalid, NotFound
 from atollon_mail.store.values import INBOX, JUNK, TRASH
 from atollon_mail.web.app import HttpError, Page, PageRequest, Redirect, WebApp, not_found
-from atollon_mail.web.numbers import MAX_PAGE, page_number, parse_id
+from atollon_mail.web.numbers import MAX_PAGE, page_number, parse_count, parse_id
 from atollon_mail.web.pages_mail import FOLDER_NAMES, PER_PAGE, _box_url, learn
 
 SEEN = filing.SEEN_FLAG
@@ -206,7 +206,8 @@ def register(app: WebApp) -> None:
         else:
             rows = [_row(record) for record in shown]
         moved = page.arg("moved")
-        done = page.arg("done")
+        done_count = parse_count(page.arg("count"))  # the confirmation of an action
+        done = DONE.get(page.arg("done")) if done_count is not None else None
         here = _where(folder, context_id)
         context = {
             "mailbox": mailbox,
@@ -234,8 +235,8 @@ def register(app: WebApp) -> None:
             "sent": page.arg("sent") == "1",
             "moved": FOLDER_NAMES.get(moved),
             "not_learned": page.arg("learned") == "0",
-            "done": DONE.get(done),
-            "done_count": page.arg("count"),
+            "done": done,
+            "done_count": done_count,
         }
         return Page("mail_box.html", context)
 

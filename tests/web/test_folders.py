@@ -282,6 +282,11 @@ class FolderWebTests(ServedWebMixin, StoreFixtureMixin):
             self.assertEqual(response.status, 404, path)
         response = yield bob.get(f"{BOX}&page=x")
         self.assertEqual(response.status, 400)
+        # A confirmation says only what the page knows to say.
+        for query in ("done=read&count=<b>x</b>", "done=<b>&count=1", "done=read"):
+            response = yield bob.get(f"{BOX}&{query}")
+            self.assertEqual(response.status, 200, query)
+            self.assertNotIn('id="confirmation"', response.text, query)
         # Without the form's token, nothing is done.
         for path in ("/mail/selection", "/mail/empty-trash", "/mail/message/flags"):
             form = {"address": "bob@example.com", "action": "trash", "uid": uid, "id": "1"}
