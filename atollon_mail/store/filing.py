@@ -408,17 +408,19 @@ def list_filings(
         .offset(offset)
     )
     address = f"{mailbox.local_part}@{mailbox.domain.name}"
-    return [
-        FilingRecord(
-            uid=filing.uid,
-            mailbox_address=address,
-            context=context_record(filing.context),
-            flags=tuple(filing.flags.split()),
-            message=_message_summary(filing.message),
-            folder=filing.folder,
-        )
-        for filing in query
-    ]
+    return [filing_record(filing, address) for filing in query]
+
+
+def filing_record(filing: Filing, mailbox_address: str) -> FilingRecord:
+    """The record of a filing read with its message, context and the context's owner."""
+    return FilingRecord(
+        uid=filing.uid,
+        mailbox_address=mailbox_address,
+        context=context_record(filing.context),
+        flags=tuple(filing.flags.split()),
+        message=_message_summary(filing.message),
+        folder=filing.folder,
+    )
 
 
 @read_only
@@ -556,12 +558,18 @@ _FLAG_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX
 _FLAGS_LIMIT = 200  # the flags column
 
 
-def add_flag(mailbox_address: str, message_id: int, flag: str) -> int:
-    """Add `flag` (e.g. \\Answered) to every filing of the message in this mailbox that
-    lacks it; how many changed. NotFound when the message is not filed here."""
+def valid_flag(flag: str) -> str:
+    """The flag as given, or Invalid when it is none (IMAP's system flags and keywords)."""
     name = flag[1:] if flag.startswith("\\") else flag
     if not name or not set(name) <= _FLAG_CHARACTERS:
         raise Invalid(f"{flag!r} is not a flag; give one such as \\Answered or $Forwarded")
+    return flag
+
+
+def add_flag(mailbox_address: str, message_id: int, flag: str) -> int:
+    """Add `flag` (e.g. \\Answered) to every filing of the message in this mailbox that
+    lacks it; how many changed. NotFound when the message is not filed here."""
+    valid_flag(flag)
     mailbox = get_mailbox_row(mailbox_address)
     # Locked first (PostgreSQL): two flag changes of one message do not lose either.
     lock_mailboxes([mailbox.id])
@@ -580,6 +588,30 @@ def add_flag(mailbox_address: str, message_id: int, flag: str) -> int:
         updated = " ".join([*present, flag])
         if len(updated) > _FLAGS_LIMIT:
             raise Invalid(f"message {message_id} has too many flags to add {flag}")
+        Filing.update(flags=updated).where(Filing.id == filing_id).execute()
+        changed += 1
+    return changed
+
+
+def remove_flag(mailbox_address: str, message_id: int, flag: str) -> int:
+    """Take `flag` (e.g. \\Seen) from every filing of the message in this mailbox that
+    has it; how many changed. NotFound when the message is not filed here."""
+    valid_flag(flag)
+    mailbox = get_mailbox_row(mailbox_address)
+    lock_mailboxes([mailbox.id])  # as add_flag
+    filings = list(
+        Filing.select(Filing.id, Filing.flags)
+        .where((Filing.mailbox == mailbox.id) & (Filing.message == message_id))
+        .tuples()
+    )
+    if not filings:
+        raise NotFound(f"no message {message_id} in {mailbox.local_part}@{mailbox.domain.name}")
+    changed = 0
+    for filing_id, flags in filings:
+        present = flags.split()
+        if flag not in present:
+            continue
+        updated = " ".join(name for name in present if name != flag)
         Filing.update(flags=updated).where(Filing.id == filing_id).execute()
         changed += 1
     return changed

@@ -475,6 +475,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             " CHECK (folder IN ('inbox', 'junk', 'drafts', 'trash'))",
         ),
     ),
+    Migration(
+        14,
+        "the mail client's folder counts and Trash read by index",
+        (
+            # Totals and unread per folder and context of a mailbox, from the index alone
+            # (the flags are in it): no pass over the table's rows.
+            "CREATE INDEX filing_mailbox_folder_context_flags"
+            " ON filing (mailbox_id, folder, context_id, flags)",
+            # Trash by mailbox, newest first, as Junk is: the inbox pays nothing for it.
+            "CREATE INDEX filing_trash_mailbox_uid ON filing (mailbox_id, uid)"
+            " WHERE folder = 'trash'",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].number

@@ -325,6 +325,19 @@ class Filing(BaseModel):
 JUNK_ONLY = Filing.folder == "junk"
 Filing.add_index(Filing.mailbox, Filing.uid, where=JUNK_ONLY, name="filing_junk_mailbox_uid")
 Filing.add_index(Filing.filed_at, where=JUNK_ONLY, name="filing_junk_filed_at")
+# The mail client's folder list counts each folder's filings and unread ones (IMAP's
+# STATUS asks the same) from this index alone; Trash is listed by mailbox as Junk is
+# (migration 14).
+Filing.add_index(
+    Filing.mailbox,
+    Filing.folder,
+    Filing.context,
+    Filing.flags,
+    name="filing_mailbox_folder_context_flags",
+)
+Filing.add_index(
+    Filing.mailbox, Filing.uid, where=Filing.folder == "trash", name="filing_trash_mailbox_uid"
+)
 
 
 DKIM_ALGORITHMS = ("rsa", "ed25519")

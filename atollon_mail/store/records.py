@@ -213,6 +213,31 @@ class FolderMove:
     raw: bytes
 
 
+@attrs.frozen
+class FolderCount:
+    """One folder of a mailbox as the mail client lists it: a fixed one (`folder`: inbox,
+    sent, drafts, junk, trash; `context` None) or a CRM folder or project holding mail of
+    the mailbox (`folder` None); how many filings lie there and how many are unread."""
+
+    folder: str | None
+    context: ContextRecord | None
+    name: str
+    total: int
+    unread: int
+
+
+@attrs.frozen
+class BulkMove:
+    """Several filings of a mailbox moved into `folder`: how many moved, and the bytes of
+    the messages the spam filter learns from, as (message id, bytes): moved into Junk
+    (`spam`), out of Junk into the inbox (`ham`)."""
+
+    folder: str
+    moved: int
+    spam: tuple[tuple[int, bytes], ...] = ()
+    ham: tuple[tuple[int, bytes], ...] = ()
+
+
 # --- sending ------------------------------------------------------------------------
 
 

@@ -15,13 +15,13 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 
 from atollon_mail.delivery.intake import summarize_headers
-from atollon_mail.store import common, filing, mailboxes
+from atollon_mail.store import common, filing, mailboxes, mailfolders
 from atollon_mail.store.errors import Invalid, NotFound, StoreError
 from atollon_mail.store.records import InboundVerdict, Origin, OutgoingMessage, Recipient
 from atollon_mail.store.values import INBOX, JUNK
 from atollon_mail.web import replies
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
-from atollon_mail.web.numbers import page_number, parse_count, parse_id
+from atollon_mail.web.numbers import parse_count, parse_id
 
 log = Logger()
 
@@ -51,14 +51,6 @@ def _message_id_arg(page: PageRequest) -> int:
     if value is None:
         raise not_found()
     return value
-
-
-def _folder_arg(text: str) -> str:
-    """A folder named in a link or form (none: the inbox); any other value is a 404."""
-    folder = text or INBOX
-    if folder not in FOLDER_NAMES:
-        raise not_found()
-    return folder
 
 
 def _score(value: float | None) -> str:
@@ -167,6 +159,19 @@ def _write_download(page: PageRequest, body: bytes, content_type: str, filename:
     return Redirect("/mail")  # never sent: the request is already finished
 
 
+async def learn(page: PageRequest, raw: bytes, spam: bool, message_id: int) -> bool:
+    """The spam filter (if any) learns that a message moved by the user is spam (into
+    Junk) or not (out of it); False when it could not (the move stands all the same)."""
+    if page.app.learner is None:
+        return True
+    try:
+        await maybeDeferred(page.app.learner.learn, raw, spam)
+    except Exception:  # the filter is down or refused: the move stands
+        log.failure("the spam filter could not learn from message {id}", id=message_id)
+        return False
+    return True
+
+
 def _one_line(value: str) -> str:
     return " ".join(value.split())
 
@@ -195,50 +200,25 @@ def register(app: WebApp) -> None:
         boxes = await page.store.run(filing.viewable_mailboxes, page.user.login)
         return Page("mail.html", {"mailboxes": boxes})
 
-    @app.route("/mail/box")
-    async def box(page: PageRequest):
-        mailbox = await _mailbox(page, page.arg("address"))
-        folder = _folder_arg(page.arg("folder"))
-        rights = await page.rights(mailbox.address)
-        number = page_number(page.arg("page"))
-        filings = await page.store.run(
-            filing.list_filings,
-            mailbox.address,
-            PER_PAGE + 1,
-            (number - 1) * PER_PAGE,
-            folder=folder,
-        )
-        moved = page.arg("moved")
-        context = {
-            "mailbox": mailbox,
-            "folder": folder,
-            "folders": FOLDER_NAMES,
-            "may_send": rights.edit,
-            "may_move": rights.edit,
-            "filings": filings[:PER_PAGE],
-            "number": number,
-            "previous_url": (
-                _box_url(mailbox.address, folder=folder, page=number - 1) if number > 1 else None
-            ),
-            "next_url": (
-                _box_url(mailbox.address, folder=folder, page=number + 1)
-                if len(filings) > PER_PAGE
-                else None
-            ),
-            "sent": page.arg("sent") == "1",
-            "moved": FOLDER_NAMES.get(moved),
-            "not_learned": moved in FOLDER_NAMES and page.arg("learned") == "0",
-        }
-        return Page("mail_box.html", context)
+    # A mailbox's folders and their messages (/mail/box): pages_folders.
 
     @app.route("/mail/message")
     async def message(page: PageRequest):
         mailbox, filed = await _filed(page)
         rights = await page.rights(mailbox.address)
+        try:
+            if rights.edit:  # opened: read (by whoever may change the mailbox)
+                await page.store.run(mailfolders.mark_read, mailbox.address, filed.message_id)
+            flags = await page.store.run(
+                mailfolders.message_flags, mailbox.address, filed.message_id
+            )
+        except NotFound:  # removed meanwhile
+            raise not_found() from None
         context = {
             "mailbox": mailbox,
             "message_id": filed.message_id,
             "folder": filed.folder,
+            "flagged": mailfolders.FLAGGED_FLAG in flags,
             "may_move": rights.edit,
             "may_send": rights.edit,
             "verdict": verdict_lines(filed.verdict),
@@ -264,12 +244,8 @@ def register(app: WebApp) -> None:
         except NotFound:
             raise not_found() from None
         learned = True
-        if moved.moved and page.app.learner is not None:
-            try:
-                await maybeDeferred(page.app.learner.learn, moved.raw, target == JUNK)
-            except Exception:  # the filter is down or refused: the move stands
-                log.failure("the spam filter could not learn from message {id}", id=message_id)
-                learned = False
+        if moved.moved:
+            learned = await learn(page, moved.raw, target == JUNK, message_id)
         params = {"folder": origin, "moved": target}
         if not learned:
             params["learned"] = 0

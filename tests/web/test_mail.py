@@ -421,7 +421,7 @@ class WebMailTests(ServedWebMixin, StoreFixtureMixin):
         self.assertIn(">Not junk</button>", junk.text)
         # A folder that does not exist, a page that is none.
         for path, status in (
-            ("/mail/box?address=bob@example.com&folder=trash", 404),
+            ("/mail/box?address=bob@example.com&folder=archive", 404),
             ("/mail/box?address=bob@example.com&folder=" + "j" * 5000, 404),
             ("/mail/box?address=bob@example.com&folder=junk&page=x", 400),
         ):
