@@ -35,6 +35,7 @@ PAGE_MODULES: tuple[str, ...] = (
     "atollon_mail.web.pages_queue",
     "atollon_mail.web.pages_users",
     "atollon_mail.web.pages_mail",
+    "atollon_mail.web.pages_compose",
     "atollon_mail.web.pages_mailboxes",
     "atollon_mail.web.pages_campaigns",
     "atollon_mail.web.pages_groups",
