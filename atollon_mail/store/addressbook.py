@@ -52,7 +52,8 @@ def suggest_addresses(
     login: str, prefix: str, limit: int = MOST_SUGGESTIONS
 ) -> list[AddressSuggestion]:
     """At most `limit` addresses for `prefix` (the start of an address, of a name or of a
-    word of a name): the user's viewable mailboxes first, then CRM contacts."""
+    word of a name): the user's viewable mailboxes first (a user's default mailbox named
+    and found by the user's name too), then CRM contacts."""
     prefix = " ".join(prefix.split())[:_LONGEST_PREFIX]
     if not prefix:
         return []
@@ -63,8 +64,10 @@ def suggest_addresses(
     for mailbox in list_mailboxes():
         if len(found) >= limit:
             break
-        name = names.get(mailbox.owner_login, "")
-        words = [name, *name.split()]
+        # The owner's name belongs to their default mailbox; a shared one such as
+        # sales@ is not theirs to be named by, and is found by its address.
+        name = names.get(mailbox.owner_login, "") if mailbox.is_default else ""
+        words = [name, *name.split()] if name else []
         addresses = dict.fromkeys([mailbox.identity, mailbox.address])
         matching = [a for a in addresses if _starts(a, wanted)]
         if not matching and any(_starts(word, wanted) for word in words):

@@ -294,15 +294,20 @@ def register(app: WebApp) -> None:
         kept=(),
         note="",
         action=None,
+        original_id=None,
     ) -> Page:
         if action is None:
             action = original.action if original else ""
+        if original is not None:
+            original_id = original.message_id
+        elif original_id is None:  # a form sent back: what it named
+            original_id = page.form.get("original", "")
         context = {
             "mailbox": mailbox,
             "values": values,
             "errors": errors or {},
             "action": action,
-            "original_id": original.message_id if original else page_original_id(page),
+            "original_id": original_id,
             # What a draft carries is among its attachments already.
             "carried": original.carried if original and draft_id is None else [],
             "draft_id": draft_id or "",
@@ -311,9 +316,6 @@ def register(app: WebApp) -> None:
             "note": note,
         }
         return Page("mail_compose.html", context, status=status)
-
-    def page_original_id(page) -> str:
-        return page.form.get("original", "") if page.form else ""
 
     async def _original(page: PageRequest, mailbox, action: str, message_id: str):
         """The message replied to or forwarded (None for a new message); an action or
@@ -407,6 +409,7 @@ def register(app: WebApp) -> None:
                     kept=draft.attachments,
                     note=note,
                     action=draft.action,
+                    original_id=draft.original,
                 )
             original = await _original(page, mailbox, page.arg("action"), page.arg("id"))
             if original is not None:

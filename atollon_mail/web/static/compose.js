@@ -74,6 +74,8 @@
         draft.value = String(answer.draft);
         files.value = ""; // in the draft now: not uploaded twice
         showKept(answer.attachments);
+        // What a forward carries is among the draft's attachments from now on.
+        document.getElementById("carried")?.remove();
         status.textContent = `Draft saved at ${new Date().toLocaleTimeString()}.`;
       } else {
         changed = true;
@@ -121,6 +123,9 @@
           return;
         }
         const answer = await response.json();
+        if (prefix !== asked) {
+          return; // an answer for what was typed before
+        }
         list.replaceChildren();
         for (const item of answer.matches) {
           const option = document.createElement("option");
