@@ -20,6 +20,7 @@ from atollon_mail.delivery.intake import summarize_headers
 from atollon_mail.store import filing, queue
 from atollon_mail.store.mailboxes import grant_mailbox_access
 from atollon_mail.store.records import IncomingMessage
+from atollon_mail.web import compose
 from atollon_mail.web.sessions import SESSION_COOKIE
 from tests import builders
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
@@ -227,6 +228,38 @@ class ComposeTests(ServedWebMixin, StoreFixtureMixin):
         )
         self.assertEqual(response.status, 400)
 
+    @defer.inlineCallbacks
+    def test_a_broken_multipart_body_is_a_bad_request(self):
+        bob = yield self.logged_in()
+        page = yield self.compose(bob)
+        for body in (
+            b"--other\r\nContent-Disposition: form-data; name=to\r\n\r\nx\r\n--other--\r\n",
+            b"--b\r\nContent-Disposition: form-data; name=to\r\n\r\n\xff\xfe\r\n--b--\r\n",
+            b"no parts at all",
+        ):
+            response = yield bob.request(
+                "POST",
+                "/mail/compose?address=bob@example.com",
+                body=body,
+                content_type="multipart/form-data; boundary=b",
+            )
+            self.assertEqual(response.status, 400, body)
+            self.assertIn("could not be read", response.text)
+        self.assertEqual(self.queued(), [])
+        self.assertTrue(page.csrf())
+
+    def test_names_and_types_of_uploads(self):
+        self.assertEqual(compose.clean_filename("C:\\docs\\a.pdf"), "a.pdf")
+        self.assertEqual(compose.clean_filename("../../etc/passwd"), "passwd")
+        self.assertEqual(compose.clean_filename("a\r\nb.txt"), "ab.txt")
+        self.assertEqual(compose.clean_filename(""), "attachment")
+        long = compose.clean_filename("x" * 300 + ".pdf")
+        self.assertEqual((len(long), long[-4:]), (compose.LONGEST_FILENAME, ".pdf"))
+        self.assertEqual(compose.content_type_of("Offer.PDF"), "application/pdf")
+        self.assertEqual(compose.content_type_of("photo.jpeg"), "image/jpeg")
+        self.assertEqual(compose.content_type_of("backup.tar.gz"), "application/gzip")
+        self.assertEqual(compose.content_type_of("README"), "application/octet-stream")
+
     # --- drafts ---------------------------------------------------------------------------
 
     @defer.inlineCallbacks
@@ -403,6 +436,15 @@ class ComposeTests(ServedWebMixin, StoreFixtureMixin):
         ):
             response = yield bob.get(path)
             self.assertEqual(response.status, 404, path)
+
+    @defer.inlineCallbacks
+    def test_a_draft_needs_the_edit_right(self):
+        bob = yield self.logged_in()
+        page = yield self.compose(bob)
+        form = self.form(page, address="shared@example.com", intent="draft", subject="No")
+        response = yield bob.post_multipart("/mail/compose?address=shared@example.com", form)
+        self.assertEqual(response.status, 404)
+        self.assertEqual(self.folder("drafts", "shared@example.com"), [])
 
     # --- address suggestions --------------------------------------------------------------
 

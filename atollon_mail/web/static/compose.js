@@ -24,7 +24,14 @@
   form.addEventListener("change", () => {
     changed = true;
   });
-  form.addEventListener("submit", () => {
+  let waiting = null; // a button pressed while a save was under way
+  form.addEventListener("submit", (event) => {
+    if (saving) {
+      // The draft the form names is being replaced: submit once the new one is known.
+      event.preventDefault();
+      waiting = event.submitter;
+      return;
+    }
     leaving = true;
   });
 
@@ -86,6 +93,11 @@
       status.textContent = "The draft could not be saved now; it is tried again.";
     } finally {
       saving = false;
+      if (waiting) {
+        const button = waiting;
+        waiting = null;
+        form.requestSubmit(button);
+      }
     }
   };
   window.setInterval(save, INTERVAL);
