@@ -428,8 +428,12 @@ def register(app: WebApp) -> None:
             if intent != "draft":
                 raise
             found = None  # saved again after it was sent or removed elsewhere: a new one
+        # What a form sent back lists as kept: the stored draft's attachments, numbered
+        # as stored (the removal boxes name those numbers).
+        stored: list = []
         if found is not None:
             draft_id, draft = found
+            stored = draft.attachments
             original = await _draft_original(page, mailbox, action, page.form.get("original", ""))
             threading = draft.threading
             removed = {
@@ -467,7 +471,7 @@ def register(app: WebApp) -> None:
                     413,
                     original,
                     draft_id,
-                    attachments,
+                    stored,
                     action=action,
                 )
             saved = await _save_draft(
@@ -514,10 +518,8 @@ def register(app: WebApp) -> None:
                 saved = await _save_draft(
                     page, mailbox, values, attachments, threading, action, original_id, draft_id
                 )
-                draft_id = saved.message_id
+                draft_id, stored = saved.message_id, attachments
                 note = "The files you attached are kept in a draft."
-            else:
-                attachments = [a for a in attachments if a not in compose.uploaded(page.files)]
             return _compose_page(
                 page,
                 mailbox,
@@ -526,7 +528,7 @@ def register(app: WebApp) -> None:
                 status,
                 original,
                 draft_id,
-                attachments,
+                stored,
                 note,
                 action=action,
             )
@@ -543,7 +545,7 @@ def register(app: WebApp) -> None:
                 400,
                 original,
                 draft_id,
-                attachments,
+                stored,
                 action=action,
             )
         if draft_id is not None:

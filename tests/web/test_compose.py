@@ -220,6 +220,26 @@ class ComposeTests(ServedWebMixin, StoreFixtureMixin):
         self.assertIn(f'name="draft" id="draft" value="{draft.message.id}"', response.text)
 
     @defer.inlineCallbacks
+    def test_a_refused_form_lists_what_goes_along_as_before(self):
+        bob = yield self.logged_in()
+        page = yield self.compose(bob, f"&action=forward&id={self.offer_id}")
+        form = self.form(page, subject="Fwd: Offer", action="forward", original=str(self.offer_id))
+        refused = yield bob.post_multipart("/mail/compose?address=bob@example.com", form)
+        self.assertEqual(refused.status, 400)
+        self.assertIn('id="carried"', refused.text)  # from the original, as before
+        self.assertNotIn('name="remove-0"', refused.text)
+        # A draft's attachments are listed as stored, whatever was ticked for removal.
+        yield self.save(bob, page, [("attachments", "x.txt", b"x")], subject="D")
+        [draft] = self.folder("drafts")
+        opened = yield self.compose(bob, f"&draft={draft.message.id}")
+        form = self.form(opened, subject="D", draft=str(draft.message.id), **{"remove-0": "1"})
+        refused = yield bob.post_multipart("/mail/compose?address=bob@example.com", form)
+        self.assertEqual(refused.status, 400)
+        self.assertIn('name="remove-0"', refused.text)
+        self.assertIn("x.txt", refused.text)
+        self.assertEqual(len(self.folder("drafts")), 1)
+
+    @defer.inlineCallbacks
     def test_a_form_that_is_not_multipart_is_refused_elsewhere(self):
         bob = yield self.logged_in()
         page = yield bob.get("/mail")
