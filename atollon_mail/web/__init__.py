@@ -24,9 +24,9 @@ class WebRoot(Resource):
         """The client of a request, behind a trusted proxy too (WebApp.client_address)."""
         return self.app.client_address(request)
 
-    def body_limit(self, path: bytes) -> int:
+    def body_limit(self, path: bytes, request=None) -> int:
         """Bytes of request body a path accepts: its route's max_body (bodylimit.py)."""
-        return self.app.body_limit(path)
+        return self.app.body_limit(path, request)
 
 
 # Modules with more pages; each has register(app).
@@ -36,6 +36,7 @@ PAGE_MODULES: tuple[str, ...] = (
     "atollon_mail.web.pages_users",
     "atollon_mail.web.pages_mail",
     "atollon_mail.web.pages_folders",
+    "atollon_mail.web.pages_compose",
     "atollon_mail.web.pages_mailboxes",
     "atollon_mail.web.pages_campaigns",
     "atollon_mail.web.pages_groups",

@@ -1,10 +1,12 @@
 """A small page framework on twisted.web.
 
 A page handler is `async def handler(page: PageRequest) -> Page | Redirect`, registered
-with `WebApp.route(path, methods=..., login=..., admin=..., max_body=...)`. The framework
-looks up the session, refuses what the route does not allow, checks the CSRF token of every
-POST, runs the handler, and turns `HttpError` (or any failure) into an error page: never a
-traceback. A request body over the route's max_body is refused before it is read.
+with `WebApp.route(path, methods=..., login=..., admin=..., max_body=..., uploads=...)`.
+The framework looks up the session, refuses what the route does not allow, checks the CSRF
+token of every POST, runs the handler, and turns `HttpError` (or any failure) into an error
+page: never a traceback. A request body over the route's max_body is refused before it is
+read; a route that needs a login takes no more than MAX_FORM_BYTES from a client without a
+session. A route with uploads takes multipart/form-data: its files are `page.files`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from atollon_mail.web.sessions import (
     Session,
     SessionStore,
 )
+from atollon_mail.web.uploads import Upload, is_multipart, read_multipart
 
 log = Logger()
 
@@ -100,6 +103,7 @@ class Route:
     login: bool
     admin: bool
     max_body: int = MAX_FORM_BYTES  # bytes of request body the route accepts
+    uploads: bool = False  # the route takes multipart/form-data with files
 
 
 def cookie_header(request, name: str, value: str, max_age: int | None = None) -> bytes:
@@ -145,6 +149,8 @@ class PageRequest:
         self.request = request
         self.session = session
         self.form = form
+        # The files uploaded with a multipart form (a route with uploads only), in order.
+        self.files: list[Upload] = []
         self.store = app.store
         # A cookie to set with the answer (login, logout), as (name, value, max_age).
         self.cookies: list[tuple[str, str, int | None]] = []
@@ -248,9 +254,10 @@ class WebApp:
         login: bool = True,
         admin: bool = False,
         max_body: int = MAX_FORM_BYTES,
+        uploads: bool = False,
     ):
         def register(handler: Handler) -> Handler:
-            self.routes[path] = Route(handler, tuple(methods), login, admin, max_body)
+            self.routes[path] = Route(handler, tuple(methods), login, admin, max_body, uploads)
             return handler
 
         return register
@@ -266,10 +273,19 @@ class WebApp:
         values = [value.decode("latin-1") for value in forwarded]
         return forwarded_client(peer, values, self.trusted_proxies)
 
-    def body_limit(self, path: bytes) -> int:
-        """How many bytes of request body a path accepts (read by BodyLimitedRequest)."""
+    def body_limit(self, path: bytes, request=None) -> int:
+        """How many bytes of request body a path accepts (read by BodyLimitedRequest when
+        the request's headers are in). A route that needs a login allows more than a form
+        only to a request with a live session: anyone else is answered with the login
+        page, so a large body of theirs would be read for nothing."""
         route = self.routes.get(path.decode("utf-8", errors="replace"))
-        return MAX_FORM_BYTES if route is None else route.max_body
+        if route is None:
+            return MAX_FORM_BYTES
+        if route.login and route.max_body > MAX_FORM_BYTES and request is not None:
+            cookie = request.getCookie(SESSION_COOKIE.encode())
+            if self.sessions.get(cookie.decode("ascii", "replace") if cookie else None) is None:
+                return MAX_FORM_BYTES
+        return route.max_body
 
     # --- answering one request -------------------------------------------------------
 
@@ -316,8 +332,9 @@ class WebApp:
             elif route.admin and not session.user.is_admin:
                 raise not_found()
             else:
-                form = self._form(request, route.max_body) if method == "POST" else {}
+                form, files = self._form(request, route) if method == "POST" else ({}, [])
                 page = PageRequest(self, request, session, form)
+                page.files = files
                 if method == "POST":
                     self._check_csrf(page)
                 result = await route.handler(page)
@@ -347,18 +364,28 @@ class WebApp:
         session.user = user
         return session
 
-    def _form(self, request, max_body: int) -> dict[str, str]:
-        content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip()
-        if content_type != b"application/x-www-form-urlencoded":
+    def _form(self, request, route: Route) -> tuple[dict[str, str], list[Upload]]:
+        header = request.getHeader(b"content-type") or b""
+        content_type = header.split(b";")[0].strip().lower()
+        multipart = route.uploads and is_multipart(header)
+        if content_type != b"application/x-www-form-urlencoded" and not multipart:
             raise HttpError(400, "This form must be sent by the browser as a normal form.")
         request.content.seek(0, os.SEEK_END)
-        if request.content.tell() > max_body:
+        size = request.content.tell()
+        if size > route.max_body:
             raise HttpError(413, "The form sent is too large; send less.")
-        return {
+        if multipart:
+            request.content.seek(0)
+            found = read_multipart(request.content, header, size)
+            if found is None:
+                raise HttpError(400, "The form could not be read; reload the page and retry.")
+            return found
+        form = {
             key.decode("utf-8", "replace"): values[0].decode("utf-8", "replace")
             for key, values in request.args.items()
             if values
         }
+        return form, []
 
     def _check_csrf(self, page: PageRequest) -> None:
         if page.session is not None:

@@ -10,8 +10,10 @@ requestFactory, decides when the headers are complete:
 - a chunked body is counted as it arrives and cut off (413, closed) the moment it passes
   the limit.
 
-The limit of a path comes from the site's root resource, `root.body_limit(path)` (the web
-app's routes each have their own); without one, DEFAULT_BODY_LIMIT applies.
+The limit of a path comes from the site's root resource, `root.body_limit(path, request)`
+(the web app's routes each have their own, larger ones only for a logged-in user); without
+one, DEFAULT_BODY_LIMIT applies. A multipart/form-data body (uploads) is left unparsed
+here: twisted.web would read it whole into memory; the web app parses it (uploads.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from atollon_mail.web.limits import plain_response
+from atollon_mail.web.uploads import is_multipart
 
 log = Logger()
 
@@ -37,6 +40,8 @@ class BodyLimitedRequest(Request):
 
     def gotLength(self, length):
         self.body_limit = self._path_limit()
+        if is_multipart(self.requestHeaders.getRawHeaders(b"content-type", [b""])[0]):
+            self._parsePOSTFormSubmission = False
         if length is not None and length > self.body_limit:
             self._refuse_body(length)
             return
@@ -64,7 +69,7 @@ class BodyLimitedRequest(Request):
         target = getattr(self.channel, "_path", None) or b"/"
         path = target.split(b"?", 1)[0]
         limit_of = getattr(self._root(), "body_limit", None)
-        return DEFAULT_BODY_LIMIT if limit_of is None else limit_of(path)
+        return DEFAULT_BODY_LIMIT if limit_of is None else limit_of(path, self)
 
     def _root(self):
         return getattr(getattr(self.channel, "site", None), "resource", None)

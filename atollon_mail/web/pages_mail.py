@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import datetime
 import email
 import email.policy
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid, parseaddr
+from email.utils import parseaddr
 from urllib.parse import quote
 
 import attrs
@@ -15,12 +13,12 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 
 from atollon_mail.delivery.intake import summarize_headers
-from atollon_mail.store import common, filing, mailboxes, mailfolders
+from atollon_mail.store import common, drafts, filing, mailboxes, mailfolders
 from atollon_mail.store.errors import Invalid, NotFound, StoreError
 from atollon_mail.store.records import InboundVerdict, Origin, OutgoingMessage, Recipient
-from atollon_mail.store.values import INBOX, JUNK
-from atollon_mail.web import replies
-from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
+from atollon_mail.store.values import DRAFTS, INBOX, JUNK
+from atollon_mail.web import compose, replies
+from atollon_mail.web.app import HttpError, Page, PageRequest, Redirect, WebApp, not_found
 from atollon_mail.web.numbers import parse_count, parse_id
 
 log = Logger()
@@ -28,12 +26,11 @@ log = Logger()
 PER_PAGE = 50
 # The main reasons of a spam score shown with it.
 SHOWN_SYMBOLS = 10
-FOLDER_NAMES = {INBOX: "Inbox", JUNK: "Junk"}
+FOLDER_NAMES = {INBOX: "Inbox", JUNK: "Junk", DRAFTS: "Drafts"}
 MAX_BODY = 60 * 1024  # characters of text in a message written in the browser
-# The compose form's request body: MAX_BODY characters form-encoded (a 4-byte UTF-8
-# character is 12 bytes as %XX%XX%XX%XX: 720 KiB) plus the recipients and subject. Refused
-# before it is read, even before the login is checked; larger when attachments come.
-MAX_COMPOSE_FORM_BYTES = 1024 * 1024
+# The compose form's request body (its text and its attachments) is limited by the size
+# of message the appliance accepts ([smtp] max_message_size); refused before it is read,
+# and to anyone without a session at the forms' limit (WebApp.body_limit).
 SHOWN_HEADERS = ("From", "To", "Cc", "Date", "Subject")
 
 # No images (remote ones would tell the sender the mail was read), nor image maps.
@@ -266,14 +263,37 @@ def register(app: WebApp) -> None:
         filename = part.get_filename() or f"part-{number}"
         return _write_download(page, body, part.get_content_type(), filename)
 
-    def _compose_page(page, mailbox, values, errors=None, status=200, original=None) -> Page:
+    def _compose_page(
+        page,
+        mailbox,
+        values,
+        errors=None,
+        status=200,
+        original=None,
+        draft_id=None,
+        kept=(),
+        note="",
+        action=None,
+        original_id=None,
+    ) -> Page:
+        if action is None:
+            action = original.action if original else ""
+        if original is not None:
+            original_id = original.message_id
+        elif original_id is None:  # a form sent back: what it named
+            original_id = page.form.get("original", "")
         context = {
             "mailbox": mailbox,
             "values": values,
             "errors": errors or {},
-            "action": original.action if original else "",
-            "original_id": original.message_id if original else "",
-            "carried": original.carried if original else [],
+            "action": action,
+            "original_id": original_id,
+            # What a draft carries is among its attachments already.
+            "carried": original.carried if original and draft_id is None else [],
+            "draft_id": draft_id or "",
+            "kept": compose.listed(list(kept)),
+            "most_bytes": page.app.config.smtp.max_message_size,
+            "note": note,
         }
         return Page("mail_compose.html", context, status=status)
 
@@ -313,13 +333,64 @@ def register(app: WebApp) -> None:
                 return [], [], f"{address}: {found.detail}"
         return local, remote, None
 
-    @app.route("/mail/compose", methods=("GET", "POST"), max_body=MAX_COMPOSE_FORM_BYTES)
-    async def compose(page: PageRequest):
+    async def _draft(page: PageRequest, mailbox, text: str):
+        """(message id, compose.Draft) of a draft of this mailbox named by a form or link;
+        None for none named. A draft that is none here is not found."""
+        if not text:
+            return None
+        number = parse_id(text)
+        if number is None:
+            raise not_found()
+        try:
+            filed = await page.store.run(filing.filed_message, mailbox.address, number)
+        except NotFound:
+            raise not_found() from None
+        if filed.folder != DRAFTS:
+            raise not_found()
+        return number, compose.read_draft(filed.raw)
+
+    async def _draft_original(page: PageRequest, mailbox, action: str, text: str):
+        """The original a draft answers; gone meanwhile, the draft is sent without it."""
+        try:
+            return await _original(page, mailbox, action, text)
+        except HttpError:
+            return None
+
+    async def _save_draft(
+        page, mailbox, values, attachments, threading, action, original_id, replaces
+    ):
+        raw = compose.build(mailbox, values, attachments, threading, (action, original_id))
+        draft = OutgoingMessage(envelope_sender=mailbox.identity, raw=raw, **summarize_headers(raw))
+        return await page.store.run(drafts.save_draft, mailbox.address, draft, replaces)
+
+    @app.route(
+        "/mail/compose",
+        methods=("GET", "POST"),
+        max_body=app.config.smtp.max_message_size,
+        uploads=True,
+    )
+    async def compose_page(page: PageRequest):
         address = page.form.get("address") or page.arg("address")
         mailbox = await _mailbox(page, address)
         if not (await page.rights(mailbox.address)).edit:
             raise not_found()
         if page.request.method != b"POST":
+            found = await _draft(page, mailbox, page.arg("draft"))
+            if found is not None:
+                draft_id, draft = found
+                note = "Draft saved." if page.arg("saved") == "1" else ""
+                original = await _draft_original(page, mailbox, draft.action, draft.original)
+                return _compose_page(
+                    page,
+                    mailbox,
+                    draft.values,
+                    original=original,
+                    draft_id=draft_id,
+                    kept=draft.attachments,
+                    note=note,
+                    action=draft.action,
+                    original_id=draft.original,
+                )
             original = await _original(page, mailbox, page.arg("action"), page.arg("id"))
             if original is not None:
                 values = replies.prefill(original.action, original.raw, mailbox, MAX_BODY)
@@ -327,11 +398,74 @@ def register(app: WebApp) -> None:
             body = f"\n\n-- \n{mailbox.signature}" if mailbox.signature else ""
             values = {"to": "", "cc": "", "subject": "", "body": body}
             return _compose_page(page, mailbox, values)
-        original = await _original(
-            page, mailbox, page.form.get("action", ""), page.form.get("original", "")
-        )
+        intent = page.form.get("intent", "send")
+        autosave = page.form.get("autosave") == "1"
         values = {name: page.form.get(name, "") for name in ("to", "cc", "subject", "body")}
+        action = page.form.get("action", "")
+        try:
+            found = await _draft(page, mailbox, page.form.get("draft", ""))
+        except HttpError:
+            if intent != "draft":
+                raise
+            found = None  # saved again after it was sent or removed elsewhere: a new one
+        # What a form sent back lists as kept: the stored draft's attachments, numbered
+        # as stored (the removal boxes name those numbers).
+        stored: list = []
+        if found is not None:
+            draft_id, draft = found
+            stored = draft.attachments
+            original = await _draft_original(page, mailbox, action, page.form.get("original", ""))
+            threading = draft.threading
+            removed = {
+                index for index in range(len(draft.attachments)) if page.form.get(f"remove-{index}")
+            }
+            attachments = [a for i, a in enumerate(draft.attachments) if i not in removed]
+        else:
+            draft_id = None
+            original = await _original(page, mailbox, action, page.form.get("original", ""))
+            threading = {}
+            if original is not None and original.action in (replies.REPLY, replies.REPLY_ALL):
+                threading = replies.threading_headers(original.raw)
+            attachments = compose.carried(original.action, original.raw) if original else []
+        attachments += compose.uploaded(page.files)
+        original_id = str(original.message_id) if original else page.form.get("original", "")
+        most = page.app.config.smtp.max_message_size
         errors = {}
+        if len(values["body"]) > MAX_BODY:
+            errors["body"] = f"The message is longer than {MAX_BODY // 1024} KiB."
+        total = sum(len(item.data) for item in attachments)
+        if total > most * 3 // 4:  # base64 makes 4 bytes of 3
+            errors["attachments"] = (
+                f"The attachments come to {total} bytes; with them a message may not pass "
+                f"{most} bytes. Remove some."
+            )
+        if intent == "draft":
+            if errors:
+                if autosave:
+                    return compose.write_json(page.request, {"errors": errors}, 413)
+                return _compose_page(
+                    page,
+                    mailbox,
+                    values,
+                    errors,
+                    413,
+                    original,
+                    draft_id,
+                    stored,
+                    action=action,
+                )
+            saved = await _save_draft(
+                page, mailbox, values, attachments, threading, action, original_id, draft_id
+            )
+            if autosave:
+                return compose.write_json(
+                    page.request,
+                    {"draft": saved.message_id, "attachments": compose.listed(attachments)},
+                )
+            return Redirect(
+                f"/mail/compose?address={quote(mailbox.address, safe='')}"
+                f"&draft={saved.message_id}&saved=1"
+            )
         local: list[Recipient] = []
         remote: list[str] = []
         for field in ("to", "cc"):
@@ -342,22 +476,63 @@ def register(app: WebApp) -> None:
             remote += found_remote
         if not errors.get("to") and not values["to"].strip():
             errors["to"] = "Enter at least one recipient."
-        if len(values["body"]) > MAX_BODY:
-            errors["body"] = f"The message is longer than {MAX_BODY // 1024} KiB."
         if not mailbox.active:
             errors["to"] = "This mailbox is not active; it cannot send."
         else:  # the rule submission applies: a stored identity that no longer passes
             refused = await page.store.run(mailboxes.identity_refusal, mailbox.address)
             if refused is not None:
                 errors["to"] = f"Sending as {mailbox.identity} is refused: {refused}."
+        raw = b""
+        if not errors:
+            raw = compose.build(mailbox, values, attachments, threading)
+            if len(raw) > most:
+                errors["attachments"] = (
+                    f"With its attachments the message is {len(raw)} bytes; this server "
+                    f"sends at most {most}. Remove some."
+                )
         if errors:
-            return _compose_page(page, mailbox, values, errors, status=400, original=original)
-        outgoing = _outgoing(mailbox, values, local, remote, original)
+            status = 413 if "attachments" in errors else 400
+            note = ""
+            if page.files and "attachments" not in errors and "body" not in errors:
+                # The browser cannot give the files back to the form: kept in a draft.
+                saved = await _save_draft(
+                    page, mailbox, values, attachments, threading, action, original_id, draft_id
+                )
+                draft_id, stored = saved.message_id, attachments
+                note = "The files you attached are kept in a draft."
+            return _compose_page(
+                page,
+                mailbox,
+                values,
+                errors,
+                status,
+                original,
+                draft_id,
+                stored,
+                note,
+                action=action,
+            )
+        outgoing = _outgoing(mailbox, raw, local, remote)
         try:
             await page.app.intake.submit(outgoing, Origin("compose", mailbox_id=mailbox.id))
         except StoreError as problem:
             errors["to"] = str(problem)
-            return _compose_page(page, mailbox, values, errors, status=400, original=original)
+            return _compose_page(
+                page,
+                mailbox,
+                values,
+                errors,
+                400,
+                original,
+                draft_id,
+                stored,
+                action=action,
+            )
+        if draft_id is not None:
+            try:
+                await page.store.run(drafts.delete_draft, mailbox.address, draft_id)
+            except NotFound:
+                pass  # sent from another window meanwhile: nothing left to remove
         if original is not None:
             await _mark_original(page, mailbox, original)
         return Redirect(_box_url(mailbox.address, sent=1))
@@ -391,31 +566,7 @@ class Original:
         return []
 
 
-def _outgoing(
-    mailbox,
-    values: dict,
-    local: list[Recipient],
-    remote: list[str],
-    original: Original | None = None,
-):
-    message = EmailMessage()
-    message["From"] = mailbox.identity
-    message["To"] = _one_line(values["to"])
-    if values["cc"].strip():
-        message["Cc"] = _one_line(values["cc"])
-    message["Subject"] = _one_line(values["subject"])
-    message["Date"] = format_datetime(datetime.datetime.now(datetime.UTC))
-    message["Message-ID"] = make_msgid(domain=mailbox.identity.rpartition("@")[2])
-    if original is not None and original.action in (replies.REPLY, replies.REPLY_ALL):
-        for name, value in replies.threading_headers(original.raw).items():
-            message[name] = value
-    message.set_content(values["body"].replace("\r\n", "\n"))
-    if original is not None and original.action == replies.FORWARD:
-        replies.attach_files(message, replies.attachments(original.raw))
-    if original is not None and original.action == replies.FORWARD_ATTACHED:
-        raw = replies.with_original(message, original.raw)
-    else:
-        raw = message.as_bytes(policy=email.policy.SMTP)
+def _outgoing(mailbox, raw: bytes, local: list[Recipient], remote: list[str]):
     unique_local = {recipient.mailbox_id: recipient for recipient in local}
     return OutgoingMessage(
         envelope_sender=mailbox.identity,

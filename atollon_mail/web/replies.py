@@ -309,7 +309,8 @@ def with_original(message: EmailMessage, raw: bytes) -> bytes:
     if any(byte > 127 for byte in raw):
         part["Content-Transfer-Encoding"] = "8bit"
     part.set_payload(placeholder)
-    message.make_mixed()
+    if message.get_content_type() != "multipart/mixed":  # files are attached already
+        message.make_mixed()
     message.attach(part)
     boundary = f"=_{uuid.uuid4().hex}"
     while boundary.encode() in raw:  # as good as never

@@ -73,17 +73,27 @@ class Browser:
         self.cookies: dict[str, str] = {}
 
     @defer.inlineCallbacks
-    def request(self, method: str, path: str, form: dict | None = None):
+    def request(
+        self,
+        method: str,
+        path: str,
+        form: dict | None = None,
+        body: bytes | None = None,
+        content_type: str = "",
+    ):
         headers = Headers()
         for name, value in self.headers.items():
             headers.addRawHeader(name, value)
         if self.cookies:
             cookie = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
             headers.addRawHeader("cookie", cookie)
-        body = None
         if form is not None:
             headers.addRawHeader("content-type", "application/x-www-form-urlencoded")
-            body = FileBodyProducer(BytesIO(urlencode(form).encode()))
+            body = urlencode(form).encode()
+        elif body is not None:
+            headers.addRawHeader("content-type", content_type)
+        if body is not None:
+            body = FileBodyProducer(BytesIO(body))
         response = yield self.agent.request(
             method.encode(), (self.base + path).encode(), headers, body
         )
@@ -100,6 +110,30 @@ class Browser:
 
     def get(self, path: str):
         return self.request("GET", path)
+
+    def post_multipart(self, path: str, form: dict, files: list[tuple[str, str, bytes]] = ()):
+        """A multipart/form-data POST, as a browser sends a form with file inputs: the
+        fields, then each (field, filename, bytes) of files."""
+        boundary = "----form" + "7d9e1c3b5a"
+        parts = []
+        for name, value in form.items():
+            parts.append(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+                + str(value).encode("utf-8")
+                + b"\r\n"
+            )
+        for field, filename, data in files:
+            quoted = filename.replace('"', "%22")
+            parts.append(
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+                f'filename="{quoted}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
+                + data
+                + b"\r\n"
+            )
+        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        return self.request(
+            "POST", path, body=body, content_type=f"multipart/form-data; boundary={boundary}"
+        )
 
     def post(self, path: str, form: dict):
         return self.request("POST", path, form)

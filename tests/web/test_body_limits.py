@@ -13,7 +13,6 @@ from atollon_mail.config import parse_config
 from atollon_mail.store import accounts
 from atollon_mail.web.app import MAX_FORM_BYTES
 from atollon_mail.web.pages import LOGIN_FORM_BYTES
-from atollon_mail.web.pages_mail import MAX_COMPOSE_FORM_BYTES
 from tests.builders import web_root
 from tests.support import SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import ServedWebMixin, _hash
@@ -102,14 +101,15 @@ class BodyLimitTests(ServedWebMixin, SqliteStoreMixin, StoreFixtureMixin, unitte
         self.assertTrue(received.startswith(b"HTTP/1.1 303 "), received[:100])
 
     @defer.inlineCallbacks
-    def test_compose_refuses_a_body_larger_than_its_form_before_reading_it(self):
-        # Not as large as SMTP accepts (25 MB): anyone, logged in or not, could send it.
+    def test_compose_refuses_a_large_body_without_a_session_before_reading_it(self):
+        # Compose takes as much as SMTP accepts (25 MB), but only from a logged-in user:
+        # anyone else gets the forms' limit (the logged-in limit: tests/web/test_compose.py).
         received = yield self.answer(
-            b"POST /mail/compose HTTP/1.1\r\nHost: x\r\n"
+            b"POST /mail/compose HTTP/1.1\r\nHost: x\r\nCookie: atollon_session=forged\r\n"
             + FORM
             + f"Content-Length: {2 * 1024 * 1024}\r\n\r\n".encode()
         )
-        self.assert_refused(received, MAX_COMPOSE_FORM_BYTES)
+        self.assert_refused(received, MAX_FORM_BYTES)
 
     @defer.inlineCallbacks
     def test_a_chunked_body_is_cut_off_at_the_limit(self):

@@ -20,7 +20,7 @@ from atollon_mail.interfaces import ISpamLearner
 from atollon_mail.store import accounts, domains, filing, mailboxes, queue
 from atollon_mail.store.mailboxes import grant_mailbox_access, update_mailbox
 from atollon_mail.store.records import InboundVerdict, IncomingMessage
-from atollon_mail.web import pages_mail
+from atollon_mail.web import compose
 from tests.builders import web_root
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import ServedWebMixin
@@ -325,7 +325,7 @@ class WebMailTests(ServedWebMixin, StoreFixtureMixin):
         # What the page itself writes, before the intake sees it.
         mailbox = self.store.run_sync(mailboxes.get_mailbox, "bob@example.com")
         values = {"to": "far@remote.example", "cc": "", "subject": subject, "body": paragraph}
-        written = pages_mail._outgoing(mailbox, values, [], ["far@remote.example"]).raw
+        written = compose.build(mailbox, values, [], {})
         self.assertLessEqual(max(len(line) for line in written.split(b"\r\n")), 998)
 
     @defer.inlineCallbacks

@@ -20,7 +20,7 @@ from atollon_mail.store import accounts, aliases, domains, filing, mailboxes, qu
 from atollon_mail.store.errors import Invalid, NotFound
 from atollon_mail.store.mailboxes import grant_mailbox_access, update_mailbox
 from atollon_mail.store.records import IncomingMessage
-from atollon_mail.web import pages_mail, replies
+from atollon_mail.web import compose, pages_mail, replies
 from tests.builders import web_root
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import ServedWebMixin
@@ -355,8 +355,9 @@ class ReplyTests(ServedWebMixin, StoreFixtureMixin):
             "reply", long_id, self.store.run_sync(filing.message_raw, long_id)
         )
         values = replies.prefill("reply", original.raw, mailbox, pages_mail.MAX_BODY)
-        written = pages_mail._outgoing(mailbox, values, [], ["far@remote.example"], original)
-        self.assertLessEqual(max(len(line) for line in written.raw.split(b"\r\n")), 998)
+        threading = replies.threading_headers(original.raw)
+        written = compose.build(mailbox, values, [], threading)
+        self.assertLessEqual(max(len(line) for line in written.split(b"\r\n")), 998)
         # The quote as sent reads back as shown in the form.
         self.assertEqual(
             message.get_content().replace("\r\n", "\n").rstrip("\n"), body_of(page).rstrip("\n")
