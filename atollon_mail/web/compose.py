@@ -81,7 +81,7 @@ def carried(action: str, raw: bytes) -> list[Attachment]:
             for item in replies.attachments(raw)
         ]
     if action == replies.FORWARD_ATTACHED:
-        name = replies._eml_name(replies.header(replies.parse(raw), "Subject"))
+        name = replies.eml_name(replies.header(replies.parse(raw), "Subject"))
         return [Attachment(name, "message/rfc822", raw)]
     return []
 
@@ -158,7 +158,7 @@ def _embedded(part) -> bytes:
 def read_draft(raw: bytes) -> Draft:
     message = replies.parse(raw)
     body = message.get_body(preferencelist=("plain",))
-    text = "" if body is None else replies._content(body)
+    text = "" if body is None else replies.part_text(body)
     attachments = []
     if message.is_multipart():
         for number, part in enumerate(message.iter_attachments()):

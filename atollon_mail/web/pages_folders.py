@@ -19,7 +19,7 @@ from atollon_mail.store.errors import Invalid, NotFound
 from atollon_mail.store.values import INBOX, JUNK, TRASH
 from atollon_mail.web.app import HttpError, Page, PageRequest, Redirect, WebApp, not_found
 from atollon_mail.web.numbers import MAX_PAGE, page_number, parse_count, parse_id
-from atollon_mail.web.pages_mail import FOLDER_NAMES, PER_PAGE, _box_url, learn
+from atollon_mail.web.pages_mail import FOLDER_NAMES, PER_PAGE, box_url, learn
 
 SEEN = filing.SEEN_FLAG
 FLAGGED = mailfolders.FLAGGED_FLAG
@@ -217,18 +217,18 @@ def register(app: WebApp) -> None:
             "counts": counts,
             "here": here,
             "threads": threads,
-            "threads_url": _box_url(mailbox.address, **_where(folder, context_id, 1, not threads)),
+            "threads_url": box_url(mailbox.address, **_where(folder, context_id, 1, not threads)),
             "may_send": rights.edit,
             "may_move": rights.edit,
             "rows": rows,
             "number": number,
             "previous_url": (
-                _box_url(mailbox.address, **_where(folder, context_id, number - 1, threads))
+                box_url(mailbox.address, **_where(folder, context_id, number - 1, threads))
                 if number > 1
                 else None
             ),
             "next_url": (
-                _box_url(mailbox.address, **_where(folder, context_id, number + 1, threads))
+                box_url(mailbox.address, **_where(folder, context_id, number + 1, threads))
                 if len(records) > PER_PAGE
                 else None
             ),
@@ -270,13 +270,13 @@ def register(app: WebApp) -> None:
         params.update(done=action, count=count)
         if not learned:
             params["learned"] = 0
-        return Redirect(_box_url(mailbox.address, **params))
+        return Redirect(box_url(mailbox.address, **params))
 
     @app.route("/mail/empty-trash", methods=("POST",))
     async def empty_trash(page: PageRequest):
         mailbox, _ = await _mailbox(page, page.form.get("address", ""), edit=True)
         count = await page.store.run(mailfolders.empty_trash, mailbox.address)
-        return Redirect(_box_url(mailbox.address, folder=TRASH, done="empty", count=count))
+        return Redirect(box_url(mailbox.address, folder=TRASH, done="empty", count=count))
 
     @app.route("/mail/message/flags", methods=("POST",))
     async def message_flags(page: PageRequest):
@@ -304,7 +304,7 @@ def register(app: WebApp) -> None:
                 f"/mail/message?address={quote(mailbox.address, safe='')}&id={message_id}"
             )
         # Back to the folder it lay in: the page of an unread message would mark it read.
-        return Redirect(_box_url(mailbox.address, folder=filed.folder, done=action, count=1))
+        return Redirect(box_url(mailbox.address, folder=filed.folder, done=action, count=1))
 
     @app.route("/mail/original")
     async def original(page: PageRequest):

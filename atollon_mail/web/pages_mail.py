@@ -38,7 +38,7 @@ _HTML_TAGS = nh3.ALLOWED_TAGS - {"img", "area", "map"}
 _HTML_SCHEMES = {"http", "https", "mailto"}
 
 
-def _box_url(address: str, **params) -> str:
+def box_url(address: str, **params) -> str:
     extra = "".join(f"&{name}={quote(str(value), safe='')}" for name, value in params.items())
     return f"/mail/box?address={quote(address, safe='')}{extra}"
 
@@ -246,7 +246,7 @@ def register(app: WebApp) -> None:
         params = {"folder": origin, "moved": target}
         if not learned:
             params["learned"] = 0
-        return Redirect(_box_url(mailbox.address, **params))
+        return Redirect(box_url(mailbox.address, **params))
 
     @app.route("/mail/attachment")
     async def attachment(page: PageRequest):
@@ -535,7 +535,7 @@ def register(app: WebApp) -> None:
                 pass  # sent from another window meanwhile: nothing left to remove
         if original is not None:
             await _mark_original(page, mailbox, original)
-        return Redirect(_box_url(mailbox.address, sent=1))
+        return Redirect(box_url(mailbox.address, sent=1))
 
     async def _mark_original(page: PageRequest, mailbox, original) -> None:
         """The original gets \\Answered (or $Forwarded) once the intake accepted the

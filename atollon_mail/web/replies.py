@@ -134,16 +134,16 @@ def _text_part(message) -> str:
             continue
         kind = part.get_content_type()
         if kind == "text/plain":
-            return _content(part)
+            return part_text(part)
         if kind == "text/html" and html_text is None:
-            html_text = _content(part)
+            html_text = part_text(part)
     if html_text is None:
         return ""
     stripped = html.unescape(nh3.clean(html_text, tags=set()))
     return re.sub(r"\n\s*\n(\s*\n)+", "\n\n", stripped).strip()
 
 
-def _content(part) -> str:
+def part_text(part) -> str:
     try:
         text = part.get_content()
     except Exception:  # an unknown charset or broken encoding: what decodes
@@ -293,7 +293,7 @@ def with_original(message: EmailMessage, raw: bytes) -> bytes:
     or 8bit). An original with a line over 998 octets cannot travel so: it goes
     base64-encoded as application/octet-stream, a .eml file any mail program opens."""
     raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    filename = _eml_name(header(parse(raw), "Subject"))
+    filename = eml_name(header(parse(raw), "Subject"))
     if has_long_line(raw):
         message.add_attachment(
             raw, maintype="application", subtype="octet-stream", filename=filename
@@ -322,6 +322,6 @@ def with_original(message: EmailMessage, raw: bytes) -> bytes:
     return head + raw + tail
 
 
-def _eml_name(subject: str) -> str:
+def eml_name(subject: str) -> str:
     name = re.sub(r"[^\w\- .]+", "", subject, flags=re.UNICODE).strip()[:60].strip()
     return f"{name or 'message'}.eml"
