@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 import attrs
 import peewee
 
-from atollon_mail.store import mailboxes, returnpath
+from atollon_mail.store import mailboxes, message_addresses, returnpath
 from atollon_mail.store.common import (
     RECIPIENT_DELIMITER,
     chunks,
@@ -290,6 +290,7 @@ def insert_message(
             verdict_json(message.verdict),
         ),
     ).fetchone()
+    message_addresses.record_addresses(message_id, raw)
     return message_id
 
 

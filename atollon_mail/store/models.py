@@ -327,6 +327,19 @@ Filing.add_index(Filing.mailbox, Filing.uid, where=JUNK_ONLY, name="filing_junk_
 Filing.add_index(Filing.filed_at, where=JUNK_ONLY, name="filing_junk_filed_at")
 
 
+class MessageAddress(BaseModel):
+    """An address a message is from or to, as its header says (migration 13; see
+    store.message_addresses): a contact's mail is found by it."""
+
+    id = peewee.BigAutoField()
+    message = peewee.ForeignKeyField(Message, on_delete="CASCADE")
+    address = peewee.CharField(max_length=320)
+    role = peewee.CharField(max_length=4)
+
+    class Meta:
+        indexes = ((("address", "message"), False),)
+
+
 DKIM_ALGORITHMS = ("rsa", "ed25519")
 
 
@@ -543,6 +556,7 @@ MODELS = (
     Alias,
     Message,
     Filing,
+    MessageAddress,
     QueueMessage,
     QueueRecipient,
     QueueEvent,
