@@ -22,6 +22,7 @@ from atollon_mail.store.values import INBOX, JUNK
 from atollon_mail.web import replies
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
 from atollon_mail.web.numbers import page_number, parse_count, parse_id
+from atollon_mail.web.pages_contacts import filing_context
 
 log = Logger()
 
@@ -243,6 +244,7 @@ def register(app: WebApp) -> None:
             "may_send": rights.edit,
             "verdict": verdict_lines(filed.verdict),
             **read_message(filed.raw),
+            **await filing_context(page, mailbox.address, filed.message_id, rights.edit),
         }
         return Page("mail_message.html", context)
 
