@@ -68,7 +68,7 @@ def check_schema(store: Store, url: str) -> None:
             f"the database at {url} is at schema version {version}, newer than this program "
             f"knows ({latest}); run a newer atollon-mail"
         )
-    if set(range(1, latest + 1)) - set(applied):
+    if {migration.number for migration in migrations.MIGRATIONS} - set(applied):
         raise Refused(
             f"the database at {url} is not migrated (version {version} of {latest}); "
             "run: atollon-mail db migrate"
