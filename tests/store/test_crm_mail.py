@@ -217,6 +217,13 @@ class CrmMailContract(StoreFixtureMixin):
             rows, [(1, "\\Seen", "inbox"), (2, "\\Seen", "inbox"), (3, "\\Seen", "inbox")]
         )
         self.assertEqual(self.sync(lambda: Message.select().count()), 1)
+        # The inbox lists it once; the listing of every filing shows each context.
+        inbox = self.sync(filing_ops.list_filings, "joe@acme.test", folder="inbox")
+        self.assertEqual([(f.uid, f.message.id) for f in inbox], [(1, message_id)])
+        every = self.sync(filing_ops.list_filings, "joe@acme.test")
+        self.assertEqual(
+            [f.context.name for f in every], ["Firm orders", "Spring launch", "To Do (joe)"]
+        )
         # The project's page lists it once, with the mailbox it is filed in there.
         listed = self.sync(folders.folder_messages, self.project.id, viewer="joe")
         self.assertEqual(
