@@ -181,9 +181,13 @@ def file_into(mailbox_address: str, message_id: int, folder: int | str) -> Filed
     """File a message of this mailbox into a folder or project as well: a new filing in
     the mailbox with that context (the mailbox's next uid, the flags it has there), the
     bytes stored once still. Filed there already: nothing changes (`filed` False).
-    NotFound when the message is not filed in this mailbox, or there is no such folder."""
+    NotFound when the message is not filed in this mailbox, or there is no such folder
+    or project of an organization."""
     mailbox = get_mailbox_row(mailbox_address)
     context = find_folder_row(folder)
+    if context.organization_id is None:
+        # A user's own folder (context add --owner) is no CRM folder to file into.
+        raise NotFound(f"no folder or project {folder} of an organization; see: folder list")
     # Locked first (PostgreSQL): two filings of one message run one after the other, and
     # the second finds the first.
     lock_mailboxes([mailbox.id])

@@ -253,6 +253,8 @@ def register(app: WebApp) -> None:
             )
         except NotFound:
             raise not_found() from None
+        if found.folder.organization_id is None:  # a user's own folder: not the CRM's
+            raise not_found()
         context = {
             "found": found,
             "folder": found.folder,

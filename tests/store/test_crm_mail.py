@@ -12,6 +12,7 @@ from twisted.internet import reactor
 from twisted.trial import unittest
 
 from atollon_mail.store import contacts, crm_mail, folders, mailboxes, migrations, queue
+from atollon_mail.store import contexts as contexts_ops
 from atollon_mail.store import filing as filing_ops
 from atollon_mail.store.errors import Ambiguous, Conflict, Invalid, NotFound
 from atollon_mail.store.message_addresses import header_addresses
@@ -243,6 +244,9 @@ class CrmMailContract(StoreFixtureMixin):
             with self.subTest(mailbox=mailbox, message=message, folder=folder):
                 with self.assertRaises(NotFound):
                     self.sync(crm_mail.file_into, mailbox, message, folder)
+        own = self.sync(contexts_ops.add_context, "folder", "Joe's notes", "joe")
+        with self.assertRaises(NotFound):  # a user's own folder is not the CRM's
+            self.sync(crm_mail.file_into, "joe@acme.test", message_id, own.id)
         builders.company(self.store, "Firmament")
         self.sync(folders.add_folder, "Firm orders", "Acme", "Firmament")
         with self.assertRaises(Ambiguous):

@@ -15,7 +15,7 @@ from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
 from atollon_mail.delivery.intake import summarize_headers
-from atollon_mail.store import contacts, crm_mail, filing, folders, groups, mailboxes
+from atollon_mail.store import contacts, contexts, crm_mail, filing, folders, groups, mailboxes
 from atollon_mail.store.records import IncomingMessage
 from tests import builders
 from tests.builders import web_root
@@ -370,6 +370,9 @@ class WebContactsTests(ServedWebMixin, StoreFixtureMixin):
         # A To Do is no folder or project: it has no page.
         todo = self.sync(crm_mail.message_contexts, "joe@acme.test", message_id)[0]
         self.assertEqual((yield bob.get(f"/folder?id={todo.id}")).status, 404)
+        # Nor a user's own folder (not the CRM's).
+        own = self.sync(contexts.add_context, "folder", "Joe's notes", "joe")
+        self.assertEqual((yield bob.get(f"/folder?id={own.id}")).status, 404)
         # Filing another's message: 404, nothing filed.
         for address in ("joe@acme.test", "nobody@acme.test", "bad"):
             response = yield bob.post(
