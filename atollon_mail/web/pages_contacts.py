@@ -219,8 +219,10 @@ def register(app: WebApp) -> None:
                 and group.id not in member_of
                 and group.organization_id in (None, contact.organization_id)
             ]
+        targets = await page.store.run(folder_ops.list_folders, contact.organization_id)
         context = {
             "detail": detail,
+            "targets": targets,
             "contact": contact,
             "mail": mail,
             "campaign_mail": campaign_mail,
@@ -359,6 +361,39 @@ async def _end(page: PageRequest, contact, values) -> str:
     return "ended"
 
 
+async def _set_default_folder(page: PageRequest, contact, values) -> str:
+    """The folder or project chosen becomes the contact's default one in its
+    organization (set by hand); the other of the two, and the activity, stay."""
+    target_id = parse_id(page.form.get("target"))
+    if target_id is None:
+        raise Invalid("choose a folder or project")
+    target = await page.store.run(folder_ops.get_folder, target_id)
+    detail = await page.store.run(contact_ops.contact_detail, contact.id)
+    current = next(
+        (d for d in detail.default_folders if d.organization_id == contact.organization_id), None
+    )
+    folder_id = current.folder_id if current else None
+    project_id = current.project_id if current else None
+    if target.kind == "folder":
+        folder_id = target.id
+    else:
+        project_id = target.id
+    await page.store.run(
+        folder_ops.set_default_folder,
+        contact.id,
+        contact.organization_id,
+        folder_id,
+        project_id,
+        current.activity if current else None,
+    )
+    return "default-set"
+
+
+async def _clear_default_folder(page: PageRequest, contact, values) -> str:
+    await page.store.run(folder_ops.clear_default_folder, contact.id, contact.organization_id)
+    return "default-cleared"
+
+
 async def _group_add(page: PageRequest, contact, values) -> str:
     group_id = parse_id(values["group"])
     if group_id is None:
@@ -379,6 +414,8 @@ _ACTIONS = {
     "employment-add": _add_employment,
     "employment-primary": _primary,
     "employment-end": _end,
+    "default-set": _set_default_folder,
+    "default-clear": _clear_default_folder,
     "group-add": _group_add,
     "group-remove": _group_remove,
 }
@@ -386,6 +423,8 @@ _DONE = {
     "employment-added": "Employment added.",
     "primary": "Made the primary employment.",
     "ended": "Employment ended.",
+    "default-set": "Default folder set.",
+    "default-cleared": "Default folder cleared.",
     "group-added": "Added to the group.",
     "group-removed": "Removed from the group.",
 }

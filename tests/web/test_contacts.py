@@ -277,6 +277,35 @@ class WebContactsTests(ServedWebMixin, StoreFixtureMixin):
         self.assertEqual(response.status, 404)
 
     @defer.inlineCallbacks
+    def test_default_folder_set_and_cleared_and_linked_to_its_messages(self):
+        orders = self.sync(folders.add_folder, "Firm orders", "Acme", "Firm")
+        browser = yield self.logged_in()
+        url = f"/contact?id={self.jana.id}"
+        page = yield browser.get(url)
+        self.assertIn(f'<option value="{orders.id}"', page.text)
+        response = yield self.post_form(browser, url, action="default-set", target=str(orders.id))
+        self.assertEqual(response.status, 303)
+        response = yield self.post_form(
+            browser, url, action="default-set", target=str(self.project.id)
+        )
+        self.assertEqual(response.status, 303)
+        [default] = self.sync(contacts.contact_detail, self.jana.id).default_folders
+        self.assertEqual(
+            (default.folder_id, default.project_id, default.source),
+            (orders.id, self.project.id, "manual"),
+        )
+        page = yield browser.get(url)
+        self.assertIn(f'<a href="/folder?id={orders.id}">Firm orders</a>', page.text)
+        self.assertIn(f'<a href="/folder?id={self.project.id}">Spring launch</a>', page.text)
+        for target, message in (("", "Choose a folder or project"), ("999", "No folder")):
+            response = yield self.post_form(browser, url, action="default-set", target=target)
+            self.assertEqual(response.status, 400)
+            self.assertIn(message, html.unescape(response.text))
+        response = yield self.post_form(browser, url, action="default-clear")
+        self.assertEqual(response.status, 303)
+        self.assertEqual(self.sync(contacts.contact_detail, self.jana.id).default_folders, ())
+
+    @defer.inlineCallbacks
     def test_an_admin_adds_and_removes_a_contact_from_static_groups(self):
         customers = builders.group(self.store, "Customers", "Acme")
         browser = yield self.logged_in("admin", "admin-secret")
