@@ -191,6 +191,12 @@ def employer_names(person_ids: list[int], today: datetime.date | None = None) ->
     return found
 
 
+@read_only
+def current_employers(person_ids: list[int]) -> dict[int, str]:
+    """Each person's current employer's name (a primary employment first), for lists."""
+    return employer_names(person_ids)
+
+
 def organization_record(organization: Organization) -> OrganizationRecord:
     return OrganizationRecord(id=organization.id, name=organization.name)
 

@@ -110,8 +110,16 @@ def register(app: WebApp) -> None:
             offset=(number - 1) * PER_PAGE,
             search=search,
         )
+        persons = [contact.id for contact in found if contact.kind == "person"]
+        employers = await page.store.run(contact_ops.current_employers, persons)
         base = f"/contacts?q={quote(query, safe='')}" if query else "/contacts"
-        context = {"contacts": found, "query": query, "total": total, **_pages(base, number, total)}
+        context = {
+            "contacts": found,
+            "employers": employers,
+            "query": query,
+            "total": total,
+            **_pages(base, number, total),
+        }
         return Page("contacts.html", context)
 
     async def _form_page(page: PageRequest, form, errors, contact=None) -> Page:

@@ -85,6 +85,7 @@ class WebContactsTests(ServedWebMixin, StoreFixtureMixin):
         self.assertEqual(everyone.status, 200)
         self.assertEqual(_names(everyone), ["Firm", "Jana Nováková", "<b>Hans</b>"])
         self.assertNotIn("<b>Hans</b>", everyone.text)  # escaped
+        self.assertIn("<td>person</td>\n  <td>Firm</td>", everyone.text)  # Jana works there
         for query, expected in (
             ("nová", ["Jana Nováková"]),
             ("HANS@other", ["<b>Hans</b>"]),
