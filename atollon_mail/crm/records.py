@@ -256,3 +256,71 @@ class GroupOverview:
     group: GroupRecord
     preview: GroupPreview
     sample: tuple[MemberRecord, ...]
+
+
+@attrs.frozen
+class ContactMessage:
+    """A message from or to a contact's address, as the contact's page lists it: one
+    mailbox the reader may view it in (for the link) and whether the contact sent it."""
+
+    id: int
+    received_at: datetime.datetime
+    from_header: str | None
+    subject: str | None
+    size: int
+    mailbox_address: str
+    from_contact: bool  # the contact's address is among its senders
+    to_contact: bool  # and/or among its recipients
+
+
+@attrs.frozen
+class ContactMail:
+    """A page of a contact's messages, newest first, and how many there are."""
+
+    address: str  # the contact's address searched ("" when the contact has none)
+    total: int
+    messages: tuple[ContactMessage, ...]
+
+
+@attrs.frozen
+class CampaignMail:
+    """What a campaign sent (or is sending) a contact, and where that stands."""
+
+    campaign_id: int
+    campaign_name: str
+    campaign_status: str
+    address: str
+    state: str  # values.RECIPIENT_STATES
+    uncertain: bool
+    attempts: int
+    last_reply: str | None
+    sent_at: datetime.datetime | None
+    updated_at: datetime.datetime
+
+
+@attrs.frozen
+class ContactGroup:
+    """A distribution group a contact is listed in (static) or matched by (dynamic)."""
+
+    id: int
+    name: str
+    kind: str  # static | dynamic
+
+
+@attrs.frozen
+class MessageContext:
+    """A context a message is filed in within one mailbox."""
+
+    id: int
+    kind: str  # todo | folder | project
+    name: str
+    is_crm: bool  # a folder or project of an organization (it has a messages page)
+
+
+@attrs.frozen
+class FiledInto:
+    """The result of filing a message into a folder or project: `filed` False when it
+    was filed there already (nothing changed)."""
+
+    folder: FolderRecord
+    filed: bool

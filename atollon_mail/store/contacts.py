@@ -51,6 +51,7 @@ from atollon_mail.store.models import (
     Context,
     Employment,
     Organization,
+    database_proxy,
     utc_now,
 )
 
@@ -190,6 +191,12 @@ def employer_names(person_ids: list[int], today: datetime.date | None = None) ->
     return found
 
 
+@read_only
+def current_employers(person_ids: list[int]) -> dict[int, str]:
+    """Each person's current employer's name (a primary employment first), for lists."""
+    return employer_names(person_ids)
+
+
 def organization_record(organization: Organization) -> OrganizationRecord:
     return OrganizationRecord(id=organization.id, name=organization.name)
 
@@ -285,6 +292,54 @@ def add_contact(
     )
     contact.organization = owner
     return contact_record(contact)
+
+
+def update_contact(
+    contact: int | str,
+    *,
+    name: str = "",
+    first_name: str = "",
+    last_name: str = "",
+    email: str = "",
+    language: str = "",
+    external_id: str | None = None,
+    now: datetime.datetime | None = None,
+) -> ContactRecord:
+    """A contact's details, as `add_contact` checks them (its organization and kind stay:
+    employments, folders and groups hang on them); every field is set as given."""
+    row = find_contact_row(contact)
+    name, first_name, last_name = contact_names(row.kind, name, first_name, last_name)
+    if external_id is not None:
+        external_id = limited(external_id, 100, "external id") or None
+    conflict = (
+        f"organization {row.organization.name} has a contact with external id {external_id} already"
+    )
+    if (
+        external_id is not None
+        and Contact.select()
+        .where(
+            (Contact.organization == row.organization_id)
+            & (Contact.external_id == external_id)
+            & (Contact.id != row.id)
+        )
+        .exists()
+    ):
+        raise Conflict(conflict)
+    values = {
+        Contact.name: name,
+        Contact.first_name: first_name,
+        Contact.last_name: last_name,
+        Contact.email: normalize_email(email),
+        Contact.language: normalize_language(language),
+        Contact.external_id: external_id,
+        Contact.updated_at: now or utc_now(),
+    }
+    try:
+        with database_proxy.atomic():  # a savepoint keeps the transaction usable
+            Contact.update(values).where(Contact.id == row.id).execute()
+    except peewee.IntegrityError:
+        raise Conflict(conflict) from None
+    return contact_record(get_contact_row(row.id))
 
 
 @read_only

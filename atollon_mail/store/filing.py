@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 import attrs
 import peewee
 
-from atollon_mail.store import mailboxes, returnpath
+from atollon_mail.store import mailboxes, message_addresses, returnpath
 from atollon_mail.store.common import (
     RECIPIENT_DELIMITER,
     chunks,
@@ -290,6 +290,7 @@ def insert_message(
             verdict_json(message.verdict),
         ),
     ).fetchone()
+    message_addresses.record_addresses(message_id, raw)
     return message_id
 
 
@@ -385,16 +386,30 @@ def _folder(folder: str) -> str:
     return folder
 
 
+def _filed_before():
+    """The filings of the same message in the same mailbox and folder made before this
+    one: in a folder's listing a message filed into several contexts ("File to...") is
+    listed once, as first filed (moves keep its filings in one folder). The listing of
+    every filing (folder None) shows each, with its context."""
+    earlier = Filing.alias("earlier")
+    return earlier.select(earlier.id).where(
+        (earlier.mailbox == Filing.mailbox)
+        & (earlier.message == Filing.message)
+        & (earlier.folder == Filing.folder)
+        & (earlier.id < Filing.id)
+    )
+
+
 @read_only
 def list_filings(
     mailbox_address: str, limit: int = 100, offset: int = 0, folder: str | None = None
 ) -> list[FilingRecord]:
-    """A mailbox's filings, newest first: those in `folder` (values.FOLDERS), or in any
-    folder when None."""
+    """A mailbox's filings, newest first: those in `folder` (values.FOLDERS), each
+    message once, or every filing in any folder when None."""
     mailbox = get_mailbox_row(mailbox_address)
     where = Filing.mailbox == mailbox.id
     if folder is not None:
-        where &= Filing.folder == _folder(folder)
+        where &= (Filing.folder == _folder(folder)) & ~peewee.fn.EXISTS(_filed_before())
     # The context's owner is joined too: a lazy load per filing doubled the queries.
     query = (
         Filing.select(Filing, Message, Context, User)

@@ -47,6 +47,7 @@ from atollon_mail.store.contacts import (
     get_organization_row,
 )
 from atollon_mail.store.errors import Invalid, NotFound
+from atollon_mail.store.mailboxes import viewable_mailbox_ids
 from atollon_mail.store.models import (
     Contact,
     ContactContext,
@@ -593,18 +594,25 @@ def folder_messages(
     organization: int | str | None = None,
     limit: int = 50,
     offset: int = 0,
+    viewer: str | None = None,
 ) -> FolderMessages:
     """The messages filed in a folder or project (by any mailbox), newest first, each
-    once with its message type and the mailboxes it is filed in there."""
+    once with its message type and the mailboxes it is filed in there. With a viewer
+    (a login): only what is filed there by mailboxes that user may view."""
     context = find_folder_row(folder, organization)
-    in_context = Filing.select(Filing.message).where(Filing.context == context.id)
+    filed_here = Filing.context == context.id
+    if viewer is not None:
+        viewable = viewable_mailbox_ids(viewer)
+        if viewable is not None:
+            filed_here &= Filing.mailbox.in_(viewable)
+    in_context = Filing.select(Filing.message).where(filed_here)
     condition = Message.id.in_(in_context)
     total = Message.select().where(condition).count()
     rows = _filed_messages(
         condition, (Message.received_at.desc(), Message.id.desc()), limit, offset
     )
     ids = [row[0] for row in rows]
-    mailboxes = _mailbox_addresses((Filing.context == context.id) & Filing.message.in_(ids))
+    mailboxes = _mailbox_addresses(filed_here & Filing.message.in_(ids))
     return FolderMessages(
         folder=_folder_records([context])[0],
         total=total,

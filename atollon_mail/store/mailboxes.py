@@ -572,6 +572,21 @@ def viewers(mailbox_id: int, logins: tuple[str, ...]) -> frozenset[str]:
     return frozenset(login for (login,) in found)
 
 
+def viewable_mailbox_ids(login: str) -> peewee.Select | None:
+    """The ids of the mailboxes a user may view, by the rule of `user_rights`, as a
+    subquery; None for an administrator (every mailbox). No user: no mailbox."""
+    user = User.get_or_none(User.login == login.strip().lower())
+    if user is None:
+        return Mailbox.select(Mailbox.id).where(Mailbox.id.is_null())
+    if user.is_admin:
+        return None
+    granted = MailboxAccess.select(MailboxAccess.mailbox).where(
+        (MailboxAccess.user == user.id)
+        & ((MailboxAccess.can_view == True) | (MailboxAccess.can_edit == True))  # noqa: E712
+    )
+    return Mailbox.select(Mailbox.id).where((Mailbox.owner == user.id) | Mailbox.id.in_(granted))
+
+
 # --- submission: who may send as whom ----------------------------------------------------
 
 

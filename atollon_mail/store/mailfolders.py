@@ -37,7 +37,7 @@ FOLDER_NAMES = {INBOX: "Inbox", SENT: "Sent", DRAFTS: "Drafts", JUNK: "Junk", TR
 # How much of a message's start is read for its threading headers.
 HEADER_BYTES = 16 * 1024
 
-# Counted per folder, context and set of flags, from one index (migration 14); which of
+# Counted per folder, context and set of flags, from one index (migration 12); which of
 # them lack \Seen is decided here, over the few distinct sets of flags.
 _COUNTS_SQL = """
     SELECT folder, context_id, flags, COUNT(*) FROM filing

@@ -8,10 +8,12 @@ migration that already ran never does, so it must not be derived from the models
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import attrs
 import peewee
 
+from atollon_mail.store import message_addresses
 from atollon_mail.store.models import utc_now
 
 _DIALECT_WORDS = {
@@ -29,6 +31,9 @@ class Migration:
     # (SQLite cannot change a constraint without rebuilding its table).
     sqlite: tuple[str, ...] = ()
     postgresql: tuple[str, ...] = ()
+    # Run last, in the same transaction: fills new tables from data SQL cannot read
+    # (message headers in the stored bytes). It writes plain SQL, never the models.
+    fill: Callable[[peewee.Database], object] | None = None
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -476,7 +481,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
-        14,
+        11,
+        "the addresses each message is from and to",
+        (
+            """CREATE TABLE message_address (
+                id {id},
+                message_id {bigint} NOT NULL REFERENCES message (id) ON DELETE CASCADE,
+                address VARCHAR(320) NOT NULL,
+                role VARCHAR(4) NOT NULL CHECK (role IN ('from', 'to')))""",
+            "CREATE INDEX message_address_message_id ON message_address (message_id)",
+            "CREATE INDEX message_address_address_message_id"
+            " ON message_address (address, message_id)",
+        ),
+        fill=message_addresses.backfill,
+    ),
+    Migration(
+        12,
         "the mail client's folder counts and Trash read by index",
         (
             # Totals and unread per folder and context of a mailbox, from the index alone
@@ -573,6 +593,8 @@ def migrate(database: peewee.Database, up_to: int | None = None) -> list[Migrati
             dialect_only = getattr(migration, dialect_of(database))
             for statement in migration.statements + dialect_only:
                 database.execute_sql(statement.format(**words))
+            if migration.fill is not None:
+                migration.fill(database)
             placeholders = ", ".join([database.param] * 3)
             database.execute_sql(
                 f"INSERT INTO schema_migration (version, name, applied_at) VALUES ({placeholders})",

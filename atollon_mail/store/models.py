@@ -327,7 +327,7 @@ Filing.add_index(Filing.mailbox, Filing.uid, where=JUNK_ONLY, name="filing_junk_
 Filing.add_index(Filing.filed_at, where=JUNK_ONLY, name="filing_junk_filed_at")
 # The mail client's folder list counts each folder's filings and unread ones (IMAP's
 # STATUS asks the same) from this index alone; Trash is listed by mailbox as Junk is
-# (migration 14).
+# (migration 12).
 Filing.add_index(
     Filing.mailbox,
     Filing.folder,
@@ -338,6 +338,19 @@ Filing.add_index(
 Filing.add_index(
     Filing.mailbox, Filing.uid, where=Filing.folder == "trash", name="filing_trash_mailbox_uid"
 )
+
+
+class MessageAddress(BaseModel):
+    """An address a message is from or to, as its header says (migration 11; see
+    store.message_addresses): a contact's mail is found by it."""
+
+    id = peewee.BigAutoField()
+    message = peewee.ForeignKeyField(Message, on_delete="CASCADE")
+    address = peewee.CharField(max_length=320)
+    role = peewee.CharField(max_length=4)
+
+    class Meta:
+        indexes = ((("address", "message"), False),)
 
 
 DKIM_ALGORITHMS = ("rsa", "ed25519")
@@ -556,6 +569,7 @@ MODELS = (
     Alias,
     Message,
     Filing,
+    MessageAddress,
     QueueMessage,
     QueueRecipient,
     QueueEvent,

@@ -41,6 +41,7 @@ PAGE_MODULES: tuple[str, ...] = (
     "atollon_mail.web.pages_campaigns",
     "atollon_mail.web.pages_groups",
     "atollon_mail.web.pages_live",
+    "atollon_mail.web.pages_contacts",
 )
 
 

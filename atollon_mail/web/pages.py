@@ -49,6 +49,13 @@ SETTINGS = (
         "Records to publish for MX, SPF, DKIM and DMARC, and the last check of each domain.",
     ),
     Setting(
+        "Contacts",
+        "/contacts",
+        "Persons and companies of the CRM: details, jobs, default folders and their mail.",
+        "crm address book people companies",
+        admin=False,
+    ),
+    Setting(
         "Mail client",
         "/mail",
         "Read, write and file messages in the mailboxes you may use.",

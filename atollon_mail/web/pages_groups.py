@@ -1,7 +1,7 @@
 """Web pages: distribution groups (administrators only): the list with member counts and
 the form for a new static or dynamic group; one group's preview (counts per language,
 contacts without an address), its first members, and adding or removing contacts of a
-static group."""
+static group by name, e-mail, external id or id."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from urllib.parse import quote
 from atollon_mail.crm.filters import GroupFilter
 from atollon_mail.store import contacts as contact_ops
 from atollon_mail.store import groups as group_ops
-from atollon_mail.store.errors import Conflict, Invalid, NotFound
+from atollon_mail.store.errors import Ambiguous, Conflict, Invalid, NotFound
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
 from atollon_mail.web.numbers import parse_count, parse_id
 
@@ -49,6 +49,26 @@ def parse_contact_ids(text: str) -> list[int]:
             raise Invalid(f"{word!r} is not a contact id; give numbers such as 12, 15")
         ids.append(number)
     return ids
+
+
+_REFERENCE_SEPARATORS = re.compile(r"[,;\n]+")
+_ID_LIST = re.compile(r"[0-9\s]+")
+
+
+def parse_contact_references(text: str) -> list[int | str]:
+    """The contacts a member field names, separated by commas, semicolons or lines: a
+    name, e-mail or external id each (as store.contacts.find_contact_row finds them),
+    or ids (numbers, also separated by spaces)."""
+    references: list[int | str] = []
+    for item in _REFERENCE_SEPARATORS.split(text):
+        item = item.strip()
+        if not item:
+            continue
+        if _ID_LIST.fullmatch(item):
+            references.extend(parse_contact_ids(item))
+        else:
+            references.append(item)
+    return references
 
 
 def _checked(form: dict[str, str], name: str) -> bool:
@@ -163,10 +183,10 @@ def register(app: WebApp) -> None:
                     change = await page.store.run(
                         group_ops.change_members,
                         group.id,
-                        add=parse_contact_ids(values["add"]),
-                        remove=parse_contact_ids(values["remove"]),
+                        add=parse_contact_references(values["add"]),
+                        remove=parse_contact_references(values["remove"]),
                     )
-                except (Invalid, NotFound) as problem:
+                except (Invalid, NotFound, Ambiguous) as problem:
                     errors["members"] = _problem(problem)
                 else:
                     return Redirect(group_url(group.id, added=change.added, removed=change.removed))

@@ -19,7 +19,8 @@ from atollon_mail.store.records import InboundVerdict, Origin, OutgoingMessage, 
 from atollon_mail.store.values import DRAFTS, INBOX, JUNK
 from atollon_mail.web import compose, replies
 from atollon_mail.web.app import HttpError, Page, PageRequest, Redirect, WebApp, not_found
-from atollon_mail.web.numbers import parse_count, parse_id
+from atollon_mail.web.numbers import page_number, parse_count, parse_id
+from atollon_mail.web.pages_contacts import filing_context
 
 log = Logger()
 
@@ -220,6 +221,7 @@ def register(app: WebApp) -> None:
             "may_send": rights.edit,
             "verdict": verdict_lines(filed.verdict),
             **read_message(filed.raw),
+            **await filing_context(page, mailbox.address, filed.message_id, rights.edit),
         }
         return Page("mail_message.html", context)
 

@@ -38,6 +38,9 @@ class FolderMigrationContract:
             migrations.migrate(database, up_to=9)
             indexes_before = _indexes(database)
         store.start()
+        # The program of today also writes who each message is from and to (migration
+        # 11), which a database at version 9 or 10 has no table for.
+        self.patch(filing_ops.message_addresses, "record_addresses", lambda *_: None)
         builders.hosted_mailbox(store, "joe@acme.test", "joe")
         joe = store.run_sync(filing_ops.resolve_recipient, "joe", "acme.test")
         store.run_sync(

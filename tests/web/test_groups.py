@@ -217,7 +217,7 @@ class WebGroupsTests(ServedWebMixin, StoreFixtureMixin):
         self.assertIn("No contacts with ids 999", response.text)
         response = yield self.change(browser, group.id, action="members", add="abc", remove="")
         self.assertEqual(response.status, 400)
-        self.assertIn("&#39;abc&#39; is not a contact id", response.text)
+        self.assertIn("No contact matches &#34;abc&#34;", response.text)
         self.assertEqual(self.store.run_sync(groups.group_preview, group.id).total, 0)
 
     @defer.inlineCallbacks
