@@ -19,7 +19,7 @@ from atollon_mail.store.records import InboundVerdict, Origin, OutgoingMessage, 
 from atollon_mail.store.values import DRAFTS, INBOX, JUNK
 from atollon_mail.web import compose, replies
 from atollon_mail.web.app import HttpError, Page, PageRequest, Redirect, WebApp, not_found
-from atollon_mail.web.numbers import page_number, parse_count, parse_id
+from atollon_mail.web.numbers import parse_count, parse_id
 from atollon_mail.web.pages_contacts import filing_context
 
 log = Logger()
