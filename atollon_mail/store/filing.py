@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 import attrs
 import peewee
 
-from atollon_mail.store import mailboxes, returnpath
+from atollon_mail.store import mailboxes, returnpath, search, searchtext
 from atollon_mail.store.common import (
     RECIPIENT_DELIMITER,
     chunks,
@@ -102,6 +102,7 @@ def _message_summary(message: Message) -> MessageSummary:
         envelope_sender=message.envelope_sender,
         received_at=message.received_at,
         verdict=verdict_from_json(message.verdict),
+        has_attachment=message.has_attachment,
     )
 
 
@@ -140,8 +141,8 @@ _HOT_SQL = {
         WHERE m.id = {p}""",
     "insert_message": """
         INSERT INTO message (raw, size, message_id, subject, from_header, date_header,
-                             envelope_sender, received_at, type_id, verdict)
-        VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) RETURNING id""",
+                             envelope_sender, received_at, type_id, verdict, has_attachment)
+        VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) RETURNING id""",
     # The counter is bumped in the statement that reads it: no two writers share a uid.
     "next_uid": "UPDATE mailbox SET next_uid = next_uid + 1 WHERE id = {p} RETURNING next_uid",
     "insert_filing": """
@@ -267,7 +268,11 @@ def insert_message(
 
     `delivered`: it is filed for a local recipient (a final delivery), so it is stored
     with its Return-Path on top (the envelope sender); a Return-Path it arrived with is
-    dropped either way. Its size is that of the bytes stored."""
+    dropped either way. Its size is that of the bytes stored.
+
+    Its text goes into the search index in the same transaction (store.search), taken
+    from the message once (store.searchtext.extract) unless the record carries it."""
+    text = message.search_text or searchtext.extract(message.raw)
     if delivered:
         sender = getattr(message, "return_path", None)
         raw = returnpath.delivered(
@@ -288,8 +293,10 @@ def insert_message(
             stamp,
             message.type_id if message.type_id is not None else type_id,
             verdict_json(message.verdict),
+            text.has_attachment,
         ),
     ).fetchone()
+    search.index_message(message_id, text)
     return message_id
 
 

@@ -8,10 +8,12 @@ migration that already ran never does, so it must not be derived from the models
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import attrs
 import peewee
 
+from atollon_mail.store import search
 from atollon_mail.store.models import utc_now
 
 _DIALECT_WORDS = {
@@ -29,6 +31,9 @@ class Migration:
     # (SQLite cannot change a constraint without rebuilding its table).
     sqlite: tuple[str, ...] = ()
     postgresql: tuple[str, ...] = ()
+    # Run last, in the same transaction, with the database and its dialect: what SQL
+    # cannot compute for the rows already stored (text taken out of messages' bytes).
+    then: Callable[[peewee.Database, str], None] | None = None
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -475,6 +480,33 @@ MIGRATIONS: tuple[Migration, ...] = (
             " CHECK (folder IN ('inbox', 'junk', 'drafts', 'trash'))",
         ),
     ),
+    Migration(
+        11,
+        "full-text search of messages; whether a message has an attachment",
+        ("ALTER TABLE message ADD COLUMN has_attachment BOOLEAN NOT NULL DEFAULT FALSE",),
+        sqlite=(
+            # FTS5, its rowid the message's id. Not contentless: SQLite before 3.43 cannot
+            # delete a row of a contentless table without its original text, so the text
+            # (at most searchtext.BODY_TEXT_LIMIT of body a message) is kept by FTS5.
+            "CREATE VIRTUAL TABLE message_search USING fts5("
+            "subject, sender, recipients, body, tokenize = 'unicode61 remove_diacritics 2')",
+            # Whoever deletes a message deletes its words with it.
+            "CREATE TRIGGER message_search_forget AFTER DELETE ON message"
+            " BEGIN DELETE FROM message_search WHERE rowid = old.id; END",
+        ),
+        postgresql=(
+            # One tsvector a message: subject weighted A, From B, To and Cc C, the body D
+            # (the weights let a query ask for a word in one field). The 'simple'
+            # configuration: mail here mixes languages, and one language's stemmer or
+            # stop words would mangle or drop the words of the others.
+            """CREATE TABLE message_search (
+                message_id BIGINT NOT NULL PRIMARY KEY
+                    REFERENCES message (id) ON DELETE CASCADE,
+                document TSVECTOR NOT NULL)""",
+            "CREATE INDEX message_search_document ON message_search USING GIN (document)",
+        ),
+        then=search.backfill,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].number
@@ -560,6 +592,8 @@ def migrate(database: peewee.Database, up_to: int | None = None) -> list[Migrati
             dialect_only = getattr(migration, dialect_of(database))
             for statement in migration.statements + dialect_only:
                 database.execute_sql(statement.format(**words))
+            if migration.then is not None:
+                migration.then(database, dialect_of(database))
             placeholders = ", ".join([database.param] * 3)
             database.execute_sql(
                 f"INSERT INTO schema_migration (version, name, applied_at) VALUES ({placeholders})",
