@@ -38,6 +38,7 @@ PAGE_MODULES: tuple[str, ...] = (
     "atollon_mail.web.pages_mailboxes",
     "atollon_mail.web.pages_campaigns",
     "atollon_mail.web.pages_groups",
+    "atollon_mail.web.pages_search",
 )
 
 
