@@ -262,7 +262,11 @@ def default_type_ids() -> tuple[int | None, int | None]:
 
 
 def insert_message(
-    message: IncomingMessage | OutgoingMessage, stamp, type_id, delivered: bool = True
+    message: IncomingMessage | OutgoingMessage,
+    stamp,
+    type_id,
+    delivered: bool = True,
+    indexed: bool = True,
 ) -> int:
     """The Message row: the raw bytes once, with the summary headers of the record.
 
@@ -270,9 +274,12 @@ def insert_message(
     with its Return-Path on top (the envelope sender); a Return-Path it arrived with is
     dropped either way. Its size is that of the bytes stored.
 
-    Its text goes into the search index in the same transaction (store.search), taken
-    from the message once (store.searchtext.extract) unless the record carries it."""
-    text = message.search_text or searchtext.extract(message.raw)
+    `indexed`: it will be filed somewhere, so its text goes into the search index in the
+    same transaction (store.search), taken from the message (store.searchtext.extract)
+    unless the record carries it already. Mail that is only queued is never searched."""
+    text = None
+    if indexed:
+        text = message.search_text or searchtext.extract(message.raw)
     if delivered:
         sender = getattr(message, "return_path", None)
         raw = returnpath.delivered(
@@ -293,10 +300,11 @@ def insert_message(
             stamp,
             message.type_id if message.type_id is not None else type_id,
             verdict_json(message.verdict),
-            text.has_attachment,
+            text is not None and text.has_attachment,
         ),
     ).fetchone()
-    search.index_message(message_id, text)
+    if text is not None:
+        search.index_message(message_id, text)
     return message_id
 
 

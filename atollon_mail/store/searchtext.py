@@ -147,8 +147,8 @@ def _body(parts: list, limit: int, is_html: bool) -> str:
 
 
 def extract(raw: bytes, limit: int = BODY_TEXT_LIMIT) -> SearchText:
-    """The search text of a message in its raw bytes. Never fails on a malformed message:
-    what cannot be read is left out."""
+    """The search text of a message in its raw bytes. Never fails, whatever the message:
+    what cannot be read is left out (a message is stored whether or not it is found)."""
     message = email.message_from_bytes(raw)
     plain: list = []
     rich: list = []
@@ -160,10 +160,21 @@ def extract(raw: bytes, limit: int = BODY_TEXT_LIMIT) -> SearchText:
     except Exception:  # a broken structure: the headers are still indexed
         body = ""
     names = " ".join(name for name in attached if name)
+    try:
+        subject = _header(message, "subject")
+        sender = _header(message, "from")
+        recipients = " ".join(_header(message, name) for name in _ADDRESS_FIELDS[1:])
+    except Exception:  # a header the email package cannot read at all
+        subject = sender = recipients = ""
     return SearchText(
-        subject=fold(_header(message, "subject")),
-        sender=fold(_header(message, "from")),
-        recipients=fold(" ".join(_header(message, name) for name in _ADDRESS_FIELDS[1:])),
+        subject=fold(subject),
+        sender=fold(sender),
+        recipients=fold(recipients),
         body=fold(f"{names}\n{body}" if names else body),
         has_attachment=bool(attached),
     )
+
+
+def with_search_text(record):
+    """An IncomingMessage or OutgoingMessage with its search text taken (store.records)."""
+    return attrs.evolve(record, search_text=extract(record.raw))

@@ -6,16 +6,17 @@ from __future__ import annotations
 import base64
 import datetime
 
+import attrs
 from twisted.internet import reactor
 from twisted.trial import unittest
 
 from atollon_mail.delivery.intake import summarize_headers
-from atollon_mail.store import filing, migrations, search, searchtext
+from atollon_mail.store import filing, migrations, queue, search, searchtext
 from atollon_mail.store.errors import Invalid, NotFound
 from atollon_mail.store.mailboxes import grant_mailbox_access
 from atollon_mail.store.models import Message
 from atollon_mail.store.pool import Store
-from atollon_mail.store.records import IncomingMessage, SearchQuery
+from atollon_mail.store.records import IncomingMessage, Origin, OutgoingMessage, SearchQuery
 from tests import builders
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
@@ -118,6 +119,19 @@ class SearchContract:
         self.assertEqual(self.found(text="walnut"), [gone, kept])
         self.sync(lambda: Message.delete().where(Message.id == gone).execute())
         self.assertEqual(self.found(text="walnut"), [kept])
+        self.assertEqual(self.sync(_index_rows, self.store.database), 1)
+
+    def test_mail_only_queued_is_not_indexed_and_sent_copies_are(self):
+        raw = _text_mail("Outbound", "hazelnut")
+        queued = OutgoingMessage(
+            envelope_sender="joe@acme.test", raw=raw, remote_recipients=("x@far.example",)
+        )
+        [submitted] = self.sync(queue.submit_messages, [(queued, Origin("relay"))])
+        self.assertEqual(submitted.queued_recipients, 1)
+        self.assertEqual(self.sync(_index_rows, self.store.database), 0)
+        sent = attrs.evolve(queued, sent_mailbox_id=self.joe.mailbox_id)
+        [submitted] = self.sync(queue.submit_messages, [(sent, Origin("compose"))])
+        self.assertEqual(self.found(text="hazelnut"), [submitted.id])
         self.assertEqual(self.sync(_index_rows, self.store.database), 1)
 
     # --- filters ---------------------------------------------------------------------------
