@@ -37,7 +37,7 @@ from urllib.parse import quote
 
 from common import machine
 
-from atollon_mail.store import accounts, domains, filing, search
+from atollon_mail.store import accounts, domains, filing, search, searchtext
 from atollon_mail.store import mailboxes as mailbox_ops
 from atollon_mail.store.pool import Store
 from atollon_mail.store.records import InboundVerdict, IncomingMessage, SearchQuery
@@ -178,7 +178,7 @@ def populate(store: Store, corpus: Corpus, messages: int) -> dict:
             )
         t = time.perf_counter()
         for item in batch[:20]:  # a sample: what taking the text costs a message
-            search.searchtext.extract(item.raw)
+            searchtext.extract(item.raw)
         extract_seconds += (time.perf_counter() - t) * len(batch) / 20
         failed = [
             r for r in store.run_sync(filing.store_messages, batch) if isinstance(r, Exception)

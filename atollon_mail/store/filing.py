@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 import attrs
 import peewee
 
-from atollon_mail.store import mailboxes, returnpath, search, searchtext
+from atollon_mail.store import mailboxes, returnpath, searchindex, searchtext
 from atollon_mail.store.common import (
     RECIPIENT_DELIMITER,
     chunks,
@@ -275,7 +275,7 @@ def insert_message(
     dropped either way. Its size is that of the bytes stored.
 
     `indexed`: it will be filed somewhere, so its text goes into the search index in the
-    same transaction (store.search), taken from the message (store.searchtext.extract)
+    same transaction (store.searchindex), taken from the message (store.searchtext.extract)
     unless the record carries it already. Mail that is only queued is never searched."""
     text = None
     if indexed:
@@ -304,7 +304,7 @@ def insert_message(
         ),
     ).fetchone()
     if text is not None:
-        search.index_message(message_id, text)
+        searchindex.index_message(message_id, text)
     return message_id
 
 

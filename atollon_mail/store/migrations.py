@@ -13,7 +13,7 @@ from collections.abc import Callable
 import attrs
 import peewee
 
-from atollon_mail.store import search
+from atollon_mail.store import searchindex
 from atollon_mail.store.models import utc_now
 
 _DIALECT_WORDS = {
@@ -505,7 +505,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 document TSVECTOR NOT NULL)""",
             "CREATE INDEX message_search_document ON message_search USING GIN (document)",
         ),
-        then=search.backfill,
+        then=searchindex.backfill,
     ),
 )
 

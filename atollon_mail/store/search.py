@@ -1,20 +1,10 @@
-"""Full-text search of filed mail with the databases' own engines.
-
-The index (migration 11) holds, per message, its subject, From, To and Cc and its body
-text (store.searchtext: decoded, HTML stripped, capped; attachments by file name only):
-
-- SQLite: the FTS5 table `message_search` (rowid = the message's id), tokenized by
-  unicode61; a trigger deletes a message's row when the message is deleted.
-- PostgreSQL: `message_search` (message_id, document tsvector) with a GIN index, in the
-  'simple' configuration (no stemming, no stop words: mail mixes languages); the row goes
-  with its message (ON DELETE CASCADE).
-
-Either way, whoever deletes a message row deletes its index entry in the same
-transaction; nothing else needs to be called. The entry is written in the transaction
-that stores the message (filing.insert_message), so what is filed is found.
+"""Full-text search of filed mail with the databases' own engines (the index:
+store.searchindex; its text: store.searchtext).
 
 `search` answers with the filings a user may view, newest first (by message id, which
-ascends as mail arrives), a page at a time.
+ascends as mail arrives), a page at a time. Words are matched whole (no stemming, in
+any case, accents folded); a "quoted phrase" is its words in order; an address is the
+phrase of its words.
 """
 
 from __future__ import annotations
@@ -30,12 +20,15 @@ from atollon_mail.store.common import placeholders, read_only
 from atollon_mail.store.contexts import context_record
 from atollon_mail.store.database import is_sqlite
 from atollon_mail.store.errors import Invalid, NotFound
+from atollon_mail.store.filing import verdict_from_json
 from atollon_mail.store.models import (
     FOLDERS,
     Context,
     Domain,
+    Filing,
     Mailbox,
     MailboxAccess,
+    Message,
     User,
     database_proxy,
 )
@@ -51,63 +44,6 @@ _SQLITE_COLUMNS = {"sender": "sender", "recipient": "recipients"}
 _POSTGRES_WEIGHTS = {"sender": "B", "recipient": "C"}
 MAX_QUERY_WORDS = 32  # a longer query is refused: each word is a lookup in the index
 MAX_PAGE = 200
-
-# PostgreSQL's parser reads alice@remote.example as one e-mail token and e-mail as three;
-# with punctuation made blanks it splits words where FTS5 (and searchtext.words) do.
-_POSTGRES_WORDS = "to_tsvector('simple', regexp_replace({p}, '[[:punct:]]+', ' ', 'g'))"
-_POSTGRES_INSERT = (
-    "INSERT INTO message_search (message_id, document) VALUES ({p}, "
-    f"setweight({_POSTGRES_WORDS}, 'A') || setweight({_POSTGRES_WORDS}, 'B')"
-    f" || setweight({_POSTGRES_WORDS}, 'C') || {_POSTGRES_WORDS})"
-)
-_SQLITE_INSERT = (
-    "INSERT INTO message_search (rowid, subject, sender, recipients, body)"
-    " VALUES ({p}, {p}, {p}, {p}, {p})"
-)
-_insert_sql: dict[tuple[bool, str], str] = {}
-
-
-def write_index(database: peewee.Database, message_id: int, text: searchtext.SearchText) -> None:
-    """The index entry of a stored message, in the caller's transaction."""
-    sqlite = is_sqlite(database)
-    key = (sqlite, database.param)
-    sql = _insert_sql.get(key)
-    if sql is None:
-        sql = (_SQLITE_INSERT if sqlite else _POSTGRES_INSERT).format(p=database.param)
-        _insert_sql[key] = sql
-    database.execute_sql(sql, (message_id, text.subject, text.sender, text.recipients, text.body))
-
-
-def index_message(message_id: int, text: searchtext.SearchText) -> None:
-    """write_index on the store's database (inside a store operation)."""
-    write_index(database_proxy.obj, message_id, text)
-
-
-BACKFILL_BATCH = 200
-
-
-def backfill(database: peewee.Database, dialect: str) -> None:
-    """Migration 11 for the messages stored before it: each one's text indexed and its
-    attachment mark set. Raw SQL: a migration does not follow later models."""
-    param = database.param
-    last = 0
-    while True:
-        rows = database.execute_sql(
-            f"SELECT id, raw FROM message WHERE id > {param} ORDER BY id LIMIT {param}",
-            (last, BACKFILL_BATCH),
-        ).fetchall()
-        if not rows:
-            return
-        for message_id, raw in rows:
-            text = searchtext.extract(bytes(raw))
-            write_index(database, message_id, text)
-            if text.has_attachment:
-                database.execute_sql(
-                    f"UPDATE message SET has_attachment = {param} WHERE id = {param}",
-                    (True, message_id),
-                )
-        last = rows[-1][0]
-
 
 # --- searching ---------------------------------------------------------------------------
 
@@ -206,8 +142,6 @@ def _viewable_mailbox_ids(login: str, addresses: tuple[str, ...]) -> dict[int, s
 
 
 def _summary(row, timestamp) -> MessageSummary:
-    from atollon_mail.store.filing import verdict_from_json  # filing imports this module
-
     (message_id, size, header_id, subject, from_header, date_header, sender, received) = row[:8]
     return MessageSummary(
         id=message_id,
@@ -228,8 +162,6 @@ def search(login: str, query: SearchQuery, limit: int = 50, offset: int = 0) -> 
     """The filings matching `query` in mailboxes `login` may view, newest first: up to
     `limit` from `offset`. Invalid for a query that is too long or a folder that is none;
     NotFound for a named mailbox the user may not view."""
-    from atollon_mail.store.models import Filing, Message
-
     if not 1 <= limit <= MAX_PAGE or offset < 0:
         raise Invalid(f"a page holds 1 to {MAX_PAGE} results")
     if query.folder is not None and query.folder not in FOLDERS:
