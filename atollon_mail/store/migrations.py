@@ -488,8 +488,10 @@ MIGRATIONS: tuple[Migration, ...] = (
             # FTS5, its rowid the message's id. Not contentless: SQLite before 3.43 cannot
             # delete a row of a contentless table without its original text, so the text
             # (at most searchtext.BODY_TEXT_LIMIT of body a message) is kept by FTS5.
+            # No column sizes: they serve ranking by relevance, and results come newest first.
             "CREATE VIRTUAL TABLE message_search USING fts5("
-            "subject, sender, recipients, body, tokenize = 'unicode61 remove_diacritics 2')",
+            "subject, sender, recipients, body, tokenize = 'unicode61 remove_diacritics 2',"
+            " columnsize = 0)",
             # Whoever deletes a message deletes its words with it.
             "CREATE TRIGGER message_search_forget AFTER DELETE ON message"
             " BEGIN DELETE FROM message_search WHERE rowid = old.id; END",
