@@ -70,7 +70,7 @@ test: install system-packages
 
 bench: install bench-packages
 	cd bench && ../$(BIN)/python inbound.py && ../$(BIN)/python relay.py && ../$(BIN)/python web.py \
-	  && ../$(BIN)/python massmail.py
+	  && ../$(BIN)/python massmail.py && ../$(BIN)/python search.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -258,6 +258,28 @@ def row_count(model, where=None) -> int:
     return query.count()
 
 
+def filed_in_old_schema(database, mailbox_id: int, context_id: int, raw: bytes) -> int:
+    """Store operation for tests of migrations: a message stored and filed into a mailbox's
+    inbox with the columns migrations 1 to 9 made, in SQL of that time (the store's own
+    operations write the columns of the latest schema); its id."""
+    p = database.param
+    (message_id,) = database.execute_sql(
+        "INSERT INTO message (raw, size, subject, envelope_sender, received_at)"
+        f" VALUES ({p}, {p}, {p}, {p}, {p}) RETURNING id",
+        (raw, len(raw), "old", "someone@elsewhere.example", datetime.datetime(2026, 1, 2)),
+    ).fetchone()
+    (next_uid,) = database.execute_sql(
+        f"UPDATE mailbox SET next_uid = next_uid + 1 WHERE id = {p} RETURNING next_uid",
+        (mailbox_id,),
+    ).fetchone()
+    database.execute_sql(
+        "INSERT INTO filing (message_id, mailbox_id, context_id, uid, flags, filed_at)"
+        f" VALUES ({p}, {p}, {p}, {p}, '', {p})",
+        (message_id, mailbox_id, context_id, next_uid - 1, datetime.datetime(2026, 1, 2)),
+    )
+    return message_id
+
+
 # --- the appliance under twistd -----------------------------------------------------------
 
 

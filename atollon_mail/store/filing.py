@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 import attrs
 import peewee
 
-from atollon_mail.store import mailboxes, message_addresses, returnpath
+from atollon_mail.store import mailboxes, message_addresses, returnpath, searchindex, searchtext
 from atollon_mail.store.common import (
     RECIPIENT_DELIMITER,
     chunks,
@@ -102,6 +102,7 @@ def _message_summary(message: Message) -> MessageSummary:
         envelope_sender=message.envelope_sender,
         received_at=message.received_at,
         verdict=verdict_from_json(message.verdict),
+        has_attachment=message.has_attachment,
     )
 
 
@@ -140,8 +141,8 @@ _HOT_SQL = {
         WHERE m.id = {p}""",
     "insert_message": """
         INSERT INTO message (raw, size, message_id, subject, from_header, date_header,
-                             envelope_sender, received_at, type_id, verdict)
-        VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) RETURNING id""",
+                             envelope_sender, received_at, type_id, verdict, has_attachment)
+        VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) RETURNING id""",
     # The counter is bumped in the statement that reads it: no two writers share a uid.
     "next_uid": "UPDATE mailbox SET next_uid = next_uid + 1 WHERE id = {p} RETURNING next_uid",
     "insert_filing": """
@@ -261,13 +262,24 @@ def default_type_ids() -> tuple[int | None, int | None]:
 
 
 def insert_message(
-    message: IncomingMessage | OutgoingMessage, stamp, type_id, delivered: bool = True
+    message: IncomingMessage | OutgoingMessage,
+    stamp,
+    type_id,
+    delivered: bool = True,
+    indexed: bool = True,
 ) -> int:
     """The Message row: the raw bytes once, with the summary headers of the record.
 
     `delivered`: it is filed for a local recipient (a final delivery), so it is stored
     with its Return-Path on top (the envelope sender); a Return-Path it arrived with is
-    dropped either way. Its size is that of the bytes stored."""
+    dropped either way. Its size is that of the bytes stored.
+
+    `indexed`: it will be filed somewhere, so its text goes into the search index in the
+    same transaction (store.searchindex), taken from the message (store.searchtext.extract)
+    unless the record carries it already. Mail that is only queued is never searched."""
+    text = None
+    if indexed:
+        text = message.search_text or searchtext.extract(message.raw)
     if delivered:
         sender = getattr(message, "return_path", None)
         raw = returnpath.delivered(
@@ -288,9 +300,12 @@ def insert_message(
             stamp,
             message.type_id if message.type_id is not None else type_id,
             verdict_json(message.verdict),
+            text is not None and text.has_attachment,
         ),
     ).fetchone()
     message_addresses.record_addresses(message_id, raw)
+    if text is not None:
+        searchindex.index_message(message_id, text)
     return message_id
 
 

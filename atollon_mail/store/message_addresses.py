@@ -91,7 +91,7 @@ def record_addresses(message_id: int, raw: bytes) -> None:
 BACKFILL_BATCH = 200
 
 
-def backfill(database) -> int:
+def backfill(database, dialect: str = "") -> int:
     """The rows of every message stored before migration 11, in plain SQL (a migration
     must not depend on the models of a later program); how many messages were read."""
     param = database.param

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import attrs
 import peewee
 
-from atollon_mail.store import message_addresses
+from atollon_mail.store import message_addresses, searchindex
 from atollon_mail.store.models import utc_now
 
 _DIALECT_WORDS = {
@@ -31,9 +31,10 @@ class Migration:
     # (SQLite cannot change a constraint without rebuilding its table).
     sqlite: tuple[str, ...] = ()
     postgresql: tuple[str, ...] = ()
-    # Run last, in the same transaction: fills new tables from data SQL cannot read
-    # (message headers in the stored bytes). It writes plain SQL, never the models.
-    fill: Callable[[peewee.Database], object] | None = None
+    # Run last, in the same transaction, with the database and its dialect: what SQL
+    # cannot compute for the rows already stored (addresses and text taken out of the
+    # messages' bytes). It writes plain SQL, never the models.
+    fill: Callable[[peewee.Database, str], object] | None = None
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -508,6 +509,35 @@ MIGRATIONS: tuple[Migration, ...] = (
             " WHERE folder = 'trash'",
         ),
     ),
+    Migration(
+        13,
+        "full-text search of messages; whether a message has an attachment",
+        ("ALTER TABLE message ADD COLUMN has_attachment BOOLEAN NOT NULL DEFAULT FALSE",),
+        sqlite=(
+            # FTS5, its rowid the message's id. Not contentless: SQLite before 3.43 cannot
+            # delete a row of a contentless table without its original text, so the text
+            # (at most searchtext.BODY_TEXT_LIMIT of body a message) is kept by FTS5.
+            # No column sizes: they serve ranking by relevance, and results come newest first.
+            "CREATE VIRTUAL TABLE message_search USING fts5("
+            "subject, sender, recipients, body, tokenize = 'unicode61 remove_diacritics 2',"
+            " columnsize = 0)",
+            # Whoever deletes a message deletes its words with it.
+            "CREATE TRIGGER message_search_forget AFTER DELETE ON message"
+            " BEGIN DELETE FROM message_search WHERE rowid = old.id; END",
+        ),
+        postgresql=(
+            # One tsvector a message: subject weighted A, From B, To and Cc C, the body D
+            # (the weights let a query ask for a word in one field). The 'simple'
+            # configuration: mail here mixes languages, and one language's stemmer or
+            # stop words would mangle or drop the words of the others.
+            """CREATE TABLE message_search (
+                message_id BIGINT NOT NULL PRIMARY KEY
+                    REFERENCES message (id) ON DELETE CASCADE,
+                document TSVECTOR NOT NULL)""",
+            "CREATE INDEX message_search_document ON message_search USING GIN (document)",
+        ),
+        fill=searchindex.backfill,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].number
@@ -594,7 +624,7 @@ def migrate(database: peewee.Database, up_to: int | None = None) -> list[Migrati
             for statement in migration.statements + dialect_only:
                 database.execute_sql(statement.format(**words))
             if migration.fill is not None:
-                migration.fill(database)
+                migration.fill(database, dialect_of(database))
             placeholders = ", ".join([database.param] * 3)
             database.execute_sql(
                 f"INSERT INTO schema_migration (version, name, applied_at) VALUES ({placeholders})",

@@ -295,6 +295,14 @@ class Message(BaseModel):
     # What the inbound checks said of it (records.InboundVerdict as JSON; migration 9);
     # None for mail nothing checked (sent by our users, received before the checks).
     verdict = peewee.TextField(null=True)
+    # Whether it carries an attachment (migration 13; set when it is stored).
+    has_attachment = peewee.BooleanField(default=False)
+
+
+# The full-text index of messages (migration 13; store.search): the databases' own
+# engines, so no model describes it. SQLite: an FTS5 table (and the tables FTS5 keeps
+# for it, named after it); PostgreSQL: a table of tsvectors.
+SEARCH_INDEX_TABLE = "message_search"
 
 
 class Filing(BaseModel):

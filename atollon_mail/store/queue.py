@@ -146,7 +146,8 @@ def enqueue(
     remote = recipients.remote
     if not local and not remote:
         raise Invalid("a message needs at least one recipient; nothing was sent")
-    message_id = insert_message(outgoing, stamp, type_id, delivered=bool(local))
+    filed = bool(local) or outgoing.sent_mailbox_id is not None
+    message_id = insert_message(outgoing, stamp, type_id, delivered=bool(local), indexed=filed)
     filings = file_for_recipients(message_id, local, stamp, outgoing.verdict)
     if outgoing.sent_mailbox_id is not None:
         file_sent_copy(message_id, outgoing.sent_mailbox_id, stamp)

@@ -9,6 +9,8 @@ import datetime
 
 import attrs
 
+from atollon_mail.store.searchtext import SearchText
+
 
 @attrs.frozen
 class DomainRecord:
@@ -74,6 +76,7 @@ class MessageSummary:
     received_at: datetime.datetime
     # What the inbound checks said of it (None: nothing checked it).
     verdict: InboundVerdict | None = None
+    has_attachment: bool = False
 
 
 @attrs.frozen
@@ -154,6 +157,9 @@ class IncomingMessage:
     date_header: str | None = None
     type_id: int | None = None  # the message type; None: the default for incoming mail
     verdict: InboundVerdict | None = None  # what the inbound checks said (port 25 only)
+    # Its text for the search index (store.searchtext.extract), when taken before the
+    # store operation; None: the store takes it.
+    search_text: SearchText | None = None
 
 
 @attrs.frozen
@@ -266,6 +272,7 @@ class OutgoingMessage:
     # Received mail going on (relayed, forwarded): what the inbound checks said, kept with
     # it and deciding the folder of its local recipients, as IncomingMessage.verdict.
     verdict: InboundVerdict | None = None
+    search_text: SearchText | None = None  # as IncomingMessage.search_text
 
 
 # Who produces outgoing mail. A kind may register hooks (store.origins) through which
@@ -605,3 +612,30 @@ class DnsCheckRecord:
     domain: str
     checked_at: datetime.datetime
     results: tuple[DnsCheckResult, ...]
+
+
+@attrs.frozen
+class SearchQuery:
+    """What to look for (store.search): words of the text (a "quoted phrase" as one), in
+    the mailboxes named (none: every one the user may view), narrowed by the filters.
+    `sender`/`recipient`: words of the From / To or Cc fields; `since`/`until`: the days
+    (UTC, both included) the message arrived; `has_attachment`, `unread`: only such."""
+
+    text: str = ""
+    mailboxes: tuple[str, ...] = ()
+    folder: str | None = None
+    sender: str = ""
+    recipient: str = ""
+    since: datetime.date | None = None
+    until: datetime.date | None = None
+    has_attachment: bool = False
+    unread: bool = False
+
+
+@attrs.frozen
+class SearchResults:
+    """A page of what a search found, newest first: one filing a line; `more` when
+    another page follows."""
+
+    hits: tuple[FilingRecord, ...]
+    more: bool

@@ -42,6 +42,7 @@ PAGE_MODULES: tuple[str, ...] = (
     "atollon_mail.web.pages_groups",
     "atollon_mail.web.pages_live",
     "atollon_mail.web.pages_contacts",
+    "atollon_mail.web.pages_search",
 )
 
 

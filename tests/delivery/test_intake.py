@@ -67,6 +67,21 @@ class GroupCommitTests(unittest.TestCase):
         commit.callback([StoredMessage(id=7, filings=1)])
         self.assertEqual(results, [StoredMessage(id=7, filings=1)])
 
+    def test_the_search_text_is_taken_before_the_store_operation(self):
+        self.intake.accept("a@example.org", [RECIPIENT], RAW)
+        self.intake.submit(
+            OutgoingMessage(envelope_sender="", raw=RAW, remote_recipients=("x@example.org",)),
+            Origin("relay"),
+        )
+        (_, (incoming,), _), (_, (queued,), _) = [
+            (operation, batch, commit) for operation, (batch,), commit in self.store.calls
+        ]
+        self.assertEqual(incoming.search_text.subject, "hello")
+        self.assertIn("body", incoming.search_text.body)
+        # Mail only queued for elsewhere is never searched here: nothing taken.
+        outgoing, _ = queued
+        self.assertIsNone(outgoing.search_text)
+
     def test_messages_arriving_during_a_commit_share_the_next_one(self):
         first = self.intake.accept("a@example.org", [RECIPIENT], RAW)
         later = [self.intake.accept("b@example.org", [RECIPIENT], RAW) for _ in range(3)]

@@ -18,7 +18,7 @@ from atollon_mail.store import filing as filing_ops
 from atollon_mail.store import mailboxes as mailbox_ops
 from atollon_mail.store.database import open_database
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
-from atollon_mail.store.models import MODELS, Domain, Mailbox
+from atollon_mail.store.models import MODELS, SEARCH_INDEX_TABLE, Domain, Mailbox
 from atollon_mail.store.pool import Store
 from atollon_mail.store.records import (
     IncomingMessage,
@@ -84,6 +84,8 @@ def _schema_description(database: peewee.Database) -> dict:
     schema = _current_schema(database)
     tables = {}
     for table in database.get_tables(schema=schema):
+        if table.startswith(SEARCH_INDEX_TABLE):
+            continue  # the engines' own full-text index (and FTS5's tables for it)
         columns = {
             column.name: (
                 column.null,
