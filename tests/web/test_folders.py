@@ -152,6 +152,20 @@ class FolderWebTests(ServedWebMixin, StoreFixtureMixin):
         return stored.id
 
     @defer.inlineCallbacks
+    def test_messages_with_an_attachment_are_marked(self):
+        bob = yield self.logged_in()
+        page = yield bob.get(BOX)
+        rows = re.findall(r'<tr class="[^"]*" data-uid="\d+">(.*?)</tr>', page.text, re.S)
+        marked = {
+            html.unescape(re.search(r"&amp;id=\d+\">([^<]*)</a>", row).group(1)): (
+                "attachment-mark" in row
+            )
+            for row in rows
+        }
+        # The HTML mail carries offer.pdf; the text mail nothing.
+        self.assertEqual(marked, {"Offer": True, "Lunch plans": False})
+
+    @defer.inlineCallbacks
     def test_conversations_group_the_page_by_references(self):
         first = self.deliver(_mail("Plans", "plans"), "bob")
         self.deliver(_mail("Other", "other"), "bob")
