@@ -303,7 +303,7 @@ def insert_message(
             text is not None and text.has_attachment,
         ),
     ).fetchone()
-    message_addresses.record_addresses(message_id, raw)
+    message_addresses.record_addresses(message_id, raw, None if text is None else text.addresses)
     if text is not None:
         searchindex.index_message(message_id, text)
     return message_id

@@ -77,12 +77,17 @@ def _insert_sql(param: str) -> str:
     )
 
 
-def record_addresses(message_id: int, raw: bytes) -> None:
-    """The rows of a message just stored (inside the transaction that stores it).
+def record_addresses(
+    message_id: int, raw: bytes, pairs: tuple[tuple[str, str], ...] | None = None
+) -> None:
+    """The rows of a message just stored (inside the transaction that stores it): `pairs`
+    when they were read before (searchtext.extract), else read from `raw` here.
 
     One prepared statement run for every row: on the hot path of receiving, peewee's
     query builder cost several times the insert itself (as filing's _HOT_SQL notes)."""
-    rows = [(message_id, address, role) for role, address in header_addresses(raw)]
+    if pairs is None:
+        pairs = tuple(header_addresses(raw))
+    rows = [(message_id, address, role) for role, address in pairs]
     if rows:
         database_proxy.cursor().executemany(_insert_sql(database_proxy.param), rows)
 

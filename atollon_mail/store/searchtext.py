@@ -23,6 +23,8 @@ import unicodedata
 import attrs
 import nh3
 
+from atollon_mail.store.message_addresses import header_addresses
+
 # How much body text of one message is indexed (characters, after decoding and
 # stripping HTML): the first 64 KiB. Longer text is found by its beginning only; the
 # cost of indexing a message stays bounded whatever its size.
@@ -46,6 +48,9 @@ class SearchText:
     recipients: str  # the To and Cc fields, decoded
     body: str  # attachment file names, then the body text (at most BODY_TEXT_LIMIT)
     has_attachment: bool
+    # (role, address) pairs for message_address (message_addresses.header_addresses),
+    # read here with the rest so the storing transaction does not scan the headers again.
+    addresses: tuple[tuple[str, str], ...] | None = None
 
 
 def fold(text: str) -> str:
@@ -172,6 +177,7 @@ def extract(raw: bytes, limit: int = BODY_TEXT_LIMIT) -> SearchText:
         recipients=fold(recipients),
         body=fold(f"{names}\n{body}" if names else body),
         has_attachment=bool(attached),
+        addresses=tuple(header_addresses(raw)),
     )
 
 
