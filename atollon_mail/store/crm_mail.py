@@ -22,7 +22,7 @@ from atollon_mail.crm.records import (
 from atollon_mail.store.common import read_only
 from atollon_mail.store.contacts import find_contact_row
 from atollon_mail.store.errors import NotFound
-from atollon_mail.store.filing import execute_prepared, lock_mailboxes
+from atollon_mail.store.filing import FILED_COPY_FLAG, execute_prepared, lock_mailboxes
 from atollon_mail.store.folders import find_folder_row, get_folder
 from atollon_mail.store.groups import members_query
 from atollon_mail.store.mailboxes import get_mailbox_row, viewable_mailbox_ids
@@ -201,7 +201,10 @@ def file_into(mailbox_address: str, message_id: int, folder: int | str) -> Filed
         mailbox=mailbox.id,
         context=context.id,
         uid=next_uid - 1,
-        flags=filings[0].flags,
+        flags=" ".join(
+            [name for name in filings[0].flags.split() if name != FILED_COPY_FLAG]
+            + [FILED_COPY_FLAG]
+        ),
         filed_at=utc_now(),
         folder=INBOX,
     )

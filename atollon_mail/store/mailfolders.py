@@ -23,7 +23,13 @@ import peewee
 from atollon_mail.store.common import chunks, placeholders, read_only
 from atollon_mail.store.contexts import context_record, mailbox_store_to
 from atollon_mail.store.errors import Invalid, NotFound
-from atollon_mail.store.filing import SEEN_FLAG, filing_record, lock_mailboxes, valid_flag
+from atollon_mail.store.filing import (
+    FILED_COPY_FLAG,
+    SEEN_FLAG,
+    filing_record,
+    lock_mailboxes,
+    valid_flag,
+)
 from atollon_mail.store.mailboxes import get_mailbox_row
 from atollon_mail.store.models import Context, Filing, Mailbox, Message, User, database_proxy
 from atollon_mail.store.records import BulkMove, FilingRecord, FolderCount
@@ -61,8 +67,11 @@ def folder_counts(mailbox_address: str) -> list[FolderCount]:
         _COUNTS_SQL.format(p=database_proxy.param), (mailbox.id,)
     ).fetchall()
     for folder, context_id, flags, total in rows:
-        unread = 0 if SEEN_FLAG in flags.split() else total
-        if folder == INBOX and context_id == sent:
+        names = flags.split()
+        unread = 0 if SEEN_FLAG in names else total
+        if FILED_COPY_FLAG in names:
+            key = None  # shown in its CRM folder only
+        elif folder == INBOX and context_id == sent:
             key = SENT
         else:
             key = folder
@@ -110,6 +119,8 @@ def _folder_where(mailbox: Mailbox, folder: str | None, context_id: int | None):
         if not Context.select().where(Context.id == context_id).exists():
             raise NotFound(f"no folder or project {context_id}")
         return where & (Filing.folder == INBOX) & (Filing.context == context_id)
+    # A filing "File to..." added is shown in its CRM folder only.
+    where &= ~Filing.flags.contains(FILED_COPY_FLAG)
     if folder == SENT:
         return where & (Filing.folder == INBOX) & (Filing.context == mailbox.sent_context_id)
     if folder not in FOLDERS:
@@ -213,9 +224,16 @@ def move_filings(mailbox_address: str, uids: Iterable[int], folder: str) -> Bulk
         raise Invalid(f"there is no folder {folder!r}; give one of {', '.join(FOLDERS)}")
     mailbox = get_mailbox_row(mailbox_address)
     lock_mailboxes([mailbox.id])
-    moving = [row for row in _filings(mailbox, uids) if row[3] != folder]
+    rows = [row for row in _filings(mailbox, uids) if row[3] != folder]
+    # A filing "File to..." added leaves its CRM folder instead: the message stays where
+    # its first filing is (and is removed if that one was deleted for good).
+    copies = [row for row in rows if FILED_COPY_FLAG in row[4].split()]
+    if copies:
+        Filing.delete().where(Filing.id.in_([row[0] for row in copies])).execute()
+        remove_unused_messages({row[2] for row in copies})
+    moving = [row for row in rows if FILED_COPY_FLAG not in row[4].split()]
     if not moving:
-        return BulkMove(folder=folder, moved=0)
+        return BulkMove(folder=folder, moved=len(copies))
     stamp = Filing.filed_at.db_value(utc_now())
     # One statement reserves the block of uids (the mailbox row stays locked).
     (after,) = database_proxy.execute_sql(
@@ -233,7 +251,7 @@ def move_filings(mailbox_address: str, uids: Iterable[int], folder: str) -> Bulk
     raws = _raws(spam + ham)
     return BulkMove(
         folder=folder,
-        moved=len(moving),
+        moved=len(moving) + len(copies),
         spam=tuple((message_id, raws[message_id]) for message_id in spam),
         ham=tuple((message_id, raws[message_id]) for message_id in ham),
     )

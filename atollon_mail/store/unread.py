@@ -11,10 +11,9 @@ import attrs
 from atollon_mail.store import mailboxes
 from atollon_mail.store.common import read_only
 from atollon_mail.store.errors import Invalid
+from atollon_mail.store.filing import FILED_COPY_FLAG, SEEN_FLAG
 from atollon_mail.store.models import Filing
 from atollon_mail.store.values import FOLDERS, INBOX
-
-SEEN_FLAG = "\\Seen"
 
 
 @read_only
@@ -30,6 +29,7 @@ def count_unread(mailbox_id: int, folder: str = INBOX) -> int:
             & (Filing.folder == folder)
             # The flags are a space-separated list; LIKE with its wildcards escaped.
             & ~Filing.flags.contains(SEEN_FLAG)
+            & ~Filing.flags.contains(FILED_COPY_FLAG)
         )
         .count()
     )

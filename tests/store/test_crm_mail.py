@@ -11,7 +11,16 @@ import datetime
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from atollon_mail.store import contacts, crm_mail, folders, mailboxes, migrations, queue
+from atollon_mail.store import (
+    contacts,
+    crm_mail,
+    folders,
+    mailboxes,
+    mailfolders,
+    migrations,
+    queue,
+    unread,
+)
 from atollon_mail.store import contexts as contexts_ops
 from atollon_mail.store import filing as filing_ops
 from atollon_mail.store.errors import Ambiguous, Conflict, Invalid, NotFound
@@ -215,7 +224,12 @@ class CrmMailContract(StoreFixtureMixin):
             )
         )
         self.assertEqual(
-            rows, [(1, "\\Seen", "inbox"), (2, "\\Seen", "inbox"), (3, "\\Seen", "inbox")]
+            rows,
+            [
+                (1, "\\Seen", "inbox"),
+                (2, "\\Seen $Filed", "inbox"),
+                (3, "\\Seen $Filed", "inbox"),
+            ],
         )
         self.assertEqual(self.sync(lambda: Message.select().count()), 1)
         # The inbox lists it once; the listing of every filing shows each context.
@@ -230,6 +244,59 @@ class CrmMailContract(StoreFixtureMixin):
         self.assertEqual(
             [(m.id, m.mailboxes) for m in listed.messages], [(message_id, ("joe@acme.test",))]
         )
+
+    def test_the_mail_client_shows_a_filed_message_once_and_its_copy_in_the_project(self):
+        message_id = self.receive(_raw("jana@firm.test", "joe@acme.test", "order"))
+        self.sync(crm_mail.file_into, "joe@acme.test", message_id, self.project.id)
+
+        def listed(folder="inbox", context_id=None):
+            return [
+                (f.uid, f.context.name)
+                for f in self.sync(
+                    mailfolders.list_folder,
+                    "joe@acme.test",
+                    None if context_id else folder,
+                    context_id,
+                )
+            ]
+
+        def counts():
+            return {
+                c.name: (c.total, c.unread)
+                for c in self.sync(mailfolders.folder_counts, "joe@acme.test")
+                if c.total
+            }
+
+        self.assertEqual(listed(), [(1, "To Do (joe)")])
+        self.assertEqual(listed(context_id=self.project.id), [(2, "Spring launch")])
+        self.assertEqual(counts(), {"Inbox": (1, 1), "Spring launch": (1, 1)})
+        self.assertEqual(
+            self.sync(
+                unread.count_unread,
+                self.sync(filing_ops.resolve_recipient, "joe", "acme.test").mailbox_id,
+            ),
+            1,
+        )
+        # Deleted from the Inbox: in Trash once, still in the project.
+        self.sync(mailfolders.move_filings, "joe@acme.test", [1], "trash")
+        self.assertEqual(listed(), [])
+        [(trash_uid, _)] = listed("trash")
+        self.assertEqual(counts(), {"Trash": (1, 1), "Spring launch": (1, 1)})
+        # Filed again from Trash into another folder: nothing comes back to the Inbox.
+        self.sync(crm_mail.file_into, "joe@acme.test", message_id, "Firm orders")
+        self.assertEqual(listed(), [])
+        # Deleted from the project's listing: it leaves the project, the rest stays.
+        moved = self.sync(mailfolders.move_filings, "joe@acme.test", [2], "trash")
+        self.assertEqual(moved.moved, 1)
+        self.assertEqual(listed(context_id=self.project.id), [])
+        self.assertEqual(listed("trash"), [(trash_uid, "To Do (joe)")])
+        # Trash emptied: the last copy's removal takes the message with it.
+        self.sync(mailfolders.empty_trash, "joe@acme.test")
+        firm_orders = self.sync(lambda: folders.find_folder_row("Firm orders").id)
+        [(copy_uid, name)] = listed(context_id=firm_orders)
+        self.assertEqual(name, "Firm orders")
+        self.sync(mailfolders.move_filings, "joe@acme.test", [copy_uid], "trash")
+        self.assertEqual(self.sync(lambda: Message.select().count()), 0)
 
     def test_filing_refusals(self):
         message_id = self.receive(_raw("jana@firm.test", "joe@acme.test", "order"))
