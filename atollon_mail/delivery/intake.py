@@ -93,7 +93,8 @@ def _decoded(value: bytes, limit: int) -> str | None:
             text = str(email.header.make_header(email.header.decode_header(text)))
         except (ValueError, LookupError, UnicodeError):
             pass  # keep the undecoded text rather than nothing
-    text = " ".join(text.split())
+    # An encoded word may decode to NUL, which PostgreSQL takes in no text column.
+    text = " ".join(text.replace("\x00", " ").split())
     return text[:limit] or None
 
 

@@ -364,6 +364,12 @@ def lock_mailboxes(mailbox_ids: Iterable[int]) -> None:
         ).execute()
 
 
+# What one item of a batch may raise without the others failing with it: the database's
+# refusals, the store's own, and a value the driver will not send (psycopg2 raises
+# ValueError for a NUL character in text).
+_ITEM_ERRORS = (peewee.DatabaseError, StoreError, ValueError)
+
+
 def group_commit(store_one: Callable, items: Sequence, now) -> list:
     """store_one(item, now) for each item in the caller's one transaction.
 
@@ -374,14 +380,14 @@ def group_commit(store_one: Callable, items: Sequence, now) -> list:
     try:
         with database_proxy.atomic():
             return [store_one(item, now) for item in items]
-    except (peewee.DatabaseError, StoreError):
+    except _ITEM_ERRORS:
         pass
     results: list = []
     for item in items:
         try:
             with database_proxy.atomic():
                 results.append(store_one(item, now))
-        except (peewee.DatabaseError, StoreError) as problem:
+        except _ITEM_ERRORS as problem:
             results.append(problem)
     return results
 

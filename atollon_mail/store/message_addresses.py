@@ -63,7 +63,12 @@ def header_addresses(raw: bytes) -> list[tuple[str, str]]:
     for role, values in _fields(raw).items():
         for _, address in getaddresses(values):
             address = address.strip().lower()
-            if "@" in address and len(address) <= _LONGEST and " " not in address:
+            if (
+                "@" in address
+                and len(address) <= _LONGEST
+                and " " not in address
+                and "\x00" not in address  # PostgreSQL takes no NUL in text
+            ):
                 pairs[(role, address)] = None
             if len(pairs) >= MOST_ADDRESSES:
                 return list(pairs)

@@ -53,6 +53,12 @@ class SearchText:
     addresses: tuple[tuple[str, str], ...] | None = None
 
 
+def _clean(text: str) -> str:
+    """Folded, and without NUL characters: a decoded part or encoded word may carry
+    them, and PostgreSQL takes no NUL in text (the whole batch stored with it failed)."""
+    return fold(text).replace("\x00", " ")
+
+
 def fold(text: str) -> str:
     """text without accents (NFKD, combining marks dropped); ASCII text as it is."""
     if text.isascii():
@@ -172,10 +178,10 @@ def extract(raw: bytes, limit: int = BODY_TEXT_LIMIT) -> SearchText:
     except Exception:  # a header the email package cannot read at all
         subject = sender = recipients = ""
     return SearchText(
-        subject=fold(subject),
-        sender=fold(sender),
-        recipients=fold(recipients),
-        body=fold(f"{names}\n{body}" if names else body),
+        subject=_clean(subject),
+        sender=_clean(sender),
+        recipients=_clean(recipients),
+        body=_clean(f"{names}\n{body}" if names else body),
         has_attachment=bool(attached),
         addresses=tuple(header_addresses(raw)),
     )

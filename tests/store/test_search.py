@@ -80,6 +80,34 @@ class SearchContract:
         self.assertEqual(hit.mailbox_address, "joe@acme.test")
         self.assertEqual(hit.folder, "inbox")
 
+    def test_a_nul_decoded_from_a_message_fails_nothing_stored_with_it(self):
+        # NUL cannot come raw over SMTP, but a base64 part or an encoded word may decode
+        # to it; PostgreSQL takes no NUL in text.
+        nul = (
+            b"From: =?utf-8?q?Eve=00?= <eve@remote.example>\r\n"
+            b"To: joe@acme.test\r\nSubject: =?utf-8?q?Nul=00subject?=\r\n"
+            b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n"
+            + base64.b64encode(b"kumquat\x00harvest\r\n")
+            + b"\r\n"
+        )
+        good = _text_mail("Lunch", "noon at the usual place")
+        stored = self.sync(
+            filing.store_messages,
+            [
+                IncomingMessage(
+                    envelope_sender="someone@remote.example",
+                    recipients=(self.joe,),
+                    raw=raw,
+                    **summarize_headers(raw),
+                )
+                for raw in (good, nul)
+            ],
+        )
+        self.assertEqual([type(result).__name__ for result in stored], ["StoredMessage"] * 2)
+        self.assertEqual(self.found(text="kumquat harvest"), [stored[1].id])
+        self.assertEqual(self.found(text="usual"), [stored[0].id])
+
     def test_finds_by_subject_and_address(self):
         message = self.deliver(HTML_WITH_ATTACHMENT)
         other = self.deliver(_text_mail("Lunch", "noon at the usual place"))
