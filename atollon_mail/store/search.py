@@ -224,7 +224,8 @@ def search(login: str, query: SearchQuery, limit: int = 50, offset: int = 0) -> 
     if query.since is not None:
         where.append(f"m.received_at >= {p}")
         params.append(Message.received_at.db_value(_midnight(query.since)))
-    if query.until is not None:
+    # The last day there is (9999-12-31) has no day after it: no bound at all.
+    if query.until is not None and query.until < datetime.date.max:
         where.append(f"m.received_at < {p}")
         params.append(
             Message.received_at.db_value(_midnight(query.until + datetime.timedelta(days=1)))

@@ -96,6 +96,10 @@ class WebSearchTests(ServedWebMixin, StoreFixtureMixin):
         self.assertEqual(len(_found(page)), 2)
         page = yield bob.get("/mail/search?address=bob@example.com&until=2000-01-01")
         self.assertEqual(_found(page), [])
+        # The last day there is: every message, no error.
+        page = yield bob.get("/mail/search?address=bob@example.com&until=9999-12-31")
+        self.assertEqual(page.status, 200)
+        self.assertEqual(len(_found(page)), 2)
 
 
 class SqliteWebSearchTests(SqliteStoreMixin, WebSearchTests, unittest.TestCase):
