@@ -86,6 +86,22 @@ def carried(action: str, raw: bytes) -> list[Attachment]:
     return []
 
 
+def unwritable(values: dict) -> dict[str, str]:
+    """{field: why} for the To and Cc texts the email package cannot write into a
+    message header at all (a broken address such as x@[1.2.3): a draft is saved with
+    whatever else the form holds, but not with these, and says so beside them."""
+    problems = {}
+    for field, name in (("to", "To"), ("cc", "Cc")):
+        text = _one_line(values.get(field, ""))
+        if not text:
+            continue
+        try:
+            EmailMessage()[name] = text
+        except Exception:  # the header parser's defects surface as several kinds
+            problems[field] = f"{text!r} cannot be written into a message; correct it."
+    return problems
+
+
 def _one_line(value: str) -> str:
     return " ".join(value.split())
 

@@ -442,15 +442,17 @@ def register(app: WebApp) -> None:
                 f"{most} bytes. Remove some."
             )
         if intent == "draft":
+            errors.update(compose.unwritable(values))
             if errors:
+                status = 413 if "attachments" in errors or "body" in errors else 400
                 if autosave:
-                    return compose.write_json(page.request, {"errors": errors}, 413)
+                    return compose.write_json(page.request, {"errors": errors}, status)
                 return _compose_page(
                     page,
                     mailbox,
                     values,
                     errors,
-                    413,
+                    status,
                     original,
                     draft_id,
                     stored,
@@ -495,7 +497,12 @@ def register(app: WebApp) -> None:
         if errors:
             status = 413 if "attachments" in errors else 400
             note = ""
-            if page.files and "attachments" not in errors and "body" not in errors:
+            if (
+                page.files
+                and "attachments" not in errors
+                and "body" not in errors
+                and not compose.unwritable(values)
+            ):
                 # The browser cannot give the files back to the form: kept in a draft.
                 saved = await _save_draft(
                     page, mailbox, values, attachments, threading, action, original_id, draft_id

@@ -288,6 +288,22 @@ class ComposeTests(ServedWebMixin, StoreFixtureMixin):
         return (yield browser.post_multipart("/mail/compose?address=bob@example.com", form, files))
 
     @defer.inlineCallbacks
+    def test_a_draft_with_an_address_no_message_can_carry_is_refused_beside_it(self):
+        bob = yield self.logged_in()
+        page = yield self.compose(bob)
+        refused = yield self.save(bob, page, to="x@[1.2.3", subject="Odd", body="Words.")
+        self.assertEqual(refused.status, 400)
+        self.assertIn("cannot be written into a message", refused.text)
+        self.assertIn("Words.", refused.text)
+        self.assertEqual(self.folder("drafts"), [])
+        # Saved in the background: told in JSON, not a server error.
+        page = yield self.compose(bob)
+        form = self.form(page, intent="draft", autosave="1", cc="y@[", subject="Odd")
+        autosaved = yield bob.post_multipart("/mail/compose?address=bob@example.com", form, ())
+        self.assertEqual(autosaved.status, 400)
+        self.assertIn("cc", json.loads(autosaved.text)["errors"])
+
+    @defer.inlineCallbacks
     def test_a_draft_is_saved_replaced_reopened_and_sent(self):
         bob = yield self.logged_in()
         page = yield self.compose(bob)
