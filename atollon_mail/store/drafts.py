@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import attrs
 
-from atollon_mail.store.common import placeholders
 from atollon_mail.store.errors import NotFound
 from atollon_mail.store.filing import (
     default_type_ids,
@@ -20,7 +19,8 @@ from atollon_mail.store.filing import (
     lock_mailboxes,
 )
 from atollon_mail.store.mailboxes import get_mailbox_row
-from atollon_mail.store.models import Filing, database_proxy, utc_now
+from atollon_mail.store.mailfolders import remove_unused_messages
+from atollon_mail.store.models import Filing, utc_now
 from atollon_mail.store.records import OutgoingMessage
 from atollon_mail.store.values import DRAFTS
 
@@ -38,8 +38,8 @@ class SavedDraft:
 
 
 def _remove(mailbox_id: int, message_id: int) -> bool:
-    """The draft's filing gone, and its message when nothing else files or queues it (a
-    draft's message is its own, but a copy could have been filed elsewhere over IMAP)."""
+    """The draft's filing gone, and its message when nothing else needs it (a draft's
+    message is its own, but a copy could have been filed elsewhere over IMAP)."""
     filing_ids = [
         row[0]
         for row in Filing.select(Filing.id)
@@ -53,12 +53,7 @@ def _remove(mailbox_id: int, message_id: int) -> bool:
     if not filing_ids:
         return False
     Filing.delete().where(Filing.id.in_(filing_ids)).execute()
-    database_proxy.execute_sql(
-        f"DELETE FROM message WHERE id IN ({placeholders(1)})"
-        " AND NOT EXISTS (SELECT 1 FROM filing f WHERE f.message_id = message.id)"
-        " AND NOT EXISTS (SELECT 1 FROM queue_message q WHERE q.message_id = message.id)",
-        (message_id,),
-    )
+    remove_unused_messages([message_id])
     return True
 
 
