@@ -17,9 +17,9 @@ from atollon_mail.store.filing import (
     execute_prepared,
     insert_message,
     lock_mailboxes,
+    remove_unused_messages,
 )
 from atollon_mail.store.mailboxes import get_mailbox_row
-from atollon_mail.store.mailfolders import remove_unused_messages
 from atollon_mail.store.models import Filing, utc_now
 from atollon_mail.store.records import OutgoingMessage
 from atollon_mail.store.values import DRAFTS

@@ -672,6 +672,23 @@ def move_to_inbox(mailbox_address: str, message_id: int) -> FolderMove:
 PURGE_BATCH = 500
 
 
+def remove_unused_messages(message_ids: Iterable[int]) -> None:
+    """Delete those of these messages that nothing needs any more: no filing (in any
+    mailbox), no queue entry and no campaign recipient's record names them."""
+    for chunk in chunks(sorted(set(message_ids))):
+        marks = placeholders(len(chunk))
+        # campaign_recipient.message_id is a plain number without an index: one scan
+        # per chunk (the uncorrelated IN), not one per message.
+        database_proxy.execute_sql(
+            f"DELETE FROM message WHERE id IN ({marks})"
+            " AND NOT EXISTS (SELECT 1 FROM filing f WHERE f.message_id = message.id)"
+            " AND NOT EXISTS (SELECT 1 FROM queue_message q WHERE q.message_id = message.id)"
+            " AND id NOT IN (SELECT c.message_id FROM campaign_recipient c"
+            f" WHERE c.message_id IN ({marks}))",
+            (*chunk, *chunk),
+        )
+
+
 def purge_junk(before: datetime.datetime, limit: int = PURGE_BATCH) -> int:
     """Remove up to `limit` filings that came into a Junk before `before` (naive UTC),
     oldest first, and the messages left filed nowhere and queued for nobody; how many
@@ -687,11 +704,5 @@ def purge_junk(before: datetime.datetime, limit: int = PURGE_BATCH) -> int:
         return 0
     for chunk in chunks([filing_id for filing_id, _ in rows]):
         Filing.delete().where(Filing.id.in_(chunk)).execute()
-    for chunk in chunks(sorted({message_id for _, message_id in rows})):
-        database_proxy.execute_sql(
-            f"DELETE FROM message WHERE id IN ({placeholders(len(chunk))})"
-            " AND NOT EXISTS (SELECT 1 FROM filing f WHERE f.message_id = message.id)"
-            " AND NOT EXISTS (SELECT 1 FROM queue_message q WHERE q.message_id = message.id)",
-            tuple(chunk),
-        )
+    remove_unused_messages({message_id for _, message_id in rows})
     return len(rows)

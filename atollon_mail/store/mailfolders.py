@@ -28,6 +28,7 @@ from atollon_mail.store.filing import (
     SEEN_FLAG,
     filing_record,
     lock_mailboxes,
+    remove_unused_messages,
     valid_flag,
 )
 from atollon_mail.store.mailboxes import get_mailbox_row
@@ -292,23 +293,6 @@ def _remove(rows: list[tuple]) -> int:
         Filing.delete().where(Filing.id.in_(chunk)).execute()
     remove_unused_messages(row[2] for row in rows)
     return len(rows)
-
-
-def remove_unused_messages(message_ids: Iterable[int]) -> None:
-    """Delete those of these messages that nothing needs any more: no filing (in any
-    mailbox), no queue entry and no campaign recipient's record names them."""
-    for chunk in chunks(sorted(set(message_ids))):
-        marks = placeholders(len(chunk))
-        # campaign_recipient.message_id is a plain number without an index: one scan
-        # per chunk (the uncorrelated IN), not one per message.
-        database_proxy.execute_sql(
-            f"DELETE FROM message WHERE id IN ({marks})"
-            " AND NOT EXISTS (SELECT 1 FROM filing f WHERE f.message_id = message.id)"
-            " AND NOT EXISTS (SELECT 1 FROM queue_message q WHERE q.message_id = message.id)"
-            " AND id NOT IN (SELECT c.message_id FROM campaign_recipient c"
-            f" WHERE c.message_id IN ({marks}))",
-            (*chunk, *chunk),
-        )
 
 
 def mark_read(mailbox_address: str, message_id: int) -> int:
