@@ -2,9 +2,9 @@
 mailboxes the user may view and the CRM contacts the user may see whose address or name
 starts with what was typed.
 
-Who sees which contacts: users belong to no organization, and the CRM pages of the web
-(groups, campaigns) are for administrators only, so an administrator is offered every
-contact with an address and any other user none (only the mailboxes they may view).
+Who sees which contacts: the CRM's contacts are the organization's shared address book,
+which every user who logs in may list and open in the web (web.pages_contacts), so every
+contact with an address is offered to every user, beside the mailboxes they may view.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def suggest_addresses(
     if not prefix:
         return []
     wanted = prefix.casefold()
-    user = get_user_row(login)
+    get_user_row(login)  # NotFound for a user that is gone
     names = dict(User.select(User.login, User.name).tuples())
     found: dict[str, AddressSuggestion] = {}
     for mailbox in list_mailboxes():
@@ -76,7 +76,7 @@ def suggest_addresses(
             continue
         for address in matching:
             found.setdefault(address.lower(), AddressSuggestion(name, address, "mailbox"))
-    if user.is_admin and len(found) < limit:
+    if len(found) < limit:
         condition = (
             _starts_with(Contact.email, prefix)
             | _starts_with(Contact.name, prefix)

@@ -7,7 +7,8 @@ logs in may list, open, add and edit contacts and open folders and projects (as 
 command line's CRM commands, there is no per-user CRM right); the mail they show comes
 only from mailboxes the user may view (the rule of every mail page), and filing a
 message needs the edit right on its mailbox, as moving it does. Distribution groups are
-the administrators' (pages_groups): only they see and change a contact's groups.
+the administrators' (pages_groups) and campaigns too (pages_campaigns): only they see
+and change a contact's groups and see the campaign mail it got.
 """
 
 from __future__ import annotations
@@ -215,9 +216,11 @@ def register(app: WebApp) -> None:
             PER_PAGE,
             (number - 1) * PER_PAGE,
         )
-        campaign_mail = await page.store.run(crm_mail.contact_campaign_mail, contact.id)
+        # Campaigns are the administrators' (pages_campaigns), their mail too.
+        campaign_mail = ()
         groups = static_groups = ()
         if page.user.is_admin:
+            campaign_mail = await page.store.run(crm_mail.contact_campaign_mail, contact.id)
             groups = await page.store.run(crm_mail.contact_groups, contact.id)
             member_of = {group.id for group in groups}
             static_groups = [

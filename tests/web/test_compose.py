@@ -494,13 +494,17 @@ class ComposeTests(ServedWebMixin, StoreFixtureMixin):
     @defer.inlineCallbacks
     def test_suggestions_are_what_the_user_may_see(self):
         bob = yield self.logged_in()
-        # Carol's own mailbox is not his to see; the one she shares with him is, by its
-        # address (her name is her default mailbox's).
-        self.assertEqual((yield self.suggestions(bob, "car")), [])
+        # Carol's own mailbox is not his to see (only the CRM's Carla is offered); the one
+        # she shares with him is, by its address (her name is her default mailbox's).
+        self.assertEqual(
+            (yield self.suggestions(bob, "car")), ["Carla Customer <carla@customer.example>"]
+        )
         self.assertEqual((yield self.suggestions(bob, "SHA")), ["shared@example.com"])
         self.assertEqual((yield self.suggestions(bob, "bo")), ["Bob <bob@example.com>"])
-        # CRM contacts are the administrators': not offered to him.
-        self.assertEqual((yield self.suggestions(bob, "carla")), [])
+        # CRM contacts are the shared address book: offered to him too.
+        self.assertEqual(
+            (yield self.suggestions(bob, "carla")), ["Carla Customer <carla@customer.example>"]
+        )
         admin = yield self.logged_in("admin", "admin-secret")
         self.assertEqual(
             (yield self.suggestions(admin, "car")),

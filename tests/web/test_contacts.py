@@ -226,6 +226,21 @@ class WebContactsTests(ServedWebMixin, StoreFixtureMixin):
         self.assertIn("For bob only", page.text)
 
     @defer.inlineCallbacks
+    def test_the_campaign_mail_a_contact_got_is_shown_to_administrators(self):
+        builders.mailbox(self.store, "news@acme.test", "admin")
+        group = builders.group(self.store, "Customers", "Acme", members=[self.jana.id])
+        builders.campaign(self.store, group.id, variants={"en": ("Spring", "Hi")}, started=True)
+        joe = yield self.logged_in()
+        page = yield joe.get(f"/contact?id={self.jana.id}")
+        self.assertEqual(page.status, 200)
+        self.assertNotIn('id="campaign-mail"', page.text)
+        self.assertNotIn("Spring news", page.text)
+        admin = yield self.logged_in("admin", "admin-secret")
+        page = yield admin.get(f"/contact?id={self.jana.id}")
+        self.assertIn('id="campaign-mail"', page.text)
+        self.assertIn("Spring news", page.text)
+
+    @defer.inlineCallbacks
     def test_employments_added_made_primary_and_ended(self):
         builders.company(self.store, "Globex", external_id="c2")
         browser = yield self.logged_in()
