@@ -13,7 +13,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 
 from atollon_mail.delivery.intake import summarize_headers
-from atollon_mail.store import common, drafts, filing, mailboxes, mailfolders
+from atollon_mail.store import common, drafts, filing, mailboxes, mailfolders, searchtext
 from atollon_mail.store.errors import Invalid, NotFound, StoreError
 from atollon_mail.store.records import InboundVerdict, Origin, OutgoingMessage, Recipient
 from atollon_mail.store.values import DRAFTS, INBOX, JUNK
@@ -172,6 +172,13 @@ async def learn(page: PageRequest, raw: bytes, spam: bool, message_id: int) -> b
 
 def _one_line(value: str) -> str:
     return " ".join(value.split())
+
+
+def _draft_message(mailbox, values, attachments, threading, draft_of) -> OutgoingMessage:
+    """The draft the compose form holds, with its search text (in the CPU pool)."""
+    raw = compose.build(mailbox, values, attachments, threading, draft_of)
+    draft = OutgoingMessage(envelope_sender=mailbox.identity, raw=raw, **summarize_headers(raw))
+    return searchtext.with_search_text(draft)
 
 
 def register(app: WebApp) -> None:
@@ -361,8 +368,12 @@ def register(app: WebApp) -> None:
     async def _save_draft(
         page, mailbox, values, attachments, threading, action, original_id, replaces
     ):
-        raw = compose.build(mailbox, values, attachments, threading, (action, original_id))
-        draft = OutgoingMessage(envelope_sender=mailbox.identity, raw=raw, **summarize_headers(raw))
+        # Building (base64 of the attachments) and reading its text for search cost CPU in
+        # proportion to the draft's size, up to the largest message: not on the reactor,
+        # nor in the store's transaction; autosave repeats it every 30 s.
+        draft = await page.app.workers.in_cpu(
+            _draft_message, mailbox, values, attachments, threading, (action, original_id)
+        )
         return await page.store.run(drafts.save_draft, mailbox.address, draft, replaces)
 
     @app.route(
@@ -488,7 +499,9 @@ def register(app: WebApp) -> None:
                 errors["to"] = f"Sending as {mailbox.identity} is refused: {refused}."
         raw = b""
         if not errors:
-            raw = compose.build(mailbox, values, attachments, threading)
+            raw = await page.app.workers.in_cpu(
+                compose.build, mailbox, values, attachments, threading
+            )
             if len(raw) > most:
                 errors["attachments"] = (
                     f"With its attachments the message is {len(raw)} bytes; this server "
