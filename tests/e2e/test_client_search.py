@@ -1,5 +1,6 @@
-"""Browser journey: mail with an HTML body arrives over SMTP at the real appliance, and the
-search box of the mailbox page finds it by a word of its body (Chromium)."""
+"""Browser journey: mail with an HTML body arrives over SMTP at the real appliance, the
+search box of the mailbox page finds it by a word of its body, and once it is deleted
+(Trash emptied) finds it no more (Chromium)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,22 @@ class SearchJourney(ApplianceBrowserCase):
         self.page.wait_for_load_state()
         self.assertIn("/mail/message?", self.page.url)
         self.assertIn("scaffolding", self.page.frame_locator("iframe").locator("body").inner_text())
+
+        # Deleted for good: the word finds nothing.
+        self.page.goto(f"{self.base}/mail/box?address=jane@acme.test")
+        self.page.locator("tr", has_text="Site visit").get_by_role("checkbox").check()
+        self.page.get_by_role("button", name="Delete", exact=True).click()
+        self.page.wait_for_load_state()
+        self.page.locator("#folders").get_by_role("link", name="Trash").click()
+        self.page.wait_for_load_state()
+        self.page.get_by_role("button", name="Empty Trash").click()
+        self.page.wait_for_load_state()
+        self.page.get_by_role("searchbox", name="Search this mailbox").fill("scaffolding")
+        self.page.get_by_role("button", name="Search").click()
+        self.page.wait_for_url("**/mail/search?**")
+        self.assertEqual(self.page.get_by_role("link", name="Site visit").count(), 0)
+        # The other message is still found, from the results page's own form.
+        self.page.fill("#q", "usual")
+        self.page.get_by_role("button", name="Search").click()
+        self.page.wait_for_load_state()
+        self.assertEqual(self.page.locator("#results").get_by_role("link", name="Lunch").count(), 1)
