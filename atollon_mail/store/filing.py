@@ -435,6 +435,11 @@ def list_filings(
     where = Filing.mailbox == mailbox.id
     if folder is not None:
         where &= (Filing.folder == _folder(folder)) & ~peewee.fn.EXISTS(_filed_before())
+    return filings_page(where, f"{mailbox.local_part}@{mailbox.domain.name}", limit, offset)
+
+
+def filings_page(where, mailbox_address: str, limit: int, offset: int) -> list[FilingRecord]:
+    """The filings `where` selects (of one mailbox), newest first, one page of them."""
     # The context's owner is joined too: a lazy load per filing doubled the queries.
     query = (
         Filing.select(Filing, Message, Context, User)
@@ -447,8 +452,7 @@ def list_filings(
         .limit(limit)
         .offset(offset)
     )
-    address = f"{mailbox.local_part}@{mailbox.domain.name}"
-    return [filing_record(filing, address) for filing in query]
+    return [filing_record(filing, mailbox_address) for filing in query]
 
 
 def filing_record(filing: Filing, mailbox_address: str) -> FilingRecord:
@@ -606,12 +610,11 @@ def valid_flag(flag: str) -> str:
     return flag
 
 
-def add_flag(mailbox_address: str, message_id: int, flag: str) -> int:
-    """Add `flag` (e.g. \\Answered) to every filing of the message in this mailbox that
-    lacks it; how many changed. NotFound when the message is not filed here."""
-    valid_flag(flag)
+def _flags_of_message(mailbox_address: str, message_id: int) -> list[tuple[int, str]]:
+    """(filing id, flags) of every filing of the message in this mailbox, the mailbox
+    locked first (PostgreSQL: two flag changes of one message do not lose either);
+    NotFound when the message is not filed here."""
     mailbox = get_mailbox_row(mailbox_address)
-    # Locked first (PostgreSQL): two flag changes of one message do not lose either.
     lock_mailboxes([mailbox.id])
     filings = list(
         Filing.select(Filing.id, Filing.flags)
@@ -620,8 +623,15 @@ def add_flag(mailbox_address: str, message_id: int, flag: str) -> int:
     )
     if not filings:
         raise NotFound(f"no message {message_id} in {mailbox.local_part}@{mailbox.domain.name}")
+    return filings
+
+
+def add_flag(mailbox_address: str, message_id: int, flag: str) -> int:
+    """Add `flag` (e.g. \\Answered) to every filing of the message in this mailbox that
+    lacks it; how many changed. NotFound when the message is not filed here."""
+    valid_flag(flag)
     changed = 0
-    for filing_id, flags in filings:
+    for filing_id, flags in _flags_of_message(mailbox_address, message_id):
         present = flags.split()
         if flag in present:
             continue
@@ -637,17 +647,8 @@ def remove_flag(mailbox_address: str, message_id: int, flag: str) -> int:
     """Take `flag` (e.g. \\Seen) from every filing of the message in this mailbox that
     has it; how many changed. NotFound when the message is not filed here."""
     valid_flag(flag)
-    mailbox = get_mailbox_row(mailbox_address)
-    lock_mailboxes([mailbox.id])  # as add_flag
-    filings = list(
-        Filing.select(Filing.id, Filing.flags)
-        .where((Filing.mailbox == mailbox.id) & (Filing.message == message_id))
-        .tuples()
-    )
-    if not filings:
-        raise NotFound(f"no message {message_id} in {mailbox.local_part}@{mailbox.domain.name}")
     changed = 0
-    for filing_id, flags in filings:
+    for filing_id, flags in _flags_of_message(mailbox_address, message_id):
         present = flags.split()
         if flag not in present:
             continue

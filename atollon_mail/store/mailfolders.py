@@ -26,7 +26,7 @@ from atollon_mail.store.errors import Invalid, NotFound
 from atollon_mail.store.filing import (
     FILED_COPY_FLAG,
     SEEN_FLAG,
-    filing_record,
+    filings_page,
     lock_mailboxes,
     remove_unused_messages,
     valid_flag,
@@ -144,19 +144,7 @@ def list_folder(
     (FIXED_FOLDERS), or with `context_id` (and folder None) a CRM folder or project."""
     mailbox = get_mailbox_row(mailbox_address)
     where = _folder_where(mailbox, folder, context_id)
-    query = (
-        Filing.select(Filing, Message, Context, User)
-        .join(Message)
-        .switch(Filing)
-        .join(Context)
-        .join(User, peewee.JOIN.LEFT_OUTER, on=(Context.owner == User.id))
-        .where(where)
-        .order_by(Filing.uid.desc())
-        .limit(limit)
-        .offset(offset)
-    )
-    address = _address(mailbox)
-    return [filing_record(filing, address) for filing in query]
+    return filings_page(where, _address(mailbox), limit, offset)
 
 
 @read_only

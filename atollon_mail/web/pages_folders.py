@@ -19,7 +19,7 @@ from atollon_mail.store.errors import Invalid, NotFound
 from atollon_mail.store.values import INBOX, JUNK, TRASH
 from atollon_mail.web.app import HttpError, Page, PageRequest, Redirect, WebApp, not_found
 from atollon_mail.web.numbers import MAX_PAGE, page_number, parse_count, parse_id
-from atollon_mail.web.pages_mail import FOLDER_NAMES, PER_PAGE, box_url, learn
+from atollon_mail.web.pages_mail import FOLDER_NAMES, PER_PAGE, box_url, learn, write_body
 
 SEEN = filing.SEEN_FLAG
 FLAGGED = mailfolders.FLAGGED_FLAG
@@ -317,21 +317,4 @@ def register(app: WebApp) -> None:
             filed = await page.store.run(filing.filed_message, mailbox.address, message_id)
         except NotFound:
             raise not_found() from None
-        return _write_text(page, filed.raw)
-
-
-def _write_text(page: PageRequest, body: bytes):
-    """Answer with `body` as text/plain, shown in the browser; the framework adds nothing
-    to a finished request."""
-    request = page.request
-    request.setResponseCode(200)
-    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-    request.setHeader(b"content-disposition", b"inline")
-    request.setHeader(b"x-content-type-options", b"nosniff")
-    request.setHeader(b"cache-control", b"no-store")
-    request.setHeader(b"content-security-policy", b"default-src 'none'; sandbox")
-    request.setHeader(b"content-length", str(len(body)).encode())
-    if request.method != b"HEAD":
-        request.write(body)
-    request.finish()
-    return Redirect("/mail")  # never sent: the request is already finished
+        return write_body(page, filed.raw, "text/plain; charset=utf-8", "inline")

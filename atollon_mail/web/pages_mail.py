@@ -137,16 +137,13 @@ def read_message(raw: bytes) -> dict:
     }
 
 
-def _write_download(page: PageRequest, body: bytes, content_type: str, filename: str):
-    """Answer with the file itself; the framework adds nothing to a finished request."""
+def write_body(page: PageRequest, body: bytes, content_type: str, disposition: str):
+    """Answer with `body` itself (a download, or text shown as it is: never rendered nor
+    sniffed); the framework adds nothing to a finished request."""
     request = page.request
-    safe_name = quote(filename, safe="")
     request.setResponseCode(200)
     request.setHeader(b"content-type", content_type.encode("ascii", "replace"))
-    request.setHeader(
-        b"content-disposition",
-        f"attachment; filename*=UTF-8''{safe_name}".encode("ascii"),
-    )
+    request.setHeader(b"content-disposition", disposition.encode("ascii"))
     request.setHeader(b"x-content-type-options", b"nosniff")
     request.setHeader(b"cache-control", b"no-store")
     request.setHeader(b"content-security-policy", b"default-src 'none'; sandbox")
@@ -155,6 +152,11 @@ def _write_download(page: PageRequest, body: bytes, content_type: str, filename:
         request.write(body)
     request.finish()
     return Redirect("/mail")  # never sent: the request is already finished
+
+
+def _write_download(page: PageRequest, body: bytes, content_type: str, filename: str):
+    safe_name = quote(filename, safe="")
+    return write_body(page, body, content_type, f"attachment; filename*=UTF-8''{safe_name}")
 
 
 async def learn(page: PageRequest, raw: bytes, spam: bool, message_id: int) -> bool:
