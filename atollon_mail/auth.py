@@ -16,6 +16,12 @@ guesses gets no more argon2 checks than the limit, and a right password sent in 
 burst is refused like the rest. A successful login forgets the failures of that login from
 that address, never those of the address (an attacker with an account of its own could
 reset its count). A check that could not be made (the store did not answer) is not counted.
+
+The login may be given as the address of a mailbox (name@example.com, what mail clients
+ask for): it stands for the login of the mailbox's owner, whose password is checked. Such
+an attempt counts under the name given and under the login it stands for, so guessing
+alice's password through her addresses spends alice's allowance too. An address that is
+no mailbox's goes the way of an unknown login (the unknown user's hash is verified).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ ADDRESS_LIMIT = 20
 WINDOW = 600.0  # seconds
 MAX_TRACKED = 10_000  # entries per table; the oldest go first
 MAX_LOGIN_KEY = 256  # characters of a login kept as a throttle key
+MAX_ADDRESS = 320  # characters of a mailbox address given as the login (64 @ 253, and spaces)
 
 # Its hash is verified against when the login does not exist, so a wrong login costs as
 # long as a wrong password and the timing does not tell which logins exist. Hashed once,
@@ -183,6 +190,14 @@ class PasswordChecker:
         for waiter in waiters:
             waiter.callback(result)
 
+    def resolve(self, name: str) -> defer.Deferred:
+        """Deferred firing with the login a mailbox address stands for (its owner's), or
+        None: for a name that is no address (a login itself) without asking the store, and
+        for an address that is no active mailbox's. A login never holds "@"."""
+        if "@" not in name or len(name) > MAX_ADDRESS:
+            return defer.succeed(None)
+        return self._store.run(accounts.login_of_address, name)
+
     @defer.inlineCallbacks
     def check(self, login: str, password: str):
         """Deferred firing with the UserRecord, or None when the credentials are wrong."""
@@ -198,7 +213,9 @@ class PasswordChecker:
 @implementer(IAuthenticator)
 class Authenticator:
     """A password check (`check(login, password)`, normally PasswordChecker.check) behind
-    the throttle described at the top of this module."""
+    the throttle described at the top of this module. With `resolve(name)` (normally
+    PasswordChecker.resolve: a Deferred of the login a mailbox address stands for, or
+    None), the check is made for the login resolved, and counted under it too."""
 
     def __init__(
         self,
@@ -208,8 +225,10 @@ class Authenticator:
         address_limit: int = ADDRESS_LIMIT,
         window: float = WINDOW,
         max_tracked: int = MAX_TRACKED,
+        resolve: Callable[[str], defer.Deferred] | None = None,
     ):
         self._check = check
+        self._resolve = resolve
         self.clock = clock
         self.window = window
         self.by_address = FailureTable(clock, address_limit, window, max_tracked)
@@ -229,23 +248,46 @@ class Authenticator:
                 return defer.fail(Throttled(table.retry_after(key)))
         self.by_address.started(address)
         self.by_login.started(pair)
+        pairs = [pair]
+
+        def resolved(owner: str | None):
+            name = login
+            if owner is not None and login_key(owner) != pair[1]:
+                owner_pair = (address, login_key(owner))
+                if not self.by_login.may_attempt(owner_pair):
+                    raise Throttled(self.by_login.retry_after(owner_pair))
+                self.by_login.started(owner_pair)
+                pairs.append(owner_pair)
+                name = owner
+            return self._check(name, password)
 
         def checked(user):
             self.by_address.finished(address, failed=user is None)
-            self.by_login.finished(pair, failed=user is None)
-            if user is not None:
-                self.by_login.forget(pair)
+            for each in pairs:
+                self.by_login.finished(each, failed=user is None)
+                if user is not None:
+                    self.by_login.forget(each)
             return user
 
         def unchecked(failure):
+            # Refused by the owner's count, or not checked at all: neither is a failure.
             self.by_address.finished(address, failed=False)
-            self.by_login.finished(pair, failed=False)
+            for each in pairs:
+                self.by_login.finished(each, failed=False)
             return failure
 
-        return defer.maybeDeferred(self._check, login, password).addCallbacks(checked, unchecked)
+        resolving = (
+            defer.maybeDeferred(self._resolve, login)
+            if self._resolve is not None
+            else defer.succeed(None)
+        )
+        return resolving.addCallback(resolved).addCallbacks(checked, unchecked)
 
 
 def build_authenticator(store: Any, reactor: Any, threadpool: Any, clock: Any = None):
-    """The appliance's authenticator: argon2 in `threadpool`, the default limits."""
+    """The appliance's authenticator: argon2 in `threadpool`, the default limits, a
+    mailbox's address accepted as its owner's login."""
     checker = PasswordChecker(store, reactor, threadpool)
-    return Authenticator(checker.check, clock if clock is not None else reactor)
+    return Authenticator(
+        checker.check, clock if clock is not None else reactor, resolve=checker.resolve
+    )

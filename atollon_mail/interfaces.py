@@ -137,10 +137,11 @@ class IAuthenticator(Interface):
     def authenticate(client, login, password):
         """
         Deferred firing with the UserRecord when the password is right, None when the
-        login or password is wrong. Fails with auth.Throttled, without checking the
-        password, when too many attempts from the client (or at this login from it) are
-        recent or still being checked; fails with another error when the check could not
-        be made (a temporary failure, not counted).
+        login or password is wrong. The login may be given as the address of a mailbox:
+        it stands for the mailbox owner's login (and counts under both). Fails with
+        auth.Throttled, without checking the password, when too many attempts from the
+        client (or at this login from it) are recent or still being checked; fails with
+        another error when the check could not be made (a temporary failure, not counted).
         """
 
 

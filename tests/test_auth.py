@@ -21,9 +21,10 @@ from atollon_mail.auth import (
     build_authenticator,
 )
 from atollon_mail.interfaces import IAuthenticator
-from atollon_mail.store import accounts
+from atollon_mail.store import accounts, mailboxes
 from atollon_mail.store.records import UserRecord
-from tests.support import SqliteStoreMixin, StoreFixtureMixin
+from tests.builders import alias, hosted_mailbox, mailbox
+from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import _hash
 
 ALICE = UserRecord(id=1, login="alice", name="Alice", is_admin=False)
@@ -37,6 +38,7 @@ class HeldCheck:
 
     def __call__(self, login: str, password: str) -> defer.Deferred:
         deferred = defer.Deferred()
+        deferred.login = login
         deferred.right = (login, password) == ("alice", "secret")
         self.calls.append(deferred)
         return deferred
@@ -188,3 +190,180 @@ class ThrottleTests(unittest.TestCase):
             self.assertTrue(result[0].check(RuntimeError))
         self.assertEqual(len(self.authenticator.by_login), 0)
         self.assertEqual(len(self.authenticator.by_address), 0)
+
+
+# Mailbox addresses and whose login each stands for, as PasswordChecker.resolve finds them.
+OWNERS = {"alice@example.com": "alice", "sales@example.com": "alice", "bob@example.com": "bob"}
+
+
+def resolve(name: str) -> defer.Deferred:
+    return defer.succeed(OWNERS.get(name.strip().lower()))
+
+
+class AddressThrottleTests(unittest.TestCase):
+    """A mailbox address given as the login counts under it and under its owner's login."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.check = HeldCheck()
+        self.authenticator = Authenticator(self.check, self.clock, resolve=resolve)
+
+    def attempt(self, login, password="wrong", client="192.0.2.1"):
+        results = []
+        self.authenticator.authenticate(client, login, password).addBoth(results.append)
+        return results
+
+    def test_the_owners_password_is_checked(self):
+        result = self.attempt("Alice@Example.com", "secret")
+        self.assertEqual([call.login for call in self.check.calls], ["alice"])
+        self.check.answer_all()
+        self.assertEqual(result, [ALICE])
+
+    def test_guesses_through_addresses_spend_the_owners_allowance(self):
+        for number in range(LOGIN_LIMIT):
+            self.attempt(("alice@example.com", "sales@example.com")[number % 2])
+        self.check.answer_all()
+        self.assertTrue(self.authenticator.login_blocked("192.0.2.1", "alice"))
+        self.assertFalse(self.authenticator.login_blocked("192.0.2.1", "sales@example.com"))
+        # Neither the login itself nor another of its addresses gets more guesses.
+        for login in ("alice", "sales@example.com", "SALES@example.com "):
+            [failure] = self.attempt(login, "secret")
+            self.assertIsInstance(failure.value, Throttled)
+        self.assertEqual(len(self.check.calls), LOGIN_LIMIT)
+        # Not counted against the address of the client: refused, not checked.
+        self.assertFalse(self.authenticator.blocked("192.0.2.1"))
+        self.assertEqual(self.authenticator.by_login.in_flight(("192.0.2.1", "alice")), 0)
+        # Another owner's address from the same client is still checked.
+        bob = self.attempt("bob@example.com")
+        self.assertEqual(len(self.check.calls), LOGIN_LIMIT + 1)
+        self.check.answer_all()
+        self.assertEqual(bob, [None])
+
+    def test_guesses_at_the_login_block_its_addresses(self):
+        for _ in range(LOGIN_LIMIT):
+            self.attempt("alice")
+        self.check.answer_all()
+        [failure] = self.attempt("alice@example.com", "secret")
+        self.assertIsInstance(failure.value, Throttled)
+        self.assertEqual(len(self.check.calls), LOGIN_LIMIT)
+
+    def test_attempts_in_progress_through_an_address_count_for_the_owner(self):
+        for _ in range(LOGIN_LIMIT):
+            self.attempt("alice@example.com")
+        [failure] = self.attempt("alice", "secret")
+        self.assertIsInstance(failure.value, Throttled)
+        self.assertEqual(len(self.check.calls), LOGIN_LIMIT)
+
+    def test_a_success_forgets_both_names(self):
+        for _ in range(LOGIN_LIMIT - 1):
+            self.attempt("alice@example.com")
+        self.check.answer_all()
+        result = self.attempt("sales@example.com", "secret")
+        self.check.answer_all()
+        self.assertEqual(result, [ALICE])
+        for key in ("alice", "sales@example.com"):
+            self.assertFalse(self.authenticator.by_login._recent(("192.0.2.1", key)), key)
+        self.assertEqual(len(self.authenticator.by_login), 1)  # alice@example.com's remain
+
+    def test_an_unknown_address_is_checked_as_given_and_counted_under_it(self):
+        result = self.attempt("nobody@example.com", "secret")
+        self.assertEqual([call.login for call in self.check.calls], ["nobody@example.com"])
+        self.check.answer_all()
+        self.assertEqual(result, [None])
+        self.assertEqual(
+            list(self.authenticator.by_login._failures), [("192.0.2.1", "nobody@example.com")]
+        )
+
+    def test_a_resolution_that_could_not_be_made_is_not_counted(self):
+        def unavailable(name):
+            return defer.fail(RuntimeError("the store did not answer"))
+
+        authenticator = Authenticator(self.check, self.clock, resolve=unavailable)
+        for _ in range(LOGIN_LIMIT * 2):
+            results = []
+            authenticator.authenticate("192.0.2.1", "alice@example.com", "x").addBoth(
+                results.append
+            )
+            self.assertTrue(results[0].check(RuntimeError))
+        self.assertEqual(self.check.calls, [])
+        self.assertEqual(len(authenticator.by_login), 0)
+        self.assertEqual(authenticator.by_address.in_flight("192.0.2.1"), 0)
+
+
+class AddressLoginStoreTests(StoreFixtureMixin):
+    """The store's side: which addresses stand for a login, and the checks they lead to."""
+
+    def setUp(self):
+        self.store = self.make_store()
+        hosted_mailbox(self.store, "alice@example.com", "alice", _hash("secret"))
+        mailbox(self.store, "sales@example.com", "alice")
+        hosted_mailbox(self.store, "bob@other.example", "bob", _hash("bob-secret"))
+        alias(self.store, "info@other.example", "bob@other.example")
+        mailbox(self.store, "old@example.com", "bob")
+        self.store.run_sync(mailboxes.set_mailbox_active, "old@example.com", False)
+        self.pool = CountingPool()
+        self.pool.start()
+        self.addCleanup(self.pool.stop)
+        self.checker = PasswordChecker(self.store, reactor, self.pool)
+
+    def test_login_of_address(self):
+        find = self.store.run_sync
+        self.assertEqual(find(accounts.login_of_address, "alice@example.com"), "alice")
+        self.assertEqual(find(accounts.login_of_address, " Sales@EXAMPLE.com. "), "alice")
+        self.assertEqual(find(accounts.login_of_address, "bob@other.example"), "bob")
+        for refused in (
+            "info@other.example",  # an alias: not a mailbox's address
+            "old@example.com",  # an inactive mailbox
+            "alice@other.example",
+            "nobody@example.com",
+            "alice",
+            "@example.com",
+            "alice@",
+            "a@b@example.com",
+            "alice@exa mple.com",
+            "\0@example.com",
+            "x" * 300 + "@example.com",
+        ):
+            self.assertIsNone(find(accounts.login_of_address, refused), refused)
+
+    @defer.inlineCallbacks
+    def test_a_mailbox_address_logs_its_owner_in(self):
+        authenticator = build_authenticator(self.store, reactor, self.pool, Clock())
+        user = yield authenticator.authenticate("192.0.2.1", "Sales@Example.com", "secret")
+        self.assertEqual(user.login, "alice")
+        self.assertIsNone(
+            (yield authenticator.authenticate("192.0.2.1", "bob@other.example", "secret"))
+        )
+        self.assertIsNone(
+            (yield authenticator.authenticate("192.0.2.1", "info@other.example", "bob-secret"))
+        )
+        self.assertIsNone(
+            (yield authenticator.authenticate("192.0.2.1", "old@example.com", "bob-secret"))
+        )
+
+    @defer.inlineCallbacks
+    def test_an_unknown_address_costs_what_an_unknown_login_costs(self):
+        authenticator = build_authenticator(self.store, reactor, self.pool, Clock())
+        # The first unknown name hashes the unknown user's password, then verifies it.
+        self.assertIsNone(
+            (yield authenticator.authenticate("192.0.2.1", "nobody@example.com", "x"))
+        )
+        self.assertEqual(self.pool.jobs, 2)
+        for name in (
+            "nobody",
+            "nobody@example.com",
+            "info@other.example",
+            "a@b@c",
+            "alice@example.com",
+        ):
+            before = self.pool.jobs
+            self.assertIsNone((yield authenticator.authenticate("192.0.2.2", name, "wrong")), name)
+            self.assertEqual(self.pool.jobs - before, 1, name)  # one argon2 check, no more
+
+
+class SqliteAddressLoginStoreTests(SqliteStoreMixin, AddressLoginStoreTests, unittest.TestCase):
+    pass
+
+
+class PostgresAddressLoginStoreTests(PostgresStoreMixin, AddressLoginStoreTests, unittest.TestCase):
+    pass

@@ -12,9 +12,16 @@ import re
 import attrs
 import peewee
 
-from atollon_mail.store.common import create, limited, locked, read_only, validate_login
+from atollon_mail.store.common import (
+    create,
+    limited,
+    locked,
+    normalize_address,
+    read_only,
+    validate_login,
+)
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
-from atollon_mail.store.models import Context, Mailbox, User, utc_now
+from atollon_mail.store.models import Context, Domain, Mailbox, User, utc_now
 from atollon_mail.store.records import UserRecord
 
 NAME_LIMIT = 200
@@ -74,6 +81,28 @@ def authenticate_lookup(login: str) -> tuple[UserRecord, str] | None:
     if user is None:
         return None
     return user_record(user), user.password_hash
+
+
+@read_only
+def login_of_address(address: str) -> str | None:
+    """The login of the user who owns the active mailbox at `address` (name@domain, in any
+    case), so that a mailbox's address can be given as the login; None when no active
+    mailbox has that address (an alias is not a mailbox's address)."""
+    try:
+        local, domain = normalize_address(address)
+    except Invalid:
+        return None
+    found = (
+        User.select(User.login)
+        .join(Mailbox, on=(Mailbox.owner == User.id))
+        .join(Domain, on=(Mailbox.domain == Domain.id))
+        .where(
+            (Domain.name == domain) & (Mailbox.local_part == local) & (Mailbox.active == True)  # noqa: E712
+        )
+        .tuples()
+        .first()
+    )
+    return None if found is None else found[0]
 
 
 @read_only

@@ -284,6 +284,64 @@ class WebSecurityTests(ServedWebMixin, StoreFixtureMixin):
         self.assertEqual(reply, [THROTTLED])
         self.assertEqual(self.workers.jobs, LOGIN_LIMIT)
 
+    # --- a mailbox's address as the login -------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_login_with_a_mailbox_address_logs_its_owner_in(self):
+        browser = self.browser()
+        response = yield browser.login(" Shared@Example.COM", "carol-secret")
+        self.assertEqual(response.status, 303)
+        page = yield browser.get("/")
+        self.assertIn("Carol", page.text)
+        # The address of a mailbox shared with bob is not his to log in with.
+        refused = yield self.browser().login("shared@example.com", "bob-secret")
+        self.assertEqual(refused.status, 200)
+
+    @defer.inlineCallbacks
+    def test_an_unknown_address_fails_like_an_unknown_login(self):
+        yield self.browser().login("nobody", "whatever")  # the unknown user's hash is made
+        answers = {}
+        for name in ("nobody", "nobody@example.com", "bob@unchecked.example", "@", "a@b@c"):
+            before = self.workers.jobs
+            answer = yield self.browser().login(name, "whatever")
+            self.assertEqual(self.workers.jobs - before, 1, name)  # one argon2 check each
+            errors = re.findall(r'id="password-error">([^<]*)<', answer.text)
+            answers[name] = (answer.status, tuple(errors))
+        self.assertEqual(len(set(answers.values())), 1, answers)
+        self.assertEqual(answers["nobody"][0], 200)
+
+    @defer.inlineCallbacks
+    def test_smtp_auth_with_a_mailbox_address(self):
+        from tests.smtp.test_submission import AUTH_FAILED, make_factory, plain, secured
+
+        factory = make_factory(authenticator=self.app.authenticator)
+        session = secured(factory, "192.0.2.7")
+        reply = yield _reply(session, f"AUTH PLAIN {plain('Bob@example.com', 'bob-secret')}")
+        self.assertEqual(reply, ["235 2.7.0 Authentication successful"])
+        self.assertEqual(session.protocol.session.authenticated_user.login, "bob")
+        for name in ("nobody@example.com", "bob@example.com"):
+            session = secured(factory, "192.0.2.7")
+            reply = yield _reply(session, f"AUTH PLAIN {plain(name, 'wrong')}")
+            self.assertEqual(reply, [AUTH_FAILED], name)
+
+    @defer.inlineCallbacks
+    def test_guesses_through_an_address_count_for_its_owner_everywhere(self):
+        from tests.smtp.test_submission import THROTTLED, make_factory, plain, secured
+
+        for _ in range(LOGIN_LIMIT):
+            failed = yield self.browser().login("bob@example.com", "wrong")
+            self.assertEqual(failed.status, 200)
+        blocked = yield self.browser().login("bob", "bob-secret")
+        self.assertEqual(blocked.status, 429)
+        factory = make_factory(authenticator=self.app.authenticator)
+        session = secured(factory, "127.0.0.1")
+        # Another spelling of the address: counted under a name of its own, and under bob.
+        reply = session.command(f"AUTH PLAIN {plain('BOB@example.com.', 'bob-secret')}")
+        self.assertEqual(reply, [])  # the address is looked up first
+        self.assertEqual((yield _reply(session)), [THROTTLED])
+        allowed = yield self.browser().login("carol@example.com", "carol-secret")
+        self.assertEqual(allowed.status, 303)
+
     @defer.inlineCallbacks
     def test_login_redirects_never_leave_the_site(self):
         browser = self.browser()
@@ -457,6 +515,21 @@ class WebSecurityTests(ServedWebMixin, StoreFixtureMixin):
         response = yield self.browser().get("/static/admin.css")
         self.assertEqual(response.status, 200)
         self.assertTrue(response.header("content-type").startswith("text/css"))
+
+
+@defer.inlineCallbacks
+def _reply(session, command: str | None = None, timeout: float = 10.0):
+    """The reply lines to a command once they are in: a real authenticator answers from
+    its threads (the store's, argon2's), not at once."""
+    from twisted.internet.task import deferLater
+
+    replies = session.command(command) if command is not None else []
+    waited = 0.0
+    while not replies and waited < timeout:
+        yield deferLater(reactor, 0.01, lambda: None)
+        waited += 0.01
+        replies = session.replies()
+    return replies
 
 
 class SqliteWebSecurityTests(SqliteStoreMixin, WebSecurityTests, unittest.TestCase):
