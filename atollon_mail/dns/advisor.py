@@ -18,6 +18,7 @@ import attrs
 
 from atollon_mail.config import Config, hostname_problem
 from atollon_mail.delivery import dkim
+from atollon_mail.discovery import IMPLICIT_TLS, client_services
 from atollon_mail.dns import spfrecord
 from atollon_mail.dns.dmarcrecord import dmarc_tags
 from atollon_mail.dns.lookup import LookupFailed, Lookups, reverse_name
@@ -38,7 +39,7 @@ MICROSOFT_365_NOTE = (
 @attrs.frozen
 class ProposedRecord:
     name: str  # the owner name, without the final dot
-    type: str  # MX, A, AAAA, PTR, TXT, CNAME
+    type: str  # MX, A, AAAA, PTR, TXT, CNAME, SRV
     value: str  # presentation form; a TXT value is its whole text, unquoted
     purpose: str  # one line: what it is for, where it goes
 
@@ -339,6 +340,37 @@ class _Builder:
             )
         return tuple(listed)
 
+    def mail_clients(self, domain: str) -> None:
+        """RFC 6186 SRV records, so mail clients find the reading and sending servers from
+        an address alone, and the autoconfig host name Thunderbird asks."""
+        services = client_services(self.config)
+        hostname = services.hostname
+        labels = {"imap": "IMAP (reading mail)", "smtp": "submission (sending mail)"}
+        for service in services.services:
+            how = "implicit TLS" if service.socket_type == IMPLICIT_TLS else "STARTTLS"
+            what = f"{labels[service.kind]} with {how} on port {service.port}"
+            if service.offered:
+                purpose = f"mail clients find {what} here (RFC 6186)"
+            else:
+                purpose = (
+                    f"{what} is not offered, and this record tells mail clients not to try "
+                    f"it (RFC 6186); to offer it, {service.why_not} and publish the record "
+                    "proposed then"
+                )
+            self.add(f"{service.srv}.{domain}", "SRV", services.srv_value(service), purpose)
+        self.add(
+            f"autoconfig.{domain}",
+            "CNAME",
+            f"{hostname}.",
+            f"Thunderbird asks https://autoconfig.{domain}/mail/config-v1.1.xml for the "
+            "settings of an address; this appliance's web service answers it",
+        )
+        self.notes.append(
+            f"autoconfig: the web server that answers for {hostname} must answer for "
+            f"autoconfig.{domain} too (HTTPS, with a certificate valid for that name) and "
+            "pass /mail/config-v1.1.xml to this appliance's web service"
+        )
+
     def build(self) -> Advice:
         subject = self.subject
         domain = subject.domain.name
@@ -370,6 +402,8 @@ class _Builder:
             self.dmarc(sending)
         if self.config.dns.mta_sts and subject.hosted and not problem:
             self.mta_sts(domain)
+        if subject.hosted and not problem:
+            self.mail_clients(domain)
         return Advice(
             domain=domain,
             mode=subject.domain.mode,

@@ -57,10 +57,26 @@ atollon._domainkey.good.test. 3600 IN TXT "v=DKIM1; k=ed25519; p=GOODKEY"
 ; DMARC: published already; keep it (p=none only reports: move to p=quarantine once they are \
 clean)
 _dmarc.good.test. 3600 IN TXT "v=DMARC1; p=none; rua=mailto:dmarc@good.test"
+; mail clients find IMAP (reading mail) with implicit TLS on port 993 here (RFC 6186)
+_imaps._tcp.good.test. 3600 IN SRV 0 1 993 {HOSTNAME}.
+; mail clients find IMAP (reading mail) with STARTTLS on port 143 here (RFC 6186)
+_imap._tcp.good.test. 3600 IN SRV 10 1 143 {HOSTNAME}.
+; submission (sending mail) with implicit TLS on port 465 is not offered, and this record \
+tells mail clients not to try it (RFC 6186); to offer it, set [submission] tls_listen (such as \
+tcp:465) and publish the record proposed then
+_submissions._tcp.good.test. 3600 IN SRV 0 0 0 .
+; mail clients find submission (sending mail) with STARTTLS on port 587 here (RFC 6186)
+_submission._tcp.good.test. 3600 IN SRV 10 1 587 {HOSTNAME}.
+; Thunderbird asks https://autoconfig.good.test/mail/config-v1.1.xml for the settings of an \
+address; this appliance's web service answers it
+autoconfig.good.test. 3600 IN CNAME {HOSTNAME}.
 ;
 ; notes:
 ;   remove every other MX record of good.test: a lower number would take the mail first, an \
-equal one would share it"""
+equal one would share it
+;   autoconfig: the web server that answers for {HOSTNAME} must answer for autoconfig.good.test \
+too (HTTPS, with a certificate valid for that name) and pass /mail/config-v1.1.xml to this \
+appliance's web service"""
 
 
 class AdvisorTestBase(unittest.TestCase):
@@ -138,6 +154,11 @@ class PrimaryModeTests(AdvisorTestBase):
                 ("good.test", "TXT"),
                 ("atollon._domainkey.good.test", "TXT"),
                 ("_dmarc.good.test", "TXT"),
+                ("_imaps._tcp.good.test", "SRV"),
+                ("_imap._tcp.good.test", "SRV"),
+                ("_submissions._tcp.good.test", "SRV"),
+                ("_submission._tcp.good.test", "SRV"),
+                ("autoconfig.good.test", "CNAME"),
             ],
         )
         self.assertEqual(data["records"][0]["zone"], f"good.test. 3600 IN MX 10 {HOSTNAME}.")
@@ -408,3 +429,75 @@ class SecondaryModeTests(AdvisorTestBase):
             "v=spf1 mx include:_spf.google.test include:_spf.mailprovider.test "
             "include:spf.atollon.test -all",
         )
+
+
+class MailClientRecordsTests(AdvisorTestBase):
+    """RFC 6186 SRV records and the autoconfig host name, for every domain received here."""
+
+    def found(self, advice, kinds=("SRV", "CNAME")):
+        return {(r.name, r.type): r.value for r in advice.records if r.type in kinds}
+
+    @defer.inlineCallbacks
+    def test_the_records_name_the_appliance(self):
+        advice = yield self.advise(primary_subject((GOOD_KEY,)), live=False)
+        self.assertEqual(
+            self.found(advice),
+            {
+                ("_imaps._tcp.good.test", "SRV"): f"0 1 993 {HOSTNAME}.",
+                ("_imap._tcp.good.test", "SRV"): f"10 1 143 {HOSTNAME}.",
+                ("_submissions._tcp.good.test", "SRV"): "0 0 0 .",
+                ("_submission._tcp.good.test", "SRV"): f"10 1 587 {HOSTNAME}.",
+                ("autoconfig.good.test", "CNAME"): f"{HOSTNAME}.",
+            },
+        )
+        self.assertIn(
+            "_submissions._tcp.good.test. 3600 IN SRV 0 0 0 .",
+            advisor.zone_text(advice).splitlines(),
+        )
+        refusal = self.record(advice, "_submissions._tcp.good.test", "SRV")
+        self.assertIn("not offered", refusal.purpose)
+        self.assertIn("[submission] tls_listen", refusal.purpose)
+
+    @defer.inlineCallbacks
+    def test_implicit_tls_submission_once_its_listener_is_configured(self):
+        config = attrs.evolve(
+            self.config, submission=attrs.evolve(self.config.submission, tls_listen="tcp:465")
+        )
+        advice = yield self.advise(primary_subject((GOOD_KEY,)), config, live=False)
+        record = self.record(advice, "_submissions._tcp.good.test", "SRV")
+        self.assertEqual(record.value, f"0 1 465 {HOSTNAME}.")
+        self.assertIn("mail clients find", record.purpose)
+
+    @defer.inlineCallbacks
+    def test_a_secondary_domain_has_them_and_its_primary_domain_not(self):
+        advice = yield self.advise(secondary_subject((ACME_KEY,), FORWARDS), live=False)
+        names = {name for name, _ in self.found(advice)}
+        self.assertEqual(
+            names,
+            {
+                "_imaps._tcp.crm.acme.test",
+                "_imap._tcp.crm.acme.test",
+                "_submissions._tcp.crm.acme.test",
+                "_submission._tcp.crm.acme.test",
+                "autoconfig.crm.acme.test",
+            },
+        )
+        anchor = DnsSubject(
+            domain=DomainRecord(3, "acme.test", "primary", False),
+            hosted=False,
+            sending_domains=("acme.test",),
+            dkim_keys=(ACME_KEY,),
+            forwards=(),
+            secondaries=("crm.acme.test",),
+        )
+        advice = yield self.advise(anchor, live=False)
+        self.assertEqual(self.found(advice), {})
+
+    @defer.inlineCallbacks
+    def test_none_while_the_host_name_is_no_public_name(self):
+        config = attrs.evolve(
+            self.config, appliance=attrs.evolve(self.config.appliance, hostname="localhost")
+        )
+        advice = yield self.advise(primary_subject((GOOD_KEY,)), config, live=False)
+        self.assertEqual(self.found(advice), {})
+        self.assertNotIn("autoconfig", " ".join(advice.notes))

@@ -172,6 +172,21 @@ class DomainPagesTests(ServedWebMixin, StoreFixtureMixin):
         self.assertIn('class="fail">fail', page.text)
 
     @defer.inlineCallbacks
+    def test_records_page_shows_where_mail_clients_find_the_appliance(self):
+        browser = yield self.admin()
+        page = yield browser.get("/domain?name=good.test")
+        zone = unescape(re.search(r'<pre class="reply" id="zone">(.*?)</pre>', page.text, re.S)[1])
+        for line in (
+            f"_imaps._tcp.good.test. 3600 IN SRV 0 1 993 {HOSTNAME}.",
+            f"_imap._tcp.good.test. 3600 IN SRV 10 1 143 {HOSTNAME}.",
+            "_submissions._tcp.good.test. 3600 IN SRV 0 0 0 .",
+            f"_submission._tcp.good.test. 3600 IN SRV 10 1 587 {HOSTNAME}.",
+            f"autoconfig.good.test. 3600 IN CNAME {HOSTNAME}.",
+        ):
+            self.assertIn(line, zone.splitlines())
+        self.assertRegex(page.text, r"<td>SRV</td>\s*<td[^>]*>0 1 993 " + re.escape(HOSTNAME))
+
+    @defer.inlineCallbacks
     def test_unknown_domain_is_404(self):
         browser = yield self.admin()
         for path in ("/domain?name=nowhere.test", "/domain?name=%3Cx%3E", "/domain"):
