@@ -157,6 +157,23 @@ def domain_names() -> frozenset[str]:
 
 
 @read_only
+def hosted_domain(name: str) -> str | None:
+    """The name of the domain as stored when its mailboxes are hosted here (an active
+    domain, primary or secondary mode); None for any other name: unknown, inactive (the
+    company's own domain kept for its secondary domains, or one paused), or no domain name
+    at all. What mail clients are told to set themselves up with (Thunderbird autoconfig)."""
+    try:
+        domain_name = normalize_domain_name(name)
+    except Invalid:
+        return None
+    query = Domain.select(Domain.name).where(
+        (Domain.name == domain_name) & (Domain.active == True)  # noqa: E712 (peewee expression)
+    )
+    found = query.tuples().first()
+    return None if found is None else found[0]
+
+
+@read_only
 def list_domains() -> list[DomainRecord]:
     return [domain_record(domain) for domain in Domain.select().order_by(Domain.name)]
 

@@ -43,6 +43,7 @@ PAGE_MODULES: tuple[str, ...] = (
     "atollon_mail.web.pages_live",
     "atollon_mail.web.pages_contacts",
     "atollon_mail.web.pages_search",
+    "atollon_mail.web.pages_autoconfig",
 )
 
 

@@ -74,11 +74,15 @@ def not_found() -> HttpError:
     return HttpError(404, "There is no such page here; check the address or use the menu.")
 
 
+HTML = "text/html; charset=utf-8"
+
+
 @attrs.frozen
 class Page:
     template: str
     context: dict = attrs.field(factory=dict)
     status: int = 200
+    content_type: str = HTML  # another, such as text/xml, for a document that is no page
 
 
 @attrs.frozen
@@ -407,7 +411,10 @@ class WebApp:
         body = self.render_template(
             result.template, page.session, nonce, path=page.request.path.decode(), **result.context
         )
-        return result.status, body, {"Content-Security-Policy": _csp(nonce)}
+        headers = {"Content-Security-Policy": _csp(nonce)}
+        if result.content_type != HTML:
+            headers["Content-Type"] = result.content_type
+        return result.status, body, headers
 
     def render_template(self, name: str, session: Session | None, nonce: str, **context) -> bytes:
         context.setdefault("user", None if session is None else session.user)
@@ -436,7 +443,7 @@ class WebApp:
 
     def _write(self, request, status: int, body: bytes, headers: dict) -> None:
         request.setResponseCode(status)
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"content-type", HTML.encode())
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
         request.setHeader(b"x-frame-options", b"DENY")
