@@ -179,6 +179,11 @@ class DnsCommandsContract(CliHarness):
         self.assertIn(f";   {MICROSOFT_365_NOTE}", lines)
         [key] = self.store_op(domains.dkim_keys, "acme.test")
         self.assertIn(f"p={key.public_key}", outcome.text)
+        # Mail clients find the domain received here, not the one whose mail stays away.
+        self.assertIn(f"_imaps._tcp.crm.acme.test. 3600 IN SRV 0 1 993 {HOSTNAME}.", lines)
+        self.assertIn(f"_submission._tcp.crm.acme.test. 3600 IN SRV 10 1 587 {HOSTNAME}.", lines)
+        self.assertIn(f"autoconfig.crm.acme.test. 3600 IN CNAME {HOSTNAME}.", lines)
+        self.assertNotIn("_imaps._tcp.acme.test.", outcome.text)
 
     @defer.inlineCallbacks
     def test_records_table_and_json_primary(self):
