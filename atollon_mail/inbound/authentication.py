@@ -36,6 +36,7 @@ from publicsuffixlist import PublicSuffixList
 
 from atollon_mail.dns.dmarcrecord import dmarc_tags
 from atollon_mail.dns.lookup import LookupFailed, Lookups, spf_evaluate
+from atollon_mail.inbound import rsaverify
 from atollon_mail.inbound.headers import authserv_id, fields, from_domains
 
 __all__ = [
@@ -630,6 +631,7 @@ def authenticate(
     and when DMARC does not pass on the message's own signatures, the forwarder's
     verified ARC set or its own Authentication-Results may vouch for the From: domain.
     Blocks: call it in a worker thread."""
+    rsaverify.install()
     lookups = Lookups(resolver)
     txt = _TxtLookup(lookups)
     spf = check_spf(resolver, client_ip, mail_from, helo)
