@@ -360,7 +360,9 @@ class InboundChecks:
             {(path.domain or self.hostname).lower().rstrip(".") for path in paths}
         )
         domains = yield self.own_domains()
-        forwarder = yield self.forwarder(client_ip, helo, recipient_domains, domains)
+        forwarder = None
+        if self.settings.trusted_forwarders or self.settings.domain_forwarders:
+            forwarder = yield self.forwarder(client_ip, helo, recipient_domains, domains)
         header = tuple(fields(data))
         message, removed = remove_fields(data, self._ours_claimed, header)
         scanning = None
