@@ -328,7 +328,7 @@ class InboundChecks:
             return True
         return field.name == "authentication-results" and authserv_id(field.text()) == self.hostname
 
-    def _work(self, data, header, client_ip, helo, sender, forwarder, zones) -> _Found:
+    def _work(self, data, header_fields, client_ip, helo, sender, forwarder, zones) -> _Found:
         """In the DNS pool: the authentication and the blocklist listings."""
         try:
             found = authenticate(
@@ -340,7 +340,7 @@ class InboundChecks:
                 sender,
                 forwarder,
                 self._spf_results,
-                header,
+                header_fields,
             )
         except Exception:  # an error of ours must not hold up mail: accepted, unchecked
             log.failure("authenticating a message from {client} failed", client=client_ip)
@@ -363,8 +363,8 @@ class InboundChecks:
         forwarder = None
         if self.settings.trusted_forwarders or self.settings.domain_forwarders:
             forwarder = yield self.forwarder(client_ip, helo, recipient_domains, domains)
-        header = tuple(fields(data))
-        message, removed = remove_fields(data, self._ours_claimed, header)
+        header_fields = tuple(fields(data))
+        message, removed = remove_fields(data, self._ours_claimed, header_fields)
         scanning = None
         if self.spam_filter is not None:
             request = SpamQuery(
@@ -378,7 +378,7 @@ class InboundChecks:
             scanning.addErrback(self._scan_failed, client_ip)
         zones = () if (self.spam_filter is not None or forwarder) else self.settings.dnsbl_zones
         found = yield self._workers.in_dns(
-            self._work, data, header, client_ip, helo, sender, forwarder, zones
+            self._work, data, header_fields, client_ip, helo, sender, forwarder, zones
         )
         spam = (yield scanning) if scanning is not None else None
         decision = self._decide(found, spam, session, envelope, domains, forwarder, len(paths))

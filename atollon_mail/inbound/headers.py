@@ -72,12 +72,12 @@ def _field(raw: bytes, current: list) -> Field:
 
 
 def remove_fields(
-    raw: bytes, unwanted: Callable[[Field], bool], header: Sequence[Field] | None = None
+    raw: bytes, unwanted: Callable[[Field], bool], header_fields: Sequence[Field] | None = None
 ) -> tuple[bytes, int]:
     """raw without the header fields for which unwanted(field) is true, and how many
-    were removed (raw itself, untouched, when none). `header`: fields(raw), when the
-    caller has it already."""
-    found = fields(raw) if header is None else header
+    were removed (raw itself, untouched, when none). `header_fields`: fields(raw), when
+    the caller has it already."""
+    found = fields(raw) if header_fields is None else header_fields
     cuts = [(field.start, field.end) for field in found if unwanted(field)]
     if not cuts:
         return raw, 0
@@ -99,11 +99,11 @@ def authserv_id(value: str) -> str | None:
     return match.group(1).lower().rstrip(".") if match else None
 
 
-def from_domains(raw: bytes, header: Sequence[Field] | None = None) -> tuple[str, ...]:
+def from_domains(raw: bytes, header_fields: Sequence[Field] | None = None) -> tuple[str, ...]:
     """The domains of the From: addresses (RFC 7489's RFC5322.From), lower-cased, each
-    once, in order; () when there is no From: address with a domain. `header`:
+    once, in order; () when there is no From: address with a domain. `header_fields`:
     fields(raw), when the caller has it already."""
-    found = fields(raw) if header is None else header
+    found = fields(raw) if header_fields is None else header_fields
     values = [field.text() for field in found if field.name == "from"]
     found: list[str] = []
     for _, address in getaddresses(values):

@@ -56,6 +56,7 @@ class VerifyTests(unittest.TestCase):
     def test_installed_dkimpy_verifies_with_openssl(self):
         rsaverify.install()
         self.assertIs(dkim.RSASSA_PKCS1_v1_5_verify, rsaverify.verify)
+        self.assertIs(dkim.parse_public_key, rsaverify.parsed_public_key)
         raw = fixtures.signed(fixtures.message())
         public = fixtures.key("sender")[1]
         record = f"v=DKIM1; k=rsa; p={public}".encode()
@@ -79,3 +80,13 @@ class VerifyTests(unittest.TestCase):
             rsaverify.verify(hashlib.sha256(b"x"), b"\x00" * 256, public_key)
         self.assertEqual(rsaverify._public_key.cache_info().misses, 1)
         self.assertEqual(rsaverify._public_key.cache_info().hits, 2)
+
+    def test_a_key_record_is_parsed_once(self):
+        rsaverify.install()
+        raw = fixtures.signed(fixtures.message())
+        record = f"v=DKIM1; k=rsa; p={fixtures.key('sender')[1]}".encode()
+        rsaverify.parsed_public_key.cache_clear()
+        for _ in range(3):
+            self.assertTrue(dkim.verify(raw, dnsfunc=lambda name, timeout=5: record))
+        info = rsaverify.parsed_public_key.cache_info()
+        self.assertEqual((info.misses, info.hits), (1, 2))
