@@ -25,9 +25,10 @@ class AnswersKept(dns.resolver.Resolver):
     cache: its answer's, by the system clock).
 
     dnspython's cache answers only after a query is built (the name parsed, a
-    resolution set up): 25 to 30 microseconds of interpreter time per question, and a
+    resolution set up): about 7 microseconds of interpreter time per question, and a
     message's checks ask four or five questions whose answers are nearly always cached
-    (the DKIM key, the DMARC and SPF records). Here a kept answer costs a dict lookup.
+    (the DKIM key, the DMARC and SPF records), a tenth of what authenticating a message
+    cost once its RSA check went to OpenSSL. Here a kept answer costs under one.
     Anything else (no such name, no records of the type, an error) goes the usual way,
     where dnspython's cache still keeps what it keeps."""
 
