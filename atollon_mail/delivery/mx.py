@@ -66,21 +66,24 @@ class TemporaryDNSError(DNSLookupError):
 
 
 def dns_resolver(
-    nameservers: tuple[HostPort, ...] = (), timeout: float = 10
+    nameservers: tuple[HostPort, ...] = (),
+    timeout: float = 10,
+    kind: type[dns.resolver.Resolver] = dns.resolver.Resolver,
 ) -> dns.resolver.Resolver:
     """
-    A dnspython resolver asking the configured nameservers (the system's when empty).
+    A dnspython resolver (of class `kind`) asking the configured nameservers (the
+    system's when empty).
 
     Its calls block: run them in a thread pool, never on the reactor thread. Its own
     cache is off; callers that want one keep it with their own clock.
     """
     if nameservers:
-        resolver = dns.resolver.Resolver(configure=False)
+        resolver = kind(configure=False)
         resolver.nameservers = [
             dns.nameserver.Do53Nameserver(server.host, server.port) for server in nameservers
         ]
     else:
-        resolver = dns.resolver.Resolver()  # /etc/resolv.conf
+        resolver = kind()  # /etc/resolv.conf
     resolver.lifetime = timeout
     resolver.timeout = min(timeout, 2.0)  # one try at one server; retried until lifetime
     resolver.cache = None

@@ -48,11 +48,12 @@ from atollon_mail.inbound import dnsbl
 from atollon_mail.inbound.authentication import (
     Authentication,
     Forwarder,
+    SpfResults,
     authenticate,
     helo_domain,
     organizational_domain,
 )
-from atollon_mail.inbound.headers import Field, authserv_id, remove_fields
+from atollon_mail.inbound.headers import Field, authserv_id, fields, remove_fields
 from atollon_mail.inbound.rspamd import SpamFilterUnavailable, SpamQuery
 from atollon_mail.interfaces import IInboundChecks
 from atollon_mail.store import domains as domain_ops
@@ -228,6 +229,7 @@ class InboundChecks:
         self._loading: Deferred | None = None
         self._waiting: list[Deferred] = []
         self._forwarder_addresses: dict[str, tuple[frozenset[str], float]] = {}
+        self._spf_results = SpfResults(clock)
 
     # --- our domains ---
 
@@ -326,11 +328,19 @@ class InboundChecks:
             return True
         return field.name == "authentication-results" and authserv_id(field.text()) == self.hostname
 
-    def _work(self, data, client_ip, helo, sender, forwarder, zones) -> _Found:
+    def _work(self, data, header_fields, client_ip, helo, sender, forwarder, zones) -> _Found:
         """In the DNS pool: the authentication and the blocklist listings."""
         try:
             found = authenticate(
-                data, self.resolver, self.hostname, client_ip, helo, sender, forwarder
+                data,
+                self.resolver,
+                self.hostname,
+                client_ip,
+                helo,
+                sender,
+                forwarder,
+                self._spf_results,
+                header_fields,
             )
         except Exception:  # an error of ours must not hold up mail: accepted, unchecked
             log.failure("authenticating a message from {client} failed", client=client_ip)
@@ -350,8 +360,11 @@ class InboundChecks:
             {(path.domain or self.hostname).lower().rstrip(".") for path in paths}
         )
         domains = yield self.own_domains()
-        forwarder = yield self.forwarder(client_ip, helo, recipient_domains, domains)
-        message, removed = remove_fields(data, self._ours_claimed)
+        forwarder = None
+        if self.settings.trusted_forwarders or self.settings.domain_forwarders:
+            forwarder = yield self.forwarder(client_ip, helo, recipient_domains, domains)
+        header_fields = tuple(fields(data))
+        message, removed = remove_fields(data, self._ours_claimed, header_fields)
         scanning = None
         if self.spam_filter is not None:
             request = SpamQuery(
@@ -365,7 +378,7 @@ class InboundChecks:
             scanning.addErrback(self._scan_failed, client_ip)
         zones = () if (self.spam_filter is not None or forwarder) else self.settings.dnsbl_zones
         found = yield self._workers.in_dns(
-            self._work, data, client_ip, helo, sender, forwarder, zones
+            self._work, data, header_fields, client_ip, helo, sender, forwarder, zones
         )
         spam = (yield scanning) if scanning is not None else None
         decision = self._decide(found, spam, session, envelope, domains, forwarder, len(paths))

@@ -8,7 +8,7 @@ whatever they leave alone stays byte for byte as it came (DKIM signatures still 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from email.utils import getaddresses
 
 import attrs
@@ -71,10 +71,14 @@ def _field(raw: bytes, current: list) -> Field:
     return Field(name.decode("ascii", "replace").lower(), value, start, end)
 
 
-def remove_fields(raw: bytes, unwanted: Callable[[Field], bool]) -> tuple[bytes, int]:
+def remove_fields(
+    raw: bytes, unwanted: Callable[[Field], bool], header_fields: Sequence[Field] | None = None
+) -> tuple[bytes, int]:
     """raw without the header fields for which unwanted(field) is true, and how many
-    were removed (raw itself, untouched, when none)."""
-    cuts = [(field.start, field.end) for field in fields(raw) if unwanted(field)]
+    were removed (raw itself, untouched, when none). `header_fields`: fields(raw), when
+    the caller has it already."""
+    found = fields(raw) if header_fields is None else header_fields
+    cuts = [(field.start, field.end) for field in found if unwanted(field)]
     if not cuts:
         return raw, 0
     pieces = []
@@ -95,10 +99,12 @@ def authserv_id(value: str) -> str | None:
     return match.group(1).lower().rstrip(".") if match else None
 
 
-def from_domains(raw: bytes) -> tuple[str, ...]:
+def from_domains(raw: bytes, header_fields: Sequence[Field] | None = None) -> tuple[str, ...]:
     """The domains of the From: addresses (RFC 7489's RFC5322.From), lower-cased, each
-    once, in order; () when there is no From: address with a domain."""
-    values = [field.text() for field in fields(raw) if field.name == "from"]
+    once, in order; () when there is no From: address with a domain. `header_fields`:
+    fields(raw), when the caller has it already."""
+    found = fields(raw) if header_fields is None else header_fields
+    values = [field.text() for field in found if field.name == "from"]
     found: list[str] = []
     for _, address in getaddresses(values):
         local, at, domain = address.rpartition("@")

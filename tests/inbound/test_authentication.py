@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import authres
 import authres.core
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial import unittest
 
 from atollon_mail.delivery.mx import dns_resolver
 from atollon_mail.inbound.authentication import (
     Forwarder,
+    SpfResults,
     aligned,
     authenticate,
     helo_domain,
@@ -67,6 +68,7 @@ class AuthenticateTests(unittest.TestCase):
         helo: str | None = "mx.client.test",
         mail_from: str = "bounces@sender.test",
         forwarder: Forwarder | None = None,
+        spf_results: SpfResults | None = None,
     ) -> defer.Deferred:
         return threads.deferToThread(
             authenticate,
@@ -77,6 +79,7 @@ class AuthenticateTests(unittest.TestCase):
             helo,
             mail_from,
             forwarder,
+            spf_results,
         )
 
     @defer.inlineCallbacks
@@ -203,6 +206,59 @@ class AuthenticateTests(unittest.TestCase):
         self.dns.fail("sel._domainkey.sender.test", "SERVFAIL")
         found = yield self.check(fixtures.signed(fixtures.message()), client_ip=STRANGER_IP)
         self.assertEqual([c.result for c in found.dkim], ["temperror"])
+
+    @defer.inlineCallbacks
+    def test_recent_spf_results_are_kept_for_a_minute(self):
+        clock = task.Clock()
+        kept = SpfResults(clock)
+        raw = fixtures.message()
+        found = yield self.check(raw, spf_results=kept)
+        self.assertEqual([c.result for c in found.spf], ["pass", "pass"])
+        asked = (
+            self.dns.query_count("sender.test", "TXT"),
+            self.dns.query_count("mx.client.test", "TXT"),
+        )
+        self.assertEqual(asked, (1, 1))
+        # The record changes: the same client, sender and HELO keep their result...
+        self.dns.set_records("sender.test", [("TXT", "v=spf1 -all")])
+        found = yield self.check(raw, spf_results=kept)
+        self.assertEqual(found.mailfrom.result, "pass")
+        self.assertEqual(self.dns.query_count("sender.test", "TXT"), 1)
+        self.assertEqual(self.dns.query_count("mx.client.test", "TXT"), 1)
+        # ...another sender, client or HELO name is evaluated...
+        found = yield self.check(raw, mail_from="other@sender.test", spf_results=kept)
+        self.assertEqual(found.mailfrom.result, "fail")
+        found = yield self.check(raw, client_ip=STRANGER_IP, spf_results=kept)
+        self.assertEqual(found.mailfrom.result, "fail")
+        # ...and after a minute the first one is too.
+        clock.advance(61)
+        found = yield self.check(raw, spf_results=kept)
+        self.assertEqual(found.mailfrom.result, "fail")
+        self.assertEqual(self.dns.query_count("mx.client.test", "TXT"), 3)
+
+    @defer.inlineCallbacks
+    def test_a_temporary_spf_error_is_not_kept(self):
+        kept = SpfResults(task.Clock())
+        self.dns.fail("sender.test", "SERVFAIL")
+        found = yield self.check(fixtures.message(), spf_results=kept)
+        self.assertEqual(found.mailfrom.result, "temperror")
+        self.dns.fail("sender.test", None)
+        found = yield self.check(fixtures.message(), spf_results=kept)
+        self.assertEqual(found.mailfrom.result, "pass")
+
+    @defer.inlineCallbacks
+    def test_the_oldest_spf_results_go_first(self):
+        kept = SpfResults(task.Clock(), size=2)
+        for sender in ("a@sender.test", "b@sender.test", "c@sender.test", "b@sender.test"):
+            result = yield threads.deferToThread(
+                kept.evaluate, self.resolver, SENDER_IP, sender, "mx.client.test"
+            )
+            self.assertEqual(result, "pass")
+        self.assertEqual(self.dns.query_count("sender.test", "TXT"), 3)
+        yield threads.deferToThread(
+            kept.evaluate, self.resolver, SENDER_IP, "a@sender.test", "mx.client.test"
+        )
+        self.assertEqual(self.dns.query_count("sender.test", "TXT"), 4)
 
     @defer.inlineCallbacks
     def test_a_verified_arc_chain_is_reported_with_its_sealer(self):

@@ -36,6 +36,8 @@ class HeaderTests(unittest.TestCase):
 
     def test_from_domains(self):
         self.assertEqual(from_domains(RAW), ("sender.test", "other.test"))
+        # the fields read once serve every reader
+        self.assertEqual(from_domains(RAW, tuple(fields(RAW))), ("sender.test", "other.test"))
         self.assertEqual(from_domains(b"From: undisclosed\r\n\r\n"), ())
         self.assertEqual(from_domains(b"\r\nFrom: a@b.test\r\n"), ())
 
@@ -45,6 +47,10 @@ class HeaderTests(unittest.TestCase):
         self.assertEqual(
             trimmed,
             RAW.replace(b"Authentication-Results: (comment) MX.Acme.Test.; spf=pass\r\n", b""),
+        )
+        self.assertEqual(
+            remove_fields(RAW, lambda f: f.name == "subject", tuple(fields(RAW))),
+            (RAW.replace(b"Subject: hi\r\n", b""), 1),
         )
         same, removed = remove_fields(RAW, lambda field: False)
         self.assertIs(same, RAW)
