@@ -7,6 +7,7 @@ messages by the same rights. Written once, run on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import datetime
+import email.utils
 
 from twisted.internet import reactor
 from twisted.trial import unittest
@@ -63,6 +64,35 @@ class HeaderAddressesTests(unittest.TestCase):
                 ("to", "jana@firm.test"),
             ],
         )
+
+    def test_plain_values_read_as_getaddresses_reads_them(self):
+        # The common forms are read without the email package; each must give what
+        # getaddresses gives, and the rest is still left to it.
+        values = [
+            "<sender@peer.test>",
+            "user@sink.test",
+            "John Smith <John@X.test>",
+            "  Jo <j.k+tag@a-b.c.test>\t",
+            "Name<n@x.test>",
+            "=?utf-8?q?J=C3=A1na?= <jana@firm.test>",
+            "o'neil!#$%&*/=?^_`{|}~-x@odd.test",
+            '"Smith, John" <john@x.test>',
+            "John (the boss) <john@x.test>",
+            "a@x.test, b@y.test",
+            "J. Smith <j@x.test>",
+            "list: a@x.test, b@y.test;",
+            "<a..b@x.test>",
+            "Jána <jana@firm.test>",
+        ]
+        for value in values:
+            with self.subTest(value=value):
+                raw = f"To: {value}\r\n\r\nbody\r\n".encode()
+                expected = [
+                    ("to", address.lower())
+                    for _, address in email.utils.getaddresses([value])
+                    if "@" in address
+                ]
+                self.assertEqual(header_addresses(raw), expected)
 
     def test_no_header_section_no_addresses(self):
         self.assertEqual(header_addresses(b"\r\nTo: a@b.test\r\n"), [])
