@@ -271,6 +271,7 @@ def insert_message(
     type_id,
     delivered: bool = True,
     indexed: bool = True,
+    addressed: bool = True,
 ) -> int:
     """The Message row: the raw bytes once, with the summary headers of the record.
 
@@ -280,7 +281,10 @@ def insert_message(
 
     `indexed`: it will be filed somewhere, so its text goes into the search index in the
     same transaction (store.searchindex), taken from the message (store.searchtext.extract)
-    unless the record carries it already. Mail that is only queued is never searched."""
+    unless the record carries it already. Mail that is only queued is never searched.
+
+    `addressed`: its senders' and recipients' addresses are recorded (message_addresses),
+    so a contact's mail finds it once it is filed somewhere."""
     text = None
     if indexed:
         text = message.search_text or searchtext.extract(message.raw)
@@ -307,7 +311,10 @@ def insert_message(
             text is not None and text.has_attachment,
         ),
     ).fetchone()
-    message_addresses.record_addresses(message_id, raw, None if text is None else text.addresses)
+    if addressed:
+        message_addresses.record_addresses(
+            message_id, raw, None if text is None else text.addresses
+        )
     if text is not None:
         searchindex.index_message(message_id, text)
     return message_id

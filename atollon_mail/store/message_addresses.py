@@ -6,7 +6,8 @@ The rows come from the header section as it was stored: From and Sender are "fro
 To and Cc are "to" (Bcc is never in a delivered header; the envelope's recipients are
 left out too, as they are not what the message says and forwarded mail would name the
 forwarding target as its recipient). Addresses are kept lower-cased, as Contact.email is.
-They are written with the Message row (`insert_message`), by the migration for the
+They are written with the Message row (`insert_message`; not for mail only relayed for
+a relay host, which is filed nowhere here, see queue.enqueue), by the migration for the
 messages stored before it, and removed with the message (ON DELETE CASCADE).
 """
 

@@ -147,7 +147,18 @@ def enqueue(
     if not local and not remote:
         raise Invalid("a message needs at least one recipient; nothing was sent")
     filed = bool(local) or outgoing.sent_mailbox_id is not None
-    message_id = insert_message(outgoing, stamp, type_id, delivered=bool(local), indexed=filed)
+    # Mail relayed for a relay host and filed nowhere here is never filed later (unlike
+    # a campaign's, filed once delivered): no contact's mail list can show it, so its
+    # addresses are not recorded (rows and index entries on the relay's hot path).
+    relayed_only = not filed and origin.kind == "relay"
+    message_id = insert_message(
+        outgoing,
+        stamp,
+        type_id,
+        delivered=bool(local),
+        indexed=filed,
+        addressed=not relayed_only,
+    )
     filings = file_for_recipients(message_id, local, stamp, outgoing.verdict)
     if outgoing.sent_mailbox_id is not None:
         file_sent_copy(message_id, outgoing.sent_mailbox_id, stamp)

@@ -207,6 +207,45 @@ class CrmMailContract(StoreFixtureMixin):
         self.sync(lambda: Message.delete().where(Message.id == message_id).execute())
         self.assertEqual(self.sync(count), 0)
 
+    def test_relayed_mail_filed_nowhere_records_no_addresses_other_queued_mail_does(self):
+        def queued(origin: Origin, subject: str) -> int:
+            outgoing = OutgoingMessage(
+                envelope_sender="app@firm.test",
+                raw=_raw("app@firm.test", "jana@firm.test", subject),
+                remote_recipients=("jana@firm.test",),
+                subject=subject,
+            )
+            [done] = self.sync(queue.submit_messages, [(outgoing, origin)])
+            return done.id
+
+        def addresses(message_id: int) -> list[str]:
+            query = MessageAddress.select(MessageAddress.address)
+            return sorted(a for (a,) in query.where(MessageAddress.message == message_id).tuples())
+
+        relayed = queued(Origin("relay"), "relayed")
+        # A campaign's message is filed in its sender's mailbox once delivered.
+        campaign = queued(Origin("campaign", 1), "campaign")
+        # Relayed mail with a recipient here is filed, so it has its addresses.
+        [relayed_here] = self.sync(
+            queue.submit_messages,
+            [
+                (
+                    OutgoingMessage(
+                        envelope_sender="app@firm.test",
+                        raw=_raw("app@firm.test", "jana@firm.test", "both"),
+                        local_recipients=(self.joe,),
+                        remote_recipients=("jana@firm.test",),
+                        subject="both",
+                    ),
+                    Origin("relay"),
+                )
+            ],
+        )
+        self.assertEqual(self.sync(addresses, relayed), [])
+        both = ["app@firm.test", "jana@firm.test"]
+        self.assertEqual(self.sync(addresses, campaign), both)
+        self.assertEqual(self.sync(addresses, relayed_here.id), both)
+
     # -- campaign mail and groups -------------------------------------------------------
 
     def test_the_campaign_mail_a_contact_got_with_its_state(self):
