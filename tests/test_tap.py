@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import smtplib
 import socket
@@ -121,6 +122,19 @@ class ServiceTreeTests(unittest.TestCase):
         appliance.startService()
         self.addCleanup(appliance.stopService)
         return appliance
+
+    def test_twistd_freezes_what_start_up_made_a_test_run_does_not(self):
+        self.addCleanup(gc.unfreeze)
+        gc.unfreeze()
+        self.assertFalse(self.start().freeze_at_start)
+        self.assertEqual(gc.get_freeze_count(), 0)
+        options = tap.Options()
+        options.parseOptions(["--config", write_config(self, MINIMAL)])
+        appliance = tap.makeService(options, SpyReactor())
+        self.assertTrue(appliance.freeze_at_start)
+        appliance.startService()
+        self.addCleanup(appliance.stopService)
+        self.assertGreater(gc.get_freeze_count(), 0)
 
     def test_listens_on_the_configured_endpoints(self):
         self.start(
