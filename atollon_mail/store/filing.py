@@ -185,6 +185,8 @@ _HOT_SQL = {
         FROM queue_recipient r JOIN queue_message q ON q.id = r.queue_message_id
         WHERE r.state = {p} AND r.next_attempt_at <= {p}
         ORDER BY r.next_attempt_at, r.id LIMIT {p}""",
+    # When the runner looks again: per waiting state, on the same index.
+    "next_due": "SELECT MIN(next_attempt_at) FROM queue_recipient WHERE state = {p}",
     "record_result": """
         UPDATE queue_recipient
         SET attempts = attempts + 1, last_attempt_at = {p}, last_reply = {p}, state = {p},
