@@ -300,8 +300,8 @@ def build_appliance(
     tune_gc_at_start: bool = False,
 ) -> service.MultiService:
     """The whole service tree; nothing is started or bound until it is started.
-    `tune_gc_at_start`: the process is the appliance's own (twistd), so what start-up made
-    is frozen once started (tune_garbage_collector); not for a test run.
+    `tune_gc_at_start`: the process is the appliance's own (twistd), so its garbage
+    collector is tuned once started (tune_garbage_collector); not for a test run.
 
     Each subsystem's builder takes what it needs and returns its services; the events
     object and the worker pools are made first and passed in, so nothing is wired by
