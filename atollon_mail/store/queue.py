@@ -343,20 +343,10 @@ def record_delivery_results(results: Sequence[DeliveryResult]) -> None:
         if result.outcome == "deferred" and result.next_attempt_at is None:
             raise Invalid("a deferred delivery needs the time of its next attempt")
     # Rows written with one executemany per statement: per result, a statement through
-    # peewee cost more than the row itself on the relay's hot path. A recipient deleted
-    # meanwhile has no row to update and no timeline left to extend, so only those still
-    # there are written (locked until commit on PostgreSQL, as the UPDATE would).
-    ids = sorted({result.recipient_id for result in results})
-    present: set[int] = set()
-    lock = " FOR NO KEY UPDATE" if database_proxy.for_update else ""
-    for chunk in chunks(ids):
-        sql = f"SELECT id FROM queue_recipient WHERE id IN ({placeholders(len(chunk))}){lock}"
-        present.update(row[0] for row in database_proxy.execute_sql(sql, tuple(chunk)))
+    # peewee cost more than the row itself on the relay's hot path.
     date = QueueRecipient.updated_at.db_value
     updates, events = [], []
     for result in results:
-        if result.recipient_id not in present:
-            continue
         at = date(result.at)
         next_attempt_at = date(result.next_attempt_at) if result.outcome == "deferred" else None
         reply = _one_line_limited(result.reply, _REPLY_LIMIT)
@@ -370,8 +360,22 @@ def record_delivery_results(results: Sequence[DeliveryResult]) -> None:
     if updates:
         cursor = database_proxy.cursor()
         cursor.executemany(prepared_sql("record_result"), updates)
-        cursor.executemany(prepared_sql("insert_event"), events)
+        if cursor.rowcount != len(updates):
+            # Some recipient was deleted meanwhile: it has no timeline left to extend.
+            present = _present({event[0] for event in events})
+            events = [event for event in events if event[0] in present]
+        if events:
+            cursor.executemany(prepared_sql("insert_event"), events)
     origins.report_outcomes(results)
+
+
+def _present(recipient_ids: set[int]) -> set[int]:
+    """Those of these queue recipients that still exist."""
+    present: set[int] = set()
+    for chunk in chunks(sorted(recipient_ids)):
+        sql = f"SELECT id FROM queue_recipient WHERE id IN ({placeholders(len(chunk))})"
+        present.update(row[0] for row in database_proxy.execute_sql(sql, tuple(chunk)))
+    return present
 
 
 def mark_delay_warned(recipient_ids: Sequence[int]) -> int:
