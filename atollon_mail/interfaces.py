@@ -32,8 +32,8 @@ class IMailIntake(Interface):
         """
 
     def lookup_recipient(local_part, domain):
-        """resolve_recipient's answer classified once: a Deferred firing with a
-        records.Resolution (kind local / remote / foreign / refused)."""
+        """resolve_recipient's answer classified once: a records.Resolution (kind local /
+        remote / foreign / refused), or a Deferred firing with one."""
 
     def accept(envelope_sender, recipients, raw, verdict=None):
         """

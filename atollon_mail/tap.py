@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import os
 import resource
 from collections.abc import Callable
@@ -124,11 +125,18 @@ class Appliance(service.MultiService):
         self,
         listeners: dict[str, tuple[str, str, str]],
         on_start_failure: Callable[[str], None] | None = None,
+        tune_gc_at_start: bool = False,
     ):
         super().__init__()
         self.listeners = listeners
         # Told the line before start-up ends (twistd's waiting parent, when daemonized).
         self.on_start_failure = on_start_failure
+        self.tune_gc_at_start = tune_gc_at_start
+
+    def startService(self) -> None:
+        super().startService()
+        if self.tune_gc_at_start:
+            tune_garbage_collector()
 
     def privilegedStartService(self) -> None:
         # twistd binds the listeners here, before the reactor runs. A port in use would
@@ -155,6 +163,29 @@ class Appliance(service.MultiService):
             f"atollon-mail: cannot listen for {name} on {description}: {reason}; "
             f"stop whatever uses it or change [{section}] {key}"
         )
+
+
+# Young objects collected after this many more allocations than deallocations (Python's
+# default is 700). A relayed message's objects (its session, records, Deferreds) live
+# until its commit, tens of milliseconds: at 700 about 30 young collections ran per
+# second at a thousand messages per second, walking objects about to die anyway
+# (bench/relay.py: 19 us of collector CPU per message with start-up frozen, 6 us with
+# this). Cyclic garbage waits a little longer for its collection; nothing else changes.
+YOUNG_COLLECTION_THRESHOLD = 10_000
+
+
+def tune_garbage_collector() -> None:
+    """What start-up made (modules, configuration, the service tree) lives as long as the
+    process: moved out of the garbage collector's sight (gc.freeze), so its full
+    collections walk only what came after. Each took about 55 ms with start-up's objects
+    in it and 8 to 15 ms without; relaying (bench/relay.py) spent 23 us of CPU per message
+    in them before, 3 to 6 us after. Frozen objects are still freed when nothing refers
+    to them; only a reference cycle among them would stay. Young collections are made
+    rarer too (YOUNG_COLLECTION_THRESHOLD)."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, old)
 
 
 class StoreService(service.Service):
@@ -263,15 +294,20 @@ def warn_about_hostname(config: Config) -> None:
 
 
 def build_appliance(
-    config: Config, reactor, on_start_failure: Callable[[str], None] | None = None
+    config: Config,
+    reactor,
+    on_start_failure: Callable[[str], None] | None = None,
+    tune_gc_at_start: bool = False,
 ) -> service.MultiService:
     """The whole service tree; nothing is started or bound until it is started.
+    `tune_gc_at_start`: the process is the appliance's own (twistd), so its garbage
+    collector is tuned once started (tune_garbage_collector); not for a test run.
 
     Each subsystem's builder takes what it needs and returns its services; the events
     object and the worker pools are made first and passed in, so nothing is wired by
     patching an object after it was built."""
     warn_about_hostname(config)
-    appliance = Appliance(listener_settings(config), on_start_failure)
+    appliance = Appliance(listener_settings(config), on_start_failure, tune_gc_at_start)
     store = Store.from_url(config.database.url, reactor)
     events = Events()
     workers = Workers(reactor)
@@ -328,14 +364,19 @@ def tac_application(path: str, reactor) -> service.Application:
     except ConfigError as problem:
         raise SystemExit(f"atollon-mail: {problem}") from None
     application = service.Application("atollon-mail")
-    build_appliance(config, reactor).setServiceParent(application)
+    build_appliance(config, reactor, tune_gc_at_start=True).setServiceParent(application)
     return application
 
 
 def makeService(options: Options, reactor=None) -> service.MultiService:
     if reactor is None:
         from twisted.internet import reactor
-    return build_appliance(options.config, reactor, functools.partial(tell_daemon_parent, options))
+    return build_appliance(
+        options.config,
+        reactor,
+        functools.partial(tell_daemon_parent, options),
+        tune_gc_at_start=True,
+    )
 
 
 def tell_daemon_parent(options: Options, message: str) -> None:

@@ -16,7 +16,15 @@ import sys
 import tempfile
 import time
 
-from common import Appliance, RssSampler, parse_arguments, peer, rate_from, summary
+from common import (
+    Appliance,
+    RssSampler,
+    cpu_seconds,
+    parse_arguments,
+    peer,
+    rate_from,
+    summary,
+)
 
 SINK = "127.0.0.1:2700"
 
@@ -32,11 +40,13 @@ def undelivered(database: str) -> tuple[int, int]:
     return rows.get(0, 0), rows.get(1, 0)
 
 
-def run_ours(appliance: Appliance, messages: int, sessions: int) -> tuple[float, float]:
+def run_ours(appliance: Appliance, messages: int, sessions: int) -> tuple[float, float, float]:
+    """(msg/s, peak MiB, CPU ms per message): the CPU is the appliance's, all its threads."""
     database = os.path.join(appliance.workdir, "data", "store.sqlite")
     _, delivered_before = undelivered(database)
     with RssSampler(appliance) as sampler:
         started = time.monotonic()
+        cpu_before = cpu_seconds(appliance.process.pid)
         subprocess.run(
             [
                 "smtp-source",
@@ -63,7 +73,8 @@ def run_ours(appliance: Appliance, messages: int, sessions: int) -> tuple[float,
                 raise RuntimeError(f"the queue did not drain: {waiting} waiting")
             time.sleep(0.05)
         elapsed = time.monotonic() - started
-    return round(messages / elapsed, 1), sampler.peak_mib
+        cpu_ms = (cpu_seconds(appliance.process.pid) - cpu_before) * 1000 / messages
+    return round(messages / elapsed, 1), sampler.peak_mib, round(cpu_ms, 3)
 
 
 def main() -> int:
@@ -75,20 +86,22 @@ def main() -> int:
         "[delivery]\nsmarthost = " + SINK + "\n",
         smtp_extra="relay_networks = 127.0.0.0/8\n",
     )
-    ours, postfix, peaks = [], [], []
+    ours, postfix, peaks, cpu = [], [], [], []
     try:
         appliance.start()
         for _ in range(arguments.rounds):
             postfix.append(
                 rate_from(peer("relay", str(arguments.messages), str(arguments.sessions)))
             )
-            rate, peak = run_ours(appliance, arguments.messages, arguments.sessions)
+            rate, peak, cpu_ms = run_ours(appliance, arguments.messages, arguments.sessions)
             ours.append(rate)
             peaks.append(peak)
+            cpu.append(cpu_ms)
     finally:
         appliance.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     result = summary("relay", arguments, ours, postfix, peaks)
+    result["ours_cpu_ms_per_msg"] = cpu
     print(json.dumps(result, indent=2))
     return 0
 

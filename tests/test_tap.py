@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import smtplib
 import socket
@@ -121,6 +122,22 @@ class ServiceTreeTests(unittest.TestCase):
         appliance.startService()
         self.addCleanup(appliance.stopService)
         return appliance
+
+    def test_twistd_tunes_the_garbage_collector_a_test_run_does_not(self):
+        thresholds = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *thresholds)
+        self.addCleanup(gc.unfreeze)
+        gc.unfreeze()
+        self.assertFalse(self.start().tune_gc_at_start)
+        self.assertEqual((gc.get_freeze_count(), gc.get_threshold()), (0, thresholds))
+        options = tap.Options()
+        options.parseOptions(["--config", write_config(self, MINIMAL)])
+        appliance = tap.makeService(options, SpyReactor())
+        self.assertTrue(appliance.tune_gc_at_start)
+        appliance.startService()
+        self.addCleanup(appliance.stopService)
+        self.assertGreater(gc.get_freeze_count(), 0)
+        self.assertEqual(gc.get_threshold()[0], tap.YOUNG_COLLECTION_THRESHOLD)
 
     def test_listens_on_the_configured_endpoints(self):
         self.start(

@@ -40,6 +40,7 @@ from twisted.logger import Logger
 
 log = Logger()
 
+_EPOCH = datetime.datetime(1970, 1, 1)
 SEGMENT_BYTES = 1024 * 1024  # each segment's size (about 50 000 marks)
 _SEGMENT = re.compile(r"^(\d{1,12})\.dots$")
 
@@ -105,7 +106,7 @@ class DotJournal:
         """Write down that these recipients' dot is about to be sent; the segment they
         went to (for `settled`). Raises OSError when it could not be written: then the
         dot must not be sent."""
-        seconds = at.replace(tzinfo=datetime.UTC).timestamp()
+        seconds = (at - _EPOCH).total_seconds()  # `at` is naive UTC
         line = b"".join(b"%d %.3f\n" % (recipient_id, seconds) for recipient_id in recipient_ids)
         if self._map is None or self._size + len(line) > len(self._map):
             self._open_next(len(line))

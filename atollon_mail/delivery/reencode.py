@@ -41,6 +41,8 @@ MAX_LINE = 998  # octets, without the CRLF (RFC 5322 2.1.1, RFC 5321 4.5.3.1.6)
 # the CR of a CRLF.
 _LONG_LINE = re.compile(rb"\n[^\n]{%d}" % (MAX_LINE + 2))
 _LONG_LINE_EXACT = re.compile(rb"\n[^\n]{%d}[^\r\n](?:\n|\Z)" % MAX_LINE)
+# A line of 999 octets or more, whatever its last one: without one, no line is too long.
+_LINE_999 = re.compile(rb"\n[^\n]{%d}" % (MAX_LINE + 1))
 # compat32 keeps what it does not understand as it was; the generator writes CRLF lines
 # and never refolds a header (max_line_length 0).
 _POLICY = email.policy.compat32.clone(linesep="\r\n", max_line_length=0, cte_type="8bit")
@@ -64,6 +66,9 @@ class UnencodableMessage(Exception):
 def has_long_line(raw: bytes) -> bool:
     """Whether a line of raw (CRLF or LF lines) is over 998 octets, its CR not counted."""
     first = b"\n" + raw[: MAX_LINE + 2]  # the first line has no LF before it
+    if not _LINE_999.match(first) and not _LINE_999.search(raw):
+        # The usual case, settled by one scan: the checks below count every line break.
+        return False
     if _LONG_LINE.match(first) or _LONG_LINE_EXACT.match(first):
         return True
     last = raw[raw.rfind(b"\n") + 1 :]  # a last line without its line break

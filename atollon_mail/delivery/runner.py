@@ -61,8 +61,13 @@ SMARTHOST = "[smarthost]"
 CLAIM_COALESCE_SECONDS = 0.1
 
 
+_EPOCH = datetime.datetime(1970, 1, 1)
+
+
 def utc_from_seconds(seconds: float) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).replace(tzinfo=None)
+    # The same naive UTC time as fromtimestamp(seconds, UTC).replace(tzinfo=None), at
+    # about half the cost: the runner asks once or twice per relayed message.
+    return _EPOCH + datetime.timedelta(seconds=seconds)
 
 
 @defer.inlineCallbacks

@@ -66,6 +66,21 @@ def lookup_failed(failure: Failure, path: Path) -> Reply:
     return Reply(451, "4.3.0", f"<{path.address}>: temporary lookup failure")
 
 
+def looked_up(intake: Any, path: Path, domain: str, resolved, *args) -> Any:
+    """resolved(resolution, path, *args) once the intake classified the recipient: at
+    once when it answered at once (a domain it knows is not ours, a relayed message's
+    usual case), without a Deferred around it; a failed lookup is a 451."""
+    try:
+        found = intake.lookup_recipient(path.local_part, domain)
+    except Exception:
+        return lookup_failed(Failure(), path)
+    if isinstance(found, Deferred):
+        return found.addCallbacks(
+            resolved, lookup_failed, callbackArgs=(path, *args), errbackArgs=(path,)
+        )
+    return resolved(found, path, *args)
+
+
 def refused_recipient(path: Path, resolution: Resolution) -> Reply:
     detail = resolution.detail or "Recipient address rejected"
     return Reply(550, "5.1.1", f"<{path.address}>: {detail}")
@@ -122,11 +137,7 @@ class MXPolicy:
         if path.is_address_literal or (not relay and is_relay_attempt(path)):
             return relay_denied(path)
         domain = (path.domain or self.hostname).lower()  # bare <Postmaster> is ours
-        deferred = maybeDeferred(self.intake.lookup_recipient, path.local_part, domain)
-        deferred.addCallbacks(
-            self._resolved, lookup_failed, callbackArgs=(path, relay), errbackArgs=(path,)
-        )
-        return deferred
+        return looked_up(self.intake, path, domain, self._resolved, relay)
 
     def _resolved(self, resolution: Resolution, path: Path, relay: bool) -> Accept | Reply:
         if resolution.kind == "local":
@@ -332,11 +343,7 @@ class SubmissionPolicy:
         if is_relay_attempt(path) or path.is_address_literal:
             return relay_denied(path)
         domain = (path.domain or self.hostname).lower()  # bare <Postmaster> is ours
-        deferred = maybeDeferred(self.intake.lookup_recipient, path.local_part, domain)
-        deferred.addCallbacks(
-            self._resolved, lookup_failed, callbackArgs=(path,), errbackArgs=(path,)
-        )
-        return deferred
+        return looked_up(self.intake, path, domain, self._resolved)
 
     def _resolved(self, resolution: Resolution, path: Path) -> Accept | Reply:
         if resolution.kind == "local":

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from email.utils import format_datetime
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -195,8 +195,16 @@ class SMTPServerProtocol(Protocol):
         self._deadline = self.clock.seconds() + self.idle_timeout
         if self.idle_timeout > 0:
             self._idle_call = self.clock.callLater(self.idle_timeout, self._idle_check)
-        decided = maybeDeferred(self.policy.check_connect, self.session)
-        decided.addCallbacks(self._connect_decided, self._connect_failed)
+        # Decided at once by most policies: answered without a Deferred around it.
+        try:
+            decided = self.policy.check_connect(self.session)
+        except Exception:
+            self._connect_failed(Failure())
+            return
+        if isinstance(decided, Deferred):
+            decided.addCallbacks(self._connect_decided, self._connect_failed)
+        else:
+            self._connect_decided(decided)
 
     def _connect_decided(self, decision: Any) -> None:
         if self._closing:

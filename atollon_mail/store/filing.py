@@ -185,6 +185,8 @@ _HOT_SQL = {
         FROM queue_recipient r JOIN queue_message q ON q.id = r.queue_message_id
         WHERE r.state = {p} AND r.next_attempt_at <= {p}
         ORDER BY r.next_attempt_at, r.id LIMIT {p}""",
+    # When the runner looks again: per waiting state, on the same index.
+    "next_due": "SELECT MIN(next_attempt_at) FROM queue_recipient WHERE state = {p}",
     "record_result": """
         UPDATE queue_recipient
         SET attempts = attempts + 1, last_attempt_at = {p}, last_reply = {p}, state = {p},
@@ -271,6 +273,7 @@ def insert_message(
     type_id,
     delivered: bool = True,
     indexed: bool = True,
+    addressed: bool = True,
 ) -> int:
     """The Message row: the raw bytes once, with the summary headers of the record.
 
@@ -280,7 +283,10 @@ def insert_message(
 
     `indexed`: it will be filed somewhere, so its text goes into the search index in the
     same transaction (store.searchindex), taken from the message (store.searchtext.extract)
-    unless the record carries it already. Mail that is only queued is never searched."""
+    unless the record carries it already. Mail that is only queued is never searched.
+
+    `addressed`: its senders' and recipients' addresses are recorded (message_addresses),
+    so a contact's mail finds it once it is filed somewhere."""
     text = None
     if indexed:
         text = message.search_text or searchtext.extract(message.raw)
@@ -307,7 +313,10 @@ def insert_message(
             text is not None and text.has_attachment,
         ),
     ).fetchone()
-    message_addresses.record_addresses(message_id, raw, None if text is None else text.addresses)
+    if addressed:
+        message_addresses.record_addresses(
+            message_id, raw, None if text is None else text.addresses
+        )
     if text is not None:
         searchindex.index_message(message_id, text)
     return message_id

@@ -6,12 +6,14 @@ The rows come from the header section as it was stored: From and Sender are "fro
 To and Cc are "to" (Bcc is never in a delivered header; the envelope's recipients are
 left out too, as they are not what the message says and forwarded mail would name the
 forwarding target as its recipient). Addresses are kept lower-cased, as Contact.email is.
-They are written with the Message row (`insert_message`), by the migration for the
+They are written with the Message row (`insert_message`; not for mail only relayed for
+a relay host, which is filed nowhere here, see queue.enqueue), by the migration for the
 messages stored before it, and removed with the message (ON DELETE CASCADE).
 """
 
 from __future__ import annotations
 
+import re
 from email.utils import getaddresses
 
 from atollon_mail.store.models import database_proxy
@@ -24,6 +26,29 @@ _LONGEST = 320
 # At most this many addresses of one message are kept (a list mailed openly to
 # thousands is found by its first ones; the rest would only fill the table).
 MOST_ADDRESSES = 500
+
+
+# One plain address, bare or in angle brackets after a display name of plain words: what
+# most From, To and Cc fields hold. Such a value is read here; anything else (quotes,
+# comments, groups, several addresses, non-ASCII) goes to the email package's
+# getaddresses, which gives the same address for these (checked against it in
+# tests/store/test_crm_mail.py) at about ten times the cost, and this runs for every
+# message stored (receiving and relaying).
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_ADDRESS = rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_NAME = rf"(?:{_ATOM}[ \t]+)*(?:{_ATOM}[ \t]*)?"
+_PLAIN = re.compile(rf"[ \t]*(?:{_NAME}<({_ADDRESS})>|({_ADDRESS}))[ \t]*")
+
+
+def _addresses(values: list[str]) -> list[str]:
+    """The addresses of a role's field values, as getaddresses(values) reads them."""
+    found = []
+    for value in values:
+        plain = _PLAIN.fullmatch(value)
+        if plain is None:
+            return [address for _, address in getaddresses(values)]
+        found.append(plain.group(1) or plain.group(2))
+    return found
 
 
 def _fields(raw: bytes) -> dict[str, list[str]]:
@@ -61,7 +86,7 @@ def header_addresses(raw: bytes) -> list[tuple[str, str]]:
     addresses lower-cased, what is no address (no "@") left out."""
     pairs: dict[tuple[str, str], None] = {}
     for role, values in _fields(raw).items():
-        for _, address in getaddresses(values):
+        for address in _addresses(values):
             address = address.strip().lower()
             if (
                 "@" in address

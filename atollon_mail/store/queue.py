@@ -147,7 +147,18 @@ def enqueue(
     if not local and not remote:
         raise Invalid("a message needs at least one recipient; nothing was sent")
     filed = bool(local) or outgoing.sent_mailbox_id is not None
-    message_id = insert_message(outgoing, stamp, type_id, delivered=bool(local), indexed=filed)
+    # Mail relayed for a relay host and filed nowhere here is never filed later (unlike
+    # a campaign's, filed once delivered): no contact's mail list can show it, so its
+    # addresses are not recorded (rows and index entries on the relay's hot path).
+    relayed_only = not filed and origin.kind == "relay"
+    message_id = insert_message(
+        outgoing,
+        stamp,
+        type_id,
+        delivered=bool(local),
+        indexed=filed,
+        addressed=not relayed_only,
+    )
     filings = file_for_recipients(message_id, local, stamp, outgoing.verdict)
     if outgoing.sent_mailbox_id is not None:
         file_sent_copy(message_id, outgoing.sent_mailbox_id, stamp)
@@ -331,31 +342,40 @@ def record_delivery_results(results: Sequence[DeliveryResult]) -> None:
             )
         if result.outcome == "deferred" and result.next_attempt_at is None:
             raise Invalid("a deferred delivery needs the time of its next attempt")
+    # Rows written with one executemany per statement: per result, a statement through
+    # peewee cost more than the row itself on the relay's hot path.
     date = QueueRecipient.updated_at.db_value
+    updates, events = [], []
     for result in results:
         at = date(result.at)
         next_attempt_at = date(result.next_attempt_at) if result.outcome == "deferred" else None
         reply = _one_line_limited(result.reply, _REPLY_LIMIT)
         server = _one_line_limited(result.server, _SERVER_LIMIT)
-        updated = execute_prepared(
-            "record_result",
-            (
-                at,
-                reply,
-                result.outcome,
-                next_attempt_at,
-                at,
-                bool(result.uncertain),
-                result.recipient_id,
-            ),
-        ).rowcount
-        if updated:  # a recipient deleted meanwhile has no timeline left to extend
-            shown = "uncertain" if result.uncertain and result.outcome == "deferred" else None
-            execute_prepared(
-                "insert_event",
-                (result.recipient_id, at, server, reply, shown or result.outcome, next_attempt_at),
-            )
+        uncertain = bool(result.uncertain)
+        updates.append(
+            (at, reply, result.outcome, next_attempt_at, at, uncertain, result.recipient_id)
+        )
+        shown = "uncertain" if uncertain and result.outcome == "deferred" else result.outcome
+        events.append((result.recipient_id, at, server, reply, shown, next_attempt_at))
+    if updates:
+        cursor = database_proxy.cursor()
+        cursor.executemany(prepared_sql("record_result"), updates)
+        if cursor.rowcount != len(updates):
+            # Some recipient was deleted meanwhile: it has no timeline left to extend.
+            present = _present({event[0] for event in events})
+            events = [event for event in events if event[0] in present]
+        if events:
+            cursor.executemany(prepared_sql("insert_event"), events)
     origins.report_outcomes(results)
+
+
+def _present(recipient_ids: set[int]) -> set[int]:
+    """Those of these queue recipients that still exist."""
+    present: set[int] = set()
+    for chunk in chunks(sorted(recipient_ids)):
+        sql = f"SELECT id FROM queue_recipient WHERE id IN ({placeholders(len(chunk))})"
+        present.update(row[0] for row in database_proxy.execute_sql(sql, tuple(chunk)))
+    return present
 
 
 def mark_delay_warned(recipient_ids: Sequence[int]) -> int:
@@ -416,12 +436,9 @@ def _origins_of(recipient_ids: Sequence[int]) -> list[tuple[str | None, int | No
 @read_only
 def next_due_at() -> datetime.datetime | None:
     """When the earliest waiting recipient is due (None: nothing waits)."""
-    earliest = [
-        QueueRecipient.select(peewee.fn.MIN(QueueRecipient.next_attempt_at))
-        .where(QueueRecipient.state == state)
-        .scalar()
-        for state in WAITING_STATES
-    ]
+    # Prepared SQL: the runner asks after every claim, and peewee's query builder cost
+    # several times the query.
+    earliest = [execute_prepared("next_due", (state,)).fetchone()[0] for state in WAITING_STATES]
     found = [timestamp(value) for value in earliest if value is not None]
     return min(found, default=None)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 from zope.interface import implementer
@@ -19,7 +20,13 @@ from atollon_mail.interfaces import IMailIntake, IStore, ISubmissionIntake
 from atollon_mail.passwords import hash_password
 from atollon_mail.store import domains
 from atollon_mail.store import filing as filing_ops
-from atollon_mail.store.records import Origin, OutgoingMessage, Recipient, StoredMessage
+from atollon_mail.store.records import (
+    Origin,
+    OutgoingMessage,
+    Recipient,
+    Resolution,
+    StoredMessage,
+)
 from tests import builders
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
@@ -144,6 +151,18 @@ class DomainCacheTests(unittest.TestCase):
         self.assertIs(
             self.store.calls[-1][0], filing_ops.resolve_recipient, "ours: asked the store"
         )
+
+    def test_a_foreign_recipient_is_classified_at_once_without_a_deferred(self):
+        self.load_domains_via_lookup()
+        resolution = self.intake.lookup_recipient("bob", "Remote.Example.")
+        self.assertIsInstance(resolution, Resolution)
+        self.assertEqual(resolution.kind, "foreign")
+        ours = self.intake.lookup_recipient("joe", "acme.test")
+        self.assertIsInstance(ours, Deferred, "ours: asked the store")
+
+    def load_domains_via_lookup(self):
+        self.assertIsInstance(self.intake.lookup_recipient("bob", "remote.example"), Deferred)
+        self.load_domains("acme.test")
 
     def test_a_new_domain_is_seen_once_the_cache_is_stale(self):
         self.intake.resolve_recipient("bob", "new.example")

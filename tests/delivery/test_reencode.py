@@ -59,6 +59,10 @@ class LongLineTests(unittest.TestCase):
             b"a\r\n" + b"x" * (MAX_LINE + 1): True,
             b"a\n" + b"x" * (MAX_LINE + 1) + b"\n": True,
             b"a\n" + b"x" * MAX_LINE + b"\n": False,
+            b"a\n" + b"x" * (MAX_LINE + 1): True,
+            b"x" * (MAX_LINE + 1): True,
+            b"x" * MAX_LINE + b"\r": False,
+            b"a\r\n" + b"x" * (MAX_LINE - 1) + b"\r\r\n": False,
         }
         for raw, expected in cases.items():
             self.assertEqual(reencode.has_long_line(raw), expected, raw[:20])

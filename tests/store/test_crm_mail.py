@@ -7,6 +7,7 @@ messages by the same rights. Written once, run on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import datetime
+import email.utils
 
 from twisted.internet import reactor
 from twisted.trial import unittest
@@ -63,6 +64,35 @@ class HeaderAddressesTests(unittest.TestCase):
                 ("to", "jana@firm.test"),
             ],
         )
+
+    def test_plain_values_read_as_getaddresses_reads_them(self):
+        # The common forms are read without the email package; each must give what
+        # getaddresses gives, and the rest is still left to it.
+        values = [
+            "<sender@peer.test>",
+            "user@sink.test",
+            "John Smith <John@X.test>",
+            "  Jo <j.k+tag@a-b.c.test>\t",
+            "Name<n@x.test>",
+            "=?utf-8?q?J=C3=A1na?= <jana@firm.test>",
+            "o'neil!#$%&*/=?^_`{|}~-x@odd.test",
+            '"Smith, John" <john@x.test>',
+            "John (the boss) <john@x.test>",
+            "a@x.test, b@y.test",
+            "J. Smith <j@x.test>",
+            "list: a@x.test, b@y.test;",
+            "<a..b@x.test>",
+            "Jána <jana@firm.test>",
+        ]
+        for value in values:
+            with self.subTest(value=value):
+                raw = f"To: {value}\r\n\r\nbody\r\n".encode()
+                expected = [
+                    ("to", address.lower())
+                    for _, address in email.utils.getaddresses([value])
+                    if "@" in address
+                ]
+                self.assertEqual(header_addresses(raw), expected)
 
     def test_no_header_section_no_addresses(self):
         self.assertEqual(header_addresses(b"\r\nTo: a@b.test\r\n"), [])
@@ -176,6 +206,45 @@ class CrmMailContract(StoreFixtureMixin):
         self.assertEqual(self.sync(count), 2)
         self.sync(lambda: Message.delete().where(Message.id == message_id).execute())
         self.assertEqual(self.sync(count), 0)
+
+    def test_relayed_mail_filed_nowhere_records_no_addresses_other_queued_mail_does(self):
+        def queued(origin: Origin, subject: str) -> int:
+            outgoing = OutgoingMessage(
+                envelope_sender="app@firm.test",
+                raw=_raw("app@firm.test", "jana@firm.test", subject),
+                remote_recipients=("jana@firm.test",),
+                subject=subject,
+            )
+            [done] = self.sync(queue.submit_messages, [(outgoing, origin)])
+            return done.id
+
+        def addresses(message_id: int) -> list[str]:
+            query = MessageAddress.select(MessageAddress.address)
+            return sorted(a for (a,) in query.where(MessageAddress.message == message_id).tuples())
+
+        relayed = queued(Origin("relay"), "relayed")
+        # A campaign's message is filed in its sender's mailbox once delivered.
+        campaign = queued(Origin("campaign", 1), "campaign")
+        # Relayed mail with a recipient here is filed, so it has its addresses.
+        [relayed_here] = self.sync(
+            queue.submit_messages,
+            [
+                (
+                    OutgoingMessage(
+                        envelope_sender="app@firm.test",
+                        raw=_raw("app@firm.test", "jana@firm.test", "both"),
+                        local_recipients=(self.joe,),
+                        remote_recipients=("jana@firm.test",),
+                        subject="both",
+                    ),
+                    Origin("relay"),
+                )
+            ],
+        )
+        self.assertEqual(self.sync(addresses, relayed), [])
+        both = ["app@firm.test", "jana@firm.test"]
+        self.assertEqual(self.sync(addresses, campaign), both)
+        self.assertEqual(self.sync(addresses, relayed_here.id), both)
 
     # -- campaign mail and groups -------------------------------------------------------
 

@@ -501,6 +501,33 @@ class QueueContractTests(StoreFixtureMixin):
             {"queued": 0, "in-flight": 0, "deferred": 0, "delivered": 2, "bounced": 1},
         )
 
+    def test_results_of_a_removed_recipient_are_skipped_and_the_others_written(self):
+        self.populate()
+        kept = self.submit_one("kept@remote.example")
+        removed = self.submit_one("removed@remote.example", now=minutes(1))
+        first, second = self.claim(minutes(1))
+        self.assertEqual(second.queue_message_id, removed.queue_message_id)
+        # Removed by hand once its attempt was over (an in-flight one cannot be).
+        self.sync(
+            queue.record_delivery_results,
+            [self.result(second, "deferred", minutes(2), next_attempt_at=minutes(9))],
+        )
+        self.sync(queue.queue_delete, removed.queue_message_id)
+        self.sync(
+            queue.record_delivery_results,
+            [
+                self.result(second, "delivered", minutes(3)),
+                self.result(first, "delivered", minutes(3), server="mx.remote.example"),
+            ],
+        )
+        [recipient] = self.sync(queue.queue_show, kept.queue_message_id).recipients
+        self.assertEqual((recipient.entry.state, recipient.entry.attempts), ("delivered", 1))
+        self.assertEqual(
+            [(e.at, e.outcome, e.server) for e in recipient.events],
+            [(minutes(3), "delivered", "mx.remote.example")],
+        )
+        self.assertRaises(NotFound, self.sync, queue.queue_show, removed.queue_message_id)
+
     def test_bad_results_are_refused_whole(self):
         self.populate()
         self.submit_one("a@remote.example", "b@remote.example")
