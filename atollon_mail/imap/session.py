@@ -41,6 +41,10 @@ def decode_name(raw: bytes | str) -> str:
     try:
         if raw.isascii():
             name = raw.decode("imap4-utf-7")
+            # Twisted's decoder is lenient: take only the one spelling of each name, so
+            # that no two names on the wire stand for one folder ("&AGQAbwB0-" is "dot").
+            if name.encode("imap4-utf-7") != raw:
+                raise ValueError("not in canonical form")
         else:
             name = raw.decode("utf-8")
     except (UnicodeError, ValueError):
