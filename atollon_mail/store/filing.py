@@ -507,15 +507,22 @@ def file_sent_copy(message_id: int, mailbox_id: int, stamp) -> None:
     uid, context_id = row[0] - 1, row[1]
     if context_id is None:
         # The mailbox row is locked (next_uid above): no second Sent folder can appear.
-        owner_id, local_part, domain = execute_prepared(
-            "mailbox_owner_address", (mailbox_id,)
-        ).fetchone()
-        name = f"Sent ({local_part}@{domain})"[:_CONTEXT_NAME_LIMIT]
-        (context_id,) = execute_prepared("insert_folder", (name, owner_id, stamp)).fetchone()
-        execute_prepared("set_sent_context", (context_id, mailbox_id))
+        context_id = make_sent_context(mailbox_id, stamp)
     execute_prepared(
         "insert_flagged_filing", (message_id, mailbox_id, context_id, uid, SEEN_FLAG, stamp)
     )
+
+
+def make_sent_context(mailbox_id: int, stamp) -> int:
+    """The mailbox's Sent folder made, as on its first sent message (the caller holds the
+    mailbox row locked and found it had none); its context's id."""
+    owner_id, local_part, domain = execute_prepared(
+        "mailbox_owner_address", (mailbox_id,)
+    ).fetchone()
+    name = f"Sent ({local_part}@{domain})"[:_CONTEXT_NAME_LIMIT]
+    (context_id,) = execute_prepared("insert_folder", (name, owner_id, stamp)).fetchone()
+    execute_prepared("set_sent_context", (context_id, mailbox_id))
+    return context_id
 
 
 # --- the mail client of the web admin ---------------------------------------------------

@@ -34,15 +34,29 @@ takes a fresh value of the mailbox's uid counter (filing.next_modseq). The keywo
 from __future__ import annotations
 
 import datetime
+import email.header
+import email.parser
+import email.policy
 import zlib
 from collections.abc import Iterable, Sequence
 
 import attrs
 import peewee
 
+from atollon_mail.store import searchtext
 from atollon_mail.store.common import chunks, placeholders, read_only
-from atollon_mail.store.errors import NotFound
-from atollon_mail.store.filing import FILED_COPY_FLAG, SEEN_FLAG
+from atollon_mail.store.errors import Invalid, NotFound, ReadOnly
+from atollon_mail.store.filing import (
+    FILED_COPY_FLAG,
+    SEEN_FLAG,
+    default_type_ids,
+    insert_message,
+    lock_mailboxes,
+    make_sent_context,
+    next_modseq,
+    remove_unused_messages,
+    valid_flag,
+)
 from atollon_mail.store.models import (
     Context,
     Domain,
@@ -52,7 +66,9 @@ from atollon_mail.store.models import (
     Message,
     User,
     database_proxy,
+    utc_now,
 )
+from atollon_mail.store.records import OutgoingMessage
 from atollon_mail.store.values import DRAFTS, INBOX, JUNK, TRASH
 
 SENT = "sent"  # as store.mailfolders names it: folder inbox, the mailbox's Sent context
@@ -617,3 +633,406 @@ def message_headers(message_ids: Sequence[int]) -> dict[int, bytes]:
         end = _header_end(raw)
         found[message_id] = raw if end is None else raw[:end]
     return found
+
+
+# --- what a client changes --------------------------------------------------------------
+
+
+@attrs.frozen
+class StoreResult:
+    """What STORE did: `changed` the messages whose flags it changed (with their new
+    flags and mod-sequence), `unchanged` those it matched whose flags were so already,
+    `modified` the uids UNCHANGEDSINCE kept it from changing (mod-sequence above it)."""
+
+    changed: tuple[MessageItem, ...]
+    modified: tuple[int, ...]
+    unchanged: tuple[MessageItem, ...] = ()
+
+
+@attrs.frozen
+class CopyResult:
+    """What COPY or MOVE did: the target's UIDVALIDITY, (source uid, target uid) of each
+    message copied, by source uid; the message ids that went into Junk (`learned_spam`)
+    and out of Junk into another folder but Trash (`learned_ham`), for the spam filter
+    to learn from as the web's Junk and Not junk buttons teach it."""
+
+    uidvalidity: int
+    pairs: tuple[tuple[int, int], ...]
+    learned_spam: tuple[int, ...] = ()
+    learned_ham: tuple[int, ...] = ()
+
+
+@attrs.frozen
+class AppendResult:
+    """What APPEND did: the folder's UIDVALIDITY and the message's uid there; `merged`:
+    the message was filed in that Sent already (the submission filed it), nothing new
+    was stored."""
+
+    uidvalidity: int
+    uid: int
+    merged: bool
+
+
+def _writable(login: str, name: str) -> tuple[ImapFolder, _Box]:
+    folder, box = resolve(login, name)
+    if not folder.writable:
+        raise ReadOnly(f"{name} is read-only: {box.address} is shared with you to view only")
+    return folder, box
+
+
+def _client_flags(flags: Iterable[str]) -> list[str]:
+    """Flags a client asked for, each once: valid ones (filing.valid_flag), without
+    \\Recent (never stored) and $Filed (the store's own)."""
+    found: dict[str, None] = {}
+    for flag in flags:
+        valid_flag(flag)
+        if flag.lower() != RECENT_FLAG.lower() and flag != FILED_COPY_FLAG:
+            found.setdefault(flag)
+    return list(found)
+
+
+def _rows(folder: ImapFolder, box: _Box, uids: Iterable[int] | None, where=None) -> list[tuple]:
+    """(id, uid, message id, folder, context id, flags, mod-sequence) of the folder's
+    filings with these uids (every one when None), by uid."""
+    condition = _where(folder, box)
+    if where is not None:
+        condition &= where
+    columns = (
+        Filing.id,
+        Filing.uid,
+        Filing.message,
+        Filing.folder,
+        Filing.context,
+        Filing.flags,
+        _MODSEQ,
+    )
+    if uids is None:
+        return list(Filing.select(*columns).where(condition).order_by(Filing.uid).tuples())
+    rows: list[tuple] = []
+    for chunk in chunks(sorted(set(uids))):
+        query = Filing.select(*columns).where(condition & Filing.uid.in_(chunk))
+        rows.extend(query.tuples())
+    return sorted(rows, key=lambda row: row[1])
+
+
+def _items_of(filing_ids: Sequence[int]) -> list[MessageItem]:
+    found: list[MessageItem] = []
+    for chunk in chunks(sorted(set(filing_ids))):
+        found.extend(_items(Filing.id.in_(chunk)))
+    return sorted(found, key=lambda item: item.uid)
+
+
+def store_flags(
+    login: str,
+    name: str,
+    uids: Sequence[int],
+    mode: str,
+    flags: Sequence[str],
+    unchangedsince: int | None = None,
+) -> StoreResult:
+    """STORE: add ("+"), take away ("-") or set ("=") flags on the folder's messages with
+    these uids (uids it has not are passed over). The messages changed take one fresh
+    mod-sequence; with `unchangedsince`, a message whose mod-sequence is above it is not
+    changed and its uid comes back in `modified`."""
+    if mode not in ("+", "-", "="):
+        raise Invalid(f"{mode!r} is no way to store flags; give +, - or =")
+    asked = _client_flags(flags)
+    folder, box = _writable(login, name)
+    lock_mailboxes([box.id])
+    modseq = None
+    changed: list[int] = []
+    unchanged: list[int] = []
+    modified: list[int] = []
+    for filing_id, uid, message_id, _folder, _context, present_text, current in _rows(
+        folder, box, uids
+    ):
+        if unchangedsince is not None and current > unchangedsince:
+            modified.append(uid)
+            continue
+        present = present_text.split()
+        if mode == "+":
+            updated = present + [flag for flag in asked if flag not in present]
+        elif mode == "-":
+            updated = [flag for flag in present if flag not in asked]
+        else:  # the store's own $Filed stays
+            updated = [flag for flag in present if flag == FILED_COPY_FLAG] + asked
+        if sorted(updated) == sorted(present):
+            unchanged.append(filing_id)
+            continue
+        text = " ".join(updated)
+        if len(text) > Filing.flags.max_length:
+            raise Invalid(f"message {message_id} would have too many flags; store fewer")
+        if modseq is None:
+            modseq = next_modseq(box.id)
+        Filing.update(flags=text, modseq=modseq).where(Filing.id == filing_id).execute()
+        changed.append(filing_id)
+    return StoreResult(
+        changed=tuple(_items_of(changed)),
+        modified=tuple(modified),
+        unchanged=tuple(_items_of(unchanged)),
+    )
+
+
+def _without(flags: str, *names: str) -> str:
+    return " ".join(flag for flag in flags.split() if flag not in names)
+
+
+def expunge(login: str, name: str, uids: Sequence[int] | None = None) -> tuple[int, ...]:
+    """EXPUNGE: the folder's messages flagged \\Deleted (those with these uids only, when
+    given) leave it; their uids, ascending. In a fixed folder their filings go (and each
+    message left needed by nothing: filing.remove_unused_messages). In a CRM folder a
+    copy "File to..." made goes, the message staying where its first filing is; a
+    message filed there first (its context is the CRM folder's) leaves the folder and
+    stays in the mailbox's INBOX, \\Deleted taken off it."""
+    folder, box = _writable(login, name)
+    lock_mailboxes([box.id])
+    rows = [
+        row
+        for row in _rows(folder, box, uids, Filing.flags.contains(DELETED_FLAG))
+        if DELETED_FLAG in row[5].split()
+    ]
+    crm = folder.folder is None
+    gone = [row for row in rows if not crm or FILED_COPY_FLAG in row[5].split()]
+    kept = [row for row in rows if crm and FILED_COPY_FLAG not in row[5].split()]
+    if kept:
+        modseq = next_modseq(box.id)
+        for filing_id, *_rest, flags, _modseq in kept:
+            Filing.update(
+                context=box.store_to_id, flags=_without(flags, DELETED_FLAG), modseq=modseq
+            ).where(Filing.id == filing_id).execute()
+    for chunk in chunks([row[0] for row in gone]):
+        Filing.delete().where(Filing.id.in_(chunk)).execute()
+    remove_unused_messages({row[2] for row in gone})
+    return tuple(sorted(row[1] for row in rows))
+
+
+def _sent_context_id(box: _Box, stamp) -> int:
+    """The mailbox's Sent context, made as the first sent message makes it (filing)."""
+    context_id = Mailbox.select(Mailbox.sent_context).where(Mailbox.id == box.id).scalar()
+    return context_id if context_id is not None else make_sent_context(box.id, stamp)
+
+
+def _placement(target: ImapFolder, box: _Box, stamp) -> tuple[str, int | None]:
+    """(folder, context id) a filing lies in to be in `target`; context None: the one it
+    has (a fixed folder but INBOX and Sent keeps it)."""
+    if target.folder is None:
+        return INBOX, target.context_id
+    if target.folder == SENT:
+        return INBOX, _sent_context_id(box, stamp)
+    return target.folder, None
+
+
+def _next_uid(mailbox_id: int) -> int:
+    return next_modseq(mailbox_id)  # the same counter: a fresh uid
+
+
+def _existing_in_context(mailbox_id: int, message_id: int, context_id: int) -> int | None:
+    """The uid of a filing of the message in the mailbox with that context, if any."""
+    return (
+        Filing.select(Filing.uid)
+        .where(
+            (Filing.mailbox == mailbox_id)
+            & (Filing.message == message_id)
+            & (Filing.context == context_id)
+            & (Filing.folder == INBOX)
+        )
+        .order_by(Filing.id)
+        .scalar()
+    )
+
+
+def copy(login: str, source: str, uids: Sequence[int], target: str, move: bool = False):
+    """COPY or MOVE (`move`) the source folder's messages with these uids into `target`
+    (uids it has not are passed over); CopyResult. Each message gets the target
+    mailbox's next uid, the flags it had (\\Recent never), in source uid order.
+
+    Within one mailbox, into a fixed folder: a move is the mail client's (the filing
+    takes the new folder and uid; into INBOX out of Sent it takes the mailbox's "store
+    messages to"), a copy a new filing there. Into a CRM folder: the copy "File to..."
+    makes ($Filed; a message filed there already is not filed again, its uid there
+    comes back), and a move then takes the message out of its source folder (a "File
+    to..." copy goes; a first filing becomes that folder's copy, so the message is seen
+    in the CRM folder only). Across mailboxes: a new filing in the target mailbox (a
+    CRM folder's as "File to..." makes it), the bytes stored once still; a move then
+    removes the source's filing. The target needs the edit right, the source the view
+    right (edit for a move)."""
+    source_folder, source_box = _writable(login, source) if move else resolve(login, source)
+    target_folder, target_box = _writable(login, target)
+    if target_folder.folder is None and target_folder.context_id is None:
+        raise _not_found(target)
+    lock_mailboxes([source_box.id, target_box.id])
+    now = utc_now()
+    stamp = Filing.filed_at.db_value(now)
+    folder_to, context_to = _placement(target_folder, target_box, stamp)
+    to_crm = target_folder.folder is None
+    same = source_box.id == target_box.id
+    pairs: list[tuple[int, int]] = []
+    spam: list[int] = []
+    ham: list[int] = []
+    removed: list[int] = []
+    for filing_id, uid, message_id, folder, context_id, flags, _modseq in _rows(
+        source_folder, source_box, uids
+    ):
+        is_copy = FILED_COPY_FLAG in flags.split()
+        shown = _without(flags, FILED_COPY_FLAG)
+        if to_crm:
+            there = _existing_in_context(target_box.id, message_id, context_to)
+            if there is not None and not (move and same and there == uid):
+                pairs.append((uid, there))
+                if move and not (same and there == uid):
+                    removed.append(filing_id)
+                continue
+        elif folder_to == JUNK and folder != JUNK:
+            spam.append(message_id)
+        if folder == JUNK and folder_to not in (JUNK, TRASH):
+            ham.append(message_id)
+        new_uid = _next_uid(target_box.id)
+        pairs.append((uid, new_uid))
+        new_flags = f"{shown} {FILED_COPY_FLAG}".strip() if to_crm else shown
+        if len(new_flags) > Filing.flags.max_length:
+            raise Invalid(f"message {message_id} has too many flags to copy")
+        if move and same:
+            # The filing itself goes over, with its new uid (and mod-sequence).
+            if context_to is not None:
+                new_context = context_to
+            elif folder_to == INBOX and (is_copy or context_id == source_box.sent_context_id):
+                new_context = source_box.store_to_id
+            else:
+                new_context = context_id
+            Filing.update(
+                folder=folder_to,
+                context=new_context,
+                uid=new_uid,
+                flags=new_flags,
+                modseq=None,
+                filed_at=stamp,
+            ).where(Filing.id == filing_id).execute()
+            continue
+        Filing.insert(
+            message=message_id,
+            mailbox=target_box.id,
+            context=context_to if context_to is not None else target_box.store_to_id,
+            uid=new_uid,
+            flags=new_flags,
+            filed_at=now,
+            folder=folder_to,
+        ).execute()
+        if move:
+            removed.append(filing_id)
+    for chunk in chunks(removed):
+        Filing.delete().where(Filing.id.in_(chunk)).execute()
+    return CopyResult(
+        uidvalidity=target_folder.uidvalidity,
+        pairs=tuple(pairs),
+        learned_spam=tuple(sorted(set(spam))),
+        learned_ham=tuple(sorted(set(ham))),
+    )
+
+
+# --- APPEND -----------------------------------------------------------------------------
+
+_SUMMARY = {"message-id": 998, "subject": None, "from": None, "date": 200}
+
+
+def _header_text(value) -> str | None:
+    text = str(value)
+    if "=?" in text:  # RFC 2047 encoded words, decoded as the summary of received mail is
+        try:
+            text = str(email.header.make_header(email.header.decode_header(text)))
+        except (ValueError, LookupError, UnicodeError):
+            pass  # the undecoded text rather than nothing
+    text = " ".join(text.replace("\x00", " ").split())
+    return text or None
+
+
+def append_message(raw: bytes) -> OutgoingMessage:
+    """The message a client APPENDs, ready for `append`: its summary headers and its
+    search text taken out of the bytes. CPU work: call it outside the store (the CPU
+    pool), as drafts do."""
+    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
+    values = {}
+    for field, limit in _SUMMARY.items():
+        value = headers.get(field)
+        text = None if value is None else _header_text(value)
+        values[field] = text[:limit] if text is not None and limit else text
+    return OutgoingMessage(
+        envelope_sender="",
+        raw=raw,
+        message_id=values["message-id"],
+        subject=values["subject"],
+        from_header=values["from"],
+        date_header=values["date"],
+        search_text=searchtext.extract(raw),
+    )
+
+
+def _naive_utc(moment: datetime.datetime) -> datetime.datetime:
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(datetime.UTC).replace(tzinfo=None)
+    return moment
+
+
+def _merged_sent(box: _Box, message_id_header: str | None) -> int | None:
+    """The uid of the filing in the mailbox's Sent of a message with this Message-ID."""
+    if not message_id_header or box.sent_context_id is None:
+        return None
+    return (
+        Filing.select(Filing.uid)
+        .join(Message, on=(Filing.message == Message.id))
+        .where(
+            (Filing.mailbox == box.id)
+            & (Filing.folder == INBOX)
+            & (Filing.context == box.sent_context_id)
+            & (Message.message_id == message_id_header)
+        )
+        .order_by(Filing.uid)
+        .scalar()
+    )
+
+
+def append(
+    login: str,
+    name: str,
+    message: OutgoingMessage | bytes,
+    flags: Sequence[str] = (),
+    internaldate: datetime.datetime | None = None,
+) -> AppendResult:
+    """APPEND: store `message` (made by append_message outside the store; bytes are
+    taken too, at the cost of that work here) and file it into the folder with these
+    flags, received at `internaldate` (now when None), as drafts are stored (the
+    search index and the message's addresses written alike). Into Sent, a message whose
+    Message-ID one already filed in that Sent has (the submission filed it) is not
+    stored again: that one's uid comes back, `merged`."""
+    if isinstance(message, bytes):
+        message = append_message(message)
+    asked = _client_flags(flags)
+    folder, box = _writable(login, name)
+    lock_mailboxes([box.id])
+    if folder.folder == SENT:
+        merged = _merged_sent(box, message.message_id)
+        if merged is not None:
+            return AppendResult(uidvalidity=folder.uidvalidity, uid=merged, merged=True)
+    now = utc_now()
+    received = _naive_utc(internaldate) if internaldate is not None else now
+    _, outgoing_type = default_type_ids()
+    message_id = insert_message(
+        message, Message.received_at.db_value(received), outgoing_type, delivered=False
+    )
+    stamp = Filing.filed_at.db_value(now)
+    folder_to, context_to = _placement(folder, box, stamp)
+    if folder.folder is None:
+        asked.append(FILED_COPY_FLAG)  # seen in its CRM folder only, as "File to..." files
+    text = " ".join(asked)
+    if len(text) > Filing.flags.max_length:
+        raise Invalid("too many flags for one message; give fewer")
+    uid = _next_uid(box.id)
+    Filing.insert(
+        message=message_id,
+        mailbox=box.id,
+        context=context_to if context_to is not None else box.store_to_id,
+        uid=uid,
+        flags=text,
+        filed_at=now,
+        folder=folder_to,
+    ).execute()
+    return AppendResult(uidvalidity=folder.uidvalidity, uid=uid, merged=False)

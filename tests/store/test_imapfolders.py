@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 
+import attrs
 from twisted.internet import reactor
 from twisted.trial import unittest
 
@@ -19,11 +20,18 @@ from atollon_mail.store import (
     mailfolders,
     migrations,
     queue,
+    search,
 )
-from atollon_mail.store.errors import NotFound
-from atollon_mail.store.models import Filing
+from atollon_mail.store.errors import Invalid, NotFound, ReadOnly
+from atollon_mail.store.models import Filing, Message
 from atollon_mail.store.pool import Store
-from atollon_mail.store.records import IncomingMessage, Origin, OutgoingMessage, Recipient
+from atollon_mail.store.records import (
+    IncomingMessage,
+    Origin,
+    OutgoingMessage,
+    Recipient,
+    SearchQuery,
+)
 from atollon_mail.store.values import JUNK, TRASH
 from tests import builders
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
@@ -325,6 +333,261 @@ class ImapFoldersContract(StoreFixtureMixin):
         self.assertTrue(heads[stored.id].endswith(long_header.encode() + b"\r\n\r\n"))
         self.assertEqual(heads[stored.id], stored_raw[: len(heads[stored.id])])
         self.assertTrue(heads[headerless].endswith(b"remote.example>\r\n\r\n"))
+
+    # -- STORE -----------------------------------------------------------------------------
+
+    def store_flags(self, name, uids, mode, flags, unchangedsince=None, login="joe"):
+        return self.sync(
+            imapfolders.store_flags, login, name, tuple(uids), mode, tuple(flags), unchangedsince
+        )
+
+    def test_store_adds_takes_and_sets_flags(self):
+        first = self.receive(subject="one")
+        self.receive(subject="two")
+        self.sync(crm_mail.file_into, "joe@acme.test", first, self.project.id)
+        uids = self.snapshot("INBOX").uids
+        result = self.store_flags("INBOX", uids, "+", [SEEN, "\\Recent", "$Work"])
+        self.assertEqual([item.flags for item in result.changed], [(SEEN, "$Work")] * 2)
+        self.assertEqual(len({item.modseq for item in result.changed}), 1)
+        self.assertEqual((result.modified, result.unchanged), ((), ()))
+        again = self.store_flags("INBOX", uids, "+", [SEEN])
+        self.assertEqual((again.changed, [i.uid for i in again.unchanged]), ((), list(uids)))
+        taken = self.store_flags("INBOX", uids[:1], "-", ["$Work"])
+        self.assertEqual([item.flags for item in taken.changed], [(SEEN,)])
+        self.assertGreater(taken.changed[0].modseq, result.changed[0].modseq)
+        # Setting the flags of a "File to..." copy keeps it a copy.
+        [copy] = self.items("CRM/Spring-launch")
+        self.store_flags("CRM/Spring-launch", [copy.uid], "=", [FLAGGED])
+        [copy] = self.items("CRM/Spring-launch")
+        self.assertEqual(copy.flags, (FLAGGED,))
+        self.assertEqual(len(self.snapshot("INBOX").uids), 2)
+        stored = dict(
+            self.sync(
+                builders.table_rows,
+                Filing.uid,
+                Filing.flags,
+                where=Filing.uid == copy.uid,
+            )
+        )
+        self.assertEqual(stored[copy.uid].split(), ["$Filed", FLAGGED])
+        # The web client sees what IMAP did.
+        self.assertEqual(self.sync(mailfolders.message_flags, "joe@acme.test", first)[:1], (SEEN,))
+        # Uids of other folders are passed over.
+        self.assertEqual(self.store_flags("Sent", uids, "+", [FLAGGED]).changed, ())
+        with self.assertRaises(Invalid):
+            self.store_flags("INBOX", uids, "+", ["bad flag"])
+        with self.assertRaises(Invalid):
+            self.store_flags("INBOX", uids, "*", [SEEN])
+
+    def test_store_unchangedsince(self):
+        self.receive(subject="one")
+        self.receive(subject="two")
+        first, second = self.items("INBOX")
+        self.store_flags("INBOX", [second.uid], "+", [FLAGGED])
+        result = self.store_flags("INBOX", [first.uid, second.uid], "+", [SEEN], second.modseq)
+        self.assertEqual(result.modified, (second.uid,))
+        self.assertEqual([item.uid for item in result.changed], [first.uid])
+        [_, now] = self.items("INBOX")
+        self.assertEqual(now.flags, (FLAGGED,))
+
+    def test_a_mailbox_shared_to_view_is_read_only(self):
+        self.receive("ann@other.test")
+        self.sync(mailboxes.grant_mailbox_access, "ann@other.test", "joe", view=True)
+        name = "Shared/ann@other.test/INBOX"
+        uids = self.snapshot(name).uids
+        with self.assertRaises(ReadOnly):
+            self.store_flags(name, uids, "+", [SEEN])
+        with self.assertRaises(ReadOnly):
+            self.sync(imapfolders.expunge, "joe", name, None)
+        with self.assertRaises(ReadOnly):
+            self.sync(imapfolders.append, "joe", name, b"Subject: x\r\n\r\nx\r\n")
+        with self.assertRaises(ReadOnly):
+            self.sync(imapfolders.copy, "joe", name, uids, "INBOX", True)
+        with self.assertRaises(ReadOnly):
+            self.sync(imapfolders.copy, "joe", "INBOX", (), name, False)
+        # Copying out of it is reading.
+        result = self.sync(imapfolders.copy, "joe", name, uids, "INBOX", False)
+        self.assertEqual(len(result.pairs), 1)
+        self.assertEqual(len(self.snapshot(name).uids), 1)
+
+    # -- EXPUNGE ---------------------------------------------------------------------------
+
+    def test_expunge_removes_what_is_deleted(self):
+        first = self.receive(subject="one")
+        second = self.receive(subject="two")
+        third = self.receive(subject="three")
+        uids = self.snapshot("INBOX").uids
+        self.store_flags("INBOX", uids[:2], "+", [DELETED])
+        self.assertEqual(self.sync(imapfolders.expunge, "joe", "INBOX", uids[1:]), uids[1:2])
+        self.assertEqual(self.snapshot("INBOX").uids, (uids[0], uids[2]))
+        self.assertEqual(self.sync(imapfolders.expunge, "joe", "INBOX", None), uids[:1])
+        self.assertEqual(self.snapshot("INBOX").uids, uids[2:])
+        self.assertFalse(self.sync(lambda: filing.messages_raw([first, second])))
+        self.assertTrue(self.sync(lambda: filing.messages_raw([third])))
+
+    def test_expunge_in_a_crm_folder_leaves_the_inbox(self):
+        message = self.receive(subject="one")
+        self.sync(crm_mail.file_into, "joe@acme.test", message, self.project.id)
+        [copy] = self.items("CRM/Spring-launch")
+        self.store_flags("CRM/Spring-launch", [copy.uid], "+", [DELETED])
+        self.assertEqual(
+            self.sync(imapfolders.expunge, "joe", "CRM/Spring-launch", None), (copy.uid,)
+        )
+        self.assertEqual(self.snapshot("CRM/Spring-launch").uids, ())
+        [inbox] = self.items("INBOX")
+        self.assertEqual(inbox.message_id, message)
+        # A message filed into the project first leaves it, and stays in the INBOX.
+        joe = self.sync(filing.resolve_recipient, "joe", "acme.test")
+        filed = attrs.evolve(joe, context_id=self.project.id)
+        raw = b"Subject: filed\r\n\r\nx\r\n"
+        self.sync(
+            filing.store_messages,
+            [IncomingMessage(envelope_sender="s@remote.example", recipients=(filed,), raw=raw)],
+        )
+        [first] = self.items("CRM/Spring-launch")
+        self.assertIn(first.uid, self.snapshot("INBOX").uids)
+        self.store_flags("CRM/Spring-launch", [first.uid], "+", [DELETED, SEEN])
+        self.sync(imapfolders.expunge, "joe", "CRM/Spring-launch", None)
+        self.assertEqual(self.snapshot("CRM/Spring-launch").uids, ())
+        [kept] = self.items("INBOX", [first.uid])
+        self.assertEqual(kept.flags, (SEEN,))
+
+    # -- COPY and MOVE ---------------------------------------------------------------------
+
+    def test_move_between_fixed_folders(self):
+        first = self.receive(subject="one")
+        second = self.receive(subject="two")
+        uids = self.snapshot("INBOX").uids
+        self.store_flags("INBOX", uids[:1], "+", [SEEN])
+        result = self.sync(imapfolders.copy, "joe", "INBOX", uids, "Trash", True)
+        self.assertEqual(result.uidvalidity, self.joe.id)
+        self.assertEqual([source for source, _ in result.pairs], list(uids))
+        targets = [target for _, target in result.pairs]
+        self.assertEqual(targets, sorted(targets))
+        self.assertGreater(targets[0], max(uids))
+        self.assertEqual(self.snapshot("INBOX").uids, ())
+        items = self.items("Trash")
+        self.assertEqual([item.uid for item in items], targets)
+        self.assertEqual([item.message_id for item in items], [first, second])
+        self.assertEqual(items[0].flags, (SEEN,))
+        self.assertEqual(
+            self.sync(mailfolders.list_folder, "joe@acme.test", TRASH)[0].uid, targets[1]
+        )
+        # Into Junk: the filter learns spam; out of it into INBOX: ham.
+        result = self.sync(imapfolders.copy, "joe", "Trash", targets[:1], "Junk", True)
+        self.assertEqual(result.learned_spam, (first,))
+        [junk_uid] = [target for _, target in result.pairs]
+        result = self.sync(imapfolders.copy, "joe", "Junk", [junk_uid], "INBOX", True)
+        self.assertEqual((result.learned_spam, result.learned_ham), ((), (first,)))
+        self.assertEqual([item.message_id for item in self.items("INBOX")], [first])
+
+    def test_copy_makes_a_second_filing(self):
+        message = self.receive(subject="one")
+        [item] = self.items("INBOX")
+        result = self.sync(imapfolders.copy, "joe", "INBOX", [item.uid], "Drafts", False)
+        [(source, target)] = result.pairs
+        self.assertEqual(source, item.uid)
+        self.assertEqual([i.message_id for i in self.items("Drafts")], [message])
+        self.assertEqual([i.uid for i in self.items("INBOX")], [item.uid])
+        self.assertEqual(self.sync(lambda: Message.select().count()), 1)
+        self.assertEqual(target, self.snapshot("Drafts").uids[0])
+
+    def test_copy_and_move_into_a_crm_folder_file_it(self):
+        first = self.receive(subject="one")
+        second = self.receive(subject="two")
+        uids = self.snapshot("INBOX").uids
+        result = self.sync(imapfolders.copy, "joe", "INBOX", uids[:1], "CRM/Spring-launch")
+        [(_, copied)] = result.pairs
+        self.assertEqual(
+            result.uidvalidity, imapfolders.crm_uidvalidity(self.joe.id, self.project.id)
+        )
+        contexts = self.sync(crm_mail.message_contexts, "joe@acme.test", first)
+        self.assertEqual([c.id for c in contexts][1:], [self.project.id])
+        self.assertEqual(self.snapshot("INBOX").uids, uids)
+        # Copied again: filed there already, its uid there comes back.
+        again = self.sync(imapfolders.copy, "joe", "INBOX", uids[:1], "CRM/Spring-launch")
+        self.assertEqual(again.pairs, ((uids[0], copied),))
+        # Moved: seen in the CRM folder only.
+        moved = self.sync(imapfolders.copy, "joe", "INBOX", uids, "CRM/Spring-launch", True)
+        self.assertEqual(moved.pairs[0], (uids[0], copied))
+        self.assertEqual(self.snapshot("INBOX").uids, ())
+        self.assertEqual([i.message_id for i in self.items("CRM/Spring-launch")], [first, second])
+        self.assertEqual(
+            [c.id for c in self.sync(crm_mail.message_contexts, "joe@acme.test", second)],
+            [self.project.id],
+        )
+        folders_counted = {
+            c.name: c.total for c in self.sync(mailfolders.folder_counts, "joe@acme.test")
+        }
+        self.assertEqual((folders_counted["Inbox"], folders_counted["Spring/launch"]), (0, 2))
+
+    def test_copy_across_mailboxes(self):
+        self.sync(mailboxes.grant_mailbox_access, "ann@other.test", "joe", edit=True)
+        message = self.receive(subject="one")
+        [item] = self.items("INBOX")
+        target = "Shared/ann@other.test/INBOX"
+        result = self.sync(imapfolders.copy, "joe", "INBOX", [item.uid], target, True)
+        self.assertEqual(result.uidvalidity, self.ann.id)
+        self.assertEqual(self.snapshot("INBOX").uids, ())
+        [there] = self.items(target)
+        self.assertEqual((there.message_id, result.pairs), (message, ((item.uid, there.uid),)))
+        self.assertEqual(
+            [r.message.id for r in self.sync(mailfolders.list_folder, "ann@other.test")],
+            [message],
+        )
+        # Into another mailbox's CRM folder: "File to..." there.
+        crm = "Shared/ann@other.test/CRM/Spring-launch"
+        self.sync(imapfolders.copy, "joe", target, [there.uid], crm, False)
+        [filed] = self.items(crm)
+        self.assertEqual(filed.message_id, message)
+
+    # -- APPEND ----------------------------------------------------------------------------
+
+    def test_append_files_a_message(self):
+        raw = (
+            b"From: Joe <joe@acme.test>\r\nTo: far@remote.example\r\n"
+            b"Subject: =?utf-8?q?caf=C3=A9?=\r\nMessage-ID: <draft@acme.test>\r\n\r\nhello\r\n"
+        )
+        record = imapfolders.append_message(raw)
+        self.assertEqual(
+            (record.subject, record.message_id, record.from_header),
+            ("café", "<draft@acme.test>", "Joe <joe@acme.test>"),
+        )
+        moment = datetime.datetime(2025, 3, 4, 5, 6, 7, tzinfo=datetime.UTC)
+        result = self.sync(imapfolders.append, "joe", "Drafts", record, (SEEN, "\\Draft"), moment)
+        self.assertFalse(result.merged)
+        self.assertEqual(result.uidvalidity, self.joe.id)
+        [item] = self.items("Drafts")
+        self.assertEqual((item.uid, item.flags), (result.uid, (SEEN, "\\Draft")))
+        self.assertEqual(item.internaldate, moment)
+        self.assertEqual(self.sync(filing.message_raw, item.message_id), raw)
+        found = self.sync(search.search, "joe", SearchQuery(text="café"), 10, 0)
+        self.assertEqual([r.message.id for r in found.hits], [item.message_id])
+        # Into a CRM folder: seen there only.
+        crm = self.sync(imapfolders.append, "joe", "CRM/Spring-launch", raw)
+        self.assertEqual([i.uid for i in self.items("CRM/Spring-launch")], [crm.uid])
+        self.assertEqual(self.snapshot("INBOX").uids, ())
+
+    def test_append_to_sent_merges_the_submitted_copy(self):
+        sent = self.send("report")
+        [filed] = self.items("Sent")
+        raw = self.sync(filing.message_raw, sent)
+        result = self.sync(imapfolders.append, "joe", "Sent", raw, (SEEN,))
+        self.assertEqual((result.uid, result.merged), (filed.uid, True))
+        self.assertEqual(len(self.snapshot("Sent").uids), 1)
+        other = b"Subject: other\r\nMessage-ID: <other@acme.test>\r\n\r\nx\r\n"
+        result = self.sync(imapfolders.append, "joe", "Sent", other, (SEEN,))
+        self.assertFalse(result.merged)
+        self.assertEqual(len(self.snapshot("Sent").uids), 2)
+
+    def test_append_to_sent_before_anything_was_sent(self):
+        raw = b"Subject: first\r\nMessage-ID: <first@acme.test>\r\n\r\nx\r\n"
+        result = self.sync(imapfolders.append, "joe", "Sent", raw)
+        self.assertEqual(self.snapshot("Sent").uids, (result.uid,))
+        self.assertEqual(self.snapshot("INBOX").uids, ())
+        # The submission files its copy beside it in the same Sent.
+        self.send("later")
+        self.assertEqual(len(self.snapshot("Sent").uids), 2)
 
 
 class SqliteImapFoldersTests(SqliteStoreMixin, ImapFoldersContract, unittest.TestCase):
