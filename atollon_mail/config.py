@@ -125,7 +125,7 @@ class ImapConfig:
     max_connections: int = 100  # active sessions at once on each listener
     # Sessions in IDLE (waiting for news, often for hours) are counted apart, against
     # this larger cap, so that idling clients never keep active ones out.
-    max_idle_connections: int = 1000
+    max_idle_connections: int = 200
     max_connections_per_client: int = 20
     idle_timeout: float = 1800.0  # autologout: RFC 3501 asks for at least 30 minutes
     login_timeout: float = 60.0  # a session must log in within this many seconds
@@ -570,7 +570,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "listen": (_endpoint, "tcp:2143"),
         "tls_listen": (_optional_endpoint, ""),
         "max_connections": (_whole_number(1), "100"),
-        "max_idle_connections": (_whole_number(0), "1000"),
+        "max_idle_connections": (_whole_number(0), "200"),
         "max_connections_per_client": (_whole_number(1), "20"),
         "idle_timeout": (_autologout, "30m"),
         "login_timeout": (_positive_duration, "60"),

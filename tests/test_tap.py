@@ -126,10 +126,10 @@ class ServiceTreeTests(unittest.TestCase):
         self.start(
             MINIMAL
             + "[smtp]\nlisten = tcp:2626\n[web]\nlisten = tcp:8181:interface=127.0.0.1\n"
-            + "[submission]\nlisten = tcp:2627\n"
+            + "[submission]\nlisten = tcp:2627\n[imap]\nlisten = tcp:2628\n"
         )
         listening = sorted((port, interface) for port, _, _, interface in self.reactor.tcpServers)
-        self.assertEqual(listening, [(2626, ""), (2627, ""), (8181, "127.0.0.1")])
+        self.assertEqual(listening, [(2626, ""), (2627, ""), (2628, ""), (8181, "127.0.0.1")])
 
     def test_every_listener_has_its_connection_caps(self):
         self.start(
@@ -139,13 +139,17 @@ class ServiceTreeTests(unittest.TestCase):
             + "header_timeout = 11\nbody_timeout = 22\n"
             + "[submission]\nlisten = tcp:2627\nmax_connections = 20\n"
             + "max_connections_per_client = 2\n"
+            + "[imap]\nlisten = tcp:2628\nmax_connections = 10\nmax_connections_per_client = 4\n"
+            + "max_idle_connections = 5\n"
         )
         factories = {port: factory for port, factory, _, _ in self.reactor.tcpServers}
         caps = {
             port: (factory.max_connections, factory.max_per_client)
             for port, factory in factories.items()
         }
-        self.assertEqual(caps, {2626: (70, 7), 8181: (30, 3), 2627: (20, 2)})
+        self.assertEqual(caps, {2626: (70, 7), 8181: (30, 3), 2627: (20, 2), 2628: (10, 4)})
+        self.assertEqual(factories[2628].max_idle, 5)
+        self.assertEqual(factories[2626].max_idle, 0)
         site = factories[8181].wrappedFactory
         self.assertIsInstance(site, DeadlineSite)
         self.assertEqual((site.header_timeout, site.body_timeout), (11, 22))
@@ -168,12 +172,18 @@ class ServiceTreeTests(unittest.TestCase):
             "[web] max_connections: must be a whole number of at least 1", str(raised.exception)
         )
 
-    def test_submission_and_web_share_one_authenticator(self):
-        self.start(MINIMAL + "[web]\nlisten = tcp:8181\n[submission]\nlisten = tcp:2627\n")
+    def test_submission_imap_and_web_share_one_authenticator(self):
+        self.start(
+            MINIMAL
+            + "[web]\nlisten = tcp:8181\n[submission]\nlisten = tcp:2627\n"
+            + "[imap]\nlisten = tcp:2628\n"
+        )
         factories = {port: factory for port, factory, _, _ in self.reactor.tcpServers}
         submission, site = factories[2627].wrappedFactory, factories[8181].wrappedFactory
         self.assertTrue(verifyObject(IAuthenticator, submission.policy.authenticator))
         self.assertIs(site.resource.app.authenticator, submission.policy.authenticator)
+        imap = factories[2628].wrappedFactory
+        self.assertIs(imap.authenticator, submission.policy.authenticator)
         self.assertIs(site.requestFactory, BodyLimitedRequest)
 
     def test_the_mailbox_pages_event_streams_are_in_the_tree(self):
@@ -285,14 +295,17 @@ class TwistdTests(unittest.TestCase):
     """The real `twistd atollon-mail`: start-up, busy ports, errors a person sees."""
 
     def setUp(self):
-        self.smtp_port, self.submission_port, self.web_port = (free_port() for _ in range(3))
+        self.smtp_port, self.submission_port, self.web_port, self.imap_port = (
+            free_port() for _ in range(4)
+        )
         self.smtp_endpoint = f"tcp:{self.smtp_port}:interface=127.0.0.1"
         self.config_path = write_config(
             self,
             MINIMAL
             + f"[smtp]\nlisten = {self.smtp_endpoint}\n"
             + f"[submission]\nlisten = tcp:{self.submission_port}:interface=127.0.0.1\n"
-            + f"[web]\nlisten = tcp:{self.web_port}:interface=127.0.0.1\n",
+            + f"[web]\nlisten = tcp:{self.web_port}:interface=127.0.0.1\n"
+            + f"[imap]\nlisten = tcp:{self.imap_port}:interface=127.0.0.1\n",
         )
         self.data_dir = load_config(self.config_path).appliance.data_dir
 

@@ -138,6 +138,7 @@ class RunningAppliance(TwistdAppliance):
         self.smtp_port = free_port()
         self.web_port = free_port()
         self.submission_port = free_port()
+        self.imap_port = free_port()
         self.database_url = f"sqlite:///{directory}/data/store.sqlite"
         tls_lines = ""
         if tls:
@@ -150,6 +151,7 @@ class RunningAppliance(TwistdAppliance):
                 f"[database]\nurl = sqlite:///{directory}/data/store.sqlite\n"
                 f"[smtp]\nlisten = tcp:{self.smtp_port}:interface=127.0.0.1\n{tls_lines}{extra}"
                 f"[web]\nlisten = tcp:{self.web_port}:interface=127.0.0.1\n"
+                f"[imap]\nlisten = tcp:{self.imap_port}:interface=127.0.0.1\n"
                 f"[submission]\nlisten = tcp:{self.submission_port}:interface=127.0.0.1\n"
                 + (
                     f"tls_listen = tcp:{self.implicit_tls_port}:interface=127.0.0.1\n"
@@ -185,6 +187,7 @@ class LoopbackAppliance(TwistdAppliance):
                 f"[smtp]\nlisten = tcp:{mx_port}:interface={interface}\n"
                 f"tls_certificate = {certificate}\ntls_key = {key}\ngreet_pause = 0\n"
                 f"[web]\nlisten = tcp:{free_port()}:interface=127.0.0.1\n"
+                f"[imap]\nlisten = tcp:{free_port()}:interface=127.0.0.1\n"
                 f"[submission]\nlisten = tcp:{self.submission_port}:interface=127.0.0.1\n"
                 f"[delivery]\nnameservers = 127.0.0.1:{dns_port}\nmx_port = {mx_port}\n"
                 # Should the other appliance be slow to answer, the retry comes soon.
