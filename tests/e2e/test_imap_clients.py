@@ -34,7 +34,7 @@ from atollon_mail.store import filing, mailfolders
 from atollon_mail.store.records import IncomingMessage
 from tests.builders import commands_succeed, mailbox_commands, started_appliance
 from tests.e2e import imapclients
-from tests.e2e.appliance import RunningAppliance, free_port
+from tests.e2e.appliance import RunningAppliance
 from tests.e2e.imapclients import LARGE_ATTACHMENT, WORDS, Mbsync, OfflineImap, corpus
 
 ADDRESS, LOGIN, PASSWORD = "jane@acme.test", "jane", "jane-password"
@@ -57,13 +57,7 @@ CAPABILITIES = (
 
 
 class ImapAppliance(RunningAppliance):
-    """The appliance with its IMAP server on a loopback port of its own."""
-
-    def __init__(self, directory: str, **options):
-        super().__init__(directory, **options)
-        self.imap_port = free_port()
-        with open(self.config, "a") as config_file:
-            config_file.write(f"[imap]\nlisten = tcp:{self.imap_port}:interface=127.0.0.1\n")
+    """The appliance, started once its IMAP server listens too (on `imap_port`)."""
 
     def start(self) -> None:
         super().start()
