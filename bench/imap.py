@@ -30,6 +30,7 @@ figures beside it are the proportional set sizes (Pss) of all its processes adde
 from __future__ import annotations
 
 import argparse
+import configparser
 import imaplib
 import json
 import os
@@ -320,6 +321,20 @@ def populate_appliance(appliance: Appliance, raws: list[bytes]) -> float:
         store.stop()
 
 
+def imap_settings(appliance: Appliance) -> int:
+    """The appliance's [imap] section set for the benchmark (listening on a loopback port,
+    the idling connections allowed from one address); its port."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(appliance.config)
+    if not parser.has_section("imap"):
+        parser.add_section("imap")
+        parser.set("imap", "listen", f"tcp:{free_port()}:interface=127.0.0.1")
+    parser.set("imap", "max_connections_per_client", "200")
+    with open(appliance.config, "w") as config_file:
+        parser.write(config_file)
+    return int(re.match(r"tcp:(\d+)", parser.get("imap", "listen")).group(1))
+
+
 # --- the client ---------------------------------------------------------------------------
 
 
@@ -540,12 +555,8 @@ def main() -> int:
     appliance_dir = os.path.join(workdir, "appliance")
     os.makedirs(dovecot.workdir)
     os.makedirs(appliance_dir)
-    imap_port = free_port()
-    appliance = Appliance(
-        appliance_dir,
-        extra_config=f"[imap]\nlisten = tcp:{imap_port}:interface=127.0.0.1\n"
-        "max_connections_per_client = 200\n",
-    )
+    appliance = Appliance(appliance_dir)
+    imap_port = imap_settings(appliance)
     try:
         progress(f"writing {len(raws)} messages into a Maildir")
         dovecot.write_maildir(raws)
