@@ -203,7 +203,7 @@ class Mbsync:
             [self.command, "-c", self.config, "-a"],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=60,
         )
         if result.returncode != 0:
             raise AssertionError(f"mbsync failed: {result.stdout}{result.stderr}")
@@ -246,7 +246,7 @@ class OfflineImap:
             [self.command, "-c", self.config, "-o", "-u", "basic"],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=60,
         )
         output = result.stdout + result.stderr
         if result.returncode != 0 or "ERROR" in output:
