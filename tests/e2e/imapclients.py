@@ -199,15 +199,7 @@ class Mbsync:
     def sync(self) -> str:
         """One run syncing every folder both ways; its output (AssertionError when it
         failed)."""
-        result = subprocess.run(
-            [self.command, "-c", self.config, "-a"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if result.returncode != 0:
-            raise AssertionError(f"mbsync failed: {result.stdout}{result.stderr}")
-        return result.stdout + result.stderr
+        return run_client([self.command, "-V", "-c", self.config, "-a"])
 
 
 # --- offlineimap3 -------------------------------------------------------------------------
@@ -242,16 +234,7 @@ class OfflineImap:
         return os.path.join(self.maildir, name)
 
     def sync(self) -> str:
-        result = subprocess.run(
-            [self.command, "-c", self.config, "-o", "-u", "basic"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        output = result.stdout + result.stderr
-        if result.returncode != 0 or "ERROR" in output:
-            raise AssertionError(f"offlineimap failed: {output}")
-        return output
+        return run_client([self.command, "-c", self.config, "-o", "-u", "basic"])
 
     @staticmethod
     def changes(output: str) -> list[str]:
@@ -261,6 +244,22 @@ class OfflineImap:
             for line in output.splitlines()
             if re.search(r"^\s*(Copy message|Adding flag|Deleting flag|Deleting \d|Moving)", line)
         ]
+
+
+def run_client(command: list[str], timeout: float = 60) -> str:
+    """Run a sync client; its output, or AssertionError with the end of it when it failed,
+    said ERROR or took longer than `timeout` seconds."""
+    try:
+        result = subprocess.run(command, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired as expired:
+        output = ((expired.stdout or b"") + (expired.stderr or b"")).decode(errors="replace")
+        raise AssertionError(
+            f"{command[0]} still ran after {timeout} s: ...{output[-3000:]}"
+        ) from None
+    output = (result.stdout + result.stderr).decode(errors="replace")
+    if result.returncode != 0 or "ERROR" in output:
+        raise AssertionError(f"{command[0]} failed ({result.returncode}): ...{output[-3000:]}")
+    return output
 
 
 def available(command: str) -> bool:
