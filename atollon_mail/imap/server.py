@@ -59,7 +59,14 @@ from atollon_mail.auth import Throttled
 from atollon_mail.config import ImapConfig
 from atollon_mail.imap import fetch as fetching
 from atollon_mail.imap import search as searching
-from atollon_mail.imap.parser import Atom, Command, ParseError, literal_marker, parse_command
+from atollon_mail.imap.parser import (
+    Atom,
+    Command,
+    FetchAtt,
+    ParseError,
+    literal_marker,
+    parse_command,
+)
 from atollon_mail.imap.session import (
     DELIMITER,
     SHARED_PREFIX,
@@ -75,7 +82,7 @@ from atollon_mail.imap.session import (
 )
 from atollon_mail.interfaces import ICountedConnection
 from atollon_mail.store import imapfolders
-from atollon_mail.store.errors import Invalid, NotFound, StoreError
+from atollon_mail.store.errors import NotFound, ReadOnly, StoreError
 
 __all__ = ["IMAPServerFactory", "IMAPServerProtocol", "Watchers", "connection_refusal"]
 
@@ -149,6 +156,23 @@ STATES = {
 # Commands after which no EXPUNGE may be sent unasked (RFC 3501 7.4.1): the client may
 # still be using the sequence numbers it gave. Their UID forms may have them.
 _NO_EXPUNGE_AFTER = frozenset({"FETCH", "STORE", "SEARCH"})
+
+
+def _streamed_body(request: Any) -> tuple[Any, Any] | None:
+    """(the whole-message item, a request of the others) when a large message can be
+    streamed: the request has one BODY[] or BODY.PEEK[] (partial or not) and nothing
+    else that reads the message; else None."""
+    whole = [
+        item
+        for item in request.items
+        if isinstance(item, FetchAtt) and item.name.startswith("BODY") and not item.section
+    ]
+    if len(whole) != 1:
+        return None
+    rest = fetching.FetchRequest(tuple(item for item in request.items if item is not whole[0]))
+    if rest.needs != "none":
+        return None
+    return whole[0], rest
 
 
 class _Refused(Exception):
@@ -312,6 +336,7 @@ class IMAPServerProtocol(Protocol):
         self._writable: list[defer.Deferred] = []
         self._output_paused = False
         self._when_lost: list[Callable[[], Any]] = []
+        self._mailbox_ids: dict[str, int] = {}  # folder name -> mailbox id, from LIST
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -412,7 +437,9 @@ class IMAPServerProtocol(Protocol):
             if call.getTime() <= deadline:
                 return  # fires earlier and re-arms itself for the rest
             call.cancel()
-        self._timer = self.clock.callLater(max(deadline - self.clock.seconds(), 0), self._check_time)
+        self._timer = self.clock.callLater(
+            max(deadline - self.clock.seconds(), 0), self._check_time
+        )
 
     def _begin_command(self) -> None:
         if self._command_started is None:
@@ -656,6 +683,9 @@ class IMAPServerProtocol(Protocol):
         except NotFound:
             self.tagged(tag, "NO", "[NONEXISTENT] No such mailbox")
             return
+        except ReadOnly:
+            self.tagged(tag, "NO", "[READ-ONLY] The mailbox is read-only")
+            return
         except StoreError as problem:
             self.tagged(tag, "NO", str(problem).splitlines()[0] if str(problem) else "Refused")
             return
@@ -746,9 +776,7 @@ class IMAPServerProtocol(Protocol):
             return
         same_messages = status.messages == len(selected) and status.uidnext == selected.uidnext
         if not same_messages:
-            snapshot = await self.store.run(
-                imapfolders.folder_snapshot, self.login, selected.name
-            )
+            snapshot = await self.store.run(imapfolders.folder_snapshot, self.login, selected.name)
             if self.selected is not selected:
                 return
             now = set(snapshot.uids)
@@ -942,7 +970,8 @@ class IMAPServerProtocol(Protocol):
             self.send(f'* {kind} (\\Noselect) "{DELIMITER}" ""')
             return
         folders = await self.store.run(imapfolders.list_folders, self.login)
-        names = {folder.name for folder in folders}
+        self._mailbox_ids = {folder.name: folder.mailbox_id for folder in folders}
+        names = set(self._mailbox_ids)
         matchers = [pattern_matcher(reference, pattern) for pattern in patterns]
         special_only = "SPECIAL-USE" in selection
         for folder in folders:
@@ -1042,8 +1071,10 @@ class IMAPServerProtocol(Protocol):
         return f"[{mode}] {command.name} completed"
 
     def _cannot(self, command: Command) -> str:
-        raise _no("[CANNOT] Folders are the mailbox's own and its CRM folders; manage them "
-                  "in the web client")
+        raise _no(
+            "[CANNOT] Folders are the mailbox's own and its CRM folders; manage them "
+            "in the web client"
+        )
 
     imap_CREATE = imap_DELETE = imap_RENAME = _cannot
 
@@ -1076,20 +1107,25 @@ class IMAPServerProtocol(Protocol):
             raise _no("The message is empty")
         if len(raw) > self.factory.max_message_size:
             raise _no("[TOOBIG] Message too large")
-        try:
-            prepared = await self.factory.in_cpu(imapfolders.prepare_append, raw)
-        except Invalid as problem:
-            raise _no(str(problem)) from None
-        try:
-            result = await self.store.run(
-                imapfolders.append, self.login, name, prepared, flags, internaldate
-            )
-        except NotFound:
-            raise _no("[TRYCREATE] No such mailbox") from None
-        self._changed(result.mailbox_id) if hasattr(result, "mailbox_id") else None
+        mailbox_id = await self._mailbox_id_of(name)
+        # The summary headers and the search text are CPU work: the workers' pool.
+        prepared = await self.factory.in_cpu(imapfolders.append_message, raw)
+        result = await self.store.run(
+            imapfolders.append, self.login, name, prepared, flags, internaldate
+        )
+        self._changed(mailbox_id)
         if self.selected is not None and self.selected.name == name:
             self._dirty = True
         return f"[APPENDUID {result.uidvalidity} {result.uid}] APPEND completed"
+
+    async def _mailbox_id_of(self, name: str) -> int:
+        """The mailbox a folder name lies in (NotFound, answered [TRYCREATE], if none)."""
+        if name not in self._mailbox_ids:
+            folders = await self.store.run(imapfolders.list_folders, self.login)
+            self._mailbox_ids = {folder.name: folder.mailbox_id for folder in folders}
+        if name not in self._mailbox_ids:
+            raise _no("[TRYCREATE] No such mailbox")
+        return self._mailbox_ids[name]
 
     async def imap_IDLE(self, command: Command) -> None:
         self._idle_tag = command.tag
@@ -1208,18 +1244,23 @@ class IMAPServerProtocol(Protocol):
         self.send(line)
         return "SEARCH completed"
 
-    async def _messages(self, uids: list[int], needs: str):
-        """(MessageItem, raw or header bytes or None) of the uids, read in batches and
-        yielded as the transport takes what the caller writes (backpressure)."""
+    async def _messages(self, uids: list[int], needs: str, prepare=None):
+        """(MessageItem, octets) of the uids: None when `needs` is "none", the header
+        block for "headers", the whole message for "full" except a message larger than
+        LARGE_MESSAGE (None: read it with raw_slice). Read in batches, each once the
+        transport took what the caller wrote of the one before (backpressure);
+        `prepare(items)` may replace a batch's items first (FETCH sets \\Seen there)."""
         selected = self.selected
         assert selected is not None
         for batch in batches(uids, FETCH_BATCH):
             await self.drained()
-            if self._closing:
+            if self._closing or self.selected is not selected:
                 return
             items = await self.store.run(
                 imapfolders.message_items, self.login, selected.name, tuple(batch)
             )
+            if prepare is not None:
+                items = await prepare(items)
             if needs == "none":
                 for item in items:
                     yield item, None
@@ -1229,11 +1270,20 @@ class IMAPServerProtocol(Protocol):
                     imapfolders.message_headers, tuple(item.message_id for item in items)
                 )
                 for item in items:
-                    yield item, headers.get(item.message_id, b"")
+                    if item.message_id in headers:
+                        yield item, headers[item.message_id]
                 continue
             group: list[Any] = []
             size = 0
             for item in items:
+                if item.size > LARGE_MESSAGE:
+                    if group:
+                        async for pair in self._with_bytes(group):
+                            yield pair
+                        group, size = [], 0
+                    yield item, None
+                    await self.drained()
+                    continue
                 if group and size + item.size > BATCH_BYTES:
                     async for pair in self._with_bytes(group):
                         yield pair
@@ -1246,21 +1296,50 @@ class IMAPServerProtocol(Protocol):
 
     async def _with_bytes(self, items: list[Any]):
         raws = await self.store.run(
-            imapfolders.message_bytes, tuple(item.message_id for item in items)
+            imapfolders.message_bytes,
+            tuple(item.message_id for item in items),
+            LARGE_MESSAGE,
         )
         for item in items:
             raw = raws.get(item.message_id)
-            if raw is None:
-                continue  # removed meanwhile
-            yield item, raw
+            if raw is not None:  # else removed meanwhile
+                yield item, raw
+
+    async def _whole(self, item: Any) -> bytes:
+        """A large message read in slices (one such message in memory at a time)."""
+        parts = []
+        for offset in range(0, item.size, SLICE):
+            parts.append(
+                await self.store.run(imapfolders.raw_slice, item.message_id, offset, SLICE)
+            )
+        return b"".join(parts)
+
+    async def _stream(self, head: bytes, item: Any, offset: int, count: int) -> None:
+        """Write `head`, then `count` octets of the message from `offset` as a literal,
+        slice by slice, each once the transport took the one before."""
+        count = max(min(count, item.size - offset), 0)
+        self.write(head + b"{%d}\r\n" % count)
+        sent = 0
+        while sent < count:
             await self.drained()
+            if self._closing:
+                return
+            length = min(SLICE, count - sent)
+            data = await self.store.run(
+                imapfolders.raw_slice, item.message_id, offset + sent, length
+            )
+            if len(data) != length:
+                # The message changed size under us: the literal cannot be completed.
+                log.warn("IMAP: message {id} shorter than its size", id=item.message_id)
+                self.close("Internal error")
+                return
+            self.write(data)
+            sent += length
 
     async def imap_FETCH(self, command: Command) -> str:
         selected = self.selected
         assert selected is not None
         uids = selected.resolve(_atom(command.args[0], "sequence set"), command.uid)
-        items = command.args[1]
-        items = list(items) if isinstance(items, list) else [items]
         changedsince = None
         if len(command.args) == 3:
             modifiers = command.args[2]
@@ -1272,34 +1351,50 @@ class IMAPServerProtocol(Protocol):
                 raise _bad("Unknown FETCH modifier")
             changedsince = _number(modifiers[1], "mod-sequence")
             self.condstore = True
-            items.append(Atom("MODSEQ"))
-        if command.uid:
-            items.append(Atom("UID"))
-        elif self.condstore:
-            items.append(Atom("MODSEQ"))  # RFC 7162 3.1.4.1: with every FETCH once enabled
-        request = fetching.parse_fetch(items)
-        sets_seen = request.sets_seen and selected.writable
-        async for item, raw in self._messages(uids, request.needs):
-            if changedsince is not None and item.modseq <= changedsince:
-                continue
+        request = fetching.parse_fetch(
+            command.args[1], uid=command.uid, modseq=self.condstore or changedsince is not None
+        )
+        streamed = _streamed_body(request)
+        seen: set[int] = set()
+
+        async def mark_seen(items):
+            if changedsince is not None:
+                items = tuple(item for item in items if item.modseq > changedsince)
+            unseen = tuple(item.uid for item in items if SEEN not in item.flags)
+            if not unseen or not request.sets_seen or not selected.writable:
+                return items
+            result = await self.store.run(
+                imapfolders.store_flags, self.login, selected.name, unseen, "+", (SEEN,), None
+            )
+            changed = {item.uid: item for item in result.changed}
+            for item in result.changed:
+                selected.own_changes.add((item.uid, item.modseq))
+                seen.add(item.uid)
+            if changed:
+                self._changed(selected.mailbox_id)
+            return tuple(changed.get(item.uid, item) for item in items)
+
+        async for item, raw in self._messages(uids, request.needs, mark_seen):
             seq = selected.seq_of(item.uid)
             if seq is None:
                 continue
-            if sets_seen and SEEN not in item.flags:
-                result = await self.store.run(
-                    imapfolders.store_flags,
-                    self.login,
-                    selected.name,
-                    (item.uid,),
-                    "+",
-                    (SEEN,),
-                    None,
-                )
-                for changed in result.changed:
-                    item = changed
-                    selected.own_changes.add((changed.uid, changed.modseq))
-                self._changed(selected.mailbox_id)
-            self.write(fetching.render(request, item, seq, raw))
+            flags = item.uid in seen
+            if raw is None and request.needs == "full":
+                if streamed is not None:
+                    att, rest = streamed
+                    head = fetching.render(rest, item, seq, None, flags=flags)
+                    head = head[: -len(b")\r\n")] + (b" " if head[-4:-3] != b"(" else b"")
+                    origin, count = att.partial if att.partial is not None else (0, item.size)
+                    await self._stream(head + fetching.att_name(att) + b" ", item, origin, count)
+                    self.write(b")\r\n")
+                    continue
+                raw = await self._whole(item)
+            try:
+                self.write(fetching.render(request, item, seq, raw, flags=flags))
+            except fetching.UnknownEncoding:
+                raise _no(
+                    "[UNKNOWN-CTE] A part has a transfer encoding BINARY cannot undo"
+                ) from None
         return "FETCH completed"
 
     async def imap_STORE(self, command: Command) -> str:
@@ -1335,8 +1430,13 @@ class IMAPServerProtocol(Protocol):
         if self.selected is selected:
             for changed in result.changed:
                 selected.own_changes.add((changed.uid, changed.modseq))
+            # RFC 7162 3.1.3: with UNCHANGEDSINCE, .SILENT still tells the new MODSEQ.
+            told = () if silent and unchangedsince is None else result.changed
+            if not silent:
+                told = sorted(result.changed + result.unchanged, key=lambda item: item.uid)
+            for changed in told:
                 seq = selected.seq_of(changed.uid)
-                if seq is not None and (not silent or unchangedsince is not None):
+                if seq is not None:
                     self.send(self._flags_line(seq, changed, uid=command.uid))
         if result.changed:
             self._changed(selected.mailbox_id)
@@ -1360,14 +1460,12 @@ class IMAPServerProtocol(Protocol):
         assert selected is not None
         uids = selected.resolve(_atom(command.args[0], "sequence set"), command.uid)
         target = _name(command.args[1])
+        target_mailbox = await self._mailbox_id_of(target)
         if not uids:
             return f"{command.name} completed (no messages)"
-        try:
-            result = await self.store.run(
-                imapfolders.copy, self.login, selected.name, tuple(uids), target, move
-            )
-        except NotFound:
-            raise _no("[TRYCREATE] No such mailbox") from None
+        result = await self.store.run(
+            imapfolders.copy, self.login, selected.name, tuple(uids), target, move
+        )
         pairs = sorted(result.pairs)
         code = ""
         if pairs:
@@ -1376,12 +1474,9 @@ class IMAPServerProtocol(Protocol):
             # order as long as the two correspond).
             targets = ",".join(str(uid) for _, uid in pairs)
             code = f"[COPYUID {result.uidvalidity} {source} {targets}] "
-        mailbox_ids = {selected.mailbox_id}
-        if hasattr(result, "target_mailbox_id"):
-            mailbox_ids.add(result.target_mailbox_id)
-        self._changed(*mailbox_ids)
-        self._learn(getattr(result, "learned_spam", ()), True)
-        self._learn(getattr(result, "learned_ham", ()), False)
+        self._changed(selected.mailbox_id, target_mailbox)
+        self._learn(result.learned_spam, True)
+        self._learn(result.learned_ham, False)
         if move:
             if code:
                 self.send(f"* OK {code.strip()}")
@@ -1453,4 +1548,3 @@ class IMAPServerFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> IMAPServerProtocol:
         return self.protocol(self)
-

@@ -74,8 +74,10 @@ def flag_list(flags: Iterable[str]) -> bytes:
 def pattern_matcher(reference: str, pattern: str) -> re.Pattern[str]:
     """LIST's reference and pattern as a regular expression over folder names: `*`
     matches anything, `%` anything but the delimiter; every other character itself."""
-    full = reference + pattern if reference.endswith(DELIMITER) or not reference else (
-        reference + DELIMITER + pattern
+    full = (
+        reference + pattern
+        if reference.endswith(DELIMITER) or not reference
+        else (reference + DELIMITER + pattern)
     )
     parts = []
     for char in full:

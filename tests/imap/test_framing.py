@@ -199,9 +199,7 @@ class LoginTests(ImapServerMixin, SqliteStoreMixin, unittest.TestCase):
     def test_login_before_tls_is_refused_without_checking_the_password(self):
         client = self.starttls_client()
         lines = yield client.command(f'LOGIN jane "{PASSWORD}"')
-        self.assertEqual(
-            lines, ["a1 NO [PRIVACYREQUIRED] Log in after STARTTLS (LOGINDISABLED)"]
-        )
+        self.assertEqual(lines, ["a1 NO [PRIVACYREQUIRED] Log in after STARTTLS (LOGINDISABLED)"])
         lines = yield client.command("AUTHENTICATE PLAIN")
         self.assertEqual(lines[-1][:22], "a2 NO [PRIVACYREQUIRED")
         self.assertEqual(self.authenticator.by_address.in_flight(PEER_KEY), 0)
