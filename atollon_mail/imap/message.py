@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterator
 
 NIL = b"NIL"
 
@@ -103,25 +104,29 @@ def field_finder(names: list[str]) -> re.Pattern[bytes]:
     return re.compile(rb"\n(" + alternatives.encode("ascii") + rb")[ \t]*:", re.I)
 
 
-def first_values(block: bytes, finder: re.Pattern[bytes]) -> dict[bytes, bytes]:
-    """The first value of each field `finder` finds (names lower-case), unfolded.
+def found_values(block: bytes, finder: re.Pattern[bytes]) -> Iterator[tuple[bytes, bytes]]:
+    """(name lower-case, unfolded value) of each field `finder` finds, in order.
 
     It finds just those fields at line starts in one scan of the block (splitting every
     field costs several times more, and ENVELOPE of a whole folder is the hot path); the
     block is searched behind a line end, as a literal first character lets the regular
     expression engine skip quickly from line start to line start."""
-    values: dict[bytes, bytes] = {}
     block = b"\n" + block
     size = len(block)
     for found in finder.finditer(block):
-        name = found.group(1).lower()
-        if name in values:
-            continue
         start = found.end()
         end = block.find(b"\n", start)
         while end >= 0 and end + 1 < size and block[end + 1] in (0x20, 0x09):
             end = block.find(b"\n", end + 1)
-        values[name] = unfold(block[start : size if end < 0 else end])
+        yield found.group(1).lower(), unfold(block[start : size if end < 0 else end])
+
+
+def first_values(block: bytes, finder: re.Pattern[bytes]) -> dict[bytes, bytes]:
+    """The first value of each field `finder` finds (names lower-case), unfolded."""
+    values: dict[bytes, bytes] = {}
+    for name, value in found_values(block, finder):
+        if name not in values:
+            values[name] = value
     return values
 
 

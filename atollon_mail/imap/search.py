@@ -23,7 +23,14 @@ from collections.abc import Callable
 
 import attrs
 
-from atollon_mail.imap.message import Message, Part, header_end, unfold
+from atollon_mail.imap.message import (
+    Message,
+    Part,
+    field_finder,
+    found_values,
+    header_end,
+    unfold,
+)
 from atollon_mail.imap.parser import Atom, ParseError, in_sequence_set, parse_sequence_set
 
 CHARSETS = ("US-ASCII", "UTF-8")
@@ -54,7 +61,10 @@ class Target:
         return self._fields
 
     def header(self, name: bytes) -> list[str]:
-        return [value for field, value in self.fields() if field == name]
+        """The decoded values of every `name` field (lower-case)."""
+        if self._fields is not None:
+            return [value for field, value in self._fields if field == name]
+        return [decode_header_value(value) for value in field_values(self.raw, name)]
 
     def body(self) -> str:
         if self._body is None:
@@ -373,6 +383,21 @@ def _text(data: bytes) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         return data.decode("latin-1")
+
+
+_FINDERS: dict[bytes, re.Pattern[bytes]] = {}
+
+
+def field_values(raw: bytes, name: bytes) -> list[bytes]:
+    """The unfolded values of every `name` field of a message's header block, found
+    without splitting the others (a header search runs over a whole folder)."""
+    finder = _FINDERS.get(name)
+    if finder is None:
+        if len(_FINDERS) > 256:
+            _FINDERS.clear()
+        finder = _FINDERS[name] = field_finder([name.decode("ascii", "replace")])
+    fields_end, _ = header_end(raw)
+    return [value for _, value in found_values(raw[:fields_end], finder)]
 
 
 def decoded_fields(block: bytes) -> list[tuple[bytes, str]]:

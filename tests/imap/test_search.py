@@ -110,6 +110,12 @@ class TextTests(TestCase):
         self.assertTrue(matches(b'HEADER X-TICKET ""'))
         self.assertFalse(matches(b'HEADER X-Missing ""'))
 
+    def test_every_occurrence_of_a_field(self) -> None:
+        raw = b"Received: from a\r\nReceived: from b\r\n by c\r\nX: 1\r\n\r\nbody received\r\n"
+        self.assertTrue(matches(b'HEADER received "b by c"', raw=raw))
+        self.assertTrue(matches(b"HEADER RECEIVED a", raw=raw))
+        self.assertFalse(matches(b"HEADER received body", raw=raw))
+
     def test_header_block_alone(self) -> None:
         header = ENCODED[: ENCODED.index(b"\r\n\r\n") + 2]
         self.assertTrue(program(b"SUBJECT prag").matches(Item(), 1, header))
