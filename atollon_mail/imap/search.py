@@ -81,10 +81,13 @@ Test = Callable[[Target], bool]
 
 @attrs.frozen
 class SearchProgram:
-    """A parsed search: `matches(item, seq, raw)`; needs is "none", "headers" or "full"."""
+    """A parsed search: `matches(item, seq, raw)`; needs is "none", "headers" or "full";
+    uses_modseq tells that a MODSEQ key was given (the answer then ends with
+    (MODSEQ <highest mod-sequence found>), RFC 7162 3.1.5)."""
 
     test: Test
     needs: str
+    uses_modseq: bool = False
 
     def matches(self, item, seq: int, raw: bytes | None = None) -> bool:
         """Whether the message (its MessageItem-like record, sequence number and what
@@ -144,7 +147,7 @@ def parse_search(
     tests = []
     while parser.position < len(tokens):
         tests.append(parser.key())
-    return SearchProgram(_all(tests), parser.needs)
+    return SearchProgram(_all(tests), parser.needs, parser.uses_modseq)
 
 
 def _codec(charset: str) -> str:
@@ -167,6 +170,7 @@ class _Parser:
         self.last_seq = last_seq
         self.last_uid = last_uid
         self.needs = "none"
+        self.uses_modseq = False
 
     def need(self, needs: str) -> None:
         if NEEDS_ORDER[needs] > NEEDS_ORDER[self.needs]:
@@ -217,6 +221,7 @@ class _Parser:
             while inner.position < len(token):
                 tests.append(inner.key())
             self.need(inner.needs)
+            self.uses_modseq = self.uses_modseq or inner.uses_modseq
             return _all(tests)
         if not isinstance(token, Atom):
             raise ParseError(None, "SEARCH: expected a key")
@@ -270,6 +275,7 @@ class _Parser:
             second = self.key()
             return lambda target: first(target) or second(target)
         if key == "MODSEQ":
+            self.uses_modseq = True
             if self.position < len(self.tokens) and isinstance(self.tokens[self.position], bytes):
                 self.position += 1  # entry name (per-flag mod-sequences are not kept)
                 kind = self.next("an entry type")

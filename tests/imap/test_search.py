@@ -74,6 +74,10 @@ class FlagAndSizeTests(TestCase):
         self.assertFalse(matches(b"MODSEQ 51"))
         self.assertTrue(matches(b'MODSEQ "/flags/\\\\seen" all 40'))
 
+    def test_uses_modseq(self) -> None:
+        self.assertTrue(program(b"OR SEEN (NOT MODSEQ 4)").uses_modseq)
+        self.assertFalse(program(b"SEEN UID 1:*").uses_modseq)
+
     def test_needs(self) -> None:
         self.assertEqual(program(b"UNSEEN UID 1:* LARGER 4").needs, "none")
         self.assertEqual(program(b"FROM x (SEEN)").needs, "headers")
