@@ -1220,26 +1220,29 @@ class IMAPServerProtocol(Protocol):
         return "EXPUNGE completed"
 
     async def imap_SEARCH(self, command: Command) -> str:
+        """SEARCH and UID SEARCH: the keys (imap.search) matched against every message of
+        the folder, read in batches as the keys need (none, headers, whole)."""
         selected = self.selected
         assert selected is not None
-        args = list(command.args)
-        charset = "us-ascii"
-        if isinstance(args[0], Atom) and args[0].upper() == "CHARSET" and len(args) > 2:
-            charset = _string(args[1], "charset").decode("ascii", "replace")
-            args = args[2:]
-        program = searching.parse_search(args, charset)
+        try:
+            program = searching.parse_search(
+                command.args, last_seq=len(selected), last_uid=selected.largest_uid
+            )
+        except searching.BadCharset:
+            raise _no("[BADCHARSET (US-ASCII UTF-8)] Unknown charset") from None
         found: list[int] = []
         highest = 0
-        seqs = {uid: index + 1 for index, uid in enumerate(selected.uids)}
         async for item, raw in self._messages(list(selected.uids), program.needs):
-            seq = seqs.get(item.uid)
+            seq = selected.seq_of(item.uid)
             if seq is None:
                 continue
+            if raw is None and program.needs == "full":
+                raw = await self._whole(item)
             if program.matches(item, seq, raw):
                 found.append(item.uid if command.uid else seq)
                 highest = max(highest, item.modseq)
         line = "* SEARCH" + "".join(f" {number}" for number in found)
-        if found and getattr(program, "uses_modseq", False):
+        if found and program.uses_modseq:
             line += f" (MODSEQ {highest})"
         self.send(line)
         return "SEARCH completed"

@@ -337,6 +337,45 @@ class MessageCommandsContract(ImapServerMixin):
         self.assertIn("BODY[]<10> {20}", lines[0])
 
 
+class SearchContract(ImapServerMixin):
+    @defer.inlineCallbacks
+    def test_search_headers_text_flags_and_uids(self):
+        self.receive("Invoice March", "Please pay.")
+        self.receive("Lunch", "See you at noon; the invoice is attached.")
+        self.receive("Other", "Nothing here.")
+        client = yield self.logged_in("INBOX")
+        uids = list(client.protocol.selected.uids)
+        lines = yield client.command("SEARCH SUBJECT invoice")
+        self.assertEqual(lines, ["* SEARCH 1", "a3 OK SEARCH completed"])
+        lines = yield client.command("SEARCH TEXT invoice")
+        self.assertEqual(lines[0], "* SEARCH 1 2")
+        lines = yield client.command('SEARCH BODY "at noon"')
+        self.assertEqual(lines[0], "* SEARCH 2")
+        lines = yield client.command("SEARCH FROM ann@remote.example NOT SUBJECT lunch")
+        self.assertEqual(lines[0], "* SEARCH 1 3")
+        yield client.command("STORE 3 +FLAGS (\\Flagged)")
+        lines = yield client.command("UID SEARCH FLAGGED")
+        self.assertEqual(lines[0], f"* SEARCH {uids[2]}")
+        lines = yield client.command("SEARCH UNSEEN OR 1 3")
+        self.assertEqual(lines[0], "* SEARCH 1 3")
+        lines = yield client.command("SEARCH MODSEQ 1")
+        self.assertRegex(lines[0], r"^\* SEARCH 1 2 3 \(MODSEQ \d+\)$")
+        lines = yield client.command("SEARCH CHARSET UTF-8 SUBJECT lunch")
+        self.assertEqual(lines[0], "* SEARCH 2")
+        lines = yield client.command("SEARCH CHARSET X-NOPE SUBJECT lunch")
+        self.assertEqual(lines[-1], "a12 NO [BADCHARSET (US-ASCII UTF-8)] Unknown charset")
+        lines = yield client.command("SEARCH FROB")
+        self.assertEqual(lines[-1][:7], "a13 BAD")
+
+
+class SearchSqliteTests(SearchContract, SqliteStoreMixin, unittest.TestCase):
+    pass
+
+
+class SearchPostgresTests(SearchContract, PostgresStoreMixin, unittest.TestCase):
+    pass
+
+
 class MessageCommandsSqliteTests(MessageCommandsContract, SqliteStoreMixin, unittest.TestCase):
     pass
 
