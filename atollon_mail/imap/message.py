@@ -130,19 +130,6 @@ def first_values(block: bytes, finder: re.Pattern[bytes]) -> dict[bytes, bytes]:
     return values
 
 
-def header_values(block: bytes, wanted: frozenset[bytes] | None = None) -> dict[bytes, bytes]:
-    """The first value of each header field (names lower-case), unfolded."""
-    values: dict[bytes, bytes] = {}
-    for field in _FIELD_START.split(block):
-        colon = field.find(b":")
-        if colon <= 0:
-            continue
-        name = field[:colon].rstrip(b" \t").lower()
-        if (wanted is None or name in wanted) and name not in values:
-            values[name] = unfold(field[colon + 1 :])
-    return values
-
-
 # -- addresses ----------------------------------------------------------------------------
 
 _ADDRESS_TOKEN = re.compile(
@@ -597,9 +584,6 @@ class Part:
 
     def body(self) -> bytes:
         return self.raw[self.body_start : self.end]
-
-    def whole(self) -> bytes:
-        return self.raw[self.start : self.end]
 
     def line_end(self) -> bytes:
         first = self.raw.find(b"\n", self.start, self.end)
