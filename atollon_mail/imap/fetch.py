@@ -144,7 +144,8 @@ def internaldate(moment: datetime.datetime) -> bytes:
 
 def flags_list(flags: tuple[str, ...] | list[str]) -> bytes:
     """(\\Seen $Forwarded ...): \\Recent is never shown (no session owns new mail first)."""
-    return ("(" + " ".join(flag for flag in flags if flag != "\\Recent") + ")").encode("ascii")
+    shown = " ".join(flag for flag in flags if flag != "\\Recent")
+    return ("(" + shown + ")").encode("ascii", "replace")
 
 
 def att_name(att: FetchAtt, origin: bool = True) -> bytes:

@@ -130,19 +130,6 @@ def first_values(block: bytes, finder: re.Pattern[bytes]) -> dict[bytes, bytes]:
     return values
 
 
-def header_values(block: bytes, wanted: frozenset[bytes] | None = None) -> dict[bytes, bytes]:
-    """The first value of each header field (names lower-case), unfolded."""
-    values: dict[bytes, bytes] = {}
-    for field in _FIELD_START.split(block):
-        colon = field.find(b":")
-        if colon <= 0:
-            continue
-        name = field[:colon].rstrip(b" \t").lower()
-        if (wanted is None or name in wanted) and name not in values:
-            values[name] = unfold(field[colon + 1 :])
-    return values
-
-
 # -- addresses ----------------------------------------------------------------------------
 
 _ADDRESS_TOKEN = re.compile(
@@ -427,15 +414,42 @@ _PARAM = re.compile(
 _TOKEN = re.compile(rb"[ \t]*([^;\s/]*)(?:[ \t]*/[ \t]*([^;\s]*))?")
 
 
+_CONTINUATION = re.compile(rb"(.+)\*([0-9]{1,3})(\*?)\Z")
+
+
 def parse_parameters(value: bytes, start: int) -> list[tuple[bytes, bytes]]:
-    """The ;name=value parameters from `start` (quoted values unquoted), as written."""
-    params = []
+    """The ;name=value parameters from `start` (quoted values unquoted), as written, but
+    RFC 2231 continuations joined as Dovecot does: name*0="a"; name*1="b" is name "ab",
+    and with an encoded segment (name*0*=utf-8''...) it is name* "utf-8''...", left
+    encoded."""
+    params: list[tuple[bytes, bytes]] = []
+    segments: dict[bytes, list[tuple[int, bool, bytes]]] = {}
     for found in _PARAM.finditer(value, start):
-        text = found.group(2)
+        name, text = found.group(1), found.group(2)
         if text.startswith(b'"'):
             text = _unquote(text)
-        params.append((found.group(1), text))
-    return params
+        continued = _CONTINUATION.match(name) if b"*" in name else None
+        if continued is None:
+            params.append((name, text))
+            continue
+        base = continued.group(1)
+        if base.lower() not in segments:
+            segments[base.lower()] = []
+            params.append((base, b""))  # holds the place of the joined value
+        segments[base.lower()].append((int(continued.group(2)), bool(continued.group(3)), text))
+    if not segments:
+        return params
+    joined = []
+    for name, text in params:
+        parts = segments.get(name.lower()) if not text else None
+        if parts is None:
+            joined.append((name, text))
+            continue
+        parts.sort(key=lambda part: part[0])
+        encoded = parts[0][1]
+        joined.append((name + b"*" if encoded else name, b"".join(part[2] for part in parts)))
+        segments.pop(name.lower())
+    return joined
 
 
 def parse_content_type(
@@ -570,9 +584,6 @@ class Part:
 
     def body(self) -> bytes:
         return self.raw[self.body_start : self.end]
-
-    def whole(self) -> bytes:
-        return self.raw[self.start : self.end]
 
     def line_end(self) -> bytes:
         first = self.raw.find(b"\n", self.start, self.end)

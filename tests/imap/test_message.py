@@ -235,6 +235,18 @@ class BodystructureTests(TestCase):
             b' NIL NIL ("la") NIL) "alternative" ("boundary" "sub1") NIL NIL NIL)',
         )
 
+    def test_rfc2231_continuations_joined(self) -> None:
+        raw = (
+            b'Content-Type: application/pdf; name*0="long "; name*1="name.pdf"\r\n'
+            b"Content-Disposition: attachment;\r\n filename*0*=utf-8''%C3%A4;\r\n"
+            b" filename*1*=.pdf; size=12\r\n\r\nx"
+        )
+        self.assertEqual(
+            bodystructure(raw),
+            b'("application" "pdf" ("name" "long name.pdf") NIL NIL "7bit" 1 NIL'
+            b' ("attachment" ("filename*" "utf-8\'\'%C3%A4.pdf" "size" "12")) NIL NIL)',
+        )
+
     def test_default_type(self) -> None:
         self.assertEqual(
             bodystructure(b"Subject: x\r\n\r\nhi\r\n", extended=False),
