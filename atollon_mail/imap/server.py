@@ -316,6 +316,7 @@ class IMAPServerProtocol(Protocol):
         self._literal_left = 0
         self._literals = 0
         self._literal_bytes = 0
+        self._message_taken = False
         self._processing = False
         self._waiting = False
         self._paused = False
@@ -417,7 +418,9 @@ class IMAPServerProtocol(Protocol):
         if deadline > now:
             self._timer = self.clock.callLater(deadline - now, self._check_time)
             return
-        if self._waiting:
+        if self._writable:
+            self.close("Autologout; the client reads nothing")
+        elif self._waiting:
             log.warn("IMAP session gave up waiting for the store")
             self.close("Server busy, try again later")
         elif self.state == NOT_AUTHENTICATED:
@@ -580,19 +583,23 @@ class IMAPServerProtocol(Protocol):
             return
         size, synchronizing = marker
         self._literals += 1
-        limit = self._literal_limit(size)
+        message = self._is_message(size)
+        limit = self.factory.max_message_size if message else MAX_LITERAL - self._literal_bytes
         if self._literals > MAX_LITERALS or size > limit:
             self._reset_command()
             if not synchronizing:
                 # Its octets are on their way: nothing after them can be trusted.
                 self.tagged(tag_text, "BAD", "Literal too large")
                 self.close("Literal too large")
-            elif limit > MAX_LITERAL:
+            elif message:
                 self.tagged(tag_text, "NO", "[TOOBIG] Message too large")
             else:
                 self.tagged(tag_text, "BAD", "Literal too large")
             return
-        self._literal_bytes += size if limit == MAX_LITERAL else 0
+        if message:
+            self._message_taken = True
+        else:
+            self._literal_bytes += size
         if synchronizing:
             self.send("+ Ready for literal data")
         self._literal = bytearray()
@@ -601,28 +608,24 @@ class IMAPServerProtocol(Protocol):
             self._pieces.append(b"")
             self._literal = None
 
-    def _literal_limit(self, size: int) -> int:
-        """How large the literal the current command announces may be: APPEND's message
-        up to the largest message, any other literal (and all of a command's small ones
-        together) up to MAX_LITERAL."""
-        words = self._pieces[0].split(b" ", 3)
-        if (
-            len(words) >= 3
-            and words[1].upper() == b"APPEND"
-            and self.state != NOT_AUTHENTICATED
-            and self._literals == len(self._pieces) - (len(self._pieces) // 2)
-        ):
-            # Only APPEND's last literal is its message; a mailbox name as a literal
-            # comes first and is small: decide by size.
-            if size > MAX_LITERAL:
-                return self.factory.max_message_size
-        return max(MAX_LITERAL - self._literal_bytes, 0)
+    def _is_message(self, size: int) -> bool:
+        """Whether the literal announced is APPEND's message, which may be as large as
+        the largest message ([smtp] max_message_size); every other literal of a command
+        (a mailbox name, a password, a search string) counts against MAX_LITERAL,
+        together. APPEND's message is its last argument, so after a logged-in APPEND
+        line the one literal larger than MAX_LITERAL is taken for it (its grammar is
+        checked once the command is whole); no second one is."""
+        if size <= MAX_LITERAL or self._message_taken or self.state == NOT_AUTHENTICATED:
+            return False
+        words = self._pieces[0].split(b" ", 2)
+        return len(words) >= 2 and words[1].upper() == b"APPEND"
 
     def _reset_command(self) -> None:
         self._pieces = []
         self._line_total = 0
         self._literals = 0
         self._literal_bytes = 0
+        self._message_taken = False
 
     # --- commands -----------------------------------------------------------------------
 
@@ -1140,7 +1143,11 @@ class IMAPServerProtocol(Protocol):
         if not self._idle_counted and self.counter is not None:
             self.counter.idle_started()
             self._idle_counted = True
+        # Idling, the client is silent until DONE: the autologout applies, not the
+        # command's own time (RFC 2177: clients end IDLE within 29 minutes).
+        self._command_started = None
         self._deadline = self.clock.seconds() + self.settings.idle_timeout
+        self._arm(self._deadline)
 
     def _leave_idle(self) -> None:
         if self._idle_counted and self.counter is not None:
@@ -1298,6 +1305,9 @@ class IMAPServerProtocol(Protocol):
                     yield pair
 
     async def _with_bytes(self, items: list[Any]):
+        await self.drained()
+        if self._closing:
+            return
         raws = await self.store.run(
             imapfolders.message_bytes,
             tuple(item.message_id for item in items),

@@ -307,7 +307,8 @@ class MessageCommandsContract(ImapServerMixin):
         self.assertEqual(len(lines), server.FETCH_BATCH)
         client.protocol.resumeProducing()
         lines = yield client.until_tagged("a3")
-        self.assertEqual(len(lines), 6)
+        self.assertEqual(len(lines), server.FETCH_BATCH + 6)
+        self.assertEqual(lines[-1], "a3 OK FETCH completed")
 
     @defer.inlineCallbacks
     def test_a_large_message_is_streamed_in_slices(self):
