@@ -31,7 +31,7 @@ def message(subject: str) -> bytes:
 class ImapClientTests(unittest.TestCase):
     @defer.inlineCallbacks
     def setUp(self):
-        self.appliance = yield started_appliance(self, extra="greet_pause = 0\n")
+        self.appliance = yield started_appliance(self, extra="greet_pause = 0\n", imap_tls=True)
         yield threads.deferToThread(
             commands_succeed, self, self.appliance, mailbox_commands(), stdin=PASSWORD + "\n"
         )
@@ -117,3 +117,16 @@ class ImapClientTests(unittest.TestCase):
         self.assertLess(elapsed, 1.0)
         client.send(b"DONE\r\n")
         self.assertEqual(client.readline(), tag + b" OK IDLE terminated\r\n")
+
+    def test_implicit_tls(self):
+        self.deliver("over tls")
+        client = imaplib.IMAP4_SSL(
+            "127.0.0.1", self.appliance.imap_tls_port, ssl_context=self.tls_context(), timeout=10
+        )
+        self.addCleanup(client.shutdown)
+        self.assertIn("AUTH=PLAIN", client.capabilities)
+        self.assertNotIn("STARTTLS", client.capabilities)
+        client.login("jane", PASSWORD)
+        self.assertEqual(client.select("INBOX", readonly=True), ("OK", [b"1"]))
+        status, data = client.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        self.assertEqual(data[0][1].strip(), b"Subject: over tls")
