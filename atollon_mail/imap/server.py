@@ -517,8 +517,12 @@ class IMAPServerProtocol(Protocol):
                     self._literal += self._buffer[self._pos : self._pos + take]
                     self._pos += take
                     self._literal_left -= take
-                    # A large literal may take longer than COMMAND_TIMEOUT, at a rate.
-                    self._command_deadline += take / MIN_LITERAL_RATE
+                    # A large literal may take longer than COMMAND_TIMEOUT, at a rate
+                    # (but never more than the session's timeout from now).
+                    self._command_deadline = min(
+                        self._command_deadline + take / MIN_LITERAL_RATE,
+                        self.clock.seconds() + self.timeout,
+                    )
                     if not self._literal_left:
                         self._pieces.append(bytes(self._literal))
                         self._literal = None
@@ -778,6 +782,7 @@ class IMAPServerProtocol(Protocol):
         if self.selected is not selected:
             return
         same_messages = status.messages == len(selected) and status.uidnext == selected.uidnext
+        known = selected.largest_uid  # messages above are new: EXISTS tells of them
         if not same_messages:
             snapshot = await self.store.run(imapfolders.folder_snapshot, self.login, selected.name)
             if self.selected is not selected:
@@ -795,9 +800,9 @@ class IMAPServerProtocol(Protocol):
             if not gone or expunge:
                 selected.uidnext = snapshot.uidnext
         if status.highestmodseq > selected.highestmodseq:
-            await self._report_flags(selected)
+            await self._report_flags(selected, known)
 
-    async def _report_flags(self, selected: Selected) -> None:
+    async def _report_flags(self, selected: Selected, known: int) -> None:
         changed = await self.store.run(
             imapfolders.changed_since, self.login, selected.name, selected.highestmodseq
         )
@@ -806,7 +811,7 @@ class IMAPServerProtocol(Protocol):
         highest = selected.highestmodseq
         for item in changed:
             highest = max(highest, item.modseq)
-            if (item.uid, item.modseq) in selected.own_changes:
+            if (item.uid, item.modseq) in selected.own_changes or item.uid > known:
                 continue
             seq = selected.seq_of(item.uid)
             if seq is not None:
