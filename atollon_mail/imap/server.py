@@ -72,12 +72,12 @@ from atollon_mail.imap.session import (
     SHARED_PREFIX,
     SYSTEM_FLAGS,
     BadName,
+    Pattern,
     Selected,
     batches,
     decode_name,
     encode_name,
     flag_list,
-    pattern_matcher,
     sequence_text,
 )
 from atollon_mail.interfaces import ICountedConnection
@@ -979,8 +979,9 @@ class IMAPServerProtocol(Protocol):
             return
         folders = await self.store.run(imapfolders.list_folders, self.login)
         self._mailbox_ids = {folder.name: folder.mailbox_id for folder in folders}
-        names = set(self._mailbox_ids)
-        matchers = [pattern_matcher(reference, pattern) for pattern in patterns]
+        # A folder has children when some name lies directly under it.
+        parents = {name.rpartition(DELIMITER)[0] for name in self._mailbox_ids}
+        matchers = [Pattern(reference, pattern) for pattern in patterns]
         special_only = "SPECIAL-USE" in selection
         for folder in folders:
             if not any(matcher.match(folder.name) for matcher in matchers):
@@ -990,8 +991,7 @@ class IMAPServerProtocol(Protocol):
             attributes = []
             if not folder.selectable:
                 attributes.append("\\Noselect")
-            prefix = folder.name + DELIMITER
-            has_children = any(name.startswith(prefix) for name in names)
+            has_children = folder.name in parents
             attributes.append("\\HasChildren" if has_children else "\\HasNoChildren")
             if "SUBSCRIBED" in selection or "SUBSCRIBED" in returns:
                 attributes.append("\\Subscribed")
