@@ -96,6 +96,14 @@ class ImapClientTests(unittest.TestCase):
         status, data = client.status("Junk", "(MESSAGES UNSEEN)")
         self.assertEqual(data[0], b'"Junk" (MESSAGES 1 UNSEEN 1)')
 
+        draft = b"Subject: a draft\r\nMessage-ID: <draft@acme.test>\r\n\r\nNot yet.\r\n"
+        status, data = client.append("Drafts", "(\\Draft)", None, draft)
+        self.assertEqual(status, "OK")
+        self.assertRegex(data[0], rb"^\[APPENDUID \d+ \d+\] APPEND completed$")
+        client.select("Drafts")
+        status, data = client.search(None, "SUBJECT", '"a draft"')
+        self.assertEqual(data, [b"1"])
+
         status, data = client.list()
         names = [re.search(rb'"([^"]*)"$', line).group(1) for line in data]
         self.assertEqual(names[:5], [b"INBOX", b"Sent", b"Drafts", b"Junk", b"Trash"])
