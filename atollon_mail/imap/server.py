@@ -1517,7 +1517,12 @@ class IMAPServerProtocol(Protocol):
         async def teach() -> None:
             for message_id in message_ids:
                 try:
-                    raws = await self.store.run(imapfolders.message_bytes, (message_id,))
+                    raws = await self.store.run(
+                        # Stored mail may be a little larger than the limit (headers we add).
+                        imapfolders.message_bytes,
+                        (message_id,),
+                        2 * self.factory.max_message_size,
+                    )
                     raw = raws.get(message_id)
                     if raw is not None:
                         await defer.maybeDeferred(learner.learn, raw, spam)
