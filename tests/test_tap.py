@@ -51,16 +51,28 @@ url = sqlite:///{dir}/data/store.sqlite
 class OptionsTests(unittest.TestCase):
     def test_help_documents_config_and_endpoint_overrides(self):
         text = str(tap.Options())
-        for option in ("--config", "--smtp", "--web"):
+        for option in ("--config", "--smtp", "--web", "--imap"):
             self.assertIn(option, text)
 
     def test_endpoint_overrides_replace_the_configured_listeners(self):
         options = tap.Options()
         options.parseOptions(
             ["--config", write_config(self, MINIMAL), "--smtp", "tcp:2600", "--web", "tcp:2601"]
+            + ["--imap", "tcp:2602"]
         )
         self.assertEqual(options.config.smtp.listen, "tcp:2600")
         self.assertEqual(options.config.web.listen, "tcp:2601")
+        self.assertEqual(options.config.imap.listen, "tcp:2602")
+
+    def test_imap_defaults_and_an_autologout_under_thirty_minutes(self):
+        imap = load_config(write_config(self, MINIMAL)).imap
+        self.assertEqual((imap.listen, imap.tls_listen), ("tcp:2143", None))
+        self.assertEqual((imap.max_connections, imap.max_idle_connections), (100, 200))
+        self.assertEqual((imap.idle_timeout, imap.login_timeout), (1800, 60))
+        message = self.config_error(
+            "--config", write_config(self, MINIMAL + "[imap]\nidle_timeout = 10m\n")
+        )
+        self.assertIn("[imap] idle_timeout: must be at least 30m", message)
 
     def config_error(self, *argv: str) -> str:
         """The one line a configuration error exits with (status 1, no usage text)."""
@@ -157,6 +169,15 @@ class ServiceTreeTests(unittest.TestCase):
         self.assertTrue(factories[2626].is_exempt("127.0.0.1"))
         self.assertFalse(factories[2626].is_exempt("198.51.100.7"))
 
+    def test_imap_with_implicit_tls(self):
+        appliance = self.start(MINIMAL + "[imap]\nlisten = tcp:2628\ntls_listen = tcp:2629\n")
+        factories = {port: factory for port, factory, _, _ in self.reactor.tcpServers}
+        implicit = factories[2629].wrappedFactory  # inside TLS: the capped IMAP factory
+        self.assertTrue(implicit.wrappedFactory.implicit_tls)
+        self.assertFalse(factories[2628].wrappedFactory.implicit_tls)
+        self.assertIs(implicit.wrappedFactory.watchers, factories[2628].wrappedFactory.watchers)
+        self.assertEqual(appliance.listeners["imap-tls"], ("imap", "tls_listen", "tcp:2629"))
+
     def test_connection_defaults_are_postfix_like(self):
         config = load_config(write_config(self, MINIMAL))
         for section in (config.smtp, config.submission, config.web):
@@ -227,7 +248,7 @@ class ServiceTreeTests(unittest.TestCase):
         appliance.privilegedStartService()
         appliance.startService()
         self.addCleanup(appliance.stopService)
-        self.assertEqual(ready_when_bound, [True, True, True])
+        self.assertEqual(ready_when_bound, [True, True, True, True])
 
     def test_the_first_dns_round_waits_after_start(self):
         appliance = self.start()

@@ -144,7 +144,8 @@ def internaldate(moment: datetime.datetime) -> bytes:
 
 def flags_list(flags: tuple[str, ...] | list[str]) -> bytes:
     """(\\Seen $Forwarded ...): \\Recent is never shown (no session owns new mail first)."""
-    return ("(" + " ".join(flag for flag in flags if flag != "\\Recent") + ")").encode("ascii")
+    shown = " ".join(flag for flag in flags if flag != "\\Recent")
+    return ("(" + shown + ")").encode("ascii", "replace")
 
 
 def att_name(att: FetchAtt, origin: bool = True) -> bytes:
@@ -175,7 +176,19 @@ def render(
     """The untagged answer "* <seq> FETCH (...)\\r\\n" for one message. `raw` is what
     request.needs asks for (the header block is enough for "headers"; None for "none");
     flags=True adds FLAGS when not asked (after \\Seen was set by this fetch)."""
-    parts: list[bytes] = []
+    return b"".join(render_chunks(request, item, seq, raw, flags))
+
+
+def render_chunks(
+    request: FetchRequest,
+    item: MessageItemLike,
+    seq: int,
+    raw: bytes | None,
+    flags: bool = False,
+) -> list[bytes]:
+    """render's answer in pieces (for transport.writeSequence): a large body section is
+    one piece of its own, never copied into a joined answer."""
+    parts: list[bytes | tuple[bytes, ...]] = []
     message: Message | None = None
     items = request.items
     if raw and request.needs == "headers" and header_end(raw)[1] == len(raw):
@@ -214,15 +227,24 @@ def render(
             elif name == "BODY":
                 parts.append(b"BODY " + message.bodystructure(False))
             elif name == "RFC822":
-                parts.append(b"RFC822 " + literal(message.raw))
+                parts.append(_literal_chunks(b"RFC822 ", message.raw))
             elif name == "RFC822.HEADER":
                 parts.append(b"RFC822.HEADER " + literal(message.section("HEADER") or b""))
             elif name == "RFC822.TEXT":
                 parts.append(b"RFC822.TEXT " + literal(message.section("TEXT") or b""))
-    return b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"
+    chunks = [b"* %d FETCH (" % seq]
+    for index, part in enumerate(parts):
+        if index:
+            chunks.append(b" ")
+        if isinstance(part, tuple):
+            chunks.extend(part)
+        else:
+            chunks.append(part)
+    chunks.append(b")\r\n")
+    return chunks
 
 
-def _render_att(att: FetchAtt, message: Message) -> bytes:
+def _render_att(att: FetchAtt, message: Message) -> bytes | tuple[bytes, ...]:
     if att.name.startswith("BINARY"):
         data = binary(message, att.section)
         if att.name == "BINARY.SIZE":
@@ -235,8 +257,15 @@ def _render_att(att: FetchAtt, message: Message) -> bytes:
     if att.partial is not None:
         data = partial(data, *att.partial)
     if att.name.startswith("BINARY") and b"\0" in data:
-        return name + b" ~{%d}\r\n" % len(data) + data
-    return name + b" " + literal(data)
+        return (name + b" ~{%d}\r\n" % len(data), data)
+    return _literal_chunks(name + b" ", data)
+
+
+def _literal_chunks(prefix: bytes, data: bytes) -> tuple[bytes, ...] | bytes:
+    """prefix + a literal of data, the data a piece of its own when large."""
+    if len(data) < 16384 or b"\0" in data:
+        return prefix + literal(data)
+    return (prefix + b"{%d}\r\n" % len(data), data)
 
 
 def binary(message: Message, section: str) -> bytes | None:

@@ -10,8 +10,10 @@ and costs hundreds of microseconds a message, while FETCH ENVELOPE of a whole fo
 Dovecot, the server clients are written against: header values as sent (RFC 2047 words
 left encoded, folding line ends removed), a missing mailbox or domain as MISSING_MAILBOX
 or MISSING_DOMAIN, sender and reply-to defaulting to from, the first of repeated headers,
-a text/plain; charset=us-ascii default (message/rfc822 inside multipart/digest), part
-types and parameters as written in the message.
+a text/plain; charset=us-ascii default (message/rfc822 inside multipart/digest), a
+charset=us-ascii parameter added to a text part without one, "7bit" for a missing or
+malformed transfer encoding, Content-Language always a list, part types and parameters
+as written in the message.
 
 Line ends are those of the raw message (CRLF or bare LF); sizes and line counts are of
 the octets given.
@@ -19,21 +21,25 @@ the octets given.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Iterator
 
 NIL = b"NIL"
 
 # -- IMAP strings -------------------------------------------------------------------------
 
 _QUOTABLE = re.compile(rb"[\x01-\x09\x0b\x0c\x0e-\x7f]*\Z")
+_PLAIN = re.compile(rb"[\x01-\x09\x0b\x0c\x0e-\x21\x23-\x5b\x5d-\x7f]*\Z")  # nothing to escape
 
 
 def string(value: bytes) -> bytes:
     """An IMAP string: quoted when it can be (7-bit, no CR/LF/NUL, short), else a literal."""
-    if len(value) < 1000 and _QUOTABLE.match(value):
-        if b"\\" in value or b'"' in value:
-            value = value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
-        return b'"' + value + b'"'
+    if len(value) < 1000:
+        if _PLAIN.match(value):
+            return b'"%s"' % value
+        if _QUOTABLE.match(value):
+            return b'"%s"' % value.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
     return literal(value)
 
 
@@ -98,38 +104,29 @@ def field_finder(names: list[str]) -> re.Pattern[bytes]:
     return re.compile(rb"\n(" + alternatives.encode("ascii") + rb")[ \t]*:", re.I)
 
 
-def first_values(block: bytes, finder: re.Pattern[bytes]) -> dict[bytes, bytes]:
-    """The first value of each field `finder` finds (names lower-case), unfolded.
+def found_values(block: bytes, finder: re.Pattern[bytes]) -> Iterator[tuple[bytes, bytes]]:
+    """(name lower-case, unfolded value) of each field `finder` finds, in order.
 
     It finds just those fields at line starts in one scan of the block (splitting every
     field costs several times more, and ENVELOPE of a whole folder is the hot path); the
     block is searched behind a line end, as a literal first character lets the regular
     expression engine skip quickly from line start to line start."""
-    values: dict[bytes, bytes] = {}
     block = b"\n" + block
     size = len(block)
     for found in finder.finditer(block):
-        name = found.group(1).lower()
-        if name in values:
-            continue
         start = found.end()
         end = block.find(b"\n", start)
         while end >= 0 and end + 1 < size and block[end + 1] in (0x20, 0x09):
             end = block.find(b"\n", end + 1)
-        values[name] = unfold(block[start : size if end < 0 else end])
-    return values
+        yield found.group(1).lower(), unfold(block[start : size if end < 0 else end])
 
 
-def header_values(block: bytes, wanted: frozenset[bytes] | None = None) -> dict[bytes, bytes]:
-    """The first value of each header field (names lower-case), unfolded."""
+def first_values(block: bytes, finder: re.Pattern[bytes]) -> dict[bytes, bytes]:
+    """The first value of each field `finder` finds (names lower-case), unfolded."""
     values: dict[bytes, bytes] = {}
-    for field in _FIELD_START.split(block):
-        colon = field.find(b":")
-        if colon <= 0:
-            continue
-        name = field[:colon].rstrip(b" \t").lower()
-        if (wanted is None or name in wanted) and name not in values:
-            values[name] = unfold(field[colon + 1 :])
+    for name, value in found_values(block, finder):
+        if name not in values:
+            values[name] = value
     return values
 
 
@@ -329,26 +326,25 @@ def _simple_addresses(value: bytes) -> list[Address] | None:
 
 
 def render_addresses(value: bytes | None) -> bytes:
+    """The IMAP address list of a header value (NIL when it holds none)."""
     if not value:
         return NIL
+    return _render_addresses(value)
+
+
+# The same From and To values come back message after message in a folder (a user's own
+# address above all): their rendering is kept.
+@functools.lru_cache(maxsize=4096)
+def _render_addresses(value: bytes) -> bytes:
     addresses = _simple_addresses(value)
     if addresses is None:
         addresses = parse_addresses(value)
     if not addresses:
         return NIL
-    out = [b"("]
-    for name, route, mailbox, host in addresses:
-        out.append(b"(")
-        out.append(nstring(name))
-        out.append(b" ")
-        out.append(nstring(route))
-        out.append(b" ")
-        out.append(nstring(mailbox))
-        out.append(b" ")
-        out.append(nstring(host))
-        out.append(b")")
-    out.append(b")")
-    return b"".join(out)
+    return b"(%s)" % b"".join(
+        b"(%s %s %s %s)" % (nstring(name), nstring(route), nstring(mailbox), nstring(host))
+        for name, route, mailbox, host in addresses
+    )
 
 
 # -- ENVELOPE -----------------------------------------------------------------------------
@@ -418,15 +414,42 @@ _PARAM = re.compile(
 _TOKEN = re.compile(rb"[ \t]*([^;\s/]*)(?:[ \t]*/[ \t]*([^;\s]*))?")
 
 
+_CONTINUATION = re.compile(rb"(.+)\*([0-9]{1,3})(\*?)\Z")
+
+
 def parse_parameters(value: bytes, start: int) -> list[tuple[bytes, bytes]]:
-    """The ;name=value parameters from `start` (quoted values unquoted), as written."""
-    params = []
+    """The ;name=value parameters from `start` (quoted values unquoted), as written, but
+    RFC 2231 continuations joined as Dovecot does: name*0="a"; name*1="b" is name "ab",
+    and with an encoded segment (name*0*=utf-8''...) it is name* "utf-8''...", left
+    encoded."""
+    params: list[tuple[bytes, bytes]] = []
+    segments: dict[bytes, list[tuple[int, bool, bytes]]] = {}
     for found in _PARAM.finditer(value, start):
-        text = found.group(2)
+        name, text = found.group(1), found.group(2)
         if text.startswith(b'"'):
             text = _unquote(text)
-        params.append((found.group(1), text))
-    return params
+        continued = _CONTINUATION.match(name) if b"*" in name else None
+        if continued is None:
+            params.append((name, text))
+            continue
+        base = continued.group(1)
+        if base.lower() not in segments:
+            segments[base.lower()] = []
+            params.append((base, b""))  # holds the place of the joined value
+        segments[base.lower()].append((int(continued.group(2)), bool(continued.group(3)), text))
+    if not segments:
+        return params
+    joined = []
+    for name, text in params:
+        parts = segments.get(name.lower()) if not text else None
+        if parts is None:
+            joined.append((name, text))
+            continue
+        parts.sort(key=lambda part: part[0])
+        encoded = parts[0][1]
+        joined.append((name + b"*" if encoded else name, b"".join(part[2] for part in parts)))
+        segments.pop(name.lower())
+    return joined
 
 
 def parse_content_type(
@@ -562,9 +585,6 @@ class Part:
     def body(self) -> bytes:
         return self.raw[self.body_start : self.end]
 
-    def whole(self) -> bytes:
-        return self.raw[self.start : self.end]
-
     def line_end(self) -> bytes:
         first = self.raw.find(b"\n", self.start, self.end)
         return (
@@ -609,14 +629,19 @@ class Part:
                 out += [b" ", _params(self.params), b" ", _extension(headers)]
             out.append(b")")
             return b"".join(out)
-        encoding = headers.get(b"content-transfer-encoding") or b"7bit"
+        encoding = headers.get(b"content-transfer-encoding")
+        if not encoding or not _ENCODING.match(encoding):
+            encoding = b"7bit"
+        params = self.params
+        if self.type.lower() == b"text" and self.param(b"charset") is None:
+            params = [*params, (b"charset", b"us-ascii")]
         out = [
             b"(",
             string(self.type),
             b" ",
             string(self.subtype),
             b" ",
-            _params(self.params),
+            _params(params),
             b" ",
             nstring(headers.get(b"content-id")),
             b" ",
@@ -664,6 +689,7 @@ class Part:
         return node
 
 
+_ENCODING = re.compile(rb"[A-Za-z0-9!#$%&'*+.^_`{|}~-]+\Z")  # a token, else "7bit"
 EMPTY_PART = b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0)'
 
 
@@ -681,28 +707,29 @@ def _extension(headers: dict[bytes, bytes]) -> bytes:
     else:
         rendered = b"(" + string(disposition[0]) + b" " + _params(disposition[1]) + b")"
     language = headers.get(b"content-language")
-    if language:
-        tags = [tag.strip() for tag in language.split(b",") if tag.strip()]
-        if len(tags) == 1:
-            language_text = string(tags[0])
-        else:
-            language_text = b"(" + b" ".join(string(tag) for tag in tags) + b")" if tags else NIL
-    else:
-        language_text = NIL
+    tags = [tag.strip() for tag in language.split(b",") if tag.strip()] if language else []
+    language_text = b"(" + b" ".join(string(tag) for tag in tags) + b")" if tags else NIL
     return rendered + b" " + language_text + b" " + nstring(headers.get(b"content-location"))
 
 
 class Message:
-    """A raw message parsed once, for every item one FETCH asks of it."""
+    """A raw message parsed once, for every item one FETCH asks of it; the MIME tree is
+    built when first needed (not for ENVELOPE, BODY[] or BODY[HEADER...])."""
 
-    __slots__ = ("raw", "root")
+    __slots__ = ("raw", "_root")
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
-        self.root = Part(raw, 0, len(raw))
+        self._root: Part | None = None
+
+    @property
+    def root(self) -> Part:
+        if self._root is None:
+            self._root = Part(self.raw, 0, len(self.raw))
+        return self._root
 
     def envelope(self) -> bytes:
-        return envelope_of_block(self.raw[: self.root.fields_end])
+        return envelope(self.raw)
 
     def bodystructure(self, extended: bool = True) -> bytes:
         return self.root.bodystructure(extended)
@@ -717,11 +744,12 @@ class Message:
         while parts and parts[0].isdigit():
             numbers.append(int(parts.pop(0)))
         text = ".".join(parts)
-        root = self.root
         if not numbers:
-            node = root
+            if text == "HEADER":  # no need for the MIME tree
+                return self.raw[: header_end(self.raw)[1]]
+            node = self.root
         else:
-            node = root.find(numbers)
+            node = self.root.find(numbers)
             if node is None:
                 return None
             if not text:

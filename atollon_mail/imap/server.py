@@ -59,23 +59,30 @@ from atollon_mail.auth import Throttled
 from atollon_mail.config import ImapConfig
 from atollon_mail.imap import fetch as fetching
 from atollon_mail.imap import search as searching
-from atollon_mail.imap.parser import Atom, Command, ParseError, literal_marker, parse_command
+from atollon_mail.imap.parser import (
+    Atom,
+    Command,
+    FetchAtt,
+    ParseError,
+    literal_marker,
+    parse_command,
+)
 from atollon_mail.imap.session import (
     DELIMITER,
     SHARED_PREFIX,
     SYSTEM_FLAGS,
     BadName,
+    Pattern,
     Selected,
     batches,
     decode_name,
     encode_name,
     flag_list,
-    pattern_matcher,
     sequence_text,
 )
 from atollon_mail.interfaces import ICountedConnection
 from atollon_mail.store import imapfolders
-from atollon_mail.store.errors import Invalid, NotFound, StoreError
+from atollon_mail.store.errors import NotFound, ReadOnly, StoreError
 
 __all__ = ["IMAPServerFactory", "IMAPServerProtocol", "Watchers", "connection_refusal"]
 
@@ -149,6 +156,23 @@ STATES = {
 # Commands after which no EXPUNGE may be sent unasked (RFC 3501 7.4.1): the client may
 # still be using the sequence numbers it gave. Their UID forms may have them.
 _NO_EXPUNGE_AFTER = frozenset({"FETCH", "STORE", "SEARCH"})
+
+
+def _streamed_body(request: Any) -> tuple[Any, Any] | None:
+    """(the whole-message item, a request of the others) when a large message can be
+    streamed: the request has one BODY[] or BODY.PEEK[] (partial or not) and nothing
+    else that reads the message; else None."""
+    whole = [
+        item
+        for item in request.items
+        if isinstance(item, FetchAtt) and item.name.startswith("BODY") and not item.section
+    ]
+    if len(whole) != 1:
+        return None
+    rest = fetching.FetchRequest(tuple(item for item in request.items if item is not whole[0]))
+    if rest.needs != "none":
+        return None
+    return whole[0], rest
 
 
 class _Refused(Exception):
@@ -292,6 +316,7 @@ class IMAPServerProtocol(Protocol):
         self._literal_left = 0
         self._literals = 0
         self._literal_bytes = 0
+        self._message_taken = False
         self._processing = False
         self._waiting = False
         self._paused = False
@@ -312,6 +337,7 @@ class IMAPServerProtocol(Protocol):
         self._writable: list[defer.Deferred] = []
         self._output_paused = False
         self._when_lost: list[Callable[[], Any]] = []
+        self._mailbox_ids: dict[str, int] = {}  # folder name -> mailbox id, from LIST
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -392,7 +418,9 @@ class IMAPServerProtocol(Protocol):
         if deadline > now:
             self._timer = self.clock.callLater(deadline - now, self._check_time)
             return
-        if self._waiting:
+        if self._writable:
+            self.close("Autologout; the client reads nothing")
+        elif self._waiting:
             log.warn("IMAP session gave up waiting for the store")
             self.close("Server busy, try again later")
         elif self.state == NOT_AUTHENTICATED:
@@ -412,7 +440,9 @@ class IMAPServerProtocol(Protocol):
             if call.getTime() <= deadline:
                 return  # fires earlier and re-arms itself for the rest
             call.cancel()
-        self._timer = self.clock.callLater(max(deadline - self.clock.seconds(), 0), self._check_time)
+        self._timer = self.clock.callLater(
+            max(deadline - self.clock.seconds(), 0), self._check_time
+        )
 
     def _begin_command(self) -> None:
         if self._command_started is None:
@@ -487,8 +517,12 @@ class IMAPServerProtocol(Protocol):
                     self._literal += self._buffer[self._pos : self._pos + take]
                     self._pos += take
                     self._literal_left -= take
-                    # A large literal may take longer than COMMAND_TIMEOUT, at a rate.
-                    self._command_deadline += take / MIN_LITERAL_RATE
+                    # A large literal may take longer than COMMAND_TIMEOUT, at a rate
+                    # (but never more than the session's timeout from now).
+                    self._command_deadline = min(
+                        self._command_deadline + take / MIN_LITERAL_RATE,
+                        self.clock.seconds() + self.timeout,
+                    )
                     if not self._literal_left:
                         self._pieces.append(bytes(self._literal))
                         self._literal = None
@@ -553,19 +587,23 @@ class IMAPServerProtocol(Protocol):
             return
         size, synchronizing = marker
         self._literals += 1
-        limit = self._literal_limit(size)
+        message = self._is_message(size)
+        limit = self.factory.max_message_size if message else MAX_LITERAL - self._literal_bytes
         if self._literals > MAX_LITERALS or size > limit:
             self._reset_command()
             if not synchronizing:
                 # Its octets are on their way: nothing after them can be trusted.
                 self.tagged(tag_text, "BAD", "Literal too large")
                 self.close("Literal too large")
-            elif limit > MAX_LITERAL:
+            elif message:
                 self.tagged(tag_text, "NO", "[TOOBIG] Message too large")
             else:
                 self.tagged(tag_text, "BAD", "Literal too large")
             return
-        self._literal_bytes += size if limit == MAX_LITERAL else 0
+        if message:
+            self._message_taken = True
+        else:
+            self._literal_bytes += size
         if synchronizing:
             self.send("+ Ready for literal data")
         self._literal = bytearray()
@@ -574,28 +612,24 @@ class IMAPServerProtocol(Protocol):
             self._pieces.append(b"")
             self._literal = None
 
-    def _literal_limit(self, size: int) -> int:
-        """How large the literal the current command announces may be: APPEND's message
-        up to the largest message, any other literal (and all of a command's small ones
-        together) up to MAX_LITERAL."""
-        words = self._pieces[0].split(b" ", 3)
-        if (
-            len(words) >= 3
-            and words[1].upper() == b"APPEND"
-            and self.state != NOT_AUTHENTICATED
-            and self._literals == len(self._pieces) - (len(self._pieces) // 2)
-        ):
-            # Only APPEND's last literal is its message; a mailbox name as a literal
-            # comes first and is small: decide by size.
-            if size > MAX_LITERAL:
-                return self.factory.max_message_size
-        return max(MAX_LITERAL - self._literal_bytes, 0)
+    def _is_message(self, size: int) -> bool:
+        """Whether the literal announced is APPEND's message, which may be as large as
+        the largest message ([smtp] max_message_size); every other literal of a command
+        (a mailbox name, a password, a search string) counts against MAX_LITERAL,
+        together. APPEND's message is its last argument, so after a logged-in APPEND
+        line the one literal larger than MAX_LITERAL is taken for it (its grammar is
+        checked once the command is whole); no second one is."""
+        if size <= MAX_LITERAL or self._message_taken or self.state == NOT_AUTHENTICATED:
+            return False
+        words = self._pieces[0].split(b" ", 2)
+        return len(words) >= 2 and words[1].upper() == b"APPEND"
 
     def _reset_command(self) -> None:
         self._pieces = []
         self._line_total = 0
         self._literals = 0
         self._literal_bytes = 0
+        self._message_taken = False
 
     # --- commands -----------------------------------------------------------------------
 
@@ -655,6 +689,9 @@ class IMAPServerProtocol(Protocol):
             return
         except NotFound:
             self.tagged(tag, "NO", "[NONEXISTENT] No such mailbox")
+            return
+        except ReadOnly:
+            self.tagged(tag, "NO", "[READ-ONLY] The mailbox is read-only")
             return
         except StoreError as problem:
             self.tagged(tag, "NO", str(problem).splitlines()[0] if str(problem) else "Refused")
@@ -745,10 +782,9 @@ class IMAPServerProtocol(Protocol):
         if self.selected is not selected:
             return
         same_messages = status.messages == len(selected) and status.uidnext == selected.uidnext
+        known = selected.largest_uid  # messages above are new: EXISTS tells of them
         if not same_messages:
-            snapshot = await self.store.run(
-                imapfolders.folder_snapshot, self.login, selected.name
-            )
+            snapshot = await self.store.run(imapfolders.folder_snapshot, self.login, selected.name)
             if self.selected is not selected:
                 return
             now = set(snapshot.uids)
@@ -764,9 +800,9 @@ class IMAPServerProtocol(Protocol):
             if not gone or expunge:
                 selected.uidnext = snapshot.uidnext
         if status.highestmodseq > selected.highestmodseq:
-            await self._report_flags(selected)
+            await self._report_flags(selected, known)
 
-    async def _report_flags(self, selected: Selected) -> None:
+    async def _report_flags(self, selected: Selected, known: int) -> None:
         changed = await self.store.run(
             imapfolders.changed_since, self.login, selected.name, selected.highestmodseq
         )
@@ -775,7 +811,7 @@ class IMAPServerProtocol(Protocol):
         highest = selected.highestmodseq
         for item in changed:
             highest = max(highest, item.modseq)
-            if (item.uid, item.modseq) in selected.own_changes:
+            if (item.uid, item.modseq) in selected.own_changes or item.uid > known:
                 continue
             seq = selected.seq_of(item.uid)
             if seq is not None:
@@ -942,8 +978,10 @@ class IMAPServerProtocol(Protocol):
             self.send(f'* {kind} (\\Noselect) "{DELIMITER}" ""')
             return
         folders = await self.store.run(imapfolders.list_folders, self.login)
-        names = {folder.name for folder in folders}
-        matchers = [pattern_matcher(reference, pattern) for pattern in patterns]
+        self._mailbox_ids = {folder.name: folder.mailbox_id for folder in folders}
+        # A folder has children when some name lies directly under it.
+        parents = {name.rpartition(DELIMITER)[0] for name in self._mailbox_ids}
+        matchers = [Pattern(reference, pattern) for pattern in patterns]
         special_only = "SPECIAL-USE" in selection
         for folder in folders:
             if not any(matcher.match(folder.name) for matcher in matchers):
@@ -953,8 +991,7 @@ class IMAPServerProtocol(Protocol):
             attributes = []
             if not folder.selectable:
                 attributes.append("\\Noselect")
-            prefix = folder.name + DELIMITER
-            has_children = any(name.startswith(prefix) for name in names)
+            has_children = folder.name in parents
             attributes.append("\\HasChildren" if has_children else "\\HasNoChildren")
             if "SUBSCRIBED" in selection or "SUBSCRIBED" in returns:
                 attributes.append("\\Subscribed")
@@ -1042,8 +1079,10 @@ class IMAPServerProtocol(Protocol):
         return f"[{mode}] {command.name} completed"
 
     def _cannot(self, command: Command) -> str:
-        raise _no("[CANNOT] Folders are the mailbox's own and its CRM folders; manage them "
-                  "in the web client")
+        raise _no(
+            "[CANNOT] Folders are the mailbox's own and its CRM folders; manage them "
+            "in the web client"
+        )
 
     imap_CREATE = imap_DELETE = imap_RENAME = _cannot
 
@@ -1076,20 +1115,25 @@ class IMAPServerProtocol(Protocol):
             raise _no("The message is empty")
         if len(raw) > self.factory.max_message_size:
             raise _no("[TOOBIG] Message too large")
-        try:
-            prepared = await self.factory.in_cpu(imapfolders.prepare_append, raw)
-        except Invalid as problem:
-            raise _no(str(problem)) from None
-        try:
-            result = await self.store.run(
-                imapfolders.append, self.login, name, prepared, flags, internaldate
-            )
-        except NotFound:
-            raise _no("[TRYCREATE] No such mailbox") from None
-        self._changed(result.mailbox_id) if hasattr(result, "mailbox_id") else None
+        mailbox_id = await self._mailbox_id_of(name)
+        # The summary headers and the search text are CPU work: the workers' pool.
+        prepared = await self.factory.in_cpu(imapfolders.append_message, raw)
+        result = await self.store.run(
+            imapfolders.append, self.login, name, prepared, flags, internaldate
+        )
+        self._changed(mailbox_id)
         if self.selected is not None and self.selected.name == name:
             self._dirty = True
         return f"[APPENDUID {result.uidvalidity} {result.uid}] APPEND completed"
+
+    async def _mailbox_id_of(self, name: str) -> int:
+        """The mailbox a folder name lies in (NotFound, answered [TRYCREATE], if none)."""
+        if name not in self._mailbox_ids:
+            folders = await self.store.run(imapfolders.list_folders, self.login)
+            self._mailbox_ids = {folder.name: folder.mailbox_id for folder in folders}
+        if name not in self._mailbox_ids:
+            raise _no("[TRYCREATE] No such mailbox")
+        return self._mailbox_ids[name]
 
     async def imap_IDLE(self, command: Command) -> None:
         self._idle_tag = command.tag
@@ -1104,7 +1148,11 @@ class IMAPServerProtocol(Protocol):
         if not self._idle_counted and self.counter is not None:
             self.counter.idle_started()
             self._idle_counted = True
+        # Idling, the client is silent until DONE: the autologout applies, not the
+        # command's own time (RFC 2177: clients end IDLE within 29 minutes).
+        self._command_started = None
         self._deadline = self.clock.seconds() + self.settings.idle_timeout
+        self._arm(self._deadline)
 
     def _leave_idle(self) -> None:
         if self._idle_counted and self.counter is not None:
@@ -1184,42 +1232,50 @@ class IMAPServerProtocol(Protocol):
         return "EXPUNGE completed"
 
     async def imap_SEARCH(self, command: Command) -> str:
+        """SEARCH and UID SEARCH: the keys (imap.search) matched against every message of
+        the folder, read in batches as the keys need (none, headers, whole)."""
         selected = self.selected
         assert selected is not None
-        args = list(command.args)
-        charset = "us-ascii"
-        if isinstance(args[0], Atom) and args[0].upper() == "CHARSET" and len(args) > 2:
-            charset = _string(args[1], "charset").decode("ascii", "replace")
-            args = args[2:]
-        program = searching.parse_search(args, charset)
+        try:
+            program = searching.parse_search(
+                command.args, last_seq=len(selected), last_uid=selected.largest_uid
+            )
+        except searching.BadCharset:
+            raise _no("[BADCHARSET (US-ASCII UTF-8)] Unknown charset") from None
         found: list[int] = []
         highest = 0
-        seqs = {uid: index + 1 for index, uid in enumerate(selected.uids)}
         async for item, raw in self._messages(list(selected.uids), program.needs):
-            seq = seqs.get(item.uid)
+            seq = selected.seq_of(item.uid)
             if seq is None:
                 continue
+            if raw is None and program.needs == "full":
+                raw = await self._whole(item)
             if program.matches(item, seq, raw):
                 found.append(item.uid if command.uid else seq)
                 highest = max(highest, item.modseq)
         line = "* SEARCH" + "".join(f" {number}" for number in found)
-        if found and getattr(program, "uses_modseq", False):
+        if found and program.uses_modseq:
             line += f" (MODSEQ {highest})"
         self.send(line)
         return "SEARCH completed"
 
-    async def _messages(self, uids: list[int], needs: str):
-        """(MessageItem, raw or header bytes or None) of the uids, read in batches and
-        yielded as the transport takes what the caller writes (backpressure)."""
+    async def _messages(self, uids: list[int], needs: str, prepare=None):
+        """(MessageItem, octets) of the uids: None when `needs` is "none", the header
+        block for "headers", the whole message for "full" except a message larger than
+        LARGE_MESSAGE (None: read it with raw_slice). Read in batches, each once the
+        transport took what the caller wrote of the one before (backpressure);
+        `prepare(items)` may replace a batch's items first (FETCH sets \\Seen there)."""
         selected = self.selected
         assert selected is not None
         for batch in batches(uids, FETCH_BATCH):
             await self.drained()
-            if self._closing:
+            if self._closing or self.selected is not selected:
                 return
             items = await self.store.run(
                 imapfolders.message_items, self.login, selected.name, tuple(batch)
             )
+            if prepare is not None:
+                items = await prepare(items)
             if needs == "none":
                 for item in items:
                     yield item, None
@@ -1229,11 +1285,20 @@ class IMAPServerProtocol(Protocol):
                     imapfolders.message_headers, tuple(item.message_id for item in items)
                 )
                 for item in items:
-                    yield item, headers.get(item.message_id, b"")
+                    if item.message_id in headers:
+                        yield item, headers[item.message_id]
                 continue
             group: list[Any] = []
             size = 0
             for item in items:
+                if item.size > LARGE_MESSAGE:
+                    if group:
+                        async for pair in self._with_bytes(group):
+                            yield pair
+                        group, size = [], 0
+                    yield item, None
+                    await self.drained()
+                    continue
                 if group and size + item.size > BATCH_BYTES:
                     async for pair in self._with_bytes(group):
                         yield pair
@@ -1245,22 +1310,54 @@ class IMAPServerProtocol(Protocol):
                     yield pair
 
     async def _with_bytes(self, items: list[Any]):
+        await self.drained()
+        if self._closing:
+            return
         raws = await self.store.run(
-            imapfolders.message_bytes, tuple(item.message_id for item in items)
+            imapfolders.message_bytes,
+            tuple(item.message_id for item in items),
+            LARGE_MESSAGE,
         )
         for item in items:
             raw = raws.get(item.message_id)
-            if raw is None:
-                continue  # removed meanwhile
-            yield item, raw
+            if raw is not None:  # else removed meanwhile
+                yield item, raw
+
+    async def _whole(self, item: Any) -> bytes:
+        """A large message read in slices (one such message in memory at a time)."""
+        parts = []
+        for offset in range(0, item.size, SLICE):
+            parts.append(
+                await self.store.run(imapfolders.raw_slice, item.message_id, offset, SLICE)
+            )
+        return b"".join(parts)
+
+    async def _stream(self, head: bytes, item: Any, offset: int, count: int) -> None:
+        """Write `head`, then `count` octets of the message from `offset` as a literal,
+        slice by slice, each once the transport took the one before."""
+        count = max(min(count, item.size - offset), 0)
+        self.write(head + b"{%d}\r\n" % count)
+        sent = 0
+        while sent < count:
             await self.drained()
+            if self._closing:
+                return
+            length = min(SLICE, count - sent)
+            data = await self.store.run(
+                imapfolders.raw_slice, item.message_id, offset + sent, length
+            )
+            if len(data) != length:
+                # The message changed size under us: the literal cannot be completed.
+                log.warn("IMAP: message {id} shorter than its size", id=item.message_id)
+                self.close("Internal error")
+                return
+            self.write(data)
+            sent += length
 
     async def imap_FETCH(self, command: Command) -> str:
         selected = self.selected
         assert selected is not None
         uids = selected.resolve(_atom(command.args[0], "sequence set"), command.uid)
-        items = command.args[1]
-        items = list(items) if isinstance(items, list) else [items]
         changedsince = None
         if len(command.args) == 3:
             modifiers = command.args[2]
@@ -1272,34 +1369,50 @@ class IMAPServerProtocol(Protocol):
                 raise _bad("Unknown FETCH modifier")
             changedsince = _number(modifiers[1], "mod-sequence")
             self.condstore = True
-            items.append(Atom("MODSEQ"))
-        if command.uid:
-            items.append(Atom("UID"))
-        elif self.condstore:
-            items.append(Atom("MODSEQ"))  # RFC 7162 3.1.4.1: with every FETCH once enabled
-        request = fetching.parse_fetch(items)
-        sets_seen = request.sets_seen and selected.writable
-        async for item, raw in self._messages(uids, request.needs):
-            if changedsince is not None and item.modseq <= changedsince:
-                continue
+        request = fetching.parse_fetch(
+            command.args[1], uid=command.uid, modseq=self.condstore or changedsince is not None
+        )
+        streamed = _streamed_body(request)
+        seen: set[int] = set()
+
+        async def mark_seen(items):
+            if changedsince is not None:
+                items = tuple(item for item in items if item.modseq > changedsince)
+            unseen = tuple(item.uid for item in items if SEEN not in item.flags)
+            if not unseen or not request.sets_seen or not selected.writable:
+                return items
+            result = await self.store.run(
+                imapfolders.store_flags, self.login, selected.name, unseen, "+", (SEEN,), None
+            )
+            changed = {item.uid: item for item in result.changed}
+            for item in result.changed:
+                selected.own_changes.add((item.uid, item.modseq))
+                seen.add(item.uid)
+            if changed:
+                self._changed(selected.mailbox_id)
+            return tuple(changed.get(item.uid, item) for item in items)
+
+        async for item, raw in self._messages(uids, request.needs, mark_seen):
             seq = selected.seq_of(item.uid)
             if seq is None:
                 continue
-            if sets_seen and SEEN not in item.flags:
-                result = await self.store.run(
-                    imapfolders.store_flags,
-                    self.login,
-                    selected.name,
-                    (item.uid,),
-                    "+",
-                    (SEEN,),
-                    None,
-                )
-                for changed in result.changed:
-                    item = changed
-                    selected.own_changes.add((changed.uid, changed.modseq))
-                self._changed(selected.mailbox_id)
-            self.write(fetching.render(request, item, seq, raw))
+            flags = item.uid in seen
+            if raw is None and request.needs == "full":
+                if streamed is not None:
+                    att, rest = streamed
+                    head = fetching.render(rest, item, seq, None, flags=flags)
+                    head = head[: -len(b")\r\n")] + (b" " if head[-4:-3] != b"(" else b"")
+                    origin, count = att.partial if att.partial is not None else (0, item.size)
+                    await self._stream(head + fetching.att_name(att) + b" ", item, origin, count)
+                    self.write(b")\r\n")
+                    continue
+                raw = await self._whole(item)
+            try:
+                self.write(fetching.render(request, item, seq, raw, flags=flags))
+            except fetching.UnknownEncoding:
+                raise _no(
+                    "[UNKNOWN-CTE] A part has a transfer encoding BINARY cannot undo"
+                ) from None
         return "FETCH completed"
 
     async def imap_STORE(self, command: Command) -> str:
@@ -1335,8 +1448,13 @@ class IMAPServerProtocol(Protocol):
         if self.selected is selected:
             for changed in result.changed:
                 selected.own_changes.add((changed.uid, changed.modseq))
+            # RFC 7162 3.1.3: with UNCHANGEDSINCE, .SILENT still tells the new MODSEQ.
+            told = () if silent and unchangedsince is None else result.changed
+            if not silent:
+                told = sorted(result.changed + result.unchanged, key=lambda item: item.uid)
+            for changed in told:
                 seq = selected.seq_of(changed.uid)
-                if seq is not None and (not silent or unchangedsince is not None):
+                if seq is not None:
                     self.send(self._flags_line(seq, changed, uid=command.uid))
         if result.changed:
             self._changed(selected.mailbox_id)
@@ -1360,14 +1478,12 @@ class IMAPServerProtocol(Protocol):
         assert selected is not None
         uids = selected.resolve(_atom(command.args[0], "sequence set"), command.uid)
         target = _name(command.args[1])
+        target_mailbox = await self._mailbox_id_of(target)
         if not uids:
             return f"{command.name} completed (no messages)"
-        try:
-            result = await self.store.run(
-                imapfolders.copy, self.login, selected.name, tuple(uids), target, move
-            )
-        except NotFound:
-            raise _no("[TRYCREATE] No such mailbox") from None
+        result = await self.store.run(
+            imapfolders.copy, self.login, selected.name, tuple(uids), target, move
+        )
         pairs = sorted(result.pairs)
         code = ""
         if pairs:
@@ -1376,12 +1492,9 @@ class IMAPServerProtocol(Protocol):
             # order as long as the two correspond).
             targets = ",".join(str(uid) for _, uid in pairs)
             code = f"[COPYUID {result.uidvalidity} {source} {targets}] "
-        mailbox_ids = {selected.mailbox_id}
-        if hasattr(result, "target_mailbox_id"):
-            mailbox_ids.add(result.target_mailbox_id)
-        self._changed(*mailbox_ids)
-        self._learn(getattr(result, "learned_spam", ()), True)
-        self._learn(getattr(result, "learned_ham", ()), False)
+        self._changed(selected.mailbox_id, target_mailbox)
+        self._learn(result.learned_spam, True)
+        self._learn(result.learned_ham, False)
         if move:
             if code:
                 self.send(f"* OK {code.strip()}")
@@ -1404,7 +1517,12 @@ class IMAPServerProtocol(Protocol):
         async def teach() -> None:
             for message_id in message_ids:
                 try:
-                    raws = await self.store.run(imapfolders.message_bytes, (message_id,))
+                    raws = await self.store.run(
+                        # Stored mail may be a little larger than the limit (headers we add).
+                        imapfolders.message_bytes,
+                        (message_id,),
+                        2 * self.factory.max_message_size,
+                    )
                     raw = raws.get(message_id)
                     if raw is not None:
                         await defer.maybeDeferred(learner.learn, raw, spam)
@@ -1453,4 +1571,3 @@ class IMAPServerFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> IMAPServerProtocol:
         return self.protocol(self)
-

@@ -29,6 +29,16 @@ folder inbox besides its "store messages to" and Sent contexts.
 Mod-sequences (CONDSTORE): a filing's is COALESCE(modseq, uid); every change of its flags
 takes a fresh value of the mailbox's uid counter (filing.next_modseq). The keyword $Filed
 (a "File to..." copy) is the store's own: IMAP never shows it and cannot set or clear it.
+HIGHESTMODSEQ is the largest mod-sequence of a folder's messages (1 when empty): it
+falls when the message holding it is expunged, and rises past any earlier value with
+the next change (the counter only grows).
+
+Where this differs from the plan the server was written against: ImapFolder.folder is
+"sent" for Sent; StoreResult also has `unchanged` (matched, flags so already);
+message_bytes leaves out messages larger than `limit` (read them with raw_slice);
+append takes the record append_message makes outside the store (or raw bytes); a change
+of a folder shared to view only raises errors.ReadOnly; there is no search_text_uids
+(the full-text index matches whole words, IMAP's SEARCH TEXT any substring).
 """
 
 from __future__ import annotations
@@ -170,47 +180,26 @@ def _user(login: str) -> User | None:
     return User.get_or_none(User.login == login.strip().lower())
 
 
-def _store_to_id(mailbox: Mailbox) -> int:
-    if mailbox.store_to_id is not None:
-        return mailbox.store_to_id
-    return (
-        Context.select(Context.id)
-        .where((Context.owner == mailbox.owner_id) & (Context.kind == "todo"))
-        .scalar()
-    )
-
-
-def _box(mailbox: Mailbox, writable: bool, prefix: str) -> _Box:
-    return _Box(
-        id=mailbox.id,
-        address=f"{mailbox.local_part}@{mailbox.domain.name}",
-        sent_context_id=mailbox.sent_context_id,
-        store_to_id=_store_to_id(mailbox),
-        next_uid=mailbox.next_uid,
-        writable=writable,
-        prefix=prefix,
-    )
-
-
 def _boxes(user: User) -> list[_Box]:
-    """Every mailbox the user sees over IMAP: owned (the default one first, unprefixed),
-    then those shared with them, by address."""
+    """Every mailbox the user sees over IMAP: owned (the default one first, unprefixed,
+    then the others by address), then those shared with them, by address. Four queries
+    however many mailboxes."""
     owned = list(
         Mailbox.select(Mailbox, Domain)
         .join(Domain)
         .where(Mailbox.owner == user.id)
         .order_by(Mailbox.id)
     )
-    boxes: list[_Box] = []
+    seen: list[tuple[Mailbox, bool, str]] = []
     if owned:
         default = next((mailbox for mailbox in owned if mailbox.is_default), owned[0])
-        boxes.append(_box(default, True, ""))
+        seen.append((default, True, ""))
         others = sorted(
             (mailbox for mailbox in owned if mailbox.id != default.id),
             key=lambda mailbox: (mailbox.domain.name, mailbox.local_part),
         )
         for mailbox in others:
-            boxes.append(_box(mailbox, True, f"{mailbox.local_part}@{mailbox.domain.name}/"))
+            seen.append((mailbox, True, f"{mailbox.local_part}@{mailbox.domain.name}/"))
     shared = (
         Mailbox.select(Mailbox, Domain, MailboxAccess)
         .join(Domain)
@@ -225,8 +214,30 @@ def _boxes(user: User) -> list[_Box]:
     )
     for mailbox in shared:
         address = f"{mailbox.local_part}@{mailbox.domain.name}"
-        boxes.append(_box(mailbox, bool(mailbox.access.can_edit), f"{SHARED_PREFIX}/{address}/"))
-    return boxes
+        seen.append((mailbox, bool(mailbox.access.can_edit), f"{SHARED_PREFIX}/{address}/"))
+    # A mailbox without "store messages to" files into its owner's To Do.
+    owners = sorted({mailbox.owner_id for mailbox, _, _ in seen if mailbox.store_to_id is None})
+    todo = dict(
+        Context.select(Context.owner, Context.id)
+        .where(Context.owner.in_(owners) & (Context.kind == "todo"))
+        .tuples()
+        if owners
+        else ()
+    )
+    return [
+        _Box(
+            id=mailbox.id,
+            address=f"{mailbox.local_part}@{mailbox.domain.name}",
+            sent_context_id=mailbox.sent_context_id,
+            store_to_id=(
+                mailbox.store_to_id if mailbox.store_to_id is not None else todo[mailbox.owner_id]
+            ),
+            next_uid=mailbox.next_uid,
+            writable=writable,
+            prefix=prefix,
+        )
+        for mailbox, writable, prefix in seen
+    ]
 
 
 def crm_uidvalidity(mailbox_id: int, context_id: int) -> int:

@@ -58,6 +58,7 @@ class Client:
             alsoProvides(self.transport, ISSLTransport)
         self.protocol.makeConnection(self.transport)
         self._read = 0
+        self._mark = 0
         self._tags = 0
         self.greeting = self.lines()
 
@@ -70,7 +71,8 @@ class Client:
         return self.output().decode("utf-8").splitlines()
 
     def send(self, data: bytes | str) -> list[str]:
-        """Raw bytes in; the lines they caused at once."""
+        """Raw bytes in; the lines they caused at once (until_tagged sees them too)."""
+        self._mark = len(self.transport.value())
         self.protocol.dataReceived(data.encode() if isinstance(data, str) else data)
         return self.lines()
 
@@ -83,16 +85,17 @@ class Client:
         """Send `tag text`, wait for the tagged answer; all lines since (the tagged last)."""
         tag = self.next_tag()
         data = text.encode() if isinstance(text, str) else text
-        self.protocol.dataReceived(tag.encode() + b" " + data + b"\r\n")
+        self.send(tag.encode() + b" " + data + b"\r\n")
         lines = yield self.until_tagged(tag, seconds)
         return lines
 
     @defer.inlineCallbacks
     def until_tagged(self, tag: str, seconds: float = 10):
-        received = b""
+        """All lines since the last send, once the tagged answer is among them."""
         deadline = time.monotonic() + seconds
         while True:
-            received += self.output()
+            received = self.transport.value()[self._mark :]
+            self._read = len(self.transport.value())
             lines = received.decode("utf-8", "replace").split("\r\n")
             if any(line.startswith(tag + " ") for line in lines):
                 return [line for line in lines if line]

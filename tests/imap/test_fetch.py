@@ -11,6 +11,7 @@ from atollon_mail.imap.fetch import (
     internaldate,
     parse_fetch,
     render,
+    render_chunks,
 )
 from atollon_mail.imap.message import bodystructure, envelope
 from atollon_mail.imap.parser import Atom, FetchAtt, ParseError, parse_command
@@ -189,3 +190,25 @@ class RenderTests(TestCase):
     def test_parse_rejects_a_fetch_att_name_without_section(self) -> None:
         self.assertRaises(ParseError, parse_fetch, [Atom("BODY.PEEK")])
         self.assertEqual(parse_fetch(FetchAtt("BODY", "TEXT")).items, (FetchAtt("BODY", "TEXT"),))
+
+
+class ChunkTests(TestCase):
+    def test_a_large_body_is_a_piece_of_its_own(self) -> None:
+        raw = b"Subject: big\r\n\r\n" + b"x" * 100_000
+        fetch = request(b"(UID RFC822.SIZE BODY.PEEK[])")
+        chunks = render_chunks(fetch, Item(size=len(raw)), 9, raw)
+        self.assertTrue(any(chunk is raw for chunk in chunks))
+        self.assertEqual(
+            b"".join(chunks),
+            b"* 9 FETCH (UID 7 RFC822.SIZE %d BODY[] {%d}\r\n" % (len(raw), len(raw))
+            + raw
+            + b")\r\n",
+        )
+        self.assertEqual(b"".join(chunks), render(fetch, Item(size=len(raw)), 9, raw))
+
+    def test_small_answers_join(self) -> None:
+        chunks = render_chunks(request(b"(UID RFC822)"), Item(), 1, RFC3501)
+        self.assertEqual(
+            b"".join(chunks),
+            b"* 1 FETCH (UID 7 RFC822 {%d}\r\n" % len(RFC3501) + RFC3501 + b")\r\n",
+        )

@@ -20,9 +20,7 @@ PROJECT_WIRE = "P&AVk-ehled-2027"
 class FolderCommandsContract(ImapServerMixin):
     def setUp(self):
         super().setUp()
-        builders.hosted_mailbox(
-            self.store, "bob@other.test", "bob", password_hash=password_hash()
-        )
+        builders.hosted_mailbox(self.store, "bob@other.test", "bob", password_hash=password_hash())
         builders.organization(self.store, "Acme")
         self.store.run_sync(folders.add_project, PROJECT, "Acme")
 
@@ -71,7 +69,13 @@ class FolderCommandsContract(ImapServerMixin):
         lines = yield client.command('LIST (SPECIAL-USE) "" "*"')
         self.assertEqual(
             [line.split(") ", 1)[1] for line in lines[:-1]],
-            ['"/" "Sent"', '"/" "Drafts"', '"/" "Junk"', '"/" "Trash"', f'"/" "CRM/{PROJECT_WIRE}"'],
+            [
+                '"/" "Sent"',
+                '"/" "Drafts"',
+                '"/" "Junk"',
+                '"/" "Trash"',
+                f'"/" "CRM/{PROJECT_WIRE}"',
+            ],
         )
         lines = yield client.command('LIST "" "Sent" RETURN (SPECIAL-USE)')
         self.assertEqual(lines[0], '* LIST (\\HasNoChildren \\Sent) "/" "Sent"')

@@ -54,6 +54,15 @@ class FramingTests(ImapServerMixin, SqliteStoreMixin, unittest.TestCase):
         lines = client.send(f"a1 APPEND INBOX {{{MAX_MESSAGE_SIZE}}}\r\n")
         self.assertEqual(lines, ["+ Ready for literal data"])
 
+    def test_append_takes_one_large_literal_only(self):
+        client = self.client()
+        client.protocol.state = "authenticated"
+        big = MAX_LITERAL + 1
+        lines = client.send(f"a1 APPEND {{{big}+}}\r\n".encode() + b"x" * big)
+        self.assertEqual(lines, [])
+        lines = client.send(f" {{{big}}}\r\n")
+        self.assertEqual(lines, ["a1 BAD Literal too large"])
+
     def test_a_large_literal_is_not_taken_before_login(self):
         client = self.client()
         lines = client.send(f"a1 APPEND INBOX {{{MAX_LITERAL + 1}}}\r\n")
@@ -140,6 +149,21 @@ class FramingTests(ImapServerMixin, SqliteStoreMixin, unittest.TestCase):
         self.assertTrue(client.closed)
 
     @defer.inlineCallbacks
+    def test_an_idling_client_has_the_autologout_not_the_command_time(self):
+        client = yield self.logged_in()
+        self.assertEqual(client.send("a2 IDLE\r\n"), ["+ idling"])
+        self.clock.advance(29 * 60)
+        self.assertFalse(client.closed)
+        client.send("DONE\r\n")
+        lines = yield client.until_tagged("a2")
+        self.assertEqual(lines, ["a2 OK IDLE terminated"])
+        client.send("a3 IDLE\r\n")
+        yield client.settle()
+        self.clock.advance(30 * 60)
+        self.assertEqual(client.lines()[-1], "* BYE Autologout; idle for too long")
+        self.assertTrue(client.closed)
+
+    @defer.inlineCallbacks
     def test_commands_of_the_wrong_state_are_refused(self):
         client = self.client()
         lines = yield client.command("SELECT INBOX")
@@ -199,9 +223,7 @@ class LoginTests(ImapServerMixin, SqliteStoreMixin, unittest.TestCase):
     def test_login_before_tls_is_refused_without_checking_the_password(self):
         client = self.starttls_client()
         lines = yield client.command(f'LOGIN jane "{PASSWORD}"')
-        self.assertEqual(
-            lines, ["a1 NO [PRIVACYREQUIRED] Log in after STARTTLS (LOGINDISABLED)"]
-        )
+        self.assertEqual(lines, ["a1 NO [PRIVACYREQUIRED] Log in after STARTTLS (LOGINDISABLED)"])
         lines = yield client.command("AUTHENTICATE PLAIN")
         self.assertEqual(lines[-1][:22], "a2 NO [PRIVACYREQUIRED")
         self.assertEqual(self.authenticator.by_address.in_flight(PEER_KEY), 0)

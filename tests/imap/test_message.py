@@ -217,6 +217,36 @@ class BodystructureTests(TestCase):
             b'("TEXT" "PLAIN" ("CHARSET" "US-ASCII") NIL NIL "7bit" 14 2)',
         )
 
+    def test_dovecot_defaults(self) -> None:
+        # Dovecot's own test messages: a text part without charset gets us-ascii, a broken
+        # transfer encoding is 7bit, one language is a list too.
+        raw = (
+            b"Content-Type: multipart/alternative; boundary=sub1\r\n\r\n"
+            b"--sub1\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+            b"<p>Hello world</p>\r\n\r\n"
+            b"--sub1\r\nContent-Type: text/plain; format=flowed\r\n"
+            b"Content-Transfer-Encoding: ?invalid\r\nContent-Language: la\r\n\r\n"
+            b"Hello another world\r\n\r\n--sub1--\r\n"
+        )
+        self.assertEqual(
+            bodystructure(raw),
+            b'(("text" "html" ("charset" "us-ascii") NIL NIL "8bit" 20 1 NIL NIL NIL NIL)'
+            b'("text" "plain" ("format" "flowed" "charset" "us-ascii") NIL NIL "7bit" 21 1'
+            b' NIL NIL ("la") NIL) "alternative" ("boundary" "sub1") NIL NIL NIL)',
+        )
+
+    def test_rfc2231_continuations_joined(self) -> None:
+        raw = (
+            b'Content-Type: application/pdf; name*0="long "; name*1="name.pdf"\r\n'
+            b"Content-Disposition: attachment;\r\n filename*0*=utf-8''%C3%A4;\r\n"
+            b" filename*1*=.pdf; size=12\r\n\r\nx"
+        )
+        self.assertEqual(
+            bodystructure(raw),
+            b'("application" "pdf" ("name" "long name.pdf") NIL NIL "7bit" 1 NIL'
+            b' ("attachment" ("filename*" "utf-8\'\'%C3%A4.pdf" "size" "12")) NIL NIL)',
+        )
+
     def test_default_type(self) -> None:
         self.assertEqual(
             bodystructure(b"Subject: x\r\n\r\nhi\r\n", extended=False),

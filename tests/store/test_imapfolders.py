@@ -294,6 +294,25 @@ class ImapFoldersContract(StoreFixtureMixin):
         self.assertEqual(junk.modseq, junk.uid)
         self.assertGreater(junk.modseq, moved.modseq)
 
+    def test_a_folder_is_read_in_a_few_queries_however_many_messages(self):
+        for n in range(30):
+            self.receive(subject=f"m{n}")
+        uids = self.snapshot("INBOX").uids
+        statements: list[str] = []
+        database = self.store.database
+        original = database.execute_sql
+
+        def counting(sql, *args, **kwargs):
+            statements.append(sql)
+            return original(sql, *args, **kwargs)
+
+        self.patch(database, "execute_sql", counting)
+        self.snapshot("INBOX")
+        self.items("INBOX", uids)
+        self.sync(imapfolders.message_headers, range(1, 40))
+        # Each: the user, the mailboxes (owned, shared, To Do), the filings or messages.
+        self.assertLessEqual(len(statements), 2 * 5 + 1, statements)
+
     # -- bytes ------------------------------------------------------------------------------
 
     def test_message_bytes_slices_and_headers(self):
