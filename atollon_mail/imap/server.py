@@ -208,7 +208,7 @@ def _string(token: Any, what: str = "argument") -> bytes:
     """An astring argument's octets (an atom, a quoted string or a literal)."""
     if isinstance(token, bytes):
         return token
-    if isinstance(token, str) and not isinstance(token, list):
+    if isinstance(token, str):
         return token.encode("ascii")
     raise _bad(f"Expected a string as {what}")
 
@@ -237,14 +237,28 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 
 def _parse_date_time(text: bytes) -> datetime.datetime:
-    """APPEND's date-time: "17-Jul-1996 02:44:25 -0700"."""
+    """APPEND's date-time: "17-Jul-1996 02:44:25 -0700" (month names in English whatever
+    the locale, so not strptime's %b)."""
     try:
         value = text.decode("ascii").strip()
-        day, rest = value.split("-", 1)
-        parsed = datetime.datetime.strptime(f"{int(day):02d}-{rest}", "%d-%b-%Y %H:%M:%S %z")
+        date, clock, zone = value.split(" ")
+        day, month, year = date.split("-")
+        hour, minute, second = (int(part) for part in clock.split(":"))
+        if len(zone) != 5 or zone[0] not in "+-" or not zone[1:].isdigit():
+            raise ValueError(zone)
+        offset = datetime.timedelta(hours=int(zone[1:3]), minutes=int(zone[3:]))
+        moment = datetime.datetime(
+            int(year),
+            _MONTHS.index(month.capitalize()) + 1,
+            int(day),
+            hour,
+            minute,
+            second,
+            tzinfo=datetime.timezone(offset if zone[0] == "+" else -offset),
+        )
     except (ValueError, UnicodeDecodeError):
         raise _bad("Bad date-time; e.g. 17-Jul-1996 02:44:25 -0700") from None
-    return parsed.astimezone(datetime.UTC)
+    return moment.astimezone(datetime.UTC)
 
 
 def connection_refusal(reason: str) -> bytes:

@@ -208,6 +208,13 @@ class MessageCommandsContract(ImapServerMixin):
         date = '"07-Dec-2026 10:00:00 +0100"'
         lines = yield client.command(b"APPEND Nowhere %s {4+}\r\nxxxx" % date.encode())
         self.assertEqual(lines[-1], "a3 NO [TRYCREATE] No such mailbox")
+        lines = yield client.command(b"APPEND Drafts () %s {4+}\r\nxxxx" % date.encode())
+        self.assertTrue(lines[-1].startswith("a4 OK [APPENDUID "), lines)
+        yield client.command("SELECT Drafts")
+        lines = yield client.command("FETCH 2 (INTERNALDATE)")
+        self.assertEqual(lines[0], '* 2 FETCH (INTERNALDATE "07-Dec-2026 09:00:00 +0000")')
+        lines = yield client.command(b'APPEND Drafts "7-Foo-2026 10:00:00 +0100" {4+}\r\nxxxx')
+        self.assertEqual(lines[-1], "a7 BAD Bad date-time; e.g. 17-Jul-1996 02:44:25 -0700")
 
     @defer.inlineCallbacks
     def test_append_to_sent_of_a_submitted_message_merges(self):
