@@ -343,6 +343,12 @@ class MessageCommandsContract(ImapServerMixin):
         self.assertEqual(literal[size:], b")\r\na3 OK FETCH completed")
         lines = yield client.command("FETCH 1 BODY.PEEK[]<10.20>")
         self.assertIn("BODY[]<10> {20}", lines[0])
+        # Read whole (in slices) when more than its bytes are asked for.
+        lines = yield client.command("FETCH 1 (BODYSTRUCTURE BODY.PEEK[TEXT]<0.9>)")
+        self.assertIn('BODYSTRUCTURE ("text" "plain"', lines[0])
+        self.assertEqual(lines[1], "line 0000)")
+        lines = yield client.command('SEARCH BODY "line 0150"')
+        self.assertEqual(lines[0], "* SEARCH 1")
 
 
 class SearchContract(ImapServerMixin):
