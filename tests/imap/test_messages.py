@@ -297,6 +297,12 @@ class MessageCommandsContract(ImapServerMixin):
         lines = yield client.command("NOOP")
         self.assertEqual(lines[0], "* 1 EXPUNGE")
         self.assertIn("a4 OK NOOP completed", lines)
+        yield other.command("COPY 1 INBOX")
+        lines = yield client.command("CHECK")
+        self.assertEqual(lines, ["* 3 EXISTS", "a5 OK CHECK completed"])
+        uid = client.protocol.selected.uid_of(3)
+        lines = yield client.command(f"UID COPY {uid} Trash")
+        self.assertRegex(lines[-1], rf"^a6 OK \[COPYUID \d+ {uid} \d+\] COPY completed$")
 
     @defer.inlineCallbacks
     def test_fetch_is_read_in_batches_as_the_client_takes_them(self):
