@@ -350,6 +350,7 @@ class IMAPServerProtocol(Protocol):
         self._command_started: float | None = None
         self._writable: list[defer.Deferred] = []
         self._output_paused = False
+        self._registered = False
         self._when_lost: list[Callable[[], Any]] = []
         self._mailbox_ids: dict[str, int] = {}  # folder name -> mailbox id, from LIST
 
@@ -374,7 +375,7 @@ class IMAPServerProtocol(Protocol):
         self._login_deadline = now + self.settings.login_timeout
         self._deadline = self._login_deadline
         self._timer = self.clock.callLater(self.settings.login_timeout, self._check_time)
-        self.transport.registerProducer(self, True)
+        self._produce(True)
         self.send(
             f"* OK [CAPABILITY {self.capabilities()}] {self.factory.hostname} "
             f"IMAP4rev1 {SOFTWARE} ready"
@@ -405,6 +406,9 @@ class IMAPServerProtocol(Protocol):
         self._closing = True
         self._leave_idle()
         self._drop_input()
+        # TLS closes only once no producer is registered (TLSMemoryBIOProtocol): a client
+        # waiting for the end of the connection after LOGOUT (mbsync) would wait forever.
+        self._produce(False)
         self.transport.loseConnection()
 
     def _drop_input(self) -> None:
@@ -483,6 +487,17 @@ class IMAPServerProtocol(Protocol):
             self._errors += 1
             if self._errors > MAX_ERRORS:
                 self.close("Too many errors")
+
+    def _produce(self, registered: bool) -> None:
+        """Be (or stop being) the transport's producer: it tells us when its buffer is
+        full and drained again, so that FETCH waits before reading more."""
+        if registered == self._registered:
+            return
+        self._registered = registered
+        if registered:
+            self.transport.registerProducer(self, True)
+        else:
+            self.transport.unregisterProducer()
 
     # IPushProducer: the transport tells us when its buffer is full and drained again.
     def pauseProducing(self) -> None:
@@ -874,14 +889,14 @@ class IMAPServerProtocol(Protocol):
         self.tagged(command.tag, "OK", "Begin TLS negotiation now")
         # Whatever came after the STARTTLS line was sent in clear: never execute it.
         self._drop_input()
-        self.transport.unregisterProducer()
+        self._produce(False)
         try:
             start_tls(self.factory.tls_options)
         except Exception:
             log.failure("Starting TLS failed")
             self.close()
             return None
-        self.transport.registerProducer(self, True)
+        self._produce(True)
         self.tls = True
         return None
 
