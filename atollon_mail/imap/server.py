@@ -208,7 +208,7 @@ def _string(token: Any, what: str = "argument") -> bytes:
     """An astring argument's octets (an atom, a quoted string or a literal)."""
     if isinstance(token, bytes):
         return token
-    if isinstance(token, str) and not isinstance(token, list):
+    if isinstance(token, str):
         return token.encode("ascii")
     raise _bad(f"Expected a string as {what}")
 
@@ -237,14 +237,28 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 
 def _parse_date_time(text: bytes) -> datetime.datetime:
-    """APPEND's date-time: "17-Jul-1996 02:44:25 -0700"."""
+    """APPEND's date-time: "17-Jul-1996 02:44:25 -0700" (month names in English whatever
+    the locale, so not strptime's %b)."""
     try:
         value = text.decode("ascii").strip()
-        day, rest = value.split("-", 1)
-        parsed = datetime.datetime.strptime(f"{int(day):02d}-{rest}", "%d-%b-%Y %H:%M:%S %z")
+        date, clock, zone = value.split(" ")
+        day, month, year = date.split("-")
+        hour, minute, second = (int(part) for part in clock.split(":"))
+        if len(zone) != 5 or zone[0] not in "+-" or not zone[1:].isdigit():
+            raise ValueError(zone)
+        offset = datetime.timedelta(hours=int(zone[1:3]), minutes=int(zone[3:]))
+        moment = datetime.datetime(
+            int(year),
+            _MONTHS.index(month.capitalize()) + 1,
+            int(day),
+            hour,
+            minute,
+            second,
+            tzinfo=datetime.timezone(offset if zone[0] == "+" else -offset),
+        )
     except (ValueError, UnicodeDecodeError):
         raise _bad("Bad date-time; e.g. 17-Jul-1996 02:44:25 -0700") from None
-    return parsed.astimezone(datetime.UTC)
+    return moment.astimezone(datetime.UTC)
 
 
 def connection_refusal(reason: str) -> bytes:
@@ -336,6 +350,7 @@ class IMAPServerProtocol(Protocol):
         self._command_started: float | None = None
         self._writable: list[defer.Deferred] = []
         self._output_paused = False
+        self._registered = False
         self._when_lost: list[Callable[[], Any]] = []
         self._mailbox_ids: dict[str, int] = {}  # folder name -> mailbox id, from LIST
 
@@ -360,7 +375,7 @@ class IMAPServerProtocol(Protocol):
         self._login_deadline = now + self.settings.login_timeout
         self._deadline = self._login_deadline
         self._timer = self.clock.callLater(self.settings.login_timeout, self._check_time)
-        self.transport.registerProducer(self, True)
+        self._produce(True)
         self.send(
             f"* OK [CAPABILITY {self.capabilities()}] {self.factory.hostname} "
             f"IMAP4rev1 {SOFTWARE} ready"
@@ -391,6 +406,9 @@ class IMAPServerProtocol(Protocol):
         self._closing = True
         self._leave_idle()
         self._drop_input()
+        # TLS closes only once no producer is registered (TLSMemoryBIOProtocol): a client
+        # waiting for the end of the connection after LOGOUT (mbsync) would wait forever.
+        self._produce(False)
         self.transport.loseConnection()
 
     def _drop_input(self) -> None:
@@ -469,6 +487,17 @@ class IMAPServerProtocol(Protocol):
             self._errors += 1
             if self._errors > MAX_ERRORS:
                 self.close("Too many errors")
+
+    def _produce(self, registered: bool) -> None:
+        """Be (or stop being) the transport's producer: it tells us when its buffer is
+        full and drained again, so that FETCH waits before reading more."""
+        if registered == self._registered:
+            return
+        self._registered = registered
+        if registered:
+            self.transport.registerProducer(self, True)
+        else:
+            self.transport.unregisterProducer()
 
     # IPushProducer: the transport tells us when its buffer is full and drained again.
     def pauseProducing(self) -> None:
@@ -860,14 +889,14 @@ class IMAPServerProtocol(Protocol):
         self.tagged(command.tag, "OK", "Begin TLS negotiation now")
         # Whatever came after the STARTTLS line was sent in clear: never execute it.
         self._drop_input()
-        self.transport.unregisterProducer()
+        self._produce(False)
         try:
             start_tls(self.factory.tls_options)
         except Exception:
             log.failure("Starting TLS failed")
             self.close()
             return None
-        self.transport.registerProducer(self, True)
+        self._produce(True)
         self.tls = True
         return None
 

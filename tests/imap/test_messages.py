@@ -208,6 +208,13 @@ class MessageCommandsContract(ImapServerMixin):
         date = '"07-Dec-2026 10:00:00 +0100"'
         lines = yield client.command(b"APPEND Nowhere %s {4+}\r\nxxxx" % date.encode())
         self.assertEqual(lines[-1], "a3 NO [TRYCREATE] No such mailbox")
+        lines = yield client.command(b"APPEND Drafts () %s {4+}\r\nxxxx" % date.encode())
+        self.assertTrue(lines[-1].startswith("a4 OK [APPENDUID "), lines)
+        yield client.command("SELECT Drafts")
+        lines = yield client.command("FETCH 2 (INTERNALDATE)")
+        self.assertEqual(lines[0], '* 2 FETCH (INTERNALDATE "07-Dec-2026 09:00:00 +0000")')
+        lines = yield client.command(b'APPEND Drafts "7-Foo-2026 10:00:00 +0100" {4+}\r\nxxxx')
+        self.assertEqual(lines[-1], "a7 BAD Bad date-time; e.g. 17-Jul-1996 02:44:25 -0700")
 
     @defer.inlineCallbacks
     def test_append_to_sent_of_a_submitted_message_merges(self):
@@ -290,6 +297,12 @@ class MessageCommandsContract(ImapServerMixin):
         lines = yield client.command("NOOP")
         self.assertEqual(lines[0], "* 1 EXPUNGE")
         self.assertIn("a4 OK NOOP completed", lines)
+        yield other.command("COPY 1 INBOX")
+        lines = yield client.command("CHECK")
+        self.assertEqual(lines, ["* 3 EXISTS", "a5 OK CHECK completed"])
+        uid = client.protocol.selected.uid_of(3)
+        lines = yield client.command(f"UID COPY {uid} Trash")
+        self.assertRegex(lines[-1], rf"^a6 OK \[COPYUID \d+ {uid} \d+\] COPY completed$")
 
     @defer.inlineCallbacks
     def test_fetch_is_read_in_batches_as_the_client_takes_them(self):
@@ -336,6 +349,12 @@ class MessageCommandsContract(ImapServerMixin):
         self.assertEqual(literal[size:], b")\r\na3 OK FETCH completed")
         lines = yield client.command("FETCH 1 BODY.PEEK[]<10.20>")
         self.assertIn("BODY[]<10> {20}", lines[0])
+        # Read whole (in slices) when more than its bytes are asked for.
+        lines = yield client.command("FETCH 1 (BODYSTRUCTURE BODY.PEEK[TEXT]<0.9>)")
+        self.assertIn('BODYSTRUCTURE ("text" "plain"', lines[0])
+        self.assertEqual(lines[1], "line 0000)")
+        lines = yield client.command('SEARCH BODY "line 0150"')
+        self.assertEqual(lines[0], "* SEARCH 1")
 
 
 class SearchContract(ImapServerMixin):
