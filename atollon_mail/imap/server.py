@@ -1437,7 +1437,10 @@ class IMAPServerProtocol(Protocol):
                     continue
                 raw = await self._whole(item)
             try:
-                self.write(fetching.render(request, item, seq, raw, flags=flags))
+                # In pieces: a large body section is written as it is, never copied.
+                chunks = fetching.render_chunks(request, item, seq, raw, flags=flags)
+                if not self._closing:
+                    self.transport.writeSequence(chunks)
             except fetching.UnknownEncoding:
                 raise _no(
                     "[UNKNOWN-CTE] A part has a transfer encoding BINARY cannot undo"

@@ -138,3 +138,65 @@ class ImapClientTests(unittest.TestCase):
         self.assertEqual(client.select("INBOX", readonly=True), ("OK", [b"1"]))
         status, data = client.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
         self.assertEqual(data[0][1].strip(), b"Subject: over tls")
+
+
+class ImapClientLibraryTests(unittest.TestCase):
+    """imapclient, a second client library, for the extensions: NAMESPACE, SPECIAL-USE,
+    ENABLE CONDSTORE with CHANGEDSINCE, UIDPLUS, MOVE and IDLE."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        try:
+            import imapclient
+        except ImportError:
+            raise unittest.SkipTest("imapclient is not installed") from None
+        self.imapclient = imapclient
+        self.appliance = yield started_appliance(self, extra="greet_pause = 0\n")
+        yield threads.deferToThread(
+            commands_succeed, self, self.appliance, mailbox_commands(), stdin=PASSWORD + "\n"
+        )
+
+    def test_extensions(self):
+        imapclient = self.imapclient
+        for subject in ("one", "two"):
+            ImapClientTests.deliver(self, subject)
+        certificate, _ = self_signed_paths(os.path.join(self.appliance.directory, "data"))
+        context = ssl.create_default_context(cafile=certificate)
+        context.check_hostname = False
+        client = imapclient.IMAPClient("127.0.0.1", port=self.appliance.imap_port, ssl=False)
+
+        def close():
+            try:
+                client.shutdown()
+            except OSError:  # closed by LOGOUT already
+                pass
+
+        self.addCleanup(close)
+        client.starttls(context)
+        client.login("jane", PASSWORD)
+        for capability in (b"IDLE", b"UIDPLUS", b"MOVE", b"CONDSTORE", b"SPECIAL-USE"):
+            self.assertTrue(client.has_capability(capability.decode()), capability)
+        personal, other, shared = client.namespace()
+        self.assertEqual(personal, (("", "/"),))
+        self.assertEqual(shared, (("Shared/", "/"),))
+        self.assertEqual(client.find_special_folder(b"\\Junk"), "Junk")
+        self.assertEqual(client.enable("CONDSTORE"), [b"CONDSTORE"])
+
+        selected = client.select_folder("INBOX")
+        self.assertEqual(selected[b"EXISTS"], 2)
+        highest = selected[b"HIGHESTMODSEQ"]
+        uids = client.search("ALL")
+        client.add_flags(uids[:1], [imapclient.FLAGGED])
+        changed = client.fetch(uids, ["FLAGS"], modifiers=[f"CHANGEDSINCE {highest}"])
+        self.assertEqual(list(changed), uids[:1])
+        self.assertIn(imapclient.FLAGGED, changed[uids[0]][b"FLAGS"])
+
+        client.move(uids[1:], "Trash")
+        self.assertEqual(client.folder_status("Trash", ["MESSAGES"])[b"MESSAGES"], 1)
+
+        client.idle()
+        ImapClientTests.deliver(self, "three")
+        responses = client.idle_check(timeout=5)
+        client.idle_done()
+        self.assertIn((2, b"EXISTS"), responses)
+        client.logout()

@@ -1,16 +1,18 @@
-"""End to end: mbsync (isync) syncs a mailbox of the appliance to a Maildir and back over
-IMAP with STARTTLS: messages (multipart, 8-bit, a large attachment) arrive, a second sync
-changes nothing, a flag set on either side reaches the other, and a message moved on the
-client side is filed in the right folder on the appliance. Skipped when mbsync is not
-installed (`make test` installs it from Debian)."""
+"""End to end: mbsync (isync) and offlineimap sync a mailbox of the appliance to a
+Maildir and back over IMAP with STARTTLS: messages (multipart, 8-bit, a large attachment)
+arrive, a second sync changes nothing, a flag set on either side reaches the other, and a
+message moved on the client side is filed in the right folder on the appliance. Each is
+skipped when it is not installed."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
 import shutil
 import smtplib
+import ssl
 import subprocess
 
 from twisted.internet import defer, threads
@@ -22,6 +24,7 @@ from tests.builders import commands_succeed, mailbox_commands, started_appliance
 
 PASSWORD = "a-password"
 MBSYNC = shutil.which("mbsync")
+OFFLINEIMAP = shutil.which("offlineimap")
 
 
 def plain(number: int) -> bytes:
@@ -159,3 +162,56 @@ class MbsyncTests(unittest.TestCase):
         self.sync()
         self.assertEqual(len(self.remote_flags("Junk")), 1)
         self.assertEqual(len(self.remote_flags()), 21)
+
+
+class OfflineimapTests(unittest.TestCase):
+    if OFFLINEIMAP is None:
+        skip = "offlineimap is not installed"
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        self.appliance = yield started_appliance(self, extra="greet_pause = 0\n")
+        yield threads.deferToThread(
+            commands_succeed, self, self.appliance, mailbox_commands(), stdin=PASSWORD + "\n"
+        )
+        directory = self.appliance.directory
+        self.maildir = os.path.join(directory, "offlineimap")
+        certificate, _ = self_signed_paths(os.path.join(directory, "data"))
+        with open(certificate) as pem:
+            fingerprint = hashlib.sha512(ssl.PEM_cert_to_DER_cert(pem.read())).hexdigest()
+        self.config = os.path.join(directory, "offlineimaprc")
+        with open(self.config, "w") as config:
+            config.write(
+                f"[general]\naccounts = appliance\nmetadata = {directory}/offlineimap-meta\n"
+                "[Account appliance]\nlocalrepository = local\nremoterepository = remote\n"
+                f"[Repository local]\ntype = Maildir\nlocalfolders = {self.maildir}\n"
+                f"[Repository remote]\ntype = IMAP\nremotehost = 127.0.0.1\n"
+                f"remoteport = {self.appliance.imap_port}\nremoteuser = jane\n"
+                f"remotepass = {PASSWORD}\nssl = no\nstarttls = yes\n"
+                # The self-signed certificate names mx.acme.test: pinned by its fingerprint.
+                f"cert_fingerprint = {fingerprint}\n"
+            )
+
+    def sync(self) -> str:
+        result = subprocess.run(
+            [OFFLINEIMAP, "-c", self.config, "-o", "-u", "basic"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertNotIn("ERROR", result.stdout + result.stderr)
+        return result.stdout + result.stderr
+
+    def test_sync_and_a_flag_back(self):
+        for number in range(5):
+            MbsyncTests.deliver(self, plain(number))
+        self.sync()
+        inbox = os.path.join(self.maildir, "INBOX")
+        names = sorted(os.listdir(os.path.join(inbox, "new")))
+        self.assertEqual(len(names), 5)
+        second = self.sync()
+        self.assertNotIn("Copy message", second)
+        os.rename(os.path.join(inbox, "new", names[0]), os.path.join(inbox, "cur", names[0] + "F"))
+        self.sync()
+        self.assertEqual(sum("\\Flagged" in flags for flags in MbsyncTests.remote_flags(self)), 1)

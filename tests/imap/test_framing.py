@@ -200,6 +200,8 @@ class FramingTests(ImapServerMixin, SqliteStoreMixin, unittest.TestCase):
         lines = yield client.command("LOGOUT")
         self.assertEqual(lines, ["* BYE mx.acme.test logging out", "a1 OK LOGOUT completed"])
         self.assertTrue(client.closed)
+        # No longer the transport's producer: over TLS the connection closes only then.
+        self.assertIsNone(client.transport.producer)
 
     @defer.inlineCallbacks
     def test_pipelined_commands_are_answered_in_order(self):
