@@ -442,11 +442,15 @@ class SyncMixin:
     client_class: type
     implicit_tls: bool  # the client connects to the implicit TLS port, else STARTTLS
 
-    def test_sync_both_ways(self):
+    def setUp(self):
+        # Skipped before an appliance is started for nothing.
         if not imapclients.available(self.client_class.command):
             raise unittest.SkipTest(
                 f"{self.client_class.command} is not installed (make test installs it)"
             )
+        return super().setUp()
+
+    def test_sync_both_ways(self):
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         certificate = imapclients.server_certificate(
