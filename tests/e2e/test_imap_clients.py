@@ -80,6 +80,7 @@ class ImapAppliance(RunningAppliance):
                 return
             except OSError:
                 if time.monotonic() > deadline:
+                    self.stop()  # not left running: the cleanup that stops it is not set yet
                     raise AssertionError(
                         f"the appliance serves no IMAP on ports {self.imap_port} and"
                         f" {self.imap_tls_port}: {self.log()}"
