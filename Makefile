@@ -11,9 +11,13 @@ STAMP := $(VENV)/.installed
 # web admin driven by Playwright, systemd (systemd-analyze and systemd-sysusers
 # check etc/atollon-mail.service and its sysusers file), and rspamd, the spam filter,
 # with redis-server for its Bayes statistics (the tests start their own of both on
-# loopback, never the system services). Installed when this runs as root with apt-get;
-# elsewhere those tests are skipped with the reason.
-SYSTEM_PACKAGES := swaks chromium systemd rspamd redis-server
+# loopback, never the system services), and two real IMAP clients that sync a mailbox to
+# a Maildir and back: isync (its command is mbsync) and offlineimap3 (offlineimap).
+# Installed when this runs as root with apt-get; elsewhere those tests are skipped with
+# the reason. PACKAGE:COMMAND names the command that shows a package is there when the
+# two differ (a path for a program outside PATH).
+SYSTEM_PACKAGES := swaks chromium systemd rspamd redis-server isync:mbsync \
+	offlineimap3:offlineimap
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +47,10 @@ run: install
 
 # $(call install-missing,PACKAGES,WHO): each package whose command is missing, with apt-get
 # as root; otherwise (or when that fails) says so, and that WHO that use it are skipped.
+# A package is named alone when its command has its name, else as PACKAGE:COMMAND.
 define install-missing
-@missing=""; for tool in $(1); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+@missing=""; for spec in $(1); do package=$${spec%%:*}; tool=$${spec#*:}; \
+	  command -v $$tool >/dev/null || missing="$$missing $$package"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  export DEBIAN_FRONTEND=noninteractive; \
@@ -57,8 +63,9 @@ system-packages:
 	$(call install-missing,$(SYSTEM_PACKAGES),the tests)
 
 # The inbound benchmark's spam filter: rspamd with its redis-server (Postfix, the
-# reference peer, is installed by peer-postfix itself).
-BENCH_PACKAGES := rspamd redis-server
+# reference peer, is installed by peer-postfix itself), and Dovecot's IMAP server, the
+# IMAP benchmark's reference (bench/imap.py starts its own, never the system service).
+BENCH_PACKAGES := rspamd redis-server dovecot-imapd:/usr/lib/dovecot/imap
 
 bench-packages:
 	$(call install-missing,$(BENCH_PACKAGES),the benchmarks)
@@ -70,7 +77,7 @@ test: install system-packages
 
 bench: install bench-packages
 	cd bench && ../$(BIN)/python inbound.py && ../$(BIN)/python relay.py && ../$(BIN)/python web.py \
-	  && ../$(BIN)/python massmail.py && ../$(BIN)/python search.py
+	  && ../$(BIN)/python massmail.py && ../$(BIN)/python search.py && ../$(BIN)/python imap.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

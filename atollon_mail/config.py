@@ -117,6 +117,21 @@ class SubmissionConfig:
 
 
 @attrs.frozen
+class ImapConfig:
+    """[imap]: the IMAP server (atollon_mail.imap)."""
+
+    listen: str = "tcp:2143"
+    tls_listen: str | None = None  # implicit TLS (production: tcp:993)
+    max_connections: int = 100  # active sessions at once on each listener
+    # Sessions in IDLE (waiting for news, often for hours) are counted apart, against
+    # this larger cap, so that idling clients never keep active ones out.
+    max_idle_connections: int = 200
+    max_connections_per_client: int = 20
+    idle_timeout: float = 1800.0  # autologout: RFC 3501 asks for at least 30 minutes
+    login_timeout: float = 60.0  # a session must log in within this many seconds
+
+
+@attrs.frozen
 class HostPort:
     host: str
     port: int
@@ -178,9 +193,14 @@ class Config:
     massmail: MassmailConfig = MassmailConfig(50.0, 1000, None)
     spam: SpamConfig = SpamConfig()
     inbound: InboundConfig = InboundConfig()
+    imap: ImapConfig = ImapConfig()
 
     def replace_listen(
-        self, smtp: str | None = None, web: str | None = None, submission: str | None = None
+        self,
+        smtp: str | None = None,
+        web: str | None = None,
+        submission: str | None = None,
+        imap: str | None = None,
     ) -> Config:
         """A copy with endpoint overrides from the command line applied."""
         config = self
@@ -192,6 +212,8 @@ class Config:
             config = attrs.evolve(
                 config, submission=attrs.evolve(config.submission, listen=submission)
             )
+        if imap:
+            config = attrs.evolve(config, imap=attrs.evolve(config.imap, listen=imap))
         return config
 
 
@@ -369,6 +391,13 @@ def _positive_duration(value: str) -> float:
     return seconds
 
 
+def _autologout(value: str) -> float:
+    seconds = _duration(value)
+    if seconds < 1800:
+        raise ValueError(f"must be at least 30m (RFC 3501's autologout), got {value!r}")
+    return seconds
+
+
 def _optional_duration(value: str) -> float | None:
     return _positive_duration(value) if value.strip() else None
 
@@ -537,6 +566,15 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "max_connections": (_whole_number(1), "100"),
         "max_connections_per_client": (_whole_number(1), "50"),
     },
+    "imap": {
+        "listen": (_endpoint, "tcp:2143"),
+        "tls_listen": (_optional_endpoint, ""),
+        "max_connections": (_whole_number(1), "100"),
+        "max_idle_connections": (_whole_number(0), "200"),
+        "max_connections_per_client": (_whole_number(1), "20"),
+        "idle_timeout": (_autologout, "30m"),
+        "login_timeout": (_positive_duration, "60"),
+    },
     "delivery": {
         "nameservers": (_nameservers, ""),
         "mx_port": (_port, "25"),
@@ -700,6 +738,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         massmail=MassmailConfig(**values["massmail"]),
         spam=SpamConfig(**spam),
         inbound=InboundConfig(**values["inbound"]),
+        imap=ImapConfig(**values["imap"]),
     )
 
 

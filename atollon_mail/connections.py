@@ -14,6 +14,12 @@ so that their mail and health checks get through a flood that fills it.
 
 A full listener is under stress for a while (STRESS_HOLD): its sessions are told, so that
 slow clients are cut soon and the listener frees up for others.
+
+Connections that wait for news and do nothing else (IMAP IDLE: a mail client keeps one
+per watched folder, for hours) are counted apart: a protocol with `set_counter` is given
+the factory, and calls `idle_started()` and `idle_ended()` on it. Idle connections do not
+count against `max_connections`, only against `max_connections + max_idle`, so a crowd of
+idling clients never keeps an active one out (nor takes more than that many descriptors).
 """
 
 from __future__ import annotations
@@ -154,9 +160,12 @@ class LimitedFactory(WrappingFactory):
         exempt: Iterable[str] = (),
         name: str = "listener",
         wait_for_head: bool = False,
+        max_idle: int = 0,
     ):
         super().__init__(wrapped)
         self.max_connections = max_connections
+        self.max_idle = max_idle
+        self.idle = 0  # admitted connections that said they are idle (idle_started)
         self.max_per_client = max_per_client
         self.refusal = refusal
         self.clock = clock
@@ -196,9 +205,12 @@ class LimitedFactory(WrappingFactory):
     def verdict(self, host: Any) -> str | None:
         """Why a new connection from `host` would be refused now, or None."""
         key, exempt = self._client(host)
+        active = self.total - self.idle
+        if self.total >= self.max_connections + self.max_idle + (TRUSTED_RESERVE if exempt else 0):
+            return TOTAL
         if exempt:
-            return TOTAL if self.total >= self.max_connections + TRUSTED_RESERVE else None
-        if self.total >= self.max_connections:
+            return TOTAL if active >= self.max_connections + TRUSTED_RESERVE else None
+        if active >= self.max_connections:
             return TOTAL
         if self.per_client[key] >= self.max_per_client:
             return CLIENT
@@ -228,6 +240,9 @@ class LimitedFactory(WrappingFactory):
             # connection (about 60 us under cProfile, bench/relay.py).
             self.counted.add(wrapped)
             wrapped.when_lost(lambda: self._unwrapped_lost(wrapped, client))
+            set_counter = getattr(wrapped, "set_counter", None)
+            if set_counter is not None:
+                set_counter(self)
             return wrapped
         connection = self.protocol(self, wrapped)
         connection.client = client
@@ -254,6 +269,14 @@ class LimitedFactory(WrappingFactory):
                 _tell_stress(connection.wrappedProtocol)
         for protocol in list(self.counted):
             _tell_stress(protocol)
+
+    def idle_started(self) -> None:
+        """An admitted connection waits for news (it calls idle_ended() when it stops
+        waiting, before it is lost)."""
+        self.idle += 1
+
+    def idle_ended(self) -> None:
+        self.idle -= 1
 
     def release(self, client: str) -> None:
         self.total -= 1

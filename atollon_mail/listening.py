@@ -11,11 +11,22 @@ from atollon_mail.web.limits import connection_refusal as web_refusal
 
 
 def limited(
-    factory, name: str, limits, config: Config, reactor, web: bool = False
+    factory,
+    name: str,
+    limits,
+    config: Config,
+    reactor,
+    web: bool = False,
+    refusal=None,
+    max_idle: int = 0,
 ) -> LimitedFactory:
     """A listener's factory with its [section] max_connections caps; trusted and relay
-    networks are exempt from the per-client cap."""
-    if web:
+    networks are exempt from the per-client cap. `refusal(reason)` answers a connection
+    over a cap (default: SMTP's 421, or HTTP's 503 for the web); `max_idle` connections
+    waiting for news may go past max_connections (LimitedFactory)."""
+    if refusal is not None:
+        pass
+    elif web:
         refusal = web_refusal
     else:
         refusal = functools.partial(connection_refusal, config.appliance.hostname)
@@ -28,4 +39,5 @@ def limited(
         exempt=config.smtp.trusted_networks + config.smtp.relay_networks,
         name=name,
         wait_for_head=web,
+        max_idle=max_idle,
     )

@@ -26,6 +26,7 @@ from atollon_mail.connections import descriptor_shortfall
 from atollon_mail.delivery import build as delivery_build
 from atollon_mail.dns import build as dns_build
 from atollon_mail.events import Events
+from atollon_mail.imap import build as imap_build
 from atollon_mail.inbound.rspamd import build_spam_filter
 from atollon_mail.massmail import build as massmail_build
 from atollon_mail.passwords import generate_password, hash_password
@@ -43,9 +44,13 @@ log = Logger()
 
 
 class Options(usage.Options):
-    synopsis = "[--config FILE] [--smtp ENDPOINT] [--submission ENDPOINT] [--web ENDPOINT]"
+    synopsis = (
+        "[--config FILE] [--smtp ENDPOINT] [--submission ENDPOINT] [--imap ENDPOINT] "
+        "[--web ENDPOINT]"
+    )
     longdesc = (
-        "Runs the atollon-mail appliance: inbound SMTP and the web service in one process. "
+        "Runs the atollon-mail appliance: inbound SMTP, submission, IMAP and the web "
+        "service in one process. "
         "Settings come from the INI file; the endpoint options override its listen keys "
         "(Twisted endpoint descriptions such as tcp:25 or tcp:8080:interface=127.0.0.1)."
     )
@@ -60,6 +65,7 @@ class Options(usage.Options):
         ["smtp", None, None, "endpoint for inbound SMTP, overriding [smtp] listen"],
         ["web", None, None, "endpoint for the web service, overriding [web] listen"],
         ["submission", None, None, "endpoint for submission, overriding [submission] listen"],
+        ["imap", None, None, "endpoint for IMAP, overriding [imap] listen"],
     ]
 
     def postOptions(self) -> None:
@@ -68,7 +74,10 @@ class Options(usage.Options):
         path = self["config"] or default_config_path()
         try:
             self.config = load_config(path).replace_listen(
-                smtp=self["smtp"], web=self["web"], submission=self["submission"]
+                smtp=self["smtp"],
+                web=self["web"],
+                submission=self["submission"],
+                imap=self["imap"],
             )
             check_endpoints(self.config, self._reactor(), self)
         except ConfigError as problem:
@@ -86,6 +95,8 @@ LISTENERS = (
     ("smtp", "smtp", "listen"),
     ("submission", "submission", "listen"),
     ("submission-tls", "submission", "tls_listen"),
+    ("imap", "imap", "listen"),
+    ("imap-tls", "imap", "tls_listen"),
     ("web", "web", "listen"),
 )
 
@@ -281,6 +292,10 @@ def check_descriptor_limit(config: Config) -> None:
     caps.append(config.web.max_connections)
     if config.submission.tls_listen:
         caps.append(config.submission.max_connections)
+    imap_cap = config.imap.max_connections + config.imap.max_idle_connections
+    caps.append(imap_cap)
+    if config.imap.tls_listen:
+        caps.append(imap_cap)
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     problem = descriptor_shortfall(caps, config.delivery.max_concurrency, soft)
     if problem is not None:
@@ -322,7 +337,7 @@ def build_appliance(
     services += dns_build.build(config, store, events, workers, reactor, intake)
     tls_options = load_tls_options(config)
     check_descriptor_limit(config)
-    # One password check and one throttle for 587, 465 and the web login, so a client gets
+    # One password check and one throttle for 587, 465, IMAP and the web login, so a client gets
     # the same few guesses on all of them; argon2 runs in the CPU workers.
     authenticator = build_authenticator(store, reactor, workers.cpu)
     # The spam filter ([spam] rspamd_url, or None): asked on port 25 before the 250.
@@ -338,6 +353,16 @@ def build_appliance(
         authenticator,
         tls_options,
         spam_filter=spam_filter,
+    )
+    services += imap_build.build(
+        config,
+        store,
+        events,
+        workers,
+        reactor,
+        authenticator,
+        tls_options,
+        spam_filter=spam_filter,  # moves into Junk and out of it teach it
     )
     services += web_build.build(
         config,

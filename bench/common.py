@@ -50,6 +50,7 @@ class Appliance:
                 f"[database]\nurl = sqlite:///{workdir}/data/store.sqlite\n"
                 f"[smtp]\nlisten = tcp:{self.smtp_port}:interface=127.0.0.1\n{smtp_extra}"
                 f"[web]\nlisten = tcp:{free_port()}:interface=127.0.0.1\n"
+                f"[imap]\nlisten = tcp:{free_port()}:interface=127.0.0.1\n"
                 f"[submission]\nlisten = tcp:{free_port()}:interface=127.0.0.1\n" + extra_config
             )
         self.process: subprocess.Popen | None = None

@@ -253,6 +253,51 @@ class UnwrappedTests(unittest.TestCase):
         self.assertIsInstance(listener.connect("198.51.100.1")[0], Counted)
 
 
+class Idler(Counted):
+    """A counted protocol that may say it only waits for news (IMAP IDLE)."""
+
+    counter = None
+
+    def set_counter(self, counter):
+        self.counter = counter
+
+
+class IdleTests(unittest.TestCase):
+    def listener(self, total=2, max_idle=2):
+        listener = Listener(total=total, per_client=10, wrapped=Factory.forProtocol(Idler))
+        listener.factory.max_idle = max_idle
+        return listener
+
+    def test_idle_connections_leave_room_for_active_ones(self):
+        listener = self.listener()
+        first, _ = listener.connect("198.51.100.1")
+        second, _ = listener.connect("198.51.100.1")
+        self.assertIs(first.counter, listener.factory)
+        self.assertEqual(listener.connect("198.51.100.1")[1].value(), b"no: total\r\n")
+        first.counter.idle_started()
+        second.counter.idle_started()
+        third, _ = listener.connect("198.51.100.1")
+        fourth, _ = listener.connect("198.51.100.1")
+        self.assertIsInstance(fourth, Idler)
+        self.assertEqual(
+            listener.connect("198.51.100.1")[1].value(),
+            b"no: total\r\n",
+            "active and idle caps both full",
+        )
+        first.counter.idle_ended()  # back to work: counted as active again
+        listener.lose(third)
+        listener.lose(fourth)
+        self.assertEqual((listener.factory.total, listener.factory.idle), (2, 1))
+        self.assertIsInstance(listener.connect("198.51.100.1")[0], Idler)
+        self.assertEqual(listener.connect("198.51.100.1")[1].value(), b"no: total\r\n")
+
+    def test_without_an_idle_cap_nothing_changes(self):
+        listener = self.listener(total=1, max_idle=0)
+        first, _ = listener.connect("198.51.100.1")
+        first.counter.idle_started()
+        self.assertEqual(listener.connect("198.51.100.1")[1].value(), b"no: total\r\n")
+
+
 class SMTPListenerTests(unittest.TestCase):
     def test_smtp_sessions_are_counted_and_the_excess_gets_421(self):
         clock = Clock()

@@ -52,16 +52,28 @@ url = sqlite:///{dir}/data/store.sqlite
 class OptionsTests(unittest.TestCase):
     def test_help_documents_config_and_endpoint_overrides(self):
         text = str(tap.Options())
-        for option in ("--config", "--smtp", "--web"):
+        for option in ("--config", "--smtp", "--web", "--imap"):
             self.assertIn(option, text)
 
     def test_endpoint_overrides_replace_the_configured_listeners(self):
         options = tap.Options()
         options.parseOptions(
             ["--config", write_config(self, MINIMAL), "--smtp", "tcp:2600", "--web", "tcp:2601"]
+            + ["--imap", "tcp:2602"]
         )
         self.assertEqual(options.config.smtp.listen, "tcp:2600")
         self.assertEqual(options.config.web.listen, "tcp:2601")
+        self.assertEqual(options.config.imap.listen, "tcp:2602")
+
+    def test_imap_defaults_and_an_autologout_under_thirty_minutes(self):
+        imap = load_config(write_config(self, MINIMAL)).imap
+        self.assertEqual((imap.listen, imap.tls_listen), ("tcp:2143", None))
+        self.assertEqual((imap.max_connections, imap.max_idle_connections), (100, 200))
+        self.assertEqual((imap.idle_timeout, imap.login_timeout), (1800, 60))
+        message = self.config_error(
+            "--config", write_config(self, MINIMAL + "[imap]\nidle_timeout = 10m\n")
+        )
+        self.assertIn("[imap] idle_timeout: must be at least 30m", message)
 
     def config_error(self, *argv: str) -> str:
         """The one line a configuration error exits with (status 1, no usage text)."""
@@ -143,10 +155,10 @@ class ServiceTreeTests(unittest.TestCase):
         self.start(
             MINIMAL
             + "[smtp]\nlisten = tcp:2626\n[web]\nlisten = tcp:8181:interface=127.0.0.1\n"
-            + "[submission]\nlisten = tcp:2627\n"
+            + "[submission]\nlisten = tcp:2627\n[imap]\nlisten = tcp:2628\n"
         )
         listening = sorted((port, interface) for port, _, _, interface in self.reactor.tcpServers)
-        self.assertEqual(listening, [(2626, ""), (2627, ""), (8181, "127.0.0.1")])
+        self.assertEqual(listening, [(2626, ""), (2627, ""), (2628, ""), (8181, "127.0.0.1")])
 
     def test_every_listener_has_its_connection_caps(self):
         self.start(
@@ -156,19 +168,32 @@ class ServiceTreeTests(unittest.TestCase):
             + "header_timeout = 11\nbody_timeout = 22\n"
             + "[submission]\nlisten = tcp:2627\nmax_connections = 20\n"
             + "max_connections_per_client = 2\n"
+            + "[imap]\nlisten = tcp:2628\nmax_connections = 10\nmax_connections_per_client = 4\n"
+            + "max_idle_connections = 5\n"
         )
         factories = {port: factory for port, factory, _, _ in self.reactor.tcpServers}
         caps = {
             port: (factory.max_connections, factory.max_per_client)
             for port, factory in factories.items()
         }
-        self.assertEqual(caps, {2626: (70, 7), 8181: (30, 3), 2627: (20, 2)})
+        self.assertEqual(caps, {2626: (70, 7), 8181: (30, 3), 2627: (20, 2), 2628: (10, 4)})
+        self.assertEqual(factories[2628].max_idle, 5)
+        self.assertEqual(factories[2626].max_idle, 0)
         site = factories[8181].wrappedFactory
         self.assertIsInstance(site, DeadlineSite)
         self.assertEqual((site.header_timeout, site.body_timeout), (11, 22))
         self.assertIsNone(site.timeOut, "twisted.web's byte-resettable timeout is off")
         self.assertTrue(factories[2626].is_exempt("127.0.0.1"))
         self.assertFalse(factories[2626].is_exempt("198.51.100.7"))
+
+    def test_imap_with_implicit_tls(self):
+        appliance = self.start(MINIMAL + "[imap]\nlisten = tcp:2628\ntls_listen = tcp:2629\n")
+        factories = {port: factory for port, factory, _, _ in self.reactor.tcpServers}
+        implicit = factories[2629].wrappedFactory  # inside TLS: the capped IMAP factory
+        self.assertTrue(implicit.wrappedFactory.implicit_tls)
+        self.assertFalse(factories[2628].wrappedFactory.implicit_tls)
+        self.assertIs(implicit.wrappedFactory.watchers, factories[2628].wrappedFactory.watchers)
+        self.assertEqual(appliance.listeners["imap-tls"], ("imap", "tls_listen", "tcp:2629"))
 
     def test_connection_defaults_are_postfix_like(self):
         config = load_config(write_config(self, MINIMAL))
@@ -185,12 +210,18 @@ class ServiceTreeTests(unittest.TestCase):
             "[web] max_connections: must be a whole number of at least 1", str(raised.exception)
         )
 
-    def test_submission_and_web_share_one_authenticator(self):
-        self.start(MINIMAL + "[web]\nlisten = tcp:8181\n[submission]\nlisten = tcp:2627\n")
+    def test_submission_imap_and_web_share_one_authenticator(self):
+        self.start(
+            MINIMAL
+            + "[web]\nlisten = tcp:8181\n[submission]\nlisten = tcp:2627\n"
+            + "[imap]\nlisten = tcp:2628\n"
+        )
         factories = {port: factory for port, factory, _, _ in self.reactor.tcpServers}
         submission, site = factories[2627].wrappedFactory, factories[8181].wrappedFactory
         self.assertTrue(verifyObject(IAuthenticator, submission.policy.authenticator))
         self.assertIs(site.resource.app.authenticator, submission.policy.authenticator)
+        imap = factories[2628].wrappedFactory
+        self.assertIs(imap.authenticator, submission.policy.authenticator)
         self.assertIs(site.requestFactory, BodyLimitedRequest)
 
     def test_the_mailbox_pages_event_streams_are_in_the_tree(self):
@@ -234,7 +265,7 @@ class ServiceTreeTests(unittest.TestCase):
         appliance.privilegedStartService()
         appliance.startService()
         self.addCleanup(appliance.stopService)
-        self.assertEqual(ready_when_bound, [True, True, True])
+        self.assertEqual(ready_when_bound, [True, True, True, True])
 
     def test_the_first_dns_round_waits_after_start(self):
         appliance = self.start()
@@ -302,14 +333,17 @@ class TwistdTests(unittest.TestCase):
     """The real `twistd atollon-mail`: start-up, busy ports, errors a person sees."""
 
     def setUp(self):
-        self.smtp_port, self.submission_port, self.web_port = (free_port() for _ in range(3))
+        self.smtp_port, self.submission_port, self.web_port, self.imap_port = (
+            free_port() for _ in range(4)
+        )
         self.smtp_endpoint = f"tcp:{self.smtp_port}:interface=127.0.0.1"
         self.config_path = write_config(
             self,
             MINIMAL
             + f"[smtp]\nlisten = {self.smtp_endpoint}\n"
             + f"[submission]\nlisten = tcp:{self.submission_port}:interface=127.0.0.1\n"
-            + f"[web]\nlisten = tcp:{self.web_port}:interface=127.0.0.1\n",
+            + f"[web]\nlisten = tcp:{self.web_port}:interface=127.0.0.1\n"
+            + f"[imap]\nlisten = tcp:{self.imap_port}:interface=127.0.0.1\n",
         )
         self.data_dir = load_config(self.config_path).appliance.data_dir
 

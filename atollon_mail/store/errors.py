@@ -23,3 +23,7 @@ class Invalid(StoreError):
 
 class IdentityRefused(Invalid):
     """An address a mailbox may not send as (see `store.identities`)."""
+
+
+class ReadOnly(StoreError):
+    """A change asked of what the user may only view (a mailbox shared to view)."""

@@ -516,15 +516,22 @@ def file_sent_copy(message_id: int, mailbox_id: int, stamp) -> None:
     uid, context_id = row[0] - 1, row[1]
     if context_id is None:
         # The mailbox row is locked (next_uid above): no second Sent folder can appear.
-        owner_id, local_part, domain = execute_prepared(
-            "mailbox_owner_address", (mailbox_id,)
-        ).fetchone()
-        name = f"Sent ({local_part}@{domain})"[:_CONTEXT_NAME_LIMIT]
-        (context_id,) = execute_prepared("insert_folder", (name, owner_id, stamp)).fetchone()
-        execute_prepared("set_sent_context", (context_id, mailbox_id))
+        context_id = make_sent_context(mailbox_id, stamp)
     execute_prepared(
         "insert_flagged_filing", (message_id, mailbox_id, context_id, uid, SEEN_FLAG, stamp)
     )
+
+
+def make_sent_context(mailbox_id: int, stamp) -> int:
+    """The mailbox's Sent folder made, as on its first sent message (the caller holds the
+    mailbox row locked and found it had none); its context's id."""
+    owner_id, local_part, domain = execute_prepared(
+        "mailbox_owner_address", (mailbox_id,)
+    ).fetchone()
+    name = f"Sent ({local_part}@{domain})"[:_CONTEXT_NAME_LIMIT]
+    (context_id,) = execute_prepared("insert_folder", (name, owner_id, stamp)).fetchone()
+    execute_prepared("set_sent_context", (context_id, mailbox_id))
+    return context_id
 
 
 # --- the mail client of the web admin ---------------------------------------------------
@@ -593,7 +600,8 @@ def move_message(mailbox_address: str, message_id: int, folder: str) -> FolderMo
     moving = [filing_id for filing_id, found in filings if found != folder]
     for filing_id in moving:
         (next_uid,) = execute_prepared("next_uid", (mailbox.id,)).fetchone()
-        Filing.update(folder=folder, uid=next_uid - 1, filed_at=stamp).where(
+        # A new uid is a new mod-sequence too (modseq None: the uid stands for it).
+        Filing.update(folder=folder, uid=next_uid - 1, filed_at=stamp, modseq=None).where(
             Filing.id == filing_id
         ).execute()
     raw = Message.select(Message.raw).where(Message.id == message_id).scalar()
@@ -619,14 +627,25 @@ def valid_flag(flag: str) -> str:
     return flag
 
 
-def _flags_of_message(mailbox_address: str, message_id: int) -> list[tuple[int, str]]:
-    """(filing id, flags) of every filing of the message in this mailbox, the mailbox
-    locked first (PostgreSQL: two flag changes of one message do not lose either);
+def next_modseq(mailbox_id: int) -> int:
+    """A fresh mod-sequence for the filings of the mailbox whose flags change now (IMAP's
+    CONDSTORE): a value of the mailbox's uid counter, so mod-sequences ascend per mailbox
+    with its uids and no two changes share one. The mailbox row stays locked until
+    commit. Every writer of Filing.flags sets Filing.modseq to one of these."""
+    row = execute_prepared("next_uid", (mailbox_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"mailbox {mailbox_id} was removed")
+    return row[0] - 1
+
+
+def _flags_of_message(mailbox_address: str, message_id: int) -> list[tuple[int, int, str]]:
+    """(filing id, mailbox id, flags) of every filing of the message in this mailbox, the
+    mailbox locked first (PostgreSQL: two flag changes of one message do not lose either);
     NotFound when the message is not filed here."""
     mailbox = get_mailbox_row(mailbox_address)
     lock_mailboxes([mailbox.id])
     filings = list(
-        Filing.select(Filing.id, Filing.flags)
+        Filing.select(Filing.id, Filing.mailbox, Filing.flags)
         .where((Filing.mailbox == mailbox.id) & (Filing.message == message_id))
         .tuples()
     )
@@ -640,14 +659,17 @@ def add_flag(mailbox_address: str, message_id: int, flag: str) -> int:
     lacks it; how many changed. NotFound when the message is not filed here."""
     valid_flag(flag)
     changed = 0
-    for filing_id, flags in _flags_of_message(mailbox_address, message_id):
+    modseq = None
+    for filing_id, mailbox_id, flags in _flags_of_message(mailbox_address, message_id):
         present = flags.split()
         if flag in present:
             continue
         updated = " ".join([*present, flag])
         if len(updated) > _FLAGS_LIMIT:
             raise Invalid(f"message {message_id} has too many flags to add {flag}")
-        Filing.update(flags=updated).where(Filing.id == filing_id).execute()
+        if modseq is None:
+            modseq = next_modseq(mailbox_id)
+        Filing.update(flags=updated, modseq=modseq).where(Filing.id == filing_id).execute()
         changed += 1
     return changed
 
@@ -657,12 +679,15 @@ def remove_flag(mailbox_address: str, message_id: int, flag: str) -> int:
     has it; how many changed. NotFound when the message is not filed here."""
     valid_flag(flag)
     changed = 0
-    for filing_id, flags in _flags_of_message(mailbox_address, message_id):
+    modseq = None
+    for filing_id, mailbox_id, flags in _flags_of_message(mailbox_address, message_id):
         present = flags.split()
         if flag not in present:
             continue
         updated = " ".join(name for name in present if name != flag)
-        Filing.update(flags=updated).where(Filing.id == filing_id).execute()
+        if modseq is None:
+            modseq = next_modseq(mailbox_id)
+        Filing.update(flags=updated, modseq=modseq).where(Filing.id == filing_id).execute()
         changed += 1
     return changed
 

@@ -28,6 +28,7 @@ from atollon_mail.store.filing import (
     SEEN_FLAG,
     filings_page,
     lock_mailboxes,
+    next_modseq,
     remove_unused_messages,
     valid_flag,
 )
@@ -188,6 +189,7 @@ def change_flags(
     # Locked first (PostgreSQL): two changes of one filing do not lose either.
     lock_mailboxes([mailbox.id])
     changed = 0
+    modseq = None  # one fresh mod-sequence for the whole change (IMAP's CONDSTORE)
     for filing_id, _uid, message_id, _folder, flags in _filings(mailbox, uids):
         present = flags.split()
         updated = [flag for flag in present if flag not in remove]
@@ -197,7 +199,9 @@ def change_flags(
         text = " ".join(updated)
         if len(text) > Filing.flags.max_length:
             raise Invalid(f"message {message_id} has too many flags to add {' '.join(add)}")
-        Filing.update(flags=text).where(Filing.id == filing_id).execute()
+        if modseq is None:
+            modseq = next_modseq(mailbox.id)
+        Filing.update(flags=text, modseq=modseq).where(Filing.id == filing_id).execute()
         changed += 1
     return changed
 
@@ -232,7 +236,8 @@ def move_filings(mailbox_address: str, uids: Iterable[int], folder: str) -> Bulk
     ).fetchone()
     first = after - len(moving)
     for offset, (filing_id, *_rest) in enumerate(moving):
-        Filing.update(folder=folder, uid=first + offset, filed_at=stamp).where(
+        # A new uid is a new mod-sequence too (modseq None: the uid stands for it).
+        Filing.update(folder=folder, uid=first + offset, filed_at=stamp, modseq=None).where(
             Filing.id == filing_id
         ).execute()
     spam = sorted({row[2] for row in moving}) if folder == JUNK else []

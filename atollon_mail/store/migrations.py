@@ -538,6 +538,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
         fill=searchindex.backfill,
     ),
+    Migration(
+        14,
+        "each filing's mod-sequence, for IMAP's CONDSTORE",
+        (
+            # Set from the mailbox's uid counter whenever the filing's flags change; NULL
+            # (its uid stands for it) until then, so filing new mail writes nothing more.
+            "ALTER TABLE filing ADD COLUMN modseq {bigint}",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].number

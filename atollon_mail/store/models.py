@@ -323,6 +323,10 @@ class Filing(BaseModel):
     # When it came into its folder (filed, or moved there).
     filed_at = peewee.DateTimeField()
     folder = peewee.CharField(max_length=8, default="inbox")
+    # Its mod-sequence (IMAP's CONDSTORE; migration 14): a value of the mailbox's uid
+    # counter taken when its flags last changed; None until then, when its uid is it
+    # (a move gives it a new uid and None again). Read it as COALESCE(modseq, uid).
+    modseq = peewee.BigIntegerField(null=True)
 
     class Meta:
         indexes = [(("mailbox", "uid"), True)]

@@ -130,6 +130,7 @@ class RunningAppliance(TwistdAppliance):
         delivery_config: str = "",
         implicit_tls: bool = False,
         preexec_fn=None,
+        imap_tls: bool = False,
     ):
         self.preexec_fn = preexec_fn  # run in the child before twistd (resource limits)
         self.delivery_config = delivery_config
@@ -138,6 +139,8 @@ class RunningAppliance(TwistdAppliance):
         self.smtp_port = free_port()
         self.web_port = free_port()
         self.submission_port = free_port()
+        self.imap_port = free_port()
+        self.imap_tls_port = free_port() if imap_tls else None
         self.database_url = f"sqlite:///{directory}/data/store.sqlite"
         tls_lines = ""
         if tls:
@@ -150,7 +153,13 @@ class RunningAppliance(TwistdAppliance):
                 f"[database]\nurl = sqlite:///{directory}/data/store.sqlite\n"
                 f"[smtp]\nlisten = tcp:{self.smtp_port}:interface=127.0.0.1\n{tls_lines}{extra}"
                 f"[web]\nlisten = tcp:{self.web_port}:interface=127.0.0.1\n"
-                f"[submission]\nlisten = tcp:{self.submission_port}:interface=127.0.0.1\n"
+                f"[imap]\nlisten = tcp:{self.imap_port}:interface=127.0.0.1\n"
+                + (
+                    f"tls_listen = tcp:{self.imap_tls_port}:interface=127.0.0.1\n"
+                    if imap_tls
+                    else ""
+                )
+                + f"[submission]\nlisten = tcp:{self.submission_port}:interface=127.0.0.1\n"
                 + (
                     f"tls_listen = tcp:{self.implicit_tls_port}:interface=127.0.0.1\n"
                     if implicit_tls
@@ -185,6 +194,7 @@ class LoopbackAppliance(TwistdAppliance):
                 f"[smtp]\nlisten = tcp:{mx_port}:interface={interface}\n"
                 f"tls_certificate = {certificate}\ntls_key = {key}\ngreet_pause = 0\n"
                 f"[web]\nlisten = tcp:{free_port()}:interface=127.0.0.1\n"
+                f"[imap]\nlisten = tcp:{free_port()}:interface=127.0.0.1\n"
                 f"[submission]\nlisten = tcp:{self.submission_port}:interface=127.0.0.1\n"
                 f"[delivery]\nnameservers = 127.0.0.1:{dns_port}\nmx_port = {mx_port}\n"
                 # Should the other appliance be slow to answer, the retry comes soon.

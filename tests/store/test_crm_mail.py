@@ -292,12 +292,13 @@ class CrmMailContract(StoreFixtureMixin):
                 .tuples()
             )
         )
+        # Uid 2 went to the mod-sequence of the flag change (IMAP's CONDSTORE).
         self.assertEqual(
             rows,
             [
                 (1, "\\Seen", "inbox"),
-                (2, "\\Seen $Filed", "inbox"),
                 (3, "\\Seen $Filed", "inbox"),
+                (4, "\\Seen $Filed", "inbox"),
             ],
         )
         self.assertEqual(self.sync(lambda: Message.select().count()), 1)

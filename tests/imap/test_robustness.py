@@ -1,0 +1,61 @@
+"""Random and mangled input: the parser raises nothing but ParseError, and a broken
+message still has an ENVELOPE, a BODYSTRUCTURE and sections (a client must never see
+the connection fail over one bad message)."""
+
+import random
+
+from twisted.trial.unittest import TestCase
+
+from atollon_mail.imap.message import Message, envelope
+from atollon_mail.imap.parser import ParseError, literal_marker, parse_command
+
+from .test_message import MULTIPART, RFC3501
+
+ALPHABET = b' ()[]<>{}"\\*%:,.+-~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcxyz\r\n\x00\xc3'
+WORDS = (
+    b"FETCH", b"UID", b"BODY[", b"BODY.PEEK[", b"HEADER.FIELDS", b"(", b")", b"]", b"<0.5>",
+    b"{3}", b"{2+}", b'"', b"SEARCH", b"OR", b"NOT", b"1:*", b" ", b"TEXT", b"1.2.MIME",
+)  # fmt: skip
+INSERTS = (
+    b"\r\n", b"--outer", b"--inner--", b":", b'"', b"<", b"(", b"=?", b"\n\n", b"\x00",
+    b"Content-Type: multipart/x; boundary=q\r\n", b"Content-Type: message/rfc822\r\n",
+)  # fmt: skip
+
+
+class RandomInputTests(TestCase):
+    def test_parser_raises_only_parse_errors(self) -> None:
+        chance = random.Random(16)
+        for _ in range(5000):
+            if chance.random() < 0.5:
+                line = bytes(chance.choice(ALPHABET) for _ in range(chance.randint(0, 30)))
+            else:
+                line = b"a " + b"".join(chance.choice(WORDS) for _ in range(chance.randint(0, 10)))
+            pieces = [line]
+            marker = literal_marker(line)
+            if marker is not None and chance.random() < 0.8:
+                pieces += [b"x" * marker[0], b")"]
+            try:
+                parse_command(pieces)
+            except ParseError:
+                pass
+
+    def test_mangled_messages_render(self) -> None:
+        chance = random.Random(16)
+        for _ in range(1000):
+            octets = bytearray(chance.choice((MULTIPART, RFC3501)))
+            for _ in range(chance.randint(1, 10)):
+                position = chance.randrange(len(octets))
+                if chance.random() < 0.4:
+                    del octets[position : position + chance.randint(1, 40)]
+                elif chance.random() < 0.7:
+                    octets[position:position] = chance.choice(INSERTS)
+                else:
+                    octets[position:position] = bytes([chance.randrange(256)])
+            raw = bytes(octets)
+            message = Message(raw)
+            self.assertTrue(message.bodystructure().startswith(b"("))
+            self.assertTrue(message.bodystructure(False).startswith(b"("))
+            self.assertTrue(envelope(raw).startswith(b"("))
+            self.assertEqual(message.section(""), raw)
+            for spec in ("1", "1.1", "2.HEADER", "2.1.MIME", "TEXT", "3"):
+                message.section(spec, ("subject",))
