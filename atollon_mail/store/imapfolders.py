@@ -54,7 +54,8 @@ import attrs
 import peewee
 
 from atollon_mail.store import searchtext
-from atollon_mail.store.common import chunks, placeholders, read_only
+from atollon_mail.store.common import chunks, flushed_lazily, placeholders, read_only
+from atollon_mail.store.database import is_sqlite
 from atollon_mail.store.errors import Invalid, NotFound, ReadOnly
 from atollon_mail.store.filing import (
     FILED_COPY_FLAG,
@@ -74,6 +75,7 @@ from atollon_mail.store.models import (
     Mailbox,
     MailboxAccess,
     Message,
+    MessageSummary,
     User,
     database_proxy,
     utc_now,
@@ -160,6 +162,8 @@ class MessageItem:
     size: int
     internaldate: datetime.datetime
     message_id: int
+    # Its ENVELOPE as kept by save_summaries (None: not kept yet, or by another version).
+    envelope: bytes | None = None
 
 
 # --- which folders a user sees ----------------------------------------------------------
@@ -525,9 +529,22 @@ def _aware(value) -> datetime.datetime:
 def _items(where) -> list[MessageItem]:
     query = (
         Filing.select(
-            Filing.uid, _MODSEQ, Filing.flags, Message.size, Message.received_at, Message.id
+            Filing.uid,
+            _MODSEQ,
+            Filing.flags,
+            Message.size,
+            Message.received_at,
+            Message.id,
+            MessageSummary.envelope,
         )
         .join(Message, on=(Filing.message == Message.id))
+        .join(
+            MessageSummary,
+            peewee.JOIN.LEFT_OUTER,
+            on=(
+                (MessageSummary.message == Message.id) & (MessageSummary.version == SUMMARY_VERSION)
+            ),
+        )
         .where(where)
         .order_by(Filing.uid)
         .tuples()
@@ -540,8 +557,9 @@ def _items(where) -> list[MessageItem]:
             size=size,
             internaldate=_aware(received_at),
             message_id=message_id,
+            envelope=None if envelope is None else bytes(envelope),
         )
-        for uid, modseq, flags, size, received_at, message_id in query
+        for uid, modseq, flags, size, received_at, message_id, envelope in query
     ]
 
 
@@ -562,6 +580,106 @@ def changed_since(login: str, name: str, modseq: int) -> tuple[MessageItem, ...]
     counts: a new filing's mod-sequence is its uid)."""
     folder, box = resolve(login, name)
     return tuple(_items(_where(folder, box) & (_MODSEQ > modseq)))
+
+
+# --- what IMAP keeps of each message's header (migration 15) ------------------------------
+
+# The version of what imap.summary computes: rows of another are read as absent (bump
+# it when the ENVELOPE's rendering or the header fields' decoding changes).
+SUMMARY_VERSION = 1
+# The header fields kept (lower-case names), in the order of MessageSummaryRecord.fields.
+SUMMARY_FIELDS = ("subject", "from", "to", "cc", "bcc")
+_SUMMARY_COLUMNS = ("subject", "from_field", "to_field", "cc_field", "bcc_field")
+
+
+@attrs.frozen
+class MessageSummaryRecord:
+    """What IMAP keeps of one message's header: its ENVELOPE, and for each of
+    SUMMARY_FIELDS the decoded, case-folded values of every such field joined by "\n"
+    (None when the message has no such field)."""
+
+    message_id: int
+    envelope: bytes
+    fields: tuple[str | None, ...]
+
+
+@attrs.frozen
+class SummarySearch:
+    """search_summaries' answer: `found` the uids whose kept fields match, `missing` the
+    uids of the folder with nothing kept yet (the caller matches those itself)."""
+
+    found: tuple[int, ...]
+    missing: tuple[int, ...]
+
+
+@flushed_lazily
+def save_summaries(summaries: Sequence[MessageSummaryRecord]) -> int:
+    """Keep these summaries (replacing any kept before); those of messages removed
+    meanwhile are left out. How many were written. Lost in a crash, they are computed
+    again: hence written lazily."""
+    param = database_proxy.param
+    columns = ", ".join(_SUMMARY_COLUMNS)
+    values = ", ".join([param] * (3 + len(_SUMMARY_COLUMNS)))
+    updates = ", ".join(
+        f"{column} = excluded.{column}" for column in ("version", "envelope", *_SUMMARY_COLUMNS)
+    )
+    statement = (
+        f"INSERT INTO message_summary (message_id, version, envelope, {columns})"
+        f" SELECT {values} WHERE EXISTS (SELECT 1 FROM message WHERE id = {param})"
+        f" ON CONFLICT (message_id) DO UPDATE SET {updates}"
+    )
+    written = 0
+    with database_proxy.atomic():
+        for summary in summaries:
+            if len(summary.fields) != len(SUMMARY_FIELDS):
+                raise ValueError("a summary has one value for each of SUMMARY_FIELDS")
+            cursor = database_proxy.execute_sql(
+                statement,
+                (
+                    summary.message_id,
+                    SUMMARY_VERSION,
+                    bytes(summary.envelope),
+                    *summary.fields,
+                    summary.message_id,
+                ),
+            )
+            written += max(cursor.rowcount, 0)
+    return written
+
+
+@read_only
+def search_summaries(login: str, name: str, terms: Sequence[tuple[str, str]]) -> SummarySearch:
+    """The uids of the folder whose kept header fields hold every (field, text) of
+    `terms` (field one of SUMMARY_FIELDS, text case-folded by the caller: matched as an
+    exact substring of the case-folded values, so any case folding of Unicode matches as
+    it does in Python), and the uids with nothing kept yet."""
+    folder, box = resolve(login, name)
+    where = _where(folder, box)
+    kept = (MessageSummary.message == Filing.message) & (MessageSummary.version == SUMMARY_VERSION)
+    find = peewee.fn.instr if is_sqlite(database_proxy.obj) else peewee.fn.strpos
+    matching = where
+    for field, text in terms:
+        if field not in SUMMARY_FIELDS or not text:
+            raise ValueError(f"cannot search the kept field {field!r} for {text!r}")
+        column = getattr(MessageSummary, _SUMMARY_COLUMNS[SUMMARY_FIELDS.index(field)])
+        matching &= find(column, text) > 0
+    found = (
+        Filing.select(Filing.uid)
+        .join(MessageSummary, on=kept)
+        .where(matching)
+        .order_by(Filing.uid)
+        .tuples()
+    )
+    missing = (
+        Filing.select(Filing.uid)
+        .join(MessageSummary, peewee.JOIN.LEFT_OUTER, on=kept)
+        .where(where & MessageSummary.message.is_null())
+        .order_by(Filing.uid)
+        .tuples()
+    )
+    return SummarySearch(
+        found=tuple(uid for (uid,) in found), missing=tuple(uid for (uid,) in missing)
+    )
 
 
 # --- the bytes of messages --------------------------------------------------------------

@@ -306,7 +306,9 @@ class MessageCommandsContract(ImapServerMixin):
 
     @defer.inlineCallbacks
     def test_fetch_is_read_in_batches_as_the_client_takes_them(self):
-        for number in range(server.FETCH_BATCH + 5):
+        # No whole message read: batches of ITEM_BATCH (made small here).
+        self.patch(server, "ITEM_BATCH", 30)
+        for number in range(server.ITEM_BATCH + 5):
             self.receive(f"m{number}")
         client = yield self.logged_in("INBOX")
         client.protocol.pauseProducing()  # the transport's buffer is full
@@ -317,10 +319,10 @@ class MessageCommandsContract(ImapServerMixin):
         client.protocol.pauseProducing()
         yield eventually(lambda: client.protocol._writable, "the second batch")
         lines = client.lines()
-        self.assertEqual(len(lines), server.FETCH_BATCH)
+        self.assertEqual(len(lines), server.ITEM_BATCH)
         client.protocol.resumeProducing()
         lines = yield client.until_tagged("a3")
-        self.assertEqual(len(lines), server.FETCH_BATCH + 6)
+        self.assertEqual(len(lines), server.ITEM_BATCH + 6)
         self.assertEqual(lines[-1], "a3 OK FETCH completed")
 
     @defer.inlineCallbacks
