@@ -1376,7 +1376,7 @@ class IMAPServerProtocol(Protocol):
         the store keeps none yet, so that later FETCH ENVELOPE and header SEARCH read
         no header of them. A cache: failing to write it changes no answer."""
         summaries = [
-            imapfolders.MessageSummaryRecord(
+            imapfolders.ImapSummaryRecord(
                 message_id=item.message_id,
                 envelope=envelope(headers[item.message_id]),
                 fields=searching.kept_fields(headers[item.message_id]),

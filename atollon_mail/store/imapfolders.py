@@ -39,6 +39,13 @@ message_bytes leaves out messages larger than `limit` (read them with raw_slice)
 append takes the record append_message makes outside the store (or raw bytes); a change
 of a folder shared to view only raises errors.ReadOnly; there is no search_text_uids
 (the full-text index matches whole words, IMAP's SEARCH TEXT any substring).
+
+Added for speed (migration 15, table imap_summary): what IMAP computes of a message's
+header is kept once computed, by the server, never by the inbound path: its ENVELOPE
+(MessageItem.envelope, None until kept) and the decoded, case-folded values of the
+header fields SEARCH asks for most (SUMMARY_FIELDS). save_summaries(records) keeps them;
+search_summaries(login, name, terms) answers header keys over them in SQL and lists the
+uids with nothing kept yet (the server matches those itself, and keeps them).
 """
 
 from __future__ import annotations
@@ -72,10 +79,10 @@ from atollon_mail.store.models import (
     Context,
     Domain,
     Filing,
+    ImapSummary,
     Mailbox,
     MailboxAccess,
     Message,
-    MessageSummary,
     User,
     database_proxy,
     utc_now,
@@ -535,15 +542,13 @@ def _items(where) -> list[MessageItem]:
             Message.size,
             Message.received_at,
             Message.id,
-            MessageSummary.envelope,
+            ImapSummary.envelope,
         )
         .join(Message, on=(Filing.message == Message.id))
         .join(
-            MessageSummary,
+            ImapSummary,
             peewee.JOIN.LEFT_OUTER,
-            on=(
-                (MessageSummary.message == Message.id) & (MessageSummary.version == SUMMARY_VERSION)
-            ),
+            on=((ImapSummary.message == Message.id) & (ImapSummary.version == SUMMARY_VERSION)),
         )
         .where(where)
         .order_by(Filing.uid)
@@ -587,13 +592,13 @@ def changed_since(login: str, name: str, modseq: int) -> tuple[MessageItem, ...]
 # The version of what imap.summary computes: rows of another are read as absent (bump
 # it when the ENVELOPE's rendering or the header fields' decoding changes).
 SUMMARY_VERSION = 1
-# The header fields kept (lower-case names), in the order of MessageSummaryRecord.fields.
+# The header fields kept (lower-case names), in the order of ImapSummaryRecord.fields.
 SUMMARY_FIELDS = ("subject", "from", "to", "cc", "bcc")
 _SUMMARY_COLUMNS = ("subject", "from_field", "to_field", "cc_field", "bcc_field")
 
 
 @attrs.frozen
-class MessageSummaryRecord:
+class ImapSummaryRecord:
     """What IMAP keeps of one message's header: its ENVELOPE, and for each of
     SUMMARY_FIELDS the decoded, case-folded values of every such field joined by "\n"
     (None when the message has no such field)."""
@@ -613,7 +618,7 @@ class SummarySearch:
 
 
 @flushed_lazily
-def save_summaries(summaries: Sequence[MessageSummaryRecord]) -> int:
+def save_summaries(summaries: Sequence[ImapSummaryRecord]) -> int:
     """Keep these summaries (replacing any kept before); those of messages removed
     meanwhile are left out. How many were written. Lost in a crash, they are computed
     again: hence written lazily."""
@@ -624,7 +629,7 @@ def save_summaries(summaries: Sequence[MessageSummaryRecord]) -> int:
         f"{column} = excluded.{column}" for column in ("version", "envelope", *_SUMMARY_COLUMNS)
     )
     statement = (
-        f"INSERT INTO message_summary (message_id, version, envelope, {columns})"
+        f"INSERT INTO imap_summary (message_id, version, envelope, {columns})"
         f" SELECT {values} WHERE EXISTS (SELECT 1 FROM message WHERE id = {param})"
         f" ON CONFLICT (message_id) DO UPDATE SET {updates}"
     )
@@ -655,25 +660,25 @@ def search_summaries(login: str, name: str, terms: Sequence[tuple[str, str]]) ->
     it does in Python), and the uids with nothing kept yet."""
     folder, box = resolve(login, name)
     where = _where(folder, box)
-    kept = (MessageSummary.message == Filing.message) & (MessageSummary.version == SUMMARY_VERSION)
+    kept = (ImapSummary.message == Filing.message) & (ImapSummary.version == SUMMARY_VERSION)
     find = peewee.fn.instr if is_sqlite(database_proxy.obj) else peewee.fn.strpos
     matching = where
     for field, text in terms:
         if field not in SUMMARY_FIELDS or not text:
             raise ValueError(f"cannot search the kept field {field!r} for {text!r}")
-        column = getattr(MessageSummary, _SUMMARY_COLUMNS[SUMMARY_FIELDS.index(field)])
+        column = getattr(ImapSummary, _SUMMARY_COLUMNS[SUMMARY_FIELDS.index(field)])
         matching &= find(column, text) > 0
     found = (
         Filing.select(Filing.uid)
-        .join(MessageSummary, on=kept)
+        .join(ImapSummary, on=kept)
         .where(matching)
         .order_by(Filing.uid)
         .tuples()
     )
     missing = (
         Filing.select(Filing.uid)
-        .join(MessageSummary, peewee.JOIN.LEFT_OUTER, on=kept)
-        .where(where & MessageSummary.message.is_null())
+        .join(ImapSummary, peewee.JOIN.LEFT_OUTER, on=kept)
+        .where(where & ImapSummary.message.is_null())
         .order_by(Filing.uid)
         .tuples()
     )

@@ -556,7 +556,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             # the rendering's: rows of another version count as absent. The header fields
             # are the decoded, case-folded values of every such field joined by newlines
             # (NULL: no such field).
-            """CREATE TABLE message_summary (
+            """CREATE TABLE imap_summary (
                 message_id {bigint} NOT NULL PRIMARY KEY
                     REFERENCES message (id) ON DELETE CASCADE,
                 version INTEGER NOT NULL,

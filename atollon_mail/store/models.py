@@ -299,7 +299,7 @@ class Message(BaseModel):
     has_attachment = peewee.BooleanField(default=False)
 
 
-class MessageSummary(BaseModel):
+class ImapSummary(BaseModel):
     """What IMAP renders and searches of a message's header (migration 15; see
     store.imapfolders): its ENVELOPE and the decoded, case-folded values of the header
     fields SEARCH asks for most, each field's values joined by newlines (None: no such
@@ -600,7 +600,7 @@ MODELS = (
     Message,
     Filing,
     MessageAddress,
-    MessageSummary,
+    ImapSummary,
     QueueMessage,
     QueueRecipient,
     QueueEvent,

@@ -14,7 +14,7 @@ from twisted.trial import unittest
 
 from atollon_mail.imap import server
 from atollon_mail.store import folders, imapfolders, mailfolders
-from atollon_mail.store.models import MessageSummary
+from atollon_mail.store.models import ImapSummary
 from tests import builders
 from tests.imap.support import ImapServerMixin
 from tests.support import PostgresStoreMixin, SqliteStoreMixin
@@ -400,7 +400,7 @@ class SearchContract(ImapServerMixin):
         first = yield client.command("FETCH 1:* (ENVELOPE)")
         self.assertIn("Invoice März", "".join(first))
         kept = self.store.run_sync(
-            builders.table_rows, MessageSummary.message, order_by=MessageSummary.message
+            builders.table_rows, ImapSummary.message, order_by=ImapSummary.message
         )
         self.assertEqual(len(kept), 3)
         lines = yield client.command("FETCH 1:* (ENVELOPE)")
@@ -411,8 +411,8 @@ class SearchContract(ImapServerMixin):
         third = kept[2][0]
         self.store.run_sync(
             lambda: (
-                MessageSummary.update(subject="invoice", envelope=b"NIL")
-                .where(MessageSummary.message == third)
+                ImapSummary.update(subject="invoice", envelope=b"NIL")
+                .where(ImapSummary.message == third)
                 .execute()
             )
         )

@@ -15,7 +15,7 @@ from atollon_mail.imap.message import envelope
 from atollon_mail.imap.parser import Atom
 from atollon_mail.imap.search import KEPT_FIELDS, kept_fields, parse_search
 from atollon_mail.store import filing, imapfolders, migrations
-from atollon_mail.store.models import MessageSummary
+from atollon_mail.store.models import ImapSummary
 from atollon_mail.store.pool import Store
 from atollon_mail.store.records import IncomingMessage
 from tests import builders
@@ -108,7 +108,7 @@ class SummariesContract(StoreFixtureMixin):
         self.sync(
             imapfolders.save_summaries,
             [
-                imapfolders.MessageSummaryRecord(
+                imapfolders.ImapSummaryRecord(
                     message_id=item.message_id,
                     envelope=envelope(headers[item.message_id]),
                     fields=kept_fields(headers[item.message_id]),
@@ -175,14 +175,14 @@ class SummariesContract(StoreFixtureMixin):
         # Kept again (a second server's race): replaced, not doubled.
         self.keep(items[:1])
         self.assertEqual(
-            self.sync(builders.table_rows, MessageSummary.message, order_by=MessageSummary.message),
+            self.sync(builders.table_rows, ImapSummary.message, order_by=ImapSummary.message),
             [(first.message_id,)],
         )
 
     def test_another_version_counts_as_not_kept(self):
         self.receive(HEADERS[0])
         self.keep(self.items())
-        self.sync(lambda: MessageSummary.update(version=0).execute())
+        self.sync(lambda: ImapSummary.update(version=0).execute())
         [item] = self.items()
         self.assertIsNone(item.envelope)
         answer = self.sync(imapfolders.search_summaries, "joe", "INBOX", (("subject", "prag"),))
@@ -197,13 +197,13 @@ class SummariesContract(StoreFixtureMixin):
         self.sync(imapfolders.store_flags, "joe", "INBOX", (item.uid,), "+", ("\\Deleted",), None)
         self.sync(imapfolders.expunge, "joe", "INBOX")
         self.assertEqual(
-            self.sync(builders.table_rows, MessageSummary.message, order_by=MessageSummary.message),
+            self.sync(builders.table_rows, ImapSummary.message, order_by=ImapSummary.message),
             [],
         )
-        record = imapfolders.MessageSummaryRecord(item.message_id, b"NIL", (None,) * 5)
+        record = imapfolders.ImapSummaryRecord(item.message_id, b"NIL", (None,) * 5)
         self.assertEqual(self.sync(imapfolders.save_summaries, [record]), 0)
         self.assertEqual(
-            self.sync(builders.table_rows, MessageSummary.message, order_by=MessageSummary.message),
+            self.sync(builders.table_rows, ImapSummary.message, order_by=ImapSummary.message),
             [],
         )
 
@@ -242,7 +242,7 @@ class SummaryMigrationContract:
         store.run_sync(
             imapfolders.save_summaries,
             [
-                imapfolders.MessageSummaryRecord(
+                imapfolders.ImapSummaryRecord(
                     item.message_id,
                     envelope(headers[item.message_id]),
                     kept_fields(headers[item.message_id]),
