@@ -1283,8 +1283,6 @@ class IMAPServerProtocol(Protocol):
             answer = await self.store.run(
                 imapfolders.search_summaries, self.login, selected.name, program.header_terms
             )
-            if self.selected is not selected:
-                return "SEARCH completed"
             kept, uids = answer.found, answer.missing
         matched: list[int] = []
         async for item, raw in self._messages(list(uids), program.needs):
@@ -1372,9 +1370,9 @@ class IMAPServerProtocol(Protocol):
                     yield pair
 
     async def _keep_summaries(self, items: Any, headers: dict[int, bytes]) -> None:
-        """Keep the ENVELOPE and searched header fields of the messages read here whose
-        the store keeps none yet, so that later FETCH ENVELOPE and header SEARCH read
-        no header of them. A cache: failing to write it changes no answer."""
+        """Keep the ENVELOPE and searched header fields of the messages read here that
+        the store keeps nothing of yet, so that a later FETCH ENVELOPE or header SEARCH
+        reads no header of them. A cache: failing to write it changes no answer."""
         summaries = [
             imapfolders.ImapSummaryRecord(
                 message_id=item.message_id,
