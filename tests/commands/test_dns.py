@@ -55,6 +55,7 @@ class DnsCommandsContract(CliHarness):
                 f"[database]\nurl = {self.database_url}\n"
                 f"[delivery]\nnameservers = 127.0.0.1:{self.dns.port}\n"
                 "[dns]\nspf_include = spf.atollon.test\n"
+                "[imap]\ntls_listen = tcp:2993\n"
             )
         self.main("--config", self.config_path, "db", "migrate")
 

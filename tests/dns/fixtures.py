@@ -36,6 +36,8 @@ def make_config(
         f"dmarc_report_address = {dmarc_report_address or ''}\n"
         f"mta_sts = {'yes' if mta_sts else 'no'}\n"
         f"check_interval = {check_interval}\n"
+        # IMAP over implicit TLS offered, so that every client record is proposed.
+        "[imap]\ntls_listen = tcp:2993\n"
     )
 
 

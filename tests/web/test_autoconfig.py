@@ -23,7 +23,7 @@ EXPECTED_INCOMING = [("imap", HOSTNAME, "993", "SSL"), ("imap", HOSTNAME, "143",
 
 
 def config_text(submission_tls: bool = False) -> str:
-    text = f"[appliance]\nhostname = {HOSTNAME}\n"
+    text = f"[appliance]\nhostname = {HOSTNAME}\n[imap]\ntls_listen = tcp:4993\n"
     if submission_tls:
         text += "[submission]\ntls_listen = tcp:4465\n"
     return text
