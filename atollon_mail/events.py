@@ -9,6 +9,9 @@ an object after it was made:
   mailboxes for every recipient the store filed it for; `junk` holds the mailbox ids of
   those it went to the Junk folder of (the inbound checks called it junk). The
   auto-responder (which answers no junk) and the campaign returns listen.
+- `changed(mailbox_address)`: a store operation marked `changes_mailbox` (the web
+  client's flags, moves, Trash, drafts, "File to...") committed a change to that mailbox;
+  the IMAP sessions reading it look at once.
 - `outcome(results)`: the delivery runner committed the outcomes of one connection (a
   tuple of store.records.DeliveryResult).
 
@@ -59,3 +62,4 @@ class Events:
         self.queued = Channel("queued")
         self.filed = Channel("filed")
         self.outcome = Channel("outcome")
+        self.changed = Channel("changed")

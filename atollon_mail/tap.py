@@ -323,8 +323,8 @@ def build_appliance(
     patching an object after it was built."""
     warn_about_hostname(config)
     appliance = Appliance(listener_settings(config), on_start_failure, tune_gc_at_start)
-    store = Store.from_url(config.database.url, reactor)
     events = Events()
+    store = Store.from_url(config.database.url, reactor, changed=events.changed.fire)
     workers = Workers(reactor)
     # The store first: it is ready before anything listens (StoreService).
     services = [StoreService(store, config), workers]

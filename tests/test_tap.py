@@ -224,6 +224,16 @@ class ServiceTreeTests(unittest.TestCase):
         self.assertIs(imap.authenticator, submission.policy.authenticator)
         self.assertIs(site.requestFactory, BodyLimitedRequest)
 
+    def test_the_web_clients_changes_reach_the_imap_sessions(self):
+        # The store tells events.changed of what operations marked changes_mailbox did
+        # (the web client's), and the IMAP sessions' watchers listen to that channel.
+        self.start(MINIMAL + "[imap]\nlisten = tcp:2628\n")
+        factories = {port: factory for port, factory, _, _ in self.reactor.tcpServers}
+        imap = factories[2628].wrappedFactory
+        channel = imap.store._changed.__self__
+        self.assertEqual(channel.name, "changed")
+        self.assertIn(imap.watchers._changed_elsewhere, channel._subscribers)
+
     def test_the_mailbox_pages_event_streams_are_in_the_tree(self):
         appliance = self.start(MINIMAL + "[web]\nlisten = tcp:8181\nmax_connections = 40\n")
         factories = {port: factory for port, factory, _, _ in self.reactor.tcpServers}

@@ -279,6 +279,7 @@ class Watchers:
         self._by_mailbox: dict[int, set[IMAPServerProtocol]] = {}
         if events is not None:
             events.filed.subscribe(self._filed)
+            events.changed.subscribe(self._changed_elsewhere)
 
     def watch(self, mailbox_id: int, session: IMAPServerProtocol) -> None:
         self._by_mailbox.setdefault(mailbox_id, set()).add(session)
@@ -302,6 +303,16 @@ class Watchers:
 
     def _filed(self, envelope_sender, recipients, raw, junk) -> None:
         self.changed({recipient.mailbox_id for recipient in recipients})
+
+    def _changed_elsewhere(self, mailbox_address: str) -> None:
+        """The web client (or another user of the store) changed that mailbox: the
+        sessions with one of its folders selected look. Told by address: a few sessions
+        at most are open, and each knows its folder's mailbox."""
+        for sessions in tuple(self._by_mailbox.values()):
+            for session in tuple(sessions):
+                selected = session.selected
+                if selected is not None and selected.mailbox_address == mailbox_address:
+                    session.wake()
 
 
 @implementer(ICountedConnection, IPushProducer)
@@ -1088,6 +1099,7 @@ class IMAPServerProtocol(Protocol):
             uids=array.array("q", snapshot.uids),
             uidnext=snapshot.uidnext,
             highestmodseq=snapshot.highestmodseq,
+            mailbox_address=folder.mailbox_address,
         )
         flags = SYSTEM_FLAGS + tuple(k for k in snapshot.keywords if k not in SYSTEM_FLAGS)
         self.send("* FLAGS " + flag_list(flags).decode("ascii"))

@@ -147,6 +147,7 @@ class Selected:
     uids: array.array
     uidnext: int
     highestmodseq: int  # changes up to here were told (or seen at SELECT)
+    mailbox_address: str = ""  # the mailbox the folder is of
     # (uid, modseq) of the changes this session made itself and reported already
     own_changes: set = attrs.field(factory=set)
 

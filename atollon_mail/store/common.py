@@ -32,6 +32,15 @@ def read_only(operation):
     return operation
 
 
+def changes_mailbox(operation):
+    """Mark an operation that changes what a mailbox shows (flags, folders, filings) and
+    takes the mailbox's address as its first argument: once it committed, `Store.run`
+    tells its `changed` callback the address, so that mail clients reading that mailbox
+    (IMAP sessions) hear of a change made elsewhere (the web client) at once."""
+    operation.changes_mailbox = True
+    return operation
+
+
 def flushed_lazily(operation):
     """Mark an operation whose commit must survive a crash or `kill -9` of this process
     but need not wait for the disk: SQLite runs it with synchronous=NORMAL (in WAL mode

@@ -19,7 +19,7 @@ from atollon_mail.crm.records import (
     FiledInto,
     MessageContext,
 )
-from atollon_mail.store.common import read_only
+from atollon_mail.store.common import changes_mailbox, read_only
 from atollon_mail.store.contacts import find_contact_row
 from atollon_mail.store.errors import NotFound
 from atollon_mail.store.filing import FILED_COPY_FLAG, execute_prepared, lock_mailboxes
@@ -177,6 +177,7 @@ def _filings_here(mailbox: Mailbox, message_id: int) -> list[Filing]:
     return found
 
 
+@changes_mailbox
 def file_into(mailbox_address: str, message_id: int, folder: int | str) -> FiledInto:
     """File a message of this mailbox into a folder or project as well: a new filing in
     the mailbox with that context (the mailbox's next uid, the flags it has there), the

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import attrs
 
+from atollon_mail.store.common import changes_mailbox
 from atollon_mail.store.errors import NotFound
 from atollon_mail.store.filing import (
     default_type_ids,
@@ -57,6 +58,7 @@ def _remove(mailbox_id: int, message_id: int) -> bool:
     return True
 
 
+@changes_mailbox
 def save_draft(
     mailbox_address: str, draft: OutgoingMessage, replaces: int | None = None
 ) -> SavedDraft:
@@ -84,6 +86,7 @@ def save_draft(
     return SavedDraft(message_id=message_id, uid=next_uid - 1, replaced=replaced)
 
 
+@changes_mailbox
 def delete_draft(mailbox_address: str, message_id: int) -> None:
     """Remove a draft of this mailbox (sent, or thrown away); NotFound when the message is
     no draft here."""

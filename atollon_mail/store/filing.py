@@ -20,6 +20,7 @@ import peewee
 from atollon_mail.store import mailboxes, message_addresses, returnpath, searchindex, searchtext
 from atollon_mail.store.common import (
     RECIPIENT_DELIMITER,
+    changes_mailbox,
     chunks,
     locked,
     placeholders,
@@ -576,6 +577,7 @@ def filed_message(mailbox_address: str, message_id: int) -> FiledMessage:
     )
 
 
+@changes_mailbox
 def move_message(mailbox_address: str, message_id: int, folder: str) -> FolderMove:
     """Move a message filed in this mailbox into `folder` (values.FOLDERS): its Junk, or
     back to the inbox. Each filing moved gets the mailbox's next uid and comes into the
@@ -654,6 +656,7 @@ def _flags_of_message(mailbox_address: str, message_id: int) -> list[tuple[int, 
     return filings
 
 
+@changes_mailbox
 def add_flag(mailbox_address: str, message_id: int, flag: str) -> int:
     """Add `flag` (e.g. \\Answered) to every filing of the message in this mailbox that
     lacks it; how many changed. NotFound when the message is not filed here."""
@@ -674,6 +677,7 @@ def add_flag(mailbox_address: str, message_id: int, flag: str) -> int:
     return changed
 
 
+@changes_mailbox
 def remove_flag(mailbox_address: str, message_id: int, flag: str) -> int:
     """Take `flag` (e.g. \\Seen) from every filing of the message in this mailbox that
     has it; how many changed. NotFound when the message is not filed here."""
@@ -692,11 +696,13 @@ def remove_flag(mailbox_address: str, message_id: int, flag: str) -> int:
     return changed
 
 
+@changes_mailbox
 def move_to_junk(mailbox_address: str, message_id: int) -> FolderMove:
     """The user says it is junk: into the mailbox's Junk (see move_message)."""
     return move_message(mailbox_address, message_id, JUNK)
 
 
+@changes_mailbox
 def move_to_inbox(mailbox_address: str, message_id: int) -> FolderMove:
     """The user says it is not junk: back to the inbox (see move_message)."""
     return move_message(mailbox_address, message_id, INBOX)

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 import peewee
 
-from atollon_mail.store.common import chunks, placeholders, read_only
+from atollon_mail.store.common import changes_mailbox, chunks, placeholders, read_only
 from atollon_mail.store.contexts import context_record, mailbox_store_to
 from atollon_mail.store.errors import Invalid, NotFound
 from atollon_mail.store.filing import (
@@ -175,6 +175,7 @@ def _filings(mailbox: Mailbox, uids: Iterable[int]) -> list[tuple]:
     return sorted(rows, key=lambda row: row[1])
 
 
+@changes_mailbox
 def change_flags(
     mailbox_address: str,
     uids: Iterable[int],
@@ -206,6 +207,7 @@ def change_flags(
     return changed
 
 
+@changes_mailbox
 def move_filings(mailbox_address: str, uids: Iterable[int], folder: str) -> BulkMove:
     """Move several filings of the mailbox into `folder` (values.FOLDERS). Those moved get
     new uids above every other of the mailbox, in the order of their old ones, so the uids
@@ -259,6 +261,7 @@ def _raws(message_ids: list[int]) -> dict[int, bytes]:
     return found
 
 
+@changes_mailbox
 def delete_from_trash(mailbox_address: str, uids: Iterable[int]) -> int:
     """Remove for good those of these filings that lie in the mailbox's Trash, and each
     message left needed by nothing (see remove_unused_messages); how many filings went."""
@@ -268,6 +271,7 @@ def delete_from_trash(mailbox_address: str, uids: Iterable[int]) -> int:
     return _remove(rows)
 
 
+@changes_mailbox
 def empty_trash(mailbox_address: str) -> int:
     """Remove every filing in the mailbox's Trash, and each message left needed by
     nothing (see remove_unused_messages); how many filings went."""
@@ -288,6 +292,7 @@ def _remove(rows: list[tuple]) -> int:
     return len(rows)
 
 
+@changes_mailbox
 def mark_read(mailbox_address: str, message_id: int) -> int:
     """The message was opened: its filings in the mailbox get \\Seen; how many changed.
     NotFound when it is not filed here."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import peewee
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -11,6 +14,8 @@ from atollon_mail.interfaces import IStore
 from atollon_mail.store import migrations
 from atollon_mail.store.database import SQLITE_PRAGMAS, is_sqlite, open_database
 from atollon_mail.store.models import database_proxy
+
+log = Logger()
 
 POSTGRES_THREADS = 4
 SQLITE_SYNCHRONOUS = dict(SQLITE_PRAGMAS)["synchronous"]
@@ -29,17 +34,32 @@ class Store:
     thread for reads was measured and gained nothing: the reactor thread is the limit.)
     """
 
-    def __init__(self, database: peewee.Database, reactor, threads: int | None = None):
+    def __init__(
+        self,
+        database: peewee.Database,
+        reactor,
+        threads: int | None = None,
+        changed: Callable[[str], None] | None = None,
+    ):
         self.database = database
         self._reactor = reactor
+        # Told, on the reactor thread, the address of a mailbox an operation marked
+        # `changes_mailbox` changed, after its commit.
+        self._changed = changed
         size = 1 if is_sqlite(database) else (threads or POSTGRES_THREADS)
         self._pool = ThreadPool(minthreads=size, maxthreads=size, name="atollon-mail-store")
         self._started = False
         database_proxy.initialize(database)
 
     @classmethod
-    def from_url(cls, url: str, reactor, threads: int | None = None) -> Store:
-        return cls(open_database(url), reactor, threads)
+    def from_url(
+        cls,
+        url: str,
+        reactor,
+        threads: int | None = None,
+        changed: Callable[[str], None] | None = None,
+    ) -> Store:
+        return cls(open_database(url), reactor, threads, changed)
 
     @property
     def is_sqlite(self) -> bool:
@@ -108,6 +128,16 @@ class Store:
                 return operation(*args, **kwargs)
 
     def run(self, operation, *args, **kwargs):
-        return deferToThreadPool(
+        done = deferToThreadPool(
             self._reactor, self._pool, self.run_sync, operation, *args, **kwargs
         )
+        if self._changed is not None and getattr(operation, "changes_mailbox", False):
+            done.addCallback(self._tell_changed, args[0])
+        return done
+
+    def _tell_changed(self, result, mailbox_address: str):
+        try:
+            self._changed(mailbox_address)
+        except Exception:
+            log.failure("telling of a change to {address} failed", address=mailbox_address)
+        return result

@@ -285,6 +285,23 @@ class MessageCommandsContract(ImapServerMixin):
         self.assertTrue(lines[0].startswith("* 1 FETCH (UID "), lines)
 
     @defer.inlineCallbacks
+    def test_changes_in_the_web_client_reach_an_idling_client_at_once(self):
+        # The store tells events.changed after an operation of the web client (Store.run
+        # with changed=events.changed.fire, as the appliance is built): no re-check waited.
+        message_id = self.receive("one")
+        client = yield self.logged_in("INBOX")
+        yield self.idle(client)
+        self.store.run_sync(mailfolders.mark_read, "jane@acme.test", message_id)
+        self.events.changed.fire("someone-else@acme.test")
+        yield client.settle()
+        self.assertEqual(client.lines(), [])
+        self.events.changed.fire("jane@acme.test")
+        lines = yield client.until(
+            lambda lines: any("\\Seen" in line for line in lines), "FETCH FLAGS", seconds=1
+        )
+        self.assertTrue(lines[0].startswith("* 1 FETCH (UID "), lines)
+
+    @defer.inlineCallbacks
     def test_noop_tells_news_and_fetch_holds_back_expunges(self):
         self.receive("one")
         self.receive("two")
