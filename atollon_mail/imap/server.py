@@ -31,9 +31,11 @@ bytes are never all in memory; a large message's body is streamed in slices.
 News for the selected folder (EXISTS, EXPUNGE, FETCH FLAGS) is found by comparing the
 folder's uids and mod-sequences with the session's. It is looked for on NOOP, CHECK and
 IDLE, and after any command once something told the session its folder may have changed:
-a message filed by SMTP (the events' `filed` channel, subscribed once by the Watchers)
-and changes made by another IMAP session wake the sessions of that mailbox at once; an
-idling session also looks every IDLE_RECHECK seconds, for changes made in the web client.
+a message filed by SMTP (the events' `filed` channel, subscribed once by the Watchers),
+a change made in the web client (the `changed` channel, told by the store) and changes
+made by another IMAP session wake the sessions of that mailbox at once; an idling session
+also looks every IDLE_RECHECK seconds, for changes made outside this process (the admin
+command).
 Sessions in IDLE are counted apart from the active ones (connections.LimitedFactory), so
 idling clients never keep an active one out.
 """
@@ -99,7 +101,7 @@ MAX_ERRORS = 20  # BAD answers before the session is closed
 COMMAND_TIMEOUT = 60.0  # seconds from a command's first octet to its last
 MIN_LITERAL_RATE = 1000  # octets a second a large literal must keep up on average
 STORE_TIMEOUT = 300.0  # seconds one batch of our own work may take before we give up
-IDLE_RECHECK = 5.0  # seconds between an idling session's looks for changes from the web
+IDLE_RECHECK = 5.0  # seconds between an idling session's looks for changes made elsewhere
 FETCH_BATCH = 200  # messages per store read
 ITEM_BATCH = 1000  # messages per store read when no whole message is read
 BATCH_BYTES = 2 * 1024 * 1024  # raw message octets per store read
