@@ -343,6 +343,8 @@ class IMAPServerProtocol(Protocol):
         self._idle_counted = False
         self._recheck: Any = None
         self._dirty = False  # the selected folder may have changed
+        # A message a command meant to read was expunged (by another session) meanwhile.
+        self._vanished = False
         self._timer: Any = None
         self._deadline = 0.0
         self._login_deadline = 0.0
@@ -1279,6 +1281,8 @@ class IMAPServerProtocol(Protocol):
                 continue
             if raw is None and program.needs == "full":
                 raw = await self._whole(item)
+                if raw is None:
+                    continue  # expunged meanwhile: it matches nothing
             if program.matches(item, seq, raw):
                 found.append(item.uid if command.uid else seq)
                 highest = max(highest, item.modseq)
@@ -1311,11 +1315,16 @@ class IMAPServerProtocol(Protocol):
                 continue
             if needs == "headers":
                 headers = await self.store.run(
-                    imapfolders.message_headers, tuple(item.message_id for item in items)
+                    imapfolders.message_headers,
+                    self.login,
+                    selected.mailbox_id,
+                    tuple(item.uid for item in items),
                 )
                 for item in items:
-                    if item.message_id in headers:
-                        yield item, headers[item.message_id]
+                    if item.uid in headers:
+                        yield item, headers[item.uid]
+                    else:
+                        self._vanished = True
                 continue
             group: list[Any] = []
             size = 0
@@ -1342,23 +1351,44 @@ class IMAPServerProtocol(Protocol):
         await self.drained()
         if self._closing:
             return
+        selected = self.selected
+        assert selected is not None
         raws = await self.store.run(
             imapfolders.message_bytes,
-            tuple(item.message_id for item in items),
+            self.login,
+            selected.mailbox_id,
+            tuple(item.uid for item in items),
             LARGE_MESSAGE,
         )
         for item in items:
-            raw = raws.get(item.message_id)
-            if raw is not None:  # else removed meanwhile
+            raw = raws.get(item.uid)
+            if raw is not None:
                 yield item, raw
+            else:  # expunged meanwhile (by another session)
+                self._vanished = True
 
-    async def _whole(self, item: Any) -> bytes:
-        """A large message read in slices (one such message in memory at a time)."""
+    async def _slice(self, item: Any, offset: int, length: int) -> bytes | None:
+        """Octets of the message the selected folder files as item.uid; None once that
+        filing is gone (expunged by another session meanwhile)."""
+        selected = self.selected
+        assert selected is not None
+        try:
+            return await self.store.run(
+                imapfolders.raw_slice, self.login, selected.mailbox_id, item.uid, offset, length
+            )
+        except NotFound:
+            self._vanished = True
+            return None
+
+    async def _whole(self, item: Any) -> bytes | None:
+        """A large message read in slices (one such message in memory at a time); None
+        when it was expunged meanwhile."""
         parts = []
         for offset in range(0, item.size, SLICE):
-            parts.append(
-                await self.store.run(imapfolders.raw_slice, item.message_id, offset, SLICE)
-            )
+            part = await self._slice(item, offset, SLICE)
+            if part is None:
+                return None
+            parts.append(part)
         return b"".join(parts)
 
     async def _stream(self, head: bytes, item: Any, offset: int, count: int) -> None:
@@ -1372,11 +1402,9 @@ class IMAPServerProtocol(Protocol):
             if self._closing:
                 return
             length = min(SLICE, count - sent)
-            data = await self.store.run(
-                imapfolders.raw_slice, item.message_id, offset + sent, length
-            )
-            if len(data) != length:
-                # The message changed size under us: the literal cannot be completed.
+            data = await self._slice(item, offset + sent, length)
+            if data is None or len(data) != length:
+                # Expunged meanwhile, or changed size: the literal cannot be completed.
                 log.warn("IMAP: message {id} shorter than its size", id=item.message_id)
                 self.close("Internal error")
                 return
@@ -1421,6 +1449,7 @@ class IMAPServerProtocol(Protocol):
                 self._changed(selected.mailbox_id)
             return tuple(changed.get(item.uid, item) for item in items)
 
+        self._vanished = False
         async for item, raw in self._messages(uids, request.needs, mark_seen):
             seq = selected.seq_of(item.uid)
             if seq is None:
@@ -1436,6 +1465,8 @@ class IMAPServerProtocol(Protocol):
                     self.write(b")\r\n")
                     continue
                 raw = await self._whole(item)
+                if raw is None:
+                    continue
             try:
                 # In pieces: a large body section is written as it is, never copied.
                 chunks = fetching.render_chunks(request, item, seq, raw, flags=flags)
@@ -1445,6 +1476,10 @@ class IMAPServerProtocol(Protocol):
                 raise _no(
                     "[UNKNOWN-CTE] A part has a transfer encoding BINARY cannot undo"
                 ) from None
+        if self._vanished:
+            # A message expunged by another session after this one read its uid is left
+            # out (its bytes are gone), as RFC 2180 4.1.2 and RFC 5530 allow.
+            raise _no("[EXPUNGEISSUED] Some of the requested messages no longer exist")
         return "FETCH completed"
 
     async def imap_STORE(self, command: Command) -> str:
@@ -1525,8 +1560,8 @@ class IMAPServerProtocol(Protocol):
             targets = ",".join(str(uid) for _, uid in pairs)
             code = f"[COPYUID {result.uidvalidity} {source} {targets}] "
         self._changed(selected.mailbox_id, target_mailbox)
-        self._learn(result.learned_spam, True)
-        self._learn(result.learned_ham, False)
+        self._learn(target_mailbox, result.learned_spam, True)
+        self._learn(target_mailbox, result.learned_ham, False)
         if move:
             if code:
                 self.send(f"* OK {code.strip()}")
@@ -1538,28 +1573,32 @@ class IMAPServerProtocol(Protocol):
             self._dirty = True
         return f"{code}COPY completed"
 
-    def _learn(self, message_ids, spam: bool) -> None:
+    def _learn(self, mailbox_id: int, uids, spam: bool) -> None:
         """The spam filter (if any) learns from messages moved into Junk (spam) or out
         of it, as the web's Junk and Not junk buttons teach it; the move stands whatever
-        it says. Done after the answer, one message at a time."""
+        it says. Done after the answer, one message at a time, each read by its uid in
+        the target mailbox (one expunged meanwhile is passed over)."""
         learner = self.factory.learner
-        if learner is None or not message_ids:
+        if learner is None or not uids:
             return
+        login = self.login
 
         async def teach() -> None:
-            for message_id in message_ids:
+            for uid in uids:
                 try:
                     raws = await self.store.run(
                         # Stored mail may be a little larger than the limit (headers we add).
                         imapfolders.message_bytes,
-                        (message_id,),
+                        login,
+                        mailbox_id,
+                        (uid,),
                         2 * self.factory.max_message_size,
                     )
-                    raw = raws.get(message_id)
+                    raw = raws.get(uid)
                     if raw is not None:
                         await defer.maybeDeferred(learner.learn, raw, spam)
                 except Exception:
-                    log.failure("the spam filter could not learn from message {id}", id=message_id)
+                    log.failure("the spam filter could not learn from uid {uid}", uid=uid)
 
         defer.ensureDeferred(teach())
 

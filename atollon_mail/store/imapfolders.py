@@ -36,6 +36,8 @@ the next change (the counter only grows).
 Where this differs from the plan the server was written against: ImapFolder.folder is
 "sent" for Sent; StoreResult also has `unchanged` (matched, flags so already);
 message_bytes leaves out messages larger than `limit` (read them with raw_slice);
+message_bytes, message_headers and raw_slice read a message by (login, mailbox id, uid)
+through its filing, never by the Message id (a deleted message's id may be reused);
 append takes the record append_message makes outside the store (or raw bytes); a change
 of a folder shared to view only raises errors.ReadOnly; there is no search_text_uids
 (the full-text index matches whole words, IMAP's SEARCH TEXT any substring).
@@ -152,7 +154,7 @@ class FolderStatus:
 class MessageItem:
     """One message of a folder: its uid there, mod-sequence, flags (never \\Recent or the
     store's $Filed), size in octets, when it was received (aware, UTC), and the id of its
-    Message row (for message_bytes, message_headers, raw_slice)."""
+    Message row (never to read its bytes by: message_bytes etc. read by uid)."""
 
     uid: int
     modseq: int
@@ -572,34 +574,63 @@ def _substr(start: int, length: int) -> str:
     return f"substr(raw, {int(start)}, {int(length)})"
 
 
-@read_only
-def message_bytes(message_ids: Sequence[int], limit: int = WHOLE_LIMIT) -> dict[int, bytes]:
-    """The whole raw bytes of those of these messages no larger than `limit` octets;
-    larger ones (and ids not found) are left out: read them with raw_slice."""
-    found: dict[int, bytes] = {}
-    for chunk in chunks(sorted(set(message_ids))):
-        rows = database_proxy.execute_sql(
-            f"SELECT id, raw FROM message WHERE id IN ({placeholders(len(chunk))})"
-            f" AND size <= {int(limit)}",
-            tuple(chunk),
+def _viewable(login: str, mailbox_id: int) -> bool:
+    """Whether the user may still read the mailbox (owns it, or may view or edit it): one
+    query, for reading the bytes of a folder the session selected earlier."""
+    user = _user(login)
+    if user is None:
+        return False
+    shared = MailboxAccess.select(MailboxAccess.mailbox).where(
+        (MailboxAccess.user == user.id) & (MailboxAccess.can_view | MailboxAccess.can_edit)
+    )
+    return (
+        Mailbox.select(Mailbox.id)
+        .where((Mailbox.id == mailbox_id) & ((Mailbox.owner == user.id) | Mailbox.id.in_(shared)))
+        .exists()
+    )
+
+
+def _filed_rows(login: str, mailbox_id: int, uids: Sequence[int], columns: str, extra: str = ""):
+    """Rows (uid, <columns of message>) of the mailbox's filings with these uids, joined
+    to their message: a message is always read through its filing (a uid is never reused
+    within a mailbox, whereas a deleted message's id may be given to a new one), and
+    only for a user who may read the mailbox. Filings gone meanwhile give no row."""
+    if not _viewable(login, mailbox_id):
+        return
+    param = database_proxy.param
+    for chunk in chunks(sorted(set(uids))):
+        yield from database_proxy.execute_sql(
+            f"SELECT filing.uid, {columns} FROM filing"
+            " JOIN message ON message.id = filing.message_id"
+            f" WHERE filing.mailbox_id = {param} AND filing.uid IN ({placeholders(len(chunk))})"
+            f"{extra}",
+            (mailbox_id, *chunk),
         ).fetchall()
-        found.update((message_id, bytes(raw)) for message_id, raw in rows)
-    return found
 
 
 @read_only
-def raw_slice(message_id: int, offset: int, length: int) -> bytes:
-    """`length` octets of the message's raw bytes from `offset` (0 is the first; fewer at
-    its end, none past it), read by the database without loading the whole message."""
+def message_bytes(
+    login: str, mailbox_id: int, uids: Sequence[int], limit: int = WHOLE_LIMIT
+) -> dict[int, bytes]:
+    """uid -> the whole raw bytes of the messages filed with these uids in the mailbox
+    (read as `login`), those no larger than `limit` octets; larger ones (read them with
+    raw_slice), filings gone and a mailbox the user may not read are left out."""
+    rows = _filed_rows(login, mailbox_id, uids, "message.raw", f" AND message.size <= {int(limit)}")
+    return {uid: bytes(raw) for uid, raw in rows}
+
+
+@read_only
+def raw_slice(login: str, mailbox_id: int, uid: int, offset: int, length: int) -> bytes:
+    """`length` octets of the raw bytes of the message filed with `uid` in the mailbox
+    from `offset` (0 is the first; fewer at its end, none past it), read by the database
+    without loading the whole message; NotFound when that filing is gone (or the user
+    may not read the mailbox)."""
     if offset < 0 or length < 0:
         raise ValueError("offset and length are never negative")
-    row = database_proxy.execute_sql(
-        f"SELECT {_substr(offset + 1, length)} FROM message WHERE id = {database_proxy.param}",
-        (message_id,),
-    ).fetchone()
-    if row is None:
-        raise NotFound(f"no message with id {message_id}")
-    return bytes(row[0] or b"")
+    rows = list(_filed_rows(login, mailbox_id, (uid,), _substr(offset + 1, length)))
+    if not rows:
+        raise NotFound(f"no message with uid {uid}")
+    return bytes(rows[0][1] or b"")
 
 
 def _header_end(data: bytes) -> int | None:
@@ -615,34 +646,28 @@ def _header_end(data: bytes) -> int | None:
 
 
 @read_only
-def message_headers(message_ids: Sequence[int]) -> dict[int, bytes]:
-    """The header block of each message (up to and with the blank line ending it; the
-    whole message when it has none), reading only the start of those whose headers fit
-    in HEADER_READ octets; ids not found are left out."""
+def message_headers(login: str, mailbox_id: int, uids: Sequence[int]) -> dict[int, bytes]:
+    """uid -> the header block of the message filed with that uid in the mailbox (up to
+    and with the blank line ending it; the whole message when it has none), reading only
+    the start of those whose headers fit in HEADER_READ octets; filings gone and a
+    mailbox the user may not read are left out."""
     found: dict[int, bytes] = {}
     longer: list[int] = []
-    for chunk in chunks(sorted(set(message_ids))):
-        rows = database_proxy.execute_sql(
-            f"SELECT id, size, {_substr(1, HEADER_READ)} FROM message"
-            f" WHERE id IN ({placeholders(len(chunk))})",
-            tuple(chunk),
-        ).fetchall()
-        for message_id, size, head in rows:
-            head = bytes(head)
-            end = _header_end(head)
-            if end is not None:
-                found[message_id] = head[:end]
-            elif size <= len(head):
-                found[message_id] = head
-            else:
-                longer.append(message_id)
-    for message_id in longer:
-        (raw,) = database_proxy.execute_sql(
-            f"SELECT raw FROM message WHERE id = {database_proxy.param}", (message_id,)
-        ).fetchone()
-        raw = bytes(raw)
-        end = _header_end(raw)
-        found[message_id] = raw if end is None else raw[:end]
+    rows = _filed_rows(login, mailbox_id, uids, f"message.size, {_substr(1, HEADER_READ)}")
+    for uid, size, head in rows:
+        head = bytes(head)
+        end = _header_end(head)
+        if end is not None:
+            found[uid] = head[:end]
+        elif size <= len(head):
+            found[uid] = head
+        else:
+            longer.append(uid)
+    for uid in longer:
+        for _, raw in _filed_rows(login, mailbox_id, (uid,), "message.raw"):
+            raw = bytes(raw)
+            end = _header_end(raw)
+            found[uid] = raw if end is None else raw[:end]
     return found
 
 
@@ -663,9 +688,10 @@ class StoreResult:
 @attrs.frozen
 class CopyResult:
     """What COPY or MOVE did: the target's UIDVALIDITY, (source uid, target uid) of each
-    message copied, by source uid; the message ids that went into Junk (`learned_spam`)
-    and out of Junk into another folder but Trash (`learned_ham`), for the spam filter
-    to learn from as the web's Junk and Not junk buttons teach it."""
+    message copied, by source uid; the target uids of the messages that went into Junk
+    (`learned_spam`) and out of Junk into another folder but Trash (`learned_ham`), for
+    the spam filter to learn from as the web's Junk and Not junk buttons teach it (read
+    their bytes by those uids: message_bytes)."""
 
     uidvalidity: int
     pairs: tuple[tuple[int, int], ...]
@@ -893,11 +919,11 @@ def copy(login: str, source: str, uids: Sequence[int], target: str, move: bool =
                 if move and not (same and there == uid):
                     removed.append(filing_id)
                 continue
-        elif folder_to == JUNK and folder != JUNK:
-            spam.append(message_id)
-        if folder == JUNK and folder_to not in (JUNK, TRASH):
-            ham.append(message_id)
         new_uid = _next_uid(target_box.id)
+        if not to_crm and folder_to == JUNK and folder != JUNK:
+            spam.append(new_uid)
+        if folder == JUNK and folder_to not in (JUNK, TRASH):
+            ham.append(new_uid)
         pairs.append((uid, new_uid))
         new_flags = f"{shown} {FILED_COPY_FLAG}".strip() if to_crm else shown
         if len(new_flags) > Filing.flags.max_length:

@@ -68,6 +68,49 @@ class MessageCommandsContract(ImapServerMixin):
         self.assertEqual(lines[-1], "a7 BAD Invalid message sequence number")
 
     @defer.inlineCallbacks
+    def test_a_message_expunged_while_fetched_is_never_another_users(self):
+        """Another session expunges the message between the read of its uid and that of
+        its bytes, and a message for someone else is stored meanwhile (on SQLite it takes
+        the deleted message's id): the FETCH leaves the message out and says so."""
+        builders.hosted_mailbox(self.store, "ann@other.test", "ann")
+        self.receive("mine", "jane's own body")
+        client = yield self.logged_in("INBOX")
+        original = self.store.run
+        interleaved: list[int] = []
+
+        @defer.inlineCallbacks
+        def expunge_and_deliver(items):
+            uids = tuple(item.uid for item in items)
+            yield original(
+                imapfolders.store_flags, "jane", "INBOX", uids, "+", ("\\Deleted",), None
+            )
+            yield original(imapfolders.expunge, "jane", "INBOX", uids)
+            yield defer.maybeDeferred(
+                self.receive, "theirs", "ann's secret body", address="ann@other.test"
+            )
+            interleaved.append(1)
+            return items
+
+        def run(operation, *args, **kwargs):
+            result = original(operation, *args, **kwargs)
+            if operation is imapfolders.message_items and not interleaved:
+                result.addCallback(expunge_and_deliver)
+            return result
+
+        self.patch(self.store, "run", run)
+        # The last message: its Message row is the table's top one.
+        for fetch in ("FETCH * BODY.PEEK[]", "FETCH * BODY.PEEK[HEADER]"):
+            interleaved.clear()
+            self.receive("mine", "jane's own body")
+            yield client.command("NOOP")
+            lines = yield client.command(fetch)
+            self.assertEqual(interleaved, [1])
+            text = "\n".join(lines)
+            self.assertNotIn("ann's secret", text)
+            self.assertNotIn("theirs", text)
+            self.assertRegex(lines[-1], r"^a\d+ NO \[EXPUNGEISSUED\] ")
+
+    @defer.inlineCallbacks
     def test_examine_does_not_set_seen(self):
         self.receive()
         client = yield self.logged_in()

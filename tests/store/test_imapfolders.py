@@ -309,34 +309,65 @@ class ImapFoldersContract(StoreFixtureMixin):
         self.patch(database, "execute_sql", counting)
         self.snapshot("INBOX")
         self.items("INBOX", uids)
-        self.sync(imapfolders.message_headers, range(1, 40))
-        # Each: the user, the mailboxes (owned, shared, To Do), the filings or messages.
-        self.assertLessEqual(len(statements), 2 * 5 + 1, statements)
+        self.sync(imapfolders.message_headers, "joe", self.joe.id, range(1, 40))
+        # Each: the user, the mailboxes (owned, shared, To Do), the filings; the headers:
+        # the user, whether they may read the mailbox, the filings with their messages.
+        self.assertLessEqual(len(statements), 2 * 5 + 3, statements)
 
     # -- bytes ------------------------------------------------------------------------------
+
+    def uid_of(self, message_id: int, name: str = "INBOX") -> int:
+        [uid] = [item.uid for item in self.items(name) if item.message_id == message_id]
+        return uid
 
     def test_message_bytes_slices_and_headers(self):
         small = self.receive(subject="small", body="tiny")
         big = self.receive(subject="big", body="y" * 100_000)
-        raws = {mid: self.sync(filing.message_raw, mid) for mid in (small, big)}
-        found = self.sync(imapfolders.message_bytes, (small, big, 10**9))
+        raws = {self.uid_of(mid): self.sync(filing.message_raw, mid) for mid in (small, big)}
+        small, big = self.uid_of(small), self.uid_of(big)
+        joe = ("joe", self.joe.id)
+        found = self.sync(imapfolders.message_bytes, *joe, (small, big, 10**9))
         self.assertEqual(found, {small: raws[small]})
-        found = self.sync(imapfolders.message_bytes, (small, big), 1 << 20)
+        found = self.sync(imapfolders.message_bytes, *joe, (small, big), 1 << 20)
         self.assertEqual(found, raws)
-        self.assertEqual(self.sync(imapfolders.raw_slice, big, 0, 10), raws[big][:10])
+        self.assertEqual(self.sync(imapfolders.raw_slice, *joe, big, 0, 10), raws[big][:10])
         self.assertEqual(
-            self.sync(imapfolders.raw_slice, big, 70_000, 4096), raws[big][70_000:74_096]
+            self.sync(imapfolders.raw_slice, *joe, big, 70_000, 4096), raws[big][70_000:74_096]
         )
         self.assertEqual(
-            self.sync(imapfolders.raw_slice, big, len(raws[big]) - 3, 100), raws[big][-3:]
+            self.sync(imapfolders.raw_slice, *joe, big, len(raws[big]) - 3, 100), raws[big][-3:]
         )
-        self.assertEqual(self.sync(imapfolders.raw_slice, big, len(raws[big]) + 5, 100), b"")
+        self.assertEqual(self.sync(imapfolders.raw_slice, *joe, big, len(raws[big]) + 5, 100), b"")
         with self.assertRaises(NotFound):
-            self.sync(imapfolders.raw_slice, 10**9, 0, 10)
-        heads = self.sync(imapfolders.message_headers, (small, big))
-        for mid, raw in raws.items():
+            self.sync(imapfolders.raw_slice, *joe, 10**9, 0, 10)
+        heads = self.sync(imapfolders.message_headers, *joe, (small, big))
+        for uid, raw in raws.items():
             end = raw.index(b"\r\n\r\n") + 4
-            self.assertEqual(heads[mid], raw[:end])
+            self.assertEqual(heads[uid], raw[:end])
+
+    def test_bytes_are_read_only_through_a_filing_the_user_may_read(self):
+        """By (mailbox, uid), never by a Message id that a deleted message's may become:
+        another user reads nothing of joe's mailbox, and an expunged uid gives nothing
+        even once a new message took the deleted one's id."""
+        mine = self.receive(subject="mine", body="joe's secret")
+        uid = self.uid_of(mine)
+        for operation, args in (
+            (imapfolders.message_bytes, ((uid,),)),
+            (imapfolders.message_headers, ((uid,),)),
+        ):
+            self.assertEqual(self.sync(operation, "ann", self.joe.id, *args), {})
+            self.assertEqual(self.sync(operation, "nobody", self.joe.id, *args), {})
+            self.assertEqual(list(self.sync(operation, "joe", self.joe.id, *args)), [uid])
+        with self.assertRaises(NotFound):
+            self.sync(imapfolders.raw_slice, "ann", self.joe.id, uid, 0, 10)
+        self.store_flags("INBOX", [uid], "+", [DELETED])
+        self.assertEqual(self.sync(imapfolders.expunge, "joe", "INBOX"), (uid,))
+        theirs = self.receive("ann@other.test", subject="theirs", body="ann's secret")
+        self.assertNotEqual(self.sync(filing.message_raw, theirs), b"")
+        self.assertEqual(self.sync(imapfolders.message_bytes, "joe", self.joe.id, (uid,)), {})
+        self.assertEqual(self.sync(imapfolders.message_headers, "joe", self.joe.id, (uid,)), {})
+        with self.assertRaises(NotFound):
+            self.sync(imapfolders.raw_slice, "joe", self.joe.id, uid, 0, 10)
 
     def test_headers_longer_than_the_first_read(self):
         long_header = "X-Long: " + "z" * 70_000
@@ -347,11 +378,14 @@ class ImapFoldersContract(StoreFixtureMixin):
             [IncomingMessage(envelope_sender="s@remote.example", recipients=(recipient,), raw=raw)],
         )
         headerless = self.receive(subject="nobody")
-        heads = self.sync(imapfolders.message_headers, (stored.id, headerless))
+        stored_uid, headerless_uid = self.uid_of(stored.id), self.uid_of(headerless)
+        heads = self.sync(
+            imapfolders.message_headers, "joe", self.joe.id, (stored_uid, headerless_uid)
+        )
         stored_raw = self.sync(filing.message_raw, stored.id)
-        self.assertTrue(heads[stored.id].endswith(long_header.encode() + b"\r\n\r\n"))
-        self.assertEqual(heads[stored.id], stored_raw[: len(heads[stored.id])])
-        self.assertTrue(heads[headerless].endswith(b"remote.example>\r\n\r\n"))
+        self.assertTrue(heads[stored_uid].endswith(long_header.encode() + b"\r\n\r\n"))
+        self.assertEqual(heads[stored_uid], stored_raw[: len(heads[stored_uid])])
+        self.assertTrue(heads[headerless_uid].endswith(b"remote.example>\r\n\r\n"))
 
     # -- STORE -----------------------------------------------------------------------------
 
@@ -493,11 +527,13 @@ class ImapFoldersContract(StoreFixtureMixin):
             self.sync(mailfolders.list_folder, "joe@acme.test", TRASH)[0].uid, targets[1]
         )
         # Into Junk: the filter learns spam; out of it into INBOX: ham.
+        # (by the target uids: the bytes are read through the filing).
         result = self.sync(imapfolders.copy, "joe", "Trash", targets[:1], "Junk", True)
-        self.assertEqual(result.learned_spam, (first,))
         [junk_uid] = [target for _, target in result.pairs]
+        self.assertEqual(result.learned_spam, (junk_uid,))
         result = self.sync(imapfolders.copy, "joe", "Junk", [junk_uid], "INBOX", True)
-        self.assertEqual((result.learned_spam, result.learned_ham), ((), (first,)))
+        [inbox_uid] = [target for _, target in result.pairs]
+        self.assertEqual((result.learned_spam, result.learned_ham), ((), (inbox_uid,)))
         self.assertEqual([item.message_id for item in self.items("INBOX")], [first])
 
     def test_copy_makes_a_second_filing(self):
