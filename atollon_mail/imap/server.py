@@ -1411,6 +1411,27 @@ class IMAPServerProtocol(Protocol):
             self.write(data)
             sent += length
 
+    async def _write_chunks(self, chunks: list[bytes | memoryview]) -> None:
+        """Write one message's answer: small pieces together, a large one (a section, or
+        a view of one) in SLICE octets at a time, each once the transport took the one
+        before, so that neither the transport's buffer nor copies grow with it."""
+        small: list[bytes | memoryview] = []
+        for chunk in chunks:
+            if len(chunk) <= SLICE:
+                small.append(chunk)
+                continue
+            if small:
+                self.write(b"".join(small))
+                small = []
+            view = memoryview(chunk)
+            for start in range(0, len(view), SLICE):
+                await self.drained()
+                if self._closing:
+                    return
+                self.write(bytes(view[start : start + SLICE]))
+        if small:
+            self.write(b"".join(small))
+
     async def imap_FETCH(self, command: Command) -> str:
         selected = self.selected
         assert selected is not None
@@ -1470,12 +1491,11 @@ class IMAPServerProtocol(Protocol):
             try:
                 # In pieces: a large body section is written as it is, never copied.
                 chunks = fetching.render_chunks(request, item, seq, raw, flags=flags)
-                if not self._closing:
-                    self.transport.writeSequence(chunks)
             except fetching.UnknownEncoding:
                 raise _no(
                     "[UNKNOWN-CTE] A part has a transfer encoding BINARY cannot undo"
                 ) from None
+            await self._write_chunks(chunks)
         if self._vanished:
             # A message expunged by another session after this one read its uid is left
             # out (its bytes are gone), as RFC 2180 4.1.2 and RFC 5530 allow.

@@ -111,6 +111,21 @@ class MessageCommandsContract(ImapServerMixin):
             self.assertRegex(lines[-1], r"^a\d+ NO \[EXPUNGEISSUED\] ")
 
     @defer.inlineCallbacks
+    def test_a_fetch_of_thousands_of_slices_is_refused(self):
+        self.receive("big", "y" * 200_000)
+        client = yield self.logged_in("INBOX")
+        slices = " ".join(f"BODY.PEEK[]<{n}.200000>" for n in range(2600))
+        lines = yield client.command(f"FETCH 1 ({slices})")
+        self.assertEqual(len(lines), 1)
+        self.assertRegex(lines[0], r"^a\d+ BAD Too many body sections")
+        # Fifty are answered, each slice written as it is taken.
+        slices = " ".join(f"BODY.PEEK[]<{n}.200000>" for n in range(50))
+        start = len(client.transport.value())
+        lines = yield client.command(f"FETCH 1 ({slices})")
+        self.assertRegex(lines[-1], r"^a\d+ OK ")
+        self.assertEqual(client.transport.value()[start:].count(b"BODY[]<"), 50)
+
+    @defer.inlineCallbacks
     def test_examine_does_not_set_seen(self):
         self.receive()
         client = yield self.logged_in()
