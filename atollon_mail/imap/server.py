@@ -98,6 +98,9 @@ MAX_ERRORS = 20  # BAD answers before the session is closed
 COMMAND_TIMEOUT = 60.0  # seconds from a command's first octet to its last
 MIN_LITERAL_RATE = 1000  # octets a second a large literal must keep up on average
 STORE_TIMEOUT = 300.0  # seconds one batch of our own work may take before we give up
+# Seconds the transport may hold output it cannot send (the client reads nothing) before
+# the session is closed; meanwhile no command is taken.
+OUTPUT_STALL = 300.0
 IDLE_RECHECK = 5.0  # seconds between an idling session's looks for changes from the web
 FETCH_BATCH = 200  # messages per store read
 BATCH_BYTES = 2 * 1024 * 1024  # raw message octets per store read
@@ -352,6 +355,7 @@ class IMAPServerProtocol(Protocol):
         self._command_started: float | None = None
         self._writable: list[defer.Deferred] = []
         self._output_paused = False
+        self._paused_at = 0.0
         self._registered = False
         self._when_lost: list[Callable[[], Any]] = []
         self._mailbox_ids: dict[str, int] = {}  # folder name -> mailbox id, from LIST
@@ -427,6 +431,10 @@ class IMAPServerProtocol(Protocol):
         if self._closing:
             return
         now = self.clock.seconds()
+        if self._output_paused:
+            if now >= self._paused_at + OUTPUT_STALL:
+                self.close("Autologout; the client reads nothing")
+                return
         if self._waiting:
             deadline = self._wait_deadline
         else:
@@ -435,6 +443,8 @@ class IMAPServerProtocol(Protocol):
                 deadline = min(deadline, self._command_deadline)
             if self.state == NOT_AUTHENTICATED:
                 deadline = min(deadline, self._login_deadline)
+        if self._output_paused:
+            deadline = min(deadline, self._paused_at + OUTPUT_STALL)
         if deadline > now:
             self._timer = self.clock.callLater(deadline - now, self._check_time)
             return
@@ -502,17 +512,30 @@ class IMAPServerProtocol(Protocol):
             self.transport.unregisterProducer()
 
     # IPushProducer: the transport tells us when its buffer is full and drained again.
+    # While output is paused no command is taken (input is held, and the transport's
+    # reading paused beyond PAUSE_BUFFER), so a client that sends without reading cannot
+    # make us keep answers for it; output paused for OUTPUT_STALL closes the session.
     def pauseProducing(self) -> None:
+        if self._output_paused:
+            return
         self._output_paused = True
+        self._paused_at = self.clock.seconds()
+        if not self._closing:
+            self._arm(self._paused_at + OUTPUT_STALL)
 
     def resumeProducing(self) -> None:
+        self._release_writers()
+        if not (self._waiting or self._processing or self._closing):
+            self._process()  # the commands held while output was paused
+
+    def stopProducing(self) -> None:
+        self._release_writers()
+
+    def _release_writers(self) -> None:
         self._output_paused = False
         waiting, self._writable = self._writable, []
         for waiter in waiting:
             waiter.callback(None)
-
-    def stopProducing(self) -> None:
-        self.resumeProducing()
 
     def drained(self) -> defer.Deferred:
         """Fires when the transport can take more (at once when it can now)."""
@@ -537,7 +560,7 @@ class IMAPServerProtocol(Protocol):
     def _process(self) -> None:
         self._processing = True
         try:
-            while not self._waiting and not self._closing:
+            while not (self._waiting or self._closing or self._output_paused):
                 available = len(self._buffer) - self._pos
                 if available <= 0:
                     break
@@ -580,7 +603,7 @@ class IMAPServerProtocol(Protocol):
 
     def _check_buffer(self) -> None:
         held = len(self._buffer) - self._pos
-        if self._waiting or self._processing:
+        if self._waiting or self._processing or self._output_paused:
             if held > HARD_BUFFER:
                 self.close("Too much input while a command runs")
             elif held > PAUSE_BUFFER and not self._paused:
