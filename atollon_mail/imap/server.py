@@ -101,6 +101,9 @@ STORE_TIMEOUT = 300.0  # seconds one batch of our own work may take before we gi
 # Seconds the transport may hold output it cannot send (the client reads nothing) before
 # the session is closed; meanwhile no command is taken.
 OUTPUT_STALL = 300.0
+# Octets a second a command's answer must be read at on average (beyond STORE_TIMEOUT),
+# so that a client reading a little now and then cannot keep a FETCH running for ever.
+MIN_OUTPUT_RATE = 1000
 IDLE_RECHECK = 5.0  # seconds between an idling session's looks for changes from the web
 FETCH_BATCH = 200  # messages per store read
 BATCH_BYTES = 2 * 1024 * 1024  # raw message octets per store read
@@ -356,6 +359,7 @@ class IMAPServerProtocol(Protocol):
         self._writable: list[defer.Deferred] = []
         self._output_paused = False
         self._paused_at = 0.0
+        self._written = 0  # octets written since the command began
         self._registered = False
         self._when_lost: list[Callable[[], Any]] = []
         self._mailbox_ids: dict[str, int] = {}  # folder name -> mailbox id, from LIST
@@ -478,6 +482,7 @@ class IMAPServerProtocol(Protocol):
         if self._command_started is None:
             self._command_started = self.clock.seconds()
             self._command_deadline = self._command_started + COMMAND_TIMEOUT
+            self._written = 0
             self._arm(self._command_deadline)
 
     # --- output -------------------------------------------------------------------------
@@ -487,10 +492,12 @@ class IMAPServerProtocol(Protocol):
             return
         if isinstance(line, str):
             line = line.encode("utf-8")
+        self._written += len(line) + 2
         self.transport.write(line + b"\r\n")
 
     def write(self, data: bytes) -> None:
         if not self._closing:
+            self._written += len(data)
             self.transport.write(data)
 
     def tagged(self, tag: str, status: str, text: str) -> None:
@@ -534,14 +541,24 @@ class IMAPServerProtocol(Protocol):
     def _release_writers(self) -> None:
         self._output_paused = False
         waiting, self._writable = self._writable, []
+        if waiting:  # our own work goes on: its time again
+            self._wait_deadline = self.clock.seconds() + STORE_TIMEOUT
         for waiter in waiting:
             waiter.callback(None)
 
     def drained(self) -> defer.Deferred:
-        """Fires when the transport can take more (at once when it can now)."""
+        """Fires when the transport can take more (at once when it can now). The wait may
+        last STORE_TIMEOUT, and the whole command no longer than STORE_TIMEOUT plus what
+        it wrote at MIN_OUTPUT_RATE."""
         self._wait_deadline = self.clock.seconds() + STORE_TIMEOUT
         if not self._output_paused or self._closing:
             return defer.succeed(None)
+        if self._command_started is not None:
+            self._wait_deadline = min(
+                self._wait_deadline,
+                self._command_started + STORE_TIMEOUT + self._written / MIN_OUTPUT_RATE,
+            )
+            self._arm(self._wait_deadline)
         waiter: defer.Deferred = defer.Deferred()
         self._writable.append(waiter)
         return waiter

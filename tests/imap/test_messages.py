@@ -378,6 +378,29 @@ class MessageCommandsContract(ImapServerMixin):
         self.assertEqual(lines[-1], "a3 OK FETCH completed")
 
     @defer.inlineCallbacks
+    def test_a_client_reading_a_little_now_and_then_cannot_keep_a_fetch_for_ever(self):
+        """Each wait for the transport is shorter than the limits on one wait, but the
+        whole FETCH must be read at MIN_OUTPUT_RATE on average (after STORE_TIMEOUT)."""
+        self.patch(server, "FETCH_BATCH", 1)
+        for number in range(10):
+            self.receive(f"m{number}")
+        client = yield self.logged_in("INBOX")
+        client.send("a3 FETCH 1:* (UID BODY.PEEK[])\r\n")
+        client.protocol.pauseProducing()
+        for _ in range(10):
+            yield eventually(lambda: client.protocol._writable or client.closed, "a wait")
+            if client.closed:
+                break
+            self.clock.advance(200)  # under OUTPUT_STALL and STORE_TIMEOUT each time
+            if client.closed:
+                break
+            client.protocol.resumeProducing()
+            client.protocol.pauseProducing()
+        self.assertTrue(client.closed)
+        self.assertIn(b"* BYE Autologout; the client reads nothing", client.transport.value())
+        self.assertLess(self.clock.seconds(), 2 * server.STORE_TIMEOUT)
+
+    @defer.inlineCallbacks
     def test_a_large_message_is_streamed_in_slices(self):
         self.patch(server, "LARGE_MESSAGE", 1000)
         self.patch(server, "SLICE", 300)
