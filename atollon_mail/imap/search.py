@@ -31,7 +31,13 @@ from atollon_mail.imap.message import (
     header_end,
     unfold,
 )
-from atollon_mail.imap.parser import Atom, ParseError, in_sequence_set, parse_sequence_set
+from atollon_mail.imap.parser import (
+    Atom,
+    ParseError,
+    in_sequence_set,
+    merge_ranges,
+    parse_sequence_set,
+)
 
 CHARSETS = ("US-ASCII", "UTF-8")
 
@@ -284,7 +290,7 @@ class _Parser:
             modseq = self.number()
             return lambda target: target.item.modseq >= modseq
         if _SEQUENCE_SET.match(token):
-            ranges = parse_sequence_set(str(token), self.last_seq)
+            ranges = merge_ranges(parse_sequence_set(str(token), self.last_seq))
             return lambda target: in_sequence_set(ranges, target.seq)
         raise ParseError(None, f"SEARCH: unknown key {token}")
 
@@ -292,7 +298,7 @@ class _Parser:
         token = self.next("a sequence set")
         if not isinstance(token, Atom):
             raise ParseError(None, "SEARCH: expected a sequence set")
-        return parse_sequence_set(str(token), largest)
+        return merge_ranges(parse_sequence_set(str(token), largest))
 
 
 def _all(tests: list[Test]) -> Test:
