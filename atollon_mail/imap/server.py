@@ -225,6 +225,24 @@ def _atom(token: Any, what: str = "argument") -> str:
     raise _bad(f"Expected an atom as {what}")
 
 
+# RFC 3501 2.3.2: a flag with a backslash is one of these (any other is refused, BAD).
+_SYSTEM_NAMES = frozenset(flag.lower() for flag in (*SYSTEM_FLAGS, "\\Recent"))
+
+
+def _flags(tokens: list) -> tuple[str, ...]:
+    """A STORE's or APPEND's flags, without \\Recent (never set by a client)."""
+    flags = []
+    for token in tokens:
+        flag = _atom(token, "flag")
+        if flag.startswith("\\"):
+            if flag.lower() not in _SYSTEM_NAMES:
+                raise _bad(f"{flag} is not a system flag")
+            if flag.lower() == "\\recent":
+                continue
+        flags.append(flag)
+    return tuple(flags)
+
+
 def _name(token: Any) -> str:
     try:
         return decode_name(_string(token, "mailbox name"))
@@ -1175,13 +1193,11 @@ class IMAPServerProtocol(Protocol):
         internaldate = None
         for token in args:
             if isinstance(token, list):
-                flags = tuple(_atom(flag, "flag") for flag in token)
+                flags = _flags(token)
             elif isinstance(token, bytes):
                 internaldate = _parse_date_time(token)
             else:
                 raise _bad("APPEND takes flags, a date-time and the message")
-        if "\\Recent" in flags:
-            flags = tuple(flag for flag in flags if flag != "\\Recent")
         if not raw:
             raise _no("The message is empty")
         if len(raw) > self.factory.max_message_size:
@@ -1562,7 +1578,7 @@ class IMAPServerProtocol(Protocol):
         if base not in modes:
             raise _bad(f"Unknown store item {item}")
         value = args[1] if isinstance(args[1], list) else [args[1]]
-        flags = tuple(_atom(flag, "flag") for flag in value if str(flag) != "\\Recent")
+        flags = _flags(value)
         result = await self.store.run(
             imapfolders.store_flags,
             self.login,

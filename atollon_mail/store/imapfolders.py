@@ -61,13 +61,14 @@ from atollon_mail.store.errors import Invalid, NotFound, ReadOnly
 from atollon_mail.store.filing import (
     FILED_COPY_FLAG,
     SEEN_FLAG,
+    client_flag,
     default_type_ids,
+    has_flag,
     insert_message,
     lock_mailboxes,
     make_sent_context,
     next_modseq,
     remove_unused_messages,
-    valid_flag,
 )
 from atollon_mail.store.models import (
     Context,
@@ -435,7 +436,7 @@ def _where(folder: ImapFolder, box: _Box):
     if folder.context_id is not None and folder.folder is None:
         return where & (Filing.folder == INBOX) & (Filing.context == folder.context_id)
     # A filing "File to..." added is shown in its CRM folder only.
-    where &= ~Filing.flags.contains(FILED_COPY_FLAG)
+    where &= ~has_flag(FILED_COPY_FLAG)
     if folder.folder == SENT:
         if box.sent_context_id is None:
             return where & Filing.id.is_null()
@@ -718,12 +719,13 @@ def _writable(login: str, name: str) -> tuple[ImapFolder, _Box]:
 
 
 def _client_flags(flags: Iterable[str]) -> list[str]:
-    """Flags a client asked for, each once: valid ones (filing.valid_flag), without
-    \\Recent (never stored) and $Filed (the store's own)."""
+    """Flags a client asked for, each once, system flags in their usual spelling, without
+    \\Recent (never stored); Invalid for one that is none or $Filed in any case (the
+    store's own): filing.client_flag."""
     found: dict[str, None] = {}
     for flag in flags:
-        valid_flag(flag)
-        if flag.lower() != RECENT_FLAG.lower() and flag != FILED_COPY_FLAG:
+        flag = client_flag(flag)
+        if flag != RECENT_FLAG:
             found.setdefault(flag)
     return list(found)
 
@@ -825,7 +827,7 @@ def expunge(login: str, name: str, uids: Sequence[int] | None = None) -> tuple[i
     lock_mailboxes([box.id])
     rows = [
         row
-        for row in _rows(folder, box, uids, Filing.flags.contains(DELETED_FLAG))
+        for row in _rows(folder, box, uids, has_flag(DELETED_FLAG))
         if DELETED_FLAG in row[5].split()
     ]
     crm = folder.folder is None

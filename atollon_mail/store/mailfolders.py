@@ -26,11 +26,12 @@ from atollon_mail.store.errors import Invalid, NotFound
 from atollon_mail.store.filing import (
     FILED_COPY_FLAG,
     SEEN_FLAG,
+    client_flag,
     filings_page,
+    has_flag,
     lock_mailboxes,
     next_modseq,
     remove_unused_messages,
-    valid_flag,
 )
 from atollon_mail.store.mailboxes import get_mailbox_row
 from atollon_mail.store.models import Context, Filing, Mailbox, Message, User, database_proxy
@@ -122,7 +123,7 @@ def _folder_where(mailbox: Mailbox, folder: str | None, context_id: int | None):
             raise NotFound(f"no folder or project {context_id}")
         return where & (Filing.folder == INBOX) & (Filing.context == context_id)
     # A filing "File to..." added is shown in its CRM folder only.
-    where &= ~Filing.flags.contains(FILED_COPY_FLAG)
+    where &= ~has_flag(FILED_COPY_FLAG)
     if folder == SENT:
         return where & (Filing.folder == INBOX) & (Filing.context == mailbox.sent_context_id)
     if folder not in FOLDERS:
@@ -183,8 +184,8 @@ def change_flags(
 ) -> int:
     """Add and take away flags on several filings of the mailbox at once; how many
     filings changed. Uids the mailbox has not are passed over."""
-    add = [valid_flag(flag) for flag in add]
-    remove = [valid_flag(flag) for flag in remove]
+    add = [client_flag(flag) for flag in add]
+    remove = [client_flag(flag) for flag in remove]
     mailbox = get_mailbox_row(mailbox_address)
     # Locked first (PostgreSQL): two changes of one filing do not lose either.
     lock_mailboxes([mailbox.id])

@@ -169,6 +169,21 @@ class MessageCommandsContract(ImapServerMixin):
         self.assertIn(lines[-1].split(" ")[1], ("BAD", "NO"))
 
     @defer.inlineCallbacks
+    def test_system_flags_are_known_ones_in_their_usual_spelling(self):
+        self.receive("one")
+        client = yield self.logged_in("INBOX")
+        lines = yield client.command("STORE 1 +FLAGS (\\FLAGGED \\seen \\Recent)")
+        self.assertEqual(lines[0], "* 1 FETCH (FLAGS (\\Flagged \\Seen))")
+        for flags in ("(\\Foo)", "(\\Seen \\Junk)"):
+            lines = yield client.command(f"STORE 1 +FLAGS {flags}")
+            self.assertRegex(lines[-1], r"^a\d+ BAD \\\w+ is not a system flag")
+        lines = yield client.command("STORE 1 +FLAGS ($filed)")
+        self.assertRegex(lines[-1], r"^a\d+ NO ")
+        lines = yield client.command("APPEND INBOX (\\Bogus) {5}\r\nhello")
+        self.assertRegex(lines[-1], r"^a\d+ BAD ")
+        self.assertEqual(list(self.flags().values()), [("\\Flagged", "\\Seen")])
+
+    @defer.inlineCallbacks
     def test_store_unchangedsince(self):
         self.receive("one")
         self.receive("two")

@@ -21,6 +21,7 @@ from atollon_mail.store import (
     migrations,
     queue,
     search,
+    unread,
 )
 from atollon_mail.store.errors import Invalid, NotFound, ReadOnly
 from atollon_mail.store.models import Filing, Message
@@ -431,6 +432,41 @@ class ImapFoldersContract(StoreFixtureMixin):
             self.store_flags("INBOX", uids, "+", ["bad flag"])
         with self.assertRaises(Invalid):
             self.store_flags("INBOX", uids, "*", [SEEN])
+
+    def test_a_keyword_containing_filed_hides_nothing(self):
+        """Only the store's own $Filed, as a whole word in its case, keeps a filing out
+        of the Inbox (IMAP, the web's folder and its unread count)."""
+        first = self.receive(subject="one")
+        second = self.receive(subject="two")
+        uids = self.snapshot("INBOX").uids
+        self.store_flags("INBOX", uids[:1], "+", ["MyProject$filedLater"])
+        self.sync(mailfolders.change_flags, "joe@acme.test", uids[1:], ["x$FILED"])
+        self.assertEqual(self.snapshot("INBOX").uids, uids)
+        self.assertEqual(self.sync(imapfolders.folder_status, "joe", "INBOX").messages, 2)
+        listed = self.sync(mailfolders.list_folder, "joe@acme.test")
+        self.assertEqual(sorted(row.message.id for row in listed), sorted([first, second]))
+        self.assertEqual(self.sync(unread.count_unread, self.joe.id), 2)
+        [item] = self.items("INBOX", uids[:1])
+        self.assertEqual(item.flags, ("MyProject$filedLater",))
+
+    def test_filed_is_refused_and_system_flags_are_spelled_as_usual(self):
+        self.receive(subject="one")
+        uids = self.snapshot("INBOX").uids
+        for flag in ("$Filed", "$filed", "$FILED"):
+            with self.subTest(flag), self.assertRaises(Invalid):
+                self.store_flags("INBOX", uids, "+", [flag])
+            with self.subTest(flag), self.assertRaises(Invalid):
+                self.sync(mailfolders.change_flags, "joe@acme.test", uids, [flag])
+        for flag in ("\\Foo", "\\SeenX", "\\"):
+            with self.subTest(flag), self.assertRaises(Invalid):
+                self.store_flags("INBOX", uids, "+", [flag])
+        self.store_flags("INBOX", uids, "+", ["\\SEEN", "\\flagged"])
+        [item] = self.items("INBOX")
+        self.assertEqual(item.flags, (SEEN, FLAGGED))
+        self.assertEqual(self.sync(unread.count_unread, self.joe.id), 0)
+        self.store_flags("INBOX", uids, "-", ["\\seen"])
+        [item] = self.items("INBOX")
+        self.assertEqual(item.flags, (FLAGGED,))
 
     def test_store_unchangedsince(self):
         self.receive(subject="one")
