@@ -133,6 +133,9 @@ _TAG = re.compile(
 _SECTION_ATT = re.compile(rb"(BODY\.PEEK|BODY|BINARY\.PEEK|BINARY\.SIZE|BINARY)\[", re.I)
 _NUMBER = re.compile(rb"[0-9]{1,10}")
 _SECTION_TEXT = re.compile(rb"[0-9A-Za-z.]*")
+# Parenthesised lists nested deeper than this are refused (BAD) before Python's own
+# recursion limit is reached.
+MAX_NESTING = 32
 # A number has at most 10 digits (nz-number is 32 bits): longer ones are refused (BAD).
 _SEQUENCE = re.compile(r"(?:[0-9]{1,10}|\*)(?::(?:[0-9]{1,10}|\*))?\Z")
 MAX_NUMBER = 4294967295
@@ -157,6 +160,7 @@ class _Scanner:
         self.index = 0
         self.pos = 0
         self.tag = tag
+        self.nesting = 0  # parenthesised lists open at this point
 
     def fail(self, text: str) -> ParseError:
         return ParseError(self.tag, text)
@@ -250,6 +254,15 @@ class _Scanner:
         return FetchAtt(name, section, fields, partial)
 
     def parenthesised(self) -> list:
+        if self.nesting >= MAX_NESTING:
+            raise self.fail("Lists nested too deeply")
+        self.nesting += 1
+        try:
+            return self._parenthesised()
+        finally:
+            self.nesting -= 1
+
+    def _parenthesised(self) -> list:
         self.pos += 1
         items: list = []
         while True:

@@ -236,6 +236,22 @@ class FramingTests(ImapServerMixin, SqliteStoreMixin, unittest.TestCase):
         self.assertTrue(client.closed)
         self.assertNotIn(b"c1 OK", client.transport.value())
 
+    @defer.inlineCallbacks
+    def test_hostile_arguments_are_answered_not_raised(self):
+        client = yield self.logged_in()
+        lines = yield client.command(b"ID " + b"(" * 5000)
+        self.assertRegex(lines[-1], r"^a2 BAD .*nested too deeply")
+        lines = yield client.command("SELECT INBOX")
+        self.assertIn(" OK ", lines[-1])
+        lines = yield client.command("SEARCH " + "NOT " * 5000 + "ALL")
+        self.assertRegex(lines[-1], r"^a4 BAD .*nested too deeply")
+        lines = yield client.command("UID FETCH 1:" + "9" * 5000 + " FLAGS")
+        self.assertRegex(lines[-1], r"^a5 BAD ")
+        lines = yield client.command("SEARCH CHARSET rot13 SUBJECT x")
+        self.assertRegex(lines[-1], r"^a6 NO \[BADCHARSET")
+        lines = yield client.command("NOOP")
+        self.assertEqual(lines, ["a7 OK NOOP completed"])
+
 
 class LoginTests(ImapServerMixin, SqliteStoreMixin, unittest.TestCase):
     def test_before_tls_login_is_disabled_and_starttls_offered(self):
