@@ -73,15 +73,19 @@ class FetchRequest:
 
     needs: "none", "headers" or "full", the octets the items need; sets_seen: whether
     fetching them sets \\Seen (BODY[...], BINARY[...], RFC822, RFC822.TEXT; not the .PEEK
-    forms, RFC822.HEADER or BINARY.SIZE). Both are worked out once, from the items."""
+    forms, RFC822.HEADER or BINARY.SIZE). Both are worked out once, from the items.
+    envelope_only: the header block is needed for ENVELOPE alone (a message whose
+    ENVELOPE the store kept needs nothing read then: render uses item.envelope)."""
 
     items: tuple[str | FetchAtt, ...]
     needs: str = attrs.field(init=False)
     sets_seen: bool = attrs.field(init=False)
+    envelope_only: bool = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         needs = "none"
         sets_seen = False
+        reading: set = set()
         for item in self.items:
             if isinstance(item, FetchAtt):
                 if item.name.startswith("BODY") and item.section.startswith("HEADER"):
@@ -92,9 +96,12 @@ class FetchRequest:
             else:
                 found = SIMPLE_ITEMS[item]
                 sets_seen = sets_seen or item in ("RFC822", "RFC822.TEXT")
+            if found != "none":
+                reading.add(item)
             if NEEDS_ORDER[found] > NEEDS_ORDER[needs]:
                 needs = found
         object.__setattr__(self, "needs", needs)
+        object.__setattr__(self, "envelope_only", reading == {"ENVELOPE"})
         object.__setattr__(self, "sets_seen", sets_seen)
 
 
@@ -228,6 +235,8 @@ def render_chunks(
         elif name == "ENVELOPE":
             if message is not None:
                 parts.append(b"ENVELOPE " + message.envelope())
+            elif raw is None and getattr(item, "envelope", None) is not None:
+                parts.append(b"ENVELOPE " + item.envelope)  # kept by the store
             else:
                 parts.append(b"ENVELOPE " + envelope(raw or b""))
         else:

@@ -94,6 +94,11 @@ class SearchProgram:
     test: Test
     needs: str
     uses_modseq: bool = False
+    # When the search is nothing but header keys over KEPT_FIELDS with a text to find:
+    # ((field lower-case, text case-folded), ...), all to match. A store keeping each
+    # message's kept_fields can then answer it as `text in kept value` (no newline in
+    # text: the values of a field are kept joined by newlines), exactly as `matches` would.
+    header_terms: tuple[tuple[str, str], ...] | None = None
 
     def matches(self, item, seq: int, raw: bytes | None = None) -> bool:
         """Whether the message (its MessageItem-like record, sequence number and what
@@ -153,7 +158,12 @@ def parse_search(
     tests = []
     while parser.position < len(tokens):
         tests.append(parser.key())
-    return SearchProgram(_all(tests), parser.needs, parser.uses_modseq)
+    terms = tuple(getattr(test, "header_term", None) for test in tests)
+    simple = not parser.uses_modseq and all(
+        term is not None and term[0] in KEPT_FIELDS and term[1] and "\n" not in term[1]
+        for term in terms
+    )
+    return SearchProgram(_all(tests), parser.needs, parser.uses_modseq, terms if simple else None)
 
 
 def _text_encoding(name: str) -> None:
@@ -349,7 +359,31 @@ def _header_contains(name: bytes, needle: str) -> Test:
     needle = needle.casefold()
     if not needle:
         return lambda target: bool(target.header(name))
-    return lambda target: any(needle in value.casefold() for value in target.header(name))
+
+    def test(target: Target) -> bool:
+        return any(needle in value.casefold() for value in target.header(name))
+
+    test.header_term = (name.decode("ascii", "replace"), needle)  # type: ignore[attr-defined]
+    return test
+
+
+# The header fields whose values a store may keep for SEARCH (see kept_fields).
+KEPT_FIELDS = ("subject", "from", "to", "cc", "bcc")
+_KEPT_NAMES = tuple(name.encode("ascii") for name in KEPT_FIELDS)
+
+
+def kept_fields(headers: bytes) -> tuple[str | None, ...]:
+    """For each of KEPT_FIELDS, what a header key of SEARCH matches in this header block
+    (or whole message): the decoded values of every such field, case-folded, joined by
+    newlines; None when there is no such field."""
+    found = []
+    for name in _KEPT_NAMES:
+        values = field_values(headers, name)
+        if not values:
+            found.append(None)
+        else:
+            found.append("\n".join(decode_header_value(value).casefold() for value in values))
+    return tuple(found)
 
 
 def _internal_date(target: Target) -> datetime.date:

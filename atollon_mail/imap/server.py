@@ -59,6 +59,7 @@ from atollon_mail.auth import Throttled
 from atollon_mail.config import ImapConfig
 from atollon_mail.imap import fetch as fetching
 from atollon_mail.imap import search as searching
+from atollon_mail.imap.message import envelope
 from atollon_mail.imap.parser import (
     Atom,
     Command,
@@ -106,6 +107,7 @@ OUTPUT_STALL = 300.0
 MIN_OUTPUT_RATE = 1000
 IDLE_RECHECK = 5.0  # seconds between an idling session's looks for changes from the web
 FETCH_BATCH = 200  # messages per store read
+ITEM_BATCH = 1000  # messages per store read when no whole message is read
 BATCH_BYTES = 2 * 1024 * 1024  # raw message octets per store read
 LARGE_MESSAGE = 1024 * 1024  # a whole body larger than this is streamed in slices
 SLICE = 256 * 1024
@@ -1331,7 +1333,17 @@ class IMAPServerProtocol(Protocol):
             raise _no("[BADCHARSET (US-ASCII UTF-8)] Unknown charset") from None
         found: list[int] = []
         highest = 0
-        async for item, raw in self._messages(list(selected.uids), program.needs):
+        uids: list[int] | array.array = selected.uids
+        kept: tuple[int, ...] = ()
+        if program.header_terms is not None:
+            # Header keys only: the store matches the fields it keeps of each message,
+            # and the messages it keeps nothing of yet are matched here (and kept).
+            answer = await self.store.run(
+                imapfolders.search_summaries, self.login, selected.name, program.header_terms
+            )
+            kept, uids = answer.found, answer.missing
+        matched: list[int] = []
+        async for item, raw in self._messages(list(uids), program.needs):
             seq = selected.seq_of(item.uid)
             if seq is None:
                 continue
@@ -1340,23 +1352,34 @@ class IMAPServerProtocol(Protocol):
                 if raw is None:
                     continue  # expunged meanwhile: it matches nothing
             if program.matches(item, seq, raw):
-                found.append(item.uid if command.uid else seq)
+                matched.append(item.uid)
                 highest = max(highest, item.modseq)
+        if kept:
+            matched = sorted(set(matched).union(kept))
+        for uid in matched:
+            seq = selected.seq_of(uid)
+            if seq is not None:
+                found.append(uid if command.uid else seq)
         line = "* SEARCH" + "".join(f" {number}" for number in found)
         if found and program.uses_modseq:
             line += f" (MODSEQ {highest})"
         self.send(line)
         return "SEARCH completed"
 
-    async def _messages(self, uids: list[int], needs: str, prepare=None):
+    async def _messages(
+        self, uids: list[int], needs: str, prepare=None, envelope_only: bool = False
+    ):
         """(MessageItem, octets) of the uids: None when `needs` is "none", the header
         block for "headers", the whole message for "full" except a message larger than
         LARGE_MESSAGE (None: read it with raw_slice). Read in batches, each once the
         transport took what the caller wrote of the one before (backpressure);
-        `prepare(items)` may replace a batch's items first (FETCH sets \\Seen there)."""
+        `prepare(items)` may replace a batch's items first (FETCH sets \\Seen there).
+        envelope_only: the header block is wanted for the ENVELOPE alone, so a message
+        whose ENVELOPE the store kept comes with None. What is read of a header the store
+        keeps nothing of yet is summarized and kept (save_summaries)."""
         selected = self.selected
         assert selected is not None
-        for batch in batches(uids, FETCH_BATCH):
+        for batch in batches(uids, FETCH_BATCH if needs == "full" else ITEM_BATCH):
             await self.drained()
             if self._closing or self.selected is not selected:
                 return
@@ -1370,16 +1393,21 @@ class IMAPServerProtocol(Protocol):
                     yield item, None
                 continue
             if needs == "headers":
-                headers = await self.store.run(
-                    imapfolders.message_headers,
-                    self.login,
-                    selected.mailbox_id,
-                    tuple(item.uid for item in items),
+                wanted = tuple(
+                    item.uid for item in items if not (envelope_only and item.envelope is not None)
                 )
+                headers = {}
+                if wanted:
+                    headers = await self.store.run(
+                        imapfolders.message_headers, self.login, selected.mailbox_id, wanted
+                    )
+                    await self._keep_summaries(items, headers)
                 for item in items:
-                    if item.uid in headers:
+                    if envelope_only and item.envelope is not None:
+                        yield item, None
+                    elif item.uid in headers:
                         yield item, headers[item.uid]
-                    else:
+                    else:  # expunged meanwhile (by another session)
                         self._vanished = True
                 continue
             group: list[Any] = []
@@ -1402,6 +1430,26 @@ class IMAPServerProtocol(Protocol):
             if group:
                 async for pair in self._with_bytes(group):
                     yield pair
+
+    async def _keep_summaries(self, items: Any, headers: dict[int, bytes]) -> None:
+        """Keep the ENVELOPE and searched header fields of the messages read here that
+        the store keeps nothing of yet, so that a later FETCH ENVELOPE or header SEARCH
+        reads no header of them. A cache: failing to write it changes no answer."""
+        summaries = [
+            imapfolders.ImapSummaryRecord(
+                message_id=item.message_id,
+                envelope=envelope(headers[item.uid]),
+                fields=searching.kept_fields(headers[item.uid]),
+            )
+            for item in items
+            if item.envelope is None and item.uid in headers
+        ]
+        if not summaries:
+            return
+        try:
+            await self.store.run(imapfolders.save_summaries, summaries)
+        except Exception:
+            log.failure("IMAP: keeping message summaries failed")
 
     async def _with_bytes(self, items: list[Any]):
         await self.drained()
@@ -1527,7 +1575,9 @@ class IMAPServerProtocol(Protocol):
             return tuple(changed.get(item.uid, item) for item in items)
 
         self._vanished = False
-        async for item, raw in self._messages(uids, request.needs, mark_seen):
+        async for item, raw in self._messages(
+            uids, request.needs, mark_seen, envelope_only=request.envelope_only
+        ):
             seq = selected.seq_of(item.uid)
             if seq is None:
                 continue

@@ -41,6 +41,13 @@ through its filing, never by the Message id (a deleted message's id may be reuse
 append takes the record append_message makes outside the store (or raw bytes); a change
 of a folder shared to view only raises errors.ReadOnly; there is no search_text_uids
 (the full-text index matches whole words, IMAP's SEARCH TEXT any substring).
+
+Added for speed (migration 15, table imap_summary): what IMAP computes of a message's
+header is kept once computed, by the server, never by the inbound path: its ENVELOPE
+(MessageItem.envelope, None until kept) and the decoded, case-folded values of the
+header fields SEARCH asks for most (SUMMARY_FIELDS). save_summaries(records) keeps them;
+search_summaries(login, name, terms) answers header keys over them in SQL and lists the
+uids with nothing kept yet (the server matches those itself, and keeps them).
 """
 
 from __future__ import annotations
@@ -56,7 +63,8 @@ import attrs
 import peewee
 
 from atollon_mail.store import searchtext
-from atollon_mail.store.common import chunks, placeholders, read_only
+from atollon_mail.store.common import chunks, flushed_lazily, placeholders, read_only
+from atollon_mail.store.database import is_sqlite
 from atollon_mail.store.errors import Invalid, NotFound, ReadOnly
 from atollon_mail.store.filing import (
     FILED_COPY_FLAG,
@@ -74,6 +82,7 @@ from atollon_mail.store.models import (
     Context,
     Domain,
     Filing,
+    ImapSummary,
     Mailbox,
     MailboxAccess,
     Message,
@@ -163,6 +172,8 @@ class MessageItem:
     size: int
     internaldate: datetime.datetime
     message_id: int
+    # Its ENVELOPE as kept by save_summaries (None: not kept yet, or by another version).
+    envelope: bytes | None = None
 
 
 # --- which folders a user sees ----------------------------------------------------------
@@ -520,21 +531,38 @@ def folder_status(login: str, name: str) -> FolderStatus:
 
 
 def _aware(value) -> datetime.datetime:
-    if isinstance(value, str):
-        value = Message.received_at.python_value(value)
+    if isinstance(value, str):  # SQLite's text, naive UTC as the store writes it
+        try:
+            value = datetime.datetime.fromisoformat(value)  # a tenth of peewee's cost
+        except ValueError:
+            value = Message.received_at.python_value(value)
     return value.replace(tzinfo=datetime.UTC)
 
 
 def _items(where) -> list[MessageItem]:
     query = (
         Filing.select(
-            Filing.uid, _MODSEQ, Filing.flags, Message.size, Message.received_at, Message.id
+            Filing.uid,
+            _MODSEQ,
+            Filing.flags,
+            Message.size,
+            Message.received_at,
+            Message.id,
+            ImapSummary.envelope,
         )
         .join(Message, on=(Filing.message == Message.id))
+        .join(
+            ImapSummary,
+            peewee.JOIN.LEFT_OUTER,
+            on=((ImapSummary.message == Message.id) & (ImapSummary.version == SUMMARY_VERSION)),
+        )
         .where(where)
         .order_by(Filing.uid)
-        .tuples()
     )
+    # The cursor's rows as they are (the columns need no conversion but the two done
+    # here): a folder is listed 1000 messages a call, and peewee's rows cost twice this.
+    sql, params = query.sql()
+    rows = database_proxy.execute_sql(sql, params).fetchall()
     return [
         MessageItem(
             uid=uid,
@@ -543,8 +571,9 @@ def _items(where) -> list[MessageItem]:
             size=size,
             internaldate=_aware(received_at),
             message_id=message_id,
+            envelope=None if envelope is None else bytes(envelope),
         )
-        for uid, modseq, flags, size, received_at, message_id in query
+        for uid, modseq, flags, size, received_at, message_id, envelope in rows
     ]
 
 
@@ -555,7 +584,15 @@ def message_items(login: str, name: str, uids: Sequence[int]) -> tuple[MessageIt
     where = _where(folder, box)
     found: list[MessageItem] = []
     for chunk in chunks(sorted(set(uids))):
-        found.extend(_items(where & Filing.uid.in_(chunk)))
+        low, high = chunk[0], chunk[-1]
+        if high - low < 2 * len(chunk):
+            # Dense (1:* and most sets are): a range of the index, no list of values to
+            # build and parse; at most twice the rows asked for, those not asked dropped.
+            wanted = set(chunk)
+            rows = _items(where & (Filing.uid >= low) & (Filing.uid <= high))
+            found.extend(item for item in rows if item.uid in wanted)
+        else:
+            found.extend(_items(where & Filing.uid.in_(chunk)))
     return tuple(found)
 
 
@@ -565,6 +602,106 @@ def changed_since(login: str, name: str, modseq: int) -> tuple[MessageItem, ...]
     counts: a new filing's mod-sequence is its uid)."""
     folder, box = resolve(login, name)
     return tuple(_items(_where(folder, box) & (_MODSEQ > modseq)))
+
+
+# --- what IMAP keeps of each message's header (migration 15) ------------------------------
+
+# The version of what imap.summary computes: rows of another are read as absent (bump
+# it when the ENVELOPE's rendering or the header fields' decoding changes).
+SUMMARY_VERSION = 1
+# The header fields kept (lower-case names), in the order of ImapSummaryRecord.fields.
+SUMMARY_FIELDS = ("subject", "from", "to", "cc", "bcc")
+_SUMMARY_COLUMNS = ("subject", "from_field", "to_field", "cc_field", "bcc_field")
+
+
+@attrs.frozen
+class ImapSummaryRecord:
+    """What IMAP keeps of one message's header: its ENVELOPE, and for each of
+    SUMMARY_FIELDS the decoded, case-folded values of every such field joined by "\n"
+    (None when the message has no such field)."""
+
+    message_id: int
+    envelope: bytes
+    fields: tuple[str | None, ...]
+
+
+@attrs.frozen
+class SummarySearch:
+    """search_summaries' answer: `found` the uids whose kept fields match, `missing` the
+    uids of the folder with nothing kept yet (the caller matches those itself)."""
+
+    found: tuple[int, ...]
+    missing: tuple[int, ...]
+
+
+@flushed_lazily
+def save_summaries(summaries: Sequence[ImapSummaryRecord]) -> int:
+    """Keep these summaries (replacing any kept before); those of messages removed
+    meanwhile are left out. How many were written. Lost in a crash, they are computed
+    again: hence written lazily."""
+    param = database_proxy.param
+    columns = ", ".join(_SUMMARY_COLUMNS)
+    values = ", ".join([param] * (3 + len(_SUMMARY_COLUMNS)))
+    updates = ", ".join(
+        f"{column} = excluded.{column}" for column in ("version", "envelope", *_SUMMARY_COLUMNS)
+    )
+    statement = (
+        f"INSERT INTO imap_summary (message_id, version, envelope, {columns})"
+        f" SELECT {values} WHERE EXISTS (SELECT 1 FROM message WHERE id = {param})"
+        f" ON CONFLICT (message_id) DO UPDATE SET {updates}"
+    )
+    written = 0
+    with database_proxy.atomic():
+        for summary in summaries:
+            if len(summary.fields) != len(SUMMARY_FIELDS):
+                raise ValueError("a summary has one value for each of SUMMARY_FIELDS")
+            cursor = database_proxy.execute_sql(
+                statement,
+                (
+                    summary.message_id,
+                    SUMMARY_VERSION,
+                    bytes(summary.envelope),
+                    *summary.fields,
+                    summary.message_id,
+                ),
+            )
+            written += max(cursor.rowcount, 0)
+    return written
+
+
+@read_only
+def search_summaries(login: str, name: str, terms: Sequence[tuple[str, str]]) -> SummarySearch:
+    """The uids of the folder whose kept header fields hold every (field, text) of
+    `terms` (field one of SUMMARY_FIELDS, text case-folded by the caller: matched as an
+    exact substring of the case-folded values, so any case folding of Unicode matches as
+    it does in Python), and the uids with nothing kept yet."""
+    folder, box = resolve(login, name)
+    where = _where(folder, box)
+    kept = (ImapSummary.message == Filing.message) & (ImapSummary.version == SUMMARY_VERSION)
+    find = peewee.fn.instr if is_sqlite(database_proxy.obj) else peewee.fn.strpos
+    matching = where
+    for field, text in terms:
+        if field not in SUMMARY_FIELDS or not text:
+            raise ValueError(f"cannot search the kept field {field!r} for {text!r}")
+        column = getattr(ImapSummary, _SUMMARY_COLUMNS[SUMMARY_FIELDS.index(field)])
+        matching &= find(column, text) > 0
+    found = (
+        Filing.select(Filing.uid)
+        .join(ImapSummary, on=kept)
+        .where(matching)
+        .order_by(Filing.uid)
+        .tuples()
+    )
+    missing = (
+        Filing.select(Filing.uid)
+        .join(ImapSummary, peewee.JOIN.LEFT_OUTER, on=kept)
+        .where(where & ImapSummary.message.is_null())
+        .order_by(Filing.uid)
+        .tuples()
+    )
+    return SummarySearch(
+        found=tuple(uid for (uid,) in found), missing=tuple(uid for (uid,) in missing)
+    )
 
 
 # --- the bytes of messages --------------------------------------------------------------

@@ -547,6 +547,27 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE filing ADD COLUMN modseq {bigint}",
         ),
     ),
+    Migration(
+        15,
+        "what IMAP renders and searches of each message's header, kept once computed",
+        (
+            # Written by the IMAP server the first time it reads a message's header (never
+            # by the inbound path), read instead of the header from then on. `version` is
+            # the rendering's: rows of another version count as absent. The header fields
+            # are the decoded, case-folded values of every such field joined by newlines
+            # (NULL: no such field).
+            """CREATE TABLE imap_summary (
+                message_id {bigint} NOT NULL PRIMARY KEY
+                    REFERENCES message (id) ON DELETE CASCADE,
+                version INTEGER NOT NULL,
+                envelope {blob} NOT NULL,
+                subject TEXT NULL,
+                from_field TEXT NULL,
+                to_field TEXT NULL,
+                cc_field TEXT NULL,
+                bcc_field TEXT NULL)""",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].number

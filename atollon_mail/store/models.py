@@ -299,6 +299,24 @@ class Message(BaseModel):
     has_attachment = peewee.BooleanField(default=False)
 
 
+class ImapSummary(BaseModel):
+    """What IMAP renders and searches of a message's header (migration 15; see
+    store.imapfolders): its ENVELOPE and the decoded, case-folded values of the header
+    fields SEARCH asks for most, each field's values joined by newlines (None: no such
+    field). Written the first time IMAP reads the header; `version` is the rendering's."""
+
+    message = peewee.ForeignKeyField(
+        Message, primary_key=True, on_delete="CASCADE", column_name="message_id"
+    )
+    version = peewee.IntegerField()
+    envelope = RawField()
+    subject = peewee.TextField(null=True)
+    from_field = peewee.TextField(null=True)
+    to_field = peewee.TextField(null=True)
+    cc_field = peewee.TextField(null=True)
+    bcc_field = peewee.TextField(null=True)
+
+
 # The full-text index of messages (migration 13; store.search): the databases' own
 # engines, so no model describes it. SQLite: an FTS5 table (and the tables FTS5 keeps
 # for it, named after it); PostgreSQL: a table of tsvectors.
@@ -582,6 +600,7 @@ MODELS = (
     Message,
     Filing,
     MessageAddress,
+    ImapSummary,
     QueueMessage,
     QueueRecipient,
     QueueEvent,

@@ -14,6 +14,7 @@ from twisted.trial import unittest
 
 from atollon_mail.imap import server
 from atollon_mail.store import folders, imapfolders, mailfolders
+from atollon_mail.store.models import ImapSummary
 from tests import builders
 from tests.imap.support import ImapServerMixin
 from tests.support import PostgresStoreMixin, SqliteStoreMixin
@@ -379,17 +380,19 @@ class MessageCommandsContract(ImapServerMixin):
 
     @defer.inlineCallbacks
     def test_fetch_is_read_in_batches_as_the_client_takes_them(self):
-        for number in range(server.FETCH_BATCH + 5):
+        # No whole message read: batches of ITEM_BATCH (made small here).
+        self.patch(server, "ITEM_BATCH", 30)
+        for number in range(server.ITEM_BATCH + 5):
             self.receive(f"m{number}")
         client = yield self.logged_in("INBOX")
         client.send("a3 FETCH 1:* (UID FLAGS)\r\n")
         client.protocol.pauseProducing()  # the transport's buffer is full
         yield eventually(lambda: client.protocol._writable, "waiting for the transport")
         lines = client.lines()
-        self.assertEqual(len(lines), server.FETCH_BATCH, "the next batch waits for the transport")
+        self.assertEqual(len(lines), server.ITEM_BATCH, "the next batch waits for the transport")
         client.protocol.resumeProducing()
         lines = yield client.until_tagged("a3")
-        self.assertEqual(len(lines), server.FETCH_BATCH + 6)
+        self.assertEqual(len(lines), server.ITEM_BATCH + 6)
         self.assertEqual(lines[-1], "a3 OK FETCH completed")
 
     @defer.inlineCallbacks
@@ -475,6 +478,47 @@ class SearchContract(ImapServerMixin):
         self.assertEqual(lines[-1], "a12 NO [BADCHARSET (US-ASCII UTF-8)] Unknown charset")
         lines = yield client.command("SEARCH FROB")
         self.assertEqual(lines[-1][:7], "a13 BAD")
+
+    @defer.inlineCallbacks
+    def test_header_search_and_envelope_from_what_the_store_keeps(self):
+        self.receive("Invoice März", "Please pay.")
+        self.receive("Lunch")
+        self.receive("Other")
+        client = yield self.logged_in("INBOX")
+        # Nothing kept yet: the headers are read, matched here, and kept.
+        first = yield client.command("FETCH 1:* (ENVELOPE)")
+        self.assertIn("Invoice März", "".join(first))
+        kept = self.store.run_sync(
+            builders.table_rows, ImapSummary.message, order_by=ImapSummary.message
+        )
+        self.assertEqual(len(kept), 3)
+        lines = yield client.command("FETCH 1:* (ENVELOPE)")
+        self.assertEqual(lines[:-1], first[:-1])
+        lines = yield client.command('SEARCH CHARSET UTF-8 SUBJECT "MÄRZ"')
+        self.assertEqual(lines[0], "* SEARCH 1")
+        # What the store keeps is what is answered (changed here behind the server's back).
+        third = kept[2][0]
+        self.store.run_sync(
+            lambda: (
+                ImapSummary.update(subject="invoice", envelope=b"NIL")
+                .where(ImapSummary.message == third)
+                .execute()
+            )
+        )
+        lines = yield client.command("UID SEARCH SUBJECT invoice")
+        uids = list(client.protocol.selected.uids)
+        self.assertEqual(lines[0], f"* SEARCH {uids[0]} {uids[2]}")
+        lines = yield client.command("SEARCH SUBJECT invoice SEEN")  # not for the store
+        self.assertEqual(lines[0], "* SEARCH")
+        lines = yield client.command("FETCH 3 (ENVELOPE)")
+        self.assertEqual(lines[0], "* 3 FETCH (ENVELOPE NIL)")
+        lines = yield client.command("FETCH 3 (ENVELOPE BODY.PEEK[HEADER.FIELDS (X)])")
+        self.assertEqual(lines[0][:31], '* 3 FETCH (ENVELOPE ("Mon, 07 D')
+        # A message kept nothing of is matched from its header, with the kept ones.
+        self.receive("Invoice April")
+        yield client.command("NOOP")
+        lines = yield client.command("SEARCH SUBJECT invoice")
+        self.assertEqual(lines[0], "* SEARCH 1 3 4")
 
 
 class SearchSqliteTests(SearchContract, SqliteStoreMixin, unittest.TestCase):

@@ -7,7 +7,14 @@ import attrs
 from twisted.trial.unittest import TestCase
 
 from atollon_mail.imap.parser import ParseError, parse_command
-from atollon_mail.imap.search import BadCharset, SearchProgram, decode_header_value, parse_search
+from atollon_mail.imap.search import (
+    KEPT_FIELDS,
+    BadCharset,
+    SearchProgram,
+    decode_header_value,
+    kept_fields,
+    parse_search,
+)
 
 from .test_message import MULTIPART
 
@@ -201,3 +208,51 @@ class DecodeTests(TestCase):
         self.assertEqual(decode_header_value("plain é".encode()), "plain é")
         self.assertEqual(decode_header_value(b"latin \xe9"), "latin é")
         self.assertEqual(decode_header_value(b"=?utf-8?b?!!!?="), "=?utf-8?b?!!!?=")
+
+
+class KeptFieldsTests(TestCase):
+    def test_header_terms_only_for_kept_header_keys(self) -> None:
+        self.assertEqual(
+            program(
+                b"CHARSET UTF-8 SUBJECT {%d}" % len("Straße".encode()), "Straße".encode()
+            ).header_terms,
+            (("subject", "strasse"),),
+        )
+        self.assertEqual(
+            program(b'FROM bob HEADER "CC" X TO y BCC z').header_terms,
+            (("from", "bob"), ("cc", "x"), ("to", "y"), ("bcc", "z")),
+        )
+        self.assertEqual(
+            program(
+                b"CHARSET UTF-8 SUBJECT {%d}" % len("ΟΔΟΣ".encode()), "ΟΔΟΣ".encode()
+            ).header_terms,
+            (("subject", "οδοσ"),),
+        )
+        # A group of one key is that key.
+        self.assertEqual(program(b"(SUBJECT x)").header_terms, (("subject", "x"),))
+        for text in (
+            b"SUBJECT x SEEN",  # a flag too
+            b"OR SUBJECT x FROM y",
+            b"NOT SUBJECT x",
+            b"HEADER X-Ticket abc",  # a field not kept
+            b'SUBJECT ""',  # presence, not a text
+            b"SUBJECT x MODSEQ 5",
+            b"TEXT x",
+            b"1:3 SUBJECT x",
+        ):
+            with self.subTest(text=text):
+                self.assertIsNone(program(text).header_terms)
+        self.assertIsNone(program(b"SUBJECT {3}", b"a\nb").header_terms)
+
+    def test_kept_fields_are_what_header_keys_match(self) -> None:
+        header = ENCODED[: ENCODED.index(b"\r\n\r\n") + 2]
+        fields = dict(zip(KEPT_FIELDS, kept_fields(header), strict=True))
+        self.assertEqual(fields["subject"], "grüßeaus prag".casefold())
+        self.assertEqual(fields["from"], "jörg müller <joerg@example.de>")
+        self.assertEqual(fields["to"], "team: alice@example.com, bob@example.com;")
+        self.assertIsNone(fields["cc"])
+        twice = b"To: a@example.com\r\nCc: C\r\nTo: =?utf-8?q?B=C3=96B?= <b@example.com>\r\n"
+        fields = dict(zip(KEPT_FIELDS, kept_fields(twice), strict=True))
+        self.assertEqual(fields["to"], "a@example.com\nböb <b@example.com>")
+        self.assertEqual(fields["cc"], "c")
+        self.assertIsNone(fields["subject"])

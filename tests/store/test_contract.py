@@ -121,13 +121,7 @@ def _model_description(model) -> dict:
     for field in meta.sorted_fields:
         length = getattr(field, "max_length", None) if field.field_type == "VARCHAR" else None
         columns[field.column_name] = (field.null, _field_family(field), length)
-        if field.primary_key:
-            continue
-        if field.unique:
-            indexes.add(((field.column_name,), True))
-        elif field.index:
-            indexes.add(((field.column_name,), False))
-        if isinstance(field, peewee.ForeignKeyField):
+        if isinstance(field, peewee.ForeignKeyField):  # a primary key may be one too
             foreign_keys.add(
                 (
                     field.column_name,
@@ -136,6 +130,12 @@ def _model_description(model) -> dict:
                     (field.on_delete or "").upper(),
                 )
             )
+        if field.primary_key:
+            continue
+        if field.unique:
+            indexes.add(((field.column_name,), True))
+        elif field.index:
+            indexes.add(((field.column_name,), False))
     for index in meta.indexes:
         if isinstance(index, peewee.ModelIndex):  # added with add_index (a partial index)
             names = tuple(field.column_name for field in index._expressions)

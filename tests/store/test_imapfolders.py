@@ -708,7 +708,7 @@ class ModseqMigrationContract:
         ).fetchall()
         with database.connection_context():
             applied = migrations.migrate(database)
-        self.assertEqual([migration.number for migration in applied], [14])
+        self.assertEqual([migration.number for migration in applied], [14, 15])
         after = store.run_sync(
             database.execute_sql, "SELECT id, uid, flags, modseq FROM filing ORDER BY id"
         ).fetchall()
