@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
@@ -16,17 +14,6 @@ def ports(services: ClientServices, kind: str) -> list[tuple[int, str]]:
     return [(service.port, service.socket_type) for service in services.offered(kind)]
 
 
-class WithImap:
-    """A configuration with an [imap] section (what client_services reads of it)."""
-
-    def __init__(self, config, tls_listen):
-        self._config = config
-        self.imap = SimpleNamespace(listen="tcp:143", tls_listen=tls_listen)
-
-    def __getattr__(self, name):
-        return getattr(self._config, name)
-
-
 class ClientServicesTests(unittest.TestCase):
     def setUp(self):
         self.config = parse_config(f"[appliance]\nhostname = {HOSTNAME}\n")
@@ -34,12 +21,12 @@ class ClientServicesTests(unittest.TestCase):
     def test_the_standard_ports_implicit_tls_first(self):
         services = client_services(self.config)
         self.assertEqual(services.hostname, HOSTNAME)
-        self.assertEqual(ports(services, "imap"), [(993, "SSL"), (143, "STARTTLS")])
+        self.assertEqual(ports(services, "imap"), [(143, "STARTTLS")])
         self.assertEqual(ports(services, "smtp"), [(587, "STARTTLS")])
         self.assertEqual(
             [(s.srv, services.srv_value(s)) for s in services.services],
             [
-                ("_imaps._tcp", f"0 1 993 {HOSTNAME}."),
+                ("_imaps._tcp", "0 0 0 ."),
                 ("_imap._tcp", f"10 1 143 {HOSTNAME}."),
                 ("_submissions._tcp", "0 0 0 ."),
                 ("_submission._tcp", f"10 1 587 {HOSTNAME}."),
@@ -53,11 +40,13 @@ class ClientServicesTests(unittest.TestCase):
         )
         self.assertEqual(ports(client_services(config), "smtp"), [(465, "SSL"), (587, "STARTTLS")])
 
-    def test_imaps_follows_the_imap_section_once_there_is_one(self):
-        without = client_services(WithImap(self.config, None))
+    def test_imaps_once_its_listener_is_configured(self):
+        without = client_services(self.config)
         self.assertEqual(ports(without, "imap"), [(143, "STARTTLS")])
         [imaps] = [s for s in without.services if s.srv == "_imaps._tcp"]
         self.assertEqual(without.srv_value(imaps), "0 0 0 .")
         self.assertIn("[imap] tls_listen", imaps.why_not)
-        with_tls = client_services(WithImap(self.config, "tcp:993"))
+        with_tls = client_services(
+            parse_config(f"[appliance]\nhostname = {HOSTNAME}\n[imap]\ntls_listen = tcp:993\n")
+        )
         self.assertEqual(ports(with_tls, "imap"), [(993, "SSL"), (143, "STARTTLS")])

@@ -44,7 +44,6 @@ import array
 import base64
 import binascii
 import datetime
-import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -55,6 +54,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from atollon_mail.addresses import client_ip
 from atollon_mail.auth import Throttled
 from atollon_mail.config import ImapConfig
 from atollon_mail.imap import fetch as fetching
@@ -198,18 +198,6 @@ def _no(text: str) -> _Refused:
 
 def _bad(text: str) -> _Refused:
     return _Refused("BAD", text)
-
-
-def _client_ip(host: Any) -> str | None:
-    if not isinstance(host, str):
-        return None
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
 
 
 def _string(token: Any, what: str = "argument") -> bytes:
@@ -399,7 +387,7 @@ class IMAPServerProtocol(Protocol):
         return self.settings.idle_timeout
 
     def connectionMade(self) -> None:
-        self.peer = _client_ip(getattr(self.transport.getPeer(), "host", None))
+        self.peer = client_ip(getattr(self.transport.getPeer(), "host", None))
         self.tls = self.factory.implicit_tls or ISSLTransport.providedBy(self.transport)
         now = self.clock.seconds()
         self._login_deadline = now + self.settings.login_timeout
