@@ -78,6 +78,7 @@ from atollon_mail.store.filing import (
     next_modseq,
     remove_unused_messages,
 )
+from atollon_mail.store.mailfolders import SENT, folder_filings
 from atollon_mail.store.models import (
     Context,
     Domain,
@@ -93,7 +94,6 @@ from atollon_mail.store.models import (
 from atollon_mail.store.records import OutgoingMessage
 from atollon_mail.store.values import DRAFTS, INBOX, JUNK, TRASH
 
-SENT = "sent"  # as store.mailfolders names it: folder inbox, the mailbox's Sent context
 DELIMITER = "/"
 SHARED_PREFIX = "Shared"
 CRM_PREFIX = "CRM"
@@ -442,20 +442,10 @@ def resolve(login: str, name: str) -> tuple[ImapFolder, _Box]:
 
 
 def _where(folder: ImapFolder, box: _Box):
-    """The filings of the folder (see the module's description)."""
-    where = Filing.mailbox == box.id
-    if folder.context_id is not None and folder.folder is None:
-        return where & (Filing.folder == INBOX) & (Filing.context == folder.context_id)
-    # A filing "File to..." added is shown in its CRM folder only.
-    where &= ~has_flag(FILED_COPY_FLAG)
-    if folder.folder == SENT:
-        if box.sent_context_id is None:
-            return where & Filing.id.is_null()
-        return where & (Filing.folder == INBOX) & (Filing.context == box.sent_context_id)
-    where &= Filing.folder == folder.folder
-    if folder.folder == INBOX and box.sent_context_id is not None:
-        where &= Filing.context != box.sent_context_id
-    return where
+    """The filings of the folder: exactly those of the web's folder of that name
+    (mailfolders.folder_filings)."""
+    crm = folder.context_id if folder.folder is None else None
+    return folder_filings(box.id, box.sent_context_id, folder.folder, crm)
 
 
 _MODSEQ = peewee.fn.COALESCE(Filing.modseq, Filing.uid)
