@@ -905,10 +905,10 @@ def store_flags(
     asked = _client_flags(flags)
     folder, box = _writable(login, name)
     lock_mailboxes([box.id])
-    modseq = None
     changed: list[int] = []
     unchanged: list[int] = []
     modified: list[int] = []
+    by_text: dict[str, list[int]] = {}  # new flags -> the filings that take them
     for filing_id, uid, message_id, _folder, _context, present_text, current in _rows(
         folder, box, uids
     ):
@@ -928,15 +928,23 @@ def store_flags(
         text = " ".join(updated)
         if len(text) > Filing.flags.max_length:
             raise Invalid(f"message {message_id} would have too many flags; store fewer")
-        if modseq is None:
-            modseq = next_modseq(box.id)
-        Filing.update(flags=text, modseq=modseq).where(Filing.id == filing_id).execute()
+        by_text.setdefault(text, []).append(filing_id)
         changed.append(filing_id)
+    if changed:
+        _set_flags(by_text, next_modseq(box.id))
     return StoreResult(
         changed=tuple(_items_of(changed)),
         modified=tuple(modified),
         unchanged=tuple(_items_of(unchanged)),
     )
+
+
+def _set_flags(by_text: dict[str, list[int]], modseq: int, **also) -> None:
+    """Give filings their new flags (and one mod-sequence): one UPDATE for each text of
+    flags (a STORE on many messages gives most of them the same), not one per filing."""
+    for text, filing_ids in by_text.items():
+        for chunk in chunks(filing_ids):
+            Filing.update(flags=text, modseq=modseq, **also).where(Filing.id.in_(chunk)).execute()
 
 
 def _without(flags: str, *names: str) -> str:
@@ -961,11 +969,10 @@ def expunge(login: str, name: str, uids: Sequence[int] | None = None) -> tuple[i
     gone = [row for row in rows if not crm or FILED_COPY_FLAG in row[5].split()]
     kept = [row for row in rows if crm and FILED_COPY_FLAG not in row[5].split()]
     if kept:
-        modseq = next_modseq(box.id)
+        by_text: dict[str, list[int]] = {}
         for filing_id, *_rest, flags, _modseq in kept:
-            Filing.update(
-                context=box.store_to_id, flags=_without(flags, DELETED_FLAG), modseq=modseq
-            ).where(Filing.id == filing_id).execute()
+            by_text.setdefault(_without(flags, DELETED_FLAG), []).append(filing_id)
+        _set_flags(by_text, next_modseq(box.id), context=box.store_to_id)
     for chunk in chunks([row[0] for row in gone]):
         Filing.delete().where(Filing.id.in_(chunk)).execute()
     remove_unused_messages({row[2] for row in gone})
@@ -992,19 +999,39 @@ def _next_uid(mailbox_id: int) -> int:
     return next_modseq(mailbox_id)  # the same counter: a fresh uid
 
 
-def _existing_in_context(mailbox_id: int, message_id: int, context_id: int) -> int | None:
-    """The uid of a filing of the message in the mailbox with that context, if any."""
-    return (
-        Filing.select(Filing.uid)
-        .where(
-            (Filing.mailbox == mailbox_id)
-            & (Filing.message == message_id)
-            & (Filing.context == context_id)
-            & (Filing.folder == INBOX)
+def _reserve_uids(mailbox_id: int, count: int) -> int:
+    """The first of `count` fresh uids of the mailbox, taken in one statement (they are
+    that one and the count - 1 after it)."""
+    param = database_proxy.param
+    row = database_proxy.execute_sql(
+        f"UPDATE mailbox SET next_uid = next_uid + {param} WHERE id = {param} RETURNING next_uid",
+        (count, mailbox_id),
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"mailbox {mailbox_id} was removed")
+    return row[0] - count
+
+
+def _existing_in_context(
+    mailbox_id: int, message_ids: Sequence[int], context_id: int
+) -> dict[int, int]:
+    """message id -> the uid of its first filing in the mailbox with that context, for
+    those of the messages filed there."""
+    found: dict[int, int] = {}
+    for chunk in chunks(sorted(set(message_ids))):
+        query = (
+            Filing.select(Filing.message, Filing.uid)
+            .where(
+                (Filing.mailbox == mailbox_id)
+                & Filing.message.in_(chunk)
+                & (Filing.context == context_id)
+                & (Filing.folder == INBOX)
+            )
+            .order_by(Filing.id.desc())
+            .tuples()
         )
-        .order_by(Filing.id)
-        .scalar()
-    )
+        found.update(query)  # the first filing's last: it is the one kept
+    return found
 
 
 def copy(login: str, source: str, uids: Sequence[int], target: str, move: bool = False):
@@ -1036,19 +1063,42 @@ def copy(login: str, source: str, uids: Sequence[int], target: str, move: bool =
     spam: list[int] = []
     ham: list[int] = []
     removed: list[int] = []
-    for filing_id, uid, message_id, folder, context_id, flags, _modseq in _rows(
-        source_folder, source_box, uids
-    ):
-        is_copy = FILED_COPY_FLAG in flags.split()
-        shown = _without(flags, FILED_COPY_FLAG)
+    rows = _rows(source_folder, source_box, uids)
+    existing: dict[int, int] = {}
+    if to_crm:
+        existing = _existing_in_context(target_box.id, [row[2] for row in rows], context_to)
+    # First what each message needs (a new uid, or the uid it has there already), so
+    # that the new uids are taken at once; a message met twice is filed there once.
+    needs: list[tuple[tuple, int | None]] = []  # (row, the index of its new uid or None)
+    filed: dict[int, int] = {}  # CRM: message id -> the index of the new uid it takes
+    count = 0
+    for row in rows:
+        filing_id, uid, message_id = row[0], row[1], row[2]
         if to_crm:
-            there = _existing_in_context(target_box.id, message_id, context_to)
+            there = existing.get(message_id)
             if there is not None and not (move and same and there == uid):
                 pairs.append((uid, there))
                 if move and not (same and there == uid):
                     removed.append(filing_id)
                 continue
-        new_uid = _next_uid(target_box.id)
+            if message_id in filed:
+                needs.append((row, None))
+                continue
+            filed[message_id] = count
+        needs.append((row, count))
+        count += 1
+    first = _reserve_uids(target_box.id, count) if count else 0
+    inserts: list[tuple] = []
+    for row, index in needs:
+        filing_id, uid, message_id, folder, context_id, flags, _modseq = row
+        if index is None:  # met before: filed there now, by this command
+            pairs.append((uid, first + filed[message_id]))
+            if move:
+                removed.append(filing_id)
+            continue
+        new_uid = first + index
+        is_copy = FILED_COPY_FLAG in flags.split()
+        shown = _without(flags, FILED_COPY_FLAG)
         if not to_crm and folder_to == JUNK and folder != JUNK:
             spam.append(new_uid)
         if folder == JUNK and folder_to not in (JUNK, TRASH):
@@ -1074,17 +1124,30 @@ def copy(login: str, source: str, uids: Sequence[int], target: str, move: bool =
                 filed_at=stamp,
             ).where(Filing.id == filing_id).execute()
             continue
-        Filing.insert(
-            message=message_id,
-            mailbox=target_box.id,
-            context=context_to if context_to is not None else target_box.store_to_id,
-            uid=new_uid,
-            flags=new_flags,
-            filed_at=now,
-            folder=folder_to,
-        ).execute()
+        inserts.append(
+            (
+                message_id,
+                target_box.id,
+                context_to if context_to is not None else target_box.store_to_id,
+                new_uid,
+                new_flags,
+                now,
+                folder_to,
+            )
+        )
         if move:
             removed.append(filing_id)
+    fields = [
+        Filing.message,
+        Filing.mailbox,
+        Filing.context,
+        Filing.uid,
+        Filing.flags,
+        Filing.filed_at,
+        Filing.folder,
+    ]
+    for chunk in chunks(inserts, 100):
+        Filing.insert_many(chunk, fields=fields).execute()
     for chunk in chunks(removed):
         Filing.delete().where(Filing.id.in_(chunk)).execute()
     return CopyResult(

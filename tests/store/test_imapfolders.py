@@ -315,6 +315,51 @@ class ImapFoldersContract(StoreFixtureMixin):
         # the user, whether they may read the mailbox, the filings with their messages.
         self.assertLessEqual(len(statements), 2 * 5 + 3, statements)
 
+    def count_statements(self) -> list[str]:
+        statements: list[str] = []
+        database = self.store.database
+        original = database.execute_sql
+
+        def counting(sql, *args, **kwargs):
+            statements.append(sql)
+            return original(sql, *args, **kwargs)
+
+        self.patch(database, "execute_sql", counting)
+        return statements
+
+    def test_store_copy_and_expunge_take_a_few_statements_however_many_messages(self):
+        for n in range(30):
+            self.receive(subject=f"m{n}")
+        uids = self.snapshot("INBOX").uids
+        self.store_flags("INBOX", uids[:1], "+", [FLAGGED])
+        statements = self.count_statements()
+        result = self.store_flags("INBOX", uids, "+", [SEEN])
+        self.assertEqual(len(result.changed), 30)
+        self.assertLessEqual(len(statements), 12, statements)
+        self.assertEqual({item.flags for item in self.items("INBOX")}, {(SEEN,), (FLAGGED, SEEN)})
+        del statements[:]
+        copied = self.sync(imapfolders.copy, "joe", "INBOX", uids, "Trash", False)
+        self.assertLessEqual(len(statements), 20, statements)
+        targets = [target for _, target in copied.pairs]
+        self.assertEqual(len(set(targets)), 30)
+        self.assertEqual(list(self.snapshot("Trash").uids), sorted(targets))
+        self.assertGreater(min(targets), max(uids))
+        del statements[:]
+        filed = self.sync(imapfolders.copy, "joe", "INBOX", uids, "CRM/Spring-launch", False)
+        self.assertLessEqual(len(statements), 25, statements)
+        self.assertEqual(len(filed.pairs), 30)
+        again = self.sync(imapfolders.copy, "joe", "INBOX", uids, "CRM/Spring-launch", False)
+        self.assertEqual(again.pairs, filed.pairs, "filed there once")
+        self.store_flags("INBOX", uids, "+", [DELETED])
+        del statements[:]
+        self.assertEqual(self.sync(imapfolders.expunge, "joe", "INBOX"), uids)
+        self.assertLessEqual(len(statements), 20, statements)
+        self.assertEqual(self.snapshot("INBOX").uids, ())
+        # The next uid comes after all those taken at once.
+        self.assertGreater(
+            self.sync(imapfolders.folder_status, "joe", "INBOX").uidnext, max(targets)
+        )
+
     # -- bytes ------------------------------------------------------------------------------
 
     def uid_of(self, message_id: int, name: str = "INBOX") -> int:
