@@ -13,7 +13,14 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["MAX_KEY", "client_key", "forwarded_client", "in_networks", "ip_of"]
+__all__ = [
+    "MAX_KEY",
+    "client_ip",
+    "client_key",
+    "forwarded_client",
+    "in_networks",
+    "ip_of",
+]
 
 MAX_KEY = 256  # characters of a host that is not an address, kept as a key
 
@@ -30,6 +37,15 @@ def ip_of(host: Any) -> IPAddress | None:
     if ip.version == 6 and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
+
+
+def client_ip(host: Any) -> str | None:
+    """A connection's peer host as the servers log and check it: the address as text (an
+    IPv4-mapped one as IPv4), or None when it is no address (a UNIX socket's peer)."""
+    if not isinstance(host, str):
+        return None
+    ip = ip_of(host)
+    return None if ip is None else str(ip)
 
 
 def client_key(host: Any) -> str:

@@ -6,9 +6,8 @@ autoconfig file the web serves (web/pages_autoconfig.py), so the two always agre
 The ports are the standard ones (993 and 143 for IMAP, 465 and 587 for submission), not
 those of the listen endpoints: a development box listens on 2143 or 2587, and a box behind
 port forwarding is reached at the standard port whatever it listens on. A service with
-implicit TLS is offered only when its listener is configured ([submission] tls_listen;
-[imap] tls_listen once the configuration has an [imap] section, until then 993 is taken
-as offered).
+implicit TLS is offered only when its listener is configured ([submission] tls_listen,
+[imap] tls_listen).
 """
 
 from __future__ import annotations
@@ -72,8 +71,7 @@ class ClientServices:
 def client_services(config: Any) -> ClientServices:
     """The mail services `config` (an atollon_mail.config.Config) offers to clients."""
     submissions = config.submission.tls_listen is not None
-    imap = getattr(config, "imap", None)
-    imaps = imap is None or getattr(imap, "tls_listen", None) is not None
+    imaps = config.imap.tls_listen is not None
     return ClientServices(
         hostname=config.appliance.hostname,
         services=(

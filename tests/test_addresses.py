@@ -6,9 +6,18 @@ import ipaddress
 
 from twisted.trial import unittest
 
-from atollon_mail.addresses import client_key, forwarded_client, in_networks
+from atollon_mail.addresses import client_ip, client_key, forwarded_client, in_networks
 
 LOCAL = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+class ClientIpTests(unittest.TestCase):
+    def test_the_peer_address_as_the_servers_keep_it(self):
+        self.assertEqual(client_ip("192.0.2.7"), "192.0.2.7")
+        self.assertEqual(client_ip("::ffff:192.0.2.7"), "192.0.2.7")
+        self.assertEqual(client_ip("2001:DB8::1"), "2001:db8::1")
+        for host in (None, 3232235777, "mail.example.test", "/run/socket"):
+            self.assertIsNone(client_ip(host))
 
 
 class ClientKeyTests(unittest.TestCase):

@@ -23,12 +23,12 @@ class ClientServicesTests(unittest.TestCase):
     def test_the_standard_ports_implicit_tls_first(self):
         services = client_services(self.config)
         self.assertEqual(services.hostname, HOSTNAME)
-        self.assertEqual(ports(services, "imap"), [(993, "SSL"), (143, "STARTTLS")])
+        self.assertEqual(ports(services, "imap"), [(143, "STARTTLS")])
         self.assertEqual(ports(services, "smtp"), [(587, "STARTTLS")])
         self.assertEqual(
             [(s.srv, services.srv_value(s)) for s in services.services],
             [
-                ("_imaps._tcp", f"0 1 993 {HOSTNAME}."),
+                ("_imaps._tcp", "0 0 0 ."),
                 ("_imap._tcp", f"10 1 143 {HOSTNAME}."),
                 ("_submissions._tcp", "0 0 0 ."),
                 ("_submission._tcp", f"10 1 587 {HOSTNAME}."),

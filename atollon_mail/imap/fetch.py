@@ -13,11 +13,12 @@ from __future__ import annotations
 import binascii
 import datetime
 import quopri
+import re
 from typing import Protocol
 
 import attrs
 
-from atollon_mail.imap.message import Message, envelope, header_end, literal, partial, string
+from atollon_mail.imap.message import Message, envelope, header_end, literal, string
 from atollon_mail.imap.parser import Atom, FetchAtt, ParseError
 
 MACROS = {
@@ -41,6 +42,12 @@ SIMPLE_ITEMS = {
     "RFC822.TEXT": "full",
 }
 NEEDS_ORDER = {"none": 0, "headers": 1, "full": 2}
+# Items that answer with octets of the message (each a section, or a slice of one): one
+# FETCH may ask for at most this many different ones (each may be as large as the
+# message), so that a line of thousands of <origin.count> slices is refused (BAD).
+COPYING_ITEMS = ("RFC822", "RFC822.TEXT", "RFC822.HEADER")
+MAX_SECTIONS = 50
+LARGE_PIECE = 16384  # a literal's data this large is a piece of its own, never copied
 
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -121,6 +128,9 @@ def parse_fetch(spec: object, uid: bool = False, modseq: bool = False) -> FetchR
     for name in names:
         if name not in items:
             items.append(name)
+    sections = sum(1 for name in items if isinstance(name, FetchAtt) or name in COPYING_ITEMS)
+    if sections > MAX_SECTIONS:
+        raise ParseError(None, f"Too many body sections in one FETCH (at most {MAX_SECTIONS})")
     if uid and "UID" not in items:
         items.insert(0, "UID")
     if modseq and "MODSEQ" not in items:
@@ -192,10 +202,10 @@ def render_chunks(
     seq: int,
     raw: bytes | None,
     flags: bool = False,
-) -> list[bytes]:
+) -> list[bytes | memoryview]:
     """render's answer in pieces (for transport.writeSequence): a large body section is
     one piece of its own, never copied into a joined answer."""
-    parts: list[bytes | tuple[bytes, ...]] = []
+    parts: list[bytes | tuple[bytes | memoryview, ...]] = []
     message: Message | None = None
     items = request.items
     if raw and request.needs == "headers" and header_end(raw)[1] == len(raw):
@@ -206,11 +216,12 @@ def render_chunks(
             )
     if flags and "FLAGS" not in items:
         items = items + ("FLAGS",)
+    computed: dict = {}  # each section once, however many slices of it are asked
     for name in items:
         if isinstance(name, FetchAtt):
             if message is None:
                 message = Message(raw or b"")
-            parts.append(_render_att(name, message))
+            parts.append(_render_att(name, message, computed))
         elif name == "UID":
             parts.append(b"UID %d" % item.uid)
         elif name == "FLAGS":
@@ -253,27 +264,46 @@ def render_chunks(
     return chunks
 
 
-def _render_att(att: FetchAtt, message: Message) -> bytes | tuple[bytes, ...]:
-    if att.name.startswith("BINARY"):
+def _render_att(
+    att: FetchAtt, message: Message, computed: dict | None = None
+) -> bytes | tuple[bytes | memoryview, ...]:
+    key = (att.name.startswith("BINARY"), att.section, att.fields)
+    if computed is not None and key in computed:
+        data = computed[key]
+    elif att.name.startswith("BINARY"):
         data = binary(message, att.section)
-        if att.name == "BINARY.SIZE":
-            return att_name(att) + b" %d" % (len(data) if data is not None else 0)
     else:
         data = message.section(att.section, att.fields)
+    if computed is not None:
+        computed[key] = data
+    if att.name == "BINARY.SIZE":
+        return att_name(att) + b" %d" % (len(data) if data is not None else 0)
     name = att_name(att)
     if data is None:
         return name + b" NIL"
     if att.partial is not None:
-        data = partial(data, *att.partial)
-    if att.name.startswith("BINARY") and b"\0" in data:
+        origin, count = att.partial
+        # A view, not a copy: many slices of one large section cost no memory each.
+        data = memoryview(data)[origin : origin + count]
+    if att.name.startswith("BINARY") and _has_nul(data):
         return (name + b" ~{%d}\r\n" % len(data), data)
     return _literal_chunks(name + b" ", data)
 
 
-def _literal_chunks(prefix: bytes, data: bytes) -> tuple[bytes, ...] | bytes:
-    """prefix + a literal of data, the data a piece of its own when large."""
-    if len(data) < 16384 or b"\0" in data:
-        return prefix + literal(data)
+_NUL = re.compile(b"\0")
+
+
+def _has_nul(data: bytes | memoryview) -> bool:
+    return _NUL.search(data) is not None  # re reads a memoryview without copying it
+
+
+def _literal_chunks(
+    prefix: bytes, data: bytes | memoryview
+) -> tuple[bytes | memoryview, ...] | bytes:
+    """prefix + a literal of data, the data a piece of its own when large (a memoryview
+    of the message stays one: the server writes it in slices)."""
+    if len(data) < LARGE_PIECE or _has_nul(data):
+        return prefix + literal(bytes(data))
     return (prefix + b"{%d}\r\n" % len(data), data)
 
 

@@ -22,6 +22,7 @@ ParseError carries the tag when it was read (None otherwise): the server answers
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterator
 
@@ -132,7 +133,11 @@ _TAG = re.compile(
 _SECTION_ATT = re.compile(rb"(BODY\.PEEK|BODY|BINARY\.PEEK|BINARY\.SIZE|BINARY)\[", re.I)
 _NUMBER = re.compile(rb"[0-9]{1,10}")
 _SECTION_TEXT = re.compile(rb"[0-9A-Za-z.]*")
-_SEQUENCE = re.compile(r"(?:[0-9]+|\*)(?::(?:[0-9]+|\*))?\Z")
+# Parenthesised lists nested deeper than this are refused (BAD) before Python's own
+# recursion limit is reached.
+MAX_NESTING = 32
+# A number has at most 10 digits (nz-number is 32 bits): longer ones are refused (BAD).
+_SEQUENCE = re.compile(r"(?:[0-9]{1,10}|\*)(?::(?:[0-9]{1,10}|\*))?\Z")
 MAX_NUMBER = 4294967295
 
 
@@ -155,6 +160,7 @@ class _Scanner:
         self.index = 0
         self.pos = 0
         self.tag = tag
+        self.nesting = 0  # parenthesised lists open at this point
 
     def fail(self, text: str) -> ParseError:
         return ParseError(self.tag, text)
@@ -248,6 +254,15 @@ class _Scanner:
         return FetchAtt(name, section, fields, partial)
 
     def parenthesised(self) -> list:
+        if self.nesting >= MAX_NESTING:
+            raise self.fail("Lists nested too deeply")
+        self.nesting += 1
+        try:
+            return self._parenthesised()
+        finally:
+            self.nesting -= 1
+
+    def _parenthesised(self) -> list:
         self.pos += 1
         items: list = []
         while True:
@@ -393,21 +408,33 @@ def parse_sequence_set(text: str, largest: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def sequence_numbers(ranges: list[tuple[int, int]], largest: int) -> Iterator[int]:
-    """Each number of the ranges once, ascending, capped at `largest`."""
+def merge_ranges(
+    ranges: list[tuple[int, int]], largest: int | None = None
+) -> list[tuple[int, int]]:
+    """The ranges sorted and merged (overlapping or adjacent ones made one), capped at
+    `largest` when given: a set of thousands of "1:*" is one range."""
     merged: list[tuple[int, int]] = []
     for low, high in sorted(ranges):
-        high = min(high, largest)
+        if largest is not None:
+            high = min(high, largest)
         if low > high:
             continue
         if merged and low <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], high))
+            if high > merged[-1][1]:
+                merged[-1] = (merged[-1][0], high)
         else:
             merged.append((low, high))
-    for low, high in merged:
+    return merged
+
+
+def sequence_numbers(ranges: list[tuple[int, int]], largest: int) -> Iterator[int]:
+    """Each number of the ranges once, ascending, capped at `largest`."""
+    for low, high in merge_ranges(ranges, largest):
         yield from range(low, high + 1)
 
 
 def in_sequence_set(ranges: list[tuple[int, int]], number: int) -> bool:
-    """Whether a number is in the ranges."""
-    return any(low <= number <= high for low, high in ranges)
+    """Whether a number is in the ranges, which merge_ranges made (sorted, disjoint):
+    found by bisection."""
+    index = bisect.bisect_right(ranges, (number, MAX_NUMBER + 1)) - 1
+    return index >= 0 and ranges[index][1] >= number

@@ -31,7 +31,13 @@ from atollon_mail.imap.message import (
     header_end,
     unfold,
 )
-from atollon_mail.imap.parser import Atom, ParseError, in_sequence_set, parse_sequence_set
+from atollon_mail.imap.parser import (
+    Atom,
+    ParseError,
+    in_sequence_set,
+    merge_ranges,
+    parse_sequence_set,
+)
 
 CHARSETS = ("US-ASCII", "UTF-8")
 
@@ -160,6 +166,15 @@ def parse_search(
     return SearchProgram(_all(tests), parser.needs, parser.uses_modseq, terms if simple else None)
 
 
+def _text_encoding(name: str) -> None:
+    """LookupError unless the codec decodes bytes to text (rot13, base64 or zlib do
+    not: bytes.decode refuses them whatever the bytes)."""
+    try:
+        b"a".decode(name)
+    except UnicodeError:
+        pass  # a text encoding, not of this octet alone (UTF-16)
+
+
 def _codec(charset: str) -> str:
     upper = charset.upper()
     if upper in ("US-ASCII", "ASCII"):
@@ -167,14 +182,24 @@ def _codec(charset: str) -> str:
     if upper in ("UTF-8", "UTF8"):
         return "utf-8"
     try:
-        return codecs.lookup(charset).name
+        name = codecs.lookup(charset).name
+        _text_encoding(name)
     except LookupError:
         raise BadCharset(charset) from None
+    return name
+
+
+# How deeply keys may nest (NOT, OR, parentheses): deeper is refused (BAD) before
+# Python's own recursion limit is reached, by the parser or by matching.
+MAX_KEY_NESTING = 100
 
 
 class _Parser:
-    def __init__(self, tokens: list, codec: str, last_seq: int, last_uid: int) -> None:
+    def __init__(
+        self, tokens: list, codec: str, last_seq: int, last_uid: int, depth: int = 0
+    ) -> None:
         self.tokens = tokens
+        self.depth = depth  # keys nested around this parser's tokens
         self.position = 0
         self.codec = codec
         self.last_seq = last_seq
@@ -222,11 +247,20 @@ class _Parser:
             raise ParseError(None, f"SEARCH: bad date {text}") from None
 
     def key(self) -> Test:
+        self.depth += 1
+        try:
+            if self.depth > MAX_KEY_NESTING:
+                raise ParseError(None, "SEARCH: keys nested too deeply")
+            return self._key()
+        finally:
+            self.depth -= 1
+
+    def _key(self) -> Test:
         token = self.next("a key")
         if isinstance(token, list):
             if not token:
                 raise ParseError(None, "SEARCH: empty parentheses")
-            inner = _Parser(token, self.codec, self.last_seq, self.last_uid)
+            inner = _Parser(token, self.codec, self.last_seq, self.last_uid, self.depth)
             tests = []
             while inner.position < len(token):
                 tests.append(inner.key())
@@ -294,7 +328,7 @@ class _Parser:
             modseq = self.number()
             return lambda target: target.item.modseq >= modseq
         if _SEQUENCE_SET.match(token):
-            ranges = parse_sequence_set(str(token), self.last_seq)
+            ranges = merge_ranges(parse_sequence_set(str(token), self.last_seq))
             return lambda target: in_sequence_set(ranges, target.seq)
         raise ParseError(None, f"SEARCH: unknown key {token}")
 
@@ -302,7 +336,7 @@ class _Parser:
         token = self.next("a sequence set")
         if not isinstance(token, Atom):
             raise ParseError(None, "SEARCH: expected a sequence set")
-        return parse_sequence_set(str(token), largest)
+        return merge_ranges(parse_sequence_set(str(token), largest))
 
 
 def _all(tests: list[Test]) -> Test:
@@ -413,9 +447,11 @@ def decode_header_value(value: bytes) -> str:
 def _charset(name: bytes) -> str:
     text = name.decode("ascii", "replace").split("*", 1)[0]  # RFC 2231 language suffix
     try:
-        return codecs.lookup(text).name
+        name = codecs.lookup(text).name
+        _text_encoding(name)
     except LookupError:
         return "latin-1"
+    return name
 
 
 def _text(data: bytes) -> str:

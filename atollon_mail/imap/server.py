@@ -46,7 +46,6 @@ import array
 import base64
 import binascii
 import datetime
-import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +56,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from atollon_mail.addresses import client_ip
 from atollon_mail.auth import Throttled
 from atollon_mail.config import ImapConfig
 from atollon_mail.imap import fetch as fetching
@@ -101,6 +101,12 @@ MAX_ERRORS = 20  # BAD answers before the session is closed
 COMMAND_TIMEOUT = 60.0  # seconds from a command's first octet to its last
 MIN_LITERAL_RATE = 1000  # octets a second a large literal must keep up on average
 STORE_TIMEOUT = 300.0  # seconds one batch of our own work may take before we give up
+# Seconds the transport may hold output it cannot send (the client reads nothing) before
+# the session is closed; meanwhile no command is taken.
+OUTPUT_STALL = 300.0
+# Octets a second a command's answer must be read at on average (beyond STORE_TIMEOUT),
+# so that a client reading a little now and then cannot keep a FETCH running for ever.
+MIN_OUTPUT_RATE = 1000
 IDLE_RECHECK = 5.0  # seconds between an idling session's looks for changes made elsewhere
 FETCH_BATCH = 200  # messages per store read
 ITEM_BATCH = 1000  # messages per store read when no whole message is read
@@ -196,18 +202,6 @@ def _bad(text: str) -> _Refused:
     return _Refused("BAD", text)
 
 
-def _client_ip(host: Any) -> str | None:
-    if not isinstance(host, str):
-        return None
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
-
-
 def _string(token: Any, what: str = "argument") -> bytes:
     """An astring argument's octets (an atom, a quoted string or a literal)."""
     if isinstance(token, bytes):
@@ -221,6 +215,24 @@ def _atom(token: Any, what: str = "argument") -> str:
     if isinstance(token, Atom):
         return str(token)
     raise _bad(f"Expected an atom as {what}")
+
+
+# RFC 3501 2.3.2: a flag with a backslash is one of these (any other is refused, BAD).
+_SYSTEM_NAMES = frozenset(flag.lower() for flag in (*SYSTEM_FLAGS, "\\Recent"))
+
+
+def _flags(tokens: list) -> tuple[str, ...]:
+    """A STORE's or APPEND's flags, without \\Recent (never set by a client)."""
+    flags = []
+    for token in tokens:
+        flag = _atom(token, "flag")
+        if flag.startswith("\\"):
+            if flag.lower() not in _SYSTEM_NAMES:
+                raise _bad(f"{flag} is not a system flag")
+            if flag.lower() == "\\recent":
+                continue
+        flags.append(flag)
+    return tuple(flags)
 
 
 def _name(token: Any) -> str:
@@ -358,6 +370,8 @@ class IMAPServerProtocol(Protocol):
         self._idle_counted = False
         self._recheck: Any = None
         self._dirty = False  # the selected folder may have changed
+        # A message a command meant to read was expunged (by another session) meanwhile.
+        self._vanished = False
         self._timer: Any = None
         self._deadline = 0.0
         self._login_deadline = 0.0
@@ -365,6 +379,8 @@ class IMAPServerProtocol(Protocol):
         self._command_started: float | None = None
         self._writable: list[defer.Deferred] = []
         self._output_paused = False
+        self._paused_at = 0.0
+        self._written = 0  # octets written since the command began
         self._registered = False
         self._when_lost: list[Callable[[], Any]] = []
         self._mailbox_ids: dict[str, int] = {}  # folder name -> mailbox id, from LIST
@@ -384,7 +400,7 @@ class IMAPServerProtocol(Protocol):
         return self.settings.idle_timeout
 
     def connectionMade(self) -> None:
-        self.peer = _client_ip(getattr(self.transport.getPeer(), "host", None))
+        self.peer = client_ip(getattr(self.transport.getPeer(), "host", None))
         self.tls = self.factory.implicit_tls or ISSLTransport.providedBy(self.transport)
         now = self.clock.seconds()
         self._login_deadline = now + self.settings.login_timeout
@@ -440,6 +456,10 @@ class IMAPServerProtocol(Protocol):
         if self._closing:
             return
         now = self.clock.seconds()
+        if self._output_paused:
+            if now >= self._paused_at + OUTPUT_STALL:
+                self.close("Autologout; the client reads nothing")
+                return
         if self._waiting:
             deadline = self._wait_deadline
         else:
@@ -448,6 +468,8 @@ class IMAPServerProtocol(Protocol):
                 deadline = min(deadline, self._command_deadline)
             if self.state == NOT_AUTHENTICATED:
                 deadline = min(deadline, self._login_deadline)
+        if self._output_paused:
+            deadline = min(deadline, self._paused_at + OUTPUT_STALL)
         if deadline > now:
             self._timer = self.clock.callLater(deadline - now, self._check_time)
             return
@@ -481,6 +503,7 @@ class IMAPServerProtocol(Protocol):
         if self._command_started is None:
             self._command_started = self.clock.seconds()
             self._command_deadline = self._command_started + COMMAND_TIMEOUT
+            self._written = 0
             self._arm(self._command_deadline)
 
     # --- output -------------------------------------------------------------------------
@@ -490,10 +513,12 @@ class IMAPServerProtocol(Protocol):
             return
         if isinstance(line, str):
             line = line.encode("utf-8")
+        self._written += len(line) + 2
         self.transport.write(line + b"\r\n")
 
     def write(self, data: bytes) -> None:
         if not self._closing:
+            self._written += len(data)
             self.transport.write(data)
 
     def tagged(self, tag: str, status: str, text: str) -> None:
@@ -515,23 +540,46 @@ class IMAPServerProtocol(Protocol):
             self.transport.unregisterProducer()
 
     # IPushProducer: the transport tells us when its buffer is full and drained again.
+    # While output is paused no command is taken (input is held, and the transport's
+    # reading paused beyond PAUSE_BUFFER), so a client that sends without reading cannot
+    # make us keep answers for it; output paused for OUTPUT_STALL closes the session.
     def pauseProducing(self) -> None:
+        if self._output_paused:
+            return
         self._output_paused = True
+        self._paused_at = self.clock.seconds()
+        if not self._closing:
+            self._arm(self._paused_at + OUTPUT_STALL)
 
     def resumeProducing(self) -> None:
+        self._release_writers()
+        if not (self._waiting or self._processing or self._closing):
+            self._process()  # the commands held while output was paused
+
+    def stopProducing(self) -> None:
+        self._release_writers()
+
+    def _release_writers(self) -> None:
         self._output_paused = False
         waiting, self._writable = self._writable, []
+        if waiting:  # our own work goes on: its time again
+            self._wait_deadline = self.clock.seconds() + STORE_TIMEOUT
         for waiter in waiting:
             waiter.callback(None)
 
-    def stopProducing(self) -> None:
-        self.resumeProducing()
-
     def drained(self) -> defer.Deferred:
-        """Fires when the transport can take more (at once when it can now)."""
+        """Fires when the transport can take more (at once when it can now). The wait may
+        last STORE_TIMEOUT, and the whole command no longer than STORE_TIMEOUT plus what
+        it wrote at MIN_OUTPUT_RATE."""
         self._wait_deadline = self.clock.seconds() + STORE_TIMEOUT
         if not self._output_paused or self._closing:
             return defer.succeed(None)
+        if self._command_started is not None:
+            self._wait_deadline = min(
+                self._wait_deadline,
+                self._command_started + STORE_TIMEOUT + self._written / MIN_OUTPUT_RATE,
+            )
+            self._arm(self._wait_deadline)
         waiter: defer.Deferred = defer.Deferred()
         self._writable.append(waiter)
         return waiter
@@ -550,7 +598,7 @@ class IMAPServerProtocol(Protocol):
     def _process(self) -> None:
         self._processing = True
         try:
-            while not self._waiting and not self._closing:
+            while not (self._waiting or self._closing or self._output_paused):
                 available = len(self._buffer) - self._pos
                 if available <= 0:
                     break
@@ -593,7 +641,7 @@ class IMAPServerProtocol(Protocol):
 
     def _check_buffer(self) -> None:
         held = len(self._buffer) - self._pos
-        if self._waiting or self._processing:
+        if self._waiting or self._processing or self._output_paused:
             if held > HARD_BUFFER:
                 self.close("Too much input while a command runs")
             elif held > PAUSE_BUFFER and not self._paused:
@@ -1149,13 +1197,11 @@ class IMAPServerProtocol(Protocol):
         internaldate = None
         for token in args:
             if isinstance(token, list):
-                flags = tuple(_atom(flag, "flag") for flag in token)
+                flags = _flags(token)
             elif isinstance(token, bytes):
                 internaldate = _parse_date_time(token)
             else:
                 raise _bad("APPEND takes flags, a date-time and the message")
-        if "\\Recent" in flags:
-            flags = tuple(flag for flag in flags if flag != "\\Recent")
         if not raw:
             raise _no("The message is empty")
         if len(raw) > self.factory.max_message_size:
@@ -1305,6 +1351,8 @@ class IMAPServerProtocol(Protocol):
                 continue
             if raw is None and program.needs == "full":
                 raw = await self._whole(item)
+                if raw is None:
+                    continue  # expunged meanwhile: it matches nothing
             if program.matches(item, seq, raw):
                 matched.append(item.uid)
                 highest = max(highest, item.modseq)
@@ -1348,19 +1396,21 @@ class IMAPServerProtocol(Protocol):
                 continue
             if needs == "headers":
                 wanted = tuple(
-                    item.message_id
-                    for item in items
-                    if not (envelope_only and item.envelope is not None)
+                    item.uid for item in items if not (envelope_only and item.envelope is not None)
                 )
                 headers = {}
                 if wanted:
-                    headers = await self.store.run(imapfolders.message_headers, wanted)
+                    headers = await self.store.run(
+                        imapfolders.message_headers, self.login, selected.mailbox_id, wanted
+                    )
                     await self._keep_summaries(items, headers)
                 for item in items:
                     if envelope_only and item.envelope is not None:
                         yield item, None
-                    elif item.message_id in headers:
-                        yield item, headers[item.message_id]
+                    elif item.uid in headers:
+                        yield item, headers[item.uid]
+                    else:  # expunged meanwhile (by another session)
+                        self._vanished = True
                 continue
             group: list[Any] = []
             size = 0
@@ -1390,11 +1440,11 @@ class IMAPServerProtocol(Protocol):
         summaries = [
             imapfolders.ImapSummaryRecord(
                 message_id=item.message_id,
-                envelope=envelope(headers[item.message_id]),
-                fields=searching.kept_fields(headers[item.message_id]),
+                envelope=envelope(headers[item.uid]),
+                fields=searching.kept_fields(headers[item.uid]),
             )
             for item in items
-            if item.envelope is None and item.message_id in headers
+            if item.envelope is None and item.uid in headers
         ]
         if not summaries:
             return
@@ -1407,23 +1457,44 @@ class IMAPServerProtocol(Protocol):
         await self.drained()
         if self._closing:
             return
+        selected = self.selected
+        assert selected is not None
         raws = await self.store.run(
             imapfolders.message_bytes,
-            tuple(item.message_id for item in items),
+            self.login,
+            selected.mailbox_id,
+            tuple(item.uid for item in items),
             LARGE_MESSAGE,
         )
         for item in items:
-            raw = raws.get(item.message_id)
-            if raw is not None:  # else removed meanwhile
+            raw = raws.get(item.uid)
+            if raw is not None:
                 yield item, raw
+            else:  # expunged meanwhile (by another session)
+                self._vanished = True
 
-    async def _whole(self, item: Any) -> bytes:
-        """A large message read in slices (one such message in memory at a time)."""
+    async def _slice(self, item: Any, offset: int, length: int) -> bytes | None:
+        """Octets of the message the selected folder files as item.uid; None once that
+        filing is gone (expunged by another session meanwhile)."""
+        selected = self.selected
+        assert selected is not None
+        try:
+            return await self.store.run(
+                imapfolders.raw_slice, self.login, selected.mailbox_id, item.uid, offset, length
+            )
+        except NotFound:
+            self._vanished = True
+            return None
+
+    async def _whole(self, item: Any) -> bytes | None:
+        """A large message read in slices (one such message in memory at a time); None
+        when it was expunged meanwhile."""
         parts = []
         for offset in range(0, item.size, SLICE):
-            parts.append(
-                await self.store.run(imapfolders.raw_slice, item.message_id, offset, SLICE)
-            )
+            part = await self._slice(item, offset, SLICE)
+            if part is None:
+                return None
+            parts.append(part)
         return b"".join(parts)
 
     async def _stream(self, head: bytes, item: Any, offset: int, count: int) -> None:
@@ -1437,16 +1508,35 @@ class IMAPServerProtocol(Protocol):
             if self._closing:
                 return
             length = min(SLICE, count - sent)
-            data = await self.store.run(
-                imapfolders.raw_slice, item.message_id, offset + sent, length
-            )
-            if len(data) != length:
-                # The message changed size under us: the literal cannot be completed.
+            data = await self._slice(item, offset + sent, length)
+            if data is None or len(data) != length:
+                # Expunged meanwhile, or changed size: the literal cannot be completed.
                 log.warn("IMAP: message {id} shorter than its size", id=item.message_id)
                 self.close("Internal error")
                 return
             self.write(data)
             sent += length
+
+    async def _write_chunks(self, chunks: list[bytes | memoryview]) -> None:
+        """Write one message's answer: small pieces together, a large one (a section, or
+        a view of one) in SLICE octets at a time, each once the transport took the one
+        before, so that neither the transport's buffer nor copies grow with it."""
+        small: list[bytes | memoryview] = []
+        for chunk in chunks:
+            if len(chunk) <= SLICE:
+                small.append(chunk)
+                continue
+            if small:
+                self.write(b"".join(small))
+                small = []
+            view = memoryview(chunk)
+            for start in range(0, len(view), SLICE):
+                await self.drained()
+                if self._closing:
+                    return
+                self.write(bytes(view[start : start + SLICE]))
+        if small:
+            self.write(b"".join(small))
 
     async def imap_FETCH(self, command: Command) -> str:
         selected = self.selected
@@ -1486,6 +1576,7 @@ class IMAPServerProtocol(Protocol):
                 self._changed(selected.mailbox_id)
             return tuple(changed.get(item.uid, item) for item in items)
 
+        self._vanished = False
         async for item, raw in self._messages(
             uids, request.needs, mark_seen, envelope_only=request.envelope_only
         ):
@@ -1503,15 +1594,20 @@ class IMAPServerProtocol(Protocol):
                     self.write(b")\r\n")
                     continue
                 raw = await self._whole(item)
+                if raw is None:
+                    continue
             try:
                 # In pieces: a large body section is written as it is, never copied.
                 chunks = fetching.render_chunks(request, item, seq, raw, flags=flags)
-                if not self._closing:
-                    self.transport.writeSequence(chunks)
             except fetching.UnknownEncoding:
                 raise _no(
                     "[UNKNOWN-CTE] A part has a transfer encoding BINARY cannot undo"
                 ) from None
+            await self._write_chunks(chunks)
+        if self._vanished:
+            # A message expunged by another session after this one read its uid is left
+            # out (its bytes are gone), as RFC 2180 4.1.2 and RFC 5530 allow.
+            raise _no("[EXPUNGEISSUED] Some of the requested messages no longer exist")
         return "FETCH completed"
 
     async def imap_STORE(self, command: Command) -> str:
@@ -1534,7 +1630,7 @@ class IMAPServerProtocol(Protocol):
         if base not in modes:
             raise _bad(f"Unknown store item {item}")
         value = args[1] if isinstance(args[1], list) else [args[1]]
-        flags = tuple(_atom(flag, "flag") for flag in value if str(flag) != "\\Recent")
+        flags = _flags(value)
         result = await self.store.run(
             imapfolders.store_flags,
             self.login,
@@ -1592,8 +1688,8 @@ class IMAPServerProtocol(Protocol):
             targets = ",".join(str(uid) for _, uid in pairs)
             code = f"[COPYUID {result.uidvalidity} {source} {targets}] "
         self._changed(selected.mailbox_id, target_mailbox)
-        self._learn(result.learned_spam, True)
-        self._learn(result.learned_ham, False)
+        self._learn(target_mailbox, result.learned_spam, True)
+        self._learn(target_mailbox, result.learned_ham, False)
         if move:
             if code:
                 self.send(f"* OK {code.strip()}")
@@ -1605,28 +1701,32 @@ class IMAPServerProtocol(Protocol):
             self._dirty = True
         return f"{code}COPY completed"
 
-    def _learn(self, message_ids, spam: bool) -> None:
+    def _learn(self, mailbox_id: int, uids, spam: bool) -> None:
         """The spam filter (if any) learns from messages moved into Junk (spam) or out
         of it, as the web's Junk and Not junk buttons teach it; the move stands whatever
-        it says. Done after the answer, one message at a time."""
+        it says. Done after the answer, one message at a time, each read by its uid in
+        the target mailbox (one expunged meanwhile is passed over)."""
         learner = self.factory.learner
-        if learner is None or not message_ids:
+        if learner is None or not uids:
             return
+        login = self.login
 
         async def teach() -> None:
-            for message_id in message_ids:
+            for uid in uids:
                 try:
                     raws = await self.store.run(
                         # Stored mail may be a little larger than the limit (headers we add).
                         imapfolders.message_bytes,
-                        (message_id,),
+                        login,
+                        mailbox_id,
+                        (uid,),
                         2 * self.factory.max_message_size,
                     )
-                    raw = raws.get(message_id)
+                    raw = raws.get(uid)
                     if raw is not None:
                         await defer.maybeDeferred(learner.learn, raw, spam)
                 except Exception:
-                    log.failure("the spam filter could not learn from message {id}", id=message_id)
+                    log.failure("the spam filter could not learn from uid {uid}", uid=uid)
 
         defer.ensureDeferred(teach())
 

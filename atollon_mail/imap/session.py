@@ -18,7 +18,7 @@ import attrs
 # Registers the "imap4-utf-7" codec (modified UTF-7, RFC 3501 section 5.1.3).
 import twisted.mail.imap4  # noqa: F401
 
-from atollon_mail.imap.parser import MAX_NUMBER, ParseError, parse_sequence_set
+from atollon_mail.imap.parser import MAX_NUMBER, ParseError, merge_ranges, parse_sequence_set
 
 INBOX = "INBOX"
 DELIMITER = "/"
@@ -173,23 +173,23 @@ class Selected:
         exist are ignored (RFC 3501 6.4.8)."""
         if by_uid:
             # "*" is the largest uid; an empty folder has none, so n:* is just n.
-            ranges = parse_sequence_set(text, self.largest_uid or MAX_NUMBER)
-            found: set[int] = set()
+            ranges = merge_ranges(parse_sequence_set(text, self.largest_uid or MAX_NUMBER))
+            found: list[int] = []
             uids = self.uids
-            for low, high in ranges:
+            for low, high in ranges:  # sorted and disjoint: so are their slices
                 start = bisect.bisect_left(uids, low)
                 end = bisect.bisect_right(uids, high)
-                found.update(uids[start:end])
-            return sorted(found)
-        ranges = parse_sequence_set(text, len(self.uids))
+                found.extend(uids[start:end])
+            return found
+        ranges = merge_ranges(parse_sequence_set(text, len(self.uids)))
         if not self.uids:
             raise ParseError(None, "No messages in this folder")
-        seqs: set[int] = set()
+        if ranges[-1][1] > len(self.uids):
+            raise ParseError(None, "Invalid message sequence number")
+        seqs: list[int] = []
         for low, high in ranges:
-            if high > len(self.uids):
-                raise ParseError(None, "Invalid message sequence number")
-            seqs.update(range(low, high + 1))
-        return [self.uids[seq - 1] for seq in sorted(seqs)]
+            seqs.extend(self.uids[low - 1 : high])
+        return seqs
 
     def remove(self, gone: Iterable[int]) -> list[int]:
         """Take uids out; their sequence numbers as EXPUNGE responses give them: each

@@ -19,7 +19,6 @@ import base64
 import binascii
 import datetime
 import functools
-import ipaddress
 import re
 import secrets
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from atollon_mail.addresses import client_ip
 from atollon_mail.config import SmtpConfig
 from atollon_mail.interfaces import ICountedConnection
 from atollon_mail.smtp.address import (
@@ -101,18 +101,6 @@ AUTH_MALFORMED = Reply(501, "5.5.2", "Error: cannot decode the authentication re
 AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication exchange line is too long")
 
 _HELO_UNSAFE = re.compile(r"[^A-Za-z0-9.:\[\]_-]")
-
-
-def _client_ip(host: Any) -> str | None:
-    if not isinstance(host, str):
-        return None
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return str(ip)
 
 
 @functools.lru_cache(maxsize=4)
@@ -190,7 +178,7 @@ class SMTPServerProtocol(Protocol):
     # --- connection life cycle ---
 
     def connectionMade(self) -> None:
-        self.session.peer = _client_ip(getattr(self.transport.getPeer(), "host", None))
+        self.session.peer = client_ip(getattr(self.transport.getPeer(), "host", None))
         self.session.tls = self.listener.implicit_tls or ISSLTransport.providedBy(self.transport)
         self._deadline = self.clock.seconds() + self.idle_timeout
         if self.idle_timeout > 0:

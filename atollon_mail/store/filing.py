@@ -28,6 +28,7 @@ from atollon_mail.store.common import (
     strip_root_dot,
 )
 from atollon_mail.store.contexts import context_record
+from atollon_mail.store.database import is_sqlite
 from atollon_mail.store.errors import Invalid, NotFound, StoreError
 from atollon_mail.store.mailboxes import get_mailbox_row, list_mailboxes
 from atollon_mail.store.models import (
@@ -621,12 +622,41 @@ _FLAG_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX
 _FLAGS_LIMIT = 200  # the flags column
 
 
+# IMAP's system flags (RFC 3501 2.3.2), by their names in lower case: a flag with a
+# backslash is one of these, kept in this spelling whatever case it was given in.
+SYSTEM_FLAGS = {
+    flag.lower(): flag
+    for flag in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft", "\\Recent")
+}
+
+
 def valid_flag(flag: str) -> str:
-    """The flag as given, or Invalid when it is none (IMAP's system flags and keywords)."""
-    name = flag[1:] if flag.startswith("\\") else flag
-    if not name or not set(name) <= _FLAG_CHARACTERS:
+    """The flag, a system flag in its usual spelling (\\SEEN is \\Seen), or Invalid when
+    it is none (an unknown \\Name is no system flag; keywords are plain atoms)."""
+    if flag.startswith("\\"):
+        if flag.lower() not in SYSTEM_FLAGS:
+            raise Invalid(f"{flag!r} is not a system flag; give one such as \\Answered")
+        return SYSTEM_FLAGS[flag.lower()]
+    if not flag or not set(flag) <= _FLAG_CHARACTERS:
         raise Invalid(f"{flag!r} is not a flag; give one such as \\Answered or $Forwarded")
     return flag
+
+
+def client_flag(flag: str) -> str:
+    """valid_flag for a flag a person or mail client sets: $Filed, in any case, is the
+    store's own ("File to..." copies) and refused."""
+    flag = valid_flag(flag)
+    if flag.lower() == FILED_COPY_FLAG.lower():
+        raise Invalid(f"{flag} is kept for messages filed to a folder; choose another keyword")
+    return flag
+
+
+def has_flag(flag: str) -> peewee.ColumnBase:
+    """A condition: the filing's flags hold exactly this flag (a whole word, in this
+    case), not just text containing it (LIKE would match $filed and X$FiledY). Answered
+    from the filing_mailbox_folder_context_flags index, which holds the flags."""
+    find = peewee.fn.instr if is_sqlite(database_proxy.obj) else peewee.fn.strpos
+    return find(peewee.Value(" ").concat(Filing.flags).concat(" "), f" {flag} ") > 0
 
 
 def next_modseq(mailbox_id: int) -> int:
@@ -660,7 +690,7 @@ def _flags_of_message(mailbox_address: str, message_id: int) -> list[tuple[int, 
 def add_flag(mailbox_address: str, message_id: int, flag: str) -> int:
     """Add `flag` (e.g. \\Answered) to every filing of the message in this mailbox that
     lacks it; how many changed. NotFound when the message is not filed here."""
-    valid_flag(flag)
+    flag = valid_flag(flag)
     changed = 0
     modseq = None
     for filing_id, mailbox_id, flags in _flags_of_message(mailbox_address, message_id):
@@ -681,7 +711,7 @@ def add_flag(mailbox_address: str, message_id: int, flag: str) -> int:
 def remove_flag(mailbox_address: str, message_id: int, flag: str) -> int:
     """Take `flag` (e.g. \\Seen) from every filing of the message in this mailbox that
     has it; how many changed. NotFound when the message is not filed here."""
-    valid_flag(flag)
+    flag = valid_flag(flag)
     changed = 0
     modseq = None
     for filing_id, mailbox_id, flags in _flags_of_message(mailbox_address, message_id):

@@ -36,6 +36,8 @@ the next change (the counter only grows).
 Where this differs from the plan the server was written against: ImapFolder.folder is
 "sent" for Sent; StoreResult also has `unchanged` (matched, flags so already);
 message_bytes leaves out messages larger than `limit` (read them with raw_slice);
+message_bytes, message_headers and raw_slice read a message by (login, mailbox id, uid)
+through its filing, never by the Message id (a deleted message's id may be reused);
 append takes the record append_message makes outside the store (or raw bytes); a change
 of a folder shared to view only raises errors.ReadOnly; there is no search_text_uids
 (the full-text index matches whole words, IMAP's SEARCH TEXT any substring).
@@ -67,14 +69,16 @@ from atollon_mail.store.errors import Invalid, NotFound, ReadOnly
 from atollon_mail.store.filing import (
     FILED_COPY_FLAG,
     SEEN_FLAG,
+    client_flag,
     default_type_ids,
+    has_flag,
     insert_message,
     lock_mailboxes,
     make_sent_context,
     next_modseq,
     remove_unused_messages,
-    valid_flag,
 )
+from atollon_mail.store.mailfolders import SENT, folder_filings
 from atollon_mail.store.models import (
     Context,
     Domain,
@@ -90,7 +94,6 @@ from atollon_mail.store.models import (
 from atollon_mail.store.records import OutgoingMessage
 from atollon_mail.store.values import DRAFTS, INBOX, JUNK, TRASH
 
-SENT = "sent"  # as store.mailfolders names it: folder inbox, the mailbox's Sent context
 DELIMITER = "/"
 SHARED_PREFIX = "Shared"
 CRM_PREFIX = "CRM"
@@ -161,7 +164,7 @@ class FolderStatus:
 class MessageItem:
     """One message of a folder: its uid there, mod-sequence, flags (never \\Recent or the
     store's $Filed), size in octets, when it was received (aware, UTC), and the id of its
-    Message row (for message_bytes, message_headers, raw_slice)."""
+    Message row (never to read its bytes by: message_bytes etc. read by uid)."""
 
     uid: int
     modseq: int
@@ -439,20 +442,10 @@ def resolve(login: str, name: str) -> tuple[ImapFolder, _Box]:
 
 
 def _where(folder: ImapFolder, box: _Box):
-    """The filings of the folder (see the module's description)."""
-    where = Filing.mailbox == box.id
-    if folder.context_id is not None and folder.folder is None:
-        return where & (Filing.folder == INBOX) & (Filing.context == folder.context_id)
-    # A filing "File to..." added is shown in its CRM folder only.
-    where &= ~Filing.flags.contains(FILED_COPY_FLAG)
-    if folder.folder == SENT:
-        if box.sent_context_id is None:
-            return where & Filing.id.is_null()
-        return where & (Filing.folder == INBOX) & (Filing.context == box.sent_context_id)
-    where &= Filing.folder == folder.folder
-    if folder.folder == INBOX and box.sent_context_id is not None:
-        where &= Filing.context != box.sent_context_id
-    return where
+    """The filings of the folder: exactly those of the web's folder of that name
+    (mailfolders.folder_filings)."""
+    crm = folder.context_id if folder.folder is None else None
+    return folder_filings(box.id, box.sent_context_id, folder.folder, crm)
 
 
 _MODSEQ = peewee.fn.COALESCE(Filing.modseq, Filing.uid)
@@ -709,34 +702,63 @@ def _substr(start: int, length: int) -> str:
     return f"substr(raw, {int(start)}, {int(length)})"
 
 
-@read_only
-def message_bytes(message_ids: Sequence[int], limit: int = WHOLE_LIMIT) -> dict[int, bytes]:
-    """The whole raw bytes of those of these messages no larger than `limit` octets;
-    larger ones (and ids not found) are left out: read them with raw_slice."""
-    found: dict[int, bytes] = {}
-    for chunk in chunks(sorted(set(message_ids))):
-        rows = database_proxy.execute_sql(
-            f"SELECT id, raw FROM message WHERE id IN ({placeholders(len(chunk))})"
-            f" AND size <= {int(limit)}",
-            tuple(chunk),
+def _viewable(login: str, mailbox_id: int) -> bool:
+    """Whether the user may still read the mailbox (owns it, or may view or edit it): one
+    query, for reading the bytes of a folder the session selected earlier."""
+    user = _user(login)
+    if user is None:
+        return False
+    shared = MailboxAccess.select(MailboxAccess.mailbox).where(
+        (MailboxAccess.user == user.id) & (MailboxAccess.can_view | MailboxAccess.can_edit)
+    )
+    return (
+        Mailbox.select(Mailbox.id)
+        .where((Mailbox.id == mailbox_id) & ((Mailbox.owner == user.id) | Mailbox.id.in_(shared)))
+        .exists()
+    )
+
+
+def _filed_rows(login: str, mailbox_id: int, uids: Sequence[int], columns: str, extra: str = ""):
+    """Rows (uid, <columns of message>) of the mailbox's filings with these uids, joined
+    to their message: a message is always read through its filing (a uid is never reused
+    within a mailbox, whereas a deleted message's id may be given to a new one), and
+    only for a user who may read the mailbox. Filings gone meanwhile give no row."""
+    if not _viewable(login, mailbox_id):
+        return
+    param = database_proxy.param
+    for chunk in chunks(sorted(set(uids))):
+        yield from database_proxy.execute_sql(
+            f"SELECT filing.uid, {columns} FROM filing"
+            " JOIN message ON message.id = filing.message_id"
+            f" WHERE filing.mailbox_id = {param} AND filing.uid IN ({placeholders(len(chunk))})"
+            f"{extra}",
+            (mailbox_id, *chunk),
         ).fetchall()
-        found.update((message_id, bytes(raw)) for message_id, raw in rows)
-    return found
 
 
 @read_only
-def raw_slice(message_id: int, offset: int, length: int) -> bytes:
-    """`length` octets of the message's raw bytes from `offset` (0 is the first; fewer at
-    its end, none past it), read by the database without loading the whole message."""
+def message_bytes(
+    login: str, mailbox_id: int, uids: Sequence[int], limit: int = WHOLE_LIMIT
+) -> dict[int, bytes]:
+    """uid -> the whole raw bytes of the messages filed with these uids in the mailbox
+    (read as `login`), those no larger than `limit` octets; larger ones (read them with
+    raw_slice), filings gone and a mailbox the user may not read are left out."""
+    rows = _filed_rows(login, mailbox_id, uids, "message.raw", f" AND message.size <= {int(limit)}")
+    return {uid: bytes(raw) for uid, raw in rows}
+
+
+@read_only
+def raw_slice(login: str, mailbox_id: int, uid: int, offset: int, length: int) -> bytes:
+    """`length` octets of the raw bytes of the message filed with `uid` in the mailbox
+    from `offset` (0 is the first; fewer at its end, none past it), read by the database
+    without loading the whole message; NotFound when that filing is gone (or the user
+    may not read the mailbox)."""
     if offset < 0 or length < 0:
         raise ValueError("offset and length are never negative")
-    row = database_proxy.execute_sql(
-        f"SELECT {_substr(offset + 1, length)} FROM message WHERE id = {database_proxy.param}",
-        (message_id,),
-    ).fetchone()
-    if row is None:
-        raise NotFound(f"no message with id {message_id}")
-    return bytes(row[0] or b"")
+    rows = list(_filed_rows(login, mailbox_id, (uid,), _substr(offset + 1, length)))
+    if not rows:
+        raise NotFound(f"no message with uid {uid}")
+    return bytes(rows[0][1] or b"")
 
 
 def _header_end(data: bytes) -> int | None:
@@ -752,34 +774,28 @@ def _header_end(data: bytes) -> int | None:
 
 
 @read_only
-def message_headers(message_ids: Sequence[int]) -> dict[int, bytes]:
-    """The header block of each message (up to and with the blank line ending it; the
-    whole message when it has none), reading only the start of those whose headers fit
-    in HEADER_READ octets; ids not found are left out."""
+def message_headers(login: str, mailbox_id: int, uids: Sequence[int]) -> dict[int, bytes]:
+    """uid -> the header block of the message filed with that uid in the mailbox (up to
+    and with the blank line ending it; the whole message when it has none), reading only
+    the start of those whose headers fit in HEADER_READ octets; filings gone and a
+    mailbox the user may not read are left out."""
     found: dict[int, bytes] = {}
     longer: list[int] = []
-    for chunk in chunks(sorted(set(message_ids))):
-        rows = database_proxy.execute_sql(
-            f"SELECT id, size, {_substr(1, HEADER_READ)} FROM message"
-            f" WHERE id IN ({placeholders(len(chunk))})",
-            tuple(chunk),
-        ).fetchall()
-        for message_id, size, head in rows:
-            head = bytes(head)
-            end = _header_end(head)
-            if end is not None:
-                found[message_id] = head[:end]
-            elif size <= len(head):
-                found[message_id] = head
-            else:
-                longer.append(message_id)
-    for message_id in longer:
-        (raw,) = database_proxy.execute_sql(
-            f"SELECT raw FROM message WHERE id = {database_proxy.param}", (message_id,)
-        ).fetchone()
-        raw = bytes(raw)
-        end = _header_end(raw)
-        found[message_id] = raw if end is None else raw[:end]
+    rows = _filed_rows(login, mailbox_id, uids, f"message.size, {_substr(1, HEADER_READ)}")
+    for uid, size, head in rows:
+        head = bytes(head)
+        end = _header_end(head)
+        if end is not None:
+            found[uid] = head[:end]
+        elif size <= len(head):
+            found[uid] = head
+        else:
+            longer.append(uid)
+    for uid in longer:
+        for _, raw in _filed_rows(login, mailbox_id, (uid,), "message.raw"):
+            raw = bytes(raw)
+            end = _header_end(raw)
+            found[uid] = raw if end is None else raw[:end]
     return found
 
 
@@ -800,9 +816,10 @@ class StoreResult:
 @attrs.frozen
 class CopyResult:
     """What COPY or MOVE did: the target's UIDVALIDITY, (source uid, target uid) of each
-    message copied, by source uid; the message ids that went into Junk (`learned_spam`)
-    and out of Junk into another folder but Trash (`learned_ham`), for the spam filter
-    to learn from as the web's Junk and Not junk buttons teach it."""
+    message copied, by source uid; the target uids of the messages that went into Junk
+    (`learned_spam`) and out of Junk into another folder but Trash (`learned_ham`), for
+    the spam filter to learn from as the web's Junk and Not junk buttons teach it (read
+    their bytes by those uids: message_bytes)."""
 
     uidvalidity: int
     pairs: tuple[tuple[int, int], ...]
@@ -829,12 +846,13 @@ def _writable(login: str, name: str) -> tuple[ImapFolder, _Box]:
 
 
 def _client_flags(flags: Iterable[str]) -> list[str]:
-    """Flags a client asked for, each once: valid ones (filing.valid_flag), without
-    \\Recent (never stored) and $Filed (the store's own)."""
+    """Flags a client asked for, each once, system flags in their usual spelling, without
+    \\Recent (never stored); Invalid for one that is none or $Filed in any case (the
+    store's own): filing.client_flag."""
     found: dict[str, None] = {}
     for flag in flags:
-        valid_flag(flag)
-        if flag.lower() != RECENT_FLAG.lower() and flag != FILED_COPY_FLAG:
+        flag = client_flag(flag)
+        if flag != RECENT_FLAG:
             found.setdefault(flag)
     return list(found)
 
@@ -887,10 +905,10 @@ def store_flags(
     asked = _client_flags(flags)
     folder, box = _writable(login, name)
     lock_mailboxes([box.id])
-    modseq = None
     changed: list[int] = []
     unchanged: list[int] = []
     modified: list[int] = []
+    by_text: dict[str, list[int]] = {}  # new flags -> the filings that take them
     for filing_id, uid, message_id, _folder, _context, present_text, current in _rows(
         folder, box, uids
     ):
@@ -910,15 +928,23 @@ def store_flags(
         text = " ".join(updated)
         if len(text) > Filing.flags.max_length:
             raise Invalid(f"message {message_id} would have too many flags; store fewer")
-        if modseq is None:
-            modseq = next_modseq(box.id)
-        Filing.update(flags=text, modseq=modseq).where(Filing.id == filing_id).execute()
+        by_text.setdefault(text, []).append(filing_id)
         changed.append(filing_id)
+    if changed:
+        _set_flags(by_text, next_modseq(box.id))
     return StoreResult(
         changed=tuple(_items_of(changed)),
         modified=tuple(modified),
         unchanged=tuple(_items_of(unchanged)),
     )
+
+
+def _set_flags(by_text: dict[str, list[int]], modseq: int, **also) -> None:
+    """Give filings their new flags (and one mod-sequence): one UPDATE for each text of
+    flags (a STORE on many messages gives most of them the same), not one per filing."""
+    for text, filing_ids in by_text.items():
+        for chunk in chunks(filing_ids):
+            Filing.update(flags=text, modseq=modseq, **also).where(Filing.id.in_(chunk)).execute()
 
 
 def _without(flags: str, *names: str) -> str:
@@ -936,18 +962,17 @@ def expunge(login: str, name: str, uids: Sequence[int] | None = None) -> tuple[i
     lock_mailboxes([box.id])
     rows = [
         row
-        for row in _rows(folder, box, uids, Filing.flags.contains(DELETED_FLAG))
+        for row in _rows(folder, box, uids, has_flag(DELETED_FLAG))
         if DELETED_FLAG in row[5].split()
     ]
     crm = folder.folder is None
     gone = [row for row in rows if not crm or FILED_COPY_FLAG in row[5].split()]
     kept = [row for row in rows if crm and FILED_COPY_FLAG not in row[5].split()]
     if kept:
-        modseq = next_modseq(box.id)
+        by_text: dict[str, list[int]] = {}
         for filing_id, *_rest, flags, _modseq in kept:
-            Filing.update(
-                context=box.store_to_id, flags=_without(flags, DELETED_FLAG), modseq=modseq
-            ).where(Filing.id == filing_id).execute()
+            by_text.setdefault(_without(flags, DELETED_FLAG), []).append(filing_id)
+        _set_flags(by_text, next_modseq(box.id), context=box.store_to_id)
     for chunk in chunks([row[0] for row in gone]):
         Filing.delete().where(Filing.id.in_(chunk)).execute()
     remove_unused_messages({row[2] for row in gone})
@@ -974,19 +999,39 @@ def _next_uid(mailbox_id: int) -> int:
     return next_modseq(mailbox_id)  # the same counter: a fresh uid
 
 
-def _existing_in_context(mailbox_id: int, message_id: int, context_id: int) -> int | None:
-    """The uid of a filing of the message in the mailbox with that context, if any."""
-    return (
-        Filing.select(Filing.uid)
-        .where(
-            (Filing.mailbox == mailbox_id)
-            & (Filing.message == message_id)
-            & (Filing.context == context_id)
-            & (Filing.folder == INBOX)
+def _reserve_uids(mailbox_id: int, count: int) -> int:
+    """The first of `count` fresh uids of the mailbox, taken in one statement (they are
+    that one and the count - 1 after it)."""
+    param = database_proxy.param
+    row = database_proxy.execute_sql(
+        f"UPDATE mailbox SET next_uid = next_uid + {param} WHERE id = {param} RETURNING next_uid",
+        (count, mailbox_id),
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"mailbox {mailbox_id} was removed")
+    return row[0] - count
+
+
+def _existing_in_context(
+    mailbox_id: int, message_ids: Sequence[int], context_id: int
+) -> dict[int, int]:
+    """message id -> the uid of its first filing in the mailbox with that context, for
+    those of the messages filed there."""
+    found: dict[int, int] = {}
+    for chunk in chunks(sorted(set(message_ids))):
+        query = (
+            Filing.select(Filing.message, Filing.uid)
+            .where(
+                (Filing.mailbox == mailbox_id)
+                & Filing.message.in_(chunk)
+                & (Filing.context == context_id)
+                & (Filing.folder == INBOX)
+            )
+            .order_by(Filing.id.desc())
+            .tuples()
         )
-        .order_by(Filing.id)
-        .scalar()
-    )
+        found.update(query)  # the first filing's last: it is the one kept
+    return found
 
 
 def copy(login: str, source: str, uids: Sequence[int], target: str, move: bool = False):
@@ -1018,23 +1063,46 @@ def copy(login: str, source: str, uids: Sequence[int], target: str, move: bool =
     spam: list[int] = []
     ham: list[int] = []
     removed: list[int] = []
-    for filing_id, uid, message_id, folder, context_id, flags, _modseq in _rows(
-        source_folder, source_box, uids
-    ):
-        is_copy = FILED_COPY_FLAG in flags.split()
-        shown = _without(flags, FILED_COPY_FLAG)
+    rows = _rows(source_folder, source_box, uids)
+    existing: dict[int, int] = {}
+    if to_crm:
+        existing = _existing_in_context(target_box.id, [row[2] for row in rows], context_to)
+    # First what each message needs (a new uid, or the uid it has there already), so
+    # that the new uids are taken at once; a message met twice is filed there once.
+    needs: list[tuple[tuple, int | None]] = []  # (row, the index of its new uid or None)
+    filed: dict[int, int] = {}  # CRM: message id -> the index of the new uid it takes
+    count = 0
+    for row in rows:
+        filing_id, uid, message_id = row[0], row[1], row[2]
         if to_crm:
-            there = _existing_in_context(target_box.id, message_id, context_to)
+            there = existing.get(message_id)
             if there is not None and not (move and same and there == uid):
                 pairs.append((uid, there))
                 if move and not (same and there == uid):
                     removed.append(filing_id)
                 continue
-        elif folder_to == JUNK and folder != JUNK:
-            spam.append(message_id)
+            if message_id in filed:
+                needs.append((row, None))
+                continue
+            filed[message_id] = count
+        needs.append((row, count))
+        count += 1
+    first = _reserve_uids(target_box.id, count) if count else 0
+    inserts: list[tuple] = []
+    for row, index in needs:
+        filing_id, uid, message_id, folder, context_id, flags, _modseq = row
+        if index is None:  # met before: filed there now, by this command
+            pairs.append((uid, first + filed[message_id]))
+            if move:
+                removed.append(filing_id)
+            continue
+        new_uid = first + index
+        is_copy = FILED_COPY_FLAG in flags.split()
+        shown = _without(flags, FILED_COPY_FLAG)
+        if not to_crm and folder_to == JUNK and folder != JUNK:
+            spam.append(new_uid)
         if folder == JUNK and folder_to not in (JUNK, TRASH):
-            ham.append(message_id)
-        new_uid = _next_uid(target_box.id)
+            ham.append(new_uid)
         pairs.append((uid, new_uid))
         new_flags = f"{shown} {FILED_COPY_FLAG}".strip() if to_crm else shown
         if len(new_flags) > Filing.flags.max_length:
@@ -1056,17 +1124,30 @@ def copy(login: str, source: str, uids: Sequence[int], target: str, move: bool =
                 filed_at=stamp,
             ).where(Filing.id == filing_id).execute()
             continue
-        Filing.insert(
-            message=message_id,
-            mailbox=target_box.id,
-            context=context_to if context_to is not None else target_box.store_to_id,
-            uid=new_uid,
-            flags=new_flags,
-            filed_at=now,
-            folder=folder_to,
-        ).execute()
+        inserts.append(
+            (
+                message_id,
+                target_box.id,
+                context_to if context_to is not None else target_box.store_to_id,
+                new_uid,
+                new_flags,
+                now,
+                folder_to,
+            )
+        )
         if move:
             removed.append(filing_id)
+    fields = [
+        Filing.message,
+        Filing.mailbox,
+        Filing.context,
+        Filing.uid,
+        Filing.flags,
+        Filing.filed_at,
+        Filing.folder,
+    ]
+    for chunk in chunks(inserts, 100):
+        Filing.insert_many(chunk, fields=fields).execute()
     for chunk in chunks(removed):
         Filing.delete().where(Filing.id.in_(chunk)).execute()
     return CopyResult(

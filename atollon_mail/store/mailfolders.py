@@ -26,11 +26,12 @@ from atollon_mail.store.errors import Invalid, NotFound
 from atollon_mail.store.filing import (
     FILED_COPY_FLAG,
     SEEN_FLAG,
+    client_flag,
     filings_page,
+    has_flag,
     lock_mailboxes,
     next_modseq,
     remove_unused_messages,
-    valid_flag,
 )
 from atollon_mail.store.mailboxes import get_mailbox_row
 from atollon_mail.store.models import Context, Filing, Mailbox, Message, User, database_proxy
@@ -112,25 +113,40 @@ def _by_name(context) -> tuple:
     return (context.name.casefold(), context.id)
 
 
+def folder_filings(
+    mailbox_id: int, sent_context_id: int | None, folder: str | None, context_id: int | None
+):
+    """The filings of one folder of a mailbox, as a condition: the one rule of which
+    filings make which folder, for the web's folders and IMAP's (store.imapfolders).
+    With `context_id` (folder None) a CRM folder or project: its context's filings in
+    the inbox; else a fixed folder (FIXED_FOLDERS, not checked here): never a "File
+    to..." copy ($Filed), Sent the inbox's filings of the mailbox's Sent context (none
+    without one), Inbox the others."""
+    where = Filing.mailbox == mailbox_id
+    if context_id is not None:
+        return where & (Filing.folder == INBOX) & (Filing.context == context_id)
+    # A filing "File to..." added is shown in its CRM folder only.
+    where &= ~has_flag(FILED_COPY_FLAG)
+    if folder == SENT:
+        if sent_context_id is None:
+            return where & Filing.id.is_null()  # no Sent context: an empty folder
+        return where & (Filing.folder == INBOX) & (Filing.context == sent_context_id)
+    where &= Filing.folder == folder
+    if folder == INBOX and sent_context_id is not None:
+        where &= Filing.context != sent_context_id
+    return where
+
+
 def _folder_where(mailbox: Mailbox, folder: str | None, context_id: int | None):
     """The filings of one folder of the mailbox (see the module's description)."""
-    where = Filing.mailbox == mailbox.id
     if context_id is not None:
         if folder is not None:
             raise Invalid("give a folder or a context, not both")
         if not Context.select().where(Context.id == context_id).exists():
             raise NotFound(f"no folder or project {context_id}")
-        return where & (Filing.folder == INBOX) & (Filing.context == context_id)
-    # A filing "File to..." added is shown in its CRM folder only.
-    where &= ~Filing.flags.contains(FILED_COPY_FLAG)
-    if folder == SENT:
-        return where & (Filing.folder == INBOX) & (Filing.context == mailbox.sent_context_id)
-    if folder not in FOLDERS:
+    elif folder != SENT and folder not in FOLDERS:
         raise Invalid(f"there is no folder {folder!r}; give one of {', '.join(FIXED_FOLDERS)}")
-    where &= Filing.folder == folder
-    if folder == INBOX and mailbox.sent_context_id is not None:
-        where &= Filing.context != mailbox.sent_context_id
-    return where
+    return folder_filings(mailbox.id, mailbox.sent_context_id, folder, context_id)
 
 
 @read_only
@@ -184,8 +200,8 @@ def change_flags(
 ) -> int:
     """Add and take away flags on several filings of the mailbox at once; how many
     filings changed. Uids the mailbox has not are passed over."""
-    add = [valid_flag(flag) for flag in add]
-    remove = [valid_flag(flag) for flag in remove]
+    add = [client_flag(flag) for flag in add]
+    remove = [client_flag(flag) for flag in remove]
     mailbox = get_mailbox_row(mailbox_address)
     # Locked first (PostgreSQL): two changes of one filing do not lose either.
     lock_mailboxes([mailbox.id])

@@ -11,7 +11,7 @@ import attrs
 from atollon_mail.store import mailboxes
 from atollon_mail.store.common import read_only
 from atollon_mail.store.errors import Invalid
-from atollon_mail.store.filing import FILED_COPY_FLAG, SEEN_FLAG
+from atollon_mail.store.filing import FILED_COPY_FLAG, SEEN_FLAG, has_flag
 from atollon_mail.store.models import Filing
 from atollon_mail.store.values import FOLDERS, INBOX
 
@@ -27,9 +27,9 @@ def count_unread(mailbox_id: int, folder: str = INBOX) -> int:
         .where(
             (Filing.mailbox == mailbox_id)
             & (Filing.folder == folder)
-            # The flags are a space-separated list; LIKE with its wildcards escaped.
-            & ~Filing.flags.contains(SEEN_FLAG)
-            & ~Filing.flags.contains(FILED_COPY_FLAG)
+            # The flags are a space-separated list: whole words matched.
+            & ~has_flag(SEEN_FLAG)
+            & ~has_flag(FILED_COPY_FLAG)
         )
         .count()
     )

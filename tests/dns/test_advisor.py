@@ -90,6 +90,10 @@ class AdvisorTestBase(unittest.TestCase):
         self.dns = start_dns_server(reactor, zones)
         self.addCleanup(self.dns.stop)
         self.config = make_config(self.dns.nameserver, spf_include="spf.atollon.test")
+        # IMAP with implicit TLS listening: its SRV record is proposed.
+        self.config = attrs.evolve(
+            self.config, imap=attrs.evolve(self.config.imap, tls_listen="tcp:993")
+        )
 
     def advise(self, subject, config=None, live=True):
         config = config or self.config

@@ -6,6 +6,7 @@ import attrs
 from twisted.trial.unittest import TestCase
 
 from atollon_mail.imap.fetch import (
+    MAX_SECTIONS,
     FetchRequest,
     UnknownEncoding,
     internaldate,
@@ -205,6 +206,26 @@ class ChunkTests(TestCase):
             + b")\r\n",
         )
         self.assertEqual(b"".join(chunks), render(fetch, Item(size=len(raw)), 9, raw))
+
+    def test_slices_of_a_large_section_are_views_of_it(self) -> None:
+        """Many <origin.count> slices of one large section neither copy it each nor
+        compute it again: each is a view of the message's bytes."""
+        raw = b"Subject: big\r\n\r\n" + b"x" * 100_000
+        items = b" ".join(b"BODY.PEEK[]<%d.60000>" % n for n in range(MAX_SECTIONS))
+        chunks = render_chunks(request(b"(" + items + b")"), Item(size=len(raw)), 1, raw)
+        views = [chunk for chunk in chunks if isinstance(chunk, memoryview)]
+        self.assertEqual(len(views), MAX_SECTIONS)
+        self.assertTrue(all(view.obj is raw for view in views))
+        self.assertEqual(bytes(views[3]), raw[3:60003])
+
+    def test_too_many_body_sections_are_refused(self) -> None:
+        ok = b" ".join(b"BODY.PEEK[]<%d.10>" % n for n in range(MAX_SECTIONS))
+        self.assertEqual(len(request(b"(UID " + ok + b" RFC822.SIZE)").items), MAX_SECTIONS + 2)
+        for extra in (b"BODY.PEEK[]<99.10>", b"RFC822", b"BODY[1]"):
+            with self.subTest(extra):
+                with self.assertRaises(ParseError) as raised:
+                    request(b"(" + ok + b" " + extra + b")")
+                self.assertIn("Too many body sections", str(raised.exception))
 
     def test_small_answers_join(self) -> None:
         chunks = render_chunks(request(b"(UID RFC822)"), Item(), 1, RFC3501)

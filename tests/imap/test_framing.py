@@ -17,6 +17,7 @@ from atollon_mail.imap.server import (
     MAX_LINE,
     MAX_LITERAL,
     MAX_UNAUTHENTICATED_COMMANDS,
+    OUTPUT_STALL,
     connection_refusal,
 )
 from tests.imap.support import MAX_MESSAGE_SIZE, PASSWORD, TLS_OPTIONS, ImapServerMixin
@@ -211,6 +212,45 @@ class FramingTests(ImapServerMixin, SqliteStoreMixin, unittest.TestCase):
         tags = [line.split(" ")[0] for line in lines]
         self.assertEqual(tags, ["a1", "*", "a2", "a3"], lines)
         self.assertNotIn("AUTH=PLAIN", lines[1], "capabilities after login")
+
+    @defer.inlineCallbacks
+    def test_no_command_is_taken_while_the_client_reads_nothing(self):
+        """The transport says its buffer is full: commands sent meanwhile wait (reading
+        pauses once they pile up), are answered once it drains, and a client that never
+        reads is closed after OUTPUT_STALL."""
+        client = yield self.logged_in()
+        client.protocol.pauseProducing()  # what the transport does when its buffer fills
+        before = len(client.transport.value())
+        client.send(b"b1 NOOP\r\n" * 20_000)
+        self.assertEqual(len(client.transport.value()), before)
+        self.assertEqual(client.transport.producerState, "paused")
+        client.protocol.resumeProducing()
+        lines = yield client.until_tagged("b1", 30)
+        self.assertEqual(client.transport.value()[before:].count(b"b1 OK NOOP"), 20_000, lines[:3])
+        self.assertEqual(client.transport.producerState, "producing")
+        client.protocol.pauseProducing()
+        client.send(b"c1 NOOP\r\n")
+        self.clock.advance(OUTPUT_STALL - 1)
+        self.assertFalse(client.closed)
+        self.clock.advance(1)
+        self.assertTrue(client.closed)
+        self.assertNotIn(b"c1 OK", client.transport.value())
+
+    @defer.inlineCallbacks
+    def test_hostile_arguments_are_answered_not_raised(self):
+        client = yield self.logged_in()
+        lines = yield client.command(b"ID " + b"(" * 5000)
+        self.assertRegex(lines[-1], r"^a2 BAD .*nested too deeply")
+        lines = yield client.command("SELECT INBOX")
+        self.assertIn(" OK ", lines[-1])
+        lines = yield client.command("SEARCH " + "NOT " * 5000 + "ALL")
+        self.assertRegex(lines[-1], r"^a4 BAD .*nested too deeply")
+        lines = yield client.command("UID FETCH 1:" + "9" * 5000 + " FLAGS")
+        self.assertRegex(lines[-1], r"^a5 BAD ")
+        lines = yield client.command("SEARCH CHARSET rot13 SUBJECT x")
+        self.assertRegex(lines[-1], r"^a6 NO \[BADCHARSET")
+        lines = yield client.command("NOOP")
+        self.assertEqual(lines, ["a7 OK NOOP completed"])
 
 
 class LoginTests(ImapServerMixin, SqliteStoreMixin, unittest.TestCase):

@@ -69,6 +69,64 @@ class MessageCommandsContract(ImapServerMixin):
         self.assertEqual(lines[-1], "a7 BAD Invalid message sequence number")
 
     @defer.inlineCallbacks
+    def test_a_message_expunged_while_fetched_is_never_another_users(self):
+        """Another session expunges the message between the read of its uid and that of
+        its bytes, and a message for someone else is stored meanwhile (on SQLite it takes
+        the deleted message's id): the FETCH leaves the message out and says so."""
+        builders.hosted_mailbox(self.store, "ann@other.test", "ann")
+        self.receive("mine", "jane's own body")
+        client = yield self.logged_in("INBOX")
+        original = self.store.run
+        interleaved: list[int] = []
+
+        @defer.inlineCallbacks
+        def expunge_and_deliver(items):
+            uids = tuple(item.uid for item in items)
+            yield original(
+                imapfolders.store_flags, "jane", "INBOX", uids, "+", ("\\Deleted",), None
+            )
+            yield original(imapfolders.expunge, "jane", "INBOX", uids)
+            yield defer.maybeDeferred(
+                self.receive, "theirs", "ann's secret body", address="ann@other.test"
+            )
+            interleaved.append(1)
+            return items
+
+        def run(operation, *args, **kwargs):
+            result = original(operation, *args, **kwargs)
+            if operation is imapfolders.message_items and not interleaved:
+                result.addCallback(expunge_and_deliver)
+            return result
+
+        self.patch(self.store, "run", run)
+        # The last message: its Message row is the table's top one.
+        for fetch in ("FETCH * BODY.PEEK[]", "FETCH * BODY.PEEK[HEADER]"):
+            interleaved.clear()
+            self.receive("mine", "jane's own body")
+            yield client.command("NOOP")
+            lines = yield client.command(fetch)
+            self.assertEqual(interleaved, [1])
+            text = "\n".join(lines)
+            self.assertNotIn("ann's secret", text)
+            self.assertNotIn("theirs", text)
+            self.assertRegex(lines[-1], r"^a\d+ NO \[EXPUNGEISSUED\] ")
+
+    @defer.inlineCallbacks
+    def test_a_fetch_of_thousands_of_slices_is_refused(self):
+        self.receive("big", "y" * 200_000)
+        client = yield self.logged_in("INBOX")
+        slices = " ".join(f"BODY.PEEK[]<{n}.200000>" for n in range(2600))
+        lines = yield client.command(f"FETCH 1 ({slices})")
+        self.assertEqual(len(lines), 1)
+        self.assertRegex(lines[0], r"^a\d+ BAD Too many body sections")
+        # Fifty are answered, each slice written as it is taken.
+        slices = " ".join(f"BODY.PEEK[]<{n}.200000>" for n in range(50))
+        start = len(client.transport.value())
+        lines = yield client.command(f"FETCH 1 ({slices})")
+        self.assertRegex(lines[-1], r"^a\d+ OK ")
+        self.assertEqual(client.transport.value()[start:].count(b"BODY[]<"), 50)
+
+    @defer.inlineCallbacks
     def test_examine_does_not_set_seen(self):
         self.receive()
         client = yield self.logged_in()
@@ -110,6 +168,21 @@ class MessageCommandsContract(ImapServerMixin):
         self.assertEqual(list(self.flags().values()), [("\\Seen",), ("\\Seen",)])
         lines = yield client.command("STORE 1 +FLAGS (bad[flag)")
         self.assertIn(lines[-1].split(" ")[1], ("BAD", "NO"))
+
+    @defer.inlineCallbacks
+    def test_system_flags_are_known_ones_in_their_usual_spelling(self):
+        self.receive("one")
+        client = yield self.logged_in("INBOX")
+        lines = yield client.command("STORE 1 +FLAGS (\\FLAGGED \\seen \\Recent)")
+        self.assertEqual(lines[0], "* 1 FETCH (FLAGS (\\Flagged \\Seen))")
+        for flags in ("(\\Foo)", "(\\Seen \\Junk)"):
+            lines = yield client.command(f"STORE 1 +FLAGS {flags}")
+            self.assertRegex(lines[-1], r"^a\d+ BAD \\\w+ is not a system flag")
+        lines = yield client.command("STORE 1 +FLAGS ($filed)")
+        self.assertRegex(lines[-1], r"^a\d+ NO ")
+        lines = yield client.command("APPEND INBOX (\\Bogus) {5}\r\nhello")
+        self.assertRegex(lines[-1], r"^a\d+ BAD ")
+        self.assertEqual(list(self.flags().values()), [("\\Flagged", "\\Seen")])
 
     @defer.inlineCallbacks
     def test_store_unchangedsince(self):
@@ -329,19 +402,38 @@ class MessageCommandsContract(ImapServerMixin):
         for number in range(server.ITEM_BATCH + 5):
             self.receive(f"m{number}")
         client = yield self.logged_in("INBOX")
-        client.protocol.pauseProducing()  # the transport's buffer is full
         client.send("a3 FETCH 1:* (UID FLAGS)\r\n")
+        client.protocol.pauseProducing()  # the transport's buffer is full
         yield eventually(lambda: client.protocol._writable, "waiting for the transport")
-        self.assertEqual(client.lines(), [], "nothing read before the transport drains")
-        client.protocol.resumeProducing()
-        client.protocol.pauseProducing()
-        yield eventually(lambda: client.protocol._writable, "the second batch")
         lines = client.lines()
-        self.assertEqual(len(lines), server.ITEM_BATCH)
+        self.assertEqual(len(lines), server.ITEM_BATCH, "the next batch waits for the transport")
         client.protocol.resumeProducing()
         lines = yield client.until_tagged("a3")
         self.assertEqual(len(lines), server.ITEM_BATCH + 6)
         self.assertEqual(lines[-1], "a3 OK FETCH completed")
+
+    @defer.inlineCallbacks
+    def test_a_client_reading_a_little_now_and_then_cannot_keep_a_fetch_for_ever(self):
+        """Each wait for the transport is shorter than the limits on one wait, but the
+        whole FETCH must be read at MIN_OUTPUT_RATE on average (after STORE_TIMEOUT)."""
+        self.patch(server, "FETCH_BATCH", 1)
+        for number in range(10):
+            self.receive(f"m{number}")
+        client = yield self.logged_in("INBOX")
+        client.send("a3 FETCH 1:* (UID BODY.PEEK[])\r\n")
+        client.protocol.pauseProducing()
+        for _ in range(10):
+            yield eventually(lambda: client.protocol._writable or client.closed, "a wait")
+            if client.closed:
+                break
+            self.clock.advance(200)  # under OUTPUT_STALL and STORE_TIMEOUT each time
+            if client.closed:
+                break
+            client.protocol.resumeProducing()
+            client.protocol.pauseProducing()
+        self.assertTrue(client.closed)
+        self.assertIn(b"* BYE Autologout; the client reads nothing", client.transport.value())
+        self.assertLess(self.clock.seconds(), 2 * server.STORE_TIMEOUT)
 
     @defer.inlineCallbacks
     def test_a_large_message_is_streamed_in_slices(self):
@@ -350,10 +442,7 @@ class MessageCommandsContract(ImapServerMixin):
         body = "".join(f"line {number:04d}\r\n" for number in range(200))
         self.receive("large", body)
         client = yield self.logged_in("INBOX")
-        client.protocol.pauseProducing()
         client.send("a3 FETCH 1 (UID BODY.PEEK[])\r\n")
-        yield eventually(lambda: client.protocol._writable, "the batch")
-        client.protocol.resumeProducing()
         client.protocol.pauseProducing()
         yield eventually(lambda: client.protocol._writable, "the first slice")
         start = len(client.transport.value()) - len(client.output())

@@ -10,6 +10,7 @@ from atollon_mail.imap.parser import (
     ParseError,
     in_sequence_set,
     literal_marker,
+    merge_ranges,
     parse_command,
     parse_sequence_set,
     sequence_numbers,
@@ -200,10 +201,27 @@ class SequenceSetTests(TestCase):
     def test_numbers(self) -> None:
         ranges = parse_sequence_set("5:3,1,4,10:*", 11)
         self.assertEqual(list(sequence_numbers(ranges, 10)), [1, 3, 4, 5, 10])
-        self.assertTrue(in_sequence_set(ranges, 11))
-        self.assertFalse(in_sequence_set(ranges, 2))
+        merged = merge_ranges(ranges)
+        self.assertEqual(merged, [(1, 1), (3, 5), (10, 11)])
+        for number in range(13):
+            self.assertEqual(in_sequence_set(merged, number), number in (1, 3, 4, 5, 10, 11))
+        self.assertEqual(merge_ranges(parse_sequence_set(",".join(["1:*"] * 9000), 7)), [(1, 7)])
 
     def test_bad(self) -> None:
-        for text in ("", "0", "1:0", "1,", ",1", "a", "1:2:3", "1 2", "99999999999", "-1"):
+        for text in (
+            "",
+            "0",
+            "1:0",
+            "1,",
+            ",1",
+            "a",
+            "1:2:3",
+            "1 2",
+            "99999999999",
+            "-1",
+            "00000000001",
+            "1" * 5000,
+            "1:" + "9" * 5000,
+        ):
             with self.subTest(text):
                 self.assertRaises(ParseError, parse_sequence_set, text, 10)

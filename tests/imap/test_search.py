@@ -1,6 +1,7 @@
 """SEARCH programs: parsing the keys and matching them against messages."""
 
 import datetime
+import time
 
 import attrs
 from twisted.trial.unittest import TestCase
@@ -55,6 +56,18 @@ def matches(
     **options,
 ) -> bool:
     return program(text, *literals, **options).matches(item, seq, raw)
+
+
+class SequenceSetSearchTests(TestCase):
+    def test_many_ranges_are_matched_by_bisection(self) -> None:
+        """SEARCH UID and sequence sets of thousands of ranges over 20 000 messages."""
+        ranges = b",".join(b"%d:%d" % (n, n + 1) for n in range(1, 40_000, 4))
+        started = time.perf_counter()
+        for text in (b"UID " + ranges, ranges):
+            found = program(text, last_seq=20_000, last_uid=20_000)
+            hits = [n for n in range(1, 20_001) if found.matches(Item(uid=n), n, None)]
+            self.assertEqual(hits, [n for n in range(1, 20_001) if n % 4 in (1, 2)])
+        self.assertLess(time.perf_counter() - started, 1.0)
 
 
 class FlagAndSizeTests(TestCase):

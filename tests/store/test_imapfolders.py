@@ -21,6 +21,7 @@ from atollon_mail.store import (
     migrations,
     queue,
     search,
+    unread,
 )
 from atollon_mail.store.errors import Invalid, NotFound, ReadOnly
 from atollon_mail.store.models import Filing, Message
@@ -309,34 +310,110 @@ class ImapFoldersContract(StoreFixtureMixin):
         self.patch(database, "execute_sql", counting)
         self.snapshot("INBOX")
         self.items("INBOX", uids)
-        self.sync(imapfolders.message_headers, range(1, 40))
-        # Each: the user, the mailboxes (owned, shared, To Do), the filings or messages.
-        self.assertLessEqual(len(statements), 2 * 5 + 1, statements)
+        self.sync(imapfolders.message_headers, "joe", self.joe.id, range(1, 40))
+        # Each: the user, the mailboxes (owned, shared, To Do), the filings; the headers:
+        # the user, whether they may read the mailbox, the filings with their messages.
+        self.assertLessEqual(len(statements), 2 * 5 + 3, statements)
+
+    def count_statements(self) -> list[str]:
+        statements: list[str] = []
+        database = self.store.database
+        original = database.execute_sql
+
+        def counting(sql, *args, **kwargs):
+            statements.append(sql)
+            return original(sql, *args, **kwargs)
+
+        self.patch(database, "execute_sql", counting)
+        return statements
+
+    def test_store_copy_and_expunge_take_a_few_statements_however_many_messages(self):
+        for n in range(30):
+            self.receive(subject=f"m{n}")
+        uids = self.snapshot("INBOX").uids
+        self.store_flags("INBOX", uids[:1], "+", [FLAGGED])
+        statements = self.count_statements()
+        result = self.store_flags("INBOX", uids, "+", [SEEN])
+        self.assertEqual(len(result.changed), 30)
+        self.assertLessEqual(len(statements), 12, statements)
+        self.assertEqual({item.flags for item in self.items("INBOX")}, {(SEEN,), (FLAGGED, SEEN)})
+        del statements[:]
+        copied = self.sync(imapfolders.copy, "joe", "INBOX", uids, "Trash", False)
+        self.assertLessEqual(len(statements), 20, statements)
+        targets = [target for _, target in copied.pairs]
+        self.assertEqual(len(set(targets)), 30)
+        self.assertEqual(list(self.snapshot("Trash").uids), sorted(targets))
+        self.assertGreater(min(targets), max(uids))
+        del statements[:]
+        filed = self.sync(imapfolders.copy, "joe", "INBOX", uids, "CRM/Spring-launch", False)
+        self.assertLessEqual(len(statements), 25, statements)
+        self.assertEqual(len(filed.pairs), 30)
+        again = self.sync(imapfolders.copy, "joe", "INBOX", uids, "CRM/Spring-launch", False)
+        self.assertEqual(again.pairs, filed.pairs, "filed there once")
+        self.store_flags("INBOX", uids, "+", [DELETED])
+        del statements[:]
+        self.assertEqual(self.sync(imapfolders.expunge, "joe", "INBOX"), uids)
+        self.assertLessEqual(len(statements), 20, statements)
+        self.assertEqual(self.snapshot("INBOX").uids, ())
+        # The next uid comes after all those taken at once.
+        self.assertGreater(
+            self.sync(imapfolders.folder_status, "joe", "INBOX").uidnext, max(targets)
+        )
 
     # -- bytes ------------------------------------------------------------------------------
+
+    def uid_of(self, message_id: int, name: str = "INBOX") -> int:
+        [uid] = [item.uid for item in self.items(name) if item.message_id == message_id]
+        return uid
 
     def test_message_bytes_slices_and_headers(self):
         small = self.receive(subject="small", body="tiny")
         big = self.receive(subject="big", body="y" * 100_000)
-        raws = {mid: self.sync(filing.message_raw, mid) for mid in (small, big)}
-        found = self.sync(imapfolders.message_bytes, (small, big, 10**9))
+        raws = {self.uid_of(mid): self.sync(filing.message_raw, mid) for mid in (small, big)}
+        small, big = self.uid_of(small), self.uid_of(big)
+        joe = ("joe", self.joe.id)
+        found = self.sync(imapfolders.message_bytes, *joe, (small, big, 10**9))
         self.assertEqual(found, {small: raws[small]})
-        found = self.sync(imapfolders.message_bytes, (small, big), 1 << 20)
+        found = self.sync(imapfolders.message_bytes, *joe, (small, big), 1 << 20)
         self.assertEqual(found, raws)
-        self.assertEqual(self.sync(imapfolders.raw_slice, big, 0, 10), raws[big][:10])
+        self.assertEqual(self.sync(imapfolders.raw_slice, *joe, big, 0, 10), raws[big][:10])
         self.assertEqual(
-            self.sync(imapfolders.raw_slice, big, 70_000, 4096), raws[big][70_000:74_096]
+            self.sync(imapfolders.raw_slice, *joe, big, 70_000, 4096), raws[big][70_000:74_096]
         )
         self.assertEqual(
-            self.sync(imapfolders.raw_slice, big, len(raws[big]) - 3, 100), raws[big][-3:]
+            self.sync(imapfolders.raw_slice, *joe, big, len(raws[big]) - 3, 100), raws[big][-3:]
         )
-        self.assertEqual(self.sync(imapfolders.raw_slice, big, len(raws[big]) + 5, 100), b"")
+        self.assertEqual(self.sync(imapfolders.raw_slice, *joe, big, len(raws[big]) + 5, 100), b"")
         with self.assertRaises(NotFound):
-            self.sync(imapfolders.raw_slice, 10**9, 0, 10)
-        heads = self.sync(imapfolders.message_headers, (small, big))
-        for mid, raw in raws.items():
+            self.sync(imapfolders.raw_slice, *joe, 10**9, 0, 10)
+        heads = self.sync(imapfolders.message_headers, *joe, (small, big))
+        for uid, raw in raws.items():
             end = raw.index(b"\r\n\r\n") + 4
-            self.assertEqual(heads[mid], raw[:end])
+            self.assertEqual(heads[uid], raw[:end])
+
+    def test_bytes_are_read_only_through_a_filing_the_user_may_read(self):
+        """By (mailbox, uid), never by a Message id that a deleted message's may become:
+        another user reads nothing of joe's mailbox, and an expunged uid gives nothing
+        even once a new message took the deleted one's id."""
+        mine = self.receive(subject="mine", body="joe's secret")
+        uid = self.uid_of(mine)
+        for operation, args in (
+            (imapfolders.message_bytes, ((uid,),)),
+            (imapfolders.message_headers, ((uid,),)),
+        ):
+            self.assertEqual(self.sync(operation, "ann", self.joe.id, *args), {})
+            self.assertEqual(self.sync(operation, "nobody", self.joe.id, *args), {})
+            self.assertEqual(list(self.sync(operation, "joe", self.joe.id, *args)), [uid])
+        with self.assertRaises(NotFound):
+            self.sync(imapfolders.raw_slice, "ann", self.joe.id, uid, 0, 10)
+        self.store_flags("INBOX", [uid], "+", [DELETED])
+        self.assertEqual(self.sync(imapfolders.expunge, "joe", "INBOX"), (uid,))
+        theirs = self.receive("ann@other.test", subject="theirs", body="ann's secret")
+        self.assertNotEqual(self.sync(filing.message_raw, theirs), b"")
+        self.assertEqual(self.sync(imapfolders.message_bytes, "joe", self.joe.id, (uid,)), {})
+        self.assertEqual(self.sync(imapfolders.message_headers, "joe", self.joe.id, (uid,)), {})
+        with self.assertRaises(NotFound):
+            self.sync(imapfolders.raw_slice, "joe", self.joe.id, uid, 0, 10)
 
     def test_headers_longer_than_the_first_read(self):
         long_header = "X-Long: " + "z" * 70_000
@@ -347,11 +424,14 @@ class ImapFoldersContract(StoreFixtureMixin):
             [IncomingMessage(envelope_sender="s@remote.example", recipients=(recipient,), raw=raw)],
         )
         headerless = self.receive(subject="nobody")
-        heads = self.sync(imapfolders.message_headers, (stored.id, headerless))
+        stored_uid, headerless_uid = self.uid_of(stored.id), self.uid_of(headerless)
+        heads = self.sync(
+            imapfolders.message_headers, "joe", self.joe.id, (stored_uid, headerless_uid)
+        )
         stored_raw = self.sync(filing.message_raw, stored.id)
-        self.assertTrue(heads[stored.id].endswith(long_header.encode() + b"\r\n\r\n"))
-        self.assertEqual(heads[stored.id], stored_raw[: len(heads[stored.id])])
-        self.assertTrue(heads[headerless].endswith(b"remote.example>\r\n\r\n"))
+        self.assertTrue(heads[stored_uid].endswith(long_header.encode() + b"\r\n\r\n"))
+        self.assertEqual(heads[stored_uid], stored_raw[: len(heads[stored_uid])])
+        self.assertTrue(heads[headerless_uid].endswith(b"remote.example>\r\n\r\n"))
 
     # -- STORE -----------------------------------------------------------------------------
 
@@ -397,6 +477,41 @@ class ImapFoldersContract(StoreFixtureMixin):
             self.store_flags("INBOX", uids, "+", ["bad flag"])
         with self.assertRaises(Invalid):
             self.store_flags("INBOX", uids, "*", [SEEN])
+
+    def test_a_keyword_containing_filed_hides_nothing(self):
+        """Only the store's own $Filed, as a whole word in its case, keeps a filing out
+        of the Inbox (IMAP, the web's folder and its unread count)."""
+        first = self.receive(subject="one")
+        second = self.receive(subject="two")
+        uids = self.snapshot("INBOX").uids
+        self.store_flags("INBOX", uids[:1], "+", ["MyProject$filedLater"])
+        self.sync(mailfolders.change_flags, "joe@acme.test", uids[1:], ["x$FILED"])
+        self.assertEqual(self.snapshot("INBOX").uids, uids)
+        self.assertEqual(self.sync(imapfolders.folder_status, "joe", "INBOX").messages, 2)
+        listed = self.sync(mailfolders.list_folder, "joe@acme.test")
+        self.assertEqual(sorted(row.message.id for row in listed), sorted([first, second]))
+        self.assertEqual(self.sync(unread.count_unread, self.joe.id), 2)
+        [item] = self.items("INBOX", uids[:1])
+        self.assertEqual(item.flags, ("MyProject$filedLater",))
+
+    def test_filed_is_refused_and_system_flags_are_spelled_as_usual(self):
+        self.receive(subject="one")
+        uids = self.snapshot("INBOX").uids
+        for flag in ("$Filed", "$filed", "$FILED"):
+            with self.subTest(flag), self.assertRaises(Invalid):
+                self.store_flags("INBOX", uids, "+", [flag])
+            with self.subTest(flag), self.assertRaises(Invalid):
+                self.sync(mailfolders.change_flags, "joe@acme.test", uids, [flag])
+        for flag in ("\\Foo", "\\SeenX", "\\"):
+            with self.subTest(flag), self.assertRaises(Invalid):
+                self.store_flags("INBOX", uids, "+", [flag])
+        self.store_flags("INBOX", uids, "+", ["\\SEEN", "\\flagged"])
+        [item] = self.items("INBOX")
+        self.assertEqual(item.flags, (SEEN, FLAGGED))
+        self.assertEqual(self.sync(unread.count_unread, self.joe.id), 0)
+        self.store_flags("INBOX", uids, "-", ["\\seen"])
+        [item] = self.items("INBOX")
+        self.assertEqual(item.flags, (FLAGGED,))
 
     def test_store_unchangedsince(self):
         self.receive(subject="one")
@@ -493,11 +608,13 @@ class ImapFoldersContract(StoreFixtureMixin):
             self.sync(mailfolders.list_folder, "joe@acme.test", TRASH)[0].uid, targets[1]
         )
         # Into Junk: the filter learns spam; out of it into INBOX: ham.
+        # (by the target uids: the bytes are read through the filing).
         result = self.sync(imapfolders.copy, "joe", "Trash", targets[:1], "Junk", True)
-        self.assertEqual(result.learned_spam, (first,))
         [junk_uid] = [target for _, target in result.pairs]
+        self.assertEqual(result.learned_spam, (junk_uid,))
         result = self.sync(imapfolders.copy, "joe", "Junk", [junk_uid], "INBOX", True)
-        self.assertEqual((result.learned_spam, result.learned_ham), ((), (first,)))
+        [inbox_uid] = [target for _, target in result.pairs]
+        self.assertEqual((result.learned_spam, result.learned_ham), ((), (inbox_uid,)))
         self.assertEqual([item.message_id for item in self.items("INBOX")], [first])
 
     def test_copy_makes_a_second_filing(self):

@@ -104,7 +104,13 @@ class SummariesContract(StoreFixtureMixin):
 
     def keep(self, items) -> dict[int, bytes]:
         """Keep the summaries of these messages as the server makes them; their headers."""
-        headers = self.sync(imapfolders.message_headers, [item.message_id for item in items])
+        by_uid = self.sync(
+            imapfolders.message_headers,
+            "joe",
+            self.recipient.mailbox_id,
+            [item.uid for item in items],
+        )
+        headers = {item.message_id: by_uid[item.uid] for item in items}
         self.sync(
             imapfolders.save_summaries,
             [
@@ -238,7 +244,10 @@ class SummaryMigrationContract:
         self.assertEqual([item.envelope for item in items], [None, None])
         answer = store.run_sync(imapfolders.search_summaries, "joe", "INBOX", (("subject", "two"),))
         self.assertEqual(answer, imapfolders.SummarySearch((), snapshot.uids))
-        headers = store.run_sync(imapfolders.message_headers, [item.message_id for item in items])
+        by_uid = store.run_sync(
+            imapfolders.message_headers, "joe", joe.mailbox_id, [item.uid for item in items]
+        )
+        headers = {item.message_id: by_uid[item.uid] for item in items}
         store.run_sync(
             imapfolders.save_summaries,
             [

@@ -19,7 +19,8 @@ from tests.web.support import ServedWebMixin
 
 HOSTNAME = "mail.example.test"
 PATHS = ("/.well-known/autoconfig/mail/config-v1.1.xml", "/mail/config-v1.1.xml")
-EXPECTED_INCOMING = [("imap", HOSTNAME, "993", "SSL"), ("imap", HOSTNAME, "143", "STARTTLS")]
+# No implicit TLS IMAP listener configured: 143 only.
+EXPECTED_INCOMING = [("imap", HOSTNAME, "143", "STARTTLS")]
 
 
 def config_text(submission_tls: bool = False) -> str:
