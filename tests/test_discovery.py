@@ -16,9 +16,7 @@ def ports(services: ClientServices, kind: str) -> list[tuple[int, str]]:
 
 class ClientServicesTests(unittest.TestCase):
     def setUp(self):
-        self.config = parse_config(
-            f"[appliance]\nhostname = {HOSTNAME}\n[imap]\ntls_listen = tcp:2993\n"
-        )
+        self.config = parse_config(f"[appliance]\nhostname = {HOSTNAME}\n")
 
     def test_the_standard_ports_implicit_tls_first(self):
         services = client_services(self.config)
@@ -42,11 +40,13 @@ class ClientServicesTests(unittest.TestCase):
         )
         self.assertEqual(ports(client_services(config), "smtp"), [(465, "SSL"), (587, "STARTTLS")])
 
-    def test_imaps_only_once_its_listener_is_configured(self):
-        without = client_services(parse_config(f"[appliance]\nhostname = {HOSTNAME}\n"))
+    def test_imaps_once_its_listener_is_configured(self):
+        without = client_services(self.config)
         self.assertEqual(ports(without, "imap"), [(143, "STARTTLS")])
         [imaps] = [s for s in without.services if s.srv == "_imaps._tcp"]
         self.assertEqual(without.srv_value(imaps), "0 0 0 .")
         self.assertIn("[imap] tls_listen", imaps.why_not)
-        with_tls = client_services(self.config)
+        with_tls = client_services(
+            parse_config(f"[appliance]\nhostname = {HOSTNAME}\n[imap]\ntls_listen = tcp:993\n")
+        )
         self.assertEqual(ports(with_tls, "imap"), [(993, "SSL"), (143, "STARTTLS")])

@@ -24,7 +24,7 @@ EXPECTED_INCOMING = [("imap", HOSTNAME, "143", "STARTTLS")]
 
 
 def config_text(submission_tls: bool = False) -> str:
-    text = f"[appliance]\nhostname = {HOSTNAME}\n[imap]\ntls_listen = tcp:4993\n"
+    text = f"[appliance]\nhostname = {HOSTNAME}\n"
     if submission_tls:
         text += "[submission]\ntls_listen = tcp:4465\n"
     return text
