@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import peewee
@@ -16,6 +18,28 @@ SQLITE_PRAGMAS = (
     ("foreign_keys", 1),
     ("busy_timeout", 10000),
 )
+
+
+# How long a connection retries switching a new database file to WAL while another
+# connection does the same: SQLite answers "database is locked" at once there, without
+# waiting for the busy timeout (two connections opening a fresh file together failed 49
+# times in 300 trials), so two processes starting on a new file (the service and the
+# admin command) could not both start.
+WAL_SWITCH_SECONDS = 10.0
+
+
+class SqliteDatabase(peewee.SqliteDatabase):
+    """peewee's SQLite database, whose pragmas wait for a concurrent switch to WAL."""
+
+    def _set_pragmas(self, conn):
+        deadline = time.monotonic() + WAL_SWITCH_SECONDS
+        while True:
+            try:
+                return super()._set_pragmas(conn)
+            except sqlite3.OperationalError as problem:
+                if "locked" not in str(problem) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
 
 def unicode_lower(value):
@@ -44,9 +68,7 @@ def open_database(url: str, **postgres_options) -> peewee.Database:
             os.makedirs(directory, mode=0o750, exist_ok=True)
         # check_same_thread=False: the connection is opened in one pool thread and only
         # ever used there, but peewee may close it from the thread that stops the pool.
-        database = peewee.SqliteDatabase(
-            path, pragmas=SQLITE_PRAGMAS, check_same_thread=False, timeout=10
-        )
+        database = SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, check_same_thread=False, timeout=10)
         database.register_function(unicode_lower, "unicode_lower", 1, deterministic=True)
         return database
     if url.startswith("postgresql://"):
