@@ -24,7 +24,9 @@ SQLITE_PRAGMAS = (
 # connection does the same: SQLite answers "database is locked" at once there, without
 # waiting for the busy timeout (two connections opening a fresh file together failed 49
 # times in 300 trials), so two processes starting on a new file (the service and the
-# admin command) could not both start.
+# admin command) could not both start. The wait is in the thread that connects: the
+# store's own thread, or start-up and the admin command before any reactor runs; never
+# the reactor thread of a running appliance.
 WAL_SWITCH_SECONDS = 10.0
 
 

@@ -686,44 +686,41 @@ def _flags_of_message(mailbox_address: str, message_id: int) -> list[tuple[int, 
     return filings
 
 
-@changes_mailbox
-def add_flag(mailbox_address: str, message_id: int, flag: str) -> int:
-    """Add `flag` (e.g. \\Answered) to every filing of the message in this mailbox that
-    lacks it; how many changed. NotFound when the message is not filed here."""
+def _change_flag(mailbox_address: str, message_id: int, flag: str, add: bool) -> int:
+    """Add or take `flag` on every filing of the message in this mailbox that lacks or
+    has it, the changed ones under one fresh mod-sequence; how many changed."""
     flag = valid_flag(flag)
     changed = 0
     modseq = None
     for filing_id, mailbox_id, flags in _flags_of_message(mailbox_address, message_id):
         present = flags.split()
-        if flag in present:
+        if (flag in present) == add:
             continue
-        updated = " ".join([*present, flag])
-        if len(updated) > _FLAGS_LIMIT:
-            raise Invalid(f"message {message_id} has too many flags to add {flag}")
+        if add:
+            updated = " ".join([*present, flag])
+            if len(updated) > _FLAGS_LIMIT:
+                raise Invalid(f"message {message_id} has too many flags to add {flag}")
+        else:
+            updated = " ".join(name for name in present if name != flag)
         if modseq is None:
             modseq = next_modseq(mailbox_id)
         Filing.update(flags=updated, modseq=modseq).where(Filing.id == filing_id).execute()
         changed += 1
     return changed
+
+
+@changes_mailbox
+def add_flag(mailbox_address: str, message_id: int, flag: str) -> int:
+    """Add `flag` (e.g. \\Answered) to every filing of the message in this mailbox that
+    lacks it; how many changed. NotFound when the message is not filed here."""
+    return _change_flag(mailbox_address, message_id, flag, add=True)
 
 
 @changes_mailbox
 def remove_flag(mailbox_address: str, message_id: int, flag: str) -> int:
     """Take `flag` (e.g. \\Seen) from every filing of the message in this mailbox that
     has it; how many changed. NotFound when the message is not filed here."""
-    flag = valid_flag(flag)
-    changed = 0
-    modseq = None
-    for filing_id, mailbox_id, flags in _flags_of_message(mailbox_address, message_id):
-        present = flags.split()
-        if flag not in present:
-            continue
-        updated = " ".join(name for name in present if name != flag)
-        if modseq is None:
-            modseq = next_modseq(mailbox_id)
-        Filing.update(flags=updated, modseq=modseq).where(Filing.id == filing_id).execute()
-        changed += 1
-    return changed
+    return _change_flag(mailbox_address, message_id, flag, add=False)
 
 
 @changes_mailbox
