@@ -106,6 +106,10 @@ class WebConfig:
     body_timeout: float = 60.0  # seconds of a request body arriving slower than 500 B/s
     # Reverse proxies whose X-Forwarded-For names the client (web/app.py client_address).
     trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    # Who may read /metrics (web/metrics.py): TCP peers in these networks, or anyone
+    # sending this bearer token (None: no token access).
+    metrics_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    metrics_token: str | None = None
 
 
 @attrs.frozen
@@ -559,6 +563,8 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "header_timeout": (_positive_duration, "30"),
         "body_timeout": (_positive_duration, "60"),
         "trusted_proxies": (_networks, "127.0.0.0/8 ::1/128"),
+        "metrics_networks": (_networks, "127.0.0.0/8 ::1/128"),
+        "metrics_token": (_optional_text, ""),
     },
     "submission": {
         "listen": (_endpoint, "tcp:2587"),

@@ -88,9 +88,11 @@ class PostgresStoreMixin:
 class StoreFixtureMixin:
     """Gives a migrated, started Store in `self.store` (use with one of the mixins above)."""
 
-    def make_store(self) -> Store:
+    def make_store(self, operation_seconds=None) -> Store:
+        """`operation_seconds`: the latency histogram of atollon_mail.metrics to time
+        each operation on (None: not timed)."""
         self.database_url = self.make_database_url()
-        store = Store.from_url(self.database_url, reactor)
+        store = Store.from_url(self.database_url, reactor, operation_seconds=operation_seconds)
         store.migrate()
         store.start()
         self.addCleanup(store.stop)
