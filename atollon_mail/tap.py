@@ -29,6 +29,7 @@ from atollon_mail.events import Events
 from atollon_mail.imap import build as imap_build
 from atollon_mail.inbound.rspamd import build_spam_filter
 from atollon_mail.massmail import build as massmail_build
+from atollon_mail.metrics import Metrics
 from atollon_mail.passwords import generate_password, hash_password
 from atollon_mail.selfsigned import load_or_create_self_signed
 from atollon_mail.smtp import build as smtp_build
@@ -324,13 +325,20 @@ def build_appliance(
     warn_about_hostname(config)
     appliance = Appliance(listener_settings(config), on_start_failure, tune_gc_at_start)
     events = Events()
-    store = Store.from_url(config.database.url, reactor, changed=events.changed.fire)
+    # One registry per appliance, served at /metrics; what counts is given it.
+    metrics = Metrics()
+    store = Store.from_url(
+        config.database.url,
+        reactor,
+        changed=events.changed.fire,
+        operation_seconds=metrics.store_operation_seconds,
+    )
     workers = Workers(reactor)
     # The store first: it is ready before anything listens (StoreService).
     services = [StoreService(store, config), workers]
     massmail = massmail_build.build(config, store, events, workers, reactor)
     delivery = delivery_build.build(
-        config, store, events, workers, reactor, return_addresses=massmail.returns
+        config, store, events, workers, reactor, return_addresses=massmail.returns, metrics=metrics
     )
     intake = delivery.intake
     services += [*delivery.services, *massmail.services]
@@ -353,6 +361,7 @@ def build_appliance(
         authenticator,
         tls_options,
         spam_filter=spam_filter,
+        metrics=metrics,
     )
     services += imap_build.build(
         config,
@@ -363,6 +372,7 @@ def build_appliance(
         authenticator,
         tls_options,
         spam_filter=spam_filter,  # moves into Junk and out of it teach it
+        metrics=metrics,
     )
     services += web_build.build(
         config,
@@ -374,6 +384,7 @@ def build_appliance(
         authenticator,
         massmail.tokens,
         learner=spam_filter,  # "Junk" and "Not junk" teach it
+        metrics=metrics,
     )
     for child in services:
         child.setServiceParent(appliance)

@@ -42,10 +42,12 @@ def build(
     workers: Workers,
     reactor,
     return_addresses=None,
+    metrics=None,
 ) -> Delivery:
     """The intake fires `queued` and `filed`; the runner wakes on `queued`, the
     auto-responder hears `filed`. `return_addresses` resolves the addresses producers
-    hear back at (see Intake)."""
+    hear back at (see Intake). Group commits and delivery outcomes are counted on
+    `metrics`."""
     writers = 1 if store.is_sqlite else 2
     srs = SRS(load_or_create_srs_secret(config.delivery.srs_secret, config.appliance.data_dir))
     sealer = ArcSealer(store, config.appliance.hostname, reactor, workers.cpu)
@@ -58,6 +60,7 @@ def build(
         workers=workers.cpu,
         return_addresses=return_addresses,
         sealer=sealer,
+        metrics=metrics,
     )
     resolver = MXResolver(reactor, workers.dns, nameservers=config.delivery.nameservers)
     signer = DkimSigner(store, reactor, workers.cpu, config.delivery.dkim_key_retention)
@@ -72,6 +75,7 @@ def build(
         signer=signer,
         events=events,
         journal=DotJournal(os.path.join(config.appliance.data_dir, JOURNAL_DIRECTORY)),
+        metrics=metrics,
     )
     autoresponder = Autoresponder(store, intake, hostname, reactor, events)
     purger = JunkPurger(store, config.spam.junk_retention_days, reactor)

@@ -146,9 +146,12 @@ class GroupCommitter:
         size_of=None,
         clock=None,
         delay: float = 0.0,
+        batch_sizes=None,
     ):
         """With `delay` (and `clock`), a batch is taken that long after its first item
-        came, so what comes meanwhile shares its commit."""
+        came, so what comes meanwhile shares its commit. `batch_sizes` (a Histogram of
+        atollon_mail.metrics, labelled for this writer; None: not counted) observes the
+        items of each batch."""
         self._store = store
         self._operation = operation
         self._size_of = size_of or (lambda item: len(item.raw))
@@ -159,6 +162,7 @@ class GroupCommitter:
         self._clock = clock
         self._delay = delay if clock is not None else 0.0
         self._timer = None
+        self._batch_sizes = batch_sizes
 
     def add(self, item) -> Deferred:
         """Deferred firing with the item's result once its transaction has committed."""
@@ -206,6 +210,8 @@ class GroupCommitter:
     def _write_batch(self) -> None:
         batch = self._take_batch()
         self._writing += 1
+        if self._batch_sizes is not None:
+            self._batch_sizes.observe(len(batch))
         written = self._store.run(self._operation, [item for item, _ in batch])
         written.addCallbacks(self._batch_written, self._batch_failed, (batch,), None, (batch,))
         written.addBoth(self._batch_done)
@@ -272,6 +278,7 @@ class Intake:
         workers=None,
         return_addresses=None,
         sealer=None,
+        metrics=None,
     ):
         self._store = store
         # Seals what a mailbox forwards elsewhere (delivery.arc.ArcSealer; None: unsealed).
@@ -284,13 +291,21 @@ class Intake:
         self._domains: frozenset[str] | None = None
         self._domains_loaded_at: float | None = None
         self._domains_loading = False
-        self._local = GroupCommitter(store, filing.store_messages, concurrent_batches)
+        # The size of each group commit, on the appliance's metrics (None: not counted).
+        batch_sizes = None if metrics is None else metrics.group_commit_batch_size
+        self._local = GroupCommitter(
+            store,
+            filing.store_messages,
+            concurrent_batches,
+            batch_sizes=None if batch_sizes is None else batch_sizes.labels("store_messages"),
+        )
         # Items are (OutgoingMessage, Origin): what queue.submit_messages takes.
         self._outgoing = GroupCommitter(
             store,
             queue.submit_messages,
             concurrent_batches,
             size_of=lambda item: len(item[0].raw),
+            batch_sizes=None if batch_sizes is None else batch_sizes.labels("submit_messages"),
         )
         self.srs = srs
         self._return_addresses = return_addresses

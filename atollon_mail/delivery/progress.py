@@ -89,13 +89,25 @@ class ProgressWriter:
     committed (one batch at a time, taken `delay` after its first item), and the dot
     journal each final dot is written down in before it goes out."""
 
-    def __init__(self, store, journal: DotJournal, clock, delay: float = PROGRESS_DELAY):
+    def __init__(
+        self,
+        store,
+        journal: DotJournal,
+        clock,
+        delay: float = PROGRESS_DELAY,
+        batch_sizes=None,
+    ):
         self._store = store
         self._dots = journal
         # Nothing but the dot of a connection too far ahead of its commits waits for
         # these (see MAX_AHEAD).
         self._committer = GroupCommitter(
-            store, record_progress, size_of=lambda item: 0, clock=clock, delay=delay
+            store,
+            record_progress,
+            size_of=lambda item: 0,
+            clock=clock,
+            delay=delay,
+            batch_sizes=batch_sizes,
         )
 
     def requeue(self, now: datetime.datetime) -> defer.Deferred:

@@ -107,8 +107,12 @@ class DeliveryRunner(service.Service):
         *,
         journal: DotJournal,
         progress_delay: float = PROGRESS_DELAY,
+        metrics=None,
     ):
         self._store = store
+        # Outcomes by class and domain, progress batch sizes (atollon_mail.metrics;
+        # None: not counted).
+        self._metrics = metrics
         # Wakes up when a producer queued mail; tells of the outcomes it committed.
         self._events = events if events is not None else Events()
         self._events.queued.subscribe(self.queued)
@@ -129,7 +133,17 @@ class DeliveryRunner(service.Service):
         self._coalesce = None
         # Marks and outcomes of every connection, group-committed: one batch at a time,
         # taken progress_delay after its first item.
-        self._progress = ProgressWriter(store, journal, reactor, progress_delay)
+        self._progress = ProgressWriter(
+            store,
+            journal,
+            reactor,
+            progress_delay,
+            batch_sizes=(
+                None
+                if metrics is None
+                else metrics.group_commit_batch_size.labels("record_progress")
+            ),
+        )
         self._starting: defer.Deferred | None = None
         # Fires when the queue is idle (nothing pending or in flight); tests wait on it.
         self._idle_waiters: list[defer.Deferred] = []
@@ -411,6 +425,8 @@ class DeliveryRunner(service.Service):
             deliveries, outcomes, default_reply, server, now, temporary
         )
         yield self._progress.write(Progress((), tuple(results), now))
+        if self._metrics is not None:  # one result per delivery, in order
+            self._metrics.delivery_results([d.address for d in deliveries], results)
         yield self._committed(results, bounced, warn, now)
 
     def _committed(self, results, bounced, warn, at) -> defer.Deferred | None:

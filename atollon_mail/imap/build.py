@@ -23,12 +23,14 @@ def build(
     authenticator,
     tls_options,
     spam_filter=None,
+    metrics=None,
 ) -> tuple[IService, ...]:
     """The IMAP listeners, each with its connection caps ([imap] max_connections for
     active sessions, max_idle_connections more for sessions in IDLE, and
     max_connections_per_client). Logins are checked by `authenticator` (the one SMTP AUTH
     and the web use); mail filed by `events` wakes idling sessions; what users move into
-    Junk and out of it teaches `spam_filter` (an ISpamLearner; None: no spam filter)."""
+    Junk and out of it teaches `spam_filter` (an ISpamLearner; None: no spam filter).
+    Sessions and logins are counted on `metrics`."""
     imap = config.imap
     watchers = Watchers(events)
 
@@ -45,6 +47,7 @@ def build(
             tls_options=tls_options,
             implicit_tls=implicit_tls,
             learner=spam_filter,
+            metrics=metrics,
         )
         return limited(
             made,

@@ -84,6 +84,7 @@ from atollon_mail.imap.session import (
     sequence_text,
 )
 from atollon_mail.interfaces import ICountedConnection
+from atollon_mail.metrics import Metrics
 from atollon_mail.store import imapfolders
 from atollon_mail.store.errors import NotFound, ReadOnly, StoreError
 
@@ -384,6 +385,7 @@ class IMAPServerProtocol(Protocol):
         self._registered = False
         self._when_lost: list[Callable[[], Any]] = []
         self._mailbox_ids: dict[str, int] = {}  # folder name -> mailbox id, from LIST
+        self._counted_open = False
 
     # --- life cycle -------------------------------------------------------------------
 
@@ -400,6 +402,9 @@ class IMAPServerProtocol(Protocol):
         return self.settings.idle_timeout
 
     def connectionMade(self) -> None:
+        self.factory.sessions.inc()
+        self.factory.open_sessions.inc()
+        self._counted_open = True
         self.peer = client_ip(getattr(self.transport.getPeer(), "host", None))
         self.tls = self.factory.implicit_tls or ISSLTransport.providedBy(self.transport)
         now = self.clock.seconds()
@@ -414,6 +419,9 @@ class IMAPServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
+        if self._counted_open:
+            self._counted_open = False
+            self.factory.open_sessions.dec()
         self._leave_idle()
         self._unselect()
         for call in (self._timer, self._recheck):
@@ -977,15 +985,20 @@ class IMAPServerProtocol(Protocol):
         return await self._authenticate(login, password)
 
     async def _authenticate(self, login: str, password: str) -> str:
+        logins = self.factory.metrics.imap_logins
         try:
             user = await self.factory.authenticator.authenticate(self.peer, login, password)
         except Throttled:
+            logins.labels("throttled").inc()
             raise _no("[UNAVAILABLE] Too many failed logins, try again later") from None
         except Exception:
+            logins.labels("error").inc()
             log.failure("IMAP login check failed")
             raise _no("[UNAVAILABLE] Temporary authentication failure, try again later") from None
         if user is None:
+            logins.labels("failure").inc()
             raise _no("[AUTHENTICATIONFAILED] Authentication failed")
+        logins.labels("success").inc()
         self.user = user
         self.login = user.login
         self.state = AUTHENTICATED
@@ -1755,6 +1768,7 @@ class IMAPServerFactory(Factory):
         tls_options: Any = None,
         implicit_tls: bool = False,
         learner: Any = None,
+        metrics: Metrics | None = None,
     ):
         self.store = store
         self.authenticator = authenticator
@@ -1767,6 +1781,12 @@ class IMAPServerFactory(Factory):
         self.tls_options = tls_options
         self.implicit_tls = implicit_tls
         self.learner = learner
+        # Sessions and logins are counted on the appliance's metrics (None: on a
+        # registry of this factory's own).
+        self.metrics = metrics if metrics is not None else Metrics()
+        listener = "imap-tls" if implicit_tls else "imap"
+        self.sessions = self.metrics.imap_sessions.labels(listener)
+        self.open_sessions = self.metrics.imap_sessions_open.labels(listener)
 
     def buildProtocol(self, addr: Any) -> IMAPServerProtocol:
         return self.protocol(self)

@@ -64,9 +64,11 @@ def inbound_resolver(config: Config) -> dns.resolver.Resolver:
     return resolver
 
 
-def build(config: Config, store, workers, reactor, spam_filter=None) -> InboundChecks | None:
+def build(
+    config: Config, store, workers, reactor, spam_filter=None, metrics=None
+) -> InboundChecks | None:
     """The checks of [inbound] (None when `checks = off`), asking `spam_filter` when one
-    is given (see inbound.checks.InboundChecks)."""
+    is given (see inbound.checks.InboundChecks); their verdicts counted on `metrics`."""
     if not config.inbound.checks:
         return None
     return InboundChecks(
@@ -77,4 +79,5 @@ def build(config: Config, store, workers, reactor, spam_filter=None) -> InboundC
         store,
         reactor,
         spam_filter=spam_filter,
+        metrics=metrics,
     )

@@ -216,8 +216,11 @@ class InboundChecks:
         store: Any,
         clock: Any,
         spam_filter: Any = None,
+        metrics: Any = None,
     ):
         self.settings = settings
+        # The appliance's atollon_mail.metrics.Metrics (None: nothing counted).
+        self._metrics = metrics
         self.hostname = hostname.lower().rstrip(".")
         self.resolver = resolver
         self.spam_filter = spam_filter
@@ -382,6 +385,13 @@ class InboundChecks:
         )
         spam = (yield scanning) if scanning is not None else None
         decision = self._decide(found, spam, session, envelope, domains, forwarder, len(paths))
+        if self._metrics is not None:
+            refusal, verdict = decision.refusal, decision.verdict
+            self._metrics.inbound_decision(
+                found.authentication,
+                None if refusal is None else refusal.code,
+                verdict is not None and verdict.junk,
+            )
         if decision.refusal is not None:
             log.info(
                 "refused a message from {client} <{sender}>: {code} {text}",

@@ -27,18 +27,22 @@ def build(
     authenticator,
     tls_options,
     spam_filter=None,
+    metrics=None,
 ) -> tuple[IService, ...]:
     """The "smtp", "submission" and "submission-tls" listeners, each with its connection
     caps: one protocol, the MX policy on port 25 (mail goes to `intake` once the inbound
     checks of [inbound], asking `spam_filter` when one is given, accept it) and the
     submission policy on 587 and 465 (`submission_intake`; AUTH checked by
-    `authenticator`, the one the web uses); STARTTLS and implicit TLS use `tls_options`."""
+    `authenticator`, the one the web uses); STARTTLS and implicit TLS use `tls_options`.
+    Sessions, messages, recipients and the inbound verdicts are counted on `metrics`."""
     hostname = config.appliance.hostname
     services = []
-    checks = inbound_build.build(config, store, workers, reactor, spam_filter=spam_filter)
+    checks = inbound_build.build(
+        config, store, workers, reactor, spam_filter=spam_filter, metrics=metrics
+    )
     mx_policy = MXPolicy(intake, hostname, config.smtp.relay_networks, checks)
     smtp_factory = SMTPServerFactory(
-        mx_policy, hostname, config.smtp, reactor, tls_options=tls_options
+        mx_policy, hostname, config.smtp, reactor, tls_options=tls_options, metrics=metrics
     )
     smtp_factory = limited(smtp_factory, "smtp", config.smtp, config, reactor)
     smtp = strports.service(config.smtp.listen, smtp_factory, reactor=reactor)
@@ -53,6 +57,7 @@ def build(
         reactor,
         tls_options=tls_options,
         listener=SUBMISSION_LISTENER,
+        metrics=metrics,
     )
     submission_factory = limited(
         submission_factory, "submission", config.submission, config, reactor
@@ -68,6 +73,7 @@ def build(
             reactor,
             tls_options=tls_options,
             listener=IMPLICIT_TLS_LISTENER,
+            metrics=metrics,
         )
         # Port 465: TLS from the first byte, then the same submission protocol. Counted
         # inside TLS, so a refused client reads its 421 once the handshake is done.

@@ -35,6 +35,7 @@ from zope.interface import implementer
 from atollon_mail.addresses import client_ip
 from atollon_mail.config import SmtpConfig
 from atollon_mail.interfaces import ICountedConnection
+from atollon_mail.metrics import Metrics, outcome_of
 from atollon_mail.smtp.address import (
     AddressError,
     Path,
@@ -160,6 +161,7 @@ class SMTPServerProtocol(Protocol):
         self._in_data = False
         self._reset_data()
         self._when_lost: list[Callable[[], Any]] = []
+        self._counted_open = False
 
     # --- the session as the policy sees it ---
 
@@ -178,6 +180,8 @@ class SMTPServerProtocol(Protocol):
     # --- connection life cycle ---
 
     def connectionMade(self) -> None:
+        self.factory.open_sessions.inc()
+        self._counted_open = True
         self.session.peer = client_ip(getattr(self.transport.getPeer(), "host", None))
         self.session.tls = self.listener.implicit_tls or ISSLTransport.providedBy(self.transport)
         self._deadline = self.clock.seconds() + self.idle_timeout
@@ -197,11 +201,15 @@ class SMTPServerProtocol(Protocol):
     def _connect_decided(self, decision: Any) -> None:
         if self._closing:
             return
+        factory = self.factory
         if not isinstance(decision, Accept):
+            first = decision if isinstance(decision, Reply) else decision[0]
+            factory.count_session(first.code)
             self._greeted = True  # the refusal is our greeting: no 554 for a talker
             self._send_decision(decision)
             self.close()
             return
+        factory.count_session(220)
         pause = self.settings.greet_pause if self.listener.greet_pause else 0.0
         if pause <= 0 or self.factory.is_trusted(self.client_ip):
             self._greet()
@@ -210,6 +218,7 @@ class SMTPServerProtocol(Protocol):
 
     def _connect_failed(self, failure: Failure) -> None:
         log.failure("SMTP connect check failed", failure)
+        self.factory.count_session(421)
         self._greeted = True
         self.send_reply(Reply(421, "4.3.0", f"{self.hostname} Error: internal error"))
         self.close()
@@ -219,6 +228,9 @@ class SMTPServerProtocol(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._closing = True
+        if self._counted_open:
+            self._counted_open = False
+            self.factory.open_sessions.dec()
         callbacks, self._when_lost = self._when_lost, []
         for callback in callbacks:
             callback()
@@ -656,6 +668,7 @@ class SMTPServerProtocol(Protocol):
         protocol = self.received_protocol(envelope is not None and envelope.smtputf8)
         self.reset_transaction()
         if problem is not None:
+            self._count_message(problem)
             self.send_reply(problem)
             return
         assert envelope is not None
@@ -664,7 +677,35 @@ class SMTPServerProtocol(Protocol):
         deferred = self._ask(
             self.policy.deliver, (self.session, envelope, b"".join(parts)), self._queued
         )
-        self._wait_for(deferred)
+        self._wait_for(self._counted(deferred, self._count_message))
+
+    # --- counting the answers (atollon_mail.metrics) ---
+
+    def _counted(self, result: Any, count: Callable[[Any], None]) -> Any:
+        """`result` (a Reply, None, or a Deferred of either) unchanged, counted once
+        it is there; None is a 421 the policy sent itself, a failure our 451."""
+        if isinstance(result, Deferred):
+            return result.addBoth(self._count_then, count)
+        count(result)
+        return result
+
+    def _count_then(self, result: Any, count: Callable[[Any], None]) -> Any:
+        count(result)
+        return result
+
+    def _count_reply(self, counter: Any, result: Any) -> None:
+        if isinstance(result, Reply):
+            self.factory.count(counter, result.code, result.status)
+        elif isinstance(result, Failure):
+            self.factory.count(counter, LOCAL_ERROR.code, LOCAL_ERROR.status)
+        else:
+            self.factory.count(counter, 421, None)
+
+    def _count_message(self, result: Any) -> None:
+        self._count_reply(self.factory.metrics.smtp_messages, result)
+
+    def _count_recipient(self, result: Any) -> None:
+        self._count_reply(self.factory.metrics.smtp_recipients, result)
 
     def _queued(self, decision: Accept) -> Reply:
         self._errors = 0  # a client that delivers mail is not the one the limit is for
@@ -814,6 +855,9 @@ class SMTPServerProtocol(Protocol):
         return None
 
     def smtp_RCPT(self, argument: bytes) -> Reply | Deferred:
+        return self._counted(self._rcpt(argument), self._count_recipient)
+
+    def _rcpt(self, argument: bytes) -> Reply | Deferred:
         envelope = self.envelope
         if envelope is None:
             return Reply(503, "5.5.1", "Error: need MAIL command")
@@ -1010,7 +1054,9 @@ class SMTPServerFactory(Factory):
         clock: Any,
         tls_options: Any = None,
         listener: Listener = MX_LISTENER,
+        metrics: Metrics | None = None,
     ):
+        """`metrics`: the appliance's (None: counted on a registry of its own)."""
         self.policy = policy
         self.hostname = hostname
         self.settings = settings
@@ -1018,6 +1064,16 @@ class SMTPServerFactory(Factory):
         self.tls_options = tls_options
         self.listener = listener
         self.trusted_networks = networks(settings.trusted_networks)
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.open_sessions = self.metrics.smtp_sessions_open.labels(listener.name)
+
+    def count_session(self, code: int) -> None:
+        """A session answered with `code` at connect (220: greeted)."""
+        self.metrics.smtp_sessions.labels(self.listener.name, outcome_of(code)).inc()
+
+    def count(self, counter: Any, code: int, status: str | None) -> None:
+        """One answer of this listener on `counter` (sessions, messages, recipients)."""
+        self.metrics.smtp_reply(counter, self.listener.name, code, status)
 
     def is_trusted(self, client_ip: str | None) -> bool:
         """Hosts of [smtp] trusted_networks are greeted without the greet pause."""

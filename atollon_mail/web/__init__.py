@@ -6,11 +6,13 @@ from twisted.web.resource import Resource
 
 from atollon_mail.web.app import PageResource, StaticResource, WebApp
 from atollon_mail.web.health import HealthResource
+from atollon_mail.web.metrics import MetricsResource
 from atollon_mail.web.unsubscribe import UnsubscribeResource
 
 
 class WebRoot(Resource):
-    """/health and /static/ are resources of their own; every other path is a page."""
+    """/health, /metrics and /static/ are resources of their own; every other path is a
+    page."""
 
     def __init__(self, app: WebApp):
         super().__init__()
@@ -88,13 +90,15 @@ def build_web_root(
     clock=None,
     learner=None,
     mail_events=None,
+    metrics=None,
 ) -> Resource:
     """The site's root resource. `intake` takes mail composed in the browser, `workers`
     (atollon_mail.workers.Workers) runs password hashing and DNS lookups, `authenticator`
     is the one SMTP AUTH uses; with `recipient_tokens`, campaign recipients' unsubscribe
     links are served; `learner` (an ISpamLearner, None without a spam filter) is taught
     what users move to Junk and back; `mail_events` (mailevents.MailEventStreams) tells
-    the open mailbox pages of new mail."""
+    the open mailbox pages of new mail; with `metrics` (atollon_mail.metrics.Metrics) they
+    are served at /metrics."""
     app = build_web_app(
         store,
         config,
@@ -109,6 +113,11 @@ def build_web_root(
     root = WebRoot(app)
     root.putChild(b"health", HealthResource(store))
     root.putChild(b"static", StaticResource(app))
+    if metrics is not None:
+        root.putChild(
+            b"metrics",
+            MetricsResource(metrics, store, config.web, clock or reactor, workers.in_cpu),
+        )
     if recipient_tokens is not None:
         # Campaign recipients' own links: no login, the signed token is the credential.
         root.putChild(

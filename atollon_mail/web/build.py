@@ -30,11 +30,12 @@ def build(
     authenticator,
     recipient_tokens,
     learner=None,
+    metrics=None,
 ) -> tuple[IService, ...]:
     """The "web" listener: mail composed in the browser goes to `intake`, logins are
     checked by `authenticator` (the one SMTP AUTH uses); what users move to Junk and back
     teaches `learner` (an ISpamLearner; None: no spam filter); the open mailbox pages
-    hear of mail `events.filed` tells of."""
+    hear of mail `events.filed` tells of; `metrics` are served at /metrics."""
     # Each open mailbox page holds a connection: at most half the listener's, so that
     # pages still load when many are open.
     mail_events = MailEventStreams(
@@ -54,6 +55,7 @@ def build(
         recipient_tokens=recipient_tokens,
         learner=learner,
         mail_events=mail_events,
+        metrics=metrics,
     )
     # BodyLimitedRequest refuses a body over its route's limit before reading it.
     site = DeadlineSite(
