@@ -259,10 +259,10 @@ class Metrics:
     def smtp_reply(self, counter: Counter, listener: str, code: int, status: str | None):
         counter.labels(listener, outcome_of(code), reason_of(code, status)).inc()
 
-    def delivery_results(self, addresses, results) -> None:
-        """Each committed DeliveryResult with the address it was for, in order."""
-        for address, result in zip(addresses, results, strict=True):
-            domain = self.domain_label(address.rpartition("@")[2])
+    def delivery_results(self, results) -> None:
+        """Committed DeliveryResults, by outcome and their recipients' domains."""
+        for result in results:
+            domain = self.domain_label(result.domain)
             self.delivery_outcomes.labels(result.outcome, domain).inc()
 
     def inbound_decision(self, authentication, refused_code: int | None, junk: bool) -> None:

@@ -186,6 +186,21 @@ class ServiceTreeTests(unittest.TestCase):
         self.assertTrue(factories[2626].is_exempt("127.0.0.1"))
         self.assertFalse(factories[2626].is_exempt("198.51.100.7"))
 
+    def test_each_appliance_counts_on_a_registry_of_its_own_served_at_metrics(self):
+        ports = "[smtp]\nlisten = tcp:2626\n[web]\nlisten = tcp:8181\n[imap]\nlisten = tcp:2628\n"
+        seen = []
+        for _ in range(2):  # two appliances in one process: no registry clash
+            appliance = self.start(MINIMAL + ports)
+            factories = {port: factory for port, factory, _, _ in self.reactor.tcpServers}
+            metrics = factories[2626].wrappedFactory.metrics
+            self.assertIs(factories[2628].wrappedFactory.metrics, metrics)
+            served = factories[8181].wrappedFactory.resource.children[b"metrics"]
+            self.assertIs(served._metrics, metrics)
+            store = appliance.getServiceNamed("store").store
+            self.assertIs(store._operation_seconds, metrics.store_operation_seconds)
+            seen.append(metrics.registry)
+        self.assertIsNot(seen[0], seen[1])
+
     def test_imap_with_implicit_tls(self):
         appliance = self.start(MINIMAL + "[imap]\nlisten = tcp:2628\ntls_listen = tcp:2629\n")
         factories = {port: factory for port, factory, _, _ in self.reactor.tcpServers}

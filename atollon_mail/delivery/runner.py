@@ -425,8 +425,6 @@ class DeliveryRunner(service.Service):
             deliveries, outcomes, default_reply, server, now, temporary
         )
         yield self._progress.write(Progress((), tuple(results), now))
-        if self._metrics is not None:  # one result per delivery, in order
-            self._metrics.delivery_results([d.address for d in deliveries], results)
         yield self._committed(results, bounced, warn, now)
 
     def _committed(self, results, bounced, warn, at) -> defer.Deferred | None:
@@ -439,6 +437,8 @@ class DeliveryRunner(service.Service):
 
     def outcomes_committed(self, results) -> None:
         """Outcomes committed: the subscribers of `events.outcome` hear of them."""
+        if self._metrics is not None:
+            self._metrics.delivery_results(results)
         if results:
             self._events.outcome.fire(tuple(results))
 
@@ -476,6 +476,7 @@ class DeliveryRunner(service.Service):
                         server,
                         now,
                         origin=delivery.origin,
+                        domain=delivery.domain,
                     )
                 )
                 continue
@@ -492,6 +493,7 @@ class DeliveryRunner(service.Service):
                         server,
                         now,
                         origin=delivery.origin,
+                        domain=delivery.domain,
                     )
                 )
                 if not delivery.notify_sender:
@@ -511,6 +513,7 @@ class DeliveryRunner(service.Service):
                     next_attempt,
                     origin=delivery.origin,
                     uncertain=uncertain,
+                    domain=delivery.domain,
                 )
             )
             warn_after = self._settings.delay_warning

@@ -345,6 +345,7 @@ class DeliveryResult:
     # The final dot was sent and no reply came (the connection broke): the server may
     # have the message, so the retry may be a second copy.
     uncertain: bool = False
+    domain: str = ""  # the recipient's domain: the delivery outcomes are counted by it
 
 
 @attrs.frozen

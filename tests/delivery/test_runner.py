@@ -23,6 +23,7 @@ from atollon_mail.delivery.mx import Destination, NullMX, TemporaryDNSError
 from atollon_mail.delivery.progress import MAX_AHEAD
 from atollon_mail.delivery.runner import DeliveryRunner
 from atollon_mail.events import Events
+from atollon_mail.metrics import Metrics
 from atollon_mail.passwords import hash_password
 from atollon_mail.smtp import client
 from atollon_mail.store import filing as filing_ops
@@ -151,11 +152,13 @@ class RunnerTests(StoreFixtureMixin):
         self.resolver = FakeResolver()
         self.runner = self.make_runner()
 
-    def make_runner(self, text: str | None = None, progress_delay: float = 0) -> DeliveryRunner:
+    def make_runner(
+        self, text: str | None = None, progress_delay: float = 0, metrics=None
+    ) -> DeliveryRunner:
         settings = parse_config(text if text is not None else self.config_text).delivery
         # A new runner has an intake of its own: its queued mail wakes this runner only.
         self.events = Events()
-        self.intake = Intake(self.store, self.events)
+        self.intake = Intake(self.store, self.events, metrics=metrics)
         runner = DeliveryRunner(
             self.store,
             self.intake,
@@ -167,6 +170,7 @@ class RunnerTests(StoreFixtureMixin):
             events=self.events,
             journal=DotJournal(self.journal_directory),
             progress_delay=progress_delay,
+            metrics=metrics,
         )
         return runner
 
@@ -248,6 +252,37 @@ class RunnerTests(StoreFixtureMixin):
         self.assertEqual(states, {"bob@remote.test": "delivered", "carol@remote.test": "bounced"})
         outcomes = sorted(result.outcome for results in heard for result in results)
         self.assertEqual(outcomes, ["bounced", "delivered"])
+
+    @defer.inlineCallbacks
+    def test_outcomes_are_counted_by_class_and_the_first_domains_seen(self):
+        metrics = Metrics(top_domains=2)
+        self.runner = self.make_runner(metrics=metrics)
+        self.remote.replies["carol@b.test"] = "550 5.1.1 no such user"
+        self.remote.replies["dave@c.test"] = "451 4.3.0 try later"
+        yield self.start()
+        # One domain at a time, so which two are seen first is known.
+        for address in ("bob@a.test", "carol@b.test", "dave@c.test", "erin@a.test"):
+            yield self.send(address)
+            yield self.settle()
+        counted = {
+            (sample.labels["outcome"], sample.labels["domain"]): sample.value
+            for family in metrics.registry.collect()
+            if family.name == "atollon_mail_delivery_outcomes"
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        }
+        self.assertEqual(
+            counted,
+            {("delivered", "a.test"): 2, ("bounced", "b.test"): 1, ("deferred", "other"): 1},
+        )
+        # The submissions and the outcomes went through group commits.
+        size = metrics.registry.get_sample_value
+        self.assertEqual(
+            size("atollon_mail_group_commit_batch_size_sum", {"writer": "submit_messages"}), 4
+        )
+        self.assertGreaterEqual(
+            size("atollon_mail_group_commit_batch_size_count", {"writer": "record_progress"}), 4
+        )
 
     @defer.inlineCallbacks
     def test_temporary_failure_defers_with_doubling_backoff(self):

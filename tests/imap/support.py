@@ -157,7 +157,7 @@ class ImapServerMixin(StoreFixtureMixin):
         self.learned: list[tuple[bytes, bool]] = []
         self.factory = self.make_factory(implicit_tls=True)
 
-    def make_factory(self, implicit_tls=True, tls_options=TLS_OPTIONS, learner=None):
+    def make_factory(self, implicit_tls=True, tls_options=TLS_OPTIONS, learner=None, metrics=None):
         return IMAPServerFactory(
             self.store,
             self.authenticator,
@@ -170,6 +170,7 @@ class ImapServerMixin(StoreFixtureMixin):
             tls_options=tls_options,
             implicit_tls=implicit_tls,
             learner=learner,
+            metrics=metrics,
         )
 
     def client(self, factory=None, **kwargs) -> Client:

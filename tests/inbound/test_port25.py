@@ -16,6 +16,7 @@ from atollon_mail.delivery.intake import Intake
 from atollon_mail.events import Events
 from atollon_mail.inbound import build as inbound_build
 from atollon_mail.interfaces import IStore
+from atollon_mail.metrics import Metrics
 from atollon_mail.smtp.policies import MXPolicy
 from atollon_mail.smtp.server import SMTPServerFactory
 from atollon_mail.store import filing
@@ -64,18 +65,22 @@ class Port25Tests(StoreFixtureMixin):
         self.dns = fixtures.start_zones(self, reactor)
         self.workers = builders.started_workers(self)
 
-    def listen(self, inbound: str = "", smtp: str = "") -> int:
+    def listen(self, inbound: str = "", smtp: str = "", metrics=None) -> int:
         config = parse_config(
             f"[appliance]\nhostname = {HOSTNAME}\n"
             f"[smtp]\n{smtp}"
             f"[delivery]\nnameservers = 127.0.0.1:{self.dns.port}\n"
             f"[inbound]\n{inbound}"
         )
-        checks = inbound_build.build(config, self.recording, self.workers, reactor)
+        checks = inbound_build.build(config, self.recording, self.workers, reactor, metrics=metrics)
         intake = Intake(self.recording, Events())
         policy = MXPolicy(intake, HOSTNAME, config.smtp.relay_networks, checks)
         factory = SMTPServerFactory(
-            policy, HOSTNAME, make_settings(greet_pause=0.0, relay_networks=()), reactor
+            policy,
+            HOSTNAME,
+            make_settings(greet_pause=0.0, relay_networks=()),
+            reactor,
+            metrics=metrics,
         )
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
@@ -105,6 +110,34 @@ class Port25Tests(StoreFixtureMixin):
         (incoming,) = self.recording.incoming
         self.assertIn("dkim=pass", incoming.verdict.authentication)
         self.assertIn("signed by sender.test", incoming.verdict.notes)
+
+    @defer.inlineCallbacks
+    def test_verdicts_and_messages_are_counted(self):
+        metrics = Metrics()
+        port = self.listen(metrics=metrics)
+        code, _ = yield self.send(port, fixtures.signed(fixtures.message()))
+        self.assertEqual(code, 250)
+        code, _ = yield self.send(
+            port, fixtures.message("Service <service@bank.test>"), sender="x@client.test"
+        )
+        self.assertEqual(code, 550)
+        value = metrics.registry.get_sample_value
+        results = "atollon_mail_inbound_auth_results_total"
+        self.assertEqual(value(results, {"method": "dkim", "result": "pass"}), 1)
+        self.assertEqual(value(results, {"method": "dmarc", "result": "pass"}), 1)
+        self.assertEqual(value(results, {"method": "dmarc", "result": "fail"}), 1)
+        self.assertEqual(value(results, {"method": "spf", "result": "pass"}), 1)
+        self.assertEqual(value(results, {"method": "dkim", "result": "none"}), 1)
+        verdicts = "atollon_mail_inbound_spam_verdicts_total"
+        self.assertEqual(value(verdicts, {"verdict": "ham"}), 1)
+        self.assertEqual(value(verdicts, {"verdict": "reject"}), 1)
+        messages = "atollon_mail_smtp_messages_total"
+        self.assertEqual(
+            value(messages, {"listener": "smtp", "outcome": "accepted", "reason": "2.0.0"}), 1
+        )
+        self.assertEqual(
+            value(messages, {"listener": "smtp", "outcome": "rejected", "reason": "5.7.1"}), 1
+        )
 
     @defer.inlineCallbacks
     def test_a_forged_reject_domain_gets_550_at_data_and_nothing_is_stored(self):
