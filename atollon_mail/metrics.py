@@ -256,9 +256,6 @@ class Metrics:
 
     # --- what the counting code calls -------------------------------------------------
 
-    def smtp_reply(self, counter: Counter, listener: str, code: int, status: str | None):
-        counter.labels(listener, outcome_of(code), reason_of(code, status)).inc()
-
     def delivery_results(self, results) -> None:
         """Committed DeliveryResults, by outcome and their recipients' domains."""
         for result in results:
