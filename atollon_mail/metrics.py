@@ -14,7 +14,6 @@ message, campaign rows) is asked at scrape time by the /metrics page, through
 from __future__ import annotations
 
 import re
-import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -87,21 +86,19 @@ class DomainLabels:
     series (a domain leaving the set would make its count jump into "other", which rate()
     reads as traffic that never was). The busiest destinations are among the first seen
     on any appliance that has them, which is what makes this a top list in practice; a
-    restart learns the set anew."""
+    restart learns the set anew. Called on the reactor thread only."""
 
     def __init__(self, limit: int = TOP_DOMAINS):
         self.limit = limit
         self._known: set[str] = set()
-        self._lock = threading.Lock()
 
     def __call__(self, domain: str) -> str:
         domain = domain.lower().rstrip(".")
         if domain in self._known:
             return domain
-        with self._lock:
-            if len(self._known) < self.limit and domain:
-                self._known.add(domain)
-                return domain
+        if domain and len(self._known) < self.limit:
+            self._known.add(domain)
+            return domain
         return OTHER
 
 

@@ -1028,6 +1028,7 @@ class IMAPServerProtocol(Protocol):
         except (binascii.Error, ValueError, UnicodeDecodeError):
             raise _bad("Cannot decode the authentication response") from None
         if authzid and authzid != login:
+            self.factory.metrics.imap_logins.labels("failure").inc()
             raise _no("[AUTHENTICATIONFAILED] Authentication failed")
         return await self._authenticate(login, password)
 
