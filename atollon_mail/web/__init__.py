@@ -4,6 +4,7 @@ import importlib
 
 from twisted.web.resource import Resource
 
+from atollon_mail.certificates.challenges import CHALLENGE_PATH, ChallengeResource
 from atollon_mail.web.app import PageResource, StaticResource, WebApp
 from atollon_mail.web.health import HealthResource
 from atollon_mail.web.unsubscribe import UnsubscribeResource
@@ -12,12 +13,20 @@ from atollon_mail.web.unsubscribe import UnsubscribeResource
 class WebRoot(Resource):
     """/health and /static/ are resources of their own; every other path is a page."""
 
-    def __init__(self, app: WebApp):
+    def __init__(self, app: WebApp, challenges: Resource | None = None):
         super().__init__()
         self.app = app
         self._pages = PageResource(app)
+        self._challenges = challenges
 
     def getChild(self, path, request):
+        # /.well-known/ holds pages too (autoconfig): only acme-challenge/ is not one.
+        if (
+            self._challenges is not None
+            and path == CHALLENGE_PATH[0]
+            and request.postpath[:1] == [CHALLENGE_PATH[1]]
+        ):
+            return self._challenges
         return self._pages
 
     def client_address(self, request) -> str:
@@ -88,13 +97,16 @@ def build_web_root(
     clock=None,
     learner=None,
     mail_events=None,
+    challenge_answers=None,
 ) -> Resource:
     """The site's root resource. `intake` takes mail composed in the browser, `workers`
     (atollon_mail.workers.Workers) runs password hashing and DNS lookups, `authenticator`
     is the one SMTP AUTH uses; with `recipient_tokens`, campaign recipients' unsubscribe
     links are served; `learner` (an ISpamLearner, None without a spam filter) is taught
     what users move to Junk and back; `mail_events` (mailevents.MailEventStreams) tells
-    the open mailbox pages of new mail."""
+    the open mailbox pages of new mail; `challenge_answers`
+    (certificates.challenges.ChallengeAnswers) are served, without login, at
+    /.well-known/acme-challenge/<token> for the ACME CA."""
     app = build_web_app(
         store,
         config,
@@ -106,7 +118,8 @@ def build_web_root(
         learner=learner,
         mail_events=mail_events,
     )
-    root = WebRoot(app)
+    challenges = None if challenge_answers is None else ChallengeResource(challenge_answers)
+    root = WebRoot(app, challenges)
     root.putChild(b"health", HealthResource(store))
     root.putChild(b"static", StaticResource(app))
     if recipient_tokens is not None:
