@@ -56,11 +56,13 @@ def web_root(
     intake=None,
     learner=None,
     mail_events=None,
+    challenge_answers=None,
 ):
     """The web root as the web builder makes it: a real intake on `store` (with events
     nobody listens to), started workers, and argon2 in their CPU pool unless the test
     brings its own `authenticator`; `learner` is the spam filter's (None: none);
-    `mail_events` serves the mailbox pages' event streams (None: none)."""
+    `mail_events` serves the mailbox pages' event streams (None: none);
+    `challenge_answers` the ACME CA's challenges (None: none)."""
     workers = started_workers(test, reactor)
     if intake is None:
         intake = Intake(store, Events())
@@ -77,6 +79,7 @@ def web_root(
         clock=clock,
         learner=learner,
         mail_events=mail_events,
+        challenge_answers=challenge_answers,
     )
 
 
