@@ -33,6 +33,10 @@ class ChallengeAnswers:
         with self._lock:
             return self._answers.get(token)
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._answers)
+
 
 class ChallengeResource(Resource):
     """/.well-known/acme-challenge/<token>: the key authorization of a token being
