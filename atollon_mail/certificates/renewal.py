@@ -1,6 +1,7 @@
 """The service that keeps a CA's certificate for the host name in the listeners' TLS
 options: got at start when the one in use is not one (the self-signed one, or a
-certificate for another name), renewed when fewer than RENEW_BEFORE are left, checked
+certificate for another name), renewed when fewer than RENEW_BEFORE are left (a third of
+its lifetime for a shorter-lived one), checked
 every CHECK_INTERVAL on the injected clock. The ACME exchange runs in a worker thread;
 a failure is logged as one line and retried with back-off while the certificate in use
 stays."""
@@ -65,7 +66,11 @@ def renewal_reason(
     if hostname.lower() not in names_of(certificate):
         return f"the certificate in use is not for {hostname}"
     left = certificate.not_valid_after_utc - now
-    if left < RENEW_BEFORE:
+    # A certificate made to last 30 days or less (a CA's short-lived profile) would be
+    # renewed at every check: such a one is renewed once a third of it is left.
+    lifetime = certificate.not_valid_after_utc - certificate.not_valid_before_utc
+    threshold = RENEW_BEFORE if lifetime > RENEW_BEFORE else lifetime / 3
+    if left < threshold:
         return f"the certificate in use expires in {max(left.days, 0)} days"
     return None
 

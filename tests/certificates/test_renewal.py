@@ -105,6 +105,17 @@ class RenewalTests(unittest.TestCase):
         self.assertEqual(self.issue_times(), [10.5, 71.0])
         self.assertEqual(len(self.clock.getDelayedCalls()), 1, "one check scheduled")
 
+    def test_a_short_lived_certificate_is_renewed_when_a_third_is_left(self):
+        self.ca.valid_days = 6
+        tls_options = ReloadableTLSOptions(load_pem(self.ca.certificate(HOSTNAME)))
+        self.service(tls_options)
+        self.clock.advance(0)
+        for _ in range(16):
+            self.clock.advance(CHECK_INTERVAL)
+        # Each lasts 6 days (and the 5 minutes before its start): renewed on the first
+        # check with less than a third of that left, not at every check.
+        self.assertEqual(self.issue_times(), [4.0, 8.0])
+
     def test_a_certificate_for_another_name_is_replaced(self):
         tls_options = ReloadableTLSOptions(load_pem(self.ca.certificate("old.acme.test", 80)))
         self.service(tls_options)
