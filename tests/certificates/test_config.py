@@ -13,7 +13,7 @@ from atollon_mail.certificates.renewal import ACME_CERTIFICATE_FILE
 from atollon_mail.config import LETS_ENCRYPT_DIRECTORY, ConfigError, load_config, parse_config
 from atollon_mail.selfsigned import make_self_signed
 from tests.certificates.localca import LocalCA
-from tests.test_tap import MINIMAL, write_config
+from tests.test_tap import MINIMAL, SpyReactor, write_config
 
 
 class TlsConfigTests(unittest.TestCase):
@@ -84,3 +84,23 @@ class StartingCertificateTests(unittest.TestCase):
             out.write(b"-----BEGIN CERTIFICATE-----\ntruncated\n")
         certificate = tap.load_tls_options(config).certificate
         self.assertEqual(certificate.issuer, certificate.subject)
+
+
+class ServiceTreeTests(unittest.TestCase):
+    def tree(self, acme: str):
+        config = load_config(write_config(self, MINIMAL + f"[tls]\nacme = {acme}\n"))
+        return tap.build_appliance(config, SpyReactor())
+
+    def test_with_acme_the_certificates_service_fills_the_listeners_tls_options(self):
+        appliance = self.tree("yes")
+        renewal = appliance.getServiceNamed("certificates")
+        smtp = appliance.getServiceNamed("smtp").factory.wrappedFactory
+        imap = appliance.getServiceNamed("imap").factory.wrappedFactory
+        self.assertIs(renewal.tls_options, smtp.tls_options)
+        self.assertIs(renewal.tls_options, imap.tls_options)
+        self.assertEqual(renewal.hostname, "mx.acme.test")
+
+    def test_without_acme_there_is_no_certificates_service(self):
+        names = [child.name for child in self.tree("no")]
+        self.assertNotIn("certificates", names)
+        self.assertIn("smtp", names)
