@@ -11,7 +11,8 @@ from atollon_mail.web.unsubscribe import UnsubscribeResource
 
 
 class WebRoot(Resource):
-    """/health and /static/ are resources of their own; every other path is a page."""
+    """/health, /static/ and /.well-known/acme-challenge/ are resources of their own;
+    every other path is a page."""
 
     def __init__(self, app: WebApp, challenges: Resource | None = None):
         super().__init__()
