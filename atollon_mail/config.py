@@ -110,6 +110,7 @@ class WebConfig:
     # sending this bearer token (None: no token access).
     metrics_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     metrics_token: str | None = None
+    tls_listen: str | None = None  # HTTPS with the mail listeners' certificate (tcp:443)
 
 
 @attrs.frozen
@@ -133,6 +134,19 @@ class ImapConfig:
     max_connections_per_client: int = 20
     idle_timeout: float = 1800.0  # autologout: RFC 3501 asks for at least 30 minutes
     login_timeout: float = 60.0  # a session must log in within this many seconds
+
+
+LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+
+
+@attrs.frozen
+class TlsConfig:
+    """[tls]: certificates from an ACME CA (atollon_mail.certificates)."""
+
+    acme: bool = False
+    acme_directory: str = LETS_ENCRYPT_DIRECTORY
+    acme_email: str | None = None  # the account's contact for the CA's expiry notices
+    acme_ca_bundle: str | None = None  # CA file trusted for the directory's HTTPS
 
 
 @attrs.frozen
@@ -198,6 +212,7 @@ class Config:
     spam: SpamConfig = SpamConfig()
     inbound: InboundConfig = InboundConfig()
     imap: ImapConfig = ImapConfig()
+    tls: TlsConfig = TlsConfig()
 
     def replace_listen(
         self,
@@ -445,6 +460,23 @@ def _optional_url(value: str) -> str | None:
     return value.rstrip("/")
 
 
+def _https_url(value: str) -> str:
+    value = value.strip()
+    if not value.startswith("https://") or " " in value or len(value) <= len("https://"):
+        raise ValueError(f"must be an https:// address, got {value!r}")
+    return value
+
+
+def _optional_email(value: str) -> str | None:
+    value = value.strip()
+    if not value:
+        return None
+    local, at, domain = value.rpartition("@")
+    if not at or not local or " " in value or "." not in domain:
+        raise ValueError(f"must be an address such as postmaster@example.com, got {value!r}")
+    return value
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         value = value.strip().lower()
@@ -565,6 +597,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "trusted_proxies": (_networks, "127.0.0.0/8 ::1/128"),
         "metrics_networks": (_networks, "127.0.0.0/8 ::1/128"),
         "metrics_token": (_optional_text, ""),
+        "tls_listen": (_optional_endpoint, ""),
     },
     "submission": {
         "listen": (_endpoint, "tcp:2587"),
@@ -626,6 +659,12 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "trusted_forwarders": (_forwarders, ""),
         "dnsbl_zones": (_zones, ""),
         "junk_score": (_score, "5"),
+    },
+    "tls": {
+        "acme": (_yes_no, "no"),
+        "acme_directory": (_https_url, LETS_ENCRYPT_DIRECTORY),
+        "acme_email": (_optional_email, ""),
+        "acme_ca_bundle": (_optional_path, ""),
     },
 }
 
@@ -717,6 +756,17 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     for key in ("tls_certificate", "tls_key"):
         if smtp[key] is not None and not os.path.isfile(smtp[key]):
             raise ConfigError(path, "smtp", key, f"no such file: {smtp[key]}")
+    tls = values["tls"]
+    if tls["acme"] and smtp["tls_certificate"] is not None:
+        raise ConfigError(
+            path,
+            "tls",
+            "acme",
+            "acme = yes and [smtp] tls_certificate are both set: choose one (remove "
+            "tls_certificate and tls_key to have certificates from the CA, or set acme = no)",
+        )
+    if tls["acme_ca_bundle"] is not None and not os.path.isfile(tls["acme_ca_bundle"]):
+        raise ConfigError(path, "tls", "acme_ca_bundle", f"no such file: {tls['acme_ca_bundle']}")
     delivery = values["delivery"]
     if (delivery["smarthost_username"] is None) != (delivery["smarthost_password"] is None):
         raise ConfigError(
@@ -745,6 +795,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         spam=SpamConfig(**spam),
         inbound=InboundConfig(**values["inbound"]),
         imap=ImapConfig(**values["imap"]),
+        tls=TlsConfig(**tls),
     )
 
 

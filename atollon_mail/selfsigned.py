@@ -64,7 +64,7 @@ def make_self_signed(hostname: str, now: datetime.datetime | None = None) -> tup
     return certificate.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-def _write_private(path: str, data: bytes) -> None:
+def write_private(path: str, data: bytes) -> None:
     """Write data to path, mode 0600, fsynced, replacing it in one step."""
     partial = path + ".new"
     descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -85,8 +85,8 @@ def load_or_create_self_signed(data_dir: str, hostname: str) -> tuple[str, str]:
     os.makedirs(data_dir, mode=0o750, exist_ok=True)
     certificate, key = make_self_signed(hostname)
     # The key first: a certificate on disk always has its key beside it.
-    _write_private(key_path, key)
-    _write_private(certificate_path, certificate)
+    write_private(key_path, key)
+    write_private(certificate_path, certificate)
     log.warn(
         "no [smtp] tls_certificate configured: created a self-signed certificate for "
         "{hostname} in {path} (mode 0600) for STARTTLS; clients warn about it until "

@@ -9,12 +9,15 @@ import resource
 from collections.abc import Callable
 
 from twisted.application import service
-from twisted.internet import endpoints, ssl
+from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
 from atollon_mail.auth import build_authenticator
+from atollon_mail.certificates import build as certificates_build
+from atollon_mail.certificates.challenges import ChallengeAnswers
+from atollon_mail.certificates.renewal import load_kept
 from atollon_mail.config import (
     Config,
     ConfigError,
@@ -35,6 +38,7 @@ from atollon_mail.selfsigned import load_or_create_self_signed
 from atollon_mail.smtp import build as smtp_build
 from atollon_mail.store import accounts
 from atollon_mail.store.pool import Store
+from atollon_mail.tlscontext import ReloadableTLSOptions, load_files
 from atollon_mail.web import build as web_build
 from atollon_mail.workers import Workers
 
@@ -99,6 +103,7 @@ LISTENERS = (
     ("imap", "imap", "listen"),
     ("imap-tls", "imap", "tls_listen"),
     ("web", "web", "listen"),
+    ("web-tls", "web", "tls_listen"),
 )
 
 
@@ -263,10 +268,16 @@ class StoreService(service.Service):
         )
 
 
-def load_tls_options(config: Config):
-    """The TLS context for STARTTLS and implicit TLS: the configured certificate, else the
-    self-signed one kept in the data directory (made on the first start)."""
+def load_tls_options(config: Config) -> ReloadableTLSOptions:
+    """The TLS options for STARTTLS and implicit TLS: the configured certificate; with
+    [tls] acme, the CA's certificate kept in the data directory; else the self-signed
+    one kept there (made on the first start). With acme the certificates service
+    replaces it inside the returned object as new ones arrive."""
     smtp = config.smtp
+    if config.tls.acme:
+        kept = load_kept(config.appliance.data_dir)
+        if kept is not None:
+            return ReloadableTLSOptions(kept)
     if smtp.tls_enabled:
         certificate_path, key_path = smtp.tls_certificate, smtp.tls_key
         advice = ""
@@ -276,9 +287,7 @@ def load_tls_options(config: Config):
         )
         advice = f"; remove {certificate_path} and {key_path} to have new ones made"
     try:
-        with open(certificate_path, "rb") as certificate, open(key_path, "rb") as key:
-            pem = certificate.read() + b"\n" + key.read()
-        return ssl.PrivateCertificate.loadPEM(pem).options()
+        return ReloadableTLSOptions(load_files(certificate_path, key_path))
     except Exception as problem:  # OpenSSL errors have no common base worth naming
         raise ConfigError(
             config.path,
@@ -291,6 +300,8 @@ def load_tls_options(config: Config):
 def check_descriptor_limit(config: Config) -> None:
     caps = [config.smtp.max_connections, config.submission.max_connections]
     caps.append(config.web.max_connections)
+    if config.web.tls_listen:
+        caps.append(config.web.max_connections)
     if config.submission.tls_listen:
         caps.append(config.submission.max_connections)
     imap_cap = config.imap.max_connections + config.imap.max_idle_connections
@@ -344,6 +355,12 @@ def build_appliance(
     services += [*delivery.services, *massmail.services]
     services += dns_build.build(config, store, events, workers, reactor, intake)
     tls_options = load_tls_options(config)
+    # The CA's HTTP-01 challenges: answered by the web service, set by the certificates
+    # service's thread.
+    challenge_answers = ChallengeAnswers()
+    services += certificates_build.build(
+        config, store, events, workers, reactor, tls_options, challenge_answers
+    )
     check_descriptor_limit(config)
     # One password check and one throttle for 587, 465, IMAP and the web login, so a client gets
     # the same few guesses on all of them; argon2 runs in the CPU workers.
@@ -385,6 +402,8 @@ def build_appliance(
         massmail.tokens,
         learner=spam_filter,  # "Junk" and "Not junk" teach it
         metrics=metrics,
+        tls_options=tls_options,
+        challenge_answers=challenge_answers,
     )
     for child in services:
         child.setServiceParent(appliance)

@@ -57,12 +57,14 @@ def web_root(
     learner=None,
     mail_events=None,
     metrics=None,
+    challenge_answers=None,
 ):
     """The web root as the web builder makes it: a real intake on `store` (with events
     nobody listens to), started workers, and argon2 in their CPU pool unless the test
     brings its own `authenticator`; `learner` is the spam filter's (None: none);
     `mail_events` serves the mailbox pages' event streams (None: none); `metrics` are
-    served at /metrics (None: not served)."""
+    served at /metrics (None: not served);
+    `challenge_answers` the ACME CA's challenges (None: none)."""
     workers = started_workers(test, reactor)
     if intake is None:
         intake = Intake(store, Events())
@@ -80,6 +82,7 @@ def web_root(
         learner=learner,
         mail_events=mail_events,
         metrics=metrics,
+        challenge_answers=challenge_answers,
     )
 
 

@@ -4,6 +4,7 @@ import importlib
 
 from twisted.web.resource import Resource
 
+from atollon_mail.certificates.challenges import CHALLENGE_PATH, ChallengeResource
 from atollon_mail.web.app import PageResource, StaticResource, WebApp
 from atollon_mail.web.health import HealthResource
 from atollon_mail.web.metrics import MetricsResource
@@ -11,15 +12,23 @@ from atollon_mail.web.unsubscribe import UnsubscribeResource
 
 
 class WebRoot(Resource):
-    """/health, /metrics and /static/ are resources of their own; every other path is a
-    page."""
+    """/health, /metrics, /static/ and /.well-known/acme-challenge/ are resources of their
+    own; every other path is a page."""
 
-    def __init__(self, app: WebApp):
+    def __init__(self, app: WebApp, challenges: Resource | None = None):
         super().__init__()
         self.app = app
         self._pages = PageResource(app)
+        self._challenges = challenges
 
     def getChild(self, path, request):
+        # /.well-known/ holds pages too (autoconfig): only acme-challenge/ is not one.
+        if (
+            self._challenges is not None
+            and path == CHALLENGE_PATH[0]
+            and request.postpath[:1] == [CHALLENGE_PATH[1]]
+        ):
+            return self._challenges
         return self._pages
 
     def client_address(self, request) -> str:
@@ -91,6 +100,7 @@ def build_web_root(
     learner=None,
     mail_events=None,
     metrics=None,
+    challenge_answers=None,
 ) -> Resource:
     """The site's root resource. `intake` takes mail composed in the browser, `workers`
     (atollon_mail.workers.Workers) runs password hashing and DNS lookups, `authenticator`
@@ -98,7 +108,9 @@ def build_web_root(
     links are served; `learner` (an ISpamLearner, None without a spam filter) is taught
     what users move to Junk and back; `mail_events` (mailevents.MailEventStreams) tells
     the open mailbox pages of new mail; with `metrics` (atollon_mail.metrics.Metrics) they
-    are served at /metrics."""
+    are served at /metrics; `challenge_answers`
+    (certificates.challenges.ChallengeAnswers) are served, without login, at
+    /.well-known/acme-challenge/<token> for the ACME CA."""
     app = build_web_app(
         store,
         config,
@@ -110,7 +122,8 @@ def build_web_root(
         learner=learner,
         mail_events=mail_events,
     )
-    root = WebRoot(app)
+    challenges = None if challenge_answers is None else ChallengeResource(challenge_answers)
+    root = WebRoot(app, challenges)
     root.putChild(b"health", HealthResource(store))
     root.putChild(b"static", StaticResource(app))
     if metrics is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from twisted.application import strports
 from twisted.application.service import IService
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from atollon_mail.config import Config
 from atollon_mail.events import Events
@@ -31,11 +32,17 @@ def build(
     recipient_tokens,
     learner=None,
     metrics=None,
+    tls_options=None,
+    challenge_answers=None,
 ) -> tuple[IService, ...]:
     """The "web" listener: mail composed in the browser goes to `intake`, logins are
     checked by `authenticator` (the one SMTP AUTH uses); what users move to Junk and back
     teaches `learner` (an ISpamLearner; None: no spam filter); the open mailbox pages
-    hear of mail `events.filed` tells of; `metrics` are served at /metrics."""
+    hear of mail `events.filed` tells of; `metrics` are served at /metrics. With [web]
+    tls_listen, "web-tls" serves the same site over HTTPS with `tls_options` (the mail
+    listeners' certificate);
+    `challenge_answers` (certificates.challenges.ChallengeAnswers) are served at
+    /.well-known/acme-challenge/ on both."""
     # Each open mailbox page holds a connection: at most half the listener's, so that
     # pages still load when many are open.
     mail_events = MailEventStreams(
@@ -56,6 +63,7 @@ def build(
         learner=learner,
         mail_events=mail_events,
         metrics=metrics,
+        challenge_answers=challenge_answers,
     )
     # BodyLimitedRequest refuses a body over its route's limit before reading it.
     site = DeadlineSite(
@@ -65,8 +73,17 @@ def build(
         body_timeout=config.web.body_timeout,
         requestFactory=BodyLimitedRequest,
     )
-    site = limited(site, "web", config.web, config, reactor, web=True)
-    web = strports.service(config.web.listen, site, reactor=reactor)
+    plain = limited(site, "web", config.web, config, reactor, web=True)
+    web = strports.service(config.web.listen, plain, reactor=reactor)
     web.setName("web")
-    # Stopped after the listener (a MultiService stops its children last to first).
-    return (MailEventsService(mail_events), web)
+    # Stopped after the listeners (a MultiService stops its children last to first).
+    services: list[IService] = [MailEventsService(mail_events), web]
+    if config.web.tls_listen:
+        # Counted inside TLS, as the other implicit-TLS listeners: a refused client
+        # reads its 503 once the handshake is done.
+        secure = limited(site, "web-tls", config.web, config, reactor, web=True)
+        wrapped = TLSMemoryBIOFactory(tls_options, False, secure)
+        web_tls = strports.service(config.web.tls_listen, wrapped, reactor=reactor)
+        web_tls.setName("web-tls")
+        services.append(web_tls)
+    return tuple(services)

@@ -1,0 +1,126 @@
+"""The ACME exchange (AcmeIssuer) against Debian's pebble on loopback, with the web root
+answering its HTTP-01 challenges, on SQLite and PostgreSQL: the account is registered
+once, each certificate has a key of its own, and a challenge the CA cannot check or a CA
+nobody answers for is one line saying what to do."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from cryptography import x509
+from twisted.internet import defer, reactor, threads
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from atollon_mail.certificates.challenges import ChallengeAnswers
+from atollon_mail.certificates.issuer import (
+    ACCOUNT_FILE,
+    AcmeIssuer,
+    CertificateError,
+)
+from atollon_mail.config import parse_config
+from atollon_mail.tlscontext import load_pem
+from tests.builders import web_root
+from tests.dnsserver import start_dns_server
+from tests.e2e.appliance import free_port
+from tests.pebble import start_pebble
+from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
+from tests.web.support import ServedWebMixin
+
+HOSTNAME = "mx.acme.test"
+
+
+class IssuerTests(ServedWebMixin, StoreFixtureMixin):
+    timeout = 60
+
+    def setUp(self):
+        self.store = self.make_store()
+        self.answers = ChallengeAnswers()
+        config = parse_config(f"[appliance]\nhostname = {HOSTNAME}\n")
+        root = web_root(
+            self, self.store, config, reactor, clock=Clock(), challenge_answers=self.answers
+        )
+        self.serve(root)  # self.port: where pebble fetches the answers
+        self.dns = start_dns_server(reactor, {"acme.test": {"mx": [("A", "127.0.0.1")]}})
+        self.addCleanup(self.dns.stop)
+        self.directory = os.path.abspath(self.mktemp())
+        self.data_dir = os.path.join(self.directory, "data")
+
+    def pebble(self, http_port: int):
+        pebble = start_pebble(os.path.join(self.directory, "pebble"), http_port, self.dns.port)
+        self.addCleanup(pebble.stop)
+        return pebble
+
+    def issuer(self, pebble) -> AcmeIssuer:
+        return AcmeIssuer(
+            pebble.directory_url,
+            self.data_dir,
+            self.answers,
+            email="postmaster@acme.test",
+            ca_bundle=pebble.ca_bundle,
+        )
+
+    @defer.inlineCallbacks
+    def test_two_certificates_one_account(self):
+        pebble = self.pebble(self.port)
+        issuer = self.issuer(pebble)
+        first = yield threads.deferToThread(issuer.issue, HOSTNAME)
+        with open(os.path.join(self.data_dir, ACCOUNT_FILE)) as account_file:
+            account = json.load(account_file)
+        second = yield threads.deferToThread(issuer.issue, HOSTNAME)
+        with open(os.path.join(self.data_dir, ACCOUNT_FILE)) as account_file:
+            self.assertEqual(json.load(account_file), account)
+        self.assertEqual(account["directory"], pebble.directory_url)
+        self.assertEqual(pebble.log().count("POST /sign-me-up"), 1, "registered once")
+        intermediate = yield threads.deferToThread(pebble.intermediate)
+        loaded = [load_pem(first), load_pem(second)]
+        for certificate in (loaded[0].certificate, loaded[1].certificate):
+            certificate.verify_directly_issued_by(intermediate)
+            names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            self.assertEqual(names.value.get_values_for_type(x509.DNSName), [HOSTNAME])
+        self.assertNotEqual(
+            loaded[0].certificate.public_key().public_numbers(),
+            loaded[1].certificate.public_key().public_numbers(),
+            "each certificate has a new key",
+        )
+        self.assertEqual(len(self.answers), 0, "nothing left to answer")
+
+    @defer.inlineCallbacks
+    def test_a_challenge_the_ca_cannot_check_says_what_to_do(self):
+        pebble = self.pebble(free_port())  # where nothing answers
+        issuer = self.issuer(pebble)
+        with self.assertRaises(CertificateError) as raised:
+            yield threads.deferToThread(issuer.issue, HOSTNAME)
+        message = str(raised.exception)
+        self.assertEqual(message.count("\n"), 0)
+        self.assertIn(f"the CA could not check that {HOSTNAME} is ours (", message)
+        self.assertIn(
+            "A/AAAA records point at this server and port 80 reaches [web] listen", message
+        )
+        self.assertEqual(len(self.answers), 0, "the answer is withdrawn")
+
+
+class SqliteIssuerTests(SqliteStoreMixin, IssuerTests, unittest.TestCase):
+    pass
+
+
+class PostgresIssuerTests(PostgresStoreMixin, IssuerTests, unittest.TestCase):
+    pass
+
+
+class UnreachableTests(unittest.TestCase):
+    def test_a_ca_nobody_answers_for_says_what_to_do(self):
+        directory = f"https://127.0.0.1:{free_port()}/dir"
+        issuer = AcmeIssuer(directory, os.path.abspath(self.mktemp()), ChallengeAnswers())
+        with self.assertRaises(CertificateError) as raised:
+            issuer.issue(HOSTNAME)
+        message = str(raised.exception)
+        self.assertTrue(message.startswith(f"cannot reach the ACME CA at {directory} ("), message)
+        self.assertTrue(
+            message.endswith(
+                "; check [tls] acme_directory (and acme_ca_bundle for a private CA) and that "
+                "this server can make HTTPS connections out"
+            ),
+            message,
+        )
