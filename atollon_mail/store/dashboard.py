@@ -17,7 +17,6 @@ from atollon_mail.store.models import (
     Domain,
     Mailbox,
     MailboxAccess,
-    QueueMessage,
     QueueRecipient,
     User,
     database_proxy,
@@ -234,8 +233,7 @@ def oldest_waiting() -> OldestWaiting | None:
     Walks the (state, next_attempt_at) index for the undelivered states only: the rows
     read are those waiting, as queue_counts reads them, never the delivered history."""
     found = (
-        QueueRecipient.select(QueueRecipient, QueueMessage)
-        .join(QueueMessage)
+        QueueRecipient.select()
         .where(QueueRecipient.state.in_(UNDELIVERED_STATES))
         .order_by(QueueRecipient.created_at, QueueRecipient.id)
         .first()
