@@ -25,7 +25,7 @@ import attrs
 
 from atollon_mail.store.common import read_only, timestamp
 from atollon_mail.store.database import is_sqlite
-from atollon_mail.store.models import TrafficHour, database_proxy, utc_now
+from atollon_mail.store.models import CampaignRecipient, TrafficHour, database_proxy, utc_now
 
 KINDS = ("received", "sent", "bounced", "junk")
 
@@ -296,7 +296,7 @@ def campaign_send_rate(campaign_id: int, now: datetime.datetime) -> SendRate:
     rows = database_proxy.execute_sql(
         f"SELECT {expression}, COUNT(*) FROM campaign_recipient WHERE {sent_where}"
         f" AND sent_at >= {param} GROUP BY 1",
-        (campaign_id, TrafficHour.hour.db_value(start)),
+        (campaign_id, CampaignRecipient.sent_at.db_value(start)),
     ).fetchall()
     counts = {timestamp(bucket): int(count) for bucket, count in rows}
     buckets = []

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import datetime
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from atollon_mail.store import dashboard, queue, traffic
+from atollon_mail.store import dashboard, migrations, queue, traffic
 from atollon_mail.store import filing as filing_ops
 from atollon_mail.store.migrations import dialect_of
-from atollon_mail.store.models import TrafficHour, database_proxy
+from atollon_mail.store.models import TrafficHour, database_proxy, utc_now
+from atollon_mail.store.pool import Store
 from atollon_mail.store.records import (
     DeliveryResult,
     InboundVerdict,
@@ -459,6 +460,86 @@ class SendRateContract(StoreFixtureMixin):
             )
 
         self.assertIn("campaign_recipient_campaign_state", self.sync(plan))
+
+
+def _old_mail(database, mailbox_id: int, context_id: int, when, folder: str) -> None:
+    """Store operation: a message filed at `when` into a folder of the mailbox, and a
+    queued copy to two remote recipients, one delivered and one bounced an hour later, in
+    the SQL of schema 15 (the store's operations would count them as they go)."""
+    p = database.param
+    (message_id,) = database.execute_sql(
+        "INSERT INTO message (raw, size, subject, envelope_sender, received_at)"
+        f" VALUES ({p}, {p}, {p}, {p}, {p}) RETURNING id",
+        (b"x", 1, "old", "someone@elsewhere.example", when),
+    ).fetchone()
+    (next_uid,) = database.execute_sql(
+        f"UPDATE mailbox SET next_uid = next_uid + 1 WHERE id = {p} RETURNING next_uid",
+        (mailbox_id,),
+    ).fetchone()
+    database.execute_sql(
+        "INSERT INTO filing (message_id, mailbox_id, context_id, uid, flags, filed_at, folder)"
+        f" VALUES ({p}, {p}, {p}, {p}, '', {p}, {p})",
+        (message_id, mailbox_id, context_id, next_uid - 1, when, folder),
+    )
+    (queued_id,) = database.execute_sql(
+        "INSERT INTO queue_message (message_id, envelope_sender, is_bounce, created_at)"
+        f" VALUES ({p}, {p}, {p}, {p}) RETURNING id",
+        (message_id, "joe@acme.test", False, when),
+    ).fetchone()
+    for address, outcome in (("a@remote.example", "delivered"), ("b@remote.example", "bounced")):
+        (recipient_id,) = database.execute_sql(
+            "INSERT INTO queue_recipient (queue_message_id, address, domain, state, attempts,"
+            " next_attempt_at, delay_warned, created_at, updated_at)"
+            f" VALUES ({p}, {p}, 'remote.example', {p}, 1, {p}, {p}, {p}, {p}) RETURNING id",
+            (queued_id, address, outcome, when, False, when, when),
+        ).fetchone()
+        database.execute_sql(
+            f"INSERT INTO queue_event (queue_recipient_id, at, outcome) VALUES ({p}, {p}, {p})",
+            (recipient_id, when + HOUR, outcome),
+        )
+
+
+class TrafficMigrationContract(StoreFixtureMixin):
+    def test_migration_16_counts_the_mail_stored_before_it(self):
+        store = Store.from_url(self.make_database_url(), reactor)
+        self.addCleanup(store.stop)
+        database = store.database
+        with database.connection_context():
+            migrations.migrate(database, up_to=15)
+        store.start()
+        builders.hosted_mailbox(store, "joe@acme.test", "joe")
+        joe = store.run_sync(filing_ops.resolve_recipient, "joe", "acme.test")
+        # The migration counts the last 31 days before it runs (now).
+        recent = traffic.hour_of(utc_now()) - 3 * HOUR
+        for when, folder in (
+            (recent + datetime.timedelta(minutes=5), "inbox"),
+            (recent + datetime.timedelta(minutes=50), "junk"),
+            (recent - 2 * DAY, "trash"),
+            (recent - 40 * DAY, "inbox"),
+        ):
+            store.run_sync(_old_mail, database, joe.mailbox_id, joe.context_id, when, folder)
+        with database.connection_context():
+            applied = migrations.migrate(database)
+        self.assertEqual([migration.number for migration in applied][:1], [16])
+        self.assertEqual(
+            store.run_sync(_summed_by_hour),
+            {
+                recent: (2, 0, 0, 1),
+                recent + HOUR: (0, 2, 2, 0),
+                recent - 2 * DAY: (1, 0, 0, 0),
+                recent - 2 * DAY + HOUR: (0, 1, 1, 0),
+            },
+        )
+
+
+class SqliteTrafficMigrationTests(SqliteStoreMixin, TrafficMigrationContract, unittest.TestCase):
+    pass
+
+
+class PostgresTrafficMigrationTests(
+    PostgresStoreMixin, TrafficMigrationContract, unittest.TestCase
+):
+    pass
 
 
 class SqliteTrafficTests(SqliteStoreMixin, TrafficContract, unittest.TestCase):
