@@ -3,14 +3,27 @@ for one user."""
 
 from __future__ import annotations
 
+import datetime
+
 import attrs
 import peewee
 
-from atollon_mail.store import queue
-from atollon_mail.store.common import read_only
+from atollon_mail.store import queue, traffic
+from atollon_mail.store.common import placeholders, read_only, timestamp
 from atollon_mail.store.domains import last_dns_check
-from atollon_mail.store.models import Alias, Context, Domain, Mailbox, MailboxAccess, User
+from atollon_mail.store.models import (
+    Alias,
+    Context,
+    Domain,
+    Mailbox,
+    MailboxAccess,
+    QueueRecipient,
+    User,
+    database_proxy,
+    utc_now,
+)
 from atollon_mail.store.records import ContextRecord, MailboxRecord, QueueEntry
+from atollon_mail.store.traffic import Traffic
 
 # The states shown as "recent deliveries and failures" on the dashboard.
 RECENT_STATES = ("delivered", "bounced", "deferred")
@@ -36,6 +49,40 @@ class VisibleMailbox:
 
 
 DASHBOARD_MAILBOXES = 20
+# Destination domains listed with their delivery problems, most deferred recipients first.
+PROBLEM_DOMAINS = 10
+# A recipient in one of these has not reached its destination yet.
+UNDELIVERED_STATES = ("queued", "in-flight", "deferred")
+
+
+@attrs.frozen
+class OldestWaiting:
+    """The queue's oldest recipient still to be delivered."""
+
+    queue_message_id: int
+    address: str
+    state: str
+    created_at: datetime.datetime
+    attempts: int
+    last_reply: str | None
+
+
+@attrs.frozen
+class DomainProblem:
+    """A destination domain with recipients deferred: how many, since when (the oldest
+    was queued), and the last attempt's reply."""
+
+    domain: str
+    deferred: int
+    since: datetime.datetime
+    last_attempt_at: datetime.datetime | None
+    last_reply: str | None
+
+
+@attrs.frozen
+class DeliveryProblems:
+    domains: tuple[DomainProblem, ...]  # the first PROBLEM_DOMAINS of them
+    domain_total: int
 
 
 @attrs.frozen
@@ -47,6 +94,10 @@ class Dashboard:
     domains: tuple[DomainStatus, ...] | None
     queue_counts: dict | None
     recent: tuple[QueueEntry, ...] | None
+    # Admins only, like the queue: the traffic of all mail, whoever's it is.
+    traffic: Traffic | None = None
+    oldest: OldestWaiting | None = None
+    problems: DeliveryProblems | None = None
 
 
 def _domain_status(domain) -> DomainStatus:
@@ -176,8 +227,73 @@ def mailbox_page(
     return MailboxPage(rows, total, domains, owners)
 
 
+def oldest_waiting() -> OldestWaiting | None:
+    """The recipient queued longest ago that is not delivered yet (None: none waits).
+
+    Walks the (state, next_attempt_at) index for the undelivered states only: the rows
+    read are those waiting, as queue_counts reads them, never the delivered history."""
+    found = (
+        QueueRecipient.select()
+        .where(QueueRecipient.state.in_(UNDELIVERED_STATES))
+        .order_by(QueueRecipient.created_at, QueueRecipient.id)
+        .first()
+    )
+    if found is None:
+        return None
+    return OldestWaiting(
+        queue_message_id=found.queue_message_id,
+        address=found.address,
+        state=found.state,
+        created_at=found.created_at,
+        attempts=found.attempts,
+        last_reply=found.last_reply,
+    )
+
+
+def delivery_problems(limit: int = PROBLEM_DOMAINS) -> DeliveryProblems:
+    """Destination domains with deferred recipients, most first (then by name): two
+    queries over the deferred rows (found through the state index), whatever the count."""
+    param = database_proxy.param
+    rows = database_proxy.execute_sql(
+        "SELECT domain, COUNT(*), MIN(created_at), MAX(last_attempt_at) FROM queue_recipient"
+        f" WHERE state = 'deferred' GROUP BY domain ORDER BY COUNT(*) DESC, domain LIMIT {param}",
+        (limit,),
+    ).fetchall()
+    (domain_total,) = database_proxy.execute_sql(
+        "SELECT COUNT(DISTINCT domain) FROM queue_recipient WHERE state = 'deferred'"
+    ).fetchone()
+    names = [row[0] for row in rows]
+    replies: dict[str, str | None] = {}
+    if names:
+        # The reply of each domain's latest attempt (ties: the later recipient).
+        for domain, reply in database_proxy.execute_sql(
+            "SELECT domain, last_reply FROM (SELECT domain, last_reply, ROW_NUMBER() OVER"
+            " (PARTITION BY domain ORDER BY last_attempt_at DESC, id DESC) AS n"
+            " FROM queue_recipient WHERE state = 'deferred'"
+            f" AND domain IN ({placeholders(len(names))})) AS latest WHERE n = 1",
+            names,
+        ).fetchall():
+            replies[domain] = reply
+    return DeliveryProblems(
+        domains=tuple(
+            DomainProblem(
+                domain=domain,
+                deferred=int(count),
+                since=timestamp(since),
+                last_attempt_at=timestamp(last_attempt),
+                last_reply=replies.get(domain),
+            )
+            for domain, count, since, last_attempt in rows
+        ),
+        domain_total=int(domain_total),
+    )
+
+
 @read_only
-def dashboard(login: str, recent_limit: int = 10) -> Dashboard:
+def dashboard(
+    login: str, recent_limit: int = 10, now: datetime.datetime | None = None
+) -> Dashboard:
+    """What `login` sees on the dashboard at `now` (UTC; the traffic charts end there)."""
     user = User.get_or_none(User.login == login)
     page = mailbox_page(login, limit=DASHBOARD_MAILBOXES)
     mailboxes, total = page.rows, page.total
@@ -194,4 +310,7 @@ def dashboard(login: str, recent_limit: int = 10) -> Dashboard:
         domains=domains,
         queue_counts=queue.queue_counts(),
         recent=tuple(recent[:recent_limit]),
+        traffic=traffic.traffic(utc_now() if now is None else now),
+        oldest=oldest_waiting(),
+        problems=delivery_problems(),
     )

@@ -17,7 +17,14 @@ from collections.abc import Callable, Iterable, Sequence
 import attrs
 import peewee
 
-from atollon_mail.store import mailboxes, message_addresses, returnpath, searchindex, searchtext
+from atollon_mail.store import (
+    mailboxes,
+    message_addresses,
+    returnpath,
+    searchindex,
+    searchtext,
+    traffic,
+)
 from atollon_mail.store.common import (
     RECIPIENT_DELIMITER,
     changes_mailbox,
@@ -403,8 +410,11 @@ def group_commit(store_one: Callable, items: Sequence, now) -> list:
     return results
 
 
-def store_messages(messages: Sequence[IncomingMessage]) -> list[StoredMessage | Exception]:
-    """Store and file several messages in the caller's one transaction (group commit).
+def store_messages(
+    messages: Sequence[IncomingMessage], now: datetime.datetime | None = None
+) -> list[StoredMessage | Exception]:
+    """Store and file several messages in the caller's one transaction (group commit),
+    and count them in the hour's traffic (one statement for the batch).
 
     A message that fails is reported as its exception and leaves nothing behind; the
     others are kept.
@@ -413,7 +423,28 @@ def store_messages(messages: Sequence[IncomingMessage]) -> list[StoredMessage | 
         recipient.mailbox_id for incoming in messages for recipient in incoming.recipients
     )
     incoming_type, _ = default_type_ids()
-    return group_commit(functools.partial(_store_one, type_id=incoming_type), messages, utc_now())
+    now = utc_now() if now is None else now
+    results = group_commit(functools.partial(_store_one, type_id=incoming_type), messages, now)
+    count_received(
+        now,
+        (
+            (incoming.recipients, incoming.verdict)
+            for incoming, result in zip(messages, results, strict=True)
+            if not isinstance(result, Exception)
+        ),
+    )
+    return results
+
+
+def count_received(now, filed: Iterable[tuple[Sequence[Recipient], InboundVerdict | None]]):
+    """Count messages filed for local recipients (each given as its recipients and its
+    verdict) as received, and as junk where some recipient's copy went to Junk."""
+    received = junk = 0
+    for recipients, verdict in filed:
+        if recipients:
+            received += 1
+            junk += any(files_to_junk(recipient, verdict) for recipient in recipients)
+    traffic.add(now, received=received, junk=junk)
 
 
 def _folder(folder: str) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import attrs
 import peewee
 
-from atollon_mail.store import message_addresses, searchindex
+from atollon_mail.store import message_addresses, searchindex, traffic
 from atollon_mail.store.models import utc_now
 
 _DIALECT_WORDS = {
@@ -567,6 +567,25 @@ MIGRATIONS: tuple[Migration, ...] = (
                 cc_field TEXT NULL,
                 bcc_field TEXT NULL)""",
         ),
+    ),
+    Migration(
+        16,
+        "mail traffic counted per hour for the dashboard",
+        (
+            # Added to once per committed batch by the intake and the delivery runner
+            # (store.traffic); each store thread writes its own shard of an hour, so
+            # concurrent writers never wait on one row. Read by hour range only.
+            """CREATE TABLE traffic_hour (
+                id {id},
+                hour TIMESTAMP NOT NULL,
+                shard INTEGER NOT NULL,
+                received {bigint} NOT NULL,
+                sent {bigint} NOT NULL,
+                bounced {bigint} NOT NULL,
+                junk {bigint} NOT NULL)""",
+            "CREATE UNIQUE INDEX traffic_hour_hour_shard ON traffic_hour (hour, shard)",
+        ),
+        fill=traffic.backfill,
     ),
 )
 

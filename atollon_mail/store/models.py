@@ -591,6 +591,24 @@ class Suppression(BaseModel):
     created_at = peewee.DateTimeField()
 
 
+class TrafficHour(BaseModel):
+    """Mail counted per hour (UTC) for the dashboard's traffic charts (migration 16): kept
+    apart from the mail rows, which purges and queue clean-ups remove. Each store thread
+    adds to its own `shard` row of the hour, so concurrent transactions never wait on one
+    row's lock; a bucket is the sum of its shards."""
+
+    id = peewee.BigAutoField()
+    hour = peewee.DateTimeField()
+    shard = peewee.IntegerField()
+    received = peewee.BigIntegerField()
+    sent = peewee.BigIntegerField()
+    bounced = peewee.BigIntegerField()
+    junk = peewee.BigIntegerField()
+
+    class Meta:
+        indexes = ((("hour", "shard"), True),)
+
+
 MODELS = (
     Domain,
     User,
@@ -621,4 +639,5 @@ MODELS = (
     CampaignVariant,
     CampaignRecipient,
     Suppression,
+    TrafficHour,
 )

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 import attrs
 import peewee
 
-from atollon_mail.store import origins, returnpath
+from atollon_mail.store import origins, returnpath, traffic
 from atollon_mail.store.common import (
     chunks,
     locked,
@@ -27,6 +27,7 @@ from atollon_mail.store.common import (
 from atollon_mail.store.domains import domain_names
 from atollon_mail.store.errors import Conflict, Invalid, NotFound, StoreError
 from atollon_mail.store.filing import (
+    count_received,
     default_type_ids,
     execute_prepared,
     file_for_recipients,
@@ -230,13 +231,18 @@ def submit_messages(
         for (outgoing, origin), found in zip(submissions, routed, strict=True)
         if isinstance(found, Routed)
     ]
-    stored = iter(
-        group_commit(
-            functools.partial(_submit_one, type_id=outgoing_type),
-            items,
-            utc_now() if now is None else now,
-        )
+    now = utc_now() if now is None else now
+    results = group_commit(functools.partial(_submit_one, type_id=outgoing_type), items, now)
+    # Local recipients' copies count as received mail (Sent copies do not).
+    count_received(
+        now,
+        (
+            (submitted.filed_recipients, outgoing.verdict)
+            for (outgoing, _, _), submitted in zip(items, results, strict=True)
+            if not isinstance(submitted, Exception)
+        ),
     )
+    stored = iter(results)
     return [next(stored) if isinstance(found, Routed) else found for found in routed]
 
 
@@ -366,6 +372,8 @@ def record_delivery_results(results: Sequence[DeliveryResult]) -> None:
             events = [event for event in events if event[0] in present]
         if events:
             cursor.executemany(prepared_sql("insert_event"), events)
+        # Those of recipients deleted meanwhile too: the attempt happened.
+        traffic.add_outcomes((result.at, result.outcome) for result in results)
     origins.report_outcomes(results)
 
 

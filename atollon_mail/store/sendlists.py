@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from peewee import Case, Value
 
 from atollon_mail.massmail.templates import SAMPLE_FIELDS
-from atollon_mail.store import identities
+from atollon_mail.store import identities, traffic
 from atollon_mail.store.campaign_recipients import (
     record_local_deliveries,
     refuse_rows,
@@ -395,6 +395,8 @@ def commit_handoff(
         handed += 1
     if delivered:
         record_local_deliveries(delivered, now)
+        # Filed into mailboxes here: received mail, as any other local delivery.
+        traffic.add(now, received=len(delivered))
     if refused:
         refuse_rows(refused, now)
     return handed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import math
 
 import attrs
@@ -9,6 +10,7 @@ import attrs
 from atollon_mail.auth import Throttled
 from atollon_mail.store import dashboard as dashboard_ops
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, safe_next
+from atollon_mail.web.charts import traffic_charts
 from atollon_mail.web.sessions import LOGIN_CSRF_COOKIE, SESSION_COOKIE, new_token
 
 
@@ -110,8 +112,14 @@ def register(app: WebApp) -> None:
 
     @app.route("/")
     async def dashboard(page: PageRequest):
-        data = await page.store.run(dashboard_ops.dashboard, page.user.login)
-        return Page("dashboard.html", {"data": data})
+        now = clock_now(app.clock)
+        data = await page.store.run(dashboard_ops.dashboard, page.user.login, now=now)
+        context = {"data": data, "traffic_charts": None, "oldest_age": ""}
+        if data.traffic is not None:
+            context["traffic_charts"] = traffic_charts(data.traffic)
+        if data.oldest is not None:
+            context["oldest_age"] = age_text(now - data.oldest.created_at)
+        return Page("dashboard.html", context)
 
     @app.route("/options")
     async def options(page: PageRequest):
@@ -122,6 +130,23 @@ def register(app: WebApp) -> None:
         ]
         shown = [s for s in visible if s.matches(query)] if query else visible
         return Page("options.html", {"settings": visible, "shown": shown, "query": query})
+
+
+def clock_now(clock) -> datetime.datetime:
+    """The app's clock as the store's time: naive UTC."""
+    return datetime.datetime.fromtimestamp(clock.seconds(), datetime.UTC).replace(tzinfo=None)
+
+
+def age_text(age: datetime.timedelta) -> str:
+    """An age in words, to the minute: "5 min", "3 h 20 min", "2 days 4 h"."""
+    minutes = max(0, int(age.total_seconds() // 60))
+    days, minutes = divmod(minutes, 24 * 60)
+    hours, minutes = divmod(minutes, 60)
+    if days:
+        return f"{days} day{'' if days == 1 else 's'} {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min"
 
 
 def _login_form(page: PageRequest, login: str, target: str, errors=None, status=200) -> Page:

@@ -16,11 +16,14 @@ from atollon_mail.massmail.tokens import preview_unsubscribe_url, unsubscribe_ba
 from atollon_mail.store import campaign_recipients as recipient_ops
 from atollon_mail.store import campaigns as campaign_ops
 from atollon_mail.store import sendlists as sendlist_ops
+from atollon_mail.store import traffic as traffic_ops
 from atollon_mail.store.campaign_records import CampaignStatus
 from atollon_mail.store.errors import Conflict, NotFound, StoreError
 from atollon_mail.store.values import RECIPIENT_STATES, utc_now
 from atollon_mail.web.app import HttpError, Page, PageRequest, Redirect, WebApp, not_found
+from atollon_mail.web.charts import send_rate_chart
 from atollon_mail.web.numbers import page_number, parse_id
+from atollon_mail.web.pages import clock_now
 
 PAGE_SIZE = 50  # send-list rows per page; a module constant so tests may lower it
 DEFAULT_LANGUAGE = "en"
@@ -230,6 +233,9 @@ def register(app: WebApp) -> None:
                 attrs.evolve(item, error=_sentence(item.error)) if item.error else item
                 for item in rendered
             ]
+        send_rate = await page.store.run(
+            traffic_ops.campaign_send_rate, campaign.id, clock_now(page.app.clock)
+        )
         done = DONE.get(page.arg("done")) if status == 200 else None
         retried = parse_id(page.arg("retried")) if status == 200 else None
         if retried:
@@ -240,6 +246,8 @@ def register(app: WebApp) -> None:
             "progress": progress,
             "percent": percent_done(progress),
             "rate_text": rate_text(progress),
+            "send_rate_chart": send_rate_chart(send_rate),
+            "send_rate_unit": send_rate.unit,
             "states": RECIPIENT_STATES,
             "controls": CONTROLS,
             "editable": campaign.status in EDITABLE_STATUSES,

@@ -1,0 +1,307 @@
+"""Mail traffic counted per hour for the dashboard's charts: received, sent, bounced, junk.
+
+The counts live in their own small table (traffic_hour, migration 16), not in the mail
+rows: the Junk purge and the queue's clean-ups remove those, and a month of picture must
+outlive them. The hot paths add to it once per committed batch (the intake's group
+commit, the runner's outcomes of one connection), in the batch's own transaction, so a
+count is there exactly when the mail it counts is.
+
+What is counted:
+- received: messages filed into a mailbox here (inbox or Junk; Sent copies are not),
+  once per message however many mailboxes it reached;
+- junk: those of them filed into the Junk of at least one mailbox;
+- sent: queue recipients another server accepted;
+- bounced: queue recipients that failed for good (bounced by the queue).
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import threading
+from collections.abc import Iterable
+
+import attrs
+
+from atollon_mail.store.common import read_only, timestamp
+from atollon_mail.store.database import is_sqlite
+from atollon_mail.store.models import CampaignRecipient, TrafficHour, database_proxy, utc_now
+
+KINDS = ("received", "sent", "bounced", "junk")
+
+# Shards per hour: each store thread adds to its own row (see _shard), so transactions on
+# PostgreSQL's several store threads never queue behind one row's lock until the other's
+# commit. More than the store's threads (pool.POSTGRES_THREADS), so two nodes on one
+# database mostly miss each other too; a collision only waits, it counts right either way.
+SHARDS = 8
+_thread_shard = threading.local()
+_next_shard = itertools.count()
+
+HOURS_SHOWN = 24
+DAYS_SHOWN = 30
+
+_UPSERT = """
+    INSERT INTO traffic_hour (hour, shard, received, sent, bounced, junk)
+    VALUES ({p}, {p}, {p}, {p}, {p}, {p})
+    ON CONFLICT (hour, shard) DO UPDATE SET
+        received = traffic_hour.received + excluded.received,
+        sent = traffic_hour.sent + excluded.sent,
+        bounced = traffic_hour.bounced + excluded.bounced,
+        junk = traffic_hour.junk + excluded.junk"""
+
+
+def _shard() -> int:
+    shard = getattr(_thread_shard, "value", None)
+    if shard is None:
+        shard = _thread_shard.value = next(_next_shard) % SHARDS
+    return shard
+
+
+def hour_of(moment: datetime.datetime) -> datetime.datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def add(
+    moment: datetime.datetime, received: int = 0, sent: int = 0, bounced: int = 0, junk: int = 0
+) -> None:
+    """Add to the counts of the hour of `moment` (UTC), in the caller's transaction: one
+    statement, whatever the counts. Nothing to add writes nothing."""
+    if not (received or sent or bounced or junk):
+        return
+    database_proxy.execute_sql(
+        _UPSERT.format(p=database_proxy.param),
+        (TrafficHour.hour.db_value(hour_of(moment)), _shard(), received, sent, bounced, junk),
+    )
+
+
+def add_outcomes(outcomes: Iterable[tuple[datetime.datetime, str]]) -> None:
+    """Count delivery outcomes (when, "delivered" | "bounced" | other, ignored): one
+    statement per hour they fall in (one, unless a batch straddles the hour)."""
+    by_hour: dict[datetime.datetime, list[int]] = {}
+    for moment, outcome in outcomes:
+        if outcome in ("delivered", "bounced"):
+            counts = by_hour.setdefault(hour_of(moment), [0, 0])
+            counts[outcome == "bounced"] += 1
+    for hour, (sent, bounced) in by_hour.items():
+        add(hour, sent=sent, bounced=bounced)
+
+
+@attrs.frozen
+class Bucket:
+    """The mail of one hour or one day from `start` (UTC)."""
+
+    start: datetime.datetime
+    received: int
+    sent: int
+    bounced: int
+    junk: int
+
+    @property
+    def total(self) -> int:
+        return self.received + self.sent + self.bounced
+
+
+@attrs.frozen
+class Traffic:
+    """The last HOURS_SHOWN hours (per hour) and DAYS_SHOWN days (per day) to `now`,
+    oldest first, the current hour and day last (so far)."""
+
+    now: datetime.datetime
+    hours: tuple[Bucket, ...]
+    days: tuple[Bucket, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not any(bucket.total or bucket.junk for bucket in self.days)
+
+
+def _buckets(starts, sums: dict, width: datetime.timedelta) -> tuple[Bucket, ...]:
+    buckets = []
+    for start in starts:
+        totals = [0, 0, 0, 0]
+        hour = start
+        while hour < start + width:
+            for index, value in enumerate(sums.get(hour, ())):
+                totals[index] += value
+            hour += datetime.timedelta(hours=1)
+        buckets.append(Bucket(start, *totals))
+    return tuple(buckets)
+
+
+@read_only
+def traffic(now: datetime.datetime) -> Traffic:
+    """The counts of the last day per hour and of the last DAYS_SHOWN days per day.
+
+    One query over the (hour, shard) index, bounded to the window: at most
+    DAYS_SHOWN * 24 * SHARDS rows, summed per hour by the database."""
+    this_hour = hour_of(now)
+    today = this_hour.replace(hour=0)
+    first_day = today - datetime.timedelta(days=DAYS_SHOWN - 1)
+    first_hour = this_hour - datetime.timedelta(hours=HOURS_SHOWN - 1)
+    since = min(first_day, first_hour)
+    until = this_hour + datetime.timedelta(hours=1)
+    param = database_proxy.param
+    rows = database_proxy.execute_sql(
+        "SELECT hour, SUM(received), SUM(sent), SUM(bounced), SUM(junk) FROM traffic_hour"
+        f" WHERE hour >= {param} AND hour < {param} GROUP BY hour",
+        (TrafficHour.hour.db_value(since), TrafficHour.hour.db_value(until)),
+    ).fetchall()
+    sums = {timestamp(row[0]): tuple(int(value) for value in row[1:]) for row in rows}
+    hours = [first_hour + datetime.timedelta(hours=n) for n in range(HOURS_SHOWN)]
+    days = [first_day + datetime.timedelta(days=n) for n in range(DAYS_SHOWN)]
+    return Traffic(
+        now=now,
+        hours=_buckets(hours, sums, datetime.timedelta(hours=1)),
+        days=_buckets(days, sums, datetime.timedelta(days=1)),
+    )
+
+
+# --- migration 16: the counts of the mail already stored --------------------------------
+
+BACKFILL_DAYS = DAYS_SHOWN + 1
+
+
+def _hour_expression(dialect: str, column: str) -> str:
+    if dialect == "postgresql":
+        return f"date_trunc('hour', {column})"
+    # SQLite keeps timestamps as text, "YYYY-MM-DD HH:MM:SS[.ffffff]".
+    return f"substr({column}, 1, 13) || ':00:00'"
+
+
+def backfill(database, dialect: str, now: datetime.datetime | None = None) -> None:
+    """Counts for the mail of the last BACKFILL_DAYS days still in the store, written in
+    plain SQL: received and junk from the filings (a message counts where it was first
+    filed; junk if it lies in some Junk now), sent and bounced from the queue's timelines
+    of the recipients not removed. Mail purged before this ran is not counted: nothing is
+    left of it. Older mail is not shown, so it is not read."""
+    if now is None:
+        now = utc_now()
+    cutoff = TrafficHour.hour.db_value(hour_of(now) - datetime.timedelta(days=BACKFILL_DAYS))
+    param = database.param
+    counts: dict[datetime.datetime, list[int]] = {}
+    # The filing table, not the message: it is narrow (SQLite would read past each
+    # message's bytes to reach its date) and its filed_at is the message's received_at.
+    received = database.execute_sql(
+        f"""SELECT {_hour_expression(dialect, "first_filed")}, COUNT(*), SUM(in_junk) FROM (
+                SELECT f.message_id, MIN(f.filed_at) AS first_filed,
+                       MAX(CASE WHEN f.folder = 'junk' THEN 1 ELSE 0 END) AS in_junk
+                FROM filing f JOIN mailbox m ON m.id = f.mailbox_id
+                WHERE f.filed_at >= {param} AND f.folder IN ('inbox', 'junk', 'trash')
+                  AND (m.sent_context_id IS NULL OR f.context_id <> m.sent_context_id)
+                GROUP BY f.message_id) AS firsts
+            GROUP BY 1""",
+        (cutoff,),
+    ).fetchall()
+    for hour, count, junk in received:
+        row = counts.setdefault(timestamp(hour), [0, 0, 0, 0])
+        row[0] += int(count)
+        row[3] += int(junk or 0)
+    outcomes = database.execute_sql(
+        f"""SELECT {_hour_expression(dialect, "at")},
+                   SUM(CASE WHEN outcome = 'delivered' THEN 1 ELSE 0 END),
+                   SUM(CASE WHEN outcome = 'bounced' THEN 1 ELSE 0 END)
+            FROM queue_event WHERE at >= {param} AND outcome IN ('delivered', 'bounced')
+            GROUP BY 1""",
+        (cutoff,),
+    ).fetchall()
+    for hour, sent, bounced in outcomes:
+        row = counts.setdefault(timestamp(hour), [0, 0, 0, 0])
+        row[1] += int(sent or 0)
+        row[2] += int(bounced or 0)
+    for hour, (received_count, sent, bounced, junk) in sorted(counts.items()):
+        database.execute_sql(
+            "INSERT INTO traffic_hour (hour, shard, received, sent, bounced, junk)"
+            f" VALUES ({', '.join([param] * 6)})",
+            (TrafficHour.hour.db_value(hour), 0, received_count, sent, bounced, junk),
+        )
+
+
+# --- a campaign's send rate -------------------------------------------------------------
+
+# The widest bucket that keeps a span within this many: minutes up to three hours,
+# hours up to a week, days beyond (the latest RATE_BUCKETS of them).
+RATE_BUCKETS = 180
+_UNITS = (
+    ("minute", datetime.timedelta(minutes=1), 16),
+    ("hour", datetime.timedelta(hours=1), 13),
+    ("day", datetime.timedelta(days=1), 10),
+)
+
+
+@attrs.frozen
+class RateBucket:
+    start: datetime.datetime
+    sent: int
+
+
+@attrs.frozen
+class SendRate:
+    """A campaign's recipients sent per `unit` ("minute", "hour" or "day", UTC), from
+    the bucket of its first sent recipient to that of its last (of now, while it runs)."""
+
+    unit: str
+    buckets: tuple[RateBucket, ...]
+    total: int  # sent recipients, those before the first bucket shown included
+
+    @property
+    def peak(self) -> int:
+        return max((bucket.sent for bucket in self.buckets), default=0)
+
+
+def _floor(moment: datetime.datetime, unit: str) -> datetime.datetime:
+    moment = moment.replace(second=0, microsecond=0)
+    if unit in ("hour", "day"):
+        moment = moment.replace(minute=0)
+    if unit == "day":
+        moment = moment.replace(hour=0)
+    return moment
+
+
+def _bucket_expression(dialect: str, unit: str, length: int) -> str:
+    if dialect == "postgresql":
+        return f"date_trunc('{unit}', sent_at)"
+    # SQLite's text timestamps: the leading characters of the unit, the rest zeroed.
+    return f"substr(sent_at, 1, {length}) || substr('0000-00-00 00:00:00', {length + 1})"
+
+
+@read_only
+def campaign_send_rate(campaign_id: int, now: datetime.datetime) -> SendRate:
+    """How many of the campaign's recipients were sent per minute, hour or day (the
+    widest that keeps within RATE_BUCKETS). Two queries over the campaign's sent rows,
+    found through the (campaign, state, ...) index; empty when none was sent yet."""
+    param = database_proxy.param
+    sent_where = f"campaign_id = {param} AND state = 'sent' AND sent_at IS NOT NULL"
+    first, last, total = database_proxy.execute_sql(
+        f"SELECT MIN(sent_at), MAX(sent_at), COUNT(*) FROM campaign_recipient WHERE {sent_where}",
+        (campaign_id,),
+    ).fetchone()
+    if not total:
+        return SendRate(unit="minute", buckets=(), total=0)
+    first, last = timestamp(first), timestamp(last)
+    status = database_proxy.execute_sql(
+        f"SELECT status FROM campaign WHERE id = {param}", (campaign_id,)
+    ).fetchone()
+    end = max(last, now) if status is not None and status[0] == "running" else last
+    unit, width, length = next(
+        (
+            choice
+            for choice in _UNITS
+            if (_floor(end, choice[0]) - _floor(first, choice[0])) / choice[1] < RATE_BUCKETS
+        ),
+        _UNITS[-1],
+    )
+    start = max(_floor(first, unit), _floor(end, unit) - (RATE_BUCKETS - 1) * width)
+    dialect = "sqlite" if is_sqlite(database_proxy.obj) else "postgresql"
+    expression = _bucket_expression(dialect, unit, length)
+    rows = database_proxy.execute_sql(
+        f"SELECT {expression}, COUNT(*) FROM campaign_recipient WHERE {sent_where}"
+        f" AND sent_at >= {param} GROUP BY 1",
+        (campaign_id, CampaignRecipient.sent_at.db_value(start)),
+    ).fetchall()
+    counts = {timestamp(bucket): int(count) for bucket, count in rows}
+    buckets = []
+    moment = start
+    while moment <= _floor(end, unit):
+        buckets.append(RateBucket(moment, counts.get(moment, 0)))
+        moment += width
+    return SendRate(unit=unit, buckets=tuple(buckets), total=int(total))
