@@ -77,6 +77,15 @@ class DatabaseConfig:
 
 
 @attrs.frozen
+class ClusterConfig:
+    """[cluster]: this node among several on one PostgreSQL database."""
+
+    # Names this node in the notices the others hear and on its delivery claims; unique
+    # among the nodes. Default: this machine's host name.
+    node_name: str = attrs.field(factory=socket.gethostname)
+
+
+@attrs.frozen
 class SmtpConfig:
     listen: str
     max_message_size: int
@@ -194,6 +203,7 @@ class Config:
     spam: SpamConfig = SpamConfig()
     inbound: InboundConfig = InboundConfig()
     imap: ImapConfig = ImapConfig()
+    cluster: ClusterConfig = attrs.field(factory=ClusterConfig)
 
     def replace_listen(
         self,
@@ -526,6 +536,15 @@ def _database_url(value: str) -> str:
     return value
 
 
+def _node_name(value: str) -> str:
+    name = value.strip()
+    if len(name) > 200 or not name.isprintable():
+        raise ValueError(
+            f"{value!r} is not a node name: give printable text of at most 200 characters"
+        )
+    return name
+
+
 # section -> key -> (parser, default)
 _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
     "appliance": {
@@ -621,6 +640,9 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "dnsbl_zones": (_zones, ""),
         "junk_score": (_score, "5"),
     },
+    "cluster": {
+        "node_name": (_node_name, ""),
+    },
 }
 
 # Keys named by a prefix and a domain: section -> prefix -> (parser, the key's attribute).
@@ -688,6 +710,8 @@ def _read_values(path: str, parser: configparser.ConfigParser) -> dict[str, dict
             if section == "appliance" and key == "hostname" and not raw.strip():
                 raw = socket.getfqdn()
                 values[section]["hostname_from_machine"] = True
+            if section == "cluster" and key == "node_name" and not raw.strip():
+                raw = socket.gethostname()
             try:
                 values[section][key] = parse(raw)
             except ValueError as problem:
@@ -739,6 +763,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         spam=SpamConfig(**spam),
         inbound=InboundConfig(**values["inbound"]),
         imap=ImapConfig(**values["imap"]),
+        cluster=ClusterConfig(**values["cluster"]),
     )
 
 

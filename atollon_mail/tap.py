@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from atollon_mail.auth import build_authenticator
+from atollon_mail.cluster import ClaimKeeper
 from atollon_mail.config import (
     Config,
     ConfigError,
@@ -33,6 +34,7 @@ from atollon_mail.passwords import generate_password, hash_password
 from atollon_mail.selfsigned import load_or_create_self_signed
 from atollon_mail.smtp import build as smtp_build
 from atollon_mail.store import accounts
+from atollon_mail.store.leases import node_lock_name
 from atollon_mail.store.pool import Store
 from atollon_mail.web import build as web_build
 from atollon_mail.workers import Workers
@@ -230,8 +232,22 @@ class StoreService(service.Service):
                 "applied migration {number}: {name}", number=migration.number, name=migration.name
             )
         self._create_first_admin()
+        self._take_node_lock()
         self.store.start()
         self._prepared = True
+
+    def _take_node_lock(self) -> None:
+        """Several nodes on one PostgreSQL database: this node's own lock, held while it
+        runs, taken before its runner claims anything (cluster.ClaimKeeper keeps it)."""
+        node = self.store.node
+        if node is None or self.store.leases.always_held:
+            return
+        if not self.store.leases.take_now(node_lock_name(node)):
+            log.error(
+                "another running node is named {node!r}: give each node its own "
+                "[cluster] node_name (this one keeps trying)",
+                node=node,
+            )
 
     def stopService(self) -> None:
         super().stopService()
@@ -324,10 +340,21 @@ def build_appliance(
     warn_about_hostname(config)
     appliance = Appliance(listener_settings(config), on_start_failure, tune_gc_at_start)
     events = Events()
-    store = Store.from_url(config.database.url, reactor, changed=events.changed.fire)
+    # The node's name goes with its delivery claims and the news it tells the other
+    # nodes on the same PostgreSQL database; theirs reaches the events (events.heard).
+    store = Store.from_url(
+        config.database.url,
+        reactor,
+        changed=events.changed.fire,
+        node=config.cluster.node_name,
+        news=events.heard,
+    )
     workers = Workers(reactor)
     # The store first: it is ready before anything listens (StoreService).
     services = [StoreService(store, config), workers]
+    services.append(
+        ClaimKeeper(store, config.cluster.node_name, reactor, released=events.queued.fire)
+    )
     massmail = massmail_build.build(config, store, events, workers, reactor)
     delivery = delivery_build.build(
         config, store, events, workers, reactor, return_addresses=massmail.returns

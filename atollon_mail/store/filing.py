@@ -17,7 +17,14 @@ from collections.abc import Callable, Iterable, Sequence
 import attrs
 import peewee
 
-from atollon_mail.store import mailboxes, message_addresses, returnpath, searchindex, searchtext
+from atollon_mail.store import (
+    mailboxes,
+    message_addresses,
+    notices,
+    returnpath,
+    searchindex,
+    searchtext,
+)
 from atollon_mail.store.common import (
     RECIPIENT_DELIMITER,
     changes_mailbox,
@@ -353,6 +360,7 @@ def file_for_recipients(
         execute_prepared(
             "insert_filing", (message_id, mailbox_id, context_id, row[0] - 1, stamp, folder)
         )
+        notices.note_filed(mailbox_id, folder == JUNK)
     return len(targets)
 
 

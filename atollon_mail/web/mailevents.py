@@ -110,6 +110,7 @@ class MailEventStreams:
         self._beating.clock = clock
         self._stopped = False
         events.filed.subscribe(self._filed)
+        events.filed_elsewhere.subscribe(self._filed_elsewhere)
 
     def __len__(self) -> int:
         return self._count
@@ -200,6 +201,12 @@ class MailEventStreams:
 
     def _filed(self, envelope_sender, recipients, raw, junk=frozenset()) -> None:
         for mailbox_id in dict.fromkeys(recipient.mailbox_id for recipient in recipients):
+            if mailbox_id in self._by_mailbox:
+                self._news(mailbox_id, JUNK if mailbox_id in junk else INBOX)
+
+    def _filed_elsewhere(self, mailbox_ids, junk) -> None:
+        """Another node on the same database filed mail into these mailboxes."""
+        for mailbox_id in sorted(mailbox_ids):
             if mailbox_id in self._by_mailbox:
                 self._news(mailbox_id, JUNK if mailbox_id in junk else INBOX)
 
