@@ -21,10 +21,11 @@ log = Logger()
 
 # How often a node that does not hold a job's lock asks for it, and one that holds it
 # checks its connection still does: the longest a job stays without a node after its
-# node died (the server frees the lock as soon as it sees the session end).
+# node died (the server frees the lock as soon as it sees the session end). And how
+# often each node looks for in-flight deliveries of nodes that died. ([cluster]
+# check_interval.)
 LEASE_SECONDS = 15.0
-# How often each node looks for in-flight deliveries of nodes that died.
-RELEASE_SECONDS = 30.0
+RELEASE_SECONDS = 15.0
 
 
 def utc_from_seconds(seconds: float) -> datetime.datetime:

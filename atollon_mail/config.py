@@ -83,6 +83,9 @@ class ClusterConfig:
     # Names this node in the notices the others hear and on its delivery claims; unique
     # among the nodes. Default: this machine's host name.
     node_name: str = attrs.field(factory=socket.gethostname)
+    # How often a node asks for the lock of a job run on one node at a time (and checks
+    # it still holds one), and looks for deliveries a dead node left in flight.
+    check_interval: float = 15.0
 
 
 @attrs.frozen
@@ -642,6 +645,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
     },
     "cluster": {
         "node_name": (_node_name, ""),
+        "check_interval": (_positive_duration, "15s"),
     },
 }
 

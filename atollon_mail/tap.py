@@ -324,6 +324,29 @@ def warn_about_hostname(config: Config) -> None:
         log.warn("{problem}", problem=problem)
 
 
+def warn_about_node_secrets(config: Config) -> None:
+    """On PostgreSQL (several nodes may share it) the secrets every node must share are
+    best set in the configuration: one kept in the data directory is this node's own,
+    made at random on its first start, and must be copied to the others."""
+    if config.database.url.startswith("sqlite:"):
+        return
+    unset = [
+        name
+        for name, value in (
+            ("[delivery] srs_secret", config.delivery.srs_secret),
+            ("[massmail] secret", config.massmail.secret),
+        )
+        if not value
+    ]
+    if unset:
+        log.info(
+            "node {node!r}: {unset} come from the data directory; with more than one node "
+            "set them alike on every node (README: More than one box)",
+            node=config.cluster.node_name,
+            unset=" and ".join(unset),
+        )
+
+
 def build_appliance(
     config: Config,
     reactor,
@@ -338,6 +361,7 @@ def build_appliance(
     object and the worker pools are made first and passed in, so nothing is wired by
     patching an object after it was built."""
     warn_about_hostname(config)
+    warn_about_node_secrets(config)
     appliance = Appliance(listener_settings(config), on_start_failure, tune_gc_at_start)
     events = Events()
     # The node's name goes with its delivery claims and the news it tells the other
@@ -353,7 +377,13 @@ def build_appliance(
     # The store first: it is ready before anything listens (StoreService).
     services = [StoreService(store, config), workers]
     services.append(
-        ClaimKeeper(store, config.cluster.node_name, reactor, released=events.queued.fire)
+        ClaimKeeper(
+            store,
+            config.cluster.node_name,
+            reactor,
+            released=events.queued.fire,
+            interval=config.cluster.check_interval,
+        )
     )
     massmail = massmail_build.build(config, store, events, workers, reactor)
     delivery = delivery_build.build(

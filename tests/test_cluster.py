@@ -5,11 +5,14 @@ deliveries a dead node claimed queued again by another."""
 from __future__ import annotations
 
 import datetime
+import os
+import socket
 
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from atollon_mail.cluster import LEASE_SECONDS, RELEASE_SECONDS, ClaimKeeper, OneNodeAtATime
+from atollon_mail.config import ClusterConfig, ConfigError, load_config, parse_config
 from atollon_mail.delivery.junkpurge import JunkPurger
 from atollon_mail.store import queue
 from atollon_mail.store.leases import node_lock_name
@@ -129,3 +132,22 @@ class PostgresClusterServiceTests(NodesMixin, PostgresStoreMixin, unittest.TestC
         self.assertEqual(woken, [True])
         states = self.store.run_sync(builders.table_rows, QueueRecipient.state)
         self.assertEqual(states, [("queued",), ("queued",)])
+
+
+class ClusterConfigTests(unittest.TestCase):
+    def test_the_node_s_name_defaults_to_the_host_name_as_the_commented_file_has_it(self):
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        default = load_config(os.path.join(root, "etc", "atollon-mail.ini")).cluster
+        self.assertEqual(default, ClusterConfig())
+        self.assertEqual(default.node_name, socket.gethostname())
+        self.assertEqual(default.check_interval, LEASE_SECONDS)
+
+    def test_a_node_s_settings_and_errors_naming_the_key(self):
+        cluster = parse_config("[cluster]\nnode_name = mx1\ncheck_interval = 2s\n").cluster
+        self.assertEqual((cluster.node_name, cluster.check_interval), ("mx1", 2.0))
+        with self.assertRaises(ConfigError) as raised:
+            parse_config("[cluster]\ncheck_interval = soon\n", "a.ini")
+        self.assertTrue(str(raised.exception).startswith("a.ini: [cluster] check_interval: "))
+        with self.assertRaises(ConfigError) as raised:
+            parse_config("[cluster]\nnode_name = " + "x" * 201 + "\n", "a.ini")
+        self.assertIn("[cluster] node_name", str(raised.exception))

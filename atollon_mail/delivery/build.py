@@ -83,5 +83,10 @@ def build(
         autoresponder,
         signer,
         # One node at a time purges (several on one PostgreSQL database would race).
-        services=(runner, OneNodeAtATime("junk-purger", purger, store.leases, reactor)),
+        services=(
+            runner,
+            OneNodeAtATime(
+                "junk-purger", purger, store.leases, reactor, config.cluster.check_interval
+            ),
+        ),
     )

@@ -32,4 +32,8 @@ def build(
     )
     # One node at a time re-checks the domains and mails the admins (several nodes on one
     # PostgreSQL database would each send the same notices).
-    return (OneNodeAtATime("dns-watcher", watcher, store.leases, reactor),)
+    return (
+        OneNodeAtATime(
+            "dns-watcher", watcher, store.leases, reactor, config.cluster.check_interval
+        ),
+    )
