@@ -16,6 +16,9 @@ an object after it was made:
   filed mail into these mailboxes (`junk`: those of them it went to the Junk folder of);
   heard through the store's notices. The IMAP sessions and the live web pages look; the
   auto-responder and the campaign returns do not (the filing node's own ran).
+- `touched_elsewhere(mailbox_ids)`: an IMAP client of another node changed these
+  mailboxes (flags, expunges, copies, appends); the IMAP sessions and the live web pages
+  (their unread counts) look.
 - `outcome(results)`: the delivery runner committed the outcomes of one connection (a
   tuple of store.records.DeliveryResult).
 
@@ -68,11 +71,14 @@ class Events:
         self.outcome = Channel("outcome")
         self.changed = Channel("changed")
         self.filed_elsewhere = Channel("filed_elsewhere")
+        self.touched_elsewhere = Channel("touched_elsewhere")
 
     def heard(self, news) -> None:
         """Another node's news (store.notices.News), told as the channels' events: mail
         filed there, and mailboxes changed there."""
         if news.filed:
             self.filed_elsewhere.fire(news.filed, news.junk)
+        if news.touched:
+            self.touched_elsewhere.fire(news.touched)
         for address in sorted(news.changed):
             self.changed.fire(address)

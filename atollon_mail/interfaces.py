@@ -175,6 +175,7 @@ class IEvents(Interface):
     filed = Attribute("IEventChannel: a message was filed into local mailboxes.")
     outcome = Attribute("IEventChannel: delivery outcomes were committed.")
     filed_elsewhere = Attribute("IEventChannel: another node filed mail into local mailboxes.")
+    touched_elsewhere = Attribute("IEventChannel: another node's IMAP client changed mailboxes.")
 
 
 class ISpamFilter(Interface):

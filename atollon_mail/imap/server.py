@@ -295,6 +295,7 @@ class Watchers:
             events.filed.subscribe(self._filed)
             events.changed.subscribe(self._changed_elsewhere)
             events.filed_elsewhere.subscribe(self._filed_elsewhere)
+            events.touched_elsewhere.subscribe(self.changed)
 
     def watch(self, mailbox_id: int, session: IMAPServerProtocol) -> None:
         self._by_mailbox.setdefault(mailbox_id, set()).add(session)

@@ -36,18 +36,21 @@ _noted = threading.local()
 @attrs.frozen
 class News:
     """What another node committed: mailboxes mail was filed into (those of them it went
-    to the Junk folder of in `junk`), and addresses of mailboxes changed otherwise."""
+    to the Junk folder of in `junk`), mailboxes an IMAP client changed (flags, expunges,
+    copies, appends: `touched`), and addresses of mailboxes changed otherwise (the web
+    client's operations marked `changes_mailbox`)."""
 
     node: str
     filed: frozenset[int] = frozenset()
     junk: frozenset[int] = frozenset()
     changed: frozenset[str] = frozenset()
+    touched: frozenset[int] = frozenset()
 
 
 def begin() -> None:
     """Start noting, in this thread, for the operation about to run (only the store's
     threads of a node that tells others do; elsewhere notes are not kept)."""
-    _noted.pending = {"filed": set(), "junk": set(), "changed": set()}
+    _noted.pending = {"filed": set(), "junk": set(), "changed": set(), "touched": set()}
 
 
 def note_filed(mailbox_id: int, junk: bool) -> None:
@@ -56,6 +59,12 @@ def note_filed(mailbox_id: int, junk: bool) -> None:
         pending["filed"].add(mailbox_id)
         if junk:
             pending["junk"].add(mailbox_id)
+
+
+def note_touched(mailbox_id: int) -> None:
+    pending = getattr(_noted, "pending", None)
+    if pending is not None:
+        pending["touched"].add(mailbox_id)
 
 
 def note_changed(mailbox_address: str) -> None:
@@ -78,6 +87,7 @@ def payloads(node: str, pending: dict) -> list[str]:
     items = [("f", value) for value in sorted(pending["filed"])]
     items += [("j", value) for value in sorted(pending["junk"])]
     items += [("c", value) for value in sorted(pending["changed"])]
+    items += [("t", value) for value in sorted(pending.get("touched", ()))]
     result: list[str] = []
     current: dict[str, list] = {"n": node}
     size = len(json.dumps(current))
@@ -103,6 +113,7 @@ def parse(payload: str) -> News | None:
             filed=frozenset(int(v) for v in data.get("f", ())),
             junk=frozenset(int(v) for v in data.get("j", ())),
             changed=frozenset(str(v) for v in data.get("c", ())),
+            touched=frozenset(int(v) for v in data.get("t", ())),
         )
     except (ValueError, KeyError, TypeError):
         return None

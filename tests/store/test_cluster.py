@@ -13,7 +13,14 @@ from twisted.trial import unittest
 
 from atollon_mail.massmail.compose import build_message
 from atollon_mail.massmail.tokens import RecipientTokens
-from atollon_mail.store import autorespond, filing, queue, sendlists, websessions
+from atollon_mail.store import (
+    autorespond,
+    filing,
+    imapfolders,
+    queue,
+    sendlists,
+    websessions,
+)
 from atollon_mail.store.leases import lock_key, node_lock_name
 from atollon_mail.store.models import CampaignRecipient, QueueRecipient, WebSession
 from atollon_mail.store.notices import MAX_PAYLOAD, parse, payloads
@@ -333,7 +340,7 @@ class PostgresClusterTests(PostgresStoreMixin, ClusterContractTests, unittest.Te
 
     @defer.inlineCallbacks
     def test_a_change_is_heard_after_its_commit_and_a_rolled_back_one_never(self):
-        builders.hosted_mailbox(self.store, "bob@example.com", "bob")
+        hosted = builders.hosted_mailbox(self.store, "bob@example.com", "bob")
         yield self.wait_for(lambda: self.node_a.listening and self.node_b.listening)
         recipient = self.sync(filing.resolve_recipient, "bob", "example.com")
         incoming = IncomingMessage(
@@ -348,3 +355,9 @@ class PostgresClusterTests(PostgresStoreMixin, ClusterContractTests, unittest.Te
         self.assertEqual(
             [(news.filed, news.changed) for news in self.heard_a], [(set(), {"bob@example.com"})]
         )
+        # An IMAP client's change, by mailbox.
+        yield self.node_b.run(
+            imapfolders.store_flags, "bob", "INBOX", (1,), "+", ("\\Flagged",), None
+        )
+        yield self.wait_for(lambda: len(self.heard_a) == 2)
+        self.assertEqual(self.heard_a[1].touched, {hosted.mailbox.id})
