@@ -456,9 +456,9 @@ def release_dead_claims(now: datetime.datetime, node: str) -> dict[str, Requeued
     start (requeue_in_flight); by node name. PostgreSQL only (SQLite: one box, nothing).
 
     A node holds its own advisory lock as long as it runs (store.leases): when this
-    transaction can take it, the node is gone (its session ended with its process), and
-    holding it until commit keeps a node of that name that starts meanwhile from
-    claiming rows while they are released."""
+    transaction can take it, the node is gone (its session ended with its process). It is
+    held until commit, so a node of that name starting meanwhile gets it only after the
+    rows are released (and its own start-up requeue waits on their row locks)."""
     if not database_proxy.for_update:
         return {}
     param = database_proxy.param
