@@ -36,7 +36,9 @@ class OneNodeAtATime(service.Service):
     """Runs `job` (a service) only while this node holds the lock `lock_name`: asks for
     it every `interval` seconds of `clock`, starts the job once it has it, and stops the
     job when it lost it (the lock's connection failed: another node may take it now).
-    Named as the job, which is found as `.job`."""
+    Named as the job, which is found as `.job`. Any periodic service can be wrapped so,
+    as the builders do: `OneNodeAtATime("backup-schedule", schedule, store.leases,
+    reactor, config.cluster.check_interval)`."""
 
     def __init__(
         self, lock_name: str, job: service.IService, leases, clock, interval=LEASE_SECONDS
