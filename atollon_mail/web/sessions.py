@@ -6,8 +6,9 @@ and when it was last seen (store.websessions). Each lookup reads it (one read, w
 also gives the user as they are now: removed or demoted takes effect at once); `last_seen`
 is written at most once every TOUCH_INTERVAL seconds per session, so page views cost no
 writes (so a session used on one node and then on another may end up to that minute
-before its idle timeout). The sessions this node served are cached: what must be answered without waiting
-(a request body's size limit, an open event stream's heartbeat) is answered from there.
+before its idle timeout). The sessions this node served are cached: what must be
+answered without waiting (a request body's size limit, an open event stream's
+heartbeat) is answered from there.
 Both the store's table and the cache are bounded, so a flood of logins cannot grow either
 without end.
 """
