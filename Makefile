@@ -77,9 +77,13 @@ test: install system-packages
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Inbound throughput of one and of two nodes on one PostgreSQL (fresh databases there).
+BENCH_POSTGRESQL ?= postgresql://postgres@127.0.0.1:5432/postgres
+
 bench: install bench-packages
 	cd bench && ../$(BIN)/python inbound.py && ../$(BIN)/python relay.py && ../$(BIN)/python web.py \
-	  && ../$(BIN)/python massmail.py && ../$(BIN)/python search.py && ../$(BIN)/python imap.py
+	  && ../$(BIN)/python massmail.py && ../$(BIN)/python search.py && ../$(BIN)/python imap.py \
+	  && ../$(BIN)/python inbound.py --nodes $(BENCH_POSTGRESQL)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

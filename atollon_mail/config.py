@@ -77,6 +77,18 @@ class DatabaseConfig:
 
 
 @attrs.frozen
+class ClusterConfig:
+    """[cluster]: this node among several on one PostgreSQL database."""
+
+    # Names this node in the notices the others hear and on its delivery claims; unique
+    # among the nodes. Default: this machine's host name.
+    node_name: str = attrs.field(factory=socket.gethostname)
+    # How often a node asks for the lock of a job run on one node at a time (and checks
+    # it still holds one), and looks for deliveries a dead node left in flight.
+    check_interval: float = 15.0
+
+
+@attrs.frozen
 class SmtpConfig:
     listen: str
     max_message_size: int
@@ -213,6 +225,7 @@ class Config:
     inbound: InboundConfig = InboundConfig()
     imap: ImapConfig = ImapConfig()
     tls: TlsConfig = TlsConfig()
+    cluster: ClusterConfig = attrs.field(factory=ClusterConfig)
 
     def replace_listen(
         self,
@@ -562,6 +575,15 @@ def _database_url(value: str) -> str:
     return value
 
 
+def _node_name(value: str) -> str:
+    name = value.strip()
+    if len(name) > 200 or not name.isprintable():
+        raise ValueError(
+            f"{value!r} is not a node name: give printable text of at most 200 characters"
+        )
+    return name
+
+
 # section -> key -> (parser, default)
 _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
     "appliance": {
@@ -666,6 +688,10 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "acme_email": (_optional_email, ""),
         "acme_ca_bundle": (_optional_path, ""),
     },
+    "cluster": {
+        "node_name": (_node_name, ""),
+        "check_interval": (_positive_duration, "15s"),
+    },
 }
 
 # Keys named by a prefix and a domain: section -> prefix -> (parser, the key's attribute).
@@ -733,6 +759,8 @@ def _read_values(path: str, parser: configparser.ConfigParser) -> dict[str, dict
             if section == "appliance" and key == "hostname" and not raw.strip():
                 raw = socket.getfqdn()
                 values[section]["hostname_from_machine"] = True
+            if section == "cluster" and key == "node_name" and not raw.strip():
+                raw = socket.gethostname()
             try:
                 values[section][key] = parse(raw)
             except ValueError as problem:
@@ -796,6 +824,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         inbound=InboundConfig(**values["inbound"]),
         imap=ImapConfig(**values["imap"]),
         tls=TlsConfig(**tls),
+        cluster=ClusterConfig(**values["cluster"]),
     )
 
 

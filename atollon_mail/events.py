@@ -12,6 +12,13 @@ an object after it was made:
 - `changed(mailbox_address)`: a store operation marked `changes_mailbox` (the web
   client's flags, moves, Trash, drafts, "File to...") committed a change to that mailbox;
   the IMAP sessions reading it look at once.
+- `filed_elsewhere(mailbox_ids, junk)`: another node on the same PostgreSQL database
+  filed mail into these mailboxes (`junk`: those of them it went to the Junk folder of);
+  heard through the store's notices. The IMAP sessions and the live web pages look; the
+  auto-responder and the campaign returns do not (the filing node's own ran).
+- `touched_elsewhere(mailbox_ids)`: an IMAP client of another node changed these
+  mailboxes (flags, expunges, copies, appends); the IMAP sessions and the live web pages
+  (their unread counts) look.
 - `outcome(results)`: the delivery runner committed the outcomes of one connection (a
   tuple of store.records.DeliveryResult).
 
@@ -63,3 +70,15 @@ class Events:
         self.filed = Channel("filed")
         self.outcome = Channel("outcome")
         self.changed = Channel("changed")
+        self.filed_elsewhere = Channel("filed_elsewhere")
+        self.touched_elsewhere = Channel("touched_elsewhere")
+
+    def heard(self, news) -> None:
+        """Another node's news (store.notices.News), told as the channels' events: mail
+        filed there, and mailboxes changed there."""
+        if news.filed:
+            self.filed_elsewhere.fire(news.filed, news.junk)
+        if news.touched:
+            self.touched_elsewhere.fire(news.touched)
+        for address in sorted(news.changed):
+            self.changed.fire(address)

@@ -174,6 +174,8 @@ class IEvents(Interface):
     queued = Attribute("IEventChannel: a commit queued mail for remote delivery.")
     filed = Attribute("IEventChannel: a message was filed into local mailboxes.")
     outcome = Attribute("IEventChannel: delivery outcomes were committed.")
+    filed_elsewhere = Attribute("IEventChannel: another node filed mail into local mailboxes.")
+    touched_elsewhere = Attribute("IEventChannel: another node's IMAP client changed mailboxes.")
 
 
 class ISpamFilter(Interface):

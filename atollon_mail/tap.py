@@ -18,6 +18,7 @@ from atollon_mail.auth import build_authenticator
 from atollon_mail.certificates import build as certificates_build
 from atollon_mail.certificates.challenges import ChallengeAnswers
 from atollon_mail.certificates.renewal import load_kept
+from atollon_mail.cluster import ClaimKeeper
 from atollon_mail.config import (
     Config,
     ConfigError,
@@ -37,6 +38,7 @@ from atollon_mail.passwords import generate_password, hash_password
 from atollon_mail.selfsigned import load_or_create_self_signed
 from atollon_mail.smtp import build as smtp_build
 from atollon_mail.store import accounts
+from atollon_mail.store.leases import node_lock_name
 from atollon_mail.store.pool import Store
 from atollon_mail.tlscontext import ReloadableTLSOptions, load_files
 from atollon_mail.web import build as web_build
@@ -236,8 +238,22 @@ class StoreService(service.Service):
                 "applied migration {number}: {name}", number=migration.number, name=migration.name
             )
         self._create_first_admin()
+        self._take_node_lock()
         self.store.start()
         self._prepared = True
+
+    def _take_node_lock(self) -> None:
+        """Several nodes on one PostgreSQL database: this node's own lock, held while it
+        runs, taken before its runner claims anything (cluster.ClaimKeeper keeps it)."""
+        node = self.store.node
+        if node is None or self.store.leases.always_held:
+            return
+        if not self.store.leases.take_now(node_lock_name(node)):
+            log.error(
+                "another running node is named {node!r}: give each node its own "
+                "[cluster] node_name (this one keeps trying)",
+                node=node,
+            )
 
     def stopService(self) -> None:
         super().stopService()
@@ -320,6 +336,29 @@ def warn_about_hostname(config: Config) -> None:
         log.warn("{problem}", problem=problem)
 
 
+def warn_about_node_secrets(config: Config) -> None:
+    """On PostgreSQL (several nodes may share it) the secrets every node must share are
+    best set in the configuration: one kept in the data directory is this node's own,
+    made at random on its first start, and must be copied to the others."""
+    if config.database.url.startswith("sqlite:"):
+        return
+    unset = [
+        name
+        for name, value in (
+            ("[delivery] srs_secret", config.delivery.srs_secret),
+            ("[massmail] secret", config.massmail.secret),
+        )
+        if not value
+    ]
+    if unset:
+        log.info(
+            "node {node!r}: {unset} come from the data directory; with more than one node "
+            "set them alike on every node (README: More than one box)",
+            node=config.cluster.node_name,
+            unset=" and ".join(unset),
+        )
+
+
 def build_appliance(
     config: Config,
     reactor,
@@ -334,19 +373,33 @@ def build_appliance(
     object and the worker pools are made first and passed in, so nothing is wired by
     patching an object after it was built."""
     warn_about_hostname(config)
+    warn_about_node_secrets(config)
     appliance = Appliance(listener_settings(config), on_start_failure, tune_gc_at_start)
     events = Events()
     # One registry per appliance, served at /metrics; what counts is given it.
     metrics = Metrics()
+    # The node's name goes with its delivery claims and the news it tells the other
+    # nodes on the same PostgreSQL database; theirs reaches the events (events.heard).
     store = Store.from_url(
         config.database.url,
         reactor,
         changed=events.changed.fire,
         operation_seconds=metrics.store_operation_seconds,
+        node=config.cluster.node_name,
+        news=events.heard,
     )
     workers = Workers(reactor)
     # The store first: it is ready before anything listens (StoreService).
     services = [StoreService(store, config), workers]
+    services.append(
+        ClaimKeeper(
+            store,
+            config.cluster.node_name,
+            reactor,
+            released=events.queued.fire,
+            interval=config.cluster.check_interval,
+        )
+    )
     massmail = massmail_build.build(config, store, events, workers, reactor)
     delivery = delivery_build.build(
         config, store, events, workers, reactor, return_addresses=massmail.returns, metrics=metrics

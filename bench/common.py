@@ -40,14 +40,21 @@ def rate_from(output: str) -> float:
 class Appliance:
     """Our appliance under twistd, on a fresh SQLite store in a temporary directory."""
 
-    def __init__(self, workdir: str, extra_config: str = "", smtp_extra: str = ""):
+    def __init__(
+        self,
+        workdir: str,
+        extra_config: str = "",
+        smtp_extra: str = "",
+        database_url: str | None = None,  # None: a fresh SQLite store in workdir
+    ):
         self.workdir = workdir
         self.smtp_port = free_port()
         self.config = os.path.join(workdir, "bench.ini")
+        database_url = database_url or f"sqlite:///{workdir}/data/store.sqlite"
         with open(self.config, "w") as config_file:
             config_file.write(
                 f"[appliance]\nhostname = mx.bench.test\ndata_dir = {workdir}/data\n"
-                f"[database]\nurl = sqlite:///{workdir}/data/store.sqlite\n"
+                f"[database]\nurl = {database_url}\n"
                 f"[smtp]\nlisten = tcp:{self.smtp_port}:interface=127.0.0.1\n{smtp_extra}"
                 f"[web]\nlisten = tcp:{free_port()}:interface=127.0.0.1\n"
                 f"[imap]\nlisten = tcp:{free_port()}:interface=127.0.0.1\n"

@@ -46,6 +46,10 @@ one scan going. smtp-source opens a connection per message.
 
     python bench/inbound.py [--messages 5000] [--sessions 20] [--rounds 2]
                             [--latency-messages 500] [--rspamd-rules debian|minimal]
+    python bench/inbound.py --nodes POSTGRESQL_URL [--messages ...] [--sessions ...]
+
+With --nodes, only the throughput of one node and of two nodes on one PostgreSQL
+database at that server, from one generator (see nodes.py); Postfix is not asked.
 
 `make bench` runs it with these defaults. It needs Postfix's smtp-source (peer-postfix
 installs Postfix), rspamd and redis-server (make bench installs both as root; without
@@ -332,6 +336,12 @@ def more_options(parser) -> None:
         help="messages timed one by one over one session, per way (default 500)",
     )
     parser.add_argument(
+        "--nodes",
+        metavar="POSTGRESQL_URL",
+        help="report inbound throughput with one and with two nodes on fresh databases "
+        "of this PostgreSQL server (nothing else)",
+    )
+    parser.add_argument(
         "--rspamd-rules",
         choices=("debian", "minimal"),
         default="debian",
@@ -341,6 +351,20 @@ def more_options(parser) -> None:
 
 def main() -> int:
     arguments = parse_arguments(__doc__, more_options)
+    if arguments.nodes:
+        import nodes
+
+        workdir = tempfile.mkdtemp(prefix="atollon-bench-")
+        try:
+            report = nodes.run(
+                arguments.nodes, workdir, arguments.messages, arguments.sessions, arguments.rounds
+            )
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        print(json.dumps(report, indent=2))
+        expected = report["one_node_expected_messages"]
+        stored = (report["one_node_stored_messages"], report["two_nodes_stored_messages"])
+        return 0 if stored == (expected, expected) else 1
     peer("start")
     workdir = tempfile.mkdtemp(prefix="atollon-bench-")
     private_key, public_key = dkim.generate_key("rsa")

@@ -7,13 +7,15 @@ from zope.interface.verify import verifyObject
 
 from atollon_mail.events import Channel, Events
 from atollon_mail.interfaces import IEventChannel, IEvents
+from atollon_mail.store.notices import News
 
 
 class EventsTests(unittest.TestCase):
     def test_the_events_object_and_its_channels_provide_their_interfaces(self):
         events = Events()
         self.assertTrue(verifyObject(IEvents, events))
-        for channel in (events.queued, events.filed, events.outcome):
+        channels = (events.queued, events.filed, events.outcome, events.filed_elsewhere)
+        for channel in (*channels, events.touched_elsewhere, events.changed):
             self.assertTrue(verifyObject(IEventChannel, channel))
 
     def test_every_subscriber_hears_a_fire_even_after_one_fails(self):
@@ -28,3 +30,31 @@ class EventsTests(unittest.TestCase):
         channel.fire(1, 2)
         self.assertEqual(heard, [(1, 2)])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class NewsOfOtherNodesTests(unittest.TestCase):
+    def test_another_node_s_news_fires_the_channels_the_local_readers_hear(self):
+        events = Events()
+        heard = []
+        events.filed_elsewhere.subscribe(lambda ids, junk: heard.append(("filed", ids, junk)))
+        events.touched_elsewhere.subscribe(lambda ids: heard.append(("touched", ids)))
+        events.changed.subscribe(lambda address: heard.append(("changed", address)))
+        events.filed.subscribe(lambda *args: heard.append(("filed here", args)))
+        events.heard(
+            News(
+                node="b",
+                filed=frozenset({1, 2}),
+                junk=frozenset({2}),
+                changed=frozenset({"z@example.com", "a@example.com"}),
+                touched=frozenset({3}),
+            )
+        )
+        self.assertEqual(
+            heard,
+            [
+                ("filed", {1, 2}, {2}),
+                ("touched", {3}),
+                ("changed", "a@example.com"),
+                ("changed", "z@example.com"),
+            ],
+        )

@@ -294,14 +294,14 @@ class ServiceTreeTests(unittest.TestCase):
 
     def test_the_first_dns_round_waits_after_start(self):
         appliance = self.start()
-        watcher = appliance.getServiceNamed("dns-watcher")
+        watcher = appliance.getServiceNamed("dns-watcher").job
         self.assertIsNone(watcher.round, "no DNS round at start")
         self.reactor.advance(dns_build.FIRST_CHECK_DELAY - 1)
         self.assertIsNone(watcher.round)
 
     def test_the_junk_purge_runs_in_the_tree_with_the_configured_retention(self):
         appliance = self.start(MINIMAL + "[spam]\njunk_retention_days = 9\n")
-        purger = appliance.getServiceNamed("junk-purger")
+        purger = appliance.getServiceNamed("junk-purger").job
         self.assertEqual(purger.retention_days, 9)
         self.assertIsNone(purger.round, "no purge at start")
         self.reactor.advance(junkpurge.FIRST_PURGE_DELAY - 1)

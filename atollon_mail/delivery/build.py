@@ -8,6 +8,7 @@ import os
 import attrs
 from twisted.application.service import IService
 
+from atollon_mail.cluster import OneNodeAtATime
 from atollon_mail.config import Config
 from atollon_mail.delivery.arc import ArcSealer
 from atollon_mail.delivery.autoresponder import Autoresponder
@@ -85,5 +86,11 @@ def build(
         runner,
         autoresponder,
         signer,
-        services=(runner, purger),
+        # One node at a time purges (several on one PostgreSQL database would race).
+        services=(
+            runner,
+            OneNodeAtATime(
+                "junk-purger", purger, store.leases, reactor, config.cluster.check_interval
+            ),
+        ),
     )

@@ -68,15 +68,15 @@ def record_progress(items: Sequence[Progress]) -> list[None]:
     return [None] * len(items)
 
 
-def requeue(marks: dict[int, datetime.datetime], now: datetime.datetime):
+def requeue(marks: dict[int, datetime.datetime], now: datetime.datetime, node: str | None = None):
     """At start: the dot journal's marks into the store, then every in-flight recipient
-    queued again (those marked as uncertain), in one transaction."""
+    of this node queued again (those marked as uncertain), in one transaction."""
     by_time: dict[datetime.datetime, list[int]] = defaultdict(list)
     for recipient_id, at in marks.items():
         by_time[at].append(recipient_id)
     for at, recipient_ids in by_time.items():
-        queue.mark_dots_sent(recipient_ids, at)
-    return queue.requeue_in_flight(now)
+        queue.mark_dots_sent(recipient_ids, at, node)
+    return queue.requeue_in_flight(now, node)
 
 
 def keyed(outcome: client.EnvelopeOutcome):
@@ -114,7 +114,8 @@ class ProgressWriter:
         """At start: what the dot journal holds and every in-flight recipient queued
         again (`requeue`); fires with the RequeuedDeliveries once committed, the
         journal's segments removed then."""
-        requeued = self._store.run(requeue, self._dots.recover(), now)
+        node = getattr(self._store, "node", None)
+        requeued = self._store.run(requeue, self._dots.recover(), now, node)
         requeued.addCallback(self._requeued)
         return requeued
 

@@ -211,7 +211,9 @@ class DeliveryRunner(service.Service):
             return  # a finishing connection wakes us again
         self._claiming = True
         self._wake_again = False
-        claimed = self._store.run(queue.claim_due_deliveries, self._now(), limit)
+        claimed = self._store.run(
+            queue.claim_due_deliveries, self._now(), limit, getattr(self._store, "node", None)
+        )
         claimed.addCallback(self._claimed, limit)
         claimed.addErrback(self._claim_failed)
 

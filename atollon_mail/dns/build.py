@@ -6,6 +6,7 @@ import functools
 
 from twisted.application.service import IService
 
+from atollon_mail.cluster import OneNodeAtATime
 from atollon_mail.config import Config
 from atollon_mail.delivery.runner import send_notification
 from atollon_mail.dns.watcher import DnsWatcher
@@ -29,4 +30,10 @@ def build(
         workers.dns,
         first_check_delay=FIRST_CHECK_DELAY,
     )
-    return (watcher,)
+    # One node at a time re-checks the domains and mails the admins (several nodes on one
+    # PostgreSQL database would each send the same notices).
+    return (
+        OneNodeAtATime(
+            "dns-watcher", watcher, store.leases, reactor, config.cluster.check_interval
+        ),
+    )

@@ -295,6 +295,8 @@ class Watchers:
         if events is not None:
             events.filed.subscribe(self._filed)
             events.changed.subscribe(self._changed_elsewhere)
+            events.filed_elsewhere.subscribe(self._filed_elsewhere)
+            events.touched_elsewhere.subscribe(self.changed)
 
     def watch(self, mailbox_id: int, session: IMAPServerProtocol) -> None:
         self._by_mailbox.setdefault(mailbox_id, set()).add(session)
@@ -318,6 +320,10 @@ class Watchers:
 
     def _filed(self, envelope_sender, recipients, raw, junk) -> None:
         self.changed({recipient.mailbox_id for recipient in recipients})
+
+    def _filed_elsewhere(self, mailbox_ids, junk) -> None:
+        """Another node filed mail into these mailboxes."""
+        self.changed(mailbox_ids)
 
     def _changed_elsewhere(self, mailbox_address: str) -> None:
         """The web client (or another user of the store) changed that mailbox: the

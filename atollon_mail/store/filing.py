@@ -20,6 +20,7 @@ import peewee
 from atollon_mail.store import (
     mailboxes,
     message_addresses,
+    notices,
     returnpath,
     searchindex,
     searchtext,
@@ -360,6 +361,7 @@ def file_for_recipients(
         execute_prepared(
             "insert_filing", (message_id, mailbox_id, context_id, row[0] - 1, stamp, folder)
         )
+        notices.note_filed(mailbox_id, folder == JUNK)
     return len(targets)
 
 

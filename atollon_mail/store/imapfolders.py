@@ -62,7 +62,7 @@ from collections.abc import Iterable, Sequence
 import attrs
 import peewee
 
-from atollon_mail.store import searchtext
+from atollon_mail.store import notices, searchtext
 from atollon_mail.store.common import chunks, flushed_lazily, placeholders, read_only
 from atollon_mail.store.database import is_sqlite
 from atollon_mail.store.errors import Invalid, NotFound, ReadOnly
@@ -842,6 +842,8 @@ def _writable(login: str, name: str) -> tuple[ImapFolder, _Box]:
     folder, box = resolve(login, name)
     if not folder.writable:
         raise ReadOnly(f"{name} is read-only: {box.address} is shared with you to view only")
+    # Written to by the caller: the IMAP sessions of other nodes look (store.notices).
+    notices.note_touched(box.id)
     return folder, box
 
 

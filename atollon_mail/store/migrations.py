@@ -587,6 +587,27 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
         fill=traffic.backfill,
     ),
+    Migration(
+        17,
+        "several nodes on one database: who claimed each delivery, web sessions",
+        (
+            # The node whose runner claimed an in-flight recipient (NULL: claimed before
+            # this migration, or by a single box): a node starting again requeues only its
+            # own claims, and the claims of a node that died are released by the others.
+            "ALTER TABLE queue_recipient ADD COLUMN claimed_by VARCHAR(200) NULL",
+            # Web sessions, shared by every node's web service. Only a SHA-256 of the
+            # token is kept: a read of the table gives no one a live session.
+            """CREATE TABLE web_session (
+                id {id},
+                token_hash VARCHAR(64) NOT NULL,
+                user_id {bigint} NOT NULL REFERENCES "user" (id) ON DELETE CASCADE,
+                csrf_token VARCHAR(100) NOT NULL,
+                created_at TIMESTAMP NOT NULL,
+                last_seen TIMESTAMP NOT NULL)""",
+            "CREATE UNIQUE INDEX web_session_token_hash ON web_session (token_hash)",
+            "CREATE INDEX web_session_last_seen ON web_session (last_seen)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].number

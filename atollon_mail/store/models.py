@@ -419,6 +419,8 @@ class QueueRecipient(BaseModel):
     # and its reply never recorded: a kill, a connection lost after the dot).
     dot_sent_at = peewee.DateTimeField(null=True)
     uncertain = peewee.BooleanField(default=False)
+    # Migration 17: the node that claimed it while in flight (see queue.claim_due_deliveries).
+    claimed_by = peewee.CharField(max_length=200, null=True)
 
     class Meta:
         indexes = ((("state", "next_attempt_at"), False),)
@@ -609,6 +611,17 @@ class TrafficHour(BaseModel):
         indexes = ((("hour", "shard"), True),)
 
 
+class WebSession(BaseModel):
+    """A web login (migration 17), shared by every node: the token's SHA-256, never the token."""
+
+    id = peewee.BigAutoField()
+    token_hash = peewee.CharField(max_length=64, unique=True)
+    user = peewee.ForeignKeyField(User, on_delete="CASCADE", index=False)
+    csrf_token = peewee.CharField(max_length=100)
+    created_at = peewee.DateTimeField()
+    last_seen = peewee.DateTimeField(index=True)
+
+
 MODELS = (
     Domain,
     User,
@@ -640,4 +653,5 @@ MODELS = (
     CampaignRecipient,
     Suppression,
     TrafficHour,
+    WebSession,
 )

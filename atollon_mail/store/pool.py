@@ -13,8 +13,9 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from atollon_mail.interfaces import IStore
-from atollon_mail.store import migrations
+from atollon_mail.store import migrations, notices
 from atollon_mail.store.database import SQLITE_PRAGMAS, is_sqlite, open_database
+from atollon_mail.store.leases import Leases
 from atollon_mail.store.models import database_proxy
 
 log = Logger()
@@ -56,6 +57,8 @@ class Store:
         threads: int | None = None,
         changed: Callable[[str], None] | None = None,
         operation_seconds=None,
+        node: str | None = None,
+        news: Callable[[notices.News], None] | None = None,
     ):
         self.database = database
         self._reactor = reactor
@@ -70,6 +73,18 @@ class Store:
         self._pool = ThreadPool(minthreads=size, maxthreads=size, name="atollon-mail-store")
         self._started = False
         database_proxy.initialize(database)
+        # Several nodes on one PostgreSQL database: this node's name, the news of filings
+        # and changes sent to the others at each commit (store.notices), and `news` told
+        # of theirs. None: nothing sent nor heard (one box, the admin command).
+        self.node = node
+        self._notifying = node is not None and not is_sqlite(database)
+        self._listener = (
+            notices.Listener(database, reactor, node, news)
+            if self._notifying and news is not None
+            else None
+        )
+        # The advisory locks of jobs run on one node at a time (store.leases).
+        self.leases = Leases(database, reactor)
 
     @classmethod
     def from_url(
@@ -79,8 +94,10 @@ class Store:
         threads: int | None = None,
         changed: Callable[[str], None] | None = None,
         operation_seconds=None,
+        node: str | None = None,
+        news: Callable[[notices.News], None] | None = None,
     ) -> Store:
-        return cls(open_database(url), reactor, threads, changed, operation_seconds)
+        return cls(open_database(url), reactor, threads, changed, operation_seconds, node, news)
 
     @property
     def is_sqlite(self) -> bool:
@@ -102,9 +119,19 @@ class Store:
         if not self._started:
             self._pool.start()
             self._started = True
+            if self._listener is not None:
+                self._listener.start()
+
+    @property
+    def listening(self) -> bool:
+        """Whether the other nodes' news is heard (a LISTEN is in place)."""
+        return self._listener is not None and self._listener.listening
 
     def stop(self) -> None:
         """Finish queued operations, then close every connection."""
+        if self._listener is not None:
+            self._listener.stop()
+        self.leases.close()
         if self._started:
             if is_sqlite(self.database):
                 self._pool.callInThread(self._close_connection)
@@ -146,7 +173,21 @@ class Store:
             with self.database.connection_context(), self._transaction(operation):
                 if lazily:
                     self.database.execute_sql("SET LOCAL synchronous_commit = off")
-                return operation(*args, **kwargs)
+                if not self._notifying:
+                    return operation(*args, **kwargs)
+                notices.begin()
+                try:
+                    result = operation(*args, **kwargs)
+                except BaseException:
+                    notices.take()
+                    raise
+                if getattr(operation, "changes_mailbox", False):
+                    notices.note_changed(args[0])
+                pending = notices.take()
+                if pending is not None:
+                    # In the transaction: the others hear of it only if it commits.
+                    notices.send(self.database, self.node, pending)
+                return result
 
     def run(self, operation, *args, **kwargs):
         if self._operation_seconds is None:

@@ -39,6 +39,7 @@ from atollon_mail.store.filing import (
     prepared_sql,
     resolve_recipient,
 )
+from atollon_mail.store.leases import lock_key, node_lock_name
 from atollon_mail.store.models import (
     QUEUE_STATES,
     Filing,
@@ -265,10 +266,16 @@ def _skip_locked() -> str:
     return " FOR NO KEY UPDATE OF r SKIP LOCKED" if database_proxy.for_update else ""
 
 
-def _set_state(ids: Sequence[int], state: str, now, next_attempt_at=None) -> None:
+def _set_state(ids: Sequence[int], state: str, now, next_attempt_at=None, claimed_by=None) -> None:
     stamp = QueueRecipient.updated_at.db_value(now)
     for chunk in chunks(ids):
-        if next_attempt_at is None:
+        if claimed_by is not None:
+            sql = (
+                "UPDATE queue_recipient SET state = {p}, updated_at = {p}, claimed_by = {p}"
+                " WHERE id IN ({ids})"
+            )
+            params = (state, stamp, claimed_by, *chunk)
+        elif next_attempt_at is None:
             sql = "UPDATE queue_recipient SET state = {p}, updated_at = {p} WHERE id IN ({ids})"
             params = (state, stamp, *chunk)
         else:
@@ -282,8 +289,11 @@ def _set_state(ids: Sequence[int], state: str, now, next_attempt_at=None) -> Non
         database_proxy.execute_sql(sql, params)
 
 
-def claim_due_deliveries(now: datetime.datetime, limit: int) -> list[Delivery]:
-    """Up to `limit` recipients due by `now`, oldest due first, now in-flight."""
+def claim_due_deliveries(
+    now: datetime.datetime, limit: int, node: str | None = None
+) -> list[Delivery]:
+    """Up to `limit` recipients due by `now`, oldest due first, now in-flight, claimed by
+    `node` (several nodes on one database: see release_dead_claims)."""
     if limit <= 0:
         return []
     sql = prepared_sql("due") + _skip_locked()
@@ -310,7 +320,7 @@ def claim_due_deliveries(now: datetime.datetime, limit: int) -> list[Delivery]:
         )
         for row in due
     ]
-    _set_state([d.recipient_id for d in deliveries], "in-flight", now)
+    _set_state([d.recipient_id for d in deliveries], "in-flight", now, claimed_by=node)
     return deliveries
 
 
@@ -320,18 +330,25 @@ def _one_line_limited(text: str | None, limit: int) -> str | None:
     return " ".join(text.split())[:limit]
 
 
-def mark_dots_sent(recipient_ids: Sequence[int], at: datetime.datetime) -> int:
+def mark_dots_sent(
+    recipient_ids: Sequence[int], at: datetime.datetime, node: str | None = None
+) -> int:
     """Note that the final dot of these in-flight recipients' message is about to be sent
     (committed before it is: after a kill, `requeue_in_flight` tells them apart from
     recipients whose message never left); how many were marked."""
     stamp = QueueRecipient.dot_sent_at.db_value(at)
+    param = database_proxy.param
+    # Given a node: only its own claims (a journal read at start must not mark a
+    # recipient another node claimed since).
+    mine = "" if node is None else f" AND (claimed_by = {param} OR claimed_by IS NULL)"
     marked = 0
     for chunk in chunks(recipient_ids):
         sql = (
-            f"UPDATE queue_recipient SET dot_sent_at = {database_proxy.param}"
-            f" WHERE id IN ({placeholders(len(chunk))}) AND state = 'in-flight'"
+            f"UPDATE queue_recipient SET dot_sent_at = {param}"
+            f" WHERE id IN ({placeholders(len(chunk))}) AND state = 'in-flight'{mine}"
         )
-        marked += database_proxy.execute_sql(sql, (stamp, *chunk)).rowcount
+        params = (stamp, *chunk) if node is None else (stamp, *chunk, node)
+        marked += database_proxy.execute_sql(sql, params).rowcount
     return marked
 
 
@@ -396,9 +413,16 @@ def mark_delay_warned(recipient_ids: Sequence[int]) -> int:
     return marked
 
 
-def requeue_in_flight(now: datetime.datetime) -> RequeuedDeliveries:
+def requeue_in_flight(
+    now: datetime.datetime, node: str | None = None, only_node: bool = False
+) -> RequeuedDeliveries:
     """Every in-flight recipient queued again, due now (run at start: an attempt the
     appliance was making when it stopped is made again, nothing accepted is lost).
+
+    With several nodes on one PostgreSQL database (`node` given there), only the claims
+    of `node` and those of no node (claimed before claims were named); `only_node`:
+    only those of `node` (another node's, found dead: release_dead_claims). On SQLite
+    every claim is this box's, whatever name it was made under.
 
     A recipient whose final dot was not sent yet cannot have got the message: it goes
     back quietly, as if never claimed. One whose dot was sent (its reply was never
@@ -407,6 +431,11 @@ def requeue_in_flight(now: datetime.datetime) -> RequeuedDeliveries:
     query = QueueRecipient.select(QueueRecipient.id, QueueRecipient.dot_sent_at).where(
         QueueRecipient.state == "in-flight"
     )
+    if node is not None and database_proxy.for_update:
+        mine = QueueRecipient.claimed_by == node
+        if not only_node:
+            mine = mine | QueueRecipient.claimed_by.is_null()
+        query = query.where(mine)
     rows = list(locked(query.order_by(QueueRecipient.id)).tuples())
     if not rows:
         return RequeuedDeliveries(0, ())
@@ -428,6 +457,35 @@ def requeue_in_flight(now: datetime.datetime) -> RequeuedDeliveries:
     if uncertain:
         origins.report_uncertain(_origins_of(uncertain))
     return RequeuedDeliveries(len(quiet), tuple(uncertain))
+
+
+def release_dead_claims(now: datetime.datetime, node: str) -> dict[str, RequeuedDeliveries]:
+    """The in-flight claims of every other node that no longer runs, queued again as at a
+    start (requeue_in_flight); by node name. PostgreSQL only (SQLite: one box, nothing).
+
+    A node holds its own advisory lock as long as it runs (store.leases): when this
+    transaction can take it, the node is gone (its session ended with its process). It is
+    held until commit, so a node of that name starting meanwhile gets it only after the
+    rows are released (and its own start-up requeue waits on their row locks)."""
+    if not database_proxy.for_update:
+        return {}
+    param = database_proxy.param
+    names = [
+        row[0]
+        for row in database_proxy.execute_sql(
+            "SELECT DISTINCT claimed_by FROM queue_recipient"
+            f" WHERE state = 'in-flight' AND claimed_by IS NOT NULL AND claimed_by <> {param}",
+            (node,),
+        ).fetchall()
+    ]
+    released = {}
+    for name in sorted(names):
+        (free,) = database_proxy.execute_sql(
+            f"SELECT pg_try_advisory_xact_lock({param})", (lock_key(node_lock_name(name)),)
+        ).fetchone()
+        if free:
+            released[name] = requeue_in_flight(now, name, only_node=True)
+    return released
 
 
 def _origins_of(recipient_ids: Sequence[int]) -> list[tuple[str | None, int | None]]:

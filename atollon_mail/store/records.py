@@ -640,3 +640,13 @@ class SearchResults:
 
     hits: tuple[FilingRecord, ...]
     more: bool
+
+
+@attrs.frozen
+class WebSessionRecord:
+    """A web login as the store keeps it (store.websessions): its user as they are now."""
+
+    user: UserRecord
+    csrf_token: str
+    created_at: datetime.datetime
+    last_seen: datetime.datetime

@@ -27,7 +27,6 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from atollon_mail.addresses import forwarded_client
-from atollon_mail.store import accounts
 from atollon_mail.web.bodylimit import DEFAULT_BODY_LIMIT
 from atollon_mail.web.sessions import (
     LOGIN_CSRF_COOKIE,
@@ -232,7 +231,9 @@ class WebApp:
         self.workers = workers
         appliance_name = config.appliance.hostname
         self.appliance_name = appliance_name
-        self.sessions = SessionStore(self.clock, idle_timeout=config.web.session_idle_timeout)
+        self.sessions = SessionStore(
+            self.store, self.clock, idle_timeout=config.web.session_idle_timeout
+        )
         # The appliance's one IAuthenticator (argon2 + throttle), shared with SMTP AUTH.
         self.authenticator = authenticator
         # The spam filter's ISpamLearner: told when a user moves mail to Junk or back
@@ -287,7 +288,9 @@ class WebApp:
             return MAX_FORM_BYTES
         if route.login and route.max_body > MAX_FORM_BYTES and request is not None:
             cookie = request.getCookie(SESSION_COOKIE.encode())
-            if self.sessions.get(cookie.decode("ascii", "replace") if cookie else None) is None:
+            # Asked before the body is read, without waiting: a session this node served
+            # (one made on another node gets the larger limit after its first page here).
+            if self.sessions.cached(cookie.decode("ascii", "replace") if cookie else None) is None:
                 return MAX_FORM_BYTES
         return route.max_body
 
@@ -357,16 +360,9 @@ class WebApp:
 
     async def _session(self, request) -> Session | None:
         cookie = request.getCookie(SESSION_COOKIE.encode())
-        session = self.sessions.get(cookie.decode("ascii", "replace") if cookie else None)
-        if session is None:
-            return None
-        # The user as the store knows them now: removed or demoted takes effect at once.
-        user = await self.store.run(accounts.session_user, session.user.login)
-        if user is None:
-            self.sessions.drop(session.id)
-            return None
-        session.user = user
-        return session
+        # The session and its user as the store knows them now (removed or demoted takes
+        # effect at once), on whichever node it was made.
+        return await self.sessions.get(cookie.decode("ascii", "replace") if cookie else None)
 
     def _form(self, request, route: Route) -> tuple[dict[str, str], list[Upload]]:
         header = request.getHeader(b"content-type") or b""

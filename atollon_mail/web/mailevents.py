@@ -110,6 +110,8 @@ class MailEventStreams:
         self._beating.clock = clock
         self._stopped = False
         events.filed.subscribe(self._filed)
+        events.filed_elsewhere.subscribe(self._filed_elsewhere)
+        events.touched_elsewhere.subscribe(self._touched_elsewhere)
 
     def __len__(self) -> int:
         return self._count
@@ -202,6 +204,18 @@ class MailEventStreams:
         for mailbox_id in dict.fromkeys(recipient.mailbox_id for recipient in recipients):
             if mailbox_id in self._by_mailbox:
                 self._news(mailbox_id, JUNK if mailbox_id in junk else INBOX)
+
+    def _filed_elsewhere(self, mailbox_ids, junk) -> None:
+        """Another node on the same database filed mail into these mailboxes."""
+        for mailbox_id in sorted(mailbox_ids):
+            if mailbox_id in self._by_mailbox:
+                self._news(mailbox_id, JUNK if mailbox_id in junk else INBOX)
+
+    def _touched_elsewhere(self, mailbox_ids) -> None:
+        """Another node's IMAP client changed these mailboxes: their unread counts."""
+        for mailbox_id in sorted(mailbox_ids):
+            if mailbox_id in self._by_mailbox:
+                self._news(mailbox_id, None)
 
     def _news(self, mailbox_id: int, folder: str | None) -> None:
         """Tell the mailbox's streams of mail filed into `folder` (None: of nothing but

@@ -99,14 +99,17 @@ def register(app: WebApp) -> None:
             message = "The login and password do not match; check both and try again."
             return _login_form(page, login_name, target, {"password": message})
         # A new session id at every login: an id planted before it is worth nothing.
-        session = app.sessions.create(user)
+        session = await app.sessions.create(user)
+        if session is None:
+            message = "The login and password do not match; check both and try again."
+            return _login_form(page, login_name, target, {"password": message})
         page.set_cookie(SESSION_COOKIE, session.id)
         page.set_cookie(LOGIN_CSRF_COOKIE, "", max_age=0)
         return Redirect(safe_next(target))
 
     @app.route("/logout", methods=("POST",))
     async def logout(page: PageRequest):
-        app.sessions.drop(page.session.id)
+        await app.sessions.drop(page.session.id)
         page.set_cookie(SESSION_COOKIE, "", max_age=0)
         return Redirect("/login")
 

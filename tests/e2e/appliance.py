@@ -222,3 +222,47 @@ class LoopbackAppliance(TwistdAppliance):
 
     def queue(self):
         return self.run_sync(queue_ops.queue_list)
+
+
+class ClusterNode(TwistdAppliance):
+    """One of several `twistd atollon-mail` nodes on one PostgreSQL database: its own
+    directory, data dir and ports; the secrets every node must share set alike in each
+    configuration; relaying for loopback through `smarthost`; no inbound checks."""
+
+    def __init__(
+        self,
+        directory: str,
+        node_name: str,
+        database_url: str,
+        smarthost: str,
+        massmail: str = "",
+        check_interval: str = "1s",
+    ):
+        self.directory = directory
+        self.node_name = node_name
+        self.database_url = database_url
+        self.smtp_port = free_port()
+        self.submission_port = free_port()
+        self.imap_port = free_port()
+        self.web_port = free_port()
+        self.config = os.path.join(directory, "atollon-mail.ini")
+        with open(self.config, "w") as config_file:
+            config_file.write(
+                f"[appliance]\nhostname = mx.acme.test\ndata_dir = {directory}/data\n"
+                f"[database]\nurl = {database_url}\n"
+                f"[smtp]\nlisten = tcp:{self.smtp_port}:interface=127.0.0.1\n"
+                "relay_networks = 127.0.0.0/8\ngreet_pause = 0\n"
+                f"[web]\nlisten = tcp:{self.web_port}:interface=127.0.0.1\n"
+                f"[imap]\nlisten = tcp:{self.imap_port}:interface=127.0.0.1\n"
+                f"[submission]\nlisten = tcp:{self.submission_port}:interface=127.0.0.1\n"
+                f"[delivery]\nsmarthost = {smarthost}\nretry_first = 1\nretry_max = 2\n"
+                "srs_secret = the cluster's shared SRS secret\n"
+                "[massmail]\nsecret = the cluster's shared campaign secret\n"
+                f"{massmail}"
+                "[inbound]\nchecks = off\n"
+                f"[cluster]\nnode_name = {node_name}\ncheck_interval = {check_interval}\n"
+            )
+        self.process = None
+
+    def listening(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.smtp_port)

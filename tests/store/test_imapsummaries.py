@@ -238,7 +238,10 @@ class SummaryMigrationContract:
             )
         with database.connection_context():
             applied = migrations.migrate(database)
-        self.assertEqual([migration.number for migration in applied][:1], [15])
+        self.assertEqual(
+            [migration.number for migration in applied],
+            [migration.number for migration in migrations.MIGRATIONS if migration.number > 14],
+        )
         snapshot = store.run_sync(imapfolders.folder_snapshot, "joe", "INBOX")
         items = store.run_sync(imapfolders.message_items, "joe", "INBOX", snapshot.uids)
         self.assertEqual([item.envelope for item in items], [None, None])

@@ -285,6 +285,7 @@ class DeadlineTests(StoreFixtureMixin, SqliteStoreMixin, unittest.TestCase):
     """Behind the web listener's deadlines (limits.py), over StringTransport: an event
     stream is not cut however long it stays open; a slow client still is."""
 
+    @defer.inlineCallbacks
     def setUp(self):
         self.store = self.make_store()
         sync = self.store.run_sync
@@ -298,7 +299,7 @@ class DeadlineTests(StoreFixtureMixin, SqliteStoreMixin, unittest.TestCase):
         root = web_root(
             self, self.store, config, reactor, clock=self.clock, mail_events=self.streams
         )
-        session = root.app.sessions.create(sync(accounts.get_user, "bob"))
+        session = yield root.app.sessions.create(sync(accounts.get_user, "bob"))
         self.cookie = f"{SESSION_COOKIE}={session.id}".encode()
         self.site = DeadlineSite(
             root, self.clock, header_timeout=30, body_timeout=60, requestFactory=BodyLimitedRequest

@@ -1,0 +1,213 @@
+"""News of mail filed and mailboxes changed, told to the other nodes on one PostgreSQL.
+
+The operations that file mail or change a mailbox note it here (per store thread); at
+the end of the operation's transaction the store sends what was noted with
+`pg_notify` on the channel CHANNEL, so that it is delivered only if the transaction
+commits. Each node listens on a connection of its own (`Listener`, a thread of its own
+waiting on the connection's socket) and hands the news of the OTHER nodes to a callback
+on the reactor thread: its IMAP sessions and live web pages then look, as they do for
+mail filed through this node. Only ids and addresses travel, in payloads kept under
+PostgreSQL's limit of 8000 bytes. On SQLite (one box) nothing is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import threading
+from collections.abc import Callable
+
+import attrs
+from twisted.logger import Logger
+
+log = Logger()
+
+CHANNEL = "atollon_mail"
+# PostgreSQL refuses a payload of 8000 bytes or more; a few hundred ids fit in one.
+MAX_PAYLOAD = 7000
+# How long the listener waits on its socket before it looks whether it must stop, and
+# how long it waits before connecting again after the connection failed.
+WAIT_SECONDS = 0.5
+RECONNECT_SECONDS = 2.0
+
+_noted = threading.local()
+
+
+@attrs.frozen
+class News:
+    """What another node committed: mailboxes mail was filed into (those of them it went
+    to the Junk folder of in `junk`), mailboxes an IMAP client changed (flags, expunges,
+    copies, appends: `touched`), and addresses of mailboxes changed otherwise (the web
+    client's operations marked `changes_mailbox`)."""
+
+    node: str
+    filed: frozenset[int] = frozenset()
+    junk: frozenset[int] = frozenset()
+    changed: frozenset[str] = frozenset()
+    touched: frozenset[int] = frozenset()
+
+
+def begin() -> None:
+    """Start noting, in this thread, for the operation about to run (only the store's
+    threads of a node that tells others do; elsewhere notes are not kept)."""
+    _noted.pending = {"filed": set(), "junk": set(), "changed": set(), "touched": set()}
+
+
+def note_filed(mailbox_id: int, junk: bool) -> None:
+    pending = getattr(_noted, "pending", None)
+    if pending is not None:
+        pending["filed"].add(mailbox_id)
+        if junk:
+            pending["junk"].add(mailbox_id)
+
+
+def note_touched(mailbox_id: int) -> None:
+    pending = getattr(_noted, "pending", None)
+    if pending is not None:
+        pending["touched"].add(mailbox_id)
+
+
+def note_changed(mailbox_address: str) -> None:
+    pending = getattr(_noted, "pending", None)
+    if pending is not None:
+        pending["changed"].add(mailbox_address)
+
+
+def take() -> dict | None:
+    """What this thread noted since `begin` (None: nothing); noting stops."""
+    pending = getattr(_noted, "pending", None)
+    _noted.pending = None
+    if not pending or not any(pending.values()):
+        return None
+    return pending
+
+
+def payloads(node: str, pending: dict) -> list[str]:
+    """The JSON payloads telling `pending`, each under MAX_PAYLOAD bytes."""
+    items = [("f", value) for value in sorted(pending["filed"])]
+    items += [("j", value) for value in sorted(pending["junk"])]
+    items += [("c", value) for value in sorted(pending["changed"])]
+    items += [("t", value) for value in sorted(pending.get("touched", ()))]
+    result: list[str] = []
+    current: dict[str, list] = {"n": node}
+    size = len(json.dumps(current))
+    for key, value in items:
+        grows = len(json.dumps(value)) + len(key) + 6
+        if size + grows > MAX_PAYLOAD and len(current) > 1:
+            result.append(json.dumps(current))
+            current = {"n": node}
+            size = len(json.dumps(current))
+        current.setdefault(key, []).append(value)
+        size += grows
+    if len(current) > 1:
+        result.append(json.dumps(current))
+    return result
+
+
+def parse(payload: str) -> News | None:
+    """The news in a payload (None: not ours or malformed)."""
+    try:
+        data = json.loads(payload)
+        return News(
+            node=str(data["n"]),
+            filed=frozenset(int(v) for v in data.get("f", ())),
+            junk=frozenset(int(v) for v in data.get("j", ())),
+            changed=frozenset(str(v) for v in data.get("c", ())),
+            touched=frozenset(int(v) for v in data.get("t", ())),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def send(database, node: str, pending: dict) -> None:
+    """NOTIFY the payloads in the caller's transaction (sent at its commit)."""
+    for payload in payloads(node, pending):
+        database.execute_sql("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+
+
+class Listener:
+    """LISTENs on a connection of its own, in a thread of its own, and calls
+    `heard(News)` on the reactor thread for each notification of another node."""
+
+    def __init__(self, database, reactor, node: str, heard: Callable[[News], None]):
+        self._database = database
+        self._reactor = reactor
+        self._node = node
+        self._heard = heard
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._listening = threading.Event()
+
+    @property
+    def listening(self) -> bool:
+        """Whether the LISTEN is in place (for tests and start-up: news sent before it
+        is not heard)."""
+        return self._listening.is_set()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stopping.clear()
+            self._thread = threading.Thread(
+                target=self._run, name="atollon-mail-notices", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stopping.set()
+            self._thread.join(timeout=5)
+            self._thread = None
+            self._listening.clear()
+
+    def _connect(self):
+        import psycopg2
+
+        params = dict(self._database.connect_params)
+        params.setdefault("connect_timeout", 10)
+        connection = psycopg2.connect(dbname=self._database.database, **params)
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(f"LISTEN {CHANNEL}")
+        return connection
+
+    def _run(self) -> None:
+        connection = None
+        while not self._stopping.is_set():
+            try:
+                if connection is None:
+                    connection = self._connect()
+                    self._listening.set()
+                ready, _, _ = select.select([connection], [], [], WAIT_SECONDS)
+                if not ready:
+                    continue
+                connection.poll()
+                found = []
+                while connection.notifies:
+                    notify = connection.notifies.pop(0)
+                    news = parse(notify.payload)
+                    if news is not None and news.node != self._node:
+                        found.append(news)
+                if found:
+                    self._reactor.callFromThread(self._tell, found)
+            except Exception as problem:
+                self._listening.clear()
+                if connection is not None:
+                    try:
+                        connection.close()
+                    except Exception:
+                        pass
+                    connection = None
+                log.warn(
+                    "listening for the other nodes' news failed ({problem}); trying again",
+                    problem=str(problem).strip().splitlines()[0] if str(problem) else problem,
+                )
+                self._stopping.wait(RECONNECT_SECONDS)
+        if connection is not None:
+            connection.close()
+
+    def _tell(self, found: list[News]) -> None:
+        for news in found:
+            try:
+                self._heard(news)
+            except Exception:
+                log.failure("telling of another node's news failed")

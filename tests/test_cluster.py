@@ -1,0 +1,153 @@
+"""The services that share work between nodes on one database (atollon_mail.cluster):
+periodic jobs on one node at a time, taken over when their node's session ends, and the
+deliveries a dead node claimed queued again by another."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from atollon_mail.cluster import LEASE_SECONDS, RELEASE_SECONDS, ClaimKeeper, OneNodeAtATime
+from atollon_mail.config import ClusterConfig, ConfigError, load_config, parse_config
+from atollon_mail.delivery.junkpurge import JunkPurger
+from atollon_mail.store import queue
+from atollon_mail.store.leases import node_lock_name
+from atollon_mail.store.models import QueueRecipient
+from atollon_mail.store.pool import Store
+from atollon_mail.store.records import Origin, OutgoingMessage
+from tests import builders
+from tests.store.test_cluster import lock_holder, terminate_backend
+from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
+
+T0 = datetime.datetime(2030, 7, 1, 12, 0, 0)
+
+
+class NodesMixin(StoreFixtureMixin):
+    def setUp(self):
+        self.store = self.make_store()
+
+    def node(self, name: str) -> Store:
+        store = Store.from_url(self.database_url, reactor, node=name)
+        store.start()
+        self.addCleanup(store.stop)
+        return store
+
+    def purge_job(self, store: Store, clock) -> OneNodeAtATime:
+        job = OneNodeAtATime("junk-purger", JunkPurger(store, 30, clock), store.leases, clock)
+        job.startService()
+        self.addCleanup(job.stopService)
+        return job
+
+    @defer.inlineCallbacks
+    def wait_for(self, predicate, seconds=10.0):
+        for _ in range(int(seconds / 0.02)):
+            if predicate():
+                return
+            yield task.deferLater(reactor, 0.02, lambda: None)
+        self.fail("it did not happen in time")
+
+
+class SqliteClusterServiceTests(NodesMixin, SqliteStoreMixin, unittest.TestCase):
+    def test_on_one_box_the_job_starts_at_once(self):
+        clock = task.Clock()
+        job = self.purge_job(self.node("a"), clock)
+        self.assertTrue(job.holding)
+        self.assertTrue(job.job.running)
+        self.assertEqual(job.name, "junk-purger")
+
+    def test_the_claim_keeper_has_nothing_to_do_on_one_box(self):
+        keeper = ClaimKeeper(self.node("a"), "a", task.Clock())
+        keeper.startService()
+        self.addCleanup(keeper.stopService)
+        self.assertIsNone(keeper.round)
+
+
+class PostgresClusterServiceTests(NodesMixin, PostgresStoreMixin, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_one_node_runs_the_job_and_the_other_takes_over_when_its_session_ends(self):
+        clock_a, clock_b = task.Clock(), task.Clock()
+        a = self.purge_job(self.node("a"), clock_a)
+        yield self.wait_for(lambda: a.holding)
+        self.assertTrue(a.job.running)
+        b = self.purge_job(self.node("b"), clock_b)
+        yield self.wait_for(lambda: b._asking is None)
+        self.assertFalse(b.holding)
+        self.assertFalse(b.job.running)
+        # a's connection dies (as when its process is killed): its lock goes with it.
+        terminate_backend(lock_holder("junk-purger"))
+        yield self.wait_for(lambda: lock_holder("junk-purger") is None)
+        clock_a.advance(LEASE_SECONDS)
+        yield self.wait_for(lambda: not a.holding)
+        self.assertFalse(a.job.running)
+        clock_b.advance(LEASE_SECONDS)
+        yield self.wait_for(lambda: b.holding)
+        self.assertTrue(b.job.running)
+        # a asks again on its next round, and is refused while b holds it.
+        clock_a.advance(LEASE_SECONDS)
+        yield self.wait_for(lambda: a._asking is None)
+        self.assertFalse(a.holding)
+        # b stops: the lock is released and a takes over on its next round.
+        yield b.stopService()
+        self.assertFalse(b.job.running)
+        clock_a.advance(LEASE_SECONDS)
+        yield self.wait_for(lambda: a.holding)
+        self.assertTrue(a.job.running)
+
+    @defer.inlineCallbacks
+    def test_a_surviving_node_queues_again_what_a_dead_node_had_in_flight(self):
+        builders.hosted_mailbox(self.store, "bob@example.com", "bob")
+        outgoing = OutgoingMessage(
+            envelope_sender="bob@example.com",
+            raw=b"Subject: hi\r\n\r\nbody\r\n",
+            local_recipients=(),
+            remote_recipients=("ann@remote.example", "zed@remote.example"),
+        )
+        self.store.run_sync(queue.submit_messages, [(outgoing, Origin("submission"))], T0)
+        store_a, store_b = self.node("a"), self.node("b")
+        clock_a, clock_b = task.Clock(), task.Clock()
+        clock_b.advance((T0 - datetime.datetime(1970, 1, 1)).total_seconds())
+        woken = []
+        keeper_a = ClaimKeeper(store_a, "a", clock_a)
+        keeper_b = ClaimKeeper(store_b, "b", clock_b, released=lambda: woken.append(True))
+        for keeper in (keeper_a, keeper_b):
+            keeper.startService()
+            self.addCleanup(keeper.stopService)
+        yield self.wait_for(lambda: keeper_a.round.called and keeper_b.round.called)
+        self.assertTrue(keeper_a.holding and keeper_b.holding)
+        claimed = yield store_a.run(queue.claim_due_deliveries, T0, 10, "a")
+        self.assertEqual(len(claimed), 2)
+        clock_b.advance(RELEASE_SECONDS)
+        yield self.wait_for(lambda: keeper_b.round.called)
+        self.assertEqual(woken, [], "a is alive")
+        terminate_backend(lock_holder(node_lock_name("a")))
+        yield self.wait_for(lambda: lock_holder(node_lock_name("a")) is None)
+        clock_b.advance(RELEASE_SECONDS)
+        yield self.wait_for(lambda: keeper_b.round.called)
+        released = yield keeper_b.round
+        self.assertEqual(released["a"].quiet, 2)
+        self.assertEqual(woken, [True])
+        states = self.store.run_sync(builders.table_rows, QueueRecipient.state)
+        self.assertEqual(states, [("queued",), ("queued",)])
+
+
+class ClusterConfigTests(unittest.TestCase):
+    def test_the_node_s_name_defaults_to_the_host_name_as_the_commented_file_has_it(self):
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        default = load_config(os.path.join(root, "etc", "atollon-mail.ini")).cluster
+        self.assertEqual(default, ClusterConfig())
+        self.assertEqual(default.node_name, socket.gethostname())
+        self.assertEqual(default.check_interval, LEASE_SECONDS)
+
+    def test_a_node_s_settings_and_errors_naming_the_key(self):
+        cluster = parse_config("[cluster]\nnode_name = mx1\ncheck_interval = 2s\n").cluster
+        self.assertEqual((cluster.node_name, cluster.check_interval), ("mx1", 2.0))
+        with self.assertRaises(ConfigError) as raised:
+            parse_config("[cluster]\ncheck_interval = soon\n", "a.ini")
+        self.assertTrue(str(raised.exception).startswith("a.ini: [cluster] check_interval: "))
+        with self.assertRaises(ConfigError) as raised:
+            parse_config("[cluster]\nnode_name = " + "x" * 201 + "\n", "a.ini")
+        self.assertIn("[cluster] node_name", str(raised.exception))
