@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from atollon_mail.auth import build_authenticator
+from atollon_mail.backup import build as backup_build
 from atollon_mail.config import (
     Config,
     ConfigError,
@@ -335,6 +336,7 @@ def build_appliance(
     intake = delivery.intake
     services += [*delivery.services, *massmail.services]
     services += dns_build.build(config, store, events, workers, reactor, intake)
+    services += backup_build.build(config, store, events, workers, reactor)
     tls_options = load_tls_options(config)
     check_descriptor_limit(config)
     # One password check and one throttle for 587, 465, IMAP and the web login, so a client gets
