@@ -78,6 +78,8 @@ class BackupSchedule(service.Service):
         self._schedule()
 
     def stopService(self):
+        if not self.running:
+            return defer.succeed(None)
         super().stopService()
         if self._call is not None and self._call.active():
             self._call.cancel()
@@ -103,8 +105,12 @@ class BackupSchedule(service.Service):
 
     def _due(self) -> None:
         self._call = None
-        done = self.run_once()
-        done.addBoth(lambda _: self._schedule() if self.running else None)
+        self.run_once().addBoth(self._after_run)
+
+    def _after_run(self, result):
+        if self.running:
+            self._schedule()
+        return result  # `last` keeps the archive's path
 
     def run_once(self) -> defer.Deferred:
         """One backup and rotation; fires with the archive's path, or None after logging
