@@ -17,7 +17,7 @@ STAMP := $(VENV)/.installed
 # the reason. PACKAGE:COMMAND names the command that shows a package is there when the
 # two differ (a path for a program outside PATH).
 SYSTEM_PACKAGES := swaks chromium systemd rspamd redis-server isync:mbsync \
-	offlineimap3:offlineimap
+	offlineimap3:offlineimap postgresql-client:pg_dump
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

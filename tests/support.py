@@ -9,6 +9,7 @@ the reason shown when the variable is unset or the server does not answer.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -34,6 +35,13 @@ def _postgres_unavailable_reason() -> str | None:
 
 
 POSTGRES_SKIP_REASON = _postgres_unavailable_reason()
+
+# Backing up and restoring PostgreSQL runs its client programs (Makefile SYSTEM_PACKAGES).
+PG_DUMP_SKIP_REASON = POSTGRES_SKIP_REASON or (
+    None
+    if shutil.which("pg_dump") and shutil.which("pg_restore")
+    else "pg_dump or pg_restore is not installed (Debian: postgresql-client)"
+)
 
 
 def create_postgres_schema() -> tuple[str, str]:

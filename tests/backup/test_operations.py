@@ -19,6 +19,7 @@ from atollon_mail.store import backup as store_backup
 from atollon_mail.store.pool import Store
 from atollon_mail.store.records import Origin, OutgoingMessage
 from tests.support import (
+    PG_DUMP_SKIP_REASON,
     PostgresStoreMixin,
     SqliteStoreMixin,
     create_postgres_database,
@@ -218,6 +219,9 @@ class SqliteBackupTests(SqliteStoreMixin, BackupRestoreContract, unittest.TestCa
 
 
 class PostgresBackupTests(PostgresStoreMixin, BackupRestoreContract, unittest.TestCase):
+    if PG_DUMP_SKIP_REASON:
+        skip = PG_DUMP_SKIP_REASON
+
     def empty_target_url(self) -> str:
         """A new database with the source's schema in it, empty, as an administrator
         makes one for a [database] url naming a search_path."""
