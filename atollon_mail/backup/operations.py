@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import tempfile
 
@@ -231,6 +232,11 @@ def restore(config: Config, store, path: str, passphrase: bytes | None, force: b
                 raise RestoreRefused(
                     f"{others} other sessions are connected to the database: stop the "
                     "appliance (every node) and any admin command first"
+                )
+            if shutil.which("pg_restore") is None:  # known before anything is dropped
+                raise BackupError(
+                    "pg_restore is not installed: install PostgreSQL's client programs "
+                    "(Debian: postgresql-client)"
                 )
             store.run_sync(store_backup.drop_tables, store.database)
             _pg_restore(config, database_file)
