@@ -14,12 +14,14 @@ STAMP := $(VENV)/.installed
 # loopback, never the system services), and two real IMAP clients that sync a mailbox to
 # a Maildir and back: isync (its command is mbsync) and offlineimap3 (offlineimap);
 # prometheus for promtool, which checks the /metrics output; and pebble, Let's Encrypt's
-# test ACME CA, that the certificate tests get certificates from.
+# test ACME CA, that the certificate tests get certificates from; postgresql-client for
+# pg_dump and pg_restore, which back up and restore a PostgreSQL store.
 # Installed when this runs as root with apt-get; elsewhere those tests are skipped with
 # the reason. PACKAGE:COMMAND names the command that shows a package is there when the
 # two differ (a path for a program outside PATH).
 SYSTEM_PACKAGES := swaks chromium systemd rspamd redis-server isync:mbsync \
-	offlineimap3:offlineimap prometheus:promtool pebble
+	offlineimap3:offlineimap prometheus:promtool pebble \
+	postgresql-client:pg_dump
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -2,8 +2,9 @@
 
 Each module listed in COMMAND_MODULES (atollon_mail.commands) has `register(commands)`,
 where `commands(name, help)` gives the subparsers of a command group (made on first use,
-so several modules can add actions to one group). Registration order is the order of the
-groups and actions in --help. A handler takes (store, args) and raises Refused or a
+so several modules can add actions to one group); `commands.command(name, help)` gives
+the parser of a command without actions, such as `backup FILE`. Registration order is the
+order of the groups and actions in --help. A handler takes (store, args) and raises Refused or a
 StoreError to refuse: one line on stderr and exit status 1; bad usage is argparse's exit
 status 2. `commands.common.run` opens the store and calls the handler.
 """
@@ -47,6 +48,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "atollon_mail.commands.crm",
     "atollon_mail.commands.employments",
     "atollon_mail.commands.massmail",
+    "atollon_mail.commands.backup",
 )
 
 
@@ -78,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
             known[name] = group.add_subparsers(dest="command", metavar="ACTION", required=True)
         return known[name]
 
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        """A command without actions (`backup FILE`): its own parser."""
+        return groups.add_parser(name, help=help_text, description=help_text)
+
+    commands.command = command
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(commands)
     return parser

@@ -211,6 +211,16 @@ class InboundConfig:
 
 
 @attrs.frozen
+class BackupConfig:
+    """[backup]: the scheduled backup (atollon_mail.backup)."""
+
+    schedule: tuple[int, int] | None = None  # (hour, minute) UTC each day; None: off
+    directory: str = "var/backups"
+    keep: int = 7  # the newest this many scheduled backups are kept
+    passphrase_file: str | None = None  # None: the archives are not encrypted
+
+
+@attrs.frozen
 class Config:
     path: str
     appliance: ApplianceConfig
@@ -226,6 +236,7 @@ class Config:
     imap: ImapConfig = ImapConfig()
     tls: TlsConfig = TlsConfig()
     cluster: ClusterConfig = attrs.field(factory=ClusterConfig)
+    backup: BackupConfig = BackupConfig()
 
     def replace_listen(
         self,
@@ -566,6 +577,19 @@ def _score(value: str) -> float:
     return score
 
 
+_TIME_OF_DAY = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+def _schedule(value: str) -> tuple[int, int] | None:
+    value = value.strip().lower()
+    if value == "off":
+        return None
+    match = _TIME_OF_DAY.match(value)
+    if not match:
+        raise ValueError(f"must be off or a time of day HH:MM in UTC (e.g. 03:30), got {value!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
 def _database_url(value: str) -> str:
     value = value.strip()
     if not (value.startswith("sqlite:///") or value.startswith("postgresql://")):
@@ -691,6 +715,12 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
     "cluster": {
         "node_name": (_node_name, ""),
         "check_interval": (_positive_duration, "15s"),
+    },
+    "backup": {
+        "schedule": (_schedule, "off"),
+        "directory": (_text, "var/backups"),
+        "keep": (_whole_number(1), "7"),
+        "passphrase_file": (_optional_path, ""),
     },
 }
 
@@ -825,6 +855,7 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         imap=ImapConfig(**values["imap"]),
         tls=TlsConfig(**tls),
         cluster=ClusterConfig(**values["cluster"]),
+        backup=BackupConfig(**values["backup"]),
     )
 
 

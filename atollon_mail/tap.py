@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from atollon_mail.auth import build_authenticator
+from atollon_mail.backup import build as backup_build
 from atollon_mail.certificates import build as certificates_build
 from atollon_mail.certificates.challenges import ChallengeAnswers
 from atollon_mail.certificates.renewal import load_kept
@@ -407,6 +408,7 @@ def build_appliance(
     intake = delivery.intake
     services += [*delivery.services, *massmail.services]
     services += dns_build.build(config, store, events, workers, reactor, intake)
+    services += backup_build.build(config, store, events, workers, reactor)
     tls_options = load_tls_options(config)
     # The CA's HTTP-01 challenges: answered by the web service, set by the certificates
     # service's thread.

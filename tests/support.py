@@ -9,8 +9,9 @@ the reason shown when the variable is unset or the server does not answer.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from twisted.internet import reactor
 
@@ -34,6 +35,13 @@ def _postgres_unavailable_reason() -> str | None:
 
 
 POSTGRES_SKIP_REASON = _postgres_unavailable_reason()
+
+# Backing up and restoring PostgreSQL runs its client programs (Makefile SYSTEM_PACKAGES).
+PG_DUMP_SKIP_REASON = POSTGRES_SKIP_REASON or (
+    None
+    if shutil.which("pg_dump") and shutil.which("pg_restore")
+    else "pg_dump or pg_restore is not installed (Debian: postgresql-client)"
+)
 
 
 def create_postgres_schema() -> tuple[str, str]:
@@ -97,3 +105,29 @@ class StoreFixtureMixin:
         store.start()
         self.addCleanup(store.stop)
         return store
+
+
+def create_postgres_database(url: str) -> tuple[str, str]:
+    """A new, empty database on the server of the PostgreSQL URL `url`: (url naming it,
+    with url's other parameters such as its search_path, database name); drop it with
+    drop_postgres_database."""
+    import psycopg2
+
+    name = f"atollon_test_{uuid.uuid4().hex[:12]}"
+    connection = psycopg2.connect(POSTGRES_URL)
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    connection.close()
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}")), name
+
+
+def drop_postgres_database(name: str) -> None:
+    import psycopg2
+
+    connection = psycopg2.connect(POSTGRES_URL)
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    connection.close()

@@ -1,0 +1,281 @@
+"""Making a backup and restoring one, for the admin command (synchronously) and the
+scheduled service (its blocking parts in a thread, pg_dump as a child process).
+
+What goes into an archive (archive.py): the database, copied while mail flows (SQLite's
+online backup API from a connection of its own; PostgreSQL's pg_dump, one repeatable-read
+snapshot), and every regular file below `[appliance] data_dir` except the SQLite
+database with its WAL and shared-memory files, the dot journal (marks of deliveries in
+flight, meaningless to another instance), the backup directory and temporary files. The
+data directory holds the self-signed certificate and key, the SRS and mass-mail secrets
+and the first admin's password; DKIM keys are rows of the database.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import tempfile
+
+import attrs
+
+from atollon_mail.backup import archive
+from atollon_mail.backup.archive import ArchiveError, Manifest
+from atollon_mail.config import Config
+from atollon_mail.delivery.build import JOURNAL_DIRECTORY
+from atollon_mail.store import backup as store_backup
+from atollon_mail.store import migrations
+from atollon_mail.store.backup import POSTGRESQL, SQLITE, BackupError
+
+PASSPHRASE_VARIABLE = "ATOLLON_MAIL_BACKUP_PASSPHRASE"
+PG_DUMP_SECONDS = 6 * 3600  # a dump that runs longer than this has hung
+
+__all__ = ["ArchiveError", "BackupError", "RestoreRefused"]
+
+
+class RestoreRefused(Exception):
+    """The instance is not one to restore into (not empty, in use, another kind)."""
+
+
+def appliance_version() -> str:
+    try:
+        return importlib.metadata.version("atollon-mail")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout never installed
+        return "unknown"
+
+
+def read_passphrase(path: str) -> bytes:
+    """The passphrase in the file at path (its first line)."""
+    try:
+        with open(path, "rb") as passphrase_file:
+            text = passphrase_file.read()
+    except OSError as problem:
+        raise BackupError(f"cannot read the passphrase file {path}: {problem.strerror}") from None
+    return _passphrase(text.split(b"\n", 1)[0].rstrip(b"\r"), path)
+
+
+def passphrase_from_environment() -> bytes | None:
+    value = os.environ.get(PASSPHRASE_VARIABLE)
+    if value is None:
+        return None
+    return _passphrase(value.encode("utf-8"), PASSPHRASE_VARIABLE)
+
+
+def _passphrase(value: bytes, where: str) -> bytes:
+    if not value.strip():
+        raise BackupError(f"the passphrase in {where} is empty")
+    return value
+
+
+def compact_time(moment: datetime.datetime) -> str:
+    return moment.strftime("%Y%m%dT%H%M%SZ")
+
+
+def excluded_paths(config: Config, target: str | None = None) -> list[str]:
+    """What below the data directory is not copied as a data file (see the module)."""
+    excluded = [
+        os.path.join(config.appliance.data_dir, JOURNAL_DIRECTORY),
+        config.backup.directory,
+    ]
+    if store_backup.database_kind(config.database.url) == SQLITE:
+        database = store_backup.sqlite_file(config.database.url)
+        excluded += [database + suffix for suffix in ("", "-wal", "-shm", "-journal")]
+    if target is not None:
+        excluded.append(target)
+    return excluded
+
+
+def _header(config: Config, schema_version: int, created: datetime.datetime) -> dict:
+    kind = store_backup.database_kind(config.database.url)
+    return {
+        "appliance_version": appliance_version(),
+        "database": kind,
+        "schema_version": schema_version,
+        "created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "postgresql_schema": (
+            store_backup.postgres_schema(config.database.url) if kind == POSTGRESQL else None
+        ),
+    }
+
+
+def staging_directory(near: str) -> tempfile.TemporaryDirectory:
+    """A private directory for the database copy, beside `near` (a file to be written):
+    on the same file system, not in a /tmp that may be small or in memory."""
+    directory = os.path.dirname(os.path.abspath(near))
+    os.makedirs(directory, mode=0o750, exist_ok=True)
+    return tempfile.TemporaryDirectory(prefix=".atollon-mail-backup-", dir=directory)
+
+
+def dump_sqlite(config: Config, staging: str) -> tuple[str, int]:
+    """Copy the SQLite database into staging (blocking): (path, schema version)."""
+    path = os.path.join(staging, archive.DATABASE_NAMES[SQLITE])
+    version = store_backup.copy_sqlite(store_backup.sqlite_file(config.database.url), path)
+    return path, version
+
+
+def pg_dump_path(staging: str) -> str:
+    return os.path.join(staging, archive.DATABASE_NAMES[POSTGRESQL])
+
+
+def pg_dump_failure(code: int | None, errors: bytes) -> BackupError:
+    lines = [line for line in errors.decode("utf-8", "replace").splitlines() if line.strip()]
+    why = lines[-1].strip() if lines else f"exit status {code}"
+    return BackupError(f"pg_dump failed: {why}")
+
+
+def dump_postgresql(config: Config, staging: str) -> str:
+    """Run pg_dump into staging, waiting for it (the admin command's way): its path."""
+    path = pg_dump_path(staging)
+    argv, environment = store_backup.pg_dump_command(config.database.url, path)
+    try:
+        done = subprocess.run(
+            argv, env=environment, capture_output=True, timeout=PG_DUMP_SECONDS, check=False
+        )
+    except FileNotFoundError:
+        raise BackupError(
+            "pg_dump is not installed: install PostgreSQL's client programs "
+            "(Debian: postgresql-client) in the version of the server or newer"
+        ) from None
+    if done.returncode != 0:
+        raise pg_dump_failure(done.returncode, done.stderr)
+    return path
+
+
+def finish_backup(
+    config: Config,
+    target: str,
+    database_file: str,
+    schema_version: int,
+    created: datetime.datetime,
+    passphrase: bytes | None,
+) -> Manifest:
+    """Write the archive at target from the database copy and the data directory."""
+    return archive.write_archive(
+        target,
+        _header(config, schema_version, created),
+        database_file,
+        archive.data_files(config.appliance.data_dir, excluded_paths(config, target)),
+        passphrase,
+    )
+
+
+def make_backup(
+    config: Config,
+    target: str,
+    passphrase: bytes | None,
+    created: datetime.datetime,
+    postgresql_schema_version=None,
+) -> Manifest:
+    """The whole backup, blocking (the admin command; the service's SQLite runs).
+
+    PostgreSQL: `postgresql_schema_version()` reads the schema version; read before the
+    dump, and no migration runs while an appliance does, so it is the dump's."""
+    kind = store_backup.database_kind(config.database.url)
+    with staging_directory(target) as staging:
+        if kind == SQLITE:
+            database_file, version = dump_sqlite(config, staging)
+        else:
+            version = postgresql_schema_version()
+            database_file = dump_postgresql(config, staging)
+        return finish_backup(config, target, database_file, version, created, passphrase)
+
+
+# --- restoring -----------------------------------------------------------------------
+
+
+@attrs.frozen
+class Restored:
+    manifest: Manifest
+    data_files: tuple[str, ...]
+    migrations: tuple[int, ...]  # applied after the restore (the backup was older)
+    replaced: bool  # the instance was not empty (--force)
+
+
+def restore(config: Config, store, path: str, passphrase: bytes | None, force: bool) -> Restored:
+    """Restore the archive at path into the configured instance (blocking; the admin
+    command). The appliance must be stopped; the instance must be empty (no domains,
+    mailboxes or messages) unless `force`. The archive is checked whole before anything
+    is changed."""
+    kind = store_backup.database_kind(config.database.url)
+    data_dir = config.appliance.data_dir
+    os.makedirs(data_dir, mode=0o750, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".restore-", dir=data_dir) as staging:
+        manifest = archive.read_archive(path, staging, passphrase)
+        _check_fits(config, manifest, kind)
+        counts = store.run_sync(store_backup.content_counts, store.database)
+        replaced = any(counts.values())
+        if replaced and not force:
+            held = ", ".join(
+                f"{count} {table}{'' if count == 1 else 's'}"
+                for table, count in counts.items()
+                if count
+            )
+            raise RestoreRefused(
+                f"the instance is not empty ({held}): restore into an empty one, or give "
+                "--force to replace everything in it"
+            )
+        database_file = os.path.join(staging, manifest.database_file)
+        if kind == SQLITE:
+            store.stop()  # our own connection would count as a user of the file
+            file = store_backup.sqlite_file(config.database.url)
+            if store_backup.sqlite_in_use(file):
+                raise RestoreRefused(
+                    f"the database {file} is open in another process: stop the appliance "
+                    "(and any admin command) first"
+                )
+            store_backup.install_sqlite(database_file, file)
+        else:
+            others = store.run_sync(store_backup.other_connections, store.database)
+            if others:
+                raise RestoreRefused(
+                    f"{others} other sessions are connected to the database: stop the "
+                    "appliance (every node) and any admin command first"
+                )
+            if shutil.which("pg_restore") is None:  # known before anything is dropped
+                raise BackupError(
+                    "pg_restore is not installed: install PostgreSQL's client programs "
+                    "(Debian: postgresql-client)"
+                )
+            store.run_sync(store_backup.drop_tables, store.database)
+            _pg_restore(config, database_file)
+        names = archive.install_data_files(manifest, staging, data_dir)
+    applied = store.migrate()
+    return Restored(manifest, tuple(names), tuple(m.number for m in applied), replaced)
+
+
+def _check_fits(config: Config, manifest: Manifest, kind: str) -> None:
+    if manifest.database != kind:
+        raise RestoreRefused(
+            f"the backup holds a {manifest.database} database and this instance is "
+            f"configured for {kind} ([database] url): restore it on the same kind"
+        )
+    if manifest.schema_version > migrations.LATEST_VERSION:
+        raise RestoreRefused(
+            f"the backup is at schema version {manifest.schema_version}, newer than this "
+            f"program knows ({migrations.LATEST_VERSION}); restore it with atollon-mail "
+            f"{manifest.appliance_version} or newer"
+        )
+    if kind == POSTGRESQL:
+        wanted = store_backup.postgres_schema(config.database.url)
+        if manifest.postgresql_schema != wanted:
+            raise RestoreRefused(
+                f"the backup holds schema {manifest.postgresql_schema or 'public'} and the "
+                f"[database] url uses {wanted or 'public'}: set its search_path to the "
+                "backup's schema"
+            )
+
+
+def _pg_restore(config: Config, dump: str) -> None:
+    argv, environment = store_backup.pg_restore_command(config.database.url, dump)
+    try:
+        done = subprocess.run(argv, env=environment, capture_output=True, check=False)
+    except FileNotFoundError:
+        raise BackupError(
+            "pg_restore is not installed: install PostgreSQL's client programs "
+            "(Debian: postgresql-client)"
+        ) from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.decode("utf-8", "replace").splitlines() if line]
+        raise BackupError(f"pg_restore failed: {lines[-1] if lines else done.returncode}")

@@ -1,0 +1,270 @@
+"""The database's part of a backup and a restore: a consistent copy of a SQLite file, the
+pg_dump and pg_restore command lines for a PostgreSQL URL, whether an instance is empty
+or in use, and putting a restored SQLite file in place.
+
+The archive around it (the data directory's keys, the manifest, encryption) is
+atollon_mail.backup's; nothing there touches the database.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import peewee
+
+from atollon_mail.store import migrations
+from atollon_mail.store.database import sqlite_path
+
+SQLITE = "sqlite"
+POSTGRESQL = "postgresql"
+
+# Pages copied per step of the SQLite backup (4 KiB pages: 4 MiB a step). The steps run
+# inside one read transaction of the copying connection: in WAL mode a reader never
+# blocks a writer, and the snapshot it holds does not change between steps, so SQLite
+# never restarts the copy (steps from a connection without that transaction restart at
+# every commit of another connection, which under a steady inbound load is always).
+SQLITE_STEP_PAGES = 1024
+
+# The tables whose rows make an instance not empty: the first admin and the schema
+# exist in every started appliance, mail and its addresses do not.
+CONTENT_TABLES = ("domain", "mailbox", "message")
+
+
+class BackupError(Exception):
+    """A backup or restore step failed; str() is the one line to show."""
+
+
+def database_kind(url: str) -> str:
+    if url.startswith("sqlite:///"):
+        return SQLITE
+    if url.startswith("postgresql://"):
+        return POSTGRESQL
+    raise BackupError("unsupported database URL: use sqlite:/// or postgresql://")
+
+
+def sqlite_file(url: str) -> str:
+    """The database file of a sqlite:/// URL, absolute."""
+    return os.path.abspath(sqlite_path(url))
+
+
+def copy_sqlite(source: str, target: str, step_pages: int = SQLITE_STEP_PAGES) -> int:
+    """Copy the SQLite database at `source` into a new file `target` with SQLite's online
+    backup API while others write to it; return the schema version of the copy.
+
+    Blocking: run it in a thread of its own, never on the reactor thread."""
+    if not os.path.exists(source):
+        raise BackupError(f"no SQLite database at {source}")
+    reader = sqlite3.connect(f"file:{source}?mode=ro", uri=True, isolation_level=None, timeout=10)
+    try:
+        reader.execute("PRAGMA busy_timeout = 10000")
+        # One snapshot for every step (see SQLITE_STEP_PAGES).
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        copy = sqlite3.connect(target, isolation_level=None)
+        try:
+            reader.backup(copy, pages=step_pages)
+            reader.execute("COMMIT")
+            # The copy is a standalone file: no WAL beside it, written to disk.
+            copy.execute("PRAGMA journal_mode = DELETE")
+            return _sqlite_schema_version(copy)
+        finally:
+            copy.close()
+    except sqlite3.Error as problem:
+        raise BackupError(f"cannot copy the SQLite database {source}: {problem}") from None
+    finally:
+        reader.close()
+
+
+def _sqlite_schema_version(connection: sqlite3.Connection) -> int:
+    found = connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migration'"
+    ).fetchone()
+    if not found:
+        return 0
+    return connection.execute("SELECT coalesce(max(version), 0) FROM schema_migration").fetchone()[
+        0
+    ]
+
+
+def sqlite_schema_version(path: str) -> int:
+    """The schema version of a SQLite file (0: none), read only."""
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return _sqlite_schema_version(connection)
+    except sqlite3.Error as problem:
+        raise BackupError(f"{os.path.basename(path)} is no SQLite database: {problem}") from None
+    finally:
+        connection.close()
+
+
+def sqlite_in_use(path: str) -> bool:
+    """Whether another connection has the SQLite database at path open (the appliance or
+    an admin command). Leaving WAL mode needs every other connection closed: SQLite
+    refuses it at once while one is open, even idle. The file is about to be replaced,
+    so its journal mode does not matter any more."""
+    if not os.path.exists(path):
+        return False
+    connection = sqlite3.connect(path, isolation_level=None, timeout=0.5)
+    try:
+        connection.execute("PRAGMA journal_mode = DELETE").fetchall()
+    except sqlite3.OperationalError as problem:
+        if "locked" in str(problem) or "busy" in str(problem):
+            return True
+        raise BackupError(f"cannot open the SQLite database {path}: {problem}") from None
+    finally:
+        connection.close()
+    return False
+
+
+def install_sqlite(copy: str, path: str) -> None:
+    """Put the restored SQLite file `copy` at `path`: written beside it, fsynced and
+    renamed over it, with the old WAL and shared-memory files removed first (a WAL left
+    beside the new file would be replayed into it)."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o750, exist_ok=True)
+    temporary = f"{path}.restoring"
+    with open(copy, "rb") as source, open(temporary, "wb") as target:
+        while chunk := source.read(1024 * 1024):
+            target.write(chunk)
+        target.flush()
+        os.fsync(target.fileno())
+    os.chmod(temporary, 0o600)
+    for suffix in ("-wal", "-shm", "-journal"):
+        try:
+            os.unlink(path + suffix)
+        except FileNotFoundError:
+            pass
+    os.replace(temporary, path)
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+# --- PostgreSQL -------------------------------------------------------------------------
+
+
+def _postgres_parts(url: str) -> tuple[dict[str, str], str, str | None]:
+    """(libpq environment, database name, schema named by a search_path option or None)."""
+    parts = urlsplit(url)
+    database = unquote(parts.path.lstrip("/"))
+    if not database:
+        raise BackupError("the postgresql URL names no database")
+    environment = {"PGDATABASE": database}
+    if parts.hostname:
+        environment["PGHOST"] = parts.hostname
+    if parts.port:
+        environment["PGPORT"] = str(parts.port)
+    if parts.username:
+        environment["PGUSER"] = unquote(parts.username)
+    if parts.password:
+        # Never on the command line, where every user of the machine can read it.
+        environment["PGPASSWORD"] = unquote(parts.password)
+    schema = None
+    for key, value in parse_qsl(parts.query):
+        if key == "options":
+            environment["PGOPTIONS"] = value
+            for option in value.split():
+                if option.startswith("-csearch_path="):
+                    schema = option.split("=", 1)[1].split(",")[0].strip().strip('"') or None
+        elif key == "sslmode":
+            environment["PGSSLMODE"] = value
+        elif key == "connect_timeout":
+            environment["PGCONNECT_TIMEOUT"] = value
+    return environment, database, schema
+
+
+def postgres_schema(url: str) -> str | None:
+    """The one schema the URL's search_path names (None: the database's default)."""
+    return _postgres_parts(url)[2]
+
+
+def _with_path(environment: dict[str, str]) -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **environment}
+
+
+def pg_dump_command(url: str, target: str) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) of pg_dump writing the database of url to target: custom
+    format, one repeatable-read snapshot (pg_dump's way), only the URL's schema when its
+    search_path names one."""
+    environment, _, schema = _postgres_parts(url)
+    argv = ["pg_dump", "--format=custom", "--no-owner", "--no-privileges", f"--file={target}"]
+    if schema:
+        argv.append(f"--schema={schema}")
+    return argv, _with_path(environment)
+
+
+def pg_restore_command(url: str, source: str) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) of pg_restore loading the dump at source into url's database
+    in one transaction, stopping at the first error (drop_tables first)."""
+    environment, database, _ = _postgres_parts(url)
+    argv = [
+        "pg_restore",
+        "--no-owner",
+        "--no-privileges",
+        "--exit-on-error",
+        "--single-transaction",
+        # Drops what the dump holds before making it (the schema of a schema-limited
+        # dump, left empty by drop_tables), so it can be made again.
+        "--clean",
+        "--if-exists",
+        f"--dbname={database}",
+        source,
+    ]
+    return argv, _with_path(environment)
+
+
+# --- store operations (run with Store.run_sync / Store.run, the database passed) -------
+
+
+def schema_version(database: peewee.Database) -> int:
+    return max(migrations.schema_versions(database), default=0)
+
+
+schema_version.read_only = True
+
+
+def content_counts(database: peewee.Database) -> dict[str, int]:
+    """Rows in each of CONTENT_TABLES (a table not there counts 0)."""
+    counts = {}
+    for table in CONTENT_TABLES:
+        if database.table_exists(table):
+            counts[table] = database.execute_sql(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+        else:
+            counts[table] = 0
+    return counts
+
+
+content_counts.read_only = True
+
+
+def other_connections(database: peewee.Database) -> int:
+    """PostgreSQL: the other sessions connected to this database (an appliance running
+    on it, another node, an admin command)."""
+    return database.execute_sql(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        " AND backend_type = 'client backend'"
+    ).fetchone()[0]
+
+
+other_connections.read_only = True
+
+
+def drop_tables(database: peewee.Database) -> list[str]:
+    """PostgreSQL: drop every table of the current schema (with the sequences of their
+    id columns), so that a dump can be restored there; the tables' names."""
+    schema = _current_schema(database)
+    if schema is None:  # the search_path names a schema not made yet: nothing to drop
+        return []
+    names = database.get_tables(schema=schema)
+    for name in names:
+        database.execute_sql(f'DROP TABLE IF EXISTS "{name}" CASCADE')
+    return names
+
+
+def _current_schema(database: peewee.Database) -> str | None:
+    return database.execute_sql("SELECT current_schema()").fetchone()[0]
