@@ -4,6 +4,7 @@ IMAP STARTTLS and implicit TLS, HTTPS), while open connections keep theirs."""
 
 from __future__ import annotations
 
+import base64
 import imaplib
 import smtplib
 import socket
@@ -62,6 +63,28 @@ class LoadPemTests(unittest.TestCase):
             load_pem(certificate)
         with self.assertRaisesRegex(ValueError, "no PEM certificate"):
             load_pem(key)
+
+    def test_an_encrypted_or_unsupported_key_is_one_line_value_error(self):
+        certificate, key = make_self_signed("a.acme.test")
+        private = serialization.load_pem_private_key(key, password=None)
+        encrypted = private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+        with self.assertRaisesRegex(ValueError, "^the private key is encrypted; give it without"):
+            load_pem(certificate + encrypted)
+        # A key block whose algorithm no one knows (an unknown OID in PKCS#8).
+        unknown = (
+            b"-----BEGIN PRIVATE KEY-----\n"
+            + base64.encodebytes(
+                bytes.fromhex("300f020100300806042a0304050500") + bytes.fromhex("0400")
+            )
+            + b"-----END PRIVATE KEY-----\n"
+        )
+        with self.assertRaises(ValueError) as raised:
+            load_pem(certificate + unknown)
+        self.assertEqual(str(raised.exception).count("\n"), 0)
 
     def test_provides_what_start_tls_and_tls_factories_take(self):
         options = ReloadableTLSOptions(new_certificate("a.acme.test"))
@@ -194,3 +217,22 @@ class KeyFileTests(unittest.TestCase):
         )
         options = tap.load_tls_options(config)
         self.assertEqual(options.certificate.public_bytes(serialization.Encoding.PEM), certificate)
+
+    def test_one_combined_file_named_as_both_certificate_and_key(self):
+        certificate, key = make_self_signed("mx.acme.test")
+        chain, _ = make_self_signed("ca.acme.test")
+        path = write_config(self, MINIMAL)
+        combined = path + ".pem"
+        with open(combined, "wb") as out:
+            out.write(key + certificate + chain)
+        config = load_config(
+            write_config(
+                self,
+                MINIMAL + f"[smtp]\ntls_certificate = {combined}\ntls_key = {combined}\n",
+            )
+        )
+        options = tap.load_tls_options(config)
+        self.assertEqual(options.certificate.public_bytes(serialization.Encoding.PEM), certificate)
+        # Two copies of one key in text given as one: the same key, taken once.
+        loaded = load_pem(key + certificate + key)
+        self.assertEqual(loaded.certificate, options.certificate)
