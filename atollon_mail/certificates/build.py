@@ -7,7 +7,7 @@ from twisted.application.service import IService
 
 from atollon_mail.certificates.challenges import ChallengeAnswers
 from atollon_mail.certificates.issuer import AcmeIssuer
-from atollon_mail.certificates.renewal import CertificateRenewal
+from atollon_mail.certificates.renewal import CertificateRenewal, ExchangeThread
 from atollon_mail.config import Config
 from atollon_mail.events import Events
 from atollon_mail.tlscontext import ReloadableTLSOptions
@@ -27,7 +27,8 @@ def build(
     """The "certificates" service when [tls] acme is on (else none): it puts each new
     certificate into `tls_options` (the listeners' one object) and answers the CA's
     challenges through `answers`, which the web service serves. The exchange with the CA
-    waits mostly on the network, so it runs in the DNS pool's threads."""
+    runs in a daemon thread of the service's own (ExchangeThread): it can take minutes,
+    shutdown does not wait for it, and the DNS pool's threads stay free for MX lookups."""
     tls = config.tls
     if not tls.acme:
         return ()
@@ -44,7 +45,8 @@ def build(
             config.appliance.data_dir,
             tls_options,
             issuer.issue,
-            workers.in_dns,
+            ExchangeThread(reactor).run,
             clock or reactor,
+            directory=tls.acme_directory,
         ),
     )
