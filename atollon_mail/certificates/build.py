@@ -3,7 +3,11 @@ host name's certificate from the ACME CA."""
 
 from __future__ import annotations
 
+import ipaddress
+import re
+
 from twisted.application.service import IService
+from twisted.logger import Logger
 
 from atollon_mail.certificates.challenges import ChallengeAnswers
 from atollon_mail.certificates.issuer import AcmeIssuer
@@ -12,6 +16,28 @@ from atollon_mail.config import Config
 from atollon_mail.events import Events
 from atollon_mail.tlscontext import ReloadableTLSOptions
 from atollon_mail.workers import Workers
+
+log = Logger()
+
+
+def listen_problem(config: Config) -> str | None:
+    """With [tls] acme, why the CA cannot reach the HTTP-01 answers, when [web] listen
+    is loopback-only (the default configuration's): one line saying what to set."""
+    listen = config.web.listen
+    fields = re.split(r"(?<!\\):", listen)
+    named = dict(field.split("=", 1) for field in fields[1:] if "=" in field)
+    interface = named.get("interface", "").replace("\\:", ":").strip("[]")
+    try:
+        loopback = interface == "localhost" or ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        return None
+    return (
+        f"[tls] acme = yes but [web] listen = {listen} takes connections from this machine "
+        "only, so the CA cannot check the HTTP-01 challenge unless a proxy on this host "
+        "passes port 80 to it: set [web] listen = tcp:80 (and tls_listen = tcp:443)"
+    )
 
 
 def build(
@@ -32,6 +58,9 @@ def build(
     tls = config.tls
     if not tls.acme:
         return ()
+    problem = listen_problem(config)
+    if problem is not None:
+        log.warn("{problem}", problem=problem)
     issuer = AcmeIssuer(
         tls.acme_directory,
         config.appliance.data_dir,
