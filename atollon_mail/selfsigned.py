@@ -65,15 +65,26 @@ def make_self_signed(hostname: str, now: datetime.datetime | None = None) -> tup
 
 
 def write_private(path: str, data: bytes) -> None:
-    """Write data to path, mode 0600, fsynced, replacing it in one step."""
+    """Write data to path, mode 0600, fsynced, replacing it in one step (the directory
+    fsynced too, so the new name survives a crash)."""
     partial = path + ".new"
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A partial file left by a crash may have a wider mode, which O_CREAT's would not
+    # change: removed, and the new one made by us alone (O_EXCL) with 0600 from its start.
+    try:
+        os.unlink(partial)
+    except FileNotFoundError:
+        pass
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as output:
         output.write(data)
         output.flush()
         os.fsync(output.fileno())
-    os.chmod(partial, 0o600)  # O_CREAT's mode does not apply to a file left by a crash
     os.replace(partial, path)
+    directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def load_or_create_self_signed(data_dir: str, hostname: str) -> tuple[str, str]:

@@ -9,10 +9,12 @@ it while open ones keep the context they started with.
 
 from __future__ import annotations
 
+import os
 import re
 
 import attrs
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
@@ -36,12 +38,23 @@ class LoadedCertificate:
 def load_pem(pem: bytes) -> LoadedCertificate:
     """Key and certificates from PEM text (the key anywhere, the server's certificate
     first among the certificates, then its chain). Raises ValueError saying what is
-    missing or wrong (no key, no certificate, a key that is not the certificate's)."""
-    keys = _PRIVATE_KEY.findall(pem)
-    found = _PRIVATE_KEY.search(pem)
-    if found is None or len(keys) != 1:
+    missing or wrong (no key, no certificate, a key that is not the certificate's, an
+    encrypted key or one of a kind not supported). The same key block twice (a combined
+    file named as both certificate and key) counts as one."""
+    keys = {found.group(0) for found in _PRIVATE_KEY.finditer(pem)}
+    if len(keys) != 1:
         raise ValueError(f"expected one PEM private key, found {len(keys)}")
-    key = serialization.load_pem_private_key(found.group(0), password=None)
+    (key_pem,) = keys
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:
+        # cryptography raises TypeError for a key that needs a password.
+        raise ValueError(
+            "the private key is encrypted; give it without a passphrase "
+            "(openssl pkey -in KEY -out KEY.plain)"
+        ) from None
+    except UnsupportedAlgorithm as problem:
+        raise ValueError(f"the private key is of a kind not supported ({problem})") from None
     try:
         certificates = x509.load_pem_x509_certificates(pem)
     except ValueError:
@@ -61,8 +74,13 @@ def load_pem(pem: bytes) -> LoadedCertificate:
 
 
 def load_files(certificate_path: str, key_path: str) -> LoadedCertificate:
-    with open(certificate_path, "rb") as certificate, open(key_path, "rb") as key:
-        return load_pem(certificate.read() + b"\n" + key.read())
+    """The certificate and key files (the same file when it holds both)."""
+    with open(certificate_path, "rb") as certificate:
+        pem = certificate.read()
+    if os.path.realpath(key_path) != os.path.realpath(certificate_path):
+        with open(key_path, "rb") as key:
+            pem += b"\n" + key.read()
+    return load_pem(pem)
 
 
 @implementer(IOpenSSLServerConnectionCreator, IOpenSSLContextFactory)

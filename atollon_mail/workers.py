@@ -5,8 +5,8 @@
   building campaign messages (massmail.sender). Two threads: the GIL lets little more
   run at once, and the reactor thread needs its share.
 - `dns`: blocking DNS queries (delivery.mx's MX lookups, the DNS watcher's checks, the
-  web's DNS pages) and the exchange with the ACME CA (certificates.renewal). Threads
-  mostly wait on the network, so there are more of them.
+  web's DNS pages). Threads mostly wait on the network, so there are more of them. (The
+  exchange with the ACME CA, minutes long, has a thread of its own: certificates.renewal.)
 
 The store's thread pool is the store's own (store.pool). Both pools start and stop with
 this service; whoever needs one is given it when built.

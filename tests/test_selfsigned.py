@@ -76,3 +76,30 @@ class SelfSignedTests(unittest.TestCase):
         appliance.startService()
         self.addCleanup(appliance.stopService)
         self.assertIn(2465, [port for port, _, _, _ in reactor.tcpServers])
+
+
+class WritePrivateTests(unittest.TestCase):
+    def test_a_stale_partial_file_is_replaced_not_reused(self):
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "tls.key")
+        # A crash left tls.key.new readable by all; another left it a link to elsewhere.
+        stale = path + ".new"
+        with open(stale, "wb") as left:
+            left.write(b"old and much longer than what is written next\n")
+        os.chmod(stale, 0o644)
+        selfsigned.write_private(path, b"secret\n")
+        self.assertEqual(read(path), b"secret\n")
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.assertFalse(os.path.exists(stale))
+
+        elsewhere = os.path.join(directory, "elsewhere")
+        with open(elsewhere, "wb") as other:
+            other.write(b"not ours\n")
+        os.chmod(elsewhere, 0o644)
+        os.symlink(elsewhere, stale)
+        selfsigned.write_private(path, b"secret 2\n")
+        self.assertEqual(read(path), b"secret 2\n")
+        self.assertEqual(read(elsewhere), b"not ours\n", "the link was followed")
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.assertFalse(os.path.islink(path))

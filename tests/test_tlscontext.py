@@ -4,6 +4,7 @@ IMAP STARTTLS and implicit TLS, HTTPS), while open connections keep theirs."""
 
 from __future__ import annotations
 
+import base64
 import imaplib
 import smtplib
 import socket
@@ -21,6 +22,7 @@ from atollon_mail import tap
 from atollon_mail.config import load_config
 from atollon_mail.selfsigned import make_self_signed
 from atollon_mail.tlscontext import ReloadableTLSOptions, load_pem
+from tests.certificates.localca import LocalCA
 from tests.e2e.appliance import free_port
 from tests.test_tap import MINIMAL, write_config
 
@@ -62,6 +64,28 @@ class LoadPemTests(unittest.TestCase):
             load_pem(certificate)
         with self.assertRaisesRegex(ValueError, "no PEM certificate"):
             load_pem(key)
+
+    def test_an_encrypted_or_unsupported_key_is_one_line_value_error(self):
+        certificate, key = make_self_signed("a.acme.test")
+        private = serialization.load_pem_private_key(key, password=None)
+        encrypted = private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+        with self.assertRaisesRegex(ValueError, "^the private key is encrypted; give it without"):
+            load_pem(certificate + encrypted)
+        # A key block whose algorithm no one knows (an unknown OID in PKCS#8).
+        unknown = (
+            b"-----BEGIN PRIVATE KEY-----\n"
+            + base64.encodebytes(
+                bytes.fromhex("300f020100300806042a0304050500") + bytes.fromhex("0400")
+            )
+            + b"-----END PRIVATE KEY-----\n"
+        )
+        with self.assertRaises(ValueError) as raised:
+            load_pem(certificate + unknown)
+        self.assertEqual(str(raised.exception).count("\n"), 0)
 
     def test_provides_what_start_tls_and_tls_factories_take(self):
         options = ReloadableTLSOptions(new_certificate("a.acme.test"))
@@ -161,8 +185,22 @@ class HotSwapTests(unittest.TestCase):
             {name: seen for name, (_, seen) in before.items()}, dict.fromkeys(before, first)
         )
 
-        swapped = new_certificate("b.acme.test")
+        # The new one from a CA, with its intermediate: the whole chain is sent.
+        ca = LocalCA(reactor)
+        swapped = load_pem(ca.certificate("b.acme.test") + ca.ca_certificate_pem())
         self.tls_options.replace(swapped)
+        chains = yield threads.deferToThread(
+            lambda: {
+                name: sent_chain(self.ports[name])
+                for name in ("submission_tls", "imap_tls", "web_tls")
+            }
+        )
+        for name, chain in chains.items():
+            self.assertEqual(
+                [certificate.subject for certificate in chain],
+                [swapped.certificate.subject, ca.name],
+                name,
+            )
         after = yield threads.deferToThread(self.open_sessions)
         self.addCleanup(threads.deferToThread, self.close, after)
         self.assertEqual(
@@ -173,6 +211,44 @@ class HotSwapTests(unittest.TestCase):
             lambda: {name: self.still_talking(name, client) for name, (client, _) in before.items()}
         )
         self.assertEqual(answering, dict.fromkeys(before, True))
+
+    @defer.inlineCallbacks
+    def test_tls_1_1_is_refused(self):
+        # set_options ORs in its argument and returns the options in force: 0 reads them.
+        options = self.tls_options.getContext().set_options(0)
+        self.assertTrue(options & SSL.OP_NO_TLSv1_1 and options & SSL.OP_NO_TLSv1)
+
+        def handshake(version) -> str:
+            context = unverified()
+            # The client offers exactly `version` (SECLEVEL=0: its own library would
+            # not offer TLS 1.1 otherwise), so only the server can refuse.
+            context.set_ciphers("DEFAULT:@SECLEVEL=0")
+            context.minimum_version = context.maximum_version = version
+            with socket.create_connection(("127.0.0.1", self.ports["web_tls"]), 10) as raw:
+                try:
+                    with context.wrap_socket(raw) as tls:
+                        return tls.version()
+                except ssl.SSLError as problem:
+                    return f"refused: {problem.reason}"
+
+        old = yield threads.deferToThread(handshake, ssl.TLSVersion.TLSv1_1)
+        # The server's alert, not a client that would not try.
+        self.assertEqual(old, "refused: TLSV1_ALERT_PROTOCOL_VERSION")
+        current = yield threads.deferToThread(handshake, ssl.TLSVersion.TLSv1_2)
+        self.assertEqual(current, "TLSv1.2")
+
+
+def sent_chain(port: int) -> list[x509.Certificate]:
+    """The certificates an implicit-TLS listener sends, server's first."""
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        connection = SSL.Connection(context, raw)
+        connection.set_connect_state()
+        connection.setblocking(True)
+        connection.do_handshake()
+        chain = connection.get_peer_cert_chain(as_cryptography=True)
+        connection.shutdown()
+    return chain
 
 
 class KeyFileTests(unittest.TestCase):
@@ -194,3 +270,22 @@ class KeyFileTests(unittest.TestCase):
         )
         options = tap.load_tls_options(config)
         self.assertEqual(options.certificate.public_bytes(serialization.Encoding.PEM), certificate)
+
+    def test_one_combined_file_named_as_both_certificate_and_key(self):
+        certificate, key = make_self_signed("mx.acme.test")
+        chain, _ = make_self_signed("ca.acme.test")
+        path = write_config(self, MINIMAL)
+        combined = path + ".pem"
+        with open(combined, "wb") as out:
+            out.write(key + certificate + chain)
+        config = load_config(
+            write_config(
+                self,
+                MINIMAL + f"[smtp]\ntls_certificate = {combined}\ntls_key = {combined}\n",
+            )
+        )
+        options = tap.load_tls_options(config)
+        self.assertEqual(options.certificate.public_bytes(serialization.Encoding.PEM), certificate)
+        # Two copies of one key in text given as one: the same key, taken once.
+        loaded = load_pem(key + certificate + key)
+        self.assertEqual(loaded.certificate, options.certificate)

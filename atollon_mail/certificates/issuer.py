@@ -9,6 +9,7 @@ registered once; every certificate gets a new key of its own.
 from __future__ import annotations
 
 import datetime
+import email.utils
 import json
 import os
 
@@ -17,9 +18,12 @@ import requests
 from acme import challenges, client, crypto_util, errors, messages
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from twisted.logger import Logger
 
 from atollon_mail import __version__
 from atollon_mail.selfsigned import write_private
+
+log = Logger()
 
 ACCOUNT_KEY_FILE = "acme-account.key"
 ACCOUNT_FILE = "acme-account.json"
@@ -30,7 +34,47 @@ NETWORK_TIMEOUT = 30  # seconds for each HTTPS request to the CA
 
 
 class CertificateError(Exception):
-    """Getting a certificate failed; str() is one line saying why and what to do."""
+    """Getting a certificate failed; str() is one line saying why and what to do.
+    `retry_after`: seconds the CA asked us to wait (its Retry-After), or None."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+# The CA's problems that mean the kept account is of no use any more: the CA forgot or
+# deactivated it, or the key in use is not the account's.
+ACCOUNT_GONE = ("accountDoesNotExist", "unauthorized")
+
+
+def retry_after_seconds(value: str | None, now: datetime.datetime) -> float | None:
+    """A Retry-After header's delay in seconds (RFC 9110: seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+class RetryAfterNetwork(client.ClientNetwork):
+    """acme's ClientNetwork, keeping the Retry-After of the CA's last error response
+    (the library raises the problem document and drops the header)."""
+
+    retry_after: float | None = None
+
+    def _check_response(self, response, content_type=None):  # type: ignore[override]
+        if not response.ok:
+            self.retry_after = retry_after_seconds(
+                response.headers.get("Retry-After"), datetime.datetime.now(datetime.UTC)
+            )
+        return client.ClientNetwork._check_response(response, content_type=content_type)
 
 
 def _new_key_pem() -> bytes:
@@ -61,6 +105,7 @@ class AcmeIssuer:
         self.answers = answers
         self.email = email
         self.ca_bundle = ca_bundle
+        self._network: RetryAfterNetwork | None = None
 
     def issue(self, hostname: str) -> bytes:
         """A new key and its certificate chain for hostname, as PEM (key first). Raises
@@ -92,13 +137,15 @@ class AcmeIssuer:
                 f"{int(ORDER_DEADLINE.total_seconds())} s; it is retried later"
             ) from None
         except (messages.Error, errors.Error) as problem:
+            retry_after = self._network.retry_after if self._network is not None else None
             raise CertificateError(
-                f"the ACME CA at {self.directory_url} refused: {_first_line(problem)}"
+                f"the ACME CA at {self.directory_url} refused: {_first_line(problem)}",
+                retry_after=retry_after,
             ) from None
 
     def _issue(self, hostname: str) -> bytes:
         account_key = josepy.JWKRSA(key=self._account_key())
-        network = client.ClientNetwork(
+        network = self._network = RetryAfterNetwork(
             account_key,
             user_agent=f"atollon-mail/{__version__}",
             # requests takes a CA file's path where it takes True (the system's CAs).
@@ -109,7 +156,21 @@ class AcmeIssuer:
         acme = client.ClientV2(directory, network)
         self._account(acme)
         key_pem = _new_key_pem()
-        order = acme.new_order(crypto_util.make_csr(key_pem, [hostname]))
+        csr = crypto_util.make_csr(key_pem, [hostname])
+        try:
+            order = acme.new_order(csr)
+        except messages.Error as problem:
+            if problem.code not in ACCOUNT_GONE:
+                raise
+            # The kept account is of no use (deactivated, forgotten by the CA, or not
+            # this key's): registered again, once.
+            log.warn(
+                "the ACME CA refused the kept account ({problem}); registering again",
+                problem=_first_line(problem),
+            )
+            self._account(acme, fresh=True)
+            account_key = acme.net.key
+            order = acme.new_order(csr)
         tokens = []
         try:
             for authorization in order.authorizations:
@@ -151,17 +212,39 @@ class AcmeIssuer:
         with open(path, "rb") as key_file:
             return serialization.load_pem_private_key(key_file.read(), password=None)
 
-    def _account(self, acme: client.ClientV2) -> None:
-        """Registers the account once per directory; later uses take the kept one."""
+    def _account(self, acme: client.ClientV2, fresh: bool = False) -> None:
+        """Registers the account once per directory; later uses take the kept one
+        (`fresh`: not the kept one, which the CA refused). A changed [tls] acme_email
+        updates the kept account's contact."""
         path = os.path.join(self.data_dir, ACCOUNT_FILE)
         try:
             with open(path, encoding="utf-8") as account_file:
                 kept = json.load(account_file)
         except (OSError, ValueError):
             kept = {}
-        if kept.get("directory") == self.directory_url and kept.get("registration"):
-            acme.net.account = messages.RegistrationResource.from_json(kept["registration"])
+        if not isinstance(kept, dict):
+            kept = {}
+        # The key's thumbprint is kept beside the account (files from before had none):
+        # a key file replaced since is a new account's, not the kept one's.
+        thumbprint = _thumbprint(acme.net.key)
+        if (
+            not fresh
+            and kept.get("directory") == self.directory_url
+            and kept.get("registration")
+            and kept.get("key_thumbprint", thumbprint) == thumbprint
+        ):
+            account = messages.RegistrationResource.from_json(kept["registration"])
+            acme.net.account = account
+            if kept.get("email", self.email) != self.email:
+                contact = (f"mailto:{self.email}",) if self.email else ()
+                account = acme.update_registration(account, account.body.update(contact=contact))
+                self._keep_account(path, account, acme.net.key)
             return
+        if fresh:
+            # A deactivated account's key cannot register again: a new key, new account.
+            write_private(os.path.join(self.data_dir, ACCOUNT_KEY_FILE), _new_key_pem())
+            acme.net.key = josepy.JWKRSA(key=self._account_key())
+            acme.net.account = None  # a new account is asked for with its key, not an id
         registration = messages.NewRegistration.from_data(
             email=self.email, terms_of_service_agreed=True
         )
@@ -173,8 +256,20 @@ class AcmeIssuer:
                 uri=existing.location, body=messages.Registration()
             )
             acme.net.account = account
-        record = {"directory": self.directory_url, "registration": json.loads(account.json_dumps())}
+        self._keep_account(path, account, acme.net.key)
+
+    def _keep_account(self, path: str, account, key) -> None:
+        record = {
+            "directory": self.directory_url,
+            "email": self.email,
+            "key_thumbprint": _thumbprint(key),
+            "registration": json.loads(account.json_dumps()),
+        }
         write_private(path, json.dumps(record, indent=1).encode("utf-8"))
+
+
+def _thumbprint(key) -> str:
+    return josepy.encode_b64jose(key.thumbprint())
 
 
 def _first_line(problem) -> str:

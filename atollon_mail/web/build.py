@@ -11,6 +11,7 @@ from atollon_mail.events import Events
 from atollon_mail.listening import limited
 from atollon_mail.web import build_web_root
 from atollon_mail.web.bodylimit import BodyLimitedRequest
+from atollon_mail.web.https import HstsRequest, PlainHttpRoot, https_port
 from atollon_mail.web.limits import DeadlineSite
 from atollon_mail.web.mailevents import (
     MAX_STREAMS,
@@ -40,7 +41,8 @@ def build(
     teaches `learner` (an ISpamLearner; None: no spam filter); the open mailbox pages
     hear of mail `events.filed` tells of; `metrics` are served at /metrics. With [web]
     tls_listen, "web-tls" serves the same site over HTTPS with `tls_options` (the mail
-    listeners' certificate);
+    listeners' certificate, required then) and "web" answers only the ACME challenge,
+    /health and /metrics over plain HTTP, redirecting the rest (web.https);
     `challenge_answers` (certificates.challenges.ChallengeAnswers) are served at
     /.well-known/acme-challenge/ on both."""
     # Each open mailbox page holds a connection: at most half the listener's, so that
@@ -65,15 +67,28 @@ def build(
         metrics=metrics,
         challenge_answers=challenge_answers,
     )
-    # BodyLimitedRequest refuses a body over its route's limit before reading it.
-    site = DeadlineSite(
-        web_root,
-        reactor,
-        header_timeout=config.web.header_timeout,
-        body_timeout=config.web.body_timeout,
-        requestFactory=BodyLimitedRequest,
-    )
-    plain = limited(site, "web", config.web, config, reactor, web=True)
+    if config.web.tls_listen and tls_options is None:
+        raise ValueError("[web] tls_listen needs the listeners' TLS options (tls_options)")
+
+    def site(root, request_factory=BodyLimitedRequest):
+        # BodyLimitedRequest refuses a body over its route's limit before reading it.
+        return DeadlineSite(
+            root,
+            reactor,
+            header_timeout=config.web.header_timeout,
+            body_timeout=config.web.body_timeout,
+            requestFactory=request_factory,
+        )
+
+    if config.web.tls_listen:
+        # The site is served over HTTPS: plain HTTP keeps only what needs no TLS.
+        plain_root = PlainHttpRoot(
+            web_root, config.appliance.hostname, https_port(config.web.tls_listen)
+        )
+        plain = limited(site(plain_root), "web", config.web, config, reactor, web=True)
+    else:
+        # TLS, if any, ends in a reverse proxy in front.
+        plain = limited(site(web_root), "web", config.web, config, reactor, web=True)
     web = strports.service(config.web.listen, plain, reactor=reactor)
     web.setName("web")
     # Stopped after the listeners (a MultiService stops its children last to first).
@@ -81,7 +96,9 @@ def build(
     if config.web.tls_listen:
         # Counted inside TLS, as the other implicit-TLS listeners: a refused client
         # reads its 503 once the handshake is done.
-        secure = limited(site, "web-tls", config.web, config, reactor, web=True)
+        secure = limited(
+            site(web_root, HstsRequest), "web-tls", config.web, config, reactor, web=True
+        )
         wrapped = TLSMemoryBIOFactory(tls_options, False, secure)
         web_tls = strports.service(config.web.tls_listen, wrapped, reactor=reactor)
         web_tls.setName("web-tls")

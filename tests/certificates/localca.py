@@ -49,6 +49,22 @@ class LocalCA:
         )
         return key_pem + certificate.public_bytes(serialization.Encoding.PEM)
 
+    def ca_certificate_pem(self) -> bytes:
+        """The CA's own certificate, as a chain sent after a server's certificate."""
+        now = self.now()
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(self.name)
+            .issuer_name(self.name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        return certificate.public_bytes(serialization.Encoding.PEM)
+
     def issue(self, hostname: str) -> bytes:
         self.issued.append((self.clock.seconds(), threading.current_thread().name))
         return self.certificate(hostname)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from twisted.internet import reactor
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from atollon_mail import tap
@@ -87,9 +88,35 @@ class StartingCertificateTests(unittest.TestCase):
 
 
 class ServiceTreeTests(unittest.TestCase):
-    def tree(self, acme: str):
-        config = load_config(write_config(self, MINIMAL + f"[tls]\nacme = {acme}\n"))
+    def tree(self, acme: str, web: str = ""):
+        config = load_config(write_config(self, MINIMAL + f"[tls]\nacme = {acme}\n" + web))
         return tap.build_appliance(config, SpyReactor())
+
+    def test_acme_with_a_loopback_only_web_listener_warns_what_to_set(self):
+        lines = []
+
+        def observe(event):
+            if event.get("log_level") == LogLevel.warn:
+                lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.tree("yes")  # [web] listen's default: tcp:8080:interface=127.0.0.1
+        (line,) = [line for line in lines if "[tls] acme = yes" in line]
+        self.assertEqual(line.count("\n"), 0)
+        self.assertIn("[web] listen = tcp:8080:interface=127.0.0.1 takes connections", line)
+        self.assertIn("set [web] listen = tcp:80 (and tls_listen = tcp:443)", line)
+        for listen in ("tcp:80", "tcp:80:interface=0.0.0.0", "tcp6:80:interface=\\:\\:"):
+            lines.clear()
+            self.tree("yes", f"[web]\nlisten = {listen}\n")
+            self.assertEqual([line for line in lines if "[tls] acme" in line], [], listen)
+        for listen in ("tcp:80:interface=127.0.0.2", "tcp6:80:interface=\\:\\:1"):
+            lines.clear()
+            self.tree("yes", f"[web]\nlisten = {listen}\n")
+            self.assertEqual(len([line for line in lines if "[tls] acme" in line]), 1, listen)
+        lines.clear()
+        self.tree("no")
+        self.assertEqual([line for line in lines if "[tls] acme" in line], [])
 
     def test_with_acme_the_certificates_service_fills_the_listeners_tls_options(self):
         appliance = self.tree("yes")

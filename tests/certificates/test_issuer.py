@@ -5,21 +5,30 @@ nobody answers for is one line saying what to do."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 
+import josepy
+from acme import client, messages
 from cryptography import x509
 from twisted.internet import defer, reactor, threads
 from twisted.internet.task import Clock
 from twisted.trial import unittest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
 
 from atollon_mail.certificates.challenges import ChallengeAnswers
 from atollon_mail.certificates.issuer import (
     ACCOUNT_FILE,
+    ACCOUNT_KEY_FILE,
     AcmeIssuer,
     CertificateError,
+    _new_key_pem,
+    retry_after_seconds,
 )
 from atollon_mail.config import parse_config
+from atollon_mail.selfsigned import write_private
 from atollon_mail.tlscontext import load_pem
 from tests.builders import web_root
 from tests.dnsserver import start_dns_server
@@ -100,6 +109,67 @@ class IssuerTests(ServedWebMixin, StoreFixtureMixin):
         )
         self.assertEqual(len(self.answers), 0, "the answer is withdrawn")
 
+    def kept_account(self) -> dict:
+        with open(os.path.join(self.data_dir, ACCOUNT_FILE)) as account_file:
+            return json.load(account_file)
+
+    @defer.inlineCallbacks
+    def test_an_account_whose_key_no_longer_matches_is_registered_again(self):
+        pebble = self.pebble(self.port)
+        issuer = self.issuer(pebble)
+        yield threads.deferToThread(issuer.issue, HOSTNAME)
+        before = self.kept_account()
+        # The key file replaced (restored from elsewhere): the kept account is not its.
+        write_private(os.path.join(self.data_dir, ACCOUNT_KEY_FILE), _new_key_pem())
+        pem = yield threads.deferToThread(issuer.issue, HOSTNAME)
+        load_pem(pem).certificate.verify_directly_issued_by(
+            (yield threads.deferToThread(pebble.intermediate))
+        )
+        after = self.kept_account()
+        self.assertNotEqual(after["registration"]["uri"], before["registration"]["uri"])
+        self.assertEqual(pebble.log().count("POST /sign-me-up"), 2)
+
+    @defer.inlineCallbacks
+    def test_a_deactivated_account_is_registered_again(self):
+        pebble = self.pebble(self.port)
+        issuer = self.issuer(pebble)
+        yield threads.deferToThread(issuer.issue, HOSTNAME)
+        before = self.kept_account()
+        yield threads.deferToThread(deactivate, issuer, before)
+        pem = yield threads.deferToThread(issuer.issue, HOSTNAME)
+        self.assertEqual(load_pem(pem).certificate.issuer.rfc4514_string().count("Pebble"), 1)
+        self.assertNotEqual(
+            self.kept_account()["registration"]["uri"], before["registration"]["uri"]
+        )
+
+    @defer.inlineCallbacks
+    def test_a_changed_email_updates_the_account(self):
+        pebble = self.pebble(self.port)
+        yield threads.deferToThread(self.issuer(pebble).issue, HOSTNAME)
+        before = self.kept_account()
+        changed = AcmeIssuer(
+            pebble.directory_url,
+            self.data_dir,
+            self.answers,
+            email="hostmaster@acme.test",
+            ca_bundle=pebble.ca_bundle,
+        )
+        yield threads.deferToThread(changed.issue, HOSTNAME)
+        after = self.kept_account()
+        self.assertEqual(after["registration"]["uri"], before["registration"]["uri"])
+        self.assertEqual(after["email"], "hostmaster@acme.test")
+        self.assertEqual(after["registration"]["body"]["contact"], ["mailto:hostmaster@acme.test"])
+
+
+def deactivate(issuer: AcmeIssuer, kept: dict) -> None:
+    """The CA deactivates the account (here its owner does, through the CA's API)."""
+    key = josepy.JWKRSA(key=issuer._account_key())
+    network = client.ClientNetwork(key, verify_ssl=issuer.ca_bundle)
+    acme = client.ClientV2(client.ClientV2.get_directory(issuer.directory_url, network), network)
+    account = messages.RegistrationResource.from_json(kept["registration"])
+    network.account = account
+    acme.deactivate_registration(account)
+
 
 class SqliteIssuerTests(SqliteStoreMixin, IssuerTests, unittest.TestCase):
     pass
@@ -124,3 +194,53 @@ class UnreachableTests(unittest.TestCase):
             ),
             message,
         )
+
+
+class RateLimitedCA(Resource):
+    """A CA answering every request as a rate-limited one does (RFC 8555 6.6)."""
+
+    isLeaf = True
+
+    def __init__(self, retry_after: str):
+        super().__init__()
+        self.retry_after = retry_after
+
+    def render(self, request):
+        request.setResponseCode(429)
+        request.setHeader(b"content-type", b"application/problem+json")
+        request.setHeader(b"retry-after", self.retry_after.encode())
+        request.write(
+            json.dumps(
+                {
+                    "type": "urn:ietf:params:acme:error:rateLimited",
+                    "detail": "too many certificates already issued for this name",
+                }
+            ).encode()
+        )
+        # Closed by us: the client's connection pool would keep it open past the test.
+        transport = request.channel.transport
+        request.finish()
+        transport.loseConnection()
+        return NOT_DONE_YET
+
+
+class RetryAfterTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_the_cas_retry_after_comes_with_the_error(self):
+        port = reactor.listenTCP(0, Site(RateLimitedCA("7200")), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        directory = f"http://127.0.0.1:{port.getHost().port}/directory"
+        issuer = AcmeIssuer(directory, os.path.abspath(self.mktemp()), ChallengeAnswers())
+        with self.assertRaises(CertificateError) as raised:
+            yield threads.deferToThread(issuer.issue, HOSTNAME)
+        self.assertEqual(raised.exception.retry_after, 7200.0)
+        self.assertIn("rateLimited", str(raised.exception))
+        self.assertIn("too many certificates", str(raised.exception))
+
+    def test_seconds_or_an_http_date(self):
+        now = datetime.datetime(2027, 3, 1, 12, 0, tzinfo=datetime.UTC)
+        self.assertEqual(retry_after_seconds("120", now), 120.0)
+        self.assertEqual(retry_after_seconds("Mon, 01 Mar 2027 13:30:00 GMT", now), 5400.0)
+        self.assertEqual(retry_after_seconds("Mon, 01 Mar 2027 11:00:00 GMT", now), 0.0)
+        self.assertIsNone(retry_after_seconds("soon", now))
+        self.assertIsNone(retry_after_seconds(None, now))

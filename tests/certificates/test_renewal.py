@@ -8,23 +8,30 @@ import datetime
 import os
 import stat
 import threading
+import time
 
-from twisted.internet import defer
+from twisted.application.service import MultiService
+from twisted.internet import defer, reactor, task
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from atollon_mail.certificates.challenges import ChallengeAnswers
-from atollon_mail.certificates.issuer import AcmeIssuer
+from atollon_mail.certificates.issuer import AcmeIssuer, CertificateError
 from atollon_mail.certificates.renewal import (
     ACME_CERTIFICATE_FILE,
+    ACME_ORIGIN_FILE,
     CHECK_INTERVAL,
     FIRST_RETRY,
+    STATE_FILE,
     CertificateRenewal,
+    ExchangeThread,
+    fingerprint,
+    load_kept,
+    read_json,
 )
 from atollon_mail.selfsigned import make_self_signed
 from atollon_mail.tlscontext import ReloadableTLSOptions, load_pem
-from tests.builders import started_workers
 from tests.certificates.localca import LocalCA
 from tests.e2e.appliance import free_port
 
@@ -54,10 +61,9 @@ class RenewalTests(unittest.TestCase):
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
 
-    def service(self, tls_options, issue=None, run_in_thread=defer.maybeDeferred):
-        # run_in_thread: the appliance's is Workers.in_dns; here the exchange runs at
-        # once so that only the clock decides when (test_the_exchange_runs_in_a_worker_
-        # thread uses the real pool).
+    def service(self, tls_options, issue=None, run_in_thread=defer.maybeDeferred, directory=None):
+        # run_in_thread: the appliance's is ExchangeThread.run; here the exchange runs at
+        # once so that only the clock decides when (ThreadTests use the real thread).
         service = CertificateRenewal(
             HOSTNAME,
             self.data_dir,
@@ -65,6 +71,7 @@ class RenewalTests(unittest.TestCase):
             issue or self.ca.issue,
             run_in_thread,
             self.clock,
+            directory=directory,
         )
         service.startService()
         self.addCleanup(service.stopService)
@@ -167,14 +174,189 @@ class RenewalTests(unittest.TestCase):
         (call,) = self.clock.getDelayedCalls()
         self.assertEqual(call.getTime() - self.clock.seconds(), CHECK_INTERVAL)
 
-    @defer.inlineCallbacks
-    def test_the_exchange_runs_in_a_worker_thread(self):
-        workers = started_workers(self)
+    def test_a_certificate_from_another_directory_is_replaced(self):
+        staging = "https://staging.ca.test/directory"
+        production = "https://ca.test/directory"
+        first = self.service(self_signed(), directory=staging)
+        self.clock.advance(0)
+        self.assertEqual(self.issue_times(), [0])
+        origin = read_json(os.path.join(self.data_dir, ACME_ORIGIN_FILE))
+        self.assertEqual(origin["directory"], staging)
+        self.assertEqual(stat.S_IMODE(os.stat(self.path(ACME_ORIGIN_FILE)).st_mode), 0o600)
+        first.stopService()
+
+        # Started again with the same directory: the kept certificate stays.
+        self.clock.advance(DAY)
+        again = self.service(ReloadableTLSOptions(load_kept(self.data_dir)), directory=staging)
+        self.clock.advance(0)
+        self.assertEqual(self.issue_times(), [0])
+        again.stopService()
+
+        # acme_directory changed to production: replaced at once.
+        self.clock.advance(DAY)
+        kept = load_kept(self.data_dir)
+        tls_options = ReloadableTLSOptions(kept)
+        self.service(tls_options, directory=production)
+        self.clock.advance(0)
+        self.assertEqual(self.issue_times(), [0, 2])
+        self.assertNotEqual(tls_options.certificate, kept.certificate)
+        self.assertIn(
+            f"the certificate in use came from another ACME directory ({staging})",
+            "\n".join(self.lines),
+        )
+        origin = read_json(self.path(ACME_ORIGIN_FILE))
+        self.assertEqual(origin["directory"], production)
+        self.assertEqual(origin["sha256"], fingerprint(tls_options.certificate))
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.data_dir, name)
+
+    def test_the_back_off_is_kept_across_restarts(self):
+        def refused(hostname: str) -> bytes:
+            self.ca.issued.append((self.clock.seconds(), "refused"))
+            raise CertificateError("the ACME CA refused")
+
+        first = self.service(self_signed(), issue=refused)
+        self.clock.advance(0)
+        first.stopService()
+        self.assertEqual(stat.S_IMODE(os.stat(self.path(STATE_FILE)).st_mode), 0o600)
+        # A restart a minute later (a crash loop) does not ask the CA at once.
+        self.clock.advance(60)
+        second = self.service(self_signed(), issue=refused)
+        self.clock.advance(0)
+        self.assertEqual(len(self.ca.issued), 1)
+        (call,) = self.clock.getDelayedCalls()
+        self.assertEqual(call.getTime() - self.clock.seconds(), FIRST_RETRY - 60)
+        self.clock.advance(FIRST_RETRY - 60)
+        self.assertEqual(len(self.ca.issued), 2)
+        second.stopService()
+        # The second failure doubled the wait, for the next start too.
+        third = self.service(self_signed())
+        (call,) = self.clock.getDelayedCalls()
+        self.assertEqual(call.getTime() - self.clock.seconds(), 2 * FIRST_RETRY)
+        self.clock.advance(2 * FIRST_RETRY)
+        self.assertEqual(self.issue_times()[-1], round((2 * FIRST_RETRY + FIRST_RETRY) / DAY, 2))
+        self.assertEqual(third.tls_options.certificate.issuer, self.ca.name)
+        self.assertEqual(read_json(self.path(STATE_FILE))["failures"], 0)
+        self.assertIsNone(read_json(self.path(STATE_FILE))["retry_at"])
+
+    def test_the_cas_retry_after_is_honoured(self):
+        def rate_limited(hostname: str) -> bytes:
+            self.ca.issued.append((self.clock.seconds(), "limited"))
+            raise CertificateError("the ACME CA refused: too many", retry_after=5 * 3600.0)
+
+        self.service(self_signed(), issue=rate_limited)
+        self.clock.advance(0)
+        (call,) = self.clock.getDelayedCalls()
+        self.assertEqual(call.getTime() - self.clock.seconds(), 5 * 3600.0)
+        self.assertIn("next try in 300 minutes", self.lines[-1])
+        self.assertEqual(read_json(self.path(STATE_FILE))["retry_at"], START + 5 * 3600.0)
+
+    def test_a_failed_write_keeps_the_new_certificate_and_retries_only_the_write(self):
+        # A directory where the partial file goes: writing fails (as on a full disk).
+        blocker = self.path(ACME_CERTIFICATE_FILE) + ".new"
+        os.makedirs(os.path.join(blocker, "inside"))
         tls_options = self_signed()
-        service = self.service(tls_options, run_in_thread=workers.in_dns)
+        self.service(tls_options)
+        self.clock.advance(0)
+        self.assertEqual(self.issue_times(), [0])
+        self.assertEqual(tls_options.certificate.issuer, self.ca.name)
+        self.assertIn("in use but cannot be written", self.lines[-1])
+        self.assertFalse(os.path.exists(self.path(ACME_CERTIFICATE_FILE)))
+        (call,) = self.clock.getDelayedCalls()
+        self.assertEqual(call.getTime() - self.clock.seconds(), FIRST_RETRY)
+        os.rmdir(os.path.join(blocker, "inside"))
+        os.rmdir(blocker)
+        self.clock.advance(FIRST_RETRY)
+        self.assertEqual(self.issue_times(), [0], "not asked again")
+        self.assertEqual(load_kept(self.data_dir).certificate, tls_options.certificate)
+        (call,) = self.clock.getDelayedCalls()
+        self.assertEqual(call.getTime() - self.clock.seconds(), CHECK_INTERVAL)
+
+
+class ThreadTests(unittest.TestCase):
+    """The exchange in its own daemon thread, with the real reactor."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.ca = LocalCA(self.clock)
+        self.data_dir = os.path.abspath(self.mktemp())
+        os.makedirs(self.data_dir)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.addCleanup(self.release.set)
+
+    def slow_issue(self, hostname: str) -> bytes:
+        self.entered.set()
+        self.release.wait(30)
+        return self.ca.issue(hostname)
+
+    def service(self, tls_options, issue):
+        service = CertificateRenewal(
+            HOSTNAME, self.data_dir, tls_options, issue, ExchangeThread(reactor).run, self.clock
+        )
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service
+
+    @defer.inlineCallbacks
+    def wait_for_the_exchange(self):
+        for _ in range(500):
+            if self.entered.is_set():
+                return
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.fail("the exchange did not start")
+
+    @defer.inlineCallbacks
+    def test_the_exchange_runs_in_its_own_thread(self):
+        tls_options = self_signed()
+        service = self.service(tls_options, self.ca.issue)
         self.clock.advance(0)
         yield service.busy
         ((_, thread_name),) = self.ca.issued
-        self.assertNotEqual(thread_name, threading.main_thread().name)
-        self.assertIn("atollon-mail-dns", thread_name)
+        self.assertEqual(thread_name, "atollon-mail-acme")
         self.assertEqual(tls_options.certificate.issuer, self.ca.name)
+
+    @defer.inlineCallbacks
+    def test_stopping_during_an_exchange_does_not_wait_for_it(self):
+        tls_options = self_signed()
+        service = self.service(tls_options, self.slow_issue)
+        self.clock.advance(0)
+        yield self.wait_for_the_exchange()
+        (thread,) = [t for t in threading.enumerate() if t.name == "atollon-mail-acme"]
+        self.assertTrue(thread.daemon, "nobody joins it: the process can exit")
+        began = time.monotonic()
+        parent = MultiService()
+        service.setServiceParent(parent)
+        parent.running = True
+        stopped = parent.stopService()
+        self.assertTrue(stopped.called, "the service tree does not wait for the CA")
+        # The reactor keeps running while the exchange goes on.
+        ticks = []
+        for _ in range(5):
+            yield task.deferLater(reactor, 0.01, ticks.append, time.monotonic())
+        self.assertLess(time.monotonic() - began, 2.0)
+        self.assertEqual(len(ticks), 5)
+        self.assertTrue(thread.is_alive())
+        # Once the CA answers, what it gave is kept for the next start.
+        busy = service.busy
+        self.release.set()
+        yield busy
+        self.assertIsNotNone(load_kept(self.data_dir))
+
+    @defer.inlineCallbacks
+    def test_a_process_killed_during_the_exchange_waits_at_its_next_start(self):
+        self.service(self_signed(), self.slow_issue)
+        self.clock.advance(0)
+        yield self.wait_for_the_exchange()
+        # As the process killed now and started again finds the data directory:
+        restarted = CertificateRenewal(
+            HOSTNAME, self.data_dir, self_signed(), self.ca.issue, defer.maybeDeferred, self.clock
+        )
+        restarted.startService()
+        self.addCleanup(restarted.stopService)
+        self.clock.advance(60)
+        self.assertEqual(self.ca.issued, [])
+        (call,) = [c for c in self.clock.getDelayedCalls() if c.func == restarted.check]
+        self.assertEqual(call.getTime() - self.clock.seconds(), FIRST_RETRY - 60)
