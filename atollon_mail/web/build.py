@@ -73,7 +73,7 @@ def build(
         body_timeout=config.web.body_timeout,
         requestFactory=BodyLimitedRequest,
     )
-    plain = limited(site, "web", config.web, config, reactor, web=True)
+    plain = limited(site, "web", config.web, config, reactor, web=True, metrics=metrics)
     web = strports.service(config.web.listen, plain, reactor=reactor)
     web.setName("web")
     # Stopped after the listeners (a MultiService stops its children last to first).
@@ -81,7 +81,7 @@ def build(
     if config.web.tls_listen:
         # Counted inside TLS, as the other implicit-TLS listeners: a refused client
         # reads its 503 once the handshake is done.
-        secure = limited(site, "web-tls", config.web, config, reactor, web=True)
+        secure = limited(site, "web-tls", config.web, config, reactor, web=True, metrics=metrics)
         wrapped = TLSMemoryBIOFactory(tls_options, False, secure)
         web_tls = strports.service(config.web.tls_listen, wrapped, reactor=reactor)
         web_tls.setName("web-tls")
