@@ -108,8 +108,9 @@ class MetricsResource(Resource):
         if shared:
             log.warn(
                 "[web] metrics_networks ({shared}) overlaps [web] trusted_proxies: a proxy "
-                "there that passes /metrics without X-Forwarded-For or Forwarded opens it to "
-                "everyone behind it; have it set X-Forwarded-For, or not pass /metrics",
+                "there that passes /metrics adding no proxy header (X-Forwarded-For, "
+                "Forwarded, X-Real-IP, Via...) opens it to everyone behind it; have it set "
+                "X-Forwarded-For, or not pass /metrics",
                 shared=" ".join(shared),
             )
         token = settings.metrics_token
