@@ -144,7 +144,8 @@ class LimitedFactory(WrappingFactory):
 
     `refusal(reason)` gives the bytes to answer a refused connection with (reason is
     CLIENT or TOTAL); with `wait_for_head` (HTTP) they are sent once the request head
-    arrived, or after a short wait.
+    arrived, or after a short wait. `count_refusal(reason)`, when given, is told of each
+    refused connection (it must not raise: atollon_mail.metrics.counting).
     """
 
     protocol = _Counted
@@ -161,8 +162,10 @@ class LimitedFactory(WrappingFactory):
         name: str = "listener",
         wait_for_head: bool = False,
         max_idle: int = 0,
+        count_refusal: Callable[[str], None] | None = None,
     ):
         super().__init__(wrapped)
+        self.count_refusal = count_refusal
         self.max_connections = max_connections
         self.max_idle = max_idle
         self.idle = 0  # admitted connections that said they are idle (idle_started)
@@ -288,6 +291,8 @@ class LimitedFactory(WrappingFactory):
 
     def _note_refusal(self, reason: str, host: Any) -> None:
         self.refused[reason] += 1
+        if self.count_refusal is not None:
+            self.count_refusal(reason)
         now = self.clock.seconds()
         if self._last_logged is not None and now - self._last_logged < LOG_INTERVAL:
             self._unlogged += 1

@@ -19,8 +19,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
+from twisted.logger import Logger
 
 PREFIX = "atollon_mail_"
+
+log = Logger()
 
 # Destination domains with a label of their own; the others are "other" (DomainLabels).
 TOP_DOMAINS = 20
@@ -54,7 +57,21 @@ _STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
 AUTH_RESULTS = frozenset(
     {"pass", "fail", "softfail", "neutral", "none", "temperror", "permerror", "policy"}
 )
-SPAM_VERDICTS = ("ham", "junk", "reject", "tempfail")
+# What port 25's checks decided for a message: filed (accepted), filed into Junk, refused
+# (5xx, whatever the reason: DMARC, a DNSBL, the spam filter), or told to try later (4xx).
+INBOUND_DECISIONS = ("accepted", "junk", "rejected", "tempfailed")
+# Why a listener's connection caps refused a connection (atollon_mail.connections).
+REFUSAL_REASONS = {"total": "total", "client": "per_client"}
+
+
+def counting(count, *args) -> None:
+    """`count(*args)`, never raising: counting runs on the mail paths (SMTP replies, the
+    intake's commits, delivery outcomes), and a metric that fails must not fail, repeat
+    or lose the mail it counts. The failure is logged instead."""
+    try:
+        count(*args)
+    except Exception:
+        log.failure("metrics: counting failed; the work it counted went on")
 
 
 def outcome_of(code: int) -> str:
@@ -197,10 +214,20 @@ class Metrics:
             ["method", "result"],
             registry=registry,
         )
-        self.spam_verdicts = Counter(
-            PREFIX + "inbound_spam_verdicts",
-            "Verdicts on messages on port 25: ham, junk, reject, tempfail.",
-            ["verdict"],
+        self.inbound_decisions = Counter(
+            PREFIX + "inbound_decisions",
+            "What port 25's checks decided for a message: accepted, junk (filed into "
+            "Junk), rejected (5xx, for any reason), tempfailed (4xx).",
+            ["decision"],
+            registry=registry,
+        )
+
+        # --- connection caps (connections.LimitedFactory) ---
+        self.refused_connections = Counter(
+            PREFIX + "refused_connections",
+            "Connections refused by a listener's caps: total (the listener is full), "
+            "per_client (too many from that client).",
+            ["listener", "reason"],
             registry=registry,
         )
 
@@ -274,7 +301,12 @@ class Metrics:
             ):
                 self.auth_results.labels(method, auth_result(result)).inc()
         if refused_code is not None:
-            verdict = "reject" if refused_code >= 500 else "tempfail"
+            decision = "rejected" if refused_code >= 500 else "tempfailed"
         else:
-            verdict = "junk" if junk else "ham"
-        self.spam_verdicts.labels(verdict).inc()
+            decision = "junk" if junk else "accepted"
+        self.inbound_decisions.labels(decision).inc()
+
+    def refused_connection(self, listener: str, reason: str) -> None:
+        """A connection the caps of `listener` refused (reason: connections.TOTAL or
+        CLIENT)."""
+        self.refused_connections.labels(listener, REFUSAL_REASONS.get(reason, OTHER)).inc()

@@ -131,3 +131,36 @@ def drop_postgres_database(name: str) -> None:
     with connection.cursor() as cursor:
         cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     connection.close()
+
+
+class BrokenCounting(Exception):
+    """What BrokenMetrics's counters raise."""
+
+
+class _BrokenMetric:
+    """A counter, gauge or histogram whose every count raises; labels() gives itself."""
+
+    def labels(self, *values, **labels):
+        return self
+
+    def inc(self, *args, **kwargs):
+        raise BrokenCounting("counting failed")
+
+    dec = set = observe = inc
+
+
+def broken_metrics(**kwargs):
+    """An atollon_mail.metrics.Metrics whose counters, gauges and histograms all raise
+    when they count: the mail paths must go on without them."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from atollon_mail.metrics import Metrics
+
+    class BrokenMetrics(Metrics):
+        def __init__(self):
+            super().__init__(**kwargs)
+            for name, value in list(vars(self).items()):
+                if isinstance(value, MetricWrapperBase):
+                    setattr(self, name, _BrokenMetric())
+
+    return BrokenMetrics()

@@ -13,6 +13,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from atollon_mail.addresses import client_key
+from atollon_mail.config import parse_config
 from atollon_mail.connections import (
     CLIENT,
     HEAD_WAIT,
@@ -24,7 +25,10 @@ from atollon_mail.connections import (
     LimitedFactory,
     descriptor_shortfall,
 )
+from atollon_mail.imap.server import connection_refusal as imap_refusal
 from atollon_mail.interfaces import ICountedConnection
+from atollon_mail.listening import limited
+from atollon_mail.metrics import Metrics
 from atollon_mail.smtp.policies import MXPolicy
 from atollon_mail.smtp.server import SMTPServerFactory, connection_refusal
 from tests.smtp.fakes import HOSTNAME, FakeIntake, make_settings
@@ -322,6 +326,59 @@ class SMTPListenerTests(unittest.TestCase):
         session.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(listener.factory.total, 0)
         self.assertEqual(listener.factory.per_client, {})
+
+
+class RefusalCountTests(unittest.TestCase):
+    """The listeners' factories as the builders make them (listening.limited) count the
+    connections their caps refuse, by listener and why."""
+
+    config = parse_config(
+        "[smtp]\nmax_connections = 2\nmax_connections_per_client = 1\n"
+        "[imap]\nmax_connections = 1\nmax_connections_per_client = 1\n"
+        "max_idle_connections = 0\n"
+    )
+
+    def connect(self, factory, host: str) -> StringTransport:
+        address = IPv4Address("TCP", host, 40000)
+        transport = StringTransport(peerAddress=address)
+        factory.buildProtocol(address).makeConnection(transport)
+        return transport
+
+    def refused(self, metrics: Metrics, listener: str, reason: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "atollon_mail_refused_connections_total", {"listener": listener, "reason": reason}
+        )
+
+    def test_smtp_refusals_per_client_and_for_a_full_listener(self):
+        metrics = Metrics()
+        clock = Clock()
+        smtp = SMTPServerFactory(
+            MXPolicy(FakeIntake(), HOSTNAME), HOSTNAME, make_settings(greet_pause=0), clock
+        )
+        factory = limited(smtp, "smtp", self.config.smtp, self.config, clock, metrics=metrics)
+        self.connect(factory, "198.51.100.1")
+        self.assertTrue(self.connect(factory, "198.51.100.1").value().startswith(b"421 4.7.0"))
+        self.connect(factory, "198.51.100.2")
+        self.assertTrue(self.connect(factory, "198.51.100.3").value().startswith(b"421 4.7.0"))
+        self.assertEqual(self.refused(metrics, "smtp", "per_client"), 1)
+        self.assertEqual(self.refused(metrics, "smtp", "total"), 1)
+
+    def test_imap_refusals(self):
+        metrics = Metrics()
+        clock = Clock()
+        factory = limited(
+            Factory.forProtocol(Hello),
+            "imap",
+            self.config.imap,
+            self.config,
+            clock,
+            refusal=imap_refusal,
+            metrics=metrics,
+        )
+        self.connect(factory, "198.51.100.1")
+        self.assertTrue(self.connect(factory, "198.51.100.2").value().startswith(b"* BYE"))
+        self.assertEqual(self.refused(metrics, "imap", "total"), 1)
+        self.assertIsNone(self.refused(metrics, "imap", "per_client"))
 
 
 class DescriptorBudgetTests(unittest.TestCase):

@@ -22,6 +22,7 @@ from atollon_mail.delivery.reencode import fit_line_length, has_long_line
 from atollon_mail.delivery.srs import ExpiredAddress, ForgedAddress, SRSError, is_srs
 from atollon_mail.events import Events
 from atollon_mail.interfaces import IMailIntake, IStore, ISubmissionIntake
+from atollon_mail.metrics import counting
 from atollon_mail.store import domains as domain_ops
 from atollon_mail.store import filing, forwarding, mailboxes, queue, searchtext
 from atollon_mail.store.records import (
@@ -210,9 +211,10 @@ class GroupCommitter:
     def _write_batch(self) -> None:
         batch = self._take_batch()
         self._writing += 1
-        if self._batch_sizes is not None:
-            self._batch_sizes.observe(len(batch))
         written = self._store.run(self._operation, [item for item, _ in batch])
+        if self._batch_sizes is not None:
+            # After the write is under way, and guarded: counting never holds up mail.
+            counting(self._batch_sizes.observe, len(batch))
         written.addCallbacks(self._batch_written, self._batch_failed, (batch,), None, (batch,))
         written.addBoth(self._batch_done)
 

@@ -39,6 +39,7 @@ from atollon_mail.delivery.progress import (
     keyed,
 )
 from atollon_mail.events import Events
+from atollon_mail.metrics import counting
 from atollon_mail.smtp import client
 from atollon_mail.store import filing, queue
 from atollon_mail.store.records import (
@@ -439,10 +440,12 @@ class DeliveryRunner(service.Service):
 
     def outcomes_committed(self, results) -> None:
         """Outcomes committed: the subscribers of `events.outcome` hear of them."""
-        if self._metrics is not None:
-            self._metrics.delivery_results(results)
         if results:
             self._events.outcome.fire(tuple(results))
+        if self._metrics is not None:
+            # After the subscribers heard, and guarded: a failing count must not keep
+            # the outcome from them or the DSN from the sender.
+            counting(self._metrics.delivery_results, results)
 
     def _results(
         self,

@@ -57,6 +57,7 @@ def build(
             reactor,
             refusal=connection_refusal,
             max_idle=imap.max_idle_connections,
+            metrics=metrics,
         )
 
     plain = strports.service(imap.listen, factory(False, "imap"), reactor=reactor)

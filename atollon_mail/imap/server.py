@@ -84,7 +84,7 @@ from atollon_mail.imap.session import (
     sequence_text,
 )
 from atollon_mail.interfaces import ICountedConnection
-from atollon_mail.metrics import Metrics
+from atollon_mail.metrics import Metrics, counting
 from atollon_mail.store import imapfolders
 from atollon_mail.store.errors import NotFound, ReadOnly, StoreError
 
@@ -408,8 +408,8 @@ class IMAPServerProtocol(Protocol):
         return self.settings.idle_timeout
 
     def connectionMade(self) -> None:
-        self.factory.sessions.inc()
-        self.factory.open_sessions.inc()
+        counting(self.factory.sessions.inc)
+        counting(self.factory.open_sessions.inc)
         self._counted_open = True
         self.peer = client_ip(getattr(self.transport.getPeer(), "host", None))
         self.tls = self.factory.implicit_tls or ISSLTransport.providedBy(self.transport)
@@ -427,7 +427,7 @@ class IMAPServerProtocol(Protocol):
         self._closing = True
         if self._counted_open:
             self._counted_open = False
-            self.factory.open_sessions.dec()
+            counting(self.factory.open_sessions.dec)
         self._leave_idle()
         self._unselect()
         for call in (self._timer, self._recheck):
@@ -991,24 +991,26 @@ class IMAPServerProtocol(Protocol):
         return await self._authenticate(login, password)
 
     async def _authenticate(self, login: str, password: str) -> str:
-        logins = self.factory.metrics.imap_logins
         try:
             user = await self.factory.authenticator.authenticate(self.peer, login, password)
         except Throttled:
-            logins.labels("throttled").inc()
+            self._count_login("throttled")
             raise _no("[UNAVAILABLE] Too many failed logins, try again later") from None
         except Exception:
-            logins.labels("error").inc()
+            self._count_login("error")
             log.failure("IMAP login check failed")
             raise _no("[UNAVAILABLE] Temporary authentication failure, try again later") from None
         if user is None:
-            logins.labels("failure").inc()
+            self._count_login("failure")
             raise _no("[AUTHENTICATIONFAILED] Authentication failed")
-        logins.labels("success").inc()
+        self._count_login("success")
         self.user = user
         self.login = user.login
         self.state = AUTHENTICATED
         return f"[CAPABILITY {self.capabilities()}] Logged in"
+
+    def _count_login(self, outcome: str) -> None:
+        counting(lambda: self.factory.metrics.imap_logins.labels(outcome).inc())
 
     def imap_AUTHENTICATE(self, command: Command) -> Any:
         self._may_login()
@@ -1034,7 +1036,7 @@ class IMAPServerProtocol(Protocol):
         except (binascii.Error, ValueError, UnicodeDecodeError):
             raise _bad("Cannot decode the authentication response") from None
         if authzid and authzid != login:
-            self.factory.metrics.imap_logins.labels("failure").inc()
+            self._count_login("failure")
             raise _no("[AUTHENTICATIONFAILED] Authentication failed")
         return await self._authenticate(login, password)
 

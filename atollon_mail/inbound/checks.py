@@ -56,6 +56,7 @@ from atollon_mail.inbound.authentication import (
 from atollon_mail.inbound.headers import Field, authserv_id, fields, remove_fields
 from atollon_mail.inbound.rspamd import SpamFilterUnavailable, SpamQuery
 from atollon_mail.interfaces import IInboundChecks
+from atollon_mail.metrics import counting
 from atollon_mail.store import domains as domain_ops
 from atollon_mail.store.records import InboundVerdict
 
@@ -387,7 +388,8 @@ class InboundChecks:
         decision = self._decide(found, spam, session, envelope, domains, forwarder, len(paths))
         if self._metrics is not None:
             refusal, verdict = decision.refusal, decision.verdict
-            self._metrics.inbound_decision(
+            counting(
+                self._metrics.inbound_decision,
                 found.authentication,
                 None if refusal is None else refusal.code,
                 verdict is not None and verdict.junk,

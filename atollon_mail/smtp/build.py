@@ -44,7 +44,7 @@ def build(
     smtp_factory = SMTPServerFactory(
         mx_policy, hostname, config.smtp, reactor, tls_options=tls_options, metrics=metrics
     )
-    smtp_factory = limited(smtp_factory, "smtp", config.smtp, config, reactor)
+    smtp_factory = limited(smtp_factory, "smtp", config.smtp, config, reactor, metrics=metrics)
     smtp = strports.service(config.smtp.listen, smtp_factory, reactor=reactor)
     smtp.setName("smtp")
     services.append(smtp)
@@ -60,7 +60,7 @@ def build(
         metrics=metrics,
     )
     submission_factory = limited(
-        submission_factory, "submission", config.submission, config, reactor
+        submission_factory, "submission", config.submission, config, reactor, metrics=metrics
     )
     submission = strports.service(config.submission.listen, submission_factory, reactor=reactor)
     submission.setName("submission")
@@ -78,7 +78,7 @@ def build(
         # Port 465: TLS from the first byte, then the same submission protocol. Counted
         # inside TLS, so a refused client reads its 421 once the handshake is done.
         implicit_factory = limited(
-            implicit_factory, "submission-tls", config.submission, config, reactor
+            implicit_factory, "submission-tls", config.submission, config, reactor, metrics=metrics
         )
         wrapped = TLSMemoryBIOFactory(tls_options, False, implicit_factory)
         implicit = strports.service(config.submission.tls_listen, wrapped, reactor=reactor)

@@ -35,7 +35,7 @@ from zope.interface import implementer
 from atollon_mail.addresses import client_ip
 from atollon_mail.config import SmtpConfig
 from atollon_mail.interfaces import ICountedConnection
-from atollon_mail.metrics import Metrics, outcome_of, reason_of
+from atollon_mail.metrics import Metrics, counting, outcome_of, reason_of
 from atollon_mail.smtp.address import (
     AddressError,
     Path,
@@ -164,6 +164,7 @@ class SMTPServerProtocol(Protocol):
         self._reset_data()
         self._when_lost: list[Callable[[], Any]] = []
         self._counted_open = False
+        self._sent_first: Reply | None = None  # the first reply of a decision sent
 
     # --- the session as the policy sees it ---
 
@@ -182,7 +183,7 @@ class SMTPServerProtocol(Protocol):
     # --- connection life cycle ---
 
     def connectionMade(self) -> None:
-        self.factory.open_sessions.inc()
+        counting(self.factory.open_sessions.inc)
         self._counted_open = True
         self.session.peer = client_ip(getattr(self.transport.getPeer(), "host", None))
         self.session.tls = self.listener.implicit_tls or ISSLTransport.providedBy(self.transport)
@@ -232,7 +233,7 @@ class SMTPServerProtocol(Protocol):
         self._closing = True
         if self._counted_open:
             self._counted_open = False
-            self.factory.open_sessions.dec()
+            counting(self.factory.open_sessions.dec)
         callbacks, self._when_lost = self._when_lost, []
         for callback in callbacks:
             callback()
@@ -498,6 +499,7 @@ class SMTPServerProtocol(Protocol):
         at once is answered without a Deferred: most of the MX policy's are, and the
         Deferreds around them were a fifth of the Deferred callbacks run per relayed
         message (bench/relay.py under cProfile)."""
+        self._sent_first = None
         try:
             decision = check(*args)
             if isinstance(decision, Deferred):
@@ -511,6 +513,8 @@ class SMTPServerProtocol(Protocol):
             return accepted(decision)
         if isinstance(decision, Reply) and decision.code != 421:
             return decision
+        # Counted by its first reply (_count_reply): a 550 followed by a 421 is a 550.
+        self._sent_first = decision if isinstance(decision, Reply) else decision[0]
         self._send_decision(decision)
         return None
 
@@ -670,7 +674,7 @@ class SMTPServerProtocol(Protocol):
         protocol = self.received_protocol(envelope is not None and envelope.smtputf8)
         self.reset_transaction()
         if problem is not None:
-            self._count_message(problem)
+            counting(self._count_message, problem)
             self.send_reply(problem)
             return
         assert envelope is not None
@@ -685,21 +689,25 @@ class SMTPServerProtocol(Protocol):
 
     def _counted(self, result: Any, count: Callable[[Any], None]) -> Any:
         """`result` (a Reply, None, or a Deferred of either) unchanged, counted once
-        it is there; None is a 421 the policy sent itself, a failure our 451."""
+        it is there; None is a decision the policy's replies were sent for (counted by
+        the first of them), a failure our 451. Counting never fails the reply."""
         if isinstance(result, Deferred):
             return result.addBoth(self._count_then, count)
-        count(result)
+        counting(count, result)
         return result
 
     def _count_then(self, result: Any, count: Callable[[Any], None]) -> Any:
-        count(result)
+        counting(count, result)
         return result
 
     def _count_reply(self, counter: Any, result: Any) -> None:
+        sent, self._sent_first = self._sent_first, None
         if isinstance(result, Reply):
             self.factory.count(counter, result.code, result.status)
         elif isinstance(result, Failure):
             self.factory.count(counter, LOCAL_ERROR.code, LOCAL_ERROR.status)
+        elif sent is not None:
+            self.factory.count(counter, sent.code, sent.status)
         else:
             self.factory.count(counter, 421, None)
 
@@ -1072,6 +1080,9 @@ class SMTPServerFactory(Factory):
 
     def count_session(self, code: int) -> None:
         """A session answered with `code` at connect (220: greeted)."""
+        counting(self._count_session, code)
+
+    def _count_session(self, code: int) -> None:
         self.metrics.smtp_sessions.labels(self.listener.name, outcome_of(code)).inc()
 
     def count(self, counter: Any, code: int, status: str | None) -> None:

@@ -13,6 +13,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from atollon_mail.interfaces import IStore
+from atollon_mail.metrics import counting
 from atollon_mail.store import migrations, notices
 from atollon_mail.store.database import SQLITE_PRAGMAS, is_sqlite, open_database
 from atollon_mail.store.leases import Leases
@@ -212,7 +213,12 @@ class Store:
     def _timer(self, operation):
         timer = self._timers.get(operation)
         if timer is None:
-            timer = self._operation_seconds.labels(operation_name(operation))
+            try:
+                timer = self._operation_seconds.labels(operation_name(operation))
+            except Exception:
+                # A metric that fails must not fail the operation it times.
+                log.failure("metrics: no timer for a store operation")
+                return None
             if len(self._timers) < MAX_TIMED_OPERATIONS:
                 self._timers[operation] = timer
         return timer
@@ -226,7 +232,10 @@ class Store:
         try:
             return self.run_sync(operation, *args, **kwargs)
         finally:
-            timer.observe(perf_counter() - started)
+            # Guarded: a failing observe() would turn a committed operation into a
+            # failed one (a message stored, and its sender told to send it again).
+            if timer is not None:
+                counting(timer.observe, perf_counter() - started)
 
     def _tell_changed(self, result, mailbox_address: str):
         try:

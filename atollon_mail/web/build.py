@@ -85,10 +85,14 @@ def build(
         plain_root = PlainHttpRoot(
             web_root, config.appliance.hostname, https_port(config.web.tls_listen)
         )
-        plain = limited(site(plain_root), "web", config.web, config, reactor, web=True)
+        plain = limited(
+            site(plain_root), "web", config.web, config, reactor, web=True, metrics=metrics
+        )
     else:
         # TLS, if any, ends in a reverse proxy in front.
-        plain = limited(site(web_root), "web", config.web, config, reactor, web=True)
+        plain = limited(
+            site(web_root), "web", config.web, config, reactor, web=True, metrics=metrics
+        )
     web = strports.service(config.web.listen, plain, reactor=reactor)
     web.setName("web")
     # Stopped after the listeners (a MultiService stops its children last to first).
@@ -97,7 +101,13 @@ def build(
         # Counted inside TLS, as the other implicit-TLS listeners: a refused client
         # reads its 503 once the handshake is done.
         secure = limited(
-            site(web_root, HstsRequest), "web-tls", config.web, config, reactor, web=True
+            site(web_root, HstsRequest),
+            "web-tls",
+            config.web,
+            config,
+            reactor,
+            web=True,
+            metrics=metrics,
         )
         wrapped = TLSMemoryBIOFactory(tls_options, False, secure)
         web_tls = strports.service(config.web.tls_listen, wrapped, reactor=reactor)

@@ -31,7 +31,13 @@ from atollon_mail.store import queue
 from atollon_mail.store.models import QueueRecipient
 from atollon_mail.store.records import Origin, OutgoingMessage
 from tests import builders
-from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
+from tests.support import (
+    BrokenCounting,
+    PostgresStoreMixin,
+    SqliteStoreMixin,
+    StoreFixtureMixin,
+    broken_metrics,
+)
 
 
 def raw_message(subject: str = "hello", sender: str = "jane@acme.test") -> bytes:
@@ -357,6 +363,29 @@ class RunnerTests(StoreFixtureMixin):
         self.assertEqual(status[1]["Action"], "failed")
         self.assertEqual(status[1]["Status"], "5.1.1")
         self.assertIn("no such user", status[1]["Diagnostic-Code"])
+
+    @defer.inlineCallbacks
+    def test_counting_that_fails_costs_no_outcome_and_no_dsn(self):
+        self.runner = self.make_runner(metrics=broken_metrics())
+        heard = []
+        self.events.outcome.subscribe(heard.append)
+        self.remote.replies["bob@remote.test"] = "550 5.1.1 <bob@remote.test>: no such user"
+        yield self.start()
+        yield self.send("bob@remote.test", "carol@remote.test")
+        yield self.settle()
+        self.assertEqual(
+            (yield self.states()),
+            {"bob@remote.test": "bounced", "carol@remote.test": "delivered"},
+        )
+        self.assertEqual(
+            sorted(result.outcome for results in heard for result in results),
+            ["bounced", "delivered"],
+        )
+        dsns = [raw for raw in (yield self.jane_mail()) if b"multipart/report" in raw]
+        self.assertEqual(len(dsns), 1)
+        self.assertIn(b"Final-Recipient: rfc822; bob@remote.test", dsns[0])
+        self.assertEqual(len(self.remote.calls), 1, "delivered once, not retried")
+        self.assertTrue(self.flushLoggedErrors(BrokenCounting))
 
     @defer.inlineCallbacks
     def test_dsn_to_a_remote_sender_is_queued_from_the_null_sender(self):

@@ -128,9 +128,10 @@ class Port25Tests(StoreFixtureMixin):
         self.assertEqual(value(results, {"method": "dmarc", "result": "fail"}), 1)
         self.assertEqual(value(results, {"method": "spf", "result": "pass"}), 1)
         self.assertEqual(value(results, {"method": "dkim", "result": "none"}), 1)
-        verdicts = "atollon_mail_inbound_spam_verdicts_total"
-        self.assertEqual(value(verdicts, {"verdict": "ham"}), 1)
-        self.assertEqual(value(verdicts, {"verdict": "reject"}), 1)
+        decisions = "atollon_mail_inbound_decisions_total"
+        self.assertEqual(value(decisions, {"decision": "accepted"}), 1)
+        # The DMARC p=reject refusal: a decision of the checks, not a spam verdict.
+        self.assertEqual(value(decisions, {"decision": "rejected"}), 1)
         messages = "atollon_mail_smtp_messages_total"
         self.assertEqual(
             value(messages, {"listener": "smtp", "outcome": "accepted", "reason": "2.0.0"}), 1

@@ -84,6 +84,21 @@ class MonitoringContract(StoreFixtureMixin):
         self.assertEqual(counts["queued"], 3)
         self.assertEqual(sum(counts.values()), 3)
 
+    def test_rows_of_several_running_campaigns_are_summed_by_state(self):
+        builders.mailbox(self.store, "news@acme.test", "jane")
+        builders.organization(self.store)
+        members = [
+            builders.person(self.store, name=f"P{n}", email=f"p{n}@firm.test").id for n in range(2)
+        ]
+        group = builders.group(self.store, "Customers", "Acme", members=members)
+        for name in ("Spring", "Summer"):
+            builders.campaign(
+                self.store, group.id, name=name, variants={"en": (name, "Hello")}, started=True
+            )
+        counts = dict(self.sync(monitoring.gauges, T0).campaign_recipients)
+        self.assertEqual(counts["queued"], 4)
+        self.assertEqual(sum(counts.values()), 4)
+
 
 class SqliteMonitoringTests(MonitoringContract, SqliteStoreMixin, unittest.TestCase):
     pass

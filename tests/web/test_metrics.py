@@ -10,9 +10,10 @@ import smtplib
 import subprocess
 
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import defer, reactor, threads
-from twisted.internet.address import IPv4Address
+from twisted.internet import defer, reactor, task, threads
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
 from twisted.trial import unittest
 from twisted.web.server import Site
 
@@ -23,6 +24,7 @@ from atollon_mail.metrics import Metrics
 from atollon_mail.smtp.policies import MXPolicy
 from atollon_mail.smtp.server import SMTPServerFactory
 from atollon_mail.web.bodylimit import BodyLimitedRequest
+from atollon_mail.web.metrics import GAUGES_INTERVAL, MetricsResource
 from tests import builders
 from tests.smtp.fakes import make_settings
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
@@ -171,10 +173,9 @@ class MetricsPageContract(StoreFixtureMixin, ServedWebMixin):
 
     # --- over StringTransport, from another address -----------------------------------
 
-    @defer.inlineCallbacks
-    def scrape_from(self, host: str, *headers: str) -> bytes:
-        """The whole answer to GET /metrics from a TCP peer at `host`."""
-        peer = IPv4Address("TCP", host, 40000)
+    def start_scrape(self, host: str, *headers: str):
+        """GET /metrics sent from a TCP peer at `host`: (its channel, its transport)."""
+        peer = (IPv6Address if ":" in host else IPv4Address)("TCP", host, 40000)
         site = Site(self.root, requestFactory=BodyLimitedRequest)
         channel = site.buildProtocol(peer)
         transport = StringTransport(peerAddress=peer)
@@ -183,9 +184,106 @@ class MetricsPageContract(StoreFixtureMixin, ServedWebMixin):
         channel.dataReceived(
             f"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{head}\r\n".encode()
         )
+        return channel, transport
+
+    @defer.inlineCallbacks
+    def scrape_from(self, host: str, *headers: str) -> bytes:
+        """The whole answer to GET /metrics from a TCP peer at `host`."""
+        channel, transport = self.start_scrape(host, *headers)
         yield eventually(lambda: transport.disconnecting, "the answer")
         channel.connectionLost(None)
         return transport.value()
+
+    @defer.inlineCallbacks
+    def assert_status(self, status: int, host: str, *headers: str):
+        answer = yield self.scrape_from(host, *headers)
+        self.assertTrue(answer.startswith(f"HTTP/1.1 {status} ".encode()), (headers, answer[:40]))
+
+    @defer.inlineCallbacks
+    def test_a_request_with_any_proxy_header_is_not_taken_as_local(self):
+        # A proxy on loopback that says who its client is in any of these ways.
+        for header in (
+            "X-Real-IP: 203.0.113.9",
+            "Via: 1.1 proxy.acme.test",
+            "Forwarded: for=203.0.113.9",
+            "X-Forwarded-Proto: https",
+            "X-Forwarded-Host: mail.acme.test",
+            "X-Client-IP: 203.0.113.9",
+        ):
+            yield self.assert_status(403, "127.0.0.1", header)
+        # With the token it is served all the same.
+        yield self.assert_status(
+            200, "127.0.0.1", "Via: 1.1 proxy", f"Authorization: Bearer {TOKEN}"
+        )
+        yield self.assert_status(200, "127.0.0.1")
+
+    @defer.inlineCallbacks
+    def test_the_bearer_scheme_in_any_case(self):
+        yield self.assert_status(200, "198.51.100.7", f"Authorization: bearer {TOKEN}")
+        yield self.assert_status(200, "198.51.100.7", f"Authorization: BEARER {TOKEN}")
+        yield self.assert_status(403, "198.51.100.7", f"Authorization: Basic {TOKEN}")
+        yield self.assert_status(403, "198.51.100.7", f"Authorization: {TOKEN}")
+
+    @defer.inlineCallbacks
+    def test_ipv4_mapped_peers_are_taken_as_their_ipv4_address(self):
+        yield self.assert_status(403, "::ffff:8.8.8.8")
+        yield self.assert_status(200, "::ffff:127.0.0.1")
+        yield self.assert_status(200, "::1")
+
+    def test_a_warning_when_metrics_networks_overlap_the_trusted_proxies(self):
+        def warnings(text: str) -> list[str]:
+            config = parse_config(f"[appliance]\nhostname = {HOSTNAME}\n[web]\n{text}")
+            with capturedLogs() as events:
+                MetricsResource(self.metrics, self.store, config.web, reactor, None)
+            return [
+                event["log_format"]
+                for event in events
+                if "metrics_networks" in event.get("log_format", "")
+            ]
+
+        # Both loopback by default: a local proxy must set X-Forwarded-For (README).
+        self.assertEqual(len(warnings("")), 0)
+        self.assertEqual(len(warnings("trusted_proxies = 10.0.0.0/8\n")), 0)
+        self.assertEqual(
+            len(warnings("trusted_proxies = 10.0.0.0/8\nmetrics_networks = 10.1.0.0/16\n")), 1
+        )
+        self.assertEqual(
+            len(warnings("trusted_proxies = 127.0.0.1/32\nmetrics_networks = ::1/128\n")), 0
+        )
+
+    def timed_gauges(self) -> float:
+        """How many times the store was asked for the gauges."""
+        value = self.metrics.registry.get_sample_value(
+            "atollon_mail_store_operation_seconds_count", {"operation": "monitoring.gauges"}
+        )
+        return value or 0
+
+    @defer.inlineCallbacks
+    def test_the_store_gauges_are_read_once_per_interval_and_shared(self):
+        clock = task.Clock()
+        clock.advance(1_900_000_000)
+        self.root = builders.web_root(
+            self, self.store, self.config, reactor, clock=clock, metrics=self.metrics
+        )
+        first = yield self.scrape_from("127.0.0.1")
+        self.assertTrue(first.startswith(b"HTTP/1.1 200 "), first[:40])
+        self.assertEqual(self.timed_gauges(), 1)
+        clock.advance(GAUGES_INTERVAL - 1)
+        second = yield self.scrape_from("127.0.0.1")
+        self.assertTrue(second.startswith(b"HTTP/1.1 200 "), second[:40])
+        self.assertEqual(self.timed_gauges(), 1)
+        self.assertIn(b'\natollon_mail_queue_recipients{state="queued"} 0.0\n', second)
+        clock.advance(1)
+        yield self.scrape_from("127.0.0.1")
+        self.assertEqual(self.timed_gauges(), 2)
+        # Scrapes at once, before the store answered: one question for all of them.
+        clock.advance(GAUGES_INTERVAL)
+        started = [self.start_scrape("127.0.0.1") for _ in range(3)]
+        for channel, transport in started:
+            yield eventually(lambda transport=transport: transport.disconnecting, "an answer")
+            channel.connectionLost(None)
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "))
+        self.assertEqual(self.timed_gauges(), 3)
 
     @defer.inlineCallbacks
     def test_another_address_gets_403_unless_it_sends_the_token(self):
