@@ -357,6 +357,61 @@ class TrafficContract(StoreFixtureMixin):
             ["slow.example"],
         )
 
+    def test_the_queue_reads_walk_the_state_created_index_without_sorting(self):
+        self.send(at("2030-01-16 09:00:00"), "a@slow.example", "b@slow.example")
+        self.deliver(
+            at("2030-01-16 09:30:00"),
+            {"a@slow.example": "deferred", "b@slow.example": "deferred"},
+            next_attempt=NOW,
+        )
+
+        def plans():
+            found = []
+            for query in [dashboard.oldest_query(state).limit(1) for state in ("queued",)] + [
+                dashboard.problems_query(dashboard.PROBLEM_SCAN + 1)
+            ]:
+                found.append(_explain(*query.sql()))
+            return found
+
+        for plan in self.sync(plans):
+            self.assertIn("queue_recipient_state_created", plan)
+            # Neither sorts what it found: the index gives the order, so the LIMIT bounds
+            # the rows read (a sort would read every row of the state first).
+            self.assertNotIn("TEMP B-TREE", plan)
+            self.assertNotIn("Sort", plan)
+
+    def test_problems_are_counted_among_the_longest_waiting_deferred_recipients(self):
+        self.send(at("2030-01-16 09:00:00"), "a@slow.example", "b@slow.example")
+        self.send(at("2030-01-16 10:00:00"), "x@grey.example", "c@slow.example")
+        self.deliver(
+            at("2030-01-16 10:30:00"),
+            {
+                address: "deferred"
+                for address in (
+                    "a@slow.example",
+                    "b@slow.example",
+                    "x@grey.example",
+                    "c@slow.example",
+                )
+            },
+            next_attempt=NOW,
+        )
+        everything = self.sync(dashboard.delivery_problems)
+        self.assertEqual((everything.complete, everything.scanned), (True, 4))
+        read = self.sync(dashboard.delivery_problems, scan=3)
+        self.assertEqual((read.complete, read.scanned, read.domain_total), (False, 3, 2))
+        self.assertEqual(
+            [(p.domain, p.deferred) for p in read.domains],
+            [("slow.example", 2), ("grey.example", 1)],
+        )
+
+    def test_the_oldest_waiting_recipient_is_the_oldest_of_every_waiting_state(self):
+        self.send(at("2030-01-16 08:00:00"), "late@slow.example")
+        self.deliver(at("2030-01-16 08:30:00"), {"late@slow.example": "deferred"}, NOW)
+        self.send(at("2030-01-16 07:00:00"), "first@fine.example")  # queued earlier
+        oldest = self.sync(dashboard.oldest_waiting)
+        self.assertEqual((oldest.address, oldest.state), ("first@fine.example", "queued"))
+
     def test_admins_get_the_traffic_and_the_queue_others_do_not(self):
         builders.user(self.store, "root", is_admin=True)
         self.receive(at("2030-01-16 13:00:00"), "joe@acme.test")
