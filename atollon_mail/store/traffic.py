@@ -17,7 +17,6 @@ What is counted:
 from __future__ import annotations
 
 import datetime
-import itertools
 import threading
 from collections.abc import Iterable
 
@@ -31,11 +30,13 @@ KINDS = ("received", "sent", "bounced", "junk")
 
 # Shards per hour: each store thread adds to its own row (see _shard), so transactions on
 # PostgreSQL's several store threads never queue behind one row's lock until the other's
-# commit. More than the store's threads (pool.POSTGRES_THREADS), so two nodes on one
+# commit. At least the store's threads (store.pool checks it), so two nodes on one
 # database mostly miss each other too; a collision only waits, it counts right either way.
 SHARDS = 8
 _thread_shard = threading.local()
-_next_shard = itertools.count()
+_shards_lock = threading.Lock()
+# shard -> the thread holding it; a shard whose thread ended is free again.
+_shard_holders: dict[int, threading.Thread] = {}
 
 HOURS_SHOWN = 24
 DAYS_SHOWN = 30
@@ -51,9 +52,22 @@ _UPSERT = """
 
 
 def _shard() -> int:
+    """This thread's shard: the lowest no live thread holds, kept while the thread lives
+    (a store stopped and started again gets new threads, which take the shards back). With
+    more live threads than SHARDS, the others share by thread id: slower, still right."""
     shard = getattr(_thread_shard, "value", None)
     if shard is None:
-        shard = _thread_shard.value = next(_next_shard) % SHARDS
+        me = threading.current_thread()
+        with _shards_lock:
+            free = [
+                number
+                for number in range(SHARDS)
+                if number not in _shard_holders or not _shard_holders[number].is_alive()
+            ]
+            shard = free[0] if free else threading.get_ident() % SHARDS
+            if free:
+                _shard_holders[shard] = me
+        _thread_shard.value = shard
     return shard
 
 
@@ -82,7 +96,9 @@ def add_outcomes(outcomes: Iterable[tuple[datetime.datetime, str]]) -> None:
         if outcome in ("delivered", "bounced"):
             counts = by_hour.setdefault(hour_of(moment), [0, 0])
             counts[outcome == "bounced"] += 1
-    for hour, (sent, bounced) in by_hour.items():
+    # In the order of the hours: two transactions on one shard then lock its rows in the
+    # same order, so they wait for each other instead of deadlocking on PostgreSQL.
+    for hour, (sent, bounced) in sorted(by_hour.items()):
         add(hour, sent=sent, bounced=bounced)
 
 

@@ -220,6 +220,41 @@ class TrafficContract(StoreFixtureMixin):
         )
         self.assertEqual(_summed_by_hour_of(self), {at("2030-01-16 14:00:00"): (24, 0, 0, 0)})
 
+    @defer.inlineCallbacks
+    def test_threads_sharing_one_shard_still_add_up(self):
+        recipient = self.recipient("joe@acme.test")
+        message = IncomingMessage(
+            envelope_sender="a@elsewhere.example", recipients=(recipient,), raw=b"\r\n"
+        )
+        yield defer.gatherResults(
+            [self.store.run(_on_shard, 0, [message] * 3, NOW) for _ in range(8)]
+        )
+        self.assertEqual(self.sync(_rows_by_shard), [(at("2030-01-16 14:00:00"), 0, 24)])
+
+    def test_outcomes_are_added_in_the_order_of_their_hours(self):
+        def add():
+            traffic.add_outcomes(
+                [
+                    (at("2030-01-16 12:10:00"), "delivered"),
+                    (at("2030-01-16 10:10:00"), "bounced"),
+                    (at("2030-01-16 11:10:00"), "delivered"),
+                ]
+            )
+
+        self.sync(add)
+        # Rows made in the order of the statements: the earliest hour first.
+        self.assertEqual(
+            [hour for hour, _, _ in self.sync(_rows_by_id)],
+            [at("2030-01-16 10:00:00"), at("2030-01-16 11:00:00"), at("2030-01-16 12:00:00")],
+        )
+
+    def test_a_store_has_no_more_threads_than_shards(self):
+        if self.store.is_sqlite:
+            raise unittest.SkipTest("SQLite's store has one thread, whatever is asked")
+        with self.assertRaises(ValueError) as refused:
+            Store.from_url(self.database_url, reactor, threads=traffic.SHARDS + 1)
+        self.assertIn(f"at most {traffic.SHARDS} store threads", str(refused.exception))
+
     # -- the buckets -------------------------------------------------------------------
 
     def test_no_mail_gives_zero_buckets_over_the_whole_window(self):
@@ -421,6 +456,25 @@ class TrafficContract(StoreFixtureMixin):
         self.assertEqual(seen.problems.domains, ())
         other = self.sync(dashboard.dashboard, "joe", now=NOW)
         self.assertEqual((other.traffic, other.oldest, other.problems), (None, None, None))
+
+
+def _on_shard(shard: int, messages, now):
+    """Store operation: store_messages with this store thread's counts on `shard`."""
+    traffic._thread_shard.value = shard
+    return filing_ops.store_messages(messages, now)
+
+
+def _rows_by_shard() -> list[tuple]:
+    return [
+        (row.hour, row.shard, row.received)
+        for row in TrafficHour.select().order_by(TrafficHour.hour, TrafficHour.shard)
+    ]
+
+
+def _rows_by_id() -> list[tuple]:
+    return [
+        (row.hour, row.sent, row.bounced) for row in TrafficHour.select().order_by(TrafficHour.id)
+    ]
 
 
 def _summed_by_hour_of(test) -> dict:
