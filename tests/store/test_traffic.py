@@ -9,6 +9,8 @@ import datetime
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
+from atollon_mail.delivery.intake import Intake
+from atollon_mail.delivery.runner import send_notification
 from atollon_mail.store import dashboard, migrations, queue, traffic
 from atollon_mail.store import filing as filing_ops
 from atollon_mail.store.migrations import dialect_of
@@ -127,6 +129,7 @@ class TrafficContract(StoreFixtureMixin):
                 "mx.remote.example",
                 when,
                 next_attempt if outcomes[delivery.address] == "deferred" else None,
+                origin=delivery.origin,  # as the runner gives it
             )
             for delivery in claimed
         ]
@@ -254,6 +257,39 @@ class TrafficContract(StoreFixtureMixin):
         with self.assertRaises(ValueError) as refused:
             Store.from_url(self.database_url, reactor, threads=traffic.SHARDS + 1)
         self.assertIn(f"at most {traffic.SHARDS} store threads", str(refused.exception))
+
+    # -- what the server writes itself --------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_notifications_the_server_writes_are_neither_received_nor_sent(self):
+        intake = Intake(self.store)
+        dsn = b"Subject: Undelivered Mail\r\n\r\nIt failed.\r\n"
+        # To a local sender: filed, not received mail.
+        yield send_notification(intake, "joe@acme.test", dsn, Origin("bounce"))
+        yield send_notification(intake, "ann@acme.test", dsn, Origin("autoreply"))
+        # To a remote one: queued, and its delivery is not sent mail.
+        yield send_notification(intake, "far@remote.example", dsn, Origin("bounce"))
+        self.assertEqual(self.sync(_traffic_rows), [])
+        self.deliver(NOW, {"far@remote.example": "delivered"})
+        self.assertEqual(self.sync(_traffic_rows), [])
+        # Mail that came in from elsewhere with the null sender (a bounce from another
+        # server) is received mail as any other.
+        yield intake.accept("", [self.recipient("joe@acme.test")], dsn)
+        self.assertEqual([sum(row[1:]) for row in self.sync(_traffic_rows)], [1])
+
+    def test_a_bounce_counts_once_as_the_failed_recipient(self):
+        self.send(at("2030-01-16 10:00:00"), "gone@remote.example")
+        self.deliver(at("2030-01-16 10:05:00"), {"gone@remote.example": "bounced"})
+        # The DSN to the (remote) sender, and its delivery, add nothing to that.
+        dsn = OutgoingMessage(
+            envelope_sender="",
+            raw=b"Subject: dsn\r\n\r\nx\r\n",
+            remote_recipients=("sender@remote.example",),
+            is_bounce=True,
+        )
+        self.sync(queue.submit_messages, [(dsn, Origin("bounce"))], at("2030-01-16 10:05:01"))
+        self.deliver(at("2030-01-16 10:06:00"), {"sender@remote.example": "bounced"})
+        self.assertEqual(self.sync(_summed_by_hour), {at("2030-01-16 10:00:00"): (0, 0, 1, 0)})
 
     # -- the buckets -------------------------------------------------------------------
 
