@@ -607,29 +607,40 @@ class SendRateContract(StoreFixtureMixin):
         self.assertIn("campaign_recipient_campaign_state", self.sync(plan))
 
 
-def _old_mail(database, mailbox_id: int, context_id: int, when, folder: str) -> None:
-    """Store operation: a message filed at `when` into a folder of the mailbox, and a
-    queued copy to two remote recipients, one delivered and one bounced an hour later, in
-    the SQL of schema 15 (the store's operations would count them as they go)."""
+DELIVERED = b"Return-Path: <someone@elsewhere.example>\r\nSubject: old\r\n\r\nx\r\n"
+
+
+def _old_mail(
+    database,
+    mailbox_id: int,
+    context_id: int,
+    when,
+    folder: str,
+    raw: bytes = DELIVERED,
+    filed_at=None,
+    flags: str = "",
+    envelope_sender: str = "someone@elsewhere.example",
+    verdict: str | None = None,
+    origin_kind: str | None = None,
+    queued: bool = True,
+) -> int:
+    """Store operation: a message received at `when`, filed (at `filed_at`, `when` if
+    None) into a folder of the mailbox, and (`queued`) a queued copy to two remote
+    recipients, one delivered and one bounced an hour later, in the SQL of schema 15
+    (the store's operations would count them as they go). The message's id."""
     p = database.param
     (message_id,) = database.execute_sql(
-        "INSERT INTO message (raw, size, subject, envelope_sender, received_at)"
-        f" VALUES ({p}, {p}, {p}, {p}, {p}) RETURNING id",
-        (b"x", 1, "old", "someone@elsewhere.example", when),
+        "INSERT INTO message (raw, size, subject, envelope_sender, received_at, verdict)"
+        f" VALUES ({p}, {p}, {p}, {p}, {p}, {p}) RETURNING id",
+        (raw, len(raw), "old", envelope_sender, when, verdict),
     ).fetchone()
-    (next_uid,) = database.execute_sql(
-        f"UPDATE mailbox SET next_uid = next_uid + 1 WHERE id = {p} RETURNING next_uid",
-        (mailbox_id,),
-    ).fetchone()
-    database.execute_sql(
-        "INSERT INTO filing (message_id, mailbox_id, context_id, uid, flags, filed_at, folder)"
-        f" VALUES ({p}, {p}, {p}, {p}, '', {p}, {p})",
-        (message_id, mailbox_id, context_id, next_uid - 1, when, folder),
-    )
+    _old_filing(database, message_id, mailbox_id, context_id, filed_at or when, folder, flags)
+    if not queued:
+        return message_id
     (queued_id,) = database.execute_sql(
-        "INSERT INTO queue_message (message_id, envelope_sender, is_bounce, created_at)"
-        f" VALUES ({p}, {p}, {p}, {p}) RETURNING id",
-        (message_id, "joe@acme.test", False, when),
+        "INSERT INTO queue_message (message_id, envelope_sender, is_bounce, created_at,"
+        f" origin_kind) VALUES ({p}, {p}, {p}, {p}, {p}) RETURNING id",
+        (message_id, "joe@acme.test", False, when, origin_kind),
     ).fetchone()
     for address, outcome in (("a@remote.example", "delivered"), ("b@remote.example", "bounced")):
         (recipient_id,) = database.execute_sql(
@@ -642,6 +653,31 @@ def _old_mail(database, mailbox_id: int, context_id: int, when, folder: str) -> 
             f"INSERT INTO queue_event (queue_recipient_id, at, outcome) VALUES ({p}, {p}, {p})",
             (recipient_id, when + HOUR, outcome),
         )
+    return message_id
+
+
+def _new_context(database, name: str) -> int:
+    """Store operation: a CRM folder context (as a contact's default folder is), in the
+    SQL of schema 15."""
+    p = database.param
+    (context_id,) = database.execute_sql(
+        f"INSERT INTO context (kind, name, created_at) VALUES ('folder', {p}, {p}) RETURNING id",
+        (name, utc_now()),
+    ).fetchone()
+    return context_id
+
+
+def _old_filing(database, message_id, mailbox_id, context_id, filed_at, folder, flags=""):
+    p = database.param
+    (next_uid,) = database.execute_sql(
+        f"UPDATE mailbox SET next_uid = next_uid + 1 WHERE id = {p} RETURNING next_uid",
+        (mailbox_id,),
+    ).fetchone()
+    database.execute_sql(
+        "INSERT INTO filing (message_id, mailbox_id, context_id, uid, flags, filed_at, folder)"
+        f" VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p})",
+        (message_id, mailbox_id, context_id, next_uid - 1, flags, filed_at, folder),
+    )
 
 
 class TrafficMigrationContract(StoreFixtureMixin):
@@ -674,6 +710,72 @@ class TrafficMigrationContract(StoreFixtureMixin):
                 recent - 2 * DAY: (1, 0, 0, 0),
                 recent - 2 * DAY + HOUR: (0, 1, 1, 0),
             },
+        )
+
+    def test_migration_16_counts_mail_received_by_its_arrival_only(self):
+        store = Store.from_url(self.make_database_url(), reactor)
+        self.addCleanup(store.stop)
+        database = store.database
+        with database.connection_context():
+            migrations.migrate(database, up_to=15)
+        store.start()
+        builders.hosted_mailbox(store, "joe@acme.test", "joe")
+        joe = store.run_sync(filing_ops.resolve_recipient, "joe", "acme.test")
+        box, inbox = joe.mailbox_id, joe.context_id
+        crm = store.run_sync(_new_context, database, "Acme Ltd")
+        arrived = traffic.hour_of(utc_now()) - 5 * HOUR
+        later = arrived + 2 * HOUR + datetime.timedelta(minutes=7)
+
+        def old(*args, **kwargs):
+            return store.run_sync(_old_mail, database, box, *args, **kwargs)
+
+        # Received, then moved to Trash two hours later: counted when it arrived.
+        old(inbox, arrived, "trash", filed_at=later, queued=False)
+        # Received, then filed to a CRM folder ("File to...": a $Filed copy) later.
+        filed = old(inbox, arrived, "inbox", queued=False)
+        store.run_sync(_old_filing, database, filed, box, crm, later, "inbox", "$Filed \\Seen")
+        # Junk at arrival, moved to the inbox by its reader: junk still.
+        old(
+            inbox,
+            arrived,
+            "inbox",
+            filed_at=later,
+            verdict='{"junk":true,"spam_score":9.0}',
+            queued=False,
+        )
+        # A campaign's message, queued (no Return-Path) and archived into the CRM once
+        # delivered: sent mail, not received.
+        old(
+            crm,
+            arrived,
+            "inbox",
+            raw=b"Subject: news\r\n\r\nx\r\n",
+            filed_at=later,
+            flags="\\Seen",
+            origin_kind="campaign",
+        )
+        # A message a client APPENDed (no Return-Path), with an old INTERNALDATE.
+        old(
+            inbox, arrived, "inbox", raw=b"Subject: kept\r\n\r\nx\r\n", filed_at=later, queued=False
+        )
+        # A DSN the server filed for a local sender, and one it queued for a remote one.
+        old(inbox, arrived, "inbox", envelope_sender="", queued=False)
+        old(
+            inbox,
+            arrived,
+            "inbox",
+            raw=b"Subject: dsn\r\n\r\nx\r\n",
+            filed_at=later,
+            envelope_sender="",
+            origin_kind="bounce",
+        )
+        # A bounce from elsewhere that the inbound checks saw: received mail.
+        old(inbox, arrived, "inbox", envelope_sender="", verdict='{"junk":false}', queued=False)
+        with database.connection_context():
+            migrations.migrate(database)
+        self.assertEqual(
+            store.run_sync(_summed_by_hour),
+            {arrived: (4, 0, 0, 1), arrived + HOUR: (0, 1, 1, 0)},
         )
 
 
