@@ -11,7 +11,7 @@ from twisted.trial import unittest
 
 from atollon_mail.delivery.intake import Intake
 from atollon_mail.delivery.runner import send_notification
-from atollon_mail.store import dashboard, migrations, queue, traffic
+from atollon_mail.store import dashboard, imapfolders, migrations, queue, traffic
 from atollon_mail.store import filing as filing_ops
 from atollon_mail.store.migrations import dialect_of
 from atollon_mail.store.models import TrafficHour, database_proxy, utc_now
@@ -363,7 +363,19 @@ class TrafficContract(StoreFixtureMixin):
             at("2030-01-16 11:30:00"),
             {"a@remote.example": "delivered", "b@remote.example": "bounced"},
         )
+        # What its readers did since changes nothing: a message moved to Trash, one
+        # a client APPENDed with an INTERNALDATE in the window (not received mail).
+        [moved] = self.receive(at("2030-01-16 08:10:00"), "ann@acme.test")
+        self.sync(filing_ops.move_message, "ann@acme.test", moved.id, "trash")
+        self.sync(
+            imapfolders.append,
+            "joe",
+            "INBOX",
+            b"Subject: kept\r\n\r\nx\r\n",
+            internaldate=at("2030-01-16 07:00:00"),
+        )
         counted = self.sync(_summed_by_hour)
+        self.assertNotIn(at("2030-01-16 07:00:00"), counted)
         self.sync(_clear_traffic)
 
         def backfill():
