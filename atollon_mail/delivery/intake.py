@@ -684,9 +684,14 @@ class SubmissionIntake:
         return self._intake.lookup_recipient(local_part, domain)
 
     def accept(
-        self, envelope_sender: str, recipients: Any, raw: bytes, verdict: Any = None
+        self,
+        envelope_sender: str,
+        recipients: Any,
+        raw: bytes,
+        verdict: Any = None,
+        notification: bool = False,
     ) -> Deferred:
-        return self._intake.accept(envelope_sender, recipients, raw, verdict)
+        return self._intake.accept(envelope_sender, recipients, raw, verdict, notification)
 
     def sending_identities(self, login: str) -> Deferred:
         return self._store.run(mailboxes.sending_identities, login)
