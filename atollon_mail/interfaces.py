@@ -35,11 +35,12 @@ class IMailIntake(Interface):
         """resolve_recipient's answer classified once: a records.Resolution (kind local /
         remote / foreign / refused), or a Deferred firing with one."""
 
-    def accept(envelope_sender, recipients, raw, verdict=None):
+    def accept(envelope_sender, recipients, raw, verdict=None, notification=False):
         """
         Store raw (bytes, with our Received: header) for the resolved recipients.
         `verdict` is the records.InboundVerdict of the inbound checks (port 25 only),
-        kept with the message.
+        kept with the message. `notification`: a message this server wrote (a DSN, an
+        auto-reply), which the traffic counts do not count as received mail.
 
         The Deferred fires with a StoredMessage only once the transaction holding the
         message has committed; it fails if the message may not have been kept. A failure

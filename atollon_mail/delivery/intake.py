@@ -402,9 +402,12 @@ class Intake:
         recipients: Sequence[Recipient | str],
         raw: bytes,
         verdict: InboundVerdict | None = None,
+        notification: bool = False,
     ) -> Deferred:
         """`verdict`: what the inbound checks said, stored with the message; its local
-        recipients are filed by it (Junk or the inbox), also when copies go on elsewhere."""
+        recipients are filed by it (Junk or the inbox), also when copies go on elsewhere.
+        `notification`: written by this server (runner.send_notification), not received
+        mail in the traffic counts."""
         local = tuple(r for r in recipients if isinstance(r, Recipient))
         remote = tuple(r for r in recipients if not isinstance(r, Recipient))
         if remote and not fits_inline(raw):
@@ -413,10 +416,10 @@ class Intake:
             # first, as submitted mail's are; what cannot be fitted is refused (5.6.3).
             fitted = self._in_workers(fit_line_length, raw)
             fitted.addCallback(
-                lambda raw: self._route(envelope_sender, local, remote, raw, verdict)
+                lambda raw: self._route(envelope_sender, local, remote, raw, verdict, notification)
             )
             return fitted
-        return self._route(envelope_sender, local, remote, raw, verdict)
+        return self._route(envelope_sender, local, remote, raw, verdict, notification)
 
     def _text_taken(self, record) -> Deferred:
         """The IncomingMessage or OutgoingMessage with its text for the search index
@@ -464,12 +467,13 @@ class Intake:
         remote: tuple,
         raw: bytes,
         verdict: InboundVerdict | None = None,
+        notification: bool = False,
     ) -> Deferred:
         if any(recipient.forwards for recipient in local):
             planned = self._store.run(forwarding.expand_forwarding, local)
-            planned.addCallback(self._forward, envelope_sender, remote, raw, verdict)
+            planned.addCallback(self._forward, envelope_sender, remote, raw, verdict, notification)
             return planned
-        return self._accept(envelope_sender, local, remote, raw, verdict)
+        return self._accept(envelope_sender, local, remote, raw, verdict, notification)
 
     def _forward(
         self,
@@ -478,10 +482,11 @@ class Intake:
         remote: tuple,
         raw: bytes,
         verdict: InboundVerdict | None = None,
+        notification: bool = False,
     ):
         self._check_loop(plan, raw)
         if not plan.remote:
-            return self._accept(envelope_sender, plan.filed, remote, raw, verdict)
+            return self._accept(envelope_sender, plan.filed, remote, raw, verdict, notification)
         raw = self._marked(plan, raw)
         if self._sealer is not None and plan.srs_domain:
             sealed = self._sealer.seal(raw, plan.srs_domain)
@@ -562,6 +567,7 @@ class Intake:
         remote: tuple,
         raw: bytes,
         verdict: InboundVerdict | None = None,
+        notification: bool = False,
     ) -> Deferred:
         if not remote:
             incoming = IncomingMessage(
@@ -569,6 +575,7 @@ class Intake:
                 recipients=local,
                 raw=raw,
                 verdict=verdict,
+                notification=notification,
                 **summarize_headers(raw),
             )
             stored = self._text_taken(incoming)
@@ -679,9 +686,14 @@ class SubmissionIntake:
         return self._intake.lookup_recipient(local_part, domain)
 
     def accept(
-        self, envelope_sender: str, recipients: Any, raw: bytes, verdict: Any = None
+        self,
+        envelope_sender: str,
+        recipients: Any,
+        raw: bytes,
+        verdict: Any = None,
+        notification: bool = False,
     ) -> Deferred:
-        return self._intake.accept(envelope_sender, recipients, raw, verdict)
+        return self._intake.accept(envelope_sender, recipients, raw, verdict, notification)
 
     def sending_identities(self, login: str) -> Deferred:
         return self._store.run(mailboxes.sending_identities, login)

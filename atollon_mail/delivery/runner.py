@@ -77,7 +77,7 @@ def send_notification(intake, address: str, raw: bytes, origin: Origin):
     address: filed if local, else queued."""
     routed = yield intake.route(address)
     if isinstance(routed, Recipient):
-        yield intake.accept("", [routed], raw)
+        yield intake.accept("", [routed], raw, notification=True)
     elif isinstance(routed, str):
         yield intake.submit(
             OutgoingMessage(

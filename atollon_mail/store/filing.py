@@ -432,7 +432,7 @@ def store_messages(
         (
             (incoming.recipients, incoming.verdict)
             for incoming, result in zip(messages, results, strict=True)
-            if not isinstance(result, Exception)
+            if not isinstance(result, Exception) and not incoming.notification
         ),
     )
     return results

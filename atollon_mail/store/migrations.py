@@ -608,6 +608,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX web_session_last_seen ON web_session (last_seen)",
         ),
     ),
+    Migration(
+        18,
+        "the queue's waiting recipients in the order they were queued, for the dashboard",
+        (
+            # The dashboard's oldest waiting recipient is the first entry of one state, and
+            # its problems per domain read the longest-waiting deferred ones in this order:
+            # a few rows each, where sorting every waiting row took seconds at a million.
+            "CREATE INDEX queue_recipient_state_created ON queue_recipient (state, created_at, id)",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].number

@@ -423,7 +423,7 @@ class QueueRecipient(BaseModel):
     claimed_by = peewee.CharField(max_length=200, null=True)
 
     class Meta:
-        indexes = ((("state", "next_attempt_at"), False),)
+        indexes = ((("state", "next_attempt_at"), False), (("state", "created_at", "id"), False))
 
 
 class QueueEvent(BaseModel):

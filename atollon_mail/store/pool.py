@@ -14,7 +14,7 @@ from zope.interface import implementer
 
 from atollon_mail.interfaces import IStore
 from atollon_mail.metrics import counting
-from atollon_mail.store import migrations, notices
+from atollon_mail.store import migrations, notices, traffic
 from atollon_mail.store.database import SQLITE_PRAGMAS, is_sqlite, open_database
 from atollon_mail.store.leases import Leases
 from atollon_mail.store.models import database_proxy
@@ -71,6 +71,9 @@ class Store:
         self._operation_seconds = operation_seconds
         self._timers: dict = {}
         size = 1 if is_sqlite(database) else (threads or POSTGRES_THREADS)
+        if size > traffic.SHARDS:
+            # Each thread adds its traffic counts to a row of its own (store.traffic).
+            raise ValueError(f"at most {traffic.SHARDS} store threads, not {size}")
         self._pool = ThreadPool(minthreads=size, maxthreads=size, name="atollon-mail-store")
         self._started = False
         database_proxy.initialize(database)

@@ -51,6 +51,7 @@ from atollon_mail.store.models import (
     utc_now,
 )
 from atollon_mail.store.records import (
+    NOTIFICATION_KINDS,
     Delivery,
     DeliveryResult,
     Origin,
@@ -239,8 +240,8 @@ def submit_messages(
         now,
         (
             (submitted.filed_recipients, outgoing.verdict)
-            for (outgoing, _, _), submitted in zip(items, results, strict=True)
-            if not isinstance(submitted, Exception)
+            for (outgoing, origin, _), submitted in zip(items, results, strict=True)
+            if not isinstance(submitted, Exception) and origin.kind not in NOTIFICATION_KINDS
         ),
     )
     stored = iter(results)
@@ -390,7 +391,13 @@ def record_delivery_results(results: Sequence[DeliveryResult]) -> None:
         if events:
             cursor.executemany(prepared_sql("insert_event"), events)
         # Those of recipients deleted meanwhile too: the attempt happened.
-        traffic.add_outcomes((result.at, result.outcome) for result in results)
+        # Not those of the notifications this server wrote (DSNs, auto-replies): neither
+        # sent nor bounced mail of the users'.
+        traffic.add_outcomes(
+            (result.at, result.outcome)
+            for result in results
+            if result.origin is None or result.origin.kind not in NOTIFICATION_KINDS
+        )
     origins.report_outcomes(results)
 
 

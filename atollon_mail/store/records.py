@@ -157,6 +157,9 @@ class IncomingMessage:
     date_header: str | None = None
     type_id: int | None = None  # the message type; None: the default for incoming mail
     verdict: InboundVerdict | None = None  # what the inbound checks said (port 25 only)
+    # Written by this server (a DSN, a delay warning, an auto-reply, a notice): filed, not
+    # counted as received mail.
+    notification: bool = False
     # Its text for the search index (store.searchtext.extract), when taken before the
     # store operation; None: the store takes it.
     search_text: SearchText | None = None
@@ -287,6 +290,9 @@ ORIGIN_KINDS = (
     "compose",  # mail written in the web client
     "campaign",  # one message of a campaign's send list
 )
+# The kinds of mail this server writes itself: neither received nor sent mail in the
+# traffic counts (store.traffic); the failure a bounce tells of is counted once, as it.
+NOTIFICATION_KINDS = ("autoreply", "bounce", "notice")
 
 
 @attrs.frozen

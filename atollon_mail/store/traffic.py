@@ -12,12 +12,13 @@ What is counted:
 - junk: those of them filed into the Junk of at least one mailbox;
 - sent: queue recipients another server accepted;
 - bounced: queue recipients that failed for good (bounced by the queue).
+None of them counts the notifications the server writes itself (records.NOTIFICATION_KINDS:
+DSNs, delay warnings, auto-replies, notices): a failure is counted once, as "bounced".
 """
 
 from __future__ import annotations
 
 import datetime
-import itertools
 import threading
 from collections.abc import Iterable
 
@@ -26,16 +27,19 @@ import attrs
 from atollon_mail.store.common import read_only, timestamp
 from atollon_mail.store.database import is_sqlite
 from atollon_mail.store.models import CampaignRecipient, TrafficHour, database_proxy, utc_now
+from atollon_mail.store.records import NOTIFICATION_KINDS
 
 KINDS = ("received", "sent", "bounced", "junk")
 
 # Shards per hour: each store thread adds to its own row (see _shard), so transactions on
 # PostgreSQL's several store threads never queue behind one row's lock until the other's
-# commit. More than the store's threads (pool.POSTGRES_THREADS), so two nodes on one
+# commit. At least the store's threads (store.pool checks it), so two nodes on one
 # database mostly miss each other too; a collision only waits, it counts right either way.
 SHARDS = 8
 _thread_shard = threading.local()
-_next_shard = itertools.count()
+_shards_lock = threading.Lock()
+# shard -> the thread holding it; a shard whose thread ended is free again.
+_shard_holders: dict[int, threading.Thread] = {}
 
 HOURS_SHOWN = 24
 DAYS_SHOWN = 30
@@ -51,9 +55,22 @@ _UPSERT = """
 
 
 def _shard() -> int:
+    """This thread's shard: the lowest no live thread holds, kept while the thread lives
+    (a store stopped and started again gets new threads, which take the shards back). With
+    more live threads than SHARDS, the others share by thread id: slower, still right."""
     shard = getattr(_thread_shard, "value", None)
     if shard is None:
-        shard = _thread_shard.value = next(_next_shard) % SHARDS
+        me = threading.current_thread()
+        with _shards_lock:
+            free = [
+                number
+                for number in range(SHARDS)
+                if number not in _shard_holders or not _shard_holders[number].is_alive()
+            ]
+            shard = free[0] if free else threading.get_ident() % SHARDS
+            if free:
+                _shard_holders[shard] = me
+        _thread_shard.value = shard
     return shard
 
 
@@ -82,7 +99,9 @@ def add_outcomes(outcomes: Iterable[tuple[datetime.datetime, str]]) -> None:
         if outcome in ("delivered", "bounced"):
             counts = by_hour.setdefault(hour_of(moment), [0, 0])
             counts[outcome == "bounced"] += 1
-    for hour, (sent, bounced) in by_hour.items():
+    # In the order of the hours: two transactions on one shard then lock its rows in the
+    # same order, so they wait for each other instead of deadlocking on PostgreSQL.
+    for hour, (sent, bounced) in sorted(by_hour.items()):
         add(hour, sent=sent, bounced=bounced)
 
 
@@ -168,39 +187,74 @@ def _hour_expression(dialect: str, column: str) -> str:
     return f"substr({column}, 1, 13) || ':00:00'"
 
 
+def _delivered_here(dialect: str) -> str:
+    """SQL true for a message stored as a final delivery here (filing.insert_message
+    with delivered: filed for a local recipient), which alone carries the Return-Path
+    on top: not mail a client APPENDed, a draft, a Sent copy or mail only queued (a
+    campaign's message, filed into the CRM archive once delivered)."""
+    if dialect == "postgresql":
+        return "substring(m.raw from 1 for 12) = 'Return-Path:'::bytea"
+    return "CAST(substr(m.raw, 1, 12) AS TEXT) = 'Return-Path:'"
+
+
 def backfill(database, dialect: str, now: datetime.datetime | None = None) -> None:
     """Counts for the mail of the last BACKFILL_DAYS days still in the store, written in
-    plain SQL: received and junk from the filings (a message counts where it was first
-    filed; junk if it lies in some Junk now), sent and bounced from the queue's timelines
-    of the recipients not removed. Mail purged before this ran is not counted: nothing is
-    left of it. Older mail is not shown, so it is not read."""
+    plain SQL. Mail purged before this ran is not counted: nothing is left of it. Older
+    mail is not shown, so it is not read.
+
+    received: messages stored as a final delivery here (see _delivered_here), by the
+    hour of their received_at (a filing's filed_at is reset by moves, and copies get
+    their own), that lie in some mailbox outside its Sent and other than as a "File
+    to..." copy ($Filed). Messages from the null sender that no inbound check saw are
+    the notifications this server wrote (DSNs, auto-replies): not counted, as the hot
+    paths do not count them.
+    junk: those of them filed into Junk at arrival, as far as the rows tell: a Junk
+    filing not moved since (its filed_at is the message's received_at), or a junk
+    verdict with a copy in a mailbox whose spam handling files junk into Junk (its
+    reader may have moved it out since).
+    sent and bounced: the queue's timelines of the recipients not removed, but for the
+    notifications the server wrote (their queue entry's origin)."""
+    # Here, not at the top: filing imports this module.
+    from atollon_mail.store.filing import FILED_COPY_FLAG
+
     if now is None:
         now = utc_now()
     cutoff = TrafficHour.hour.db_value(hour_of(now) - datetime.timedelta(days=BACKFILL_DAYS))
     param = database.param
     counts: dict[datetime.datetime, list[int]] = {}
-    # The filing table, not the message: it is narrow (SQLite would read past each
-    # message's bytes to reach its date) and its filed_at is the message's received_at.
     received = database.execute_sql(
-        f"""SELECT {_hour_expression(dialect, "first_filed")}, COUNT(*), SUM(in_junk) FROM (
-                SELECT f.message_id, MIN(f.filed_at) AS first_filed,
-                       MAX(CASE WHEN f.folder = 'junk' THEN 1 ELSE 0 END) AS in_junk
-                FROM filing f JOIN mailbox m ON m.id = f.mailbox_id
-                WHERE f.filed_at >= {param} AND f.folder IN ('inbox', 'junk', 'trash')
-                  AND (m.sent_context_id IS NULL OR f.context_id <> m.sent_context_id)
-                GROUP BY f.message_id) AS firsts
+        f"""SELECT {_hour_expression(dialect, "received_at")}, COUNT(*), SUM(junk) FROM (
+                SELECT m.id, m.received_at,
+                       MAX(CASE WHEN f.folder = 'junk' AND f.filed_at = m.received_at THEN 1
+                                WHEN m.verdict LIKE {param}
+                                     AND b.spam_handling = 'junk' THEN 1
+                                ELSE 0 END) AS junk
+                FROM message m
+                JOIN filing f ON f.message_id = m.id
+                JOIN mailbox b ON b.id = f.mailbox_id
+                WHERE m.received_at >= {param} AND {_delivered_here(dialect)}
+                  AND NOT (m.envelope_sender = '' AND m.verdict IS NULL)
+                  AND (b.sent_context_id IS NULL OR f.context_id <> b.sent_context_id)
+                  AND f.flags NOT LIKE {param}
+                GROUP BY m.id, m.received_at) AS arrived
             GROUP BY 1""",
-        (cutoff,),
+        # The verdict as filing.verdict_json writes it (no spaces).
+        ('%"junk":true%', cutoff, f"%{FILED_COPY_FLAG}%"),
     ).fetchall()
     for hour, count, junk in received:
         row = counts.setdefault(timestamp(hour), [0, 0, 0, 0])
         row[0] += int(count)
         row[3] += int(junk or 0)
+    notifications = ", ".join(f"'{kind}'" for kind in NOTIFICATION_KINDS)
     outcomes = database.execute_sql(
-        f"""SELECT {_hour_expression(dialect, "at")},
-                   SUM(CASE WHEN outcome = 'delivered' THEN 1 ELSE 0 END),
-                   SUM(CASE WHEN outcome = 'bounced' THEN 1 ELSE 0 END)
-            FROM queue_event WHERE at >= {param} AND outcome IN ('delivered', 'bounced')
+        f"""SELECT {_hour_expression(dialect, "e.at")},
+                   SUM(CASE WHEN e.outcome = 'delivered' THEN 1 ELSE 0 END),
+                   SUM(CASE WHEN e.outcome = 'bounced' THEN 1 ELSE 0 END)
+            FROM queue_event e
+            JOIN queue_recipient r ON r.id = e.queue_recipient_id
+            JOIN queue_message q ON q.id = r.queue_message_id
+            WHERE e.at >= {param} AND e.outcome IN ('delivered', 'bounced')
+              AND (q.origin_kind IS NULL OR q.origin_kind NOT IN ({notifications}))
             GROUP BY 1""",
         (cutoff,),
     ).fetchall()

@@ -124,7 +124,7 @@ class FakeIntake:
     def lookup_recipient(self, local_part, domain):
         return self.resolve_recipient(local_part, domain).addCallback(Resolution.of)
 
-    def accept(self, envelope_sender, recipients, raw, verdict=None):
+    def accept(self, envelope_sender, recipients, raw, verdict=None, notification=False):
         self.accept_calls.append(AcceptCall(envelope_sender, tuple(recipients), raw, verdict))
         if self.fail_accepts:
             return defer.fail(StorageFailed("could not commit"))

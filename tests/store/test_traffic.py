@@ -9,7 +9,9 @@ import datetime
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from atollon_mail.store import dashboard, migrations, queue, traffic
+from atollon_mail.delivery.intake import Intake
+from atollon_mail.delivery.runner import send_notification
+from atollon_mail.store import dashboard, imapfolders, migrations, queue, traffic
 from atollon_mail.store import filing as filing_ops
 from atollon_mail.store.migrations import dialect_of
 from atollon_mail.store.models import TrafficHour, database_proxy, utc_now
@@ -127,6 +129,7 @@ class TrafficContract(StoreFixtureMixin):
                 "mx.remote.example",
                 when,
                 next_attempt if outcomes[delivery.address] == "deferred" else None,
+                origin=delivery.origin,  # as the runner gives it
             )
             for delivery in claimed
         ]
@@ -220,6 +223,74 @@ class TrafficContract(StoreFixtureMixin):
         )
         self.assertEqual(_summed_by_hour_of(self), {at("2030-01-16 14:00:00"): (24, 0, 0, 0)})
 
+    @defer.inlineCallbacks
+    def test_threads_sharing_one_shard_still_add_up(self):
+        recipient = self.recipient("joe@acme.test")
+        message = IncomingMessage(
+            envelope_sender="a@elsewhere.example", recipients=(recipient,), raw=b"\r\n"
+        )
+        yield defer.gatherResults(
+            [self.store.run(_on_shard, 0, [message] * 3, NOW) for _ in range(8)]
+        )
+        self.assertEqual(self.sync(_rows_by_shard), [(at("2030-01-16 14:00:00"), 0, 24)])
+
+    def test_outcomes_are_added_in_the_order_of_their_hours(self):
+        def add():
+            traffic.add_outcomes(
+                [
+                    (at("2030-01-16 12:10:00"), "delivered"),
+                    (at("2030-01-16 10:10:00"), "bounced"),
+                    (at("2030-01-16 11:10:00"), "delivered"),
+                ]
+            )
+
+        self.sync(add)
+        # Rows made in the order of the statements: the earliest hour first.
+        self.assertEqual(
+            [hour for hour, _, _ in self.sync(_rows_by_id)],
+            [at("2030-01-16 10:00:00"), at("2030-01-16 11:00:00"), at("2030-01-16 12:00:00")],
+        )
+
+    def test_a_store_has_no_more_threads_than_shards(self):
+        if self.store.is_sqlite:
+            raise unittest.SkipTest("SQLite's store has one thread, whatever is asked")
+        with self.assertRaises(ValueError) as refused:
+            Store.from_url(self.database_url, reactor, threads=traffic.SHARDS + 1)
+        self.assertIn(f"at most {traffic.SHARDS} store threads", str(refused.exception))
+
+    # -- what the server writes itself --------------------------------------------------
+
+    @defer.inlineCallbacks
+    def test_notifications_the_server_writes_are_neither_received_nor_sent(self):
+        intake = Intake(self.store)
+        dsn = b"Subject: Undelivered Mail\r\n\r\nIt failed.\r\n"
+        # To a local sender: filed, not received mail.
+        yield send_notification(intake, "joe@acme.test", dsn, Origin("bounce"))
+        yield send_notification(intake, "ann@acme.test", dsn, Origin("autoreply"))
+        # To a remote one: queued, and its delivery is not sent mail.
+        yield send_notification(intake, "far@remote.example", dsn, Origin("bounce"))
+        self.assertEqual(self.sync(_traffic_rows), [])
+        self.deliver(NOW, {"far@remote.example": "delivered"})
+        self.assertEqual(self.sync(_traffic_rows), [])
+        # Mail that came in from elsewhere with the null sender (a bounce from another
+        # server) is received mail as any other.
+        yield intake.accept("", [self.recipient("joe@acme.test")], dsn)
+        self.assertEqual([sum(row[1:]) for row in self.sync(_traffic_rows)], [1])
+
+    def test_a_bounce_counts_once_as_the_failed_recipient(self):
+        self.send(at("2030-01-16 10:00:00"), "gone@remote.example")
+        self.deliver(at("2030-01-16 10:05:00"), {"gone@remote.example": "bounced"})
+        # The DSN to the (remote) sender, and its delivery, add nothing to that.
+        dsn = OutgoingMessage(
+            envelope_sender="",
+            raw=b"Subject: dsn\r\n\r\nx\r\n",
+            remote_recipients=("sender@remote.example",),
+            is_bounce=True,
+        )
+        self.sync(queue.submit_messages, [(dsn, Origin("bounce"))], at("2030-01-16 10:05:01"))
+        self.deliver(at("2030-01-16 10:06:00"), {"sender@remote.example": "bounced"})
+        self.assertEqual(self.sync(_summed_by_hour), {at("2030-01-16 10:00:00"): (0, 0, 1, 0)})
+
     # -- the buckets -------------------------------------------------------------------
 
     def test_no_mail_gives_zero_buckets_over_the_whole_window(self):
@@ -292,7 +363,19 @@ class TrafficContract(StoreFixtureMixin):
             at("2030-01-16 11:30:00"),
             {"a@remote.example": "delivered", "b@remote.example": "bounced"},
         )
+        # What its readers did since changes nothing: a message moved to Trash, one
+        # a client APPENDed with an INTERNALDATE in the window (not received mail).
+        [moved] = self.receive(at("2030-01-16 08:10:00"), "ann@acme.test")
+        self.sync(filing_ops.move_message, "ann@acme.test", moved.id, "trash")
+        self.sync(
+            imapfolders.append,
+            "joe",
+            "INBOX",
+            b"Subject: kept\r\n\r\nx\r\n",
+            internaldate=at("2030-01-16 07:00:00"),
+        )
         counted = self.sync(_summed_by_hour)
+        self.assertNotIn(at("2030-01-16 07:00:00"), counted)
         self.sync(_clear_traffic)
 
         def backfill():
@@ -357,6 +440,61 @@ class TrafficContract(StoreFixtureMixin):
             ["slow.example"],
         )
 
+    def test_the_queue_reads_walk_the_state_created_index_without_sorting(self):
+        self.send(at("2030-01-16 09:00:00"), "a@slow.example", "b@slow.example")
+        self.deliver(
+            at("2030-01-16 09:30:00"),
+            {"a@slow.example": "deferred", "b@slow.example": "deferred"},
+            next_attempt=NOW,
+        )
+
+        def plans():
+            found = []
+            for query in [dashboard.oldest_query(state).limit(1) for state in ("queued",)] + [
+                dashboard.problems_query(dashboard.PROBLEM_SCAN + 1)
+            ]:
+                found.append(_explain(*query.sql()))
+            return found
+
+        for plan in self.sync(plans):
+            self.assertIn("queue_recipient_state_created", plan)
+            # Neither sorts what it found: the index gives the order, so the LIMIT bounds
+            # the rows read (a sort would read every row of the state first).
+            self.assertNotIn("TEMP B-TREE", plan)
+            self.assertNotIn("Sort", plan)
+
+    def test_problems_are_counted_among_the_longest_waiting_deferred_recipients(self):
+        self.send(at("2030-01-16 09:00:00"), "a@slow.example", "b@slow.example")
+        self.send(at("2030-01-16 10:00:00"), "x@grey.example", "c@slow.example")
+        self.deliver(
+            at("2030-01-16 10:30:00"),
+            {
+                address: "deferred"
+                for address in (
+                    "a@slow.example",
+                    "b@slow.example",
+                    "x@grey.example",
+                    "c@slow.example",
+                )
+            },
+            next_attempt=NOW,
+        )
+        everything = self.sync(dashboard.delivery_problems)
+        self.assertEqual((everything.complete, everything.scanned), (True, 4))
+        read = self.sync(dashboard.delivery_problems, scan=3)
+        self.assertEqual((read.complete, read.scanned, read.domain_total), (False, 3, 2))
+        self.assertEqual(
+            [(p.domain, p.deferred) for p in read.domains],
+            [("slow.example", 2), ("grey.example", 1)],
+        )
+
+    def test_the_oldest_waiting_recipient_is_the_oldest_of_every_waiting_state(self):
+        self.send(at("2030-01-16 08:00:00"), "late@slow.example")
+        self.deliver(at("2030-01-16 08:30:00"), {"late@slow.example": "deferred"}, NOW)
+        self.send(at("2030-01-16 07:00:00"), "first@fine.example")  # queued earlier
+        oldest = self.sync(dashboard.oldest_waiting)
+        self.assertEqual((oldest.address, oldest.state), ("first@fine.example", "queued"))
+
     def test_admins_get_the_traffic_and_the_queue_others_do_not(self):
         builders.user(self.store, "root", is_admin=True)
         self.receive(at("2030-01-16 13:00:00"), "joe@acme.test")
@@ -366,6 +504,25 @@ class TrafficContract(StoreFixtureMixin):
         self.assertEqual(seen.problems.domains, ())
         other = self.sync(dashboard.dashboard, "joe", now=NOW)
         self.assertEqual((other.traffic, other.oldest, other.problems), (None, None, None))
+
+
+def _on_shard(shard: int, messages, now):
+    """Store operation: store_messages with this store thread's counts on `shard`."""
+    traffic._thread_shard.value = shard
+    return filing_ops.store_messages(messages, now)
+
+
+def _rows_by_shard() -> list[tuple]:
+    return [
+        (row.hour, row.shard, row.received)
+        for row in TrafficHour.select().order_by(TrafficHour.hour, TrafficHour.shard)
+    ]
+
+
+def _rows_by_id() -> list[tuple]:
+    return [
+        (row.hour, row.sent, row.bounced) for row in TrafficHour.select().order_by(TrafficHour.id)
+    ]
 
 
 def _summed_by_hour_of(test) -> dict:
@@ -462,29 +619,40 @@ class SendRateContract(StoreFixtureMixin):
         self.assertIn("campaign_recipient_campaign_state", self.sync(plan))
 
 
-def _old_mail(database, mailbox_id: int, context_id: int, when, folder: str) -> None:
-    """Store operation: a message filed at `when` into a folder of the mailbox, and a
-    queued copy to two remote recipients, one delivered and one bounced an hour later, in
-    the SQL of schema 15 (the store's operations would count them as they go)."""
+DELIVERED = b"Return-Path: <someone@elsewhere.example>\r\nSubject: old\r\n\r\nx\r\n"
+
+
+def _old_mail(
+    database,
+    mailbox_id: int,
+    context_id: int,
+    when,
+    folder: str,
+    raw: bytes = DELIVERED,
+    filed_at=None,
+    flags: str = "",
+    envelope_sender: str = "someone@elsewhere.example",
+    verdict: str | None = None,
+    origin_kind: str | None = None,
+    queued: bool = True,
+) -> int:
+    """Store operation: a message received at `when`, filed (at `filed_at`, `when` if
+    None) into a folder of the mailbox, and (`queued`) a queued copy to two remote
+    recipients, one delivered and one bounced an hour later, in the SQL of schema 15
+    (the store's operations would count them as they go). The message's id."""
     p = database.param
     (message_id,) = database.execute_sql(
-        "INSERT INTO message (raw, size, subject, envelope_sender, received_at)"
-        f" VALUES ({p}, {p}, {p}, {p}, {p}) RETURNING id",
-        (b"x", 1, "old", "someone@elsewhere.example", when),
+        "INSERT INTO message (raw, size, subject, envelope_sender, received_at, verdict)"
+        f" VALUES ({p}, {p}, {p}, {p}, {p}, {p}) RETURNING id",
+        (raw, len(raw), "old", envelope_sender, when, verdict),
     ).fetchone()
-    (next_uid,) = database.execute_sql(
-        f"UPDATE mailbox SET next_uid = next_uid + 1 WHERE id = {p} RETURNING next_uid",
-        (mailbox_id,),
-    ).fetchone()
-    database.execute_sql(
-        "INSERT INTO filing (message_id, mailbox_id, context_id, uid, flags, filed_at, folder)"
-        f" VALUES ({p}, {p}, {p}, {p}, '', {p}, {p})",
-        (message_id, mailbox_id, context_id, next_uid - 1, when, folder),
-    )
+    _old_filing(database, message_id, mailbox_id, context_id, filed_at or when, folder, flags)
+    if not queued:
+        return message_id
     (queued_id,) = database.execute_sql(
-        "INSERT INTO queue_message (message_id, envelope_sender, is_bounce, created_at)"
-        f" VALUES ({p}, {p}, {p}, {p}) RETURNING id",
-        (message_id, "joe@acme.test", False, when),
+        "INSERT INTO queue_message (message_id, envelope_sender, is_bounce, created_at,"
+        f" origin_kind) VALUES ({p}, {p}, {p}, {p}, {p}) RETURNING id",
+        (message_id, "joe@acme.test", False, when, origin_kind),
     ).fetchone()
     for address, outcome in (("a@remote.example", "delivered"), ("b@remote.example", "bounced")):
         (recipient_id,) = database.execute_sql(
@@ -497,6 +665,31 @@ def _old_mail(database, mailbox_id: int, context_id: int, when, folder: str) -> 
             f"INSERT INTO queue_event (queue_recipient_id, at, outcome) VALUES ({p}, {p}, {p})",
             (recipient_id, when + HOUR, outcome),
         )
+    return message_id
+
+
+def _new_context(database, name: str) -> int:
+    """Store operation: a CRM folder context (as a contact's default folder is), in the
+    SQL of schema 15."""
+    p = database.param
+    (context_id,) = database.execute_sql(
+        f"INSERT INTO context (kind, name, created_at) VALUES ('folder', {p}, {p}) RETURNING id",
+        (name, utc_now()),
+    ).fetchone()
+    return context_id
+
+
+def _old_filing(database, message_id, mailbox_id, context_id, filed_at, folder, flags=""):
+    p = database.param
+    (next_uid,) = database.execute_sql(
+        f"UPDATE mailbox SET next_uid = next_uid + 1 WHERE id = {p} RETURNING next_uid",
+        (mailbox_id,),
+    ).fetchone()
+    database.execute_sql(
+        "INSERT INTO filing (message_id, mailbox_id, context_id, uid, flags, filed_at, folder)"
+        f" VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p})",
+        (message_id, mailbox_id, context_id, next_uid - 1, flags, filed_at, folder),
+    )
 
 
 class TrafficMigrationContract(StoreFixtureMixin):
@@ -529,6 +722,72 @@ class TrafficMigrationContract(StoreFixtureMixin):
                 recent - 2 * DAY: (1, 0, 0, 0),
                 recent - 2 * DAY + HOUR: (0, 1, 1, 0),
             },
+        )
+
+    def test_migration_16_counts_mail_received_by_its_arrival_only(self):
+        store = Store.from_url(self.make_database_url(), reactor)
+        self.addCleanup(store.stop)
+        database = store.database
+        with database.connection_context():
+            migrations.migrate(database, up_to=15)
+        store.start()
+        builders.hosted_mailbox(store, "joe@acme.test", "joe")
+        joe = store.run_sync(filing_ops.resolve_recipient, "joe", "acme.test")
+        box, inbox = joe.mailbox_id, joe.context_id
+        crm = store.run_sync(_new_context, database, "Acme Ltd")
+        arrived = traffic.hour_of(utc_now()) - 5 * HOUR
+        later = arrived + 2 * HOUR + datetime.timedelta(minutes=7)
+
+        def old(*args, **kwargs):
+            return store.run_sync(_old_mail, database, box, *args, **kwargs)
+
+        # Received, then moved to Trash two hours later: counted when it arrived.
+        old(inbox, arrived, "trash", filed_at=later, queued=False)
+        # Received, then filed to a CRM folder ("File to...": a $Filed copy) later.
+        filed = old(inbox, arrived, "inbox", queued=False)
+        store.run_sync(_old_filing, database, filed, box, crm, later, "inbox", "$Filed \\Seen")
+        # Junk at arrival, moved to the inbox by its reader: junk still.
+        old(
+            inbox,
+            arrived,
+            "inbox",
+            filed_at=later,
+            verdict='{"junk":true,"spam_score":9.0}',
+            queued=False,
+        )
+        # A campaign's message, queued (no Return-Path) and archived into the CRM once
+        # delivered: sent mail, not received.
+        old(
+            crm,
+            arrived,
+            "inbox",
+            raw=b"Subject: news\r\n\r\nx\r\n",
+            filed_at=later,
+            flags="\\Seen",
+            origin_kind="campaign",
+        )
+        # A message a client APPENDed (no Return-Path), with an old INTERNALDATE.
+        old(
+            inbox, arrived, "inbox", raw=b"Subject: kept\r\n\r\nx\r\n", filed_at=later, queued=False
+        )
+        # A DSN the server filed for a local sender, and one it queued for a remote one.
+        old(inbox, arrived, "inbox", envelope_sender="", queued=False)
+        old(
+            inbox,
+            arrived,
+            "inbox",
+            raw=b"Subject: dsn\r\n\r\nx\r\n",
+            filed_at=later,
+            envelope_sender="",
+            origin_kind="bounce",
+        )
+        # A bounce from elsewhere that the inbound checks saw: received mail.
+        old(inbox, arrived, "inbox", envelope_sender="", verdict='{"junk":false}', queued=False)
+        with database.connection_context():
+            migrations.migrate(database)
+        self.assertEqual(
+            store.run_sync(_summed_by_hour),
+            {arrived: (4, 0, 0, 1), arrived + HOUR: (0, 1, 1, 0)},
         )
 
 

@@ -15,6 +15,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
+from atollon_mail.metrics import Metrics
 from atollon_mail.store import filing, queue
 from atollon_mail.store.models import CampaignRecipient
 from atollon_mail.store.records import (
@@ -24,7 +25,7 @@ from atollon_mail.store.records import (
     Origin,
     OutgoingMessage,
 )
-from atollon_mail.web import pages_campaigns
+from atollon_mail.web import pages, pages_campaigns
 from atollon_mail.web.charts import nice_ceiling
 from tests import builders
 from tests.builders import web_root
@@ -78,14 +79,16 @@ def table_values(text: str, chart_id: str) -> dict[str, tuple[int, ...]]:
 
 class DashboardChartTests(ServedWebMixin, StoreFixtureMixin):
     def setUp(self):
-        self.store = self.make_store()
+        self.metrics = Metrics()
+        self.store = self.make_store(self.metrics.store_operation_seconds)
         builders.hosted_mailbox(
             self.store, "admin@example.com", "admin", _hash("admin-secret"), is_admin=True
         )
         builders.user(self.store, "bob", _hash("bob-secret"))
         builders.mailbox(self.store, "bob@example.com", "bob")
         config = parse_config("[appliance]\nhostname = mail.example.com\n")
-        root = web_root(self, self.store, config, reactor, clock=clock_at(NOW))
+        self.clock = clock_at(NOW)
+        root = web_root(self, self.store, config, reactor, clock=self.clock)
         if "/campaigns" not in root.app.routes:
             pages_campaigns.register(root.app)
         self.serve(root)
@@ -228,6 +231,37 @@ class DashboardChartTests(ServedWebMixin, StoreFixtureMixin):
         )
         self.assertNotIn(EVIL, page.text)
 
+    def operations(self, name: str) -> int:
+        """How many times the store ran the operation `name` (module.function)."""
+        return int(
+            self.metrics.registry.get_sample_value(
+                "atollon_mail_store_operation_seconds_count", {"operation": name}
+            )
+            or 0
+        )
+
+    @defer.inlineCallbacks
+    def test_the_queue_facts_are_read_once_for_views_within_their_period(self):
+        self.mail_flowed()
+        browser = yield self.logged_in("admin", "admin-secret")
+        # Views at once share the one read under way; later ones take what it read.
+        first, second = yield defer.gatherResults([browser.get("/"), browser.get("/")])
+        third = yield browser.get("/")
+        self.assertEqual(self.operations("dashboard.queue_facts"), 1)
+        self.assertEqual(self.operations("dashboard.dashboard"), 3)
+        self.send(at("2030-01-16 14:10:00"), "new@fine.example")
+        self.clock.advance(pages.QUEUE_FACTS_SECONDS - 1)
+        kept = yield browser.get("/")
+        self.assertEqual(self.operations("dashboard.queue_facts"), 1)
+        for page in (first, second, third, kept):
+            self.assertEqual(page.status, 200)
+            self.assertIn("slow.example", page.text)
+            self.assertIn('<span class="count">0</span> queued', page.text)
+        self.clock.advance(1)
+        fresh = yield browser.get("/")
+        self.assertEqual(self.operations("dashboard.queue_facts"), 2)
+        self.assertIn('<span class="count">1</span> queued', fresh.text)
+
     @defer.inlineCallbacks
     def test_with_no_mail_the_charts_say_so(self):
         page = yield self.admin_dashboard()
@@ -287,12 +321,17 @@ class DashboardChartTests(ServedWebMixin, StoreFixtureMixin):
             },
         )
         page = yield browser.get(f"/campaign?id={campaign_id}")
+        # Read again only once the kept rate is QUEUE_FACTS_SECONDS old.
+        self.assertIn("Nothing sent yet", page.text)
+        self.clock.advance(pages.QUEUE_FACTS_SECONDS)
+        page = yield browser.get(f"/campaign?id={campaign_id}")
         svg = chart_svg(page.text, "send-rate")
         self.assertEqual(svg.find(f"{SVG}title").text, "Sent per minute (UTC)")
         self.assertIn("3 in all, at most 2 in one minute", svg.find(f"{SVG}desc").text)
         # Running: the chart goes on to now's minute (14:20).
         bars = bar_values(svg)
         self.assertEqual(len(bars), 20)
+        self.assertEqual(self.operations("traffic.campaign_send_rate"), 2)
         self.assertEqual(bars["2030-01-16 14:01\u201314:02 UTC"], {"sent": 2})
         self.assertEqual(bars["2030-01-16 14:03\u201314:04 UTC"], {"sent": 1})
         self.assertEqual(sum(v["sent"] for v in bars.values()), 3)
