@@ -82,6 +82,10 @@ class Leases:
             return defer.succeed(True)
         return self._run(self._still_held, name)
 
+    def holding(self, name: str) -> bool:
+        """Whether this node took the lock and has not seen it lost (no round trip)."""
+        return self._always or name in self._held
+
     def release(self, name: str) -> defer.Deferred:
         if self._always:
             return defer.succeed(None)

@@ -132,12 +132,14 @@ class Store:
         """Finish queued operations, then close every connection."""
         if self._listener is not None:
             self._listener.stop()
-        self.leases.close()
         if self._started:
             if is_sqlite(self.database):
                 self._pool.callInThread(self._close_connection)
             self._pool.stop()
             self._started = False
+        # Last: the node lock tells the other nodes this node's claims are live, so it
+        # goes only once the progress of its runner is committed (cluster.ClaimKeeper).
+        self.leases.close()
         if hasattr(self.database, "close_all"):
             self.database.close_all()
         elif not self.database.is_closed():

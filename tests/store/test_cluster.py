@@ -25,7 +25,7 @@ from atollon_mail.store.leases import lock_key, node_lock_name
 from atollon_mail.store.models import CampaignRecipient, QueueRecipient, WebSession
 from atollon_mail.store.notices import MAX_PAYLOAD, parse, payloads
 from atollon_mail.store.pool import Store
-from atollon_mail.store.records import IncomingMessage, Origin, OutgoingMessage
+from atollon_mail.store.records import DeliveryResult, IncomingMessage, Origin, OutgoingMessage
 from tests import builders
 from tests.support import POSTGRES_URL, PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
@@ -259,6 +259,20 @@ class SqliteClusterTests(SqliteStoreMixin, ClusterContractTests, unittest.TestCa
         self.assertTrue(self.node_a.leases.take_now("dns-watcher"))
         self.assertTrue(self.node_b.leases.take_now("dns-watcher"))
         self.assertEqual(self.node_a.run_sync(queue.release_dead_claims, T0, "a"), {})
+        self.assertEqual(self.node_a.run_sync(queue.dead_claimers, "a"), [])
+
+    def test_a_renamed_box_keeps_its_dot_marks(self):
+        ids = self.queue_remote(2)
+        claimed = self.node_a.run_sync(queue.claim_due_deliveries, T0, 2, "old-name")
+        self.assertEqual(sorted(d.recipient_id for d in claimed), sorted(ids))
+        # Restarted under another name: the journal's marks still apply (one box).
+        self.assertEqual(self.node_a.run_sync(queue.mark_dots_sent, ids, T0, "new-name"), 2)
+        self.assertEqual(
+            self.node_a.run_sync(queue.mark_dots_sent, ids, T0, "new-name", or_unclaimed=False),
+            2,
+        )
+        requeued = self.node_a.run_sync(queue.requeue_in_flight, T0, "new-name")
+        self.assertEqual(sorted(requeued.uncertain), sorted(ids))
 
 
 class PostgresClusterTests(PostgresStoreMixin, ClusterContractTests, unittest.TestCase):
@@ -317,6 +331,50 @@ class PostgresClusterTests(PostgresStoreMixin, ClusterContractTests, unittest.Te
         self.assertEqual(sorted(d.recipient_id for d in again), sorted(ids))
         released = yield self.node_b.run(queue.release_dead_claims, T0, "b")
         self.assertEqual(released, {}, "b's own claims are not released")
+
+    @defer.inlineCallbacks
+    def test_late_outcomes_and_marks_of_a_released_claim_change_nothing(self):
+        [first, second] = self.queue_remote(2)
+        claimed = yield self.node_a.run(queue.claim_due_deliveries, T0, 2, "a")
+        self.assertEqual(len(claimed), 2)
+        # a's lock is free (its connection ended while a ran on): b releases, claims again.
+        self.assertEqual((yield self.node_b.run(queue.dead_claimers, "b")), ["a"])
+        released = yield self.node_b.run(queue.release_dead_claims, T0, "b", ["a"])
+        self.assertEqual(released["a"].quiet, 2)
+        again = yield self.node_b.run(queue.claim_due_deliveries, T0, 1, "b")
+        self.assertEqual([d.recipient_id for d in again], [first])
+        # a's late writes: a mark and an outcome on each.
+        marked = yield self.node_a.run(queue.mark_dots_sent, [first, second], T0, "a", False)
+        self.assertEqual(marked, 0)
+        late = [
+            DeliveryResult(recipient_id, "delivered", "250 ok", "mx [192.0.2.1]:25", T0)
+            for recipient_id in (first, second)
+        ]
+        yield self.node_a.run(queue.record_delivery_results, late, "a")
+        rows = self.sync(
+            builders.table_rows,
+            QueueRecipient.state,
+            QueueRecipient.claimed_by,
+            QueueRecipient.attempts,
+            QueueRecipient.dot_sent_at,
+        )
+        self.assertEqual(
+            sorted(rows, key=lambda row: row[0]),
+            [("in-flight", "b", 0, None), ("queued", "a", 0, None)],
+        )
+        # b's own outcome is written.
+        mine = [DeliveryResult(first, "delivered", "250 ok", "mx [192.0.2.1]:25", T0)]
+        yield self.node_b.run(queue.record_delivery_results, mine, "b")
+        states = self.sync(builders.table_rows, QueueRecipient.state)
+        self.assertEqual(sorted(states), [("delivered",), ("queued",)])
+
+    @defer.inlineCallbacks
+    def test_the_node_lock_goes_only_when_the_store_stops(self):
+        self.assertTrue(self.node_a.leases.take_now(node_lock_name("a")))
+        self.assertTrue(self.node_a.leases.holding(node_lock_name("a")))
+        self.assertIsNotNone(lock_holder(node_lock_name("a")))
+        self.node_a.stop()
+        yield self.wait_for(lambda: lock_holder(node_lock_name("a")) is None)
 
     # -- news between nodes -------------------------------------------------------------------
 
