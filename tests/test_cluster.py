@@ -10,6 +10,7 @@ import os
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
+from atollon_mail import tap
 from atollon_mail.cluster import LEASE_SECONDS, RELEASE_SECONDS, ClaimKeeper, OneNodeAtATime
 from atollon_mail.config import ClusterConfig, ConfigError, load_config, parse_config
 from atollon_mail.delivery.junkpurge import JunkPurger
@@ -204,6 +205,39 @@ class PostgresClusterServiceTests(NodesMixin, PostgresStoreMixin, unittest.TestC
         self.assertIsNotNone(lock_holder(node_lock_name("a")))
         store_a.stop()
         yield self.wait_for(lambda: lock_holder(node_lock_name("a")) is None)
+
+    def appliance_config(self, node_line: str = ""):
+        data = os.path.abspath(self.mktemp())
+        return parse_config(
+            f"[appliance]\nhostname = mx.acme.test\ndata_dir = {data}\n"
+            f"[database]\nurl = {self.database_url}\n[cluster]\n{node_line}\n"
+        )
+
+    def test_an_unnamed_node_is_one_box_a_named_one_keeps_its_claims(self):
+        single = tap.build_appliance(self.appliance_config(), task.Clock())
+        store = single.getServiceNamed("store").store
+        self.addCleanup(store.stop)
+        self.assertIsNone(store.node)
+        self.assertNotIn("claim-keeper", [child.name for child in single])
+        named = tap.build_appliance(self.appliance_config("node_name = mx1"), task.Clock())
+        store = named.getServiceNamed("store").store
+        self.addCleanup(store.stop)
+        self.assertEqual(store.node, "mx1")
+        self.assertEqual(named.getServiceNamed("claim-keeper").node, "mx1")
+
+    def test_a_second_node_of_the_same_name_refuses_to_start(self):
+        running = self.node("mx1")
+        self.assertTrue(running.leases.take_now(node_lock_name("mx1")))
+        config = self.appliance_config("node_name = mx1")
+        second = tap.StoreService(Store.from_url(self.database_url, reactor, node="mx1"), config)
+        self.addCleanup(second.store.stop)
+        with self.assertRaises(SystemExit) as refused:
+            second.startService()
+        self.assertEqual(
+            str(refused.exception),
+            "atollon-mail: another running node is named 'mx1': give each node its own "
+            "[cluster] node_name",
+        )
 
 
 class ClusterConfigTests(unittest.TestCase):
