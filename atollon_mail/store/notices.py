@@ -15,10 +15,13 @@ from __future__ import annotations
 import json
 import select
 import threading
+import time
 from collections.abc import Callable
 
 import attrs
 from twisted.logger import Logger
+
+from atollon_mail.store.leases import dedicated_params
 
 log = Logger()
 
@@ -29,6 +32,9 @@ MAX_PAYLOAD = 7000
 # how long it waits before connecting again after the connection failed.
 WAIT_SECONDS = 0.5
 RECONNECT_SECONDS = 2.0
+# A listener idle this long sends a query: a connection that died quietly fails it (and
+# is made again) instead of waiting for news that cannot come.
+PING_SECONDS = 30.0
 
 _noted = threading.local()
 
@@ -162,8 +168,7 @@ class Listener:
     def _connect(self):
         import psycopg2
 
-        params = dict(self._database.connect_params)
-        params.setdefault("connect_timeout", 10)
+        params = dedicated_params(self._database)
         connection = psycopg2.connect(dbname=self._database.database, **params)
         connection.autocommit = True
         with connection.cursor() as cursor:
@@ -172,18 +177,26 @@ class Listener:
 
     def _run(self) -> None:
         connection = None
+        quiet_since = time.monotonic()
         while not self._stopping.is_set():
             try:
                 if connection is None:
                     connection = self._connect()
                     self._listening.set()
+                    quiet_since = time.monotonic()
                 ready, _, _ = select.select([connection], [], [], WAIT_SECONDS)
                 if not ready:
+                    if time.monotonic() - quiet_since > PING_SECONDS:
+                        with connection.cursor() as cursor:
+                            cursor.execute("SELECT 1")
+                        quiet_since = time.monotonic()
                     continue
+                quiet_since = time.monotonic()
                 connection.poll()
+                # Taken whole: popping from the front is quadratic in a burst.
+                notifies, connection.notifies[:] = list(connection.notifies), []
                 found = []
-                while connection.notifies:
-                    notify = connection.notifies.pop(0)
+                for notify in notifies:
                     news = parse(notify.payload)
                     if news is not None and news.node != self._node:
                         found.append(news)

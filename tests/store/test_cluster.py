@@ -368,6 +368,14 @@ class PostgresClusterTests(PostgresStoreMixin, ClusterContractTests, unittest.Te
         states = self.sync(builders.table_rows, QueueRecipient.state)
         self.assertEqual(sorted(states), [("delivered",), ("queued",)])
 
+    def test_dedicated_connections_notice_a_dead_peer_within_seconds(self):
+        self.assertTrue(self.node_a.leases.take_now("dns-watcher"))
+        params = self.node_a.leases._connection.get_dsn_parameters()
+        self.assertEqual(
+            [params[key] for key in ("keepalives", "keepalives_idle", "tcp_user_timeout")],
+            ["1", "10", "25000"],
+        )
+
     @defer.inlineCallbacks
     def test_the_node_lock_goes_only_when_the_store_stops(self):
         self.assertTrue(self.node_a.leases.take_now(node_lock_name("a")))
