@@ -14,6 +14,7 @@ from twisted.trial import unittest
 from atollon_mail.massmail.compose import build_message
 from atollon_mail.massmail.tokens import RecipientTokens
 from atollon_mail.store import (
+    accounts,
     autorespond,
     filing,
     imapfolders,
@@ -222,6 +223,16 @@ class ClusterContractTests(StoreFixtureMixin):
         self.node_b.run_sync(websessions.drop_session, "h" * 64)
         self.assertIsNone(self.node_a.run_sync(websessions.find_session, "h" * 64))
 
+    def test_a_new_password_ends_the_user_s_sessions_only(self):
+        builders.user(self.store, "bob")
+        builders.user(self.store, "ann")
+        for token, login in (("b" * 64, "bob"), ("c" * 64, "bob"), ("a" * 64, "ann")):
+            self.node_a.run_sync(websessions.create_session, token, login, "c", T0, T0, 10)
+        self.node_b.run_sync(accounts.set_password, "bob", "new-hash")
+        self.assertIsNone(self.node_a.run_sync(websessions.find_session, "b" * 64))
+        self.assertIsNone(self.node_a.run_sync(websessions.find_session, "c" * 64))
+        self.assertIsNotNone(self.node_a.run_sync(websessions.find_session, "a" * 64))
+
     def test_sessions_are_bounded_and_idle_ones_go(self):
         builders.user(self.store, "bob")
         minute = datetime.timedelta(minutes=1)
@@ -427,3 +438,12 @@ class PostgresClusterTests(PostgresStoreMixin, ClusterContractTests, unittest.Te
         )
         yield self.wait_for(lambda: len(self.heard_a) == 2)
         self.assertEqual(self.heard_a[1].touched, {hosted.mailbox.id})
+        # The same flag again changes no row: nothing is told.
+        yield self.node_b.run(
+            imapfolders.store_flags, "bob", "INBOX", (1,), "+", ("\\Flagged",), None
+        )
+        yield self.node_b.run(imapfolders.expunge, "bob", "INBOX")
+        yield self.node_b.run(filing.add_flag, "bob@example.com", stored.id, "\\Seen")
+        yield self.wait_for(lambda: len(self.heard_a) == 3)
+        self.assertEqual(self.heard_a[2].changed, {"bob@example.com"})
+        self.assertEqual(self.heard_a[2].touched, set())
