@@ -24,7 +24,7 @@ from atollon_mail.store import (
 )
 from atollon_mail.store.leases import lock_key, node_lock_name
 from atollon_mail.store.models import CampaignRecipient, QueueRecipient, WebSession
-from atollon_mail.store.notices import MAX_PAYLOAD, parse, payloads
+from atollon_mail.store.notices import MAX_PAYLOAD, Notifier, parse, payloads
 from atollon_mail.store.pool import Store
 from atollon_mail.store.records import DeliveryResult, IncomingMessage, Origin, OutgoingMessage
 from tests import builders
@@ -385,6 +385,22 @@ class PostgresClusterTests(PostgresStoreMixin, ClusterContractTests, unittest.Te
         self.assertEqual(
             [params[key] for key in ("keepalives", "keepalives_idle", "tcp_user_timeout")],
             ["1", "10", "25000"],
+        )
+
+    @defer.inlineCallbacks
+    def test_news_of_commits_close_together_goes_in_one_notification(self):
+        yield self.wait_for(lambda: self.node_b.listening)
+        notifier = Notifier(self.node_a.database, "a")
+        notifier.start()
+        self.addCleanup(notifier.stop)
+        notifier.add({"filed": {1}, "junk": set(), "changed": set(), "touched": set()})
+        notifier.add({"filed": {2}, "junk": {2}, "changed": {"x@example.com"}, "touched": {3}})
+        yield self.wait_for(lambda: self.heard_b)
+        yield task.deferLater(reactor, 0.2, lambda: None)
+        [news] = self.heard_b
+        self.assertEqual(
+            (news.node, news.filed, news.junk, news.changed, news.touched),
+            ("a", {1, 2}, {2}, {"x@example.com"}, {3}),
         )
 
     @defer.inlineCallbacks
