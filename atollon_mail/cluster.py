@@ -109,10 +109,21 @@ class OneNodeAtATime(service.Service):
 
 
 class ClaimKeeper(service.Service):
-    """This node's lock held as long as it runs (so the others know it is alive), and,
-    every `interval` seconds, the in-flight deliveries of nodes that died queued again
-    (queue.release_dead_claims); `released` is told of each (`events.queued.fire`: the
-    runner looks). Nothing to do on SQLite."""
+    """This node's lock held as long as it runs (so the others know it is alive), and the
+    in-flight deliveries of nodes that died queued again (queue.release_dead_claims);
+    `released` is told of each (`events.queued.fire`: the runner looks). Nothing to do on
+    SQLite.
+
+    A free node lock does not prove its node dead: the lock lives on one connection,
+    free whenever that connection ends (a PostgreSQL restart or failover, an idle
+    session killed, a NAT dropping it) while the node still runs. So the keeper looks
+    every third of `interval`, and a node's claims are released only when its lock was
+    seen free on at least two looks spanning more than 2 x `interval`, all while this
+    node's own lock held (a look right after this node lost its own tells nothing). The
+    node that lost its lock retakes it within a third of `interval`, and its runner
+    sends no final dot unless the lock was confirmed within the last `interval`
+    (`confirmed`), so no message of a released claim leaves after the release; its late
+    outcomes are dropped by the store (queue.record_delivery_results)."""
 
     name = "claim-keeper"
 
@@ -125,14 +136,33 @@ class ClaimKeeper(service.Service):
         self._loop: task.LoopingCall | None = None
         self.holding = False
         self.round: defer.Deferred | None = None
+        # When this node's lock was last confirmed held, and since when it holds it
+        # without a gap (clock seconds; None: not held).
+        self._confirmed_at: float | None = None
+        self._held_since: float | None = None
+        # Other nodes whose lock was seen free: (first seen, looks) by name.
+        self._free: dict[str, tuple[float, int]] = {}
+
+    def confirmed(self) -> bool:
+        """Whether this node's lock was confirmed within the last `interval` (the
+        runner's fence before each final dot). Always on SQLite."""
+        if self._store.leases.always_held:
+            return True
+        if self._confirmed_at is None:
+            return False
+        return self._clock.seconds() - self._confirmed_at <= self._interval
 
     def startService(self) -> None:
         super().startService()
         if self._store.leases.always_held:
             return
+        if self._store.leases.holding(node_lock_name(self.node)):
+            # Taken at start-up, before the runner claims anything (tap.StoreService).
+            self.holding = True
+            self._confirmed_at = self._held_since = self._clock.seconds()
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = self._clock
-        self._loop.start(self._interval, now=True)
+        self._loop.start(self._interval / 3, now=True)
 
     def _tick(self) -> defer.Deferred | None:
         if self.round is not None and not self.round.called:
@@ -142,9 +172,11 @@ class ClaimKeeper(service.Service):
 
     @defer.inlineCallbacks
     def _run_round(self):
+        lock = node_lock_name(self.node)
         try:
+            asked_at = self._clock.seconds()
             if not self.holding:
-                self.holding = yield self._store.leases.take(node_lock_name(self.node))
+                self.holding = yield self._store.leases.take(lock)
                 if not self.holding:
                     log.error(
                         "another running node is named {node!r}: give each node its own "
@@ -152,13 +184,44 @@ class ClaimKeeper(service.Service):
                         node=self.node,
                     )
             else:
-                self.holding = yield self._store.leases.held(node_lock_name(self.node))
-            now = utc_from_seconds(self._clock.seconds())
-            released = yield self._store.run(queue.release_dead_claims, now, self.node)
+                self.holding = yield self._store.leases.held(lock)
+                if not self.holding:
+                    log.warn("this node's lock was lost with its connection; taking it again")
+        except Exception as problem:
+            self.holding = False
+            self._lost()
+            log.warn("confirming this node's lock failed: {problem}", problem=problem)
+            return {}
+        if not self.holding:
+            self._lost()
+            return {}
+        self._confirmed_at = asked_at
+        if self._held_since is None:
+            self._held_since = asked_at
+        try:
+            free = yield self._store.run(queue.dead_claimers, self.node)
+            now = self._clock.seconds()
+            self._free = {
+                name: (self._free[name][0], self._free[name][1] + 1)
+                if name in self._free
+                else (now, 1)
+                for name in free
+            }
+            due = [
+                name
+                for name, (first, looks) in self._free.items()
+                if looks >= 2 and now - first > 2 * self._interval and self._held_since <= first
+            ]
+            if not due:
+                return {}
+            released = yield self._store.run(
+                queue.release_dead_claims, utc_from_seconds(now), self.node, due
+            )
         except Exception as problem:
             log.warn("looking for deliveries of nodes that died failed: {problem}", problem=problem)
             return {}
         for name, requeued in released.items():
+            self._free.pop(name, None)
             log.warn(
                 "node {name!r} is gone: {quiet} of its deliveries queued again, {uncertain} "
                 "uncertain (their message may have left before it died)",
@@ -170,13 +233,16 @@ class ClaimKeeper(service.Service):
             self._released()
         return released
 
+    def _lost(self) -> None:
+        # What was seen while this node's own lock did not hold tells nothing of others.
+        self._held_since = None
+        self._free = {}
+
     def stopService(self):
+        # The node lock is not let go here: the runner's connections may still be running
+        # and their progress not committed; it goes when the store closes, last
+        # (Store.stop, after its pool drained), or with the process.
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        waiting = self.round if self.round is not None and not self.round.called else None
-        if self.holding:
-            self.holding = False
-            released = self._store.leases.release(node_lock_name(self.node))
-            released.addErrback(lambda _: None)
-        return waiting
+        return self.round if self.round is not None and not self.round.called else None

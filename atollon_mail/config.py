@@ -81,8 +81,9 @@ class ClusterConfig:
     """[cluster]: this node among several on one PostgreSQL database."""
 
     # Names this node in the notices the others hear and on its delivery claims; unique
-    # among the nodes. Default: this machine's host name.
-    node_name: str = attrs.field(factory=socket.gethostname)
+    # among the nodes. Empty (the default): one box, and none of the multi-node work
+    # (notices, named claims, the node lock) is done: each costs PostgreSQL commits.
+    node_name: str = ""
     # How often a node asks for the lock of a job run on one node at a time (and checks
     # it still holds one), and looks for deliveries a dead node left in flight.
     check_interval: float = 15.0
@@ -789,8 +790,6 @@ def _read_values(path: str, parser: configparser.ConfigParser) -> dict[str, dict
             if section == "appliance" and key == "hostname" and not raw.strip():
                 raw = socket.getfqdn()
                 values[section]["hostname_from_machine"] = True
-            if section == "cluster" and key == "node_name" and not raw.strip():
-                raw = socket.gethostname()
             try:
                 values[section][key] = parse(raw)
             except ValueError as problem:

@@ -6,6 +6,7 @@ import functools
 import gc
 import os
 import resource
+import time
 from collections.abc import Callable
 
 from twisted.application import service
@@ -47,6 +48,9 @@ from atollon_mail.workers import Workers
 
 INITIAL_ADMIN_LOGIN = "admin"
 INITIAL_ADMIN_PASSWORD_FILE = "initial-admin-password"
+# How long a starting node asks again for its node lock before it refuses to start (its
+# name is taken by a running node).
+NODE_LOCK_WAIT = 5.0
 
 log = Logger()
 
@@ -249,12 +253,16 @@ class StoreService(service.Service):
         node = self.store.node
         if node is None or self.store.leases.always_held:
             return
-        if not self.store.leases.take_now(node_lock_name(node)):
-            log.error(
-                "another running node is named {node!r}: give each node its own "
-                "[cluster] node_name (this one keeps trying)",
-                node=node,
-            )
+        # A peer's release transaction (queue.release_dead_claims) holds the lock for a
+        # moment: asked again for a few seconds before another node is taken to run.
+        deadline = time.monotonic() + NODE_LOCK_WAIT
+        while not self.store.leases.take_now(node_lock_name(node)):
+            if time.monotonic() >= deadline:
+                raise SystemExit(
+                    f"atollon-mail: another running node is named {node!r}: give each node "
+                    "its own [cluster] node_name"
+                )
+            time.sleep(0.5)
 
     def stopService(self) -> None:
         super().stopService()
@@ -386,24 +394,33 @@ def build_appliance(
         reactor,
         changed=events.changed.fire,
         operation_seconds=metrics.store_operation_seconds,
-        node=config.cluster.node_name,
+        # Unnamed: one box; no notices, no named claims, no node lock.
+        node=config.cluster.node_name or None,
         news=events.heard,
     )
     workers = Workers(reactor)
     # The store first: it is ready before anything listens (StoreService).
     services = [StoreService(store, config), workers]
-    services.append(
-        ClaimKeeper(
+    keeper = None
+    if config.cluster.node_name and not store.is_sqlite:
+        keeper = ClaimKeeper(
             store,
             config.cluster.node_name,
             reactor,
             released=events.queued.fire,
             interval=config.cluster.check_interval,
         )
-    )
+        services.append(keeper)
     massmail = massmail_build.build(config, store, events, workers, reactor)
     delivery = delivery_build.build(
-        config, store, events, workers, reactor, return_addresses=massmail.returns, metrics=metrics
+        config,
+        store,
+        events,
+        workers,
+        reactor,
+        return_addresses=massmail.returns,
+        metrics=metrics,
+        dots_allowed=None if keeper is None else keeper.confirmed,
     )
     intake = delivery.intake
     services += [*delivery.services, *massmail.services]

@@ -44,11 +44,13 @@ def build(
     reactor,
     return_addresses=None,
     metrics=None,
+    dots_allowed=None,
 ) -> Delivery:
     """The intake fires `queued` and `filed`; the runner wakes on `queued`, the
     auto-responder hears `filed`. `return_addresses` resolves the addresses producers
     hear back at (see Intake). Group commits and delivery outcomes are counted on
-    `metrics`."""
+    `metrics`. `dots_allowed`: the runner's fence with several nodes (see
+    cluster.ClaimKeeper.confirmed)."""
     writers = 1 if store.is_sqlite else 2
     srs = SRS(load_or_create_srs_secret(config.delivery.srs_secret, config.appliance.data_dir))
     sealer = ArcSealer(store, config.appliance.hostname, reactor, workers.cpu)
@@ -77,6 +79,7 @@ def build(
         events=events,
         journal=DotJournal(os.path.join(config.appliance.data_dir, JOURNAL_DIRECTORY)),
         metrics=metrics,
+        dots_allowed=dots_allowed,
     )
     autoresponder = Autoresponder(store, intake, hostname, reactor, events)
     purger = JunkPurger(store, config.spam.junk_retention_days, reactor)

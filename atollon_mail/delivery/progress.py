@@ -11,6 +11,7 @@ store knows, per in-flight recipient, whether its message may have left (see
 from __future__ import annotations
 
 import datetime
+import functools
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -53,19 +54,30 @@ class Progress:
 
 
 @common.flushed_lazily
-def record_progress(items: Sequence[Progress]) -> list[None]:
+def record_progress(items: Sequence[Progress], node: str | None = None) -> list[None]:
     """Progress of several connections in one transaction (one commit). Nothing waits
     for the disk here: the dots were written down in the dot journal before they went
     out, and what this must survive is this process dying (see common.flushed_lazily).
-    A mark whose outcome is in the same batch needs no writing."""
+    A mark whose outcome is in the same batch needs no writing. Given `node` (several
+    nodes on PostgreSQL): only on recipients still in flight under its claim."""
     decided = {result.recipient_id for item in items for result in item.results}
     marks = [
         recipient_id for item in items for recipient_id in item.marks if recipient_id not in decided
     ]
     if marks:
-        queue.mark_dots_sent(marks, max(item.at for item in items if item.marks))
-    queue.record_delivery_results([result for item in items for result in item.results])
+        at = max(item.at for item in items if item.marks)
+        queue.mark_dots_sent(marks, at, node, or_unclaimed=False)
+    queue.record_delivery_results([result for item in items for result in item.results], node)
     return [None] * len(items)
+
+
+def progress_recorder(node: str | None):
+    """record_progress for this node's runner (a partial keeps its name in the metrics)."""
+    if node is None:
+        return record_progress
+    recorder = functools.partial(record_progress, node=node)
+    recorder.flushed_lazily = True  # type: ignore[attr-defined]
+    return recorder
 
 
 def requeue(marks: dict[int, datetime.datetime], now: datetime.datetime, node: str | None = None):
@@ -84,6 +96,12 @@ def keyed(outcome: client.EnvelopeOutcome):
     return zip(outcome.envelope.key, outcome.recipients, strict=True)
 
 
+class NodeLockUnconfirmed(OSError):
+    """The node's lock was not confirmed lately (several nodes: cluster.ClaimKeeper):
+    another node may release this node's claims, so no final dot goes out. An OSError,
+    as a dot journal that cannot be written: the connection is dropped, replies kept."""
+
+
 class ProgressWriter:
     """The runner's progress writes: marks and outcomes of every connection, group
     committed (one batch at a time, taken `delay` after its first item), and the dot
@@ -96,14 +114,18 @@ class ProgressWriter:
         clock,
         delay: float = PROGRESS_DELAY,
         batch_sizes=None,
+        dots_allowed: Callable[[], bool] | None = None,
     ):
         self._store = store
         self._dots = journal
+        # Several nodes: whether this node's lock was confirmed lately (the fence before
+        # each final dot; cluster.ClaimKeeper.confirmed). None: one box, always.
+        self._dots_allowed = dots_allowed
         # Nothing but the dot of a connection too far ahead of its commits waits for
         # these (see MAX_AHEAD).
         self._committer = GroupCommitter(
             store,
-            record_progress,
+            progress_recorder(getattr(store, "node", None)),
             size_of=lambda item: 0,
             clock=clock,
             delay=delay,
@@ -130,6 +152,8 @@ class ProgressWriter:
     def note_dots(self, marks: tuple[int, ...], at: datetime.datetime) -> int:
         """Marks written down in the dot journal; the segment they went to. OSError when
         they cannot be (the dot must not go out then)."""
+        if self._dots_allowed is not None and not self._dots_allowed():
+            raise NodeLockUnconfirmed("this node's lock is not confirmed: no final dot sent")
         return self._dots.note(marks, at)
 
     def settled(self, progress: Progress) -> None:

@@ -109,6 +109,7 @@ class DeliveryRunner(service.Service):
         journal: DotJournal,
         progress_delay: float = PROGRESS_DELAY,
         metrics=None,
+        dots_allowed: Callable[[], bool] | None = None,
     ):
         self._store = store
         # Outcomes by class and domain, progress batch sizes (atollon_mail.metrics;
@@ -144,6 +145,7 @@ class DeliveryRunner(service.Service):
                 if metrics is None
                 else metrics.group_commit_batch_size.labels("record_progress")
             ),
+            dots_allowed=dots_allowed,
         )
         self._starting: defer.Deferred | None = None
         # Fires when the queue is idle (nothing pending or in flight); tests wait on it.

@@ -21,7 +21,7 @@ from atollon_mail.store.common import (
     validate_login,
 )
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
-from atollon_mail.store.models import Context, Domain, Mailbox, User, utc_now
+from atollon_mail.store.models import Context, Domain, Mailbox, User, WebSession, utc_now
 from atollon_mail.store.records import UserRecord
 
 NAME_LIMIT = 200
@@ -181,4 +181,7 @@ def set_password(login: str, password_hash: str) -> UserRecord:
     user = get_user_row(login)
     user.password_hash = password_hash
     user.save()
+    # A new password ends every web login of the user, on every node (the sessions are
+    # in the store), in the same transaction.
+    WebSession.delete().where(WebSession.user == user.id).execute()
     return user_record(user)

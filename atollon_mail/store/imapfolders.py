@@ -842,8 +842,6 @@ def _writable(login: str, name: str) -> tuple[ImapFolder, _Box]:
     folder, box = resolve(login, name)
     if not folder.writable:
         raise ReadOnly(f"{name} is read-only: {box.address} is shared with you to view only")
-    # Written to by the caller: the IMAP sessions of other nodes look (store.notices).
-    notices.note_touched(box.id)
     return folder, box
 
 
@@ -934,6 +932,8 @@ def store_flags(
         changed.append(filing_id)
     if changed:
         _set_flags(by_text, next_modseq(box.id))
+        # Only when rows changed: the IMAP sessions of other nodes look (store.notices).
+        notices.note_touched(box.id)
     return StoreResult(
         changed=tuple(_items_of(changed)),
         modified=tuple(modified),
@@ -978,6 +978,8 @@ def expunge(login: str, name: str, uids: Sequence[int] | None = None) -> tuple[i
     for chunk in chunks([row[0] for row in gone]):
         Filing.delete().where(Filing.id.in_(chunk)).execute()
     remove_unused_messages({row[2] for row in gone})
+    if rows:
+        notices.note_touched(box.id)
     return tuple(sorted(row[1] for row in rows))
 
 
@@ -1152,6 +1154,10 @@ def copy(login: str, source: str, uids: Sequence[int], target: str, move: bool =
         Filing.insert_many(chunk, fields=fields).execute()
     for chunk in chunks(removed):
         Filing.delete().where(Filing.id.in_(chunk)).execute()
+    if needs:
+        notices.note_touched(target_box.id)
+    if removed or (move and needs):
+        notices.note_touched(source_box.id)
     return CopyResult(
         uidvalidity=target_folder.uidvalidity,
         pairs=tuple(pairs),
@@ -1266,4 +1272,5 @@ def append(
         filed_at=now,
         folder=folder_to,
     ).execute()
+    notices.note_touched(box.id)
     return AppendResult(uidvalidity=folder.uidvalidity, uid=uid, merged=False)

@@ -20,6 +20,27 @@ from atollon_mail.store.database import is_sqlite
 
 log = Logger()
 
+# TCP keepalives and a user timeout on the dedicated connections (leases, listener): a
+# connection dropped without a word (a NAT's table, a host gone) is noticed within about
+# 25 s rather than the kernel's two hours, so a lost lock is learnt while it matters.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 25_000,  # milliseconds
+}
+
+
+def dedicated_params(database) -> dict:
+    """Connection parameters of a dedicated connection (leases, listener)."""
+    params = dict(database.connect_params)
+    params.setdefault("connect_timeout", 10)
+    for key, value in KEEPALIVES.items():
+        params.setdefault(key, value)
+    return params
+
+
 # The node's own lock: held as long as the node runs, so others can tell it is alive
 # (queue.release_dead_claims takes it for a moment to learn that it is not).
 NODE_LOCK_PREFIX = "node "
@@ -82,6 +103,10 @@ class Leases:
             return defer.succeed(True)
         return self._run(self._still_held, name)
 
+    def holding(self, name: str) -> bool:
+        """Whether this node took the lock and has not seen it lost (no round trip)."""
+        return self._always or name in self._held
+
     def release(self, name: str) -> defer.Deferred:
         if self._always:
             return defer.succeed(None)
@@ -104,8 +129,7 @@ class Leases:
             import psycopg2
 
             self._held.clear()
-            params = dict(self._database.connect_params)
-            params.setdefault("connect_timeout", 10)
+            params = dedicated_params(self._database)
             self._connection = psycopg2.connect(dbname=self._database.database, **params)
             self._connection.autocommit = True
         return self._connection

@@ -1,13 +1,13 @@
 """News of mail filed and mailboxes changed, told to the other nodes on one PostgreSQL.
 
-The operations that file mail or change a mailbox note it here (per store thread); at
-the end of the operation's transaction the store sends what was noted with
-`pg_notify` on the channel CHANNEL, so that it is delivered only if the transaction
-commits. Each node listens on a connection of its own (`Listener`, a thread of its own
-waiting on the connection's socket) and hands the news of the OTHER nodes to a callback
-on the reactor thread: its IMAP sessions and live web pages then look, as they do for
-mail filed through this node. Only ids and addresses travel, in payloads kept under
-PostgreSQL's limit of 8000 bytes. On SQLite (one box) nothing is sent.
+The operations that file mail or change a mailbox note it here (per store thread); once
+the operation's transaction committed, the store hands what was noted to the Notifier,
+which sends it, merged over MERGE_SECONDS, with `pg_notify` on the channel CHANNEL from
+a connection of its own. Each node listens on a connection of its own (`Listener`, a
+thread of its own waiting on the connection's socket) and hands the news of the OTHER
+nodes to a callback on the reactor thread: its IMAP sessions and live web pages then
+look, as they do for mail filed through this node. Only ids and addresses travel, in
+payloads kept under PostgreSQL's limit of 8000 bytes. On SQLite (one box) nothing is sent.
 """
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ from __future__ import annotations
 import json
 import select
 import threading
+import time
 from collections.abc import Callable
 
 import attrs
 from twisted.logger import Logger
+
+from atollon_mail.store.leases import dedicated_params
 
 log = Logger()
 
@@ -29,6 +32,11 @@ MAX_PAYLOAD = 7000
 # how long it waits before connecting again after the connection failed.
 WAIT_SECONDS = 0.5
 RECONNECT_SECONDS = 2.0
+# News noted by commits this close together goes in one NOTIFY (Notifier).
+MERGE_SECONDS = 0.05
+# A listener idle this long sends a query: a connection that died quietly fails it (and
+# is made again) instead of waiting for news that cannot come.
+PING_SECONDS = 30.0
 
 _noted = threading.local()
 
@@ -119,10 +127,96 @@ def parse(payload: str) -> News | None:
         return None
 
 
-def send(database, node: str, pending: dict) -> None:
-    """NOTIFY the payloads in the caller's transaction (sent at its commit)."""
-    for payload in payloads(node, pending):
-        database.execute_sql("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+def merge(into: dict, pending: dict) -> None:
+    for key, values in pending.items():
+        into.setdefault(key, set()).update(values)
+
+
+class Notifier:
+    """Sends what the store's threads noted, after their commits, merged over
+    MERGE_SECONDS, from a connection and a thread of its own. A pg_notify in each filing
+    or IMAP write transaction halved PostgreSQL's commit rate (notify_bench: 2695 to 1380
+    commits/s with 8 writers): NOTIFY serialises committing transactions on a global
+    lock. The receivers re-read the store, so news merged or a moment late costs
+    nothing; news lost with a crash between commit and send is made good by IMAP IDLE's
+    own re-check (every 5 s) and the next news of that mailbox."""
+
+    def __init__(self, database, node: str, merge_seconds: float = MERGE_SECONDS):
+        self._database = database
+        self._node = node
+        self._merge_seconds = merge_seconds
+        self._lock = threading.Lock()
+        self._pending: dict | None = None
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._connection = None
+
+    def add(self, pending: dict) -> None:
+        """News committed (any thread)."""
+        with self._lock:
+            if self._pending is None:
+                self._pending = {}
+            merge(self._pending, pending)
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stopping.clear()
+            self._thread = threading.Thread(
+                target=self._run, name="atollon-mail-notifier", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        """What waits is sent now; the connection closed."""
+        if self._thread is not None:
+            self._stopping.set()
+            self._wake.set()
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait()
+            self._wake.clear()
+            # Merged: what the next MERGE_SECONDS of commits note goes in the same NOTIFY.
+            self._stopping.wait(self._merge_seconds)
+            self._flush()
+        self._flush()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if not pending:
+            return
+        for attempt in (1, 2):
+            try:
+                if self._connection is None or self._connection.closed:
+                    import psycopg2
+
+                    params = dedicated_params(self._database)
+                    self._connection = psycopg2.connect(dbname=self._database.database, **params)
+                    self._connection.autocommit = True
+                with self._connection.cursor() as cursor:
+                    for payload in payloads(self._node, pending):
+                        cursor.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+                return
+            except Exception as problem:
+                if self._connection is not None:
+                    try:
+                        self._connection.close()
+                    except Exception:
+                        pass
+                    self._connection = None
+                if attempt == 2:
+                    log.warn(
+                        "telling the other nodes of news failed: {problem}",
+                        problem=str(problem).strip().splitlines()[0] if str(problem) else problem,
+                    )
 
 
 class Listener:
@@ -162,8 +256,7 @@ class Listener:
     def _connect(self):
         import psycopg2
 
-        params = dict(self._database.connect_params)
-        params.setdefault("connect_timeout", 10)
+        params = dedicated_params(self._database)
         connection = psycopg2.connect(dbname=self._database.database, **params)
         connection.autocommit = True
         with connection.cursor() as cursor:
@@ -172,18 +265,26 @@ class Listener:
 
     def _run(self) -> None:
         connection = None
+        quiet_since = time.monotonic()
         while not self._stopping.is_set():
             try:
                 if connection is None:
                     connection = self._connect()
                     self._listening.set()
+                    quiet_since = time.monotonic()
                 ready, _, _ = select.select([connection], [], [], WAIT_SECONDS)
                 if not ready:
+                    if time.monotonic() - quiet_since > PING_SECONDS:
+                        with connection.cursor() as cursor:
+                            cursor.execute("SELECT 1")
+                        quiet_since = time.monotonic()
                     continue
+                quiet_since = time.monotonic()
                 connection.poll()
+                # Taken whole: popping from the front is quadratic in a burst.
+                notifies, connection.notifies[:] = list(connection.notifies), []
                 found = []
-                while connection.notifies:
-                    notify = connection.notifies.pop(0)
+                for notify in notifies:
                     news = parse(notify.payload)
                     if news is not None and news.node != self._node:
                         found.append(news)

@@ -82,6 +82,7 @@ class Store:
         # of theirs. None: nothing sent nor heard (one box, the admin command).
         self.node = node
         self._notifying = node is not None and not is_sqlite(database)
+        self._notifier = notices.Notifier(database, node) if self._notifying else None
         self._listener = (
             notices.Listener(database, reactor, node, news)
             if self._notifying and news is not None
@@ -123,6 +124,8 @@ class Store:
         if not self._started:
             self._pool.start()
             self._started = True
+            if self._notifier is not None:
+                self._notifier.start()
             if self._listener is not None:
                 self._listener.start()
 
@@ -135,12 +138,16 @@ class Store:
         """Finish queued operations, then close every connection."""
         if self._listener is not None:
             self._listener.stop()
-        self.leases.close()
         if self._started:
             if is_sqlite(self.database):
                 self._pool.callInThread(self._close_connection)
             self._pool.stop()
             self._started = False
+        if self._notifier is not None:
+            self._notifier.stop()  # the news of the last commits
+        # Last: the node lock tells the other nodes this node's claims are live, so it
+        # goes only once the progress of its runner is committed (cluster.ClaimKeeper).
+        self.leases.close()
         if hasattr(self.database, "close_all"):
             self.database.close_all()
         elif not self.database.is_closed():
@@ -188,10 +195,10 @@ class Store:
                 if getattr(operation, "changes_mailbox", False):
                     notices.note_changed(args[0])
                 pending = notices.take()
-                if pending is not None:
-                    # In the transaction: the others hear of it only if it commits.
-                    notices.send(self.database, self.node, pending)
-                return result
+            # Committed: the others hear of it (never of a transaction rolled back).
+            if pending is not None:
+                self._notifier.add(pending)
+            return result
 
     def run(self, operation, *args, **kwargs):
         if self._operation_seconds is None:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 
 import attrs
 import peewee
+from twisted.logger import Logger
 
 from atollon_mail.store import origins, returnpath, traffic
 from atollon_mail.store.common import (
@@ -65,6 +66,8 @@ from atollon_mail.store.records import (
     RequeuedDeliveries,
     SubmittedMessage,
 )
+
+log = Logger()
 
 # --- sending --------------------------------------------------------------------------
 
@@ -332,16 +335,29 @@ def _one_line_limited(text: str | None, limit: int) -> str | None:
 
 
 def mark_dots_sent(
-    recipient_ids: Sequence[int], at: datetime.datetime, node: str | None = None
+    recipient_ids: Sequence[int],
+    at: datetime.datetime,
+    node: str | None = None,
+    or_unclaimed: bool = True,
 ) -> int:
     """Note that the final dot of these in-flight recipients' message is about to be sent
     (committed before it is: after a kill, `requeue_in_flight` tells them apart from
     recipients whose message never left); how many were marked."""
     stamp = QueueRecipient.dot_sent_at.db_value(at)
     param = database_proxy.param
-    # Given a node: only its own claims (a journal read at start must not mark a
-    # recipient another node claimed since).
-    mine = "" if node is None else f" AND (claimed_by = {param} OR claimed_by IS NULL)"
+    # Given a node on PostgreSQL (several nodes): only its own claims (a journal read at
+    # start, or a late mark of a node whose claims were released meanwhile, must not mark
+    # a recipient another node claimed since); `or_unclaimed` also those of no node
+    # (claimed before claims were named: the start-up requeue). On SQLite every claim is
+    # this box's, under whatever name it was made (a renamed box keeps its marks).
+    if not database_proxy.for_update:
+        node = None
+    if node is None:
+        mine = ""
+    elif or_unclaimed:
+        mine = f" AND (claimed_by = {param} OR claimed_by IS NULL)"
+    else:
+        mine = f" AND claimed_by = {param}"
     marked = 0
     for chunk in chunks(recipient_ids):
         sql = (
@@ -353,12 +369,41 @@ def mark_dots_sent(
     return marked
 
 
-def record_delivery_results(results: Sequence[DeliveryResult]) -> None:
+def _still_claimed(recipient_ids: set[int], node: str) -> set[int]:
+    """Those of these recipients still in flight under `node`'s claim, locked until
+    commit (so a release by another node waits for this transaction, or this for it)."""
+    param = database_proxy.param
+    mine: set[int] = set()
+    for chunk in chunks(sorted(recipient_ids)):
+        sql = (
+            f"SELECT id FROM queue_recipient WHERE id IN ({placeholders(len(chunk))})"
+            f" AND state = 'in-flight' AND claimed_by = {param} FOR NO KEY UPDATE"
+        )
+        mine.update(row[0] for row in database_proxy.execute_sql(sql, (*chunk, node)))
+    return mine
+
+
+def record_delivery_results(results: Sequence[DeliveryResult], node: str | None = None) -> None:
     """Each attempt's outcome on its recipient, and a line in its timeline.
 
     A deferred result that is `uncertain` (the final dot went out, no reply came back)
     shows as "uncertain" in the timeline and keeps the recipient listed as uncertain.
-    The hooks of each result's origin kind hear of it in this transaction."""
+    The hooks of each result's origin kind hear of it in this transaction.
+
+    Given `node` on PostgreSQL (several nodes): only the outcomes of recipients still in
+    flight under its claim; a late outcome of a claim another node released (and may
+    have claimed again since) is dropped, not written over the newer state."""
+    if node is not None and database_proxy.for_update and results:
+        mine = _still_claimed({result.recipient_id for result in results}, node)
+        dropped = len(results) - sum(1 for result in results if result.recipient_id in mine)
+        if dropped:
+            log.warn(
+                "{count} delivery outcome(s) dropped: their claim by node {node!r} was "
+                "released meanwhile",
+                count=dropped,
+                node=node,
+            )
+            results = [result for result in results if result.recipient_id in mine]
     for result in results:
         if result.outcome not in RESULT_OUTCOMES:
             raise Invalid(
@@ -466,27 +511,54 @@ def requeue_in_flight(
     return RequeuedDeliveries(len(quiet), tuple(uncertain))
 
 
-def release_dead_claims(now: datetime.datetime, node: str) -> dict[str, RequeuedDeliveries]:
-    """The in-flight claims of every other node that no longer runs, queued again as at a
-    start (requeue_in_flight); by node name. PostgreSQL only (SQLite: one box, nothing).
-
-    A node holds its own advisory lock as long as it runs (store.leases): when this
-    transaction can take it, the node is gone (its session ended with its process). It is
-    held until commit, so a node of that name starting meanwhile gets it only after the
-    rows are released (and its own start-up requeue waits on their row locks)."""
+def dead_claimers(node: str) -> list[str]:
+    """The other nodes with deliveries in flight whose node lock is free right now (their
+    session ended: the node died, or only its connection did; see cluster.ClaimKeeper,
+    which releases only after seeing it free for long enough). PostgreSQL only."""
     if not database_proxy.for_update:
-        return {}
+        return []
+    free = []
+    for name in _claimers(node):
+        (taken,) = database_proxy.execute_sql(
+            f"SELECT pg_try_advisory_xact_lock({database_proxy.param})",
+            (lock_key(node_lock_name(name)),),
+        ).fetchone()
+        if taken:
+            free.append(name)
+    return free
+
+
+def _claimers(node: str) -> list[str]:
     param = database_proxy.param
-    names = [
+    return sorted(
         row[0]
         for row in database_proxy.execute_sql(
             "SELECT DISTINCT claimed_by FROM queue_recipient"
             f" WHERE state = 'in-flight' AND claimed_by IS NOT NULL AND claimed_by <> {param}",
             (node,),
         ).fetchall()
-    ]
+    )
+
+
+def release_dead_claims(
+    now: datetime.datetime, node: str, names: Sequence[str] | None = None
+) -> dict[str, RequeuedDeliveries]:
+    """The in-flight claims of every other node that no longer runs, queued again as at a
+    start (requeue_in_flight); by node name. PostgreSQL only (SQLite: one box, nothing).
+
+    A node holds its own advisory lock as long as it runs (store.leases): when this
+    transaction can take it, the node is gone (its session ended with its process). It is
+    held until commit, so a node of that name starting meanwhile gets it only after the
+    rows are released (and its own start-up requeue waits on their row locks). `names`:
+    only those of these nodes (the ones cluster.ClaimKeeper saw free long enough)."""
+    if not database_proxy.for_update:
+        return {}
+    param = database_proxy.param
+    claimers = _claimers(node)
+    if names is not None:
+        claimers = [name for name in claimers if name in names]
     released = {}
-    for name in sorted(names):
+    for name in claimers:
         (free,) = database_proxy.execute_sql(
             f"SELECT pg_try_advisory_xact_lock({param})", (lock_key(node_lock_name(name)),)
         ).fetchone()

@@ -14,6 +14,7 @@ from twisted.trial import unittest
 from atollon_mail.massmail.compose import build_message
 from atollon_mail.massmail.tokens import RecipientTokens
 from atollon_mail.store import (
+    accounts,
     autorespond,
     filing,
     imapfolders,
@@ -23,9 +24,9 @@ from atollon_mail.store import (
 )
 from atollon_mail.store.leases import lock_key, node_lock_name
 from atollon_mail.store.models import CampaignRecipient, QueueRecipient, WebSession
-from atollon_mail.store.notices import MAX_PAYLOAD, parse, payloads
+from atollon_mail.store.notices import MAX_PAYLOAD, Notifier, parse, payloads
 from atollon_mail.store.pool import Store
-from atollon_mail.store.records import IncomingMessage, Origin, OutgoingMessage
+from atollon_mail.store.records import DeliveryResult, IncomingMessage, Origin, OutgoingMessage
 from tests import builders
 from tests.support import POSTGRES_URL, PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 
@@ -222,6 +223,16 @@ class ClusterContractTests(StoreFixtureMixin):
         self.node_b.run_sync(websessions.drop_session, "h" * 64)
         self.assertIsNone(self.node_a.run_sync(websessions.find_session, "h" * 64))
 
+    def test_a_new_password_ends_the_user_s_sessions_only(self):
+        builders.user(self.store, "bob")
+        builders.user(self.store, "ann")
+        for token, login in (("b" * 64, "bob"), ("c" * 64, "bob"), ("a" * 64, "ann")):
+            self.node_a.run_sync(websessions.create_session, token, login, "c", T0, T0, 10)
+        self.node_b.run_sync(accounts.set_password, "bob", "new-hash")
+        self.assertIsNone(self.node_a.run_sync(websessions.find_session, "b" * 64))
+        self.assertIsNone(self.node_a.run_sync(websessions.find_session, "c" * 64))
+        self.assertIsNotNone(self.node_a.run_sync(websessions.find_session, "a" * 64))
+
     def test_sessions_are_bounded_and_idle_ones_go(self):
         builders.user(self.store, "bob")
         minute = datetime.timedelta(minutes=1)
@@ -259,6 +270,20 @@ class SqliteClusterTests(SqliteStoreMixin, ClusterContractTests, unittest.TestCa
         self.assertTrue(self.node_a.leases.take_now("dns-watcher"))
         self.assertTrue(self.node_b.leases.take_now("dns-watcher"))
         self.assertEqual(self.node_a.run_sync(queue.release_dead_claims, T0, "a"), {})
+        self.assertEqual(self.node_a.run_sync(queue.dead_claimers, "a"), [])
+
+    def test_a_renamed_box_keeps_its_dot_marks(self):
+        ids = self.queue_remote(2)
+        claimed = self.node_a.run_sync(queue.claim_due_deliveries, T0, 2, "old-name")
+        self.assertEqual(sorted(d.recipient_id for d in claimed), sorted(ids))
+        # Restarted under another name: the journal's marks still apply (one box).
+        self.assertEqual(self.node_a.run_sync(queue.mark_dots_sent, ids, T0, "new-name"), 2)
+        self.assertEqual(
+            self.node_a.run_sync(queue.mark_dots_sent, ids, T0, "new-name", or_unclaimed=False),
+            2,
+        )
+        requeued = self.node_a.run_sync(queue.requeue_in_flight, T0, "new-name")
+        self.assertEqual(sorted(requeued.uncertain), sorted(ids))
 
 
 class PostgresClusterTests(PostgresStoreMixin, ClusterContractTests, unittest.TestCase):
@@ -318,6 +343,74 @@ class PostgresClusterTests(PostgresStoreMixin, ClusterContractTests, unittest.Te
         released = yield self.node_b.run(queue.release_dead_claims, T0, "b")
         self.assertEqual(released, {}, "b's own claims are not released")
 
+    @defer.inlineCallbacks
+    def test_late_outcomes_and_marks_of_a_released_claim_change_nothing(self):
+        [first, second] = self.queue_remote(2)
+        claimed = yield self.node_a.run(queue.claim_due_deliveries, T0, 2, "a")
+        self.assertEqual(len(claimed), 2)
+        # a's lock is free (its connection ended while a ran on): b releases, claims again.
+        self.assertEqual((yield self.node_b.run(queue.dead_claimers, "b")), ["a"])
+        released = yield self.node_b.run(queue.release_dead_claims, T0, "b", ["a"])
+        self.assertEqual(released["a"].quiet, 2)
+        again = yield self.node_b.run(queue.claim_due_deliveries, T0, 1, "b")
+        self.assertEqual([d.recipient_id for d in again], [first])
+        # a's late writes: a mark and an outcome on each.
+        marked = yield self.node_a.run(queue.mark_dots_sent, [first, second], T0, "a", False)
+        self.assertEqual(marked, 0)
+        late = [
+            DeliveryResult(recipient_id, "delivered", "250 ok", "mx [192.0.2.1]:25", T0)
+            for recipient_id in (first, second)
+        ]
+        yield self.node_a.run(queue.record_delivery_results, late, "a")
+        rows = self.sync(
+            builders.table_rows,
+            QueueRecipient.state,
+            QueueRecipient.claimed_by,
+            QueueRecipient.attempts,
+            QueueRecipient.dot_sent_at,
+        )
+        self.assertEqual(
+            sorted(rows, key=lambda row: row[0]),
+            [("in-flight", "b", 0, None), ("queued", "a", 0, None)],
+        )
+        # b's own outcome is written.
+        mine = [DeliveryResult(first, "delivered", "250 ok", "mx [192.0.2.1]:25", T0)]
+        yield self.node_b.run(queue.record_delivery_results, mine, "b")
+        states = self.sync(builders.table_rows, QueueRecipient.state)
+        self.assertEqual(sorted(states), [("delivered",), ("queued",)])
+
+    def test_dedicated_connections_notice_a_dead_peer_within_seconds(self):
+        self.assertTrue(self.node_a.leases.take_now("dns-watcher"))
+        params = self.node_a.leases._connection.get_dsn_parameters()
+        self.assertEqual(
+            [params[key] for key in ("keepalives", "keepalives_idle", "tcp_user_timeout")],
+            ["1", "10", "25000"],
+        )
+
+    @defer.inlineCallbacks
+    def test_news_of_commits_close_together_goes_in_one_notification(self):
+        yield self.wait_for(lambda: self.node_b.listening)
+        notifier = Notifier(self.node_a.database, "a")
+        notifier.start()
+        self.addCleanup(notifier.stop)
+        notifier.add({"filed": {1}, "junk": set(), "changed": set(), "touched": set()})
+        notifier.add({"filed": {2}, "junk": {2}, "changed": {"x@example.com"}, "touched": {3}})
+        yield self.wait_for(lambda: self.heard_b)
+        yield task.deferLater(reactor, 0.2, lambda: None)
+        [news] = self.heard_b
+        self.assertEqual(
+            (news.node, news.filed, news.junk, news.changed, news.touched),
+            ("a", {1, 2}, {2}, {"x@example.com"}, {3}),
+        )
+
+    @defer.inlineCallbacks
+    def test_the_node_lock_goes_only_when_the_store_stops(self):
+        self.assertTrue(self.node_a.leases.take_now(node_lock_name("a")))
+        self.assertTrue(self.node_a.leases.holding(node_lock_name("a")))
+        self.assertIsNotNone(lock_holder(node_lock_name("a")))
+        self.node_a.stop()
+        yield self.wait_for(lambda: lock_holder(node_lock_name("a")) is None)
+
     # -- news between nodes -------------------------------------------------------------------
 
     @defer.inlineCallbacks
@@ -361,3 +454,12 @@ class PostgresClusterTests(PostgresStoreMixin, ClusterContractTests, unittest.Te
         )
         yield self.wait_for(lambda: len(self.heard_a) == 2)
         self.assertEqual(self.heard_a[1].touched, {hosted.mailbox.id})
+        # The same flag again changes no row: nothing is told.
+        yield self.node_b.run(
+            imapfolders.store_flags, "bob", "INBOX", (1,), "+", ("\\Flagged",), None
+        )
+        yield self.node_b.run(imapfolders.expunge, "bob", "INBOX")
+        yield self.node_b.run(filing.add_flag, "bob@example.com", stored.id, "\\Seen")
+        yield self.wait_for(lambda: len(self.heard_a) == 3)
+        self.assertEqual(self.heard_a[2].changed, {"bob@example.com"})
+        self.assertEqual(self.heard_a[2].touched, set())
