@@ -130,6 +130,36 @@ class ScheduleContract(StoreFixtureMixin):
         self.assertEqual(len(os.listdir(self.directory)), 1)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    @defer.inlineCallbacks
+    def test_a_stopped_and_restarted_schedule_still_backs_up(self):
+        # The cluster's OneNodeAtATime stops the job when the node loses its lock and
+        # starts it again when it regains it.
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        service = self.schedule()
+        yield service.stopService()
+        service.startService()
+        yield service.stopService()
+        service.startService()
+        self.clock.advance(3.5 * HOUR)
+        path = yield service.last
+        self.assertEqual([e for e in logged if "failed" in e.get("log_format", "")], [])
+        self.assertEqual(os.path.basename(path), "atollon-mail-20261207T033000Z.backup")
+
+    @defer.inlineCallbacks
+    def test_a_restart_during_a_run_keeps_the_new_pool(self):
+        service = self.schedule()
+        self.clock.advance(3.5 * HOUR)
+        first = service.last
+        stopped = service.stopService()
+        service.startService()
+        yield stopped
+        self.assertIsNotNone((yield first))
+        self.clock.advance(DAY)
+        path = yield service.last
+        self.assertEqual(os.path.basename(path), "atollon-mail-20261208T033000Z.backup")
+
 
 class ScheduleOnSqliteTests(SqliteStoreMixin, ScheduleContract, unittest.TestCase):
     pass
