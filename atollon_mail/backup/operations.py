@@ -233,13 +233,8 @@ def restore(config: Config, store, path: str, passphrase: bytes | None, force: b
                     f"{others} other sessions are connected to the database: stop the "
                     "appliance (every node) and any admin command first"
                 )
-            if shutil.which("pg_restore") is None:  # known before anything is dropped
-                raise BackupError(
-                    "pg_restore is not installed: install PostgreSQL's client programs "
-                    "(Debian: postgresql-client)"
-                )
-            store.run_sync(store_backup.drop_tables, store.database)
-            _pg_restore(config, database_file)
+            names = store.run_sync(store_backup.table_names, store.database)
+            _pg_restore(config, database_file, names, staging)
         names = archive.install_data_files(manifest, staging, data_dir)
     applied = store.migrate()
     return Restored(manifest, tuple(names), tuple(m.number for m in applied), replaced)
@@ -267,15 +262,42 @@ def _check_fits(config: Config, manifest: Manifest, kind: str) -> None:
             )
 
 
-def _pg_restore(config: Config, dump: str) -> None:
-    argv, environment = store_backup.pg_restore_command(config.database.url, dump)
+def _run_client(argv, environment=None) -> subprocess.CompletedProcess:
     try:
-        done = subprocess.run(argv, env=environment, capture_output=True, check=False)
+        return subprocess.run(argv, env=environment, capture_output=True, check=False)
     except FileNotFoundError:
         raise BackupError(
-            "pg_restore is not installed: install PostgreSQL's client programs "
+            f"{argv[0]} is not installed: install PostgreSQL's client programs "
             "(Debian: postgresql-client)"
         ) from None
+
+
+def _client_failure(name: str, done: subprocess.CompletedProcess) -> BackupError:
+    lines = [line for line in done.stderr.decode("utf-8", "replace").splitlines() if line]
+    return BackupError(f"{name} failed: {lines[-1] if lines else done.returncode}")
+
+
+def _pg_restore(config: Config, dump: str, tables: list[str], staging: str) -> None:
+    """Replace the tables by the dump's in one transaction: the dump is read (and turned
+    into SQL) before the database is touched, then psql runs the drops and the restore
+    together, so a failure at any point leaves the old data as it was."""
+    for program in ("pg_restore", "psql"):  # known before anything is changed
+        if shutil.which(program) is None:
+            raise BackupError(
+                f"{program} is not installed: install PostgreSQL's client programs "
+                "(Debian: postgresql-client)"
+            )
+    done = _run_client(store_backup.pg_restore_list_command(dump))
     if done.returncode != 0:
-        lines = [line for line in done.stderr.decode("utf-8", "replace").splitlines() if line]
-        raise BackupError(f"pg_restore failed: {lines[-1] if lines else done.returncode}")
+        raise _client_failure("pg_restore", done)
+    script = os.path.join(staging, "restore.sql")
+    done = _run_client(store_backup.pg_restore_sql_command(dump, script))
+    if done.returncode != 0:
+        raise _client_failure("pg_restore", done)
+    drops = os.path.join(staging, "drop.sql")
+    with open(drops, "w", encoding="utf-8") as out:
+        out.write(store_backup.drop_tables_sql(tables))
+    argv, environment = store_backup.psql_restore_command(config.database.url, [drops, script])
+    done = _run_client(argv, environment)
+    if done.returncode != 0:
+        raise _client_failure("the restore", done)

@@ -140,9 +140,7 @@ class BackupSchedule(service.Service):
                 manifest = yield self._postgresql(in_thread, target, created)
             removed = yield in_thread(archive.rotate, directory, config.backup.keep)
         except Exception as problem:  # every failure is logged, none stops the schedule
-            log.error(
-                "backup to {target} failed: {problem}", target=target, problem=repr(problem)
-            )
+            log.error("backup to {target} failed: {problem}", target=target, problem=repr(problem))
             return None
         size = os.stat(target).st_size if os.path.exists(target) else 0
         log.info(

@@ -197,24 +197,49 @@ def pg_dump_command(url: str, target: str) -> tuple[list[str], dict[str, str]]:
     return argv, _with_path(environment)
 
 
-def pg_restore_command(url: str, source: str) -> tuple[list[str], dict[str, str]]:
-    """(argv, environment) of pg_restore loading the dump at source into url's database
-    in one transaction, stopping at the first error (drop_tables first)."""
-    environment, database, _ = _postgres_parts(url)
-    argv = [
+def pg_restore_list_command(source: str) -> list[str]:
+    """argv of pg_restore reading the table of contents of the dump at source (no
+    connection): a dump it cannot read is known before anything is dropped."""
+    return ["pg_restore", "--list", source]
+
+
+def pg_restore_sql_command(source: str, target: str) -> list[str]:
+    """argv of pg_restore turning the dump at source into an SQL script at target (no
+    connection). The script drops what the dump holds before making it (the schema of a
+    schema-limited dump too), so it can be made again."""
+    return [
         "pg_restore",
         "--no-owner",
         "--no-privileges",
         "--exit-on-error",
-        "--single-transaction",
-        # Drops what the dump holds before making it (the schema of a schema-limited
-        # dump, left empty by drop_tables), so it can be made again.
         "--clean",
         "--if-exists",
-        f"--dbname={database}",
+        f"--file={target}",
         source,
     ]
+
+
+def psql_restore_command(url: str, scripts: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment) of psql running the scripts in url's database as one
+    transaction, stopping at the first error: the dropping of the old tables and the
+    restore commit together or not at all."""
+    environment, database, _ = _postgres_parts(url)
+    argv = [
+        "psql",
+        "--no-psqlrc",
+        "--quiet",
+        "--single-transaction",
+        "--set=ON_ERROR_STOP=1",
+        f"--dbname={database}",
+    ]
+    argv += [f"--file={script}" for script in scripts]
     return argv, _with_path(environment)
+
+
+def drop_tables_sql(names: list[str]) -> str:
+    """The statements that drop the tables `names` of the current schema (with the
+    sequences of their id columns)."""
+    return "".join(f'DROP TABLE IF EXISTS "{name}" CASCADE;\n' for name in names)
 
 
 # --- store operations (run with Store.run_sync / Store.run, the database passed) -------
@@ -254,16 +279,15 @@ def other_connections(database: peewee.Database) -> int:
 other_connections.read_only = True
 
 
-def drop_tables(database: peewee.Database) -> list[str]:
-    """PostgreSQL: drop every table of the current schema (with the sequences of their
-    id columns), so that a dump can be restored there; the tables' names."""
+def table_names(database: peewee.Database) -> list[str]:
+    """PostgreSQL: the tables of the current schema, to be dropped before a restore."""
     schema = _current_schema(database)
     if schema is None:  # the search_path names a schema not made yet: nothing to drop
         return []
-    names = database.get_tables(schema=schema)
-    for name in names:
-        database.execute_sql(f'DROP TABLE IF EXISTS "{name}" CASCADE')
-    return names
+    return database.get_tables(schema=schema)
+
+
+table_names.read_only = True
 
 
 def _current_schema(database: peewee.Database) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import subprocess
 
 from twisted.internet import reactor
 from twisted.trial import unittest
@@ -221,6 +222,49 @@ class SqliteBackupTests(SqliteStoreMixin, BackupRestoreContract, unittest.TestCa
 class PostgresBackupTests(PostgresStoreMixin, BackupRestoreContract, unittest.TestCase):
     if PG_DUMP_SKIP_REASON:
         skip = PG_DUMP_SKIP_REASON
+
+    def damaged_backup(self) -> str:
+        """A checked archive around a dump cut short: its table of contents reads, its
+        data does not."""
+        staging = os.path.abspath(self.mktemp())
+        os.makedirs(staging)
+        dump = operations.dump_postgresql(self.source_config, staging)
+        size = os.path.getsize(dump)
+        with open(dump, "r+b") as cut:
+            cut.truncate(size - 64)
+        target = os.path.join(self.base, "damaged.backup")
+        version = self.source.run_sync(store_backup.schema_version, self.source.database)
+        operations.finish_backup(self.source_config, target, dump, version, CREATED, None)
+        return target
+
+    def test_a_failing_restore_keeps_the_old_data(self):
+        self.populate(self.source)
+        before = snapshot(self.source)
+        target_url = self.empty_target_url()
+        self.restore(target_url, self.back_up())
+        path = self.damaged_backup()
+        problem = self.assertRaises(
+            store_backup.BackupError, self.restore, target_url, path, force=True
+        )
+        self.assertIn("pg_restore failed", str(problem))
+        self.assertEqual(snapshot(self.reopened(target_url)), before)
+
+    def test_the_drops_and_the_restore_are_one_transaction(self):
+        self.populate(self.source)
+        before = snapshot(self.source)
+        scripts = []
+        for name, text in (
+            ("drop.sql", store_backup.drop_tables_sql(["domain", "mailbox", "message"])),
+            ("restore.sql", "CREATE TABLE domain (id integer);\nSELECT 1 / 0;\n"),
+        ):
+            scripts.append(os.path.join(self.base, name))
+            with open(scripts[-1], "w") as out:
+                out.write(text)
+        argv, environment = store_backup.psql_restore_command(self.source_url, scripts)
+        done = subprocess.run(argv, env=environment, capture_output=True, check=False)
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn(b"division by zero", done.stderr)
+        self.assertEqual(snapshot(self.reopened(self.source_url)), before)
 
     def empty_target_url(self) -> str:
         """A new database with the source's schema in it, empty, as an administrator
