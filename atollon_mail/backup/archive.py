@@ -24,6 +24,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import struct
 import tarfile
 from collections.abc import Iterable
@@ -31,7 +32,6 @@ from collections.abc import Iterable
 import attrs
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -45,6 +45,10 @@ SCRYPT_P = 1
 CHUNK = 1024 * 1024
 _HEADER = struct.Struct(">16sBBB7s")  # salt, log2 n, r, p, nonce prefix
 _LENGTH = struct.Struct(">I")
+# scrypt needs 128 * r * n * p bytes: 128 MiB with the parameters above. A header asking
+# for more is refused rather than obeyed (r=32, n=2**22, p=16 in a hostile archive would
+# ask for 256 GiB); twice the default leaves room for a later, stronger default.
+SCRYPT_MAX_MEMORY = 256 * 1024 * 1024
 _COPY = 1024 * 1024
 
 
@@ -77,8 +81,21 @@ class Manifest:
 # --- encryption ----------------------------------------------------------------------
 
 
+def scrypt_memory(log2_n: int, r: int, p: int) -> int:
+    return 128 * r * 2**log2_n * p
+
+
 def _key(passphrase: bytes, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
-    return Scrypt(salt=salt, length=32, n=2**log2_n, r=r, p=p).derive(passphrase)
+    # hashlib's scrypt takes maxmem: OpenSSL refuses instead of allocating past it.
+    return hashlib.scrypt(
+        passphrase,
+        salt=salt,
+        n=2**log2_n,
+        r=r,
+        p=p,
+        maxmem=SCRYPT_MAX_MEMORY + 64 * 1024 * 1024,  # its own overhead beyond 128*r*n*p
+        dklen=32,
+    )
 
 
 def _nonce(prefix: bytes, number: int, last: bool) -> bytes:
@@ -135,6 +152,11 @@ class DecryptingReader(io.RawIOBase):
         salt, log2_n, r, p, prefix = _HEADER.unpack(header)
         if not (10 <= log2_n <= 22 and 1 <= r <= 32 and 1 <= p <= 16):
             raise ArchiveError("the encrypted archive's header is damaged")
+        if scrypt_memory(log2_n, r, p) > SCRYPT_MAX_MEMORY:
+            raise ArchiveError(
+                "the encrypted archive's header asks for more than "
+                f"{SCRYPT_MAX_MEMORY // 2**20} MiB of scrypt memory: damaged or hostile"
+            )
         self._header = MAGIC + header
         self._aead = AESGCM(_key(passphrase, salt, log2_n, r, p))
         self._prefix = prefix
@@ -313,14 +335,22 @@ def read_archive(path: str, staging: str, passphrase: bytes | None = None) -> Ma
                 )
             source = io.BufferedReader(DecryptingReader(raw, passphrase), _COPY)
         else:
+            if passphrase is not None:
+                raise ArchiveError(
+                    f"{path} is not encrypted but a passphrase was given: check that it is "
+                    "the archive meant, or restore it without the passphrase"
+                )
             raw.seek(0)
             source = raw
         found: dict[str, tuple[int, str]] = {}
         manifest_bytes = None
+        room = [shutil.disk_usage(staging).free]
         try:
             with tarfile.open(fileobj=source, mode="r|") as tar:
                 for member in tar:
-                    manifest_bytes = _unpack_member(tar, member, staging, found, manifest_bytes)
+                    manifest_bytes = _unpack_member(
+                        tar, member, staging, found, manifest_bytes, room
+                    )
         except tarfile.TarError as problem:
             raise ArchiveError(f"{path} is not a backup archive: {problem}") from None
     if manifest_bytes is None:
@@ -330,10 +360,19 @@ def read_archive(path: str, staging: str, passphrase: bytes | None = None) -> Ma
     return manifest
 
 
-def _unpack_member(tar, member, staging, found, manifest_bytes):
+def _unpack_member(tar, member, staging, found, manifest_bytes, room):
     name = member.name
-    if not member.isfile() or not _allowed_name(name) or name in found:
+    # Only plain regular files: a sparse member (which isfile() accepts) unpacks to far
+    # more than it takes in the archive (10 KiB gave 50 MiB).
+    regular = member.type in (tarfile.REGTYPE, tarfile.AREGTYPE) and not member.issparse()
+    if not regular or not _allowed_name(name) or name in found:
         raise ArchiveError(f"unexpected entry {name!r} in the archive: not a backup archive")
+    if member.size > room[0]:
+        raise ArchiveError(
+            f"{name} in the archive ({member.size} bytes) does not fit in the free space "
+            f"of {staging} ({room[0]} bytes)"
+        )
+    room[0] -= member.size
     extracted = tar.extractfile(member)
     if name == MANIFEST:
         if manifest_bytes is not None or member.size > 1024 * 1024:

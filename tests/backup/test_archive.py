@@ -141,6 +141,22 @@ class ArchiveTests(unittest.TestCase):
         self.assertIn("unexpected entry 'data/../../escape'", str(problem))
         self.assertFalse(os.path.exists(os.path.join(self.base, "escape")))
 
+    def test_a_sparse_member_is_refused(self):
+        # A sparse member unpacks to its full size from a few bytes of archive.
+        archive.write_archive(self.target, HEADER, self.database, self.files)
+        with tarfile.open(self.target, "a", format=tarfile.GNU_FORMAT) as tar:
+            info = tarfile.TarInfo("data/big")
+            info.type = tarfile.GNUTYPE_SPARSE
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+        problem = self.assertRaises(ArchiveError, self.unpack)
+        self.assertIn("unexpected entry 'data/big'", str(problem))
+
+    def test_a_passphrase_for_a_plain_archive_is_refused(self):
+        archive.write_archive(self.target, HEADER, self.database, self.files)
+        problem = self.assertRaises(ArchiveError, self.unpack, b"pw")
+        self.assertIn("is not encrypted but a passphrase was given", str(problem))
+
     def test_something_else_is_not_a_backup(self):
         self.write("out/backup.tar", b"hello, this is no tar file\n" * 40)
         problem = self.assertRaises(ArchiveError, self.unpack)
@@ -183,6 +199,38 @@ class ArchiveTests(unittest.TestCase):
         self.write("out/backup.tar", bytes(raw[:whole]))
         problem = self.assertRaises(ArchiveError, self.unpack, b"pw")
         self.assertIn("damaged", str(problem))
+
+    def test_reordered_or_dropped_middle_chunks_are_detected(self):
+        archive.write_archive(self.target, HEADER, self.database, self.files, b"pw")
+        raw = self.read_bytes(self.target)
+        header = len(archive.MAGIC) + archive._HEADER.size
+        sealed = 4 + archive.CHUNK + 16
+        chunks = [raw[header + i * sealed : header + (i + 1) * sealed] for i in range(2)]
+        rest = raw[header + 2 * sealed :]
+        self.write("out/backup.tar", raw[:header] + chunks[1] + chunks[0] + rest)
+        problem = self.assertRaises(ArchiveError, self.unpack, b"pw")
+        self.assertIn("damaged", str(problem))
+        self.write("out/backup.tar", raw[:header] + chunks[0] + rest)
+        problem = self.assertRaises(ArchiveError, self.unpack, b"pw")
+        self.assertEqual(str(problem), "the encrypted archive is damaged (chunk 1)")
+
+    def test_scrypt_parameters_asking_for_too_much_memory_are_refused(self):
+        archive.write_archive(self.target, HEADER, self.database, self.files, b"pw")
+        raw = bytearray(self.read_bytes(self.target))
+        start = len(archive.MAGIC)
+        salt, _, _, _, prefix = archive._HEADER.unpack(raw[start : start + archive._HEADER.size])
+        # 128 * 32 * 2**22 * 16 bytes = 256 GiB; and 2**20 with r=8: 1 GiB.
+        for log2_n, r, p in ((22, 32, 16), (20, 8, 1)):
+            raw[start : start + archive._HEADER.size] = archive._HEADER.pack(
+                salt, log2_n, r, p, prefix
+            )
+            self.write("out/backup.tar", bytes(raw))
+            problem = self.assertRaises(ArchiveError, self.unpack, b"pw")
+            self.assertEqual(
+                str(problem),
+                "the encrypted archive's header asks for more than 256 MiB of scrypt "
+                "memory: damaged or hostile",
+            )
 
     # -- atomic writing ----------------------------------------------------------------
 
