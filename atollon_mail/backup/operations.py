@@ -204,6 +204,7 @@ def restore(config: Config, store, path: str, passphrase: bytes | None, force: b
     with tempfile.TemporaryDirectory(prefix=".restore-", dir=data_dir) as staging:
         manifest = archive.read_archive(path, staging, passphrase)
         _check_fits(config, manifest, kind)
+        _check_data_files(config, manifest)
         counts = store.run_sync(store_backup.content_counts, store.database)
         replaced = any(counts.values())
         if replaced and not force:
@@ -235,9 +236,40 @@ def restore(config: Config, store, path: str, passphrase: bytes | None, force: b
                 )
             names = store.run_sync(store_backup.table_names, store.database)
             _pg_restore(config, database_file, names, staging)
+        _empty_journal(data_dir)
         names = archive.install_data_files(manifest, staging, data_dir)
     applied = store.migrate()
     return Restored(manifest, tuple(names), tuple(m.number for m in applied), replaced)
+
+
+def _check_data_files(config: Config, manifest: Manifest) -> None:
+    """Refuse data files that would land on what a backup leaves out (the database just
+    restored, the dot journal, the backups): an archive made here never holds them."""
+    excluded = [os.path.realpath(path) for path in excluded_paths(config)]
+    root = config.appliance.data_dir
+    for entry in manifest.data_files:
+        relative = entry["name"][len(archive.DATA_PREFIX) :]
+        target = os.path.realpath(os.path.join(root, *relative.split("/")))
+        for path in excluded:
+            if target == path or target.startswith(path + os.sep):
+                raise ArchiveError(
+                    f"the archive's {entry['name']} would be written over {path}, which a "
+                    "backup leaves out: not a backup of this kind of instance"
+                )
+
+
+def _empty_journal(data_dir: str) -> None:
+    """Remove the dot journal's files: marks of deliveries in flight of the instance
+    replaced, which name recipient ids of its database, not the restored one's."""
+    journal = os.path.join(data_dir, JOURNAL_DIRECTORY)
+    if not os.path.isdir(journal):
+        return
+    for name in os.listdir(journal):
+        path = os.path.join(journal, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
 
 
 def _check_fits(config: Config, manifest: Manifest, kind: str) -> None:

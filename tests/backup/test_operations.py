@@ -11,7 +11,7 @@ import subprocess
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from atollon_mail.backup import operations
+from atollon_mail.backup import archive, operations
 from atollon_mail.backup.operations import RestoreRefused
 from atollon_mail.config import parse_config
 from atollon_mail.delivery.dkim import generate_key
@@ -166,7 +166,13 @@ class BackupRestoreContract:
             "the instance is not empty (1 domain): restore into an empty one, or give "
             "--force to replace everything in it",
         )
+        # The replaced instance's marks name recipient ids of its own database.
+        journal = os.path.join(self.base, "target", "dot-journal")
+        os.makedirs(journal)
+        with open(os.path.join(journal, "000000000009.dots"), "w") as out:
+            out.write("7\n")
         restored = self.restore(target_url, path, force=True)
+        self.assertEqual(os.listdir(journal), [])
         self.assertTrue(restored.replaced)
         self.assertEqual(snapshot(self.reopened(target_url)), snapshot(self.source))
 
@@ -209,6 +215,25 @@ class BackupRestoreContract:
             RestoreRefused, operations.restore, config, store, path, None, False
         )
         self.assertIn(f"the backup holds a {self.backend} database", str(problem))
+
+    def test_data_files_over_what_a_backup_leaves_out_are_refused(self):
+        self.populate(self.source)
+        evil = os.path.join(self.base, "evil")
+        with open(evil, "w") as out:
+            out.write("x\n")
+        target_url = self.empty_target_url()
+        path = os.path.join(self.base, "evil.backup")
+        database = os.path.join(self.base, "database")
+        with open(database, "w") as out:
+            out.write("never read\n")
+        header = operations._header(self.config("target", target_url), 1, CREATED)
+        for name in ("dot-journal/000000000001.dots", "backups/old.backup"):
+            archive.write_archive(path, header, database, [(name, evil)])
+            problem = self.assertRaises(
+                archive.ArchiveError, self.restore, target_url, path, force=True
+            )
+            self.assertIn(f"the archive's data/{name} would be written over", str(problem))
+            self.assertFalse(os.path.exists(os.path.join(self.base, "target", name)))
 
     def sqlite_url(self) -> str:
         return f"sqlite:///{os.path.join(self.base, 'other', 'store.sqlite')}"
