@@ -9,6 +9,7 @@ atollon_mail.backup's; nothing there touches the database.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -147,34 +148,99 @@ def install_sqlite(copy: str, path: str) -> None:
 # --- PostgreSQL -------------------------------------------------------------------------
 
 
+def _libpq_quote(value: str) -> str:
+    """A value of a libpq keyword connection string: quoted, \\ and ' escaped."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _libpq_options(value: str) -> list[str]:
+    """The words of libpq's `options` parameter: split at whitespace, a backslash keeping
+    the next character (whitespace or backslash) in the word, as libpq does."""
+    words, word, escaped, started = [], [], False, False
+    for character in value:
+        if escaped:
+            word.append(character)
+            escaped, started = False, True
+        elif character == "\\":
+            escaped, started = True, True
+        elif character.isspace():
+            if started:
+                words.append("".join(word))
+            word, started = [], False
+        else:
+            word.append(character)
+            started = True
+    if started:
+        words.append("".join(word))
+    return words
+
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+_QUOTED = re.compile(r'^"([^",]+)"$')
+
+
+def _search_path_schema(options: str) -> str | None:
+    """The one schema the search_path setting in libpq's `options` names (None: none
+    set). A form not read here (several schemas, $user, an empty one) is refused: the
+    dump would then cover the whole database and a restore drop the other schemas."""
+    words = _libpq_options(options)
+    settings = []
+    for index, word in enumerate(words):
+        if word == "-c" and index + 1 < len(words):
+            settings.append(words[index + 1])
+        elif word.startswith("-c") and word != "-c":
+            settings.append(word[2:])
+        elif word.startswith("--"):
+            settings.append(word[2:])
+    schema = None
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        if name.strip().lower().replace("-", "_") != "search_path":
+            continue
+        value = value.strip()
+        quoted = _QUOTED.match(value)
+        if quoted:
+            schema = quoted.group(1)
+        elif _IDENTIFIER.match(value) and not value.startswith("$"):
+            schema = value.lower()  # PostgreSQL folds an unquoted name to lower case
+        else:
+            raise BackupError(
+                f"the [database] url's search_path {value!r} is not one schema name: "
+                "a backup needs a search_path of exactly one schema (or none)"
+            )
+    return schema
+
+
 def _postgres_parts(url: str) -> tuple[dict[str, str], str, str | None]:
-    """(libpq environment, database name, schema named by a search_path option or None)."""
+    """(environment with the password, libpq keyword connection string, schema named by
+    a search_path option or None). The connection string carries what the appliance's
+    connection gets (database, user, host, port and every query parameter: sslmode,
+    sslrootcert, host=socket directory, hostaddr, options...) but never the password,
+    which would be visible on the command line to every user of the machine."""
     parts = urlsplit(url)
     database = unquote(parts.path.lstrip("/"))
     if not database:
         raise BackupError("the postgresql URL names no database")
-    environment = {"PGDATABASE": database}
-    if parts.hostname:
-        environment["PGHOST"] = parts.hostname
-    if parts.port:
-        environment["PGPORT"] = str(parts.port)
+    keywords = {"dbname": database}
     if parts.username:
-        environment["PGUSER"] = unquote(parts.username)
+        keywords["user"] = unquote(parts.username)
+    if parts.hostname:
+        keywords["host"] = parts.hostname
+    if parts.port:
+        keywords["port"] = str(parts.port)
+    environment = {}
     if parts.password:
-        # Never on the command line, where every user of the machine can read it.
         environment["PGPASSWORD"] = unquote(parts.password)
     schema = None
     for key, value in parse_qsl(parts.query):
+        if key == "password":
+            environment["PGPASSWORD"] = value
+            continue
+        keywords[key] = value
         if key == "options":
-            environment["PGOPTIONS"] = value
-            for option in value.split():
-                if option.startswith("-csearch_path="):
-                    schema = option.split("=", 1)[1].split(",")[0].strip().strip('"') or None
-        elif key == "sslmode":
-            environment["PGSSLMODE"] = value
-        elif key == "connect_timeout":
-            environment["PGCONNECT_TIMEOUT"] = value
-    return environment, database, schema
+            schema = _search_path_schema(value)
+    conninfo = " ".join(f"{key}={_libpq_quote(value)}" for key, value in keywords.items())
+    return environment, conninfo, schema
 
 
 def postgres_schema(url: str) -> str | None:
@@ -190,10 +256,18 @@ def pg_dump_command(url: str, target: str) -> tuple[list[str], dict[str, str]]:
     """(argv, environment) of pg_dump writing the database of url to target: custom
     format, one repeatable-read snapshot (pg_dump's way), only the URL's schema when its
     search_path names one."""
-    environment, _, schema = _postgres_parts(url)
-    argv = ["pg_dump", "--format=custom", "--no-owner", "--no-privileges", f"--file={target}"]
+    environment, conninfo, schema = _postgres_parts(url)
+    argv = [
+        "pg_dump",
+        "--format=custom",
+        "--no-owner",
+        "--no-privileges",
+        f"--file={target}",
+        f"--dbname={conninfo}",
+    ]
     if schema:
-        argv.append(f"--schema={schema}")
+        # Quoted: pg_dump reads --schema as a pattern, folding case and expanding * and ?.
+        argv.append(f'--schema="{schema}"')
     return argv, _with_path(environment)
 
 
@@ -223,14 +297,14 @@ def psql_restore_command(url: str, scripts: list[str]) -> tuple[list[str], dict[
     """(argv, environment) of psql running the scripts in url's database as one
     transaction, stopping at the first error: the dropping of the old tables and the
     restore commit together or not at all."""
-    environment, database, _ = _postgres_parts(url)
+    environment, conninfo, _ = _postgres_parts(url)
     argv = [
         "psql",
         "--no-psqlrc",
         "--quiet",
         "--single-transaction",
         "--set=ON_ERROR_STOP=1",
-        f"--dbname={database}",
+        f"--dbname={conninfo}",
     ]
     argv += [f"--file={script}" for script in scripts]
     return argv, _with_path(environment)
