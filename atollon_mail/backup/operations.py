@@ -105,7 +105,38 @@ def staging_directory(near: str) -> tempfile.TemporaryDirectory:
     on the same file system, not in a /tmp that may be small or in memory."""
     directory = os.path.dirname(os.path.abspath(near))
     os.makedirs(directory, mode=0o750, exist_ok=True)
-    return tempfile.TemporaryDirectory(prefix=".atollon-mail-backup-", dir=directory)
+    return tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, dir=directory)
+
+
+STAGING_PREFIX = ".atollon-mail-backup-"
+
+
+def remove_stale(directory: str, now: float, age: float = PG_DUMP_SECONDS + 3600) -> list[str]:
+    """Remove what a backup killed on its way left in directory (its staging folders and
+    unfinished archives) older than `age` seconds (a run under way is younger); the
+    paths removed."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        unfinished = name.startswith(".") and name.endswith(".tmp")  # archive.write_archive's
+        if not (name.startswith(STAGING_PREFIX) or unfinished):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            status = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if now - status.st_mtime < age:
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+        removed.append(path)
+    return removed
 
 
 def dump_sqlite(config: Config, staging: str) -> tuple[str, int]:

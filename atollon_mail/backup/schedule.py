@@ -72,6 +72,7 @@ class BackupSchedule(service.Service):
         # OneNodeAtATime stops and restarts this service: one pool per start.
         self._pool: ThreadPool | None = None
         self._call = None
+        self._child = None  # pg_dump's process transport while it runs
         self.last: defer.Deferred | None = None
 
     def startService(self) -> None:
@@ -87,6 +88,8 @@ class BackupSchedule(service.Service):
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        if self._child is not None:  # the run fails at once instead of waiting for the dump
+            self._signal(self._child)
         running = self.last if self.last is not None and not self.last.called else None
         # This start's pool, not whichever a later start made.
         pool, self._pool = self._pool, None
@@ -132,6 +135,10 @@ class BackupSchedule(service.Service):
         target = os.path.join(directory, archive.scheduled_name(operations.compact_time(created)))
         try:
             in_thread = self._threads()
+            # A run killed on its way (the process stopped hard) leaves its staging folder.
+            stale = yield in_thread(operations.remove_stale, directory, self._clock.seconds())
+            for path in stale:
+                log.info("removed {path}, left by an interrupted backup", path=path)
             if store_backup.database_kind(config.database.url) == SQLITE:
                 manifest = yield in_thread(
                     operations.make_backup, config, target, self._passphrase, created
@@ -153,6 +160,13 @@ class BackupSchedule(service.Service):
             removed=len(removed),
         )
         return target
+
+    @staticmethod
+    def _signal(transport) -> None:
+        try:
+            transport.signalProcess("TERM")
+        except error.ProcessExitedAlready:
+            pass
 
     def _threads(self):
         """A run's way into the pool of the start it began in: a stop waits for the run
@@ -177,10 +191,29 @@ class BackupSchedule(service.Service):
             argv, environment = store_backup.pg_dump_command(config.database.url, dump)
             child = _Collect()
             try:
-                self._reactor.spawnProcess(child, argv[0], argv, env=environment)
+                transport = self._reactor.spawnProcess(child, argv[0], argv, env=environment)
             except OSError as problem:
                 raise BackupError(f"cannot run pg_dump: {problem}") from None
-            code = yield child.done
+            self._child = transport
+            timed_out = []
+
+            def hung():
+                timed_out.append(True)
+                self._signal(transport)
+
+            kill = self._clock.callLater(operations.PG_DUMP_SECONDS, hung)
+            try:
+                code = yield child.done
+            finally:
+                self._child = None
+                if kill.active():
+                    kill.cancel()
+            if timed_out:
+                raise BackupError(
+                    f"pg_dump ran longer than {operations.PG_DUMP_SECONDS} s and was stopped"
+                )
+            if code != 0 and not self.running:
+                raise BackupError("pg_dump was stopped: the backup schedule stopped")
             if code != 0:
                 raise operations.pg_dump_failure(code, bytes(child.errors))
             manifest = yield in_thread(

@@ -33,6 +33,10 @@ SQLITE_STEP_PAGES = 1024
 CONTENT_TABLES = ("domain", "mailbox", "message")
 
 
+# How long pg_dump waits for a table's lock before failing.
+PG_DUMP_LOCK_WAIT = "5min"
+
+
 class BackupError(Exception):
     """A backup or restore step failed; str() is the one line to show."""
 
@@ -263,6 +267,8 @@ def pg_dump_command(url: str, target: str) -> tuple[list[str], dict[str, str]]:
         "--no-owner",
         "--no-privileges",
         f"--file={target}",
+        # A table locked by a long transaction makes pg_dump fail instead of wait behind it.
+        f"--lock-wait-timeout={PG_DUMP_LOCK_WAIT}",
         f"--dbname={conninfo}",
     ]
     if schema:

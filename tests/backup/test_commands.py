@@ -27,6 +27,7 @@ class CommandTests(unittest.TestCase):
                 "--no-owner",
                 "--no-privileges",
                 "--file=out.pgdump",
+                "--lock-wait-timeout=5min",
                 "--dbname=dbname='atollon' user='mail' host='db.example' port='5433' "
                 "sslmode='verify-full' sslrootcert='/etc/ssl/ca.pem' sslcert='/etc/ssl/c.pem' "
                 "sslkey='/etc/ssl/c.key' connect_timeout='5' "
