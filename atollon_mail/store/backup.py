@@ -54,9 +54,12 @@ def sqlite_file(url: str) -> str:
     return os.path.abspath(sqlite_path(url))
 
 
-def copy_sqlite(source: str, target: str, step_pages: int = SQLITE_STEP_PAGES) -> int:
+def copy_sqlite(
+    source: str, target: str, step_pages: int = SQLITE_STEP_PAGES, progress=None
+) -> int:
     """Copy the SQLite database at `source` into a new file `target` with SQLite's online
     backup API while others write to it; return the schema version of the copy.
+    `progress(status, remaining, total)` is called after each step (sqlite3's backup).
 
     Blocking: run it in a thread of its own, never on the reactor thread."""
     if not os.path.exists(source):
@@ -69,7 +72,7 @@ def copy_sqlite(source: str, target: str, step_pages: int = SQLITE_STEP_PAGES) -
         reader.execute("SELECT count(*) FROM sqlite_master").fetchone()
         copy = sqlite3.connect(target, isolation_level=None)
         try:
-            reader.backup(copy, pages=step_pages)
+            reader.backup(copy, pages=step_pages, progress=progress)
             reader.execute("COMMIT")
             # The copy is a standalone file: no WAL beside it, written to disk.
             copy.execute("PRAGMA journal_mode = DELETE")
