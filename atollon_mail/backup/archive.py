@@ -467,13 +467,20 @@ def install_data_files(manifest: Manifest, staging: str, data_dir: str) -> list[
     """Copy the data files unpacked in staging into data_dir (each written beside its
     place, fsynced, renamed), with the mode they had; their names."""
     names = []
+    folders = set()
     for entry in manifest.data_files:
         relative = entry["name"][len(DATA_PREFIX) :]
         source = os.path.join(staging, *entry["name"].split("/"))
         target = os.path.join(data_dir, *relative.split("/"))
         os.makedirs(os.path.dirname(target), mode=0o750, exist_ok=True)
         temporary = f"{target}.restoring"
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.unlink(temporary)  # left by a restore that was interrupted
+        except FileNotFoundError:
+            pass
+        # Never through a symbolic link planted at that name.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        descriptor = os.open(temporary, flags, 0o600)
         with open(source, "rb") as copy, os.fdopen(descriptor, "wb") as out:
             while chunk := copy.read(_COPY):
                 out.write(chunk)
@@ -482,8 +489,10 @@ def install_data_files(manifest: Manifest, staging: str, data_dir: str) -> list[
         os.chmod(temporary, entry["mode"] & 0o700)
         os.replace(temporary, target)
         names.append(relative)
-    if names:
-        _fsync_directory(data_dir)
+        folders.add(os.path.dirname(target))
+    # Every folder that received a file, so the renames survive a crash.
+    for folder in sorted(folders | ({data_dir} if names else set())):
+        _fsync_directory(folder)
     return names
 
 
@@ -497,13 +506,29 @@ def scheduled_name(created: str) -> str:
     return f"atollon-mail-{created}.backup"
 
 
-def rotate(directory: str, keep: int) -> list[str]:
+def rotate(directory: str, keep: int, written: str | None = None) -> list[str]:
     """Remove all but the `keep` newest scheduled backups in directory (by the time in
-    their names); the paths removed."""
-    names = sorted(name for name in os.listdir(directory) if SCHEDULED_NAME.match(name))
+    their names, then the modification time); the paths removed. `written`, the archive
+    just written, is never removed, even when a clock set back gave it an older name."""
+    names = [name for name in os.listdir(directory) if SCHEDULED_NAME.match(name)]
+    kept_name = os.path.basename(written) if written is not None else None
+
+    def order(name):
+        try:
+            modified = os.stat(os.path.join(directory, name)).st_mtime
+        except FileNotFoundError:
+            modified = 0.0
+        return (name == kept_name, SCHEDULED_NAME.match(name).group(1), modified)
+
+    names.sort(key=order)
     removed = []
     for name in names[: max(len(names) - keep, 0)]:
+        if name == kept_name:
+            continue
         path = os.path.join(directory, name)
-        os.unlink(path)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
         removed.append(path)
     return removed

@@ -145,7 +145,7 @@ class BackupSchedule(service.Service):
                 )
             else:
                 manifest = yield self._postgresql(in_thread, target, created)
-            removed = yield in_thread(archive.rotate, directory, config.backup.keep)
+            removed = yield in_thread(archive.rotate, directory, config.backup.keep, target)
         except Exception as problem:  # every failure is logged, none stops the schedule
             log.error("backup to {target} failed: {problem}", target=target, problem=repr(problem))
             return None

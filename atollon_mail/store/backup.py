@@ -133,12 +133,23 @@ def install_sqlite(copy: str, path: str) -> None:
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, mode=0o750, exist_ok=True)
     temporary = f"{path}.restoring"
-    with open(copy, "rb") as source, open(temporary, "wb") as target:
-        while chunk := source.read(1024 * 1024):
-            target.write(chunk)
-        target.flush()
-        os.fsync(target.fileno())
-    os.chmod(temporary, 0o600)
+    try:
+        os.unlink(temporary)  # left by a restore that was interrupted
+    except FileNotFoundError:
+        pass
+    if os.stat(copy).st_dev == os.stat(directory).st_dev:
+        # Same file system: the unpacked copy (private, 0600) is moved, not copied.
+        with open(copy, "rb") as source:
+            os.fsync(source.fileno())
+        os.rename(copy, temporary)
+    else:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        descriptor = os.open(temporary, flags, 0o600)
+        with open(copy, "rb") as source, os.fdopen(descriptor, "wb") as target:
+            while chunk := source.read(1024 * 1024):
+                target.write(chunk)
+            target.flush()
+            os.fsync(target.fileno())
     for suffix in ("-wal", "-shm", "-journal"):
         try:
             os.unlink(path + suffix)

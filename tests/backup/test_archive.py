@@ -282,6 +282,29 @@ class ArchiveTests(unittest.TestCase):
         found = archive.data_files(self.data_dir, excluded)
         self.assertEqual([name for name, _ in found], ["srs-secret", "keys/dkim.key"])
 
+    def test_rotate_never_removes_the_archive_just_written(self):
+        # A clock set back names the new archive older than those already there.
+        directory = os.path.join(self.base, "rotating")
+        os.makedirs(directory)
+        names = [archive.scheduled_name(f"2026120{day}T033000Z") for day in range(1, 6)]
+        for name in names:
+            self.write(f"rotating/{name}", b"x")
+        written = os.path.join(directory, names[0])
+        removed = archive.rotate(directory, 2, written)
+        self.assertEqual([os.path.basename(path) for path in removed], names[1:4])
+        self.assertEqual(sorted(os.listdir(directory)), sorted([names[0], names[4]]))
+
+    def test_installing_never_writes_through_a_planted_link(self):
+        archive.write_archive(self.target, HEADER, self.database, self.files)
+        manifest, staging = self.unpack()
+        installed = os.path.join(self.base, "installed")
+        os.makedirs(installed)
+        outside = self.write("outside", b"untouched\n")
+        os.symlink(outside, os.path.join(installed, "srs-secret.restoring"))
+        archive.install_data_files(manifest, staging, installed)
+        self.assertEqual(self.read_bytes(outside), b"untouched\n")
+        self.assertEqual(self.read_bytes(os.path.join(installed, "srs-secret")), b"a" * 64 + b"\n")
+
     def test_rotate_keeps_the_newest(self):
         directory = os.path.join(self.base, "rotating")
         os.makedirs(directory)
