@@ -192,24 +192,45 @@ def finish_backup(
     )
 
 
+def dump_schema_version(dump: str) -> int:
+    """The schema version recorded in a pg_dump (its schema_migration rows, read with
+    pg_restore from the dump itself): the version of the dump's snapshot, whatever ran
+    on the database before or since. Blocking."""
+    done = _run_client(
+        ["pg_restore", "--data-only", "--table=schema_migration", "--file=-", dump],
+        {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+    )
+    if done.returncode != 0:
+        raise _client_failure("pg_restore", done)
+    versions = [0]
+    column = None
+    for line in done.stdout.decode("utf-8", "replace").splitlines():
+        if column is None:
+            if line.startswith("COPY ") and line.endswith("FROM stdin;"):
+                names = line[line.index("(") + 1 : line.rindex(")")].split(",")
+                column = [name.strip().strip('"') for name in names].index("version")
+            continue
+        if line == "\\.":
+            column = None
+            continue
+        versions.append(int(line.split("\t")[column]))
+    return max(versions)
+
+
 def make_backup(
     config: Config,
     target: str,
     passphrase: bytes | None,
     created: datetime.datetime,
-    postgresql_schema_version=None,
 ) -> Manifest:
-    """The whole backup, blocking (the admin command; the service's SQLite runs).
-
-    PostgreSQL: `postgresql_schema_version()` reads the schema version; read before the
-    dump, and no migration runs while an appliance does, so it is the dump's."""
+    """The whole backup, blocking (the admin command; the service's SQLite runs)."""
     kind = store_backup.database_kind(config.database.url)
     with staging_directory(target) as staging:
         if kind == SQLITE:
             database_file, version = dump_sqlite(config, staging)
         else:
-            version = postgresql_schema_version()
             database_file = dump_postgresql(config, staging)
+            version = dump_schema_version(database_file)
         return finish_backup(config, target, database_file, version, created, passphrase)
 
 

@@ -183,8 +183,6 @@ class BackupSchedule(service.Service):
     @defer.inlineCallbacks
     def _postgresql(self, in_thread, target: str, created: datetime.datetime):
         config = self._config
-        # Read before the dump; no migration runs while the appliance does.
-        version = yield self._store.run(store_backup.schema_version, self._store.database)
         staging = yield in_thread(operations.staging_directory, target)
         try:
             dump = operations.pg_dump_path(staging.name)
@@ -216,6 +214,7 @@ class BackupSchedule(service.Service):
                 raise BackupError("pg_dump was stopped: the backup schedule stopped")
             if code != 0:
                 raise operations.pg_dump_failure(code, bytes(child.errors))
+            version = yield in_thread(operations.dump_schema_version, dump)
             manifest = yield in_thread(
                 operations.finish_backup, config, target, dump, version, created, self._passphrase
             )

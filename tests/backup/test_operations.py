@@ -104,7 +104,6 @@ class BackupRestoreContract:
             target,
             passphrase,
             CREATED,
-            lambda: self.source.run_sync(store_backup.schema_version, self.source.database),
         )
         return target
 
