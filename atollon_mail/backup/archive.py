@@ -7,8 +7,11 @@ Encryption: scrypt (n=2**17, r=8, p=1, OWASP's recommendation) makes a 256-bit k
 the passphrase and a random salt; the tar stream is cut into 1 MiB chunks, each sealed
 with AES-GCM under a nonce made of a random prefix, the chunk's number and a last-chunk
 flag, with the header as associated data (the STREAM construction), so chunks cannot be
-reordered, dropped or cut off unnoticed. Fernet would have needed the whole archive in
-memory at once (its token is one message), and a mail archive runs to gigabytes.
+reordered, dropped or cut off unnoticed. A key check (HMAC under a second key from the
+same scrypt) follows the header, so a wrong passphrase is told apart from a damaged
+archive; archives written before it (MAGIC_1) are still read. Fernet would have needed
+the whole archive in memory at once (its token is one message), and a mail archive runs
+to gigabytes.
 
 The archive file is written beside its final name, fsynced, renamed over it and its
 directory fsynced: a reader never sees a partial archive at that name. Mode 0600.
@@ -19,6 +22,7 @@ Blocking throughout: the CLI calls it directly, the scheduled service in a threa
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import json
 import os
@@ -38,7 +42,11 @@ MANIFEST = "manifest.json"
 DATA_PREFIX = "data/"
 DATABASE_NAMES = {"sqlite": "database.sqlite", "postgresql": "database.pgdump"}
 
-MAGIC = b"atollon-mail backup, encrypted 1\n"
+MAGIC = b"atollon-mail backup, encrypted 2\n"
+# Format 1 had no key check after the header: a wrong passphrase and a damaged first
+# chunk looked the same. Still read.
+MAGIC_1 = b"atollon-mail backup, encrypted 1\n"
+CHECK_SIZE = 16
 SCRYPT_LOG2_N = 17
 SCRYPT_R = 8
 SCRYPT_P = 1
@@ -85,17 +93,21 @@ def scrypt_memory(log2_n: int, r: int, p: int) -> int:
     return 128 * r * 2**log2_n * p
 
 
-def _key(passphrase: bytes, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
+def _keys(passphrase: bytes, salt: bytes, log2_n: int, r: int, p: int) -> tuple[bytes, bytes]:
+    """(AES-GCM key, key check): the check, written after the header, tells a wrong
+    passphrase from a damaged archive before any chunk is opened."""
     # hashlib's scrypt takes maxmem: OpenSSL refuses instead of allocating past it.
-    return hashlib.scrypt(
+    derived = hashlib.scrypt(
         passphrase,
         salt=salt,
         n=2**log2_n,
         r=r,
         p=p,
         maxmem=SCRYPT_MAX_MEMORY + 64 * 1024 * 1024,  # its own overhead beyond 128*r*n*p
-        dklen=32,
+        dklen=64,
     )
+    check = hmac.new(derived[32:], b"atollon-mail backup key check", "sha256").digest()
+    return derived[:32], check[:CHECK_SIZE]
 
 
 def _nonce(prefix: bytes, number: int, last: bool) -> bytes:
@@ -109,8 +121,9 @@ class EncryptingWriter(io.RawIOBase):
         super().__init__()
         self._raw = raw
         salt, prefix = secrets.token_bytes(16), secrets.token_bytes(7)
-        self._header = MAGIC + _HEADER.pack(salt, SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P, prefix)
-        self._aead = AESGCM(_key(passphrase, salt, SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P))
+        key, check = _keys(passphrase, salt, SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P)
+        self._header = MAGIC + _HEADER.pack(salt, SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P, prefix) + check
+        self._aead = AESGCM(key)
         self._prefix = prefix
         self._number = 0
         self._buffer = bytearray()
@@ -143,7 +156,7 @@ class DecryptingReader(io.RawIOBase):
     """A read-only file giving back what EncryptingWriter sealed onto `raw` (positioned
     after MAGIC); a wrong passphrase or any change to the file raises ArchiveError."""
 
-    def __init__(self, raw, passphrase: bytes):
+    def __init__(self, raw, passphrase: bytes, magic: bytes = MAGIC):
         super().__init__()
         self._raw = raw
         header = raw.read(_HEADER.size)
@@ -157,8 +170,17 @@ class DecryptingReader(io.RawIOBase):
                 "the encrypted archive's header asks for more than "
                 f"{SCRYPT_MAX_MEMORY // 2**20} MiB of scrypt memory: damaged or hostile"
             )
-        self._header = MAGIC + header
-        self._aead = AESGCM(_key(passphrase, salt, log2_n, r, p))
+        key, check = _keys(passphrase, salt, log2_n, r, p)
+        self._checked = magic == MAGIC
+        if self._checked:
+            written = raw.read(CHECK_SIZE)
+            if len(written) != CHECK_SIZE:
+                raise ArchiveError("the encrypted archive is cut short (no complete header)")
+            if not hmac.compare_digest(written, check):
+                raise ArchiveError("wrong passphrase for this backup")
+            header += written
+        self._header = magic + header
+        self._aead = AESGCM(key)
         self._prefix = prefix
         self._number = 0
         self._plain = b""
@@ -194,7 +216,7 @@ class DecryptingReader(io.RawIOBase):
                 _nonce(self._prefix, self._number, last), sealed, self._header
             )
         except InvalidTag:
-            if self._number == 0:
+            if self._number == 0 and not self._checked:
                 raise ArchiveError(
                     "wrong passphrase for this backup (or the archive is damaged)"
                 ) from None
@@ -215,7 +237,7 @@ class DecryptingReader(io.RawIOBase):
 
 def is_encrypted(path: str) -> bool:
     with open(path, "rb") as archive:
-        return archive.read(len(MAGIC)) == MAGIC
+        return archive.read(len(MAGIC)) in (MAGIC, MAGIC_1)
 
 
 # --- writing ---------------------------------------------------------------------------
@@ -327,13 +349,14 @@ def read_archive(path: str, staging: str, passphrase: bytes | None = None) -> Ma
     except OSError as problem:
         raise ArchiveError(f"cannot read {path}: {problem.strerror}") from None
     with raw:
-        if raw.read(len(MAGIC)) == MAGIC:
+        magic = raw.read(len(MAGIC))
+        if magic in (MAGIC, MAGIC_1):
             if passphrase is None:
                 raise ArchiveError(
                     f"{path} is encrypted: give its passphrase (--passphrase-file or "
                     "ATOLLON_MAIL_BACKUP_PASSPHRASE)"
                 )
-            source = io.BufferedReader(DecryptingReader(raw, passphrase), _COPY)
+            source = io.BufferedReader(DecryptingReader(raw, passphrase, magic), _COPY)
         else:
             if passphrase is not None:
                 raise ArchiveError(

@@ -7,8 +7,10 @@ import io
 import json
 import os
 import stat
+import struct
 import tarfile
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.trial import unittest
 
 from atollon_mail.backup import archive
@@ -180,14 +182,14 @@ class ArchiveTests(unittest.TestCase):
     def test_wrong_or_missing_passphrase_is_one_clear_line(self):
         archive.write_archive(self.target, HEADER, self.database, self.files, b"correct horse")
         wrong = self.assertRaises(ArchiveError, self.unpack, b"battery staple")
-        self.assertEqual(str(wrong), "wrong passphrase for this backup (or the archive is damaged)")
+        self.assertEqual(str(wrong), "wrong passphrase for this backup")
         missing = self.assertRaises(ArchiveError, self.unpack)
         self.assertIn("is encrypted: give its passphrase", str(missing))
 
     def test_a_changed_or_cut_encrypted_archive_is_detected(self):
         archive.write_archive(self.target, HEADER, self.database, self.files, b"pw")
         raw = bytearray(self.read_bytes(self.target))
-        header = len(archive.MAGIC) + archive._HEADER.size
+        header = len(archive.MAGIC) + archive._HEADER.size + archive.CHECK_SIZE
         sealed = 4 + archive.CHUNK + 16  # length, chunk, tag
         changed = bytearray(raw)
         changed[header + 2 * sealed + 100] ^= 1  # in the third chunk
@@ -200,10 +202,40 @@ class ArchiveTests(unittest.TestCase):
         problem = self.assertRaises(ArchiveError, self.unpack, b"pw")
         self.assertIn("damaged", str(problem))
 
+    def test_an_archive_of_the_first_encrypted_format_is_still_read(self):
+        # Format 1: no key check after the header, the header alone as associated data.
+        archive.write_archive(self.target, HEADER, self.database, self.files)
+        plain = self.read_bytes(self.target)
+        salt, prefix = os.urandom(16), os.urandom(7)
+        header = archive.MAGIC_1 + archive._HEADER.pack(salt, 10, 8, 1, prefix)
+        key, _ = archive._keys(b"pw", salt, 10, 8, 1)
+        aead = AESGCM(key)
+        chunks = [plain[i : i + archive.CHUNK] for i in range(0, len(plain), archive.CHUNK)]
+        sealed = b""
+        for number, chunk in enumerate(chunks):
+            last = number == len(chunks) - 1
+            nonce = prefix + struct.pack(">I", number) + (b"\x01" if last else b"\x00")
+            box = aead.encrypt(nonce, chunk, header)
+            sealed += struct.pack(">I", len(box)) + box
+        self.write("out/backup.tar", header + sealed)
+        self.assertTrue(archive.is_encrypted(self.target))
+        manifest, staging = self.unpack(b"pw")
+        self.assertEqual(len(manifest.data_files), 2)
+        wrong = self.assertRaises(ArchiveError, self.unpack, b"other")
+        self.assertEqual(str(wrong), "wrong passphrase for this backup (or the archive is damaged)")
+
+    def test_a_damaged_first_chunk_is_not_called_a_wrong_passphrase(self):
+        archive.write_archive(self.target, HEADER, self.database, self.files, b"pw")
+        raw = bytearray(self.read_bytes(self.target))
+        raw[len(archive.MAGIC) + archive._HEADER.size + archive.CHECK_SIZE + 100] ^= 1
+        self.write("out/backup.tar", bytes(raw))
+        problem = self.assertRaises(ArchiveError, self.unpack, b"pw")
+        self.assertEqual(str(problem), "the encrypted archive is damaged (chunk 0)")
+
     def test_reordered_or_dropped_middle_chunks_are_detected(self):
         archive.write_archive(self.target, HEADER, self.database, self.files, b"pw")
         raw = self.read_bytes(self.target)
-        header = len(archive.MAGIC) + archive._HEADER.size
+        header = len(archive.MAGIC) + archive._HEADER.size + archive.CHECK_SIZE
         sealed = 4 + archive.CHUNK + 16
         chunks = [raw[header + i * sealed : header + (i + 1) * sealed] for i in range(2)]
         rest = raw[header + 2 * sealed :]
