@@ -7,8 +7,11 @@ Encryption: scrypt (n=2**17, r=8, p=1, OWASP's recommendation) makes a 256-bit k
 the passphrase and a random salt; the tar stream is cut into 1 MiB chunks, each sealed
 with AES-GCM under a nonce made of a random prefix, the chunk's number and a last-chunk
 flag, with the header as associated data (the STREAM construction), so chunks cannot be
-reordered, dropped or cut off unnoticed. Fernet would have needed the whole archive in
-memory at once (its token is one message), and a mail archive runs to gigabytes.
+reordered, dropped or cut off unnoticed. A key check (HMAC under a second key from the
+same scrypt) follows the header, so a wrong passphrase is told apart from a damaged
+archive; archives written before it (MAGIC_1) are still read. Fernet would have needed
+the whole archive in memory at once (its token is one message), and a mail archive runs
+to gigabytes.
 
 The archive file is written beside its final name, fsynced, renamed over it and its
 directory fsynced: a reader never sees a partial archive at that name. Mode 0600.
@@ -19,11 +22,13 @@ Blocking throughout: the CLI calls it directly, the scheduled service in a threa
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import json
 import os
 import re
 import secrets
+import shutil
 import struct
 import tarfile
 from collections.abc import Iterable
@@ -31,20 +36,27 @@ from collections.abc import Iterable
 import attrs
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DATA_PREFIX = "data/"
 DATABASE_NAMES = {"sqlite": "database.sqlite", "postgresql": "database.pgdump"}
 
-MAGIC = b"atollon-mail backup, encrypted 1\n"
+MAGIC = b"atollon-mail backup, encrypted 2\n"
+# Format 1 had no key check after the header: a wrong passphrase and a damaged first
+# chunk looked the same. Still read.
+MAGIC_1 = b"atollon-mail backup, encrypted 1\n"
+CHECK_SIZE = 16
 SCRYPT_LOG2_N = 17
 SCRYPT_R = 8
 SCRYPT_P = 1
 CHUNK = 1024 * 1024
 _HEADER = struct.Struct(">16sBBB7s")  # salt, log2 n, r, p, nonce prefix
 _LENGTH = struct.Struct(">I")
+# scrypt needs 128 * r * n * p bytes: 128 MiB with the parameters above. A header asking
+# for more is refused rather than obeyed (r=32, n=2**22, p=16 in a hostile archive would
+# ask for 256 GiB); twice the default leaves room for a later, stronger default.
+SCRYPT_MAX_MEMORY = 256 * 1024 * 1024
 _COPY = 1024 * 1024
 
 
@@ -77,8 +89,25 @@ class Manifest:
 # --- encryption ----------------------------------------------------------------------
 
 
-def _key(passphrase: bytes, salt: bytes, log2_n: int, r: int, p: int) -> bytes:
-    return Scrypt(salt=salt, length=32, n=2**log2_n, r=r, p=p).derive(passphrase)
+def scrypt_memory(log2_n: int, r: int, p: int) -> int:
+    return 128 * r * 2**log2_n * p
+
+
+def _keys(passphrase: bytes, salt: bytes, log2_n: int, r: int, p: int) -> tuple[bytes, bytes]:
+    """(AES-GCM key, key check): the check, written after the header, tells a wrong
+    passphrase from a damaged archive before any chunk is opened."""
+    # hashlib's scrypt takes maxmem: OpenSSL refuses instead of allocating past it.
+    derived = hashlib.scrypt(
+        passphrase,
+        salt=salt,
+        n=2**log2_n,
+        r=r,
+        p=p,
+        maxmem=SCRYPT_MAX_MEMORY + 64 * 1024 * 1024,  # its own overhead beyond 128*r*n*p
+        dklen=64,
+    )
+    check = hmac.new(derived[32:], b"atollon-mail backup key check", "sha256").digest()
+    return derived[:32], check[:CHECK_SIZE]
 
 
 def _nonce(prefix: bytes, number: int, last: bool) -> bytes:
@@ -92,8 +121,9 @@ class EncryptingWriter(io.RawIOBase):
         super().__init__()
         self._raw = raw
         salt, prefix = secrets.token_bytes(16), secrets.token_bytes(7)
-        self._header = MAGIC + _HEADER.pack(salt, SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P, prefix)
-        self._aead = AESGCM(_key(passphrase, salt, SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P))
+        key, check = _keys(passphrase, salt, SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P)
+        self._header = MAGIC + _HEADER.pack(salt, SCRYPT_LOG2_N, SCRYPT_R, SCRYPT_P, prefix) + check
+        self._aead = AESGCM(key)
         self._prefix = prefix
         self._number = 0
         self._buffer = bytearray()
@@ -126,7 +156,7 @@ class DecryptingReader(io.RawIOBase):
     """A read-only file giving back what EncryptingWriter sealed onto `raw` (positioned
     after MAGIC); a wrong passphrase or any change to the file raises ArchiveError."""
 
-    def __init__(self, raw, passphrase: bytes):
+    def __init__(self, raw, passphrase: bytes, magic: bytes = MAGIC):
         super().__init__()
         self._raw = raw
         header = raw.read(_HEADER.size)
@@ -135,8 +165,22 @@ class DecryptingReader(io.RawIOBase):
         salt, log2_n, r, p, prefix = _HEADER.unpack(header)
         if not (10 <= log2_n <= 22 and 1 <= r <= 32 and 1 <= p <= 16):
             raise ArchiveError("the encrypted archive's header is damaged")
-        self._header = MAGIC + header
-        self._aead = AESGCM(_key(passphrase, salt, log2_n, r, p))
+        if scrypt_memory(log2_n, r, p) > SCRYPT_MAX_MEMORY:
+            raise ArchiveError(
+                "the encrypted archive's header asks for more than "
+                f"{SCRYPT_MAX_MEMORY // 2**20} MiB of scrypt memory: damaged or hostile"
+            )
+        key, check = _keys(passphrase, salt, log2_n, r, p)
+        self._checked = magic == MAGIC
+        if self._checked:
+            written = raw.read(CHECK_SIZE)
+            if len(written) != CHECK_SIZE:
+                raise ArchiveError("the encrypted archive is cut short (no complete header)")
+            if not hmac.compare_digest(written, check):
+                raise ArchiveError("wrong passphrase for this backup")
+            header += written
+        self._header = magic + header
+        self._aead = AESGCM(key)
         self._prefix = prefix
         self._number = 0
         self._plain = b""
@@ -172,7 +216,7 @@ class DecryptingReader(io.RawIOBase):
                 _nonce(self._prefix, self._number, last), sealed, self._header
             )
         except InvalidTag:
-            if self._number == 0:
+            if self._number == 0 and not self._checked:
                 raise ArchiveError(
                     "wrong passphrase for this backup (or the archive is damaged)"
                 ) from None
@@ -193,7 +237,7 @@ class DecryptingReader(io.RawIOBase):
 
 def is_encrypted(path: str) -> bool:
     with open(path, "rb") as archive:
-        return archive.read(len(MAGIC)) == MAGIC
+        return archive.read(len(MAGIC)) in (MAGIC, MAGIC_1)
 
 
 # --- writing ---------------------------------------------------------------------------
@@ -305,22 +349,31 @@ def read_archive(path: str, staging: str, passphrase: bytes | None = None) -> Ma
     except OSError as problem:
         raise ArchiveError(f"cannot read {path}: {problem.strerror}") from None
     with raw:
-        if raw.read(len(MAGIC)) == MAGIC:
+        magic = raw.read(len(MAGIC))
+        if magic in (MAGIC, MAGIC_1):
             if passphrase is None:
                 raise ArchiveError(
                     f"{path} is encrypted: give its passphrase (--passphrase-file or "
                     "ATOLLON_MAIL_BACKUP_PASSPHRASE)"
                 )
-            source = io.BufferedReader(DecryptingReader(raw, passphrase), _COPY)
+            source = io.BufferedReader(DecryptingReader(raw, passphrase, magic), _COPY)
         else:
+            if passphrase is not None:
+                raise ArchiveError(
+                    f"{path} is not encrypted but a passphrase was given: check that it is "
+                    "the archive meant, or restore it without the passphrase"
+                )
             raw.seek(0)
             source = raw
         found: dict[str, tuple[int, str]] = {}
         manifest_bytes = None
+        room = [shutil.disk_usage(staging).free]
         try:
             with tarfile.open(fileobj=source, mode="r|") as tar:
                 for member in tar:
-                    manifest_bytes = _unpack_member(tar, member, staging, found, manifest_bytes)
+                    manifest_bytes = _unpack_member(
+                        tar, member, staging, found, manifest_bytes, room
+                    )
         except tarfile.TarError as problem:
             raise ArchiveError(f"{path} is not a backup archive: {problem}") from None
     if manifest_bytes is None:
@@ -330,10 +383,19 @@ def read_archive(path: str, staging: str, passphrase: bytes | None = None) -> Ma
     return manifest
 
 
-def _unpack_member(tar, member, staging, found, manifest_bytes):
+def _unpack_member(tar, member, staging, found, manifest_bytes, room):
     name = member.name
-    if not member.isfile() or not _allowed_name(name) or name in found:
+    # Only plain regular files: a sparse member (which isfile() accepts) unpacks to far
+    # more than it takes in the archive (10 KiB gave 50 MiB).
+    regular = member.type in (tarfile.REGTYPE, tarfile.AREGTYPE) and not member.issparse()
+    if not regular or not _allowed_name(name) or name in found:
         raise ArchiveError(f"unexpected entry {name!r} in the archive: not a backup archive")
+    if member.size > room[0]:
+        raise ArchiveError(
+            f"{name} in the archive ({member.size} bytes) does not fit in the free space "
+            f"of {staging} ({room[0]} bytes)"
+        )
+    room[0] -= member.size
     extracted = tar.extractfile(member)
     if name == MANIFEST:
         if manifest_bytes is not None or member.size > 1024 * 1024:
@@ -428,13 +490,20 @@ def install_data_files(manifest: Manifest, staging: str, data_dir: str) -> list[
     """Copy the data files unpacked in staging into data_dir (each written beside its
     place, fsynced, renamed), with the mode they had; their names."""
     names = []
+    folders = set()
     for entry in manifest.data_files:
         relative = entry["name"][len(DATA_PREFIX) :]
         source = os.path.join(staging, *entry["name"].split("/"))
         target = os.path.join(data_dir, *relative.split("/"))
         os.makedirs(os.path.dirname(target), mode=0o750, exist_ok=True)
         temporary = f"{target}.restoring"
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.unlink(temporary)  # left by a restore that was interrupted
+        except FileNotFoundError:
+            pass
+        # Never through a symbolic link planted at that name.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        descriptor = os.open(temporary, flags, 0o600)
         with open(source, "rb") as copy, os.fdopen(descriptor, "wb") as out:
             while chunk := copy.read(_COPY):
                 out.write(chunk)
@@ -443,8 +512,10 @@ def install_data_files(manifest: Manifest, staging: str, data_dir: str) -> list[
         os.chmod(temporary, entry["mode"] & 0o700)
         os.replace(temporary, target)
         names.append(relative)
-    if names:
-        _fsync_directory(data_dir)
+        folders.add(os.path.dirname(target))
+    # Every folder that received a file, so the renames survive a crash.
+    for folder in sorted(folders | ({data_dir} if names else set())):
+        _fsync_directory(folder)
     return names
 
 
@@ -458,13 +529,29 @@ def scheduled_name(created: str) -> str:
     return f"atollon-mail-{created}.backup"
 
 
-def rotate(directory: str, keep: int) -> list[str]:
+def rotate(directory: str, keep: int, written: str | None = None) -> list[str]:
     """Remove all but the `keep` newest scheduled backups in directory (by the time in
-    their names); the paths removed."""
-    names = sorted(name for name in os.listdir(directory) if SCHEDULED_NAME.match(name))
+    their names, then the modification time); the paths removed. `written`, the archive
+    just written, is never removed, even when a clock set back gave it an older name."""
+    names = [name for name in os.listdir(directory) if SCHEDULED_NAME.match(name)]
+    kept_name = os.path.basename(written) if written is not None else None
+
+    def order(name):
+        try:
+            modified = os.stat(os.path.join(directory, name)).st_mtime
+        except FileNotFoundError:
+            modified = 0.0
+        return (name == kept_name, SCHEDULED_NAME.match(name).group(1), modified)
+
+    names.sort(key=order)
     removed = []
     for name in names[: max(len(names) - keep, 0)]:
+        if name == kept_name:
+            continue
         path = os.path.join(directory, name)
-        os.unlink(path)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
         removed.append(path)
     return removed

@@ -105,7 +105,38 @@ def staging_directory(near: str) -> tempfile.TemporaryDirectory:
     on the same file system, not in a /tmp that may be small or in memory."""
     directory = os.path.dirname(os.path.abspath(near))
     os.makedirs(directory, mode=0o750, exist_ok=True)
-    return tempfile.TemporaryDirectory(prefix=".atollon-mail-backup-", dir=directory)
+    return tempfile.TemporaryDirectory(prefix=STAGING_PREFIX, dir=directory)
+
+
+STAGING_PREFIX = ".atollon-mail-backup-"
+
+
+def remove_stale(directory: str, now: float, age: float = PG_DUMP_SECONDS + 3600) -> list[str]:
+    """Remove what a backup killed on its way left in directory (its staging folders and
+    unfinished archives) older than `age` seconds (a run under way is younger); the
+    paths removed."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        unfinished = name.startswith(".") and name.endswith(".tmp")  # archive.write_archive's
+        if not (name.startswith(STAGING_PREFIX) or unfinished):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            status = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if now - status.st_mtime < age:
+            continue
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+        removed.append(path)
+    return removed
 
 
 def dump_sqlite(config: Config, staging: str) -> tuple[str, int]:
@@ -161,24 +192,45 @@ def finish_backup(
     )
 
 
+def dump_schema_version(dump: str) -> int:
+    """The schema version recorded in a pg_dump (its schema_migration rows, read with
+    pg_restore from the dump itself): the version of the dump's snapshot, whatever ran
+    on the database before or since. Blocking."""
+    done = _run_client(
+        ["pg_restore", "--data-only", "--table=schema_migration", "--file=-", dump],
+        {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+    )
+    if done.returncode != 0:
+        raise _client_failure("pg_restore", done)
+    versions = [0]
+    column = None
+    for line in done.stdout.decode("utf-8", "replace").splitlines():
+        if column is None:
+            if line.startswith("COPY ") and line.endswith("FROM stdin;"):
+                names = line[line.index("(") + 1 : line.rindex(")")].split(",")
+                column = [name.strip().strip('"') for name in names].index("version")
+            continue
+        if line == "\\.":
+            column = None
+            continue
+        versions.append(int(line.split("\t")[column]))
+    return max(versions)
+
+
 def make_backup(
     config: Config,
     target: str,
     passphrase: bytes | None,
     created: datetime.datetime,
-    postgresql_schema_version=None,
 ) -> Manifest:
-    """The whole backup, blocking (the admin command; the service's SQLite runs).
-
-    PostgreSQL: `postgresql_schema_version()` reads the schema version; read before the
-    dump, and no migration runs while an appliance does, so it is the dump's."""
+    """The whole backup, blocking (the admin command; the service's SQLite runs)."""
     kind = store_backup.database_kind(config.database.url)
     with staging_directory(target) as staging:
         if kind == SQLITE:
             database_file, version = dump_sqlite(config, staging)
         else:
-            version = postgresql_schema_version()
             database_file = dump_postgresql(config, staging)
+            version = dump_schema_version(database_file)
         return finish_backup(config, target, database_file, version, created, passphrase)
 
 
@@ -204,6 +256,7 @@ def restore(config: Config, store, path: str, passphrase: bytes | None, force: b
     with tempfile.TemporaryDirectory(prefix=".restore-", dir=data_dir) as staging:
         manifest = archive.read_archive(path, staging, passphrase)
         _check_fits(config, manifest, kind)
+        _check_data_files(config, manifest)
         counts = store.run_sync(store_backup.content_counts, store.database)
         replaced = any(counts.values())
         if replaced and not force:
@@ -233,16 +286,42 @@ def restore(config: Config, store, path: str, passphrase: bytes | None, force: b
                     f"{others} other sessions are connected to the database: stop the "
                     "appliance (every node) and any admin command first"
                 )
-            if shutil.which("pg_restore") is None:  # known before anything is dropped
-                raise BackupError(
-                    "pg_restore is not installed: install PostgreSQL's client programs "
-                    "(Debian: postgresql-client)"
-                )
-            store.run_sync(store_backup.drop_tables, store.database)
-            _pg_restore(config, database_file)
+            names = store.run_sync(store_backup.table_names, store.database)
+            _pg_restore(config, database_file, names, staging)
+        _empty_journal(data_dir)
         names = archive.install_data_files(manifest, staging, data_dir)
     applied = store.migrate()
     return Restored(manifest, tuple(names), tuple(m.number for m in applied), replaced)
+
+
+def _check_data_files(config: Config, manifest: Manifest) -> None:
+    """Refuse data files that would land on what a backup leaves out (the database just
+    restored, the dot journal, the backups): an archive made here never holds them."""
+    excluded = [os.path.realpath(path) for path in excluded_paths(config)]
+    root = config.appliance.data_dir
+    for entry in manifest.data_files:
+        relative = entry["name"][len(archive.DATA_PREFIX) :]
+        target = os.path.realpath(os.path.join(root, *relative.split("/")))
+        for path in excluded:
+            if target == path or target.startswith(path + os.sep):
+                raise ArchiveError(
+                    f"the archive's {entry['name']} would be written over {path}, which a "
+                    "backup leaves out: not a backup of this kind of instance"
+                )
+
+
+def _empty_journal(data_dir: str) -> None:
+    """Remove the dot journal's files: marks of deliveries in flight of the instance
+    replaced, which name recipient ids of its database, not the restored one's."""
+    journal = os.path.join(data_dir, JOURNAL_DIRECTORY)
+    if not os.path.isdir(journal):
+        return
+    for name in os.listdir(journal):
+        path = os.path.join(journal, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
 
 
 def _check_fits(config: Config, manifest: Manifest, kind: str) -> None:
@@ -267,15 +346,42 @@ def _check_fits(config: Config, manifest: Manifest, kind: str) -> None:
             )
 
 
-def _pg_restore(config: Config, dump: str) -> None:
-    argv, environment = store_backup.pg_restore_command(config.database.url, dump)
+def _run_client(argv, environment=None) -> subprocess.CompletedProcess:
     try:
-        done = subprocess.run(argv, env=environment, capture_output=True, check=False)
+        return subprocess.run(argv, env=environment, capture_output=True, check=False)
     except FileNotFoundError:
         raise BackupError(
-            "pg_restore is not installed: install PostgreSQL's client programs "
+            f"{argv[0]} is not installed: install PostgreSQL's client programs "
             "(Debian: postgresql-client)"
         ) from None
+
+
+def _client_failure(name: str, done: subprocess.CompletedProcess) -> BackupError:
+    lines = [line for line in done.stderr.decode("utf-8", "replace").splitlines() if line]
+    return BackupError(f"{name} failed: {lines[-1] if lines else done.returncode}")
+
+
+def _pg_restore(config: Config, dump: str, tables: list[str], staging: str) -> None:
+    """Replace the tables by the dump's in one transaction: the dump is read (and turned
+    into SQL) before the database is touched, then psql runs the drops and the restore
+    together, so a failure at any point leaves the old data as it was."""
+    for program in ("pg_restore", "psql"):  # known before anything is changed
+        if shutil.which(program) is None:
+            raise BackupError(
+                f"{program} is not installed: install PostgreSQL's client programs "
+                "(Debian: postgresql-client)"
+            )
+    done = _run_client(store_backup.pg_restore_list_command(dump))
     if done.returncode != 0:
-        lines = [line for line in done.stderr.decode("utf-8", "replace").splitlines() if line]
-        raise BackupError(f"pg_restore failed: {lines[-1] if lines else done.returncode}")
+        raise _client_failure("pg_restore", done)
+    script = os.path.join(staging, "restore.sql")
+    done = _run_client(store_backup.pg_restore_sql_command(dump, script))
+    if done.returncode != 0:
+        raise _client_failure("pg_restore", done)
+    drops = os.path.join(staging, "drop.sql")
+    with open(drops, "w", encoding="utf-8") as out:
+        out.write(store_backup.drop_tables_sql(tables))
+    argv, environment = store_backup.psql_restore_command(config.database.url, [drops, script])
+    done = _run_client(argv, environment)
+    if done.returncode != 0:
+        raise _client_failure("the restore", done)

@@ -68,12 +68,16 @@ class BackupSchedule(service.Service):
         self._reactor = reactor
         self._clock = reactor if clock is None else clock
         self._passphrase = passphrase
-        self._pool = ThreadPool(minthreads=0, maxthreads=1, name="atollon-mail-backup")
+        # A Twisted ThreadPool cannot start again once stopped, and the cluster's
+        # OneNodeAtATime stops and restarts this service: one pool per start.
+        self._pool: ThreadPool | None = None
         self._call = None
+        self._child = None  # pg_dump's process transport while it runs
         self.last: defer.Deferred | None = None
 
     def startService(self) -> None:
         super().startService()
+        self._pool = ThreadPool(minthreads=0, maxthreads=1, name="atollon-mail-backup")
         self._pool.start()
         self._schedule()
 
@@ -84,10 +88,15 @@ class BackupSchedule(service.Service):
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
+        if self._child is not None:  # the run fails at once instead of waiting for the dump
+            self._signal(self._child)
         running = self.last if self.last is not None and not self.last.called else None
+        # This start's pool, not whichever a later start made.
+        pool, self._pool = self._pool, None
 
         def stop_pool(result=None):
-            self._pool.stop()
+            if pool is not None:
+                pool.stop()
             return result
 
         if running is None:
@@ -125,15 +134,20 @@ class BackupSchedule(service.Service):
         directory = config.backup.directory
         target = os.path.join(directory, archive.scheduled_name(operations.compact_time(created)))
         try:
+            in_thread = self._threads()
+            # A run killed on its way (the process stopped hard) leaves its staging folder.
+            stale = yield in_thread(operations.remove_stale, directory, self._clock.seconds())
+            for path in stale:
+                log.info("removed {path}, left by an interrupted backup", path=path)
             if store_backup.database_kind(config.database.url) == SQLITE:
-                manifest = yield self._in_thread(
+                manifest = yield in_thread(
                     operations.make_backup, config, target, self._passphrase, created
                 )
             else:
-                manifest = yield self._postgresql(target, created)
-            removed = yield self._in_thread(archive.rotate, directory, config.backup.keep)
+                manifest = yield self._postgresql(in_thread, target, created)
+            removed = yield in_thread(archive.rotate, directory, config.backup.keep, target)
         except Exception as problem:  # every failure is logged, none stops the schedule
-            log.error("backup to {target} failed: {problem}", target=target, problem=problem)
+            log.error("backup to {target} failed: {problem}", target=target, problem=repr(problem))
             return None
         size = os.stat(target).st_size if os.path.exists(target) else 0
         log.info(
@@ -147,29 +161,63 @@ class BackupSchedule(service.Service):
         )
         return target
 
-    def _in_thread(self, function, *args):
-        return deferToThreadPool(self._reactor, self._pool, function, *args)
+    @staticmethod
+    def _signal(transport) -> None:
+        try:
+            transport.signalProcess("TERM")
+        except error.ProcessExitedAlready:
+            pass
+
+    def _threads(self):
+        """A run's way into the pool of the start it began in: a stop waits for the run
+        and then stops that pool, whatever a later start made."""
+        pool = self._pool
+        if pool is None:
+            raise BackupError("the backup schedule is not running")
+
+        def in_thread(function, *args):
+            return deferToThreadPool(self._reactor, pool, function, *args)
+
+        return in_thread
 
     @defer.inlineCallbacks
-    def _postgresql(self, target: str, created: datetime.datetime):
+    def _postgresql(self, in_thread, target: str, created: datetime.datetime):
         config = self._config
-        # Read before the dump; no migration runs while the appliance does.
-        version = yield self._store.run(store_backup.schema_version, self._store.database)
-        staging = yield self._in_thread(operations.staging_directory, target)
+        staging = yield in_thread(operations.staging_directory, target)
         try:
             dump = operations.pg_dump_path(staging.name)
             argv, environment = store_backup.pg_dump_command(config.database.url, dump)
             child = _Collect()
             try:
-                self._reactor.spawnProcess(child, argv[0], argv, env=environment)
+                transport = self._reactor.spawnProcess(child, argv[0], argv, env=environment)
             except OSError as problem:
                 raise BackupError(f"cannot run pg_dump: {problem}") from None
-            code = yield child.done
+            self._child = transport
+            timed_out = []
+
+            def hung():
+                timed_out.append(True)
+                self._signal(transport)
+
+            kill = self._clock.callLater(operations.PG_DUMP_SECONDS, hung)
+            try:
+                code = yield child.done
+            finally:
+                self._child = None
+                if kill.active():
+                    kill.cancel()
+            if timed_out:
+                raise BackupError(
+                    f"pg_dump ran longer than {operations.PG_DUMP_SECONDS} s and was stopped"
+                )
+            if code != 0 and not self.running:
+                raise BackupError("pg_dump was stopped: the backup schedule stopped")
             if code != 0:
                 raise operations.pg_dump_failure(code, bytes(child.errors))
-            manifest = yield self._in_thread(
+            version = yield in_thread(operations.dump_schema_version, dump)
+            manifest = yield in_thread(
                 operations.finish_backup, config, target, dump, version, created, self._passphrase
             )
         finally:
-            yield self._in_thread(staging.cleanup)
+            yield in_thread(staging.cleanup)
         return manifest

@@ -10,7 +10,6 @@ from atollon_mail.backup.archive import ArchiveError
 from atollon_mail.backup.operations import BackupError, RestoreRefused
 from atollon_mail.commands.output import Refused, out
 from atollon_mail.config import default_config_path, load_config
-from atollon_mail.store import backup as store_backup
 
 _PASSPHRASE_HELP = (
     "a file whose first line is the passphrase (or set "
@@ -41,7 +40,6 @@ def _backup(store, args) -> None:
             args.file,
             passphrase,
             created,
-            lambda: store.run_sync(store_backup.schema_version, store.database),
         )
     except (BackupError, ArchiveError) as problem:
         raise Refused(f"backup failed: {problem}") from None

@@ -7,8 +7,10 @@ import io
 import json
 import os
 import stat
+import struct
 import tarfile
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.trial import unittest
 
 from atollon_mail.backup import archive
@@ -141,6 +143,22 @@ class ArchiveTests(unittest.TestCase):
         self.assertIn("unexpected entry 'data/../../escape'", str(problem))
         self.assertFalse(os.path.exists(os.path.join(self.base, "escape")))
 
+    def test_a_sparse_member_is_refused(self):
+        # A sparse member unpacks to its full size from a few bytes of archive.
+        archive.write_archive(self.target, HEADER, self.database, self.files)
+        with tarfile.open(self.target, "a", format=tarfile.GNU_FORMAT) as tar:
+            info = tarfile.TarInfo("data/big")
+            info.type = tarfile.GNUTYPE_SPARSE
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+        problem = self.assertRaises(ArchiveError, self.unpack)
+        self.assertIn("unexpected entry 'data/big'", str(problem))
+
+    def test_a_passphrase_for_a_plain_archive_is_refused(self):
+        archive.write_archive(self.target, HEADER, self.database, self.files)
+        problem = self.assertRaises(ArchiveError, self.unpack, b"pw")
+        self.assertIn("is not encrypted but a passphrase was given", str(problem))
+
     def test_something_else_is_not_a_backup(self):
         self.write("out/backup.tar", b"hello, this is no tar file\n" * 40)
         problem = self.assertRaises(ArchiveError, self.unpack)
@@ -164,14 +182,14 @@ class ArchiveTests(unittest.TestCase):
     def test_wrong_or_missing_passphrase_is_one_clear_line(self):
         archive.write_archive(self.target, HEADER, self.database, self.files, b"correct horse")
         wrong = self.assertRaises(ArchiveError, self.unpack, b"battery staple")
-        self.assertEqual(str(wrong), "wrong passphrase for this backup (or the archive is damaged)")
+        self.assertEqual(str(wrong), "wrong passphrase for this backup")
         missing = self.assertRaises(ArchiveError, self.unpack)
         self.assertIn("is encrypted: give its passphrase", str(missing))
 
     def test_a_changed_or_cut_encrypted_archive_is_detected(self):
         archive.write_archive(self.target, HEADER, self.database, self.files, b"pw")
         raw = bytearray(self.read_bytes(self.target))
-        header = len(archive.MAGIC) + archive._HEADER.size
+        header = len(archive.MAGIC) + archive._HEADER.size + archive.CHECK_SIZE
         sealed = 4 + archive.CHUNK + 16  # length, chunk, tag
         changed = bytearray(raw)
         changed[header + 2 * sealed + 100] ^= 1  # in the third chunk
@@ -183,6 +201,68 @@ class ArchiveTests(unittest.TestCase):
         self.write("out/backup.tar", bytes(raw[:whole]))
         problem = self.assertRaises(ArchiveError, self.unpack, b"pw")
         self.assertIn("damaged", str(problem))
+
+    def test_an_archive_of_the_first_encrypted_format_is_still_read(self):
+        # Format 1: no key check after the header, the header alone as associated data.
+        archive.write_archive(self.target, HEADER, self.database, self.files)
+        plain = self.read_bytes(self.target)
+        salt, prefix = os.urandom(16), os.urandom(7)
+        header = archive.MAGIC_1 + archive._HEADER.pack(salt, 10, 8, 1, prefix)
+        key, _ = archive._keys(b"pw", salt, 10, 8, 1)
+        aead = AESGCM(key)
+        chunks = [plain[i : i + archive.CHUNK] for i in range(0, len(plain), archive.CHUNK)]
+        sealed = b""
+        for number, chunk in enumerate(chunks):
+            last = number == len(chunks) - 1
+            nonce = prefix + struct.pack(">I", number) + (b"\x01" if last else b"\x00")
+            box = aead.encrypt(nonce, chunk, header)
+            sealed += struct.pack(">I", len(box)) + box
+        self.write("out/backup.tar", header + sealed)
+        self.assertTrue(archive.is_encrypted(self.target))
+        manifest, staging = self.unpack(b"pw")
+        self.assertEqual(len(manifest.data_files), 2)
+        wrong = self.assertRaises(ArchiveError, self.unpack, b"other")
+        self.assertEqual(str(wrong), "wrong passphrase for this backup (or the archive is damaged)")
+
+    def test_a_damaged_first_chunk_is_not_called_a_wrong_passphrase(self):
+        archive.write_archive(self.target, HEADER, self.database, self.files, b"pw")
+        raw = bytearray(self.read_bytes(self.target))
+        raw[len(archive.MAGIC) + archive._HEADER.size + archive.CHECK_SIZE + 100] ^= 1
+        self.write("out/backup.tar", bytes(raw))
+        problem = self.assertRaises(ArchiveError, self.unpack, b"pw")
+        self.assertEqual(str(problem), "the encrypted archive is damaged (chunk 0)")
+
+    def test_reordered_or_dropped_middle_chunks_are_detected(self):
+        archive.write_archive(self.target, HEADER, self.database, self.files, b"pw")
+        raw = self.read_bytes(self.target)
+        header = len(archive.MAGIC) + archive._HEADER.size + archive.CHECK_SIZE
+        sealed = 4 + archive.CHUNK + 16
+        chunks = [raw[header + i * sealed : header + (i + 1) * sealed] for i in range(2)]
+        rest = raw[header + 2 * sealed :]
+        self.write("out/backup.tar", raw[:header] + chunks[1] + chunks[0] + rest)
+        problem = self.assertRaises(ArchiveError, self.unpack, b"pw")
+        self.assertIn("damaged", str(problem))
+        self.write("out/backup.tar", raw[:header] + chunks[0] + rest)
+        problem = self.assertRaises(ArchiveError, self.unpack, b"pw")
+        self.assertEqual(str(problem), "the encrypted archive is damaged (chunk 1)")
+
+    def test_scrypt_parameters_asking_for_too_much_memory_are_refused(self):
+        archive.write_archive(self.target, HEADER, self.database, self.files, b"pw")
+        raw = bytearray(self.read_bytes(self.target))
+        start = len(archive.MAGIC)
+        salt, _, _, _, prefix = archive._HEADER.unpack(raw[start : start + archive._HEADER.size])
+        # 128 * 32 * 2**22 * 16 bytes = 256 GiB; and 2**20 with r=8: 1 GiB.
+        for log2_n, r, p in ((22, 32, 16), (20, 8, 1)):
+            raw[start : start + archive._HEADER.size] = archive._HEADER.pack(
+                salt, log2_n, r, p, prefix
+            )
+            self.write("out/backup.tar", bytes(raw))
+            problem = self.assertRaises(ArchiveError, self.unpack, b"pw")
+            self.assertEqual(
+                str(problem),
+                "the encrypted archive's header asks for more than 256 MiB of scrypt "
+                "memory: damaged or hostile",
+            )
 
     # -- atomic writing ----------------------------------------------------------------
 
@@ -233,6 +313,29 @@ class ArchiveTests(unittest.TestCase):
         ]
         found = archive.data_files(self.data_dir, excluded)
         self.assertEqual([name for name, _ in found], ["srs-secret", "keys/dkim.key"])
+
+    def test_rotate_never_removes_the_archive_just_written(self):
+        # A clock set back names the new archive older than those already there.
+        directory = os.path.join(self.base, "rotating")
+        os.makedirs(directory)
+        names = [archive.scheduled_name(f"2026120{day}T033000Z") for day in range(1, 6)]
+        for name in names:
+            self.write(f"rotating/{name}", b"x")
+        written = os.path.join(directory, names[0])
+        removed = archive.rotate(directory, 2, written)
+        self.assertEqual([os.path.basename(path) for path in removed], names[1:4])
+        self.assertEqual(sorted(os.listdir(directory)), sorted([names[0], names[4]]))
+
+    def test_installing_never_writes_through_a_planted_link(self):
+        archive.write_archive(self.target, HEADER, self.database, self.files)
+        manifest, staging = self.unpack()
+        installed = os.path.join(self.base, "installed")
+        os.makedirs(installed)
+        outside = self.write("outside", b"untouched\n")
+        os.symlink(outside, os.path.join(installed, "srs-secret.restoring"))
+        archive.install_data_files(manifest, staging, installed)
+        self.assertEqual(self.read_bytes(outside), b"untouched\n")
+        self.assertEqual(self.read_bytes(os.path.join(installed, "srs-secret")), b"a" * 64 + b"\n")
 
     def test_rotate_keeps_the_newest(self):
         directory = os.path.join(self.base, "rotating")

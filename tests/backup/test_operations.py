@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import datetime
 import os
+import subprocess
 
 from twisted.internet import reactor
 from twisted.trial import unittest
 
-from atollon_mail.backup import operations
+from atollon_mail.backup import archive, operations
 from atollon_mail.backup.operations import RestoreRefused
 from atollon_mail.config import parse_config
 from atollon_mail.delivery.dkim import generate_key
@@ -103,7 +104,6 @@ class BackupRestoreContract:
             target,
             passphrase,
             CREATED,
-            lambda: self.source.run_sync(store_backup.schema_version, self.source.database),
         )
         return target
 
@@ -165,7 +165,13 @@ class BackupRestoreContract:
             "the instance is not empty (1 domain): restore into an empty one, or give "
             "--force to replace everything in it",
         )
+        # The replaced instance's marks name recipient ids of its own database.
+        journal = os.path.join(self.base, "target", "dot-journal")
+        os.makedirs(journal)
+        with open(os.path.join(journal, "000000000009.dots"), "w") as out:
+            out.write("7\n")
         restored = self.restore(target_url, path, force=True)
+        self.assertEqual(os.listdir(journal), [])
         self.assertTrue(restored.replaced)
         self.assertEqual(snapshot(self.reopened(target_url)), snapshot(self.source))
 
@@ -209,6 +215,25 @@ class BackupRestoreContract:
         )
         self.assertIn(f"the backup holds a {self.backend} database", str(problem))
 
+    def test_data_files_over_what_a_backup_leaves_out_are_refused(self):
+        self.populate(self.source)
+        evil = os.path.join(self.base, "evil")
+        with open(evil, "w") as out:
+            out.write("x\n")
+        target_url = self.empty_target_url()
+        path = os.path.join(self.base, "evil.backup")
+        database = os.path.join(self.base, "database")
+        with open(database, "w") as out:
+            out.write("never read\n")
+        header = operations._header(self.config("target", target_url), 1, CREATED)
+        for name in ("dot-journal/000000000001.dots", "backups/old.backup"):
+            archive.write_archive(path, header, database, [(name, evil)])
+            problem = self.assertRaises(
+                archive.ArchiveError, self.restore, target_url, path, force=True
+            )
+            self.assertIn(f"the archive's data/{name} would be written over", str(problem))
+            self.assertFalse(os.path.exists(os.path.join(self.base, "target", name)))
+
     def sqlite_url(self) -> str:
         return f"sqlite:///{os.path.join(self.base, 'other', 'store.sqlite')}"
 
@@ -221,6 +246,49 @@ class SqliteBackupTests(SqliteStoreMixin, BackupRestoreContract, unittest.TestCa
 class PostgresBackupTests(PostgresStoreMixin, BackupRestoreContract, unittest.TestCase):
     if PG_DUMP_SKIP_REASON:
         skip = PG_DUMP_SKIP_REASON
+
+    def damaged_backup(self) -> str:
+        """A checked archive around a dump cut short: its table of contents reads, its
+        data does not."""
+        staging = os.path.abspath(self.mktemp())
+        os.makedirs(staging)
+        dump = operations.dump_postgresql(self.source_config, staging)
+        size = os.path.getsize(dump)
+        with open(dump, "r+b") as cut:
+            cut.truncate(size - 64)
+        target = os.path.join(self.base, "damaged.backup")
+        version = self.source.run_sync(store_backup.schema_version, self.source.database)
+        operations.finish_backup(self.source_config, target, dump, version, CREATED, None)
+        return target
+
+    def test_a_failing_restore_keeps_the_old_data(self):
+        self.populate(self.source)
+        before = snapshot(self.source)
+        target_url = self.empty_target_url()
+        self.restore(target_url, self.back_up())
+        path = self.damaged_backup()
+        problem = self.assertRaises(
+            store_backup.BackupError, self.restore, target_url, path, force=True
+        )
+        self.assertIn("pg_restore failed", str(problem))
+        self.assertEqual(snapshot(self.reopened(target_url)), before)
+
+    def test_the_drops_and_the_restore_are_one_transaction(self):
+        self.populate(self.source)
+        before = snapshot(self.source)
+        scripts = []
+        for name, text in (
+            ("drop.sql", store_backup.drop_tables_sql(["domain", "mailbox", "message"])),
+            ("restore.sql", "CREATE TABLE domain (id integer);\nSELECT 1 / 0;\n"),
+        ):
+            scripts.append(os.path.join(self.base, name))
+            with open(scripts[-1], "w") as out:
+                out.write(text)
+        argv, environment = store_backup.psql_restore_command(self.source_url, scripts)
+        done = subprocess.run(argv, env=environment, capture_output=True, check=False)
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn(b"division by zero", done.stderr)
+        self.assertEqual(snapshot(self.reopened(self.source_url)), before)
 
     def empty_target_url(self) -> str:
         """A new database with the source's schema in it, empty, as an administrator

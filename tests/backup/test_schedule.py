@@ -11,7 +11,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
 from atollon_mail import tap
-from atollon_mail.backup import archive
+from atollon_mail.backup import archive, operations
 from atollon_mail.backup import build as backup_build
 from atollon_mail.backup.schedule import DAY, BackupSchedule, next_run
 from atollon_mail.config import ConfigError, load_config, parse_config
@@ -130,6 +130,59 @@ class ScheduleContract(StoreFixtureMixin):
         self.assertEqual(len(os.listdir(self.directory)), 1)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    @defer.inlineCallbacks
+    def test_a_stopped_and_restarted_schedule_still_backs_up(self):
+        # The cluster's OneNodeAtATime stops the job when the node loses its lock and
+        # starts it again when it regains it.
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        service = self.schedule()
+        yield service.stopService()
+        service.startService()
+        yield service.stopService()
+        service.startService()
+        self.clock.advance(3.5 * HOUR)
+        path = yield service.last
+        self.assertEqual([e for e in logged if "failed" in e.get("log_format", "")], [])
+        self.assertEqual(os.path.basename(path), "atollon-mail-20261207T033000Z.backup")
+
+    @defer.inlineCallbacks
+    def test_a_restart_during_a_run_keeps_the_new_pool(self):
+        service = self.schedule()
+        self.clock.advance(3.5 * HOUR)
+        first = service.last
+        stopped = service.stopService()
+        service.startService()
+        yield stopped
+        self.assertIsNotNone((yield first))
+        self.clock.advance(DAY)
+        path = yield service.last
+        self.assertEqual(os.path.basename(path), "atollon-mail-20261208T033000Z.backup")
+
+    @defer.inlineCallbacks
+    def test_a_run_removes_what_an_interrupted_one_left(self):
+        os.makedirs(self.directory)
+        old = os.path.join(self.directory, ".atollon-mail-backup-abc123")
+        unfinished = os.path.join(self.directory, ".atollon-mail-20261201T033000Z.backup.1a2b.tmp")
+        recent = os.path.join(self.directory, ".atollon-mail-backup-def456")
+        kept = os.path.join(self.directory, "notes.txt")
+        os.makedirs(os.path.join(old, "inner"))
+        os.makedirs(recent)
+        for path in (unfinished, kept):
+            with open(path, "w") as out:
+                out.write("x\n")
+        for path in (old, unfinished, kept):
+            os.utime(path, (MIDNIGHT - DAY, MIDNIGHT - DAY))
+        os.utime(recent, (MIDNIGHT + 3 * HOUR, MIDNIGHT + 3 * HOUR))
+        service = self.schedule()
+        self.clock.advance(3.5 * HOUR)
+        path = yield service.last
+        self.assertEqual(
+            sorted(os.listdir(self.directory)),
+            sorted([".atollon-mail-backup-def456", "notes.txt", os.path.basename(path)]),
+        )
+
 
 class ScheduleOnSqliteTests(SqliteStoreMixin, ScheduleContract, unittest.TestCase):
     pass
@@ -138,6 +191,57 @@ class ScheduleOnSqliteTests(SqliteStoreMixin, ScheduleContract, unittest.TestCas
 class ScheduleOnPostgresTests(PostgresStoreMixin, ScheduleContract, unittest.TestCase):
     if PG_DUMP_SKIP_REASON:
         skip = PG_DUMP_SKIP_REASON
+
+    def hanging_pg_dump(self) -> None:
+        """A pg_dump first on PATH that never ends (as one behind a lock or a dead
+        server does)."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        program = os.path.join(directory, "pg_dump")
+        with open(program, "w") as out:
+            out.write("#!/bin/sh\nexec sleep 600\n")
+        os.chmod(program, 0o755)
+        original = os.environ["PATH"]
+        os.environ["PATH"] = directory + os.pathsep + original
+        self.addCleanup(os.environ.__setitem__, "PATH", original)
+
+    @defer.inlineCallbacks
+    def started_dump(self, service):
+        self.clock.advance(3.5 * HOUR)
+        for _ in range(500):
+            if service._child is not None:
+                return
+            yield task.deferLater(reactor, 0.02, lambda: None)
+        self.fail("pg_dump was not started")
+
+    def failures(self):
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        return logged
+
+    @defer.inlineCallbacks
+    def test_a_hanging_pg_dump_is_stopped_after_the_bound(self):
+        self.hanging_pg_dump()
+        logged = self.failures()
+        service = self.schedule()
+        yield self.started_dump(service)
+        self.clock.advance(operations.PG_DUMP_SECONDS)
+        self.assertIsNone((yield service.last))
+        [failure] = [e for e in logged if "failed" in e.get("log_format", "")]
+        self.assertIn("pg_dump ran longer than 21600 s and was stopped", failure["problem"])
+        self.assertEqual([n for n in os.listdir(self.directory) if n.startswith(".")], [])
+
+    @defer.inlineCallbacks
+    def test_stopping_stops_a_pg_dump_under_way(self):
+        self.hanging_pg_dump()
+        logged = self.failures()
+        service = self.schedule()
+        yield self.started_dump(service)
+        yield service.stopService()
+        self.assertIsNone((yield service.last))
+        [failure] = [e for e in logged if "failed" in e.get("log_format", "")]
+        self.assertIn("pg_dump was stopped", failure["problem"])
 
 
 class ApplianceTests(unittest.TestCase):
