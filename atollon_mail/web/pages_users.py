@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from urllib.parse import quote
 
 import attrs
@@ -15,41 +14,25 @@ from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024  # argon2 takes any length; a bound keeps a form from costing much
 
-# Pending confirmations, at most one per session; bounded like the sessions themselves.
-MAX_FLASHES = 1000
+# Confirmations after a redirect, by the code in the page's address: the redirect's GET
+# may land on another node, so nothing is kept in one process's memory for it.
+DONE = {"added": "User {login} added.", "saved": "Changes saved."}
 
 
 @attrs.frozen
 class Flash:
-    """A confirmation for the next view of one user's page. A generated password lives
-    only here, in memory, and is gone once shown: never in a URL, never in the store."""
+    """A confirmation on one user's page. A generated password is shown in the response
+    to the POST that made it, never after a redirect: it is kept nowhere (not in a URL,
+    not in the store, not in memory), so any node can answer the next request."""
 
     login: str
     message: str
     password: str | None = None
 
 
-class Flashes:
-    def __init__(self, limit: int = MAX_FLASHES):
-        self._limit = limit
-        self._pending: OrderedDict[str, Flash] = OrderedDict()
-
-    def put(self, session_id: str, flash: Flash) -> None:
-        self._pending.pop(session_id, None)
-        while len(self._pending) >= self._limit:
-            self._pending.popitem(last=False)
-        self._pending[session_id] = flash
-
-    def take(self, session_id: str, login: str) -> Flash | None:
-        flash = self._pending.get(session_id)
-        if flash is None or flash.login != login:
-            return None
-        del self._pending[session_id]
-        return flash
-
-
-def _edit_url(login: str) -> str:
-    return f"/users/edit?login={quote(login, safe='')}"
+def _edit_url(login: str, done: str = "") -> str:
+    url = f"/users/edit?login={quote(login, safe='')}"
+    return f"{url}&done={done}" if done else url
 
 
 def _checked(page: PageRequest, name: str) -> bool:
@@ -57,8 +40,6 @@ def _checked(page: PageRequest, name: str) -> bool:
 
 
 def register(app: WebApp) -> None:
-    flashes = Flashes()
-
     async def _user_or_404(page: PageRequest, login: str):
         if not login:
             raise not_found()
@@ -109,18 +90,16 @@ def register(app: WebApp) -> None:
         except Conflict:
             errors["login"] = f"There is already a user {login}; choose another login."
             return await _list_page(page, values, errors, status=400)
-        flashes.put(
-            page.session.id,
-            Flash(
-                user.login,
-                f"User {user.login} added.",
-                password if values["generate"] else None,
-            ),
-        )
-        return Redirect(_edit_url(user.login))
+        if values["generate"]:  # shown in this response only: see Flash
+            return _edit_page(
+                page, user, flash=Flash(user.login, f"User {user.login} added.", password)
+            )
+        return Redirect(_edit_url(user.login, "added"))
 
-    def _edit_page(page, user, values=None, errors=None, status=200) -> Page:
-        flash = flashes.take(page.session.id, user.login) if status == 200 else None
+    def _edit_page(page, user, values=None, errors=None, status=200, flash=None) -> Page:
+        done = DONE.get(page.arg("done")) if status == 200 and flash is None else None
+        if done:
+            flash = Flash(user.login, done.format(login=user.login))
         values = values or {"name": user.name, "is_admin": user.is_admin}
         context = {"target": user, "values": values, "errors": errors or {}, "flash": flash}
         return Page("users_edit.html", context, status=status)
@@ -150,8 +129,7 @@ def register(app: WebApp) -> None:
             return _edit_page(page, user, values, {"is_admin": str(problem)}, status=400)
         except NotFound:  # removed meanwhile
             raise not_found() from None
-        flashes.put(page.session.id, Flash(user.login, "Changes saved."))
-        return Redirect(_edit_url(user.login))
+        return Redirect(_edit_url(user.login, "saved"))
 
     @app.route("/users/reset-password", methods=("POST",), admin=True)
     async def reset_password(page: PageRequest):
@@ -162,10 +140,9 @@ def register(app: WebApp) -> None:
             await page.store.run(accounts.set_password, user.login, password_hash)
         except NotFound:
             raise not_found() from None
-        flashes.put(
-            page.session.id, Flash(user.login, f"New password set for {user.login}.", password)
-        )
-        return Redirect(_edit_url(user.login))
+        # Shown in this response only: see Flash.
+        flash = Flash(user.login, f"New password set for {user.login}.", password)
+        return _edit_page(page, user, flash=flash)
 
 
 def _password_problem(password: str) -> str | None:

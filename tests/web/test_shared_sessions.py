@@ -4,6 +4,7 @@ and a page view writes the session's last use at most once a minute."""
 
 from __future__ import annotations
 
+import re
 import time
 
 from twisted.internet import defer, reactor, task
@@ -95,6 +96,34 @@ class SharedSessionTests(ServedWebMixin, StoreFixtureMixin):
         self.assertEqual(page.status, 303)
         page = yield on_b.get("/")
         self.assertEqual(page.status, 303)
+
+    @defer.inlineCallbacks
+    def test_confirmations_reach_the_browser_whichever_node_answers(self):
+        # A confirmation kept in one process's memory was lost when the redirect's GET
+        # reached the other node; a generated password was then never shown at all.
+        self.store.run_sync(accounts.update_user, "bob", is_admin=True)
+        self.store.run_sync(accounts.add_user, "carol", _hash("carol-secret"), name="Carol")
+        on_a = self.browser_on(0)
+        yield on_a.login("bob", "bob-secret")
+        on_b = self.browser_on(1, on_a.cookies)
+        form = yield on_a.get("/users/edit?login=carol")
+        saved = yield on_a.post(
+            "/users/edit?login=carol",
+            {"login": "carol", "name": "Carol C", "csrf_token": form.csrf()},
+        )
+        self.assertEqual(saved.status, 303)
+        shown = yield on_b.get(saved.header("location"))
+        self.assertIn("Changes saved.", shown.text)
+        reset = yield on_a.post(
+            "/users/reset-password", {"login": "carol", "csrf_token": form.csrf()}
+        )
+        self.assertEqual(reset.status, 200)
+        [password] = re.findall(r'<code id="new-password">([^<]*)</code>', reset.text)
+        for browser in (on_a, on_b):  # shown once, in the POST's answer, and kept nowhere
+            page = yield browser.get("/users/edit?login=carol")
+            self.assertNotIn(password, page.text)
+        carol = self.browser_on(1)
+        self.assertEqual((yield carol.login("carol", password)).status, 303)
 
     @defer.inlineCallbacks
     def wait_until(self, predicate, seconds=5.0):
