@@ -10,29 +10,30 @@ from atollon_mail.passwords import generate_password, hash_password
 from atollon_mail.store import accounts, common
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
+from atollon_mail.web.sessions import set_flash, take_flash
 
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024  # argon2 takes any length; a bound keeps a form from costing much
 
-# Confirmations after a redirect, by the code in the page's address: the redirect's GET
-# may land on another node, so nothing is kept in one process's memory for it.
-DONE = {"added": "User {login} added.", "saved": "Changes saved."}
-
 
 @attrs.frozen
 class Flash:
-    """A confirmation on one user's page. A generated password is shown in the response
-    to the POST that made it, never after a redirect: it is kept nowhere (not in a URL,
-    not in the store, not in memory), so any node can answer the next request."""
+    """A confirmation on one user's page. One without a password is kept in the store for
+    the redirect's GET, which may reach another node; a generated password is shown in
+    the answer to the POST that made it, never after a redirect, so it is kept nowhere
+    (not in a URL, not in the store, not in any process's memory)."""
 
     login: str
     message: str
     password: str | None = None
 
 
-def _edit_url(login: str, done: str = "") -> str:
-    url = f"/users/edit?login={quote(login, safe='')}"
-    return f"{url}&done={done}" if done else url
+def _edit_url(login: str) -> str:
+    return f"/users/edit?login={quote(login, safe='')}"
+
+
+def _flash_page(login: str) -> str:
+    return f"user {login}"
 
 
 def _checked(page: PageRequest, name: str) -> bool:
@@ -91,15 +92,18 @@ def register(app: WebApp) -> None:
             errors["login"] = f"There is already a user {login}; choose another login."
             return await _list_page(page, values, errors, status=400)
         if values["generate"]:  # shown in this response only: see Flash
-            return _edit_page(
+            return await _edit_page(
                 page, user, flash=Flash(user.login, f"User {user.login} added.", password)
             )
-        return Redirect(_edit_url(user.login, "added"))
+        await set_flash(
+            page.store, page.session, _flash_page(user.login), f"User {user.login} added."
+        )
+        return Redirect(_edit_url(user.login))
 
-    def _edit_page(page, user, values=None, errors=None, status=200, flash=None) -> Page:
-        done = DONE.get(page.arg("done")) if status == 200 and flash is None else None
-        if done:
-            flash = Flash(user.login, done.format(login=user.login))
+    async def _edit_page(page, user, values=None, errors=None, status=200, flash=None) -> Page:
+        if status == 200 and flash is None:
+            message = await take_flash(page.store, page.session, _flash_page(user.login))
+            flash = Flash(user.login, message) if message else None
         values = values or {"name": user.name, "is_admin": user.is_admin}
         context = {"target": user, "values": values, "errors": errors or {}, "flash": flash}
         return Page("users_edit.html", context, status=status)
@@ -108,7 +112,7 @@ def register(app: WebApp) -> None:
     async def edit(page: PageRequest):
         user = await _user_or_404(page, page.form.get("login") or page.arg("login"))
         if page.request.method != b"POST":
-            return _edit_page(page, user)
+            return await _edit_page(page, user)
         values = {"name": page.form.get("name", ""), "is_admin": _checked(page, "is_admin")}
         errors = {}
         try:
@@ -120,16 +124,17 @@ def register(app: WebApp) -> None:
                 "You cannot remove your own administrator flag; another administrator can."
             )
         if errors:
-            return _edit_page(page, user, values, errors, status=400)
+            return await _edit_page(page, user, values, errors, status=400)
         try:
             user = await page.store.run(
                 accounts.update_user, user.login, name=name, is_admin=values["is_admin"]
             )
         except Conflict as problem:
-            return _edit_page(page, user, values, {"is_admin": str(problem)}, status=400)
+            return await _edit_page(page, user, values, {"is_admin": str(problem)}, status=400)
         except NotFound:  # removed meanwhile
             raise not_found() from None
-        return Redirect(_edit_url(user.login, "saved"))
+        await set_flash(page.store, page.session, _flash_page(user.login), "Changes saved.")
+        return Redirect(_edit_url(user.login))
 
     @app.route("/users/reset-password", methods=("POST",), admin=True)
     async def reset_password(page: PageRequest):
@@ -142,7 +147,7 @@ def register(app: WebApp) -> None:
             raise not_found() from None
         # Shown in this response only: see Flash.
         flash = Flash(user.login, f"New password set for {user.login}.", password)
-        return _edit_page(page, user, flash=flash)
+        return await _edit_page(page, user, flash=flash)
 
 
 def _password_problem(password: str) -> str | None:

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
-from atollon_mail.store import accounts
+from atollon_mail.store import accounts, domains
 from atollon_mail.store.models import WebSession
 from atollon_mail.store.pool import Store
 from atollon_mail.web.sessions import SESSION_COOKIE, TOUCH_INTERVAL, token_hash
@@ -114,6 +114,10 @@ class SharedSessionTests(ServedWebMixin, StoreFixtureMixin):
         self.assertEqual(saved.status, 303)
         shown = yield on_b.get(saved.header("location"))
         self.assertIn("Changes saved.", shown.text)
+        for browser in (on_a, on_b):  # read once, and cleared for every node
+            again = yield browser.get(saved.header("location"))
+            self.assertEqual(again.status, 200)
+            self.assertNotIn("Changes saved.", again.text)
         reset = yield on_a.post(
             "/users/reset-password", {"login": "carol", "csrf_token": form.csrf()}
         )
@@ -124,6 +128,22 @@ class SharedSessionTests(ServedWebMixin, StoreFixtureMixin):
             self.assertNotIn(password, page.text)
         carol = self.browser_on(1)
         self.assertEqual((yield carol.login("carol", password)).status, 303)
+        # A mailbox's confirmation, likewise: set through a, shown by b, then gone.
+        self.store.run_sync(domains.add_domain, "example.com")
+        listing = yield on_a.get("/mailboxes")
+        added = yield on_a.post(
+            "/mailboxes",
+            {
+                "new_address": "carol@example.com",
+                "new_owner": "carol",
+                "csrf_token": listing.csrf(),
+            },
+        )
+        self.assertEqual(added.status, 303)
+        shown = yield on_b.get(added.header("location"))
+        self.assertIn("Mailbox carol@example.com added.", shown.text)
+        again = yield on_a.get(added.header("location"))
+        self.assertNotIn("Mailbox carol@example.com added.", again.text)
 
     @defer.inlineCallbacks
     def wait_until(self, predicate, seconds=5.0):

@@ -76,7 +76,7 @@ class WebUsersTests(ServedWebMixin, StoreFixtureMixin):
             browser, login="dave", name="Dave", password="dave-secret-1", is_admin="on"
         )
         self.assertEqual(response.status, 303)
-        self.assertEqual(response.header("location"), "/users/edit?login=dave&done=added")
+        self.assertEqual(response.header("location"), "/users/edit?login=dave")
         page = yield browser.get(response.header("location"))
         self.assertIn("User dave added.", page.text)
         self.assertIsNone(_new_password(page))
@@ -124,7 +124,7 @@ class WebUsersTests(ServedWebMixin, StoreFixtureMixin):
         browser = yield self.logged_in()
         response = yield self.edit(browser, "bob", name="Robert")
         self.assertEqual(response.status, 303)
-        self.assertEqual(response.header("location"), "/users/edit?login=bob&done=saved")
+        self.assertEqual(response.header("location"), "/users/edit?login=bob")
         page = yield browser.get(response.header("location"))
         self.assertIn("Changes saved.", page.text)
         self.assertIn('value="Robert"', page.text)
