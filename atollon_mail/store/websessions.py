@@ -76,6 +76,17 @@ def drop_session(token_hash: str) -> None:
     WebSession.delete().where(WebSession.token_hash == token_hash).execute()
 
 
+@read_only
+def live_sessions(token_hashes: list[str]) -> frozenset[str]:
+    """Those of `token_hashes` whose session still exists (one query per 500)."""
+    found: set[str] = set()
+    for start in range(0, len(token_hashes), 500):  # under SQLite's bound on parameters
+        chunk = token_hashes[start : start + 500]
+        query = WebSession.select(WebSession.token_hash).where(WebSession.token_hash.in_(chunk))
+        found.update(row.token_hash for row in query)
+    return frozenset(found)
+
+
 def set_flash(token_hash: str, page: str, message: str) -> None:
     """A confirmation for the session's next view of `page`, replacing any pending one."""
     WebSession.update(flash_for=page[:400], flash=message).where(
