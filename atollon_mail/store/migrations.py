@@ -618,6 +618,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX queue_recipient_state_created ON queue_recipient (state, created_at, id)",
         ),
     ),
+    Migration(
+        19,
+        "a web session's pending confirmation, for whichever node shows the next page",
+        (
+            # The page it is for (flash_for) and its text: set by a POST, read and cleared
+            # by the GET its redirect leads to, which may reach another node.
+            "ALTER TABLE web_session ADD COLUMN flash_for VARCHAR(400) NULL",
+            "ALTER TABLE web_session ADD COLUMN flash TEXT NULL",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].number

@@ -620,6 +620,9 @@ class WebSession(BaseModel):
     csrf_token = peewee.CharField(max_length=100)
     created_at = peewee.DateTimeField()
     last_seen = peewee.DateTimeField(index=True)
+    # A confirmation for the next view of one page (migration 19): read once, by any node.
+    flash_for = peewee.CharField(max_length=400, null=True)
+    flash = peewee.TextField(null=True)
 
 
 MODELS = (

@@ -77,5 +77,41 @@ def drop_session(token_hash: str) -> None:
 
 
 @read_only
+def live_sessions(token_hashes: list[str]) -> frozenset[str]:
+    """Those of `token_hashes` whose session still exists (one query per 500)."""
+    found: set[str] = set()
+    for start in range(0, len(token_hashes), 500):  # under SQLite's bound on parameters
+        chunk = token_hashes[start : start + 500]
+        query = WebSession.select(WebSession.token_hash).where(WebSession.token_hash.in_(chunk))
+        found.update(row.token_hash for row in query)
+    return frozenset(found)
+
+
+def set_flash(token_hash: str, page: str, message: str) -> None:
+    """A confirmation for the session's next view of `page`, replacing any pending one."""
+    WebSession.update(flash_for=page[:400], flash=message).where(
+        WebSession.token_hash == token_hash
+    ).execute()
+
+
+def take_flash(token_hash: str, page: str) -> str | None:
+    """The pending confirmation for `page`, cleared as it is read (None: none for it)."""
+    row = (
+        WebSession.select(WebSession.id, WebSession.flash)
+        .where((WebSession.token_hash == token_hash) & (WebSession.flash_for == page[:400]))
+        .first()
+    )
+    if row is None or row.flash is None:
+        return None
+    # Cleared only if still the one read: of two views at once, on any nodes, one shows it.
+    cleared = (
+        WebSession.update(flash_for=None, flash=None)
+        .where((WebSession.id == row.id) & (WebSession.flash == row.flash))
+        .execute()
+    )
+    return row.flash if cleared else None
+
+
+@read_only
 def count_sessions() -> int:
     return WebSession.select().count()

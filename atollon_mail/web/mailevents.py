@@ -13,7 +13,8 @@ Before news is written, one store operation (unread.mailbox_news) counts the unr
 and says which of the listening users may still view the mailbox, however many pages
 listen; mail that comes meanwhile waits for the next one (a burst costs two). A stream
 whose user lost the right, or whose session ended (logout, idle timeout: looked at with
-each heartbeat, in memory), is finished: the browser's reconnection then gets 404.
+each heartbeat, in memory, then in the store with one query for all open streams, for a
+logout through another node), is finished: the browser's reconnection then gets 404.
 
 The open streams are capped in total and per user (`StreamsFull`, answered 503 with
 Retry-After); a stream is forgotten when its client goes away, and all are finished when
@@ -34,7 +35,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from atollon_mail.events import Events
-from atollon_mail.store import unread
+from atollon_mail.store import unread, websessions
 from atollon_mail.store.values import INBOX, JUNK
 
 log = Logger()
@@ -55,11 +56,12 @@ def _always() -> bool:
 
 
 class _Stream:
-    def __init__(self, request, login: str, mailbox_id: int, alive):
+    def __init__(self, request, login: str, mailbox_id: int, alive, session: str | None):
         self.request = request
         self.login = login
         self.mailbox_id = mailbox_id
         self.alive = alive
+        self.session = session
 
     @property
     def open(self) -> bool:
@@ -109,6 +111,7 @@ class MailEventStreams:
         self._beating = LoopingCall(self._beat)
         self._beating.clock = clock
         self._stopped = False
+        self._checking = False  # the store is asked which sessions are live
         events.filed.subscribe(self._filed)
         events.filed_elsewhere.subscribe(self._filed_elsewhere)
         events.touched_elsewhere.subscribe(self._touched_elsewhere)
@@ -128,11 +131,14 @@ class MailEventStreams:
     def beating(self) -> bool:
         return self._beating.running
 
-    def open(self, request, login: str, mailbox_id: int, alive=_always) -> None:
+    def open(
+        self, request, login: str, mailbox_id: int, alive=_always, session: str | None = None
+    ) -> None:
         """Answer `request` with an event stream of the mailbox's new mail; it stays open
         until the client goes away, `alive()` (the session, asked with each heartbeat)
-        is false, the user may no longer view the mailbox, or the service stops.
-        StreamsFull when at a cap."""
+        is false, the session whose token hash is `session` is no longer in the store
+        (looked at with each heartbeat), the user may no longer view the mailbox, or the
+        service stops. StreamsFull when at a cap."""
         if self._stopped or self._count >= self.max_streams:
             raise StreamsFull("The server has too many open mailbox pages; try again soon.")
         if self._per_user[login] >= self.max_per_user:
@@ -140,7 +146,7 @@ class MailEventStreams:
                 "You have too many mailbox pages open; close some, and this one "
                 "updates itself again soon."
             )
-        stream = _Stream(request, login, mailbox_id, alive)
+        stream = _Stream(request, login, mailbox_id, alive, session)
         self._by_mailbox.setdefault(mailbox_id, set()).add(stream)
         self._per_user[login] += 1
         self._count += 1
@@ -199,6 +205,32 @@ class MailEventStreams:
                     stream.write(HEARTBEAT_TEXT)
                 else:
                     stream.finish()  # logged out or expired: the reconnection gets 404
+        self._check_sessions()
+
+    def _check_sessions(self) -> None:
+        """End the streams whose session is gone from the store (logged out through
+        another node, which this node's memory does not know): one query for all."""
+        if self._checking:  # the last heartbeat's query has not answered yet
+            return
+        asked = sorted(
+            {s.session for streams in self._by_mailbox.values() for s in streams if s.session}
+        )
+        if not asked:
+            return
+        self._checking = True
+        reading = self._store.run(websessions.live_sessions, asked)
+        reading.addCallback(self._end_gone_sessions, frozenset(asked))
+        reading.addErrback(lambda failure: log.failure("checking the sessions failed", failure))
+        reading.addBoth(self._checked)
+
+    def _checked(self, _result) -> None:
+        self._checking = False
+
+    def _end_gone_sessions(self, live: frozenset[str], asked: frozenset[str]) -> None:
+        for streams in tuple(self._by_mailbox.values()):
+            for stream in tuple(streams):
+                if stream.session in asked and stream.session not in live:
+                    stream.finish()
 
     def _filed(self, envelope_sender, recipients, raw, junk=frozenset()) -> None:
         for mailbox_id in dict.fromkeys(recipient.mailbox_id for recipient in recipients):

@@ -12,6 +12,7 @@ from atollon_mail.store import mailboxes
 from atollon_mail.store.errors import Invalid, NotFound
 from atollon_mail.web.app import HttpError, PageRequest, Streaming, WebApp, not_found
 from atollon_mail.web.mailevents import RETRY_AFTER, StreamsFull
+from atollon_mail.web.sessions import token_hash
 
 
 def register(app: WebApp) -> None:
@@ -41,6 +42,7 @@ def register(app: WebApp) -> None:
                 page.user.login,
                 mailbox.id,
                 alive=lambda: app.sessions.alive(session_id),
+                session=token_hash(session_id),
             )
         except StreamsFull as full:
             raise HttpError(503, str(full), {"Retry-After": str(RETRY_AFTER)}) from None

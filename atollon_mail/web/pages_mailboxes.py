@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-from collections import OrderedDict
 from urllib.parse import quote, urlencode
 
 from atollon_mail.store import aliases, autorespond, common, dashboard, forwarding
@@ -11,6 +10,7 @@ from atollon_mail.store import mailboxes as mailbox_ops
 from atollon_mail.store.errors import Conflict, IdentityRefused, Invalid, NotFound
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
 from atollon_mail.web.numbers import page_number, parse_id
+from atollon_mail.web.sessions import set_flash, take_flash
 
 PER_PAGE = 50
 # A mailbox's spam handling (store.values.SPAM_HANDLINGS), as the mailbox page offers it.
@@ -19,33 +19,14 @@ SPAM_CHOICES = {
     "tag": "Into the inbox, marked as junk",
     "off": "Into the inbox, like any other mail",
 }
-# Pending confirmations, at most one per session; bounded like the sessions themselves.
-MAX_FLASHES = 1000
-
-
-class Flashes:
-    """A confirmation for the next view of one mailbox's page."""
-
-    def __init__(self, limit: int = MAX_FLASHES):
-        self._limit = limit
-        self._pending: OrderedDict[str, tuple[str, str]] = OrderedDict()
-
-    def put(self, session_id: str, address: str, message: str) -> None:
-        self._pending.pop(session_id, None)
-        while len(self._pending) >= self._limit:
-            self._pending.popitem(last=False)
-        self._pending[session_id] = (address, message)
-
-    def take(self, session_id: str, address: str) -> str | None:
-        found = self._pending.get(session_id)
-        if found is None or found[0] != address:
-            return None
-        del self._pending[session_id]
-        return found[1]
 
 
 def mailbox_url(address: str) -> str:
     return f"/mailbox?address={quote(address, safe='@')}"
+
+
+def _flash_page(address: str) -> str:
+    return f"mailbox {address}"
 
 
 def _checked(page: PageRequest, name: str) -> bool:
@@ -94,8 +75,6 @@ def _store_targets(contexts) -> list[tuple[str, list]]:
 
 
 def register(app: WebApp) -> None:
-    flashes = Flashes()
-
     # --- the list ---------------------------------------------------------------------
 
     @app.route("/mailboxes", methods=("GET", "POST"))
@@ -123,7 +102,8 @@ def register(app: WebApp) -> None:
             except (Invalid, Conflict) as problem:
                 new_errors["new_address"] = _problem(problem)
             else:
-                flashes.put(page.session.id, created.address, f"Mailbox {created.address} added.")
+                message = f"Mailbox {created.address} added."
+                await set_flash(page.store, page.session, _flash_page(created.address), message)
                 return Redirect(mailbox_url(created.address))
             status = 400
         domain = page.arg("domain").strip().lower()
@@ -201,7 +181,9 @@ def register(app: WebApp) -> None:
             "access_right": "view",
             "spam_handling": box.spam_handling,
         }
-        flash = flashes.take(page.session.id, address) if status == 200 else None
+        flash = None
+        if status == 200:
+            flash = await take_flash(page.store, page.session, _flash_page(address))
         context = {
             "detail": detail,
             "box": box,
@@ -231,7 +213,7 @@ def register(app: WebApp) -> None:
         except NotFound:  # the mailbox (or what was named) is gone meanwhile
             raise not_found() from None
         if isinstance(outcome, str):
-            flashes.put(page.session.id, address, outcome)
+            await set_flash(page.store, page.session, _flash_page(address), outcome)
             return Redirect(mailbox_url(address))
         values, errors = outcome
         return await _detail_page(page, address, rights, values, errors, status=400)
@@ -465,9 +447,6 @@ def register(app: WebApp) -> None:
             )
         if operation is mailbox_ops.preview_redirect:
             return await _redirect_page(page, box, new, preview=result)
-        flashes.put(
-            page.session.id,
-            box.address,
-            f"{result.old_address} now goes to {result.new_address}.",
-        )
+        message = f"{result.old_address} now goes to {result.new_address}."
+        await set_flash(page.store, page.session, _flash_page(box.address), message)
         return Redirect(mailbox_url(box.address))

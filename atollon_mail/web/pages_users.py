@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from urllib.parse import quote
 
 import attrs
@@ -11,45 +10,30 @@ from atollon_mail.passwords import generate_password, hash_password
 from atollon_mail.store import accounts, common
 from atollon_mail.store.errors import Conflict, Invalid, NotFound
 from atollon_mail.web.app import Page, PageRequest, Redirect, WebApp, not_found
+from atollon_mail.web.sessions import set_flash, take_flash
 
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024  # argon2 takes any length; a bound keeps a form from costing much
 
-# Pending confirmations, at most one per session; bounded like the sessions themselves.
-MAX_FLASHES = 1000
-
 
 @attrs.frozen
 class Flash:
-    """A confirmation for the next view of one user's page. A generated password lives
-    only here, in memory, and is gone once shown: never in a URL, never in the store."""
+    """A confirmation on one user's page. One without a password is kept in the store for
+    the redirect's GET, which may reach another node; a generated password is shown in
+    the answer to the POST that made it, never after a redirect, so it is kept nowhere
+    (not in a URL, not in the store, not in any process's memory)."""
 
     login: str
     message: str
     password: str | None = None
 
 
-class Flashes:
-    def __init__(self, limit: int = MAX_FLASHES):
-        self._limit = limit
-        self._pending: OrderedDict[str, Flash] = OrderedDict()
-
-    def put(self, session_id: str, flash: Flash) -> None:
-        self._pending.pop(session_id, None)
-        while len(self._pending) >= self._limit:
-            self._pending.popitem(last=False)
-        self._pending[session_id] = flash
-
-    def take(self, session_id: str, login: str) -> Flash | None:
-        flash = self._pending.get(session_id)
-        if flash is None or flash.login != login:
-            return None
-        del self._pending[session_id]
-        return flash
-
-
 def _edit_url(login: str) -> str:
     return f"/users/edit?login={quote(login, safe='')}"
+
+
+def _flash_page(login: str) -> str:
+    return f"user {login}"
 
 
 def _checked(page: PageRequest, name: str) -> bool:
@@ -57,8 +41,6 @@ def _checked(page: PageRequest, name: str) -> bool:
 
 
 def register(app: WebApp) -> None:
-    flashes = Flashes()
-
     async def _user_or_404(page: PageRequest, login: str):
         if not login:
             raise not_found()
@@ -109,18 +91,19 @@ def register(app: WebApp) -> None:
         except Conflict:
             errors["login"] = f"There is already a user {login}; choose another login."
             return await _list_page(page, values, errors, status=400)
-        flashes.put(
-            page.session.id,
-            Flash(
-                user.login,
-                f"User {user.login} added.",
-                password if values["generate"] else None,
-            ),
+        if values["generate"]:  # shown in this response only: see Flash
+            return await _edit_page(
+                page, user, flash=Flash(user.login, f"User {user.login} added.", password)
+            )
+        await set_flash(
+            page.store, page.session, _flash_page(user.login), f"User {user.login} added."
         )
         return Redirect(_edit_url(user.login))
 
-    def _edit_page(page, user, values=None, errors=None, status=200) -> Page:
-        flash = flashes.take(page.session.id, user.login) if status == 200 else None
+    async def _edit_page(page, user, values=None, errors=None, status=200, flash=None) -> Page:
+        if status == 200 and flash is None:
+            message = await take_flash(page.store, page.session, _flash_page(user.login))
+            flash = Flash(user.login, message) if message else None
         values = values or {"name": user.name, "is_admin": user.is_admin}
         context = {"target": user, "values": values, "errors": errors or {}, "flash": flash}
         return Page("users_edit.html", context, status=status)
@@ -129,7 +112,7 @@ def register(app: WebApp) -> None:
     async def edit(page: PageRequest):
         user = await _user_or_404(page, page.form.get("login") or page.arg("login"))
         if page.request.method != b"POST":
-            return _edit_page(page, user)
+            return await _edit_page(page, user)
         values = {"name": page.form.get("name", ""), "is_admin": _checked(page, "is_admin")}
         errors = {}
         try:
@@ -141,16 +124,16 @@ def register(app: WebApp) -> None:
                 "You cannot remove your own administrator flag; another administrator can."
             )
         if errors:
-            return _edit_page(page, user, values, errors, status=400)
+            return await _edit_page(page, user, values, errors, status=400)
         try:
             user = await page.store.run(
                 accounts.update_user, user.login, name=name, is_admin=values["is_admin"]
             )
         except Conflict as problem:
-            return _edit_page(page, user, values, {"is_admin": str(problem)}, status=400)
+            return await _edit_page(page, user, values, {"is_admin": str(problem)}, status=400)
         except NotFound:  # removed meanwhile
             raise not_found() from None
-        flashes.put(page.session.id, Flash(user.login, "Changes saved."))
+        await set_flash(page.store, page.session, _flash_page(user.login), "Changes saved.")
         return Redirect(_edit_url(user.login))
 
     @app.route("/users/reset-password", methods=("POST",), admin=True)
@@ -162,10 +145,9 @@ def register(app: WebApp) -> None:
             await page.store.run(accounts.set_password, user.login, password_hash)
         except NotFound:
             raise not_found() from None
-        flashes.put(
-            page.session.id, Flash(user.login, f"New password set for {user.login}.", password)
-        )
-        return Redirect(_edit_url(user.login))
+        # Shown in this response only: see Flash.
+        flash = Flash(user.login, f"New password set for {user.login}.", password)
+        return await _edit_page(page, user, flash=flash)
 
 
 def _password_problem(password: str) -> str | None:

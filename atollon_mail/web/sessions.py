@@ -162,3 +162,14 @@ class SessionStore:
         self._cache.move_to_end(session.id)
         while len(self._cache) > self._max:
             self._cache.popitem(last=False)
+
+
+def set_flash(store, session: Session, page: str, message: str):
+    """Fires once `message` is kept for the session's next view of `page`. Kept in the
+    store, not in this process: the redirect's GET may reach another node."""
+    return store.run(websessions.set_flash, token_hash(session.id), page, message)
+
+
+def take_flash(store, session: Session, page: str):
+    """Fires with the confirmation kept for `page` (None: none), which is then gone."""
+    return store.run(websessions.take_flash, token_hash(session.id), page)

@@ -24,7 +24,7 @@ from atollon_mail.store.mailboxes import grant_mailbox_access
 from atollon_mail.web.bodylimit import BodyLimitedRequest
 from atollon_mail.web.limits import DeadlineSite
 from atollon_mail.web.mailevents import HEARTBEAT, HEARTBEAT_TEXT, MailEventStreams
-from atollon_mail.web.sessions import SESSION_COOKIE
+from atollon_mail.web.sessions import SESSION_COOKIE, SessionStore
 from tests.builders import web_root
 from tests.support import PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
 from tests.web.support import ServedWebMixin, _read_body
@@ -149,6 +149,8 @@ class LiveContract(ServedWebMixin, StoreFixtureMixin):
         for _ in range(5):  # each tells the stream at once; the counts coalesce
             self.events.filed.fire("someone@remote.example", (recipient,), b"", frozenset())
         yield eventually(lambda: self.streams.counting == 0, "the counts")
+        # What was written reaches the client over loopback a moment later.
+        yield eventually(lambda: len(stream.events("filed")) >= 5, "the filed events")
         self.assertEqual(len(stream.events("filed")), 5)
         self.assertEqual(len(stream.events("unread")), 3, stream.text)
 
@@ -189,6 +191,21 @@ class LiveContract(ServedWebMixin, StoreFixtureMixin):
         yield eventually(lambda: stream.ended, "the end of the stream")
         self.assertNotIn(HEARTBEAT_TEXT.decode(), stream.text)
         self.assertEqual(len(self.streams), 0)
+
+    @defer.inlineCallbacks
+    def test_a_logout_through_another_node_ends_the_stream_at_the_next_heartbeat(self):
+        bob = yield self.logged_in()
+        _, stream = yield self.open_stream(bob)
+        _, other = yield self.open_stream(bob, "shared@example.com")
+        yield eventually(lambda: stream.events("unread") and other.events("unread"), "streams")
+        # Another node's sessions on the same store: this node's memory still knows bob.
+        elsewhere = SessionStore(self.store, self.clock)
+        yield elsewhere.drop(bob.cookies[SESSION_COOKIE])
+        self.clock.advance(HEARTBEAT)
+        yield eventually(lambda: stream.ended and other.ended, "the end of both streams")
+        self.assertEqual(len(self.streams), 0)
+        response, _ = yield self.open_stream(bob)
+        self.assertNotEqual(response.code, 200, "the reconnection")
 
     @defer.inlineCallbacks
     def test_head_opens_no_stream(self):

@@ -4,6 +4,7 @@ and a page view writes the session's last use at most once a minute."""
 
 from __future__ import annotations
 
+import re
 import time
 
 from twisted.internet import defer, reactor, task
@@ -11,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
-from atollon_mail.store import accounts
+from atollon_mail.store import accounts, domains
 from atollon_mail.store.models import WebSession
 from atollon_mail.store.pool import Store
 from atollon_mail.web.sessions import SESSION_COOKIE, TOUCH_INTERVAL, token_hash
@@ -95,6 +96,54 @@ class SharedSessionTests(ServedWebMixin, StoreFixtureMixin):
         self.assertEqual(page.status, 303)
         page = yield on_b.get("/")
         self.assertEqual(page.status, 303)
+
+    @defer.inlineCallbacks
+    def test_confirmations_reach_the_browser_whichever_node_answers(self):
+        # A confirmation kept in one process's memory was lost when the redirect's GET
+        # reached the other node; a generated password was then never shown at all.
+        self.store.run_sync(accounts.update_user, "bob", is_admin=True)
+        self.store.run_sync(accounts.add_user, "carol", _hash("carol-secret"), name="Carol")
+        on_a = self.browser_on(0)
+        yield on_a.login("bob", "bob-secret")
+        on_b = self.browser_on(1, on_a.cookies)
+        form = yield on_a.get("/users/edit?login=carol")
+        saved = yield on_a.post(
+            "/users/edit?login=carol",
+            {"login": "carol", "name": "Carol C", "csrf_token": form.csrf()},
+        )
+        self.assertEqual(saved.status, 303)
+        shown = yield on_b.get(saved.header("location"))
+        self.assertIn("Changes saved.", shown.text)
+        for browser in (on_a, on_b):  # read once, and cleared for every node
+            again = yield browser.get(saved.header("location"))
+            self.assertEqual(again.status, 200)
+            self.assertNotIn("Changes saved.", again.text)
+        reset = yield on_a.post(
+            "/users/reset-password", {"login": "carol", "csrf_token": form.csrf()}
+        )
+        self.assertEqual(reset.status, 200)
+        [password] = re.findall(r'<code id="new-password">([^<]*)</code>', reset.text)
+        for browser in (on_a, on_b):  # shown once, in the POST's answer, and kept nowhere
+            page = yield browser.get("/users/edit?login=carol")
+            self.assertNotIn(password, page.text)
+        carol = self.browser_on(1)
+        self.assertEqual((yield carol.login("carol", password)).status, 303)
+        # A mailbox's confirmation, likewise: set through a, shown by b, then gone.
+        self.store.run_sync(domains.add_domain, "example.com")
+        listing = yield on_a.get("/mailboxes")
+        added = yield on_a.post(
+            "/mailboxes",
+            {
+                "new_address": "carol@example.com",
+                "new_owner": "carol",
+                "csrf_token": listing.csrf(),
+            },
+        )
+        self.assertEqual(added.status, 303)
+        shown = yield on_b.get(added.header("location"))
+        self.assertIn("Mailbox carol@example.com added.", shown.text)
+        again = yield on_a.get(added.header("location"))
+        self.assertNotIn("Mailbox carol@example.com added.", again.text)
 
     @defer.inlineCallbacks
     def wait_until(self, predicate, seconds=5.0):
