@@ -19,6 +19,7 @@ DSNs, delay warnings, auto-replies, notices): a failure is counted once, as "bou
 from __future__ import annotations
 
 import datetime
+import secrets
 import threading
 from collections.abc import Iterable
 
@@ -33,9 +34,13 @@ KINDS = ("received", "sent", "bounced", "junk")
 
 # Shards per hour: each store thread adds to its own row (see _shard), so transactions on
 # PostgreSQL's several store threads never queue behind one row's lock until the other's
-# commit. At least the store's threads (store.pool checks it), so two nodes on one
-# database mostly miss each other too; a collision only waits, it counts right either way.
-SHARDS = 8
+# commit. At least the store's threads (store.pool checks it). Each process starts at a
+# random shard (_FIRST_SHARD), so the threads of several nodes on one database mostly
+# miss each other too (started at the same shard, node 1's first thread and node 2's
+# waited on one row for each other's commit); a collision only waits, it counts right
+# either way.
+SHARDS = 64
+_FIRST_SHARD = secrets.randbelow(SHARDS)
 _thread_shard = threading.local()
 _shards_lock = threading.Lock()
 # shard -> the thread holding it; a shard whose thread ended is free again.
@@ -55,7 +60,8 @@ _UPSERT = """
 
 
 def _shard() -> int:
-    """This thread's shard: the lowest no live thread holds, kept while the thread lives
+    """This thread's shard: the first from _FIRST_SHARD on that no live thread holds, kept
+    while the thread lives
     (a store stopped and started again gets new threads, which take the shards back). With
     more live threads than SHARDS, the others share by thread id: slower, still right."""
     shard = getattr(_thread_shard, "value", None)
@@ -64,7 +70,7 @@ def _shard() -> int:
         with _shards_lock:
             free = [
                 number
-                for number in range(SHARDS)
+                for number in ((_FIRST_SHARD + step) % SHARDS for step in range(SHARDS))
                 if number not in _shard_holders or not _shard_holders[number].is_alive()
             ]
             shard = free[0] if free else threading.get_ident() % SHARDS
