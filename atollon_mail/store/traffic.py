@@ -61,9 +61,9 @@ _UPSERT = """
 
 def _shard() -> int:
     """This thread's shard: the first from _FIRST_SHARD on that no live thread holds, kept
-    while the thread lives
-    (a store stopped and started again gets new threads, which take the shards back). With
-    more live threads than SHARDS, the others share by thread id: slower, still right."""
+    while the thread lives (a store stopped and started again gets new threads, which take
+    the shards back). With more live threads than SHARDS, the others share by thread id:
+    slower, still right."""
     shard = getattr(_thread_shard, "value", None)
     if shard is None:
         me = threading.current_thread()
