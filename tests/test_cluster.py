@@ -105,8 +105,9 @@ class PostgresClusterServiceTests(NodesMixin, PostgresStoreMixin, unittest.TestC
         yield self.wait_for(lambda: a.holding)
         self.assertTrue(a.job.running)
 
-    @defer.inlineCallbacks
-    def test_a_surviving_node_queues_again_what_a_dead_node_had_in_flight(self):
+    def two_nodes_with_mail_queued(self):
+        """A message for two remote recipients queued at T0, and the stores and clocks of
+        nodes a and b (b's at T0)."""
         builders.hosted_mailbox(self.store, "bob@example.com", "bob")
         outgoing = OutgoingMessage(
             envelope_sender="bob@example.com",
@@ -118,6 +119,11 @@ class PostgresClusterServiceTests(NodesMixin, PostgresStoreMixin, unittest.TestC
         store_a, store_b = self.node("a"), self.node("b")
         clock_a, clock_b = task.Clock(), task.Clock()
         clock_b.advance((T0 - datetime.datetime(1970, 1, 1)).total_seconds())
+        return store_a, store_b, clock_a, clock_b
+
+    @defer.inlineCallbacks
+    def test_a_surviving_node_queues_again_what_a_dead_node_had_in_flight(self):
+        store_a, store_b, clock_a, clock_b = self.two_nodes_with_mail_queued()
         woken = []
         keeper_a = ClaimKeeper(store_a, "a", clock_a)
         keeper_b = ClaimKeeper(store_b, "b", clock_b, released=lambda: woken.append(True))
@@ -145,17 +151,7 @@ class PostgresClusterServiceTests(NodesMixin, PostgresStoreMixin, unittest.TestC
     @defer.inlineCallbacks
     def test_a_live_node_s_claims_stay_when_every_lock_session_ends_at_once(self):
         # As a PostgreSQL restart does: both nodes' lock connections end; b looks first.
-        builders.hosted_mailbox(self.store, "bob@example.com", "bob")
-        outgoing = OutgoingMessage(
-            envelope_sender="bob@example.com",
-            raw=b"Subject: hi\r\n\r\nbody\r\n",
-            local_recipients=(),
-            remote_recipients=("ann@remote.example", "zed@remote.example"),
-        )
-        self.store.run_sync(queue.submit_messages, [(outgoing, Origin("submission"))], T0)
-        store_a, store_b = self.node("a"), self.node("b")
-        clock_a, clock_b = task.Clock(), task.Clock()
-        clock_b.advance((T0 - datetime.datetime(1970, 1, 1)).total_seconds())
+        store_a, store_b, clock_a, clock_b = self.two_nodes_with_mail_queued()
         keeper_a = ClaimKeeper(store_a, "a", clock_a)
         keeper_b = ClaimKeeper(store_b, "b", clock_b)
         for keeper in (keeper_a, keeper_b):
