@@ -254,7 +254,9 @@ class StoreService(service.Service):
         if node is None or self.store.leases.always_held:
             return
         # A peer's release transaction (queue.release_dead_claims) holds the lock for a
-        # moment: asked again for a few seconds before another node is taken to run.
+        # moment: asked again for a few seconds before another node is taken to run. This
+        # runs in start-up's privileged phase, before the reactor runs and before anything
+        # listens, so the sleep below holds up no one but this start.
         deadline = time.monotonic() + NODE_LOCK_WAIT
         while not self.store.leases.take_now(node_lock_name(node)):
             if time.monotonic() >= deadline:
