@@ -62,13 +62,9 @@ from atollon_mail.store.records import (
     Rejection,
     StoredMessage,
 )
-from atollon_mail.store.values import INBOX, JUNK
+from atollon_mail.store.values import FILED_COPY_FLAG, INBOX, JUNK
 
 SEEN_FLAG = "\\Seen"
-# The keyword of a filing that "File to..." added beside the message's first filing in a
-# mailbox: it shows the message in that folder or project, never a second time in the
-# mailbox's Inbox, Junk or Trash, nor in their counts (mailfolders, unread).
-FILED_COPY_FLAG = "$Filed"
 _CONTEXT_NAME_LIMIT = 200
 
 

@@ -29,6 +29,7 @@ from atollon_mail.store.common import read_only, timestamp
 from atollon_mail.store.database import is_sqlite
 from atollon_mail.store.models import CampaignRecipient, TrafficHour, database_proxy, utc_now
 from atollon_mail.store.records import NOTIFICATION_KINDS
+from atollon_mail.store.values import FILED_COPY_FLAG
 
 KINDS = ("received", "sent", "bounced", "junk")
 
@@ -220,9 +221,6 @@ def backfill(database, dialect: str, now: datetime.datetime | None = None) -> No
     reader may have moved it out since).
     sent and bounced: the queue's timelines of the recipients not removed, but for the
     notifications the server wrote (their queue entry's origin)."""
-    # Here, not at the top: filing imports this module.
-    from atollon_mail.store.filing import FILED_COPY_FLAG
-
     if now is None:
         now = utc_now()
     cutoff = TrafficHour.hour.db_value(hour_of(now) - datetime.timedelta(days=BACKFILL_DAYS))

@@ -25,6 +25,10 @@ SPAM_HANDLINGS = ("junk", "tag", "off")
 # (\Drafts) or its Trash (\Trash; migration 10).
 FOLDERS = ("inbox", "junk", "drafts", "trash")
 INBOX, JUNK, DRAFTS, TRASH = FOLDERS
+# The keyword of a filing that "File to..." added beside the message's first filing in a
+# mailbox: it shows the message in that folder or project, never a second time in the
+# mailbox's Inbox, Junk or Trash, nor in their counts (mailfolders, unread).
+FILED_COPY_FLAG = "$Filed"
 
 
 def utc_now() -> datetime.datetime:
