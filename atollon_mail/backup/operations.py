@@ -24,7 +24,7 @@ import attrs
 from atollon_mail.backup import archive
 from atollon_mail.backup.archive import ArchiveError, Manifest
 from atollon_mail.config import Config
-from atollon_mail.delivery.build import JOURNAL_DIRECTORY
+from atollon_mail.delivery.dotjournal import JOURNAL_DIRECTORY
 from atollon_mail.store import backup as store_backup
 from atollon_mail.store import migrations
 from atollon_mail.store.backup import POSTGRESQL, SQLITE, BackupError

@@ -13,7 +13,7 @@ from atollon_mail.config import Config
 from atollon_mail.delivery.arc import ArcSealer
 from atollon_mail.delivery.autoresponder import Autoresponder
 from atollon_mail.delivery.dkim_signer import DkimSigner
-from atollon_mail.delivery.dotjournal import DotJournal
+from atollon_mail.delivery.dotjournal import JOURNAL_DIRECTORY, DotJournal
 from atollon_mail.delivery.intake import Intake, SubmissionIntake
 from atollon_mail.delivery.junkpurge import JunkPurger
 from atollon_mail.delivery.mx import MXResolver
@@ -23,7 +23,6 @@ from atollon_mail.events import Events
 from atollon_mail.workers import Workers
 
 # Where the runner writes down final dots before sending them, below data_dir.
-JOURNAL_DIRECTORY = "dot-journal"
 
 
 @attrs.frozen

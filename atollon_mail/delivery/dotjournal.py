@@ -40,6 +40,9 @@ from twisted.logger import Logger
 
 log = Logger()
 
+# The dot journal's folder in the data directory (the runner's; a restore empties it).
+JOURNAL_DIRECTORY = "dot-journal"
+
 _EPOCH = datetime.datetime(1970, 1, 1)
 SEGMENT_BYTES = 1024 * 1024  # each segment's size (about 50 000 marks)
 _SEGMENT = re.compile(r"^(\d{1,12})\.dots$")

@@ -28,8 +28,7 @@ from twisted.internet import defer, reactor, task, threads
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from atollon_mail.delivery.build import JOURNAL_DIRECTORY
-from atollon_mail.delivery.dotjournal import read_marks
+from atollon_mail.delivery.dotjournal import JOURNAL_DIRECTORY, read_marks
 from atollon_mail.store import queue
 from atollon_mail.store.models import QueueRecipient
 from tests.builders import started_appliance
