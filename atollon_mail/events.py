@@ -19,6 +19,9 @@ an object after it was made:
 - `touched_elsewhere(mailbox_ids)`: an IMAP client of another node changed these
   mailboxes (flags, expunges, copies, appends); the IMAP sessions and the live web pages
   (their unread counts) look.
+- `missed_elsewhere()`: the other nodes' news may have been lost (this node's listener
+  was cut off from PostgreSQL for a while and listens again): the IMAP sessions and the
+  live web pages look again at what they show.
 - `outcome(results)`: the delivery runner committed the outcomes of one connection (a
   tuple of store.records.DeliveryResult).
 
@@ -72,10 +75,14 @@ class Events:
         self.changed = Channel("changed")
         self.filed_elsewhere = Channel("filed_elsewhere")
         self.touched_elsewhere = Channel("touched_elsewhere")
+        self.missed_elsewhere = Channel("missed_elsewhere")
 
     def heard(self, news) -> None:
         """Another node's news (store.notices.News), told as the channels' events: mail
-        filed there, and mailboxes changed there."""
+        filed there, and mailboxes changed there; or that such news may have been lost."""
+        if news.missed:
+            self.missed_elsewhere.fire()
+            return
         if news.filed:
             self.filed_elsewhere.fire(news.filed, news.junk)
         if news.touched:

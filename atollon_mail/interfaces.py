@@ -177,6 +177,7 @@ class IEvents(Interface):
     outcome = Attribute("IEventChannel: delivery outcomes were committed.")
     filed_elsewhere = Attribute("IEventChannel: another node filed mail into local mailboxes.")
     touched_elsewhere = Attribute("IEventChannel: another node's IMAP client changed mailboxes.")
+    missed_elsewhere = Attribute("IEventChannel: the other nodes' news may have been lost.")
 
 
 class ISpamFilter(Interface):

@@ -15,7 +15,8 @@ class EventsTests(unittest.TestCase):
         events = Events()
         self.assertTrue(verifyObject(IEvents, events))
         channels = (events.queued, events.filed, events.outcome, events.filed_elsewhere)
-        for channel in (*channels, events.touched_elsewhere, events.changed):
+        others = (events.touched_elsewhere, events.changed, events.missed_elsewhere)
+        for channel in (*channels, *others):
             self.assertTrue(verifyObject(IEventChannel, channel))
 
     def test_every_subscriber_hears_a_fire_even_after_one_fails(self):
@@ -58,3 +59,11 @@ class NewsOfOtherNodesTests(unittest.TestCase):
                 ("changed", "z@example.com"),
             ],
         )
+
+    def test_news_that_may_have_been_lost_fires_only_the_missed_channel(self):
+        events = Events()
+        heard = []
+        events.missed_elsewhere.subscribe(lambda: heard.append("missed"))
+        events.filed_elsewhere.subscribe(lambda ids, junk: heard.append(("filed", ids, junk)))
+        events.heard(News(node="a", missed=True))
+        self.assertEqual(heard, ["missed"])

@@ -297,6 +297,7 @@ class Watchers:
             events.changed.subscribe(self._changed_elsewhere)
             events.filed_elsewhere.subscribe(self._filed_elsewhere)
             events.touched_elsewhere.subscribe(self.changed)
+            events.missed_elsewhere.subscribe(self._missed_elsewhere)
 
     def watch(self, mailbox_id: int, session: IMAPServerProtocol) -> None:
         self._by_mailbox.setdefault(mailbox_id, set()).add(session)
@@ -324,6 +325,11 @@ class Watchers:
     def _filed_elsewhere(self, mailbox_ids, junk) -> None:
         """Another node filed mail into these mailboxes."""
         self.changed(mailbox_ids)
+
+    def _missed_elsewhere(self) -> None:
+        """The other nodes' news may have been lost: every session with a folder
+        selected looks."""
+        self.changed(tuple(self._by_mailbox))
 
     def _changed_elsewhere(self, mailbox_address: str) -> None:
         """The web client (or another user of the store) changed that mailbox: the

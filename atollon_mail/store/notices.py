@@ -46,13 +46,17 @@ class News:
     """What another node committed: mailboxes mail was filed into (those of them it went
     to the Junk folder of in `junk`), mailboxes an IMAP client changed (flags, expunges,
     copies, appends: `touched`), and addresses of mailboxes changed otherwise (the web
-    client's operations marked `changes_mailbox`)."""
+    client's operations marked `changes_mailbox`). `missed`: not a node's news but this
+    node's own listener saying that news may have been lost: its LISTEN was down for a
+    while (the connection failed and was made again), so whoever shows mail looks again
+    at everything it shows."""
 
     node: str
     filed: frozenset[int] = frozenset()
     junk: frozenset[int] = frozenset()
     changed: frozenset[str] = frozenset()
     touched: frozenset[int] = frozenset()
+    missed: bool = False
 
 
 def begin() -> None:
@@ -221,7 +225,9 @@ class Notifier:
 
 class Listener:
     """LISTENs on a connection of its own, in a thread of its own, and calls
-    `heard(News)` on the reactor thread for each notification of another node."""
+    `heard(News)` on the reactor thread for each notification of another node, and
+    `heard(News(node, missed=True))` once it listens again after its connection failed
+    (what the others sent meanwhile was not heard)."""
 
     def __init__(self, database, reactor, node: str, heard: Callable[[News], None]):
         self._database = database
@@ -231,6 +237,12 @@ class Listener:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._listening = threading.Event()
+        self._backend_pid: int | None = None
+
+    @property
+    def backend_pid(self) -> int | None:
+        """The PostgreSQL backend of the LISTEN (None: not connected)."""
+        return self._backend_pid if self.listening else None
 
     @property
     def listening(self) -> bool:
@@ -265,13 +277,19 @@ class Listener:
 
     def _run(self) -> None:
         connection = None
+        failed = False  # the connection failed since the LISTEN was last in place
         quiet_since = time.monotonic()
         while not self._stopping.is_set():
             try:
                 if connection is None:
                     connection = self._connect()
+                    self._backend_pid = connection.get_backend_pid()
                     self._listening.set()
                     quiet_since = time.monotonic()
+                    if failed:
+                        failed = False
+                        missed = News(self._node, missed=True)
+                        self._reactor.callFromThread(self._tell, [missed])
                 ready, _, _ = select.select([connection], [], [], WAIT_SECONDS)
                 if not ready:
                     if time.monotonic() - quiet_since > PING_SECONDS:
@@ -292,6 +310,7 @@ class Listener:
                     self._reactor.callFromThread(self._tell, found)
             except Exception as problem:
                 self._listening.clear()
+                failed = True
                 if connection is not None:
                     try:
                         connection.close()

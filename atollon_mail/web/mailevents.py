@@ -76,6 +76,11 @@ class _Stream:
             self.request.finish()
 
 
+# In place of a folder's name in the news waiting for a mailbox: news may have been lost,
+# every folder may have changed (no folder is named "*").
+MISSED = "*"
+
+
 def event_text(name: str, data: dict) -> bytes:
     """One server-sent event: its name and its data as one line of JSON."""
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
@@ -115,6 +120,7 @@ class MailEventStreams:
         events.filed.subscribe(self._filed)
         events.filed_elsewhere.subscribe(self._filed_elsewhere)
         events.touched_elsewhere.subscribe(self._touched_elsewhere)
+        events.missed_elsewhere.subscribe(self._missed_elsewhere)
 
     def __len__(self) -> int:
         return self._count
@@ -249,6 +255,12 @@ class MailEventStreams:
             if mailbox_id in self._by_mailbox:
                 self._news(mailbox_id, None)
 
+    def _missed_elsewhere(self) -> None:
+        """The other nodes' news may have been lost: every open page reads its list and
+        count again (the `missed` event)."""
+        for mailbox_id in sorted(self._by_mailbox):
+            self._news(mailbox_id, MISSED)
+
     def _news(self, mailbox_id: int, folder: str | None) -> None:
         """Tell the mailbox's streams of mail filed into `folder` (None: of nothing but
         the unread count), once the store said who may still hear it."""
@@ -275,7 +287,10 @@ class MailEventStreams:
             if stream.login in asked and stream.login not in news.viewers:
                 stream.finish()  # the right was taken away, or the mailbox removed
         for folder in folders:
-            self._send(mailbox_id, event_text("filed", {"folder": folder}))
+            if folder == MISSED:
+                self._send(mailbox_id, event_text("missed", {}))
+            else:
+                self._send(mailbox_id, event_text("filed", {"folder": folder}))
         self._send(mailbox_id, event_text("unread", {"unread": news.unread}))
         self._again(mailbox_id)
 

@@ -327,6 +327,16 @@ class MessageCommandsContract(ImapServerMixin):
         self.assertEqual(lines[-1], "a3 OK IDLE terminated")
 
     @defer.inlineCallbacks
+    def test_news_of_other_nodes_that_may_have_been_lost_wakes_an_idling_client(self):
+        client = yield self.logged_in("INBOX")
+        yield self.idle(client)
+        self.receive("filed by another node")  # its news never came
+        yield client.settle()
+        self.assertEqual(client.lines(), [])
+        self.events.missed_elsewhere.fire()
+        yield client.until(lambda lines: "* 1 EXISTS" in lines, "EXISTS", seconds=1)
+
+    @defer.inlineCallbacks
     def test_another_sessions_changes_reach_an_idling_client_at_once(self):
         self.receive("one")
         self.receive("two")

@@ -295,6 +295,20 @@ class PostgresClusterTests(PostgresStoreMixin, ClusterContractTests, unittest.Te
             yield task.deferLater(reactor, 0.05, lambda: None)
         self.fail("it did not happen in time")
 
+    @defer.inlineCallbacks
+    def test_a_listener_cut_off_says_news_may_be_lost_once_it_listens_again(self):
+        yield self.wait_for(lambda: self.node_b.listening)
+        listener = self.node_b._listener
+        first = listener.backend_pid
+        terminate_backend(first)
+        yield self.wait_for(lambda: self.heard_b)
+        [news] = self.heard_b
+        self.assertEqual((news.node, news.missed, news.filed), ("b", True, set()))
+        self.assertTrue(self.node_b.listening)
+        self.assertNotEqual(listener.backend_pid, first)
+        self.assertEqual(self.heard_a, [], "node a's listener was never cut off")
+        self.flushLoggedErrors()
+
     # -- leases ---------------------------------------------------------------------------
 
     @defer.inlineCallbacks

@@ -21,6 +21,7 @@ from atollon_mail.delivery.intake import Intake
 from atollon_mail.events import Events
 from atollon_mail.store import accounts, domains, filing, mailboxes
 from atollon_mail.store.mailboxes import grant_mailbox_access
+from atollon_mail.store.records import IncomingMessage
 from atollon_mail.web.bodylimit import BodyLimitedRequest
 from atollon_mail.web.limits import DeadlineSite
 from atollon_mail.web.mailevents import HEARTBEAT, HEARTBEAT_TEXT, MailEventStreams
@@ -139,6 +140,24 @@ class LiveContract(ServedWebMixin, StoreFixtureMixin):
         self.assertEqual(stream.events("filed")[-1], {"folder": "junk"})
         self.assertEqual(stream.events("unread")[-1], {"unread": 2})
         self.assertEqual(self.streams.counting, 0)
+
+    @defer.inlineCallbacks
+    def test_news_that_may_have_been_lost_makes_every_open_page_look_again(self):
+        bob = yield self.logged_in()
+        _, stream = yield self.open_stream(bob)
+        yield eventually(lambda: stream.events("unread"), "the first count")
+        # Filed by another node whose news was lost: nothing told, until the listener
+        # says news may have been lost.
+        recipient = yield self.store.run(filing.resolve_recipient, "bob", "example.com")
+        incoming = IncomingMessage(
+            envelope_sender="ann@remote.example", recipients=(recipient,), raw=b"Subject: x\r\n\r\n"
+        )
+        yield self.store.run(filing.store_messages, [incoming])
+        self.events.missed_elsewhere.fire()
+        yield eventually(lambda: len(stream.events("unread")) == 2, "the new count")
+        self.assertEqual(stream.events("missed"), [{}])
+        self.assertEqual(stream.events("filed"), [])
+        self.assertEqual(stream.events("unread")[-1], {"unread": 1})
 
     @defer.inlineCallbacks
     def test_a_burst_of_mail_is_counted_once_more_not_once_each(self):

@@ -59,6 +59,13 @@
         replaceList();
       }
     });
+    // News of other nodes may have been lost (one box of several lost its database
+    // connection for a while): whatever folder is shown, it is read again.
+    source.addEventListener("missed", () => {
+      if (newest) {
+        replaceList();
+      }
+    });
     source.addEventListener("unread", (event) => {
       const count = JSON.parse(event.data).unread;
       document.title = count > 0 ? `(${count}) ${title}` : title;
