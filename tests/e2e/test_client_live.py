@@ -97,7 +97,9 @@ class LiveClientTests(ApplianceBrowserCase):
         self.log_in_as("jane", "jane-password")
         self.page.goto(f"{self.base}/mail/box?address=jane@acme.test")
         # The count in the title comes over the stream: it is open now.
-        self.page.wait_for_function("() => document.title.startsWith('(1) Inbox of jane@acme.test')")
+        self.page.wait_for_function(
+            "() => document.title.startsWith('(1) Inbox of jane@acme.test')"
+        )
         self.page.evaluate("window.notReloaded = true")
         rows = self.page.locator("#messages tbody tr")
         self.assertEqual(rows.count(), 1)
