@@ -17,7 +17,7 @@ here: both ends are this module, the child is started by the appliance itself, a
 only the two of them hold the pipes. The first frame (id 0) carries the child's
 settings: the nameservers to ask, our authserv-id, its thread count. Each later frame
 asks for one message (data, client address, HELO, sender, forwarder, blocklist zones)
-and is answered by a frame with the same id: ("found", inbound.checks._Found) or
+and is answered by a frame with the same id: ("found", inbound.checks.Found) or
 ("error", why). Many are in flight at once; answers come back in any order.
 
 The child runs each request in a thread of its own pool (DNS lookups block; a slow
@@ -59,7 +59,7 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.python.failure import Failure
 
 from atollon_mail.inbound.authentication import SpfResults
-from atollon_mail.inbound.checks import UNCHECKED, _Found, find
+from atollon_mail.inbound.checks import UNCHECKED, Found, find
 from atollon_mail.inbound.resolver import checks_resolver
 from atollon_mail.workers import DNS_THREADS
 
@@ -157,7 +157,7 @@ class _Child(ProcessProtocol):
             log.failure("an answer of the check process could not be read")
             found = UNCHECKED
         else:
-            if kind == "found" and isinstance(value, _Found):
+            if kind == "found" and isinstance(value, Found):
                 found = value
             else:
                 log.error(
@@ -221,9 +221,9 @@ class CheckProcesses(service.Service):
     # --- asking ---
 
     def find(self, arguments: tuple, fallback) -> Deferred:
-        """Deferred _Found for arguments (data, client_ip, helo, sender, forwarder,
+        """Deferred Found for arguments (data, client_ip, helo, sender, forwarder,
         zones), from the least busy check process; `fallback()` (the in-thread way,
-        answering a Deferred _Found) when none is running or the one asked dies."""
+        answering a Deferred Found) when none is running or the one asked dies."""
         running = [child for child in self.children if child is not None and child.ready]
         if not running:
             return fallback()
@@ -279,7 +279,7 @@ class CheckProcesses(service.Service):
         self._restarts.clear()
         ending = []
         for child in self.children:
-            if child is None:
+            if child is None or child.transport is None:  # none, or never started
                 continue
             child.ready = False
             child.transport.closeStdin()  # the child ends at the end of its input

@@ -62,6 +62,7 @@ from atollon_mail.store.records import InboundVerdict
 
 __all__ = [
     "UNCHECKED",
+    "Found",
     "InboundChecks",
     "InboundDecision",
     "Refusal",
@@ -122,8 +123,9 @@ class InboundDecision:
 
 
 @attrs.frozen
-class _Found:
-    """What the worker thread found: the authentication and the blocklist listings."""
+class Found:
+    """What the checks found (in a worker thread or a check process): the authentication
+    and the blocklist listings."""
 
     authentication: Authentication | None
     listings: tuple[dnsbl.Listing, ...] = ()
@@ -199,7 +201,7 @@ def _addresses(resolver: dns.resolver.Resolver, name: str) -> frozenset[str]:
 
 
 # What the checks give when they fail on our side: the message is accepted, unchecked.
-UNCHECKED = _Found(None)
+UNCHECKED = Found(None)
 
 
 def find(
@@ -213,7 +215,7 @@ def find(
     sender: str,
     forwarder: Forwarder | None,
     zones: tuple[str, ...],
-) -> _Found:
+) -> Found:
     """The authentication and the blocklist listings of one message (blocks: a DNS
     worker thread, or a check process's thread). `header_fields`: fields(data), or None."""
     try:
@@ -232,7 +234,7 @@ def find(
         log.failure("authenticating a message from {client} failed", client=client_ip)
         found = None
     listings = dnsbl.listings(resolver, client_ip, zones) if zones else ()
-    return _Found(found, listings)
+    return Found(found, listings)
 
 
 @implementer(IInboundChecks)
@@ -243,7 +245,7 @@ class InboundChecks:
     dnspython resolver asking the configured nameservers, `workers` has `in_dns`,
     `store` answers domains.list_domains (our domains, cached for a minute), `clock`
     the reactor; `processes` (optional) has `find(arguments, fallback) -> Deferred` of
-    a _Found (inbound.checkprocess); `spam_filter` (optional) has `check(SpamQuery) ->
+    a Found (inbound.checkprocess); `spam_filter` (optional) has `check(SpamQuery) ->
     Deferred` (ISpamFilter) firing with a result having action, score, required_score,
     symbols ((name, score) pairs) and scanned.
     """
@@ -376,7 +378,7 @@ class InboundChecks:
             return True
         return field.name == "authentication-results" and authserv_id(field.text()) == self.hostname
 
-    def _work(self, data, header_fields, client_ip, helo, sender, forwarder, zones) -> _Found:
+    def _work(self, data, header_fields, client_ip, helo, sender, forwarder, zones) -> Found:
         """In the DNS pool: the authentication and the blocklist listings."""
         return find(
             self.resolver,
@@ -392,7 +394,7 @@ class InboundChecks:
         )
 
     def _in_thread(self, data, header_fields, client_ip, helo, sender, forwarder, zones):
-        """Deferred _Found: the checks in the DNS worker pool of this process."""
+        """Deferred Found: the checks in the DNS worker pool of this process."""
         return self._workers.in_dns(
             self._work, data, header_fields, client_ip, helo, sender, forwarder, zones
         )
@@ -511,7 +513,7 @@ class InboundChecks:
 
     def _decide(
         self,
-        found: _Found,
+        found: Found,
         spam,
         session,
         envelope,

@@ -10,10 +10,10 @@ import pickle
 import sys
 
 from atollon_mail.inbound.checkprocess import MOST_ANSWER, _read_frame, serve
-from atollon_mail.inbound.checks import _Found
+from atollon_mail.inbound.checks import Found
 from atollon_mail.inbound.dnsbl import Listing
 
-LISTED = _Found(None, (Listing("odd.test", ("127.0.0.2",)),))
+LISTED = Found(None, (Listing("odd.test", ("127.0.0.2",)),))
 
 
 class Unreadable:

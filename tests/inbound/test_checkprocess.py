@@ -17,7 +17,7 @@ from twisted.trial import unittest
 from atollon_mail.config import parse_config
 from atollon_mail.inbound.authentication import Forwarder, SpfResults
 from atollon_mail.inbound.checkprocess import HEAD, CheckProcesses
-from atollon_mail.inbound.checks import UNCHECKED, InboundChecks, _Found, find
+from atollon_mail.inbound.checks import UNCHECKED, Found, InboundChecks, find
 from atollon_mail.inbound.resolver import inbound_resolver
 from atollon_mail.smtp.address import Path
 from atollon_mail.smtp.session import Envelope, Session
@@ -125,7 +125,7 @@ class SameFindingsTests(ProcessTestsMixin, unittest.TestCase):
                 find, resolver, HOSTNAME, spf_results, data, None, *arguments
             )
             in_process = yield pool.find((data, *arguments), refused)
-            self.assertIsInstance(in_process, _Found)
+            self.assertIsInstance(in_process, Found)
             self.assertIsNotNone(in_process.authentication, name)
             self.assertEqual(in_process, in_thread, name)
             authentication = in_process.authentication
