@@ -99,12 +99,14 @@ class _Child(ProcessProtocol):
         # request id -> (the Deferred to fire, the in-thread way if the child dies)
         self.pending: dict[int, tuple[Deferred, Any]] = {}
         self.ready = False
+        self.pid: int | None = None
         self.ended: Deferred = Deferred()
         self._buffer = bytearray()
         self._errors = b""
         self._broken = False  # out of step: what else it sends is not read
 
     def connectionMade(self) -> None:
+        self.pid = self.transport.pid  # kept: the transport forgets it at the end
         self.transport.write(_frame(0, self._settings))
         self.ready = True
 
@@ -131,7 +133,7 @@ class _Child(ProcessProtocol):
             if length > MOST_ANSWER:
                 log.error(
                     "check process {pid} sent a frame of {length} bytes: restarting it",
-                    pid=self.transport.pid,
+                    pid=self.pid,
                     length=length,
                 )
                 buffer.clear()
@@ -175,7 +177,7 @@ class _Child(ProcessProtocol):
             if line.strip():
                 log.warn(
                     "check process {pid}: {line}",
-                    pid=self.transport.pid,
+                    pid=self.pid,
                     line=line.decode("utf-8", "replace"),
                 )
 
@@ -260,7 +262,7 @@ class CheckProcesses(service.Service):
         log.warn(
             "check process {pid} ended ({why}); its messages are checked here meanwhile, "
             "it restarts in {delay:g} s",
-            pid=child.transport.pid,
+            pid=child.pid,
             why=reason.getErrorMessage(),
             delay=delay,
         )
@@ -289,7 +291,7 @@ class CheckProcesses(service.Service):
         return defer.gatherResults(ending).addCallback(lambda _: None)
 
     def _kill(self, child: _Child) -> None:
-        log.warn("check process {pid} did not stop: killing it", pid=child.transport.pid)
+        log.warn("check process {pid} did not stop: killing it", pid=child.pid)
         _kill(child)
 
 
