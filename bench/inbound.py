@@ -48,11 +48,13 @@ one scan going. smtp-source opens a connection per message.
 
     python bench/inbound.py [--messages 5000] [--sessions 20] [--rounds 2]
                             [--latency-messages 500] [--rspamd-rules debian|minimal]
-                            [--ways plain,checks,rspamd] [--check-processes N]
+                            [--ways plain,checks,checks_threads,rspamd]
+                            [--check-processes N]
 
---ways runs only some ways (plain always, first); --check-processes sets [inbound]
-check_processes for the checks and rspamd ways (0: the checks in the appliance's DNS
-worker threads).
+--ways runs only some ways (plain always, first), or one more: checks_threads, the
+checks way with `[inbound] check_processes = 0` (the checks in the appliance's DNS
+worker threads), keys checks_threads_*. --check-processes sets check_processes for the
+checks and rspamd ways.
     python bench/inbound.py --nodes POSTGRESQL_URL [--messages ...] [--sessions ...]
 
 With --nodes, only the throughput of one node and of two nodes on one PostgreSQL
@@ -342,7 +344,8 @@ def check_stored(way: Way, authenticated: bool, scanned: bool) -> list[str]:
     return problems
 
 
-WAYS = ("plain", "checks", "rspamd")
+WAYS = ("plain", "checks", "checks_threads", "rspamd")
+DEFAULT_WAYS = ("plain", "checks", "rspamd")
 
 
 def ways_list(text: str) -> tuple[str, ...]:
@@ -356,9 +359,10 @@ def more_options(parser) -> None:
     parser.add_argument(
         "--ways",
         type=ways_list,
-        default=WAYS,
+        default=DEFAULT_WAYS,
         help="the ways to run, plain first (the report is built on it): plain,checks "
-        "leaves rspamd out (default plain,checks,rspamd)",
+        "leaves rspamd out; checks_threads is the checks way with check_processes = 0 "
+        "(default plain,checks,rspamd)",
     )
     parser.add_argument(
         "--check-processes",
@@ -420,16 +424,21 @@ def main() -> int:
         cleanup.callback(dns.stop)
         nameserver = f"127.0.0.1:{dns.port}"
         processes = arguments.check_processes
-        checks_config = (
-            "[inbound]\nchecks = on\n"
-            + (f"check_processes = {processes}\n" if processes is not None else "")
-            + f"[delivery]\nnameservers = {nameserver}\n"
-        )
+
+        def checks_config_with(processes):
+            return (
+                "[inbound]\nchecks = on\n"
+                + (f"check_processes = {processes}\n" if processes is not None else "")
+                + f"[delivery]\nnameservers = {nameserver}\n"
+            )
+
+        checks_config = checks_config_with(processes)
         if processes is not None:
             result["check_processes"] = processes
         configs = {
             "plain": "[inbound]\nchecks = off\n",
             "checks": checks_config,
+            "checks_threads": checks_config_with(0),
         }
         configs = {name: config for name, config in configs.items() if name in arguments.ways}
         rspamd = None
