@@ -204,6 +204,9 @@ class InboundConfig:
     domain_forwarders: tuple[tuple[str, tuple[str, ...]], ...] = ()
     dnsbl_zones: tuple[str, ...] = ()  # DNS blocklists asked for the client's address
     junk_score: float = 5.0  # the built-in score from which a message goes to Junk
+    # Processes of their own the checks run in (inbound.checkprocess); 0: in the DNS
+    # worker threads of the appliance's process.
+    check_processes: int = 1
 
     def forwarders_for(self, domain: str) -> tuple[str, ...]:
         """The entries trusted for mail to domain: the global ones and its own."""
@@ -706,6 +709,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "trusted_forwarders": (_forwarders, ""),
         "dnsbl_zones": (_zones, ""),
         "junk_score": (_score, "5"),
+        "check_processes": (_whole_number(0), "1"),
     },
     "tls": {
         "acme": (_yes_no, "no"),

@@ -23,6 +23,8 @@ For each way: the rate of each round, their median, the ratio of medians to Post
 (and per round, to Postfix in the same round), the appliance's peak RSS (sampled every
 50 ms) and its CPU time per message; for checks and rspamd the DNS queries per message
 and the CPU time the loopback DNS server (Python, no cache in front) spent on them;
+the CPU time of the appliance's check processes per message
+({way}_check_process_cpu_ms_per_message, beside its own {way}_cpu_ms_per_message);
 checks_meets_target says whether checks reached 1.5x Postfix; for rspamd also rspamd's
 own CPU time per message (rspamd_filter_cpu_ms_per_message). Every message must be
 stored in the Inbox, for checks and rspamd with spf=pass, dkim=pass and dmarc=pass in
@@ -46,6 +48,13 @@ one scan going. smtp-source opens a connection per message.
 
     python bench/inbound.py [--messages 5000] [--sessions 20] [--rounds 2]
                             [--latency-messages 500] [--rspamd-rules debian|minimal]
+                            [--ways plain,checks,checks_threads,rspamd]
+                            [--check-processes N]
+
+--ways runs only some ways (plain always, first), or one more: checks_threads, the
+checks way with `[inbound] check_processes = 0` (the checks in the appliance's DNS
+worker threads), keys checks_threads_*. --check-processes sets check_processes for the
+checks and rspamd ways.
     python bench/inbound.py --nodes POSTGRESQL_URL [--messages ...] [--sessions ...]
 
 With --nodes, only the throughput of one node and of two nodes on one PostgreSQL
@@ -78,6 +87,7 @@ from common import (
     HERE,
     Appliance,
     RssSampler,
+    children_cpu_seconds,
     cpu_seconds,
     parse_arguments,
     peer,
@@ -247,6 +257,7 @@ class Way:
         self.round_ratios: list[float] = []
         self.peaks: list[float] = []
         self.cpu = 0.0
+        self.children_cpu = 0.0  # the appliance's child processes (the check processes)
         self.loaded = 0  # messages sent in the rounds
         self.dns_queries = 0
         self.dns_cpu = 0.0
@@ -262,11 +273,13 @@ class Way:
     def load(self, messages: int, sessions: int, postfix_rate: float, dns: LoopbackDNS):
         queries, dns_cpu = dns.queries(), cpu_seconds(dns.process.pid)
         cpu = cpu_seconds(self.appliance.process.pid)
+        children_cpu = children_cpu_seconds(self.appliance.process.pid)
         with RssSampler(self.appliance) as sampler:
             rate, in_flight = sent_with_scans(self.send, self.rspamd, messages, sessions)
         if in_flight is not None:
             self.scans_in_flight.append(in_flight)
         self.cpu += cpu_seconds(self.appliance.process.pid) - cpu
+        self.children_cpu += children_cpu_seconds(self.appliance.process.pid) - children_cpu
         self.dns_queries += dns.queries() - queries
         self.dns_cpu += cpu_seconds(dns.process.pid) - dns_cpu
         self.loaded += messages
@@ -290,6 +303,9 @@ class Way:
             f"{prefix}_round_ratios": self.round_ratios,
             f"{prefix}_peak_rss_mib": max(self.peaks),
             f"{prefix}_cpu_ms_per_message": round(self.cpu * 1000 / loaded, 3),
+            f"{prefix}_check_process_cpu_ms_per_message": round(
+                self.children_cpu * 1000 / loaded, 3
+            ),
             f"{prefix}_dns_queries_per_message": round(self.dns_queries / loaded, 3),
             f"{prefix}_dns_server_cpu_ms_per_message": round(self.dns_cpu * 1000 / loaded, 3),
             f"{prefix}_latency_ms": self.latency,
@@ -328,7 +344,33 @@ def check_stored(way: Way, authenticated: bool, scanned: bool) -> list[str]:
     return problems
 
 
+WAYS = ("plain", "checks", "checks_threads", "rspamd")
+DEFAULT_WAYS = ("plain", "checks", "rspamd")
+
+
+def ways_list(text: str) -> tuple[str, ...]:
+    chosen = tuple(dict.fromkeys(way.strip() for way in text.split(",") if way.strip()))
+    if not chosen or chosen[0] != "plain" or any(way not in WAYS for way in chosen):
+        raise ValueError(text)
+    return tuple(way for way in WAYS if way in chosen)
+
+
 def more_options(parser) -> None:
+    parser.add_argument(
+        "--ways",
+        type=ways_list,
+        default=DEFAULT_WAYS,
+        help="the ways to run, plain first (the report is built on it): plain,checks "
+        "leaves rspamd out; checks_threads is the checks way with check_processes = 0 "
+        "(default plain,checks,rspamd)",
+    )
+    parser.add_argument(
+        "--check-processes",
+        type=int,
+        default=None,
+        help="[inbound] check_processes for the checks and rspamd ways (default: the "
+        "appliance's default)",
+    )
     parser.add_argument(
         "--latency-messages",
         type=int,
@@ -381,20 +423,36 @@ def main() -> int:
         dns = LoopbackDNS(workdir, zones(public_key))
         cleanup.callback(dns.stop)
         nameserver = f"127.0.0.1:{dns.port}"
-        checks_config = f"[inbound]\nchecks = on\n[delivery]\nnameservers = {nameserver}\n"
+        processes = arguments.check_processes
+
+        def checks_config_with(processes):
+            return (
+                "[inbound]\nchecks = on\n"
+                + (f"check_processes = {processes}\n" if processes is not None else "")
+                + f"[delivery]\nnameservers = {nameserver}\n"
+            )
+
+        checks_config = checks_config_with(processes)
+        if processes is not None:
+            result["check_processes"] = processes
         configs = {
             "plain": "[inbound]\nchecks = off\n",
             "checks": checks_config,
+            "checks_threads": checks_config_with(0),
         }
+        configs = {name: config for name, config in configs.items() if name in arguments.ways}
         rspamd = None
-        try:
-            rspamd = start_rspamd(arguments.rspamd_rules, nameserver)
-            cleanup.callback(rspamd.stop)
-            configs["rspamd"] = checks_config + f"[spam]\nrspamd_url = {rspamd.scanner_url}\n"
-            result["rspamd_rules"] = rspamd.rules
-        except SkipTest as reason:
-            result["rspamd_skipped"] = str(reason)
-            print(f"the rspamd way is skipped: {reason}", file=sys.stderr)
+        if "rspamd" not in arguments.ways:
+            result["rspamd_skipped"] = "not asked for (--ways)"
+        else:
+            try:
+                rspamd = start_rspamd(arguments.rspamd_rules, nameserver)
+                cleanup.callback(rspamd.stop)
+                configs["rspamd"] = checks_config + f"[spam]\nrspamd_url = {rspamd.scanner_url}\n"
+                result["rspamd_rules"] = rspamd.rules
+            except SkipTest as reason:
+                result["rspamd_skipped"] = str(reason)
+                print(f"the rspamd way is skipped: {reason}", file=sys.stderr)
         for name, config in configs.items():
             directory = os.path.join(workdir, name)
             os.makedirs(directory)
@@ -455,21 +513,27 @@ def main() -> int:
         extra = plain.keys("ours", postfix_median)
         for key in ("ours_msg_per_s", "ours_median", "ours_ratio", "ours_peak_rss_mib"):
             del extra[key]  # the plain way's figures keep the keys of earlier runs
-        for key in ("ours_dns_queries_per_message", "ours_dns_server_cpu_ms_per_message"):
-            del extra[key]  # it asks no DNS
+        for key in (
+            "ours_dns_queries_per_message",
+            "ours_dns_server_cpu_ms_per_message",
+            "ours_check_process_cpu_ms_per_message",
+        ):
+            del extra[key]  # it asks no DNS and has no check process
         report.update(extra)
         report["latency_messages"] = arguments.latency_messages
         for way in ways[1:]:
             report.update(way.keys(way.name, postfix_median))
             report[f"{way.name}_stored_messages"] = way.checked["stored"]
-        report["checks_target_ratio"] = CHECKS_TARGET
-        report["checks_meets_target"] = report["checks_ratio"] >= CHECKS_TARGET
+        if "checks_ratio" in report:
+            report["checks_target_ratio"] = CHECKS_TARGET
+            report["checks_meets_target"] = report["checks_ratio"] >= CHECKS_TARGET
         if rspamd is not None:
             rspamd_way = ways[-1]
-            report["rspamd_added_latency_ms"] = {
-                quantile: round(rspamd_way.latency[quantile] - ways[1].latency[quantile], 2)
-                for quantile in ("p50", "p95")
-            }
+            if "checks" in configs:
+                report["rspamd_added_latency_ms"] = {
+                    quantile: round(rspamd_way.latency[quantile] - ways[1].latency[quantile], 2)
+                    for quantile in ("p50", "p95")
+                }
             # rspamd's own processes, over the rounds (where its way sent `loaded`)
             report["rspamd_filter_cpu_ms_per_message"] = round(
                 rspamd_cpu * 1000 / max(rspamd_way.loaded, 1), 3

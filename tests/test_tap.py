@@ -118,7 +118,15 @@ class OptionsTests(unittest.TestCase):
 
 
 class SpyReactor(MemoryReactorClock):
-    """Records listening ports; work handed back from threads runs on the real reactor."""
+    """Records listening ports and the processes it is asked to start (starting none);
+    work handed back from threads runs on the real reactor."""
+
+    def __init__(self):
+        super().__init__()
+        self.processes: list[tuple[str, tuple[str, ...]]] = []
+
+    def spawnProcess(self, protocol, executable, args=(), env=None, *rest, **options):  # noqa: N802
+        self.processes.append((executable, tuple(args)))
 
     def callFromThread(self, function, *args, **kwargs):
         from twisted.internet import reactor
@@ -298,6 +306,18 @@ class ServiceTreeTests(unittest.TestCase):
         self.assertIsNone(watcher.round, "no DNS round at start")
         self.reactor.advance(dns_build.FIRST_CHECK_DELAY - 1)
         self.assertIsNone(watcher.round)
+
+    def test_the_inbound_checks_have_their_process_beside_the_listener(self):
+        appliance = self.start()
+        self.assertTrue(appliance.getServiceNamed("inbound-checks").running)
+        command = (sys.executable, "-m", "atollon_mail.inbound.checkprocess")
+        self.assertEqual(self.reactor.processes, [(sys.executable, command)])
+
+    def test_without_check_processes_none_is_started(self):
+        appliance = self.start(MINIMAL + "[inbound]\ncheck_processes = 0\n")
+        with self.assertRaises(KeyError):
+            appliance.getServiceNamed("inbound-checks")
+        self.assertEqual(self.reactor.processes, [])
 
     def test_the_junk_purge_runs_in_the_tree_with_the_configured_retention(self):
         appliance = self.start(MINIMAL + "[spam]\njunk_retention_days = 9\n")

@@ -61,10 +61,13 @@ from atollon_mail.store import domains as domain_ops
 from atollon_mail.store.records import InboundVerdict
 
 __all__ = [
+    "UNCHECKED",
+    "Found",
     "InboundChecks",
     "InboundDecision",
     "Refusal",
     "builtin_symbols",
+    "find",
     "spam_status",
 ]
 
@@ -120,8 +123,9 @@ class InboundDecision:
 
 
 @attrs.frozen
-class _Found:
-    """What the worker thread found: the authentication and the blocklist listings."""
+class Found:
+    """What the checks found (in a worker thread or a check process): the authentication
+    and the blocklist listings."""
 
     authentication: Authentication | None
     listings: tuple[dnsbl.Listing, ...] = ()
@@ -196,6 +200,43 @@ def _addresses(resolver: dns.resolver.Resolver, name: str) -> frozenset[str]:
     return frozenset(found)
 
 
+# What the checks give when they fail on our side: the message is accepted, unchecked.
+UNCHECKED = Found(None)
+
+
+def find(
+    resolver: dns.resolver.Resolver,
+    hostname: str,
+    spf_results: SpfResults | None,
+    data: bytes,
+    header_fields,
+    client_ip: str,
+    helo: str | None,
+    sender: str,
+    forwarder: Forwarder | None,
+    zones: tuple[str, ...],
+) -> Found:
+    """The authentication and the blocklist listings of one message (blocks: a DNS
+    worker thread, or a check process's thread). `header_fields`: fields(data), or None."""
+    try:
+        found = authenticate(
+            data,
+            resolver,
+            hostname,
+            client_ip,
+            helo,
+            sender,
+            forwarder,
+            spf_results,
+            header_fields,
+        )
+    except Exception:  # an error of ours must not hold up mail: accepted, unchecked
+        log.failure("authenticating a message from {client} failed", client=client_ip)
+        found = None
+    listings = dnsbl.listings(resolver, client_ip, zones) if zones else ()
+    return Found(found, listings)
+
+
 @implementer(IInboundChecks)
 class InboundChecks:
     """Checks a message received on port 25 (see the module's description).
@@ -203,9 +244,10 @@ class InboundChecks:
     `settings` is the [inbound] section, `hostname` our authserv-id, `resolver` the
     dnspython resolver asking the configured nameservers, `workers` has `in_dns`,
     `store` answers domains.list_domains (our domains, cached for a minute), `clock`
-    the reactor; `spam_filter` (optional) has `check(SpamQuery) -> Deferred` (ISpamFilter) firing
-    with a result having action, score, required_score, symbols ((name, score) pairs)
-    and scanned.
+    the reactor; `processes` (optional) has `find(arguments, fallback) -> Deferred` of
+    a Found (inbound.checkprocess); `spam_filter` (optional) has `check(SpamQuery) ->
+    Deferred` (ISpamFilter) firing with a result having action, score, required_score,
+    symbols ((name, score) pairs) and scanned.
     """
 
     def __init__(
@@ -218,8 +260,12 @@ class InboundChecks:
         clock: Any,
         spam_filter: Any = None,
         metrics: Any = None,
+        processes: Any = None,
     ):
         self.settings = settings
+        # The check processes (inbound.checkprocess.CheckProcesses, a service started
+        # beside the listener), or None: the checks run in the DNS pool of this process.
+        self.processes = processes
         # The appliance's atollon_mail.metrics.Metrics (None: nothing counted).
         self._metrics = metrics
         self.hostname = hostname.lower().rstrip(".")
@@ -332,25 +378,26 @@ class InboundChecks:
             return True
         return field.name == "authentication-results" and authserv_id(field.text()) == self.hostname
 
-    def _work(self, data, header_fields, client_ip, helo, sender, forwarder, zones) -> _Found:
+    def _work(self, data, header_fields, client_ip, helo, sender, forwarder, zones) -> Found:
         """In the DNS pool: the authentication and the blocklist listings."""
-        try:
-            found = authenticate(
-                data,
-                self.resolver,
-                self.hostname,
-                client_ip,
-                helo,
-                sender,
-                forwarder,
-                self._spf_results,
-                header_fields,
-            )
-        except Exception:  # an error of ours must not hold up mail: accepted, unchecked
-            log.failure("authenticating a message from {client} failed", client=client_ip)
-            found = None
-        listings = dnsbl.listings(self.resolver, client_ip, zones) if zones else ()
-        return _Found(found, listings)
+        return find(
+            self.resolver,
+            self.hostname,
+            self._spf_results,
+            data,
+            header_fields,
+            client_ip,
+            helo,
+            sender,
+            forwarder,
+            zones,
+        )
+
+    def _in_thread(self, data, header_fields, client_ip, helo, sender, forwarder, zones):
+        """Deferred Found: the checks in the DNS worker pool of this process."""
+        return self._workers.in_dns(
+            self._work, data, header_fields, client_ip, helo, sender, forwarder, zones
+        )
 
     @defer.inlineCallbacks
     def check(self, session, envelope, data: bytes):
@@ -381,9 +428,17 @@ class InboundChecks:
             scanning = defer.maybeDeferred(self.spam_filter.check, request)
             scanning.addErrback(self._scan_failed, client_ip)
         zones = () if (self.spam_filter is not None or forwarder) else self.settings.dnsbl_zones
-        found = yield self._workers.in_dns(
-            self._work, data, header_fields, client_ip, helo, sender, forwarder, zones
-        )
+        arguments = (client_ip, helo, sender, forwarder, zones)
+        if self.processes is None:
+            found = yield self._in_thread(data, header_fields, *arguments)
+        else:
+            # The check process gets the message's bytes and splits its header again:
+            # pickling the fields too cost this process 9.5 us more per message of the
+            # benchmark (2.9 KiB, 9 fields; the bytes alone 0.3 us), re-splitting them
+            # costs the check process 17 us.
+            found = yield self.processes.find(
+                (data, *arguments), lambda: self._in_thread(data, header_fields, *arguments)
+            )
         spam = (yield scanning) if scanning is not None else None
         decision = self._decide(found, spam, session, envelope, domains, forwarder, len(paths))
         if self._metrics is not None:
@@ -458,7 +513,7 @@ class InboundChecks:
 
     def _decide(
         self,
-        found: _Found,
+        found: Found,
         spam,
         session,
         envelope,

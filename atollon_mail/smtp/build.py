@@ -34,12 +34,17 @@ def build(
     checks of [inbound], asking `spam_filter` when one is given, accept it) and the
     submission policy on 587 and 465 (`submission_intake`; AUTH checked by
     `authenticator`, the one the web uses); STARTTLS and implicit TLS use `tls_options`.
-    Sessions, messages, recipients and the inbound verdicts are counted on `metrics`."""
+    Sessions, messages, recipients and the inbound verdicts are counted on `metrics`.
+    With [inbound] check_processes the "inbound-checks" service (the check processes)
+    comes first."""
     hostname = config.appliance.hostname
     services = []
     checks = inbound_build.build(
         config, store, workers, reactor, spam_filter=spam_filter, metrics=metrics
     )
+    if checks is not None and checks.processes is not None:
+        # Before the listener: the check processes stop after it, when no session asks.
+        services.append(checks.processes)
     mx_policy = MXPolicy(intake, hostname, config.smtp.relay_networks, checks)
     smtp_factory = SMTPServerFactory(
         mx_policy, hostname, config.smtp, reactor, tls_options=tls_options, metrics=metrics

@@ -15,8 +15,8 @@ from atollon_mail.delivery.intake import Intake
 from atollon_mail.delivery.mx import dns_resolver
 from atollon_mail.delivery.srs import SRS
 from atollon_mail.events import Events
-from atollon_mail.inbound.build import inbound_resolver
 from atollon_mail.inbound.checks import InboundChecks
+from atollon_mail.inbound.resolver import inbound_resolver
 from atollon_mail.smtp.address import Path
 from atollon_mail.smtp.session import Envelope, Session
 from atollon_mail.store import domains, forwarding

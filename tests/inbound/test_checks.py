@@ -12,8 +12,8 @@ from zope.interface.verify import verifyObject
 
 from atollon_mail.config import parse_config
 from atollon_mail.inbound import rspamd
-from atollon_mail.inbound.build import inbound_resolver
 from atollon_mail.inbound.checks import InboundChecks
+from atollon_mail.inbound.resolver import inbound_resolver
 from atollon_mail.inbound.rspamd import SpamQuery
 from atollon_mail.interfaces import IInboundChecks, ISpamFilter
 from atollon_mail.smtp.address import Path

@@ -8,6 +8,7 @@ from twisted.trial import unittest
 
 from atollon_mail.config import ConfigError, InboundConfig, load_config, parse_config
 from atollon_mail.inbound import build as inbound_build
+from atollon_mail.inbound.checkprocess import CheckProcesses
 from atollon_mail.inbound.checks import InboundChecks
 from tests.conftest import ROOT
 
@@ -31,6 +32,7 @@ class InboundConfigTests(unittest.TestCase):
             (True, "reject", "junk"),
         )
         self.assertEqual((inbound.dnsbl_zones, inbound.junk_score), ((), 5.0))
+        self.assertEqual(inbound.check_processes, 1)
 
     def test_the_shipped_configuration_reads_as_the_defaults(self):
         self.assertEqual(
@@ -68,6 +70,8 @@ class InboundConfigTests(unittest.TestCase):
         self.assertEqual((inbound.dmarc_reject, inbound.dmarc_quarantine), ("junk", "tag"))
         self.assertEqual(inbound.dnsbl_zones, ("zen.spamhaus.org", "bl.example"))
         self.assertEqual(inbound.junk_score, 7.5)
+        self.assertEqual(self.parse("check_processes = 0\n").check_processes, 0)
+        self.assertEqual(self.parse("check_processes = 2\n").check_processes, 2)
 
     def test_errors_name_the_file_section_and_key(self):
         cases = {
@@ -86,6 +90,10 @@ class InboundConfigTests(unittest.TestCase):
             "dnsbl_zones = bl..test\n": "[inbound] dnsbl_zones: must be a list of DNS blocklist",
             "junk_score = 0\n": "[inbound] junk_score: must be more than zero",
             "junk_score = lots\n": "[inbound] junk_score: must be a number of points",
+            "check_processes = -1\n": (
+                "[inbound] check_processes: must be a whole number of at least 0, got '-1'"
+            ),
+            "check_processes = some\n": "[inbound] check_processes: must be a whole number",
             "spam = yes\n": "[inbound] spam: unknown key; allowed: checks,",
         }
         for text, expected in cases.items():
@@ -98,4 +106,13 @@ class InboundConfigTests(unittest.TestCase):
         off = parse_config(BASE + "[inbound]\nchecks = off\n")
         self.assertIsNone(inbound_build.build(off, None, None, reactor))
         on = parse_config(BASE)
-        self.assertIsInstance(inbound_build.build(on, None, None, reactor), InboundChecks)
+        checks = inbound_build.build(on, None, None, reactor)
+        self.assertIsInstance(checks, InboundChecks)
+        # One check process by default, a service of its own (not started here); none
+        # with check_processes = 0: the checks run in the DNS worker threads.
+        self.assertIsInstance(checks.processes, CheckProcesses)
+        self.assertEqual(
+            (checks.processes.name, len(checks.processes.children)), ("inbound-checks", 1)
+        )
+        in_threads = parse_config(BASE + "[inbound]\ncheck_processes = 0\n")
+        self.assertIsNone(inbound_build.build(in_threads, None, None, reactor).processes)

@@ -8,7 +8,7 @@ from twisted.trial import unittest
 
 from atollon_mail.config import parse_config
 from atollon_mail.delivery.mx import dns_resolver
-from atollon_mail.inbound.build import AnswersKept, inbound_resolver
+from atollon_mail.inbound.resolver import AnswersKept, inbound_resolver
 from tests.inbound import fixtures
 
 
