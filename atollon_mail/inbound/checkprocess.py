@@ -31,7 +31,9 @@ come before it is back run in the appliance's DNS pool instead (the way without 
 processes: the same result, only slower); the child is restarted after a delay that
 doubles from RESTART_DELAY up to RESTART_MOST while it keeps dying early. An answer
 that cannot be read, or the child's own error on one message, gives that message the
-same outcome as an error of the checks in-thread: accepted, unchecked (and logged).
+same outcome as an error of the checks in-thread: accepted, unchecked (and logged). A
+child that leaves a message unanswered for REQUEST_SECONDS is stuck: it is killed, and
+so restarted, its messages checked in the DNS pool.
 Writes to the pipe never block the reactor (Twisted's process transport buffers them).
 """
 
@@ -79,6 +81,10 @@ RESTART_MOST = 60.0
 STEADY_SECONDS = 60.0
 # How long a stopping child has to end by itself (its stdin closed) before it is killed.
 STOP_GRACE = 5.0
+# A child that leaves a request unanswered this long is stuck (in a thread the checks of
+# one message end well before: SPF within pyspf's 20 s, each DNS question within 5 s):
+# it is killed, and its messages are checked in the appliance's DNS pool instead.
+REQUEST_SECONDS = 60.0
 
 
 def _frame(request_id: int, payload: bytes) -> bytes:
@@ -96,8 +102,10 @@ class _Child(ProcessProtocol):
         self.slot = slot
         self.started = started
         self._settings = settings
-        # request id -> (the Deferred to fire, the in-thread way if the child dies)
-        self.pending: dict[int, tuple[Deferred, Any]] = {}
+        # request id -> (the Deferred to fire, the in-thread way if the child dies, when
+        # it was asked), the oldest first
+        self.pending: dict[int, tuple[Deferred, Any, float]] = {}
+        self._watch = None  # the look at the oldest request's age (REQUEST_SECONDS)
         self.ready = False
         self.pid: int | None = None
         self.ended: Deferred = Deferred()
@@ -112,9 +120,32 @@ class _Child(ProcessProtocol):
 
     def ask(self, request_id: int, arguments: tuple, fallback) -> Deferred:
         waiting: Deferred = Deferred()
-        self.pending[request_id] = (waiting, fallback)
+        clock = self.pool.clock
+        self.pending[request_id] = (waiting, fallback, clock.seconds())
         self.transport.write(_frame(request_id, pickle.dumps(arguments, pickle.HIGHEST_PROTOCOL)))
+        if self._watch is None:
+            self._watch = clock.callLater(self.pool.request_seconds, self._look)
         return waiting
+
+    def _look(self) -> None:
+        """One timer per child, not per message: the oldest unanswered request's age."""
+        self._watch = None
+        if not self.pending or not self.ready:
+            return
+        waited = self.pool.clock.seconds() - next(iter(self.pending.values()))[2]
+        if waited < self.pool.request_seconds:
+            remaining = self.pool.request_seconds - waited
+            self._watch = self.pool.clock.callLater(remaining, self._look)
+            return
+        log.error(
+            "check process {pid} left a message unanswered for {seconds:g} s: killing it "
+            "(its {count} messages are checked here)",
+            pid=self.pid,
+            seconds=waited,
+            count=len(self.pending),
+        )
+        self.ready = False
+        _kill(self)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:  # noqa: N803 - Twisted's
         if childFD == 1:
@@ -152,7 +183,7 @@ class _Child(ProcessProtocol):
         if entry is None:
             log.error("check process answered request {id}, never asked", id=request_id)
             return
-        waiting, _ = entry
+        waiting = entry[0]
         try:
             kind, value = pickle.loads(payload)
         except Exception:
@@ -183,9 +214,12 @@ class _Child(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:  # noqa: N802 - Twisted's
         self.ready = False
+        if self._watch is not None and self._watch.active():
+            self._watch.cancel()
+        self._watch = None
         pending, self.pending = self.pending, {}
         self.pool._ended(self, reason)
-        for waiting, fallback in pending.values():
+        for waiting, fallback, _ in pending.values():
             defer.maybeDeferred(fallback).chainDeferred(waiting)
         self.ended.callback(None)
 
@@ -194,7 +228,9 @@ class CheckProcesses(service.Service):
     """`count` check processes (see the module's description), started and stopped with
     this service. `settings`: {"nameservers": [delivery] nameservers, "hostname": our
     authserv-id}; `reactor` spawns them and times their restarts; `argv` is the command
-    that starts one (this module, with the running Python, unless a test says else)."""
+    that starts one (this module, with the running Python, unless a test says else);
+    `request_seconds`: how long a child may leave a message unanswered before it is
+    killed as stuck (REQUEST_SECONDS)."""
 
     name = "inbound-checks"
 
@@ -208,9 +244,13 @@ class CheckProcesses(service.Service):
         restart_most: float = RESTART_MOST,
         stop_grace: float = STOP_GRACE,
         argv: tuple[str, ...] | None = None,
+        request_seconds: float = REQUEST_SECONDS,
     ):
         self._settings = pickle.dumps(dict(settings, threads=threads), pickle.HIGHEST_PROTOCOL)
         self._reactor = reactor
+        # The children's requests are timed on the same clock (REQUEST_SECONDS).
+        self.clock = reactor
+        self.request_seconds = request_seconds
         self._argv = argv or (sys.executable, "-m", __name__)
         self._first_delay = restart_delay
         self._most_delay = restart_most

@@ -1,6 +1,6 @@
 """A check process that misbehaves on purpose, for tests/inbound/test_checkprocess.py:
 the real frame loop (inbound.checkprocess.serve) with a handler that, by the sender it
-is asked about, raises, answers something that is no finding, answers what cannot be
+is asked about, hangs, raises, answers something that is no finding, answers what cannot be
 unpickled, or answers more than an answer may be; any other sender gets a finding of
 one made-up blocklist listing (LISTED)."""
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import sys
+import time
 
 from atollon_mail.inbound.checkprocess import MOST_ANSWER, _read_frame, serve
 from atollon_mail.inbound.checks import Found
@@ -24,6 +25,8 @@ class Unreadable:
 
 
 def handle(data, client_ip, helo, sender, forwarder, zones):
+    if sender == "hangs@odd.test":
+        time.sleep(3600)  # stuck: the appliance must not wait for this answer
     if sender == "raises@odd.test":
         raise ValueError("the handler broke")
     if sender == "nonsense@odd.test":

@@ -291,6 +291,24 @@ class RobustnessTests(ProcessTestsMixin, unittest.TestCase):
         self.assertEqual(found, oddchild.LISTED)
 
     @defer.inlineCallbacks
+    def test_a_message_left_unanswered_is_checked_here_and_the_stuck_process_replaced(self):
+        pool = self.start_pool(argv=ODD_CHILD, restart_delay=0.1, request_seconds=0.5)
+        yield until(lambda: pool.children[0] is not None and pool.children[0].ready)
+        pid = self.child_pid(pool)
+        data = fixtures.received(fixtures.message())
+        started = time.monotonic()
+        stuck = pool.find((data, SENDER_IP, "h.test", "hangs@odd.test", None, ()), self.in_thread)
+        # Answered meanwhile by another of its threads: only the stuck one waits.
+        fine = yield pool.find((data, SENDER_IP, "h.test", "fine@odd.test", None, ()), refused)
+        self.assertEqual(fine, oddchild.LISTED)
+        self.assertEqual((yield stuck), "in thread")
+        self.assertGreaterEqual(time.monotonic() - started, 0.5)
+        yield until(lambda: pool.children[0] is not None and pool.children[0].ready)
+        self.assertNotEqual(self.child_pid(pool), pid)
+        found = yield pool.find((data, SENDER_IP, "h.test", "fine@odd.test", None, ()), refused)
+        self.assertEqual(found, oddchild.LISTED)
+
+    @defer.inlineCallbacks
     def test_a_stalled_process_never_blocks_the_reactor(self):
         pool = self.start_pool()
         yield pool.find(
