@@ -324,16 +324,16 @@ def _size(value: str) -> int:
     return size
 
 
-def _whole_number(minimum: int) -> Callable[[str], int]:
+def _whole_number(minimum: int, most: int | None = None) -> Callable[[str], int]:
+    allowed = f"of at least {minimum}" if most is None else f"from {minimum} to {most}"
+
     def parse(value: str) -> int:
         try:
             number = int(value.strip())
         except ValueError:
-            raise ValueError(
-                f"must be a whole number of at least {minimum}, got {value!r}"
-            ) from None
-        if number < minimum:
-            raise ValueError(f"must be a whole number of at least {minimum}, got {value!r}")
+            raise ValueError(f"must be a whole number {allowed}, got {value!r}") from None
+        if number < minimum or (most is not None and number > most):
+            raise ValueError(f"must be a whole number {allowed}, got {value!r}")
         return number
 
     return parse
@@ -709,7 +709,9 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "trusted_forwarders": (_forwarders, ""),
         "dnsbl_zones": (_zones, ""),
         "junk_score": (_score, "5"),
-        "check_processes": (_whole_number(0), "1"),
+        # Each is a Python process of its own (about 40 MB) with 4 checking threads and
+        # caches of its own: more than a few only divides the caches.
+        "check_processes": (_whole_number(0, 8), "1"),
     },
     "tls": {
         "acme": (_yes_no, "no"),

@@ -18,28 +18,38 @@ only the two of them hold the pipes. The first frame (id 0) carries the child's
 settings: the nameservers to ask, our authserv-id, its thread count. Each later frame
 asks for one message (data, client address, HELO, sender, forwarder, blocklist zones)
 and is answered by a frame with the same id: ("found", inbound.checks.Found) or
-("error", why). Many are in flight at once; answers come back in any order.
+("error", why). Many are in flight at once; answers come back in any order. The
+appliance unpickles only the classes of a finding (_Findings): a child that went wrong
+cannot have it build anything else.
 
 The child runs each request in a thread of its own pool (DNS lookups block; a slow
 answer for one message holds up only its own thread), with its own resolver (the same
 kind as the appliance's: inbound.resolver) and its own recent SPF results. It needs no
-reactor. It ends when its stdin closes (the appliance stopped, or died).
+reactor. When its stdin closes (the appliance stops, or died) it finishes the messages
+it has, for up to DRAIN_SECONDS, then ends. Its file descriptor 1 is moved to stderr
+before anything runs, so nothing but frames can reach the appliance's end; it ignores
+SIGTERM and SIGINT (a service manager signalling the whole group, a terminal's ^C): it
+ends with the appliance, not before it.
 
 The appliance's side (CheckProcesses, a service): a message goes to the child with the
 fewest requests in flight. When the child dies, the requests it had and the ones that
 come before it is back run in the appliance's DNS pool instead (the way without check
 processes: the same result, only slower); the child is restarted after a delay that
-doubles from RESTART_DELAY up to RESTART_MOST while it keeps dying early. An answer
-that cannot be read, or the child's own error on one message, gives that message the
-same outcome as an error of the checks in-thread: accepted, unchecked (and logged). A
-child that leaves a message unanswered for REQUEST_SECONDS is stuck: it is killed, and
-so restarted, its messages checked in the DNS pool.
+doubles from RESTART_DELAY up to RESTART_MOST while it keeps dying early. The child's
+own error on one message, or an answer that cannot be read, fails that message's check
+as an error escaping the checks in-thread does: 451, the sender tries again (the checks'
+own errors inside authenticate are caught there, as in-thread: accepted, unchecked). A
+child that has work and sends nothing for SILENT_SECONDS is stuck: it is killed (and
+restarted as one that died early), its messages checked in the DNS pool. Once the
+service stops, what is left unanswered, and what is asked after, fails with 451: the
+DNS pool stops too.
 Writes to the pipe never block the reactor (Twisted's process transport buffers them).
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import itertools
 import os
 import pickle
@@ -61,7 +71,7 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.python.failure import Failure
 
 from atollon_mail.inbound.authentication import SpfResults
-from atollon_mail.inbound.checks import UNCHECKED, Found, find
+from atollon_mail.inbound.checks import Found, find
 from atollon_mail.inbound.resolver import checks_resolver
 from atollon_mail.workers import DNS_THREADS
 
@@ -81,14 +91,51 @@ RESTART_MOST = 60.0
 STEADY_SECONDS = 60.0
 # How long a stopping child has to end by itself (its stdin closed) before it is killed.
 STOP_GRACE = 5.0
-# A child that leaves a request unanswered this long is stuck (in a thread the checks of
-# one message end well before: SPF within pyspf's 20 s, each DNS question within 5 s):
-# it is killed, and its messages are checked in the appliance's DNS pool instead.
-REQUEST_SECONDS = 60.0
+# A child that has requests in flight and sends no answer at all for this long is stuck:
+# it is killed, and its messages are checked in the appliance's DNS pool instead. One
+# message's checks can be slow (SPF of two identities within pyspf's 20 s each, each DNS
+# question within 5 s, a few DKIM keys), but the child answers the others meanwhile from
+# its other threads; only all of them stuck this long means no answer will come.
+SILENT_SECONDS = 120.0
+# How long a child whose stdin closed goes on with the messages it has.
+DRAIN_SECONDS = 4.0
+# What of the child's stderr is kept while waiting for the end of a line, and of its
+# error text per message.
+MOST_LOG_LINE = 4096
+MOST_ERROR_TEXT = 1000
 
 
 def _frame(request_id: int, payload: bytes) -> bytes:
     return HEAD.pack(len(payload), request_id) + payload
+
+
+class CheckUnavailable(Exception):
+    """The check of a message could not be made (the check process failed on it, or the
+    checks are stopping): the sender is told 451 and tries again."""
+
+
+# The classes a finding is made of: nothing else is unpickled from a child.
+_FINDING_MODULES = frozenset(
+    {
+        "atollon_mail.inbound.authentication",
+        "atollon_mail.inbound.checks",
+        "atollon_mail.inbound.dnsbl",
+    }
+)
+_FINDING_BUILTINS = frozenset({"frozenset", "set", "tuple", "list", "dict"})
+
+
+class _Findings(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if module in _FINDING_MODULES or (module == "builtins" and name in _FINDING_BUILTINS):
+            found = super().find_class(module, name)
+            if isinstance(found, type):
+                return found
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a finding")
+
+
+def _finding(payload: bytes):
+    return _Findings(io.BytesIO(payload)).load()
 
 
 # --- the appliance's side ---------------------------------------------------------------
@@ -102,10 +149,11 @@ class _Child(ProcessProtocol):
         self.slot = slot
         self.started = started
         self._settings = settings
-        # request id -> (the Deferred to fire, the in-thread way if the child dies, when
-        # it was asked), the oldest first
-        self.pending: dict[int, tuple[Deferred, Any, float]] = {}
-        self._watch = None  # the look at the oldest request's age (REQUEST_SECONDS)
+        # request id -> (the Deferred to fire, the in-thread way if the child dies)
+        self.pending: dict[int, tuple[Deferred, Any]] = {}
+        self._watch = None  # the look for silence while there is work (SILENT_SECONDS)
+        self._heard = started  # when it last sent a frame, or was given work while idle
+        self.stuck = False  # killed as stuck: restarted as one that died early
         self.ready = False
         self.pid: int | None = None
         self.ended: Deferred = Deferred()
@@ -121,30 +169,40 @@ class _Child(ProcessProtocol):
     def ask(self, request_id: int, arguments: tuple, fallback) -> Deferred:
         waiting: Deferred = Deferred()
         clock = self.pool.clock
-        self.pending[request_id] = (waiting, fallback, clock.seconds())
-        self.transport.write(_frame(request_id, pickle.dumps(arguments, pickle.HIGHEST_PROTOCOL)))
+        if not self.pending:
+            self._heard = clock.seconds()  # its silence counts from its first work
+        self.pending[request_id] = (waiting, fallback)
+        payload = pickle.dumps(arguments, pickle.HIGHEST_PROTOCOL)
+        # Head and payload apart: the message's bytes are not copied once more here.
+        self.transport.writeSequence((HEAD.pack(len(payload), request_id), payload))
         if self._watch is None:
-            self._watch = clock.callLater(self.pool.request_seconds, self._look)
+            self._watch = clock.callLater(self.pool.silent_seconds, self._look)
         return waiting
 
     def _look(self) -> None:
-        """One timer per child, not per message: the oldest unanswered request's age."""
+        """One timer per child, not per message: silence while it has work."""
         self._watch = None
         if not self.pending or not self.ready:
             return
-        waited = self.pool.clock.seconds() - next(iter(self.pending.values()))[2]
-        if waited < self.pool.request_seconds:
-            remaining = self.pool.request_seconds - waited
+        silent = self.pool.clock.seconds() - self._heard
+        if silent < self.pool.silent_seconds:
+            remaining = self.pool.silent_seconds - silent
             self._watch = self.pool.clock.callLater(remaining, self._look)
             return
         log.error(
-            "check process {pid} left a message unanswered for {seconds:g} s: killing it "
-            "(its {count} messages are checked here)",
+            "check process {pid} has had work and sent nothing for {seconds:g} s: killing "
+            "it (its {count} messages are checked here)",
             pid=self.pid,
-            seconds=waited,
+            seconds=silent,
             count=len(self.pending),
         )
-        self.ready = False
+        self.out_of_step()
+
+    def out_of_step(self) -> None:
+        """Stuck, or its answers no longer make sense: killed (and restarted later as one
+        that died early); its messages go the other way when it has ended."""
+        self.ready, self._broken, self.stuck = False, True, True
+        self._buffer.clear()
         _kill(self)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:  # noqa: N803 - Twisted's
@@ -161,50 +219,44 @@ class _Child(ProcessProtocol):
         position = 0
         while len(buffer) - position >= HEAD.size:
             length, request_id = HEAD.unpack_from(buffer, position)
-            if length > MOST_ANSWER:
+            if length > MOST_ANSWER or request_id not in self.pending:
                 log.error(
-                    "check process {pid} sent a frame of {length} bytes: restarting it",
+                    "check process {pid} sent a frame of {length} bytes for request {id}, "
+                    "not one it has: restarting it",
                     pid=self.pid,
                     length=length,
+                    id=request_id,
                 )
-                buffer.clear()
-                self.ready, self._broken = False, True
-                _kill(self)
+                self.out_of_step()
                 return
             end = position + HEAD.size + length
             if len(buffer) < end:
                 break
+            self._heard = self.pool.clock.seconds()
             self._answer(request_id, bytes(buffer[position + HEAD.size : end]))
             position = end
         del buffer[:position]
 
     def _answer(self, request_id: int, payload: bytes) -> None:
-        entry = self.pending.pop(request_id, None)
-        if entry is None:
-            log.error("check process answered request {id}, never asked", id=request_id)
-            return
-        waiting = entry[0]
+        waiting = self.pending.pop(request_id)[0]  # in pending: _answers looked
         try:
-            kind, value = pickle.loads(payload)
-        except Exception:
-            log.failure("an answer of the check process could not be read")
-            found = UNCHECKED
+            kind, value = _finding(payload)
+        except Exception as problem:
+            why = f"its answer could not be read ({type(problem).__name__}: {problem})"
         else:
             if kind == "found" and isinstance(value, Found):
-                found = value
-            else:
-                log.error(
-                    "the check process failed on a message: {why}",
-                    why=value if kind == "error" else f"an answer of kind {kind!r}",
-                )
-                found = UNCHECKED
-        waiting.callback(found)
+                waiting.callback(value)
+                return
+            why = str(value) if kind == "error" else f"an answer of kind {kind!r}"
+        log.error("the check process failed on a message: {why}", why=why[:MOST_ERROR_TEXT])
+        waiting.errback(CheckUnavailable(f"the check process failed on it: {why}"))
 
     def _logged(self, data: bytes) -> None:
         # What the child logs (its failures) comes on its stderr, a line at a time.
         lines = (self._errors + data).split(b"\n")
-        self._errors = lines.pop()
+        self._errors = lines.pop()[-MOST_LOG_LINE:]
         for line in lines:
+            line = line[:MOST_LOG_LINE]
             if line.strip():
                 log.warn(
                     "check process {pid}: {line}",
@@ -219,8 +271,11 @@ class _Child(ProcessProtocol):
         self._watch = None
         pending, self.pending = self.pending, {}
         self.pool._ended(self, reason)
-        for waiting, fallback, _ in pending.values():
-            defer.maybeDeferred(fallback).chainDeferred(waiting)
+        for waiting, fallback in pending.values():
+            if self.pool.stopping:
+                waiting.errback(CheckUnavailable("the inbound checks are stopping"))
+            else:
+                defer.maybeDeferred(fallback).chainDeferred(waiting)
         self.ended.callback(None)
 
 
@@ -229,8 +284,8 @@ class CheckProcesses(service.Service):
     this service. `settings`: {"nameservers": [delivery] nameservers, "hostname": our
     authserv-id}; `reactor` spawns them and times their restarts; `argv` is the command
     that starts one (this module, with the running Python, unless a test says else);
-    `request_seconds`: how long a child may leave a message unanswered before it is
-    killed as stuck (REQUEST_SECONDS)."""
+    `silent_seconds`: how long a child with work may send nothing before it is killed
+    as stuck (SILENT_SECONDS)."""
 
     name = "inbound-checks"
 
@@ -244,13 +299,15 @@ class CheckProcesses(service.Service):
         restart_most: float = RESTART_MOST,
         stop_grace: float = STOP_GRACE,
         argv: tuple[str, ...] | None = None,
-        request_seconds: float = REQUEST_SECONDS,
+        silent_seconds: float = SILENT_SECONDS,
     ):
         self._settings = pickle.dumps(dict(settings, threads=threads), pickle.HIGHEST_PROTOCOL)
         self._reactor = reactor
-        # The children's requests are timed on the same clock (REQUEST_SECONDS).
+        # The children's silence is timed on the same clock (SILENT_SECONDS).
         self.clock = reactor
-        self.request_seconds = request_seconds
+        self.silent_seconds = silent_seconds
+        # Stopping (or stopped): nothing goes the in-thread way, the DNS pool stops too.
+        self.stopping = False
         self._argv = argv or (sys.executable, "-m", __name__)
         self._first_delay = restart_delay
         self._most_delay = restart_most
@@ -265,7 +322,10 @@ class CheckProcesses(service.Service):
     def find(self, arguments: tuple, fallback) -> Deferred:
         """Deferred Found for arguments (data, client_ip, helo, sender, forwarder,
         zones), from the least busy check process; `fallback()` (the in-thread way,
-        answering a Deferred Found) when none is running or the one asked dies."""
+        answering a Deferred Found) when none is running or the one asked dies. Fails
+        with CheckUnavailable once the service stops."""
+        if self.stopping:
+            return defer.fail(CheckUnavailable("the inbound checks are stopping"))
         running = [child for child in self.children if child is not None and child.ready]
         if not running:
             return fallback()
@@ -276,6 +336,7 @@ class CheckProcesses(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        self.stopping = False
         for slot in range(len(self.children)):
             self._spawn(slot)
 
@@ -296,7 +357,7 @@ class CheckProcesses(service.Service):
             self.children[child.slot] = None
         if not self.running:
             return
-        if self._reactor.seconds() - child.started >= STEADY_SECONDS:
+        if not child.stuck and self._reactor.seconds() - child.started >= STEADY_SECONDS:
             self._delays[child.slot] = self._first_delay
         delay = self._restart_later(child.slot)
         log.warn(
@@ -315,6 +376,7 @@ class CheckProcesses(service.Service):
 
     def stopService(self) -> Deferred:
         super().stopService()
+        self.stopping = True
         for call in self._restarts.values():
             if call.active():
                 call.cancel()
@@ -324,7 +386,9 @@ class CheckProcesses(service.Service):
             if child is None or child.transport is None:  # none, or never started
                 continue
             child.ready = False
-            child.transport.closeStdin()  # the child ends at the end of its input
+            # The child finishes what it has (DRAIN_SECONDS) and ends at the end of its
+            # input; what it leaves unanswered fails with 451 (processEnded).
+            child.transport.closeStdin()
             kill = self._reactor.callLater(self._stop_grace, self._kill, child)
             child.ended.addCallback(lambda _, kill=kill: kill.cancel() if kill.active() else None)
             ending.append(child.ended)
@@ -357,12 +421,17 @@ def _read_frame(stream) -> tuple[int, bytes] | None:
     return request_id, payload
 
 
-def serve(instream, outstream, handle, threads: int) -> None:
+def serve(
+    instream, outstream, handle, threads: int, drain_seconds: float = DRAIN_SECONDS
+) -> None:
     """Answer each request frame of instream on outstream until instream ends: its
     payload unpickled as handle's arguments, run in one of `threads` threads, and
-    ("found", what handle answered) or ("error", why) sent back under the same id."""
+    ("found", what handle answered) or ("error", why) sent back under the same id. At
+    the end of instream, the requests read are finished for up to `drain_seconds`."""
     work: queue.SimpleQueue = queue.SimpleQueue()
     writing = threading.Lock()
+    open_requests = [0]
+    done = threading.Condition()
 
     def answer(request_id: int, payload: bytes) -> None:
         try:
@@ -370,23 +439,35 @@ def serve(instream, outstream, handle, threads: int) -> None:
             data = pickle.dumps(("found", found), pickle.HIGHEST_PROTOCOL)
         except Exception as error:
             traceback.print_exc(file=sys.stderr)
-            data = pickle.dumps(("error", f"{type(error).__name__}: {error}"))
-        with writing:
-            outstream.write(HEAD.pack(len(data), request_id))
-            outstream.write(data)
-            outstream.flush()
+            text = f"{type(error).__name__}: {error}"[:MOST_ERROR_TEXT]
+            data = pickle.dumps(("error", text))
+        try:
+            with writing:
+                outstream.write(HEAD.pack(len(data), request_id))
+                outstream.write(data)
+                outstream.flush()
+        except OSError:
+            # The appliance's end is gone: nobody is left to answer.
+            os._exit(1)
 
     def worker() -> None:
         while True:
             answer(*work.get())
+            with done:
+                open_requests[0] -= 1
+                done.notify_all()
 
     for number in range(threads):
         threading.Thread(target=worker, name=f"checks-{number}", daemon=True).start()
     while True:
         frame = _read_frame(instream)
         if frame is None:
-            return
+            break
+        with done:
+            open_requests[0] += 1
         work.put(frame)
+    with done:
+        done.wait_for(lambda: open_requests[0] == 0, timeout=drain_seconds)
 
 
 class _Monotonic:
@@ -402,13 +483,24 @@ def _checked(resolver, hostname: str, spf_results, data, client_ip, helo, sender
     )
 
 
+def _frames_only():
+    """The stream of the frames: a copy of fd 1, which itself becomes stderr, so nothing
+    a library writes (a print, C code writing to fd 1) reaches the appliance's end."""
+    sys.stdout.flush()
+    outstream = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return outstream
+
+
 def main() -> None:
     """The check process: settings from the first frame, then serve() until the end."""
-    instream, outstream = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # nothing but frames goes to the appliance's end
-    # Interrupting the appliance in a terminal signals its whole process group: the
-    # child ends when the appliance closes its stdin instead, not half-way.
+    instream, outstream = sys.stdin.buffer, _frames_only()
+    # A terminal's ^C and a service manager's SIGTERM reach the appliance's whole
+    # process group: the child ends when the appliance closes its stdin instead, after
+    # the messages it has, not half-way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     first = _read_frame(instream)
     if first is None:

@@ -61,7 +61,6 @@ from atollon_mail.store import domains as domain_ops
 from atollon_mail.store.records import InboundVerdict
 
 __all__ = [
-    "UNCHECKED",
     "Found",
     "InboundChecks",
     "InboundDecision",
@@ -198,10 +197,6 @@ def _addresses(resolver: dns.resolver.Resolver, name: str) -> frozenset[str]:
         if answer.rrset is not None:
             found.update(str(ipaddress.ip_address(rdata.address)) for rdata in answer.rrset)
     return frozenset(found)
-
-
-# What the checks give when they fail on our side: the message is accepted, unchecked.
-UNCHECKED = Found(None)
 
 
 def find(

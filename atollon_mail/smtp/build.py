@@ -43,7 +43,8 @@ def build(
         config, store, workers, reactor, spam_filter=spam_filter, metrics=metrics
     )
     if checks is not None and checks.processes is not None:
-        # Before the listener: the check processes stop after it, when no session asks.
+        # Before the listener, so stopped after it; sessions still open then are told
+        # 451 for a message whose check is not done (CheckProcesses.stopService).
         services.append(checks.processes)
     mx_policy = MXPolicy(intake, hostname, config.smtp.relay_networks, checks)
     smtp_factory = SMTPServerFactory(

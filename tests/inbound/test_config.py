@@ -91,9 +91,10 @@ class InboundConfigTests(unittest.TestCase):
             "junk_score = 0\n": "[inbound] junk_score: must be more than zero",
             "junk_score = lots\n": "[inbound] junk_score: must be a number of points",
             "check_processes = -1\n": (
-                "[inbound] check_processes: must be a whole number of at least 0, got '-1'"
+                "[inbound] check_processes: must be a whole number from 0 to 8, got '-1'"
             ),
             "check_processes = some\n": "[inbound] check_processes: must be a whole number",
+            "check_processes = 9\n": "[inbound] check_processes: must be a whole number from 0",
             "spam = yes\n": "[inbound] spam: unknown key; allowed: checks,",
         }
         for text, expected in cases.items():
