@@ -25,8 +25,8 @@ cannot have it build anything else.
 The child runs each request in a thread of its own pool (DNS lookups block; a slow
 answer for one message holds up only its own thread), with its own resolver (the same
 kind as the appliance's: inbound.resolver) and its own recent SPF results. It needs no
-reactor. When its stdin closes (the appliance stops, or died) it finishes the messages
-it has, for up to DRAIN_SECONDS, then ends. Its file descriptor 1 is moved to stderr
+reactor. It ends when its stdin closes (the appliance stopped, or died). Its file
+descriptor 1 is moved to stderr
 before anything runs, so nothing but frames can reach the appliance's end; it ignores
 SIGTERM and SIGINT (a service manager signalling the whole group, a terminal's ^C): it
 ends with the appliance, not before it.
@@ -39,10 +39,12 @@ doubles from RESTART_DELAY up to RESTART_MOST while it keeps dying early. The ch
 own error on one message, or an answer that cannot be read, fails that message's check
 as an error escaping the checks in-thread does: 451, the sender tries again (the checks'
 own errors inside authenticate are caught there, as in-thread: accepted, unchecked). A
-child that has work and sends nothing for SILENT_SECONDS is stuck: it is killed (and
-restarted as one that died early), its messages checked in the DNS pool. Once the
-service stops, what is left unanswered, and what is asked after, fails with 451: the
-DNS pool stops too.
+message left unanswered for REQUEST_MOST while the child answers others fails with 451.
+A child that has work and sends nothing for SILENT_SECONDS is stuck: it is killed (and
+restarted as one that died early) and its messages fail with 451, not checked in the
+DNS pool (what made it stuck could hold the appliance's own threads). Once the service
+stops, what is left unanswered, and what is asked after, fails with 451: the store and
+the DNS pool stop with it.
 Writes to the pipe never block the reactor (Twisted's process transport buffers them).
 """
 
@@ -50,7 +52,6 @@ from __future__ import annotations
 
 import functools
 import io
-import itertools
 import os
 import pickle
 import queue
@@ -97,8 +98,9 @@ STOP_GRACE = 5.0
 # question within 5 s, a few DKIM keys), but the child answers the others meanwhile from
 # its other threads; only all of them stuck this long means no answer will come.
 SILENT_SECONDS = 120.0
-# How long a child whose stdin closed goes on with the messages it has.
-DRAIN_SECONDS = 4.0
+# The most one message may wait for its answer while the child answers others (a thread
+# of the child stuck on it): past this it fails with 451, the child goes on.
+REQUEST_MOST = 600.0
 # What of the child's stderr is kept while waiting for the end of a line, and of its
 # error text per message.
 MOST_LOG_LINE = 4096
@@ -114,23 +116,27 @@ class CheckUnavailable(Exception):
     checks are stopping): the sender is told 451 and tries again."""
 
 
-# The classes a finding is made of: nothing else is unpickled from a child.
-_FINDING_MODULES = frozenset(
+# The classes a finding is made of, by exact module and name (a dotted name would reach
+# whatever those modules import): nothing else is unpickled from a child. Pickled with
+# protocol 2 or later, these attrs records need no other name (NEWOBJ and BUILD).
+_FINDING_CLASSES = frozenset(
     {
-        "atollon_mail.inbound.authentication",
-        "atollon_mail.inbound.checks",
-        "atollon_mail.inbound.dnsbl",
+        ("atollon_mail.inbound.checks", "Found"),
+        ("atollon_mail.inbound.authentication", "Authentication"),
+        ("atollon_mail.inbound.authentication", "SpfCheck"),
+        ("atollon_mail.inbound.authentication", "DkimCheck"),
+        ("atollon_mail.inbound.authentication", "ArcCheck"),
+        ("atollon_mail.inbound.authentication", "DmarcCheck"),
+        ("atollon_mail.inbound.authentication", "Forwarder"),
+        ("atollon_mail.inbound.dnsbl", "Listing"),
     }
 )
-_FINDING_BUILTINS = frozenset({"frozenset", "set", "tuple", "list", "dict"})
 
 
 class _Findings(pickle.Unpickler):
     def find_class(self, module: str, name: str):
-        if module in _FINDING_MODULES or (module == "builtins" and name in _FINDING_BUILTINS):
-            found = super().find_class(module, name)
-            if isinstance(found, type):
-                return found
+        if (module, name) in _FINDING_CLASSES:
+            return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not part of a finding")
 
 
@@ -149,11 +155,13 @@ class _Child(ProcessProtocol):
         self.slot = slot
         self.started = started
         self._settings = settings
-        # request id -> (the Deferred to fire, the in-thread way if the child dies)
-        self.pending: dict[int, tuple[Deferred, Any]] = {}
+        # request id -> (the Deferred to fire, the in-thread way if the child dies, when
+        # it was asked), the oldest first
+        self.pending: dict[int, tuple[Deferred, Any, float]] = {}
         self._watch = None  # the look for silence while there is work (SILENT_SECONDS)
         self._heard = started  # when it last sent a frame, or was given work while idle
-        self.stuck = False  # killed as stuck: restarted as one that died early
+        self.killed = False  # killed by us: restarted as one that died early
+        self.stuck = False  # killed as stuck: its messages are told 451
         self.ready = False
         self.pid: int | None = None
         self.ended: Deferred = Deferred()
@@ -169,39 +177,70 @@ class _Child(ProcessProtocol):
     def ask(self, request_id: int, arguments: tuple, fallback) -> Deferred:
         waiting: Deferred = Deferred()
         clock = self.pool.clock
+        now = clock.seconds()
         if not self.pending:
-            self._heard = clock.seconds()  # its silence counts from its first work
-        self.pending[request_id] = (waiting, fallback)
+            self._heard = now  # its silence counts from its first work
+        self.pending[request_id] = (waiting, fallback, now)
         payload = pickle.dumps(arguments, pickle.HIGHEST_PROTOCOL)
         # Head and payload apart: the message's bytes are not copied once more here.
         self.transport.writeSequence((HEAD.pack(len(payload), request_id), payload))
         if self._watch is None:
-            self._watch = clock.callLater(self.pool.silent_seconds, self._look)
+            first = min(self.pool.silent_seconds, self.pool.request_most)
+            self._watch = clock.callLater(first, self._look)
         return waiting
 
     def _look(self) -> None:
-        """One timer per child, not per message: silence while it has work."""
+        """One timer per child, not per message: silence while it has work, and the
+        oldest message's wait (REQUEST_MOST)."""
         self._watch = None
         if not self.pending or not self.ready:
             return
-        silent = self.pool.clock.seconds() - self._heard
+        now = self.pool.clock.seconds()
+        expired = []
+        while self.pending:
+            request_id, (waiting, _, asked) = next(iter(self.pending.items()))
+            if now - asked < self.pool.request_most:
+                break
+            del self.pending[request_id]
+            expired.append((waiting, now - asked))
+        try:
+            self._look_at_silence(now)
+        finally:
+            # Last: their callbacks may ask again (and set the next look themselves).
+            for waiting, waited in expired:
+                log.error(
+                    "check process {pid} left a message unanswered for {seconds:g} s: 451",
+                    pid=self.pid,
+                    seconds=waited,
+                )
+                waiting.errback(CheckUnavailable("the check process did not answer in time"))
+
+    def _look_at_silence(self, now: float) -> None:
+        if not self.pending:
+            return
+        silent = now - self._heard
         if silent < self.pool.silent_seconds:
-            remaining = self.pool.silent_seconds - silent
+            oldest = next(iter(self.pending.values()))[2]
+            remaining = min(
+                self.pool.silent_seconds - silent, oldest + self.pool.request_most - now
+            )
             self._watch = self.pool.clock.callLater(remaining, self._look)
             return
         log.error(
             "check process {pid} has had work and sent nothing for {seconds:g} s: killing "
-            "it (its {count} messages are checked here)",
+            "it (its {count} messages are told 451)",
             pid=self.pid,
             seconds=silent,
             count=len(self.pending),
         )
+        self.stuck = True
         self.out_of_step()
 
     def out_of_step(self) -> None:
         """Stuck, or its answers no longer make sense: killed (and restarted later as one
-        that died early); its messages go the other way when it has ended."""
-        self.ready, self._broken, self.stuck = False, True, True
+        that died early); its messages go the other way when it has ended, or, when it
+        was stuck, are told 451."""
+        self.ready, self._broken, self.killed = False, True, True
         self._buffer.clear()
         _kill(self)
 
@@ -219,7 +258,7 @@ class _Child(ProcessProtocol):
         position = 0
         while len(buffer) - position >= HEAD.size:
             length, request_id = HEAD.unpack_from(buffer, position)
-            if length > MOST_ANSWER or request_id not in self.pending:
+            if length > MOST_ANSWER or request_id >= self.pool.next_id:
                 log.error(
                     "check process {pid} sent a frame of {length} bytes for request {id}, "
                     "not one it has: restarting it",
@@ -233,12 +272,13 @@ class _Child(ProcessProtocol):
             if len(buffer) < end:
                 break
             self._heard = self.pool.clock.seconds()
-            self._answer(request_id, bytes(buffer[position + HEAD.size : end]))
+            if request_id in self.pending:  # else: failed meanwhile (REQUEST_MOST)
+                self._answer(request_id, bytes(buffer[position + HEAD.size : end]))
             position = end
         del buffer[:position]
 
     def _answer(self, request_id: int, payload: bytes) -> None:
-        waiting = self.pending.pop(request_id)[0]  # in pending: _answers looked
+        waiting = self.pending.pop(request_id)[0]
         try:
             kind, value = _finding(payload)
         except Exception as problem:
@@ -271,9 +311,12 @@ class _Child(ProcessProtocol):
         self._watch = None
         pending, self.pending = self.pending, {}
         self.pool._ended(self, reason)
-        for waiting, fallback in pending.values():
+        for waiting, fallback, _ in pending.values():
             if self.pool.stopping:
                 waiting.errback(CheckUnavailable("the inbound checks are stopping"))
+            elif self.stuck:
+                # What made it stuck could make the appliance's own threads stuck too.
+                waiting.errback(CheckUnavailable("the check process was stuck"))
             else:
                 defer.maybeDeferred(fallback).chainDeferred(waiting)
         self.ended.callback(None)
@@ -285,7 +328,8 @@ class CheckProcesses(service.Service):
     authserv-id}; `reactor` spawns them and times their restarts; `argv` is the command
     that starts one (this module, with the running Python, unless a test says else);
     `silent_seconds`: how long a child with work may send nothing before it is killed
-    as stuck (SILENT_SECONDS)."""
+    as stuck (SILENT_SECONDS); `request_most`: how long one message may wait for its
+    answer (REQUEST_MOST)."""
 
     name = "inbound-checks"
 
@@ -300,12 +344,14 @@ class CheckProcesses(service.Service):
         stop_grace: float = STOP_GRACE,
         argv: tuple[str, ...] | None = None,
         silent_seconds: float = SILENT_SECONDS,
+        request_most: float = REQUEST_MOST,
     ):
         self._settings = pickle.dumps(dict(settings, threads=threads), pickle.HIGHEST_PROTOCOL)
         self._reactor = reactor
         # The children's silence is timed on the same clock (SILENT_SECONDS).
         self.clock = reactor
         self.silent_seconds = silent_seconds
+        self.request_most = request_most
         # Stopping (or stopped): nothing goes the in-thread way, the DNS pool stops too.
         self.stopping = False
         self._argv = argv or (sys.executable, "-m", __name__)
@@ -315,7 +361,7 @@ class CheckProcesses(service.Service):
         self.children: list[_Child | None] = [None] * count
         self._delays = [restart_delay] * count
         self._restarts: dict[int, Any] = {}
-        self._ids = itertools.count(1)
+        self.next_id = 1  # request ids: 1, 2, ... (0: the settings)
 
     # --- asking ---
 
@@ -330,7 +376,8 @@ class CheckProcesses(service.Service):
         if not running:
             return fallback()
         child = min(running, key=lambda one: len(one.pending))
-        return child.ask(next(self._ids), arguments, fallback)
+        request_id, self.next_id = self.next_id, self.next_id + 1
+        return child.ask(request_id, arguments, fallback)
 
     # --- the children's lives ---
 
@@ -353,11 +400,12 @@ class CheckProcesses(service.Service):
         self.children[slot] = child
 
     def _ended(self, child: _Child, reason: Failure) -> None:
-        if self.children[child.slot] is child:
-            self.children[child.slot] = None
+        if self.children[child.slot] is not child:
+            return  # one from before a stop: its slot has a new one
+        self.children[child.slot] = None
         if not self.running:
             return
-        if not child.stuck and self._reactor.seconds() - child.started >= STEADY_SECONDS:
+        if not child.killed and self._reactor.seconds() - child.started >= STEADY_SECONDS:
             self._delays[child.slot] = self._first_delay
         delay = self._restart_later(child.slot)
         log.warn(
@@ -386,8 +434,8 @@ class CheckProcesses(service.Service):
             if child is None or child.transport is None:  # none, or never started
                 continue
             child.ready = False
-            # The child finishes what it has (DRAIN_SECONDS) and ends at the end of its
-            # input; what it leaves unanswered fails with 451 (processEnded).
+            # The child ends at the end of its input; what it leaves unanswered fails
+            # with 451 (processEnded): the store stops too, nothing could be kept.
             child.transport.closeStdin()
             kill = self._reactor.callLater(self._stop_grace, self._kill, child)
             child.ended.addCallback(lambda _, kill=kill: kill.cancel() if kill.active() else None)
@@ -421,26 +469,24 @@ def _read_frame(stream) -> tuple[int, bytes] | None:
     return request_id, payload
 
 
-def serve(
-    instream, outstream, handle, threads: int, drain_seconds: float = DRAIN_SECONDS
-) -> None:
+def serve(instream, outstream, handle, threads: int) -> None:
     """Answer each request frame of instream on outstream until instream ends: its
     payload unpickled as handle's arguments, run in one of `threads` threads, and
-    ("found", what handle answered) or ("error", why) sent back under the same id. At
-    the end of instream, the requests read are finished for up to `drain_seconds`."""
+    ("found", what handle answered) or ("error", why) sent back under the same id."""
     work: queue.SimpleQueue = queue.SimpleQueue()
     writing = threading.Lock()
-    open_requests = [0]
-    done = threading.Condition()
 
     def answer(request_id: int, payload: bytes) -> None:
         try:
             found = handle(*pickle.loads(payload))
             data = pickle.dumps(("found", found), pickle.HIGHEST_PROTOCOL)
-        except Exception as error:
-            traceback.print_exc(file=sys.stderr)
+        except BaseException as error:  # the thread must answer, whatever went wrong
+            try:
+                traceback.print_exc(file=sys.stderr)
+            except BaseException:
+                pass
             text = f"{type(error).__name__}: {error}"[:MOST_ERROR_TEXT]
-            data = pickle.dumps(("error", text))
+            data = pickle.dumps(("error", text), pickle.HIGHEST_PROTOCOL)
         try:
             with writing:
                 outstream.write(HEAD.pack(len(data), request_id))
@@ -453,21 +499,14 @@ def serve(
     def worker() -> None:
         while True:
             answer(*work.get())
-            with done:
-                open_requests[0] -= 1
-                done.notify_all()
 
     for number in range(threads):
         threading.Thread(target=worker, name=f"checks-{number}", daemon=True).start()
     while True:
         frame = _read_frame(instream)
         if frame is None:
-            break
-        with done:
-            open_requests[0] += 1
+            return
         work.put(frame)
-    with done:
-        done.wait_for(lambda: open_requests[0] == 0, timeout=drain_seconds)
 
 
 class _Monotonic:
@@ -486,9 +525,9 @@ def _checked(resolver, hostname: str, spf_results, data, client_ip, helo, sender
 def _frames_only():
     """The stream of the frames: a copy of fd 1, which itself becomes stderr, so nothing
     a library writes (a print, C code writing to fd 1) reaches the appliance's end."""
-    sys.stdout.flush()
     outstream = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
+    sys.stdout.flush()  # what was printed before goes to stderr now
     sys.stdout = sys.stderr
     return outstream
 

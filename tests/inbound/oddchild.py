@@ -1,6 +1,6 @@
 """A check process that misbehaves on purpose, for tests/inbound/test_checkprocess.py:
 the real frame loop (inbound.checkprocess.serve) with a handler that, by the sender it
-is asked about, hangs, is slow, prints, answers what may not be unpickled, raises,
+is asked about, hangs, prints, answers what may not be unpickled, raises,
 answers something that is no finding, answers what cannot be
 unpickled, or answers more than an answer may be; any other sender gets a finding of
 one made-up blocklist listing (LISTED)."""
@@ -36,8 +36,6 @@ class Unreadable:
 def handle(data, client_ip, helo, sender, forwarder, zones):
     if sender == "hangs@odd.test":
         time.sleep(3600)  # stuck: the appliance must not wait for this answer
-    if sender == "slow@odd.test":
-        time.sleep(1.0)  # answered after its stdin closed: the child drains first
     if sender == "noisy@odd.test":
         print("a library printing")  # neither reaches the appliance's end
         os.write(1, b"C code writing to fd 1\n")
