@@ -15,11 +15,18 @@ this service; whoever needs one is given it when built.
 from __future__ import annotations
 
 from twisted.application import service
+from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 CPU_THREADS = 2
 DNS_THREADS = 4
+
+
+class WorkersStopped(RuntimeError):
+    """Work given to a pool that has stopped (the appliance is stopping): a stopped
+    Twisted ThreadPool takes the work and never runs it, so the caller would wait for
+    ever; it is told at once instead (an SMTP session then answers 451)."""
 
 
 class Workers(service.Service):
@@ -42,9 +49,16 @@ class Workers(service.Service):
         self.cpu.stop()
 
     def in_cpu(self, function, *args):
-        """Deferred result of function(*args) run in the CPU pool."""
-        return deferToThreadPool(self._reactor, self.cpu, function, *args)
+        """Deferred result of function(*args) run in the CPU pool (WorkersStopped once
+        the pools stopped)."""
+        return self._in(self.cpu, function, args)
 
     def in_dns(self, function, *args):
-        """Deferred result of function(*args) run in the DNS pool."""
-        return deferToThreadPool(self._reactor, self.dns, function, *args)
+        """Deferred result of function(*args) run in the DNS pool (WorkersStopped once
+        the pools stopped)."""
+        return self._in(self.dns, function, args)
+
+    def _in(self, pool: ThreadPool, function, args):
+        if pool.joined:
+            return defer.fail(WorkersStopped(f"the {pool.name} pool has stopped"))
+        return deferToThreadPool(self._reactor, pool, function, *args)
