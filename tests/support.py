@@ -90,6 +90,7 @@ class PostgresStoreMixin:
     def make_database_url(self) -> str:
         url, schema = create_postgres_schema()
         self.addCleanup(drop_postgres_schema, schema)
+        self.postgres_schema = schema  # its node locks' keys are its own (leases.lock_key)
         return url
 
 

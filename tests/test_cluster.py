@@ -86,8 +86,8 @@ class PostgresClusterServiceTests(NodesMixin, PostgresStoreMixin, unittest.TestC
         self.assertFalse(b.holding)
         self.assertFalse(b.job.running)
         # a's connection dies (as when its process is killed): its lock goes with it.
-        terminate_backend(lock_holder("junk-purger"))
-        yield self.wait_for(lambda: lock_holder("junk-purger") is None)
+        terminate_backend(lock_holder("junk-purger", self.postgres_schema))
+        yield self.wait_for(lambda: lock_holder("junk-purger", self.postgres_schema) is None)
         clock_a.advance(LEASE_SECONDS)
         yield self.wait_for(lambda: not a.holding)
         self.assertFalse(a.job.running)
@@ -137,8 +137,8 @@ class PostgresClusterServiceTests(NodesMixin, PostgresStoreMixin, unittest.TestC
         self.assertEqual((yield self.look(keeper_b, clock_b)), {})
         self.assertEqual(woken, [], "a is alive")
         # a dies (its keeper looks no more): its lock is free from now on.
-        terminate_backend(lock_holder(node_lock_name("a")))
-        yield self.wait_for(lambda: lock_holder(node_lock_name("a")) is None)
+        terminate_backend(lock_holder(node_lock_name("a"), self.postgres_schema))
+        yield self.wait_for(lambda: lock_holder(node_lock_name("a"), self.postgres_schema) is None)
         # Seen free on looks spanning more than 2 x check_interval before anything goes.
         for _ in range(3):
             self.assertEqual((yield self.look(keeper_b, clock_b)), {})
@@ -161,12 +161,12 @@ class PostgresClusterServiceTests(NodesMixin, PostgresStoreMixin, unittest.TestC
         self.assertTrue(keeper_a.confirmed())
         claimed = yield store_a.run(queue.claim_due_deliveries, T0, 10, "a")
         self.assertEqual(len(claimed), 2)
-        terminate_backend(lock_holder(node_lock_name("a")))
-        terminate_backend(lock_holder(node_lock_name("b")))
+        terminate_backend(lock_holder(node_lock_name("a"), self.postgres_schema))
+        terminate_backend(lock_holder(node_lock_name("b"), self.postgres_schema))
         yield self.wait_for(
             lambda: (
-                lock_holder(node_lock_name("a")) is None
-                and lock_holder(node_lock_name("b")) is None
+                lock_holder(node_lock_name("a"), self.postgres_schema) is None
+                and lock_holder(node_lock_name("b"), self.postgres_schema) is None
             )
         )
         # b learns it lost its own lock: nothing is released on that look.
@@ -198,9 +198,9 @@ class PostgresClusterServiceTests(NodesMixin, PostgresStoreMixin, unittest.TestC
         yield self.wait_for(lambda: keeper.round.called)
         yield keeper.stopService()
         # The runner may still be finishing: the others must not take its claims yet.
-        self.assertIsNotNone(lock_holder(node_lock_name("a")))
+        self.assertIsNotNone(lock_holder(node_lock_name("a"), self.postgres_schema))
         store_a.stop()
-        yield self.wait_for(lambda: lock_holder(node_lock_name("a")) is None)
+        yield self.wait_for(lambda: lock_holder(node_lock_name("a"), self.postgres_schema) is None)
 
     def appliance_config(self, node_line: str = ""):
         data = os.path.abspath(self.mktemp())

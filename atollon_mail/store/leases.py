@@ -46,10 +46,25 @@ def dedicated_params(database) -> dict:
 NODE_LOCK_PREFIX = "node "
 
 
-def lock_key(name: str) -> int:
-    """The advisory lock key (a signed 64-bit integer) of a lock name."""
-    digest = hashlib.sha256(b"atollon-mail lock " + name.encode("utf-8")).digest()
+# The schema whose appliance keeps the lock keys (and news channel) of before schemas
+# were told apart.
+DEFAULT_SCHEMA = "public"
+
+
+def lock_key(name: str, schema: str = DEFAULT_SCHEMA) -> int:
+    """The advisory lock key (a signed 64-bit integer) of a lock name. Advisory locks are
+    the database's, not a schema's: the appliance whose tables are in `schema` (its
+    search_path's first) takes keys of its own, so appliances in two schemas of one
+    database never hold each other's locks."""
+    scope = b"" if schema == DEFAULT_SCHEMA else schema.encode("utf-8") + b"\0"
+    digest = hashlib.sha256(b"atollon-mail lock " + scope + name.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def current_schema(cursor) -> str:
+    """The schema a connection's unqualified tables are in (PostgreSQL)."""
+    cursor.execute("SELECT current_schema()")
+    return cursor.fetchone()[0] or DEFAULT_SCHEMA
 
 
 def node_lock_name(node_name: str) -> str:
@@ -72,6 +87,7 @@ class Leases:
         self._pool = self._new_pool()
         self._started = False
         self._connection = None
+        self._schema = DEFAULT_SCHEMA  # of the connection (lock_key)
         self._held: set[str] = set()
 
     @staticmethod
@@ -132,6 +148,8 @@ class Leases:
             params = dedicated_params(self._database)
             self._connection = psycopg2.connect(dbname=self._database.database, **params)
             self._connection.autocommit = True
+            with self._connection.cursor() as cursor:
+                self._schema = current_schema(cursor)
         return self._connection
 
     def _query(self, sql: str, params: tuple = ()):
@@ -149,7 +167,8 @@ class Leases:
     def _take(self, name: str) -> bool:
         if name in self._held:
             return self._still_held(name)
-        if self._query("SELECT pg_try_advisory_lock(%s)", (lock_key(name),)):
+        self._connect()
+        if self._query("SELECT pg_try_advisory_lock(%s)", (lock_key(name, self._schema),)):
             self._held.add(name)
             return True
         return False
@@ -166,7 +185,7 @@ class Leases:
     def _release(self, name: str) -> None:
         if name in self._held:
             self._held.discard(name)
-            self._query("SELECT pg_advisory_unlock(%s)", (lock_key(name),))
+            self._query("SELECT pg_advisory_unlock(%s)", (lock_key(name, self._schema),))
 
     def _disconnect(self) -> None:
         self._held.clear()

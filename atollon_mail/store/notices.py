@@ -12,6 +12,7 @@ payloads kept under PostgreSQL's limit of 8000 bytes. On SQLite (one box) nothin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import select
 import threading
@@ -21,11 +22,21 @@ from collections.abc import Callable
 import attrs
 from twisted.logger import Logger
 
-from atollon_mail.store.leases import dedicated_params
+from atollon_mail.store.leases import DEFAULT_SCHEMA, current_schema, dedicated_params
 
 log = Logger()
 
 CHANNEL = "atollon_mail"
+
+
+def channel_of(schema: str) -> str:
+    """The channel of the appliance whose tables are in `schema`: NOTIFY is the
+    database's, so appliances in two schemas of one database must not hear each other."""
+    if schema == DEFAULT_SCHEMA:
+        return CHANNEL
+    return f"{CHANNEL}_{hashlib.sha256(schema.encode('utf-8')).hexdigest()[:16]}"
+
+
 # PostgreSQL refuses a payload of 8000 bytes or more; a few hundred ids fit in one.
 MAX_PAYLOAD = 7000
 # How long the listener waits on its socket before it looks whether it must stop, and
@@ -155,6 +166,7 @@ class Notifier:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._connection = None
+        self._channel = CHANNEL
 
     def add(self, pending: dict) -> None:
         """News committed (any thread)."""
@@ -205,9 +217,11 @@ class Notifier:
                     params = dedicated_params(self._database)
                     self._connection = psycopg2.connect(dbname=self._database.database, **params)
                     self._connection.autocommit = True
+                    with self._connection.cursor() as cursor:
+                        self._channel = channel_of(current_schema(cursor))
                 with self._connection.cursor() as cursor:
                     for payload in payloads(self._node, pending):
-                        cursor.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+                        cursor.execute("SELECT pg_notify(%s, %s)", (self._channel, payload))
                 return
             except Exception as problem:
                 if self._connection is not None:
@@ -272,7 +286,7 @@ class Listener:
         connection = psycopg2.connect(dbname=self._database.database, **params)
         connection.autocommit = True
         with connection.cursor() as cursor:
-            cursor.execute(f"LISTEN {CHANNEL}")
+            cursor.execute(f"LISTEN {channel_of(current_schema(cursor))}")
         return connection
 
     def _run(self) -> None:

@@ -40,7 +40,7 @@ from atollon_mail.store.filing import (
     prepared_sql,
     resolve_recipient,
 )
-from atollon_mail.store.leases import lock_key, node_lock_name
+from atollon_mail.store.leases import DEFAULT_SCHEMA, lock_key, node_lock_name
 from atollon_mail.store.models import (
     QUEUE_STATES,
     Filing,
@@ -521,11 +521,16 @@ def dead_claimers(node: str) -> list[str]:
     for name in _claimers(node):
         (taken,) = database_proxy.execute_sql(
             f"SELECT pg_try_advisory_xact_lock({database_proxy.param})",
-            (lock_key(node_lock_name(name)),),
+            (lock_key(node_lock_name(name), _schema()),),
         ).fetchone()
         if taken:
             free.append(name)
     return free
+
+
+def _schema() -> str:
+    """The schema of the store's tables (the node locks' keys are the schema's)."""
+    return database_proxy.execute_sql("SELECT current_schema()").fetchone()[0] or DEFAULT_SCHEMA
 
 
 def _claimers(node: str) -> list[str]:
@@ -558,9 +563,11 @@ def release_dead_claims(
     if names is not None:
         claimers = [name for name in claimers if name in names]
     released = {}
+    schema = _schema() if claimers else DEFAULT_SCHEMA
     for name in claimers:
         (free,) = database_proxy.execute_sql(
-            f"SELECT pg_try_advisory_xact_lock({param})", (lock_key(node_lock_name(name)),)
+            f"SELECT pg_try_advisory_xact_lock({param})",
+            (lock_key(node_lock_name(name), schema),),
         ).fetchone()
         if free:
             released[name] = requeue_in_flight(now, name, only_node=True)

@@ -28,15 +28,23 @@ from atollon_mail.store.notices import MAX_PAYLOAD, Notifier, parse, payloads
 from atollon_mail.store.pool import Store
 from atollon_mail.store.records import DeliveryResult, IncomingMessage, Origin, OutgoingMessage
 from tests import builders
-from tests.support import POSTGRES_URL, PostgresStoreMixin, SqliteStoreMixin, StoreFixtureMixin
+from tests.support import (
+    POSTGRES_URL,
+    PostgresStoreMixin,
+    SqliteStoreMixin,
+    StoreFixtureMixin,
+    create_postgres_schema,
+    drop_postgres_schema,
+)
 
 T0 = datetime.datetime(2030, 7, 1, 12, 0, 0)
 SUBMISSION = Origin("submission")
 
 
-def lock_holder(lock_name: str) -> int | None:
-    """The PostgreSQL backend holding this advisory lock (None: nobody)."""
-    key = lock_key(lock_name) & (2**64 - 1)
+def lock_holder(lock_name: str, schema: str) -> int | None:
+    """The PostgreSQL backend holding this advisory lock of the appliance in `schema`
+    (None: nobody)."""
+    key = lock_key(lock_name, schema) & (2**64 - 1)
     connection = psycopg2.connect(POSTGRES_URL)
     try:
         with connection.cursor() as cursor:
@@ -296,6 +304,28 @@ class PostgresClusterTests(PostgresStoreMixin, ClusterContractTests, unittest.Te
         self.fail("it did not happen in time")
 
     @defer.inlineCallbacks
+    def test_appliances_in_two_schemas_of_one_database_share_no_lock_and_no_news(self):
+        url, schema = create_postgres_schema()
+        self.addCleanup(drop_postgres_schema, schema)
+        heard: list = []
+        other = Store.from_url(url, reactor, node="c", news=heard.append)
+        other.migrate()
+        other.start()
+        self.addCleanup(other.stop)
+        self.assertTrue(self.node_a.leases.take_now("dns-watcher"))
+        self.assertTrue(other.leases.take_now("dns-watcher"), "its own lock, not a's")
+        self.assertTrue(self.node_a.leases.take_now(node_lock_name("a")))
+        self.assertIsNone(lock_holder(node_lock_name("a"), schema))
+        yield self.wait_for(lambda: other.listening and self.node_b.listening)
+        notifier = Notifier(self.node_a.database, "a")
+        notifier.start()
+        self.addCleanup(notifier.stop)
+        notifier.add({"filed": {1}, "junk": set(), "changed": set(), "touched": set()})
+        yield self.wait_for(lambda: self.heard_b)
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(heard, [], "news of another schema's appliance")
+
+    @defer.inlineCallbacks
     def test_a_listener_cut_off_says_news_may_be_lost_once_it_listens_again(self):
         yield self.wait_for(lambda: self.node_b.listening)
         listener = self.node_b._listener
@@ -316,8 +346,8 @@ class PostgresClusterTests(PostgresStoreMixin, ClusterContractTests, unittest.Te
         self.assertTrue((yield self.node_a.leases.take("dns-watcher")))
         self.assertFalse((yield self.node_b.leases.take("dns-watcher")))
         self.assertTrue((yield self.node_a.leases.take("dns-watcher")), "held already")
-        terminate_backend(lock_holder("dns-watcher"))
-        yield self.wait_for(lambda: lock_holder("dns-watcher") is None)
+        terminate_backend(lock_holder("dns-watcher", self.postgres_schema))
+        yield self.wait_for(lambda: lock_holder("dns-watcher", self.postgres_schema) is None)
         self.assertFalse((yield self.node_a.leases.held("dns-watcher")))
         self.assertTrue((yield self.node_b.leases.take("dns-watcher")))
         self.assertFalse((yield self.node_a.leases.take("dns-watcher")), "b holds it now")
@@ -328,7 +358,7 @@ class PostgresClusterTests(PostgresStoreMixin, ClusterContractTests, unittest.Te
         self.assertFalse((yield self.node_b.leases.take("junk-purger")))
         self.node_a.leases.close()  # as the process's end closes it
         # The server ends the session a moment after the connection closed.
-        yield self.wait_for(lambda: lock_holder("junk-purger") is None)
+        yield self.wait_for(lambda: lock_holder("junk-purger", self.postgres_schema) is None)
         self.assertTrue((yield self.node_b.leases.take("junk-purger")))
         yield self.node_b.leases.release("junk-purger")
         self.assertTrue((yield self.node_a.leases.take("junk-purger")))
@@ -346,8 +376,9 @@ class PostgresClusterTests(PostgresStoreMixin, ClusterContractTests, unittest.Te
         self.node_a.run_sync(queue.mark_dots_sent, [claimed[0].recipient_id], T0, "a")
         released = yield self.node_b.run(queue.release_dead_claims, T0, "b")
         self.assertEqual(released, {}, "a is alive: its claims stay")
-        terminate_backend(lock_holder(node_lock_name("a")))  # as a kill -9 of node a does
-        yield self.wait_for(lambda: lock_holder(node_lock_name("a")) is None)
+        # As a kill -9 of node a does:
+        terminate_backend(lock_holder(node_lock_name("a"), self.postgres_schema))
+        yield self.wait_for(lambda: lock_holder(node_lock_name("a"), self.postgres_schema) is None)
         released = yield self.node_b.run(queue.release_dead_claims, T0, "b")
         self.assertEqual(list(released), ["a"])
         self.assertEqual(released["a"].quiet, 2)
@@ -421,9 +452,9 @@ class PostgresClusterTests(PostgresStoreMixin, ClusterContractTests, unittest.Te
     def test_the_node_lock_goes_only_when_the_store_stops(self):
         self.assertTrue(self.node_a.leases.take_now(node_lock_name("a")))
         self.assertTrue(self.node_a.leases.holding(node_lock_name("a")))
-        self.assertIsNotNone(lock_holder(node_lock_name("a")))
+        self.assertIsNotNone(lock_holder(node_lock_name("a"), self.postgres_schema))
         self.node_a.stop()
-        yield self.wait_for(lambda: lock_holder(node_lock_name("a")) is None)
+        yield self.wait_for(lambda: lock_holder(node_lock_name("a"), self.postgres_schema) is None)
 
     # -- news between nodes -------------------------------------------------------------------
 
