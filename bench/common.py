@@ -210,18 +210,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def children_cpu_seconds(pid: int) -> float:
-    """CPU time the child processes of pid have used, in seconds: the running ones' own
-    and what the ended ones (waited for) left in pid's cutime and cstime."""
-    total = 0
+def process_stats():
+    """The fields of /proc/PID/stat after the command's name, of every live process:
+    state, ppid (1), pgrp (2), ..., utime (11), stime (12), cutime (13), cstime (14)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
+                yield stat.read().rsplit(")", 1)[1].split()
         except OSError:  # it ended meanwhile
             continue
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """CPU time the child processes of pid have used, in seconds: the running ones' own
+    and what the ended ones (waited for) left in pid's cutime and cstime."""
+    total = 0
+    for fields in process_stats():
         if int(fields[1]) == pid:
             total += int(fields[11]) + int(fields[12])
     with open(f"/proc/{pid}/stat") as stat:

@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 
+from common import process_stats
 from twisted.trial.unittest import SkipTest
 
 from tests.rspamd import rspamd_binary, start_redis, stop_process
@@ -68,15 +69,7 @@ def pings(url: str) -> bool:
 def group_cpu_seconds(group: int) -> float:
     """User and system CPU time of every live process in a process group, in seconds."""
     ticks = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # after the command: state, ppid, pgrp, ..., utime (12th), stime (13th)
+    for fields in process_stats():
         if int(fields[2]) == group:
             ticks += int(fields[11]) + int(fields[12])
     return ticks / _TICKS
