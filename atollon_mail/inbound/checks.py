@@ -373,9 +373,10 @@ class InboundChecks:
             return True
         return field.name == "authentication-results" and authserv_id(field.text()) == self.hostname
 
-    def _work(self, data, header_fields, client_ip, helo, sender, forwarder, zones) -> Found:
-        """In the DNS pool: the authentication and the blocklist listings."""
-        return find(
+    def _in_thread(self, data, header_fields, client_ip, helo, sender, forwarder, zones):
+        """Deferred Found: the checks (find) in the DNS worker pool of this process."""
+        return self._workers.in_dns(
+            find,
             self.resolver,
             self.hostname,
             self._spf_results,
@@ -386,12 +387,6 @@ class InboundChecks:
             sender,
             forwarder,
             zones,
-        )
-
-    def _in_thread(self, data, header_fields, client_ip, helo, sender, forwarder, zones):
-        """Deferred Found: the checks in the DNS worker pool of this process."""
-        return self._workers.in_dns(
-            self._work, data, header_fields, client_ip, helo, sender, forwarder, zones
         )
 
     @defer.inlineCallbacks

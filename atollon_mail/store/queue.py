@@ -517,20 +517,24 @@ def dead_claimers(node: str) -> list[str]:
     which releases only after seeing it free for long enough). PostgreSQL only."""
     if not database_proxy.for_update:
         return []
+    return _free_node_locks(_claimers(node))
+
+
+def _free_node_locks(names: Sequence[str]) -> list[str]:
+    """Those of these nodes whose node lock this transaction could take (held to its
+    end): no node of that name runs. The keys are those of the store's schema."""
+    if not names:
+        return []
+    schema = database_proxy.execute_sql("SELECT current_schema()").fetchone()[0]
     free = []
-    for name in _claimers(node):
+    for name in names:
         (taken,) = database_proxy.execute_sql(
             f"SELECT pg_try_advisory_xact_lock({database_proxy.param})",
-            (lock_key(node_lock_name(name), _schema()),),
+            (lock_key(node_lock_name(name), schema or DEFAULT_SCHEMA),),
         ).fetchone()
         if taken:
             free.append(name)
     return free
-
-
-def _schema() -> str:
-    """The schema of the store's tables (the node locks' keys are the schema's)."""
-    return database_proxy.execute_sql("SELECT current_schema()").fetchone()[0] or DEFAULT_SCHEMA
 
 
 def _claimers(node: str) -> list[str]:
@@ -558,20 +562,12 @@ def release_dead_claims(
     only those of these nodes (the ones cluster.ClaimKeeper saw free long enough)."""
     if not database_proxy.for_update:
         return {}
-    param = database_proxy.param
     claimers = _claimers(node)
     if names is not None:
         claimers = [name for name in claimers if name in names]
-    released = {}
-    schema = _schema() if claimers else DEFAULT_SCHEMA
-    for name in claimers:
-        (free,) = database_proxy.execute_sql(
-            f"SELECT pg_try_advisory_xact_lock({param})",
-            (lock_key(node_lock_name(name), schema),),
-        ).fetchone()
-        if free:
-            released[name] = requeue_in_flight(now, name, only_node=True)
-    return released
+    return {
+        name: requeue_in_flight(now, name, only_node=True) for name in _free_node_locks(claimers)
+    }
 
 
 def _origins_of(recipient_ids: Sequence[int]) -> list[tuple[str | None, int | None]]:
