@@ -38,6 +38,8 @@ import urllib.request
 import attrs
 from twisted.trial.unittest import SkipTest
 
+from tests.support import free_port
+
 # rspamd's own test string (its GTUBE check rejects a message holding it).
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
@@ -194,16 +196,7 @@ def rspamd_version() -> str:
 
 
 def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    return [free_port() for _ in range(count)]
 
 
 def _answers(url: str) -> bool:

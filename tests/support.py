@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import uuid
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -165,3 +166,34 @@ def broken_metrics(**kwargs):
                     setattr(self, name, _BrokenMetric())
 
     return BrokenMetrics()
+
+
+# Ports for the servers the tests start, each test process from a range of its own below
+# the kernel's ephemeral range (32768-60999 by default): a port picked by binding to port
+# 0 and closing could be picked again by the other worker process of a parallel run (or
+# taken by an outgoing connection) before the server bound it, and an appliance that
+# cannot listen on one of its ports exits (seen: its IMAP port taken between the pick and
+# twistd's bind).
+_PORTS_PER_WORKER = 2000
+_ports: list[int] = []  # [the range's first port, the next offset in it]
+
+
+def free_port(*hosts: str) -> int:
+    """A port no other test process is handed, free now on every one of `hosts`
+    (127.0.0.1 when none are given)."""
+    hosts = hosts or ("127.0.0.1",)
+    if not _ports:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+        number = int(worker) if worker.isdigit() else 0
+        _ports.extend((20000 + (number % 6) * _PORTS_PER_WORKER, 0))
+    for _ in range(_PORTS_PER_WORKER):
+        port = _ports[0] + _ports[1]
+        _ports[1] = (_ports[1] + 1) % _PORTS_PER_WORKER
+        try:
+            for host in hosts:
+                with socket.socket() as probe:
+                    probe.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise AssertionError(f"no port free on all of {hosts}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import os
 import smtplib
-import socket
 import ssl as ssl_module
 import stat
 import subprocess
@@ -29,6 +28,7 @@ from atollon_mail.store import accounts
 from atollon_mail.web.bodylimit import BodyLimitedRequest
 from atollon_mail.web.limits import DeadlineSite
 from atollon_mail.web.mailevents import StreamsFull
+from tests.support import free_port
 
 
 def write_config(testcase, text: str) -> str:
@@ -368,10 +368,6 @@ STARTED = "Site starting on"  # logged when the last listener is bound
 START_TIMEOUT = 60.0  # seconds; the machine running the tests may be busy
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class TwistdTests(unittest.TestCase):

@@ -15,30 +15,14 @@ from atollon_mail.store import filing as filing_ops
 from atollon_mail.store import queue as queue_ops
 from atollon_mail.store.pool import Store
 from tests.e2e.certs import write_self_signed
+from tests.support import free_port
 
 BIN = os.path.dirname(sys.executable)
 
 
 def free_port_on(*hosts: str) -> int:
     """A port number free on every one of the loopback addresses."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind((hosts[0], 0))
-            port = probe.getsockname()[1]
-        try:
-            for host in hosts[1:]:
-                with socket.socket() as other:
-                    other.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise AssertionError(f"no port free on all of {hosts}")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_port(*hosts)
 
 
 class TwistdAppliance:
