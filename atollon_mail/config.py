@@ -40,6 +40,7 @@ class ApplianceConfig:
     public_ipv4: str | None = None  # the address the world reaches us at (DNS advice)
     public_ipv6: str | None = None
     hostname_from_machine: bool = False  # hostname unset: this machine's name was taken
+    cpu: str | int = "auto"  # the CPU of the process's threads: auto, off or a number
 
 
 @attrs.frozen
@@ -603,6 +604,25 @@ def _database_url(value: str) -> str:
     return value
 
 
+def _cpu(value: str) -> str | int:
+    text = value.strip().lower()
+    if text in ("auto", "off"):
+        return text
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise ValueError(f"must be auto, off or a CPU number (0, 1, ...), got {value!r}")
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    if allowed is not None and number not in allowed:
+        raise ValueError(
+            f"CPU {number} is not one this machine lets the appliance run on "
+            f"({', '.join(map(str, allowed))})"
+        )
+    return number
+
+
 def _node_name(value: str) -> str:
     name = value.strip()
     if len(name) > 200 or not name.isprintable():
@@ -619,6 +639,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str], Any], str]]] = {
         "data_dir": (_text, "var"),
         "public_ipv4": (_optional_ip(4), ""),
         "public_ipv6": (_optional_ip(6), ""),
+        "cpu": (_cpu, "auto"),
     },
     "database": {
         "url": (_database_url, "sqlite:///var/atollon-mail.sqlite"),

@@ -15,6 +15,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
+from atollon_mail import affinity
 from atollon_mail.auth import build_authenticator
 from atollon_mail.backup import build as backup_build
 from atollon_mail.certificates import build as certificates_build
@@ -150,14 +151,23 @@ class Appliance(service.MultiService):
         listeners: dict[str, tuple[str, str, str]],
         on_start_failure: Callable[[str], None] | None = None,
         tune_gc_at_start: bool = False,
+        cpu: str | int = affinity.OFF,
     ):
         super().__init__()
         self.listeners = listeners
         # Told the line before start-up ends (twistd's waiting parent, when daemonized).
         self.on_start_failure = on_start_failure
         self.tune_gc_at_start = tune_gc_at_start
+        self.cpu = cpu
 
     def startService(self) -> None:
+        # Pinned first: the threads the services start inherit the CPU, the processes
+        # they start are given the machine's (affinity.unpinned).
+        if self.cpu != affinity.OFF:
+            try:
+                affinity.pin_process(self.cpu)
+            except (OSError, ValueError) as problem:
+                log.error("the appliance's threads are not pinned: {problem}", problem=problem)
         super().startService()
         if self.tune_gc_at_start:
             tune_garbage_collector()
@@ -378,14 +388,20 @@ def build_appliance(
 ) -> service.MultiService:
     """The whole service tree; nothing is started or bound until it is started.
     `tune_gc_at_start`: the process is the appliance's own (twistd), so its garbage
-    collector is tuned once started (tune_garbage_collector); not for a test run.
+    collector is tuned once started (tune_garbage_collector) and its threads are put on
+    one CPU as `[appliance] cpu` says (affinity.pin_process); not for a test run.
 
     Each subsystem's builder takes what it needs and returns its services; the events
     object and the worker pools are made first and passed in, so nothing is wired by
     patching an object after it was built."""
     warn_about_hostname(config)
     warn_about_node_secrets(config)
-    appliance = Appliance(listener_settings(config), on_start_failure, tune_gc_at_start)
+    appliance = Appliance(
+        listener_settings(config),
+        on_start_failure,
+        tune_gc_at_start,
+        cpu=config.appliance.cpu if tune_gc_at_start else affinity.OFF,
+    )
     events = Events()
     # One registry per appliance, served at /metrics; what counts is given it.
     metrics = Metrics()

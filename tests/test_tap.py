@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import smtplib
 import ssl as ssl_module
 import stat
@@ -17,7 +18,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial import unittest
 from zope.interface.verify import verifyObject
 
-from atollon_mail import selfsigned, tap
+from atollon_mail import affinity, selfsigned, tap
 from atollon_mail.config import CONFIG_ENVIRONMENT_VARIABLE as CONFIG_VARIABLE
 from atollon_mail.config import ConfigError, load_config
 from atollon_mail.delivery import junkpurge
@@ -368,8 +369,6 @@ STARTED = "Site starting on"  # logged when the last listener is bound
 START_TIMEOUT = 60.0  # seconds; the machine running the tests may be busy
 
 
-
-
 class TwistdTests(unittest.TestCase):
     """The real `twistd atollon-mail`: start-up, busy ports, errors a person sees."""
 
@@ -396,6 +395,7 @@ class TwistdTests(unittest.TestCase):
         server = subprocess.Popen(
             [*TWISTD, "--config", self.config_path], stdout=log_file, stderr=subprocess.STDOUT
         )
+        self.server = server
 
         def stop():
             server.terminate()
@@ -429,6 +429,29 @@ class TwistdTests(unittest.TestCase):
         for part in parts:
             self.assertIn(part, lines[0])
         return lines[0]
+
+    def test_the_threads_are_on_one_cpu_and_the_check_process_is_not(self):
+        allowed = sorted(os.sched_getaffinity(0)) if affinity.supported() else []
+        if len(allowed) < 2:
+            raise unittest.SkipTest("needs Linux and two CPUs the tests may run on")
+        text = self.start_server()
+        found = re.search(r"the appliance's threads run on CPU (\d+)", text)
+        self.assertIsNotNone(found, text)
+        cpu = int(found.group(1))
+        pid = self.server.pid
+        threads = os.listdir(f"/proc/{pid}/task")
+        self.assertGreater(len(threads), 1)
+        for thread in threads:
+            self.assertEqual(os.sched_getaffinity(int(thread)), {cpu})
+        children = []
+        deadline = time.monotonic() + START_TIMEOUT
+        while not children and time.monotonic() < deadline:
+            for thread in threads:
+                with open(f"/proc/{pid}/task/{thread}/children") as listed:
+                    children += [int(child) for child in listed.read().split()]
+            time.sleep(0.05)
+        self.assertEqual(len(children), 1, "the one check process")
+        self.assertEqual(sorted(os.sched_getaffinity(children[0])), allowed)
 
     def test_second_start_on_busy_ports_exits_at_once_with_one_line(self):
         self.start_server()

@@ -21,6 +21,7 @@ import tempfile
 
 import attrs
 
+from atollon_mail import affinity
 from atollon_mail.backup import archive
 from atollon_mail.backup.archive import ArchiveError, Manifest
 from atollon_mail.config import Config
@@ -161,9 +162,10 @@ def dump_postgresql(config: Config, staging: str) -> str:
     path = pg_dump_path(staging)
     argv, environment = store_backup.pg_dump_command(config.database.url, path)
     try:
-        done = subprocess.run(
-            argv, env=environment, capture_output=True, timeout=PG_DUMP_SECONDS, check=False
-        )
+        with affinity.unpinned():
+            done = subprocess.run(
+                argv, env=environment, capture_output=True, timeout=PG_DUMP_SECONDS, check=False
+            )
     except FileNotFoundError:
         raise BackupError(
             "pg_dump is not installed: install PostgreSQL's client programs "
@@ -348,7 +350,8 @@ def _check_fits(config: Config, manifest: Manifest, kind: str) -> None:
 
 def _run_client(argv, environment=None) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(argv, env=environment, capture_output=True, check=False)
+        with affinity.unpinned():
+            return subprocess.run(argv, env=environment, capture_output=True, check=False)
     except FileNotFoundError:
         raise BackupError(
             f"{argv[0]} is not installed: install PostgreSQL's client programs "

@@ -20,6 +20,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from atollon_mail import affinity
 from atollon_mail.backup import archive, operations
 from atollon_mail.config import Config
 from atollon_mail.store import backup as store_backup
@@ -189,7 +190,8 @@ class BackupSchedule(service.Service):
             argv, environment = store_backup.pg_dump_command(config.database.url, dump)
             child = _Collect()
             try:
-                transport = self._reactor.spawnProcess(child, argv[0], argv, env=environment)
+                with affinity.unpinned():
+                    transport = self._reactor.spawnProcess(child, argv[0], argv, env=environment)
             except OSError as problem:
                 raise BackupError(f"cannot run pg_dump: {problem}") from None
             self._child = transport

@@ -71,6 +71,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.python.failure import Failure
 
+from atollon_mail import affinity
 from atollon_mail.inbound.authentication import SpfResults
 from atollon_mail.inbound.checks import Found, find
 from atollon_mail.inbound.resolver import checks_resolver
@@ -392,7 +393,10 @@ class CheckProcesses(service.Service):
         child = _Child(self, slot, self._settings, self._reactor.seconds())
         try:
             # env=None: the appliance's own environment (its Python path among it).
-            self._reactor.spawnProcess(child, self._argv[0], list(self._argv), env=None)
+            # Unpinned: the child checks on whichever CPU is free, not on the one the
+            # appliance's threads are held to.
+            with affinity.unpinned():
+                self._reactor.spawnProcess(child, self._argv[0], list(self._argv), env=None)
         except Exception:
             log.failure("starting a check process failed")
             self._restart_later(slot)
