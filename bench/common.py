@@ -46,6 +46,7 @@ class Appliance:
         extra_config: str = "",
         smtp_extra: str = "",
         database_url: str | None = None,  # None: a fresh SQLite store in workdir
+        appliance_extra: str = "",  # more of [appliance]
     ):
         self.workdir = workdir
         self.smtp_port = free_port()
@@ -54,7 +55,8 @@ class Appliance:
         with open(self.config, "w") as config_file:
             config_file.write(
                 f"[appliance]\nhostname = mx.bench.test\ndata_dir = {workdir}/data\n"
-                f"[database]\nurl = {database_url}\n"
+                + appliance_extra
+                + f"[database]\nurl = {database_url}\n"
                 f"[smtp]\nlisten = tcp:{self.smtp_port}:interface=127.0.0.1\n{smtp_extra}"
                 f"[web]\nlisten = tcp:{free_port()}:interface=127.0.0.1\n"
                 f"[imap]\nlisten = tcp:{free_port()}:interface=127.0.0.1\n"

@@ -76,6 +76,11 @@ def _filed(url: str) -> int:
         connection.close()
 
 
+def _cpu_of(number: int) -> str:
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return f"cpu = {allowed[number % len(allowed)]}\n" if len(allowed) > 1 else ""
+
+
 class Nodes:
     """`count` nodes on a fresh database of the server at `url`."""
 
@@ -98,6 +103,9 @@ class Nodes:
                     ),
                     smtp_extra="greet_pause = 0\n",
                     database_url=self.url,
+                    # Two nodes on one machine: each on a CPU of its own, as an operator
+                    # running two would set them (auto could put both on the same one).
+                    appliance_extra=_cpu_of(number),
                 )
             )
 
