@@ -96,6 +96,18 @@ def allowed_before() -> frozenset[int] | None:
     return _allowed_before
 
 
+class UnpinnedThread(threading.Thread):
+    """A thread that runs on the CPUs the process had before pin_process, for work done
+    mostly outside the interpreter lock (OpenSSL's RSA in DKIM signing, argon2), which
+    another CPU can do beside the pinned threads (a ThreadPool's threadFactory)."""
+
+    def run(self) -> None:
+        before = _allowed_before
+        if before is not None:
+            os.sched_setaffinity(0, before)
+        super().run()
+
+
 @contextlib.contextmanager
 def unpinned():
     """The calling thread's CPUs as they were before pin_process, for as long as the

@@ -19,6 +19,8 @@ from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from atollon_mail import affinity
+
 CPU_THREADS = 2
 DNS_THREADS = 4
 
@@ -35,6 +37,9 @@ class Workers(service.Service):
     def __init__(self, reactor, cpu_threads: int = CPU_THREADS, dns_threads: int = DNS_THREADS):
         self._reactor = reactor
         self.cpu = ThreadPool(minthreads=1, maxthreads=cpu_threads, name="atollon-mail-cpu")
+        # Not held to the CPU of the appliance's other threads (affinity): what it runs
+        # is largely done outside the interpreter lock, on another CPU where there is one.
+        self.cpu.threadFactory = affinity.UnpinnedThread
         self.dns = ThreadPool(minthreads=0, maxthreads=dns_threads, name="atollon-mail-dns")
 
     def startService(self) -> None:
