@@ -41,6 +41,11 @@ CHILD = textwrap.dedent(
     later = threading.Thread(target=look)
     later.start()
     later.join()
+    def look_free():
+        seen["free"] = sorted(os.sched_getaffinity(0))
+    free = affinity.UnpinnedThread(target=look_free)
+    free.start()
+    free.join()
     threads = {
         name: sorted(os.sched_getaffinity(int(name))) for name in os.listdir("/proc/self/task")
     }
@@ -52,7 +57,8 @@ CHILD = textwrap.dedent(
     pinned_child = json.loads(subprocess.run(ask, capture_output=True).stdout)
     stop.set()
     print(json.dumps(dict(
-        cpu=cpu, threads=threads, later=seen["later"], inside=inside, after=after,
+        cpu=cpu, threads=threads, later=seen["later"], free=seen["free"], inside=inside,
+        after=after,
         unpinned_child=unpinned_child, pinned_child=pinned_child,
     )))
     """
@@ -102,6 +108,8 @@ class PinTests(unittest.TestCase):
         self.assertGreaterEqual(len(seen["threads"]), 3)
         self.assertEqual(set(map(tuple, seen["threads"].values())), {(cpu,)})
         self.assertEqual(seen["later"], [cpu])
+        # The CPU pool's kind of thread runs where the machine lets it.
+        self.assertEqual(seen["free"], sorted(ALLOWED))
         self.assertEqual(seen["inside"], sorted(ALLOWED))
         self.assertEqual(seen["unpinned_child"], sorted(ALLOWED))
         self.assertEqual(seen["after"], [cpu], "the thread is pinned again after the block")
@@ -119,6 +127,7 @@ class PinTests(unittest.TestCase):
         self.assertIsNone(seen["cpu"])
         self.assertEqual(set(map(tuple, seen["threads"].values())), {tuple(sorted(ALLOWED))})
         self.assertEqual(seen["pinned_child"], sorted(ALLOWED))
+        self.assertEqual(seen["free"], sorted(ALLOWED))
 
     def test_unpinned_without_pinning_changes_nothing(self):
         self.assertIsNone(affinity.allowed_before(), "the test process never pins itself")

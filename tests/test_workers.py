@@ -7,6 +7,7 @@ import threading
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
+from atollon_mail import affinity
 from atollon_mail.workers import Workers, WorkersStopped
 
 
@@ -25,3 +26,9 @@ class WorkersTests(unittest.TestCase):
         workers.stopService()
         for asked in (workers.in_cpu(len, "x"), workers.in_dns(len, "x")):
             yield self.assertFailure(asked, WorkersStopped)
+
+
+class CpuPoolThreadTests(unittest.TestCase):
+    def test_the_cpu_pool_s_threads_are_not_held_to_the_appliance_s_cpu(self):
+        self.assertIs(Workers(reactor=None).cpu.threadFactory, affinity.UnpinnedThread)
+        self.assertIsNot(Workers(reactor=None).dns.threadFactory, affinity.UnpinnedThread)

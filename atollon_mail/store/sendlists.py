@@ -416,7 +416,9 @@ def _may_send_as(
         take_back(campaign_id, now)
         Campaign.update(status="paused", updated_at=now).where(Campaign.id == campaign_id).execute()
         return False
-    built_as = {email.utils.parseaddr(message.from_header)[1].lower() for message in messages}
+    # A batch's messages share their From: read each distinct one once.
+    headers = {message.from_header for message in messages}
+    built_as = {email.utils.parseaddr(header)[1].lower() for header in headers}
     return built_as == {mailbox.identity.lower()}
 
 
