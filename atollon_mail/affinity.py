@@ -9,11 +9,14 @@ message and stored 650-810 messages a second with its threads free to move, 0.90
 ms and 860-1140 a second with all of them on one CPU (`taskset -a`), Postfix in the
 same runs 505-700. Python has no lighter remedy: the hand-over is the interpreter's own.
 
-Only the threads of this process are pinned. The processes it starts (the check
-process, pg_dump, psql) run where the machine lets them: each is started from a thread
-whose own affinity is given back for the moment of the fork (`unpinned`), since a child
-inherits the affinity of the thread that forks it. Linux only; elsewhere, or with one
-CPU allowed, nothing is done.
+Only the threads that take turns at the lock are pinned. The CPU pool's threads
+(`UnpinnedThread`) are not: DKIM signing's RSA and argon2 run in OpenSSL and libargon2
+outside the lock, on another CPU (campaign delivery, bench/massmail.py: 1117 messages a
+second with them pinned too, 1166 without). The processes the appliance starts (the
+check process, pg_dump, psql) run where the machine lets them: each is started from a
+thread whose own affinity is given back for the moment of the fork (`unpinned`), since
+a child inherits the affinity of the thread that forks it. Linux only; elsewhere, or
+with one CPU allowed, nothing is done.
 """
 
 from __future__ import annotations
