@@ -41,14 +41,15 @@ CHILD = textwrap.dedent(
     later = threading.Thread(target=look)
     later.start()
     later.join()
+    threads = {
+        name: sorted(os.sched_getaffinity(int(name))) for name in os.listdir("/proc/self/task")
+    }
+    # Listed after the others: a joined thread can still be in /proc for a moment.
     def look_free():
         seen["free"] = sorted(os.sched_getaffinity(0))
     free = affinity.UnpinnedThread(target=look_free)
     free.start()
     free.join()
-    threads = {
-        name: sorted(os.sched_getaffinity(int(name))) for name in os.listdir("/proc/self/task")
-    }
     ask = [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"]
     with affinity.unpinned():
         inside = sorted(os.sched_getaffinity(0))

@@ -29,6 +29,7 @@ from atollon_mail.store import accounts
 from atollon_mail.web.bodylimit import BodyLimitedRequest
 from atollon_mail.web.limits import DeadlineSite
 from atollon_mail.web.mailevents import StreamsFull
+from atollon_mail.workers import CPU_THREADS
 from tests.support import free_port
 
 
@@ -152,9 +153,12 @@ class ServiceTreeTests(unittest.TestCase):
         self.assertFalse(self.start().tune_gc_at_start)
         self.assertEqual((gc.get_freeze_count(), gc.get_threshold()), (0, thresholds))
         options = tap.Options()
-        options.parseOptions(["--config", write_config(self, MINIMAL)])
+        # cpu = off: started here, it would pin this test process's threads.
+        own = MINIMAL.replace("[appliance]\n", "[appliance]\ncpu = off\n")
+        options.parseOptions(["--config", write_config(self, own)])
         appliance = tap.makeService(options, SpyReactor())
         self.assertTrue(appliance.tune_gc_at_start)
+        self.assertEqual(appliance.cpu, "off")
         appliance.startService()
         self.addCleanup(appliance.stopService)
         self.assertGreater(gc.get_freeze_count(), 0)
@@ -440,9 +444,14 @@ class TwistdTests(unittest.TestCase):
         cpu = int(found.group(1))
         pid = self.server.pid
         threads = os.listdir(f"/proc/{pid}/task")
-        self.assertGreater(len(threads), 1)
-        for thread in threads:
-            self.assertEqual(os.sched_getaffinity(int(thread)), {cpu})
+        cpus = [os.sched_getaffinity(int(thread)) for thread in threads]
+        self.assertEqual(os.sched_getaffinity(pid), {cpu}, "the reactor's thread")
+        # The reactor's and the store's threads and the DNS pool's are pinned; only the
+        # CPU pool's threads (workers.CPU_THREADS at most) run anywhere.
+        self.assertGreaterEqual(cpus.count({cpu}), 2)
+        free = [found for found in cpus if found != {cpu}]
+        self.assertEqual(free, [set(allowed)] * len(free))
+        self.assertLessEqual(len(free), CPU_THREADS)
         children = []
         deadline = time.monotonic() + START_TIMEOUT
         while not children and time.monotonic() < deadline:
