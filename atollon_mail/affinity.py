@@ -121,7 +121,13 @@ def unpinned():
         yield
         return
     mine = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, before)
+    try:
+        os.sched_setaffinity(0, before)
+    except OSError:
+        # None of those CPUs is the process's any more (its cpuset shrank): the child
+        # starts on the appliance's CPU rather than not at all.
+        yield
+        return
     try:
         yield
     finally:

@@ -130,6 +130,24 @@ class PinTests(unittest.TestCase):
         self.assertEqual(seen["pinned_child"], sorted(ALLOWED))
         self.assertEqual(seen["free"], sorted(ALLOWED))
 
+    def test_a_process_is_still_started_when_the_cpus_before_are_gone(self):
+        script = textwrap.dedent(
+            """
+            import os, subprocess, sys
+            from atollon_mail import affinity
+            cpu = affinity.pin_process("auto")
+            affinity._allowed_before = frozenset({4096})  # no such CPU here
+            with affinity.unpinned():
+                done = subprocess.run([sys.executable, "-c", "print('started')"],
+                                      capture_output=True, text=True)
+            print(done.stdout.strip(), sorted(os.sched_getaffinity(0)) == [cpu])
+            """
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, cwd=str(ROOT)
+        )
+        self.assertEqual((done.stdout.strip(), done.stderr), ("started True", ""))
+
     def test_unpinned_without_pinning_changes_nothing(self):
         self.assertIsNone(affinity.allowed_before(), "the test process never pins itself")
         before = os.sched_getaffinity(0)
