@@ -71,6 +71,17 @@ class ProcessTestsMixin:
     def child_pid(self, pool: CheckProcesses) -> int:
         return pool.children[0].transport.pid
 
+    @defer.inlineCallbacks
+    def asked_what_hangs(self, **options):
+        """A pool of one odd child, ready, asked about a message it never answers:
+        (the pool, the child's pid, the message, when it was asked, the Deferred)."""
+        pool = self.start_pool(argv=ODD_CHILD, **options)
+        yield until(lambda: pool.children[0] is not None and pool.children[0].ready)
+        data = fixtures.received(fixtures.message())
+        asked = time.monotonic()
+        stuck = pool.find((data, SENDER_IP, "h.test", "hangs@odd.test", None, ()), self.in_thread)
+        return pool, self.child_pid(pool), data, asked, stuck
+
 
 # The messages compared: (data, client, HELO, sender, forwarder, blocklist zones).
 def cases():
@@ -294,12 +305,9 @@ class RobustnessTests(ProcessTestsMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_a_process_silent_while_it_has_work_is_replaced_its_messages_checked_here(self):
-        pool = self.start_pool(argv=ODD_CHILD, restart_delay=0.1, silent_seconds=1.0)
-        yield until(lambda: pool.children[0] is not None and pool.children[0].ready)
-        pid = self.child_pid(pool)
-        data = fixtures.received(fixtures.message())
-        started = time.monotonic()
-        stuck = pool.find((data, SENDER_IP, "h.test", "hangs@odd.test", None, ()), self.in_thread)
+        pool, pid, data, started, stuck = yield self.asked_what_hangs(
+            restart_delay=0.1, silent_seconds=1.0
+        )
         # While it answers others, one slow message does not make it stuck.
         for _ in range(3):
             yield task.deferLater(reactor, 0.5, lambda: None)
@@ -357,11 +365,7 @@ class RobustnessTests(ProcessTestsMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_one_message_left_unanswered_while_others_are_fails_alone(self):
-        pool = self.start_pool(argv=ODD_CHILD, request_most=1.0)
-        yield until(lambda: pool.children[0] is not None and pool.children[0].ready)
-        pid = self.child_pid(pool)
-        data = fixtures.received(fixtures.message())
-        stuck = pool.find((data, SENDER_IP, "h.test", "hangs@odd.test", None, ()), self.in_thread)
+        pool, pid, data, _, stuck = yield self.asked_what_hangs(request_most=1.0)
         fine = yield pool.find((data, SENDER_IP, "h.test", "fine@odd.test", None, ()), refused)
         self.assertEqual(fine, oddchild.LISTED)
         yield self.assertFailure(stuck, CheckUnavailable)
@@ -391,11 +395,7 @@ class RobustnessTests(ProcessTestsMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_stopping_fails_what_the_process_still_has(self):
-        pool = self.start_pool(argv=ODD_CHILD, stop_grace=10)
-        yield until(lambda: pool.children[0] is not None and pool.children[0].ready)
-        pid = self.child_pid(pool)
-        data = fixtures.received(fixtures.message())
-        stuck = pool.find((data, SENDER_IP, "h.test", "hangs@odd.test", None, ()), self.in_thread)
+        pool, pid, _, _, stuck = yield self.asked_what_hangs(stop_grace=10)
         started = time.monotonic()
         yield pool.stopService()
         # 451, not the stopped DNS pool (whose Deferred would never fire), at once.
